@@ -1,0 +1,85 @@
+// Package checks judges a probes.Snapshot and returns findings: pure
+// functions, no I/O, testable from fixtures. Each finding carries a stable
+// dotted id, a status, the evidence it rests on and the exact fix.
+package checks
+
+import (
+	"fmt"
+
+	"github.com/lbdoctor/lbdoctor/probes"
+)
+
+// Status of a finding.
+type Status string
+
+const (
+	Pass Status = "pass"
+	Warn Status = "warn"
+	Fail Status = "fail"
+	Skip Status = "skip" // always with a Reason
+)
+
+// Evidence is one fact and where it was read.
+type Evidence struct {
+	Fact   string `json:"fact"`
+	Source string `json:"source"`
+}
+
+func (e Evidence) String() string { return fmt.Sprintf("%s (%s)", e.Fact, e.Source) }
+
+// Finding is the verdict of one check.
+type Finding struct {
+	ID       string     `json:"id"`
+	Status   Status     `json:"status"`
+	Title    string     `json:"title"`
+	Reason   string     `json:"reason,omitempty"` // why it was skipped, or the failure in one line
+	Evidence []Evidence `json:"evidence"`
+	Fix      []string   `json:"fix,omitempty"` // commands, in order
+}
+
+// Check is one entry of the catalog.
+type Check struct {
+	ID    string
+	Title string
+	Run   func(*probes.Snapshot, probes.Selector) Finding
+}
+
+// Catalog lists every check in the order they are shown.
+var Catalog = []Check{
+	{ID: "kernel.ipvs", Title: "IPVS is usable", Run: checkIPVS},
+	{ID: "sysctl.ip_forward", Title: "IP forwarding is on for masquerade services", Run: checkIPForward},
+	{ID: "sysctl.vs_conntrack", Title: "IPVS connections are in conntrack where rules need them", Run: checkVSConntrack},
+}
+
+// Run runs the catalog against a snapshot.
+func Run(s *probes.Snapshot, sel probes.Selector) []Finding {
+	out := make([]Finding, 0, len(Catalog))
+	for _, c := range Catalog {
+		f := c.Run(s, sel)
+		f.ID = c.ID
+		if f.Title == "" {
+			f.Title = c.Title
+		}
+		if f.Evidence == nil {
+			f.Evidence = []Evidence{}
+		}
+		out = append(out, f)
+	}
+	return out
+}
+
+// Verdict is the worst status among findings: fail, warn, else pass.
+func Verdict(fs []Finding) Status {
+	v := Pass
+	for _, f := range fs {
+		switch {
+		case f.Status == Fail:
+			return Fail
+		case f.Status == Warn:
+			v = Warn
+		}
+	}
+	return v
+}
+
+func skip(reason string) Finding { return Finding{Status: Skip, Reason: reason} }

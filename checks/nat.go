@@ -1,0 +1,219 @@
+package checks
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/ipvs"
+	"github.com/lbdoctor/lbdoctor/probes/rules"
+	"github.com/lbdoctor/lbdoctor/probes/sysctl"
+)
+
+func checkIPVS(s *probes.Snapshot, sel probes.Selector) Finding {
+	src := "ipvs, " + s.Target.String()
+	if e, ok := s.Errors[probes.ProbeIPVS]; ok {
+		return skip("IPVS could not be read: " + e)
+	}
+	if !s.IPVS.Available {
+		return Finding{
+			Status: Fail, Title: "IPVS is not available",
+			Reason:   s.IPVS.Reason,
+			Evidence: []Evidence{{Fact: "no IPVS generic netlink family", Source: "genetlink, kernel " + s.Kernel}},
+			Fix:      ipvsFix(s.IPVS.Reason),
+		}
+	}
+	svcs := selected(s, sel)
+	if !sel.VIP.IsValid() {
+		return Finding{Status: Pass, Title: fmt.Sprintf("IPVS is available: %d virtual service(s)", len(svcs)),
+			Evidence: []Evidence{{Fact: fmt.Sprintf("%d virtual service(s)", len(svcs)), Source: src}}}
+	}
+	if len(svcs) == 0 {
+		return Finding{Status: Fail, Title: "no virtual service " + selectorKey(sel),
+			Reason:   "IPVS has no service " + selectorKey(sel),
+			Evidence: []Evidence{{Fact: fmt.Sprintf("%d other virtual service(s)", len(s.IPVS.Services)), Source: src}},
+			Fix:      []string{fmt.Sprintf("%sipvsadm -A -%s %s -s rr", nsPrefix(s.Target), protoFlag(sel.Proto), sel.VIP)}}
+	}
+	return Finding{Status: Pass, Title: "IPVS is available: " + svcs[0].Key(),
+		Evidence: []Evidence{{Fact: fmt.Sprintf("%s, %d real server(s)", svcs[0].Key(), len(svcs[0].Reals)), Source: src}}}
+}
+
+func ipvsFix(reason string) []string {
+	if strings.Contains(reason, "modprobe ip_vs") {
+		return []string{"modprobe ip_vs"}
+	}
+	return []string{"boot a kernel built with CONFIG_IP_VS (for example Debian's linux-image-amd64 or linux-image-cloud-amd64)"}
+}
+
+func checkIPForward(s *probes.Snapshot, sel probes.Selector) Finding {
+	if !s.IPVS.Available {
+		return skip("no IPVS in this kernel: no masquerade service can exist")
+	}
+	masq := masqServices(selected(s, sel))
+	if len(masq) == 0 {
+		return skip("no IPVS masquerade (NAT) service in " + s.Target.String())
+	}
+	v, ok := readable(s, "net.ipv4.ip_forward")
+	if !ok {
+		return skip("net.ipv4.ip_forward could not be read: " + v.Error + v.Absent)
+	}
+	ev := []Evidence{{Fact: "net.ipv4.ip_forward = " + v.Value, Source: s.Target.String()}}
+	for _, svc := range masq {
+		ev = append(ev, Evidence{Fact: serviceLine(svc), Source: "ipvs, " + s.Target.String()})
+	}
+	if v.Value != "0" {
+		return Finding{Status: Pass, Title: "IP forwarding is on for masquerade services", Evidence: ev}
+	}
+	return Finding{
+		Status:   Fail,
+		Title:    "IP forwarding is off while IPVS masquerades",
+		Reason:   "replies from the real servers must be forwarded by this host; with net.ipv4.ip_forward=0 they are dropped (reason IP_INADDRERRORS, IpInAddrErrors rises)",
+		Evidence: ev,
+		Fix:      sysctlFix(s.Target, "net.ipv4.ip_forward", "1"),
+	}
+}
+
+func checkVSConntrack(s *probes.Snapshot, sel probes.Selector) Finding {
+	if !s.IPVS.Available {
+		return skip("no IPVS in this kernel")
+	}
+	if e, ok := s.Errors[probes.ProbeRules]; ok {
+		return skip("rules could not be read: " + e)
+	}
+	deps := conntrackDependentRules(s, sel)
+	if len(deps) == 0 {
+		return skip("no rule depends on IPVS connections being in conntrack")
+	}
+	v, ok := readable(s, "net.ipv4.vs.conntrack")
+	if !ok {
+		return skip("net.ipv4.vs.conntrack could not be read: " + v.Error + v.Absent)
+	}
+	ev := []Evidence{{Fact: "net.ipv4.vs.conntrack = " + v.Value, Source: s.Target.String()}}
+	for _, r := range deps {
+		ev = append(ev, Evidence{
+			Fact:   fmt.Sprintf("%s (%d packets)", r.Spec, r.Packets),
+			Source: fmt.Sprintf("%s table %s, %s", r.Backend, r.Table, s.Target),
+		})
+	}
+	if v.Value != "0" {
+		return Finding{Status: Pass, Title: "IPVS connections are in conntrack for the rules that need them", Evidence: ev}
+	}
+	return Finding{
+		Status:   Fail,
+		Title:    "rules need IPVS connections in conntrack, but net.ipv4.vs.conntrack=0",
+		Reason:   "with vs.conntrack=0 netfilter never sees IPVS connections: these rules are never hit and no SNAT happens",
+		Evidence: ev,
+		Fix:      sysctlFix(s.Target, "net.ipv4.vs.conntrack", "1"),
+	}
+}
+
+// conntrackDependentRules are rules that only work when IPVS connections go
+// through conntrack: any `-m ipvs` match, and source NAT keyed on the VIP
+// as conntrack's original destination.
+func conntrackDependentRules(s *probes.Snapshot, sel probes.Selector) []rules.Rule {
+	var out []rules.Rule
+	for _, r := range s.Rules.Rules {
+		switch {
+		case r.IPVS != nil && !r.IPVS.Negated:
+			if sel.VIP.IsValid() && !r.IPVS.MatchesVIP(sel.VIP.Addr(), sel.VIP.Port()) {
+				continue
+			}
+			out = append(out, r)
+		case r.IsSourceNAT() && r.CtOrigDst != "":
+			if sel.VIP.IsValid() && r.CtOrigDst != sel.VIP.Addr().String() {
+				continue
+			}
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func selected(s *probes.Snapshot, sel probes.Selector) []ipvs.Service {
+	if !sel.VIP.IsValid() {
+		return s.IPVS.Services
+	}
+	proto := sel.Proto
+	if proto == "" {
+		proto = "tcp"
+	}
+	var out []ipvs.Service
+	for _, svc := range s.IPVS.Services {
+		if svc.Addr == sel.VIP && svc.Proto == proto {
+			out = append(out, svc)
+		}
+	}
+	return out
+}
+
+func masqServices(svcs []ipvs.Service) []ipvs.Service {
+	var out []ipvs.Service
+	for _, svc := range svcs {
+		for _, r := range svc.Reals {
+			if r.Method == ipvs.Masq {
+				out = append(out, svc)
+				break
+			}
+		}
+	}
+	return out
+}
+
+func serviceLine(svc ipvs.Service) string {
+	reals := make([]string, 0, len(svc.Reals))
+	for _, r := range svc.Reals {
+		reals = append(reals, fmt.Sprintf("%s %s", r.Addr, r.Method))
+	}
+	return fmt.Sprintf("%s → %s", svc.Key(), strings.Join(reals, ", "))
+}
+
+func readable(s *probes.Snapshot, key string) (sysctl.Value, bool) {
+	v, ok := s.Sysctls[key]
+	if !ok {
+		if e, bad := s.Errors[probes.ProbeSysctl]; bad {
+			return sysctl.Value{Key: key, Error: e}, false
+		}
+		return sysctl.Value{Key: key, Absent: "not read"}, false
+	}
+	return v, v.Present
+}
+
+// nsPrefix is what an operator types before a command to run it in the target.
+func nsPrefix(t netns.Target) string {
+	switch {
+	case t.IsCurrent():
+		return ""
+	case t.Name != "":
+		return "ip netns exec " + t.Name + " "
+	case strings.HasPrefix(t.Spec, "pid:"):
+		return "nsenter -t " + strings.TrimPrefix(t.Spec, "pid:") + " -n "
+	default:
+		return "nsenter --net=" + t.Path + " "
+	}
+}
+
+// sysctlFix sets a key now and, in the host's own namespace, across reboots
+// (sysctl.d does not apply to other namespaces: whatever creates them must).
+func sysctlFix(t netns.Target, key, value string) []string {
+	fix := []string{fmt.Sprintf("%ssysctl -w %s=%s", nsPrefix(t), key, value)}
+	if t.IsCurrent() {
+		fix = append(fix, fmt.Sprintf("echo '%s = %s' >> /etc/sysctl.d/90-lbdoctor.conf  # keep it across reboots", key, value))
+	}
+	return fix
+}
+
+func selectorKey(sel probes.Selector) string {
+	p := sel.Proto
+	if p == "" {
+		p = "tcp"
+	}
+	return strings.ToUpper(p) + " " + sel.VIP.String()
+}
+
+func protoFlag(p string) string {
+	if p == "udp" {
+		return "u"
+	}
+	return "t"
+}

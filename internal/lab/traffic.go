@@ -1,0 +1,90 @@
+package lab
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/lbdoctor/lbdoctor/internal/netns"
+)
+
+// Server is a TCP server inside a namespace that answers every connection
+// with one line naming the peer address it saw, so a client can tell whether
+// the real server saw it or the LB (SNAT).
+type Server struct {
+	ln net.Listener
+}
+
+// Serve listens on addr inside ns. The socket belongs to ns; it is served
+// from an ordinary goroutine.
+func Serve(ns netns.Target, addr string) (*Server, error) {
+	var ln net.Listener
+	err := ns.Do(func() error {
+		var err error
+		ln, err = net.Listen("tcp4", addr)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s in %s: %w", addr, ns, err)
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				fmt.Fprintf(c, "peer=%s\n", c.RemoteAddr())
+			}()
+		}
+	}()
+	return &Server{ln: ln}, nil
+}
+
+// Close stops the server.
+func (s *Server) Close() error { return s.ln.Close() }
+
+// ProbeResult is what the client saw.
+type ProbeResult struct {
+	OK   bool
+	Peer netip.AddrPort // the client address as the real server saw it
+	Err  error          // why it failed: timeout, refused, reset…
+}
+
+// Probe connects from ns to target and reads the server's line.
+func Probe(ctx context.Context, ns netns.Target, target netip.AddrPort, timeout time.Duration) ProbeResult {
+	var res ProbeResult
+	var conn net.Conn
+	err := ns.Do(func() error {
+		d := net.Dialer{Timeout: timeout}
+		var err error
+		conn, err = d.DialContext(ctx, "tcp4", target.String())
+		return err
+	})
+	if err != nil {
+		res.Err = err
+		return res
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(timeout))
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil {
+		res.Err = fmt.Errorf("read answer: %w", err)
+		return res
+	}
+	peer, ok := strings.CutPrefix(strings.TrimSpace(line), "peer=")
+	if !ok {
+		res.Err = errors.New("unexpected answer " + line)
+		return res
+	}
+	res.Peer, res.Err = netip.ParseAddrPort(peer)
+	res.OK = res.Err == nil
+	return res
+}

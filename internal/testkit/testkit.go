@@ -1,0 +1,107 @@
+// Package testkit gives tests real kernel fixtures — network namespaces, the
+// lab topologies, sysctls — that clean up after themselves on every path, and
+// the rule for root-only tests: skip on a developer's machine, fail in CI.
+package testkit
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/lbdoctor/lbdoctor/internal/lab"
+	"github.com/lbdoctor/lbdoctor/internal/netns"
+)
+
+// InCI reports whether the tests run in CI, where nothing may be skipped.
+func InCI() bool { return os.Getenv("CI") == "true" }
+
+// InGuest reports whether the test runs inside the IPVS test guest.
+func InGuest() bool { return os.Getenv("LBDOCTOR_GUEST") == "1" }
+
+// RequireRoot skips a test that needs root, except in CI where it fails.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if InCI() {
+		t.Fatal("test needs root, and CI runs as root: check the CI setup")
+	}
+	t.Skip("needs root (CI runs it as root)")
+}
+
+// UniqueName returns prefix-xxxxxx, unique enough for parallel tests.
+func UniqueName(prefix string) string {
+	b := make([]byte, 3)
+	rand.Read(b)
+	return prefix + "-" + hex.EncodeToString(b)
+}
+
+// Netns creates a named namespace that is deleted when the test ends.
+func Netns(t testing.TB, role string) netns.Target {
+	t.Helper()
+	RequireRoot(t)
+	name := UniqueName("lbd-" + role)
+	ns, err := netns.Create(name)
+	if err != nil {
+		t.Fatalf("netns.Create(%s): %v", name, err)
+	}
+	t.Cleanup(func() {
+		if err := netns.Delete(name); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	return ns
+}
+
+// Lab builds a lab topology that is torn down when the test ends.
+func Lab(t testing.TB, topo lab.Topology) *lab.Lab {
+	t.Helper()
+	RequireRoot(t)
+	l, err := lab.Build(topo, UniqueName("lbd"))
+	if err != nil {
+		t.Fatalf("lab.Build(%s): %v", topo, err)
+	}
+	t.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	return l
+}
+
+// Sysctl writes a sysctl inside ns, failing the test on error.
+func Sysctl(t testing.TB, ns netns.Target, key, value string) {
+	t.Helper()
+	path := "/proc/sys/" + strings.ReplaceAll(key, ".", "/")
+	err := ns.Do(func() error { return os.WriteFile(path, []byte(value), 0o644) })
+	if err != nil {
+		t.Fatalf("sysctl %s=%s in %s: %v", key, value, ns, err)
+	}
+}
+
+// Run runs a command inside ns and returns its combined output, failing the
+// test when it exits non-zero. It is how tests do what an operator would type.
+func Run(t testing.TB, ns netns.Target, name string, args ...string) string {
+	t.Helper()
+	out, err := Output(ns, name, args...)
+	if err != nil {
+		t.Fatalf("%s %s in %s: %v\n%s", name, strings.Join(args, " "), ns, err, out)
+	}
+	return out
+}
+
+// Output runs a command inside ns and returns its combined output and error.
+func Output(ns netns.Target, name string, args ...string) (string, error) {
+	var out []byte
+	err := ns.Do(func() error {
+		var err error
+		// The child is forked from this locked thread, so it starts in ns.
+		out, err = exec.Command(name, args...).CombinedOutput()
+		return err
+	})
+	return string(out), err
+}

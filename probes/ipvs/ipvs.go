@@ -1,0 +1,183 @@
+// Package ipvs reads the IPVS virtual services and their real servers in a
+// network namespace (through moby/ipvs) as plain snapshot data.
+package ipvs
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"syscall"
+
+	mobyipvs "github.com/moby/ipvs"
+	"github.com/sirupsen/logrus"
+
+	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/probes/kernel"
+)
+
+func init() {
+	// moby/ipvs logs through logrus; lbdoctor's output must stay its own.
+	logrus.SetOutput(io.Discard)
+}
+
+// Forwarding methods, as ipvsadm names them.
+const (
+	Masq   = "masq"
+	Local  = "local"
+	Tunnel = "tunnel"
+	Route  = "route"
+)
+
+// Snapshot is the IPVS state of one namespace.
+type Snapshot struct {
+	// Available is false when the kernel has no usable IPVS; Reason says why.
+	Available bool      `json:"available"`
+	Reason    string    `json:"reason,omitempty"`
+	Services  []Service `json:"services"`
+}
+
+// Service is one virtual service.
+type Service struct {
+	Proto     string         `json:"proto"` // tcp, udp, sctp, or fwmark
+	Addr      netip.AddrPort `json:"addr"`
+	FWMark    uint32         `json:"fwmark,omitempty"`
+	Scheduler string         `json:"scheduler"`
+	Flags     uint32         `json:"flags"`
+	Timeout   uint32         `json:"persistence_timeout,omitempty"`
+	Stats     Stats          `json:"stats"`
+	Reals     []Real         `json:"reals"`
+}
+
+// Key names a service the way ipvsadm prints it: "TCP 10.1.0.6:8085".
+func (s Service) Key() string {
+	if s.FWMark != 0 {
+		return fmt.Sprintf("FWM %d", s.FWMark)
+	}
+	return fmt.Sprintf("%s %s", strings.ToUpper(s.Proto), s.Addr)
+}
+
+// Real is one destination (real server) of a service.
+type Real struct {
+	Addr          netip.AddrPort `json:"addr"`
+	Method        string         `json:"method"`
+	Weight        int            `json:"weight"`
+	ActiveConns   int            `json:"active_conns"`
+	InactiveConns int            `json:"inactive_conns"`
+	UpperThresh   uint32         `json:"upper_threshold,omitempty"`
+	LowerThresh   uint32         `json:"lower_threshold,omitempty"`
+	Stats         Stats          `json:"stats"`
+}
+
+// Stats are IPVS counters; the kernel refreshes rates every 2 s.
+type Stats struct {
+	Conns      uint32 `json:"conns"`
+	PacketsIn  uint32 `json:"packets_in"`
+	PacketsOut uint32 `json:"packets_out"`
+	BytesIn    uint64 `json:"bytes_in"`
+	BytesOut   uint64 `json:"bytes_out"`
+}
+
+// Read returns the IPVS state of ns. A kernel without IPVS is not an error:
+// the snapshot says Available=false with the reason.
+func Read(ns netns.Target) (Snapshot, error) {
+	snap := Snapshot{Services: []Service{}}
+	if err := kernel.IPVS(); err != nil {
+		var nse *kernel.NotSupportedError
+		if errors.As(err, &nse) {
+			snap.Reason = nse.Error()
+			return snap, nil
+		}
+		return snap, err
+	}
+	snap.Available = true
+	path := ns.Path
+	if ns.IsCurrent() {
+		path = ""
+	}
+	h, err := mobyipvs.New(path)
+	if err != nil {
+		return snap, fmt.Errorf("open IPVS in %s: %w", ns, err)
+	}
+	defer h.Close()
+	svcs, err := h.GetServices()
+	if err != nil {
+		return snap, fmt.Errorf("list IPVS services in %s: %w", ns, permissionHint(err))
+	}
+	for _, s := range svcs {
+		svc := Service{
+			Proto:     protoName(s.Protocol, s.FWMark),
+			Addr:      addrPort(s.Address, s.Port),
+			FWMark:    s.FWMark,
+			Scheduler: s.SchedName,
+			Flags:     s.Flags,
+			Timeout:   s.Timeout,
+			Stats:     stats(mobyipvs.SvcStats(s.Stats)),
+			Reals:     []Real{},
+		}
+		dsts, err := h.GetDestinations(s)
+		if err != nil {
+			return snap, fmt.Errorf("list real servers of %s in %s: %w", svc.Key(), ns, permissionHint(err))
+		}
+		for _, d := range dsts {
+			svc.Reals = append(svc.Reals, Real{
+				Addr:          addrPort(d.Address, d.Port),
+				Method:        methodName(d.ConnectionFlags),
+				Weight:        d.Weight,
+				ActiveConns:   d.ActiveConnections,
+				InactiveConns: d.InactiveConnections,
+				UpperThresh:   d.UpperThreshold,
+				LowerThresh:   d.LowerThreshold,
+				Stats:         stats(mobyipvs.SvcStats(d.Stats)),
+			})
+		}
+		snap.Services = append(snap.Services, svc)
+	}
+	return snap, nil
+}
+
+func permissionHint(err error) error {
+	if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES) {
+		return fmt.Errorf("needs CAP_NET_ADMIN: %w", err)
+	}
+	return err
+}
+
+func addrPort(ip net.IP, port uint16) netip.AddrPort {
+	a, _ := netip.AddrFromSlice(ip)
+	return netip.AddrPortFrom(a.Unmap(), port)
+}
+
+func stats(s mobyipvs.SvcStats) Stats {
+	return Stats{Conns: s.Connections, PacketsIn: s.PacketsIn, PacketsOut: s.PacketsOut, BytesIn: s.BytesIn, BytesOut: s.BytesOut}
+}
+
+func protoName(p uint16, fwmark uint32) string {
+	switch {
+	case fwmark != 0:
+		return "fwmark"
+	case p == syscall.IPPROTO_TCP:
+		return "tcp"
+	case p == syscall.IPPROTO_UDP:
+		return "udp"
+	case p == 132:
+		return "sctp"
+	}
+	return fmt.Sprintf("proto-%d", p)
+}
+
+func methodName(flags uint32) string {
+	switch flags & mobyipvs.ConnectionFlagFwdMask {
+	case mobyipvs.ConnectionFlagMasq:
+		return Masq
+	case mobyipvs.ConnectionFlagLocalNode:
+		return Local
+	case mobyipvs.ConnectionFlagTunnel:
+		return Tunnel
+	case mobyipvs.ConnectionFlagDirectRoute:
+		return Route
+	}
+	return fmt.Sprintf("method-%d", flags&mobyipvs.ConnectionFlagFwdMask)
+}
