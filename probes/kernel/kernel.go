@@ -23,7 +23,7 @@ type NotSupportedError struct {
 	Reason  string // e.g. "kernel 6.18 was built without IPVS (CONFIG_IP_VS is not set)"
 }
 
-func (e *NotSupportedError) Error() string       { return e.Feature + " " + e.Reason }
+func (e *NotSupportedError) Error() string        { return e.Feature + " " + e.Reason }
 func (e *NotSupportedError) Is(target error) bool { return target == ErrNotSupported }
 
 // Release is the running kernel's release string (uname -r).

@@ -1,0 +1,100 @@
+//go:build guest
+
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"net/netip"
+	"os/exec"
+	"testing"
+
+	"github.com/lbdoctor/lbdoctor/internal/lab"
+	"github.com/lbdoctor/lbdoctor/internal/report"
+	"github.com/lbdoctor/lbdoctor/internal/testkit"
+)
+
+// runBinary runs the real lbdoctor binary the Makefile put into the guest.
+func runBinary(t *testing.T, args ...string) (*report.Report, int) {
+	t.Helper()
+	bin, err := exec.LookPath("lbdoctor")
+	if err != nil {
+		t.Fatal("no lbdoctor binary in the guest: run guest tests with `make guest-test` (it adds bin/lbdoctor)")
+	}
+	var out, errb bytes.Buffer
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err = cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	var r report.Report
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+		t.Fatalf("lbdoctor %v: output is not JSON (%v):\n%s\n%s", args, err, out.String(), errb.String())
+	}
+	return &r, code
+}
+
+func statusOf(t *testing.T, r *report.Report, id string) string {
+	t.Helper()
+	for _, f := range r.Findings {
+		if f.ID == id {
+			return string(f.Status)
+		}
+	}
+	t.Fatalf("report has no finding %s: %+v", id, r.Findings)
+	return ""
+}
+
+func TestGuestCheckFollowsTheSysctls(t *testing.T) {
+	l := testkit.Lab(t, lab.OneArm)
+	vip := netip.AddrPortFrom(l.VIP, 8085)
+	testkit.IPVSMasq(t, l.LB, vip, netip.AddrPortFrom(l.RealIP, 8085))
+	args := []string{"check", "--netns", l.LB.Name, "-o", "json"}
+
+	steps := []struct {
+		name            string
+		setup           func()
+		wantCode        int
+		wantIPVS        string
+		wantForward     string
+		wantVSConntrack string
+	}{
+		{"forwarding off", func() {
+			testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "0")
+			testkit.Sysctl(t, l.LB, "net.ipv4.vs.conntrack", "0")
+		}, 1, "pass", "fail", "skip"},
+		{"forwarding on", func() { testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1") }, 0, "pass", "pass", "skip"},
+		{"ipvs MASQUERADE rule, vs.conntrack off", func() {
+			testkit.Run(t, l.LB, "iptables", "-t", "nat", "-A", "POSTROUTING", "-m", "ipvs",
+				"--vaddr", l.VIP.String(), "--vport", "8085", "-j", "MASQUERADE")
+		}, 1, "pass", "pass", "fail"},
+		{"vs.conntrack on", func() { testkit.Sysctl(t, l.LB, "net.ipv4.vs.conntrack", "1") }, 0, "pass", "pass", "pass"},
+	}
+	for _, s := range steps {
+		s.setup()
+		r, code := runBinary(t, args...)
+		got := []string{statusOf(t, r, "kernel.ipvs"), statusOf(t, r, "sysctl.ip_forward"), statusOf(t, r, "sysctl.vs_conntrack")}
+		want := []string{s.wantIPVS, s.wantForward, s.wantVSConntrack}
+		if code != s.wantCode || got[0] != want[0] || got[1] != want[1] || got[2] != want[2] {
+			t.Errorf("%s: lbdoctor %v = exit %d, [kernel.ipvs sysctl.ip_forward sysctl.vs_conntrack] %v, want exit %d, %v",
+				s.name, args, code, got, s.wantCode, want)
+		}
+		t.Logf("%s: exit %d, verdict %s, %v", s.name, code, r.Verdict, got)
+	}
+
+	// The same question for one service, and for a service that is not there.
+	r, code := runBinary(t, "check", "--netns", l.LB.Name, "--vip", vip.String(), "-o", "json")
+	if code != 0 || statusOf(t, r, "kernel.ipvs") != "pass" {
+		t.Errorf("check --vip %s = exit %d, kernel.ipvs %s; want 0, pass", vip, code, statusOf(t, r, "kernel.ipvs"))
+	}
+	r, code = runBinary(t, "check", "--netns", l.LB.Name, "--vip", "10.1.0.7:80", "-o", "json")
+	if code != 1 || statusOf(t, r, "kernel.ipvs") != "fail" {
+		t.Errorf("check --vip 10.1.0.7:80 = exit %d, kernel.ipvs %s; want 1, fail", code, statusOf(t, r, "kernel.ipvs"))
+	}
+}
