@@ -48,7 +48,7 @@ func ipvsFix(reason string) []string {
 
 func checkIPForward(s *probes.Snapshot, sel probes.Selector) Finding {
 	if !s.IPVS.Available {
-		return skip("no IPVS in this kernel: no masquerade service can exist")
+		return skip("IPVS is not available (see kernel.ipvs)")
 	}
 	masq := masqServices(selected(s, sel))
 	if len(masq) == 0 {
@@ -76,7 +76,7 @@ func checkIPForward(s *probes.Snapshot, sel probes.Selector) Finding {
 
 func checkVSConntrack(s *probes.Snapshot, sel probes.Selector) Finding {
 	if !s.IPVS.Available {
-		return skip("no IPVS in this kernel")
+		return skip("IPVS is not available (see kernel.ipvs)")
 	}
 	if e, ok := s.Errors[probes.ProbeRules]; ok {
 		return skip("rules could not be read: " + e)

@@ -1,0 +1,94 @@
+package checks_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/lbdoctor/lbdoctor/checks"
+	"github.com/lbdoctor/lbdoctor/internal/report"
+	"github.com/lbdoctor/lbdoctor/internal/testkit"
+	"github.com/lbdoctor/lbdoctor/probes"
+)
+
+// Fixtures in testdata/*.snapshot.json are snapshots as `Gather` returns
+// them; each has a golden report beside it.
+func TestCatalogOnFixtures(t *testing.T) {
+	tests := []struct {
+		fixture string
+		vip     string
+		want    map[string]checks.Status
+	}{
+		{"no-ipvs-kernel", "", map[string]checks.Status{"kernel.ipvs": checks.Fail, "sysctl.ip_forward": checks.Skip, "sysctl.vs_conntrack": checks.Skip}},
+		{"seed-stage3", "", map[string]checks.Status{"kernel.ipvs": checks.Pass, "sysctl.ip_forward": checks.Fail, "sysctl.vs_conntrack": checks.Pass}},
+		{"seed-stage2", "", map[string]checks.Status{"kernel.ipvs": checks.Pass, "sysctl.ip_forward": checks.Pass, "sysctl.vs_conntrack": checks.Fail}},
+		{"seed-stage2", "10.1.0.6:8085", map[string]checks.Status{"kernel.ipvs": checks.Pass, "sysctl.ip_forward": checks.Pass, "sysctl.vs_conntrack": checks.Fail}},
+		{"seed-stage2", "10.1.0.9:80", map[string]checks.Status{"kernel.ipvs": checks.Fail, "sysctl.ip_forward": checks.Skip, "sysctl.vs_conntrack": checks.Skip}},
+		{"vs-module-not-loaded", "", map[string]checks.Status{"kernel.ipvs": checks.Fail, "sysctl.ip_forward": checks.Skip, "sysctl.vs_conntrack": checks.Skip}},
+	}
+	for _, tt := range tests {
+		name := tt.fixture
+		if tt.vip != "" {
+			name += "@" + tt.vip
+		}
+		t.Run(name, func(t *testing.T) {
+			data, err := os.ReadFile(filepath.Join("testdata", tt.fixture+".snapshot.json"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var snap probes.Snapshot
+			if err := json.Unmarshal(data, &snap); err != nil {
+				t.Fatal(err)
+			}
+			sel := probes.Selector{Proto: "tcp"}
+			if tt.vip != "" {
+				sel.VIP = netip.MustParseAddrPort(tt.vip)
+			}
+			fs := checks.Run(&snap, sel)
+			for _, f := range fs {
+				if f.Status != tt.want[f.ID] {
+					t.Errorf("Run(%s) %s = %s (%s), want %s", name, f.ID, f.Status, f.Reason, tt.want[f.ID])
+				}
+				if f.Status == checks.Skip && f.Reason == "" {
+					t.Errorf("Run(%s) %s skipped without a reason", name, f.ID)
+				}
+				if f.Status == checks.Fail && (len(f.Fix) == 0 || len(f.Evidence) == 0) {
+					t.Errorf("Run(%s) %s fails without evidence and fix: %+v", name, f.ID, f)
+				}
+			}
+			var buf bytes.Buffer
+			tgt := report.Target{Netns: snap.Target, Kernel: snap.Kernel}
+			if sel.VIP.IsValid() {
+				tgt.VIP, tgt.Proto = sel.VIP.String(), sel.Proto
+			}
+			report.Text(&buf, report.New(tgt, fs, snap.Errors))
+			testkit.Golden(t, strings.ReplaceAll(name, ":", "_")+".txt", buf.Bytes())
+		})
+	}
+}
+
+func TestVerdict(t *testing.T) {
+	tests := []struct {
+		name string
+		in   []checks.Status
+		want checks.Status
+	}{
+		{"empty", nil, checks.Pass},
+		{"skips only", []checks.Status{checks.Skip}, checks.Pass},
+		{"warn", []checks.Status{checks.Pass, checks.Warn}, checks.Warn},
+		{"fail wins", []checks.Status{checks.Warn, checks.Fail, checks.Pass}, checks.Fail},
+	}
+	for _, tt := range tests {
+		var fs []checks.Finding
+		for _, s := range tt.in {
+			fs = append(fs, checks.Finding{Status: s})
+		}
+		if got := checks.Verdict(fs); got != tt.want {
+			t.Errorf("Verdict(%s) = %s, want %s", tt.name, got, tt.want)
+		}
+	}
+}
