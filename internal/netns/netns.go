@@ -17,6 +17,13 @@ import (
 	vnetns "github.com/vishvananda/netns"
 )
 
+func init() {
+	// Keep the main goroutine on the main thread so that no Do or Create ever
+	// runs on it: a thread that joins a namespace is thrown away afterwards,
+	// but the main thread cannot be, and /proc/PID/ns/net follows it.
+	runtime.LockOSThread()
+}
+
 // RunDir is where `ip netns` keeps named namespaces.
 const RunDir = "/run/netns"
 

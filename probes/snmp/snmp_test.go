@@ -1,0 +1,71 @@
+package snmp_test
+
+import (
+	"net"
+	"testing"
+
+	"github.com/lbdoctor/lbdoctor/internal/testkit"
+	"github.com/lbdoctor/lbdoctor/probes/snmp"
+)
+
+const sample = `Ip: Forwarding DefaultTTL InReceives InAddrErrors
+Ip: 2 64 100 87
+Tcp: RtoAlgorithm MaxConn ActiveOpens
+Tcp: 1 -1 5
+`
+
+func TestParse(t *testing.T) {
+	c := snmp.Counters{}
+	if err := snmp.Parse([]byte(sample), c); err != nil {
+		t.Fatal(err)
+	}
+	for k, want := range map[string]uint64{"IpInAddrErrors": 87, "IpForwarding": 2, "TcpMaxConn": 0, "TcpActiveOpens": 5} {
+		if c[k] != want {
+			t.Errorf("Parse(sample)[%s] = %d, want %d", k, c[k], want)
+		}
+	}
+	if err := snmp.Parse([]byte("Ip: A B\nIp: 1\n"), snmp.Counters{}); err == nil {
+		t.Error("Parse(short value line) = nil error, want an error")
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(sample))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		snmp.Parse(data, snmp.Counters{})
+	})
+}
+
+// Counters belong to the namespace: traffic in one netns moves its counters only.
+func TestReadIsPerNamespace(t *testing.T) {
+	a, b := testkit.Netns(t, "snmpa"), testkit.Netns(t, "snmpb")
+	beforeA, err := snmp.Read(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	beforeB, _ := snmp.Read(b)
+	err = a.Do(func() error {
+		c, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		for i := 0; i < 5; i++ {
+			if _, err := c.WriteTo([]byte("x"), c.LocalAddr()); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	afterA, _ := snmp.Read(a)
+	afterB, _ := snmp.Read(b)
+	if d := snmp.Delta(beforeA, afterA); d["UdpOutDatagrams"] != 5 {
+		t.Errorf("netns a: UdpOutDatagrams delta = %d, want 5", d["UdpOutDatagrams"])
+	}
+	if d := snmp.Delta(beforeB, afterB); d["UdpOutDatagrams"] != 0 {
+		t.Errorf("netns b: UdpOutDatagrams delta = %d, want 0", d["UdpOutDatagrams"])
+	}
+}

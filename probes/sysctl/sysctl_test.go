@@ -1,0 +1,55 @@
+package sysctl_test
+
+import (
+	"testing"
+
+	"github.com/lbdoctor/lbdoctor/internal/testkit"
+	"github.com/lbdoctor/lbdoctor/probes/sysctl"
+)
+
+func TestReadIsPerNamespace(t *testing.T) {
+	a, b := testkit.Netns(t, "sysa"), testkit.Netns(t, "sysb")
+	testkit.Sysctl(t, a, "net.ipv4.ip_forward", "1")
+	testkit.Sysctl(t, b, "net.ipv4.ip_forward", "0")
+	testkit.Sysctl(t, a, "net.ipv4.conf.lo.rp_filter", "2")
+	for _, tt := range []struct {
+		name string
+		ns   interface{ String() string }
+		want map[string]string
+	}{
+		{"a", a, map[string]string{"net.ipv4.ip_forward": "1", "net.ipv4.conf.lo.rp_filter": "2"}},
+		{"b", b, map[string]string{"net.ipv4.ip_forward": "0"}},
+	} {
+		ns := a
+		if tt.name == "b" {
+			ns = b
+		}
+		snap, err := sysctl.Read(ns, "net.ipv4.ip_forward", "net.ipv4.conf.lo.rp_filter")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, want := range tt.want {
+			if v := snap[k]; !v.Present || v.Value != want {
+				t.Errorf("Read(%s)[%s] = %+v, want %s", tt.ns, k, v, want)
+			}
+		}
+	}
+}
+
+func TestReadSaysWhyAKeyIsAbsent(t *testing.T) {
+	ns := testkit.Netns(t, "sysc")
+	snap, err := sysctl.Read(ns, "net.ipv4.vs.conntrack", "net.ipv4.no_such_key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vs := snap["net.ipv4.vs.conntrack"]
+	if vs.Present && vs.Value == "" {
+		t.Errorf("Read(vs.conntrack) = %+v: present without a value", vs)
+	}
+	if !vs.Present && vs.Absent != "net.ipv4.vs.* exists only once the ip_vs module is loaded" {
+		t.Errorf("Read(vs.conntrack) = %+v, want the ip_vs explanation", vs)
+	}
+	if v := snap["net.ipv4.no_such_key"]; v.Present || v.Absent != "no such key" {
+		t.Errorf("Read(no_such_key) = %+v, want absent: no such key", v)
+	}
+}
