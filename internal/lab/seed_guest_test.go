@@ -5,6 +5,7 @@ package lab_test
 import (
 	"context"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -21,6 +22,7 @@ const failTimeout = 2 * time.Second
 func seedLab(t *testing.T, topo lab.Topology) (*lab.Lab, netip.AddrPort) {
 	t.Helper()
 	l := testkit.Lab(t, topo)
+	t.Logf("%s on %s", strings.TrimSpace(testkit.Run(t, l.LB, "head", "-1", "/proc/net/ip_vs")), strings.TrimSpace(testkit.Run(t, l.LB, "uname", "-r")))
 	srv, err := lab.Serve(l.Real, ":8085")
 	if err != nil {
 		t.Fatal(err)
