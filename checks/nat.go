@@ -54,24 +54,16 @@ func checkIPForward(s *probes.Snapshot, sel probes.Selector) Finding {
 	if len(masq) == 0 {
 		return skip("no IPVS masquerade (NAT) service in " + s.Target.String())
 	}
-	v, ok := readable(s, "net.ipv4.ip_forward")
-	if !ok {
-		return skip("net.ipv4.ip_forward could not be read: " + v.Error + v.Absent)
-	}
-	ev := []Evidence{{Fact: "net.ipv4.ip_forward = " + v.Value, Source: s.Target.String()}}
+	var needs []Evidence
 	for _, svc := range masq {
-		ev = append(ev, Evidence{Fact: serviceLine(svc), Source: "ipvs, " + s.Target.String()})
+		needs = append(needs, Evidence{Fact: serviceLine(svc), Source: "ipvs, " + s.Target.String()})
 	}
-	if v.Value != "0" {
-		return Finding{Status: Pass, Title: "IP forwarding is on for masquerade services", Evidence: ev}
-	}
-	return Finding{
-		Status:   Fail,
-		Title:    "IP forwarding is off while IPVS masquerades",
-		Reason:   "replies from the real servers must be forwarded by this host; with net.ipv4.ip_forward=0 they are dropped (reason IP_INADDRERRORS, IpInAddrErrors rises)",
-		Evidence: ev,
-		Fix:      sysctlFix(s.Target, "net.ipv4.ip_forward", "1"),
-	}
+	return sysctlMustBeOn(s, requirement{
+		key:       "net.ipv4.ip_forward",
+		passTitle: "IP forwarding is on for masquerade services",
+		failTitle: "IP forwarding is off while IPVS masquerades",
+		why:       "replies from the real servers must be forwarded by this host; with net.ipv4.ip_forward=0 they are dropped (reason IP_INADDRERRORS, IpInAddrErrors rises)",
+	}, needs)
 }
 
 func checkVSConntrack(s *probes.Snapshot, sel probes.Selector) Finding {
@@ -85,27 +77,39 @@ func checkVSConntrack(s *probes.Snapshot, sel probes.Selector) Finding {
 	if len(deps) == 0 {
 		return skip("no rule depends on IPVS connections being in conntrack")
 	}
-	v, ok := readable(s, "net.ipv4.vs.conntrack")
-	if !ok {
-		return skip("net.ipv4.vs.conntrack could not be read: " + v.Error + v.Absent)
-	}
-	ev := []Evidence{{Fact: "net.ipv4.vs.conntrack = " + v.Value, Source: s.Target.String()}}
+	var needs []Evidence
 	for _, r := range deps {
-		ev = append(ev, Evidence{
+		needs = append(needs, Evidence{
 			Fact:   fmt.Sprintf("%s (%d packets)", r.Spec, r.Packets),
 			Source: fmt.Sprintf("%s table %s, %s", r.Backend, r.Table, s.Target),
 		})
 	}
+	return sysctlMustBeOn(s, requirement{
+		key:       "net.ipv4.vs.conntrack",
+		passTitle: "IPVS connections are in conntrack for the rules that need them",
+		failTitle: "rules need IPVS connections in conntrack, but net.ipv4.vs.conntrack=0",
+		why:       "with vs.conntrack=0 netfilter never sees IPVS connections: these rules are never hit and no SNAT happens",
+	}, needs)
+}
+
+// requirement is a boolean sysctl that something in the snapshot needs on.
+type requirement struct {
+	key                  string
+	passTitle, failTitle string
+	why                  string // what breaks while it is off
+}
+
+// sysctlMustBeOn judges a requirement, with the things that need it as evidence.
+func sysctlMustBeOn(s *probes.Snapshot, req requirement, needs []Evidence) Finding {
+	v, ok := readable(s, req.key)
+	if !ok {
+		return skip(req.key + " could not be read: " + v.Error + v.Absent)
+	}
+	ev := append([]Evidence{{Fact: req.key + " = " + v.Value, Source: s.Target.String()}}, needs...)
 	if v.Value != "0" {
-		return Finding{Status: Pass, Title: "IPVS connections are in conntrack for the rules that need them", Evidence: ev}
+		return Finding{Status: Pass, Title: req.passTitle, Evidence: ev}
 	}
-	return Finding{
-		Status:   Fail,
-		Title:    "rules need IPVS connections in conntrack, but net.ipv4.vs.conntrack=0",
-		Reason:   "with vs.conntrack=0 netfilter never sees IPVS connections: these rules are never hit and no SNAT happens",
-		Evidence: ev,
-		Fix:      sysctlFix(s.Target, "net.ipv4.vs.conntrack", "1"),
-	}
+	return Finding{Status: Fail, Title: req.failTitle, Reason: req.why, Evidence: ev, Fix: sysctlFix(s.Target, req.key, "1")}
 }
 
 // conntrackDependentRules are rules that only work when IPVS connections go
