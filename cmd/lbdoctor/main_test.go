@@ -1,10 +1,13 @@
 package main
 
 import (
+	"runtime"
+
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"golang.org/x/sys/unix"
 	"strings"
 	"testing"
 
@@ -92,5 +95,40 @@ func TestCheckOnThisKernel(t *testing.T) {
 	code, out, _ := runCLI("check", "--netns", ns.Name)
 	if code == exitUsage || !strings.Contains(out, "netns "+ns.Name) || !strings.Contains(out, "verdict:") {
 		t.Errorf("lbdoctor check --netns %s (text) = exit %d:\n%s", ns.Name, code, out)
+	}
+}
+
+// Without CAP_NET_ADMIN check names the capability and exits 3. Capabilities
+// are per thread: drop them on a thread that is thrown away afterwards.
+func TestCheckWithoutCapabilityExitsThree(t *testing.T) {
+	testkit.RequireRoot(t)
+	type result struct {
+		code           int
+		stdout, stderr string
+		err            error
+	}
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with its dropped capabilities
+		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+		var data [2]unix.CapUserData
+		if err := unix.Capget(&hdr, &data[0]); err != nil {
+			done <- result{err: err}
+			return
+		}
+		data[unix.CAP_NET_ADMIN/32].Effective &^= 1 << (unix.CAP_NET_ADMIN % 32)
+		if err := unix.Capset(&hdr, &data[0]); err != nil {
+			done <- result{err: err}
+			return
+		}
+		code, out, errs := runCLI("check")
+		done <- result{code: code, stdout: out, stderr: errs}
+	}()
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if r.code != exitCannot || !strings.Contains(r.stderr, "CAP_NET_ADMIN") || strings.Count(r.stderr, "\n") != 1 {
+		t.Errorf("lbdoctor check without CAP_NET_ADMIN = exit %d, stderr %q; want exit 3 and one line naming CAP_NET_ADMIN", r.code, r.stderr)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 
 	"github.com/lbdoctor/lbdoctor/checks"
@@ -87,8 +88,13 @@ func Text(w io.Writer, r *Report) error {
 			}
 		}
 	}
-	for name, e := range r.Errors {
-		fmt.Fprintf(&b, "! probe %s could not read: %s\n", name, e)
+	names := make([]string, 0, len(r.Errors))
+	for name := range r.Errors {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		fmt.Fprintf(&b, "! probe %s could not read: %s\n", name, r.Errors[name])
 	}
 	s := r.Summary
 	fmt.Fprintf(&b, "\nverdict: %s (%d fail, %d warn, %d pass, %d skipped)\n", r.Verdict, s["fail"], s["warn"], s["pass"], s["skip"])

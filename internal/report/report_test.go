@@ -1,0 +1,49 @@
+package report_test
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/lbdoctor/lbdoctor/checks"
+	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/internal/report"
+	"github.com/lbdoctor/lbdoctor/internal/testkit"
+)
+
+func sample() *report.Report {
+	fs := []checks.Finding{
+		{ID: "kernel.ipvs", Status: checks.Pass, Title: "IPVS is available: 1 virtual service(s)", Evidence: []checks.Evidence{}},
+		{ID: "sysctl.vs_conntrack", Status: checks.Skip, Title: "IPVS connections are in conntrack where rules need them",
+			Reason: "no rule depends on IPVS connections being in conntrack", Evidence: []checks.Evidence{}},
+		{ID: "sysctl.ip_forward", Status: checks.Fail, Title: "IP forwarding is off while IPVS masquerades",
+			Reason:   "replies are dropped",
+			Evidence: []checks.Evidence{{Fact: "net.ipv4.ip_forward = 0", Source: "netns lb"}},
+			Fix:      []string{"ip netns exec lb sysctl -w net.ipv4.ip_forward=1"}},
+	}
+	t := report.Target{Netns: netns.Target{Spec: "lb", Name: "lb", Path: "/run/netns/lb", Inode: 4026532252},
+		Kernel: "6.1.0-56-cloud-amd64", VIP: "10.1.0.6:8085", Proto: "tcp"}
+	return report.New(t, fs, map[string]string{"rules": "iptables-legacy-save not installed"})
+}
+
+func TestRenderers(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		render func(*bytes.Buffer, *report.Report) error
+	}{
+		{"report.json", func(b *bytes.Buffer, r *report.Report) error { return report.JSON(b, r) }},
+		{"report.txt", func(b *bytes.Buffer, r *report.Report) error { return report.Text(b, r) }},
+	} {
+		var buf bytes.Buffer
+		if err := tt.render(&buf, sample()); err != nil {
+			t.Fatal(err)
+		}
+		testkit.Golden(t, tt.name, buf.Bytes())
+	}
+}
+
+func TestNewCountsAndVerdict(t *testing.T) {
+	r := sample()
+	if r.Schema != 1 || r.Verdict != checks.Fail || r.Summary["fail"] != 1 || r.Summary["skip"] != 1 || r.Summary["pass"] != 1 {
+		t.Errorf("New() = schema %d verdict %s summary %v, want 1, fail, 1 fail 1 skip 1 pass", r.Schema, r.Verdict, r.Summary)
+	}
+}
