@@ -1,0 +1,452 @@
+// Package conntrack reads the connection-tracking table of a network
+// namespace: the flows that touch a VIP, a real server or a client, with
+// both tuples, TCP state and NAT status, streamed so that memory does not
+// grow with the table; the per-CPU and global statistics; and the event stream.
+package conntrack
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"syscall"
+
+	"github.com/mdlayher/netlink"
+	ct "github.com/ti-mo/conntrack"
+	"github.com/ti-mo/netfilter"
+	"golang.org/x/sys/unix"
+
+	"github.com/lbdoctor/lbdoctor/internal/netns"
+)
+
+// Flow is one conntrack entry as lbdoctor shows it.
+type Flow struct {
+	ID      uint32   `json:"id"`
+	Proto   string   `json:"proto"`
+	Orig    Tuple    `json:"orig"`
+	Reply   Tuple    `json:"reply"`
+	State   string   `json:"state,omitempty"` // TCP state, e.g. SYN_RECV
+	Status  []string `json:"status"`          // SEEN_REPLY, ASSURED, SRC_NAT, DST_NAT, …
+	Timeout uint32   `json:"timeout"`         // seconds left
+	Mark    uint32   `json:"mark,omitempty"`
+	Zone    uint16   `json:"zone,omitempty"`
+}
+
+// Tuple is one direction of a flow.
+type Tuple struct {
+	Src netip.AddrPort `json:"src"`
+	Dst netip.AddrPort `json:"dst"`
+}
+
+func (t Tuple) String() string { return t.Src.String() + " → " + t.Dst.String() }
+
+// HasStatus reports whether the flow carries a status flag (e.g. "ASSURED").
+func (f Flow) HasStatus(name string) bool {
+	for _, s := range f.Status {
+		if s == name {
+			return true
+		}
+	}
+	return false
+}
+
+// Field picks the address a Filter compares.
+type Field uint8
+
+const (
+	OrigSrc  Field = iota + 1 // the client, as it sent the packet
+	OrigDst                   // the VIP, before DNAT
+	ReplySrc                  // the real server, after DNAT
+	ReplyDst                  // the address replies go to: the client, or the LB after SNAT
+)
+
+// Filter selects flows by one address (and optionally port and protocol) in
+// one place of the tuples.
+type Filter struct {
+	Field Field
+	Addr  netip.Addr
+	Port  uint16 // 0: any
+	Proto uint8  // 0: any (unix.IPPROTO_TCP, unix.IPPROTO_UDP)
+}
+
+// DumpStats says how much of the table one dump crossed.
+type DumpStats struct {
+	Received int `json:"received"` // entries the kernel sent
+	Matched  int `json:"matched"`  // entries that matched the filter
+	// KernelFiltered is true when the kernel applied the filter itself
+	// (CTA_FILTER, Linux 5.8+); otherwise every entry crossed to user space.
+	KernelFiltered bool `json:"kernel_filtered"`
+}
+
+// Netlink constants of ctnetlink (linux/netfilter/nfnetlink_conntrack.h).
+const (
+	ctaTupleOrig   = 1
+	ctaTupleReply  = 2
+	ctaFilter      = 25
+	ctaTupleIP     = 1
+	ctaTupleProto  = 2
+	ctaIPv4Src     = 1
+	ctaIPv4Dst     = 2
+	ctaIPv6Src     = 3
+	ctaIPv6Dst     = 4
+	ctaProtoNum    = 1
+	ctaProtoSrc    = 2
+	ctaProtoDst    = 3
+	ctaFilterOrig  = 1
+	ctaFilterReply = 2
+
+	filterIPSrc    = 1 << 0
+	filterIPDst    = 1 << 1
+	filterProtoNum = 1 << 3
+	filterSrcPort  = 1 << 4
+	filterDstPort  = 1 << 5
+
+	ctGet = 1
+)
+
+// Dump streams the flows of ns that match f to fn, one at a time: memory
+// stays flat however large the table is. The kernel filters when it can;
+// every entry is checked again on its raw attributes before it is decoded.
+func Dump(ns netns.Target, f Filter, fn func(Flow) error) (DumpStats, error) {
+	var st DumpStats
+	if !f.Addr.IsValid() || f.Field < OrigSrc || f.Field > ReplyDst {
+		return st, errors.New("conntrack filter needs an address and a tuple field")
+	}
+	req, err := dumpRequest(f)
+	if err != nil {
+		return st, err
+	}
+	sock, err := openRaw(ns)
+	if err != nil {
+		return st, err
+	}
+	defer unix.Close(sock)
+	req.Header.Length = uint32(unix.NLMSG_HDRLEN + len(req.Data))
+	req.Header.Sequence = 1
+	wire, err := req.MarshalBinary()
+	if err != nil {
+		return st, err
+	}
+	if err := unix.Sendto(sock, wire, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return st, fmt.Errorf("dump conntrack in %s: %w", ns, err)
+	}
+	st.KernelFiltered = true
+	// One buffer for the whole dump: the kernel fills it with as many
+	// entries as fit, and each is judged before the next read.
+	buf := make([]byte, 256*1024)
+	for {
+		n, _, err := unix.Recvfrom(sock, buf, 0)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return st, fmt.Errorf("dump conntrack in %s: %w", ns, err)
+		}
+		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+		if err != nil {
+			return st, fmt.Errorf("dump conntrack in %s: parse: %w", ns, err)
+		}
+		for _, m := range msgs {
+			switch m.Header.Type {
+			case unix.NLMSG_DONE:
+				return st, nil
+			case unix.NLMSG_ERROR:
+				if len(m.Data) >= 4 {
+					if errno := -int32(binary.NativeEndian.Uint32(m.Data)); errno != 0 {
+						return st, fmt.Errorf("dump conntrack in %s: %w", ns, unix.Errno(errno))
+					}
+				}
+				continue
+			}
+			st.Received++
+			ok, err := rawMatch(m.Data, f)
+			if err != nil {
+				return st, fmt.Errorf("dump conntrack in %s: %w", ns, err)
+			}
+			if !ok {
+				st.KernelFiltered = false // the kernel sent what it should have filtered
+				continue
+			}
+			var ev ct.Event
+			nm := netlink.Message{Header: netlink.Header{Type: netlink.HeaderType(m.Header.Type), Flags: netlink.HeaderFlags(m.Header.Flags)}, Data: m.Data}
+			if err := ev.Unmarshal(nm); err != nil {
+				return st, fmt.Errorf("decode conntrack entry: %w", err)
+			}
+			st.Matched++
+			if err := fn(convert(ev.Flow)); err != nil {
+				return st, err
+			}
+		}
+	}
+}
+
+// openRaw opens a ctnetlink socket that belongs to ns. A plain socket, not
+// a netlink library's connection: those collect a whole multi-part dump in
+// memory before returning it.
+func openRaw(ns netns.Target) (int, error) {
+	sock := -1
+	err := ns.Do(func() error {
+		var err error
+		sock, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+		if err != nil {
+			return err
+		}
+		if err := unix.Bind(sock, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+			unix.Close(sock)
+			return err
+		}
+		// A dump must never hang a probe.
+		tv := unix.Timeval{Sec: 10}
+		unix.SetsockoptTimeval(sock, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+		unix.SetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_RCVBUF, 1<<20)
+		return nil
+	})
+	if err != nil {
+		return -1, fmt.Errorf("open conntrack netlink in %s: %w", ns, err)
+	}
+	return sock, nil
+}
+
+// Flows returns the flows matching any of the filters, each once.
+func Flows(ns netns.Target, filters ...Filter) ([]Flow, error) {
+	seen := map[uint32]bool{}
+	out := []Flow{}
+	for _, f := range filters {
+		_, err := Dump(ns, f, func(fl Flow) error {
+			if !seen[fl.ID] {
+				seen[fl.ID] = true
+				out = append(out, fl)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// Touching returns the filters for "any tuple touches addr" (port 0: any).
+func Touching(addr netip.Addr, port uint16, proto uint8) []Filter {
+	var fs []Filter
+	for _, fld := range []Field{OrigSrc, OrigDst, ReplySrc, ReplyDst} {
+		fs = append(fs, Filter{Field: fld, Addr: addr, Port: port, Proto: proto})
+	}
+	return fs
+}
+
+func dumpRequest(f Filter) (netlink.Message, error) {
+	family := netfilter.ProtoIPv4
+	ipSrc, ipDst := uint16(ctaIPv4Src), uint16(ctaIPv4Dst)
+	if f.Addr.Is6() && !f.Addr.Is4In6() {
+		family, ipSrc, ipDst = netfilter.ProtoIPv6, ctaIPv6Src, ctaIPv6Dst
+	}
+	addr := f.Addr.Unmap().AsSlice()
+	src := f.Field == OrigSrc || f.Field == ReplySrc
+	var flags uint32
+	ip := netfilter.Attribute{Type: ctaTupleIP, Nested: true}
+	proto := netfilter.Attribute{Type: ctaTupleProto, Nested: true}
+	if src {
+		flags |= filterIPSrc
+		ip.Children = append(ip.Children, netfilter.Attribute{Type: ipSrc, Data: addr})
+	} else {
+		flags |= filterIPDst
+		ip.Children = append(ip.Children, netfilter.Attribute{Type: ipDst, Data: addr})
+	}
+	tuple := netfilter.Attribute{Type: ctaTupleOrig, Nested: true, Children: []netfilter.Attribute{ip}}
+	if f.Field == ReplySrc || f.Field == ReplyDst {
+		tuple.Type = ctaTupleReply
+	}
+	if f.Proto != 0 {
+		flags |= filterProtoNum
+		proto.Children = append(proto.Children, netfilter.Attribute{Type: ctaProtoNum, Data: []byte{f.Proto}})
+		if f.Port != 0 {
+			pt, pflag := uint16(ctaProtoDst), uint32(filterDstPort)
+			if src {
+				pt, pflag = ctaProtoSrc, filterSrcPort
+			}
+			flags |= pflag
+			proto.Children = append(proto.Children, netfilter.Attribute{Type: pt, Data: binary.BigEndian.AppendUint16(nil, f.Port)})
+		}
+		tuple.Children = append(tuple.Children, proto)
+	}
+	var origFlags, replyFlags uint32
+	if tuple.Type == ctaTupleOrig {
+		origFlags = flags
+	} else {
+		replyFlags = flags
+	}
+	filter := netfilter.Attribute{Type: ctaFilter, Nested: true, Children: []netfilter.Attribute{
+		{Type: ctaFilterOrig, Data: binary.NativeEndian.AppendUint32(nil, origFlags)},
+		{Type: ctaFilterReply, Data: binary.NativeEndian.AppendUint32(nil, replyFlags)},
+	}}
+	return netfilter.MarshalNetlink(netfilter.Header{
+		SubsystemID: netfilter.NFSubsysCTNetlink,
+		MessageType: ctGet,
+		Family:      family,
+		Flags:       netlink.Request | netlink.Dump,
+	}, []netfilter.Attribute{tuple, filter})
+}
+
+// rawMatch checks a ctnetlink message against f by walking its tuple
+// attributes, without decoding the whole entry.
+func rawMatch(data []byte, f Filter) (bool, error) {
+	if len(data) < 4 {
+		return false, errors.New("short ctnetlink message")
+	}
+	want := uint16(ctaTupleOrig)
+	if f.Field == ReplySrc || f.Field == ReplyDst {
+		want = ctaTupleReply
+	}
+	ad, err := netlink.NewAttributeDecoder(data[4:])
+	if err != nil {
+		return false, err
+	}
+	for ad.Next() {
+		if ad.Type() != want {
+			continue
+		}
+		t, err := rawTuple(ad.Bytes())
+		if err != nil {
+			return false, err
+		}
+		return t.matches(f), nil
+	}
+	return false, ad.Err()
+}
+
+type rawTupleT struct {
+	src, dst         netip.Addr
+	proto            uint8
+	srcPort, dstPort uint16
+}
+
+func (t rawTupleT) matches(f Filter) bool {
+	addr, port := t.dst, t.dstPort
+	if f.Field == OrigSrc || f.Field == ReplySrc {
+		addr, port = t.src, t.srcPort
+	}
+	return addr == f.Addr.Unmap() && (f.Proto == 0 || f.Proto == t.proto) && (f.Port == 0 || f.Port == port)
+}
+
+func rawTuple(b []byte) (rawTupleT, error) {
+	var t rawTupleT
+	ad, err := netlink.NewAttributeDecoder(b)
+	if err != nil {
+		return t, err
+	}
+	for ad.Next() {
+		inner, err := netlink.NewAttributeDecoder(ad.Bytes())
+		if err != nil {
+			return t, err
+		}
+		switch ad.Type() {
+		case ctaTupleIP:
+			for inner.Next() {
+				a, _ := netip.AddrFromSlice(inner.Bytes())
+				switch inner.Type() {
+				case ctaIPv4Src, ctaIPv6Src:
+					t.src = a
+				case ctaIPv4Dst, ctaIPv6Dst:
+					t.dst = a
+				}
+			}
+		case ctaTupleProto:
+			for inner.Next() {
+				switch inner.Type() {
+				case ctaProtoNum:
+					t.proto = inner.Uint8()
+				case ctaProtoSrc:
+					t.srcPort = binary.BigEndian.Uint16(pad2(inner.Bytes()))
+				case ctaProtoDst:
+					t.dstPort = binary.BigEndian.Uint16(pad2(inner.Bytes()))
+				}
+			}
+		}
+		if err := inner.Err(); err != nil {
+			return t, err
+		}
+	}
+	return t, ad.Err()
+}
+
+func pad2(b []byte) []byte {
+	if len(b) >= 2 {
+		return b
+	}
+	return []byte{0, 0}
+}
+
+func convert(f *ct.Flow) Flow {
+	out := Flow{
+		ID:      f.ID,
+		Proto:   protoName(f.TupleOrig.Proto.Protocol),
+		Orig:    tuple(f.TupleOrig),
+		Reply:   tuple(f.TupleReply),
+		Status:  statusNames(f.Status),
+		Timeout: f.Timeout,
+		Mark:    f.Mark,
+		Zone:    f.Zone,
+	}
+	if f.TupleOrig.Proto.Protocol == unix.IPPROTO_TCP && f.ProtoInfo.TCP != nil {
+		out.State = TCPState(f.ProtoInfo.TCP.State)
+	}
+	return out
+}
+
+func tuple(t ct.Tuple) Tuple {
+	return Tuple{
+		Src: netip.AddrPortFrom(t.IP.SourceAddress.Unmap(), t.Proto.SourcePort),
+		Dst: netip.AddrPortFrom(t.IP.DestinationAddress.Unmap(), t.Proto.DestinationPort),
+	}
+}
+
+var tcpStates = []string{"NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT", "CLOSE", "SYN_SENT2"}
+
+// TCPState names conntrack's TCP state number (enum tcp_conntrack).
+func TCPState(s uint8) string {
+	if int(s) < len(tcpStates) {
+		return tcpStates[s]
+	}
+	return fmt.Sprintf("STATE_%d", s)
+}
+
+var statusBits = []string{"EXPECTED", "SEEN_REPLY", "ASSURED", "CONFIRMED", "SRC_NAT", "DST_NAT",
+	"SEQ_ADJUST", "SRC_NAT_DONE", "DST_NAT_DONE", "DYING", "FIXED_TIMEOUT", "TEMPLATE", "UNTRACKED",
+	"HELPER", "OFFLOAD", "HW_OFFLOAD"}
+
+func statusNames(s ct.Status) []string {
+	out := []string{}
+	for i, n := range statusBits {
+		if s&(1<<i) != 0 {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func protoName(p uint8) string {
+	switch p {
+	case unix.IPPROTO_TCP:
+		return "tcp"
+	case unix.IPPROTO_UDP:
+		return "udp"
+	case unix.IPPROTO_ICMP:
+		return "icmp"
+	case unix.IPPROTO_SCTP:
+		return "sctp"
+	}
+	return fmt.Sprintf("proto-%d", p)
+}
+
+// String renders a flow like conntrack -L does, with lbdoctor's names.
+func (f Flow) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s", f.Proto, f.Orig)
+	if f.State != "" {
+		fmt.Fprintf(&b, " %s", f.State)
+	}
+	fmt.Fprintf(&b, " reply %s [%s] timeout %ds", f.Reply, strings.Join(f.Status, ","), f.Timeout)
+	return b.String()
+}
