@@ -1,0 +1,230 @@
+package conntrack_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mdlayher/netlink"
+	"github.com/ti-mo/netfilter"
+	"golang.org/x/sys/unix"
+
+	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/internal/testkit"
+	"github.com/lbdoctor/lbdoctor/probes/conntrack"
+)
+
+// Benchmark: one VIP's 1,000 flows in a table of 1,000,000, found by the
+// streaming, kernel-filtered dump, beside what an operator would type.
+//
+//	go test -run '^$' -bench DumpVIP -benchtime 5x ./probes/conntrack/
+//
+// Set LBDOCTOR_BENCH_FLOWS to change the table size. It raises the host's
+// nf_conntrack_max (global: a child netns cannot set its own) and restores it.
+
+var benchVIP = netip.MustParseAddr("10.1.0.6")
+
+func BenchmarkDumpVIP(b *testing.B) {
+	testkit.RequireRoot(b)
+	total := 1_000_000
+	if s := os.Getenv("LBDOCTOR_BENCH_FLOWS"); s != "" {
+		total, _ = strconv.Atoi(s)
+	}
+	const vipFlows = 1000
+	raiseHostSysctl(b, "net.netfilter.nf_conntrack_max", total+100_000)
+	raiseHostSysctl(b, "net.netfilter.nf_conntrack_buckets", total/4)
+	ns := testkit.Netns(b, "bench")
+	if err := fillTable(ns, total, vipFlows); err != nil {
+		b.Fatal(err)
+	}
+	st, err := conntrack.ReadStats(ns)
+	if err != nil || int(st.Entries) < total {
+		b.Fatalf("table has %d entries (%v), want %d", st.Entries, err, total)
+	}
+	filter := conntrack.Filter{Field: conntrack.OrigDst, Addr: benchVIP, Port: 8085, Proto: unix.IPPROTO_UDP}
+
+	b.Run("lbdoctor", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			n := 0
+			ds, err := conntrack.Dump(ns, filter, func(conntrack.Flow) error { n++; return nil })
+			if err != nil || n != vipFlows || !ds.KernelFiltered {
+				b.Fatalf("Dump = %d flows, %+v, %v; want %d kernel-filtered", n, ds, err, vipFlows)
+			}
+		}
+		b.ReportMetric(maxRSS(b, exec.Command(os.Args[0], "-test.run=^TestHelperDump$"), ns), "peak-RSS-MB")
+	})
+	b.Run("conntrack -L -d", func(b *testing.B) {
+		var rss float64
+		for b.Loop() {
+			rss = maxRSS(b, exec.Command("conntrack", "-L", "-d", benchVIP.String()), ns)
+		}
+		b.ReportMetric(rss, "peak-RSS-MB")
+	})
+	b.Run("conntrack -L | grep", func(b *testing.B) {
+		var rss float64
+		for b.Loop() {
+			list := exec.Command("conntrack", "-L")
+			grep := exec.Command("grep", "-c", "dst="+benchVIP.String()+" ")
+			pipe, err := list.StdoutPipe()
+			if err != nil {
+				b.Fatal(err)
+			}
+			grep.Stdin = pipe
+			var count bytes.Buffer
+			grep.Stdout = &count
+			if err := grep.Start(); err != nil {
+				b.Fatal(err)
+			}
+			rss = maxRSS(b, list, ns)
+			if err := grep.Wait(); err != nil || strings.TrimSpace(count.String()) != strconv.Itoa(vipFlows) {
+				b.Fatalf("conntrack -L | grep counted %q (%v), want %d", count.String(), err, vipFlows)
+			}
+		}
+		b.ReportMetric(rss, "peak-RSS-MB")
+	})
+}
+
+// TestHelperDump is the child process BenchmarkDumpVIP measures peak RSS of.
+func TestHelperDump(t *testing.T) {
+	name := os.Getenv("LBDOCTOR_BENCH_NETNS")
+	if name == "" {
+		t.Skip("helper of BenchmarkDumpVIP")
+	}
+	ns, err := netns.Resolve(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	_, err = conntrack.Dump(ns, conntrack.Filter{Field: conntrack.OrigDst, Addr: benchVIP, Port: 8085, Proto: unix.IPPROTO_UDP},
+		func(conntrack.Flow) error { n++; return nil })
+	if err != nil || n == 0 {
+		t.Fatalf("Dump = %d, %v", n, err)
+	}
+}
+
+// maxRSS runs cmd inside ns and returns its peak RSS (VmHWM) in MB, polled
+// while it runs: rusage's maxrss would count the benchmark's own memory, which
+// a vforked child shares until exec.
+func maxRSS(b *testing.B, cmd *exec.Cmd, ns netns.Target) float64 {
+	cmd.Env = append(os.Environ(), "LBDOCTOR_BENCH_NETNS="+ns.Name)
+	var out bytes.Buffer
+	if cmd.Stdout == nil {
+		cmd.Stdout = &out
+	}
+	cmd.Stderr = &out
+	if err := ns.Do(cmd.Start); err != nil {
+		b.Fatalf("%v: %v", cmd.Args, err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	status := fmt.Sprintf("/proc/%d/status", cmd.Process.Pid)
+	var peak float64
+	for {
+		select {
+		case err := <-done:
+			if err != nil {
+				b.Fatalf("%v: %v\n%s", cmd.Args, err, out.String())
+			}
+			return peak
+		case <-time.After(2 * time.Millisecond):
+			data, _ := os.ReadFile(status)
+			for _, line := range strings.Split(string(data), "\n") {
+				if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+					kb, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
+					peak = max(peak, float64(kb)/1024)
+				}
+			}
+		}
+	}
+}
+
+func raiseHostSysctl(b *testing.B, key string, min int) {
+	path := "/proc/sys/" + strings.ReplaceAll(key, ".", "/")
+	old, err := os.ReadFile(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if v, _ := strconv.Atoi(strings.TrimSpace(string(old))); v >= min {
+		return
+	}
+	if err := os.WriteFile(path, []byte(strconv.Itoa(min)), 0o644); err != nil {
+		b.Fatalf("raise %s: %v", key, err)
+	}
+	b.Cleanup(func() { os.WriteFile(path, old, 0o644) })
+}
+
+// fillTable inserts total UDP flows over netlink in batches, vip of them to
+// benchVIP:8085 and the rest to other addresses.
+func fillTable(ns netns.Target, total, vip int) error {
+	return ns.Do(func() error {
+		sock, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(sock)
+		if err := unix.Bind(sock, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+			return err
+		}
+		var batch []byte
+		flush := func() error {
+			if len(batch) == 0 {
+				return nil
+			}
+			err := unix.Sendto(sock, batch, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
+			batch = batch[:0]
+			return err
+		}
+		for i := 0; i < total; i++ {
+			dst := benchVIP
+			if i >= vip {
+				dst = netip.AddrFrom4([4]byte{10, 2 + byte(i>>16), byte(i >> 8), byte(i)})
+			}
+			src := netip.AddrFrom4([4]byte{10, 100, byte(i >> 8), byte(i)})
+			msg, err := newFlowMsg(src, dst, uint16(1024+i%60000), 8085, uint32(i+1))
+			if err != nil {
+				return err
+			}
+			batch = append(batch, msg...)
+			if len(batch) > 200_000 {
+				if err := flush(); err != nil {
+					return fmt.Errorf("insert flows: %w", err)
+				}
+			}
+		}
+		return flush()
+	})
+}
+
+func newFlowMsg(src, dst netip.Addr, sport, dport uint16, seq uint32) ([]byte, error) {
+	be16 := func(v uint16) []byte { return binary.BigEndian.AppendUint16(nil, v) }
+	be32 := func(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
+	tuple := func(typ uint16, s, d netip.Addr, sp, dp uint16) netfilter.Attribute {
+		return netfilter.Attribute{Type: typ, Nested: true, Children: []netfilter.Attribute{
+			{Type: 1, Nested: true, Children: []netfilter.Attribute{{Type: 1, Data: s.AsSlice()}, {Type: 2, Data: d.AsSlice()}}},
+			{Type: 2, Nested: true, Children: []netfilter.Attribute{{Type: 1, Data: []byte{unix.IPPROTO_UDP}}, {Type: 2, Data: be16(sp)}, {Type: 3, Data: be16(dp)}}},
+		}}
+	}
+	m, err := netfilter.MarshalNetlink(netfilter.Header{
+		SubsystemID: netfilter.NFSubsysCTNetlink, MessageType: 0, Family: netfilter.ProtoIPv4,
+		Flags: netlink.Request | netlink.Create | netlink.Excl,
+	}, []netfilter.Attribute{
+		tuple(1, src, dst, sport, dport),
+		tuple(2, dst, src, dport, sport),
+		{Type: 3, Data: be32(1<<3 | 1<<1)}, // CONFIRMED | SEEN_REPLY
+		{Type: 7, Data: be32(3600)},
+	})
+	if err != nil {
+		return nil, err
+	}
+	m.Header.Length = uint32(unix.NLMSG_HDRLEN + len(m.Data))
+	m.Header.Sequence = seq
+	return m.MarshalBinary()
+}
