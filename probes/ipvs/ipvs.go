@@ -37,6 +37,17 @@ type Snapshot struct {
 	Available bool      `json:"available"`
 	Reason    string    `json:"reason,omitempty"`
 	Services  []Service `json:"services"`
+	Timeouts  Timeouts  `json:"timeouts"`
+	// Conns is the IPVS connection table (/proc/net/ip_vs_conn); filled by
+	// ReadConns, since it can be large.
+	Conns []Conn `json:"conns,omitempty"`
+}
+
+// Timeouts are IPVS's idle timeouts (ipvsadm --set), in seconds.
+type Timeouts struct {
+	TCP    int `json:"tcp"`
+	TCPFin int `json:"tcp_fin"`
+	UDP    int `json:"udp"`
 }
 
 // Service is one virtual service.
@@ -45,7 +56,7 @@ type Service struct {
 	Addr      netip.AddrPort `json:"addr"`
 	FWMark    uint32         `json:"fwmark,omitempty"`
 	Scheduler string         `json:"scheduler"`
-	Flags     uint32         `json:"flags"`
+	Flags     []string       `json:"flags"` // persistent, hashed, ops, sched-flag-1…3
 	Timeout   uint32         `json:"persistence_timeout,omitempty"`
 	Stats     Stats          `json:"stats"`
 	Reals     []Real         `json:"reals"`
@@ -71,13 +82,19 @@ type Real struct {
 	Stats         Stats          `json:"stats"`
 }
 
-// Stats are IPVS counters; the kernel refreshes rates every 2 s.
+// Stats are IPVS counters and rates. The kernel folds its per-CPU counters
+// into these every 2 s (its rate estimator), so they lag traffic by up to 2 s.
 type Stats struct {
 	Conns      uint32 `json:"conns"`
 	PacketsIn  uint32 `json:"packets_in"`
 	PacketsOut uint32 `json:"packets_out"`
 	BytesIn    uint64 `json:"bytes_in"`
 	BytesOut   uint64 `json:"bytes_out"`
+	CPS        uint32 `json:"cps"`
+	PPSIn      uint32 `json:"pps_in"`
+	PPSOut     uint32 `json:"pps_out"`
+	BPSIn      uint32 `json:"bps_in"`
+	BPSOut     uint32 `json:"bps_out"`
 }
 
 // Read returns the IPVS state of ns. A kernel without IPVS is not an error:
@@ -102,6 +119,9 @@ func Read(ns netns.Target) (Snapshot, error) {
 		return snap, fmt.Errorf("open IPVS in %s: %w", ns, err)
 	}
 	defer h.Close()
+	if cfg, err := h.GetConfig(); err == nil {
+		snap.Timeouts = Timeouts{TCP: int(cfg.TimeoutTCP.Seconds()), TCPFin: int(cfg.TimeoutTCPFin.Seconds()), UDP: int(cfg.TimeoutUDP.Seconds())}
+	}
 	svcs, err := h.GetServices()
 	if err != nil {
 		return snap, fmt.Errorf("list IPVS services in %s: %w", ns, permissionHint(err))
@@ -112,7 +132,7 @@ func Read(ns netns.Target) (Snapshot, error) {
 			Addr:      addrPort(s.Address, s.Port),
 			FWMark:    s.FWMark,
 			Scheduler: s.SchedName,
-			Flags:     s.Flags,
+			Flags:     flagNames(s.Flags),
 			Timeout:   s.Timeout,
 			Stats:     stats(mobyipvs.SvcStats(s.Stats)),
 			Reals:     []Real{},
@@ -151,7 +171,8 @@ func addrPort(ip net.IP, port uint16) netip.AddrPort {
 }
 
 func stats(s mobyipvs.SvcStats) Stats {
-	return Stats{Conns: s.Connections, PacketsIn: s.PacketsIn, PacketsOut: s.PacketsOut, BytesIn: s.BytesIn, BytesOut: s.BytesOut}
+	return Stats{Conns: s.Connections, PacketsIn: s.PacketsIn, PacketsOut: s.PacketsOut, BytesIn: s.BytesIn, BytesOut: s.BytesOut,
+		CPS: s.CPS, PPSIn: s.PPSIn, PPSOut: s.PPSOut, BPSIn: s.BPSIn, BPSOut: s.BPSOut}
 }
 
 func protoName(p uint16, fwmark uint32) string {
@@ -180,4 +201,16 @@ func methodName(flags uint32) string {
 		return Route
 	}
 	return fmt.Sprintf("method-%d", flags&mobyipvs.ConnectionFlagFwdMask)
+}
+
+var serviceFlags = []string{"persistent", "hashed", "ops", "sched-flag-1", "sched-flag-2", "sched-flag-3"}
+
+func flagNames(f uint32) []string {
+	out := []string{}
+	for i, n := range serviceFlags {
+		if f&(1<<i) != 0 {
+			out = append(out, n)
+		}
+	}
+	return out
 }

@@ -26,8 +26,9 @@ const (
 type Snapshot struct {
 	Backends []Backend `json:"backends"`
 	Rules    []Rule    `json:"rules"`
-	// Mixed is true when both iptables backends hold rules at once: both run
-	// on every packet, and each tool shows only its own half.
+	// Mixed is true when x_tables (iptables-legacy) and nf_tables
+	// (iptables-nft, nft) both hold rules: both run on every packet, and
+	// each tool shows only its own part.
 	Mixed bool `json:"mixed"`
 }
 
@@ -44,10 +45,14 @@ type Rule struct {
 	Backend string `json:"backend"`
 	Table   string `json:"table"`
 	Chain   string `json:"chain"`
-	Spec    string `json:"spec"` // as iptables-save prints it, without counters
+	Spec    string `json:"spec"`           // as iptables-save prints it, without counters
+	Hook    string `json:"hook,omitempty"` // nft base chains: prerouting, input, forward, output, postrouting
 	Packets uint64 `json:"packets"`
 	Bytes   uint64 `json:"bytes"`
-	Target  string `json:"target,omitempty"`
+	// HasCounter is false for a native nft rule without a `counter`
+	// expression: its Packets stay 0 whatever it matches.
+	HasCounter bool   `json:"has_counter"`
+	Target     string `json:"target,omitempty"`
 	// IPVS is set for a rule with an `-m ipvs` match.
 	IPVS *IPVSMatch `json:"ipvs,omitempty"`
 	// CtOrigDst is the --ctorigdst of a conntrack match (the VIP before DNAT).
@@ -87,7 +92,7 @@ func prefixContains(s string, a netip.Addr) bool {
 	return err == nil && b == a
 }
 
-// Read reads both iptables backends inside ns.
+// Read reads both iptables backends and native nftables inside ns.
 func Read(ns netns.Target) (Snapshot, error) {
 	snap := Snapshot{Rules: []Rule{}}
 	for _, be := range []string{IptablesLegacy, IptablesNft} {
@@ -125,13 +130,19 @@ func Read(ns netns.Target) (Snapshot, error) {
 		snap.Backends = append(snap.Backends, b)
 		snap.Rules = append(snap.Rules, rules...)
 	}
-	withRules := 0
-	for _, b := range snap.Backends {
-		if b.Rules > 0 {
-			withRules++
-		}
+	nb := Backend{Name: Nft}
+	if nft, err := readNft(ns); err != nil {
+		nb.Reason = err.Error()
+	} else {
+		nb.Read, nb.Rules = true, len(nft)
+		snap.Rules = append(snap.Rules, nft...)
 	}
-	snap.Mixed = withRules > 1
+	snap.Backends = append(snap.Backends, nb)
+	rulesIn := map[string]int{}
+	for _, b := range snap.Backends {
+		rulesIn[b.Name] = b.Rules
+	}
+	snap.Mixed = rulesIn[IptablesLegacy] > 0 && rulesIn[IptablesNft]+rulesIn[Nft] > 0
 	return snap, nil
 }
 
@@ -174,7 +185,7 @@ func ParseSave(backend string, data []byte) ([]Rule, error) {
 		if len(args) < 2 || args[0] != "-A" {
 			return nil, fmt.Errorf("line %d: not a rule: %q", lineNo, line)
 		}
-		r.Chain, r.Spec = args[1], line
+		r.Chain, r.Spec, r.HasCounter = args[1], line, true
 		labelRule(&r, args[2:])
 		rules = append(rules, r)
 	}

@@ -1,0 +1,60 @@
+package ipvs_test
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/lbdoctor/lbdoctor/probes/ipvs"
+)
+
+const connTable = `Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Expires PEName PEData
+TCP 0A010003 A3F2 0A010006 1F95 0A010032 1F95 SYN_RECV         56
+UDP 0A010003 8000 0A010006 0035 0A010033 0035 UDP             298
+TCP 2001:0db8:0000:0000:0000:0000:0000:0001 0050 2001:0db8:0000:0000:0000:0000:0000:0006 0050 2001:0db8:0000:0000:0000:0000:0000:0032 0050 ESTABLISHED     899 sip 1234
+`
+
+func TestParseConns(t *testing.T) {
+	var got []ipvs.Conn
+	if err := ipvs.ParseConns(strings.NewReader(connTable), func(c ipvs.Conn) { got = append(got, c) }); err != nil {
+		t.Fatal(err)
+	}
+	want := []ipvs.Conn{
+		{Proto: "tcp", Client: netip.MustParseAddrPort("10.1.0.3:41970"), VIP: netip.MustParseAddrPort("10.1.0.6:8085"), Dest: netip.MustParseAddrPort("10.1.0.50:8085"), State: "SYN_RECV", Expires: 56},
+		{Proto: "udp", Client: netip.MustParseAddrPort("10.1.0.3:32768"), VIP: netip.MustParseAddrPort("10.1.0.6:53"), Dest: netip.MustParseAddrPort("10.1.0.51:53"), State: "UDP", Expires: 298},
+		{Proto: "tcp", Client: netip.MustParseAddrPort("[2001:db8::1]:80"), VIP: netip.MustParseAddrPort("[2001:db8::6]:80"), Dest: netip.MustParseAddrPort("[2001:db8::32]:80"), State: "ESTABLISHED", Expires: 899, PEName: "sip", PEData: "1234"},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("ParseConns() = %d conns, want %d", len(got), len(want))
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("ParseConns() [%d] = %+v, want %+v", i, got[i], want[i])
+		}
+	}
+}
+
+func TestParseConnsRejectsGarbage(t *testing.T) {
+	for name, in := range map[string]string{
+		"short line":    "TCP 0A010003 A3F2\n",
+		"bad address":   "TCP 0A01 A3F2 0A010006 1F95 0A010032 1F95 SYN_RECV 56\n",
+		"bad port":      "TCP 0A010003 XYZW 0A010006 1F95 0A010032 1F95 SYN_RECV 56\n",
+		"bad expiry":    "TCP 0A010003 A3F2 0A010006 1F95 0A010032 1F95 SYN_RECV soon\n",
+		"bad ipv6 addr": "TCP 2001:zz 0050 0A010006 1F95 0A010032 1F95 SYN_RECV 56\n",
+	} {
+		if err := ipvs.ParseConns(strings.NewReader(in), func(ipvs.Conn) {}); err == nil {
+			t.Errorf("ParseConns(%s) = nil error, want an error", name)
+		}
+	}
+}
+
+func FuzzParseConns(f *testing.F) {
+	f.Add(connTable)
+	f.Fuzz(func(t *testing.T, in string) {
+		ipvs.ParseConns(strings.NewReader(in), func(c ipvs.Conn) {
+			if !c.Client.IsValid() || !c.VIP.IsValid() || !c.Dest.IsValid() {
+				t.Fatalf("ParseConns accepted an invalid address: %+v", c)
+			}
+		})
+	})
+}
