@@ -30,6 +30,42 @@ type Snapshot map[string]Value
 var DefaultKeys = []string{
 	"net.ipv4.ip_forward",
 	"net.ipv4.vs.conntrack",
+	"net.ipv4.vs.conn_reuse_mode",
+	"net.ipv4.vs.expire_nodest_conn",
+	"net.ipv4.vs.expire_quiescent_template",
+	"net.ipv4.vs.snat_reroute",
+	"net.netfilter.nf_conntrack_max",
+	"net.netfilter.nf_conntrack_count",
+	"net.netfilter.nf_conntrack_tcp_be_liberal",
+	"net.netfilter.nf_conntrack_tcp_loose",
+}
+
+// InterfaceKeys are read for "all", "default" and every interface.
+var InterfaceKeys = []string{"forwarding", "rp_filter", "send_redirects", "accept_redirects", "arp_ignore", "arp_announce"}
+
+// ReadAll reads DefaultKeys and InterfaceKeys of every interface of ns.
+func ReadAll(ns netns.Target) (Snapshot, error) {
+	snap := Snapshot{}
+	err := ns.Do(func() error {
+		for _, k := range DefaultKeys {
+			snap[k] = readKey(k)
+		}
+		ents, err := os.ReadDir("/proc/sys/net/ipv4/conf")
+		if err != nil {
+			return err
+		}
+		for _, e := range ents {
+			for _, k := range InterfaceKeys {
+				key := "net.ipv4.conf." + e.Name() + "." + k
+				snap[key] = readKey(key)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read sysctls in %s: %w", ns, err)
+	}
+	return snap, nil
 }
 
 // Path maps a dotted key to its /proc/sys file.
@@ -61,8 +97,11 @@ func readKey(key string) Value {
 		v.Value = strings.TrimSpace(string(data))
 	case errors.Is(err, fs.ErrNotExist):
 		v.Absent = "no such key"
-		if strings.HasPrefix(key, "net.ipv4.vs.") {
+		switch {
+		case strings.HasPrefix(key, "net.ipv4.vs."):
 			v.Absent = "net.ipv4.vs.* exists only once the ip_vs module is loaded"
+		case strings.HasPrefix(key, "net.netfilter.nf_conntrack"):
+			v.Absent = "net.netfilter.nf_conntrack_* exists only once nf_conntrack is loaded"
 		}
 	default:
 		v.Error = err.Error()

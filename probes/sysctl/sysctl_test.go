@@ -1,6 +1,7 @@
 package sysctl_test
 
 import (
+	"github.com/vishvananda/netlink"
 	"testing"
 
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
@@ -51,5 +52,31 @@ func TestReadSaysWhyAKeyIsAbsent(t *testing.T) {
 	}
 	if v := snap["net.ipv4.no_such_key"]; v.Present || v.Absent != "no such key" {
 		t.Errorf("Read(no_such_key) = %+v, want absent: no such key", v)
+	}
+}
+
+func TestReadAllCoversEveryInterface(t *testing.T) {
+	ns := testkit.Netns(t, "sysall")
+	err := ns.Do(func() error {
+		return netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "d0"}, PeerName: "d1"})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testkit.Sysctl(t, ns, "net.ipv4.conf.d0.send_redirects", "0")
+	snap, err := sysctl.ReadAll(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.arp_ignore", "net.ipv4.conf.lo.forwarding", "net.ipv4.conf.d0.arp_announce"} {
+		if v := snap[k]; !v.Present {
+			t.Errorf("ReadAll()[%s] = %+v, want present", k, v)
+		}
+	}
+	if v := snap["net.ipv4.conf.d0.send_redirects"]; v.Value != "0" {
+		t.Errorf("ReadAll()[d0.send_redirects] = %+v, want 0", v)
+	}
+	if v := snap["net.netfilter.nf_conntrack_max"]; !v.Present && v.Absent == "" {
+		t.Errorf("ReadAll()[nf_conntrack_max] = %+v: neither present nor explained", v)
 	}
 }
