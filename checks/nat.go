@@ -138,13 +138,9 @@ func selected(s *probes.Snapshot, sel probes.Selector) []ipvs.Service {
 	if !sel.VIP.IsValid() {
 		return s.IPVS.Services
 	}
-	proto := sel.Proto
-	if proto == "" {
-		proto = "tcp"
-	}
 	var out []ipvs.Service
 	for _, svc := range s.IPVS.Services {
-		if svc.Addr == sel.VIP && svc.Proto == proto {
+		if sel.Matches(svc.Addr, svc.Proto) {
 			out = append(out, svc)
 		}
 	}

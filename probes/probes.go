@@ -4,53 +4,174 @@
 package probes
 
 import (
+	"fmt"
 	"net/netip"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/probes/conntrack"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 	"github.com/lbdoctor/lbdoctor/probes/kernel"
+	"github.com/lbdoctor/lbdoctor/probes/netstate"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
+	"github.com/lbdoctor/lbdoctor/probes/snmp"
 	"github.com/lbdoctor/lbdoctor/probes/sysctl"
 )
 
+// MaxListed caps the flows and IPVS connections a snapshot lists; the
+// number left out is always reported next to them.
+const MaxListed = 500
+
 // Snapshot is the state of one namespace as the probes saw it.
 type Snapshot struct {
-	Target  netns.Target    `json:"target"`
-	Kernel  string          `json:"kernel"`
-	IPVS    ipvs.Snapshot   `json:"ipvs"`
-	Sysctls sysctl.Snapshot `json:"sysctls"`
-	Rules   rules.Snapshot  `json:"rules"`
+	Time      time.Time         `json:"time"`
+	Target    netns.Target      `json:"target"`
+	Kernel    string            `json:"kernel"`
+	Features  *kernel.Features  `json:"features,omitempty"`
+	IPVS      ipvs.Snapshot     `json:"ipvs"`
+	Sysctls   sysctl.Snapshot   `json:"sysctls"`
+	Rules     rules.Snapshot    `json:"rules"`
+	Conntrack Conntrack         `json:"conntrack"`
+	SNMP      snmp.Counters     `json:"snmp,omitempty"`
+	Net       netstate.Snapshot `json:"net"`
 	// Errors holds, by probe name, why a probe could not read its layer
 	// (privileges, a tool missing); checks that need it are skipped with it.
 	Errors map[string]string `json:"errors,omitempty"`
 }
 
+// Conntrack is the conntrack part of a snapshot: the statistics and the
+// flows of the selected VIPs.
+type Conntrack struct {
+	Stats    conntrack.Stats  `json:"stats"`
+	Flows    []conntrack.Flow `json:"flows"`
+	Omitted  int              `json:"omitted"`  // flows not listed (over MaxListed)
+	Selector string           `json:"selector"` // which flows were dumped
+}
+
 // Selector narrows the snapshot to one virtual service.
 type Selector struct {
-	VIP   netip.AddrPort // zero: every service
-	Proto string         // tcp or udp; "" with a VIP means tcp
+	VIP   netip.AddrPort // zero: every service; port 0: any port
+	Proto string         // tcp or udp; "" means tcp
+}
+
+// Matches reports whether a service address and protocol are selected.
+func (s Selector) Matches(addr netip.AddrPort, proto string) bool {
+	if !s.VIP.IsValid() {
+		return true
+	}
+	p := s.Proto
+	if p == "" {
+		p = "tcp"
+	}
+	return addr.Addr() == s.VIP.Addr() && (s.VIP.Port() == 0 || addr.Port() == s.VIP.Port()) && proto == p
 }
 
 // Probe names, the keys of Snapshot.Errors.
 const (
-	ProbeIPVS   = "ipvs"
-	ProbeSysctl = "sysctl"
-	ProbeRules  = "rules"
+	ProbeIPVS      = "ipvs"
+	ProbeIPVSConns = "ipvs_conns"
+	ProbeSysctl    = "sysctl"
+	ProbeRules     = "rules"
+	ProbeConntrack = "conntrack"
+	ProbeSNMP      = "snmp"
+	ProbeNet       = "net"
 )
+
+// Options choose the costlier parts of a snapshot.
+type Options struct {
+	Features bool // run the kernel feature probes (loads tiny BPF programs)
+}
 
 // Gather runs every probe in ns. Probe failures are recorded, not returned:
 // one unreadable layer must not hide the others.
-func Gather(ns netns.Target) *Snapshot {
-	s := &Snapshot{Target: ns, Kernel: kernel.Release(), Errors: map[string]string{}}
+func Gather(ns netns.Target, sel Selector, opt Options) *Snapshot {
+	s := &Snapshot{Time: time.Now(), Target: ns, Kernel: kernel.Release(), Errors: map[string]string{}}
+	fail := func(probe string, err error) {
+		if err != nil {
+			s.Errors[probe] = err.Error()
+		}
+	}
 	var err error
-	if s.IPVS, err = ipvs.Read(ns); err != nil {
-		s.Errors[ProbeIPVS] = err.Error()
+	s.IPVS, err = ipvs.Read(ns)
+	fail(ProbeIPVS, err)
+	if s.IPVS.Available {
+		var conns []ipvs.Conn
+		conns, err = ipvs.ReadConns(ns, func(c ipvs.Conn) bool { return sel.Matches(c.VIP, c.Proto) })
+		fail(ProbeIPVSConns, err)
+		if len(conns) > MaxListed {
+			s.IPVS.ConnsOmitted = len(conns) - MaxListed
+			conns = conns[:MaxListed]
+		}
+		s.IPVS.Conns = conns
 	}
-	if s.Sysctls, err = sysctl.Read(ns, sysctl.DefaultKeys...); err != nil {
-		s.Errors[ProbeSysctl] = err.Error()
-	}
-	if s.Rules, err = rules.Read(ns); err != nil {
-		s.Errors[ProbeRules] = err.Error()
+	s.Sysctls, err = sysctl.ReadAll(ns)
+	fail(ProbeSysctl, err)
+	s.Rules, err = rules.Read(ns)
+	fail(ProbeRules, err)
+	s.Conntrack, err = readConntrack(ns, sel, s.IPVS.Services)
+	fail(ProbeConntrack, err)
+	s.SNMP, err = snmp.Read(ns)
+	fail(ProbeSNMP, err)
+	s.Net, err = netstate.Read(ns)
+	fail(ProbeNet, err)
+	if opt.Features {
+		f := kernel.ReadFeatures()
+		s.Features = &f
 	}
 	return s
+}
+
+// readConntrack dumps the flows to the selected VIP, or to every IPVS VIP.
+func readConntrack(ns netns.Target, sel Selector, svcs []ipvs.Service) (Conntrack, error) {
+	c := Conntrack{Flows: []conntrack.Flow{}}
+	var err error
+	if c.Stats, err = conntrack.ReadStats(ns); err != nil {
+		return c, err
+	}
+	var filters []conntrack.Filter
+	var names []string
+	add := func(a netip.AddrPort, proto string) {
+		p := uint8(unix.IPPROTO_TCP)
+		if proto == "udp" {
+			p = unix.IPPROTO_UDP
+		}
+		filters = append(filters, conntrack.Filter{Field: conntrack.OrigDst, Addr: a.Addr(), Port: a.Port(), Proto: p})
+		names = append(names, fmt.Sprintf("%s %s", proto, a))
+	}
+	switch {
+	case sel.VIP.IsValid():
+		p := sel.Proto
+		if p == "" {
+			p = "tcp"
+		}
+		add(sel.VIP, p)
+	default:
+		for _, svc := range svcs {
+			if svc.FWMark == 0 {
+				add(svc.Addr, svc.Proto)
+			}
+		}
+	}
+	if len(filters) == 0 {
+		c.Selector = "none (no VIP selected and no IPVS service)"
+		return c, nil
+	}
+	c.Selector = "original destination " + strings.Join(names, ", ")
+	for _, f := range filters {
+		_, err := conntrack.Dump(ns, f, func(fl conntrack.Flow) error {
+			if len(c.Flows) < MaxListed {
+				c.Flows = append(c.Flows, fl)
+			} else {
+				c.Omitted++
+			}
+			return nil
+		})
+		if err != nil {
+			return c, err
+		}
+	}
+	return c, nil
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"sort"
 	"strings"
 
 	"github.com/lbdoctor/lbdoctor/checks"
@@ -88,12 +87,7 @@ func Text(w io.Writer, r *Report) error {
 			}
 		}
 	}
-	names := make([]string, 0, len(r.Errors))
-	for name := range r.Errors {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	for _, name := range names {
+	for _, name := range sortedKeys(r.Errors) {
 		fmt.Fprintf(&b, "! probe %s could not read: %s\n", name, r.Errors[name])
 	}
 	s := r.Summary

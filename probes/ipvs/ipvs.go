@@ -40,7 +40,8 @@ type Snapshot struct {
 	Timeouts  Timeouts  `json:"timeouts"`
 	// Conns is the IPVS connection table (/proc/net/ip_vs_conn); filled by
 	// ReadConns, since it can be large.
-	Conns []Conn `json:"conns,omitempty"`
+	Conns        []Conn `json:"conns,omitempty"`
+	ConnsOmitted int    `json:"conns_omitted,omitempty"` // entries not listed
 }
 
 // Timeouts are IPVS's idle timeouts (ipvsadm --set), in seconds.

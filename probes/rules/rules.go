@@ -282,3 +282,9 @@ func splitArgs(s string) ([]string, error) {
 	}
 	return args, nil
 }
+
+// Key identifies a rule across two reads (for deltas): its place and its
+// text without counters.
+func (r Rule) Key() string {
+	return r.Backend + "|" + r.Table + "|" + r.Chain + "|" + nftCounter.ReplaceAllString(r.Spec, "counter")
+}

@@ -1,0 +1,62 @@
+package main
+
+import (
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/lbdoctor/lbdoctor/internal/report"
+	"github.com/lbdoctor/lbdoctor/probes"
+)
+
+func newInspectCmd(g *globalFlags) *cobra.Command {
+	var vip, proto string
+	var watch time.Duration
+	cmd := &cobra.Command{
+		Use:   "inspect",
+		Short: "Show every layer of the NAT path: IPVS, sysctls, rules, conntrack, counters",
+		Long: `inspect prints what lbdoctor's probes read in the target namespace, ordered
+along a packet's path: virtual services and real servers, the IPVS connection
+table, sysctls, packet-filter rules with their counters, conntrack flows,
+SNMP counters, interfaces and routes, and what the kernel supports. With
+--watch, counters are shown as what moved during the window. The JSON output
+is the snapshot the checks judge.`,
+		Example: `  sudo lbdoctor inspect --netns lb
+  sudo lbdoctor inspect --netns lb --vip 10.1.0.6:8085 --watch 5s
+  sudo lbdoctor inspect -o json | jq .conntrack.stats`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			sel, err := selector(vip, proto, false)
+			if err != nil {
+				return err
+			}
+			if watch < 0 {
+				return usageErrorf("--watch %s: want a positive duration", watch)
+			}
+			t, err := target(g)
+			if err != nil {
+				return err
+			}
+			in := &report.Inspection{Snapshot: probes.Gather(t, sel, probes.Options{Features: true})}
+			if watch > 0 {
+				select {
+				case <-cmd.Context().Done():
+					return &exitError{code: exitCannot, msg: "interrupted before the window ended"}
+				case <-time.After(watch):
+				}
+				before := in.Snapshot
+				in.Snapshot = probes.Gather(t, sel, probes.Options{Features: true})
+				d := probes.Delta(before, in.Snapshot)
+				in.Deltas = &d
+			}
+			if g.output == "json" {
+				return report.InspectJSON(cmd.OutOrStdout(), in)
+			}
+			return report.InspectText(cmd.OutOrStdout(), in)
+		},
+	}
+	cmd.Flags().StringVar(&vip, "vip", "", "show one virtual service: ADDR or ADDR:PORT (default: all)")
+	cmd.Flags().StringVar(&proto, "proto", "tcp", "protocol of --vip: tcp or udp")
+	cmd.Flags().DurationVar(&watch, "watch", 0, "show counters as deltas over this window, e.g. 5s")
+	return cmd
+}

@@ -1,0 +1,272 @@
+package report
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/sysctl"
+)
+
+// Inspection is what `lbdoctor inspect` prints: a snapshot and, with
+// --watch, what moved during the window.
+type Inspection struct {
+	Schema   int              `json:"schema"`
+	Snapshot *probes.Snapshot `json:"snapshot"`
+	Deltas   *probes.Deltas   `json:"deltas,omitempty"`
+}
+
+// InspectJSON writes an inspection as one JSON document.
+func InspectJSON(w io.Writer, in *Inspection) error {
+	in.Schema = Schema
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(in)
+}
+
+// SNMPOfInterest are the counters shown without --watch: the ones that rise
+// when a load balancer drops or misroutes.
+var SNMPOfInterest = []string{
+	"IpInAddrErrors", "IpInDiscards", "IpOutDiscards", "IpOutNoRoutes", "IpExtInNoRoutes", "IpForwDatagrams",
+	"IcmpOutRedirects", "IcmpInDestUnreachs", "IcmpOutDestUnreachs",
+	"TcpExtListenOverflows", "TcpExtListenDrops", "TcpRetransSegs", "TcpExtTCPSynRetrans", "TcpAttemptFails",
+	"UdpInErrors", "UdpNoPorts",
+}
+
+// InspectText writes an inspection ordered along the packet's path: service
+// → reals → sysctls → rules → conntrack → SNMP, then the network and kernel.
+func InspectText(w io.Writer, in *Inspection) error {
+	s, d := in.Snapshot, in.Deltas
+	var b strings.Builder
+	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	p("lbdoctor inspect: %s (kernel %s)", s.Target, s.Kernel)
+	if d != nil {
+		p(", counters over %s", d.Window.Round(1e6))
+	}
+	p("\n")
+
+	p("\nIPVS\n")
+	switch {
+	case !s.IPVS.Available:
+		p("  not available: %s\n", s.IPVS.Reason)
+	case len(s.IPVS.Services) == 0:
+		p("  no virtual services\n")
+	}
+	delta := map[string]probes.ServiceDelta{}
+	if d != nil {
+		for _, sd := range d.IPVS {
+			delta[sd.Service] = sd
+		}
+	}
+	for _, svc := range s.IPVS.Services {
+		st := svc.Stats
+		p("  %s %s", svc.Key(), svc.Scheduler)
+		if len(svc.Flags) > 0 {
+			p(" [%s]", strings.Join(svc.Flags, ","))
+		}
+		if sd, ok := delta[svc.Key()]; ok {
+			p("  +%d conns +%d/+%d pkts in/out\n", sd.Conns, sd.PacketsIn, sd.PacketsOut)
+		} else {
+			p("  %d conns %d/%d pkts in/out\n", st.Conns, st.PacketsIn, st.PacketsOut)
+		}
+		for _, r := range svc.Reals {
+			p("    → %-21s %-6s weight %d  active %d inactive %d", r.Addr, r.Method, r.Weight, r.ActiveConns, r.InactiveConns)
+			for _, rd := range delta[svc.Key()].Reals {
+				if rd.Real == r.Addr.String() {
+					p("  +%d conns +%d/+%d pkts", rd.Conns, rd.PacketsIn, rd.PacketsOut)
+				}
+			}
+			p("\n")
+		}
+	}
+	if s.IPVS.Available {
+		t := s.IPVS.Timeouts
+		p("  timeouts: tcp %ds, tcpfin %ds, udp %ds\n", t.TCP, t.TCPFin, t.UDP)
+		p("  connections: %d", len(s.IPVS.Conns)+s.IPVS.ConnsOmitted)
+		if s.IPVS.ConnsOmitted > 0 {
+			p(" (%d not listed)", s.IPVS.ConnsOmitted)
+		}
+		p("\n")
+		for i, c := range s.IPVS.Conns {
+			if i == 10 {
+				p("    … %d more (-o json lists up to %d)\n", len(s.IPVS.Conns)-10, probes.MaxListed)
+				break
+			}
+			p("    %s %s → %s → %s %s %ds\n", strings.ToUpper(c.Proto), c.Client, c.VIP, c.Dest, c.State, c.Expires)
+		}
+	}
+
+	p("\nSysctls\n")
+	var line []string
+	for _, k := range sysctl.DefaultKeys {
+		v := s.Sysctls[k]
+		if v.Present {
+			line = append(line, fmt.Sprintf("%s=%s", strings.TrimPrefix(strings.TrimPrefix(k, "net.ipv4."), "net.netfilter."), v.Value))
+		} else {
+			line = append(line, fmt.Sprintf("%s=(absent)", strings.TrimPrefix(strings.TrimPrefix(k, "net.ipv4."), "net.netfilter.")))
+		}
+	}
+	wrap(&b, "  ", line)
+	ifaces := map[string][]string{}
+	for k, v := range s.Sysctls {
+		rest, ok := strings.CutPrefix(k, "net.ipv4.conf.")
+		if !ok || !v.Present {
+			continue
+		}
+		i := strings.LastIndexByte(rest, '.')
+		ifaces[rest[:i]] = append(ifaces[rest[:i]], rest[i+1:]+"="+v.Value)
+	}
+	for _, name := range sortedKeys(ifaces) {
+		sort.Strings(ifaces[name])
+		p("  %-8s %s\n", name+":", strings.Join(ifaces[name], " "))
+	}
+
+	p("\nRules")
+	var bes []string
+	for _, be := range s.Rules.Backends {
+		if be.Read {
+			bes = append(bes, fmt.Sprintf("%s %d", be.Name, be.Rules))
+		} else {
+			bes = append(bes, fmt.Sprintf("%s unread: %s", be.Name, be.Reason))
+		}
+	}
+	p(" (%s)\n", strings.Join(bes, ", "))
+	if s.Rules.Mixed {
+		p("  ! iptables-legacy and nf_tables rules are both active: each tool shows only its part\n")
+	}
+	moved := map[string]probes.RuleDelta{}
+	if d != nil {
+		for _, rd := range d.Rules {
+			moved[rd.Rule.Key()] = rd
+		}
+	}
+	for _, r := range s.Rules.Rules {
+		count := fmt.Sprintf("%d pkts", r.Packets)
+		if !r.HasCounter {
+			count = "no counter"
+		} else if d != nil {
+			count = fmt.Sprintf("+%d pkts", moved[r.Key()].Packets)
+		}
+		var labels []string
+		if r.IPVS != nil {
+			labels = append(labels, "ipvs match")
+		}
+		if r.CtOrigDst != "" {
+			labels = append(labels, "ct original dst "+r.CtOrigDst)
+		}
+		label := ""
+		if len(labels) > 0 {
+			label = "  (" + strings.Join(labels, ", ") + ")"
+		}
+		p("  %12s  %s %s %s: %s%s\n", count, r.Backend, r.Table, r.Chain, r.Spec, label)
+	}
+
+	ct := s.Conntrack
+	st := ct.Stats
+	p("\nConntrack (%d/%d entries; drop %d, early_drop %d, insert_failed %d, invalid %d)\n", st.Entries, st.MaxEntries, st.Drop, st.EarlyDrop, st.InsertFailed, st.Invalid)
+	if d != nil {
+		c := d.Conntrack
+		p("  in the window: %+d entries, +%d inserted, +%d insert_failed, +%d drop, +%d early_drop, +%d invalid\n", c.Entries, c.Insert, c.InsertFailed, c.Drop, c.EarlyDrop, c.Invalid)
+	}
+	p("  flows with %s: %d", ct.Selector, len(ct.Flows)+ct.Omitted)
+	if ct.Omitted > 0 {
+		p(" (%d not listed)", ct.Omitted)
+	}
+	p("\n")
+	for i, f := range ct.Flows {
+		if i == 10 {
+			p("    … %d more (-o json lists up to %d)\n", len(ct.Flows)-10, probes.MaxListed)
+			break
+		}
+		p("    %s\n", f)
+	}
+
+	p("\nSNMP")
+	var counters []string
+	if d != nil {
+		p(" (moved in the window)\n")
+		for _, k := range sortedKeys(d.SNMP) {
+			counters = append(counters, fmt.Sprintf("%s +%d", k, d.SNMP[k]))
+		}
+		if len(counters) == 0 {
+			counters = []string{"nothing moved"}
+		}
+	} else {
+		p("\n")
+		for _, k := range SNMPOfInterest {
+			counters = append(counters, fmt.Sprintf("%s %d", k, s.SNMP[k]))
+		}
+	}
+	wrap(&b, "  ", counters)
+
+	p("\nNetwork\n")
+	for _, l := range s.Net.Links {
+		state := "down"
+		if l.Up {
+			state = "up"
+		}
+		var addrs []string
+		for _, a := range l.Addrs {
+			addrs = append(addrs, a.String())
+		}
+		p("  %-10s %-6s %-4s %s\n", l.Name, l.Type, state, strings.Join(addrs, " "))
+	}
+	for _, r := range s.Net.Routes {
+		via := ""
+		if r.Gw.IsValid() {
+			via = " via " + r.Gw.String()
+		}
+		p("  route %s%s dev %s\n", r.Dst, via, r.Dev)
+	}
+
+	if f := s.Features; f != nil {
+		p("\nKernel %s\n", f.Release)
+		var fs []string
+		for _, ft := range f.Probes {
+			if ft.Available {
+				fs = append(fs, "✓ "+ft.Name)
+			} else {
+				fs = append(fs, "✗ "+ft.Name+": "+strings.TrimPrefix(ft.Reason, "is "))
+			}
+		}
+		for _, x := range fs {
+			p("  %s\n", x)
+		}
+		p("  drop function %s, %d drop reasons, capabilities %s\n", f.DropFunction, f.DropReasons, strings.Join(f.Capabilities.Effective, " "))
+	}
+	for _, name := range sortedKeys(s.Errors) {
+		p("! probe %s could not read: %s\n", name, s.Errors[name])
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// wrap prints items separated by two spaces, in lines of about 100 columns.
+func wrap(b *strings.Builder, indent string, items []string) {
+	line := indent
+	for _, it := range items {
+		if len(line) > len(indent) && len(line)+len(it) > 100 {
+			b.WriteString(line + "\n")
+			line = indent
+		}
+		if len(line) > len(indent) {
+			line += "  "
+		}
+		line += it
+	}
+	if len(line) > len(indent) {
+		b.WriteString(line + "\n")
+	}
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
