@@ -2,6 +2,8 @@ package snmp_test
 
 import (
 	"net"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
@@ -67,5 +69,46 @@ func TestReadIsPerNamespace(t *testing.T) {
 	}
 	if d := snmp.Delta(beforeB, afterB); d["UdpOutDatagrams"] != 0 {
 		t.Errorf("netns b: UdpOutDatagrams delta = %d, want 0", d["UdpOutDatagrams"])
+	}
+}
+
+// The probe and `nstat -az`, in the same quiet namespace, agree on every
+// counter both show.
+func TestReadAgreesWithNstat(t *testing.T) {
+	ns := testkit.Netns(t, "nstat")
+	err := ns.Do(func() error {
+		c, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.WriteTo([]byte("x"), c.LocalAddr())
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := snmp.Read(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := testkit.Run(t, ns, "nstat", "-azs")
+	compared := 0
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || strings.HasPrefix(f[0], "#") {
+			continue
+		}
+		v, ok := got[f[0]]
+		if !ok {
+			continue // snmp6 and others the probe does not read
+		}
+		compared++
+		if strconv.FormatUint(v, 10) != f[1] && !(v == 0 && strings.HasPrefix(f[1], "-")) {
+			t.Errorf("%s: probe %d, nstat %s", f[0], v, f[1])
+		}
+	}
+	if compared < 50 || got["UdpOutDatagrams"] != 1 {
+		t.Errorf("compared %d counters (UdpOutDatagrams %d); want ≥50 and 1 datagram", compared, got["UdpOutDatagrams"])
 	}
 }

@@ -1,0 +1,115 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lbdoctor/lbdoctor/internal/lab"
+	"github.com/lbdoctor/lbdoctor/internal/report"
+	"github.com/lbdoctor/lbdoctor/internal/testkit"
+)
+
+func decodeInspection(t *testing.T, out string) *report.Inspection {
+	t.Helper()
+	var in report.Inspection
+	if err := json.Unmarshal([]byte(out), &in); err != nil {
+		t.Fatalf("inspect -o json: not JSON (%v):\n%s", err, out)
+	}
+	return &in
+}
+
+// On a netfilter NAT LB (this host has no IPVS) inspect shows the rules
+// with counters, the VIP's conntrack flows, and with --watch what moved.
+func TestInspectNftLoadBalancer(t *testing.T) {
+	l := testkit.Lab(t, lab.OneArm)
+	vip, real := netip.AddrPortFrom(l.VIP, 8085), netip.AddrPortFrom(l.RealIP, 8085)
+	srv, err := lab.Serve(l.Real, ":8085")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	testkit.NftNAT(t, l.LB, vip, real, true)
+	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+	for i := 0; i < 2; i++ {
+		if res := lab.Probe(context.Background(), l.Client, vip, time.Second); !res.OK {
+			t.Fatal(res.Err)
+		}
+	}
+
+	code, out, stderr := runCLI("inspect", "--netns", l.LB.Name, "--vip", l.VIP.String(), "-o", "json")
+	if code != 0 {
+		t.Fatalf("inspect = exit %d: %s", code, stderr)
+	}
+	in := decodeInspection(t, out)
+	s := in.Snapshot
+	if in.Schema != 1 || s.Target.Name != l.LB.Name || len(s.Conntrack.Flows) != 2 || s.Features == nil {
+		t.Fatalf("inspect: schema %d target %s, %d flows, features %v; want 1, %s, 2 flows, features", in.Schema, s.Target.Name, len(s.Conntrack.Flows), s.Features != nil, l.LB.Name)
+	}
+	if f := s.Conntrack.Flows[0]; f.Orig.Dst != vip || f.Reply.Src != real {
+		t.Errorf("inspect flow = %s, want to %s answered by %s", f, vip, real)
+	}
+	var dnat bool
+	for _, r := range s.Rules.Rules {
+		dnat = dnat || (r.Target == "DNAT" && r.Packets == 2)
+	}
+	if !dnat {
+		t.Errorf("inspect rules = %+v, want the DNAT rule with 2 packets", s.Rules.Rules)
+	}
+
+	// --watch: traffic during the window shows as deltas.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		time.Sleep(300 * time.Millisecond)
+		for i := 0; i < 3; i++ {
+			lab.Probe(context.Background(), l.Client, vip, time.Second)
+		}
+	}()
+	code, out, stderr = runCLI("inspect", "--netns", l.LB.Name, "--watch", "1500ms", "-o", "json")
+	<-done
+	if code != 0 {
+		t.Fatalf("inspect --watch = exit %d: %s", code, stderr)
+	}
+	in = decodeInspection(t, out)
+	var moved uint64
+	for _, rd := range in.Deltas.Rules {
+		if rd.Rule.Target == "DNAT" {
+			moved = rd.Packets
+		}
+	}
+	if in.Deltas == nil || moved != 3 || in.Deltas.Conntrack.Entries < 3 {
+		t.Errorf("inspect --watch deltas = %+v, want the DNAT rule +3 packets and ≥3 more conntrack entries", in.Deltas)
+	}
+
+	// Text, for a person: the sections in packet order.
+	code, out, _ = runCLI("inspect", "--netns", l.LB.Name)
+	last := -1
+	for _, sec := range []string{"\nIPVS\n", "\nSysctls\n", "\nRules", "\nConntrack", "\nSNMP", "\nNetwork\n", "\nKernel"} {
+		i := strings.Index(out, sec)
+		if i < last {
+			t.Errorf("inspect text: section %q missing or out of order:\n%s", strings.TrimSpace(sec), out)
+		}
+		last = i
+	}
+	if code != 0 || !strings.Contains(out, "dnat to 10.1.0.50:8085") {
+		t.Errorf("inspect text = exit %d, want the DNAT rule listed:\n%s", code, out)
+	}
+}
+
+func TestInspectBadInput(t *testing.T) {
+	for _, args := range [][]string{
+		{"inspect", "--vip", "not-an-ip"},
+		{"inspect", "--watch", "soon"},
+		{"inspect", "--watch", "-1s"},
+		{"inspect", "--netns", "nope"},
+	} {
+		code, _, stderr := runCLI(args...)
+		if code != exitUsage || strings.Count(stderr, "\n") != 1 {
+			t.Errorf("lbdoctor %v = exit %d, stderr %q; want exit 2 and one line", args, code, stderr)
+		}
+	}
+}
