@@ -113,15 +113,22 @@ func TestStatsAndEvents(t *testing.T) {
 	events := make(chan conntrack.Event, 64)
 	done := make(chan error, 1)
 	go func() { done <- conntrack.Watch(ctx, l.LB, []netip.Addr{l.VIP}, events) }()
-	time.Sleep(100 * time.Millisecond) // let the listener join its groups
-	if res := lab.Probe(context.Background(), l.Client, vip, time.Second); !res.OK {
-		t.Fatalf("probe: %v", res.Err)
-	}
+	// The listener joins its groups asynchronously: connect until an event
+	// shows up, for at most 5 s.
 	var first conntrack.Event
-	select {
-	case first = <-events:
-	case <-time.After(3 * time.Second):
-		t.Fatal("no conntrack event for the VIP within 3 s")
+	deadline := time.After(5 * time.Second)
+wait:
+	for {
+		if res := lab.Probe(context.Background(), l.Client, vip, time.Second); !res.OK {
+			t.Fatalf("probe: %v", res.Err)
+		}
+		select {
+		case first = <-events:
+			break wait
+		case <-time.After(300 * time.Millisecond):
+		case <-deadline:
+			t.Fatal("no conntrack event for the VIP within 5 s")
+		}
 	}
 	cancel()
 	if err := <-done; err != nil {

@@ -69,9 +69,20 @@ func TestGuestIPVSAgreesWithIpvsadm(t *testing.T) {
 func TestGuestConnTableAgreesWithIpvsadm(t *testing.T) {
 	l, vip := testkit.FullNAT(t)
 	testkit.Connect(t, l, vip, 3)
-	conns, err := ipvs.ReadConns(l.LB, nil)
-	if err != nil {
-		t.Fatal(err)
+	// Let the closes finish, so both reads see settled TIME_WAIT entries.
+	var conns []ipvs.Conn
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		var err error
+		if conns, err = ipvs.ReadConns(l.LB, nil); err != nil {
+			t.Fatal(err)
+		}
+		settled := true
+		for _, c := range conns {
+			settled = settled && c.State == "TIME_WAIT"
+		}
+		if settled || time.Now().After(deadline) {
+			break
+		}
 	}
 	// ipvsadm -Lnc: "TCP 01:59  TIME_WAIT   10.1.0.3:41234     10.1.0.6:8085      10.1.0.50:8085"
 	var fromTool, fromProbe []string
