@@ -98,7 +98,9 @@ func isNetns(path string) bool {
 	return fs.Type == unix.NSFS_MAGIC
 }
 
-// nameOf finds the /run/netns name of a namespace inode, if any.
+// NameOf finds the /run/netns name of a namespace inode, if any.
+func NameOf(inode uint64) string { return nameOf(inode) }
+
 func nameOf(inode uint64) string {
 	ents, _ := os.ReadDir(RunDir)
 	for _, e := range ents {

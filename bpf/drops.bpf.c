@@ -1,0 +1,262 @@
+// SPDX-License-Identifier: GPL-2.0
+/* lbdoctor's drop tracer: every skb the kernel frees as dropped
+ * (skb:kfree_skb), filtered in the kernel by namespace, addresses, ports,
+ * protocol and reason, then either counted per (netns, reason, location,
+ * flow) or sent to user space as an event. Three entry points carry the same
+ * logic: tp_btf, raw tracepoint, classic tracepoint (fallbacks, in order). */
+#include "lbdoctor.h"
+
+char __license[] SEC("license") = "GPL";
+
+/* Filters, set by user space before load. Zero means "any". */
+volatile const __u32 filter_netns = 0;
+volatile const __u8 filter_proto = 0;
+volatile const __u32 n_addrs = 0;
+volatile const struct addr filter_addrs[MAX_ADDRS] = {};
+volatile const __u32 n_ports = 0;
+volatile const __u16 filter_ports[MAX_PORTS] = {};
+volatile const __u64 ignore_reasons[4] = {}; /* bitmap of reasons < 256 */
+volatile const __u8 send_events = 0;         /* 0: aggregate only */
+/* Offsets of the classic tracepoint's fields, from its format file. */
+volatile const __u32 tp_off_skb = 8;
+volatile const __u32 tp_off_location = 16;
+volatile const __u32 tp_off_reason = 28;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct agg_key);
+	__type(value, __u64);
+} agg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, COUNTER_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+/* Force the generator to emit these types for bpf2go -type. */
+const struct event *unused_event __attribute__((unused));
+const struct agg_key *unused_agg_key __attribute__((unused));
+const enum counter *unused_counter __attribute__((unused));
+
+static __always_inline void bump(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline __u32 netns_of(struct sk_buff *skb)
+{
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	struct net *net = 0;
+	if (dev)
+		net = BPF_CORE_READ(dev, nd_net.net);
+	if (!net) {
+		struct sock *sk = BPF_CORE_READ(skb, sk);
+		if (sk)
+			net = BPF_CORE_READ(sk, __sk_common.skc_net.net);
+	}
+	if (!net)
+		return 0;
+	return BPF_CORE_READ(net, ns.inum);
+}
+
+static __always_inline void map4(struct addr *a, __be32 v4)
+{
+	__builtin_memset(a, 0, sizeof(*a));
+	a->b[10] = 0xff;
+	a->b[11] = 0xff;
+	__builtin_memcpy(&a->b[12], &v4, 4);
+}
+
+static __always_inline int addr_eq(const volatile struct addr *f, const struct addr *a)
+{
+	const volatile __u64 *x = (const volatile __u64 *)f->b;
+	const __u64 *y = (const __u64 *)a->b;
+	return x[0] == y[0] && x[1] == y[1];
+}
+
+/* parse reads the IP and transport headers the skb points at. */
+static __always_inline int parse(struct sk_buff *skb, struct agg_key *k, __u8 *flags, __u32 *len)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 nh = BPF_CORE_READ(skb, network_header);
+	__u16 th = BPF_CORE_READ(skb, transport_header);
+	*len = BPF_CORE_READ(skb, len);
+	if (!head || nh == (__u16)~0U)
+		return -1;
+	__u8 first;
+	if (bpf_probe_read_kernel(&first, 1, head + nh))
+		return -1;
+	unsigned char *l4;
+	if ((first >> 4) == 4) {
+		struct iphdr ip;
+		if (bpf_probe_read_kernel(&ip, sizeof(ip), head + nh))
+			return -1;
+		k->family = 4;
+		k->proto = ip.protocol;
+		map4(&k->saddr, ip.saddr);
+		map4(&k->daddr, ip.daddr);
+		l4 = head + nh + ip.ihl * 4;
+	} else if ((first >> 4) == 6) {
+		struct ipv6hdr ip6;
+		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), head + nh))
+			return -1;
+		k->family = 6;
+		k->proto = ip6.nexthdr;
+		__builtin_memcpy(k->saddr.b, &ip6.saddr, 16);
+		__builtin_memcpy(k->daddr.b, &ip6.daddr, 16);
+		l4 = head + nh + sizeof(ip6);
+	} else {
+		return -1;
+	}
+	if (th != (__u16)~0U && th > nh)
+		l4 = head + th;
+	if (k->proto == IPPROTO_TCP || k->proto == IPPROTO_UDP || k->proto == IPPROTO_SCTP) {
+		__be16 ports[2];
+		if (bpf_probe_read_kernel(ports, sizeof(ports), l4) == 0) {
+			k->sport = bpf_ntohs(ports[0]);
+			k->dport = bpf_ntohs(ports[1]);
+		}
+		if (k->proto == IPPROTO_TCP)
+			bpf_probe_read_kernel(flags, 1, l4 + 13);
+	}
+	return 0;
+}
+
+static __always_inline int wanted(struct agg_key *k)
+{
+	if (filter_proto && k->proto != filter_proto)
+		return 0;
+	if (n_addrs) {
+		int hit = 0;
+		for (int i = 0; i < MAX_ADDRS; i++) {
+			if (i >= n_addrs)
+				break;
+			if (addr_eq(&filter_addrs[i], &k->saddr) || addr_eq(&filter_addrs[i], &k->daddr)) {
+				hit = 1;
+				break;
+			}
+		}
+		if (!hit)
+			return 0;
+	}
+	if (n_ports) {
+		int hit = 0;
+		for (int i = 0; i < MAX_PORTS; i++) {
+			if (i >= n_ports)
+				break;
+			if (filter_ports[i] == k->sport || filter_ports[i] == k->dport) {
+				hit = 1;
+				break;
+			}
+		}
+		if (!hit)
+			return 0;
+	}
+	return 1;
+}
+
+static __always_inline int handle(struct sk_buff *skb, __u64 location, __u32 reason)
+{
+	if (reason < 256 && (ignore_reasons[reason / 64] & (1ULL << (reason % 64))))
+		return 0;
+	__u32 netns = netns_of(skb);
+	if (filter_netns && netns != filter_netns)
+		return 0;
+
+	struct agg_key k = {};
+	__u8 flags = 0;
+	__u32 len = 0;
+	k.location = location;
+	k.netns = netns;
+	k.reason = reason;
+	if (parse(skb, &k, &flags, &len) < 0) {
+		/* Not IP: only unfiltered tracing wants it. */
+		if (n_addrs || n_ports || filter_proto)
+			return 0;
+		k.family = 0;
+	} else if (!wanted(&k)) {
+		return 0;
+	}
+	bump(COUNTER_MATCHED);
+
+	if (!send_events) {
+		__u64 *v = bpf_map_lookup_elem(&agg, &k);
+		if (v) {
+			*v += 1;
+		} else {
+			__u64 one = 1;
+			if (bpf_map_update_elem(&agg, &k, &one, BPF_NOEXIST) != 0) {
+				/* Another CPU may have inserted it meanwhile. */
+				v = bpf_map_lookup_elem(&agg, &k);
+				if (v)
+					*v += 1;
+				else
+					bump(COUNTER_AGG_LOST);
+			}
+		}
+		return 0;
+	}
+
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		bump(COUNTER_RING_LOST);
+		return 0;
+	}
+	e->ts_ns = bpf_ktime_get_ns();
+	e->location = location;
+	e->netns = netns;
+	e->reason = reason;
+	e->len = len;
+	e->cpu = bpf_get_smp_processor_id();
+	e->saddr = k.saddr;
+	e->daddr = k.daddr;
+	e->sport = k.sport;
+	e->dport = k.dport;
+	e->proto = k.proto;
+	e->family = k.family;
+	e->tcp_flags = flags;
+	e->_pad = 0;
+	e->ifindex = 0;
+	__builtin_memset(e->ifname, 0, sizeof(e->ifname));
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	if (dev) {
+		e->ifindex = BPF_CORE_READ(dev, ifindex);
+		BPF_CORE_READ_STR_INTO(&e->ifname, dev, name);
+	}
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(drop_tp_btf, struct sk_buff *skb, void *location, int reason)
+{
+	return handle(skb, (__u64)location, (__u32)reason);
+}
+
+SEC("raw_tp/kfree_skb")
+int drop_raw_tp(struct bpf_raw_tracepoint_args *ctx)
+{
+	return handle((struct sk_buff *)ctx->args[0], ctx->args[1], (__u32)ctx->args[2]);
+}
+
+SEC("tracepoint/skb/kfree_skb")
+int drop_tracepoint(void *ctx)
+{
+	__u64 skb = 0, location = 0;
+	__u32 reason = 0;
+	bpf_probe_read_kernel(&skb, sizeof(skb), ctx + tp_off_skb);
+	bpf_probe_read_kernel(&location, sizeof(location), ctx + tp_off_location);
+	if (tp_off_reason)
+		bpf_probe_read_kernel(&reason, sizeof(reason), ctx + tp_off_reason);
+	return handle((struct sk_buff *)skb, location, reason);
+}

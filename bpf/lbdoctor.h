@@ -1,0 +1,108 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* The one header of lbdoctor's BPF programs: the kernel structures they read
+ * (a minimal CO-RE subset: field offsets are relocated against the running
+ * kernel's BTF at load time) and the records they share with user space
+ * (generated into Go by bpf2go -type, never mirrored by hand). */
+#ifndef LBDOCTOR_H
+#define LBDOCTOR_H
+
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+
+#define PRESERVE __attribute__((preserve_access_index))
+
+struct ns_common {
+	unsigned int inum;
+} PRESERVE;
+
+struct net {
+	struct ns_common ns;
+} PRESERVE;
+
+typedef struct {
+	struct net *net;
+} PRESERVE possible_net_t;
+
+struct net_device {
+	char name[16];
+	int ifindex;
+	possible_net_t nd_net;
+} PRESERVE;
+
+struct sock_common {
+	possible_net_t skc_net;
+} PRESERVE;
+
+struct sock {
+	struct sock_common __sk_common;
+} PRESERVE;
+
+struct sk_buff {
+	struct net_device *dev;
+	struct sock *sk;
+	unsigned int len;
+	__be16 protocol;
+	__u16 transport_header;
+	__u16 network_header;
+	unsigned char *head;
+} PRESERVE;
+
+#define MAX_ADDRS 16
+#define MAX_PORTS 16
+
+/* Counters kept per CPU, read and summed by user space. */
+enum counter {
+	COUNTER_MATCHED = 0,   /* drops that passed the filters */
+	COUNTER_RING_LOST = 1, /* events the ring buffer had no room for */
+	COUNTER_AGG_LOST = 2,  /* drops the aggregate map had no room for */
+	COUNTER_MAX = 3,
+};
+
+/* An address: IPv4 is stored IPv4-mapped (::ffff:a.b.c.d). */
+struct addr {
+	__u8 b[16];
+};
+
+/* One dropped packet, sent to user space in event mode. */
+struct event {
+	__u64 ts_ns;
+	__u64 location;
+	__u32 netns;
+	__u32 ifindex;
+	__u32 reason;
+	__u32 len;
+	__u32 cpu;
+	struct addr saddr;
+	struct addr daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 family; /* 4, 6, or 0 when the packet is not IP */
+	__u8 tcp_flags;
+	__u8 _pad;
+	char ifname[16];
+};
+
+/* What aggregate mode counts drops by: netns, reason, location and flow. */
+struct agg_key {
+	__u64 location;
+	__u32 netns;
+	__u32 reason;
+	struct addr saddr;
+	struct addr daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 family;
+	__u8 _pad[2];
+};
+
+#endif

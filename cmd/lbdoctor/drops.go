@@ -1,0 +1,255 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/internal/report"
+	"github.com/lbdoctor/lbdoctor/probes/drops"
+	"github.com/lbdoctor/lbdoctor/probes/ipvs"
+	"github.com/lbdoctor/lbdoctor/probes/kernel"
+)
+
+type dropsFlags struct {
+	vip, proto, attach string
+	hosts              []string
+	ports              []uint
+	ignore             []string
+	duration           time.Duration
+	summary            bool
+}
+
+func newDropsCmd(g *globalFlags) *cobra.Command {
+	f := &dropsFlags{}
+	cmd := &cobra.Command{
+		Use:   "drops",
+		Short: "Trace where the kernel drops packets, with reasons and the VIP flow they belonged to",
+		Long: `drops attaches a BPF program to skb:kfree_skb and reports every packet the
+kernel drops: the reason (named from this kernel's BTF), the function and
+offset where it happened, the namespace and interface, the addresses and TCP
+flags — and the load-balanced flow it belonged to, traced back through DNAT
+and SNAT with the load balancer's conntrack and IPVS tables. Filters run in
+the kernel. Without --netns it watches every namespace; --vip adds the
+service's real servers to the address filter.
+
+--summary counts drops in the kernel (almost free, for long watches) and
+prints a dropwatch-style table at the end. Lost events are always reported.`,
+		Example: `  sudo lbdoctor drops --netns lb --vip 10.1.0.6:8085
+  sudo lbdoctor drops --summary --duration 10s
+  sudo lbdoctor drops --host 10.1.0.3 --proto tcp -o json`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runDrops(cmd, g, f) },
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.vip, "vip", "", "only drops of this virtual service's flows: ADDR[:PORT] (adds its real servers)")
+	fl.StringSliceVar(&f.hosts, "host", nil, "only drops to or from this address (repeatable)")
+	fl.UintSliceVar(&f.ports, "port", nil, "only drops to or from this port (repeatable)")
+	fl.StringVar(&f.proto, "proto", "", "only this protocol: tcp, udp or icmp")
+	fl.StringSliceVar(&f.ignore, "ignore-reason", nil, "leave out drops with this reason, e.g. NOT_SPECIFIED (repeatable)")
+	fl.DurationVar(&f.duration, "duration", 0, "stop after this long (default: until Ctrl-C)")
+	fl.BoolVar(&f.summary, "summary", false, "count in the kernel and print a summary at the end")
+	fl.StringVar(&f.attach, "attach", "", "force the attach point: tp_btf, raw_tp or tracepoint")
+	return cmd
+}
+
+func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
+	cfg := drops.Config{Events: !f.summary, IgnoreReasons: f.ignore, Attach: f.attach}
+	switch f.proto {
+	case "":
+	case "tcp":
+		cfg.Proto = unix.IPPROTO_TCP
+	case "udp":
+		cfg.Proto = unix.IPPROTO_UDP
+	case "icmp":
+		cfg.Proto = unix.IPPROTO_ICMP
+	default:
+		return usageErrorf("--proto %q: want tcp, udp or icmp", f.proto)
+	}
+	if f.duration < 0 {
+		return usageErrorf("--duration %s: want a positive duration", f.duration)
+	}
+	if f.attach != "" && f.attach != drops.AttachTPBTF && f.attach != drops.AttachRawTP && f.attach != drops.AttachTracepoint {
+		return usageErrorf("--attach %q: want tp_btf, raw_tp or tracepoint", f.attach)
+	}
+	for _, h := range f.hosts {
+		a, err := netip.ParseAddr(h)
+		if err != nil {
+			return usageErrorf("--host %q: want an IP address", h)
+		}
+		cfg.Addrs = append(cfg.Addrs, a)
+	}
+	for _, p := range f.ports {
+		if p == 0 || p > 65535 {
+			return usageErrorf("--port %d: want 1-65535", p)
+		}
+		cfg.Ports = append(cfg.Ports, uint16(p))
+	}
+	sel, err := selector(f.vip, "tcp", false)
+	if err != nil {
+		return err
+	}
+	lb, err := netns.Resolve(g.netns)
+	if err != nil {
+		return err
+	}
+	if !kernel.HasCapability(unix.CAP_BPF) && !kernel.HasCapability(unix.CAP_SYS_ADMIN) {
+		return fmt.Errorf("%w: loading the drop tracer needs CAP_BPF (run as root)", errPrivilege)
+	}
+	if g.netns != "" {
+		cfg.NetnsInode = uint32(lb.Inode)
+	}
+	if sel.VIP.IsValid() {
+		cfg.Addrs = append(cfg.Addrs, sel.VIP.Addr())
+		if sel.VIP.Port() != 0 {
+			cfg.Ports = append(cfg.Ports, sel.VIP.Port())
+		}
+		// The VIP is gone from a packet once IPVS rewrote it: follow the reals.
+		if snap, err := ipvs.Read(lb); err == nil {
+			for _, svc := range snap.Services {
+				if sel.Matches(svc.Addr, svc.Proto) {
+					for _, r := range svc.Reals {
+						cfg.Addrs = append(cfg.Addrs, r.Addr.Addr())
+						if sel.VIP.Port() != 0 && r.Addr.Port() != sel.VIP.Port() {
+							cfg.Ports = append(cfg.Ports, r.Addr.Port())
+						}
+					}
+				}
+			}
+		}
+	}
+	if len(cfg.Addrs) > 16 || len(cfg.Ports) > 16 {
+		return usageErrorf("at most 16 addresses and 16 ports can be filtered (got %d and %d)", len(cfg.Addrs), len(cfg.Ports))
+	}
+
+	tr, err := drops.New(cfg)
+	if err != nil {
+		return err
+	}
+	defer tr.Close()
+	syms, _ := drops.LoadSymbols()
+	attr := drops.NewAttributor(lb)
+	names := map[uint32]string{}
+	nameOf := func(inode uint32) string {
+		if n, ok := names[inode]; ok {
+			return n
+		}
+		names[inode] = netns.NameOf(uint64(inode))
+		return names[inode]
+	}
+	toDrop := func(p drops.Packet) report.Drop {
+		d := report.Drop{Type: "drop", Netns: p.Netns, NetnsTag: nameOf(p.Netns), Location: syms.Lookup(p.Location), Reason: reasonName(tr.Reasons, p.Reason)}
+		if p.Family != 0 {
+			d.Proto, d.Src, d.Dst = drops.ProtoName(p.Proto), p.Src.String(), p.Dst.String()
+			d.Flow = attr.Attribute(p)
+		}
+		return d
+	}
+
+	ctx := cmd.Context()
+	if f.duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, f.duration)
+		defer cancel()
+	}
+	out := cmd.OutOrStdout()
+	jsonOut := g.output == "json"
+	if !jsonOut {
+		fmt.Fprintf(cmd.ErrOrStderr(), "tracing drops (%s, attached in %d ms)%s; Ctrl-C to stop\n", tr.Attach, tr.AttachTime.Milliseconds(), filterText(cfg, lb, g.netns != ""))
+	}
+	start := time.Now()
+	var delivered uint64
+	sum := report.DropsSummary{Type: "summary", Attach: tr.Attach, AttachMs: float64(tr.AttachTime.Microseconds()) / 1000}
+	if f.summary {
+		<-ctx.Done()
+		aggs, err := tr.Aggregates()
+		if err != nil {
+			return err
+		}
+		sum.Aggregates = []report.Drop{}
+		for _, a := range aggs {
+			d := toDrop(a.Packet)
+			d.Count = a.Count
+			delivered += a.Count
+			sum.Aggregates = append(sum.Aggregates, d)
+		}
+	} else {
+		mono := monotonicOffset()
+		err := tr.Read(ctx, func(p drops.Packet, raw drops.RawEvent) {
+			delivered++
+			d := toDrop(p)
+			d.Time = time.Unix(0, int64(raw.TimeNs)+mono)
+			d.Ifname, d.Len = raw.Ifname, raw.Len
+			if p.Proto == unix.IPPROTO_TCP {
+				d.TCPFlags = drops.TCPFlags(raw.TCPFlags)
+				if d.Flow != nil {
+					d.Flow.Direction = drops.Kind(raw.TCPFlags) + " (" + d.Flow.Direction + ")"
+				}
+			}
+			r := raw
+			d.Raw = &r
+			if jsonOut {
+				report.DropsJSONLine(out, d)
+			} else {
+				fmt.Fprintln(out, report.DropLine(d))
+			}
+		})
+		if err != nil {
+			return err
+		}
+	}
+	c, err := tr.Counters()
+	if err != nil {
+		return err
+	}
+	sum.Window, sum.Counters, sum.Delivered, sum.Lost = time.Since(start), c, delivered, c.Lost()
+	if jsonOut {
+		if f.summary {
+			return report.InspectJSONAny(out, sum)
+		}
+		return report.DropsJSONLine(out, sum)
+	}
+	w := out
+	if !f.summary {
+		w = cmd.ErrOrStderr()
+	}
+	return report.DropsSummaryText(w, sum)
+}
+
+func reasonName(reasons map[uint32]string, code uint32) string {
+	if n, ok := reasons[code]; ok {
+		return n
+	}
+	if reasons == nil {
+		return "reason " + strconv.Itoa(int(code)) + " (no BTF)"
+	}
+	return "reason " + strconv.Itoa(int(code))
+}
+
+// monotonicOffset converts CLOCK_MONOTONIC (BPF's clock) to wall time.
+func monotonicOffset() int64 {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return time.Now().UnixNano() - ts.Nano()
+}
+
+func filterText(cfg drops.Config, lb netns.Target, oneNetns bool) string {
+	s := ", every namespace"
+	if oneNetns {
+		s = ", " + lb.String()
+	}
+	if len(cfg.Addrs) > 0 {
+		s += fmt.Sprintf(", addresses %v", cfg.Addrs)
+	}
+	if len(cfg.Ports) > 0 {
+		s += fmt.Sprintf(", ports %v", cfg.Ports)
+	}
+	return s
+}
+

@@ -1,0 +1,104 @@
+package report
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/lbdoctor/lbdoctor/probes/drops"
+)
+
+// Drop is one dropped packet as lbdoctor reports it.
+type Drop struct {
+	Type     string          `json:"type"` // "drop"
+	Time     time.Time       `json:"time,omitzero"`
+	Netns    uint32          `json:"netns"`
+	NetnsTag string          `json:"netns_name,omitempty"`
+	Ifname   string          `json:"ifname,omitempty"`
+	Reason   string          `json:"reason"`
+	Location string          `json:"location"`
+	Proto    string          `json:"proto,omitempty"`
+	Src      string          `json:"src,omitempty"`
+	Dst      string          `json:"dst,omitempty"`
+	TCPFlags string          `json:"tcp_flags,omitempty"`
+	Len      uint32          `json:"len,omitempty"`
+	Count    uint64          `json:"count,omitempty"` // aggregate mode
+	Flow     *drops.Flow     `json:"flow,omitempty"`
+	Raw      *drops.RawEvent `json:"raw,omitempty"`
+}
+
+// DropsSummary closes every drops output: what matched, what was shown,
+// what was lost.
+type DropsSummary struct {
+	Type       string         `json:"type"` // "summary"
+	Attach     string         `json:"attach"`
+	AttachMs   float64        `json:"attach_ms"`
+	Window     time.Duration  `json:"window_ns"`
+	Counters   drops.Counters `json:"counters"`
+	Delivered  uint64         `json:"delivered"` // drops reported (events, or counted in aggregates)
+	Lost       uint64         `json:"lost"`
+	Aggregates []Drop         `json:"drops,omitempty"` // --summary
+}
+
+// DropLine renders one drop for a person.
+func DropLine(d Drop) string {
+	var b strings.Builder
+	if !d.Time.IsZero() {
+		b.WriteString(d.Time.Format("15:04:05.000000") + " ")
+	}
+	if d.Count > 0 {
+		fmt.Fprintf(&b, "%6d × ", d.Count)
+	}
+	ns := fmt.Sprintf("netns %d", d.Netns)
+	if d.NetnsTag != "" {
+		ns = "netns " + d.NetnsTag
+	}
+	fmt.Fprintf(&b, "%s %s at %s", d.Reason, d.Location, ns)
+	if d.Ifname != "" {
+		b.WriteString(" dev " + d.Ifname)
+	}
+	if d.Src != "" {
+		fmt.Fprintf(&b, ": %s %s → %s", d.Proto, d.Src, d.Dst)
+		if d.TCPFlags != "" {
+			b.WriteString(" [" + d.TCPFlags + "]")
+		}
+	}
+	if d.Len > 0 {
+		fmt.Fprintf(&b, " len %d", d.Len)
+	}
+	if d.Flow != nil {
+		b.WriteString("\n    flow: " + d.Flow.String())
+	}
+	return b.String()
+}
+
+// DropsJSONLine writes one JSON object on a line.
+func DropsJSONLine(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(append(b, '\n'))
+	return err
+}
+
+// DropsSummaryText writes the closing summary (and the aggregate table).
+func DropsSummaryText(w io.Writer, s DropsSummary) error {
+	var b strings.Builder
+	if s.Aggregates != nil {
+		sort.Slice(s.Aggregates, func(i, j int) bool { return s.Aggregates[i].Count > s.Aggregates[j].Count })
+		if len(s.Aggregates) == 0 {
+			b.WriteString("no drops matched\n")
+		}
+		for _, d := range s.Aggregates {
+			b.WriteString(DropLine(d) + "\n")
+		}
+	}
+	fmt.Fprintf(&b, "%d drops matched in %s: %d reported, %d lost (ring buffer %d, aggregate map %d); attached %s in %.0f ms\n",
+		s.Counters.Matched, s.Window.Round(time.Millisecond), s.Delivered, s.Lost, s.Counters.RingLost, s.Counters.AggLost, s.Attach, s.AttachMs)
+	_, err := io.WriteString(w, b.String())
+	return err
+}

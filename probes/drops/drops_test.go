@@ -1,0 +1,244 @@
+package drops_test
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/lbdoctor/lbdoctor/internal/lab"
+	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/internal/testkit"
+	"github.com/lbdoctor/lbdoctor/probes/drops"
+)
+
+type seen struct {
+	drops.Packet
+	Reason   string
+	Location string
+	Raw      drops.RawEvent
+}
+
+// trace runs fn with an event-mode tracer and returns what it saw.
+func trace(t *testing.T, cfg drops.Config, fn func()) ([]seen, drops.Counters) {
+	t.Helper()
+	testkit.RequireRoot(t)
+	cfg.Events = true
+	tr, err := drops.New(cfg)
+	if err != nil {
+		t.Fatalf("drops.New: %v", err)
+	}
+	defer tr.Close()
+	syms, err := drops.LoadSymbols()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var mu sync.Mutex
+	var got []seen
+	done := make(chan error, 1)
+	go func() {
+		done <- tr.Read(ctx, func(p drops.Packet, raw drops.RawEvent) {
+			mu.Lock()
+			got = append(got, seen{p, tr.Reasons[p.Reason], syms.Lookup(p.Location), raw})
+			mu.Unlock()
+		})
+	}()
+	fn()
+	time.Sleep(200 * time.Millisecond)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	c, err := tr.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Matched != uint64(len(got))+c.Lost() {
+		t.Errorf("matched %d != delivered %d + lost %d", c.Matched, len(got), c.Lost())
+	}
+	return got, c
+}
+
+func find(got []seen, reason string) *seen {
+	for i := range got {
+		if got[i].Reason == reason {
+			return &got[i]
+		}
+	}
+	return nil
+}
+
+func dial(ns netns.Target, to string) {
+	ns.Do(func() error {
+		c, err := net.DialTimeout("tcp4", to, 300*time.Millisecond)
+		if err == nil {
+			c.Close()
+		}
+		return nil
+	})
+}
+
+// The seed's stage: DNAT in the LB with forwarding off kills the SYN in
+// ip_error with IP_INADDRERRORS, in the LB's namespace, after DNAT.
+func TestIPInAddrErrors(t *testing.T) {
+	l := testkit.Lab(t, lab.OneArm)
+	vip, real := netip.AddrPortFrom(l.VIP, 8085), netip.AddrPortFrom(l.RealIP, 8085)
+	testkit.NftNAT(t, l.LB, vip, real, true)
+	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "0")
+	got, _ := trace(t, drops.Config{NetnsInode: uint32(l.LB.Inode)}, func() {
+		lab.Probe(context.Background(), l.Client, vip, 500*time.Millisecond)
+	})
+	d := find(got, "IP_INADDRERRORS")
+	if d == nil {
+		t.Fatalf("no IP_INADDRERRORS drop; saw %+v", got)
+	}
+	if !strings.HasPrefix(d.Location, "ip_error+0x") || d.Netns != uint32(l.LB.Inode) || d.Proto != unix.IPPROTO_TCP ||
+		d.Src.Addr() != l.ClientIP || d.Dst != real || drops.Kind(d.Raw.TCPFlags) != "SYN" || d.Raw.Ifname != "eth0" {
+		t.Errorf("drop = %+v, want a SYN %s → %s (after DNAT) at ip_error+… on eth0 in netns %d", d, l.ClientIP, real, l.LB.Inode)
+	}
+}
+
+func TestNetfilterDropAndNoSocket(t *testing.T) {
+	ns := testkit.Netns(t, "drop")
+	testkit.Run(t, ns, "nft", "add table ip f; add chain ip f in { type filter hook input priority 0; }; add rule ip f in tcp dport 9 drop")
+	got, _ := trace(t, drops.Config{NetnsInode: uint32(ns.Inode), Proto: unix.IPPROTO_TCP}, func() {
+		dial(ns, "127.0.0.1:9")    // dropped by the rule
+		dial(ns, "127.0.0.1:7777") // nobody listens
+	})
+	// 6.1 reports the verdict at nf_hook_slow, 6.18 inside nft_do_chain.
+	if d := find(got, "NETFILTER_DROP"); d == nil || !(strings.HasPrefix(d.Location, "nf_hook_slow+") || strings.HasPrefix(d.Location, "nft_do_chain+")) || d.Dst.Port() != 9 {
+		t.Errorf("NETFILTER_DROP drop = %+v, want one at nf_hook_slow or nft_do_chain to port 9 (saw %+v)", d, got)
+	}
+	if d := find(got, "NO_SOCKET"); d == nil || d.Dst.Port() != 7777 || !strings.HasPrefix(d.Location, "tcp_v4_rcv+") {
+		t.Errorf("NO_SOCKET drop = %+v, want one at tcp_v4_rcv to port 7777 (saw %+v)", d, got)
+	}
+}
+
+// Strict reverse-path filtering drops a packet whose source has no route
+// back through the interface it came in on.
+func TestIPRPFilter(t *testing.T) {
+	a, b := testkit.Netns(t, "rpa"), testkit.Netns(t, "rpb")
+	bh, err := b.Handle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bh.Close()
+	err = a.Do(func() error {
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "a0"}, PeerName: "b0", PeerNamespace: netlink.NsFd(int(bh))}); err != nil {
+			return err
+		}
+		l, _ := netlink.LinkByName("a0")
+		for _, c := range []string{"10.9.0.1/24", "10.8.0.1/32"} {
+			ad, _ := netlink.ParseAddr(c)
+			netlink.AddrAdd(l, ad)
+		}
+		return netlink.LinkSetUp(l)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = b.Do(func() error {
+		l, err := netlink.LinkByName("b0")
+		if err != nil {
+			return err
+		}
+		ad, _ := netlink.ParseAddr("10.9.0.2/24")
+		netlink.AddrAdd(l, ad)
+		return netlink.LinkSetUp(l)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A's ARP must not come from the unroutable address: B would ignore it.
+	testkit.Sysctl(t, a, "net.ipv4.conf.a0.arp_announce", "2")
+	testkit.Sysctl(t, b, "net.ipv4.conf.all.rp_filter", "1")
+	testkit.Sysctl(t, b, "net.ipv4.conf.b0.rp_filter", "1")
+	src := netip.MustParseAddr("10.8.0.1")
+	got, _ := trace(t, drops.Config{NetnsInode: uint32(b.Inode), Addrs: []netip.Addr{src}}, func() {
+		time.Sleep(300 * time.Millisecond) // let b0 come up
+		a.Do(func() error {
+			c, err := net.DialUDP("udp4", &net.UDPAddr{IP: src.AsSlice()}, &net.UDPAddr{IP: net.IPv4(10, 9, 0, 2), Port: 9})
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			for i := 0; i < 3; i++ {
+				c.Write([]byte("x"))
+				time.Sleep(50 * time.Millisecond)
+			}
+			return nil
+		})
+	})
+	if d := find(got, "IP_RPFILTER"); d == nil || d.Src.Addr() != src || d.Proto != unix.IPPROTO_UDP {
+		t.Errorf("IP_RPFILTER drop = %+v, want a UDP packet from %s (saw %+v)", d, src, got)
+	}
+}
+
+// Filters run in the kernel: drops in other namespaces and of other
+// addresses never arrive.
+func TestFiltersExclude(t *testing.T) {
+	mine, other := testkit.Netns(t, "fa"), testkit.Netns(t, "fb")
+	got, c := trace(t, drops.Config{NetnsInode: uint32(mine.Inode)}, func() {
+		dial(mine, "127.0.0.1:7001")
+		dial(other, "127.0.0.1:7002")
+	})
+	if len(got) == 0 || c.Matched == 0 {
+		t.Fatal("netns filter: no drop from the traced namespace")
+	}
+	for _, d := range got {
+		if d.Netns != uint32(mine.Inode) || d.Dst.Port() == 7002 {
+			t.Errorf("netns filter let through %+v", d)
+		}
+	}
+	// Address filter: only 127.0.0.2's drops.
+	testkit.Run(t, mine, "ip", "addr", "add", "127.0.0.2/8", "dev", "lo")
+	want := netip.MustParseAddr("127.0.0.2")
+	got, _ = trace(t, drops.Config{NetnsInode: uint32(mine.Inode), Addrs: []netip.Addr{want}}, func() {
+		dial(mine, "127.0.0.1:7003")
+		dial(mine, "127.0.0.2:7004")
+	})
+	if len(got) == 0 {
+		t.Fatal("address filter: no drop to 127.0.0.2")
+	}
+	for _, d := range got {
+		if d.Src.Addr() != want && d.Dst.Addr() != want {
+			t.Errorf("address filter let through %+v", d)
+		}
+	}
+}
+
+// Aggregate mode counts in the kernel what event mode would have shown.
+func TestAggregateMode(t *testing.T) {
+	testkit.RequireRoot(t)
+	ns := testkit.Netns(t, "agg")
+	tr, err := drops.New(drops.Config{NetnsInode: uint32(ns.Inode), Ports: []uint16{7005}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	for i := 0; i < 4; i++ {
+		dial(ns, "127.0.0.1:7005")
+	}
+	aggs, err := tr.Aggregates()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := tr.Counters()
+	var total uint64
+	for _, a := range aggs {
+		total += a.Count
+		if a.Dst.Port() != 7005 || tr.Reasons[a.Reason] != "NO_SOCKET" {
+			t.Errorf("aggregate %+v (%s), want NO_SOCKET to port 7005", a, tr.Reasons[a.Reason])
+		}
+	}
+	if total != 4 || c.Matched != 4 || c.Lost() != 0 {
+		t.Errorf("aggregates count %d, matched %d, lost %d; want 4, 4, 0", total, c.Matched, c.Lost())
+	}
+}

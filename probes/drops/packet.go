@@ -1,0 +1,89 @@
+package drops
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+)
+
+// Packet is what the kernel side saw of one dropped packet.
+type Packet struct {
+	Netns    uint32         `json:"netns"`
+	Reason   uint32         `json:"reason_code"`
+	Location uint64         `json:"location"`
+	Family   uint8          `json:"family"` // 4, 6, or 0 when not IP
+	Proto    uint8          `json:"proto"`
+	Src      netip.AddrPort `json:"src"`
+	Dst      netip.AddrPort `json:"dst"`
+}
+
+// RawEvent is the per-packet detail only event mode has.
+type RawEvent struct {
+	TimeNs   uint64 `json:"time_ns"` // CLOCK_MONOTONIC
+	Ifindex  uint32 `json:"ifindex"`
+	Ifname   string `json:"ifname,omitempty"`
+	Len      uint32 `json:"len"`
+	CPU      uint32 `json:"cpu"`
+	TCPFlags uint8  `json:"tcp_flags"`
+}
+
+// Aggregate is one row of aggregate mode.
+type Aggregate struct {
+	Packet
+	Count uint64 `json:"count"`
+}
+
+func packetOf(netns, reason uint32, loc uint64, family, proto uint8, s, d [16]uint8, sport, dport uint16) Packet {
+	p := Packet{Netns: netns, Reason: reason, Location: loc, Family: family, Proto: proto}
+	if family != 0 {
+		sa, da := netip.AddrFrom16(s).Unmap(), netip.AddrFrom16(d).Unmap()
+		p.Src, p.Dst = netip.AddrPortFrom(sa, sport), netip.AddrPortFrom(da, dport)
+	}
+	return p
+}
+
+// ProtoName names an IP protocol number.
+func ProtoName(p uint8) string {
+	switch p {
+	case 6:
+		return "tcp"
+	case 17:
+		return "udp"
+	case 1:
+		return "icmp"
+	case 58:
+		return "icmpv6"
+	case 132:
+		return "sctp"
+	}
+	return fmt.Sprintf("proto-%d", p)
+}
+
+// TCPFlags renders TCP flags the way tcpdump's readers know them.
+func TCPFlags(f uint8) string {
+	names := []string{"FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"}
+	var out []string
+	for i, n := range names {
+		if f&(1<<i) != 0 {
+			out = append(out, n)
+		}
+	}
+	return strings.Join(out, ",")
+}
+
+// Kind names a TCP segment by its flags: "SYN", "SYN-ACK", "RST", …
+func Kind(flags uint8) string {
+	switch {
+	case flags&0x02 != 0 && flags&0x10 != 0:
+		return "SYN-ACK"
+	case flags&0x02 != 0:
+		return "SYN"
+	case flags&0x04 != 0:
+		return "RST"
+	case flags&0x01 != 0:
+		return "FIN"
+	case flags&0x10 != 0:
+		return "ACK"
+	}
+	return "segment"
+}

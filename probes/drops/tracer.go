@@ -1,0 +1,330 @@
+// Package drops traces the packets the kernel drops (skb:kfree_skb) with a
+// BPF program filtered in the kernel by namespace, addresses, ports,
+// protocol and reason — the dropwatch equivalent — and names each drop:
+// reason from the kernel's BTF, location from /proc/kallsyms, and the VIP
+// flow it belonged to from conntrack and the IPVS connection table.
+//
+// Two modes: aggregate (counted per netns, reason, location and flow in the
+// kernel, read periodically; costs almost nothing) and events (one record
+// per drop through a ring buffer). Lost records are counted in the kernel
+// and always reported.
+package drops
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+
+	"github.com/lbdoctor/lbdoctor/probes/kernel"
+)
+
+// Attach points, in the order they are tried.
+const (
+	AttachTPBTF      = "tp_btf"
+	AttachRawTP      = "raw_tp"
+	AttachTracepoint = "tracepoint"
+)
+
+// Config says what to trace. Zero values mean "everything".
+type Config struct {
+	NetnsInode    uint32       // only drops in this namespace
+	Addrs         []netip.Addr // a drop matches if its source or destination is one of these
+	Ports         []uint16     // … and its source or destination port is one of these
+	Proto         uint8        // … and its protocol is this
+	IgnoreReasons []string     // reason names to leave out (e.g. NOT_SPECIFIED)
+	Events        bool         // send each drop to user space (else: aggregate only)
+	Attach        string       // force an attach point; "" picks the best available
+}
+
+// Tracer is a loaded and attached drop tracer. Close detaches it; its
+// links are bound to file descriptors, so a killed process leaves nothing
+// attached.
+type Tracer struct {
+	Attach     string        // the attach point in use
+	AttachTime time.Duration // from load start to attached
+	Reasons    map[uint32]string
+
+	coll *ebpf.Collection
+	lnk  link.Link
+	ring *ringbuf.Reader
+}
+
+// Counters are what the kernel side counted.
+type Counters struct {
+	Matched  uint64 `json:"matched"`   // drops that passed the filters
+	RingLost uint64 `json:"ring_lost"` // events the ring buffer had no room for
+	AggLost  uint64 `json:"agg_lost"`  // drops the aggregate map had no room for
+}
+
+// Lost is every drop that matched but could not be reported in detail.
+func (c Counters) Lost() uint64 { return c.RingLost + c.AggLost }
+
+// ErrTooMany reports a filter with more entries than the kernel side holds.
+var ErrTooMany = errors.New("too many filter entries")
+
+// New loads the tracer with cfg's filters compiled in and attaches it.
+func New(cfg Config) (*Tracer, error) {
+	start := time.Now()
+	if len(cfg.Addrs) > 16 || len(cfg.Ports) > 16 {
+		return nil, fmt.Errorf("drop tracer: at most 16 addresses and 16 ports: %w", ErrTooMany)
+	}
+	t := &Tracer{}
+	reasons, err := kernel.DropReasons()
+	if err != nil && !errors.Is(err, kernel.ErrNotSupported) {
+		return nil, err
+	}
+	t.Reasons = reasons
+	spec, err := loadDrops()
+	if err != nil {
+		return nil, fmt.Errorf("load drop tracer spec: %w", err)
+	}
+	if err := setFilters(spec, cfg, reasons); err != nil {
+		return nil, err
+	}
+	t.Attach, err = chooseAttach(cfg.Attach, spec)
+	if err != nil {
+		return nil, err
+	}
+	progName := map[string]string{AttachTPBTF: "drop_tp_btf", AttachRawTP: "drop_raw_tp", AttachTracepoint: "drop_tracepoint"}[t.Attach]
+	for name := range spec.Programs {
+		if name != progName {
+			delete(spec.Programs, name)
+		}
+	}
+	if !cfg.Events {
+		// Aggregate mode never writes the ring: keep it tiny.
+		spec.Maps["events"].MaxEntries = uint32(os.Getpagesize())
+	}
+	t.coll, err = ebpf.NewCollection(spec)
+	if err != nil {
+		return nil, fmt.Errorf("load drop tracer (%s): %w", t.Attach, err)
+	}
+	prog := t.coll.Programs[progName]
+	switch t.Attach {
+	case AttachTPBTF:
+		t.lnk, err = link.AttachTracing(link.TracingOptions{Program: prog})
+	case AttachRawTP:
+		t.lnk, err = link.AttachRawTracepoint(link.RawTracepointOptions{Name: "kfree_skb", Program: prog})
+	case AttachTracepoint:
+		t.lnk, err = link.Tracepoint("skb", "kfree_skb", prog, nil)
+	}
+	if err != nil {
+		t.coll.Close()
+		return nil, fmt.Errorf("attach drop tracer to kfree_skb (%s): %w", t.Attach, err)
+	}
+	if cfg.Events {
+		if t.ring, err = ringbuf.NewReader(t.coll.Maps["events"]); err != nil {
+			t.Close()
+			return nil, fmt.Errorf("open drop ring buffer: %w", err)
+		}
+	}
+	t.AttachTime = time.Since(start)
+	return t, nil
+}
+
+func chooseAttach(force string, spec *ebpf.CollectionSpec) (string, error) {
+	probes := []struct {
+		name  string
+		probe func() error
+	}{{AttachTPBTF, kernel.TPBTF}, {AttachRawTP, kernel.RawTracepoint}, {AttachTracepoint, kernel.Tracepoint}}
+	var reasons []string
+	for _, p := range probes {
+		if force != "" && force != p.name {
+			continue
+		}
+		err := p.probe()
+		if err == nil {
+			if p.name == AttachTracepoint {
+				if err := setTracepointOffsets(spec); err != nil {
+					return "", err
+				}
+			}
+			return p.name, nil
+		}
+		if !errors.Is(err, kernel.ErrNotSupported) {
+			return "", err
+		}
+		reasons = append(reasons, p.name+": "+err.Error())
+	}
+	if force != "" && len(reasons) == 0 {
+		return "", fmt.Errorf("unknown attach point %q (want %s, %s or %s)", force, AttachTPBTF, AttachRawTP, AttachTracepoint)
+	}
+	return "", &kernel.NotSupportedError{Feature: "drop tracing", Reason: "cannot attach to kfree_skb: " + strings.Join(reasons, "; ")}
+}
+
+var tpField = regexp.MustCompile(`field:[^;]*\b(skbaddr|location|reason);\s*offset:(\d+);`)
+
+// setTracepointOffsets reads where the classic tracepoint puts its fields:
+// the layout changed between kernels (rx_sk came in 6.11).
+func setTracepointOffsets(spec *ebpf.CollectionSpec) error {
+	dir, err := kernel.TracefsDir()
+	if err != nil {
+		return err
+	}
+	data, err := os.ReadFile(dir + "/events/skb/kfree_skb/format")
+	if err != nil {
+		return fmt.Errorf("read kfree_skb tracepoint format: %w", err)
+	}
+	off := map[string]uint32{}
+	for _, m := range tpField.FindAllStringSubmatch(string(data), -1) {
+		v, _ := strconv.Atoi(m[2])
+		off[m[1]] = uint32(v)
+	}
+	if _, ok := off["skbaddr"]; !ok {
+		return fmt.Errorf("kfree_skb tracepoint format has no skbaddr field")
+	}
+	for v, name := range map[string]string{"tp_off_skb": "skbaddr", "tp_off_location": "location", "tp_off_reason": "reason"} {
+		if err := spec.Variables[v].Set(off[name]); err != nil {
+			return fmt.Errorf("set %s: %w", v, err)
+		}
+	}
+	return nil
+}
+
+func setFilters(spec *ebpf.CollectionSpec, cfg Config, reasons map[uint32]string) error {
+	var addrs [16]dropsAddr
+	for i, a := range cfg.Addrs {
+		addrs[i].B = a.As16() // IPv4 becomes IPv4-mapped, as the kernel side stores it
+	}
+	var ports [16]uint16
+	copy(ports[:], cfg.Ports)
+	var ignore [4]uint64
+	byName := map[string]uint32{}
+	for v, n := range reasons {
+		byName[n] = v
+	}
+	for _, name := range cfg.IgnoreReasons {
+		v, ok := byName[strings.ToUpper(name)]
+		if !ok {
+			return fmt.Errorf("unknown drop reason %q on kernel %s", name, kernel.Release())
+		}
+		if v < 256 {
+			ignore[v/64] |= 1 << (v % 64)
+		}
+	}
+	sendEvents := uint8(0)
+	if cfg.Events {
+		sendEvents = 1
+	}
+	for name, v := range map[string]any{
+		"filter_netns": cfg.NetnsInode, "filter_proto": cfg.Proto,
+		"n_addrs": uint32(len(cfg.Addrs)), "filter_addrs": addrs,
+		"n_ports": uint32(len(cfg.Ports)), "filter_ports": ports,
+		"ignore_reasons": ignore, "send_events": sendEvents,
+	} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// Close detaches and unloads the tracer.
+func (t *Tracer) Close() error {
+	var errs []error
+	if t.ring != nil {
+		errs = append(errs, t.ring.Close())
+	}
+	if t.lnk != nil {
+		errs = append(errs, t.lnk.Close())
+	}
+	if t.coll != nil {
+		t.coll.Close()
+	}
+	return errors.Join(errs...)
+}
+
+// Counters sums the kernel side's per-CPU counters.
+func (t *Tracer) Counters() (Counters, error) {
+	var c Counters
+	for idx, dst := range map[uint32]*uint64{0: &c.Matched, 1: &c.RingLost, 2: &c.AggLost} {
+		var per []uint64
+		if err := t.coll.Maps["counters"].Lookup(idx, &per); err != nil {
+			return c, fmt.Errorf("read drop counters: %w", err)
+		}
+		for _, v := range per {
+			*dst += v
+		}
+	}
+	return c, nil
+}
+
+// Aggregates returns the drops counted in the kernel since the tracer started.
+func (t *Tracer) Aggregates() ([]Aggregate, error) {
+	var out []Aggregate
+	var k dropsAggKey
+	var per []uint64
+	it := t.coll.Maps["agg"].Iterate()
+	for it.Next(&k, &per) {
+		var n uint64
+		for _, v := range per {
+			n += v
+		}
+		out = append(out, Aggregate{Packet: packetOf(k.Netns, k.Reason, k.Location, k.Family, k.Proto, k.Saddr.B, k.Daddr.B, k.Sport, k.Dport), Count: n})
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read drop aggregates: %w", err)
+	}
+	return out, nil
+}
+
+// Read delivers events until ctx ends, then what is still in the ring, so
+// that delivered + lost adds up to what the kernel matched. It returns nil
+// when ctx ends.
+func (t *Tracer) Read(ctx context.Context, fn func(Packet, RawEvent)) error {
+	if t.ring == nil {
+		return errors.New("drop tracer was not started in event mode")
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		select {
+		case <-ctx.Done():
+			t.ring.Flush() // wakes the reader; it returns the pending records, then ErrFlushed
+		case <-stop:
+		}
+	}()
+	var rec ringbuf.Record
+	var ev dropsEvent
+	for {
+		if err := t.ring.ReadInto(&rec); err != nil {
+			switch {
+			case errors.Is(err, ringbuf.ErrFlushed):
+				if ctx.Err() != nil {
+					return nil
+				}
+				continue
+			case errors.Is(err, ringbuf.ErrClosed):
+				return nil
+			}
+			return fmt.Errorf("read drop events: %w", err)
+		}
+		if _, err := binary.Decode(rec.RawSample, binary.NativeEndian, &ev); err != nil {
+			return fmt.Errorf("decode drop event: %w", err)
+		}
+		fn(packetOf(ev.Netns, ev.Reason, ev.Location, ev.Family, ev.Proto, ev.Saddr.B, ev.Daddr.B, ev.Sport, ev.Dport),
+			RawEvent{TimeNs: ev.TsNs, Ifindex: ev.Ifindex, Ifname: cstring(ev.Ifname[:]), Len: ev.Len, CPU: ev.Cpu, TCPFlags: ev.TcpFlags})
+	}
+}
+
+func cstring(b []int8) string {
+	out := make([]byte, 0, len(b))
+	for _, c := range b {
+		if c == 0 {
+			break
+		}
+		out = append(out, byte(c))
+	}
+	return string(out)
+}
