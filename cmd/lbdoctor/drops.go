@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -129,6 +130,9 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 	}
 
 	tr, err := drops.New(cfg)
+	if errors.Is(err, drops.ErrBadFilter) {
+		return usageErrorf("%v", err)
+	}
 	if err != nil {
 		return err
 	}
@@ -168,6 +172,7 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 	sum := report.DropsSummary{Type: "summary", Attach: tr.Attach, AttachMs: float64(tr.AttachTime.Microseconds()) / 1000}
 	if f.summary {
 		<-ctx.Done()
+		tr.Stop()
 		aggs, err := tr.Aggregates()
 		if err != nil {
 			return err
@@ -189,7 +194,9 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 			if p.Proto == unix.IPPROTO_TCP {
 				d.TCPFlags = drops.TCPFlags(raw.TCPFlags)
 				if d.Flow != nil {
-					d.Flow.Direction = drops.Kind(raw.TCPFlags) + " (" + d.Flow.Direction + ")"
+					f := *d.Flow // the attributor caches flows: name the segment on a copy
+					f.Direction = drops.Kind(raw.TCPFlags) + " (" + f.Direction + ")"
+					d.Flow = &f
 				}
 			}
 			r := raw
@@ -252,4 +259,3 @@ func filterText(cfg drops.Config, lb netns.Target, oneNetns bool) string {
 	}
 	return s
 }
-

@@ -105,3 +105,17 @@ func Output(ns netns.Target, name string, args ...string) (string, error) {
 	})
 	return string(out), err
 }
+
+// Tracefs mounts tracefs at /sys/kernel/tracing for the test when it is not
+// mounted (the classic tracepoint needs it) and unmounts it afterwards.
+func Tracefs(t testing.TB) {
+	t.Helper()
+	RequireRoot(t)
+	if _, err := os.Stat("/sys/kernel/tracing/events"); err == nil {
+		return
+	}
+	if out, err := exec.Command("mount", "-t", "tracefs", "tracefs", "/sys/kernel/tracing").CombinedOutput(); err != nil {
+		t.Fatalf("mount tracefs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "/sys/kernel/tracing").Run() })
+}

@@ -1,14 +1,18 @@
 package drops_test
 
 import (
+	"bufio"
 	"context"
 	"net"
 	"net/netip"
+	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -240,5 +244,76 @@ func TestAggregateMode(t *testing.T) {
 	}
 	if total != 4 || c.Matched != 4 || c.Lost() != 0 {
 		t.Errorf("aggregates count %d, matched %d, lost %d; want 4, 4, 0", total, c.Matched, c.Lost())
+	}
+}
+
+// Every attach point the kernel offers delivers the same drop.
+func TestEveryAttachPoint(t *testing.T) {
+	testkit.Tracefs(t)
+	ns := testkit.Netns(t, "att")
+	for _, at := range []string{drops.AttachTPBTF, drops.AttachRawTP, drops.AttachTracepoint} {
+		t.Run(at, func(t *testing.T) {
+			got, _ := trace(t, drops.Config{NetnsInode: uint32(ns.Inode), Attach: at, Ports: []uint16{7010}}, func() {
+				dial(ns, "127.0.0.1:7010")
+			})
+			if d := find(got, "NO_SOCKET"); d == nil || d.Dst.Port() != 7010 || d.Netns != uint32(ns.Inode) || !strings.HasPrefix(d.Location, "tcp_v4_rcv+") {
+				t.Errorf("%s: NO_SOCKET drop = %+v, want one to port 7010 at tcp_v4_rcv (saw %+v)", at, d, got)
+			}
+		})
+	}
+}
+
+// A tracer's links are bound to its file descriptors: a process killed
+// with SIGKILL leaves no program attached.
+func TestKilledTracerLeavesNothing(t *testing.T) {
+	testkit.RequireRoot(t)
+	bin := testkit.LbdoctorBinary(t)
+	before := dropPrograms(t)
+	cmd := exec.Command(bin, "drops", "--summary")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, _ := bufio.NewReader(stderr).ReadString('\n')
+	if !strings.HasPrefix(line, "tracing drops") {
+		cmd.Process.Kill()
+		t.Fatalf("lbdoctor drops said %q, want it to start tracing", line)
+	}
+	if n := len(dropPrograms(t)) - len(before); n != 1 {
+		t.Errorf("while tracing: %d new drop programs loaded, want 1", n)
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	deadline := time.Now().Add(3 * time.Second)
+	for len(dropPrograms(t)) > len(before) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after kill -9, drop programs still loaded: %v (before: %v)", dropPrograms(t), before)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// dropPrograms lists the IDs of loaded BPF programs named like lbdoctor's.
+func dropPrograms(t *testing.T) []ebpf.ProgramID {
+	var ids []ebpf.ProgramID
+	id := ebpf.ProgramID(0)
+	for {
+		next, err := ebpf.ProgramGetNextID(id)
+		if err != nil {
+			return ids
+		}
+		id = next
+		p, err := ebpf.NewProgramFromID(id)
+		if err != nil {
+			continue
+		}
+		info, err := p.Info()
+		p.Close()
+		if err == nil && strings.HasPrefix(info.Name, "drop_") {
+			ids = append(ids, id)
+		}
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -56,6 +57,7 @@ type Tracer struct {
 	Reasons    map[uint32]string
 
 	coll *ebpf.Collection
+	mu   sync.Mutex // guards lnk: Read's watcher and Close may both stop
 	lnk  link.Link
 	ring *ringbuf.Reader
 }
@@ -70,14 +72,15 @@ type Counters struct {
 // Lost is every drop that matched but could not be reported in detail.
 func (c Counters) Lost() uint64 { return c.RingLost + c.AggLost }
 
-// ErrTooMany reports a filter with more entries than the kernel side holds.
-var ErrTooMany = errors.New("too many filter entries")
+// ErrBadFilter reports a filter the tracer cannot take: too many entries,
+// or a reason this kernel does not have.
+var ErrBadFilter = errors.New("bad drop filter")
 
 // New loads the tracer with cfg's filters compiled in and attaches it.
 func New(cfg Config) (*Tracer, error) {
 	start := time.Now()
 	if len(cfg.Addrs) > 16 || len(cfg.Ports) > 16 {
-		return nil, fmt.Errorf("drop tracer: at most 16 addresses and 16 ports: %w", ErrTooMany)
+		return nil, fmt.Errorf("%w: at most 16 addresses and 16 ports", ErrBadFilter)
 	}
 	t := &Tracer{}
 	reasons, err := kernel.DropReasons()
@@ -207,7 +210,7 @@ func setFilters(spec *ebpf.CollectionSpec, cfg Config, reasons map[uint32]string
 	for _, name := range cfg.IgnoreReasons {
 		v, ok := byName[strings.ToUpper(name)]
 		if !ok {
-			return fmt.Errorf("unknown drop reason %q on kernel %s", name, kernel.Release())
+			return fmt.Errorf("%w: unknown drop reason %q on kernel %s", ErrBadFilter, name, kernel.Release())
 		}
 		if v < 256 {
 			ignore[v/64] |= 1 << (v % 64)
@@ -230,14 +233,25 @@ func setFilters(spec *ebpf.CollectionSpec, cfg Config, reasons map[uint32]string
 	return nil
 }
 
+// Stop detaches the tracer but keeps what it counted, so that counters and
+// aggregates read afterwards agree with each other.
+func (t *Tracer) Stop() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.lnk == nil {
+		return nil
+	}
+	err := t.lnk.Close()
+	t.lnk = nil
+	return err
+}
+
 // Close detaches and unloads the tracer.
 func (t *Tracer) Close() error {
 	var errs []error
+	errs = append(errs, t.Stop())
 	if t.ring != nil {
 		errs = append(errs, t.ring.Close())
-	}
-	if t.lnk != nil {
-		errs = append(errs, t.lnk.Close())
 	}
 	if t.coll != nil {
 		t.coll.Close()
@@ -291,6 +305,7 @@ func (t *Tracer) Read(ctx context.Context, fn func(Packet, RawEvent)) error {
 	go func() {
 		select {
 		case <-ctx.Done():
+			t.Stop()       // nothing new after this, so the counters will add up
 			t.ring.Flush() // wakes the reader; it returns the pending records, then ErrFlushed
 		case <-stop:
 		}

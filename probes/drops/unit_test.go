@@ -1,0 +1,82 @@
+package drops_test
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/lbdoctor/lbdoctor/probes/conntrack"
+	"github.com/lbdoctor/lbdoctor/probes/drops"
+	"github.com/lbdoctor/lbdoctor/probes/ipvs"
+)
+
+const kallsyms = `ffffffff81000000 T _stext
+ffffffff81a3f000 t ip_error
+ffffffff81a3f200 T ip_forward
+ffffffffc0a01000 t ip_vs_conn_new	[ip_vs]
+0000000000000000 A fixed_percpu_data
+`
+
+func TestSymbols(t *testing.T) {
+	s, err := drops.ParseKallsyms(strings.NewReader(kallsyms))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for addr, want := range map[uint64]string{
+		0xffffffff81a3f094: "ip_error+0x94",
+		0xffffffff81a3f200: "ip_forward+0x0",
+		0xffffffffc0a01010: "ip_vs_conn_new+0x10 [ip_vs]",
+		0x1000:             "0x1000",
+	} {
+		if got := s.Lookup(addr); got != want {
+			t.Errorf("Lookup(%#x) = %q, want %q", addr, got, want)
+		}
+	}
+}
+
+func FuzzParseKallsyms(f *testing.F) {
+	f.Add(kallsyms)
+	f.Fuzz(func(t *testing.T, in string) {
+		s, err := drops.ParseKallsyms(strings.NewReader(in))
+		if err != nil {
+			return
+		}
+		s.Lookup(0xffffffff81a3f094)
+	})
+}
+
+// The seed's stage 3: the SYN-ACK, de-SNATed in the input path but not yet
+// seen by IPVS, goes real → client. Attribution finds the VIP flow.
+func TestMatchConntrack(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	fl := conntrack.Flow{
+		Orig:  conntrack.Tuple{Src: ap("10.1.0.3:41234"), Dst: ap("10.1.0.6:8085")},
+		Reply: conntrack.Tuple{Src: ap("10.1.0.50:8085"), Dst: ap("10.1.0.5:41234")},
+	}
+	tests := []struct {
+		name      string
+		src, dst  string
+		direction string
+		stage     string
+	}{
+		{"client's SYN", "10.1.0.3:41234", "10.1.0.6:8085", "request", "before NAT"},
+		{"after DNAT", "10.1.0.3:41234", "10.1.0.50:8085", "request", "after DNAT to the real server"},
+		{"on the wire to the real", "10.1.0.5:41234", "10.1.0.50:8085", "request", "after DNAT and SNAT"},
+		{"real's reply", "10.1.0.50:8085", "10.1.0.5:41234", "reply", "before de-NAT"},
+		{"stage 3 SYN-ACK", "10.1.0.50:8085", "10.1.0.3:41234", "reply", "after SNAT reverse"},
+		{"back to client", "10.1.0.6:8085", "10.1.0.3:41234", "reply", "after full de-NAT"},
+	}
+	for _, tt := range tests {
+		f := drops.MatchConntrack(ap(tt.src), ap(tt.dst), fl)
+		if f == nil || f.Direction != tt.direction || !strings.Contains(f.Stage, tt.stage) || f.VIP != ap("10.1.0.6:8085") || f.Real != ap("10.1.0.50:8085") || f.Client != ap("10.1.0.3:41234") {
+			t.Errorf("MatchConntrack(%s) = %+v, want %s %q on VIP 10.1.0.6:8085", tt.name, f, tt.direction, tt.stage)
+		}
+	}
+	if f := drops.MatchConntrack(ap("10.9.9.9:1"), ap("10.1.0.3:41234"), fl); f != nil {
+		t.Errorf("MatchConntrack(unrelated) = %+v, want nil", f)
+	}
+	c := ipvs.Conn{Proto: "tcp", Client: ap("10.1.0.3:41234"), VIP: ap("10.1.0.6:8085"), Dest: ap("10.1.0.50:8085")}
+	if f := drops.MatchIPVS(ap("10.1.0.50:8085"), ap("10.1.0.3:41234"), c); f == nil || f.Direction != "reply" || f.Source != "ipvs" {
+		t.Errorf("MatchIPVS(real → client) = %+v, want the reply that IPVS never de-NATed", f)
+	}
+}
