@@ -53,10 +53,25 @@ static __always_inline void bump(__u32 idx)
 		*v += 1;
 }
 
-static __always_inline __u32 netns_of(struct sk_buff *skb)
+/* What the entry points read of an skb before the common logic runs: tp_btf
+ * reads it with plain loads (BTF-typed pointers), the others through
+ * bpf_probe_read_kernel. */
+struct skb_meta {
+	unsigned char *head;
+	struct net_device *dev;
+	__u32 netns;
+	__u32 len;
+	__u16 nh;
+	__u16 th;
+};
+
+static __always_inline void meta_probe_read(struct sk_buff *skb, struct skb_meta *m)
 {
-	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	/* Locals, not m->dev: BPF_CORE_READ(m->dev, …) would make the local-only
+	 * struct skb_meta part of the relocated access path. */
 	struct net *net = 0;
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	m->dev = dev;
 	if (dev)
 		net = BPF_CORE_READ(dev, nd_net.net);
 	if (!net) {
@@ -64,9 +79,11 @@ static __always_inline __u32 netns_of(struct sk_buff *skb)
 		if (sk)
 			net = BPF_CORE_READ(sk, __sk_common.skc_net.net);
 	}
-	if (!net)
-		return 0;
-	return BPF_CORE_READ(net, ns.inum);
+	m->netns = net ? BPF_CORE_READ(net, ns.inum) : 0;
+	m->head = BPF_CORE_READ(skb, head);
+	m->nh = BPF_CORE_READ(skb, network_header);
+	m->th = BPF_CORE_READ(skb, transport_header);
+	m->len = BPF_CORE_READ(skb, len);
 }
 
 static __always_inline void map4(struct addr *a, __be32 v4)
@@ -84,51 +101,50 @@ static __always_inline int addr_eq(const volatile struct addr *f, const struct a
 	return x[0] == y[0] && x[1] == y[1];
 }
 
-/* parse reads the IP and transport headers the skb points at. */
-static __always_inline int parse(struct sk_buff *skb, struct agg_key *k, __u8 *flags, __u32 *len)
+/* parse reads the IP and transport headers the skb points at, in one read
+ * for the common case (no IP options). */
+static __always_inline int parse(struct skb_meta *m, struct agg_key *k, __u8 *flags)
 {
-	unsigned char *head = BPF_CORE_READ(skb, head);
-	__u16 nh = BPF_CORE_READ(skb, network_header);
-	__u16 th = BPF_CORE_READ(skb, transport_header);
-	*len = BPF_CORE_READ(skb, len);
-	if (!head || nh == (__u16)~0U)
+	if (!m->head || m->nh == (__u16)~0U)
 		return -1;
-	__u8 first;
-	if (bpf_probe_read_kernel(&first, 1, head + nh))
+	/* An IPv6 header and the first 16 bytes of the transport header. */
+	__u8 buf[sizeof(struct ipv6hdr) + 16];
+	if (bpf_probe_read_kernel(buf, sizeof(buf), m->head + m->nh))
 		return -1;
-	unsigned char *l4;
-	if ((first >> 4) == 4) {
-		struct iphdr ip;
-		if (bpf_probe_read_kernel(&ip, sizeof(ip), head + nh))
-			return -1;
+	__u32 l4off;
+	if ((buf[0] >> 4) == 4) {
+		struct iphdr *ip = (struct iphdr *)buf;
 		k->family = 4;
-		k->proto = ip.protocol;
-		map4(&k->saddr, ip.saddr);
-		map4(&k->daddr, ip.daddr);
-		l4 = head + nh + ip.ihl * 4;
-	} else if ((first >> 4) == 6) {
-		struct ipv6hdr ip6;
-		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), head + nh))
-			return -1;
+		k->proto = ip->protocol;
+		map4(&k->saddr, ip->saddr);
+		map4(&k->daddr, ip->daddr);
+		l4off = ip->ihl * 4;
+	} else if ((buf[0] >> 4) == 6) {
+		struct ipv6hdr *ip6 = (struct ipv6hdr *)buf;
 		k->family = 6;
-		k->proto = ip6.nexthdr;
-		__builtin_memcpy(k->saddr.b, &ip6.saddr, 16);
-		__builtin_memcpy(k->daddr.b, &ip6.daddr, 16);
-		l4 = head + nh + sizeof(ip6);
+		k->proto = ip6->nexthdr;
+		__builtin_memcpy(k->saddr.b, &ip6->saddr, 16);
+		__builtin_memcpy(k->daddr.b, &ip6->daddr, 16);
+		l4off = sizeof(struct ipv6hdr);
 	} else {
 		return -1;
 	}
-	if (th != (__u16)~0U && th > nh)
-		l4 = head + th;
-	if (k->proto == IPPROTO_TCP || k->proto == IPPROTO_UDP || k->proto == IPPROTO_SCTP) {
-		__be16 ports[2];
-		if (bpf_probe_read_kernel(ports, sizeof(ports), l4) == 0) {
-			k->sport = bpf_ntohs(ports[0]);
-			k->dport = bpf_ntohs(ports[1]);
-		}
-		if (k->proto == IPPROTO_TCP)
-			bpf_probe_read_kernel(flags, 1, l4 + 13);
+	if (m->th != (__u16)~0U && m->th > m->nh)
+		l4off = m->th - m->nh;
+	if (k->proto != IPPROTO_TCP && k->proto != IPPROTO_UDP && k->proto != IPPROTO_SCTP)
+		return 0;
+	__u8 l4[14];
+	if (l4off == sizeof(struct iphdr) && k->family == 4) {
+		__builtin_memcpy(l4, buf + sizeof(struct iphdr), sizeof(l4));
+	} else if (l4off == sizeof(struct ipv6hdr) && k->family == 6) {
+		__builtin_memcpy(l4, buf + sizeof(struct ipv6hdr), sizeof(l4));
+	} else if (bpf_probe_read_kernel(l4, sizeof(l4), m->head + m->nh + (l4off & 0xff))) {
+		return 0;
 	}
+	k->sport = ((__u16)l4[0] << 8) | l4[1];
+	k->dport = ((__u16)l4[2] << 8) | l4[3];
+	if (k->proto == IPPROTO_TCP)
+		*flags = l4[13];
 	return 0;
 }
 
@@ -165,21 +181,14 @@ static __always_inline int wanted(struct agg_key *k)
 	return 1;
 }
 
-static __always_inline int handle(struct sk_buff *skb, __u64 location, __u32 reason)
+static __always_inline int handle(struct skb_meta *m, __u64 location, __u32 reason)
 {
-	if (reason < 256 && (ignore_reasons[reason / 64] & (1ULL << (reason % 64))))
-		return 0;
-	__u32 netns = netns_of(skb);
-	if (filter_netns && netns != filter_netns)
-		return 0;
-
 	struct agg_key k = {};
 	__u8 flags = 0;
-	__u32 len = 0;
 	k.location = location;
-	k.netns = netns;
+	k.netns = m->netns;
 	k.reason = reason;
-	if (parse(skb, &k, &flags, &len) < 0) {
+	if (parse(m, &k, &flags) < 0) {
 		/* Not IP: only unfiltered tracing wants it. */
 		if (n_addrs || n_ports || filter_proto)
 			return 0;
@@ -214,9 +223,9 @@ static __always_inline int handle(struct sk_buff *skb, __u64 location, __u32 rea
 	}
 	e->ts_ns = bpf_ktime_get_ns();
 	e->location = location;
-	e->netns = netns;
+	e->netns = m->netns;
 	e->reason = reason;
-	e->len = len;
+	e->len = m->len;
 	e->cpu = bpf_get_smp_processor_id();
 	e->saddr = k.saddr;
 	e->daddr = k.daddr;
@@ -228,7 +237,7 @@ static __always_inline int handle(struct sk_buff *skb, __u64 location, __u32 rea
 	e->_pad = 0;
 	e->ifindex = 0;
 	__builtin_memset(e->ifname, 0, sizeof(e->ifname));
-	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	struct net_device *dev = m->dev;
 	if (dev) {
 		e->ifindex = BPF_CORE_READ(dev, ifindex);
 		BPF_CORE_READ_STR_INTO(&e->ifname, dev, name);
@@ -237,16 +246,45 @@ static __always_inline int handle(struct sk_buff *skb, __u64 location, __u32 rea
 	return 0;
 }
 
+/* early rejects what the filters can judge before the packet is read. */
+static __always_inline int early_reject(__u32 netns, __u32 reason)
+{
+	if (reason < 256 && (ignore_reasons[reason / 64] & (1ULL << (reason % 64))))
+		return 1;
+	return filter_netns && netns != filter_netns;
+}
+
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(drop_tp_btf, struct sk_buff *skb, void *location, int reason)
 {
-	return handle(skb, (__u64)location, (__u32)reason);
+	struct skb_meta m = {};
+	struct net *net = 0;
+	m.dev = skb->dev;
+	if (m.dev)
+		net = m.dev->nd_net.net;
+	if (!net) {
+		struct sock *sk = skb->sk;
+		if (sk)
+			net = sk->__sk_common.skc_net.net;
+	}
+	m.netns = net ? net->ns.inum : 0;
+	if (early_reject(m.netns, (__u32)reason))
+		return 0;
+	m.head = skb->head;
+	m.nh = skb->network_header;
+	m.th = skb->transport_header;
+	m.len = skb->len;
+	return handle(&m, (__u64)location, (__u32)reason);
 }
 
 SEC("raw_tp/kfree_skb")
 int drop_raw_tp(struct bpf_raw_tracepoint_args *ctx)
 {
-	return handle((struct sk_buff *)ctx->args[0], ctx->args[1], (__u32)ctx->args[2]);
+	struct skb_meta m = {};
+	meta_probe_read((struct sk_buff *)ctx->args[0], &m);
+	if (early_reject(m.netns, (__u32)ctx->args[2]))
+		return 0;
+	return handle(&m, ctx->args[1], (__u32)ctx->args[2]);
 }
 
 SEC("tracepoint/skb/kfree_skb")
@@ -258,5 +296,9 @@ int drop_tracepoint(void *ctx)
 	bpf_probe_read_kernel(&location, sizeof(location), ctx + tp_off_location);
 	if (tp_off_reason)
 		bpf_probe_read_kernel(&reason, sizeof(reason), ctx + tp_off_reason);
-	return handle((struct sk_buff *)skb, location, reason);
+	struct skb_meta m = {};
+	meta_probe_read((struct sk_buff *)skb, &m);
+	if (early_reject(m.netns, reason))
+		return 0;
+	return handle(&m, location, reason);
 }

@@ -2,6 +2,7 @@ package drops_test
 
 import (
 	"bufio"
+	"errors"
 	"context"
 	"net"
 	"net/netip"
@@ -36,7 +37,11 @@ func trace(t *testing.T, cfg drops.Config, fn func()) ([]seen, drops.Counters) {
 	cfg.Events = true
 	tr, err := drops.New(cfg)
 	if err != nil {
-		t.Fatalf("drops.New: %v", err)
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			t.Fatalf("drops.New(%+v): %+v", cfg, ve)
+		}
+		t.Fatalf("drops.New(%+v): %v", cfg, err)
 	}
 	defer tr.Close()
 	syms, err := drops.LoadSymbols()

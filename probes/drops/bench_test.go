@@ -1,0 +1,241 @@
+package drops_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"regexp"
+	"sort"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/internal/testkit"
+	"github.com/lbdoctor/lbdoctor/probes/drops"
+)
+
+// Flood benchmark: a sendmmsg sender in one netns floods a veth into an nft
+// `counter drop` rule in another; each configuration runs for the same
+// window, alternating within every round (this VM's speed swings), and the
+// medians are reported. Totals are checked against the nft counter.
+//
+//	sudo go test -run '^$' -bench Flood -benchtime 1x ./probes/drops/
+//
+// LBDOCTOR_BENCH_ROUNDS (default 3) and LBDOCTOR_BENCH_WINDOW (default 2s).
+func BenchmarkFlood(b *testing.B) {
+	testkit.RequireRoot(b)
+	rounds, window := 3, 2*time.Second
+	if s := os.Getenv("LBDOCTOR_BENCH_ROUNDS"); s != "" {
+		rounds, _ = strconv.Atoi(s)
+	}
+	if s := os.Getenv("LBDOCTOR_BENCH_WINDOW"); s != "" {
+		window, _ = time.ParseDuration(s)
+	}
+	snd, rcv := testkit.Netns(b, "fsnd"), testkit.Netns(b, "frcv")
+	floodPair(b, snd, rcv)
+	testkit.Run(b, rcv, "nft", "add table ip f; add chain ip f in { type filter hook input priority 0; }; add rule ip f in udp dport 9 counter drop")
+
+	type result struct{ pps, ratio, delivered []float64 }
+	configs := []string{"no tracer", "aggregate", "events", "events, filtered out", "other netns"}
+	res := map[string]*result{}
+	for _, c := range configs {
+		res[c] = &result{}
+	}
+	for r := 0; r < rounds; r++ {
+		// Rotate the order every round so no configuration always runs first.
+		order := append(append([]string{}, configs[r%len(configs):]...), configs[:r%len(configs)]...)
+		for _, c := range order {
+			var tr *drops.Tracer
+			var err error
+			switch c {
+			case "aggregate":
+				tr, err = drops.New(drops.Config{NetnsInode: uint32(rcv.Inode), Proto: unix.IPPROTO_UDP, Ports: []uint16{9}})
+			case "events":
+				tr, err = drops.New(drops.Config{NetnsInode: uint32(rcv.Inode), Proto: unix.IPPROTO_UDP, Ports: []uint16{9}, Events: true})
+			case "other netns":
+				tr, err = drops.New(drops.Config{NetnsInode: uint32(snd.Inode), Events: true})
+			case "events, filtered out":
+				tr, err = drops.New(drops.Config{NetnsInode: uint32(rcv.Inode), Events: true, Addrs: []netip.Addr{netip.MustParseAddr("10.99.99.99")}})
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+			var delivered atomic.Uint64
+			done := make(chan struct{})
+			if tr != nil && c != "aggregate" {
+				ctx, cancel := contextWithCancel()
+				go func() { tr.Read(ctx, func(drops.Packet, drops.RawEvent) { delivered.Add(1) }); close(done) }()
+				defer cancel()
+				before := nftCounter(b, rcv)
+				flood(b, snd, window)
+				time.Sleep(100 * time.Millisecond)
+				cancel()
+				<-done
+				dropped := nftCounter(b, rcv) - before
+				cnt, _ := tr.Counters()
+				if c == "events" && delivered.Load()+cnt.Lost() != dropped {
+					b.Errorf("events: delivered %d + lost %d != nft counter %d", delivered.Load(), cnt.Lost(), dropped)
+				}
+				res[c].pps = append(res[c].pps, float64(dropped)/window.Seconds())
+				if dropped > 0 {
+					res[c].delivered = append(res[c].delivered, float64(delivered.Load())/float64(dropped))
+				}
+			} else {
+				before := nftCounter(b, rcv)
+				flood(b, snd, window)
+				time.Sleep(100 * time.Millisecond)
+				dropped := nftCounter(b, rcv) - before
+				if tr != nil {
+					tr.Stop()
+					cnt, _ := tr.Counters()
+					aggs, _ := tr.Aggregates()
+					var total uint64
+					for _, a := range aggs {
+						total += a.Count
+					}
+					if cnt.Matched != dropped || total+cnt.AggLost != dropped {
+						b.Errorf("aggregate: matched %d, counted %d (+%d lost), nft counter %d; want all equal", cnt.Matched, total, cnt.AggLost, dropped)
+					}
+				}
+				res[c].pps = append(res[c].pps, float64(dropped)/window.Seconds())
+			}
+			if tr != nil {
+				tr.Close()
+			}
+		}
+		base := res["no tracer"].pps[r]
+		for _, c := range configs {
+			res[c].ratio = append(res[c].ratio, res[c].pps[r]/base)
+		}
+	}
+	for i, c := range configs {
+		b.ReportMetric(median(res[c].pps)/1e6, fmt.Sprintf("%d-%s-Mpps", i, slug(c)))
+		b.ReportMetric(median(res[c].ratio), fmt.Sprintf("%d-%s-ratio", i, slug(c)))
+		if len(res[c].delivered) > 0 {
+			b.ReportMetric(median(res[c].delivered), fmt.Sprintf("%d-%s-delivered", i, slug(c)))
+		}
+	}
+}
+
+// BenchmarkAttach measures load + attach of the default tracer.
+func BenchmarkAttach(b *testing.B) {
+	testkit.RequireRoot(b)
+	var ms []float64
+	for b.Loop() {
+		tr, err := drops.New(drops.Config{Events: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ms = append(ms, float64(tr.AttachTime.Microseconds())/1000)
+		tr.Close()
+	}
+	b.ReportMetric(median(ms), "attach-ms")
+}
+
+func slug(s string) string { return regexp.MustCompile(`[^a-z]+`).ReplaceAllString(s, "_") }
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}
+
+func floodPair(b *testing.B, snd, rcv netns.Target) {
+	rh, err := rcv.Handle()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer rh.Close()
+	err = snd.Do(func() error {
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "f0"}, PeerName: "f1", PeerNamespace: netlink.NsFd(int(rh))}); err != nil {
+			return err
+		}
+		l, _ := netlink.LinkByName("f0")
+		a, _ := netlink.ParseAddr("10.77.0.1/24")
+		netlink.AddrAdd(l, a)
+		netlink.LinkSetUp(l)
+		// A static neighbour: the flood must not wait on ARP.
+		return netlink.NeighAdd(&netlink.Neigh{LinkIndex: l.Attrs().Index, IP: net.IPv4(10, 77, 0, 2), HardwareAddr: net.HardwareAddr{2, 0, 0, 0, 0, 2}, State: netlink.NUD_PERMANENT})
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	err = rcv.Do(func() error {
+		l, err := netlink.LinkByName("f1")
+		if err != nil {
+			return err
+		}
+		netlink.LinkSetHardwareAddr(l, net.HardwareAddr{2, 0, 0, 0, 0, 2})
+		a, _ := netlink.ParseAddr("10.77.0.2/24")
+		netlink.AddrAdd(l, a)
+		return netlink.LinkSetUp(l)
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+}
+
+// flood sends 64-byte UDP datagrams with sendmmsg for d.
+func flood(b *testing.B, ns netns.Target, d time.Duration) {
+	err := ns.Do(func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		if err := unix.Connect(fd, &unix.SockaddrInet4{Port: 9, Addr: [4]byte{10, 77, 0, 2}}); err != nil {
+			return err
+		}
+		const batch = 64
+		payload := make([]byte, 64)
+		iov := unix.Iovec{Base: &payload[0]}
+		iov.SetLen(len(payload))
+		type mmsghdr struct {
+			hdr unix.Msghdr
+			n   uint32
+			_   [4]byte
+		}
+		msgs := make([]mmsghdr, batch)
+		for i := range msgs {
+			msgs[i].hdr.Iov = &iov
+			msgs[i].hdr.Iovlen = 1
+		}
+		end := time.Now().Add(d)
+		for time.Now().Before(end) {
+			for i := 0; i < 64; i++ {
+				unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])), batch, 0, 0, 0)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+}
+
+var nftPackets = regexp.MustCompile(`counter packets (\d+)`)
+
+func nftCounter(b *testing.B, ns netns.Target) uint64 {
+	out := testkit.Run(b, ns, "nft", "list", "chain", "ip", "f", "in")
+	m := nftPackets.FindStringSubmatch(out)
+	if m == nil {
+		b.Fatalf("no counter in %s", out)
+	}
+	v, _ := strconv.ParseUint(m[1], 10, 64)
+	return v
+}
+
+func contextWithCancel() (context.Context, context.CancelFunc) {
+	return context.WithCancel(context.Background())
+}
