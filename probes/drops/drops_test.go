@@ -2,8 +2,8 @@ package drops_test
 
 import (
 	"bufio"
-	"errors"
 	"context"
+	"errors"
 	"net"
 	"net/netip"
 	"os/exec"
