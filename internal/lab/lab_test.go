@@ -18,11 +18,7 @@ func TestBuildReachesRealServerDirectly(t *testing.T) {
 		t.Run(string(topo), func(t *testing.T) {
 			t.Parallel()
 			l := testkit.Lab(t, topo)
-			srv, err := lab.Serve(l.Real, ":8085")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer srv.Close()
+			testkit.Serve(t, l.Real, ":8085")
 			if topo == lab.TwoArm {
 				// The client has no route to the real segment; the LB routes it.
 				testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")

@@ -23,11 +23,7 @@ func seedLab(t *testing.T, topo lab.Topology) (*lab.Lab, netip.AddrPort) {
 	t.Helper()
 	l := testkit.Lab(t, topo)
 	t.Logf("%s on %s", strings.TrimSpace(testkit.Run(t, l.LB, "head", "-1", "/proc/net/ip_vs")), strings.TrimSpace(testkit.Run(t, l.LB, "uname", "-r")))
-	srv, err := lab.Serve(l.Real, ":8085")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
+	testkit.Serve(t, l.Real, ":8085")
 	vip := netip.AddrPortFrom(l.VIP, 8085)
 	testkit.IPVSMasq(t, l.LB, vip, netip.AddrPortFrom(l.RealIP, 8085))
 	return l, vip

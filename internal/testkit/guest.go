@@ -15,11 +15,7 @@ import (
 func FullNAT(t testing.TB) (*lab.Lab, netip.AddrPort) {
 	t.Helper()
 	l := Lab(t, lab.OneArm)
-	srv, err := lab.Serve(l.Real, ":8085")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
+	Serve(t, l.Real, ":8085")
 	vip := netip.AddrPortFrom(l.VIP, 8085)
 	IPVSMasq(t, l.LB, vip, netip.AddrPortFrom(l.RealIP, 8085))
 	Run(t, l.LB, "iptables", "-t", "nat", "-A", "POSTROUTING", "-m", "ipvs", "--vaddr", l.VIP.String(), "--vport", "8085", "-j", "MASQUERADE")

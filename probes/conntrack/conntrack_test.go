@@ -35,11 +35,7 @@ func TestFlowsOfANATLoadBalancer(t *testing.T) {
 			t.Parallel()
 			l := testkit.Lab(t, lab.OneArm)
 			vip, real := netip.AddrPortFrom(l.VIP, 8085), netip.AddrPortFrom(l.RealIP, 8085)
-			srv, err := lab.Serve(l.Real, ":8085")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer srv.Close()
+			testkit.Serve(t, l.Real, ":8085")
 			testkit.NftNAT(t, l.LB, vip, real, tt.snat)
 			fwd := "0"
 			if tt.fwd {
@@ -101,11 +97,7 @@ func TestFlowsOfANATLoadBalancer(t *testing.T) {
 func TestStatsAndEvents(t *testing.T) {
 	l := testkit.Lab(t, lab.OneArm)
 	vip, real := netip.AddrPortFrom(l.VIP, 8085), netip.AddrPortFrom(l.RealIP, 8085)
-	srv, err := lab.Serve(l.Real, ":8085")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
+	testkit.Serve(t, l.Real, ":8085")
 	testkit.NftNAT(t, l.LB, vip, real, true)
 	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
 

@@ -172,18 +172,7 @@ func TestIPRPFilter(t *testing.T) {
 	src := netip.MustParseAddr("10.8.0.1")
 	got, _ := trace(t, drops.Config{NetnsInode: uint32(b.Inode), Addrs: []netip.Addr{src}}, func() {
 		time.Sleep(300 * time.Millisecond) // let b0 come up
-		a.Do(func() error {
-			c, err := net.DialUDP("udp4", &net.UDPAddr{IP: src.AsSlice()}, &net.UDPAddr{IP: net.IPv4(10, 9, 0, 2), Port: 9})
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			for i := 0; i < 3; i++ {
-				c.Write([]byte("x"))
-				time.Sleep(50 * time.Millisecond)
-			}
-			return nil
-		})
+		testkit.SendUDP(t, a, src, netip.MustParseAddrPort("10.9.0.2:9"), 3)
 	})
 	if d := find(got, "IP_RPFILTER"); d == nil || d.Src.Addr() != src || d.Proto != unix.IPPROTO_UDP {
 		t.Errorf("IP_RPFILTER drop = %+v, want a UDP packet from %s (saw %+v)", d, src, got)

@@ -42,11 +42,7 @@ func TestLookupReturnPath(t *testing.T) {
 func TestRead(t *testing.T) {
 	l := testkit.Lab(t, lab.OneArm)
 	// Traffic leaves a neighbour entry behind.
-	srv, err := lab.Serve(l.Real, ":8085")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
+	testkit.Serve(t, l.Real, ":8085")
 	lab.Probe(context.Background(), l.Client, netip.AddrPortFrom(l.RealIP, 8085), time.Second)
 
 	s, err := netstate.Read(l.LB)

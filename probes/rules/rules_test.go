@@ -1,7 +1,6 @@
 package rules_test
 
 import (
-	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -95,19 +94,7 @@ func TestReadBothBackends(t *testing.T) {
 	ns := testkit.Netns(t, "rules")
 	testkit.Run(t, ns, "iptables-nft", "-t", "nat", "-A", "POSTROUTING", "-d", "10.9.0.1", "-j", "MASQUERADE")
 	testkit.Run(t, ns, "iptables-legacy", "-A", "OUTPUT", "-d", "127.0.0.1", "-p", "udp", "--dport", "9", "-j", "DROP")
-	err := ns.Do(func() error {
-		c, err := net.Dial("udp4", "127.0.0.1:9")
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		c.Write([]byte("one"))
-		c.Write([]byte("two"))
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	testkit.SendUDP(t, ns, netip.Addr{}, netip.MustParseAddrPort("127.0.0.1:9"), 2)
 	snap, err := rules.Read(ns)
 	if err != nil {
 		t.Fatal(err)
@@ -140,20 +127,7 @@ func TestReadNativeNft(t *testing.T) {
 	testkit.NftNAT(t, ns, vip, real, true)
 	testkit.Run(t, ns, "nft", "add table inet f; add chain inet f out { type filter hook output priority 0; }; "+
 		"add rule inet f out ip daddr 127.0.0.9 udp dport 9 counter drop; add rule inet f out tcp dport 7 reject")
-	err := ns.Do(func() error {
-		c, err := net.ListenPacket("udp4", "127.0.0.1:0")
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		for i := 0; i < 3; i++ {
-			c.WriteTo([]byte("x"), &net.UDPAddr{IP: net.IPv4(127, 0, 0, 9), Port: 9})
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	testkit.SendUDP(t, ns, netip.Addr{}, netip.MustParseAddrPort("127.0.0.9:9"), 3)
 	snap, err := rules.Read(ns)
 	if err != nil {
 		t.Fatal(err)

@@ -1,7 +1,7 @@
 package snmp_test
 
 import (
-	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
@@ -46,22 +46,7 @@ func TestReadIsPerNamespace(t *testing.T) {
 		t.Fatal(err)
 	}
 	beforeB, _ := snmp.Read(b)
-	err = a.Do(func() error {
-		c, err := net.ListenPacket("udp4", "127.0.0.1:0")
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		for i := 0; i < 5; i++ {
-			if _, err := c.WriteTo([]byte("x"), c.LocalAddr()); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	testkit.SendUDP(t, a, netip.Addr{}, netip.MustParseAddrPort("127.0.0.1:9"), 5)
 	afterA, _ := snmp.Read(a)
 	afterB, _ := snmp.Read(b)
 	if d := snmp.Delta(beforeA, afterA); d["UdpOutDatagrams"] != 5 {
@@ -76,18 +61,7 @@ func TestReadIsPerNamespace(t *testing.T) {
 // counter both show.
 func TestReadAgreesWithNstat(t *testing.T) {
 	ns := testkit.Netns(t, "nstat")
-	err := ns.Do(func() error {
-		c, err := net.ListenPacket("udp4", "127.0.0.1:0")
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		_, err = c.WriteTo([]byte("x"), c.LocalAddr())
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	testkit.SendUDP(t, ns, netip.Addr{}, netip.MustParseAddrPort("127.0.0.1:9"), 1)
 	got, err := snmp.Read(ns)
 	if err != nil {
 		t.Fatal(err)

@@ -1,8 +1,9 @@
 package sysctl_test
 
 import (
-	"github.com/vishvananda/netlink"
 	"testing"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 	"github.com/lbdoctor/lbdoctor/probes/sysctl"
