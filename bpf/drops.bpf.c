@@ -17,6 +17,9 @@ volatile const __u32 n_ports = 0;
 volatile const __u16 filter_ports[MAX_PORTS] = {};
 volatile const __u64 ignore_reasons[4] = {}; /* bitmap of reasons < 256 */
 volatile const __u8 send_events = 0;         /* 0: aggregate only */
+/* Wake the reader only once this much is waiting: under a flood one wakeup
+ * per event would cost more than the event. User space also polls. */
+volatile const __u64 wakeup_bytes = 256 << 10;
 /* Offsets of the classic tracepoint's fields, from its format file. */
 volatile const __u32 tp_off_skb = 8;
 volatile const __u32 tp_off_location = 16;
@@ -242,7 +245,10 @@ static __always_inline int handle(struct skb_meta *m, __u64 location, __u32 reas
 		e->ifindex = BPF_CORE_READ(dev, ifindex);
 		BPF_CORE_READ_STR_INTO(&e->ifname, dev, name);
 	}
-	bpf_ringbuf_submit(e, 0);
+	__u64 wake = BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+		wake = BPF_RB_FORCE_WAKEUP;
+	bpf_ringbuf_submit(e, wake);
 	return 0;
 }
 

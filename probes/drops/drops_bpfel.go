@@ -98,6 +98,7 @@ const (
 	dropsVarUnusedAggKey    = "unused_agg_key"
 	dropsVarUnusedCounter   = "unused_counter"
 	dropsVarUnusedEvent     = "unused_event"
+	dropsVarWakeupBytes     = "wakeup_bytes"
 )
 
 // loadDrops returns the embedded CollectionSpec for drops.
@@ -174,6 +175,7 @@ type dropsVariableSpecs struct {
 	UnusedAggKey  *ebpf.VariableSpec `ebpf:"unused_agg_key"`
 	UnusedCounter *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedEvent   *ebpf.VariableSpec `ebpf:"unused_event"`
+	WakeupBytes   *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
 // dropsObjects contains all objects after they have been loaded into the kernel.
@@ -227,6 +229,7 @@ type dropsVariables struct {
 	UnusedAggKey  *ebpf.Variable `ebpf:"unused_agg_key"`
 	UnusedCounter *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedEvent   *ebpf.Variable `ebpf:"unused_event"`
+	WakeupBytes   *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
 // dropsPrograms contains all programs after they have been loaded into the kernel.

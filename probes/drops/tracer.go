@@ -293,6 +293,9 @@ func (t *Tracer) Aggregates() ([]Aggregate, error) {
 	return out, nil
 }
 
+// PollInterval bounds how long a drop waits in the ring before it is read.
+const PollInterval = 50 * time.Millisecond
+
 // Read delivers events until ctx ends, then what is still in the ring, so
 // that delivered + lost adds up to what the kernel matched. It returns nil
 // when ctx ends.
@@ -313,8 +316,13 @@ func (t *Tracer) Read(ctx context.Context, fn func(Packet, RawEvent)) error {
 	var rec ringbuf.Record
 	var ev dropsEvent
 	for {
+		// The kernel side wakes us only when a batch is waiting: poll too,
+		// so that a lone drop shows within PollInterval.
+		t.ring.SetDeadline(time.Now().Add(PollInterval))
 		if err := t.ring.ReadInto(&rec); err != nil {
 			switch {
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				continue
 			case errors.Is(err, ringbuf.ErrFlushed):
 				if ctx.Err() != nil {
 					return nil
