@@ -17,6 +17,7 @@ volatile const __u32 n_ports = 0;
 volatile const __u16 filter_ports[MAX_PORTS] = {};
 volatile const __u64 ignore_reasons[4] = {}; /* bitmap of reasons < 256 */
 volatile const __u8 send_events = 0;         /* 0: aggregate only */
+volatile const __u8 want_stack = 0;          /* record kernel stacks of events */
 /* Wake the reader only once this much is waiting: under a flood one wakeup
  * per event would cost more than the event. User space also polls. */
 volatile const __u64 wakeup_bytes = 256 << 10;
@@ -29,6 +30,13 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 4 << 20);
 } events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(max_entries, 4096);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, 127 * sizeof(__u64));
+} stacks SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -184,7 +192,7 @@ static __always_inline int wanted(struct agg_key *k)
 	return 1;
 }
 
-static __always_inline int handle(struct skb_meta *m, __u64 location, __u32 reason)
+static __always_inline int handle(void *ctx, struct skb_meta *m, __u64 location, __u32 reason)
 {
 	struct agg_key k = {};
 	__u8 flags = 0;
@@ -230,6 +238,7 @@ static __always_inline int handle(struct skb_meta *m, __u64 location, __u32 reas
 	e->reason = reason;
 	e->len = m->len;
 	e->cpu = bpf_get_smp_processor_id();
+	e->stack_id = want_stack ? bpf_get_stackid(ctx, &stacks, 0) : -1;
 	e->saddr = k.saddr;
 	e->daddr = k.daddr;
 	e->sport = k.sport;
@@ -280,7 +289,7 @@ int BPF_PROG(drop_tp_btf, struct sk_buff *skb, void *location, int reason)
 	m.nh = skb->network_header;
 	m.th = skb->transport_header;
 	m.len = skb->len;
-	return handle(&m, (__u64)location, (__u32)reason);
+	return handle(ctx, &m, (__u64)location, (__u32)reason);
 }
 
 SEC("raw_tp/kfree_skb")
@@ -290,7 +299,7 @@ int drop_raw_tp(struct bpf_raw_tracepoint_args *ctx)
 	meta_probe_read((struct sk_buff *)ctx->args[0], &m);
 	if (early_reject(m.netns, (__u32)ctx->args[2]))
 		return 0;
-	return handle(&m, ctx->args[1], (__u32)ctx->args[2]);
+	return handle(ctx, &m, ctx->args[1], (__u32)ctx->args[2]);
 }
 
 SEC("tracepoint/skb/kfree_skb")
@@ -306,5 +315,5 @@ int drop_tracepoint(void *ctx)
 	meta_probe_read((struct sk_buff *)skb, &m);
 	if (early_reject(m.netns, reason))
 		return 0;
-	return handle(&m, location, reason);
+	return handle(ctx, &m, location, reason);
 }

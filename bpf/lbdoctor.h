@@ -80,6 +80,7 @@ struct event {
 	__u32 reason;
 	__u32 len;
 	__u32 cpu;
+	__s32 stack_id; /* kernel stack in the stacks map, or <0 */
 	struct addr saddr;
 	struct addr daddr;
 	__u16 sport;

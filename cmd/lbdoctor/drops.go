@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -24,7 +25,7 @@ type dropsFlags struct {
 	ports              []uint
 	ignore             []string
 	duration           time.Duration
-	summary            bool
+	summary, stack     bool
 }
 
 func newDropsCmd(g *globalFlags) *cobra.Command {
@@ -57,11 +58,15 @@ prints a dropwatch-style table at the end. Lost events are always reported.`,
 	fl.DurationVar(&f.duration, "duration", 0, "stop after this long (default: until Ctrl-C)")
 	fl.BoolVar(&f.summary, "summary", false, "count in the kernel and print a summary at the end")
 	fl.StringVar(&f.attach, "attach", "", "force the attach point: tp_btf, raw_tp or tracepoint")
+	fl.BoolVar(&f.stack, "stack", false, "print the kernel stack of each drop")
 	return cmd
 }
 
 func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
-	cfg := drops.Config{Events: !f.summary, IgnoreReasons: f.ignore, Attach: f.attach}
+	cfg := drops.Config{Events: !f.summary, IgnoreReasons: f.ignore, Attach: f.attach, Stack: f.stack}
+	if f.stack && f.summary {
+		return usageErrorf("--stack needs events: it cannot go with --summary")
+	}
 	switch f.proto {
 	case "":
 	case "tcp":
@@ -198,6 +203,14 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 					f.Direction = drops.Kind(raw.TCPFlags) + " (" + f.Direction + ")"
 					d.Flow = &f
 				}
+			}
+			for _, pc := range raw.Stack {
+				fr := syms.Lookup(pc)
+				// The tracer's own frames say nothing about the drop.
+				if len(d.Stack) == 0 && (strings.Contains(fr, "[bpf]") || strings.HasPrefix(fr, "bpf_trace_run") || strings.HasPrefix(fr, "__bpf_trace")) {
+					continue
+				}
+				d.Stack = append(d.Stack, fr)
 			}
 			r := raw
 			d.Raw = &r

@@ -26,6 +26,7 @@ type Drop struct {
 	TCPFlags string          `json:"tcp_flags,omitempty"`
 	Len      uint32          `json:"len,omitempty"`
 	Count    uint64          `json:"count,omitempty"` // aggregate mode
+	Stack    []string        `json:"stack,omitempty"` // --stack: kernel frames, innermost first
 	Flow     *drops.Flow     `json:"flow,omitempty"`
 	Raw      *drops.RawEvent `json:"raw,omitempty"`
 }
@@ -71,6 +72,9 @@ func DropLine(d Drop) string {
 	}
 	if d.Flow != nil {
 		b.WriteString("\n    flow: " + d.Flow.String())
+	}
+	for _, f := range d.Stack {
+		b.WriteString("\n        " + f)
 	}
 	return b.String()
 }

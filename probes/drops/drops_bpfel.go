@@ -56,6 +56,7 @@ type dropsEvent struct {
 	Reason   uint32
 	Len      uint32
 	Cpu      uint32
+	StackId  int32
 	Saddr    struct {
 		_ structs.HostLayout
 		B [16]uint8
@@ -71,7 +72,6 @@ type dropsEvent struct {
 	TcpFlags uint8
 	Pad      uint8
 	Ifname   [16]int8
-	_        [4]byte
 }
 
 // Names of all BPF objects in the ELF.
@@ -81,6 +81,7 @@ const (
 	dropsMapAgg             = "agg"
 	dropsMapCounters        = "counters"
 	dropsMapEvents          = "events"
+	dropsMapStacks          = "stacks"
 	dropsProgDropRawTp      = "drop_raw_tp"
 	dropsProgDropTpBtf      = "drop_tp_btf"
 	dropsProgDropTracepoint = "drop_tracepoint"
@@ -99,6 +100,7 @@ const (
 	dropsVarUnusedCounter   = "unused_counter"
 	dropsVarUnusedEvent     = "unused_event"
 	dropsVarWakeupBytes     = "wakeup_bytes"
+	dropsVarWantStack       = "want_stack"
 )
 
 // loadDrops returns the embedded CollectionSpec for drops.
@@ -155,6 +157,7 @@ type dropsMapSpecs struct {
 	Agg      *ebpf.MapSpec `ebpf:"agg"`
 	Counters *ebpf.MapSpec `ebpf:"counters"`
 	Events   *ebpf.MapSpec `ebpf:"events"`
+	Stacks   *ebpf.MapSpec `ebpf:"stacks"`
 }
 
 // dropsVariableSpecs contains global variables before they are loaded into the kernel.
@@ -176,6 +179,7 @@ type dropsVariableSpecs struct {
 	UnusedCounter *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedEvent   *ebpf.VariableSpec `ebpf:"unused_event"`
 	WakeupBytes   *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
+	WantStack     *ebpf.VariableSpec `ebpf:"want_stack"`
 }
 
 // dropsObjects contains all objects after they have been loaded into the kernel.
@@ -201,6 +205,7 @@ type dropsMaps struct {
 	Agg      *ebpf.Map `ebpf:"agg"`
 	Counters *ebpf.Map `ebpf:"counters"`
 	Events   *ebpf.Map `ebpf:"events"`
+	Stacks   *ebpf.Map `ebpf:"stacks"`
 }
 
 func (m *dropsMaps) Close() error {
@@ -208,6 +213,7 @@ func (m *dropsMaps) Close() error {
 		m.Agg,
 		m.Counters,
 		m.Events,
+		m.Stacks,
 	)
 }
 
@@ -230,6 +236,7 @@ type dropsVariables struct {
 	UnusedCounter *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedEvent   *ebpf.Variable `ebpf:"unused_event"`
 	WakeupBytes   *ebpf.Variable `ebpf:"wakeup_bytes"`
+	WantStack     *ebpf.Variable `ebpf:"want_stack"`
 }
 
 // dropsPrograms contains all programs after they have been loaded into the kernel.

@@ -311,3 +311,24 @@ func dropPrograms(t *testing.T) []ebpf.ProgramID {
 		}
 	}
 }
+
+// --stack: the kernel stack of a drop leads from the network stack's entry
+// to the function that dropped it.
+func TestStack(t *testing.T) {
+	ns := testkit.Netns(t, "stk")
+	got, _ := trace(t, drops.Config{NetnsInode: uint32(ns.Inode), Ports: []uint16{7020}, Stack: true}, func() {
+		dial(ns, "127.0.0.1:7020")
+	})
+	d := find(got, "NO_SOCKET")
+	if d == nil || len(d.Raw.Stack) < 3 {
+		t.Fatalf("NO_SOCKET drop = %+v, want one with a kernel stack", d)
+	}
+	syms, _ := drops.LoadSymbols()
+	var frames []string
+	for _, pc := range d.Raw.Stack {
+		frames = append(frames, syms.Lookup(pc))
+	}
+	if !strings.Contains(strings.Join(frames, " "), "tcp_v4_rcv+") {
+		t.Errorf("stack %v does not go through tcp_v4_rcv", frames)
+	}
+}

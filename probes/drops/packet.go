@@ -25,6 +25,8 @@ type RawEvent struct {
 	Len      uint32 `json:"len"`
 	CPU      uint32 `json:"cpu"`
 	TCPFlags uint8  `json:"tcp_flags"`
+	// Stack is the kernel stack at the drop (with Config.Stack), innermost first.
+	Stack []uint64 `json:"-"`
 }
 
 // Aggregate is one row of aggregate mode.

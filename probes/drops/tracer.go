@@ -45,6 +45,7 @@ type Config struct {
 	Proto         uint8        // … and its protocol is this
 	IgnoreReasons []string     // reason names to leave out (e.g. NOT_SPECIFIED)
 	Events        bool         // send each drop to user space (else: aggregate only)
+	Stack         bool         // record the kernel stack of each event
 	Attach        string       // force an attach point; "" picks the best available
 }
 
@@ -108,6 +109,9 @@ func New(cfg Config) (*Tracer, error) {
 	if !cfg.Events {
 		// Aggregate mode never writes the ring: keep it tiny.
 		spec.Maps["events"].MaxEntries = uint32(os.Getpagesize())
+	}
+	if !cfg.Stack {
+		spec.Maps["stacks"].MaxEntries = 1
 	}
 	t.coll, err = ebpf.NewCollection(spec)
 	if err != nil {
@@ -224,7 +228,7 @@ func setFilters(spec *ebpf.CollectionSpec, cfg Config, reasons map[uint32]string
 		"filter_netns": cfg.NetnsInode, "filter_proto": cfg.Proto,
 		"n_addrs": uint32(len(cfg.Addrs)), "filter_addrs": addrs,
 		"n_ports": uint32(len(cfg.Ports)), "filter_ports": ports,
-		"ignore_reasons": ignore, "send_events": sendEvents,
+		"ignore_reasons": ignore, "send_events": sendEvents, "want_stack": boolByte(cfg.Stack),
 	} {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return fmt.Errorf("set %s: %w", name, err)
@@ -337,8 +341,36 @@ func (t *Tracer) Read(ctx context.Context, fn func(Packet, RawEvent)) error {
 			return fmt.Errorf("decode drop event: %w", err)
 		}
 		fn(packetOf(ev.Netns, ev.Reason, ev.Location, ev.Family, ev.Proto, ev.Saddr.B, ev.Daddr.B, ev.Sport, ev.Dport),
-			RawEvent{TimeNs: ev.TsNs, Ifindex: ev.Ifindex, Ifname: cstring(ev.Ifname[:]), Len: ev.Len, CPU: ev.Cpu, TCPFlags: ev.TcpFlags})
+			RawEvent{TimeNs: ev.TsNs, Ifindex: ev.Ifindex, Ifname: cstring(ev.Ifname[:]), Len: ev.Len, CPU: ev.Cpu, TCPFlags: ev.TcpFlags, Stack: t.stack(ev.StackId)})
 	}
+}
+
+func boolByte(b bool) uint8 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// stack reads and frees a recorded kernel stack.
+func (t *Tracer) stack(id int32) []uint64 {
+	if id < 0 {
+		return nil
+	}
+	var frames [127]uint64
+	m := t.coll.Maps["stacks"]
+	if err := m.Lookup(uint32(id), &frames); err != nil {
+		return nil
+	}
+	m.Delete(uint32(id))
+	var out []uint64
+	for _, f := range frames {
+		if f == 0 {
+			break
+		}
+		out = append(out, f)
+	}
+	return out
 }
 
 func cstring(b []int8) string {
