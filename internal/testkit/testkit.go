@@ -6,7 +6,11 @@ package testkit
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"os"
+	"strconv"
+	"sync"
+	"syscall"
 	"os/exec"
 	"strings"
 	"testing"
@@ -33,11 +37,42 @@ func RequireRoot(t testing.TB) {
 	t.Skip("needs root (CI runs it as root)")
 }
 
-// UniqueName returns prefix-xxxxxx, unique enough for parallel tests.
+// UniqueName returns prefix-PID-xxxxxx: unique across parallel tests, and
+// the PID lets a later run remove what a killed one left behind.
 func UniqueName(prefix string) string {
+	sweepOnce.Do(sweep)
 	b := make([]byte, 3)
 	rand.Read(b)
-	return prefix + "-" + hex.EncodeToString(b)
+	return fmt.Sprintf("%s-%d-%s", prefix, os.Getpid(), hex.EncodeToString(b))
+}
+
+var sweepOnce sync.Once
+
+// sweep deletes the lbd-* namespaces of test processes that no longer
+// exist (a test killed by a timeout cannot run its cleanups).
+func sweep() {
+	ents, _ := os.ReadDir(netns.RunDir)
+	for _, e := range ents {
+		f := strings.Split(e.Name(), "-")
+		if len(f) < 3 || f[0] != "lbd" {
+			continue
+		}
+		// lbd-ROLE-PID-HEX (Netns) or lbd-PID-HEX-ROLE (Lab): the PID is the
+		// first numeric field.
+		pid := 0
+		for _, x := range f[1:] {
+			if p, err := strconv.Atoi(x); err == nil {
+				pid = p
+				break
+			}
+		}
+		if pid <= 0 {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); err == syscall.ESRCH {
+			netns.Delete(e.Name())
+		}
+	}
 }
 
 // Netns creates a named namespace that is deleted when the test ends.
