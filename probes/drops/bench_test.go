@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"regexp"
 	"sort"
 	"strconv"
@@ -45,6 +46,10 @@ func BenchmarkFlood(b *testing.B) {
 
 	type result struct{ pps, ratio, delivered []float64 }
 	configs := []string{"no tracer", "aggregate", "events", "events, filtered out", "other netns"}
+	if _, err := exec.LookPath("perf"); err == nil {
+		testkit.Tracefs(b)
+		configs = append(configs, "perf record")
+	}
 	res := map[string]*result{}
 	for _, c := range configs {
 		res[c] = &result{}
@@ -70,7 +75,15 @@ func BenchmarkFlood(b *testing.B) {
 			}
 			var delivered atomic.Uint64
 			done := make(chan struct{})
-			if tr != nil && c != "aggregate" {
+			if c == "perf record" {
+				before := nftCounter(b, rcv)
+				samples := perfRecord(b, func() { flood(b, snd, window) })
+				dropped := nftCounter(b, rcv) - before
+				res[c].pps = append(res[c].pps, float64(dropped)/window.Seconds())
+				if dropped > 0 {
+					res[c].delivered = append(res[c].delivered, float64(samples)/float64(dropped))
+				}
+			} else if tr != nil && c != "aggregate" {
 				ctx, cancel := contextWithCancel()
 				go func() { tr.Read(ctx, func(drops.Packet, drops.RawEvent) { delivered.Add(1) }); close(done) }()
 				defer cancel()
@@ -238,4 +251,31 @@ func nftCounter(b *testing.B, ns netns.Target) uint64 {
 
 func contextWithCancel() (context.Context, context.CancelFunc) {
 	return context.WithCancel(context.Background())
+}
+
+var perfSamples = regexp.MustCompile(`SAMPLE events:\s+(\d+)`)
+
+// perfRecord runs fn under `perf record -e skb:kfree_skb -a`, the tool a
+// user would reach for instead, and returns how many drops perf recorded.
+func perfRecord(b *testing.B, fn func()) uint64 {
+	data := b.TempDir() + "/perf.data"
+	cmd := exec.Command("perf", "record", "-q", "-e", "skb:kfree_skb", "-a", "-o", data)
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond) // perf opens its buffers
+	fn()
+	time.Sleep(100 * time.Millisecond)
+	cmd.Process.Signal(os.Interrupt)
+	cmd.Wait()
+	out, err := exec.Command("perf", "report", "--stats", "-i", data).CombinedOutput()
+	if err != nil {
+		b.Fatalf("perf report: %v\n%s", err, out)
+	}
+	m := perfSamples.FindSubmatch(out)
+	if m == nil {
+		b.Fatalf("no sample count in perf report --stats:\n%s", out)
+	}
+	v, _ := strconv.ParseUint(string(m[1]), 10, 64)
+	return v
 }
