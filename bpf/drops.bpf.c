@@ -47,6 +47,13 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct last_flow);
+} last_flow SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, COUNTER_MAX);
 	__type(key, __u32);
 	__type(value, __u64);
@@ -56,6 +63,7 @@ struct {
 const struct event *unused_event __attribute__((unused));
 const struct agg_key *unused_agg_key __attribute__((unused));
 const enum counter *unused_counter __attribute__((unused));
+const struct last_flow *unused_last_flow __attribute__((unused));
 
 static __always_inline void bump(__u32 idx)
 {
@@ -192,6 +200,37 @@ static __always_inline int wanted(struct agg_key *k)
 	return 1;
 }
 
+static __always_inline void add_agg(struct agg_key *k, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&agg, k);
+	if (v) {
+		*v += n;
+		return;
+	}
+	if (bpf_map_update_elem(&agg, k, &n, BPF_NOEXIST) == 0)
+		return;
+	/* Another program on this CPU may have inserted it meanwhile. */
+	v = bpf_map_lookup_elem(&agg, k);
+	if (v) {
+		*v += n;
+		return;
+	}
+	__u32 idx = COUNTER_AGG_LOST;
+	__u64 *lost = bpf_map_lookup_elem(&counters, &idx);
+	if (lost)
+		*lost += n;
+}
+
+static __always_inline int keys_eq(const struct agg_key *a, const struct agg_key *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+#pragma unroll
+	for (int i = 0; i < sizeof(*a) / 8; i++)
+		if (x[i] != y[i])
+			return 0;
+	return 1;
+}
+
 static __always_inline int handle(void *ctx, struct skb_meta *m, __u64 location, __u32 reason)
 {
 	struct agg_key k = {};
@@ -210,20 +249,20 @@ static __always_inline int handle(void *ctx, struct skb_meta *m, __u64 location,
 	bump(COUNTER_MATCHED);
 
 	if (!send_events) {
-		__u64 *v = bpf_map_lookup_elem(&agg, &k);
-		if (v) {
-			*v += 1;
-		} else {
-			__u64 one = 1;
-			if (bpf_map_update_elem(&agg, &k, &one, BPF_NOEXIST) != 0) {
-				/* Another CPU may have inserted it meanwhile. */
-				v = bpf_map_lookup_elem(&agg, &k);
-				if (v)
-					*v += 1;
-				else
-					bump(COUNTER_AGG_LOST);
-			}
+		__u32 zero = 0;
+		struct last_flow *l = bpf_map_lookup_elem(&last_flow, &zero);
+		if (!l) {
+			add_agg(&k, 1);
+			return 0;
 		}
+		if (l->count && keys_eq(&l->key, &k)) {
+			l->count++;
+			return 0;
+		}
+		if (l->count)
+			add_agg(&l->key, l->count);
+		l->key = k;
+		l->count = 1;
 		return 0;
 	}
 

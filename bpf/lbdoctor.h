@@ -106,4 +106,11 @@ struct agg_key {
 	__u8 _pad[2];
 };
 
+/* The last flow a CPU counted, and how often since it was flushed into the
+ * aggregate map: a drop flood is mostly one flow, counted without a hash. */
+struct last_flow {
+	struct agg_key key;
+	__u64 count;
+};
+
 #endif

@@ -74,6 +74,12 @@ type dropsEvent struct {
 	Ifname   [16]int8
 }
 
+type dropsLastFlow struct {
+	_     structs.HostLayout
+	Key   dropsAggKey
+	Count uint64
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -81,6 +87,7 @@ const (
 	dropsMapAgg             = "agg"
 	dropsMapCounters        = "counters"
 	dropsMapEvents          = "events"
+	dropsMapLastFlow        = "last_flow"
 	dropsMapStacks          = "stacks"
 	dropsProgDropRawTp      = "drop_raw_tp"
 	dropsProgDropTpBtf      = "drop_tp_btf"
@@ -99,6 +106,7 @@ const (
 	dropsVarUnusedAggKey    = "unused_agg_key"
 	dropsVarUnusedCounter   = "unused_counter"
 	dropsVarUnusedEvent     = "unused_event"
+	dropsVarUnusedLastFlow  = "unused_last_flow"
 	dropsVarWakeupBytes     = "wakeup_bytes"
 	dropsVarWantStack       = "want_stack"
 )
@@ -157,6 +165,7 @@ type dropsMapSpecs struct {
 	Agg      *ebpf.MapSpec `ebpf:"agg"`
 	Counters *ebpf.MapSpec `ebpf:"counters"`
 	Events   *ebpf.MapSpec `ebpf:"events"`
+	LastFlow *ebpf.MapSpec `ebpf:"last_flow"`
 	Stacks   *ebpf.MapSpec `ebpf:"stacks"`
 }
 
@@ -164,22 +173,23 @@ type dropsMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type dropsVariableSpecs struct {
-	FilterAddrs   *ebpf.VariableSpec `ebpf:"filter_addrs"`
-	FilterNetns   *ebpf.VariableSpec `ebpf:"filter_netns"`
-	FilterPorts   *ebpf.VariableSpec `ebpf:"filter_ports"`
-	FilterProto   *ebpf.VariableSpec `ebpf:"filter_proto"`
-	IgnoreReasons *ebpf.VariableSpec `ebpf:"ignore_reasons"`
-	N_addrs       *ebpf.VariableSpec `ebpf:"n_addrs"`
-	N_ports       *ebpf.VariableSpec `ebpf:"n_ports"`
-	SendEvents    *ebpf.VariableSpec `ebpf:"send_events"`
-	TpOffLocation *ebpf.VariableSpec `ebpf:"tp_off_location"`
-	TpOffReason   *ebpf.VariableSpec `ebpf:"tp_off_reason"`
-	TpOffSkb      *ebpf.VariableSpec `ebpf:"tp_off_skb"`
-	UnusedAggKey  *ebpf.VariableSpec `ebpf:"unused_agg_key"`
-	UnusedCounter *ebpf.VariableSpec `ebpf:"unused_counter"`
-	UnusedEvent   *ebpf.VariableSpec `ebpf:"unused_event"`
-	WakeupBytes   *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
-	WantStack     *ebpf.VariableSpec `ebpf:"want_stack"`
+	FilterAddrs    *ebpf.VariableSpec `ebpf:"filter_addrs"`
+	FilterNetns    *ebpf.VariableSpec `ebpf:"filter_netns"`
+	FilterPorts    *ebpf.VariableSpec `ebpf:"filter_ports"`
+	FilterProto    *ebpf.VariableSpec `ebpf:"filter_proto"`
+	IgnoreReasons  *ebpf.VariableSpec `ebpf:"ignore_reasons"`
+	N_addrs        *ebpf.VariableSpec `ebpf:"n_addrs"`
+	N_ports        *ebpf.VariableSpec `ebpf:"n_ports"`
+	SendEvents     *ebpf.VariableSpec `ebpf:"send_events"`
+	TpOffLocation  *ebpf.VariableSpec `ebpf:"tp_off_location"`
+	TpOffReason    *ebpf.VariableSpec `ebpf:"tp_off_reason"`
+	TpOffSkb       *ebpf.VariableSpec `ebpf:"tp_off_skb"`
+	UnusedAggKey   *ebpf.VariableSpec `ebpf:"unused_agg_key"`
+	UnusedCounter  *ebpf.VariableSpec `ebpf:"unused_counter"`
+	UnusedEvent    *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedLastFlow *ebpf.VariableSpec `ebpf:"unused_last_flow"`
+	WakeupBytes    *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
+	WantStack      *ebpf.VariableSpec `ebpf:"want_stack"`
 }
 
 // dropsObjects contains all objects after they have been loaded into the kernel.
@@ -205,6 +215,7 @@ type dropsMaps struct {
 	Agg      *ebpf.Map `ebpf:"agg"`
 	Counters *ebpf.Map `ebpf:"counters"`
 	Events   *ebpf.Map `ebpf:"events"`
+	LastFlow *ebpf.Map `ebpf:"last_flow"`
 	Stacks   *ebpf.Map `ebpf:"stacks"`
 }
 
@@ -213,6 +224,7 @@ func (m *dropsMaps) Close() error {
 		m.Agg,
 		m.Counters,
 		m.Events,
+		m.LastFlow,
 		m.Stacks,
 	)
 }
@@ -221,22 +233,23 @@ func (m *dropsMaps) Close() error {
 //
 // It can be passed to loadDropsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type dropsVariables struct {
-	FilterAddrs   *ebpf.Variable `ebpf:"filter_addrs"`
-	FilterNetns   *ebpf.Variable `ebpf:"filter_netns"`
-	FilterPorts   *ebpf.Variable `ebpf:"filter_ports"`
-	FilterProto   *ebpf.Variable `ebpf:"filter_proto"`
-	IgnoreReasons *ebpf.Variable `ebpf:"ignore_reasons"`
-	N_addrs       *ebpf.Variable `ebpf:"n_addrs"`
-	N_ports       *ebpf.Variable `ebpf:"n_ports"`
-	SendEvents    *ebpf.Variable `ebpf:"send_events"`
-	TpOffLocation *ebpf.Variable `ebpf:"tp_off_location"`
-	TpOffReason   *ebpf.Variable `ebpf:"tp_off_reason"`
-	TpOffSkb      *ebpf.Variable `ebpf:"tp_off_skb"`
-	UnusedAggKey  *ebpf.Variable `ebpf:"unused_agg_key"`
-	UnusedCounter *ebpf.Variable `ebpf:"unused_counter"`
-	UnusedEvent   *ebpf.Variable `ebpf:"unused_event"`
-	WakeupBytes   *ebpf.Variable `ebpf:"wakeup_bytes"`
-	WantStack     *ebpf.Variable `ebpf:"want_stack"`
+	FilterAddrs    *ebpf.Variable `ebpf:"filter_addrs"`
+	FilterNetns    *ebpf.Variable `ebpf:"filter_netns"`
+	FilterPorts    *ebpf.Variable `ebpf:"filter_ports"`
+	FilterProto    *ebpf.Variable `ebpf:"filter_proto"`
+	IgnoreReasons  *ebpf.Variable `ebpf:"ignore_reasons"`
+	N_addrs        *ebpf.Variable `ebpf:"n_addrs"`
+	N_ports        *ebpf.Variable `ebpf:"n_ports"`
+	SendEvents     *ebpf.Variable `ebpf:"send_events"`
+	TpOffLocation  *ebpf.Variable `ebpf:"tp_off_location"`
+	TpOffReason    *ebpf.Variable `ebpf:"tp_off_reason"`
+	TpOffSkb       *ebpf.Variable `ebpf:"tp_off_skb"`
+	UnusedAggKey   *ebpf.Variable `ebpf:"unused_agg_key"`
+	UnusedCounter  *ebpf.Variable `ebpf:"unused_counter"`
+	UnusedEvent    *ebpf.Variable `ebpf:"unused_event"`
+	UnusedLastFlow *ebpf.Variable `ebpf:"unused_last_flow"`
+	WakeupBytes    *ebpf.Variable `ebpf:"wakeup_bytes"`
+	WantStack      *ebpf.Variable `ebpf:"want_stack"`
 }
 
 // dropsPrograms contains all programs after they have been loaded into the kernel.

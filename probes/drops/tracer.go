@@ -278,7 +278,10 @@ func (t *Tracer) Counters() (Counters, error) {
 	return c, nil
 }
 
-// Aggregates returns the drops counted in the kernel since the tracer started.
+// Aggregates returns the drops counted in the kernel since the tracer
+// started. Read while the tracer runs, a flow that moves between a CPU's
+// last-flow slot and the map may be off by its count for that moment; after
+// Stop the totals are exact.
 func (t *Tracer) Aggregates() ([]Aggregate, error) {
 	var out []Aggregate
 	var k dropsAggKey
@@ -293,6 +296,29 @@ func (t *Tracer) Aggregates() ([]Aggregate, error) {
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("read drop aggregates: %w", err)
+	}
+	// Each CPU's last flow is counted apart until the next flow flushes it.
+	var last []dropsLastFlow
+	if err := t.coll.Maps["last_flow"].Lookup(uint32(0), &last); err != nil {
+		return nil, fmt.Errorf("read drop aggregates: %w", err)
+	}
+	for _, l := range last {
+		if l.Count == 0 {
+			continue
+		}
+		k := l.Key
+		p := packetOf(k.Netns, k.Reason, k.Location, k.Family, k.Proto, k.Saddr.B, k.Daddr.B, k.Sport, k.Dport)
+		merged := false
+		for i := range out {
+			if out[i].Packet == p {
+				out[i].Count += l.Count
+				merged = true
+				break
+			}
+		}
+		if !merged {
+			out = append(out, Aggregate{Packet: p, Count: l.Count})
+		}
 	}
 	return out, nil
 }
