@@ -88,11 +88,13 @@ func FuzzParseSave(f *testing.F) {
 	})
 }
 
-// Both iptables backends hold rules in one namespace at once; Read reports
-// both with their own counters and says the rules are mixed.
-func TestReadBothBackends(t *testing.T) {
+// iptables-legacy, iptables-nft and native nft hold rules in one namespace
+// at once; Read reports all three with their own counters and says the
+// rules are mixed.
+func TestReadAllThreeBackends(t *testing.T) {
 	ns := testkit.Netns(t, "rules")
 	testkit.Run(t, ns, "iptables-nft", "-t", "nat", "-A", "POSTROUTING", "-d", "10.9.0.1", "-j", "MASQUERADE")
+	testkit.Run(t, ns, "nft", "add table inet own; add chain inet own out { type filter hook output priority 10; }; add rule inet own out udp dport 9 counter accept")
 	testkit.Run(t, ns, "iptables-legacy", "-A", "OUTPUT", "-d", "127.0.0.1", "-p", "udp", "--dport", "9", "-j", "DROP")
 	testkit.SendUDP(t, ns, netip.Addr{}, netip.MustParseAddrPort("127.0.0.1:9"), 2)
 	snap, err := rules.Read(ns)
@@ -102,14 +104,21 @@ func TestReadBothBackends(t *testing.T) {
 	if !snap.Mixed {
 		t.Errorf("Read() Mixed = false with rules in both backends; backends %+v", snap.Backends)
 	}
-	var legacy, nft *rules.Rule
+	var legacy, nft, native *rules.Rule
 	for i, r := range snap.Rules {
 		switch r.Backend {
 		case rules.IptablesLegacy:
 			legacy = &snap.Rules[i]
 		case rules.IptablesNft:
 			nft = &snap.Rules[i]
+		case rules.Nft:
+			native = &snap.Rules[i]
 		}
+	}
+	// The native rule runs at priority 10, after the legacy DROP in OUTPUT
+	// (priority 0): it never sees the datagrams.
+	if native == nil || native.Table != "inet own" || !native.HasCounter || native.Packets != 0 || native.Target != "ACCEPT" {
+		t.Errorf("Read() native nft rule = %+v, want inet own ACCEPT with a counter at 0", native)
 	}
 	if legacy == nil || legacy.Target != "DROP" || legacy.Chain != "OUTPUT" || legacy.Packets != 2 {
 		t.Errorf("Read() legacy rule = %+v, want OUTPUT DROP with 2 packets", legacy)
