@@ -33,7 +33,7 @@ func checkIPVS(s *probes.Snapshot, sel probes.Selector) Finding {
 		return Finding{Status: Fail, Title: "no virtual service " + selectorKey(sel),
 			Reason:   "IPVS has no service " + selectorKey(sel),
 			Evidence: []Evidence{{Fact: fmt.Sprintf("%d other virtual service(s)", len(s.IPVS.Services)), Source: src}},
-			Fix:      []string{fmt.Sprintf("%sipvsadm -A -%s %s -s rr", nsPrefix(s.Target), protoFlag(sel.Proto), sel.VIP)}}
+			Fix:      []string{fmt.Sprintf("%sipvsadm -A -%s %s -s rr", s.Target.ExecPrefix(), protoFlag(sel.Proto), sel.VIP)}}
 	}
 	return Finding{Status: Pass, Title: "IPVS is available: " + svcs[0].Key(),
 		Evidence: []Evidence{{Fact: fmt.Sprintf("%s, %d real server(s)", svcs[0].Key(), len(svcs[0].Reals)), Source: src}}}
@@ -179,24 +179,10 @@ func readable(s *probes.Snapshot, key string) (sysctl.Value, bool) {
 	return v, v.Present
 }
 
-// nsPrefix is what an operator types before a command to run it in the target.
-func nsPrefix(t netns.Target) string {
-	switch {
-	case t.IsCurrent():
-		return ""
-	case t.Name != "":
-		return "ip netns exec " + t.Name + " "
-	case strings.HasPrefix(t.Spec, "pid:"):
-		return "nsenter -t " + strings.TrimPrefix(t.Spec, "pid:") + " -n "
-	default:
-		return "nsenter --net=" + t.Path + " "
-	}
-}
-
 // sysctlFix sets a key now and, in the host's own namespace, across reboots
 // (sysctl.d does not apply to other namespaces: whatever creates them must).
 func sysctlFix(t netns.Target, key, value string) []string {
-	fix := []string{fmt.Sprintf("%ssysctl -w %s=%s", nsPrefix(t), key, value)}
+	fix := []string{fmt.Sprintf("%ssysctl -w %s=%s", t.ExecPrefix(), key, value)}
 	if t.IsCurrent() {
 		fix = append(fix, fmt.Sprintf("echo '%s = %s' >> /etc/sysctl.d/90-lbdoctor.conf  # keep it across reboots", key, value))
 	}

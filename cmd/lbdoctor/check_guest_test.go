@@ -8,6 +8,7 @@ import (
 	"errors"
 	"net/netip"
 	"os/exec"
+	"strings"
 	"testing"
 
 	"github.com/lbdoctor/lbdoctor/internal/lab"
@@ -64,25 +65,26 @@ func TestGuestCheckFollowsTheSysctls(t *testing.T) {
 		wantIPVS        string
 		wantForward     string
 		wantVSConntrack string
+		wantReturnPath  string
 	}{
 		{"forwarding off", func() {
 			testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "0")
 			testkit.Sysctl(t, l.LB, "net.ipv4.vs.conntrack", "0")
-		}, 1, "pass", "fail", "skip"},
-		{"forwarding on", func() { testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1") }, 0, "pass", "pass", "skip"},
+		}, 1, "pass", "fail", "skip", "fail"},
+		{"forwarding on", func() { testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1") }, 1, "pass", "pass", "skip", "fail"},
 		{"ipvs MASQUERADE rule, vs.conntrack off", func() {
 			testkit.Run(t, l.LB, "iptables", "-t", "nat", "-A", "POSTROUTING", "-m", "ipvs",
 				"--vaddr", l.VIP.String(), "--vport", "8085", "-j", "MASQUERADE")
-		}, 1, "pass", "pass", "fail"},
-		{"vs.conntrack on", func() { testkit.Sysctl(t, l.LB, "net.ipv4.vs.conntrack", "1") }, 0, "pass", "pass", "pass"},
+		}, 1, "pass", "pass", "fail", "pass"},
+		{"vs.conntrack on", func() { testkit.Sysctl(t, l.LB, "net.ipv4.vs.conntrack", "1") }, 0, "pass", "pass", "pass", "pass"},
 	}
 	for _, s := range steps {
 		s.setup()
 		r, code := runBinary(t, args...)
-		got := []string{statusOf(t, r, "kernel.ipvs"), statusOf(t, r, "sysctl.ip_forward"), statusOf(t, r, "sysctl.vs_conntrack")}
-		want := []string{s.wantIPVS, s.wantForward, s.wantVSConntrack}
-		if code != s.wantCode || got[0] != want[0] || got[1] != want[1] || got[2] != want[2] {
-			t.Errorf("%s: lbdoctor %v = exit %d, [kernel.ipvs sysctl.ip_forward sysctl.vs_conntrack] %v, want exit %d, %v",
+		got := []string{statusOf(t, r, "kernel.ipvs"), statusOf(t, r, "sysctl.ip_forward"), statusOf(t, r, "sysctl.vs_conntrack"), statusOf(t, r, "nat.return_path")}
+		want := []string{s.wantIPVS, s.wantForward, s.wantVSConntrack, s.wantReturnPath}
+		if code != s.wantCode || strings.Join(got, " ") != strings.Join(want, " ") {
+			t.Errorf("%s: lbdoctor %v = exit %d, [kernel.ipvs sysctl.ip_forward sysctl.vs_conntrack nat.return_path] %v, want exit %d, %v",
 				s.name, args, code, got, s.wantCode, want)
 		}
 		t.Logf("%s: exit %d, verdict %s, %v", s.name, code, r.Verdict, got)
@@ -90,6 +92,7 @@ func TestGuestCheckFollowsTheSysctls(t *testing.T) {
 
 	// The same question for one service, and for a service that is not there.
 	r, code := runBinary(t, "check", "--netns", l.LB.Name, "--vip", vip.String(), "-o", "json")
+	// (all four pass now: the -m ipvs MASQUERADE rule and vs.conntrack=1 are in place)
 	if code != 0 || statusOf(t, r, "kernel.ipvs") != "pass" {
 		t.Errorf("check --vip %s = exit %d, kernel.ipvs %s; want 0, pass", vip, code, statusOf(t, r, "kernel.ipvs"))
 	}

@@ -50,6 +50,21 @@ func (t Target) String() string {
 	}
 }
 
+// ExecPrefix is what an operator types before a command to run it in the
+// namespace: "ip netns exec lb ", "nsenter -t 42 -n ", or "" for the current one.
+func (t Target) ExecPrefix() string {
+	switch {
+	case t.IsCurrent():
+		return ""
+	case t.Name != "":
+		return "ip netns exec " + t.Name + " "
+	case strings.HasPrefix(t.Spec, "pid:"):
+		return "nsenter -t " + strings.TrimPrefix(t.Spec, "pid:") + " -n "
+	default:
+		return "nsenter --net=" + t.Path + " "
+	}
+}
+
 // IsCurrent reports whether the target is the caller's own namespace, so no
 // switch is needed.
 func (t Target) IsCurrent() bool { return t.Spec == "" }

@@ -8,11 +8,11 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
-	"os/exec"
-	"strings"
 	"testing"
 
 	"github.com/lbdoctor/lbdoctor/internal/lab"

@@ -1,0 +1,136 @@
+package checks
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/ipvs"
+)
+
+// ReturnPath says whether a NAT service's replies come back through the LB
+// without source NAT. One piece of code serves `setup --snat auto` and the
+// nat.return_path check.
+type ReturnPath struct {
+	NeedsSNAT bool
+	Reason    string
+	Evidence  []Evidence
+}
+
+// DecideReturnPath judges, from the LB's own routes, how the real servers
+// reach the clients: a real on the VIP's own segment (one-arm) or behind a
+// router answers clients directly, so its replies skip IPVS unless the LB
+// also rewrites the source; a real on another segment of the LB (two-arm)
+// answers through the LB when the LB is its gateway, and keeps client
+// addresses.
+func DecideReturnPath(s *probes.Snapshot, vip netip.Addr, reals []netip.Addr) ReturnPath {
+	src := "routes, " + s.Target.String()
+	vipDev := ""
+	for _, l := range s.Net.Links {
+		for _, a := range l.Addrs {
+			if a.Addr() == vip {
+				vipDev = l.Name
+			}
+		}
+	}
+	if vipDev == "" {
+		return ReturnPath{NeedsSNAT: true, Reason: fmt.Sprintf("the VIP %s is not an address of %s: the return path cannot be judged, so SNAT is the safe choice", vip, s.Target),
+			Evidence: []Evidence{{Fact: "no interface has " + vip.String(), Source: "addresses, " + s.Target.String()}}}
+	}
+	ev := []Evidence{{Fact: fmt.Sprintf("VIP %s is on %s", vip, vipDev), Source: "addresses, " + s.Target.String()}}
+	var oneArm, routed, behind []netip.Addr
+	for _, r := range reals {
+		dev, gw := routeTo(s, r)
+		switch {
+		case gw.IsValid():
+			routed = append(routed, r)
+			ev = append(ev, Evidence{Fact: fmt.Sprintf("real %s is reached via gateway %s", r, gw), Source: src})
+		case dev == vipDev || vipDev == "lo":
+			oneArm = append(oneArm, r)
+			ev = append(ev, Evidence{Fact: fmt.Sprintf("real %s is on %s, the VIP's segment", r, dev), Source: src})
+		default:
+			behind = append(behind, r)
+			ev = append(ev, Evidence{Fact: fmt.Sprintf("real %s is on %s, another segment than the VIP's %s", r, dev, vipDev), Source: src})
+		}
+	}
+	switch {
+	case len(oneArm) > 0:
+		return ReturnPath{NeedsSNAT: true, Reason: fmt.Sprintf("one-arm: real %s shares the VIP's segment and answers clients directly", oneArm[0]), Evidence: ev}
+	case len(routed) > 0:
+		return ReturnPath{NeedsSNAT: true, Reason: fmt.Sprintf("real %s is behind a router: its replies follow its own routes, not the LB", routed[0]), Evidence: ev}
+	default:
+		return ReturnPath{NeedsSNAT: false, Reason: "two-arm: the reals sit on another segment of the LB, which must be their gateway; client addresses are kept", Evidence: ev}
+	}
+}
+
+// routeTo finds the LB's route to a (the most specific of the main table).
+func routeTo(s *probes.Snapshot, a netip.Addr) (dev string, gw netip.Addr) {
+	best := -1
+	for _, r := range s.Net.Routes {
+		if r.Dst.Contains(a) && r.Dst.Bits() > best {
+			best, dev, gw = r.Dst.Bits(), r.Dev, r.Gw
+		}
+	}
+	return dev, gw
+}
+
+func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
+	if !s.IPVS.Available {
+		return skip("IPVS is not available (see kernel.ipvs)")
+	}
+	if e, ok := s.Errors[probes.ProbeNet]; ok {
+		return skip("routes could not be read: " + e)
+	}
+	masq := masqServices(selected(s, sel))
+	if len(masq) == 0 {
+		return skip("no IPVS masquerade (NAT) service in " + s.Target.String())
+	}
+	var ev []Evidence
+	for _, svc := range masq {
+		var reals []netip.Addr
+		for _, r := range svc.Reals {
+			if r.Method == ipvs.Masq {
+				reals = append(reals, r.Addr.Addr())
+			}
+		}
+		rp := DecideReturnPath(s, svc.Addr.Addr(), reals)
+		ev = append(ev, rp.Evidence...)
+		if !rp.NeedsSNAT {
+			continue
+		}
+		snat := conntrackDependentRules(s, probes.Selector{VIP: svc.Addr, Proto: svc.Proto})
+		hasSNAT := false
+		for _, r := range snat {
+			hasSNAT = hasSNAT || r.IsSourceNAT()
+		}
+		if hasSNAT {
+			ev = append(ev, Evidence{Fact: "a source-NAT rule covers " + svc.Key(), Source: "rules, " + s.Target.String()})
+			continue
+		}
+		return Finding{
+			Status:   Fail,
+			Title:    "replies of " + svc.Key() + " bypass the LB: no source NAT",
+			Reason:   rp.Reason + "; IPVS masquerade only does DNAT, so the client receives the real server's reply from an address it never called and drops it",
+			Evidence: ev,
+			Fix: []string{
+				fmt.Sprintf("%siptables -t nat -A POSTROUTING -m ipvs --vaddr %s --vport %d -j MASQUERADE", s.Target.ExecPrefix(), svc.Addr.Addr(), svc.Addr.Port()),
+				s.Target.ExecPrefix() + "sysctl -w net.ipv4.vs.conntrack=1",
+				setupFix(s, svc),
+			},
+		}
+	}
+	return Finding{Status: Pass, Title: "replies come back through the LB", Evidence: ev}
+}
+
+// setupFix is the one lbdoctor command that adds the SNAT and records it for teardown.
+func setupFix(s *probes.Snapshot, svc ipvs.Service) string {
+	cmd := "lbdoctor setup"
+	if !s.Target.IsCurrent() {
+		cmd += " --netns " + s.Target.Spec
+	}
+	cmd += fmt.Sprintf(" --proto %s --vip %s", svc.Proto, svc.Addr)
+	for _, r := range svc.Reals {
+		cmd += fmt.Sprintf(" --real %s,%d", r.Addr, r.Weight)
+	}
+	return "# or, recorded for lbdoctor teardown: " + cmd + " --snat always"
+}

@@ -1,0 +1,128 @@
+package apply
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"github.com/lbdoctor/lbdoctor/internal/netns"
+)
+
+// Object is something lbdoctor made (or changed) on a host.
+type Object struct {
+	Kind string `json:"kind"` // ipvs-service, ipvs-real, sysctl, iptables-rule, nft-table
+	// What identifies it, by kind: vip+proto; vip+proto+real; key; backend+table+chain+rule; family+table.
+	VIP      string   `json:"vip,omitempty"`
+	Proto    string   `json:"proto,omitempty"`
+	Real     string   `json:"real,omitempty"`
+	Key      string   `json:"key,omitempty"`
+	Previous string   `json:"previous,omitempty"` // a sysctl's value before lbdoctor set it
+	Backend  string   `json:"backend,omitempty"`
+	Table    string   `json:"table,omitempty"`
+	Chain    string   `json:"chain,omitempty"`
+	Rule     []string `json:"rule,omitempty"`
+	Family   string   `json:"family,omitempty"`
+}
+
+// Same reports whether two records name the same object.
+func (o Object) Same(p Object) bool {
+	o.Previous, p.Previous = "", ""
+	a, _ := json.Marshal(o)
+	b, _ := json.Marshal(p)
+	return string(a) == string(b)
+}
+
+// State is what lbdoctor made in one namespace.
+type State struct {
+	Netns   string   `json:"netns"`
+	Objects []Object `json:"objects"`
+}
+
+// StateDir holds one state file per namespace; LBDOCTOR_STATE_DIR overrides.
+func StateDir() string {
+	if d := os.Getenv("LBDOCTOR_STATE_DIR"); d != "" {
+		return d
+	}
+	return "/var/lib/lbdoctor"
+}
+
+// stateKey names a namespace's state file: its /run/netns name, or its inode.
+func stateKey(t netns.Target) string {
+	if t.Name != "" {
+		return "netns-" + t.Name
+	}
+	if t.IsCurrent() {
+		return "host-" + strconv.FormatUint(t.Inode, 10)
+	}
+	return "netns-inode-" + strconv.FormatUint(t.Inode, 10)
+}
+
+// LoadState reads what lbdoctor made in t (empty when nothing).
+func LoadState(t netns.Target) (*State, error) {
+	s := &State{Netns: t.String()}
+	data, err := os.ReadFile(filepath.Join(StateDir(), stateKey(t)+".json"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return s, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read lbdoctor state: %w", err)
+	}
+	if err := json.Unmarshal(data, s); err != nil {
+		return nil, fmt.Errorf("parse lbdoctor state %s: %w", stateKey(t), err)
+	}
+	return s, nil
+}
+
+// Save writes the state atomically; an empty state removes the file.
+func (s *State) Save(t netns.Target) error {
+	path := filepath.Join(StateDir(), stateKey(t)+".json")
+	if len(s.Objects) == 0 {
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		return nil
+	}
+	if err := os.MkdirAll(StateDir(), 0o755); err != nil {
+		return fmt.Errorf("save lbdoctor state: %w", err)
+	}
+	data, _ := json.MarshalIndent(s, "", "  ")
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return fmt.Errorf("save lbdoctor state: %w", err)
+	}
+	return os.Rename(tmp, path)
+}
+
+// Add records objects (once each).
+func (s *State) Add(objs ...Object) {
+	for _, o := range objs {
+		if !s.Owns(o) {
+			s.Objects = append(s.Objects, o)
+		}
+	}
+}
+
+// Owns reports whether lbdoctor made o.
+func (s *State) Owns(o Object) bool {
+	for _, x := range s.Objects {
+		if x.Same(o) {
+			return true
+		}
+	}
+	return false
+}
+
+// Remove forgets o.
+func (s *State) Remove(o Object) {
+	out := s.Objects[:0]
+	for _, x := range s.Objects {
+		if !x.Same(o) {
+			out = append(out, x)
+		}
+	}
+	s.Objects = out
+}

@@ -1,0 +1,304 @@
+package apply
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+
+	mobyipvs "github.com/moby/ipvs"
+
+	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/probes/sysctl"
+)
+
+// Remove turns a step that makes something into the step that removes it:
+// needed when the thing is there, applied by undoing, undone by redoing.
+func Remove(s Step) Step { return removal{s} }
+
+type removal struct{ s Step }
+
+func (r removal) Describe() string { return undoCommand(r.s) }
+func (r removal) Needed(ctx context.Context) (bool, error) {
+	n, err := r.s.Needed(ctx)
+	return !n, err
+}
+func (r removal) Apply(ctx context.Context) error { return r.s.Undo(ctx) }
+func (r removal) Undo(ctx context.Context) error  { return r.s.Apply(ctx) }
+func (r removal) Owned() *Object                  { return nil }
+
+// undoer is a step that can describe its own undo as a command.
+type undoer interface{ DescribeUndo() string }
+
+func undoCommand(s Step) string {
+	if u, ok := s.(undoer); ok {
+		return u.DescribeUndo()
+	}
+	return "undo: " + s.Describe()
+}
+
+// IPVSService is a virtual service (`ipvsadm -A`).
+type IPVSService struct {
+	NS        netns.Target
+	Proto     string // tcp or udp
+	VIP       netip.AddrPort
+	Scheduler string
+}
+
+func protoNum(p string) uint16 {
+	if p == "udp" {
+		return syscall.IPPROTO_UDP
+	}
+	return syscall.IPPROTO_TCP
+}
+
+func protoFlag(p string) string {
+	if p == "udp" {
+		return "-u"
+	}
+	return "-t"
+}
+
+func (s IPVSService) svc() *mobyipvs.Service {
+	return &mobyipvs.Service{Address: net.IP(s.VIP.Addr().AsSlice()), Port: s.VIP.Port(), Protocol: protoNum(s.Proto),
+		AddressFamily: syscall.AF_INET, SchedName: s.Scheduler, Netmask: 0xffffffff}
+}
+
+func ipvsHandle(ns netns.Target) (*mobyipvs.Handle, error) {
+	path := ns.Path
+	if ns.IsCurrent() {
+		path = ""
+	}
+	h, err := mobyipvs.New(path)
+	if err != nil {
+		return nil, fmt.Errorf("open IPVS in %s: %w", ns, err)
+	}
+	return h, nil
+}
+
+func (s IPVSService) Describe() string {
+	return fmt.Sprintf("%sipvsadm -A %s %s -s %s", s.NS.ExecPrefix(), protoFlag(s.Proto), s.VIP, s.Scheduler)
+}
+func (s IPVSService) DescribeUndo() string {
+	return fmt.Sprintf("%sipvsadm -D %s %s", s.NS.ExecPrefix(), protoFlag(s.Proto), s.VIP)
+}
+func (s IPVSService) Needed(context.Context) (bool, error) {
+	h, err := ipvsHandle(s.NS)
+	if err != nil {
+		return false, err
+	}
+	defer h.Close()
+	return !h.IsServicePresent(s.svc()), nil
+}
+func (s IPVSService) Apply(context.Context) error {
+	h, err := ipvsHandle(s.NS)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	return h.NewService(s.svc())
+}
+func (s IPVSService) Undo(context.Context) error {
+	h, err := ipvsHandle(s.NS)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	return h.DelService(s.svc())
+}
+func (s IPVSService) Owned() *Object {
+	return &Object{Kind: "ipvs-service", VIP: s.VIP.String(), Proto: s.Proto, Key: s.Scheduler}
+}
+
+// IPVSReal is a masquerade real server of a service (`ipvsadm -a … -m`).
+type IPVSReal struct {
+	Service IPVSService
+	Real    netip.AddrPort
+	Weight  int
+}
+
+func (r IPVSReal) dest() *mobyipvs.Destination {
+	return &mobyipvs.Destination{Address: net.IP(r.Real.Addr().AsSlice()), Port: r.Real.Port(), Weight: r.Weight,
+		ConnectionFlags: mobyipvs.ConnectionFlagMasq, AddressFamily: syscall.AF_INET}
+}
+
+func (r IPVSReal) Describe() string {
+	s := r.Service
+	return fmt.Sprintf("%sipvsadm -a %s %s -r %s -m -w %d", s.NS.ExecPrefix(), protoFlag(s.Proto), s.VIP, r.Real, r.Weight)
+}
+func (r IPVSReal) DescribeUndo() string {
+	s := r.Service
+	return fmt.Sprintf("%sipvsadm -d %s %s -r %s", s.NS.ExecPrefix(), protoFlag(s.Proto), s.VIP, r.Real)
+}
+func (r IPVSReal) Needed(context.Context) (bool, error) {
+	h, err := ipvsHandle(r.Service.NS)
+	if err != nil {
+		return false, err
+	}
+	defer h.Close()
+	if !h.IsServicePresent(r.Service.svc()) {
+		return true, nil
+	}
+	dsts, err := h.GetDestinations(r.Service.svc())
+	if err != nil {
+		return false, err
+	}
+	for _, d := range dsts {
+		a, _ := netip.AddrFromSlice(d.Address)
+		if netip.AddrPortFrom(a.Unmap(), d.Port) == r.Real {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+func (r IPVSReal) Apply(context.Context) error {
+	h, err := ipvsHandle(r.Service.NS)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	return h.NewDestination(r.Service.svc(), r.dest())
+}
+func (r IPVSReal) Undo(context.Context) error {
+	h, err := ipvsHandle(r.Service.NS)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	return h.DelDestination(r.Service.svc(), r.dest())
+}
+func (r IPVSReal) Owned() *Object {
+	return &Object{Kind: "ipvs-real", VIP: r.Service.VIP.String(), Proto: r.Service.Proto, Real: r.Real.String()}
+}
+
+// Sysctl sets a key; Undo puts back the value it found.
+type Sysctl struct {
+	NS       netns.Target
+	Key      string
+	Value    string
+	previous *string // read by Needed, so the plan knows what it replaces
+}
+
+// NewSysctl makes a Sysctl step.
+func NewSysctl(ns netns.Target, key, value string) *Sysctl {
+	return &Sysctl{NS: ns, Key: key, Value: value, previous: new(string)}
+}
+
+func (s *Sysctl) Describe() string {
+	return fmt.Sprintf("%ssysctl -w %s=%s", s.NS.ExecPrefix(), s.Key, s.Value)
+}
+func (s *Sysctl) DescribeUndo() string {
+	return fmt.Sprintf("%ssysctl -w %s=%s", s.NS.ExecPrefix(), s.Key, *s.previous)
+}
+func (s *Sysctl) Needed(context.Context) (bool, error) {
+	snap, err := sysctl.Read(s.NS, s.Key)
+	if err != nil {
+		return false, err
+	}
+	v := snap[s.Key]
+	if !v.Present {
+		return false, fmt.Errorf("sysctl %s: %s%s", s.Key, v.Absent, v.Error)
+	}
+	*s.previous = v.Value
+	return v.Value != s.Value, nil
+}
+func (s *Sysctl) write(v string) error {
+	return s.NS.Do(func() error { return os.WriteFile(sysctl.Path(s.Key), []byte(v), 0o644) })
+}
+func (s *Sysctl) Apply(ctx context.Context) error {
+	if *s.previous == "" {
+		if _, err := s.Needed(ctx); err != nil {
+			return err
+		}
+	}
+	return s.write(s.Value)
+}
+func (s *Sysctl) Undo(context.Context) error { return s.write(*s.previous) }
+func (s *Sysctl) Owned() *Object {
+	return &Object{Kind: "sysctl", Key: s.Key, Previous: *s.previous}
+}
+
+// run runs a command inside ns with optional stdin.
+func run(ns netns.Target, stdin string, name string, args ...string) (string, error) {
+	var out bytes.Buffer
+	err := ns.Do(func() error {
+		cmd := exec.Command(name, args...)
+		cmd.Stdin = strings.NewReader(stdin)
+		cmd.Stdout, cmd.Stderr = &out, &out
+		return cmd.Run()
+	})
+	if err != nil {
+		return out.String(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(out.String()))
+	}
+	return out.String(), nil
+}
+
+// IptablesRule appends a rule with an iptables backend (iptables-nft or
+// iptables-legacy), tagged with an lbdoctor comment.
+type IptablesRule struct {
+	NS      netns.Target
+	Backend string // iptables-nft or iptables-legacy
+	Table   string
+	Chain   string
+	Rule    []string // without -A CHAIN
+}
+
+func (r IptablesRule) args(op string) []string {
+	return append([]string{"-w", "-t", r.Table, op, r.Chain}, r.Rule...)
+}
+func (r IptablesRule) Describe() string {
+	return r.NS.ExecPrefix() + r.Backend + " " + strings.Join(r.args("-A")[1:], " ")
+}
+func (r IptablesRule) DescribeUndo() string {
+	return r.NS.ExecPrefix() + r.Backend + " " + strings.Join(r.args("-D")[1:], " ")
+}
+func (r IptablesRule) Needed(context.Context) (bool, error) {
+	_, err := run(r.NS, "", r.Backend, r.args("-C")...)
+	return err != nil, nil
+}
+func (r IptablesRule) Apply(context.Context) error {
+	_, err := run(r.NS, "", r.Backend, r.args("-A")...)
+	return err
+}
+func (r IptablesRule) Undo(context.Context) error {
+	_, err := run(r.NS, "", r.Backend, r.args("-D")...)
+	return err
+}
+func (r IptablesRule) Owned() *Object {
+	return &Object{Kind: "iptables-rule", Backend: r.Backend, Table: r.Table, Chain: r.Chain, Rule: r.Rule}
+}
+
+// NftTable creates a whole native nftables table from a script.
+type NftTable struct {
+	NS     netns.Target
+	Family string
+	Name   string
+	Script string // `nft -f -` input that creates the table
+}
+
+func (t NftTable) Describe() string {
+	return fmt.Sprintf("%snft -f - <<'EOF'\n%sEOF", t.NS.ExecPrefix(), t.Script)
+}
+func (t NftTable) DescribeUndo() string {
+	return fmt.Sprintf("%snft delete table %s %s", t.NS.ExecPrefix(), t.Family, t.Name)
+}
+func (t NftTable) Needed(context.Context) (bool, error) {
+	_, err := run(t.NS, "", "nft", "list", "table", t.Family, t.Name)
+	return err != nil, nil
+}
+func (t NftTable) Apply(context.Context) error {
+	_, err := run(t.NS, t.Script, "nft", "-f", "-")
+	return err
+}
+func (t NftTable) Undo(context.Context) error {
+	_, err := run(t.NS, "", "nft", "delete", "table", t.Family, t.Name)
+	return err
+}
+func (t NftTable) Owned() *Object {
+	return &Object{Kind: "nft-table", Family: t.Family, Table: t.Name, Key: t.Script}
+}
