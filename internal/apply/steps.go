@@ -173,7 +173,7 @@ func (r IPVSReal) Undo(context.Context) error {
 	return h.DelDestination(r.Service.svc(), r.dest())
 }
 func (r IPVSReal) Owned() *Object {
-	return &Object{Kind: "ipvs-real", VIP: r.Service.VIP.String(), Proto: r.Service.Proto, Real: r.Real.String()}
+	return &Object{Kind: "ipvs-real", VIP: r.Service.VIP.String(), Proto: r.Service.Proto, Real: r.Real.String(), Key: fmt.Sprint(r.Weight)}
 }
 
 // Sysctl sets a key; Undo puts back the value it found.

@@ -1,0 +1,202 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/lbdoctor/lbdoctor/internal/apply"
+	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/internal/setup"
+	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/kernel"
+)
+
+func newSetupCmd(g *globalFlags) *cobra.Command {
+	var vip, proto, scheduler, snat, backend string
+	var reals []string
+	var dryRun bool
+	cmd := &cobra.Command{
+		Use:   "setup",
+		Short: "Build an IPVS NAT service correctly: service, reals, sysctls, source NAT",
+		Long: `setup builds an IPVS masquerade (NAT) virtual service with its real servers,
+turns on the sysctls it needs, and adds source NAT when the return path needs
+it: with --snat auto (the default) SNAT is added when a real server would
+answer clients without crossing the load balancer (one-arm), and left out
+when the reals sit behind the LB on another segment (two-arm, client
+addresses kept). SNAT uses iptables (-m ipvs, with the backend the host
+already uses) or native nftables (ct original), every rule tagged lbdoctor.
+
+It prints its plan first; --dry-run stops there. The change is
+transactional: if any step fails, every step already done is undone. A
+second run changes nothing. What it made is recorded, and
+` + "`lbdoctor teardown`" + ` removes exactly that (and restores the sysctls it changed).`,
+		Example: `  sudo lbdoctor setup --netns lb --vip 10.1.0.6:8085 --real 10.1.0.50:8085 --dry-run
+  sudo lbdoctor setup --netns lb --vip 10.1.0.6:8085 --real 10.1.0.50:8085,2 --real 10.1.0.51:8085
+  sudo lbdoctor teardown --netns lb`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			spec := setup.Spec{SNATBackend: backend}
+			if vip == "" {
+				return usageErrorf("--vip is required (ADDR:PORT)")
+			}
+			ap, err := netip.ParseAddrPort(vip)
+			if err != nil {
+				return usageErrorf("--vip %q: want ADDR:PORT, e.g. 10.1.0.6:8085", vip)
+			}
+			svc := setup.Service{Proto: proto, VIP: ap, Scheduler: scheduler, SNAT: snat}
+			for _, r := range reals {
+				real, err := parseReal(r)
+				if err != nil {
+					return err
+				}
+				svc.Reals = append(svc.Reals, real)
+			}
+			spec.Services = append(spec.Services, svc)
+			if err := spec.Validate(); err != nil {
+				return usageErrorf("%v", err)
+			}
+			t, err := target(g)
+			if err != nil {
+				return err
+			}
+			snap := probes.Gather(t, probes.Selector{}, probes.Options{})
+			if !snap.IPVS.Available {
+				return &kernel.NotSupportedError{Feature: "setup", Reason: "needs IPVS: " + snap.IPVS.Reason}
+			}
+			steps, decisions, err := setup.Steps(t, spec, snap)
+			if err != nil {
+				return usageErrorf("%v", err)
+			}
+			out := cmd.OutOrStdout()
+			for _, d := range decisions {
+				fmt.Fprintf(out, "%s: source NAT %s (%s)\n", d.Service, map[bool]string{true: "needed", false: "not needed"}[d.SNAT], d.Reason)
+			}
+			return runPlan(cmd, t, steps, dryRun, "setup", func(st *apply.State, done []apply.Step) {
+				for _, s := range done {
+					if o := s.Owned(); o != nil {
+						st.Add(*o)
+					}
+				}
+			})
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&vip, "vip", "", "virtual service address, ADDR:PORT")
+	f.StringVar(&proto, "proto", "tcp", "tcp or udp")
+	f.StringArrayVar(&reals, "real", nil, "real server ADDR:PORT[,WEIGHT] (repeatable)")
+	f.StringVar(&scheduler, "scheduler", "rr", "IPVS scheduler: "+strings.Join(setup.Schedulers, ", "))
+	f.StringVar(&snat, "snat", setup.SNATAuto, "source NAT: auto (from the return path), always, never")
+	f.StringVar(&backend, "snat-backend", setup.BackendAuto, "SNAT with: auto, iptables, nft")
+	f.BoolVar(&dryRun, "dry-run", false, "print the plan and change nothing")
+	return cmd
+}
+
+func newTeardownCmd(g *globalFlags) *cobra.Command {
+	var vip string
+	var dryRun bool
+	cmd := &cobra.Command{
+		Use:   "teardown",
+		Short: "Remove what lbdoctor setup made (and nothing else)",
+		Long: `teardown removes the services, real servers, rules and tables that lbdoctor
+made in the namespace, and puts back the sysctls it changed — never an object
+it found there. With --vip only that service's objects go (sysctls stay while
+another lbdoctor service remains).`,
+		Example: `  sudo lbdoctor teardown --netns lb --vip 10.1.0.6:8085 --dry-run
+  sudo lbdoctor teardown --netns lb`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var ap netip.AddrPort
+			if vip != "" {
+				var err error
+				if ap, err = netip.ParseAddrPort(vip); err != nil {
+					return usageErrorf("--vip %q: want ADDR:PORT", vip)
+				}
+			}
+			t, err := target(g)
+			if err != nil {
+				return err
+			}
+			st, err := apply.LoadState(t)
+			if err != nil {
+				return err
+			}
+			steps, objs := setup.TeardownSteps(t, st, ap)
+			if len(objs) == 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "nothing to tear down: lbdoctor made nothing in %s\n", t)
+				return nil
+			}
+			return runPlan(cmd, t, steps, dryRun, "teardown", func(st *apply.State, _ []apply.Step) {
+				for _, o := range objs {
+					st.Remove(o)
+				}
+			})
+		},
+	}
+	cmd.Flags().StringVar(&vip, "vip", "", "only this service, ADDR:PORT")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print the plan and change nothing")
+	return cmd
+}
+
+// runPlan prints the plan, applies it transactionally and updates the
+// record of what lbdoctor made.
+func runPlan(cmd *cobra.Command, t netns.Target, steps []apply.Step, dryRun bool, verb string, record func(*apply.State, []apply.Step)) error {
+	ctx := cmd.Context()
+	out := cmd.OutOrStdout()
+	plan, err := apply.Build(ctx, steps)
+	if err != nil {
+		return err
+	}
+	if plan.Empty() {
+		fmt.Fprintf(out, "nothing to change: %s already matches\n", t)
+		return nil
+	}
+	printPlan(out, plan, dryRun)
+	if dryRun {
+		return nil
+	}
+	st, err := apply.LoadState(t)
+	if err != nil {
+		return err
+	}
+	done, err := apply.Run(ctx, plan, apply.Hooks{})
+	if err != nil {
+		return fmt.Errorf("%s: %w", verb, err)
+	}
+	record(st, done)
+	if err := st.Save(t); err != nil {
+		return fmt.Errorf("%s applied, but the record of it was not saved: %w", verb, err)
+	}
+	fmt.Fprintf(out, "%s: %d change(s) applied\n", verb, len(done))
+	return nil
+}
+
+func printPlan(w io.Writer, p *apply.Plan, dryRun bool) {
+	head := "plan"
+	if dryRun {
+		head = "plan (dry run: nothing is changed)"
+	}
+	fmt.Fprintf(w, "%s:\n", head)
+	for i, c := range p.Commands() {
+		fmt.Fprintf(w, "  %d. %s\n", i+1, strings.ReplaceAll(c, "\n", "\n     "))
+	}
+}
+
+func parseReal(s string) (setup.Real, error) {
+	addr, w, hasW := strings.Cut(s, ",")
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return setup.Real{}, usageErrorf("--real %q: want ADDR:PORT[,WEIGHT]", s)
+	}
+	r := setup.Real{Addr: ap, Weight: 1}
+	if hasW {
+		if r.Weight, err = strconv.Atoi(w); err != nil {
+			return r, usageErrorf("--real %q: weight %q is not a number", s, w)
+		}
+	}
+	return r, nil
+}

@@ -1,0 +1,50 @@
+package main
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/lbdoctor/lbdoctor/internal/testkit"
+	"github.com/lbdoctor/lbdoctor/probes/kernel"
+)
+
+func TestSetupBadInput(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no vip", []string{"setup", "--real", "10.1.0.50:8085"}, "--vip is required"},
+		{"unparsable vip", []string{"setup", "--vip", "10.1.0.6", "--real", "10.1.0.50:8085"}, `--vip "10.1.0.6": want ADDR:PORT`},
+		{"unknown scheduler", []string{"setup", "--vip", "10.1.0.6:80", "--real", "10.1.0.50:80", "--scheduler", "fastest"}, `unknown scheduler "fastest"`},
+		{"duplicate real", []string{"setup", "--vip", "10.1.0.6:80", "--real", "10.1.0.50:80", "--real", "10.1.0.50:80,3"}, "real 10.1.0.50:80 is given twice"},
+		{"no real", []string{"setup", "--vip", "10.1.0.6:80"}, "no real server"},
+		{"bad weight", []string{"setup", "--vip", "10.1.0.6:80", "--real", "10.1.0.50:80,heavy"}, `weight "heavy" is not a number`},
+		{"bad snat", []string{"setup", "--vip", "10.1.0.6:80", "--real", "10.1.0.50:80", "--snat", "sometimes"}, `--snat "sometimes"`},
+		{"bad backend", []string{"setup", "--vip", "10.1.0.6:80", "--real", "10.1.0.50:80", "--snat-backend", "pf"}, `--snat-backend "pf"`},
+		{"teardown bad vip", []string{"teardown", "--vip", "nope"}, `--vip "nope"`},
+	}
+	for _, tt := range tests {
+		code, out, stderr := runCLI(tt.args...)
+		if code != exitUsage || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, tt.want) || out != "" {
+			t.Errorf("%s: lbdoctor %v = exit %d, stderr %q, stdout %q; want exit 2 and one line with %q", tt.name, tt.args, code, stderr, out, tt.want)
+		}
+	}
+}
+
+// On a kernel without IPVS setup says so, exits 3 and changes nothing.
+func TestSetupWithoutIPVS(t *testing.T) {
+	if !errors.Is(kernel.IPVS(), kernel.ErrNotSupported) {
+		t.Skip("this kernel has IPVS: the guest tests cover setup")
+	}
+	ns := testkit.Netns(t, "setup")
+	before := testkit.HostState(t, ns)
+	code, _, stderr := runCLI("setup", "--netns", ns.Name, "--vip", "10.1.0.6:8085", "--real", "10.1.0.50:8085")
+	if code != exitCannot || !strings.Contains(stderr, "needs IPVS") || !strings.Contains(stderr, "CONFIG_IP_VS") {
+		t.Errorf("setup without IPVS = exit %d, %q; want exit 3 naming CONFIG_IP_VS", code, stderr)
+	}
+	if after := testkit.HostState(t, ns); after != before {
+		t.Errorf("setup without IPVS changed the namespace:\n%s\n---\n%s", before, after)
+	}
+}

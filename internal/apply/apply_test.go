@@ -1,0 +1,118 @@
+package apply_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/lbdoctor/lbdoctor/internal/apply"
+	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/internal/testkit"
+)
+
+// fakeStep records what happens to it (pure engine logic; real steps are
+// tested against real kernels below and in the guest).
+type fakeStep struct {
+	name   string
+	needed bool
+	fail   bool
+	log    *[]string
+}
+
+func (f fakeStep) Describe() string                     { return f.name }
+func (f fakeStep) Needed(context.Context) (bool, error) { return f.needed, nil }
+func (f fakeStep) Owned() *apply.Object                 { return &apply.Object{Kind: "fake", Key: f.name} }
+func (f fakeStep) Undo(context.Context) error           { *f.log = append(*f.log, "undo "+f.name); return nil }
+func (f fakeStep) Apply(context.Context) error {
+	if f.fail {
+		return errors.New("boom")
+	}
+	*f.log = append(*f.log, "apply "+f.name)
+	return nil
+}
+
+func TestRunRollsBackInReverse(t *testing.T) {
+	var log []string
+	steps := []apply.Step{
+		fakeStep{"a", true, false, &log}, fakeStep{"skip", false, false, &log},
+		fakeStep{"b", true, false, &log}, fakeStep{"c", true, true, &log},
+	}
+	p, err := apply.Build(context.Background(), steps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(p.Commands(), ","); got != "a,b,c" {
+		t.Fatalf("Build() plan = %s, want a,b,c (skip is not needed)", got)
+	}
+	_, err = apply.Run(context.Background(), p, apply.Hooks{})
+	if !errors.Is(err, apply.ErrRolledBack) || !strings.Contains(err.Error(), `step 3 "c" failed`) {
+		t.Errorf("Run() error = %v, want step 3 failed, rolled back", err)
+	}
+	if got := strings.Join(log, ","); got != "apply a,apply b,undo b,undo a" {
+		t.Errorf("Run() did %s, want apply a,apply b,undo b,undo a", got)
+	}
+}
+
+func TestStateRecordsOwnership(t *testing.T) {
+	t.Setenv("LBDOCTOR_STATE_DIR", t.TempDir())
+	ns := netns.Target{Spec: "lb", Name: "lb", Path: "/run/netns/lb"}
+	st, err := apply.LoadState(ns)
+	if err != nil || len(st.Objects) != 0 {
+		t.Fatalf("LoadState(new) = %+v, %v; want empty", st, err)
+	}
+	o := apply.Object{Kind: "sysctl", Key: "net.ipv4.ip_forward", Previous: "0"}
+	st.Add(o, o)
+	if err := st.Save(ns); err != nil {
+		t.Fatal(err)
+	}
+	st, _ = apply.LoadState(ns)
+	if len(st.Objects) != 1 || !st.Owns(apply.Object{Kind: "sysctl", Key: "net.ipv4.ip_forward"}) || st.Objects[0].Previous != "0" {
+		t.Errorf("LoadState() = %+v, want the one sysctl with its previous value", st.Objects)
+	}
+	st.Remove(o)
+	st.Save(ns)
+	if st, _ = apply.LoadState(ns); len(st.Objects) != 0 {
+		t.Errorf("after Remove, LoadState() = %+v, want empty", st.Objects)
+	}
+}
+
+// Real steps on a real kernel: a failure injected after every step leaves
+// the namespace exactly as it was.
+func TestRollbackRestoresTheHost(t *testing.T) {
+	ns := testkit.Netns(t, "apply")
+	testkit.Sysctl(t, ns, "net.ipv4.ip_forward", "0")
+	steps := []apply.Step{
+		apply.NewSysctl(ns, "net.ipv4.ip_forward", "1"),
+		apply.IptablesRule{NS: ns, Backend: "iptables-nft", Table: "nat", Chain: "POSTROUTING", Rule: []string{"-d", "10.9.0.1/32", "-m", "comment", "--comment", "lbdoctor", "-j", "MASQUERADE"}},
+		apply.IptablesRule{NS: ns, Backend: "iptables-legacy", Table: "filter", Chain: "INPUT", Rule: []string{"-s", "10.9.0.2/32", "-j", "ACCEPT"}},
+		apply.NftTable{NS: ns, Family: "ip", Name: "lbdtest", Script: "table ip lbdtest {\n\tchain post {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tct original ip daddr 10.9.0.6 counter masquerade\n\t}\n}\n"},
+	}
+	before := testkit.HostState(t, ns)
+	for k := 1; k <= len(steps); k++ {
+		p, err := apply.Build(context.Background(), steps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = apply.Run(context.Background(), p, apply.Hooks{AfterStep: func(n int) error {
+			if n == k {
+				return fmt.Errorf("injected after step %d", n)
+			}
+			return nil
+		}})
+		if !errors.Is(err, apply.ErrRolledBack) {
+			t.Fatalf("fail after %d: Run() = %v, want rolled back", k, err)
+		}
+		if after := testkit.HostState(t, ns); after != before {
+			t.Fatalf("fail after step %d: state differs after rollback\n--- before ---\n%s\n--- after ---\n%s", k, before, after)
+		}
+	}
+	p, _ := apply.Build(context.Background(), steps)
+	if _, err := apply.Run(context.Background(), p, apply.Hooks{}); err != nil {
+		t.Fatal(err)
+	}
+	if p2, _ := apply.Build(context.Background(), steps); !p2.Empty() {
+		t.Errorf("second Build() = %v, want nothing to change", p2.Commands())
+	}
+}

@@ -1,0 +1,269 @@
+// Package setup turns a description of IPVS NAT services into the steps
+// that build them correctly — virtual service, real servers, forwarding,
+// and source NAT where the return path needs it — and the steps that tear
+// down only what lbdoctor made.
+package setup
+
+import (
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"strconv"
+	"strings"
+
+	"github.com/lbdoctor/lbdoctor/checks"
+	"github.com/lbdoctor/lbdoctor/internal/apply"
+	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/rules"
+)
+
+// SNAT modes.
+const (
+	SNATAuto   = "auto"
+	SNATAlways = "always"
+	SNATNever  = "never"
+)
+
+// SNAT backends.
+const (
+	BackendAuto     = "auto"
+	BackendIptables = "iptables"
+	BackendNft      = "nft"
+)
+
+// Service is one NAT virtual service to build.
+type Service struct {
+	Proto     string // tcp or udp
+	VIP       netip.AddrPort
+	Scheduler string
+	Reals     []Real
+	SNAT      string // auto, always, never
+}
+
+// Real is one real server.
+type Real struct {
+	Addr   netip.AddrPort
+	Weight int
+}
+
+// Spec is everything to build in one namespace.
+type Spec struct {
+	Services    []Service
+	SNATBackend string // auto, iptables, nft
+}
+
+// Schedulers IPVS offers (the guest kernel's modules).
+var Schedulers = []string{"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh"}
+
+// Validate reports the first thing wrong with a spec, as one line.
+func (s Spec) Validate() error {
+	if len(s.Services) == 0 {
+		return fmt.Errorf("no service: give --vip and at least one --real")
+	}
+	seenSvc := map[string]bool{}
+	for _, svc := range s.Services {
+		key := svc.Proto + " " + svc.VIP.String()
+		switch {
+		case svc.Proto != "tcp" && svc.Proto != "udp":
+			return fmt.Errorf("service %s: protocol %q, want tcp or udp", key, svc.Proto)
+		case !svc.VIP.Addr().Is4() || svc.VIP.Port() == 0:
+			return fmt.Errorf("service %s: the VIP must be IPv4 ADDR:PORT with a port", key)
+		case !contains(Schedulers, svc.Scheduler):
+			return fmt.Errorf("service %s: unknown scheduler %q (one of %s)", key, svc.Scheduler, strings.Join(Schedulers, ", "))
+		case svc.SNAT != SNATAuto && svc.SNAT != SNATAlways && svc.SNAT != SNATNever:
+			return fmt.Errorf("service %s: --snat %q, want auto, always or never", key, svc.SNAT)
+		case len(svc.Reals) == 0:
+			return fmt.Errorf("service %s: no real server", key)
+		case seenSvc[key]:
+			return fmt.Errorf("service %s is given twice", key)
+		}
+		seenSvc[key] = true
+		seen := map[netip.AddrPort]bool{}
+		for _, r := range svc.Reals {
+			switch {
+			case !r.Addr.Addr().Is4() || r.Addr.Port() == 0:
+				return fmt.Errorf("service %s: real %s must be IPv4 ADDR:PORT", key, r.Addr)
+			case r.Weight < 0 || r.Weight > 65535:
+				return fmt.Errorf("service %s: real %s: weight %d out of 0-65535", key, r.Addr, r.Weight)
+			case seen[r.Addr]:
+				return fmt.Errorf("service %s: real %s is given twice", key, r.Addr)
+			}
+			seen[r.Addr] = true
+		}
+	}
+	if b := s.SNATBackend; b != BackendAuto && b != BackendIptables && b != BackendNft {
+		return fmt.Errorf("--snat-backend %q, want auto, iptables or nft", b)
+	}
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Decision is what setup decided about one service's source NAT, and why.
+type Decision struct {
+	Service string
+	SNAT    bool
+	Reason  string
+}
+
+// Steps returns the steps that build spec in ns (needed or not: the plan
+// keeps the needed ones), and the SNAT decisions made on the way.
+func Steps(ns netns.Target, spec Spec, snap *probes.Snapshot) ([]apply.Step, []Decision, error) {
+	var steps []apply.Step
+	var decisions []Decision
+	anySNAT := false
+	backend, err := snatBackend(spec.SNATBackend, snap)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, svc := range spec.Services {
+		s := apply.IPVSService{NS: ns, Proto: svc.Proto, VIP: svc.VIP, Scheduler: svc.Scheduler}
+		steps = append(steps, s)
+		var reals []netip.Addr
+		for _, r := range svc.Reals {
+			steps = append(steps, apply.IPVSReal{Service: s, Real: r.Addr, Weight: r.Weight})
+			reals = append(reals, r.Addr.Addr())
+		}
+		d := Decision{Service: strings.ToUpper(svc.Proto) + " " + svc.VIP.String()}
+		switch svc.SNAT {
+		case SNATAlways:
+			d.SNAT, d.Reason = true, "--snat always"
+		case SNATNever:
+			d.SNAT, d.Reason = false, "--snat never"
+		default:
+			rp := checks.DecideReturnPath(snap, svc.VIP.Addr(), reals)
+			d.SNAT, d.Reason = rp.NeedsSNAT, rp.Reason
+		}
+		decisions = append(decisions, d)
+		if d.SNAT {
+			anySNAT = true
+			steps = append(steps, snatStep(ns, backend, svc))
+		}
+	}
+	// Forwarding first in the kernel's eyes does not matter; last here so a
+	// half-built service never starts forwarding.
+	steps = append(steps, apply.NewSysctl(ns, "net.ipv4.ip_forward", "1"))
+	if anySNAT {
+		steps = append(steps, apply.NewSysctl(ns, "net.ipv4.vs.conntrack", "1"))
+	}
+	return steps, decisions, nil
+}
+
+// snatBackend picks iptables (with the backend the host already uses) or
+// native nftables.
+func snatBackend(want string, snap *probes.Snapshot) (string, error) {
+	has := func(bin string) bool { _, err := exec.LookPath(bin); return err == nil }
+	legacyInUse := false
+	for _, b := range snap.Rules.Backends {
+		if b.Name == rules.IptablesLegacy && b.Rules > 0 {
+			legacyInUse = true
+		}
+	}
+	switch want {
+	case BackendNft:
+		if !has("nft") {
+			return "", fmt.Errorf("--snat-backend nft: nft is not installed")
+		}
+		return BackendNft, nil
+	default:
+		if legacyInUse && has(rules.IptablesLegacy) {
+			return rules.IptablesLegacy, nil
+		}
+		if has(rules.IptablesNft) {
+			return rules.IptablesNft, nil
+		}
+		if want == BackendIptables {
+			return "", fmt.Errorf("--snat-backend iptables: neither iptables-nft nor iptables-legacy is installed")
+		}
+		if has("nft") {
+			return BackendNft, nil
+		}
+		return "", fmt.Errorf("no SNAT backend: install iptables or nftables")
+	}
+}
+
+// Comment tags every rule lbdoctor writes.
+const Comment = "lbdoctor"
+
+func snatStep(ns netns.Target, backend string, svc Service) apply.Step {
+	if backend == BackendNft {
+		name := fmt.Sprintf("lbdoctor_%s_%s_%d", svc.Proto, strings.ReplaceAll(svc.VIP.Addr().String(), ".", "_"), svc.VIP.Port())
+		script := fmt.Sprintf(`table ip %s {
+	comment "made by lbdoctor setup: source NAT for %s %s"
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		ct original ip daddr %s ct original protocol %s ct original proto-dst %d counter masquerade
+	}
+}
+`, name, svc.Proto, svc.VIP, svc.VIP.Addr(), svc.Proto, svc.VIP.Port())
+		return apply.NftTable{NS: ns, Family: "ip", Name: name, Script: script}
+	}
+	return apply.IptablesRule{NS: ns, Backend: backend, Table: "nat", Chain: "POSTROUTING", Rule: []string{
+		"-m", "ipvs", "--vaddr", svc.VIP.Addr().String() + "/32", "--vport", fmt.Sprint(svc.VIP.Port()), "--vproto", svc.Proto,
+		"-m", "comment", "--comment", Comment, "-j", "MASQUERADE"}}
+}
+
+// TeardownSteps returns the steps that remove what state records, newest
+// first; with vip set, only that service's objects (sysctls stay while any
+// lbdoctor service remains).
+func TeardownSteps(ns netns.Target, st *apply.State, vip netip.AddrPort) ([]apply.Step, []apply.Object) {
+	var steps []apply.Step
+	var objs []apply.Object
+	remaining := map[string]bool{}
+	for _, o := range st.Objects {
+		if o.Kind == "ipvs-service" && vip.IsValid() && o.VIP != vip.String() {
+			remaining[o.VIP] = true
+		}
+	}
+	for i := len(st.Objects) - 1; i >= 0; i-- {
+		o := st.Objects[i]
+		mine := !vip.IsValid() || o.VIP == vip.String() || (o.Kind == "iptables-rule" && ruleVIP(o) == vip.Addr().String()+"/32") ||
+			(o.Kind == "nft-table" && strings.Contains(o.Key, " "+vip.String()+"\""))
+		if o.Kind == "sysctl" {
+			mine = len(remaining) == 0
+		}
+		if !mine {
+			continue
+		}
+		if s := stepFor(ns, o); s != nil {
+			steps = append(steps, s)
+			objs = append(objs, o)
+		}
+	}
+	return steps, objs
+}
+
+func ruleVIP(o apply.Object) string {
+	for i, w := range o.Rule {
+		if w == "--vaddr" && i+1 < len(o.Rule) {
+			return o.Rule[i+1]
+		}
+	}
+	return ""
+}
+
+// stepFor is the step that undoes a recorded object.
+func stepFor(ns netns.Target, o apply.Object) apply.Step {
+	switch o.Kind {
+	case "ipvs-service":
+		return apply.Remove(apply.IPVSService{NS: ns, Proto: o.Proto, VIP: netip.MustParseAddrPort(o.VIP), Scheduler: o.Key})
+	case "ipvs-real":
+		w, _ := strconv.Atoi(o.Key)
+		return apply.Remove(apply.IPVSReal{Service: apply.IPVSService{NS: ns, Proto: o.Proto, VIP: netip.MustParseAddrPort(o.VIP)}, Real: netip.MustParseAddrPort(o.Real), Weight: w})
+	case "iptables-rule":
+		return apply.Remove(apply.IptablesRule{NS: ns, Backend: o.Backend, Table: o.Table, Chain: o.Chain, Rule: o.Rule})
+	case "nft-table":
+		return apply.Remove(apply.NftTable{NS: ns, Family: o.Family, Name: o.Table, Script: o.Key})
+	case "sysctl":
+		return apply.NewSysctl(ns, o.Key, o.Previous)
+	}
+	return nil
+}

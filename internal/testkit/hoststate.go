@@ -1,0 +1,52 @@
+package testkit
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/probes/rules"
+)
+
+// HostState is everything setup may touch in ns, as the tools print it:
+// `ipvsadm -Sn` (where the kernel has IPVS), the rules of
+// iptables-nft-save, iptables-legacy-save and `nft list ruleset`, and the
+// sysctls. Rules are compared, not table headers: iptables itself leaves an
+// empty built-in table behind after -A then -D.
+func HostState(t testing.TB, ns netns.Target) string {
+	t.Helper()
+	var b strings.Builder
+	run := func(name string, args ...string) string {
+		out, err := Output(ns, name, args...)
+		if err != nil {
+			t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+		}
+		return out
+	}
+	if InGuest() {
+		b.WriteString("== ipvsadm -Sn\n" + run("ipvsadm", "-Sn"))
+	}
+	for _, be := range []string{rules.IptablesNft, rules.IptablesLegacy} {
+		rs, err := rules.ParseSave(be, []byte(run(be+"-save")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.WriteString("== " + be + "-save\n")
+		for _, r := range rs {
+			b.WriteString(r.Table + " " + r.Spec + "\n")
+		}
+	}
+	rs, err := rules.ParseNftList([]byte(run("nft", "list", "ruleset")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.WriteString("== nft list ruleset\n")
+	for _, r := range rs {
+		b.WriteString(r.Table + " " + r.Chain + " " + r.Spec + "\n")
+	}
+	for _, k := range []string{"net.ipv4.ip_forward", "net.ipv4.vs.conntrack"} {
+		out, _ := Output(ns, "cat", "/proc/sys/"+strings.ReplaceAll(k, ".", "/"))
+		b.WriteString(k + " = " + strings.TrimSpace(out) + "\n")
+	}
+	return b.String()
+}
