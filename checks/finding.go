@@ -35,6 +35,17 @@ type Finding struct {
 	Reason   string     `json:"reason,omitempty"` // why it was skipped, or the failure in one line
 	Evidence []Evidence `json:"evidence"`
 	Fix      []string   `json:"fix,omitempty"` // commands, in order
+	// Remedies are the fix as data, for `check --fix` to apply through the
+	// transactional engine.
+	Remedies []Remedy `json:"remedies,omitempty"`
+}
+
+// Remedy is one change that fixes a finding.
+type Remedy struct {
+	Sysctl string `json:"sysctl,omitempty"` // set this key …
+	Value  string `json:"value,omitempty"`  // … to this value
+	SNAT   string `json:"snat,omitempty"`   // add source NAT for this VIP (ADDR:PORT)
+	Proto  string `json:"proto,omitempty"`  // … of this protocol
 }
 
 // Check is one entry of the catalog.

@@ -117,6 +117,7 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 				s.Target.ExecPrefix() + "sysctl -w net.ipv4.vs.conntrack=1",
 				setupFix(s, svc),
 			},
+			Remedies: []Remedy{{SNAT: svc.Addr.String(), Proto: svc.Proto}, {Sysctl: "net.ipv4.vs.conntrack", Value: "1"}},
 		}
 	}
 	return Finding{Status: Pass, Title: "replies come back through the LB", Evidence: ev}

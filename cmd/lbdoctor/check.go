@@ -1,15 +1,22 @@
 package main
 
 import (
+	"bufio"
+	"fmt"
+	"strings"
+
 	"github.com/spf13/cobra"
 
 	"github.com/lbdoctor/lbdoctor/checks"
+	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/report"
+	"github.com/lbdoctor/lbdoctor/internal/setup"
 	"github.com/lbdoctor/lbdoctor/probes"
 )
 
 func newCheckCmd(g *globalFlags) *cobra.Command {
 	var vip, proto string
+	var fix, yes bool
 	cmd := &cobra.Command{
 		Use:   "check",
 		Short: "Check a load balancer and report findings with evidence and fixes",
@@ -18,12 +25,20 @@ target network namespace and runs the doctor's checks on them. It changes nothin
 		Example: `  # the host's own namespace
   sudo lbdoctor check
   # one virtual service in the LB's namespace, for a CI job
-  sudo lbdoctor check --netns lb --vip 10.1.0.6:8085 -o json`,
+  sudo lbdoctor check --netns lb --vip 10.1.0.6:8085 -o json
+  # apply the fixes of failing findings (asks first; --yes does not)
+  sudo lbdoctor check --netns lb --fix`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			sel, err := selector(vip, proto, true)
 			if err != nil {
 				return err
+			}
+			if fix && g.output != "text" {
+				return usageErrorf("--fix prints a plan and asks: it needs -o text")
+			}
+			if yes && !fix {
+				return usageErrorf("--yes only goes with --fix")
 			}
 			t, err := target(g)
 			if err != nil {
@@ -45,6 +60,9 @@ target network namespace and runs the doctor's checks on them. It changes nothin
 			if err != nil {
 				return err
 			}
+			if fix {
+				return fixFindings(cmd, t, sel, snap, fs, yes)
+			}
 			if r.Verdict == checks.Fail {
 				return &exitError{code: exitFindings}
 			}
@@ -53,5 +71,65 @@ target network namespace and runs the doctor's checks on them. It changes nothin
 	}
 	cmd.Flags().StringVar(&vip, "vip", "", "look at one virtual service, ADDR:PORT (default: all)")
 	cmd.Flags().StringVar(&proto, "proto", "tcp", "protocol of --vip: tcp or udp")
+	cmd.Flags().BoolVar(&fix, "fix", false, "apply the fixes of failing findings (prints the plan, asks, rolls back on error)")
+	cmd.Flags().BoolVar(&yes, "yes", false, "with --fix: do not ask")
 	return cmd
+}
+
+// fixFindings applies the remedies of the failing findings through the
+// transactional engine, records them for teardown, and checks again.
+func fixFindings(cmd *cobra.Command, t netns.Target, sel probes.Selector, snap *probes.Snapshot, fs []checks.Finding, yes bool) error {
+	out := cmd.OutOrStdout()
+	var remedies []checks.Remedy
+	var manual []string
+	for _, f := range fs {
+		if f.Status != checks.Fail {
+			continue
+		}
+		if len(f.Remedies) == 0 {
+			manual = append(manual, f.ID)
+		}
+		remedies = append(remedies, f.Remedies...)
+	}
+	fmt.Fprintln(out)
+	for _, id := range manual {
+		fmt.Fprintf(out, "--fix cannot repair %s: follow its fix by hand\n", id)
+	}
+	if len(remedies) == 0 {
+		fmt.Fprintln(out, "nothing for --fix to change")
+		if len(manual) > 0 {
+			return &exitError{code: exitFindings}
+		}
+		return nil
+	}
+	steps, err := setup.RemedySteps(t, snap, remedies)
+	if err != nil {
+		return err
+	}
+	confirm := func(n int) bool {
+		if yes {
+			return true
+		}
+		fmt.Fprintf(out, "apply these %d change(s)? [y/N] ", n)
+		line, _ := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
+		return strings.TrimSpace(strings.ToLower(line)) == "y" || strings.TrimSpace(strings.ToLower(line)) == "yes"
+	}
+	if err := runPlanConfirm(cmd, t, steps, false, "fix", recordOwned, confirm); err != nil {
+		return err
+	}
+	after := probes.Gather(t, sel, probes.Options{})
+	fs2 := checks.Run(after, sel)
+	rt := report.Target{Netns: t, Kernel: after.Kernel}
+	if sel.VIP.IsValid() {
+		rt.VIP, rt.Proto = sel.VIP.String(), sel.Proto
+	}
+	r2 := report.New(rt, fs2, after.Errors)
+	fmt.Fprintln(out, "\nafter --fix:")
+	if err := report.Text(out, r2); err != nil {
+		return err
+	}
+	if r2.Verdict == checks.Fail {
+		return &exitError{code: exitFindings}
+	}
+	return nil
 }

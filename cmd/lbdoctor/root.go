@@ -42,7 +42,7 @@ Exit codes: 0 ok, 1 a check failed, 2 bad usage or input, 3 cannot inspect
 	root.PersistentFlags().StringVar(&g.netns, "netns", "", "network namespace: a /run/netns name, a path, or pid:N (default: the current one)")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "text", "output format: text or json")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErrorf("%v", err) })
-	root.AddCommand(newCheckCmd(g), newInspectCmd(g), newDropsCmd(g), newSetupCmd(g), newTeardownCmd(g), newVersionCmd())
+	root.AddCommand(newCheckCmd(g), newInspectCmd(g), newDropsCmd(g), newSetupCmd(g), newTeardownCmd(g), newLabCmd(), newVersionCmd())
 	root.SetHelpCommand(&cobra.Command{Hidden: true})
 	// Unknown subcommands and stray arguments are usage errors too.
 	root.Args = func(cmd *cobra.Command, args []string) error {

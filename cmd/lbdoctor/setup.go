@@ -76,13 +76,7 @@ second run changes nothing. What it made is recorded, and
 			for _, d := range decisions {
 				fmt.Fprintf(out, "%s: source NAT %s (%s)\n", d.Service, map[bool]string{true: "needed", false: "not needed"}[d.SNAT], d.Reason)
 			}
-			return runPlan(cmd, t, steps, dryRun, "setup", func(st *apply.State, done []apply.Step) {
-				for _, s := range done {
-					if o := s.Owned(); o != nil {
-						st.Add(*o)
-					}
-				}
-			})
+			return runPlan(cmd, t, steps, dryRun, "setup", recordOwned)
 		},
 	}
 	f := cmd.Flags()
@@ -145,6 +139,11 @@ another lbdoctor service remains).`,
 // runPlan prints the plan, applies it transactionally and updates the
 // record of what lbdoctor made.
 func runPlan(cmd *cobra.Command, t netns.Target, steps []apply.Step, dryRun bool, verb string, record func(*apply.State, []apply.Step)) error {
+	return runPlanConfirm(cmd, t, steps, dryRun, verb, record, nil)
+}
+
+// runPlanConfirm is runPlan that asks confirm (when not nil) before applying.
+func runPlanConfirm(cmd *cobra.Command, t netns.Target, steps []apply.Step, dryRun bool, verb string, record func(*apply.State, []apply.Step), confirm func(n int) bool) error {
 	ctx := cmd.Context()
 	out := cmd.OutOrStdout()
 	plan, err := apply.Build(ctx, steps)
@@ -158,6 +157,9 @@ func runPlan(cmd *cobra.Command, t netns.Target, steps []apply.Step, dryRun bool
 	printPlan(out, plan, dryRun)
 	if dryRun {
 		return nil
+	}
+	if confirm != nil && !confirm(len(plan.Steps)) {
+		return &exitError{code: exitFindings, msg: verb + ": nothing changed (not confirmed)"}
 	}
 	st, err := apply.LoadState(t)
 	if err != nil {
@@ -173,6 +175,15 @@ func runPlan(cmd *cobra.Command, t netns.Target, steps []apply.Step, dryRun bool
 	}
 	fmt.Fprintf(out, "%s: %d change(s) applied\n", verb, len(done))
 	return nil
+}
+
+// recordOwned remembers what the done steps made, for teardown.
+func recordOwned(st *apply.State, done []apply.Step) {
+	for _, s := range done {
+		if o := s.Owned(); o != nil {
+			st.Add(*o)
+		}
+	}
 }
 
 func printPlan(w io.Writer, p *apply.Plan, dryRun bool) {

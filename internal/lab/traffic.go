@@ -88,3 +88,68 @@ func Probe(ctx context.Context, ns netns.Target, target netip.AddrPort, timeout 
 	res.OK = res.Err == nil
 	return res
 }
+
+// ServeUDP answers every datagram to addr inside ns with "peer=ADDR:PORT".
+func ServeUDP(ns netns.Target, addr string) (*UDPServer, error) {
+	var pc net.PacketConn
+	err := ns.Do(func() error {
+		var err error
+		pc, err = net.ListenPacket("udp4", addr)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listen on udp %s in %s: %w", addr, ns, err)
+	}
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo([]byte("peer="+from.String()+"\n"), from)
+		}
+	}()
+	return &UDPServer{pc: pc}, nil
+}
+
+// UDPServer is a running ServeUDP.
+type UDPServer struct{ pc net.PacketConn }
+
+// Close stops the server.
+func (s *UDPServer) Close() error { return s.pc.Close() }
+
+// ProbeUDP sends one datagram from ns to target and waits for the answer.
+func ProbeUDP(ctx context.Context, ns netns.Target, target netip.AddrPort, timeout time.Duration) ProbeResult {
+	var res ProbeResult
+	var conn net.Conn
+	err := ns.Do(func() error {
+		var err error
+		conn, err = net.Dial("udp4", target.String())
+		return err
+	})
+	if err != nil {
+		res.Err = err
+		return res
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(timeout))
+	if _, err := conn.Write([]byte("hello\n")); err != nil {
+		res.Err = err
+		return res
+	}
+	buf := make([]byte, 200)
+	n, err := conn.Read(buf)
+	if err != nil {
+		res.Err = fmt.Errorf("read answer: %w", err)
+		return res
+	}
+	peer, ok := strings.CutPrefix(strings.TrimSpace(string(buf[:n])), "peer=")
+	if !ok {
+		res.Err = errors.New("unexpected answer " + string(buf[:n]))
+		return res
+	}
+	res.Peer, res.Err = netip.ParseAddrPort(peer)
+	res.OK = res.Err == nil
+	return res
+}

@@ -267,3 +267,32 @@ func stepFor(ns netns.Target, o apply.Object) apply.Step {
 	}
 	return nil
 }
+
+// RemedySteps turns the remedies of failing findings into steps, once each.
+func RemedySteps(ns netns.Target, snap *probes.Snapshot, remedies []checks.Remedy) ([]apply.Step, error) {
+	var steps []apply.Step
+	seen := map[checks.Remedy]bool{}
+	var sysctls []apply.Step
+	for _, r := range remedies {
+		if seen[r] {
+			continue
+		}
+		seen[r] = true
+		switch {
+		case r.SNAT != "":
+			vip, err := netip.ParseAddrPort(r.SNAT)
+			if err != nil {
+				return nil, fmt.Errorf("remedy for %s: %w", r.SNAT, err)
+			}
+			backend, err := snatBackend(BackendAuto, snap)
+			if err != nil {
+				return nil, err
+			}
+			steps = append(steps, snatStep(ns, backend, Service{Proto: r.Proto, VIP: vip}))
+		case r.Sysctl != "":
+			sysctls = append(sysctls, apply.NewSysctl(ns, r.Sysctl, r.Value))
+		}
+	}
+	// Rules before the sysctls that switch them on, as setup orders them.
+	return append(steps, sysctls...), nil
+}

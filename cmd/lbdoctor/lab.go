@@ -1,0 +1,290 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/lbdoctor/lbdoctor/internal/apply"
+	"github.com/lbdoctor/lbdoctor/internal/lab"
+	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/internal/setup"
+	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/kernel"
+)
+
+const labPort = 8085
+
+func newLabCmd() *cobra.Command {
+	var name string
+	cmd := &cobra.Command{
+		Use:   "lab",
+		Short: "The seed's topology in network namespaces, with its faults at the flip of a flag",
+		Long: `lab builds a client, an IPVS load balancer (set up with lbdoctor setup) and a
+real server as network namespaces NAME-client, NAME-lb, NAME-real (and
+NAME-sw, the switch), on one segment (one-arm) or two (two-arm, the LB as the
+real server's gateway). --fault builds in one of the seed's failures the way
+an operator would have: no-snat, vs-conntrack-off, ip-forward-off.`,
+		Example: `  sudo lbdoctor lab up --fault vs-conntrack-off
+  sudo lbdoctor lab probe -n 5
+  sudo lbdoctor check --netns lab-lb --fix
+  sudo lbdoctor lab down`,
+	}
+	cmd.PersistentFlags().StringVar(&name, "name", "lab", "lab name: prefix of its namespaces")
+	cmd.AddCommand(newLabUpCmd(&name), newLabDownCmd(&name), newLabStatusCmd(&name), newLabProbeCmd(&name), newLabServeCmd())
+	return cmd
+}
+
+func newLabUpCmd(name *string) *cobra.Command {
+	var topo, proto, fault string
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Build the lab",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if topo != string(lab.OneArm) && topo != string(lab.TwoArm) {
+				return usageErrorf("--topology %q: want one-arm or two-arm", topo)
+			}
+			if proto != "tcp" && proto != "udp" {
+				return usageErrorf("--proto %q: want tcp or udp", proto)
+			}
+			if !contains(lab.Faults, fault) {
+				return usageErrorf("--fault %q: want one of %s", fault, strings.Join(lab.Faults, ", "))
+			}
+			if err := kernel.IPVS(); err != nil {
+				return &kernel.NotSupportedError{Feature: "lab", Reason: "needs IPVS: " + err.Error()}
+			}
+			if _, err := lab.LoadRecord(*name); err == nil {
+				return usageErrorf("lab %q is already up (lbdoctor lab down --name %s)", *name, *name)
+			}
+			out := cmd.OutOrStdout()
+			err := labUp(cmd, *name, lab.Topology(topo), proto, fault)
+			if err != nil {
+				lab.Down(*name) // nothing half-built stays
+				return fmt.Errorf("lab up: %w", err)
+			}
+			fmt.Fprintf(out, "lab %s is up: client %s-client, load balancer %s-lb, real server %s-real; VIP %s %s:%d\n",
+				*name, *name, *name, *name, proto, "10.1.0.6", labPort)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&topo, "topology", string(lab.OneArm), "one-arm or two-arm")
+	cmd.Flags().StringVar(&proto, "proto", "tcp", "tcp or udp")
+	cmd.Flags().StringVar(&fault, "fault", lab.FaultNone, "build in a fault: "+strings.Join(lab.Faults, ", "))
+	return cmd
+}
+
+func labUp(cmd *cobra.Command, name string, topo lab.Topology, proto, fault string) error {
+	out := cmd.OutOrStdout()
+	l, err := lab.Build(topo, name)
+	if err != nil {
+		return err
+	}
+	rec := lab.Record{Name: name, Topology: topo, Proto: proto, Fault: fault}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	srv := exec.Command(self, "lab", "serve", "--netns", l.Real.Name, "--proto", proto)
+	srv.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := srv.Start(); err != nil {
+		return fmt.Errorf("start the real server: %w", err)
+	}
+	rec.ServerPID = srv.Process.Pid
+	srv.Process.Release()
+	if err := rec.Save(); err != nil {
+		return err
+	}
+	svc := setup.Service{Proto: proto, VIP: netip.AddrPortFrom(l.VIP, labPort), Scheduler: "rr", SNAT: setup.SNATAuto,
+		Reals: []setup.Real{{Addr: netip.AddrPortFrom(l.RealIP, labPort), Weight: 1}}}
+	if fault == lab.FaultNoSNAT {
+		svc.SNAT = setup.SNATNever
+	}
+	steps, _, err := setup.Steps(l.LB, setup.Spec{SNATBackend: setup.BackendAuto, Services: []setup.Service{svc}}, probes.Gather(l.LB, probes.Selector{}, probes.Options{}))
+	if err != nil {
+		return err
+	}
+	p, err := apply.Build(cmd.Context(), steps)
+	if err != nil {
+		return err
+	}
+	printPlan(out, p, false)
+	done, err := apply.Run(cmd.Context(), p, apply.Hooks{})
+	if err != nil {
+		return err
+	}
+	st := &apply.State{Netns: l.LB.String()}
+	recordOwned(st, done)
+	if err := st.Save(l.LB); err != nil {
+		return err
+	}
+	var faultSteps []apply.Step
+	switch fault {
+	case lab.FaultVSConntrackOff:
+		faultSteps = append(faultSteps, apply.NewSysctl(l.LB, "net.ipv4.vs.conntrack", "0"))
+	case lab.FaultIPForwardOff:
+		faultSteps = append(faultSteps, apply.NewSysctl(l.LB, "net.ipv4.ip_forward", "0"))
+	}
+	for _, s := range faultSteps {
+		fmt.Fprintf(out, "fault %s: %s\n", fault, s.Describe())
+		if _, err := s.Needed(cmd.Context()); err != nil {
+			return err
+		}
+		if err := s.Apply(cmd.Context()); err != nil {
+			return err
+		}
+	}
+	if fault == lab.FaultNoSNAT {
+		fmt.Fprintf(out, "fault %s: the service was set up with --snat never\n", fault)
+	}
+	return nil
+}
+
+func newLabDownCmd(name *string) *cobra.Command {
+	return &cobra.Command{
+		Use:   "down",
+		Short: "Remove the lab, also after a crashed lab up",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if t, err := netns.Resolve(*name + "-lb"); err == nil {
+				st := &apply.State{}
+				st.Save(t) // the LB namespace goes away: so does its setup record
+			}
+			gone, err := lab.Down(*name)
+			for _, g := range gone {
+				fmt.Fprintf(cmd.OutOrStdout(), "removed %s\n", g)
+			}
+			if len(gone) == 0 && err == nil {
+				fmt.Fprintf(cmd.OutOrStdout(), "lab %s is not up: nothing to remove\n", *name)
+			}
+			return err
+		},
+	}
+}
+
+func newLabStatusCmd(name *string) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Show the lab's namespaces, server and fault",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			rec, err := lab.LoadRecord(*name)
+			if err != nil {
+				return &exitError{code: exitFindings, msg: err.Error()}
+			}
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "lab %s: %s, %s, fault %s\n", rec.Name, rec.Topology, rec.Proto, rec.Fault)
+			l, err := lab.Open(*name, rec.Topology)
+			if err != nil {
+				fmt.Fprintf(out, "  namespaces: incomplete (%v): run lbdoctor lab down\n", err)
+				return &exitError{code: exitFindings}
+			}
+			alive := syscall.Kill(rec.ServerPID, 0) == nil
+			fmt.Fprintf(out, "  client %s (%s) → VIP %s:%d on %s (%s) → real %s (%s)\n", l.Client.Name, l.ClientIP, l.VIP, labPort, l.LB.Name, l.LBIP, l.Real.Name, l.RealIP)
+			fmt.Fprintf(out, "  real server process %d: %s\n", rec.ServerPID, map[bool]string{true: "running", false: "not running"}[alive])
+			if !alive {
+				return &exitError{code: exitFindings}
+			}
+			return nil
+		},
+	}
+}
+
+func newLabProbeCmd(name *string) *cobra.Command {
+	var n int
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "probe",
+		Short: "Connect from the client to the VIP and say what the client saw",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if n < 1 {
+				return usageErrorf("-n %d: want at least 1", n)
+			}
+			rec, err := lab.LoadRecord(*name)
+			if err != nil {
+				return usageErrorf("%v", err)
+			}
+			l, err := lab.Open(*name, rec.Topology)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			vip := netip.AddrPortFrom(l.VIP, labPort)
+			ok := 0
+			for i := 0; i < n; i++ {
+				var res lab.ProbeResult
+				if rec.Proto == "udp" {
+					res = lab.ProbeUDP(context.Background(), l.Client, vip, timeout)
+				} else {
+					res = lab.Probe(context.Background(), l.Client, vip, timeout)
+				}
+				if res.OK {
+					ok++
+					who := "the client's own address (NAT keeps it)"
+					if res.Peer.Addr() == l.LBIP {
+						who = "the load balancer's address (source NAT)"
+					}
+					fmt.Fprintf(out, "%d: %s %s: answered; the real server saw %s, %s\n", i+1, rec.Proto, vip, res.Peer, who)
+				} else {
+					fmt.Fprintf(out, "%d: %s %s: failed: %v\n", i+1, rec.Proto, vip, res.Err)
+				}
+			}
+			fmt.Fprintf(out, "%d/%d answered (%.0f%%)\n", ok, n, 100*float64(ok)/float64(n))
+			if ok < n {
+				return &exitError{code: exitFindings}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().IntVarP(&n, "count", "n", 3, "how many connections")
+	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Second, "per connection")
+	return cmd
+}
+
+// newLabServeCmd is the real server process `lab up` starts in the
+// background; it answers until killed.
+func newLabServeCmd() *cobra.Command {
+	var ns, proto string
+	cmd := &cobra.Command{
+		Use:    "serve",
+		Hidden: true,
+		Args:   noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			t, err := netns.Resolve(ns)
+			if err != nil {
+				return err
+			}
+			addr := fmt.Sprintf(":%d", labPort)
+			if proto == "udp" {
+				_, err = lab.ServeUDP(t, addr)
+			} else {
+				_, err = lab.Serve(t, addr)
+			}
+			if err != nil {
+				return err
+			}
+			<-cmd.Context().Done()
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&ns, "netns", "", "namespace to serve in")
+	cmd.Flags().StringVar(&proto, "proto", "tcp", "tcp or udp")
+	return cmd
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

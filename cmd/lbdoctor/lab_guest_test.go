@@ -1,0 +1,82 @@
+//go:build guest
+
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/internal/testkit"
+)
+
+func lbd(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	out, err := exec.Command(testkit.LbdoctorBinary(t), args...).CombinedOutput()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return string(out), code
+}
+
+// Each of the seed's faults fails as the client sees it, and
+// `check --fix --yes` turns it into a working path.
+func TestGuestLabFaultsAndFix(t *testing.T) {
+	for i, tt := range []struct {
+		fault, topo, proto string
+	}{
+		{"none", "one-arm", "tcp"},
+		{"none", "two-arm", "tcp"},
+		{"none", "one-arm", "udp"},
+		{"no-snat", "one-arm", "tcp"},
+		{"vs-conntrack-off", "one-arm", "tcp"},
+		{"ip-forward-off", "one-arm", "tcp"},
+	} {
+		name := "lab" + string(rune('a'+i))
+		t.Run(tt.fault+"/"+tt.topo+"/"+tt.proto, func(t *testing.T) {
+			defer lbd(t, "lab", "down", "--name", name)
+			if out, code := lbd(t, "lab", "up", "--name", name, "--fault", tt.fault, "--topology", tt.topo, "--proto", tt.proto); code != 0 {
+				t.Fatalf("lab up = exit %d:\n%s", code, out)
+			}
+			if out, code := lbd(t, "lab", "status", "--name", name); code != 0 || !strings.Contains(out, "running") {
+				t.Errorf("lab status = exit %d:\n%s", code, out)
+			}
+			out, code := lbd(t, "lab", "probe", "--name", name, "-n", "2", "--timeout", "1500ms")
+			t.Logf("probe with fault %s:\n%s", tt.fault, out)
+			if (tt.fault == "none") != (code == 0) {
+				t.Fatalf("lab probe with fault %s = exit %d, want %s:\n%s", tt.fault, code, map[bool]string{true: "success", false: "failure"}[tt.fault == "none"], out)
+			}
+			wantSeen := "source NAT"
+			if tt.topo == "two-arm" {
+				wantSeen = "NAT keeps it"
+			}
+			if tt.fault == "none" {
+				if !strings.Contains(out, wantSeen) {
+					t.Errorf("lab probe: want the real server to see %q:\n%s", wantSeen, out)
+				}
+				return
+			}
+			fix, code := lbd(t, "check", "--netns", name+"-lb", "--fix", "--yes")
+			t.Logf("check --fix:\n%s", fix)
+			if code != 0 || !strings.Contains(fix, "after --fix:") || !strings.Contains(fix, "verdict: pass") {
+				t.Fatalf("check --fix --yes = exit %d, want a passing check after the fix:\n%s", code, fix)
+			}
+			if out, code := lbd(t, "lab", "probe", "--name", name, "-n", "2"); code != 0 || !strings.Contains(out, "2/2 answered") {
+				t.Errorf("after --fix, lab probe = exit %d:\n%s", code, out)
+			}
+		})
+		// lab down removes everything.
+		if m, _ := filepath.Glob(filepath.Join(netns.RunDir, name+"-*")); len(m) != 0 {
+			t.Errorf("after lab down, namespaces remain: %v", m)
+		}
+	}
+	if _, err := os.Stat("/run/lbdoctor/lab-laba.json"); err == nil {
+		t.Error("after lab down, its record remains")
+	}
+}
