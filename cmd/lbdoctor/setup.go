@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 
@@ -17,7 +19,7 @@ import (
 )
 
 func newSetupCmd(g *globalFlags) *cobra.Command {
-	var vip, proto, scheduler, snat, backend string
+	var vip, proto, scheduler, snat, backend, file, fromIpvsadm, fromKeepalived string
 	var reals []string
 	var dryRun bool
 	cmd := &cobra.Command{
@@ -40,25 +42,9 @@ second run changes nothing. What it made is recorded, and
   sudo lbdoctor teardown --netns lb`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			spec := setup.Spec{SNATBackend: backend}
-			if vip == "" {
-				return usageErrorf("--vip is required (ADDR:PORT)")
-			}
-			ap, err := netip.ParseAddrPort(vip)
+			spec, err := setupSpec(vip, proto, scheduler, snat, backend, reals, file, fromIpvsadm, fromKeepalived)
 			if err != nil {
-				return usageErrorf("--vip %q: want ADDR:PORT, e.g. 10.1.0.6:8085", vip)
-			}
-			svc := setup.Service{Proto: proto, VIP: ap, Scheduler: scheduler, SNAT: snat}
-			for _, r := range reals {
-				real, err := parseReal(r)
-				if err != nil {
-					return err
-				}
-				svc.Reals = append(svc.Reals, real)
-			}
-			spec.Services = append(spec.Services, svc)
-			if err := spec.Validate(); err != nil {
-				return usageErrorf("%v", err)
+				return err
 			}
 			t, err := target(g)
 			if err != nil {
@@ -87,7 +73,73 @@ second run changes nothing. What it made is recorded, and
 	f.StringVar(&snat, "snat", setup.SNATAuto, "source NAT: auto (from the return path), always, never")
 	f.StringVar(&backend, "snat-backend", setup.BackendAuto, "SNAT with: auto, iptables, nft")
 	f.BoolVar(&dryRun, "dry-run", false, "print the plan and change nothing")
+	f.StringVarP(&file, "file", "f", "", "YAML file of several services (see README)")
+	f.StringVar(&fromIpvsadm, "from-ipvsadm", "", "build the NAT services of an `ipvsadm -Sn` dump")
+	f.StringVar(&fromKeepalived, "from-keepalived", "", "build the lb_kind NAT virtual_servers of a keepalived.conf")
 	return cmd
+}
+
+// setupSpec builds the spec from flags or from one input file; any error is
+// a usage error naming the place.
+func setupSpec(vip, proto, scheduler, snat, backend string, reals []string, file, fromIpvsadm, fromKeepalived string) (setup.Spec, error) {
+	inputs := 0
+	for _, x := range []string{vip, file, fromIpvsadm, fromKeepalived} {
+		if x != "" {
+			inputs++
+		}
+	}
+	if inputs > 1 {
+		return setup.Spec{}, usageErrorf("give one of --vip, --file, --from-ipvsadm, --from-keepalived")
+	}
+	var spec setup.Spec
+	var err error
+	switch {
+	case file != "" || fromIpvsadm != "" || fromKeepalived != "":
+		path := file + fromIpvsadm + fromKeepalived
+		data, rerr := os.ReadFile(path)
+		if rerr != nil {
+			return spec, usageErrorf("%v", rerr)
+		}
+		switch {
+		case file != "":
+			spec, err = setup.ParseYAML(path, data)
+		case fromIpvsadm != "":
+			spec, err = setup.ParseIpvsadm(path, bytes.NewReader(data))
+		default:
+			spec, err = setup.ParseKeepalived(path, bytes.NewReader(data))
+		}
+		if err != nil {
+			return spec, usageErrorf("%v", err)
+		}
+		if backend != setup.BackendAuto {
+			spec.SNATBackend = backend
+		}
+		if snat != setup.SNATAuto {
+			for i := range spec.Services {
+				spec.Services[i].SNAT = snat
+			}
+		}
+	case vip == "":
+		return spec, usageErrorf("--vip is required (ADDR:PORT), or --file / --from-ipvsadm / --from-keepalived")
+	default:
+		ap, perr := netip.ParseAddrPort(vip)
+		if perr != nil {
+			return spec, usageErrorf("--vip %q: want ADDR:PORT, e.g. 10.1.0.6:8085", vip)
+		}
+		svc := setup.Service{Proto: proto, VIP: ap, Scheduler: scheduler, SNAT: snat}
+		for _, r := range reals {
+			real, err := parseReal(r)
+			if err != nil {
+				return spec, err
+			}
+			svc.Reals = append(svc.Reals, real)
+		}
+		spec = setup.Spec{SNATBackend: backend, Services: []setup.Service{svc}}
+	}
+	if err := spec.Validate(); err != nil {
+		return spec, usageErrorf("%v", err)
+	}
+	return spec, nil
 }
 
 func newTeardownCmd(g *globalFlags) *cobra.Command {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"os"
 	"strings"
 	"testing"
 
@@ -46,5 +47,32 @@ func TestSetupWithoutIPVS(t *testing.T) {
 	}
 	if after := testkit.HostState(t, ns); after != before {
 		t.Errorf("setup without IPVS changed the namespace:\n%s\n---\n%s", before, after)
+	}
+}
+
+func TestSetupFileErrorsNameThePlace(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := dir + "/" + name
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"setup", "-f", write("bad.yaml", "services:\n  - vip: 10.1.0.6\n    reals: [{addr: 10.1.0.50:80}]\n")}, "bad.yaml:2: vip"},
+		{[]string{"setup", "--from-ipvsadm", write("rules", "-A -t 10.1.0.6:80 -s rr\n-a -t 10.1.0.6:80 -r 10.1.0.50:80 -i\n")}, "rules:2: real 10.1.0.50:80 of tcp 10.1.0.6:80 uses tunnel forwarding"},
+		{[]string{"setup", "--from-keepalived", write("k.conf", "virtual_server 10.1.0.6 80 {\n lb_kind nat\n}\n")}, `k.conf:1: virtual_server 10.1.0.6:80: lb_kind "nat"`},
+		{[]string{"setup", "-f", dir + "/missing.yaml"}, "no such file"},
+		{[]string{"setup", "-f", write("ok.yaml", "services: []\n"), "--vip", "10.1.0.6:80"}, "give one of"},
+	}
+	for _, tt := range tests {
+		code, _, stderr := runCLI(tt.args...)
+		if code != exitUsage || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, tt.want) {
+			t.Errorf("lbdoctor %v = exit %d, %q; want exit 2 and one line with %q", tt.args, code, stderr, tt.want)
+		}
 	}
 }

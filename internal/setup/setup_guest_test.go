@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -137,5 +138,29 @@ func TestGuestTeardownLeavesForeignObjects(t *testing.T) {
 	}
 	if out := lbdoctor(t, "teardown", "--netns", l.LB.Name); !strings.Contains(out, "nothing to tear down") {
 		t.Errorf("second teardown = %q, want nothing to tear down", out)
+	}
+}
+
+// The same working one-arm service, imported from each input format.
+func TestGuestSetupFromFiles(t *testing.T) {
+	t.Setenv("LBDOCTOR_STATE_DIR", t.TempDir())
+	l := testkit.Lab(t, lab.OneArm)
+	testkit.Serve(t, l.Real, ":8085")
+	vip := netip.AddrPortFrom(l.VIP, 8085)
+	dir := t.TempDir()
+	for _, f := range []struct{ flag, name, body string }{
+		{"--file", "lb.yaml", "services:\n  - vip: 10.1.0.6:8085\n    reals:\n      - addr: 10.1.0.50:8085\n"},
+		{"--from-ipvsadm", "ipvsadm.rules", "-A -t 10.1.0.6:8085 -s rr\n-a -t 10.1.0.6:8085 -r 10.1.0.50:8085 -m -w 1\n"},
+		{"--from-keepalived", "keepalived.conf", "virtual_server 10.1.0.6 8085 {\n  lb_algo rr\n  lb_kind NAT\n  protocol TCP\n  real_server 10.1.0.50 8085 {\n    weight 1\n  }\n}\n"},
+	} {
+		path := dir + "/" + f.name
+		if err := os.WriteFile(path, []byte(f.body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		lbdoctor(t, "setup", "--netns", l.LB.Name, f.flag, path)
+		if res := lab.Probe(context.Background(), l.Client, vip, 5*time.Second); !res.OK || res.Peer.Addr() != l.LBIP {
+			t.Errorf("setup %s: client → %s = %+v, want an answer through SNAT", f.flag, vip, res)
+		}
+		lbdoctor(t, "teardown", "--netns", l.LB.Name)
 	}
 }
