@@ -34,6 +34,7 @@ func TestGuestLabFaultsAndFix(t *testing.T) {
 		{"none", "one-arm", "tcp"},
 		{"none", "two-arm", "tcp"},
 		{"none", "one-arm", "udp"},
+		{"none", "two-arm", "udp"},
 		{"no-snat", "one-arm", "tcp"},
 		{"vs-conntrack-off", "one-arm", "tcp"},
 		{"ip-forward-off", "one-arm", "tcp"},

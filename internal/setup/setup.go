@@ -200,7 +200,7 @@ func snatStep(ns netns.Target, backend string, svc Service) apply.Step {
 	comment "made by lbdoctor setup: source NAT for %s %s"
 	chain postrouting {
 		type nat hook postrouting priority srcnat; policy accept;
-		ct original ip daddr %s ct original protocol %s ct original proto-dst %d counter masquerade
+		ct original ip daddr %s ct original protocol %s ct original proto-dst %d counter masquerade comment "lbdoctor"
 	}
 }
 `, name, svc.Proto, svc.VIP, svc.VIP.Addr(), svc.Proto, svc.VIP.Port())
