@@ -44,13 +44,7 @@ target network namespace and runs the doctor's checks on them. It changes nothin
 			if err != nil {
 				return err
 			}
-			snap := probes.Gather(t, sel, probes.Options{})
-			fs := checks.Run(snap, sel)
-			rt := report.Target{Netns: t, Kernel: snap.Kernel}
-			if sel.VIP.IsValid() {
-				rt.VIP, rt.Proto = sel.VIP.String(), sel.Proto
-			}
-			r := report.New(rt, fs, snap.Errors)
+			snap, fs, r := checkOnce(t, sel)
 			out := cmd.OutOrStdout()
 			if g.output == "json" {
 				err = report.JSON(out, r)
@@ -74,6 +68,17 @@ target network namespace and runs the doctor's checks on them. It changes nothin
 	cmd.Flags().BoolVar(&fix, "fix", false, "apply the fixes of failing findings (prints the plan, asks, rolls back on error)")
 	cmd.Flags().BoolVar(&yes, "yes", false, "with --fix: do not ask")
 	return cmd
+}
+
+// checkOnce gathers a snapshot, runs the catalog and builds the report.
+func checkOnce(t netns.Target, sel probes.Selector) (*probes.Snapshot, []checks.Finding, *report.Report) {
+	snap := probes.Gather(t, sel, probes.Options{})
+	fs := checks.Run(snap, sel)
+	rt := report.Target{Netns: t, Kernel: snap.Kernel}
+	if sel.VIP.IsValid() {
+		rt.VIP, rt.Proto = sel.VIP.String(), sel.Proto
+	}
+	return snap, fs, report.New(rt, fs, snap.Errors)
 }
 
 // fixFindings applies the remedies of the failing findings through the
@@ -117,13 +122,7 @@ func fixFindings(cmd *cobra.Command, t netns.Target, sel probes.Selector, snap *
 	if err := runPlanConfirm(cmd, t, steps, false, "fix", recordOwned, confirm); err != nil {
 		return err
 	}
-	after := probes.Gather(t, sel, probes.Options{})
-	fs2 := checks.Run(after, sel)
-	rt := report.Target{Netns: t, Kernel: after.Kernel}
-	if sel.VIP.IsValid() {
-		rt.VIP, rt.Proto = sel.VIP.String(), sel.Proto
-	}
-	r2 := report.New(rt, fs2, after.Errors)
+	_, _, r2 := checkOnce(t, sel)
 	fmt.Fprintln(out, "\nafter --fix:")
 	if err := report.Text(out, r2); err != nil {
 		return err

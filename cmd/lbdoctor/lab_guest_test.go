@@ -4,7 +4,6 @@ package main
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,17 +12,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 )
 
-func lbd(t *testing.T, args ...string) (string, int) {
-	t.Helper()
-	out, err := exec.Command(testkit.LbdoctorBinary(t), args...).CombinedOutput()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return string(out), code
-}
+func lbd(t *testing.T, args ...string) (string, int) { return testkit.RunLbdoctor(t, args...) }
 
 // Each of the seed's faults fails as the client sees it, and
 // `check --fix --yes` turns it into a working path.

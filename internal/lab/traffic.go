@@ -58,14 +58,26 @@ type ProbeResult struct {
 	Err  error          // why it failed: timeout, refused, reset…
 }
 
-// Probe connects from ns to target and reads the server's line.
+// Probe connects from ns to target over TCP and reads the server's line.
 func Probe(ctx context.Context, ns netns.Target, target netip.AddrPort, timeout time.Duration) ProbeResult {
+	return probe(ctx, ns, "tcp4", target, timeout)
+}
+
+// ProbeUDP sends one datagram from ns to target and waits for the answer.
+func ProbeUDP(ctx context.Context, ns netns.Target, target netip.AddrPort, timeout time.Duration) ProbeResult {
+	return probe(ctx, ns, "udp4", target, timeout)
+}
+
+// probe dials from ns (the socket belongs to ns), says hello (UDP needs a
+// datagram to be answered; the TCP server ignores it) and parses the
+// server's "peer=ADDR:PORT" line.
+func probe(ctx context.Context, ns netns.Target, network string, target netip.AddrPort, timeout time.Duration) ProbeResult {
 	var res ProbeResult
 	var conn net.Conn
 	err := ns.Do(func() error {
 		d := net.Dialer{Timeout: timeout}
 		var err error
-		conn, err = d.DialContext(ctx, "tcp4", target.String())
+		conn, err = d.DialContext(ctx, network, target.String())
 		return err
 	})
 	if err != nil {
@@ -74,6 +86,12 @@ func Probe(ctx context.Context, ns netns.Target, target netip.AddrPort, timeout 
 	}
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(timeout))
+	if network == "udp4" {
+		if _, err := conn.Write([]byte("hello\n")); err != nil {
+			res.Err = err
+			return res
+		}
+	}
 	line, err := bufio.NewReader(conn).ReadString('\n')
 	if err != nil {
 		res.Err = fmt.Errorf("read answer: %w", err)
@@ -118,38 +136,3 @@ type UDPServer struct{ pc net.PacketConn }
 
 // Close stops the server.
 func (s *UDPServer) Close() error { return s.pc.Close() }
-
-// ProbeUDP sends one datagram from ns to target and waits for the answer.
-func ProbeUDP(ctx context.Context, ns netns.Target, target netip.AddrPort, timeout time.Duration) ProbeResult {
-	var res ProbeResult
-	var conn net.Conn
-	err := ns.Do(func() error {
-		var err error
-		conn, err = net.Dial("udp4", target.String())
-		return err
-	})
-	if err != nil {
-		res.Err = err
-		return res
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(timeout))
-	if _, err := conn.Write([]byte("hello\n")); err != nil {
-		res.Err = err
-		return res
-	}
-	buf := make([]byte, 200)
-	n, err := conn.Read(buf)
-	if err != nil {
-		res.Err = fmt.Errorf("read answer: %w", err)
-		return res
-	}
-	peer, ok := strings.CutPrefix(strings.TrimSpace(string(buf[:n])), "peer=")
-	if !ok {
-		res.Err = errors.New("unexpected answer " + string(buf[:n]))
-		return res
-	}
-	res.Peer, res.Err = netip.ParseAddrPort(peer)
-	res.OK = res.Err == nil
-	return res
-}

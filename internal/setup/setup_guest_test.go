@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -20,13 +19,14 @@ import (
 	"github.com/lbdoctor/lbdoctor/probes"
 )
 
+// lbdoctor runs the binary and fails the test unless it exits 0.
 func lbdoctor(t *testing.T, args ...string) string {
 	t.Helper()
-	out, err := exec.Command(testkit.LbdoctorBinary(t), args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("lbdoctor %v: %v\n%s", args, err, out)
+	out, code := testkit.RunLbdoctor(t, args...)
+	if code != 0 {
+		t.Fatalf("lbdoctor %v = exit %d:\n%s", args, code, out)
 	}
-	return string(out)
+	return out
 }
 
 // setup builds a working path from the client's point of view: one-arm with

@@ -1,6 +1,7 @@
 package testkit
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -57,3 +58,18 @@ type buildError struct {
 }
 
 func (e *buildError) Error() string { return e.err.Error() + ": " + e.out }
+
+// RunLbdoctor runs the lbdoctor binary and returns its combined output and
+// exit code; an error starting it fails the test.
+func RunLbdoctor(t testing.TB, args ...string) (string, int) {
+	t.Helper()
+	out, err := exec.Command(LbdoctorBinary(t), args...).CombinedOutput()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return string(out), ee.ExitCode()
+	}
+	if err != nil {
+		t.Fatalf("run lbdoctor %v: %v", args, err)
+	}
+	return string(out), 0
+}
