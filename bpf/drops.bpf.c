@@ -246,8 +246,9 @@ static __always_inline int handle(void *ctx, struct skb_meta *m, __u64 location,
 	} else if (!wanted(&k)) {
 		return 0;
 	}
-	bump(COUNTER_MATCHED);
 
+	/* Aggregate mode: what matched is what the aggregates hold (plus what
+	 * did not fit), so the fast path keeps no separate total. */
 	if (!send_events) {
 		__u32 zero = 0;
 		struct last_flow *l = bpf_map_lookup_elem(&last_flow, &zero);
@@ -266,6 +267,7 @@ static __always_inline int handle(void *ctx, struct skb_meta *m, __u64 location,
 		return 0;
 	}
 
+	bump(COUNTER_MATCHED);
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		bump(COUNTER_RING_LOST);

@@ -57,10 +57,11 @@ type Tracer struct {
 	AttachTime time.Duration // from load start to attached
 	Reasons    map[uint32]string
 
-	coll *ebpf.Collection
-	mu   sync.Mutex // guards lnk: Read's watcher and Close may both stop
-	lnk  link.Link
-	ring *ringbuf.Reader
+	events bool
+	coll   *ebpf.Collection
+	mu     sync.Mutex // guards lnk: Read's watcher and Close may both stop
+	lnk    link.Link
+	ring   *ringbuf.Reader
 }
 
 // Counters are what the kernel side counted.
@@ -83,7 +84,7 @@ func New(cfg Config) (*Tracer, error) {
 	if len(cfg.Addrs) > 16 || len(cfg.Ports) > 16 {
 		return nil, fmt.Errorf("%w: at most 16 addresses and 16 ports", ErrBadFilter)
 	}
-	t := &Tracer{}
+	t := &Tracer{events: cfg.Events}
 	reasons, err := kernel.DropReasons()
 	if err != nil && !errors.Is(err, kernel.ErrNotSupported) {
 		return nil, err
@@ -263,7 +264,9 @@ func (t *Tracer) Close() error {
 	return errors.Join(errs...)
 }
 
-// Counters sums the kernel side's per-CPU counters.
+// Counters sums the kernel side's per-CPU counters. In aggregate mode the
+// kernel keeps no separate total: matched is what the aggregates hold plus
+// what did not fit.
 func (t *Tracer) Counters() (Counters, error) {
 	var c Counters
 	for idx, dst := range map[uint32]*uint64{0: &c.Matched, 1: &c.RingLost, 2: &c.AggLost} {
@@ -273,6 +276,16 @@ func (t *Tracer) Counters() (Counters, error) {
 		}
 		for _, v := range per {
 			*dst += v
+		}
+	}
+	if !t.events {
+		aggs, err := t.Aggregates()
+		if err != nil {
+			return c, err
+		}
+		c.Matched = c.AggLost
+		for _, a := range aggs {
+			c.Matched += a.Count
 		}
 	}
 	return c, nil
