@@ -7,10 +7,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/lbdoctor/lbdoctor/internal/lab"
 	"github.com/lbdoctor/lbdoctor/internal/report"
@@ -26,11 +29,22 @@ func TestGuestDropsStage3(t *testing.T) {
 	bin := testkit.LbdoctorBinary(t)
 	cmd := exec.Command(bin, "drops", "--netns", l.LB.Name, "--vip", vip.String(), "--duration", "8s", "-o", "json")
 	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
+	cmd.Stdout = &out
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(3 * time.Second) // attach under TCG
+	// -o json prints no start line: wait until the tracer program is loaded.
+	for deadline := time.Now().Add(30 * time.Second); len(dropPrograms()) == 0; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatal("lbdoctor drops did not attach within 30 s")
+		}
+	}
+	go io.Copy(&errb, stderr)
 	res := lab.Probe(context.Background(), l.Client, vip, 2*time.Second)
 	if res.OK {
 		t.Fatal("stage 3 connection worked; want it to fail")
@@ -68,5 +82,25 @@ func TestGuestDropsStage3(t *testing.T) {
 	}
 	if sum.Type != "summary" || sum.Counters.Matched == 0 || sum.Delivered+sum.Lost != sum.Counters.Matched {
 		t.Errorf("summary = %+v, want delivered + lost = matched > 0", sum)
+	}
+}
+
+// dropPrograms lists loaded BPF programs named like lbdoctor's tracer.
+func dropPrograms() []ebpf.ProgramID {
+	var ids []ebpf.ProgramID
+	for id := ebpf.ProgramID(0); ; {
+		next, err := ebpf.ProgramGetNextID(id)
+		if err != nil {
+			return ids
+		}
+		id = next
+		p, err := ebpf.NewProgramFromID(id)
+		if err != nil {
+			continue
+		}
+		if info, err := p.Info(); err == nil && strings.HasPrefix(info.Name, "drop_") {
+			ids = append(ids, id)
+		}
+		p.Close()
 	}
 }

@@ -77,8 +77,10 @@ func TestInspectNftLoadBalancer(t *testing.T) {
 			moved = rd.Packets
 		}
 	}
-	if in.Deltas == nil || moved != 3 || in.Deltas.Conntrack.Entries < 3 {
-		t.Errorf("inspect --watch deltas = %+v, want the DNAT rule +3 packets and ≥3 more conntrack entries", in.Deltas)
+	// The probes start 300 ms into the window; a loaded machine may read the
+	// first snapshot later, so only some of them may fall inside it.
+	if in.Deltas == nil || moved == 0 || moved > 3 || in.Deltas.Conntrack.Entries < int64(moved) {
+		t.Errorf("inspect --watch deltas = %+v, want the DNAT rule +1..3 packets and as many more conntrack entries", in.Deltas)
 	}
 
 	// Text, for a person: the sections in packet order.

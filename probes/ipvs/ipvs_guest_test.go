@@ -17,8 +17,19 @@ import (
 func TestGuestIPVSAgreesWithIpvsadm(t *testing.T) {
 	l, vip := testkit.FullNAT(t)
 	testkit.Connect(t, l, vip, 5)
-	time.Sleep(2500 * time.Millisecond) // IPVS folds its counters every 2 s
-
+	// IPVS folds its per-CPU counters every 2 s: wait until all 5 show,
+	// then one more fold so nothing moves between the two reads.
+	var snap ipvs.Snapshot
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		var err error
+		if snap, err = ipvs.Read(l.LB); err != nil {
+			t.Fatal(err)
+		}
+		if len(snap.Services) == 1 && snap.Services[0].Stats.Conns == 5 || time.Now().After(deadline) {
+			break
+		}
+	}
+	time.Sleep(2500 * time.Millisecond)
 	snap, err := ipvs.Read(l.LB)
 	if err != nil {
 		t.Fatal(err)
