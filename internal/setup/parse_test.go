@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/lbdoctor/lbdoctor/internal/apply"
+	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/setup"
 )
 
@@ -145,4 +147,31 @@ func FuzzParseIpvsadm(f *testing.F) {
 			t.Fatalf("accepted an invalid spec: %+v", spec)
 		}
 	})
+}
+
+// teardown --vip picks only that service's objects, and keeps the sysctls
+// while another lbdoctor service remains.
+func TestTeardownStepsForOneVIP(t *testing.T) {
+	ns := netns.Target{Spec: "lb", Name: "lb", Path: "/run/netns/lb"}
+	st := &apply.State{}
+	for _, port := range []string{"80", "443"} {
+		st.Add(
+			apply.Object{Kind: "ipvs-service", VIP: "10.1.0.6:" + port, Proto: "tcp", Key: "rr"},
+			apply.Object{Kind: "ipvs-real", VIP: "10.1.0.6:" + port, Proto: "tcp", Real: "10.1.0.50:" + port, Key: "1"},
+			apply.Object{Kind: "iptables-rule", Backend: "iptables-nft", Table: "nat", Chain: "POSTROUTING",
+				Rule: []string{"-m", "ipvs", "--vaddr", "10.1.0.6/32", "--vport", port, "--vproto", "tcp", "-j", "MASQUERADE"}},
+		)
+	}
+	st.Add(apply.Object{Kind: "sysctl", Key: "net.ipv4.ip_forward", Previous: "0"})
+	_, objs := setup.TeardownSteps(ns, st, netip.MustParseAddrPort("10.1.0.6:443"))
+	var got []string
+	for _, o := range objs {
+		got = append(got, o.Kind+" "+o.VIP+o.Real+strings.Join(o.Rule, " "))
+	}
+	if len(objs) != 3 || strings.Contains(strings.Join(got, "|"), ":80") || strings.Contains(strings.Join(got, "|"), "--vport 80") {
+		t.Errorf("TeardownSteps(--vip :443) = %q, want the 3 objects of :443 only", got)
+	}
+	if _, all := setup.TeardownSteps(ns, st, netip.AddrPort{}); len(all) != 7 {
+		t.Errorf("TeardownSteps(all) = %d objects, want 7", len(all))
+	}
 }

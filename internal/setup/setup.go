@@ -225,7 +225,7 @@ func TeardownSteps(ns netns.Target, st *apply.State, vip netip.AddrPort) ([]appl
 	}
 	for i := len(st.Objects) - 1; i >= 0; i-- {
 		o := st.Objects[i]
-		mine := !vip.IsValid() || o.VIP == vip.String() || (o.Kind == "iptables-rule" && ruleVIP(o) == vip.Addr().String()+"/32") ||
+		mine := !vip.IsValid() || o.VIP == vip.String() || (o.Kind == "iptables-rule" && ruleVIP(o) == fmt.Sprintf("%s/32:%d", vip.Addr(), vip.Port())) ||
 			(o.Kind == "nft-table" && strings.Contains(o.Key, " "+vip.String()+"\""))
 		if o.Kind == "sysctl" {
 			mine = len(remaining) == 0
@@ -241,13 +241,20 @@ func TeardownSteps(ns netns.Target, st *apply.State, vip netip.AddrPort) ([]appl
 	return steps, objs
 }
 
+// ruleVIP is the "ADDR/32:PORT" an lbdoctor SNAT rule matches.
 func ruleVIP(o apply.Object) string {
+	var addr, port string
 	for i, w := range o.Rule {
-		if w == "--vaddr" && i+1 < len(o.Rule) {
-			return o.Rule[i+1]
+		if i+1 < len(o.Rule) {
+			switch w {
+			case "--vaddr":
+				addr = o.Rule[i+1]
+			case "--vport":
+				port = o.Rule[i+1]
+			}
 		}
 	}
-	return ""
+	return addr + ":" + port
 }
 
 // stepFor is the step that undoes a recorded object.
