@@ -23,14 +23,14 @@ func TestCatalogOnFixtures(t *testing.T) {
 		vip     string
 		want    map[string]checks.Status
 	}{
-		{"no-ipvs-kernel", "", map[string]checks.Status{"kernel.ipvs": checks.Fail, "sysctl.ip_forward": checks.Skip, "sysctl.vs_conntrack": checks.Skip, "nat.return_path": checks.Skip}},
-		{"seed-stage1", "", map[string]checks.Status{"kernel.ipvs": checks.Pass, "sysctl.ip_forward": checks.Pass, "sysctl.vs_conntrack": checks.Skip, "nat.return_path": checks.Fail}},
-		{"seed-stage2", "", map[string]checks.Status{"kernel.ipvs": checks.Pass, "sysctl.ip_forward": checks.Pass, "sysctl.vs_conntrack": checks.Fail, "nat.return_path": checks.Pass}},
-		{"seed-stage2", "10.1.0.6:8085", map[string]checks.Status{"kernel.ipvs": checks.Pass, "sysctl.ip_forward": checks.Pass, "sysctl.vs_conntrack": checks.Fail, "nat.return_path": checks.Pass}},
-		{"seed-stage2", "10.1.0.9:80", map[string]checks.Status{"kernel.ipvs": checks.Fail, "sysctl.ip_forward": checks.Skip, "sysctl.vs_conntrack": checks.Skip, "nat.return_path": checks.Skip}},
-		{"seed-stage3", "", map[string]checks.Status{"kernel.ipvs": checks.Pass, "sysctl.ip_forward": checks.Fail, "sysctl.vs_conntrack": checks.Pass, "nat.return_path": checks.Pass}},
-		{"two-arm", "", map[string]checks.Status{"kernel.ipvs": checks.Pass, "sysctl.ip_forward": checks.Pass, "sysctl.vs_conntrack": checks.Skip, "nat.return_path": checks.Pass}},
-		{"vs-module-not-loaded", "", map[string]checks.Status{"kernel.ipvs": checks.Fail, "sysctl.ip_forward": checks.Skip, "sysctl.vs_conntrack": checks.Skip, "nat.return_path": checks.Skip}},
+		{"no-ipvs-kernel", "", map[string]checks.Status{"kernel.ipvs": checks.Fail, "sysctl.ip_forward": checks.Skip, "sysctl.vs_conntrack": checks.Skip, "nat.return_path": checks.Skip, "net.send_redirects": checks.Skip}},
+		{"seed-stage1", "", map[string]checks.Status{"kernel.ipvs": checks.Pass, "sysctl.ip_forward": checks.Pass, "sysctl.vs_conntrack": checks.Skip, "nat.return_path": checks.Fail, "net.send_redirects": checks.Warn}},
+		{"seed-stage2", "", map[string]checks.Status{"kernel.ipvs": checks.Pass, "sysctl.ip_forward": checks.Pass, "sysctl.vs_conntrack": checks.Fail, "nat.return_path": checks.Pass, "net.send_redirects": checks.Warn}},
+		{"seed-stage2", "10.1.0.6:8085", map[string]checks.Status{"kernel.ipvs": checks.Pass, "sysctl.ip_forward": checks.Pass, "sysctl.vs_conntrack": checks.Fail, "nat.return_path": checks.Pass, "net.send_redirects": checks.Warn}},
+		{"seed-stage2", "10.1.0.9:80", map[string]checks.Status{"kernel.ipvs": checks.Fail, "sysctl.ip_forward": checks.Skip, "sysctl.vs_conntrack": checks.Skip, "nat.return_path": checks.Skip, "net.send_redirects": checks.Skip}},
+		{"seed-stage3", "", map[string]checks.Status{"kernel.ipvs": checks.Pass, "sysctl.ip_forward": checks.Fail, "sysctl.vs_conntrack": checks.Pass, "nat.return_path": checks.Pass, "net.send_redirects": checks.Skip}},
+		{"two-arm", "", map[string]checks.Status{"kernel.ipvs": checks.Pass, "sysctl.ip_forward": checks.Pass, "sysctl.vs_conntrack": checks.Skip, "nat.return_path": checks.Pass, "net.send_redirects": checks.Skip}},
+		{"vs-module-not-loaded", "", map[string]checks.Status{"kernel.ipvs": checks.Fail, "sysctl.ip_forward": checks.Skip, "sysctl.vs_conntrack": checks.Skip, "nat.return_path": checks.Skip, "net.send_redirects": checks.Skip}},
 	}
 	for _, tt := range tests {
 		name := tt.fixture

@@ -61,6 +61,7 @@ var Catalog = []Check{
 	{ID: "sysctl.ip_forward", Title: "IP forwarding is on for masquerade services", Run: checkIPForward},
 	{ID: "sysctl.vs_conntrack", Title: "IPVS connections are in conntrack where rules need them", Run: checkVSConntrack},
 	{ID: "nat.return_path", Title: "replies of masquerade services come back through the LB", Run: checkReturnPath},
+	{ID: "net.send_redirects", Title: "a one-arm LB sends no ICMP redirects", Run: checkSendRedirects},
 }
 
 // Run runs the catalog against a snapshot.

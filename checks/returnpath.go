@@ -13,8 +13,16 @@ import (
 // nat.return_path check.
 type ReturnPath struct {
 	NeedsSNAT bool
+	OneArm    bool   // the reals share the VIP's segment: forwarded replies leave where they came in
+	Dev       string // the interface that holds the VIP
 	Reason    string
 	Evidence  []Evidence
+}
+
+// RedirectRemedies turn off ICMP redirects on a one-arm LB (see
+// net.send_redirects): they go with SNAT wherever SNAT is added one-arm.
+func RedirectRemedies(dev string) []Remedy {
+	return []Remedy{{Sysctl: "net.ipv4.conf.all.send_redirects", Value: "0"}, {Sysctl: "net.ipv4.conf." + dev + ".send_redirects", Value: "0"}}
 }
 
 // DecideReturnPath judges, from the LB's own routes, how the real servers
@@ -55,7 +63,7 @@ func DecideReturnPath(s *probes.Snapshot, vip netip.Addr, reals []netip.Addr) Re
 	}
 	switch {
 	case len(oneArm) > 0:
-		return ReturnPath{NeedsSNAT: true, Reason: fmt.Sprintf("one-arm: real %s shares the VIP's segment and answers clients directly", oneArm[0]), Evidence: ev}
+		return ReturnPath{NeedsSNAT: true, OneArm: true, Dev: vipDev, Reason: fmt.Sprintf("one-arm: real %s shares the VIP's segment and answers clients directly", oneArm[0]), Evidence: ev}
 	case len(routed) > 0:
 		return ReturnPath{NeedsSNAT: true, Reason: fmt.Sprintf("real %s is behind a router: its replies follow its own routes, not the LB", routed[0]), Evidence: ev}
 	default:
@@ -87,13 +95,7 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 	}
 	var ev []Evidence
 	for _, svc := range masq {
-		var reals []netip.Addr
-		for _, r := range svc.Reals {
-			if r.Method == ipvs.Masq {
-				reals = append(reals, r.Addr.Addr())
-			}
-		}
-		rp := DecideReturnPath(s, svc.Addr.Addr(), reals)
+		rp := DecideReturnPath(s, svc.Addr.Addr(), addrsOf(svc))
 		ev = append(ev, rp.Evidence...)
 		if !rp.NeedsSNAT {
 			continue
@@ -117,7 +119,7 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 				s.Target.ExecPrefix() + "sysctl -w net.ipv4.vs.conntrack=1",
 				setupFix(s, svc),
 			},
-			Remedies: []Remedy{{SNAT: svc.Addr.String(), Proto: svc.Proto}, {Sysctl: "net.ipv4.vs.conntrack", Value: "1"}},
+			Remedies: remedies(rp, svc),
 		}
 	}
 	return Finding{Status: Pass, Title: "replies come back through the LB", Evidence: ev}
@@ -134,4 +136,12 @@ func setupFix(s *probes.Snapshot, svc ipvs.Service) string {
 		cmd += fmt.Sprintf(" --real %s,%d", r.Addr, r.Weight)
 	}
 	return "# or, recorded for lbdoctor teardown: " + cmd + " --snat always"
+}
+
+func remedies(rp ReturnPath, svc ipvs.Service) []Remedy {
+	r := []Remedy{{SNAT: svc.Addr.String(), Proto: svc.Proto}, {Sysctl: "net.ipv4.vs.conntrack", Value: "1"}}
+	if rp.OneArm {
+		r = append(r, RedirectRemedies(rp.Dev)...)
+	}
+	return r
 }

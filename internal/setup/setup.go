@@ -119,6 +119,7 @@ type Decision struct {
 func Steps(ns netns.Target, spec Spec, snap *probes.Snapshot) ([]apply.Step, []Decision, error) {
 	var steps []apply.Step
 	var decisions []Decision
+	var redirects []checks.Remedy
 	anySNAT := false
 	backend, err := snatBackend(spec.SNATBackend, snap)
 	if err != nil {
@@ -133,19 +134,23 @@ func Steps(ns netns.Target, spec Spec, snap *probes.Snapshot) ([]apply.Step, []D
 			reals = append(reals, r.Addr.Addr())
 		}
 		d := Decision{Service: strings.ToUpper(svc.Proto) + " " + svc.VIP.String()}
+		rp := checks.DecideReturnPath(snap, svc.VIP.Addr(), reals)
 		switch svc.SNAT {
 		case SNATAlways:
 			d.SNAT, d.Reason = true, "--snat always"
 		case SNATNever:
 			d.SNAT, d.Reason = false, "--snat never"
 		default:
-			rp := checks.DecideReturnPath(snap, svc.VIP.Addr(), reals)
 			d.SNAT, d.Reason = rp.NeedsSNAT, rp.Reason
 		}
 		decisions = append(decisions, d)
 		if d.SNAT {
 			anySNAT = true
 			steps = append(steps, snatStep(ns, backend, svc))
+			if rp.OneArm {
+				// Replies now leave where they came in: no redirects to the reals.
+				redirects = append(redirects, checks.RedirectRemedies(rp.Dev)...)
+			}
 		}
 	}
 	// Forwarding first in the kernel's eyes does not matter; last here so a
@@ -153,6 +158,13 @@ func Steps(ns netns.Target, spec Spec, snap *probes.Snapshot) ([]apply.Step, []D
 	steps = append(steps, apply.NewSysctl(ns, "net.ipv4.ip_forward", "1"))
 	if anySNAT {
 		steps = append(steps, apply.NewSysctl(ns, "net.ipv4.vs.conntrack", "1"))
+	}
+	seen := map[checks.Remedy]bool{}
+	for _, r := range redirects {
+		if !seen[r] {
+			seen[r] = true
+			steps = append(steps, apply.NewSysctl(ns, r.Sysctl, r.Value))
+		}
 	}
 	return steps, decisions, nil
 }
