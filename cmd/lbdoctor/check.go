@@ -46,9 +46,12 @@ target network namespace and runs the doctor's checks on them. It changes nothin
 			}
 			snap, fs, r := checkOnce(t, sel)
 			out := cmd.OutOrStdout()
-			if g.output == "json" {
+			switch g.output {
+			case "json":
 				err = report.JSON(out, r)
-			} else {
+			case "junit":
+				err = report.JUnit(out, r)
+			default:
 				err = report.Text(out, r)
 			}
 			if err != nil {

@@ -37,6 +37,7 @@ func TestBadInputExitsTwoWithOneLine(t *testing.T) {
 		{"bad vip", []string{"check", "--vip", "10.1.0.6"}, `--vip "10.1.0.6": want ADDR:PORT`},
 		{"bad proto", []string{"check", "--proto", "icmp"}, `--proto "icmp": want tcp or udp`},
 		{"bad output", []string{"check", "-o", "yaml"}, `--output "yaml": want text or json`},
+		{"junit outside check", []string{"inspect", "-o", "junit"}, `--output junit is for check only`},
 		{"unknown command", []string{"frobnicate"}, `unknown command "frobnicate"`},
 		{"stray argument", []string{"check", "extra"}, `takes no arguments`},
 	}

@@ -23,16 +23,21 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		Use:   "lbdoctor",
 		Short: "Set up and diagnose Linux IPVS NAT load balancers",
 		Long: `lbdoctor finds where packets die on a Linux IPVS load balancer and builds
-the NAT path correctly. It reads IPVS, sysctls and packet-filter rules in any
-network namespace and reports each finding with its evidence and exact fix.
+the NAT path correctly. check and inspect read IPVS, sysctls, packet-filter
+rules, conntrack and counters in any network namespace; drops traces where
+the kernel drops packets and which VIP flow they belonged to; setup, teardown,
+check --fix and lab change the host, and print their plan first.
 
 Exit codes: 0 ok, 1 a check failed, 2 bad usage or input, 3 cannot inspect
 (missing privilege or kernel feature).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
-			if g.output != "text" && g.output != "json" {
-				return usageErrorf("--output %q: want text or json", g.output)
+			switch {
+			case g.output == "junit" && cmd.Name() != "check":
+				return usageErrorf("--output junit is for check only")
+			case g.output != "text" && g.output != "json" && g.output != "junit":
+				return usageErrorf("--output %q: want text or json (or junit, for check)", g.output)
 			}
 			return nil
 		},
@@ -40,7 +45,7 @@ Exit codes: 0 ok, 1 a check failed, 2 bad usage or input, 3 cannot inspect
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.PersistentFlags().StringVar(&g.netns, "netns", "", "network namespace: a /run/netns name, a path, or pid:N (default: the current one)")
-	root.PersistentFlags().StringVarP(&g.output, "output", "o", "text", "output format: text or json")
+	root.PersistentFlags().StringVarP(&g.output, "output", "o", "text", "output format: text or json (check also: junit)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErrorf("%v", err) })
 	root.AddCommand(newCheckCmd(g), newInspectCmd(g), newDropsCmd(g), newSetupCmd(g), newTeardownCmd(g), newLabCmd(), newVersionCmd())
 	root.SetHelpCommand(&cobra.Command{Hidden: true})

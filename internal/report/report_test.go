@@ -32,6 +32,7 @@ func TestRenderers(t *testing.T) {
 	}{
 		{"report.json", func(b *bytes.Buffer, r *report.Report) error { return report.JSON(b, r) }},
 		{"report.txt", func(b *bytes.Buffer, r *report.Report) error { return report.Text(b, r) }},
+		{"report.junit.xml", func(b *bytes.Buffer, r *report.Report) error { return report.JUnit(b, r) }},
 	} {
 		var buf bytes.Buffer
 		if err := tt.render(&buf, sample()); err != nil {

@@ -1,0 +1,83 @@
+package report
+
+import (
+	"encoding/xml"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/lbdoctor/lbdoctor/checks"
+)
+
+// JUnit XML, as CI systems read it: one testcase per finding; fail →
+// <failure>, skip → <skipped> with its reason, warn → a passing case whose
+// output says so (JUnit has no warning).
+type junitSuites struct {
+	XMLName xml.Name     `xml:"testsuites"`
+	Suites  []junitSuite `xml:"testsuite"`
+}
+
+type junitSuite struct {
+	Name     string      `xml:"name,attr"`
+	Tests    int         `xml:"tests,attr"`
+	Failures int         `xml:"failures,attr"`
+	Skipped  int         `xml:"skipped,attr"`
+	Cases    []junitCase `xml:"testcase"`
+	// SystemErr names the probes that could not read their layer.
+	SystemErr string `xml:"system-err,omitempty"`
+}
+
+type junitCase struct {
+	Class     string        `xml:"classname,attr"`
+	Name      string        `xml:"name,attr"`
+	Failure   *junitMessage `xml:"failure,omitempty"`
+	Skipped   *junitMessage `xml:"skipped,omitempty"`
+	SystemOut string        `xml:"system-out,omitempty"`
+}
+
+type junitMessage struct {
+	Message string `xml:"message,attr"`
+	Body    string `xml:",cdata"`
+}
+
+// JUnit writes the report as JUnit XML.
+func JUnit(w io.Writer, r *Report) error {
+	suite := junitSuite{Name: "lbdoctor check " + r.Target.Netns.String(), Tests: len(r.Findings)}
+	for _, f := range r.Findings {
+		c := junitCase{Class: "lbdoctor." + strings.SplitN(f.ID, ".", 2)[0], Name: f.ID}
+		var body strings.Builder
+		if f.Reason != "" {
+			fmt.Fprintf(&body, "why: %s\n", f.Reason)
+		}
+		for _, e := range f.Evidence {
+			fmt.Fprintf(&body, "evidence: %s\n", e)
+		}
+		for _, fx := range f.Fix {
+			fmt.Fprintf(&body, "fix: %s\n", fx)
+		}
+		switch f.Status {
+		case checks.Fail:
+			suite.Failures++
+			c.Failure = &junitMessage{Message: f.Title, Body: body.String()}
+		case checks.Skip:
+			suite.Skipped++
+			c.Skipped = &junitMessage{Message: f.Reason}
+		case checks.Warn:
+			c.SystemOut = "warning: " + f.Title + "\n" + body.String()
+		}
+		suite.Cases = append(suite.Cases, c)
+	}
+	for _, name := range sortedKeys(r.Errors) {
+		suite.SystemErr += fmt.Sprintf("probe %s could not read: %s\n", name, r.Errors[name])
+	}
+	if _, err := io.WriteString(w, xml.Header); err != nil {
+		return err
+	}
+	enc := xml.NewEncoder(w)
+	enc.Indent("", "  ")
+	if err := enc.Encode(junitSuites{Suites: []junitSuite{suite}}); err != nil {
+		return err
+	}
+	_, err := io.WriteString(w, "\n")
+	return err
+}
