@@ -103,6 +103,9 @@ func DropsSummaryText(w io.Writer, s DropsSummary) error {
 	}
 	fmt.Fprintf(&b, "%d drops matched in %s: %d reported, %d lost (ring buffer %d, aggregate map %d); attached %s in %.0f ms\n",
 		s.Counters.Matched, s.Window.Round(time.Millisecond), s.Delivered, s.Lost, s.Counters.RingLost, s.Counters.AggLost, s.Attach, s.AttachMs)
+	if s.Counters.Missed > 0 {
+		fmt.Fprintf(&b, "! the kernel skipped the tracer %d times (a drop while it was already running on that CPU): those drops were not seen\n", s.Counters.Missed)
+	}
 	_, err := io.WriteString(w, b.String())
 	return err
 }

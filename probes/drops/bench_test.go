@@ -164,7 +164,7 @@ func median(v []float64) float64 {
 	return s[len(s)/2]
 }
 
-func floodPair(b *testing.B, snd, rcv netns.Target) {
+func floodPair(b testing.TB, snd, rcv netns.Target) {
 	rh, err := rcv.Handle()
 	if err != nil {
 		b.Fatal(err)
@@ -200,7 +200,7 @@ func floodPair(b *testing.B, snd, rcv netns.Target) {
 }
 
 // flood sends 64-byte UDP datagrams with sendmmsg for d.
-func flood(b *testing.B, ns netns.Target, d time.Duration) {
+func flood(b testing.TB, ns netns.Target, d time.Duration) {
 	err := ns.Do(func() error {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
 		if err != nil {
@@ -278,4 +278,50 @@ func perfRecord(b *testing.B, fn func()) uint64 {
 	}
 	v, _ := strconv.ParseUint(string(m[1]), 10, 64)
 	return v
+}
+
+// BenchmarkProgramCost reports the tracer program's own run time per drop
+// (kernel.bpf_stats_enabled, turned on for the benchmark and restored).
+func BenchmarkProgramCost(b *testing.B) {
+	testkit.RequireRoot(b)
+	old, err := os.ReadFile("/proc/sys/kernel/bpf_stats_enabled")
+	if err != nil {
+		b.Fatal(err)
+	}
+	os.WriteFile("/proc/sys/kernel/bpf_stats_enabled", []byte("1"), 0o644)
+	defer os.WriteFile("/proc/sys/kernel/bpf_stats_enabled", old, 0o644)
+	snd, rcv := testkit.Netns(b, "psnd"), testkit.Netns(b, "prcv")
+	floodPair(b, snd, rcv)
+	testkit.Run(b, rcv, "nft", "add table ip f; add chain ip f in { type filter hook input priority 0; }; add rule ip f in udp dport 9 counter drop")
+	for _, c := range []struct {
+		name string
+		cfg  drops.Config
+	}{
+		{"rejected_by_netns", drops.Config{NetnsInode: uint32(snd.Inode)}},
+		{"aggregate", drops.Config{NetnsInode: uint32(rcv.Inode)}},
+		{"aggregate_port_filter", drops.Config{NetnsInode: uint32(rcv.Inode), Proto: unix.IPPROTO_UDP, Ports: []uint16{9}}},
+		{"events", drops.Config{NetnsInode: uint32(rcv.Inode), Events: true}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			tr, err := drops.New(c.cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer tr.Close()
+			if c.cfg.Events {
+				ctx, cancel := contextWithCancel()
+				defer cancel()
+				go tr.Read(ctx, func(drops.Packet, drops.RawEvent) {})
+			}
+			for b.Loop() {
+				flood(b, snd, time.Second)
+			}
+			st, err := tr.ProgramStats()
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(st.Runtime.Nanoseconds())/float64(st.RunCount), "ns/drop")
+			b.ReportMetric(float64(st.RecursionMisses), "missed")
+		})
+	}
 }

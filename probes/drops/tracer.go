@@ -59,6 +59,7 @@ type Tracer struct {
 
 	events bool
 	coll   *ebpf.Collection
+	prog   *ebpf.Program
 	mu     sync.Mutex // guards lnk: Read's watcher and Close may both stop
 	lnk    link.Link
 	ring   *ringbuf.Reader
@@ -69,6 +70,10 @@ type Counters struct {
 	Matched  uint64 `json:"matched"`   // drops that passed the filters
 	RingLost uint64 `json:"ring_lost"` // events the ring buffer had no room for
 	AggLost  uint64 `json:"agg_lost"`  // drops the aggregate map had no room for
+	// Missed counts kfree_skb calls the kernel did not run the tracer for
+	// (a drop while the tracer was already running on that CPU): unseen
+	// drops of any kind, so they cannot be filtered, only counted.
+	Missed uint64 `json:"missed"`
 }
 
 // Lost is every drop that matched but could not be reported in detail.
@@ -119,6 +124,7 @@ func New(cfg Config) (*Tracer, error) {
 		return nil, fmt.Errorf("load drop tracer (%s): %w", t.Attach, err)
 	}
 	prog := t.coll.Programs[progName]
+	t.prog = prog
 	switch t.Attach {
 	case AttachTPBTF:
 		t.lnk, err = link.AttachTracing(link.TracingOptions{Program: prog})
@@ -238,6 +244,10 @@ func setFilters(spec *ebpf.CollectionSpec, cfg Config, reasons map[uint32]string
 	return nil
 }
 
+// ProgramStats are the kernel's run statistics of the tracer program (run
+// time needs kernel.bpf_stats_enabled=1).
+func (t *Tracer) ProgramStats() (*ebpf.ProgramStats, error) { return t.prog.Stats() }
+
 // Stop detaches the tracer but keeps what it counted, so that counters and
 // aggregates read afterwards agree with each other.
 func (t *Tracer) Stop() error {
@@ -277,6 +287,9 @@ func (t *Tracer) Counters() (Counters, error) {
 		for _, v := range per {
 			*dst += v
 		}
+	}
+	if st, err := t.prog.Stats(); err == nil {
+		c.Missed = st.RecursionMisses
 	}
 	if !t.events {
 		aggs, err := t.Aggregates()
