@@ -62,6 +62,11 @@ var Catalog = []Check{
 	{ID: "sysctl.vs_conntrack", Title: "IPVS connections are in conntrack where rules need them", Run: checkVSConntrack},
 	{ID: "nat.return_path", Title: "replies of masquerade services come back through the LB", Run: checkReturnPath},
 	{ID: "net.send_redirects", Title: "a one-arm LB sends no ICMP redirects", Run: checkSendRedirects},
+	{ID: "ipvs.reals_available", Title: "every service has a real server that takes connections", Run: checkRealsAvailable},
+	{ID: "ipvs.expire_nodest_conn", Title: "connections to a removed real server are expired", Run: checkExpireNodest},
+	{ID: "conntrack.table", Title: "the conntrack table has room and no drops", Run: checkConntrackTable},
+	{ID: "conntrack.flow_states", Title: "the VIP's flows complete", Run: checkFlowStates},
+	{ID: "rules.mixed_backends", Title: "rules live in one framework", Run: checkMixedBackends},
 }
 
 // Run runs the catalog against a snapshot.

@@ -156,6 +156,8 @@ func Steps(ns netns.Target, spec Spec, snap *probes.Snapshot) ([]apply.Step, []D
 	// Forwarding first in the kernel's eyes does not matter; last here so a
 	// half-built service never starts forwarding.
 	steps = append(steps, apply.NewSysctl(ns, "net.ipv4.ip_forward", "1"))
+	// Connections to a real server that is removed are expired, not blackholed.
+	steps = append(steps, apply.NewSysctl(ns, "net.ipv4.vs.expire_nodest_conn", "1"))
 	if anySNAT {
 		steps = append(steps, apply.NewSysctl(ns, "net.ipv4.vs.conntrack", "1"))
 	}

@@ -111,8 +111,8 @@ func TestGuestSetupRollsBackAtEveryStep(t *testing.T) {
 				t.Fatalf("%s: failure after step %d of %d (%s): state differs\n--- before ---\n%s\n--- after ---\n%s", backend, k, n, p.Steps[k-1].Describe(), before, after)
 			}
 		}
-		if n != 8 {
-			t.Errorf("%s: plan had %d steps, want 8 (service, 2 reals, SNAT, ip_forward, vs.conntrack, 2 send_redirects)", backend, n)
+		if n != 9 {
+			t.Errorf("%s: plan had %d steps, want 9 (service, 2 reals, SNAT, ip_forward, expire_nodest_conn, vs.conntrack, 2 send_redirects)", backend, n)
 		}
 	}
 }

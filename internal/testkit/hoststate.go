@@ -44,7 +44,7 @@ func HostState(t testing.TB, ns netns.Target) string {
 	for _, r := range rs {
 		b.WriteString(r.Table + " " + r.Chain + " " + r.Spec + "\n")
 	}
-	for _, k := range []string{"net.ipv4.ip_forward", "net.ipv4.vs.conntrack", "net.ipv4.conf.all.send_redirects", "net.ipv4.conf.eth0.send_redirects"} {
+	for _, k := range []string{"net.ipv4.ip_forward", "net.ipv4.vs.conntrack", "net.ipv4.vs.expire_nodest_conn", "net.ipv4.conf.all.send_redirects", "net.ipv4.conf.eth0.send_redirects"} {
 		out, _ := Output(ns, "cat", "/proc/sys/"+strings.ReplaceAll(k, ".", "/"))
 		b.WriteString(k + " = " + strings.TrimSpace(out) + "\n")
 	}

@@ -1,0 +1,160 @@
+package checks
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/lbdoctor/lbdoctor/probes"
+)
+
+// checkRealsAvailable: a service with no real server, or only weight-0
+// ones, accepts SYNs it can send nowhere.
+func checkRealsAvailable(s *probes.Snapshot, sel probes.Selector) Finding {
+	if !s.IPVS.Available {
+		return skip("IPVS is not available (see kernel.ipvs)")
+	}
+	svcs := selected(s, sel)
+	if len(svcs) == 0 {
+		return skip("no IPVS service in " + s.Target.String())
+	}
+	var ev []Evidence
+	var bad []string
+	for _, svc := range svcs {
+		up := 0
+		for _, r := range svc.Reals {
+			if r.Weight > 0 {
+				up++
+			}
+		}
+		ev = append(ev, Evidence{Fact: fmt.Sprintf("%s: %d real server(s), %d with weight > 0", svc.Key(), len(svc.Reals), up), Source: "ipvs, " + s.Target.String()})
+		if up == 0 {
+			bad = append(bad, svc.Key())
+		}
+	}
+	if len(bad) == 0 {
+		return Finding{Status: Pass, Title: "every service has a real server that takes connections", Evidence: ev}
+	}
+	return Finding{Status: Fail, Title: "no real server takes connections for " + strings.Join(bad, ", "),
+		Reason:   "IPVS accepts the client's SYN for the VIP and has nowhere to send it",
+		Evidence: ev,
+		Fix:      []string{fmt.Sprintf("%sipvsadm -a -t VIP:PORT -r REAL:PORT -m -w 1   # or raise a weight with ipvsadm -e", s.Target.ExecPrefix())}}
+}
+
+// checkConntrackTable: a full table drops new flows (IPVS's too, with
+// vs.conntrack=1); insert failures and drops say it already happens.
+func checkConntrackTable(s *probes.Snapshot, _ probes.Selector) Finding {
+	if _, ok := s.Errors[probes.ProbeConntrack]; ok {
+		return skip("conntrack could not be read: " + s.Errors[probes.ProbeConntrack])
+	}
+	st := s.Conntrack.Stats
+	if st.MaxEntries == 0 {
+		return skip("conntrack table size unknown (nf_conntrack not loaded)")
+	}
+	src := "conntrack stats, " + s.Target.String()
+	ev := []Evidence{
+		{Fact: fmt.Sprintf("%d of %d entries (%.0f%%)", st.Entries, st.MaxEntries, 100*float64(st.Entries)/float64(st.MaxEntries)), Source: src},
+		{Fact: fmt.Sprintf("drop %d, early_drop %d, insert_failed %d", st.Drop, st.EarlyDrop, st.InsertFailed), Source: src},
+	}
+	fix := []string{fmt.Sprintf("sysctl -w net.netfilter.nf_conntrack_max=%d   # on the host: the limit is global", st.MaxEntries*2)}
+	switch {
+	case st.Drop > 0 || st.EarlyDrop > 0:
+		return Finding{Status: Fail, Title: "conntrack has dropped flows: its table was full", Reason: "a full table drops new connections before IPVS or NAT see them", Evidence: ev, Fix: fix}
+	case float64(st.Entries) >= 0.9*float64(st.MaxEntries):
+		return Finding{Status: Warn, Title: "the conntrack table is over 90% full", Reason: "new flows are dropped once it is full", Evidence: ev, Fix: fix}
+	case st.InsertFailed > 0:
+		return Finding{Status: Warn, Title: "conntrack insertions failed", Reason: "insert_failed counts packets dropped on a clash of two new flows", Evidence: ev}
+	}
+	return Finding{Status: Pass, Title: "the conntrack table has room and no drops", Evidence: ev}
+}
+
+// checkMixedBackends: x_tables and nf_tables rules both run; each tool
+// shows only its part, which hides rules from whoever debugs with one.
+func checkMixedBackends(s *probes.Snapshot, _ probes.Selector) Finding {
+	if e, ok := s.Errors[probes.ProbeRules]; ok {
+		return skip("rules could not be read: " + e)
+	}
+	counts := map[string]int{}
+	var ev []Evidence
+	for _, b := range s.Rules.Backends {
+		if b.Read {
+			counts[b.Name] = b.Rules
+			ev = append(ev, Evidence{Fact: fmt.Sprintf("%s: %d rule(s)", b.Name, b.Rules), Source: s.Target.String()})
+		} else {
+			ev = append(ev, Evidence{Fact: b.Name + " not read: " + b.Reason, Source: s.Target.String()})
+		}
+	}
+	if !s.Rules.Mixed {
+		return Finding{Status: Pass, Title: "rules live in one framework", Evidence: ev}
+	}
+	return Finding{Status: Warn, Title: "iptables-legacy and nf_tables rules are both active",
+		Reason:   "every packet crosses both, and iptables-legacy-save, iptables-nft-save and nft list each show only their own rules",
+		Evidence: ev,
+		Fix:      []string{s.Target.ExecPrefix() + "iptables-legacy-save   # move these rules to the backend the rest use, then flush the legacy tables"}}
+}
+
+// checkExpireNodest: with expire_nodest_conn=0, connections to a removed or
+// quiesced real server linger and blackhole their packets until they time out.
+func checkExpireNodest(s *probes.Snapshot, sel probes.Selector) Finding {
+	if !s.IPVS.Available {
+		return skip("IPVS is not available (see kernel.ipvs)")
+	}
+	if len(selected(s, sel)) == 0 {
+		return skip("no IPVS service in " + s.Target.String())
+	}
+	v, ok := readable(s, "net.ipv4.vs.expire_nodest_conn")
+	if !ok {
+		return skip("net.ipv4.vs.expire_nodest_conn could not be read")
+	}
+	ev := []Evidence{{Fact: "net.ipv4.vs.expire_nodest_conn = " + v.Value, Source: s.Target.String()}}
+	if v.Value != "0" {
+		return Finding{Status: Pass, Title: "connections to a removed real server are expired", Evidence: ev}
+	}
+	return Finding{Status: Warn, Title: "connections to a removed real server are kept until they time out",
+		Reason:   fmt.Sprintf("with expire_nodest_conn=0, packets of existing connections to a real that leaves are dropped for up to the IPVS timeout (tcp %ds)", s.IPVS.Timeouts.TCP),
+		Evidence: ev,
+		Fix:      []string{s.Target.ExecPrefix() + "sysctl -w net.ipv4.vs.expire_nodest_conn=1"},
+		Remedies: []Remedy{{Sysctl: "net.ipv4.vs.expire_nodest_conn", Value: "1"}}}
+}
+
+// checkFlowStates reads the VIP's conntrack flows for the marks a broken
+// path leaves: replies that arrive but never complete the handshake, and
+// SYNs no reply ever came back for.
+func checkFlowStates(s *probes.Snapshot, _ probes.Selector) Finding {
+	if e, ok := s.Errors[probes.ProbeConntrack]; ok {
+		return skip("conntrack could not be read: " + e)
+	}
+	flows := s.Conntrack.Flows
+	if len(flows) == 0 {
+		return skip("no conntrack flow to a selected VIP (" + s.Conntrack.Selector + ")")
+	}
+	var stuckReply, noReply, done int
+	var exReply, exNone string
+	for _, f := range flows {
+		switch {
+		case f.State == "SYN_RECV" && f.HasStatus("SEEN_REPLY") && !f.HasStatus("ASSURED"):
+			stuckReply++
+			exReply = f.String()
+		case f.State == "SYN_SENT" && !f.HasStatus("SEEN_REPLY"):
+			noReply++
+			exNone = f.String()
+		case f.HasStatus("ASSURED"):
+			done++
+		}
+	}
+	src := "conntrack, " + s.Target.String()
+	ev := []Evidence{{Fact: fmt.Sprintf("%d flow(s): %d assured, %d with a reply that never completed, %d with no reply", len(flows), done, stuckReply, noReply), Source: src}}
+	switch {
+	case stuckReply > 0:
+		ev = append(ev, Evidence{Fact: exReply, Source: src})
+		return Finding{Status: Warn, Title: strconv.Itoa(stuckReply) + " flow(s) got the real server's reply, but the handshake never completed",
+			Reason:   "the reply reached this host and was dropped on its way back to the client (see sysctl.ip_forward, FORWARD rules, and lbdoctor drops); entries linger until their timeout, so a fixed path still shows them for a while",
+			Evidence: ev}
+	case noReply > 0:
+		ev = append(ev, Evidence{Fact: exNone, Source: src})
+		return Finding{Status: Warn, Title: strconv.Itoa(noReply) + " flow(s) never saw a reply",
+			Reason:   "the real server did not answer, or answered around the LB (see nat.return_path); entries linger until their timeout, so a fixed path still shows them for a while",
+			Evidence: ev}
+	}
+	return Finding{Status: Pass, Title: "the VIP's flows complete", Evidence: ev}
+}
