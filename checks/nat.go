@@ -47,12 +47,9 @@ func ipvsFix(reason string) []string {
 }
 
 func checkIPForward(s *probes.Snapshot, sel probes.Selector) Finding {
-	if !s.IPVS.Available {
-		return skip("IPVS is not available (see kernel.ipvs)")
-	}
-	masq := masqServices(selected(s, sel))
-	if len(masq) == 0 {
-		return skip("no IPVS masquerade (NAT) service in " + s.Target.String())
+	masq, why := masqueraded(s, sel)
+	if why != "" {
+		return skip(why)
 	}
 	var needs []Evidence
 	for _, svc := range masq {
@@ -146,6 +143,19 @@ func selected(s *probes.Snapshot, sel probes.Selector) []ipvs.Service {
 		}
 	}
 	return out
+}
+
+// masqueraded returns the selected masquerade services, or why a check
+// about them cannot run.
+func masqueraded(s *probes.Snapshot, sel probes.Selector) ([]ipvs.Service, string) {
+	if !s.IPVS.Available {
+		return nil, "IPVS is not available (see kernel.ipvs)"
+	}
+	masq := masqServices(selected(s, sel))
+	if len(masq) == 0 {
+		return nil, "no IPVS masquerade (NAT) service in " + s.Target.String()
+	}
+	return masq, ""
 }
 
 func masqServices(svcs []ipvs.Service) []ipvs.Service {

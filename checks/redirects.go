@@ -12,12 +12,9 @@ import (
 // they came in on, so with send_redirects on it tells the real server, by
 // ICMP redirect, to send to the client directly — around the LB.
 func checkSendRedirects(s *probes.Snapshot, sel probes.Selector) Finding {
-	if !s.IPVS.Available {
-		return skip("IPVS is not available (see kernel.ipvs)")
-	}
-	masq := masqServices(selected(s, sel))
-	if len(masq) == 0 {
-		return skip("no IPVS masquerade (NAT) service in " + s.Target.String())
+	masq, why := masqueraded(s, sel)
+	if why != "" {
+		return skip(why)
 	}
 	if v, ok := readable(s, "net.ipv4.ip_forward"); !ok || v.Value == "0" {
 		return skip("forwarding is off: nothing is redirected")

@@ -83,15 +83,12 @@ func routeTo(s *probes.Snapshot, a netip.Addr) (dev string, gw netip.Addr) {
 }
 
 func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
-	if !s.IPVS.Available {
-		return skip("IPVS is not available (see kernel.ipvs)")
-	}
 	if e, ok := s.Errors[probes.ProbeNet]; ok {
 		return skip("routes could not be read: " + e)
 	}
-	masq := masqServices(selected(s, sel))
-	if len(masq) == 0 {
-		return skip("no IPVS masquerade (NAT) service in " + s.Target.String())
+	masq, why := masqueraded(s, sel)
+	if why != "" {
+		return skip(why)
 	}
 	var ev []Evidence
 	for _, svc := range masq {

@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-
 	"github.com/lbdoctor/lbdoctor/internal/lab"
 	"github.com/lbdoctor/lbdoctor/internal/report"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
@@ -38,7 +36,7 @@ func TestGuestDropsStage3(t *testing.T) {
 		t.Fatal(err)
 	}
 	// -o json prints no start line: wait until the tracer program is loaded.
-	for deadline := time.Now().Add(30 * time.Second); len(dropPrograms()) == 0; time.Sleep(100 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); len(testkit.LoadedPrograms("drop_")) == 0; time.Sleep(100 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			cmd.Process.Kill()
 			t.Fatal("lbdoctor drops did not attach within 30 s")
@@ -82,25 +80,5 @@ func TestGuestDropsStage3(t *testing.T) {
 	}
 	if sum.Type != "summary" || sum.Counters.Matched == 0 || sum.Delivered+sum.Lost != sum.Counters.Matched {
 		t.Errorf("summary = %+v, want delivered + lost = matched > 0", sum)
-	}
-}
-
-// dropPrograms lists loaded BPF programs named like lbdoctor's tracer.
-func dropPrograms() []ebpf.ProgramID {
-	var ids []ebpf.ProgramID
-	for id := ebpf.ProgramID(0); ; {
-		next, err := ebpf.ProgramGetNextID(id)
-		if err != nil {
-			return ids
-		}
-		id = next
-		p, err := ebpf.NewProgramFromID(id)
-		if err != nil {
-			continue
-		}
-		if info, err := p.Info(); err == nil && strings.HasPrefix(info.Name, "drop_") {
-			ids = append(ids, id)
-		}
-		p.Close()
 	}
 }

@@ -262,7 +262,7 @@ func TestEveryAttachPoint(t *testing.T) {
 func TestKilledTracerLeavesNothing(t *testing.T) {
 	testkit.RequireRoot(t)
 	bin := testkit.LbdoctorBinary(t)
-	before := dropPrograms(t)
+	before := testkit.LoadedPrograms("drop_")
 	cmd := exec.Command(bin, "drops", "--summary")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -276,39 +276,17 @@ func TestKilledTracerLeavesNothing(t *testing.T) {
 		cmd.Process.Kill()
 		t.Fatalf("lbdoctor drops said %q, want it to start tracing", line)
 	}
-	if n := len(dropPrograms(t)) - len(before); n != 1 {
+	if n := len(testkit.LoadedPrograms("drop_")) - len(before); n != 1 {
 		t.Errorf("while tracing: %d new drop programs loaded, want 1", n)
 	}
 	cmd.Process.Signal(syscall.SIGKILL)
 	cmd.Wait()
 	deadline := time.Now().Add(3 * time.Second)
-	for len(dropPrograms(t)) > len(before) {
+	for len(testkit.LoadedPrograms("drop_")) > len(before) {
 		if time.Now().After(deadline) {
-			t.Fatalf("after kill -9, drop programs still loaded: %v (before: %v)", dropPrograms(t), before)
+			t.Fatalf("after kill -9, drop programs still loaded: %v (before: %v)", testkit.LoadedPrograms("drop_"), before)
 		}
 		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// dropPrograms lists the IDs of loaded BPF programs named like lbdoctor's.
-func dropPrograms(t *testing.T) []ebpf.ProgramID {
-	var ids []ebpf.ProgramID
-	id := ebpf.ProgramID(0)
-	for {
-		next, err := ebpf.ProgramGetNextID(id)
-		if err != nil {
-			return ids
-		}
-		id = next
-		p, err := ebpf.NewProgramFromID(id)
-		if err != nil {
-			continue
-		}
-		info, err := p.Info()
-		p.Close()
-		if err == nil && strings.HasPrefix(info.Name, "drop_") {
-			ids = append(ids, id)
-		}
 	}
 }
 
