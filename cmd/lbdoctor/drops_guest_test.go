@@ -16,6 +16,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/internal/lab"
 	"github.com/lbdoctor/lbdoctor/internal/report"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
+	"github.com/lbdoctor/lbdoctor/probes/drops"
 )
 
 // The seed's stage 3 on real IPVS: MASQUERADE + vs.conntrack=1 +
@@ -36,7 +37,7 @@ func TestGuestDropsStage3(t *testing.T) {
 		t.Fatal(err)
 	}
 	// -o json prints no start line: wait until the tracer program is loaded.
-	for deadline := time.Now().Add(30 * time.Second); len(testkit.LoadedPrograms("drop_")) == 0; time.Sleep(100 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); len(testkit.LoadedPrograms(drops.ProgramName(cmd.Process.Pid))) == 0; time.Sleep(100 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			cmd.Process.Kill()
 			t.Fatal("lbdoctor drops did not attach within 30 s")

@@ -1,14 +1,12 @@
 package testkit
 
 import (
-	"strings"
-
 	"github.com/cilium/ebpf"
 )
 
-// LoadedPrograms lists the IDs of loaded BPF programs whose name starts
-// with prefix (lbdoctor's tracer programs are drop_*).
-func LoadedPrograms(prefix string) []ebpf.ProgramID {
+// LoadedPrograms lists the IDs of loaded BPF programs named name
+// (lbdoctor's tracer of process P is drops.ProgramName(P)).
+func LoadedPrograms(name string) []ebpf.ProgramID {
 	var ids []ebpf.ProgramID
 	for id := ebpf.ProgramID(0); ; {
 		next, err := ebpf.ProgramGetNextID(id)
@@ -20,7 +18,7 @@ func LoadedPrograms(prefix string) []ebpf.ProgramID {
 		if err != nil {
 			continue
 		}
-		if info, err := p.Info(); err == nil && strings.HasPrefix(info.Name, prefix) {
+		if info, err := p.Info(); err == nil && info.Name == name {
 			ids = append(ids, id)
 		}
 		p.Close()

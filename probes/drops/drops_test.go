@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"os/exec"
@@ -262,7 +263,6 @@ func TestEveryAttachPoint(t *testing.T) {
 func TestKilledTracerLeavesNothing(t *testing.T) {
 	testkit.RequireRoot(t)
 	bin := testkit.LbdoctorBinary(t)
-	before := testkit.LoadedPrograms("drop_")
 	cmd := exec.Command(bin, "drops", "--summary")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -276,15 +276,16 @@ func TestKilledTracerLeavesNothing(t *testing.T) {
 		cmd.Process.Kill()
 		t.Fatalf("lbdoctor drops said %q, want it to start tracing", line)
 	}
-	if n := len(testkit.LoadedPrograms("drop_")) - len(before); n != 1 {
-		t.Errorf("while tracing: %d new drop programs loaded, want 1", n)
+	name := drops.ProgramName(cmd.Process.Pid)
+	if n := len(testkit.LoadedPrograms(name)); n != 1 {
+		t.Errorf("while tracing: %d programs named %s loaded, want 1", n, name)
 	}
 	cmd.Process.Signal(syscall.SIGKILL)
 	cmd.Wait()
 	deadline := time.Now().Add(3 * time.Second)
-	for len(testkit.LoadedPrograms("drop_")) > len(before) {
+	for len(testkit.LoadedPrograms(name)) > 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("after kill -9, drop programs still loaded: %v (before: %v)", testkit.LoadedPrograms("drop_"), before)
+			t.Fatalf("after kill -9, %s is still loaded", name)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -308,5 +309,37 @@ func TestStack(t *testing.T) {
 	}
 	if !strings.Contains(strings.Join(frames, " "), "tcp_v4_rcv+") {
 		t.Errorf("stack %v does not go through tcp_v4_rcv", frames)
+	}
+}
+
+// SIGTERM (like Ctrl-C) ends a trace cleanly: the summary is printed, the
+// exit status is 0, and nothing stays attached.
+func TestTerminatedTracerDetachesAndSummarizes(t *testing.T) {
+	testkit.RequireRoot(t)
+	cmd := exec.Command(testkit.LbdoctorBinary(t), "drops")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	rd := bufio.NewReader(stderr)
+	if line, _ := rd.ReadString('\n'); !strings.HasPrefix(line, "tracing drops") {
+		cmd.Process.Kill()
+		t.Fatalf("lbdoctor drops said %q, want it to start tracing", line)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	rest, _ := io.ReadAll(rd)
+	err = cmd.Wait()
+	if err != nil || !strings.Contains(string(rest), "drops matched in") || !strings.Contains(string(rest), "lost") {
+		t.Errorf("after SIGTERM: %v, stderr %q; want exit 0 and the summary with its lost count", err, rest)
+	}
+	// The kernel frees a released program after an RCU grace period.
+	name := drops.ProgramName(cmd.Process.Pid)
+	for deadline := time.Now().Add(3 * time.Second); len(testkit.LoadedPrograms(name)) > 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after SIGTERM, %s is still loaded", name)
+		}
 	}
 }

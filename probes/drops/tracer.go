@@ -112,6 +112,8 @@ func New(cfg Config) (*Tracer, error) {
 			delete(spec.Programs, name)
 		}
 	}
+	// The kernel's name for the program says whose it is (bpftool prog).
+	spec.Programs[progName].Name = ProgramName(os.Getpid())
 	if !cfg.Events {
 		// Aggregate mode never writes the ring: keep it tiny.
 		spec.Maps["events"].MaxEntries = uint32(os.Getpagesize())
@@ -247,6 +249,9 @@ func setFilters(spec *ebpf.CollectionSpec, cfg Config, reasons map[uint32]string
 // ProgramStats are the kernel's run statistics of the tracer program (run
 // time needs kernel.bpf_stats_enabled=1).
 func (t *Tracer) ProgramStats() (*ebpf.ProgramStats, error) { return t.prog.Stats() }
+
+// ProgramName is the name the tracer of process pid has in the kernel.
+func ProgramName(pid int) string { return fmt.Sprintf("lbdrop_%d", pid) }
 
 // Stop detaches the tracer but keeps what it counted, so that counters and
 // aggregates read afterwards agree with each other.
