@@ -48,7 +48,7 @@ var guestModules = []string{
 // Userland packages unpacked into the guest: busybox for the shell, and the
 // tools an operator would use to cross-check lbdoctor, with their libraries.
 var guestPackages = []string{
-	"busybox-static",
+	"busybox-static", "netbase", // /etc/protocols and /etc/services, which nft and iptables print names from
 	"libc6",
 	"iptables", "libip4tc2", "libip6tc2", "libxtables12", "libmnl0", "libnetfilter-conntrack3",
 	"libnfnetlink0", "libnftnl11",

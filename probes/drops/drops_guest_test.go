@@ -1,0 +1,27 @@
+//go:build guest
+
+package drops_test
+
+import "testing"
+
+// The host's drop tests again on the guest's kernel (6.1): other reason
+// numbers, kfree_skb_reason instead of sk_skb_reason_drop, CO-RE against
+// another layout of sk_buff.
+func TestGuestDropsOnTheOtherKernel(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		fn   func(*testing.T)
+	}{
+		{"IPInAddrErrors", TestIPInAddrErrors},
+		{"NetfilterDropAndNoSocket", TestNetfilterDropAndNoSocket},
+		{"IPRPFilter", TestIPRPFilter},
+		{"FiltersExclude", TestFiltersExclude},
+		{"AggregateMode", TestAggregateMode},
+		{"EveryAttachPoint", TestEveryAttachPoint},
+		{"Stack", TestStack},
+		{"KilledTracerLeavesNothing", TestKilledTracerLeavesNothing},
+		{"TerminatedTracerDetachesAndSummarizes", TestTerminatedTracerDetachesAndSummarizes},
+	} {
+		t.Run(tt.name, tt.fn)
+	}
+}

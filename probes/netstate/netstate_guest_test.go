@@ -1,0 +1,11 @@
+//go:build guest
+
+package netstate_test
+
+import "testing"
+
+// The host's netstate tests again on the guest's kernel (6.1).
+func TestGuestNetstateOnTheOtherKernel(t *testing.T) {
+	t.Run("LookupReturnPath", TestLookupReturnPath)
+	t.Run("Read", TestRead)
+}
