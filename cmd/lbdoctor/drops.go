@@ -145,6 +145,13 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 	syms, _ := drops.LoadSymbols()
 	attr := drops.NewAttributor(lb)
 	names := map[uint32]string{}
+	// Namespaces without a /run/netns name: say whose they are.
+	if self, err := netns.Resolve(""); err == nil {
+		names[uint32(self.Inode)] = "current"
+	}
+	if host, err := netns.Resolve("pid:1"); err == nil {
+		names[uint32(host.Inode)] = "host"
+	}
 	nameOf := func(inode uint32) string {
 		if n, ok := names[inode]; ok {
 			return n
