@@ -238,7 +238,7 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 	sum.Window, sum.Counters, sum.Delivered, sum.Lost = time.Since(start), c, delivered, c.Lost()
 	if jsonOut {
 		if f.summary {
-			return report.InspectJSONAny(out, sum)
+			return report.JSONDocument(out, sum)
 		}
 		return report.DropsJSONLine(out, sum)
 	}

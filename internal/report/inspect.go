@@ -271,8 +271,8 @@ func sortedKeys[V any](m map[string]V) []string {
 	return keys
 }
 
-// InspectJSONAny writes any value as one indented JSON document.
-func InspectJSONAny(w io.Writer, v any) error {
+// JSONDocument writes any value as one indented JSON document.
+func JSONDocument(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
