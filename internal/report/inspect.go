@@ -22,9 +22,7 @@ type Inspection struct {
 // InspectJSON writes an inspection as one JSON document.
 func InspectJSON(w io.Writer, in *Inspection) error {
 	in.Schema = Schema
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(in)
+	return JSONDocument(w, in)
 }
 
 // SNMPOfInterest are the counters shown without --watch: the ones that rise

@@ -3,7 +3,6 @@
 package report
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -46,11 +45,7 @@ func New(t Target, fs []checks.Finding, errs map[string]string) *Report {
 }
 
 // JSON writes the report as one indented JSON document.
-func JSON(w io.Writer, r *Report) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(r)
-}
+func JSON(w io.Writer, r *Report) error { return JSONDocument(w, r) }
 
 var marks = map[checks.Status]string{checks.Pass: "✓", checks.Warn: "!", checks.Fail: "✗", checks.Skip: "-"}
 
