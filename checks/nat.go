@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/internal/proto"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
@@ -33,7 +34,7 @@ func checkIPVS(s *probes.Snapshot, sel probes.Selector) Finding {
 		return Finding{Status: Fail, Title: "no virtual service " + selectorKey(sel),
 			Reason:   "IPVS has no service " + selectorKey(sel),
 			Evidence: []Evidence{{Fact: fmt.Sprintf("%d other virtual service(s)", len(s.IPVS.Services)), Source: src}},
-			Fix:      []string{fmt.Sprintf("%sipvsadm -A -%s %s -s rr", s.Target.ExecPrefix(), protoFlag(sel.Proto), sel.VIP)}}
+			Fix:      []string{fmt.Sprintf("%sipvsadm -A %s %s -s rr", s.Target.ExecPrefix(), proto.IpvsadmFlag(sel.Proto), sel.VIP)}}
 	}
 	return Finding{Status: Pass, Title: "IPVS is available: " + svcs[0].Key(),
 		Evidence: []Evidence{{Fact: fmt.Sprintf("%s, %d real server(s)", svcs[0].Key(), len(svcs[0].Reals)), Source: src}}}
@@ -206,11 +207,4 @@ func selectorKey(sel probes.Selector) string {
 		p = "tcp"
 	}
 	return strings.ToUpper(p) + " " + sel.VIP.String()
-}
-
-func protoFlag(p string) string {
-	if p == "udp" {
-		return "u"
-	}
-	return "t"
 }

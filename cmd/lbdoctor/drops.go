@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/internal/proto"
 	"github.com/lbdoctor/lbdoctor/internal/report"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
@@ -130,9 +131,6 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 			}
 		}
 	}
-	if len(cfg.Addrs) > 16 || len(cfg.Ports) > 16 {
-		return usageErrorf("at most 16 addresses and 16 ports can be filtered (got %d and %d)", len(cfg.Addrs), len(cfg.Ports))
-	}
 
 	tr, err := drops.New(cfg)
 	if errors.Is(err, drops.ErrBadFilter) {
@@ -162,7 +160,7 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 	toDrop := func(p drops.Packet) report.Drop {
 		d := report.Drop{Type: "drop", Netns: p.Netns, NetnsTag: nameOf(p.Netns), Location: syms.Lookup(p.Location), Reason: reasonName(tr.Reasons, p.Reason)}
 		if p.Family != 0 {
-			d.Proto, d.Src, d.Dst = drops.ProtoName(p.Proto), p.Src.String(), p.Dst.String()
+			d.Proto, d.Src, d.Dst = proto.Name(p.Proto), p.Src.String(), p.Dst.String()
 			d.Flow = attr.Attribute(p)
 		}
 		return d

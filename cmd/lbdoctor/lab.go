@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -55,7 +56,7 @@ func newLabUpCmd(name *string) *cobra.Command {
 			if proto != "tcp" && proto != "udp" {
 				return usageErrorf("--proto %q: want tcp or udp", proto)
 			}
-			if !contains(lab.Faults, fault) {
+			if !slices.Contains(lab.Faults, fault) {
 				return usageErrorf("--fault %q: want one of %s", fault, strings.Join(lab.Faults, ", "))
 			}
 			if err := kernel.IPVS(); err != nil {
@@ -278,13 +279,4 @@ func newLabServeCmd() *cobra.Command {
 	cmd.Flags().StringVar(&ns, "netns", "", "namespace to serve in")
 	cmd.Flags().StringVar(&proto, "proto", "tcp", "tcp or udp")
 	return cmd
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/kernel"
 )
 
 // selector parses --vip and --proto. needPort: ADDR:PORT is required;
@@ -46,16 +47,10 @@ func target(g *globalFlags) (netns.Target, error) {
 // requireCaps names the capability lbdoctor lacks instead of letting a probe
 // fail deep inside with EPERM.
 func requireCaps(t netns.Target) error {
-	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData
-	if err := unix.Capget(&hdr, &data[0]); err != nil {
-		return fmt.Errorf("read capabilities: %w", err)
-	}
-	has := func(c int) bool { return data[c/32].Effective&(1<<(uint(c)%32)) != 0 }
-	if !has(unix.CAP_NET_ADMIN) {
+	if !kernel.HasCapability(unix.CAP_NET_ADMIN) {
 		return fmt.Errorf("%w: reading IPVS and rules needs CAP_NET_ADMIN (run as root)", errPrivilege)
 	}
-	if !t.IsCurrent() && !has(unix.CAP_SYS_ADMIN) {
+	if !t.IsCurrent() && !kernel.HasCapability(unix.CAP_SYS_ADMIN) {
 		return fmt.Errorf("%w: entering %s needs CAP_SYS_ADMIN (run as root)", errPrivilege, t)
 	}
 	return nil

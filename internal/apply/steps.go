@@ -14,6 +14,7 @@ import (
 	mobyipvs "github.com/moby/ipvs"
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/internal/proto"
 	"github.com/lbdoctor/lbdoctor/probes/sysctl"
 )
 
@@ -50,22 +51,8 @@ type IPVSService struct {
 	Scheduler string
 }
 
-func protoNum(p string) uint16 {
-	if p == "udp" {
-		return syscall.IPPROTO_UDP
-	}
-	return syscall.IPPROTO_TCP
-}
-
-func protoFlag(p string) string {
-	if p == "udp" {
-		return "-u"
-	}
-	return "-t"
-}
-
 func (s IPVSService) svc() *mobyipvs.Service {
-	return &mobyipvs.Service{Address: net.IP(s.VIP.Addr().AsSlice()), Port: s.VIP.Port(), Protocol: protoNum(s.Proto),
+	return &mobyipvs.Service{Address: net.IP(s.VIP.Addr().AsSlice()), Port: s.VIP.Port(), Protocol: uint16(proto.Number(s.Proto)),
 		AddressFamily: syscall.AF_INET, SchedName: s.Scheduler, Netmask: 0xffffffff}
 }
 
@@ -82,10 +69,10 @@ func ipvsHandle(ns netns.Target) (*mobyipvs.Handle, error) {
 }
 
 func (s IPVSService) Describe() string {
-	return fmt.Sprintf("%sipvsadm -A %s %s -s %s", s.NS.ExecPrefix(), protoFlag(s.Proto), s.VIP, s.Scheduler)
+	return fmt.Sprintf("%sipvsadm -A %s %s -s %s", s.NS.ExecPrefix(), proto.IpvsadmFlag(s.Proto), s.VIP, s.Scheduler)
 }
 func (s IPVSService) DescribeUndo() string {
-	return fmt.Sprintf("%sipvsadm -D %s %s", s.NS.ExecPrefix(), protoFlag(s.Proto), s.VIP)
+	return fmt.Sprintf("%sipvsadm -D %s %s", s.NS.ExecPrefix(), proto.IpvsadmFlag(s.Proto), s.VIP)
 }
 func (s IPVSService) Needed(context.Context) (bool, error) {
 	h, err := ipvsHandle(s.NS)
@@ -129,11 +116,11 @@ func (r IPVSReal) dest() *mobyipvs.Destination {
 
 func (r IPVSReal) Describe() string {
 	s := r.Service
-	return fmt.Sprintf("%sipvsadm -a %s %s -r %s -m -w %d", s.NS.ExecPrefix(), protoFlag(s.Proto), s.VIP, r.Real, r.Weight)
+	return fmt.Sprintf("%sipvsadm -a %s %s -r %s -m -w %d", s.NS.ExecPrefix(), proto.IpvsadmFlag(s.Proto), s.VIP, r.Real, r.Weight)
 }
 func (r IPVSReal) DescribeUndo() string {
 	s := r.Service
-	return fmt.Sprintf("%sipvsadm -d %s %s -r %s", s.NS.ExecPrefix(), protoFlag(s.Proto), s.VIP, r.Real)
+	return fmt.Sprintf("%sipvsadm -d %s %s -r %s", s.NS.ExecPrefix(), proto.IpvsadmFlag(s.Proto), s.VIP, r.Real)
 }
 func (r IPVSReal) Needed(context.Context) (bool, error) {
 	h, err := ipvsHandle(r.Service.NS)
@@ -246,6 +233,7 @@ type IptablesRule struct {
 	Table   string
 	Chain   string
 	Rule    []string // without -A CHAIN
+	VIP     string   // the service it serves, recorded so teardown --vip finds it
 }
 
 func (r IptablesRule) args(op string) []string {
@@ -270,7 +258,7 @@ func (r IptablesRule) Undo(context.Context) error {
 	return err
 }
 func (r IptablesRule) Owned() *Object {
-	return &Object{Kind: "iptables-rule", Backend: r.Backend, Table: r.Table, Chain: r.Chain, Rule: r.Rule}
+	return &Object{Kind: "iptables-rule", Backend: r.Backend, Table: r.Table, Chain: r.Chain, Rule: r.Rule, VIP: r.VIP}
 }
 
 // NftTable creates a whole native nftables table from a script.
@@ -279,6 +267,7 @@ type NftTable struct {
 	Family string
 	Name   string
 	Script string // `nft -f -` input that creates the table
+	VIP    string // the service it serves, recorded so teardown --vip finds it
 }
 
 func (t NftTable) Describe() string {
@@ -300,5 +289,5 @@ func (t NftTable) Undo(context.Context) error {
 	return err
 }
 func (t NftTable) Owned() *Object {
-	return &Object{Kind: "nft-table", Family: t.Family, Table: t.Name, Key: t.Script}
+	return &Object{Kind: "nft-table", Family: t.Family, Table: t.Name, Key: t.Script, VIP: t.VIP}
 }

@@ -56,13 +56,7 @@ func Build(topo Topology, prefix string) (l *Lab, err error) {
 		rand.Read(b)
 		prefix = "lbd-" + hex.EncodeToString(b)
 	}
-	l = &Lab{
-		Topology: topo, Prefix: prefix,
-		ClientIP: netip.MustParseAddr("10.1.0.3"),
-		LBIP:     netip.MustParseAddr("10.1.0.5"),
-		VIP:      netip.MustParseAddr("10.1.0.6"),
-		RealIP:   netip.MustParseAddr("10.1.0.50"),
-	}
+	l = addressed(topo, prefix)
 	defer func() {
 		if err != nil {
 			l.Close()
@@ -84,30 +78,41 @@ func Build(topo Topology, prefix string) (l *Lab, err error) {
 	if err := l.Switch.Do(func() error { return addBridge("br0") }); err != nil {
 		return l, err
 	}
-	if err := l.plug(l.Client, "client0", "br0", "10.1.0.3/24"); err != nil {
+	if err := l.plug(l.Client, "client0", "br0", cidr(l.ClientIP, 24)); err != nil {
 		return l, err
 	}
-	if err := l.plug(l.LB, "lb0", "br0", "10.1.0.5/24", "10.1.0.6/32"); err != nil {
+	if err := l.plug(l.LB, "lb0", "br0", cidr(l.LBIP, 24), cidr(l.VIP, 32)); err != nil {
 		return l, err
 	}
 	if topo == OneArm {
-		return l, l.plug(l.Real, "real0", "br0", "10.1.0.50/24")
+		return l, l.plug(l.Real, "real0", "br0", cidr(l.RealIP, 24))
 	}
-	l.RealIP = netip.MustParseAddr("10.2.0.50")
-	l.RealGateway = netip.MustParseAddr("10.2.0.1")
 	if err := l.Switch.Do(func() error { return addBridge("br1") }); err != nil {
 		return l, err
 	}
-	if err := l.plug(l.LB, "lb1", "br1", "10.2.0.1/24"); err != nil {
+	if err := l.plug(l.LB, "lb1", "br1", cidr(l.RealGateway, 24)); err != nil {
 		return l, err
 	}
-	if err := l.plug(l.Real, "real1", "br1", "10.2.0.50/24"); err != nil {
+	if err := l.plug(l.Real, "real1", "br1", cidr(l.RealIP, 24)); err != nil {
 		return l, err
 	}
 	return l, l.Real.Do(func() error {
 		return netlink.RouteAdd(&netlink.Route{Gw: net.IP(l.RealGateway.AsSlice())})
 	})
 }
+
+// addressed is a lab of topo with its addresses: the one place they are set.
+func addressed(topo Topology, prefix string) *Lab {
+	l := &Lab{Topology: topo, Prefix: prefix,
+		ClientIP: netip.MustParseAddr("10.1.0.3"), LBIP: netip.MustParseAddr("10.1.0.5"),
+		VIP: netip.MustParseAddr("10.1.0.6"), RealIP: netip.MustParseAddr("10.1.0.50")}
+	if topo == TwoArm {
+		l.RealIP, l.RealGateway = netip.MustParseAddr("10.2.0.50"), netip.MustParseAddr("10.2.0.1")
+	}
+	return l
+}
+
+func cidr(a netip.Addr, bits int) string { return netip.PrefixFrom(a, bits).String() }
 
 // Close deletes every namespace the lab made; their links go with them.
 func (l *Lab) Close() error {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -72,12 +71,7 @@ func LoadRecord(name string) (Record, error) {
 
 // Open finds the namespaces of a built lab.
 func Open(name string, topo Topology) (*Lab, error) {
-	l := &Lab{Topology: topo, Prefix: name,
-		ClientIP: netip.MustParseAddr("10.1.0.3"), LBIP: netip.MustParseAddr("10.1.0.5"),
-		VIP: netip.MustParseAddr("10.1.0.6"), RealIP: netip.MustParseAddr("10.1.0.50")}
-	if topo == TwoArm {
-		l.RealIP, l.RealGateway = netip.MustParseAddr("10.2.0.50"), netip.MustParseAddr("10.2.0.1")
-	}
+	l := addressed(topo, name)
 	for _, h := range []struct {
 		t    *netns.Target
 		role string

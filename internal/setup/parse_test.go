@@ -158,7 +158,7 @@ func TestTeardownStepsForOneVIP(t *testing.T) {
 		st.Add(
 			apply.Object{Kind: "ipvs-service", VIP: "10.1.0.6:" + port, Proto: "tcp", Key: "rr"},
 			apply.Object{Kind: "ipvs-real", VIP: "10.1.0.6:" + port, Proto: "tcp", Real: "10.1.0.50:" + port, Key: "1"},
-			apply.Object{Kind: "iptables-rule", Backend: "iptables-nft", Table: "nat", Chain: "POSTROUTING",
+			apply.Object{Kind: "iptables-rule", Backend: "iptables-nft", Table: "nat", Chain: "POSTROUTING", VIP: "10.1.0.6:" + port,
 				Rule: []string{"-m", "ipvs", "--vaddr", "10.1.0.6/32", "--vport", port, "--vproto", "tcp", "-j", "MASQUERADE"}},
 		)
 	}

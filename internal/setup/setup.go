@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -69,7 +70,7 @@ func (s Spec) Validate() error {
 			return fmt.Errorf("service %s: protocol %q, want tcp or udp", key, svc.Proto)
 		case !svc.VIP.Addr().Is4() || svc.VIP.Port() == 0:
 			return fmt.Errorf("service %s: the VIP must be IPv4 ADDR:PORT with a port", key)
-		case !contains(Schedulers, svc.Scheduler):
+		case !slices.Contains(Schedulers, svc.Scheduler):
 			return fmt.Errorf("service %s: unknown scheduler %q (one of %s)", key, svc.Scheduler, strings.Join(Schedulers, ", "))
 		case svc.SNAT != SNATAuto && svc.SNAT != SNATAlways && svc.SNAT != SNATNever:
 			return fmt.Errorf("service %s: --snat %q, want auto, always or never", key, svc.SNAT)
@@ -96,15 +97,6 @@ func (s Spec) Validate() error {
 		return fmt.Errorf("--snat-backend %q, want auto, iptables or nft", b)
 	}
 	return nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // Decision is what setup decided about one service's source NAT, and why.
@@ -218,9 +210,9 @@ func snatStep(ns netns.Target, backend string, svc Service) apply.Step {
 	}
 }
 `, name, svc.Proto, svc.VIP, svc.VIP.Addr(), svc.Proto, svc.VIP.Port())
-		return apply.NftTable{NS: ns, Family: "ip", Name: name, Script: script}
+		return apply.NftTable{NS: ns, Family: "ip", Name: name, Script: script, VIP: svc.VIP.String()}
 	}
-	return apply.IptablesRule{NS: ns, Backend: backend, Table: "nat", Chain: "POSTROUTING", Rule: []string{
+	return apply.IptablesRule{NS: ns, Backend: backend, Table: "nat", Chain: "POSTROUTING", VIP: svc.VIP.String(), Rule: []string{
 		"-m", "ipvs", "--vaddr", svc.VIP.Addr().String() + "/32", "--vport", fmt.Sprint(svc.VIP.Port()), "--vproto", svc.Proto,
 		"-m", "comment", "--comment", Comment, "-j", "MASQUERADE"}}
 }
@@ -239,8 +231,7 @@ func TeardownSteps(ns netns.Target, st *apply.State, vip netip.AddrPort) ([]appl
 	}
 	for i := len(st.Objects) - 1; i >= 0; i-- {
 		o := st.Objects[i]
-		mine := !vip.IsValid() || o.VIP == vip.String() || (o.Kind == "iptables-rule" && ruleVIP(o) == fmt.Sprintf("%s/32:%d", vip.Addr(), vip.Port())) ||
-			(o.Kind == "nft-table" && strings.Contains(o.Key, " "+vip.String()+"\""))
+		mine := !vip.IsValid() || o.VIP == vip.String()
 		if o.Kind == "sysctl" {
 			mine = len(remaining) == 0
 		}
@@ -255,22 +246,6 @@ func TeardownSteps(ns netns.Target, st *apply.State, vip netip.AddrPort) ([]appl
 	return steps, objs
 }
 
-// ruleVIP is the "ADDR/32:PORT" an lbdoctor SNAT rule matches.
-func ruleVIP(o apply.Object) string {
-	var addr, port string
-	for i, w := range o.Rule {
-		if i+1 < len(o.Rule) {
-			switch w {
-			case "--vaddr":
-				addr = o.Rule[i+1]
-			case "--vport":
-				port = o.Rule[i+1]
-			}
-		}
-	}
-	return addr + ":" + port
-}
-
 // stepFor is the step that undoes a recorded object.
 func stepFor(ns netns.Target, o apply.Object) apply.Step {
 	switch o.Kind {
@@ -280,9 +255,9 @@ func stepFor(ns netns.Target, o apply.Object) apply.Step {
 		w, _ := strconv.Atoi(o.Key)
 		return apply.Remove(apply.IPVSReal{Service: apply.IPVSService{NS: ns, Proto: o.Proto, VIP: netip.MustParseAddrPort(o.VIP)}, Real: netip.MustParseAddrPort(o.Real), Weight: w})
 	case "iptables-rule":
-		return apply.Remove(apply.IptablesRule{NS: ns, Backend: o.Backend, Table: o.Table, Chain: o.Chain, Rule: o.Rule})
+		return apply.Remove(apply.IptablesRule{NS: ns, Backend: o.Backend, Table: o.Table, Chain: o.Chain, Rule: o.Rule, VIP: o.VIP})
 	case "nft-table":
-		return apply.Remove(apply.NftTable{NS: ns, Family: o.Family, Name: o.Table, Script: o.Key})
+		return apply.Remove(apply.NftTable{NS: ns, Family: o.Family, Name: o.Table, Script: o.Key, VIP: o.VIP})
 	case "sysctl":
 		return apply.NewSysctl(ns, o.Key, o.Previous)
 	}

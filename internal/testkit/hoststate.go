@@ -6,6 +6,7 @@ import (
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
+	"github.com/lbdoctor/lbdoctor/probes/sysctl"
 )
 
 // HostState is everything setup may touch in ns, as the tools print it:
@@ -44,9 +45,13 @@ func HostState(t testing.TB, ns netns.Target) string {
 	for _, r := range rs {
 		b.WriteString(r.Table + " " + r.Chain + " " + r.Spec + "\n")
 	}
-	for _, k := range []string{"net.ipv4.ip_forward", "net.ipv4.vs.conntrack", "net.ipv4.vs.expire_nodest_conn", "net.ipv4.conf.all.send_redirects", "net.ipv4.conf.eth0.send_redirects"} {
-		out, _ := Output(ns, "cat", "/proc/sys/"+strings.ReplaceAll(k, ".", "/"))
-		b.WriteString(k + " = " + strings.TrimSpace(out) + "\n")
+	keys := []string{"net.ipv4.ip_forward", "net.ipv4.vs.conntrack", "net.ipv4.vs.expire_nodest_conn", "net.ipv4.conf.all.send_redirects", "net.ipv4.conf.eth0.send_redirects"}
+	snap, err := sysctl.Read(ns, keys...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		b.WriteString(k + " = " + snap[k].Value + "\n")
 	}
 	return b.String()
 }

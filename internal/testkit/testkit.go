@@ -17,6 +17,7 @@ import (
 
 	"github.com/lbdoctor/lbdoctor/internal/lab"
 	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/probes/sysctl"
 )
 
 // InCI reports whether the tests run in CI, where nothing may be skipped.
@@ -111,8 +112,7 @@ func Lab(t testing.TB, topo lab.Topology) *lab.Lab {
 // Sysctl writes a sysctl inside ns, failing the test on error.
 func Sysctl(t testing.TB, ns netns.Target, key, value string) {
 	t.Helper()
-	path := "/proc/sys/" + strings.ReplaceAll(key, ".", "/")
-	err := ns.Do(func() error { return os.WriteFile(path, []byte(value), 0o644) })
+	err := ns.Do(func() error { return os.WriteFile(sysctl.Path(key), []byte(value), 0o644) })
 	if err != nil {
 		t.Fatalf("sysctl %s=%s in %s: %v", key, value, ns, err)
 	}

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/internal/proto"
 )
 
 // Flow is one conntrack entry as lbdoctor shows it.
@@ -381,7 +382,7 @@ func pad2(b []byte) []byte {
 func convert(f *ct.Flow) Flow {
 	out := Flow{
 		ID:      f.ID,
-		Proto:   protoName(f.TupleOrig.Proto.Protocol),
+		Proto:   proto.Name(f.TupleOrig.Proto.Protocol),
 		Orig:    tuple(f.TupleOrig),
 		Reply:   tuple(f.TupleReply),
 		Status:  statusNames(f.Status),
@@ -424,20 +425,6 @@ func statusNames(s ct.Status) []string {
 		}
 	}
 	return out
-}
-
-func protoName(p uint8) string {
-	switch p {
-	case unix.IPPROTO_TCP:
-		return "tcp"
-	case unix.IPPROTO_UDP:
-		return "udp"
-	case unix.IPPROTO_ICMP:
-		return "icmp"
-	case unix.IPPROTO_SCTP:
-		return "sctp"
-	}
-	return fmt.Sprintf("proto-%d", p)
 }
 
 // String renders a flow like conntrack -L does, with lbdoctor's names.

@@ -1,7 +1,6 @@
 package drops
 
 import (
-	"fmt"
 	"net/netip"
 	"strings"
 )
@@ -42,23 +41,6 @@ func packetOf(netns, reason uint32, loc uint64, family, proto uint8, s, d [16]ui
 		p.Src, p.Dst = netip.AddrPortFrom(sa, sport), netip.AddrPortFrom(da, dport)
 	}
 	return p
-}
-
-// ProtoName names an IP protocol number.
-func ProtoName(p uint8) string {
-	switch p {
-	case 6:
-		return "tcp"
-	case 17:
-		return "udp"
-	case 1:
-		return "icmp"
-	case 58:
-		return "icmpv6"
-	case 132:
-		return "sctp"
-	}
-	return fmt.Sprintf("proto-%d", p)
 }
 
 // TCPFlags renders TCP flags the way tcpdump's readers know them.

@@ -15,6 +15,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/internal/proto"
 	"github.com/lbdoctor/lbdoctor/probes/kernel"
 )
 
@@ -177,17 +178,10 @@ func stats(s mobyipvs.SvcStats) Stats {
 }
 
 func protoName(p uint16, fwmark uint32) string {
-	switch {
-	case fwmark != 0:
+	if fwmark != 0 {
 		return "fwmark"
-	case p == syscall.IPPROTO_TCP:
-		return "tcp"
-	case p == syscall.IPPROTO_UDP:
-		return "udp"
-	case p == 132:
-		return "sctp"
 	}
-	return fmt.Sprintf("proto-%d", p)
+	return proto.Name(uint8(p))
 }
 
 func methodName(flags uint32) string {
