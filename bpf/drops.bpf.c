@@ -120,12 +120,67 @@ static __always_inline int addr_eq(const volatile struct addr *f, const struct a
 	return x[0] == y[0] && x[1] == y[1];
 }
 
-/* parse reads the IP and transport headers the skb points at, in one read
- * for the common case (no IP options). */
+/* bpf_rdonly_cast (kernel 6.2+) turns a kernel address into a typed pointer
+ * the program reads with plain loads: no bpf_probe_read_kernel call per
+ * packet. On older kernels the loader zeroes the weak symbol and the verifier
+ * drops the direct branch. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+#define direct_reads() (!!bpf_rdonly_cast)
+#define kcast(ptr, type) ((type *)bpf_rdonly_cast((ptr), bpf_core_type_id_kernel(type)))
+
+/* l4_ports fills the ports and TCP flags from the transport header at th. */
+static __always_inline void l4_direct(unsigned char *th, struct agg_key *k, __u8 *flags)
+{
+	struct udphdr *uh = kcast(th, struct udphdr);
+	k->sport = bpf_ntohs(uh->source);
+	k->dport = bpf_ntohs(uh->dest);
+	if (k->proto == IPPROTO_TCP)
+		*flags = ((__u8 *)kcast(th, struct tcphdr))[13];
+}
+
+/* parse_direct reads the IP and transport headers with plain loads. */
+static __always_inline int parse_direct(struct skb_meta *m, struct agg_key *k, __u8 *flags)
+{
+	unsigned char *nh = m->head + m->nh;
+	__u8 version = *(__u8 *)kcast(nh, struct iphdr) >> 4;
+	__u32 l4off;
+	if (version == 4) {
+		struct iphdr *ip = kcast(nh, struct iphdr);
+		k->family = 4;
+		k->proto = ip->protocol;
+		map4(&k->saddr, ip->saddr);
+		map4(&k->daddr, ip->daddr);
+		l4off = ip->ihl * 4;
+	} else if (version == 6) {
+		struct ipv6hdr *ip6 = kcast(nh, struct ipv6hdr);
+		k->family = 6;
+		k->proto = ip6->nexthdr;
+		__u32 *s = (__u32 *)k->saddr.b, *d = (__u32 *)k->daddr.b;
+#pragma unroll
+		for (int i = 0; i < 4; i++) {
+			s[i] = ip6->saddr.in6_u.u6_addr32[i];
+			d[i] = ip6->daddr.in6_u.u6_addr32[i];
+		}
+		l4off = sizeof(struct ipv6hdr);
+	} else {
+		return -1;
+	}
+	if (m->th != (__u16)~0U && m->th > m->nh)
+		l4off = m->th - m->nh;
+	if (k->proto == IPPROTO_TCP || k->proto == IPPROTO_UDP || k->proto == IPPROTO_SCTP)
+		l4_direct(nh + (l4off & 0xffff), k, flags);
+	return 0;
+}
+
+/* parse reads the IP and transport headers the skb points at: directly when
+ * the kernel allows, else in one bpf_probe_read_kernel for the common case
+ * (no IP options). */
 static __always_inline int parse(struct skb_meta *m, struct agg_key *k, __u8 *flags)
 {
 	if (!m->head || m->nh == (__u16)~0U)
 		return -1;
+	if (direct_reads())
+		return parse_direct(m, k, flags);
 	/* An IPv6 header and the first 16 bytes of the transport header. */
 	__u8 buf[sizeof(struct ipv6hdr) + 16];
 	if (bpf_probe_read_kernel(buf, sizeof(buf), m->head + m->nh))

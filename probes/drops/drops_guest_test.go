@@ -14,6 +14,7 @@ func TestGuestDropsOnTheOtherKernel(t *testing.T) {
 	}{
 		{"IPInAddrErrors", TestIPInAddrErrors},
 		{"NetfilterDropAndNoSocket", TestNetfilterDropAndNoSocket},
+		{"IPv6", TestIPv6},
 		{"IPRPFilter", TestIPRPFilter},
 		{"FiltersExclude", TestFiltersExclude},
 		{"AggregateMode", TestAggregateMode},

@@ -87,7 +87,7 @@ func find(got []seen, reason string) *seen {
 
 func dial(ns netns.Target, to string) {
 	ns.Do(func() error {
-		c, err := net.DialTimeout("tcp4", to, 300*time.Millisecond)
+		c, err := net.DialTimeout("tcp", to, 300*time.Millisecond)
 		if err == nil {
 			c.Close()
 		}
@@ -128,6 +128,30 @@ func TestNetfilterDropAndNoSocket(t *testing.T) {
 	}
 	if d := find(got, "NO_SOCKET"); d == nil || d.Dst.Port() != 7777 || !strings.HasPrefix(d.Location, "tcp_v4_rcv+") {
 		t.Errorf("NO_SOCKET drop = %+v, want one at tcp_v4_rcv to port 7777 (saw %+v)", d, got)
+	}
+}
+
+// IPv6 drops carry their addresses whole, and the address filter takes
+// IPv6 too.
+func TestIPv6(t *testing.T) {
+	ns := testkit.Netns(t, "six")
+	testkit.Run(t, ns, "nft", "add table ip6 f; add chain ip6 f in { type filter hook input priority 0; }; add rule ip6 f in tcp dport 9 drop")
+	lo := netip.IPv6Loopback()
+	got, _ := trace(t, drops.Config{NetnsInode: uint32(ns.Inode), Addrs: []netip.Addr{lo}}, func() {
+		dial(ns, "[::1]:9")        // dropped by the rule
+		dial(ns, "[::1]:7777")     // nobody listens
+		dial(ns, "127.0.0.1:7778") // not ::1: filtered out
+	})
+	if d := find(got, "NETFILTER_DROP"); d == nil || d.Family != 6 || d.Src.Addr() != lo || d.Dst != netip.AddrPortFrom(lo, 9) || drops.Kind(d.Raw.TCPFlags) != "SYN" {
+		t.Errorf("NETFILTER_DROP drop = %+v, want a SYN ::1 → [::1]:9 (saw %+v)", d, got)
+	}
+	if d := find(got, "NO_SOCKET"); d == nil || d.Family != 6 || d.Dst != netip.AddrPortFrom(lo, 7777) || !strings.HasPrefix(d.Location, "tcp_v6_rcv+") {
+		t.Errorf("NO_SOCKET drop = %+v, want one to [::1]:7777 at tcp_v6_rcv (saw %+v)", d, got)
+	}
+	for _, d := range got {
+		if d.Family != 6 {
+			t.Errorf("address filter ::1 let through %+v", d)
+		}
 	}
 }
 
