@@ -18,6 +18,9 @@ volatile const __u16 filter_ports[MAX_PORTS] = {};
 volatile const __u64 ignore_reasons[4] = {}; /* bitmap of reasons < 256 */
 volatile const __u8 send_events = 0;         /* 0: aggregate only */
 volatile const __u8 want_stack = 0;          /* record kernel stacks of events */
+/* Kernels before 5.17 pass no reason to kfree_skb: never read the argument
+ * there (the verifier only checks the branch that runs). */
+volatile const __u8 has_reason = 1;
 /* Wake the reader only once this much is waiting: under a flood one wakeup
  * per event would cost more than the event. User space also polls. */
 volatile const __u64 wakeup_bytes = 256 << 10;
@@ -360,14 +363,21 @@ static __always_inline int handle(void *ctx, struct skb_meta *m, __u64 location,
 /* early rejects what the filters can judge before the packet is read. */
 static __always_inline int early_reject(__u32 netns, __u32 reason)
 {
-	if (reason < 256 && (ignore_reasons[reason / 64] & (1ULL << (reason % 64))))
+	/* Bound the index itself, in one register: clang would otherwise test
+	 * reason in one register and index with another, which the verifier
+	 * cannot follow. */
+	__u32 word = reason >> 6;
+	asm volatile("" : "+r"(word));
+	if (word < 4 && (ignore_reasons[word] & (1ULL << (reason & 63))))
 		return 1;
 	return filter_netns && netns != filter_netns;
 }
 
 SEC("tp_btf/kfree_skb")
-int BPF_PROG(drop_tp_btf, struct sk_buff *skb, void *location, int reason)
+int drop_tp_btf(__u64 *ctx)
 {
+	struct sk_buff *skb = (struct sk_buff *)ctx[0];
+	__u32 reason = has_reason ? (__u32)ctx[2] : 0;
 	struct skb_meta m = {};
 	struct net *net = 0;
 	m.dev = skb->dev;
@@ -379,23 +389,24 @@ int BPF_PROG(drop_tp_btf, struct sk_buff *skb, void *location, int reason)
 			net = sk->__sk_common.skc_net.net;
 	}
 	m.netns = net ? net->ns.inum : 0;
-	if (early_reject(m.netns, (__u32)reason))
+	if (early_reject(m.netns, reason))
 		return 0;
 	m.head = skb->head;
 	m.nh = skb->network_header;
 	m.th = skb->transport_header;
 	m.len = skb->len;
-	return handle(ctx, &m, (__u64)location, (__u32)reason);
+	return handle(ctx, &m, ctx[1], reason);
 }
 
 SEC("raw_tp/kfree_skb")
 int drop_raw_tp(struct bpf_raw_tracepoint_args *ctx)
 {
 	struct skb_meta m = {};
+	__u32 reason = has_reason ? (__u32)ctx->args[2] : 0;
 	meta_probe_read((struct sk_buff *)ctx->args[0], &m);
-	if (early_reject(m.netns, (__u32)ctx->args[2]))
+	if (early_reject(m.netns, reason))
 		return 0;
-	return handle(ctx, &m, ctx->args[1], (__u32)ctx->args[2]);
+	return handle(ctx, &m, ctx->args[1], reason);
 }
 
 SEC("tracepoint/skb/kfree_skb")
@@ -405,7 +416,7 @@ int drop_tracepoint(void *ctx)
 	__u32 reason = 0;
 	bpf_probe_read_kernel(&skb, sizeof(skb), ctx + tp_off_skb);
 	bpf_probe_read_kernel(&location, sizeof(location), ctx + tp_off_location);
-	if (tp_off_reason)
+	if (has_reason && tp_off_reason)
 		bpf_probe_read_kernel(&reason, sizeof(reason), ctx + tp_off_reason);
 	struct skb_meta m = {};
 	meta_probe_read((struct sk_buff *)skb, &m);

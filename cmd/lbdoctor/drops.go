@@ -158,7 +158,7 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		return names[inode]
 	}
 	toDrop := func(p drops.Packet) report.Drop {
-		d := report.Drop{Type: "drop", Netns: p.Netns, NetnsTag: nameOf(p.Netns), Location: syms.Lookup(p.Location), Reason: reasonName(tr.Reasons, p.Reason)}
+		d := report.Drop{Type: "drop", Netns: p.Netns, NetnsTag: nameOf(p.Netns), Location: syms.Lookup(p.Location), Reason: reasonName(tr, p.Reason)}
 		if p.Family != 0 {
 			d.Proto, d.Src, d.Dst = proto.Name(p.Proto), p.Src.String(), p.Dst.String()
 			d.Flow = attr.Attribute(p)
@@ -176,10 +176,13 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 	jsonOut := g.output == "json"
 	if !jsonOut {
 		fmt.Fprintf(cmd.ErrOrStderr(), "tracing drops (%s, attached in %d ms)%s; Ctrl-C to stop\n", tr.Attach, tr.AttachTime.Milliseconds(), filterText(cfg, lb, g.netns != ""))
+		if tr.NoReasons != "" {
+			fmt.Fprintf(cmd.ErrOrStderr(), "! %s\n", tr.NoReasons)
+		}
 	}
 	start := time.Now()
 	var delivered uint64
-	sum := report.DropsSummary{Type: "summary", Attach: tr.Attach, AttachMs: float64(tr.AttachTime.Microseconds()) / 1000}
+	sum := report.DropsSummary{Type: "summary", Attach: tr.Attach, AttachMs: float64(tr.AttachTime.Microseconds()) / 1000, NoReasons: tr.NoReasons}
 	if f.summary {
 		<-ctx.Done()
 		tr.Stop()
@@ -247,11 +250,14 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 	return report.DropsSummaryText(w, sum)
 }
 
-func reasonName(reasons map[uint32]string, code uint32) string {
-	if n, ok := reasons[code]; ok {
+func reasonName(tr *drops.Tracer, code uint32) string {
+	if tr.NoReasons != "" {
+		return "-" // a kernel before 5.17: the location is all there is
+	}
+	if n, ok := tr.Reasons[code]; ok {
 		return n
 	}
-	if reasons == nil {
+	if tr.Reasons == nil {
 		return "reason " + strconv.Itoa(int(code)) + " (no BTF)"
 	}
 	return "reason " + strconv.Itoa(int(code))

@@ -41,7 +41,8 @@ type DropsSummary struct {
 	Counters   drops.Counters `json:"counters"`
 	Delivered  uint64         `json:"delivered"` // drops reported (events, or counted in aggregates)
 	Lost       uint64         `json:"lost"`
-	Aggregates []Drop         `json:"drops,omitempty"` // --summary
+	Aggregates []Drop         `json:"drops,omitempty"`      // --summary
+	NoReasons  string         `json:"no_reasons,omitempty"` // why drops carry no reason on this kernel
 }
 
 // DropLine renders one drop for a person.
@@ -103,6 +104,9 @@ func DropsSummaryText(w io.Writer, s DropsSummary) error {
 	}
 	fmt.Fprintf(&b, "%d drops matched in %s: %d reported, %d lost (ring buffer %d, aggregate map %d); attached %s in %.0f ms\n",
 		s.Counters.Matched, s.Window.Round(time.Millisecond), s.Delivered, s.Lost, s.Counters.RingLost, s.Counters.AggLost, s.Attach, s.AttachMs)
+	if s.NoReasons != "" {
+		fmt.Fprintf(&b, "! %s\n", s.NoReasons)
+	}
 	if s.Counters.Missed > 0 {
 		fmt.Fprintf(&b, "! the kernel skipped the tracer %d times (a drop while it was already running on that CPU): those drops were not seen\n", s.Counters.Missed)
 	}

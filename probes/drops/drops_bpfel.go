@@ -96,6 +96,7 @@ const (
 	dropsVarFilterNetns     = "filter_netns"
 	dropsVarFilterPorts     = "filter_ports"
 	dropsVarFilterProto     = "filter_proto"
+	dropsVarHasReason       = "has_reason"
 	dropsVarIgnoreReasons   = "ignore_reasons"
 	dropsVarN_addrs         = "n_addrs"
 	dropsVarN_ports         = "n_ports"
@@ -177,6 +178,7 @@ type dropsVariableSpecs struct {
 	FilterNetns    *ebpf.VariableSpec `ebpf:"filter_netns"`
 	FilterPorts    *ebpf.VariableSpec `ebpf:"filter_ports"`
 	FilterProto    *ebpf.VariableSpec `ebpf:"filter_proto"`
+	HasReason      *ebpf.VariableSpec `ebpf:"has_reason"`
 	IgnoreReasons  *ebpf.VariableSpec `ebpf:"ignore_reasons"`
 	N_addrs        *ebpf.VariableSpec `ebpf:"n_addrs"`
 	N_ports        *ebpf.VariableSpec `ebpf:"n_ports"`
@@ -237,6 +239,7 @@ type dropsVariables struct {
 	FilterNetns    *ebpf.Variable `ebpf:"filter_netns"`
 	FilterPorts    *ebpf.Variable `ebpf:"filter_ports"`
 	FilterProto    *ebpf.Variable `ebpf:"filter_proto"`
+	HasReason      *ebpf.Variable `ebpf:"has_reason"`
 	IgnoreReasons  *ebpf.Variable `ebpf:"ignore_reasons"`
 	N_addrs        *ebpf.Variable `ebpf:"n_addrs"`
 	N_ports        *ebpf.Variable `ebpf:"n_ports"`

@@ -15,6 +15,7 @@ func TestGuestDropsOnTheOtherKernel(t *testing.T) {
 		{"IPInAddrErrors", TestIPInAddrErrors},
 		{"NetfilterDropAndNoSocket", TestNetfilterDropAndNoSocket},
 		{"IPv6", TestIPv6},
+		{"WithoutReasons", TestWithoutReasons},
 		{"IPRPFilter", TestIPRPFilter},
 		{"FiltersExclude", TestFiltersExclude},
 		{"AggregateMode", TestAggregateMode},

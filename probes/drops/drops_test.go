@@ -22,6 +22,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
+	"github.com/lbdoctor/lbdoctor/probes/kernel"
 )
 
 type seen struct {
@@ -152,6 +153,39 @@ func TestIPv6(t *testing.T) {
 		if d.Family != 6 {
 			t.Errorf("address filter ::1 let through %+v", d)
 		}
+	}
+}
+
+// On a kernel whose kfree_skb passes no reason (before 5.17) the programs
+// never read the argument, and drops still carry their location.
+func TestWithoutReasons(t *testing.T) {
+	testkit.RequireRoot(t)
+	defer drops.AsKernelWithoutReasons()()
+	testkit.Tracefs(t)
+	ns := testkit.Netns(t, "norsn")
+	for _, at := range []string{drops.AttachTPBTF, drops.AttachRawTP, drops.AttachTracepoint} {
+		got, c := trace(t, drops.Config{NetnsInode: uint32(ns.Inode), Ports: []uint16{7020}, Attach: at}, func() {
+			dial(ns, "127.0.0.1:7020")
+		})
+		if len(got) == 0 || c.Matched == 0 {
+			t.Errorf("%s: no drop traced without reasons", at)
+		}
+		for _, d := range got {
+			if d.Packet.Reason != 0 || d.Reason != "" || !strings.HasPrefix(d.Location, "tcp_v4_rcv+") || d.Dst.Port() != 7020 {
+				t.Errorf("%s: drop = %+v (%q at %s), want reason 0 at tcp_v4_rcv to port 7020", at, d.Packet, d.Reason, d.Location)
+			}
+		}
+	}
+	tr, err := drops.New(drops.Config{NetnsInode: uint32(ns.Inode)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tr.NoReasons == "" || tr.Reasons != nil {
+		t.Errorf("Tracer.NoReasons = %q, Reasons %d names; want a reason why and no names", tr.NoReasons, len(tr.Reasons))
+	}
+	tr.Close()
+	if _, err := drops.New(drops.Config{IgnoreReasons: []string{"NO_SOCKET"}}); !errors.Is(err, kernel.ErrNotSupported) {
+		t.Errorf("drops.New(--ignore-reason without reasons) = %v, want ErrNotSupported", err)
 	}
 }
 

@@ -53,9 +53,13 @@ type Config struct {
 // links are bound to file descriptors, so a killed process leaves nothing
 // attached.
 type Tracer struct {
-	Attach     string        // the attach point in use
-	AttachTime time.Duration // from load start to attached
-	Reasons    map[uint32]string
+	Attach     string            // the attach point in use
+	AttachTime time.Duration     // from load start to attached
+	Reasons    map[uint32]string // reason names from BTF; nil without BTF or reasons
+	// NoReasons says why drops carry no reason on this kernel (kfree_skb
+	// passes none before 5.17): only their locations are known. Empty when
+	// they do.
+	NoReasons string
 
 	events bool
 	coll   *ebpf.Collection
@@ -79,6 +83,10 @@ type Counters struct {
 // Lost is every drop that matched but could not be reported in detail.
 func (c Counters) Lost() uint64 { return c.RingLost + c.AggLost }
 
+// kernelReasonField is kernel.KfreeSkbReasonField; tests replace it to run
+// the tracer as on a kernel older than 5.17.
+var kernelReasonField = kernel.KfreeSkbReasonField
+
 // ErrBadFilter reports a filter the tracer cannot take: too many entries,
 // or a reason this kernel does not have.
 var ErrBadFilter = errors.New("bad drop filter")
@@ -95,12 +103,29 @@ func New(cfg Config) (*Tracer, error) {
 		return nil, err
 	}
 	t.Reasons = reasons
+	hasReason := uint8(1)
+	if err := kernelReasonField(); err != nil {
+		if !errors.Is(err, kernel.ErrNotSupported) {
+			return nil, err
+		}
+		t.Reasons, t.NoReasons, hasReason = nil, err.Error(), 0
+	}
 	spec, err := loadDrops()
 	if err != nil {
 		return nil, fmt.Errorf("load drop tracer spec: %w", err)
 	}
-	if err := setFilters(spec, cfg, reasons); err != nil {
+	if len(cfg.IgnoreReasons) > 0 && t.Reasons == nil {
+		why := t.NoReasons
+		if why == "" {
+			why = "reason names need the kernel's BTF: " + kernel.BTF().Error()
+		}
+		return nil, &kernel.NotSupportedError{Feature: "ignoring drop reasons", Reason: why}
+	}
+	if err := setFilters(spec, cfg, t.Reasons); err != nil {
 		return nil, err
+	}
+	if err := spec.Variables["has_reason"].Set(hasReason); err != nil {
+		return nil, fmt.Errorf("set has_reason: %w", err)
 	}
 	t.Attach, err = chooseAttach(cfg.Attach, spec)
 	if err != nil {

@@ -61,19 +61,32 @@ func TracefsDir() (string, error) {
 	return "", &NotSupportedError{Feature: "tracefs", Reason: "is not mounted (mount -t tracefs tracefs /sys/kernel/tracing)"}
 }
 
-// KfreeSkbReasonField reports whether the skb:kfree_skb tracepoint carries a
-// drop reason (Linux 5.17+); without it only the location of a drop is known.
+// KfreeSkbReasonField reports whether skb:kfree_skb passes a drop reason
+// (Linux 5.17+); without it only the location of a drop is known. It asks
+// the kernel's BTF (enum skb_drop_reason came with the argument), else the
+// tracepoint's format file, else /proc/kallsyms for the drop function.
 func KfreeSkbReasonField() error {
-	dir, err := TracefsDir()
-	if err != nil {
-		return err
+	missing := &NotSupportedError{Feature: "drop reasons", Reason: "are not passed to kfree_skb by kernel " + Release() + " (they came in 5.17): locations only"}
+	if spec, err := kernelSpec(); err == nil {
+		var enum *btf.Enum
+		err := spec.TypeByName("skb_drop_reason", &enum)
+		if errors.Is(err, btf.ErrNotFound) {
+			return missing
+		}
+		if err == nil {
+			return nil
+		}
 	}
-	data, err := os.ReadFile(dir + "/events/skb/kfree_skb/format")
-	if err != nil {
-		return &NotSupportedError{Feature: "skb:kfree_skb", Reason: "tracepoint is missing: " + err.Error()}
+	if dir, err := TracefsDir(); err == nil {
+		if data, err := os.ReadFile(dir + "/events/skb/kfree_skb/format"); err == nil {
+			if !strings.Contains(string(data), " reason;") {
+				return missing
+			}
+			return nil
+		}
 	}
-	if !strings.Contains(string(data), " reason;") {
-		return &NotSupportedError{Feature: "drop reasons", Reason: "are not in skb:kfree_skb on this kernel (only locations)"}
+	if DropFunction() == "" {
+		return missing
 	}
 	return nil
 }

@@ -1,0 +1,12 @@
+package drops
+
+import "github.com/lbdoctor/lbdoctor/probes/kernel"
+
+// AsKernelWithoutReasons makes New behave as on a kernel older than 5.17,
+// whose kfree_skb passes no drop reason, until the returned func is called.
+func AsKernelWithoutReasons() (restore func()) {
+	kernelReasonField = func() error {
+		return &kernel.NotSupportedError{Feature: "drop reasons", Reason: "are not passed to kfree_skb (test: as before 5.17)"}
+	}
+	return func() { kernelReasonField = kernel.KfreeSkbReasonField }
+}
