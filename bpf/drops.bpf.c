@@ -131,30 +131,33 @@ extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
 #define direct_reads() (!!bpf_rdonly_cast)
 #define kcast(ptr, type) ((type *)bpf_rdonly_cast((ptr), bpf_core_type_id_kernel(type)))
 
-/* l4_ports fills the ports and TCP flags from the transport header at th. */
+/* l4_direct fills the ports and TCP flags from the transport header at th
+ * (ports sit at the same place in TCP, UDP and SCTP), read as the kernel's
+ * union tcp_word_hdr: both ports in one load. */
 static __always_inline void l4_direct(unsigned char *th, struct agg_key *k, __u8 *flags)
 {
-	struct udphdr *uh = kcast(th, struct udphdr);
-	k->sport = bpf_ntohs(uh->source);
-	k->dport = bpf_ntohs(uh->dest);
+	union tcp_word_hdr *w = kcast(th, union tcp_word_hdr);
+	__u32 ports = bpf_ntohl(w->words[0]);
+	k->sport = ports >> 16;
+	k->dport = ports & 0xffff;
 	if (k->proto == IPPROTO_TCP)
-		*flags = ((__u8 *)kcast(th, struct tcphdr))[13];
+		*flags = bpf_ntohl(w->words[3]) >> 16;
 }
 
 /* parse_direct reads the IP and transport headers with plain loads. */
 static __always_inline int parse_direct(struct skb_meta *m, struct agg_key *k, __u8 *flags)
 {
 	unsigned char *nh = m->head + m->nh;
-	__u8 version = *(__u8 *)kcast(nh, struct iphdr) >> 4;
+	__u8 vihl = *(__u8 *)kcast(nh, struct iphdr); /* version and ihl: one load */
 	__u32 l4off;
-	if (version == 4) {
+	if (vihl >> 4 == 4) {
 		struct iphdr *ip = kcast(nh, struct iphdr);
 		k->family = 4;
 		k->proto = ip->protocol;
 		map4(&k->saddr, ip->saddr);
 		map4(&k->daddr, ip->daddr);
-		l4off = ip->ihl * 4;
-	} else if (version == 6) {
+		l4off = (vihl & 0xf) * 4;
+	} else if (vihl >> 4 == 6) {
 		struct ipv6hdr *ip6 = kcast(nh, struct ipv6hdr);
 		k->family = 6;
 		k->proto = ip6->nexthdr;

@@ -8,13 +8,18 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"runtime"
 	"sort"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 	"unsafe"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -25,23 +30,25 @@ import (
 
 // Flood benchmark: a sendmmsg sender in one netns floods a veth into an nft
 // `counter drop` rule in another. This VM's speed drifts by tens of percent
-// over seconds, so every traced window sits between two untraced ones and
-// its ratio is to their mean; the order of configurations rotates every
-// round, and the medians over rounds are reported. Totals are checked
-// against the nft counter in every window.
+// over seconds, so the rate ratio of each tracer configuration (-ratio) is
+// measured under one continuous flood while the tracer is attached and
+// detached every slice (LBDOCTOR_BENCH_SLICE, default 100ms) for
+// LBDOCTOR_BENCH_PAIRS pairs (default 40); an empty BPF program on the same
+// tracepoint, measured the same way, is the floor no BPF tracer can beat.
+// Rounds (LBDOCTOR_BENCH_ROUNDS, default 3) of whole windows
+// (LBDOCTOR_BENCH_WINDOW, default 1s), each between two untraced ones, check
+// the totals against the nft counter, measure the delivered fraction
+// (-delivered, -window-ratio) and compare with perf record. Medians are
+// reported. LBDOCTOR_BENCH_CONFIGS picks configurations ("aggregate;events").
 //
 //	sudo go test -run '^$' -bench Flood -benchtime 1x ./probes/drops/
-//
-// LBDOCTOR_BENCH_ROUNDS (default 5) and LBDOCTOR_BENCH_WINDOW (default 1s).
 func BenchmarkFlood(b *testing.B) {
 	testkit.RequireRoot(b)
-	rounds, window := 5, time.Second
-	if s := os.Getenv("LBDOCTOR_BENCH_ROUNDS"); s != "" {
-		rounds, _ = strconv.Atoi(s)
-	}
-	if s := os.Getenv("LBDOCTOR_BENCH_WINDOW"); s != "" {
-		window, _ = time.ParseDuration(s)
-	}
+	rounds, window, pairs, slice := 3, time.Second, 40, 100*time.Millisecond
+	envInt(b, "LBDOCTOR_BENCH_ROUNDS", &rounds)
+	envInt(b, "LBDOCTOR_BENCH_PAIRS", &pairs)
+	envDuration(b, "LBDOCTOR_BENCH_WINDOW", &window)
+	envDuration(b, "LBDOCTOR_BENCH_SLICE", &slice)
 	snd, rcv := testkit.Netns(b, "fsnd"), testkit.Netns(b, "frcv")
 	floodPair(b, snd, rcv)
 	testkit.Run(b, rcv, "nft", "add table ip f; add chain ip f in { type filter hook input priority 0; }; add rule ip f in udp dport 9 counter drop")
@@ -50,6 +57,9 @@ func BenchmarkFlood(b *testing.B) {
 	if _, err := exec.LookPath("perf"); err == nil {
 		testkit.Tracefs(b)
 		configs = append(configs, "perf record")
+	}
+	if only := os.Getenv("LBDOCTOR_BENCH_CONFIGS"); only != "" { // e.g. "aggregate;perf record"
+		configs = strings.Split(only, ";")
 	}
 	ratio, delivered, pps := map[string][]float64{}, map[string][]float64{}, map[string][]float64{}
 	for r := 0; r < rounds; r++ {
@@ -71,10 +81,150 @@ func BenchmarkFlood(b *testing.B) {
 	b.ReportMetric(median(pps["no tracer"])/1e6, "0-no_tracer-Mpps")
 	for i, c := range configs {
 		b.ReportMetric(median(pps[c])/1e6, fmt.Sprintf("%d-%s-Mpps", i+1, slug(c)))
-		b.ReportMetric(median(ratio[c]), fmt.Sprintf("%d-%s-ratio", i+1, slug(c)))
+		b.ReportMetric(median(ratio[c]), fmt.Sprintf("%d-%s-window-ratio", i+1, slug(c)))
 		if len(delivered[c]) > 0 {
 			b.ReportMetric(median(delivered[c]), fmt.Sprintf("%d-%s-delivered", i+1, slug(c)))
 		}
+		if cfg := tracerConfig(c, snd, rcv); cfg != nil {
+			b.ReportMetric(toggledRatio(b, snd, *cfg, pairs, slice), fmt.Sprintf("%d-%s-ratio", i+1, slug(c)))
+		}
+	}
+	nop := newNopTracer(b)
+	defer nop.Close()
+	b.ReportMetric(toggled(b, snd, nop, pairs, slice), "0-empty_bpf_program-ratio")
+}
+
+// toggledRatio floods without pause while attaching and detaching a tracer
+// every slice, and returns the send rate while attached over the rate while
+// detached. The sender does all the work of a packet, up to its drop, in its
+// own syscall, so what it sends is what was dropped.
+func toggledRatio(b *testing.B, snd netns.Target, cfg drops.Config, pairs int, slice time.Duration) float64 {
+	tr, err := drops.New(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer tr.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if cfg.Events {
+		go tr.Read(ctx, func(drops.Packet, drops.RawEvent) {})
+	}
+	return toggled(b, snd, tr, pairs, slice)
+}
+
+type attacher interface {
+	Start() error
+	Stop() error
+}
+
+// nopTracer is the least any BPF drop tracer can cost: an empty tp_btf
+// program on kfree_skb, the floor the ratios are to be read against.
+type nopTracer struct {
+	prog *ebpf.Program
+	lnk  link.Link
+}
+
+func newNopTracer(b *testing.B) *nopTracer {
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.Tracing, AttachType: ebpf.AttachTraceRawTp, AttachTo: "kfree_skb", License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return &nopTracer{prog: p}
+}
+
+func (n *nopTracer) Start() (err error) {
+	if n.lnk != nil {
+		return nil
+	}
+	n.lnk, err = link.AttachTracing(link.TracingOptions{Program: n.prog})
+	return err
+}
+
+func (n *nopTracer) Stop() error {
+	if n.lnk == nil {
+		return nil
+	}
+	defer func() { n.lnk = nil }()
+	return n.lnk.Close()
+}
+
+func (n *nopTracer) Close() { n.Stop(); n.prog.Close() }
+
+func toggled(b *testing.B, snd netns.Target, tr attacher, pairs int, slice time.Duration) float64 {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var err error
+	var sent atomic.Uint64
+	done := make(chan error)
+	go func() { done <- floodUntil(snd, ctx, &sent) }()
+	time.Sleep(slice) // the sender gets going
+	// Slices go on off off on …: each pair is an attached slice and the
+	// detached one beside it, and the median of the pairs' ratios is robust
+	// against the moments the hypervisor takes the CPU away.
+	var ratios []float64
+	var first float64 // the rate of the pair's first slice
+	for i := 0; i < 2*pairs; i++ {
+		attached := i%4 == 0 || i%4 == 3
+		if attached {
+			err = tr.Start()
+		} else {
+			err = tr.Stop()
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		t0, n0 := time.Now(), sent.Load()
+		time.Sleep(slice)
+		rate := float64(sent.Load()-n0) / time.Since(t0).Seconds()
+		switch i % 4 {
+		case 0, 2:
+			first = rate
+		case 1: // on, then off
+			ratios = append(ratios, first/rate)
+		case 3: // off, then on
+			ratios = append(ratios, rate/first)
+		}
+	}
+	tr.Stop()
+	cancel()
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+	return median(ratios)
+}
+
+func tracerConfig(c string, snd, rcv netns.Target) *drops.Config {
+	switch c {
+	case "aggregate":
+		return &drops.Config{NetnsInode: uint32(rcv.Inode), Proto: unix.IPPROTO_UDP, Ports: []uint16{9}}
+	case "events":
+		return &drops.Config{NetnsInode: uint32(rcv.Inode), Proto: unix.IPPROTO_UDP, Ports: []uint16{9}, Events: true}
+	case "other netns":
+		return &drops.Config{NetnsInode: uint32(snd.Inode), Events: true}
+	case "events, filtered out":
+		return &drops.Config{NetnsInode: uint32(rcv.Inode), Events: true, Addrs: []netip.Addr{netip.MustParseAddr("10.99.99.99")}}
+	}
+	return nil
+}
+
+func envInt(b *testing.B, name string, v *int) {
+	if s := os.Getenv(name); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			b.Fatalf("%s=%q: %v", name, s, err)
+		}
+		*v = n
+	}
+}
+
+func envDuration(b *testing.B, name string, v *time.Duration) {
+	if s := os.Getenv(name); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			b.Fatalf("%s=%q: %v", name, s, err)
+		}
+		*v = d
 	}
 }
 
@@ -83,17 +233,7 @@ func BenchmarkFlood(b *testing.B) {
 // fraction delivered (else -1). It fails the benchmark when the tracer's
 // totals disagree with the counter.
 func floodWindow(b *testing.B, snd, rcv netns.Target, c string, d time.Duration) (pps, delivered float64) {
-	var cfg *drops.Config
-	switch c {
-	case "aggregate":
-		cfg = &drops.Config{NetnsInode: uint32(rcv.Inode), Proto: unix.IPPROTO_UDP, Ports: []uint16{9}}
-	case "events":
-		cfg = &drops.Config{NetnsInode: uint32(rcv.Inode), Proto: unix.IPPROTO_UDP, Ports: []uint16{9}, Events: true}
-	case "other netns":
-		cfg = &drops.Config{NetnsInode: uint32(snd.Inode), Events: true}
-	case "events, filtered out":
-		cfg = &drops.Config{NetnsInode: uint32(rcv.Inode), Events: true, Addrs: []netip.Addr{netip.MustParseAddr("10.99.99.99")}}
-	}
+	cfg := tracerConfig(c, snd, rcv)
 	if c == "perf record" {
 		before := nftCounter(b, rcv)
 		samples := perfRecord(b, func() { flood(b, snd, d) })
@@ -219,7 +359,22 @@ func floodPair(b testing.TB, snd, rcv netns.Target) {
 
 // flood sends 64-byte UDP datagrams with sendmmsg for d.
 func flood(b testing.TB, ns netns.Target, d time.Duration) {
-	err := ns.Do(func() error {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	if err := floodUntil(ns, ctx, nil); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// floodUntil sends 64-byte UDP datagrams with sendmmsg from a thread pinned
+// to the last CPU until ctx ends, adding what it sent to sent (if not nil).
+func floodUntil(ns netns.Target, ctx context.Context, sent *atomic.Uint64) error {
+	return ns.Do(func() error {
+		var cpus unix.CPUSet
+		cpus.Set(runtime.NumCPU() - 1)
+		if err := unix.SchedSetaffinity(0, &cpus); err != nil {
+			return err
+		}
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
 		if err != nil {
 			return err
@@ -242,17 +397,16 @@ func flood(b testing.TB, ns netns.Target, d time.Duration) {
 			msgs[i].hdr.Iov = &iov
 			msgs[i].hdr.Iovlen = 1
 		}
-		end := time.Now().Add(d)
-		for time.Now().Before(end) {
-			for i := 0; i < 64; i++ {
-				unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])), batch, 0, 0, 0)
+		for ctx.Err() == nil {
+			for i := 0; i < 16; i++ {
+				n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])), batch, 0, 0, 0)
+				if errno == 0 && sent != nil {
+					sent.Add(uint64(n))
+				}
 			}
 		}
 		return nil
 	})
-	if err != nil {
-		b.Fatal(err)
-	}
 }
 
 var nftPackets = regexp.MustCompile(`counter packets (\d+)`)
@@ -307,6 +461,17 @@ func BenchmarkProgramCost(b *testing.B) {
 	snd, rcv := testkit.Netns(b, "psnd"), testkit.Netns(b, "prcv")
 	floodPair(b, snd, rcv)
 	testkit.Run(b, rcv, "nft", "add table ip f; add chain ip f in { type filter hook input priority 0; }; add rule ip f in udp dport 9 counter drop")
+	b.Run("empty_program", func(b *testing.B) {
+		nop := newNopTracer(b)
+		defer nop.Close()
+		if err := nop.Start(); err != nil {
+			b.Fatal(err)
+		}
+		for b.Loop() {
+			flood(b, snd, time.Second)
+		}
+		reportProgramStats(b, nop.prog.Stats)
+	})
 	for _, c := range []struct {
 		name string
 		cfg  drops.Config
@@ -314,6 +479,7 @@ func BenchmarkProgramCost(b *testing.B) {
 		{"rejected_by_netns", drops.Config{NetnsInode: uint32(snd.Inode)}},
 		{"aggregate", drops.Config{NetnsInode: uint32(rcv.Inode)}},
 		{"aggregate_port_filter", drops.Config{NetnsInode: uint32(rcv.Inode), Proto: unix.IPPROTO_UDP, Ports: []uint16{9}}},
+		{"events_filtered_out", drops.Config{NetnsInode: uint32(rcv.Inode), Events: true, Addrs: []netip.Addr{netip.MustParseAddr("10.99.99.99")}}},
 		{"events", drops.Config{NetnsInode: uint32(rcv.Inode), Events: true}},
 	} {
 		b.Run(c.name, func(b *testing.B) {
@@ -330,12 +496,19 @@ func BenchmarkProgramCost(b *testing.B) {
 			for b.Loop() {
 				flood(b, snd, time.Second)
 			}
-			st, err := tr.ProgramStats()
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.ReportMetric(float64(st.Runtime.Nanoseconds())/float64(st.RunCount), "ns/drop")
-			b.ReportMetric(float64(st.RecursionMisses), "missed")
+			reportProgramStats(b, tr.ProgramStats)
+			cnt, _ := tr.Counters()
+			b.ReportMetric(float64(cnt.Matched), "matched")
 		})
 	}
+}
+
+func reportProgramStats(b *testing.B, stats func() (*ebpf.ProgramStats, error)) {
+	st, err := stats()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(st.Runtime.Nanoseconds())/float64(st.RunCount), "ns/drop")
+	b.ReportMetric(float64(st.RecursionMisses), "missed")
+	b.ReportMetric(float64(st.RunCount), "runs")
 }

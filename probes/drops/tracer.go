@@ -152,17 +152,9 @@ func New(cfg Config) (*Tracer, error) {
 	}
 	prog := t.coll.Programs[progName]
 	t.prog = prog
-	switch t.Attach {
-	case AttachTPBTF:
-		t.lnk, err = link.AttachTracing(link.TracingOptions{Program: prog})
-	case AttachRawTP:
-		t.lnk, err = link.AttachRawTracepoint(link.RawTracepointOptions{Name: "kfree_skb", Program: prog})
-	case AttachTracepoint:
-		t.lnk, err = link.Tracepoint("skb", "kfree_skb", prog, nil)
-	}
-	if err != nil {
+	if err := t.Start(); err != nil {
 		t.coll.Close()
-		return nil, fmt.Errorf("attach drop tracer to kfree_skb (%s): %w", t.Attach, err)
+		return nil, err
 	}
 	if cfg.Events {
 		if t.ring, err = ringbuf.NewReader(t.coll.Maps["events"]); err != nil {
@@ -277,6 +269,29 @@ func (t *Tracer) ProgramStats() (*ebpf.ProgramStats, error) { return t.prog.Stat
 
 // ProgramName is the name the tracer of process pid has in the kernel.
 func ProgramName(pid int) string { return fmt.Sprintf("lbdrop_%d", pid) }
+
+// Start attaches the tracer again after Stop; counting goes on from where
+// it stopped. (New attaches it the first time.)
+func (t *Tracer) Start() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.lnk != nil {
+		return nil
+	}
+	var err error
+	switch t.Attach {
+	case AttachTPBTF:
+		t.lnk, err = link.AttachTracing(link.TracingOptions{Program: t.prog})
+	case AttachRawTP:
+		t.lnk, err = link.AttachRawTracepoint(link.RawTracepointOptions{Name: "kfree_skb", Program: t.prog})
+	case AttachTracepoint:
+		t.lnk, err = link.Tracepoint("skb", "kfree_skb", t.prog, nil)
+	}
+	if err != nil {
+		return fmt.Errorf("attach drop tracer to kfree_skb (%s): %w", t.Attach, err)
+	}
+	return nil
+}
 
 // Stop detaches the tracer but keeps what it counted, so that counters and
 // aggregates read afterwards agree with each other.
