@@ -30,6 +30,8 @@ func TestCatalogOnFixtures(t *testing.T) {
 		{"seed-stage2", "10.1.0.6:8085", map[string]checks.Status{"kernel.ipvs": checks.Pass, "sysctl.ip_forward": checks.Pass, "sysctl.vs_conntrack": checks.Fail, "nat.return_path": checks.Pass, "net.send_redirects": checks.Warn}},
 		{"seed-stage2", "10.1.0.9:80", map[string]checks.Status{"kernel.ipvs": checks.Fail, "sysctl.ip_forward": checks.Skip, "sysctl.vs_conntrack": checks.Skip, "nat.return_path": checks.Skip, "net.send_redirects": checks.Skip}},
 		{"seed-stage3", "", map[string]checks.Status{"kernel.ipvs": checks.Pass, "sysctl.ip_forward": checks.Fail, "sysctl.vs_conntrack": checks.Pass, "nat.return_path": checks.Pass, "net.send_redirects": checks.Skip}},
+		{"seed-stage3-drops", "10.1.0.6:8085", map[string]checks.Status{"sysctl.ip_forward": checks.Fail, "drops.vip_flows": checks.Fail}},
+		{"seed-stage3", "10.1.0.6:8085", map[string]checks.Status{"drops.vip_flows": checks.Skip}},
 		{"two-arm", "", map[string]checks.Status{"kernel.ipvs": checks.Pass, "sysctl.ip_forward": checks.Pass, "sysctl.vs_conntrack": checks.Skip, "nat.return_path": checks.Pass, "net.send_redirects": checks.Skip}},
 		{"vs-module-not-loaded", "", map[string]checks.Status{"kernel.ipvs": checks.Fail, "sysctl.ip_forward": checks.Skip, "sysctl.vs_conntrack": checks.Skip, "nat.return_path": checks.Skip, "net.send_redirects": checks.Skip}},
 	}

@@ -67,6 +67,7 @@ var Catalog = []Check{
 	{ID: "conntrack.table", Title: "the conntrack table has room and no drops", Run: checkConntrackTable},
 	{ID: "conntrack.flow_states", Title: "the VIP's flows complete", Run: checkFlowStates},
 	{ID: "rules.mixed_backends", Title: "rules live in one framework", Run: checkMixedBackends},
+	{ID: "drops.vip_flows", Title: "no packet of the selected flows is dropped", Run: checkDrops},
 }
 
 // Run runs the catalog against a snapshot.

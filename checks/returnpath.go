@@ -122,12 +122,18 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 	return Finding{Status: Pass, Title: "replies come back through the LB", Evidence: ev}
 }
 
-// setupFix is the one lbdoctor command that adds the SNAT and records it for teardown.
-func setupFix(s *probes.Snapshot, svc ipvs.Service) string {
-	cmd := "lbdoctor setup"
+// lbdoctorCmd is an lbdoctor command line aimed at the snapshot's namespace.
+func lbdoctorCmd(s *probes.Snapshot, verb string) string {
+	cmd := "lbdoctor " + verb
 	if !s.Target.IsCurrent() {
 		cmd += " --netns " + s.Target.Spec
 	}
+	return cmd
+}
+
+// setupFix is the one lbdoctor command that adds the SNAT and records it for teardown.
+func setupFix(s *probes.Snapshot, svc ipvs.Service) string {
+	cmd := lbdoctorCmd(s, "setup")
 	cmd += fmt.Sprintf(" --proto %s --vip %s", svc.Proto, svc.Addr)
 	for _, r := range svc.Reals {
 		cmd += fmt.Sprintf(" --real %s,%d", r.Addr, r.Weight)

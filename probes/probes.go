@@ -13,6 +13,7 @@ import (
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/probes/conntrack"
+	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 	"github.com/lbdoctor/lbdoctor/probes/kernel"
 	"github.com/lbdoctor/lbdoctor/probes/netstate"
@@ -37,6 +38,9 @@ type Snapshot struct {
 	Conntrack Conntrack         `json:"conntrack"`
 	SNMP      snmp.Counters     `json:"snmp,omitempty"`
 	Net       netstate.Snapshot `json:"net"`
+	// Drops is what the drop tracer counted for the selected services over a
+	// window (check --drops); nil when none was asked for.
+	Drops *drops.Sample `json:"drops,omitempty"`
 	// Errors holds, by probe name, why a probe could not read its layer
 	// (privileges, a tool missing); checks that need it are skipped with it.
 	Errors map[string]string `json:"errors,omitempty"`

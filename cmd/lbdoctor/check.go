@@ -2,8 +2,10 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -17,6 +19,7 @@ import (
 func newCheckCmd(g *globalFlags) *cobra.Command {
 	var vip, proto string
 	var fix, yes bool
+	var dropWindow time.Duration
 	cmd := &cobra.Command{
 		Use:   "check",
 		Short: "Check a load balancer and report findings with evidence and fixes",
@@ -26,6 +29,8 @@ target network namespace and runs the doctor's checks on them. It changes nothin
   sudo lbdoctor check
   # one virtual service in the LB's namespace, for a CI job
   sudo lbdoctor check --netns lb --vip 10.1.0.6:8085 -o json
+  # also trace for 5 s where the kernel drops the VIP's packets (while traffic flows)
+  sudo lbdoctor check --netns lb --vip 10.1.0.6:8085 --drops 5s
   # apply the fixes of failing findings (asks first; --yes does not)
   sudo lbdoctor check --netns lb --fix`,
 		Args: noArgs,
@@ -40,11 +45,17 @@ target network namespace and runs the doctor's checks on them. It changes nothin
 			if yes && !fix {
 				return usageErrorf("--yes only goes with --fix")
 			}
+			if dropWindow < 0 {
+				return usageErrorf("--drops %s: want a positive duration", dropWindow)
+			}
 			t, err := target(g)
 			if err != nil {
 				return err
 			}
-			snap, fs, r := checkOnce(t, sel)
+			if dropWindow > 0 && g.output == "text" {
+				fmt.Fprintf(cmd.ErrOrStderr(), "tracing drops of the selected flows for %s…\n", dropWindow)
+			}
+			snap, fs, r := checkOnce(cmd.Context(), t, sel, dropWindow)
 			out := cmd.OutOrStdout()
 			switch g.output {
 			case "json":
@@ -70,12 +81,17 @@ target network namespace and runs the doctor's checks on them. It changes nothin
 	cmd.Flags().StringVar(&proto, "proto", "tcp", "protocol of --vip: tcp or udp")
 	cmd.Flags().BoolVar(&fix, "fix", false, "apply the fixes of failing findings (prints the plan, asks, rolls back on error)")
 	cmd.Flags().BoolVar(&yes, "yes", false, "with --fix: do not ask")
+	cmd.Flags().DurationVar(&dropWindow, "drops", 0, "also trace for this long where the kernel drops packets of the selected flows (eBPF, needs CAP_BPF)")
 	return cmd
 }
 
-// checkOnce gathers a snapshot, runs the catalog and builds the report.
-func checkOnce(t netns.Target, sel probes.Selector) (*probes.Snapshot, []checks.Finding, *report.Report) {
+// checkOnce gathers a snapshot (and traces drops for dropWindow, if > 0),
+// runs the catalog and builds the report.
+func checkOnce(ctx context.Context, t netns.Target, sel probes.Selector, dropWindow time.Duration) (*probes.Snapshot, []checks.Finding, *report.Report) {
 	snap := probes.Gather(t, sel, probes.Options{})
+	if dropWindow > 0 {
+		probes.WatchDrops(ctx, t, sel, snap, dropWindow)
+	}
 	fs := checks.Run(snap, sel)
 	rt := report.Target{Netns: t, Kernel: snap.Kernel}
 	if sel.VIP.IsValid() {
@@ -125,7 +141,7 @@ func fixFindings(cmd *cobra.Command, t netns.Target, sel probes.Selector, snap *
 	if err := runPlanConfirm(cmd, t, steps, false, "fix", recordOwned, confirm); err != nil {
 		return err
 	}
-	_, _, r2 := checkOnce(t, sel)
+	_, _, r2 := checkOnce(cmd.Context(), t, sel, 0)
 	fmt.Fprintln(out, "\nafter --fix:")
 	if err := report.Text(out, r2); err != nil {
 		return err

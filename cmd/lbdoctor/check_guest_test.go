@@ -4,13 +4,17 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/lbdoctor/lbdoctor/checks"
 	"github.com/lbdoctor/lbdoctor/internal/lab"
 	"github.com/lbdoctor/lbdoctor/internal/report"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
@@ -99,5 +103,51 @@ func TestGuestCheckFollowsTheSysctls(t *testing.T) {
 	r, code = runBinary(t, "check", "--netns", l.LB.Name, "--vip", "10.1.0.7:80", "-o", "json")
 	if code != 1 || statusOf(t, r, "kernel.ipvs") != "fail" {
 		t.Errorf("check --vip 10.1.0.7:80 = exit %d, kernel.ipvs %s; want 1, fail", code, statusOf(t, r, "kernel.ipvs"))
+	}
+}
+
+// `check --drops` on the seed's stage 3 (MASQUERADE + vs.conntrack=1 +
+// ip_forward=0): while a client tries the VIP, the doctor sees the SYN-ACK
+// die in ip_error, says which VIP flow it was, and gives the sysctl fix; with
+// forwarding on the same window passes.
+func TestGuestCheckDrops(t *testing.T) {
+	l, vip := testkit.FullNAT(t)
+	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "0")
+	check := func() *checks.Finding {
+		t.Helper()
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() { // traffic for the whole window
+			defer close(done)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+					lab.Probe(context.Background(), l.Client, vip, 500*time.Millisecond)
+				}
+			}
+		}()
+		r, _ := runBinary(t, "check", "--netns", l.LB.Name, "--vip", vip.String(), "--drops", "3s", "-o", "json")
+		close(stop)
+		<-done
+		for i := range r.Findings {
+			if r.Findings[i].ID == "drops.vip_flows" {
+				return &r.Findings[i]
+			}
+		}
+		t.Fatalf("no drops.vip_flows finding in %+v", r.Findings)
+		return nil
+	}
+	f := check()
+	ev := fmt.Sprint(f.Evidence)
+	if f.Status != "fail" || !strings.Contains(f.Title, "IP_INADDRERRORS at ip_error") ||
+		!strings.Contains(ev, "× IP_INADDRERRORS at ip_error+") || !strings.Contains(ev, "reply of") ||
+		!strings.Contains(ev, "to VIP "+vip.String()+" via real "+l.RealIP.String()) || !strings.Contains(strings.Join(f.Fix, "\n"), "net.ipv4.ip_forward=1") {
+		t.Errorf("drops.vip_flows = %s %q\n  evidence %s\n  fix %q\nwant a fail naming IP_INADDRERRORS at ip_error, the replies of the VIP flow, and the ip_forward fix", f.Status, f.Title, ev, f.Fix)
+	}
+	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+	if f := check(); f.Status != "pass" {
+		t.Errorf("with forwarding on, drops.vip_flows = %s %q %v, want pass", f.Status, f.Title, f.Evidence)
 	}
 }

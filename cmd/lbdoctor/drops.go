@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"strconv"
 	"strings"
 	"time"
 
@@ -15,6 +14,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/proto"
 	"github.com/lbdoctor/lbdoctor/internal/report"
+	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 	"github.com/lbdoctor/lbdoctor/probes/kernel"
@@ -113,23 +113,12 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		cfg.NetnsInode = uint32(lb.Inode)
 	}
 	if sel.VIP.IsValid() {
-		cfg.Addrs = append(cfg.Addrs, sel.VIP.Addr())
-		if sel.VIP.Port() != 0 {
-			cfg.Ports = append(cfg.Ports, sel.VIP.Port())
-		}
-		// The VIP is gone from a packet once IPVS rewrote it: follow the reals.
+		var svcs []ipvs.Service
 		if snap, err := ipvs.Read(lb); err == nil {
-			for _, svc := range snap.Services {
-				if sel.Matches(svc.Addr, svc.Proto) {
-					for _, r := range svc.Reals {
-						cfg.Addrs = append(cfg.Addrs, r.Addr.Addr())
-						if sel.VIP.Port() != 0 && r.Addr.Port() != sel.VIP.Port() {
-							cfg.Ports = append(cfg.Ports, r.Addr.Port())
-						}
-					}
-				}
-			}
+			svcs = snap.Services
 		}
+		addrs, ports := probes.DropFilter(sel, svcs)
+		cfg.Addrs, cfg.Ports = append(cfg.Addrs, addrs...), append(cfg.Ports, ports...)
 	}
 
 	tr, err := drops.New(cfg)
@@ -158,7 +147,7 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		return names[inode]
 	}
 	toDrop := func(p drops.Packet) report.Drop {
-		d := report.Drop{Type: "drop", Netns: p.Netns, NetnsTag: nameOf(p.Netns), Location: syms.Lookup(p.Location), Reason: reasonName(tr, p.Reason)}
+		d := report.Drop{Type: "drop", Netns: p.Netns, NetnsTag: nameOf(p.Netns), Location: syms.Lookup(p.Location), Reason: tr.ReasonName(p.Reason)}
 		if p.Family != 0 {
 			d.Proto, d.Src, d.Dst = proto.Name(p.Proto), p.Src.String(), p.Dst.String()
 			d.Flow = attr.Attribute(p)
@@ -185,16 +174,17 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 	sum := report.DropsSummary{Type: "summary", Attach: tr.Attach, AttachMs: float64(tr.AttachTime.Microseconds()) / 1000, NoReasons: tr.NoReasons}
 	if f.summary {
 		<-ctx.Done()
-		tr.Stop()
-		aggs, err := tr.Aggregates()
+		smp, err := tr.Sample(lb, time.Since(start))
 		if err != nil {
 			return err
 		}
 		sum.Aggregates = []report.Drop{}
-		for _, a := range aggs {
-			d := toDrop(a.Packet)
-			d.Count = a.Count
-			delivered += a.Count
+		for _, c := range smp.Drops {
+			d := report.Drop{Type: "drop", Netns: c.Netns, NetnsTag: nameOf(c.Netns), Location: c.Symbol, Reason: c.ReasonName, Count: c.Count, Flow: c.Flow}
+			if c.Family != 0 {
+				d.Proto, d.Src, d.Dst = proto.Name(c.Proto), c.Src.String(), c.Dst.String()
+			}
+			delivered += c.Count
 			sum.Aggregates = append(sum.Aggregates, d)
 		}
 	} else {
@@ -248,19 +238,6 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		w = cmd.ErrOrStderr()
 	}
 	return report.DropsSummaryText(w, sum)
-}
-
-func reasonName(tr *drops.Tracer, code uint32) string {
-	if tr.NoReasons != "" {
-		return "-" // a kernel before 5.17: the location is all there is
-	}
-	if n, ok := tr.Reasons[code]; ok {
-		return n
-	}
-	if tr.Reasons == nil {
-		return "reason " + strconv.Itoa(int(code)) + " (no BTF)"
-	}
-	return "reason " + strconv.Itoa(int(code))
 }
 
 // monotonicOffset converts CLOCK_MONOTONIC (BPF's clock) to wall time.

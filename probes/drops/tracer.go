@@ -83,6 +83,10 @@ type Counters struct {
 // Lost is every drop that matched but could not be reported in detail.
 func (c Counters) Lost() uint64 { return c.RingLost + c.AggLost }
 
+// MaxFilter is how many addresses, and how many ports, the kernel-side
+// filter takes (MAX_ADDRS, MAX_PORTS in bpf/lbdoctor.h).
+const MaxFilter = 16
+
 // kernelReasonField is kernel.KfreeSkbReasonField; tests replace it to run
 // the tracer as on a kernel older than 5.17.
 var kernelReasonField = kernel.KfreeSkbReasonField
@@ -94,8 +98,8 @@ var ErrBadFilter = errors.New("bad drop filter")
 // New loads the tracer with cfg's filters compiled in and attaches it.
 func New(cfg Config) (*Tracer, error) {
 	start := time.Now()
-	if len(cfg.Addrs) > 16 || len(cfg.Ports) > 16 {
-		return nil, fmt.Errorf("%w: at most 16 addresses and 16 ports", ErrBadFilter)
+	if len(cfg.Addrs) > MaxFilter || len(cfg.Ports) > MaxFilter {
+		return nil, fmt.Errorf("%w: at most %d addresses and %d ports", ErrBadFilter, MaxFilter, MaxFilter)
 	}
 	t := &Tracer{events: cfg.Events}
 	reasons, err := kernel.DropReasons()
@@ -226,11 +230,11 @@ func setTracepointOffsets(spec *ebpf.CollectionSpec) error {
 }
 
 func setFilters(spec *ebpf.CollectionSpec, cfg Config, reasons map[uint32]string) error {
-	var addrs [16]dropsAddr
+	var addrs [MaxFilter]dropsAddr
 	for i, a := range cfg.Addrs {
 		addrs[i].B = a.As16() // IPv4 becomes IPv4-mapped, as the kernel side stores it
 	}
-	var ports [16]uint16
+	var ports [MaxFilter]uint16
 	copy(ports[:], cfg.Ports)
 	var ignore [4]uint64
 	byName := map[string]uint32{}

@@ -1,0 +1,61 @@
+package probes
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/probes/drops"
+	"github.com/lbdoctor/lbdoctor/probes/ipvs"
+)
+
+// ProbeDrops is the key of Snapshot.Errors for the drop tracer.
+const ProbeDrops = "drops"
+
+// DropFilter returns what the drop tracer must match for the selected
+// services: the VIPs and their real servers (the VIP is gone from a packet
+// once IPVS rewrote it) and their ports. With no VIP selected it takes every
+// service in svcs.
+func DropFilter(sel Selector, svcs []ipvs.Service) (addrs []netip.Addr, ports []uint16) {
+	add := func(a netip.AddrPort) {
+		if !slices.Contains(addrs, a.Addr()) {
+			addrs = append(addrs, a.Addr())
+		}
+		if a.Port() != 0 && !slices.Contains(ports, a.Port()) {
+			ports = append(ports, a.Port())
+		}
+	}
+	if sel.VIP.IsValid() {
+		add(sel.VIP)
+	}
+	for _, svc := range svcs {
+		if svc.FWMark != 0 || !sel.Matches(svc.Addr, svc.Proto) {
+			continue
+		}
+		add(svc.Addr)
+		for _, r := range svc.Reals {
+			add(r.Addr)
+		}
+	}
+	return addrs, ports
+}
+
+// WatchDrops traces the drops of the selected services' flows in ns for d
+// (aggregate mode: counted in the kernel) and puts them, named and
+// attributed, in s.Drops. A tracer that cannot load is recorded in s.Errors.
+func WatchDrops(ctx context.Context, ns netns.Target, sel Selector, s *Snapshot, d time.Duration) {
+	addrs, ports := DropFilter(sel, s.IPVS.Services)
+	if len(addrs) > drops.MaxFilter || len(ports) > drops.MaxFilter {
+		s.Errors[ProbeDrops] = fmt.Sprintf("the selected services have %d addresses and %d ports, the drop filter takes %d of each: select one service with --vip", len(addrs), len(ports), drops.MaxFilter)
+		return
+	}
+	smp, err := drops.Watch(ctx, ns, drops.Config{NetnsInode: uint32(ns.Inode), Addrs: addrs, Ports: ports}, d)
+	if err != nil {
+		s.Errors[ProbeDrops] = err.Error()
+		return
+	}
+	s.Drops = smp
+}

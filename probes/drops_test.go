@@ -1,0 +1,47 @@
+package probes_test
+
+import (
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/ipvs"
+)
+
+func TestDropFilter(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	svcs := []ipvs.Service{
+		{Proto: "tcp", Addr: ap("10.1.0.6:8085"), Reals: []ipvs.Real{{Addr: ap("10.1.0.50:8085")}, {Addr: ap("10.1.0.51:9000")}}},
+		{Proto: "udp", Addr: ap("10.1.0.6:53"), Reals: []ipvs.Real{{Addr: ap("10.1.0.60:53")}}},
+		{Proto: "fwmark", FWMark: 7},
+	}
+	tests := []struct {
+		name      string
+		sel       probes.Selector
+		svcs      []ipvs.Service
+		wantAddrs []string
+		wantPorts []uint16
+	}{
+		{"one service: VIP, its reals, their ports", probes.Selector{VIP: ap("10.1.0.6:8085")}, svcs,
+			[]string{"10.1.0.6", "10.1.0.50", "10.1.0.51"}, []uint16{8085, 9000}},
+		{"udp service", probes.Selector{VIP: ap("10.1.0.6:53"), Proto: "udp"}, svcs,
+			[]string{"10.1.0.6", "10.1.0.60"}, []uint16{53}},
+		{"every service, fwmark left out", probes.Selector{}, svcs,
+			[]string{"10.1.0.6", "10.1.0.50", "10.1.0.51", "10.1.0.60"}, []uint16{8085, 9000, 53}},
+		{"VIP without IPVS: the VIP alone", probes.Selector{VIP: ap("10.9.0.1:80")}, nil,
+			[]string{"10.9.0.1"}, []uint16{80}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			addrs, ports := probes.DropFilter(tt.sel, tt.svcs)
+			var got []string
+			for _, a := range addrs {
+				got = append(got, a.String())
+			}
+			if !slices.Equal(got, tt.wantAddrs) || !slices.Equal(ports, tt.wantPorts) {
+				t.Errorf("DropFilter(%+v) = %v %v, want %v %v", tt.sel, got, ports, tt.wantAddrs, tt.wantPorts)
+			}
+		})
+	}
+}
