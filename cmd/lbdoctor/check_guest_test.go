@@ -142,7 +142,7 @@ func TestGuestCheckDrops(t *testing.T) {
 	f := check()
 	ev := fmt.Sprint(f.Evidence)
 	if f.Status != "fail" || !strings.Contains(f.Title, "IP_INADDRERRORS at ip_error") ||
-		!strings.Contains(ev, "× IP_INADDRERRORS at ip_error+") || !strings.Contains(ev, "reply of") ||
+		!strings.Contains(ev, "× IP_INADDRERRORS at ip_error+") || !strings.Contains(ev, "reply packets of") ||
 		!strings.Contains(ev, "to VIP "+vip.String()+" via real "+l.RealIP.String()) || !strings.Contains(strings.Join(f.Fix, "\n"), "net.ipv4.ip_forward=1") {
 		t.Errorf("drops.vip_flows = %s %q\n  evidence %s\n  fix %q\nwant a fail naming IP_INADDRERRORS at ip_error, the replies of the VIP flow, and the ip_forward fix", f.Status, f.Title, ev, f.Fix)
 	}
