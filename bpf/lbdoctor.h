@@ -113,6 +113,11 @@ struct agg_key {
 struct last_flow {
 	struct agg_key key;
 	__u64 count;
+	/* The raw header words of key's packets when they are option-less
+	 * IPv4 (protocol and addresses; addresses and ports), ~0 otherwise:
+	 * the next packet of the flow is recognised without parsing it. */
+	__u64 raw_a;
+	__u64 raw_b;
 };
 
 #endif

@@ -78,6 +78,8 @@ type dropsLastFlow struct {
 	_     structs.HostLayout
 	Key   dropsAggKey
 	Count uint64
+	RawA  uint64
+	RawB  uint64
 }
 
 // Names of all BPF objects in the ELF.
