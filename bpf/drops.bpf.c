@@ -16,6 +16,7 @@ volatile const struct addr filter_addrs[MAX_ADDRS] = {};
 volatile const __u32 n_ports = 0;
 volatile const __u16 filter_ports[MAX_PORTS] = {};
 volatile const __u64 ignore_reasons[4] = {}; /* bitmap of reasons < 256 */
+volatile const __u8 any_ignored = 0;         /* ignore_reasons has a bit set */
 volatile const __u8 send_events = 0;         /* 0: aggregate only */
 volatile const __u8 want_stack = 0;          /* record kernel stacks of events */
 /* Kernels before 5.17 pass no reason to kfree_skb: never read the argument
@@ -415,7 +416,7 @@ static __always_inline int early_reject(__u32 netns, __u32 reason)
 	 * cannot follow. */
 	__u32 word = reason >> 6;
 	asm volatile("" : "+r"(word));
-	if (word < 4 && (ignore_reasons[word] & (1ULL << (reason & 63))))
+	if (any_ignored && word < 4 && (ignore_reasons[word] & (1ULL << (reason & 63))))
 		return 1;
 	return filter_netns && netns != filter_netns;
 }

@@ -94,6 +94,7 @@ const (
 	dropsProgDropRawTp      = "drop_raw_tp"
 	dropsProgDropTpBtf      = "drop_tp_btf"
 	dropsProgDropTracepoint = "drop_tracepoint"
+	dropsVarAnyIgnored      = "any_ignored"
 	dropsVarFilterAddrs     = "filter_addrs"
 	dropsVarFilterNetns     = "filter_netns"
 	dropsVarFilterPorts     = "filter_ports"
@@ -176,6 +177,7 @@ type dropsMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type dropsVariableSpecs struct {
+	AnyIgnored     *ebpf.VariableSpec `ebpf:"any_ignored"`
 	FilterAddrs    *ebpf.VariableSpec `ebpf:"filter_addrs"`
 	FilterNetns    *ebpf.VariableSpec `ebpf:"filter_netns"`
 	FilterPorts    *ebpf.VariableSpec `ebpf:"filter_ports"`
@@ -237,6 +239,7 @@ func (m *dropsMaps) Close() error {
 //
 // It can be passed to loadDropsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type dropsVariables struct {
+	AnyIgnored     *ebpf.Variable `ebpf:"any_ignored"`
 	FilterAddrs    *ebpf.Variable `ebpf:"filter_addrs"`
 	FilterNetns    *ebpf.Variable `ebpf:"filter_netns"`
 	FilterPorts    *ebpf.Variable `ebpf:"filter_ports"`

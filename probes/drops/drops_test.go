@@ -269,6 +269,18 @@ func TestFiltersExclude(t *testing.T) {
 			t.Errorf("address filter let through %+v", d)
 		}
 	}
+	// Reason filter: NO_SOCKET ignored, NETFILTER_DROP kept.
+	testkit.Run(t, mine, "nft", "add table ip f; add chain ip f in { type filter hook input priority 0; }; add rule ip f in tcp dport 7005 drop")
+	got, _ = trace(t, drops.Config{NetnsInode: uint32(mine.Inode), IgnoreReasons: []string{"no_socket"}}, func() {
+		dial(mine, "127.0.0.1:7005") // dropped by the rule
+		dial(mine, "127.0.0.1:7006") // nobody listens: ignored
+	})
+	if find(got, "NETFILTER_DROP") == nil {
+		t.Errorf("with NO_SOCKET ignored, no NETFILTER_DROP drop (saw %+v)", got)
+	}
+	if d := find(got, "NO_SOCKET"); d != nil {
+		t.Errorf("ignored reason NO_SOCKET let through %+v", d)
+	}
 }
 
 // Aggregate mode counts in the kernel what event mode would have shown.

@@ -258,7 +258,8 @@ func setFilters(spec *ebpf.CollectionSpec, cfg Config, reasons map[uint32]string
 		"filter_netns": cfg.NetnsInode, "filter_proto": cfg.Proto,
 		"n_addrs": uint32(len(cfg.Addrs)), "filter_addrs": addrs,
 		"n_ports": uint32(len(cfg.Ports)), "filter_ports": ports,
-		"ignore_reasons": ignore, "send_events": sendEvents, "want_stack": boolByte(cfg.Stack),
+		"ignore_reasons": ignore, "any_ignored": boolByte(len(cfg.IgnoreReasons) > 0),
+		"send_events": sendEvents, "want_stack": boolByte(cfg.Stack),
 	} {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return fmt.Errorf("set %s: %w", name, err)
