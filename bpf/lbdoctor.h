@@ -118,6 +118,11 @@ struct last_flow {
 	 * the next packet of the flow is recognised without parsing it. */
 	__u64 raw_a;
 	__u64 raw_b;
+	/* The same words of the last packet the address, port and protocol
+	 * filters turned away (rej_a's low byte is 1 when set): the filters'
+	 * verdict on the next one of its kind, without parsing it. */
+	__u64 rej_a;
+	__u64 rej_b;
 };
 
 #endif

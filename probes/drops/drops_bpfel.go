@@ -80,6 +80,8 @@ type dropsLastFlow struct {
 	Count uint64
 	RawA  uint64
 	RawB  uint64
+	RejA  uint64
+	RejB  uint64
 }
 
 // Names of all BPF objects in the ELF.
