@@ -19,6 +19,7 @@ func TestGuestDropsOnTheOtherKernel(t *testing.T) {
 		{"IPRPFilter", TestIPRPFilter},
 		{"FiltersExclude", TestFiltersExclude},
 		{"AggregateMode", TestAggregateMode},
+		{"AggregateCountsExactly", TestAggregateCountsExactly},
 		{"EveryAttachPoint", TestEveryAttachPoint},
 		{"Stack", TestStack},
 		{"KilledTracerLeavesNothing", TestKilledTracerLeavesNothing},

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"maps"
 	"net"
 	"net/netip"
 	"os/exec"
@@ -309,6 +310,63 @@ func TestAggregateMode(t *testing.T) {
 	}
 	if total != 4 || c.Matched != 4 || c.Lost() != 0 {
 		t.Errorf("aggregates count %d, matched %d, lost %d; want 4, 4, 0", total, c.Matched, c.Lost())
+	}
+}
+
+// Aggregate mode counts every packet to its own flow, also when flows
+// interleave and the per-CPU fast path (last flow, last rejected packet)
+// has to hand over to the map.
+func TestAggregateCountsExactly(t *testing.T) {
+	testkit.RequireRoot(t)
+	ns := testkit.Netns(t, "aggx")
+	testkit.Run(t, ns, "nft", "add table ip f; add chain ip f in { type filter hook input priority 0; }; add rule ip f in udp dport { 9, 10 } drop")
+	tr, err := drops.New(drops.Config{NetnsInode: uint32(ns.Inode), Ports: []uint16{9}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	sent := map[uint16]int{}
+	err = ns.Do(func() error {
+		var socks []*net.UDPConn
+		for _, port := range []int{9, 9, 10} { // two flows to port 9, one filtered out
+			c, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			socks = append(socks, c)
+		}
+		for round := 0; round < 50; round++ {
+			for i, c := range socks {
+				for n := 0; n < 1+i*3+round%4; n++ { // runs of different lengths
+					if _, err := c.Write([]byte("x")); err != nil {
+						return err
+					}
+					if i < 2 {
+						sent[uint16(c.LocalAddr().(*net.UDPAddr).Port)]++
+					}
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.Stop()
+	aggs, err := tr.Aggregates()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[uint16]int{}
+	for _, a := range aggs {
+		if a.Dst.Port() != 9 {
+			t.Errorf("aggregate %+v: the port filter lets only port 9 through", a)
+		}
+		got[a.Src.Port()] += int(a.Count)
+	}
+	if !maps.Equal(got, sent) {
+		t.Errorf("aggregates per source port = %v, want %v", got, sent)
 	}
 }
 
