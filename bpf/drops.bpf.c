@@ -316,30 +316,46 @@ static __always_inline int keys_eq(const struct agg_key *a, const struct agg_key
  * flow: protocol and source address, not TTL and checksum. */
 #define RAW_A_MASK 0xffffffff0000ff00ULL
 
-static __always_inline int handle(void *ctx, struct skb_meta *m, __u64 location, __u32 reason)
-{
-	/* Fast paths for option-less IPv4, from two raw header words: a packet
-	 * like the last one the filters turned away on this CPU is turned away,
-	 * and in aggregate mode a packet of the flow counted last is counted,
-	 * both without parsing it into a key. */
-	__u64 raw_a = ~0ULL, raw_b = ~0ULL;
-	__u32 zero = 0;
-	struct last_flow *l = bpf_map_lookup_elem(&last_flow, &zero);
-	if (l && direct_reads() && m->head && m->nh != (__u16)~0U) {
-		__u64 *w = (__u64 *)kcast(m->head + m->nh, struct ipv6hdr);
-		if (*(__u8 *)w == 0x45) {
-			raw_a = w[1] & RAW_A_MASK;
-			raw_b = w[2];
-			if (l->rej_a == (raw_a | 1) && l->rej_b == raw_b)
-				return 0;
-			if (!send_events && l->count && l->raw_a == raw_a && l->raw_b == raw_b &&
-			    l->key.location == location && l->key.netns == m->netns && l->key.reason == reason) {
-				l->count++;
-				return 0;
-			}
-		}
-	}
+/* What the fast paths found out, for the slow path. */
+struct fast {
+	struct last_flow *l;
+	__u64 raw_a, raw_b;
+};
 
+/* fast is the cheap first look at a drop that passed the namespace and
+ * reason filters, before the entry points read anything more of the skb:
+ * for option-less IPv4, two raw header words decide. A packet like the last
+ * one the filters turned away on this CPU is turned away, and in aggregate
+ * mode a packet of the flow counted last is counted, both without parsing
+ * it into a key. Returns 1 when the drop is dealt with. */
+static __always_inline int fast(struct skb_meta *m, __u64 location, __u32 reason, struct fast *f)
+{
+	__u32 zero = 0;
+	f->raw_a = ~0ULL;
+	f->raw_b = ~0ULL;
+	f->l = bpf_map_lookup_elem(&last_flow, &zero);
+	struct last_flow *l = f->l;
+	if (!l || !direct_reads() || !m->head || m->nh == (__u16)~0U)
+		return 0;
+	__u64 *w = (__u64 *)kcast(m->head + m->nh, struct ipv6hdr);
+	if (*(__u8 *)w != 0x45)
+		return 0;
+	f->raw_a = w[1] & RAW_A_MASK;
+	f->raw_b = w[2];
+	if (l->rej_a == (f->raw_a | 1) && l->rej_b == f->raw_b)
+		return 1;
+	if (!send_events && l->count && l->raw_a == f->raw_a && l->raw_b == f->raw_b &&
+	    l->key.location == location && l->key.netns == m->netns && l->key.reason == reason) {
+		l->count++;
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline int handle(void *ctx, struct skb_meta *m, __u64 location, __u32 reason, struct fast *f)
+{
+	struct last_flow *l = f->l;
+	__u64 raw_a = f->raw_a, raw_b = f->raw_b;
 	struct agg_key k = {};
 	__u8 flags = 0;
 	k.location = location;
@@ -446,10 +462,13 @@ int drop_tp_btf(__u64 *ctx)
 		return 0;
 	m.head = skb->head;
 	m.nh = skb->network_header;
+	struct fast f;
+	if (fast(&m, ctx[1], reason, &f))
+		return 0;
 	m.th = skb->transport_header;
 	if (send_events) /* aggregate mode has no use for the length */
 		m.len = skb->len;
-	return handle(ctx, &m, ctx[1], reason);
+	return handle(ctx, &m, ctx[1], reason, &f);
 }
 
 SEC("raw_tp/kfree_skb")
@@ -460,7 +479,10 @@ int drop_raw_tp(struct bpf_raw_tracepoint_args *ctx)
 	meta_probe_read((struct sk_buff *)ctx->args[0], &m);
 	if (early_reject(m.netns, reason))
 		return 0;
-	return handle(ctx, &m, ctx->args[1], reason);
+	struct fast f;
+	if (fast(&m, ctx->args[1], reason, &f))
+		return 0;
+	return handle(ctx, &m, ctx->args[1], reason, &f);
 }
 
 SEC("tracepoint/skb/kfree_skb")
@@ -476,5 +498,8 @@ int drop_tracepoint(void *ctx)
 	meta_probe_read((struct sk_buff *)skb, &m);
 	if (early_reject(m.netns, reason))
 		return 0;
-	return handle(ctx, &m, location, reason);
+	struct fast f;
+	if (fast(&m, location, reason, &f))
+		return 0;
+	return handle(ctx, &m, location, reason, &f);
 }
