@@ -342,14 +342,12 @@ static __always_inline int fast(struct skb_meta *m, __u64 location, __u32 reason
 		return 0;
 	f->raw_a = w[1] & RAW_A_MASK;
 	f->raw_b = w[2];
-	if (l->rej_a == (f->raw_a | 1) && l->rej_b == f->raw_b)
-		return 1;
 	if (!send_events && l->count && l->raw_a == f->raw_a && l->raw_b == f->raw_b &&
 	    l->key.location == location && l->key.netns == m->netns && l->key.reason == reason) {
 		l->count++;
 		return 1;
 	}
-	return 0;
+	return l->rej_a == (f->raw_a | 1) && l->rej_b == f->raw_b;
 }
 
 static __always_inline int handle(void *ctx, struct skb_meta *m, __u64 location, __u32 reason, struct fast *f)
