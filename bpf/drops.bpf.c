@@ -22,9 +22,11 @@ volatile const __u8 want_stack = 0;          /* record kernel stacks of events *
 /* Kernels before 5.17 pass no reason to kfree_skb: never read the argument
  * there (the verifier only checks the branch that runs). */
 volatile const __u8 has_reason = 1;
-/* Wake the reader only once this much is waiting: under a flood one wakeup
- * per event would cost more than the event. User space also polls. */
+/* Under a flood, wake the reader only once this much is waiting: one wakeup
+ * per event would cost more than the event. */
 volatile const __u64 wakeup_bytes = 256 << 10;
+volatile const __u64 wakeup_gap_ns = 10 * 1000 * 1000;
+__u64 last_wakeup_ns = 0; /* shared by all CPUs: a lost race costs one wakeup */
 /* Offsets of the classic tracepoint's fields, from its format file. */
 volatile const __u32 tp_off_skb = 8;
 volatile const __u32 tp_off_location = 16;
@@ -393,12 +395,17 @@ static __always_inline int handle(void *ctx, struct skb_meta *m, __u64 location,
 	}
 
 	bump(COUNTER_MATCHED);
+	/* The first record after the reader caught up wakes it at once, so a
+	 * lone drop shows without delay, but at most every wakeup_gap_ns: a
+	 * reader that keeps up with a flood must not be woken per event. */
+	__u64 waiting = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	__u64 now = bpf_ktime_get_ns();
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		bump(COUNTER_RING_LOST);
 		return 0;
 	}
-	e->ts_ns = bpf_ktime_get_ns();
+	e->ts_ns = now;
 	e->location = location;
 	e->netns = m->netns;
 	e->reason = reason;
@@ -421,8 +428,10 @@ static __always_inline int handle(void *ctx, struct skb_meta *m, __u64 location,
 		BPF_CORE_READ_STR_INTO(&e->ifname, dev, name);
 	}
 	__u64 wake = BPF_RB_NO_WAKEUP;
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+	if (waiting >= wakeup_bytes || (waiting == 0 && now - last_wakeup_ns > wakeup_gap_ns)) {
 		wake = BPF_RB_FORCE_WAKEUP;
+		last_wakeup_ns = now;
+	}
 	bpf_ringbuf_submit(e, wake);
 	return 0;
 }

@@ -103,6 +103,7 @@ const (
 	dropsVarFilterProto     = "filter_proto"
 	dropsVarHasReason       = "has_reason"
 	dropsVarIgnoreReasons   = "ignore_reasons"
+	dropsVarLastWakeupNs    = "last_wakeup_ns"
 	dropsVarN_addrs         = "n_addrs"
 	dropsVarN_ports         = "n_ports"
 	dropsVarSendEvents      = "send_events"
@@ -114,6 +115,7 @@ const (
 	dropsVarUnusedEvent     = "unused_event"
 	dropsVarUnusedLastFlow  = "unused_last_flow"
 	dropsVarWakeupBytes     = "wakeup_bytes"
+	dropsVarWakeupGapNs     = "wakeup_gap_ns"
 	dropsVarWantStack       = "want_stack"
 )
 
@@ -186,6 +188,7 @@ type dropsVariableSpecs struct {
 	FilterProto    *ebpf.VariableSpec `ebpf:"filter_proto"`
 	HasReason      *ebpf.VariableSpec `ebpf:"has_reason"`
 	IgnoreReasons  *ebpf.VariableSpec `ebpf:"ignore_reasons"`
+	LastWakeupNs   *ebpf.VariableSpec `ebpf:"last_wakeup_ns"`
 	N_addrs        *ebpf.VariableSpec `ebpf:"n_addrs"`
 	N_ports        *ebpf.VariableSpec `ebpf:"n_ports"`
 	SendEvents     *ebpf.VariableSpec `ebpf:"send_events"`
@@ -197,6 +200,7 @@ type dropsVariableSpecs struct {
 	UnusedEvent    *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedLastFlow *ebpf.VariableSpec `ebpf:"unused_last_flow"`
 	WakeupBytes    *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
+	WakeupGapNs    *ebpf.VariableSpec `ebpf:"wakeup_gap_ns"`
 	WantStack      *ebpf.VariableSpec `ebpf:"want_stack"`
 }
 
@@ -248,6 +252,7 @@ type dropsVariables struct {
 	FilterProto    *ebpf.Variable `ebpf:"filter_proto"`
 	HasReason      *ebpf.Variable `ebpf:"has_reason"`
 	IgnoreReasons  *ebpf.Variable `ebpf:"ignore_reasons"`
+	LastWakeupNs   *ebpf.Variable `ebpf:"last_wakeup_ns"`
 	N_addrs        *ebpf.Variable `ebpf:"n_addrs"`
 	N_ports        *ebpf.Variable `ebpf:"n_ports"`
 	SendEvents     *ebpf.Variable `ebpf:"send_events"`
@@ -259,6 +264,7 @@ type dropsVariables struct {
 	UnusedEvent    *ebpf.Variable `ebpf:"unused_event"`
 	UnusedLastFlow *ebpf.Variable `ebpf:"unused_last_flow"`
 	WakeupBytes    *ebpf.Variable `ebpf:"wakeup_bytes"`
+	WakeupGapNs    *ebpf.Variable `ebpf:"wakeup_gap_ns"`
 	WantStack      *ebpf.Variable `ebpf:"want_stack"`
 }
 

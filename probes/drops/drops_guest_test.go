@@ -20,6 +20,7 @@ func TestGuestDropsOnTheOtherKernel(t *testing.T) {
 		{"FiltersExclude", TestFiltersExclude},
 		{"AggregateMode", TestAggregateMode},
 		{"AggregateCountsExactly", TestAggregateCountsExactly},
+		{"LoneDropWakesReader", TestLoneDropWakesReader},
 		{"EveryAttachPoint", TestEveryAttachPoint},
 		{"Stack", TestStack},
 		{"KilledTracerLeavesNothing", TestKilledTracerLeavesNothing},

@@ -370,6 +370,36 @@ func TestAggregateCountsExactly(t *testing.T) {
 	}
 }
 
+// A lone drop wakes the reader: it does not wait for the next poll (here
+// an hour away) or for a batch to fill.
+func TestLoneDropWakesReader(t *testing.T) {
+	testkit.RequireRoot(t)
+	defer drops.SetPollInterval(time.Hour)()
+	ns := testkit.Netns(t, "wake")
+	tr, err := drops.New(drops.Config{NetnsInode: uint32(ns.Inode), Ports: []uint16{7030}, Events: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	got := make(chan drops.Packet, 16)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- tr.Read(ctx, func(p drops.Packet, _ drops.RawEvent) { got <- p }) }()
+	dial(ns, "127.0.0.1:7030")
+	select {
+	case p := <-got:
+		if p.Dst.Port() != 7030 {
+			t.Errorf("event %+v, want the drop to port 7030", p)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("a lone drop did not wake the reader (poll interval 1h)")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
 // Every attach point the kernel offers delivers the same drop.
 func TestEveryAttachPoint(t *testing.T) {
 	testkit.Tracefs(t)

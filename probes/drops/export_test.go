@@ -1,6 +1,10 @@
 package drops
 
-import "github.com/lbdoctor/lbdoctor/probes/kernel"
+import (
+	"time"
+
+	"github.com/lbdoctor/lbdoctor/probes/kernel"
+)
 
 // AsKernelWithoutReasons makes New behave as on a kernel older than 5.17,
 // whose kfree_skb passes no drop reason, until the returned func is called.
@@ -9,4 +13,12 @@ func AsKernelWithoutReasons() (restore func()) {
 		return &kernel.NotSupportedError{Feature: "drop reasons", Reason: "are not passed to kfree_skb (test: as before 5.17)"}
 	}
 	return func() { kernelReasonField = kernel.KfreeSkbReasonField }
+}
+
+// SetPollInterval changes how often Read polls the ring unwoken, until the
+// returned func is called.
+func SetPollInterval(d time.Duration) (restore func()) {
+	old := pollInterval
+	pollInterval = d
+	return func() { pollInterval = old }
 }

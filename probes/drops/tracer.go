@@ -399,8 +399,10 @@ func (t *Tracer) Aggregates() ([]Aggregate, error) {
 	return out, nil
 }
 
-// PollInterval bounds how long a drop waits in the ring before it is read.
-const PollInterval = 50 * time.Millisecond
+// pollInterval is how often the reader looks at the ring without being
+// woken: a safety net, since the kernel side wakes it for the first record
+// after it caught up.
+var pollInterval = 50 * time.Millisecond
 
 // Read delivers events until ctx ends, then what is still in the ring, so
 // that delivered + lost adds up to what the kernel matched. It returns nil
@@ -422,9 +424,9 @@ func (t *Tracer) Read(ctx context.Context, fn func(Packet, RawEvent)) error {
 	var rec ringbuf.Record
 	var ev dropsEvent
 	for {
-		// The kernel side wakes us only when a batch is waiting: poll too,
-		// so that a lone drop shows within PollInterval.
-		t.ring.SetDeadline(time.Now().Add(PollInterval))
+		// The kernel side wakes us for the first record after we caught up
+		// and then per batch; polling is a safety net.
+		t.ring.SetDeadline(time.Now().Add(pollInterval))
 		if err := t.ring.ReadInto(&rec); err != nil {
 			switch {
 			case errors.Is(err, os.ErrDeadlineExceeded):
