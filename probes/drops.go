@@ -48,6 +48,10 @@ func DropFilter(sel Selector, svcs []ipvs.Service) (addrs []netip.Addr, ports []
 // attributed, in s.Drops. A tracer that cannot load is recorded in s.Errors.
 func WatchDrops(ctx context.Context, ns netns.Target, sel Selector, s *Snapshot, d time.Duration) {
 	addrs, ports := DropFilter(sel, s.IPVS.Services)
+	if len(addrs) == 0 {
+		s.Errors[ProbeDrops] = "nothing to trace: no IPVS service and no --vip"
+		return
+	}
 	if len(addrs) > drops.MaxFilter || len(ports) > drops.MaxFilter {
 		s.Errors[ProbeDrops] = fmt.Sprintf("the selected services have %d addresses and %d ports, the drop filter takes %d of each: select one service with --vip", len(addrs), len(ports), drops.MaxFilter)
 		return

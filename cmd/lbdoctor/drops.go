@@ -129,8 +129,7 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		return err
 	}
 	defer tr.Close()
-	syms, _ := drops.LoadSymbols()
-	attr := drops.NewAttributor(lb)
+	namer := tr.Namer(lb)
 	names := map[uint32]string{}
 	// Namespaces without a /run/netns name: say whose they are.
 	if self, err := netns.Resolve(""); err == nil {
@@ -146,11 +145,10 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		names[inode] = netns.NameOf(uint64(inode))
 		return names[inode]
 	}
-	toDrop := func(p drops.Packet) report.Drop {
-		d := report.Drop{Type: "drop", Netns: p.Netns, NetnsTag: nameOf(p.Netns), Location: syms.Lookup(p.Location), Reason: tr.ReasonName(p.Reason)}
-		if p.Family != 0 {
-			d.Proto, d.Src, d.Dst = proto.Name(p.Proto), p.Src.String(), p.Dst.String()
-			d.Flow = attr.Attribute(p)
+	toDrop := func(c drops.Counted) report.Drop {
+		d := report.Drop{Type: "drop", Netns: c.Netns, NetnsTag: nameOf(c.Netns), Location: c.Symbol, Reason: c.ReasonName, Count: c.Count, Flow: c.Flow}
+		if c.Family != 0 {
+			d.Proto, d.Src, d.Dst = proto.Name(c.Proto), c.Src.String(), c.Dst.String()
 		}
 		return d
 	}
@@ -174,24 +172,20 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 	sum := report.DropsSummary{Type: "summary", Attach: tr.Attach, AttachMs: float64(tr.AttachTime.Microseconds()) / 1000, NoReasons: tr.NoReasons}
 	if f.summary {
 		<-ctx.Done()
-		smp, err := tr.Sample(lb, time.Since(start))
+		smp, err := tr.Sample(namer, time.Since(start))
 		if err != nil {
 			return err
 		}
 		sum.Aggregates = []report.Drop{}
 		for _, c := range smp.Drops {
-			d := report.Drop{Type: "drop", Netns: c.Netns, NetnsTag: nameOf(c.Netns), Location: c.Symbol, Reason: c.ReasonName, Count: c.Count, Flow: c.Flow}
-			if c.Family != 0 {
-				d.Proto, d.Src, d.Dst = proto.Name(c.Proto), c.Src.String(), c.Dst.String()
-			}
 			delivered += c.Count
-			sum.Aggregates = append(sum.Aggregates, d)
+			sum.Aggregates = append(sum.Aggregates, toDrop(c))
 		}
 	} else {
 		mono := monotonicOffset()
 		err := tr.Read(ctx, func(p drops.Packet, raw drops.RawEvent) {
 			delivered++
-			d := toDrop(p)
+			d := toDrop(namer.Name(drops.Aggregate{Packet: p}))
 			d.Time = time.Unix(0, int64(raw.TimeNs)+mono)
 			d.Ifname, d.Len = raw.Ifname, raw.Len
 			if p.Proto == unix.IPPROTO_TCP {
@@ -203,7 +197,7 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 				}
 			}
 			for _, pc := range raw.Stack {
-				fr := syms.Lookup(pc)
+				fr := namer.Symbol(pc)
 				// The tracer's own frames say nothing about the drop.
 				if len(d.Stack) == 0 && (strings.Contains(fr, "[bpf]") || strings.HasPrefix(fr, "bpf_trace_run") || strings.HasPrefix(fr, "__bpf_trace")) {
 					continue

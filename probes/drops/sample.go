@@ -44,12 +44,12 @@ func Watch(ctx context.Context, lb netns.Target, cfg Config, window time.Duratio
 	case <-ctx.Done():
 	case <-timer.C:
 	}
-	return tr.Sample(lb, time.Since(start))
+	return tr.Sample(tr.Namer(lb), time.Since(start))
 }
 
 // Sample stops the tracer and returns what it counted over window, named
-// and attributed against lb's tables.
-func (t *Tracer) Sample(lb netns.Target, window time.Duration) (*Sample, error) {
+// by n.
+func (t *Tracer) Sample(n *Namer, window time.Duration) (*Sample, error) {
 	t.Stop()
 	aggs, err := t.Aggregates()
 	if err != nil {
@@ -59,15 +59,35 @@ func (t *Tracer) Sample(lb netns.Target, window time.Duration) (*Sample, error) 
 	if err != nil {
 		return nil, err
 	}
-	syms, _ := LoadSymbols() // without kallsyms a location stays an address
-	attr := NewAttributor(lb)
 	s := &Sample{Window: window, Attach: t.Attach, Counters: c, Drops: []Counted{}, NoReasons: t.NoReasons}
 	for _, a := range aggs {
-		s.Drops = append(s.Drops, Counted{Aggregate: a, ReasonName: t.ReasonName(a.Reason), Symbol: syms.Lookup(a.Location), Flow: attr.Attribute(a.Packet)})
+		s.Drops = append(s.Drops, n.Name(a))
 	}
 	sort.SliceStable(s.Drops, func(i, j int) bool { return s.Drops[i].Count > s.Drops[j].Count })
 	return s, nil
 }
+
+// Namer names what a tracer saw: the reason, the location as symbol+offset,
+// the load-balanced flow from lb's tables.
+type Namer struct {
+	tr   *Tracer
+	syms *Symbols
+	attr *Attributor
+}
+
+// Namer returns a Namer for t's drops, attributing against lb.
+func (t *Tracer) Namer(lb netns.Target) *Namer {
+	syms, _ := LoadSymbols() // without kallsyms a location stays an address
+	return &Namer{tr: t, syms: syms, attr: NewAttributor(lb)}
+}
+
+// Name names one aggregate (or, with Count 0, one event's packet).
+func (n *Namer) Name(a Aggregate) Counted {
+	return Counted{Aggregate: a, ReasonName: n.tr.ReasonName(a.Reason), Symbol: n.syms.Lookup(a.Location), Flow: n.attr.Attribute(a.Packet)}
+}
+
+// Symbol names a kernel address as symbol+offset.
+func (n *Namer) Symbol(addr uint64) string { return n.syms.Lookup(addr) }
 
 // ReasonName names a reason code of this kernel: "-" where kfree_skb passes
 // no reason, "reason N" where the kernel's BTF does not name it.
