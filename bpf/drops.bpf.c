@@ -147,31 +147,35 @@ static __always_inline void l4_direct(unsigned char *th, struct agg_key *k, __u8
 		*flags = bpf_ntohl(w->words[3]) >> 16;
 }
 
+/* What the fast paths (fast(), below) found out, for the slow path: the
+ * CPU's last-flow slot and, for option-less IPv4, the packet's two raw
+ * header words (~0 otherwise). */
+struct fast {
+	struct last_flow *l;
+	__u64 raw_a, raw_b;
+};
+
 /* parse_direct reads the IP and transport headers with plain loads. */
-static __always_inline int parse_direct(struct skb_meta *m, struct agg_key *k, __u8 *flags)
+static __always_inline int parse_direct(struct skb_meta *m, struct agg_key *k, __u8 *flags, struct fast *f)
 {
 	unsigned char *nh = m->head + m->nh;
-	__u8 vihl = *(__u8 *)kcast(nh, struct iphdr); /* version and ihl: one load */
-	__u32 l4off;
-	if (vihl == 0x45) {
-		/* The common case, IPv4 without options: two 8-byte loads hold
-		 * protocol, addresses and ports. (An untrusted pointer may be read
-		 * anywhere inside the type it is cast to: the 40 bytes of an IPv6
-		 * header cover an option-less IPv4 header and its ports.) */
-		__u64 *w = (__u64 *)kcast(nh, struct ipv6hdr);
-		__u64 w1 = w[1], w2 = w[2];
+	if (f->raw_a != ~0ULL) {
+		/* Option-less IPv4: fast() already holds protocol, addresses and
+		 * ports in two words; only the TCP flags are left to read. */
 		k->family = 4;
-		k->proto = w1 >> 8;
-		map4(&k->saddr, w1 >> 32);
-		map4(&k->daddr, (__u32)w2);
+		k->proto = f->raw_a >> 8;
+		map4(&k->saddr, f->raw_a >> 32);
+		map4(&k->daddr, (__u32)f->raw_b);
 		if (k->proto == IPPROTO_TCP || k->proto == IPPROTO_UDP || k->proto == IPPROTO_SCTP) {
-			k->sport = bpf_ntohs((__u16)(w2 >> 32));
-			k->dport = bpf_ntohs((__u16)(w2 >> 48));
+			k->sport = bpf_ntohs((__u16)(f->raw_b >> 32));
+			k->dport = bpf_ntohs((__u16)(f->raw_b >> 48));
 			if (k->proto == IPPROTO_TCP)
-				*flags = ((__u8 *)w)[33];
+				*flags = ((__u8 *)kcast(nh, struct ipv6hdr))[33];
 		}
 		return 0;
 	}
+	__u8 vihl = *(__u8 *)kcast(nh, struct iphdr); /* version and ihl: one load */
+	__u32 l4off;
 	if (vihl >> 4 == 4) {
 		struct iphdr *ip = kcast(nh, struct iphdr);
 		k->family = 4;
@@ -203,12 +207,12 @@ static __always_inline int parse_direct(struct skb_meta *m, struct agg_key *k, _
 /* parse reads the IP and transport headers the skb points at: directly when
  * the kernel allows, else in one bpf_probe_read_kernel for the common case
  * (no IP options). */
-static __always_inline int parse(struct skb_meta *m, struct agg_key *k, __u8 *flags)
+static __always_inline int parse(struct skb_meta *m, struct agg_key *k, __u8 *flags, struct fast *f)
 {
 	if (!m->head || m->nh == (__u16)~0U)
 		return -1;
 	if (direct_reads())
-		return parse_direct(m, k, flags);
+		return parse_direct(m, k, flags, f);
 	/* An IPv6 header and the first 16 bytes of the transport header. */
 	__u8 buf[sizeof(struct ipv6hdr) + 16];
 	if (bpf_probe_read_kernel(buf, sizeof(buf), m->head + m->nh))
@@ -318,12 +322,6 @@ static __always_inline int keys_eq(const struct agg_key *a, const struct agg_key
  * flow: protocol and source address, not TTL and checksum. */
 #define RAW_A_MASK 0xffffffff0000ff00ULL
 
-/* What the fast paths found out, for the slow path. */
-struct fast {
-	struct last_flow *l;
-	__u64 raw_a, raw_b;
-};
-
 /* fast is the cheap first look at a drop that passed the namespace and
  * reason filters, before the entry points read anything more of the skb:
  * for option-less IPv4, two raw header words decide. A packet like the last
@@ -339,6 +337,9 @@ static __always_inline int fast(struct skb_meta *m, __u64 location, __u32 reason
 	struct last_flow *l = f->l;
 	if (!l || !direct_reads() || !m->head || m->nh == (__u16)~0U)
 		return 0;
+	/* Read as the 40 bytes of an IPv6 header: an untrusted pointer may be
+	 * read anywhere inside the type it is cast to, and those bytes cover an
+	 * option-less IPv4 header and its ports. */
 	__u64 *w = (__u64 *)kcast(m->head + m->nh, struct ipv6hdr);
 	if (*(__u8 *)w != 0x45)
 		return 0;
@@ -361,7 +362,7 @@ static __always_inline int handle(void *ctx, struct skb_meta *m, __u64 location,
 	k.location = location;
 	k.netns = m->netns;
 	k.reason = reason;
-	if (parse(m, &k, &flags) < 0) {
+	if (parse(m, &k, &flags, f) < 0) {
 		/* Not IP: only unfiltered tracing wants it. */
 		if (n_addrs || n_ports || filter_proto)
 			return 0;

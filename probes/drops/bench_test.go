@@ -323,34 +323,16 @@ func median(v []float64) float64 {
 }
 
 func floodPair(b testing.TB, snd, rcv netns.Target) {
-	rh, err := rcv.Handle()
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer rh.Close()
-	err = snd.Do(func() error {
-		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "f0"}, PeerName: "f1", PeerNamespace: netlink.NsFd(int(rh))}); err != nil {
-			return err
-		}
-		l, _ := netlink.LinkByName("f0")
-		a, _ := netlink.ParseAddr("10.77.0.1/24")
-		netlink.AddrAdd(l, a)
-		netlink.LinkSetUp(l)
-		// A static neighbour: the flood must not wait on ARP.
-		return netlink.NeighAdd(&netlink.Neigh{LinkIndex: l.Attrs().Index, IP: net.IPv4(10, 77, 0, 2), HardwareAddr: net.HardwareAddr{2, 0, 0, 0, 0, 2}, State: netlink.NUD_PERMANENT})
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	err = rcv.Do(func() error {
-		l, err := netlink.LinkByName("f1")
+	mac := net.HardwareAddr{2, 0, 0, 0, 0, 2}
+	testkit.Veth(b, testkit.VethEnd{NS: snd, Name: "f0", Addrs: []string{"10.77.0.1/24"}},
+		testkit.VethEnd{NS: rcv, Name: "f1", Addrs: []string{"10.77.0.2/24"}, MAC: mac})
+	// A static neighbour: the flood must not wait on ARP.
+	err := snd.Do(func() error {
+		l, err := netlink.LinkByName("f0")
 		if err != nil {
 			return err
 		}
-		netlink.LinkSetHardwareAddr(l, net.HardwareAddr{2, 0, 0, 0, 0, 2})
-		a, _ := netlink.ParseAddr("10.77.0.2/24")
-		netlink.AddrAdd(l, a)
-		return netlink.LinkSetUp(l)
+		return netlink.NeighAdd(&netlink.Neigh{LinkIndex: l.Attrs().Index, IP: net.IPv4(10, 77, 0, 2), HardwareAddr: mac, State: netlink.NUD_PERMANENT})
 	})
 	if err != nil {
 		b.Fatal(err)

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/lbdoctor/lbdoctor/internal/lab"
@@ -194,37 +193,8 @@ func TestWithoutReasons(t *testing.T) {
 // back through the interface it came in on.
 func TestIPRPFilter(t *testing.T) {
 	a, b := testkit.Netns(t, "rpa"), testkit.Netns(t, "rpb")
-	bh, err := b.Handle()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bh.Close()
-	err = a.Do(func() error {
-		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "a0"}, PeerName: "b0", PeerNamespace: netlink.NsFd(int(bh))}); err != nil {
-			return err
-		}
-		l, _ := netlink.LinkByName("a0")
-		for _, c := range []string{"10.9.0.1/24", "10.8.0.1/32"} {
-			ad, _ := netlink.ParseAddr(c)
-			netlink.AddrAdd(l, ad)
-		}
-		return netlink.LinkSetUp(l)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = b.Do(func() error {
-		l, err := netlink.LinkByName("b0")
-		if err != nil {
-			return err
-		}
-		ad, _ := netlink.ParseAddr("10.9.0.2/24")
-		netlink.AddrAdd(l, ad)
-		return netlink.LinkSetUp(l)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	testkit.Veth(t, testkit.VethEnd{NS: a, Name: "a0", Addrs: []string{"10.9.0.1/24", "10.8.0.1/32"}},
+		testkit.VethEnd{NS: b, Name: "b0", Addrs: []string{"10.9.0.2/24"}})
 	// A's ARP must not come from the unroutable address: B would ignore it.
 	testkit.Sysctl(t, a, "net.ipv4.conf.a0.arp_announce", "2")
 	testkit.Sysctl(t, b, "net.ipv4.conf.all.rp_filter", "1")
