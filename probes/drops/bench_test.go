@@ -31,22 +31,24 @@ import (
 // Flood benchmark: a sendmmsg sender in one netns floods a veth into an nft
 // `counter drop` rule in another. This VM's speed drifts by tens of percent
 // over seconds, so the rate ratio of each tracer configuration (-ratio) is
-// measured under one continuous flood while the tracer is attached and
-// detached every slice (LBDOCTOR_BENCH_SLICE, default 100ms) for
-// LBDOCTOR_BENCH_PAIRS pairs (default 40); an empty BPF program on the same
-// tracepoint, measured the same way, is the floor no BPF tracer can beat.
-// Rounds (LBDOCTOR_BENCH_ROUNDS, default 3) of whole windows
-// (LBDOCTOR_BENCH_WINDOW, default 1s), each between two untraced ones, check
-// the totals against the nft counter, measure the delivered fraction
-// (-delivered, -window-ratio) and compare with perf record. Medians are
-// reported. LBDOCTOR_BENCH_CONFIGS picks configurations ("aggregate;events").
+// measured under one continuous flood: round after round
+// (LBDOCTOR_BENCH_TOGGLES, default 40), each configuration in turn is
+// attached for one slice (LBDOCTOR_BENCH_SLICE, default 100ms) between two
+// slices with nothing attached. An empty BPF program on the same tracepoint
+// takes its turn too: the floor no BPF tracer can beat, and -vs-empty is each
+// configuration's ratio over the floor's in the same round (what the
+// tracer's own work costs). Rounds (LBDOCTOR_BENCH_ROUNDS, default 3) of
+// whole windows (LBDOCTOR_BENCH_WINDOW, default 1s), each between two
+// untraced ones, check the totals against the nft counter, measure the
+// delivered fraction (-delivered, -window-ratio) and compare with perf
+// record. Medians are reported. LBDOCTOR_BENCH_CONFIGS picks configurations ("aggregate;events").
 //
 //	sudo go test -run '^$' -bench Flood -benchtime 1x ./probes/drops/
 func BenchmarkFlood(b *testing.B) {
 	testkit.RequireRoot(b)
-	rounds, window, pairs, slice := 3, time.Second, 40, 100*time.Millisecond
+	rounds, window, toggles, slice := 3, time.Second, 40, 100*time.Millisecond
 	envInt(b, "LBDOCTOR_BENCH_ROUNDS", &rounds)
-	envInt(b, "LBDOCTOR_BENCH_PAIRS", &pairs)
+	envInt(b, "LBDOCTOR_BENCH_TOGGLES", &toggles)
 	envDuration(b, "LBDOCTOR_BENCH_WINDOW", &window)
 	envDuration(b, "LBDOCTOR_BENCH_SLICE", &slice)
 	snd, rcv := testkit.Netns(b, "fsnd"), testkit.Netns(b, "frcv")
@@ -79,37 +81,65 @@ func BenchmarkFlood(b *testing.B) {
 		}
 	}
 	b.ReportMetric(median(pps["no tracer"])/1e6, "0-no_tracer-Mpps")
+	// Each configuration with a tracer takes turns with the others and the
+	// floor; one that sends every drop keeps its reader busy after its turn,
+	// into the next one's, so it takes turns with the floor alone.
+	floor := newNopTracer(b)
+	names, trs := []string{"empty BPF program"}, []attacher{floor}
+	var busy []string
+	for _, c := range configs {
+		if cfg := tracerConfig(c, snd, rcv); cfg != nil {
+			if cfg.Events && len(cfg.Addrs) == 0 && cfg.NetnsInode == uint32(rcv.Inode) {
+				busy = append(busy, c)
+				continue
+			}
+			names, trs = append(names, c), append(trs, newTracer(b, *cfg))
+		}
+	}
+	turns := map[string][2][]float64{} // the configuration's ratios, the floor's
+	all := toggled(b, snd, trs, toggles, slice)
+	for i, n := range names {
+		turns[n] = [2][]float64{all[i], all[0]}
+	}
+	for _, c := range busy {
+		r := toggled(b, snd, []attacher{floor, newTracer(b, *tracerConfig(c, snd, rcv))}, toggles, slice)
+		turns[c] = [2][]float64{r[1], r[0]}
+	}
 	for i, c := range configs {
 		b.ReportMetric(median(pps[c])/1e6, fmt.Sprintf("%d-%s-Mpps", i+1, slug(c)))
 		b.ReportMetric(median(ratio[c]), fmt.Sprintf("%d-%s-window-ratio", i+1, slug(c)))
 		if len(delivered[c]) > 0 {
 			b.ReportMetric(median(delivered[c]), fmt.Sprintf("%d-%s-delivered", i+1, slug(c)))
 		}
-		if cfg := tracerConfig(c, snd, rcv); cfg != nil {
-			b.ReportMetric(toggledRatio(b, snd, *cfg, pairs, slice), fmt.Sprintf("%d-%s-ratio", i+1, slug(c)))
+		if t, ok := turns[c]; ok {
+			var vs []float64
+			for r := range t[0] {
+				vs = append(vs, t[0][r]/t[1][r])
+			}
+			b.ReportMetric(median(t[0]), fmt.Sprintf("%d-%s-ratio", i+1, slug(c)))
+			b.ReportMetric(median(vs), fmt.Sprintf("%d-%s-vs-empty", i+1, slug(c)))
 		}
 	}
-	nop := newNopTracer(b)
-	defer nop.Close()
-	b.ReportMetric(toggled(b, snd, nop, pairs, slice), "0-empty_bpf_program-ratio")
+	b.ReportMetric(median(all[0]), "0-empty_bpf_program-ratio")
 }
 
-// toggledRatio floods without pause while attaching and detaching a tracer
-// every slice, and returns the send rate while attached over the rate while
-// detached. The sender does all the work of a packet, up to its drop, in its
-// own syscall, so what it sends is what was dropped.
-func toggledRatio(b *testing.B, snd netns.Target, cfg drops.Config, pairs int, slice time.Duration) float64 {
+// newTracer is a drop tracer for cfg, detached until toggled on; in event
+// mode a reader drains it throughout, as lbdoctor does.
+func newTracer(b *testing.B, cfg drops.Config) attacher {
 	tr, err := drops.New(cfg)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer tr.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	b.Cleanup(func() { tr.Close() })
+	if err := tr.Stop(); err != nil {
+		b.Fatal(err)
+	}
 	if cfg.Events {
+		ctx, cancel := context.WithCancel(context.Background())
+		b.Cleanup(cancel)
 		go tr.Read(ctx, func(drops.Packet, drops.RawEvent) {})
 	}
-	return toggled(b, snd, tr, pairs, slice)
+	return tr
 }
 
 type attacher interface {
@@ -130,7 +160,9 @@ func newNopTracer(b *testing.B) *nopTracer {
 	if err != nil {
 		b.Fatal(err)
 	}
-	return &nopTracer{prog: p}
+	n := &nopTracer{prog: p}
+	b.Cleanup(n.Close)
+	return n
 }
 
 func (n *nopTracer) Start() (err error) {
@@ -151,47 +183,46 @@ func (n *nopTracer) Stop() error {
 
 func (n *nopTracer) Close() { n.Stop(); n.prog.Close() }
 
-func toggled(b *testing.B, snd netns.Target, tr attacher, pairs int, slice time.Duration) float64 {
+// toggled floods without pause and, for each of rounds rounds, attaches
+// each tracer in turn (the order rotating) for one slice between two slices
+// with none attached. The ratio of a turn is the attached rate over the mean
+// of the rates beside it; ratios[i][r] is tracer i's ratio in round r. The
+// sender does all the work of a packet, up to its drop, in its own syscall,
+// so what it sends is what was dropped.
+func toggled(b *testing.B, snd netns.Target, trs []attacher, rounds int, slice time.Duration) [][]float64 {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var err error
 	var sent atomic.Uint64
 	done := make(chan error)
 	go func() { done <- floodUntil(snd, ctx, &sent) }()
 	time.Sleep(slice) // the sender gets going
-	// Slices go on off off on …: each pair is an attached slice and the
-	// detached one beside it, and the median of the pairs' ratios is robust
-	// against the moments the hypervisor takes the CPU away.
-	var ratios []float64
-	var first float64 // the rate of the pair's first slice
-	for i := 0; i < 2*pairs; i++ {
-		attached := i%4 == 0 || i%4 == 3
-		if attached {
-			err = tr.Start()
-		} else {
-			err = tr.Stop()
-		}
-		if err != nil {
-			b.Fatal(err)
-		}
+	rate := func() float64 {
 		t0, n0 := time.Now(), sent.Load()
 		time.Sleep(slice)
-		rate := float64(sent.Load()-n0) / time.Since(t0).Seconds()
-		switch i % 4 {
-		case 0, 2:
-			first = rate
-		case 1: // on, then off
-			ratios = append(ratios, first/rate)
-		case 3: // off, then on
-			ratios = append(ratios, rate/first)
+		return float64(sent.Load()-n0) / time.Since(t0).Seconds()
+	}
+	ratios := make([][]float64, len(trs))
+	off := rate()
+	for r := 0; r < rounds; r++ {
+		for k := range trs {
+			i := (k + r) % len(trs)
+			if err := trs[i].Start(); err != nil {
+				b.Fatal(err)
+			}
+			on := rate()
+			if err := trs[i].Stop(); err != nil {
+				b.Fatal(err)
+			}
+			next := rate()
+			ratios[i] = append(ratios[i], on/((off+next)/2))
+			off = next
 		}
 	}
-	tr.Stop()
 	cancel()
 	if err := <-done; err != nil {
 		b.Fatal(err)
 	}
-	return median(ratios)
+	return ratios
 }
 
 func tracerConfig(c string, snd, rcv netns.Target) *drops.Config {
@@ -445,7 +476,6 @@ func BenchmarkProgramCost(b *testing.B) {
 	testkit.Run(b, rcv, "nft", "add table ip f; add chain ip f in { type filter hook input priority 0; }; add rule ip f in udp dport 9 counter drop")
 	b.Run("empty_program", func(b *testing.B) {
 		nop := newNopTracer(b)
-		defer nop.Close()
 		if err := nop.Start(); err != nil {
 			b.Fatal(err)
 		}
