@@ -512,7 +512,10 @@ static __noinline int tp_btf_slow(__u64 *ctx)
 SEC("tp_btf/kfree_skb")
 int drop_tp_btf(__u64 *ctx)
 {
-	if (tp_btf_fast(ctx))
+	/* With events and no address, port or protocol filter the fast paths
+	 * can settle nothing (every packet is sent), so they are skipped. */
+	int may_settle = !send_events || n_addrs || n_ports || filter_proto;
+	if (may_settle && tp_btf_fast(ctx))
 		return 0;
 	return tp_btf_slow(ctx);
 }
