@@ -74,9 +74,11 @@ func (g dropGroup) line() string {
 		if g.flows > 1 {
 			flows = fmt.Sprintf("%d flows", g.flows)
 		}
-		fmt.Fprintf(&b, ": %s packets of %s to VIP %s via real %s (%s), e.g. %s %s → %s", f.Direction, flows, f.VIP, f.Real, f.Stage, proto.Name(c.Proto), c.Src, c.Dst)
+		src, dst := c.Endpoints()
+		fmt.Fprintf(&b, ": %s packets of %s to VIP %s via real %s (%s), e.g. %s %s → %s", f.Direction, flows, f.VIP, f.Real, f.Stage, proto.Name(c.Proto), src, dst)
 	} else if c.Family != 0 {
-		fmt.Fprintf(&b, ": %s %s → %s", proto.Name(c.Proto), c.Src, c.Dst)
+		src, dst := c.Endpoints()
+		fmt.Fprintf(&b, ": %s %s → %s", proto.Name(c.Proto), src, dst)
 	}
 	return b.String()
 }

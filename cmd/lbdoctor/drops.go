@@ -27,6 +27,7 @@ type dropsFlags struct {
 	ignore             []string
 	duration           time.Duration
 	summary, stack     bool
+	top                int
 }
 
 func newDropsCmd(g *globalFlags) *cobra.Command {
@@ -54,10 +55,11 @@ prints a dropwatch-style table at the end. Lost events are always reported.`,
 	fl.StringVar(&f.vip, "vip", "", "only drops of this virtual service's flows: ADDR[:PORT] (adds its real servers)")
 	fl.StringSliceVar(&f.hosts, "host", nil, "only drops to or from this address (repeatable)")
 	fl.UintSliceVar(&f.ports, "port", nil, "only drops to or from this port (repeatable)")
-	fl.StringVar(&f.proto, "proto", "", "only this protocol: tcp, udp or icmp")
+	fl.StringVar(&f.proto, "proto", "", "only this protocol: tcp, udp, icmp, icmpv6, sctp, vrrp, gre, … or a number")
 	fl.StringSliceVar(&f.ignore, "ignore-reason", nil, "leave out drops with this reason, e.g. NOT_SPECIFIED (repeatable)")
 	fl.DurationVar(&f.duration, "duration", 0, "stop after this long (default: until Ctrl-C)")
 	fl.BoolVar(&f.summary, "summary", false, "count in the kernel and print a summary at the end")
+	fl.IntVar(&f.top, "top", 20, "with --summary: show this many flows, sum up the rest by place (0: all)")
 	fl.StringVar(&f.attach, "attach", "", "force the attach point: tp_btf, raw_tp or tracepoint")
 	fl.BoolVar(&f.stack, "stack", false, "print the kernel stack of each drop")
 	return cmd
@@ -68,16 +70,15 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 	if f.stack && f.summary {
 		return usageErrorf("--stack needs events: it cannot go with --summary")
 	}
-	switch f.proto {
-	case "":
-	case "tcp":
-		cfg.Proto = unix.IPPROTO_TCP
-	case "udp":
-		cfg.Proto = unix.IPPROTO_UDP
-	case "icmp":
-		cfg.Proto = unix.IPPROTO_ICMP
-	default:
-		return usageErrorf("--proto %q: want tcp, udp or icmp", f.proto)
+	if f.proto != "" {
+		p, ok := proto.Parse(f.proto)
+		if !ok {
+			return usageErrorf("--proto %q: want a protocol name (tcp, udp, icmp, icmpv6, sctp, vrrp, gre, …) or number 1-255", f.proto)
+		}
+		cfg.Proto = p
+	}
+	if f.top < 0 {
+		return usageErrorf("--top %d: want 0 (all) or more", f.top)
 	}
 	if f.duration < 0 {
 		return usageErrorf("--duration %s: want a positive duration", f.duration)
@@ -148,7 +149,8 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 	toDrop := func(c drops.Counted) report.Drop {
 		d := report.Drop{Type: "drop", Netns: c.Netns, NetnsTag: nameOf(c.Netns), Location: c.Symbol, Reason: c.ReasonName, Count: c.Count, Flow: c.Flow}
 		if c.Family != 0 {
-			d.Proto, d.Src, d.Dst = proto.Name(c.Proto), c.Src.String(), c.Dst.String()
+			d.Proto = proto.Name(c.Proto)
+			d.Src, d.Dst = c.Endpoints()
 		}
 		return d
 	}
@@ -169,7 +171,7 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 	}
 	start := time.Now()
 	var delivered uint64
-	sum := report.DropsSummary{Type: "summary", Attach: tr.Attach, AttachMs: float64(tr.AttachTime.Microseconds()) / 1000, NoReasons: tr.NoReasons}
+	sum := report.DropsSummary{Type: "summary", Attach: tr.Attach, AttachMs: float64(tr.AttachTime.Microseconds()) / 1000, NoReasons: tr.NoReasons, Top: f.top}
 	if f.summary {
 		<-ctx.Done()
 		smp, err := tr.Sample(namer, time.Since(start))

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -52,7 +53,11 @@ func TestDropsCommand(t *testing.T) {
 
 func TestDropsBadInput(t *testing.T) {
 	for _, args := range [][]string{
-		{"drops", "--proto", "gre"},
+		// A bad argument must stop it before it traces: the duration only
+		// keeps a wrongly accepted one from running until Ctrl-C.
+		{"drops", "--proto", "tcpp", "--duration", "1ms"},
+		{"drops", "--proto", "0", "--duration", "1ms"},
+		{"drops", "--top", "-1", "--summary", "--duration", "1ms"},
 		{"drops", "--host", "nope"},
 		{"drops", "--port", "70000"},
 		{"drops", "--attach", "fexit"},
@@ -63,5 +68,38 @@ func TestDropsBadInput(t *testing.T) {
 		if code != exitUsage || strings.Count(stderr, "\n") != 1 {
 			t.Errorf("lbdoctor %v = exit %d, stderr %q; want exit 2 and one line", args, code, stderr)
 		}
+	}
+}
+
+// --proto takes any protocol name; a protocol without ports is shown as
+// addresses alone (no ":0").
+func TestDropsProtoWithoutPorts(t *testing.T) {
+	a, b := testkit.Netns(t, "pa"), testkit.Netns(t, "pb")
+	testkit.Veth(t, testkit.VethEnd{NS: a, Name: "p0", Addrs: []string{"10.78.0.1/24"}},
+		testkit.VethEnd{NS: b, Name: "p1", Addrs: []string{"10.78.0.2/24"}})
+	testkit.Run(t, b, "nft", "add table ip f; add chain ip f in { type filter hook input priority 0; }; add rule ip f in ip protocol icmp drop")
+	go func() {
+		time.Sleep(500 * time.Millisecond)
+		a.Do(func() error {
+			c, err := net.Dial("ip4:icmp", "10.78.0.2")
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			echo := []byte{8, 0, 0xf7, 0xfe, 0, 1, 0, 0} // echo request, id 1, seq 0; checksum of these bytes
+			for i := 0; i < 3; i++ {
+				c.Write(echo)
+			}
+			return nil
+		})
+	}()
+	code, out, stderr := runCLI("drops", "--netns", b.Name, "--proto", "icmp", "--duration", "2s")
+	want := "NETFILTER_DROP " // at nf_hook_slow or nft_do_chain, by kernel
+	if code != 0 || strings.Count(out, want) != 3 || !strings.Contains(out, ": icmp 10.78.0.1 → 10.78.0.2 len") {
+		t.Errorf("drops --proto icmp = exit %d\n%s\n%s\nwant 3 × %q with icmp 10.78.0.1 → 10.78.0.2 and no ports", code, out, stderr, want)
+	}
+	code, out, stderr = runCLI("drops", "--netns", b.Name, "--proto", "vrrp", "--duration", "1500ms")
+	if code != 0 || strings.Contains(out, "icmp") {
+		t.Errorf("drops --proto vrrp = exit %d\n%s\n%s\nwant no icmp drops", code, out, stderr)
 	}
 }

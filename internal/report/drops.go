@@ -43,6 +43,17 @@ type DropsSummary struct {
 	Lost       uint64         `json:"lost"`
 	Aggregates []Drop         `json:"drops,omitempty"`      // --summary
 	NoReasons  string         `json:"no_reasons,omitempty"` // why drops carry no reason on this kernel
+	// Top caps the rows of the text summary (0: all); the rest are summed
+	// up by place. JSON always has every row.
+	Top int `json:"-"`
+}
+
+// netnsLabel names a drop's namespace: its name, else its inode.
+func netnsLabel(d Drop) string {
+	if d.NetnsTag != "" {
+		return "netns " + d.NetnsTag
+	}
+	return fmt.Sprintf("netns %d", d.Netns)
 }
 
 // DropLine renders one drop for a person.
@@ -54,11 +65,7 @@ func DropLine(d Drop) string {
 	if d.Count > 0 {
 		fmt.Fprintf(&b, "%6d × ", d.Count)
 	}
-	ns := fmt.Sprintf("netns %d", d.Netns)
-	if d.NetnsTag != "" {
-		ns = "netns " + d.NetnsTag
-	}
-	fmt.Fprintf(&b, "%s %s at %s", d.Reason, d.Location, ns)
+	fmt.Fprintf(&b, "%s %s at %s", d.Reason, d.Location, netnsLabel(d))
 	if d.Ifname != "" {
 		b.WriteString(" dev " + d.Ifname)
 	}
@@ -90,17 +97,74 @@ func DropsJSONLine(w io.Writer, v any) error {
 	return err
 }
 
+// writeRest sums up the summary rows past the cap by reason, place and
+// namespace: a flood from many ports is one line, not thousands.
+func writeRest(b *strings.Builder, rest []Drop, top int) {
+	if len(rest) == 0 {
+		return
+	}
+	type place struct{ reason, location, netns string }
+	type sum struct {
+		place
+		drops, flows uint64
+	}
+	var total uint64
+	sums := map[place]*sum{}
+	for _, d := range rest {
+		k := place{d.Reason, d.Location, netnsLabel(d)}
+		if sums[k] == nil {
+			sums[k] = &sum{place: k}
+		}
+		sums[k].drops += d.Count
+		sums[k].flows++
+		total += d.Count
+	}
+	list := make([]*sum, 0, len(sums))
+	for _, v := range sums {
+		list = append(list, v)
+	}
+	sort.Slice(list, func(i, j int) bool {
+		if list[i].drops != list[j].drops {
+			return list[i].drops > list[j].drops
+		}
+		return list[i].place.location < list[j].place.location
+	})
+	fmt.Fprintf(b, "… %d more flows, %d drops (-o json lists every one), by place:\n", len(rest), total)
+	for i, v := range list {
+		if i == top {
+			fmt.Fprintf(b, "  … %d more places\n", len(list)-top)
+			break
+		}
+		flows := "flows"
+		if v.flows == 1 {
+			flows = "flow"
+		}
+		fmt.Fprintf(b, "%6d × %s %s at %s (%d %s)\n", v.drops, v.reason, v.location, v.netns, v.flows, flows)
+	}
+}
+
 // DropsSummaryText writes the closing summary (and the aggregate table).
 func DropsSummaryText(w io.Writer, s DropsSummary) error {
 	var b strings.Builder
 	if s.Aggregates != nil {
-		sort.Slice(s.Aggregates, func(i, j int) bool { return s.Aggregates[i].Count > s.Aggregates[j].Count })
+		sort.Slice(s.Aggregates, func(i, j int) bool {
+			a, b := s.Aggregates[i], s.Aggregates[j]
+			if a.Count != b.Count {
+				return a.Count > b.Count
+			}
+			return a.Location+" "+a.Src+" "+a.Dst < b.Location+" "+b.Src+" "+b.Dst
+		})
 		if len(s.Aggregates) == 0 {
 			b.WriteString("no drops matched\n")
 		}
-		for _, d := range s.Aggregates {
+		rows, rest := s.Aggregates, []Drop(nil)
+		if s.Top > 0 && len(rows) > s.Top {
+			rows, rest = rows[:s.Top], rows[s.Top:]
+		}
+		for _, d := range rows {
 			b.WriteString(DropLine(d) + "\n")
 		}
+		writeRest(&b, rest, s.Top)
 	}
 	fmt.Fprintf(&b, "%d drops matched in %s: %d reported, %d lost (ring buffer %d, aggregate map %d); attached %s in %.0f ms\n",
 		s.Counters.Matched, s.Window.Round(time.Millisecond), s.Delivered, s.Lost, s.Counters.RingLost, s.Counters.AggLost, s.Attach, s.AttachMs)

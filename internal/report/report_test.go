@@ -2,12 +2,15 @@ package report_test
 
 import (
 	"bytes"
+	"fmt"
 	"testing"
+	"time"
 
 	"github.com/lbdoctor/lbdoctor/checks"
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/report"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
+	"github.com/lbdoctor/lbdoctor/probes/drops"
 )
 
 func sample() *report.Report {
@@ -46,5 +49,29 @@ func TestNewCountsAndVerdict(t *testing.T) {
 	r := sample()
 	if r.Schema != 1 || r.Verdict != checks.Fail || r.Summary["fail"] != 1 || r.Summary["skip"] != 1 || r.Summary["pass"] != 1 {
 		t.Errorf("New() = schema %d verdict %s summary %v, want 1, fail, 1 fail 1 skip 1 pass", r.Schema, r.Verdict, r.Summary)
+	}
+}
+
+// A flood from many source ports: the text summary shows the top flows and
+// sums up the rest by place; without a cap it shows them all.
+func TestDropsSummaryTop(t *testing.T) {
+	var rows []report.Drop
+	for i := 0; i < 30; i++ {
+		rows = append(rows, report.Drop{Type: "drop", Netns: 4026532252, NetnsTag: "lb", Reason: "NO_SOCKET", Location: "tcp_v4_rcv+0x91",
+			Proto: "tcp", Src: fmt.Sprintf("10.1.0.3:%d", 40000+i), Dst: "10.1.0.6:80", Count: uint64(1 + i%3)})
+	}
+	rows = append(rows,
+		report.Drop{Type: "drop", Netns: 4026532252, NetnsTag: "lb", Reason: "IP_INADDRERRORS", Location: "ip_error+0x92", Proto: "tcp", Src: "10.1.0.50:8085", Dst: "10.1.0.3:45140", Count: 9},
+		report.Drop{Type: "drop", Netns: 4026531840, Reason: "NOT_SPECIFIED", Location: "ip6_mc_input+0x15e", Proto: "icmpv6", Src: "fe80::1", Dst: "ff02::2", Count: 1})
+	for _, top := range []int{3, 0} {
+		t.Run(fmt.Sprintf("top %d", top), func(t *testing.T) {
+			var b bytes.Buffer
+			s := report.DropsSummary{Type: "summary", Attach: "tp_btf", AttachMs: 61, Window: 5 * time.Second,
+				Counters: drops.Counters{Matched: 70}, Delivered: 70, Aggregates: append([]report.Drop{}, rows...), Top: top}
+			if err := report.DropsSummaryText(&b, s); err != nil {
+				t.Fatal(err)
+			}
+			testkit.Golden(t, fmt.Sprintf("drops-summary-top%d.txt", top), b.Bytes())
+		})
 	}
 }

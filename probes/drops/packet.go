@@ -3,6 +3,8 @@ package drops
 import (
 	"net/netip"
 	"strings"
+
+	"github.com/lbdoctor/lbdoctor/internal/proto"
 )
 
 // Packet is what the kernel side saw of one dropped packet.
@@ -41,6 +43,15 @@ func packetOf(netns, reason uint32, loc uint64, family, proto uint8, s, d [16]ui
 		p.Src, p.Dst = netip.AddrPortFrom(sa, sport), netip.AddrPortFrom(da, dport)
 	}
 	return p
+}
+
+// Endpoints are the packet's source and destination the way people write
+// them: ADDR:PORT, or the address alone for a protocol without ports.
+func (p Packet) Endpoints() (src, dst string) {
+	if !proto.HasPorts(p.Proto) {
+		return p.Src.Addr().String(), p.Dst.Addr().String()
+	}
+	return p.Src.String(), p.Dst.String()
 }
 
 // TCPFlags renders TCP flags the way tcpdump's readers know them.

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/lbdoctor/lbdoctor/probes/conntrack"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
@@ -78,5 +80,26 @@ func TestMatchConntrack(t *testing.T) {
 	c := ipvs.Conn{Proto: "tcp", Client: ap("10.1.0.3:41234"), VIP: ap("10.1.0.6:8085"), Dest: ap("10.1.0.50:8085")}
 	if f := drops.MatchIPVS(ap("10.1.0.50:8085"), ap("10.1.0.3:41234"), c); f == nil || f.Direction != "reply" || f.Source != "ipvs" {
 		t.Errorf("MatchIPVS(real → client) = %+v, want the reply that IPVS never de-NATed", f)
+	}
+}
+
+func TestEndpoints(t *testing.T) {
+	src, dst := netip.MustParseAddrPort("10.1.0.3:41000"), netip.MustParseAddrPort("[fe80::1]:80")
+	for _, c := range []struct {
+		name     string
+		proto    uint8
+		src, dst string
+	}{
+		{"tcp has ports", unix.IPPROTO_TCP, "10.1.0.3:41000", "[fe80::1]:80"},
+		{"sctp has ports", unix.IPPROTO_SCTP, "10.1.0.3:41000", "[fe80::1]:80"},
+		{"icmp has none", unix.IPPROTO_ICMP, "10.1.0.3", "fe80::1"},
+		{"vrrp has none", 112, "10.1.0.3", "fe80::1"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s, d := drops.Packet{Proto: c.proto, Src: src, Dst: dst}.Endpoints()
+			if s != c.src || d != c.dst {
+				t.Errorf("Endpoints(proto %d) = %s, %s, want %s, %s", c.proto, s, d, c.src, c.dst)
+			}
+		})
 	}
 }
