@@ -127,7 +127,8 @@ func writeRest(b *strings.Builder, rest []Drop, top int) {
 		if list[i].drops != list[j].drops {
 			return list[i].drops > list[j].drops
 		}
-		return list[i].place.location < list[j].place.location
+		x, y := list[i].place, list[j].place
+		return x.location+" "+x.reason+" "+x.netns < y.location+" "+y.reason+" "+y.netns
 	})
 	fmt.Fprintf(b, "… %d more flows, %d drops (-o json lists every one), by place:\n", len(rest), total)
 	for i, v := range list {
@@ -148,11 +149,11 @@ func DropsSummaryText(w io.Writer, s DropsSummary) error {
 	var b strings.Builder
 	if s.Aggregates != nil {
 		sort.Slice(s.Aggregates, func(i, j int) bool {
-			a, b := s.Aggregates[i], s.Aggregates[j]
-			if a.Count != b.Count {
-				return a.Count > b.Count
+			x, y := s.Aggregates[i], s.Aggregates[j]
+			if x.Count != y.Count {
+				return x.Count > y.Count
 			}
-			return a.Location+" "+a.Src+" "+a.Dst < b.Location+" "+b.Src+" "+b.Dst
+			return x.Location+" "+x.Src+" "+x.Dst < y.Location+" "+y.Src+" "+y.Dst
 		})
 		if len(s.Aggregates) == 0 {
 			b.WriteString("no drops matched\n")
