@@ -2,10 +2,10 @@ package checks
 
 import (
 	"fmt"
-	"sort"
 	"strings"
 
 	"github.com/lbdoctor/lbdoctor/internal/proto"
+	"github.com/lbdoctor/lbdoctor/internal/tally"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
 )
@@ -48,9 +48,9 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 			ev = append(ev, Evidence{Fact: fmt.Sprintf("… and %d more kinds of drop", len(groups)-i), Source: "kfree_skb tracer"})
 			break
 		}
-		ev = append(ev, Evidence{Fact: g.line(), Source: "kfree_skb tracer"})
+		ev = append(ev, Evidence{Fact: dropLine(g), Source: "kfree_skb tracer"})
 	}
-	top := groups[0].first
+	top := groups[0].First
 	f := Finding{Status: Fail, Title: fmt.Sprintf("packets of the selected flows are dropped: %s at %s", top.ReasonName, funcName(top.Symbol)), Evidence: ev}
 	f.Reason, f.Fix, f.Remedies = dropRemedy(s, top)
 	return f
@@ -58,26 +58,16 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 
 // dropGroup is the drops of one reason at one place on one path of a
 // service: the flows of different clients (or client ports) fold into one.
-type dropGroup struct {
-	first drops.Counted
-	count uint64
-	flows int
-}
+type dropGroup = tally.Group[drops.Counted]
 
-func (g dropGroup) line() string {
-	c := g.first
+func dropLine(g dropGroup) string {
+	c := g.First
 	var b strings.Builder
-	fmt.Fprintf(&b, "%d × %s at %s", g.count, c.ReasonName, c.Symbol)
-	if c.Flow != nil {
-		f := c.Flow
-		flows := "1 flow"
-		if g.flows > 1 {
-			flows = fmt.Sprintf("%d flows", g.flows)
-		}
-		src, dst := c.Endpoints()
-		fmt.Fprintf(&b, ": %s packets of %s to VIP %s via real %s (%s), e.g. %s %s → %s", f.Direction, flows, f.VIP, f.Real, f.Stage, proto.Name(c.Proto), src, dst)
+	fmt.Fprintf(&b, "%d × %s at %s", g.Count, c.ReasonName, c.Symbol)
+	src, dst := c.Endpoints()
+	if f := c.Flow; f != nil {
+		fmt.Fprintf(&b, ": %s packets of %s to VIP %s via real %s (%s), e.g. %s %s → %s", f.Direction, tally.Of(g.Members, "flow"), f.VIP, f.Real, f.Stage, proto.Name(c.Proto), src, dst)
 	} else if c.Family != 0 {
-		src, dst := c.Endpoints()
 		fmt.Fprintf(&b, ": %s %s → %s", proto.Name(c.Proto), src, dst)
 	}
 	return b.String()
@@ -86,24 +76,12 @@ func (g dropGroup) line() string {
 // groupDrops folds counted drops by reason, place and service path, the
 // biggest group first.
 func groupDrops(cs []drops.Counted) []dropGroup {
-	var out []dropGroup
-	index := map[string]int{}
-	for _, c := range cs {
-		key := fmt.Sprintf("%d %s %d %s %s", c.Netns, c.ReasonName, c.Location, c.Src, c.Dst)
+	return tally.By(cs, func(c drops.Counted) string {
 		if f := c.Flow; f != nil {
-			key = fmt.Sprintf("%d %s %d %s %s %s %s", c.Netns, c.ReasonName, c.Location, f.VIP, f.Real, f.Direction, f.Stage)
+			return fmt.Sprintf("%d %s %d %s %s %s %s", c.Netns, c.ReasonName, c.Location, f.VIP, f.Real, f.Direction, f.Stage)
 		}
-		i, ok := index[key]
-		if !ok {
-			i = len(out)
-			index[key] = i
-			out = append(out, dropGroup{first: c})
-		}
-		out[i].count += c.Count
-		out[i].flows++
-	}
-	sort.SliceStable(out, func(i, j int) bool { return out[i].count > out[j].count })
-	return out
+		return fmt.Sprintf("%d %s %d %s %s", c.Netns, c.ReasonName, c.Location, c.Src, c.Dst)
+	}, func(c drops.Counted) uint64 { return c.Count })
 }
 
 // funcName is the function of a symbol+offset location.

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/lbdoctor/lbdoctor/internal/tally"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
 )
 
@@ -103,44 +104,20 @@ func writeRest(b *strings.Builder, rest []Drop, top int) {
 	if len(rest) == 0 {
 		return
 	}
-	type place struct{ reason, location, netns string }
-	type sum struct {
-		place
-		drops, flows uint64
-	}
+	places := tally.By(rest, func(d Drop) string { return d.Reason + " " + d.Location + " " + netnsLabel(d) },
+		func(d Drop) uint64 { return d.Count })
 	var total uint64
-	sums := map[place]*sum{}
-	for _, d := range rest {
-		k := place{d.Reason, d.Location, netnsLabel(d)}
-		if sums[k] == nil {
-			sums[k] = &sum{place: k}
-		}
-		sums[k].drops += d.Count
-		sums[k].flows++
-		total += d.Count
+	for _, p := range places {
+		total += p.Count
 	}
-	list := make([]*sum, 0, len(sums))
-	for _, v := range sums {
-		list = append(list, v)
-	}
-	sort.Slice(list, func(i, j int) bool {
-		if list[i].drops != list[j].drops {
-			return list[i].drops > list[j].drops
-		}
-		x, y := list[i].place, list[j].place
-		return x.location+" "+x.reason+" "+x.netns < y.location+" "+y.reason+" "+y.netns
-	})
 	fmt.Fprintf(b, "… %d more flows, %d drops (-o json lists every one), by place:\n", len(rest), total)
-	for i, v := range list {
+	for i, p := range places {
 		if i == top {
-			fmt.Fprintf(b, "  … %d more places\n", len(list)-top)
+			fmt.Fprintf(b, "  … %d more places\n", len(places)-top)
 			break
 		}
-		flows := "flows"
-		if v.flows == 1 {
-			flows = "flow"
-		}
-		fmt.Fprintf(b, "%6d × %s %s at %s (%d %s)\n", v.drops, v.reason, v.location, v.netns, v.flows, flows)
+		d := p.First
+		fmt.Fprintf(b, "%6d × %s %s at %s (%s)\n", p.Count, d.Reason, d.Location, netnsLabel(d), tally.Of(p.Members, "flow"))
 	}
 }
 
