@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
 
 // checkRealsAvailable: a service with no real server, or only weight-0
@@ -71,20 +72,23 @@ func checkConntrackTable(s *probes.Snapshot, _ probes.Selector) Finding {
 // checkMixedBackends: x_tables and nf_tables rules both run; each tool
 // shows only its part, which hides rules from whoever debugs with one.
 func checkMixedBackends(s *probes.Snapshot, _ probes.Selector) Finding {
-	if e, ok := s.Errors[probes.ProbeRules]; ok {
-		return skip("rules could not be read: " + e)
-	}
-	counts := map[string]int{}
+	empty := map[string]bool{} // read, and holds no rule
 	var ev []Evidence
 	for _, b := range s.Rules.Backends {
 		if b.Read {
-			counts[b.Name] = b.Rules
+			empty[b.Name] = b.Rules == 0
 			ev = append(ev, Evidence{Fact: fmt.Sprintf("%s: %d rule(s)", b.Name, b.Rules), Source: s.Target.String()})
 		} else {
 			ev = append(ev, Evidence{Fact: b.Name + " not read: " + b.Reason, Source: s.Target.String()})
 		}
 	}
 	if !s.Rules.Mixed {
+		// Not mixed is known only when one side is read and empty.
+		if !empty[rules.IptablesLegacy] && !(empty[rules.IptablesNft] && empty[rules.Nft]) {
+			if un := unreadRules(s); un != "" {
+				return skip("whether rules are mixed cannot be judged: " + un)
+			}
+		}
 		return Finding{Status: Pass, Title: "rules live in one framework", Evidence: ev}
 	}
 	return Finding{Status: Warn, Title: "iptables-legacy and nf_tables rules are both active",

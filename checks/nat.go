@@ -68,11 +68,13 @@ func checkVSConntrack(s *probes.Snapshot, sel probes.Selector) Finding {
 	if !s.IPVS.Available {
 		return skip("IPVS is not available (see kernel.ipvs)")
 	}
-	if e, ok := s.Errors[probes.ProbeRules]; ok {
-		return skip("rules could not be read: " + e)
-	}
 	deps := conntrackDependentRules(s, sel)
 	if len(deps) == 0 {
+		// A dependent rule found is enough to judge; none found is only
+		// a conclusion when every backend was read.
+		if un := unreadRules(s); un != "" {
+			return skip("no rule read depends on IPVS connections being in conntrack, but " + un)
+		}
 		return skip("no rule depends on IPVS connections being in conntrack")
 	}
 	var needs []Evidence
@@ -109,6 +111,21 @@ func sysctlMustBeOn(s *probes.Snapshot, req requirement, needs []Evidence) Findi
 	}
 	return Finding{Status: Fail, Title: req.failTitle, Reason: req.why, Evidence: ev, Fix: sysctlFix(s.Target, req.key, "1"),
 		Remedies: []Remedy{{Sysctl: req.key, Value: "1"}}}
+}
+
+// unreadRules says which rule backends could not be read, or "" when every
+// one was: a conclusion from the absence of a rule needs them all.
+func unreadRules(s *probes.Snapshot) string {
+	var names []string
+	for _, b := range s.Rules.Unread() {
+		names = append(names, fmt.Sprintf("%s could not be read (%s)", b.Name, b.Reason))
+	}
+	if len(names) == 0 && len(s.Rules.Backends) == 0 {
+		if e, ok := s.Errors[probes.ProbeRules]; ok {
+			return "rules could not be read: " + e
+		}
+	}
+	return strings.Join(names, "; ")
 }
 
 // conntrackDependentRules are rules that only work when IPVS connections go

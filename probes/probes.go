@@ -115,6 +115,14 @@ func Gather(ns netns.Target, sel Selector, opt Options) *Snapshot {
 	fail(ProbeSysctl, err)
 	s.Rules, err = rules.Read(ns)
 	fail(ProbeRules, err)
+	if un := s.Rules.Unread(); err == nil && len(un) > 0 {
+		// A backend left unread is a layer not read: every output names it.
+		var why []string
+		for _, b := range un {
+			why = append(why, b.Name+": "+b.Reason)
+		}
+		s.Errors[ProbeRules] = strings.Join(why, "; ")
+	}
 	s.Conntrack, err = readConntrack(ns, sel, s.IPVS.Services)
 	fail(ProbeConntrack, err)
 	s.SNMP, err = snmp.Read(ns)

@@ -43,7 +43,7 @@ func readNft(ns netns.Target) ([]Rule, error) {
 var (
 	nftCounter = regexp.MustCompile(`\bcounter packets (\d+) bytes (\d+)`)
 	nftHandle  = regexp.MustCompile(`\s*# handle \d+$`)
-	nftCtOrig  = regexp.MustCompile(`\bct original (?:ip|ip6) daddr (\S+)`)
+	nftCtOrig  = regexp.MustCompile(`\bct original (?:(?:ip|ip6) )?daddr (\S+)`)
 	nftHook    = regexp.MustCompile(`\bhook (\w+)`)
 	nftJump    = regexp.MustCompile(`\b(?:jump|goto) (\S+)`)
 )

@@ -7,9 +7,14 @@ package rules
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
+	"os"
 	"os/exec"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -38,6 +43,7 @@ type Backend struct {
 	Read   bool   `json:"read"`
 	Rules  int    `json:"rules"`
 	Reason string `json:"reason,omitempty"` // why it was not read
+	Tool   string `json:"tool,omitempty"`   // what read it
 }
 
 // Rule is one rule with its counters and what lbdoctor recognised in it.
@@ -92,21 +98,106 @@ func prefixContains(s string, a netip.Addr) bool {
 	return err == nil && b == a
 }
 
-// Read reads both iptables backends and native nftables inside ns.
+// Tool is one iptables save tool on PATH, classified by asking it which
+// backend it drives: `iptables-save` alone may be either, and minimal images
+// (kube-proxy's) ship only that name or only an xtables-*-multi binary.
+type Tool struct {
+	Path    string   // as found on PATH
+	Args    []string // before -c: the applet name for an xtables-*-multi
+	Backend string   // IptablesLegacy or IptablesNft
+}
+
+func (t Tool) String() string { return strings.Join(append([]string{t.Path}, t.Args...), " ") }
+
+// saveTools are the names an iptables save tool goes by, in order of
+// preference: the explicit ones first.
+var saveTools = []struct {
+	name string
+	args []string
+}{
+	{"iptables-legacy-save", nil}, {"iptables-nft-save", nil}, {"iptables-save", nil},
+	{"xtables-legacy-multi", []string{"iptables-save"}}, {"xtables-nft-multi", []string{"iptables-save"}},
+}
+
+// SaveToolNames lists the names FindSaveTools looks for, for messages.
+func SaveToolNames() string {
+	var names []string
+	for _, t := range saveTools {
+		names = append(names, t.name)
+	}
+	return strings.Join(names, ", ")
+}
+
+// FindSaveTools finds the iptables save tools on PATH and asks each which
+// backend it is (`--version` prints "(legacy)" or "(nf_tables)"); it
+// returns the first of each backend.
+func FindSaveTools() map[string]Tool {
+	found := map[string]Tool{}
+	for _, c := range saveTools {
+		path, err := exec.LookPath(c.name)
+		if err != nil {
+			continue
+		}
+		out, err := exec.Command(path, append(slices.Clone(c.args), "--version")...).CombinedOutput()
+		if err != nil {
+			continue
+		}
+		be := BackendOfVersion(string(out))
+		if be == "" {
+			continue
+		}
+		if _, ok := found[be]; !ok {
+			found[be] = Tool{Path: path, Args: c.args, Backend: be}
+		}
+	}
+	return found
+}
+
+// BackendOfVersion reads the backend from an iptables tool's --version line.
+func BackendOfVersion(v string) string {
+	switch {
+	case strings.Contains(v, "(nf_tables)"):
+		return IptablesNft
+	case strings.Contains(v, "(legacy)"), oldIptables.MatchString(v):
+		return IptablesLegacy // before 1.8 there was no other backend, nor a marker
+	}
+	return ""
+}
+
+var oldIptables = regexp.MustCompile(`^ip6?tables(-save)? v1\.[0-7]\.`)
+
+// legacyTablesFile lists the x_tables tables of the calling thread's
+// namespace; absent when ip_tables is not loaded.
+const legacyTablesFile = "/proc/thread-self/net/ip_tables_names"
+
+// Read reads both iptables backends and native nftables inside ns, each
+// once, through whichever tool on PATH drives it. A backend that could not
+// be read is listed with the reason; Unread names them.
 func Read(ns netns.Target) (Snapshot, error) {
 	snap := Snapshot{Rules: []Rule{}}
+	tools := FindSaveTools()
 	for _, be := range []string{IptablesLegacy, IptablesNft} {
-		tool := be + "-save"
 		b := Backend{Name: be}
-		if _, err := exec.LookPath(tool); err != nil {
-			b.Reason = tool + " not installed"
+		tool, ok := tools[be]
+		if !ok {
+			b.Reason = "no " + be + " save tool on PATH (looked for " + SaveToolNames() + ")"
+			if be == IptablesLegacy {
+				// Without a tool, the kernel still says whether x_tables
+				// holds any table here: none means no legacy rule.
+				if tables, err := legacyTables(ns); err == nil && len(tables) == 0 {
+					b.Read, b.Reason, b.Tool = true, "", "no x_tables table in "+strings.Replace(legacyTablesFile, "thread-self", "self", 1)
+				} else if err == nil {
+					b.Reason += "; x_tables has tables " + strings.Join(tables, ", ")
+				}
+			}
 			snap.Backends = append(snap.Backends, b)
 			continue
 		}
+		b.Tool = tool.String()
 		var out []byte
 		err := ns.Do(func() error {
 			var stderr bytes.Buffer
-			cmd := exec.Command(tool, "-c")
+			cmd := exec.Command(tool.Path, append(slices.Clone(tool.Args), "-c")...)
 			cmd.Stderr = &stderr
 			var err error
 			out, err = cmd.Output()
@@ -130,10 +221,13 @@ func Read(ns netns.Target) (Snapshot, error) {
 		snap.Backends = append(snap.Backends, b)
 		snap.Rules = append(snap.Rules, rules...)
 	}
-	nb := Backend{Name: Nft}
+	nb := Backend{Name: Nft, Tool: "nft"}
 	if nft, err := readNft(ns); err != nil {
 		nb.Reason = err.Error()
 	} else {
+		// iptables-nft's tables are nf_tables tables too: a rule
+		// iptables-nft-save showed is not shown again as a native one.
+		nft = withoutTablesOf(nft, snap.Rules)
 		nb.Read, nb.Rules = true, len(nft)
 		snap.Rules = append(snap.Rules, nft...)
 	}
@@ -144,6 +238,43 @@ func Read(ns netns.Target) (Snapshot, error) {
 	}
 	snap.Mixed = rulesIn[IptablesLegacy] > 0 && rulesIn[IptablesNft]+rulesIn[Nft] > 0
 	return snap, nil
+}
+
+// withoutTablesOf drops the native nft rules of the tables iptables-nft
+// already read (family ip, named as its tables).
+func withoutTablesOf(nft, read []Rule) []Rule {
+	owned := map[string]bool{}
+	for _, r := range read {
+		if r.Backend == IptablesNft {
+			owned["ip "+r.Table] = true
+		}
+	}
+	return slices.DeleteFunc(nft, func(r Rule) bool { return owned[r.Table] })
+}
+
+// legacyTables lists the x_tables tables of ns; none when ip_tables is not loaded.
+func legacyTables(ns netns.Target) ([]string, error) {
+	var tables []string
+	err := ns.Do(func() error {
+		data, err := os.ReadFile(legacyTablesFile)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		tables = strings.Fields(string(data))
+		return err
+	})
+	return tables, err
+}
+
+// Unread names the backends that could not be read, with why.
+func (s Snapshot) Unread() []Backend {
+	var out []Backend
+	for _, b := range s.Backends {
+		if !b.Read {
+			out = append(out, b)
+		}
+	}
+	return out
 }
 
 // ParseSave parses `iptables-save -c` output.

@@ -2,6 +2,9 @@ package rules_test
 
 import (
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -175,5 +178,91 @@ func TestReadNativeNft(t *testing.T) {
 	}
 	if snap.Mixed {
 		t.Error("Read() Mixed = true with nf_tables rules only")
+	}
+}
+
+// shimPath makes a directory holding only the named links (name → target
+// on the real PATH) and makes it the whole PATH for the test.
+func shimPath(t *testing.T, links map[string]string) {
+	t.Helper()
+	dir := t.TempDir()
+	for name, target := range links {
+		real, err := exec.LookPath(target)
+		if err != nil {
+			t.Fatalf("%s is needed for this test: %v", target, err)
+		}
+		if err := os.Symlink(real, filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("PATH", dir)
+}
+
+// Tools are found by what they are: a host whose only iptables is
+// `iptables-save` on nf_tables has its nft-backend rules read through it;
+// an iptables-nft rule shows once, not again as a native nft rule; a
+// backend with no tool is unread, with why, never read as empty.
+func TestReadFindsToolsByBackend(t *testing.T) {
+	ns := testkit.Netns(t, "tools")
+	testkit.Run(t, ns, "iptables-nft", "-t", "nat", "-A", "POSTROUTING", "-m", "conntrack", "--ctorigdst", "10.1.0.6", "-j", "MASQUERADE")
+	testkit.Run(t, ns, "nft", "add table inet own; add chain inet own out { type filter hook output priority 10; }; add rule inet own out udp dport 9 counter accept")
+	tests := []struct {
+		name       string
+		links      map[string]string
+		wantRead   map[string]bool
+		wantTool   string // of the iptables-nft backend
+		wantSNAT   int    // MASQUERADE rules on --ctorigdst 10.1.0.6, over every backend
+		wantNative int
+	}{
+		{"lone iptables-save on nf_tables", map[string]string{"iptables-save": "xtables-nft-multi"},
+			map[string]bool{rules.IptablesLegacy: true, rules.IptablesNft: true, rules.Nft: false}, "/iptables-save", 1, 0},
+		{"xtables-nft-multi alone", map[string]string{"xtables-nft-multi": "xtables-nft-multi"},
+			map[string]bool{rules.IptablesLegacy: true, rules.IptablesNft: true, rules.Nft: false}, "/xtables-nft-multi iptables-save", 1, 0},
+		{"iptables-save and nft: each rule once", map[string]string{"iptables-save": "xtables-nft-multi", "nft": "nft"},
+			map[string]bool{rules.IptablesLegacy: true, rules.IptablesNft: true, rules.Nft: true}, "/iptables-save", 1, 1},
+		{"no rule tool", map[string]string{},
+			map[string]bool{rules.IptablesLegacy: true, rules.IptablesNft: false, rules.Nft: false}, "", 0, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			shimPath(t, tt.links)
+			snap, err := rules.Read(ns)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, b := range snap.Backends {
+				if b.Read != tt.wantRead[b.Name] || (!b.Read && b.Reason == "") {
+					t.Errorf("Read() backend %s = read %v (%q), want read %v, a reason when unread", b.Name, b.Read, b.Reason, tt.wantRead[b.Name])
+				}
+				if b.Name == rules.IptablesNft && !strings.HasSuffix(b.Tool, tt.wantTool) {
+					t.Errorf("Read() iptables-nft tool = %q, want …%s", b.Tool, tt.wantTool)
+				}
+			}
+			snat, native := 0, 0
+			for _, r := range snap.Rules {
+				if r.IsSourceNAT() && r.CtOrigDst == "10.1.0.6" {
+					snat++
+				}
+				if r.Backend == rules.Nft {
+					native++
+				}
+			}
+			if snat != tt.wantSNAT || native != tt.wantNative {
+				t.Errorf("Read() = %d SNAT rule(s) on 10.1.0.6 and %d native rule(s), want %d and %d: %+v", snat, native, tt.wantSNAT, tt.wantNative, snap.Rules)
+			}
+		})
+	}
+}
+
+func TestBackendOfVersion(t *testing.T) {
+	for in, want := range map[string]string{
+		"iptables-save v1.8.9 (nf_tables)\n": rules.IptablesNft,
+		"iptables-save v1.8.9 (legacy)\n":    rules.IptablesLegacy,
+		"iptables-save v1.4.21\n":            rules.IptablesLegacy,
+		"busybox v1.36\n":                    "",
+	} {
+		if got := rules.BackendOfVersion(in); got != want {
+			t.Errorf("BackendOfVersion(%q) = %q, want %q", in, got, want)
+		}
 	}
 }
