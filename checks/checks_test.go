@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/conntrack"
+	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
 
 // Fixtures in testdata/*.snapshot.json are snapshots as `Gather` returns
@@ -164,5 +166,48 @@ func TestChecksOnChangedFixtures(t *testing.T) {
 		if (f.Status == checks.Fail || f.Status == checks.Warn) && len(f.Evidence) == 0 {
 			t.Errorf("%s: %s %s without evidence", tt.name, tt.id, f.Status)
 		}
+	}
+}
+
+// A conclusion never rests on a rule backend that was not read: the absence
+// of a rule is only a finding when every backend was read; a rule found in
+// a backend that was read is enough.
+func TestRuleChecksWithUnreadBackends(t *testing.T) {
+	unread := func(names ...string) func(*probes.Snapshot) {
+		return func(s *probes.Snapshot) {
+			for i, b := range s.Rules.Backends {
+				if slices.Contains(names, b.Name) {
+					s.Rules.Backends[i] = rules.Backend{Name: b.Name, Reason: "no " + b.Name + " save tool on PATH"}
+				}
+			}
+			s.Errors = map[string]string{probes.ProbeRules: strings.Join(names, ", ") + " unread"}
+		}
+	}
+	tests := []struct {
+		name, fixture, id string
+		change            func(*probes.Snapshot)
+		want              checks.Status
+		wantIn            string // in the reason of a skip
+	}{
+		{"no SNAT, all read", "seed-stage1", "nat.return_path", func(*probes.Snapshot) {}, checks.Fail, ""},
+		{"no SNAT, iptables-nft unread", "seed-stage1", "nat.return_path", unread(rules.IptablesNft), checks.Skip, "iptables-nft could not be read"},
+		{"no SNAT, nothing read", "seed-stage1", "nat.return_path", unread(rules.IptablesLegacy, rules.IptablesNft, rules.Nft), checks.Skip, "iptables-legacy could not be read"},
+		{"SNAT read, the others unread", "seed-stage2", "nat.return_path", unread(rules.IptablesLegacy, rules.Nft), checks.Pass, ""},
+		{"dependent rule read, others unread", "seed-stage2", "sysctl.vs_conntrack", unread(rules.IptablesLegacy, rules.Nft), checks.Fail, ""},
+		{"no dependent rule, nft unread", "seed-stage1", "sysctl.vs_conntrack", unread(rules.Nft), checks.Skip, "nft could not be read"},
+		{"mixed unknown, nothing read", "seed-stage1", "rules.mixed_backends", unread(rules.IptablesLegacy, rules.IptablesNft, rules.Nft), checks.Skip, "cannot be judged"},
+		{"legacy read and empty: not mixed", "seed-stage1", "rules.mixed_backends", unread(rules.IptablesNft, rules.Nft), checks.Pass, ""},
+		{"nf_tables read and empty: not mixed", "seed-stage1", "rules.mixed_backends", unread(rules.IptablesLegacy), checks.Pass, ""},
+		{"nf_tables holds rules, legacy unread", "seed-stage2", "rules.mixed_backends", unread(rules.IptablesLegacy), checks.Skip, "iptables-legacy could not be read"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			snap := loadFixture(t, tt.fixture)
+			tt.change(snap)
+			f := statusOf(checks.Run(snap, probes.Selector{}), tt.id)
+			if f.Status != tt.want || (tt.wantIn != "" && !strings.Contains(f.Reason, tt.wantIn)) {
+				t.Errorf("Run(%s) %s = %s (%s), want %s with %q", tt.name, tt.id, f.Status, f.Reason, tt.want, tt.wantIn)
+			}
+		})
 	}
 }

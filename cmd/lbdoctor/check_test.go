@@ -1,0 +1,50 @@
+package main
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/lbdoctor/lbdoctor/internal/report"
+	"github.com/lbdoctor/lbdoctor/internal/testkit"
+)
+
+// With no rule tool on PATH, a namespace whose rules exist in x_tables and
+// nf_tables cannot be judged: the rule checks skip naming what was not
+// read, and every output lists the rules probe under its errors.
+func TestCheckWithoutRuleTools(t *testing.T) {
+	ns := testkit.Netns(t, "notools")
+	testkit.Run(t, ns, "iptables-legacy", "-A", "OUTPUT", "-d", "127.0.0.9", "-j", "DROP")
+	testkit.Run(t, ns, "nft", "add table inet own; add chain inet own out { type filter hook output priority 10; }; add rule inet own out udp dport 9 counter accept")
+	t.Setenv("PATH", t.TempDir())
+
+	code, out, stderr := runCLI("check", "--netns", ns.Name, "-o", "json")
+	var r report.Report
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("check -o json: not JSON (%v): %s %s", err, out, stderr)
+	}
+	if f := findingOf(r, "rules.mixed_backends"); f.Status != "skip" || !strings.Contains(f.Reason, "iptables-legacy could not be read") || !strings.Contains(f.Reason, "nft could not be read") {
+		t.Errorf("check rules.mixed_backends = %s (%s), want skip naming iptables-legacy and nft as unread", f.Status, f.Reason)
+	}
+	if e := r.Errors["rules"]; !strings.Contains(e, "iptables-nft: no iptables-nft save tool on PATH") || !strings.Contains(e, "x_tables has tables filter") {
+		t.Errorf("check -o json errors[rules] = %q (exit %d), want the unread backends named", e, code)
+	}
+
+	_, out, _ = runCLI("check", "--netns", ns.Name)
+	if !strings.Contains(out, "! probe rules could not read: iptables-legacy: ") || !strings.Contains(out, "- rules.mixed_backends") {
+		t.Errorf("check text does not name the unread rules and the skipped check:\n%s", out)
+	}
+	_, out, _ = runCLI("check", "--netns", ns.Name, "-o", "junit")
+	if !strings.Contains(out, "<system-err>probe rules could not read: iptables-legacy") || !strings.Contains(out, `<testcase classname="lbdoctor.rules" name="rules.mixed_backends">`+"\n      <skipped") {
+		t.Errorf("check -o junit does not name the unread rules and the skipped check:\n%s", out)
+	}
+}
+
+func findingOf(r report.Report, id string) struct{ Status, Reason string } {
+	for _, f := range r.Findings {
+		if f.ID == id {
+			return struct{ Status, Reason string }{string(f.Status), f.Reason}
+		}
+	}
+	return struct{ Status, Reason string }{}
+}
