@@ -129,33 +129,52 @@ func checkFlowStates(s *probes.Snapshot, _ probes.Selector) Finding {
 		return skip("conntrack could not be read: " + e)
 	}
 	flows := s.Conntrack.Flows
-	if len(flows) == 0 {
+	counts := s.Conntrack.Counts
+	if len(counts) == 0 { // a snapshot from before the probe counted
+		for _, f := range flows {
+			counts = append(counts, probes.FlowCount{State: f.State, SeenReply: f.HasStatus("SEEN_REPLY"), Assured: f.HasStatus("ASSURED"), Count: 1})
+		}
+	}
+	if len(counts) == 0 {
 		return skip("no conntrack flow to a selected VIP (" + s.Conntrack.Selector + ")")
 	}
-	var stuckReply, noReply, done int
+	// Counted over every flow the dump saw; the examples come from the
+	// listed ones.
+	var total, stuckReply, noReply, done int
+	for _, c := range counts {
+		total += c.Count
+		switch {
+		case c.State == "SYN_RECV" && c.SeenReply && !c.Assured:
+			stuckReply += c.Count
+		case c.State == "SYN_SENT" && !c.SeenReply:
+			noReply += c.Count
+		case c.Assured:
+			done += c.Count
+		}
+	}
 	var exReply, exNone string
 	for _, f := range flows {
 		switch {
 		case f.State == "SYN_RECV" && f.HasStatus("SEEN_REPLY") && !f.HasStatus("ASSURED"):
-			stuckReply++
 			exReply = f.String()
 		case f.State == "SYN_SENT" && !f.HasStatus("SEEN_REPLY"):
-			noReply++
 			exNone = f.String()
-		case f.HasStatus("ASSURED"):
-			done++
 		}
 	}
 	src := "conntrack, " + s.Target.String()
-	ev := []Evidence{{Fact: fmt.Sprintf("%d flow(s): %d assured, %d with a reply that never completed, %d with no reply", len(flows), done, stuckReply, noReply), Source: src}}
+	ev := []Evidence{{Fact: fmt.Sprintf("%d flow(s): %d assured, %d with a reply that never completed, %d with no reply", total, done, stuckReply, noReply), Source: src}}
 	switch {
 	case stuckReply > 0:
-		ev = append(ev, Evidence{Fact: exReply, Source: src})
+		if exReply != "" {
+			ev = append(ev, Evidence{Fact: exReply, Source: src})
+		}
 		return Finding{Status: Warn, Title: strconv.Itoa(stuckReply) + " flow(s) got the real server's reply, but the handshake never completed",
 			Reason:   "the reply reached this host and was dropped on its way back to the client (see sysctl.ip_forward, FORWARD rules, and lbdoctor drops); entries linger until their timeout, so a fixed path still shows them for a while",
 			Evidence: ev}
 	case noReply > 0:
-		ev = append(ev, Evidence{Fact: exNone, Source: src})
+		if exNone != "" {
+			ev = append(ev, Evidence{Fact: exNone, Source: src})
+		}
 		return Finding{Status: Warn, Title: strconv.Itoa(noReply) + " flow(s) never saw a reply",
 			Reason:   "the real server did not answer, or answered around the LB (see nat.return_path); entries linger until their timeout, so a fixed path still shows them for a while",
 			Evidence: ev}

@@ -6,6 +6,7 @@ package probes
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -53,6 +54,45 @@ type Conntrack struct {
 	Flows    []conntrack.Flow `json:"flows"`
 	Omitted  int              `json:"omitted"`  // flows not listed (over MaxListed)
 	Selector string           `json:"selector"` // which flows were dumped
+	// Counts tallies every flow the dump saw, listed or not, by what the
+	// checks judge: a capped list must not decide a count.
+	Counts []FlowCount `json:"counts,omitempty"`
+	// Backends are the addresses that answered the selected VIPs (reply
+	// source ≠ original destination: DNAT), learned over every flow; they
+	// name a VIP's backends when IPVS does not (nft or iptables DNAT).
+	Backends []netip.AddrPort `json:"backends,omitempty"`
+}
+
+// FlowCount is the number of flows in one TCP state with or without a reply
+// seen and the handshake assured.
+type FlowCount struct {
+	State     string `json:"state,omitempty"`
+	SeenReply bool   `json:"seen_reply,omitempty"`
+	Assured   bool   `json:"assured,omitempty"`
+	Count     int    `json:"count"`
+}
+
+// Total is the number of flows the dump saw.
+func (c Conntrack) Total() int { return len(c.Flows) + c.Omitted }
+
+// tally adds one flow to the counts and learned backends.
+func (c *Conntrack) tally(f conntrack.Flow) {
+	k := FlowCount{State: f.State, SeenReply: f.HasStatus("SEEN_REPLY"), Assured: f.HasStatus("ASSURED")}
+	found := false
+	for i := range c.Counts {
+		if x := c.Counts[i]; x.State == k.State && x.SeenReply == k.SeenReply && x.Assured == k.Assured {
+			c.Counts[i].Count++
+			found = true
+			break
+		}
+	}
+	if !found {
+		k.Count = 1
+		c.Counts = append(c.Counts, k)
+	}
+	if b := f.Reply.Src; b.IsValid() && b != f.Orig.Dst && !slices.Contains(c.Backends, b) && len(c.Backends) < MaxListed {
+		c.Backends = append(c.Backends, b)
+	}
 }
 
 // Selector narrows the snapshot to one virtual service.
@@ -174,6 +214,7 @@ func readConntrack(ns netns.Target, sel Selector, svcs []ipvs.Service) (Conntrac
 	c.Selector = "original destination " + strings.Join(names, ", ")
 	for _, f := range filters {
 		_, err := conntrack.Dump(ns, f, func(fl conntrack.Flow) error {
+			c.tally(fl)
 			if len(c.Flows) < MaxListed {
 				c.Flows = append(c.Flows, fl)
 			} else {

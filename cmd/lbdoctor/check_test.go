@@ -2,8 +2,13 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
+
+	ct "github.com/ti-mo/conntrack"
+	"golang.org/x/sys/unix"
 
 	"github.com/lbdoctor/lbdoctor/internal/report"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
@@ -47,4 +52,49 @@ func findingOf(r report.Report, id string) struct{ Status, Reason string } {
 		}
 	}
 	return struct{ Status, Reason string }{}
+}
+
+// conntrack.flow_states counts every flow the dump saw, not the 500 it
+// lists: 580 SYN_SENT flows without a reply and 20 assured ones, all to the
+// VIP, are 600 flows.
+func TestCheckFlowStatesCountsEveryFlow(t *testing.T) {
+	ns := testkit.Netns(t, "flows")
+	vip := netip.MustParseAddr("10.1.0.6")
+	err := ns.Do(func() error {
+		c, err := ct.Dial(nil)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		for i := 0; i < 600; i++ {
+			client := netip.AddrFrom4([4]byte{10, 100, byte(i >> 8), byte(i)})
+			status, state := ct.StatusConfirmed, uint8(1) // SYN_SENT
+			if i%30 == 0 {
+				status, state = ct.StatusConfirmed|ct.StatusSeenReply|ct.StatusAssured, 3 // ESTABLISHED
+			}
+			f := ct.NewFlow(unix.IPPROTO_TCP, status, client, vip, uint16(20000+i), 8085, 600, 0)
+			f.ProtoInfo.TCP = &ct.ProtoInfoTCP{State: state}
+			if err := c.Create(f); err != nil {
+				return fmt.Errorf("create flow %d: %w", i, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, out, stderr := runCLI("check", "--netns", ns.Name, "--vip", "10.1.0.6:8085", "-o", "json")
+	var r report.Report
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("check -o json: not JSON (%v): %s %s", err, out, stderr)
+	}
+	for _, f := range r.Findings {
+		if f.ID != "conntrack.flow_states" {
+			continue
+		}
+		want := "600 flow(s): 20 assured, 0 with a reply that never completed, 580 with no reply"
+		if f.Status != "warn" || len(f.Evidence) == 0 || f.Evidence[0].Fact != want || !strings.HasPrefix(f.Title, "580 flow(s)") {
+			t.Errorf("check conntrack.flow_states = %s %q, evidence %v; want warn, 580 flow(s) …, evidence %q", f.Status, f.Title, f.Evidence, want)
+		}
+	}
 }
