@@ -32,6 +32,13 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 	window := fmt.Sprintf("%d drops of the selected flows in %s in %s (%s; %d lost)",
 		total, d.Window.Round(1e6), s.Target, d.Attach, d.Counters.Lost()+d.Counters.Missed)
 	ev := []Evidence{{Fact: window, Source: "kfree_skb tracer"}}
+	if sel.VIP.IsValid() && len(selected(s, sel)) == 0 && len(s.Conntrack.Backends) > 0 {
+		var bs []string
+		for _, b := range s.Conntrack.Backends {
+			bs = append(bs, b.String())
+		}
+		ev = append(ev, Evidence{Fact: fmt.Sprintf("%s is not an IPVS service; traced with the backends its flows show: %s", sel.VIP, strings.Join(bs, ", ")), Source: "conntrack, " + s.Target.String()})
+	}
 	if d.NoReasons != "" {
 		ev = append(ev, Evidence{Fact: d.NoReasons, Source: "kernel " + s.Kernel})
 	}

@@ -48,6 +48,23 @@ func DropFilter(sel Selector, svcs []ipvs.Service) (addrs []netip.Addr, ports []
 // attributed, in s.Drops. A tracer that cannot load is recorded in s.Errors.
 func WatchDrops(ctx context.Context, ns netns.Target, sel Selector, s *Snapshot, d time.Duration) {
 	addrs, ports := DropFilter(sel, s.IPVS.Services)
+	if sel.VIP.IsValid() && !slices.ContainsFunc(s.IPVS.Services, func(svc ipvs.Service) bool { return sel.Matches(svc.Addr, svc.Proto) }) {
+		// Not an IPVS service (nft or iptables DNAT): its packets carry
+		// a backend's address once DNAT ran, and only conntrack knows
+		// which. Without one, a quiet window would prove nothing.
+		if len(s.Conntrack.Backends) == 0 {
+			s.Errors[ProbeDrops] = fmt.Sprintf("%s is not an IPVS service and no conntrack flow to it shows a backend: drops after its DNAT cannot be traced", sel.VIP)
+			return
+		}
+		for _, b := range s.Conntrack.Backends {
+			if !slices.Contains(addrs, b.Addr()) {
+				addrs = append(addrs, b.Addr())
+			}
+			if !slices.Contains(ports, b.Port()) {
+				ports = append(ports, b.Port())
+			}
+		}
+	}
 	if len(addrs) == 0 {
 		s.Errors[ProbeDrops] = "nothing to trace: no IPVS service and no --vip"
 		return

@@ -1,15 +1,18 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	ct "github.com/ti-mo/conntrack"
 	"golang.org/x/sys/unix"
 
+	"github.com/lbdoctor/lbdoctor/internal/lab"
 	"github.com/lbdoctor/lbdoctor/internal/report"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 )
@@ -96,5 +99,57 @@ func TestCheckFlowStatesCountsEveryFlow(t *testing.T) {
 		if f.Status != "warn" || len(f.Evidence) == 0 || f.Evidence[0].Fact != want || !strings.HasPrefix(f.Title, "580 flow(s)") {
 			t.Errorf("check conntrack.flow_states = %s %q, evidence %v; want warn, 580 flow(s) …, evidence %q", f.Status, f.Title, f.Evidence, want)
 		}
+	}
+}
+
+// drops.vip_flows on a VIP that nft DNATs (not an IPVS service): the
+// backends are learned from conntrack and the SYNs that die in ip_error
+// with forwarding off are found; with nothing to learn it skips, saying why.
+func TestCheckDropsOfAnNftDNATVIP(t *testing.T) {
+	tests := []struct {
+		name       string
+		learned    bool // a working flow left its backend in conntrack
+		wantStatus string
+		wantIn     string
+	}{
+		{"backend learned from conntrack", true, "fail", "IP_INADDRERRORS at ip_error"},
+		{"nothing to learn", false, "skip", "is not an IPVS service and no conntrack flow to it shows a backend"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l := testkit.Lab(t, lab.OneArm)
+			vip := netip.AddrPortFrom(l.VIP, 8085)
+			testkit.Serve(t, l.Real, ":8085")
+			testkit.NftNAT(t, l.LB, vip, netip.AddrPortFrom(l.RealIP, 8085), true)
+			if tt.learned {
+				testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+				if res := lab.Probe(context.Background(), l.Client, vip, time.Second); !res.OK {
+					t.Fatal(res.Err)
+				}
+			}
+			testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "0")
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				time.Sleep(500 * time.Millisecond)
+				lab.Probe(context.Background(), l.Client, vip, 1500*time.Millisecond)
+			}()
+			_, out, stderr := runCLI("check", "--netns", l.LB.Name, "--vip", vip.String(), "--drops", "2500ms", "-o", "json")
+			<-done
+			var r report.Report
+			if err := json.Unmarshal([]byte(out), &r); err != nil {
+				t.Fatalf("check -o json: not JSON (%v): %s %s", err, out, stderr)
+			}
+			f := findingOf(r, "drops.vip_flows")
+			text := f.Reason
+			for _, x := range r.Findings {
+				if x.ID == "drops.vip_flows" {
+					text += " " + x.Title
+				}
+			}
+			if f.Status != tt.wantStatus || !strings.Contains(text, tt.wantIn) {
+				t.Errorf("check --drops on nft DNAT VIP: drops.vip_flows = %s %q, want %s with %q", f.Status, text, tt.wantStatus, tt.wantIn)
+			}
+		})
 	}
 }
