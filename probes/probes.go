@@ -47,6 +47,46 @@ type Snapshot struct {
 	Errors map[string]string `json:"errors,omitempty"`
 }
 
+// Capped returns a copy whose long lists (IPVS connections, rules,
+// conntrack flows, links, routes, neighbours) hold at most n entries each,
+// with how many were left out beside them; the checks judge s itself.
+func (s *Snapshot) Capped(n int) *Snapshot {
+	c := *s
+	c.IPVS.Conns, c.IPVS.ConnsOmitted = capList(s.IPVS.Conns, n, s.IPVS.ConnsOmitted)
+	c.Rules.Rules, c.Rules.Omitted = capList(s.Rules.Rules, n, s.Rules.Omitted)
+	c.Conntrack.Flows, c.Conntrack.Omitted = capList(s.Conntrack.Flows, n, s.Conntrack.Omitted)
+	c.Conntrack.Backends, _ = capList(s.Conntrack.Backends, n, 0)
+	c.Net.Omitted = map[string]int{}
+	for k, v := range s.Net.Omitted {
+		c.Net.Omitted[k] = v
+	}
+	var o int
+	c.Net.Links, o = capList(s.Net.Links, n, c.Net.Omitted["links"])
+	setOmitted(c.Net.Omitted, "links", o)
+	c.Net.Routes, o = capList(s.Net.Routes, n, c.Net.Omitted["routes"])
+	setOmitted(c.Net.Omitted, "routes", o)
+	c.Net.Neighbours, o = capList(s.Net.Neighbours, n, c.Net.Omitted["neighbours"])
+	setOmitted(c.Net.Omitted, "neighbours", o)
+	if len(c.Net.Omitted) == 0 {
+		c.Net.Omitted = nil
+	}
+	return &c
+}
+
+// capList keeps the first n of l and adds the rest to omitted.
+func capList[T any](l []T, n, omitted int) ([]T, int) {
+	if len(l) <= n {
+		return l, omitted
+	}
+	return l[:n:n], omitted + len(l) - n
+}
+
+func setOmitted(m map[string]int, k string, v int) {
+	if v > 0 {
+		m[k] = v
+	}
+}
+
 // Conntrack is the conntrack part of a snapshot: the statistics and the
 // flows of the selected VIPs.
 type Conntrack struct {

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lbdoctor/lbdoctor/internal/lab"
+	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/report"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 )
@@ -63,29 +64,7 @@ func findingOf(r report.Report, id string) struct{ Status, Reason string } {
 func TestCheckFlowStatesCountsEveryFlow(t *testing.T) {
 	ns := testkit.Netns(t, "flows")
 	vip := netip.MustParseAddr("10.1.0.6")
-	err := ns.Do(func() error {
-		c, err := ct.Dial(nil)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		for i := 0; i < 600; i++ {
-			client := netip.AddrFrom4([4]byte{10, 100, byte(i >> 8), byte(i)})
-			status, state := ct.StatusConfirmed, uint8(1) // SYN_SENT
-			if i%30 == 0 {
-				status, state = ct.StatusConfirmed|ct.StatusSeenReply|ct.StatusAssured, 3 // ESTABLISHED
-			}
-			f := ct.NewFlow(unix.IPPROTO_TCP, status, client, vip, uint16(20000+i), 8085, 600, 0)
-			f.ProtoInfo.TCP = &ct.ProtoInfoTCP{State: state}
-			if err := c.Create(f); err != nil {
-				return fmt.Errorf("create flow %d: %w", i, err)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	createFlows(t, ns, vip, 600)
 	_, out, stderr := runCLI("check", "--netns", ns.Name, "--vip", "10.1.0.6:8085", "-o", "json")
 	var r report.Report
 	if err := json.Unmarshal([]byte(out), &r); err != nil {
@@ -151,5 +130,35 @@ func TestCheckDropsOfAnNftDNATVIP(t *testing.T) {
 				t.Errorf("check --drops on nft DNAT VIP: drops.vip_flows = %s %q, want %s with %q", f.Status, text, tt.wantStatus, tt.wantIn)
 			}
 		})
+	}
+}
+
+// createFlows puts n TCP flows to vip:8085 into ns's conntrack table over
+// netlink: every 30th assured (ESTABLISHED), the others SYN_SENT without a
+// reply.
+func createFlows(t *testing.T, ns netns.Target, vip netip.Addr, n int) {
+	t.Helper()
+	err := ns.Do(func() error {
+		c, err := ct.Dial(nil)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		for i := 0; i < n; i++ {
+			client := netip.AddrFrom4([4]byte{10, 100, byte(i >> 8), byte(i)})
+			status, state := ct.StatusConfirmed, uint8(1) // SYN_SENT
+			if i%30 == 0 {
+				status, state = ct.StatusConfirmed|ct.StatusSeenReply|ct.StatusAssured, 3 // ESTABLISHED
+			}
+			f := ct.NewFlow(unix.IPPROTO_TCP, status, client, vip, uint16(20000+i), 8085, 600, 0)
+			f.ProtoInfo.TCP = &ct.ProtoInfoTCP{State: state}
+			if err := c.Create(f); err != nil {
+				return fmt.Errorf("create flow %d: %w", i, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -109,5 +110,51 @@ func TestInspectBadInput(t *testing.T) {
 		if code != exitUsage || strings.Count(stderr, "\n") != 1 {
 			t.Errorf("lbdoctor %v = exit %d, stderr %q; want exit 2 and one line", args, code, stderr)
 		}
+	}
+}
+
+// inspect caps every long list, in text at report.MaxShown and in JSON at
+// probes.MaxListed, and says how many entries it left out.
+func TestInspectCapsLongLists(t *testing.T) {
+	ns := testkit.Netns(t, "caps")
+	var script strings.Builder
+	script.WriteString("add table inet many; add chain inet many out { type filter hook output priority 0; }\n")
+	for i := 0; i < 510; i++ {
+		fmt.Fprintf(&script, "add rule inet many out tcp dport %d counter accept\n", 10000+i)
+	}
+	testkit.Run(t, ns, "nft", script.String())
+	for i := 0; i < 25; i++ {
+		a, b := fmt.Sprintf("va%d", i), fmt.Sprintf("vb%d", i)
+		testkit.Run(t, ns, "ip", "link", "add", a, "type", "veth", "peer", "name", b)
+		testkit.Run(t, ns, "ip", "addr", "add", fmt.Sprintf("10.50.%d.1/24", i), "dev", a)
+		testkit.Run(t, ns, "ip", "link", "set", a, "up")
+		testkit.Run(t, ns, "ip", "link", "set", b, "up")
+	}
+	createFlows(t, ns, netip.MustParseAddr("10.1.0.6"), 600)
+
+	code, out, stderr := runCLI("inspect", "--netns", ns.Name, "--vip", "10.1.0.6:8085")
+	for _, want := range []string{
+		"… 490 more rules not shown (-o json lists up to 500)",
+		"… 580 more flows not shown (-o json lists up to 500)",
+		"flows with original destination tcp 10.1.0.6:8085: 600",
+		"… 31 more links not shown",
+		"more routes not shown",
+	} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("inspect text = exit %d, lacks %q:\n%s%s", code, want, out, stderr)
+		}
+	}
+	if n := strings.Count(out, "counter packets 0 bytes 0 accept"); n != report.MaxShown {
+		t.Errorf("inspect text lists %d rules, want %d", n, report.MaxShown)
+	}
+
+	code, out, stderr = runCLI("inspect", "--netns", ns.Name, "--vip", "10.1.0.6:8085", "-o", "json")
+	if code != 0 {
+		t.Fatalf("inspect -o json = exit %d: %s", code, stderr)
+	}
+	s := decodeInspection(t, out).Snapshot
+	if len(s.Rules.Rules) != 500 || s.Rules.Omitted != 10 || len(s.Conntrack.Flows) != 500 || s.Conntrack.Omitted != 100 {
+		t.Errorf("inspect -o json: %d rules (%d omitted), %d flows (%d omitted); want 500 (10), 500 (100)",
+			len(s.Rules.Rules), s.Rules.Omitted, len(s.Conntrack.Flows), s.Conntrack.Omitted)
 	}
 }

@@ -19,10 +19,28 @@ type Inspection struct {
 	Deltas   *probes.Deltas   `json:"deltas,omitempty"`
 }
 
-// InspectJSON writes an inspection as one JSON document.
+// MaxShown caps every list inspect prints as text; the rest is counted in
+// one line. JSON lists up to probes.MaxListed of each, with omitted counts.
+const MaxShown = 20
+
+// InspectJSON writes an inspection as one JSON document, its long lists
+// capped at probes.MaxListed with the number left out beside each.
 func InspectJSON(w io.Writer, in *Inspection) error {
-	in.Schema = Schema
-	return JSONDocument(w, in)
+	out := *in
+	out.Schema = Schema
+	out.Snapshot = in.Snapshot.Capped(probes.MaxListed)
+	return JSONDocument(w, &out)
+}
+
+// notShown prints the line that counts what a capped list left out.
+func notShown(p func(string, ...any), indent string, n int, what string) {
+	if n > 0 {
+		hint := fmt.Sprintf("-o json lists up to %d", probes.MaxListed)
+		if what == "services" || what == "real servers" {
+			hint = "-o json lists them all"
+		}
+		p("%s… %d more %s not shown (%s)\n", indent, n, what, hint)
+	}
 }
 
 // SNMPOfInterest are the counters shown without --watch: the ones that rise
@@ -37,7 +55,7 @@ var SNMPOfInterest = []string{
 // InspectText writes an inspection ordered along the packet's path: service
 // → reals → sysctls → rules → conntrack → SNMP, then the network and kernel.
 func InspectText(w io.Writer, in *Inspection) error {
-	s, d := in.Snapshot, in.Deltas
+	s, d := in.Snapshot.Capped(MaxShown), in.Deltas
 	var b strings.Builder
 	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	p("lbdoctor inspect: %s (kernel %s)", s.Target, s.Kernel)
@@ -59,7 +77,11 @@ func InspectText(w io.Writer, in *Inspection) error {
 			delta[sd.Service] = sd
 		}
 	}
-	for _, svc := range s.IPVS.Services {
+	for i, svc := range s.IPVS.Services {
+		if i == MaxShown {
+			notShown(p, "  ", len(s.IPVS.Services)-i, "services")
+			break
+		}
 		st := svc.Stats
 		p("  %s %s", svc.Key(), svc.Scheduler)
 		if len(svc.Flags) > 0 {
@@ -70,7 +92,11 @@ func InspectText(w io.Writer, in *Inspection) error {
 		} else {
 			p("  %d conns %d/%d pkts in/out\n", st.Conns, st.PacketsIn, st.PacketsOut)
 		}
-		for _, r := range svc.Reals {
+		for j, r := range svc.Reals {
+			if j == MaxShown {
+				notShown(p, "    ", len(svc.Reals)-j, "real servers")
+				break
+			}
 			p("    → %-21s %-6s weight %d  active %d inactive %d", r.Addr, r.Method, r.Weight, r.ActiveConns, r.InactiveConns)
 			for _, rd := range delta[svc.Key()].Reals {
 				if rd.Real == r.Addr.String() {
@@ -83,18 +109,11 @@ func InspectText(w io.Writer, in *Inspection) error {
 	if s.IPVS.Available {
 		t := s.IPVS.Timeouts
 		p("  timeouts: tcp %ds, tcpfin %ds, udp %ds\n", t.TCP, t.TCPFin, t.UDP)
-		p("  connections: %d", len(s.IPVS.Conns)+s.IPVS.ConnsOmitted)
-		if s.IPVS.ConnsOmitted > 0 {
-			p(" (%d not listed)", s.IPVS.ConnsOmitted)
-		}
-		p("\n")
-		for i, c := range s.IPVS.Conns {
-			if i == 10 {
-				p("    … %d more (-o json lists up to %d)\n", len(s.IPVS.Conns)-10, probes.MaxListed)
-				break
-			}
+		p("  connections: %d\n", len(s.IPVS.Conns)+s.IPVS.ConnsOmitted)
+		for _, c := range s.IPVS.Conns {
 			p("    %s %s → %s → %s %s %ds\n", strings.ToUpper(c.Proto), c.Client, c.VIP, c.Dest, c.State, c.Expires)
 		}
+		notShown(p, "    ", s.IPVS.ConnsOmitted, "connections")
 	}
 
 	p("\nSysctls\n")
@@ -161,6 +180,7 @@ func InspectText(w io.Writer, in *Inspection) error {
 		}
 		p("  %12s  %s %s %s: %s%s\n", count, r.Backend, r.Table, r.Chain, r.Spec, label)
 	}
+	notShown(p, "  ", s.Rules.Omitted, "rules")
 
 	ct := s.Conntrack
 	st := ct.Stats
@@ -169,18 +189,11 @@ func InspectText(w io.Writer, in *Inspection) error {
 		c := d.Conntrack
 		p("  in the window: %+d entries, +%d inserted, +%d insert_failed, +%d drop, +%d early_drop, +%d invalid\n", c.Entries, c.Insert, c.InsertFailed, c.Drop, c.EarlyDrop, c.Invalid)
 	}
-	p("  flows with %s: %d", ct.Selector, len(ct.Flows)+ct.Omitted)
-	if ct.Omitted > 0 {
-		p(" (%d not listed)", ct.Omitted)
-	}
-	p("\n")
-	for i, f := range ct.Flows {
-		if i == 10 {
-			p("    … %d more (-o json lists up to %d)\n", len(ct.Flows)-10, probes.MaxListed)
-			break
-		}
+	p("  flows with %s: %d\n", ct.Selector, ct.Total())
+	for _, f := range ct.Flows {
 		p("    %s\n", f)
 	}
+	notShown(p, "    ", ct.Omitted, "flows")
 
 	p("\nSNMP")
 	var counters []string
@@ -212,6 +225,7 @@ func InspectText(w io.Writer, in *Inspection) error {
 		}
 		p("  %-10s %-6s %-4s %s\n", l.Name, l.Type, state, strings.Join(addrs, " "))
 	}
+	notShown(p, "  ", s.Net.Omitted["links"], "links")
 	for _, r := range s.Net.Routes {
 		via := ""
 		if r.Gw.IsValid() {
@@ -219,6 +233,11 @@ func InspectText(w io.Writer, in *Inspection) error {
 		}
 		p("  route %s%s dev %s\n", r.Dst, via, r.Dev)
 	}
+	notShown(p, "  ", s.Net.Omitted["routes"], "routes")
+	for _, n := range s.Net.Neighbours {
+		p("  neighbour %s %s dev %s %s\n", n.IP, n.MAC, n.Dev, n.State)
+	}
+	notShown(p, "  ", s.Net.Omitted["neighbours"], "neighbours")
 
 	if f := s.Features; f != nil {
 		p("\nKernel %s\n", f.Release)

@@ -20,6 +20,9 @@ type Snapshot struct {
 	Links      []Link      `json:"links"`
 	Routes     []Route     `json:"routes"`
 	Neighbours []Neighbour `json:"neighbours"`
+	// Omitted counts, by list, the entries a capped copy left out
+	// (see probes.Snapshot.Capped).
+	Omitted map[string]int `json:"omitted,omitempty"`
 }
 
 // Link is one interface with its addresses.

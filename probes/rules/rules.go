@@ -35,6 +35,9 @@ type Snapshot struct {
 	// (iptables-nft, nft) both hold rules: both run on every packet, and
 	// each tool shows only its own part.
 	Mixed bool `json:"mixed"`
+	// Omitted is the number of rules a capped copy left out (see
+	// probes.Snapshot.Capped).
+	Omitted int `json:"omitted,omitempty"`
 }
 
 // Backend says whether a rule source could be read.
