@@ -15,6 +15,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/conntrack"
+	"github.com/lbdoctor/lbdoctor/probes/netstate"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
 
@@ -153,6 +154,10 @@ func TestChecksOnChangedFixtures(t *testing.T) {
 		{"assured", "conntrack.flow_states", func(s *probes.Snapshot) {
 			s.Conntrack.Flows = []conntrack.Flow{{Proto: "tcp", State: "TIME_WAIT", Status: []string{"SEEN_REPLY", "ASSURED", "CONFIRMED"}}}
 		}, checks.Pass},
+		{"routes unread", "net.send_redirects", func(s *probes.Snapshot) {
+			s.Errors = map[string]string{probes.ProbeNet: "netlink: permission denied"}
+			s.Net = netstate.Snapshot{}
+		}, checks.Skip},
 		{"one framework", "rules.mixed_backends", func(*probes.Snapshot) {}, checks.Pass},
 		{"mixed frameworks", "rules.mixed_backends", func(s *probes.Snapshot) { s.Rules.Mixed = true }, checks.Warn},
 	}
@@ -162,6 +167,9 @@ func TestChecksOnChangedFixtures(t *testing.T) {
 		f := statusOf(checks.Run(snap, probes.Selector{}), tt.id)
 		if f.Status != tt.want {
 			t.Errorf("%s: %s = %s (%s), want %s", tt.name, tt.id, f.Status, f.Title, tt.want)
+		}
+		if f.Status == checks.Skip && tt.name == "routes unread" && !strings.Contains(f.Reason, "routes could not be read") {
+			t.Errorf("%s: %s skipped with %q, want the unread routes named", tt.name, tt.id, f.Reason)
 		}
 		if (f.Status == checks.Fail || f.Status == checks.Warn) && len(f.Evidence) == 0 {
 			t.Errorf("%s: %s %s without evidence", tt.name, tt.id, f.Status)

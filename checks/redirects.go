@@ -16,7 +16,14 @@ func checkSendRedirects(s *probes.Snapshot, sel probes.Selector) Finding {
 	if why != "" {
 		return skip(why)
 	}
-	if v, ok := readable(s, "net.ipv4.ip_forward"); !ok || v.Value == "0" {
+	if e, ok := s.Errors[probes.ProbeNet]; ok {
+		return skip("routes could not be read, so a one-arm service cannot be told: " + e)
+	}
+	v, ok := readable(s, "net.ipv4.ip_forward")
+	if !ok {
+		return skip("net.ipv4.ip_forward could not be read: " + v.Error + v.Absent)
+	}
+	if v.Value == "0" {
 		return skip("forwarding is off: nothing is redirected")
 	}
 	for _, svc := range masq {

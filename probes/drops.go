@@ -53,7 +53,11 @@ func WatchDrops(ctx context.Context, ns netns.Target, sel Selector, s *Snapshot,
 		// a backend's address once DNAT ran, and only conntrack knows
 		// which. Without one, a quiet window would prove nothing.
 		if len(s.Conntrack.Backends) == 0 {
-			s.Errors[ProbeDrops] = fmt.Sprintf("%s is not an IPVS service and no conntrack flow to it shows a backend: drops after its DNAT cannot be traced", sel.VIP)
+			why := "no conntrack flow to it shows a backend"
+			if e, ok := s.Errors[ProbeConntrack]; ok {
+				why = "conntrack could not be read (" + e + ")"
+			}
+			s.Errors[ProbeDrops] = fmt.Sprintf("%s is not an IPVS service and %s: drops after its DNAT cannot be traced", sel.VIP, why)
 			return
 		}
 		for _, b := range s.Conntrack.Backends {

@@ -145,7 +145,11 @@ func InspectText(w io.Writer, in *Inspection) error {
 	var bes []string
 	for _, be := range s.Rules.Backends {
 		if be.Read {
-			bes = append(bes, fmt.Sprintf("%s %d", be.Name, be.Rules))
+			via := ""
+			if be.Tool != "" && be.Tool != be.Name {
+				via = " via " + be.Tool
+			}
+			bes = append(bes, fmt.Sprintf("%s %d%s", be.Name, be.Rules, via))
 		} else {
 			bes = append(bes, fmt.Sprintf("%s unread: %s", be.Name, be.Reason))
 		}

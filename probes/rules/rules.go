@@ -188,7 +188,7 @@ func Read(ns netns.Target) (Snapshot, error) {
 				// Without a tool, the kernel still says whether x_tables
 				// holds any table here: none means no legacy rule.
 				if tables, err := legacyTables(ns); err == nil && len(tables) == 0 {
-					b.Read, b.Reason, b.Tool = true, "", "no x_tables table in "+strings.Replace(legacyTablesFile, "thread-self", "self", 1)
+					b.Read, b.Reason, b.Tool = true, "", "/proc/net/ip_tables_names (no x_tables table)"
 				} else if err == nil {
 					b.Reason += "; x_tables has tables " + strings.Join(tables, ", ")
 				}
