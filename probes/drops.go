@@ -7,7 +7,10 @@ import (
 	"slices"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/probes/conntrack"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 )
@@ -48,7 +51,7 @@ func DropFilter(sel Selector, svcs []ipvs.Service) (addrs []netip.Addr, ports []
 // attributed, in s.Drops. A tracer that cannot load is recorded in s.Errors.
 func WatchDrops(ctx context.Context, ns netns.Target, sel Selector, s *Snapshot, d time.Duration) {
 	addrs, ports := DropFilter(sel, s.IPVS.Services)
-	if sel.VIP.IsValid() && !slices.ContainsFunc(s.IPVS.Services, func(svc ipvs.Service) bool { return sel.Matches(svc.Addr, svc.Proto) }) {
+	if sel.VIP.IsValid() && !ServesVIP(sel, s.IPVS.Services) {
 		// Not an IPVS service (nft or iptables DNAT): its packets carry
 		// a backend's address once DNAT ran, and only conntrack knows
 		// which. Without one, a quiet window would prove nothing.
@@ -83,4 +86,25 @@ func WatchDrops(ctx context.Context, ns netns.Target, sel Selector, s *Snapshot,
 		return
 	}
 	s.Drops = smp
+}
+
+// LearnBackends dumps the conntrack flows to the selected VIP in ns and
+// returns the addresses that answered them in its place (DNAT): the
+// backends of a VIP that IPVS does not serve.
+func LearnBackends(ns netns.Target, sel Selector) ([]netip.AddrPort, error) {
+	p := uint8(unix.IPPROTO_TCP)
+	if sel.Proto == "udp" {
+		p = unix.IPPROTO_UDP
+	}
+	var c Conntrack
+	_, err := conntrack.Dump(ns, conntrack.Filter{Field: conntrack.OrigDst, Addr: sel.VIP.Addr(), Port: sel.VIP.Port(), Proto: p}, func(f conntrack.Flow) error {
+		c.tally(f)
+		return nil
+	})
+	return c.Backends, err
+}
+
+// ServesVIP reports whether an IPVS service is the selected VIP.
+func ServesVIP(sel Selector, svcs []ipvs.Service) bool {
+	return slices.ContainsFunc(svcs, func(svc ipvs.Service) bool { return sel.Matches(svc.Addr, svc.Proto) })
 }

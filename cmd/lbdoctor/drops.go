@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -120,6 +121,27 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		}
 		addrs, ports := probes.DropFilter(sel, svcs)
 		cfg.Addrs, cfg.Ports = append(cfg.Addrs, addrs...), append(cfg.Ports, ports...)
+		if !probes.ServesVIP(sel, svcs) {
+			// nft or iptables DNAT: after it, packets carry a backend's
+			// address, which only conntrack knows.
+			learned, err := probes.LearnBackends(lb, sel)
+			for _, b := range learned {
+				if !slices.Contains(cfg.Addrs, b.Addr()) {
+					cfg.Addrs = append(cfg.Addrs, b.Addr())
+				}
+				if b.Port() != 0 && sel.VIP.Port() != 0 && !slices.Contains(cfg.Ports, b.Port()) {
+					cfg.Ports = append(cfg.Ports, b.Port())
+				}
+			}
+			switch {
+			case err != nil:
+				fmt.Fprintf(cmd.ErrOrStderr(), "! %s is not an IPVS service and conntrack could not be read (%v): only packets still addressed to it are traced\n", sel.VIP, err)
+			case len(learned) == 0:
+				fmt.Fprintf(cmd.ErrOrStderr(), "! %s is not an IPVS service and no conntrack flow to it shows a backend: only packets still addressed to it are traced\n", sel.VIP)
+			default:
+				fmt.Fprintf(cmd.ErrOrStderr(), "%s is not an IPVS service: tracing too the backends its conntrack flows show (%s)\n", sel.VIP, joinAddrPorts(learned))
+			}
+		}
 	}
 
 	tr, err := drops.New(cfg)
@@ -255,4 +277,12 @@ func filterText(cfg drops.Config, lb netns.Target, oneNetns bool) string {
 		s += fmt.Sprintf(", ports %v", cfg.Ports)
 	}
 	return s
+}
+
+func joinAddrPorts(l []netip.AddrPort) string {
+	s := make([]string, len(l))
+	for i, a := range l {
+		s[i] = a.String()
+	}
+	return strings.Join(s, ", ")
 }
