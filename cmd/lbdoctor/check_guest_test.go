@@ -9,7 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -23,12 +25,19 @@ import (
 // runBinary runs the real lbdoctor binary the Makefile put into the guest.
 func runBinary(t *testing.T, args ...string) (*report.Report, int) {
 	t.Helper()
+	return runBinaryEnv(t, nil, args...)
+}
+
+// runBinaryEnv runs it with env added to the test's environment.
+func runBinaryEnv(t *testing.T, env []string, args ...string) (*report.Report, int) {
+	t.Helper()
 	bin, err := exec.LookPath("lbdoctor")
 	if err != nil {
 		t.Fatal("no lbdoctor binary in the guest: run guest tests with `make guest-test` (it adds bin/lbdoctor)")
 	}
 	var out, errb bytes.Buffer
 	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err = cmd.Run()
 	code := 0
@@ -149,5 +158,42 @@ func TestGuestCheckDrops(t *testing.T) {
 	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
 	if f := check(); f.Status != "pass" {
 		t.Errorf("with forwarding on, drops.vip_flows = %s %q %v, want pass", f.Status, f.Title, f.Evidence)
+	}
+}
+
+// On a one-arm IPVS LB whose SNAT is an iptables-nft `-m ipvs` rule, the
+// doctor finds the rule through whatever iptables tool the host has — here
+// only `iptables-save`, the nf_tables one — and, with no rule tool at all,
+// says it cannot judge the return path instead of failing it.
+func TestGuestCheckReadsRulesThroughAnyTool(t *testing.T) {
+	l := testkit.Lab(t, lab.OneArm)
+	vip := netip.AddrPortFrom(l.VIP, 8085)
+	testkit.IPVSMasq(t, l.LB, vip, netip.AddrPortFrom(l.RealIP, 8085))
+	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+	testkit.Sysctl(t, l.LB, "net.ipv4.vs.conntrack", "1")
+	testkit.Run(t, l.LB, "iptables-nft", "-t", "nat", "-A", "POSTROUTING", "-m", "ipvs",
+		"--vaddr", l.VIP.String(), "--vport", "8085", "-j", "MASQUERADE")
+	lone, none := t.TempDir(), t.TempDir()
+	multi, err := exec.LookPath("xtables-nft-multi")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(multi, filepath.Join(lone, "iptables-save")); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, path                 string
+		wantReturnPath, wantVSConn string
+		wantErrors                 bool
+	}{
+		{"only iptables-save (nf_tables)", lone, "pass", "pass", true},
+		{"no rule tool", none, "skip", "skip", true},
+	}
+	for _, tt := range tests {
+		r, code := runBinaryEnv(t, []string{"PATH=" + tt.path}, "check", "--netns", l.LB.Name, "-o", "json")
+		got := statusOf(t, r, "nat.return_path") + " " + statusOf(t, r, "sysctl.vs_conntrack")
+		if want := tt.wantReturnPath + " " + tt.wantVSConn; got != want || (r.Errors["rules"] != "") != tt.wantErrors {
+			t.Errorf("%s: check = exit %d, [nat.return_path sysctl.vs_conntrack] %s, errors %v; want %s and the unread backends named", tt.name, code, got, r.Errors, want)
+		}
 	}
 }
