@@ -77,7 +77,11 @@ func checkMixedBackends(s *probes.Snapshot, _ probes.Selector) Finding {
 	for _, b := range s.Rules.Backends {
 		if b.Read {
 			empty[b.Name] = b.Rules == 0
-			ev = append(ev, Evidence{Fact: fmt.Sprintf("%s: %d rule(s)", b.Name, b.Rules), Source: s.Target.String()})
+			src := s.Target.String()
+			if b.Tool != "" {
+				src = b.Tool + ", " + src
+			}
+			ev = append(ev, Evidence{Fact: fmt.Sprintf("%s: %d rule(s)", b.Name, b.Rules), Source: src})
 		} else {
 			ev = append(ev, Evidence{Fact: b.Name + " not read: " + b.Reason, Source: s.Target.String()})
 		}
