@@ -68,13 +68,20 @@ func TestRead(t *testing.T) {
 	if !found {
 		t.Errorf("Read(lb) routes = %+v, want 10.1.0.0/24 dev eth0", s.Routes)
 	}
-	c, err := netstate.Read(l.Client)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// ARP may still be resolving on a loaded machine: probe again, for a
+	// bounded time, until the entry has its address.
+	var c netstate.Snapshot
 	found = false
-	for _, n := range c.Neighbours {
-		found = found || (n.IP == l.RealIP && n.Dev == "eth0" && n.MAC != "")
+	for deadline := time.Now().Add(5 * time.Second); !found && time.Now().Before(deadline); {
+		if c, err = netstate.Read(l.Client); err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range c.Neighbours {
+			found = found || (n.IP == l.RealIP && n.Dev == "eth0" && n.MAC != "")
+		}
+		if !found {
+			lab.Probe(context.Background(), l.Client, netip.AddrPortFrom(l.RealIP, 8085), time.Second)
+		}
 	}
 	if !found {
 		t.Errorf("Read(client) neighbours = %+v, want the real server's entry", c.Neighbours)
