@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -59,16 +60,22 @@ func newLabUpCmd(name *string) *cobra.Command {
 			if !slices.Contains(lab.Faults, fault) {
 				return usageErrorf("--fault %q: want one of %s", fault, strings.Join(lab.Faults, ", "))
 			}
+			if err := labName(*name); err != nil {
+				return err
+			}
+			switch _, err := lab.LoadRecord(*name); {
+			case err == nil:
+				return usageErrorf("lab %q is already up (lbdoctor lab down --name %s)", *name, *name)
+			case !errors.Is(err, lab.ErrNoLab):
+				return labError(err)
+			}
 			if err := kernel.IPVS(); err != nil {
 				return &kernel.NotSupportedError{Feature: "lab", Reason: "needs IPVS: " + err.Error()}
-			}
-			if _, err := lab.LoadRecord(*name); err == nil {
-				return usageErrorf("lab %q is already up (lbdoctor lab down --name %s)", *name, *name)
 			}
 			out := cmd.OutOrStdout()
 			err := labUp(cmd, *name, lab.Topology(topo), proto, fault)
 			if err != nil {
-				lab.Down(*name) // nothing half-built stays
+				lab.Down(*name, forgetSetup) // nothing half-built stays
 				return fmt.Errorf("lab up: %w", err)
 			}
 			fmt.Fprintf(out, "lab %s is up: client %s-client, load balancer %s-lb, real server %s-real; VIP %s %s:%d\n",
@@ -84,11 +91,16 @@ func newLabUpCmd(name *string) *cobra.Command {
 
 func labUp(cmd *cobra.Command, name string, topo lab.Topology, proto, fault string) error {
 	out := cmd.OutOrStdout()
-	l, err := lab.Build(topo, name)
+	// The record exists before anything it names, and each object is added
+	// as it is made: lab down can prove all of it, whenever lab up stopped.
+	rec := lab.Record{Name: name, Topology: topo, Proto: proto, Fault: fault}
+	if err := rec.Save(); err != nil {
+		return err
+	}
+	l, err := lab.BuildRecorded(&rec)
 	if err != nil {
 		return err
 	}
-	rec := lab.Record{Name: name, Topology: topo, Proto: proto, Fault: fault}
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -98,7 +110,12 @@ func labUp(cmd *cobra.Command, name string, topo lab.Topology, proto, fault stri
 	if err := srv.Start(); err != nil {
 		return fmt.Errorf("start the real server: %w", err)
 	}
-	rec.ServerPID = srv.Process.Pid
+	proc, err := lab.Identify(srv.Process.Pid)
+	if err != nil {
+		srv.Process.Kill() // started just now by this process: provably ours
+		return fmt.Errorf("identify the real server: %w", err)
+	}
+	rec.Server = &proc
 	srv.Process.Release()
 	if err := rec.Save(); err != nil {
 		return err
@@ -154,16 +171,22 @@ func newLabDownCmd(name *string) *cobra.Command {
 		Short: "Remove the lab, also after a crashed lab up",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if t, err := netns.Resolve(*name + "-lb"); err == nil {
-				st := &apply.State{}
-				st.Save(t) // the LB namespace goes away: so does its setup record
+			if err := labName(*name); err != nil {
+				return err
 			}
-			gone, err := lab.Down(*name)
+			gone, left, err := lab.Down(*name, forgetSetup)
+			if err != nil && len(gone)+len(left) == 0 {
+				return labError(err)
+			}
+			out := cmd.OutOrStdout()
 			for _, g := range gone {
-				fmt.Fprintf(cmd.OutOrStdout(), "removed %s\n", g)
+				fmt.Fprintf(out, "removed %s\n", g)
+			}
+			for _, l := range left {
+				fmt.Fprintf(out, "left %s\n", l)
 			}
 			if len(gone) == 0 && err == nil {
-				fmt.Fprintf(cmd.OutOrStdout(), "lab %s is not up: nothing to remove\n", *name)
+				fmt.Fprintf(out, "lab %s is not up: nothing to remove\n", *name)
 			}
 			return err
 		},
@@ -176,20 +199,37 @@ func newLabStatusCmd(name *string) *cobra.Command {
 		Short: "Show the lab's namespaces, server and fault",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := labName(*name); err != nil {
+				return err
+			}
 			rec, err := lab.LoadRecord(*name)
-			if err != nil {
+			if errors.Is(err, lab.ErrNoLab) {
 				return &exitError{code: exitFindings, msg: err.Error()}
+			}
+			if err != nil {
+				return labError(err)
 			}
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "lab %s: %s, %s, fault %s\n", rec.Name, rec.Topology, rec.Proto, rec.Fault)
-			l, err := lab.Open(*name, rec.Topology)
+			l, err := lab.Open(rec)
 			if err != nil {
 				fmt.Fprintf(out, "  namespaces: incomplete (%v): run lbdoctor lab down\n", err)
 				return &exitError{code: exitFindings}
 			}
-			alive := syscall.Kill(rec.ServerPID, 0) == nil
 			fmt.Fprintf(out, "  client %s (%s) → VIP %s:%d on %s (%s) → real %s (%s)\n", l.Client.Name, l.ClientIP, l.VIP, labPort, l.LB.Name, l.LBIP, l.Real.Name, l.RealIP)
-			fmt.Fprintf(out, "  real server process %d: %s\n", rec.ServerPID, map[bool]string{true: "running", false: "not running"}[alive])
+			alive := false
+			switch {
+			case rec.Server == nil:
+				fmt.Fprintf(out, "  real server process: not recorded (lab up did not finish)\n")
+			default:
+				err := rec.Server.Check()
+				alive = err == nil
+				state := "running"
+				if !alive {
+					state = "not running: " + err.Error()
+				}
+				fmt.Fprintf(out, "  real server process %d: %s\n", rec.Server.PID, state)
+			}
 			if !alive {
 				return &exitError{code: exitFindings}
 			}
@@ -209,11 +249,14 @@ func newLabProbeCmd(name *string) *cobra.Command {
 			if n < 1 {
 				return usageErrorf("-n %d: want at least 1", n)
 			}
+			if err := labName(*name); err != nil {
+				return err
+			}
 			rec, err := lab.LoadRecord(*name)
 			if err != nil {
-				return usageErrorf("%v", err)
+				return labError(err)
 			}
-			l, err := lab.Open(*name, rec.Topology)
+			l, err := lab.Open(rec)
 			if err != nil {
 				return err
 			}
@@ -248,6 +291,33 @@ func newLabProbeCmd(name *string) *cobra.Command {
 	cmd.Flags().IntVarP(&n, "count", "n", 3, "how many connections")
 	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Second, "per connection")
 	return cmd
+}
+
+// labName refuses a --name that could not be a lab's (exit 2).
+func labName(name string) error {
+	if err := lab.ValidName(name); err != nil {
+		return usageErrorf("--name: %v", err)
+	}
+	return nil
+}
+
+// labError makes a lab record that is missing or unreadable bad input
+// (exit 2, one line naming the file); other errors pass through.
+func labError(err error) error {
+	if errors.Is(err, lab.ErrNoLab) || errors.Is(err, lab.ErrCorrupt) || errors.Is(err, lab.ErrBadName) {
+		return usageErrorf("%v", err)
+	}
+	return err
+}
+
+// forgetSetup drops the setup record of the lab's LB namespace just before
+// lab down deletes it (proven the lab's): what setup made there goes with it.
+func forgetSetup(t netns.Target) {
+	if t.Name == "" || !strings.HasSuffix(t.Name, "-lb") {
+		return
+	}
+	st := &apply.State{}
+	st.Save(t)
 }
 
 // newLabServeCmd is the real server process `lab up` starts in the

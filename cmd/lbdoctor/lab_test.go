@@ -15,7 +15,13 @@ func TestLabDownAfterCrash(t *testing.T) {
 	testkit.RequireRoot(t)
 	t.Setenv("LBDOCTOR_LAB_DIR", t.TempDir())
 	name := testkit.UniqueName("lbd-crash")
-	if _, err := lab.Build(lab.OneArm, name); err != nil {
+	// What lab up does before it can crash: record, then build; it never
+	// gets to close.
+	rec := lab.Record{Name: name, Topology: lab.OneArm, Proto: "tcp", Fault: lab.FaultNone}
+	if err := rec.Save(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lab.BuildRecorded(&rec); err != nil {
 		t.Fatal(err)
 	}
 	code, out, stderr := runCLI("lab", "down", "--name", name)

@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/lbdoctor/lbdoctor/internal/apply"
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/probes/kernel"
 )
@@ -51,7 +52,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 			fmt.Fprintln(stderr, "lbdoctor: "+ee.msg)
 		}
 		return ee.code
-	case errors.Is(err, netns.ErrNotFound), errors.Is(err, errUsage):
+	case errors.Is(err, netns.ErrNotFound), errors.Is(err, netns.ErrNotNetns), errors.Is(err, apply.ErrCorrupt), errors.Is(err, errUsage):
 		fmt.Fprintln(stderr, "lbdoctor: "+err.Error())
 		return exitUsage
 	case errors.Is(err, kernel.ErrNotSupported), errors.Is(err, errPrivilege):

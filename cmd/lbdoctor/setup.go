@@ -50,6 +50,9 @@ second run changes nothing. What it made is recorded, and
 			if err != nil {
 				return err
 			}
+			if _, err := apply.LoadState(t); err != nil {
+				return err // a corrupt record: exit 2 before anything is read or planned
+			}
 			snap := probes.Gather(t, probes.Selector{}, probes.Options{})
 			if !snap.IPVS.Available {
 				return &kernel.NotSupportedError{Feature: "setup", Reason: "needs IPVS: " + snap.IPVS.Reason}
@@ -198,6 +201,10 @@ func runPlan(cmd *cobra.Command, t netns.Target, steps []apply.Step, dryRun bool
 func runPlanConfirm(cmd *cobra.Command, t netns.Target, steps []apply.Step, dryRun bool, verb string, record func(*apply.State, []apply.Step), confirm func(n int) bool) error {
 	ctx := cmd.Context()
 	out := cmd.OutOrStdout()
+	st, err := apply.LoadState(t) // first: a corrupt record stops everything
+	if err != nil {
+		return err
+	}
 	plan, err := apply.Build(ctx, steps)
 	if err != nil {
 		return err
@@ -212,10 +219,6 @@ func runPlanConfirm(cmd *cobra.Command, t netns.Target, steps []apply.Step, dryR
 	}
 	if confirm != nil && !confirm(len(plan.Steps)) {
 		return &exitError{code: exitFindings, msg: verb + ": nothing changed (not confirmed)"}
-	}
-	st, err := apply.LoadState(t)
-	if err != nil {
-		return err
 	}
 	done, err := apply.Run(ctx, plan, apply.Hooks{})
 	if err != nil {

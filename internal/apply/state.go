@@ -50,9 +50,15 @@ func StateDir() string {
 	return "/var/lib/lbdoctor"
 }
 
+// ErrCorrupt reports a state file that cannot be parsed: it proves nothing,
+// so nothing is changed until an operator looks at it (bad input).
+var ErrCorrupt = errors.New("corrupt lbdoctor state")
+
 // stateKey names a namespace's state file: its /run/netns name, or its inode.
+// A name is a file name in /run/netns (netns.ValidName), so the key never
+// leaves StateDir; anything else falls back to the inode.
 func stateKey(t netns.Target) string {
-	if t.Name != "" {
+	if t.Name != "" && netns.ValidName(t.Name) == nil {
 		return "netns-" + t.Name
 	}
 	if t.IsCurrent() {
@@ -64,7 +70,8 @@ func stateKey(t netns.Target) string {
 // LoadState reads what lbdoctor made in t (empty when nothing).
 func LoadState(t netns.Target) (*State, error) {
 	s := &State{Netns: t.String()}
-	data, err := os.ReadFile(filepath.Join(StateDir(), stateKey(t)+".json"))
+	path := filepath.Join(StateDir(), stateKey(t)+".json")
+	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return s, nil
 	}
@@ -72,7 +79,7 @@ func LoadState(t netns.Target) (*State, error) {
 		return nil, fmt.Errorf("read lbdoctor state: %w", err)
 	}
 	if err := json.Unmarshal(data, s); err != nil {
-		return nil, fmt.Errorf("parse lbdoctor state %s: %w", stateKey(t), err)
+		return nil, fmt.Errorf("%s: %w (%v): nothing changed; fix or remove the file", path, ErrCorrupt, err)
 	}
 	return s, nil
 }

@@ -41,20 +41,37 @@ type Lab struct {
 
 	ClientIP, LBIP, VIP, RealIP, RealGateway netip.Addr
 
-	created []string
+	created []netns.Target
 }
+
+// Roles are the namespaces of a lab, NAME-ROLE, in the order they are made.
+var Roles = []string{"sw", "client", "lb", "real"}
 
 // Build creates the namespaces, links and addresses of a topology. prefix
 // must be unique among labs alive at once; "" picks a random one. On error
 // nothing is left behind.
-func Build(topo Topology, prefix string) (l *Lab, err error) {
-	if topo != OneArm && topo != TwoArm {
-		return nil, fmt.Errorf("unknown topology %q (want %s or %s)", topo, OneArm, TwoArm)
-	}
+func Build(topo Topology, prefix string) (*Lab, error) {
 	if prefix == "" {
 		b := make([]byte, 3)
 		rand.Read(b)
 		prefix = "lbd-" + hex.EncodeToString(b)
+	}
+	return build(topo, prefix, nil)
+}
+
+// BuildRecorded is Build for `lab up`: each namespace goes into rec (saved)
+// after it exists and before it has its name, so `lab down` can prove every
+// namespace it deletes was made here, also after a crash mid-way.
+func BuildRecorded(rec *Record) (*Lab, error) {
+	if err := ValidName(rec.Name); err != nil {
+		return nil, err
+	}
+	return build(rec.Topology, rec.Name, rec)
+}
+
+func build(topo Topology, prefix string, rec *Record) (l *Lab, err error) {
+	if topo != OneArm && topo != TwoArm {
+		return nil, fmt.Errorf("unknown topology %q (want %s or %s)", topo, OneArm, TwoArm)
 	}
 	l = addressed(topo, prefix)
 	defer func() {
@@ -68,11 +85,18 @@ func Build(topo Topology, prefix string) (l *Lab, err error) {
 		role string
 	}{{&l.Switch, "sw"}, {&l.Client, "client"}, {&l.LB, "lb"}, {&l.Real, "real"}} {
 		name := prefix + "-" + h.role
-		t, err := netns.Create(name)
+		var record func(uint64) error
+		if rec != nil {
+			record = func(inode uint64) error {
+				rec.Netns = append(rec.Netns, Made{Name: name, Inode: inode})
+				return rec.Save()
+			}
+		}
+		t, err := netns.CreateRecorded(name, record)
 		if err != nil {
 			return l, err
 		}
-		l.created = append(l.created, name)
+		l.created = append(l.created, t)
 		*h.t = t
 	}
 	if err := l.Switch.Do(func() error { return addBridge("br0") }); err != nil {
@@ -114,11 +138,12 @@ func addressed(topo Topology, prefix string) *Lab {
 
 func cidr(a netip.Addr, bits int) string { return netip.PrefixFrom(a, bits).String() }
 
-// Close deletes every namespace the lab made; their links go with them.
+// Close deletes every namespace the lab made (a name that now holds another
+// namespace is left); their links go with them.
 func (l *Lab) Close() error {
 	var errs []error
 	for i := len(l.created) - 1; i >= 0; i-- {
-		errs = append(errs, netns.Delete(l.created[i]))
+		errs = append(errs, l.created[i].Delete())
 	}
 	l.created = nil
 	return errors.Join(errs...)

@@ -7,8 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
-	"syscall"
+	"regexp"
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 )
@@ -24,14 +23,48 @@ const (
 // Faults lists them.
 var Faults = []string{FaultNone, FaultNoSNAT, FaultVSConntrackOff, FaultIPForwardOff}
 
-// Record is what `lab up` leaves for status, probe and down. It lives on
-// /run, like the namespaces: a reboot forgets both.
+// Record is what `lab up` leaves for status, probe and down: the proof of
+// what it made. It lives on /run, like the namespaces: a reboot forgets both.
 type Record struct {
-	Name      string   `json:"name"`
-	Topology  Topology `json:"topology"`
-	Proto     string   `json:"proto"`
-	Fault     string   `json:"fault"`
-	ServerPID int      `json:"server_pid"`
+	Name     string   `json:"name"`
+	Topology Topology `json:"topology"`
+	Proto    string   `json:"proto"`
+	Fault    string   `json:"fault"`
+	Netns    []Made   `json:"netns"`            // the namespaces it made, each before it had its name
+	Server   *Process `json:"server,omitempty"` // the real server process it started
+}
+
+// Made is a namespace lab made: its name and the inode it had.
+type Made struct {
+	Name  string `json:"name"`
+	Inode uint64 `json:"inode"`
+}
+
+// MaxName is the longest lab name. The lab's namespaces are NAME-client
+// and so on (file names, at most 255 bytes); the links inside them have
+// fixed names (eth0, lb0, br0), so NAME never reaches an interface name.
+const MaxName = 64
+
+var validName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]*$`)
+
+// ErrBadName reports a lab name lbdoctor refuses: bad input.
+var ErrBadName = errors.New("bad lab name")
+
+// ValidName checks a lab name: letters, digits, '_' and '-', starting with a
+// letter or digit, at most MaxName bytes. It becomes namespace and file names,
+// so nothing else may reach a path.
+func ValidName(name string) error {
+	if len(name) > MaxName {
+		return fmt.Errorf("%w: %d bytes, at most %d", ErrBadName, len(name), MaxName)
+	}
+	if !validName.MatchString(name) {
+		shown := name
+		if len(shown) > 80 {
+			shown = shown[:80] + "…"
+		}
+		return fmt.Errorf("%w %q: use letters, digits, '_' and '-', starting with a letter or digit", ErrBadName, shown)
+	}
+	return nil
 }
 
 // RecordDir is where lab records are kept; LBDOCTOR_LAB_DIR overrides.
@@ -42,74 +75,152 @@ func RecordDir() string {
 	return "/run/lbdoctor"
 }
 
-func recordPath(name string) string { return filepath.Join(RecordDir(), "lab-"+name+".json") }
+// RecordPath is the file of lab name's record (name must be valid).
+func RecordPath(name string) string { return filepath.Join(RecordDir(), "lab-"+name+".json") }
 
-// Save writes the record.
+// Save writes the record atomically.
 func (r Record) Save() error {
-	if err := os.MkdirAll(RecordDir(), 0o755); err != nil {
+	if err := ValidName(r.Name); err != nil {
 		return err
 	}
+	if err := os.MkdirAll(RecordDir(), 0o755); err != nil {
+		return fmt.Errorf("save lab record: %w", err)
+	}
 	b, _ := json.MarshalIndent(r, "", "  ")
-	return os.WriteFile(recordPath(r.Name), b, 0o644)
+	path := RecordPath(r.Name)
+	if err := os.WriteFile(path+".tmp", b, 0o644); err != nil {
+		return fmt.Errorf("save lab record: %w", err)
+	}
+	return os.Rename(path+".tmp", path)
 }
 
 // ErrNoLab reports a lab that is not up.
 var ErrNoLab = errors.New("no such lab")
 
+// ErrCorrupt reports a record that cannot be read: it proves nothing, so
+// nothing is changed (bad input, naming the file).
+var ErrCorrupt = errors.New("corrupt lab record")
+
 // LoadRecord reads the record of lab name.
 func LoadRecord(name string) (Record, error) {
 	var r Record
-	b, err := os.ReadFile(recordPath(name))
+	if err := ValidName(name); err != nil {
+		return r, err
+	}
+	path := RecordPath(name)
+	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return r, fmt.Errorf("lab %q is not up (lbdoctor lab up): %w", name, ErrNoLab)
 	}
 	if err != nil {
-		return r, err
+		return r, fmt.Errorf("read lab record: %w", err)
 	}
-	return r, json.Unmarshal(b, &r)
+	if err := json.Unmarshal(b, &r); err != nil {
+		return r, fmt.Errorf("%s: %w (%v): remove it once nothing of lab %s is left", path, ErrCorrupt, err, name)
+	}
+	if r.Name != name {
+		return r, fmt.Errorf("%s: %w: it names lab %q", path, ErrCorrupt, r.Name)
+	}
+	return r, nil
 }
 
-// Open finds the namespaces of a built lab.
-func Open(name string, topo Topology) (*Lab, error) {
-	l := addressed(topo, name)
+// Open finds the namespaces of a built lab: each must be the one the record
+// says lab up made.
+func Open(rec Record) (*Lab, error) {
+	l := addressed(rec.Topology, rec.Name)
 	for _, h := range []struct {
 		t    *netns.Target
 		role string
 	}{{&l.Switch, "sw"}, {&l.Client, "client"}, {&l.LB, "lb"}, {&l.Real, "real"}} {
-		t, err := netns.Resolve(name + "-" + h.role)
+		name := rec.Name + "-" + h.role
+		t, err := netns.Resolve(name)
 		if err != nil {
 			return nil, err
 		}
+		if m, ok := rec.made(name); !ok || m.Inode != t.Inode {
+			return nil, fmt.Errorf("netns %s is not the one lab %s made (inode differs)", name, rec.Name)
+		}
 		*h.t = t
-		l.created = append(l.created, name+"-"+h.role)
+		l.created = append(l.created, t)
 	}
 	return l, nil
 }
 
-// Down removes everything lab name made — also what a crashed `lab up`
-// left: its server process, its namespaces, its record.
-func Down(name string) ([]string, error) {
-	var gone []string
-	var errs []error
-	if r, err := LoadRecord(name); err == nil && r.ServerPID > 0 {
-		if syscall.Kill(r.ServerPID, syscall.SIGTERM) == nil {
-			gone = append(gone, fmt.Sprintf("server process %d", r.ServerPID))
+func (r Record) made(name string) (Made, bool) {
+	for _, m := range r.Netns {
+		if m.Name == name {
+			return m, true
 		}
 	}
-	ents, _ := os.ReadDir(netns.RunDir)
-	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), name+"-") && isRole(strings.TrimPrefix(e.Name(), name+"-")) {
-			if err := netns.Delete(e.Name()); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			gone = append(gone, "netns "+e.Name())
-		}
-	}
-	if err := os.Remove(recordPath(name)); err == nil {
-		gone = append(gone, "record "+recordPath(name))
-	}
-	return gone, errors.Join(errs...)
+	return Made{}, false
 }
 
-func isRole(s string) bool { return s == "sw" || s == "client" || s == "lb" || s == "real" }
+// Down removes what the record of lab name proves lab made — also after a
+// crashed `lab up`, which recorded each object before making it: the server
+// process if it is still the one started, each namespace whose name still
+// holds the recorded inode, then the record. Anything else is left and
+// reported. before runs for each namespace about to be deleted.
+func Down(name string, before func(netns.Target)) (gone, left []string, err error) {
+	rec, err := LoadRecord(name)
+	if errors.Is(err, ErrNoLab) {
+		for _, role := range Roles {
+			if _, err := netns.Resolve(name + "-" + role); err == nil {
+				left = append(left, fmt.Sprintf("netns %s-%s: no lab record proves lab made it", name, role))
+			}
+		}
+		return nil, left, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	var errs []error
+	if p := rec.Server; p != nil {
+		switch err := p.Signal(); {
+		case err == nil:
+			gone = append(gone, fmt.Sprintf("server process %d", p.PID))
+		case errors.Is(err, ErrGone):
+		case errors.Is(err, ErrNotOurs):
+			left = append(left, fmt.Sprintf("process %d: %v", p.PID, err))
+		default:
+			errs = append(errs, err)
+		}
+	}
+	for i := len(rec.Netns) - 1; i >= 0; i-- {
+		m := rec.Netns[i]
+		t := netns.Target{Spec: m.Name, Name: m.Name, Inode: m.Inode}
+		cur, rerr := netns.Resolve(m.Name)
+		if rerr != nil {
+			continue // gone already (or never named: a crash between record and name)
+		}
+		if cur.Inode != m.Inode {
+			left = append(left, fmt.Sprintf("netns %s: not made by this lab (inode differs)", m.Name))
+			continue
+		}
+		if before != nil {
+			before(cur)
+		}
+		switch err := t.Delete(); {
+		case err == nil:
+			gone = append(gone, "netns "+m.Name)
+		case errors.Is(err, netns.ErrNotOwned):
+			left = append(left, fmt.Sprintf("netns %s: not made by this lab (inode differs)", m.Name))
+		default:
+			errs = append(errs, err)
+		}
+	}
+	for _, role := range Roles {
+		n := name + "-" + role
+		if _, ok := rec.made(n); !ok {
+			if _, err := netns.Resolve(n); err == nil {
+				left = append(left, fmt.Sprintf("netns %s: not in the lab record", n))
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return gone, left, errors.Join(errs...) // the record stays for another try
+	}
+	if err := os.Remove(RecordPath(name)); err == nil {
+		gone = append(gone, "record "+RecordPath(name))
+	}
+	return gone, left, nil
+}

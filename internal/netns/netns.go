@@ -30,6 +30,20 @@ const RunDir = "/run/netns"
 // ErrNotFound reports a namespace that does not exist: bad input.
 var ErrNotFound = errors.New("no such network namespace")
 
+// ErrNotNetns reports a --netns that exists but is not a network namespace
+// (a regular file, a directory, /proc/self/ns/mnt): bad input.
+var ErrNotNetns = errors.New("not a network namespace")
+
+// ErrNotOwned reports a namespace that is not the one a record names: its
+// name now holds another namespace, so lbdoctor leaves it.
+var ErrNotOwned = errors.New("not the recorded namespace")
+
+// MaxName is the longest /run/netns name: a file name (NAME_MAX).
+const MaxName = 255
+
+// maxSpec caps --netns (PATH_MAX): longer is no path the kernel opens.
+const maxSpec = 4096
+
 // Target is a resolved network namespace.
 type Target struct {
 	Spec  string `json:"spec"`           // as the user gave it ("" for the current one)
@@ -69,48 +83,129 @@ func (t Target) ExecPrefix() string {
 // switch is needed.
 func (t Target) IsCurrent() bool { return t.Spec == "" }
 
-// Resolve turns "", "NAME", "/path" or "pid:N" into a Target.
+// ValidName checks a /run/netns name the way `ip netns` does: a file name
+// directly in /run/netns (no "/", not "." or "..", at most NAME_MAX bytes),
+// so no name reaches outside the directory.
+func ValidName(name string) error {
+	switch {
+	case name == "":
+		return errors.New("empty netns name")
+	case len(name) > MaxName:
+		return fmt.Errorf("netns name of %d bytes: at most %d", len(name), MaxName)
+	case name == "." || name == ".." || strings.ContainsAny(name, "/\x00"):
+		return fmt.Errorf("netns name %q: a name in %s has no '/' and is not . or ..", name, RunDir)
+	}
+	return nil
+}
+
+// Resolve turns "", "NAME", "/path" or "pid:N" into a Target. Whatever the
+// form, the file must be a network namespace (checked with NS_GET_NSTYPE on
+// the opened file): anything else is ErrNotFound or ErrNotNetns, bad input.
 func Resolve(spec string) (Target, error) {
 	t := Target{Spec: spec}
+	shown := short(spec)
+	if len(spec) > maxSpec {
+		return t, fmt.Errorf("netns %s: %d bytes, longer than any path (%d): %w", shown, len(spec), maxSpec, ErrNotFound)
+	}
 	switch {
 	case spec == "":
 		t.Path = "/proc/thread-self/ns/net"
 	case strings.HasPrefix(spec, "pid:"):
 		pid, err := strconv.Atoi(strings.TrimPrefix(spec, "pid:"))
-		if err != nil || pid <= 0 {
-			return t, fmt.Errorf("netns %q: pid:N needs a positive process id: %w", spec, ErrNotFound)
+		if err != nil || pid <= 0 || strings.HasPrefix(spec, "pid:+") {
+			return t, fmt.Errorf("netns %s: pid:N needs a positive process id: %w", shown, ErrNotFound)
 		}
 		t.Path = fmt.Sprintf("/proc/%d/ns/net", pid)
 	case strings.Contains(spec, "/"):
 		t.Path = spec
 	default:
+		if err := ValidName(spec); err != nil {
+			return t, fmt.Errorf("netns %s: %v: %w", shown, err, ErrNotFound)
+		}
 		t.Name = spec
 		t.Path = filepath.Join(RunDir, spec)
 	}
-	var st unix.Stat_t
-	if err := unix.Stat(t.Path, &st); err != nil {
-		if errors.Is(err, unix.ENOENT) {
-			return t, fmt.Errorf("netns %q: %w (%s)", spec, ErrNotFound, t.Path)
-		}
-		return t, fmt.Errorf("netns %q: stat %s: %w", spec, t.Path, err)
+	ino, err := netnsInode(t.Path)
+	if err != nil {
+		return t, fmt.Errorf("netns %s: %w", shown, err)
 	}
-	t.Inode = st.Ino
+	t.Inode = ino
 	if t.Name == "" && t.Spec != "" {
 		t.Name = nameOf(t.Inode)
-	}
-	if t.Spec != "" && !isNetns(t.Path) {
-		return t, fmt.Errorf("netns %q: %s is not a network namespace: %w", spec, t.Path, ErrNotFound)
 	}
 	return t, nil
 }
 
-// isNetns checks the file really is a netns (a bind mount or an nsfs link).
-func isNetns(path string) bool {
-	var fs unix.Statfs_t
-	if err := unix.Statfs(path, &fs); err != nil {
-		return false
+// short keeps a user's value readable in a one-line error.
+func short(s string) string {
+	if len(s) > 80 {
+		return strconv.Quote(s[:80]) + "…"
 	}
-	return fs.Type == unix.NSFS_MAGIC
+	return strconv.Quote(s)
+}
+
+// netnsInode opens path and returns its inode if it is a network namespace.
+// Only a regular file is opened (an nsfs file is one): opening a FIFO would
+// block, opening a device could start it.
+func netnsInode(path string) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		switch {
+		case errors.Is(err, unix.EACCES), errors.Is(err, unix.EPERM):
+			return 0, fmt.Errorf("stat %s: %w", path, err) // a privilege: exit 3
+		case errors.Is(err, unix.ENOENT), errors.Is(err, unix.ESRCH):
+			return 0, fmt.Errorf("%w (%s)", ErrNotFound, path)
+		default: // ENOTDIR, ENAMETOOLONG, ELOOP: no such file either
+			return 0, fmt.Errorf("%s: %v: %w", path, err, ErrNotFound)
+		}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return 0, fmt.Errorf("%s is %s, %w", path, fileKind(st.Mode), ErrNotNetns)
+	}
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
+	if err != nil {
+		return 0, fmt.Errorf("open %s: %w", path, err)
+	}
+	defer unix.Close(fd)
+	var fs unix.Statfs_t
+	if err := unix.Fstatfs(fd, &fs); err != nil || fs.Type != unix.NSFS_MAGIC {
+		return 0, fmt.Errorf("%s is a regular file, %w", path, ErrNotNetns)
+	}
+	typ, err := unix.IoctlRetInt(fd, unix.NS_GET_NSTYPE)
+	if err != nil {
+		return 0, fmt.Errorf("%s: NS_GET_NSTYPE: %v: %w", path, err, ErrNotNetns)
+	}
+	if typ != unix.CLONE_NEWNET {
+		return 0, fmt.Errorf("%s is a %s namespace, %w", path, nsKind(typ), ErrNotNetns)
+	}
+	if err := unix.Fstat(fd, &st); err != nil {
+		return 0, fmt.Errorf("stat %s: %w", path, err)
+	}
+	return st.Ino, nil
+}
+
+func fileKind(mode uint32) string {
+	switch mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		return "a directory"
+	case unix.S_IFIFO:
+		return "a FIFO"
+	case unix.S_IFSOCK:
+		return "a socket"
+	case unix.S_IFCHR, unix.S_IFBLK:
+		return "a device"
+	}
+	return "not a regular file"
+}
+
+func nsKind(typ int) string {
+	for flag, name := range map[int]string{unix.CLONE_NEWNS: "mnt", unix.CLONE_NEWUTS: "uts", unix.CLONE_NEWIPC: "ipc",
+		unix.CLONE_NEWUSER: "user", unix.CLONE_NEWPID: "pid", unix.CLONE_NEWCGROUP: "cgroup", unix.CLONE_NEWTIME: "time"} {
+		if typ == flag {
+			return name
+		}
+	}
+	return fmt.Sprintf("type %#x", typ)
 }
 
 // NameOf finds the /run/netns name of a namespace inode, if any.
@@ -166,29 +261,92 @@ func (t Target) Handle() (vnetns.NsHandle, error) {
 
 // Create makes a new named namespace (like `ip netns add NAME`) with lo up,
 // without moving the caller into it.
-func Create(name string) (Target, error) {
+func Create(name string) (Target, error) { return CreateRecorded(name, nil) }
+
+// CreateRecorded is Create that calls record with the new namespace's inode
+// after the namespace exists and before it has its name: whoever records
+// what it made (lab) has the proof before the object can be found, so a crash
+// at any point leaves nothing unrecorded. A name that exists already is an
+// error, never adopted; on error only what this call made is removed.
+func CreateRecorded(name string, record func(inode uint64) error) (Target, error) {
+	if err := ValidName(name); err != nil {
+		return Target{}, fmt.Errorf("create netns: %w", err)
+	}
+	path := filepath.Join(RunDir, name)
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: this thread ends up in the new netns
-		h, err := vnetns.NewNamed(name)
+		if err := os.MkdirAll(RunDir, 0o755); err != nil {
+			errc <- fmt.Errorf("create netns %s: %w", name, err)
+			return
+		}
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("create netns %s: unshare: %w", name, err)
+			return
+		}
+		self := fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), unix.Gettid())
+		var st unix.Stat_t
+		if err := unix.Stat(self, &st); err != nil {
+			errc <- fmt.Errorf("create netns %s: %w", name, err)
+			return
+		}
+		if record != nil {
+			if err := record(st.Ino); err != nil {
+				errc <- fmt.Errorf("create netns %s: record it: %w", name, err)
+				return
+			}
+		}
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL, 0o444)
 		if err != nil {
 			errc <- fmt.Errorf("create netns %s: %w", name, err)
 			return
 		}
-		h.Close()
-		errc <- setLinkUp("lo")
+		f.Close()
+		if err := unix.Mount(self, path, "bind", unix.MS_BIND, ""); err != nil {
+			os.Remove(path) // the empty file this call made, nothing else
+			errc <- fmt.Errorf("create netns %s: bind %s: %w", name, path, err)
+			return
+		}
+		if err := setLinkUp("lo"); err != nil {
+			Target{Name: name, Path: path, Inode: st.Ino}.Delete()
+			errc <- err
+			return
+		}
+		errc <- nil
 	}()
 	if err := <-errc; err != nil {
-		vnetns.DeleteNamed(name)
 		return Target{}, err
 	}
 	return Resolve(name)
 }
 
-// Delete removes a named namespace made by Create (like `ip netns del`).
-func Delete(name string) error {
-	if err := vnetns.DeleteNamed(name); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("delete netns %s: %w", name, err)
+// Delete removes the named namespace t (like `ip netns del`) if its name
+// still holds the namespace t resolved to: a name someone else reused is
+// left alone (ErrNotOwned). Already gone is no error.
+func (t Target) Delete() error {
+	if t.Name == "" {
+		return fmt.Errorf("delete %s: it has no /run/netns name", t)
+	}
+	path := filepath.Join(RunDir, t.Name)
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); errors.Is(err, unix.ENOENT) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("delete netns %s: %w", t.Name, err)
+	}
+	if st.Ino != t.Inode || !isNsfs(path) {
+		return fmt.Errorf("delete netns %s: inode %d, recorded %d: %w", t.Name, st.Ino, t.Inode, ErrNotOwned)
+	}
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("delete netns %s: unmount: %w", t.Name, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("delete netns %s: %w", t.Name, err)
 	}
 	return nil
+}
+
+func isNsfs(path string) bool {
+	var fs unix.Statfs_t
+	return unix.Statfs(path, &fs) == nil && fs.Type == unix.NSFS_MAGIC
 }

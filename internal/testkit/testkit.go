@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -71,7 +72,11 @@ func sweep() {
 			continue
 		}
 		if err := syscall.Kill(pid, 0); err == syscall.ESRCH {
-			netns.Delete(e.Name())
+			if ns, err := netns.Resolve(e.Name()); err == nil {
+				ns.Delete()
+			} else {
+				os.Remove(filepath.Join(netns.RunDir, e.Name())) // an unmounted leftover
+			}
 		}
 	}
 }
@@ -86,7 +91,7 @@ func Netns(t testing.TB, role string) netns.Target {
 		t.Fatalf("netns.Create(%s): %v", name, err)
 	}
 	t.Cleanup(func() {
-		if err := netns.Delete(name); err != nil {
+		if err := ns.Delete(); err != nil {
 			t.Errorf("cleanup: %v", err)
 		}
 	})
