@@ -9,9 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lbdoctor/lbdoctor/internal/apply"
 	"github.com/lbdoctor/lbdoctor/internal/lab"
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
+	"github.com/lbdoctor/lbdoctor/probes/sysctl"
 )
 
 // Every verb that takes --netns refuses a namespace of another type before
@@ -234,4 +236,50 @@ func TestCorruptLabRecord(t *testing.T) {
 		t.Errorf("the corrupt record changed: %q", b)
 	}
 	stillThere(t, lb)
+}
+
+// teardown puts a sysctl back only while it holds the value lbdoctor set:
+// one changed since, or one an older record cannot prove, is left and named.
+func TestTeardownRestoresOnlyItsOwnSysctlValue(t *testing.T) {
+	ns := testkit.Netns(t, "sysctl")
+	dir := t.TempDir()
+	t.Setenv("LBDOCTOR_STATE_DIR", dir)
+	const (
+		mine    = "net.ipv4.conf.all.rp_filter"     // lbdoctor set 1, still 1: back to 0
+		changed = "net.ipv4.conf.default.rp_filter" // lbdoctor set 1, now 2: left
+		old     = "net.ipv4.conf.lo.rp_filter"      // an older record without "set": left
+	)
+	testkit.Sysctl(t, ns, mine, "1")
+	testkit.Sysctl(t, ns, changed, "2")
+	testkit.Sysctl(t, ns, old, "1")
+	st := &apply.State{Netns: ns.String(), Objects: []apply.Object{
+		{Kind: "sysctl", Key: mine, Previous: "0", Set: "1"},
+		{Kind: "sysctl", Key: changed, Previous: "0", Set: "1"},
+		{Kind: "sysctl", Key: old, Previous: "0"},
+	}}
+	if err := st.Save(ns); err != nil {
+		t.Fatal(err)
+	}
+	code, out, stderr := runCLI("teardown", "--netns", ns.Name)
+	for _, want := range []string{
+		"left sysctl " + changed + "=2 in netns " + ns.Name + ": lbdoctor set 1, someone changed it since",
+		"left sysctl " + old + "=1 in netns " + ns.Name + ": the record does not say which value lbdoctor set",
+		"sysctl -w " + mine + "=0",
+	} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("teardown = exit %d, %q %q; want exit 0 and %q", code, out, stderr, want)
+		}
+	}
+	got, err := sysctl.Read(ns, mine, changed, old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for key, want := range map[string]string{mine: "0", changed: "2", old: "1"} {
+		if got[key].Value != want {
+			t.Errorf("after teardown %s = %q, want %q", key, got[key].Value, want)
+		}
+	}
+	if st, err := apply.LoadState(ns); err != nil || len(st.Objects) != 0 {
+		t.Errorf("after teardown the record holds %+v (%v), want nothing", st, err)
+	}
 }

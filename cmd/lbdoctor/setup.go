@@ -209,8 +209,17 @@ func runPlanConfirm(cmd *cobra.Command, t netns.Target, steps []apply.Step, dryR
 	if err != nil {
 		return err
 	}
+	for _, l := range plan.Left {
+		fmt.Fprintf(out, "left %s\n", l)
+	}
 	if plan.Empty() {
 		fmt.Fprintf(out, "nothing to change: %s already matches\n", t)
+		if len(plan.Left) > 0 && !dryRun {
+			record(st, nil) // teardown forgets what it leaves: it is no longer lbdoctor's
+			if err := st.Save(t); err != nil {
+				return fmt.Errorf("%s: save the record: %w", verb, err)
+			}
+		}
 		return nil
 	}
 	printPlan(out, plan, dryRun)

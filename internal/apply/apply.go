@@ -28,7 +28,12 @@ type Step interface {
 // Plan is the steps a run would take, in order: only the needed ones.
 type Plan struct {
 	Steps []Step
+	Left  []string // what steps found no longer lbdoctor's, and leave
 }
+
+// Leaver is a step that may find its object is no longer what lbdoctor made
+// (Needed false): Left says what it leaves and why.
+type Leaver interface{ Left() string }
 
 // Build keeps the steps that are needed.
 func Build(ctx context.Context, steps []Step) (*Plan, error) {
@@ -40,6 +45,8 @@ func Build(ctx context.Context, steps []Step) (*Plan, error) {
 		}
 		if need {
 			p.Steps = append(p.Steps, s)
+		} else if l, ok := s.(Leaver); ok && l.Left() != "" {
+			p.Left = append(p.Left, l.Left())
 		}
 	}
 	return p, nil

@@ -21,6 +21,7 @@ type Object struct {
 	Real     string   `json:"real,omitempty"`
 	Key      string   `json:"key,omitempty"`
 	Previous string   `json:"previous,omitempty"` // a sysctl's value before lbdoctor set it
+	Set      string   `json:"set,omitempty"`      // the value lbdoctor set: teardown restores only while it is still there
 	Backend  string   `json:"backend,omitempty"`
 	Table    string   `json:"table,omitempty"`
 	Chain    string   `json:"chain,omitempty"`
@@ -30,7 +31,7 @@ type Object struct {
 
 // Same reports whether two records name the same object.
 func (o Object) Same(p Object) bool {
-	o.Previous, p.Previous = "", ""
+	o.Previous, p.Previous, o.Set, p.Set = "", "", "", ""
 	a, _ := json.Marshal(o)
 	b, _ := json.Marshal(p)
 	return string(a) == string(b)

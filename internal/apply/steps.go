@@ -207,8 +207,59 @@ func (s *Sysctl) Apply(ctx context.Context) error {
 }
 func (s *Sysctl) Undo(context.Context) error { return s.write(*s.previous) }
 func (s *Sysctl) Owned() *Object {
-	return &Object{Kind: "sysctl", Key: s.Key, Previous: *s.previous}
+	return &Object{Kind: "sysctl", Key: s.Key, Previous: *s.previous, Set: s.Value}
 }
+
+// RestoreSysctl puts back the value a sysctl had before lbdoctor set it, but
+// only while it still holds the value lbdoctor set: a value changed since is
+// someone else's and stays (Left says so), as does one a record cannot prove
+// (an older record without the value set).
+type RestoreSysctl struct {
+	NS                 netns.Target
+	Key, Previous, Set string
+	left               *string
+}
+
+// NewRestoreSysctl makes the step that undoes a recorded sysctl.
+func NewRestoreSysctl(ns netns.Target, key, previous, set string) *RestoreSysctl {
+	return &RestoreSysctl{NS: ns, Key: key, Previous: previous, Set: set, left: new(string)}
+}
+
+func (s *RestoreSysctl) Describe() string {
+	return fmt.Sprintf("%ssysctl -w %s=%s", s.NS.ExecPrefix(), s.Key, s.Previous)
+}
+func (s *RestoreSysctl) DescribeUndo() string {
+	return fmt.Sprintf("%ssysctl -w %s=%s", s.NS.ExecPrefix(), s.Key, s.Set)
+}
+func (s *RestoreSysctl) Needed(context.Context) (bool, error) {
+	snap, err := sysctl.Read(s.NS, s.Key)
+	if err != nil {
+		return false, err
+	}
+	v := snap[s.Key]
+	*s.left = ""
+	switch {
+	case !v.Present || v.Value == s.Previous:
+		return false, nil
+	case s.Set == "":
+		*s.left = fmt.Sprintf("sysctl %s=%s in %s: the record does not say which value lbdoctor set; it was %s before (%ssysctl -w %s=%s)",
+			s.Key, v.Value, s.NS, s.Previous, s.NS.ExecPrefix(), s.Key, s.Previous)
+		return false, nil
+	case v.Value != s.Set:
+		*s.left = fmt.Sprintf("sysctl %s=%s in %s: lbdoctor set %s, someone changed it since; not put back to %s", s.Key, v.Value, s.NS, s.Set, s.Previous)
+		return false, nil
+	}
+	return true, nil
+}
+func (s *RestoreSysctl) write(v string) error {
+	return s.NS.Do(func() error { return os.WriteFile(sysctl.Path(s.Key), []byte(v), 0o644) })
+}
+func (s *RestoreSysctl) Apply(context.Context) error { return s.write(s.Previous) }
+func (s *RestoreSysctl) Undo(context.Context) error  { return s.write(s.Set) }
+func (s *RestoreSysctl) Owned() *Object              { return nil }
+
+// Left says why Needed left the sysctl alone ("" when it did not).
+func (s *RestoreSysctl) Left() string { return *s.left }
 
 // run runs a command inside ns with optional stdin.
 func run(ns netns.Target, stdin string, name string, args ...string) (string, error) {

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -52,5 +53,42 @@ func TestCloseRemovesEverything(t *testing.T) {
 func TestBuildRejectsUnknownTopology(t *testing.T) {
 	if _, err := lab.Build("three-arm", "x"); err == nil {
 		t.Fatal(`Build("three-arm") = nil error, want an error`)
+	}
+}
+
+// A lab whose name is taken by a namespace someone else made fails to build
+// and leaves that namespace (Build used to delete it on its way out), and
+// Down removes only the namespaces its record proves it made.
+func TestBuildLeavesATakenName(t *testing.T) {
+	testkit.RequireRoot(t)
+	t.Setenv("LBDOCTOR_LAB_DIR", t.TempDir())
+	for _, recorded := range []bool{false, true} {
+		name := testkit.UniqueName("lbd-taken")
+		theirs, err := netns.Create(name + "-lb")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { theirs.Delete() })
+		if recorded {
+			rec := lab.Record{Name: name, Topology: lab.OneArm}
+			_, err = lab.BuildRecorded(&rec)
+			if err == nil {
+				t.Fatalf("BuildRecorded(%s) over a taken %s-lb = nil error", name, name)
+			}
+			gone, left, err := lab.Down(name, nil)
+			if err != nil || len(gone) != 1 || !slices.Contains(left, "netns "+name+"-lb: not made by this lab (inode differs)") {
+				t.Errorf("Down(%s) = gone %q, left %q, %v; want the record gone and %s-lb left (inode differs)", name, gone, left, err, name)
+			}
+		} else if _, err := lab.Build(lab.OneArm, name); err == nil {
+			t.Fatalf("Build(%s) over a taken %s-lb = nil error", name, name)
+		}
+		if got, err := netns.Resolve(name + "-lb"); err != nil || got.Inode != theirs.Inode {
+			t.Errorf("after a failed build, %s-lb = %+v, %v; want inode %d untouched", name, got, err, theirs.Inode)
+		}
+		for _, role := range []string{"sw", "client", "real"} {
+			if _, err := os.Stat(filepath.Join(netns.RunDir, name+"-"+role)); !os.IsNotExist(err) {
+				t.Errorf("after a failed build, %s-%s remains (stat %v)", name, role, err)
+			}
+		}
 	}
 }

@@ -259,7 +259,7 @@ func stepFor(ns netns.Target, o apply.Object) apply.Step {
 	case "nft-table":
 		return apply.Remove(apply.NftTable{NS: ns, Family: o.Family, Name: o.Table, Script: o.Key, VIP: o.VIP})
 	case "sysctl":
-		return apply.NewSysctl(ns, o.Key, o.Previous)
+		return apply.NewRestoreSysctl(ns, o.Key, o.Previous, o.Set)
 	}
 	return nil
 }
