@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -75,7 +76,8 @@ func newLabUpCmd(name *string) *cobra.Command {
 			out := cmd.OutOrStdout()
 			err := labUp(cmd, *name, lab.Topology(topo), proto, fault)
 			if err != nil {
-				lab.Down(*name, forgetSetup) // nothing half-built stays
+				gone, left, _ := lab.Down(*name, forgetSetup) // nothing half-built stays
+				printDown(out, gone, left)
 				return fmt.Errorf("lab up: %w", err)
 			}
 			fmt.Fprintf(out, "lab %s is up: client %s-client, load balancer %s-lb, real server %s-real; VIP %s %s:%d\n",
@@ -179,12 +181,7 @@ func newLabDownCmd(name *string) *cobra.Command {
 				return labError(err)
 			}
 			out := cmd.OutOrStdout()
-			for _, g := range gone {
-				fmt.Fprintf(out, "removed %s\n", g)
-			}
-			for _, l := range left {
-				fmt.Fprintf(out, "left %s\n", l)
-			}
+			printDown(out, gone, left)
 			if len(gone) == 0 && err == nil {
 				fmt.Fprintf(out, "lab %s is not up: nothing to remove\n", *name)
 			}
@@ -291,6 +288,16 @@ func newLabProbeCmd(name *string) *cobra.Command {
 	cmd.Flags().IntVarP(&n, "count", "n", 3, "how many connections")
 	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Second, "per connection")
 	return cmd
+}
+
+// printDown says what lab down removed and what it left, and why.
+func printDown(w io.Writer, gone, left []string) {
+	for _, g := range gone {
+		fmt.Fprintf(w, "removed %s\n", g)
+	}
+	for _, l := range left {
+		fmt.Fprintf(w, "left %s\n", l)
+	}
 }
 
 // labName refuses a --name that could not be a lab's (exit 2).

@@ -42,31 +42,40 @@ func TestNetnsMustBeANetworkNamespace(t *testing.T) {
 }
 
 // A corrupt setup record is named, exit 2, and nothing changes (it used to
-// exit 3 naming only the key).
+// exit 3 naming only the key, or panic on an unparsable address).
 func TestCorruptSetupStateNamesItsPath(t *testing.T) {
 	ns := testkit.Netns(t, "corrupt")
 	dir := t.TempDir()
 	t.Setenv("LBDOCTOR_STATE_DIR", dir)
 	path := filepath.Join(dir, "netns-"+ns.Name+".json")
-	if err := os.WriteFile(path, []byte(`{"netns": "x", "objects": [`), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	before := testkit.HostState(t, ns)
-	for _, args := range [][]string{
-		{"teardown", "--netns", ns.Name},
-		{"teardown", "--netns", ns.Name, "--dry-run"},
-		{"setup", "--netns", ns.Name, "--vip", "10.1.0.6:80", "--real", "10.1.0.50:80"},
+	for _, tt := range []struct{ name, body, want string }{
+		{"truncated JSON", `{"netns": "x", "objects": [`, "unexpected end of JSON input"},
+		{"garbage vip", `{"netns": "x", "objects": [{"kind": "ipvs-service", "vip": "10.1.0.6", "proto": "tcp", "key": "rr"}]}`, `object 1: ipvs-service vip "10.1.0.6"`},
+		{"unknown kind", `{"netns": "x", "objects": [{"kind": "route"}]}`, `object 1: unknown kind "route"`},
+		{"sysctl path", `{"netns": "x", "objects": [{"kind": "sysctl", "key": "net/../../x", "previous": "0"}]}`, `object 1: sysctl key`},
 	} {
-		code, out, stderr := runCLI(args...)
-		if code != exitUsage || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, path) || !strings.Contains(stderr, "corrupt") || out != "" {
-			t.Errorf("lbdoctor %v = exit %d, stderr %q, stdout %q; want exit 2, one line naming %s", args, code, stderr, out, path)
-		}
-	}
-	if b, _ := os.ReadFile(path); string(b) != `{"netns": "x", "objects": [` {
-		t.Errorf("the corrupt state file changed: %q", b)
-	}
-	if after := testkit.HostState(t, ns); after != before {
-		t.Errorf("the namespace changed:\n%s\n---\n%s", before, after)
+		t.Run(tt.name, func(t *testing.T) {
+			if err := os.WriteFile(path, []byte(tt.body), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			before := testkit.HostState(t, ns)
+			for _, args := range [][]string{
+				{"teardown", "--netns", ns.Name},
+				{"teardown", "--netns", ns.Name, "--dry-run"},
+				{"setup", "--netns", ns.Name, "--vip", "10.1.0.6:80", "--real", "10.1.0.50:80"},
+			} {
+				code, out, stderr := runCLI(args...)
+				if code != exitUsage || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, path+": corrupt lbdoctor state") || !strings.Contains(stderr, tt.want) || out != "" {
+					t.Errorf("lbdoctor %v = exit %d, stderr %q, stdout %q; want exit 2, one line naming %s: %s", args, code, stderr, out, path, tt.want)
+				}
+			}
+			if b, _ := os.ReadFile(path); string(b) != tt.body {
+				t.Errorf("the corrupt state file changed: %q", b)
+			}
+			if after := testkit.HostState(t, ns); after != before {
+				t.Errorf("the namespace changed:\n%s\n---\n%s", before, after)
+			}
+		})
 	}
 }
 

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 )
@@ -82,7 +84,44 @@ func LoadState(t netns.Target) (*State, error) {
 	if err := json.Unmarshal(data, s); err != nil {
 		return nil, fmt.Errorf("%s: %w (%v): nothing changed; fix or remove the file", path, ErrCorrupt, err)
 	}
+	for i, o := range s.Objects {
+		if err := o.validate(); err != nil {
+			return nil, fmt.Errorf("%s: %w: object %d: %v: nothing changed; fix or remove the file", path, ErrCorrupt, i+1, err)
+		}
+	}
 	return s, nil
+}
+
+// validate checks that a recorded object names one thing teardown can act
+// on: a record that parses as JSON can still hold garbage.
+func (o Object) validate() error {
+	switch o.Kind {
+	case "ipvs-service", "ipvs-real":
+		if _, err := netip.ParseAddrPort(o.VIP); err != nil {
+			return fmt.Errorf("%s vip %q: %w", o.Kind, o.VIP, err)
+		}
+		if o.Proto != "tcp" && o.Proto != "udp" {
+			return fmt.Errorf("%s proto %q: want tcp or udp", o.Kind, o.Proto)
+		}
+		if _, err := netip.ParseAddrPort(o.Real); o.Kind == "ipvs-real" && err != nil {
+			return fmt.Errorf("%s real %q: %w", o.Kind, o.Real, err)
+		}
+	case "sysctl":
+		if o.Key == "" || strings.Contains(o.Key, "/") || strings.Contains(o.Key, "..") || strings.HasPrefix(o.Key, ".") {
+			return fmt.Errorf("sysctl key %q", o.Key)
+		}
+	case "iptables-rule":
+		if o.Backend == "" || o.Table == "" || o.Chain == "" || len(o.Rule) == 0 {
+			return fmt.Errorf("iptables-rule without backend, table, chain or rule")
+		}
+	case "nft-table":
+		if o.Family == "" || o.Table == "" {
+			return fmt.Errorf("nft-table without family or name")
+		}
+	default:
+		return fmt.Errorf("unknown kind %q", o.Kind)
+	}
+	return nil
 }
 
 // Save writes the state atomically; an empty state removes the file.

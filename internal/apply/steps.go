@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -101,6 +102,57 @@ func (s IPVSService) Undo(context.Context) error {
 func (s IPVSService) Owned() *Object {
 	return &Object{Kind: "ipvs-service", VIP: s.VIP.String(), Proto: s.Proto, Key: s.Scheduler}
 }
+
+// RemoveIPVSService deletes a service lbdoctor made, unless it now holds a
+// real server lbdoctor did not add: deleting the service would delete that
+// real too, so the service stays (Left says so). Reals are what the record
+// lists for the service; teardown removes them in steps before this one.
+type RemoveIPVSService struct {
+	Service IPVSService
+	Reals   []netip.AddrPort
+	left    *string
+}
+
+// NewRemoveIPVSService makes the step that undoes a recorded service.
+func NewRemoveIPVSService(s IPVSService, reals []netip.AddrPort) *RemoveIPVSService {
+	return &RemoveIPVSService{Service: s, Reals: reals, left: new(string)}
+}
+
+func (r *RemoveIPVSService) Describe() string     { return r.Service.DescribeUndo() }
+func (r *RemoveIPVSService) DescribeUndo() string { return r.Service.Describe() }
+func (r *RemoveIPVSService) Needed(context.Context) (bool, error) {
+	*r.left = ""
+	h, err := ipvsHandle(r.Service.NS)
+	if err != nil {
+		return false, err
+	}
+	defer h.Close()
+	if !h.IsServicePresent(r.Service.svc()) {
+		return false, nil
+	}
+	dsts, err := h.GetDestinations(r.Service.svc())
+	if err != nil {
+		return false, err
+	}
+	var foreign []string
+	for _, d := range dsts {
+		a, _ := netip.AddrFromSlice(d.Address)
+		if ap := netip.AddrPortFrom(a.Unmap(), d.Port); !slices.Contains(r.Reals, ap) {
+			foreign = append(foreign, ap.String())
+		}
+	}
+	if len(foreign) > 0 {
+		*r.left = fmt.Sprintf("ipvs service %s %s in %s: it has real servers lbdoctor did not add (%s)", r.Service.Proto, r.Service.VIP, r.Service.NS, strings.Join(foreign, ", "))
+		return false, nil
+	}
+	return true, nil
+}
+func (r *RemoveIPVSService) Apply(ctx context.Context) error { return r.Service.Undo(ctx) }
+func (r *RemoveIPVSService) Undo(ctx context.Context) error  { return r.Service.Apply(ctx) }
+func (r *RemoveIPVSService) Owned() *Object                  { return nil }
+
+// Left says why Needed left the service ("" when it did not).
+func (r *RemoveIPVSService) Left() string { return *r.left }
 
 // IPVSReal is a masquerade real server of a service (`ipvsadm -a … -m`).
 type IPVSReal struct {

@@ -238,7 +238,7 @@ func TeardownSteps(ns netns.Target, st *apply.State, vip netip.AddrPort) ([]appl
 		if !mine {
 			continue
 		}
-		if s := stepFor(ns, o); s != nil {
+		if s := stepFor(ns, st, o); s != nil {
 			steps = append(steps, s)
 			objs = append(objs, o)
 		}
@@ -246,11 +246,25 @@ func TeardownSteps(ns netns.Target, st *apply.State, vip netip.AddrPort) ([]appl
 	return steps, objs
 }
 
-// stepFor is the step that undoes a recorded object.
-func stepFor(ns netns.Target, o apply.Object) apply.Step {
+// recordedReals lists the real servers the record holds for service svc.
+func recordedReals(st *apply.State, svc apply.Object) []netip.AddrPort {
+	var reals []netip.AddrPort
+	for _, o := range st.Objects {
+		if o.Kind == "ipvs-real" && o.VIP == svc.VIP && o.Proto == svc.Proto {
+			if ap, err := netip.ParseAddrPort(o.Real); err == nil {
+				reals = append(reals, ap)
+			}
+		}
+	}
+	return reals
+}
+
+// stepFor is the step that undoes a recorded object (LoadState checked its
+// fields parse).
+func stepFor(ns netns.Target, st *apply.State, o apply.Object) apply.Step {
 	switch o.Kind {
 	case "ipvs-service":
-		return apply.Remove(apply.IPVSService{NS: ns, Proto: o.Proto, VIP: netip.MustParseAddrPort(o.VIP), Scheduler: o.Key})
+		return apply.NewRemoveIPVSService(apply.IPVSService{NS: ns, Proto: o.Proto, VIP: netip.MustParseAddrPort(o.VIP), Scheduler: o.Key}, recordedReals(st, o))
 	case "ipvs-real":
 		w, _ := strconv.Atoi(o.Key)
 		return apply.Remove(apply.IPVSReal{Service: apply.IPVSService{NS: ns, Proto: o.Proto, VIP: netip.MustParseAddrPort(o.VIP)}, Real: netip.MustParseAddrPort(o.Real), Weight: w})
