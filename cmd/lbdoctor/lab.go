@@ -34,13 +34,17 @@ func newLabCmd() *cobra.Command {
 real server as network namespaces NAME-client, NAME-lb, NAME-real (and
 NAME-sw, the switch), on one segment (one-arm) or two (two-arm, the LB as the
 real server's gateway). --fault builds in one of the seed's failures the way
-an operator would have: no-snat, vs-conntrack-off, ip-forward-off.`,
+an operator would have: no-snat, vs-conntrack-off, ip-forward-off.
+
+NAME is 1-64 letters, digits, '_' and '-'. lab down removes only what the
+lab's record proves lab up made: namespaces that still have the recorded
+inode, the server process if it still has the recorded start time.`,
 		Example: `  sudo lbdoctor lab up --fault vs-conntrack-off
   sudo lbdoctor lab probe -n 5
   sudo lbdoctor check --netns lab-lb --fix
   sudo lbdoctor lab down`,
 	}
-	cmd.PersistentFlags().StringVar(&name, "name", "lab", "lab name: prefix of its namespaces")
+	cmd.PersistentFlags().StringVar(&name, "name", "lab", "lab name: prefix of its namespaces (letters, digits, _ and -)")
 	cmd.AddCommand(newLabUpCmd(&name), newLabDownCmd(&name), newLabStatusCmd(&name), newLabProbeCmd(&name), newLabServeCmd())
 	return cmd
 }

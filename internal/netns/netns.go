@@ -232,9 +232,9 @@ func (t Target) Do(fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		h, err := vnetns.GetFromPath(t.Path)
+		h, err := t.open()
 		if err != nil {
-			errc <- fmt.Errorf("open %s: %w", t, err)
+			errc <- err
 			return
 		}
 		defer h.Close()
@@ -252,9 +252,24 @@ func (t Target) Handle() (vnetns.NsHandle, error) {
 	if t.IsCurrent() {
 		return vnetns.Get()
 	}
+	return t.open()
+}
+
+// open opens the namespace and checks it is still the one Resolve found: a
+// name deleted and made again in between is another namespace (ErrNotOwned).
+func (t Target) open() (vnetns.NsHandle, error) {
 	h, err := vnetns.GetFromPath(t.Path)
 	if err != nil {
 		return h, fmt.Errorf("open %s: %w", t, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(h), &st); err != nil {
+		h.Close()
+		return vnetns.None(), fmt.Errorf("open %s: %w", t, err)
+	}
+	if t.Inode != 0 && st.Ino != t.Inode {
+		h.Close()
+		return vnetns.None(), fmt.Errorf("open %s: it is another namespace now (inode %d, resolved %d): %w", t, st.Ino, t.Inode, ErrNotOwned)
 	}
 	return h, nil
 }

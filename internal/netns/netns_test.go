@@ -160,3 +160,27 @@ func TestCreateRecordedRecordsFirst(t *testing.T) {
 		t.Errorf("CreateRecorded with a failing record left %s (stat %v)", failed, err)
 	}
 }
+
+// A Target keeps meaning the namespace it resolved to: once its name holds
+// another namespace, Do refuses instead of running in the wrong one.
+func TestDoRefusesAReplacedNamespace(t *testing.T) {
+	testkit.RequireRoot(t)
+	name := testkit.UniqueName("lbd-swap")
+	old, err := netns.Create(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old.Delete()
+	cur, err := netns.Create(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cur.Delete() })
+	ran := false
+	if err := old.Do(func() error { ran = true; return nil }); !errors.Is(err, netns.ErrNotOwned) || ran {
+		t.Errorf("Do(old %s) after the name was reused = %v (ran %v), want ErrNotOwned and fn not run", name, err, ran)
+	}
+	if err := cur.Do(func() error { return nil }); err != nil {
+		t.Errorf("Do(current %s) = %v", name, err)
+	}
+}
