@@ -154,8 +154,8 @@ func newTeardownCmd(g *globalFlags) *cobra.Command {
 		Long: `teardown removes the services, real servers, rules and tables that lbdoctor
 made in the namespace, and puts back the sysctls it changed (while they still
 hold the value it set) — never an object it found there, nor a service that
-now has real servers lbdoctor did not add. With --vip only that service's objects go (sysctls stay while
-another lbdoctor service remains).`,
+now has real servers lbdoctor did not add. With --vip only that service's
+objects go (sysctls stay while another lbdoctor service remains).`,
 		Example: `  sudo lbdoctor teardown --netns lb --vip 10.1.0.6:8085 --dry-run
   sudo lbdoctor teardown --netns lb`,
 		Args: noArgs,
