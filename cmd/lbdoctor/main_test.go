@@ -31,7 +31,7 @@ func TestBadInputExitsTwoWithOneLine(t *testing.T) {
 		want string // in the one stderr line
 	}{
 		{"missing netns", []string{"check", "--netns", "nope"}, `netns "nope": no such network namespace`},
-		{"netns path that is not one", []string{"check", "--netns", "/etc/hostname"}, "is not a network namespace"},
+		{"netns path that is not one", []string{"check", "--netns", "/etc/hostname"}, "is a regular file, not a network namespace"},
 		{"bad pid", []string{"check", "--netns", "pid:x"}, "pid:N needs a positive process id"},
 		{"unknown flag", []string{"check", "--bogus"}, "unknown flag: --bogus"},
 		{"bad vip", []string{"check", "--vip", "10.1.0.6"}, `--vip "10.1.0.6": want ADDR:PORT`},
