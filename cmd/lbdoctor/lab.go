@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -111,9 +112,20 @@ func labUp(cmd *cobra.Command, name string, topo lab.Topology, proto, fault stri
 	if err != nil {
 		return err
 	}
-	srv := exec.Command(self, "lab", "serve", "--netns", l.Real.Name, "--proto", proto)
+	// The server waits for "recorded" on its stdin before it serves: if lab
+	// up dies before the record names the server, the pipe closes and the
+	// server exits by itself, so no unrecorded process is left.
+	ready, recorded, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer recorded.Close()
+	srv := exec.Command(self, "lab", "serve", "--netns", l.Real.Name, "--proto", proto, "--after-record")
 	srv.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := srv.Start(); err != nil {
+	srv.Stdin = ready
+	err = srv.Start()
+	ready.Close()
+	if err != nil {
 		return fmt.Errorf("start the real server: %w", err)
 	}
 	proc, err := lab.Identify(srv.Process.Pid)
@@ -125,6 +137,9 @@ func labUp(cmd *cobra.Command, name string, topo lab.Topology, proto, fault stri
 	srv.Process.Release()
 	if err := rec.Save(); err != nil {
 		return err
+	}
+	if _, err := fmt.Fprintln(recorded, "recorded"); err != nil {
+		return fmt.Errorf("start the real server: %w", err)
 	}
 	svc := setup.Service{Proto: proto, VIP: netip.AddrPortFrom(l.VIP, labPort), Scheduler: "rr", SNAT: setup.SNATAuto,
 		Reals: []setup.Real{{Addr: netip.AddrPortFrom(l.RealIP, labPort), Weight: 1}}}
@@ -335,11 +350,18 @@ func forgetSetup(t netns.Target) {
 // background; it answers until killed.
 func newLabServeCmd() *cobra.Command {
 	var ns, proto string
+	var afterRecord bool
 	cmd := &cobra.Command{
 		Use:    "serve",
 		Hidden: true,
 		Args:   noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if afterRecord {
+				line, _ := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
+				if strings.TrimSpace(line) != "recorded" {
+					return &exitError{code: exitCannot, msg: "lab serve: lab up stopped before it recorded this server: not serving"}
+				}
+			}
 			t, err := netns.Resolve(ns)
 			if err != nil {
 				return err
@@ -359,5 +381,6 @@ func newLabServeCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&ns, "netns", "", "namespace to serve in")
 	cmd.Flags().StringVar(&proto, "proto", "tcp", "tcp or udp")
+	cmd.Flags().BoolVar(&afterRecord, "after-record", false, `serve only after reading "recorded" on stdin`)
 	return cmd
 }

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -290,5 +292,52 @@ func TestTeardownRestoresOnlyItsOwnSysctlValue(t *testing.T) {
 	}
 	if st, err := apply.LoadState(ns); err != nil || len(st.Objects) != 0 {
 		t.Errorf("after teardown the record holds %+v (%v), want nothing", st, err)
+	}
+}
+
+// The real server lab up starts serves only once lab up has recorded it:
+// if lab up dies before, the server's stdin closes and it exits by itself,
+// so a crash never leaves a process no record names.
+func TestLabServerWaitsForItsRecord(t *testing.T) {
+	ns := testkit.Netns(t, "serve")
+	bin := testkit.LbdoctorBinary(t)
+	for _, tt := range []struct {
+		name, stdin string
+		wantServe   bool
+	}{
+		{"lab up died", "", false},
+		{"recorded", "recorded\n", true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := exec.Command(bin, "lab", "serve", "--netns", ns.Name, "--after-record")
+			w, err := srv.StdinPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := srv.Start(); err != nil {
+				t.Fatal(err)
+			}
+			exited := make(chan error, 1)
+			go func() { exited <- srv.Wait() }()
+			t.Cleanup(func() { srv.Process.Kill(); <-exited })
+			w.Write([]byte(tt.stdin))
+			w.Close()
+			select {
+			case err := <-exited:
+				if tt.wantServe {
+					t.Fatalf("lab serve after %q exited: %v", tt.stdin, err)
+				}
+				exited <- err
+				return
+			case <-time.After(3 * time.Second):
+				if !tt.wantServe {
+					t.Fatalf("lab serve with its stdin closed unrecorded still runs after 3s")
+				}
+			}
+			res := lab.Probe(context.Background(), ns, netip.MustParseAddrPort("127.0.0.1:8085"), 2*time.Second)
+			if !res.OK {
+				t.Errorf("lab serve after %q: connect = %+v, want an answer", tt.stdin, res)
+			}
+		})
 	}
 }
