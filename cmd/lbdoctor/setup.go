@@ -2,16 +2,17 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/lbdoctor/lbdoctor/internal/apply"
+	"github.com/lbdoctor/lbdoctor/internal/input"
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/setup"
 	"github.com/lbdoctor/lbdoctor/probes"
@@ -42,7 +43,7 @@ second run changes nothing. What it made is recorded, and
   sudo lbdoctor teardown --netns lb`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			spec, err := setupSpec(vip, proto, scheduler, snat, backend, reals, file, fromIpvsadm, fromKeepalived)
+			spec, err := setupSpec(cmd.Context(), cmd.InOrStdin(), vip, proto, scheduler, snat, backend, reals, file, fromIpvsadm, fromKeepalived)
 			if err != nil {
 				return err
 			}
@@ -76,15 +77,15 @@ second run changes nothing. What it made is recorded, and
 	f.StringVar(&snat, "snat", setup.SNATAuto, "source NAT: auto (from the return path), always, never")
 	f.StringVar(&backend, "snat-backend", setup.BackendAuto, "SNAT with: auto, iptables, nft")
 	f.BoolVar(&dryRun, "dry-run", false, "print the plan and change nothing")
-	f.StringVarP(&file, "file", "f", "", "YAML file of several services (see README)")
-	f.StringVar(&fromIpvsadm, "from-ipvsadm", "", "build the NAT services of an `ipvsadm -Sn` dump")
-	f.StringVar(&fromKeepalived, "from-keepalived", "", "build the lb_kind NAT virtual_servers of a keepalived.conf")
+	f.StringVarP(&file, "file", "f", "", "YAML file of several services (see README); - reads standard input")
+	f.StringVar(&fromIpvsadm, "from-ipvsadm", "", "build the NAT services of an `ipvsadm -Sn` dump (- for standard input)")
+	f.StringVar(&fromKeepalived, "from-keepalived", "", "build the lb_kind NAT virtual_servers of a keepalived.conf (- for standard input)")
 	return cmd
 }
 
 // setupSpec builds the spec from flags or from one input file; any error is
 // a usage error naming the place.
-func setupSpec(vip, proto, scheduler, snat, backend string, reals []string, file, fromIpvsadm, fromKeepalived string) (setup.Spec, error) {
+func setupSpec(ctx context.Context, stdin io.Reader, vip, proto, scheduler, snat, backend string, reals []string, file, fromIpvsadm, fromKeepalived string) (setup.Spec, error) {
 	inputs := 0
 	for _, x := range []string{vip, file, fromIpvsadm, fromKeepalived} {
 		if x != "" {
@@ -99,17 +100,18 @@ func setupSpec(vip, proto, scheduler, snat, backend string, reals []string, file
 	switch {
 	case file != "" || fromIpvsadm != "" || fromKeepalived != "":
 		path := file + fromIpvsadm + fromKeepalived
-		data, rerr := os.ReadFile(path)
+		data, rerr := input.Read(ctx, path, stdin)
 		if rerr != nil {
 			return spec, usageErrorf("%v", rerr)
 		}
+		name := input.Name(path)
 		switch {
 		case file != "":
-			spec, err = setup.ParseYAML(path, data)
+			spec, err = setup.ParseYAML(name, data)
 		case fromIpvsadm != "":
-			spec, err = setup.ParseIpvsadm(path, bytes.NewReader(data))
+			spec, err = setup.ParseIpvsadm(name, bytes.NewReader(data))
 		default:
-			spec, err = setup.ParseKeepalived(path, bytes.NewReader(data))
+			spec, err = setup.ParseKeepalived(name, bytes.NewReader(data))
 		}
 		if err != nil {
 			return spec, usageErrorf("%v", err)
@@ -127,7 +129,7 @@ func setupSpec(vip, proto, scheduler, snat, backend string, reals []string, file
 	default:
 		ap, perr := netip.ParseAddrPort(vip)
 		if perr != nil {
-			return spec, usageErrorf("--vip %q: want ADDR:PORT, e.g. 10.1.0.6:8085", vip)
+			return spec, usageErrorf("--vip %s: want ADDR:PORT, e.g. 10.1.0.6:8085", input.Quote(vip))
 		}
 		svc := setup.Service{Proto: proto, VIP: ap, Scheduler: scheduler, SNAT: snat}
 		for _, r := range reals {
@@ -164,7 +166,7 @@ objects go (sysctls stay while another lbdoctor service remains).`,
 			if vip != "" {
 				var err error
 				if ap, err = netip.ParseAddrPort(vip); err != nil {
-					return usageErrorf("--vip %q: want ADDR:PORT", vip)
+					return usageErrorf("--vip %s: want ADDR:PORT", input.Quote(vip))
 				}
 			}
 			t, err := target(g)
@@ -266,12 +268,12 @@ func parseReal(s string) (setup.Real, error) {
 	addr, w, hasW := strings.Cut(s, ",")
 	ap, err := netip.ParseAddrPort(addr)
 	if err != nil {
-		return setup.Real{}, usageErrorf("--real %q: want ADDR:PORT[,WEIGHT]", s)
+		return setup.Real{}, usageErrorf("--real %s: want ADDR:PORT[,WEIGHT]", input.Quote(s))
 	}
 	r := setup.Real{Addr: ap, Weight: 1}
 	if hasW {
 		if r.Weight, err = strconv.Atoi(w); err != nil {
-			return r, usageErrorf("--real %q: weight %q is not a number", s, w)
+			return r, usageErrorf("--real %s: weight %s is not a number", input.Quote(s), input.Quote(w))
 		}
 	}
 	return r, nil

@@ -3,16 +3,22 @@ package setup
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/lbdoctor/lbdoctor/internal/input"
 )
 
-// ParseError names the place of bad input: file:line: message.
+// ParseError names the place of bad input: file:line: message, one line,
+// with the user's values cut (input.Quote).
 type ParseError struct {
 	File string
 	Line int
@@ -26,24 +32,137 @@ func (e *ParseError) Error() string {
 	return e.File + ": " + e.Msg
 }
 
-// yamlSpec is the file format of `setup -f`.
-type yamlSpec struct {
-	SNATBackend string        `yaml:"snat_backend"`
-	Services    []yamlService `yaml:"services"`
+// place is where a service or real was written: its line, and the lines
+// of its fields, so an error of Validate points at the line that made it.
+type place struct {
+	line   int
+	fields map[string]int
 }
 
-type yamlService struct {
-	VIP       string     `yaml:"vip"`
-	Proto     string     `yaml:"proto"`
-	Scheduler string     `yaml:"scheduler"`
-	SNAT      string     `yaml:"snat"`
-	Reals     []yamlReal `yaml:"reals"`
-	line      int
+func (p *place) at(field string) int {
+	if l, ok := p.fields[field]; ok {
+		return l
+	}
+	return p.line
 }
 
-type yamlReal struct {
-	Addr   string `yaml:"addr"`
-	Weight *int   `yaml:"weight"`
+func (p *place) set(field string, line int) {
+	if p.fields == nil {
+		p.fields = map[string]int{}
+	}
+	p.fields[field] = line
+}
+
+// places are the places of a spec's services and reals, by index.
+type places struct {
+	top      place
+	services []place
+	reals    [][]place
+}
+
+func (ps *places) addService(line int) *place {
+	ps.services = append(ps.services, place{line: line})
+	ps.reals = append(ps.reals, nil)
+	return &ps.services[len(ps.services)-1]
+}
+
+func (ps *places) addReal(line int) *place {
+	i := len(ps.reals) - 1
+	ps.reals[i] = append(ps.reals[i], place{line: line})
+	return &ps.reals[i][len(ps.reals[i])-1]
+}
+
+// validate runs spec.Validate and turns its error into file:line.
+func (ps *places) validate(file string, spec Spec) error {
+	err := spec.Validate()
+	var se *SpecError
+	if !errors.As(err, &se) {
+		if err != nil {
+			return &ParseError{File: file, Msg: err.Error()}
+		}
+		return nil
+	}
+	line := 0
+	switch {
+	case se.Service < 0:
+		line = ps.top.at(se.Field)
+	case se.Real < 0 && se.Service < len(ps.services):
+		line = ps.services[se.Service].at(se.Field)
+	case se.Service < len(ps.reals) && se.Real < len(ps.reals[se.Service]):
+		line = ps.reals[se.Service][se.Real].at(se.Field)
+	}
+	return &ParseError{File: file, Line: line, Msg: se.Msg}
+}
+
+var (
+	hostnameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\.?$`)
+	portNameRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9-]*$`)
+)
+
+// nameErr says why host:port is not an address when it holds a name: a
+// hostname, or a service name such as http. "" when it holds none.
+func nameErr(host, port string) string {
+	if _, err := netip.ParseAddr(host); err != nil && hostnameRE.MatchString(host) && strings.ContainsAny(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") {
+		return "hostnames are not supported (lbdoctor resolves no names): give an IPv4 address"
+	}
+	if portNameRE.MatchString(port) {
+		return "service names are not supported: give the port number"
+	}
+	return ""
+}
+
+// parseAddrPort reads what (vip, real, …) = s as IPv4 ADDR:PORT; the second
+// result says why not, in one line, and whether a name was given instead.
+func parseAddrPort(what, s string) (netip.AddrPort, string, bool) {
+	ap, err := netip.ParseAddrPort(s)
+	if err == nil {
+		return ap, "", false
+	}
+	if i := strings.LastIndexByte(s, ':'); i > 0 {
+		if why := nameErr(s[:i], s[i+1:]); why != "" {
+			return ap, fmt.Sprintf("%s %s: %s", what, input.Quote(s), why), true
+		}
+	}
+	return ap, fmt.Sprintf("%s %s: want IPv4 ADDR:PORT, e.g. 10.1.0.6:8085", what, input.Quote(s)), false
+}
+
+// parseHostPort is parseAddrPort for an address and port given apart
+// (keepalived's "virtual_server 10.1.0.6 80").
+func parseHostPort(what, host, port string) (netip.AddrPort, string) {
+	addr, aerr := netip.ParseAddr(host)
+	p, perr := strconv.ParseUint(port, 10, 16)
+	if aerr == nil && perr == nil {
+		return netip.AddrPortFrom(addr, uint16(p)), ""
+	}
+	given := input.Cut(host) + " " + input.Cut(port)
+	if why := nameErr(host, port); why != "" {
+		return netip.AddrPort{}, fmt.Sprintf("%s %s: %s", what, given, why)
+	}
+	return netip.AddrPort{}, fmt.Sprintf("%s %s: want an IPv4 ADDR and a PORT, e.g. 10.1.0.6 8085", what, given)
+}
+
+// parseWeight reads an IPVS weight; the second result says why not.
+func parseWeight(s string) (int, string) {
+	w, err := strconv.ParseUint(s, 10, 16)
+	if err != nil {
+		return 0, "weight: want a whole number 0-65535, got " + input.Quote(s)
+	}
+	return int(w), ""
+}
+
+// lineScanner reads a file line by line; a line longer than input.MaxSize
+// (only when the reader was not input.Read's) ends the scan with an error.
+func lineScanner(r io.Reader) *bufio.Scanner {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64*1024), input.MaxSize+1)
+	return sc
+}
+
+func scanErr(file string, line int, err error) error {
+	if errors.Is(err, bufio.ErrTooLong) {
+		return &ParseError{file, line + 1, "line is longer than the 1 MiB lbdoctor reads"}
+	}
+	return &ParseError{File: file, Msg: "cannot read: " + err.Error()}
 }
 
 // ParseYAML reads a spec of several services:
@@ -57,84 +176,287 @@ type yamlReal struct {
 //	    reals:
 //	      - addr: 10.1.0.50:8085
 //	        weight: 1
+//
+// It walks yaml.v3's nodes rather than decoding into structs, so that
+// every error carries the line it is about and speaks of the file's keys.
 func ParseYAML(file string, data []byte) (Spec, error) {
-	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return Spec{}, yamlErr(file, err)
-	}
-	var ys yamlSpec
+	noServices := &ParseError{File: file, Msg: "has no services: want services: with a vip and its reals (see README)"}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&ys); err != nil {
-		return Spec{}, yamlErr(file, err)
+	var doc yaml.Node
+	if err := dec.Decode(&doc); errors.Is(err, io.EOF) {
+		return Spec{}, noServices
+	} else if err != nil {
+		return Spec{}, yamlSyntaxErr(file, data, err)
 	}
-	lines := serviceLines(&doc)
-	spec := Spec{SNATBackend: orDefault(ys.SNATBackend, BackendAuto)}
-	for i, s := range ys.Services {
-		line := 0
-		if i < len(lines) {
-			line = lines[i]
-		}
-		vip, err := netip.ParseAddrPort(s.VIP)
-		if err != nil {
-			return Spec{}, &ParseError{file, line, fmt.Sprintf("vip %q: want ADDR:PORT", s.VIP)}
-		}
-		svc := Service{VIP: vip, Proto: orDefault(s.Proto, "tcp"), Scheduler: orDefault(s.Scheduler, "rr"), SNAT: orDefault(s.SNAT, SNATAuto)}
-		for _, r := range s.Reals {
-			a, err := netip.ParseAddrPort(r.Addr)
-			if err != nil {
-				return Spec{}, &ParseError{file, line, fmt.Sprintf("service %s: real %q: want ADDR:PORT", s.VIP, r.Addr)}
-			}
-			w := 1
-			if r.Weight != nil {
-				w = *r.Weight
-			}
-			svc.Reals = append(svc.Reals, Real{Addr: a, Weight: w})
-		}
-		spec.Services = append(spec.Services, svc)
+	var next yaml.Node
+	if err := dec.Decode(&next); err == nil {
+		return Spec{}, &ParseError{file, next.Line, "a second YAML document (---): lbdoctor reads one; put all services under one services:"}
+	} else if !errors.Is(err, io.EOF) {
+		return Spec{}, yamlSyntaxErr(file, data, err)
 	}
-	if err := spec.Validate(); err != nil {
-		return Spec{}, &ParseError{File: file, Msg: err.Error()}
+	if len(doc.Content) == 0 || doc.Content[0].Tag == "!!null" {
+		return Spec{}, noServices
+	}
+	y := &yamlWalk{file: file}
+	spec, err := y.spec(doc.Content[0])
+	if err != nil {
+		return Spec{}, err
+	}
+	if len(spec.Services) == 0 {
+		noServices.Line = y.ps.top.at("services")
+		return Spec{}, noServices
+	}
+	if err := y.ps.validate(file, spec); err != nil {
+		return Spec{}, err
 	}
 	return spec, nil
 }
 
-func yamlErr(file string, err error) error {
-	msg := strings.TrimPrefix(err.Error(), "yaml: ")
-	// "line 3: …" → file:3: …
-	if rest, ok := strings.CutPrefix(msg, "line "); ok {
-		if n, tail, ok := strings.Cut(rest, ":"); ok {
-			if line, err := strconv.Atoi(n); err == nil {
-				return &ParseError{file, line, strings.TrimSpace(tail)}
-			}
-		}
-	}
-	if rest, ok := strings.CutPrefix(msg, "unmarshal errors:\n  line "); ok {
-		if n, tail, ok := strings.Cut(rest, ":"); ok {
-			if line, err := strconv.Atoi(n); err == nil {
-				return &ParseError{file, line, strings.TrimSpace(tail)}
-			}
-		}
-	}
-	return &ParseError{File: file, Msg: msg}
+type yamlWalk struct {
+	file string
+	ps   places
 }
 
-// serviceLines finds the line of each item of services:.
-func serviceLines(doc *yaml.Node) []int {
-	if len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
-		return nil
+func (y *yamlWalk) errf(n *yaml.Node, format string, a ...any) error {
+	return &ParseError{y.file, n.Line, fmt.Sprintf(format, a...)}
+}
+
+func kindName(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.MappingNode:
+		return "a mapping (key: value)"
+	case yaml.AliasNode:
+		return "an alias"
 	}
-	m := doc.Content[0]
-	for i := 0; i+1 < len(m.Content); i += 2 {
-		if m.Content[i].Value == "services" {
-			var out []int
-			for _, it := range m.Content[i+1].Content {
-				out = append(out, it.Line)
-			}
-			return out
+	return "a value"
+}
+
+// mapping calls each for every key of n, which must be a mapping of known
+// keys, each given once.
+func (y *yamlWalk) mapping(n *yaml.Node, what string, known []string, each func(key string, v *yaml.Node) error) error {
+	if n.Kind == yaml.AliasNode {
+		return y.errf(n, "%s: aliases (*name) are not supported: write it out", what)
+	}
+	if n.Kind != yaml.MappingNode {
+		return y.errf(n, "%s: want a mapping (key: value), got %s", what, kindName(n))
+	}
+	seen := map[string]int{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if k.Kind != yaml.ScalarNode {
+			return y.errf(k, "%s: a key must be a plain word, got %s", what, kindName(k))
+		}
+		if !slices.Contains(known, k.Value) {
+			return y.errf(k, "unknown key %s in %s (known: %s)", input.Quote(k.Value), what, strings.Join(known, ", "))
+		}
+		if first, dup := seen[k.Value]; dup {
+			return y.errf(k, "%s is given twice in %s (first on line %d)", k.Value, what, first)
+		}
+		seen[k.Value] = k.Line
+		if v.Kind == yaml.AliasNode {
+			return y.errf(v, "%s: aliases (*name) are not supported: write the value out", k.Value)
+		}
+		if err := each(k.Value, v); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// scalar is the text of a value; "" for an empty (null) one.
+func (y *yamlWalk) scalar(key string, v *yaml.Node) (string, error) {
+	if v.Kind != yaml.ScalarNode {
+		return "", y.errf(v, "%s: want a value, got %s", key, kindName(v))
+	}
+	if v.Tag == "!!null" {
+		return "", nil
+	}
+	return v.Value, nil
+}
+
+// oneOf is a value that must be one of want (or empty, for the default).
+func (y *yamlWalk) oneOf(key string, v *yaml.Node, want []string) (string, error) {
+	s, err := y.scalar(key, v)
+	if err != nil || s == "" || slices.Contains(want, s) {
+		return s, err
+	}
+	return "", y.errf(v, "%s: want one of %s, got %s", key, strings.Join(want, ", "), input.Quote(s))
+}
+
+func (y *yamlWalk) list(key string, v *yaml.Node) ([]*yaml.Node, error) {
+	if v.Kind == yaml.ScalarNode && v.Tag == "!!null" {
+		return nil, nil
+	}
+	if v.Kind != yaml.SequenceNode {
+		return nil, y.errf(v, "%s: want a list (- …), got %s", key, kindName(v))
+	}
+	for _, it := range v.Content {
+		if it.Kind == yaml.AliasNode {
+			return nil, y.errf(it, "%s: aliases (*name) are not supported: write it out", key)
+		}
+	}
+	return v.Content, nil
+}
+
+func (y *yamlWalk) spec(root *yaml.Node) (Spec, error) {
+	spec := Spec{SNATBackend: BackendAuto}
+	y.ps.top.line = root.Line
+	err := y.mapping(root, "the file", []string{"snat_backend", "services"}, func(key string, v *yaml.Node) error {
+		y.ps.top.set(key, v.Line)
+		switch key {
+		case "snat_backend":
+			b, err := y.oneOf(key, v, []string{BackendAuto, BackendIptables, BackendNft})
+			spec.SNATBackend = orDefault(b, BackendAuto)
+			return err
+		default: // services
+			items, err := y.list(key, v)
+			for _, it := range items {
+				svc, err := y.service(it)
+				if err != nil {
+					return err
+				}
+				spec.Services = append(spec.Services, svc)
+			}
+			return err
+		}
+	})
+	return spec, err
+}
+
+func (y *yamlWalk) service(n *yaml.Node) (Service, error) {
+	svc := Service{Proto: "tcp", Scheduler: "rr", SNAT: SNATAuto}
+	p := y.ps.addService(n.Line)
+	hasVIP := false
+	err := y.mapping(n, "a service", []string{"vip", "proto", "scheduler", "snat", "reals"}, func(key string, v *yaml.Node) error {
+		p.set(key, v.Line)
+		var s string
+		var err error
+		switch key {
+		case "vip":
+			if s, err = y.scalar(key, v); err != nil {
+				return err
+			}
+			var why string
+			if svc.VIP, why, _ = parseAddrPort("vip", s); why != "" {
+				return y.errf(v, "%s", why)
+			}
+			hasVIP = true
+		case "proto":
+			s, err = y.oneOf(key, v, []string{"tcp", "udp"})
+			svc.Proto = orDefault(s, svc.Proto)
+		case "scheduler":
+			s, err = y.oneOf(key, v, Schedulers)
+			svc.Scheduler = orDefault(s, svc.Scheduler)
+		case "snat":
+			s, err = y.oneOf(key, v, []string{SNATAuto, SNATAlways, SNATNever})
+			svc.SNAT = orDefault(s, svc.SNAT)
+		default: // reals
+			items, lerr := y.list(key, v)
+			for _, it := range items {
+				r, err := y.real(it)
+				if err != nil {
+					return err
+				}
+				svc.Reals = append(svc.Reals, r)
+			}
+			err = lerr
+		}
+		return err
+	})
+	if err == nil && !hasVIP {
+		err = y.errf(n, "a service without vip: give vip: ADDR:PORT")
+	}
+	return svc, err
+}
+
+func (y *yamlWalk) real(n *yaml.Node) (Real, error) {
+	r := Real{Weight: 1}
+	p := y.ps.addReal(n.Line)
+	hasAddr := false
+	err := y.mapping(n, "a real", []string{"addr", "weight"}, func(key string, v *yaml.Node) error {
+		p.set(key, v.Line)
+		s, err := y.scalar(key, v)
+		if err != nil {
+			return err
+		}
+		var why string
+		switch key {
+		case "addr":
+			r.Addr, why, _ = parseAddrPort("addr", s)
+			hasAddr = true
+		default: // weight
+			if s != "" {
+				r.Weight, why = parseWeight(s)
+			}
+		}
+		if why != "" {
+			return y.errf(v, "%s", why)
+		}
+		return nil
+	})
+	if err == nil && !hasAddr {
+		err = y.errf(n, "a real without addr: give addr: ADDR:PORT")
+	}
+	return r, err
+}
+
+var yamlLineRE = regexp.MustCompile(`^line (\d+): (.*)$`)
+
+// yamlSyntaxErr turns a yaml.v3 syntax error into file:line: message.
+// yaml.v3 names the line where the enclosing block began (line 1 for a bad
+// indent deep in services:), so the line is searched for: the first whose
+// prefix of the file already fails with the same message.
+func yamlSyntaxErr(file string, data []byte, err error) error {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	msg = strings.Join(strings.Fields(msg), " ")
+	m := yamlLineRE.FindStringSubmatch(msg)
+	if m == nil {
+		return &ParseError{File: file, Msg: yamlWords(msg)}
+	}
+	line, _ := strconv.Atoi(m[1])
+	msg = m[2]
+	lines := bytes.SplitAfter(data, []byte("\n"))
+	fails := func(k int) bool {
+		var n yaml.Node
+		err := yaml.Unmarshal(bytes.Join(lines[:k], nil), &n)
+		if err == nil {
+			return false
+		}
+		sm := yamlLineRE.FindStringSubmatch(strings.Join(strings.Fields(strings.TrimPrefix(err.Error(), "yaml: ")), " "))
+		return sm != nil && sm[2] == msg
+	}
+	if lo, hi := line, len(lines); lo < hi {
+		// Binary search between the reported line and the end: at most
+		// ~20 parses of at most input.MaxSize each.
+		for lo < hi {
+			mid := (lo + hi) / 2
+			if fails(mid) {
+				hi = mid
+			} else {
+				lo = mid + 1
+			}
+		}
+		line = lo
+	}
+	text := ""
+	if line-1 < len(lines) && line > 0 {
+		text = string(lines[line-1])
+	}
+	if strings.Contains(msg, "cannot start any token") && strings.Contains(text[:len(text)-len(strings.TrimLeft(text, " \t"))], "\t") {
+		return &ParseError{file, line, "a tab indents this line: YAML indents with spaces only"}
+	}
+	return &ParseError{file, line, yamlWords(msg)}
+}
+
+// yamlWords says the YAML parser's commonest complaints in the user's terms.
+func yamlWords(msg string) string {
+	switch msg {
+	case "did not find expected key", "did not find expected '-' indicator":
+		return "this line's indentation does not fit the lines above (YAML: " + msg + ")"
+	}
+	return "YAML: " + msg
 }
 
 func orDefault(s, d string) string {
@@ -144,20 +466,34 @@ func orDefault(s, d string) string {
 	return s
 }
 
+// ipvsadmNumeric is the hint for `ipvsadm -S` output without -n.
+const ipvsadmNumeric = "; this looks like `ipvsadm -S` output: give `ipvsadm -Sn` (numeric) output"
+
 // ParseIpvsadm reads `ipvsadm -Sn` output (-A and -a lines). Only NAT (-m)
 // real servers can be built by lbdoctor setup; anything else is refused.
+// The listing (`ipvsadm -Ln`) and names instead of numbers (`ipvsadm -S`
+// without -n) are recognised and the right command is named.
 func ParseIpvsadm(file string, r io.Reader) (Spec, error) {
 	spec := Spec{SNATBackend: BackendAuto}
+	var ps places
 	index := map[string]int{}
-	sc := bufio.NewScanner(r)
+	sc := lineScanner(r)
 	line := 0
 	for sc.Scan() {
 		line++
-		f := strings.Fields(sc.Text())
+		text := sc.Text()
+		f := strings.Fields(text)
 		if len(f) == 0 || strings.HasPrefix(f[0], "#") {
 			continue
 		}
 		bad := func(format string, a ...any) error { return &ParseError{file, line, fmt.Sprintf(format, a...)} }
+		switch {
+		case strings.HasPrefix(text, "IP Virtual Server version"), f[0] == "Prot", f[0] == "->",
+			slices.Contains([]string{"TCP", "UDP", "SCTP", "FWM"}, f[0]):
+			return Spec{}, bad("this is `ipvsadm -L` (list) output: give `ipvsadm -Sn` (save, numeric) output")
+		case !strings.HasPrefix(f[0], "-"):
+			return Spec{}, bad("want -A or -a lines of `ipvsadm -Sn` output, got %s", input.Quote(f[0]))
+		}
 		var proto, vip, sched, real, method string
 		weight := 1
 		for i := 1; i < len(f); i++ {
@@ -175,6 +511,8 @@ func ParseIpvsadm(file string, r io.Reader) (Spec, error) {
 				proto, vip = "udp", arg()
 			case "-f", "--fwmark-service":
 				return Spec{}, bad("firewall-mark services cannot be set up by lbdoctor")
+			case "--sctp-service":
+				return Spec{}, bad("SCTP services cannot be set up by lbdoctor (tcp and udp only)")
 			case "-s", "--scheduler":
 				sched = arg()
 			case "-r", "--real-server":
@@ -186,22 +524,27 @@ func ParseIpvsadm(file string, r io.Reader) (Spec, error) {
 			case "-i", "--ipip":
 				method = "tunnel"
 			case "-w", "--weight":
-				w, err := strconv.Atoi(arg())
-				if err != nil {
-					return Spec{}, bad("weight %q is not a number", f[i])
+				var why string
+				if weight, why = parseWeight(arg()); why != "" {
+					return Spec{}, bad("%s", why)
 				}
-				weight = w
 			case "-p", "--persistent", "-M", "--netmask", "-b", "--sched-flags", "-x", "--u-threshold", "-y", "--l-threshold", "--pe":
 				return Spec{}, bad("option %s is not supported by lbdoctor setup", f[i])
 			default:
 				if strings.HasPrefix(f[i], "-") {
-					return Spec{}, bad("unknown option %s", f[i])
+					return Spec{}, bad("unknown option %s", input.Quote(f[i]))
 				}
 			}
 		}
-		ap, err := netip.ParseAddrPort(vip)
-		if err != nil {
-			return Spec{}, bad("service %q: want ADDR:PORT", vip)
+		if vip == "" {
+			return Spec{}, bad("%s without -t or -u ADDR:PORT", input.Quote(f[0]))
+		}
+		ap, why, named := parseAddrPort("service", vip)
+		if why != "" {
+			if named {
+				why += ipvsadmNumeric
+			}
+			return Spec{}, bad("%s", why)
 		}
 		key := proto + " " + ap.String()
 		switch f[0] {
@@ -210,29 +553,40 @@ func ParseIpvsadm(file string, r io.Reader) (Spec, error) {
 				return Spec{}, bad("service %s is added twice", key)
 			}
 			index[key] = len(spec.Services)
+			ps.addService(line)
 			spec.Services = append(spec.Services, Service{Proto: proto, VIP: ap, Scheduler: orDefault(sched, "wlc"), SNAT: SNATAuto})
 		case "-a", "--add-server":
 			i, ok := index[key]
 			if !ok {
 				return Spec{}, bad("real server for %s before its -A line", key)
 			}
-			if method != "masq" {
-				return Spec{}, bad("real %s of %s uses %s forwarding: lbdoctor sets up NAT (-m) only", real, key, orDefault(method, "route (the default)"))
+			if real == "" {
+				return Spec{}, bad("-a without -r ADDR:PORT")
 			}
-			ra, err := netip.ParseAddrPort(real)
-			if err != nil {
-				return Spec{}, bad("real server %q: want ADDR:PORT", real)
+			ra, why, named := parseAddrPort("real server", real)
+			if why != "" {
+				if named {
+					why += ipvsadmNumeric
+				}
+				return Spec{}, bad("%s", why)
+			}
+			if method != "masq" {
+				return Spec{}, bad("real %s of %s uses %s forwarding: lbdoctor sets up NAT (-m) only", ra, key, orDefault(method, "route (the default)"))
 			}
 			spec.Services[i].Reals = append(spec.Services[i].Reals, Real{Addr: ra, Weight: weight})
+			ps.reals[i] = append(ps.reals[i], place{line: line})
 		default:
-			return Spec{}, bad("want -A or -a, got %s", f[0])
+			return Spec{}, bad("want -A or -a, got %s", input.Quote(f[0]))
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return Spec{}, err
+		return Spec{}, scanErr(file, line, err)
 	}
-	if err := spec.Validate(); err != nil {
-		return Spec{}, &ParseError{File: file, Msg: err.Error()}
+	if len(spec.Services) == 0 {
+		return Spec{}, &ParseError{File: file, Msg: "has no services: want the -A and -a lines of `ipvsadm -Sn` output"}
+	}
+	if err := ps.validate(file, spec); err != nil {
+		return Spec{}, err
 	}
 	return spec, nil
 }
@@ -240,15 +594,19 @@ func ParseIpvsadm(file string, r io.Reader) (Spec, error) {
 // ParseKeepalived reads the virtual_server blocks of a keepalived.conf.
 // Only lb_kind NAT (exactly: keepalived once took a lowercase "nat" and
 // programmed random methods) with plain real_server blocks can be set up.
+// include is not followed, and says so.
 func ParseKeepalived(file string, r io.Reader) (Spec, error) {
 	spec := Spec{SNATBackend: BackendAuto}
-	sc := bufio.NewScanner(r)
+	var ps places
+	sc := lineScanner(r)
 	line := 0
 	depth := 0
 	var cur *Service
-	var curLine int
+	var curPlace place
+	var curReals []place
 	kind := ""
 	var real *Real
+	var realPlace place
 	for sc.Scan() {
 		line++
 		text := sc.Text()
@@ -265,13 +623,20 @@ func ParseKeepalived(file string, r io.Reader) (Spec, error) {
 				switch {
 				case real != nil && depth == 1:
 					cur.Reals = append(cur.Reals, *real)
+					curReals = append(curReals, realPlace)
 					real = nil
 				case cur != nil && depth == 0:
-					if kind != "NAT" {
-						return Spec{}, &ParseError{file, curLine, fmt.Sprintf("virtual_server %s: lb_kind %q: lbdoctor sets up NAT only (write lb_kind NAT)", cur.VIP, kind)}
+					switch kind {
+					case "NAT":
+					case "":
+						return Spec{}, &ParseError{file, curPlace.line, fmt.Sprintf("virtual_server %s has no lb_kind: lbdoctor sets up NAT only (write lb_kind NAT)", cur.VIP)}
+					default:
+						return Spec{}, &ParseError{file, curPlace.at("lb_kind"), fmt.Sprintf("virtual_server %s: lb_kind %s: lbdoctor sets up NAT only (write lb_kind NAT)", cur.VIP, input.Quote(kind))}
 					}
 					spec.Services = append(spec.Services, *cur)
-					cur, kind = nil, ""
+					ps.services = append(ps.services, curPlace)
+					ps.reals = append(ps.reals, curReals)
+					cur, kind, curReals = nil, "", nil
 				}
 				if depth < 0 {
 					return Spec{}, bad("unbalanced }")
@@ -282,6 +647,8 @@ func ParseKeepalived(file string, r io.Reader) (Spec, error) {
 				depth++
 				f = f[1:]
 				continue
+			case w == "include":
+				return Spec{}, bad("include is not followed: lbdoctor reads this one file; give it the file with the virtual_server blocks")
 			}
 			switch {
 			case depth == 0 && w == "virtual_server":
@@ -291,26 +658,28 @@ func ParseKeepalived(file string, r io.Reader) (Spec, error) {
 				if f[1] == "group" || f[1] == "fwmark" {
 					return Spec{}, bad("virtual_server %s cannot be set up by lbdoctor", f[1])
 				}
-				ap, err := netip.ParseAddrPort(f[1] + ":" + f[2])
-				if err != nil {
-					return Spec{}, bad("virtual_server %s %s: want ADDR PORT", f[1], f[2])
+				ap, why := parseHostPort("virtual_server", f[1], f[2])
+				if why != "" {
+					return Spec{}, bad("%s", why)
 				}
-				cur, curLine = &Service{Proto: "tcp", VIP: ap, Scheduler: "wlc", SNAT: SNATAuto}, line
+				cur, curPlace, curReals = &Service{Proto: "tcp", VIP: ap, Scheduler: "wlc", SNAT: SNATAuto}, place{line: line}, nil
 				f = f[3:]
 			case depth == 1 && cur != nil && w == "real_server":
 				if len(f) < 3 {
 					return Spec{}, bad("real_server needs ADDR PORT")
 				}
-				ap, err := netip.ParseAddrPort(f[1] + ":" + f[2])
-				if err != nil {
-					return Spec{}, bad("real_server %s %s: want ADDR PORT", f[1], f[2])
+				ap, why := parseHostPort("real_server", f[1], f[2])
+				if why != "" {
+					return Spec{}, bad("%s", why)
 				}
-				real = &Real{Addr: ap, Weight: 1}
+				real, realPlace = &Real{Addr: ap, Weight: 1}, place{line: line}
 				f = f[3:]
 			case depth == 1 && cur != nil && len(f) >= 2 && (w == "lb_algo" || w == "lvs_sched"):
 				cur.Scheduler, f = f[1], f[2:]
+				curPlace.set("scheduler", line)
 			case depth == 1 && cur != nil && len(f) >= 2 && (w == "lb_kind" || w == "lvs_method"):
 				kind, f = f[1], f[2:]
+				curPlace.set("lb_kind", line)
 			case depth == 1 && cur != nil && len(f) >= 2 && w == "protocol":
 				switch f[1] {
 				case "TCP":
@@ -318,17 +687,18 @@ func ParseKeepalived(file string, r io.Reader) (Spec, error) {
 				case "UDP":
 					cur.Proto = "udp"
 				default:
-					return Spec{}, bad("protocol %q: want TCP or UDP", f[1])
+					return Spec{}, bad("protocol %s: want TCP or UDP", input.Quote(f[1]))
 				}
 				f = f[2:]
 			case depth == 1 && cur != nil && (w == "persistence_timeout" || w == "persistence_granularity" || w == "virtualhost"):
 				return Spec{}, bad("%s is not supported by lbdoctor setup", w)
 			case depth == 2 && real != nil && len(f) >= 2 && w == "weight":
-				n, err := strconv.Atoi(f[1])
-				if err != nil {
-					return Spec{}, bad("weight %q is not a number", f[1])
+				n, why := parseWeight(f[1])
+				if why != "" {
+					return Spec{}, bad("%s", why)
 				}
 				real.Weight, f = n, f[2:]
+				realPlace.set("weight", line)
 			default:
 				// Other keywords (delay_loop, health checkers, …) do not
 				// change what IPVS is programmed with; their values and
@@ -338,13 +708,16 @@ func ParseKeepalived(file string, r io.Reader) (Spec, error) {
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return Spec{}, err
+		return Spec{}, scanErr(file, line, err)
 	}
 	if depth != 0 {
 		return Spec{}, &ParseError{File: file, Line: line, Msg: "file ends inside a block"}
 	}
-	if err := spec.Validate(); err != nil {
-		return Spec{}, &ParseError{File: file, Msg: err.Error()}
+	if len(spec.Services) == 0 {
+		return Spec{}, &ParseError{File: file, Msg: "has no virtual_server block: lbdoctor builds the lb_kind NAT virtual_servers of a keepalived.conf"}
+	}
+	if err := ps.validate(file, spec); err != nil {
+		return Spec{}, err
 	}
 	return spec, nil
 }

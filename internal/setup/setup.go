@@ -14,6 +14,7 @@ import (
 
 	"github.com/lbdoctor/lbdoctor/checks"
 	"github.com/lbdoctor/lbdoctor/internal/apply"
+	"github.com/lbdoctor/lbdoctor/internal/input"
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
@@ -57,44 +58,62 @@ type Spec struct {
 // Schedulers IPVS offers (the guest kernel's modules).
 var Schedulers = []string{"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh"}
 
-// Validate reports the first thing wrong with a spec, as one line.
+// SpecError is the first thing Validate found wrong with a spec, and where:
+// the index of the service (and real) it is about, -1 for none, and the
+// field, so a parser can point at the line that gave it.
+type SpecError struct {
+	Service, Real int
+	Field         string // proto, vip, scheduler, snat, reals, addr, weight, snat_backend, services; "" for a duplicate
+	Msg           string
+}
+
+func (e *SpecError) Error() string { return e.Msg }
+
+// Validate reports the first thing wrong with a spec, as one line (a
+// *SpecError). Values from the user are cut (input.Quote).
 func (s Spec) Validate() error {
 	if len(s.Services) == 0 {
-		return fmt.Errorf("no service: give --vip and at least one --real")
+		return &SpecError{Service: -1, Real: -1, Field: "services", Msg: "no service: give --vip and at least one --real"}
 	}
 	seenSvc := map[string]bool{}
-	for _, svc := range s.Services {
-		key := svc.Proto + " " + svc.VIP.String()
+	for i, svc := range s.Services {
+		bad := func(field, format string, a ...any) error {
+			return &SpecError{Service: i, Real: -1, Field: field, Msg: fmt.Sprintf(format, a...)}
+		}
+		key := input.Cut(svc.Proto) + " " + svc.VIP.String()
 		switch {
 		case svc.Proto != "tcp" && svc.Proto != "udp":
-			return fmt.Errorf("service %s: protocol %q, want tcp or udp", key, svc.Proto)
+			return bad("proto", "service %s: protocol %s, want tcp or udp", key, input.Quote(svc.Proto))
 		case !svc.VIP.Addr().Is4() || svc.VIP.Port() == 0:
-			return fmt.Errorf("service %s: the VIP must be IPv4 ADDR:PORT with a port", key)
+			return bad("vip", "service %s: the VIP must be IPv4 ADDR:PORT with a port", key)
 		case !slices.Contains(Schedulers, svc.Scheduler):
-			return fmt.Errorf("service %s: unknown scheduler %q (one of %s)", key, svc.Scheduler, strings.Join(Schedulers, ", "))
+			return bad("scheduler", "service %s: unknown scheduler %s (one of %s)", key, input.Quote(svc.Scheduler), strings.Join(Schedulers, ", "))
 		case svc.SNAT != SNATAuto && svc.SNAT != SNATAlways && svc.SNAT != SNATNever:
-			return fmt.Errorf("service %s: --snat %q, want auto, always or never", key, svc.SNAT)
+			return bad("snat", "service %s: --snat %s, want auto, always or never", key, input.Quote(svc.SNAT))
 		case len(svc.Reals) == 0:
-			return fmt.Errorf("service %s: no real server", key)
+			return bad("reals", "service %s: no real server", key)
 		case seenSvc[key]:
-			return fmt.Errorf("service %s is given twice", key)
+			return bad("", "service %s is given twice", key)
 		}
 		seenSvc[key] = true
 		seen := map[netip.AddrPort]bool{}
-		for _, r := range svc.Reals {
+		for j, r := range svc.Reals {
+			bad := func(field, format string, a ...any) error {
+				return &SpecError{Service: i, Real: j, Field: field, Msg: fmt.Sprintf(format, a...)}
+			}
 			switch {
 			case !r.Addr.Addr().Is4() || r.Addr.Port() == 0:
-				return fmt.Errorf("service %s: real %s must be IPv4 ADDR:PORT", key, r.Addr)
+				return bad("addr", "service %s: real %s must be IPv4 ADDR:PORT", key, r.Addr)
 			case r.Weight < 0 || r.Weight > 65535:
-				return fmt.Errorf("service %s: real %s: weight %d out of 0-65535", key, r.Addr, r.Weight)
+				return bad("weight", "service %s: real %s: weight %d out of 0-65535", key, r.Addr, r.Weight)
 			case seen[r.Addr]:
-				return fmt.Errorf("service %s: real %s is given twice", key, r.Addr)
+				return bad("", "service %s: real %s is given twice", key, r.Addr)
 			}
 			seen[r.Addr] = true
 		}
 	}
 	if b := s.SNATBackend; b != BackendAuto && b != BackendIptables && b != BackendNft {
-		return fmt.Errorf("--snat-backend %q, want auto, iptables or nft", b)
+		return &SpecError{Service: -1, Real: -1, Field: "snat_backend", Msg: fmt.Sprintf("--snat-backend %s, want auto, iptables or nft", input.Quote(b))}
 	}
 	return nil
 }
