@@ -3,6 +3,7 @@ package setup_test
 import (
 	"errors"
 	"net/netip"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -75,64 +76,150 @@ virtual_server 10.1.0.6 8085 {
 	oneService(t, spec, "tcp", "10.1.0.6:8085", "rr", "10.1.0.50:8085,4")
 }
 
-// Bad input names the place, file:line, and nothing is built from it.
+// Bad input is one line naming the place, FILE:LINE, in the file's terms:
+// no Go internals, long values cut, unsupported constructs named.
 func TestParseErrorsNameThePlace(t *testing.T) {
+	yml := func(in string) func() error {
+		return func() error { _, err := setup.ParseYAML("lb.yaml", []byte(in)); return err }
+	}
+	ipvsadm := func(in string) func() error {
+		return func() error { _, err := setup.ParseIpvsadm("rules", strings.NewReader(in)); return err }
+	}
+	keepalived := func(in string) func() error {
+		return func() error { _, err := setup.ParseKeepalived("k.conf", strings.NewReader(in)); return err }
+	}
+	const svc = "services:\n  - vip: 10.1.0.6:80\n"
+	big := strings.Repeat("x", 5<<20)
+	long := strings.Repeat("x", 100<<10) // under the line cap of ipvsadm and keepalived
 	tests := []struct {
 		name  string
 		parse func() error
 		want  string
 	}{
-		{"yaml syntax", func() error { _, err := setup.ParseYAML("lb.yaml", []byte("services:\n  - vip: [\n")); return err }, "lb.yaml:2: did not find expected node content"},
-		{"yaml unknown field", func() error {
-			_, err := setup.ParseYAML("lb.yaml", []byte("services:\n  - vip: 10.1.0.6:80\n    realz: []\n"))
-			return err
-		}, "lb.yaml:3: field realz not found"},
-		{"yaml bad vip", func() error {
-			_, err := setup.ParseYAML("lb.yaml", []byte("services:\n  - vip: 10.1.0.6\n    reals: [{addr: 10.1.0.50:80}]\n"))
-			return err
-		}, `lb.yaml:2: vip "10.1.0.6"`},
-		{"yaml unknown scheduler", func() error {
-			_, err := setup.ParseYAML("lb.yaml", []byte("services:\n  - vip: 10.1.0.6:80\n    scheduler: best\n    reals: [{addr: 10.1.0.50:80}]\n"))
-			return err
-		}, `unknown scheduler "best"`},
-		{"ipvsadm direct routing", func() error {
-			_, err := setup.ParseIpvsadm("rules", strings.NewReader("-A -t 10.1.0.6:80 -s rr\n-a -t 10.1.0.6:80 -r 10.1.0.50:80 -g -w 1\n"))
-			return err
-		}, "rules:2: real 10.1.0.50:80 of tcp 10.1.0.6:80 uses route forwarding"},
-		{"ipvsadm real before service", func() error {
-			_, err := setup.ParseIpvsadm("rules", strings.NewReader("-a -t 10.1.0.6:80 -r 10.1.0.50:80 -m\n"))
-			return err
-		}, "rules:1: real server for tcp 10.1.0.6:80 before its -A line"},
-		{"ipvsadm duplicate real", func() error {
-			_, err := setup.ParseIpvsadm("rules", strings.NewReader("-A -t 10.1.0.6:80 -s rr\n-a -t 10.1.0.6:80 -r 10.1.0.50:80 -m\n-a -t 10.1.0.6:80 -r 10.1.0.50:80 -m\n"))
-			return err
-		}, "real 10.1.0.50:80 is given twice"},
-		{"keepalived lowercase nat", func() error {
-			_, err := setup.ParseKeepalived("k.conf", strings.NewReader("virtual_server 10.1.0.6 80 {\n lb_kind nat\n real_server 10.1.0.50 80 {\n }\n}\n"))
-			return err
-		}, `k.conf:1: virtual_server 10.1.0.6:80: lb_kind "nat": lbdoctor sets up NAT only`},
-		{"keepalived DR", func() error {
-			_, err := setup.ParseKeepalived("k.conf", strings.NewReader("virtual_server 10.1.0.6 80 {\n lb_kind DR\n}\n"))
-			return err
-		}, `k.conf:1: virtual_server 10.1.0.6:80: lb_kind "DR"`},
-		{"keepalived unbalanced", func() error {
-			_, err := setup.ParseKeepalived("k.conf", strings.NewReader("virtual_server 10.1.0.6 80 {\n lb_kind NAT\n"))
-			return err
-		}, "k.conf:2: file ends inside a block"},
+		{"yaml syntax", yml("services:\n  - vip: [\n"), "lb.yaml:2: YAML: did not find expected node content"},
+		{"yaml unknown key", yml(svc + "    relas: []\n"), `lb.yaml:3: unknown key "relas" in a service (known: vip, proto, scheduler, snat, reals)`},
+		{"yaml unknown top key", yml("servics: []\n"), `lb.yaml:1: unknown key "servics" in the file (known: snat_backend, services)`},
+		{"yaml unknown real key", yml(svc + "    reals:\n      - addr: 10.1.0.50:80\n        wieght: 2\n"), `lb.yaml:5: unknown key "wieght" in a real (known: addr, weight)`},
+		{"yaml many unknown keys", yml(svc + "    a: 1\n    b: 2\n    c: 3\n"), `lb.yaml:3: unknown key "a" in a service (known: vip, proto, scheduler, snat, reals)`},
+		{"yaml weight not a number", yml(svc + "    reals:\n      - addr: 10.1.0.50:80\n        weight: heavy\n"), `lb.yaml:5: weight: want a whole number 0-65535, got "heavy"`},
+		{"yaml weight out of range", yml(svc + "    reals:\n      - addr: 10.1.0.50:80\n        weight: 70000\n"), `lb.yaml:5: weight: want a whole number 0-65535, got "70000"`},
+		{"yaml negative weight", yml(svc + "    reals:\n      - addr: 10.1.0.50:80\n        weight: -1\n"), `lb.yaml:5: weight: want a whole number 0-65535, got "-1"`},
+		{"yaml weight a list", yml(svc + "    reals:\n      - addr: 10.1.0.50:80\n        weight: [1]\n"), `lb.yaml:5: weight: want a value, got a list`},
+		{"yaml empty", yml(""), "lb.yaml: has no services: want services: with a vip and its reals (see README)"},
+		{"yaml only comments", yml("# nothing\n"), "lb.yaml: has no services: want services: with a vip and its reals (see README)"},
+		{"yaml empty services", yml("snat_backend: nft\nservices: []\n"), "lb.yaml:2: has no services: want services: with a vip and its reals (see README)"},
+		{"yaml not a mapping", yml("- vip: 10.1.0.6:80\n"), "lb.yaml:1: the file: want a mapping (key: value), got a list"},
+		{"yaml bad indent on line 5", yml(svc + "    reals:\n      - addr: 10.1.0.50:80\n     weight: 2\n"), "lb.yaml:5: this line's indentation does not fit the lines above (YAML: did not find expected key)"},
+		{"yaml dedent on line 4", yml(svc + "    scheduler: rr\n   reals: []\n"), "lb.yaml:4: this line's indentation does not fit the lines above (YAML: did not find expected '-' indicator)"},
+		{"yaml tab", yml("services:\n\t- vip: 10.1.0.6:80\n"), "lb.yaml:2: a tab indents this line: YAML indents with spaces only"},
+		{"yaml bad vip", yml(svc[:len(svc)-4] + "\n    reals: [{addr: 10.1.0.50:80}]\n"), `lb.yaml:2: vip "10.1.0.6": want IPv4 ADDR:PORT, e.g. 10.1.0.6:8085`},
+		{"yaml hostname vip", yml("services:\n  - vip: lb.example.com:80\n"), `lb.yaml:2: vip "lb.example.com:80": hostnames are not supported (lbdoctor resolves no names): give an IPv4 address`},
+		{"yaml service name port", yml(svc + "    reals:\n      - addr: 10.1.0.50:http\n"), `lb.yaml:4: addr "10.1.0.50:http": service names are not supported: give the port number`},
+		{"yaml ipv6 vip", yml("services:\n  - vip: '[::1]:80'\n    reals: [{addr: 10.1.0.50:80}]\n"), "lb.yaml:2: service tcp [::1]:80: the VIP must be IPv4 ADDR:PORT with a port"},
+		{"yaml unknown scheduler", yml(svc + "    scheduler: rrr\n    reals: [{addr: 10.1.0.50:80}]\n"), `lb.yaml:3: scheduler: want one of rr, wrr, lc, wlc, lblc, lblcr, dh, sh, sed, nq, fo, ovf, mh, got "rrr"`},
+		{"yaml bad proto", yml(svc + "    proto: sctp\n"), `lb.yaml:3: proto: want one of tcp, udp, got "sctp"`},
+		{"yaml bad snat_backend", yml("snat_backend: pf\n"), `lb.yaml:1: snat_backend: want one of auto, iptables, nft, got "pf"`},
+		{"yaml no reals", yml(svc + "    scheduler: wrr\n"), "lb.yaml:2: service tcp 10.1.0.6:80: no real server"},
+		{"yaml empty reals", yml(svc + "    reals: []\n"), "lb.yaml:3: service tcp 10.1.0.6:80: no real server"},
+		{"yaml no vip", yml("services:\n  - reals: [{addr: 10.1.0.50:80}]\n"), "lb.yaml:2: a service without vip: give vip: ADDR:PORT"},
+		{"yaml duplicate service", yml(svc + "    reals: [{addr: 10.1.0.50:80}]\n  - vip: 10.1.0.6:80\n    reals: [{addr: 10.1.0.50:80}]\n"), "lb.yaml:4: service tcp 10.1.0.6:80 is given twice"},
+		{"yaml duplicate real", yml(svc + "    reals:\n      - addr: 10.1.0.50:80\n      - addr: 10.1.0.50:80\n"), "lb.yaml:5: service tcp 10.1.0.6:80: real 10.1.0.50:80 is given twice"},
+		{"yaml duplicate key", yml(svc + "    vip: 10.1.0.7:80\n"), "lb.yaml:3: vip is given twice in a service (first on line 2)"},
+		{"yaml alias", yml("x: &a 10.1.0.6:80\n"), `lb.yaml:1: unknown key "x" in the file (known: snat_backend, services)`},
+		{"yaml alias value", yml("services:\n  - vip: &v 10.1.0.6:80\n    reals: [{addr: *v}]\n"), "lb.yaml:3: addr: aliases (*name) are not supported: write the value out"},
+		{"yaml two documents", yml("services: []\n---\nservices: []\n"), "lb.yaml:2: a second YAML document (---): lbdoctor reads one; put all services under one services:"},
+		{"yaml 5 MB value", yml("services:\n  - vip: " + big + "\n"), `lb.yaml:2: vip "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…": want IPv4 ADDR:PORT, e.g. 10.1.0.6:8085`},
+		{"yaml long key", yml(long[:1000] + ": 1\n"), `lb.yaml:1: unknown key "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…" in the file (known: snat_backend, services)`},
+
+		{"ipvsadm direct routing", ipvsadm("-A -t 10.1.0.6:80 -s rr\n-a -t 10.1.0.6:80 -r 10.1.0.50:80 -g -w 1\n"), "rules:2: real 10.1.0.50:80 of tcp 10.1.0.6:80 uses route forwarding: lbdoctor sets up NAT (-m) only"},
+		{"ipvsadm real before service", ipvsadm("-a -t 10.1.0.6:80 -r 10.1.0.50:80 -m\n"), "rules:1: real server for tcp 10.1.0.6:80 before its -A line"},
+		{"ipvsadm duplicate real", ipvsadm("-A -t 10.1.0.6:80 -s rr\n-a -t 10.1.0.6:80 -r 10.1.0.50:80 -m\n-a -t 10.1.0.6:80 -r 10.1.0.50:80 -m\n"), "rules:3: service tcp 10.1.0.6:80: real 10.1.0.50:80 is given twice"},
+		{"ipvsadm unknown scheduler", ipvsadm("-A -t 10.1.0.6:80 -s rrr\n-a -t 10.1.0.6:80 -r 10.1.0.50:80 -m\n"), `rules:1: service tcp 10.1.0.6:80: unknown scheduler "rrr" (one of rr, wrr, lc, wlc, lblc, lblcr, dh, sh, sed, nq, fo, ovf, mh)`},
+		{"ipvsadm weight 70000", ipvsadm("-A -t 10.1.0.6:80 -s rr\n-a -t 10.1.0.6:80 -r 10.1.0.50:80 -m -w 70000\n"), `rules:2: weight: want a whole number 0-65535, got "70000"`},
+		{"ipvsadm weight heavy", ipvsadm("-A -t 10.1.0.6:80 -s rr\n-a -t 10.1.0.6:80 -r 10.1.0.50:80 -m -w heavy\n"), `rules:2: weight: want a whole number 0-65535, got "heavy"`},
+		{"ipvsadm no real", ipvsadm("-A -t 10.1.0.6:80 -s rr\n-A -t 10.1.0.6:81 -s rr\n-a -t 10.1.0.6:80 -r 10.1.0.50:80 -m\n"), "rules:2: service tcp 10.1.0.6:81: no real server"},
+		{"ipvsadm empty", ipvsadm(""), "rules: has no services: want the -A and -a lines of `ipvsadm -Sn` output"},
+		{"ipvsadm -Ln", ipvsadm("IP Virtual Server version 1.2.1 (size=4096)\nProt LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\nTCP  10.1.0.6:80 rr\n  -> 10.1.0.50:80                 Masq    1      0          0\n"), "rules:1: this is `ipvsadm -L` (list) output: give `ipvsadm -Sn` (save, numeric) output"},
+		{"ipvsadm -Ln without header", ipvsadm("TCP  10.1.0.6:80 rr\n  -> 10.1.0.50:80                 Masq    1      0          0\n"), "rules:1: this is `ipvsadm -L` (list) output: give `ipvsadm -Sn` (save, numeric) output"},
+		{"ipvsadm -S service name", ipvsadm("-A -t 10.1.0.6:http -s rr\n"), "rules:1: service \"10.1.0.6:http\": service names are not supported: give the port number; this looks like `ipvsadm -S` output: give `ipvsadm -Sn` (numeric) output"},
+		{"ipvsadm -S hostname", ipvsadm("-A -t 10.1.0.6:80 -s rr\n-a -t 10.1.0.6:80 -r web1.example.com:80 -m\n"), "rules:2: real server \"web1.example.com:80\": hostnames are not supported (lbdoctor resolves no names): give an IPv4 address; this looks like `ipvsadm -S` output: give `ipvsadm -Sn` (numeric) output"},
+		{"ipvsadm long option", ipvsadm("-A -t 10.1.0.6:80 -" + long + "\n"), `rules:1: unknown option "-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…"`},
+		{"ipvsadm line over 1 MiB", ipvsadm("-A -t 10.1.0.6:80\n" + big + "\n"), "rules:2: line is longer than the 1 MiB lbdoctor reads"},
+
+		{"keepalived lowercase nat", keepalived("virtual_server 10.1.0.6 80 {\n lb_kind nat\n real_server 10.1.0.50 80 {\n }\n}\n"), `k.conf:2: virtual_server 10.1.0.6:80: lb_kind "nat": lbdoctor sets up NAT only (write lb_kind NAT)`},
+		{"keepalived DR", keepalived("virtual_server 10.1.0.6 80 {\n lb_kind DR\n}\n"), `k.conf:2: virtual_server 10.1.0.6:80: lb_kind "DR": lbdoctor sets up NAT only (write lb_kind NAT)`},
+		{"keepalived no lb_kind", keepalived("virtual_server 10.1.0.6 80 {\n real_server 10.1.0.50 80 {\n }\n}\n"), "k.conf:1: virtual_server 10.1.0.6:80 has no lb_kind: lbdoctor sets up NAT only (write lb_kind NAT)"},
+		{"keepalived unbalanced", keepalived("virtual_server 10.1.0.6 80 {\n lb_kind NAT\n"), "k.conf:2: file ends inside a block"},
+		{"keepalived include", keepalived("global_defs { router_id lb1 }\ninclude /etc/keepalived/conf.d/*.conf\n"), "k.conf:2: include is not followed: lbdoctor reads this one file; give it the file with the virtual_server blocks"},
+		{"keepalived hostname", keepalived("virtual_server lb.example.com 80 {\n lb_kind NAT\n}\n"), "k.conf:1: virtual_server lb.example.com 80: hostnames are not supported (lbdoctor resolves no names): give an IPv4 address"},
+		{"keepalived real hostname", keepalived("virtual_server 10.1.0.6 80 {\n lb_kind NAT\n real_server web1 80 {\n }\n}\n"), "k.conf:3: real_server web1 80: hostnames are not supported (lbdoctor resolves no names): give an IPv4 address"},
+		{"keepalived unknown scheduler", keepalived("virtual_server 10.1.0.6 80 {\n lb_kind NAT\n lb_algo rrr\n real_server 10.1.0.50 80 {\n }\n}\n"), `k.conf:3: service tcp 10.1.0.6:80: unknown scheduler "rrr" (one of rr, wrr, lc, wlc, lblc, lblcr, dh, sh, sed, nq, fo, ovf, mh)`},
+		{"keepalived weight 70000", keepalived("virtual_server 10.1.0.6 80 {\n lb_kind NAT\n real_server 10.1.0.50 80 {\n  weight 70000\n }\n}\n"), `k.conf:4: weight: want a whole number 0-65535, got "70000"`},
+		{"keepalived no real", keepalived("virtual_server 10.1.0.6 80 {\n lb_kind NAT\n}\n"), "k.conf:1: service tcp 10.1.0.6:80: no real server"},
+		{"keepalived duplicate real", keepalived("virtual_server 10.1.0.6 80 {\n lb_kind NAT\n real_server 10.1.0.50 80 {\n }\n real_server 10.1.0.50 80 {\n }\n}\n"), "k.conf:5: service tcp 10.1.0.6:80: real 10.1.0.50:80 is given twice"},
+		{"keepalived empty", keepalived(""), "k.conf: has no virtual_server block: lbdoctor builds the lb_kind NAT virtual_servers of a keepalived.conf"},
+		{"keepalived long protocol", keepalived("virtual_server 10.1.0.6 80 {\n protocol " + long + "\n}\n"), `k.conf:2: protocol "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…": want TCP or UDP`},
 	}
 	for _, tt := range tests {
-		err := tt.parse()
-		var pe *setup.ParseError
-		if !errors.As(err, &pe) || !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "\n") {
-			t.Errorf("%s: error = %v, want a one-line ParseError containing %q", tt.name, err, tt.want)
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.parse()
+			var pe *setup.ParseError
+			if err == nil || !errors.As(err, &pe) || err.Error() != tt.want {
+				t.Errorf("%s = %v, want %s", tt.name, err, tt.want)
+			}
+		})
+	}
+}
+
+// goInternals are words of Go and its libraries that a user must never see.
+// Quoted values are the user's own and are not searched.
+var goInternals = []string{"strconv.", "yamlService", "yamlSpec", "unmarshal", "!!", "bufio.", "netip.", "ParseAddr", "<nil>", "%!", "yaml: "}
+
+var quoted = regexp.MustCompile(`"(\\.|[^"\\])*"`)
+
+// checkErr fails unless err is nil or one short ParseError line naming the
+// file, without Go internals.
+func checkErr(t *testing.T, err error) {
+	t.Helper()
+	if err == nil {
+		return
+	}
+	var pe *setup.ParseError
+	msg := err.Error()
+	switch {
+	case !errors.As(err, &pe):
+		t.Fatalf("error %q is %T, want *setup.ParseError", msg, err)
+	case strings.ContainsAny(msg, "\n\r"):
+		t.Fatalf("error %q is more than one line", msg)
+	case !strings.HasPrefix(msg, "f:") && !strings.HasPrefix(msg, "f: "):
+		t.Fatalf("error %q does not start with the file name", msg)
+	case len(msg) > 400:
+		t.Fatalf("error is %d bytes long, want a short line: %.200q…", len(msg), msg)
+	}
+	words := quoted.ReplaceAllString(msg, `""`)
+	for _, w := range goInternals {
+		if strings.Contains(words, w) {
+			t.Fatalf("error %q shows Go internals (%q)", msg, w)
 		}
 	}
+}
+
+func FuzzParseYAML(f *testing.F) {
+	f.Add("snat_backend: nft\nservices:\n  - vip: 10.1.0.6:8085\n    reals:\n      - addr: 10.1.0.50:8085\n        weight: 3\n")
+	f.Fuzz(func(t *testing.T, in string) {
+		spec, err := setup.ParseYAML("f", []byte(in))
+		checkErr(t, err)
+		if err == nil && spec.Validate() != nil {
+			t.Fatalf("accepted an invalid spec: %+v", spec)
+		}
+	})
 }
 
 func FuzzParseKeepalived(f *testing.F) {
 	f.Add("virtual_server 10.1.0.6 80 {\n lb_kind NAT\n real_server 10.1.0.50 80 { weight 2 }\n}\n")
 	f.Fuzz(func(t *testing.T, in string) {
 		spec, err := setup.ParseKeepalived("f", strings.NewReader(in))
+		checkErr(t, err)
 		if err == nil && spec.Validate() != nil {
 			t.Fatalf("accepted an invalid spec: %+v", spec)
 		}
@@ -143,6 +230,7 @@ func FuzzParseIpvsadm(f *testing.F) {
 	f.Add("-A -t 10.1.0.6:80 -s rr\n-a -t 10.1.0.6:80 -r 10.1.0.50:80 -m -w 1\n")
 	f.Fuzz(func(t *testing.T, in string) {
 		spec, err := setup.ParseIpvsadm("f", strings.NewReader(in))
+		checkErr(t, err)
 		if err == nil && spec.Validate() != nil {
 			t.Fatalf("accepted an invalid spec: %+v", spec)
 		}
