@@ -65,7 +65,7 @@ func TestSetupFileErrorsNameThePlace(t *testing.T) {
 	}{
 		{[]string{"setup", "-f", write("bad.yaml", "services:\n  - vip: 10.1.0.6\n    reals: [{addr: 10.1.0.50:80}]\n")}, "bad.yaml:2: vip"},
 		{[]string{"setup", "--from-ipvsadm", write("rules", "-A -t 10.1.0.6:80 -s rr\n-a -t 10.1.0.6:80 -r 10.1.0.50:80 -i\n")}, "rules:2: real 10.1.0.50:80 of tcp 10.1.0.6:80 uses tunnel forwarding"},
-		{[]string{"setup", "--from-keepalived", write("k.conf", "virtual_server 10.1.0.6 80 {\n lb_kind nat\n}\n")}, `k.conf:1: virtual_server 10.1.0.6:80: lb_kind "nat"`},
+		{[]string{"setup", "--from-keepalived", write("k.conf", "virtual_server 10.1.0.6 80 {\n lb_kind nat\n}\n")}, `k.conf:2: virtual_server 10.1.0.6:80: lb_kind "nat"`},
 		{[]string{"setup", "-f", dir + "/missing.yaml"}, "no such file"},
 		{[]string{"setup", "-f", write("ok.yaml", "services: []\n"), "--vip", "10.1.0.6:80"}, "give one of"},
 	}
