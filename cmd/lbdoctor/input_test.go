@@ -20,9 +20,9 @@ import (
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 )
 
-// runBinary runs the real lbdoctor with stdin and a deadline, and returns
+// runBounded runs the real lbdoctor with stdin and a deadline, and returns
 // its exit code, stderr and how long it took.
-func runBinary(t *testing.T, stdin []byte, args ...string) (code int, stderr string, took time.Duration) {
+func runBounded(t *testing.T, stdin []byte, args ...string) (code int, stderr string, took time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -100,7 +100,7 @@ func TestSetupInputIsBounded(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			code, stderr, took := runBinary(t, tt.stdin, tt.args...)
+			code, stderr, took := runBounded(t, tt.stdin, tt.args...)
 			if code != exitUsage || stderr != tt.want+"\n" {
 				t.Fatalf("lbdoctor %v = exit %d, stderr %q; want exit 2 and the one line %q", tt.args, code, stderr, tt.want)
 			}
