@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -151,13 +152,23 @@ func TestGuestSetupFromFiles(t *testing.T) {
 	for _, f := range []struct{ flag, name, body string }{
 		{"--file", "lb.yaml", "services:\n  - vip: 10.1.0.6:8085\n    reals:\n      - addr: 10.1.0.50:8085\n"},
 		{"--from-ipvsadm", "ipvsadm.rules", "-A -t 10.1.0.6:8085 -s rr\n-a -t 10.1.0.6:8085 -r 10.1.0.50:8085 -m -w 1\n"},
+		{"--file", "-", "services:\n  - vip: 10.1.0.6:8085\n    reals:\n      - addr: 10.1.0.50:8085\n"},
 		{"--from-keepalived", "keepalived.conf", "virtual_server 10.1.0.6 8085 {\n  lb_algo rr\n  lb_kind NAT\n  protocol TCP\n  real_server 10.1.0.50 8085 {\n    weight 1\n  }\n}\n"},
 	} {
-		path := dir + "/" + f.name
-		if err := os.WriteFile(path, []byte(f.body), 0o644); err != nil {
-			t.Fatal(err)
+		if f.name == "-" {
+			// Standard input, given explicitly.
+			cmd := exec.Command(testkit.LbdoctorBinary(t), "setup", "--netns", l.LB.Name, f.flag, "-")
+			cmd.Stdin = strings.NewReader(f.body)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("lbdoctor setup %s - < spec: %v\n%s", f.flag, err, out)
+			}
+		} else {
+			path := dir + "/" + f.name
+			if err := os.WriteFile(path, []byte(f.body), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			lbdoctor(t, "setup", "--netns", l.LB.Name, f.flag, path)
 		}
-		lbdoctor(t, "setup", "--netns", l.LB.Name, f.flag, path)
 		if res := lab.Probe(context.Background(), l.Client, vip, 5*time.Second); !res.OK || res.Peer.Addr() != l.LBIP {
 			t.Errorf("setup %s: client → %s = %+v, want an answer through SNAT", f.flag, vip, res)
 		}
