@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 
@@ -249,7 +250,11 @@ func (y *yamlWalk) mapping(n *yaml.Node, what string, known []string, each func(
 			return y.errf(k, "%s: a key must be a plain word, got %s", what, kindName(k))
 		}
 		if !slices.Contains(known, k.Value) {
-			return y.errf(k, "unknown key %s in %s (known: %s)", input.Quote(k.Value), what, strings.Join(known, ", "))
+			more := ""
+			if n := unknownKeys(n.Content[i+2:], known); n > 0 {
+				more = fmt.Sprintf(", and %d more", n)
+			}
+			return y.errf(k, "unknown key %s in %s%s (known: %s)", input.Quote(k.Value), what, more, strings.Join(known, ", "))
 		}
 		if first, dup := seen[k.Value]; dup {
 			return y.errf(k, "%s is given twice in %s (first on line %d)", k.Value, what, first)
@@ -263,6 +268,18 @@ func (y *yamlWalk) mapping(n *yaml.Node, what string, known []string, each func(
 		}
 	}
 	return nil
+}
+
+// unknownKeys counts the keys of a mapping's rest (key, value, …) that are
+// not known, so one line can say how many more there are.
+func unknownKeys(rest []*yaml.Node, known []string) int {
+	n := 0
+	for i := 0; i < len(rest); i += 2 {
+		if !slices.Contains(known, rest[i].Value) {
+			n++
+		}
+	}
+	return n
 }
 
 // scalar is the text of a value; "" for an empty (null) one.
@@ -413,7 +430,7 @@ func yamlSyntaxErr(file string, data []byte, err error) error {
 	msg = strings.Join(strings.Fields(msg), " ")
 	m := yamlLineRE.FindStringSubmatch(msg)
 	if m == nil {
-		return &ParseError{File: file, Msg: yamlWords(msg)}
+		return &ParseError{File: file, Line: badByteLine(data), Msg: yamlWords(msg)}
 	}
 	line, _ := strconv.Atoi(m[1])
 	msg = m[2]
@@ -448,6 +465,25 @@ func yamlSyntaxErr(file string, data []byte, err error) error {
 		return &ParseError{file, line, "a tab indents this line: YAML indents with spaces only"}
 	}
 	return &ParseError{file, line, yamlWords(msg)}
+}
+
+// badByteLine is the line of the first byte YAML refuses without naming a
+// line (a control character, invalid UTF-8); 0 when there is none.
+func badByteLine(data []byte) int {
+	line := 1
+	for i := 0; i < len(data); {
+		r, n := utf8.DecodeRune(data[i:])
+		switch {
+		case r == utf8.RuneError && n <= 1:
+			return line
+		case r == '\n':
+			line++
+		case r < 0x20 && r != '\t' && r != '\r', r == 0x7f:
+			return line
+		}
+		i += n
+	}
+	return 0
 }
 
 // yamlWords says the YAML parser's commonest complaints in the user's terms.

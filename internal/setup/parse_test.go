@@ -100,7 +100,7 @@ func TestParseErrorsNameThePlace(t *testing.T) {
 		{"yaml unknown key", yml(svc + "    relas: []\n"), `lb.yaml:3: unknown key "relas" in a service (known: vip, proto, scheduler, snat, reals)`},
 		{"yaml unknown top key", yml("servics: []\n"), `lb.yaml:1: unknown key "servics" in the file (known: snat_backend, services)`},
 		{"yaml unknown real key", yml(svc + "    reals:\n      - addr: 10.1.0.50:80\n        wieght: 2\n"), `lb.yaml:5: unknown key "wieght" in a real (known: addr, weight)`},
-		{"yaml many unknown keys", yml(svc + "    a: 1\n    b: 2\n    c: 3\n"), `lb.yaml:3: unknown key "a" in a service (known: vip, proto, scheduler, snat, reals)`},
+		{"yaml many unknown keys", yml(svc + "    a: 1\n    b: 2\n    c: 3\n"), `lb.yaml:3: unknown key "a" in a service, and 2 more (known: vip, proto, scheduler, snat, reals)`},
 		{"yaml weight not a number", yml(svc + "    reals:\n      - addr: 10.1.0.50:80\n        weight: heavy\n"), `lb.yaml:5: weight: want a whole number 0-65535, got "heavy"`},
 		{"yaml weight out of range", yml(svc + "    reals:\n      - addr: 10.1.0.50:80\n        weight: 70000\n"), `lb.yaml:5: weight: want a whole number 0-65535, got "70000"`},
 		{"yaml negative weight", yml(svc + "    reals:\n      - addr: 10.1.0.50:80\n        weight: -1\n"), `lb.yaml:5: weight: want a whole number 0-65535, got "-1"`},
@@ -128,6 +128,8 @@ func TestParseErrorsNameThePlace(t *testing.T) {
 		{"yaml alias", yml("x: &a 10.1.0.6:80\n"), `lb.yaml:1: unknown key "x" in the file (known: snat_backend, services)`},
 		{"yaml alias value", yml("services:\n  - vip: &v 10.1.0.6:80\n    reals: [{addr: *v}]\n"), "lb.yaml:3: addr: aliases (*name) are not supported: write the value out"},
 		{"yaml two documents", yml("services: []\n---\nservices: []\n"), "lb.yaml:2: a second YAML document (---): lbdoctor reads one; put all services under one services:"},
+		{"yaml control character", yml(svc + "    reals:\n      - addr: 10.1.0.50:80\x01\n"), "lb.yaml:4: YAML: control characters are not allowed"},
+		{"yaml invalid UTF-8", yml(svc + "    scheduler: \xff\n"), "lb.yaml:3: YAML: invalid leading UTF-8 octet"},
 		{"yaml 5 MB value", yml("services:\n  - vip: " + big + "\n"), `lb.yaml:2: vip "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…": want IPv4 ADDR:PORT, e.g. 10.1.0.6:8085`},
 		{"yaml long key", yml(long[:1000] + ": 1\n"), `lb.yaml:1: unknown key "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…" in the file (known: snat_backend, services)`},
 
