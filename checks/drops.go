@@ -29,8 +29,11 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 	for _, c := range d.Drops {
 		total += c.Count
 	}
-	window := fmt.Sprintf("%d drops of the selected flows in %s in %s (%s; %d lost)",
-		total, d.Window.Round(1e6), s.Target, d.Attach, d.Counters.Lost()+d.Counters.Missed)
+	window := fmt.Sprintf("%d drops of the selected flows in %s in %s (%s; %d lost; %d attributed to a flow, %d not)",
+		total, d.Window.Round(1e6), s.Target, d.Attach, d.Counters.Lost()+d.Counters.Missed, d.Attribution.Attributed, d.Attribution.NotAttributed)
+	if d.CutShort {
+		window += "; the window was cut short"
+	}
 	ev := []Evidence{{Fact: window, Source: "kfree_skb tracer"}}
 	if sel.VIP.IsValid() && len(selected(s, sel)) == 0 && len(s.Conntrack.Backends) > 0 {
 		var bs []string

@@ -55,7 +55,10 @@ target network namespace and runs the doctor's checks on them. It changes nothin
 			if dropWindow > 0 && g.output == "text" {
 				fmt.Fprintf(cmd.ErrOrStderr(), "tracing drops of the selected flows for %s…\n", dropWindow)
 			}
-			snap, fs, r := checkOnce(cmd.Context(), t, sel, dropWindow)
+			snap, fs, r, err := checkOnce(cmd.Context(), t, sel, dropWindow)
+			if err != nil {
+				return err
+			}
 			out := cmd.OutOrStdout()
 			switch g.output {
 			case "json":
@@ -68,7 +71,7 @@ target network namespace and runs the doctor's checks on them. It changes nothin
 			if err != nil {
 				return err
 			}
-			if fix {
+			if fix && !r.Interrupted {
 				return fixFindings(cmd, t, sel, snap, fs, yes)
 			}
 			if r.Verdict == checks.Fail {
@@ -86,9 +89,15 @@ target network namespace and runs the doctor's checks on them. It changes nothin
 }
 
 // checkOnce gathers a snapshot (and traces drops for dropWindow, if > 0),
-// runs the catalog and builds the report.
-func checkOnce(ctx context.Context, t netns.Target, sel probes.Selector, dropWindow time.Duration) (*probes.Snapshot, []checks.Finding, *report.Report) {
-	snap := probes.Gather(t, sel, probes.Options{})
+// runs the catalog and builds the report. Interrupted while gathering, it
+// returns the interrupt rule's error; interrupted during the drop window, a
+// report on what was measured, marked as cut short.
+func checkOnce(ctx context.Context, t netns.Target, sel probes.Selector, dropWindow time.Duration) (*probes.Snapshot, []checks.Finding, *report.Report, error) {
+	var snap *probes.Snapshot
+	if !measure(ctx, func() { snap = probes.Gather(t, sel, probes.Options{}) }) {
+		return nil, nil, nil, notMeasured(ctx)
+	}
+	start := time.Now()
 	if dropWindow > 0 {
 		probes.WatchDrops(ctx, t, sel, snap, dropWindow)
 	}
@@ -97,7 +106,15 @@ func checkOnce(ctx context.Context, t netns.Target, sel probes.Selector, dropWin
 	if sel.VIP.IsValid() {
 		rt.VIP, rt.Proto = sel.VIP.String(), sel.Proto
 	}
-	return snap, fs, report.New(rt, fs, snap.Errors)
+	r := report.New(rt, fs, snap.Errors)
+	if sig := interruptedBy(ctx); sig != "" {
+		r.Interrupted = true
+		r.CutShort = cutShortLine(sig, time.Since(start), dropWindow)
+		if dropWindow == 0 {
+			r.CutShort = fmt.Sprintf("! interrupted by %s after the probes read the namespace", sig)
+		}
+	}
+	return snap, fs, r, nil
 }
 
 // fixFindings applies the remedies of the failing findings through the
@@ -135,13 +152,27 @@ func fixFindings(cmd *cobra.Command, t netns.Target, sel probes.Selector, snap *
 			return true
 		}
 		fmt.Fprintf(out, "apply these %d change(s)? [y/N] ", n)
-		line, _ := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
-		return strings.TrimSpace(strings.ToLower(line)) == "y" || strings.TrimSpace(strings.ToLower(line)) == "yes"
+		// A read of a terminal cannot be cancelled: Ctrl-C abandons it.
+		answer := make(chan string, 1)
+		go func() {
+			line, _ := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
+			answer <- strings.TrimSpace(strings.ToLower(line))
+		}()
+		select {
+		case a := <-answer:
+			return a == "y" || a == "yes"
+		case <-cmd.Context().Done():
+			fmt.Fprintln(out)
+			return false
+		}
 	}
 	if err := runPlanConfirm(cmd, t, steps, false, "fix", recordOwned, confirm); err != nil {
 		return err
 	}
-	_, _, r2 := checkOnce(cmd.Context(), t, sel, 0)
+	_, _, r2, err := checkOnce(cmd.Context(), t, sel, 0)
+	if err != nil {
+		return err
+	}
 	fmt.Fprintln(out, "\nafter --fix:")
 	if err := report.Text(out, r2); err != nil {
 		return err

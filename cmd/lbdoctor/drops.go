@@ -152,7 +152,12 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		return err
 	}
 	defer tr.Close()
+	ctx := cmd.Context()
+	if ctx.Err() != nil {
+		return notMeasured(ctx) // interrupted while the tracer loaded
+	}
 	namer := tr.Namer(lb)
+	defer namer.Close()
 	names := map[uint32]string{}
 	// Namespaces without a /run/netns name: say whose they are.
 	if self, err := netns.Resolve(""); err == nil {
@@ -177,11 +182,16 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		return d
 	}
 
-	ctx := cmd.Context()
+	// The window: --duration, Ctrl-C or SIGTERM, or the namespace going away.
+	window, endWindow := context.WithCancelCause(ctx)
+	defer endWindow(nil)
 	if f.duration > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, f.duration)
+		window, cancel = context.WithTimeout(window, f.duration)
 		defer cancel()
+	}
+	if g.netns != "" {
+		go watchNetns(window, lb, endWindow)
 	}
 	out := cmd.OutOrStdout()
 	jsonOut := g.output == "json"
@@ -193,9 +203,9 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 	}
 	start := time.Now()
 	var delivered uint64
-	sum := report.DropsSummary{Type: "summary", Attach: tr.Attach, AttachMs: float64(tr.AttachTime.Microseconds()) / 1000, NoReasons: tr.NoReasons, Top: f.top}
+	sum := report.DropsSummary{Type: "summary", Attach: tr.Attach, AttachMs: float64(tr.AttachTime.Microseconds()) / 1000, NoReasons: tr.NoReasons, Top: f.top, Length: f.duration}
 	if f.summary {
-		<-ctx.Done()
+		<-window.Done()
 		smp, err := tr.Sample(namer, time.Since(start))
 		if err != nil {
 			return err
@@ -207,9 +217,11 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		}
 	} else {
 		mono := monotonicOffset()
-		err := tr.Read(ctx, func(p drops.Packet, raw drops.RawEvent) {
+		err := tr.Read(window, func(p drops.Packet, raw drops.RawEvent) {
 			delivered++
-			d := toDrop(namer.Name(drops.Aggregate{Packet: p}))
+			// Attribution waits for the tables only while the window is
+			// open: a drop read after it is named from what is known.
+			d := toDrop(namer.Name(window, drops.Aggregate{Packet: p}, int64(raw.TimeNs)))
 			d.Time = time.Unix(0, int64(raw.TimeNs)+mono)
 			d.Ifname, d.Len = raw.Ifname, raw.Len
 			if p.Proto == unix.IPPROTO_TCP {
@@ -245,6 +257,12 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		return err
 	}
 	sum.Window, sum.Counters, sum.Delivered, sum.Lost = time.Since(start), c, delivered, c.Lost()
+	sum.Attribution = namer.Attribution()
+	if sig := interruptedBy(ctx); sig != "" {
+		sum.Interrupted, sum.CutShort = true, "interrupted by "+sig
+	} else if cause := context.Cause(window); errors.Is(cause, errNetnsGone) {
+		sum.CutShort = cause.Error()
+	}
 	if jsonOut {
 		if f.summary {
 			return report.JSONDocument(out, sum)
@@ -256,6 +274,29 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		w = cmd.ErrOrStderr()
 	}
 	return report.DropsSummaryText(w, sum)
+}
+
+// errNetnsGone ends a drops window whose namespace was deleted.
+var errNetnsGone = errors.New("deleted")
+
+// watchNetns ends the window (cause wrapping errNetnsGone) when lb's path no
+// longer leads to the namespace being traced: `ip netns del` unmounts it.
+// Polled: a deleted namespace has no event to wait for.
+func watchNetns(ctx context.Context, lb netns.Target, end context.CancelCauseFunc) {
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(lb.Path, &st); err != nil || st.Ino != lb.Inode {
+			end(fmt.Errorf("%s was %w", lb, errNetnsGone))
+			return
+		}
+	}
 }
 
 // monotonicOffset converts CLOCK_MONOTONIC (BPF's clock) to wall time.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -37,17 +38,44 @@ is the snapshot the checks judge.`,
 			if err != nil {
 				return err
 			}
-			in := &report.Inspection{Snapshot: probes.Gather(t, sel, probes.Options{Features: true})}
+			ctx := cmd.Context()
+			in := &report.Inspection{}
+			if !measure(ctx, func() { in.Snapshot = probes.Gather(t, sel, probes.Options{Features: true}) }) {
+				return notMeasured(ctx)
+			}
 			if watch > 0 {
+				start := time.Now()
+				timer := time.NewTimer(watch)
 				select {
-				case <-cmd.Context().Done():
-					return &exitError{code: exitCannot, msg: "interrupted before the window ended"}
-				case <-time.After(watch):
+				case <-ctx.Done():
+					timer.Stop()
+				case <-timer.C:
 				}
+				// The second read leaves out the feature probes (slow, and no
+				// counter): the window is the time between the two reads. Cut
+				// short, it gets what is left of the 200 ms an interrupt may
+				// take; if it cannot finish, the first read is what was measured.
 				before := in.Snapshot
-				in.Snapshot = probes.Gather(t, sel, probes.Options{Features: true})
-				d := probes.Delta(before, in.Snapshot)
-				in.Deltas = &d
+				rctx := context.Background()
+				if ctx.Err() != nil {
+					var cancel context.CancelFunc
+					rctx, cancel = context.WithTimeout(rctx, 120*time.Millisecond)
+					defer cancel()
+				}
+				var after *probes.Snapshot
+				if measure(rctx, func() { after = probes.Gather(t, sel, probes.Options{}) }) {
+					after.Features = before.Features
+					in.Snapshot = after
+					d := probes.Delta(before, after)
+					in.Deltas = &d
+				}
+				if sig := interruptedBy(ctx); sig != "" {
+					in.Interrupted = true
+					in.CutShort = cutShortLine(sig, time.Since(start), watch)
+					if in.Deltas == nil {
+						in.CutShort += " (no second read in time: the counters are the first read's)"
+					}
+				}
 			}
 			if g.output == "json" {
 				return report.InspectJSON(cmd.OutOrStdout(), in)

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/lbdoctor/lbdoctor/internal/apply"
 	"github.com/lbdoctor/lbdoctor/internal/netns"
@@ -22,12 +23,24 @@ const (
 	exitFindings = 1 // at least one failing finding
 	exitUsage    = 2 // bad usage or bad input
 	exitCannot   = 3 // cannot inspect: missing privilege or kernel feature
+	// exitInterrupted: SIGINT or SIGTERM ended the command before it had
+	// measured anything (or, for a command that changes the host, before it
+	// finished: every change was undone). 128 + SIGINT, as shells report it.
+	exitInterrupted = 130
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// The first SIGINT or SIGTERM cancels the command's context with the
+	// signal as its cause; later ones are caught too, so a second Ctrl-C
+	// cannot kill a rollback half-way.
+	ctx, cancel := context.WithCancelCause(context.Background())
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		sig := <-sigs
+		cancel(&interruptedError{sig: sig.(syscall.Signal)})
+	}()
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
 	os.Exit(code)
 }
 
@@ -46,7 +59,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 		return exitOK
 	}
 	var ee *exitError
+	var ie *interruptedError
 	switch {
+	case errors.As(err, &ie):
+		fmt.Fprintln(stderr, "lbdoctor: "+err.Error())
+		return exitInterrupted
 	case errors.As(err, &ee):
 		if ee.msg != "" {
 			fmt.Fprintln(stderr, "lbdoctor: "+ee.msg)
@@ -85,4 +102,73 @@ func (e *usageError) Is(target error) bool { return target == errUsage }
 
 func usageErrorf(format string, a ...any) error {
 	return &usageError{msg: fmt.Sprintf(format, a...)}
+}
+
+// The interrupt rule, the same for every command: a command interrupted
+// after it measured something prints what it measured, says it was cut
+// short (text: a line starting "! cut short by SIGINT"; JSON: "interrupted":
+// true) and exits as it would have (0 or 1); one interrupted before it
+// measured anything — or one that was changing the host, whose changes were
+// undone — returns an error wrapping interruptedError: exit 130.
+
+// interruptedError is the cause of the command context when a signal ends it.
+type interruptedError struct{ sig syscall.Signal }
+
+func (e *interruptedError) Error() string { return "interrupted by " + signalName(e.sig) }
+
+func signalName(s syscall.Signal) string {
+	if s == syscall.SIGTERM {
+		return "SIGTERM"
+	}
+	return "SIGINT"
+}
+
+// interruptedBy names the signal that ended ctx, or "" when none did (the
+// context is live, or a window's own timeout ended it).
+func interruptedBy(ctx context.Context) string {
+	var ie *interruptedError
+	if errors.As(context.Cause(ctx), &ie) {
+		return signalName(ie.sig)
+	}
+	return ""
+}
+
+// notMeasured is the rule's error for a command interrupted before it
+// measured anything: exit 130.
+func notMeasured(ctx context.Context) error {
+	var ie *interruptedError
+	if !errors.As(context.Cause(ctx), &ie) {
+		ie = &interruptedError{sig: syscall.SIGINT}
+	}
+	return fmt.Errorf("%w before anything was measured", ie)
+}
+
+// cutShortLine is the text line of a command cut short after it measured
+// something.
+func cutShortLine(sig string, ran, length time.Duration) string {
+	if length > 0 {
+		return fmt.Sprintf("! cut short by %s after %s of %s: what follows covers that much", sig, ran.Round(time.Millisecond), length)
+	}
+	return fmt.Sprintf("! cut short by %s after %s", sig, ran.Round(time.Millisecond))
+}
+
+// measure runs read (which cannot be cancelled: a probe that reads the
+// kernel) and returns whether it finished before ctx ended. When it did not,
+// read goes on in the background and its result must be thrown away: the
+// command ends without waiting for it.
+func measure(ctx context.Context, read func()) bool {
+	done := make(chan any, 1)
+	go func() {
+		defer func() { done <- recover() }()
+		read()
+	}()
+	select {
+	case p := <-done:
+		if p != nil {
+			panic(p) // run's recover reports it
+		}
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }

@@ -210,6 +210,9 @@ func runPlanConfirm(cmd *cobra.Command, t netns.Target, steps []apply.Step, dryR
 	}
 	plan, err := apply.Build(ctx, steps)
 	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("%s: %w before anything changed", verb, err)
+		}
 		return err
 	}
 	for _, l := range plan.Left {
@@ -230,6 +233,9 @@ func runPlanConfirm(cmd *cobra.Command, t netns.Target, steps []apply.Step, dryR
 		return nil
 	}
 	if confirm != nil && !confirm(len(plan.Steps)) {
+		if ctx.Err() != nil {
+			return fmt.Errorf("%s: %w before anything changed", verb, context.Cause(ctx))
+		}
 		return &exitError{code: exitFindings, msg: verb + ": nothing changed (not confirmed)"}
 	}
 	done, err := apply.Run(ctx, plan, apply.Hooks{})

@@ -39,6 +39,9 @@ type Leaver interface{ Left() string }
 func Build(ctx context.Context, steps []Step) (*Plan, error) {
 	p := &Plan{}
 	for _, s := range steps {
+		if ctx.Err() != nil {
+			return nil, context.Cause(ctx)
+		}
 		need, err := s.Needed(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("check %q: %w", s.Describe(), err)
@@ -72,13 +75,21 @@ type Hooks struct {
 // ErrRolledBack wraps the failure of a run whose changes were all undone.
 var ErrRolledBack = errors.New("rolled back")
 
-// Run applies the plan. On the first failure it undoes the steps already
-// applied, newest first, and returns an error wrapping ErrRolledBack (or,
-// if an undo failed too, naming what is left behind).
+// Run applies the plan. On the first failure — or when ctx ends (Ctrl-C)
+// before the last step — it undoes the steps already applied, newest first,
+// and returns an error wrapping ErrRolledBack and the cause (or, if an undo
+// failed too, naming what is left behind). A step under way is finished
+// first, so that it can be undone whole; the undo is not cancelled.
 func Run(ctx context.Context, p *Plan, h Hooks) ([]Step, error) {
 	var done []Step
 	for i, s := range p.Steps {
-		err := s.Apply(ctx)
+		var err error
+		interrupted := ctx.Err() != nil
+		if interrupted {
+			err = context.Cause(ctx)
+		} else {
+			err = s.Apply(context.WithoutCancel(ctx))
+		}
 		if err == nil {
 			done = append(done, s)
 			if h.AfterStep != nil {
@@ -88,9 +99,12 @@ func Run(ctx context.Context, p *Plan, h Hooks) ([]Step, error) {
 		if err != nil {
 			var undoErrs []error
 			for j := len(done) - 1; j >= 0; j-- {
-				if uerr := done[j].Undo(ctx); uerr != nil {
+				if uerr := done[j].Undo(context.WithoutCancel(ctx)); uerr != nil {
 					undoErrs = append(undoErrs, fmt.Errorf("undo %q: %w", done[j].Describe(), uerr))
 				}
+			}
+			if interrupted && len(undoErrs) == 0 {
+				return nil, fmt.Errorf("%w before step %d %q, %d earlier step(s) undone: %w", err, i+1, s.Describe(), len(done), ErrRolledBack)
 			}
 			if len(undoErrs) > 0 {
 				return nil, fmt.Errorf("step %d %q failed: %w; and the rollback left changes behind: %w", i+1, s.Describe(), err, errors.Join(undoErrs...))

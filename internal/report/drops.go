@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -35,15 +37,23 @@ type Drop struct {
 // DropsSummary closes every drops output: what matched, what was shown,
 // what was lost.
 type DropsSummary struct {
-	Type       string         `json:"type"` // "summary"
-	Attach     string         `json:"attach"`
-	AttachMs   float64        `json:"attach_ms"`
-	Window     time.Duration  `json:"window_ns"`
-	Counters   drops.Counters `json:"counters"`
-	Delivered  uint64         `json:"delivered"` // drops reported (events, or counted in aggregates)
-	Lost       uint64         `json:"lost"`
-	Aggregates []Drop         `json:"drops,omitempty"`      // --summary
-	NoReasons  string         `json:"no_reasons,omitempty"` // why drops carry no reason on this kernel
+	Type      string         `json:"type"` // "summary"
+	Attach    string         `json:"attach"`
+	AttachMs  float64        `json:"attach_ms"`
+	Window    time.Duration  `json:"window_ns"`
+	Counters  drops.Counters `json:"counters"`
+	Delivered uint64         `json:"delivered"` // drops reported (events, or counted in aggregates)
+	Lost      uint64         `json:"lost"`
+	// Attribution: drops traced back to a load-balanced flow, and not.
+	Attribution drops.Attribution `json:"attribution"`
+	// Interrupted is true when SIGINT or SIGTERM ended the window; CutShort
+	// says why a window ended before its length (a signal, the namespace
+	// deleted); Length is the window asked for (0: until Ctrl-C).
+	Interrupted bool          `json:"interrupted,omitempty"`
+	CutShort    string        `json:"cut_short,omitempty"`
+	Length      time.Duration `json:"length_ns,omitempty"`
+	Aggregates  []Drop        `json:"drops,omitempty"`      // --summary
+	NoReasons   string        `json:"no_reasons,omitempty"` // why drops carry no reason on this kernel
 	// Top caps the rows of the text summary (0: all); the rest are summed
 	// up by place. JSON always has every row.
 	Top int `json:"-"`
@@ -146,6 +156,18 @@ func DropsSummaryText(w io.Writer, s DropsSummary) error {
 	}
 	fmt.Fprintf(&b, "%d drops matched in %s: %d reported, %d lost (ring buffer %d, aggregate map %d); attached %s in %.0f ms\n",
 		s.Counters.Matched, s.Window.Round(time.Millisecond), s.Delivered, s.Lost, s.Counters.RingLost, s.Counters.AggLost, s.Attach, s.AttachMs)
+	at := s.Attribution
+	fmt.Fprintf(&b, "%d attributed to a load-balanced flow, %d not (no flow in the tables, or none known by the window's end); tables read %d times\n", at.Attributed, at.NotAttributed, at.Batches)
+	for _, k := range slices.Sorted(maps.Keys(at.Errors)) {
+		fmt.Fprintf(&b, "! %s could not be read for attribution: %s\n", k, at.Errors[k])
+	}
+	if s.CutShort != "" {
+		if s.Length > 0 {
+			fmt.Fprintf(&b, "! cut short (%s) after %s of %s: the counts cover that much\n", s.CutShort, s.Window.Round(time.Millisecond), s.Length)
+		} else if !s.Interrupted {
+			fmt.Fprintf(&b, "! the window ended: %s\n", s.CutShort)
+		}
+	}
 	if s.NoReasons != "" {
 		fmt.Fprintf(&b, "! %s\n", s.NoReasons)
 	}

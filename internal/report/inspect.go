@@ -17,6 +17,11 @@ type Inspection struct {
 	Schema   int              `json:"schema"`
 	Snapshot *probes.Snapshot `json:"snapshot"`
 	Deltas   *probes.Deltas   `json:"deltas,omitempty"`
+	// Interrupted is true when SIGINT or SIGTERM cut the --watch window
+	// short: the deltas (if any) cover the shorter window.
+	Interrupted bool `json:"interrupted,omitempty"`
+	// CutShort is the line that says so in text.
+	CutShort string `json:"-"`
 }
 
 // MaxShown caps every list inspect prints as text; the rest is counted in
@@ -63,6 +68,9 @@ func InspectText(w io.Writer, in *Inspection) error {
 		p(", counters over %s", d.Window.Round(1e6))
 	}
 	p("\n")
+	if in.CutShort != "" {
+		p("%s\n", in.CutShort)
+	}
 
 	p("\nIPVS\n")
 	switch {

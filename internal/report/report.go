@@ -24,6 +24,11 @@ type Report struct {
 	Findings []checks.Finding `json:"findings"`
 	// Errors lists the probes that could not read their layer, by name.
 	Errors map[string]string `json:"errors,omitempty"`
+	// Interrupted is true when SIGINT or SIGTERM cut the measurement short
+	// (the drop window): the findings rest on what was measured until then.
+	Interrupted bool `json:"interrupted,omitempty"`
+	// CutShort is the line that says so in text.
+	CutShort string `json:"-"`
 }
 
 // Target says what was inspected.
@@ -86,6 +91,9 @@ func Text(w io.Writer, r *Report) error {
 		fmt.Fprintf(&b, "! probe %s could not read: %s\n", name, r.Errors[name])
 	}
 	s := r.Summary
+	if r.CutShort != "" {
+		fmt.Fprintln(&b, r.CutShort)
+	}
 	fmt.Fprintf(&b, "\nverdict: %s (%d fail, %d warn, %d pass, %d skipped)\n", r.Verdict, s["fail"], s["warn"], s["pass"], s["skip"])
 	_, err := io.WriteString(w, b.String())
 	return err

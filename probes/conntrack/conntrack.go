@@ -110,21 +110,34 @@ const (
 // stays flat however large the table is. The kernel filters when it can;
 // every entry is checked again on its raw attributes before it is decoded.
 func Dump(ns netns.Target, f Filter, fn func(Flow) error) (DumpStats, error) {
-	var st DumpStats
 	if !f.Addr.IsValid() || f.Field < OrigSrc || f.Field > ReplyDst {
-		return st, errors.New("conntrack filter needs an address and a tuple field")
+		return DumpStats{}, errors.New("conntrack filter needs an address and a tuple field")
 	}
+	sock, err := openRaw(ns)
+	if err != nil {
+		return DumpStats{}, err
+	}
+	defer unix.Close(sock)
+	return dumpOn(sock, ns, f, 1, func(m syscall.NetlinkMessage) error {
+		var ev ct.Event
+		nm := netlink.Message{Header: netlink.Header{Type: netlink.HeaderType(m.Header.Type), Flags: netlink.HeaderFlags(m.Header.Flags)}, Data: m.Data}
+		if err := ev.Unmarshal(nm); err != nil {
+			return fmt.Errorf("decode conntrack entry: %w", err)
+		}
+		return fn(convert(ev.Flow))
+	})
+}
+
+// dumpOn runs one dump of f (the zero Filter: every flow, both families) on
+// an open ctnetlink socket and hands each matching entry, undecoded, to fn.
+func dumpOn(sock int, ns netns.Target, f Filter, seq uint32, fn func(syscall.NetlinkMessage) error) (DumpStats, error) {
+	var st DumpStats
 	req, err := dumpRequest(f)
 	if err != nil {
 		return st, err
 	}
-	sock, err := openRaw(ns)
-	if err != nil {
-		return st, err
-	}
-	defer unix.Close(sock)
 	req.Header.Length = uint32(unix.NLMSG_HDRLEN + len(req.Data))
-	req.Header.Sequence = 1
+	req.Header.Sequence = seq
 	wire, err := req.MarshalBinary()
 	if err != nil {
 		return st, err
@@ -132,7 +145,7 @@ func Dump(ns netns.Target, f Filter, fn func(Flow) error) (DumpStats, error) {
 	if err := unix.Sendto(sock, wire, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return st, fmt.Errorf("dump conntrack in %s: %w", ns, err)
 	}
-	st.KernelFiltered = true
+	st.KernelFiltered = f.Field != 0
 	// One buffer for the whole dump: the kernel fills it with as many
 	// entries as fit, and each is judged before the next read.
 	buf := make([]byte, 256*1024)
@@ -149,6 +162,9 @@ func Dump(ns netns.Target, f Filter, fn func(Flow) error) (DumpStats, error) {
 			return st, fmt.Errorf("dump conntrack in %s: parse: %w", ns, err)
 		}
 		for _, m := range msgs {
+			if m.Header.Seq != seq {
+				continue // the rest of an earlier, abandoned dump
+			}
 			switch m.Header.Type {
 			case unix.NLMSG_DONE:
 				return st, nil
@@ -161,25 +177,85 @@ func Dump(ns netns.Target, f Filter, fn func(Flow) error) (DumpStats, error) {
 				continue
 			}
 			st.Received++
-			ok, err := rawMatch(m.Data, f)
-			if err != nil {
-				return st, fmt.Errorf("dump conntrack in %s: %w", ns, err)
-			}
-			if !ok {
-				st.KernelFiltered = false // the kernel sent what it should have filtered
-				continue
-			}
-			var ev ct.Event
-			nm := netlink.Message{Header: netlink.Header{Type: netlink.HeaderType(m.Header.Type), Flags: netlink.HeaderFlags(m.Header.Flags)}, Data: m.Data}
-			if err := ev.Unmarshal(nm); err != nil {
-				return st, fmt.Errorf("decode conntrack entry: %w", err)
+			if f.Field != 0 {
+				ok, err := rawMatch(m.Data, f)
+				if err != nil {
+					return st, fmt.Errorf("dump conntrack in %s: %w", ns, err)
+				}
+				if !ok {
+					st.KernelFiltered = false // the kernel sent what it should have filtered
+					continue
+				}
 			}
 			st.Matched++
-			if err := fn(convert(ev.Flow)); err != nil {
+			if err := fn(m); err != nil {
 				return st, err
 			}
 		}
 	}
+}
+
+// Dumper dumps the table of one namespace again and again over one socket
+// opened once in it: a dump costs no namespace switch, no thread and no new
+// socket. It is for one goroutine at a time.
+type Dumper struct {
+	ns   netns.Target
+	sock int
+	seq  uint32
+}
+
+// NewDumper opens a ctnetlink socket in ns.
+func NewDumper(ns netns.Target) (*Dumper, error) {
+	sock, err := openRaw(ns)
+	if err != nil {
+		return nil, err
+	}
+	return &Dumper{ns: ns, sock: sock, seq: 1}, nil
+}
+
+// Close closes the socket.
+func (d *Dumper) Close() error { return unix.Close(d.sock) }
+
+// Tuples streams the original and reply tuples (and the protocol number) of
+// the flows that match f — the zero Filter takes every flow — without
+// decoding the rest of each entry.
+func (d *Dumper) Tuples(f Filter, fn func(proto uint8, orig, reply Tuple)) (DumpStats, error) {
+	if f.Field != 0 && (!f.Addr.IsValid() || f.Field > ReplyDst) {
+		return DumpStats{}, errors.New("conntrack filter needs an address and a tuple field")
+	}
+	d.seq++
+	return dumpOn(d.sock, d.ns, f, d.seq, func(m syscall.NetlinkMessage) error {
+		o, r, err := rawTuples(m.Data)
+		if err != nil {
+			return fmt.Errorf("dump conntrack in %s: %w", d.ns, err)
+		}
+		fn(o.proto, Tuple{netip.AddrPortFrom(o.src, o.srcPort), netip.AddrPortFrom(o.dst, o.dstPort)},
+			Tuple{netip.AddrPortFrom(r.src, r.srcPort), netip.AddrPortFrom(r.dst, r.dstPort)})
+		return nil
+	})
+}
+
+// rawTuples reads both tuples of a ctnetlink message.
+func rawTuples(data []byte) (orig, reply rawTupleT, err error) {
+	if len(data) < 4 {
+		return orig, reply, errors.New("short ctnetlink message")
+	}
+	ad, err := netlink.NewAttributeDecoder(data[4:])
+	if err != nil {
+		return orig, reply, err
+	}
+	for ad.Next() {
+		switch ad.Type() {
+		case ctaTupleOrig:
+			orig, err = rawTuple(ad.Bytes())
+		case ctaTupleReply:
+			reply, err = rawTuple(ad.Bytes())
+		}
+		if err != nil {
+			return orig, reply, err
+		}
+	}
+	return orig, reply, ad.Err()
 }
 
 // openRaw opens a ctnetlink socket that belongs to ns. A plain socket, not
@@ -238,6 +314,14 @@ func Touching(addr netip.Addr, port uint16, proto uint8) []Filter {
 }
 
 func dumpRequest(f Filter) (netlink.Message, error) {
+	if f.Field == 0 {
+		return netfilter.MarshalNetlink(netfilter.Header{
+			SubsystemID: netfilter.NFSubsysCTNetlink,
+			MessageType: ctGet,
+			Family:      netfilter.ProtoUnspec,
+			Flags:       netlink.Request | netlink.Dump,
+		}, nil)
+	}
 	family := netfilter.ProtoIPv4
 	ipSrc, ipDst := uint16(ctaIPv4Src), uint16(ctaIPv4Dst)
 	if f.Addr.Is6() && !f.Addr.Is4In6() {

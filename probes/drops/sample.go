@@ -12,11 +12,22 @@ import (
 // Sample is what an aggregate-mode window counted, named and attributed:
 // the drop probe's snapshot, for the doctor and for `drops --summary`.
 type Sample struct {
-	Window    time.Duration `json:"window_ns"`
-	Attach    string        `json:"attach"`
-	Counters  Counters      `json:"counters"`
-	Drops     []Counted     `json:"drops"`                // most first
-	NoReasons string        `json:"no_reasons,omitempty"` // why drops carry no reason on this kernel
+	Window      time.Duration `json:"window_ns"`
+	CutShort    bool          `json:"cut_short,omitempty"` // the window ended before its length (interrupted)
+	Attach      string        `json:"attach"`
+	Counters    Counters      `json:"counters"`
+	Attribution Attribution   `json:"attribution"`
+	Drops       []Counted     `json:"drops"`                // most first
+	NoReasons   string        `json:"no_reasons,omitempty"` // why drops carry no reason on this kernel
+}
+
+// Attribution says how many drops were traced back to a load-balanced flow
+// and how many were not — no flow in the tables, or none known in time.
+type Attribution struct {
+	Attributed    uint64            `json:"attributed"`
+	NotAttributed uint64            `json:"not_attributed"`
+	Batches       uint64            `json:"table_reads"`      // batched reads of the conntrack and IPVS tables
+	Errors        map[string]string `json:"errors,omitempty"` // tables that could not be read, with why
 }
 
 // Counted is one (netns, reason, location, flow) the kernel counted.
@@ -27,9 +38,15 @@ type Counted struct {
 	Flow       *Flow  `json:"flow,omitempty"`  // the load-balanced flow, when one is known
 }
 
+// AttributionBudget is how long naming an aggregate window may wait, once
+// the window is over, for one batched read of the tables. What is not
+// attributed by then is counted as not attributed.
+const AttributionBudget = 50 * time.Millisecond
+
 // Watch traces drops in aggregate mode for window from the moment the
-// tracer is attached (or until ctx ends), then names and attributes what was
-// counted against lb's conntrack and IPVS tables.
+// tracer is attached (or until ctx ends: the sample says it was cut short),
+// then names and attributes what was counted against lb's conntrack and
+// IPVS tables.
 func Watch(ctx context.Context, lb netns.Target, cfg Config, window time.Duration) (*Sample, error) {
 	cfg.Events = false
 	tr, err := New(cfg)
@@ -40,17 +57,27 @@ func Watch(ctx context.Context, lb netns.Target, cfg Config, window time.Duratio
 	start := time.Now()
 	timer := time.NewTimer(window)
 	defer timer.Stop()
+	cut := false
 	select {
 	case <-ctx.Done():
+		cut = true
 	case <-timer.C:
 	}
-	return tr.Sample(tr.Namer(lb), time.Since(start))
+	n := tr.Namer(lb)
+	defer n.Close()
+	s, err := tr.Sample(n, time.Since(start))
+	if s != nil {
+		s.CutShort = cut
+	}
+	return s, err
 }
 
 // Sample stops the tracer and returns what it counted over window, named
-// by n.
+// by n. Attribution waits at most AttributionBudget for the tables.
 func (t *Tracer) Sample(n *Namer, window time.Duration) (*Sample, error) {
 	t.Stop()
+	end := monotonicNow()
+	n.attr.Prefetch() // the dump runs while the map is read
 	aggs, err := t.Aggregates()
 	if err != nil {
 		return nil, err
@@ -59,10 +86,13 @@ func (t *Tracer) Sample(n *Namer, window time.Duration) (*Sample, error) {
 	if err != nil {
 		return nil, err
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), AttributionBudget)
+	defer cancel()
 	s := &Sample{Window: window, Attach: t.Attach, Counters: c, Drops: []Counted{}, NoReasons: t.NoReasons}
 	for _, a := range aggs {
-		s.Drops = append(s.Drops, n.Name(a))
+		s.Drops = append(s.Drops, n.Name(ctx, a, end))
 	}
+	s.Attribution = n.Attribution()
 	sort.SliceStable(s.Drops, func(i, j int) bool { return s.Drops[i].Count > s.Drops[j].Count })
 	return s, nil
 }
@@ -75,15 +105,27 @@ type Namer struct {
 	attr *Attributor
 }
 
-// Namer returns a Namer for t's drops, attributing against lb.
+// Namer returns a Namer for t's drops, attributing against lb (reading only
+// the flows that touch the tracer's addresses, when it has some). Close it.
 func (t *Tracer) Namer(lb netns.Target) *Namer {
 	syms, _ := LoadSymbols() // without kallsyms a location stays an address
-	return &Namer{tr: t, syms: syms, attr: NewAttributor(lb)}
+	return &Namer{tr: t, syms: syms, attr: NewAttributor(lb, t.cfg.Addrs, t.cfg.Proto)}
 }
 
-// Name names one aggregate (or, with Count 0, one event's packet).
-func (n *Namer) Name(a Aggregate) Counted {
-	return Counted{Aggregate: a, ReasonName: n.tr.ReasonName(a.Reason), Symbol: n.syms.Lookup(a.Location), Flow: n.attr.Attribute(a.Packet)}
+// Close stops the attributor's table reads.
+func (n *Namer) Close() { n.attr.Close() }
+
+// Name names one aggregate (or, with Count 0, one event's packet) dropped
+// at at (CLOCK_MONOTONIC ns, as events carry it). Attribution waits for the
+// tables only while ctx is live.
+func (n *Namer) Name(ctx context.Context, a Aggregate, at int64) Counted {
+	return Counted{Aggregate: a, ReasonName: n.tr.ReasonName(a.Reason), Symbol: n.syms.Lookup(a.Location), Flow: n.attr.Attribute(ctx, a.Packet, at, a.Count)}
+}
+
+// Attribution is what the namer attributed so far.
+func (n *Namer) Attribution() Attribution {
+	at, not := n.attr.Counts()
+	return Attribution{Attributed: at, NotAttributed: not, Batches: n.attr.Batches(), Errors: n.attr.Errors()}
 }
 
 // Symbol names a kernel address as symbol+offset.

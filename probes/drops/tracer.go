@@ -61,6 +61,7 @@ type Tracer struct {
 	// they do.
 	NoReasons string
 
+	cfg    Config
 	events bool
 	coll   *ebpf.Collection
 	prog   *ebpf.Program
@@ -101,7 +102,7 @@ func New(cfg Config) (*Tracer, error) {
 	if len(cfg.Addrs) > MaxFilter || len(cfg.Ports) > MaxFilter {
 		return nil, fmt.Errorf("%w: at most %d addresses and %d ports", ErrBadFilter, MaxFilter, MaxFilter)
 	}
-	t := &Tracer{events: cfg.Events}
+	t := &Tracer{events: cfg.Events, cfg: cfg}
 	reasons, err := kernel.DropReasons()
 	if err != nil && !errors.Is(err, kernel.ErrNotSupported) {
 		return nil, err

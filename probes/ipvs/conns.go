@@ -119,3 +119,37 @@ func hexAddrPort(addr, port string) (netip.AddrPort, error) {
 	}
 	return netip.AddrPortFrom(a, uint16(p)), nil
 }
+
+// ConnTable is the IPVS connection table of one namespace, opened once in
+// it: every Read reads it afresh without switching namespaces again.
+type ConnTable struct {
+	f *os.File
+}
+
+// OpenConns opens the IPVS connection table of ns.
+func OpenConns(ns netns.Target) (*ConnTable, error) {
+	var f *os.File
+	err := ns.Do(func() error {
+		var err error
+		f, err = os.Open(ConnTableFile)
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("no %s: ip_vs is not loaded", ConnTableFile)
+		}
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read IPVS connections in %s: %w", ns, err)
+	}
+	return &ConnTable{f: f}, nil
+}
+
+// Read streams the whole table, as it is now, to fn.
+func (t *ConnTable) Read(fn func(Conn)) error {
+	if _, err := t.f.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("read IPVS connections: %w", err)
+	}
+	return ParseConns(t.f, fn)
+}
+
+// Close closes the table.
+func (t *ConnTable) Close() error { return t.f.Close() }
