@@ -210,7 +210,7 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		if err != nil {
 			return err
 		}
-		sum.Aggregates = []report.Drop{}
+		sum.Aggregates, sum.Counters, sum.Window = []report.Drop{}, smp.Counters, smp.Window
 		for _, c := range smp.Drops {
 			delivered += c.Count
 			sum.Aggregates = append(sum.Aggregates, toDrop(c))
@@ -252,11 +252,15 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 			return err
 		}
 	}
-	c, err := tr.Counters()
-	if err != nil {
-		return err
+	if !f.summary {
+		if sum.Counters, err = tr.Counters(); err != nil {
+			return err
+		}
 	}
-	sum.Window, sum.Counters, sum.Delivered, sum.Lost = time.Since(start), c, delivered, c.Lost()
+	if sum.Window == 0 {
+		sum.Window = time.Since(start)
+	}
+	sum.Delivered, sum.Lost = delivered, sum.Counters.Lost()
 	sum.Attribution = namer.Attribution()
 	if sig := interruptedBy(ctx); sig != "" {
 		sum.Interrupted, sum.CutShort = true, "interrupted by "+sig

@@ -140,7 +140,15 @@ func DropsSummaryText(w io.Writer, s DropsSummary) error {
 			if x.Count != y.Count {
 				return x.Count > y.Count
 			}
-			return x.Location+" "+x.Src+" "+x.Dst < y.Location+" "+y.Src+" "+y.Dst
+			// Field by field: building one string per comparison costs more
+			// than the rest of a 10,000-flow summary.
+			if x.Location != y.Location {
+				return x.Location < y.Location
+			}
+			if x.Src != y.Src {
+				return x.Src < y.Src
+			}
+			return x.Dst < y.Dst
 		})
 		if len(s.Aggregates) == 0 {
 			b.WriteString("no drops matched\n")

@@ -246,7 +246,9 @@ func (a *Attributor) batch() {
 	index := map[tupleKey]*Flow{}
 	errs := map[string]string{}
 	add := func(k tupleKey, f *Flow) {
-		if len(index) < MaxIndexKeys {
+		// The first place that fits names the packet: without NAT, the
+		// tuples coincide and "as the client sent it" is the truth.
+		if _, ok := index[k]; !ok && len(index) < MaxIndexKeys {
 			index[k] = f
 		}
 	}

@@ -54,6 +54,8 @@ func Watch(ctx context.Context, lb netns.Target, cfg Config, window time.Duratio
 		return nil, err
 	}
 	defer tr.Close()
+	n := tr.Namer(lb) // before the window: reading kallsyms takes a while
+	defer n.Close()
 	start := time.Now()
 	timer := time.NewTimer(window)
 	defer timer.Stop()
@@ -63,8 +65,6 @@ func Watch(ctx context.Context, lb netns.Target, cfg Config, window time.Duratio
 		cut = true
 	case <-timer.C:
 	}
-	n := tr.Namer(lb)
-	defer n.Close()
 	s, err := tr.Sample(n, time.Since(start))
 	if s != nil {
 		s.CutShort = cut
@@ -82,7 +82,7 @@ func (t *Tracer) Sample(n *Namer, window time.Duration) (*Sample, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := t.Counters()
+	c, err := t.counters(aggs)
 	if err != nil {
 		return nil, err
 	}

@@ -329,6 +329,19 @@ func (t *Tracer) Close() error {
 // kernel keeps no separate total: matched is what the aggregates hold plus
 // what did not fit.
 func (t *Tracer) Counters() (Counters, error) {
+	if t.events {
+		return t.counters(nil)
+	}
+	aggs, err := t.Aggregates()
+	if err != nil {
+		return Counters{}, err
+	}
+	return t.counters(aggs)
+}
+
+// counters reads the counters; in aggregate mode, Matched is summed from
+// aggs (the aggregates already read).
+func (t *Tracer) counters(aggs []Aggregate) (Counters, error) {
 	var c Counters
 	for idx, dst := range map[uint32]*uint64{0: &c.Matched, 1: &c.RingLost, 2: &c.AggLost} {
 		var per []uint64
@@ -343,10 +356,6 @@ func (t *Tracer) Counters() (Counters, error) {
 		c.Missed = st.RecursionMisses
 	}
 	if !t.events {
-		aggs, err := t.Aggregates()
-		if err != nil {
-			return c, err
-		}
 		c.Matched = c.AggLost
 		for _, a := range aggs {
 			c.Matched += a.Count
@@ -360,18 +369,11 @@ func (t *Tracer) Counters() (Counters, error) {
 // last-flow slot and the map may be off by its count for that moment; after
 // Stop the totals are exact.
 func (t *Tracer) Aggregates() ([]Aggregate, error) {
-	var out []Aggregate
-	var k dropsAggKey
-	var per []uint64
-	it := t.coll.Maps["agg"].Iterate()
-	for it.Next(&k, &per) {
-		var n uint64
-		for _, v := range per {
-			n += v
-		}
-		out = append(out, Aggregate{Packet: packetOf(k.Netns, k.Reason, k.Location, k.Family, k.Proto, k.Saddr.B, k.Daddr.B, k.Sport, k.Dport), Count: n})
+	out, err := t.batchAggregates()
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		out, err = t.iterateAggregates()
 	}
-	if err := it.Err(); err != nil {
+	if err != nil {
 		return nil, fmt.Errorf("read drop aggregates: %w", err)
 	}
 	// Each CPU's last flow is counted apart until the next flow flushes it.
@@ -404,6 +406,54 @@ func (t *Tracer) Aggregates() ([]Aggregate, error) {
 // woken: a safety net, since the kernel side wakes it for the first record
 // after it caught up.
 var pollInterval = 50 * time.Millisecond
+
+// batchAggregates reads the aggregate map a thousand entries a syscall
+// (Linux 5.6+): a flood of distinct flows is read in milliseconds, where
+// one lookup per entry takes a syscall pair each.
+func (t *Tracer) batchAggregates() ([]Aggregate, error) {
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, err
+	}
+	const chunk = 1024
+	keys := make([]dropsAggKey, chunk)
+	vals := make([]uint64, chunk*ncpu)
+	var out []Aggregate
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := t.coll.Maps["agg"].BatchLookup(&cursor, keys, vals, nil)
+		for i, k := range keys[:n] {
+			var c uint64
+			for _, v := range vals[i*ncpu : (i+1)*ncpu] {
+				c += v
+			}
+			out = append(out, Aggregate{Packet: packetOf(k.Netns, k.Reason, k.Location, k.Family, k.Proto, k.Saddr.B, k.Daddr.B, k.Sport, k.Dport), Count: c})
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+}
+
+// iterateAggregates reads the aggregate map one entry at a time, for
+// kernels without batch lookups.
+func (t *Tracer) iterateAggregates() ([]Aggregate, error) {
+	var out []Aggregate
+	var k dropsAggKey
+	var per []uint64
+	it := t.coll.Maps["agg"].Iterate()
+	for it.Next(&k, &per) {
+		var n uint64
+		for _, v := range per {
+			n += v
+		}
+		out = append(out, Aggregate{Packet: packetOf(k.Netns, k.Reason, k.Location, k.Family, k.Proto, k.Saddr.B, k.Daddr.B, k.Sport, k.Dport), Count: n})
+	}
+	return out, it.Err()
+}
 
 // Read delivers events until ctx ends, then what is still in the ring, so
 // that delivered + lost adds up to what the kernel matched. It returns nil

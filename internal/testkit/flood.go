@@ -1,0 +1,69 @@
+package testkit
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/lbdoctor/lbdoctor/internal/netns"
+)
+
+// DropPair is two namespaces on one veth, where B drops what A sends it:
+// UDP to ports from DroppedPorts on by an nft rule in B's input (before
+// conntrack confirms the flow: a flow no table knows), UDP to any other
+// port by B itself, finding no socket (after conntrack confirmed the flow:
+// a flow B's conntrack table knows).
+type DropPair struct {
+	A, B         netns.Target
+	AddrA, AddrB netip.Addr
+}
+
+// DroppedPorts are the ports B's nft rule drops: [DroppedPorts, 65535].
+const DroppedPorts = 40000
+
+// NewDropPair builds a DropPair that is removed when the test ends.
+func NewDropPair(t testing.TB) *DropPair {
+	t.Helper()
+	p := &DropPair{A: Netns(t, "fa"), B: Netns(t, "fb"), AddrA: netip.MustParseAddr("10.79.0.1"), AddrB: netip.MustParseAddr("10.79.0.2")}
+	Veth(t, VethEnd{NS: p.A, Name: "f0", Addrs: []string{"10.79.0.1/24"}}, VethEnd{NS: p.B, Name: "f1", Addrs: []string{"10.79.0.2/24"}})
+	Run(t, p.B, "nft", "add table ip f; add chain ip f in { type filter hook input priority 0; }; add rule ip f in ct state invalid drop; add rule ip f in udp dport 40000-65535 drop")
+	// B answers each closed port with an ICMP error: rate-limited by
+	// default; off, so that the flood is all B does.
+	Sysctl(t, p.B, "net.ipv4.icmp_ratelimit", "0")
+	return p
+}
+
+// Flood sends one UDP datagram from A to B on each port of ports (one flow
+// each: one source port, distinct destination ports), spread evenly over d.
+func (p *DropPair) Flood(t testing.TB, ports []uint16, d time.Duration) {
+	t.Helper()
+	err := p.A.Do(func() error {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: p.AddrA.AsSlice()})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		const slices = 100
+		start := time.Now()
+		for i := 0; i < slices; i++ {
+			for _, port := range ports[i*len(ports)/slices : (i+1)*len(ports)/slices] {
+				c.WriteToUDPAddrPort([]byte("x"), netip.AddrPortFrom(p.AddrB, port))
+			}
+			time.Sleep(time.Until(start.Add(d * time.Duration(i+1) / slices)))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("flood from %s: %v", p.A, err)
+	}
+}
+
+// Ports returns n ports from first on.
+func Ports(first, n int) []uint16 {
+	out := make([]uint16, n)
+	for i := range out {
+		out[i] = uint16(first + i)
+	}
+	return out
+}
