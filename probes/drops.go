@@ -81,6 +81,10 @@ func WatchDrops(ctx context.Context, ns netns.Target, sel Selector, s *Snapshot,
 		return
 	}
 	smp, err := drops.Watch(ctx, ns, drops.Config{NetnsInode: uint32(ns.Inode), Addrs: addrs, Ports: ports}, d)
+	if err != nil && ctx.Err() != nil {
+		s.Errors[ProbeDrops] = "interrupted before the tracer was attached: nothing traced"
+		return
+	}
 	if err != nil {
 		s.Errors[ProbeDrops] = err.Error()
 		return

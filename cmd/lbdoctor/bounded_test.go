@@ -5,12 +5,17 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os/exec"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/report"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
@@ -31,7 +36,7 @@ type proc struct {
 
 // startLbdoctor starts the binary; startLine is the beginning of the stderr
 // line that opens the window ("" with -o json: the tracer program appearing
-// in the kernel opens it).
+// in the kernel opens it; "exec": the process starting).
 func startLbdoctor(t testing.TB, startLine string, args ...string) *proc {
 	t.Helper()
 	p := &proc{cmd: exec.Command(testkit.LbdoctorBinary(t), args...), started: make(chan time.Time, 1), done: make(chan struct{})}
@@ -50,7 +55,7 @@ func startLbdoctor(t testing.TB, startLine string, args ...string) *proc {
 			p.mu.Lock()
 			p.stderr.WriteString(line)
 			p.mu.Unlock()
-			if startLine != "" && strings.HasPrefix(line, startLine) {
+			if startLine != "" && startLine != "exec" && strings.HasPrefix(line, startLine) {
 				select {
 				case p.started <- time.Now():
 				default:
@@ -71,6 +76,9 @@ func startLbdoctor(t testing.TB, startLine string, args ...string) *proc {
 		}
 		close(p.done)
 	}()
+	if startLine == "exec" {
+		p.started <- time.Now()
+	}
 	if startLine == "" {
 		go func() {
 			name := drops.ProgramName(p.cmd.Process.Pid)
@@ -187,7 +195,7 @@ func (p *proc) flowsShown(summaryMode bool) (with, without uint64) {
 func TestDropsWindowHoldsUnderAFlood(t *testing.T) {
 	const window, flows = 2 * time.Second, 4000
 	p := testkit.NewDropPair(t)
-	known, unknown := testkit.Ports(20000, flows/2), testkit.Ports(testkit.DroppedPorts, flows/2)
+	ports := append(testkit.Ports(20000, flows/2), testkit.Ports(testkit.DroppedPorts, flows/2)...)
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -196,25 +204,135 @@ func TestDropsWindowHoldsUnderAFlood(t *testing.T) {
 		{"summary", []string{"--summary"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			args := append([]string{"drops", "--netns", p.B.Name, "--host", p.AddrA.String(), "--duration", window.String(), "-o", "json"}, tc.args...)
-			lp := startLbdoctor(t, "", args...)
+			args := append([]string{"drops", "--netns", p.B.Name, "--host", p.AddrA.String(), "--duration", window.String()}, tc.args...)
+			lp := startLbdoctor(t, "tracing drops", args...)
 			start := lp.waitStart(t)
-			p.Flood(t, append(append([]uint16{}, known...), unknown...), window/2)
+			p.Flood(t, ports, window/2)
 			lp.wait(t, 2*window+10*time.Second)
 			took := lp.ended.Sub(start)
-			s := lp.summary(t, tc.name == "summary")
-			t.Logf("window %s: process ran %s after the tracer loaded (CPU %s; attach %.0f ms, window %s); %d matched, %d lost; %+v", window, took.Round(time.Millisecond), lp.cpu(), s.AttachMs, s.Window, s.Counters.Matched, s.Lost, s.Attribution)
-			// The program appears in the kernel a little before the window
-			// opens (attach): the bound is generous by that much only.
+			all := lp.stdout.String() + lp.errText()
+			attributed, not := attributionLine(all)
+			t.Logf("window %s: lbdoctor ended %s after it opened (CPU %s): %d attributed, %d not", window, took.Round(time.Millisecond), lp.cpu(), attributed, not)
 			if lp.code != 0 || took > window+100*time.Millisecond {
-				t.Errorf("lbdoctor %v = exit %d after %s, want exit 0 within %s", args, lp.code, took, window+100*time.Millisecond)
+				t.Errorf("lbdoctor %v = exit %d %s after its window opened, want exit 0 within %s", args, lp.code, took, window+100*time.Millisecond)
 			}
-			if s.Counters.Matched != flows || s.Lost != 0 {
-				t.Errorf("drops matched %d, lost %d; want %d, 0", s.Counters.Matched, s.Lost, flows)
+			if want := fmt.Sprintf("%d drops matched in", flows); !strings.Contains(all, want) || !strings.Contains(all, " 0 lost") {
+				t.Errorf("lbdoctor %v said\n%.1500s\nwant %q and 0 lost", args, lp.errText(), want)
 			}
-			with, without := lp.flowsShown(tc.name == "summary")
-			if s.Attribution.Attributed != flows/2 || s.Attribution.NotAttributed != flows/2 || with != flows/2 || without != flows/2 {
-				t.Errorf("attribution = %+v, shown with a flow %d, without %d; want %d each", s.Attribution, with, without, flows/2)
+			if attributed != flows/2 || not != flows/2 {
+				t.Errorf("lbdoctor %v: %d attributed, %d not; want %d each", args, attributed, not, flows/2)
+			}
+			if n := strings.Count(lp.stdout.String(), "\n    flow: request of "+p.AddrA.String()); tc.name == "events" && n != flows/2 {
+				t.Errorf("lbdoctor %v showed %d drops with their flow, want %d", args, n, flows/2)
+			}
+		})
+	}
+}
+
+var attributionRE = regexp.MustCompile(`(?m)^(\d+) attributed to a load-balanced flow, (\d+) not`)
+
+// attributionLine reads the summary's attribution counts (-1 when absent).
+func attributionLine(out string) (attributed, not int) {
+	m := attributionRE.FindStringSubmatch(out)
+	if m == nil {
+		return -1, -1
+	}
+	attributed, _ = strconv.Atoi(m[1])
+	not, _ = strconv.Atoi(m[2])
+	return attributed, not
+}
+
+// The interrupt rule, verb by verb: SIGINT or SIGTERM ends the command
+// within 200 ms; after something was measured it prints that, says it was
+// cut short and exits as the verb would; before, it exits 130.
+func TestInterruptRule(t *testing.T) {
+	p := testkit.NewDropPair(t)
+	vip := p.AddrB.String() + ":40000"
+	tests := []struct {
+		name      string
+		args      []string
+		startLine string        // see startLbdoctor
+		after     time.Duration // signal this long after the start
+		sig       syscall.Signal
+		codes     []int    // acceptable exit codes
+		want      []string // in stdout + stderr
+	}{
+		{"drops events", []string{"drops", "--netns", p.B.Name, "--duration", "20s"}, "tracing drops", 300 * time.Millisecond, syscall.SIGINT,
+			[]int{0}, []string{"drops matched in", "! cut short (interrupted by SIGINT) after"}},
+		{"drops summary json", []string{"drops", "--netns", p.B.Name, "--summary", "--duration", "20s", "-o", "json"}, "", 300 * time.Millisecond, syscall.SIGTERM,
+			[]int{0}, []string{`"interrupted": true`, `"cut_short": "interrupted by SIGTERM"`}},
+		{"drops until ctrl-c", []string{"drops", "--netns", p.B.Name}, "tracing drops", 300 * time.Millisecond, syscall.SIGINT,
+			[]int{0}, []string{"drops matched in"}},
+		{"drops before attach", []string{"drops", "--netns", p.B.Name, "--duration", "20s"}, "exec", 60 * time.Millisecond, syscall.SIGINT,
+			[]int{exitInterrupted}, []string{"lbdoctor: interrupted by SIGINT before anything was measured"}},
+		{"check drops", []string{"check", "--netns", p.B.Name, "--vip", vip, "--proto", "udp", "--drops", "20s"}, "", 300 * time.Millisecond, syscall.SIGINT,
+			[]int{0, 1}, []string{"drops.vip_flows", "! cut short by SIGINT after", "verdict:"}},
+		{"check drops json", []string{"check", "--netns", p.B.Name, "--vip", vip, "--proto", "udp", "--drops", "20s", "-o", "json"}, "", 300 * time.Millisecond, syscall.SIGTERM,
+			[]int{0, 1}, []string{`"interrupted": true`, "the window was cut short", `"verdict"`}},
+		{"inspect watch", []string{"inspect", "--netns", p.B.Name, "--watch", "20s"}, "exec", 3 * time.Second, syscall.SIGINT,
+			[]int{0}, []string{"lbdoctor inspect: netns " + p.B.Name, "! cut short by SIGINT after"}},
+		{"inspect watch json", []string{"inspect", "--netns", p.B.Name, "--watch", "20s", "-o", "json"}, "exec", 3 * time.Second, syscall.SIGTERM,
+			[]int{0}, []string{`"interrupted": true`, `"deltas"`}},
+		{"inspect before the first read", []string{"inspect", "--netns", p.B.Name, "--watch", "20s"}, "exec", 60 * time.Millisecond, syscall.SIGTERM,
+			[]int{exitInterrupted}, []string{"lbdoctor: interrupted by SIGTERM before anything was measured"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			lp := startLbdoctor(t, tc.startLine, tc.args...)
+			lp.waitStart(t)
+			time.Sleep(tc.after)
+			sent := time.Now()
+			lp.cmd.Process.Signal(tc.sig)
+			lp.wait(t, 10*time.Second)
+			took := lp.ended.Sub(sent)
+			all := lp.stdout.String() + lp.errText()
+			ok := took < 200*time.Millisecond
+			ok = ok && slicesContains(tc.codes, lp.code)
+			for _, w := range tc.want {
+				ok = ok && strings.Contains(all, w)
+			}
+			if !ok {
+				t.Errorf("lbdoctor %v, %s after %s = exit %d after %s:\n%.3000s\nwant exit %v within 200ms, with %q", tc.args, tc.sig, tc.after, lp.code, took, all, tc.codes, tc.want)
+			}
+		})
+	}
+}
+
+func slicesContains(s []int, v int) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// A namespace deleted under `drops --netns` ends the window with a line
+// saying so; what was measured is printed, in text and JSON.
+func TestDropsNetnsDeleted(t *testing.T) {
+	for _, tc := range []struct {
+		name, startLine string
+		args            []string
+		want            string
+	}{
+		{"text", "tracing drops", nil, "! cut short (netns %s was deleted) after"},
+		{"summary json", "", []string{"--summary", "-o", "json"}, `"cut_short": "netns %s was deleted"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ns := testkit.Netns(t, "gone")
+			lp := startLbdoctor(t, tc.startLine, append([]string{"drops", "--netns", ns.Name, "--duration", "20s"}, tc.args...)...)
+			lp.waitStart(t)
+			time.Sleep(200 * time.Millisecond)
+			deleted := time.Now()
+			if err := netns.Delete(ns.Name); err != nil {
+				t.Fatal(err)
+			}
+			lp.wait(t, 10*time.Second)
+			took := lp.ended.Sub(deleted)
+			all := lp.stdout.String() + lp.errText()
+			want := strings.ReplaceAll(tc.want, "%s", ns.Name)
+			if lp.code != 0 || took > 300*time.Millisecond || !strings.Contains(all, want) || !strings.Contains(all, "matched") {
+				t.Errorf("drops --netns %s, deleted = exit %d after %s:\n%s\nwant exit 0 within 300ms, the summary and %q", ns.Name, lp.code, took, all, want)
 			}
 		})
 	}

@@ -144,7 +144,11 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		}
 	}
 
-	tr, err := drops.New(cfg)
+	ctx := cmd.Context()
+	tr, err := drops.NewContext(ctx, cfg)
+	if ctx.Err() != nil {
+		return notMeasured(ctx) // interrupted while the tracer loaded
+	}
 	if errors.Is(err, drops.ErrBadFilter) {
 		return usageErrorf("%v", err)
 	}
@@ -152,10 +156,6 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		return err
 	}
 	defer tr.Close()
-	ctx := cmd.Context()
-	if ctx.Err() != nil {
-		return notMeasured(ctx) // interrupted while the tracer loaded
-	}
 	namer := tr.Namer(lb)
 	defer namer.Close()
 	names := map[uint32]string{}
@@ -205,6 +205,7 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 	var delivered uint64
 	sum := report.DropsSummary{Type: "summary", Attach: tr.Attach, AttachMs: float64(tr.AttachTime.Microseconds()) / 1000, NoReasons: tr.NoReasons, Top: f.top, Length: f.duration}
 	if f.summary {
+		namer.Follow(window, drops.FollowPeriod)
 		<-window.Done()
 		smp, err := tr.Sample(namer, time.Since(start))
 		if err != nil {

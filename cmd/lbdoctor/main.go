@@ -147,7 +147,7 @@ func notMeasured(ctx context.Context) error {
 // something.
 func cutShortLine(sig string, ran, length time.Duration) string {
 	if length > 0 {
-		return fmt.Sprintf("! cut short by %s after %s of %s: what follows covers that much", sig, ran.Round(time.Millisecond), length)
+		return fmt.Sprintf("! cut short by %s after %s of %s: the results cover that much", sig, ran.Round(time.Millisecond), length)
 	}
 	return fmt.Sprintf("! cut short by %s after %s", sig, ran.Round(time.Millisecond))
 }

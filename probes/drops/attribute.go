@@ -55,6 +55,7 @@ type Attributor struct {
 
 	mu        sync.Mutex
 	index     map[tupleKey]*Flow // from the newest batch
+	prev      map[tupleKey]*Flow // from the one before: a flow may leave the tables between drop and lookup
 	known     map[tupleKey]*Flow // attributed before: survives batches, bounded
 	batchAt   int64              // CLOCK_MONOTONIC ns when the newest batch started (0: none yet)
 	batchDone chan struct{}      // closed when the batch after the newest one is in
@@ -158,6 +159,9 @@ func (a *Attributor) attribute(ctx context.Context, p Packet, at int64) *Flow {
 		a.mu.Lock()
 		f, ok := a.index[key]
 		if !ok {
+			f, ok = a.prev[key]
+		}
+		if !ok {
 			f, ok = a.known[key]
 		}
 		if ok {
@@ -212,6 +216,8 @@ func (a *Attributor) refresher() {
 			a.vs.Close()
 		}
 	}()
+	// Open both tables now, off the path of any lookup.
+	a.open(map[string]string{})
 	var last time.Time
 	for {
 		select {
@@ -240,6 +246,23 @@ func (a *Attributor) refresher() {
 	}
 }
 
+// open opens what is not open yet: the conntrack socket in the namespace,
+// and (once: without ip_vs there is no IPVS connection to attribute to) its
+// IPVS connection table.
+func (a *Attributor) open(errs map[string]string) {
+	if a.ct == nil {
+		d, err := conntrack.NewDumper(a.LB)
+		if err != nil {
+			errs["conntrack"] = err.Error()
+		}
+		a.ct = d
+	}
+	if !a.vsTried {
+		a.vsTried = true
+		a.vs, _ = ipvs.OpenConns(a.LB)
+	}
+}
+
 // batch reads both tables once and installs the new index.
 func (a *Attributor) batch() {
 	start := monotonicNow()
@@ -252,13 +275,7 @@ func (a *Attributor) batch() {
 			index[k] = f
 		}
 	}
-	if a.ct == nil {
-		d, err := conntrack.NewDumper(a.LB)
-		if err != nil {
-			errs["conntrack"] = err.Error()
-		}
-		a.ct = d
-	}
+	a.open(errs)
 	if a.ct != nil {
 		for _, flt := range a.filters {
 			_, err := a.ct.Tuples(flt, func(proto uint8, o, r conntrack.Tuple) {
@@ -280,10 +297,6 @@ func (a *Attributor) batch() {
 			}
 		}
 	}
-	if !a.vsTried {
-		a.vsTried = true
-		a.vs, _ = ipvs.OpenConns(a.LB) // no ip_vs: no IPVS connection to attribute to
-	}
 	if a.vs != nil {
 		err := a.vs.Read(func(c ipvs.Conn) {
 			p, ok := proto.Parse(c.Proto)
@@ -302,7 +315,7 @@ func (a *Attributor) batch() {
 	}
 	a.batches.Add(1)
 	a.mu.Lock()
-	a.index, a.batchAt, a.errs = index, start, errs
+	a.prev, a.index, a.batchAt, a.errs = a.index, index, start, errs
 	close(a.batchDone)
 	a.batchDone = make(chan struct{})
 	a.mu.Unlock()

@@ -49,7 +49,7 @@ const AttributionBudget = 50 * time.Millisecond
 // IPVS tables.
 func Watch(ctx context.Context, lb netns.Target, cfg Config, window time.Duration) (*Sample, error) {
 	cfg.Events = false
-	tr, err := New(cfg)
+	tr, err := NewContext(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -57,6 +57,9 @@ func Watch(ctx context.Context, lb netns.Target, cfg Config, window time.Duratio
 	n := tr.Namer(lb) // before the window: reading kallsyms takes a while
 	defer n.Close()
 	start := time.Now()
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	n.Follow(wctx, FollowPeriod)
 	timer := time.NewTimer(window)
 	defer timer.Stop()
 	cut := false
@@ -99,18 +102,45 @@ func (t *Tracer) Sample(n *Namer, window time.Duration) (*Sample, error) {
 
 // Namer names what a tracer saw: the reason, the location as symbol+offset,
 // the load-balanced flow from lb's tables.
+// A Namer is for one goroutine at a time.
 type Namer struct {
-	tr   *Tracer
-	syms *Symbols
-	attr *Attributor
+	tr    *Tracer
+	syms  *Symbols
+	attr  *Attributor
+	where map[uint64]string // location → symbol+offset: a flood has few places
 }
 
 // Namer returns a Namer for t's drops, attributing against lb (reading only
 // the flows that touch the tracer's addresses, when it has some). Close it.
 func (t *Tracer) Namer(lb netns.Target) *Namer {
 	syms, _ := LoadSymbols() // without kallsyms a location stays an address
-	return &Namer{tr: t, syms: syms, attr: NewAttributor(lb, t.cfg.Addrs, t.cfg.Proto)}
+	return &Namer{tr: t, syms: syms, attr: NewAttributor(lb, t.cfg.Addrs, t.cfg.Proto), where: map[uint64]string{}}
 }
+
+// Follow reads the tables every period while ctx is live and the tracer has
+// counted a drop (aggregate mode), so that the flows of a window are known
+// at its end even when they left the tables meanwhile or the last read is
+// slow. One read per period at most, whatever the drop rate.
+func (n *Namer) Follow(ctx context.Context, period time.Duration) {
+	go func() {
+		tick := time.NewTicker(period)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			var k dropsAggKey
+			if n.tr.coll.Maps["agg"].NextKey(nil, &k) == nil {
+				n.attr.Prefetch()
+			}
+		}
+	}()
+}
+
+// FollowPeriod is how often Follow reads the tables.
+const FollowPeriod = 500 * time.Millisecond
 
 // Close stops the attributor's table reads.
 func (n *Namer) Close() { n.attr.Close() }
@@ -119,7 +149,7 @@ func (n *Namer) Close() { n.attr.Close() }
 // at at (CLOCK_MONOTONIC ns, as events carry it). Attribution waits for the
 // tables only while ctx is live.
 func (n *Namer) Name(ctx context.Context, a Aggregate, at int64) Counted {
-	return Counted{Aggregate: a, ReasonName: n.tr.ReasonName(a.Reason), Symbol: n.syms.Lookup(a.Location), Flow: n.attr.Attribute(ctx, a.Packet, at, a.Count)}
+	return Counted{Aggregate: a, ReasonName: n.tr.ReasonName(a.Reason), Symbol: n.Symbol(a.Location), Flow: n.attr.Attribute(ctx, a.Packet, at, a.Count)}
 }
 
 // Attribution is what the namer attributed so far.
@@ -129,7 +159,17 @@ func (n *Namer) Attribution() Attribution {
 }
 
 // Symbol names a kernel address as symbol+offset.
-func (n *Namer) Symbol(addr uint64) string { return n.syms.Lookup(addr) }
+func (n *Namer) Symbol(addr uint64) string {
+	s, ok := n.where[addr]
+	if !ok {
+		if len(n.where) >= 1<<16 {
+			clear(n.where) // stacks: many addresses; the cache stays bounded
+		}
+		s = n.syms.Lookup(addr)
+		n.where[addr] = s
+	}
+	return s
+}
 
 // ReasonName names a reason code of this kernel: "-" where kfree_skb passes
 // no reason, "reason N" where the kernel's BTF does not name it.

@@ -96,6 +96,32 @@ var kernelReasonField = kernel.KfreeSkbReasonField
 // or a reason this kernel does not have.
 var ErrBadFilter = errors.New("bad drop filter")
 
+// NewContext is New that gives up when ctx ends first (loading takes
+// hundreds of milliseconds on a busy machine and cannot be cancelled): it
+// returns context.Cause(ctx), and the tracer, once loaded, is closed.
+func NewContext(ctx context.Context, cfg Config) (*Tracer, error) {
+	type loaded struct {
+		t   *Tracer
+		err error
+	}
+	ch := make(chan loaded, 1)
+	go func() {
+		t, err := New(cfg)
+		ch <- loaded{t, err}
+	}()
+	select {
+	case l := <-ch:
+		return l.t, l.err
+	case <-ctx.Done():
+		go func() {
+			if l := <-ch; l.t != nil {
+				l.t.Close()
+			}
+		}()
+		return nil, context.Cause(ctx)
+	}
+}
+
 // New loads the tracer with cfg's filters compiled in and attaches it.
 func New(cfg Config) (*Tracer, error) {
 	start := time.Now()
