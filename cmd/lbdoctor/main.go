@@ -143,6 +143,16 @@ func notMeasured(ctx context.Context) error {
 	return fmt.Errorf("%w before anything was measured", ie)
 }
 
+// notChanged is the rule's error for a command that changes the host,
+// interrupted before it changed anything: exit 130.
+func notChanged(ctx context.Context, verb string) error {
+	var ie *interruptedError
+	if !errors.As(context.Cause(ctx), &ie) {
+		ie = &interruptedError{sig: syscall.SIGINT}
+	}
+	return fmt.Errorf("%s: %w before anything changed", verb, ie)
+}
+
 // cutShortLine is the text line of a command cut short after it measured
 // something.
 func cutShortLine(sig string, ran, length time.Duration) string {

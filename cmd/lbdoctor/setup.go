@@ -43,7 +43,16 @@ second run changes nothing. What it made is recorded, and
   sudo lbdoctor teardown --netns lb`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			spec, err := setupSpec(cmd.Context(), cmd.InOrStdin(), vip, proto, scheduler, snat, backend, reals, file, fromIpvsadm, fromKeepalived)
+			// Reading the input and the host changes nothing: Ctrl-C
+			// abandons it at once.
+			ctx := cmd.Context()
+			var spec setup.Spec
+			var err error
+			if !measure(ctx, func() {
+				spec, err = setupSpec(ctx, cmd.InOrStdin(), vip, proto, scheduler, snat, backend, reals, file, fromIpvsadm, fromKeepalived)
+			}) {
+				return notChanged(ctx, "setup")
+			}
 			if err != nil {
 				return err
 			}
@@ -54,7 +63,10 @@ second run changes nothing. What it made is recorded, and
 			if _, err := apply.LoadState(t); err != nil {
 				return err // a corrupt record: exit 2 before anything is read or planned
 			}
-			snap := probes.Gather(t, probes.Selector{}, probes.Options{})
+			var snap *probes.Snapshot
+			if !measure(ctx, func() { snap = probes.Gather(t, probes.Selector{}, probes.Options{}) }) {
+				return notChanged(ctx, "setup")
+			}
 			if !snap.IPVS.Available {
 				return &kernel.NotSupportedError{Feature: "setup", Reason: "needs IPVS: " + snap.IPVS.Reason}
 			}
@@ -211,7 +223,7 @@ func runPlanConfirm(cmd *cobra.Command, t netns.Target, steps []apply.Step, dryR
 	plan, err := apply.Build(ctx, steps)
 	if err != nil {
 		if ctx.Err() != nil {
-			return fmt.Errorf("%s: %w before anything changed", verb, err)
+			return notChanged(ctx, verb)
 		}
 		return err
 	}
@@ -234,7 +246,7 @@ func runPlanConfirm(cmd *cobra.Command, t netns.Target, steps []apply.Step, dryR
 	}
 	if confirm != nil && !confirm(len(plan.Steps)) {
 		if ctx.Err() != nil {
-			return fmt.Errorf("%s: %w before anything changed", verb, context.Cause(ctx))
+			return notChanged(ctx, verb)
 		}
 		return &exitError{code: exitFindings, msg: verb + ": nothing changed (not confirmed)"}
 	}

@@ -116,3 +116,48 @@ func TestRollbackRestoresTheHost(t *testing.T) {
 		t.Errorf("second Build() = %v, want nothing to change", p2.Commands())
 	}
 }
+
+// Ctrl-C during an apply: the steps already applied are undone — on a real
+// namespace's sysctls — and the error carries the signal's cause and
+// ErrRolledBack; nothing is left half-applied.
+func TestRunRollsBackWhenInterrupted(t *testing.T) {
+	ns := testkit.Netns(t, "intr")
+	keys := []string{"net.ipv4.ip_forward", "net.ipv4.conf.all.send_redirects", "net.ipv4.conf.all.rp_filter"}
+	read := func() string {
+		var vals []string
+		for _, k := range keys {
+			vals = append(vals, strings.TrimSpace(testkit.Run(t, ns, "sysctl", "-n", k)))
+		}
+		return strings.Join(vals, " ")
+	}
+	before := read()
+	values := []string{"1", "0", "2"}
+	var steps []apply.Step
+	for i, k := range keys {
+		steps = append(steps, apply.NewSysctl(ns, k, values[i]))
+	}
+	for _, after := range []int{1, 2} {
+		t.Run(fmt.Sprintf("after step %d", after), func(t *testing.T) {
+			p, err := apply.Build(context.Background(), steps)
+			if err != nil || len(p.Steps) != 3 {
+				t.Fatalf("Build() = %v, %v; want 3 steps", p, err)
+			}
+			cause := errors.New("interrupted by SIGINT")
+			ctx, cancel := context.WithCancelCause(context.Background())
+			defer cancel(nil)
+			// The signal arrives while step `after` runs.
+			_, err = apply.Run(ctx, p, apply.Hooks{AfterStep: func(n int) error {
+				if n == after {
+					cancel(cause)
+				}
+				return nil
+			}})
+			if !errors.Is(err, cause) || !errors.Is(err, apply.ErrRolledBack) {
+				t.Errorf("Run(interrupted after step %d) = %v, want the cause and ErrRolledBack", after, err)
+			}
+			if got := read(); got != before {
+				t.Errorf("after an interrupted Run, sysctls = %s, want %s (all undone)", got, before)
+			}
+		})
+	}
+}
