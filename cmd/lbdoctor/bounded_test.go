@@ -24,14 +24,15 @@ import (
 // proc is an lbdoctor process run by a test: its output, when it said it
 // started measuring, when it ended, what it cost.
 type proc struct {
-	cmd     *exec.Cmd
-	stdout  bytes.Buffer
-	mu      sync.Mutex
-	stderr  strings.Builder
-	started chan time.Time // the line that says the window opened (or the tracer program loaded)
-	done    chan struct{}
-	ended   time.Time
-	code    int
+	cmd       *exec.Cmd
+	stdout    bytes.Buffer
+	mu        sync.Mutex
+	stderr    strings.Builder
+	started   chan time.Time // the line that says the window opened (or the tracer program loaded)
+	startedAt chan time.Time // the same time again, for whoever needs it after waitStart
+	done      chan struct{}
+	ended     time.Time
+	code      int
 }
 
 // startLbdoctor starts the binary; startLine is the beginning of the stderr
@@ -39,7 +40,16 @@ type proc struct {
 // in the kernel opens it; "exec": the process starting).
 func startLbdoctor(t testing.TB, startLine string, args ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(testkit.LbdoctorBinary(t), args...), started: make(chan time.Time, 1), done: make(chan struct{})}
+	return startLbdoctorBin(t, "", startLine, args...)
+}
+
+// startLbdoctorBin is startLbdoctor with another binary ("": this module's).
+func startLbdoctorBin(t testing.TB, bin, startLine string, args ...string) *proc {
+	t.Helper()
+	if bin == "" {
+		bin = testkit.LbdoctorBinary(t)
+	}
+	p := &proc{cmd: exec.Command(bin, args...), started: make(chan time.Time, 1), startedAt: make(chan time.Time, 1), done: make(chan struct{})}
 	p.cmd.Stdout = &p.stdout
 	errPipe, err := p.cmd.StderrPipe()
 	if err != nil {
@@ -108,6 +118,7 @@ func (p *proc) waitStart(t testing.TB) time.Time {
 	t.Helper()
 	select {
 	case at := <-p.started:
+		p.startedAt <- at
 		return at
 	case <-p.done:
 		t.Fatalf("lbdoctor %v ended before its window opened: exit %d\n%s\n%s", p.cmd.Args[1:], p.code, p.stdout.String(), p.errText())

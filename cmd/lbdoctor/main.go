@@ -3,6 +3,7 @@
 package main
 
 import (
+	"runtime/pprof"
 	"context"
 	"errors"
 	"fmt"
@@ -40,7 +41,12 @@ func main() {
 		sig := <-sigs
 		cancel(&interruptedError{sig: sig.(syscall.Signal)})
 	}()
+	if p := os.Getenv("LBD_PROF"); p != "" {
+		f, _ := os.Create(p)
+		pprof.StartCPUProfile(f)
+	}
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	pprof.StopCPUProfile()
 	os.Exit(code)
 }
 

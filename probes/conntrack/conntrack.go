@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/mdlayher/netlink"
 	ct "github.com/ti-mo/conntrack"
@@ -520,4 +521,89 @@ func (f Flow) String() string {
 	}
 	fmt.Fprintf(&b, " reply %s [%s] timeout %ds", f.Reply, strings.Join(f.Status, ","), f.Timeout)
 	return b.String()
+}
+
+// nfnlgrpConntrackNew is the multicast group of confirmed flows
+// (NFNLGRP_CONNTRACK_NEW).
+const nfnlgrpConntrackNew = 1
+
+// ErrEventsLost says the kernel dropped events because the socket buffer
+// was full: flows confirmed meanwhile were not seen.
+var ErrEventsLost = errors.New("conntrack events lost (socket buffer full)")
+
+// NewFlows is a subscription to the flows conntrack confirms in one
+// namespace, read raw: a flow costs one message, decoded to its tuples only.
+// It is for one goroutine at a time.
+type NewFlows struct {
+	ns   netns.Target
+	sock int
+	buf  []byte
+}
+
+// SubscribeNew subscribes to the flows ns confirms from now on. Reads block
+// for at most wait when nothing arrives.
+func SubscribeNew(ns netns.Target, wait time.Duration) (*NewFlows, error) {
+	sock := -1
+	err := ns.Do(func() error {
+		var err error
+		sock, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+		if err != nil {
+			return err
+		}
+		if err := unix.Bind(sock, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: 1 << (nfnlgrpConntrackNew - 1)}); err != nil {
+			unix.Close(sock)
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("subscribe to conntrack events in %s: %w", ns, err)
+	}
+	// A flood confirms thousands of flows a second: room for a few seconds
+	// of them (root may exceed rmem_max).
+	if unix.SetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 16<<20) != nil {
+		unix.SetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_RCVBUF, 16<<20)
+	}
+	tv := unix.NsecToTimeval(wait.Nanoseconds())
+	unix.SetsockoptTimeval(sock, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	return &NewFlows{ns: ns, sock: sock, buf: make([]byte, 256*1024)}, nil
+}
+
+// Close ends the subscription.
+func (s *NewFlows) Close() error { return unix.Close(s.sock) }
+
+// Read hands the tuples of what has arrived to fn. It returns drained =
+// true when the socket held nothing more (everything the kernel queued
+// before the return was read), after waiting at most the subscription's
+// wait if block; ErrEventsLost when the kernel dropped some.
+func (s *NewFlows) Read(block bool, fn func(proto uint8, orig, reply Tuple)) (drained bool, err error) {
+	flags := 0
+	if !block {
+		flags = unix.MSG_DONTWAIT
+	}
+	n, _, err := unix.Recvfrom(s.sock, s.buf, flags)
+	switch {
+	case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR):
+		return true, nil
+	case errors.Is(err, unix.ENOBUFS):
+		return false, ErrEventsLost
+	case err != nil:
+		return false, fmt.Errorf("read conntrack events in %s: %w", s.ns, err)
+	}
+	msgs, err := syscall.ParseNetlinkMessage(s.buf[:n])
+	if err != nil {
+		return false, fmt.Errorf("read conntrack events in %s: parse: %w", s.ns, err)
+	}
+	for _, m := range msgs {
+		if m.Header.Type == unix.NLMSG_ERROR || m.Header.Type == unix.NLMSG_DONE {
+			continue
+		}
+		o, r, err := rawTuples(m.Data)
+		if err != nil {
+			continue // not a flow
+		}
+		fn(o.proto, Tuple{netip.AddrPortFrom(o.src, o.srcPort), netip.AddrPortFrom(o.dst, o.dstPort)},
+			Tuple{netip.AddrPortFrom(r.src, r.srcPort), netip.AddrPortFrom(r.dst, r.dstPort)})
+	}
+	return false, nil
 }

@@ -2,6 +2,7 @@ package drops
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -37,33 +38,37 @@ func (f Flow) String() string {
 // back to flows, using the conntrack and IPVS tables of the load balancer's
 // namespace.
 //
-// It never asks the kernel per drop: a refresher reads both tables in one
-// batch (one conntrack dump over a socket opened once in the namespace, one
-// read of ip_vs_conn opened once there), at most once per Interval and only
-// when a drop missed, and indexes every place a packet of each flow can have
-// on the NAT path. A lookup is a map read. A drop that misses waits for the
-// next batch only while its caller's context allows (the window is still
-// open); otherwise it is counted as not attributed. Flows once attributed stay
-// known (bounded) after they leave the tables; misses are never kept, so a
-// flow that appears later is found by the next batch. Safe for concurrent use.
+// It never asks the kernel per drop. Conntrack: it subscribes to the flows
+// the namespace confirms (one event per flow, decoded to its tuples) and
+// dumps the table once at the start for the flows already there — again only
+// if events were lost. IPVS, which has no events: one read of ip_vs_conn
+// (opened once in the namespace) at most once per Interval, and only when a
+// drop missed. Every place a packet of each flow can have on the NAT path is
+// indexed by tuple in a bounded cache (two generations: the older one is
+// dropped when the newer fills; hits move forward), so a lookup is a map
+// read. Misses are never cached. A drop that misses waits — only while its
+// caller's context allows, i.e. while the window is open — until the tables
+// are known to be read past the moment it was dropped; otherwise it is
+// counted as not attributed. Safe for concurrent use.
 type Attributor struct {
 	LB       netns.Target
-	Interval time.Duration // least time between two batches
+	Interval time.Duration // least time between two batched reads
 
-	filters []conntrack.Filter // what one batch dumps; the zero Filter: every flow
+	filters []conntrack.Filter // what a dump reads; the zero Filter: every flow
 	keep    func(netip.Addr) bool
 
-	mu        sync.Mutex
-	index     map[tupleKey]*Flow // from the newest batch
-	prev      map[tupleKey]*Flow // from the one before: a flow may leave the tables between drop and lookup
-	known     map[tupleKey]*Flow // attributed before: survives batches, bounded
-	batchAt   int64              // CLOCK_MONOTONIC ns when the newest batch started (0: none yet)
-	batchDone chan struct{}      // closed when the batch after the newest one is in
-	wanted    bool
-	errs      map[string]string // table → why it could not be read
-	ct        *conntrack.Dumper
-	vs        *ipvs.ConnTable
-	vsTried   bool
+	mu       sync.Mutex
+	cur, old map[tupleKey]*Flow
+	progress chan struct{} // closed (and replaced) whenever the tables are read further
+	// CLOCK_MONOTONIC ns: when the newest conntrack dump and IPVS read
+	// started, when the event socket was last found empty, when events were
+	// last lost (0: never).
+	dumpAt, vsAt, drainedAt, lostAt int64
+	subscribed                      bool
+	wantDump, wantVS                bool
+	errs                            map[string]string // table → why it could not be read
+	ct                              *conntrack.Dumper
+	vs                              *ipvs.ConnTable
 
 	wake                      chan struct{}
 	stop                      chan struct{}
@@ -72,13 +77,16 @@ type Attributor struct {
 	batches                   atomic.Uint64
 }
 
-// Bounds of the attributor's memory: keys of one batch's index (six per
-// conntrack flow, four per IPVS connection) and flows kept across batches.
+// Bounds of the attributor's memory: keys of one generation of the cache
+// (six per conntrack flow, four per IPVS connection).
 const (
-	MaxIndexKeys = 1 << 18
-	MaxKnown     = 1 << 14
-	// DefaultInterval is the least time between two batches.
+	MaxCacheKeys = 1 << 18
+	// DefaultInterval is the least time between two batched reads.
 	DefaultInterval = 50 * time.Millisecond
+	// eventWait is how long the event reader blocks on an empty socket:
+	// a drop that misses waits at most this long for the socket to be
+	// known empty.
+	eventWait = 20 * time.Millisecond
 )
 
 type tupleKey struct {
@@ -86,29 +94,31 @@ type tupleKey struct {
 	proto uint8
 }
 
-// NewAttributor attributes against the tables of lb. With addrs, a batch
-// reads only the conntrack flows that touch one of them (the tracer's own
-// address filter: no other drop is reported); proto narrows it further.
+// NewAttributor attributes against the tables of lb. With addrs, it reads
+// only the conntrack flows that touch one of them (the tracer's own address
+// filter: no other drop is reported); proto narrows the first dump further.
 func NewAttributor(lb netns.Target, addrs []netip.Addr, proto uint8) *Attributor {
-	a := &Attributor{LB: lb, Interval: DefaultInterval, index: map[tupleKey]*Flow{}, known: map[tupleKey]*Flow{},
-		batchDone: make(chan struct{}), errs: map[string]string{}, wake: make(chan struct{}, 1), stop: make(chan struct{})}
+	a := &Attributor{LB: lb, Interval: DefaultInterval, cur: map[tupleKey]*Flow{}, old: map[tupleKey]*Flow{},
+		progress: make(chan struct{}), errs: map[string]string{}, wake: make(chan struct{}, 1), stop: make(chan struct{})}
+	if len(addrs) > 0 {
+		a.keep = func(x netip.Addr) bool { return slices.Contains(addrs, x) }
+	}
 	switch {
 	case len(addrs) == 0 || len(addrs) > 2:
 		// One dump of the whole table beats 4 kernel-side walks per address.
 		a.filters = []conntrack.Filter{{}}
-		if len(addrs) > 0 {
-			a.keep = func(x netip.Addr) bool { return slices.Contains(addrs, x) }
-		}
 	default:
 		for _, x := range addrs {
 			a.filters = append(a.filters, conntrack.Touching(x, 0, proto)...)
 		}
 	}
-	go a.refresher()
+	started := make(chan struct{})
+	go a.refresher(started)
+	<-started // subscribed before the window opens: no flow confirmed in it is missed
 	return a
 }
 
-// Close stops the refresher and closes what it opened in the namespace.
+// Close stops the readers and closes what they opened in the namespace.
 func (a *Attributor) Close() {
 	a.stopped.Do(func() { close(a.stop) })
 }
@@ -119,7 +129,7 @@ func (a *Attributor) Counts() (attributed, notAttributed uint64) {
 	return a.attributed.Load(), a.notAttributed.Load()
 }
 
-// Batches is how many times the tables were read.
+// Batches is how many times a table was read whole (dumps and IPVS reads).
 func (a *Attributor) Batches() uint64 { return a.batches.Load() }
 
 // Errors names the tables that could not be read, with why. IPVS not being
@@ -132,8 +142,8 @@ func (a *Attributor) Errors() map[string]string {
 
 // Attribute returns the flow p belongs to, or nil when none is known. at is
 // when the packet was dropped (CLOCK_MONOTONIC ns, 0 for "now"); a miss
-// waits for a batch read after at while ctx is live, and gives up when ctx
-// ends. weight is how many drops p stands for (an aggregate's count).
+// waits for the tables to be read past at while ctx is live, and gives up
+// when ctx ends. weight is how many drops p stands for (an aggregate's count).
 func (a *Attributor) Attribute(ctx context.Context, p Packet, at int64, weight uint64) *Flow {
 	if weight == 0 {
 		weight = 1
@@ -157,36 +167,38 @@ func (a *Attributor) attribute(ctx context.Context, p Packet, at int64) *Flow {
 	key := tupleKey{p.Src, p.Dst, p.Proto}
 	for {
 		a.mu.Lock()
-		f, ok := a.index[key]
+		f, ok := a.cur[key]
 		if !ok {
-			f, ok = a.prev[key]
-		}
-		if !ok {
-			f, ok = a.known[key]
+			if f, ok = a.old[key]; ok {
+				a.putLocked(key, f) // still dropping: keep it
+			}
 		}
 		if ok {
-			if len(a.known) >= MaxKnown {
-				clear(a.known) // the flows still dropping come back from the next lookups
-			}
-			a.known[key] = f
 			a.mu.Unlock()
 			return f
 		}
-		if a.batchAt > at || ctx.Err() != nil {
-			// The tables were read after this drop and the flow was not in
+		ctDone := a.dumpAt > at || a.subscribed && a.drainedAt > at && a.dumpAt > a.lostAt
+		vsDone := a.vs == nil || a.vsAt > at
+		if ctDone && vsDone || ctx.Err() != nil {
+			// The tables were read past this drop and the flow was not in
 			// them, or the window is over.
 			a.mu.Unlock()
 			return nil
 		}
-		a.wanted = true
-		done := a.batchDone
+		wake := false
+		if !ctDone && !a.subscribed || !ctDone && a.lostAt >= a.dumpAt {
+			a.wantDump, wake = true, true
+		}
+		if !vsDone {
+			a.wantVS, wake = true, true
+		}
+		progress := a.progress
 		a.mu.Unlock()
-		select {
-		case a.wake <- struct{}{}:
-		default:
+		if wake {
+			a.kick()
 		}
 		select {
-		case <-done:
+		case <-progress:
 		case <-ctx.Done():
 			return nil
 		case <-a.stop:
@@ -195,19 +207,43 @@ func (a *Attributor) attribute(ctx context.Context, p Packet, at int64) *Flow {
 	}
 }
 
-// Prefetch starts a batch now (rate limited), so that a later lookup finds
-// the tables of about this moment.
-func (a *Attributor) Prefetch() {
-	a.mu.Lock()
-	a.wanted = true
-	a.mu.Unlock()
+func (a *Attributor) kick() {
 	select {
 	case a.wake <- struct{}{}:
 	default:
 	}
 }
 
-func (a *Attributor) refresher() {
+// putLocked caches one place of a flow; a full generation becomes the old one.
+func (a *Attributor) putLocked(k tupleKey, f *Flow) {
+	if len(a.cur) >= MaxCacheKeys {
+		a.old, a.cur = a.cur, make(map[tupleKey]*Flow, len(a.cur))
+	}
+	a.cur[k] = f
+}
+
+// advanceLocked wakes whoever waits for the tables to be read further.
+func (a *Attributor) advanceLocked() {
+	close(a.progress)
+	a.progress = make(chan struct{})
+}
+
+// Prefetch reads the IPVS table now (rate limited) and makes sure conntrack
+// is caught up, so that later lookups find the tables of about this moment.
+func (a *Attributor) Prefetch() {
+	a.mu.Lock()
+	a.wantVS = a.vs != nil
+	if !a.subscribed || a.lostAt >= a.dumpAt {
+		a.wantDump = true
+	}
+	a.mu.Unlock()
+	a.kick()
+}
+
+// refresher subscribes to conntrack's new flows, dumps the table once, and
+// then does the batched reads asked for, at most once per Interval.
+func (a *Attributor) refresher(started chan<- struct{}) {
+	var sub *conntrack.NewFlows
 	defer func() {
 		if a.ct != nil {
 			a.ct.Close()
@@ -215,11 +251,38 @@ func (a *Attributor) refresher() {
 		if a.vs != nil {
 			a.vs.Close()
 		}
+		if sub != nil {
+			sub.Close()
+		}
 	}()
-	// Open both tables now, off the path of any lookup.
-	a.open(map[string]string{})
+	errs := map[string]string{}
+	sub, err := conntrack.SubscribeNew(a.LB, eventWait)
+	if err != nil {
+		errs["conntrack events"] = err.Error()
+	}
+	if a.ct, err = conntrack.NewDumper(a.LB); err != nil {
+		errs["conntrack"] = err.Error()
+	}
+	a.vs, _ = ipvs.OpenConns(a.LB) // without ip_vs there is no IPVS connection to attribute to
+	a.mu.Lock()
+	a.subscribed, a.wantDump, a.wantVS = sub != nil, true, a.vs != nil
+	maps.Copy(a.errs, errs)
+	a.mu.Unlock()
+	close(started)
+	if sub != nil {
+		go a.follow(sub)
+	}
 	var last time.Time
 	for {
+		a.mu.Lock()
+		dump, vs := a.wantDump, a.wantVS
+		a.wantDump, a.wantVS = false, false
+		a.mu.Unlock()
+		if dump || vs {
+			last = time.Now()
+			a.batch(dump, vs)
+			continue
+		}
 		select {
 		case <-a.wake:
 		case <-a.stop:
@@ -234,59 +297,101 @@ func (a *Attributor) refresher() {
 				return
 			}
 		}
+	}
+}
+
+// follow reads the conntrack events until the attributor stops. The lock is
+// taken once per read (a read is a batch of flows), never while it blocks.
+func (a *Attributor) follow(sub *conntrack.NewFlows) {
+	add := a.adder()
+	type entry struct {
+		proto uint8
+		o, r  conntrack.Tuple
+	}
+	var got []entry
+	collect := func(proto uint8, o, r conntrack.Tuple) { got = append(got, entry{proto, o, r}) }
+	block := false
+	for {
+		select {
+		case <-a.stop:
+			return
+		default:
+		}
+		got = got[:0]
+		drained, err := sub.Read(block, collect)
+		now := monotonicNow()
 		a.mu.Lock()
-		wanted := a.wanted
-		a.wanted = false
+		for _, e := range got {
+			add(e.proto, e.o, e.r)
+		}
+		switch {
+		case errors.Is(err, conntrack.ErrEventsLost):
+			a.lostAt, a.wantDump = now, true
+		case err != nil:
+			a.subscribed, a.wantDump = false, true
+			a.errs["conntrack events"] = err.Error()
+		case drained:
+			a.drainedAt = now
+			a.advanceLocked()
+		}
 		a.mu.Unlock()
-		if !wanted {
+		if err != nil {
+			a.kick()
+			if !errors.Is(err, conntrack.ErrEventsLost) {
+				return
+			}
+		}
+		block = drained // the socket is empty: wait for the next flow
+	}
+}
+
+// adder returns the function that caches a conntrack flow's places; the
+// caller holds a.mu.
+func (a *Attributor) adder() func(proto uint8, o, r conntrack.Tuple) {
+	return func(proto uint8, o, r conntrack.Tuple) {
+		if a.keep != nil && !a.keep(o.Src.Addr()) && !a.keep(o.Dst.Addr()) && !a.keep(r.Src.Addr()) && !a.keep(r.Dst.Addr()) {
+			return
+		}
+		a.addPlacesLocked(proto, conntrack.Flow{Orig: o, Reply: r})
+	}
+}
+
+func (a *Attributor) addPlacesLocked(proto uint8, fl conntrack.Flow) {
+	var seen [6]tupleKey
+	for i, pl := range conntrackPlaces {
+		f := pl.place(fl)
+		k := tupleKey{f.s, f.d, proto}
+		// The first place that fits names the packet: without NAT the
+		// tuples coincide, and "as the client sent it" is the truth.
+		if slices.Contains(seen[:i], k) {
 			continue
 		}
-		last = time.Now()
-		a.batch()
+		seen[i] = k
+		a.putLocked(k, &f.Flow)
 	}
 }
 
-// open opens what is not open yet: the conntrack socket in the namespace,
-// and (once: without ip_vs there is no IPVS connection to attribute to) its
-// IPVS connection table.
-func (a *Attributor) open(errs map[string]string) {
-	if a.ct == nil {
-		d, err := conntrack.NewDumper(a.LB)
-		if err != nil {
+// batch reads the conntrack table whole (dump) and/or the IPVS table.
+func (a *Attributor) batch(dump, vs bool) {
+	start := monotonicNow()
+	type entry struct {
+		proto uint8
+		o, r  conntrack.Tuple
+	}
+	var flows []entry
+	var conns []ipvs.Conn
+	errs := map[string]string{}
+	if dump && a.ct == nil {
+		var err error
+		if a.ct, err = conntrack.NewDumper(a.LB); err != nil {
 			errs["conntrack"] = err.Error()
 		}
-		a.ct = d
 	}
-	if !a.vsTried {
-		a.vsTried = true
-		a.vs, _ = ipvs.OpenConns(a.LB)
-	}
-}
-
-// batch reads both tables once and installs the new index.
-func (a *Attributor) batch() {
-	start := monotonicNow()
-	index := map[tupleKey]*Flow{}
-	errs := map[string]string{}
-	add := func(k tupleKey, f *Flow) {
-		// The first place that fits names the packet: without NAT, the
-		// tuples coincide and "as the client sent it" is the truth.
-		if _, ok := index[k]; !ok && len(index) < MaxIndexKeys {
-			index[k] = f
-		}
-	}
-	a.open(errs)
-	if a.ct != nil {
+	if dump && a.ct != nil {
 		for _, flt := range a.filters {
 			_, err := a.ct.Tuples(flt, func(proto uint8, o, r conntrack.Tuple) {
-				if a.keep != nil && !a.keep(o.Src.Addr()) && !a.keep(o.Dst.Addr()) && !a.keep(r.Src.Addr()) && !a.keep(r.Dst.Addr()) {
-					return
-				}
-				fl := conntrack.Flow{Orig: o, Reply: r}
-				for _, pl := range conntrackPlaces {
-					if f := pl.place(fl); f != nil {
-						add(tupleKey{f.s, f.d, proto}, &f.Flow)
-					}
+				if len(flows) < MaxCacheKeys/6 {
+					flows = append(flows, entry{proto, o, r})
 				}
 			})
 			if err != nil {
@@ -297,28 +402,38 @@ func (a *Attributor) batch() {
 			}
 		}
 	}
-	if a.vs != nil {
-		err := a.vs.Read(func(c ipvs.Conn) {
-			p, ok := proto.Parse(c.Proto)
-			if !ok {
-				return
-			}
-			for _, pl := range ipvsPlaces {
-				if f := pl.place(c); f != nil {
-					add(tupleKey{f.s, f.d, p}, &f.Flow)
-				}
-			}
-		})
-		if err != nil {
+	if vs && a.vs != nil {
+		if err := a.vs.Read(func(c ipvs.Conn) { conns = append(conns, c) }); err != nil {
 			errs["ipvs"] = err.Error()
 		}
 	}
 	a.batches.Add(1)
 	a.mu.Lock()
-	a.prev, a.index, a.batchAt, a.errs = a.index, index, start, errs
-	close(a.batchDone)
-	a.batchDone = make(chan struct{})
-	a.mu.Unlock()
+	defer a.mu.Unlock()
+	add := a.adder()
+	for _, e := range flows {
+		add(e.proto, e.o, e.r)
+	}
+	for _, c := range conns {
+		p, ok := proto.Parse(c.Proto)
+		if !ok {
+			continue
+		}
+		for _, pl := range ipvsPlaces {
+			f := pl.place(c)
+			a.putLocked(tupleKey{f.s, f.d, p}, &f.Flow)
+		}
+	}
+	if dump {
+		a.dumpAt = start
+		delete(a.errs, "conntrack")
+	}
+	if vs {
+		a.vsAt = start
+		delete(a.errs, "ipvs")
+	}
+	maps.Copy(a.errs, errs)
+	a.advanceLocked()
 }
 
 func monotonicNow() int64 {
