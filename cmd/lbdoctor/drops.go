@@ -1,12 +1,16 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
+	"runtime/debug"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -144,6 +148,9 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		}
 	}
 
+	// What lbdoctor keeps while tracing is bounded (the ring, the caches);
+	// collecting garbage less often saves a good part of a flood's CPU.
+	debug.SetGCPercent(400)
 	ctx := cmd.Context()
 	tr, err := drops.NewContext(ctx, cfg)
 	if ctx.Err() != nil {
@@ -218,6 +225,10 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		}
 	} else {
 		mono := monotonicOffset()
+		// A write per event would cost more than the rest of the event:
+		// lines are buffered and flushed every 50 ms.
+		lw := newLineWriter(out, 50*time.Millisecond)
+		out = lw
 		err := tr.Read(window, func(p drops.Packet, raw drops.RawEvent) {
 			delivered++
 			// Attribution waits for the tables only while the window is
@@ -249,6 +260,8 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 				fmt.Fprintln(out, report.DropLine(d))
 			}
 		})
+		lw.Close()
+		out = cmd.OutOrStdout()
 		if err != nil {
 			return err
 		}
@@ -331,4 +344,46 @@ func joinAddrPorts(l []netip.AddrPort) string {
 		s[i] = a.String()
 	}
 	return strings.Join(s, ", ")
+}
+
+// lineWriter buffers what is written to w and flushes it every period, and
+// on Close: a stream of lines that costs one write per period, not per line.
+type lineWriter struct {
+	mu   sync.Mutex
+	buf  *bufio.Writer
+	stop chan struct{}
+	done chan struct{}
+}
+
+func newLineWriter(w io.Writer, period time.Duration) *lineWriter {
+	lw := &lineWriter{buf: bufio.NewWriterSize(w, 64<<10), stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(lw.done)
+		t := time.NewTicker(period)
+		defer t.Stop()
+		for {
+			select {
+			case <-lw.stop:
+				return
+			case <-t.C:
+				lw.mu.Lock()
+				lw.buf.Flush()
+				lw.mu.Unlock()
+			}
+		}
+	}()
+	return lw
+}
+
+func (lw *lineWriter) Write(p []byte) (int, error) {
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	return lw.buf.Write(p)
+}
+
+// Close flushes what is left and stops the flusher.
+func (lw *lineWriter) Close() error {
+	close(lw.stop)
+	<-lw.done
+	return lw.buf.Flush()
 }

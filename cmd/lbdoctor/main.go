@@ -3,7 +3,6 @@
 package main
 
 import (
-	"runtime/pprof"
 	"context"
 	"errors"
 	"fmt"
@@ -41,12 +40,7 @@ func main() {
 		sig := <-sigs
 		cancel(&interruptedError{sig: sig.(syscall.Signal)})
 	}()
-	if p := os.Getenv("LBD_PROF"); p != "" {
-		f, _ := os.Create(p)
-		pprof.StartCPUProfile(f)
-	}
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	pprof.StopCPUProfile()
 	os.Exit(code)
 }
 
