@@ -3,9 +3,11 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -15,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lbdoctor/lbdoctor/internal/lab"
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/report"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
@@ -258,7 +261,16 @@ func attributionLine(out string) (attributed, not int) {
 // cut short and exits as the verb would; before, it exits 130.
 func TestInterruptRule(t *testing.T) {
 	p := testkit.NewDropPair(t)
-	vip := p.AddrB.String() + ":40000"
+	// check --drops traces a VIP whose backend conntrack knows: an nft DNAT
+	// load balancer with one flow through it.
+	l := testkit.Lab(t, lab.OneArm)
+	vip := netip.AddrPortFrom(l.VIP, 8085)
+	testkit.NftNAT(t, l.LB, vip, netip.AddrPortFrom(l.RealIP, 8085), true)
+	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+	testkit.Serve(t, l.Real, ":8085")
+	if res := lab.Probe(context.Background(), l.Client, vip, 2*time.Second); !res.OK {
+		t.Fatalf("probe through the nft LB: %+v", res)
+	}
 	tests := []struct {
 		name      string
 		args      []string
@@ -276,9 +288,9 @@ func TestInterruptRule(t *testing.T) {
 			[]int{0}, []string{"drops matched in"}},
 		{"drops before attach", []string{"drops", "--netns", p.B.Name, "--duration", "20s"}, "exec", 60 * time.Millisecond, syscall.SIGINT,
 			[]int{exitInterrupted}, []string{"lbdoctor: interrupted by SIGINT before anything was measured"}},
-		{"check drops", []string{"check", "--netns", p.B.Name, "--vip", vip, "--proto", "udp", "--drops", "20s"}, "", 300 * time.Millisecond, syscall.SIGINT,
+		{"check drops", []string{"check", "--netns", l.LB.Name, "--vip", vip.String(), "--drops", "20s"}, "", 300 * time.Millisecond, syscall.SIGINT,
 			[]int{0, 1}, []string{"drops.vip_flows", "! cut short by SIGINT after", "verdict:"}},
-		{"check drops json", []string{"check", "--netns", p.B.Name, "--vip", vip, "--proto", "udp", "--drops", "20s", "-o", "json"}, "", 300 * time.Millisecond, syscall.SIGTERM,
+		{"check drops json", []string{"check", "--netns", l.LB.Name, "--vip", vip.String(), "--drops", "20s", "-o", "json"}, "", 300 * time.Millisecond, syscall.SIGTERM,
 			[]int{0, 1}, []string{`"interrupted": true`, "the window was cut short", `"verdict"`}},
 		{"inspect watch", []string{"inspect", "--netns", p.B.Name, "--watch", "20s"}, "exec", 3 * time.Second, syscall.SIGINT,
 			[]int{0}, []string{"lbdoctor inspect: netns " + p.B.Name, "! cut short by SIGINT after"}},
@@ -304,6 +316,9 @@ func TestInterruptRule(t *testing.T) {
 			}
 			if !ok {
 				t.Errorf("lbdoctor %v, %s after %s = exit %d after %s:\n%.3000s\nwant exit %v within 200ms, with %q", tc.args, tc.sig, tc.after, lp.code, took, all, tc.codes, tc.want)
+			}
+			if testing.Verbose() {
+				t.Logf("ended %s after the signal", took)
 			}
 		})
 	}
