@@ -29,7 +29,8 @@ the kernel drops packets and which VIP flow they belonged to; setup, teardown,
 check --fix and lab change the host, and print their plan first.
 
 Exit codes: 0 ok, 1 a check failed, 2 bad usage or input, 3 cannot inspect
-(missing privilege or kernel feature).`,
+(missing privilege or kernel feature), 130 interrupted before anything was
+measured (or a change was undone).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
