@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net/netip"
 	"os/exec"
 	"strings"
 	"testing"
@@ -81,5 +82,63 @@ func TestGuestDropsStage3(t *testing.T) {
 	}
 	if sum.Type != "summary" || sum.Counters.Matched == 0 || sum.Delivered+sum.Lost != sum.Counters.Matched {
 		t.Errorf("summary = %+v, want delivered + lost = matched > 0", sum)
+	}
+}
+
+// A flow only IPVS knows: two-arm NAT with vs.conntrack=0 (IPVS keeps its
+// connections out of conntrack) and forwarding off, so the real server's
+// SYN-ACK dies in the LB before IPVS could de-NAT it. drops attributes it
+// from the IPVS connection table, read in batches, and counts it.
+func TestGuestDropsAttributesFromIPVS(t *testing.T) {
+	l := testkit.Lab(t, lab.TwoArm)
+	testkit.Serve(t, l.Real, ":8085")
+	vip := netip.AddrPortFrom(l.VIP, 8085)
+	testkit.IPVSMasq(t, l.LB, vip, netip.AddrPortFrom(l.RealIP, 8085))
+	testkit.Sysctl(t, l.LB, "net.ipv4.vs.conntrack", "0")
+	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "0")
+	cmd := exec.Command(testkit.LbdoctorBinary(t), "drops", "--netns", l.LB.Name, "--vip", vip.String(), "--duration", "8s", "-o", "json")
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); len(testkit.LoadedPrograms(drops.ProgramName(cmd.Process.Pid))) == 0; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatal("lbdoctor drops did not attach within 30 s")
+		}
+	}
+	time.Sleep(time.Second) // the tracer's tables are open
+	if res := lab.Probe(context.Background(), l.Client, vip, 2*time.Second); res.OK {
+		t.Fatal("the connection worked with forwarding off; want it to fail")
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("lbdoctor drops: %v\n%s", err, errb.String())
+	}
+	var found *report.Drop
+	var sum report.DropsSummary
+	sc := bufio.NewScanner(&out)
+	for sc.Scan() {
+		var typ struct{ Type string }
+		json.Unmarshal(sc.Bytes(), &typ)
+		switch typ.Type {
+		case "drop":
+			var d report.Drop
+			if err := json.Unmarshal(sc.Bytes(), &d); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%s", report.DropLine(d))
+			if d.Flow != nil && d.Flow.Source == "ipvs" && found == nil {
+				found = &d
+			}
+		case "summary":
+			json.Unmarshal(sc.Bytes(), &sum)
+		}
+	}
+	if found == nil || found.Flow.VIP != vip || !strings.Contains(found.Flow.Direction, "SYN-ACK") || !strings.Contains(found.Flow.Stage, "never de-NATed by IPVS") {
+		t.Fatalf("no SYN-ACK attributed from IPVS (never de-NATed) in:\n%s\n%s", out.String(), errb.String())
+	}
+	if sum.Attribution.Attributed == 0 || sum.Attribution.Attributed+sum.Attribution.NotAttributed != sum.Delivered {
+		t.Errorf("summary attribution = %+v, delivered %d; want some attributed, attributed + not = delivered", sum.Attribution, sum.Delivered)
 	}
 }

@@ -425,6 +425,8 @@ func (a *Attributor) batch(dump, vs bool) {
 		}
 	}
 	if dump {
+		// Read, or known unreadable (the error is shown): a drop waits no
+		// longer for this table either way.
 		a.dumpAt = start
 		delete(a.errs, "conntrack")
 	}
