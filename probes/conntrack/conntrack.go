@@ -559,10 +559,11 @@ func SubscribeNew(ns netns.Target, wait time.Duration) (*NewFlows, error) {
 	if err != nil {
 		return nil, fmt.Errorf("subscribe to conntrack events in %s: %w", ns, err)
 	}
-	// A flood confirms thousands of flows a second: room for a few seconds
-	// of them (root may exceed rmem_max).
-	if unix.SetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 16<<20) != nil {
-		unix.SetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_RCVBUF, 16<<20)
+	// A flood confirms thousands of flows a second, each event a few KiB
+	// of socket memory: room for some seconds of them (root may exceed
+	// rmem_max). Only what is queued takes memory.
+	if unix.SetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 64<<20) != nil {
+		unix.SetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_RCVBUF, 64<<20)
 	}
 	tv := unix.NsecToTimeval(wait.Nanoseconds())
 	unix.SetsockoptTimeval(sock, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)

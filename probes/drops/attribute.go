@@ -186,7 +186,10 @@ func (a *Attributor) attribute(ctx context.Context, p Packet, at int64) *Flow {
 			return nil
 		}
 		wake := false
-		if !ctDone && !a.subscribed || !ctDone && a.lostAt >= a.dumpAt {
+		// Without events, conntrack is read by dumps (the first one is under
+		// way from the start); with them, the reader asks for a dump itself
+		// when events were lost.
+		if !ctDone && !a.subscribed && a.dumpAt != 0 {
 			a.wantDump, wake = true, true
 		}
 		if !vsDone {
