@@ -246,16 +246,12 @@ func (a *Attributor) Prefetch() {
 // refresher subscribes to conntrack's new flows, dumps the table once, and
 // then does the batched reads asked for, at most once per Interval.
 func (a *Attributor) refresher(started chan<- struct{}) {
-	var sub *conntrack.NewFlows
 	defer func() {
 		if a.ct != nil {
 			a.ct.Close()
 		}
 		if a.vs != nil {
 			a.vs.Close()
-		}
-		if sub != nil {
-			sub.Close()
 		}
 	}()
 	errs := map[string]string{}
@@ -303,9 +299,12 @@ func (a *Attributor) refresher(started chan<- struct{}) {
 	}
 }
 
-// follow reads the conntrack events until the attributor stops. The lock is
+// follow reads the conntrack events until the attributor stops, and then
+// closes the subscription (only it reads the socket: closing it elsewhere
+// could hand its number to another file under a blocked read). The lock is
 // taken once per read (a read is a batch of flows), never while it blocks.
 func (a *Attributor) follow(sub *conntrack.NewFlows) {
+	defer sub.Close()
 	add := a.adder()
 	type entry struct {
 		proto uint8
