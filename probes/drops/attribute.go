@@ -217,8 +217,18 @@ func (a *Attributor) kick() {
 	}
 }
 
-// putLocked caches one place of a flow; a full generation becomes the old one.
+// putLocked caches one place of a flow; a full generation becomes the old
+// one. Conntrack names a place before IPVS does: it knows the NAT after
+// IPVS (SNAT), IPVS only its own.
 func (a *Attributor) putLocked(k tupleKey, f *Flow) {
+	if f.Source == "ipvs" {
+		if e, ok := a.cur[k]; ok && e.Source == "conntrack" {
+			return
+		}
+		if e, ok := a.old[k]; ok && e.Source == "conntrack" {
+			return
+		}
+	}
 	if len(a.cur) >= MaxCacheKeys {
 		a.old, a.cur = a.cur, make(map[tupleKey]*Flow, len(a.cur))
 	}
