@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/lbdoctor/lbdoctor/internal/lab"
-	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/report"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
@@ -350,7 +349,7 @@ func TestDropsNetnsDeleted(t *testing.T) {
 			lp.waitStart(t)
 			time.Sleep(200 * time.Millisecond)
 			deleted := time.Now()
-			if err := netns.Delete(ns.Name); err != nil {
+			if err := ns.Delete(); err != nil {
 				t.Fatal(err)
 			}
 			lp.wait(t, 10*time.Second)
