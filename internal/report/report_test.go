@@ -67,7 +67,8 @@ func TestDropsSummaryTop(t *testing.T) {
 		t.Run(fmt.Sprintf("top %d", top), func(t *testing.T) {
 			var b bytes.Buffer
 			s := report.DropsSummary{Type: "summary", Attach: "tp_btf", AttachMs: 61, Window: 5 * time.Second,
-				Counters: drops.Counters{Matched: 70}, Delivered: 70, Aggregates: append([]report.Drop{}, rows...), Top: top}
+				Counters: drops.Counters{Matched: 70}, Delivered: 70, Aggregates: append([]report.Drop{}, rows...), Top: top,
+				Attribution: drops.Attribution{Attributed: 9, NotAttributed: 61, Batches: 2}}
 			if err := report.DropsSummaryText(&b, s); err != nil {
 				t.Fatal(err)
 			}
