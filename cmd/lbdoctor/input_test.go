@@ -152,8 +152,9 @@ func TestSetupStdinEndsOnSignal(t *testing.T) {
 		<-done
 		t.Fatal("lbdoctor setup -f - ignored SIGTERM while reading stdin")
 	}
-	want := "lbdoctor: stdin: interrupted before standard input ended; nothing was read\n"
-	if code := cmd.ProcessState.ExitCode(); code != exitUsage || errb.String() != want {
-		t.Errorf("lbdoctor setup -f - after SIGTERM = exit %d, stderr %q; want exit 2 and %q", code, errb.String(), want)
+	// The interrupt rule (main.go): interrupted before anything changed → 130.
+	want := "lbdoctor: setup: interrupted by SIGTERM before anything changed\n"
+	if code := cmd.ProcessState.ExitCode(); code != exitInterrupted || errb.String() != want {
+		t.Errorf("lbdoctor setup -f - after SIGTERM = exit %d, stderr %q; want exit 130 and %q", code, errb.String(), want)
 	}
 }
