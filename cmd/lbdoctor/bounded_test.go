@@ -362,3 +362,23 @@ func TestDropsNetnsDeleted(t *testing.T) {
 		})
 	}
 }
+
+// inspect --watch: the window between the two counter reads is the one
+// asked for (the feature probes, which count nothing and take hundreds of
+// ms, neither stretch it nor run in the second read).
+func TestInspectWatchWindowIsExact(t *testing.T) {
+	ns := testkit.Netns(t, "watch")
+	const window = time.Second
+	out, code := testkit.RunLbdoctor(t, "inspect", "--netns", ns.Name, "--watch", window.String(), "-o", "json")
+	var in struct {
+		Deltas struct {
+			Window time.Duration `json:"window_ns"`
+		} `json:"deltas"`
+	}
+	if err := json.Unmarshal([]byte(out), &in); err != nil || code != 0 {
+		t.Fatalf("inspect --watch %s = exit %d, %v:\n%.2000s", window, code, err, out)
+	}
+	if w := in.Deltas.Window; w < window || w > window+100*time.Millisecond {
+		t.Errorf("inspect --watch %s: deltas over %s, want %s to %s", window, w, window, window+100*time.Millisecond)
+	}
+}

@@ -44,8 +44,10 @@ is the snapshot the checks judge.`,
 				return notMeasured(ctx)
 			}
 			if watch > 0 {
-				start := time.Now()
-				timer := time.NewTimer(watch)
+				// The window runs from the first counter read (the feature
+				// probes, which count nothing, come after it).
+				start := in.Snapshot.Time
+				timer := time.NewTimer(watch - time.Since(start))
 				select {
 				case <-ctx.Done():
 					timer.Stop()
