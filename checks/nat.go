@@ -218,10 +218,11 @@ func sysctlFix(t netns.Target, key, value string) []string {
 	return fix
 }
 
+// selectorKey names the selected service: "TCP 10.1.0.6:8085", or
+// "at 10.1.0.6:8085 (any protocol)" when no --proto narrowed it.
 func selectorKey(sel probes.Selector) string {
-	p := sel.Proto
-	if p == "" {
-		p = "tcp"
+	if sel.Proto == "" {
+		return "at " + sel.VIP.String() + " (any protocol)"
 	}
-	return strings.ToUpper(p) + " " + sel.VIP.String()
+	return strings.ToUpper(sel.Proto) + " " + sel.VIP.String()
 }

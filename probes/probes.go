@@ -138,7 +138,7 @@ func (c *Conntrack) tally(f conntrack.Flow) {
 // Selector narrows the snapshot to one virtual service.
 type Selector struct {
 	VIP   netip.AddrPort // zero: every service; port 0: any port
-	Proto string         // tcp or udp; "" means tcp
+	Proto string         // tcp or udp; "" means any protocol
 }
 
 // Matches reports whether a service address and protocol are selected.
@@ -146,11 +146,7 @@ func (s Selector) Matches(addr netip.AddrPort, proto string) bool {
 	if !s.VIP.IsValid() {
 		return true
 	}
-	p := s.Proto
-	if p == "" {
-		p = "tcp"
-	}
-	return addr.Addr() == s.VIP.Addr() && (s.VIP.Port() == 0 || addr.Port() == s.VIP.Port()) && proto == p
+	return addr.Addr() == s.VIP.Addr() && (s.VIP.Port() == 0 || addr.Port() == s.VIP.Port()) && (s.Proto == "" || proto == s.Proto)
 }
 
 // Probe names, the keys of Snapshot.Errors.
@@ -235,11 +231,12 @@ func readConntrack(ns netns.Target, sel Selector, svcs []ipvs.Service) (Conntrac
 	}
 	switch {
 	case sel.VIP.IsValid():
-		p := sel.Proto
-		if p == "" {
-			p = "tcp"
+		if sel.Proto == "" { // any protocol: the VIP's flows of both
+			add(sel.VIP, "tcp")
+			add(sel.VIP, "udp")
+		} else {
+			add(sel.VIP, sel.Proto)
 		}
-		add(sel.VIP, p)
 	default:
 		for _, svc := range svcs {
 			if svc.FWMark == 0 {

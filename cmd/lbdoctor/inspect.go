@@ -31,8 +31,8 @@ is the snapshot the checks judge.`,
 			if err != nil {
 				return err
 			}
-			if watch < 0 {
-				return usageErrorf("--watch %s: want a positive duration", watch)
+			if err := positiveWindow(cmd, "watch", watch); err != nil {
+				return err
 			}
 			t, err := target(g)
 			if err != nil {
@@ -85,8 +85,8 @@ is the snapshot the checks judge.`,
 			return report.InspectText(cmd.OutOrStdout(), in)
 		},
 	}
-	cmd.Flags().StringVar(&vip, "vip", "", "show one virtual service: ADDR or ADDR:PORT (default: all)")
-	cmd.Flags().StringVar(&proto, "proto", "tcp", "protocol of --vip: tcp or udp")
-	cmd.Flags().DurationVar(&watch, "watch", 0, "show counters as deltas over this window, e.g. 5s")
+	cmd.Flags().StringVar(&vip, "vip", "", "show one virtual service: `ADDR[:PORT]` ([ADDR]:PORT for IPv6; default: all)")
+	cmd.Flags().StringVar(&proto, "proto", "", "protocol of --vip: tcp or udp (default: any)")
+	cmd.Flags().DurationVar(&watch, "watch", 0, "show counters as deltas over this `WINDOW` (> 0), e.g. 5s (default: one reading)")
 	return cmd
 }

@@ -30,12 +30,14 @@ func newLabCmd() *cobra.Command {
 	var name string
 	cmd := &cobra.Command{
 		Use:   "lab",
-		Short: "The seed's topology in network namespaces, with its faults at the flip of a flag",
+		Short: "A client, an IPVS load balancer and a real server in network namespaces, with a common NAT fault on request",
 		Long: `lab builds a client, an IPVS load balancer (set up with lbdoctor setup) and a
 real server as network namespaces NAME-client, NAME-lb, NAME-real (and
 NAME-sw, the switch), on one segment (one-arm) or two (two-arm, the LB as the
-real server's gateway). --fault builds in one of the seed's failures the way
-an operator would have: no-snat, vs-conntrack-off, ip-forward-off.
+real server's gateway). --fault builds in one of three common NAT failures the
+way an operator would have: no-snat (setup --snat never), vs-conntrack-off
+(net.ipv4.vs.conntrack=0 under a conntrack-based SNAT rule), ip-forward-off
+(net.ipv4.ip_forward=0).
 
 NAME is 1-64 letters, digits, '_' and '-'. lab down removes only what the
 lab's record proves lab up made: namespaces that still have the recorded
@@ -60,9 +62,11 @@ func newLabUpCmd(name *string) *cobra.Command {
 			if topo != string(lab.OneArm) && topo != string(lab.TwoArm) {
 				return usageErrorf("--topology %q: want one-arm or two-arm", topo)
 			}
-			if proto != "tcp" && proto != "udp" {
-				return usageErrorf("--proto %q: want tcp or udp", proto)
+			p, err := parseServiceProto(proto, false)
+			if err != nil {
+				return err
 			}
+			proto = p
 			if !slices.Contains(lab.Faults, fault) {
 				return usageErrorf("--fault %q: want one of %s", fault, strings.Join(lab.Faults, ", "))
 			}
@@ -79,7 +83,7 @@ func newLabUpCmd(name *string) *cobra.Command {
 				return &kernel.NotSupportedError{Feature: "lab", Reason: "needs IPVS: " + err.Error()}
 			}
 			out := cmd.OutOrStdout()
-			err := labUp(cmd, *name, lab.Topology(topo), proto, fault)
+			err = labUp(cmd, *name, lab.Topology(topo), proto, fault)
 			if err != nil {
 				gone, left, _ := lab.Down(*name, forgetSetup) // nothing half-built stays
 				printDown(out, gone, left)
@@ -259,7 +263,7 @@ func newLabProbeCmd(name *string) *cobra.Command {
 	var timeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "probe",
-		Short: "Connect from the client to the VIP and say what the client saw",
+		Short: "Connect from the client to the VIP and say, per connection, whether it was answered and which source address the real server saw",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if n < 1 {

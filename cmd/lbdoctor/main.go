@@ -17,12 +17,14 @@ import (
 	"github.com/lbdoctor/lbdoctor/probes/kernel"
 )
 
-// Exit codes shared by every command.
+// Exit codes shared by every command: one mapping, in run, documented in the
+// README and the root help.
 const (
 	exitOK       = 0 // success, no failing finding
 	exitFindings = 1 // at least one failing finding
 	exitUsage    = 2 // bad usage or bad input
-	exitCannot   = 3 // cannot inspect: missing privilege or kernel feature
+	exitCannot   = 3 // cannot inspect: a named missing privilege or kernel feature
+	exitFailed   = 4 // an operation failed for another reason (named on stderr)
 	// exitInterrupted: SIGINT or SIGTERM ended the command before it had
 	// measured anything (or, for a command that changes the host, before it
 	// finished: every change was undone). 128 + SIGINT, as shells report it.
@@ -49,7 +51,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 	defer func() {
 		if p := recover(); p != nil {
 			fmt.Fprintf(stderr, "lbdoctor: internal error: %v (please report it)\n", p)
-			code = exitCannot
+			code = exitFailed
 		}
 	}()
 	root := newRootCmd(stdout, stderr)
@@ -76,8 +78,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 		fmt.Fprintln(stderr, "lbdoctor: "+err.Error())
 		return exitCannot
 	default:
+		// Not a missing privilege or feature lbdoctor could name: a read or a
+		// change that failed (and was rolled back).
 		fmt.Fprintln(stderr, "lbdoctor: "+err.Error())
-		return exitCannot
+		return exitFailed
 	}
 }
 

@@ -4,9 +4,13 @@ import (
 	"fmt"
 	"io"
 	"runtime/debug"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/lbdoctor/lbdoctor/internal/report"
 )
 
 // version is set at build time: -ldflags "-X main.version=v0.1.0".
@@ -29,11 +33,18 @@ the kernel drops packets and which VIP flow they belonged to; setup, teardown,
 check --fix and lab change the host, and print their plan first.
 
 Exit codes: 0 ok, 1 a check failed, 2 bad usage or input, 3 cannot inspect
-(missing privilege or kernel feature), 130 interrupted before anything was
-measured (or a change was undone).`,
+(a missing privilege or kernel feature, named), 4 an operation failed for
+another reason (named), 130 interrupted before anything was measured (or a
+change was undone).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			if err := refuseEmptyValues(cmd); err != nil {
+				return err
+			}
+			if err := refuseIgnoredGlobals(cmd); err != nil {
+				return err
+			}
 			switch {
 			case g.output == "junit" && cmd.Name() != "check":
 				return usageErrorf("--output junit is for check only")
@@ -48,25 +59,112 @@ measured (or a change was undone).`,
 	root.PersistentFlags().StringVar(&g.netns, "netns", "", "network namespace: a /run/netns name, a path, or pid:N (default: the current one)")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "text", "output format: text or json (check also: junit)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErrorf("%v", err) })
-	root.AddCommand(newCheckCmd(g), newInspectCmd(g), newDropsCmd(g), newSetupCmd(g), newTeardownCmd(g), newLabCmd(), newVersionCmd())
-	root.SetHelpCommand(&cobra.Command{Hidden: true})
-	// Unknown subcommands and stray arguments are usage errors too.
-	root.Args = func(cmd *cobra.Command, args []string) error {
-		if len(args) > 0 {
-			return usageErrorf("unknown command %q (see lbdoctor --help)", args[0])
-		}
-		return nil
-	}
-	root.RunE = func(cmd *cobra.Command, args []string) error { return cmd.Help() }
+	root.AddCommand(newCheckCmd(g), newInspectCmd(g), newDropsCmd(g), newSetupCmd(g), newTeardownCmd(g), newLabCmd(), newVersionCmd(g))
+	root.SetHelpCommand(newHelpCmd())
+	root.InitDefaultCompletionCmd()
+	strictArgs(root)
 	return root
 }
 
-func newVersionCmd() *cobra.Command {
+// strictArgs makes every unknown subcommand and stray argument a usage error,
+// on every level: a command with subcommands (lbdoctor, lab, completion)
+// prints its help when called alone and refuses anything else, and a leaf
+// takes no arguments. Cobra's own defaults print help and exit 0, or return
+// untyped errors.
+func strictArgs(cmd *cobra.Command) {
+	if strings.HasPrefix(cmd.Name(), "__") { // cobra's hidden shell-completion requests
+		return
+	}
+	switch {
+	case cmd.Name() == "help":
+	case cmd.HasSubCommands() && !cmd.Runnable() || cmd == cmd.Root():
+		cmd.Args = func(c *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usageErrorf("unknown command %q for %s (see %s --help)", args[0], c.CommandPath(), c.CommandPath())
+			}
+			return nil
+		}
+		cmd.RunE = func(c *cobra.Command, _ []string) error { return c.Help() }
+	default:
+		cmd.Args = noArgs
+	}
+	for _, c := range cmd.Commands() {
+		strictArgs(c)
+	}
+}
+
+// newHelpCmd is `lbdoctor help [COMMAND…]`: the help of that command, and a
+// usage error for one that does not exist.
+func newHelpCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "help [COMMAND]",
+		Short: "Help about any command",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			root := cmd.Root()
+			c, rest, err := root.Find(args)
+			if err != nil || len(rest) > 0 || c == nil {
+				return usageErrorf("help %s: no such command (see lbdoctor --help)", strings.Join(args, " "))
+			}
+			return c.Help()
+		},
+	}
+}
+
+// refuseEmptyValues makes an explicitly empty value a usage error for every
+// flag: `--host ""` or `--proto ""` would otherwise mean "no filter" or "any"
+// without the user having asked for that.
+func refuseEmptyValues(cmd *cobra.Command) error {
+	var err error
+	cmd.Flags().Visit(func(f *pflag.Flag) {
+		if err != nil {
+			return
+		}
+		empty := f.Value.String() == ""
+		if sv, ok := f.Value.(pflag.SliceValue); ok {
+			vals := sv.GetSlice()
+			empty = len(vals) == 0 || slices.Contains(vals, "")
+		}
+		if empty {
+			err = usageErrorf("--%s: empty value (leave the flag out for its default)", f.Name)
+		}
+	})
+	return err
+}
+
+// globalUsers lists the commands that use each global flag; any other command
+// refuses it rather than silently ignoring it.
+var globalUsers = map[string][]string{
+	"netns":  {"check", "inspect", "drops", "setup", "teardown"},
+	"output": {"check", "inspect", "drops", "version"},
+}
+
+func refuseIgnoredGlobals(cmd *cobra.Command) error {
+	for flag, users := range globalUsers {
+		f := cmd.InheritedFlags().Lookup(flag)
+		if f == nil || !f.Changed {
+			continue
+		}
+		if !slices.Contains(users, cmd.Name()) || cmd.Parent() != cmd.Root() {
+			if flag == "output" {
+				return usageErrorf("--output: %s prints text only", cmd.CommandPath())
+			}
+			return usageErrorf("--%s: %s does not take it", flag, cmd.CommandPath())
+		}
+	}
+	return nil
+}
+
+func newVersionCmd(g *globalFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",
 		Short: "Print the lbdoctor version",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if g.output == "json" {
+				return report.JSONDocument(cmd.OutOrStdout(), struct {
+					Version string `json:"version"`
+				}{versionString()})
+			}
 			fmt.Fprintln(cmd.OutOrStdout(), "lbdoctor "+versionString())
 			return nil
 		},

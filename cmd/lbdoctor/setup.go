@@ -82,14 +82,14 @@ second run changes nothing. What it made is recorded, and
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&vip, "vip", "", "virtual service address, ADDR:PORT")
-	f.StringVar(&proto, "proto", "tcp", "tcp or udp")
-	f.StringArrayVar(&reals, "real", nil, "real server ADDR:PORT[,WEIGHT] (repeatable)")
+	f.StringVar(&vip, "vip", "", "virtual service address, `ADDR:PORT`")
+	f.StringVar(&proto, "proto", "tcp", "protocol of the service: tcp or udp")
+	f.StringArrayVar(&reals, "real", nil, "real server `ADDR:PORT[,WEIGHT]` (repeatable)")
 	f.StringVar(&scheduler, "scheduler", "rr", "IPVS scheduler: "+strings.Join(setup.Schedulers, ", "))
 	f.StringVar(&snat, "snat", setup.SNATAuto, "source NAT: auto (from the return path), always, never")
 	f.StringVar(&backend, "snat-backend", setup.BackendAuto, "SNAT with: auto, iptables, nft")
 	f.BoolVar(&dryRun, "dry-run", false, "print the plan and change nothing")
-	f.StringVarP(&file, "file", "f", "", "YAML file of several services (see README); - reads standard input")
+	f.StringVarP(&file, "file", "f", "", "YAML `FILE` of several services (see README); - reads standard input")
 	f.StringVar(&fromIpvsadm, "from-ipvsadm", "", "build the NAT services of an `ipvsadm -Sn` dump (- for standard input)")
 	f.StringVar(&fromKeepalived, "from-keepalived", "", "build the lb_kind NAT virtual_servers of a keepalived.conf (- for standard input)")
 	return cmd
@@ -139,11 +139,15 @@ func setupSpec(ctx context.Context, stdin io.Reader, vip, proto, scheduler, snat
 	case vip == "":
 		return spec, usageErrorf("--vip is required (ADDR:PORT), or --file / --from-ipvsadm / --from-keepalived")
 	default:
-		ap, perr := netip.ParseAddrPort(vip)
+		ap, perr := parseVIP(vip, true)
 		if perr != nil {
-			return spec, usageErrorf("--vip %s: want ADDR:PORT, e.g. 10.1.0.6:8085", input.Quote(vip))
+			return spec, perr
 		}
-		svc := setup.Service{Proto: proto, VIP: ap, Scheduler: scheduler, SNAT: snat}
+		p, perr := parseServiceProto(proto, false)
+		if perr != nil {
+			return spec, perr
+		}
+		svc := setup.Service{Proto: p, VIP: ap, Scheduler: scheduler, SNAT: snat}
 		for _, r := range reals {
 			real, err := parseReal(r)
 			if err != nil {
@@ -177,8 +181,8 @@ objects go (sysctls stay while another lbdoctor service remains).`,
 			var ap netip.AddrPort
 			if vip != "" {
 				var err error
-				if ap, err = netip.ParseAddrPort(vip); err != nil {
-					return usageErrorf("--vip %s: want ADDR:PORT", input.Quote(vip))
+				if ap, err = parseVIP(vip, true); err != nil {
+					return err
 				}
 			}
 			t, err := target(g)
@@ -201,7 +205,7 @@ objects go (sysctls stay while another lbdoctor service remains).`,
 			})
 		},
 	}
-	cmd.Flags().StringVar(&vip, "vip", "", "only this service, ADDR:PORT")
+	cmd.Flags().StringVar(&vip, "vip", "", "only this service, `ADDR:PORT`")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print the plan and change nothing")
 	return cmd
 }

@@ -3,36 +3,81 @@ package main
 import (
 	"fmt"
 	"net/netip"
+	"strings"
+	"time"
 
+	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/lbdoctor/lbdoctor/internal/input"
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/kernel"
 )
 
-// selector parses --vip and --proto. needPort: ADDR:PORT is required;
-// otherwise ADDR alone selects every port of that address.
-func selector(vip, proto string, needPort bool) (probes.Selector, error) {
-	sel := probes.Selector{Proto: proto}
-	if proto != "tcp" && proto != "udp" {
-		return sel, usageErrorf("--proto %q: want tcp or udp", proto)
+// parseVIP is the one parser of --vip for every verb. It takes ADDR:PORT
+// ([ADDR]:PORT for IPv6) and, unless needPort, ADDR alone (every port of that
+// address). Port 0 is refused rather than read as "any port", and so are
+// addresses no virtual service can have: unspecified, multicast, broadcast.
+func parseVIP(s string, needPort bool) (netip.AddrPort, error) {
+	want := "want ADDR:PORT ([ADDR]:PORT for IPv6)"
+	if !needPort {
+		want = "want ADDR or ADDR:PORT ([ADDR]:PORT for IPv6)"
 	}
+	var ap netip.AddrPort
+	if p, err := netip.ParseAddrPort(s); err == nil {
+		ap = p
+		if ap.Port() == 0 {
+			return ap, usageErrorf("--vip %s: port 0 is no service port: %s with PORT 1-65535", input.Quote(s), want)
+		}
+	} else {
+		a, aerr := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(s, "["), "]"))
+		if aerr != nil || needPort {
+			return ap, usageErrorf("--vip %s: %s", input.Quote(s), want)
+		}
+		ap = netip.AddrPortFrom(a, 0)
+	}
+	a := ap.Addr()
+	switch {
+	case a.Zone() != "":
+		return ap, usageErrorf("--vip %s: a VIP has no zone (%%%s)", input.Quote(s), a.Zone())
+	case a.IsUnspecified():
+		return ap, usageErrorf("--vip %s: %s is the unspecified address, not a VIP", input.Quote(s), a)
+	case a.IsMulticast():
+		return ap, usageErrorf("--vip %s: %s is a multicast address, not a VIP", input.Quote(s), a)
+	case a.Unmap() == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return ap, usageErrorf("--vip %s: %s is the broadcast address, not a VIP", input.Quote(s), a)
+	}
+	return netip.AddrPortFrom(a.Unmap(), ap.Port()), nil
+}
+
+// parseServiceProto reads --proto of check, inspect, setup and lab: tcp or
+// udp in any case; "" (where allowed) means any protocol.
+func parseServiceProto(p string, allowAny bool) (string, error) {
+	switch lp := strings.ToLower(p); {
+	case lp == "tcp" || lp == "udp":
+		return lp, nil
+	case p == "" && allowAny:
+		return "", nil
+	default:
+		return "", usageErrorf("--proto %s: want tcp or udp", input.Quote(p))
+	}
+}
+
+// selector parses --vip and --proto. needPort: ADDR:PORT is required;
+// otherwise ADDR alone selects every port of that address. An empty proto
+// selects the service at the VIP whatever its protocol.
+func selector(vip, proto string, needPort bool) (probes.Selector, error) {
+	p, err := parseServiceProto(proto, true)
+	if err != nil {
+		return probes.Selector{}, err
+	}
+	sel := probes.Selector{Proto: p}
 	if vip == "" {
 		return sel, nil
 	}
-	if ap, err := netip.ParseAddrPort(vip); err == nil {
-		sel.VIP = ap
-		return sel, nil
-	}
-	if a, err := netip.ParseAddr(vip); err == nil && !needPort {
-		sel.VIP = netip.AddrPortFrom(a, 0)
-		return sel, nil
-	}
-	if needPort {
-		return sel, usageErrorf("--vip %q: want ADDR:PORT, e.g. 10.1.0.6:8085", vip)
-	}
-	return sel, usageErrorf("--vip %q: want ADDR or ADDR:PORT, e.g. 10.1.0.6:8085", vip)
+	sel.VIP, err = parseVIP(vip, needPort)
+	return sel, err
 }
 
 // target resolves --netns and checks the capabilities reading it needs.
@@ -52,6 +97,16 @@ func requireCaps(t netns.Target) error {
 	}
 	if !t.IsCurrent() && !kernel.HasCapability(unix.CAP_SYS_ADMIN) {
 		return fmt.Errorf("%w: entering %s needs CAP_SYS_ADMIN (run as root)", errPrivilege, t)
+	}
+	return nil
+}
+
+// positiveWindow is the one rule of the window flags (check --drops, inspect
+// --watch, drops --duration): given, a window is > 0; left out, the verb does
+// its default (no tracing, one reading, until Ctrl-C).
+func positiveWindow(cmd *cobra.Command, flag string, d time.Duration) error {
+	if d < 0 || d == 0 && cmd.Flags().Changed(flag) {
+		return usageErrorf("--%s %s: want a window > 0 (leave the flag out for none)", flag, d)
 	}
 	return nil
 }
