@@ -45,7 +45,7 @@ target network namespace and runs the doctor's checks on them. It changes nothin
 			if yes && !fix {
 				return usageErrorf("--yes only goes with --fix")
 			}
-			if err := positiveWindow(cmd, "drops", dropWindow); err != nil {
+			if err := positiveWindow(cmd, "drops", dropWindow, "no drop tracing"); err != nil {
 				return err
 			}
 			t, err := target(g)

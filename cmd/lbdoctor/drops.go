@@ -71,22 +71,37 @@ prints a dropwatch-style table at the end. Lost events are always reported.`,
 }
 
 func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
-	cfg := drops.Config{Events: !f.summary, IgnoreReasons: f.ignore, Attach: f.attach, Stack: f.stack}
+	cfg := drops.Config{Events: !f.summary, Attach: f.attach, Stack: f.stack}
+	filter := report.DropsFilter{Mode: "events", Netns: "every namespace"}
+	if f.summary {
+		filter.Mode = "summary"
+	}
 	if f.stack && f.summary {
 		return usageErrorf("--stack needs events: it cannot go with --summary")
 	}
+	if cmd.Flags().Changed("top") && !f.summary {
+		return usageErrorf("--top caps the --summary table: it needs --summary")
+	}
 	if f.proto != "" {
-		p, ok := proto.Parse(f.proto)
+		p, ok := proto.Parse(strings.ToLower(f.proto))
 		if !ok {
 			return usageErrorf("--proto %q: want a protocol name (tcp, udp, icmp, icmpv6, sctp, vrrp, gre, …) or number 1-255", f.proto)
 		}
 		cfg.Proto = p
+		filter.Proto = proto.Name(p)
 	}
+	// Reason names are upper case in the kernel's BTF: any case is accepted,
+	// with or without the enum's prefix, and echoed as the kernel names it.
+	for _, r := range f.ignore {
+		r = strings.TrimPrefix(strings.ToUpper(r), "SKB_DROP_REASON_")
+		cfg.IgnoreReasons = append(cfg.IgnoreReasons, r)
+	}
+	filter.IgnoreReasons = cfg.IgnoreReasons
 	if f.top < 0 {
 		return usageErrorf("--top %d: want 0 (all) or more", f.top)
 	}
-	if f.duration < 0 {
-		return usageErrorf("--duration %s: want a positive duration", f.duration)
+	if err := positiveWindow(cmd, "duration", f.duration, "until Ctrl-C"); err != nil {
+		return err
 	}
 	if f.attach != "" && f.attach != drops.AttachTPBTF && f.attach != drops.AttachRawTP && f.attach != drops.AttachTracepoint {
 		return usageErrorf("--attach %q: want tp_btf, raw_tp or tracepoint", f.attach)
@@ -97,6 +112,7 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 			return usageErrorf("--host %q: want an IP address", h)
 		}
 		cfg.Addrs = append(cfg.Addrs, a)
+		filter.Addrs = append(filter.Addrs, a.String())
 	}
 	for _, p := range f.ports {
 		if p == 0 || p > 65535 {
@@ -104,7 +120,8 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		}
 		cfg.Ports = append(cfg.Ports, uint16(p))
 	}
-	sel, err := selector(f.vip, "tcp", false)
+	filter.Ports = cfg.Ports
+	sel, err := selector(f.vip, "", false)
 	if err != nil {
 		return err
 	}
@@ -117,6 +134,7 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 	}
 	if g.netns != "" {
 		cfg.NetnsInode = uint32(lb.Inode)
+		filter.Netns = lb.String()
 	}
 	if sel.VIP.IsValid() {
 		var svcs []ipvs.Service
@@ -125,6 +143,10 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		}
 		addrs, ports := probes.DropFilter(sel, svcs)
 		cfg.Addrs, cfg.Ports = append(cfg.Addrs, addrs...), append(cfg.Ports, ports...)
+		for _, a := range addrs {
+			filter.VIPAddrs = append(filter.VIPAddrs, a.String())
+		}
+		filter.VIPPorts = ports
 		if !probes.ServesVIP(sel, svcs) {
 			// nft or iptables DNAT: after it, packets carry a backend's
 			// address, which only conntrack knows.
@@ -132,9 +154,11 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 			for _, b := range learned {
 				if !slices.Contains(cfg.Addrs, b.Addr()) {
 					cfg.Addrs = append(cfg.Addrs, b.Addr())
+					filter.VIPAddrs = append(filter.VIPAddrs, b.Addr().String())
 				}
 				if b.Port() != 0 && sel.VIP.Port() != 0 && !slices.Contains(cfg.Ports, b.Port()) {
 					cfg.Ports = append(cfg.Ports, b.Port())
+					filter.VIPPorts = append(filter.VIPPorts, b.Port())
 				}
 			}
 			switch {
@@ -203,14 +227,22 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 	out := cmd.OutOrStdout()
 	jsonOut := g.output == "json"
 	if !jsonOut {
-		fmt.Fprintf(cmd.ErrOrStderr(), "tracing drops (%s, attached in %d ms)%s; Ctrl-C to stop\n", tr.Attach, tr.AttachTime.Milliseconds(), filterText(cfg, lb, g.netns != ""))
+		until := "Ctrl-C to stop"
+		if f.duration > 0 {
+			until = fmt.Sprintf("for %s (Ctrl-C stops earlier)", f.duration)
+		}
+		fmt.Fprintf(cmd.ErrOrStderr(), "tracing drops (%s, attached in %d ms): %s; %s\n", tr.Attach, tr.AttachTime.Milliseconds(), filter, until)
 		if tr.NoReasons != "" {
 			fmt.Fprintf(cmd.ErrOrStderr(), "! %s\n", tr.NoReasons)
+		}
+		if namer.RawLocations != "" {
+			fmt.Fprintf(cmd.ErrOrStderr(), "! %s\n", namer.RawLocations)
 		}
 	}
 	start := time.Now()
 	var delivered uint64
-	sum := report.DropsSummary{Type: "summary", Attach: tr.Attach, AttachMs: float64(tr.AttachTime.Microseconds()) / 1000, NoReasons: tr.NoReasons, Top: f.top, Length: f.duration}
+	sum := report.DropsSummary{Type: "summary", Attach: tr.Attach, AttachMs: float64(tr.AttachTime.Microseconds()) / 1000, NoReasons: tr.NoReasons,
+		RawLocations: namer.RawLocations, Filter: filter, Top: f.top, Length: f.duration}
 	if f.summary {
 		namer.Follow(window, drops.FollowPeriod)
 		<-window.Done()
@@ -287,11 +319,14 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		}
 		return report.DropsJSONLine(out, sum)
 	}
-	w := out
-	if !f.summary {
-		w = cmd.ErrOrStderr()
+	// Text: the table is data (stdout); the closing lines are status and go
+	// to stderr in both modes, like the start line.
+	if f.summary {
+		if err := report.DropsTable(out, sum); err != nil {
+			return err
+		}
 	}
-	return report.DropsSummaryText(w, sum)
+	return report.DropsClosing(cmd.ErrOrStderr(), sum)
 }
 
 // errNetnsGone ends a drops window whose namespace was deleted.
@@ -322,20 +357,6 @@ func monotonicOffset() int64 {
 	var ts unix.Timespec
 	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
 	return time.Now().UnixNano() - ts.Nano()
-}
-
-func filterText(cfg drops.Config, lb netns.Target, oneNetns bool) string {
-	s := ", every namespace"
-	if oneNetns {
-		s = ", " + lb.String()
-	}
-	if len(cfg.Addrs) > 0 {
-		s += fmt.Sprintf(", addresses %v", cfg.Addrs)
-	}
-	if len(cfg.Ports) > 0 {
-		s += fmt.Sprintf(", ports %v", cfg.Ports)
-	}
-	return s
 }
 
 func joinAddrPorts(l []netip.AddrPort) string {

@@ -31,7 +31,7 @@ is the snapshot the checks judge.`,
 			if err != nil {
 				return err
 			}
-			if err := positiveWindow(cmd, "watch", watch); err != nil {
+			if err := positiveWindow(cmd, "watch", watch, "one reading"); err != nil {
 				return err
 			}
 			t, err := target(g)

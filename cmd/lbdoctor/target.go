@@ -104,9 +104,9 @@ func requireCaps(t netns.Target) error {
 // positiveWindow is the one rule of the window flags (check --drops, inspect
 // --watch, drops --duration): given, a window is > 0; left out, the verb does
 // its default (no tracing, one reading, until Ctrl-C).
-func positiveWindow(cmd *cobra.Command, flag string, d time.Duration) error {
+func positiveWindow(cmd *cobra.Command, flag string, d time.Duration, without string) error {
 	if d < 0 || d == 0 && cmd.Flags().Changed(flag) {
-		return usageErrorf("--%s %s: want a window > 0 (leave the flag out for none)", flag, d)
+		return usageErrorf("--%s %s: want a window > 0 (leave the flag out for %s)", flag, d, without)
 	}
 	return nil
 }

@@ -52,11 +52,62 @@ type DropsSummary struct {
 	Interrupted bool          `json:"interrupted,omitempty"`
 	CutShort    string        `json:"cut_short,omitempty"`
 	Length      time.Duration `json:"length_ns,omitempty"`
-	Aggregates  []Drop        `json:"drops,omitempty"`      // --summary
+	Aggregates  []Drop        `json:"drops,omitzero"`       // --summary: every row, [] when none
 	NoReasons   string        `json:"no_reasons,omitempty"` // why drops carry no reason on this kernel
+	// RawLocations says why locations are raw addresses, not symbol+offset.
+	RawLocations string `json:"raw_locations,omitempty"`
+	// Filter is every filter the tracer applied.
+	Filter DropsFilter `json:"filter"`
 	// Top caps the rows of the text summary (0: all); the rest are summed
 	// up by place. JSON always has every row.
 	Top int `json:"-"`
+}
+
+// DropsFilter is every filter a drops run applies, echoed on its start line
+// and in its JSON summary so that an empty result can be read.
+type DropsFilter struct {
+	Mode  string `json:"mode"`  // events or summary
+	Netns string `json:"netns"` // "every namespace", or the namespace
+	// Addrs are the --host addresses; VIPAddrs those --vip added (the VIP
+	// and its real servers), with the ports of both in Ports and VIPPorts.
+	Addrs         []string `json:"addrs,omitempty"`
+	VIPAddrs      []string `json:"vip_addrs,omitempty"`
+	Ports         []uint16 `json:"ports,omitempty"`
+	VIPPorts      []uint16 `json:"vip_ports,omitempty"`
+	Proto         string   `json:"proto,omitempty"`
+	IgnoreReasons []string `json:"ignore_reasons,omitempty"`
+}
+
+// String is the filter for the start line: "summary, netns lb, addresses …".
+func (f DropsFilter) String() string {
+	parts := []string{f.Mode, f.Netns}
+	if len(f.Addrs) > 0 {
+		parts = append(parts, "addresses "+strings.Join(f.Addrs, " "))
+	}
+	if len(f.VIPAddrs) > 0 {
+		parts = append(parts, "addresses of the VIP and its reals "+strings.Join(f.VIPAddrs, " "))
+	}
+	if len(f.Ports) > 0 {
+		parts = append(parts, "ports "+joinPorts(f.Ports))
+	}
+	if len(f.VIPPorts) > 0 {
+		parts = append(parts, "ports of the VIP and its reals "+joinPorts(f.VIPPorts))
+	}
+	if f.Proto != "" {
+		parts = append(parts, "protocol "+f.Proto)
+	}
+	if len(f.IgnoreReasons) > 0 {
+		parts = append(parts, "ignoring "+strings.Join(f.IgnoreReasons, " "))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func joinPorts(ps []uint16) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = fmt.Sprint(p)
+	}
+	return strings.Join(s, " ")
 }
 
 // netnsLabel names a drop's namespace: its name, else its inode.
@@ -131,8 +182,16 @@ func writeRest(b *strings.Builder, rest []Drop, top int) {
 	}
 }
 
-// DropsSummaryText writes the closing summary (and the aggregate table).
+// DropsSummaryText writes the aggregate table and the closing lines.
 func DropsSummaryText(w io.Writer, s DropsSummary) error {
+	if err := DropsTable(w, s); err != nil {
+		return err
+	}
+	return DropsClosing(w, s)
+}
+
+// DropsTable writes the --summary table (data: stdout).
+func DropsTable(w io.Writer, s DropsSummary) error {
 	var b strings.Builder
 	if s.Aggregates != nil {
 		sort.Slice(s.Aggregates, func(i, j int) bool {
@@ -162,6 +221,14 @@ func DropsSummaryText(w io.Writer, s DropsSummary) error {
 		}
 		writeRest(&b, rest, s.Top)
 	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// DropsClosing writes what matched, what was reported and what was lost, and
+// why any of it is incomplete (status: stderr, in every mode).
+func DropsClosing(w io.Writer, s DropsSummary) error {
+	var b strings.Builder
 	fmt.Fprintf(&b, "%d drops matched in %s: %d reported, %d lost (ring buffer %d, aggregate map %d); attached %s in %.0f ms\n",
 		s.Counters.Matched, s.Window.Round(time.Millisecond), s.Delivered, s.Lost, s.Counters.RingLost, s.Counters.AggLost, s.Attach, s.AttachMs)
 	at := s.Attribution
@@ -178,6 +245,9 @@ func DropsSummaryText(w io.Writer, s DropsSummary) error {
 	}
 	if s.NoReasons != "" {
 		fmt.Fprintf(&b, "! %s\n", s.NoReasons)
+	}
+	if s.RawLocations != "" {
+		fmt.Fprintf(&b, "! %s\n", s.RawLocations)
 	}
 	if s.Counters.Missed > 0 {
 		fmt.Fprintf(&b, "! the kernel skipped the tracer %d times (a drop while it was already running on that CPU): those drops were not seen\n", s.Counters.Missed)

@@ -14,6 +14,9 @@ import (
 type Symbols struct {
 	addrs []uint64
 	names []string
+	// hidden: the file listed symbols but every address as 0, which is what
+	// the kernel shows a reader it does not trust (kernel.kptr_restrict).
+	hidden bool
 }
 
 // LoadSymbols reads /proc/kallsyms (real addresses need root).
@@ -33,6 +36,7 @@ func ParseKallsyms(r io.Reader) (*Symbols, error) {
 		name string
 	}
 	var syms []sym
+	zeros := 0
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64*1024), 1<<20)
 	for sc.Scan() {
@@ -42,6 +46,9 @@ func ParseKallsyms(r io.Reader) (*Symbols, error) {
 		}
 		a, err := strconv.ParseUint(f[0], 16, 64)
 		if err != nil || a == 0 {
+			if err == nil {
+				zeros++
+			}
 			continue
 		}
 		name := f[2]
@@ -54,12 +61,16 @@ func ParseKallsyms(r io.Reader) (*Symbols, error) {
 		return nil, err
 	}
 	sort.Slice(syms, func(i, j int) bool { return syms[i].addr < syms[j].addr })
-	s := &Symbols{addrs: make([]uint64, len(syms)), names: make([]string, len(syms))}
+	s := &Symbols{addrs: make([]uint64, len(syms)), names: make([]string, len(syms)), hidden: len(syms) == 0 && zeros > 0}
 	for i, y := range syms {
 		s.addrs[i], s.names[i] = y.addr, y.name
 	}
 	return s, nil
 }
+
+// Hidden reports that the kernel showed every symbol address as 0: locations
+// can only be raw addresses.
+func (s *Symbols) Hidden() bool { return s != nil && s.hidden }
 
 // Lookup returns "symbol+0xoff", or the address in hex when unknown.
 func (s *Symbols) Lookup(addr uint64) string {

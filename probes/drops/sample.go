@@ -2,8 +2,11 @@ package drops
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
@@ -108,13 +111,26 @@ type Namer struct {
 	syms  *Symbols
 	attr  *Attributor
 	where map[uint64]string // location → symbol+offset: a flood has few places
+	// RawLocations says why locations are raw addresses ("" when they are
+	// symbol+offset), for the start line and the summary.
+	RawLocations string
 }
 
 // Namer returns a Namer for t's drops, attributing against lb (reading only
 // the flows that touch the tracer's addresses, when it has some). Close it.
 func (t *Tracer) Namer(lb netns.Target) *Namer {
-	syms, _ := LoadSymbols() // without kallsyms a location stays an address
-	return &Namer{tr: t, syms: syms, attr: NewAttributor(lb, t.cfg.Addrs, t.cfg.Proto), where: map[uint64]string{}}
+	n := &Namer{tr: t, attr: NewAttributor(lb, t.cfg.Addrs, t.cfg.Proto), where: map[uint64]string{}}
+	syms, err := LoadSymbols() // without kallsyms a location stays an address
+	switch {
+	case err != nil:
+		n.RawLocations = "locations are raw addresses: " + err.Error()
+	case syms.Hidden():
+		kr, _ := os.ReadFile("/proc/sys/kernel/kptr_restrict")
+		n.RawLocations = fmt.Sprintf("locations are raw addresses: /proc/kallsyms shows every address as 0 to lbdoctor "+
+			"(kernel.kptr_restrict=%s: 0 shows them to CAP_SYSLOG or with perf_event_paranoid<=1, 1 to CAP_SYSLOG only, 2 to no one)", strings.TrimSpace(string(kr)))
+	}
+	n.syms = syms
+	return n
 }
 
 // Follow reads the tables every period while ctx is live and the tracer has
