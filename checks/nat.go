@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 
+	"al.essio.dev/pkg/shellescape"
+
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/proto"
 	"github.com/lbdoctor/lbdoctor/probes"
@@ -211,9 +213,9 @@ func readable(s *probes.Snapshot, key string) (sysctl.Value, bool) {
 // sysctlFix sets a key now and, in the host's own namespace, across reboots
 // (sysctl.d does not apply to other namespaces: whatever creates them must).
 func sysctlFix(t netns.Target, key, value string) []string {
-	fix := []string{fmt.Sprintf("%ssysctl -w %s=%s", t.ExecPrefix(), key, value)}
+	fix := []string{t.ExecPrefix() + "sysctl -w " + shellescape.Quote(key+"="+value)}
 	if t.IsCurrent() {
-		fix = append(fix, fmt.Sprintf("echo '%s = %s' >> /etc/sysctl.d/90-lbdoctor.conf  # keep it across reboots", key, value))
+		fix = append(fix, "echo "+shellescape.Quote(key+" = "+value)+" >> /etc/sysctl.d/90-lbdoctor.conf  # keep it across reboots")
 	}
 	return fix
 }

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/netip"
 
+	"al.essio.dev/pkg/shellescape"
+
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 )
@@ -129,7 +131,7 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 func lbdoctorCmd(s *probes.Snapshot, verb string) string {
 	cmd := "lbdoctor " + verb
 	if !s.Target.IsCurrent() {
-		cmd += " --netns " + s.Target.Spec
+		cmd += " --netns " + shellescape.Quote(s.Target.Spec)
 	}
 	return cmd
 }

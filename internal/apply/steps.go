@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 
+	"al.essio.dev/pkg/shellescape"
 	mobyipvs "github.com/moby/ipvs"
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
@@ -70,7 +71,7 @@ func ipvsHandle(ns netns.Target) (*mobyipvs.Handle, error) {
 }
 
 func (s IPVSService) Describe() string {
-	return fmt.Sprintf("%sipvsadm -A %s %s -s %s", s.NS.ExecPrefix(), proto.IpvsadmFlag(s.Proto), s.VIP, s.Scheduler)
+	return fmt.Sprintf("%sipvsadm -A %s %s -s %s", s.NS.ExecPrefix(), proto.IpvsadmFlag(s.Proto), s.VIP, shellescape.Quote(s.Scheduler))
 }
 func (s IPVSService) DescribeUndo() string {
 	return fmt.Sprintf("%sipvsadm -D %s %s", s.NS.ExecPrefix(), proto.IpvsadmFlag(s.Proto), s.VIP)
@@ -229,10 +230,10 @@ func NewSysctl(ns netns.Target, key, value string) *Sysctl {
 }
 
 func (s *Sysctl) Describe() string {
-	return fmt.Sprintf("%ssysctl -w %s=%s", s.NS.ExecPrefix(), s.Key, s.Value)
+	return s.NS.ExecPrefix() + "sysctl -w " + shellescape.Quote(s.Key+"="+s.Value)
 }
 func (s *Sysctl) DescribeUndo() string {
-	return fmt.Sprintf("%ssysctl -w %s=%s", s.NS.ExecPrefix(), s.Key, *s.previous)
+	return s.NS.ExecPrefix() + "sysctl -w " + shellescape.Quote(s.Key+"="+*s.previous)
 }
 func (s *Sysctl) Needed(context.Context) (bool, error) {
 	snap, err := sysctl.Read(s.NS, s.Key)
@@ -343,10 +344,10 @@ func (r IptablesRule) args(op string) []string {
 	return append([]string{"-w", "-t", r.Table, op, r.Chain}, r.Rule...)
 }
 func (r IptablesRule) Describe() string {
-	return r.NS.ExecPrefix() + r.Backend + " " + strings.Join(r.args("-A")[1:], " ")
+	return r.NS.ExecPrefix() + shellescape.QuoteCommand(append([]string{r.Backend}, r.args("-A")[1:]...))
 }
 func (r IptablesRule) DescribeUndo() string {
-	return r.NS.ExecPrefix() + r.Backend + " " + strings.Join(r.args("-D")[1:], " ")
+	return r.NS.ExecPrefix() + shellescape.QuoteCommand(append([]string{r.Backend}, r.args("-D")[1:]...))
 }
 func (r IptablesRule) Needed(context.Context) (bool, error) {
 	_, err := run(r.NS, "", r.Backend, r.args("-C")...)
@@ -377,7 +378,7 @@ func (t NftTable) Describe() string {
 	return fmt.Sprintf("%snft -f - <<'EOF'\n%sEOF", t.NS.ExecPrefix(), t.Script)
 }
 func (t NftTable) DescribeUndo() string {
-	return fmt.Sprintf("%snft delete table %s %s", t.NS.ExecPrefix(), t.Family, t.Name)
+	return t.NS.ExecPrefix() + shellescape.QuoteCommand([]string{"nft", "delete", "table", t.Family, t.Name})
 }
 func (t NftTable) Needed(context.Context) (bool, error) {
 	_, err := run(t.NS, "", "nft", "list", "table", t.Family, t.Name)

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 
+	"al.essio.dev/pkg/shellescape"
 	"golang.org/x/sys/unix"
 
 	vnetns "github.com/vishvananda/netns"
@@ -65,17 +66,18 @@ func (t Target) String() string {
 }
 
 // ExecPrefix is what an operator types before a command to run it in the
-// namespace: "ip netns exec lb ", "nsenter -t 42 -n ", or "" for the current one.
+// namespace: "ip netns exec lb ", "nsenter -t 42 -n ", or "" for the current
+// one. Names and paths are shell-quoted: a namespace may be called anything.
 func (t Target) ExecPrefix() string {
 	switch {
 	case t.IsCurrent():
 		return ""
 	case t.Name != "":
-		return "ip netns exec " + t.Name + " "
+		return "ip netns exec " + shellescape.Quote(t.Name) + " "
 	case strings.HasPrefix(t.Spec, "pid:"):
-		return "nsenter -t " + strings.TrimPrefix(t.Spec, "pid:") + " -n "
+		return "nsenter -t " + shellescape.Quote(strings.TrimPrefix(t.Spec, "pid:")) + " -n "
 	default:
-		return "nsenter --net=" + t.Path + " "
+		return "nsenter " + shellescape.Quote("--net="+t.Path) + " "
 	}
 }
 
