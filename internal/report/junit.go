@@ -12,15 +12,23 @@ import (
 // JUnit XML, as CI systems read it: one testcase per finding; fail →
 // <failure>, skip → <skipped> with its reason, warn → a passing case whose
 // output says so (JUnit has no warning).
+// The shape follows the Jenkins xUnit plugin's junit-10.xsd (kept in
+// testdata/junit.xsd, and every output is validated against it in the tests):
+// a testsuite must carry errors, even when it is 0. lbdoctor reports no
+// errors: a check that could not run is skipped, with its reason.
 type junitSuites struct {
-	XMLName xml.Name     `xml:"testsuites"`
-	Suites  []junitSuite `xml:"testsuite"`
+	XMLName  xml.Name     `xml:"testsuites"`
+	Tests    int          `xml:"tests,attr"`
+	Failures int          `xml:"failures,attr"`
+	Errors   int          `xml:"errors,attr"`
+	Suites   []junitSuite `xml:"testsuite"`
 }
 
 type junitSuite struct {
 	Name     string      `xml:"name,attr"`
 	Tests    int         `xml:"tests,attr"`
 	Failures int         `xml:"failures,attr"`
+	Errors   int         `xml:"errors,attr"`
 	Skipped  int         `xml:"skipped,attr"`
 	Cases    []junitCase `xml:"testcase"`
 	// SystemErr names the probes that could not read their layer.
@@ -37,7 +45,7 @@ type junitCase struct {
 
 type junitMessage struct {
 	Message string `xml:"message,attr"`
-	Body    string `xml:",cdata"`
+	Body    string `xml:",cdata"` // through xmlText: CDATA cannot carry every character
 }
 
 // JUnit writes the report as JUnit XML.
@@ -58,7 +66,7 @@ func JUnit(w io.Writer, r *Report) error {
 		switch f.Status {
 		case checks.Fail:
 			suite.Failures++
-			c.Failure = &junitMessage{Message: f.Title, Body: body.String()}
+			c.Failure = &junitMessage{Message: f.Title, Body: xmlText(body.String())}
 		case checks.Skip:
 			suite.Skipped++
 			c.Skipped = &junitMessage{Message: f.Reason}
@@ -75,9 +83,23 @@ func JUnit(w io.Writer, r *Report) error {
 	}
 	enc := xml.NewEncoder(w)
 	enc.Indent("", "  ")
-	if err := enc.Encode(junitSuites{Suites: []junitSuite{suite}}); err != nil {
+	if err := enc.Encode(junitSuites{Tests: suite.Tests, Failures: suite.Failures, Suites: []junitSuite{suite}}); err != nil {
 		return err
 	}
 	_, err := io.WriteString(w, "\n")
 	return err
+}
+
+// xmlText replaces what XML 1.0 cannot carry at all (control characters such
+// as an escape sequence in an interface name) with U+FFFD; the encoder
+// escapes the rest, and splits "]]>" in CDATA.
+func xmlText(s string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r == '\t' || r == '\n' || r == '\r',
+			r >= 0x20 && r <= 0xD7FF, r >= 0xE000 && r <= 0xFFFD, r >= 0x10000 && r <= 0x10FFFF:
+			return r
+		}
+		return '\uFFFD'
+	}, s)
 }

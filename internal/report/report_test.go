@@ -3,6 +3,9 @@ package report_test
 import (
 	"bytes"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -73,6 +76,42 @@ func TestDropsSummaryTop(t *testing.T) {
 				t.Fatal(err)
 			}
 			testkit.Golden(t, fmt.Sprintf("drops-summary-top%d.txt", top), b.Bytes())
+		})
+	}
+}
+
+// CI servers read -o junit with the common JUnit schema (Jenkins xUnit's
+// junit-10.xsd, in testdata): every report validates against it with
+// xmllint, also one with every status and text XML cannot carry as is.
+func TestJUnitValidatesAgainstSchema(t *testing.T) {
+	xmllint, err := exec.LookPath("xmllint")
+	if err != nil {
+		if testkit.InCI() {
+			t.Fatal("xmllint is not installed (Debian: libxml2-utils)")
+		}
+		t.Skip("xmllint is not installed (Debian: libxml2-utils)")
+	}
+	odd := "a ]]> b <c> & \"d\" \x1b[31m e\u00a0f"
+	tricky := report.New(report.Target{Netns: netns.Target{Spec: odd, Name: odd}}, []checks.Finding{
+		{ID: "a.pass", Status: checks.Pass, Title: odd},
+		{ID: "a.warn", Status: checks.Warn, Title: odd, Reason: odd, Evidence: []checks.Evidence{{Fact: odd, Source: odd}}, Fix: []string{odd}},
+		{ID: "a.fail", Status: checks.Fail, Title: odd, Reason: odd, Evidence: []checks.Evidence{{Fact: odd, Source: odd}}, Fix: []string{odd}},
+		{ID: "a.skip", Status: checks.Skip, Title: odd, Reason: odd},
+	}, map[string]string{"rules": odd})
+	for name, r := range map[string]*report.Report{"sample": sample(), "every status, odd text": tricky, "no findings": report.New(report.Target{}, nil, nil)} {
+		t.Run(name, func(t *testing.T) {
+			var buf bytes.Buffer
+			if err := report.JUnit(&buf, r); err != nil {
+				t.Fatal(err)
+			}
+			f := filepath.Join(t.TempDir(), "junit.xml")
+			if err := os.WriteFile(f, buf.Bytes(), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			out, err := exec.Command(xmllint, "--noout", "--schema", filepath.Join("testdata", "junit.xsd"), f).CombinedOutput()
+			if err != nil {
+				t.Errorf("xmllint --schema junit.xsd (%s) = %v:\n%s\n%s", name, err, out, buf.String())
+			}
 		})
 	}
 }
