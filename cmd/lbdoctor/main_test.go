@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"runtime"
 
 	"bytes"
@@ -62,6 +63,34 @@ func TestVersionAndHelp(t *testing.T) {
 	}
 	if code, out, _ := runCLI("completion", "bash"); code != 0 || !strings.Contains(out, "bash completion") {
 		t.Errorf("lbdoctor completion bash = %d; want 0 and a bash completion script", code)
+	}
+	// help COMMAND is the command's help, on every level.
+	for _, args := range [][]string{{"help", "check"}, {"help", "lab", "probe"}, {"help"}} {
+		code, out, stderr := runCLI(args...)
+		_, direct, _ := runCLI(append(args[1:], "--help")...)
+		if code != 0 || out == "" || out != direct || stderr != "" {
+			t.Errorf("lbdoctor %v = exit %d, stdout %.60q, stderr %q; want 0 and the same help as %v --help", args, code, out, stderr, args[1:])
+		}
+	}
+	// version -o json is JSON, not text that ignores the flag.
+	code, out, _ := runCLI("version", "-o", "json")
+	var v struct{ Version string }
+	if err := json.Unmarshal([]byte(out), &v); code != 0 || err != nil || v.Version == "" {
+		t.Errorf("lbdoctor version -o json = %d, %q; want 0 and {\"version\": …}", code, out)
+	}
+}
+
+// setup -f - reads the services from stdin, like every other - on a Unix
+// command line; a bad file there is named "stdin" in the one error line.
+func TestSetupFileFromStdin(t *testing.T) {
+	root := newRootCmd(io.Discard, io.Discard)
+	var errb bytes.Buffer
+	root.SetErr(&errb)
+	root.SetIn(strings.NewReader("services:\n  - vip: 10.1.0.6:0\n"))
+	root.SetArgs([]string{"setup", "-f", "-", "--dry-run"})
+	err := root.ExecuteContext(context.Background())
+	if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), "stdin") {
+		t.Errorf("lbdoctor setup -f - with a bad file on stdin = %v; want a usage error naming stdin", err)
 	}
 }
 
@@ -133,5 +162,85 @@ func TestCheckWithoutCapabilityExitsThree(t *testing.T) {
 	}
 	if r.code != exitCannot || !strings.Contains(r.stderr, "CAP_NET_ADMIN") || strings.Count(r.stderr, "\n") != 1 {
 		t.Errorf("lbdoctor check without CAP_NET_ADMIN = exit %d, stderr %q; want exit 3 and one line naming CAP_NET_ADMIN", r.code, r.stderr)
+	}
+}
+
+// One meaning per exit code, per verb: every usage error is exit 2 with
+// exactly one stderr line and nothing on stdout, whatever the verb and
+// whatever the kind (unknown flag, stray argument, bad value).
+func TestUsageErrorsExitTwoOnEveryVerb(t *testing.T) {
+	verbs := []struct {
+		path     []string
+		badValue []string // a flag value the verb refuses
+	}{
+		{[]string{"check"}, []string{"--vip", "10.1.0.6:0"}},
+		{[]string{"inspect"}, []string{"--vip", "0.0.0.0"}},
+		{[]string{"drops"}, []string{"--vip", "224.0.0.1:80", "--duration", "1s"}}, // bounded: today it traces
+		{[]string{"setup"}, []string{"--vip", "[::]:80", "--real", "10.1.0.50:80"}},
+		{[]string{"teardown"}, []string{"--vip", "10.1.0.6"}},
+		{[]string{"lab", "up"}, []string{"--topology", "three-arm"}},
+		{[]string{"lab", "down"}, []string{"--name", ""}},
+		{[]string{"lab", "status"}, []string{"--name", ""}},
+		{[]string{"lab", "probe"}, []string{"-n", "0"}},
+		{[]string{"version"}, []string{"-o", "yaml"}},
+		{[]string{"completion", "bash"}, []string{"--no-descriptions=maybe"}},
+		{[]string{"help"}, []string{"nosuchverb"}},
+	}
+	for _, v := range verbs {
+		for _, k := range []struct {
+			kind string
+			args []string
+		}{
+			{"bad flag", []string{"--bogus"}},
+			{"stray argument", []string{"extra"}},
+			{"bad value", v.badValue},
+		} {
+			if v.path[0] == "help" && k.kind == "stray argument" {
+				continue // help takes a command: "extra" is the bad value's kind
+			}
+			args := append(append([]string{}, v.path...), k.args...)
+			t.Run(strings.Join(v.path, " ")+"/"+k.kind, func(t *testing.T) {
+				assertUsage(t, args)
+			})
+		}
+	}
+	for _, tt := range []struct {
+		name string
+		args []string
+	}{
+		{"completion for an unknown shell", []string{"completion", "tcsh"}},
+		{"completion with an extra argument", []string{"completion", "bash", "extra"}},
+		{"unknown lab verb", []string{"lab", "bogus"}},
+		{"help for an unknown lab verb", []string{"help", "lab", "bogus"}},
+		{"netns name longer than a file name", []string{"check", "--netns", strings.Repeat("n", 300)}},
+		{"netns name longer than a file name, drops", []string{"drops", "--netns", strings.Repeat("n", 300)}},
+		{"netns path through a file", []string{"inspect", "--netns", "/etc/hostname/x"}},
+		{"vip port 0, drops", []string{"drops", "--vip", "10.1.0.6:0", "--duration", "1s"}},
+		{"vip unspecified IPv6", []string{"check", "--vip", "[::]:80"}},
+		{"vip multicast IPv6", []string{"inspect", "--vip", "[ff02::1]:80"}},
+		{"vip broadcast", []string{"teardown", "--vip", "255.255.255.255:80"}},
+		{"vip IPv6 without brackets and a port", []string{"check", "--vip", "fd00::1:80:1"}},
+		{"empty --host", []string{"drops", "--host", "", "--duration", "1s"}},
+		{"empty --proto", []string{"drops", "--proto", "", "--duration", "1s"}},
+		{"empty --ignore-reason", []string{"drops", "--ignore-reason", "", "--duration", "1s"}},
+		{"empty check --proto", []string{"check", "--proto", ""}},
+		{"empty --vip", []string{"check", "--vip", ""}},
+		{"--top without --summary", []string{"drops", "--top", "5", "--duration", "1s"}},
+		{"check --drops 0s", []string{"check", "--drops", "0s"}},
+		{"inspect --watch 0s", []string{"inspect", "--watch", "0s"}},
+		{"drops --duration 0s", []string{"drops", "--duration", "0s"}},
+		{"-o json where only text is printed", []string{"setup", "-o", "json", "--vip", "10.1.0.6:80", "--real", "10.1.0.50:80"}},
+		{"--netns on lab", []string{"lab", "status", "--netns", "lb"}},
+		{"--netns on version", []string{"version", "--netns", "lb"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) { assertUsage(t, tt.args) })
+	}
+}
+
+func assertUsage(t *testing.T, args []string) {
+	t.Helper()
+	code, stdout, stderr := runCLI(args...)
+	if code != exitUsage || strings.Count(stderr, "\n") != 1 || !strings.HasPrefix(stderr, "lbdoctor: ") || stdout != "" {
+		t.Errorf("lbdoctor %q = exit %d, stderr %q, stdout %.80q; want exit 2, one stderr line, no stdout", args, code, stderr, stdout)
 	}
 }

@@ -105,6 +105,7 @@ func newHelpCmd() *cobra.Command {
 			if err != nil || len(rest) > 0 || c == nil {
 				return usageErrorf("help %s: no such command (see lbdoctor --help)", strings.Join(args, " "))
 			}
+			c.InitDefaultHelpFlag() // list -h/--help as `c --help` does
 			return c.Help()
 		},
 	}
