@@ -5,9 +5,14 @@ import (
 	"encoding/json"
 	"net"
 	"net/netip"
+	"os"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/lbdoctor/lbdoctor/internal/lab"
 	"github.com/lbdoctor/lbdoctor/internal/report"
@@ -133,5 +138,90 @@ func TestDropsVIPOfAnNftDNAT(t *testing.T) {
 	}
 	if !strings.Contains(stderr, "is not an IPVS service: tracing too the backends its conntrack flows show ("+l.RealIP.String()+":8085)") {
 		t.Errorf("drops stderr = %q, want the learned backend named", stderr)
+	}
+}
+
+// drops says which filters it applies — each one, where it came from — on
+// its start line and in its JSON summary; stdout carries data only (events,
+// the --summary table, JSON), the status lines go to stderr in every text
+// mode; --summary -o json always has "drops".
+func TestDropsEchoesFiltersAndKeepsStreams(t *testing.T) {
+	ns := testkit.Netns(t, "echo")
+	filters := []string{"--host", "10.77.0.9", "--port", "80", "--proto", "TCP", "--ignore-reason", "not_specified", "--vip", "10.77.0.6:8085"}
+	wantEcho := []string{"netns " + ns.Name, "addresses 10.77.0.9", "ports 80", "addresses of the VIP and its reals 10.77.0.6", "ports of the VIP and its reals 8085", "protocol tcp", "ignoring NOT_SPECIFIED"}
+	for _, tt := range []struct {
+		mode       string
+		args       []string
+		wantStdout string
+	}{
+		{"events", nil, ""},
+		{"summary", []string{"--summary"}, "no drops matched\n"},
+	} {
+		args := append(append([]string{"drops", "--netns", ns.Name, "--duration", "300ms"}, filters...), tt.args...)
+		code, out, stderr := runCLI(args...)
+		lines := strings.Split(strings.TrimRight(stderr, "\n"), "\n")
+		if code != 0 || out != tt.wantStdout || len(lines) < 2 || !strings.HasPrefix(lines[0], "tracing drops (") || !strings.HasPrefix(lines[1], "0 drops matched") {
+			t.Errorf("lbdoctor %v = exit %d, stdout %q, stderr %q; want stdout %q, the start and closing lines on stderr", args, code, out, stderr, tt.wantStdout)
+			continue
+		}
+		for _, w := range append(wantEcho, tt.mode) {
+			if !strings.Contains(lines[0], w) {
+				t.Errorf("lbdoctor %v start line %q does not say %q", args, lines[0], w)
+			}
+		}
+	}
+	args := append([]string{"drops", "--netns", ns.Name, "--duration", "300ms", "--summary", "-o", "json"}, filters...)
+	code, out, stderr := runCLI(args...)
+	var doc map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(out), &doc); err != nil || code != 0 || stderr != "" {
+		t.Fatalf("lbdoctor %v = exit %d, %v:\n%s\n%s", args, code, err, out, stderr)
+	}
+	var f report.DropsFilter
+	json.Unmarshal(doc["filter"], &f)
+	if string(doc["drops"]) != "[]" || f.Mode != "summary" || f.Netns != "netns "+ns.Name || f.Proto != "tcp" ||
+		len(f.Addrs) != 1 || len(f.VIPAddrs) != 1 || len(f.Ports) != 1 || len(f.VIPPorts) != 1 || len(f.IgnoreReasons) != 1 || f.IgnoreReasons[0] != "NOT_SPECIFIED" {
+		t.Errorf("lbdoctor %v: drops %s, filter %+v; want [] and every filter", args, doc["drops"], f)
+	}
+}
+
+// Without CAP_SYSLOG (kernel.kptr_restrict) /proc/kallsyms shows every
+// address as 0: drops says why its locations are raw addresses instead of
+// printing them unexplained. Capabilities are per thread: the thread that
+// dropped one is thrown away.
+func TestDropsSaysWhyLocationsAreRaw(t *testing.T) {
+	testkit.RequireRoot(t)
+	type result struct {
+		code           int
+		stdout, stderr string
+		err            error
+	}
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with its dropped capability
+		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+		var data [2]unix.CapUserData
+		if err := unix.Capget(&hdr, &data[0]); err != nil {
+			done <- result{err: err}
+			return
+		}
+		data[unix.CAP_SYSLOG/32].Effective &^= 1 << (unix.CAP_SYSLOG % 32)
+		if err := unix.Capset(&hdr, &data[0]); err != nil {
+			done <- result{err: err}
+			return
+		}
+		code, out, errs := runCLI("drops", "--duration", "200ms", "--host", "10.77.0.99", "--summary")
+		done <- result{code: code, stdout: out, stderr: errs}
+	}()
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	kr, _ := os.ReadFile("/proc/sys/kernel/kptr_restrict")
+	pp, _ := os.ReadFile("/proc/sys/kernel/perf_event_paranoid")
+	if paranoid, _ := strconv.Atoi(strings.TrimSpace(string(pp))); strings.TrimSpace(string(kr)) == "0" && paranoid <= 1 {
+		t.Fatalf("kptr_restrict=0 and perf_event_paranoid<=1 show symbols without CAP_SYSLOG: this test cannot hide them")
+	}
+	if r.code != 0 || strings.Count(r.stderr, "locations are raw addresses: /proc/kallsyms shows every address as 0") != 2 {
+		t.Errorf("drops without CAP_SYSLOG = exit %d, stderr %q; want the reason locations are raw on the start line and at the end", r.code, r.stderr)
 	}
 }
