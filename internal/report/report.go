@@ -59,7 +59,10 @@ var marks = map[checks.Status]string{checks.Pass: "✓", checks.Warn: "!", check
 func Text(w io.Writer, r *Report) error {
 	var b strings.Builder
 	head := "lbdoctor check: " + r.Target.Netns.String()
-	if r.Target.VIP != "" {
+	switch {
+	case r.Target.VIP != "" && r.Target.Proto == "":
+		head += ", VIP " + r.Target.VIP + " (any protocol)"
+	case r.Target.VIP != "":
 		head += ", " + strings.ToUpper(r.Target.Proto) + " " + r.Target.VIP
 	}
 	fmt.Fprintf(&b, "%s (kernel %s)\n\n", head, r.Target.Kernel)
