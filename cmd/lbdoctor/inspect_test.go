@@ -136,7 +136,7 @@ func TestInspectCapsLongLists(t *testing.T) {
 	for _, want := range []string{
 		"… 490 more rules not shown (-o json lists up to 500)",
 		"… 580 more flows not shown (-o json lists up to 500)",
-		"flows with original destination tcp 10.1.0.6:8085: 600",
+		"flows with original destination tcp 10.1.0.6:8085, udp 10.1.0.6:8085: 600", // no --proto: the VIP's flows of both
 		"… 31 more links not shown",
 		"more routes not shown",
 	} {

@@ -48,6 +48,7 @@ inode, the server process if it still has the recorded start time.`,
   sudo lbdoctor lab down`,
 	}
 	cmd.PersistentFlags().StringVar(&name, "name", "lab", "lab name: prefix of its namespaces (letters, digits, _ and -)")
+	cmd.PersistentFlags().SetAnnotation("name", validatesEmpty, []string{"true"}) // labName says "bad lab name"
 	cmd.AddCommand(newLabUpCmd(&name), newLabDownCmd(&name), newLabStatusCmd(&name), newLabProbeCmd(&name), newLabServeCmd())
 	return cmd
 }

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/lbdoctor/lbdoctor/internal/apply"
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/probes/kernel"
@@ -74,7 +76,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 	case errors.Is(err, netns.ErrNotFound), errors.Is(err, netns.ErrNotNetns), errors.Is(err, apply.ErrCorrupt), errors.Is(err, errUsage):
 		fmt.Fprintln(stderr, "lbdoctor: "+err.Error())
 		return exitUsage
-	case errors.Is(err, kernel.ErrNotSupported), errors.Is(err, errPrivilege):
+	case errors.Is(err, kernel.ErrNotSupported), errors.Is(err, errPrivilege),
+		// The kernel refused lbdoctor (the error names what): a privilege.
+		errors.Is(err, unix.EACCES), errors.Is(err, unix.EPERM):
 		fmt.Fprintln(stderr, "lbdoctor: "+err.Error())
 		return exitCannot
 	default:

@@ -117,7 +117,7 @@ func newHelpCmd() *cobra.Command {
 func refuseEmptyValues(cmd *cobra.Command) error {
 	var err error
 	cmd.Flags().Visit(func(f *pflag.Flag) {
-		if err != nil {
+		if err != nil || f.Annotations[validatesEmpty] != nil {
 			return
 		}
 		empty := f.Value.String() == ""
@@ -131,6 +131,10 @@ func refuseEmptyValues(cmd *cobra.Command) error {
 	})
 	return err
 }
+
+// validatesEmpty marks a flag whose verb refuses an empty value itself, with
+// a message of its own (lab --name: "bad lab name").
+const validatesEmpty = "lbdoctor_validates_empty"
 
 // globalUsers lists the commands that use each global flag; any other command
 // refuses it rather than silently ignoring it.
