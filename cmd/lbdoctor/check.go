@@ -81,7 +81,7 @@ target network namespace and runs the doctor's checks on them. It changes nothin
 		},
 	}
 	cmd.Flags().StringVar(&vip, "vip", "", "look at one virtual service, `ADDR:PORT` ([ADDR]:PORT for IPv6; default: all)")
-	cmd.Flags().StringVar(&proto, "proto", "", "protocol of --vip: tcp or udp (default: the service at the VIP whatever its protocol)")
+	cmd.Flags().StringVar(&proto, "proto", "", "protocol of --vip: `tcp|udp` (default: the service at the VIP whatever its protocol)")
 	cmd.Flags().BoolVar(&fix, "fix", false, "apply the fixes of failing findings (prints the plan, asks, rolls back on error)")
 	cmd.Flags().BoolVar(&yes, "yes", false, "with --fix: do not ask")
 	cmd.Flags().DurationVar(&dropWindow, "drops", 0, "also trace for this `WINDOW` (> 0) where the kernel drops packets of the selected flows (eBPF, needs CAP_BPF; default: no tracing)")

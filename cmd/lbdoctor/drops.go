@@ -57,15 +57,15 @@ prints a dropwatch-style table at the end. Lost events are always reported.`,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runDrops(cmd, g, f) },
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&f.vip, "vip", "", "only drops of this virtual service's flows: ADDR[:PORT] (adds its real servers)")
-	fl.StringSliceVar(&f.hosts, "host", nil, "only drops to or from this address (repeatable)")
-	fl.UintSliceVar(&f.ports, "port", nil, "only drops to or from this port (repeatable)")
-	fl.StringVar(&f.proto, "proto", "", "only this protocol: tcp, udp, icmp, icmpv6, sctp, vrrp, gre, … or a number")
-	fl.StringSliceVar(&f.ignore, "ignore-reason", nil, "leave out drops with this reason, e.g. NOT_SPECIFIED (repeatable)")
-	fl.DurationVar(&f.duration, "duration", 0, "stop after this long (default: until Ctrl-C)")
+	fl.StringVar(&f.vip, "vip", "", "only drops of this virtual service's flows: `ADDR[:PORT]` ([ADDR]:PORT for IPv6; adds its real servers)")
+	fl.StringSliceVar(&f.hosts, "host", nil, "only drops to or from this `ADDR` (repeatable)")
+	fl.UintSliceVar(&f.ports, "port", nil, "only drops to or from this `PORT` (repeatable)")
+	fl.StringVar(&f.proto, "proto", "", "only this protocol, a `NAME|N`: tcp, udp, icmp, icmpv6, sctp, vrrp, gre, … or a number (any case)")
+	fl.StringSliceVar(&f.ignore, "ignore-reason", nil, "leave out drops with this `REASON`, e.g. NOT_SPECIFIED (any case; repeatable)")
+	fl.DurationVar(&f.duration, "duration", 0, "stop after this `WINDOW` (> 0; default: until Ctrl-C)")
 	fl.BoolVar(&f.summary, "summary", false, "count in the kernel and print a summary at the end")
-	fl.IntVar(&f.top, "top", 20, "with --summary: show this many flows, sum up the rest by place (0: all)")
-	fl.StringVar(&f.attach, "attach", "", "force the attach point: tp_btf, raw_tp or tracepoint")
+	fl.IntVar(&f.top, "top", 20, "with --summary: show `N` flows, sum up the rest by place (0: all)")
+	fl.StringVar(&f.attach, "attach", "", "force the attach `POINT`: tp_btf, raw_tp or tracepoint")
 	fl.BoolVar(&f.stack, "stack", false, "print the kernel stack of each drop")
 	return cmd
 }

@@ -86,7 +86,7 @@ is the snapshot the checks judge.`,
 		},
 	}
 	cmd.Flags().StringVar(&vip, "vip", "", "show one virtual service: `ADDR[:PORT]` ([ADDR]:PORT for IPv6; default: all)")
-	cmd.Flags().StringVar(&proto, "proto", "", "protocol of --vip: tcp or udp (default: any)")
+	cmd.Flags().StringVar(&proto, "proto", "", "protocol of --vip: `tcp|udp` (default: any)")
 	cmd.Flags().DurationVar(&watch, "watch", 0, "show counters as deltas over this `WINDOW` (> 0), e.g. 5s (default: one reading)")
 	return cmd
 }

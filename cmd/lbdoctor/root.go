@@ -56,8 +56,8 @@ change was undone).`,
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.PersistentFlags().StringVar(&g.netns, "netns", "", "network namespace: a /run/netns name, a path, or pid:N (default: the current one)")
-	root.PersistentFlags().StringVarP(&g.output, "output", "o", "text", "output format: text or json (check also: junit)")
+	root.PersistentFlags().StringVar(&g.netns, "netns", "", "network namespace: a /run/netns `NAME`, a PATH, or pid:N (default: the current one)")
+	root.PersistentFlags().StringVarP(&g.output, "output", "o", "text", "output `FORMAT`: text or json (check also: junit)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErrorf("%v", err) })
 	root.AddCommand(newCheckCmd(g), newInspectCmd(g), newDropsCmd(g), newSetupCmd(g), newTeardownCmd(g), newLabCmd(), newVersionCmd(g))
 	root.SetHelpCommand(newHelpCmd())
