@@ -96,16 +96,24 @@ func WatchDrops(ctx context.Context, ns netns.Target, sel Selector, s *Snapshot,
 // returns the addresses that answered them in its place (DNAT): the
 // backends of a VIP that IPVS does not serve.
 func LearnBackends(ns netns.Target, sel Selector) ([]netip.AddrPort, error) {
-	p := uint8(unix.IPPROTO_TCP)
-	if sel.Proto == "udp" {
-		p = unix.IPPROTO_UDP
+	protos := []uint8{unix.IPPROTO_TCP, unix.IPPROTO_UDP} // no --proto: the VIP's flows of both
+	switch sel.Proto {
+	case "tcp":
+		protos = protos[:1]
+	case "udp":
+		protos = protos[1:]
 	}
 	var c Conntrack
-	_, err := conntrack.Dump(ns, conntrack.Filter{Field: conntrack.OrigDst, Addr: sel.VIP.Addr(), Port: sel.VIP.Port(), Proto: p}, func(f conntrack.Flow) error {
-		c.tally(f)
-		return nil
-	})
-	return c.Backends, err
+	for _, p := range protos {
+		_, err := conntrack.Dump(ns, conntrack.Filter{Field: conntrack.OrigDst, Addr: sel.VIP.Addr(), Port: sel.VIP.Port(), Proto: p}, func(f conntrack.Flow) error {
+			c.tally(f)
+			return nil
+		})
+		if err != nil {
+			return c.Backends, err
+		}
+	}
+	return c.Backends, nil
 }
 
 // ServesVIP reports whether an IPVS service is the selected VIP.
