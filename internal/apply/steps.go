@@ -8,8 +8,10 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 
 	"al.essio.dev/pkg/shellescape"
@@ -17,6 +19,7 @@ import (
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/proto"
+	"github.com/lbdoctor/lbdoctor/probes/rules"
 	"github.com/lbdoctor/lbdoctor/probes/sysctl"
 )
 
@@ -343,24 +346,60 @@ type IptablesRule struct {
 func (r IptablesRule) args(op string) []string {
 	return append([]string{"-w", "-t", r.Table, op, r.Chain}, r.Rule...)
 }
-func (r IptablesRule) Describe() string {
-	return r.NS.ExecPrefix() + shellescape.QuoteCommand(append([]string{r.Backend}, r.args("-A")[1:]...))
+
+// tool is the command that drives r.Backend on this host, found by the
+// backend it drives (a host whose only tool is `iptables` on nf_tables
+// writes through it), and the same as a plan shows it: by name where PATH
+// finds it so; without one, the backend's own name, which then fails as
+// "not found".
+func (r IptablesRule) tool() (argv, shown []string) {
+	t, ok := ruleTools()[r.Backend]
+	if !ok {
+		return []string{r.Backend}, []string{r.Backend}
+	}
+	argv = append([]string{t.Path}, t.Args...)
+	if p, err := exec.LookPath(filepath.Base(t.Path)); err == nil && p == t.Path {
+		return argv, append([]string{filepath.Base(t.Path)}, t.Args...)
+	}
+	return argv, argv
 }
-func (r IptablesRule) DescribeUndo() string {
-	return r.NS.ExecPrefix() + shellescape.QuoteCommand(append([]string{r.Backend}, r.args("-D")[1:]...))
+
+func (r IptablesRule) describe(op string) string {
+	_, shown := r.tool()
+	return r.NS.ExecPrefix() + shellescape.QuoteCommand(append(shown, r.args(op)[1:]...))
 }
+func (r IptablesRule) run(op string) error {
+	argv, _ := r.tool()
+	_, err := run(r.NS, "", argv[0], append(argv[1:], r.args(op)...)...)
+	return err
+}
+func (r IptablesRule) Describe() string     { return r.describe("-A") }
+func (r IptablesRule) DescribeUndo() string { return r.describe("-D") }
 func (r IptablesRule) Needed(context.Context) (bool, error) {
-	_, err := run(r.NS, "", r.Backend, r.args("-C")...)
-	return err != nil, nil
+	return r.run("-C") != nil, nil
 }
-func (r IptablesRule) Apply(context.Context) error {
-	_, err := run(r.NS, "", r.Backend, r.args("-A")...)
-	return err
+func (r IptablesRule) Apply(context.Context) error { return r.run("-A") }
+func (r IptablesRule) Undo(context.Context) error  { return r.run("-D") }
+
+var (
+	ruleToolsMu sync.Mutex
+	ruleToolsOf = map[string]map[string]rules.Tool{} // by PATH
+)
+
+// ruleTools asks the iptables tools on PATH which backend each drives, once
+// per PATH: a plan names and runs the same tool in every step.
+func ruleTools() map[string]rules.Tool {
+	ruleToolsMu.Lock()
+	defer ruleToolsMu.Unlock()
+	path := os.Getenv("PATH")
+	if t, ok := ruleToolsOf[path]; ok {
+		return t
+	}
+	t := rules.FindRuleTools()
+	ruleToolsOf[path] = t
+	return t
 }
-func (r IptablesRule) Undo(context.Context) error {
-	_, err := run(r.NS, "", r.Backend, r.args("-D")...)
-	return err
-}
+
 func (r IptablesRule) Owned() *Object {
 	return &Object{Kind: "iptables-rule", Backend: r.Backend, Table: r.Table, Chain: r.Chain, Rule: r.Rule, VIP: r.VIP}
 }

@@ -183,36 +183,42 @@ func Steps(ns netns.Target, spec Spec, snap *probes.Snapshot) ([]apply.Step, []D
 }
 
 // snatBackend picks iptables (with the backend the host already uses) or
-// native nftables.
+// native nftables. iptables tools are found by the backend they drive
+// (rules.FindRuleTools), not by one name; a legacy backend that could not be
+// read may hold rules, so lbdoctor will not guess past it and mix backends.
 func snatBackend(want string, snap *probes.Snapshot) (string, error) {
-	has := func(bin string) bool { _, err := exec.LookPath(bin); return err == nil }
-	legacyInUse := false
-	for _, b := range snap.Rules.Backends {
-		if b.Name == rules.IptablesLegacy && b.Rules > 0 {
-			legacyInUse = true
-		}
-	}
-	switch want {
-	case BackendNft:
-		if !has("nft") {
+	if want == BackendNft {
+		if _, err := exec.LookPath("nft"); err != nil {
 			return "", fmt.Errorf("--snat-backend nft: nft is not installed")
 		}
 		return BackendNft, nil
-	default:
-		if legacyInUse && has(rules.IptablesLegacy) {
-			return rules.IptablesLegacy, nil
-		}
-		if has(rules.IptablesNft) {
-			return rules.IptablesNft, nil
-		}
-		if want == BackendIptables {
-			return "", fmt.Errorf("--snat-backend iptables: neither iptables-nft nor iptables-legacy is installed")
-		}
-		if has("nft") {
-			return BackendNft, nil
-		}
-		return "", fmt.Errorf("no SNAT backend: install iptables or nftables")
 	}
+	tools := rules.FindRuleTools()
+	for _, b := range snap.Rules.Backends {
+		if b.Name != rules.IptablesLegacy {
+			continue
+		}
+		if !b.Read {
+			return "", fmt.Errorf("cannot tell whether iptables-legacy rules are in use (%s): install iptables-legacy, or choose --snat-backend nft", b.Reason)
+		}
+		if b.Rules > 0 {
+			if _, ok := tools[rules.IptablesLegacy]; ok {
+				return rules.IptablesLegacy, nil
+			}
+		}
+	}
+	for _, be := range []string{rules.IptablesNft, rules.IptablesLegacy} {
+		if _, ok := tools[be]; ok {
+			return be, nil
+		}
+	}
+	if want == BackendIptables {
+		return "", fmt.Errorf("--snat-backend iptables: no iptables tool on PATH (looked for %s)", rules.RuleToolNames())
+	}
+	if _, err := exec.LookPath("nft"); err == nil {
+		return BackendNft, nil
+	}
+	return "", fmt.Errorf("no SNAT backend: install iptables or nftables")
 }
 
 // Comment tags every rule lbdoctor writes.

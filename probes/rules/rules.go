@@ -101,31 +101,46 @@ func prefixContains(s string, a netip.Addr) bool {
 	return err == nil && b == a
 }
 
-// Tool is one iptables save tool on PATH, classified by asking it which
-// backend it drives: `iptables-save` alone may be either, and minimal images
+// Tool is one iptables tool on PATH (a save tool, or one that writes
+// rules), classified by asking it which backend it drives: `iptables-save` alone may be either, and minimal images
 // (kube-proxy's) ship only that name or only an xtables-*-multi binary.
 type Tool struct {
 	Path    string   // as found on PATH
-	Args    []string // before -c: the applet name for an xtables-*-multi
+	Args    []string // before its own arguments: the applet name for an xtables-*-multi
 	Backend string   // IptablesLegacy or IptablesNft
 }
 
 func (t Tool) String() string { return strings.Join(append([]string{t.Path}, t.Args...), " ") }
 
-// saveTools are the names an iptables save tool goes by, in order of
-// preference: the explicit ones first.
-var saveTools = []struct {
+// toolName is a name an iptables tool goes by; an xtables-*-multi binary
+// takes the applet as its first argument. Lists of them go in order of
+// preference: the explicit names first.
+type toolName struct {
 	name string
 	args []string
-}{
-	{"iptables-legacy-save", nil}, {"iptables-nft-save", nil}, {"iptables-save", nil},
-	{"xtables-legacy-multi", []string{"iptables-save"}}, {"xtables-nft-multi", []string{"iptables-save"}},
 }
 
+var (
+	saveTools = []toolName{
+		{"iptables-legacy-save", nil}, {"iptables-nft-save", nil}, {"iptables-save", nil},
+		{"xtables-legacy-multi", []string{"iptables-save"}}, {"xtables-nft-multi", []string{"iptables-save"}},
+	}
+	// ruleTools write rules: what setup and --fix run.
+	ruleTools = []toolName{
+		{IptablesLegacy, nil}, {IptablesNft, nil}, {"iptables", nil},
+		{"xtables-legacy-multi", []string{"iptables"}}, {"xtables-nft-multi", []string{"iptables"}},
+	}
+)
+
 // SaveToolNames lists the names FindSaveTools looks for, for messages.
-func SaveToolNames() string {
+func SaveToolNames() string { return toolNames(saveTools) }
+
+// RuleToolNames lists the names FindRuleTools looks for, for messages.
+func RuleToolNames() string { return toolNames(ruleTools) }
+
+func toolNames(tools []toolName) string {
 	var names []string
-	for _, t := range saveTools {
+	for _, t := range tools {
 		names = append(names, t.name)
 	}
 	return strings.Join(names, ", ")
@@ -134,9 +149,16 @@ func SaveToolNames() string {
 // FindSaveTools finds the iptables save tools on PATH and asks each which
 // backend it is (`--version` prints "(legacy)" or "(nf_tables)"); it
 // returns the first of each backend.
-func FindSaveTools() map[string]Tool {
+func FindSaveTools() map[string]Tool { return findTools(saveTools) }
+
+// FindRuleTools finds the tools that add and delete iptables rules, by the
+// backend each drives, as FindSaveTools does: a host whose only tool is
+// `iptables` on nf_tables writes through it.
+func FindRuleTools() map[string]Tool { return findTools(ruleTools) }
+
+func findTools(tools []toolName) map[string]Tool {
 	found := map[string]Tool{}
-	for _, c := range saveTools {
+	for _, c := range tools {
 		path, err := exec.LookPath(c.name)
 		if err != nil {
 			continue
