@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -188,36 +187,10 @@ func TestDropsEchoesFiltersAndKeepsStreams(t *testing.T) {
 
 // Without CAP_SYSLOG (kernel.kptr_restrict) /proc/kallsyms shows every
 // address as 0: drops says why its locations are raw addresses instead of
-// printing them unexplained. Capabilities are per thread: the thread that
-// dropped one is thrown away.
+// printing them unexplained.
 func TestDropsSaysWhyLocationsAreRaw(t *testing.T) {
 	testkit.RequireRoot(t)
-	type result struct {
-		code           int
-		stdout, stderr string
-		err            error
-	}
-	done := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with its dropped capability
-		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-		var data [2]unix.CapUserData
-		if err := unix.Capget(&hdr, &data[0]); err != nil {
-			done <- result{err: err}
-			return
-		}
-		data[unix.CAP_SYSLOG/32].Effective &^= 1 << (unix.CAP_SYSLOG % 32)
-		if err := unix.Capset(&hdr, &data[0]); err != nil {
-			done <- result{err: err}
-			return
-		}
-		code, out, errs := runCLI("drops", "--duration", "200ms", "--host", "10.77.0.99", "--summary")
-		done <- result{code: code, stdout: out, stderr: errs}
-	}()
-	r := <-done
-	if r.err != nil {
-		t.Fatal(r.err)
-	}
+	r := runCLIWithout(t, unix.CAP_SYSLOG, "drops", "--duration", "200ms", "--host", "10.77.0.99", "--summary")
 	kr, _ := os.ReadFile("/proc/sys/kernel/kptr_restrict")
 	pp, _ := os.ReadFile("/proc/sys/kernel/perf_event_paranoid")
 	if paranoid, _ := strconv.Atoi(strings.TrimSpace(string(pp))); strings.TrimSpace(string(kr)) == "0" && paranoid <= 1 {

@@ -130,36 +130,49 @@ func TestCheckOnThisKernel(t *testing.T) {
 	}
 }
 
-// Without CAP_NET_ADMIN check names the capability and exits 3. Capabilities
-// are per thread: drop them on a thread that is thrown away afterwards.
-func TestCheckWithoutCapabilityExitsThree(t *testing.T) {
-	testkit.RequireRoot(t)
+// cliResult is what one in-process command line printed and returned.
+type cliResult struct {
+	code           int
+	stdout, stderr string
+}
+
+// runCLIWithout runs a command line on a thread without capability c.
+// Capabilities are per thread: the thread is locked and never unlocked, so
+// it dies with its dropped capability instead of serving other goroutines.
+func runCLIWithout(t *testing.T, c uintptr, args ...string) cliResult {
+	t.Helper()
 	type result struct {
-		code           int
-		stdout, stderr string
-		err            error
+		cliResult
+		err error
 	}
 	done := make(chan result, 1)
 	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with its dropped capabilities
+		runtime.LockOSThread()
 		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 		var data [2]unix.CapUserData
 		if err := unix.Capget(&hdr, &data[0]); err != nil {
 			done <- result{err: err}
 			return
 		}
-		data[unix.CAP_NET_ADMIN/32].Effective &^= 1 << (unix.CAP_NET_ADMIN % 32)
+		data[c/32].Effective &^= 1 << (c % 32)
 		if err := unix.Capset(&hdr, &data[0]); err != nil {
 			done <- result{err: err}
 			return
 		}
-		code, out, errs := runCLI("check")
-		done <- result{code: code, stdout: out, stderr: errs}
+		code, out, errs := runCLI(args...)
+		done <- result{cliResult: cliResult{code: code, stdout: out, stderr: errs}}
 	}()
 	r := <-done
 	if r.err != nil {
 		t.Fatal(r.err)
 	}
+	return r.cliResult
+}
+
+// Without CAP_NET_ADMIN check names the capability and exits 3.
+func TestCheckWithoutCapabilityExitsThree(t *testing.T) {
+	testkit.RequireRoot(t)
+	r := runCLIWithout(t, unix.CAP_NET_ADMIN, "check")
 	if r.code != exitCannot || !strings.Contains(r.stderr, "CAP_NET_ADMIN") || strings.Count(r.stderr, "\n") != 1 {
 		t.Errorf("lbdoctor check without CAP_NET_ADMIN = exit %d, stderr %q; want exit 3 and one line naming CAP_NET_ADMIN", r.code, r.stderr)
 	}

@@ -66,7 +66,7 @@ func Read(ctx context.Context, path string, stdin io.Reader) ([]byte, error) {
 	if err := unix.Fstat(fd, &st); err != nil {
 		return nil, &Error{Name: path, Msg: "cannot stat: " + errnoText(err)}
 	}
-	if kind := kindOf(st.Mode); kind != "" {
+	if kind := FileKind(st.Mode); kind != "" {
 		return nil, &Error{Name: path, Msg: "is " + kind + ", not a regular file: lbdoctor reads regular files only (or - for standard input)"}
 	}
 	if st.Size > MaxSize {
@@ -118,8 +118,9 @@ func tooBig(name string, size int64) error {
 	return &Error{Name: name, Msg: have + " the " + humanSize(MaxSize) + " lbdoctor reads from one input file"}
 }
 
-// kindOf names a file type other than regular, "" for a regular file.
-func kindOf(mode uint32) string {
+// FileKind names a file type other than regular (a mode from stat(2)), ""
+// for a regular file: what lbdoctor says when it refuses a file.
+func FileKind(mode uint32) string {
 	switch mode & unix.S_IFMT {
 	case unix.S_IFREG:
 		return ""
@@ -144,7 +145,7 @@ func kindOf(mode uint32) string {
 func openError(path string, err error) error {
 	var st unix.Stat_t
 	if errors.Is(err, unix.ENXIO) && unix.Stat(path, &st) == nil {
-		if kind := kindOf(st.Mode); kind != "" {
+		if kind := FileKind(st.Mode); kind != "" {
 			return &Error{Name: path, Msg: "is " + kind + ", not a regular file: lbdoctor reads regular files only (or - for standard input)"}
 		}
 	}

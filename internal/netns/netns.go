@@ -15,6 +15,8 @@ import (
 	"al.essio.dev/pkg/shellescape"
 	"golang.org/x/sys/unix"
 
+	"github.com/lbdoctor/lbdoctor/internal/input"
+
 	vnetns "github.com/vishvananda/netns"
 )
 
@@ -162,7 +164,7 @@ func netnsInode(path string) (uint64, error) {
 		}
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return 0, fmt.Errorf("%s is %s, %w", path, fileKind(st.Mode), ErrNotNetns)
+		return 0, fmt.Errorf("%s is %s, %w", path, input.FileKind(st.Mode), ErrNotNetns)
 	}
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
 	if err != nil {
@@ -184,20 +186,6 @@ func netnsInode(path string) (uint64, error) {
 		return 0, fmt.Errorf("stat %s: %w", path, err)
 	}
 	return st.Ino, nil
-}
-
-func fileKind(mode uint32) string {
-	switch mode & unix.S_IFMT {
-	case unix.S_IFDIR:
-		return "a directory"
-	case unix.S_IFIFO:
-		return "a FIFO"
-	case unix.S_IFSOCK:
-		return "a socket"
-	case unix.S_IFCHR, unix.S_IFBLK:
-		return "a device"
-	}
-	return "not a regular file"
 }
 
 func nsKind(typ int) string {

@@ -79,7 +79,7 @@ func TestResolveRefusesWhatIsNotANetns(t *testing.T) {
 		{"mnt namespace of a pid", fmt.Sprintf("/proc/%d/ns/mnt", os.Getpid()), netns.ErrNotNetns, "is a mnt namespace"},
 		{"regular file", "/etc/hostname", netns.ErrNotNetns, "is a regular file, not a network namespace"},
 		{"directory", "/tmp", netns.ErrNotNetns, "is a directory, not a network namespace"},
-		{"device", "/dev/null", netns.ErrNotNetns, "is a device, not a network namespace"},
+		{"device", "/dev/null", netns.ErrNotNetns, "is a character device, not a network namespace"},
 		{"missing pid", "pid:2147483647", netns.ErrNotFound, "/proc/2147483647/ns/net"},
 		{"signed pid", "pid:+1", netns.ErrNotFound, "pid:N needs a positive process id"},
 		{"dot dot", "..", netns.ErrNotFound, "is not . or .."},

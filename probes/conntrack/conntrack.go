@@ -114,7 +114,7 @@ func Dump(ns netns.Target, f Filter, fn func(Flow) error) (DumpStats, error) {
 	if !f.Addr.IsValid() || f.Field < OrigSrc || f.Field > ReplyDst {
 		return DumpStats{}, errors.New("conntrack filter needs an address and a tuple field")
 	}
-	sock, err := openRaw(ns)
+	sock, err := openDump(ns)
 	if err != nil {
 		return DumpStats{}, err
 	}
@@ -207,7 +207,7 @@ type Dumper struct {
 
 // NewDumper opens a ctnetlink socket in ns.
 func NewDumper(ns netns.Target) (*Dumper, error) {
-	sock, err := openRaw(ns)
+	sock, err := openDump(ns)
 	if err != nil {
 		return nil, err
 	}
@@ -259,10 +259,11 @@ func rawTuples(data []byte) (orig, reply rawTupleT, err error) {
 	return orig, reply, ad.Err()
 }
 
-// openRaw opens a ctnetlink socket that belongs to ns. A plain socket, not
-// a netlink library's connection: those collect a whole multi-part dump in
-// memory before returning it.
-func openRaw(ns netns.Target) (int, error) {
+// openRaw opens a ctnetlink socket that belongs to ns, bound to the
+// multicast groups given (0 for none: a socket for dumps). A plain socket,
+// not a netlink library's connection: those collect a whole multi-part dump
+// in memory before returning it.
+func openRaw(ns netns.Target, groups uint32) (int, error) {
 	sock := -1
 	err := ns.Do(func() error {
 		var err error
@@ -270,19 +271,25 @@ func openRaw(ns netns.Target) (int, error) {
 		if err != nil {
 			return err
 		}
-		if err := unix.Bind(sock, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		if err := unix.Bind(sock, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: groups}); err != nil {
 			unix.Close(sock)
 			return err
 		}
-		// A dump must never hang a probe.
-		tv := unix.Timeval{Sec: 10}
-		unix.SetsockoptTimeval(sock, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-		unix.SetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_RCVBUF, 1<<20)
 		return nil
 	})
+	return sock, err
+}
+
+// openDump opens a socket for one dump in ns.
+func openDump(ns netns.Target) (int, error) {
+	sock, err := openRaw(ns, 0)
 	if err != nil {
 		return -1, fmt.Errorf("open conntrack netlink in %s: %w", ns, err)
 	}
+	// A dump must never hang a probe.
+	tv := unix.Timeval{Sec: 10}
+	unix.SetsockoptTimeval(sock, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	unix.SetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_RCVBUF, 1<<20)
 	return sock, nil
 }
 
@@ -543,19 +550,7 @@ type NewFlows struct {
 // SubscribeNew subscribes to the flows ns confirms from now on. Reads block
 // for at most wait when nothing arrives.
 func SubscribeNew(ns netns.Target, wait time.Duration) (*NewFlows, error) {
-	sock := -1
-	err := ns.Do(func() error {
-		var err error
-		sock, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
-		if err != nil {
-			return err
-		}
-		if err := unix.Bind(sock, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: 1 << (nfnlgrpConntrackNew - 1)}); err != nil {
-			unix.Close(sock)
-			return err
-		}
-		return nil
-	})
+	sock, err := openRaw(ns, 1<<(nfnlgrpConntrackNew-1))
 	if err != nil {
 		return nil, fmt.Errorf("subscribe to conntrack events in %s: %w", ns, err)
 	}
