@@ -107,6 +107,8 @@ func setupSpec(ctx context.Context, stdin io.Reader, vip, proto, scheduler, snat
 	if inputs > 1 {
 		return setup.Spec{}, usageErrorf("give one of --vip, --file, --from-ipvsadm, --from-keepalived")
 	}
+	// Names are read in any case, as in input files.
+	scheduler, snat, backend = strings.ToLower(scheduler), strings.ToLower(snat), strings.ToLower(backend)
 	var spec setup.Spec
 	var err error
 	switch {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/lbdoctor/lbdoctor/internal/input"
 	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/internal/setup"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/kernel"
 )
@@ -18,7 +19,8 @@ import (
 // parseVIP is the one parser of --vip for every verb. It takes ADDR:PORT
 // ([ADDR]:PORT for IPv6) and, unless needPort, ADDR alone (every port of that
 // address). Port 0 is refused rather than read as "any port", and so are
-// addresses no virtual service can have: unspecified, multicast, broadcast.
+// addresses no virtual service can have (setup.AddrFault, the rule input
+// files follow too).
 func parseVIP(s string, needPort bool) (netip.AddrPort, error) {
 	want := "want ADDR:PORT ([ADDR]:PORT for IPv6)"
 	if !needPort {
@@ -38,15 +40,8 @@ func parseVIP(s string, needPort bool) (netip.AddrPort, error) {
 		ap = netip.AddrPortFrom(a, 0)
 	}
 	a := ap.Addr()
-	switch {
-	case a.Zone() != "":
-		return ap, usageErrorf("--vip %s: a VIP has no zone (%%%s)", input.Quote(s), a.Zone())
-	case a.IsUnspecified():
-		return ap, usageErrorf("--vip %s: %s is the unspecified address, not a VIP", input.Quote(s), a)
-	case a.IsMulticast():
-		return ap, usageErrorf("--vip %s: %s is a multicast address, not a VIP", input.Quote(s), a)
-	case a.Unmap() == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
-		return ap, usageErrorf("--vip %s: %s is the broadcast address, not a VIP", input.Quote(s), a)
+	if why := setup.AddrFault(a, "a VIP"); why != "" {
+		return ap, usageErrorf("--vip %s: %s", input.Quote(s), why)
 	}
 	return netip.AddrPortFrom(a.Unmap(), ap.Port()), nil
 }

@@ -201,3 +201,34 @@ func Cut(s string) string {
 	}
 	return s
 }
+
+// BinaryText says why b is not text, "" when it is: the first control
+// character (other than tab, carriage return and newline; a NUL byte above
+// all) or byte that is not UTF-8. Every input format refuses the same
+// bytes, so a binary file, or text with a NUL in it, is named instead of
+// being half read.
+func BinaryText(b []byte) string {
+	_, why := BinaryLine(b)
+	return why
+}
+
+// BinaryLine is BinaryText for a whole file: the line (from 1) of the first
+// byte that is not text, and why; 0 and "" when the file is text.
+func BinaryLine(data []byte) (int, string) {
+	line := 1
+	for i := 0; i < len(data); {
+		r, n := utf8.DecodeRune(data[i:])
+		switch {
+		case r == utf8.RuneError && n <= 1:
+			return line, fmt.Sprintf("binary content (byte 0x%02x is not UTF-8): want a text file", data[i])
+		case r == '\n':
+			line++
+		case r == 0:
+			return line, "binary content (a NUL byte): want a text file"
+		case r < 0x20 && r != '\t' && r != '\r', r == 0x7f:
+			return line, fmt.Sprintf("binary content (control character 0x%02x): want a text file", r)
+		}
+		i += n
+	}
+	return 0, ""
+}

@@ -182,6 +182,9 @@ func scanErr(file string, line int, err error) error {
 // every error carries the line it is about and speaks of the file's keys.
 func ParseYAML(file string, data []byte) (Spec, error) {
 	noServices := &ParseError{File: file, Msg: "has no services: want services: with a vip and its reals (see README)"}
+	if line, why := input.BinaryLine(data); why != "" {
+		return Spec{}, &ParseError{file, line, why}
+	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); errors.Is(err, io.EOF) {
@@ -293,11 +296,12 @@ func (y *yamlWalk) scalar(key string, v *yaml.Node) (string, error) {
 	return v.Value, nil
 }
 
-// oneOf is a value that must be one of want (or empty, for the default).
+// oneOf is a value that must be one of want, in any case (or empty, for
+// the default); it is returned in lower case.
 func (y *yamlWalk) oneOf(key string, v *yaml.Node, want []string) (string, error) {
 	s, err := y.scalar(key, v)
-	if err != nil || s == "" || slices.Contains(want, s) {
-		return s, err
+	if err != nil || s == "" || slices.Contains(want, strings.ToLower(s)) {
+		return strings.ToLower(s), err // names are read in any case, as on the command line
 	}
 	return "", y.errf(v, "%s: want one of %s, got %s", key, strings.Join(want, ", "), input.Quote(s))
 }
@@ -428,12 +432,11 @@ var yamlLineRE = regexp.MustCompile(`^line (\d+): (.*)$`)
 func yamlSyntaxErr(file string, data []byte, err error) error {
 	msg := strings.TrimPrefix(err.Error(), "yaml: ")
 	msg = strings.Join(strings.Fields(msg), " ")
-	m := yamlLineRE.FindStringSubmatch(msg)
-	if m == nil {
-		return &ParseError{File: file, Line: badByteLine(data), Msg: yamlWords(msg)}
+	line := 1 // some errors name no line (too deep, a stray ':'): searched from the top
+	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
+		line, _ = strconv.Atoi(m[1])
+		msg = m[2]
 	}
-	line, _ := strconv.Atoi(m[1])
-	msg = m[2]
 	lines := bytes.SplitAfter(data, []byte("\n"))
 	fails := func(k int) bool {
 		var n yaml.Node
@@ -441,8 +444,11 @@ func yamlSyntaxErr(file string, data []byte, err error) error {
 		if err == nil {
 			return false
 		}
-		sm := yamlLineRE.FindStringSubmatch(strings.Join(strings.Fields(strings.TrimPrefix(err.Error(), "yaml: ")), " "))
-		return sm != nil && sm[2] == msg
+		got := strings.Join(strings.Fields(strings.TrimPrefix(err.Error(), "yaml: ")), " ")
+		if sm := yamlLineRE.FindStringSubmatch(got); sm != nil {
+			got = sm[2]
+		}
+		return got == msg
 	}
 	if lo, hi := line, len(lines); lo < hi {
 		// Binary search between the reported line and the end: at most
@@ -464,33 +470,28 @@ func yamlSyntaxErr(file string, data []byte, err error) error {
 	if strings.Contains(msg, "cannot start any token") && strings.Contains(text[:len(text)-len(strings.TrimLeft(text, " \t"))], "\t") {
 		return &ParseError{file, line, "a tab indents this line: YAML indents with spaces only"}
 	}
-	return &ParseError{file, line, yamlWords(msg)}
+	return &ParseError{file, line, yamlWords(msg, text)}
 }
 
-// badByteLine is the line of the first byte YAML refuses without naming a
-// line (a control character, invalid UTF-8); 0 when there is none.
-func badByteLine(data []byte) int {
-	line := 1
-	for i := 0; i < len(data); {
-		r, n := utf8.DecodeRune(data[i:])
-		switch {
-		case r == utf8.RuneError && n <= 1:
-			return line
-		case r == '\n':
-			line++
-		case r < 0x20 && r != '\t' && r != '\r', r == 0x7f:
-			return line
-		}
-		i += n
-	}
-	return 0
-}
+// maxYAMLKey is the longest plain key yaml.v3 reads (YAML 1.2 allows
+// implicit keys of at most 1024 characters).
+const maxYAMLKey = 1024
 
-// yamlWords says the YAML parser's commonest complaints in the user's terms.
-func yamlWords(msg string) string {
-	switch msg {
-	case "did not find expected key", "did not find expected '-' indicator":
+// yamlWords says the YAML parser's complaints in the user's terms; text is
+// the line it is about.
+func yamlWords(msg, text string) string {
+	key, _, hasColon := strings.Cut(strings.TrimLeft(text, " -"), ":")
+	switch {
+	case msg == "did not find expected key", msg == "did not find expected '-' indicator":
 		return "this line's indentation does not fit the lines above (YAML: " + msg + ")"
+	case strings.HasPrefix(msg, "exceeded max depth"):
+		return "nested deeper than lbdoctor reads (10000 levels): a services file is 4 levels deep (see README)"
+	case (msg == "mapping values are not allowed in this context" || msg == "could not find expected ':'") && hasColon && utf8.RuneCountInString(key) > maxYAMLKey:
+		return fmt.Sprintf("a key of %d characters: YAML keys are at most %d", utf8.RuneCountInString(key), maxYAMLKey)
+	case msg == "mapping values are not allowed in this context":
+		return "a second ': ' on this line: quote a value that holds ': '"
+	case msg == "could not find expected ':'":
+		return "a key without ':' (want key: value)"
 	}
 	return "YAML: " + msg
 }
@@ -517,12 +518,15 @@ func ParseIpvsadm(file string, r io.Reader) (Spec, error) {
 	line := 0
 	for sc.Scan() {
 		line++
+		bad := func(format string, a ...any) error { return &ParseError{file, line, fmt.Sprintf(format, a...)} }
+		if why := input.BinaryText(sc.Bytes()); why != "" {
+			return Spec{}, bad("%s", why)
+		}
 		text := sc.Text()
 		f := strings.Fields(text)
 		if len(f) == 0 || strings.HasPrefix(f[0], "#") {
 			continue
 		}
-		bad := func(format string, a ...any) error { return &ParseError{file, line, fmt.Sprintf(format, a...)} }
 		switch {
 		case strings.HasPrefix(text, "IP Virtual Server version"), f[0] == "Prot", f[0] == "->",
 			slices.Contains([]string{"TCP", "UDP", "SCTP", "FWM"}, f[0]):
@@ -550,7 +554,7 @@ func ParseIpvsadm(file string, r io.Reader) (Spec, error) {
 			case "--sctp-service":
 				return Spec{}, bad("SCTP services cannot be set up by lbdoctor (tcp and udp only)")
 			case "-s", "--scheduler":
-				sched = arg()
+				sched = strings.ToLower(arg())
 			case "-r", "--real-server":
 				real = arg()
 			case "-m", "--masquerading":
@@ -627,16 +631,57 @@ func ParseIpvsadm(file string, r io.Reader) (Spec, error) {
 	return spec, nil
 }
 
+// keepalived.conf keywords lbdoctor knows, by the block they are written in
+// (keepalived's manual, keepalived.conf(5)). keepalived ignores a keyword it
+// does not know, with a log line nobody reads: lbdoctor refuses one instead,
+// since a misspelled virtual_server, real_server or weight would otherwise
+// build something other than the file says.
+var (
+	// keepalivedTop are the top-level keywords; only virtual_server is read.
+	keepalivedTop = []string{
+		"global_defs", "vrrp_script", "vrrp_instance", "vrrp_sync_group", "virtual_server_group",
+		"virtual_server", "static_ipaddress", "static_routes", "static_rules", "linkbeat_interfaces",
+		"track_file", "vrrp_track_file", "track_process", "vrrp_track_process", "garp_group",
+		"net_namespace", "net_namespace_ipvs", "instance", "use_pid_dir", "linkbeat_use_polling",
+		"bfd_instance", "include",
+	}
+	// keepalivedIgnored are keywords of virtual_server and real_server that
+	// do not change what IPVS is programmed with (health checking, sorry
+	// server, notifications, VRRP coupling): their values and blocks are
+	// skipped.
+	keepalivedIgnored = []string{
+		"delay_loop", "retry", "delay_before_retry", "connect_timeout", "warmup", "smtp_alert",
+		"TCP_CHECK", "HTTP_GET", "SSL_GET", "MISC_CHECK", "DNS_CHECK", "SMTP_CHECK", "BFD_CHECK",
+		"UDP_CHECK", "PING_CHECK", "FILE_CHECK", "sorry_server", "sorry_server_inhibit",
+		"sorry_server_lvs_method", "quorum", "quorum_up", "quorum_down", "hysteresis", "alpha",
+		"omega", "inhibit_on_failure", "notify_up", "notify_down", "ha_suspend", "ip_family",
+		"track_file", "virtualhost",
+	}
+	// keepalivedUnsupported change the IPVS service or real server in ways
+	// lbdoctor setup does not build: refused, naming the keyword.
+	keepalivedUnsupported = []string{
+		"persistence_timeout", "persistence_granularity", "persistence_engine", "ops",
+		"one_packet_scheduler", "hashed", "flag-1", "flag-2", "flag-3", "sh-port", "sh-fallback",
+		"mh-port", "mh-fallback", "uthreshold", "lthreshold", "tunnel_type",
+	}
+)
+
 // ParseKeepalived reads the virtual_server blocks of a keepalived.conf.
 // Only lb_kind NAT (exactly: keepalived once took a lowercase "nat" and
 // programmed random methods) with plain real_server blocks can be set up.
-// include is not followed, and says so.
+// include is not followed, and says so. A keyword keepalived does not know
+// at the top level or in a virtual_server or real_server block is refused;
+// other blocks (global_defs, vrrp_instance, health checkers, …) are skipped.
 func ParseKeepalived(file string, r io.Reader) (Spec, error) {
 	spec := Spec{SNATBackend: BackendAuto}
 	var ps places
 	sc := lineScanner(r)
 	line := 0
-	depth := 0
+	// blocks holds the keyword that opened each enclosing block; "" for a
+	// block not opened by one. last is the keyword of the current
+	// statement, which a { (on its line or the next) opens.
+	var blocks []string
+	last := ""
 	var cur *Service
 	var curPlace place
 	var curReals []place
@@ -645,23 +690,35 @@ func ParseKeepalived(file string, r io.Reader) (Spec, error) {
 	var realPlace place
 	for sc.Scan() {
 		line++
+		bad := func(format string, a ...any) error { return &ParseError{file, line, fmt.Sprintf(format, a...)} }
+		if why := input.BinaryText(sc.Bytes()); why != "" {
+			return Spec{}, bad("%s", why)
+		}
 		text := sc.Text()
 		if i := strings.IndexAny(text, "#!"); i >= 0 {
 			text = text[:i]
 		}
 		f := strings.Fields(text)
-		bad := func(format string, a ...any) error { return &ParseError{file, line, fmt.Sprintf(format, a...)} }
+		start := true // the next word is a keyword: first on a line, or after { or }
 		for len(f) > 0 {
 			w := f[0]
+			depth := len(blocks)
+			in := ""
+			if depth > 0 {
+				in = blocks[depth-1]
+			}
 			switch {
 			case w == "}":
-				depth--
+				if depth == 0 {
+					return Spec{}, bad("unbalanced }")
+				}
+				blocks = blocks[:depth-1]
 				switch {
-				case real != nil && depth == 1:
+				case in == "real_server" && real != nil:
 					cur.Reals = append(cur.Reals, *real)
 					curReals = append(curReals, realPlace)
 					real = nil
-				case cur != nil && depth == 0:
+				case in == "virtual_server" && cur != nil && depth == 1:
 					switch kind {
 					case "NAT":
 					case "":
@@ -674,17 +731,25 @@ func ParseKeepalived(file string, r io.Reader) (Spec, error) {
 					ps.reals = append(ps.reals, curReals)
 					cur, kind, curReals = nil, "", nil
 				}
-				if depth < 0 {
-					return Spec{}, bad("unbalanced }")
-				}
-				f = f[1:]
+				f, start, last = f[1:], true, ""
 				continue
 			case w == "{":
-				depth++
+				blocks = append(blocks, last)
+				f, start, last = f[1:], true, ""
+				continue
+			case !start:
+				// A value of the current keyword (one lbdoctor does not
+				// read, or the rest of one it does).
 				f = f[1:]
 				continue
 			case w == "include":
 				return Spec{}, bad("include is not followed: lbdoctor reads this one file; give it the file with the virtual_server blocks")
+			}
+			start, last = false, w
+			checked := depth == 0 || depth == 1 && in == "virtual_server" && cur != nil || depth == 2 && in == "real_server" && real != nil
+			if !checked {
+				f = f[1:] // inside a block lbdoctor does not read
+				continue
 			}
 			switch {
 			case depth == 0 && w == "virtual_server":
@@ -700,7 +765,14 @@ func ParseKeepalived(file string, r io.Reader) (Spec, error) {
 				}
 				cur, curPlace, curReals = &Service{Proto: "tcp", VIP: ap, Scheduler: "wlc", SNAT: SNATAuto}, place{line: line}, nil
 				f = f[3:]
-			case depth == 1 && cur != nil && w == "real_server":
+			case depth == 0 && strings.HasPrefix(w, "$"), depth == 0 && strings.HasPrefix(w, "@"):
+				return Spec{}, bad("%s: keepalived's parameters ($NAME) and conditional lines (@ID) are not supported: write the values out", input.Quote(w))
+			case depth == 0:
+				if !slices.Contains(keepalivedTop, w) {
+					return Spec{}, bad("unknown keyword %s at the top level (keepalived would ignore it too: check the spelling)", input.Quote(w))
+				}
+				f = f[1:]
+			case depth == 1 && w == "real_server":
 				if len(f) < 3 {
 					return Spec{}, bad("real_server needs ADDR PORT")
 				}
@@ -710,43 +782,67 @@ func ParseKeepalived(file string, r io.Reader) (Spec, error) {
 				}
 				real, realPlace = &Real{Addr: ap, Weight: 1}, place{line: line}
 				f = f[3:]
-			case depth == 1 && cur != nil && len(f) >= 2 && (w == "lb_algo" || w == "lvs_sched"):
-				cur.Scheduler, f = f[1], f[2:]
+			case depth == 1 && (w == "lb_algo" || w == "lvs_sched"):
+				if len(f) < 2 {
+					return Spec{}, bad("%s needs a scheduler name", w)
+				}
+				cur.Scheduler, f = strings.ToLower(f[1]), f[2:]
 				curPlace.set("scheduler", line)
-			case depth == 1 && cur != nil && len(f) >= 2 && (w == "lb_kind" || w == "lvs_method"):
+			case depth == 1 && (w == "lb_kind" || w == "lvs_method"):
+				if len(f) < 2 {
+					return Spec{}, bad("%s needs NAT, DR or TUN", w)
+				}
 				kind, f = f[1], f[2:]
 				curPlace.set("lb_kind", line)
-			case depth == 1 && cur != nil && len(f) >= 2 && w == "protocol":
+			case depth == 1 && w == "protocol":
+				if len(f) < 2 {
+					return Spec{}, bad("protocol needs TCP or UDP")
+				}
 				switch f[1] {
 				case "TCP":
 					cur.Proto = "tcp"
 				case "UDP":
 					cur.Proto = "udp"
 				default:
-					return Spec{}, bad("protocol %s: want TCP or UDP", input.Quote(f[1]))
+					// keepalived compares exactly: "udp" is ignored
+					// there and the service is built as TCP.
+					return Spec{}, bad("protocol %s: want TCP or UDP (keepalived reads them in capitals only)", input.Quote(f[1]))
 				}
 				f = f[2:]
-			case depth == 1 && cur != nil && (w == "persistence_timeout" || w == "persistence_granularity" || w == "virtualhost"):
-				return Spec{}, bad("%s is not supported by lbdoctor setup", w)
-			case depth == 2 && real != nil && len(f) >= 2 && w == "weight":
+			case depth == 2 && w == "weight":
+				if len(f) < 2 {
+					return Spec{}, bad("weight needs a number")
+				}
 				n, why := parseWeight(f[1])
 				if why != "" {
 					return Spec{}, bad("%s", why)
 				}
 				real.Weight, f = n, f[2:]
 				realPlace.set("weight", line)
-			default:
-				// Other keywords (delay_loop, health checkers, …) do not
-				// change what IPVS is programmed with; their values and
-				// blocks are skipped.
+			case depth == 2 && (w == "lvs_method" || w == "lb_kind"):
+				if len(f) < 2 || f[1] != "NAT" {
+					return Spec{}, bad("real_server %s: %s: lbdoctor sets up NAT only (write lb_kind NAT, or leave it out)", real.Addr, w)
+				}
+				f = f[2:]
+			case slices.Contains(keepalivedUnsupported, w):
+				return Spec{}, bad("%s is not supported by lbdoctor setup", w)
+			case slices.Contains(keepalivedIgnored, w):
+				// Does not change what IPVS is programmed with: its
+				// values and block are skipped.
 				f = f[1:]
+			default:
+				where := "virtual_server"
+				if depth == 2 {
+					where = "real_server"
+				}
+				return Spec{}, bad("unknown keyword %s in %s (keepalived would ignore it too: check the spelling)", input.Quote(w), where)
 			}
 		}
 	}
 	if err := sc.Err(); err != nil {
 		return Spec{}, scanErr(file, line, err)
 	}
-	if depth != 0 {
+	if len(blocks) != 0 {
 		return Spec{}, &ParseError{File: file, Line: line, Msg: "file ends inside a block"}
 	}
 	if len(spec.Services) == 0 {

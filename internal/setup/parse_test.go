@@ -76,6 +76,101 @@ virtual_server 10.1.0.6 8085 {
 	oneService(t, spec, "tcp", "10.1.0.6:8085", "rr", "10.1.0.50:8085,4")
 }
 
+// Names are read in any case in a YAML file, as on the command line.
+func TestParseYAMLNamesInAnyCase(t *testing.T) {
+	spec, err := setup.ParseYAML("lb.yaml", []byte("snat_backend: NFT\nservices:\n  - vip: 10.1.0.6:53\n    proto: UDP\n    scheduler: WRR\n    snat: Always\n    reals: [{addr: 10.1.0.50:53}]\n"))
+	if err != nil {
+		t.Fatalf("ParseYAML(proto: UDP, scheduler: WRR, …) = %v, want it read", err)
+	}
+	oneService(t, spec, "udp", "10.1.0.6:53", "wrr", "10.1.0.50:53,1")
+	if spec.SNATBackend != "nft" || spec.Services[0].SNAT != "always" {
+		t.Errorf("snat_backend, snat = %q, %q; want nft, always", spec.SNATBackend, spec.Services[0].SNAT)
+	}
+}
+
+// A keepalived.conf as written in the field: every documented block and
+// keyword lbdoctor does not build is skipped, and both NAT services are
+// built, with their weights.
+func TestParseKeepalivedFullFile(t *testing.T) {
+	spec, err := setup.ParseKeepalived("keepalived.conf", strings.NewReader(keepalivedFull))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, s := range spec.Services {
+		for _, r := range s.Reals {
+			got = append(got, s.Proto+" "+s.VIP.String()+" "+s.Scheduler+" "+r.Addr.String()+","+itoa(r.Weight))
+		}
+	}
+	want := "tcp 10.1.0.6:80 wrr 10.1.0.50:80,5|tcp 10.1.0.6:80 wrr 10.1.0.51:80,1|udp 10.1.0.7:53 rr 10.1.0.50:53,2"
+	if strings.Join(got, "|") != want {
+		t.Errorf("ParseKeepalived(full file) = %s, want %s", strings.Join(got, "|"), want)
+	}
+}
+
+const keepalivedFull = `! Configuration File for keepalived
+global_defs {
+   notification_email { admin@example.com }
+   router_id LVS_1
+}
+vrrp_script chk { script "/bin/true"; interval 2 }
+vrrp_sync_group G1 { group { VI_1 } }
+vrrp_instance VI_1 {
+    state MASTER
+    interface eth0
+    virtual_router_id 51
+    priority 100
+    authentication { auth_type PASS
+        auth_pass 1111 }
+    virtual_ipaddress {
+        10.1.0.6/24
+    }
+}
+static_routes { 10.9.0.0/16 via 10.1.0.1 }
+virtual_server_group VG { 10.1.0.8 80 }
+virtual_server 10.1.0.6 80
+{
+    delay_loop 6
+    lvs_sched wrr
+    lvs_method NAT
+    protocol TCP
+    ha_suspend
+    alpha
+    omega
+    quorum 1
+    hysteresis 0
+    quorum_up "/bin/true"
+    virtualhost www.example.com
+    sorry_server 10.1.0.99 80
+    retry 3
+    delay_before_retry 2
+    real_server 10.1.0.50 80 {
+        weight 5
+        inhibit_on_failure
+        notify_up /bin/true
+        notify_down /bin/true
+        HTTP_GET {
+            url { path /health
+                status_code 200 }
+            connect_timeout 3
+        }
+    }
+    real_server 10.1.0.51 80 {
+        TCP_CHECK { connect_timeout 3 }
+        MISC_CHECK { misc_path "/bin/check weight 9" }
+    }
+}
+virtual_server 10.1.0.7 53 {
+    lb_algo rr
+    lb_kind NAT
+    protocol UDP
+    real_server 10.1.0.50 53 { weight 2
+        DNS_CHECK { type A
+            name example.com }
+    }
+}
+`
+
 // Bad input is one line naming the place, FILE:LINE, in the file's terms:
 // no Go internals, long values cut, unsupported constructs named.
 func TestParseErrorsNameThePlace(t *testing.T) {
@@ -89,6 +184,7 @@ func TestParseErrorsNameThePlace(t *testing.T) {
 		return func() error { _, err := setup.ParseKeepalived("k.conf", strings.NewReader(in)); return err }
 	}
 	const svc = "services:\n  - vip: 10.1.0.6:80\n"
+	const kaNAT = "virtual_server 10.1.0.6 80 {\n lb_kind NAT\n real_server 10.1.0.50 80 {\n }\n}\n"
 	big := strings.Repeat("x", 5<<20)
 	long := strings.Repeat("x", 100<<10) // under the line cap of ipvsadm and keepalived
 	tests := []struct {
@@ -128,8 +224,18 @@ func TestParseErrorsNameThePlace(t *testing.T) {
 		{"yaml alias", yml("x: &a 10.1.0.6:80\n"), `lb.yaml:1: unknown key "x" in the file (known: snat_backend, services)`},
 		{"yaml alias value", yml("services:\n  - vip: &v 10.1.0.6:80\n    reals: [{addr: *v}]\n"), "lb.yaml:3: addr: aliases (*name) are not supported: write the value out"},
 		{"yaml two documents", yml("services: []\n---\nservices: []\n"), "lb.yaml:2: a second YAML document (---): lbdoctor reads one; put all services under one services:"},
-		{"yaml control character", yml(svc + "    reals:\n      - addr: 10.1.0.50:80\x01\n"), "lb.yaml:4: YAML: control characters are not allowed"},
-		{"yaml invalid UTF-8", yml(svc + "    scheduler: \xff\n"), "lb.yaml:3: YAML: invalid leading UTF-8 octet"},
+		{"yaml control character", yml(svc + "    reals:\n      - addr: 10.1.0.50:80\x01\n"), "lb.yaml:4: binary content (control character 0x01): want a text file"},
+		{"yaml invalid UTF-8", yml(svc + "    scheduler: \xff\n"), "lb.yaml:3: binary content (byte 0xff is not UTF-8): want a text file"},
+		{"yaml NUL byte", yml(svc + "\x00    reals: [{addr: 10.1.0.50:80}]\n"), "lb.yaml:3: binary content (a NUL byte): want a text file"},
+		{"yaml too deep", yml("services:\n  - vip: 10.1.0.6:80\n    reals: " + strings.Repeat("[", 20000) + "\n"), "lb.yaml:3: nested deeper than lbdoctor reads (10000 levels): a services file is 4 levels deep (see README)"},
+		{"yaml key over 1024 characters", yml(long[:1100] + ": 1\n"), "lb.yaml:1: a key of 1100 characters: YAML keys are at most 1024"},
+		{"yaml key over 1024 characters in a service", yml(svc + "    " + long[:1100] + ": 1\n"), "lb.yaml:3: a key of 1100 characters: YAML keys are at most 1024"},
+		{"yaml second colon", yml("services: a: b\n"), "lb.yaml:1: a second ': ' on this line: quote a value that holds ': '"},
+		{"yaml multicast vip", yml("services:\n  - vip: 224.0.0.1:80\n    reals: [{addr: 10.1.0.50:80}]\n"), "lb.yaml:2: service tcp 224.0.0.1:80: 224.0.0.1 is a multicast address, not a VIP"},
+		{"yaml broadcast vip", yml("services:\n  - vip: 255.255.255.255:80\n    reals: [{addr: 10.1.0.50:80}]\n"), "lb.yaml:2: service tcp 255.255.255.255:80: 255.255.255.255 is the broadcast address, not a VIP"},
+		{"yaml unspecified vip", yml("services:\n  - vip: 0.0.0.0:80\n    reals: [{addr: 10.1.0.50:80}]\n"), "lb.yaml:2: service tcp 0.0.0.0:80: 0.0.0.0 is the unspecified address, not a VIP"},
+		{"yaml vip port 0", yml("services:\n  - vip: 10.1.0.6:0\n    reals: [{addr: 10.1.0.50:80}]\n"), "lb.yaml:2: service tcp 10.1.0.6:0: the VIP must be IPv4 ADDR:PORT with a port"},
+		{"yaml multicast real", yml(svc + "    reals:\n      - addr: 239.1.1.1:80\n"), "lb.yaml:4: service tcp 10.1.0.6:80: real 239.1.1.1:80: 239.1.1.1 is a multicast address, not a real server"},
 		{"yaml 5 MB value", yml("services:\n  - vip: " + big + "\n"), `lb.yaml:2: vip "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…": want IPv4 ADDR:PORT, e.g. 10.1.0.6:8085`},
 		{"yaml long key", yml(long[:1000] + ": 1\n"), `lb.yaml:1: unknown key "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…" in the file (known: snat_backend, services)`},
 
@@ -146,6 +252,8 @@ func TestParseErrorsNameThePlace(t *testing.T) {
 		{"ipvsadm -S service name", ipvsadm("-A -t 10.1.0.6:http -s rr\n"), "rules:1: service \"10.1.0.6:http\": service names are not supported: give the port number; this looks like `ipvsadm -S` output: give `ipvsadm -Sn` (numeric) output"},
 		{"ipvsadm -S hostname", ipvsadm("-A -t 10.1.0.6:80 -s rr\n-a -t 10.1.0.6:80 -r web1.example.com:80 -m\n"), "rules:2: real server \"web1.example.com:80\": hostnames are not supported (lbdoctor resolves no names): give an IPv4 address; this looks like `ipvsadm -S` output: give `ipvsadm -Sn` (numeric) output"},
 		{"ipvsadm long option", ipvsadm("-A -t 10.1.0.6:80 -" + long + "\n"), `rules:1: unknown option "-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…"`},
+		{"ipvsadm multicast vip", ipvsadm("-A -t 224.0.0.1:80 -s rr\n-a -t 224.0.0.1:80 -r 10.1.0.50:80 -m\n"), "rules:1: service tcp 224.0.0.1:80: 224.0.0.1 is a multicast address, not a VIP"},
+		{"ipvsadm NUL byte", ipvsadm("-A -t 10.1.0.6:80 -s rr\n\x00-A -t 10.1.0.7:80 -g\n"), "rules:2: binary content (a NUL byte): want a text file"},
 		{"ipvsadm line over 1 MiB", ipvsadm("-A -t 10.1.0.6:80\n" + big + "\n"), "rules:2: line is longer than the 1 MiB lbdoctor reads"},
 
 		{"keepalived lowercase nat", keepalived("virtual_server 10.1.0.6 80 {\n lb_kind nat\n real_server 10.1.0.50 80 {\n }\n}\n"), `k.conf:2: virtual_server 10.1.0.6:80: lb_kind "nat": lbdoctor sets up NAT only (write lb_kind NAT)`},
@@ -160,7 +268,21 @@ func TestParseErrorsNameThePlace(t *testing.T) {
 		{"keepalived no real", keepalived("virtual_server 10.1.0.6 80 {\n lb_kind NAT\n}\n"), "k.conf:1: service tcp 10.1.0.6:80: no real server"},
 		{"keepalived duplicate real", keepalived("virtual_server 10.1.0.6 80 {\n lb_kind NAT\n real_server 10.1.0.50 80 {\n }\n real_server 10.1.0.50 80 {\n }\n}\n"), "k.conf:5: service tcp 10.1.0.6:80: real 10.1.0.50:80 is given twice"},
 		{"keepalived empty", keepalived(""), "k.conf: has no virtual_server block: lbdoctor builds the lb_kind NAT virtual_servers of a keepalived.conf"},
-		{"keepalived long protocol", keepalived("virtual_server 10.1.0.6 80 {\n protocol " + long + "\n}\n"), `k.conf:2: protocol "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…": want TCP or UDP`},
+		{"keepalived misspelled virtual_server", keepalived(kaNAT + "virtual_servr 10.1.0.7 80 {\n lb_kind NAT\n real_server 10.1.0.50 80 {\n }\n}\n"), `k.conf:6: unknown keyword "virtual_servr" at the top level (keepalived would ignore it too: check the spelling)`},
+		{"keepalived misspelled real_server", keepalived("virtual_server 10.1.0.6 80 {\n lb_kind NAT\n real_server 10.1.0.50 80 {\n }\n real_servr 10.1.0.51 80 {}\n}\n"), `k.conf:5: unknown keyword "real_servr" in virtual_server (keepalived would ignore it too: check the spelling)`},
+		{"keepalived misspelled weight", keepalived("virtual_server 10.1.0.6 80 {\n lb_kind NAT\n real_server 10.1.0.50 80 {\n  wieght 5\n }\n}\n"), `k.conf:4: unknown keyword "wieght" in real_server (keepalived would ignore it too: check the spelling)`},
+		{"keepalived misspelled weight on one line", keepalived("virtual_server 10.1.0.6 80 {\n lb_kind NAT\n real_server 10.1.0.50 80 { wieght 5 }\n}\n"), `k.conf:3: unknown keyword "wieght" in real_server (keepalived would ignore it too: check the spelling)`},
+		{"keepalived unknown top-level block", keepalived("global_def { router_id lb1 }\n" + kaNAT), `k.conf:1: unknown keyword "global_def" at the top level (keepalived would ignore it too: check the spelling)`},
+		{"keepalived NUL before a DR block", keepalived(kaNAT + "\x00virtual_server 10.1.0.7 80 {\n lb_kind DR\n real_server 10.1.0.50 80 {\n }\n}\n"), "k.conf:6: binary content (a NUL byte): want a text file"},
+		{"keepalived control character", keepalived(kaNAT + "# \x07\n"), "k.conf:6: binary content (control character 0x07): want a text file"},
+		{"keepalived real lvs_method DR", keepalived("virtual_server 10.1.0.6 80 {\n lb_kind NAT\n real_server 10.1.0.50 80 {\n  lvs_method DR\n }\n}\n"), "k.conf:4: real_server 10.1.0.50:80: lvs_method: lbdoctor sets up NAT only (write lb_kind NAT, or leave it out)"},
+		{"keepalived uthreshold", keepalived("virtual_server 10.1.0.6 80 {\n lb_kind NAT\n real_server 10.1.0.50 80 {\n  uthreshold 100\n }\n}\n"), "k.conf:4: uthreshold is not supported by lbdoctor setup"},
+		{"keepalived persistence", keepalived("virtual_server 10.1.0.6 80 {\n lb_kind NAT\n persistence_timeout 50\n}\n"), "k.conf:3: persistence_timeout is not supported by lbdoctor setup"},
+		{"keepalived parameter", keepalived("$VIP=10.1.0.6\n" + kaNAT), `k.conf:1: "$VIP=10.1.0.6": keepalived's parameters ($NAME) and conditional lines (@ID) are not supported: write the values out`},
+		{"keepalived lowercase protocol", keepalived("virtual_server 10.1.0.6 80 {\n lb_kind NAT\n protocol udp\n}\n"), `k.conf:3: protocol "udp": want TCP or UDP (keepalived reads them in capitals only)`},
+		{"keepalived multicast vip", keepalived("virtual_server 224.0.0.1 80 {\n lb_kind NAT\n real_server 10.1.0.50 80 {\n }\n}\n"), "k.conf:1: service tcp 224.0.0.1:80: 224.0.0.1 is a multicast address, not a VIP"},
+		{"keepalived unspecified real", keepalived("virtual_server 10.1.0.6 80 {\n lb_kind NAT\n real_server 0.0.0.0 80 {\n }\n}\n"), "k.conf:3: service tcp 10.1.0.6:80: real 0.0.0.0:80: 0.0.0.0 is the unspecified address, not a real server"},
+		{"keepalived long protocol", keepalived("virtual_server 10.1.0.6 80 {\n protocol " + long + "\n}\n"), `k.conf:2: protocol "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…": want TCP or UDP (keepalived reads them in capitals only)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -208,6 +330,8 @@ func checkErr(t *testing.T, err error) {
 
 func FuzzParseYAML(f *testing.F) {
 	f.Add("snat_backend: nft\nservices:\n  - vip: 10.1.0.6:8085\n    reals:\n      - addr: 10.1.0.50:8085\n        weight: 3\n")
+	f.Add("services:\n  - vip: 224.0.0.1:80\n    proto: UDP\n    reals: [{addr: 10.1.0.50:80}]\n\x00")
+	f.Add("services: " + strings.Repeat("[", 10001))
 	f.Fuzz(func(t *testing.T, in string) {
 		spec, err := setup.ParseYAML("f", []byte(in))
 		checkErr(t, err)
@@ -219,6 +343,9 @@ func FuzzParseYAML(f *testing.F) {
 
 func FuzzParseKeepalived(f *testing.F) {
 	f.Add("virtual_server 10.1.0.6 80 {\n lb_kind NAT\n real_server 10.1.0.50 80 { weight 2 }\n}\n")
+	f.Add(keepalivedFull)
+	f.Add("virtual_servr 10.1.0.7 80 {\n lb_kind NAT\n real_servr 10.1.0.50 80 { wieght 5 }\n}\n")
+	f.Add("\x00virtual_server 10.1.0.7 80 {\n lb_kind DR\n}\n")
 	f.Fuzz(func(t *testing.T, in string) {
 		spec, err := setup.ParseKeepalived("f", strings.NewReader(in))
 		checkErr(t, err)
@@ -230,6 +357,7 @@ func FuzzParseKeepalived(f *testing.F) {
 
 func FuzzParseIpvsadm(f *testing.F) {
 	f.Add("-A -t 10.1.0.6:80 -s rr\n-a -t 10.1.0.6:80 -r 10.1.0.50:80 -m -w 1\n")
+	f.Add("-A -t 224.0.0.1:80 -s RR\n\x00-a -t 224.0.0.1:80 -r 10.1.0.50:80 -m\n")
 	f.Fuzz(func(t *testing.T, in string) {
 		spec, err := setup.ParseIpvsadm("f", strings.NewReader(in))
 		checkErr(t, err)

@@ -58,6 +58,24 @@ type Spec struct {
 // Schedulers IPVS offers (the guest kernel's modules).
 var Schedulers = []string{"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh"}
 
+// AddrFault says why a is no address a what ("a VIP", "a real server")
+// can have — unspecified, multicast, broadcast, or with a zone — and "" when
+// it can have it. It is the one rule for --vip of every verb and for the
+// addresses of every input file.
+func AddrFault(a netip.Addr, what string) string {
+	switch {
+	case a.Zone() != "":
+		return fmt.Sprintf("%s has no zone (%%%s)", what, a.Zone())
+	case a.IsUnspecified():
+		return fmt.Sprintf("%s is the unspecified address, not %s", a, what)
+	case a.IsMulticast():
+		return fmt.Sprintf("%s is a multicast address, not %s", a, what)
+	case a.Unmap() == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return fmt.Sprintf("%s is the broadcast address, not %s", a, what)
+	}
+	return ""
+}
+
 // SpecError is the first thing Validate found wrong with a spec, and where:
 // the index of the service (and real) it is about, -1 for none, and the
 // field, so a parser can point at the line that gave it.
@@ -86,6 +104,8 @@ func (s Spec) Validate() error {
 			return bad("proto", "service %s: protocol %s, want tcp or udp", key, input.Quote(svc.Proto))
 		case !svc.VIP.Addr().Is4() || svc.VIP.Port() == 0:
 			return bad("vip", "service %s: the VIP must be IPv4 ADDR:PORT with a port", key)
+		case AddrFault(svc.VIP.Addr(), "a VIP") != "":
+			return bad("vip", "service %s: %s", key, AddrFault(svc.VIP.Addr(), "a VIP"))
 		case !slices.Contains(Schedulers, svc.Scheduler):
 			return bad("scheduler", "service %s: unknown scheduler %s (one of %s)", key, input.Quote(svc.Scheduler), strings.Join(Schedulers, ", "))
 		case svc.SNAT != SNATAuto && svc.SNAT != SNATAlways && svc.SNAT != SNATNever:
@@ -104,6 +124,8 @@ func (s Spec) Validate() error {
 			switch {
 			case !r.Addr.Addr().Is4() || r.Addr.Port() == 0:
 				return bad("addr", "service %s: real %s must be IPv4 ADDR:PORT", key, r.Addr)
+			case AddrFault(r.Addr.Addr(), "a real server") != "":
+				return bad("addr", "service %s: real %s: %s", key, r.Addr, AddrFault(r.Addr.Addr(), "a real server"))
 			case r.Weight < 0 || r.Weight > 65535:
 				return bad("weight", "service %s: real %s: weight %d out of 0-65535", key, r.Addr, r.Weight)
 			case seen[r.Addr]:
