@@ -47,7 +47,7 @@ inode, the server process if it still has the recorded start time.`,
   sudo lbdoctor check --netns lab-lb --fix
   sudo lbdoctor lab down`,
 	}
-	cmd.PersistentFlags().StringVar(&name, "name", "lab", "lab name: prefix of its namespaces (letters, digits, _ and -)")
+	cmd.PersistentFlags().StringVar(&name, "name", "lab", "lab `NAME`: prefix of its namespaces (letters, digits, _ and -)")
 	cmd.PersistentFlags().SetAnnotation("name", validatesEmpty, []string{"true"}) // labName says "bad lab name"
 	cmd.AddCommand(newLabUpCmd(&name), newLabDownCmd(&name), newLabStatusCmd(&name), newLabProbeCmd(&name), newLabServeCmd())
 	return cmd
@@ -95,9 +95,9 @@ func newLabUpCmd(name *string) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&topo, "topology", string(lab.OneArm), "one-arm or two-arm")
-	cmd.Flags().StringVar(&proto, "proto", "tcp", "tcp or udp")
-	cmd.Flags().StringVar(&fault, "fault", lab.FaultNone, "build in a fault: "+strings.Join(lab.Faults, ", "))
+	cmd.Flags().StringVar(&topo, "topology", string(lab.OneArm), "`one-arm|two-arm`: the real server on the VIP's segment, or behind the LB")
+	cmd.Flags().StringVar(&proto, "proto", "tcp", "protocol of the service: `tcp|udp`")
+	cmd.Flags().StringVar(&fault, "fault", lab.FaultNone, "build in a `FAULT`: "+strings.Join(lab.Faults, ", "))
 	return cmd
 }
 
@@ -224,11 +224,8 @@ func newLabStatusCmd(name *string) *cobra.Command {
 				return err
 			}
 			rec, err := lab.LoadRecord(*name)
-			if errors.Is(err, lab.ErrNoLab) {
-				return &exitError{code: exitFindings, msg: err.Error()}
-			}
 			if err != nil {
-				return labError(err)
+				return labNotUp(err)
 			}
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "lab %s: %s, %s, fault %s\n", rec.Name, rec.Topology, rec.Proto, rec.Fault)
@@ -267,15 +264,20 @@ func newLabProbeCmd(name *string) *cobra.Command {
 		Short: "Connect from the client to the VIP and say, per connection, whether it was answered and which source address the real server saw",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if n < 1 {
-				return usageErrorf("-n %d: want at least 1", n)
+			// Flags first: a bad value is bad usage whether or not the
+			// lab is up.
+			if n < 1 || n > maxProbes {
+				return usageErrorf("-n/--count %d: want 1-%d", n, maxProbes)
+			}
+			if timeout <= 0 || timeout > maxProbeTimeout {
+				return usageErrorf("--timeout %s: want a timeout > 0, at most %s", timeout, maxProbeTimeout)
 			}
 			if err := labName(*name); err != nil {
 				return err
 			}
 			rec, err := lab.LoadRecord(*name)
 			if err != nil {
-				return labError(err)
+				return labNotUp(err)
 			}
 			l, err := lab.Open(rec)
 			if err != nil {
@@ -309,8 +311,8 @@ func newLabProbeCmd(name *string) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().IntVarP(&n, "count", "n", 3, "how many connections")
-	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Second, "per connection")
+	cmd.Flags().IntVarP(&n, "count", "n", 3, "how many connections, `N` (1-1000)")
+	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Second, "wait for each answer this `TIMEOUT` (> 0, at most 1m)")
 	return cmd
 }
 
@@ -330,6 +332,24 @@ func labName(name string) error {
 		return usageErrorf("--name: %v", err)
 	}
 	return nil
+}
+
+// Bounds of lab probe: every connection may wait its whole timeout, so
+// together they bound how long a probe runs (1000 × 1m at most).
+const (
+	maxProbes       = 1000
+	maxProbeTimeout = time.Minute
+)
+
+// labNotUp is the one meaning of a lab that is not up, for status and
+// probe: exit 1, like a check that failed (the lab was asked about and is
+// not there), not 2 — the command line was right. A corrupt record stays
+// bad input (exit 2).
+func labNotUp(err error) error {
+	if errors.Is(err, lab.ErrNoLab) {
+		return &exitError{code: exitFindings, msg: err.Error()}
+	}
+	return labError(err)
 }
 
 // labError makes a lab record that is missing or unreadable bad input
@@ -384,8 +404,8 @@ func newLabServeCmd() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&ns, "netns", "", "namespace to serve in")
-	cmd.Flags().StringVar(&proto, "proto", "tcp", "tcp or udp")
+	cmd.Flags().StringVar(&ns, "netns", "", "network namespace `NAME` to serve in")
+	cmd.Flags().StringVar(&proto, "proto", "tcp", "`tcp|udp`")
 	cmd.Flags().BoolVar(&afterRecord, "after-record", false, `serve only after reading "recorded" on stdin`)
 	return cmd
 }

@@ -43,11 +43,27 @@ func TestLabBadInput(t *testing.T) {
 		{"lab", "up", "--proto", "sctp"},
 		{"lab", "up", "--fault", "everything"},
 		{"lab", "probe", "-n", "0"},
-		{"lab", "probe", "--name", "nosuchlab"},
+		{"lab", "probe", "--name", "nosuchlab", "--timeout", "0s"}, // flags are checked before the lab is looked for
 	} {
 		code, _, stderr := runCLI(args...)
 		if code != exitUsage || strings.Count(stderr, "\n") != 1 {
 			t.Errorf("lbdoctor %v = exit %d, %q; want exit 2 and one line", args, code, stderr)
+		}
+	}
+}
+
+// A lab that is not up means one thing to status and probe: exit 1 (the lab
+// asked about is not there), one line naming it — not bad usage.
+func TestLabNotUpExitsOne(t *testing.T) {
+	t.Setenv("LBDOCTOR_LAB_DIR", t.TempDir())
+	for _, args := range [][]string{
+		{"lab", "status", "--name", "nosuchlab"},
+		{"lab", "probe", "--name", "nosuchlab"},
+		{"lab", "probe", "--name", "nosuchlab", "-n", "5", "--timeout", "1s"},
+	} {
+		code, stdout, stderr := runCLI(args...)
+		if code != exitFindings || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, `lab "nosuchlab" is not up`) || stdout != "" {
+			t.Errorf("lbdoctor %v = exit %d, stderr %q, stdout %q; want exit 1 and one line saying the lab is not up", args, code, stderr, stdout)
 		}
 	}
 }

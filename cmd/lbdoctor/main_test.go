@@ -8,8 +8,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"golang.org/x/sys/unix"
 
@@ -245,15 +249,103 @@ func TestUsageErrorsExitTwoOnEveryVerb(t *testing.T) {
 		{"-o json where only text is printed", []string{"setup", "-o", "json", "--vip", "10.1.0.6:80", "--real", "10.1.0.50:80"}},
 		{"--netns on lab", []string{"lab", "status", "--netns", "lb"}},
 		{"--netns on version", []string{"version", "--netns", "lb"}},
+		{"--top out of range", []string{"drops", "--summary", "--top", "99999999999999999999", "--duration", "1s"}},
+		{"--top not a number", []string{"drops", "--summary", "--top", "many", "--duration", "1s"}},
+		{"--port not a number", []string{"drops", "--port", "http", "--duration", "1s"}},
+		{"lab probe -n not a number", []string{"lab", "probe", "-n", "abc"}},
+		{"lab probe -n out of range", []string{"lab", "probe", "-n", "99999999999"}},
+		{"lab probe --timeout 0s", []string{"lab", "probe", "--timeout", "0s"}},
+		{"lab probe --timeout -1s", []string{"lab", "probe", "--timeout", "-1s"}},
+		{"lab probe --timeout 2h", []string{"lab", "probe", "--timeout", "2h"}},
+		{"lab probe --timeout without a unit", []string{"lab", "probe", "--timeout", "5"}},
+		{"check --drops without a unit", []string{"check", "--drops", "5"}},
+		{"inspect --watch without a unit", []string{"inspect", "--watch", "5"}},
+		{"drops --duration without a unit", []string{"drops", "--duration", "5"}},
+		{"long duration value", []string{"check", "--drops", strings.Repeat("9", 200)}},
+		{"--dry-run not a bool", []string{"setup", "--dry-run=maybe", "--vip", "10.1.0.6:80", "--real", "10.1.0.50:80"}},
+		{"lbdoctor alone", []string{}},
+		{"lab alone", []string{"lab"}},
+		{"completion alone", []string{"completion"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) { assertUsage(t, tt.args) })
 	}
 }
+
+// goWords are words of Go's parsers that a usage line must never show.
+var goWords = []string{"strconv.", "ParseInt", "ParseUint", "ParseBool", "time:", "invalid argument", `" flag: `}
 
 func assertUsage(t *testing.T, args []string) {
 	t.Helper()
 	code, stdout, stderr := runCLI(args...)
 	if code != exitUsage || strings.Count(stderr, "\n") != 1 || !strings.HasPrefix(stderr, "lbdoctor: ") || stdout != "" {
 		t.Errorf("lbdoctor %q = exit %d, stderr %q, stdout %.80q; want exit 2, one stderr line, no stdout", args, code, stderr, stdout)
+	}
+	for _, w := range goWords {
+		if strings.Contains(stderr, w) {
+			t.Errorf("lbdoctor %q: stderr %q shows Go internals (%q)", args, stderr, w)
+		}
+	}
+	if len(stderr) > 200 {
+		t.Errorf("lbdoctor %q: stderr is %d bytes, want values cut: %.100q…", args, len(stderr), stderr)
+	}
+}
+
+// Flag errors say what the flag wants, in the user's terms.
+func TestFlagValueErrors(t *testing.T) {
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"drops", "--summary", "--top", "99999999999999999999"}, `lbdoctor: --top "99999999999999999999": want a whole number, at most 9223372036854775807`},
+		{[]string{"lab", "probe", "-n", "abc"}, `lbdoctor: -n/--count "abc": want a whole number`},
+		{[]string{"check", "--drops", "5"}, `lbdoctor: --drops "5": want a duration with a unit, e.g. 5s, 500ms or 2m`},
+		{[]string{"drops", "--port", "x"}, `lbdoctor: --port "x": want a whole number 0 or more`},
+		{[]string{"completion", "bash", "--no-descriptions=maybe"}, `lbdoctor: --no-descriptions "maybe": want true or false`},
+		{[]string{"lab", "probe", "-n", "99999999999"}, `lbdoctor: -n/--count 99999999999: want 1-1000`},
+		{[]string{"lab", "probe", "--timeout", "-1s"}, `lbdoctor: --timeout -1s: want a timeout > 0, at most 1m0s`},
+		{[]string{"lab"}, `lbdoctor: lbdoctor lab needs a command: down, probe, status, up (see lbdoctor lab --help)`},
+		{[]string{"completion"}, `lbdoctor: lbdoctor completion needs a command: bash, fish, powershell, zsh (see lbdoctor completion --help)`},
+	}
+	for _, tt := range tests {
+		code, _, stderr := runCLI(tt.args...)
+		if code != exitUsage || strings.TrimSuffix(stderr, "\n") != tt.want {
+			t.Errorf("lbdoctor %q = exit %d, %q; want exit 2, %q", tt.args, code, stderr, tt.want)
+		}
+	}
+}
+
+// No flag of any command shows a bare Go type as its placeholder
+// ("--proto string", "-n, --count int"): each names what it takes.
+func TestFlagPlaceholders(t *testing.T) {
+	goTypes := map[string]bool{}
+	for _, ty := range []string{"string", "strings", "stringArray", "int", "ints", "int8", "int16", "int32", "int64",
+		"uint", "uints", "uint8", "uint16", "uint32", "uint64", "duration", "durations", "float32", "float64", "count"} {
+		goTypes[ty] = true
+	}
+	placeholder := regexp.MustCompile(`--[a-z-]+ (string|strings|stringArray|int|ints|int64|uint|uints|uint16|duration|durations|float64)\b`)
+	var walk func(c *cobra.Command)
+	seen := 0
+	walk = func(c *cobra.Command) {
+		c.InitDefaultHelpFlag()
+		for _, fs := range []*pflag.FlagSet{c.LocalFlags(), c.InheritedFlags()} {
+			fs.VisitAll(func(f *pflag.Flag) {
+				seen++
+				if name, _ := pflag.UnquoteUsage(f); goTypes[name] {
+					t.Errorf("%s --%s: placeholder %q is a Go type; want a backquoted name in its usage (%q)", c.CommandPath(), f.Name, name, f.Usage)
+				}
+			})
+			for _, line := range strings.Split(fs.FlagUsages(), "\n") {
+				if m := placeholder.FindString(line); m != "" {
+					t.Errorf("%s help shows %q: %s", c.CommandPath(), m, strings.TrimSpace(line))
+				}
+			}
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(newRootCmd(io.Discard, io.Discard))
+	if seen < 30 {
+		t.Errorf("walked %d flags, want every command's (at least 30)", seen)
 	}
 }

@@ -1,15 +1,18 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/lbdoctor/lbdoctor/internal/input"
 	"github.com/lbdoctor/lbdoctor/internal/report"
 )
 
@@ -58,7 +61,7 @@ change was undone).`,
 	root.SetErr(stderr)
 	root.PersistentFlags().StringVar(&g.netns, "netns", "", "network namespace: a /run/netns `NAME`, a PATH, or pid:N (default: the current one)")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "text", "output `FORMAT`: text or json (check also: junit)")
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErrorf("%v", err) })
+	root.SetFlagErrorFunc(flagError)
 	root.AddCommand(newCheckCmd(g), newInspectCmd(g), newDropsCmd(g), newSetupCmd(g), newTeardownCmd(g), newLabCmd(), newVersionCmd(g))
 	root.SetHelpCommand(newHelpCmd())
 	root.InitDefaultCompletionCmd()
@@ -66,11 +69,60 @@ change was undone).`,
 	return root
 }
 
+// flagError words a flag that did not parse in the user's terms: pflag says
+// `invalid argument "5" for "--drops" flag: time: missing unit in duration
+// "5"`, which shows Go's parsers and echoes the value whole.
+func flagError(_ *cobra.Command, err error) error {
+	var ive *pflag.InvalidValueError
+	if !errors.As(err, &ive) {
+		return usageErrorf("%v", err)
+	}
+	f := ive.GetFlag()
+	var ne *strconv.NumError
+	tooLarge := errors.As(err, &ne) && errors.Is(ne.Err, strconv.ErrRange)
+	want := ""
+	switch t := strings.TrimSuffix(f.Value.Type(), "Slice"); t {
+	case "int", "int8", "int16", "int32", "int64", "count":
+		want = "want a whole number"
+		if tooLarge {
+			want += ", at most " + strconv.FormatInt(1<<(intBits(t)-1)-1, 10)
+		}
+	case "uint", "uint8", "uint16", "uint32", "uint64":
+		want = "want a whole number 0 or more"
+		if tooLarge {
+			want = "want a whole number 0-" + strconv.FormatUint(1<<intBits(t)-1, 10)
+		}
+	case "duration":
+		want = "want a duration with a unit, e.g. 5s, 500ms or 2m"
+	case "bool":
+		want = "want true or false"
+	case "float32", "float64":
+		want = "want a number"
+	default:
+		want = errors.Unwrap(err).Error()
+	}
+	name := "--" + f.Name
+	if f.Shorthand != "" {
+		name = "-" + f.Shorthand + "/--" + f.Name
+	}
+	return usageErrorf("%s %s: %s", name, input.Quote(ive.GetValue()), want)
+}
+
+// intBits is the size of a pflag integer type ("int16": 16; "int": 64).
+func intBits(t string) int {
+	for _, n := range []int{8, 16, 32} {
+		if strings.HasSuffix(t, strconv.Itoa(n)) {
+			return n
+		}
+	}
+	return 64
+}
+
 // strictArgs makes every unknown subcommand and stray argument a usage error,
 // on every level: a command with subcommands (lbdoctor, lab, completion)
-// prints its help when called alone and refuses anything else, and a leaf
-// takes no arguments. Cobra's own defaults print help and exit 0, or return
-// untyped errors.
+// called alone, or with one it does not have, is a usage error (exit 2, one
+// line naming its subcommands), and a leaf takes no arguments. Cobra's own
+// defaults print help and exit 0, or return untyped errors.
 func strictArgs(cmd *cobra.Command) {
 	if strings.HasPrefix(cmd.Name(), "__") { // cobra's hidden shell-completion requests
 		return
@@ -84,7 +136,17 @@ func strictArgs(cmd *cobra.Command) {
 			}
 			return nil
 		}
-		cmd.RunE = func(c *cobra.Command, _ []string) error { return c.Help() }
+		// Alone, a parent is as much a usage error as a wrong
+		// subcommand: one line naming the ones it has, exit 2.
+		cmd.RunE = func(c *cobra.Command, _ []string) error {
+			var names []string
+			for _, sub := range c.Commands() {
+				if sub.IsAvailableCommand() {
+					names = append(names, sub.Name())
+				}
+			}
+			return usageErrorf("%s needs a command: %s (see %s --help)", c.CommandPath(), strings.Join(names, ", "), c.CommandPath())
+		}
 	default:
 		cmd.Args = noArgs
 	}

@@ -83,15 +83,15 @@ second run changes nothing. What it made is recorded, and
 	}
 	f := cmd.Flags()
 	f.StringVar(&vip, "vip", "", "virtual service address, `ADDR:PORT`")
-	f.StringVar(&proto, "proto", "tcp", "protocol of the service: tcp or udp")
+	f.StringVar(&proto, "proto", "tcp", "protocol of the service: `tcp|udp` (any case)")
 	f.StringArrayVar(&reals, "real", nil, "real server `ADDR:PORT[,WEIGHT]` (repeatable)")
-	f.StringVar(&scheduler, "scheduler", "rr", "IPVS scheduler: "+strings.Join(setup.Schedulers, ", "))
-	f.StringVar(&snat, "snat", setup.SNATAuto, "source NAT: auto (from the return path), always, never")
-	f.StringVar(&backend, "snat-backend", setup.BackendAuto, "SNAT with: auto, iptables, nft")
+	f.StringVar(&scheduler, "scheduler", "rr", "IPVS `SCHEDULER`: "+strings.Join(setup.Schedulers, ", "))
+	f.StringVar(&snat, "snat", setup.SNATAuto, "source NAT: `auto|always|never` (auto: from the return path)")
+	f.StringVar(&backend, "snat-backend", setup.BackendAuto, "SNAT with: `auto|iptables|nft`")
 	f.BoolVar(&dryRun, "dry-run", false, "print the plan and change nothing")
 	f.StringVarP(&file, "file", "f", "", "YAML `FILE` of several services (see README); - reads standard input")
-	f.StringVar(&fromIpvsadm, "from-ipvsadm", "", "build the NAT services of an `ipvsadm -Sn` dump (- for standard input)")
-	f.StringVar(&fromKeepalived, "from-keepalived", "", "build the lb_kind NAT virtual_servers of a keepalived.conf (- for standard input)")
+	f.StringVar(&fromIpvsadm, "from-ipvsadm", "", "build the NAT services of a `FILE` of ipvsadm -Sn output (- for standard input)")
+	f.StringVar(&fromKeepalived, "from-keepalived", "", "build the lb_kind NAT virtual_servers of a keepalived.conf `FILE` (- for standard input)")
 	return cmd
 }
 

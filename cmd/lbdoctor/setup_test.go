@@ -1,8 +1,11 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"os"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -74,5 +77,58 @@ func TestSetupFileErrorsNameThePlace(t *testing.T) {
 		if code != exitUsage || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, tt.want) {
 			t.Errorf("lbdoctor %v = exit %d, %q; want exit 2 and one line with %q", tt.args, code, stderr, tt.want)
 		}
+	}
+}
+
+// A VIP (or real) a flag refuses, a file refuses too, naming FILE:LINE: one
+// address rule (setup.AddrFault) for --vip and every input format.
+func TestFileAddressesFollowFlagRules(t *testing.T) {
+	dir := t.TempDir()
+	n := 0
+	write := func(body string) string {
+		n++
+		p := dir + "/in" + strconv.Itoa(n)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	for _, tt := range []struct{ addr, port, why string }{
+		{"224.0.0.1", "80", "224.0.0.1 is a multicast address, not a VIP"},
+		{"0.0.0.0", "80", "0.0.0.0 is the unspecified address, not a VIP"},
+		{"255.255.255.255", "80", "255.255.255.255 is the broadcast address, not a VIP"},
+	} {
+		vip := tt.addr + ":" + tt.port
+		for _, args := range [][]string{
+			{"setup", "--vip", vip, "--real", "10.1.0.50:80"},
+			{"check", "--vip", vip},
+			{"setup", "-f", write("services:\n  - vip: " + vip + "\n    reals: [{addr: 10.1.0.50:80}]\n")},
+			{"setup", "--from-ipvsadm", write("-A -t " + vip + " -s rr\n-a -t " + vip + " -r 10.1.0.50:80 -m\n")},
+			{"setup", "--from-keepalived", write("\nvirtual_server " + tt.addr + " " + tt.port + " {\n lb_kind NAT\n real_server 10.1.0.50 80 {\n }\n}\n")},
+		} {
+			code, out, stderr := runCLI(args...)
+			if code != exitUsage || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, tt.why) || out != "" {
+				t.Errorf("lbdoctor %q = exit %d, stderr %q; want exit 2, one line with %q", args, code, stderr, tt.why)
+			}
+			if args[1] != "--vip" && !regexp.MustCompile(`/in\d+:[12]: `).MatchString(stderr) {
+				t.Errorf("lbdoctor %q: stderr %q names no FILE:LINE", args, stderr)
+			}
+		}
+	}
+	code, _, stderr := runCLI("setup", "-f", write("services:\n  - vip: 10.1.0.6:80\n    reals: [{addr: 10.1.0.50:80}, {addr: 239.1.1.1:80}]\n"))
+	if want := "real 239.1.1.1:80: 239.1.1.1 is a multicast address, not a real server"; code != exitUsage || !strings.Contains(stderr, want) {
+		t.Errorf("setup -f with a multicast real = exit %d, %q; want exit 2 with %q", code, stderr, want)
+	}
+}
+
+// Names are read in any case on the command line as in files.
+func TestSetupFlagNamesInAnyCase(t *testing.T) {
+	spec, err := setupSpec(context.Background(), nil, "10.1.0.6:53", "UDP", "WRR", "Always", "NFT", []string{"10.1.0.50:53"}, "", "", "")
+	if err != nil {
+		t.Fatalf("setupSpec(--proto UDP --scheduler WRR --snat Always --snat-backend NFT) = %v, want it read", err)
+	}
+	s := spec.Services[0]
+	if got := strings.Join([]string{s.Proto, s.Scheduler, s.SNAT, spec.SNATBackend}, " "); got != "udp wrr always nft" {
+		t.Errorf("setupSpec(UDP, WRR, Always, NFT) = %s, want udp wrr always nft", got)
 	}
 }
