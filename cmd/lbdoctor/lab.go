@@ -60,6 +60,7 @@ func newLabUpCmd(name *string) *cobra.Command {
 		Short: "Build the lab",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			topo, fault = strings.ToLower(topo), strings.ToLower(fault) // names are read in any case
 			if topo != string(lab.OneArm) && topo != string(lab.TwoArm) {
 				return usageErrorf("--topology %q: want one-arm or two-arm", topo)
 			}

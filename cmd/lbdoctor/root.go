@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -48,6 +49,7 @@ change was undone).`,
 			if err := refuseIgnoredGlobals(cmd); err != nil {
 				return err
 			}
+			g.output = strings.ToLower(g.output) // names are read in any case
 			switch {
 			case g.output == "junit" && cmd.Name() != "check":
 				return usageErrorf("--output junit is for check only")
@@ -73,6 +75,10 @@ change was undone).`,
 // `invalid argument "5" for "--drops" flag: time: missing unit in duration
 // "5"`, which shows Go's parsers and echoes the value whole.
 func flagError(_ *cobra.Command, err error) error {
+	var vre *pflag.ValueRequiredError
+	if errors.As(err, &vre) {
+		return usageErrorf("%s needs a value", flagName(vre.GetFlag()))
+	}
 	var ive *pflag.InvalidValueError
 	if !errors.As(err, &ive) {
 		return usageErrorf("%v", err)
@@ -93,7 +99,15 @@ func flagError(_ *cobra.Command, err error) error {
 			want = "want a whole number 0-" + strconv.FormatUint(1<<intBits(t)-1, 10)
 		}
 	case "duration":
-		want = "want a duration with a unit, e.g. 5s, 500ms or 2m"
+		cause := errors.Unwrap(err).Error()
+		switch {
+		case strings.Contains(cause, "unknown unit"):
+			want = "want a duration such as 5s, 500ms or 2m (units: ns, us, ms, s, m, h)"
+		case durationRE.MatchString(ive.GetValue()):
+			want = "want a duration of at most 2562047h"
+		default:
+			want = "want a duration with a unit, e.g. 5s, 500ms or 2m"
+		}
 	case "bool":
 		want = "want true or false"
 	case "float32", "float64":
@@ -101,11 +115,19 @@ func flagError(_ *cobra.Command, err error) error {
 	default:
 		want = errors.Unwrap(err).Error()
 	}
-	name := "--" + f.Name
+	return usageErrorf("%s %s: %s", flagName(f), input.Quote(ive.GetValue()), want)
+}
+
+// durationRE is a well-formed Go duration ("99999999999h"): one that did not
+// parse was out of range.
+var durationRE = regexp.MustCompile(`^[+-]?([0-9]*\.?[0-9]+(ns|us|µs|ms|s|m|h))+$`)
+
+// flagName is how a flag error names the flag: -n/--count, --top.
+func flagName(f *pflag.Flag) string {
 	if f.Shorthand != "" {
-		name = "-" + f.Shorthand + "/--" + f.Name
+		return "-" + f.Shorthand + "/--" + f.Name
 	}
-	return usageErrorf("%s %s: %s", name, input.Quote(ive.GetValue()), want)
+	return "--" + f.Name
 }
 
 // intBits is the size of a pflag integer type ("int16": 16; "int": 64).
