@@ -39,6 +39,7 @@ way an operator would have: no-snat (setup --snat never), vs-conntrack-off
 (net.ipv4.vs.conntrack=0 under a conntrack-based SNAT rule), ip-forward-off
 (net.ipv4.ip_forward=0).
 
+status and probe exit 1 when the lab is not up (or not answering).
 NAME is 1-64 letters, digits, '_' and '-'. lab down removes only what the
 lab's record proves lab up made: namespaces that still have the recorded
 inode, the server process if it still has the recorded start time.`,

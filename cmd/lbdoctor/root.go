@@ -36,7 +36,8 @@ rules, conntrack and counters in any network namespace; drops traces where
 the kernel drops packets and which VIP flow they belonged to; setup, teardown,
 check --fix and lab change the host, and print their plan first.
 
-Exit codes: 0 ok, 1 a check failed, 2 bad usage or input, 3 cannot inspect
+Exit codes: 0 ok, 1 a check failed (lab status, lab probe: the lab is not
+up or not answering), 2 bad usage or input, 3 cannot inspect
 (a missing privilege or kernel feature, named), 4 an operation failed for
 another reason (named), 130 interrupted before anything was measured (or a
 change was undone).`,
