@@ -73,7 +73,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 			fmt.Fprintln(stderr, "lbdoctor: "+ee.msg)
 		}
 		return ee.code
-	case errors.Is(err, netns.ErrNotFound), errors.Is(err, netns.ErrNotNetns), errors.Is(err, apply.ErrCorrupt), errors.Is(err, errUsage):
+	case errors.Is(err, netns.ErrNotFound), errors.Is(err, netns.ErrNotNetns), errors.Is(err, apply.ErrCorrupt),
+		errors.Is(err, apply.ErrOtherNamespace), errors.Is(err, errUsage):
 		fmt.Fprintln(stderr, "lbdoctor: "+err.Error())
 		return exitUsage
 	case errors.Is(err, kernel.ErrNotSupported), errors.Is(err, errPrivilege),

@@ -197,7 +197,18 @@ objects go (sysctls stay while another lbdoctor service remains).`,
 			}
 			steps, objs := setup.TeardownSteps(t, st, ap)
 			if len(objs) == 0 {
-				fmt.Fprintf(cmd.OutOrStdout(), "nothing to tear down: lbdoctor made nothing in %s\n", t)
+				out := cmd.OutOrStdout()
+				if len(st.Unproven) > 0 {
+					printUnproven(out, t, st)
+					if !dryRun {
+						if err := st.Save(t); err != nil { // forgets them
+							return fmt.Errorf("teardown: forget the record: %w", err)
+						}
+					}
+					fmt.Fprintf(out, "nothing to tear down: no record proves lbdoctor made anything in %s\n", t)
+					return nil
+				}
+				fmt.Fprintf(out, "nothing to tear down: lbdoctor made nothing in %s\n", t)
 				return nil
 			}
 			return runPlan(cmd, t, steps, dryRun, "teardown", func(st *apply.State, _ []apply.Step) {
@@ -233,12 +244,13 @@ func runPlanConfirm(cmd *cobra.Command, t netns.Target, steps []apply.Step, dryR
 		}
 		return err
 	}
+	printUnproven(out, t, st)
 	for _, l := range plan.Left {
 		fmt.Fprintf(out, "left %s\n", l)
 	}
 	if plan.Empty() {
 		fmt.Fprintf(out, "nothing to change: %s already matches\n", t)
-		if len(plan.Left) > 0 && !dryRun {
+		if len(plan.Left)+len(st.Unproven) > 0 && !dryRun {
 			record(st, nil) // teardown forgets what it leaves: it is no longer lbdoctor's
 			if err := st.Save(t); err != nil {
 				return fmt.Errorf("%s: save the record: %w", verb, err)
@@ -266,6 +278,14 @@ func runPlanConfirm(cmd *cobra.Command, t netns.Target, steps []apply.Step, dryR
 	}
 	fmt.Fprintf(out, "%s: %d change(s) applied\n", verb, len(done))
 	return nil
+}
+
+// printUnproven names each object of a record that does not prove its
+// namespace: lbdoctor leaves them, and the next save forgets them.
+func printUnproven(w io.Writer, t netns.Target, st *apply.State) {
+	for _, o := range st.Unproven {
+		fmt.Fprintf(w, "left %s in %s: %s; not proven lbdoctor's\n", o, t, st.Why)
+	}
 }
 
 // recordOwned remembers what the done steps made, for teardown.

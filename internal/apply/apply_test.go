@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/lbdoctor/lbdoctor/internal/apply"
-	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 )
 
@@ -57,7 +56,7 @@ func TestRunRollsBackInReverse(t *testing.T) {
 
 func TestStateRecordsOwnership(t *testing.T) {
 	t.Setenv("LBDOCTOR_STATE_DIR", t.TempDir())
-	ns := netns.Target{Spec: "lb", Name: "lb", Path: "/run/netns/lb"}
+	ns := testkit.Netns(t, "state") // a record names a real namespace's identity
 	st, err := apply.LoadState(ns)
 	if err != nil || len(st.Objects) != 0 {
 		t.Fatalf("LoadState(new) = %+v, %v; want empty", st, err)

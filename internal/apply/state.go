@@ -39,10 +39,27 @@ func (o Object) Same(p Object) bool {
 	return string(a) == string(b)
 }
 
-// State is what lbdoctor made in one namespace.
+// State is what lbdoctor made in one namespace, and which namespace that
+// was. The file is named after the namespace's name, but a name proves
+// nothing: it can be deleted and added again (and the new namespace often
+// gets the old inode back), and the state dir outlives a reboot, which ends
+// every namespace's objects. So the record keeps the namespace's identity —
+// inode, cookie (never reused within a boot) and boot id — and LoadState
+// compares it with the namespace found under the name now.
 type State struct {
 	Netns   string   `json:"netns"`
+	Inode   uint64   `json:"inode,omitempty"`
+	Cookie  uint64   `json:"cookie,omitempty"`
+	BootID  string   `json:"boot_id,omitempty"`
 	Objects []Object `json:"objects"`
+
+	// Unproven lists what a record that cannot prove its namespace names (an
+	// older lbdoctor's record without an identity, or one from another boot):
+	// nothing of it is touched, callers name each object, and the next Save
+	// forgets them, as teardown forgets a sysctl it leaves.
+	Unproven []Object `json:"-"`
+	// Why says why Unproven is unproven: "the record at PATH …".
+	Why string `json:"-"`
 }
 
 // StateDir holds one state file per namespace; LBDOCTOR_STATE_DIR overrides.
@@ -70,26 +87,104 @@ func stateKey(t netns.Target) string {
 	return "netns-inode-" + strconv.FormatUint(t.Inode, 10)
 }
 
-// LoadState reads what lbdoctor made in t (empty when nothing).
-func LoadState(t netns.Target) (*State, error) {
-	s := &State{Netns: t.String()}
-	path := filepath.Join(StateDir(), stateKey(t)+".json")
-	data, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return s, nil
-	}
+// ErrOtherNamespace reports a record made for another namespace than the
+// one its name holds now (deleted and added again): it proves nothing here,
+// and it may still prove objects in the namespace it was made for, so it is
+// kept and nothing is changed (bad input: exit 2, naming the file).
+var ErrOtherNamespace = errors.New("record made for another namespace")
+
+type otherNamespaceError struct{ msg string }
+
+func (e *otherNamespaceError) Error() string        { return e.msg }
+func (e *otherNamespaceError) Is(target error) bool { return target == ErrOtherNamespace }
+
+// StatePath is the file of t's state.
+func StatePath(t netns.Target) string { return filepath.Join(StateDir(), stateKey(t)+".json") }
+
+// identify records what names t beyond its name: set on every state read or
+// saved, so a record always says which namespace it is about.
+func (s *State) identify(t netns.Target) error {
+	cookie, err := t.Cookie()
 	if err != nil {
+		return fmt.Errorf("identify %s: %w", t, err)
+	}
+	boot, err := netns.BootID()
+	if err != nil {
+		return err
+	}
+	s.Inode, s.Cookie, s.BootID = t.Inode, cookie, boot
+	return nil
+}
+
+// LoadState reads what lbdoctor made in t (empty when nothing). A record
+// whose identity is not t's is ErrOtherNamespace; one that has no identity
+// (older lbdoctor) or comes from another boot proves nothing: its objects
+// are returned as Unproven, never as Objects.
+func LoadState(t netns.Target) (*State, error) {
+	path := StatePath(t)
+	data, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("read lbdoctor state: %w", err)
 	}
-	if err := json.Unmarshal(data, s); err != nil {
-		return nil, fmt.Errorf("%s: %w (%v): nothing changed; fix or remove the file", path, ErrCorrupt, err)
-	}
-	for i, o := range s.Objects {
-		if err := o.validate(); err != nil {
-			return nil, fmt.Errorf("%s: %w: object %d: %v: nothing changed; fix or remove the file", path, ErrCorrupt, i+1, err)
+	var rec State
+	if err == nil {
+		if err := json.Unmarshal(data, &rec); err != nil {
+			return nil, fmt.Errorf("%s: %w (%v): nothing changed; fix or remove the file", path, ErrCorrupt, err)
+		}
+		for i, o := range rec.Objects {
+			if err := o.validate(); err != nil {
+				return nil, fmt.Errorf("%s: %w: object %d: %v: nothing changed; fix or remove the file", path, ErrCorrupt, i+1, err)
+			}
 		}
 	}
+	s := &State{Netns: t.String()}
+	if err := s.identify(t); err != nil {
+		return nil, err
+	}
+	switch {
+	case len(rec.Objects) == 0:
+	case rec.Inode == 0 || rec.BootID == "":
+		s.Unproven, s.Why = rec.Objects, fmt.Sprintf("the record at %s does not say which namespace it was made for (an older lbdoctor wrote it)", path)
+	case rec.BootID != s.BootID:
+		// Nothing lbdoctor makes outlives a reboot (services, rules,
+		// tables and sysctls are the kernel's runtime state), not even in the
+		// host's namespace: what holds those names now, this boot made.
+		s.Unproven, s.Why = rec.Objects, fmt.Sprintf("the record at %s is from another boot (%s), and nothing lbdoctor made outlives a reboot", path, rec.BootID)
+	case rec.Inode != s.Inode || (rec.Cookie != 0 && s.Cookie != 0 && rec.Cookie != s.Cookie):
+		return nil, &otherNamespaceError{fmt.Sprintf("the record at %s was made for another namespace named %s (inode %d cookie %d, now inode %d cookie %d): nothing changed; remove the record if that namespace is gone",
+			path, nsName(t), rec.Inode, rec.Cookie, s.Inode, s.Cookie)}
+	default:
+		s.Objects = rec.Objects
+	}
 	return s, nil
+}
+
+// nsName is how the user named t.
+func nsName(t netns.Target) string {
+	switch {
+	case t.Name != "":
+		return t.Name
+	case t.Spec != "":
+		return t.Spec
+	}
+	return "(lbdoctor's own)"
+}
+
+// String names the object for a line of output.
+func (o Object) String() string {
+	switch o.Kind {
+	case "ipvs-service":
+		return fmt.Sprintf("ipvs service %s %s", o.Proto, o.VIP)
+	case "ipvs-real":
+		return fmt.Sprintf("ipvs real %s of %s %s", o.Real, o.Proto, o.VIP)
+	case "sysctl":
+		return "sysctl " + o.Key
+	case "iptables-rule":
+		return fmt.Sprintf("%s rule -t %s -A %s %s", o.Backend, o.Table, o.Chain, strings.Join(o.Rule, " "))
+	case "nft-table":
+		return fmt.Sprintf("nft table %s %s", o.Family, o.Table)
+	}
+	return o.Kind
 }
 
 // validate checks that a recorded object names one thing teardown can act
@@ -124,14 +219,20 @@ func (o Object) validate() error {
 	return nil
 }
 
-// Save writes the state atomically; an empty state removes the file.
+// Save writes the state atomically, with the identity LoadState found (or
+// t's, for a state made afresh); an empty state removes the file. Unproven objects are not written: they are forgotten.
 func (s *State) Save(t netns.Target) error {
-	path := filepath.Join(StateDir(), stateKey(t)+".json")
+	path := StatePath(t)
 	if len(s.Objects) == 0 {
 		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
 		return nil
+	}
+	if s.BootID == "" { // made, not loaded: LoadState identified a loaded one
+		if err := s.identify(t); err != nil {
+			return fmt.Errorf("save lbdoctor state: %w", err)
+		}
 	}
 	if err := os.MkdirAll(StateDir(), 0o755); err != nil {
 		return fmt.Errorf("save lbdoctor state: %w", err)

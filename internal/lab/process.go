@@ -9,6 +9,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/lbdoctor/lbdoctor/internal/netns"
 )
 
 // Process identifies a process lbdoctor started beyond its PID, which the
@@ -33,7 +35,7 @@ func Identify(pid int) (Process, error) {
 	if err != nil {
 		return Process{}, err
 	}
-	boot, err := bootID()
+	boot, err := netns.BootID()
 	if err != nil {
 		return Process{}, err
 	}
@@ -45,7 +47,7 @@ func (p Process) Check() error {
 	if p.PID <= 0 || p.StartTicks == 0 || p.BootID == "" {
 		return fmt.Errorf("%w: the record does not identify it (pid %d)", ErrNotOurs, p.PID)
 	}
-	boot, err := bootID()
+	boot, err := netns.BootID()
 	if err != nil {
 		return err
 	}
@@ -111,12 +113,4 @@ func startTicks(pid int) (uint64, error) {
 		return 0, fmt.Errorf("process %d: short /proc stat", pid)
 	}
 	return strconv.ParseUint(f[19], 10, 64)
-}
-
-func bootID() (string, error) {
-	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
-	if err != nil {
-		return "", fmt.Errorf("read boot id: %w", err)
-	}
-	return strings.TrimSpace(string(b)), nil
 }

@@ -355,3 +355,38 @@ func isNsfs(path string) bool {
 	var fs unix.Statfs_t
 	return unix.Statfs(path, &fs) == nil && fs.Type == unix.NSFS_MAGIC
 }
+
+// Cookie is the namespace's cookie (SO_NETNS_COOKIE, Linux 5.14): unlike its
+// inode, which the kernel gives to the next namespace once this one is gone
+// (delete a namespace and add one under the same name, and it often gets the
+// same inode), a cookie is never reused within a boot. 0 when the kernel has
+// no cookies: the inode is then all there is.
+func (t Target) Cookie() (uint64, error) {
+	var cookie uint64
+	err := t.Do(func() error {
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("cookie of %s: %w", t, err)
+		}
+		defer unix.Close(fd)
+		cookie, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+		if errors.Is(err, unix.ENOPROTOOPT) {
+			cookie, err = 0, nil
+		}
+		if err != nil {
+			return fmt.Errorf("cookie of %s: %w", t, err)
+		}
+		return nil
+	})
+	return cookie, err
+}
+
+// BootID is this boot's id: an inode or a cookie names a namespace only
+// within one boot, and no namespace outlives it.
+func BootID() (string, error) {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return "", fmt.Errorf("read boot id: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
