@@ -1,9 +1,13 @@
 package main
 
 import (
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/lbdoctor/lbdoctor/internal/lab"
 	"github.com/lbdoctor/lbdoctor/internal/netns"
@@ -65,5 +69,161 @@ func TestLabNotUpExitsOne(t *testing.T) {
 		if code != exitFindings || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, `lab "nosuchlab" is not up`) || stdout != "" {
 			t.Errorf("lbdoctor %v = exit %d, stderr %q, stdout %q; want exit 1 and one line saying the lab is not up", args, code, stderr, stdout)
 		}
+	}
+}
+
+// lab down removes, kills or deletes only what its record proves lab up
+// made, and says what it leaves: a record that lists a namespace outside
+// the lab's names is corrupt (exit 2, nothing changed); a server recorded in
+// another boot, a whole record from another boot and a lab namespace
+// deleted and added again under its name (often with the old inode) are
+// left, each with a line.
+func TestLabDownLeavesWhatTheRecordDoesNotProve(t *testing.T) {
+	testkit.RequireRoot(t)
+	t.Setenv("LBDOCTOR_LAB_DIR", t.TempDir())
+	sleeper := func(t *testing.T) *exec.Cmd {
+		c := exec.Command("sleep", "60")
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Process.Kill(); c.Wait() })
+		return c
+	}
+	tests := []struct {
+		name    string
+		prepare func(t *testing.T, rec *lab.Record) (keep []string) // namespaces that must survive
+		code    int
+		stdout  []string // with NAME, PATH and PID filled in
+		stderr  string
+	}{
+		{
+			name: "netns outside the lab's names",
+			prepare: func(t *testing.T, rec *lab.Record) []string {
+				victim := testkit.Netns(t, "victim")
+				rec.Netns = []lab.Made{{Name: victim.Name, Inode: victim.Inode}}
+				return []string{victim.Name}
+			},
+			code:   exitUsage,
+			stderr: `PATH: corrupt lab record: it lists netns "lbd-victim-`,
+		},
+		{
+			name: "server from another boot",
+			prepare: func(t *testing.T, rec *lab.Record) []string {
+				p, err := lab.Identify(sleeper(t).Process.Pid)
+				if err != nil {
+					t.Fatal(err)
+				}
+				p.BootID = "00000000-0000-0000-0000-000000000000"
+				rec.Server = &p
+				return nil
+			},
+			stdout: []string{"left process PID: the record is from another boot (boot id 00000000-0000-0000-0000-000000000000, now "},
+		},
+		{
+			name: "record from another boot",
+			prepare: func(t *testing.T, rec *lab.Record) []string {
+				lb := stateNetns(t, rec.Name+"-lb")
+				p, err := lab.Identify(sleeper(t).Process.Pid)
+				if err != nil {
+					t.Fatal(err)
+				}
+				rec.BootID = "00000000-0000-0000-0000-000000000000"
+				rec.Netns = []lab.Made{{Name: lb.Name, Inode: lb.Inode}}
+				rec.Server = &p
+				return []string{lb.Name}
+			},
+			stdout: []string{
+				"left process PID: the record is from another boot",
+				"left netns NAME-lb: the record is from another boot (boot id 00000000-0000-0000-0000-000000000000, now ",
+				"removed record PATH",
+			},
+		},
+		{
+			name: "lab netns added again under its name",
+			prepare: func(t *testing.T, rec *lab.Record) []string {
+				if _, err := lab.BuildRecorded(rec); err != nil {
+					t.Fatal(err)
+				}
+				for _, role := range lab.Roles {
+					n := rec.Name + "-" + role
+					t.Cleanup(func() {
+						if cur, err := netns.Resolve(n); err == nil {
+							cur.Delete()
+						}
+					})
+				}
+				lb, err := netns.Resolve(rec.Name + "-lb")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := lb.Delete(); err != nil {
+					t.Fatal(err)
+				}
+				// The kernel hands a freed inode out again once the old
+				// namespace is cleaned up: try for it, as a name re-added
+				// later would get it. Reused or not, the lab must leave it.
+				deadline := time.Now().Add(3 * time.Second)
+				for {
+					again, err := netns.Create(rec.Name + "-lb")
+					if err != nil {
+						t.Fatal(err)
+					}
+					if again.Inode == lb.Inode || time.Now().After(deadline) {
+						t.Logf("netns %s added again: inode %d, was %d", again.Name, again.Inode, lb.Inode)
+						break
+					}
+					again.Delete()
+					time.Sleep(100 * time.Millisecond)
+				}
+				return []string{rec.Name + "-lb"}
+			},
+			stdout: []string{"left netns NAME-lb: not made by this lab (", "removed netns NAME-real"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			name := testkit.UniqueName("lbd")
+			rec := lab.Record{Name: name, Topology: lab.OneArm, Proto: "tcp", Fault: lab.FaultNone}
+			keep := tt.prepare(t, &rec)
+			if err := rec.Save(); err != nil {
+				t.Fatal(err)
+			}
+			inodes := map[string]uint64{}
+			for _, n := range keep {
+				ns, err := netns.Resolve(n)
+				if err != nil {
+					t.Fatal(err)
+				}
+				inodes[n] = ns.Inode
+			}
+			pid := 0
+			if rec.Server != nil {
+				pid = rec.Server.PID
+			}
+			fill := strings.NewReplacer("NAME", name, "PATH", lab.RecordPath(name), "PID", strconv.Itoa(pid)).Replace
+			code, out, stderr := runCLI("lab", "down", "--name", name)
+			if code != tt.code {
+				t.Errorf("lab down = exit %d, want %d (stdout %q, stderr %q)", code, tt.code, out, stderr)
+			}
+			for _, want := range tt.stdout {
+				if !strings.Contains(out, fill(want)) {
+					t.Errorf("lab down printed %q, want %q", out, fill(want))
+				}
+			}
+			if tt.stderr != "" && (strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, fill(tt.stderr)) || out != "") {
+				t.Errorf("lab down = %q %q, want nothing on stdout and one line with %q", out, stderr, fill(tt.stderr))
+			}
+			for n, ino := range inodes {
+				if ns, err := netns.Resolve(n); err != nil || ns.Inode != ino {
+					t.Errorf("after lab down netns %s: %v (inode %d, was %d), want it left", n, err, ns.Inode, ino)
+				}
+			}
+			if pid != 0 { // a child killed stays a zombie until reaped: reap it, if it ended
+				var ws syscall.WaitStatus
+				if wpid, err := syscall.Wait4(pid, &ws, syscall.WNOHANG, nil); wpid == pid || err != nil {
+					t.Errorf("after lab down process %d ended (%v, %v), want it left", pid, ws, err)
+				}
+			}
+		})
 	}
 }

@@ -88,7 +88,11 @@ func build(topo Topology, prefix string, rec *Record) (l *Lab, err error) {
 		var record func(uint64) error
 		if rec != nil {
 			record = func(inode uint64) error {
-				rec.Netns = append(rec.Netns, Made{Name: name, Inode: inode})
+				cookie, err := netns.ThreadCookie() // run inside the new namespace
+				if err != nil {
+					return err
+				}
+				rec.Netns = append(rec.Netns, Made{Name: name, Inode: inode, Cookie: cookie})
 				return rec.Save()
 			}
 		}

@@ -29,6 +29,10 @@ var ErrGone = errors.New("process is gone")
 // ErrNotOurs reports a PID that now belongs to another process.
 var ErrNotOurs = errors.New("not the process lbdoctor started")
 
+// ErrOtherBoot reports a record made in another boot: the process it names
+// is gone, and what has its PID now is not lbdoctor's.
+var ErrOtherBoot = errors.New("the record is from another boot")
+
 // Identify reads the identity of process pid (right after starting it).
 func Identify(pid int) (Process, error) {
 	start, err := startTicks(pid)
@@ -42,7 +46,8 @@ func Identify(pid int) (Process, error) {
 	return Process{PID: pid, StartTicks: start, BootID: boot}, nil
 }
 
-// Check reports whether pid is still the process p: nil, ErrGone or ErrNotOurs.
+// Check reports whether pid is still the process p: nil, ErrGone,
+// ErrOtherBoot or ErrNotOurs.
 func (p Process) Check() error {
 	if p.PID <= 0 || p.StartTicks == 0 || p.BootID == "" {
 		return fmt.Errorf("%w: the record does not identify it (pid %d)", ErrNotOurs, p.PID)
@@ -52,7 +57,8 @@ func (p Process) Check() error {
 		return err
 	}
 	if boot != p.BootID {
-		return fmt.Errorf("%w: it was started before the last boot", ErrGone)
+		// Its PID and start time name another process in this boot, if any.
+		return fmt.Errorf("%w (boot id %s, now %s)", ErrOtherBoot, p.BootID, boot)
 	}
 	start, err := startTicks(p.PID)
 	if errors.Is(err, os.ErrNotExist) {

@@ -46,7 +46,7 @@ func TestProcessIdentity(t *testing.T) {
 	}{
 		{"itself", p, nil},
 		{"other start time", lab.Process{PID: p.PID, StartTicks: p.StartTicks + 1, BootID: p.BootID}, lab.ErrNotOurs},
-		{"other boot", lab.Process{PID: p.PID, StartTicks: p.StartTicks, BootID: "x"}, lab.ErrGone},
+		{"other boot", lab.Process{PID: p.PID, StartTicks: p.StartTicks, BootID: "x"}, lab.ErrOtherBoot},
 		{"no start time", lab.Process{PID: p.PID}, lab.ErrNotOurs},
 		{"no such pid", lab.Process{PID: 1 << 30, StartTicks: 1, BootID: p.BootID}, lab.ErrGone},
 	}

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strings"
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 )
@@ -30,14 +32,33 @@ type Record struct {
 	Topology Topology `json:"topology"`
 	Proto    string   `json:"proto"`
 	Fault    string   `json:"fault"`
-	Netns    []Made   `json:"netns"`            // the namespaces it made, each before it had its name
-	Server   *Process `json:"server,omitempty"` // the real server process it started
+	BootID   string   `json:"boot_id,omitempty"` // the boot lab up ran in: inodes and cookies name a namespace only within it
+	Netns    []Made   `json:"netns"`             // the namespaces it made, each before it had its name
+	Server   *Process `json:"server,omitempty"`  // the real server process it started
 }
 
-// Made is a namespace lab made: its name and the inode it had.
+// Made is a namespace lab made: its name, the inode it had and its cookie
+// (0 on kernels without): a name deleted and added again often gets the
+// old inode back, never the old cookie.
 type Made struct {
-	Name  string `json:"name"`
-	Inode uint64 `json:"inode"`
+	Name   string `json:"name"`
+	Inode  uint64 `json:"inode"`
+	Cookie uint64 `json:"cookie,omitempty"`
+}
+
+// Is reports whether t is the namespace m was made as.
+func (m Made) Is(t netns.Target) (bool, error) {
+	if m.Inode != t.Inode {
+		return false, nil
+	}
+	if m.Cookie == 0 {
+		return true, nil
+	}
+	c, err := t.Cookie()
+	if err != nil {
+		return false, err
+	}
+	return c == 0 || c == m.Cookie, nil
 }
 
 // MaxName is the longest lab name. The lab's namespaces are NAME-client
@@ -78,10 +99,17 @@ func RecordDir() string {
 // RecordPath is the file of lab name's record (name must be valid).
 func RecordPath(name string) string { return filepath.Join(RecordDir(), "lab-"+name+".json") }
 
-// Save writes the record atomically.
+// Save writes the record atomically, with this boot's id.
 func (r Record) Save() error {
 	if err := ValidName(r.Name); err != nil {
 		return err
+	}
+	if r.BootID == "" {
+		boot, err := netns.BootID()
+		if err != nil {
+			return fmt.Errorf("save lab record: %w", err)
+		}
+		r.BootID = boot
 	}
 	if err := os.MkdirAll(RecordDir(), 0o755); err != nil {
 		return fmt.Errorf("save lab record: %w", err)
@@ -121,6 +149,16 @@ func LoadRecord(name string) (Record, error) {
 	if r.Name != name {
 		return r, fmt.Errorf("%s: %w: it names lab %q", path, ErrCorrupt, r.Name)
 	}
+	// lab down deletes only the namespaces lab up makes, NAME-ROLE, once
+	// each: a record listing any other namespace is not one lab up wrote.
+	seen := map[string]bool{}
+	for _, m := range r.Netns {
+		if !slices.Contains(roleNames(name), m.Name) || seen[m.Name] {
+			return r, fmt.Errorf("%s: %w: it lists netns %q, which is not one of lab %s's (%s) or is listed twice: nothing changed; remove it once nothing of lab %s is left",
+				path, ErrCorrupt, m.Name, name, strings.Join(roleNames(name), ", "), name)
+		}
+		seen[m.Name] = true
+	}
 	return r, nil
 }
 
@@ -137,13 +175,26 @@ func Open(rec Record) (*Lab, error) {
 		if err != nil {
 			return nil, err
 		}
-		if m, ok := rec.made(name); !ok || m.Inode != t.Inode {
-			return nil, fmt.Errorf("netns %s is not the one lab %s made (inode differs)", name, rec.Name)
+		m, ok := rec.made(name)
+		if !ok {
+			return nil, fmt.Errorf("netns %s is not in the record of lab %s", name, rec.Name)
+		}
+		if same, err := m.Is(t); err != nil || !same {
+			return nil, fmt.Errorf("netns %s is not the one lab %s made (inode or cookie differs)", name, rec.Name)
 		}
 		*h.t = t
 		l.created = append(l.created, t)
 	}
 	return l, nil
+}
+
+// roleNames are the namespaces lab name is made of.
+func roleNames(name string) []string {
+	var ns []string
+	for _, r := range Roles {
+		ns = append(ns, name+"-"+r)
+	}
+	return ns
 }
 
 func (r Record) made(name string) (Made, bool) {
@@ -173,13 +224,35 @@ func Down(name string, before func(netns.Target)) (gone, left []string, err erro
 	if err != nil {
 		return nil, nil, err
 	}
+	boot, err := netns.BootID()
+	if err != nil {
+		return nil, nil, err
+	}
+	if rec.BootID != "" && rec.BootID != boot {
+		// Inodes, cookies and PIDs start again at each boot: the record
+		// proves nothing in this one. Every name it lists is left, named;
+		// the record goes.
+		why := fmt.Sprintf("the record is from another boot (boot id %s, now %s): left alone", rec.BootID, boot)
+		if p := rec.Server; p != nil {
+			left = append(left, fmt.Sprintf("process %d: %s", p.PID, why))
+		}
+		for _, m := range rec.Netns {
+			if _, err := netns.Resolve(m.Name); err == nil {
+				left = append(left, fmt.Sprintf("netns %s: %s", m.Name, why))
+			}
+		}
+		if err := os.Remove(RecordPath(name)); err != nil {
+			return nil, left, fmt.Errorf("remove lab record: %w", err)
+		}
+		return []string{"record " + RecordPath(name)}, left, nil
+	}
 	var errs []error
 	if p := rec.Server; p != nil {
 		switch err := p.Signal(); {
 		case err == nil:
 			gone = append(gone, fmt.Sprintf("server process %d", p.PID))
 		case errors.Is(err, ErrGone):
-		case errors.Is(err, ErrNotOurs):
+		case errors.Is(err, ErrNotOurs), errors.Is(err, ErrOtherBoot):
 			left = append(left, fmt.Sprintf("process %d: %v", p.PID, err))
 		default:
 			errs = append(errs, err)
@@ -192,8 +265,15 @@ func Down(name string, before func(netns.Target)) (gone, left []string, err erro
 		if rerr != nil {
 			continue // gone already (or never named: a crash between record and name)
 		}
-		if cur.Inode != m.Inode {
+		switch same, err := m.Is(cur); {
+		case err != nil:
+			errs = append(errs, err)
+			continue
+		case !same && cur.Inode != m.Inode:
 			left = append(left, fmt.Sprintf("netns %s: not made by this lab (inode differs)", m.Name))
+			continue
+		case !same:
+			left = append(left, fmt.Sprintf("netns %s: not made by this lab (cookie differs: the name was added again and got the old inode)", m.Name))
 			continue
 		}
 		if before != nil {

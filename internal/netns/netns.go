@@ -269,7 +269,8 @@ func (t Target) open() (vnetns.NsHandle, error) {
 func Create(name string) (Target, error) { return CreateRecorded(name, nil) }
 
 // CreateRecorded is Create that calls record with the new namespace's inode
-// after the namespace exists and before it has its name: whoever records
+// after the namespace exists and before it has its name, on a thread inside
+// it (so record can read more of its identity, ThreadCookie): whoever records
 // what it made (lab) has the proof before the object can be found, so a crash
 // at any point leaves nothing unrecorded. A name that exists already is an
 // error, never adopted; on error only what this call made is removed.
@@ -363,22 +364,32 @@ func isNsfs(path string) bool {
 // no cookies: the inode is then all there is.
 func (t Target) Cookie() (uint64, error) {
 	var cookie uint64
-	err := t.Do(func() error {
-		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	err := t.Do(func() (err error) {
+		cookie, err = ThreadCookie()
 		if err != nil {
-			return fmt.Errorf("cookie of %s: %w", t, err)
-		}
-		defer unix.Close(fd)
-		cookie, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
-		if errors.Is(err, unix.ENOPROTOOPT) {
-			cookie, err = 0, nil
-		}
-		if err != nil {
-			return fmt.Errorf("cookie of %s: %w", t, err)
+			return fmt.Errorf("%s: %w", t, err)
 		}
 		return nil
 	})
 	return cookie, err
+}
+
+// ThreadCookie is the cookie of the calling thread's namespace (0 without
+// cookies): what a CreateRecorded record function reads for the new one.
+func ThreadCookie() (uint64, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, fmt.Errorf("netns cookie: %w", err)
+	}
+	defer unix.Close(fd)
+	cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	if errors.Is(err, unix.ENOPROTOOPT) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("netns cookie: %w", err)
+	}
+	return cookie, nil
 }
 
 // BootID is this boot's id: an inode or a cookie names a namespace only
