@@ -41,8 +41,9 @@ way an operator would have: no-snat (setup --snat never), vs-conntrack-off
 
 status and probe exit 1 when the lab is not up (or not answering).
 NAME is 1-64 letters, digits, '_' and '-'. lab down removes only what the
-lab's record proves lab up made: namespaces that still have the recorded
-inode, the server process if it still has the recorded start time.`,
+lab's record proves lab up made: namespaces NAME-* that still have the
+recorded inode and cookie, the server process if it still has the recorded
+start time and boot.`,
 		Example: `  sudo lbdoctor lab up --fault vs-conntrack-off
   sudo lbdoctor lab probe -n 5
   sudo lbdoctor check --netns lab-lb --fix

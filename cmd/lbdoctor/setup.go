@@ -175,7 +175,10 @@ func newTeardownCmd(g *globalFlags) *cobra.Command {
 made in the namespace, and puts back the sysctls it changed (while they still
 hold the value it set) — never an object it found there, nor a service that
 now has real servers lbdoctor did not add. With --vip only that service's
-objects go (sysctls stay while another lbdoctor service remains).`,
+objects go (sysctls stay while another lbdoctor service remains). A record
+made for another namespace under the same name is refused (exit 2); one from
+another boot, or without the namespace's identity, proves nothing: its
+objects are left, named, and the record is forgotten.`,
 		Example: `  sudo lbdoctor teardown --netns lb --vip 10.1.0.6:8085 --dry-run
   sudo lbdoctor teardown --netns lb`,
 		Args: noArgs,
