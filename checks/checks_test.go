@@ -151,6 +151,12 @@ func TestChecksOnChangedFixtures(t *testing.T) {
 		{"no reply", "conntrack.flow_states", func(s *probes.Snapshot) {
 			s.Conntrack.Flows = []conntrack.Flow{{Proto: "tcp", State: "SYN_SENT", Status: []string{"CONFIRMED"}}}
 		}, checks.Warn},
+		{"udp without reply", "conntrack.flow_states", func(s *probes.Snapshot) {
+			s.Conntrack.Flows = []conntrack.Flow{{Proto: "udp", Status: []string{"CONFIRMED"}}}
+		}, checks.Warn},
+		{"udp replied", "conntrack.flow_states", func(s *probes.Snapshot) {
+			s.Conntrack.Flows = []conntrack.Flow{{Proto: "udp", Status: []string{"SEEN_REPLY", "CONFIRMED"}}}
+		}, checks.Pass},
 		{"assured", "conntrack.flow_states", func(s *probes.Snapshot) {
 			s.Conntrack.Flows = []conntrack.Flow{{Proto: "tcp", State: "TIME_WAIT", Status: []string{"SEEN_REPLY", "ASSURED", "CONFIRMED"}}}
 		}, checks.Pass},

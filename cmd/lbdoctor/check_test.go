@@ -81,6 +81,63 @@ func TestCheckFlowStatesCountsEveryFlow(t *testing.T) {
 	}
 }
 
+// conntrack.flow_states judges "no reply" by SEEN_REPLY whatever the
+// protocol: UDP flows have no TCP state, and 3,000 of them never answered
+// are a warning, not "the VIP's flows complete".
+func TestCheckFlowStatesUDPWithoutReply(t *testing.T) {
+	tests := []struct {
+		name       string
+		replied    bool
+		wantStatus string
+		wantTitle  string
+		wantFact   string
+	}{
+		{"no reply", false, "warn", "3000 flow(s) never saw a reply", "3000 flow(s): 0 assured, 0 with a reply that never completed, 3000 with no reply"},
+		{"replied", true, "pass", "the VIP's flows complete", "3000 flow(s): 0 assured, 0 with a reply that never completed, 0 with no reply"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ns := testkit.Netns(t, "udpflows")
+			vip := netip.MustParseAddr("10.1.0.6")
+			err := ns.Do(func() error {
+				c, err := ct.Dial(nil)
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				status := ct.StatusConfirmed
+				if tt.replied {
+					status |= ct.StatusSeenReply
+				}
+				for i := 0; i < 3000; i++ {
+					client := netip.AddrFrom4([4]byte{10, 100, byte(i >> 8), byte(i)})
+					f := ct.NewFlow(unix.IPPROTO_UDP, status, client, vip, uint16(20000+i), 8085, 600, 0)
+					if err := c.Create(f); err != nil {
+						return fmt.Errorf("create udp flow %d: %w", i, err)
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, out, stderr := runCLI("check", "--netns", ns.Name, "--vip", "10.1.0.6:8085", "-o", "json")
+			var r report.Report
+			if err := json.Unmarshal([]byte(out), &r); err != nil {
+				t.Fatalf("check -o json: not JSON (%v): %s %s", err, out, stderr)
+			}
+			for _, f := range r.Findings {
+				if f.ID != "conntrack.flow_states" {
+					continue
+				}
+				if string(f.Status) != tt.wantStatus || f.Title != tt.wantTitle || len(f.Evidence) == 0 || f.Evidence[0].Fact != tt.wantFact {
+					t.Errorf("check conntrack.flow_states (UDP, %s) = %s %q, evidence %v; want %s %q, evidence %q", tt.name, f.Status, f.Title, f.Evidence, tt.wantStatus, tt.wantTitle, tt.wantFact)
+				}
+			}
+		})
+	}
+}
+
 // drops.vip_flows on a VIP that nft DNATs (not an IPVS service): the
 // backends are learned from conntrack and the SYNs that die in ip_error
 // with forwarding off are found; with nothing to learn it skips, saying why.
