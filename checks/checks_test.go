@@ -35,6 +35,9 @@ func TestCatalogOnFixtures(t *testing.T) {
 		{"seed-stage3", "", map[string]checks.Status{"kernel.ipvs": checks.Pass, "sysctl.ip_forward": checks.Fail, "sysctl.vs_conntrack": checks.Pass, "nat.return_path": checks.Pass, "net.send_redirects": checks.Skip}},
 		{"seed-stage3-drops", "10.1.0.6:8085", map[string]checks.Status{"sysctl.ip_forward": checks.Fail, "drops.vip_flows": checks.Fail}},
 		{"seed-stage3", "10.1.0.6:8085", map[string]checks.Status{"drops.vip_flows": checks.Skip}},
+		// An nft DNAT VIP with forwarding off: 835 SYNs of 500 flows die in
+		// ip_error, none attributed, beside 3 attributed NEIGH_FAILED drops.
+		{"nft-dnat-forward-off", "10.99.0.6:8085", map[string]checks.Status{"drops.vip_flows": checks.Fail}},
 		{"two-arm", "", map[string]checks.Status{"kernel.ipvs": checks.Pass, "sysctl.ip_forward": checks.Pass, "sysctl.vs_conntrack": checks.Skip, "nat.return_path": checks.Pass, "net.send_redirects": checks.Skip}},
 		{"vs-module-not-loaded", "", map[string]checks.Status{"kernel.ipvs": checks.Fail, "sysctl.ip_forward": checks.Skip, "sysctl.vs_conntrack": checks.Skip, "nat.return_path": checks.Skip, "net.send_redirects": checks.Skip}},
 	}
@@ -123,6 +126,27 @@ func statusOf(fs []checks.Finding, id string) checks.Finding {
 	return checks.Finding{}
 }
 
+// drops.vip_flows names the reason with the most drops, whether or not its
+// drops were attributed to a flow, and gives every known fix: the tuples of
+// a SYN flood must not outnumber their one reason.
+func TestDropsHeadlineIsTheBiggestReason(t *testing.T) {
+	snap := loadFixture(t, "nft-dnat-forward-off")
+	f := statusOf(checks.Run(snap, probes.Selector{VIP: netip.MustParseAddrPort("10.99.0.6:8085"), Proto: "tcp"}), "drops.vip_flows")
+	wantTitle := "packets of the selected flows are dropped: IP_INADDRERRORS at ip_error (and 1 more reason)"
+	wantFix := "ip netns exec vflb sysctl -w net.ipv4.ip_forward=1"
+	if f.Title != wantTitle || !slices.Contains(f.Fix, wantFix) || !slices.Contains(f.Remedies, checks.Remedy{Sysctl: "net.ipv4.ip_forward", Value: "1"}) {
+		t.Errorf("Run(nft-dnat-forward-off) drops.vip_flows = %q, fix %q, remedies %v; want %q with fix %q", f.Title, f.Fix, f.Remedies, wantTitle, wantFix)
+	}
+	var facts []string
+	for _, e := range f.Evidence {
+		facts = append(facts, e.Fact)
+	}
+	want := "835 × IP_INADDRERRORS at ip_error+0x92 in 500 flows, no drop attributed to a load-balanced flow"
+	if !slices.Contains(facts, want) {
+		t.Errorf("Run(nft-dnat-forward-off) drops.vip_flows evidence = %q, want a line %q", facts, want)
+	}
+}
+
 // The checks beyond the seed, on the seed's fixture with one fact changed.
 func TestChecksOnChangedFixtures(t *testing.T) {
 	tests := []struct {
@@ -151,6 +175,12 @@ func TestChecksOnChangedFixtures(t *testing.T) {
 		{"no reply", "conntrack.flow_states", func(s *probes.Snapshot) {
 			s.Conntrack.Flows = []conntrack.Flow{{Proto: "tcp", State: "SYN_SENT", Status: []string{"CONFIRMED"}}}
 		}, checks.Warn},
+		{"udp without reply", "conntrack.flow_states", func(s *probes.Snapshot) {
+			s.Conntrack.Flows = []conntrack.Flow{{Proto: "udp", Status: []string{"CONFIRMED"}}}
+		}, checks.Warn},
+		{"udp replied", "conntrack.flow_states", func(s *probes.Snapshot) {
+			s.Conntrack.Flows = []conntrack.Flow{{Proto: "udp", Status: []string{"SEEN_REPLY", "CONFIRMED"}}}
+		}, checks.Pass},
 		{"assured", "conntrack.flow_states", func(s *probes.Snapshot) {
 			s.Conntrack.Flows = []conntrack.Flow{{Proto: "tcp", State: "TIME_WAIT", Status: []string{"SEEN_REPLY", "ASSURED", "CONFIRMED"}}}
 		}, checks.Pass},

@@ -2,6 +2,7 @@ package checks
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/lbdoctor/lbdoctor/internal/proto"
@@ -10,13 +11,17 @@ import (
 	"github.com/lbdoctor/lbdoctor/probes/drops"
 )
 
-// maxDropLines caps the evidence lines of drops.vip_flows; the rest is
-// counted in one more line.
-const maxDropLines = 8
+// maxDropReasons caps the reasons drops.vip_flows lists (their fixes are
+// all given), and maxDropPaths the service paths shown under each; the rest
+// is counted in one more line.
+const (
+	maxDropReasons = 6
+	maxDropPaths   = 2
+)
 
 // checkDrops judges what the drop tracer counted during the check's window
 // (check --drops D): every drop of a selected service's flow is a failure,
-// named by reason and place, with the fix the reason points to.
+// named by reason and place, with the fix each reason points to.
 func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 	if e, ok := s.Errors[probes.ProbeDrops]; ok {
 		return skip("the drop tracer could not run: " + e)
@@ -52,46 +57,130 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 		}
 		return f
 	}
-	groups := groupDrops(d.Drops)
-	for i, g := range groups {
-		if i == maxDropLines {
-			ev = append(ev, Evidence{Fact: fmt.Sprintf("… and %d more kinds of drop", len(groups)-i), Source: "kfree_skb tracer"})
+	reasons := groupDrops(d.Drops)
+	for i, r := range reasons {
+		if i == maxDropReasons {
+			var rest uint64
+			for _, x := range reasons[i:] {
+				rest += x.Count
+			}
+			ev = append(ev, Evidence{Fact: fmt.Sprintf("… and %d more drops of %s", rest, tally.Of(len(reasons)-i, "more reason")), Source: "kfree_skb tracer"})
 			break
 		}
-		ev = append(ev, Evidence{Fact: dropLine(g), Source: "kfree_skb tracer"})
+		ev = append(ev, Evidence{Fact: reasonLine(r), Source: "kfree_skb tracer"})
+		for j, p := range r.Paths {
+			if j == maxDropPaths {
+				var rest uint64
+				for _, x := range r.Paths[j:] {
+					rest += x.Count
+				}
+				ev = append(ev, Evidence{Fact: fmt.Sprintf("  … and %d drops on %s", rest, tally.Of(len(r.Paths)-j, "more path")), Source: "kfree_skb tracer"})
+				break
+			}
+			ev = append(ev, Evidence{Fact: "  " + pathLine(p), Source: "kfree_skb tracer"})
+		}
 	}
-	top := groups[0].First
-	f := Finding{Status: Fail, Title: fmt.Sprintf("packets of the selected flows are dropped: %s at %s", top.ReasonName, funcName(top.Symbol)), Evidence: ev}
-	f.Reason, f.Fix, f.Remedies = dropRemedy(s, top)
+	top := reasons[0].First
+	title := fmt.Sprintf("packets of the selected flows are dropped: %s at %s", top.ReasonName, funcName(top.Symbol))
+	if len(reasons) > 1 {
+		title += fmt.Sprintf(" (and %s)", tally.Of(len(reasons)-1, "more reason"))
+	}
+	f := Finding{Status: Fail, Title: title, Evidence: ev}
+	// Every reason with a known fix gives it, biggest first: the fix of a
+	// smaller reason must not hide behind the biggest one's.
+	for i, r := range reasons {
+		why, fix, rem := dropRemedy(s, r.First)
+		switch {
+		case i == 0:
+			f.Reason = why
+		case len(fix) > 0:
+			f.Reason += "; " + r.First.ReasonName + ": " + why
+		}
+		for _, x := range fix {
+			if !slices.Contains(f.Fix, x) {
+				f.Fix = append(f.Fix, x)
+			}
+		}
+		for _, x := range rem {
+			if !slices.Contains(f.Remedies, x) {
+				f.Remedies = append(f.Remedies, x)
+			}
+		}
+	}
 	return f
+}
+
+// dropReason is the drops of one reason at one place, whatever their flows:
+// the reason, not the flow, says what is wrong. Paths splits them by the
+// service path of their flow; drops not attributed to a flow are one path.
+type dropReason struct {
+	tally.Group[drops.Counted]
+	Attributed, NotAttributed uint64 // drops
+	Paths                     []dropGroup
 }
 
 // dropGroup is the drops of one reason at one place on one path of a
 // service: the flows of different clients (or client ports) fold into one.
 type dropGroup = tally.Group[drops.Counted]
 
-func dropLine(g dropGroup) string {
+func reasonLine(r dropReason) string {
+	c := r.First
+	line := fmt.Sprintf("%d × %s at %s in %s", r.Count, c.ReasonName, c.Symbol, tally.Of(r.Members, "flow"))
+	switch {
+	case r.NotAttributed == 0:
+		line += ", every drop attributed to a load-balanced flow"
+	case r.Attributed == 0:
+		line += ", no drop attributed to a load-balanced flow"
+	default:
+		line += fmt.Sprintf(", %d drops attributed to a load-balanced flow, %d not", r.Attributed, r.NotAttributed)
+	}
+	return line
+}
+
+func pathLine(g dropGroup) string {
 	c := g.First
 	var b strings.Builder
-	fmt.Fprintf(&b, "%d × %s at %s", g.Count, c.ReasonName, c.Symbol)
 	src, dst := c.Endpoints()
 	if f := c.Flow; f != nil {
-		fmt.Fprintf(&b, ": %s packets of %s to VIP %s via real %s (%s), e.g. %s %s → %s", f.Direction, tally.Of(g.Members, "flow"), f.VIP, f.Real, f.Stage, proto.Name(c.Proto), src, dst)
-	} else if c.Family != 0 {
-		fmt.Fprintf(&b, ": %s %s → %s", proto.Name(c.Proto), src, dst)
+		fmt.Fprintf(&b, "%d × %s packets of %s to VIP %s via real %s (%s), e.g. %s %s → %s", g.Count, f.Direction, tally.Of(g.Members, "flow"), f.VIP, f.Real, f.Stage, proto.Name(c.Proto), src, dst)
+	} else {
+		fmt.Fprintf(&b, "%d × not attributed to a load-balanced flow, %s", g.Count, tally.Of(g.Members, "flow"))
+		if c.Family != 0 {
+			fmt.Fprintf(&b, ", e.g. %s %s → %s", proto.Name(c.Proto), src, dst)
+		}
 	}
 	return b.String()
 }
 
-// groupDrops folds counted drops by reason, place and service path, the
-// biggest group first.
-func groupDrops(cs []drops.Counted) []dropGroup {
-	return tally.By(cs, func(c drops.Counted) string {
-		if f := c.Flow; f != nil {
-			return fmt.Sprintf("%d %s %d %s %s %s %s", c.Netns, c.ReasonName, c.Location, f.VIP, f.Real, f.Direction, f.Stage)
+// groupDrops folds counted drops by reason and place first, the most drops
+// first, and each reason by the service path of its flows.
+func groupDrops(cs []drops.Counted) []dropReason {
+	reasonKey := func(c drops.Counted) string { return fmt.Sprintf("%s %d", c.ReasonName, c.Location) }
+	byReason := map[string][]drops.Counted{}
+	for _, c := range cs {
+		k := reasonKey(c)
+		byReason[k] = append(byReason[k], c)
+	}
+	count := func(c drops.Counted) uint64 { return c.Count }
+	var out []dropReason
+	for _, g := range tally.By(cs, reasonKey, count) {
+		r := dropReason{Group: g}
+		for _, c := range byReason[g.Key] {
+			if c.Flow != nil {
+				r.Attributed += c.Count
+			} else {
+				r.NotAttributed += c.Count
+			}
 		}
-		return fmt.Sprintf("%d %s %d %s %s", c.Netns, c.ReasonName, c.Location, c.Src, c.Dst)
-	}, func(c drops.Counted) uint64 { return c.Count })
+		r.Paths = tally.By(byReason[g.Key], func(c drops.Counted) string {
+			if f := c.Flow; f != nil {
+				return fmt.Sprintf("%s %s %s %s", f.VIP, f.Real, f.Direction, f.Stage)
+			}
+			return "" // not attributed: one path
+		}, count)
+		out = append(out, r)
+	}
+	return out
 }
 
 // funcName is the function of a symbol+offset location.

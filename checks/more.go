@@ -127,7 +127,8 @@ func checkExpireNodest(s *probes.Snapshot, sel probes.Selector) Finding {
 
 // checkFlowStates reads the VIP's conntrack flows for the marks a broken
 // path leaves: replies that arrive but never complete the handshake, and
-// SYNs no reply ever came back for.
+// flows of any protocol no reply ever came back for (SEEN_REPLY unset: UDP
+// has no TCP state to tell it).
 func checkFlowStates(s *probes.Snapshot, _ probes.Selector) Finding {
 	if e, ok := s.Errors[probes.ProbeConntrack]; ok {
 		return skip("conntrack could not be read: " + e)
@@ -150,7 +151,7 @@ func checkFlowStates(s *probes.Snapshot, _ probes.Selector) Finding {
 		switch {
 		case c.State == "SYN_RECV" && c.SeenReply && !c.Assured:
 			stuckReply += c.Count
-		case c.State == "SYN_SENT" && !c.SeenReply:
+		case !c.SeenReply: // every protocol: UDP has no TCP state
 			noReply += c.Count
 		case c.Assured:
 			done += c.Count
@@ -161,7 +162,7 @@ func checkFlowStates(s *probes.Snapshot, _ probes.Selector) Finding {
 		switch {
 		case f.State == "SYN_RECV" && f.HasStatus("SEEN_REPLY") && !f.HasStatus("ASSURED"):
 			exReply = f.String()
-		case f.State == "SYN_SENT" && !f.HasStatus("SEEN_REPLY"):
+		case !f.HasStatus("SEEN_REPLY"):
 			exNone = f.String()
 		}
 	}

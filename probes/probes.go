@@ -103,8 +103,9 @@ type Conntrack struct {
 	Backends []netip.AddrPort `json:"backends,omitempty"`
 }
 
-// FlowCount is the number of flows in one TCP state with or without a reply
-// seen and the handshake assured.
+// FlowCount is the number of flows in one TCP state (empty for other
+// protocols) with or without a reply seen (SEEN_REPLY, for every protocol)
+// and assured.
 type FlowCount struct {
 	State     string `json:"state,omitempty"`
 	SeenReply bool   `json:"seen_reply,omitempty"`

@@ -81,6 +81,63 @@ func TestCheckFlowStatesCountsEveryFlow(t *testing.T) {
 	}
 }
 
+// conntrack.flow_states judges "no reply" by SEEN_REPLY whatever the
+// protocol: UDP flows have no TCP state, and 3,000 of them never answered
+// are a warning, not "the VIP's flows complete".
+func TestCheckFlowStatesUDPWithoutReply(t *testing.T) {
+	tests := []struct {
+		name       string
+		replied    bool
+		wantStatus string
+		wantTitle  string
+		wantFact   string
+	}{
+		{"no reply", false, "warn", "3000 flow(s) never saw a reply", "3000 flow(s): 0 assured, 0 with a reply that never completed, 3000 with no reply"},
+		{"replied", true, "pass", "the VIP's flows complete", "3000 flow(s): 0 assured, 0 with a reply that never completed, 0 with no reply"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ns := testkit.Netns(t, "udpflows")
+			vip := netip.MustParseAddr("10.1.0.6")
+			err := ns.Do(func() error {
+				c, err := ct.Dial(nil)
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				status := ct.StatusConfirmed
+				if tt.replied {
+					status |= ct.StatusSeenReply
+				}
+				for i := 0; i < 3000; i++ {
+					client := netip.AddrFrom4([4]byte{10, 100, byte(i >> 8), byte(i)})
+					f := ct.NewFlow(unix.IPPROTO_UDP, status, client, vip, uint16(20000+i), 8085, 600, 0)
+					if err := c.Create(f); err != nil {
+						return fmt.Errorf("create udp flow %d: %w", i, err)
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, out, stderr := runCLI("check", "--netns", ns.Name, "--vip", "10.1.0.6:8085", "-o", "json")
+			var r report.Report
+			if err := json.Unmarshal([]byte(out), &r); err != nil {
+				t.Fatalf("check -o json: not JSON (%v): %s %s", err, out, stderr)
+			}
+			for _, f := range r.Findings {
+				if f.ID != "conntrack.flow_states" {
+					continue
+				}
+				if string(f.Status) != tt.wantStatus || f.Title != tt.wantTitle || len(f.Evidence) == 0 || f.Evidence[0].Fact != tt.wantFact {
+					t.Errorf("check conntrack.flow_states (UDP, %s) = %s %q, evidence %v; want %s %q, evidence %q", tt.name, f.Status, f.Title, f.Evidence, tt.wantStatus, tt.wantTitle, tt.wantFact)
+				}
+			}
+		})
+	}
+}
+
 // drops.vip_flows on a VIP that nft DNATs (not an IPVS service): the
 // backends are learned from conntrack and the SYNs that die in ip_error
 // with forwarding off are found; with nothing to learn it skips, saying why.
@@ -131,6 +188,88 @@ func TestCheckDropsOfAnNftDNATVIP(t *testing.T) {
 			}
 		})
 	}
+}
+
+// drops.vip_flows under a SYN flood to an nft DNAT VIP with forwarding
+// off: hundreds of client ports, each a drop or two in ip_error and none
+// attributed (the SYNs die before conntrack confirms them), are one reason,
+// IP_INADDRERRORS, which heads the finding with its fix, ip_forward=1.
+func TestCheckDropsSYNFloodNamesTheReason(t *testing.T) {
+	l := testkit.Lab(t, lab.OneArm)
+	vip := netip.AddrPortFrom(l.VIP, 8085)
+	testkit.Serve(t, l.Real, ":8085")
+	testkit.NftNAT(t, l.LB, vip, netip.AddrPortFrom(l.RealIP, 8085), true)
+	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+	for i := 0; i < 3; i++ {
+		if res := lab.Probe(context.Background(), l.Client, vip, time.Second); !res.OK {
+			t.Fatal(res.Err)
+		}
+	}
+	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "0")
+	const syns = 300
+	flood := make(chan error, 1)
+	go func() {
+		time.Sleep(500 * time.Millisecond)
+		flood <- synFlood(l.Client, vip, syns, 1200*time.Millisecond)
+	}()
+	_, out, stderr := runCLI("check", "--netns", l.LB.Name, "--vip", vip.String(), "--drops", "2500ms", "-o", "json")
+	if err := <-flood; err != nil {
+		t.Fatal(err)
+	}
+	var r report.Report
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("check -o json: not JSON (%v): %s %s", err, out, stderr)
+	}
+	for _, f := range r.Findings {
+		if f.ID != "drops.vip_flows" {
+			continue
+		}
+		var first string // the first reason line of the evidence
+		for _, e := range f.Evidence {
+			if strings.Contains(e.Fact, " × ") && !strings.HasPrefix(e.Fact, " ") {
+				first = e.Fact
+				break
+			}
+		}
+		var flows int
+		if _, in, ok := strings.Cut(first, " in "); ok {
+			fmt.Sscanf(in, "%d flows", &flows)
+		}
+		wantFix := "sysctl -w net.ipv4.ip_forward=1"
+		if f.Status != "fail" || !strings.HasPrefix(f.Title, "packets of the selected flows are dropped: IP_INADDRERRORS at ip_error") ||
+			!strings.Contains(first, "× IP_INADDRERRORS at ip_error") || flows < syns/2 || !strings.Contains(strings.Join(f.Fix, "\n"), wantFix) {
+			t.Errorf("check --drops under a SYN flood: drops.vip_flows = %s %q, first reason %q (%d flows), fix %q; want fail naming IP_INADDRERRORS at ip_error first, over ≥ %d flows, with fix %q",
+				f.Status, f.Title, first, flows, f.Fix, syns/2, wantFix)
+		}
+		return
+	}
+	t.Errorf("check --drops: no drops.vip_flows finding in %s", out)
+}
+
+// synFlood opens n non-blocking TCP connections from ns to dst (n SYNs from
+// n ports), keeps them for hold (so some SYNs are sent again) and closes them.
+func synFlood(ns netns.Target, dst netip.AddrPort, n int, hold time.Duration) error {
+	var fds []int
+	defer func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}()
+	err := ns.Do(func() error {
+		for i := 0; i < n; i++ {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return fmt.Errorf("syn flood: socket: %w", err)
+			}
+			fds = append(fds, fd)
+			if err := unix.Connect(fd, &unix.SockaddrInet4{Addr: dst.Addr().As4(), Port: int(dst.Port())}); err != nil && err != unix.EINPROGRESS {
+				return fmt.Errorf("syn flood: connect %s: %w", dst, err)
+			}
+		}
+		return nil
+	})
+	time.Sleep(hold)
+	return err
 }
 
 // createFlows puts n TCP flows to vip:8085 into ns's conntrack table over

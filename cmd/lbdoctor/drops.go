@@ -163,11 +163,11 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 			}
 			switch {
 			case err != nil:
-				fmt.Fprintf(cmd.ErrOrStderr(), "! %s is not an IPVS service and conntrack could not be read (%v): only packets still addressed to it are traced\n", sel.VIP, err)
+				printf(cmd.ErrOrStderr(), "! %s is not an IPVS service and conntrack could not be read (%v): only packets still addressed to it are traced\n", sel.VIP, err)
 			case len(learned) == 0:
-				fmt.Fprintf(cmd.ErrOrStderr(), "! %s is not an IPVS service and no conntrack flow to it shows a backend: only packets still addressed to it are traced\n", sel.VIP)
+				printf(cmd.ErrOrStderr(), "! %s is not an IPVS service and no conntrack flow to it shows a backend: only packets still addressed to it are traced\n", sel.VIP)
 			default:
-				fmt.Fprintf(cmd.ErrOrStderr(), "%s is not an IPVS service: tracing too the backends its conntrack flows show (%s)\n", sel.VIP, joinAddrPorts(learned))
+				printf(cmd.ErrOrStderr(), "%s is not an IPVS service: tracing too the backends its conntrack flows show (%s)\n", sel.VIP, joinAddrPorts(learned))
 			}
 		}
 	}
@@ -231,12 +231,12 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		if f.duration > 0 {
 			until = fmt.Sprintf("for %s (Ctrl-C stops earlier)", f.duration)
 		}
-		fmt.Fprintf(cmd.ErrOrStderr(), "tracing drops (%s, attached in %d ms): %s; %s\n", tr.Attach, tr.AttachTime.Milliseconds(), filter, until)
+		printf(cmd.ErrOrStderr(), "tracing drops (%s, attached in %d ms): %s; %s\n", tr.Attach, tr.AttachTime.Milliseconds(), filter, until)
 		if tr.NoReasons != "" {
-			fmt.Fprintf(cmd.ErrOrStderr(), "! %s\n", tr.NoReasons)
+			printf(cmd.ErrOrStderr(), "! %s\n", tr.NoReasons)
 		}
 		if namer.RawLocations != "" {
-			fmt.Fprintf(cmd.ErrOrStderr(), "! %s\n", namer.RawLocations)
+			printf(cmd.ErrOrStderr(), "! %s\n", namer.RawLocations)
 		}
 	}
 	start := time.Now()

@@ -93,7 +93,7 @@ func newLabUpCmd(name *string) *cobra.Command {
 				printDown(out, gone, left)
 				return fmt.Errorf("lab up: %w", err)
 			}
-			fmt.Fprintf(out, "lab %s is up: client %s-client, load balancer %s-lb, real server %s-real; VIP %s %s:%d\n",
+			printf(out, "lab %s is up: client %s-client, load balancer %s-lb, real server %s-real; VIP %s %s:%d\n",
 				*name, *name, *name, *name, proto, "10.1.0.6", labPort)
 			return nil
 		},
@@ -180,7 +180,7 @@ func labUp(cmd *cobra.Command, name string, topo lab.Topology, proto, fault stri
 		faultSteps = append(faultSteps, apply.NewSysctl(l.LB, "net.ipv4.ip_forward", "0"))
 	}
 	for _, s := range faultSteps {
-		fmt.Fprintf(out, "fault %s: %s\n", fault, s.Describe())
+		printf(out, "fault %s: %s\n", fault, s.Describe())
 		if _, err := s.Needed(cmd.Context()); err != nil {
 			return err
 		}
@@ -189,7 +189,7 @@ func labUp(cmd *cobra.Command, name string, topo lab.Topology, proto, fault stri
 		}
 	}
 	if fault == lab.FaultNoSNAT {
-		fmt.Fprintf(out, "fault %s: the service was set up with --snat never\n", fault)
+		printf(out, "fault %s: the service was set up with --snat never\n", fault)
 	}
 	return nil
 }
@@ -210,7 +210,7 @@ func newLabDownCmd(name *string) *cobra.Command {
 			out := cmd.OutOrStdout()
 			printDown(out, gone, left)
 			if len(gone) == 0 && err == nil {
-				fmt.Fprintf(out, "lab %s is not up: nothing to remove\n", *name)
+				printf(out, "lab %s is not up: nothing to remove\n", *name)
 			}
 			return err
 		},
@@ -231,17 +231,17 @@ func newLabStatusCmd(name *string) *cobra.Command {
 				return labNotUp(err)
 			}
 			out := cmd.OutOrStdout()
-			fmt.Fprintf(out, "lab %s: %s, %s, fault %s\n", rec.Name, rec.Topology, rec.Proto, rec.Fault)
+			printf(out, "lab %s: %s, %s, fault %s\n", rec.Name, rec.Topology, rec.Proto, rec.Fault)
 			l, err := lab.Open(rec)
 			if err != nil {
-				fmt.Fprintf(out, "  namespaces: incomplete (%v): run lbdoctor lab down\n", err)
+				printf(out, "  namespaces: incomplete (%v): run lbdoctor lab down\n", err)
 				return &exitError{code: exitFindings}
 			}
-			fmt.Fprintf(out, "  client %s (%s) → VIP %s:%d on %s (%s) → real %s (%s)\n", l.Client.Name, l.ClientIP, l.VIP, labPort, l.LB.Name, l.LBIP, l.Real.Name, l.RealIP)
+			printf(out, "  client %s (%s) → VIP %s:%d on %s (%s) → real %s (%s)\n", l.Client.Name, l.ClientIP, l.VIP, labPort, l.LB.Name, l.LBIP, l.Real.Name, l.RealIP)
 			alive := false
 			switch {
 			case rec.Server == nil:
-				fmt.Fprintf(out, "  real server process: not recorded (lab up did not finish)\n")
+				printf(out, "  real server process: not recorded (lab up did not finish)\n")
 			default:
 				err := rec.Server.Check()
 				alive = err == nil
@@ -249,7 +249,7 @@ func newLabStatusCmd(name *string) *cobra.Command {
 				if !alive {
 					state = "not running: " + err.Error()
 				}
-				fmt.Fprintf(out, "  real server process %d: %s\n", rec.Server.PID, state)
+				printf(out, "  real server process %d: %s\n", rec.Server.PID, state)
 			}
 			if !alive {
 				return &exitError{code: exitFindings}
@@ -302,12 +302,12 @@ func newLabProbeCmd(name *string) *cobra.Command {
 					if res.Peer.Addr() == l.LBIP {
 						who = "the load balancer's address (source NAT)"
 					}
-					fmt.Fprintf(out, "%d: %s %s: answered; the real server saw %s, %s\n", i+1, rec.Proto, vip, res.Peer, who)
+					printf(out, "%d: %s %s: answered; the real server saw %s, %s\n", i+1, rec.Proto, vip, res.Peer, who)
 				} else {
-					fmt.Fprintf(out, "%d: %s %s: failed: %v\n", i+1, rec.Proto, vip, res.Err)
+					printf(out, "%d: %s %s: failed: %v\n", i+1, rec.Proto, vip, res.Err)
 				}
 			}
-			fmt.Fprintf(out, "%d/%d answered (%.0f%%)\n", ok, n, 100*float64(ok)/float64(n))
+			printf(out, "%d/%d answered (%.0f%%)\n", ok, n, 100*float64(ok)/float64(n))
 			if ok < n {
 				return &exitError{code: exitFindings}
 			}
@@ -322,10 +322,10 @@ func newLabProbeCmd(name *string) *cobra.Command {
 // printDown says what lab down removed and what it left, and why.
 func printDown(w io.Writer, gone, left []string) {
 	for _, g := range gone {
-		fmt.Fprintf(w, "removed %s\n", g)
+		printf(w, "removed %s\n", g)
 	}
 	for _, l := range left {
-		fmt.Fprintf(w, "left %s\n", l)
+		printf(w, "left %s\n", l)
 	}
 }
 

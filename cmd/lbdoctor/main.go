@@ -16,6 +16,7 @@ import (
 
 	"github.com/lbdoctor/lbdoctor/internal/apply"
 	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/internal/report"
 	"github.com/lbdoctor/lbdoctor/probes/kernel"
 )
 
@@ -52,7 +53,7 @@ func main() {
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int) {
 	defer func() {
 		if p := recover(); p != nil {
-			fmt.Fprintf(stderr, "lbdoctor: internal error: %v (please report it)\n", p)
+			say(stderr, fmt.Sprintf("internal error: %v (please report it)", p))
 			code = exitFailed
 		}
 	}()
@@ -66,28 +67,40 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 	var ie *interruptedError
 	switch {
 	case errors.As(err, &ie):
-		fmt.Fprintln(stderr, "lbdoctor: "+err.Error())
+		say(stderr, err.Error())
 		return exitInterrupted
 	case errors.As(err, &ee):
 		if ee.msg != "" {
-			fmt.Fprintln(stderr, "lbdoctor: "+ee.msg)
+			say(stderr, ee.msg)
 		}
 		return ee.code
 	case errors.Is(err, netns.ErrNotFound), errors.Is(err, netns.ErrNotNetns), errors.Is(err, apply.ErrCorrupt),
 		errors.Is(err, apply.ErrOtherNamespace), errors.Is(err, errUsage):
-		fmt.Fprintln(stderr, "lbdoctor: "+err.Error())
+		say(stderr, err.Error())
 		return exitUsage
 	case errors.Is(err, kernel.ErrNotSupported), errors.Is(err, errPrivilege),
 		// The kernel refused lbdoctor (the error names what): a privilege.
 		errors.Is(err, unix.EACCES), errors.Is(err, unix.EPERM):
-		fmt.Fprintln(stderr, "lbdoctor: "+err.Error())
+		say(stderr, err.Error())
 		return exitCannot
 	default:
 		// Not a missing privilege or feature lbdoctor could name: a read or a
 		// change that failed (and was rolled back).
-		fmt.Fprintln(stderr, "lbdoctor: "+err.Error())
+		say(stderr, err.Error())
 		return exitFailed
 	}
+}
+
+// say writes one line on stderr, its control characters escaped: errors
+// name namespaces and files as the user spelled them.
+func say(stderr io.Writer, msg string) {
+	fmt.Fprintln(stderr, "lbdoctor: "+report.Printable(msg))
+}
+
+// printf is fmt.Fprintf for text meant for people: the names it prints
+// (namespaces, interfaces, rules, files) are the user's, escaped.
+func printf(w io.Writer, format string, a ...any) {
+	io.WriteString(w, report.Printable(fmt.Sprintf(format, a...)))
 }
 
 var (

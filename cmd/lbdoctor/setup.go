@@ -76,7 +76,7 @@ second run changes nothing. What it made is recorded, and
 			}
 			out := cmd.OutOrStdout()
 			for _, d := range decisions {
-				fmt.Fprintf(out, "%s: source NAT %s (%s)\n", d.Service, map[bool]string{true: "needed", false: "not needed"}[d.SNAT], d.Reason)
+				printf(out, "%s: source NAT %s (%s)\n", d.Service, map[bool]string{true: "needed", false: "not needed"}[d.SNAT], d.Reason)
 			}
 			return runPlan(cmd, t, steps, dryRun, "setup", recordOwned)
 		},
@@ -208,10 +208,10 @@ objects are left, named, and the record is forgotten.`,
 							return fmt.Errorf("teardown: forget the record: %w", err)
 						}
 					}
-					fmt.Fprintf(out, "nothing to tear down: no record proves lbdoctor made anything in %s\n", t)
+					printf(out, "nothing to tear down: no record proves lbdoctor made anything in %s\n", t)
 					return nil
 				}
-				fmt.Fprintf(out, "nothing to tear down: lbdoctor made nothing in %s\n", t)
+				printf(out, "nothing to tear down: lbdoctor made nothing in %s\n", t)
 				return nil
 			}
 			return runPlan(cmd, t, steps, dryRun, "teardown", func(st *apply.State, _ []apply.Step) {
@@ -249,10 +249,10 @@ func runPlanConfirm(cmd *cobra.Command, t netns.Target, steps []apply.Step, dryR
 	}
 	printUnproven(out, t, st)
 	for _, l := range plan.Left {
-		fmt.Fprintf(out, "left %s\n", l)
+		printf(out, "left %s\n", l)
 	}
 	if plan.Empty() {
-		fmt.Fprintf(out, "nothing to change: %s already matches\n", t)
+		printf(out, "nothing to change: %s already matches\n", t)
 		if len(plan.Left)+len(st.Unproven) > 0 && !dryRun {
 			record(st, nil) // teardown forgets what it leaves: it is no longer lbdoctor's
 			if err := st.Save(t); err != nil {
@@ -279,7 +279,7 @@ func runPlanConfirm(cmd *cobra.Command, t netns.Target, steps []apply.Step, dryR
 	if err := st.Save(t); err != nil {
 		return fmt.Errorf("%s applied, but the record of it was not saved: %w", verb, err)
 	}
-	fmt.Fprintf(out, "%s: %d change(s) applied\n", verb, len(done))
+	printf(out, "%s: %d change(s) applied\n", verb, len(done))
 	return nil
 }
 
@@ -287,7 +287,7 @@ func runPlanConfirm(cmd *cobra.Command, t netns.Target, steps []apply.Step, dryR
 // namespace: lbdoctor leaves them, and the next save forgets them.
 func printUnproven(w io.Writer, t netns.Target, st *apply.State) {
 	for _, o := range st.Unproven {
-		fmt.Fprintf(w, "left %s in %s: %s; not proven lbdoctor's\n", o, t, st.Why)
+		printf(w, "left %s in %s: %s; not proven lbdoctor's\n", o, t, st.Why)
 	}
 }
 
@@ -305,9 +305,9 @@ func printPlan(w io.Writer, p *apply.Plan, dryRun bool) {
 	if dryRun {
 		head = "plan (dry run: nothing is changed)"
 	}
-	fmt.Fprintf(w, "%s:\n", head)
+	printf(w, "%s:\n", head)
 	for i, c := range p.Commands() {
-		fmt.Fprintf(w, "  %d. %s\n", i+1, strings.ReplaceAll(c, "\n", "\n     "))
+		printf(w, "  %d. %s\n", i+1, strings.ReplaceAll(c, "\n", "\n     "))
 	}
 }
 

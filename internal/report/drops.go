@@ -146,7 +146,7 @@ func DropLine(d Drop) string {
 	for _, f := range d.Stack {
 		b.WriteString("\n        " + f)
 	}
-	return b.String()
+	return Printable(b.String())
 }
 
 // DropsJSONLine writes one JSON object on a line.
@@ -221,7 +221,7 @@ func DropsTable(w io.Writer, s DropsSummary) error {
 		}
 		writeRest(&b, rest, s.Top)
 	}
-	_, err := io.WriteString(w, b.String())
+	_, err := io.WriteString(w, Printable(b.String()))
 	return err
 }
 
@@ -252,6 +252,6 @@ func DropsClosing(w io.Writer, s DropsSummary) error {
 	if s.Counters.Missed > 0 {
 		fmt.Fprintf(&b, "! the kernel skipped the tracer %d times (a drop while it was already running on that CPU): those drops were not seen\n", s.Counters.Missed)
 	}
-	_, err := io.WriteString(w, b.String())
+	_, err := io.WriteString(w, Printable(b.String()))
 	return err
 }

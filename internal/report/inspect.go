@@ -269,7 +269,7 @@ func InspectText(w io.Writer, in *Inspection) error {
 	for _, name := range sortedKeys(s.Errors) {
 		p("! probe %s could not read: %s\n", name, s.Errors[name])
 	}
-	_, err := io.WriteString(w, b.String())
+	_, err := io.WriteString(w, Printable(b.String()))
 	return err
 }
 

@@ -98,6 +98,6 @@ func Text(w io.Writer, r *Report) error {
 		fmt.Fprintln(&b, r.CutShort)
 	}
 	fmt.Fprintf(&b, "\nverdict: %s (%d fail, %d warn, %d pass, %d skipped)\n", r.Verdict, s["fail"], s["warn"], s["pass"], s["skip"])
-	_, err := io.WriteString(w, b.String())
+	_, err := io.WriteString(w, Printable(b.String()))
 	return err
 }
