@@ -51,6 +51,19 @@ struct {
 	__type(value, __u64);
 } agg SEC(".maps");
 
+/* The drops of flows the agg map had no room for, by place: a flood of
+ * distinct flows fills agg, but has few places. User space may resize both. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct place_key);
+	__type(value, __u64);
+} agg_place SEC(".maps");
+
+/* Set once agg was found full (it only grows while the tracer runs): a new
+ * flow then goes to agg_place without a failed insert into agg first. */
+__u8 agg_full = 0;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -70,6 +83,7 @@ const struct event *unused_event __attribute__((unused));
 const struct agg_key *unused_agg_key __attribute__((unused));
 const enum counter *unused_counter __attribute__((unused));
 const struct last_flow *unused_last_flow __attribute__((unused));
+const struct place_key *unused_place_key __attribute__((unused));
 
 static __always_inline void bump(__u32 idx)
 {
@@ -287,25 +301,54 @@ static __always_inline int wanted(struct agg_key *k)
 	return 1;
 }
 
-static __always_inline void add_agg(struct agg_key *k, __u64 n)
+static __always_inline int add_to(void *map, void *k, __u64 n)
 {
-	__u64 *v = bpf_map_lookup_elem(&agg, k);
+	__u64 *v = bpf_map_lookup_elem(map, k);
 	if (v) {
 		*v += n;
-		return;
+		return 0;
 	}
-	if (bpf_map_update_elem(&agg, k, &n, BPF_NOEXIST) == 0)
-		return;
+	long err = bpf_map_update_elem(map, k, &n, BPF_NOEXIST);
+	if (err == 0)
+		return 0;
 	/* Another program on this CPU may have inserted it meanwhile. */
-	v = bpf_map_lookup_elem(&agg, k);
+	v = bpf_map_lookup_elem(map, k);
 	if (v) {
 		*v += n;
-		return;
+		return 0;
 	}
+	return err;
+}
+
+/* add_place counts n drops of a flow agg has no room for by its place
+ * alone; what does not fit there either is lost, and counted as such. */
+static __noinline void add_place(struct agg_key *k, __u64 n)
+{
+	struct place_key p = {.location = k->location, .netns = k->netns, .reason = k->reason};
+	if (add_to(&agg_place, &p, n) == 0)
+		return;
 	__u32 idx = COUNTER_AGG_LOST;
 	__u64 *lost = bpf_map_lookup_elem(&counters, &idx);
 	if (lost)
 		*lost += n;
+}
+
+static __always_inline void add_agg(struct agg_key *k, __u64 n)
+{
+	if (!agg_full) {
+		long err = add_to(&agg, k, n);
+		if (err == 0)
+			return;
+		if (err == -7) /* -E2BIG: agg is full */
+			agg_full = 1;
+	} else {
+		__u64 *v = bpf_map_lookup_elem(&agg, k);
+		if (v) {
+			*v += n;
+			return;
+		}
+	}
+	add_place(k, n);
 }
 
 static __always_inline int keys_eq(const struct agg_key *a, const struct agg_key *b)

@@ -64,7 +64,7 @@ struct sk_buff {
 enum counter {
 	COUNTER_MATCHED = 0,   /* drops that passed the filters */
 	COUNTER_RING_LOST = 1, /* events the ring buffer had no room for */
-	COUNTER_AGG_LOST = 2,  /* drops the aggregate map had no room for */
+	COUNTER_AGG_LOST = 2,  /* drops neither aggregate map had room for */
 	COUNTER_MAX = 3,
 };
 
@@ -106,6 +106,15 @@ struct agg_key {
 	__u8 proto;
 	__u8 family;
 	__u8 _pad[2];
+};
+
+/* What drops are counted by when the flow map is full: the place alone, so
+ * that counts per (netns, reason, location) stay exact and only the flows
+ * are not itemised. */
+struct place_key {
+	__u64 location;
+	__u32 netns;
+	__u32 reason;
 };
 
 /* The last flow a CPU counted, and how often since it was flushed into the

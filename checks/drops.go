@@ -36,6 +36,9 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 	}
 	window := fmt.Sprintf("%d drops of the selected flows in %s in %s (%s; %d lost; %d attributed to a flow, %d not)",
 		total, d.Window.Round(1e6), s.Target, d.Attach, d.Counters.Lost()+d.Counters.Missed, d.Attribution.Attributed, d.Attribution.NotAttributed)
+	if n := d.Counters.NotItemised; n > 0 {
+		window += fmt.Sprintf("; %d drops of flows not itemised: the flow map was full, they are counted by place", n)
+	}
 	if d.CutShort {
 		window += "; the window was cut short"
 	}
@@ -116,7 +119,10 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 type dropReason struct {
 	tally.Group[drops.Counted]
 	Attributed, NotAttributed uint64 // drops
-	Paths                     []dropGroup
+	// NotItemised is the drops of flows the tracer's flow map had no room
+	// for (in NotAttributed too): counted at this place, but no flow.
+	NotItemised uint64
+	Paths       []dropGroup
 }
 
 // dropGroup is the drops of one reason at one place on one path of a
@@ -125,7 +131,14 @@ type dropGroup = tally.Group[drops.Counted]
 
 func reasonLine(r dropReason) string {
 	c := r.First
-	line := fmt.Sprintf("%d × %s at %s in %s", r.Count, c.ReasonName, c.Symbol, tally.Of(r.Members, "flow"))
+	flows := r.Members
+	if r.NotItemised > 0 {
+		flows-- // one row, of many flows
+	}
+	line := fmt.Sprintf("%d × %s at %s in %s", r.Count, c.ReasonName, c.Symbol, tally.Of(flows, "flow"))
+	if r.NotItemised > 0 {
+		line += fmt.Sprintf(" and %d drops of flows not itemised", r.NotItemised)
+	}
 	switch {
 	case r.NotAttributed == 0:
 		line += ", every drop attributed to a load-balanced flow"
@@ -143,6 +156,8 @@ func pathLine(g dropGroup) string {
 	src, dst := c.Endpoints()
 	if f := c.Flow; f != nil {
 		fmt.Fprintf(&b, "%d × %s packets of %s to VIP %s via real %s (%s), e.g. %s %s → %s", g.Count, f.Direction, tally.Of(g.Members, "flow"), f.VIP, f.Real, f.Stage, proto.Name(c.Proto), src, dst)
+	} else if c.NotItemised {
+		fmt.Fprintf(&b, "%d × of flows not itemised (the flow map was full)", g.Count)
 	} else {
 		fmt.Fprintf(&b, "%d × not attributed to a load-balanced flow, %s", g.Count, tally.Of(g.Members, "flow"))
 		if c.Family != 0 {
@@ -171,10 +186,18 @@ func groupDrops(cs []drops.Counted) []dropReason {
 			} else {
 				r.NotAttributed += c.Count
 			}
+			if c.NotItemised {
+				r.NotItemised += c.Count
+			} else if r.First.NotItemised {
+				r.First = c // a fix that names an address takes it from a flow
+			}
 		}
 		r.Paths = tally.By(byReason[g.Key], func(c drops.Counted) string {
 			if f := c.Flow; f != nil {
 				return fmt.Sprintf("%s %s %s %s", f.VIP, f.Real, f.Direction, f.Stage)
+			}
+			if c.NotItemised {
+				return "not itemised"
 			}
 			return "" // not attributed: one path
 		}, count)

@@ -205,7 +205,7 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		return names[inode]
 	}
 	toDrop := func(c drops.Counted) report.Drop {
-		d := report.Drop{Type: "drop", Netns: c.Netns, NetnsTag: nameOf(c.Netns), Location: c.Symbol, Reason: c.ReasonName, Count: c.Count, Flow: c.Flow}
+		d := report.Drop{Type: "drop", Netns: c.Netns, NetnsTag: nameOf(c.Netns), Location: c.Symbol, Reason: c.ReasonName, Count: c.Count, Flow: c.Flow, NotItemised: c.NotItemised}
 		if c.Family != 0 {
 			d.Proto = proto.Name(c.Proto)
 			d.Src, d.Dst = c.Endpoints()

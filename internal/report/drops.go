@@ -29,6 +29,9 @@ type Drop struct {
 	TCPFlags string          `json:"tcp_flags,omitempty"`
 	Len      uint32          `json:"len,omitempty"`
 	Count    uint64          `json:"count,omitempty"` // aggregate mode
+	// NotItemised: the drops at this place of flows the aggregate map had
+	// no room for (no flow fields).
+	NotItemised bool `json:"not_itemised,omitempty"`
 	Stack    []string        `json:"stack,omitempty"` // --stack: kernel frames, innermost first
 	Flow     *drops.Flow     `json:"flow,omitempty"`
 	Raw      *drops.RawEvent `json:"raw,omitempty"`
@@ -131,6 +134,9 @@ func DropLine(d Drop) string {
 	if d.Ifname != "" {
 		b.WriteString(" dev " + d.Ifname)
 	}
+	if d.NotItemised {
+		b.WriteString(": flows not itemised (the flow map was full)")
+	}
 	if d.Src != "" {
 		fmt.Fprintf(&b, ": %s %s → %s", d.Proto, d.Src, d.Dst)
 		if d.TCPFlags != "" {
@@ -159,26 +165,54 @@ func DropsJSONLine(w io.Writer, v any) error {
 	return err
 }
 
-// writeRest sums up the summary rows past the cap by reason, place and
-// namespace: a flood from many ports is one line, not thousands.
+// writeRest sums up the summary rows past the cap, and the drops of flows
+// not itemised, by reason, place and namespace: a flood from many ports is
+// one line, not thousands.
 func writeRest(b *strings.Builder, rest []Drop, top int) {
 	if len(rest) == 0 {
 		return
 	}
-	places := tally.By(rest, func(d Drop) string { return d.Reason + " " + d.Location + " " + netnsLabel(d) },
-		func(d Drop) uint64 { return d.Count })
-	var total uint64
+	key := func(d Drop) string { return d.Reason + " " + d.Location + " " + netnsLabel(d) }
+	places := tally.By(rest, key, func(d Drop) uint64 { return d.Count })
+	var total, unitemised uint64
+	flows := len(rest)
+	perPlace := map[string]uint64{}
+	for _, d := range rest {
+		if d.NotItemised {
+			flows--
+			unitemised += d.Count
+			perPlace[key(d)] += d.Count
+		}
+	}
 	for _, p := range places {
 		total += p.Count
 	}
-	fmt.Fprintf(b, "… %d more flows, %d drops (-o json lists every one), by place:\n", len(rest), total)
+	var what []string
+	if flows > 0 {
+		what = append(what, fmt.Sprintf("%d more flows (-o json lists every one)", flows))
+	}
+	if unitemised > 0 {
+		what = append(what, fmt.Sprintf("%d drops of flows not itemised (the flow map was full)", unitemised))
+	}
+	fmt.Fprintf(b, "… %s: %d drops, by place:\n", strings.Join(what, " and "), total)
 	for i, p := range places {
-		if i == top {
+		if top > 0 && i == top {
 			fmt.Fprintf(b, "  … %d more places\n", len(places)-top)
 			break
 		}
 		d := p.First
-		fmt.Fprintf(b, "%6d × %s %s at %s (%s)\n", p.Count, d.Reason, d.Location, netnsLabel(d), tally.Of(p.Members, "flow"))
+		members := p.Members
+		var of []string
+		if n := perPlace[p.Key]; n > 0 {
+			members--
+			if members > 0 {
+				of = append(of, tally.Of(members, "flow"))
+			}
+			of = append(of, fmt.Sprintf("%d drops of flows not itemised", n))
+		} else {
+			of = append(of, tally.Of(members, "flow"))
+		}
+		fmt.Fprintf(b, "%6d × %s %s at %s (%s)\n", p.Count, d.Reason, d.Location, netnsLabel(d), strings.Join(of, ", "))
 	}
 }
 
@@ -212,10 +246,20 @@ func DropsTable(w io.Writer, s DropsSummary) error {
 		if len(s.Aggregates) == 0 {
 			b.WriteString("no drops matched\n")
 		}
-		rows, rest := s.Aggregates, []Drop(nil)
+		// The drops of flows not itemised are no flow: they are summed up
+		// by place with the rows past the cap.
+		var rows, rest, unitemised []Drop
+		for _, d := range s.Aggregates {
+			if d.NotItemised {
+				unitemised = append(unitemised, d)
+			} else {
+				rows = append(rows, d)
+			}
+		}
 		if s.Top > 0 && len(rows) > s.Top {
 			rows, rest = rows[:s.Top], rows[s.Top:]
 		}
+		rest = append(rest, unitemised...)
 		for _, d := range rows {
 			b.WriteString(DropLine(d) + "\n")
 		}
@@ -248,6 +292,9 @@ func DropsClosing(w io.Writer, s DropsSummary) error {
 	}
 	if s.RawLocations != "" {
 		fmt.Fprintf(&b, "! %s\n", s.RawLocations)
+	}
+	if s.Counters.NotItemised > 0 {
+		fmt.Fprintf(&b, "! %d drops of flows not itemised: the flow map was full; they are counted by place\n", s.Counters.NotItemised)
 	}
 	if s.Counters.Missed > 0 {
 		fmt.Fprintf(&b, "! the kernel skipped the tracer %d times (a drop while it was already running on that CPU): those drops were not seen\n", s.Counters.Missed)

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -158,4 +159,23 @@ func Tracefs(t testing.TB) {
 		t.Fatalf("mount tracefs: %v: %s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("umount", "/sys/kernel/tracing").Run() })
+}
+
+var nftPackets = regexp.MustCompile(`packets (\d+)`)
+
+// NftCounter reads the packets of the named nft counter object (nft add
+// counter FAMILY TABLE NAME) in ns: what a test compares the drop tracer's
+// counts with.
+func NftCounter(t testing.TB, ns netns.Target, family, table, name string) uint64 {
+	t.Helper()
+	out := Run(t, ns, "nft", "list", "counter", family, table, name)
+	m := nftPackets.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("nft list counter %s %s %s in %s: no packets in\n%s", family, table, name, ns, out)
+	}
+	n, err := strconv.ParseUint(m[1], 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

@@ -84,11 +84,19 @@ type dropsLastFlow struct {
 	RejB  uint64
 }
 
+type dropsPlaceKey struct {
+	_        structs.HostLayout
+	Location uint64
+	Netns    uint32
+	Reason   uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	dropsMapAgg             = "agg"
+	dropsMapAggPlace        = "agg_place"
 	dropsMapCounters        = "counters"
 	dropsMapEvents          = "events"
 	dropsMapLastFlow        = "last_flow"
@@ -96,6 +104,7 @@ const (
 	dropsProgDropRawTp      = "drop_raw_tp"
 	dropsProgDropTpBtf      = "drop_tp_btf"
 	dropsProgDropTracepoint = "drop_tracepoint"
+	dropsVarAggFull         = "agg_full"
 	dropsVarAnyIgnored      = "any_ignored"
 	dropsVarFilterAddrs     = "filter_addrs"
 	dropsVarFilterNetns     = "filter_netns"
@@ -114,6 +123,7 @@ const (
 	dropsVarUnusedCounter   = "unused_counter"
 	dropsVarUnusedEvent     = "unused_event"
 	dropsVarUnusedLastFlow  = "unused_last_flow"
+	dropsVarUnusedPlaceKey  = "unused_place_key"
 	dropsVarWakeupBytes     = "wakeup_bytes"
 	dropsVarWakeupGapNs     = "wakeup_gap_ns"
 	dropsVarWantStack       = "want_stack"
@@ -171,6 +181,7 @@ type dropsProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type dropsMapSpecs struct {
 	Agg      *ebpf.MapSpec `ebpf:"agg"`
+	AggPlace *ebpf.MapSpec `ebpf:"agg_place"`
 	Counters *ebpf.MapSpec `ebpf:"counters"`
 	Events   *ebpf.MapSpec `ebpf:"events"`
 	LastFlow *ebpf.MapSpec `ebpf:"last_flow"`
@@ -181,6 +192,7 @@ type dropsMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type dropsVariableSpecs struct {
+	AggFull        *ebpf.VariableSpec `ebpf:"agg_full"`
 	AnyIgnored     *ebpf.VariableSpec `ebpf:"any_ignored"`
 	FilterAddrs    *ebpf.VariableSpec `ebpf:"filter_addrs"`
 	FilterNetns    *ebpf.VariableSpec `ebpf:"filter_netns"`
@@ -199,6 +211,7 @@ type dropsVariableSpecs struct {
 	UnusedCounter  *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedEvent    *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedLastFlow *ebpf.VariableSpec `ebpf:"unused_last_flow"`
+	UnusedPlaceKey *ebpf.VariableSpec `ebpf:"unused_place_key"`
 	WakeupBytes    *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 	WakeupGapNs    *ebpf.VariableSpec `ebpf:"wakeup_gap_ns"`
 	WantStack      *ebpf.VariableSpec `ebpf:"want_stack"`
@@ -225,6 +238,7 @@ func (o *dropsObjects) Close() error {
 // It can be passed to loadDropsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type dropsMaps struct {
 	Agg      *ebpf.Map `ebpf:"agg"`
+	AggPlace *ebpf.Map `ebpf:"agg_place"`
 	Counters *ebpf.Map `ebpf:"counters"`
 	Events   *ebpf.Map `ebpf:"events"`
 	LastFlow *ebpf.Map `ebpf:"last_flow"`
@@ -234,6 +248,7 @@ type dropsMaps struct {
 func (m *dropsMaps) Close() error {
 	return _DropsClose(
 		m.Agg,
+		m.AggPlace,
 		m.Counters,
 		m.Events,
 		m.LastFlow,
@@ -245,6 +260,7 @@ func (m *dropsMaps) Close() error {
 //
 // It can be passed to loadDropsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type dropsVariables struct {
+	AggFull        *ebpf.Variable `ebpf:"agg_full"`
 	AnyIgnored     *ebpf.Variable `ebpf:"any_ignored"`
 	FilterAddrs    *ebpf.Variable `ebpf:"filter_addrs"`
 	FilterNetns    *ebpf.Variable `ebpf:"filter_netns"`
@@ -263,6 +279,7 @@ type dropsVariables struct {
 	UnusedCounter  *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedEvent    *ebpf.Variable `ebpf:"unused_event"`
 	UnusedLastFlow *ebpf.Variable `ebpf:"unused_last_flow"`
+	UnusedPlaceKey *ebpf.Variable `ebpf:"unused_place_key"`
 	WakeupBytes    *ebpf.Variable `ebpf:"wakeup_bytes"`
 	WakeupGapNs    *ebpf.Variable `ebpf:"wakeup_gap_ns"`
 	WantStack      *ebpf.Variable `ebpf:"want_stack"`

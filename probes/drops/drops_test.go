@@ -471,3 +471,88 @@ func TestTerminatedTracerDetachesAndSummarizes(t *testing.T) {
 		}
 	}
 }
+
+// floodFlows sends rounds packets to each of n destination ports from one
+// UDP socket in ns, round by round: n distinct flows, interleaved, so that
+// every packet hands the CPU's last-flow slot over to the map.
+func floodFlows(t *testing.T, ns netns.Target, n, rounds int) {
+	t.Helper()
+	err := ns.Do(func() error {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		for r := 0; r < rounds; r++ {
+			for port := 1; port <= n; port++ {
+				if _, err := c.WriteToUDP([]byte("x"), &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port}); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// More distinct flows than the aggregate map holds: the counts per place
+// (netns, reason, location) stay exact — what the map had no room for is
+// counted by place, marked not itemised — and nothing is lost. On every
+// attach point (each has its own copy of the logic).
+func TestAggregateFlowMapFull(t *testing.T) {
+	testkit.Tracefs(t)
+	ns := testkit.Netns(t, "full")
+	testkit.Run(t, ns, "nft", "add table ip f; add counter ip f n; add chain ip f in { type filter hook input priority 0; }; add rule ip f in udp dport 1-60000 counter name n drop")
+	const mapSize, flows, rounds = 256, 2000, 2
+	for _, at := range []string{drops.AttachTPBTF, drops.AttachRawTP, drops.AttachTracepoint} {
+		t.Run(at, func(t *testing.T) {
+			before := testkit.NftCounter(t, ns, "ip", "f", "n")
+			tr, err := drops.New(drops.Config{NetnsInode: uint32(ns.Inode), Attach: at, FlowMapSize: mapSize})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tr.Close()
+			floodFlows(t, ns, flows, rounds)
+			tr.Stop()
+			dropped := testkit.NftCounter(t, ns, "ip", "f", "n") - before
+			aggs, err := tr.Aggregates()
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, err := tr.Counters()
+			if err != nil {
+				t.Fatal(err)
+			}
+			byPlace := map[string]uint64{}
+			var itemised int
+			var notItemised uint64
+			for _, a := range aggs {
+				byPlace[tr.ReasonName(a.Reason)] += a.Count
+				if a.NotItemised {
+					notItemised += a.Count
+					if a.Family != 0 || a.Src.IsValid() {
+						t.Errorf("not-itemised aggregate %+v has flow fields", a)
+					}
+				} else {
+					itemised++
+				}
+			}
+			if dropped != flows*rounds {
+				t.Fatalf("nft counted %d drops, want %d", dropped, flows*rounds)
+			}
+			want := map[string]uint64{"NETFILTER_DROP": dropped}
+			if !maps.Equal(byPlace, want) {
+				t.Errorf("aggregates by reason = %v, want %v (the nft counter)", byPlace, want)
+			}
+			if c.Matched != dropped || c.AggLost != 0 || c.NotItemised != notItemised || notItemised == 0 {
+				t.Errorf("counters = %+v, want matched %d, agg_lost 0, not_itemised %d > 0", c, dropped, notItemised)
+			}
+			// The map's flows, and at most one per CPU in its last-flow slot.
+			if ncpu, _ := ebpf.PossibleCPU(); itemised > mapSize+ncpu {
+				t.Errorf("%d flows itemised, want at most %d (map) + %d (CPUs)", itemised, mapSize, ncpu)
+			}
+		})
+	}
+}

@@ -34,6 +34,9 @@ type RawEvent struct {
 type Aggregate struct {
 	Packet
 	Count uint64 `json:"count"`
+	// NotItemised marks the drops at one place of flows the aggregate map
+	// had no room for: Packet has the place (netns, reason, location) only.
+	NotItemised bool `json:"not_itemised,omitempty"`
 }
 
 func packetOf(netns, reason uint32, loc uint64, family, proto uint8, s, d [16]uint8, sport, dport uint16) Packet {

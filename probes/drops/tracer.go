@@ -47,7 +47,18 @@ type Config struct {
 	Events        bool         // send each drop to user space (else: aggregate only)
 	Stack         bool         // record the kernel stack of each event
 	Attach        string       // force an attach point; "" picks the best available
+	// FlowMapSize is how many (netns, reason, location, flow) keys the
+	// aggregate map holds (0: DefaultFlowMapSize). Drops of flows past it
+	// are still counted exactly by place, only not itemised per flow.
+	FlowMapSize uint32
 }
+
+// DefaultFlowMapSize is the aggregate map's size: 16,384 flows take about
+// 2 MB of kernel memory on 2 CPUs (a key of 64 bytes and 8 bytes per CPU,
+// plus the kernel's per-entry overhead, all allocated at load). A flood of
+// more distinct flows is summed up by place anyway, which a second map
+// counts exactly; so a bigger map would buy only per-flow detail.
+const DefaultFlowMapSize = 16384
 
 // Tracer is a loaded and attached drop tracer. Close detaches it; its
 // links are bound to file descriptors, so a killed process leaves nothing
@@ -74,7 +85,11 @@ type Tracer struct {
 type Counters struct {
 	Matched  uint64 `json:"matched"`   // drops that passed the filters
 	RingLost uint64 `json:"ring_lost"` // events the ring buffer had no room for
-	AggLost  uint64 `json:"agg_lost"`  // drops the aggregate map had no room for
+	AggLost  uint64 `json:"agg_lost"`  // drops neither aggregate map (flows, places) had room for
+	// NotItemised counts the drops of flows the aggregate map had no room
+	// for: counted by place (netns, reason, location) alone, exactly, in
+	// aggregates marked NotItemised.
+	NotItemised uint64 `json:"not_itemised"`
 	// Missed counts kfree_skb calls the kernel did not run the tracer for
 	// (a drop while the tracer was already running on that CPU): unseen
 	// drops of any kind, so they cannot be filtered, only counted.
@@ -176,6 +191,9 @@ func New(cfg Config) (*Tracer, error) {
 	}
 	if !cfg.Stack {
 		spec.Maps["stacks"].MaxEntries = 1
+	}
+	if cfg.FlowMapSize > 0 {
+		spec.Maps["agg"].MaxEntries = cfg.FlowMapSize
 	}
 	t.coll, err = ebpf.NewCollection(spec)
 	if err != nil {
@@ -385,13 +403,17 @@ func (t *Tracer) counters(aggs []Aggregate) (Counters, error) {
 		c.Matched = c.AggLost
 		for _, a := range aggs {
 			c.Matched += a.Count
+			if a.NotItemised {
+				c.NotItemised += a.Count
+			}
 		}
 	}
 	return c, nil
 }
 
 // Aggregates returns the drops counted in the kernel since the tracer
-// started. Read while the tracer runs, a flow that moves between a CPU's
+// started: one per flow, and one per place for the drops of flows the map
+// had no room for (NotItemised). Read while the tracer runs, a flow that moves between a CPU's
 // last-flow slot and the map may be off by its count for that moment; after
 // Stop the totals are exact.
 func (t *Tracer) Aggregates() ([]Aggregate, error) {
@@ -424,6 +446,20 @@ func (t *Tracer) Aggregates() ([]Aggregate, error) {
 		if !merged {
 			out = append(out, Aggregate{Packet: p, Count: l.Count})
 		}
+	}
+	// The drops of flows the map had no room for, by place.
+	var pk dropsPlaceKey
+	var per []uint64
+	it := t.coll.Maps["agg_place"].Iterate()
+	for it.Next(&pk, &per) {
+		var n uint64
+		for _, v := range per {
+			n += v
+		}
+		out = append(out, Aggregate{Packet: Packet{Netns: pk.Netns, Reason: pk.Reason, Location: pk.Location}, Count: n, NotItemised: true})
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read drop aggregates by place: %w", err)
 	}
 	return out, nil
 }
