@@ -16,25 +16,25 @@ import (
 
 // Drop is one dropped packet as lbdoctor reports it.
 type Drop struct {
-	Type     string          `json:"type"` // "drop"
-	Time     time.Time       `json:"time,omitzero"`
-	Netns    uint32          `json:"netns"`
-	NetnsTag string          `json:"netns_name,omitempty"`
-	Ifname   string          `json:"ifname,omitempty"`
-	Reason   string          `json:"reason"`
-	Location string          `json:"location"`
-	Proto    string          `json:"proto,omitempty"`
-	Src      string          `json:"src,omitempty"`
-	Dst      string          `json:"dst,omitempty"`
-	TCPFlags string          `json:"tcp_flags,omitempty"`
-	Len      uint32          `json:"len,omitempty"`
-	Count    uint64          `json:"count,omitempty"` // aggregate mode
+	Type     string    `json:"type"` // "drop"
+	Time     time.Time `json:"time,omitzero"`
+	Netns    uint32    `json:"netns"`
+	NetnsTag string    `json:"netns_name,omitempty"`
+	Ifname   string    `json:"ifname,omitempty"`
+	Reason   string    `json:"reason"`
+	Location string    `json:"location"`
+	Proto    string    `json:"proto,omitempty"`
+	Src      string    `json:"src,omitempty"`
+	Dst      string    `json:"dst,omitempty"`
+	TCPFlags string    `json:"tcp_flags,omitempty"`
+	Len      uint32    `json:"len,omitempty"`
+	Count    uint64    `json:"count,omitempty"` // aggregate mode
 	// NotItemised: the drops at this place of flows the aggregate map had
 	// no room for (no flow fields).
-	NotItemised bool `json:"not_itemised,omitempty"`
-	Stack    []string        `json:"stack,omitempty"` // --stack: kernel frames, innermost first
-	Flow     *drops.Flow     `json:"flow,omitempty"`
-	Raw      *drops.RawEvent `json:"raw,omitempty"`
+	NotItemised bool            `json:"not_itemised,omitempty"`
+	Stack       []string        `json:"stack,omitempty"` // --stack: kernel frames, innermost first
+	Flow        *drops.Flow     `json:"flow,omitempty"`
+	Raw         *drops.RawEvent `json:"raw,omitempty"`
 }
 
 // DropsSummary closes every drops output: what matched, what was shown,
