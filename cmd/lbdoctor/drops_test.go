@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -198,5 +199,66 @@ func TestDropsSaysWhyLocationsAreRaw(t *testing.T) {
 	}
 	if r.code != 0 || strings.Count(r.stderr, "locations are raw addresses: /proc/kallsyms shows every address as 0") != 2 {
 		t.Errorf("drops without CAP_SYSLOG = exit %d, stderr %q; want the reason locations are raw on the start line and at the end", r.code, r.stderr)
+	}
+}
+
+// The tester's flood: 20,000 distinct flows, more than the aggregate map
+// holds. The --summary table stays exact by place — its rows and its
+// by-place lines add up to what the nft rule dropped — and says how many
+// drops of flows were not itemised, on stdout and on stderr.
+func TestDropsSummaryFlowMapFull(t *testing.T) {
+	ns := testkit.Netns(t, "flood")
+	testkit.Run(t, ns, "nft", "add table ip f; add counter ip f n; add chain ip f in { type filter hook input priority 0; }; add rule ip f in udp dport 1-60000 counter name n drop")
+	p := startLbdoctor(t, "tracing drops", "drops", "--netns", ns.Name, "--summary", "--duration", "3s")
+	p.waitStart(t)
+	const flows = 20000
+	err := ns.Do(func() error {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		for port := 1; port <= flows; port++ {
+			if _, err := c.WriteToUDP([]byte("x"), &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.wait(t, 30*time.Second)
+	dropped := testkit.NftCounter(t, ns, "ip", "f", "n")
+	out, stderr := p.stdout.String(), p.errText()
+	// "   N × NETFILTER_DROP place at netns X…": the top rows, then, after
+	// the line that sums them up, the by-place lines.
+	count := regexp.MustCompile(`^\s*(\d+) × NETFILTER_DROP `)
+	var rows, placed uint64
+	inPlaces := false
+	var notItemisedLine string
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, "… ") {
+			inPlaces = true
+			continue
+		}
+		m := count.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		n, _ := strconv.ParseUint(m[1], 10, 64)
+		if inPlaces {
+			placed += n
+			if strings.Contains(line, "drops of flows not itemised") {
+				notItemisedLine = line
+			}
+		} else {
+			rows += n
+		}
+	}
+	notItemised := regexp.MustCompile(`! (\d+) drops of flows not itemised: the flow map was full`).FindStringSubmatch(stderr)
+	if p.code != 0 || dropped != flows || rows+placed != dropped || notItemisedLine == "" || notItemised == nil || !strings.Contains(stderr, " 0 lost ") {
+		t.Errorf("drops --summary over %d flows = exit %d, %d in the top rows + %d by place, nft counter %d; want exit 0, rows + places = counter, "+
+			"a place line with the drops not itemised, the count of them and 0 lost on stderr\n%s\n%s", flows, p.code, rows, placed, dropped, out, stderr)
 	}
 }
