@@ -15,6 +15,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/conntrack"
+	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/netstate"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
@@ -247,5 +248,39 @@ func TestRuleChecksWithUnreadBackends(t *testing.T) {
 				t.Errorf("Run(%s) %s = %s (%s), want %s with %q", tt.name, tt.id, f.Status, f.Reason, tt.want, tt.wantIn)
 			}
 		})
+	}
+}
+
+// A flood of more flows than the tracer's flow map holds: the drops it had
+// no room for are counted by place, not itemised. The doctor groups them by
+// reason and place with the rest, says they are not itemised, and still
+// names the fix with an address from a flow itemised at that place.
+func TestDropsNotItemised(t *testing.T) {
+	snap := loadFixture(t, "seed-stage3-drops")
+	first := snap.Drops.Drops[0] // IP_INADDRERRORS at ip_error+0x92
+	snap.Drops.Drops = append(snap.Drops.Drops, drops.Counted{
+		Aggregate:  drops.Aggregate{Packet: drops.Packet{Netns: first.Netns, Reason: first.Reason, Location: first.Location}, Count: 5000, NotItemised: true},
+		ReasonName: first.ReasonName, Symbol: first.Symbol,
+	})
+	snap.Drops.Counters.Matched += 5000
+	snap.Drops.Counters.NotItemised = 5000
+	f := statusOf(checks.Run(snap, probes.Selector{VIP: netip.MustParseAddrPort("10.1.0.6:8085"), Proto: "tcp"}), "drops.vip_flows")
+	var ev []string
+	for _, e := range f.Evidence {
+		ev = append(ev, e.Fact)
+	}
+	got := strings.Join(ev, "\n")
+	for _, want := range []string{
+		"5007 drops of the selected flows",
+		"5000 drops of flows not itemised: the flow map was full, they are counted by place",
+		"5000 × IP_INADDRERRORS at ip_error+0x92: flows not itemised (the flow map was full)",
+		"6 × IP_INADDRERRORS at ip_error+0x92: reply packets of 4 flows",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("drops.vip_flows evidence = %q, want %q in it", got, want)
+		}
+	}
+	if f.Status != checks.Fail || !strings.Contains(f.Title, "IP_INADDRERRORS at ip_error") || len(f.Fix) == 0 || !strings.Contains(f.Fix[0], "ip_forward=1") {
+		t.Errorf("drops.vip_flows = %s %q fix %q, want a failure at ip_error with ip_forward=1", f.Status, f.Title, f.Fix)
 	}
 }
