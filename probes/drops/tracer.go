@@ -53,9 +53,10 @@ type Config struct {
 	FlowMapSize uint32
 }
 
-// DefaultFlowMapSize is the aggregate map's size: 16,384 flows take about
-// 2 MB of kernel memory on 2 CPUs (a key of 64 bytes and 8 bytes per CPU,
-// plus the kernel's per-entry overhead, all allocated at load). A flood of
+// DefaultFlowMapSize is the aggregate map's size: 16,384 flows take 2.4 MB
+// of kernel memory on 2 CPUs (a key of 56 bytes and 8 bytes per CPU, plus
+// the kernel's per-entry overhead, all allocated at load; memlock in the
+// map's fdinfo). A flood of
 // more distinct flows is summed up by place anyway, which a second map
 // counts exactly; so a bigger map would buy only per-flow detail.
 const DefaultFlowMapSize = 16384
@@ -192,6 +193,7 @@ func New(cfg Config) (*Tracer, error) {
 	if !cfg.Stack {
 		spec.Maps["stacks"].MaxEntries = 1
 	}
+	spec.Maps["agg"].MaxEntries = DefaultFlowMapSize
 	if cfg.FlowMapSize > 0 {
 		spec.Maps["agg"].MaxEntries = cfg.FlowMapSize
 	}
