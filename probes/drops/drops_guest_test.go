@@ -20,6 +20,7 @@ func TestGuestDropsOnTheOtherKernel(t *testing.T) {
 		{"FiltersExclude", TestFiltersExclude},
 		{"AggregateMode", TestAggregateMode},
 		{"AggregateCountsExactly", TestAggregateCountsExactly},
+		{"AggregateFlowMapFull", TestAggregateFlowMapFull},
 		{"LoneDropWakesReader", TestLoneDropWakesReader},
 		{"EveryAttachPoint", TestEveryAttachPoint},
 		{"Stack", TestStack},
