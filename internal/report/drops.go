@@ -187,14 +187,14 @@ func writeRest(b *strings.Builder, rest []Drop, top int) {
 	for _, p := range places {
 		total += p.Count
 	}
-	var what []string
-	if flows > 0 {
-		what = append(what, fmt.Sprintf("%d more flows (-o json lists every one)", flows))
+	switch {
+	case unitemised == 0:
+		fmt.Fprintf(b, "… %d more flows, %d drops (-o json lists every one), by place:\n", flows, total)
+	case flows == 0:
+		fmt.Fprintf(b, "… %d drops of flows not itemised (the flow map was full), by place:\n", unitemised)
+	default:
+		fmt.Fprintf(b, "… %d more flows and %d drops of flows not itemised (the flow map was full), %d drops in all (-o json lists every flow), by place:\n", flows, unitemised, total)
 	}
-	if unitemised > 0 {
-		what = append(what, fmt.Sprintf("%d drops of flows not itemised (the flow map was full)", unitemised))
-	}
-	fmt.Fprintf(b, "… %s: %d drops, by place:\n", strings.Join(what, " and "), total)
 	for i, p := range places {
 		if top > 0 && i == top {
 			fmt.Fprintf(b, "  … %d more places\n", len(places)-top)

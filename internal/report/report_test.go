@@ -80,6 +80,33 @@ func TestDropsSummaryTop(t *testing.T) {
 	}
 }
 
+// A flood of more flows than the tracer's flow map holds: the drops of
+// flows not itemised are no row of their own but counted with their place
+// in the by-place lines, with or without a cap, and said on the closing
+// lines.
+func TestDropsSummaryNotItemised(t *testing.T) {
+	var rows []report.Drop
+	for i := 0; i < 5; i++ {
+		rows = append(rows, report.Drop{Type: "drop", Netns: 4026532252, NetnsTag: "lb", Reason: "NO_SOCKET", Location: "udp_queue_rcv_one_skb+0x2f",
+			Proto: "udp", Src: fmt.Sprintf("10.1.0.3:%d", 40000+i), Dst: "10.1.0.6:53", Count: 1})
+	}
+	rows = append(rows,
+		report.Drop{Type: "drop", Netns: 4026532252, NetnsTag: "lb", Reason: "NO_SOCKET", Location: "udp_queue_rcv_one_skb+0x2f", Count: 123617, NotItemised: true},
+		report.Drop{Type: "drop", Netns: 4026532252, NetnsTag: "lb", Reason: "NETFILTER_DROP", Location: "nft_do_chain+0x46f", Count: 40, NotItemised: true})
+	for _, top := range []int{3, 0} {
+		t.Run(fmt.Sprintf("top %d", top), func(t *testing.T) {
+			var b bytes.Buffer
+			s := report.DropsSummary{Type: "summary", Attach: "tp_btf", AttachMs: 61, Window: 5 * time.Second,
+				Counters: drops.Counters{Matched: 123662, NotItemised: 123657}, Delivered: 123662, Aggregates: append([]report.Drop{}, rows...), Top: top,
+				Attribution: drops.Attribution{NotAttributed: 123662, Batches: 2}}
+			if err := report.DropsSummaryText(&b, s); err != nil {
+				t.Fatal(err)
+			}
+			testkit.Golden(t, fmt.Sprintf("drops-summary-not-itemised-top%d.txt", top), b.Bytes())
+		})
+	}
+}
+
 // CI servers read -o junit with the common JUnit schema (Jenkins xUnit's
 // junit-10.xsd, in testdata): every report validates against it with
 // xmllint, also one with every status and text XML cannot carry as is.

@@ -197,6 +197,10 @@ func New(cfg Config) (*Tracer, error) {
 	if cfg.FlowMapSize > 0 {
 		spec.Maps["agg"].MaxEntries = cfg.FlowMapSize
 	}
+	if cfg.Events {
+		// Event mode never counts in the aggregate maps: 2.8 MB saved.
+		spec.Maps["agg"].MaxEntries, spec.Maps["agg_place"].MaxEntries = 1, 1
+	}
 	t.coll, err = ebpf.NewCollection(spec)
 	if err != nil {
 		return nil, fmt.Errorf("load drop tracer (%s): %w", t.Attach, err)
