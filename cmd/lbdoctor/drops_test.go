@@ -208,7 +208,9 @@ func TestDropsSaysWhyLocationsAreRaw(t *testing.T) {
 // drops of flows were not itemised, on stdout and on stderr.
 func TestDropsSummaryFlowMapFull(t *testing.T) {
 	ns := testkit.Netns(t, "flood")
-	testkit.Run(t, ns, "nft", "add table ip f; add counter ip f n; add chain ip f in { type filter hook input priority 0; }; add rule ip f in udp dport 1-60000 counter name n drop")
+	testkit.Run(t, ns, "nft", "add table ip f; add counter ip f n")
+	// Apart: nft before 1.0.7 (Debian 12) finds no counter made in the same run.
+	testkit.Run(t, ns, "nft", "add chain ip f in { type filter hook input priority 0; }; add rule ip f in udp dport 1-60000 counter name n drop")
 	p := startLbdoctor(t, "tracing drops", "drops", "--netns", ns.Name, "--summary", "--duration", "3s")
 	p.waitStart(t)
 	const flows = 20000

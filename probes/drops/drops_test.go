@@ -504,7 +504,9 @@ func floodFlows(t *testing.T, ns netns.Target, n, rounds int) {
 func TestAggregateFlowMapFull(t *testing.T) {
 	testkit.Tracefs(t)
 	ns := testkit.Netns(t, "full")
-	testkit.Run(t, ns, "nft", "add table ip f; add counter ip f n; add chain ip f in { type filter hook input priority 0; }; add rule ip f in udp dport 1-60000 counter name n drop")
+	testkit.Run(t, ns, "nft", "add table ip f; add counter ip f n")
+	// Apart: nft before 1.0.7 (Debian 12) finds no counter made in the same run.
+	testkit.Run(t, ns, "nft", "add chain ip f in { type filter hook input priority 0; }; add rule ip f in udp dport 1-60000 counter name n drop")
 	const mapSize, flows, rounds = 256, 2000, 2
 	for _, at := range []string{drops.AttachTPBTF, drops.AttachRawTP, drops.AttachTracepoint} {
 		t.Run(at, func(t *testing.T) {
