@@ -252,18 +252,19 @@ func TestRuleChecksWithUnreadBackends(t *testing.T) {
 }
 
 // A flood of more flows than the tracer's flow map holds: the drops it had
-// no room for are counted by place, not itemised. The doctor groups them by
-// reason and place with the rest, says they are not itemised, and still
-// names the fix with an address from a flow itemised at that place.
+// no room for are counted by place, not itemised. The doctor counts them
+// with their reason and place (exact totals), says they are not itemised,
+// and still names the fix.
 func TestDropsNotItemised(t *testing.T) {
 	snap := loadFixture(t, "seed-stage3-drops")
 	first := snap.Drops.Drops[0] // IP_INADDRERRORS at ip_error+0x92
-	snap.Drops.Drops = append(snap.Drops.Drops, drops.Counted{
+	snap.Drops.Drops = append([]drops.Counted{{
 		Aggregate:  drops.Aggregate{Packet: drops.Packet{Netns: first.Netns, Reason: first.Reason, Location: first.Location}, Count: 5000, NotItemised: true},
 		ReasonName: first.ReasonName, Symbol: first.Symbol,
-	})
+	}}, snap.Drops.Drops...)
 	snap.Drops.Counters.Matched += 5000
 	snap.Drops.Counters.NotItemised = 5000
+	snap.Drops.Attribution.NotAttributed += 5000
 	f := statusOf(checks.Run(snap, probes.Selector{VIP: netip.MustParseAddrPort("10.1.0.6:8085"), Proto: "tcp"}), "drops.vip_flows")
 	var ev []string
 	for _, e := range f.Evidence {
@@ -273,8 +274,9 @@ func TestDropsNotItemised(t *testing.T) {
 	for _, want := range []string{
 		"5007 drops of the selected flows",
 		"5000 drops of flows not itemised: the flow map was full, they are counted by place",
-		"5000 × IP_INADDRERRORS at ip_error+0x92: flows not itemised (the flow map was full)",
-		"6 × IP_INADDRERRORS at ip_error+0x92: reply packets of 4 flows",
+		"5006 × IP_INADDRERRORS at ip_error+0x92 in 4 flows and 5000 drops of flows not itemised",
+		"  5000 × in flows not itemised (the flow map was full)",
+		"  6 × reply packets of 4 flows",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("drops.vip_flows evidence = %q, want %q in it", got, want)

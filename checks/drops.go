@@ -157,7 +157,7 @@ func pathLine(g dropGroup) string {
 	if f := c.Flow; f != nil {
 		fmt.Fprintf(&b, "%d × %s packets of %s to VIP %s via real %s (%s), e.g. %s %s → %s", g.Count, f.Direction, tally.Of(g.Members, "flow"), f.VIP, f.Real, f.Stage, proto.Name(c.Proto), src, dst)
 	} else if c.NotItemised {
-		fmt.Fprintf(&b, "%d × of flows not itemised (the flow map was full)", g.Count)
+		fmt.Fprintf(&b, "%d × in flows not itemised (the flow map was full)", g.Count)
 	} else {
 		fmt.Fprintf(&b, "%d × not attributed to a load-balanced flow, %s", g.Count, tally.Of(g.Members, "flow"))
 		if c.Family != 0 {
