@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -48,11 +49,21 @@ func startLbdoctor(t testing.TB, startLine string, args ...string) *proc {
 // startLbdoctorBin is startLbdoctor with another binary ("": this module's).
 func startLbdoctorBin(t testing.TB, bin, startLine string, args ...string) *proc {
 	t.Helper()
+	return startLbdoctorTo(t, bin, nil, startLine, args...)
+}
+
+// startLbdoctorTo is startLbdoctorBin with stdout going to out (nil: the
+// proc's buffer).
+func startLbdoctorTo(t testing.TB, bin string, out *os.File, startLine string, args ...string) *proc {
+	t.Helper()
 	if bin == "" {
 		bin = testkit.LbdoctorBinary(t)
 	}
 	p := &proc{cmd: exec.Command(bin, args...), started: make(chan time.Time, 1), startedAt: make(chan time.Time, 1), done: make(chan struct{})}
 	p.cmd.Stdout = &p.stdout
+	if out != nil {
+		p.cmd.Stdout = out
+	}
 	errPipe, err := p.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
