@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 )
 
@@ -85,4 +87,75 @@ func TestDropsStdoutBlocked(t *testing.T) {
 			t.Logf("ended %s after the %s", took.Round(time.Millisecond), map[bool]string{true: "signal", false: "window opened"}[tc.signal])
 		})
 	}
+}
+
+// fullPipe returns a pipe whose buffer is already full: the first write to
+// w blocks until someone reads r (nobody does).
+func fullPipe(t *testing.T) (r, w *os.File) {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	fd := int(w.Fd())
+	unix.SetNonblock(fd, true)
+	chunk := make([]byte, 4096)
+	for {
+		if _, err := unix.Write(fd, chunk); err != nil {
+			break // EAGAIN: full
+		}
+	}
+	unix.SetNonblock(fd, false) // the child shares the file description
+	return r, w
+}
+
+// Every verb ends within 200 ms of SIGINT or SIGTERM even while it is
+// blocked writing its result to a stdout nobody reads, and says why its
+// output is missing.
+func TestSignalEndsBlockedWrite(t *testing.T) {
+	ns := testkit.Netns(t, "blk")
+	for _, tc := range []struct {
+		name string
+		args []string
+		sig  syscall.Signal
+	}{
+		{"check", []string{"check", "--netns", ns.Name}, syscall.SIGINT},
+		{"check json", []string{"check", "--netns", ns.Name, "-o", "json"}, syscall.SIGTERM},
+		{"inspect", []string{"inspect", "--netns", ns.Name}, syscall.SIGINT},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, w := fullPipe(t)
+			lp := startLbdoctorTo(t, "", w, "exec", tc.args...)
+			w.Close()
+			lp.waitStart(t)
+			// Long enough for the verb to be blocked in its final write.
+			time.Sleep(3 * time.Second)
+			select {
+			case <-lp.done:
+				t.Fatalf("lbdoctor %v ended (exit %d) with its stdout full and never read:\n%s", tc.args, lp.code, lp.errText())
+			default:
+			}
+			sent := time.Now()
+			lp.cmd.Process.Signal(tc.sig)
+			lp.wait(t, 10*time.Second)
+			took := lp.ended.Sub(sent)
+			if took > 200*time.Millisecond || !strings.Contains(lp.errText(), "output blocked") {
+				t.Errorf("lbdoctor %v, blocked on stdout, %s = exit %d after %s:\n%s\nwant an end within 200ms saying the output blocked", tc.args, tc.sig, lp.code, took, lp.errText())
+			}
+		})
+	}
+	// drops does not wait for a signal: its window's end bounds the writes.
+	t.Run("drops summary", func(t *testing.T) {
+		_, w := fullPipe(t)
+		args := []string{"drops", "--netns", ns.Name, "--summary", "--duration", "300ms"}
+		lp := startLbdoctorTo(t, "", w, "tracing drops", args...)
+		w.Close()
+		start := lp.waitStart(t)
+		lp.wait(t, 10*time.Second)
+		took := lp.ended.Sub(start)
+		if want := "! the summary table was not written: output blocked"; lp.code != 0 || took > 600*time.Millisecond || !strings.Contains(lp.errText(), want) {
+			t.Errorf("lbdoctor %v, stdout full = exit %d %s after its window opened:\n%s\nwant exit 0 within 600ms, with %q", args, lp.code, took, lp.errText(), want)
+		}
+	})
 }
