@@ -302,6 +302,8 @@ func TestInterruptRule(t *testing.T) {
 			[]int{0, 1}, []string{"drops.vip_flows", "! cut short by SIGINT after", "verdict:"}},
 		{"check drops json", []string{"check", "--netns", l.LB.Name, "--vip", vip.String(), "--drops", "20s", "-o", "json"}, "", 300 * time.Millisecond, syscall.SIGTERM,
 			[]int{0, 1}, []string{`"interrupted": true`, "the window was cut short", `"verdict"`}},
+		{"check drops junit", []string{"check", "--netns", l.LB.Name, "--vip", vip.String(), "--drops", "20s", "-o", "junit"}, "", 300 * time.Millisecond, syscall.SIGINT,
+			[]int{0, 1}, []string{`<testcase classname="lbdoctor.drops" name="drops.vip_flows">`, "<system-err>cut short by SIGINT after"}},
 		{"inspect watch", []string{"inspect", "--netns", p.B.Name, "--watch", "20s"}, "exec", 3 * time.Second, syscall.SIGINT,
 			[]int{0}, []string{"lbdoctor inspect: netns " + p.B.Name, "! cut short by SIGINT after"}},
 		{"inspect watch json", []string{"inspect", "--netns", p.B.Name, "--watch", "20s", "-o", "json"}, "exec", 3 * time.Second, syscall.SIGTERM,
