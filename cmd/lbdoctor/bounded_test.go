@@ -213,7 +213,7 @@ func (p *proc) flowsShown(summaryMode bool) (with, without uint64) {
 
 // A window ends on time whatever the drop rate, and every drop is counted
 // as attributed or not: thousands of distinct flows, half of them known to
-// the namespace's conntrack table (UDP to closed ports: confirmed, then
+// the namespace's conntrack table (UDP DNATed to closed ports: confirmed, then
 // dropped for want of a socket), half dropped by nft before conntrack
 // confirms them (no table knows them).
 func TestDropsWindowHoldsUnderAFlood(t *testing.T) {

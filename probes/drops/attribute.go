@@ -369,6 +369,9 @@ func (a *Attributor) adder() func(proto uint8, o, r conntrack.Tuple) {
 }
 
 func (a *Attributor) addPlacesLocked(proto uint8, fl conntrack.Flow) {
+	if !loadBalanced(fl) {
+		return
+	}
 	var seen [6]tupleKey
 	for i, pl := range conntrackPlaces {
 		f := pl.place(fl)
@@ -500,9 +503,20 @@ func (pl vsPlace) place(c ipvs.Conn) *placed {
 	return &placed{Flow{Client: c.Client, VIP: c.VIP, Real: c.Dest, Direction: pl.direction, Stage: pl.stage, Source: "ipvs"}, s, d}
 }
 
+// loadBalanced says whether a conntrack flow is a load-balanced one: its
+// destination was rewritten (DNAT, by nft or iptables, or IPVS updating the
+// conntrack entry). A flow answered from the address it was sent to — a
+// plain local or routed flow, SNAT or not — has no VIP and no real server:
+// naming it "VIP … via real …" would invent a service, so a drop of it is
+// not attributed.
+func loadBalanced(fl conntrack.Flow) bool { return fl.Reply.Src != fl.Orig.Dst }
+
 // MatchConntrack places a packet s → d on conntrack flow fl (original o,
-// reply r), or returns nil.
+// reply r), or returns nil (also when fl is not load-balanced).
 func MatchConntrack(s, d netip.AddrPort, fl conntrack.Flow) *Flow {
+	if !loadBalanced(fl) {
+		return nil
+	}
 	for _, pl := range conntrackPlaces {
 		if p := pl.place(fl); p.s == s && p.d == d {
 			return &p.Flow
