@@ -57,3 +57,43 @@ func TestAttributeOnlyLoadBalancedFlows(t *testing.T) {
 		t.Errorf("Counts() = %d attributed, %d not; want 1, 1", at, not)
 	}
 }
+
+// A flow conntrack confirmed before its drop is found, even when the
+// attributor's bounded cache let it go since (more flows came after it,
+// since gone from conntrack): the events no longer prove it absent, so a
+// dump is read before the drop is counted as not attributed.
+func TestAttributeFindsEvictedFlow(t *testing.T) {
+	testkit.RequireRoot(t)
+	p := testkit.NewDropPair(t)
+	a := drops.NewAttributor(p.B, nil, 0)
+	defer a.Close()
+	// 64 DNATed flows a generation (4 places each); a dump at most every
+	// 700 ms: the next one comes after the flows that evict the first are
+	// gone from conntrack.
+	drops.SetBounds(a, 256, 700*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	// Wait for the first dump: the next may come 700 ms after it.
+	a.Attribute(ctx, drops.Packet{Family: 4, Proto: unix.IPPROTO_UDP, Src: netip.MustParseAddrPort("10.79.9.9:1"), Dst: netip.MustParseAddrPort("10.79.9.9:2")}, 0, 1)
+	first := sendUDP(t, p, 5001, testkit.DNATPorts, p.RealB)
+	// 400 flows more from another port: the first goes out of the cache.
+	err := p.A.Do(func() error {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: p.AddrA.AsSlice(), Port: 6000})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		for _, port := range testkit.Ports(testkit.DNATPorts+1, 400) {
+			c.WriteToUDPAddrPort([]byte("x"), netip.AddrPortFrom(p.AddrB, port))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // their events read
+	testkit.Run(t, p.B, "conntrack", "-D", "-p", "udp", "--orig-port-src", "6000")
+	if f := a.Attribute(ctx, first, 0, 1); f == nil || f.Real != first.Dst {
+		t.Errorf("Attribute(%s → %s, its flow in conntrack, out of the cache) = %v, want its flow via real %s", first.Src, first.Dst, f, first.Dst)
+	}
+}
