@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/lbdoctor/lbdoctor/checks"
 	"github.com/lbdoctor/lbdoctor/internal/report"
@@ -189,6 +190,9 @@ func TestChecksOnChangedFixtures(t *testing.T) {
 			s.Errors = map[string]string{probes.ProbeNet: "netlink: permission denied"}
 			s.Net = netstate.Snapshot{}
 		}, checks.Skip},
+		{"drop window, no drop", "drops.vip_flows", func(s *probes.Snapshot) { s.Drops = &drops.Sample{Window: time.Second} }, checks.Pass},
+		// A window cut short proves less than the one asked for.
+		{"drop window cut short, no drop", "drops.vip_flows", func(s *probes.Snapshot) { s.Drops = &drops.Sample{Window: time.Second, CutShort: true} }, checks.Warn},
 		{"one framework", "rules.mixed_backends", func(*probes.Snapshot) {}, checks.Pass},
 		{"mixed frameworks", "rules.mixed_backends", func(s *probes.Snapshot) { s.Rules.Mixed = true }, checks.Warn},
 	}

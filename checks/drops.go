@@ -55,8 +55,12 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 	}
 	if total == 0 {
 		f := Finding{Status: Pass, Title: "no packet of the selected flows was dropped", Evidence: ev}
-		if d.Counters.Lost()+d.Counters.Missed > 0 {
+		switch {
+		case d.Counters.Lost()+d.Counters.Missed > 0:
 			f.Status, f.Title = Warn, "no drop was seen, but the tracer lost some"
+		case d.CutShort:
+			// A shorter window than asked for proves less: not a pass.
+			f.Status, f.Title = Warn, "no drop was seen, but the window was cut short"
 		}
 		return f
 	}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -48,11 +49,21 @@ func startLbdoctor(t testing.TB, startLine string, args ...string) *proc {
 // startLbdoctorBin is startLbdoctor with another binary ("": this module's).
 func startLbdoctorBin(t testing.TB, bin, startLine string, args ...string) *proc {
 	t.Helper()
+	return startLbdoctorTo(t, bin, nil, startLine, args...)
+}
+
+// startLbdoctorTo is startLbdoctorBin with stdout going to out (nil: the
+// proc's buffer).
+func startLbdoctorTo(t testing.TB, bin string, out *os.File, startLine string, args ...string) *proc {
+	t.Helper()
 	if bin == "" {
 		bin = testkit.LbdoctorBinary(t)
 	}
 	p := &proc{cmd: exec.Command(bin, args...), started: make(chan time.Time, 1), startedAt: make(chan time.Time, 1), done: make(chan struct{})}
 	p.cmd.Stdout = &p.stdout
+	if out != nil {
+		p.cmd.Stdout = out
+	}
 	errPipe, err := p.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -202,7 +213,7 @@ func (p *proc) flowsShown(summaryMode bool) (with, without uint64) {
 
 // A window ends on time whatever the drop rate, and every drop is counted
 // as attributed or not: thousands of distinct flows, half of them known to
-// the namespace's conntrack table (UDP to closed ports: confirmed, then
+// the namespace's conntrack table (UDP DNATed to closed ports: confirmed, then
 // dropped for want of a socket), half dropped by nft before conntrack
 // confirms them (no table knows them).
 func TestDropsWindowHoldsUnderAFlood(t *testing.T) {
@@ -291,6 +302,8 @@ func TestInterruptRule(t *testing.T) {
 			[]int{0, 1}, []string{"drops.vip_flows", "! cut short by SIGINT after", "verdict:"}},
 		{"check drops json", []string{"check", "--netns", l.LB.Name, "--vip", vip.String(), "--drops", "20s", "-o", "json"}, "", 300 * time.Millisecond, syscall.SIGTERM,
 			[]int{0, 1}, []string{`"interrupted": true`, "the window was cut short", `"verdict"`}},
+		{"check drops junit", []string{"check", "--netns", l.LB.Name, "--vip", vip.String(), "--drops", "20s", "-o", "junit"}, "", 300 * time.Millisecond, syscall.SIGINT,
+			[]int{0, 1}, []string{`<testcase classname="lbdoctor.drops" name="drops.vip_flows">`, "<system-err>cut short by SIGINT after"}},
 		{"inspect watch", []string{"inspect", "--netns", p.B.Name, "--watch", "20s"}, "exec", 3 * time.Second, syscall.SIGINT,
 			[]int{0}, []string{"lbdoctor inspect: netns " + p.B.Name, "! cut short by SIGINT after"}},
 		{"inspect watch json", []string{"inspect", "--netns", p.B.Name, "--watch", "20s", "-o", "json"}, "exec", 3 * time.Second, syscall.SIGTERM,

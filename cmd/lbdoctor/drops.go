@@ -1,16 +1,13 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/netip"
 	"runtime/debug"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -258,9 +255,11 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 	} else {
 		mono := monotonicOffset()
 		// A write per event would cost more than the rest of the event:
-		// lines are buffered and flushed every 50 ms.
-		lw := newLineWriter(out, 50*time.Millisecond)
-		out = lw
+		// lines are queued and written every 50 ms, by a goroutine of
+		// their own: a stdout nobody reads holds neither the window nor a
+		// signal (what does not fit is counted, and said).
+		lq := newLineQueue(out, 50*time.Millisecond, 8<<20)
+		out = lq
 		err := tr.Read(window, func(p drops.Packet, raw drops.RawEvent) {
 			delivered++
 			// Attribution waits for the tables only while the window is
@@ -292,7 +291,11 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 				fmt.Fprintln(out, report.DropLine(d))
 			}
 		})
-		lw.Close()
+		// The window is over: what is queued gets a short bounded time,
+		// and so does every write after it.
+		setOutputDeadline(cmd.OutOrStdout(), time.Now().Add(flushBound))
+		setOutputDeadline(cmd.ErrOrStderr(), time.Now().Add(2*flushBound))
+		sum.NotWritten, _ = lq.Close(flushBound + 20*time.Millisecond)
 		out = cmd.OutOrStdout()
 		if err != nil {
 			return err
@@ -313,21 +316,45 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 	} else if cause := context.Cause(window); errors.Is(cause, errNetnsGone) {
 		sum.CutShort = cause.Error()
 	}
+	if f.summary {
+		setOutputDeadline(cmd.OutOrStdout(), time.Now().Add(flushBound))
+		setOutputDeadline(cmd.ErrOrStderr(), time.Now().Add(2*flushBound))
+	}
 	if jsonOut {
 		if f.summary {
-			return report.JSONDocument(out, sum)
+			err = report.JSONDocument(out, sum)
+		} else {
+			err = report.DropsJSONLine(out, sum)
 		}
-		return report.DropsJSONLine(out, sum)
+		if errors.Is(err, errOutputBlocked) {
+			// Said where it can be read: the summary is the run's result.
+			fmt.Fprintf(cmd.ErrOrStderr(), "! the JSON summary was not written: %v\n", err)
+		} else if err != nil {
+			return err
+		}
+		if sum.NotWritten > 0 {
+			fmt.Fprintf(cmd.ErrOrStderr(), "! %d of the %d drops reported were not written: the output blocked (nobody read it) and the window does not wait for it\n", sum.NotWritten, sum.Delivered)
+		}
+		return nil
 	}
 	// Text: the table is data (stdout); the closing lines are status and go
 	// to stderr in both modes, like the start line.
 	if f.summary {
-		if err := report.DropsTable(out, sum); err != nil {
+		if err := report.DropsTable(out, sum); errors.Is(err, errOutputBlocked) {
+			fmt.Fprintf(cmd.ErrOrStderr(), "! the summary table was not written: %v\n", err)
+		} else if err != nil {
 			return err
 		}
 	}
-	return report.DropsClosing(cmd.ErrOrStderr(), sum)
+	// stderr blocked too: nothing more can be said, and nothing waits.
+	report.DropsClosing(cmd.ErrOrStderr(), sum)
+	return nil
 }
+
+// flushBound is how long the output may take to be written once a drops
+// window is over: the window ends on time, and so does the process, even
+// when nobody reads stdout.
+const flushBound = 100 * time.Millisecond
 
 // errNetnsGone ends a drops window whose namespace was deleted.
 var errNetnsGone = errors.New("deleted")
@@ -365,46 +392,4 @@ func joinAddrPorts(l []netip.AddrPort) string {
 		s[i] = a.String()
 	}
 	return strings.Join(s, ", ")
-}
-
-// lineWriter buffers what is written to w and flushes it every period, and
-// on Close: a stream of lines that costs one write per period, not per line.
-type lineWriter struct {
-	mu   sync.Mutex
-	buf  *bufio.Writer
-	stop chan struct{}
-	done chan struct{}
-}
-
-func newLineWriter(w io.Writer, period time.Duration) *lineWriter {
-	lw := &lineWriter{buf: bufio.NewWriterSize(w, 64<<10), stop: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(lw.done)
-		t := time.NewTicker(period)
-		defer t.Stop()
-		for {
-			select {
-			case <-lw.stop:
-				return
-			case <-t.C:
-				lw.mu.Lock()
-				lw.buf.Flush()
-				lw.mu.Unlock()
-			}
-		}
-	}()
-	return lw
-}
-
-func (lw *lineWriter) Write(p []byte) (int, error) {
-	lw.mu.Lock()
-	defer lw.mu.Unlock()
-	return lw.buf.Write(p)
-}
-
-// Close flushes what is left and stops the flusher.
-func (lw *lineWriter) Close() error {
-	close(lw.stop)
-	<-lw.done
-	return lw.buf.Flush()
 }

@@ -45,7 +45,8 @@ func main() {
 		sig := <-sigs
 		cancel(&interruptedError{sig: sig.(syscall.Signal)})
 	}()
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	// A write nobody reads must not hold a signal: see guardedWriter.
+	code := run(ctx, os.Args[1:], newGuardedWriter(ctx, os.Stdout), newGuardedWriter(ctx, os.Stderr))
 	os.Exit(code)
 }
 

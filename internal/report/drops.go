@@ -47,6 +47,9 @@ type DropsSummary struct {
 	Counters  drops.Counters `json:"counters"`
 	Delivered uint64         `json:"delivered"` // drops reported (events, or counted in aggregates)
 	Lost      uint64         `json:"lost"`
+	// NotWritten counts the event lines reported but not written: stdout
+	// blocked (nobody read it) and the window, or the signal, did not wait.
+	NotWritten uint64 `json:"not_written"`
 	// Attribution: drops traced back to a load-balanced flow, and not.
 	Attribution drops.Attribution `json:"attribution"`
 	// Interrupted is true when SIGINT or SIGTERM ended the window; CutShort
@@ -286,6 +289,9 @@ func DropsClosing(w io.Writer, s DropsSummary) error {
 		} else if !s.Interrupted {
 			fmt.Fprintf(&b, "! the window ended: %s\n", s.CutShort)
 		}
+	}
+	if s.NotWritten > 0 {
+		fmt.Fprintf(&b, "! %d of the %d drops reported were not written: the output blocked (nobody read it) and the window does not wait for it\n", s.NotWritten, s.Delivered)
 	}
 	if s.NoReasons != "" {
 		fmt.Fprintf(&b, "! %s\n", s.NoReasons)

@@ -51,6 +51,15 @@ type junitMessage struct {
 // JUnit writes the report as JUnit XML.
 func JUnit(w io.Writer, r *Report) error {
 	suite := junitSuite{Name: "lbdoctor check " + r.Target.Netns.String(), Tests: len(r.Findings)}
+	// A window cut short proves less than the one asked for: said on the
+	// suite and on every case the drop window judged, as text and JSON say it.
+	cut := strings.TrimPrefix(r.CutShort, "! ")
+	if cut == "" && r.Interrupted {
+		cut = "interrupted: the results cover what was measured until then"
+	}
+	if cut != "" {
+		suite.SystemErr = xmlText(cut) + "\n"
+	}
 	for _, f := range r.Findings {
 		c := junitCase{Class: "lbdoctor." + strings.SplitN(f.ID, ".", 2)[0], Name: f.ID}
 		var body strings.Builder
@@ -72,6 +81,9 @@ func JUnit(w io.Writer, r *Report) error {
 			c.Skipped = &junitMessage{Message: f.Reason}
 		case checks.Warn:
 			c.SystemOut = "warning: " + f.Title + "\n" + body.String()
+		}
+		if cut != "" && strings.HasPrefix(f.ID, "drops.") {
+			c.SystemOut += xmlText(cut) + "\n"
 		}
 		suite.Cases = append(suite.Cases, c)
 	}

@@ -2,10 +2,12 @@ package report_test
 
 import (
 	"bytes"
+	"encoding/xml"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -125,7 +127,7 @@ func TestJUnitValidatesAgainstSchema(t *testing.T) {
 		{ID: "a.fail", Status: checks.Fail, Title: odd, Reason: odd, Evidence: []checks.Evidence{{Fact: odd, Source: odd}}, Fix: []string{odd}},
 		{ID: "a.skip", Status: checks.Skip, Title: odd, Reason: odd},
 	}, map[string]string{"rules": odd})
-	for name, r := range map[string]*report.Report{"sample": sample(), "every status, odd text": tricky, "no findings": report.New(report.Target{}, nil, nil)} {
+	for name, r := range map[string]*report.Report{"sample": sample(), "every status, odd text": tricky, "no findings": report.New(report.Target{}, nil, nil), "cut short": cutShort()} {
 		t.Run(name, func(t *testing.T) {
 			var buf bytes.Buffer
 			if err := report.JUnit(&buf, r); err != nil {
@@ -140,5 +142,47 @@ func TestJUnitValidatesAgainstSchema(t *testing.T) {
 				t.Errorf("xmllint --schema junit.xsd (%s) = %v:\n%s\n%s", name, err, out, buf.String())
 			}
 		})
+	}
+}
+
+// cutShort is a check whose drop window SIGINT cut short, no drop seen.
+func cutShort() *report.Report {
+	r := report.New(report.Target{Netns: netns.Target{Spec: "lb", Name: "lb"}}, []checks.Finding{
+		{ID: "kernel.ipvs", Status: checks.Pass, Title: "IPVS is available"},
+		{ID: "drops.vip_flows", Status: checks.Warn, Title: "no drop was seen, but the window was cut short"},
+	}, nil)
+	r.Interrupted = true
+	r.CutShort = "! cut short by SIGINT after 1.5s of 10s: the results cover that much"
+	return r
+}
+
+// -o junit says a cut-short window as text and JSON do: on the suite and on
+// the cases the window judged, not on the others.
+func TestJUnitSaysCutShort(t *testing.T) {
+	var buf bytes.Buffer
+	if err := report.JUnit(&buf, cutShort()); err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Suites []struct {
+			SystemErr string `xml:"system-err"`
+			Cases     []struct {
+				Name      string `xml:"name,attr"`
+				SystemOut string `xml:"system-out"`
+			} `xml:"testcase"`
+		} `xml:"testsuite"`
+	}
+	if err := xml.Unmarshal(buf.Bytes(), &doc); err != nil || len(doc.Suites) != 1 {
+		t.Fatalf("JUnit(cut short) = %v:\n%s", err, buf.String())
+	}
+	const want = "cut short by SIGINT after 1.5s of 10s"
+	s := doc.Suites[0]
+	if !strings.Contains(s.SystemErr, want) {
+		t.Errorf("JUnit(cut short) suite system-err = %q, want %q", s.SystemErr, want)
+	}
+	for _, c := range s.Cases {
+		if got := strings.Contains(c.SystemOut, want); got != (c.Name == "drops.vip_flows") {
+			t.Errorf("JUnit(cut short) case %s system-out = %q, want the cut short said only on drops cases", c.Name, c.SystemOut)
+		}
 	}
 }

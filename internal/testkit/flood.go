@@ -13,21 +13,29 @@ import (
 // UDP to ports from DroppedPorts on by an nft rule in B's input (before
 // conntrack confirms the flow: a flow no table knows), UDP to any other
 // port by B itself, finding no socket (after conntrack confirmed the flow:
-// a flow B's conntrack table knows).
+// a flow B's conntrack table knows). UDP to ports from DNATPorts to
+// DroppedPorts is first DNATed to RealB, an address of B's own: a
+// load-balanced flow; below DNATPorts, a plain local flow, no NAT.
 type DropPair struct {
-	A, B         netns.Target
-	AddrA, AddrB netip.Addr
+	A, B                netns.Target
+	AddrA, AddrB, RealB netip.Addr
 }
 
-// DroppedPorts are the ports B's nft rule drops: [DroppedPorts, 65535].
-const DroppedPorts = 40000
+// DroppedPorts are the ports B's nft rule drops: [DroppedPorts, 65535];
+// DNATPorts the ports it DNATs to RealB: [DNATPorts, DroppedPorts).
+const (
+	DroppedPorts = 40000
+	DNATPorts    = 20000
+)
 
 // NewDropPair builds a DropPair that is removed when the test ends.
 func NewDropPair(t testing.TB) *DropPair {
 	t.Helper()
-	p := &DropPair{A: Netns(t, "fa"), B: Netns(t, "fb"), AddrA: netip.MustParseAddr("10.79.0.1"), AddrB: netip.MustParseAddr("10.79.0.2")}
+	p := &DropPair{A: Netns(t, "fa"), B: Netns(t, "fb"), AddrA: netip.MustParseAddr("10.79.0.1"), AddrB: netip.MustParseAddr("10.79.0.2"), RealB: netip.MustParseAddr("10.79.0.3")}
 	Veth(t, VethEnd{NS: p.A, Name: "f0", Addrs: []string{"10.79.0.1/24"}}, VethEnd{NS: p.B, Name: "f1", Addrs: []string{"10.79.0.2/24"}})
-	Run(t, p.B, "nft", "add table ip f; add chain ip f in { type filter hook input priority 0; }; add rule ip f in ct state invalid drop; add rule ip f in udp dport 40000-65535 drop")
+	Run(t, p.B, "ip", "addr", "add", p.RealB.String()+"/32", "dev", "lo")
+	Run(t, p.B, "nft", "add table ip f; add chain ip f in { type filter hook input priority 0; }; add rule ip f in ct state invalid drop; add rule ip f in udp dport 40000-65535 drop; "+
+		"add chain ip f pre { type nat hook prerouting priority -100; }; add rule ip f pre udp dport 20000-39999 dnat to "+p.RealB.String())
 	// B answers each closed port with an ICMP error: rate-limited by
 	// default; off, so that the flood is all B does.
 	Sysctl(t, p.B, "net.ipv4.icmp_ratelimit", "0")

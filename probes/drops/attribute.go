@@ -62,13 +62,17 @@ type Attributor struct {
 	progress chan struct{} // closed (and replaced) whenever the tables are read further
 	// CLOCK_MONOTONIC ns: when the newest conntrack dump and IPVS read
 	// started, when the event socket was last found empty, when events were
-	// last lost (0: never).
-	dumpAt, vsAt, drainedAt, lostAt int64
-	subscribed                      bool
-	wantDump, wantVS                bool
-	errs                            map[string]string // table → why it could not be read
-	ct                              *conntrack.Dumper
-	vs                              *ipvs.ConnTable
+	// last lost (0: never), when the cache last let flows go that only
+	// events had named (0: never). Events prove a flow absent only when a
+	// dump started after both loss and eviction.
+	dumpAt, vsAt, drainedAt, lostAt, evictedAt int64
+	maxKeys                                    int  // keys of one cache generation
+	dumping                                    bool // a dump's flows are being cached: what they evict, the dump re-read
+	subscribed                                 bool
+	wantDump, wantVS                           bool
+	errs                                       map[string]string // table → why it could not be read
+	ct                                         *conntrack.Dumper
+	vs                                         *ipvs.ConnTable
 
 	wake                      chan struct{}
 	stop                      chan struct{}
@@ -98,7 +102,7 @@ type tupleKey struct {
 // only the conntrack flows that touch one of them (the tracer's own address
 // filter: no other drop is reported); proto narrows the first dump further.
 func NewAttributor(lb netns.Target, addrs []netip.Addr, proto uint8) *Attributor {
-	a := &Attributor{LB: lb, Interval: DefaultInterval, cur: map[tupleKey]*Flow{}, old: map[tupleKey]*Flow{},
+	a := &Attributor{LB: lb, Interval: DefaultInterval, cur: map[tupleKey]*Flow{}, old: map[tupleKey]*Flow{}, maxKeys: MaxCacheKeys,
 		progress: make(chan struct{}), errs: map[string]string{}, wake: make(chan struct{}, 1), stop: make(chan struct{})}
 	if len(addrs) > 0 {
 		a.keep = func(x netip.Addr) bool { return slices.Contains(addrs, x) }
@@ -177,7 +181,7 @@ func (a *Attributor) attribute(ctx context.Context, p Packet, at int64) *Flow {
 			a.mu.Unlock()
 			return f
 		}
-		ctDone := a.dumpAt > at || a.subscribed && a.drainedAt > at && a.dumpAt > a.lostAt
+		ctDone := a.dumpAt > at || a.subscribed && a.drainedAt > at && a.dumpAt > max(a.lostAt, a.evictedAt)
 		vsDone := a.vs == nil || a.vsAt > at
 		if ctDone && vsDone || ctx.Err() != nil {
 			// The tables were read past this drop and the flow was not in
@@ -189,7 +193,7 @@ func (a *Attributor) attribute(ctx context.Context, p Packet, at int64) *Flow {
 		// Without events, conntrack is read by dumps (the first one is under
 		// way from the start); with them, the reader asks for a dump itself
 		// when events were lost.
-		if !ctDone && !a.subscribed && a.dumpAt != 0 {
+		if !ctDone && (!a.subscribed || a.dumpAt <= max(a.lostAt, a.evictedAt)) && a.dumpAt != 0 {
 			a.wantDump, wake = true, true
 		}
 		if !vsDone {
@@ -229,7 +233,13 @@ func (a *Attributor) putLocked(k tupleKey, f *Flow) {
 			return
 		}
 	}
-	if len(a.cur) >= MaxCacheKeys {
+	if len(a.cur) >= a.maxKeys {
+		if len(a.old) > 0 && !a.dumping {
+			// Flows only events named may go: the events no longer
+			// prove a miss absent, a dump must (the reader asks for one).
+			a.evictedAt, a.wantDump = monotonicNow(), true
+			a.kick()
+		}
 		a.old, a.cur = a.cur, make(map[tupleKey]*Flow, len(a.cur))
 	}
 	a.cur[k] = f
@@ -246,7 +256,7 @@ func (a *Attributor) advanceLocked() {
 func (a *Attributor) Prefetch() {
 	a.mu.Lock()
 	a.wantVS = a.vs != nil
-	if !a.subscribed || a.lostAt >= a.dumpAt {
+	if !a.subscribed || max(a.lostAt, a.evictedAt) >= a.dumpAt {
 		a.wantDump = true
 	}
 	a.mu.Unlock()
@@ -297,7 +307,10 @@ func (a *Attributor) refresher(started chan<- struct{}) {
 		case <-a.stop:
 			return
 		}
-		if d := time.Until(last.Add(a.Interval)); d > 0 {
+		a.mu.Lock()
+		interval := a.Interval
+		a.mu.Unlock()
+		if d := time.Until(last.Add(interval)); d > 0 {
 			t := time.NewTimer(d)
 			select {
 			case <-t.C:
@@ -323,6 +336,10 @@ func (a *Attributor) follow(sub *conntrack.NewFlows) {
 	var got []entry
 	collect := func(proto uint8, o, r conntrack.Tuple) { got = append(got, entry{proto, o, r}) }
 	block := false
+	// After ENOBUFS the kernel drops events without saying so again until
+	// the queue has been emptied (netlink's congested state): until then
+	// every read is lossy.
+	congested := false
 	for {
 		select {
 		case <-a.stop:
@@ -330,30 +347,46 @@ func (a *Attributor) follow(sub *conntrack.NewFlows) {
 		default:
 		}
 		got = got[:0]
+		// An empty read proves read every event queued before it started,
+		// not before it returned (a drop may come between the two): the
+		// time is taken first.
+		before := monotonicNow()
 		drained, err := sub.Read(block, collect)
 		now := monotonicNow()
+		dump := false
 		a.mu.Lock()
 		for _, e := range got {
 			add(e.proto, e.o, e.r)
 		}
 		switch {
 		case errors.Is(err, conntrack.ErrEventsLost):
-			a.lostAt, a.wantDump = now, true
+			a.lostAt, a.wantDump, congested, dump = now, true, true, true
 		case err != nil:
 			a.subscribed, a.wantDump = false, true
 			a.errs["conntrack events"] = err.Error()
+		case drained && block:
+			// It waited: its start is long past. The next read, at
+			// once, says whether the socket is still empty.
 		case drained:
-			a.drainedAt = now
+			if congested {
+				// Lossy until now: a dump from now on covers it.
+				a.lostAt, a.wantDump, congested, dump = before, true, false, true
+			}
+			a.drainedAt = before
 			a.advanceLocked()
+		case congested:
+			a.lostAt = now
 		}
 		a.mu.Unlock()
-		if err != nil {
+		if err != nil || dump {
 			a.kick()
-			if !errors.Is(err, conntrack.ErrEventsLost) {
+			if err != nil && !errors.Is(err, conntrack.ErrEventsLost) {
 				return
 			}
 		}
-		block = drained // the socket is empty: wait for the next flow
+		// The socket found empty without waiting: wait for the next flow;
+		// after a wait, look again at once.
+		block = drained && !block
 	}
 }
 
@@ -369,6 +402,9 @@ func (a *Attributor) adder() func(proto uint8, o, r conntrack.Tuple) {
 }
 
 func (a *Attributor) addPlacesLocked(proto uint8, fl conntrack.Flow) {
+	if !loadBalanced(fl) {
+		return
+	}
 	var seen [6]tupleKey
 	for i, pl := range conntrackPlaces {
 		f := pl.place(fl)
@@ -399,10 +435,13 @@ func (a *Attributor) batch(dump, vs bool) {
 			errs["conntrack"] = err.Error()
 		}
 	}
+	a.mu.Lock()
+	maxFlows := a.maxKeys / 6
+	a.mu.Unlock()
 	if dump && a.ct != nil {
 		for _, flt := range a.filters {
 			_, err := a.ct.Tuples(flt, func(proto uint8, o, r conntrack.Tuple) {
-				if len(flows) < MaxCacheKeys/6 {
+				if len(flows) < maxFlows {
 					flows = append(flows, entry{proto, o, r})
 				}
 			})
@@ -423,9 +462,11 @@ func (a *Attributor) batch(dump, vs bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	add := a.adder()
+	a.dumping = dump
 	for _, e := range flows {
 		add(e.proto, e.o, e.r)
 	}
+	a.dumping = false
 	for _, c := range conns {
 		p, ok := proto.Parse(c.Proto)
 		if !ok {
@@ -500,9 +541,20 @@ func (pl vsPlace) place(c ipvs.Conn) *placed {
 	return &placed{Flow{Client: c.Client, VIP: c.VIP, Real: c.Dest, Direction: pl.direction, Stage: pl.stage, Source: "ipvs"}, s, d}
 }
 
+// loadBalanced says whether a conntrack flow is a load-balanced one: its
+// destination was rewritten (DNAT, by nft or iptables, or IPVS updating the
+// conntrack entry). A flow answered from the address it was sent to — a
+// plain local or routed flow, SNAT or not — has no VIP and no real server:
+// naming it "VIP … via real …" would invent a service, so a drop of it is
+// not attributed.
+func loadBalanced(fl conntrack.Flow) bool { return fl.Reply.Src != fl.Orig.Dst }
+
 // MatchConntrack places a packet s → d on conntrack flow fl (original o,
-// reply r), or returns nil.
+// reply r), or returns nil (also when fl is not load-balanced).
 func MatchConntrack(s, d netip.AddrPort, fl conntrack.Flow) *Flow {
+	if !loadBalanced(fl) {
+		return nil
+	}
 	for _, pl := range conntrackPlaces {
 		if p := pl.place(fl); p.s == s && p.d == d {
 			return &p.Flow

@@ -22,3 +22,11 @@ func SetPollInterval(d time.Duration) (restore func()) {
 	pollInterval = d
 	return func() { pollInterval = old }
 }
+
+// SetBounds bounds a's cache generations to keys keys, and its batched
+// reads to one per interval.
+func SetBounds(a *Attributor, keys int, interval time.Duration) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.maxKeys, a.Interval = keys, interval
+}

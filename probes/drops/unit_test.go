@@ -77,6 +77,16 @@ func TestMatchConntrack(t *testing.T) {
 	if f := drops.MatchConntrack(ap("10.9.9.9:1"), ap("10.1.0.3:41234"), fl); f != nil {
 		t.Errorf("MatchConntrack(unrelated) = %+v, want nil", f)
 	}
+	// No DNAT (SNAT or not): a plain flow, not a load-balanced one.
+	for _, reply := range []conntrack.Tuple{
+		{Src: ap("10.1.0.6:8085"), Dst: ap("10.1.0.3:41234")},
+		{Src: ap("10.1.0.6:8085"), Dst: ap("10.1.0.5:41234")},
+	} {
+		plain := conntrack.Flow{Orig: fl.Orig, Reply: reply}
+		if f := drops.MatchConntrack(ap("10.1.0.3:41234"), ap("10.1.0.6:8085"), plain); f != nil {
+			t.Errorf("MatchConntrack(no DNAT, reply %s) = %+v, want nil", reply, f)
+		}
+	}
 	c := ipvs.Conn{Proto: "tcp", Client: ap("10.1.0.3:41234"), VIP: ap("10.1.0.6:8085"), Dest: ap("10.1.0.50:8085")}
 	if f := drops.MatchIPVS(ap("10.1.0.50:8085"), ap("10.1.0.3:41234"), c); f == nil || f.Direction != "reply" || f.Source != "ipvs" {
 		t.Errorf("MatchIPVS(real → client) = %+v, want the reply that IPVS never de-NATed", f)

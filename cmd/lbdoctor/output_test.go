@@ -1,0 +1,161 @@
+package main
+
+import (
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lbdoctor/lbdoctor/internal/testkit"
+)
+
+var closingRE = regexp.MustCompile(`(?m)^(\d+) drops matched in [^:]+: (\d+) reported, (\d+) lost`)
+
+// A stdout nobody reads holds neither a drops window nor a signal: during a
+// flood whose lines fill the pipe, the window still ends on time and SIGINT
+// still ends the process within 200 ms; the lines that could not be
+// written are counted and said on stderr, and matched = reported + lost
+// still holds.
+func TestDropsStdoutBlocked(t *testing.T) {
+	p := testkit.NewDropPair(t)
+	ports := testkit.Ports(20000, 5000) // 5,000 lines: far more than a pipe holds
+	const window = 3 * time.Second
+	for _, tc := range []struct {
+		name      string
+		args      []string
+		startLine string
+		signal    bool // SIGINT once the flood is over (stdout long blocked)
+		want      []string
+	}{
+		{"window ends", nil, "tracing drops", false, []string{"drops reported were not written: the output blocked"}},
+		{"sigint", nil, "tracing drops", true, []string{"drops reported were not written: the output blocked", "! cut short (interrupted by SIGINT)"}},
+		{"json window ends", []string{"-o", "json"}, "", false, []string{"! the JSON summary was not written", "drops reported were not written: the output blocked"}},
+		{"json sigint", []string{"-o", "json"}, "", true, []string{"! the JSON summary was not written", "drops reported were not written: the output blocked"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, w, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close() // never read
+			args := append([]string{"drops", "--netns", p.B.Name, "--host", p.AddrA.String(), "--duration", window.String()}, tc.args...)
+			lp := startLbdoctorTo(t, "", w, tc.startLine, args...)
+			w.Close()
+			start := lp.waitStart(t)
+			p.Flood(t, ports, time.Second)
+			var limit time.Duration
+			from := start
+			if tc.signal {
+				time.Sleep(200 * time.Millisecond)
+				from = time.Now()
+				lp.cmd.Process.Signal(syscall.SIGINT)
+				limit = 200 * time.Millisecond
+			} else {
+				limit = window + 300*time.Millisecond
+				if tc.startLine == "" {
+					// Started from the program's loading, before it is
+					// attached and the tables read: up to ~0.5 s earlier.
+					limit += time.Second
+				}
+			}
+			lp.wait(t, window+10*time.Second)
+			took := lp.ended.Sub(from)
+			errText := lp.errText()
+			ok := lp.code == 0 && took <= limit
+			for _, want := range tc.want {
+				ok = ok && strings.Contains(errText, want)
+			}
+			if !ok {
+				t.Errorf("lbdoctor %v, stdout never read = exit %d after %s:\n%.3000s\nwant exit 0 within %s, with %q", args, lp.code, took, errText, limit, tc.want)
+			}
+			if m := closingRE.FindStringSubmatch(errText); tc.startLine != "" {
+				if m == nil {
+					t.Fatalf("lbdoctor %v said no closing line:\n%s", args, errText)
+				}
+				matched, _ := strconv.Atoi(m[1])
+				reported, _ := strconv.Atoi(m[2])
+				lost, _ := strconv.Atoi(m[3])
+				if matched != reported+lost || matched == 0 {
+					t.Errorf("lbdoctor %v: %d matched, %d reported, %d lost; want matched = reported + lost > 0", args, matched, reported, lost)
+				}
+			}
+			t.Logf("ended %s after the %s", took.Round(time.Millisecond), map[bool]string{true: "signal", false: "window opened"}[tc.signal])
+		})
+	}
+}
+
+// fullPipe returns a pipe whose buffer is already full: the first write to
+// w blocks until someone reads r (nobody does).
+func fullPipe(t *testing.T) (r, w *os.File) {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	fd := int(w.Fd())
+	unix.SetNonblock(fd, true)
+	chunk := make([]byte, 4096)
+	for {
+		if _, err := unix.Write(fd, chunk); err != nil {
+			break // EAGAIN: full
+		}
+	}
+	unix.SetNonblock(fd, false) // the child shares the file description
+	return r, w
+}
+
+// Every verb ends within 200 ms of SIGINT or SIGTERM even while it is
+// blocked writing its result to a stdout nobody reads, and says why its
+// output is missing.
+func TestSignalEndsBlockedWrite(t *testing.T) {
+	ns := testkit.Netns(t, "blk")
+	for _, tc := range []struct {
+		name string
+		args []string
+		sig  syscall.Signal
+	}{
+		{"check", []string{"check", "--netns", ns.Name}, syscall.SIGINT},
+		{"check json", []string{"check", "--netns", ns.Name, "-o", "json"}, syscall.SIGTERM},
+		{"inspect", []string{"inspect", "--netns", ns.Name}, syscall.SIGINT},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, w := fullPipe(t)
+			lp := startLbdoctorTo(t, "", w, "exec", tc.args...)
+			w.Close()
+			lp.waitStart(t)
+			// Long enough for the verb to be blocked in its final write.
+			time.Sleep(3 * time.Second)
+			select {
+			case <-lp.done:
+				t.Fatalf("lbdoctor %v ended (exit %d) with its stdout full and never read:\n%s", tc.args, lp.code, lp.errText())
+			default:
+			}
+			sent := time.Now()
+			lp.cmd.Process.Signal(tc.sig)
+			lp.wait(t, 10*time.Second)
+			took := lp.ended.Sub(sent)
+			if took > 200*time.Millisecond || !strings.Contains(lp.errText(), "output blocked") {
+				t.Errorf("lbdoctor %v, blocked on stdout, %s = exit %d after %s:\n%s\nwant an end within 200ms saying the output blocked", tc.args, tc.sig, lp.code, took, lp.errText())
+			}
+		})
+	}
+	// drops does not wait for a signal: its window's end bounds the writes.
+	t.Run("drops summary", func(t *testing.T) {
+		_, w := fullPipe(t)
+		args := []string{"drops", "--netns", ns.Name, "--summary", "--duration", "300ms"}
+		lp := startLbdoctorTo(t, "", w, "tracing drops", args...)
+		w.Close()
+		start := lp.waitStart(t)
+		lp.wait(t, 10*time.Second)
+		took := lp.ended.Sub(start)
+		if want := "! the summary table was not written: output blocked"; lp.code != 0 || took > 600*time.Millisecond || !strings.Contains(lp.errText(), want) {
+			t.Errorf("lbdoctor %v, stdout full = exit %d %s after its window opened:\n%s\nwant exit 0 within 600ms, with %q", args, lp.code, took, lp.errText(), want)
+		}
+	})
+}

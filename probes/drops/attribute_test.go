@@ -1,0 +1,99 @@
+package drops_test
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lbdoctor/lbdoctor/internal/testkit"
+	"github.com/lbdoctor/lbdoctor/probes/drops"
+)
+
+// sendUDP sends one datagram from p.A's address, source port sport, to
+// p.B's dport, and returns the packet B drops for want of a socket (dst:
+// after DNAT, when the port is DNATed).
+func sendUDP(t *testing.T, p *testkit.DropPair, sport, dport uint16, dst netip.Addr) drops.Packet {
+	t.Helper()
+	err := p.A.Do(func() error {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: p.AddrA.AsSlice(), Port: int(sport)})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.WriteToUDPAddrPort([]byte("x"), netip.AddrPortFrom(p.AddrB, dport))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return drops.Packet{Family: 4, Proto: unix.IPPROTO_UDP, Src: netip.AddrPortFrom(p.AddrA, sport), Dst: netip.AddrPortFrom(dst, dport)}
+}
+
+// A drop is attributed to a load-balanced flow only when conntrack shows
+// one: UDP to a closed local port without NAT is a flow conntrack knows,
+// but no VIP and no real server: not attributed. The same through a DNAT
+// is, to the real server the DNAT chose.
+func TestAttributeOnlyLoadBalancedFlows(t *testing.T) {
+	testkit.RequireRoot(t)
+	p := testkit.NewDropPair(t)
+	a := drops.NewAttributor(p.B, nil, 0)
+	defer a.Close()
+	plain := sendUDP(t, p, 5001, 7777, p.AddrB)
+	dnat := sendUDP(t, p, 5002, testkit.DNATPorts+7, p.RealB)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if f := a.Attribute(ctx, plain, 0, 1); f != nil {
+		t.Errorf("Attribute(UDP to closed port %s, no NAT) = %v, want nil: not a load-balanced flow", plain.Dst, f)
+	}
+	f := a.Attribute(ctx, dnat, 0, 1)
+	if f == nil || f.VIP != netip.AddrPortFrom(p.AddrB, testkit.DNATPorts+7) || f.Real != dnat.Dst {
+		t.Errorf("Attribute(UDP DNATed to %s) = %v, want VIP %s:%d via real %s", dnat.Dst, f, p.AddrB, testkit.DNATPorts+7, dnat.Dst)
+	}
+	if at, not := a.Counts(); at != 1 || not != 1 {
+		t.Errorf("Counts() = %d attributed, %d not; want 1, 1", at, not)
+	}
+}
+
+// A flow conntrack confirmed before its drop is found, even when the
+// attributor's bounded cache let it go since (more flows came after it,
+// since gone from conntrack): the events no longer prove it absent, so a
+// dump is read before the drop is counted as not attributed.
+func TestAttributeFindsEvictedFlow(t *testing.T) {
+	testkit.RequireRoot(t)
+	p := testkit.NewDropPair(t)
+	a := drops.NewAttributor(p.B, nil, 0)
+	defer a.Close()
+	// 64 DNATed flows a generation (4 places each); a dump at most every
+	// 700 ms: the next one comes after the flows that evict the first are
+	// gone from conntrack.
+	drops.SetBounds(a, 256, 700*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	// Wait for the first dump: the next may come 700 ms after it.
+	a.Attribute(ctx, drops.Packet{Family: 4, Proto: unix.IPPROTO_UDP, Src: netip.MustParseAddrPort("10.79.9.9:1"), Dst: netip.MustParseAddrPort("10.79.9.9:2")}, 0, 1)
+	first := sendUDP(t, p, 5001, testkit.DNATPorts, p.RealB)
+	// 400 flows more from another port: the first goes out of the cache.
+	err := p.A.Do(func() error {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: p.AddrA.AsSlice(), Port: 6000})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		for _, port := range testkit.Ports(testkit.DNATPorts+1, 400) {
+			c.WriteToUDPAddrPort([]byte("x"), netip.AddrPortFrom(p.AddrB, port))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // their events read
+	testkit.Run(t, p.B, "conntrack", "-D", "-p", "udp", "--orig-port-src", "6000")
+	if f := a.Attribute(ctx, first, 0, 1); f == nil || f.Real != first.Dst {
+		t.Errorf("Attribute(%s → %s, its flow in conntrack, out of the cache) = %v, want its flow via real %s", first.Src, first.Dst, f, first.Dst)
+	}
+}
