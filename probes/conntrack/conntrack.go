@@ -241,22 +241,19 @@ func rawTuples(data []byte) (orig, reply rawTupleT, err error) {
 	if len(data) < 4 {
 		return orig, reply, errors.New("short ctnetlink message")
 	}
-	ad, err := netlink.NewAttributeDecoder(data[4:])
-	if err != nil {
-		return orig, reply, err
-	}
-	for ad.Next() {
-		switch ad.Type() {
+	at := nlAttrs(data[4:])
+	for at.next() {
+		switch at.typ {
 		case ctaTupleOrig:
-			orig, err = rawTuple(ad.Bytes())
+			orig, err = rawTuple(at.val)
 		case ctaTupleReply:
-			reply, err = rawTuple(ad.Bytes())
+			reply, err = rawTuple(at.val)
 		}
 		if err != nil {
 			return orig, reply, err
 		}
 	}
-	return orig, reply, ad.Err()
+	return orig, reply, at.err
 }
 
 // openRaw opens a ctnetlink socket that belongs to ns, bound to the
@@ -392,21 +389,18 @@ func rawMatch(data []byte, f Filter) (bool, error) {
 	if f.Field == ReplySrc || f.Field == ReplyDst {
 		want = ctaTupleReply
 	}
-	ad, err := netlink.NewAttributeDecoder(data[4:])
-	if err != nil {
-		return false, err
-	}
-	for ad.Next() {
-		if ad.Type() != want {
+	at := nlAttrs(data[4:])
+	for at.next() {
+		if at.typ != want {
 			continue
 		}
-		t, err := rawTuple(ad.Bytes())
+		t, err := rawTuple(at.val)
 		if err != nil {
 			return false, err
 		}
 		return t.matches(f), nil
 	}
-	return false, ad.Err()
+	return false, at.err
 }
 
 type rawTupleT struct {
@@ -423,22 +417,19 @@ func (t rawTupleT) matches(f Filter) bool {
 	return addr == f.Addr.Unmap() && (f.Proto == 0 || f.Proto == t.proto) && (f.Port == 0 || f.Port == port)
 }
 
+// rawTuple decodes one CTA_TUPLE_* attribute. It walks the attribute
+// headers in place: events and dumps decode one per flow, and a decoder
+// object per attribute cost more than the rest of attribution.
 func rawTuple(b []byte) (rawTupleT, error) {
 	var t rawTupleT
-	ad, err := netlink.NewAttributeDecoder(b)
-	if err != nil {
-		return t, err
-	}
-	for ad.Next() {
-		inner, err := netlink.NewAttributeDecoder(ad.Bytes())
-		if err != nil {
-			return t, err
-		}
-		switch ad.Type() {
+	at := nlAttrs(b)
+	for at.next() {
+		var inner nlAttr
+		switch at.typ {
 		case ctaTupleIP:
-			for inner.Next() {
-				a, _ := netip.AddrFromSlice(inner.Bytes())
-				switch inner.Type() {
+			for inner = nlAttrs(at.val); inner.next(); {
+				a, _ := netip.AddrFromSlice(inner.val)
+				switch inner.typ {
 				case ctaIPv4Src, ctaIPv6Src:
 					t.src = a
 				case ctaIPv4Dst, ctaIPv6Dst:
@@ -446,29 +437,63 @@ func rawTuple(b []byte) (rawTupleT, error) {
 				}
 			}
 		case ctaTupleProto:
-			for inner.Next() {
-				switch inner.Type() {
+			for inner = nlAttrs(at.val); inner.next(); {
+				switch inner.typ {
 				case ctaProtoNum:
-					t.proto = inner.Uint8()
+					if len(inner.val) != 1 {
+						return t, fmt.Errorf("netlink: attribute %d: want 1 byte, got %d", inner.typ, len(inner.val))
+					}
+					t.proto = inner.val[0]
 				case ctaProtoSrc:
-					t.srcPort = binary.BigEndian.Uint16(pad2(inner.Bytes()))
+					t.srcPort = port(inner.val)
 				case ctaProtoDst:
-					t.dstPort = binary.BigEndian.Uint16(pad2(inner.Bytes()))
+					t.dstPort = port(inner.val)
 				}
 			}
 		}
-		if err := inner.Err(); err != nil {
-			return t, err
+		if inner.err != nil {
+			return t, inner.err
 		}
 	}
-	return t, ad.Err()
+	return t, at.err
 }
 
-func pad2(b []byte) []byte {
-	if len(b) >= 2 {
-		return b
+func port(b []byte) uint16 {
+	if len(b) < 2 {
+		return 0
 	}
-	return []byte{0, 0}
+	return binary.BigEndian.Uint16(b)
+}
+
+// nlAttr walks a run of netlink attributes in place: next moves to the
+// following one (typ without the nested/byte-order flags, val its payload)
+// and reports false at the end or on a malformed header (err).
+type nlAttr struct {
+	rest []byte
+	typ  uint16
+	val  []byte
+	err  error
+}
+
+func nlAttrs(b []byte) nlAttr { return nlAttr{rest: b} }
+
+func (a *nlAttr) next() bool {
+	if len(a.rest) == 0 || a.err != nil {
+		return false
+	}
+	if len(a.rest) < unix.SizeofNlAttr {
+		a.err = errors.New("netlink: short attribute header")
+		return false
+	}
+	l := int(binary.NativeEndian.Uint16(a.rest))
+	if l < unix.SizeofNlAttr || l > len(a.rest) {
+		a.err = fmt.Errorf("netlink: attribute length %d out of range", l)
+		return false
+	}
+	a.typ = binary.NativeEndian.Uint16(a.rest[2:]) &^ (unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER)
+	a.val = a.rest[unix.SizeofNlAttr:l]
+	a.rest = a.rest[min((l+unix.NLA_ALIGNTO-1)&^(unix.NLA_ALIGNTO-1), len(a.rest)):]
+	return true
 }
 
 func convert(f *ct.Flow) Flow {
