@@ -1,6 +1,7 @@
 package report
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -300,9 +301,76 @@ func sortedKeys[V any](m map[string]V) []string {
 	return keys
 }
 
-// JSONDocument writes any value as one indented JSON document.
+// JSONDocument writes any value as one indented JSON document, byte for
+// byte what json.Encoder with SetIndent("", "  ") writes. It indents the
+// compact encoding itself: encoding/json's indent pass runs its full
+// scanner over every byte, which cost a `drops --summary -o json` of
+// 10,000 rows more than encoding them.
 func JSONDocument(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	out := append(indentJSON(make([]byte, 0, len(b)+len(b)/2), b), '\n')
+	_, err = w.Write(out)
+	return err
+}
+
+// indentJSON appends src — compact, valid JSON as json.Marshal writes it —
+// indented by two spaces per level, the way json.Indent(dst, src, "", "  ")
+// does: a newline after each '{', '[' and ',', ": " after keys, and empty
+// objects and arrays kept as {} and [].
+func indentJSON(dst, src []byte) []byte {
+	depth := 0
+	newline := func() {
+		dst = append(dst, '\n')
+		for range depth {
+			dst = append(dst, ' ', ' ')
+		}
+	}
+	for i := 0; i < len(src); i++ {
+		c := src[i]
+		switch c {
+		case '"':
+			// Copy the string whole: up to its closing quote, past escapes.
+			j := i + 1
+			for j < len(src) {
+				k := bytes.IndexAny(src[j:], `"\`)
+				if k < 0 {
+					j = len(src)
+					break
+				}
+				j += k
+				if src[j] == '\\' {
+					j += 2
+					continue
+				}
+				break
+			}
+			j = min(j+1, len(src))
+			dst = append(dst, src[i:j]...)
+			i = j - 1
+		case '{', '[':
+			dst = append(dst, c)
+			if i+1 < len(src) && (src[i+1] == '}' || src[i+1] == ']') {
+				dst = append(dst, src[i+1])
+				i++
+				continue
+			}
+			depth++
+			newline()
+		case '}', ']':
+			depth--
+			newline()
+			dst = append(dst, c)
+		case ',':
+			dst = append(dst, c)
+			newline()
+		case ':':
+			dst = append(dst, c, ' ')
+		default:
+			dst = append(dst, c)
+		}
+	}
+	return dst
 }
