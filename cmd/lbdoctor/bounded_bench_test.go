@@ -2,10 +2,14 @@ package main
 
 import (
 	"os"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/lbdoctor/lbdoctor/internal/report"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 )
 
@@ -13,10 +17,15 @@ import (
 // 5 s window while LBDOCTOR_BENCH_FLOWS (10,000) distinct flows are dropped
 // in its namespace — half known to conntrack, half not — and reports the
 // process's wall time after its window opened, how far past the window it
-// ran, its CPU time (user+sys, from the kernel's rusage of the child), the
-// CPU per drop over an idle run of the same window, and the drops it
+// ran, its CPU time (user+sys, from the kernel's rusage of the child; in
+// all, and after its tracer loaded), the CPU per drop over an idle run of
+// the same window (both counted after the tracer loaded; B's conntrack
+// table flushed before each run), and the drops it
 // attributed and did not. LBDOCTOR_BENCH_BIN measures another lbdoctor
 // binary (an older one: its attribution is counted from the flows it shows).
+// Each iteration makes LBDOCTOR_BENCH_RUNS (3) pairs of an idle and a flood
+// run, in turn, and reports the medians: one run's startup CPU (BTF,
+// kallsyms) varies by more than the flood costs on a shared machine.
 //
 //	sudo go test -run '^$' -bench DropsFlood -benchtime 1x ./cmd/lbdoctor/
 func BenchmarkDropsFlood(b *testing.B) {
@@ -29,39 +38,79 @@ func BenchmarkDropsFlood(b *testing.B) {
 	p := testkit.NewDropPair(b)
 	ports := append(testkit.Ports(20000, flows/2), testkit.Ports(testkit.DroppedPorts, flows-flows/2)...)
 	bin := os.Getenv("LBDOCTOR_BENCH_BIN")
+	runs := 3
+	if v, err := strconv.Atoi(os.Getenv("LBDOCTOR_BENCH_RUNS")); err == nil && v > 0 {
+		runs = v
+	}
 	for _, mode := range []string{"events", "summary"} {
 		b.Run(mode, func(b *testing.B) {
 			args := []string{"drops", "--netns", p.B.Name, "--host", p.AddrA.String(), "--duration", window.String(), "-o", "json"}
 			if mode == "summary" {
 				args = append(args, "--summary")
 			}
-			run := func(flood bool) *proc {
+			// run returns the process and the CPU it used after its tracer
+			// loaded: startup (BTF, kallsyms) is the same in both runs but
+			// varies by more than the flood costs.
+			run := func(flood bool) (*proc, time.Duration) {
+				p.ForgetFlows(b)
 				lp := startLbdoctorBin(b, bin, "", args...)
 				lp.waitStart(b)
+				before := processCPU(b, lp.cmd.Process.Pid)
 				if flood {
 					p.Flood(b, ports, window-time.Second)
 				}
 				lp.wait(b, 30*time.Minute)
-				return lp
+				return lp, lp.cpu() - before
 			}
 			for i := 0; i < b.N; i++ {
-				idle := run(false)
-				lp := run(true)
-				s := lp.summary(b, mode == "summary")
+				var idles, cpus, idleWins, wins, walls, pasts []time.Duration
+				var lp *proc
+				var s report.DropsSummary
+				for range runs {
+					idle, idleWin := run(false)
+					idles, idleWins = append(idles, idle.cpu()), append(idleWins, idleWin)
+					var win time.Duration
+					lp, win = run(true)
+					wins = append(wins, win)
+					s = lp.summary(b, mode == "summary")
+					wall := lp.ended.Sub(<-lp.startedAt)
+					walls = append(walls, wall)
+					pasts = append(pasts, wall-window-time.Duration(s.AttachMs*float64(time.Millisecond)))
+					cpus = append(cpus, lp.cpu())
+				}
 				with, without := lp.flowsShown(mode == "summary")
-				wall := lp.ended.Sub(<-lp.startedAt)
-				cpu := lp.cpu()
+				idle, cpu, wall, past := median(idles), median(cpus), median(walls), median(pasts)
+				idleWin, win := median(idleWins), median(wins)
 				b.ReportMetric(wall.Seconds(), "wall-s")
-				b.ReportMetric(float64((wall - window - time.Duration(s.AttachMs*float64(time.Millisecond))).Milliseconds()), "past-window-ms")
+				b.ReportMetric(float64(past.Milliseconds()), "past-window-ms")
 				b.ReportMetric(float64(cpu.Milliseconds()), "cpu-ms")
-				b.ReportMetric(float64(idle.cpu().Milliseconds()), "idle-cpu-ms")
-				b.ReportMetric(float64((cpu-idle.cpu()).Microseconds())/float64(flows), "cpu-µs/drop")
+				b.ReportMetric(float64(idle.Milliseconds()), "idle-cpu-ms")
+				b.ReportMetric(float64(win.Milliseconds()), "window-cpu-ms")
+				b.ReportMetric(float64(idleWin.Milliseconds()), "idle-window-cpu-ms")
+				b.ReportMetric(float64((win-idleWin).Microseconds())/float64(flows), "cpu-µs/drop")
 				b.ReportMetric(float64(s.Counters.Matched), "matched")
 				b.ReportMetric(float64(with), "attributed")
 				b.ReportMetric(float64(without), "not-attributed")
-				b.Logf("%s: %d flows, wall %s after the tracer loaded, CPU %s (idle run %s), attribution %+v, shown with a flow %d, without %d",
-					mode, flows, wall.Round(time.Millisecond), cpu, idle.cpu(), s.Attribution, with, without)
+				b.Logf("%s: %d flows, medians of %d runs: wall %s after the tracer loaded, CPU %s (idle runs %s), after the tracer loaded %s (idle runs %s), past the window %s; last run: attribution %+v, shown with a flow %d, without %d",
+					mode, flows, runs, wall.Round(time.Millisecond), cpus, idles, wins, idleWins, pasts, s.Attribution, with, without)
 			}
 		})
 	}
+}
+
+// processCPU is the CPU time process pid has used so far, all its threads
+// (its CPU-time clock, MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)).
+func processCPU(t testing.TB, pid int) time.Duration {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(int32(^pid<<3|2), &ts); err != nil {
+		t.Fatalf("CPU clock of process %d: %v", pid, err)
+	}
+	return time.Duration(ts.Nano())
+}
+
+// median is the middle of ds (the upper one of an even count).
+func median(ds []time.Duration) time.Duration {
+	ds = slices.Clone(ds)
+	slices.Sort(ds)
+	return ds[len(ds)/2]
 }

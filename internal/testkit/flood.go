@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	ct "github.com/ti-mo/conntrack"
+
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 )
 
@@ -74,4 +76,22 @@ func Ports(first, n int) []uint16 {
 		out[i] = uint16(first + i)
 	}
 	return out
+}
+
+// ForgetFlows flushes B's conntrack table: a flood's flows (30 s for
+// unanswered UDP) would otherwise be in the next run's first dump and not
+// new to its event subscription, and each run would measure another table.
+func (p *DropPair) ForgetFlows(t testing.TB) {
+	t.Helper()
+	err := p.B.Do(func() error {
+		c, err := ct.Dial(nil)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		return c.Flush()
+	})
+	if err != nil {
+		t.Fatalf("flush conntrack in %s: %v", p.B, err)
+	}
 }
