@@ -406,16 +406,19 @@ func (a *Attributor) addPlacesLocked(proto uint8, fl conntrack.Flow) {
 		return
 	}
 	var seen [6]tupleKey
+	// One allocation for the six places of a flow, not one per place.
+	places := new([6]Flow)
 	for i, pl := range conntrackPlaces {
-		f := pl.place(fl)
-		k := tupleKey{f.s, f.d, proto}
+		s, d := pl.pkt(fl.Orig, fl.Reply)
+		k := tupleKey{s, d, proto}
 		// The first place that fits names the packet: without NAT the
 		// tuples coincide, and "as the client sent it" is the truth.
 		if slices.Contains(seen[:i], k) {
 			continue
 		}
 		seen[i] = k
-		a.putLocked(k, &f.Flow)
+		places[i] = pl.flow(fl)
+		a.putLocked(k, &places[i])
 	}
 }
 
@@ -521,7 +524,11 @@ var conntrackPlaces = []ctPlace{
 
 func (pl ctPlace) place(fl conntrack.Flow) *placed {
 	s, d := pl.pkt(fl.Orig, fl.Reply)
-	return &placed{Flow{Client: fl.Orig.Src, VIP: fl.Orig.Dst, Real: fl.Reply.Src, Direction: pl.direction, Stage: pl.stage, Source: "conntrack"}, s, d}
+	return &placed{pl.flow(fl), s, d}
+}
+
+func (pl ctPlace) flow(fl conntrack.Flow) Flow {
+	return Flow{Client: fl.Orig.Src, VIP: fl.Orig.Dst, Real: fl.Reply.Src, Direction: pl.direction, Stage: pl.stage, Source: "conntrack"}
 }
 
 type vsPlace struct {
