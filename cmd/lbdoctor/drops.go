@@ -322,7 +322,7 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 	}
 	if jsonOut {
 		if f.summary {
-			err = report.JSONDocument(out, sum)
+			err = report.DropsSummaryJSON(out, sum)
 		} else {
 			err = report.DropsJSONLine(out, sum)
 		}

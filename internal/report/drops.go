@@ -160,6 +160,12 @@ func DropLine(d Drop) string {
 
 // DropsJSONLine writes one JSON object on a line.
 func DropsJSONLine(w io.Writer, v any) error {
+	if d, ok := v.(Drop); ok {
+		if b := d.appendJSON(make([]byte, 0, 512)); b != nil {
+			_, err := w.Write(append(b, '\n'))
+			return err
+		}
+	}
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err

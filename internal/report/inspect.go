@@ -1,7 +1,6 @@
 package report
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -334,18 +333,11 @@ func indentJSON(dst, src []byte) []byte {
 		case '"':
 			// Copy the string whole: up to its closing quote, past escapes.
 			j := i + 1
-			for j < len(src) {
-				k := bytes.IndexAny(src[j:], `"\`)
-				if k < 0 {
-					j = len(src)
-					break
-				}
-				j += k
+			for j < len(src) && src[j] != '"' {
 				if src[j] == '\\' {
-					j += 2
-					continue
+					j++
 				}
-				break
+				j++
 			}
 			j = min(j+1, len(src))
 			dst = append(dst, src[i:j]...)

@@ -1,0 +1,173 @@
+package report
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/netip"
+	"strconv"
+	"unicode/utf8"
+
+	"github.com/lbdoctor/lbdoctor/probes/drops"
+)
+
+// A drops flood makes one Drop per flow: encoding/json's reflection, and
+// its scanner over each value a Marshaler returns, cost more than the rest
+// of naming a drop. appendJSON writes a Drop exactly as json.Marshal does
+// (TestDropJSONAsMarshal holds the two together, field by field).
+
+// appendJSON appends d as json.Marshal encodes it.
+func (d *Drop) appendJSON(b []byte) []byte {
+	b = append(b, `{"type":`...)
+	b = appendJSONString(b, d.Type)
+	if !d.Time.IsZero() {
+		// Time.MarshalJSON's text, quoted, without its allocation.
+		var err error
+		if b, err = d.Time.AppendText(append(b, `,"time":"`...)); err != nil {
+			return nil // out of its range: json.Marshal says so
+		}
+		b = append(b, '"')
+	}
+	b = append(b, `,"netns":`...)
+	b = strconv.AppendUint(b, uint64(d.Netns), 10)
+	b = appendOmitEmpty(b, `,"netns_name":`, d.NetnsTag)
+	b = appendOmitEmpty(b, `,"ifname":`, d.Ifname)
+	b = append(b, `,"reason":`...)
+	b = appendJSONString(b, d.Reason)
+	b = append(b, `,"location":`...)
+	b = appendJSONString(b, d.Location)
+	b = appendOmitEmpty(b, `,"proto":`, d.Proto)
+	b = appendOmitEmpty(b, `,"src":`, d.Src)
+	b = appendOmitEmpty(b, `,"dst":`, d.Dst)
+	b = appendOmitEmpty(b, `,"tcp_flags":`, d.TCPFlags)
+	if d.Len != 0 {
+		b = append(b, `,"len":`...)
+		b = strconv.AppendUint(b, uint64(d.Len), 10)
+	}
+	if d.Count != 0 {
+		b = append(b, `,"count":`...)
+		b = strconv.AppendUint(b, d.Count, 10)
+	}
+	if d.NotItemised {
+		b = append(b, `,"not_itemised":true`...)
+	}
+	if len(d.Stack) > 0 {
+		b = append(b, `,"stack":[`...)
+		for i, f := range d.Stack {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendJSONString(b, f)
+		}
+		b = append(b, ']')
+	}
+	if f := d.Flow; f != nil {
+		b = append(b, `,"flow":{"client":`...)
+		b = appendAddrPort(b, f.Client)
+		b = append(b, `,"vip":`...)
+		b = appendAddrPort(b, f.VIP)
+		b = append(b, `,"real":`...)
+		b = appendAddrPort(b, f.Real)
+		b = append(b, `,"direction":`...)
+		b = appendJSONString(b, f.Direction)
+		b = append(b, `,"stage":`...)
+		b = appendJSONString(b, f.Stage)
+		b = append(b, `,"source":`...)
+		b = appendJSONString(b, f.Source)
+		b = append(b, '}')
+	}
+	if r := d.Raw; r != nil {
+		b = appendRaw(b, r)
+	}
+	return append(b, '}')
+}
+
+func appendRaw(b []byte, r *drops.RawEvent) []byte {
+	b = append(b, `,"raw":{"time_ns":`...)
+	b = strconv.AppendUint(b, r.TimeNs, 10)
+	b = append(b, `,"ifindex":`...)
+	b = strconv.AppendUint(b, uint64(r.Ifindex), 10)
+	b = appendOmitEmpty(b, `,"ifname":`, r.Ifname)
+	b = append(b, `,"len":`...)
+	b = strconv.AppendUint(b, uint64(r.Len), 10)
+	b = append(b, `,"cpu":`...)
+	b = strconv.AppendUint(b, uint64(r.CPU), 10)
+	b = append(b, `,"tcp_flags":`...)
+	b = strconv.AppendUint(b, uint64(r.TCPFlags), 10)
+	return append(b, '}')
+}
+
+func appendOmitEmpty(b []byte, key, s string) []byte {
+	if s == "" {
+		return b
+	}
+	return appendJSONString(append(b, key...), s)
+}
+
+// appendAddrPort appends ap as its MarshalText: "" for the zero address.
+func appendAddrPort(b []byte, ap netip.AddrPort) []byte {
+	n := len(b)
+	b = ap.AppendTo(append(b, '"'))
+	if !plain(b[n+1:]) { // a zone can hold anything
+		return appendJSONString(b[:n], string(b[n+1:]))
+	}
+	return append(b, '"')
+}
+
+func plain[T string | []byte](s T) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= utf8.RuneSelf || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return false
+		}
+	}
+	return true
+}
+
+// appendJSONString appends s quoted. Plain ASCII (what names, addresses and
+// kernel symbols are) is copied; anything else is left to encoding/json, so
+// that its escaping (HTML characters, control characters, invalid UTF-8,
+// U+2028) stays the one rule.
+func appendJSONString(b []byte, s string) []byte {
+	if !plain(s) {
+		q, _ := json.Marshal(s)
+		return append(b, q...)
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
+
+// DropsSummaryJSON writes the --summary -o json document: JSONDocument's
+// bytes, with the rows encoded by appendJSON.
+func DropsSummaryJSON(w io.Writer, s DropsSummary) error {
+	rows := s.Aggregates
+	if rows != nil {
+		s.Aggregates = []Drop{}
+	}
+	head, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	// The top-level "drops" follows other keys; no nested object has one,
+	// and a string cannot hold this byte sequence unescaped.
+	const empty = `,"drops":[]`
+	i := bytes.Index(head, []byte(empty))
+	if len(rows) == 0 || i < 0 {
+		return JSONDocument(w, s)
+	}
+	doc := make([]byte, 0, len(head)+len(rows)*512)
+	doc = append(doc, head[:i+len(empty)-1]...)
+	for j := range rows {
+		if j > 0 {
+			doc = append(doc, ',')
+		}
+		if doc = rows[j].appendJSON(doc); doc == nil {
+			s.Aggregates = rows
+			return JSONDocument(w, s)
+		}
+	}
+	doc = append(doc, head[i+len(empty)-1:]...)
+	out := append(indentJSON(make([]byte, 0, len(doc)+len(doc)/2), doc), '\n')
+	_, err = w.Write(out)
+	return err
+}
