@@ -12,7 +12,6 @@ package drops
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -22,6 +21,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -560,9 +560,13 @@ func (t *Tracer) Read(ctx context.Context, fn func(Packet, RawEvent)) error {
 			}
 			return fmt.Errorf("read drop events: %w", err)
 		}
-		if _, err := binary.Decode(rec.RawSample, binary.NativeEndian, &ev); err != nil {
-			return fmt.Errorf("decode drop event: %w", err)
+		// The record is the C struct, laid out as dropsEvent (HostLayout, no
+		// implicit padding): a copy, not encoding/binary's reflection walk
+		// over each field per event.
+		if len(rec.RawSample) < int(unsafe.Sizeof(ev)) {
+			return fmt.Errorf("decode drop event: %d bytes, want %d", len(rec.RawSample), unsafe.Sizeof(ev))
 		}
+		copy(unsafe.Slice((*byte)(unsafe.Pointer(&ev)), unsafe.Sizeof(ev)), rec.RawSample)
 		fn(packetOf(ev.Netns, ev.Reason, ev.Location, ev.Family, ev.Proto, ev.Saddr.B, ev.Daddr.B, ev.Sport, ev.Dport),
 			RawEvent{TimeNs: ev.TsNs, Ifindex: ev.Ifindex, Ifname: cstring(ev.Ifname[:]), Len: ev.Len, CPU: ev.Cpu, TCPFlags: ev.TcpFlags, Stack: t.stack(ev.StackId)})
 	}
