@@ -63,15 +63,17 @@ func BenchmarkDropsFlood(b *testing.B) {
 				return lp, lp.cpu() - before
 			}
 			for i := 0; i < b.N; i++ {
-				var idles, cpus, idleWins, wins, walls, pasts []time.Duration
+				var idles, cpus, idleWins, wins, walls, pasts, users, idleUsers []time.Duration
 				var lp *proc
 				var s report.DropsSummary
 				for range runs {
 					idle, idleWin := run(false)
 					idles, idleWins = append(idles, idle.cpu()), append(idleWins, idleWin)
+					idleUsers = append(idleUsers, idle.cmd.ProcessState.UserTime())
 					var win time.Duration
 					lp, win = run(true)
 					wins = append(wins, win)
+					users = append(users, lp.cmd.ProcessState.UserTime())
 					s = lp.summary(b, mode == "summary")
 					wall := lp.ended.Sub(<-lp.startedAt)
 					walls = append(walls, wall)
@@ -88,11 +90,13 @@ func BenchmarkDropsFlood(b *testing.B) {
 				b.ReportMetric(float64(win.Milliseconds()), "window-cpu-ms")
 				b.ReportMetric(float64(idleWin.Milliseconds()), "idle-window-cpu-ms")
 				b.ReportMetric(float64((win-idleWin).Microseconds())/float64(flows), "cpu-µs/drop")
+				// User space alone, from the whole runs (rusage has no earlier reading).
+				b.ReportMetric(float64((median(users)-median(idleUsers)).Microseconds())/float64(flows), "user-µs/drop")
 				b.ReportMetric(float64(s.Counters.Matched), "matched")
 				b.ReportMetric(float64(with), "attributed")
 				b.ReportMetric(float64(without), "not-attributed")
-				b.Logf("%s: %d flows, medians of %d runs: wall %s after the tracer loaded, CPU %s (idle runs %s), after the tracer loaded %s (idle runs %s), past the window %s; last run: attribution %+v, shown with a flow %d, without %d",
-					mode, flows, runs, wall.Round(time.Millisecond), cpus, idles, wins, idleWins, pasts, s.Attribution, with, without)
+				b.Logf("%s: %d flows, medians of %d runs: wall %s after the tracer loaded, CPU %s (idle runs %s), after the tracer loaded %s (idle runs %s), user CPU %s (idle runs %s), past the window %s; last run: attribution %+v, shown with a flow %d, without %d",
+					mode, flows, runs, wall.Round(time.Millisecond), cpus, idles, wins, idleWins, users, idleUsers, pasts, s.Attribution, with, without)
 			}
 		})
 	}
