@@ -167,7 +167,7 @@ func DropsSummaryJSON(w io.Writer, s DropsSummary) error {
 		}
 	}
 	doc = append(doc, head[i+len(empty)-1:]...)
-	out := append(indentJSON(make([]byte, 0, len(doc)+len(doc)/2), doc), '\n')
+	out := append(indentJSON(make([]byte, 0, 2*len(doc)), doc), '\n')
 	_, err = w.Write(out)
 	return err
 }

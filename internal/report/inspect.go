@@ -310,7 +310,7 @@ func JSONDocument(w io.Writer, v any) error {
 	if err != nil {
 		return err
 	}
-	out := append(indentJSON(make([]byte, 0, len(b)+len(b)/2), b), '\n')
+	out := append(indentJSON(make([]byte, 0, 2*len(b)), b), '\n')
 	_, err = w.Write(out)
 	return err
 }
