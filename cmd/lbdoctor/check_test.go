@@ -12,6 +12,7 @@ import (
 	ct "github.com/ti-mo/conntrack"
 	"golang.org/x/sys/unix"
 
+	"github.com/lbdoctor/lbdoctor/checks"
 	"github.com/lbdoctor/lbdoctor/internal/lab"
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/report"
@@ -27,11 +28,7 @@ func TestCheckWithoutRuleTools(t *testing.T) {
 	testkit.Run(t, ns, "nft", "add table inet own; add chain inet own out { type filter hook output priority 10; }; add rule inet own out udp dport 9 counter accept")
 	t.Setenv("PATH", t.TempDir())
 
-	code, out, stderr := runCLI("check", "--netns", ns.Name, "-o", "json")
-	var r report.Report
-	if err := json.Unmarshal([]byte(out), &r); err != nil {
-		t.Fatalf("check -o json: not JSON (%v): %s %s", err, out, stderr)
-	}
+	r, code := checkJSON(t, "--netns", ns.Name)
 	if f := findingOf(r, "rules.mixed_backends"); f.Status != "skip" || !strings.Contains(f.Reason, "iptables-legacy could not be read") || !strings.Contains(f.Reason, "nft could not be read") {
 		t.Errorf("check rules.mixed_backends = %s (%s), want skip naming iptables-legacy and nft as unread", f.Status, f.Reason)
 	}
@@ -39,7 +36,7 @@ func TestCheckWithoutRuleTools(t *testing.T) {
 		t.Errorf("check -o json errors[rules] = %q (exit %d), want the unread backends named", e, code)
 	}
 
-	_, out, _ = runCLI("check", "--netns", ns.Name)
+	_, out, _ := runCLI("check", "--netns", ns.Name)
 	if !strings.Contains(out, "! probe rules could not read: iptables-legacy: ") || !strings.Contains(out, "- rules.mixed_backends") {
 		t.Errorf("check text does not name the unread rules and the skipped check:\n%s", out)
 	}
@@ -49,13 +46,56 @@ func TestCheckWithoutRuleTools(t *testing.T) {
 	}
 }
 
-func findingOf(r report.Report, id string) struct{ Status, Reason string } {
+func findingOf(r report.Report, id string) checks.Finding {
 	for _, f := range r.Findings {
 		if f.ID == id {
-			return struct{ Status, Reason string }{string(f.Status), f.Reason}
+			return f
 		}
 	}
-	return struct{ Status, Reason string }{}
+	return checks.Finding{}
+}
+
+// checkJSON runs `check … -o json` in-process and decodes its report.
+func checkJSON(t *testing.T, args ...string) (report.Report, int) {
+	t.Helper()
+	code, out, stderr := runCLI(append(append([]string{"check"}, args...), "-o", "json")...)
+	var r report.Report
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("check %v -o json: not JSON (%v): %s %s", args, err, out, stderr)
+	}
+	return r, code
+}
+
+// dnatVIP builds a one-arm lab whose LB DNATs its VIP with nft (no IPVS on
+// the host), serves on the real, lets forwarded flows through (leaving
+// their backend in conntrack), then turns forwarding off: the VIP's SYNs
+// die in ip_error from then on.
+func dnatVIP(t *testing.T, forwarded int) (*lab.Lab, netip.AddrPort) {
+	t.Helper()
+	l := testkit.Lab(t, lab.OneArm)
+	vip := netip.AddrPortFrom(l.VIP, 8085)
+	testkit.Serve(t, l.Real, ":8085")
+	testkit.NftNAT(t, l.LB, vip, netip.AddrPortFrom(l.RealIP, 8085), true)
+	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+	for i := 0; i < forwarded; i++ {
+		if res := lab.Probe(context.Background(), l.Client, vip, time.Second); !res.OK {
+			t.Fatal(res.Err)
+		}
+	}
+	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "0")
+	return l, vip
+}
+
+// probeLater tries the VIP from the client once the command under test had
+// time to start; the channel closes when the try is over.
+func probeLater(l *lab.Lab, vip netip.AddrPort) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		time.Sleep(500 * time.Millisecond)
+		lab.Probe(context.Background(), l.Client, vip, 1500*time.Millisecond)
+	}()
+	return done
 }
 
 // conntrack.flow_states counts every flow the dump saw, not the 500 it
@@ -65,19 +105,11 @@ func TestCheckFlowStatesCountsEveryFlow(t *testing.T) {
 	ns := testkit.Netns(t, "flows")
 	vip := netip.MustParseAddr("10.1.0.6")
 	createFlows(t, ns, vip, 600)
-	_, out, stderr := runCLI("check", "--netns", ns.Name, "--vip", "10.1.0.6:8085", "-o", "json")
-	var r report.Report
-	if err := json.Unmarshal([]byte(out), &r); err != nil {
-		t.Fatalf("check -o json: not JSON (%v): %s %s", err, out, stderr)
-	}
-	for _, f := range r.Findings {
-		if f.ID != "conntrack.flow_states" {
-			continue
-		}
-		want := "600 flow(s): 20 assured, 0 with a reply that never completed, 580 with no reply"
-		if f.Status != "warn" || len(f.Evidence) == 0 || f.Evidence[0].Fact != want || !strings.HasPrefix(f.Title, "580 flow(s)") {
-			t.Errorf("check conntrack.flow_states = %s %q, evidence %v; want warn, 580 flow(s) …, evidence %q", f.Status, f.Title, f.Evidence, want)
-		}
+	r, _ := checkJSON(t, "--netns", ns.Name, "--vip", "10.1.0.6:8085")
+	f := findingOf(r, "conntrack.flow_states")
+	want := "600 flow(s): 20 assured, 0 with a reply that never completed, 580 with no reply"
+	if f.Status != "warn" || len(f.Evidence) == 0 || f.Evidence[0].Fact != want || !strings.HasPrefix(f.Title, "580 flow(s)") {
+		t.Errorf("check conntrack.flow_states = %s %q, evidence %v; want warn, 580 flow(s) …, evidence %q", f.Status, f.Title, f.Evidence, want)
 	}
 }
 
@@ -121,18 +153,10 @@ func TestCheckFlowStatesUDPWithoutReply(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, out, stderr := runCLI("check", "--netns", ns.Name, "--vip", "10.1.0.6:8085", "-o", "json")
-			var r report.Report
-			if err := json.Unmarshal([]byte(out), &r); err != nil {
-				t.Fatalf("check -o json: not JSON (%v): %s %s", err, out, stderr)
-			}
-			for _, f := range r.Findings {
-				if f.ID != "conntrack.flow_states" {
-					continue
-				}
-				if string(f.Status) != tt.wantStatus || f.Title != tt.wantTitle || len(f.Evidence) == 0 || f.Evidence[0].Fact != tt.wantFact {
-					t.Errorf("check conntrack.flow_states (UDP, %s) = %s %q, evidence %v; want %s %q, evidence %q", tt.name, f.Status, f.Title, f.Evidence, tt.wantStatus, tt.wantTitle, tt.wantFact)
-				}
+			r, _ := checkJSON(t, "--netns", ns.Name, "--vip", "10.1.0.6:8085")
+			f := findingOf(r, "conntrack.flow_states")
+			if string(f.Status) != tt.wantStatus || f.Title != tt.wantTitle || len(f.Evidence) == 0 || f.Evidence[0].Fact != tt.wantFact {
+				t.Errorf("check conntrack.flow_states (UDP, %s) = %s %q, evidence %v; want %s %q, evidence %q", tt.name, f.Status, f.Title, f.Evidence, tt.wantStatus, tt.wantTitle, tt.wantFact)
 			}
 		})
 	}
@@ -153,29 +177,14 @@ func TestCheckDropsOfAnNftDNATVIP(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			l := testkit.Lab(t, lab.OneArm)
-			vip := netip.AddrPortFrom(l.VIP, 8085)
-			testkit.Serve(t, l.Real, ":8085")
-			testkit.NftNAT(t, l.LB, vip, netip.AddrPortFrom(l.RealIP, 8085), true)
+			forwarded := 0
 			if tt.learned {
-				testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
-				if res := lab.Probe(context.Background(), l.Client, vip, time.Second); !res.OK {
-					t.Fatal(res.Err)
-				}
+				forwarded = 1
 			}
-			testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "0")
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				time.Sleep(500 * time.Millisecond)
-				lab.Probe(context.Background(), l.Client, vip, 1500*time.Millisecond)
-			}()
-			_, out, stderr := runCLI("check", "--netns", l.LB.Name, "--vip", vip.String(), "--drops", "2500ms", "-o", "json")
+			l, vip := dnatVIP(t, forwarded)
+			done := probeLater(l, vip)
+			r, _ := checkJSON(t, "--netns", l.LB.Name, "--vip", vip.String(), "--drops", "2500ms")
 			<-done
-			var r report.Report
-			if err := json.Unmarshal([]byte(out), &r); err != nil {
-				t.Fatalf("check -o json: not JSON (%v): %s %s", err, out, stderr)
-			}
 			f := findingOf(r, "drops.vip_flows")
 			text := f.Reason
 			for _, x := range r.Findings {
@@ -183,7 +192,7 @@ func TestCheckDropsOfAnNftDNATVIP(t *testing.T) {
 					text += " " + x.Title
 				}
 			}
-			if f.Status != tt.wantStatus || !strings.Contains(text, tt.wantIn) {
+			if string(f.Status) != tt.wantStatus || !strings.Contains(text, tt.wantIn) {
 				t.Errorf("check --drops on nft DNAT VIP: drops.vip_flows = %s %q, want %s with %q", f.Status, text, tt.wantStatus, tt.wantIn)
 			}
 		})
@@ -195,30 +204,16 @@ func TestCheckDropsOfAnNftDNATVIP(t *testing.T) {
 // attributed (the SYNs die before conntrack confirms them), are one reason,
 // IP_INADDRERRORS, which heads the finding with its fix, ip_forward=1.
 func TestCheckDropsSYNFloodNamesTheReason(t *testing.T) {
-	l := testkit.Lab(t, lab.OneArm)
-	vip := netip.AddrPortFrom(l.VIP, 8085)
-	testkit.Serve(t, l.Real, ":8085")
-	testkit.NftNAT(t, l.LB, vip, netip.AddrPortFrom(l.RealIP, 8085), true)
-	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
-	for i := 0; i < 3; i++ {
-		if res := lab.Probe(context.Background(), l.Client, vip, time.Second); !res.OK {
-			t.Fatal(res.Err)
-		}
-	}
-	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "0")
+	l, vip := dnatVIP(t, 3)
 	const syns = 300
 	flood := make(chan error, 1)
 	go func() {
 		time.Sleep(500 * time.Millisecond)
 		flood <- synFlood(l.Client, vip, syns, 1200*time.Millisecond)
 	}()
-	_, out, stderr := runCLI("check", "--netns", l.LB.Name, "--vip", vip.String(), "--drops", "2500ms", "-o", "json")
+	r, _ := checkJSON(t, "--netns", l.LB.Name, "--vip", vip.String(), "--drops", "2500ms")
 	if err := <-flood; err != nil {
 		t.Fatal(err)
-	}
-	var r report.Report
-	if err := json.Unmarshal([]byte(out), &r); err != nil {
-		t.Fatalf("check -o json: not JSON (%v): %s %s", err, out, stderr)
 	}
 	for _, f := range r.Findings {
 		if f.ID != "drops.vip_flows" {
@@ -243,7 +238,7 @@ func TestCheckDropsSYNFloodNamesTheReason(t *testing.T) {
 		}
 		return
 	}
-	t.Errorf("check --drops: no drops.vip_flows finding in %s", out)
+	t.Errorf("check --drops: no drops.vip_flows finding in %+v", r.Findings)
 }
 
 // synFlood opens n non-blocking TCP connections from ns to dst (n SYNs from

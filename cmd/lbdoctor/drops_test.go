@@ -115,21 +115,8 @@ func TestDropsProtoWithoutPorts(t *testing.T) {
 // drops --vip on a VIP that nft DNATs traces the backends conntrack shows
 // for it: the SYNs that die in ip_error carry the backend's address.
 func TestDropsVIPOfAnNftDNAT(t *testing.T) {
-	l := testkit.Lab(t, lab.OneArm)
-	vip := netip.AddrPortFrom(l.VIP, 8085)
-	testkit.Serve(t, l.Real, ":8085")
-	testkit.NftNAT(t, l.LB, vip, netip.AddrPortFrom(l.RealIP, 8085), true)
-	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
-	if res := lab.Probe(context.Background(), l.Client, vip, time.Second); !res.OK {
-		t.Fatal(res.Err)
-	}
-	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "0")
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		time.Sleep(500 * time.Millisecond)
-		lab.Probe(context.Background(), l.Client, vip, 1500*time.Millisecond)
-	}()
+	l, vip := dnatVIP(t, 1)
+	done := probeLater(l, vip)
 	code, out, stderr := runCLI("drops", "--netns", l.LB.Name, "--vip", vip.String(), "--duration", "2500ms")
 	<-done
 	want := "IP_INADDRERRORS ip_error+0x"
