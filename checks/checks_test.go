@@ -170,6 +170,13 @@ func TestChecksOnChangedFixtures(t *testing.T) {
 		{"table 95% full", "conntrack.table", func(s *probes.Snapshot) { s.Conntrack.Stats.Entries = s.Conntrack.Stats.MaxEntries * 95 / 100 }, checks.Warn},
 		{"table dropped", "conntrack.table", func(s *probes.Snapshot) { s.Conntrack.Stats.EarlyDrop = 3 }, checks.Fail},
 		{"insert failed", "conntrack.table", func(s *probes.Snapshot) { s.Conntrack.Stats.InsertFailed = 1 }, checks.Warn},
+		{"table full dropped", "conntrack.table", func(s *probes.Snapshot) { s.Conntrack.Stats.Drop = 10 }, checks.Fail},
+		// SNAT ran out of source ports: every clash is both an insert
+		// failure and a drop, while the table is a quarter full. Not "full".
+		{"SNAT ports ran out", "conntrack.table", func(s *probes.Snapshot) {
+			s.Conntrack.Stats.MaxEntries, s.Conntrack.Stats.Entries = 262144, 64512
+			s.Conntrack.Stats.Drop, s.Conntrack.Stats.InsertFailed = 35488, 35488
+		}, checks.Warn},
 		{"no flows", "conntrack.flow_states", func(*probes.Snapshot) {}, checks.Skip},
 		{"reply never completes", "conntrack.flow_states", func(s *probes.Snapshot) {
 			s.Conntrack.Flows = []conntrack.Flow{{Proto: "tcp", State: "SYN_RECV", Status: []string{"SEEN_REPLY", "CONFIRMED", "SRC_NAT"}}}

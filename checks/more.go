@@ -43,7 +43,11 @@ func checkRealsAvailable(s *probes.Snapshot, sel probes.Selector) Finding {
 }
 
 // checkConntrackTable: a full table drops new flows (IPVS's too, with
-// vs.conntrack=1); insert failures and drops say it already happens.
+// vs.conntrack=1). The kernel's counters are per namespace and count since
+// it started, and two causes raise them: a full table (early_drop, and drop
+// beyond what insert failures explain) and flows that clash when they are
+// confirmed (insert_failed, each also a drop): for SNAT, the source ports
+// ran out. Each gets its own finding and fix; neither is "now".
 func checkConntrackTable(s *probes.Snapshot, _ probes.Selector) Finding {
 	if _, ok := s.Errors[probes.ProbeConntrack]; ok {
 		return skip("conntrack could not be read: " + s.Errors[probes.ProbeConntrack])
@@ -53,18 +57,27 @@ func checkConntrackTable(s *probes.Snapshot, _ probes.Selector) Finding {
 		return skip("conntrack table size unknown (nf_conntrack not loaded)")
 	}
 	src := "conntrack stats, " + s.Target.String()
+	full := 100 * float64(st.Entries) / float64(st.MaxEntries)
 	ev := []Evidence{
-		{Fact: fmt.Sprintf("%d of %d entries (%.0f%%)", st.Entries, st.MaxEntries, 100*float64(st.Entries)/float64(st.MaxEntries)), Source: src},
-		{Fact: fmt.Sprintf("drop %d, early_drop %d, insert_failed %d", st.Drop, st.EarlyDrop, st.InsertFailed), Source: src},
+		{Fact: fmt.Sprintf("%d of %d entries (%.0f%%) now", st.Entries, st.MaxEntries, full), Source: src},
+		{Fact: fmt.Sprintf("drop %d, early_drop %d, insert_failed %d since the namespace's conntrack started", st.Drop, st.EarlyDrop, st.InsertFailed), Source: src},
 	}
-	fix := []string{fmt.Sprintf("sysctl -w net.netfilter.nf_conntrack_max=%d   # on the host: the limit is global", st.MaxEntries*2)}
+	grow := []string{fmt.Sprintf("sysctl -w net.netfilter.nf_conntrack_max=%d   # on the host: the limit is global", st.MaxEntries*2)}
+	var fullDrops uint64 // drops that insert failures do not explain: no room
+	if st.Drop > st.InsertFailed {
+		fullDrops = st.Drop - st.InsertFailed
+	}
 	switch {
-	case st.Drop > 0 || st.EarlyDrop > 0:
-		return Finding{Status: Fail, Title: "conntrack has dropped flows: its table was full", Reason: "a full table drops new connections before IPVS or NAT see them", Evidence: ev, Fix: fix}
-	case float64(st.Entries) >= 0.9*float64(st.MaxEntries):
-		return Finding{Status: Warn, Title: "the conntrack table is over 90% full", Reason: "new flows are dropped once it is full", Evidence: ev, Fix: fix}
+	case fullDrops > 0 || st.EarlyDrop > 0:
+		return Finding{Status: Fail, Title: "conntrack has dropped flows: its table was full", Reason: fmt.Sprintf("a full table drops new connections before IPVS or NAT see them (%.0f%% full now; the counters count since the namespace started)", full), Evidence: ev, Fix: grow}
+	case full >= 90:
+		return Finding{Status: Warn, Title: "the conntrack table is over 90% full", Reason: "new flows are dropped once it is full", Evidence: ev, Fix: grow}
 	case st.InsertFailed > 0:
-		return Finding{Status: Warn, Title: "conntrack insertions failed", Reason: "insert_failed counts packets dropped on a clash of two new flows", Evidence: ev}
+		return Finding{Status: Warn, Title: fmt.Sprintf("conntrack dropped %d new flows that clashed with existing ones, not for a full table (%.0f%% full)", st.InsertFailed, full),
+			Reason: "insert_failed counts new flows dropped when confirmed because their tuple was taken: two flows racing, or SNAT that ran out of source ports for one destination (about 64,000 flows per source address, port and real server); the counters count since the namespace started",
+			Evidence: ev,
+			Fix: []string{fmt.Sprintf("%sconntrack -S   # run twice: insert_failed that keeps rising is happening now", s.Target.ExecPrefix()),
+				"# SNAT port exhaustion: give the SNAT rule more source addresses or a wider port range, or spread the flows over more real servers"}}
 	}
 	return Finding{Status: Pass, Title: "the conntrack table has room and no drops", Evidence: ev}
 }
