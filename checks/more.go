@@ -74,7 +74,7 @@ func checkConntrackTable(s *probes.Snapshot, _ probes.Selector) Finding {
 		return Finding{Status: Warn, Title: "the conntrack table is over 90% full", Reason: "new flows are dropped once it is full", Evidence: ev, Fix: grow}
 	case st.InsertFailed > 0:
 		return Finding{Status: Warn, Title: fmt.Sprintf("conntrack dropped %d new flows that clashed with existing ones, not for a full table (%.0f%% full)", st.InsertFailed, full),
-			Reason: "insert_failed counts new flows dropped when confirmed because their tuple was taken: two flows racing, or SNAT that ran out of source ports for one destination (about 64,000 flows per source address, port and real server); the counters count since the namespace started",
+			Reason:   "insert_failed counts new flows dropped when confirmed because their tuple was taken: two flows racing, or SNAT that ran out of source ports for one destination (about 64,000 flows per source address, port and real server); the counters count since the namespace started",
 			Evidence: ev,
 			Fix: []string{fmt.Sprintf("%sconntrack -S   # run twice: insert_failed that keeps rising is happening now", s.Target.ExecPrefix()),
 				"# SNAT port exhaustion: give the SNAT rule more source addresses or a wider port range, or spread the flows over more real servers"}}

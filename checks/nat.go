@@ -4,10 +4,9 @@ import (
 	"fmt"
 	"strings"
 
-	"al.essio.dev/pkg/shellescape"
-
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/proto"
+	"github.com/lbdoctor/lbdoctor/internal/shellquote"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
@@ -213,9 +212,9 @@ func readable(s *probes.Snapshot, key string) (sysctl.Value, bool) {
 // sysctlFix sets a key now and, in the host's own namespace, across reboots
 // (sysctl.d does not apply to other namespaces: whatever creates them must).
 func sysctlFix(t netns.Target, key, value string) []string {
-	fix := []string{t.ExecPrefix() + "sysctl -w " + shellescape.Quote(key+"="+value)}
+	fix := []string{t.ExecPrefix() + "sysctl -w " + shellquote.Quote(key+"="+value)}
 	if t.IsCurrent() {
-		fix = append(fix, "echo "+shellescape.Quote(key+" = "+value)+" >> /etc/sysctl.d/90-lbdoctor.conf  # keep it across reboots")
+		fix = append(fix, "echo "+shellquote.Quote(key+" = "+value)+" >> /etc/sysctl.d/90-lbdoctor.conf  # keep it across reboots")
 	}
 	return fix
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/lbdoctor/lbdoctor/checks"
+	"github.com/lbdoctor/lbdoctor/internal/report"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/sysctl"
@@ -17,8 +18,9 @@ import (
 // A namespace may be called anything `ip netns add` accepts. Every fix
 // command names it; pasted into a shell, the command must run in that
 // namespace and run nothing else. The names are real namespaces, and each fix
-// goes through sh -c in a directory where a `touch` smuggled into the name
-// would leave its marker.
+// goes, as the text output shows it (control characters escaped), through
+// bash -c in a directory where a `touch` smuggled into the name would leave
+// its marker.
 func TestFixCommandsQuoteNamespaceNames(t *testing.T) {
 	testkit.RequireRoot(t)
 	data, err := os.ReadFile(filepath.Join("testdata", "seed-stage1.snapshot.json"))
@@ -30,6 +32,7 @@ func TestFixCommandsQuoteNamespaceNames(t *testing.T) {
 		{"bare command substitution", `q$(touch pwned)`},
 		{"single quote and backticks", "it's`touch pwned`"},
 		{"space and semicolon", "a b;touch pwned"},
+		{"escape and bell", "v\x1b]0;touch pwned\a"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -50,7 +53,7 @@ func TestFixCommandsQuoteNamespaceNames(t *testing.T) {
 					}
 					ran++
 					// Some fail here (no IPVS on this kernel): what counts is what ran.
-					cmd := exec.Command("sh", "-c", fix)
+					cmd := exec.Command("bash", "-c", report.Printable(fix))
 					cmd.Dir = dir
 					out, _ := cmd.CombinedOutput()
 					if ents, _ := os.ReadDir(dir); len(ents) > 0 {

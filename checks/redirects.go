@@ -4,8 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 
-	"al.essio.dev/pkg/shellescape"
-
+	"github.com/lbdoctor/lbdoctor/internal/shellquote"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 )
@@ -55,7 +54,7 @@ func checkSendRedirects(s *probes.Snapshot, sel probes.Selector) Finding {
 			Evidence: ev,
 			Fix: []string{
 				s.Target.ExecPrefix() + "sysctl -w net.ipv4.conf.all.send_redirects=0",
-				s.Target.ExecPrefix() + "sysctl -w " + shellescape.Quote("net.ipv4.conf."+dev+".send_redirects=0"),
+				s.Target.ExecPrefix() + "sysctl -w " + shellquote.Quote("net.ipv4.conf."+dev+".send_redirects=0"),
 			},
 			Remedies: RedirectRemedies(dev),
 		}

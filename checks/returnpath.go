@@ -4,8 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 
-	"al.essio.dev/pkg/shellescape"
-
+	"github.com/lbdoctor/lbdoctor/internal/shellquote"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 )
@@ -131,7 +130,7 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 func lbdoctorCmd(s *probes.Snapshot, verb string) string {
 	cmd := "lbdoctor " + verb
 	if !s.Target.IsCurrent() {
-		cmd += " --netns " + shellescape.Quote(s.Target.Spec)
+		cmd += " --netns " + shellquote.Quote(s.Target.Spec)
 	}
 	return cmd
 }

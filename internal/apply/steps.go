@@ -14,11 +14,11 @@ import (
 	"sync"
 	"syscall"
 
-	"al.essio.dev/pkg/shellescape"
 	mobyipvs "github.com/moby/ipvs"
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/proto"
+	"github.com/lbdoctor/lbdoctor/internal/shellquote"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
 	"github.com/lbdoctor/lbdoctor/probes/sysctl"
 )
@@ -74,7 +74,7 @@ func ipvsHandle(ns netns.Target) (*mobyipvs.Handle, error) {
 }
 
 func (s IPVSService) Describe() string {
-	return fmt.Sprintf("%sipvsadm -A %s %s -s %s", s.NS.ExecPrefix(), proto.IpvsadmFlag(s.Proto), s.VIP, shellescape.Quote(s.Scheduler))
+	return fmt.Sprintf("%sipvsadm -A %s %s -s %s", s.NS.ExecPrefix(), proto.IpvsadmFlag(s.Proto), s.VIP, shellquote.Quote(s.Scheduler))
 }
 func (s IPVSService) DescribeUndo() string {
 	return fmt.Sprintf("%sipvsadm -D %s %s", s.NS.ExecPrefix(), proto.IpvsadmFlag(s.Proto), s.VIP)
@@ -233,10 +233,10 @@ func NewSysctl(ns netns.Target, key, value string) *Sysctl {
 }
 
 func (s *Sysctl) Describe() string {
-	return s.NS.ExecPrefix() + "sysctl -w " + shellescape.Quote(s.Key+"="+s.Value)
+	return s.NS.ExecPrefix() + "sysctl -w " + shellquote.Quote(s.Key+"="+s.Value)
 }
 func (s *Sysctl) DescribeUndo() string {
-	return s.NS.ExecPrefix() + "sysctl -w " + shellescape.Quote(s.Key+"="+*s.previous)
+	return s.NS.ExecPrefix() + "sysctl -w " + shellquote.Quote(s.Key+"="+*s.previous)
 }
 func (s *Sysctl) Needed(context.Context) (bool, error) {
 	snap, err := sysctl.Read(s.NS, s.Key)
@@ -366,7 +366,7 @@ func (r IptablesRule) tool() (argv, shown []string) {
 
 func (r IptablesRule) describe(op string) string {
 	_, shown := r.tool()
-	return r.NS.ExecPrefix() + shellescape.QuoteCommand(append(shown, r.args(op)[1:]...))
+	return r.NS.ExecPrefix() + shellquote.Command(append(shown, r.args(op)[1:]...))
 }
 func (r IptablesRule) run(op string) error {
 	argv, _ := r.tool()
@@ -417,7 +417,7 @@ func (t NftTable) Describe() string {
 	return fmt.Sprintf("%snft -f - <<'EOF'\n%sEOF", t.NS.ExecPrefix(), t.Script)
 }
 func (t NftTable) DescribeUndo() string {
-	return t.NS.ExecPrefix() + shellescape.QuoteCommand([]string{"nft", "delete", "table", t.Family, t.Name})
+	return t.NS.ExecPrefix() + shellquote.Command([]string{"nft", "delete", "table", t.Family, t.Name})
 }
 func (t NftTable) Needed(context.Context) (bool, error) {
 	_, err := run(t.NS, "", "nft", "list", "table", t.Family, t.Name)

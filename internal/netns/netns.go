@@ -12,12 +12,11 @@ import (
 	"strconv"
 	"strings"
 
-	"al.essio.dev/pkg/shellescape"
+	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/lbdoctor/lbdoctor/internal/input"
-
-	vnetns "github.com/vishvananda/netns"
+	"github.com/lbdoctor/lbdoctor/internal/shellquote"
 )
 
 func init() {
@@ -75,11 +74,11 @@ func (t Target) ExecPrefix() string {
 	case t.IsCurrent():
 		return ""
 	case t.Name != "":
-		return "ip netns exec " + shellescape.Quote(t.Name) + " "
+		return "ip netns exec " + shellquote.Quote(t.Name) + " "
 	case strings.HasPrefix(t.Spec, "pid:"):
-		return "nsenter -t " + shellescape.Quote(strings.TrimPrefix(t.Spec, "pid:")) + " -n "
+		return "nsenter -t " + shellquote.Quote(strings.TrimPrefix(t.Spec, "pid:")) + " -n "
 	default:
-		return "nsenter " + shellescape.Quote("--net="+t.Path) + " "
+		return "nsenter " + shellquote.Quote("--net="+t.Path) + " "
 	}
 }
 
