@@ -637,6 +637,9 @@ func ParseIpvsadm(file string, r io.Reader) (Spec, error) {
 // since a misspelled virtual_server, real_server or weight would otherwise
 // build something other than the file says.
 var (
+	// keepalivedRead are the keywords whose values lbdoctor reads: a value
+	// more on their line is a mistake it says, not one it skips.
+	keepalivedRead = []string{"virtual_server", "real_server", "lb_algo", "lvs_sched", "lb_kind", "lvs_method", "protocol", "weight"}
 	// keepalivedTop are the top-level keywords; only virtual_server is read.
 	keepalivedTop = []string{
 		"global_defs", "vrrp_script", "vrrp_instance", "vrrp_sync_group", "virtual_server_group",
@@ -746,6 +749,7 @@ func ParseKeepalived(file string, r io.Reader) (Spec, error) {
 				return Spec{}, bad("include is not followed: lbdoctor reads this one file; give it the file with the virtual_server blocks")
 			}
 			start, last = false, w
+			read := slices.Contains(keepalivedRead, w) // lbdoctor takes its values: no more may follow
 			checked := depth == 0 || depth == 1 && in == "virtual_server" && cur != nil || depth == 2 && in == "real_server" && real != nil
 			if !checked {
 				f = f[1:] // inside a block lbdoctor does not read
@@ -836,6 +840,9 @@ func ParseKeepalived(file string, r io.Reader) (Spec, error) {
 					where = "real_server"
 				}
 				return Spec{}, bad("unknown keyword %s in %s (keepalived would ignore it too: check the spelling)", input.Quote(w), where)
+			}
+			if read && checked && len(f) > 0 && f[0] != "{" && f[0] != "}" {
+				return Spec{}, bad("%s: %s is one value too many", w, input.Quote(f[0]))
 			}
 		}
 	}
