@@ -52,10 +52,11 @@ target network namespace and runs the doctor's checks on them. It changes nothin
 			if err != nil {
 				return err
 			}
-			if dropWindow > 0 && g.output == "text" {
-				fmt.Fprintf(cmd.ErrOrStderr(), "tracing drops of the selected flows for %s…\n", dropWindow)
+			var started func()
+			if g.output == "text" {
+				started = func() { printf(cmd.ErrOrStderr(), "tracing drops of the selected flows for %s…\n", dropWindow) }
 			}
-			snap, fs, r, err := checkOnce(cmd.Context(), t, sel, dropWindow)
+			snap, fs, r, err := checkOnce(cmd.Context(), t, sel, dropWindow, started)
 			if err != nil {
 				return err
 			}
@@ -92,14 +93,15 @@ target network namespace and runs the doctor's checks on them. It changes nothin
 // runs the catalog and builds the report. Interrupted while gathering, it
 // returns the interrupt rule's error; interrupted during the drop window, a
 // report on what was measured, marked as cut short.
-func checkOnce(ctx context.Context, t netns.Target, sel probes.Selector, dropWindow time.Duration) (*probes.Snapshot, []checks.Finding, *report.Report, error) {
+// started is called when the drop window opens (never without one).
+func checkOnce(ctx context.Context, t netns.Target, sel probes.Selector, dropWindow time.Duration, started func()) (*probes.Snapshot, []checks.Finding, *report.Report, error) {
 	var snap *probes.Snapshot
 	if !measure(ctx, func() { snap = probes.Gather(t, sel, probes.Options{}) }) {
 		return nil, nil, nil, notMeasured(ctx)
 	}
 	start := time.Now()
 	if dropWindow > 0 {
-		probes.WatchDrops(ctx, t, sel, snap, dropWindow)
+		probes.WatchDrops(ctx, t, sel, snap, dropWindow, started)
 	}
 	fs := checks.Run(snap, sel)
 	rt := report.Target{Netns: t, Kernel: snap.Kernel}
@@ -109,7 +111,11 @@ func checkOnce(ctx context.Context, t netns.Target, sel probes.Selector, dropWin
 	r := report.New(rt, fs, snap.Errors)
 	if sig := interruptedBy(ctx); sig != "" {
 		r.Interrupted = true
-		r.CutShort = cutShortLine(sig, time.Since(start), dropWindow)
+		elapsed := time.Since(start)
+		if snap.Drops != nil {
+			elapsed = snap.Drops.Window // the window the evidence counts, from attach
+		}
+		r.CutShort = cutShortLine(sig, elapsed, dropWindow)
 		if dropWindow == 0 {
 			r.CutShort = fmt.Sprintf("! interrupted by %s after the probes read the namespace", sig)
 		}
@@ -169,7 +175,7 @@ func fixFindings(cmd *cobra.Command, t netns.Target, sel probes.Selector, snap *
 	if err := runPlanConfirm(cmd, t, steps, false, "fix", recordOwned, confirm); err != nil {
 		return err
 	}
-	_, _, r2, err := checkOnce(cmd.Context(), t, sel, 0)
+	_, _, r2, err := checkOnce(cmd.Context(), t, sel, 0, nil)
 	if err != nil {
 		return err
 	}

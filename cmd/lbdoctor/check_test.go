@@ -296,3 +296,21 @@ func createFlows(t *testing.T, ns netns.Target, vip netip.Addr, n int) {
 		t.Fatal(err)
 	}
 }
+
+// check --drops says it is tracing only once a tracer is attached: a VIP
+// whose backends nothing shows is skipped at once, with no "tracing…" line.
+func TestCheckDropsSaysTracingOnlyWhenItTraces(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		forwarded int
+		want      bool
+	}{{"backend learned", 1, true}, {"nothing to trace", 0, false}} {
+		t.Run(tt.name, func(t *testing.T) {
+			l, vip := dnatVIP(t, tt.forwarded)
+			_, out, stderr := runCLI("check", "--netns", l.LB.Name, "--vip", vip.String(), "--drops", "500ms")
+			if got := strings.Contains(stderr, "tracing drops of the selected flows"); got != tt.want || !strings.Contains(out, "drops.vip_flows") {
+				t.Errorf("check --drops (%s): stderr says tracing = %v, want %v; stderr %q\n%s", tt.name, got, tt.want, stderr, out)
+			}
+		})
+	}
+}

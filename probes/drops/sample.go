@@ -50,7 +50,10 @@ const AttributionBudget = 50 * time.Millisecond
 // tracer is attached (or until ctx ends: the sample says it was cut short),
 // then names and attributes what was counted against lb's conntrack and
 // IPVS tables.
-func Watch(ctx context.Context, lb netns.Target, cfg Config, window time.Duration) (*Sample, error) {
+//
+// started, when not nil, is called once the tracer is attached and the
+// window opens: a caller says "tracing…" only when something traces.
+func Watch(ctx context.Context, lb netns.Target, cfg Config, window time.Duration, started func()) (*Sample, error) {
 	cfg.Events = false
 	tr, err := NewContext(ctx, cfg)
 	if err != nil {
@@ -59,6 +62,9 @@ func Watch(ctx context.Context, lb netns.Target, cfg Config, window time.Duratio
 	defer tr.Close()
 	n := tr.Namer(lb) // before the window: reading kallsyms takes a while
 	defer n.Close()
+	if started != nil {
+		started()
+	}
 	start := time.Now()
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
