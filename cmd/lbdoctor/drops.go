@@ -160,11 +160,11 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 			}
 			switch {
 			case err != nil:
-				printf(cmd.ErrOrStderr(), "! %s is not an IPVS service and conntrack could not be read (%v): only packets still addressed to it are traced\n", sel.VIP, err)
+				printf(cmd.ErrOrStderr(), "! %s is not an IPVS service and conntrack could not be read (%v): only packets still addressed to it are traced\n", sel.VIPString(), err)
 			case len(learned) == 0:
-				printf(cmd.ErrOrStderr(), "! %s is not an IPVS service and no conntrack flow to it shows a backend: only packets still addressed to it are traced\n", sel.VIP)
+				printf(cmd.ErrOrStderr(), "! %s is not an IPVS service and no conntrack flow to it shows a backend: only packets still addressed to it are traced\n", sel.VIPString())
 			default:
-				printf(cmd.ErrOrStderr(), "%s is not an IPVS service: tracing too the backends its conntrack flows show (%s)\n", sel.VIP, joinAddrPorts(learned))
+				printf(cmd.ErrOrStderr(), "%s is not an IPVS service: tracing too the backends its conntrack flows show (%s)\n", sel.VIPString(), joinAddrPorts(learned))
 			}
 		}
 	}
