@@ -48,7 +48,7 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 		for _, b := range s.Conntrack.Backends {
 			bs = append(bs, b.String())
 		}
-		ev = append(ev, Evidence{Fact: fmt.Sprintf("%s is not an IPVS service; traced with the backends its flows show: %s", sel.VIP, strings.Join(bs, ", ")), Source: "conntrack, " + s.Target.String()})
+		ev = append(ev, Evidence{Fact: fmt.Sprintf("%s is not an IPVS service; traced with the backends its flows show: %s", sel.VIPString(), strings.Join(bs, ", ")), Source: "conntrack, " + s.Target.String()})
 	}
 	if d.NoReasons != "" {
 		ev = append(ev, Evidence{Fact: d.NoReasons, Source: "kernel " + s.Kernel})

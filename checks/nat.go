@@ -223,7 +223,7 @@ func sysctlFix(t netns.Target, key, value string) []string {
 // "at 10.1.0.6:8085 (any protocol)" when no --proto narrowed it.
 func selectorKey(sel probes.Selector) string {
 	if sel.Proto == "" {
-		return "at " + sel.VIP.String() + " (any protocol)"
+		return "at " + sel.VIPString() + " (any protocol)"
 	}
-	return strings.ToUpper(sel.Proto) + " " + sel.VIP.String()
+	return strings.ToUpper(sel.Proto) + " " + sel.VIPString()
 }

@@ -60,7 +60,7 @@ func WatchDrops(ctx context.Context, ns netns.Target, sel Selector, s *Snapshot,
 			if e, ok := s.Errors[ProbeConntrack]; ok {
 				why = "conntrack could not be read (" + e + ")"
 			}
-			s.Errors[ProbeDrops] = fmt.Sprintf("%s is not an IPVS service and %s: drops after its DNAT cannot be traced", sel.VIP, why)
+			s.Errors[ProbeDrops] = fmt.Sprintf("%s is not an IPVS service and %s: drops after its DNAT cannot be traced", sel.VIPString(), why)
 			return
 		}
 		for _, b := range s.Conntrack.Backends {

@@ -4,7 +4,6 @@
 package probes
 
 import (
-	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -142,6 +141,18 @@ type Selector struct {
 	Proto string         // tcp or udp; "" means any protocol
 }
 
+// VIPString is the selected VIP as the user gave it: ADDR:PORT, or the
+// address alone when any port is selected (port 0 is no port the user typed).
+func (s Selector) VIPString() string { return showVIP(s.VIP) }
+
+// showVIP is a VIP for a line of output: the address alone for port 0.
+func showVIP(a netip.AddrPort) string {
+	if a.Port() == 0 {
+		return a.Addr().String()
+	}
+	return a.String()
+}
+
 // Matches reports whether a service address and protocol are selected.
 func (s Selector) Matches(addr netip.AddrPort, proto string) bool {
 	if !s.VIP.IsValid() {
@@ -228,7 +239,7 @@ func readConntrack(ns netns.Target, sel Selector, svcs []ipvs.Service) (Conntrac
 			p = unix.IPPROTO_UDP
 		}
 		filters = append(filters, conntrack.Filter{Field: conntrack.OrigDst, Addr: a.Addr(), Port: a.Port(), Proto: p})
-		names = append(names, fmt.Sprintf("%s %s", proto, a))
+		names = append(names, proto+" "+showVIP(a))
 	}
 	switch {
 	case sel.VIP.IsValid():

@@ -25,7 +25,7 @@ import (
 type dropsFlags struct {
 	vip, proto, attach string
 	hosts              []string
-	ports              []uint
+	ports              portsValue
 	ignore             []string
 	duration           time.Duration
 	summary, stack     bool
@@ -56,7 +56,7 @@ prints a dropwatch-style table at the end. Lost events are always reported.`,
 	fl := cmd.Flags()
 	fl.StringVar(&f.vip, "vip", "", "only drops of this virtual service's flows: `ADDR[:PORT]` ([ADDR]:PORT for IPv6; adds its real servers)")
 	fl.StringSliceVar(&f.hosts, "host", nil, "only drops to or from this `ADDR` (repeatable)")
-	fl.UintSliceVar(&f.ports, "port", nil, "only drops to or from this `PORT` (repeatable)")
+	fl.Var(&f.ports, "port", "only drops to or from this `PORT` 1-65535 (repeatable)")
 	fl.StringVar(&f.proto, "proto", "", "only this protocol, a `NAME|N`: tcp, udp, icmp, icmpv6, sctp, vrrp, gre, … or a number (any case)")
 	fl.StringSliceVar(&f.ignore, "ignore-reason", nil, "leave out drops with this `REASON`, e.g. NOT_SPECIFIED (any case; repeatable)")
 	fl.DurationVar(&f.duration, "duration", 0, "stop after this `WINDOW` (> 0; default: until Ctrl-C)")
@@ -111,12 +111,7 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		cfg.Addrs = append(cfg.Addrs, a)
 		filter.Addrs = append(filter.Addrs, a.String())
 	}
-	for _, p := range f.ports {
-		if p == 0 || p > 65535 {
-			return usageErrorf("--port %d: want 1-65535", p)
-		}
-		cfg.Ports = append(cfg.Ports, uint16(p))
-	}
+	cfg.Ports = append(cfg.Ports, f.ports...)
 	filter.Ports = cfg.Ports
 	sel, err := selector(f.vip, "", false)
 	if err != nil {
@@ -160,11 +155,11 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 			}
 			switch {
 			case err != nil:
-				printf(cmd.ErrOrStderr(), "! %s is not an IPVS service and conntrack could not be read (%v): only packets still addressed to it are traced\n", sel.VIP, err)
+				printf(cmd.ErrOrStderr(), "! %s is not an IPVS service and conntrack could not be read (%v): only packets still addressed to it are traced\n", sel.VIPString(), err)
 			case len(learned) == 0:
-				printf(cmd.ErrOrStderr(), "! %s is not an IPVS service and no conntrack flow to it shows a backend: only packets still addressed to it are traced\n", sel.VIP)
+				printf(cmd.ErrOrStderr(), "! %s is not an IPVS service and no conntrack flow to it shows a backend: only packets still addressed to it are traced\n", sel.VIPString())
 			default:
-				printf(cmd.ErrOrStderr(), "%s is not an IPVS service: tracing too the backends its conntrack flows show (%s)\n", sel.VIP, joinAddrPorts(learned))
+				printf(cmd.ErrOrStderr(), "%s is not an IPVS service: tracing too the backends its conntrack flows show (%s)\n", sel.VIPString(), joinAddrPorts(learned))
 			}
 		}
 	}

@@ -128,6 +128,32 @@ func TestDropsVIPOfAnNftDNAT(t *testing.T) {
 	}
 }
 
+// A --vip without a port is shown as the user gave it, the address alone:
+// never with a ":0" the user did not type.
+func TestDropsVIPWithoutPortShownAsGiven(t *testing.T) {
+	ns := testkit.Netns(t, "vip")
+	tests := []struct {
+		name, vip, want, never string
+	}{
+		{"ipv4 address", "10.1.1.1", "! 10.1.1.1 is not an IPVS service and no conntrack flow to it shows a backend", "10.1.1.1:0"},
+		{"ipv6 in brackets", "[2001:db8::1]", "! 2001:db8::1 is not an IPVS service and no conntrack flow to it shows a backend", "]:0"},
+		{"ipv6 bare", "2001:db8::1", "! 2001:db8::1 is not an IPVS service", "]:0"},
+		{"with a port", "10.1.1.1:80", "! 10.1.1.1:80 is not an IPVS service", "10.1.1.1:0"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out, stderr := runCLI("drops", "--netns", ns.Name, "--vip", tt.vip, "--duration", "200ms")
+			if code != 0 || !strings.Contains(stderr, tt.want) || strings.Contains(out+stderr, tt.never) {
+				t.Errorf("drops --vip %s = exit %d, stdout %q, stderr %q; want exit 0 and %q, never %q", tt.vip, code, out, stderr, tt.want, tt.never)
+			}
+		})
+	} // inspect names the conntrack flows it read by the same VIP.
+	_, out, stderr := runCLI("inspect", "--netns", ns.Name, "--vip", "10.1.1.1")
+	if want := "flows with original destination tcp 10.1.1.1, udp 10.1.1.1: "; !strings.Contains(out, want) || strings.Contains(out+stderr, "10.1.1.1:0") {
+		t.Errorf("inspect --vip 10.1.1.1 printed %q %q, want %q and no 10.1.1.1:0", out, stderr, want)
+	}
+}
+
 // drops says which filters it applies — each one, where it came from — on
 // its start line and in its JSON summary; stdout carries data only (events,
 // the --summary table, JSON), the status lines go to stderr in every text

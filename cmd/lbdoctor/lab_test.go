@@ -1,6 +1,8 @@
 package main
 
 import (
+	"encoding/json"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -92,9 +94,11 @@ func TestLabDownLeavesWhatTheRecordDoesNotProve(t *testing.T) {
 	tests := []struct {
 		name    string
 		prepare func(t *testing.T, rec *lab.Record) (keep []string) // namespaces that must survive
-		code    int
-		stdout  []string // with NAME, PATH and PID filled in
-		stderr  string
+		// edit, when set, rewrites the saved record's JSON (as a hand-written one).
+		edit   func(m map[string]any)
+		code   int
+		stdout []string // with NAME, PATH and PID filled in
+		stderr string
 	}{
 		{
 			name: "netns outside the lab's names",
@@ -137,6 +141,28 @@ func TestLabDownLeavesWhatTheRecordDoesNotProve(t *testing.T) {
 				"left netns NAME-lb: the record is from another boot (boot id 00000000-0000-0000-0000-000000000000, now ",
 				"removed record PATH",
 			},
+		},
+		{
+			name: "record without a cookie on a kernel with cookies",
+			prepare: func(t *testing.T, rec *lab.Record) []string {
+				return ipNetnsAdd(t, rec)
+			},
+			stdout: []string{
+				"left netns NAME-lb: the record has no namespace cookie, though this kernel gives namespaces one: not proven this lab made it",
+				"left netns NAME-real: the record has no namespace cookie",
+			},
+		},
+		{
+			name: "record with cookie 0 on a kernel with cookies",
+			prepare: func(t *testing.T, rec *lab.Record) []string {
+				return ipNetnsAdd(t, rec)
+			},
+			edit: func(m map[string]any) {
+				for _, n := range m["netns"].([]any) {
+					n.(map[string]any)["cookie"] = 0
+				}
+			},
+			stdout: []string{"left netns NAME-lb: the record has no namespace cookie, though this kernel gives namespaces one: not proven this lab made it"},
 		},
 		{
 			name: "lab netns added again under its name",
@@ -188,6 +214,21 @@ func TestLabDownLeavesWhatTheRecordDoesNotProve(t *testing.T) {
 			if err := rec.Save(); err != nil {
 				t.Fatal(err)
 			}
+			if tt.edit != nil {
+				b, err := os.ReadFile(lab.RecordPath(name))
+				if err != nil {
+					t.Fatal(err)
+				}
+				var m map[string]any
+				if err := json.Unmarshal(b, &m); err != nil {
+					t.Fatal(err)
+				}
+				tt.edit(m)
+				b, _ = json.Marshal(m)
+				if err := os.WriteFile(lab.RecordPath(name), b, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
 			inodes := map[string]uint64{}
 			for _, n := range keep {
 				ns, err := netns.Resolve(n)
@@ -226,4 +267,25 @@ func TestLabDownLeavesWhatTheRecordDoesNotProve(t *testing.T) {
 			}
 		})
 	}
+}
+
+// ipNetnsAdd makes NAME-lb and NAME-real with `ip netns add` (not lab's) and
+// lists them in rec by inode alone, as a hand-written record would.
+func ipNetnsAdd(t *testing.T, rec *lab.Record) []string {
+	t.Helper()
+	var keep []string
+	for _, role := range []string{"lb", "real"} {
+		n := rec.Name + "-" + role
+		if out, err := exec.Command("ip", "netns", "add", n).CombinedOutput(); err != nil {
+			t.Fatalf("ip netns add %s: %v: %s", n, err, out)
+		}
+		t.Cleanup(func() { exec.Command("ip", "netns", "del", n).Run() })
+		ns, err := netns.Resolve(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec.Netns = append(rec.Netns, lab.Made{Name: n, Inode: ns.Inode})
+		keep = append(keep, n)
+	}
+	return keep
 }

@@ -299,7 +299,13 @@ func TestFlagValueErrors(t *testing.T) {
 		{[]string{"drops", "--summary", "--top", "99999999999999999999"}, `lbdoctor: --top "99999999999999999999": want a whole number, at most 9223372036854775807`},
 		{[]string{"lab", "probe", "-n", "abc"}, `lbdoctor: -n/--count "abc": want a whole number`},
 		{[]string{"check", "--drops", "5"}, `lbdoctor: --drops "5": want a duration with a unit, e.g. 5s, 500ms or 2m`},
-		{[]string{"drops", "--port", "x"}, `lbdoctor: --port "x": want a whole number 0 or more`},
+		{[]string{"drops", "--port", "x"}, `lbdoctor: --port "x": want a port 1-65535`},
+		{[]string{"drops", "--port", "-1"}, `lbdoctor: --port "-1": want a port 1-65535`},
+		{[]string{"drops", "--port", " 80"}, `lbdoctor: --port " 80": want a port 1-65535`},
+		{[]string{"drops", "--port", "0"}, `lbdoctor: --port "0": want a port 1-65535`},
+		{[]string{"drops", "--port", "70000"}, `lbdoctor: --port "70000": want a port 1-65535`},
+		{[]string{"drops", "--port", "80,0"}, `lbdoctor: --port "80,0": want a port 1-65535`},
+		{[]string{"drops", "--port", "99999999999999999999"}, `lbdoctor: --port "99999999999999999999": want a port 1-65535`},
 		{[]string{"completion", "bash", "--no-descriptions=maybe"}, `lbdoctor: --no-descriptions "maybe": want true or false`},
 		{[]string{"inspect", "--watch", "99999999999h"}, `lbdoctor: --watch "99999999999h": want a duration of at most 2562047h`},
 		{[]string{"drops", "--duration", "5 sec"}, `lbdoctor: --duration "5 sec": want a duration such as 5s, 500ms or 2m (units: ns, us, ms, s, m, h)`},
@@ -319,7 +325,8 @@ func TestFlagValueErrors(t *testing.T) {
 }
 
 // No flag of any command shows a bare Go type as its placeholder
-// ("--proto string", "-n, --count int"): each names what it takes.
+// ("--proto string", "-n, --count int"): each names what it takes; nor
+// Go's empty-slice default "(default [])".
 func TestFlagPlaceholders(t *testing.T) {
 	goTypes := map[string]bool{}
 	for _, ty := range []string{"string", "strings", "stringArray", "int", "ints", "int8", "int16", "int32", "int64",
@@ -341,6 +348,9 @@ func TestFlagPlaceholders(t *testing.T) {
 			for _, line := range strings.Split(fs.FlagUsages(), "\n") {
 				if m := placeholder.FindString(line); m != "" {
 					t.Errorf("%s help shows %q: %s", c.CommandPath(), m, strings.TrimSpace(line))
+				}
+				if strings.Contains(line, "(default [])") {
+					t.Errorf("%s help shows Go's empty default: %s", c.CommandPath(), strings.TrimSpace(line))
 				}
 			}
 		}

@@ -119,6 +119,33 @@ func flagError(_ *cobra.Command, err error) error {
 	return usageErrorf("%s %s: %s", flagName(f), input.Quote(ive.GetValue()), want)
 }
 
+// portsValue is a repeatable port flag (--port 80 --port 443, or 80,443):
+// each value is checked as it is given, so every bad one — "0", "-1", " 80",
+// "70000", "http" — gets the same "want a port 1-65535" through flagError.
+// Empty, its String is "", so help shows no Go-style "(default [])".
+type portsValue []uint16
+
+func (p *portsValue) Set(s string) error {
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.ParseUint(f, 10, 16)
+		if err != nil || n == 0 {
+			return errors.New("want a port 1-65535")
+		}
+		*p = append(*p, uint16(n))
+	}
+	return nil
+}
+
+func (p *portsValue) String() string {
+	var ss []string
+	for _, n := range *p {
+		ss = append(ss, strconv.Itoa(int(n)))
+	}
+	return strings.Join(ss, ",")
+}
+
+func (p *portsValue) Type() string { return "ports" }
+
 // durationRE is a well-formed Go duration ("99999999999h"): one that did not
 // parse was out of range.
 var durationRE = regexp.MustCompile(`^[+-]?([0-9]*\.?[0-9]+(ns|us|µs|ms|s|m|h))+$`)

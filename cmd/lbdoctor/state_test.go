@@ -129,6 +129,33 @@ func TestTeardownOnlyInTheRecordedNamespace(t *testing.T) {
 			},
 		},
 		{
+			name: "record without a cookie on a kernel with cookies",
+			prepare: func(t *testing.T, name string) netns.Target {
+				ns := stateNetns(t, name)
+				setupObjects(t, ns, true)
+				rewrite(t, apply.StatePath(ns), func(m map[string]any) { delete(m, "cookie") })
+				return ns
+			},
+			stdout: []string{
+				"left sysctl net.ipv4.ip_forward in netns NAME: the record at PATH has no namespace cookie, though this kernel gives namespaces one (it may name another namespace that got the same inode); not proven lbdoctor's",
+				"left nft table ip lbdoctor_tcp_10_1_0_6_80 in netns NAME: the record at PATH has no namespace cookie",
+				"nothing to tear down: no record proves lbdoctor made anything in netns NAME",
+			},
+		},
+		{
+			name: "record with cookie 0 on a kernel with cookies",
+			prepare: func(t *testing.T, name string) netns.Target {
+				ns := stateNetns(t, name)
+				setupObjects(t, ns, true)
+				rewrite(t, apply.StatePath(ns), func(m map[string]any) { m["cookie"] = 0 })
+				return ns
+			},
+			stdout: []string{
+				"left nft table ip lbdoctor_tcp_10_1_0_6_80 in netns NAME: the record at PATH has no namespace cookie, though this kernel gives namespaces one",
+				"nothing to tear down: no record proves lbdoctor made anything in netns NAME",
+			},
+		},
+		{
 			name: "record from another boot",
 			prepare: func(t *testing.T, name string) netns.Target {
 				ns := stateNetns(t, name)

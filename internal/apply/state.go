@@ -118,8 +118,9 @@ func (s *State) identify(t netns.Target) error {
 
 // LoadState reads what lbdoctor made in t (empty when nothing). A record
 // whose identity is not t's is ErrOtherNamespace; one that has no identity
-// (older lbdoctor) or comes from another boot proves nothing: its objects
-// are returned as Unproven, never as Objects.
+// (older lbdoctor), comes from another boot, or has no cookie on a kernel
+// that gives namespaces cookies proves nothing: its objects are returned as
+// Unproven, never as Objects.
 func LoadState(t netns.Target) (*State, error) {
 	path := StatePath(t)
 	data, err := os.ReadFile(path)
@@ -153,6 +154,11 @@ func LoadState(t netns.Target) (*State, error) {
 	case rec.Inode != s.Inode || (rec.Cookie != 0 && s.Cookie != 0 && rec.Cookie != s.Cookie):
 		return nil, &otherNamespaceError{fmt.Sprintf("the record at %s was made for another namespace named %s (inode %d cookie %d, now inode %d cookie %d): nothing changed; remove the record if that namespace is gone",
 			path, nsName(t), rec.Inode, rec.Cookie, s.Inode, s.Cookie)}
+	case rec.Cookie == 0 && s.Cookie != 0:
+		// This kernel gives every namespace a cookie, so a record lbdoctor
+		// wrote here has one; without it only the inode is left, and a name
+		// deleted and added again often gets the old inode back.
+		s.Unproven, s.Why = rec.Objects, fmt.Sprintf("the record at %s has no namespace cookie, though this kernel gives namespaces one (it may name another namespace that got the same inode)", path)
 	default:
 		s.Objects = rec.Objects
 	}

@@ -46,17 +46,20 @@ type Made struct {
 	Cookie uint64 `json:"cookie,omitempty"`
 }
 
-// Is reports whether t is the namespace m was made as.
+// Is reports whether t is the namespace m was made as. Where the kernel
+// gives namespaces cookies, lab up recorded one: a record without (written
+// by hand, or edited) names a namespace by inode alone, which a name added
+// again often gets back, so it proves nothing.
 func (m Made) Is(t netns.Target) (bool, error) {
 	if m.Inode != t.Inode {
 		return false, nil
 	}
-	if m.Cookie == 0 {
-		return true, nil
-	}
 	c, err := t.Cookie()
 	if err != nil {
 		return false, err
+	}
+	if m.Cookie == 0 {
+		return c == 0, nil
 	}
 	return c == 0 || c == m.Cookie, nil
 }
@@ -209,7 +212,7 @@ func (r Record) made(name string) (Made, bool) {
 // Down removes what the record of lab name proves lab made — also after a
 // crashed `lab up`, which recorded each object before making it: the server
 // process if it is still the one started, each namespace whose name still
-// holds the recorded inode, then the record. Anything else is left and
+// holds the recorded inode and cookie, then the record. Anything else is left and
 // reported. before runs for each namespace about to be deleted.
 func Down(name string, before func(netns.Target)) (gone, left []string, err error) {
 	rec, err := LoadRecord(name)
@@ -271,6 +274,9 @@ func Down(name string, before func(netns.Target)) (gone, left []string, err erro
 			continue
 		case !same && cur.Inode != m.Inode:
 			left = append(left, fmt.Sprintf("netns %s: not made by this lab (inode differs)", m.Name))
+			continue
+		case !same && m.Cookie == 0:
+			left = append(left, fmt.Sprintf("netns %s: the record has no namespace cookie, though this kernel gives namespaces one: not proven this lab made it", m.Name))
 			continue
 		case !same:
 			left = append(left, fmt.Sprintf("netns %s: not made by this lab (cookie differs: the name was added again and got the old inode)", m.Name))
