@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"os"
 	"regexp"
 	"strconv"
@@ -254,6 +255,51 @@ func TestDropsSlowReaderGetsAll(t *testing.T) {
 				t.Errorf("lbdoctor %v: %d rows in %d bytes; want thousands (the flood sent %d flows)", args, rows, len(out), len(ports))
 			}
 			t.Logf("%d rows, %d bytes, read whole; ended %s after the window", rows, len(out), lp.ended.Sub(start).Round(time.Millisecond))
+		})
+	}
+}
+
+// A guardedWriter with a stall bound hands a slow reader the whole of a
+// write many pipe buffers long, and gives up on a reader that takes
+// nothing, saying what it took, within the bound (and a tick).
+func TestGuardedWriterStall(t *testing.T) {
+	doc := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
+	for _, tc := range []struct {
+		name string
+		read bool
+		want string // the error; "": none
+	}{
+		{"slow reader", true, ""},
+		{"never read", false, "output blocked: stdout accepted 0 of 1048576 bytes, then nothing for 1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var r, w *os.File
+			var got <-chan []byte
+			if tc.read {
+				var err error
+				if r, w, err = os.Pipe(); err != nil {
+					t.Fatal(err)
+				}
+				got = slowReader(r)
+			} else {
+				_, w = fullPipe(t) // nothing more is taken
+			}
+			defer w.Close()
+			g := newGuardedWriter(t.Context(), "stdout", w)
+			g.SetStallBound(stallBound)
+			start := time.Now()
+			n, err := g.Write(doc)
+			took := time.Since(start)
+			if tc.want == "" {
+				w.Close()
+				if b := <-got; err != nil || n != len(doc) || !bytes.Equal(b, doc) {
+					t.Errorf("Write(1 MiB) to a reader of 64 KB every 20 ms = %d, %v, %d bytes read; want all %d written and read", n, err, len(b), len(doc))
+				}
+				return
+			}
+			if err == nil || !errors.Is(err, errOutputBlocked) || !strings.HasPrefix(err.Error(), tc.want) || took > stallBound+50*time.Millisecond {
+				t.Errorf("Write(1 MiB) to a full pipe = %d, %v after %s; want %q… within %s", n, err, took, tc.want, stallBound+50*time.Millisecond)
+			}
 		})
 	}
 }
