@@ -286,11 +286,11 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 				fmt.Fprintln(out, report.DropLine(d))
 			}
 		})
-		// The window is over: what is queued gets a short bounded time,
-		// and so does every write after it.
-		setOutputDeadline(cmd.OutOrStdout(), time.Now().Add(flushBound))
-		setOutputDeadline(cmd.ErrOrStderr(), time.Now().Add(2*flushBound))
-		sum.NotWritten, _ = lq.Close(flushBound + 20*time.Millisecond)
+		// The window is over: what is queued is written while the reader
+		// takes it, and so is every write after it.
+		setOutputStall(cmd.OutOrStdout(), stallBound)
+		setOutputStall(cmd.ErrOrStderr(), stallBound)
+		sum.NotWritten, _ = lq.Close()
 		out = cmd.OutOrStdout()
 		if err != nil {
 			return err
@@ -312,8 +312,8 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		sum.CutShort = cause.Error()
 	}
 	if f.summary {
-		setOutputDeadline(cmd.OutOrStdout(), time.Now().Add(flushBound))
-		setOutputDeadline(cmd.ErrOrStderr(), time.Now().Add(2*flushBound))
+		setOutputStall(cmd.OutOrStdout(), stallBound)
+		setOutputStall(cmd.ErrOrStderr(), stallBound)
 	}
 	if jsonOut {
 		if f.summary {
@@ -321,35 +321,39 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		} else {
 			err = report.DropsJSONLine(out, sum)
 		}
+		var blocked error
 		if errors.Is(err, errOutputBlocked) {
-			// Said where it can be read: the summary is the run's result.
-			fmt.Fprintf(cmd.ErrOrStderr(), "! the JSON summary was not written: %v\n", err)
+			// Said where it can be read: the summary is the run's result,
+			// and a reader that got part of it must not take it for whole.
+			blocked = &exitError{code: exitFailed, msg: "the JSON summary was not written whole: " + err.Error()}
 		} else if err != nil {
 			return err
 		}
 		if sum.NotWritten > 0 {
 			fmt.Fprintf(cmd.ErrOrStderr(), "! %d of the %d drops reported were not written: the output blocked (nobody read it) and the window does not wait for it\n", sum.NotWritten, sum.Delivered)
 		}
-		return nil
+		return blocked
 	}
 	// Text: the table is data (stdout); the closing lines are status and go
 	// to stderr in both modes, like the start line.
+	var blocked error
 	if f.summary {
 		if err := report.DropsTable(out, sum); errors.Is(err, errOutputBlocked) {
-			fmt.Fprintf(cmd.ErrOrStderr(), "! the summary table was not written: %v\n", err)
+			blocked = &exitError{code: exitFailed, msg: "the summary table was not written whole: " + err.Error()}
 		} else if err != nil {
 			return err
 		}
 	}
 	// stderr blocked too: nothing more can be said, and nothing waits.
 	report.DropsClosing(cmd.ErrOrStderr(), sum)
-	return nil
+	return blocked
 }
 
-// flushBound is how long the output may take to be written once a drops
-// window is over: the window ends on time, and so does the process, even
-// when nobody reads stdout.
-const flushBound = 100 * time.Millisecond
+// stallBound is how long, once a drops window is over, a write may go with
+// nothing taken by its reader before it is given up: the process ends soon
+// after the window when nobody reads stdout, and never cuts the output of
+// a reader that is merely slow.
+const stallBound = 150 * time.Millisecond
 
 // errNetnsGone ends a drops window whose namespace was deleted.
 var errNetnsGone = errors.New("deleted")

@@ -46,7 +46,7 @@ func main() {
 		cancel(&interruptedError{sig: sig.(syscall.Signal)})
 	}()
 	// A write nobody reads must not hold a signal: see guardedWriter.
-	code := run(ctx, os.Args[1:], newGuardedWriter(ctx, os.Stdout), newGuardedWriter(ctx, os.Stderr))
+	code := run(ctx, os.Args[1:], newGuardedWriter(ctx, "stdout", os.Stdout), newGuardedWriter(ctx, "stderr", os.Stderr))
 	os.Exit(code)
 }
 

@@ -4,53 +4,76 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
-// errOutputBlocked is a write that did not end in the time left to it:
-// nobody reads the pipe or terminal it goes to.
+// errOutputBlocked is a write that stopped being taken: nobody reads the
+// pipe or terminal it goes to (the error names what it accepted).
 var errOutputBlocked = errors.New("output blocked: nobody reads it")
+
+// blockedError is a write given up: what of it the reader took, and why.
+type blockedError struct {
+	name            string // stdout or stderr
+	accepted, total int
+	why             string
+}
+
+func (e *blockedError) Error() string {
+	return fmt.Sprintf("output blocked: %s accepted %d of %d bytes, then %s", e.name, e.accepted, e.total, e.why)
+}
+
+func (e *blockedError) Unwrap() error { return errOutputBlocked }
 
 // signalGrace is how long a write may still take once a signal ended the
 // command: with the rest of the way out, the process ends within 200 ms of
 // SIGINT or SIGTERM even when nobody reads its output.
 const signalGrace = 50 * time.Millisecond
 
+// writeChunk is the most handed to the reader in one go: progress is seen
+// (and a slow reader is told from none) at this grain.
+const writeChunk = 16 << 10
+
 // guardedWriter writes to w from its own goroutine, so that a write the
-// reader of w does not take cannot hold the command past a signal (ctx) or
-// past a deadline the command set: the write is then abandoned (it goes on,
-// and the process may end under it) and this and every later write fail
-// with errOutputBlocked until it ends. main wraps stdout and stderr in one.
+// reader of w does not take cannot hold the command past a signal (ctx) or,
+// once the command set a stall bound, past that long with nothing taken:
+// the write is then abandoned (it goes on, and the process may end under
+// it) and this and every later write fail with errOutputBlocked until it
+// ends. A reader that keeps taking bytes, however slowly, gets them all:
+// a document is never cut because its reader is slow. main wraps stdout
+// and stderr in one.
 type guardedWriter struct {
-	w        io.Writer
-	ctx      context.Context
-	deadline atomic.Int64 // unix ns after which a write gives up (after signalGrace at least); 0: none
-	dmu      sync.Mutex
-	moved    chan struct{} // closed (and replaced) when the deadline is set
+	w     io.Writer
+	name  string
+	ctx   context.Context
+	stall atomic.Int64 // ns a write may go without progress; 0: no bound
+	since atomic.Int64 // unix ns the bound was set: progress is counted from then at the earliest
+	dmu   sync.Mutex
+	moved chan struct{} // closed (and replaced) when the bound is set
 
 	mu    sync.Mutex
 	stuck chan struct{} // closed when the abandoned write ends; nil: none
 }
 
-func newGuardedWriter(ctx context.Context, w io.Writer) *guardedWriter {
-	return &guardedWriter{w: w, ctx: ctx, moved: make(chan struct{})}
+func newGuardedWriter(ctx context.Context, name string, w io.Writer) *guardedWriter {
+	return &guardedWriter{w: w, name: name, ctx: ctx, moved: make(chan struct{})}
 }
 
-// SetDeadline bounds every write from now on: one still waiting at t gives
-// up (each write is given signalGrace at least).
-// A write under way when it is set is bound by it too.
-func (g *guardedWriter) SetDeadline(t time.Time) {
+// SetStallBound bounds every write from now on, and the one under way: it
+// gives up once the reader took nothing for d.
+func (g *guardedWriter) SetStallBound(d time.Duration) {
 	g.dmu.Lock()
 	defer g.dmu.Unlock()
-	g.deadline.Store(t.UnixNano())
+	g.since.Store(time.Now().UnixNano())
+	g.stall.Store(int64(d))
 	close(g.moved)
 	g.moved = make(chan struct{})
 }
 
-func (g *guardedWriter) deadlineMoved() <-chan struct{} {
+func (g *guardedWriter) boundMoved() <-chan struct{} {
 	g.dmu.Lock()
 	defer g.dmu.Unlock()
 	return g.moved
@@ -64,58 +87,75 @@ func (g *guardedWriter) Write(p []byte) (int, error) {
 		case <-g.stuck:
 			g.stuck = nil
 		default:
-			return 0, errOutputBlocked
+			return 0, &blockedError{g.name, 0, len(p), "nothing: an earlier write is still blocked"}
 		}
 	}
 	// The caller may reuse p once Write returns, and the write may outlive
 	// the call.
 	buf := bytes.Clone(p)
 	done := make(chan struct{})
-	var n int
+	var accepted atomic.Int64
+	var last atomic.Int64 // unix ns of the last progress
+	last.Store(time.Now().UnixNano())
 	var err error
 	go func() {
-		n, err = g.w.Write(buf)
-		close(done)
+		defer close(done)
+		for len(buf) > 0 {
+			c := buf[:min(len(buf), writeChunk)]
+			n, werr := g.w.Write(c)
+			accepted.Add(int64(n))
+			last.Store(time.Now().UnixNano())
+			buf = buf[n:]
+			if werr != nil {
+				err = werr
+				return
+			}
+		}
 	}()
 	select {
 	case <-done:
-		return n, err
+		return int(accepted.Load()), err
 	default:
 	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	var why string
+wait:
 	for {
-		moved := g.deadlineMoved()
-		var deadline <-chan time.Time
-		if d := g.deadline.Load(); d != 0 {
-			t := time.NewTimer(max(time.Until(time.Unix(0, d)), signalGrace))
-			defer t.Stop()
-			deadline = t.C
-		}
 		select {
 		case <-done:
-			return n, err
-		case <-moved:
-			continue
-		case <-deadline:
+			return int(accepted.Load()), err
+		case <-g.boundMoved():
+		case <-tick.C:
 		case <-g.ctx.Done():
 			t := time.NewTimer(signalGrace)
 			defer t.Stop()
 			select {
 			case <-done:
-				return n, err
+				return int(accepted.Load()), err
 			case <-t.C:
 			}
+			why = fmt.Sprintf("nothing more within %d ms of the signal", signalGrace.Milliseconds())
+			break wait
 		}
-		break
+		if stall := time.Duration(g.stall.Load()); stall > 0 {
+			from := max(last.Load(), g.since.Load())
+			if idle := time.Since(time.Unix(0, from)); idle >= stall {
+				why = fmt.Sprintf("nothing for %d ms", idle.Milliseconds())
+				break wait
+			}
+		}
 	}
 	g.stuck = done
-	return 0, errOutputBlocked
+	return int(accepted.Load()), &blockedError{g.name, int(accepted.Load()), len(p), why}
 }
 
-// setOutputDeadline bounds the writes to w, when w is a guardedWriter (the
-// process's stdout and stderr; tests may pass plain buffers).
-func setOutputDeadline(w io.Writer, t time.Time) {
+// setOutputStall bounds the writes to w, when w is a guardedWriter (the
+// process's stdout and stderr; tests may pass plain buffers): from now on a
+// write gives up once its reader took nothing for d.
+func setOutputStall(w io.Writer, d time.Duration) {
 	if g, ok := w.(*guardedWriter); ok {
-		g.SetDeadline(t)
+		g.SetStallBound(d)
 	}
 }
 
@@ -193,17 +233,14 @@ func (q *lineQueue) run(period time.Duration) {
 	}
 }
 
-// Close writes what is queued, waiting at most bound, and returns how many
-// lines were not written (refused while the output blocked, or still queued
-// or being written when the bound passed) and the first write error.
-func (q *lineQueue) Close(bound time.Duration) (notWritten uint64, err error) {
+// Close writes what is queued and returns how many lines were not written
+// (refused while the output blocked, or whose write failed) and the first
+// write error. It waits for the writer as long as its output takes the
+// lines: w must bound its writes (a guardedWriter with a stall bound gives
+// up once nothing is taken, and soon after a signal).
+func (q *lineQueue) Close() (notWritten uint64, err error) {
 	close(q.closing)
-	t := time.NewTimer(bound)
-	defer t.Stop()
-	select {
-	case <-q.done:
-	case <-t.C:
-	}
+	<-q.done
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	n := q.notWritten + q.lines + q.inflight

@@ -1,6 +1,9 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
+	"errors"
 	"os"
 	"regexp"
 	"strconv"
@@ -11,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/lbdoctor/lbdoctor/internal/report"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 )
 
@@ -30,12 +34,13 @@ func TestDropsStdoutBlocked(t *testing.T) {
 		args      []string
 		startLine string
 		signal    bool // SIGINT once the flood is over (stdout long blocked)
+		code      int  // lost event lines are counted (0); a summary not written whole fails (4)
 		want      []string
 	}{
-		{"window ends", nil, "tracing drops", false, []string{"drops reported were not written: the output blocked"}},
-		{"sigint", nil, "tracing drops", true, []string{"drops reported were not written: the output blocked", "! cut short (interrupted by SIGINT)"}},
-		{"json window ends", []string{"-o", "json"}, "", false, []string{"! the JSON summary was not written", "drops reported were not written: the output blocked"}},
-		{"json sigint", []string{"-o", "json"}, "", true, []string{"! the JSON summary was not written", "drops reported were not written: the output blocked"}},
+		{"window ends", nil, "tracing drops", false, exitOK, []string{"drops reported were not written: the output blocked"}},
+		{"sigint", nil, "tracing drops", true, exitOK, []string{"drops reported were not written: the output blocked", "! cut short (interrupted by SIGINT)"}},
+		{"json window ends", []string{"-o", "json"}, "", false, exitFailed, []string{"lbdoctor: the JSON summary was not written whole: output blocked: stdout accepted 0 of ", "drops reported were not written: the output blocked"}},
+		{"json sigint", []string{"-o", "json"}, "", true, exitFailed, []string{"lbdoctor: the JSON summary was not written whole: output blocked: stdout accepted 0 of ", "drops reported were not written: the output blocked"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, w, err := os.Pipe()
@@ -66,12 +71,12 @@ func TestDropsStdoutBlocked(t *testing.T) {
 			lp.wait(t, window+10*time.Second)
 			took := lp.ended.Sub(from)
 			errText := lp.errText()
-			ok := lp.code == 0 && took <= limit
+			ok := lp.code == tc.code && took <= limit
 			for _, want := range tc.want {
 				ok = ok && strings.Contains(errText, want)
 			}
 			if !ok {
-				t.Errorf("lbdoctor %v, stdout never read = exit %d after %s:\n%.3000s\nwant exit 0 within %s, with %q", args, lp.code, took, errText, limit, tc.want)
+				t.Errorf("lbdoctor %v, stdout never read = exit %d after %s:\n%.3000s\nwant exit %d within %s, with %q", args, lp.code, took, errText, tc.code, limit, tc.want)
 			}
 			if m := closingRE.FindStringSubmatch(errText); tc.startLine != "" {
 				if m == nil {
@@ -154,8 +159,147 @@ func TestSignalEndsBlockedWrite(t *testing.T) {
 		start := lp.waitStart(t)
 		lp.wait(t, 10*time.Second)
 		took := lp.ended.Sub(start)
-		if want := "! the summary table was not written: output blocked"; lp.code != 0 || took > 600*time.Millisecond || !strings.Contains(lp.errText(), want) {
-			t.Errorf("lbdoctor %v, stdout full = exit %d %s after its window opened:\n%s\nwant exit 0 within 600ms, with %q", args, lp.code, took, lp.errText(), want)
+		wantRE := regexp.MustCompile(`lbdoctor: the summary table was not written whole: output blocked: stdout accepted 0 of \d+ bytes, then nothing for 1\d\d ms`)
+		if lp.code != exitFailed || took > 600*time.Millisecond || !wantRE.MatchString(lp.errText()) {
+			t.Errorf("lbdoctor %v, stdout full = exit %d %s after its window opened:\n%s\nwant exit 4 within 600ms, with %q", args, lp.code, took, lp.errText(), wantRE)
 		}
 	})
+}
+
+// slowReader reads r as a slow consumer does (64 KB every 20 ms) until EOF,
+// and hands back everything it read.
+func slowReader(r *os.File) <-chan []byte {
+	got := make(chan []byte, 1)
+	go func() {
+		var all []byte
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := r.Read(buf)
+			all = append(all, buf[:n]...)
+			if err != nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		got <- all
+	}()
+	return got
+}
+
+// A reader that is slow but reads gets the whole of what drops writes
+// after its window, however long it takes: the --summary document of a
+// flood (thousands of rows, megabytes) arrives whole and parses, exit 0;
+// so do all the event lines queued when the window ends. Only a reader that
+// takes nothing for the stall bound is given up on.
+func TestDropsSlowReaderGetsAll(t *testing.T) {
+	p := testkit.NewDropPair(t)
+	for _, tc := range []struct {
+		name  string
+		args  []string
+		flows int // lines: what the window's 8 MB queue holds, so none is refused
+		// late: reading starts once the flood is over, so megabytes of
+		// lines are still queued when the window ends.
+		late bool
+	}{
+		{"json summary", []string{"--summary", "-o", "json"}, 30000, false},
+		{"json lines", []string{"-o", "json"}, 12000, true},
+	} {
+		ports := testkit.Ports(20000, tc.flows)
+		t.Run(tc.name, func(t *testing.T) {
+			r, w, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			args := append([]string{"drops", "--netns", p.B.Name, "--host", p.AddrA.String(), "--duration", "2s"}, tc.args...)
+			lp := startLbdoctorTo(t, "", w, "", args...)
+			w.Close()
+			start := lp.waitStart(t)
+			var got <-chan []byte
+			if !tc.late {
+				got = slowReader(r)
+			}
+			p.Flood(t, ports, time.Second)
+			if tc.late {
+				got = slowReader(r)
+			}
+			lp.wait(t, 60*time.Second)
+			out := <-got
+			errText := lp.errText()
+			if lp.code != exitOK || strings.Contains(errText, "not written") {
+				t.Fatalf("lbdoctor %v, read 64 KB every 20 ms = exit %d, %d bytes read:\n%.3000s\nwant exit 0, all written", args, lp.code, len(out), errText)
+			}
+			var rows int
+			if tc.args[0] == "--summary" {
+				var s report.DropsSummary
+				if err := json.Unmarshal(out, &s); err != nil {
+					t.Fatalf("lbdoctor %v, read 64 KB every 20 ms: %d bytes that do not parse (%v), ending %q", args, len(out), err, out[max(0, len(out)-200):])
+				}
+				rows = len(s.Aggregates)
+			} else {
+				lines := bytes.Split(bytes.TrimSuffix(out, []byte("\n")), []byte("\n"))
+				for i, l := range lines {
+					if !json.Valid(l) {
+						t.Fatalf("lbdoctor %v: line %d of %d is not JSON: %.200q", args, i+1, len(lines), l)
+					}
+				}
+				var s report.DropsSummary
+				if err := json.Unmarshal(lines[len(lines)-1], &s); err != nil || s.Type != "summary" {
+					t.Fatalf("lbdoctor %v: last line is no summary (%v): %.300q", args, err, lines[len(lines)-1])
+				}
+				if rows = len(lines) - 1; uint64(rows) != s.Delivered || s.NotWritten != 0 {
+					t.Errorf("lbdoctor %v: %d event lines, summary says %d delivered, %d not written; want all delivered written", args, rows, s.Delivered, s.NotWritten)
+				}
+			}
+			if rows < 2000 {
+				t.Errorf("lbdoctor %v: %d rows in %d bytes; want thousands (the flood sent %d flows)", args, rows, len(out), len(ports))
+			}
+			t.Logf("%d rows, %d bytes, read whole; ended %s after the window", rows, len(out), lp.ended.Sub(start).Round(time.Millisecond))
+		})
+	}
+}
+
+// A guardedWriter with a stall bound hands a slow reader the whole of a
+// write many pipe buffers long, and gives up on a reader that takes
+// nothing, saying what it took, within the bound (and a tick).
+func TestGuardedWriterStall(t *testing.T) {
+	doc := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
+	for _, tc := range []struct {
+		name string
+		read bool
+		want string // the error; "": none
+	}{
+		{"slow reader", true, ""},
+		{"never read", false, "output blocked: stdout accepted 0 of 1048576 bytes, then nothing for 1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var r, w *os.File
+			var got <-chan []byte
+			if tc.read {
+				var err error
+				if r, w, err = os.Pipe(); err != nil {
+					t.Fatal(err)
+				}
+				got = slowReader(r)
+			} else {
+				_, w = fullPipe(t) // nothing more is taken
+			}
+			defer w.Close()
+			g := newGuardedWriter(t.Context(), "stdout", w)
+			g.SetStallBound(stallBound)
+			start := time.Now()
+			n, err := g.Write(doc)
+			took := time.Since(start)
+			if tc.want == "" {
+				w.Close()
+				if b := <-got; err != nil || n != len(doc) || !bytes.Equal(b, doc) {
+					t.Errorf("Write(1 MiB) to a reader of 64 KB every 20 ms = %d, %v, %d bytes read; want all %d written and read", n, err, len(b), len(doc))
+				}
+				return
+			}
+			if err == nil || !errors.Is(err, errOutputBlocked) || !strings.HasPrefix(err.Error(), tc.want) || took > stallBound+50*time.Millisecond {
+				t.Errorf("Write(1 MiB) to a full pipe = %d, %v after %s; want %q… within %s", n, err, took, tc.want, stallBound+50*time.Millisecond)
+			}
+		})
+	}
 }
