@@ -52,26 +52,7 @@ func TestGuestDropsStage3(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("lbdoctor drops: %v\n%s", err, errb.String())
 	}
-	var found *report.Drop
-	var sum report.DropsSummary
-	sc := bufio.NewScanner(&out)
-	for sc.Scan() {
-		var typ struct{ Type string }
-		json.Unmarshal(sc.Bytes(), &typ)
-		switch typ.Type {
-		case "drop":
-			var d report.Drop
-			if err := json.Unmarshal(sc.Bytes(), &d); err != nil {
-				t.Fatal(err)
-			}
-			t.Logf("%s", report.DropLine(d))
-			if d.Reason == "IP_INADDRERRORS" && found == nil {
-				found = &d
-			}
-		case "summary":
-			json.Unmarshal(sc.Bytes(), &sum)
-		}
-	}
+	found, sum := firstDrop(t, &out, func(d report.Drop) bool { return d.Reason == "IP_INADDRERRORS" })
 	if found == nil {
 		t.Fatalf("no IP_INADDRERRORS drop in:\n%s\n%s", out.String(), errb.String())
 	}
@@ -115,9 +96,22 @@ func TestGuestDropsAttributesFromIPVS(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("lbdoctor drops: %v\n%s", err, errb.String())
 	}
+	found, sum := firstDrop(t, &out, func(d report.Drop) bool { return d.Flow != nil && d.Flow.Source == "ipvs" })
+	if found == nil || found.Flow.VIP != vip || !strings.Contains(found.Flow.Direction, "SYN-ACK") || !strings.Contains(found.Flow.Stage, "never de-NATed by IPVS") {
+		t.Fatalf("no SYN-ACK attributed from IPVS (never de-NATed) in:\n%s\n%s", out.String(), errb.String())
+	}
+	if sum.Attribution.Attributed == 0 || sum.Attribution.Attributed+sum.Attribution.NotAttributed != sum.Delivered {
+		t.Errorf("summary attribution = %+v, delivered %d; want some attributed, attributed + not = delivered", sum.Attribution, sum.Delivered)
+	}
+}
+
+// firstDrop reads `drops -o json` lines: the first drop that want accepts
+// (nil if none) and the closing summary. Every drop is logged.
+func firstDrop(t *testing.T, out io.Reader, want func(report.Drop) bool) (*report.Drop, report.DropsSummary) {
+	t.Helper()
 	var found *report.Drop
 	var sum report.DropsSummary
-	sc := bufio.NewScanner(&out)
+	sc := bufio.NewScanner(out)
 	for sc.Scan() {
 		var typ struct{ Type string }
 		json.Unmarshal(sc.Bytes(), &typ)
@@ -128,17 +122,12 @@ func TestGuestDropsAttributesFromIPVS(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Logf("%s", report.DropLine(d))
-			if d.Flow != nil && d.Flow.Source == "ipvs" && found == nil {
+			if found == nil && want(d) {
 				found = &d
 			}
 		case "summary":
 			json.Unmarshal(sc.Bytes(), &sum)
 		}
 	}
-	if found == nil || found.Flow.VIP != vip || !strings.Contains(found.Flow.Direction, "SYN-ACK") || !strings.Contains(found.Flow.Stage, "never de-NATed by IPVS") {
-		t.Fatalf("no SYN-ACK attributed from IPVS (never de-NATed) in:\n%s\n%s", out.String(), errb.String())
-	}
-	if sum.Attribution.Attributed == 0 || sum.Attribution.Attributed+sum.Attribution.NotAttributed != sum.Delivered {
-		t.Errorf("summary attribution = %+v, delivered %d; want some attributed, attributed + not = delivered", sum.Attribution, sum.Delivered)
-	}
+	return found, sum
 }
