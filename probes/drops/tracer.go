@@ -398,9 +398,7 @@ func (t *Tracer) counters(aggs []Aggregate) (Counters, error) {
 		if err := t.coll.Maps["counters"].Lookup(idx, &per); err != nil {
 			return c, fmt.Errorf("read drop counters: %w", err)
 		}
-		for _, v := range per {
-			*dst += v
-		}
+		*dst = sumCPUs(per)
 	}
 	if st, err := t.prog.Stats(); err == nil {
 		c.Missed = st.RecursionMisses
@@ -458,11 +456,7 @@ func (t *Tracer) Aggregates() ([]Aggregate, error) {
 	var per []uint64
 	it := t.coll.Maps["agg_place"].Iterate()
 	for it.Next(&pk, &per) {
-		var n uint64
-		for _, v := range per {
-			n += v
-		}
-		out = append(out, Aggregate{Packet: Packet{Netns: pk.Netns, Reason: pk.Reason, Location: pk.Location}, Count: n, NotItemised: true})
+		out = append(out, Aggregate{Packet: Packet{Netns: pk.Netns, Reason: pk.Reason, Location: pk.Location}, Count: sumCPUs(per), NotItemised: true})
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("read drop aggregates by place: %w", err)
@@ -491,11 +485,7 @@ func (t *Tracer) batchAggregates() ([]Aggregate, error) {
 	for {
 		n, err := t.coll.Maps["agg"].BatchLookup(&cursor, keys, vals, nil)
 		for i, k := range keys[:n] {
-			var c uint64
-			for _, v := range vals[i*ncpu : (i+1)*ncpu] {
-				c += v
-			}
-			out = append(out, Aggregate{Packet: packetOf(k.Netns, k.Reason, k.Location, k.Family, k.Proto, k.Saddr.B, k.Daddr.B, k.Sport, k.Dport), Count: c})
+			out = append(out, Aggregate{Packet: packetOf(k.Netns, k.Reason, k.Location, k.Family, k.Proto, k.Saddr.B, k.Daddr.B, k.Sport, k.Dport), Count: sumCPUs(vals[i*ncpu : (i+1)*ncpu])})
 		}
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return out, nil
@@ -514,13 +504,18 @@ func (t *Tracer) iterateAggregates() ([]Aggregate, error) {
 	var per []uint64
 	it := t.coll.Maps["agg"].Iterate()
 	for it.Next(&k, &per) {
-		var n uint64
-		for _, v := range per {
-			n += v
-		}
-		out = append(out, Aggregate{Packet: packetOf(k.Netns, k.Reason, k.Location, k.Family, k.Proto, k.Saddr.B, k.Daddr.B, k.Sport, k.Dport), Count: n})
+		out = append(out, Aggregate{Packet: packetOf(k.Netns, k.Reason, k.Location, k.Family, k.Proto, k.Saddr.B, k.Daddr.B, k.Sport, k.Dport), Count: sumCPUs(per)})
 	}
 	return out, it.Err()
+}
+
+// sumCPUs adds up one entry of a per-CPU map.
+func sumCPUs(per []uint64) uint64 {
+	var n uint64
+	for _, v := range per {
+		n += v
+	}
+	return n
 }
 
 // Read delivers events until ctx ends, then what is still in the ring, so
