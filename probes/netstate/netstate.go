@@ -128,40 +128,78 @@ type Decision struct {
 // Lookup asks the kernel of ns how it would route a packet to dst
 // (`ip route get DST [from SRC]`). src may be the zero Addr.
 func Lookup(ns netns.Target, dst, src netip.Addr) (Decision, error) {
-	d := Decision{Dst: dst}
-	err := ns.Do(func() error {
-		opts := &netlink.RouteGetOptions{}
-		if src.IsValid() {
-			opts.SrcAddr = net.IP(src.AsSlice())
-		}
-		rs, err := netlink.RouteGetWithOptions(net.IP(dst.AsSlice()), opts)
-		if err != nil {
-			return err
-		}
-		if len(rs) == 0 {
-			return fmt.Errorf("no route")
-		}
-		r := rs[0]
-		if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
-			d.Dev = l.Attrs().Name
-		}
-		if gw, ok := netip.AddrFromSlice(r.Gw); ok {
-			d.Gw = gw.Unmap()
-		}
-		if s, ok := netip.AddrFromSlice(r.Src); ok {
-			d.Src = s.Unmap()
-		}
-		d.Local = r.Type == unix.RTN_LOCAL
-		return nil
+	var d Decision
+	err := ns.Do(func() (err error) {
+		d, err = LookupHere(dst, src)
+		return err
 	})
 	if err != nil {
 		return d, fmt.Errorf("route lookup to %s in %s: %w", dst, ns, err)
 	}
+	return d, nil
+}
+
+// LookupHere is Lookup in the namespace of the calling thread: for code
+// already running inside one (netns.Target.Do), which must not enter it
+// again per lookup.
+func LookupHere(dst, src netip.Addr) (Decision, error) {
+	d := Decision{Dst: dst}
+	opts := &netlink.RouteGetOptions{}
+	if src.IsValid() {
+		opts.SrcAddr = net.IP(src.AsSlice())
+	}
+	rs, err := netlink.RouteGetWithOptions(net.IP(dst.AsSlice()), opts)
+	if err != nil {
+		return d, err
+	}
+	if len(rs) == 0 {
+		return d, fmt.Errorf("no route")
+	}
+	r := rs[0]
+	if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
+		d.Dev = l.Attrs().Name
+	}
+	if gw, ok := netip.AddrFromSlice(r.Gw); ok {
+		d.Gw = gw.Unmap()
+	}
+	if s, ok := netip.AddrFromSlice(r.Src); ok {
+		d.Src = s.Unmap()
+	}
+	d.Local = r.Type == unix.RTN_LOCAL
 	d.NextHop = d.Dst
 	if d.Gw.IsValid() {
 		d.NextHop = d.Gw
 	}
 	return d, nil
+}
+
+// NeighbourHere is the ARP/NDP entry of ip on dev in the namespace of the
+// calling thread (netns.Target.Do), with ok false when there is none.
+func NeighbourHere(ip netip.Addr, dev string) (n Neighbour, ok bool, err error) {
+	l, err := netlink.LinkByName(dev)
+	if err != nil {
+		return n, false, fmt.Errorf("find link %s: %w", dev, err)
+	}
+	family := netlink.FAMILY_V4
+	if ip.Is6() && !ip.Is4In6() {
+		family = netlink.FAMILY_V6
+	}
+	neighs, err := netlink.NeighList(l.Attrs().Index, family)
+	if err != nil {
+		return n, false, fmt.Errorf("list neighbours on %s: %w", dev, err)
+	}
+	for _, x := range neighs {
+		a, good := netip.AddrFromSlice(x.IP)
+		if !good || a.Unmap() != ip.Unmap() {
+			continue
+		}
+		n = Neighbour{IP: a.Unmap(), Dev: dev, State: neighState(x.State)}
+		if len(x.HardwareAddr) > 0 {
+			n.MAC = x.HardwareAddr.String()
+		}
+		return n, true, nil
+	}
+	return n, false, nil
 }
 
 func route(r netlink.Route, names map[int]string) Route {
