@@ -93,6 +93,22 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 		title += fmt.Sprintf(" (and %s)", tally.Of(len(reasons)-1, "more reason"))
 	}
 	f := Finding{Status: Fail, Title: title, Evidence: ev}
+	// Drops that a root cause another check names explains (a real that
+	// does not answer ARP, one the LB has no route to) are that check's
+	// failure, not a second one: all explained, this one only warns.
+	sick := sickReals(s, sel)
+	var explained uint64
+	for _, c := range d.Drops {
+		if explainedByRealHealth(s, sel, sick, c) {
+			explained += c.Count
+		}
+	}
+	if explained > 0 {
+		f.Evidence = append(f.Evidence, Evidence{Fact: fmt.Sprintf("%d of these %d drops are of packets to real servers that ipvs.real_health fails (%s)", explained, total, sickList(sick)), Source: "kfree_skb tracer, health probe"})
+	}
+	if explained == total {
+		f.Status, f.Title = Warn, title+": every one explained by ipvs.real_health"
+	}
 	// Every reason with a known fix gives it, biggest first: the fix of a
 	// smaller reason must not hide behind the biggest one's.
 	for i, r := range reasons {

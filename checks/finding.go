@@ -69,6 +69,7 @@ var Catalog = []Check{
 	{ID: "nat.return_path", Title: "replies of masquerade services come back through the LB", Run: checkReturnPath},
 	{ID: "net.send_redirects", Title: "a one-arm LB sends no ICMP redirects", Run: checkSendRedirects},
 	{ID: "ipvs.reals_available", Title: "every service has a real server that takes connections", Run: checkRealsAvailable},
+	{ID: "ipvs.real_health", Title: "every real server answers from the LB", Run: checkRealHealth},
 	{ID: "ipvs.expire_nodest_conn", Title: "connections to a removed real server are expired", Run: checkExpireNodest},
 	{ID: "conntrack.table", Title: "the conntrack table has room and no drops", Run: checkConntrackTable},
 	{ID: "conntrack.flow_states", Title: "the VIP's flows complete", Run: checkFlowStates},

@@ -3,10 +3,13 @@ package checks
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/lbdoctor/lbdoctor/internal/shellquote"
 	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/health"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
+	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
 
 // ReturnPath says whether a NAT service's replies come back through the LB
@@ -92,38 +95,238 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 		return skip(why)
 	}
 	var ev []Evidence
+	var warn *Finding
 	for _, svc := range masq {
 		rp := DecideReturnPath(s, svc.Addr.Addr(), addrsOf(svc))
 		ev = append(ev, rp.Evidence...)
-		if !rp.NeedsSNAT {
-			continue
+		var snat []rules.Rule
+		if rp.NeedsSNAT {
+			for _, r := range conntrackDependentRules(s, probes.Selector{VIP: svc.Addr, Proto: svc.Proto}) {
+				if r.IsSourceNAT() {
+					snat = append(snat, r)
+				}
+			}
+			if len(snat) > 0 {
+				ev = append(ev, Evidence{Fact: "a source-NAT rule covers " + svc.Key(), Source: "rules, " + s.Target.String()})
+			} else {
+				if un := unreadRules(s); un != "" {
+					return skip(fmt.Sprintf("no source-NAT rule for %s among the rules read, but %s: whether its replies bypass the LB cannot be judged", svc.Key(), un))
+				}
+				return Finding{
+					Status:   Fail,
+					Title:    "replies of " + svc.Key() + " bypass the LB: no source NAT",
+					Reason:   rp.Reason + "; IPVS masquerade only does DNAT, so the client receives the real server's reply from an address it never called and drops it",
+					Evidence: ev,
+					Fix:      snatFix(s, svc),
+					Remedies: remedies(rp, svc),
+				}
+			}
 		}
-		snat := conntrackDependentRules(s, probes.Selector{VIP: svc.Addr, Proto: svc.Proto})
-		hasSNAT := false
-		for _, r := range snat {
-			hasSNAT = hasSNAT || r.IsSourceNAT()
-		}
-		if hasSNAT {
-			ev = append(ev, Evidence{Fact: "a source-NAT rule covers " + svc.Key(), Source: "rules, " + s.Target.String()})
-			continue
-		}
-		if un := unreadRules(s); un != "" {
-			return skip(fmt.Sprintf("no source-NAT rule for %s among the rules read, but %s: whether its replies bypass the LB cannot be judged", svc.Key(), un))
-		}
-		return Finding{
-			Status:   Fail,
-			Title:    "replies of " + svc.Key() + " bypass the LB: no source NAT",
-			Reason:   rp.Reason + "; IPVS masquerade only does DNAT, so the client receives the real server's reply from an address it never called and drops it",
-			Evidence: ev,
-			Fix: []string{
-				fmt.Sprintf("%siptables -t nat -A POSTROUTING -m ipvs --vaddr %s --vport %d -j MASQUERADE", s.Target.ExecPrefix(), svc.Addr.Addr(), svc.Addr.Port()),
-				s.Target.ExecPrefix() + "sysctl -w net.ipv4.vs.conntrack=1",
-				setupFix(s, svc),
-			},
-			Remedies: remedies(rp, svc),
+		f, wev := returnPathWindow(s, svc, rp, snat)
+		ev = append(ev, wev...)
+		switch {
+		case f == nil:
+		case f.Status == Fail:
+			f.Evidence = append(ev, f.Evidence...)
+			return *f
+		case warn == nil:
+			warn = f
 		}
 	}
+	if warn != nil {
+		warn.Evidence = append(ev, warn.Evidence...)
+		return *warn
+	}
 	return Finding{Status: Pass, Title: "replies come back through the LB", Evidence: ev}
+}
+
+// snatFix adds source NAT for a service on the LB: the replies then come
+// back to the LB whatever the real servers' routes.
+func snatFix(s *probes.Snapshot, svc ipvs.Service) []string {
+	return []string{
+		fmt.Sprintf("%siptables -t nat -A POSTROUTING -m ipvs --vaddr %s --vport %d -j MASQUERADE", s.Target.ExecPrefix(), svc.Addr.Addr(), svc.Addr.Port()),
+		s.Target.ExecPrefix() + "sysctl -w net.ipv4.vs.conntrack=1",
+		setupFix(s, svc),
+	}
+}
+
+// answeringStates are neighbour states of a next hop that has answered.
+var answeringStates = []string{"REACHABLE", "STALE", "DELAY", "PROBE", "PERMANENT", "NOARP"}
+
+// returnPathWindow judges the window's evidence for one masquerade TCP
+// service: a real that IPVS sent SYNs to (packets in, connections stuck in
+// SYN_RECV) and that sent nothing back through IPVS (no packet out), while
+// the LB itself reaches it (the probe connected, or its neighbour entry
+// answered), answers clients around the LB. Whatever else explains the
+// silence is left to the check that names it: a sick real
+// (ipvs.real_health), replies that reach the LB and die there (forwarding
+// off, a drop the tracer saw, a reply conntrack saw), SNAT that needs
+// vs.conntrack. Without the drop tracer it only warns: replies dying at the
+// LB could not be told apart.
+func returnPathWindow(s *probes.Snapshot, svc ipvs.Service, rp ReturnPath, snat []rules.Rule) (*Finding, []Evidence) {
+	if s.Window == nil || svc.Proto != "tcp" {
+		// UDP: a service may never answer (syslog, statsd); no packet
+		// out proves nothing.
+		return nil, nil
+	}
+	src := s.Target.String()
+	probesBy := probeResults(s)
+	var ev []Evidence
+	for _, r := range svc.Reals {
+		w := windowOf(s, svc, r)
+		if w.delta == nil || w.delta.PacketsIn < 2 || w.delta.PacketsOut > 0 || w.synRecv == 0 {
+			continue
+		}
+		stuck := fmt.Sprintf("in the window IPVS sent %s %d packet(s) of %s and got none back; %d of its IPVS connections are in SYN_RECV", r.Addr, w.delta.PacketsIn, svc.Key(), w.synRecv)
+		ev = append(ev, Evidence{Fact: stuck, Source: "IPVS stats and ip_vs_conn, " + src})
+		// Does the LB itself reach the real?
+		p, probed := probeOf(probesBy, svc, r)
+		var reaches string
+		if probed && p.Probed() {
+			if kind, fact, _ := sickness(p); kind != "" {
+				ev = append(ev, Evidence{Fact: fmt.Sprintf("the real itself %s (%s): see ipvs.real_health", kind, fact), Source: "health probe, " + src})
+				continue
+			}
+			if p.Connect == health.OK {
+				reaches = fmt.Sprintf("the LB itself reaches %s: a TCP connect from %s was answered in %s", r.Addr, p.Source, p.RTT.Round(1000))
+			}
+		}
+		if reaches == "" {
+			dev, gw := routeTo(s, r.Addr.Addr())
+			hop := r.Addr.Addr()
+			if gw.IsValid() {
+				hop = gw
+			}
+			state := neighbourState(s, hop, dev)
+			if !slices.Contains(answeringStates, state) {
+				ev = append(ev, Evidence{Fact: fmt.Sprintf("whether %s answers the LB at all is not known (no probe; neighbour %s is %s)", r.Addr, hop, orNone(state)), Source: "neighbours, " + src})
+				continue
+			}
+			reaches = fmt.Sprintf("the LB reaches %s on the link: neighbour %s on %s is %s", r.Addr, hop, dev, state)
+		}
+		// The replies may reach the LB and die there: the check that
+		// names that cause fails, not this one.
+		if v, ok := readable(s, "net.ipv4.ip_forward"); ok && v.Value == "0" && r.Addr.Addr().Is4() {
+			ev = append(ev, Evidence{Fact: "net.ipv4.ip_forward = 0: replies that reach the LB die there (see sysctl.ip_forward)", Source: src})
+			continue
+		}
+		if len(snat) > 0 {
+			if v, ok := readable(s, "net.ipv4.vs.conntrack"); ok && v.Value == "0" {
+				ev = append(ev, Evidence{Fact: "the source-NAT rule needs IPVS connections in conntrack and net.ipv4.vs.conntrack = 0 (see sysctl.vs_conntrack)", Source: src})
+				continue
+			}
+		}
+		if n := dropsOfReal(s, r.Addr); n > 0 {
+			ev = append(ev, Evidence{Fact: fmt.Sprintf("%d packet(s) of flows to %s died on the LB (see drops.vip_flows)", n, r.Addr), Source: "kfree_skb tracer, " + src})
+			continue
+		}
+		if n := repliedNotCompleted(s); n > 0 {
+			ev = append(ev, Evidence{Fact: fmt.Sprintf("conntrack saw replies of %d flow(s) of the VIP that never completed: replies reach the LB (see conntrack.flow_states, drops.vip_flows)", n), Source: "conntrack, " + src})
+			continue
+		}
+		ev = append(ev, Evidence{Fact: reaches, Source: "health probe, " + src})
+		for _, rule := range snat {
+			ev = append(ev, Evidence{Fact: fmt.Sprintf("source-NAT rule %q counted %d packet(s) in the window", rule.Spec, ruleDelta(s, rule)), Source: fmt.Sprintf("%s table %s, %s", rule.Backend, rule.Table, src)})
+		}
+		f := &Finding{Status: Fail,
+			Title:    fmt.Sprintf("replies of %s from real %s do not come back through the LB", svc.Key(), r.Addr),
+			Reason:   fmt.Sprintf("the SYNs reach real %s and it answers the LB itself, but none of its replies came back through IPVS in the window: %s", r.Addr, aroundWhy(s, r, rp, snat)),
+			Remedies: remedies(rp, svc),
+		}
+		if e, ok := s.Errors[probes.ProbeDrops]; ok || s.Drops == nil {
+			if !ok {
+				e = "drops were not traced"
+			}
+			f.Status = Warn
+			f.Reason += fmt.Sprintf("; whether replies reach the LB and die there cannot be told without the drop tracer (%s)", e)
+			f.Remedies = nil
+		} else {
+			ev = append(ev, Evidence{Fact: fmt.Sprintf("no packet of flows to %s died on the LB", r.Addr), Source: "kfree_skb tracer, " + src})
+		}
+		if gw, ok := lbOnSegment(s, r, rp, snat); ok {
+			f.Fix = append(f.Fix, fmt.Sprintf("# on the real server %s, make the LB its gateway:", r.Addr.Addr()), "ip route replace default via "+gw.String(),
+				"# or, on the LB, source NAT for the service: replies then come back whatever the real's routes")
+		}
+		f.Fix = append(f.Fix, snatFix(s, svc)...)
+		f.Evidence = ev
+		return f, nil
+	}
+	return nil, ev
+}
+
+// aroundWhy says which way a real's replies go instead, as far as the LB's
+// routes and rules tell.
+func aroundWhy(s *probes.Snapshot, r ipvs.Real, rp ReturnPath, snat []rules.Rule) string {
+	if len(snat) > 0 {
+		return "the source-NAT rule that covers the service did not rewrite them, so the real answers the clients directly"
+	}
+	if _, gw := routeTo(s, r.Addr.Addr()); gw.IsValid() {
+		return fmt.Sprintf("it is behind the router %s and its replies follow its own routes", gw)
+	}
+	if gw, ok := lbOnSegment(s, r, rp, snat); ok {
+		return fmt.Sprintf("its default gateway is not the LB (%s on its segment), so it answers clients another way", gw)
+	}
+	return "its replies to clients take another way"
+}
+
+// lbOnSegment is the LB's address on a real's segment when the real sits
+// on a segment of the LB without SNAT (two-arm): the gateway it needs.
+func lbOnSegment(s *probes.Snapshot, r ipvs.Real, rp ReturnPath, snat []rules.Rule) (netip.Addr, bool) {
+	if rp.NeedsSNAT || len(snat) > 0 {
+		return netip.Addr{}, false
+	}
+	if _, gw := routeTo(s, r.Addr.Addr()); gw.IsValid() {
+		return netip.Addr{}, false
+	}
+	_, _, src, ok := connectedPrefix(s, r.Addr.Addr())
+	return src, ok
+}
+
+// neighbourState is the snapshot's neighbour entry of ip (on dev, when known).
+func neighbourState(s *probes.Snapshot, ip netip.Addr, dev string) string {
+	for _, n := range s.Net.Neighbours {
+		if n.IP == ip && (dev == "" || n.Dev == dev) {
+			return n.State
+		}
+	}
+	return ""
+}
+
+// dropsOfReal counts the window's drops of packets from or to a real (its
+// flows, or the real's address on the packet).
+func dropsOfReal(s *probes.Snapshot, real netip.AddrPort) uint64 {
+	if s.Drops == nil {
+		return 0
+	}
+	var n uint64
+	for _, c := range s.Drops.Drops {
+		if (c.Flow != nil && c.Flow.Real == real) || c.Src.Addr() == real.Addr() || c.Dst.Addr() == real.Addr() {
+			n += c.Count
+		}
+	}
+	return n
+}
+
+// repliedNotCompleted counts the VIP flows conntrack saw a reply of that
+// never completed the handshake: replies that reached the LB.
+func repliedNotCompleted(s *probes.Snapshot) int {
+	n := 0
+	for _, c := range s.Conntrack.Counts {
+		if c.State == "SYN_RECV" && c.SeenReply && !c.Assured {
+			n += c.Count
+		}
+	}
+	return n
+}
+
+// ruleDelta is what a rule counted in the window.
+func ruleDelta(s *probes.Snapshot, r rules.Rule) uint64 {
+	for _, d := range s.Window.Deltas.Rules {
+		if d.Rule.Key() == r.Key() {
+			return d.Packets
+		}
+	}
+	return 0
 }
 
 // lbdoctorCmd is an lbdoctor command line aimed at the snapshot's namespace.

@@ -20,6 +20,9 @@ type Window struct {
 	// Health is what probing each selected real found (nil: not probed,
 	// Skipped says why).
 	Health []health.Result `json:"health,omitempty"`
+	// HealthLeftOut is the number of reals not probed because a window
+	// probes at most health.MaxTargets.
+	HealthLeftOut int `json:"health_left_out,omitempty"`
 	// DropPoints are the window's drops joined to what explains them: the
 	// hook and rule or policy of a netfilter drop, the neighbour of a
 	// NEIGH_FAILED, the interface and route of an IP_RPFILTER.

@@ -100,10 +100,12 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 		if timeout <= 0 {
 			timeout = DefaultProbeTimeout
 		}
+		targets := healthTargets(before, sel)
+		w.HealthLeftOut = max(0, len(targets)-health.MaxTargets)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			w.Health = health.Probe(wctx, ns, healthTargets(before, sel), timeout)
+			w.Health = health.Probe(wctx, ns, targets, timeout)
 		}()
 	} else {
 		w.Skipped[probes.LayerHealth] = "the reals were not probed (--no-probe)"
