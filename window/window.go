@@ -36,7 +36,7 @@ var ErrInterrupted = errors.New("interrupted before anything was measured")
 
 // Options choose what the window watches.
 type Options struct {
-	// Length is how long to watch from the first read; 0 is one read and
+	// Length is how long to watch once the first read is done; 0 is one read and
 	// nothing watched (a static snapshot).
 	Length time.Duration
 	// Drops traces the kernel's drops of the selected flows (eBPF,
@@ -80,7 +80,11 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 	if opt.Opened != nil {
 		opt.Opened(opt.Length)
 	}
-	wctx, cancel := context.WithDeadline(ctx, before.Time.Add(opt.Length))
+	// The window opens once the first read is done: a read that takes
+	// seconds (a big rule set, a slow machine) must not eat the window
+	// the drops and probes watch in.
+	end := time.Now().Add(opt.Length)
+	wctx, cancel := context.WithDeadline(ctx, end)
 	defer cancel()
 
 	var wg sync.WaitGroup
@@ -90,7 +94,7 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 			defer wg.Done()
 			// The tracer's own window starts when it is attached and ends
 			// with ours; only an interrupt (ctx) cuts it short.
-			probes.WatchDrops(ctx, ns, sel, before, before.Time.Add(opt.Length), nil)
+			probes.WatchDrops(ctx, ns, sel, before, end, nil)
 		}()
 	} else {
 		w.Skipped[probes.LayerDrops] = "drop tracing was not asked for"

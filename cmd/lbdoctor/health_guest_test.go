@@ -1,0 +1,216 @@
+//go:build guest
+
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/lbdoctor/lbdoctor/internal/lab"
+	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/internal/report"
+	"github.com/lbdoctor/lbdoctor/internal/testkit"
+)
+
+// clientTries connects n times from the lab's client to vip and returns how
+// many were answered (each waits up to 2 s: the guest emulates its CPU).
+func clientTries(l *lab.Lab, vip netip.AddrPort, n int) int {
+	ok := 0
+	for i := 0; i < n; i++ {
+		if lab.Probe(context.Background(), l.Client, vip, 2*time.Second).OK {
+			ok++
+		}
+	}
+	return ok
+}
+
+// checkUnderTraffic runs `check --vip VIP -o json` (its default window)
+// while the client keeps connecting to the VIP.
+func checkUnderTraffic(t *testing.T, l *lab.Lab, vip netip.AddrPort) *report.Report {
+	t.Helper()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				lab.Probe(context.Background(), l.Client, vip, 500*time.Millisecond)
+			}
+		}
+	}()
+	r, _ := runBinary(t, "check", "--netns", l.LB.Name, "--vip", vip.String(), "-o", "json")
+	close(stop)
+	wg.Wait()
+	return r
+}
+
+// failing lists the ids of the failing findings.
+func failing(r *report.Report) []string {
+	var ids []string
+	for _, f := range r.Findings {
+		if f.Status == "fail" {
+			ids = append(ids, f.ID)
+		}
+	}
+	return ids
+}
+
+// describe is a report's findings, one line each, for a failure message.
+func describe(r *report.Report) string {
+	var b strings.Builder
+	for _, f := range r.Findings {
+		fmt.Fprintf(&b, "\n  %s %s: %s %s", f.Status, f.ID, f.Title, f.Reason)
+		if f.Status == "fail" || f.Status == "warn" {
+			for _, e := range f.Evidence {
+				fmt.Fprintf(&b, "\n      %s (%s)", e.Fact, e.Source)
+			}
+			for _, x := range f.Fix {
+				fmt.Fprintf(&b, "\n      $ %s", x)
+			}
+		}
+	}
+	return b.String()
+}
+
+// applyFix runs the first line of a finding's fix that starts with want
+// (after the namespace's exec prefix), in ns, as the operator would paste it.
+func applyFix(t *testing.T, r *report.Report, id string, ns netns.Target, want string) {
+	t.Helper()
+	for _, f := range r.Findings {
+		if f.ID != id {
+			continue
+		}
+		for _, line := range f.Fix {
+			cmd, _, _ := strings.Cut(strings.TrimPrefix(line, ns.ExecPrefix()), "#")
+			if !strings.HasPrefix(cmd, want) {
+				continue
+			}
+			args := strings.Fields(cmd)
+			t.Logf("fix of %s in %s: %s", id, ns, cmd)
+			testkit.Run(t, ns, args[0], args[1:]...)
+			return
+		}
+		t.Fatalf("%s has no fix line %q…: %q", id, want, f.Fix)
+	}
+	t.Fatalf("no finding %s", id)
+}
+
+// Each fault an operator can make of a real server: check under client
+// traffic fails ipvs.real_health and nothing else, naming the real and the
+// service; the finding's own fix makes the client work and the id pass.
+func TestGuestRealHealth(t *testing.T) {
+	tests := []struct {
+		name    string
+		topo    lab.Topology
+		inject  func(t *testing.T, l *lab.Lab, vip netip.AddrPort) string // returns the sick real
+		partial bool                                                      // one real of two: some connections still work
+		fixWith string                                                    // the fix line to apply
+	}{
+		{name: "nothing listens", topo: lab.OneArm, partial: true, fixWith: "ipvsadm -d",
+			inject: func(t *testing.T, l *lab.Lab, vip netip.AddrPort) string {
+				sick := netip.AddrPortFrom(l.RealIP, 8086).String()
+				testkit.Run(t, l.LB, "ipvsadm", "-a", "-t", vip.String(), "-r", sick, "-m")
+				return sick
+			}},
+		{name: "nobody has the address", topo: lab.OneArm, partial: true, fixWith: "ipvsadm -d",
+			inject: func(t *testing.T, l *lab.Lab, vip netip.AddrPort) string {
+				sick := "10.1.0.99:8085"
+				testkit.Run(t, l.LB, "ipvsadm", "-a", "-t", vip.String(), "-r", sick, "-m")
+				return sick
+			}},
+		{name: "no route", topo: lab.TwoArm, fixWith: "ip route add",
+			inject: func(t *testing.T, l *lab.Lab, vip netip.AddrPort) string {
+				testkit.Run(t, l.LB, "ip", "route", "del", "10.2.0.0/24", "dev", "eth1")
+				return netip.AddrPortFrom(l.RealIP, 8085).String()
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var l *lab.Lab
+			var vip netip.AddrPort
+			if tt.topo == lab.OneArm {
+				l, vip = testkit.FullNAT(t)
+			} else {
+				l = testkit.Lab(t, lab.TwoArm)
+				testkit.Serve(t, l.Real, ":8085")
+				vip = netip.AddrPortFrom(l.VIP, 8085)
+				testkit.IPVSMasq(t, l.LB, vip, netip.AddrPortFrom(l.RealIP, 8085))
+				testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+			}
+			const n = 8
+			if ok := clientTries(l, vip, n); ok != n {
+				t.Fatalf("before the fault: %d of %d connections to %s answered, want all", ok, n, vip)
+			}
+			sick := tt.inject(t, l, vip)
+			ok := clientTries(l, vip, n)
+			if (tt.partial && (ok == 0 || ok == n)) || (!tt.partial && ok != 0) {
+				t.Fatalf("with the fault: %d of %d connections answered, want %s", ok, n, map[bool]string{true: "some but not all", false: "none"}[tt.partial])
+			}
+			r := checkUnderTraffic(t, l, vip)
+			if got := failing(r); !slices.Equal(got, []string{"ipvs.real_health"}) {
+				t.Fatalf("check with %s = failing %v, want [ipvs.real_health] alone:%s", tt.name, got, describe(r))
+			}
+			for _, f := range r.Findings {
+				if f.ID == "ipvs.real_health" && (!strings.Contains(f.Title, sick) || !strings.Contains(f.Title, vip.String())) {
+					t.Errorf("ipvs.real_health title %q, want it to name the real %s and the service %s", f.Title, sick, vip)
+				}
+			}
+			t.Logf("with the fault:%s", describe(r))
+			applyFix(t, r, "ipvs.real_health", l.LB, tt.fixWith)
+			if ok := clientTries(l, vip, n); ok != n {
+				t.Errorf("after the fix: %d of %d connections answered, want all", ok, n)
+			}
+			r = checkUnderTraffic(t, l, vip)
+			if got := failing(r); len(got) != 0 || statusOf(t, r, "ipvs.real_health") != "pass" {
+				t.Errorf("check after the fix = failing %v, ipvs.real_health %s; want no failure and a pass:%s", got, statusOf(t, r, "ipvs.real_health"), describe(r))
+			}
+		})
+	}
+}
+
+// A two-arm real whose default gateway is not the LB: the SYNs reach it,
+// it answers the LB's own probe, its replies to clients go elsewhere.
+// Nothing static shows it; the window does, as nat.return_path, and the
+// fix on the real (the LB as its gateway) brings the client back.
+func TestGuestReturnPathGateway(t *testing.T) {
+	l := testkit.Lab(t, lab.TwoArm)
+	testkit.Serve(t, l.Real, ":8085")
+	vip := netip.AddrPortFrom(l.VIP, 8085)
+	testkit.IPVSMasq(t, l.LB, vip, netip.AddrPortFrom(l.RealIP, 8085))
+	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+	const n = 6
+	if ok := clientTries(l, vip, n); ok != n {
+		t.Fatalf("before the fault: %d of %d connections answered, want all", ok, n)
+	}
+	testkit.Run(t, l.Real, "ip", "route", "replace", "default", "via", "10.2.0.254")
+	if ok := clientTries(l, vip, n); ok != 0 {
+		t.Fatalf("with the real's gateway elsewhere: %d of %d connections answered, want none", ok, n)
+	}
+	r, _ := runBinary(t, "check", "--netns", l.LB.Name, "--vip", vip.String(), "--watch", "0", "-o", "json")
+	if got := statusOf(t, r, "nat.return_path"); got != "pass" {
+		t.Errorf("static check = nat.return_path %s, want pass: the LB's routes look right, only the window shows the fault", got)
+	}
+	r = checkUnderTraffic(t, l, vip)
+	if got := failing(r); !slices.Equal(got, []string{"nat.return_path"}) {
+		t.Fatalf("check = failing %v, want [nat.return_path] alone:%s", got, describe(r))
+	}
+	t.Logf("with the fault:%s", describe(r))
+	applyFix(t, r, "nat.return_path", l.Real, "ip route replace default via "+l.RealGateway.String())
+	if ok := clientTries(l, vip, n); ok != n {
+		t.Errorf("after the fix: %d of %d connections answered, want all", ok, n)
+	}
+	r = checkUnderTraffic(t, l, vip)
+	if got := failing(r); len(got) != 0 || statusOf(t, r, "nat.return_path") != "pass" {
+		t.Errorf("check after the fix = failing %v, nat.return_path %s; want no failure and a pass:%s", got, statusOf(t, r, "nat.return_path"), describe(r))
+	}
+}
