@@ -56,7 +56,11 @@ func sickness(r health.Result) (kind, fact string, fails bool) {
 	case r.Connect == health.Unreachable:
 		return sickUnreach, fmt.Sprintf("a TCP connect from %s to %s: %s", r.Source, r.Real, r.Error), true
 	case r.Connect == health.Timeout:
-		return doubtTimeout, fmt.Sprintf("a TCP connect from %s to %s got no answer (%s), though neighbour %s is %s", r.Source, r.Real, r.Error, r.NextHop, orNone(r.Neighbour)), false
+		fact := fmt.Sprintf("a TCP connect from %s to %s got no answer (%s), though neighbour %s is %s", r.Source, r.Real, r.Error, r.NextHop, orNone(r.Neighbour))
+		if r.Note != "" {
+			fact += "; " + r.Note
+		}
+		return doubtTimeout, fact, false
 	case r.Connect == health.Error:
 		return doubtConnError, fmt.Sprintf("a TCP connect from %s to %s failed on the LB: %s", r.Source, r.Real, r.Error), false
 	}
@@ -75,7 +79,11 @@ func healthFact(r health.Result) string {
 	if r.Proto != "tcp" {
 		return fmt.Sprintf("%s: route via %s, neighbour %s %s (%s)", r.Real, r.Dev, r.NextHop, orNone(r.Neighbour), r.Note)
 	}
-	return fmt.Sprintf("%s answered a TCP connect from %s in %s (neighbour %s %s)", r.Real, r.Source, r.RTT.Round(1000), r.NextHop, orNone(r.Neighbour))
+	line := fmt.Sprintf("%s answered a TCP connect from %s in %s (neighbour %s %s)", r.Real, r.Source, r.RTT.Round(1000), r.NextHop, orNone(r.Neighbour))
+	if r.Note != "" {
+		line += "; " + r.Note
+	}
+	return line
 }
 
 // probeResults indexes the window's probes by service and real.

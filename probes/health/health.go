@@ -186,14 +186,45 @@ func probeOne(ctx context.Context, t Target, timeout time.Duration) Result {
 	} else {
 		r.Note = UDPNote
 	}
-	if !d.Local && d.Dev != "" {
-		if n, ok, err := netstate.NeighbourHere(d.NextHop, d.Dev); err != nil {
-			r.Error = join(r.Error, "neighbour: "+err.Error())
-		} else if ok {
-			r.Neighbour = n.State
+	r.Neighbour, r.Error = neighbour(d, r.Error)
+	if r.Connect == Timeout && answered(r.Neighbour) && ctx.Err() == nil {
+		// The next hop answers ARP and the real did not answer in time:
+		// one more try, as a health checker's retry would, before a
+		// slow moment is called a silent real.
+		if c, msg, rtt := connect(ctx, t.Real, d.Src, timeout); c != "" {
+			r.Connect, r.Error, r.RTT = c, msg, rtt
+			r.Note = "answered the second connect (the first timed out)"
+			if c == Timeout {
+				r.Note = "two connects timed out"
+			}
+			r.Neighbour, r.Error = neighbour(d, r.Error)
 		}
 	}
 	return r
+}
+
+// neighbour reads the state of a route's next hop, adding a read error to msg.
+func neighbour(d netstate.Decision, msg string) (state, errMsg string) {
+	if d.Local || d.Dev == "" {
+		return "", msg
+	}
+	n, ok, err := netstate.NeighbourHere(d.NextHop, d.Dev)
+	switch {
+	case err != nil:
+		return "", join(msg, "neighbour: "+err.Error())
+	case !ok:
+		return "", msg
+	}
+	return n.State, msg
+}
+
+// answered reports whether a neighbour state shows the next hop answered.
+func answered(state string) bool {
+	switch state {
+	case "REACHABLE", "STALE", "DELAY", "PROBE", "PERMANENT", "NOARP":
+		return true
+	}
+	return false
 }
 
 // connect opens and closes one TCP connection to real from src (an address
