@@ -515,6 +515,40 @@ func BenchmarkProgramCost(b *testing.B) {
 	}
 }
 
+// BenchmarkProgramCostDistinctFlows is the program's run time per drop
+// when no two drops are of one flow, so that none takes a fast path: UDP to
+// 25,000 ports dropped by an nft rule (NETFILTER_DROP: the hook is looked
+// up on the stack for each) and, beside it, UDP to closed ports (NO_SOCKET:
+// no hook to look up).
+//
+//	sudo go test -run '^$' -bench ProgramCostDistinct -benchtime 1x ./probes/drops/
+func BenchmarkProgramCostDistinctFlows(b *testing.B) {
+	testkit.RequireRoot(b)
+	old, err := os.ReadFile("/proc/sys/kernel/bpf_stats_enabled")
+	if err != nil {
+		b.Fatal(err)
+	}
+	os.WriteFile("/proc/sys/kernel/bpf_stats_enabled", []byte("1"), 0o644)
+	defer os.WriteFile("/proc/sys/kernel/bpf_stats_enabled", old, 0o644)
+	p := testkit.NewDropPair(b)
+	for _, c := range []struct {
+		name  string
+		first int
+	}{{"netfilter_drop", testkit.DroppedPorts}, {"no_socket", 1000}} {
+		b.Run(c.name, func(b *testing.B) {
+			tr, err := drops.New(drops.Config{NetnsInode: uint32(p.B.Inode), Proto: unix.IPPROTO_UDP, FlowMapSize: 65536})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer tr.Close()
+			for b.Loop() {
+				p.Flood(b, testkit.Ports(c.first, 25000), time.Second)
+			}
+			reportProgramStats(b, tr.ProgramStats)
+		})
+	}
+}
+
 func reportProgramStats(b *testing.B, stats func() (*ebpf.ProgramStats, error)) {
 	st, err := stats()
 	if err != nil {
