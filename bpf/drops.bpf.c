@@ -407,7 +407,9 @@ static __always_inline int fast(struct skb_meta *m, __u64 location, __u32 reason
 /* hook_caller walks the first frames of the kernel stack to the one after
  * nf_hook_slow. Only netfilter drops pay for it, and under a flood only the
  * first drop of a flow on a CPU: the fast path counts the rest under the
- * key (and caller) of the flow counted last. */
+ * key (and caller) of the flow counted last; and a drop at the same place of
+ * a packet to the same destination takes the caller found last (a SYN flood
+ * from many clients to one VIP walks the stack once per CPU). */
 static __noinline __u64 hook_caller(void *ctx)
 {
 	__u64 ips[HOOK_FRAMES];
@@ -450,8 +452,21 @@ static __always_inline int handle(void *ctx, struct skb_meta *m, __u64 location,
 	/* Aggregate mode: what matched is what the aggregates hold (plus what
 	 * did not fit), so the fast path keeps no separate total. */
 	if (!send_events) {
-		if (find_hook && reason == netfilter_drop)
-			k.caller = hook_caller(ctx);
+		if (find_hook && reason == netfilter_drop) {
+			if (l && l->hook_loc == k.location && l->hook_proto == k.proto && l->hook_dport == k.dport &&
+			    addr_eq((const volatile struct addr *)&l->hook_daddr, &k.daddr)) {
+				k.caller = l->hook_caller;
+			} else {
+				k.caller = hook_caller(ctx);
+				if (l) {
+					l->hook_loc = k.location;
+					l->hook_caller = k.caller;
+					l->hook_daddr = k.daddr;
+					l->hook_dport = k.dport;
+					l->hook_proto = k.proto;
+				}
+			}
+		}
 		if (!l) {
 			add_agg(&k, 1);
 			return 0;

@@ -142,6 +142,16 @@ struct last_flow {
 	 * verdict on the next one of its kind, without parsing it. */
 	__u64 rej_a;
 	__u64 rej_b;
+	/* The caller of nf_hook_slow the stack showed last for a netfilter
+	 * drop at hook_loc of a packet to hook_daddr:hook_dport over
+	 * hook_proto: the next such drop (a SYN flood from many clients to a
+	 * VIP) takes it without walking the stack again. */
+	__u64 hook_loc;
+	__u64 hook_caller;
+	struct addr hook_daddr;
+	__u16 hook_dport;
+	__u8 hook_proto;
+	__u8 _pad[5];
 };
 
 #endif

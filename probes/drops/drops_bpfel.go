@@ -76,13 +76,22 @@ type dropsEvent struct {
 }
 
 type dropsLastFlow struct {
-	_     structs.HostLayout
-	Key   dropsAggKey
-	Count uint64
-	RawA  uint64
-	RawB  uint64
-	RejA  uint64
-	RejB  uint64
+	_          structs.HostLayout
+	Key        dropsAggKey
+	Count      uint64
+	RawA       uint64
+	RawB       uint64
+	RejA       uint64
+	RejB       uint64
+	HookLoc    uint64
+	HookCaller uint64
+	HookDaddr  struct {
+		_ structs.HostLayout
+		B [16]uint8
+	}
+	HookDport uint16
+	HookProto uint8
+	Pad       [5]uint8
 }
 
 type dropsPlaceKey struct {
