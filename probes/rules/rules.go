@@ -528,3 +528,26 @@ func splitArgs(s string) ([]string, error) {
 func (r Rule) Key() string {
 	return r.Backend + "|" + r.Table + "|" + r.Chain + "|" + nftCounter.ReplaceAllString(r.Spec, "counter")
 }
+
+// Drops reports whether the rule's verdict drops or rejects what it matches.
+func (r Rule) Drops() bool { return r.Target == "DROP" || r.Target == "REJECT" }
+
+// HookOf is the netfilter hook a rule runs in: its nft base chain's hook,
+// or an iptables built-in chain's; "" for a rule in a user chain (reached by
+// a jump from somewhere lbdoctor does not follow).
+func (r Rule) HookOf() string {
+	if r.Hook != "" {
+		return r.Hook
+	}
+	if r.Backend != Nft {
+		return builtinHooks[r.Chain]
+	}
+	return ""
+}
+
+// Place names a rule's table and chain the way its backend's tool does:
+// "iptables-legacy filter INPUT", "nft ip f in".
+func (r Rule) Place() string { return r.Backend + " " + r.Table + " " + r.Chain }
+
+// Place names a chain the way Rule.Place does.
+func (c Chain) Place() string { return c.Backend + " " + c.Table + " " + c.Chain }
