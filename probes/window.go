@@ -50,7 +50,7 @@ type DropPoint struct {
 	Function string   `json:"function"` // symbol of the drop location, without offset
 	Count    uint64   `json:"count"`
 	Flows    int      `json:"flows"`              // distinct flows attributed
-	Services []string `json:"services,omitempty"` // services whose flows these were
+	Services []string `json:"services,omitempty"` // services whose flows these were, as ipvs.Service.Key names them
 	// Leg is where on the service's path the drops happened (request or
 	// reply side), when the flow says so.
 	Leg flowpath.LegKind `json:"leg,omitempty"`

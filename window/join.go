@@ -44,7 +44,7 @@ func Join(before, after *probes.Snapshot, w *probes.Window) []probes.DropPoint {
 		if c.Flow != nil {
 			p.Attributed += c.Count
 			flows[k][c.Flow.Client.String()+" "+c.Flow.VIP.String()] = true
-			svc := proto.Name(c.Proto) + " " + c.Flow.VIP.String()
+			svc := strings.ToUpper(proto.Name(c.Proto)) + " " + c.Flow.VIP.String() // as ipvs.Service.Key names it
 			if !slices.Contains(p.Services, svc) {
 				p.Services = append(p.Services, svc)
 			}

@@ -53,7 +53,7 @@ func TestJoin(t *testing.T) {
 				{Rule: forwardDrop, Packets: 13}, // same count, other hook: not it
 				{Rule: inputDrop, Packets: 13},
 			}},
-			want:      probes.DropPoint{Reason: "NETFILTER_DROP", Function: "nf_hook_slow", Hook: "input", Count: 13, Flows: 6, Attributed: 13, Leg: flowpath.Request, Services: []string{"tcp 10.1.0.6:8085"}, Delta: 13},
+			want:      probes.DropPoint{Reason: "NETFILTER_DROP", Function: "nf_hook_slow", Hook: "input", Count: 13, Flows: 6, Attributed: 13, Leg: flowpath.Request, Services: []string{"TCP 10.1.0.6:8085"}, Delta: 13},
 			wantCause: `iptables-legacy filter INPUT rule "-A INPUT -d 10.1.0.6/32 -p tcp -j DROP", +13 packets in the window`,
 		},
 		{
@@ -62,28 +62,28 @@ func TestJoin(t *testing.T) {
 			rules:     []rules.Rule{forwardDrop},
 			chains:    []rules.Chain{fwdPolicy},
 			deltas:    probes.Deltas{Chains: []probes.ChainDelta{{Chain: fwdPolicy, Packets: 20}}, Rules: []probes.RuleDelta{{Rule: forwardDrop, Packets: 2}}},
-			want:      probes.DropPoint{Reason: "NETFILTER_DROP", Function: "nf_hook_slow", Hook: "forward", Count: 13, Flows: 1, Attributed: 13, Leg: flowpath.Request, Services: []string{"tcp 10.1.0.6:8085"}, Delta: 20},
+			want:      probes.DropPoint{Reason: "NETFILTER_DROP", Function: "nf_hook_slow", Hook: "forward", Count: 13, Flows: 1, Attributed: 13, Leg: flowpath.Request, Services: []string{"TCP 10.1.0.6:8085"}, Delta: 20},
 			wantCause: "iptables-nft filter FORWARD policy DROP, +20 packets in the window",
 		},
 		{
 			name:      "an nft rule without a counter, the only one in its hook",
 			drops:     []drops.Counted{syn("NETFILTER_DROP", "nft_do_chain", "output", 1, 4)},
 			rules:     []rules.Rule{inputDrop, outputDrop},
-			want:      probes.DropPoint{Reason: "NETFILTER_DROP", Function: "nft_do_chain", Hook: "output", Count: 4, Flows: 1, Attributed: 4, Leg: flowpath.Request, Services: []string{"tcp 10.1.0.6:8085"}, Uncounted: true},
+			want:      probes.DropPoint{Reason: "NETFILTER_DROP", Function: "nft_do_chain", Hook: "output", Count: 4, Flows: 1, Attributed: 4, Leg: flowpath.Request, Services: []string{"TCP 10.1.0.6:8085"}, Uncounted: true},
 			wantCause: `nft inet f out rule "tcp sport 8085 reject" (handle 7) (no counter: the only DROP or REJECT in this hook)`,
 		},
 		{
 			name:      "nothing drops in that hook",
 			drops:     []drops.Counted{syn("NETFILTER_DROP", "nf_hook_slow", "prerouting", 1, 2)},
 			rules:     []rules.Rule{inputDrop},
-			want:      probes.DropPoint{Reason: "NETFILTER_DROP", Function: "nf_hook_slow", Hook: "prerouting", Count: 2, Flows: 1, Attributed: 2, Leg: flowpath.Request, Services: []string{"tcp 10.1.0.6:8085"}},
+			want:      probes.DropPoint{Reason: "NETFILTER_DROP", Function: "nf_hook_slow", Hook: "prerouting", Count: 2, Flows: 1, Attributed: 2, Leg: flowpath.Request, Services: []string{"TCP 10.1.0.6:8085"}},
 			wantCause: "no DROP or REJECT rule nor DROP policy in prerouting was read",
 		},
 		{
 			name:      "a neighbour that never answered",
 			drops:     []drops.Counted{syn("NEIGH_FAILED", "__neigh_event_send", "", 1, 3)},
 			neigh:     []netstate.Neighbour{{IP: netip.MustParseAddr("10.1.0.51"), Dev: "eth0", State: "FAILED"}, {IP: real.Addr(), Dev: "eth0", State: "FAILED"}},
-			want:      probes.DropPoint{Reason: "NEIGH_FAILED", Function: "__neigh_event_send", Count: 3, Flows: 1, Attributed: 3, Leg: flowpath.Request, Services: []string{"tcp 10.1.0.6:8085"}},
+			want:      probes.DropPoint{Reason: "NEIGH_FAILED", Function: "__neigh_event_send", Count: 3, Flows: 1, Attributed: 3, Leg: flowpath.Request, Services: []string{"TCP 10.1.0.6:8085"}},
 			wantCause: "neighbour 10.1.0.50 on eth0 is FAILED: it does not answer ARP/NDP",
 		},
 	} {

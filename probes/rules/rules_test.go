@@ -306,7 +306,7 @@ func TestReadChainPolicies(t *testing.T) {
 	testkit.Run(t, ns, "iptables-nft", "-P", "INPUT", "DROP")
 	testkit.Run(t, ns, "iptables-nft", "-A", "INPUT", "-p", "udp", "--dport", "9", "-j", "ACCEPT")
 	testkit.Run(t, ns, "nft", "add table inet own; add chain inet own fw { type filter hook forward priority 10; policy drop; }")
-	testkit.SendUDP(t, ns, netip.Addr{}, netip.MustParseAddrPort("127.0.0.1:9"), 3) // dropped by the legacy OUTPUT policy
+	testkit.SendUDP(t, ns, netip.Addr{}, netip.MustParseAddrPort("127.0.0.1:9"), 3)  // dropped by the legacy OUTPUT policy
 	testkit.SendUDP(t, ns, netip.Addr{}, netip.MustParseAddrPort("127.0.0.1:10"), 2) // past OUTPUT, dropped by the iptables-nft INPUT policy
 	snap, err := rules.Read(ns)
 	if err != nil {

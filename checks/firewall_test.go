@@ -1,0 +1,74 @@
+package checks_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/lbdoctor/lbdoctor/checks"
+	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/rules"
+)
+
+// firewall.filter on the seed's one-arm LB (tcp 10.1.0.6:8085 → real
+// 10.1.0.50:8085, masquerade) with filter rules and policies added: static
+// where a rule clearly matches, else only when the window's drops are joined
+// to it; the fix deletes the rule or lets the flows past the policy.
+func TestFirewallFilter(t *testing.T) {
+	inputDrop := rules.Rule{Backend: rules.IptablesLegacy, Table: "filter", Chain: "INPUT", Spec: "-A INPUT -d 10.1.0.6/32 -p tcp -m tcp --dport 8085 -j DROP", Target: "DROP", HasCounter: true, Packets: 13}
+	otherPort := rules.Rule{Backend: rules.IptablesLegacy, Table: "filter", Chain: "INPUT", Spec: "-A INPUT -d 10.1.0.6/32 -p tcp -m tcp --dport 22 -j DROP", Target: "DROP", HasCounter: true}
+	fwdPolicy := rules.Chain{Backend: rules.IptablesNft, Family: "ip", Table: "filter", Chain: "FORWARD", Hook: "forward", Policy: "DROP", HasCounter: true, Packets: 40}
+	established := rules.Rule{Backend: rules.IptablesNft, Table: "filter", Chain: "FORWARD", Spec: "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", Target: "ACCEPT", HasCounter: true}
+	outClient := rules.Rule{Backend: rules.Nft, Table: "inet f", Chain: "out", Hook: "output", Spec: "ip saddr 10.1.0.3 ip daddr 10.1.0.50 tcp dport 8085 counter packets 6 bytes 360 reject", Target: "REJECT", HasCounter: true, Packets: 6, Handle: 4}
+	outChain := rules.Chain{Backend: rules.Nft, Family: "inet", Table: "inet f", Chain: "out", Hook: "output", Priority: "filter", Policy: "ACCEPT"}
+	window := func(points ...probes.DropPoint) *probes.Window {
+		return &probes.Window{DropPoints: points, Paths: nil}
+	}
+	for _, tt := range []struct {
+		name     string
+		rules    []rules.Rule
+		chains   []rules.Chain
+		window   *probes.Window
+		unread   bool
+		want     checks.Status
+		wantFact string
+		wantFix  string
+	}{
+		{"no filter rule", nil, nil, nil, false, checks.Pass, "no filter rule or DROP policy", ""},
+		{"a rule on another port", []rules.Rule{otherPort}, nil, nil, false, checks.Pass, "no filter rule or DROP policy", ""},
+		{"INPUT DROP on the VIP, static", []rules.Rule{inputDrop}, []rules.Chain{{Backend: rules.IptablesLegacy, Family: "ip", Table: "filter", Chain: "INPUT", Hook: "input", Policy: "ACCEPT", HasCounter: true}}, nil, false, checks.Fail,
+			`iptables-legacy filter INPUT rule "-A INPUT -d 10.1.0.6/32 -p tcp -m tcp --dport 8085 -j DROP" (hook input) drops requests to TCP 10.1.0.6:8085: 13 packets counted; it matches them by address, protocol and port`,
+			"ip netns exec lb iptables-legacy -t filter -D INPUT -d 10.1.0.6/32 -p tcp -m tcp --dport 8085 -j DROP"},
+		{"FORWARD policy DROP, nothing accepts", nil, []rules.Chain{fwdPolicy}, nil, false, checks.Fail,
+			"iptables-nft filter FORWARD policy DROP (hook forward) drops replies of real 10.1.0.50:8085: 40 packets counted by the policy",
+			"ip netns exec lb iptables-nft -t filter -I FORWARD -s 10.1.0.50 -p tcp --sport 8085 -j ACCEPT"},
+		{"FORWARD policy DROP after an ESTABLISHED accept, no window", []rules.Rule{established}, []rules.Chain{fwdPolicy}, nil, false, checks.Pass, "static snapshot", ""},
+		{"FORWARD policy DROP after an ESTABLISHED accept, drops joined to it", []rules.Rule{established}, []rules.Chain{fwdPolicy},
+			window(probes.DropPoint{Reason: "NETFILTER_DROP", Function: "nf_hook_slow", Hook: "forward", Count: 9, Policy: &fwdPolicy, Services: []string{"TCP 10.1.0.6:8085"}}), false, checks.Fail,
+			"9 × NETFILTER_DROP of the selected flows in forward during the window, joined to it",
+			"ip netns exec lb iptables-nft -t filter -I FORWARD -s 10.1.0.50 -p tcp --sport 8085 -j ACCEPT"},
+		{"nft output reject of one client, drops joined to it", []rules.Rule{outClient}, []rules.Chain{outChain},
+			window(probes.DropPoint{Reason: "NETFILTER_DROP", Function: "nf_hook_slow", Hook: "output", Count: 6, Rule: &outClient}), false, checks.Fail,
+			`nft inet f out rule "ip saddr 10.1.0.3 ip daddr 10.1.0.50 tcp dport 8085 counter packets 6 bytes 360 reject" (hook output) drops requests IPVS sends to real 10.1.0.50:8085`,
+			"ip netns exec lb nft delete rule inet f out handle 4"},
+		{"nft output reject of one client, no window", []rules.Rule{outClient}, []rules.Chain{outChain}, nil, false, checks.Pass, "", ""},
+		{"nothing found, a backend unread", nil, nil, nil, true, checks.Skip, "", ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := loadFixture(t, "seed-stage2")
+			s.Rules.Rules = append(s.Rules.Rules, tt.rules...)
+			s.Rules.Chains = tt.chains
+			s.Window = tt.window
+			if tt.unread {
+				s.Rules.Backends[0] = rules.Backend{Name: rules.IptablesLegacy, Reason: "no iptables-legacy save tool on PATH"}
+			}
+			f := statusOf(checks.Run(s, probes.Selector{}), "firewall.filter")
+			var facts []string
+			for _, e := range f.Evidence {
+				facts = append(facts, e.Fact)
+			}
+			if f.Status != tt.want || !strings.Contains(strings.Join(facts, "\n"), tt.wantFact) || !strings.Contains(strings.Join(f.Fix, "\n"), tt.wantFix) {
+				t.Errorf("firewall.filter = %s %q\nevidence %q\nfix %q\nwant %s with %q and fix %q", f.Status, f.Reason, facts, f.Fix, tt.want, tt.wantFact, tt.wantFix)
+			}
+		})
+	}
+}
