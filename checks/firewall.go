@@ -114,7 +114,7 @@ func checkFirewall(s *probes.Snapshot, sel probes.Selector) Finding {
 	if w != nil {
 		for i := range w.DropPoints {
 			p := &w.DropPoints[i]
-			if p.Reason != "NETFILTER_DROP" || (p.Rule == nil && p.Policy == nil) {
+			if !filterExplains(*p) {
 				continue
 			}
 			h := &filterHit{rule: p.Rule, policy: p.Policy, hook: p.Hook, drops: p.Count, point: p}
@@ -175,6 +175,33 @@ func checkFirewall(s *probes.Snapshot, sel probes.Selector) Finding {
 		}
 	}
 	return f
+}
+
+// filterExplains reports whether firewall.filter names the root cause of a
+// drop point: a netfilter drop in a filter hook the services' packets cross
+// before IPVS deals with them, joined to a rule or policy.
+func filterExplains(p probes.DropPoint) bool {
+	return p.Reason == "NETFILTER_DROP" && (p.Rule != nil || p.Policy != nil) && (p.Hook == "input" || p.Hook == "output" || p.Hook == "forward")
+}
+
+// pointFix is the fix of a drop point joined to a rule or policy: the rule
+// deleted, or the selected services' packets of its hook let past the policy.
+func pointFix(s *probes.Snapshot, sel probes.Selector, p probes.DropPoint) []string {
+	h := &filterHit{rule: p.Rule, policy: p.Policy, hook: p.Hook}
+	for _, svc := range selected(s, sel) {
+		if svc.FWMark != 0 || (len(p.Services) > 0 && !slices.Contains(p.Services, svc.Key())) {
+			continue
+		}
+		for _, l := range legsOf(svc) {
+			if l.hook == p.Hook {
+				h.legs = append(h.legs, l)
+			}
+		}
+	}
+	if h.rule == nil && len(h.legs) == 0 {
+		return nil
+	}
+	return hitFix(s, h)
 }
 
 // staticHits are the rules and policies of l's hook that clearly drop l's

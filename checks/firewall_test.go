@@ -1,11 +1,13 @@
 package checks_test
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 
 	"github.com/lbdoctor/lbdoctor/checks"
 	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
 
@@ -68,6 +70,52 @@ func TestFirewallFilter(t *testing.T) {
 			}
 			if f.Status != tt.want || !strings.Contains(strings.Join(facts, "\n"), tt.wantFact) || !strings.Contains(strings.Join(f.Fix, "\n"), tt.wantFix) {
 				t.Errorf("firewall.filter = %s %q\nevidence %q\nfix %q\nwant %s with %q and fix %q", f.Status, f.Reason, facts, f.Fix, tt.want, tt.wantFact, tt.wantFix)
+			}
+		})
+	}
+}
+
+// drops.vip_flows shows the netfilter drops with their hook and the rule
+// they were joined to, with the rule's fix (never "see inspect"); drops
+// whose root cause firewall.filter names warn here and fail there.
+func TestDropsJoinedToAFilterRule(t *testing.T) {
+	rule := rules.Rule{Backend: rules.IptablesLegacy, Table: "filter", Chain: "INPUT", Spec: "-A INPUT -d 10.1.0.6/32 -j DROP", Target: "DROP", HasCounter: true, Packets: 6}
+	for _, tt := range []struct {
+		name     string
+		joined   bool
+		want     checks.Status
+		wantFact string
+		wantFix  string
+	}{
+		{"joined to the rule", true, checks.Warn, `  joined to iptables-legacy filter INPUT rule "-A INPUT -d 10.1.0.6/32 -j DROP", +6 packets in the window`,
+			"ip netns exec lb iptables-legacy -t filter -D INPUT -d 10.1.0.6/32 -j DROP"},
+		{"no rule explains them", false, checks.Fail, "6 × NETFILTER_DROP at nf_hook_slow+0x7a in input in 6 flows",
+			"ip netns exec lb iptables-legacy -t filter -nvL INPUT --line-numbers"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := loadFixture(t, "seed-stage3-drops")
+			var ds []drops.Counted
+			for i := 0; i < 6; i++ {
+				ds = append(ds, drops.Counted{Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: 6, Location: 0x1234,
+					Src: netip.AddrPortFrom(netip.MustParseAddr("10.1.0.3"), uint16(40000+i)), Dst: netip.MustParseAddrPort("10.1.0.6:8085")}, Count: 1},
+					ReasonName: "NETFILTER_DROP", Symbol: "nf_hook_slow+0x7a", Hook: "input"})
+			}
+			s.Drops.Drops = ds
+			s.Rules.Backends[0].Rules = 1
+			p := probes.DropPoint{Reason: "NETFILTER_DROP", Function: "nf_hook_slow", Hook: "input", Count: 6}
+			if tt.joined {
+				s.Rules.Rules = append(s.Rules.Rules, rule)
+				p.Rule, p.Delta, p.Source = &rule, 6, "rule counters over the window, netns lb"
+				p.Cause = `iptables-legacy filter INPUT rule "-A INPUT -d 10.1.0.6/32 -j DROP", +6 packets in the window`
+			}
+			s.Window = &probes.Window{DropPoints: []probes.DropPoint{p}}
+			f := statusOf(checks.Run(s, probes.Selector{}), "drops.vip_flows")
+			var facts []string
+			for _, e := range f.Evidence {
+				facts = append(facts, e.Fact)
+			}
+			if f.Status != tt.want || !strings.Contains(strings.Join(facts, "\n"), tt.wantFact) || !strings.Contains(strings.Join(f.Fix, "\n"), tt.wantFix) || strings.Contains(strings.Join(f.Fix, "\n"), "inspect") {
+				t.Errorf("drops.vip_flows = %s %q\nevidence %q\nfix %q\nwant %s with %q and fix %q", f.Status, f.Title, facts, f.Fix, tt.want, tt.wantFact, tt.wantFix)
 			}
 		})
 	}
