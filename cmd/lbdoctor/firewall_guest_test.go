@@ -6,7 +6,9 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +16,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/checks"
 	"github.com/lbdoctor/lbdoctor/internal/lab"
 	"github.com/lbdoctor/lbdoctor/internal/report"
+	"github.com/lbdoctor/lbdoctor/internal/shellquote"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 )
 
@@ -72,11 +75,7 @@ func firewallFault(t *testing.T, l *lab.Lab, vip netip.AddrPort, inject func(), 
 			t.Errorf("firewall.filter evidence %s\nwant %q in it", ev, w)
 		}
 	}
-	for _, fx := range fw.Fix {
-		if out, err := exec.Command("sh", "-c", fx).CombinedOutput(); err != nil {
-			t.Fatalf("the fix %q: %v\n%s", fx, err, out)
-		}
-	}
+	runFixes(t, l, fw.Fix)
 	testkit.Connect(t, l, vip, 2)
 	r, code = checkUnderTraffic(t, l, vip)
 	if got := statusOf(t, r, "firewall.filter"); got != "pass" || code != 0 {
@@ -119,4 +118,25 @@ func TestGuestFirewallOutputRejectNft(t *testing.T) {
 		testkit.Run(t, l.LB, "nft", "add table inet f; add chain inet f out { type filter hook output priority 0; }; "+
 			"add rule inet f out ip saddr "+l.ClientIP.String()+" ip daddr "+l.RealIP.String()+" tcp dport 8085 counter reject")
 	}, "nft inet f out rule", "(hook output) drops requests IPVS sends to real "+l.RealIP.String()+":8085", "NETFILTER_DROP of the selected flows in output")
+}
+
+// runFixes runs fix commands as printed, through a shell. The guest's
+// busybox `ip` has no `netns exec`: a shim on PATH runs the command in the
+// namespace with busybox's nsenter, as iproute2 would.
+func runFixes(t *testing.T, l *lab.Lab, fixes []string) {
+	t.Helper()
+	dir := t.TempDir()
+	shim := "#!/bin/busybox sh\n" +
+		"if [ \"$1\" = netns ] && [ \"$2\" = exec ] && [ \"$3\" = " + shellquote.Quote(l.LB.Name) + " ]; then shift 3; exec /bin/busybox nsenter --net=" + shellquote.Quote(l.LB.Path) + " \"$@\"; fi\n" +
+		"exec /bin/busybox ip \"$@\"\n"
+	if err := os.WriteFile(filepath.Join(dir, "ip"), []byte(shim), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, fx := range fixes {
+		cmd := exec.Command("/bin/busybox", "sh", "-c", fx)
+		cmd.Env = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("the fix %q: %v\n%s", fx, err, out)
+		}
+	}
 }
