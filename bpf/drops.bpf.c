@@ -29,11 +29,13 @@ volatile const __u64 wakeup_gap_ns = 10 * 1000 * 1000;
 __u64 last_wakeup_ns = 0; /* shared by all CPUs: a lost race costs one wakeup */
 /* The hook of a netfilter drop: for reason netfilter_drop, the frame after
  * nf_hook_slow ([hook_fn_start, hook_fn_end), from kallsyms) is its caller,
- * which tells the hook. find_hook is 0 without kallsyms or drop reasons. */
+ * which tells the hook. find_hook is 0 without drop reasons. The range is
+ * set once the tracer runs (reading kallsyms takes long; the window must
+ * not wait for it): until then hook_fn_end is 0 and no stack is walked. */
 volatile const __u8 find_hook = 0;
 volatile const __u32 netfilter_drop = 0;
-volatile const __u64 hook_fn_start = 0;
-volatile const __u64 hook_fn_end = 0;
+__u64 hook_fn_start = 0;
+__u64 hook_fn_end = 0;
 /* Offsets of the classic tracepoint's fields, from its format file. */
 volatile const __u32 tp_off_skb = 8;
 volatile const __u32 tp_off_location = 16;
@@ -452,7 +454,7 @@ static __always_inline int handle(void *ctx, struct skb_meta *m, __u64 location,
 	/* Aggregate mode: what matched is what the aggregates hold (plus what
 	 * did not fit), so the fast path keeps no separate total. */
 	if (!send_events) {
-		if (find_hook && reason == netfilter_drop) {
+		if (find_hook && reason == netfilter_drop && hook_fn_end) {
 			if (l && l->hook_loc == k.location && l->hook_proto == k.proto && l->hook_dport == k.dport &&
 			    addr_eq((const volatile struct addr *)&l->hook_daddr, &k.daddr)) {
 				k.caller = l->hook_caller;

@@ -117,20 +117,21 @@ func checkFirewall(s *probes.Snapshot, sel probes.Selector) Finding {
 			if !filterExplains(*p) {
 				continue
 			}
-			h := &filterHit{rule: p.Rule, policy: p.Policy, hook: p.Hook, drops: p.Count, point: p}
+			h := &filterHit{rule: p.Rule, policy: p.Policy, hook: pointHook(*p), drops: p.Count, point: p}
 			for _, svc := range svcs {
 				if len(p.Services) > 0 && !slices.Contains(p.Services, svc.Key()) {
 					continue
 				}
 				for _, l := range legsOf(svc) {
-					if l.hook == p.Hook {
+					if l.hook == h.hook {
 						add(h, l)
 					}
 				}
 			}
-			for _, x := range hits { // the static hit, confirmed
-				if x.key() == h.key() {
-					x.drops, x.point = p.Count, p
+			for _, x := range hits { // the static hit (or another point's), confirmed
+				if x != h && x.key() == h.key() {
+					x.drops += p.Count
+					x.point = p
 				}
 			}
 		}
@@ -181,19 +182,35 @@ func checkFirewall(s *probes.Snapshot, sel probes.Selector) Finding {
 // drop point: a netfilter drop in a filter hook the services' packets cross
 // before IPVS deals with them, joined to a rule or policy.
 func filterExplains(p probes.DropPoint) bool {
-	return p.Reason == "NETFILTER_DROP" && (p.Rule != nil || p.Policy != nil) && (p.Hook == "input" || p.Hook == "output" || p.Hook == "forward")
+	h := pointHook(p)
+	return p.Reason == "NETFILTER_DROP" && (p.Rule != nil || p.Policy != nil) && (h == "input" || h == "output" || h == "forward")
+}
+
+// pointHook is the hook of a drop point: from the stack, else (drops seen
+// before the tracer knew where nf_hook_slow is) the hook of the rule or
+// policy whose counter explains them.
+func pointHook(p probes.DropPoint) string {
+	switch {
+	case p.Hook != "":
+		return p.Hook
+	case p.Rule != nil:
+		return p.Rule.HookOf()
+	case p.Policy != nil:
+		return p.Policy.Hook
+	}
+	return ""
 }
 
 // pointFix is the fix of a drop point joined to a rule or policy: the rule
 // deleted, or the selected services' packets of its hook let past the policy.
 func pointFix(s *probes.Snapshot, sel probes.Selector, p probes.DropPoint) []string {
-	h := &filterHit{rule: p.Rule, policy: p.Policy, hook: p.Hook}
+	h := &filterHit{rule: p.Rule, policy: p.Policy, hook: pointHook(p)}
 	for _, svc := range selected(s, sel) {
 		if svc.FWMark != 0 || (len(p.Services) > 0 && !slices.Contains(p.Services, svc.Key())) {
 			continue
 		}
 		for _, l := range legsOf(svc) {
-			if l.hook == p.Hook {
+			if l.hook == h.hook {
 				h.legs = append(h.legs, l)
 			}
 		}

@@ -52,6 +52,9 @@ func TestFirewallFilter(t *testing.T) {
 			window(probes.DropPoint{Reason: "NETFILTER_DROP", Function: "nf_hook_slow", Hook: "output", Count: 6, Rule: &outClient}), false, checks.Fail,
 			`nft inet f out rule "ip saddr 10.1.0.3 ip daddr 10.1.0.50 tcp dport 8085 counter packets 6 bytes 360 reject" (hook output) drops requests IPVS sends to real 10.1.0.50:8085`,
 			"ip netns exec lb nft delete rule inet f out handle 4"},
+		{"drops seen before the tracer knew the hook: the joined rule's hook", []rules.Rule{outClient}, []rules.Chain{outChain},
+			window(probes.DropPoint{Reason: "NETFILTER_DROP", Function: "nf_hook_slow", Count: 2, Rule: &outClient}), false, checks.Fail,
+			"2 × NETFILTER_DROP of the selected flows in output during the window, joined to it", "ip netns exec lb nft delete rule inet f out handle 4"},
 		{"nft output reject of one client, no window", []rules.Rule{outClient}, []rules.Chain{outChain}, nil, false, checks.Pass, "", ""},
 		{"nothing found, a backend unread", nil, nil, nil, true, checks.Skip, "", ""},
 	} {

@@ -581,6 +581,8 @@ func TestNetfilterDropHooks(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tr.Close()
+	n := tr.Namer(l.LB) // reads kallsyms: where nf_hook_slow is
+	defer n.Close()
 	if tr.NoHooks != "" {
 		t.Fatalf("the tracer finds no hooks: %s", tr.NoHooks)
 	}
@@ -601,8 +603,6 @@ func TestNetfilterDropHooks(t *testing.T) {
 	for _, tt := range cases {
 		dial(tt.ns, tt.to)
 	}
-	n := tr.Namer(l.LB)
-	defer n.Close()
 	s, err := tr.Sample(n, time.Second)
 	if err != nil {
 		t.Fatal(err)

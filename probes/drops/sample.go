@@ -133,10 +133,8 @@ type Namer struct {
 // the flows that touch the tracer's addresses, when it has some). Close it.
 func (t *Tracer) Namer(lb netns.Target) *Namer {
 	n := &Namer{tr: t, attr: NewAttributor(lb, t.cfg.Addrs, t.cfg.Proto), where: map[uint64]string{}}
-	syms, err := t.syms, t.symErr // read at load for the hook's frame
-	if syms == nil && err == nil {
-		syms, err = LoadSymbols() // without kallsyms a location stays an address
-	}
+	syms, err := LoadSymbols() // without kallsyms a location stays an address
+	t.SetHookRange(syms, err)
 	switch {
 	case err != nil:
 		n.RawLocations = "locations are raw addresses: " + err.Error()

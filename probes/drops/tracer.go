@@ -78,8 +78,6 @@ type Tracer struct {
 	NoHooks string
 
 	cfg    Config
-	syms   *Symbols // read at load for the hook's frame; the Namer reuses them
-	symErr error
 	events bool
 	coll   *ebpf.Collection
 	prog   *ebpf.Program
@@ -231,14 +229,15 @@ func New(cfg Config) (*Tracer, error) {
 }
 
 // setHook turns on the search for a netfilter drop's hook (aggregate mode
-// only: an event carries its whole stack with --stack) when kallsyms names
-// nf_hook_slow and the kernel names NETFILTER_DROP.
+// only: an event carries its whole stack with --stack) when the kernel
+// names NETFILTER_DROP. The stack is walked once SetHookRange told the
+// program where nf_hook_slow is (from kallsyms, read after the tracer is
+// attached: reading it takes long).
 func (t *Tracer) setHook(spec *ebpf.CollectionSpec) error {
 	if t.cfg.Events {
 		t.NoHooks = "event mode: the hook is found in aggregate mode (or read the stack with --stack)"
 		return nil
 	}
-	t.syms, t.symErr = LoadSymbols()
 	var code uint32
 	found := false
 	for c, n := range t.Reasons {
@@ -246,30 +245,51 @@ func (t *Tracer) setHook(spec *ebpf.CollectionSpec) error {
 			code, found = c, true
 		}
 	}
-	start, end, ok := t.syms.Range("nf_hook_slow")
-	switch {
-	case !found:
+	if !found {
 		t.NoHooks = "the kernel names no NETFILTER_DROP reason"
 		if t.NoReasons != "" {
 			t.NoHooks = "drops carry no reason on this kernel"
 		}
 		return nil
-	case t.symErr != nil:
-		t.NoHooks = "no kernel symbols: " + t.symErr.Error()
-		return nil
-	case t.syms.Hidden():
-		t.NoHooks = "/proc/kallsyms hides the kernel's addresses (kernel.kptr_restrict)"
-		return nil
-	case !ok:
-		t.NoHooks = "/proc/kallsyms has no nf_hook_slow"
-		return nil
 	}
-	for name, v := range map[string]any{"find_hook": uint8(1), "netfilter_drop": code, "hook_fn_start": start, "hook_fn_end": end} {
+	t.NoHooks = "kernel symbols not read yet"
+	for name, v := range map[string]any{"find_hook": uint8(1), "netfilter_drop": code} {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return fmt.Errorf("set %s: %w", name, err)
 		}
 	}
 	return nil
+}
+
+// SetHookRange tells the running program where nf_hook_slow is in syms:
+// from then on netfilter drops carry their hook. Without it (no kallsyms,
+// hidden addresses) NoHooks says why.
+func (t *Tracer) SetHookRange(syms *Symbols, symErr error) {
+	if t.NoHooks != "kernel symbols not read yet" {
+		return // event mode, or no reasons: NoHooks says why
+	}
+	start, end, ok := syms.Range("nf_hook_slow")
+	switch {
+	case symErr != nil:
+		t.NoHooks = "no kernel symbols: " + symErr.Error()
+		return
+	case syms.Hidden():
+		t.NoHooks = "/proc/kallsyms hides the kernel's addresses (kernel.kptr_restrict)"
+		return
+	case !ok:
+		t.NoHooks = "/proc/kallsyms has no nf_hook_slow"
+		return
+	}
+	// The start first: a program that sees the end set sees a range.
+	if err := t.coll.Variables["hook_fn_start"].Set(start); err != nil {
+		t.NoHooks = "set the hook's range: " + err.Error()
+		return
+	}
+	if err := t.coll.Variables["hook_fn_end"].Set(end); err != nil {
+		t.NoHooks = "set the hook's range: " + err.Error()
+		return
+	}
+	t.NoHooks = ""
 }
 
 func chooseAttach(force string, spec *ebpf.CollectionSpec) (string, error) {
