@@ -6,9 +6,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -123,21 +121,15 @@ func TestGuestFirewallOutputRejectNft(t *testing.T) {
 }
 
 // runFixes runs fix commands as printed, through a shell. The guest's
-// busybox `ip` has no `netns exec`: a shim on PATH runs the command in the
-// namespace with busybox's nsenter, as iproute2 would.
+// busybox `ip` has no `netns exec` (and its sh prefers its own applets to
+// PATH): a shell function runs the command in the namespace with busybox's
+// nsenter, as iproute2 would.
 func runFixes(t *testing.T, l *lab.Lab, fixes []string) {
 	t.Helper()
-	dir := t.TempDir()
-	shim := "#!/bin/busybox sh\n" +
-		"if [ \"$1\" = netns ] && [ \"$2\" = exec ] && [ \"$3\" = " + shellquote.Quote(l.LB.Name) + " ]; then shift 3; exec /bin/busybox nsenter --net=" + shellquote.Quote(l.LB.Path) + " \"$@\"; fi\n" +
-		"exec /bin/busybox ip \"$@\"\n"
-	if err := os.WriteFile(filepath.Join(dir, "ip"), []byte(shim), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	shim := "ip() { if [ \"$1\" = netns ] && [ \"$2\" = exec ] && [ \"$3\" = " + shellquote.Quote(l.LB.Name) + " ]; then shift 3; " +
+		"/bin/busybox nsenter --net=" + shellquote.Quote(l.LB.Path) + " \"$@\"; else /bin/busybox ip \"$@\"; fi; }\n"
 	for _, fx := range fixes {
-		cmd := exec.Command("/bin/busybox", "sh", "-c", fx)
-		cmd.Env = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"))
-		if out, err := cmd.CombinedOutput(); err != nil {
+		if out, err := exec.Command("/bin/busybox", "sh", "-c", shim+fx).CombinedOutput(); err != nil {
 			t.Fatalf("the fix %q: %v\n%s", fx, err, out)
 		}
 	}
