@@ -130,6 +130,7 @@ func newTracer(b *testing.B, cfg drops.Config) attacher {
 	if err != nil {
 		b.Fatal(err)
 	}
+	tr.SetHookRange(drops.LoadSymbols()) // as the window's Namer does
 	b.Cleanup(func() { tr.Close() })
 	if err := tr.Stop(); err != nil {
 		b.Fatal(err)
@@ -500,6 +501,7 @@ func BenchmarkProgramCost(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer tr.Close()
+			tr.SetHookRange(drops.LoadSymbols()) // as the window's Namer does
 			if c.cfg.Events {
 				ctx, cancel := context.WithCancel(context.Background())
 				defer cancel()
@@ -541,6 +543,10 @@ func BenchmarkProgramCostDistinctFlows(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer tr.Close()
+			tr.SetHookRange(drops.LoadSymbols()) // as the window's Namer does: the hook is looked up
+			if tr.NoHooks != "" {
+				b.Fatalf("no hooks: %s", tr.NoHooks)
+			}
 			for b.Loop() {
 				p.Flood(b, testkit.Ports(c.first, 25000), time.Second)
 			}
