@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -28,30 +27,6 @@ func clientTries(l *lab.Lab, vip netip.AddrPort, n int) int {
 		}
 	}
 	return ok
-}
-
-// checkUnderTraffic runs `check --vip VIP -o json` (its default window)
-// while the client keeps connecting to the VIP.
-func checkUnderTraffic(t *testing.T, l *lab.Lab, vip netip.AddrPort) *report.Report {
-	t.Helper()
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-				lab.Probe(context.Background(), l.Client, vip, 500*time.Millisecond)
-			}
-		}
-	}()
-	r, _ := runBinary(t, "check", "--netns", l.LB.Name, "--vip", vip.String(), "-o", "json")
-	close(stop)
-	wg.Wait()
-	return r
 }
 
 // failing lists the ids of the failing findings.
@@ -156,7 +131,7 @@ func TestGuestRealHealth(t *testing.T) {
 			if (tt.partial && (ok == 0 || ok == n)) || (!tt.partial && ok != 0) {
 				t.Fatalf("with the fault: %d of %d connections answered, want %s", ok, n, map[bool]string{true: "some but not all", false: "none"}[tt.partial])
 			}
-			r := checkUnderTraffic(t, l, vip)
+			r, _ := checkUnderTraffic(t, l, vip)
 			if got := failing(r); !slices.Equal(got, []string{"ipvs.real_health"}) {
 				t.Fatalf("check with %s = failing %v, want [ipvs.real_health] alone:%s", tt.name, got, describe(r))
 			}
@@ -170,7 +145,7 @@ func TestGuestRealHealth(t *testing.T) {
 			if ok := clientTries(l, vip, n); ok != n {
 				t.Errorf("after the fix: %d of %d connections answered, want all", ok, n)
 			}
-			r = checkUnderTraffic(t, l, vip)
+			r, _ = checkUnderTraffic(t, l, vip)
 			if got := failing(r); len(got) != 0 || statusOf(t, r, "ipvs.real_health") != "pass" {
 				t.Errorf("check after the fix = failing %v, ipvs.real_health %s; want no failure and a pass:%s", got, statusOf(t, r, "ipvs.real_health"), describe(r))
 			}
@@ -200,7 +175,7 @@ func TestGuestReturnPathGateway(t *testing.T) {
 	if got := statusOf(t, r, "nat.return_path"); got != "pass" {
 		t.Errorf("static check = nat.return_path %s, want pass: the LB's routes look right, only the window shows the fault", got)
 	}
-	r = checkUnderTraffic(t, l, vip)
+	r, _ = checkUnderTraffic(t, l, vip)
 	if got := failing(r); !slices.Equal(got, []string{"nat.return_path"}) {
 		t.Fatalf("check = failing %v, want [nat.return_path] alone:%s", got, describe(r))
 	}
@@ -209,7 +184,7 @@ func TestGuestReturnPathGateway(t *testing.T) {
 	if ok := clientTries(l, vip, n); ok != n {
 		t.Errorf("after the fix: %d of %d connections answered, want all", ok, n)
 	}
-	r = checkUnderTraffic(t, l, vip)
+	r, _ = checkUnderTraffic(t, l, vip)
 	if got := failing(r); len(got) != 0 || statusOf(t, r, "nat.return_path") != "pass" {
 		t.Errorf("check after the fix = failing %v, nat.return_path %s; want no failure and a pass:%s", got, statusOf(t, r, "nat.return_path"), describe(r))
 	}
