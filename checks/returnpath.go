@@ -74,13 +74,8 @@ func DecideReturnPath(s *probes.Snapshot, vip netip.Addr, reals []netip.Addr) Re
 
 // routeTo finds the LB's route to a (the most specific of the main table).
 func routeTo(s *probes.Snapshot, a netip.Addr) (dev string, gw netip.Addr) {
-	best := -1
-	for _, r := range s.Net.Routes {
-		if r.Dst.Contains(a) && r.Dst.Bits() > best {
-			best, dev, gw = r.Dst.Bits(), r.Dev, r.Gw
-		}
-	}
-	return dev, gw
+	r, _ := s.Net.RouteTo(a)
+	return r.Dev, r.Gw
 }
 
 func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {

@@ -1,6 +1,7 @@
 package probes
 
 import (
+	"net/netip"
 	"time"
 
 	"github.com/lbdoctor/lbdoctor/flowpath"
@@ -24,8 +25,16 @@ type Window struct {
 	// hook and rule or policy of a netfilter drop, the neighbour of a
 	// NEIGH_FAILED, the interface and route of an IP_RPFILTER.
 	DropPoints []DropPoint `json:"drop_points,omitempty"`
+	// Neighbours are the neighbour entries of the selected reals' next
+	// hops at the window's end. (The IPVS connections by state are
+	// Snapshot.IPVS.ConnCounts, conntrack's flows by state
+	// Snapshot.Conntrack.Counts, both read at the window's end.)
+	Neighbours []RealNeighbour `json:"neighbours,omitempty"`
 	// Paths are the selected services' flows, leg by leg, per real.
 	Paths []flowpath.Path `json:"paths"`
+	// PathsOmitted is the number of paths left out (over MaxListed; the
+	// paths that stop are kept first).
+	PathsOmitted int `json:"paths_omitted,omitempty"`
 	// Skipped names, by layer, what the window could not watch and why
 	// (drops without CAP_BPF, probes off with --no-probe).
 	Skipped map[string]string `json:"skipped,omitempty"`
@@ -36,6 +45,17 @@ const (
 	LayerDrops  = "drops"
 	LayerHealth = "health"
 )
+
+// RealNeighbour is the ARP/NDP entry of a real server's next hop.
+type RealNeighbour struct {
+	Real    netip.AddrPort `json:"real"`
+	NextHop netip.Addr     `json:"next_hop"` // the real, or the gateway to it
+	Dev     string         `json:"dev,omitempty"`
+	// State as the kernel names it (REACHABLE, STALE, DELAY, FAILED,
+	// INCOMPLETE, PERMANENT …), "none" when there is no entry, "no route"
+	// when the LB has no route to the real.
+	State string `json:"state"`
+}
 
 // DropPoint is drops of one kind at one place, whatever their flows, with
 // what explains them.

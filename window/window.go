@@ -9,13 +9,21 @@ package window
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/lbdoctor/lbdoctor/flowpath"
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/health"
+	"github.com/lbdoctor/lbdoctor/probes/ipvs"
+	"github.com/lbdoctor/lbdoctor/probes/kernel"
+	"github.com/lbdoctor/lbdoctor/probes/snmp"
 )
 
 // DefaultLength is check's window when none is asked for: long enough for a
@@ -53,6 +61,28 @@ type Options struct {
 	// window opens, with what it watches: a caller says "watching…" only
 	// when something watches.
 	Opened func(length time.Duration)
+	// Progress, when not nil and Every > 0, is given what the window has
+	// seen so far every Every while it runs (a TUI's or an exporter's
+	// frame). It is called from a goroutine of its own, one call at a time:
+	// a slow Progress misses frames (the next one carries the newer
+	// totals), never holds the window, and is not waited for when the
+	// window ends.
+	Every    time.Duration
+	Progress func(Progress)
+}
+
+// Progress is a frame of a running window: the counters since the first
+// read, from a light read of IPVS and SNMP (rules and conntrack are read
+// again only at the window's end), and the drops counted so far.
+type Progress struct {
+	Elapsed time.Duration
+	// Deltas holds the IPVS stats per service and real and the SNMP
+	// counters that moved since the first read; its Rules and Conntrack
+	// are left empty until the window's end.
+	Deltas probes.Deltas
+	// Drops is what the tracer counted so far (nil: drops not traced, or
+	// the tracer not attached yet); one map read per frame.
+	Drops *drops.Counters
 }
 
 // Run reads ns, watches it for opt.Length and returns the snapshot of the
@@ -61,6 +91,8 @@ type Options struct {
 // returns what was measured with Window.CutShort set; before, ErrInterrupted.
 // Layers that could not be read are in Snapshot.Errors and Window.Skipped.
 func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options) (*probes.Snapshot, error) {
+	// Capabilities are the calling thread's: asked before any goroutine.
+	bpfCapable := kernel.HasCapability(unix.CAP_BPF) || kernel.HasCapability(unix.CAP_SYS_ADMIN)
 	var before *probes.Snapshot
 	if !Measure(ctx, func() { before = probes.Gather(ns, sel, probes.Options{Features: opt.Features}) }) {
 		return nil, ErrInterrupted
@@ -80,20 +112,26 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 	if opt.Opened != nil {
 		opt.Opened(opt.Length)
 	}
-	wctx, cancel := context.WithDeadline(ctx, before.Time.Add(opt.Length))
+	end := before.Time.Add(opt.Length)
+	wctx, cancel := context.WithDeadline(ctx, end)
 	defer cancel()
 
 	var wg sync.WaitGroup
-	if opt.Drops {
+	var dropCounters atomic.Pointer[drops.Counters]
+	switch {
+	case !opt.Drops:
+		w.Skipped[probes.LayerDrops] = "drop tracing was not asked for"
+	case !bpfCapable:
+		// The window runs without it: the other layers still watch.
+		before.Errors[probes.ProbeDrops] = "tracing drops needs CAP_BPF (or CAP_SYS_ADMIN): run as root"
+	default:
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			// The tracer's own window starts when it is attached and ends
 			// with ours; only an interrupt (ctx) cuts it short.
-			probes.WatchDrops(ctx, ns, sel, before, before.Time.Add(opt.Length), nil)
+			probes.WatchDrops(ctx, ns, sel, before, end, drops.Hooks{Every: opt.Every, Progress: func(c drops.Counters) { dropCounters.Store(&c) }})
 		}()
-	} else {
-		w.Skipped[probes.LayerDrops] = "drop tracing was not asked for"
 	}
 	if opt.Probe {
 		timeout := opt.ProbeTimeout
@@ -107,6 +145,9 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 		}()
 	} else {
 		w.Skipped[probes.LayerHealth] = "the reals were not probed (--no-probe)"
+	}
+	if opt.Progress != nil && opt.Every > 0 {
+		go stream(wctx, ns, before, opt, &dropCounters)
 	}
 	<-wctx.Done()
 	wg.Wait()
@@ -138,10 +179,89 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 		w.Skipped["counters"] = "no second read in time: the counters are the first read's"
 	}
 	w.Elapsed = after.Time.Sub(before.Time)
+	w.Neighbours = RealNeighbours(after, sel)
 	w.DropPoints = Join(before, after, w)
-	w.Paths = Paths(after, w)
+	w.Paths = Paths(after, w, sel)
 	after.Window = w
 	return after, nil
+}
+
+// stream gives opt.Progress a frame every opt.Every until ctx ends. The
+// frames are built here (a light read of IPVS and SNMP) and handed to a
+// sender goroutine through a one-slot mailbox: a slow Progress gets the
+// newest frame when it is ready, and neither the reads nor the window wait
+// for it.
+func stream(ctx context.Context, ns netns.Target, before *probes.Snapshot, opt Options, dc *atomic.Pointer[drops.Counters]) {
+	box := make(chan Progress, 1)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case p := <-box:
+				opt.Progress(p)
+			}
+		}
+	}()
+	tick := time.NewTicker(opt.Every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		now := &probes.Snapshot{Time: time.Now(), Rules: before.Rules, Conntrack: before.Conntrack, IPVS: before.IPVS, SNMP: before.SNMP}
+		if v, err := ipvs.Read(ns); err == nil {
+			now.IPVS = v
+		}
+		if c, err := snmp.Read(ns); err == nil {
+			now.SNMP = c
+		}
+		p := Progress{Elapsed: now.Time.Sub(before.Time), Deltas: probes.Delta(before, now), Drops: dc.Load()}
+		p.Deltas.Rules = nil
+		p.Deltas.Conntrack = probes.CounterDelta{}
+		select { // replace a frame the sender has not taken yet
+		case <-box:
+		default:
+		}
+		box <- p
+	}
+}
+
+// RealNeighbours is the neighbour entry of each selected real server's
+// next hop (the real itself on a connected segment, else the gateway of
+// the LB's route to it) as the snapshot read it. Pure.
+func RealNeighbours(s *probes.Snapshot, sel probes.Selector) []probes.RealNeighbour {
+	out := []probes.RealNeighbour{}
+	seen := map[netip.AddrPort]bool{}
+	for _, svc := range s.IPVS.Services {
+		if svc.FWMark != 0 || !sel.Matches(svc.Addr, svc.Proto) {
+			continue
+		}
+		for _, r := range svc.Reals {
+			if seen[r.Addr] {
+				continue
+			}
+			seen[r.Addr] = true
+			n := probes.RealNeighbour{Real: r.Addr, NextHop: r.Addr.Addr(), State: "none"}
+			if rt, ok := s.Net.RouteTo(r.Addr.Addr()); ok {
+				n.Dev = rt.Dev
+				if rt.Gw.IsValid() {
+					n.NextHop = rt.Gw
+				}
+			} else {
+				n.State = "no route"
+			}
+			for _, nb := range s.Net.Neighbours {
+				if nb.IP == n.NextHop && (n.Dev == "" || nb.Dev == n.Dev) {
+					n.State, n.Dev = nb.State, nb.Dev
+				}
+			}
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // healthTargets lists the selected services' real servers.
