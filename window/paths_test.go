@@ -149,4 +149,3 @@ func TestShortReal(t *testing.T) {
 		}
 	}
 }
-
