@@ -57,6 +57,11 @@ type Options struct {
 	ProbeTimeout time.Duration
 	// Features runs the kernel feature probes with the first read.
 	Features bool
+	// Counters watches the namespace's counters (SNMP, rules, conntrack)
+	// for the whole window even when no IPVS service and no VIP selects a
+	// flow (inspect --watch); without it such a window ends at once,
+	// saying there was nothing to watch.
+	Counters bool
 	// Opened, when not nil, is called once the first read is done and the
 	// window opens, with what it watches: a caller says "watching…" only
 	// when something watches.
@@ -101,7 +106,7 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 		return before, nil
 	}
 	w := &probes.Window{Length: opt.Length, Skipped: map[string]string{}}
-	if !sel.VIP.IsValid() && len(before.IPVS.Services) == 0 {
+	if !sel.VIP.IsValid() && len(before.IPVS.Services) == 0 && !opt.Counters {
 		// Nothing selects a flow: a window would watch nothing for its
 		// length. Said, not hidden.
 		w.Skipped["window"] = "nothing to watch: no IPVS service and no --vip"
@@ -150,13 +155,11 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 		go stream(wctx, ns, before, opt, &dropCounters)
 	}
 	<-wctx.Done()
-	wg.Wait()
-	if e, ok := before.Errors[probes.ProbeDrops]; ok {
-		w.Skipped[probes.LayerDrops] = e
-	}
 
-	// The last read: cut short, it gets what is left of the interrupt's
-	// budget; if it cannot finish, the first read is what was measured.
+	// The last read starts as the window ends, while the tracer names
+	// what it counted: the counters' window is the one asked for. Cut
+	// short, it gets what is left of the interrupt's budget; if it cannot
+	// finish, the first read is what was measured.
 	rctx := context.Background()
 	if ctx.Err() != nil {
 		w.CutShort = true
@@ -164,8 +167,16 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 		rctx, c = context.WithTimeout(rctx, lastReadBudget)
 		defer c()
 	}
+	var last *probes.Snapshot
+	read := make(chan bool, 1)
+	go func() { read <- Measure(rctx, func() { last = probes.Gather(ns, sel, probes.Options{}) }) }()
+	wg.Wait()
+	if e, ok := before.Errors[probes.ProbeDrops]; ok {
+		w.Skipped[probes.LayerDrops] = e
+	}
 	after := before
-	if Measure(rctx, func() { after = probes.Gather(ns, sel, probes.Options{}) }) {
+	if <-read {
+		after = last
 		after.Features = before.Features
 		after.Drops = before.Drops
 		for k, v := range before.Errors {
@@ -175,7 +186,6 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 		}
 		w.Deltas = probes.Delta(before, after)
 	} else {
-		after = before
 		w.Skipped["counters"] = "no second read in time: the counters are the first read's"
 	}
 	w.Elapsed = after.Time.Sub(before.Time)
