@@ -298,7 +298,9 @@ func TestGuestCheckPathStage3(t *testing.T) {
 		t.Errorf("check after the fix = exit %d:\n%s\nwant exit 0 and no failing finding's path", code, text)
 	}
 	// The complete path is in the window (inspect shows it).
-	withTraffic(l, vip, func() { inspect, _ = runText(t, "inspect", "--netns", l.LB.Name, "--vip", vip.String(), "--watch", "3s") })
+	withTraffic(l, vip, func() {
+		inspect, _ = runText(t, "inspect", "--netns", l.LB.Name, "--vip", vip.String(), "--watch", "3s")
+	})
 	if !complete.MatchString(inspect) {
 		t.Errorf("inspect --watch 3s after the fix:\n%s\nwant a complete path matching %s", inspect, complete)
 	}
