@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime/debug"
-	"slices"
 	"strings"
 	"time"
 
@@ -143,16 +142,12 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 			// nft or iptables DNAT: after it, packets carry a backend's
 			// address, which only conntrack knows.
 			learned, err := probes.LearnBackends(lb, sel)
-			for _, b := range learned {
-				if !slices.Contains(cfg.Addrs, b.Addr()) {
-					cfg.Addrs = append(cfg.Addrs, b.Addr())
-					filter.VIPAddrs = append(filter.VIPAddrs, b.Addr().String())
-				}
-				if b.Port() != 0 && sel.VIP.Port() != 0 && !slices.Contains(cfg.Ports, b.Port()) {
-					cfg.Ports = append(cfg.Ports, b.Port())
-					filter.VIPPorts = append(filter.VIPPorts, b.Port())
-				}
+			na, np := len(cfg.Addrs), len(cfg.Ports)
+			cfg.Addrs, cfg.Ports = probes.AddBackends(sel, cfg.Addrs, cfg.Ports, learned)
+			for _, a := range cfg.Addrs[na:] {
+				filter.VIPAddrs = append(filter.VIPAddrs, a.String())
 			}
+			filter.VIPPorts = append(filter.VIPPorts, cfg.Ports[np:]...)
 			switch {
 			case err != nil:
 				printf(cmd.ErrOrStderr(), "! %s is not an IPVS service and conntrack could not be read (%v): only packets still addressed to it are traced\n", sel.VIPString(), err)
