@@ -44,8 +44,8 @@ var ErrInterrupted = errors.New("interrupted before anything was measured")
 
 // Options choose what the window watches.
 type Options struct {
-	// Length is how long to watch from the first read; 0 is one read and
-	// nothing watched (a static snapshot).
+	// Length is how long to watch once the first read is done; 0 is one
+	// read and nothing watched (a static snapshot).
 	Length time.Duration
 	// Drops traces the kernel's drops of the selected flows (eBPF,
 	// aggregate mode); without CAP_BPF the window runs and says why not.
@@ -99,11 +99,21 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 	// Capabilities are the calling thread's: asked before any goroutine.
 	bpfCapable := kernel.HasCapability(unix.CAP_BPF) || kernel.HasCapability(unix.CAP_SYS_ADMIN)
 	var before *probes.Snapshot
-	if !Measure(ctx, func() { before = probes.Gather(ns, sel, probes.Options{Features: opt.Features}) }) {
+	static := opt.Length <= 0
+	if !Measure(ctx, func() { before = probes.Gather(ns, sel, probes.Options{Features: opt.Features && static}) }) {
 		return nil, ErrInterrupted
 	}
-	if opt.Length <= 0 {
+	if static {
 		return before, nil
+	}
+	// The feature probes count nothing and take hundreds of
+	// milliseconds: they run beside the window, not before it.
+	features := make(chan *kernel.Features, 1)
+	if opt.Features {
+		go func() {
+			f := kernel.ReadFeatures()
+			features <- &f
+		}()
 	}
 	w := &probes.Window{Length: opt.Length, Skipped: map[string]string{}}
 	if !sel.VIP.IsValid() && len(before.IPVS.Services) == 0 && !opt.Counters {
@@ -111,13 +121,22 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 		// length. Said, not hidden.
 		w.Skipped["window"] = "nothing to watch: no IPVS service and no --vip"
 		w.Paths = []flowpath.Path{}
+		if opt.Features {
+			select {
+			case before.Features = <-features:
+			case <-ctx.Done():
+			}
+		}
 		before.Window = w
 		return before, nil
 	}
 	if opt.Opened != nil {
 		opt.Opened(opt.Length)
 	}
-	end := before.Time.Add(opt.Length)
+	// The window opens once the first read is done: a read that takes
+	// seconds (a big rule set, a slow machine) must not eat the window
+	// the drops and probes watch in.
+	end := time.Now().Add(opt.Length)
 	wctx, cancel := context.WithDeadline(ctx, end)
 	defer cancel()
 
@@ -171,6 +190,12 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 	read := make(chan bool, 1)
 	go func() { read <- Measure(rctx, func() { last = probes.Gather(ns, sel, probes.Options{}) }) }()
 	wg.Wait()
+	if opt.Features {
+		select { // cut short, the features may miss the interrupt's budget
+		case before.Features = <-features:
+		case <-rctx.Done():
+		}
+	}
 	if e, ok := before.Errors[probes.ProbeDrops]; ok {
 		w.Skipped[probes.LayerDrops] = e
 	}

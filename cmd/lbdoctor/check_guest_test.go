@@ -279,10 +279,14 @@ func TestGuestCheckPathStage3(t *testing.T) {
 		t.Fatalf("check -o json (ip_forward=0) = exit %d, fix %q; want exit 1 and a fix", code, fix)
 	}
 
+	// The guest's ip is busybox's (no `ip netns exec`): the fix runs in
+	// the namespace it names.
 	for _, line := range fix {
-		if out, err := exec.Command("sh", "-c", line).CombinedOutput(); err != nil {
-			t.Fatalf("the fix %q: %v\n%s", line, err, out)
+		cmd, ok := strings.CutPrefix(line, l.LB.ExecPrefix())
+		if !ok {
+			t.Fatalf("the fix %q does not run in %s", line, l.LB)
 		}
+		testkit.Run(t, l.LB, "sh", "-c", cmd)
 	}
 	if res := lab.Probe(context.Background(), l.Client, vip, 2*time.Second); !res.OK {
 		t.Fatalf("after the fix %q the client cannot reach %s: %v", fix, vip, res.Err)
