@@ -26,7 +26,21 @@ const MaxPaths = probes.MaxListed
 // scheduling and the reply, the SNAT rule's counter, the forwarding switch
 // for the route back, and the window's drops for where it stops. Pure.
 func Paths(after *probes.Snapshot, w *probes.Window, sel probes.Selector) []flowpath.Path {
-	b := pathBuilder{s: after, w: w, svc: map[string]probes.ServiceDelta{}, rule: map[string]uint64{}}
+	b := pathBuilder{s: after, w: w, svc: map[string]probes.ServiceDelta{}, rule: map[string]uint64{},
+		byFlow: map[[2]netip.AddrPort][]drops.Counted{}, byDst: map[netip.AddrPort][]drops.Counted{}, bySrc: map[netip.AddrPort][]drops.Counted{}}
+	if d := after.Drops; d != nil {
+		// Indexed once: 10,000 paths must not each read every drop.
+		for _, c := range d.Drops {
+			switch {
+			case c.Flow != nil:
+				k := [2]netip.AddrPort{c.Flow.VIP, c.Flow.Real}
+				b.byFlow[k] = append(b.byFlow[k], c)
+			case !c.NotItemised && c.Family != 0:
+				b.byDst[c.Dst] = append(b.byDst[c.Dst], c)
+				b.bySrc[c.Src] = append(b.bySrc[c.Src], c)
+			}
+		}
+	}
 	_, noCounters := w.Skipped["counters"]
 	if !noCounters {
 		for _, sd := range w.Deltas.IPVS {
@@ -62,20 +76,25 @@ type pathBuilder struct {
 	svc     map[string]probes.ServiceDelta // by service key
 	rule    map[string]uint64              // packets by rule key
 	counted bool                           // the counters were read twice
+	// The window's drops: attributed ones by VIP and real, the others by
+	// destination and by source.
+	byFlow       map[[2]netip.AddrPort][]drops.Counted
+	byDst, bySrc map[netip.AddrPort][]drops.Counted
 }
 
 // path builds one service's path to one real.
 func (b pathBuilder) path(svc ipvs.Service, r ipvs.Real) flowpath.Path {
 	s := b.s
-	p := flowpath.Path{Service: svc.Key(), Real: r.Addr.String(), Window: b.w.Elapsed}
-	sd, known := b.svc[svc.Key()]
+	key := svc.Key()
+	p := flowpath.Path{Service: key, Real: r.Addr.String(), Window: b.w.Elapsed}
+	sd, known := b.svc[key]
 	var rd probes.RealDelta
 	for _, x := range sd.Reals {
 		if x.Real == r.Addr.String() {
 			rd = x
 		}
 	}
-	ipvsSrc := "IPVS stats of " + svc.Key()
+	ipvsSrc := "IPVS stats of " + key
 	leg := func(kind flowpath.LegKind, name string, n uint64, src string) flowpath.Leg {
 		l := flowpath.Leg{Kind: kind, Name: name, Status: flowpath.Unknown, Source: src}
 		if known {
@@ -234,12 +253,8 @@ func (b pathBuilder) routeLeg(svc ipvs.Service, r ipvs.Real, rd probes.RealDelta
 // client is a client address of the service's flows to the real: from the
 // window's drops, the IPVS connections or conntrack, the first found.
 func (b pathBuilder) client(svc ipvs.Service, r ipvs.Real) netip.Addr {
-	if d := b.s.Drops; d != nil {
-		for _, c := range d.Drops {
-			if f := c.Flow; f != nil && f.VIP == svc.Addr && f.Real == r.Addr {
-				return f.Client.Addr()
-			}
-		}
+	for _, c := range b.byFlow[[2]netip.AddrPort{svc.Addr, r.Addr}] {
+		return c.Flow.Client.Addr()
 	}
 	for _, c := range b.s.IPVS.Conns {
 		if c.VIP == svc.Addr && c.Dest == r.Addr && c.Proto == svc.Proto {
@@ -259,10 +274,6 @@ func (b pathBuilder) client(svc ipvs.Service, r ipvs.Real) netip.Addr {
 // hook and cause. Drops attributed to a flow count on its path; drops no
 // flow was found for count on every path their addresses fit.
 func (b pathBuilder) stops(svc ipvs.Service, r ipvs.Real) []flowpath.Stop {
-	d := b.s.Drops
-	if d == nil {
-		return nil
-	}
 	var out []flowpath.Stop
 	add := func(leg flowpath.LegKind, c drops.Counted) {
 		for i := range out {
@@ -273,22 +284,26 @@ func (b pathBuilder) stops(svc ipvs.Service, r ipvs.Real) []flowpath.Stop {
 		}
 		out = append(out, flowpath.Stop{Leg: leg, Reason: c.ReasonName, Function: c.Function(), Count: c.Count})
 	}
-	for _, c := range d.Drops {
-		if f := c.Flow; f != nil {
-			if f.VIP == svc.Addr && f.Real == r.Addr && f.Leg() != "" {
-				add(f.Leg(), c)
-			}
-			continue
+	for _, c := range b.byFlow[[2]netip.AddrPort{svc.Addr, r.Addr}] {
+		if l := c.Flow.Leg(); l != "" {
+			add(l, c)
 		}
-		if c.NotItemised || c.Family == 0 || c.Proto != proto.Number(svc.Proto) {
-			continue
-		}
-		switch {
-		case c.Dst == svc.Addr:
+	}
+	p := proto.Number(svc.Proto)
+	for _, c := range b.byDst[svc.Addr] {
+		if c.Proto == p {
 			add(flowpath.Request, c) // before IPVS: on the way to every real
-		case c.Dst == r.Addr:
-			add(flowpath.Schedule, c)
-		case c.Src == r.Addr:
+		}
+	}
+	if r.Addr != svc.Addr {
+		for _, c := range b.byDst[r.Addr] {
+			if c.Proto == p {
+				add(flowpath.Schedule, c)
+			}
+		}
+	}
+	for _, c := range b.bySrc[r.Addr] {
+		if c.Proto == p && c.Dst != svc.Addr && c.Dst != r.Addr {
 			add(flowpath.Reply, c)
 		}
 	}

@@ -149,3 +149,35 @@ func TestShortReal(t *testing.T) {
 		}
 	}
 }
+
+// 1,000 services × 10 reals and a flow map's worth of drops (16,384: a
+// SYN flood's, not attributed): what a big LB's window costs to draw.
+func BenchmarkPaths(b *testing.B) {
+	s, w := lb("1", 5, 5, 1)
+	s.IPVS.Services = nil
+	w.Deltas.IPVS = nil
+	for i := range 1000 {
+		svc := ipvs.Service{Proto: "tcp", Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, byte(i / 250), byte(1 + i%250)}), 80)}
+		sd := probes.ServiceDelta{Service: svc.Key(), PacketsIn: 10}
+		for j := range 10 {
+			r := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 2, byte(i / 25), byte(1 + (i%25)*10 + j)}), 80)
+			svc.Reals = append(svc.Reals, ipvs.Real{Addr: r, Method: ipvs.Masq})
+			sd.Reals = append(sd.Reals, probes.RealDelta{Real: r.String(), PacketsIn: 1, PacketsOut: 1})
+		}
+		s.IPVS.Services = append(s.IPVS.Services, svc)
+		w.Deltas.IPVS = append(w.Deltas.IPVS, sd)
+	}
+	var ds []drops.Counted
+	for i := range 16384 {
+		src := netip.AddrPortFrom(client.Addr(), uint16(1024+i))
+		ds = append(ds, drops.Counted{Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: 6, Src: src, Dst: s.IPVS.Services[i%1000].Addr}, Count: 1}, ReasonName: "NETFILTER_DROP", Symbol: "nf_hook_slow+0x98"})
+	}
+	s.Drops = &drops.Sample{Drops: ds}
+	b.ResetTimer()
+	for range b.N {
+		w.PathsOmitted = 0
+		if ps := Paths(s, w, probes.Selector{}); len(ps) != MaxPaths {
+			b.Fatalf("Paths = %d paths, want %d", len(ps), MaxPaths)
+		}
+	}
+}
