@@ -71,12 +71,14 @@ func Watch(ctx context.Context, lb netns.Target, cfg Config, until time.Time, h 
 		return nil, err
 	}
 	defer tr.Close()
-	n := tr.Namer(lb) // before the window: reading kallsyms takes a while
+	// The tracer counts from here: the window it reports starts now, not
+	// after kallsyms is read (seconds on a slow guest).
+	start := time.Now()
+	n := tr.Namer(lb) // before the window's end: reading kallsyms takes a while
 	defer n.Close()
 	if h.Started != nil {
 		h.Started()
 	}
-	start := time.Now()
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	n.Follow(wctx, FollowPeriod)
