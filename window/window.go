@@ -168,7 +168,7 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 			w.Health = health.Probe(wctx, ns, healthTargets(before, sel), timeout)
 		}()
 	} else {
-		w.Skipped[probes.LayerHealth] = "the reals were not probed (--no-probe)"
+		w.Skipped[probes.LayerHealth] = "the reals were not probed (check --no-probe; inspect never probes)"
 	}
 	if opt.Progress != nil && opt.Every > 0 {
 		go stream(wctx, ns, before, opt, &dropCounters)
