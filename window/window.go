@@ -106,14 +106,15 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 	if static {
 		return before, nil
 	}
-	// The feature probes count nothing and take hundreds of
-	// milliseconds: they run beside the window, not before it.
-	features := make(chan *kernel.Features, 1)
+	// The window opens once the first read is done: a read that takes
+	// seconds (a big rule set, a slow machine) must not eat the window
+	// the drops and probes watch in. The feature probes count nothing:
+	// they belong to the first read but run inside the window.
+	end := time.Now().Add(opt.Length)
 	if opt.Features {
-		go func() {
-			f := kernel.ReadFeatures()
-			features <- &f
-		}()
+		if !Measure(ctx, func() { f := kernel.ReadFeatures(); before.Features = &f }) {
+			return nil, ErrInterrupted
+		}
 	}
 	w := &probes.Window{Length: opt.Length, Skipped: map[string]string{}}
 	if !sel.VIP.IsValid() && len(before.IPVS.Services) == 0 && !opt.Counters {
@@ -121,27 +122,18 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 		// length. Said, not hidden.
 		w.Skipped["window"] = "nothing to watch: no IPVS service and no --vip"
 		w.Paths = []flowpath.Path{}
-		if opt.Features {
-			select {
-			case before.Features = <-features:
-			case <-ctx.Done():
-			}
-		}
 		before.Window = w
 		return before, nil
 	}
 	if opt.Opened != nil {
 		opt.Opened(opt.Length)
 	}
-	// The window opens once the first read is done: a read that takes
-	// seconds (a big rule set, a slow machine) must not eat the window
-	// the drops and probes watch in.
-	end := time.Now().Add(opt.Length)
 	wctx, cancel := context.WithDeadline(ctx, end)
 	defer cancel()
 
 	var wg sync.WaitGroup
 	var dropCounters atomic.Pointer[drops.Counters]
+	var traced chan *probes.Snapshot // nil: no tracer
 	switch {
 	case !opt.Drops:
 		w.Skipped[probes.LayerDrops] = "drop tracing was not asked for"
@@ -149,12 +141,20 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 		// The window runs without it: the other layers still watch.
 		before.Errors[probes.ProbeDrops] = "tracing drops needs CAP_BPF (or CAP_SYS_ADMIN): run as root"
 	default:
-		wg.Add(1)
+		// The tracer works on a snapshot of its own: cut short, the
+		// window waits for it only as long as the interrupt allows
+		// (loading kallsyms cannot be cancelled), and what it writes
+		// after that is never read.
+		ds := &probes.Snapshot{IPVS: before.IPVS, Conntrack: before.Conntrack, Errors: map[string]string{}}
+		if e, ok := before.Errors[probes.ProbeConntrack]; ok {
+			ds.Errors[probes.ProbeConntrack] = e
+		}
+		traced = make(chan *probes.Snapshot, 1)
 		go func() {
-			defer wg.Done()
 			// The tracer's own window starts when it is attached and ends
 			// with ours; only an interrupt (ctx) cuts it short.
-			probes.WatchDrops(ctx, ns, sel, before, end, drops.Hooks{Every: opt.Every, Progress: func(c drops.Counters) { dropCounters.Store(&c) }})
+			probes.WatchDrops(ctx, ns, sel, ds, end, drops.Hooks{Every: opt.Every, Progress: func(c drops.Counters) { dropCounters.Store(&c) }})
+			traced <- ds
 		}()
 	}
 	if opt.Probe {
@@ -190,10 +190,15 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 	read := make(chan bool, 1)
 	go func() { read <- Measure(rctx, func() { last = probes.Gather(ns, sel, probes.Options{}) }) }()
 	wg.Wait()
-	if opt.Features {
-		select { // cut short, the features may miss the interrupt's budget
-		case before.Features = <-features:
+	if traced != nil {
+		select {
+		case ds := <-traced:
+			before.Drops = ds.Drops
+			if e, ok := ds.Errors[probes.ProbeDrops]; ok {
+				before.Errors[probes.ProbeDrops] = e
+			}
 		case <-rctx.Done():
+			before.Errors[probes.ProbeDrops] = "interrupted while the tracer was still loading or being read: no drop counted"
 		}
 	}
 	if e, ok := before.Errors[probes.ProbeDrops]; ok {
