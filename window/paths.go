@@ -277,12 +277,12 @@ func (b pathBuilder) stops(svc ipvs.Service, r ipvs.Real) []flowpath.Stop {
 	var out []flowpath.Stop
 	add := func(leg flowpath.LegKind, c drops.Counted) {
 		for i := range out {
-			if st := &out[i]; st.Leg == leg && st.Reason == c.ReasonName && st.Function == c.Function() {
+			if st := &out[i]; st.Leg == leg && st.Reason == c.ReasonName && st.Function == c.Function() && st.Hook == c.Hook {
 				st.Count += c.Count
 				return
 			}
 		}
-		out = append(out, flowpath.Stop{Leg: leg, Reason: c.ReasonName, Function: c.Function(), Count: c.Count})
+		out = append(out, flowpath.Stop{Leg: leg, Reason: c.ReasonName, Function: c.Function(), Hook: c.Hook, Count: c.Count})
 	}
 	for _, c := range b.byFlow[[2]netip.AddrPort{svc.Addr, r.Addr}] {
 		if l := c.Flow.Leg(); l != "" {
@@ -310,7 +310,7 @@ func (b pathBuilder) stops(svc ipvs.Service, r ipvs.Real) []flowpath.Stop {
 	for i := range out {
 		st := &out[i]
 		for _, dp := range b.w.DropPoints {
-			if dp.Reason == st.Reason && dp.Function == st.Function && (dp.Leg == "" || dp.Leg == st.Leg) {
+			if dp.Reason == st.Reason && dp.Function == st.Function && (st.Hook == "" || dp.Hook == st.Hook) && (dp.Leg == "" || dp.Leg == st.Leg) {
 				st.Hook, st.Cause = dp.Hook, dp.Cause
 				break
 			}

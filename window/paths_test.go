@@ -12,8 +12,8 @@ import (
 	"github.com/lbdoctor/lbdoctor/probes/sysctl"
 )
 
+// vip is join_test's: 10.1.0.6:8085.
 var (
-	vip    = netip.MustParseAddrPort("10.1.0.6:8085")
 	real40 = netip.MustParseAddrPort("10.1.0.40:8085")
 	client = netip.MustParseAddrPort("10.1.0.3:40000")
 )

@@ -23,6 +23,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/probes/health"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 	"github.com/lbdoctor/lbdoctor/probes/kernel"
+	"github.com/lbdoctor/lbdoctor/probes/netstate"
 	"github.com/lbdoctor/lbdoctor/probes/snmp"
 )
 
@@ -220,6 +221,9 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 	}
 	w.Elapsed = after.Time.Sub(before.Time)
 	w.Neighbours = RealNeighbours(after, sel)
+	if ctx.Err() == nil {
+		w.RoutesBack = routesBack(ns, after)
+	}
 	w.DropPoints = Join(before, after, w)
 	w.Paths = Paths(after, w, sel)
 	after.Window = w
@@ -299,6 +303,29 @@ func RealNeighbours(s *probes.Snapshot, sel probes.Selector) []probes.RealNeighb
 				}
 			}
 			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// maxRoutesBack bounds the route lookups after a window.
+const maxRoutesBack = 16
+
+// routesBack looks up the route back to the source of each packet
+// reverse-path filtering dropped (IP_RPFILTER): the evidence Join names.
+func routesBack(ns netns.Target, s *probes.Snapshot) []netstate.Decision {
+	if s.Drops == nil {
+		return nil
+	}
+	var out []netstate.Decision
+	seen := map[netip.Addr]bool{}
+	for _, c := range s.Drops.Drops {
+		if c.ReasonName != "IP_RPFILTER" || c.Family == 0 || seen[c.Src.Addr()] || len(seen) == maxRoutesBack {
+			continue
+		}
+		seen[c.Src.Addr()] = true
+		if d, err := netstate.Lookup(ns, c.Src.Addr(), netip.Addr{}); err == nil {
+			out = append(out, d)
 		}
 	}
 	return out
