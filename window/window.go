@@ -111,18 +111,34 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 	// seconds (a big rule set, a slow machine) must not eat the window
 	// the drops and probes watch in. The feature probes count nothing:
 	// they belong to the first read but run inside the window.
-	end := time.Now().Add(opt.Length)
+	opened := time.Now()
+	end := opened.Add(opt.Length)
+	// The feature probes belong to the first read (interrupted before
+	// they are done, nothing was measured) but count nothing: they run
+	// inside the window, beside it, and never delay the last read.
+	var feats *kernel.Features
+	featuresDone := make(chan struct{})
 	if opt.Features {
-		if !Measure(ctx, func() { f := kernel.ReadFeatures(); before.Features = &f }) {
-			return nil, ErrInterrupted
-		}
+		go func() {
+			defer close(featuresDone)
+			f := kernel.ReadFeatures()
+			feats = &f
+		}()
+	} else {
+		close(featuresDone)
 	}
-	w := &probes.Window{Length: opt.Length, Skipped: map[string]string{}}
+	w := &probes.Window{Length: opt.Length, FirstRead: opened.Sub(before.Time), Skipped: map[string]string{}}
 	if !sel.VIP.IsValid() && len(before.IPVS.Services) == 0 && !opt.Counters {
 		// Nothing selects a flow: a window would watch nothing for its
 		// length. Said, not hidden.
 		w.Skipped["window"] = "nothing to watch: no IPVS service and no --vip"
 		w.Paths = []flowpath.Path{}
+		select {
+		case <-featuresDone:
+			before.Features = feats
+		case <-ctx.Done():
+			return nil, ErrInterrupted
+		}
 		before.Window = w
 		return before, nil
 	}
@@ -175,6 +191,13 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 		go stream(wctx, ns, before, opt, &dropCounters)
 	}
 	<-wctx.Done()
+	if ctx.Err() != nil {
+		select {
+		case <-featuresDone:
+		default:
+			return nil, ErrInterrupted // the first read was not done
+		}
+	}
 
 	// The last read starts as the window ends, while the tracer names
 	// what it counted: the counters' window is the one asked for. Cut
@@ -205,6 +228,8 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 	if e, ok := before.Errors[probes.ProbeDrops]; ok {
 		w.Skipped[probes.LayerDrops] = e
 	}
+	<-featuresDone // done by now unless the machine is very slow
+	before.Features = feats
 	after := before
 	if <-read {
 		after = last
