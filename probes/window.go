@@ -14,12 +14,12 @@ import (
 // the evidence the checks judge beside the snapshot read at the window's
 // end (Snapshot.Window). The window package builds it.
 type Window struct {
-	Length   time.Duration `json:"length_ns"`  // asked for
-	Elapsed  time.Duration `json:"elapsed_ns"` // between the first and the last read
+	Length  time.Duration `json:"length_ns"`  // asked for
+	Elapsed time.Duration `json:"elapsed_ns"` // between the first and the last read
 	// FirstRead is how long the first read took: the window opens once it
 	// is done, so the counters span FirstRead + the window.
 	FirstRead time.Duration `json:"first_read_ns"`
-	CutShort bool          `json:"cut_short,omitempty"`
+	CutShort  bool          `json:"cut_short,omitempty"`
 	// Deltas are the counters that moved between the two reads: rules
 	// (and chain policies), IPVS per service and real, conntrack, SNMP.
 	Deltas Deltas `json:"deltas"`
