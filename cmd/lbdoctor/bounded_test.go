@@ -405,3 +405,23 @@ func TestInspectWatchWindowIsExact(t *testing.T) {
 		t.Errorf("inspect --watch %s: deltas over %s, %s of them the first read: want %s to %s after it", window, in.Deltas.Window, in.Snapshot.Window.FirstRead, window, window+100*time.Millisecond)
 	}
 }
+
+// check watches 3 s by default and ends within 100 ms of its window and
+// its last read: the window counts from the end of the first read, the tracer's
+// naming runs beside the last read. A static check (--watch 0) is what
+// one read costs, process start included.
+func TestCheckDefaultWindowEndsOnTime(t *testing.T) {
+	l, vip := dnatVIP(t, 1)
+	start := time.Now()
+	if _, code := testkit.RunLbdoctor(t, "check", "--netns", l.LB.Name, "--vip", vip.String(), "--watch", "0"); code != 0 && code != 1 {
+		t.Fatalf("check --watch 0 = exit %d", code)
+	}
+	read := time.Since(start)
+	lp := startLbdoctor(t, "watching", "check", "--netns", l.LB.Name, "--vip", vip.String())
+	opened := lp.waitStart(t)
+	lp.wait(t, 30*time.Second)
+	took := lp.ended.Sub(opened)
+	if limit := 3*time.Second + read + 100*time.Millisecond; lp.code > 1 || took < 3*time.Second-50*time.Millisecond || took > limit {
+		t.Errorf("check (default window) = exit %d, %s from \"watching\" to its end; want 0 or 1 within 3s to %s (the window, a read of %s, 100ms)\n%s", lp.code, took, limit, read, lp.errText())
+	}
+}
