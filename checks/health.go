@@ -340,7 +340,7 @@ func explainedByRealHealth(s *probes.Snapshot, sel probes.Selector, sick map[net
 	if len(sick) == 0 {
 		return false
 	}
-	reason, fn, dst := c.ReasonName, funcName(c.Symbol), c.Dst.Addr()
+	reason, fn, dst := c.ReasonName, c.Function(), c.Dst.Addr()
 	var real netip.Addr
 	if c.Flow != nil {
 		real = c.Flow.Real.Addr()

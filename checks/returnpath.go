@@ -77,13 +77,8 @@ func DecideReturnPath(s *probes.Snapshot, vip netip.Addr, reals []netip.Addr) Re
 
 // routeTo finds the LB's route to a (the most specific of the main table).
 func routeTo(s *probes.Snapshot, a netip.Addr) (dev string, gw netip.Addr) {
-	best := -1
-	for _, r := range s.Net.Routes {
-		if r.Dst.Contains(a) && r.Dst.Bits() > best {
-			best, dev, gw = r.Dst.Bits(), r.Dev, r.Gw
-		}
-	}
-	return dev, gw
+	r, _ := s.Net.RouteTo(a)
+	return r.Dev, r.Gw
 }
 
 func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
@@ -101,14 +96,12 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 		ev = append(ev, rp.Evidence...)
 		var snat []rules.Rule
 		if rp.NeedsSNAT {
-			for _, r := range conntrackDependentRules(s, probes.Selector{VIP: svc.Addr, Proto: svc.Proto}) {
-				if r.IsSourceNAT() {
+			for _, r := range s.Rules.Rules {
+				if r.CoversVIP(svc.Addr) {
 					snat = append(snat, r)
 				}
 			}
-			if len(snat) > 0 {
-				ev = append(ev, Evidence{Fact: "a source-NAT rule covers " + svc.Key(), Source: "rules, " + s.Target.String()})
-			} else {
+			if len(snat) == 0 {
 				if un := unreadRules(s); un != "" {
 					return skip(fmt.Sprintf("no source-NAT rule for %s among the rules read, but %s: whether its replies bypass the LB cannot be judged", svc.Key(), un))
 				}
@@ -117,10 +110,12 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 					Title:    "replies of " + svc.Key() + " bypass the LB: no source NAT",
 					Reason:   rp.Reason + "; IPVS masquerade only does DNAT, so the client receives the real server's reply from an address it never called and drops it",
 					Evidence: ev,
-					Fix:      snatFix(s, svc),
+					Fix:      []string{setupFix(s, svc)}, // after the remedies' commands
 					Remedies: remedies(rp, svc),
+					about:    []string{svc.Key()},
 				}
 			}
+			ev = append(ev, Evidence{Fact: "a source-NAT rule covers " + svc.Key(), Source: "rules, " + s.Target.String()})
 		}
 		f, wev := returnPathWindow(s, svc, rp, snat)
 		ev = append(ev, wev...)
@@ -138,16 +133,6 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 		return *warn
 	}
 	return Finding{Status: Pass, Title: "replies come back through the LB", Evidence: ev}
-}
-
-// snatFix adds source NAT for a service on the LB: the replies then come
-// back to the LB whatever the real servers' routes.
-func snatFix(s *probes.Snapshot, svc ipvs.Service) []string {
-	return []string{
-		fmt.Sprintf("%siptables -t nat -A POSTROUTING -m ipvs --vaddr %s --vport %d -j MASQUERADE", s.Target.ExecPrefix(), svc.Addr.Addr(), svc.Addr.Port()),
-		s.Target.ExecPrefix() + "sysctl -w net.ipv4.vs.conntrack=1",
-		setupFix(s, svc),
-	}
 }
 
 // answeringStates are neighbour states of a next hop that has answered.
@@ -239,15 +224,16 @@ func returnPathWindow(s *probes.Snapshot, svc ipvs.Service, rp ReturnPath, snat 
 			}
 			f.Status = Warn
 			f.Reason += fmt.Sprintf("; whether replies reach the LB and die there cannot be told without the drop tracer (%s)", e)
-			f.Remedies = nil
 		} else {
 			ev = append(ev, Evidence{Fact: fmt.Sprintf("no packet of flows to %s died on the LB", r.Addr), Source: "kfree_skb tracer, " + src})
 		}
+		// The remedies' commands (source NAT: the replies come back
+		// whatever the real's routes) come first; then the other way.
 		if gw, ok := lbOnSegment(s, r, rp, snat); ok {
-			f.Fix = append(f.Fix, fmt.Sprintf("# on the real server %s, make the LB its gateway:", r.Addr.Addr()), "ip route replace default via "+gw.String(),
-				"# or, on the LB, source NAT for the service: replies then come back whatever the real's routes")
+			f.Fix = append(f.Fix, fmt.Sprintf("# or, on the real server %s, make the LB its gateway (client addresses are kept):", r.Addr.Addr()), "ip route replace default via "+gw.String())
 		}
-		f.Fix = append(f.Fix, snatFix(s, svc)...)
+		f.Fix = append(f.Fix, setupFix(s, svc))
+		f.about = []string{svc.Key()}
 		f.Evidence = ev
 		return f, nil
 	}
