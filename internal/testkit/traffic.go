@@ -44,3 +44,43 @@ func SendUDP(t testing.TB, ns netns.Target, src netip.Addr, dst netip.AddrPort, 
 		t.Fatalf("send UDP from %s to %s: %v", ns, dst, err)
 	}
 }
+
+// Traffic is live client traffic from a goroutine: probe after probe until
+// Stop. It is what a window (check --drops) watches.
+type Traffic struct {
+	stop, done chan struct{}
+	ok, failed int
+	firstErr   error
+}
+
+// StartTraffic calls probe in a loop until Stop.
+func StartTraffic(probe func() lab.ProbeResult) *Traffic {
+	tr := &Traffic{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(tr.done)
+		for {
+			select {
+			case <-tr.stop:
+				return
+			default:
+			}
+			if res := probe(); res.OK {
+				tr.ok++
+			} else {
+				tr.failed++
+				if tr.firstErr == nil {
+					tr.firstErr = res.Err
+				}
+			}
+		}
+	}()
+	return tr
+}
+
+// Stop ends the traffic after the probe under way and says how many
+// probes were answered, how many were not, and the first one's error.
+func (tr *Traffic) Stop() (ok, failed int, firstErr error) {
+	close(tr.stop)
+	<-tr.done
+	return tr.ok, tr.failed, tr.firstErr
+}

@@ -1,0 +1,214 @@
+//go:build guest
+
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lbdoctor/lbdoctor/checks"
+	"github.com/lbdoctor/lbdoctor/internal/lab"
+	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/internal/report"
+	"github.com/lbdoctor/lbdoctor/internal/testkit"
+)
+
+// healthyLB is a working load balancer built as an operator would: the LB's
+// namespace, the client that uses it and how one client exchange is made.
+type healthyLB struct {
+	lb     netns.Target
+	vip    netip.AddrPort
+	client func() lab.ProbeResult
+}
+
+// Healthy LBs: zero false failures. Each topology is built with the
+// commands an operator types, shown to work from the client, then checked
+// with a drop window while a client keeps using the VIP: no finding may
+// fail.
+func TestGuestHealthyLBs(t *testing.T) {
+	tests := []struct {
+		name  string
+		build func(t *testing.T) healthyLB
+	}{
+		{"one-arm-legacy-ipvs-masquerade", oneArmLegacyMasq},
+		{"one-arm-udp-nft-ct-original", oneArmUDPNft},
+		{"one-arm-iptables-nft-two-reals", oneArmNftTwoReals},
+		{"two-arm-kube-ipvs0", func(t *testing.T) healthyLB { return twoArmKubeIPVS(t, false) }},
+		{"two-arm-kube-ipvs0-send-redirects-default", func(t *testing.T) healthyLB { return twoArmKubeIPVS(t, true) }},
+		{"two-arm-ipv6", twoArmIPv6},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := tt.build(t)
+			if res := h.client(); !res.OK {
+				t.Fatalf("client → %s: %v, want an answer (the LB is built wrong)", h.vip, res.Err)
+			}
+			args := []string{"check", "--netns", h.lb.Name, "-o", "json", "--drops", "3s"}
+			traffic := testkit.StartTraffic(h.client)
+			r, code := runBinary(t, args...)
+			ok, failed, firstErr := traffic.Stop()
+			if failed > 0 || ok == 0 {
+				t.Errorf("client → %s during the window: %d answered, %d not (first: %v), want every exchange answered", h.vip, ok, failed, firstErr)
+			}
+			var fails []string
+			for _, f := range r.Findings {
+				if f.Status == checks.Fail {
+					fails = append(fails, f.ID)
+				}
+			}
+			if code != 0 || len(fails) > 0 {
+				t.Errorf("lbdoctor %s = exit %d, failing %v, want exit 0 and no failure on a healthy LB\n%s", strings.Join(args, " "), code, fails, findingsText(r))
+			} else {
+				t.Logf("exit 0, verdict %s, %d exchanges during the window\n%s", r.Verdict, ok, findingsText(r))
+			}
+		})
+	}
+}
+
+// findingsText lists every finding with what it rests on, for a failure message.
+func findingsText(r *report.Report) string {
+	var b strings.Builder
+	for _, f := range r.Findings {
+		fmt.Fprintf(&b, "  %-4s %s: %s\n", f.Status, f.ID, f.Title)
+		if f.Reason != "" {
+			fmt.Fprintf(&b, "       reason: %s\n", f.Reason)
+		}
+		for _, e := range f.Evidence {
+			fmt.Fprintf(&b, "       - %s\n", e)
+		}
+	}
+	for probe, e := range r.Errors {
+		fmt.Fprintf(&b, "  error %s: %s\n", probe, e)
+	}
+	return b.String()
+}
+
+// tcpClient makes one TCP exchange from the lab's client to vip.
+func tcpClient(l *lab.Lab, vip netip.AddrPort) func() lab.ProbeResult {
+	return func() lab.ProbeResult { return lab.Probe(context.Background(), l.Client, vip, 2*time.Second) }
+}
+
+// oneArmLegacyMasq: the seed's fixed LB. One segment; SNAT by an
+// iptables-legacy `-m ipvs` MASQUERADE, which needs vs.conntrack=1.
+func oneArmLegacyMasq(t *testing.T) healthyLB {
+	l := testkit.Lab(t, lab.OneArm)
+	testkit.Serve(t, l.Real, ":8085")
+	vip := netip.AddrPortFrom(l.VIP, 8085)
+	testkit.Run(t, l.LB, "ipvsadm", "-A", "-t", vip.String(), "-s", "rr")
+	testkit.Run(t, l.LB, "ipvsadm", "-a", "-t", vip.String(), "-r", l.RealIP.String()+":8085", "-m")
+	testkit.Run(t, l.LB, "iptables-legacy", "-t", "nat", "-A", "POSTROUTING", "-m", "ipvs",
+		"--vaddr", l.VIP.String(), "--vport", "8085", "-j", "MASQUERADE")
+	testkit.Run(t, l.LB, "sysctl", "-w", "net.ipv4.vs.conntrack=1")
+	testkit.Run(t, l.LB, "sysctl", "-w", "net.ipv4.ip_forward=1")
+	return healthyLB{lb: l.LB, vip: vip, client: tcpClient(l, vip)}
+}
+
+// oneArmUDPNft: a UDP service whose SNAT is a native nft masquerade keyed
+// on conntrack's original destination (the VIP before IPVS rewrote it).
+func oneArmUDPNft(t *testing.T) healthyLB {
+	l := testkit.Lab(t, lab.OneArm)
+	srv, err := lab.ServeUDP(l.Real, ":8085")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	vip := netip.AddrPortFrom(l.VIP, 8085)
+	testkit.Run(t, l.LB, "ipvsadm", "-A", "-u", vip.String(), "-s", "rr")
+	testkit.Run(t, l.LB, "ipvsadm", "-a", "-u", vip.String(), "-r", l.RealIP.String()+":8085", "-m")
+	testkit.Run(t, l.LB, "nft", fmt.Sprintf(`add table ip lb
+add chain ip lb post { type nat hook postrouting priority srcnat; }
+add rule ip lb post ct original ip daddr %s ct original protocol udp ct original proto-dst %d counter masquerade
+`, vip.Addr(), vip.Port()))
+	testkit.Run(t, l.LB, "sysctl", "-w", "net.ipv4.vs.conntrack=1")
+	testkit.Run(t, l.LB, "sysctl", "-w", "net.ipv4.ip_forward=1")
+	return healthyLB{lb: l.LB, vip: vip, client: func() lab.ProbeResult {
+		return lab.ProbeUDP(context.Background(), l.Client, vip, 2*time.Second)
+	}}
+}
+
+// oneArmNftTwoReals: two real servers, round robin, SNAT by an `-m ipvs`
+// MASQUERADE written through iptables-nft (nf_tables, not x_tables).
+func oneArmNftTwoReals(t *testing.T) healthyLB {
+	l := testkit.Lab(t, lab.OneArm)
+	real2IP := netip.MustParseAddr("10.1.0.51")
+	real2, err := l.AddReal(real2IP)
+	if err != nil {
+		t.Fatalf("add a second real server: %v", err)
+	}
+	testkit.Serve(t, l.Real, ":8085")
+	testkit.Serve(t, real2, ":8085")
+	vip := netip.AddrPortFrom(l.VIP, 8085)
+	testkit.Run(t, l.LB, "ipvsadm", "-A", "-t", vip.String(), "-s", "rr")
+	for _, r := range []netip.Addr{l.RealIP, real2IP} {
+		testkit.Run(t, l.LB, "ipvsadm", "-a", "-t", vip.String(), "-r", r.String()+":8085", "-m")
+	}
+	testkit.Run(t, l.LB, "iptables-nft", "-t", "nat", "-A", "POSTROUTING", "-m", "ipvs",
+		"--vaddr", l.VIP.String(), "--vport", "8085", "-j", "MASQUERADE")
+	testkit.Run(t, l.LB, "sysctl", "-w", "net.ipv4.vs.conntrack=1")
+	testkit.Run(t, l.LB, "sysctl", "-w", "net.ipv4.ip_forward=1")
+	return healthyLB{lb: l.LB, vip: vip, client: tcpClient(l, vip)}
+}
+
+// twoArmKubeIPVS is kube-proxy's IPVS mode: the service address on the
+// dummy link kube-ipvs0, which is left DOWN (a local address all the same),
+// the reals behind the LB with the LB as their gateway, no SNAT. With
+// redirects it leaves send_redirects at the kernel's default (1); without,
+// it turns them off as a careful operator would.
+func twoArmKubeIPVS(t *testing.T, redirects bool) healthyLB {
+	l := testkit.Lab(t, lab.TwoArm)
+	testkit.Serve(t, l.Real, ":8085")
+	vip := netip.MustParseAddrPort("10.96.0.10:8085")
+	testkit.Run(t, l.LB, "ip", "addr", "del", l.VIP.String()+"/32", "dev", "eth0")
+	testkit.Run(t, l.LB, "ip", "link", "add", "kube-ipvs0", "type", "dummy")
+	testkit.Run(t, l.LB, "ip", "addr", "add", vip.Addr().String()+"/32", "dev", "kube-ipvs0")
+	testkit.Run(t, l.LB, "ipvsadm", "-A", "-t", vip.String(), "-s", "rr")
+	testkit.Run(t, l.LB, "ipvsadm", "-a", "-t", vip.String(), "-r", l.RealIP.String()+":8085", "-m")
+	testkit.Run(t, l.LB, "sysctl", "-w", "net.ipv4.vs.conntrack=1")
+	testkit.Run(t, l.LB, "sysctl", "-w", "net.ipv4.ip_forward=1")
+	if !redirects {
+		testkit.Run(t, l.LB, "sysctl", "-w", "net.ipv4.conf.all.send_redirects=0")
+		testkit.Run(t, l.LB, "sysctl", "-w", "net.ipv4.conf.eth0.send_redirects=0")
+		testkit.Run(t, l.LB, "sysctl", "-w", "net.ipv4.conf.eth1.send_redirects=0")
+	} else if v := strings.TrimSpace(testkit.Run(t, l.LB, "sysctl", "-n", "net.ipv4.conf.all.send_redirects")); v != "1" {
+		t.Fatalf("net.ipv4.conf.all.send_redirects = %s in a new namespace, want the kernel default 1", v)
+	}
+	if out := testkit.Run(t, l.LB, "ip", "link", "show", "kube-ipvs0"); strings.Contains(out, ",UP") || strings.Contains(out, "<UP") {
+		t.Fatalf("kube-ipvs0 is up, want it DOWN as kube-proxy leaves it:\n%s", out)
+	}
+	testkit.Run(t, l.Client, "ip", "route", "add", "10.96.0.0/12", "via", l.LBIP.String())
+	return healthyLB{lb: l.LB, vip: vip, client: tcpClient(l, vip)}
+}
+
+// twoArmIPv6 is an IPv6-only two-arm service: the LB forwards IPv6
+// (net.ipv6.conf.all.forwarding=1) and leaves IPv4 forwarding off, as an
+// operator of an IPv6 service would.
+func twoArmIPv6(t *testing.T) healthyLB {
+	l := testkit.Lab(t, lab.TwoArm)
+	vip := netip.MustParseAddrPort("[fd00:1::6]:8085")
+	realIP := netip.MustParseAddr("fd00:2::50")
+	// Addresses are usable at once (no duplicate address detection to wait for).
+	for _, ns := range []netns.Target{l.Client, l.LB, l.Real} {
+		for _, dev := range []string{"all", "default", "eth0", "eth1"} {
+			if dev == "eth1" && ns == l.Client || dev == "eth0" && ns == l.Real {
+				continue
+			}
+			testkit.Run(t, ns, "sysctl", "-w", "net.ipv6.conf."+dev+".accept_dad=0")
+		}
+	}
+	testkit.Run(t, l.Client, "ip", "-6", "addr", "add", "fd00:1::3/64", "dev", "eth0")
+	testkit.Run(t, l.LB, "ip", "-6", "addr", "add", "fd00:1::5/64", "dev", "eth0")
+	testkit.Run(t, l.LB, "ip", "-6", "addr", "add", vip.Addr().String()+"/128", "dev", "eth0")
+	testkit.Run(t, l.LB, "ip", "-6", "addr", "add", "fd00:2::1/64", "dev", "eth1")
+	testkit.Run(t, l.Real, "ip", "-6", "addr", "add", realIP.String()+"/64", "dev", "eth1")
+	testkit.Run(t, l.Real, "ip", "-6", "route", "add", "default", "via", "fd00:2::1")
+	testkit.Serve(t, l.Real, "[::]:8085")
+	testkit.Run(t, l.LB, "ipvsadm", "-A", "-t", vip.String(), "-s", "rr")
+	testkit.Run(t, l.LB, "ipvsadm", "-a", "-t", vip.String(), "-r", netip.AddrPortFrom(realIP, 8085).String(), "-m")
+	testkit.Run(t, l.LB, "sysctl", "-w", "net.ipv6.conf.all.forwarding=1")
+	testkit.Run(t, l.LB, "sysctl", "-w", "net.ipv4.ip_forward=0")
+	return healthyLB{lb: l.LB, vip: vip, client: tcpClient(l, vip)}
+}
