@@ -17,8 +17,10 @@ import (
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/conntrack"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
+	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 	"github.com/lbdoctor/lbdoctor/probes/netstate"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
+	"github.com/lbdoctor/lbdoctor/probes/sysctl"
 )
 
 // Fixtures in testdata/*.snapshot.json are snapshots as `Gather` returns
@@ -295,5 +297,68 @@ func TestDropsNotItemised(t *testing.T) {
 	}
 	if f.Status != checks.Fail || !strings.Contains(f.Title, "IP_INADDRERRORS at ip_error") || len(f.Fix) == 0 || !strings.Contains(f.Fix[0], "ip_forward=1") {
 		t.Errorf("drops.vip_flows = %s %q fix %q, want a failure at ip_error with ip_forward=1", f.Status, f.Title, f.Fix)
+	}
+}
+
+// ipv6TwoArm turns the two-arm fixture into an IPv6-only two-arm LB as an
+// operator builds it: VIP [fd00:1::6]:8085 on eth0, real [fd00:2::50]:8085
+// behind eth1, IPv6 forwarding on and IPv4 forwarding off.
+func ipv6TwoArm(s *probes.Snapshot) {
+	s.IPVS.Services[0].Addr = netip.MustParseAddrPort("[fd00:1::6]:8085")
+	s.IPVS.Services[0].Reals[0].Addr = netip.MustParseAddrPort("[fd00:2::50]:8085")
+	for i, l := range s.Net.Links {
+		switch l.Name {
+		case "eth0":
+			s.Net.Links[i].Addrs = append(l.Addrs, netip.MustParsePrefix("fd00:1::5/64"), netip.MustParsePrefix("fd00:1::6/128"))
+		case "eth1":
+			s.Net.Links[i].Addrs = append(l.Addrs, netip.MustParsePrefix("fd00:2::1/64"))
+		}
+	}
+	s.Net.Routes = append(s.Net.Routes,
+		netstate.Route{Dst: netip.MustParsePrefix("fd00:1::/64"), Dev: "eth0", Table: 254, Scope: "universe"},
+		netstate.Route{Dst: netip.MustParsePrefix("fd00:2::/64"), Dev: "eth1", Table: 254, Scope: "universe"})
+	setSysctl(s, "net.ipv4.ip_forward", "0")
+	setSysctl(s, "net.ipv6.conf.all.forwarding", "1")
+}
+
+func setSysctl(s *probes.Snapshot, key, value string) {
+	s.Sysctls[key] = sysctl.Value{Key: key, Value: value, Present: true}
+}
+
+// An IPv6 service is judged by IPv6's switches: its replies cross
+// net.ipv6.conf.all.forwarding, never net.ipv4.ip_forward (which failed a
+// healthy IPv6-only LB and passed one whose IPv6 forwarding was off).
+func TestIPv6Services(t *testing.T) {
+	tests := []struct {
+		name    string
+		change  func(*probes.Snapshot)
+		id      string
+		want    checks.Status
+		wantFix string // in the fix when it fails, in the reason when it skips
+	}{
+		{"IPv6 forwarding on, IPv4 off", func(*probes.Snapshot) {}, "sysctl.ip_forward", checks.Pass, ""},
+		{"IPv6 forwarding off, IPv4 on", func(s *probes.Snapshot) {
+			setSysctl(s, "net.ipv4.ip_forward", "1")
+			setSysctl(s, "net.ipv6.conf.all.forwarding", "0")
+		}, "sysctl.ip_forward", checks.Fail, "net.ipv6.conf.all.forwarding=1"},
+		{"IPv6 forwarding not read", func(s *probes.Snapshot) { delete(s.Sysctls, "net.ipv6.conf.all.forwarding") }, "sysctl.ip_forward", checks.Skip, ""},
+		{"an IPv4 service beside, IPv4 forwarding off", func(s *probes.Snapshot) {
+			v4 := s.IPVS.Services[0]
+			v4.Addr, v4.Reals = netip.MustParseAddrPort("10.1.0.6:8085"), []ipvs.Real{{Addr: netip.MustParseAddrPort("10.2.0.50:8085"), Method: ipvs.Masq, Weight: 1}}
+			s.IPVS.Services = append(s.IPVS.Services, v4)
+		}, "sysctl.ip_forward", checks.Fail, "net.ipv4.ip_forward=1"},
+		{"two-arm return path", func(*probes.Snapshot) {}, "nat.return_path", checks.Pass, ""},
+		{"no IPv4 redirects to judge", func(*probes.Snapshot) {}, "net.send_redirects", checks.Skip, "no IPv4 masquerade service"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			snap := loadFixture(t, "two-arm")
+			ipv6TwoArm(snap)
+			tt.change(snap)
+			f := statusOf(checks.Run(snap, probes.Selector{}), tt.id)
+			if f.Status != tt.want || (tt.wantFix != "" && !strings.Contains(strings.Join(f.Fix, "\n")+f.Reason, tt.wantFix)) {
+				t.Errorf("Run(%s) %s = %s %q (%s) fix %q, want %s with fix %q", tt.name, tt.id, f.Status, f.Title, f.Reason, f.Fix, tt.want, tt.wantFix)
+			}
+		})
 	}
 }

@@ -2,6 +2,8 @@ package checks
 
 import (
 	"fmt"
+	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
@@ -53,16 +55,44 @@ func checkIPForward(s *probes.Snapshot, sel probes.Selector) Finding {
 	if why != "" {
 		return skip(why)
 	}
-	var needs []Evidence
+	// Each address family has its own switch: an IPv6 service's replies
+	// cross net.ipv6.conf.all.forwarding, never net.ipv4.ip_forward.
+	needs := map[string][]Evidence{}
+	var keys []string
 	for _, svc := range masq {
-		needs = append(needs, Evidence{Fact: serviceLine(svc), Source: "ipvs, " + s.Target.String()})
+		key := ForwardingKey(svc.Addr.Addr())
+		if _, ok := needs[key]; !ok {
+			keys = append(keys, key)
+		}
+		needs[key] = append(needs[key], Evidence{Fact: serviceLine(svc), Source: "ipvs, " + s.Target.String()})
 	}
-	return sysctlMustBeOn(s, requirement{
-		key:       "net.ipv4.ip_forward",
-		passTitle: "IP forwarding is on for masquerade services",
-		failTitle: "IP forwarding is off while IPVS masquerades",
-		why:       "replies from the real servers must be forwarded by this host; with net.ipv4.ip_forward=0 they are dropped (reason IP_INADDRERRORS, IpInAddrErrors rises)",
-	}, needs)
+	slices.Sort(keys) // net.ipv4 first
+	var pass Finding
+	for _, key := range keys {
+		f := sysctlMustBeOn(s, requirement{
+			key:       key,
+			passTitle: "IP forwarding is on for masquerade services",
+			failTitle: "IP forwarding is off while IPVS masquerades",
+			why:       "replies from the real servers must be forwarded by this host; with " + key + "=0 they are dropped (reason IP_INADDRERRORS, IpInAddrErrors rises)",
+		}, needs[key])
+		if f.Status != Pass {
+			return f
+		}
+		pass.Status, pass.Title = f.Status, f.Title
+		pass.Evidence = append(pass.Evidence, f.Evidence...)
+	}
+	return pass
+}
+
+// ForwardingKey is the sysctl that lets the LB forward packets of addr's
+// family: net.ipv4.ip_forward, or for IPv6 net.ipv6.conf.all.forwarding
+// (IPv6 has no other forwarding switch: the per-interface ones only choose
+// host or router behaviour).
+func ForwardingKey(addr netip.Addr) string {
+	if addr.Is6() && !addr.Is4In6() {
+		return "net.ipv6.conf.all.forwarding"
+	}
+	return "net.ipv4.ip_forward"
 }
 
 func checkVSConntrack(s *probes.Snapshot, sel probes.Selector) Finding {

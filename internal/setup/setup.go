@@ -188,7 +188,14 @@ func Steps(ns netns.Target, spec Spec, snap *probes.Snapshot) ([]apply.Step, []D
 	}
 	// Forwarding first in the kernel's eyes does not matter; last here so a
 	// half-built service never starts forwarding.
-	steps = append(steps, apply.NewSysctl(ns, "net.ipv4.ip_forward", "1"))
+	// One switch per address family the services use (sysctl.ip_forward's).
+	forwarding := map[string]bool{}
+	for _, svc := range spec.Services {
+		if key := checks.ForwardingKey(svc.VIP.Addr()); !forwarding[key] {
+			forwarding[key] = true
+			steps = append(steps, apply.NewSysctl(ns, key, "1"))
+		}
+	}
 	// Connections to a real server that is removed are expired, not blackholed.
 	steps = append(steps, apply.NewSysctl(ns, "net.ipv4.vs.expire_nodest_conn", "1"))
 	if anySNAT {
