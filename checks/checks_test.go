@@ -317,8 +317,19 @@ func ipv6TwoArm(s *probes.Snapshot) {
 	s.Net.Routes = append(s.Net.Routes,
 		netstate.Route{Dst: netip.MustParsePrefix("fd00:1::/64"), Dev: "eth0", Table: 254, Scope: "universe"},
 		netstate.Route{Dst: netip.MustParsePrefix("fd00:2::/64"), Dev: "eth1", Table: 254, Scope: "universe"})
-	setSysctl(s, "net.ipv4.ip_forward", "0")
+	setIPForward(s, "0")
 	setSysctl(s, "net.ipv6.conf.all.forwarding", "1")
+}
+
+// setIPForward writes net.ipv4.ip_forward as the kernel does: it is
+// conf.all.forwarding, and writing it sets every interface's forwarding.
+func setIPForward(s *probes.Snapshot, v string) {
+	for k := range s.Sysctls {
+		if strings.HasPrefix(k, "net.ipv4.conf.") && strings.HasSuffix(k, ".forwarding") {
+			setSysctl(s, k, v)
+		}
+	}
+	setSysctl(s, "net.ipv4.ip_forward", v)
 }
 
 func setSysctl(s *probes.Snapshot, key, value string) {
@@ -338,7 +349,7 @@ func TestIPv6Services(t *testing.T) {
 	}{
 		{"IPv6 forwarding on, IPv4 off", func(*probes.Snapshot) {}, "sysctl.ip_forward", checks.Pass, ""},
 		{"IPv6 forwarding off, IPv4 on", func(s *probes.Snapshot) {
-			setSysctl(s, "net.ipv4.ip_forward", "1")
+			setIPForward(s, "1")
 			setSysctl(s, "net.ipv6.conf.all.forwarding", "0")
 		}, "sysctl.ip_forward", checks.Fail, "net.ipv6.conf.all.forwarding=1"},
 		{"IPv6 forwarding not read", func(s *probes.Snapshot) { delete(s.Sysctls, "net.ipv6.conf.all.forwarding") }, "sysctl.ip_forward", checks.Skip, ""},

@@ -5,6 +5,8 @@ package checks
 
 import (
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/lbdoctor/lbdoctor/flowpath"
 
@@ -44,6 +46,10 @@ type Finding struct {
 	// services' flows it is about, leg by leg, and where they stop (from
 	// the window; none for a static snapshot).
 	Path []flowpath.Path `json:"path,omitempty"`
+	// Explains names the kernel drop reasons (or drop functions) whose
+	// cause this finding is, when it fails: drops.vip_flows then points
+	// at it instead of failing beside it (see explainDrops).
+	Explains []string `json:"-"`
 }
 
 // Remedy is one change that fixes a finding.
@@ -52,6 +58,8 @@ type Remedy struct {
 	Value  string `json:"value,omitempty"`  // … to this value
 	SNAT   string `json:"snat,omitempty"`   // add source NAT for this VIP (ADDR:PORT)
 	Proto  string `json:"proto,omitempty"`  // … of this protocol
+	Addr   string `json:"addr,omitempty"`   // add this address (ADDR/BITS) …
+	Dev    string `json:"dev,omitempty"`    // … to this interface
 }
 
 // Check is one entry of the catalog.
@@ -64,7 +72,9 @@ type Check struct {
 // Catalog lists every check in the order they are shown.
 var Catalog = []Check{
 	{ID: "kernel.ipvs", Title: "IPVS is usable", Run: checkIPVS},
+	{ID: "ipvs.vip_local", Title: "every VIP is a local address", Run: checkVIPLocal},
 	{ID: "sysctl.ip_forward", Title: "IP forwarding is on for masquerade services", Run: checkIPForward},
+	{ID: "sysctl.rp_filter", Title: "the reverse-path filter lets the VIPs' clients in", Run: checkRPFilter},
 	{ID: "sysctl.vs_conntrack", Title: "IPVS connections are in conntrack where rules need them", Run: checkVSConntrack},
 	{ID: "nat.return_path", Title: "replies of masquerade services come back through the LB", Run: checkReturnPath},
 	{ID: "net.send_redirects", Title: "a one-arm LB sends no ICMP redirects", Run: checkSendRedirects},
@@ -90,7 +100,36 @@ func Run(s *probes.Snapshot, sel probes.Selector) []Finding {
 		}
 		out = append(out, f)
 	}
+	explainDrops(s, out)
 	return out
+}
+
+// explainDrops: a drop whose cause a failing finding names is that
+// finding's evidence. When every reason drops.vip_flows counts is
+// explained so, it warns, pointing at the root cause, instead of failing
+// beside it: one fault, one failing id.
+func explainDrops(s *probes.Snapshot, fs []Finding) {
+	i := slices.IndexFunc(fs, func(f Finding) bool { return f.ID == "drops.vip_flows" })
+	if i < 0 || fs[i].Status != Fail || s.Drops == nil {
+		return
+	}
+	var causes []string
+	for _, r := range groupDrops(s.Drops.Drops) {
+		c := r.First
+		j := slices.IndexFunc(fs, func(f Finding) bool {
+			return f.Status == Fail && (slices.Contains(f.Explains, c.ReasonName) || slices.Contains(f.Explains, funcName(c.Symbol)))
+		})
+		if j < 0 {
+			return // a drop no finding explains: drops.vip_flows is its only word
+		}
+		if !slices.Contains(causes, fs[j].ID) {
+			causes = append(causes, fs[j].ID)
+		}
+	}
+	d := &fs[i]
+	d.Status = Warn
+	d.Reason = "explained by " + strings.Join(causes, ", ") + ": " + d.Reason
+	d.Title += " — the cause: " + strings.Join(causes, ", ")
 }
 
 // Verdict is the worst status among findings: fail, warn, else pass.

@@ -124,9 +124,15 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 		defer c()
 	}
 	after := before
-	if Measure(rctx, func() { after = probes.Gather(ns, sel, probes.Options{}) }) {
-		after.Features = before.Features
+	if Measure(rctx, func() {
+		after = probes.Gather(ns, sel, probes.Options{})
+		// The window's drops name sources no table holds (a packet the
+		// reverse-path filter dropped never reaches conntrack's confirm):
+		// their routes are asked too.
 		after.Drops = before.Drops
+		probes.AskRoutes(ns, after, sel)
+	}) {
+		after.Features = before.Features
 		for k, v := range before.Errors {
 			if _, ok := after.Errors[k]; !ok {
 				after.Errors[k] = v
