@@ -90,7 +90,9 @@ func checkIPForward(s *probes.Snapshot, sel probes.Selector) Finding {
 		}
 		if f.Status != Pass {
 			if f.Status == Fail {
-				f.Explains = []string{"IP_INADDRERRORS"}
+				// ip_error (IPv4) and ip6_forward (IPv6) drop what was not
+				// forwarded, counted as IP_INADDRERRORS.
+				f.Explains = []string{"IP_INADDRERRORS", "ip6_forward"}
 			}
 			return f
 		}

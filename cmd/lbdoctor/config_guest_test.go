@@ -1,0 +1,161 @@
+//go:build guest
+
+package main
+
+import (
+	"bytes"
+	"errors"
+	"net/netip"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/lbdoctor/lbdoctor/checks"
+	"github.com/lbdoctor/lbdoctor/internal/lab"
+	"github.com/lbdoctor/lbdoctor/internal/report"
+	"github.com/lbdoctor/lbdoctor/internal/testkit"
+)
+
+// Root causes of the LB's configuration, each injected as an operator
+// would: the client breaks, `check` (default window, live traffic) fails
+// that id and nothing else, `check --fix` applies the finding's remedy, and
+// then the id passes and the client works.
+func TestGuestConfigFaults(t *testing.T) {
+	tests := []struct {
+		name   string
+		build  func(t *testing.T) healthyLB
+		inject func(t *testing.T, h healthyLB)
+		id     string
+		wantIn string // in the failing finding's title, reason or evidence
+	}{
+		{"VIP address removed", oneArmLegacyMasq, func(t *testing.T, h healthyLB) {
+			testkit.Run(t, h.lb, "ip", "addr", "del", h.vip.Addr().String()+"/32", "dev", "eth0")
+		}, "ipvs.vip_local", "VIP 10.1.0.6 is no local address"},
+		{"strict rp_filter, asymmetric route", twoArmAsymmetric, func(t *testing.T, h healthyLB) {
+			testkit.Run(t, h.lb, "sysctl", "-w", "net.ipv4.conf.all.rp_filter=1")
+		}, "sysctl.rp_filter", "IP_RPFILTER: packets from 10.1.0.3 to 10.1.0.6"},
+		{"IPv6 forwarding off", twoArmIPv6, func(t *testing.T, h healthyLB) {
+			testkit.Run(t, h.lb, "sysctl", "-w", "net.ipv6.conf.all.forwarding=0")
+		}, "sysctl.ip_forward", "net.ipv6.conf.all.forwarding = 0"},
+		{"IPv4 forwarding off on the reals' interface", twoArmPlain, func(t *testing.T, h healthyLB) {
+			testkit.Run(t, h.lb, "sysctl", "-w", "net.ipv4.conf.eth1.forwarding=0")
+		}, "sysctl.ip_forward", "forwarding is off on eth1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := tt.build(t)
+			if res := h.client(); !res.OK {
+				t.Fatalf("client → %s before the fault: %v, want an answer (the LB is built wrong)", h.vip, res.Err)
+			}
+			tt.inject(t, h)
+			if res := h.client(); res.OK {
+				t.Fatalf("client → %s after the fault: answered, want it broken", h.vip)
+			}
+
+			r, code := checkWithTraffic(t, h)
+			f := findingOf(*r, tt.id)
+			text := f.Title + "\n" + f.Reason
+			for _, e := range f.Evidence {
+				text += "\n" + e.Fact
+			}
+			if fails := failing(r); code != 1 || !slices.Equal(fails, []string{tt.id}) || !strings.Contains(text, tt.wantIn) {
+				t.Fatalf("check after the fault = exit %d, failing %v, want exit 1 and only %s failing with %q\n%s", code, fails, tt.id, tt.wantIn, findingsText(r))
+			}
+			t.Logf("the fault: %s %s\n%s", f.Status, f.Title, findingsText(r))
+
+			// The finding's fix, as --fix applies it, under the same traffic.
+			out, code := fixWithTraffic(t, h)
+			if code != 0 || !strings.Contains(out, "after --fix:") {
+				t.Fatalf("check --fix --yes = exit %d, want 0 and the check after it:\n%s", code, out)
+			}
+			if res := h.client(); !res.OK {
+				t.Fatalf("client → %s after the fix: %v, want an answer\n%s", h.vip, res.Err, out)
+			}
+			r, code = checkWithTraffic(t, h)
+			if st := statusOf(t, r, tt.id); code != 0 || st != "pass" || len(failing(r)) > 0 {
+				t.Errorf("check after the fix = exit %d, %s %s, failing %v, want exit 0 and %s passing\n%s", code, tt.id, st, failing(r), tt.id, findingsText(r))
+			}
+		})
+	}
+}
+
+// checkWithTraffic runs `check` with its default window while the client
+// keeps using the VIP.
+func checkWithTraffic(t *testing.T, h healthyLB) (*report.Report, int) {
+	t.Helper()
+	traffic := testkit.StartTraffic(h.client)
+	defer traffic.Stop()
+	return runBinary(t, "check", "--netns", h.lb.Name, "-o", "json")
+}
+
+// fixWithTraffic runs `check --fix --yes` while the client keeps using the
+// VIP (the window that finds the fault, and the one after the fix, watch
+// live traffic), and returns its text output and exit code.
+func fixWithTraffic(t *testing.T, h healthyLB) (string, int) {
+	t.Helper()
+	traffic := testkit.StartTraffic(h.client)
+	defer traffic.Stop()
+	bin, err := exec.LookPath("lbdoctor")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	cmd := exec.Command(bin, "check", "--netns", h.lb.Name, "--fix", "--yes")
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err = cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		return out.String(), ee.ExitCode()
+	case err != nil:
+		t.Fatal(err)
+	}
+	return out.String(), 0
+}
+
+func failing(r *report.Report) []string {
+	var ids []string
+	for _, f := range r.Findings {
+		if f.Status == checks.Fail {
+			ids = append(ids, f.ID)
+		}
+	}
+	return ids
+}
+
+// twoArmPlain is a two-arm LB built by hand: VIP 10.1.0.6 on the clients'
+// arm, the real behind the other with the LB as its gateway, no SNAT.
+func twoArmPlain(t *testing.T) healthyLB {
+	_, h := twoArmLab(t)
+	return h
+}
+
+func twoArmLab(t *testing.T) (*lab.Lab, healthyLB) {
+	l := testkit.Lab(t, lab.TwoArm)
+	testkit.Serve(t, l.Real, ":8085")
+	vip := netip.AddrPortFrom(l.VIP, 8085)
+	testkit.Run(t, l.LB, "ipvsadm", "-A", "-t", vip.String(), "-s", "rr")
+	testkit.Run(t, l.LB, "ipvsadm", "-a", "-t", vip.String(), "-r", l.RealIP.String()+":8085", "-m")
+	testkit.Run(t, l.LB, "sysctl", "-w", "net.ipv4.ip_forward=1")
+	testkit.Run(t, l.LB, "sysctl", "-w", "net.ipv4.vs.expire_nodest_conn=1")
+	return l, healthyLB{lb: l.LB, vip: vip, client: tcpClient(l, vip)}
+}
+
+// twoArmAsymmetric is twoArmPlain with a second link between the client
+// and the LB (client eth1 10.3.0.3, LB eth2 10.3.0.1) and the LB's route
+// back to the client through it: the client's packets come in on eth0,
+// the route to it leaves by eth2. It works while the reverse-path filter
+// is off or loose (the client, multi-homed, takes its replies on eth1).
+func twoArmAsymmetric(t *testing.T) healthyLB {
+	l, h := twoArmLab(t)
+	testkit.Veth(t, testkit.VethEnd{NS: l.Client, Name: "eth1", Addrs: []string{"10.3.0.3/24"}}, testkit.VethEnd{NS: l.LB, Name: "eth2", Addrs: []string{"10.3.0.1/24"}})
+	for _, dev := range []string{"all", "eth0", "eth1"} {
+		testkit.Run(t, l.Client, "sysctl", "-w", "net.ipv4.conf."+dev+".rp_filter=0")
+	}
+	for _, dev := range []string{"all", "eth0", "eth1", "eth2"} {
+		testkit.Run(t, l.LB, "sysctl", "-w", "net.ipv4.conf."+dev+".rp_filter=0")
+	}
+	testkit.Run(t, l.LB, "ip", "route", "add", l.ClientIP.String()+"/32", "via", "10.3.0.3", "dev", "eth2")
+	return h
+}
