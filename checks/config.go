@@ -82,6 +82,10 @@ func checkVIPLocal(s *probes.Snapshot, sel probes.Selector) Finding {
 	f.Evidence = append(f.Evidence, Evidence{Fact: "addresses: " + linkAddrs(s), Source: "links, " + s.Target.String()})
 	f.Evidence = append(f.Evidence, ev...)
 	f.Status = Fail
+	for _, svc := range bad {
+		// Packets to it were forwarded and died wherever: that is this.
+		f.Explains = append(f.Explains, "to "+svc.Addr.Addr().String())
+	}
 	vip := bad[0].Addr.Addr()
 	f.Title = fmt.Sprintf("VIP %s is not a local address: IPVS never sees its packets", vip)
 	if len(bad) > 1 {

@@ -182,6 +182,13 @@ func TestDropsExplained(t *testing.T) {
 	}{
 		{"rp_filter drops, explained", func(s *probes.Snapshot) { asymmetric(s); rpDrops(s) }, checks.Warn, "the cause: sysctl.rp_filter"},
 		{"rp_filter drops, nothing refuses now", func(s *probes.Snapshot) { rpDrops(s) }, checks.Fail, "IP_RPFILTER"},
+		{"VIP not local, its packets forwarded and dropped", func(s *probes.Snapshot) {
+			removeVIP(s)
+			s.Drops = &drops.Sample{Window: 3 * time.Second, Drops: []drops.Counted{{
+				Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: 6, Location: 0xfff,
+					Src: netip.MustParseAddrPort("10.1.0.3:40000"), Dst: netip.MustParseAddrPort("10.1.0.6:8085")}, Count: 3},
+				ReasonName: "NEIGH_FAILED", Symbol: "neigh_invalidate+0x8b"}}}
+		}, checks.Warn, "the cause: ipvs.vip_local"},
 		{"another drop beside", func(s *probes.Snapshot) {
 			asymmetric(s)
 			rpDrops(s)

@@ -11,6 +11,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/flowpath"
 
 	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/drops"
 )
 
 // Status of a finding.
@@ -105,19 +106,18 @@ func Run(s *probes.Snapshot, sel probes.Selector) []Finding {
 }
 
 // explainDrops: a drop whose cause a failing finding names is that
-// finding's evidence. When every reason drops.vip_flows counts is
-// explained so, it warns, pointing at the root cause, instead of failing
-// beside it: one fault, one failing id.
+// finding's evidence. When every drop drops.vip_flows counted is explained
+// so, it warns, pointing at the root cause, instead of failing beside it:
+// one fault, one failing id.
 func explainDrops(s *probes.Snapshot, fs []Finding) {
 	i := slices.IndexFunc(fs, func(f Finding) bool { return f.ID == "drops.vip_flows" })
 	if i < 0 || fs[i].Status != Fail || s.Drops == nil {
 		return
 	}
 	var causes []string
-	for _, r := range groupDrops(s.Drops.Drops) {
-		c := r.First
+	for _, c := range s.Drops.Drops {
 		j := slices.IndexFunc(fs, func(f Finding) bool {
-			return f.Status == Fail && (slices.Contains(f.Explains, c.ReasonName) || slices.Contains(f.Explains, funcName(c.Symbol)))
+			return f.Status == Fail && slices.ContainsFunc(f.Explains, func(e string) bool { return explains(e, c) })
 		})
 		if j < 0 {
 			return // a drop no finding explains: drops.vip_flows is its only word
@@ -132,6 +132,17 @@ func explainDrops(s *probes.Snapshot, fs []Finding) {
 	d.Title += " — the cause: " + strings.Join(causes, ", ")
 }
 
+// explains reports whether an entry of Finding.Explains covers a drop: a
+// reason (IP_RPFILTER), a drop function (ip6_forward), or "to ADDR" — any
+// drop of a packet to that address.
+func explains(e string, c drops.Counted) bool {
+	if to, ok := strings.CutPrefix(e, "to "); ok {
+		return c.Family != 0 && c.Dst.Addr().String() == to
+	}
+	return e == c.ReasonName || e == funcName(c.Symbol)
+}
+
+func skip(reason string) Finding { return Finding{Status: Skip, Reason: reason} }
 // Verdict is the worst status among findings: fail, warn, else pass.
 func Verdict(fs []Finding) Status {
 	v := Pass
@@ -145,5 +156,3 @@ func Verdict(fs []Finding) Status {
 	}
 	return v
 }
-
-func skip(reason string) Finding { return Finding{Status: Skip, Reason: reason} }
