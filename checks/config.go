@@ -166,6 +166,7 @@ type rpSource struct {
 	probes.Source
 	back    *netstate.Decision // the route back to the source
 	refused []string           // interfaces whose filter refuses it
+	why     map[string]string  // the kernel's refusal, by interface
 }
 
 // checkRPFilter: with strict reverse-path filtering (rp_filter=1; the
@@ -237,13 +238,17 @@ func checkRPFilter(s *probes.Snapshot, sel probes.Selector) Finding {
 	}
 	var judged []rpSource
 	for _, c := range sources {
-		r := rpSource{Source: c}
+		r := rpSource{Source: c, why: map[string]string{}}
 		for i, d := range s.Net.Lookups {
 			switch {
 			case d.Dst == c.Src && !d.From.IsValid() && d.Iif == "":
 				r.back = &s.Net.Lookups[i]
 			case d.Dst == c.VIP && d.From == c.Src && d.Iif != "" && d.Error != "":
 				r.refused = append(r.refused, d.Iif)
+				r.why[d.Iif] = d.Error
+				if d.Errno != "" {
+					r.why[d.Iif] += " (" + d.Errno + ")"
+				}
 			}
 		}
 		// The kernel's refusal is the filter's when the filter's own rule
@@ -282,10 +287,17 @@ func checkRPFilter(s *probes.Snapshot, sel probes.Selector) Finding {
 			Title: fmt.Sprintf("the reverse-path filter dropped %d packets from %s to %s: the route back leaves by another interface", drops, dropped[0].Src, dropped[0].VIP),
 			Reason: "strict reverse-path filtering (rp_filter=1) drops a packet whose source is not routed back out of the interface it came in on; " +
 				"the clients' packets never reach IPVS (IP_RPFILTER, IPReversePathFilter rises)"}
+		// The packets came in on an interface that refuses them: the
+		// VIP's own, where it answers ARP, when it is one of them, else
+		// every one that does (aggregated drops carry no interface).
 		var devs []string
 		for _, r := range dropped {
 			f.Evidence = append(f.Evidence, rpLines(s, r)...)
-			for _, d := range r.refused {
+			refused := r.refused
+			if dev := vipDev(s, r.VIP); slices.Contains(refused, dev) {
+				refused = []string{dev}
+			}
+			for _, d := range refused {
 				if !slices.Contains(devs, d) {
 					devs = append(devs, d)
 				}
@@ -339,8 +351,13 @@ func rpLines(s *probes.Snapshot, r rpSource) []Evidence {
 	if r.back != nil {
 		ev = append(ev, Evidence{Fact: "the route back: ip route get " + r.back.String(), Source: src})
 	}
+	vdev := vipDev(s, r.VIP)
 	for _, dev := range r.refused {
-		ev = append(ev, Evidence{Fact: fmt.Sprintf("%s refuses it: ip route get %s from %s iif %s is refused by the kernel", dev, r.VIP, r.Src, dev), Source: src})
+		which := dev
+		if dev == vdev {
+			which += " (the VIP's interface)"
+		}
+		ev = append(ev, Evidence{Fact: fmt.Sprintf("%s refuses it: ip route get %s from %s iif %s: %s", which, r.VIP, r.Src, dev, r.why[dev]), Source: src})
 	}
 	return ev
 }

@@ -89,7 +89,7 @@ func checkWithTraffic(t *testing.T, h healthyLB) (*report.Report, int) {
 	return runBinary(t, "check", "--netns", h.lb.Name, "-o", "json")
 }
 
-// fixWithTraffic runs `check --fix --yes` while the client keeps using the
+// fixWithTraffic runs `check --watch 8s --fix --yes` while the client keeps using the
 // VIP (the window that finds the fault, and the one after the fix, watch
 // live traffic), and returns its text output and exit code.
 func fixWithTraffic(t *testing.T, h healthyLB) (string, int) {
@@ -101,7 +101,9 @@ func fixWithTraffic(t *testing.T, h healthyLB) (string, int) {
 		t.Fatal(err)
 	}
 	var out bytes.Buffer
-	cmd := exec.Command(bin, "check", "--netns", h.lb.Name, "--fix", "--yes")
+	// A longer window than the default: on the guest (TCG) attaching the
+	// drop tracer takes much of 3 s, and the fault must be seen to be fixed.
+	cmd := exec.Command(bin, "check", "--netns", h.lb.Name, "--watch", "8s", "--fix", "--yes")
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err = cmd.Run()
 	var ee *exec.ExitError
