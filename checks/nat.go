@@ -203,7 +203,11 @@ func checkVSConntrack(s *probes.Snapshot, sel probes.Selector) Finding {
 	if len(deps) == 0 {
 		// A dependent rule found is enough to judge; none found is only
 		// a conclusion when every backend was read.
-		if un := unreadRules(s); un != "" {
+		var addrs []netip.Addr
+		for _, svc := range selected(s, sel) {
+			addrs = append(addrs, svc.Addr.Addr())
+		}
+		if un := unreadRules(s, addrs...); un != "" {
 			return skip("no rule read depends on IPVS connections being in conntrack, but " + un)
 		}
 		return skip("no rule depends on IPVS connections being in conntrack")
@@ -212,7 +216,7 @@ func checkVSConntrack(s *probes.Snapshot, sel probes.Selector) Finding {
 	for _, r := range deps {
 		needs = append(needs, Evidence{
 			Fact:   fmt.Sprintf("%s (%d packets)", r.Spec, r.Packets),
-			Source: fmt.Sprintf("%s table %s, %s", r.Backend, r.Table, s.Target),
+			Source: fmt.Sprintf("%s table %s, %s", r.Backend, r.TableName(), s.Target),
 		})
 	}
 	return sysctlMustBeOn(s, requirement{
@@ -245,11 +249,20 @@ func sysctlMustBeOn(s *probes.Snapshot, req requirement, needs []Evidence) Findi
 }
 
 // unreadRules says which rule backends could not be read, or "" when every
-// one was: a conclusion from the absence of a rule needs them all.
-func unreadRules(s *probes.Snapshot) string {
+// one was: a conclusion from the absence of a rule needs them all. With an
+// IPv6 address among about, a backend whose IPv6 half (ip6tables) was not
+// read counts as unread too.
+func unreadRules(s *probes.Snapshot, about ...netip.Addr) string {
 	var names []string
 	for _, b := range s.Rules.Unread() {
 		names = append(names, fmt.Sprintf("%s could not be read (%s)", b.Name, b.Reason))
+	}
+	if slices.ContainsFunc(about, func(a netip.Addr) bool { return ForwardingKey(a) != "net.ipv4.ip_forward" }) {
+		for _, b := range s.Rules.Backends {
+			if b.Read && b.IPv6Unread != "" {
+				names = append(names, fmt.Sprintf("the IPv6 rules of %s could not be read (%s)", b.Name, b.IPv6Unread))
+			}
+		}
 	}
 	if len(names) == 0 && len(s.Rules.Backends) == 0 {
 		if e, ok := s.Errors[probes.ProbeRules]; ok {
@@ -265,6 +278,9 @@ func unreadRules(s *probes.Snapshot) string {
 func conntrackDependentRules(s *probes.Snapshot, sel probes.Selector) []rules.Rule {
 	var out []rules.Rule
 	for _, r := range s.Rules.Rules {
+		if sel.VIP.IsValid() && !r.Covers(sel.VIP.Addr()) {
+			continue // an iptables rule never sees an IPv6 service's packets, nor ip6tables an IPv4 one's
+		}
 		switch {
 		case r.IPVS != nil && !r.IPVS.Negated:
 			if sel.VIP.IsValid() && !r.IPVS.MatchesVIP(sel.VIP.Addr(), sel.VIP.Port()) {

@@ -211,13 +211,21 @@ func Gather(ns netns.Target, sel Selector, opt Options) *Snapshot {
 	fail(ProbeSysctl, err)
 	s.Rules, err = rules.Read(ns)
 	fail(ProbeRules, err)
-	if un := s.Rules.Unread(); err == nil && len(un) > 0 {
-		// A backend left unread is a layer not read: every output names it.
+	if err == nil {
+		// A backend left unread is a layer not read: every output names
+		// it, and so its IPv6 half (ip6tables) left unread.
 		var why []string
-		for _, b := range un {
+		for _, b := range s.Rules.Unread() {
 			why = append(why, b.Name+": "+b.Reason)
 		}
-		s.Errors[ProbeRules] = strings.Join(why, "; ")
+		for _, b := range s.Rules.Backends {
+			if b.Read && b.IPv6Unread != "" {
+				why = append(why, b.Name+" (IPv6): "+b.IPv6Unread)
+			}
+		}
+		if len(why) > 0 {
+			s.Errors[ProbeRules] = strings.Join(why, "; ")
+		}
 	}
 	s.Conntrack, err = readConntrack(ns, sel, s.IPVS.Services)
 	fail(ProbeConntrack, err)

@@ -44,8 +44,14 @@ func TestGuestHealthyLBs(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := tt.build(t)
-			if res := h.client(); !res.OK {
-				t.Fatalf("client → %s: %v, want an answer (the LB is built wrong)", h.vip, res.Err)
+			// The first exchange resolves every neighbour on the way; on a
+			// loaded TCG guest that may take more than one try.
+			res := h.client()
+			for try := 1; !res.OK && try < 5; try++ {
+				res = h.client()
+			}
+			if !res.OK {
+				t.Fatalf("client → %s: %v in 5 tries, want an answer (the LB is built wrong)", h.vip, res.Err)
 			}
 			// The default window (3 s) with its health probes of the reals.
 			args := []string{"check", "--netns", h.lb.Name, "-o", "json"}

@@ -131,7 +131,8 @@ func ParseNftList(data []byte) ([]Rule, error) {
 }
 
 func nftRule(table, chain, hook, spec string) Rule {
-	r := Rule{Backend: Nft, Table: table, Chain: chain, Hook: hook, Spec: spec}
+	family, _, _ := strings.Cut(table, " ")
+	r := Rule{Backend: Nft, Family: family, Table: table, Chain: chain, Hook: hook, Spec: spec}
 	if m := nftCounter.FindStringSubmatch(spec); m != nil {
 		r.HasCounter = true
 		r.Packets, _ = strconv.ParseUint(m[1], 10, 64)
