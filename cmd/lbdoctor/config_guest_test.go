@@ -38,9 +38,6 @@ func TestGuestConfigFaults(t *testing.T) {
 		{"IPv6 forwarding off", twoArmIPv6, func(t *testing.T, h healthyLB) {
 			testkit.Run(t, h.lb, "sysctl", "-w", "net.ipv6.conf.all.forwarding=0")
 		}, "sysctl.ip_forward", "net.ipv6.conf.all.forwarding = 0"},
-		{"IPv4 forwarding off on the reals' interface", twoArmPlain, func(t *testing.T, h healthyLB) {
-			testkit.Run(t, h.lb, "sysctl", "-w", "net.ipv4.conf.eth1.forwarding=0")
-		}, "sysctl.ip_forward", "forwarding is off on eth1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -64,18 +61,18 @@ func TestGuestConfigFaults(t *testing.T) {
 			}
 			t.Logf("the fault: %s %s\n%s", f.Status, f.Title, findingsText(r))
 
-			// The finding's fix, as --fix applies it, under the same traffic.
+			// The finding's fix, as --fix applies it, under the same
+			// traffic; --fix checks again (the same window) and exits 0
+			// only when nothing fails.
 			out, code := fixWithTraffic(t, h)
-			if code != 0 || !strings.Contains(out, "after --fix:") {
-				t.Fatalf("check --fix --yes = exit %d, want 0 and the check after it:\n%s", code, out)
+			_, after, _ := strings.Cut(out, "after --fix:")
+			if code != 0 || !strings.Contains(after, "✓ "+tt.id+" ") {
+				t.Fatalf("check --fix --yes = exit %d, want 0 and %s passing after the fix:\n%s", code, tt.id, out)
 			}
 			if res := h.client(); !res.OK {
 				t.Fatalf("client → %s after the fix: %v, want an answer\n%s", h.vip, res.Err, out)
 			}
-			r, code = checkWithTraffic(t, h)
-			if st := statusOf(t, r, tt.id); code != 0 || st != "pass" || len(failing(r)) > 0 {
-				t.Errorf("check after the fix = exit %d, %s %s, failing %v, want exit 0 and %s passing\n%s", code, tt.id, st, failing(r), tt.id, findingsText(r))
-			}
+			t.Logf("after the fix, the client is answered:\n%s", after)
 		})
 	}
 }
@@ -89,7 +86,7 @@ func checkWithTraffic(t *testing.T, h healthyLB) (*report.Report, int) {
 	return runBinary(t, "check", "--netns", h.lb.Name, "-o", "json")
 }
 
-// fixWithTraffic runs `check --watch 8s --fix --yes` while the client keeps using the
+// fixWithTraffic runs `check --watch 6s --fix --yes` while the client keeps using the
 // VIP (the window that finds the fault, and the one after the fix, watch
 // live traffic), and returns its text output and exit code.
 func fixWithTraffic(t *testing.T, h healthyLB) (string, int) {
@@ -103,7 +100,7 @@ func fixWithTraffic(t *testing.T, h healthyLB) (string, int) {
 	var out bytes.Buffer
 	// A longer window than the default: on the guest (TCG) attaching the
 	// drop tracer takes much of 3 s, and the fault must be seen to be fixed.
-	cmd := exec.Command(bin, "check", "--netns", h.lb.Name, "--watch", "8s", "--fix", "--yes")
+	cmd := exec.Command(bin, "check", "--netns", h.lb.Name, "--watch", "6s", "--fix", "--yes")
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err = cmd.Run()
 	var ee *exec.ExitError
@@ -126,13 +123,8 @@ func failing(r *report.Report) []string {
 	return ids
 }
 
-// twoArmPlain is a two-arm LB built by hand: VIP 10.1.0.6 on the clients'
+// twoArmLab is a two-arm LB built by hand: VIP 10.1.0.6 on the clients'
 // arm, the real behind the other with the LB as its gateway, no SNAT.
-func twoArmPlain(t *testing.T) healthyLB {
-	_, h := twoArmLab(t)
-	return h
-}
-
 func twoArmLab(t *testing.T) (*lab.Lab, healthyLB) {
 	l := testkit.Lab(t, lab.TwoArm)
 	testkit.Serve(t, l.Real, ":8085")
