@@ -31,7 +31,7 @@ func TestGuestConfigFaults(t *testing.T) {
 	}{
 		{"VIP address removed", oneArmLegacyMasq, func(t *testing.T, h healthyLB) {
 			testkit.Run(t, h.lb, "ip", "addr", "del", h.vip.Addr().String()+"/32", "dev", "eth0")
-		}, "ipvs.vip_local", "VIP 10.1.0.6 is no local address"},
+		}, "ipvs.vip_local", "VIP 10.1.0.6 of TCP 10.1.0.6:8085 is no local address"},
 		{"strict rp_filter, asymmetric route", twoArmAsymmetric, func(t *testing.T, h healthyLB) {
 			testkit.Run(t, h.lb, "sysctl", "-w", "net.ipv4.conf.all.rp_filter=1")
 		}, "sysctl.rp_filter", "IP_RPFILTER: packets from 10.1.0.3 to 10.1.0.6"},
