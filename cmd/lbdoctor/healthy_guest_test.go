@@ -55,7 +55,7 @@ func TestGuestHealthyLBs(t *testing.T) {
 			}
 			// The default window (3 s) with its health probes of the reals.
 			args := []string{"check", "--netns", h.lb.Name, "-o", "json"}
-			traffic := testkit.StartTraffic(20*time.Millisecond, h.client)
+			traffic := testkit.StartTraffic(t, 20*time.Millisecond, h.client)
 			r, code := runBinary(t, args...)
 			ok, failed, firstErr := traffic.Stop()
 			if failed > 0 || ok == 0 {
