@@ -373,3 +373,58 @@ func TestIPv6Services(t *testing.T) {
 		})
 	}
 }
+
+// ipv6OneArm turns seed stage 1 (one-arm, no SNAT rule) into its IPv6
+// twin: VIP [fd00:1::6]:8085 and real [fd00:1::50]:8085 on eth0, with
+// IPv6 forwarding on.
+func ipv6OneArm(s *probes.Snapshot) {
+	s.IPVS.Services[0].Addr = netip.MustParseAddrPort("[fd00:1::6]:8085")
+	s.IPVS.Services[0].Reals[0].Addr = netip.MustParseAddrPort("[fd00:1::50]:8085")
+	for i, l := range s.Net.Links {
+		if l.Name == "eth0" {
+			s.Net.Links[i].Addrs = append(l.Addrs, netip.MustParsePrefix("fd00:1::5/64"), netip.MustParsePrefix("fd00:1::6/128"))
+		}
+	}
+	s.Net.Routes = append(s.Net.Routes, netstate.Route{Dst: netip.MustParsePrefix("fd00:1::/64"), Dev: "eth0", Table: 254, Scope: "universe"})
+	setSysctl(s, "net.ipv6.conf.all.forwarding", "1")
+	setSysctl(s, "net.ipv4.vs.conntrack", "1")
+}
+
+// A rule filters one address family: an iptables rule never sees an IPv6
+// service's packets (nor an ip6tables rule an IPv4 one's), so it neither
+// gives that service SNAT nor needs vs.conntrack for it. Without families,
+// an IPv4 `-m ipvs --ipvs` MASQUERADE passed an IPv6 one-arm service that
+// has no SNAT at all.
+func TestRulesCountForTheirFamily(t *testing.T) {
+	masq := func(family, spec string) func(*probes.Snapshot) {
+		return func(s *probes.Snapshot) {
+			r := rules.Rule{Backend: rules.IptablesNft, Family: family, Table: "nat", Chain: "POSTROUTING", Spec: spec, HasCounter: true, Target: "MASQUERADE",
+				IPVS: &rules.IPVSMatch{Ipvs: true}}
+			s.Rules.Rules = append(s.Rules.Rules, r)
+			s.Rules.Backends[1].Rules++
+		}
+	}
+	tests := []struct {
+		name   string
+		change func(*probes.Snapshot)
+		id     string
+		want   checks.Status
+		wantIn string // in the title or reason
+	}{
+		{"IPv4 MASQUERADE only", masq("ip", "-A POSTROUTING -m ipvs --ipvs -j MASQUERADE"), "nat.return_path", checks.Fail, "no source NAT"},
+		{"ip6tables MASQUERADE", masq("ip6", "-A POSTROUTING -m ipvs --ipvs -j MASQUERADE"), "nat.return_path", checks.Pass, ""},
+		{"IPv4 rule needs no vs.conntrack for IPv6", masq("ip", "-A POSTROUTING -m ipvs --ipvs -j MASQUERADE"), "sysctl.vs_conntrack", checks.Skip, "no rule depends"},
+		{"IPv6 rules unread", func(s *probes.Snapshot) { s.Rules.Backends[0].IPv6Unread = "no ip6tables-legacy-save on PATH" }, "nat.return_path", checks.Skip, "the IPv6 rules of iptables-legacy could not be read"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			snap := loadFixture(t, "seed-stage1")
+			ipv6OneArm(snap)
+			tt.change(snap)
+			f := statusOf(checks.Run(snap, probes.Selector{VIP: snap.IPVS.Services[0].Addr}), tt.id)
+			if f.Status != tt.want || !strings.Contains(f.Title+" "+f.Reason, tt.wantIn) {
+				t.Errorf("Run(%s) %s = %s %q (%s), want %s with %q", tt.name, tt.id, f.Status, f.Title, f.Reason, tt.want, tt.wantIn)
+			}
+		})
+	}
+}
