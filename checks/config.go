@@ -227,14 +227,17 @@ func checkRPFilter(s *probes.Snapshot, sel probes.Selector) Finding {
 		return skip("the routes back to the clients could not be asked: " + e)
 	}
 	sources, more := probes.ClientSources(s, sel)
+	filtered := rpSNMP(s) // the whole window's count: it does not depend on the tracer's attach
+	if filtered > 0 {
+		ev = append(ev, Evidence{Fact: fmt.Sprintf("IPReversePathFilter +%d in the window: the filter dropped packets of this namespace", filtered), Source: "snmp, " + src})
+	}
 	if len(sources) == 0 {
-		f := skip("reverse-path filtering is on and no client source of the VIPs was seen (no conntrack flow, no IP_RPFILTER drop in the window) to judge")
-		if n := rpSNMP(s); n > 0 && s.Drops == nil {
-			f = Finding{Status: Warn, Title: fmt.Sprintf("the reverse-path filter dropped %d packets in the window, whose is unknown", n),
-				Reason:   "IPReversePathFilter counts every packet of the namespace the filter dropped; without the drop tracer lbdoctor cannot tell whether they were the VIPs' clients",
-				Evidence: append(ev, Evidence{Fact: fmt.Sprintf("IPReversePathFilter +%d in the window", n), Source: "snmp, " + src})}
+		if filtered > 0 {
+			return Finding{Status: Warn, Title: fmt.Sprintf("the reverse-path filter dropped %d packets in the window, whose is unknown", filtered),
+				Reason:   "IPReversePathFilter counts every packet of the namespace the filter dropped; no client source of the VIPs is known (no flow, no IPVS connection, no IP_RPFILTER drop traced) to tell whether they were theirs",
+				Evidence: ev}
 		}
-		return f
+		return skip("reverse-path filtering is on and no client source of the VIPs was seen (no conntrack flow or IPVS connection, no IP_RPFILTER drop in the window) to judge")
 	}
 	var judged []rpSource
 	for _, c := range sources {
@@ -321,6 +324,29 @@ func checkRPFilter(s *probes.Snapshot, sel probes.Selector) Finding {
 			f.Fix = append(f.Fix, fmt.Sprintf("%sip route get %s   # add a route back to the clients", s.Target.ExecPrefix(), dropped[0].Src))
 		}
 		return f
+	case len(predicted) > 0 && filtered > 0:
+		// No drop traced (no tracer, or it attached late), but the filter
+		// dropped packets in the window and a known client of the VIP is
+		// refused on the VIP's own interface: that is where they died.
+		f := Finding{Status: Fail, Explains: []string{"IP_RPFILTER"},
+			Title: fmt.Sprintf("the reverse-path filter drops %s's packets to %s on %s: the route back leaves by another interface", predicted[0].Src, predicted[0].VIP, vipDev(s, predicted[0].VIP)),
+			Reason: "strict reverse-path filtering (rp_filter=1) drops a packet whose source is not routed back out of the interface it came in on; " +
+				"the clients' packets never reach IPVS (IP_RPFILTER, IPReversePathFilter rises)"}
+		var devs []string
+		for _, r := range predicted {
+			f.Evidence = append(f.Evidence, rpLines(s, r)...)
+			if dev := vipDev(s, r.VIP); !slices.Contains(devs, dev) {
+				devs = append(devs, dev)
+			}
+		}
+		f.Evidence = append(f.Evidence, ev...)
+		for _, dev := range devs {
+			key := "net.ipv4.conf." + dev + ".rp_filter"
+			f.Fix = append(f.Fix, sysctlFix(s.Target, key, "2")...)
+			f.Remedies = append(f.Remedies, Remedy{Sysctl: key, Value: "2"})
+		}
+		f.Fix = append(f.Fix, "# 2 is loose: the source must be routable, by any interface; or route the clients back the way they came")
+		return f
 	case len(predicted) > 0:
 		r := predicted[0]
 		dev := vipDev(s, r.VIP)
@@ -383,5 +409,5 @@ func rpSNMP(s *probes.Snapshot) int64 {
 	if s.Window == nil {
 		return 0
 	}
-	return int64(s.Window.Deltas.SNMP["TcpExt.IPReversePathFilter"])
+	return int64(s.Window.Deltas.SNMP["TcpExtIPReversePathFilter"])
 }

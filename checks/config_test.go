@@ -11,7 +11,9 @@ import (
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/conntrack"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
+	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 	"github.com/lbdoctor/lbdoctor/probes/netstate"
+	"github.com/lbdoctor/lbdoctor/probes/snmp"
 )
 
 // twoArmLocal is the two-arm fixture with the local routing table the
@@ -138,6 +140,18 @@ func TestRPFilter(t *testing.T) {
 		{"asymmetric, dropped in the window", func(s *probes.Snapshot) { asymmetric(s); rpDrops(s) }, checks.Fail,
 			"4 × IP_RPFILTER: packets from 10.9.0.3 to 10.1.0.6", checks.Remedy{Sysctl: "net.ipv4.conf.eth0.rp_filter", Value: "2"}},
 		{"asymmetric, a flow and no window", func(s *probes.Snapshot) { asymmetric(s); flow(s) }, checks.Warn, "arriving on eth0, the VIP's interface", checks.Remedy{}},
+		// vs.conntrack=0: IPVS's own table keeps the client; the tracer
+		// saw nothing (attached late), the kernel's counter did.
+		{"asymmetric, an IPVS connection, the filter counted", func(s *probes.Snapshot) {
+			asymmetric(s)
+			s.IPVS.Conns = []ipvs.Conn{{Proto: "tcp", Client: netip.MustParseAddrPort("10.9.0.3:40000"), VIP: netip.MustParseAddrPort("10.1.0.6:8085"), State: "TIME_WAIT"}}
+			s.Window = &probes.Window{Deltas: probes.Deltas{SNMP: snmp.Counters{"TcpExtIPReversePathFilter": 5}}}
+			s.Drops = &drops.Sample{Window: time.Second, Drops: []drops.Counted{}}
+		}, checks.Fail, "IPReversePathFilter +5 in the window", checks.Remedy{Sysctl: "net.ipv4.conf.eth0.rp_filter", Value: "2"}},
+		{"strict, the filter counted, nobody known", func(s *probes.Snapshot) {
+			setRP(s, "1", "1")
+			s.Window = &probes.Window{Deltas: probes.Deltas{SNMP: snmp.Counters{"TcpExtIPReversePathFilter": 5}}}
+		}, checks.Warn, "whose is unknown", checks.Remedy{}},
 		{"asymmetric, loose", func(s *probes.Snapshot) {
 			asymmetric(s)
 			flow(s)

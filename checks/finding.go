@@ -143,6 +143,7 @@ func explains(e string, c drops.Counted) bool {
 }
 
 func skip(reason string) Finding { return Finding{Status: Skip, Reason: reason} }
+
 // Verdict is the worst status among findings: fail, warn, else pass.
 func Verdict(fs []Finding) Status {
 	v := Pass

@@ -16,13 +16,14 @@ const (
 	MaxRPFilterIfaces = 16 // interfaces each source is asked on
 )
 
-// Source is a client source of a selected VIP: a flow's original source,
-// or the source of packets to the VIP the reverse-path filter dropped in
-// the window.
+// Source is a client source of a selected VIP: a flow's original source
+// (conntrack, or IPVS's own connection table, which keeps clients when
+// vs.conntrack=0), or the source of packets to the VIP the reverse-path
+// filter dropped in the window.
 type Source struct {
 	Src, VIP netip.Addr
 	Drops    uint64 // IP_RPFILTER drops of its packets to VIP in the window
-	Flows    int    // conntrack flows from it to VIP (listed ones)
+	Flows    int    // conntrack flows and IPVS connections from it to VIP (listed ones)
 }
 
 // ClientSources lists the IPv4 client sources of the selected VIPs,
@@ -64,6 +65,9 @@ func ClientSources(s *Snapshot, sel Selector) ([]Source, int) {
 	}
 	for _, f := range s.Conntrack.Flows {
 		add(f.Orig.Src.Addr(), f.Orig.Dst.Addr(), 0, 1)
+	}
+	for _, c := range s.IPVS.Conns {
+		add(c.Client.Addr(), c.VIP.Addr(), 0, 1)
 	}
 	if len(out) > MaxRouteSources {
 		return out[:MaxRouteSources], len(out) - MaxRouteSources
