@@ -75,10 +75,15 @@ func TestGuestConfigFaults(t *testing.T) {
 					t.Fatalf("check --watch 0 --fix --yes = exit %d, want 0 and %s passing after the fix:\n%s", code, tt.id, out)
 				}
 			} else {
+				// Each line as printed, its namespace prefix (`ip netns
+				// exec NAME`, which the guest's busybox ip lacks) taken as
+				// where to run the rest.
 				for _, line := range f.Fix {
-					if out, err := exec.Command("sh", "-c", line).CombinedOutput(); err != nil {
-						t.Fatalf("the fix %q: %v\n%s", line, err, out)
+					cmd, ok := strings.CutPrefix(line, h.lb.ExecPrefix())
+					if !ok {
+						t.Fatalf("the fix %q does not run in %s", line, h.lb)
 					}
+					testkit.Run(t, h.lb, "sh", "-c", cmd)
 				}
 			}
 			if res := answered(h); !res.OK {
