@@ -286,16 +286,11 @@ func checkRPFilter(s *probes.Snapshot, sel probes.Selector) Finding {
 	}
 	switch {
 	case len(dropped) > 0:
-		f := Finding{Status: Fail, Explains: []string{"IP_RPFILTER"},
-			Title: fmt.Sprintf("the reverse-path filter dropped %d packets from %s to %s: the route back leaves by another interface", drops, dropped[0].Src, dropped[0].VIP),
-			Reason: "strict reverse-path filtering (rp_filter=1) drops a packet whose source is not routed back out of the interface it came in on; " +
-				"the clients' packets never reach IPVS (IP_RPFILTER, IPReversePathFilter rises)"}
 		// The packets came in on an interface that refuses them: the
 		// VIP's own, where it answers ARP, when it is one of them, else
 		// every one that does (aggregated drops carry no interface).
 		var devs []string
 		for _, r := range dropped {
-			f.Evidence = append(f.Evidence, rpLines(s, r)...)
 			refused := r.refused
 			if dev := vipDev(s, r.VIP); slices.Contains(refused, dev) {
 				refused = []string{dev}
@@ -313,40 +308,20 @@ func checkRPFilter(s *probes.Snapshot, sel probes.Selector) Finding {
 				}
 			}
 		}
-		f.Evidence = append(f.Evidence, ev...)
-		for _, dev := range devs {
-			key := "net.ipv4.conf." + dev + ".rp_filter"
-			f.Fix = append(f.Fix, sysctlFix(s.Target, key, "2")...)
-			f.Remedies = append(f.Remedies, Remedy{Sysctl: key, Value: "2"})
-		}
-		f.Fix = append(f.Fix, "# 2 is loose: the source must be routable, by any interface; or route the clients back the way they came")
-		if len(f.Remedies) == 0 {
-			f.Fix = append(f.Fix, fmt.Sprintf("%sip route get %s   # add a route back to the clients", s.Target.ExecPrefix(), dropped[0].Src))
-		}
-		return f
+		title := fmt.Sprintf("the reverse-path filter dropped %d packets from %s to %s: the route back leaves by another interface", drops, dropped[0].Src, dropped[0].VIP)
+		return rpFail(s, title, dropped, devs, ev)
 	case len(predicted) > 0 && filtered > 0:
 		// No drop traced (no tracer, or it attached late), but the filter
 		// dropped packets in the window and a known client of the VIP is
 		// refused on the VIP's own interface: that is where they died.
-		f := Finding{Status: Fail, Explains: []string{"IP_RPFILTER"},
-			Title: fmt.Sprintf("the reverse-path filter drops %s's packets to %s on %s: the route back leaves by another interface", predicted[0].Src, predicted[0].VIP, vipDev(s, predicted[0].VIP)),
-			Reason: "strict reverse-path filtering (rp_filter=1) drops a packet whose source is not routed back out of the interface it came in on; " +
-				"the clients' packets never reach IPVS (IP_RPFILTER, IPReversePathFilter rises)"}
 		var devs []string
 		for _, r := range predicted {
-			f.Evidence = append(f.Evidence, rpLines(s, r)...)
 			if dev := vipDev(s, r.VIP); !slices.Contains(devs, dev) {
 				devs = append(devs, dev)
 			}
 		}
-		f.Evidence = append(f.Evidence, ev...)
-		for _, dev := range devs {
-			key := "net.ipv4.conf." + dev + ".rp_filter"
-			f.Fix = append(f.Fix, sysctlFix(s.Target, key, "2")...)
-			f.Remedies = append(f.Remedies, Remedy{Sysctl: key, Value: "2"})
-		}
-		f.Fix = append(f.Fix, "# 2 is loose: the source must be routable, by any interface; or route the clients back the way they came")
-		return f
+		title := fmt.Sprintf("the reverse-path filter drops %s's packets to %s on %s: the route back leaves by another interface", predicted[0].Src, predicted[0].VIP, devs[0])
+		return rpFail(s, title, predicted, devs, ev)
 	case len(predicted) > 0:
 		r := predicted[0]
 		dev := vipDev(s, r.VIP)
@@ -363,6 +338,28 @@ func checkRPFilter(s *probes.Snapshot, sel probes.Selector) Finding {
 	}
 	f := Finding{Status: Pass, Title: "the reverse-path filter lets the VIPs' clients in",
 		Evidence: append(ev, Evidence{Fact: fmt.Sprintf("%d client source(s) asked about, none refused where it would arrive, no IP_RPFILTER drop", len(judged)), Source: "route lookups, " + src})}
+	return f
+}
+
+// rpFail is the failure of the reverse-path filter on the clients of
+// srcs, fixed by loose filtering on devs.
+func rpFail(s *probes.Snapshot, title string, srcs []rpSource, devs []string, ev []Evidence) Finding {
+	f := Finding{Status: Fail, Explains: []string{"IP_RPFILTER"}, Title: title,
+		Reason: "strict reverse-path filtering (rp_filter=1) drops a packet whose source is not routed back out of the interface it came in on; " +
+			"the clients' packets never reach IPVS (IP_RPFILTER, IPReversePathFilter rises)"}
+	for _, r := range srcs {
+		f.Evidence = append(f.Evidence, rpLines(s, r)...)
+	}
+	f.Evidence = append(f.Evidence, ev...)
+	for _, dev := range devs {
+		key := "net.ipv4.conf." + dev + ".rp_filter"
+		f.Fix = append(f.Fix, sysctlFix(s.Target, key, "2")...)
+		f.Remedies = append(f.Remedies, Remedy{Sysctl: key, Value: "2"})
+	}
+	f.Fix = append(f.Fix, "# 2 is loose: the source must be routable, by any interface; or route the clients back the way they came")
+	if len(f.Remedies) == 0 {
+		f.Fix = append(f.Fix, fmt.Sprintf("%sip route get %s   # add a route back to the clients", s.Target.ExecPrefix(), srcs[0].Src))
+	}
 	return f
 }
 
