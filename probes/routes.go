@@ -2,6 +2,7 @@ package probes
 
 import (
 	"net/netip"
+	"slices"
 	"strconv"
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
@@ -117,9 +118,9 @@ func RPFilterInterfaces(s *Snapshot) []string {
 //     it goes instead (ipvs.vip_local);
 //   - where an interface filters reverse paths, for each client source of
 //     the selected VIPs (ClientSources), where the route back to it leaves
-//     and, on each such interface, whether the kernel lets a packet from
-//     it to its VIP in (`ip route get VIP from SRC iif DEV`: the input
-//     route runs the filter) — sysctl.rp_filter.
+//     and, on each strictly filtering interface, whether the kernel lets a
+//     packet from it to its VIP in (`ip route get VIP from SRC iif DEV`:
+//     the input route runs the filter) — sysctl.rp_filter.
 //
 // The lookups are read-only; a namespace that cannot be entered is named
 // in s.Errors[ProbeRoutes].
@@ -144,10 +145,18 @@ func AskRoutes(ns netns.Target, s *Snapshot, sel Selector) {
 		}
 	}
 	if ifaces := RPFilterInterfaces(s); len(ifaces) > 0 {
+		// Only a strict filter refuses a source that has a route back: a
+		// loose one refuses only sources with none, which the route back
+		// tells. Distributions that turn loose filtering on everywhere
+		// cost one question per source.
+		strict := slices.DeleteFunc(ifaces, func(dev string) bool {
+			_, _, eff, _ := RPFilter(s.Sysctls, dev)
+			return eff != 1
+		})
 		srcs, _ := ClientSources(s, sel)
 		for _, c := range srcs {
 			ask(netstate.Query{Dst: c.Src})
-			for _, dev := range ifaces {
+			for _, dev := range strict {
 				ask(netstate.Query{Dst: c.VIP, From: c.Src, Iif: dev})
 			}
 		}

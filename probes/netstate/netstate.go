@@ -174,8 +174,23 @@ type Query struct {
 func LookupAll(ns netns.Target, qs []Query) ([]Decision, error) {
 	out := make([]Decision, 0, len(qs))
 	err := ns.Do(func() error {
+		// One socket and one link list for every question: a request per
+		// question, not three (the library looks names up on its own).
+		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+		if err != nil {
+			return err
+		}
+		defer h.Close()
+		links, err := h.LinkList()
+		if err != nil {
+			return fmt.Errorf("list links: %w", err)
+		}
+		names, index := map[int]string{}, map[string]int{}
+		for _, l := range links {
+			names[l.Attrs().Index], index[l.Attrs().Name] = l.Attrs().Name, l.Attrs().Index
+		}
 		for _, q := range qs {
-			d, err := lookup(q)
+			d, err := lookupWith(h, q, names, index)
 			if err != nil {
 				d.Error = err.Error()
 				var errno syscall.Errno
@@ -210,12 +225,38 @@ func Lookup(ns netns.Target, dst, src netip.Addr) (Decision, error) {
 
 // lookup asks the kernel of the calling thread's namespace.
 func lookup(q Query) (Decision, error) {
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return Decision{Dst: q.Dst, From: q.From, Iif: q.Iif}, err
+	}
+	defer h.Close()
+	names, index := map[int]string{}, map[string]int{}
+	if q.Iif != "" {
+		l, err := h.LinkByName(q.Iif)
+		if err != nil {
+			return Decision{Dst: q.Dst, From: q.From, Iif: q.Iif}, err
+		}
+		index[q.Iif] = l.Attrs().Index
+	}
+	return lookupWith(h, q, names, index)
+}
+
+// lookupWith asks through h; names and index map link indexes and names
+// (a name not in names is asked for).
+func lookupWith(h *netlink.Handle, q Query, names map[int]string, index map[string]int) (Decision, error) {
 	d := Decision{Dst: q.Dst, From: q.From, Iif: q.Iif}
-	opts := &netlink.RouteGetOptions{Iif: q.Iif}
+	opts := &netlink.RouteGetOptions{}
+	if q.Iif != "" {
+		i, ok := index[q.Iif]
+		if !ok {
+			return d, fmt.Errorf("no interface %s", q.Iif)
+		}
+		opts.IifIndex = i
+	}
 	if q.From.IsValid() {
 		opts.SrcAddr = net.IP(q.From.AsSlice())
 	}
-	rs, err := netlink.RouteGetWithOptions(net.IP(q.Dst.AsSlice()), opts)
+	rs, err := h.RouteGetWithOptions(net.IP(q.Dst.AsSlice()), opts)
 	if err != nil {
 		return d, err
 	}
@@ -223,8 +264,11 @@ func lookup(q Query) (Decision, error) {
 		return d, fmt.Errorf("no route")
 	}
 	r := rs[0]
-	if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
-		d.Dev = l.Attrs().Name
+	d.Dev = names[r.LinkIndex]
+	if d.Dev == "" {
+		if l, err := h.LinkByIndex(r.LinkIndex); err == nil {
+			d.Dev = l.Attrs().Name
+		}
 	}
 	if gw, ok := netip.AddrFromSlice(r.Gw); ok {
 		d.Gw = gw.Unmap()

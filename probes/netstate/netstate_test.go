@@ -129,3 +129,25 @@ func TestLocalAndRefusedLookups(t *testing.T) {
 		t.Errorf("LookupAll(loose on eth0) = %+v, %v; want it let in", ds, err)
 	}
 }
+
+// BenchmarkLookupAll is the cost of the route questions of one snapshot at
+// their cap (probes.MaxRouteSources sources × (1 + probes.MaxRPFilterIfaces)
+// interfaces): one visit to the namespace, one netlink request each.
+func BenchmarkLookupAll(b *testing.B) {
+	l := testkit.Lab(b, lab.TwoArm)
+	var qs []netstate.Query
+	for i := 0; i < 32; i++ {
+		src := netip.AddrFrom4([4]byte{10, 1, 0, byte(100 + i)})
+		qs = append(qs, netstate.Query{Dst: src})
+		for j := 0; j < 16; j++ {
+			qs = append(qs, netstate.Query{Dst: l.VIP, From: src, Iif: "eth0"})
+		}
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := netstate.LookupAll(l.LB, qs); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*len(qs)), "µs/lookup")
+}
