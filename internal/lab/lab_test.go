@@ -127,6 +127,7 @@ func TestAddRealAnswers(t *testing.T) {
 				ns   netns.Target
 				addr string
 			}{{l.Client, "fd00:9::3/64"}, {real2, "fd00:9::51/64"}} {
+				testkit.Sysctl(t, h.ns, "net.ipv6.conf.all.accept_dad", "0") // DAD is skipped when all and eth0 say so
 				testkit.Sysctl(t, h.ns, "net.ipv6.conf.eth0.accept_dad", "0")
 				testkit.Run(t, h.ns, "ip", "-6", "addr", "add", h.addr, "dev", "eth0")
 			}
