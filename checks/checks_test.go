@@ -428,3 +428,51 @@ func TestRulesCountForTheirFamily(t *testing.T) {
 		})
 	}
 }
+
+// firewall.filter judges a service by the chains of its address family: an
+// ip6tables DROP never drops an IPv4 service's packets (nor an iptables one
+// an IPv6 service's), and the fix of an ip6tables rule is an ip6tables
+// command.
+func TestFirewallFilterFamilies(t *testing.T) {
+	chain := func(family, policy string) rules.Chain {
+		return rules.Chain{Backend: rules.IptablesLegacy, Family: family, Table: "filter", Chain: "INPUT", Hook: "input", Policy: policy, HasCounter: true}
+	}
+	drop := func(family, spec string) rules.Rule {
+		return rules.Rule{Backend: rules.IptablesLegacy, Family: family, Table: "filter", Chain: "INPUT", Spec: spec, Target: "DROP", HasCounter: true}
+	}
+	v6 := func(s *probes.Snapshot) { ipv6OneArm(s) }
+	tests := []struct {
+		name    string
+		fixture string
+		change  func(*probes.Snapshot)
+		rules   []rules.Rule
+		chains  []rules.Chain
+		want    checks.Status
+		wantFix string
+	}{
+		{"IPv4 service, ip6tables drops all input", "seed-stage2", func(*probes.Snapshot) {},
+			[]rules.Rule{drop("ip6", "-A INPUT -j DROP")}, []rules.Chain{chain("ip", "ACCEPT"), chain("ip6", "DROP")}, checks.Pass, ""},
+		{"IPv6 service, iptables drops all input", "seed-stage1", v6,
+			[]rules.Rule{drop("ip", "-A INPUT -j DROP")}, []rules.Chain{chain("ip", "DROP"), chain("ip6", "ACCEPT")}, checks.Pass, ""},
+		{"IPv6 service, ip6tables drops its VIP", "seed-stage1", v6,
+			[]rules.Rule{drop("ip6", "-A INPUT -d fd00:1::6/128 -p tcp -m tcp --dport 8085 -j DROP")}, []rules.Chain{chain("ip", "ACCEPT"), chain("ip6", "ACCEPT")}, checks.Fail,
+			"ip netns exec lb ip6tables-legacy -t filter -D INPUT -d fd00:1::6/128 -p tcp -m tcp --dport 8085 -j DROP"},
+		{"IPv6 service, ip6tables input policy DROP", "seed-stage1", v6,
+			nil, []rules.Chain{chain("ip", "ACCEPT"), chain("ip6", "DROP")}, checks.Fail,
+			"ip netns exec lb ip6tables-legacy -t filter -I INPUT -d fd00:1::6 -p tcp --dport 8085 -j ACCEPT"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := loadFixture(t, tt.fixture)
+			tt.change(s)
+			s.Rules.Rules, s.Rules.Chains = append(s.Rules.Rules, tt.rules...), tt.chains
+			f := statusOf(checks.Run(s, probes.Selector{}), "firewall.filter")
+			if f.Status != tt.want || !strings.Contains(strings.Join(f.Fix, "\n"), tt.wantFix) {
+				t.Errorf("firewall.filter(%s) = %s %q %v fix %q, want %s with fix %q", tt.name, f.Status, f.Title, f.Evidence, f.Fix, tt.want, tt.wantFix)
+			}
+			if f.Status == checks.Fail && !strings.Contains(f.Title, "iptables-legacy ip6 filter INPUT") {
+				t.Errorf("firewall.filter(%s) = %q, want the ip6 table named", tt.name, f.Title)
+			}
+		})
+	}
+}

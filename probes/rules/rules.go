@@ -39,7 +39,34 @@ type Snapshot struct {
 	// Omitted is the number of rules a capped copy left out (see
 	// probes.Snapshot.Capped).
 	Omitted int `json:"omitted,omitempty"`
+	// Chains are the base chains (those a hook runs) with their policies
+	// and, where the backend keeps one, the policy's counter.
+	Chains []Chain `json:"chains,omitempty"`
 }
+
+// Chain is a base chain: a netfilter hook runs it, and its policy decides
+// what no rule did.
+type Chain struct {
+	Backend  string `json:"backend"`
+	Family   string `json:"family"` // ip (iptables), or the nft table's family: ip, ip6, inet, …
+	Table    string `json:"table"`  // as in Rule.Table: "filter", or "ip f" for native nft
+	Chain    string `json:"chain"`
+	Hook     string `json:"hook"`               // prerouting, input, forward, output, postrouting
+	Priority string `json:"priority,omitempty"` // native nft: as nft lists it
+	Policy   string `json:"policy"`             // ACCEPT or DROP
+	// Packets and Bytes count what the policy decided (iptables-save's
+	// ":INPUT DROP [12:720]"). A native nft base chain has no policy
+	// counter that nft shows: HasCounter false, and Packets stay 0.
+	Packets    uint64 `json:"packets"`
+	Bytes      uint64 `json:"bytes"`
+	HasCounter bool   `json:"has_counter"`
+}
+
+// Key identifies a chain across two reads.
+func (c Chain) Key() string { return c.Backend + "|" + c.Family + "|" + c.Table + "|" + c.Chain }
+
+// builtinHooks are the hooks of iptables' built-in chains.
+var builtinHooks = map[string]string{"PREROUTING": "prerouting", "INPUT": "input", "FORWARD": "forward", "OUTPUT": "output", "POSTROUTING": "postrouting"}
 
 // Backend says whether a rule source could be read.
 type Backend struct {
@@ -74,6 +101,8 @@ type Rule struct {
 	IPVS *IPVSMatch `json:"ipvs,omitempty"`
 	// CtOrigDst is the --ctorigdst of a conntrack match (the VIP before DNAT).
 	CtOrigDst string `json:"ct_orig_dst,omitempty"`
+	// Handle is a native nft rule's handle (`nft delete rule … handle N`).
+	Handle uint64 `json:"handle,omitempty"`
 }
 
 // IPVSMatch is what an `-m ipvs` match selects.
@@ -100,8 +129,13 @@ func (m *IPVSMatch) MatchesVIP(vip netip.Addr, port uint16) bool {
 
 // Covers reports whether the rule can see packets of a's family: an ip
 // rule IPv4, an ip6 rule IPv6, an inet (or unlabelled) rule both.
-func (r Rule) Covers(a netip.Addr) bool {
-	switch r.Family {
+func (r Rule) Covers(a netip.Addr) bool { return familyCovers(r.Family, a) }
+
+// Covers reports whether the chain sees packets of a's family, as Rule.Covers.
+func (c Chain) Covers(a netip.Addr) bool { return familyCovers(c.Family, a) }
+
+func familyCovers(family string, a netip.Addr) bool {
+	switch family {
 	case "", "inet":
 		return true
 	case "ip":
@@ -110,6 +144,25 @@ func (r Rule) Covers(a netip.Addr) bool {
 		return a.Is6() && !a.Is4In6()
 	}
 	return false // arp, bridge, netdev: not the NAT path's L3 hooks
+}
+
+// In reports whether the rule is one of chain c's: same backend, family,
+// table and chain (an iptables rule read without a family is IPv4's).
+func (r Rule) In(c Chain) bool {
+	fam := r.Family
+	if fam == "" && r.Backend != Nft {
+		fam = "ip"
+	}
+	return r.Backend == c.Backend && (fam == c.Family || c.Family == "") && r.Table == c.Table && r.Chain == c.Chain
+}
+
+// Command is the tool that writes rules of an iptables backend for family:
+// iptables-nft, or ip6tables-nft for ip6 (legacy alike).
+func Command(backend, family string) string {
+	if family == "ip6" {
+		return strings.Replace(backend, "iptables", "ip6tables", 1)
+	}
+	return backend
 }
 
 // TableName names the rule's table for people: "nat" for iptables, "ip6
@@ -230,8 +283,8 @@ const legacyTablesFile = "/proc/thread-self/net/ip_tables_names"
 const legacyTables6File = "/proc/thread-self/net/ip6_tables_names"
 
 // readSave runs a save tool (`-c`, with counters) inside ns and parses its
-// rules, labelled with the address family it dumps.
-func readSave(ns netns.Target, backend string, tool Tool, family string) ([]Rule, error) {
+// rules and base chains, labelled with the address family it dumps.
+func readSave(ns netns.Target, backend string, tool Tool, family string) ([]Rule, []Chain, error) {
 	var out []byte
 	err := ns.Do(func() error {
 		var stderr bytes.Buffer
@@ -245,16 +298,19 @@ func readSave(ns netns.Target, backend string, tool Tool, family string) ([]Rule
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	rules, err := ParseSave(backend, out)
+	rules, chains, err := ParseSaveChains(backend, out)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", tool, err)
+		return nil, nil, fmt.Errorf("%s: %w", tool, err)
 	}
 	for i := range rules {
 		rules[i].Family = family
 	}
-	return rules, nil
+	for i := range chains {
+		chains[i].Family = family
+	}
+	return rules, chains, nil
 }
 
 // IPv6 is the ip6tables-save of the same backend as t: the applet of the
@@ -306,7 +362,7 @@ func Read(ns netns.Target) (Snapshot, error) {
 			continue
 		}
 		b.Tool = tool.String()
-		rules, err := readSave(ns, be, tool, "ip")
+		rules, chains, err := readSave(ns, be, tool, "ip")
 		if err != nil {
 			b.Reason = err.Error()
 			snap.Backends = append(snap.Backends, b)
@@ -315,24 +371,28 @@ func Read(ns netns.Target) (Snapshot, error) {
 		// IPv6 rules live in the same backend, behind ip6tables-save.
 		if tool6, err := tool.IPv6(); err != nil {
 			b.IPv6Unread = err.Error()
-		} else if rules6, err := readSave(ns, be, tool6, "ip6"); err != nil {
+		} else if rules6, chains6, err := readSave(ns, be, tool6, "ip6"); err != nil {
 			b.IPv6Unread = err.Error()
 		} else {
-			rules = append(rules, rules6...)
+			rules, chains = append(rules, rules6...), append(chains, chains6...)
 		}
 		b.Read, b.Rules = true, len(rules)
 		snap.Backends = append(snap.Backends, b)
 		snap.Rules = append(snap.Rules, rules...)
+		snap.Chains = append(snap.Chains, chains...)
 	}
 	nb := Backend{Name: Nft, Tool: "nft"}
-	if nft, err := readNft(ns); err != nil {
+	if nft, chains, err := readNft(ns); err != nil {
 		nb.Reason = err.Error()
 	} else {
 		// iptables-nft's tables are nf_tables tables too: a rule
 		// iptables-nft-save showed is not shown again as a native one.
-		nft = withoutTablesOf(nft, snap.Rules)
+		owned := tablesOf(snap.Rules, snap.Chains)
+		nft = slices.DeleteFunc(nft, func(r Rule) bool { return owned[r.Table] })
+		chains = slices.DeleteFunc(chains, func(c Chain) bool { return owned[c.Table] })
 		nb.Read, nb.Rules = true, len(nft)
 		snap.Rules = append(snap.Rules, nft...)
+		snap.Chains = append(snap.Chains, chains...)
 	}
 	snap.Backends = append(snap.Backends, nb)
 	rulesIn := map[string]int{}
@@ -343,16 +403,21 @@ func Read(ns netns.Target) (Snapshot, error) {
 	return snap, nil
 }
 
-// withoutTablesOf drops the native nft rules of the tables iptables-nft
-// already read (family ip or ip6, named as its tables).
-func withoutTablesOf(nft, read []Rule) []Rule {
+// tablesOf names, as native nft names them (family ip or ip6), the tables
+// iptables-nft read: their rules and chains are not shown again as native.
+func tablesOf(read []Rule, chains []Chain) map[string]bool {
 	owned := map[string]bool{}
 	for _, r := range read {
 		if r.Backend == IptablesNft {
 			owned[r.Family+" "+r.Table] = true
 		}
 	}
-	return slices.DeleteFunc(nft, func(r Rule) bool { return owned[r.Table] })
+	for _, c := range chains {
+		if c.Backend == IptablesNft {
+			owned[c.Family+" "+c.Table] = true
+		}
+	}
+	return owned
 }
 
 // legacyTables lists the x_tables tables of ns in file (IPv4's or
@@ -383,7 +448,15 @@ func (s Snapshot) Unread() []Backend {
 
 // ParseSave parses `iptables-save -c` output.
 func ParseSave(backend string, data []byte) ([]Rule, error) {
+	rules, _, err := ParseSaveChains(backend, data)
+	return rules, err
+}
+
+// ParseSaveChains parses `iptables-save -c` output into rules and the
+// built-in chains with their policies and policy counters.
+func ParseSaveChains(backend string, data []byte) ([]Rule, []Chain, error) {
 	var rules []Rule
+	var chains []Chain
 	table := ""
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 64*1024), 1<<20)
@@ -392,7 +465,16 @@ func ParseSave(backend string, data []byte) ([]Rule, error) {
 		lineNo++
 		line := strings.TrimSpace(sc.Text())
 		switch {
-		case line == "" || line[0] == '#' || line == "COMMIT" || line[0] == ':':
+		case line == "" || line[0] == '#' || line == "COMMIT":
+			continue
+		case line[0] == ':':
+			c, ok, err := parseChainLine(backend, table, line)
+			if err != nil {
+				return nil, nil, fmt.Errorf("line %d: %w", lineNo, err)
+			}
+			if ok {
+				chains = append(chains, c)
+			}
 			continue
 		case line[0] == '*':
 			table = line[1:]
@@ -402,29 +484,58 @@ func ParseSave(backend string, data []byte) ([]Rule, error) {
 		if line[0] == '[' {
 			end := strings.IndexByte(line, ']')
 			if end < 0 {
-				return nil, fmt.Errorf("line %d: unterminated counters", lineNo)
+				return nil, nil, fmt.Errorf("line %d: unterminated counters", lineNo)
 			}
-			p, b, ok := strings.Cut(line[1:end], ":")
-			var err1, err2 error
-			r.Packets, err1 = strconv.ParseUint(p, 10, 64)
-			r.Bytes, err2 = strconv.ParseUint(b, 10, 64)
-			if !ok || err1 != nil || err2 != nil {
-				return nil, fmt.Errorf("line %d: bad counters %q", lineNo, line[:end+1])
+			var err error
+			if r.Packets, r.Bytes, err = parseCounters(line[:end+1]); err != nil {
+				return nil, nil, fmt.Errorf("line %d: %w", lineNo, err)
 			}
 			line = strings.TrimSpace(line[end+1:])
 		}
 		args, err := splitArgs(line)
 		if err != nil {
-			return nil, fmt.Errorf("line %d: %w", lineNo, err)
+			return nil, nil, fmt.Errorf("line %d: %w", lineNo, err)
 		}
 		if len(args) < 2 || args[0] != "-A" {
-			return nil, fmt.Errorf("line %d: not a rule: %q", lineNo, line)
+			return nil, nil, fmt.Errorf("line %d: not a rule: %q", lineNo, line)
 		}
 		r.Chain, r.Spec, r.HasCounter = args[1], line, true
 		labelRule(&r, args[2:])
 		rules = append(rules, r)
 	}
-	return rules, sc.Err()
+	return rules, chains, sc.Err()
+}
+
+// parseCounters parses "[packets:bytes]".
+func parseCounters(s string) (packets, bytes uint64, err error) {
+	p, b, ok := strings.Cut(strings.TrimSuffix(strings.TrimPrefix(s, "["), "]"), ":")
+	var err1, err2 error
+	packets, err1 = strconv.ParseUint(p, 10, 64)
+	bytes, err2 = strconv.ParseUint(b, 10, 64)
+	if !ok || err1 != nil || err2 != nil || !strings.HasPrefix(s, "[") || !strings.HasSuffix(s, "]") {
+		return 0, 0, fmt.Errorf("bad counters %q", s)
+	}
+	return packets, bytes, nil
+}
+
+// parseChainLine parses ":INPUT DROP [12:720]"; a user chain (":KUBE-X -
+// [0:0]") has no policy and is no base chain: ok is false.
+func parseChainLine(backend, table, line string) (c Chain, ok bool, err error) {
+	f := strings.Fields(line[1:])
+	if len(f) < 2 {
+		return c, false, fmt.Errorf("bad chain line %q", line)
+	}
+	if f[1] == "-" {
+		return c, false, nil
+	}
+	c = Chain{Backend: backend, Family: "ip", Table: table, Chain: f[0], Hook: builtinHooks[f[0]], Policy: strings.ToUpper(f[1])}
+	if len(f) > 2 {
+		if c.Packets, c.Bytes, err = parseCounters(f[2]); err != nil {
+			return c, false, err
+		}
+		c.HasCounter = true
+	}
+	return c, true, nil
 }
 
 func labelRule(r *Rule, args []string) {
@@ -531,4 +642,32 @@ func splitArgs(s string) ([]string, error) {
 // text without counters.
 func (r Rule) Key() string {
 	return r.Backend + "|" + r.Family + "|" + r.Table + "|" + r.Chain + "|" + nftCounter.ReplaceAllString(r.Spec, "counter")
+}
+
+// Drops reports whether the rule's verdict drops or rejects what it matches.
+func (r Rule) Drops() bool { return r.Target == "DROP" || r.Target == "REJECT" }
+
+// HookOf is the netfilter hook a rule runs in: its nft base chain's hook,
+// or an iptables built-in chain's; "" for a rule in a user chain (reached by
+// a jump from somewhere lbdoctor does not follow).
+func (r Rule) HookOf() string {
+	if r.Hook != "" {
+		return r.Hook
+	}
+	if r.Backend != Nft {
+		return builtinHooks[r.Chain]
+	}
+	return ""
+}
+
+// Place names a rule's table and chain the way its backend's tool does:
+// "iptables-legacy filter INPUT", "nft ip f in".
+func (r Rule) Place() string { return r.Backend + " " + r.TableName() + " " + r.Chain }
+
+// Place names a chain the way Rule.Place does.
+func (c Chain) Place() string {
+	if c.Family == "ip6" && c.Backend != Nft {
+		return c.Backend + " ip6 " + c.Table + " " + c.Chain
+	}
+	return c.Backend + " " + c.Table + " " + c.Chain
 }
