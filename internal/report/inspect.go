@@ -194,7 +194,7 @@ func InspectText(w io.Writer, in *Inspection) error {
 		if len(labels) > 0 {
 			label = "  (" + strings.Join(labels, ", ") + ")"
 		}
-		p("  %12s  %s %s %s: %s%s\n", count, r.Backend, r.Table, r.Chain, r.Spec, label)
+		p("  %12s  %s %s %s: %s%s\n", count, r.Backend, r.TableName(), r.Chain, r.Spec, label)
 	}
 	notShown(p, "  ", s.Rules.Omitted, "rules")
 	// A DROP policy drops whatever no rule accepted: shown with the rules.
