@@ -3,9 +3,7 @@
 package main
 
 import (
-	"errors"
 	"net/netip"
-	"os/exec"
 	"slices"
 	"strings"
 	"testing"
