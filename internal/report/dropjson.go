@@ -137,6 +137,26 @@ func appendJSONString(b []byte, s string) []byte {
 	return append(b, '"')
 }
 
+// DropLines writes drop events as DropsJSONLine does, one line each,
+// through one buffer it reuses: a flood's lines cost no allocation (nor a
+// Drop copied into an interface). The writer must not keep what it is
+// given (a lineQueue copies it). Not for concurrent use.
+type DropLines struct {
+	W   io.Writer
+	buf []byte
+}
+
+// Write writes d as one JSON line.
+func (l *DropLines) Write(d *Drop) error {
+	b := d.appendJSON(l.buf[:0])
+	if b == nil {
+		return DropsJSONLine(l.W, *d) // json.Marshal says what it cannot encode
+	}
+	l.buf = append(b, '\n')
+	_, err := l.W.Write(l.buf)
+	return err
+}
+
 // DropsSummaryJSON writes the --summary -o json document: JSONDocument's
 // bytes, with the rows encoded by appendJSON.
 func DropsSummaryJSON(w io.Writer, s DropsSummary) error {

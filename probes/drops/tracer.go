@@ -660,6 +660,8 @@ func (t *Tracer) Read(ctx context.Context, fn func(Packet, RawEvent)) error {
 	var rec ringbuf.Record
 	var ev dropsEvent
 	var waitErr error
+	// A flood's drops come from few interfaces: each name is made once.
+	ifnames := map[[len(ev.Ifname)]int8]string{}
 	for {
 		// Read before looking: what the kernel wrote before Stop is
 		// read after ending is seen.
@@ -682,8 +684,16 @@ func (t *Tracer) Read(ctx context.Context, fn func(Packet, RawEvent)) error {
 				return fmt.Errorf("decode drop event: %d bytes, want %d", len(rec.RawSample), unsafe.Sizeof(ev))
 			}
 			copy(unsafe.Slice((*byte)(unsafe.Pointer(&ev)), unsafe.Sizeof(ev)), rec.RawSample)
+			ifname, ok := ifnames[ev.Ifname]
+			if !ok {
+				if len(ifnames) >= 1024 {
+					clear(ifnames) // bounded, whatever comes and goes
+				}
+				ifname = cstring(ev.Ifname[:])
+				ifnames[ev.Ifname] = ifname
+			}
 			fn(packetOf(ev.Netns, ev.Reason, ev.Location, ev.Family, ev.Proto, ev.Saddr.B, ev.Daddr.B, ev.Sport, ev.Dport),
-				RawEvent{TimeNs: ev.TsNs, Ifindex: ev.Ifindex, Ifname: cstring(ev.Ifname[:]), Len: ev.Len, CPU: ev.Cpu, TCPFlags: ev.TcpFlags, Stack: t.stack(ev.StackId)})
+				RawEvent{TimeNs: ev.TsNs, Ifindex: ev.Ifindex, Ifname: ifname, Len: ev.Len, CPU: ev.Cpu, TCPFlags: ev.TcpFlags, Stack: t.stack(ev.StackId)})
 		}
 		if ending {
 			return nil
