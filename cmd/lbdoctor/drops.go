@@ -212,11 +212,12 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 	if f.summary {
 		namer.Follow(window, drops.FollowPeriod)
 		<-window.Done()
+		windowOver()
 		smp, err := tr.Sample(namer, time.Since(start))
 		if err != nil {
 			return err
 		}
-		sum.Aggregates, sum.Counters, sum.Window = []report.Drop{}, smp.Counters, smp.Window
+		sum.Aggregates, sum.Counters, sum.Window = make([]report.Drop, 0, len(smp.Drops)), smp.Counters, smp.Window
 		for _, c := range smp.Drops {
 			delivered += c.Count
 			sum.Aggregates = append(sum.Aggregates, toDrop(c))
@@ -229,6 +230,9 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		// signal (what does not fit is counted, and said).
 		lq := newLineQueue(out, 50*time.Millisecond, 8<<20)
 		out = lq
+		lines := report.DropLines{W: lq}
+		// One RawEvent for every line: each is written before the next.
+		var rawLine drops.RawEvent
 		err := tr.Read(window, func(p drops.Packet, raw drops.RawEvent) {
 			delivered++
 			c, stack := namer.NameEvent(window, p, raw)
@@ -238,14 +242,15 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 			if p.Proto == unix.IPPROTO_TCP {
 				d.TCPFlags = drops.TCPFlags(raw.TCPFlags)
 			}
-			r := raw
-			d.Raw = &r
+			rawLine = raw
+			d.Raw = &rawLine
 			if jsonOut {
-				report.DropsJSONLine(out, d)
+				lines.Write(&d)
 			} else {
 				fmt.Fprintln(out, report.DropLine(d))
 			}
 		})
+		windowOver()
 		// The window is over: what is queued is written while the reader
 		// takes it, and so is every write after it.
 		setOutputStall(cmd.OutOrStdout(), stallBound)
@@ -308,6 +313,12 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 	report.DropsClosing(cmd.ErrOrStderr(), sum)
 	return blocked
 }
+
+// windowOver is called when a drops window ends. What is left to do is
+// bounded — naming the rows the kernel's maps hold, writing the lines
+// queued — and then the process ends: a collection now would mark all the
+// window cached (the flows, the symbols) to free memory nobody needs.
+func windowOver() { debug.SetGCPercent(-1) }
 
 // stallBound is how long, once a drops window is over, a write may go with
 // nothing taken by its reader before it is given up: the process ends soon
