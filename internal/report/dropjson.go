@@ -158,7 +158,9 @@ func (l *DropLines) Write(d *Drop) error {
 }
 
 // DropsSummaryJSON writes the --summary -o json document: JSONDocument's
-// bytes, with the rows encoded by appendJSON.
+// bytes, with the rows encoded by appendJSON and indented one by one into
+// the document (no compact copy of it is made), which is handed to w
+// whole, in one Write.
 func DropsSummaryJSON(w io.Writer, s DropsSummary) error {
 	rows := s.Aggregates
 	if rows != nil {
@@ -175,19 +177,42 @@ func DropsSummaryJSON(w io.Writer, s DropsSummary) error {
 	if len(rows) == 0 || i < 0 {
 		return JSONDocument(w, s)
 	}
-	doc := make([]byte, 0, len(head)+len(rows)*512)
-	doc = append(doc, head[:i+len(empty)-1]...)
+	var row []byte // each row, compact, before it is indented
+	if row = rows[0].appendJSON(row); row == nil {
+		s.Aggregates = rows
+		return JSONDocument(w, s)
+	}
+	// Room for rows about as long as the first one, indented (the
+	// document grows past it if need be): one allocation, not a doubling
+	// series of copies of megabytes.
+	doc, depth := indentJSONFrom(make([]byte, 0, 2*len(head)+len(rows)*(3*len(row)/2+64)), head[:i+len(empty)-1], 0)
 	for j := range rows {
 		if j > 0 {
-			doc = append(doc, ',')
+			doc, depth = indentJSONFrom(doc, []byte{','}, depth)
+			if row = rows[j].appendJSON(row[:0]); row == nil {
+				s.Aggregates = rows
+				return JSONDocument(w, s)
+			}
 		}
-		if doc = rows[j].appendJSON(doc); doc == nil {
-			s.Aggregates = rows
-			return JSONDocument(w, s)
-		}
+		doc, depth = indentJSONFrom(doc, row, depth)
 	}
-	doc = append(doc, head[i+len(empty)-1:]...)
-	out := append(indentJSON(make([]byte, 0, 2*len(doc)), doc), '\n')
-	_, err = w.Write(out)
+	doc, _ = indentJSONFrom(doc, head[i+len(empty)-1:], depth)
+	_, err = writeOwned(w, append(doc, '\n'))
 	return err
+}
+
+// An OwningWriter takes a buffer for good: its caller never uses it again,
+// so the writer need not copy it (cmd's guarded stdout, which may give up
+// a write and leave it running, would otherwise copy a document of
+// megabytes).
+type OwningWriter interface {
+	WriteOwned(p []byte) (int, error)
+}
+
+// writeOwned writes p, which its caller drops, to w.
+func writeOwned(w io.Writer, p []byte) (int, error) {
+	if ow, ok := w.(OwningWriter); ok {
+		return ow.WriteOwned(p)
+	}
+	return w.Write(p)
 }

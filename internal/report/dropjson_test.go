@@ -77,7 +77,8 @@ func TestDropsSummaryJSONAsDocument(t *testing.T) {
 	}
 	sum := DropsSummary{Type: "summary", Length: time.Second, NoReasons: "old kernel", Filter: DropsFilter{Mode: "summary", Netns: "lb"},
 		Attribution: drops.Attribution{Errors: map[string]string{"drops": `,"drops":[]`}}}
-	cases := map[string][]Drop{"none matched": {}, "nil": nil, "rows": rows, "past 9999": {{Time: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)}}}
+	cases := map[string][]Drop{"none matched": {}, "nil": nil, "rows": rows, "past 9999": {{Time: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)}},
+		"past 9999 after a row": append(rows[:1:1], Drop{Time: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)})}
 	for name, rows := range cases {
 		t.Run(name, func(t *testing.T) {
 			s := sum

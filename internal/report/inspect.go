@@ -343,7 +343,15 @@ func JSONDocument(w io.Writer, v any) error {
 // does: a newline after each '{', '[' and ',', ": " after keys, and empty
 // objects and arrays kept as {} and [].
 func indentJSON(dst, src []byte) []byte {
-	depth := 0
+	dst, _ = indentJSONFrom(dst, src, 0)
+	return dst
+}
+
+// indentJSONFrom indents src, a piece of a document that starts at depth,
+// and returns the depth after it: a document indented piece by piece, cut
+// anywhere but inside a string or between a non-empty '{' or '[' and what
+// follows, is the document indented whole.
+func indentJSONFrom(dst, src []byte, depth int) ([]byte, int) {
 	newline := func() {
 		dst = append(dst, '\n')
 		for range depth {
@@ -387,7 +395,7 @@ func indentJSON(dst, src []byte) []byte {
 			dst = append(dst, c)
 		}
 	}
-	return dst
+	return dst, depth
 }
 
 // inspectWindow prints what the window saw beside the counters: the path
