@@ -177,22 +177,23 @@ func DropsSummaryJSON(w io.Writer, s DropsSummary) error {
 	if len(rows) == 0 || i < 0 {
 		return JSONDocument(w, s)
 	}
-	var row []byte // each row, compact, before it is indented
-	if row = rows[0].appendJSON(row); row == nil {
-		s.Aggregates = rows
-		return JSONDocument(w, s)
-	}
-	// Room for rows about as long as the first one, indented (the
+	// Room for every row as long as the longest of a sample, indented (the
 	// document grows past it if need be): one allocation, not a doubling
-	// series of copies of megabytes.
-	doc, depth := indentJSONFrom(make([]byte, 0, 2*len(head)+len(rows)*(3*len(row)/2+64)), head[:i+len(empty)-1], 0)
+	// series of copies of megabytes. Room not written is never touched.
+	var row []byte // each row, compact, before it is indented
+	longest := 0
+	for j := 0; j < len(rows); j += max(1, len(rows)/16) {
+		row = rows[j].appendJSON(row[:0])
+		longest = max(longest, len(row))
+	}
+	doc, depth := indentJSONFrom(make([]byte, 0, 2*len(head)+len(rows)*(3*longest/2+64)), head[:i+len(empty)-1], 0)
 	for j := range rows {
 		if j > 0 {
 			doc, depth = indentJSONFrom(doc, []byte{','}, depth)
-			if row = rows[j].appendJSON(row[:0]); row == nil {
-				s.Aggregates = rows
-				return JSONDocument(w, s)
-			}
+		}
+		if row = rows[j].appendJSON(row[:0]); row == nil {
+			s.Aggregates = rows
+			return JSONDocument(w, s)
 		}
 		doc, depth = indentJSONFrom(doc, row, depth)
 	}
