@@ -324,8 +324,10 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 // windowOver is called when a drops window ends. What is left to do is
 // bounded — naming the rows the kernel's maps hold, writing the lines
 // queued — and then the process ends: a collection now would mark all the
-// window cached (the flows, the symbols) to free memory nobody needs.
-func windowOver() { debug.SetGCPercent(-1) }
+// window cached (the flows, the symbols) to free memory nobody needs. A
+// goal of a million percent, not -1 (off): turning collection off waits for
+// a collection under way to finish its marking.
+func windowOver() { debug.SetGCPercent(1 << 20) }
 
 // stallBound is how long, once a drops window is over, a write may go with
 // nothing taken by its reader before it is given up: the process ends soon
