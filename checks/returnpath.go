@@ -102,7 +102,7 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 				}
 			}
 			if len(snat) == 0 {
-				if un := unreadRules(s); un != "" {
+				if un := unreadRules(s, svc.Addr.Addr()); un != "" {
 					return skip(fmt.Sprintf("no source-NAT rule for %s among the rules read, but %s: whether its replies bypass the LB cannot be judged", svc.Key(), un))
 				}
 				return Finding{

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -22,6 +23,11 @@ import (
 	"github.com/lbdoctor/lbdoctor/internal/report"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 )
+
+// binaryBound is the most one lbdoctor run may take in the guest: a check's
+// window, two reads of every layer, loading the drop tracer (the verifier
+// alone takes tens of seconds on a TCG guest that shares a loaded host).
+const binaryBound = 4 * time.Minute
 
 // runBinary runs the real lbdoctor binary the Makefile put into the guest.
 func runBinary(t *testing.T, args ...string) (*report.Report, int) {
@@ -40,7 +46,16 @@ func runBinaryEnv(t *testing.T, env []string, args ...string) (*report.Report, i
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = &out, &errb
-	err = cmd.Run()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// A run that outlives binaryBound is ended with SIGQUIT: the failure
+	// shows where each goroutine was, not only that the suite timed out.
+	timer := time.AfterFunc(binaryBound, func() { cmd.Process.Signal(syscall.SIGQUIT) })
+	err = cmd.Wait()
+	if !timer.Stop() {
+		t.Fatalf("lbdoctor %s ran longer than %s; ended with SIGQUIT:\n%s", strings.Join(args, " "), binaryBound, errb.String())
+	}
 	code := 0
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {

@@ -29,17 +29,6 @@ func clientTries(l *lab.Lab, vip netip.AddrPort, n int) int {
 	return ok
 }
 
-// failing lists the ids of the failing findings.
-func failing(r *report.Report) []string {
-	var ids []string
-	for _, f := range r.Findings {
-		if f.Status == "fail" {
-			ids = append(ids, f.ID)
-		}
-	}
-	return ids
-}
-
 // describe is a report's findings, one line each, for a failure message.
 func describe(r *report.Report) string {
 	var b strings.Builder

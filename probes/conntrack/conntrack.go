@@ -9,9 +9,11 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"strings"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/mdlayher/netlink"
 	ct "github.com/ti-mo/conntrack"
@@ -568,9 +570,32 @@ var ErrEventsLost = errors.New("conntrack events lost (socket buffer full)")
 // It is for one goroutine at a time.
 type NewFlows struct {
 	ns   netns.Target
-	sock int
+	wait time.Duration
+	// The socket is non-blocking and waited for by Go's netpoller: a read
+	// blocked in the kernel would hold a thread and its P, and the runtime
+	// would take the P back (and wake its monitor every 20 µs) on each.
+	file *os.File
+	conn syscall.RawConn
+	// One recvmmsg reads up to len(msgs) events (a flood queues thousands),
+	// each into its own slot of buf.
 	buf  []byte
+	iov  []unix.Iovec
+	msgs []mmsghdr
 }
+
+// mmsghdr is struct mmsghdr: the kernel pads it to msghdr's alignment, as
+// Go does.
+type mmsghdr struct {
+	Hdr unix.Msghdr
+	Len uint32
+}
+
+// Sizes of a batched read: an event is one flow (a few hundred bytes; the
+// kernel sizes it to what the flow has), so a slot holds any of them.
+const (
+	eventSlot  = 8 << 10
+	eventBatch = 64
+)
 
 // SubscribeNew subscribes to the flows ns confirms from now on. Reads block
 // for at most wait when nothing arrives.
@@ -585,46 +610,97 @@ func SubscribeNew(ns netns.Target, wait time.Duration) (*NewFlows, error) {
 	if unix.SetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 64<<20) != nil {
 		unix.SetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_RCVBUF, 64<<20)
 	}
-	tv := unix.NsecToTimeval(wait.Nanoseconds())
-	unix.SetsockoptTimeval(sock, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-	return &NewFlows{ns: ns, sock: sock, buf: make([]byte, 256*1024)}, nil
+	if err := unix.SetNonblock(sock, true); err != nil {
+		unix.Close(sock)
+		return nil, fmt.Errorf("subscribe to conntrack events in %s: %w", ns, err)
+	}
+	s := &NewFlows{ns: ns, wait: wait, file: os.NewFile(uintptr(sock), "conntrack events"),
+		buf: make([]byte, eventSlot*eventBatch), iov: make([]unix.Iovec, eventBatch), msgs: make([]mmsghdr, eventBatch)}
+	if s.conn, err = s.file.SyscallConn(); err == nil {
+		// Proves the netpoller took the socket: without it, no wait would end.
+		err = s.file.SetReadDeadline(time.Time{})
+	}
+	if err != nil {
+		s.file.Close()
+		return nil, fmt.Errorf("subscribe to conntrack events in %s: %w", ns, err)
+	}
+	for i := range s.msgs {
+		s.iov[i].Base = &s.buf[i*eventSlot]
+		s.iov[i].SetLen(eventSlot)
+		s.msgs[i].Hdr.Iov = &s.iov[i]
+		s.msgs[i].Hdr.SetIovlen(1)
+	}
+	return s, nil
 }
 
 // Close ends the subscription.
-func (s *NewFlows) Close() error { return unix.Close(s.sock) }
+func (s *NewFlows) Close() error { return s.file.Close() }
 
 // Read hands the tuples of what has arrived to fn. It returns drained =
 // true when the socket held nothing more (everything the kernel queued
 // before the return was read), after waiting at most the subscription's
-// wait if block; ErrEventsLost when the kernel dropped some.
+// wait if block; ErrEventsLost when the kernel dropped some (or an event
+// did not fit its slot: it is lost all the same).
 func (s *NewFlows) Read(block bool, fn func(proto uint8, orig, reply Tuple)) (drained bool, err error) {
-	flags := 0
-	if !block {
-		flags = unix.MSG_DONTWAIT
+	var n int
+	var rerr error
+	if block {
+		s.file.SetReadDeadline(time.Now().Add(s.wait))
 	}
-	n, _, err := unix.Recvfrom(s.sock, s.buf, flags)
+	err = s.conn.Read(func(fd uintptr) bool {
+		n, rerr = recvmmsg(int(fd), s.msgs, unix.MSG_DONTWAIT)
+		// false: wait for the socket to be readable, then call again.
+		return !(block && errors.Is(rerr, unix.EAGAIN))
+	})
+	if block {
+		s.file.SetReadDeadline(time.Time{})
+	}
+	if err == nil {
+		err = rerr
+	}
 	switch {
-	case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR):
+	case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR), errors.Is(err, os.ErrDeadlineExceeded):
 		return true, nil
 	case errors.Is(err, unix.ENOBUFS):
 		return false, ErrEventsLost
 	case err != nil:
 		return false, fmt.Errorf("read conntrack events in %s: %w", s.ns, err)
 	}
-	msgs, err := syscall.ParseNetlinkMessage(s.buf[:n])
-	if err != nil {
-		return false, fmt.Errorf("read conntrack events in %s: parse: %w", s.ns, err)
-	}
-	for _, m := range msgs {
-		if m.Header.Type == unix.NLMSG_ERROR || m.Header.Type == unix.NLMSG_DONE {
+	truncated := false
+	for i := range s.msgs[:n] {
+		if s.msgs[i].Hdr.Flags&unix.MSG_TRUNC != 0 {
+			truncated = true
 			continue
 		}
-		o, r, err := rawTuples(m.Data)
-		if err != nil {
-			continue // not a flow
+		b := s.buf[i*eventSlot : i*eventSlot+int(s.msgs[i].Len)]
+		for len(b) >= unix.NLMSG_HDRLEN {
+			h := (*unix.NlMsghdr)(unsafe.Pointer(&b[0]))
+			l := int(h.Len)
+			if l < unix.NLMSG_HDRLEN || l > len(b) {
+				return false, fmt.Errorf("read conntrack events in %s: parse: netlink message length %d out of range", s.ns, l)
+			}
+			if h.Type != unix.NLMSG_ERROR && h.Type != unix.NLMSG_DONE {
+				if o, r, err := rawTuples(b[unix.NLMSG_HDRLEN:l]); err == nil { // else: not a flow
+					fn(o.proto, Tuple{netip.AddrPortFrom(o.src, o.srcPort), netip.AddrPortFrom(o.dst, o.dstPort)},
+						Tuple{netip.AddrPortFrom(r.src, r.srcPort), netip.AddrPortFrom(r.dst, r.dstPort)})
+				}
+			}
+			b = b[min(nlmsgAlign(l), len(b)):]
 		}
-		fn(o.proto, Tuple{netip.AddrPortFrom(o.src, o.srcPort), netip.AddrPortFrom(o.dst, o.dstPort)},
-			Tuple{netip.AddrPortFrom(r.src, r.srcPort), netip.AddrPortFrom(r.dst, r.dstPort)})
+	}
+	if truncated {
+		return false, ErrEventsLost
 	}
 	return false, nil
+}
+
+func nlmsgAlign(l int) int { return (l + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1) }
+
+// recvmmsg receives up to len(msgs) datagrams in one system call.
+func recvmmsg(fd int, msgs []mmsghdr, flags int) (int, error) {
+	n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])), uintptr(len(msgs)), uintptr(flags), 0, 0)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
 }

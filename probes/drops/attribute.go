@@ -93,9 +93,19 @@ const (
 	eventWait = 20 * time.Millisecond
 )
 
+// tupleKey is a packet's tuple, flat: hashed and compared as 38 bytes with
+// no pointer in them (a netip.Addr holds one), so that the cache — a
+// flood's hundreds of thousands of keys — costs the collector nothing to
+// scan and a lookup less to hash.
 type tupleKey struct {
-	s, d  netip.AddrPort
-	proto uint8
+	s, d   [16]byte
+	sp, dp uint16
+	proto  uint8
+	v6     bool // IPv4 addresses are stored mapped: this keeps them apart
+}
+
+func keyOf(s, d netip.AddrPort, proto uint8) tupleKey {
+	return tupleKey{s: s.Addr().As16(), d: d.Addr().As16(), sp: s.Port(), dp: d.Port(), proto: proto, v6: s.Addr().Is6()}
 }
 
 // NewAttributor attributes against the tables of lb. With addrs, it reads
@@ -168,7 +178,7 @@ func (a *Attributor) attribute(ctx context.Context, p Packet, at int64) *Flow {
 	if at == 0 {
 		at = monotonicNow()
 	}
-	key := tupleKey{p.Src, p.Dst, p.Proto}
+	key := keyOf(p.Src, p.Dst, p.Proto)
 	for {
 		a.mu.Lock()
 		f, ok := a.cur[key]
@@ -410,7 +420,7 @@ func (a *Attributor) addPlacesLocked(proto uint8, fl conntrack.Flow) {
 	places := new([6]Flow)
 	for i, pl := range conntrackPlaces {
 		s, d := pl.pkt(fl.Orig, fl.Reply)
-		k := tupleKey{s, d, proto}
+		k := keyOf(s, d, proto)
 		// The first place that fits names the packet: without NAT the
 		// tuples coincide, and "as the client sent it" is the truth.
 		if slices.Contains(seen[:i], k) {
@@ -477,7 +487,7 @@ func (a *Attributor) batch(dump, vs bool) {
 		}
 		for _, pl := range ipvsPlaces {
 			f := pl.place(c)
-			a.putLocked(tupleKey{f.s, f.d, p}, &f.Flow)
+			a.putLocked(keyOf(f.s, f.d, p), &f.Flow)
 		}
 	}
 	if dump {

@@ -134,7 +134,7 @@ func (t *Tracer) Sample(n *Namer, window time.Duration) (*Sample, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), AttributionBudget)
 	defer cancel()
-	s := &Sample{Window: window, Attach: t.Attach, Counters: c, Drops: []Counted{}, NoReasons: t.NoReasons, NoHooks: t.NoHooks}
+	s := &Sample{Window: window, Attach: t.Attach, Counters: c, Drops: make([]Counted, 0, len(aggs)), NoReasons: t.NoReasons, NoHooks: t.NoHooks}
 	for _, a := range aggs {
 		s.Drops = append(s.Drops, n.Name(ctx, a, end))
 	}
