@@ -21,6 +21,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/probes/netstate"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
 	"github.com/lbdoctor/lbdoctor/probes/sysctl"
+	"github.com/lbdoctor/lbdoctor/window"
 )
 
 // Fixtures in testdata/*.snapshot.json are snapshots as `Gather` returns
@@ -464,4 +465,35 @@ func TestFirewallFilterFamilies(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A failing finding carries the causal chain of its service's flows: on
+// the seed's stage 3 after a window with traffic, sysctl.ip_forward and
+// drops.vip_flows show the path that stops at ip_error, in text and JSON,
+// and a passing finding carries none.
+func TestFailingFindingsCarryThePath(t *testing.T) {
+	snap := loadFixture(t, "seed-stage3-drops")
+	real := netip.MustParseAddrPort("10.1.0.50:8085")
+	masq := snap.Rules.Rules[slices.IndexFunc(snap.Rules.Rules, func(r rules.Rule) bool { return r.CoversVIP(netip.MustParseAddrPort("10.1.0.6:8085")) })]
+	w := &probes.Window{Length: 3 * time.Second, Elapsed: 3 * time.Second, Skipped: map[string]string{}, Deltas: probes.Deltas{
+		IPVS:  []probes.ServiceDelta{{Service: "TCP 10.1.0.6:8085", PacketsIn: 6, Reals: []probes.RealDelta{{Real: real.String(), PacketsIn: 6}}}},
+		Rules: []probes.RuleDelta{{Rule: masq, Packets: 4}},
+	}}
+	sel := probes.Selector{VIP: netip.MustParseAddrPort("10.1.0.6:8085"), Proto: "tcp"}
+	w.Paths = window.Paths(snap, w, sel)
+	snap.Window = w
+	fs := checks.Run(snap, sel)
+	want := "client→VIP ✓ 6 · IPVS→real .50 ✓ 6 · SNAT ✓ · reply real→LB ✓ 6 · de-SNAT (PREROUTING) · route: 10.1.0.3 not local, forwarding off · ✗ ip_error IP_INADDRERRORS ×6 · ✗ nf_hook_slow NETFILTER_DROP ×1"
+	for _, tt := range []struct {
+		id    string
+		paths int
+	}{{"sysctl.ip_forward", 1}, {"drops.vip_flows", 1}, {"kernel.ipvs", 0}, {"nat.return_path", 0}} {
+		f := statusOf(fs, tt.id)
+		if len(f.Path) != tt.paths || (tt.paths > 0 && f.Path[0].String() != want) {
+			t.Errorf("Run(seed-stage3 with a window) %s (%s) = paths %v, want %d path(s) reading %q", tt.id, f.Status, f.Path, tt.paths, want)
+		}
+	}
+	var buf bytes.Buffer
+	report.Text(&buf, report.New(report.Target{Netns: snap.Target, Kernel: snap.Kernel, VIP: sel.VIP.String(), Proto: "tcp"}, fs, snap.Errors))
+	testkit.Golden(t, "seed-stage3-window@10.1.0.6_8085.txt", buf.Bytes())
 }

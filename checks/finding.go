@@ -5,6 +5,8 @@ package checks
 
 import (
 	"fmt"
+	"net/netip"
+	"slices"
 
 	"github.com/lbdoctor/lbdoctor/flowpath"
 
@@ -44,6 +46,9 @@ type Finding struct {
 	// services' flows it is about, leg by leg, and where they stop (from
 	// the window; none for a static snapshot).
 	Path []flowpath.Path `json:"path,omitempty"`
+	// about names the services (ipvs.Service.Key) a finding is about,
+	// when it knows: their paths explain it. Empty: every selected one.
+	about []string
 }
 
 // Remedy is one change that fixes a finding.
@@ -77,6 +82,10 @@ var Catalog = []Check{
 	{ID: "drops.vip_flows", Title: "no packet of the selected flows is dropped", Run: checkDrops},
 }
 
+// MaxFindingPaths caps the paths a failing finding carries: the ones
+// that stop first.
+const MaxFindingPaths = 4
+
 // Run runs the catalog against a snapshot.
 func Run(s *probes.Snapshot, sel probes.Selector) []Finding {
 	out := make([]Finding, 0, len(Catalog))
@@ -89,9 +98,43 @@ func Run(s *probes.Snapshot, sel probes.Selector) []Finding {
 		if f.Evidence == nil {
 			f.Evidence = []Evidence{}
 		}
+		if len(f.Remedies) > 0 {
+			// The commands are the remedies', said one way: what --fix
+			// applies is what the text tells a person to type.
+			f.Fix = append(RemedyFix(s, f.Remedies), f.Fix...)
+		}
+		if f.Status == Fail {
+			f.Path = pathsOf(s, f.about)
+		}
 		out = append(out, f)
 	}
 	return out
+}
+
+// pathsOf picks the window's paths that explain a failing finding about
+// services (every service when none is named): the paths that stop, or,
+// when none does, all of them; at most MaxFindingPaths.
+func pathsOf(s *probes.Snapshot, services []string) []flowpath.Path {
+	if s.Window == nil {
+		return nil
+	}
+	var all, stopping []flowpath.Path
+	for _, p := range s.Window.Paths {
+		if len(services) > 0 && !slices.Contains(services, p.Service) {
+			continue
+		}
+		all = append(all, p)
+		if !p.Complete() {
+			stopping = append(stopping, p)
+		}
+	}
+	if len(stopping) > 0 {
+		all = stopping
+	}
+	if len(all) > MaxFindingPaths {
+		all = all[:MaxFindingPaths:MaxFindingPaths]
+	}
+	return all
 }
 
 // Verdict is the worst status among findings: fail, warn, else pass.
@@ -109,3 +152,33 @@ func Verdict(fs []Finding) Status {
 }
 
 func skip(reason string) Finding { return Finding{Status: Skip, Reason: reason} }
+
+// RemedyFix is the commands that apply remedies by hand, in order: the one
+// place a remedy becomes text.
+func RemedyFix(s *probes.Snapshot, rs []Remedy) []string {
+	var out []string
+	add := func(l ...string) {
+		for _, x := range l {
+			if !slices.Contains(out, x) {
+				out = append(out, x)
+			}
+		}
+	}
+	for _, r := range rs {
+		switch {
+		case r.SNAT != "":
+			vip, err := netip.ParseAddrPort(r.SNAT)
+			if err != nil {
+				continue
+			}
+			tool := "iptables"
+			if vip.Addr().Is6() && !vip.Addr().Is4In6() {
+				tool = "ip6tables"
+			}
+			add(fmt.Sprintf("%s%s -t nat -A POSTROUTING -m ipvs --vaddr %s --vport %d -j MASQUERADE", s.Target.ExecPrefix(), tool, vip.Addr(), vip.Port()))
+		case r.Sysctl != "":
+			add(sysctlFix(s.Target, r.Sysctl, r.Value)...)
+		}
+	}
+	return out
+}

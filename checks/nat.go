@@ -144,8 +144,7 @@ func sysctlMustBeOn(s *probes.Snapshot, req requirement, needs []Evidence) Findi
 	if v.Value != "0" {
 		return Finding{Status: Pass, Title: req.passTitle, Evidence: ev}
 	}
-	return Finding{Status: Fail, Title: req.failTitle, Reason: req.why, Evidence: ev, Fix: sysctlFix(s.Target, req.key, "1"),
-		Remedies: []Remedy{{Sysctl: req.key, Value: "1"}}}
+	return Finding{Status: Fail, Title: req.failTitle, Reason: req.why, Evidence: ev, Remedies: []Remedy{{Sysctl: req.key, Value: "1"}}}
 }
 
 // unreadRules says which rule backends could not be read, or "" when every

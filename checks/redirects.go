@@ -5,7 +5,6 @@ import (
 	"net/netip"
 	"slices"
 
-	"github.com/lbdoctor/lbdoctor/internal/shellquote"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 )
@@ -59,10 +58,6 @@ func checkSendRedirects(s *probes.Snapshot, sel probes.Selector) Finding {
 			Title:    "the one-arm LB sends ICMP redirects to its real servers",
 			Reason:   "forwarded replies leave " + dev + ", the interface they came in on, so the kernel redirects the real server to the client directly; a real server that obeys bypasses the LB",
 			Evidence: ev,
-			Fix: []string{
-				s.Target.ExecPrefix() + "sysctl -w net.ipv4.conf.all.send_redirects=0",
-				s.Target.ExecPrefix() + "sysctl -w " + shellquote.Quote("net.ipv4.conf."+dev+".send_redirects=0"),
-			},
 			Remedies: RedirectRemedies(dev),
 		}
 	}

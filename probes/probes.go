@@ -196,6 +196,7 @@ func Gather(ns netns.Target, sel Selector, opt Options) *Snapshot {
 		var conns []ipvs.Conn
 		conns, err = ipvs.ReadConns(ns, func(c ipvs.Conn) bool { return sel.Matches(c.VIP, c.Proto) })
 		fail(ProbeIPVSConns, err)
+		s.IPVS.ConnCounts = ipvs.CountConns(conns)
 		if len(conns) > MaxListed {
 			s.IPVS.ConnsOmitted = len(conns) - MaxListed
 			conns = conns[:MaxListed]

@@ -2,6 +2,7 @@ package ipvs_test
 
 import (
 	"net/netip"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -57,4 +58,19 @@ func FuzzParseConns(f *testing.F) {
 			}
 		})
 	})
+}
+
+func TestCountConns(t *testing.T) {
+	vip, a, b := netip.MustParseAddrPort("10.1.0.6:80"), netip.MustParseAddrPort("10.1.0.40:80"), netip.MustParseAddrPort("10.1.0.41:80")
+	conns := []ipvs.Conn{
+		{Proto: "tcp", VIP: vip, Dest: b, State: "ESTABLISHED"},
+		{Proto: "tcp", VIP: vip, Dest: a, State: "SYN_RECV"},
+		{Proto: "tcp", VIP: vip, Dest: a, State: "SYN_RECV"},
+		{Proto: "tcp", VIP: vip, Dest: a, State: "ESTABLISHED"},
+	}
+	got := ipvs.CountConns(conns)
+	want := []ipvs.ConnCount{{"tcp", vip, a, "ESTABLISHED", 1}, {"tcp", vip, a, "SYN_RECV", 2}, {"tcp", vip, b, "ESTABLISHED", 1}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("CountConns(4 conns) = %v, want %v", got, want)
+	}
 }

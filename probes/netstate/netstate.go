@@ -25,6 +25,31 @@ type Snapshot struct {
 	Omitted map[string]int `json:"omitted,omitempty"`
 }
 
+// RouteTo is the most specific route to a among the snapshot's routes
+// (the main table's), and whether there is one.
+func (s Snapshot) RouteTo(a netip.Addr) (Route, bool) {
+	best, found := Route{}, false
+	for _, r := range s.Routes {
+		if r.Dst.Contains(a) && (!found || r.Dst.Bits() > best.Dst.Bits()) {
+			best, found = r, true
+		}
+	}
+	return best, found
+}
+
+// HasAddr reports whether a is an address of one of the snapshot's
+// interfaces (a local address), whether the interface is up or not.
+func (s Snapshot) HasAddr(a netip.Addr) bool {
+	for _, l := range s.Links {
+		for _, p := range l.Addrs {
+			if p.Addr() == a {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // Link is one interface with its addresses.
 type Link struct {
 	Index  int            `json:"index"`

@@ -177,6 +177,16 @@ func (r Rule) TableName() string {
 // IsSourceNAT reports whether the rule rewrites the source.
 func (r Rule) IsSourceNAT() bool { return r.Target == "MASQUERADE" || r.Target == "SNAT" }
 
+// CoversVIP reports whether the rule source-NATs the IPVS connections of
+// vip (any port when its port is 0): an `-m ipvs` match that selects it, or
+// a conntrack original destination (--ctorigdst, nft `ct original`) that is it.
+func (r Rule) CoversVIP(vip netip.AddrPort) bool {
+	if !r.IsSourceNAT() || !r.Covers(vip.Addr()) { // never the other family's
+		return false
+	}
+	return r.IPVS.MatchesVIP(vip.Addr(), vip.Port()) || (r.CtOrigDst != "" && r.CtOrigDst == vip.Addr().String())
+}
+
 func prefixContains(s string, a netip.Addr) bool {
 	if p, err := netip.ParsePrefix(s); err == nil {
 		return p.Contains(a)
