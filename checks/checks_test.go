@@ -301,6 +301,37 @@ func TestDropsNotItemised(t *testing.T) {
 	}
 }
 
+// A failing finding carries the causal chain of its service's flows: on
+// the seed's stage 3 after a window with traffic, sysctl.ip_forward and
+// drops.vip_flows show the path that stops at ip_error, in text and JSON,
+// and a passing finding carries none.
+func TestFailingFindingsCarryThePath(t *testing.T) {
+	snap := loadFixture(t, "seed-stage3-drops")
+	real := netip.MustParseAddrPort("10.1.0.50:8085")
+	masq := snap.Rules.Rules[slices.IndexFunc(snap.Rules.Rules, func(r rules.Rule) bool { return r.CoversVIP(netip.MustParseAddrPort("10.1.0.6:8085")) })]
+	w := &probes.Window{Length: 3 * time.Second, Elapsed: 3 * time.Second, Skipped: map[string]string{}, Deltas: probes.Deltas{
+		IPVS:  []probes.ServiceDelta{{Service: "TCP 10.1.0.6:8085", PacketsIn: 6, Reals: []probes.RealDelta{{Real: real.String(), PacketsIn: 6}}}},
+		Rules: []probes.RuleDelta{{Rule: masq, Packets: 4}},
+	}}
+	sel := probes.Selector{VIP: netip.MustParseAddrPort("10.1.0.6:8085"), Proto: "tcp"}
+	w.Paths = window.Paths(snap, w, sel)
+	snap.Window = w
+	fs := checks.Run(snap, sel)
+	want := "client→VIP ✓ 6 · IPVS→real .50 ✓ 6 · SNAT ✓ · reply real→LB ✓ 6 · de-SNAT (PREROUTING) · route: 10.1.0.3 not local, forwarding off · ✗ ip_error IP_INADDRERRORS ×6 · ✗ nf_hook_slow NETFILTER_DROP ×1"
+	for _, tt := range []struct {
+		id    string
+		paths int
+	}{{"sysctl.ip_forward", 1}, {"drops.vip_flows", 1}, {"kernel.ipvs", 0}, {"nat.return_path", 0}} {
+		f := statusOf(fs, tt.id)
+		if len(f.Path) != tt.paths || (tt.paths > 0 && f.Path[0].String() != want) {
+			t.Errorf("Run(seed-stage3 with a window) %s (%s) = paths %v, want %d path(s) reading %q", tt.id, f.Status, f.Path, tt.paths, want)
+		}
+	}
+	var buf bytes.Buffer
+	report.Text(&buf, report.New(report.Target{Netns: snap.Target, Kernel: snap.Kernel, VIP: sel.VIP.String(), Proto: "tcp"}, fs, snap.Errors))
+	testkit.Golden(t, "seed-stage3-window@10.1.0.6_8085.txt", buf.Bytes())
+}
+
 // ipv6TwoArm turns the two-arm fixture into an IPv6-only two-arm LB as an
 // operator builds it: VIP [fd00:1::6]:8085 on eth0, real [fd00:2::50]:8085
 // behind eth1, IPv6 forwarding on and IPv4 forwarding off.
@@ -318,8 +349,19 @@ func ipv6TwoArm(s *probes.Snapshot) {
 	s.Net.Routes = append(s.Net.Routes,
 		netstate.Route{Dst: netip.MustParsePrefix("fd00:1::/64"), Dev: "eth0", Table: 254, Scope: "universe"},
 		netstate.Route{Dst: netip.MustParsePrefix("fd00:2::/64"), Dev: "eth1", Table: 254, Scope: "universe"})
-	setSysctl(s, "net.ipv4.ip_forward", "0")
+	setIPForward(s, "0")
 	setSysctl(s, "net.ipv6.conf.all.forwarding", "1")
+}
+
+// setIPForward writes net.ipv4.ip_forward as the kernel does: it is
+// conf.all.forwarding, and writing it sets every interface's forwarding.
+func setIPForward(s *probes.Snapshot, v string) {
+	for k := range s.Sysctls {
+		if strings.HasPrefix(k, "net.ipv4.conf.") && strings.HasSuffix(k, ".forwarding") {
+			setSysctl(s, k, v)
+		}
+	}
+	setSysctl(s, "net.ipv4.ip_forward", v)
 }
 
 func setSysctl(s *probes.Snapshot, key, value string) {
@@ -339,7 +381,7 @@ func TestIPv6Services(t *testing.T) {
 	}{
 		{"IPv6 forwarding on, IPv4 off", func(*probes.Snapshot) {}, "sysctl.ip_forward", checks.Pass, ""},
 		{"IPv6 forwarding off, IPv4 on", func(s *probes.Snapshot) {
-			setSysctl(s, "net.ipv4.ip_forward", "1")
+			setIPForward(s, "1")
 			setSysctl(s, "net.ipv6.conf.all.forwarding", "0")
 		}, "sysctl.ip_forward", checks.Fail, "net.ipv6.conf.all.forwarding=1"},
 		{"IPv6 forwarding not read", func(s *probes.Snapshot) { delete(s.Sysctls, "net.ipv6.conf.all.forwarding") }, "sysctl.ip_forward", checks.Skip, ""},
@@ -465,35 +507,4 @@ func TestFirewallFilterFamilies(t *testing.T) {
 			}
 		})
 	}
-}
-
-// A failing finding carries the causal chain of its service's flows: on
-// the seed's stage 3 after a window with traffic, sysctl.ip_forward and
-// drops.vip_flows show the path that stops at ip_error, in text and JSON,
-// and a passing finding carries none.
-func TestFailingFindingsCarryThePath(t *testing.T) {
-	snap := loadFixture(t, "seed-stage3-drops")
-	real := netip.MustParseAddrPort("10.1.0.50:8085")
-	masq := snap.Rules.Rules[slices.IndexFunc(snap.Rules.Rules, func(r rules.Rule) bool { return r.CoversVIP(netip.MustParseAddrPort("10.1.0.6:8085")) })]
-	w := &probes.Window{Length: 3 * time.Second, Elapsed: 3 * time.Second, Skipped: map[string]string{}, Deltas: probes.Deltas{
-		IPVS:  []probes.ServiceDelta{{Service: "TCP 10.1.0.6:8085", PacketsIn: 6, Reals: []probes.RealDelta{{Real: real.String(), PacketsIn: 6}}}},
-		Rules: []probes.RuleDelta{{Rule: masq, Packets: 4}},
-	}}
-	sel := probes.Selector{VIP: netip.MustParseAddrPort("10.1.0.6:8085"), Proto: "tcp"}
-	w.Paths = window.Paths(snap, w, sel)
-	snap.Window = w
-	fs := checks.Run(snap, sel)
-	want := "client→VIP ✓ 6 · IPVS→real .50 ✓ 6 · SNAT ✓ · reply real→LB ✓ 6 · de-SNAT (PREROUTING) · route: 10.1.0.3 not local, forwarding off · ✗ ip_error IP_INADDRERRORS ×6 · ✗ nf_hook_slow NETFILTER_DROP ×1"
-	for _, tt := range []struct {
-		id    string
-		paths int
-	}{{"sysctl.ip_forward", 1}, {"drops.vip_flows", 1}, {"kernel.ipvs", 0}, {"nat.return_path", 0}} {
-		f := statusOf(fs, tt.id)
-		if len(f.Path) != tt.paths || (tt.paths > 0 && f.Path[0].String() != want) {
-			t.Errorf("Run(seed-stage3 with a window) %s (%s) = paths %v, want %d path(s) reading %q", tt.id, f.Status, f.Path, tt.paths, want)
-		}
-	}
-	var buf bytes.Buffer
-	report.Text(&buf, report.New(report.Target{Netns: snap.Target, Kernel: snap.Kernel, VIP: sel.VIP.String(), Proto: "tcp"}, fs, snap.Errors))
-	testkit.Golden(t, "seed-stage3-window@10.1.0.6_8085.txt", buf.Bytes())
 }

@@ -244,9 +244,11 @@ func groupDrops(cs []drops.Counted) []dropReason {
 func dropRemedy(s *probes.Snapshot, sel probes.Selector, c drops.Counted) (why string, fix []string, remedies []Remedy) {
 	switch c.ReasonName {
 	case "IP_INADDRERRORS", "IP_INNOROUTES":
-		if v, ok := readable(s, "net.ipv4.ip_forward"); ok && v.Value == "0" {
-			return "the packet had to be forwarded but net.ipv4.ip_forward=0: it died in ip_error (a reply de-NATed to the client before IPVS saw it, or a request IPVS did not take)",
-				nil, []Remedy{{Sysctl: "net.ipv4.ip_forward", Value: "1"}}
+		// The switch of the packet's family: IPv6 drops these in ip6_forward.
+		key := ForwardingKey(c.Dst.Addr())
+		if v, ok := readable(s, key); ok && v.Value == "0" {
+			return "the packet had to be forwarded but " + key + "=0: it died in " + c.Function() + " (a reply de-NATed to the client before IPVS saw it, or a request IPVS did not take)",
+				nil, []Remedy{{Sysctl: key, Value: "1"}}
 		}
 		return "the packet's destination is neither local nor routable from here (ip_error)",
 			[]string{fmt.Sprintf("%sip route get %s", s.Target.ExecPrefix(), c.Dst.Addr())}, nil

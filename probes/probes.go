@@ -69,6 +69,10 @@ func (s *Snapshot) Capped(n int) *Snapshot {
 	setOmitted(c.Net.Omitted, "routes", o)
 	c.Net.Neighbours, o = capList(s.Net.Neighbours, n, c.Net.Omitted["neighbours"])
 	setOmitted(c.Net.Omitted, "neighbours", o)
+	c.Net.Local, o = capList(s.Net.Local, n, c.Net.Omitted["local"])
+	setOmitted(c.Net.Omitted, "local", o)
+	c.Net.Lookups, o = capList(s.Net.Lookups, n, c.Net.Omitted["lookups"])
+	setOmitted(c.Net.Omitted, "lookups", o)
 	if len(c.Net.Omitted) == 0 {
 		c.Net.Omitted = nil
 	}
@@ -173,6 +177,7 @@ const (
 	ProbeConntrack = "conntrack"
 	ProbeSNMP      = "snmp"
 	ProbeNet       = "net"
+	ProbeRoutes    = "routes" // the route lookups of AskRoutes
 )
 
 // Options choose the costlier parts of a snapshot.
@@ -229,6 +234,9 @@ func Gather(ns netns.Target, sel Selector, opt Options) *Snapshot {
 	fail(ProbeSNMP, err)
 	s.Net, err = netstate.Read(ns)
 	fail(ProbeNet, err)
+	if err == nil {
+		AskRoutes(ns, s, sel)
+	}
 	if opt.Features {
 		f := kernel.ReadFeatures()
 		s.Features = &f

@@ -235,6 +235,12 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 		after = last
 		after.Features = before.Features
 		after.Drops = before.Drops
+		// The window's drops name sources no table holds (a packet the
+		// reverse-path filter dropped never reaches conntrack's confirm):
+		// their routes are asked too — not once interrupted.
+		if ctx.Err() == nil {
+			probes.AskRoutes(ns, after, sel)
+		}
 		for k, v := range before.Errors {
 			if _, ok := after.Errors[k]; !ok {
 				after.Errors[k] = v

@@ -184,6 +184,9 @@ func (r Rule) CoversVIP(vip netip.AddrPort) bool {
 	if !r.IsSourceNAT() || !r.Covers(vip.Addr()) { // never the other family's
 		return false
 	}
+	if !r.Covers(vip.Addr()) { // an iptables rule never sees an IPv6 packet
+		return false
+	}
 	return r.IPVS.MatchesVIP(vip.Addr(), vip.Port()) || (r.CtOrigDst != "" && r.CtOrigDst == vip.Addr().String())
 }
 
