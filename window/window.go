@@ -37,7 +37,7 @@ const DefaultProbeTimeout = 500 * time.Millisecond
 
 // lastReadBudget is what the last read may take once the window was cut
 // short by a signal: the interrupt rule gives a command 200 ms in all.
-const lastReadBudget = 120 * time.Millisecond
+const lastReadBudget = 90 * time.Millisecond
 
 // ErrInterrupted is returned when ctx ended before the first read finished:
 // nothing was measured.
