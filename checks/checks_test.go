@@ -17,6 +17,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/conntrack"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
+	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 	"github.com/lbdoctor/lbdoctor/probes/netstate"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
@@ -295,5 +296,35 @@ func TestDropsNotItemised(t *testing.T) {
 	}
 	if f.Status != checks.Fail || !strings.Contains(f.Title, "IP_INADDRERRORS at ip_error") || len(f.Fix) == 0 || !strings.Contains(f.Fix[0], "ip_forward=1") {
 		t.Errorf("drops.vip_flows = %s %q fix %q, want a failure at ip_error with ip_forward=1", f.Status, f.Title, f.Fix)
+	}
+}
+
+// An LB of more services than the kernel's drop filter takes: the window
+// still watches (every drop of the namespace, the services' selected in
+// user space), and the finding says how it was filtered.
+func TestDropsWideFilter(t *testing.T) {
+	tests := []struct {
+		name     string
+		services int
+		want     bool
+	}{
+		{"one service: filtered in the kernel", 0, false},
+		{"20 more services: selected in user space", 20, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			snap := loadFixture(t, "seed-stage3-drops")
+			for i := range tt.services {
+				snap.IPVS.Services = append(snap.IPVS.Services, ipvs.Service{Proto: "tcp", Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 96, 0, byte(i + 1)}), 80)})
+			}
+			f := statusOf(checks.Run(snap, probes.Selector{}), "drops.vip_flows")
+			got := false
+			for _, e := range f.Evidence {
+				got = got || strings.Contains(e.Fact, "more than the kernel's drop filter takes (16 of each): every drop in netns lb was counted and the services' drops selected from them")
+			}
+			if got != tt.want || f.Status != checks.Fail {
+				t.Errorf("drops.vip_flows with %d more services = %s, says it selected in user space = %v, want fail, %v\n%v", tt.services, f.Status, got, tt.want, f.Evidence)
+			}
+		})
 	}
 }

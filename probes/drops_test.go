@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 )
 
@@ -41,6 +42,36 @@ func TestDropFilter(t *testing.T) {
 			}
 			if !slices.Equal(got, tt.wantAddrs) || !slices.Equal(ports, tt.wantPorts) {
 				t.Errorf("DropFilter(%+v) = %v %v, want %v %v", tt.sel, got, ports, tt.wantAddrs, tt.wantPorts)
+			}
+		})
+	}
+}
+
+func TestSelectDrops(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	drop := func(src, dst string) drops.Counted {
+		return drops.Counted{Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: 6, Src: ap(src), Dst: ap(dst)}, Count: 1}}
+	}
+	notItemised := drops.Counted{Aggregate: drops.Aggregate{Count: 7, NotItemised: true}}
+	addrs := []netip.Addr{netip.MustParseAddr("10.96.0.1"), netip.MustParseAddr("10.244.0.1")}
+	tests := []struct {
+		name  string
+		drop  drops.Counted
+		ports []uint16
+		want  bool
+	}{
+		{"client to a VIP", drop("10.1.0.2:1000", "10.96.0.1:80"), []uint16{80, 8080}, true},
+		{"real's reply", drop("10.244.0.1:8080", "10.1.0.2:1000"), []uint16{80, 8080}, true},
+		{"another address", drop("10.1.0.2:1000", "10.96.0.9:80"), []uint16{80, 8080}, false},
+		{"a selected address, another port", drop("10.1.0.2:1000", "10.96.0.1:22"), []uint16{80, 8080}, false},
+		{"no port filter", drop("10.1.0.2:1000", "10.96.0.1:22"), nil, true},
+		{"counted by place alone: no flow to tell", notItemised, nil, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := len(probes.SelectDrops([]drops.Counted{tt.drop}, addrs, tt.ports)) == 1
+			if got != tt.want {
+				t.Errorf("SelectDrops(%s → %s, ports %v) kept = %v, want %v", tt.drop.Src, tt.drop.Dst, tt.ports, got, tt.want)
 			}
 		})
 	}
