@@ -2,6 +2,7 @@ package drops_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -20,6 +21,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+	ct "github.com/ti-mo/conntrack"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -523,4 +525,104 @@ func reportProgramStats(b *testing.B, stats func() (*ebpf.ProgramStats, error)) 
 	b.ReportMetric(float64(st.Runtime.Nanoseconds())/float64(st.RunCount), "ns/drop")
 	b.ReportMetric(float64(st.RecursionMisses), "missed")
 	b.ReportMetric(float64(st.RunCount), "runs")
+}
+
+// BenchmarkFloodCheckWindow measures what `lbdoctor check`'s window costs
+// the traffic it watches: under one continuous flood into an nft `counter
+// drop` (every packet a drop the window's tracer matches and counts: the
+// flood goes to a DNAT VIP whose backend a conntrack flow shows), round
+// after round (LBDOCTOR_BENCH_ROUNDS, default 5) an empty BPF program on the
+// same tracepoint (the floor) and then a whole `lbdoctor check --vip` window
+// (LBDOCTOR_BENCH_WINDOW, default 3s; the rate is taken from its tracer's
+// load to the window's end) each run between two slices with nothing
+// attached. -ratio is the rate with it over the mean of the rates beside
+// it, -vs-empty the window's ratio over the floor's in the same round.
+//
+//	sudo go test -run '^$' -bench FloodCheckWindow -benchtime 1x ./probes/drops/
+func BenchmarkFloodCheckWindow(b *testing.B) {
+	testkit.RequireRoot(b)
+	rounds, window, slice := 5, 3*time.Second, time.Second
+	envInt(b, "LBDOCTOR_BENCH_ROUNDS", &rounds)
+	envDuration(b, "LBDOCTOR_BENCH_WINDOW", &window)
+	snd, rcv := testkit.Netns(b, "wsnd"), testkit.Netns(b, "wrcv")
+	floodPair(b, snd, rcv)
+	testkit.Run(b, rcv, "nft", "add table ip f; add chain ip f in { type filter hook input priority 0; }; add rule ip f in udp dport 9 counter drop")
+	// A flow that DNAT sent to 10.77.0.3:9: what tells check the VIP's backend.
+	vip, backend := netip.MustParseAddrPort("10.77.0.2:9"), netip.MustParseAddrPort("10.77.0.3:9")
+	err := rcv.Do(func() error {
+		c, err := ct.Dial(nil)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		f := ct.NewFlow(unix.IPPROTO_UDP, ct.StatusConfirmed|ct.StatusDstNAT|ct.StatusSeenReply, netip.MustParseAddr("10.77.0.1"), vip.Addr(), 1, vip.Port(), 600, 0)
+		f.TupleReply.IP.SourceAddress, f.TupleReply.Proto.SourcePort = backend.Addr(), backend.Port()
+		return c.Create(f)
+	})
+	if err != nil {
+		b.Fatalf("conntrack flow to %s via %s: %v", vip, backend, err)
+	}
+	bin := testkit.LbdoctorBinary(b)
+	args := []string{"check", "--netns", rcv.Name, "--vip", vip.String(), "--drops", window.String(), "-o", "json"}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var sent atomic.Uint64
+	done := make(chan error, 1)
+	go func() { done <- floodUntil(snd, ctx, &sent) }()
+	rate := func(d time.Duration) float64 {
+		t0, n0 := time.Now(), sent.Load()
+		time.Sleep(d)
+		return float64(sent.Load()-n0) / time.Since(t0).Seconds()
+	}
+	floor := newNopTracer(b)
+	var empties, checks, vs []float64
+	off := rate(slice)
+	for r := 0; r < rounds; r++ {
+		if err := floor.Start(); err != nil {
+			b.Fatal(err)
+		}
+		on := rate(window)
+		if err := floor.Stop(); err != nil {
+			b.Fatal(err)
+		}
+		next := rate(slice)
+		empty := on / ((off + next) / 2)
+		off = next
+
+		cmd := exec.Command(bin, args...)
+		var out, errb strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		loaded := time.Now()
+		for name := drops.ProgramName(cmd.Process.Pid); len(testkit.LoadedPrograms(name)) == 0; time.Sleep(5 * time.Millisecond) {
+			if time.Since(loaded) > time.Minute {
+				cmd.Process.Kill()
+				b.Fatalf("lbdoctor %v: no tracer after a minute\n%s", args, errb.String())
+			}
+		}
+		on = rate(window - 200*time.Millisecond) // the window counts from attach
+		err := cmd.Wait()
+		var ee *exec.ExitError
+		if err != nil && !(errors.As(err, &ee) && ee.ExitCode() == 1) {
+			b.Fatalf("lbdoctor %v: %v\n%s", args, err, errb.String())
+		}
+		if !strings.Contains(out.String(), `"drops.vip_flows"`) || !strings.Contains(out.String(), "NETFILTER_DROP") {
+			b.Fatalf("lbdoctor %v saw no NETFILTER_DROP of the flood in drops.vip_flows:\n%s\n%s", args, out.String(), errb.String())
+		}
+		next = rate(slice)
+		win := on / ((off + next) / 2)
+		off = next
+		empties, checks, vs = append(empties, empty), append(checks, win), append(vs, win/empty)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(median(empties), "empty_bpf_program-ratio")
+	b.ReportMetric(median(checks), "check_window-ratio")
+	b.ReportMetric(median(vs), "check_window-vs-empty")
+	b.Logf("per round: empty BPF program %.3f, check window %.3f, window/empty %.3f", empties, checks, vs)
 }
