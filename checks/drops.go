@@ -27,7 +27,7 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 		return skip("the drop tracer could not run: " + e)
 	}
 	if s.Drops == nil {
-		return skip("drops were not traced: add --drops 5s while traffic flows")
+		return skip("drops were not traced: the window was off (--watch 0); watch while traffic flows, e.g. --watch 5s")
 	}
 	d := s.Drops
 	var total uint64

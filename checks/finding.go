@@ -6,6 +6,8 @@ package checks
 import (
 	"fmt"
 
+	"github.com/lbdoctor/lbdoctor/flowpath"
+
 	"github.com/lbdoctor/lbdoctor/probes"
 )
 
@@ -38,6 +40,10 @@ type Finding struct {
 	// Remedies are the fix as data, for `check --fix` to apply through the
 	// transactional engine.
 	Remedies []Remedy `json:"remedies,omitempty"`
+	// Path is the causal chain of a failing finding: the paths of the
+	// services' flows it is about, leg by leg, and where they stop (from
+	// the window; none for a static snapshot).
+	Path []flowpath.Path `json:"path,omitempty"`
 }
 
 // Remedy is one change that fixes a finding.

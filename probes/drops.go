@@ -50,10 +50,10 @@ func DropFilter(sel Selector, svcs []ipvs.Service) (addrs []netip.Addr, ports []
 	return addrs, ports
 }
 
-// WatchDrops traces the drops of the selected services' flows in ns for d
-// (aggregate mode: counted in the kernel) and puts them, named and
+// WatchDrops traces the drops of the selected services' flows in ns until
+// the deadline (aggregate mode: counted in the kernel) and puts them, named and
 // attributed, in s.Drops. A tracer that cannot load is recorded in s.Errors.
-func WatchDrops(ctx context.Context, ns netns.Target, sel Selector, s *Snapshot, d time.Duration, started func()) {
+func WatchDrops(ctx context.Context, ns netns.Target, sel Selector, s *Snapshot, until time.Time, started func()) {
 	addrs, ports := DropFilter(sel, s.IPVS.Services)
 	if sel.VIP.IsValid() && !ServesVIP(sel, s.IPVS.Services) {
 		// Not an IPVS service (nft or iptables DNAT): its packets carry
@@ -92,7 +92,7 @@ func WatchDrops(ctx context.Context, ns netns.Target, sel Selector, s *Snapshot,
 			cfg.Ports = nil
 		}
 	}
-	smp, err := drops.Watch(ctx, ns, cfg, d, started)
+	smp, err := drops.Watch(ctx, ns, cfg, until, started)
 	if err != nil && ctx.Err() != nil {
 		s.Errors[ProbeDrops] = "interrupted before the tracer was attached: nothing traced"
 		return

@@ -42,6 +42,9 @@ type Snapshot struct {
 	// Drops is what the drop tracer counted for the selected services over a
 	// window (check --drops); nil when none was asked for.
 	Drops *drops.Sample `json:"drops,omitempty"`
+	// Window is what the doctor saw while it watched (check's window,
+	// inspect --watch); nil for a static snapshot (check --watch 0).
+	Window *Window `json:"window,omitempty"`
 	// Errors holds, by probe name, why a probe could not read its layer
 	// (privileges, a tool missing); checks that need it are skipped with it.
 	Errors map[string]string `json:"errors,omitempty"`

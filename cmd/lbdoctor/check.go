@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -14,23 +15,30 @@ import (
 	"github.com/lbdoctor/lbdoctor/internal/report"
 	"github.com/lbdoctor/lbdoctor/internal/setup"
 	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/window"
 )
 
 func newCheckCmd(g *globalFlags) *cobra.Command {
 	var vip, proto string
-	var fix, yes bool
-	var dropWindow time.Duration
+	var fix, yes, noProbe bool
+	var watch, dropWindow time.Duration
 	cmd := &cobra.Command{
 		Use:   "check",
 		Short: "Check a load balancer and report findings with evidence and fixes",
 		Long: `check reads IPVS, sysctls, packet-filter rules, conntrack and counters in the
-target network namespace and runs the doctor's checks on them. It changes nothing.`,
+target network namespace, watches the selected services' traffic for a window
+(3s by default: drops, rule and chain counters, IPVS, conntrack, SNMP, and a
+health probe of each real server) and runs the doctor's checks on what it saw.
+It changes nothing on the host; the health probes are TCP connects to the real
+servers IPVS already sends clients to (--no-probe turns them off).`,
 		Example: `  # the host's own namespace
   sudo lbdoctor check
   # one virtual service in the LB's namespace, for a CI job
   sudo lbdoctor check --netns lb --vip 10.1.0.6:8085 -o json
-  # also trace for 5 s where the kernel drops the VIP's packets (while traffic flows)
-  sudo lbdoctor check --netns lb --vip 10.1.0.6:8085 --drops 5s
+  # watch 10 s instead of 3 (while traffic flows)
+  sudo lbdoctor check --netns lb --vip 10.1.0.6:8085 --watch 10s
+  # a static snapshot only, for a CI job without traffic
+  sudo lbdoctor check --watch 0
   # apply the fixes of failing findings (asks first; --yes does not)
   sudo lbdoctor check --netns lb --fix`,
 		Args: noArgs,
@@ -45,18 +53,29 @@ target network namespace and runs the doctor's checks on them. It changes nothin
 			if yes && !fix {
 				return usageErrorf("--yes only goes with --fix")
 			}
-			if err := positiveWindow(cmd, "drops", dropWindow, "no drop tracing"); err != nil {
-				return err
+			if cmd.Flags().Changed("drops") { // the old name of the window
+				if err := positiveWindow(cmd, "drops", dropWindow, "the default window"); err != nil {
+					return err
+				}
+				if cmd.Flags().Changed("watch") {
+					return usageErrorf("--drops is the old name of --watch: give one of them")
+				}
+				watch = dropWindow
+			}
+			if watch < 0 {
+				return usageErrorf("--watch %s: want a window >= 0 (0: a static snapshot, nothing watched)", watch)
 			}
 			t, err := target(g)
 			if err != nil {
 				return err
 			}
-			var started func()
-			if g.output == "text" {
-				started = func() { printf(cmd.ErrOrStderr(), "tracing drops of the selected flows for %s…\n", dropWindow) }
+			opt := windowOptions(watch, noProbe)
+			if g.output == "text" || isTerminal(cmd.ErrOrStderr()) {
+				opt.Opened = func(d time.Duration) {
+					printf(cmd.ErrOrStderr(), "watching %s for %s (Ctrl-C ends it early)…\n", watchedWhat(sel, noProbe), d)
+				}
 			}
-			snap, fs, r, err := checkOnce(cmd.Context(), t, sel, dropWindow, started)
+			snap, fs, r, err := checkOnce(cmd.Context(), t, sel, opt)
 			if err != nil {
 				return err
 			}
@@ -73,7 +92,7 @@ target network namespace and runs the doctor's checks on them. It changes nothin
 				return err
 			}
 			if fix && !r.Interrupted {
-				return fixFindings(cmd, t, sel, snap, fs, yes)
+				return fixFindings(cmd, t, sel, snap, fs, yes, windowOptions(watch, noProbe))
 			}
 			if r.Verdict == checks.Fail {
 				return &exitError{code: exitFindings}
@@ -85,23 +104,43 @@ target network namespace and runs the doctor's checks on them. It changes nothin
 	cmd.Flags().StringVar(&proto, "proto", "", "protocol of --vip: `tcp|udp` (default: the service at the VIP whatever its protocol)")
 	cmd.Flags().BoolVar(&fix, "fix", false, "apply the fixes of failing findings (prints the plan, asks, rolls back on error)")
 	cmd.Flags().BoolVar(&yes, "yes", false, "with --fix: do not ask")
-	cmd.Flags().DurationVar(&dropWindow, "drops", 0, "also trace for this `WINDOW` (> 0) where the kernel drops packets of the selected flows (eBPF, needs CAP_BPF; default: no tracing)")
+	cmd.Flags().DurationVar(&watch, "watch", window.DefaultLength, "watch the selected services' traffic for this `WINDOW` before judging (0: a static snapshot, nothing watched)")
+	cmd.Flags().BoolVar(&noProbe, "no-probe", false, "do not probe the real servers (a TCP connect to each, as a health checker would)")
+	cmd.Flags().DurationVar(&dropWindow, "drops", 0, "old name of --watch `WINDOW`")
+	_ = cmd.Flags().MarkHidden("drops")
 	return cmd
 }
 
-// checkOnce gathers a snapshot (and traces drops for dropWindow, if > 0),
-// runs the catalog and builds the report. Interrupted while gathering, it
-// returns the interrupt rule's error; interrupted during the drop window, a
-// report on what was measured, marked as cut short.
-// started is called when the drop window opens (never without one).
-func checkOnce(ctx context.Context, t netns.Target, sel probes.Selector, dropWindow time.Duration, started func()) (*probes.Snapshot, []checks.Finding, *report.Report, error) {
-	var snap *probes.Snapshot
-	if !measure(ctx, func() { snap = probes.Gather(t, sel, probes.Options{}) }) {
+// windowOptions is check's window: drops traced and reals probed unless
+// turned off; length 0 is a static snapshot.
+func windowOptions(length time.Duration, noProbe bool) window.Options {
+	return window.Options{Length: length, Drops: true, Probe: !noProbe}
+}
+
+// watchedWhat names what the window watches, for the line that says so.
+func watchedWhat(sel probes.Selector, noProbe bool) string {
+	what := "every service"
+	if sel.VIP.IsValid() {
+		what = sel.VIPString()
+	}
+	if noProbe {
+		return what + " (drops, counters, IPVS, conntrack)"
+	}
+	return what + " (drops, counters, IPVS, conntrack, a probe of each real)"
+}
+
+// checkOnce runs the window (or reads one snapshot, for length 0), runs the
+// catalog and builds the report. Interrupted before the first read, it
+// returns the interrupt rule's error; during the window, a report on what
+// was measured, marked as cut short.
+func checkOnce(ctx context.Context, t netns.Target, sel probes.Selector, opt window.Options) (*probes.Snapshot, []checks.Finding, *report.Report, error) {
+	start := time.Now()
+	snap, err := window.Run(ctx, t, sel, opt)
+	if errors.Is(err, window.ErrInterrupted) {
 		return nil, nil, nil, notMeasured(ctx)
 	}
-	start := time.Now()
-	if dropWindow > 0 {
-		probes.WatchDrops(ctx, t, sel, snap, dropWindow, started)
+	if err != nil {
+		return nil, nil, nil, err
 	}
 	fs := checks.Run(snap, sel)
 	rt := report.Target{Netns: t, Kernel: snap.Kernel}
@@ -112,11 +151,14 @@ func checkOnce(ctx context.Context, t netns.Target, sel probes.Selector, dropWin
 	if sig := interruptedBy(ctx); sig != "" {
 		r.Interrupted = true
 		elapsed := time.Since(start)
-		if snap.Drops != nil {
-			elapsed = snap.Drops.Window // the window the evidence counts, from attach
+		if snap.Window != nil {
+			elapsed = snap.Window.Elapsed
 		}
-		r.CutShort = cutShortLine(sig, elapsed, dropWindow)
-		if dropWindow == 0 {
+		if snap.Drops != nil {
+			elapsed = snap.Drops.Window // the window the drop evidence counts, from attach
+		}
+		r.CutShort = cutShortLine(sig, elapsed, opt.Length)
+		if opt.Length == 0 {
 			r.CutShort = fmt.Sprintf("! interrupted by %s after the probes read the namespace", sig)
 		}
 	}
@@ -125,7 +167,7 @@ func checkOnce(ctx context.Context, t netns.Target, sel probes.Selector, dropWin
 
 // fixFindings applies the remedies of the failing findings through the
 // transactional engine, records them for teardown, and checks again.
-func fixFindings(cmd *cobra.Command, t netns.Target, sel probes.Selector, snap *probes.Snapshot, fs []checks.Finding, yes bool) error {
+func fixFindings(cmd *cobra.Command, t netns.Target, sel probes.Selector, snap *probes.Snapshot, fs []checks.Finding, yes bool, opt window.Options) error {
 	out := cmd.OutOrStdout()
 	var remedies []checks.Remedy
 	var manual []string
@@ -175,7 +217,8 @@ func fixFindings(cmd *cobra.Command, t netns.Target, sel probes.Selector, snap *
 	if err := runPlanConfirm(cmd, t, steps, false, "fix", recordOwned, confirm); err != nil {
 		return err
 	}
-	_, _, r2, err := checkOnce(cmd.Context(), t, sel, 0, nil)
+	// The same window again: a fix is proven by traffic that now passes.
+	_, _, r2, err := checkOnce(cmd.Context(), t, sel, opt)
 	if err != nil {
 		return err
 	}

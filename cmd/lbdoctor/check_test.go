@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -36,11 +37,11 @@ func TestCheckWithoutRuleTools(t *testing.T) {
 		t.Errorf("check -o json errors[rules] = %q (exit %d), want the unread backends named", e, code)
 	}
 
-	_, out, _ := runCLI("check", "--netns", ns.Name)
+	_, out, _ := runCLI("check", "--watch", "0", "--netns", ns.Name)
 	if !strings.Contains(out, "! probe rules could not read: iptables-legacy: ") || !strings.Contains(out, "- rules.mixed_backends") {
 		t.Errorf("check text does not name the unread rules and the skipped check:\n%s", out)
 	}
-	_, out, _ = runCLI("check", "--netns", ns.Name, "-o", "junit")
+	_, out, _ = runCLI("check", "--watch", "0", "--netns", ns.Name, "-o", "junit")
 	if !strings.Contains(out, "<system-err>probe rules could not read: iptables-legacy") || !strings.Contains(out, `<testcase classname="lbdoctor.rules" name="rules.mixed_backends">`+"\n      <skipped") {
 		t.Errorf("check -o junit does not name the unread rules and the skipped check:\n%s", out)
 	}
@@ -58,6 +59,9 @@ func findingOf(r report.Report, id string) checks.Finding {
 // checkJSON runs `check … -o json` in-process and decodes its report.
 func checkJSON(t *testing.T, args ...string) (report.Report, int) {
 	t.Helper()
+	if !slices.Contains(args, "--watch") {
+		args = append([]string{"--watch", "0"}, args...) // static unless a test watches
+	}
 	code, out, stderr := runCLI(append(append([]string{"check"}, args...), "-o", "json")...)
 	var r report.Report
 	if err := json.Unmarshal([]byte(out), &r); err != nil {
@@ -183,7 +187,7 @@ func TestCheckDropsOfAnNftDNATVIP(t *testing.T) {
 			}
 			l, vip := dnatVIP(t, forwarded)
 			done := probeLater(l, vip)
-			r, _ := checkJSON(t, "--netns", l.LB.Name, "--vip", vip.String(), "--drops", "2500ms")
+			r, _ := checkJSON(t, "--netns", l.LB.Name, "--vip", vip.String(), "--watch", "2500ms")
 			<-done
 			f := findingOf(r, "drops.vip_flows")
 			text := f.Reason
@@ -211,7 +215,7 @@ func TestCheckDropsSYNFloodNamesTheReason(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 		flood <- synFlood(l.Client, vip, syns, 1200*time.Millisecond)
 	}()
-	r, _ := checkJSON(t, "--netns", l.LB.Name, "--vip", vip.String(), "--drops", "2500ms")
+	r, _ := checkJSON(t, "--netns", l.LB.Name, "--vip", vip.String(), "--watch", "2500ms")
 	if err := <-flood; err != nil {
 		t.Fatal(err)
 	}
@@ -299,17 +303,20 @@ func createFlows(t *testing.T, ns netns.Target, vip netip.Addr, n int) {
 
 // check --drops says it is tracing only once a tracer is attached: a VIP
 // whose backends nothing shows is skipped at once, with no "tracing…" line.
-func TestCheckDropsSaysTracingOnlyWhenItTraces(t *testing.T) {
+func TestCheckSaysWatchingWhileItWatches(t *testing.T) {
 	for _, tt := range []struct {
 		name      string
 		forwarded int
-		want      bool
-	}{{"backend learned", 1, true}, {"nothing to trace", 0, false}} {
+		wantDrops string // drops.vip_flows in text
+	}{{"backend learned", 1, "✓ drops.vip_flows"}, {"nothing to trace", 0, "- drops.vip_flows"}} {
 		t.Run(tt.name, func(t *testing.T) {
 			l, vip := dnatVIP(t, tt.forwarded)
-			_, out, stderr := runCLI("check", "--netns", l.LB.Name, "--vip", vip.String(), "--drops", "500ms")
-			if got := strings.Contains(stderr, "tracing drops of the selected flows"); got != tt.want || !strings.Contains(out, "drops.vip_flows") {
-				t.Errorf("check --drops (%s): stderr says tracing = %v, want %v; stderr %q\n%s", tt.name, got, tt.want, stderr, out)
+			_, out, stderr := runCLI("check", "--netns", l.LB.Name, "--vip", vip.String(), "--watch", "500ms")
+			if want := "watching " + vip.String() + " ("; !strings.Contains(stderr, want) || !strings.Contains(stderr, "for 500ms") || !strings.Contains(out, tt.wantDrops) {
+				t.Errorf("check --watch 500ms (%s): stderr %q, want it to say %q…for 500ms; output wants %q:\n%s", tt.name, stderr, want, tt.wantDrops, out)
+			}
+			if _, out, stderr := runCLI("check", "--netns", l.LB.Name, "--vip", vip.String(), "--watch", "0"); strings.Contains(stderr, "watching") || !strings.Contains(out, "- drops.vip_flows") {
+				t.Errorf("check --watch 0 (%s): stderr %q says watching, or drops.vip_flows not skipped:\n%s", tt.name, stderr, out)
 			}
 		})
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/report"
 	"github.com/lbdoctor/lbdoctor/probes/kernel"
+	"github.com/lbdoctor/lbdoctor/window"
 )
 
 // Exit codes shared by every command: one mapping, in run, documented in the
@@ -186,22 +187,17 @@ func cutShortLine(sig string, ran, length time.Duration) string {
 }
 
 // measure runs read (which cannot be cancelled: a probe that reads the
-// kernel) and returns whether it finished before ctx ended. When it did not,
-// read goes on in the background and its result must be thrown away: the
-// command ends without waiting for it.
-func measure(ctx context.Context, read func()) bool {
-	done := make(chan any, 1)
-	go func() {
-		defer func() { done <- recover() }()
-		read()
-	}()
-	select {
-	case p := <-done:
-		if p != nil {
-			panic(p) // run's recover reports it
-		}
-		return true
-	case <-ctx.Done():
+// kernel) and returns whether it finished before ctx ended (window.Measure).
+// A panic in read reaches run's recover.
+func measure(ctx context.Context, read func()) bool { return window.Measure(ctx, read) }
+
+// isTerminal reports whether w is a terminal: a person watches, even when
+// the document goes elsewhere.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(interface{ Fd() uintptr })
+	if !ok {
 		return false
 	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }

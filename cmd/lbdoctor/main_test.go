@@ -103,7 +103,7 @@ func TestSetupFileFromStdin(t *testing.T) {
 func TestCheckOnThisKernel(t *testing.T) {
 	testkit.RequireRoot(t)
 	ns := testkit.Netns(t, "chk")
-	for _, args := range [][]string{{"check", "-o", "json"}, {"check", "--netns", ns.Name, "-o", "json"}} {
+	for _, args := range [][]string{{"check", "--watch", "0", "-o", "json"}, {"check", "--watch", "0", "--netns", ns.Name, "-o", "json"}} {
 		code, out, stderr := runCLI(args...)
 		var r report.Report
 		if err := json.Unmarshal([]byte(out), &r); err != nil {
@@ -128,7 +128,7 @@ func TestCheckOnThisKernel(t *testing.T) {
 			t.Errorf("lbdoctor %v: target has no netns inode", args)
 		}
 	}
-	code, out, _ := runCLI("check", "--netns", ns.Name)
+	code, out, _ := runCLI("check", "--watch", "0", "--netns", ns.Name)
 	if code == exitUsage || !strings.Contains(out, "netns "+ns.Name) || !strings.Contains(out, "verdict:") {
 		t.Errorf("lbdoctor check --netns %s (text) = exit %d:\n%s", ns.Name, code, out)
 	}
@@ -244,6 +244,8 @@ func TestUsageErrorsExitTwoOnEveryVerb(t *testing.T) {
 		{"empty --vip", []string{"check", "--vip", ""}},
 		{"--top without --summary", []string{"drops", "--top", "5", "--duration", "1s"}},
 		{"check --drops 0s", []string{"check", "--drops", "0s"}},
+		{"check --watch negative", []string{"check", "--watch", "-1s"}},
+		{"check --watch and --drops", []string{"check", "--watch", "1s", "--drops", "1s"}},
 		{"inspect --watch 0s", []string{"inspect", "--watch", "0s"}},
 		{"drops --duration 0s", []string{"drops", "--duration", "0s"}},
 		{"-o json where only text is printed", []string{"setup", "-o", "json", "--vip", "10.1.0.6:80", "--real", "10.1.0.50:80"}},
@@ -259,6 +261,7 @@ func TestUsageErrorsExitTwoOnEveryVerb(t *testing.T) {
 		{"lab probe --timeout 2h", []string{"lab", "probe", "--timeout", "2h"}},
 		{"lab probe --timeout without a unit", []string{"lab", "probe", "--timeout", "5"}},
 		{"check --drops without a unit", []string{"check", "--drops", "5"}},
+		{"check --watch without a unit", []string{"check", "--watch", "5"}},
 		{"inspect --watch without a unit", []string{"inspect", "--watch", "5"}},
 		{"drops --duration without a unit", []string{"drops", "--duration", "5"}},
 		{"long duration value", []string{"check", "--drops", strings.Repeat("9", 200)}},
@@ -298,7 +301,7 @@ func TestFlagValueErrors(t *testing.T) {
 	}{
 		{[]string{"drops", "--summary", "--top", "99999999999999999999"}, `lbdoctor: --top "99999999999999999999": want a whole number, at most 9223372036854775807`},
 		{[]string{"lab", "probe", "-n", "abc"}, `lbdoctor: -n/--count "abc": want a whole number`},
-		{[]string{"check", "--drops", "5"}, `lbdoctor: --drops "5": want a duration with a unit, e.g. 5s, 500ms or 2m`},
+		{[]string{"check", "--watch", "5"}, `lbdoctor: --watch "5": want a duration with a unit, e.g. 5s, 500ms or 2m`},
 		{[]string{"drops", "--port", "x"}, `lbdoctor: --port "x": want a port 1-65535`},
 		{[]string{"drops", "--port", "-1"}, `lbdoctor: --port "-1": want a port 1-65535`},
 		{[]string{"drops", "--port", " 80"}, `lbdoctor: --port " 80": want a port 1-65535`},

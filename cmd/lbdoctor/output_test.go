@@ -125,8 +125,8 @@ func TestSignalEndsBlockedWrite(t *testing.T) {
 		args []string
 		sig  syscall.Signal
 	}{
-		{"check", []string{"check", "--netns", ns.Name}, syscall.SIGINT},
-		{"check json", []string{"check", "--netns", ns.Name, "-o", "json"}, syscall.SIGTERM},
+		{"check", []string{"check", "--watch", "0", "--netns", ns.Name}, syscall.SIGINT},
+		{"check json", []string{"check", "--watch", "0", "--netns", ns.Name, "-o", "json"}, syscall.SIGTERM},
 		{"inspect", []string{"inspect", "--netns", ns.Name}, syscall.SIGINT},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

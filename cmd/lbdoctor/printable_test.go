@@ -20,8 +20,8 @@ func TestTextOutputEscapesControlCharacters(t *testing.T) {
 		name string
 		args []string
 	}{
-		{"check", []string{"check", "--netns", ns.Name}},
-		{"check --vip", []string{"check", "--netns", ns.Name, "--vip", "10.1.0.6:8085"}},
+		{"check", []string{"check", "--watch", "0", "--netns", ns.Name}},
+		{"check --vip", []string{"check", "--watch", "0", "--netns", ns.Name, "--vip", "10.1.0.6:8085"}},
 		{"inspect", []string{"inspect", "--netns", ns.Name}},
 		{"drops", []string{"drops", "--netns", ns.Name, "--duration", "200ms"}},
 		{"drops --summary", []string{"drops", "--netns", ns.Name, "--duration", "200ms", "--summary"}},

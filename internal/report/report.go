@@ -85,6 +85,9 @@ func Text(w io.Writer, r *Report) error {
 			for _, e := range f.Evidence {
 				fmt.Fprintf(&b, "    evidence: %s\n", e)
 			}
+			for _, p := range f.Path {
+				fmt.Fprintf(&b, "    path:     %s → %s: %s\n", p.Service, p.Real, p)
+			}
 			for _, fx := range f.Fix {
 				fmt.Fprintf(&b, "    fix:      %s\n", fx)
 			}

@@ -46,14 +46,15 @@ type Counted struct {
 // attributed by then is counted as not attributed.
 const AttributionBudget = 50 * time.Millisecond
 
-// Watch traces drops in aggregate mode for window from the moment the
-// tracer is attached (or until ctx ends: the sample says it was cut short),
+// Watch traces drops in aggregate mode from the moment the tracer is
+// attached until the deadline (or until ctx ends: the sample says it was cut
+// short; a deadline already past when it is attached gives an empty window),
 // then names and attributes what was counted against lb's conntrack and
 // IPVS tables.
 //
 // started, when not nil, is called once the tracer is attached and the
 // window opens: a caller says "tracing…" only when something traces.
-func Watch(ctx context.Context, lb netns.Target, cfg Config, window time.Duration, started func()) (*Sample, error) {
+func Watch(ctx context.Context, lb netns.Target, cfg Config, until time.Time, started func()) (*Sample, error) {
 	cfg.Events = false
 	tr, err := NewContext(ctx, cfg)
 	if err != nil {
@@ -69,7 +70,7 @@ func Watch(ctx context.Context, lb netns.Target, cfg Config, window time.Duratio
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	n.Follow(wctx, FollowPeriod)
-	timer := time.NewTimer(window)
+	timer := time.NewTimer(time.Until(until))
 	defer timer.Stop()
 	cut := false
 	select {

@@ -1,0 +1,120 @@
+// Package flowpath is the path model of a virtual service's flows through a
+// load balancer: the legs a packet crosses (client→VIP, IPVS→real, SNAT, the
+// reply back to the LB, de-SNAT, the route to the client), what the layers
+// counted on each leg during a window, and where the path stops. It is plain
+// data: the window builds it, checks attach it to the findings it explains,
+// and text, JSON, the TUI and capture draw or fill it. Nothing here reads
+// the kernel.
+package flowpath
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// LegKind names a leg in a stable way, for machines (JSON, the TUI).
+type LegKind string
+
+// The legs of a NAT'd flow, in the order a request and its reply cross them.
+const (
+	Request  LegKind = "request"  // client → VIP, arriving at the LB
+	Schedule LegKind = "schedule" // IPVS picks a real and rewrites the destination (DNAT)
+	SNAT     LegKind = "snat"     // source NAT on the way to the real (one-arm)
+	ToReal   LegKind = "to_real"  // LB → real on the wire
+	Reply    LegKind = "reply"    // real → LB
+	DeSNAT   LegKind = "de_snat"  // conntrack reverses the SNAT (PREROUTING)
+	Route    LegKind = "route"    // the reply's route to the client (local or forwarded)
+	Unmasq   LegKind = "unmasq"   // IPVS rewrites the reply's source back to the VIP
+	ToClient LegKind = "to_client"
+)
+
+// Status says what the window saw on a leg.
+type Status string
+
+const (
+	OK      Status = "ok"       // packets were seen crossing it
+	Stopped Status = "stopped"  // packets died here: the path stops
+	Quiet   Status = "quiet"    // a layer that counts this leg read, and counted nothing
+	Unknown Status = "unknown"  // no layer could tell (not read, or nothing counts this leg)
+	NotUsed Status = "not_used" // the topology has no such leg (no SNAT on a two-arm LB)
+)
+
+// Leg is one hop of the path and what was counted on it.
+type Leg struct {
+	Kind   LegKind `json:"kind"`
+	Name   string  `json:"name"` // as shown: "client→VIP", "IPVS→real 10.1.0.40:8085"
+	Status Status  `json:"status"`
+	// Packets is what Source counted on this leg during the window; it
+	// means something only when Counted is true.
+	Packets uint64 `json:"packets"`
+	Counted bool   `json:"counted"`
+	Source  string `json:"source,omitempty"` // the counter or table: "IPVS stats of real 10.1.0.40:8085"
+	Note    string `json:"note,omitempty"`   // why, in a few words: "10.1.0.3 not local, forwarding off"
+}
+
+// Stop is a place the path's packets died: a drop point joined to what
+// explains it.
+type Stop struct {
+	Leg      LegKind `json:"leg"`             // the leg it stops on
+	Reason   string  `json:"reason"`          // kernel drop reason, e.g. IP_INADDRERRORS
+	Function string  `json:"function"`        // where: ip_error, nf_hook_slow
+	Hook     string  `json:"hook,omitempty"`  // netfilter hook for NETFILTER_DROP: prerouting … postrouting
+	Cause    string  `json:"cause,omitempty"` // the rule, policy, neighbour or route that explains it
+	Count    uint64  `json:"count"`
+}
+
+// Path is the path of one virtual service's flows to one real server.
+type Path struct {
+	Service string        `json:"service"` // "tcp 10.1.0.6:8085"
+	Real    string        `json:"real"`    // "10.1.0.50:8085"
+	Window  time.Duration `json:"window_ns"`
+	Legs    []Leg         `json:"legs"`
+	Stops   []Stop        `json:"stops,omitempty"` // where it stops, most drops first; none: it completes (or nothing was seen)
+}
+
+// Complete reports whether packets crossed every leg the topology has and
+// nothing stopped them.
+func (p Path) Complete() bool {
+	if len(p.Stops) > 0 {
+		return false
+	}
+	for _, l := range p.Legs {
+		if l.Status != OK && l.Status != NotUsed {
+			return false
+		}
+	}
+	return true
+}
+
+var marks = map[Status]string{OK: "✓", Stopped: "✗", Quiet: "·", Unknown: "?"}
+
+// String is the path on one line, leg by leg, and where it stops:
+// `client→VIP ✓ 13 · IPVS→real 10.1.0.40:8085 ✓ 13 · … · ✗ ip_error IP_INADDRERRORS ×13`.
+func (p Path) String() string {
+	var parts []string
+	for _, l := range p.Legs {
+		if l.Status == NotUsed {
+			continue
+		}
+		s := l.Name + " " + marks[l.Status]
+		if l.Counted && l.Status != Quiet {
+			s += fmt.Sprintf(" %d", l.Packets)
+		}
+		if l.Note != "" {
+			s += " (" + l.Note + ")"
+		}
+		parts = append(parts, s)
+	}
+	for _, st := range p.Stops {
+		s := fmt.Sprintf("✗ %s %s ×%d", st.Function, st.Reason, st.Count)
+		if st.Hook != "" {
+			s += " in " + st.Hook
+		}
+		if st.Cause != "" {
+			s += ": " + st.Cause
+		}
+		parts = append(parts, s)
+	}
+	return strings.Join(parts, " · ")
+}

@@ -1,0 +1,59 @@
+package probes
+
+import (
+	"time"
+
+	"github.com/lbdoctor/lbdoctor/flowpath"
+	"github.com/lbdoctor/lbdoctor/probes/health"
+)
+
+// Window is what the doctor saw while it watched a namespace for a while:
+// the evidence the checks judge beside the snapshot read at the window's
+// end (Snapshot.Window). The window package builds it.
+type Window struct {
+	Length   time.Duration `json:"length_ns"`  // asked for
+	Elapsed  time.Duration `json:"elapsed_ns"` // between the first and the last read
+	CutShort bool          `json:"cut_short,omitempty"`
+	// Deltas are the counters that moved between the two reads: rules
+	// (and chain policies), IPVS per service and real, conntrack, SNMP.
+	Deltas Deltas `json:"deltas"`
+	// Health is what probing each selected real found (nil: not probed,
+	// Skipped says why).
+	Health []health.Result `json:"health,omitempty"`
+	// DropPoints are the window's drops joined to what explains them: the
+	// hook and rule or policy of a netfilter drop, the neighbour of a
+	// NEIGH_FAILED, the interface and route of an IP_RPFILTER.
+	DropPoints []DropPoint `json:"drop_points,omitempty"`
+	// Paths are the selected services' flows, leg by leg, per real.
+	Paths []flowpath.Path `json:"paths"`
+	// Skipped names, by layer, what the window could not watch and why
+	// (drops without CAP_BPF, probes off with --no-probe).
+	Skipped map[string]string `json:"skipped,omitempty"`
+}
+
+// Window layers, the keys of Window.Skipped.
+const (
+	LayerDrops  = "drops"
+	LayerHealth = "health"
+)
+
+// DropPoint is drops of one kind at one place, whatever their flows, with
+// what explains them.
+type DropPoint struct {
+	Reason   string   `json:"reason"`   // kernel drop reason
+	Function string   `json:"function"` // symbol of the drop location, without offset
+	Count    uint64   `json:"count"`
+	Flows    int      `json:"flows"`              // distinct flows attributed
+	Services []string `json:"services,omitempty"` // services whose flows these were
+	// Leg is where on the service's path the drops happened (request or
+	// reply side), when the flow says so.
+	Leg flowpath.LegKind `json:"leg,omitempty"`
+	// Hook is the netfilter hook of a NETFILTER_DROP (prerouting, input,
+	// forward, output, postrouting), from the drop's call path.
+	Hook string `json:"hook,omitempty"`
+	// Cause is what explains the drops, in words: the rule or chain policy
+	// whose counter moved by as much, the neighbour that never answered, the
+	// interface and route that made a source a martian.
+	Cause  string `json:"cause,omitempty"`
+	Source string `json:"source,omitempty"` // where Cause was read
+}
