@@ -4,6 +4,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
@@ -31,6 +32,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
+	"github.com/lbdoctor/lbdoctor/window"
 )
 
 // Scale of the LB the benchmark builds: services × reals, and IPVS
@@ -39,13 +41,13 @@ const (
 	scaleServices = 1000
 	scaleReals    = 10
 	scaleConns    = 100000
-	scaleWindow   = 3 * time.Second
+	scaleWindow   = window.DefaultLength // check's default
 )
 
 // BenchmarkGuestCheckScale measures `lbdoctor check` on an LB with 1,000
 // services × 10 reals and 100,000 IPVS connections (each a client packet
 // to a VIP: ESTABLISHED in IPVS and, with vs.conntrack=1, in conntrack),
-// static and with its window, beside `ipvsadm -Ln` and `ipvsadm -Lnc` on
+// static (--watch 0) and with its default window, beside `ipvsadm -Ln` and `ipvsadm -Lnc` on
 // the same table: wall time (for the window: beyond it) and peak RSS (the
 // kernel's rusage of the child). The target is the window plus ≤ 1 s and
 // ≤ 100 MB.
@@ -79,8 +81,8 @@ func BenchmarkGuestCheckScale(b *testing.B) {
 	}{
 		{"ipvsadm-Ln", s.lb, 0, []string{"ipvsadm", "-Ln"}},
 		{"ipvsadm-Lnc", s.lb, 0, []string{"ipvsadm", "-Lnc"}},
-		{"check-static", netns.Target{}, 0, []string{bin, "check", "--netns", s.lb.Name, "-o", "json"}},
-		{"check-window", netns.Target{}, scaleWindow, []string{bin, "check", "--netns", s.lb.Name, "--drops", scaleWindow.String(), "-o", "json"}},
+		{"check-static", netns.Target{}, 0, []string{bin, "check", "--netns", s.lb.Name, "--watch", "0", "-o", "json"}},
+		{"check-window", netns.Target{}, scaleWindow, []string{bin, "check", "--netns", s.lb.Name, "-o", "json"}}, // the default window
 	}
 	if os.Getenv("LBDOCTOR_BENCH_PROFILE") != "" {
 		b.Run("gather-profile", func(b *testing.B) {
@@ -360,17 +362,20 @@ func measureCmd(b *testing.B, ns netns.Target, argv ...string) measured {
 	return m
 }
 
-// profileGather gathers and checks s.lb in this process under the CPU
-// profiler and prints the profile (base64, one line "PROFILE <name> …") for
-// `go tool pprof` on the host, with the heap in use afterwards.
+// profileGather runs check's window and checks on s.lb in this process
+// under the CPU profiler and prints the profile (base64, one line "PROFILE
+// cpu …", and the heap in use after it) for `go tool pprof` on the host.
 func profileGather(b *testing.B, ns netns.Target) {
 	var cpu, heap bytes.Buffer
 	if err := pprof.StartCPUProfile(&cpu); err != nil {
 		b.Fatal(err)
 	}
 	start := time.Now()
-	snap := probes.Gather(ns, probes.Selector{}, probes.Options{})
-	gathered := time.Since(start)
+	snap, err := window.Run(context.Background(), ns, probes.Selector{}, window.Options{Length: scaleWindow, Drops: true, Probe: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	watched := time.Since(start)
 	fs := checks.Run(snap, probes.Selector{})
 	checked := time.Since(start)
 	var out bytes.Buffer
@@ -378,7 +383,7 @@ func profileGather(b *testing.B, ns netns.Target) {
 	pprof.StopCPUProfile()
 	runtime.GC()
 	pprof.WriteHeapProfile(&heap)
-	b.Logf("in process: gathered in %s, checked at %s, reported at %s (%d bytes); %d services, %d conns listed, %d omitted, %d conntrack flows",
-		gathered, checked, time.Since(start), out.Len(), len(snap.IPVS.Services), len(snap.IPVS.Conns), snap.IPVS.ConnsOmitted, snap.Conntrack.Total())
+	b.Logf("in process: window of %s done at %s, checked at %s, reported at %s (%d bytes); %d services, %d conns listed, %d omitted, %d conntrack flows",
+		scaleWindow, watched, checked, time.Since(start), out.Len(), len(snap.IPVS.Services), len(snap.IPVS.Conns), snap.IPVS.ConnsOmitted, snap.Conntrack.Total())
 	fmt.Printf("PROFILE cpu %s\nPROFILE heap %s\n", base64.StdEncoding.EncodeToString(cpu.Bytes()), base64.StdEncoding.EncodeToString(heap.Bytes()))
 }

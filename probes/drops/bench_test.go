@@ -532,7 +532,7 @@ func reportProgramStats(b *testing.B, stats func() (*ebpf.ProgramStats, error)) 
 // drop` (every packet a drop the window's tracer matches and counts: the
 // flood goes to a DNAT VIP whose backend a conntrack flow shows), round
 // after round (LBDOCTOR_BENCH_ROUNDS, default 5) an empty BPF program on the
-// same tracepoint (the floor) and then a whole `lbdoctor check --vip` window
+// same tracepoint (the floor) and then a whole `lbdoctor check --vip --watch` window
 // (LBDOCTOR_BENCH_WINDOW, default 3s; the rate is taken from its tracer's
 // load to the window's end) each run between two slices with nothing
 // attached. -ratio is the rate with it over the mean of the rates beside
@@ -563,7 +563,7 @@ func BenchmarkFloodCheckWindow(b *testing.B) {
 		b.Fatalf("conntrack flow to %s via %s: %v", vip, backend, err)
 	}
 	bin := testkit.LbdoctorBinary(b)
-	args := []string{"check", "--netns", rcv.Name, "--vip", vip.String(), "--drops", window.String(), "-o", "json"}
+	args := []string{"check", "--netns", rcv.Name, "--vip", vip.String(), "--watch", window.String(), "-o", "json"}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
