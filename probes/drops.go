@@ -87,7 +87,7 @@ func WatchDrops(ctx context.Context, ns netns.Target, sel Selector, s *Snapshot,
 		// the window still watches. The kernel counts every drop of the
 		// namespace (of the ports, when they fit) and the services' drops
 		// are selected here; the finding says so.
-		cfg.Addrs = nil
+		cfg.Addrs, cfg.Select = nil, addrs
 		if len(ports) > drops.MaxFilter {
 			cfg.Ports = nil
 		}

@@ -105,7 +105,13 @@ func NewAttributor(lb netns.Target, addrs []netip.Addr, proto uint8) *Attributor
 	a := &Attributor{LB: lb, Interval: DefaultInterval, cur: map[tupleKey]*Flow{}, old: map[tupleKey]*Flow{}, maxKeys: MaxCacheKeys,
 		progress: make(chan struct{}), errs: map[string]string{}, wake: make(chan struct{}, 1), stop: make(chan struct{})}
 	if len(addrs) > 0 {
-		a.keep = func(x netip.Addr) bool { return slices.Contains(addrs, x) }
+		// A set: the services of a big LB have thousands of addresses,
+		// and every flow of a dump is looked up.
+		set := make(map[netip.Addr]bool, len(addrs))
+		for _, x := range addrs {
+			set[x] = true
+		}
+		a.keep = func(x netip.Addr) bool { return set[x] }
 	}
 	switch {
 	case len(addrs) == 0 || len(addrs) > 2:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -90,7 +91,12 @@ func Watch(ctx context.Context, lb netns.Target, cfg Config, until time.Time, st
 func (t *Tracer) Sample(n *Namer, window time.Duration) (*Sample, error) {
 	t.Stop()
 	end := monotonicNow()
-	n.attr.Prefetch() // the dump runs while the map is read
+	// Nothing counted, nothing to attribute: a quiet window reads no table
+	// at its end (a busy LB's tables take seconds to read).
+	var k dropsAggKey
+	if t.coll.Maps["agg"].NextKey(nil, &k) == nil {
+		n.attr.Prefetch() // the dump runs while the map is read
+	}
 	aggs, err := t.Aggregates()
 	if err != nil {
 		return nil, err
@@ -126,7 +132,7 @@ type Namer struct {
 // Namer returns a Namer for t's drops, attributing against lb (reading only
 // the flows that touch the tracer's addresses, when it has some). Close it.
 func (t *Tracer) Namer(lb netns.Target) *Namer {
-	n := &Namer{tr: t, attr: NewAttributor(lb, t.cfg.Addrs, t.cfg.Proto), where: map[uint64]string{}}
+	n := &Namer{tr: t, attr: NewAttributor(lb, slices.Concat(t.cfg.Addrs, t.cfg.Select), t.cfg.Proto), where: map[uint64]string{}}
 	syms, err := LoadSymbols() // without kallsyms a location stays an address
 	switch {
 	case err != nil:
