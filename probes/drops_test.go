@@ -5,6 +5,10 @@ import (
 	"slices"
 	"testing"
 
+	ct "github.com/ti-mo/conntrack"
+	"golang.org/x/sys/unix"
+
+	"github.com/lbdoctor/lbdoctor/internal/testkit"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
@@ -72,6 +76,46 @@ func TestSelectDrops(t *testing.T) {
 			got := len(probes.SelectDrops([]drops.Counted{tt.drop}, addrs, tt.ports)) == 1
 			if got != tt.want {
 				t.Errorf("SelectDrops(%s → %s, ports %v) kept = %v, want %v", tt.drop.Src, tt.drop.Dst, tt.ports, got, tt.want)
+			}
+		})
+	}
+}
+
+// A window's first read (NoFlowTables) leaves the flow tables to its last
+// read, but for a --vip IPVS does not serve: its flows name the backends
+// the drop tracer needs before the window opens.
+func TestGatherNoFlowTables(t *testing.T) {
+	ns := testkit.Netns(t, "nft")
+	vip, backend := netip.MustParseAddrPort("10.99.0.6:80"), netip.MustParseAddrPort("10.99.0.50:8080")
+	err := ns.Do(func() error {
+		c, err := ct.Dial(nil)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		f := ct.NewFlow(unix.IPPROTO_TCP, ct.StatusConfirmed|ct.StatusDstNAT, netip.MustParseAddr("10.99.0.3"), vip.Addr(), 40000, vip.Port(), 600, 0)
+		f.TupleReply.IP.SourceAddress, f.TupleReply.Proto.SourcePort = backend.Addr(), backend.Port()
+		return c.Create(f)
+	})
+	if err != nil {
+		t.Fatalf("conntrack flow to %s via %s: %v", vip, backend, err)
+	}
+	tests := []struct {
+		name         string
+		sel          probes.Selector
+		opt          probes.Options
+		wantBackends int
+		wantSelector string
+	}{
+		{"static read, --vip not IPVS", probes.Selector{VIP: vip}, probes.Options{}, 1, "original destination tcp 10.99.0.6:80, udp 10.99.0.6:80"},
+		{"window's first read, --vip not IPVS: still read", probes.Selector{VIP: vip}, probes.Options{NoFlowTables: true}, 1, "original destination tcp 10.99.0.6:80, udp 10.99.0.6:80"},
+		{"window's first read, every service: statistics only", probes.Selector{}, probes.Options{NoFlowTables: true}, 0, "none (statistics only)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := probes.Gather(ns, tt.sel, tt.opt)
+			if len(s.Conntrack.Backends) != tt.wantBackends || s.Conntrack.Selector != tt.wantSelector || s.Errors[probes.ProbeConntrack] != "" {
+				t.Errorf("Gather(%+v, %+v).Conntrack = backends %v, selector %q, errors %v; want %d backends, selector %q", tt.sel, tt.opt, s.Conntrack.Backends, s.Conntrack.Selector, s.Errors, tt.wantBackends, tt.wantSelector)
 			}
 		})
 	}

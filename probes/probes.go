@@ -195,6 +195,14 @@ const (
 // Options choose the costlier parts of a snapshot.
 type Options struct {
 	Features bool // run the kernel feature probes (loads tiny BPF programs)
+	// NoFlowTables leaves out the IPVS connection table and the conntrack
+	// flows (not conntrack's statistics): a window's first read, whose
+	// counters the last read is compared with and whose tables the last
+	// read lists again. On a busy LB they are most of a read's cost (the
+	// kernel walks its IPVS table from the start for every 4 KiB of
+	// /proc/net/ip_vs_conn). The flows to a --vip that IPVS does not serve
+	// are still read: they name its backends for the drop tracer.
+	NoFlowTables bool
 }
 
 // Gather runs every probe in ns. Probe failures are recorded, not returned:
@@ -209,7 +217,7 @@ func Gather(ns netns.Target, sel Selector, opt Options) *Snapshot {
 	var err error
 	s.IPVS, err = ipvs.Read(ns)
 	fail(ProbeIPVS, err)
-	if s.IPVS.Available {
+	if s.IPVS.Available && !opt.NoFlowTables {
 		// Listed up to MaxListed, counted past it: a busy LB holds
 		// hundreds of thousands, and a list of them all would be most of
 		// lbdoctor's memory.
@@ -238,7 +246,7 @@ func Gather(ns netns.Target, sel Selector, opt Options) *Snapshot {
 		}
 		s.Errors[ProbeRules] = strings.Join(why, "; ")
 	}
-	s.Conntrack, err = readConntrack(ns, sel, s.IPVS.Services)
+	s.Conntrack, err = readConntrack(ns, sel, s.IPVS.Services, opt.NoFlowTables && (!sel.VIP.IsValid() || ServesVIP(sel, s.IPVS.Services)))
 	fail(ProbeConntrack, err)
 	s.SNMP, err = snmp.Read(ns)
 	fail(ProbeSNMP, err)
@@ -256,12 +264,17 @@ func Gather(ns netns.Target, sel Selector, opt Options) *Snapshot {
 // user space, costs less: a filtered dump walks the whole table too.
 const maxFilteredDumps = 4
 
-// readConntrack dumps the flows to the selected VIP, or to every IPVS VIP.
-func readConntrack(ns netns.Target, sel Selector, svcs []ipvs.Service) (Conntrack, error) {
+// readConntrack dumps the flows to the selected VIP, or to every IPVS VIP
+// (statsOnly: reads the statistics alone).
+func readConntrack(ns netns.Target, sel Selector, svcs []ipvs.Service, statsOnly bool) (Conntrack, error) {
 	c := Conntrack{Flows: []conntrack.Flow{}}
 	var err error
 	if c.Stats, err = conntrack.ReadStats(ns); err != nil {
 		return c, err
+	}
+	if statsOnly {
+		c.Selector = "none (statistics only)"
+		return c, nil
 	}
 	var filters []conntrack.Filter
 	var names []string
