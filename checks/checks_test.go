@@ -1,6 +1,7 @@
 package checks_test
 
 import (
+	"fmt"
 	"bytes"
 	"encoding/json"
 	"net/netip"
@@ -326,5 +327,26 @@ func TestDropsWideFilter(t *testing.T) {
 				t.Errorf("drops.vip_flows with %d more services = %s, says it selected in user space = %v, want fail, %v\n%v", tt.services, f.Status, got, tt.want, f.Evidence)
 			}
 		})
+	}
+}
+
+// An LB of a thousand services: ipvs.reals_available lists the services
+// without a real first and counts the rest past 20 lines.
+func TestRealsAvailableManyServices(t *testing.T) {
+	snap := loadFixture(t, "seed-stage2")
+	real := snap.IPVS.Services[0].Reals[0]
+	for i := range 1000 {
+		svc := ipvs.Service{Proto: "tcp", Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 96, byte(i / 250), byte(i%250 + 1)}), 80), Reals: []ipvs.Real{real}}
+		if i == 500 {
+			svc.Reals = nil
+		}
+		snap.IPVS.Services = append(snap.IPVS.Services, svc)
+	}
+	f := statusOf(checks.Run(snap, probes.Selector{}), "ipvs.reals_available")
+	n := len(snap.IPVS.Services)
+	if f.Status != checks.Fail || len(f.Evidence) != 21 || f.Evidence[0].Fact != "TCP 10.96.2.1:80: 0 real server(s), 0 with weight > 0" ||
+		f.Evidence[20].Fact != fmt.Sprintf("… and %d more services with a real server of weight > 0", n-20) {
+		t.Errorf("ipvs.reals_available of %d services = %s, %d evidence lines, first %q, last %q; want fail, 21 lines, the service without a real first, the rest counted",
+			n, f.Status, len(f.Evidence), f.Evidence[0].Fact, f.Evidence[len(f.Evidence)-1].Fact)
 	}
 }
