@@ -77,7 +77,7 @@ func run() int {
 		Files:   map[string]string{},
 		Dirs:    map[string]string{},
 		Stdout:  os.Stdout,
-		Timeout: 15 * time.Minute,
+		Timeout: 60 * time.Minute, // as go test -timeout in the Makefile
 	}
 	if s := os.Getenv("LBDOCTOR_GUEST_TIMEOUT"); s != "" {
 		d, err := time.ParseDuration(s)
