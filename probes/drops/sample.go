@@ -132,7 +132,9 @@ type Namer struct {
 // Namer returns a Namer for t's drops, attributing against lb (reading only
 // the flows that touch the tracer's addresses, when it has some). Close it.
 func (t *Tracer) Namer(lb netns.Target) *Namer {
-	n := &Namer{tr: t, attr: NewAttributor(lb, slices.Concat(t.cfg.Addrs, t.cfg.Select), t.cfg.Proto), where: map[uint64]string{}}
+	// Past the kernel's filter (Select) the selected flows are the whole
+	// tables of a big LB: read them only once something was dropped.
+	n := &Namer{tr: t, attr: newAttributor(lb, slices.Concat(t.cfg.Addrs, t.cfg.Select), t.cfg.Proto, len(t.cfg.Select) > 0), where: map[uint64]string{}}
 	syms, err := LoadSymbols() // without kallsyms a location stays an address
 	switch {
 	case err != nil:
