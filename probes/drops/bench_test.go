@@ -1,6 +1,7 @@
 package drops_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -532,11 +533,12 @@ func reportProgramStats(b *testing.B, stats func() (*ebpf.ProgramStats, error)) 
 // drop` (every packet a drop the window's tracer matches and counts: the
 // flood goes to a DNAT VIP whose backend a conntrack flow shows), round
 // after round (LBDOCTOR_BENCH_ROUNDS, default 5) an empty BPF program on the
-// same tracepoint (the floor) and then a whole `lbdoctor check --vip --watch` window
-// (LBDOCTOR_BENCH_WINDOW, default 3s; the rate is taken from its tracer's
-// load to the window's end) each run between two slices with nothing
-// attached. -ratio is the rate with it over the mean of the rates beside
-// it, -vs-empty the window's ratio over the floor's in the same round.
+// same tracepoint (the floor) and a whole `lbdoctor check --vip --watch`
+// window (LBDOCTOR_BENCH_WINDOW, default 3s; the rate is taken from its
+// tracer's attach to the window's end, and the floor's for as long) each
+// run between two slices with nothing attached. -ratio is the rate with it
+// over the mean of the rates beside it, -vs-empty the window's ratio over
+// the floor's in the same round.
 //
 //	sudo go test -run '^$' -bench FloodCheckWindow -benchtime 1x ./probes/drops/
 func BenchmarkFloodCheckWindow(b *testing.B) {
@@ -563,7 +565,7 @@ func BenchmarkFloodCheckWindow(b *testing.B) {
 		b.Fatalf("conntrack flow to %s via %s: %v", vip, backend, err)
 	}
 	bin := testkit.LbdoctorBinary(b)
-	args := []string{"check", "--netns", rcv.Name, "--vip", vip.String(), "--watch", window.String(), "-o", "json"}
+	args := []string{"check", "--netns", rcv.Name, "--vip", vip.String(), "--watch", window.String()}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -579,41 +581,76 @@ func BenchmarkFloodCheckWindow(b *testing.B) {
 	var empties, checks, vs []float64
 	off := rate(slice)
 	for r := 0; r < rounds; r++ {
-		if err := floor.Start(); err != nil {
-			b.Fatal(err)
-		}
-		on := rate(window)
-		if err := floor.Stop(); err != nil {
-			b.Fatal(err)
-		}
-		next := rate(slice)
-		empty := on / ((off + next) / 2)
-		off = next
-
+		// check's window: measured from its tracer's attach to the
+		// window's end (its "watching … for W" line plus W), not while it
+		// reads the namespace before or judges after (CPU a 2-core
+		// machine's sender competes with, not a cost per packet).
 		cmd := exec.Command(bin, args...)
-		var out, errb strings.Builder
-		cmd.Stdout, cmd.Stderr = &out, &errb
+		var out strings.Builder
+		cmd.Stdout = &out
+		stderr, err := cmd.StderrPipe()
+		if err != nil {
+			b.Fatal(err)
+		}
 		if err := cmd.Start(); err != nil {
 			b.Fatal(err)
 		}
-		loaded := time.Now()
+		opened := make(chan time.Time, 1)
+		var errb strings.Builder
+		readDone := make(chan struct{})
+		go func() {
+			defer close(readDone)
+			sc := bufio.NewScanner(stderr)
+			for sc.Scan() {
+				if strings.HasPrefix(sc.Text(), "watching ") {
+					opened <- time.Now()
+				}
+				errb.WriteString(sc.Text() + "\n")
+			}
+		}()
+		started := time.Now()
 		for name := drops.ProgramName(cmd.Process.Pid); len(testkit.LoadedPrograms(name)) == 0; time.Sleep(5 * time.Millisecond) {
-			if time.Since(loaded) > time.Minute {
+			if time.Since(started) > time.Minute {
 				cmd.Process.Kill()
-				b.Fatalf("lbdoctor %v: no tracer after a minute\n%s", args, errb.String())
+				b.Fatalf("lbdoctor %v: no tracer after a minute", args)
 			}
 		}
-		on = rate(window - 200*time.Millisecond) // the window counts from attach
-		err := cmd.Wait()
+		var end time.Time
+		select {
+		case t := <-opened:
+			end = t.Add(window - 50*time.Millisecond)
+		case <-time.After(time.Minute):
+			cmd.Process.Kill()
+			b.Fatalf("lbdoctor %v: no \"watching\" line", args)
+		}
+		d := time.Until(end)
+		if d < 200*time.Millisecond {
+			b.Fatalf("lbdoctor %v: the tracer attached %s before the window's end; want a longer LBDOCTOR_BENCH_WINDOW", args, d)
+		}
+		on := rate(d)
+		err = cmd.Wait()
+		<-readDone
 		var ee *exec.ExitError
 		if err != nil && !(errors.As(err, &ee) && ee.ExitCode() == 1) {
 			b.Fatalf("lbdoctor %v: %v\n%s", args, err, errb.String())
 		}
-		if !strings.Contains(out.String(), `"drops.vip_flows"`) || !strings.Contains(out.String(), "NETFILTER_DROP") {
+		if !strings.Contains(out.String(), "drops.vip_flows") || !strings.Contains(out.String(), "NETFILTER_DROP") {
 			b.Fatalf("lbdoctor %v saw no NETFILTER_DROP of the flood in drops.vip_flows:\n%s\n%s", args, out.String(), errb.String())
 		}
-		next = rate(slice)
+		next := rate(slice)
 		win := on / ((off + next) / 2)
+		off = next
+
+		// The floor for as long.
+		if err := floor.Start(); err != nil {
+			b.Fatal(err)
+		}
+		on = rate(d)
+		if err := floor.Stop(); err != nil {
+			b.Fatal(err)
+		}
+		next = rate(slice)
+		empty := on / ((off + next) / 2)
 		off = next
 		empties, checks, vs = append(empties, empty), append(checks, win), append(vs, win/empty)
 	}
