@@ -538,7 +538,8 @@ func reportProgramStats(b *testing.B, stats func() (*ebpf.ProgramStats, error)) 
 // tracer's attach to the window's end, and the floor's for as long) each
 // run between two slices with nothing attached. -ratio is the rate with it
 // over the mean of the rates beside it, -vs-empty the window's ratio over
-// the floor's in the same round.
+// the floor's in the same round. lbdoctor runs on the CPUs the sender does
+// not (LBDOCTOR_BENCH_PIN=0: on any).
 //
 //	sudo go test -run '^$' -bench FloodCheckWindow -benchtime 1x ./probes/drops/
 func BenchmarkFloodCheckWindow(b *testing.B) {
@@ -577,6 +578,14 @@ func BenchmarkFloodCheckWindow(b *testing.B) {
 		time.Sleep(d)
 		return float64(sent.Load()-n0) / time.Since(t0).Seconds()
 	}
+	// lbdoctor runs off the sender's CPU (the last; LBDOCTOR_BENCH_PIN=0:
+	// anywhere): what it costs the traffic is its tracer's work per packet,
+	// not its reads and attribution taking turns with the sender on the
+	// same CPU of a small machine.
+	pin := ""
+	if n := runtime.NumCPU(); n > 1 && os.Getenv("LBDOCTOR_BENCH_PIN") != "0" {
+		pin = fmt.Sprintf("0-%d", n-2)
+	}
 	floor := newNopTracer(b)
 	var empties, checks, vs []float64
 	off := rate(slice)
@@ -586,6 +595,9 @@ func BenchmarkFloodCheckWindow(b *testing.B) {
 		// reads the namespace before or judges after (CPU a 2-core
 		// machine's sender competes with, not a cost per packet).
 		cmd := exec.Command(bin, args...)
+		if pin != "" {
+			cmd = exec.Command("taskset", append([]string{"-c", pin, bin}, args...)...) // execs bin: same pid
+		}
 		var out strings.Builder
 		cmd.Stdout = &out
 		stderr, err := cmd.StderrPipe()
@@ -625,7 +637,11 @@ func BenchmarkFloodCheckWindow(b *testing.B) {
 		}
 		d := time.Until(end)
 		if d < 200*time.Millisecond {
-			b.Fatalf("lbdoctor %v: the tracer attached %s before the window's end; want a longer LBDOCTOR_BENCH_WINDOW", args, d)
+			// A loaded machine: the tracer came too late to measure.
+			b.Logf("round %d: lbdoctor's tracer attached %s before its window's end: not measured", r, d.Round(time.Millisecond))
+			cmd.Wait()
+			off = rate(slice)
+			continue
 		}
 		on := rate(d)
 		err = cmd.Wait()
@@ -658,8 +674,11 @@ func BenchmarkFloodCheckWindow(b *testing.B) {
 	if err := <-done; err != nil {
 		b.Fatal(err)
 	}
+	if len(checks) == 0 {
+		b.Fatalf("no round measured: lbdoctor's tracer attached after its window's end every time; want a longer LBDOCTOR_BENCH_WINDOW than %s", window)
+	}
 	b.ReportMetric(median(empties), "empty_bpf_program-ratio")
 	b.ReportMetric(median(checks), "check_window-ratio")
 	b.ReportMetric(median(vs), "check_window-vs-empty")
-	b.Logf("per round: empty BPF program %.3f, check window %.3f, window/empty %.3f", empties, checks, vs)
+	b.Logf("lbdoctor on CPUs %q; per round: empty BPF program %.3f, check window %.3f, window/empty %.3f", pin, empties, checks, vs)
 }
