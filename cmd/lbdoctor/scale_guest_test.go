@@ -106,8 +106,8 @@ func BenchmarkGuestCheckScale(b *testing.B) {
 				b.ReportMetric((m.wall - r.window).Seconds(), "beyond-window-s")
 				b.ReportMetric(float64(m.maxRSS)/(1<<20), "peak-rss-MB")
 				b.ReportMetric(m.cpu.Seconds(), "cpu-s")
-				b.Logf("%s: wall %s (window %s), peak RSS %.1f MB, CPU %s, %d bytes out",
-					r.name, m.wall.Round(time.Millisecond), r.window, float64(m.maxRSS)/(1<<20), m.cpu.Round(time.Millisecond), len(m.out))
+				b.Logf("%s: wall %s (window %s), peak RSS %.1f MB, CPU %s, %d bytes out; conntrack entries after: %s",
+					r.name, m.wall.Round(time.Millisecond), r.window, float64(m.maxRSS)/(1<<20), m.cpu.Round(time.Millisecond), len(m.out), s.conntrackCount(b))
 			}
 		})
 	}
