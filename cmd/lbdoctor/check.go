@@ -5,8 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"runtime/debug"
 	"strings"
 	"time"
 
@@ -45,7 +43,6 @@ servers IPVS already sends clients to (--no-probe turns them off).`,
   sudo lbdoctor check --netns lb --fix`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			limitMemory()
 			sel, err := selector(vip, proto, true)
 			if err != nil {
 				return err
@@ -112,21 +109,6 @@ servers IPVS already sends clients to (--no-probe turns them off).`,
 	cmd.Flags().DurationVar(&dropWindow, "drops", 0, "old name of --watch `WINDOW`")
 	_ = cmd.Flags().MarkHidden("drops")
 	return cmd
-}
-
-// checkMemoryLimit is the heap check keeps to. The reads of a big LB
-// allocate far more than they keep (moby/ipvs takes a 64 KiB buffer per
-// request, and 1,000 services are 1,000 requests, twice a window): left to
-// GOGC the heap doubles past what is live between collections.
-const checkMemoryLimit = 48 << 20
-
-// limitMemory sets Go's soft memory limit for check, unless the user set
-// one (GOMEMLIMIT): the collector runs more often near it, which costs CPU
-// only on a big LB, where it holds the process well under 100 MB.
-func limitMemory() {
-	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(checkMemoryLimit)
-	}
 }
 
 // windowOptions is check's window: drops traced and reals probed unless
