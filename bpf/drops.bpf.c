@@ -27,6 +27,15 @@ volatile const __u8 has_reason = 1;
 volatile const __u64 wakeup_bytes = 256 << 10;
 volatile const __u64 wakeup_gap_ns = 10 * 1000 * 1000;
 __u64 last_wakeup_ns = 0; /* shared by all CPUs: a lost race costs one wakeup */
+/* The hook of a netfilter drop: for reason netfilter_drop, the frame after
+ * nf_hook_slow ([hook_fn_start, hook_fn_end), from kallsyms) is its caller,
+ * which tells the hook. find_hook is 0 without drop reasons. The range is
+ * set once the tracer runs (reading kallsyms takes long; the window must
+ * not wait for it): until then hook_fn_end is 0 and no stack is walked. */
+volatile const __u8 find_hook = 0;
+volatile const __u32 netfilter_drop = 0;
+__u64 hook_fn_start = 0;
+__u64 hook_fn_end = 0;
 /* Offsets of the classic tracepoint's fields, from its format file. */
 volatile const __u32 tp_off_skb = 8;
 volatile const __u32 tp_off_location = 16;
@@ -324,7 +333,7 @@ static __always_inline int add_to(void *map, void *k, __u64 n)
  * alone; what does not fit there either is lost, and counted as such. */
 static __noinline void add_place(struct agg_key *k, __u64 n)
 {
-	struct place_key p = {.location = k->location, .netns = k->netns, .reason = k->reason};
+	struct place_key p = {.location = k->location, .netns = k->netns, .reason = k->reason, .caller = k->caller};
 	if (add_to(&agg_place, &p, n) == 0)
 		return;
 	__u32 idx = COUNTER_AGG_LOST;
@@ -397,6 +406,29 @@ static __always_inline int fast(struct skb_meta *m, __u64 location, __u32 reason
 	return l->rej_a == (f->raw_a | 1) && l->rej_b == f->raw_b;
 }
 
+/* hook_caller walks the first frames of the kernel stack to the one after
+ * nf_hook_slow. Only netfilter drops pay for it, and under a flood only the
+ * first drop of a flow on a CPU: the fast path counts the rest under the
+ * key (and caller) of the flow counted last; and a drop at the same place of
+ * a packet to the same destination takes the caller found last (a SYN flood
+ * from many clients to one VIP walks the stack once per CPU). */
+static __noinline __u64 hook_caller(void *ctx)
+{
+	__u64 ips[HOOK_FRAMES];
+	long n = bpf_get_stack(ctx, ips, sizeof(ips), 0);
+	if (n <= 0)
+		return 0;
+	n /= sizeof(__u64);
+#pragma unroll
+	for (int i = 0; i + 1 < HOOK_FRAMES; i++) {
+		if (i + 1 >= n)
+			break;
+		if (ips[i] >= hook_fn_start && ips[i] < hook_fn_end)
+			return ips[i + 1];
+	}
+	return 0;
+}
+
 static __always_inline int handle(void *ctx, struct skb_meta *m, __u64 location, __u32 reason, struct fast *f)
 {
 	struct last_flow *l = f->l;
@@ -422,6 +454,21 @@ static __always_inline int handle(void *ctx, struct skb_meta *m, __u64 location,
 	/* Aggregate mode: what matched is what the aggregates hold (plus what
 	 * did not fit), so the fast path keeps no separate total. */
 	if (!send_events) {
+		if (find_hook && reason == netfilter_drop && hook_fn_end) {
+			if (l && l->hook_loc == k.location && l->hook_proto == k.proto && l->hook_dport == k.dport &&
+			    addr_eq((const volatile struct addr *)&l->hook_daddr, &k.daddr)) {
+				k.caller = l->hook_caller;
+			} else {
+				k.caller = hook_caller(ctx);
+				if (l) {
+					l->hook_loc = k.location;
+					l->hook_caller = k.caller;
+					l->hook_daddr = k.daddr;
+					l->hook_dport = k.dport;
+					l->hook_proto = k.proto;
+				}
+			}
+		}
 		if (!l) {
 			add_agg(&k, 1);
 			return 0;

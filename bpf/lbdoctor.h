@@ -59,6 +59,9 @@ struct sk_buff {
 
 #define MAX_ADDRS 16
 #define MAX_PORTS 16
+/* Frames read to find nf_hook_slow's caller: the tracer's own frames, the
+ * drop function, nft or x_tables, nf_hook_slow (and nf_hook_slow_list). */
+#define HOOK_FRAMES 12
 
 /* Counters kept per CPU, read and summed by user space. */
 enum counter {
@@ -94,7 +97,8 @@ struct event {
 	char ifname[16];
 };
 
-/* What aggregate mode counts drops by: netns, reason, location and flow. */
+/* What aggregate mode counts drops by: netns, reason, location, the caller
+ * of nf_hook_slow (netfilter drops) and flow. */
 struct agg_key {
 	__u64 location;
 	__u32 netns;
@@ -106,6 +110,11 @@ struct agg_key {
 	__u8 proto;
 	__u8 family;
 	__u8 _pad[2];
+	/* For a NETFILTER_DROP: the return address in the function that ran
+	 * the hook (ip_rcv, ip_local_deliver, ip_forward, __ip_local_out,
+	 * ip_output, …), the frame after nf_hook_slow on the stack; it tells
+	 * the hook. 0 for other reasons, or when the stack did not show it. */
+	__u64 caller;
 };
 
 /* What drops are counted by when the flow map is full: the place alone, so
@@ -115,6 +124,7 @@ struct place_key {
 	__u64 location;
 	__u32 netns;
 	__u32 reason;
+	__u64 caller; /* as in agg_key */
 };
 
 /* The last flow a CPU counted, and how often since it was flushed into the
@@ -132,6 +142,16 @@ struct last_flow {
 	 * verdict on the next one of its kind, without parsing it. */
 	__u64 rej_a;
 	__u64 rej_b;
+	/* The caller of nf_hook_slow the stack showed last for a netfilter
+	 * drop at hook_loc of a packet to hook_daddr:hook_dport over
+	 * hook_proto: the next such drop (a SYN flood from many clients to a
+	 * VIP) takes it without walking the stack again. */
+	__u64 hook_loc;
+	__u64 hook_caller;
+	struct addr hook_daddr;
+	__u16 hook_dport;
+	__u8 hook_proto;
+	__u8 _pad[5];
 };
 
 #endif

@@ -9,6 +9,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/internal/tally"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
+	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
 
 // maxDropReasons caps the reasons drops.vip_flows lists (their fixes are
@@ -80,6 +81,9 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 			break
 		}
 		ev = append(ev, Evidence{Fact: reasonLine(r), Source: "kfree_skb tracer"})
+		if p := pointOf(s, r.First); p != nil && p.Cause != "" {
+			ev = append(ev, Evidence{Fact: "  joined to " + p.Cause, Source: p.Source})
+		}
 		for j, p := range r.Paths {
 			if j == maxDropPaths {
 				var rest uint64
@@ -94,14 +98,28 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 	}
 	top := reasons[0].First
 	title := fmt.Sprintf("packets of the selected flows are dropped: %s at %s", top.ReasonName, funcName(top.Symbol))
+	if top.Hook != "" {
+		title += " in " + top.Hook
+	}
 	if len(reasons) > 1 {
 		title += fmt.Sprintf(" (and %s)", tally.Of(len(reasons)-1, "more reason"))
 	}
 	f := Finding{Status: Fail, Title: title, Evidence: ev}
+	// Drops whose root cause another check names (a filter rule or policy
+	// joined to them: firewall.filter) are shown here, and fail there.
+	explained := true
+	for _, r := range reasons {
+		p := pointOf(s, r.First)
+		explained = explained && p != nil && filterExplains(*p)
+	}
+	if explained {
+		f.Status = Warn
+		f.Title = "the selected flows' drops are a packet filter's: firewall.filter names the rule or policy"
+	}
 	// Every reason with a known fix gives it, biggest first: the fix of a
 	// smaller reason must not hide behind the biggest one's.
 	for i, r := range reasons {
-		why, fix, rem := dropRemedy(s, r.First)
+		why, fix, rem := dropRemedy(s, sel, r.First)
 		switch {
 		case i == 0:
 			f.Reason = why
@@ -144,7 +162,11 @@ func reasonLine(r dropReason) string {
 	if r.NotItemised > 0 {
 		flows-- // one row, of many flows
 	}
-	line := fmt.Sprintf("%d × %s at %s in %s", r.Count, c.ReasonName, c.Symbol, tally.Of(flows, "flow"))
+	where := c.Symbol
+	if c.Hook != "" {
+		where += " in " + c.Hook // the netfilter hook, told by the caller on the stack
+	}
+	line := fmt.Sprintf("%d × %s at %s in %s", r.Count, c.ReasonName, where, tally.Of(flows, "flow"))
 	if r.NotItemised > 0 {
 		line += fmt.Sprintf(" and %d drops of flows not itemised", r.NotItemised)
 	}
@@ -179,7 +201,7 @@ func pathLine(g dropGroup) string {
 // groupDrops folds counted drops by reason and place first, the most drops
 // first, and each reason by the service path of its flows.
 func groupDrops(cs []drops.Counted) []dropReason {
-	reasonKey := func(c drops.Counted) string { return fmt.Sprintf("%s %d", c.ReasonName, c.Location) }
+	reasonKey := func(c drops.Counted) string { return fmt.Sprintf("%s %d %s", c.ReasonName, c.Location, c.Hook) }
 	byReason := map[string][]drops.Counted{}
 	for _, c := range cs {
 		k := reasonKey(c)
@@ -223,7 +245,7 @@ func funcName(loc string) string {
 
 // dropRemedy says what a drop reason means on an IPVS load balancer and how
 // to fix it, as far as the snapshot allows.
-func dropRemedy(s *probes.Snapshot, c drops.Counted) (why string, fix []string, remedies []Remedy) {
+func dropRemedy(s *probes.Snapshot, sel probes.Selector, c drops.Counted) (why string, fix []string, remedies []Remedy) {
 	switch c.ReasonName {
 	case "IP_INADDRERRORS", "IP_INNOROUTES":
 		if v, ok := readable(s, "net.ipv4.ip_forward"); ok && v.Value == "0" {
@@ -233,7 +255,15 @@ func dropRemedy(s *probes.Snapshot, c drops.Counted) (why string, fix []string, 
 		return "the packet's destination is neither local nor routable from here (ip_error)",
 			[]string{fmt.Sprintf("%sip route get %s", s.Target.ExecPrefix(), c.Dst.Addr())}, nil
 	case "NETFILTER_DROP":
-		return "a packet-filter rule dropped it", []string{fmt.Sprintf("%s --vip %s   # rule hit counters", lbdoctorCmd(s, "inspect"), flowVIP(c))}, nil
+		p := pointOf(s, c)
+		if p != nil && (p.Rule != nil || p.Policy != nil) {
+			return "a packet filter dropped it: " + p.Cause, pointFix(s, sel, *p), nil
+		}
+		hook := c.Hook
+		if hook == "" {
+			return "a packet-filter rule dropped it (its hook is not known: " + hookUnknown(s) + ")", ruleListings(s, ""), nil
+		}
+		return "a packet-filter rule dropped it in " + hook + ", and no DROP or REJECT rule nor DROP policy read there moved with it (a rule in a chain it jumps to, or in another table?)", ruleListings(s, hook), nil
 	case "IP_RPFILTER":
 		return "reverse-path filtering dropped it: its source is not routed back through the interface it came in on",
 			[]string{fmt.Sprintf("%ssysctl -w net.ipv4.conf.all.rp_filter=2   # loose, or route the source back the same way", s.Target.ExecPrefix())}, nil
@@ -244,9 +274,47 @@ func dropRemedy(s *probes.Snapshot, c drops.Counted) (why string, fix []string, 
 	return fmt.Sprintf("the kernel dropped it with reason %s at %s", c.ReasonName, c.Symbol), nil, nil
 }
 
-func flowVIP(c drops.Counted) string {
-	if c.Flow != nil {
-		return c.Flow.VIP.String()
+// pointOf is the window's drop point of c's reason, function and hook.
+func pointOf(s *probes.Snapshot, c drops.Counted) *probes.DropPoint {
+	if s.Window == nil {
+		return nil
 	}
-	return c.Dst.String()
+	for i, p := range s.Window.DropPoints {
+		if p.Reason == c.ReasonName && p.Function == funcName(c.Symbol) && p.Hook == c.Hook {
+			return &s.Window.DropPoints[i]
+		}
+	}
+	return nil
+}
+
+func hookUnknown(s *probes.Snapshot) string {
+	if s.Drops != nil && s.Drops.NoHooks != "" {
+		return s.Drops.NoHooks
+	}
+	return "the stack did not show nf_hook_slow's caller"
+}
+
+// ruleListings are the commands that list, with counters and handles, the
+// rules of every backend read (of one hook's chains where the backend can
+// list a chain alone): where the rule that dropped is to be found.
+func ruleListings(s *probes.Snapshot, hook string) []string {
+	pre := s.Target.ExecPrefix()
+	var out []string
+	for _, b := range s.Rules.Backends {
+		if !b.Read || b.Rules == 0 && !slices.ContainsFunc(s.Rules.Chains, func(c rules.Chain) bool { return c.Backend == b.Name }) {
+			continue
+		}
+		switch b.Name {
+		case rules.Nft:
+			out = append(out, pre+"nft -a list ruleset   # rules with their handles; then: nft delete rule FAMILY TABLE CHAIN handle N")
+		default:
+			chain := strings.ToUpper(hook)
+			if chain == "" {
+				out = append(out, pre+b.Name+"-save -c   # then: "+b.Name+" -t TABLE -D CHAIN RULE")
+				continue
+			}
+			out = append(out, pre+b.Name+" -t filter -nvL "+chain+" --line-numbers   # then: "+b.Name+" -t filter -D "+chain+" N")
+		}
+	}
+	return out
 }

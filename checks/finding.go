@@ -72,6 +72,7 @@ var Catalog = []Check{
 	{ID: "ipvs.expire_nodest_conn", Title: "connections to a removed real server are expired", Run: checkExpireNodest},
 	{ID: "conntrack.table", Title: "the conntrack table has room and no drops", Run: checkConntrackTable},
 	{ID: "conntrack.flow_states", Title: "the VIP's flows complete", Run: checkFlowStates},
+	{ID: "firewall.filter", Title: "no packet filter drops the services' flows", Run: checkFirewall},
 	{ID: "rules.mixed_backends", Title: "rules live in one framework", Run: checkMixedBackends},
 	{ID: "drops.vip_flows", Title: "no packet of the selected flows is dropped", Run: checkDrops},
 }

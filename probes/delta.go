@@ -10,9 +10,12 @@ import (
 // Deltas are what changed between two snapshots of one namespace: the
 // counters of `inspect --watch`.
 type Deltas struct {
-	Window    time.Duration  `json:"window_ns"`
-	SNMP      snmp.Counters  `json:"snmp"`  // counters that moved
-	Rules     []RuleDelta    `json:"rules"` // rules whose counters moved
+	Window time.Duration `json:"window_ns"`
+	SNMP   snmp.Counters `json:"snmp"`  // counters that moved
+	Rules  []RuleDelta   `json:"rules"` // rules whose counters moved
+	// Chains are the base chains whose policy counter moved (a native nft
+	// chain has none: rules.Chain.HasCounter).
+	Chains    []ChainDelta   `json:"chains,omitempty"`
 	IPVS      []ServiceDelta `json:"ipvs"`
 	Conntrack CounterDelta   `json:"conntrack"`
 }
@@ -22,6 +25,13 @@ type RuleDelta struct {
 	Rule    rules.Rule `json:"rule"`
 	Packets uint64     `json:"packets"`
 	Bytes   uint64     `json:"bytes"`
+}
+
+// ChainDelta is a base chain and what its policy counted in the window.
+type ChainDelta struct {
+	Chain   rules.Chain `json:"chain"`
+	Packets uint64      `json:"packets"`
+	Bytes   uint64      `json:"bytes"`
 }
 
 // ServiceDelta is what one IPVS service and its reals counted.
@@ -69,6 +79,17 @@ func Delta(before, after *Snapshot) Deltas {
 		p, b := sub(r.Packets, o.Packets), sub(r.Bytes, o.Bytes)
 		if p != 0 || b != 0 {
 			d.Rules = append(d.Rules, RuleDelta{Rule: r, Packets: p, Bytes: b})
+		}
+	}
+	oldc := map[string]rules.Chain{}
+	for _, c := range before.Rules.Chains {
+		oldc[c.Key()] = c
+	}
+	for _, c := range after.Rules.Chains {
+		o := oldc[c.Key()]
+		p, b := sub(c.Packets, o.Packets), sub(c.Bytes, o.Bytes)
+		if p != 0 || b != 0 {
+			d.Chains = append(d.Chains, ChainDelta{Chain: c, Packets: p, Bytes: b})
 		}
 	}
 	type stat struct{ conns, in, out uint32 }

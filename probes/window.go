@@ -5,6 +5,8 @@ import (
 
 	"github.com/lbdoctor/lbdoctor/flowpath"
 	"github.com/lbdoctor/lbdoctor/probes/health"
+	"github.com/lbdoctor/lbdoctor/probes/netstate"
+	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
 
 // Window is what the doctor saw while it watched a namespace for a while:
@@ -26,6 +28,10 @@ type Window struct {
 	DropPoints []DropPoint `json:"drop_points,omitempty"`
 	// Paths are the selected services' flows, leg by leg, per real.
 	Paths []flowpath.Path `json:"paths"`
+	// RoutesBack are the routes from the LB back to the sources of the
+	// packets reverse-path filtering dropped (IP_RPFILTER), looked up after
+	// the window: the route that made each source a martian.
+	RoutesBack []netstate.Decision `json:"routes_back,omitempty"`
 	// Skipped names, by layer, what the window could not watch and why
 	// (drops without CAP_BPF, probes off with --no-probe).
 	Skipped map[string]string `json:"skipped,omitempty"`
@@ -44,7 +50,7 @@ type DropPoint struct {
 	Function string   `json:"function"` // symbol of the drop location, without offset
 	Count    uint64   `json:"count"`
 	Flows    int      `json:"flows"`              // distinct flows attributed
-	Services []string `json:"services,omitempty"` // services whose flows these were
+	Services []string `json:"services,omitempty"` // services whose flows these were, as ipvs.Service.Key names them
 	// Leg is where on the service's path the drops happened (request or
 	// reply side), when the flow says so.
 	Leg flowpath.LegKind `json:"leg,omitempty"`
@@ -56,4 +62,16 @@ type DropPoint struct {
 	// interface and route that made a source a martian.
 	Cause  string `json:"cause,omitempty"`
 	Source string `json:"source,omitempty"` // where Cause was read
+	// Rule or Policy is the filter rule or base chain policy a
+	// NETFILTER_DROP is joined to, and Delta what its counter moved in the
+	// window (0 and Uncounted for one that keeps no counter).
+	Rule      *rules.Rule  `json:"rule,omitempty"`
+	Policy    *rules.Chain `json:"policy,omitempty"`
+	Delta     uint64       `json:"delta,omitempty"`
+	Uncounted bool         `json:"uncounted,omitempty"`
+	// Examples are up to three flows of the drops, "tcp 10.1.0.3:40000 →
+	// 10.1.0.6:8085", for the evidence line.
+	Examples []string `json:"examples,omitempty"`
+	// Attributed is how many of Count were attributed to a load-balanced flow.
+	Attributed uint64 `json:"attributed"`
 }

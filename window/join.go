@@ -1,6 +1,21 @@
 package window
 
-import "github.com/lbdoctor/lbdoctor/probes"
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/lbdoctor/lbdoctor/flowpath"
+	"github.com/lbdoctor/lbdoctor/internal/proto"
+	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/rules"
+)
+
+// maxExamples is how many flows a drop point names as examples.
+const maxExamples = 3
 
 // Join groups the window's drops by kind and place and joins each group to
 // what explains it: a NETFILTER_DROP to its hook and to the rule or chain
@@ -8,5 +23,277 @@ import "github.com/lbdoctor/lbdoctor/probes"
 // that never answered, an IP_RPFILTER to the interface and route.
 // Pure: it reads only the snapshots and the window.
 func Join(before, after *probes.Snapshot, w *probes.Window) []probes.DropPoint {
-	return nil // the joins part implements it
+	if after == nil || after.Drops == nil {
+		return nil
+	}
+	type key struct{ reason, function, hook string }
+	idx := map[key]int{}
+	var out []probes.DropPoint
+	flows := map[key]map[string]bool{}
+	for _, c := range after.Drops.Drops {
+		k := key{c.ReasonName, funcOf(c.Symbol), c.Hook}
+		i, ok := idx[k]
+		if !ok {
+			i = len(out)
+			idx[k] = i
+			out = append(out, probes.DropPoint{Reason: k.reason, Function: k.function, Hook: k.hook})
+			flows[k] = map[string]bool{}
+		}
+		p := &out[i]
+		p.Count += c.Count
+		if c.Flow != nil {
+			p.Attributed += c.Count
+			flows[k][c.Flow.Client.String()+" "+c.Flow.VIP.String()] = true
+			svc := strings.ToUpper(proto.Name(c.Proto)) + " " + c.Flow.VIP.String() // as ipvs.Service.Key names it
+			if !slices.Contains(p.Services, svc) {
+				p.Services = append(p.Services, svc)
+			}
+			leg := flowpath.Request
+			if c.Flow.Direction == "reply" {
+				leg = flowpath.Reply
+			}
+			switch {
+			case p.Leg == "":
+				p.Leg = leg
+			case p.Leg != leg:
+				p.Leg = "mixed"
+			}
+		}
+		if c.Family != 0 && len(p.Examples) < maxExamples {
+			src, dst := c.Endpoints()
+			p.Examples = append(p.Examples, fmt.Sprintf("%s %s → %s", proto.Name(c.Proto), src, dst))
+		}
+	}
+	for k, i := range idx {
+		out[i].Flows = len(flows[k])
+		if out[i].Leg == "mixed" {
+			out[i].Leg = ""
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Count > out[j].Count })
+	for i := range out {
+		p := &out[i]
+		switch p.Reason {
+		case "NETFILTER_DROP":
+			joinFilter(p, after, w)
+		case "NEIGH_FAILED", "NEIGH_QUEUEFULL", "NEIGH_DEAD":
+			joinNeighbour(p, after, w)
+		case "IP_RPFILTER":
+			joinRPFilter(p, after, w)
+		}
+	}
+	return out
+}
+
+// funcOf is the function of a symbol+offset location.
+func funcOf(loc string) string {
+	name, _, _ := strings.Cut(loc, "+")
+	return name
+}
+
+// candidate is a rule or policy that drops at a hook, and what it counted.
+type candidate struct {
+	rule    *rules.Rule
+	policy  *rules.Chain
+	delta   uint64
+	counted bool // it keeps a counter (a native nft rule may not)
+	hookSet bool // its hook is known (a rule in a user chain's is not)
+}
+
+// joinFilter joins a netfilter drop to the DROP or REJECT rule, or DROP
+// policy, of its hook whose counter moved in the window by as much as the
+// drops (or best explains them: the least that covers them, else the most);
+// a drop that no counter explains is joined to one that keeps none, said
+// as such.
+func joinFilter(p *probes.DropPoint, after *probes.Snapshot, w *probes.Window) {
+	var cs []candidate
+	moved := map[string]uint64{}
+	if w != nil {
+		for _, d := range w.Deltas.Rules {
+			moved["r "+d.Rule.Key()] = d.Packets
+		}
+		for _, d := range w.Deltas.Chains {
+			moved["c "+d.Chain.Key()] = d.Packets
+		}
+	}
+	for i, r := range after.Rules.Rules {
+		if !r.Drops() {
+			continue
+		}
+		h := r.HookOf()
+		if p.Hook != "" && h != "" && h != p.Hook {
+			continue
+		}
+		cs = append(cs, candidate{rule: &after.Rules.Rules[i], delta: moved["r "+r.Key()], counted: r.HasCounter, hookSet: h != ""})
+	}
+	for i, c := range after.Rules.Chains {
+		if c.Policy != "DROP" || (p.Hook != "" && c.Hook != p.Hook) {
+			continue
+		}
+		cs = append(cs, candidate{policy: &after.Rules.Chains[i], delta: moved["c "+c.Key()], counted: c.HasCounter, hookSet: true})
+	}
+	best := bestCandidate(cs, p.Count)
+	if best == nil {
+		if p.Hook != "" {
+			p.Cause = "no DROP or REJECT rule nor DROP policy in " + p.Hook + " was read"
+			if len(after.Rules.Unread()) > 0 {
+				p.Cause += " (a rule backend could not be read)"
+			}
+			p.Source = "rules, " + after.Target.String()
+		}
+		return
+	}
+	p.Rule, p.Policy, p.Delta, p.Uncounted = best.rule, best.policy, best.delta, !best.counted
+	p.Cause = DescribeCandidate(best.rule, best.policy, best.delta, !best.counted)
+	p.Source = "rule counters over the window, " + after.Target.String()
+}
+
+// bestCandidate picks what explains n drops: a counter that moved by
+// exactly n; else the least that moved by more (the rule also matched other
+// traffic); else the one that moved most; else, when none moved, the one
+// rule or policy without a counter at a known hook. Ties go to the first
+// read (rules before policies, in their order): a rule runs before its
+// chain's policy.
+func bestCandidate(cs []candidate, n uint64) *candidate {
+	var exact, over, under, uncounted *candidate
+	nUncounted := 0
+	for i := range cs {
+		c := &cs[i]
+		switch {
+		case !c.counted:
+			if c.hookSet {
+				nUncounted++
+				if uncounted == nil {
+					uncounted = c
+				}
+			}
+		case c.delta == 0:
+		case c.delta == n:
+			if exact == nil {
+				exact = c
+			}
+		case c.delta > n:
+			if over == nil || c.delta < over.delta {
+				over = c
+			}
+		default:
+			if under == nil || c.delta > under.delta {
+				under = c
+			}
+		}
+	}
+	for _, c := range []*candidate{exact, over, under} {
+		if c != nil {
+			return c
+		}
+	}
+	if nUncounted == 1 {
+		return uncounted
+	}
+	return nil
+}
+
+// DescribeCandidate says in words which rule or policy dropped, and what
+// its counter showed.
+func DescribeCandidate(r *rules.Rule, c *rules.Chain, delta uint64, uncounted bool) string {
+	var s string
+	if r != nil {
+		s = fmt.Sprintf("%s rule %q", r.Place(), r.Spec)
+		if r.Handle != 0 {
+			s += " (handle " + strconv.FormatUint(r.Handle, 10) + ")"
+		}
+	} else {
+		s = fmt.Sprintf("%s policy %s", c.Place(), c.Policy)
+	}
+	if uncounted {
+		if c != nil {
+			return s + " (nft keeps no policy counter: the only DROP in this hook)"
+		}
+		return s + " (no counter: the only DROP or REJECT in this hook)"
+	}
+	return s + fmt.Sprintf(", +%d packets in the window", delta)
+}
+
+// joinNeighbour joins a neighbour drop to the neighbour entry of the reals
+// (or the packets' destinations) that is FAILED or INCOMPLETE, or to what
+// the active probe of a real found.
+func joinNeighbour(p *probes.DropPoint, after *probes.Snapshot, w *probes.Window) {
+	want := map[netip.Addr]bool{}
+	for _, c := range after.Drops.Drops {
+		if c.ReasonName != p.Reason {
+			continue
+		}
+		if c.Flow != nil {
+			want[c.Flow.Real.Addr()] = true
+		}
+		if c.Family != 0 {
+			want[c.Dst.Addr()] = true
+		}
+	}
+	if w != nil {
+		for _, h := range w.Health {
+			if (h.Neighbour == "FAILED" || h.Neighbour == "INCOMPLETE") && (want[h.Real.Addr()] || want[h.NextHop]) {
+				p.Cause = fmt.Sprintf("next hop %s of real %s on %s is %s: it does not answer ARP/NDP", h.NextHop, h.Real, h.Dev, h.Neighbour)
+				p.Source = "active probe of the real, " + after.Target.String()
+				return
+			}
+		}
+	}
+	for _, n := range after.Net.Neighbours {
+		if (n.State == "FAILED" || n.State == "INCOMPLETE") && want[n.IP] {
+			p.Cause = fmt.Sprintf("neighbour %s on %s is %s: it does not answer ARP/NDP", n.IP, n.Dev, n.State)
+			p.Source = "neighbour table, " + after.Target.String()
+			return
+		}
+	}
+}
+
+// joinRPFilter joins a reverse-path drop to the route back to its source
+// (looked up after the window) and the strict rp_filter of the interfaces.
+func joinRPFilter(p *probes.DropPoint, after *probes.Snapshot, w *probes.Window) {
+	src := map[netip.Addr]bool{}
+	for _, c := range after.Drops.Drops {
+		if c.ReasonName == p.Reason && c.Family != 0 {
+			src[c.Src.Addr()] = true
+		}
+	}
+	var strict []string
+	all := after.Sysctls["net.ipv4.conf.all.rp_filter"].Value
+	for k, v := range after.Sysctls {
+		dev, ok := strings.CutPrefix(k, "net.ipv4.conf.")
+		if !ok || !strings.HasSuffix(dev, ".rp_filter") {
+			continue
+		}
+		dev = strings.TrimSuffix(dev, ".rp_filter")
+		if dev == "all" || dev == "default" {
+			continue
+		}
+		if v.Value == "1" || (all == "1" && v.Value != "2") {
+			strict = append(strict, dev)
+		}
+	}
+	sort.Strings(strict)
+	var route string
+	if w != nil {
+		for _, d := range w.RoutesBack {
+			if src[d.Dst] {
+				route = fmt.Sprintf("the route back to %s leaves via %s", d.Dst, d.Dev)
+				if d.Gw.IsValid() {
+					route += " (gateway " + d.Gw.String() + ")"
+				}
+				break
+			}
+		}
+	}
+	var parts []string
+	if route != "" {
+		parts = append(parts, route)
+	}
+	if len(strict) > 0 {
+		parts = append(parts, "strict rp_filter (1) on "+strings.Join(strict, ", "))
+	}
+	if len(parts) > 0 {
+		p.Cause = strings.Join(parts, "; ") + ": a packet from that source arriving on another interface is a martian"
+		p.Source = "routes and sysctls, " + after.Target.String()
+	}
 }

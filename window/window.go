@@ -9,6 +9,7 @@ package window
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/health"
+	"github.com/lbdoctor/lbdoctor/probes/netstate"
 )
 
 // DefaultLength is check's window when none is asked for: long enough for a
@@ -146,10 +148,36 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 		}
 	}
 	w.Elapsed = after.Time.Sub(before.Time)
+	if ctx.Err() == nil {
+		w.RoutesBack = routesBack(ns, after)
+	}
 	w.DropPoints = Join(before, after, w)
 	w.Paths = Paths(after, w)
 	after.Window = w
 	return after, nil
+}
+
+// maxRoutesBack bounds the route lookups after a window.
+const maxRoutesBack = 16
+
+// routesBack looks up the route back to the source of each packet
+// reverse-path filtering dropped (IP_RPFILTER): the evidence Join names.
+func routesBack(ns netns.Target, s *probes.Snapshot) []netstate.Decision {
+	if s.Drops == nil {
+		return nil
+	}
+	var out []netstate.Decision
+	seen := map[netip.Addr]bool{}
+	for _, c := range s.Drops.Drops {
+		if c.ReasonName != "IP_RPFILTER" || c.Family == 0 || seen[c.Src.Addr()] || len(seen) == maxRoutesBack {
+			continue
+		}
+		seen[c.Src.Addr()] = true
+		if d, err := netstate.Lookup(ns, c.Src.Addr(), netip.Addr{}); err == nil {
+			out = append(out, d)
+		}
+	}
+	return out
 }
 
 // healthTargets lists the selected services' real servers.

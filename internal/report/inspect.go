@@ -193,6 +193,25 @@ func InspectText(w io.Writer, in *Inspection) error {
 		p("  %12s  %s %s %s: %s%s\n", count, r.Backend, r.Table, r.Chain, r.Spec, label)
 	}
 	notShown(p, "  ", s.Rules.Omitted, "rules")
+	// A DROP policy drops whatever no rule accepted: shown with the rules.
+	movedChain := map[string]uint64{}
+	if d != nil {
+		for _, cd := range d.Chains {
+			movedChain[cd.Chain.Key()] = cd.Packets
+		}
+	}
+	for _, c := range s.Rules.Chains {
+		if c.Policy != "DROP" {
+			continue
+		}
+		count := fmt.Sprintf("%d pkts", c.Packets)
+		if !c.HasCounter {
+			count = "no counter"
+		} else if d != nil {
+			count = fmt.Sprintf("+%d pkts", movedChain[c.Key()])
+		}
+		p("  %12s  %s %s %s: policy DROP (hook %s)\n", count, c.Backend, c.Table, c.Chain, c.Hook)
+	}
 
 	ct := s.Conntrack
 	st := ct.Stats

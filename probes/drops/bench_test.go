@@ -133,6 +133,7 @@ func newTracer(b *testing.B, cfg drops.Config) attacher {
 	if err != nil {
 		b.Fatal(err)
 	}
+	tr.SetHookRange(drops.LoadSymbols()) // as the window's Namer does
 	b.Cleanup(func() { tr.Close() })
 	if err := tr.Stop(); err != nil {
 		b.Fatal(err)
@@ -503,6 +504,7 @@ func BenchmarkProgramCost(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer tr.Close()
+			tr.SetHookRange(drops.LoadSymbols()) // as the window's Namer does
 			if c.cfg.Events {
 				ctx, cancel := context.WithCancel(context.Background())
 				defer cancel()
@@ -514,6 +516,44 @@ func BenchmarkProgramCost(b *testing.B) {
 			reportProgramStats(b, tr.ProgramStats)
 			cnt, _ := tr.Counters()
 			b.ReportMetric(float64(cnt.Matched), "matched")
+		})
+	}
+}
+
+// BenchmarkProgramCostDistinctFlows is the program's run time per drop
+// when no two drops are of one flow, so that none takes a fast path: UDP to
+// 25,000 ports dropped by an nft rule (NETFILTER_DROP: the hook is looked
+// up on the stack for each) and, beside it, UDP to closed ports (NO_SOCKET:
+// no hook to look up).
+//
+//	sudo go test -run '^$' -bench ProgramCostDistinct -benchtime 1x ./probes/drops/
+func BenchmarkProgramCostDistinctFlows(b *testing.B) {
+	testkit.RequireRoot(b)
+	old, err := os.ReadFile("/proc/sys/kernel/bpf_stats_enabled")
+	if err != nil {
+		b.Fatal(err)
+	}
+	os.WriteFile("/proc/sys/kernel/bpf_stats_enabled", []byte("1"), 0o644)
+	defer os.WriteFile("/proc/sys/kernel/bpf_stats_enabled", old, 0o644)
+	p := testkit.NewDropPair(b)
+	for _, c := range []struct {
+		name  string
+		first int
+	}{{"netfilter_drop", testkit.DroppedPorts}, {"no_socket", 1000}} {
+		b.Run(c.name, func(b *testing.B) {
+			tr, err := drops.New(drops.Config{NetnsInode: uint32(p.B.Inode), Proto: unix.IPPROTO_UDP, FlowMapSize: 65536})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer tr.Close()
+			tr.SetHookRange(drops.LoadSymbols()) // as the window's Namer does: the hook is looked up
+			if tr.NoHooks != "" {
+				b.Fatalf("no hooks: %s", tr.NoHooks)
+			}
+			for b.Loop() {
+				p.Flood(b, testkit.Ports(c.first, 25000), time.Second)
+			}
+			reportProgramStats(b, tr.ProgramStats)
 		})
 	}
 }

@@ -36,6 +36,7 @@ type dropsAggKey struct {
 	Proto  uint8
 	Family uint8
 	Pad    [2]uint8
+	Caller uint64
 }
 
 type dropsCounter uint32
@@ -75,13 +76,22 @@ type dropsEvent struct {
 }
 
 type dropsLastFlow struct {
-	_     structs.HostLayout
-	Key   dropsAggKey
-	Count uint64
-	RawA  uint64
-	RawB  uint64
-	RejA  uint64
-	RejB  uint64
+	_          structs.HostLayout
+	Key        dropsAggKey
+	Count      uint64
+	RawA       uint64
+	RawB       uint64
+	RejA       uint64
+	RejB       uint64
+	HookLoc    uint64
+	HookCaller uint64
+	HookDaddr  struct {
+		_ structs.HostLayout
+		B [16]uint8
+	}
+	HookDport uint16
+	HookProto uint8
+	Pad       [5]uint8
 }
 
 type dropsPlaceKey struct {
@@ -89,6 +99,7 @@ type dropsPlaceKey struct {
 	Location uint64
 	Netns    uint32
 	Reason   uint32
+	Caller   uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -110,11 +121,15 @@ const (
 	dropsVarFilterNetns     = "filter_netns"
 	dropsVarFilterPorts     = "filter_ports"
 	dropsVarFilterProto     = "filter_proto"
+	dropsVarFindHook        = "find_hook"
 	dropsVarHasReason       = "has_reason"
+	dropsVarHookFnEnd       = "hook_fn_end"
+	dropsVarHookFnStart     = "hook_fn_start"
 	dropsVarIgnoreReasons   = "ignore_reasons"
 	dropsVarLastWakeupNs    = "last_wakeup_ns"
 	dropsVarN_addrs         = "n_addrs"
 	dropsVarN_ports         = "n_ports"
+	dropsVarNetfilterDrop   = "netfilter_drop"
 	dropsVarSendEvents      = "send_events"
 	dropsVarTpOffLocation   = "tp_off_location"
 	dropsVarTpOffReason     = "tp_off_reason"
@@ -198,11 +213,15 @@ type dropsVariableSpecs struct {
 	FilterNetns    *ebpf.VariableSpec `ebpf:"filter_netns"`
 	FilterPorts    *ebpf.VariableSpec `ebpf:"filter_ports"`
 	FilterProto    *ebpf.VariableSpec `ebpf:"filter_proto"`
+	FindHook       *ebpf.VariableSpec `ebpf:"find_hook"`
 	HasReason      *ebpf.VariableSpec `ebpf:"has_reason"`
+	HookFnEnd      *ebpf.VariableSpec `ebpf:"hook_fn_end"`
+	HookFnStart    *ebpf.VariableSpec `ebpf:"hook_fn_start"`
 	IgnoreReasons  *ebpf.VariableSpec `ebpf:"ignore_reasons"`
 	LastWakeupNs   *ebpf.VariableSpec `ebpf:"last_wakeup_ns"`
 	N_addrs        *ebpf.VariableSpec `ebpf:"n_addrs"`
 	N_ports        *ebpf.VariableSpec `ebpf:"n_ports"`
+	NetfilterDrop  *ebpf.VariableSpec `ebpf:"netfilter_drop"`
 	SendEvents     *ebpf.VariableSpec `ebpf:"send_events"`
 	TpOffLocation  *ebpf.VariableSpec `ebpf:"tp_off_location"`
 	TpOffReason    *ebpf.VariableSpec `ebpf:"tp_off_reason"`
@@ -266,11 +285,15 @@ type dropsVariables struct {
 	FilterNetns    *ebpf.Variable `ebpf:"filter_netns"`
 	FilterPorts    *ebpf.Variable `ebpf:"filter_ports"`
 	FilterProto    *ebpf.Variable `ebpf:"filter_proto"`
+	FindHook       *ebpf.Variable `ebpf:"find_hook"`
 	HasReason      *ebpf.Variable `ebpf:"has_reason"`
+	HookFnEnd      *ebpf.Variable `ebpf:"hook_fn_end"`
+	HookFnStart    *ebpf.Variable `ebpf:"hook_fn_start"`
 	IgnoreReasons  *ebpf.Variable `ebpf:"ignore_reasons"`
 	LastWakeupNs   *ebpf.Variable `ebpf:"last_wakeup_ns"`
 	N_addrs        *ebpf.Variable `ebpf:"n_addrs"`
 	N_ports        *ebpf.Variable `ebpf:"n_ports"`
+	NetfilterDrop  *ebpf.Variable `ebpf:"netfilter_drop"`
 	SendEvents     *ebpf.Variable `ebpf:"send_events"`
 	TpOffLocation  *ebpf.Variable `ebpf:"tp_off_location"`
 	TpOffReason    *ebpf.Variable `ebpf:"tp_off_reason"`

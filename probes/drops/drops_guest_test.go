@@ -24,6 +24,7 @@ func TestGuestDropsOnTheOtherKernel(t *testing.T) {
 		{"LoneDropWakesReader", TestLoneDropWakesReader},
 		{"EveryAttachPoint", TestEveryAttachPoint},
 		{"Stack", TestStack},
+		{"NetfilterDropHooks", TestNetfilterDropHooks},
 		{"KilledTracerLeavesNothing", TestKilledTracerLeavesNothing},
 		{"TerminatedTracerDetachesAndSummarizes", TestTerminatedTracerDetachesAndSummarizes},
 	} {

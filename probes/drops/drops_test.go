@@ -556,3 +556,89 @@ func TestAggregateFlowMapFull(t *testing.T) {
 		})
 	}
 }
+
+// A NETFILTER_DROP carries its hook in aggregate mode, told by the function
+// that ran it (nf_hook_slow's caller), whatever table or backend dropped it.
+func TestNetfilterDropHooks(t *testing.T) {
+	testkit.RequireRoot(t)
+	l := testkit.Lab(t, lab.TwoArm)
+	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+	testkit.Run(t, l.Client, "ip", "route", "add", l.RealIP.String(), "via", l.LBIP.String())
+	testkit.Run(t, l.LB, "nft", `add table ip h
+		add chain ip h pre { type filter hook prerouting priority 0; }
+		add chain ip h in { type filter hook input priority 0; }
+		add chain ip h fw { type filter hook forward priority 0; }
+		add chain ip h out { type filter hook output priority 0; }
+		add chain ip h post { type filter hook postrouting priority 0; }
+		add rule ip h pre tcp dport 7101 drop
+		add rule ip h in tcp dport 7102 drop
+		add rule ip h fw tcp dport 7103 drop
+		add rule ip h out tcp dport 7104 drop
+		add rule ip h post tcp dport 7105 drop`)
+	testkit.Run(t, l.LB, "iptables-legacy", "-A", "INPUT", "-p", "tcp", "--dport", "7106", "-j", "DROP")
+	tr, err := drops.New(drops.Config{NetnsInode: uint32(l.LB.Inode), Proto: unix.IPPROTO_TCP})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	n := tr.Namer(l.LB) // reads kallsyms: where nf_hook_slow is
+	defer n.Close()
+	if tr.NoHooks != "" {
+		t.Fatalf("the tracer finds no hooks: %s", tr.NoHooks)
+	}
+	lb := l.LBIP.String()
+	cases := []struct {
+		name string
+		ns   netns.Target
+		to   string
+		hook string
+	}{
+		{"nft prerouting", l.Client, lb + ":7101", drops.HookPrerouting},
+		{"nft input", l.Client, lb + ":7102", drops.HookInput},
+		{"nft forward", l.Client, l.RealIP.String() + ":7103", drops.HookForward},
+		{"nft output", l.LB, "127.0.0.1:7104", drops.HookOutput},
+		{"nft postrouting", l.LB, l.ClientIP.String() + ":7105", drops.HookPostrouting},
+		{"iptables-legacy input", l.Client, lb + ":7106", drops.HookInput},
+	}
+	for _, tt := range cases {
+		dial(tt.ns, tt.to)
+	}
+	s, err := tr.Sample(n, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hooks := map[uint16]string{}
+	for _, c := range s.Drops {
+		if c.ReasonName == "NETFILTER_DROP" {
+			hooks[c.Dst.Port()] = c.Hook + " (" + c.CallerSymbol + ")"
+		}
+	}
+	for i, tt := range cases {
+		t.Run(tt.name, func(t *testing.T) {
+			port := uint16(7101 + i)
+			if got, _, _ := strings.Cut(hooks[port], " "); got != tt.hook {
+				t.Errorf("hook of the drop to port %d = %q, want %s (all: %v)", port, hooks[port], tt.hook, hooks)
+			}
+		})
+	}
+}
+
+func TestHookOf(t *testing.T) {
+	for _, tt := range []struct{ in, want string }{
+		{"ip_local_deliver+0x119", drops.HookInput},
+		{"ip_rcv+0x3c", drops.HookPrerouting},
+		{"nf_hook_slow_list+0x8a", drops.HookPrerouting},
+		{"ip_forward+0x4a1", drops.HookForward},
+		{"__ip_local_out+0x15c", drops.HookOutput},
+		{"ip_output+0x5f", drops.HookPostrouting},
+		{"ip6_input+0x44", drops.HookInput},
+		{"ip_vs_nat_xmit+0x1f0 [ip_vs]", drops.HookOutput},
+		{"ip_forward.cold+0x2", drops.HookForward},
+		{"tcp_v4_rcv+0x10", ""},
+		{"", ""},
+	} {
+		if got := drops.HookOf(tt.in); got != tt.want {
+			t.Errorf("HookOf(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}

@@ -85,3 +85,22 @@ func (s *Symbols) Lookup(addr uint64) string {
 	}
 	return out
 }
+
+// Range returns where the text symbol name starts and where the next one
+// starts (its end, as far as kallsyms tells).
+func (s *Symbols) Range(name string) (start, end uint64, ok bool) {
+	if s == nil {
+		return 0, 0, false
+	}
+	for i, n := range s.names {
+		if n != name {
+			continue
+		}
+		for _, a := range s.addrs[i+1:] {
+			if a > s.addrs[i] { // aliases share an address
+				return s.addrs[i], a, true
+			}
+		}
+	}
+	return 0, 0, false
+}

@@ -16,6 +16,10 @@ type Packet struct {
 	Proto    uint8          `json:"proto"`
 	Src      netip.AddrPort `json:"src"`
 	Dst      netip.AddrPort `json:"dst"`
+	// Caller is, for a NETFILTER_DROP in aggregate mode, the return address
+	// in the function that ran the netfilter hook (0: not known); HookOf
+	// names the hook from its symbol.
+	Caller uint64 `json:"caller,omitempty"`
 }
 
 // RawEvent is the per-packet detail only event mode has.

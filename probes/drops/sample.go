@@ -23,6 +23,7 @@ type Sample struct {
 	Attribution Attribution   `json:"attribution"`
 	Drops       []Counted     `json:"drops"`                // most first
 	NoReasons   string        `json:"no_reasons,omitempty"` // why drops carry no reason on this kernel
+	NoHooks     string        `json:"no_hooks,omitempty"`   // why netfilter drops carry no hook
 }
 
 // Attribution says how many drops were traced back to a load-balanced flow
@@ -40,6 +41,11 @@ type Counted struct {
 	ReasonName string `json:"reason"`
 	Symbol     string `json:"location_symbol"` // symbol+offset
 	Flow       *Flow  `json:"flow,omitempty"`  // the load-balanced flow, when one is known
+	// Hook is the netfilter hook a NETFILTER_DROP happened in (prerouting,
+	// input, forward, output, postrouting; see HookOf), told by
+	// CallerSymbol, the function that ran it. Empty when not known.
+	Hook         string `json:"hook,omitempty"`
+	CallerSymbol string `json:"hook_caller,omitempty"`
 }
 
 // AttributionBudget is how long naming an aggregate window may wait, once
@@ -107,7 +113,7 @@ func (t *Tracer) Sample(n *Namer, window time.Duration) (*Sample, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), AttributionBudget)
 	defer cancel()
-	s := &Sample{Window: window, Attach: t.Attach, Counters: c, Drops: []Counted{}, NoReasons: t.NoReasons}
+	s := &Sample{Window: window, Attach: t.Attach, Counters: c, Drops: []Counted{}, NoReasons: t.NoReasons, NoHooks: t.NoHooks}
 	for _, a := range aggs {
 		s.Drops = append(s.Drops, n.Name(ctx, a, end))
 	}
@@ -136,6 +142,7 @@ func (t *Tracer) Namer(lb netns.Target) *Namer {
 	// tables of a big LB: read them only once something was dropped.
 	n := &Namer{tr: t, attr: newAttributor(lb, slices.Concat(t.cfg.Addrs, t.cfg.Select), t.cfg.Proto, len(t.cfg.Select) > 0), where: map[uint64]string{}}
 	syms, err := LoadSymbols() // without kallsyms a location stays an address
+	t.SetHookRange(syms, err)
 	switch {
 	case err != nil:
 		n.RawLocations = "locations are raw addresses: " + err.Error()
@@ -180,7 +187,12 @@ func (n *Namer) Close() { n.attr.Close() }
 // at at (CLOCK_MONOTONIC ns, as events carry it). Attribution waits for the
 // tables only while ctx is live.
 func (n *Namer) Name(ctx context.Context, a Aggregate, at int64) Counted {
-	return Counted{Aggregate: a, ReasonName: n.tr.ReasonName(a.Reason), Symbol: n.Symbol(a.Location), Flow: n.attr.Attribute(ctx, a.Packet, at, a.Count)}
+	c := Counted{Aggregate: a, ReasonName: n.tr.ReasonName(a.Reason), Symbol: n.Symbol(a.Location), Flow: n.attr.Attribute(ctx, a.Packet, at, a.Count)}
+	if a.Caller != 0 {
+		c.CallerSymbol = n.Symbol(a.Caller)
+		c.Hook = HookOf(c.CallerSymbol)
+	}
+	return c
 }
 
 // Attribution is what the namer attributed so far.

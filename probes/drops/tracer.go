@@ -77,6 +77,10 @@ type Tracer struct {
 	// they do.
 	NoReasons string
 
+	// NoHooks says why netfilter drops carry no hook (no kallsyms, no
+	// drop reasons, event mode); empty when they do.
+	NoHooks string
+
 	cfg    Config
 	events bool
 	coll   *ebpf.Collection
@@ -178,6 +182,9 @@ func New(cfg Config) (*Tracer, error) {
 	if err := spec.Variables["has_reason"].Set(hasReason); err != nil {
 		return nil, fmt.Errorf("set has_reason: %w", err)
 	}
+	if err := t.setHook(spec); err != nil {
+		return nil, err
+	}
 	t.Attach, err = chooseAttach(cfg.Attach, spec)
 	if err != nil {
 		return nil, err
@@ -223,6 +230,70 @@ func New(cfg Config) (*Tracer, error) {
 	}
 	t.AttachTime = time.Since(start)
 	return t, nil
+}
+
+// setHook turns on the search for a netfilter drop's hook (aggregate mode
+// only: an event carries its whole stack with --stack) when the kernel
+// names NETFILTER_DROP. The stack is walked once SetHookRange told the
+// program where nf_hook_slow is (from kallsyms, read after the tracer is
+// attached: reading it takes long).
+func (t *Tracer) setHook(spec *ebpf.CollectionSpec) error {
+	if t.cfg.Events {
+		t.NoHooks = "event mode: the hook is found in aggregate mode (or read the stack with --stack)"
+		return nil
+	}
+	var code uint32
+	found := false
+	for c, n := range t.Reasons {
+		if n == "NETFILTER_DROP" {
+			code, found = c, true
+		}
+	}
+	if !found {
+		t.NoHooks = "the kernel names no NETFILTER_DROP reason"
+		if t.NoReasons != "" {
+			t.NoHooks = "drops carry no reason on this kernel"
+		}
+		return nil
+	}
+	t.NoHooks = "kernel symbols not read yet"
+	for name, v := range map[string]any{"find_hook": uint8(1), "netfilter_drop": code} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// SetHookRange tells the running program where nf_hook_slow is in syms:
+// from then on netfilter drops carry their hook. Without it (no kallsyms,
+// hidden addresses) NoHooks says why.
+func (t *Tracer) SetHookRange(syms *Symbols, symErr error) {
+	if t.NoHooks != "kernel symbols not read yet" {
+		return // event mode, or no reasons: NoHooks says why
+	}
+	start, end, ok := syms.Range("nf_hook_slow")
+	switch {
+	case symErr != nil:
+		t.NoHooks = "no kernel symbols: " + symErr.Error()
+		return
+	case syms.Hidden():
+		t.NoHooks = "/proc/kallsyms hides the kernel's addresses (kernel.kptr_restrict)"
+		return
+	case !ok:
+		t.NoHooks = "/proc/kallsyms has no nf_hook_slow"
+		return
+	}
+	// The start first: a program that sees the end set sees a range.
+	if err := t.coll.Variables["hook_fn_start"].Set(start); err != nil {
+		t.NoHooks = "set the hook's range: " + err.Error()
+		return
+	}
+	if err := t.coll.Variables["hook_fn_end"].Set(end); err != nil {
+		t.NoHooks = "set the hook's range: " + err.Error()
+		return
+	}
+	t.NoHooks = ""
 }
 
 func chooseAttach(force string, spec *ebpf.CollectionSpec) (string, error) {
@@ -441,8 +512,7 @@ func (t *Tracer) Aggregates() ([]Aggregate, error) {
 		if l.Count == 0 {
 			continue
 		}
-		k := l.Key
-		p := packetOf(k.Netns, k.Reason, k.Location, k.Family, k.Proto, k.Saddr.B, k.Daddr.B, k.Sport, k.Dport)
+		p := aggPacket(l.Key)
 		merged := false
 		for i := range out {
 			if out[i].Packet == p {
@@ -460,7 +530,7 @@ func (t *Tracer) Aggregates() ([]Aggregate, error) {
 	var per []uint64
 	it := t.coll.Maps["agg_place"].Iterate()
 	for it.Next(&pk, &per) {
-		out = append(out, Aggregate{Packet: Packet{Netns: pk.Netns, Reason: pk.Reason, Location: pk.Location}, Count: sumCPUs(per), NotItemised: true})
+		out = append(out, Aggregate{Packet: Packet{Netns: pk.Netns, Reason: pk.Reason, Location: pk.Location, Caller: pk.Caller}, Count: sumCPUs(per), NotItemised: true})
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("read drop aggregates by place: %w", err)
@@ -489,7 +559,7 @@ func (t *Tracer) batchAggregates() ([]Aggregate, error) {
 	for {
 		n, err := t.coll.Maps["agg"].BatchLookup(&cursor, keys, vals, nil)
 		for i, k := range keys[:n] {
-			out = append(out, Aggregate{Packet: packetOf(k.Netns, k.Reason, k.Location, k.Family, k.Proto, k.Saddr.B, k.Daddr.B, k.Sport, k.Dport), Count: sumCPUs(vals[i*ncpu : (i+1)*ncpu])})
+			out = append(out, Aggregate{Packet: aggPacket(k), Count: sumCPUs(vals[i*ncpu : (i+1)*ncpu])})
 		}
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return out, nil
@@ -508,9 +578,16 @@ func (t *Tracer) iterateAggregates() ([]Aggregate, error) {
 	var per []uint64
 	it := t.coll.Maps["agg"].Iterate()
 	for it.Next(&k, &per) {
-		out = append(out, Aggregate{Packet: packetOf(k.Netns, k.Reason, k.Location, k.Family, k.Proto, k.Saddr.B, k.Daddr.B, k.Sport, k.Dport), Count: sumCPUs(per)})
+		out = append(out, Aggregate{Packet: aggPacket(k), Count: sumCPUs(per)})
 	}
 	return out, it.Err()
+}
+
+// aggPacket is the packet of an aggregate key.
+func aggPacket(k dropsAggKey) Packet {
+	p := packetOf(k.Netns, k.Reason, k.Location, k.Family, k.Proto, k.Saddr.B, k.Daddr.B, k.Sport, k.Dport)
+	p.Caller = k.Caller
+	return p
 }
 
 // sumCPUs adds up one entry of a per-CPU map.

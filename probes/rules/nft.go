@@ -19,9 +19,9 @@ const Nft = "nft"
 // view an operator has. (google/nftables v0.3.0 cannot decode a rule with a
 // `ct original …` match — the very rule of a one-arm SNAT — so it is not used
 // here.) Tables that iptables-nft manages are left to iptables-nft-save.
-func readNft(ns netns.Target) ([]Rule, error) {
+func readNft(ns netns.Target) ([]Rule, []Chain, error) {
 	if _, err := exec.LookPath("nft"); err != nil {
-		return nil, fmt.Errorf("nft not installed")
+		return nil, nil, fmt.Errorf("nft not installed")
 	}
 	var out []byte
 	err := ns.Do(func() error {
@@ -35,14 +35,16 @@ func readNft(ns netns.Target) ([]Rule, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return ParseNftList(out)
+	return ParseNftRuleset(out)
 }
 
 var (
 	nftCounter = regexp.MustCompile(`\bcounter packets (\d+) bytes (\d+)`)
-	nftHandle  = regexp.MustCompile(`\s*# handle \d+$`)
+	nftHandle  = regexp.MustCompile(`\s*# handle (\d+)$`)
+	nftPrio    = regexp.MustCompile(`\bpriority ([^;]+);`)
+	nftPolicy  = regexp.MustCompile(`\bpolicy (\w+);`)
 	nftCtOrig  = regexp.MustCompile(`\bct original (?:(?:ip|ip6) )?daddr (\S+)`)
 	nftHook    = regexp.MustCompile(`\bhook (\w+)`)
 	nftJump    = regexp.MustCompile(`\b(?:jump|goto) (\S+)`)
@@ -51,7 +53,15 @@ var (
 // ParseNftList parses `nft -a list ruleset` into rules, skipping sets, maps
 // and other objects, and tables that iptables-nft manages.
 func ParseNftList(data []byte) ([]Rule, error) {
+	rules, _, err := ParseNftRuleset(data)
+	return rules, err
+}
+
+// ParseNftRuleset is ParseNftList that also returns the base chains, with
+// their hook, priority and policy (nft shows no policy counter).
+func ParseNftRuleset(data []byte) ([]Rule, []Chain, error) {
 	var out []Rule
+	var chains []Chain
 	var table, chain, hook string
 	managed := false // the table carries iptables-nft's "do not touch" warning
 	skipDepth := 0   // >0 while inside a set, map or other non-chain block
@@ -75,7 +85,7 @@ func ParseNftList(data []byte) ([]Rule, error) {
 		switch {
 		case line == "}":
 			if depth == 0 {
-				return nil, fmt.Errorf("nft line %d: unbalanced }", lineNo)
+				return nil, nil, fmt.Errorf("nft line %d: unbalanced }", lineNo)
 			}
 			depth--
 			if skipDepth > 0 && depth < skipDepth {
@@ -94,7 +104,7 @@ func ParseNftList(data []byte) ([]Rule, error) {
 		case depth == 0 && strings.HasPrefix(line, "table ") && opens:
 			f := strings.Fields(line)
 			if len(f) < 4 {
-				return nil, fmt.Errorf("nft line %d: bad table line %q", lineNo, line)
+				return nil, nil, fmt.Errorf("nft line %d: bad table line %q", lineNo, line)
 			}
 			table = f[1] + " " + f[2]
 			depth++
@@ -108,6 +118,16 @@ func ParseNftList(data []byte) ([]Rule, error) {
 		case depth == 2 && chain != "" && strings.HasPrefix(line, "type "):
 			if m := nftHook.FindStringSubmatch(line); m != nil {
 				hook = m[1]
+				if !managed {
+					c := Chain{Backend: Nft, Family: strings.Fields(table)[0], Table: table, Chain: chain, Hook: hook, Policy: "ACCEPT"}
+					if m := nftPrio.FindStringSubmatch(line); m != nil {
+						c.Priority = strings.TrimSpace(m[1])
+					}
+					if m := nftPolicy.FindStringSubmatch(line); m != nil {
+						c.Policy = strings.ToUpper(m[1])
+					}
+					chains = append(chains, c)
+				}
 			}
 		case depth == 2 && chain != "":
 			if opens {
@@ -117,17 +137,21 @@ func ParseNftList(data []byte) ([]Rule, error) {
 			if managed || strings.Contains(line, "xt match ") || strings.Contains(line, "xt target ") {
 				continue
 			}
-			out = append(out, nftRule(table, chain, hook, nftHandle.ReplaceAllString(line, "")))
+			r := nftRule(table, chain, hook, nftHandle.ReplaceAllString(line, ""))
+			if m := nftHandle.FindStringSubmatch(line); m != nil {
+				r.Handle, _ = strconv.ParseUint(m[1], 10, 64)
+			}
+			out = append(out, r)
 		case depth == 1:
 			// flags, comments of a table
 		default:
-			return nil, fmt.Errorf("nft line %d: unexpected %q", lineNo, line)
+			return nil, nil, fmt.Errorf("nft line %d: unexpected %q", lineNo, line)
 		}
 	}
 	if depth != 0 {
-		return nil, fmt.Errorf("nft ruleset ends inside a block")
+		return nil, nil, fmt.Errorf("nft ruleset ends inside a block")
 	}
-	return out, sc.Err()
+	return out, chains, sc.Err()
 }
 
 func nftRule(table, chain, hook, spec string) Rule {

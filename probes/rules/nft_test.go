@@ -81,3 +81,28 @@ func FuzzParseNftList(f *testing.F) {
 		}
 	})
 }
+
+// Base chains come with hook, priority and policy (no counter: nft shows
+// none), rules with their handle; the iptables-nft table is left out.
+func TestParseNftRulesetChains(t *testing.T) {
+	rs, chains, err := rules.ParseNftRuleset([]byte(nftRuleset + "table ip6 f {\n\tchain o {\n\t\ttype filter hook output priority 0; policy drop;\n\t}\n}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []rules.Chain{
+		{Backend: rules.Nft, Family: "inet", Table: "inet lb", Chain: "post", Hook: "postrouting", Priority: "srcnat", Policy: "ACCEPT"},
+		{Backend: rules.Nft, Family: "inet", Table: "inet lb", Chain: "fwd", Hook: "forward", Priority: "filter", Policy: "ACCEPT"},
+		{Backend: rules.Nft, Family: "ip6", Table: "ip6 f", Chain: "o", Hook: "output", Priority: "0", Policy: "DROP"},
+	}
+	if len(chains) != len(want) {
+		t.Fatalf("ParseNftRuleset() chains = %+v, want %+v", chains, want)
+	}
+	for i := range want {
+		if chains[i] != want[i] {
+			t.Errorf("ParseNftRuleset() chain %d = %+v, want %+v", i, chains[i], want[i])
+		}
+	}
+	if rs[0].Handle != 4 || rs[len(rs)-1].Handle != 10 {
+		t.Errorf("ParseNftRuleset() handles %d … %d, want 4 … 10", rs[0].Handle, rs[len(rs)-1].Handle)
+	}
+}

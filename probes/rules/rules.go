@@ -38,7 +38,34 @@ type Snapshot struct {
 	// Omitted is the number of rules a capped copy left out (see
 	// probes.Snapshot.Capped).
 	Omitted int `json:"omitted,omitempty"`
+	// Chains are the base chains (those a hook runs) with their policies
+	// and, where the backend keeps one, the policy's counter.
+	Chains []Chain `json:"chains,omitempty"`
 }
+
+// Chain is a base chain: a netfilter hook runs it, and its policy decides
+// what no rule did.
+type Chain struct {
+	Backend  string `json:"backend"`
+	Family   string `json:"family"` // ip (iptables), or the nft table's family: ip, ip6, inet, …
+	Table    string `json:"table"`  // as in Rule.Table: "filter", or "ip f" for native nft
+	Chain    string `json:"chain"`
+	Hook     string `json:"hook"`               // prerouting, input, forward, output, postrouting
+	Priority string `json:"priority,omitempty"` // native nft: as nft lists it
+	Policy   string `json:"policy"`             // ACCEPT or DROP
+	// Packets and Bytes count what the policy decided (iptables-save's
+	// ":INPUT DROP [12:720]"). A native nft base chain has no policy
+	// counter that nft shows: HasCounter false, and Packets stay 0.
+	Packets    uint64 `json:"packets"`
+	Bytes      uint64 `json:"bytes"`
+	HasCounter bool   `json:"has_counter"`
+}
+
+// Key identifies a chain across two reads.
+func (c Chain) Key() string { return c.Backend + "|" + c.Table + "|" + c.Chain }
+
+// builtinHooks are the hooks of iptables' built-in chains.
+var builtinHooks = map[string]string{"PREROUTING": "prerouting", "INPUT": "input", "FORWARD": "forward", "OUTPUT": "output", "POSTROUTING": "postrouting"}
 
 // Backend says whether a rule source could be read.
 type Backend struct {
@@ -66,6 +93,8 @@ type Rule struct {
 	IPVS *IPVSMatch `json:"ipvs,omitempty"`
 	// CtOrigDst is the --ctorigdst of a conntrack match (the VIP before DNAT).
 	CtOrigDst string `json:"ct_orig_dst,omitempty"`
+	// Handle is a native nft rule's handle (`nft delete rule … handle N`).
+	Handle uint64 `json:"handle,omitempty"`
 }
 
 // IPVSMatch is what an `-m ipvs` match selects.
@@ -236,7 +265,7 @@ func Read(ns netns.Target) (Snapshot, error) {
 			snap.Backends = append(snap.Backends, b)
 			continue
 		}
-		rules, err := ParseSave(be, out)
+		rules, chains, err := ParseSaveChains(be, out)
 		if err != nil {
 			b.Reason = err.Error()
 			snap.Backends = append(snap.Backends, b)
@@ -245,16 +274,20 @@ func Read(ns netns.Target) (Snapshot, error) {
 		b.Read, b.Rules = true, len(rules)
 		snap.Backends = append(snap.Backends, b)
 		snap.Rules = append(snap.Rules, rules...)
+		snap.Chains = append(snap.Chains, chains...)
 	}
 	nb := Backend{Name: Nft, Tool: "nft"}
-	if nft, err := readNft(ns); err != nil {
+	if nft, chains, err := readNft(ns); err != nil {
 		nb.Reason = err.Error()
 	} else {
 		// iptables-nft's tables are nf_tables tables too: a rule
 		// iptables-nft-save showed is not shown again as a native one.
-		nft = withoutTablesOf(nft, snap.Rules)
+		owned := tablesOf(snap.Rules, snap.Chains)
+		nft = slices.DeleteFunc(nft, func(r Rule) bool { return owned[r.Table] })
+		chains = slices.DeleteFunc(chains, func(c Chain) bool { return owned[c.Table] })
 		nb.Read, nb.Rules = true, len(nft)
 		snap.Rules = append(snap.Rules, nft...)
+		snap.Chains = append(snap.Chains, chains...)
 	}
 	snap.Backends = append(snap.Backends, nb)
 	rulesIn := map[string]int{}
@@ -265,16 +298,21 @@ func Read(ns netns.Target) (Snapshot, error) {
 	return snap, nil
 }
 
-// withoutTablesOf drops the native nft rules of the tables iptables-nft
-// already read (family ip, named as its tables).
-func withoutTablesOf(nft, read []Rule) []Rule {
+// tablesOf names, as native nft names them (family ip), the tables
+// iptables-nft read: their rules and chains are not shown again as native.
+func tablesOf(read []Rule, chains []Chain) map[string]bool {
 	owned := map[string]bool{}
 	for _, r := range read {
 		if r.Backend == IptablesNft {
 			owned["ip "+r.Table] = true
 		}
 	}
-	return slices.DeleteFunc(nft, func(r Rule) bool { return owned[r.Table] })
+	for _, c := range chains {
+		if c.Backend == IptablesNft {
+			owned["ip "+c.Table] = true
+		}
+	}
+	return owned
 }
 
 // legacyTables lists the x_tables tables of ns; none when ip_tables is not loaded.
@@ -304,7 +342,15 @@ func (s Snapshot) Unread() []Backend {
 
 // ParseSave parses `iptables-save -c` output.
 func ParseSave(backend string, data []byte) ([]Rule, error) {
+	rules, _, err := ParseSaveChains(backend, data)
+	return rules, err
+}
+
+// ParseSaveChains parses `iptables-save -c` output into rules and the
+// built-in chains with their policies and policy counters.
+func ParseSaveChains(backend string, data []byte) ([]Rule, []Chain, error) {
 	var rules []Rule
+	var chains []Chain
 	table := ""
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 64*1024), 1<<20)
@@ -313,7 +359,16 @@ func ParseSave(backend string, data []byte) ([]Rule, error) {
 		lineNo++
 		line := strings.TrimSpace(sc.Text())
 		switch {
-		case line == "" || line[0] == '#' || line == "COMMIT" || line[0] == ':':
+		case line == "" || line[0] == '#' || line == "COMMIT":
+			continue
+		case line[0] == ':':
+			c, ok, err := parseChainLine(backend, table, line)
+			if err != nil {
+				return nil, nil, fmt.Errorf("line %d: %w", lineNo, err)
+			}
+			if ok {
+				chains = append(chains, c)
+			}
 			continue
 		case line[0] == '*':
 			table = line[1:]
@@ -323,29 +378,58 @@ func ParseSave(backend string, data []byte) ([]Rule, error) {
 		if line[0] == '[' {
 			end := strings.IndexByte(line, ']')
 			if end < 0 {
-				return nil, fmt.Errorf("line %d: unterminated counters", lineNo)
+				return nil, nil, fmt.Errorf("line %d: unterminated counters", lineNo)
 			}
-			p, b, ok := strings.Cut(line[1:end], ":")
-			var err1, err2 error
-			r.Packets, err1 = strconv.ParseUint(p, 10, 64)
-			r.Bytes, err2 = strconv.ParseUint(b, 10, 64)
-			if !ok || err1 != nil || err2 != nil {
-				return nil, fmt.Errorf("line %d: bad counters %q", lineNo, line[:end+1])
+			var err error
+			if r.Packets, r.Bytes, err = parseCounters(line[:end+1]); err != nil {
+				return nil, nil, fmt.Errorf("line %d: %w", lineNo, err)
 			}
 			line = strings.TrimSpace(line[end+1:])
 		}
 		args, err := splitArgs(line)
 		if err != nil {
-			return nil, fmt.Errorf("line %d: %w", lineNo, err)
+			return nil, nil, fmt.Errorf("line %d: %w", lineNo, err)
 		}
 		if len(args) < 2 || args[0] != "-A" {
-			return nil, fmt.Errorf("line %d: not a rule: %q", lineNo, line)
+			return nil, nil, fmt.Errorf("line %d: not a rule: %q", lineNo, line)
 		}
 		r.Chain, r.Spec, r.HasCounter = args[1], line, true
 		labelRule(&r, args[2:])
 		rules = append(rules, r)
 	}
-	return rules, sc.Err()
+	return rules, chains, sc.Err()
+}
+
+// parseCounters parses "[packets:bytes]".
+func parseCounters(s string) (packets, bytes uint64, err error) {
+	p, b, ok := strings.Cut(strings.TrimSuffix(strings.TrimPrefix(s, "["), "]"), ":")
+	var err1, err2 error
+	packets, err1 = strconv.ParseUint(p, 10, 64)
+	bytes, err2 = strconv.ParseUint(b, 10, 64)
+	if !ok || err1 != nil || err2 != nil || !strings.HasPrefix(s, "[") || !strings.HasSuffix(s, "]") {
+		return 0, 0, fmt.Errorf("bad counters %q", s)
+	}
+	return packets, bytes, nil
+}
+
+// parseChainLine parses ":INPUT DROP [12:720]"; a user chain (":KUBE-X -
+// [0:0]") has no policy and is no base chain: ok is false.
+func parseChainLine(backend, table, line string) (c Chain, ok bool, err error) {
+	f := strings.Fields(line[1:])
+	if len(f) < 2 {
+		return c, false, fmt.Errorf("bad chain line %q", line)
+	}
+	if f[1] == "-" {
+		return c, false, nil
+	}
+	c = Chain{Backend: backend, Family: "ip", Table: table, Chain: f[0], Hook: builtinHooks[f[0]], Policy: strings.ToUpper(f[1])}
+	if len(f) > 2 {
+		if c.Packets, c.Bytes, err = parseCounters(f[2]); err != nil {
+			return c, false, err
+		}
+		c.HasCounter = true
+	}
+	return c, true, nil
 }
 
 func labelRule(r *Rule, args []string) {
@@ -444,3 +528,26 @@ func splitArgs(s string) ([]string, error) {
 func (r Rule) Key() string {
 	return r.Backend + "|" + r.Table + "|" + r.Chain + "|" + nftCounter.ReplaceAllString(r.Spec, "counter")
 }
+
+// Drops reports whether the rule's verdict drops or rejects what it matches.
+func (r Rule) Drops() bool { return r.Target == "DROP" || r.Target == "REJECT" }
+
+// HookOf is the netfilter hook a rule runs in: its nft base chain's hook,
+// or an iptables built-in chain's; "" for a rule in a user chain (reached by
+// a jump from somewhere lbdoctor does not follow).
+func (r Rule) HookOf() string {
+	if r.Hook != "" {
+		return r.Hook
+	}
+	if r.Backend != Nft {
+		return builtinHooks[r.Chain]
+	}
+	return ""
+}
+
+// Place names a rule's table and chain the way its backend's tool does:
+// "iptables-legacy filter INPUT", "nft ip f in".
+func (r Rule) Place() string { return r.Backend + " " + r.Table + " " + r.Chain }
+
+// Place names a chain the way Rule.Place does.
+func (c Chain) Place() string { return c.Backend + " " + c.Table + " " + c.Chain }

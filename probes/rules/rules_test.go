@@ -266,3 +266,79 @@ func TestBackendOfVersion(t *testing.T) {
 		}
 	}
 }
+
+// Built-in chains carry their policy and its counter; a user chain ("-")
+// is no base chain.
+func TestParseSaveChains(t *testing.T) {
+	in := "*filter\n:INPUT DROP [12:720]\n:FORWARD ACCEPT [0:0]\n:KUBE-X - [0:0]\n[1:60] -A INPUT -j KUBE-X\nCOMMIT\n*nat\n:POSTROUTING ACCEPT [3:180]\nCOMMIT\n"
+	_, got, err := rules.ParseSaveChains(rules.IptablesLegacy, []byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []rules.Chain{
+		{Backend: rules.IptablesLegacy, Family: "ip", Table: "filter", Chain: "INPUT", Hook: "input", Policy: "DROP", Packets: 12, Bytes: 720, HasCounter: true},
+		{Backend: rules.IptablesLegacy, Family: "ip", Table: "filter", Chain: "FORWARD", Hook: "forward", Policy: "ACCEPT", HasCounter: true},
+		{Backend: rules.IptablesLegacy, Family: "ip", Table: "nat", Chain: "POSTROUTING", Hook: "postrouting", Policy: "ACCEPT", Packets: 3, Bytes: 180, HasCounter: true},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("ParseSaveChains() chains = %+v, want %+v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("ParseSaveChains() chain %d = %+v, want %+v", i, got[i], want[i])
+		}
+	}
+	for name, bad := range map[string]string{"no policy": "*filter\n:INPUT\n", "bad counter": "*filter\n:INPUT DROP [x:1]\n"} {
+		if _, _, err := rules.ParseSaveChains("x", []byte(bad)); err == nil {
+			t.Errorf("ParseSaveChains(%s) = nil error, want an error", name)
+		}
+	}
+}
+
+// Read gives each backend's base chains with their policies; the policy
+// counter of iptables-legacy and iptables-nft counts what the policy
+// dropped, and a native nft base chain says it has no counter.
+func TestReadChainPolicies(t *testing.T) {
+	ns := testkit.Netns(t, "pol")
+	testkit.Run(t, ns, "ip", "link", "set", "lo", "up")
+	testkit.Run(t, ns, "iptables-legacy", "-P", "OUTPUT", "DROP")
+	testkit.Run(t, ns, "iptables-legacy", "-A", "OUTPUT", "-p", "udp", "--dport", "10", "-j", "ACCEPT")
+	testkit.Run(t, ns, "iptables-nft", "-P", "INPUT", "DROP")
+	testkit.Run(t, ns, "iptables-nft", "-A", "INPUT", "-p", "udp", "--dport", "9", "-j", "ACCEPT")
+	testkit.Run(t, ns, "nft", "add table inet own; add chain inet own fw { type filter hook forward priority 10; policy drop; }")
+	testkit.SendUDP(t, ns, netip.Addr{}, netip.MustParseAddrPort("127.0.0.1:9"), 3)  // dropped by the legacy OUTPUT policy
+	testkit.SendUDP(t, ns, netip.Addr{}, netip.MustParseAddrPort("127.0.0.1:10"), 2) // past OUTPUT, dropped by the iptables-nft INPUT policy
+	snap, err := rules.Read(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	find := func(backend, chain string) *rules.Chain {
+		for i, c := range snap.Chains {
+			if c.Backend == backend && c.Chain == chain && (c.Table == "filter" || c.Table == "inet own") {
+				return &snap.Chains[i]
+			}
+		}
+		return nil
+	}
+	for _, tt := range []struct {
+		name, backend, chain, policy string
+		packets                      uint64
+		counter                      bool
+	}{
+		{"legacy output policy", rules.IptablesLegacy, "OUTPUT", "DROP", 3, true},
+		{"iptables-nft input policy", rules.IptablesNft, "INPUT", "DROP", 2, true},
+		{"nft forward policy", rules.Nft, "fw", "DROP", 0, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := find(tt.backend, tt.chain)
+			if c == nil || c.Policy != tt.policy || c.Packets != tt.packets || c.HasCounter != tt.counter {
+				t.Errorf("Read() chain %s %s = %+v, want policy %s, %d packets, counter %v (chains %+v)", tt.backend, tt.chain, c, tt.policy, tt.packets, tt.counter, snap.Chains)
+			}
+		})
+	}
+	for _, c := range snap.Chains {
+		if c.Backend == rules.Nft && c.Table == "ip filter" {
+			t.Errorf("the iptables-nft table's chain was read as native nft: %+v", c)
+		}
+	}
+}

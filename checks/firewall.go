@@ -1,0 +1,375 @@
+package checks
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/lbdoctor/lbdoctor/internal/shellquote"
+	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/ipvs"
+	"github.com/lbdoctor/lbdoctor/probes/rules"
+)
+
+// flowLeg is one kind of packet of a service's flows that crosses a filter
+// hook before IPVS has dealt with it.
+type flowLeg struct {
+	hook    string
+	pkt     rules.Packet
+	what    string // "requests to tcp 10.1.0.6:8085"
+	why     string // why this hook sees them
+	service string
+}
+
+// legsOf are the packets of a service a filter rule can drop: requests in
+// INPUT (before IPVS's LOCAL_IN hook takes them) and, for masquerade, the
+// NAT'd requests in OUTPUT (IPVS sends them through LOCAL_OUT) and the
+// reals' replies in FORWARD (routed to the client after the de-SNAT, before
+// IPVS's FORWARD hook rewrites them).
+func legsOf(svc ipvs.Service) []flowLeg {
+	key := svc.Key()
+	legs := []flowLeg{{hook: "input", service: key, pkt: rules.Packet{Proto: svc.Proto, Dst: svc.Addr.Addr(), DPort: svc.Addr.Port()},
+		what: "requests to " + key, why: "filter INPUT runs before IPVS takes them (LOCAL_IN)"}}
+	for _, r := range svc.Reals {
+		if r.Method != ipvs.Masq {
+			continue
+		}
+		legs = append(legs,
+			flowLeg{hook: "output", service: key, pkt: rules.Packet{Proto: svc.Proto, Dst: r.Addr.Addr(), DPort: r.Addr.Port()},
+				what: "requests IPVS sends to real " + r.Addr.String(), why: "IPVS sends them through LOCAL_OUT, where filter OUTPUT runs"},
+			flowLeg{hook: "forward", service: key, pkt: rules.Packet{Proto: svc.Proto, Src: r.Addr.Addr(), SPort: r.Addr.Port()},
+				what: "replies of real " + r.Addr.String(), why: "they are forwarded after conntrack's de-SNAT, and filter FORWARD runs before IPVS's FORWARD hook"})
+	}
+	return legs
+}
+
+// filterHit is a rule or policy that drops a service's packets.
+type filterHit struct {
+	rule   *rules.Rule
+	policy *rules.Chain
+	legs   []flowLeg
+	static bool   // the rule clearly matches (no window needed)
+	drops  uint64 // the window's drops joined to it
+	hook   string
+	point  *probes.DropPoint
+}
+
+func (h *filterHit) key() string {
+	if h.rule != nil {
+		return "r " + h.rule.Key()
+	}
+	return "c " + h.policy.Key()
+}
+
+// checkFirewall: a filter rule or a chain policy drops or rejects the
+// selected services' flows. Static where a rule clearly matches (addresses,
+// protocol and ports only), confirmed by the window's netfilter drops joined
+// to a rule or policy of their hook.
+func checkFirewall(s *probes.Snapshot, sel probes.Selector) Finding {
+	if !s.IPVS.Available {
+		return skip("IPVS is not available (see kernel.ipvs)")
+	}
+	var svcs []ipvs.Service
+	for _, svc := range selected(s, sel) {
+		if svc.FWMark == 0 {
+			svcs = append(svcs, svc)
+		}
+	}
+	if len(svcs) == 0 {
+		return skip("no IPVS service selected in " + s.Target.String())
+	}
+	read := false
+	for _, b := range s.Rules.Backends {
+		read = read || b.Read
+	}
+	if !read {
+		why := "no rule backend could be read"
+		if e, ok := s.Errors[probes.ProbeRules]; ok {
+			why += ": " + e
+		}
+		return skip(why)
+	}
+	var hits []*filterHit
+	add := func(h *filterHit, l flowLeg) {
+		for _, x := range hits {
+			if x.key() == h.key() {
+				x.static = x.static || h.static
+				if !slices.ContainsFunc(x.legs, func(y flowLeg) bool { return y == l }) {
+					x.legs = append(x.legs, l)
+				}
+				return
+			}
+		}
+		h.legs = []flowLeg{l}
+		hits = append(hits, h)
+	}
+	for _, svc := range svcs {
+		for _, l := range legsOf(svc) {
+			for _, h := range staticHits(s, l) {
+				add(h, l)
+			}
+		}
+	}
+	w := s.Window
+	if w != nil {
+		for i := range w.DropPoints {
+			p := &w.DropPoints[i]
+			if !filterExplains(*p) {
+				continue
+			}
+			h := &filterHit{rule: p.Rule, policy: p.Policy, hook: pointHook(*p), drops: p.Count, point: p}
+			for _, svc := range svcs {
+				if len(p.Services) > 0 && !slices.Contains(p.Services, svc.Key()) {
+					continue
+				}
+				for _, l := range legsOf(svc) {
+					if l.hook == h.hook {
+						add(h, l)
+					}
+				}
+			}
+			for _, x := range hits { // the static hit (or another point's), confirmed
+				if x != h && x.key() == h.key() {
+					x.drops += p.Count
+					x.point = p
+				}
+			}
+		}
+	}
+	if len(hits) == 0 {
+		if un := s.Rules.Unread(); len(un) > 0 {
+			var why []string
+			for _, b := range un {
+				why = append(why, b.Name+": "+b.Reason)
+			}
+			return skip("no rule read drops the selected services' flows, but a rule backend could not be read (" + strings.Join(why, "; ") + ")")
+		}
+		f := Finding{Status: Pass, Evidence: []Evidence{{
+			Fact:   fmt.Sprintf("no filter rule or DROP policy in input, output or forward clearly matches the flows of %s", serviceKeys(svcs)),
+			Source: "rules of " + backendNames(s) + ", " + s.Target.String(),
+		}}}
+		if w == nil {
+			f.Evidence = append(f.Evidence, Evidence{Fact: "static snapshot (--watch 0): a rule that matches on more than addresses, protocol and ports is judged only by the window's drops", Source: "lbdoctor"})
+		}
+		return f
+	}
+	f := Finding{Status: Fail}
+	var titles []string
+	for _, h := range hits {
+		f.Evidence = append(f.Evidence, Evidence{Fact: hitLine(s, h), Source: hitSource(s, h)})
+		f.Fix = append(f.Fix, hitFix(s, h)...)
+		titles = append(titles, hitName(h))
+	}
+	f.Title = "a packet filter drops the selected services' flows: " + titles[0]
+	if len(titles) > 1 {
+		f.Title += fmt.Sprintf(" (and %d more)", len(titles)-1)
+	}
+	h := hits[0]
+	f.Reason = fmt.Sprintf("%s drops %s: %s", hitName(h), h.legs[0].what, h.legs[0].why)
+	if w != nil {
+		for _, p := range w.Paths {
+			if slices.ContainsFunc(hits, func(h *filterHit) bool {
+				return slices.ContainsFunc(h.legs, func(l flowLeg) bool { return l.service == p.Service })
+			}) {
+				f.Path = append(f.Path, p)
+			}
+		}
+	}
+	return f
+}
+
+// filterExplains reports whether firewall.filter names the root cause of a
+// drop point: a netfilter drop in a filter hook the services' packets cross
+// before IPVS deals with them, joined to a rule or policy.
+func filterExplains(p probes.DropPoint) bool {
+	h := pointHook(p)
+	return p.Reason == "NETFILTER_DROP" && (p.Rule != nil || p.Policy != nil) && (h == "input" || h == "output" || h == "forward")
+}
+
+// pointHook is the hook of a drop point: from the stack, else (drops seen
+// before the tracer knew where nf_hook_slow is) the hook of the rule or
+// policy whose counter explains them.
+func pointHook(p probes.DropPoint) string {
+	switch {
+	case p.Hook != "":
+		return p.Hook
+	case p.Rule != nil:
+		return p.Rule.HookOf()
+	case p.Policy != nil:
+		return p.Policy.Hook
+	}
+	return ""
+}
+
+// pointFix is the fix of a drop point joined to a rule or policy: the rule
+// deleted, or the selected services' packets of its hook let past the policy.
+func pointFix(s *probes.Snapshot, sel probes.Selector, p probes.DropPoint) []string {
+	h := &filterHit{rule: p.Rule, policy: p.Policy, hook: pointHook(p)}
+	for _, svc := range selected(s, sel) {
+		if svc.FWMark != 0 || (len(p.Services) > 0 && !slices.Contains(p.Services, svc.Key())) {
+			continue
+		}
+		for _, l := range legsOf(svc) {
+			if l.hook == h.hook {
+				h.legs = append(h.legs, l)
+			}
+		}
+	}
+	if h.rule == nil && len(h.legs) == 0 {
+		return nil
+	}
+	return hitFix(s, h)
+}
+
+// staticHits are the rules and policies of l's hook that clearly drop l's
+// packets: a DROP or REJECT rule that matches them with no rule before it
+// that might accept them, else a DROP policy no rule of the chain might
+// spare them from.
+func staticHits(s *probes.Snapshot, l flowLeg) []*filterHit {
+	var out []*filterHit
+	for i := range s.Rules.Chains {
+		c := &s.Rules.Chains[i]
+		if c.Hook != l.hook || (c.Backend != rules.Nft && c.Table != "filter") || (c.Backend == rules.Nft && c.Family != "ip" && c.Family != "inet") {
+			continue
+		}
+		open := true // no rule so far might take the packet elsewhere
+		var hit *filterHit
+		for j := range s.Rules.Rules {
+			r := &s.Rules.Rules[j]
+			if r.Backend != c.Backend || r.Table != c.Table || r.Chain != c.Chain {
+				continue
+			}
+			m := r.MatchPacket(l.pkt)
+			if m == rules.NoMatch {
+				continue
+			}
+			if r.Drops() {
+				if m == rules.Matches {
+					hit = &filterHit{rule: r, static: true, hook: l.hook}
+					break
+				}
+				continue // it may drop some: the window tells
+			}
+			if r.Target != "LOG" && r.Target != "" {
+				open = false // it may accept or jump: the window tells
+				break
+			}
+		}
+		if hit == nil && open && c.Policy == "DROP" {
+			hit = &filterHit{policy: c, static: true, hook: l.hook}
+		}
+		if hit != nil {
+			out = append(out, hit)
+		}
+	}
+	return out
+}
+
+func hitName(h *filterHit) string {
+	if h.rule != nil {
+		return fmt.Sprintf("%s rule %q", h.rule.Place(), h.rule.Spec)
+	}
+	return fmt.Sprintf("%s policy %s", h.policy.Place(), h.policy.Policy)
+}
+
+func hitLine(s *probes.Snapshot, h *filterHit) string {
+	var whats []string
+	for _, l := range h.legs {
+		whats = append(whats, l.what)
+	}
+	line := fmt.Sprintf("%s (hook %s) drops %s", hitName(h), h.hook, strings.Join(whats, ", "))
+	var counted []string
+	switch {
+	case h.rule != nil && h.rule.HasCounter:
+		counted = append(counted, fmt.Sprintf("%d packets counted", h.rule.Packets))
+	case h.policy != nil && h.policy.HasCounter:
+		counted = append(counted, fmt.Sprintf("%d packets counted by the policy", h.policy.Packets))
+	case h.policy != nil:
+		counted = append(counted, "nft keeps no policy counter")
+	default:
+		counted = append(counted, "the rule has no counter")
+	}
+	if d, ok := delta(s, h); ok {
+		counted = append(counted, fmt.Sprintf("+%d in the window", d))
+	}
+	if h.drops > 0 {
+		counted = append(counted, fmt.Sprintf("%d × NETFILTER_DROP of the selected flows in %s during the window, joined to it", h.drops, h.hook))
+	} else if h.static {
+		counted = append(counted, "it matches them by address, protocol and port")
+	}
+	return line + ": " + strings.Join(counted, "; ")
+}
+
+// delta is what the hit's counter moved in the window.
+func delta(s *probes.Snapshot, h *filterHit) (uint64, bool) {
+	if s.Window == nil {
+		return 0, false
+	}
+	for _, d := range s.Window.Deltas.Rules {
+		if h.rule != nil && d.Rule.Key() == h.rule.Key() {
+			return d.Packets, true
+		}
+	}
+	for _, d := range s.Window.Deltas.Chains {
+		if h.policy != nil && d.Chain.Key() == h.policy.Key() {
+			return d.Packets, true
+		}
+	}
+	if (h.rule != nil && h.rule.HasCounter) || (h.policy != nil && h.policy.HasCounter) {
+		return 0, true
+	}
+	return 0, false
+}
+
+func hitSource(s *probes.Snapshot, h *filterHit) string {
+	src := "rules (" + backendOf(h) + "), " + s.Target.String()
+	if h.drops > 0 {
+		src += "; kfree_skb tracer"
+	}
+	return src
+}
+
+func backendOf(h *filterHit) string {
+	if h.rule != nil {
+		return h.rule.Backend
+	}
+	return h.policy.Backend
+}
+
+// hitFix deletes a rule, or lets the legs' packets past a DROP policy with
+// an accept rule at the top of its chain (the policy stays for the rest).
+func hitFix(s *probes.Snapshot, h *filterHit) []string {
+	pre := s.Target.ExecPrefix()
+	if h.rule != nil {
+		if cmd := h.rule.DeleteCommand(); cmd != nil {
+			return []string{pre + shellquote.Command(cmd)}
+		}
+		return []string{fmt.Sprintf("%snft -a list chain %s %s   # find the rule's handle, then: nft delete rule %s %s handle N", pre, h.rule.Table, shellquote.Quote(h.rule.Chain), h.rule.Table, shellquote.Quote(h.rule.Chain))}
+	}
+	var out []string
+	for _, l := range h.legs {
+		cmd := pre + shellquote.Command(h.policy.AcceptCommand(l.pkt))
+		if !slices.Contains(out, cmd) {
+			out = append(out, cmd)
+		}
+	}
+	return out
+}
+
+func serviceKeys(svcs []ipvs.Service) string {
+	var ks []string
+	for _, s := range svcs {
+		ks = append(ks, s.Key())
+	}
+	return strings.Join(ks, ", ")
+}
+
+func backendNames(s *probes.Snapshot) string {
+	var ns []string
+	for _, b := range s.Rules.Backends {
+		if b.Read {
+			ns = append(ns, b.Name)
+		}
+	}
+	return strings.Join(ns, ", ")
+}

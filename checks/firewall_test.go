@@ -1,0 +1,125 @@
+package checks_test
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/lbdoctor/lbdoctor/checks"
+	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/drops"
+	"github.com/lbdoctor/lbdoctor/probes/rules"
+)
+
+// firewall.filter on the seed's one-arm LB (tcp 10.1.0.6:8085 → real
+// 10.1.0.50:8085, masquerade) with filter rules and policies added: static
+// where a rule clearly matches, else only when the window's drops are joined
+// to it; the fix deletes the rule or lets the flows past the policy.
+func TestFirewallFilter(t *testing.T) {
+	inputDrop := rules.Rule{Backend: rules.IptablesLegacy, Table: "filter", Chain: "INPUT", Spec: "-A INPUT -d 10.1.0.6/32 -p tcp -m tcp --dport 8085 -j DROP", Target: "DROP", HasCounter: true, Packets: 13}
+	otherPort := rules.Rule{Backend: rules.IptablesLegacy, Table: "filter", Chain: "INPUT", Spec: "-A INPUT -d 10.1.0.6/32 -p tcp -m tcp --dport 22 -j DROP", Target: "DROP", HasCounter: true}
+	fwdPolicy := rules.Chain{Backend: rules.IptablesNft, Family: "ip", Table: "filter", Chain: "FORWARD", Hook: "forward", Policy: "DROP", HasCounter: true, Packets: 40}
+	established := rules.Rule{Backend: rules.IptablesNft, Table: "filter", Chain: "FORWARD", Spec: "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", Target: "ACCEPT", HasCounter: true}
+	outClient := rules.Rule{Backend: rules.Nft, Table: "inet f", Chain: "out", Hook: "output", Spec: "ip saddr 10.1.0.3 ip daddr 10.1.0.50 tcp dport 8085 counter packets 6 bytes 360 reject", Target: "REJECT", HasCounter: true, Packets: 6, Handle: 4}
+	outChain := rules.Chain{Backend: rules.Nft, Family: "inet", Table: "inet f", Chain: "out", Hook: "output", Priority: "filter", Policy: "ACCEPT"}
+	window := func(points ...probes.DropPoint) *probes.Window {
+		return &probes.Window{DropPoints: points, Paths: nil}
+	}
+	for _, tt := range []struct {
+		name     string
+		rules    []rules.Rule
+		chains   []rules.Chain
+		window   *probes.Window
+		unread   bool
+		want     checks.Status
+		wantFact string
+		wantFix  string
+	}{
+		{"no filter rule", nil, nil, nil, false, checks.Pass, "no filter rule or DROP policy", ""},
+		{"a rule on another port", []rules.Rule{otherPort}, nil, nil, false, checks.Pass, "no filter rule or DROP policy", ""},
+		{"INPUT DROP on the VIP, static", []rules.Rule{inputDrop}, []rules.Chain{{Backend: rules.IptablesLegacy, Family: "ip", Table: "filter", Chain: "INPUT", Hook: "input", Policy: "ACCEPT", HasCounter: true}}, nil, false, checks.Fail,
+			`iptables-legacy filter INPUT rule "-A INPUT -d 10.1.0.6/32 -p tcp -m tcp --dport 8085 -j DROP" (hook input) drops requests to TCP 10.1.0.6:8085: 13 packets counted; it matches them by address, protocol and port`,
+			"ip netns exec lb iptables-legacy -t filter -D INPUT -d 10.1.0.6/32 -p tcp -m tcp --dport 8085 -j DROP"},
+		{"FORWARD policy DROP, nothing accepts", nil, []rules.Chain{fwdPolicy}, nil, false, checks.Fail,
+			"iptables-nft filter FORWARD policy DROP (hook forward) drops replies of real 10.1.0.50:8085: 40 packets counted by the policy",
+			"ip netns exec lb iptables-nft -t filter -I FORWARD -s 10.1.0.50 -p tcp --sport 8085 -j ACCEPT"},
+		{"FORWARD policy DROP after an ESTABLISHED accept, no window", []rules.Rule{established}, []rules.Chain{fwdPolicy}, nil, false, checks.Pass, "static snapshot", ""},
+		{"FORWARD policy DROP after an ESTABLISHED accept, drops joined to it", []rules.Rule{established}, []rules.Chain{fwdPolicy},
+			window(probes.DropPoint{Reason: "NETFILTER_DROP", Function: "nf_hook_slow", Hook: "forward", Count: 9, Policy: &fwdPolicy, Services: []string{"TCP 10.1.0.6:8085"}}), false, checks.Fail,
+			"9 × NETFILTER_DROP of the selected flows in forward during the window, joined to it",
+			"ip netns exec lb iptables-nft -t filter -I FORWARD -s 10.1.0.50 -p tcp --sport 8085 -j ACCEPT"},
+		{"nft output reject of one client, drops joined to it", []rules.Rule{outClient}, []rules.Chain{outChain},
+			window(probes.DropPoint{Reason: "NETFILTER_DROP", Function: "nf_hook_slow", Hook: "output", Count: 6, Rule: &outClient}), false, checks.Fail,
+			`nft inet f out rule "ip saddr 10.1.0.3 ip daddr 10.1.0.50 tcp dport 8085 counter packets 6 bytes 360 reject" (hook output) drops requests IPVS sends to real 10.1.0.50:8085`,
+			"ip netns exec lb nft delete rule inet f out handle 4"},
+		{"drops seen before the tracer knew the hook: the joined rule's hook", []rules.Rule{outClient}, []rules.Chain{outChain},
+			window(probes.DropPoint{Reason: "NETFILTER_DROP", Function: "nf_hook_slow", Count: 2, Rule: &outClient}), false, checks.Fail,
+			"2 × NETFILTER_DROP of the selected flows in output during the window, joined to it", "ip netns exec lb nft delete rule inet f out handle 4"},
+		{"nft output reject of one client, no window", []rules.Rule{outClient}, []rules.Chain{outChain}, nil, false, checks.Pass, "", ""},
+		{"nothing found, a backend unread", nil, nil, nil, true, checks.Skip, "", ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := loadFixture(t, "seed-stage2")
+			s.Rules.Rules = append(s.Rules.Rules, tt.rules...)
+			s.Rules.Chains = tt.chains
+			s.Window = tt.window
+			if tt.unread {
+				s.Rules.Backends[0] = rules.Backend{Name: rules.IptablesLegacy, Reason: "no iptables-legacy save tool on PATH"}
+			}
+			f := statusOf(checks.Run(s, probes.Selector{}), "firewall.filter")
+			var facts []string
+			for _, e := range f.Evidence {
+				facts = append(facts, e.Fact)
+			}
+			if f.Status != tt.want || !strings.Contains(strings.Join(facts, "\n"), tt.wantFact) || !strings.Contains(strings.Join(f.Fix, "\n"), tt.wantFix) {
+				t.Errorf("firewall.filter = %s %q\nevidence %q\nfix %q\nwant %s with %q and fix %q", f.Status, f.Reason, facts, f.Fix, tt.want, tt.wantFact, tt.wantFix)
+			}
+		})
+	}
+}
+
+// drops.vip_flows shows the netfilter drops with their hook and the rule
+// they were joined to, with the rule's fix (never "see inspect"); drops
+// whose root cause firewall.filter names warn here and fail there.
+func TestDropsJoinedToAFilterRule(t *testing.T) {
+	rule := rules.Rule{Backend: rules.IptablesLegacy, Table: "filter", Chain: "INPUT", Spec: "-A INPUT -d 10.1.0.6/32 -j DROP", Target: "DROP", HasCounter: true, Packets: 6}
+	for _, tt := range []struct {
+		name     string
+		joined   bool
+		want     checks.Status
+		wantFact string
+		wantFix  string
+	}{
+		{"joined to the rule", true, checks.Warn, `  joined to iptables-legacy filter INPUT rule "-A INPUT -d 10.1.0.6/32 -j DROP", +6 packets in the window`,
+			"ip netns exec lb iptables-legacy -t filter -D INPUT -d 10.1.0.6/32 -j DROP"},
+		{"no rule explains them", false, checks.Fail, "6 × NETFILTER_DROP at nf_hook_slow+0x7a in input in 6 flows",
+			"ip netns exec lb iptables-legacy -t filter -nvL INPUT --line-numbers"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := loadFixture(t, "seed-stage3-drops")
+			var ds []drops.Counted
+			for i := 0; i < 6; i++ {
+				ds = append(ds, drops.Counted{Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: 6, Location: 0x1234,
+					Src: netip.AddrPortFrom(netip.MustParseAddr("10.1.0.3"), uint16(40000+i)), Dst: netip.MustParseAddrPort("10.1.0.6:8085")}, Count: 1},
+					ReasonName: "NETFILTER_DROP", Symbol: "nf_hook_slow+0x7a", Hook: "input"})
+			}
+			s.Drops.Drops = ds
+			s.Rules.Backends[0].Rules = 1
+			p := probes.DropPoint{Reason: "NETFILTER_DROP", Function: "nf_hook_slow", Hook: "input", Count: 6}
+			if tt.joined {
+				s.Rules.Rules = append(s.Rules.Rules, rule)
+				p.Rule, p.Delta, p.Source = &rule, 6, "rule counters over the window, netns lb"
+				p.Cause = `iptables-legacy filter INPUT rule "-A INPUT -d 10.1.0.6/32 -j DROP", +6 packets in the window`
+			}
+			s.Window = &probes.Window{DropPoints: []probes.DropPoint{p}}
+			f := statusOf(checks.Run(s, probes.Selector{}), "drops.vip_flows")
+			var facts []string
+			for _, e := range f.Evidence {
+				facts = append(facts, e.Fact)
+			}
+			if f.Status != tt.want || !strings.Contains(strings.Join(facts, "\n"), tt.wantFact) || !strings.Contains(strings.Join(f.Fix, "\n"), tt.wantFix) || strings.Contains(strings.Join(f.Fix, "\n"), "inspect") {
+				t.Errorf("drops.vip_flows = %s %q\nevidence %q\nfix %q\nwant %s with %q and fix %q", f.Status, f.Title, facts, f.Fix, tt.want, tt.wantFact, tt.wantFix)
+			}
+		})
+	}
+}

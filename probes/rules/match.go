@@ -1,0 +1,264 @@
+package rules
+
+import (
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// Packet is what a check knows of a packet a rule may match; a zero field
+// is not known (any client's address or port).
+type Packet struct {
+	Proto    string // tcp or udp
+	Src, Dst netip.Addr
+	SPort    uint16
+	DPort    uint16
+}
+
+// Match is a rule's verdict on a packet.
+type Match int
+
+const (
+	// NoMatch: a criterion the rule has is false for the packet.
+	NoMatch Match = iota
+	// Unclear: the rule has a criterion lbdoctor does not read (state,
+	// marks, interfaces, sets…) or one on what the packet does not say.
+	Unclear
+	// Matches: every criterion of the rule holds for the packet.
+	Matches
+)
+
+// MatchPacket tells whether the rule matches every packet like p: only
+// addresses, protocol and ports are read; anything else makes it Unclear.
+func (r Rule) MatchPacket(p Packet) Match {
+	if r.Backend == Nft {
+		return matchNft(r.Spec, p)
+	}
+	args, err := splitArgs(r.Spec)
+	if err != nil || len(args) < 2 {
+		return Unclear
+	}
+	m := Matches
+	for i := 2; i < len(args); i++ {
+		a := args[i]
+		next := func() string {
+			if i+1 < len(args) {
+				i++
+				return args[i]
+			}
+			return ""
+		}
+		var v Match
+		switch a {
+		case "-p", "--protocol":
+			v = eq(next(), p.Proto)
+		case "-s", "--source":
+			v = inPrefix(next(), p.Src)
+		case "-d", "--destination":
+			v = inPrefix(next(), p.Dst)
+		case "--dport", "--destination-port":
+			v = portIn(next(), p.DPort)
+		case "--sport", "--source-port":
+			v = portIn(next(), p.SPort)
+		case "-m", "--match":
+			switch next() {
+			case "tcp", "udp", "comment":
+				continue
+			}
+			v = Unclear
+		case "--comment":
+			next()
+			continue
+		case "-j", "--jump":
+			next()
+			for i+1 < len(args) { // the target's own options (--reject-with …)
+				i++
+			}
+			continue
+		default:
+			v = Unclear
+		}
+		if v == NoMatch {
+			return NoMatch
+		}
+		m = min(m, v)
+	}
+	return m
+}
+
+// matchNft reads the few nft expressions a check can judge.
+func matchNft(spec string, p Packet) Match {
+	f := strings.Fields(nftCounter.ReplaceAllString(spec, ""))
+	m := Matches
+	for i := 0; i < len(f); i++ {
+		next := func() string {
+			if i+1 < len(f) {
+				i++
+				return f[i]
+			}
+			return ""
+		}
+		var v Match
+		switch w := f[i]; w {
+		case "ip", "ip6":
+			switch next() {
+			case "saddr":
+				v = inPrefix(next(), p.Src)
+			case "daddr":
+				v = inPrefix(next(), p.Dst)
+			default:
+				v = Unclear
+			}
+		case "tcp", "udp", "th":
+			if w != "th" {
+				if v = eq(w, p.Proto); v == NoMatch {
+					return NoMatch
+				}
+			}
+			switch next() {
+			case "dport":
+				v = min(v, portIn(next(), p.DPort))
+			case "sport":
+				v = min(v, portIn(next(), p.SPort))
+			default:
+				v = Unclear
+			}
+		case "meta":
+			if next() == "l4proto" {
+				v = eq(next(), p.Proto)
+			} else {
+				v = Unclear
+			}
+		case "counter", "drop", "accept":
+			continue
+		case "reject":
+			i = len(f) // "reject with …": the verdict's own words
+			continue
+		default:
+			v = Unclear
+		}
+		if v == NoMatch {
+			return NoMatch
+		}
+		m = min(m, v)
+	}
+	return m
+}
+
+func eq(want, have string) Match {
+	if have == "" {
+		return Unclear
+	}
+	if strings.EqualFold(want, have) {
+		return Matches
+	}
+	return NoMatch
+}
+
+func inPrefix(s string, a netip.Addr) Match {
+	if strings.HasPrefix(s, "!") || strings.HasPrefix(s, "@") || strings.HasPrefix(s, "{") || strings.HasPrefix(s, "$") {
+		return Unclear
+	}
+	if !a.IsValid() {
+		return Unclear
+	}
+	if prefixContains(s, a) {
+		return Matches
+	}
+	if _, err := netip.ParsePrefix(s); err == nil {
+		return NoMatch
+	}
+	if _, err := netip.ParseAddr(s); err == nil {
+		return NoMatch
+	}
+	return Unclear
+}
+
+// portIn reads a port, or a range "A:B" (iptables) or "A-B" (nft).
+func portIn(s string, port uint16) Match {
+	if port == 0 {
+		return Unclear
+	}
+	lo, hi, ok := strings.Cut(s, ":")
+	if !ok {
+		lo, hi, ok = strings.Cut(s, "-")
+	}
+	if !ok {
+		hi = lo
+	}
+	a, err1 := strconv.ParseUint(lo, 10, 16)
+	b, err2 := strconv.ParseUint(hi, 10, 16)
+	if err1 != nil || err2 != nil {
+		return Unclear
+	}
+	if uint64(port) >= a && uint64(port) <= b {
+		return Matches
+	}
+	return NoMatch
+}
+
+// DeleteCommand is the command that deletes the rule: `iptables-legacy -t
+// filter -D INPUT …` as iptables-save printed it, or `nft delete rule ip f
+// in handle 7`; nil when it cannot be named (an nft rule read without
+// its handle).
+func (r Rule) DeleteCommand() []string {
+	if r.Backend == Nft {
+		fam, table, ok := strings.Cut(r.Table, " ")
+		if r.Handle == 0 || !ok {
+			return nil
+		}
+		return []string{"nft", "delete", "rule", fam, table, r.Chain, "handle", strconv.FormatUint(r.Handle, 10)}
+	}
+	args, err := splitArgs(r.Spec)
+	if err != nil || len(args) < 2 {
+		return nil
+	}
+	return append([]string{r.Backend, "-t", r.Table, "-D"}, args[1:]...)
+}
+
+// AcceptCommand is the command that inserts, at the top of chain c, a rule
+// that accepts packets like p (addresses, protocol, ports that are known):
+// what lets them past a DROP policy without opening it to everything.
+func (c Chain) AcceptCommand(p Packet) []string {
+	if c.Backend == Nft {
+		_, table, _ := strings.Cut(c.Table, " ")
+		cmd := []string{"nft", "insert", "rule", c.Family, table, c.Chain}
+		fam := "ip"
+		if p.Src.Is6() || p.Dst.Is6() {
+			fam = "ip6"
+		}
+		if p.Src.IsValid() {
+			cmd = append(cmd, fam, "saddr", p.Src.String())
+		}
+		if p.Dst.IsValid() {
+			cmd = append(cmd, fam, "daddr", p.Dst.String())
+		}
+		if p.Proto != "" && p.SPort != 0 {
+			cmd = append(cmd, p.Proto, "sport", strconv.Itoa(int(p.SPort)))
+		}
+		if p.Proto != "" && p.DPort != 0 {
+			cmd = append(cmd, p.Proto, "dport", strconv.Itoa(int(p.DPort)))
+		}
+		if p.Proto != "" && p.SPort == 0 && p.DPort == 0 {
+			cmd = append(cmd, "meta", "l4proto", p.Proto)
+		}
+		return append(cmd, "accept")
+	}
+	cmd := []string{c.Backend, "-t", c.Table, "-I", c.Chain}
+	if p.Src.IsValid() {
+		cmd = append(cmd, "-s", p.Src.String())
+	}
+	if p.Dst.IsValid() {
+		cmd = append(cmd, "-d", p.Dst.String())
+	}
+	if p.Proto != "" {
+		cmd = append(cmd, "-p", p.Proto)
+		if p.SPort != 0 {
+			cmd = append(cmd, "--sport", strconv.Itoa(int(p.SPort)))
+		}
+		if p.DPort != 0 {
+			cmd = append(cmd, "--dport", strconv.Itoa(int(p.DPort)))
+		}
+	}
+	return append(cmd, "-j", "ACCEPT")
+}

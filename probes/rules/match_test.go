@@ -1,0 +1,66 @@
+package rules_test
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/lbdoctor/lbdoctor/probes/rules"
+)
+
+func TestMatchPacket(t *testing.T) {
+	syn := rules.Packet{Proto: "tcp", Dst: netip.MustParseAddr("10.1.0.6"), DPort: 8085}
+	reply := rules.Packet{Proto: "tcp", Src: netip.MustParseAddr("10.1.0.50"), SPort: 8085}
+	legacy := func(spec string) rules.Rule { return rules.Rule{Backend: rules.IptablesLegacy, Spec: spec} }
+	nft := func(spec string) rules.Rule { return rules.Rule{Backend: rules.Nft, Spec: spec} }
+	for _, tt := range []struct {
+		name string
+		r    rules.Rule
+		p    rules.Packet
+		want rules.Match
+	}{
+		{"iptables VIP and port", legacy("-A INPUT -d 10.1.0.6/32 -p tcp -m tcp --dport 8085 -j DROP"), syn, rules.Matches},
+		{"iptables every packet", legacy("-A INPUT -j DROP"), syn, rules.Matches},
+		{"iptables reject with options", legacy("-A INPUT -d 10.1.0.6/32 -j REJECT --reject-with icmp-port-unreachable"), syn, rules.Matches},
+		{"iptables other port", legacy("-A INPUT -d 10.1.0.6/32 -p tcp -m tcp --dport 22 -j DROP"), syn, rules.NoMatch},
+		{"iptables port range", legacy("-A INPUT -p tcp -m tcp --dport 8000:9000 -j DROP"), syn, rules.Matches},
+		{"iptables other protocol", legacy("-A INPUT -p udp -j DROP"), syn, rules.NoMatch},
+		{"iptables a client's source", legacy("-A INPUT -s 10.9.0.0/16 -d 10.1.0.6/32 -j DROP"), syn, rules.Unclear},
+		{"iptables conntrack state", legacy("-A INPUT -m conntrack --ctstate INVALID -j DROP"), syn, rules.Unclear},
+		{"iptables interface", legacy("-A FORWARD -i eth1 -j DROP"), reply, rules.Unclear},
+		{"iptables reply source", legacy("-A FORWARD -s 10.1.0.50/32 -p tcp -m tcp --sport 8085 -j DROP"), reply, rules.Matches},
+		{"nft daddr and port", nft("ip daddr 10.1.0.6 tcp dport 8085 counter packets 3 bytes 180 drop"), syn, rules.Matches},
+		{"nft reject with", nft("ip daddr 10.1.0.6 reject with icmp type host-unreachable"), syn, rules.Matches},
+		{"nft port set", nft("tcp dport { 22, 23 } drop"), syn, rules.Unclear},
+		{"nft other address", nft("ip daddr 10.1.0.7 drop"), syn, rules.NoMatch},
+		{"nft udp rule, tcp packet", nft("udp dport 8085 drop"), syn, rules.NoMatch},
+		{"nft ct state", nft("ct state invalid drop"), syn, rules.Unclear},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.r.MatchPacket(tt.p); got != tt.want {
+				t.Errorf("MatchPacket(%q, %+v) = %v, want %v", tt.r.Spec, tt.p, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestFixCommands(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		got  []string
+		want string
+	}{
+		{"iptables delete", rules.Rule{Backend: rules.IptablesLegacy, Table: "filter", Chain: "INPUT", Spec: `-A INPUT -d 10.1.0.6/32 -m comment --comment "no web" -j DROP`}.DeleteCommand(),
+			"iptables-legacy -t filter -D INPUT -d 10.1.0.6/32 -m comment --comment no web -j DROP"},
+		{"nft delete", rules.Rule{Backend: rules.Nft, Table: "inet f", Chain: "out", Handle: 7}.DeleteCommand(), "nft delete rule inet f out handle 7"},
+		{"nft without handle", rules.Rule{Backend: rules.Nft, Table: "inet f", Chain: "out"}.DeleteCommand(), ""},
+		{"iptables accept", rules.Chain{Backend: rules.IptablesNft, Table: "filter", Chain: "FORWARD"}.AcceptCommand(rules.Packet{Proto: "tcp", Src: netip.MustParseAddr("10.1.0.50"), SPort: 8085}),
+			"iptables-nft -t filter -I FORWARD -s 10.1.0.50 -p tcp --sport 8085 -j ACCEPT"},
+		{"nft accept", rules.Chain{Backend: rules.Nft, Family: "inet", Table: "inet f", Chain: "out"}.AcceptCommand(rules.Packet{Proto: "tcp", Dst: netip.MustParseAddr("10.1.0.50"), DPort: 8085}),
+			"nft insert rule inet f out ip daddr 10.1.0.50 tcp dport 8085 accept"},
+	} {
+		if got := strings.Join(tt.got, " "); got != tt.want {
+			t.Errorf("%s: command = %q, want %q", tt.name, got, tt.want)
+		}
+	}
+}

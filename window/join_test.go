@@ -1,0 +1,134 @@
+package window
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/lbdoctor/lbdoctor/flowpath"
+	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/drops"
+	"github.com/lbdoctor/lbdoctor/probes/netstate"
+	"github.com/lbdoctor/lbdoctor/probes/rules"
+)
+
+var (
+	vip  = netip.MustParseAddrPort("10.1.0.6:8085")
+	real = netip.MustParseAddrPort("10.1.0.50:8085")
+)
+
+// syn is a drop of one client's SYN to the VIP, attributed to its flow.
+func syn(reason, fn, hook string, client int, n uint64) drops.Counted {
+	c := netip.AddrPortFrom(netip.MustParseAddr("10.1.0.3"), uint16(40000+client))
+	return drops.Counted{
+		Aggregate:  drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: 6, Src: c, Dst: vip}, Count: n},
+		ReasonName: reason, Symbol: fn + "+0x10", Hook: hook,
+		Flow: &drops.Flow{Client: c, VIP: vip, Real: real, Direction: "request"},
+	}
+}
+
+var (
+	inputDrop   = rules.Rule{Backend: rules.IptablesLegacy, Table: "filter", Chain: "INPUT", Spec: "-A INPUT -d 10.1.0.6/32 -p tcp -j DROP", Target: "DROP", HasCounter: true, Packets: 13}
+	forwardDrop = rules.Rule{Backend: rules.Nft, Table: "ip f", Chain: "fw", Hook: "forward", Spec: "tcp dport 8085 counter packets 5 bytes 300 drop", Target: "DROP", HasCounter: true, Packets: 5, Handle: 4}
+	outputDrop  = rules.Rule{Backend: rules.Nft, Table: "inet f", Chain: "out", Hook: "output", Spec: "tcp sport 8085 reject", Target: "REJECT", Handle: 7}
+	fwdPolicy   = rules.Chain{Backend: rules.IptablesNft, Family: "ip", Table: "filter", Chain: "FORWARD", Hook: "forward", Policy: "DROP", HasCounter: true, Packets: 20}
+)
+
+func TestJoin(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		drops     []drops.Counted
+		rules     []rules.Rule
+		chains    []rules.Chain
+		deltas    probes.Deltas
+		neigh     []netstate.Neighbour
+		want      probes.DropPoint
+		wantCause string
+	}{
+		{
+			name:  "six SYNs in input: one point, joined to the rule that moved by as much",
+			drops: []drops.Counted{syn("NETFILTER_DROP", "nf_hook_slow", "input", 1, 3), syn("NETFILTER_DROP", "nf_hook_slow", "input", 2, 2), syn("NETFILTER_DROP", "nf_hook_slow", "input", 3, 2), syn("NETFILTER_DROP", "nf_hook_slow", "input", 4, 2), syn("NETFILTER_DROP", "nf_hook_slow", "input", 5, 2), syn("NETFILTER_DROP", "nf_hook_slow", "input", 6, 2)},
+			rules: []rules.Rule{forwardDrop, inputDrop},
+			deltas: probes.Deltas{Rules: []probes.RuleDelta{
+				{Rule: forwardDrop, Packets: 13}, // same count, other hook: not it
+				{Rule: inputDrop, Packets: 13},
+			}},
+			want:      probes.DropPoint{Reason: "NETFILTER_DROP", Function: "nf_hook_slow", Hook: "input", Count: 13, Flows: 6, Attributed: 13, Leg: flowpath.Request, Services: []string{"TCP 10.1.0.6:8085"}, Delta: 13},
+			wantCause: `iptables-legacy filter INPUT rule "-A INPUT -d 10.1.0.6/32 -p tcp -j DROP", +13 packets in the window`,
+		},
+		{
+			name:      "forward policy that counted more than the selected flows",
+			drops:     []drops.Counted{syn("NETFILTER_DROP", "nf_hook_slow", "forward", 1, 13)},
+			rules:     []rules.Rule{forwardDrop},
+			chains:    []rules.Chain{fwdPolicy},
+			deltas:    probes.Deltas{Chains: []probes.ChainDelta{{Chain: fwdPolicy, Packets: 20}}, Rules: []probes.RuleDelta{{Rule: forwardDrop, Packets: 2}}},
+			want:      probes.DropPoint{Reason: "NETFILTER_DROP", Function: "nf_hook_slow", Hook: "forward", Count: 13, Flows: 1, Attributed: 13, Leg: flowpath.Request, Services: []string{"TCP 10.1.0.6:8085"}, Delta: 20},
+			wantCause: "iptables-nft filter FORWARD policy DROP, +20 packets in the window",
+		},
+		{
+			name:      "an nft rule without a counter, the only one in its hook",
+			drops:     []drops.Counted{syn("NETFILTER_DROP", "nft_do_chain", "output", 1, 4)},
+			rules:     []rules.Rule{inputDrop, outputDrop},
+			want:      probes.DropPoint{Reason: "NETFILTER_DROP", Function: "nft_do_chain", Hook: "output", Count: 4, Flows: 1, Attributed: 4, Leg: flowpath.Request, Services: []string{"TCP 10.1.0.6:8085"}, Uncounted: true},
+			wantCause: `nft inet f out rule "tcp sport 8085 reject" (handle 7) (no counter: the only DROP or REJECT in this hook)`,
+		},
+		{
+			name:      "nothing drops in that hook",
+			drops:     []drops.Counted{syn("NETFILTER_DROP", "nf_hook_slow", "prerouting", 1, 2)},
+			rules:     []rules.Rule{inputDrop},
+			want:      probes.DropPoint{Reason: "NETFILTER_DROP", Function: "nf_hook_slow", Hook: "prerouting", Count: 2, Flows: 1, Attributed: 2, Leg: flowpath.Request, Services: []string{"TCP 10.1.0.6:8085"}},
+			wantCause: "no DROP or REJECT rule nor DROP policy in prerouting was read",
+		},
+		{
+			name:      "a neighbour that never answered",
+			drops:     []drops.Counted{syn("NEIGH_FAILED", "__neigh_event_send", "", 1, 3)},
+			neigh:     []netstate.Neighbour{{IP: netip.MustParseAddr("10.1.0.51"), Dev: "eth0", State: "FAILED"}, {IP: real.Addr(), Dev: "eth0", State: "FAILED"}},
+			want:      probes.DropPoint{Reason: "NEIGH_FAILED", Function: "__neigh_event_send", Count: 3, Flows: 1, Attributed: 3, Leg: flowpath.Request, Services: []string{"TCP 10.1.0.6:8085"}},
+			wantCause: "neighbour 10.1.0.50 on eth0 is FAILED: it does not answer ARP/NDP",
+		},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			after := &probes.Snapshot{Rules: rules.Snapshot{Rules: tt.rules, Chains: tt.chains}, Net: netstate.Snapshot{Neighbours: tt.neigh}, Drops: &drops.Sample{Drops: tt.drops}}
+			got := Join(&probes.Snapshot{}, after, &probes.Window{Deltas: tt.deltas})
+			if len(got) != 1 {
+				t.Fatalf("Join() = %d points %+v, want 1", len(got), got)
+			}
+			g := got[0]
+			if g.Cause != tt.wantCause {
+				t.Errorf("Join() cause = %q, want %q", g.Cause, tt.wantCause)
+			}
+			g.Cause, g.Source, g.Rule, g.Policy, g.Examples = "", "", nil, nil, nil
+			if !equalPoint(g, tt.want) {
+				t.Errorf("Join() = %+v, want %+v", g, tt.want)
+			}
+		})
+	}
+}
+
+func equalPoint(a, b probes.DropPoint) bool {
+	return a.Reason == b.Reason && a.Function == b.Function && a.Hook == b.Hook && a.Count == b.Count && a.Flows == b.Flows &&
+		a.Attributed == b.Attributed && a.Leg == b.Leg && strings.Join(a.Services, ",") == strings.Join(b.Services, ",") &&
+		a.Delta == b.Delta && a.Uncounted == b.Uncounted
+}
+
+// Drops of different kinds or hooks are different points, the most first
+// (ties in the order first seen).
+func TestJoinGroupsByKindAndHook(t *testing.T) {
+	after := &probes.Snapshot{Drops: &drops.Sample{Drops: []drops.Counted{
+		syn("NETFILTER_DROP", "nf_hook_slow", "input", 1, 1),
+		syn("NETFILTER_DROP", "nf_hook_slow", "forward", 1, 5),
+		syn("IP_INADDRERRORS", "ip_error", "", 2, 2),
+		syn("NETFILTER_DROP", "nf_hook_slow", "input", 2, 1),
+	}}}
+	got := Join(&probes.Snapshot{}, after, &probes.Window{})
+	var keys []string
+	for _, p := range got {
+		keys = append(keys, p.Reason+"/"+p.Hook+"/"+strings.Repeat("x", int(p.Count)))
+	}
+	if want := "NETFILTER_DROP/forward/xxxxx NETFILTER_DROP/input/xx IP_INADDRERRORS//xx"; strings.Join(keys, " ") != want {
+		t.Errorf("Join() points = %v, want %s", keys, want)
+	}
+	if Join(&probes.Snapshot{}, &probes.Snapshot{}, &probes.Window{}) != nil {
+		t.Errorf("Join() without a drop sample = non-nil, want nil")
+	}
+}
