@@ -21,6 +21,8 @@ import (
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 	"github.com/lbdoctor/lbdoctor/probes/netstate"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
+	"github.com/lbdoctor/lbdoctor/probes/sysctl"
+	"github.com/lbdoctor/lbdoctor/window"
 )
 
 // Fixtures in testdata/*.snapshot.json are snapshots as `Gather` returns
@@ -330,6 +332,111 @@ func TestDropsWideFilter(t *testing.T) {
 	}
 }
 
+// A failing finding carries the causal chain of its service's flows: on
+// the seed's stage 3 after a window with traffic, sysctl.ip_forward and
+// drops.vip_flows show the path that stops at ip_error, in text and JSON,
+// and a passing finding carries none.
+func TestFailingFindingsCarryThePath(t *testing.T) {
+	snap := loadFixture(t, "seed-stage3-drops")
+	real := netip.MustParseAddrPort("10.1.0.50:8085")
+	masq := snap.Rules.Rules[slices.IndexFunc(snap.Rules.Rules, func(r rules.Rule) bool { return r.CoversVIP(netip.MustParseAddrPort("10.1.0.6:8085")) })]
+	w := &probes.Window{Length: 3 * time.Second, Elapsed: 3 * time.Second, Skipped: map[string]string{}, Deltas: probes.Deltas{
+		IPVS:  []probes.ServiceDelta{{Service: "TCP 10.1.0.6:8085", PacketsIn: 6, Reals: []probes.RealDelta{{Real: real.String(), PacketsIn: 6}}}},
+		Rules: []probes.RuleDelta{{Rule: masq, Packets: 4}},
+	}}
+	sel := probes.Selector{VIP: netip.MustParseAddrPort("10.1.0.6:8085"), Proto: "tcp"}
+	w.Paths = window.Paths(snap, w, sel)
+	snap.Window = w
+	fs := checks.Run(snap, sel)
+	want := "client→VIP ✓ 6 · IPVS→real .50 ✓ 6 · SNAT ✓ · reply real→LB ✓ 6 · de-SNAT (PREROUTING) · route: 10.1.0.3 not local, forwarding off · ✗ ip_error IP_INADDRERRORS ×6 · ✗ nf_hook_slow NETFILTER_DROP ×1"
+	for _, tt := range []struct {
+		id    string
+		paths int
+	}{{"sysctl.ip_forward", 1}, {"drops.vip_flows", 1}, {"kernel.ipvs", 0}, {"nat.return_path", 0}} {
+		f := statusOf(fs, tt.id)
+		if len(f.Path) != tt.paths || (tt.paths > 0 && f.Path[0].String() != want) {
+			t.Errorf("Run(seed-stage3 with a window) %s (%s) = paths %v, want %d path(s) reading %q", tt.id, f.Status, f.Path, tt.paths, want)
+		}
+	}
+	var buf bytes.Buffer
+	report.Text(&buf, report.New(report.Target{Netns: snap.Target, Kernel: snap.Kernel, VIP: sel.VIP.String(), Proto: "tcp"}, fs, snap.Errors))
+	testkit.Golden(t, "seed-stage3-window@10.1.0.6_8085.txt", buf.Bytes())
+}
+
+// ipv6TwoArm turns the two-arm fixture into an IPv6-only two-arm LB as an
+// operator builds it: VIP [fd00:1::6]:8085 on eth0, real [fd00:2::50]:8085
+// behind eth1, IPv6 forwarding on and IPv4 forwarding off.
+func ipv6TwoArm(s *probes.Snapshot) {
+	s.IPVS.Services[0].Addr = netip.MustParseAddrPort("[fd00:1::6]:8085")
+	s.IPVS.Services[0].Reals[0].Addr = netip.MustParseAddrPort("[fd00:2::50]:8085")
+	for i, l := range s.Net.Links {
+		switch l.Name {
+		case "eth0":
+			s.Net.Links[i].Addrs = append(l.Addrs, netip.MustParsePrefix("fd00:1::5/64"), netip.MustParsePrefix("fd00:1::6/128"))
+		case "eth1":
+			s.Net.Links[i].Addrs = append(l.Addrs, netip.MustParsePrefix("fd00:2::1/64"))
+		}
+	}
+	s.Net.Routes = append(s.Net.Routes,
+		netstate.Route{Dst: netip.MustParsePrefix("fd00:1::/64"), Dev: "eth0", Table: 254, Scope: "universe"},
+		netstate.Route{Dst: netip.MustParsePrefix("fd00:2::/64"), Dev: "eth1", Table: 254, Scope: "universe"})
+	setIPForward(s, "0")
+	setSysctl(s, "net.ipv6.conf.all.forwarding", "1")
+}
+
+// setIPForward writes net.ipv4.ip_forward as the kernel does: it is
+// conf.all.forwarding, and writing it sets every interface's forwarding.
+func setIPForward(s *probes.Snapshot, v string) {
+	for k := range s.Sysctls {
+		if strings.HasPrefix(k, "net.ipv4.conf.") && strings.HasSuffix(k, ".forwarding") {
+			setSysctl(s, k, v)
+		}
+	}
+	setSysctl(s, "net.ipv4.ip_forward", v)
+}
+
+func setSysctl(s *probes.Snapshot, key, value string) {
+	s.Sysctls[key] = sysctl.Value{Key: key, Value: value, Present: true}
+}
+
+// An IPv6 service is judged by IPv6's switches: its replies cross
+// net.ipv6.conf.all.forwarding, never net.ipv4.ip_forward (which failed a
+// healthy IPv6-only LB and passed one whose IPv6 forwarding was off).
+func TestIPv6Services(t *testing.T) {
+	tests := []struct {
+		name    string
+		change  func(*probes.Snapshot)
+		id      string
+		want    checks.Status
+		wantFix string // in the fix when it fails, in the reason when it skips
+	}{
+		{"IPv6 forwarding on, IPv4 off", func(*probes.Snapshot) {}, "sysctl.ip_forward", checks.Pass, ""},
+		{"IPv6 forwarding off, IPv4 on", func(s *probes.Snapshot) {
+			setIPForward(s, "1")
+			setSysctl(s, "net.ipv6.conf.all.forwarding", "0")
+		}, "sysctl.ip_forward", checks.Fail, "net.ipv6.conf.all.forwarding=1"},
+		{"IPv6 forwarding not read", func(s *probes.Snapshot) { delete(s.Sysctls, "net.ipv6.conf.all.forwarding") }, "sysctl.ip_forward", checks.Skip, ""},
+		{"an IPv4 service beside, IPv4 forwarding off", func(s *probes.Snapshot) {
+			v4 := s.IPVS.Services[0]
+			v4.Addr, v4.Reals = netip.MustParseAddrPort("10.1.0.6:8085"), []ipvs.Real{{Addr: netip.MustParseAddrPort("10.2.0.50:8085"), Method: ipvs.Masq, Weight: 1}}
+			s.IPVS.Services = append(s.IPVS.Services, v4)
+		}, "sysctl.ip_forward", checks.Fail, "net.ipv4.ip_forward=1"},
+		{"two-arm return path", func(*probes.Snapshot) {}, "nat.return_path", checks.Pass, ""},
+		{"no IPv4 redirects to judge", func(*probes.Snapshot) {}, "net.send_redirects", checks.Skip, "no IPv4 masquerade service"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			snap := loadFixture(t, "two-arm")
+			ipv6TwoArm(snap)
+			tt.change(snap)
+			f := statusOf(checks.Run(snap, probes.Selector{}), tt.id)
+			if f.Status != tt.want || (tt.wantFix != "" && !strings.Contains(strings.Join(f.Fix, "\n")+f.Reason, tt.wantFix)) {
+				t.Errorf("Run(%s) %s = %s %q (%s) fix %q, want %s with fix %q", tt.name, tt.id, f.Status, f.Title, f.Reason, f.Fix, tt.want, tt.wantFix)
+			}
+		})
+	}
+}
+
 // An LB of a thousand services: ipvs.reals_available lists the services
 // without a real first and counts the rest past 20 lines.
 func TestRealsAvailableManyServices(t *testing.T) {
@@ -348,5 +455,108 @@ func TestRealsAvailableManyServices(t *testing.T) {
 		f.Evidence[20].Fact != fmt.Sprintf("… and %d more services with a real server of weight > 0", n-20) {
 		t.Errorf("ipvs.reals_available of %d services = %s, %d evidence lines, first %q, last %q; want fail, 21 lines, the service without a real first, the rest counted",
 			n, f.Status, len(f.Evidence), f.Evidence[0].Fact, f.Evidence[len(f.Evidence)-1].Fact)
+	}
+}
+
+// ipv6OneArm turns seed stage 1 (one-arm, no SNAT rule) into its IPv6
+// twin: VIP [fd00:1::6]:8085 and real [fd00:1::50]:8085 on eth0, with
+// IPv6 forwarding on.
+func ipv6OneArm(s *probes.Snapshot) {
+	s.IPVS.Services[0].Addr = netip.MustParseAddrPort("[fd00:1::6]:8085")
+	s.IPVS.Services[0].Reals[0].Addr = netip.MustParseAddrPort("[fd00:1::50]:8085")
+	for i, l := range s.Net.Links {
+		if l.Name == "eth0" {
+			s.Net.Links[i].Addrs = append(l.Addrs, netip.MustParsePrefix("fd00:1::5/64"), netip.MustParsePrefix("fd00:1::6/128"))
+		}
+	}
+	s.Net.Routes = append(s.Net.Routes, netstate.Route{Dst: netip.MustParsePrefix("fd00:1::/64"), Dev: "eth0", Table: 254, Scope: "universe"})
+	setSysctl(s, "net.ipv6.conf.all.forwarding", "1")
+	setSysctl(s, "net.ipv4.vs.conntrack", "1")
+}
+
+// A rule filters one address family: an iptables rule never sees an IPv6
+// service's packets (nor an ip6tables rule an IPv4 one's), so it neither
+// gives that service SNAT nor needs vs.conntrack for it. Without families,
+// an IPv4 `-m ipvs --ipvs` MASQUERADE passed an IPv6 one-arm service that
+// has no SNAT at all.
+func TestRulesCountForTheirFamily(t *testing.T) {
+	masq := func(family, spec string) func(*probes.Snapshot) {
+		return func(s *probes.Snapshot) {
+			r := rules.Rule{Backend: rules.IptablesNft, Family: family, Table: "nat", Chain: "POSTROUTING", Spec: spec, HasCounter: true, Target: "MASQUERADE",
+				IPVS: &rules.IPVSMatch{Ipvs: true}}
+			s.Rules.Rules = append(s.Rules.Rules, r)
+			s.Rules.Backends[1].Rules++
+		}
+	}
+	tests := []struct {
+		name   string
+		change func(*probes.Snapshot)
+		id     string
+		want   checks.Status
+		wantIn string // in the title or reason
+	}{
+		{"IPv4 MASQUERADE only", masq("ip", "-A POSTROUTING -m ipvs --ipvs -j MASQUERADE"), "nat.return_path", checks.Fail, "no source NAT"},
+		{"ip6tables MASQUERADE", masq("ip6", "-A POSTROUTING -m ipvs --ipvs -j MASQUERADE"), "nat.return_path", checks.Pass, ""},
+		{"IPv4 rule needs no vs.conntrack for IPv6", masq("ip", "-A POSTROUTING -m ipvs --ipvs -j MASQUERADE"), "sysctl.vs_conntrack", checks.Skip, "no rule depends"},
+		{"IPv6 rules unread", func(s *probes.Snapshot) { s.Rules.Backends[0].IPv6Unread = "no ip6tables-legacy-save on PATH" }, "nat.return_path", checks.Skip, "the IPv6 rules of iptables-legacy could not be read"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			snap := loadFixture(t, "seed-stage1")
+			ipv6OneArm(snap)
+			tt.change(snap)
+			f := statusOf(checks.Run(snap, probes.Selector{VIP: snap.IPVS.Services[0].Addr}), tt.id)
+			if f.Status != tt.want || !strings.Contains(f.Title+" "+f.Reason, tt.wantIn) {
+				t.Errorf("Run(%s) %s = %s %q (%s), want %s with %q", tt.name, tt.id, f.Status, f.Title, f.Reason, tt.want, tt.wantIn)
+			}
+		})
+	}
+}
+
+// firewall.filter judges a service by the chains of its address family: an
+// ip6tables DROP never drops an IPv4 service's packets (nor an iptables one
+// an IPv6 service's), and the fix of an ip6tables rule is an ip6tables
+// command.
+func TestFirewallFilterFamilies(t *testing.T) {
+	chain := func(family, policy string) rules.Chain {
+		return rules.Chain{Backend: rules.IptablesLegacy, Family: family, Table: "filter", Chain: "INPUT", Hook: "input", Policy: policy, HasCounter: true}
+	}
+	drop := func(family, spec string) rules.Rule {
+		return rules.Rule{Backend: rules.IptablesLegacy, Family: family, Table: "filter", Chain: "INPUT", Spec: spec, Target: "DROP", HasCounter: true}
+	}
+	v6 := func(s *probes.Snapshot) { ipv6OneArm(s) }
+	tests := []struct {
+		name    string
+		fixture string
+		change  func(*probes.Snapshot)
+		rules   []rules.Rule
+		chains  []rules.Chain
+		want    checks.Status
+		wantFix string
+	}{
+		{"IPv4 service, ip6tables drops all input", "seed-stage2", func(*probes.Snapshot) {},
+			[]rules.Rule{drop("ip6", "-A INPUT -j DROP")}, []rules.Chain{chain("ip", "ACCEPT"), chain("ip6", "DROP")}, checks.Pass, ""},
+		{"IPv6 service, iptables drops all input", "seed-stage1", v6,
+			[]rules.Rule{drop("ip", "-A INPUT -j DROP")}, []rules.Chain{chain("ip", "DROP"), chain("ip6", "ACCEPT")}, checks.Pass, ""},
+		{"IPv6 service, ip6tables drops its VIP", "seed-stage1", v6,
+			[]rules.Rule{drop("ip6", "-A INPUT -d fd00:1::6/128 -p tcp -m tcp --dport 8085 -j DROP")}, []rules.Chain{chain("ip", "ACCEPT"), chain("ip6", "ACCEPT")}, checks.Fail,
+			"ip netns exec lb ip6tables-legacy -t filter -D INPUT -d fd00:1::6/128 -p tcp -m tcp --dport 8085 -j DROP"},
+		{"IPv6 service, ip6tables input policy DROP", "seed-stage1", v6,
+			nil, []rules.Chain{chain("ip", "ACCEPT"), chain("ip6", "DROP")}, checks.Fail,
+			"ip netns exec lb ip6tables-legacy -t filter -I INPUT -d fd00:1::6 -p tcp --dport 8085 -j ACCEPT"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := loadFixture(t, tt.fixture)
+			tt.change(s)
+			s.Rules.Rules, s.Rules.Chains = append(s.Rules.Rules, tt.rules...), tt.chains
+			f := statusOf(checks.Run(s, probes.Selector{}), "firewall.filter")
+			if f.Status != tt.want || !strings.Contains(strings.Join(f.Fix, "\n"), tt.wantFix) {
+				t.Errorf("firewall.filter(%s) = %s %q %v fix %q, want %s with fix %q", tt.name, f.Status, f.Title, f.Evidence, f.Fix, tt.want, tt.wantFix)
+			}
+			if f.Status == checks.Fail && !strings.Contains(f.Title, "iptables-legacy ip6 filter INPUT") {
+				t.Errorf("firewall.filter(%s) = %q, want the ip6 table named", tt.name, f.Title)
+			}
+		})
 	}
 }

@@ -97,7 +97,7 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 		}
 	}
 	top := reasons[0].First
-	title := fmt.Sprintf("packets of the selected flows are dropped: %s at %s", top.ReasonName, funcName(top.Symbol))
+	title := fmt.Sprintf("packets of the selected flows are dropped: %s at %s", top.ReasonName, top.Function())
 	if top.Hook != "" {
 		title += " in " + top.Hook
 	}
@@ -105,6 +105,13 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 		title += fmt.Sprintf(" (and %s)", tally.Of(len(reasons)-1, "more reason"))
 	}
 	f := Finding{Status: Fail, Title: title, Evidence: ev}
+	for _, c := range d.Drops {
+		if fl := c.Flow; fl != nil {
+			if k := strings.ToUpper(proto.Name(c.Proto)) + " " + fl.VIP.String(); !slices.Contains(f.about, k) {
+				f.about = append(f.about, k)
+			}
+		}
+	}
 	// Drops whose root cause another check names (a filter rule or policy
 	// joined to them: firewall.filter) are shown here, and fail there.
 	explained := true
@@ -123,7 +130,7 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 		switch {
 		case i == 0:
 			f.Reason = why
-		case len(fix) > 0:
+		case len(fix) > 0 || len(rem) > 0:
 			f.Reason += "; " + r.First.ReasonName + ": " + why
 		}
 		for _, x := range fix {
@@ -237,20 +244,16 @@ func groupDrops(cs []drops.Counted) []dropReason {
 	return out
 }
 
-// funcName is the function of a symbol+offset location.
-func funcName(loc string) string {
-	name, _, _ := strings.Cut(loc, "+")
-	return name
-}
-
 // dropRemedy says what a drop reason means on an IPVS load balancer and how
 // to fix it, as far as the snapshot allows.
 func dropRemedy(s *probes.Snapshot, sel probes.Selector, c drops.Counted) (why string, fix []string, remedies []Remedy) {
 	switch c.ReasonName {
 	case "IP_INADDRERRORS", "IP_INNOROUTES":
-		if v, ok := readable(s, "net.ipv4.ip_forward"); ok && v.Value == "0" {
-			return "the packet had to be forwarded but net.ipv4.ip_forward=0: it died in ip_error (a reply de-NATed to the client before IPVS saw it, or a request IPVS did not take)",
-				sysctlFix(s.Target, "net.ipv4.ip_forward", "1"), []Remedy{{Sysctl: "net.ipv4.ip_forward", Value: "1"}}
+		// The switch of the packet's family: IPv6 drops these in ip6_forward.
+		key := ForwardingKey(c.Dst.Addr())
+		if v, ok := readable(s, key); ok && v.Value == "0" {
+			return "the packet had to be forwarded but " + key + "=0: it died in " + c.Function() + " (a reply de-NATed to the client before IPVS saw it, or a request IPVS did not take)",
+				nil, []Remedy{{Sysctl: key, Value: "1"}}
 		}
 		return "the packet's destination is neither local nor routable from here (ip_error)",
 			[]string{fmt.Sprintf("%sip route get %s", s.Target.ExecPrefix(), c.Dst.Addr())}, nil
@@ -280,7 +283,7 @@ func pointOf(s *probes.Snapshot, c drops.Counted) *probes.DropPoint {
 		return nil
 	}
 	for i, p := range s.Window.DropPoints {
-		if p.Reason == c.ReasonName && p.Function == funcName(c.Symbol) && p.Hook == c.Hook {
+		if p.Reason == c.ReasonName && p.Function == c.Function() && p.Hook == c.Hook {
 			return &s.Window.DropPoints[i]
 		}
 	}

@@ -5,10 +5,14 @@ package checks
 
 import (
 	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
 
 	"github.com/lbdoctor/lbdoctor/flowpath"
 
 	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/drops"
 )
 
 // Status of a finding.
@@ -44,6 +48,13 @@ type Finding struct {
 	// services' flows it is about, leg by leg, and where they stop (from
 	// the window; none for a static snapshot).
 	Path []flowpath.Path `json:"path,omitempty"`
+	// about names the services (ipvs.Service.Key) a finding is about,
+	// when it knows: their paths explain it. Empty: every selected one.
+	about []string
+	// Explains names the kernel drop reasons (or drop functions) whose
+	// cause this finding is, when it fails: drops.vip_flows then points
+	// at it instead of failing beside it (see explainDrops).
+	Explains []string `json:"-"`
 }
 
 // Remedy is one change that fixes a finding.
@@ -52,6 +63,8 @@ type Remedy struct {
 	Value  string `json:"value,omitempty"`  // … to this value
 	SNAT   string `json:"snat,omitempty"`   // add source NAT for this VIP (ADDR:PORT)
 	Proto  string `json:"proto,omitempty"`  // … of this protocol
+	Addr   string `json:"addr,omitempty"`   // add this address (ADDR/BITS) …
+	Dev    string `json:"dev,omitempty"`    // … to this interface
 }
 
 // Check is one entry of the catalog.
@@ -64,7 +77,9 @@ type Check struct {
 // Catalog lists every check in the order they are shown.
 var Catalog = []Check{
 	{ID: "kernel.ipvs", Title: "IPVS is usable", Run: checkIPVS},
+	{ID: "ipvs.vip_local", Title: "every VIP is a local address", Run: checkVIPLocal},
 	{ID: "sysctl.ip_forward", Title: "IP forwarding is on for masquerade services", Run: checkIPForward},
+	{ID: "sysctl.rp_filter", Title: "the reverse-path filter lets the VIPs' clients in", Run: checkRPFilter},
 	{ID: "sysctl.vs_conntrack", Title: "IPVS connections are in conntrack where rules need them", Run: checkVSConntrack},
 	{ID: "nat.return_path", Title: "replies of masquerade services come back through the LB", Run: checkReturnPath},
 	{ID: "net.send_redirects", Title: "a one-arm LB sends no ICMP redirects", Run: checkSendRedirects},
@@ -76,6 +91,10 @@ var Catalog = []Check{
 	{ID: "rules.mixed_backends", Title: "rules live in one framework", Run: checkMixedBackends},
 	{ID: "drops.vip_flows", Title: "no packet of the selected flows is dropped", Run: checkDrops},
 }
+
+// MaxFindingPaths caps the paths a failing finding carries: the ones
+// that stop first.
+const MaxFindingPaths = 4
 
 // Run runs the catalog against a snapshot.
 func Run(s *probes.Snapshot, sel probes.Selector) []Finding {
@@ -89,10 +108,91 @@ func Run(s *probes.Snapshot, sel probes.Selector) []Finding {
 		if f.Evidence == nil {
 			f.Evidence = []Evidence{}
 		}
+		if len(f.Remedies) > 0 {
+			// The commands are the remedies', said one way: what --fix
+			// applies is what the text tells a person to type.
+			// A check that also wrote the same command keeps it once.
+			fix := RemedyFix(s, f.Remedies)
+			for _, x := range f.Fix {
+				if !slices.Contains(fix, x) {
+					fix = append(fix, x)
+				}
+			}
+			f.Fix = fix
+		}
+		if f.Status == Fail {
+			f.Path = pathsOf(s, f.about)
+		}
 		out = append(out, f)
 	}
+	explainDrops(s, out)
 	return out
 }
+
+// pathsOf picks the window's paths that explain a failing finding about
+// services (every service when none is named): the paths that stop, or,
+// when none does, all of them; at most MaxFindingPaths.
+func pathsOf(s *probes.Snapshot, services []string) []flowpath.Path {
+	if s.Window == nil {
+		return nil
+	}
+	var all, stopping []flowpath.Path
+	for _, p := range s.Window.Paths {
+		if len(services) > 0 && !slices.Contains(services, p.Service) {
+			continue
+		}
+		all = append(all, p)
+		if !p.Complete() {
+			stopping = append(stopping, p)
+		}
+	}
+	if len(stopping) > 0 {
+		all = stopping
+	}
+	if len(all) > MaxFindingPaths {
+		all = all[:MaxFindingPaths:MaxFindingPaths]
+	}
+	return all
+}
+
+// explainDrops: a drop whose cause a failing finding names is that
+// finding's evidence. When every drop drops.vip_flows counted is explained
+// so, it warns, pointing at the root cause, instead of failing beside it:
+// one fault, one failing id.
+func explainDrops(s *probes.Snapshot, fs []Finding) {
+	i := slices.IndexFunc(fs, func(f Finding) bool { return f.ID == "drops.vip_flows" })
+	if i < 0 || fs[i].Status != Fail || s.Drops == nil {
+		return
+	}
+	var causes []string
+	for _, c := range s.Drops.Drops {
+		j := slices.IndexFunc(fs, func(f Finding) bool {
+			return f.Status == Fail && slices.ContainsFunc(f.Explains, func(e string) bool { return explains(e, c) })
+		})
+		if j < 0 {
+			return // a drop no finding explains: drops.vip_flows is its only word
+		}
+		if !slices.Contains(causes, fs[j].ID) {
+			causes = append(causes, fs[j].ID)
+		}
+	}
+	d := &fs[i]
+	d.Status = Warn
+	d.Reason = "explained by " + strings.Join(causes, ", ") + ": " + d.Reason
+	d.Title += " — the cause: " + strings.Join(causes, ", ")
+}
+
+// explains reports whether an entry of Finding.Explains covers a drop: a
+// reason (IP_RPFILTER), a drop function (ip6_forward), or "to ADDR" — any
+// drop of a packet to that address.
+func explains(e string, c drops.Counted) bool {
+	if to, ok := strings.CutPrefix(e, "to "); ok {
+		return c.Family != 0 && c.Dst.Addr().String() == to
+	}
+	return e == c.ReasonName || e == c.Function()
+}
+
+func skip(reason string) Finding { return Finding{Status: Skip, Reason: reason} }
 
 // Verdict is the worst status among findings: fail, warn, else pass.
 func Verdict(fs []Finding) Status {
@@ -108,4 +208,32 @@ func Verdict(fs []Finding) Status {
 	return v
 }
 
-func skip(reason string) Finding { return Finding{Status: Skip, Reason: reason} }
+// RemedyFix is the commands that apply remedies by hand, in order: the one
+// place a remedy becomes text.
+func RemedyFix(s *probes.Snapshot, rs []Remedy) []string {
+	var out []string
+	add := func(l ...string) {
+		for _, x := range l {
+			if !slices.Contains(out, x) {
+				out = append(out, x)
+			}
+		}
+	}
+	for _, r := range rs {
+		switch {
+		case r.SNAT != "":
+			vip, err := netip.ParseAddrPort(r.SNAT)
+			if err != nil {
+				continue
+			}
+			tool := "iptables"
+			if vip.Addr().Is6() && !vip.Addr().Is4In6() {
+				tool = "ip6tables"
+			}
+			add(fmt.Sprintf("%s%s -t nat -A POSTROUTING -m ipvs --vaddr %s --vport %d -j MASQUERADE", s.Target.ExecPrefix(), tool, vip.Addr(), vip.Port()))
+		case r.Sysctl != "":
+			add(sysctlFix(s.Target, r.Sysctl, r.Value)...)
+		}
+	}
+	return out
+}

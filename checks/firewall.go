@@ -229,14 +229,19 @@ func staticHits(s *probes.Snapshot, l flowLeg) []*filterHit {
 	var out []*filterHit
 	for i := range s.Rules.Chains {
 		c := &s.Rules.Chains[i]
-		if c.Hook != l.hook || (c.Backend != rules.Nft && c.Table != "filter") || (c.Backend == rules.Nft && c.Family != "ip" && c.Family != "inet") {
+		addr := l.pkt.Dst
+		if !addr.IsValid() {
+			addr = l.pkt.Src
+		}
+		// A chain of the other address family never sees these packets.
+		if c.Hook != l.hook || (c.Backend != rules.Nft && c.Table != "filter") || !c.Covers(addr) {
 			continue
 		}
 		open := true // no rule so far might take the packet elsewhere
 		var hit *filterHit
 		for j := range s.Rules.Rules {
 			r := &s.Rules.Rules[j]
-			if r.Backend != c.Backend || r.Table != c.Table || r.Chain != c.Chain {
+			if !r.In(*c) {
 				continue
 			}
 			m := r.MatchPacket(l.pkt)

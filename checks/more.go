@@ -149,7 +149,6 @@ func checkExpireNodest(s *probes.Snapshot, sel probes.Selector) Finding {
 	return Finding{Status: Warn, Title: "connections to a removed real server are kept until they time out",
 		Reason:   fmt.Sprintf("with expire_nodest_conn=0, packets of existing connections to a real that leaves are dropped for up to the IPVS timeout (tcp %ds)", s.IPVS.Timeouts.TCP),
 		Evidence: ev,
-		Fix:      []string{s.Target.ExecPrefix() + "sysctl -w net.ipv4.vs.expire_nodest_conn=1"},
 		Remedies: []Remedy{{Sysctl: "net.ipv4.vs.expire_nodest_conn", Value: "1"}}}
 }
 

@@ -2,6 +2,8 @@ package checks
 
 import (
 	"fmt"
+	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
@@ -48,21 +50,149 @@ func ipvsFix(reason string) []string {
 	return []string{"boot a kernel built with CONFIG_IP_VS (for example Debian's linux-image-amd64 or linux-image-cloud-amd64)"}
 }
 
+// checkIPForward judges every forwarding switch the replies of the
+// selected masquerade services cross, for each address family they use.
+// IPv4 asks the interface a packet came in on (net.ipv4.conf.DEV.forwarding;
+// net.ipv4.ip_forward is conf.all.forwarding, which sets every interface
+// when written): a reply is forwarded when the interface it arrives on —
+// the one the LB routes to its real server through — forwards. IPv6 asks
+// net.ipv6.conf.all.forwarding alone.
 func checkIPForward(s *probes.Snapshot, sel probes.Selector) Finding {
 	masq, why := masqueraded(s, sel)
 	if why != "" {
 		return skip(why)
 	}
-	var needs []Evidence
+	// Each address family has its own switch: an IPv6 service's replies
+	// cross net.ipv6.conf.all.forwarding, never net.ipv4.ip_forward.
+	needs := map[string][]Evidence{}
+	var keys []string
 	for _, svc := range masq {
-		needs = append(needs, Evidence{Fact: serviceLine(svc), Source: "ipvs, " + s.Target.String()})
+		key := ForwardingKey(svc.Addr.Addr())
+		if _, ok := needs[key]; !ok {
+			keys = append(keys, key)
+		}
+		needs[key] = append(needs[key], Evidence{Fact: serviceLine(svc), Source: "ipvs, " + s.Target.String()})
 	}
-	return sysctlMustBeOn(s, requirement{
-		key:       "net.ipv4.ip_forward",
-		passTitle: "IP forwarding is on for masquerade services",
-		failTitle: "IP forwarding is off while IPVS masquerades",
-		why:       "replies from the real servers must be forwarded by this host; with net.ipv4.ip_forward=0 they are dropped (reason IP_INADDRERRORS, IpInAddrErrors rises)",
-	}, needs)
+	slices.Sort(keys) // net.ipv4 first
+	var pass Finding
+	for _, key := range keys {
+		req := requirement{
+			key:       key,
+			passTitle: "IP forwarding is on for masquerade services",
+			failTitle: "IP forwarding is off while IPVS masquerades",
+			why:       "replies from the real servers must be forwarded by this host; with " + key + "=0 they are dropped (reason IP_INADDRERRORS, IpInAddrErrors rises)",
+		}
+		var f Finding
+		if key == "net.ipv4.ip_forward" {
+			f = ipv4Forwarding(s, req, masq, needs[key])
+		} else {
+			f = sysctlMustBeOn(s, req, needs[key])
+		}
+		if f.Status != Pass {
+			if f.Status == Fail {
+				// ip_error (IPv4) and ip6_forward (IPv6) drop what was not
+				// forwarded, counted as IP_INADDRERRORS.
+				f.Explains = []string{"IP_INADDRERRORS", "ip6_forward"}
+			}
+			return f
+		}
+		pass.Status, pass.Title = f.Status, f.Title
+		pass.Evidence = append(pass.Evidence, f.Evidence...)
+	}
+	return pass
+}
+
+// replyDev is an interface the replies of a service's real servers arrive
+// on: the one the LB routes to the real through.
+type replyDev struct {
+	dev   string
+	reals []string
+}
+
+// replyDevs lists, in order, the interfaces the replies of the IPv4
+// services' reals arrive on, as far as the main table tells.
+func replyDevs(s *probes.Snapshot, svcs []ipvs.Service) []replyDev {
+	var out []replyDev
+	for _, svc := range svcs {
+		if ForwardingKey(svc.Addr.Addr()) != "net.ipv4.ip_forward" {
+			continue
+		}
+		for _, r := range addrsOf(svc) {
+			dev, _ := routeTo(s, r)
+			if dev == "" {
+				continue
+			}
+			i := slices.IndexFunc(out, func(d replyDev) bool { return d.dev == dev })
+			if i < 0 {
+				i = len(out)
+				out = append(out, replyDev{dev: dev})
+			}
+			if !slices.Contains(out[i].reals, r.String()) {
+				out[i].reals = append(out[i].reals, r.String())
+			}
+		}
+	}
+	return out
+}
+
+// ipv4Forwarding judges IPv4 forwarding by the switch the kernel asks:
+// that of each interface the replies arrive on. net.ipv4.ip_forward=0
+// fails as it always did unless every such interface forwards all the
+// same (turned on one by one after it); ip_forward=1 with one of them
+// turned off fails naming it.
+func ipv4Forwarding(s *probes.Snapshot, req requirement, svcs []ipvs.Service, needs []Evidence) Finding {
+	all, ok := readable(s, req.key)
+	if !ok {
+		return skip(req.key + " could not be read: " + all.Error + all.Absent)
+	}
+	src := s.Target.String()
+	ev := []Evidence{{Fact: req.key + " = " + all.Value, Source: src}}
+	devs := replyDevs(s, svcs)
+	var off []replyDev
+	known := len(devs) > 0
+	for _, d := range devs {
+		key := "net.ipv4.conf." + d.dev + ".forwarding"
+		v, ok := readable(s, key)
+		if !ok {
+			known = false
+			continue
+		}
+		ev = append(ev, Evidence{Fact: fmt.Sprintf("%s = %s (the replies of %s arrive on %s)", key, v.Value, strings.Join(d.reals, ", "), d.dev), Source: src})
+		if v.Value == "0" {
+			off = append(off, d)
+		}
+	}
+	ev = append(ev, needs...)
+	switch {
+	case all.Value == "0" && (!known || len(off) > 0):
+		return Finding{Status: Fail, Title: req.failTitle, Reason: req.why, Evidence: ev, Fix: sysctlFix(s.Target, req.key, "1"),
+			Remedies: []Remedy{{Sysctl: req.key, Value: "1"}}}
+	case len(off) > 0:
+		f := Finding{Status: Fail,
+			Title:    fmt.Sprintf("forwarding is off on %s, where the real servers' replies arrive", off[0].dev),
+			Reason:   fmt.Sprintf("IPv4 forwards a packet when the interface it came in on forwards: with net.ipv4.conf.%s.forwarding=0 the replies of %s are not forwarded to the clients (reason IP_INADDRERRORS, IpInAddrErrors rises), whatever net.ipv4.ip_forward says", off[0].dev, strings.Join(off[0].reals, ", ")),
+			Evidence: ev}
+		for _, d := range off {
+			key := "net.ipv4.conf." + d.dev + ".forwarding"
+			f.Fix = append(f.Fix, sysctlFix(s.Target, key, "1")...)
+			f.Remedies = append(f.Remedies, Remedy{Sysctl: key, Value: "1"})
+		}
+		return f
+	case all.Value == "0":
+		ev[0].Fact += ", but every interface the replies arrive on forwards: the kernel asks the interface a packet came in on"
+	}
+	return Finding{Status: Pass, Title: req.passTitle, Evidence: ev}
+}
+
+// ForwardingKey is the sysctl that lets the LB forward packets of addr's
+// family: net.ipv4.ip_forward, or for IPv6 net.ipv6.conf.all.forwarding
+// (IPv6 has no other forwarding switch: the per-interface ones only choose
+// host or router behaviour).
+func ForwardingKey(addr netip.Addr) string {
+	if addr.Is6() && !addr.Is4In6() {
+		return "net.ipv6.conf.all.forwarding"
+	}
+	return "net.ipv4.ip_forward"
 }
 
 func checkVSConntrack(s *probes.Snapshot, sel probes.Selector) Finding {
@@ -73,7 +203,11 @@ func checkVSConntrack(s *probes.Snapshot, sel probes.Selector) Finding {
 	if len(deps) == 0 {
 		// A dependent rule found is enough to judge; none found is only
 		// a conclusion when every backend was read.
-		if un := unreadRules(s); un != "" {
+		var addrs []netip.Addr
+		for _, svc := range selected(s, sel) {
+			addrs = append(addrs, svc.Addr.Addr())
+		}
+		if un := unreadRules(s, addrs...); un != "" {
 			return skip("no rule read depends on IPVS connections being in conntrack, but " + un)
 		}
 		return skip("no rule depends on IPVS connections being in conntrack")
@@ -82,7 +216,7 @@ func checkVSConntrack(s *probes.Snapshot, sel probes.Selector) Finding {
 	for _, r := range deps {
 		needs = append(needs, Evidence{
 			Fact:   fmt.Sprintf("%s (%d packets)", r.Spec, r.Packets),
-			Source: fmt.Sprintf("%s table %s, %s", r.Backend, r.Table, s.Target),
+			Source: fmt.Sprintf("%s table %s, %s", r.Backend, r.TableName(), s.Target),
 		})
 	}
 	return sysctlMustBeOn(s, requirement{
@@ -110,16 +244,24 @@ func sysctlMustBeOn(s *probes.Snapshot, req requirement, needs []Evidence) Findi
 	if v.Value != "0" {
 		return Finding{Status: Pass, Title: req.passTitle, Evidence: ev}
 	}
-	return Finding{Status: Fail, Title: req.failTitle, Reason: req.why, Evidence: ev, Fix: sysctlFix(s.Target, req.key, "1"),
-		Remedies: []Remedy{{Sysctl: req.key, Value: "1"}}}
+	return Finding{Status: Fail, Title: req.failTitle, Reason: req.why, Evidence: ev, Remedies: []Remedy{{Sysctl: req.key, Value: "1"}}}
 }
 
 // unreadRules says which rule backends could not be read, or "" when every
-// one was: a conclusion from the absence of a rule needs them all.
-func unreadRules(s *probes.Snapshot) string {
+// one was: a conclusion from the absence of a rule needs them all. With an
+// IPv6 address among about, a backend whose IPv6 half (ip6tables) was not
+// read counts as unread too.
+func unreadRules(s *probes.Snapshot, about ...netip.Addr) string {
 	var names []string
 	for _, b := range s.Rules.Unread() {
 		names = append(names, fmt.Sprintf("%s could not be read (%s)", b.Name, b.Reason))
+	}
+	if slices.ContainsFunc(about, func(a netip.Addr) bool { return ForwardingKey(a) != "net.ipv4.ip_forward" }) {
+		for _, b := range s.Rules.Backends {
+			if b.Read && b.IPv6Unread != "" {
+				names = append(names, fmt.Sprintf("the IPv6 rules of %s could not be read (%s)", b.Name, b.IPv6Unread))
+			}
+		}
 	}
 	if len(names) == 0 && len(s.Rules.Backends) == 0 {
 		if e, ok := s.Errors[probes.ProbeRules]; ok {
@@ -135,6 +277,9 @@ func unreadRules(s *probes.Snapshot) string {
 func conntrackDependentRules(s *probes.Snapshot, sel probes.Selector) []rules.Rule {
 	var out []rules.Rule
 	for _, r := range s.Rules.Rules {
+		if sel.VIP.IsValid() && !r.Covers(sel.VIP.Addr()) {
+			continue // an iptables rule never sees an IPv6 service's packets, nor ip6tables an IPv4 one's
+		}
 		switch {
 		case r.IPVS != nil && !r.IPVS.Negated:
 			if sel.VIP.IsValid() && !r.IPVS.MatchesVIP(sel.VIP.Addr(), sel.VIP.Port()) {

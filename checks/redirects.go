@@ -3,8 +3,8 @@ package checks
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 
-	"github.com/lbdoctor/lbdoctor/internal/shellquote"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 )
@@ -16,6 +16,12 @@ func checkSendRedirects(s *probes.Snapshot, sel probes.Selector) Finding {
 	masq, why := masqueraded(s, sel)
 	if why != "" {
 		return skip(why)
+	}
+	// send_redirects and ip_forward are IPv4's: an IPv6 service's
+	// redirects are not governed by them.
+	masq = slices.DeleteFunc(masq, func(svc ipvs.Service) bool { return ForwardingKey(svc.Addr.Addr()) != "net.ipv4.ip_forward" })
+	if len(masq) == 0 {
+		return skip("no IPv4 masquerade service: net.ipv4 send_redirects govern IPv4 only")
 	}
 	if e, ok := s.Errors[probes.ProbeNet]; ok {
 		return skip("routes could not be read, so a one-arm service cannot be told: " + e)
@@ -52,10 +58,6 @@ func checkSendRedirects(s *probes.Snapshot, sel probes.Selector) Finding {
 			Title:    "the one-arm LB sends ICMP redirects to its real servers",
 			Reason:   "forwarded replies leave " + dev + ", the interface they came in on, so the kernel redirects the real server to the client directly; a real server that obeys bypasses the LB",
 			Evidence: ev,
-			Fix: []string{
-				s.Target.ExecPrefix() + "sysctl -w net.ipv4.conf.all.send_redirects=0",
-				s.Target.ExecPrefix() + "sysctl -w " + shellquote.Quote("net.ipv4.conf."+dev+".send_redirects=0"),
-			},
 			Remedies: RedirectRemedies(dev),
 		}
 	}

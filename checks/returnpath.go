@@ -3,10 +3,12 @@ package checks
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/lbdoctor/lbdoctor/internal/shellquote"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
+	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
 
 // ReturnPath says whether a NAT service's replies come back through the LB
@@ -74,13 +76,8 @@ func DecideReturnPath(s *probes.Snapshot, vip netip.Addr, reals []netip.Addr) Re
 
 // routeTo finds the LB's route to a (the most specific of the main table).
 func routeTo(s *probes.Snapshot, a netip.Addr) (dev string, gw netip.Addr) {
-	best := -1
-	for _, r := range s.Net.Routes {
-		if r.Dst.Contains(a) && r.Dst.Bits() > best {
-			best, dev, gw = r.Dst.Bits(), r.Dev, r.Gw
-		}
-	}
-	return dev, gw
+	r, _ := s.Net.RouteTo(a)
+	return r.Dev, r.Gw
 }
 
 func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
@@ -98,16 +95,11 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 		if !rp.NeedsSNAT {
 			continue
 		}
-		snat := conntrackDependentRules(s, probes.Selector{VIP: svc.Addr, Proto: svc.Proto})
-		hasSNAT := false
-		for _, r := range snat {
-			hasSNAT = hasSNAT || r.IsSourceNAT()
-		}
-		if hasSNAT {
+		if slices.ContainsFunc(s.Rules.Rules, func(r rules.Rule) bool { return r.CoversVIP(svc.Addr) }) {
 			ev = append(ev, Evidence{Fact: "a source-NAT rule covers " + svc.Key(), Source: "rules, " + s.Target.String()})
 			continue
 		}
-		if un := unreadRules(s); un != "" {
+		if un := unreadRules(s, svc.Addr.Addr()); un != "" {
 			return skip(fmt.Sprintf("no source-NAT rule for %s among the rules read, but %s: whether its replies bypass the LB cannot be judged", svc.Key(), un))
 		}
 		return Finding{
@@ -115,12 +107,9 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 			Title:    "replies of " + svc.Key() + " bypass the LB: no source NAT",
 			Reason:   rp.Reason + "; IPVS masquerade only does DNAT, so the client receives the real server's reply from an address it never called and drops it",
 			Evidence: ev,
-			Fix: []string{
-				fmt.Sprintf("%siptables -t nat -A POSTROUTING -m ipvs --vaddr %s --vport %d -j MASQUERADE", s.Target.ExecPrefix(), svc.Addr.Addr(), svc.Addr.Port()),
-				s.Target.ExecPrefix() + "sysctl -w net.ipv4.vs.conntrack=1",
-				setupFix(s, svc),
-			},
+			Fix:      []string{setupFix(s, svc)}, // after the remedies' commands
 			Remedies: remedies(rp, svc),
+			about:    []string{svc.Key()},
 		}
 	}
 	return Finding{Status: Pass, Title: "replies come back through the LB", Evidence: ev}

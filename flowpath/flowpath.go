@@ -38,6 +38,10 @@ const (
 	Quiet   Status = "quiet"    // a layer that counts this leg read, and counted nothing
 	Unknown Status = "unknown"  // no layer could tell (not read, or nothing counts this leg)
 	NotUsed Status = "not_used" // the topology has no such leg (no SNAT on a two-arm LB)
+	// Implied: no layer counts this leg, but the legs around it say it
+	// was crossed (conntrack reverses a SNAT in PREROUTING without a
+	// counter of its own).
+	Implied Status = "implied"
 )
 
 // Leg is one hop of the path and what was counted on it.
@@ -49,8 +53,12 @@ type Leg struct {
 	// means something only when Counted is true.
 	Packets uint64 `json:"packets"`
 	Counted bool   `json:"counted"`
-	Source  string `json:"source,omitempty"` // the counter or table: "IPVS stats of real 10.1.0.40:8085"
-	Note    string `json:"note,omitempty"`   // why, in a few words: "10.1.0.3 not local, forwarding off"
+	// Flows is what a NAT rule counted on this leg: a nat-table rule sees
+	// only the first packet of each new flow, so it counts flows, not
+	// packets (0 when nothing counts flows here).
+	Flows  uint64 `json:"flows,omitempty"`
+	Source string `json:"source,omitempty"` // the counter or table: "IPVS stats of real 10.1.0.40:8085"
+	Note   string `json:"note,omitempty"`   // why, in a few words: "10.1.0.3 not local, forwarding off"
 }
 
 // Stop is a place the path's packets died: a drop point joined to what
@@ -80,28 +88,38 @@ func (p Path) Complete() bool {
 		return false
 	}
 	for _, l := range p.Legs {
-		if l.Status != OK && l.Status != NotUsed {
+		if l.Status != OK && l.Status != NotUsed && l.Status != Implied {
 			return false
 		}
 	}
 	return true
 }
 
-var marks = map[Status]string{OK: "✓", Stopped: "✗", Quiet: "·", Unknown: "?"}
+var marks = map[Status]string{OK: " ✓", Unknown: " ?"}
 
 // String is the path on one line, leg by leg, and where it stops:
-// `client→VIP ✓ 13 · IPVS→real 10.1.0.40:8085 ✓ 13 · … · ✗ ip_error IP_INADDRERRORS ×13`.
+// `client→VIP ✓ 13 · IPVS→real .40 ✓ 13 · SNAT ✓ · SYN-ACK real→LB ✓ 13 ·
+// de-SNAT (PREROUTING) · route: 10.1.0.3 not local, forwarding off ·
+// ✗ ip_error IP_INADDRERRORS ×13`.
+// A leg crossed shows ✓ and its packets, one whose counter stayed still
+// its 0, one no layer could tell ?; a stopped leg shows no mark of its own (the
+// stop after it says ✗, or its note says why), an implied one none either.
+// The route leg reads "route: note".
 func (p Path) String() string {
 	var parts []string
 	for _, l := range p.Legs {
 		if l.Status == NotUsed {
 			continue
 		}
-		s := l.Name + " " + marks[l.Status]
-		if l.Counted && l.Status != Quiet {
+		s := l.Name
+		if l.Kind == Route && l.Note != "" {
+			s += ": " + l.Note
+		}
+		s += marks[l.Status]
+		if l.Counted && l.Status != Unknown && l.Status != Implied {
 			s += fmt.Sprintf(" %d", l.Packets)
 		}
-		if l.Note != "" {
+		if l.Note != "" && l.Kind != Route {
 			s += " (" + l.Note + ")"
 		}
 		parts = append(parts, s)

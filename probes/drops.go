@@ -50,10 +50,26 @@ func DropFilter(sel Selector, svcs []ipvs.Service) (addrs []netip.Addr, ports []
 	return addrs, ports
 }
 
+// AddBackends adds to a drop filter the backends a VIP that IPVS does not
+// serve was DNATed to (conntrack learned them): after the DNAT its packets
+// carry a backend's address. A backend's port is added only when the VIP
+// has one: a VIP without a port is traced on every port.
+func AddBackends(sel Selector, addrs []netip.Addr, ports []uint16, backends []netip.AddrPort) ([]netip.Addr, []uint16) {
+	for _, b := range backends {
+		if !slices.Contains(addrs, b.Addr()) {
+			addrs = append(addrs, b.Addr())
+		}
+		if b.Port() != 0 && sel.VIP.Port() != 0 && !slices.Contains(ports, b.Port()) {
+			ports = append(ports, b.Port())
+		}
+	}
+	return addrs, ports
+}
+
 // WatchDrops traces the drops of the selected services' flows in ns until
 // the deadline (aggregate mode: counted in the kernel) and puts them, named and
 // attributed, in s.Drops. A tracer that cannot load is recorded in s.Errors.
-func WatchDrops(ctx context.Context, ns netns.Target, sel Selector, s *Snapshot, until time.Time, started func()) {
+func WatchDrops(ctx context.Context, ns netns.Target, sel Selector, s *Snapshot, until time.Time, h drops.Hooks) {
 	addrs, ports := DropFilter(sel, s.IPVS.Services)
 	if sel.VIP.IsValid() && !ServesVIP(sel, s.IPVS.Services) {
 		// Not an IPVS service (nft or iptables DNAT): its packets carry
@@ -67,14 +83,7 @@ func WatchDrops(ctx context.Context, ns netns.Target, sel Selector, s *Snapshot,
 			s.Errors[ProbeDrops] = fmt.Sprintf("%s is not an IPVS service and %s: drops after its DNAT cannot be traced", sel.VIPString(), why)
 			return
 		}
-		for _, b := range s.Conntrack.Backends {
-			if !slices.Contains(addrs, b.Addr()) {
-				addrs = append(addrs, b.Addr())
-			}
-			if !slices.Contains(ports, b.Port()) {
-				ports = append(ports, b.Port())
-			}
-		}
+		addrs, ports = AddBackends(sel, addrs, ports, s.Conntrack.Backends)
 	}
 	if len(addrs) == 0 {
 		s.Errors[ProbeDrops] = "nothing to trace: no IPVS service and no --vip"
@@ -92,7 +101,7 @@ func WatchDrops(ctx context.Context, ns netns.Target, sel Selector, s *Snapshot,
 			cfg.Ports = nil
 		}
 	}
-	smp, err := drops.Watch(ctx, ns, cfg, until, started)
+	smp, err := drops.Watch(ctx, ns, cfg, until, h)
 	if err != nil && ctx.Err() != nil {
 		s.Errors[ProbeDrops] = "interrupted before the tracer was attached: nothing traced"
 		return

@@ -70,6 +70,10 @@ func (s *Snapshot) Capped(n int) *Snapshot {
 	setOmitted(c.Net.Omitted, "routes", o)
 	c.Net.Neighbours, o = capList(s.Net.Neighbours, n, c.Net.Omitted["neighbours"])
 	setOmitted(c.Net.Omitted, "neighbours", o)
+	c.Net.Local, o = capList(s.Net.Local, n, c.Net.Omitted["local"])
+	setOmitted(c.Net.Omitted, "local", o)
+	c.Net.Lookups, o = capList(s.Net.Lookups, n, c.Net.Omitted["lookups"])
+	setOmitted(c.Net.Omitted, "lookups", o)
 	if len(c.Net.Omitted) == 0 {
 		c.Net.Omitted = nil
 	}
@@ -190,6 +194,7 @@ const (
 	ProbeConntrack = "conntrack"
 	ProbeSNMP      = "snmp"
 	ProbeNet       = "net"
+	ProbeRoutes    = "routes" // the route lookups of AskRoutes
 )
 
 // Options choose the costlier parts of a snapshot.
@@ -218,33 +223,35 @@ func Gather(ns netns.Target, sel Selector, opt Options) *Snapshot {
 	s.IPVS, err = ipvs.Read(ns)
 	fail(ProbeIPVS, err)
 	if s.IPVS.Available && !opt.NoFlowTables {
-		// Listed up to MaxListed, counted past it: a busy LB holds
-		// hundreds of thousands, and a list of them all would be most of
-		// lbdoctor's memory.
-		matched := 0
-		s.IPVS.Conns, err = ipvs.ReadConns(ns, func(c ipvs.Conn) bool {
-			if !sel.Matches(c.VIP, c.Proto) {
-				return false
-			}
-			matched++
-			return matched <= MaxListed
-		})
+		var conns []ipvs.Conn
+		conns, err = ipvs.ReadConns(ns, func(c ipvs.Conn) bool { return sel.Matches(c.VIP, c.Proto) })
 		fail(ProbeIPVSConns, err)
-		if err == nil {
-			s.IPVS.ConnsOmitted = matched - len(s.IPVS.Conns)
+		s.IPVS.ConnCounts = ipvs.CountConns(conns)
+		if len(conns) > MaxListed {
+			s.IPVS.ConnsOmitted = len(conns) - MaxListed
+			conns = conns[:MaxListed]
 		}
+		s.IPVS.Conns = conns
 	}
 	s.Sysctls, err = sysctl.ReadAll(ns)
 	fail(ProbeSysctl, err)
 	s.Rules, err = rules.Read(ns)
 	fail(ProbeRules, err)
-	if un := s.Rules.Unread(); err == nil && len(un) > 0 {
-		// A backend left unread is a layer not read: every output names it.
+	if err == nil {
+		// A backend left unread is a layer not read: every output names
+		// it, and so its IPv6 half (ip6tables) left unread.
 		var why []string
-		for _, b := range un {
+		for _, b := range s.Rules.Unread() {
 			why = append(why, b.Name+": "+b.Reason)
 		}
-		s.Errors[ProbeRules] = strings.Join(why, "; ")
+		for _, b := range s.Rules.Backends {
+			if b.Read && b.IPv6Unread != "" {
+				why = append(why, b.Name+" (IPv6): "+b.IPv6Unread)
+			}
+		}
+		if len(why) > 0 {
+			s.Errors[ProbeRules] = strings.Join(why, "; ")
+		}
 	}
 	s.Conntrack, err = readConntrack(ns, sel, s.IPVS.Services, opt.NoFlowTables && (!sel.VIP.IsValid() || ServesVIP(sel, s.IPVS.Services)))
 	fail(ProbeConntrack, err)
@@ -252,6 +259,9 @@ func Gather(ns netns.Target, sel Selector, opt Options) *Snapshot {
 	fail(ProbeSNMP, err)
 	s.Net, err = netstate.Read(ns)
 	fail(ProbeNet, err)
+	if err == nil {
+		AskRoutes(ns, s, sel)
+	}
 	if opt.Features {
 		f := kernel.ReadFeatures()
 		s.Features = &f

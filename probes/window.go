@@ -1,6 +1,7 @@
 package probes
 
 import (
+	"net/netip"
 	"time"
 
 	"github.com/lbdoctor/lbdoctor/flowpath"
@@ -13,9 +14,12 @@ import (
 // the evidence the checks judge beside the snapshot read at the window's
 // end (Snapshot.Window). The window package builds it.
 type Window struct {
-	Length   time.Duration `json:"length_ns"`  // asked for
-	Elapsed  time.Duration `json:"elapsed_ns"` // between the first and the last read
-	CutShort bool          `json:"cut_short,omitempty"`
+	Length  time.Duration `json:"length_ns"`  // asked for
+	Elapsed time.Duration `json:"elapsed_ns"` // between the first and the last read
+	// FirstRead is how long the first read took: the window opens once it
+	// is done, so the counters span FirstRead + the window.
+	FirstRead time.Duration `json:"first_read_ns"`
+	CutShort  bool          `json:"cut_short,omitempty"`
 	// Deltas are the counters that moved between the two reads: rules
 	// (and chain policies), IPVS per service and real, conntrack, SNMP.
 	Deltas Deltas `json:"deltas"`
@@ -26,8 +30,16 @@ type Window struct {
 	// hook and rule or policy of a netfilter drop, the neighbour of a
 	// NEIGH_FAILED, the interface and route of an IP_RPFILTER.
 	DropPoints []DropPoint `json:"drop_points,omitempty"`
+	// Neighbours are the neighbour entries of the selected reals' next
+	// hops at the window's end. (The IPVS connections by state are
+	// Snapshot.IPVS.ConnCounts, conntrack's flows by state
+	// Snapshot.Conntrack.Counts, both read at the window's end.)
+	Neighbours []RealNeighbour `json:"neighbours,omitempty"`
 	// Paths are the selected services' flows, leg by leg, per real.
 	Paths []flowpath.Path `json:"paths"`
+	// PathsOmitted is the number of paths left out (over MaxListed; the
+	// paths that stop are kept first).
+	PathsOmitted int `json:"paths_omitted,omitempty"`
 	// RoutesBack are the routes from the LB back to the sources of the
 	// packets reverse-path filtering dropped (IP_RPFILTER), looked up after
 	// the window: the route that made each source a martian.
@@ -42,6 +54,17 @@ const (
 	LayerDrops  = "drops"
 	LayerHealth = "health"
 )
+
+// RealNeighbour is the ARP/NDP entry of a real server's next hop.
+type RealNeighbour struct {
+	Real    netip.AddrPort `json:"real"`
+	NextHop netip.Addr     `json:"next_hop"` // the real, or the gateway to it
+	Dev     string         `json:"dev,omitempty"`
+	// State as the kernel names it (REACHABLE, STALE, DELAY, FAILED,
+	// INCOMPLETE, PERMANENT …), "none" when there is no entry, "no route"
+	// when the LB has no route to the real.
+	State string `json:"state"`
+}
 
 // DropPoint is drops of one kind at one place, whatever their flows, with
 // what explains them.

@@ -1,12 +1,355 @@
 package window
 
 import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/lbdoctor/lbdoctor/checks"
 	"github.com/lbdoctor/lbdoctor/flowpath"
+	"github.com/lbdoctor/lbdoctor/internal/proto"
 	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/drops"
+	"github.com/lbdoctor/lbdoctor/probes/ipvs"
+	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
 
+// MaxPaths caps the paths a window keeps (1,000 services × 10 reals would
+// be 10,000): the paths that stop come first, the number left out is in
+// Window.PathsOmitted.
+const MaxPaths = probes.MaxListed
+
 // Paths builds the path of each selected service's flows to each of its
-// reals from the window's evidence. Pure.
-func Paths(after *probes.Snapshot, w *probes.Window) []flowpath.Path {
-	return []flowpath.Path{} // the window part implements it
+// reals from the window's evidence: IPVS stats deltas for the request, the
+// scheduling and the reply, the SNAT rule's counter, the forwarding switch
+// for the route back, and the window's drops for where it stops. Pure.
+func Paths(after *probes.Snapshot, w *probes.Window, sel probes.Selector) []flowpath.Path {
+	b := pathBuilder{s: after, w: w, svc: map[string]probes.ServiceDelta{}, rule: map[string]uint64{},
+		byFlow: map[[2]netip.AddrPort][]drops.Counted{}, byDst: map[netip.AddrPort][]drops.Counted{}, bySrc: map[netip.AddrPort][]drops.Counted{}}
+	if d := after.Drops; d != nil {
+		// Indexed once: 10,000 paths must not each read every drop.
+		for _, c := range d.Drops {
+			switch {
+			case c.Flow != nil:
+				k := [2]netip.AddrPort{c.Flow.VIP, c.Flow.Real}
+				b.byFlow[k] = append(b.byFlow[k], c)
+			case !c.NotItemised && c.Family != 0:
+				b.byDst[c.Dst] = append(b.byDst[c.Dst], c)
+				b.bySrc[c.Src] = append(b.bySrc[c.Src], c)
+			}
+		}
+	}
+	_, noCounters := w.Skipped["counters"]
+	if !noCounters {
+		for _, sd := range w.Deltas.IPVS {
+			b.svc[sd.Service] = sd
+		}
+		for _, rd := range w.Deltas.Rules {
+			b.rule[rd.Rule.Key()] = rd.Packets
+		}
+	}
+	b.counted = !noCounters
+	out := []flowpath.Path{}
+	for _, svc := range after.IPVS.Services {
+		if svc.FWMark != 0 || !sel.Matches(svc.Addr, svc.Proto) {
+			continue
+		}
+		for _, r := range svc.Reals {
+			out = append(out, b.path(svc, r))
+		}
+	}
+	if len(out) > MaxPaths {
+		// Stable: the paths that stop first, each group in service order.
+		stops := func(p flowpath.Path) int { return min(len(p.Stops), 1) }
+		slices.SortStableFunc(out, func(a, b flowpath.Path) int { return cmp.Compare(stops(b), stops(a)) })
+		w.PathsOmitted = len(out) - MaxPaths
+		out = out[:MaxPaths:MaxPaths]
+	}
+	return out
+}
+
+type pathBuilder struct {
+	s       *probes.Snapshot
+	w       *probes.Window
+	svc     map[string]probes.ServiceDelta // by service key
+	rule    map[string]uint64              // packets by rule key
+	counted bool                           // the counters were read twice
+	// The window's drops: attributed ones by VIP and real, the others by
+	// destination and by source.
+	byFlow       map[[2]netip.AddrPort][]drops.Counted
+	byDst, bySrc map[netip.AddrPort][]drops.Counted
+}
+
+// path builds one service's path to one real.
+func (b pathBuilder) path(svc ipvs.Service, r ipvs.Real) flowpath.Path {
+	s := b.s
+	key := svc.Key()
+	p := flowpath.Path{Service: key, Real: r.Addr.String(), Window: b.w.Elapsed}
+	sd, known := b.svc[key]
+	var rd probes.RealDelta
+	for _, x := range sd.Reals {
+		if x.Real == r.Addr.String() {
+			rd = x
+		}
+	}
+	ipvsSrc := "IPVS stats of " + key
+	leg := func(kind flowpath.LegKind, name string, n uint64, src string) flowpath.Leg {
+		l := flowpath.Leg{Kind: kind, Name: name, Status: flowpath.Unknown, Source: src}
+		if known {
+			l.Counted, l.Packets, l.Status = true, n, flowpath.Quiet
+			if n > 0 {
+				l.Status = flowpath.OK
+			}
+		}
+		return l
+	}
+	req := leg(flowpath.Request, "client→VIP", uint64(sd.PacketsIn), ipvsSrc)
+	sched := leg(flowpath.Schedule, "IPVS→real "+shortReal(svc.Addr, r.Addr), uint64(rd.PacketsIn), "IPVS stats of real "+r.Addr.String())
+	p.Legs = append(p.Legs, req, sched)
+
+	stops := b.stops(svc, r)
+	if r.Method != ipvs.Masq {
+		// Direct routing or tunnelling: the reply goes to the client
+		// straight from the real; the LB sees none of it.
+		for _, k := range []flowpath.LegKind{flowpath.SNAT, flowpath.Reply, flowpath.DeSNAT, flowpath.Route} {
+			p.Legs = append(p.Legs, flowpath.Leg{Kind: k, Name: string(k), Status: flowpath.NotUsed, Note: r.Method + ": the real answers the client directly"})
+		}
+		return finish(p, stops)
+	}
+
+	snat := b.snatLeg(svc, r)
+	p.Legs = append(p.Legs, snat)
+
+	// Replies that reached the LB: those IPVS counted on their way back,
+	// and those that died on the LB before IPVS could count them.
+	var replyDrops uint64
+	for _, st := range stops {
+		if st.Leg == flowpath.Reply || st.Leg == flowpath.DeSNAT || st.Leg == flowpath.Route {
+			replyDrops += st.Count
+		}
+	}
+	reply := leg(flowpath.Reply, "reply real→LB", uint64(rd.PacketsOut)+replyDrops, "IPVS stats of real "+r.Addr.String()+" (packets out)")
+	if replyDrops > 0 {
+		reply.Source += " and replies dropped on the LB (kfree_skb tracer)"
+		if !known {
+			reply.Counted, reply.Packets, reply.Status = true, replyDrops, flowpath.OK
+		}
+	}
+	if reply.Packets > 0 && svc.Proto == "tcp" && onlySynRecv(s, svc, r) {
+		// IPVS never saw the handshake end: what came back were SYN-ACKs.
+		reply.Name = "SYN-ACK real→LB"
+	}
+	p.Legs = append(p.Legs, reply)
+
+	desnat := flowpath.Leg{Kind: flowpath.DeSNAT, Name: "de-SNAT", Note: "PREROUTING", Source: "conntrack (reverses the SNAT; no counter of its own)"}
+	switch {
+	case snat.Status == flowpath.NotUsed || snat.Status == flowpath.Stopped:
+		desnat.Status, desnat.Note = flowpath.NotUsed, ""
+	case reply.Status == flowpath.OK:
+		desnat.Status = flowpath.Implied
+	default:
+		desnat.Status = flowpath.Unknown
+	}
+	p.Legs = append(p.Legs, desnat)
+	p.Legs = append(p.Legs, b.routeLeg(svc, r, rd, stops))
+	return finish(p, stops)
+}
+
+// finish puts the stops on the path and marks the legs they stop on.
+func finish(p flowpath.Path, stops []flowpath.Stop) flowpath.Path {
+	p.Stops = stops
+	for _, st := range stops {
+		for i := range p.Legs {
+			if l := &p.Legs[i]; l.Kind == st.Leg && l.Status != flowpath.OK && l.Status != flowpath.NotUsed {
+				l.Status = flowpath.Stopped
+			}
+		}
+	}
+	return p
+}
+
+// snatLeg is the source NAT a one-arm service needs on the way to the real.
+func (b pathBuilder) snatLeg(svc ipvs.Service, r ipvs.Real) flowpath.Leg {
+	s := b.s
+	l := flowpath.Leg{Kind: flowpath.SNAT, Name: "SNAT", Status: flowpath.Unknown}
+	rp := checks.DecideReturnPath(s, svc.Addr.Addr(), []netip.Addr{r.Addr.Addr()})
+	if !rp.NeedsSNAT {
+		l.Status, l.Note = flowpath.NotUsed, rp.Reason
+		return l
+	}
+	var covering []rules.Rule
+	for _, x := range s.Rules.Rules {
+		if x.CoversVIP(svc.Addr) {
+			covering = append(covering, x)
+		}
+	}
+	if len(covering) == 0 {
+		if len(s.Rules.Unread()) > 0 || len(s.Rules.Backends) == 0 {
+			l.Note = "no SNAT rule among the rules read"
+			return l
+		}
+		l.Status, l.Note = flowpath.Stopped, "no SNAT rule covers the VIP: replies bypass the LB"
+		return l
+	}
+	x := covering[0]
+	l.Source = fmt.Sprintf("%s %s %s: %s", x.Backend, x.Table, x.Chain, x.Spec)
+	hasCounter := false
+	for _, x := range covering {
+		if x.HasCounter {
+			hasCounter = true
+			l.Flows += b.rule[x.Key()]
+		}
+	}
+	switch {
+	case !hasCounter:
+		l.Note = "the rule has no counter"
+	case !b.counted:
+		l.Note = "counters read once"
+	case l.Flows > 0:
+		l.Status = flowpath.OK
+	default:
+		l.Status, l.Note = flowpath.Quiet, "rule not hit"
+		if v, ok := s.Sysctls["net.ipv4.vs.conntrack"]; ok && v.Present && v.Value == "0" {
+			l.Note += ", net.ipv4.vs.conntrack=0"
+		}
+	}
+	return l
+}
+
+// routeLeg is the reply's route to the client: forwarded, so the family's
+// forwarding switch must be on.
+func (b pathBuilder) routeLeg(svc ipvs.Service, r ipvs.Real, rd probes.RealDelta, stops []flowpath.Stop) flowpath.Leg {
+	s := b.s
+	l := flowpath.Leg{Kind: flowpath.Route, Name: "route", Status: flowpath.Unknown}
+	client := b.client(svc, r)
+	who := "the client"
+	if client.IsValid() {
+		who = client.String()
+	}
+	key := "net.ipv4.ip_forward"
+	if svc.Addr.Addr().Is6() && !svc.Addr.Addr().Is4In6() {
+		key = "net.ipv6.conf.all.forwarding"
+	}
+	l.Source = key + ", " + s.Target.String()
+	v, ok := s.Sysctls[key]
+	switch {
+	case client.IsValid() && s.Net.HasAddr(client):
+		l.Note, l.Status = who+" is local", flowpath.Implied
+	case !ok || !v.Present:
+		l.Note = key + " not read"
+	case v.Value == "0":
+		l.Status, l.Note = flowpath.Stopped, who+" not local, forwarding off"
+	default:
+		l.Note = "forwarded to " + who
+		if rd.PacketsOut > 0 {
+			l.Status = flowpath.OK // IPVS counts replies in the forward hook
+		}
+	}
+	return l
+}
+
+// client is a client address of the service's flows to the real: from the
+// window's drops, the IPVS connections or conntrack, the first found.
+func (b pathBuilder) client(svc ipvs.Service, r ipvs.Real) netip.Addr {
+	for _, c := range b.byFlow[[2]netip.AddrPort{svc.Addr, r.Addr}] {
+		return c.Flow.Client.Addr()
+	}
+	for _, c := range b.s.IPVS.Conns {
+		if c.VIP == svc.Addr && c.Dest == r.Addr && c.Proto == svc.Proto {
+			return c.Client.Addr()
+		}
+	}
+	for _, f := range b.s.Conntrack.Flows {
+		if f.Orig.Dst == svc.Addr && f.Reply.Src == r.Addr {
+			return f.Orig.Src.Addr()
+		}
+	}
+	return netip.Addr{}
+}
+
+// stops are the window's drops on this service's path to this real, by
+// leg, reason and function, the most first; joined drop points add the
+// hook and cause. Drops attributed to a flow count on its path; drops no
+// flow was found for count on every path their addresses fit.
+func (b pathBuilder) stops(svc ipvs.Service, r ipvs.Real) []flowpath.Stop {
+	var out []flowpath.Stop
+	add := func(leg flowpath.LegKind, c drops.Counted) {
+		for i := range out {
+			if st := &out[i]; st.Leg == leg && st.Reason == c.ReasonName && st.Function == c.Function() && st.Hook == c.Hook {
+				st.Count += c.Count
+				return
+			}
+		}
+		out = append(out, flowpath.Stop{Leg: leg, Reason: c.ReasonName, Function: c.Function(), Hook: c.Hook, Count: c.Count})
+	}
+	for _, c := range b.byFlow[[2]netip.AddrPort{svc.Addr, r.Addr}] {
+		if l := c.Flow.Leg(); l != "" {
+			add(l, c)
+		}
+	}
+	p := proto.Number(svc.Proto)
+	for _, c := range b.byDst[svc.Addr] {
+		if c.Proto == p {
+			add(flowpath.Request, c) // before IPVS: on the way to every real
+		}
+	}
+	if r.Addr != svc.Addr {
+		for _, c := range b.byDst[r.Addr] {
+			if c.Proto == p {
+				add(flowpath.Schedule, c)
+			}
+		}
+	}
+	for _, c := range b.bySrc[r.Addr] {
+		if c.Proto == p && c.Dst != svc.Addr && c.Dst != r.Addr {
+			add(flowpath.Reply, c)
+		}
+	}
+	for i := range out {
+		st := &out[i]
+		for _, dp := range b.w.DropPoints {
+			if dp.Reason == st.Reason && dp.Function == st.Function && (st.Hook == "" || dp.Hook == st.Hook) && (dp.Leg == "" || dp.Leg == st.Leg) {
+				st.Hook, st.Cause = dp.Hook, dp.Cause
+				break
+			}
+		}
+	}
+	slices.SortStableFunc(out, func(a, b flowpath.Stop) int { return cmp.Compare(b.Count, a.Count) })
+	return out
+}
+
+// onlySynRecv reports whether the service's IPVS connections to the real,
+// at the window's end, are all still waiting for the handshake to end.
+func onlySynRecv(s *probes.Snapshot, svc ipvs.Service, r ipvs.Real) bool {
+	n := 0
+	for _, c := range s.IPVS.ConnCounts {
+		if c.VIP == svc.Addr && c.Dest == r.Addr && c.Proto == svc.Proto {
+			if c.State != "SYN_RECV" {
+				return false
+			}
+			n += c.Count
+		}
+	}
+	return n > 0
+}
+
+// shortReal names a real as the path line shows it: the last octet when it
+// shares the VIP's /24 (".40"), the port only when it is not the VIP's.
+func shortReal(vip, real netip.AddrPort) string {
+	a := real.Addr().String()
+	if v, r := vip.Addr(), real.Addr(); v.Is4() && r.Is4() {
+		vb, rb := v.As4(), r.As4()
+		if vb[0] == rb[0] && vb[1] == rb[1] && vb[2] == rb[2] {
+			a = fmt.Sprintf(".%d", rb[3])
+		}
+	}
+	if real.Port() != vip.Port() {
+		if strings.Contains(a, ":") {
+			a = "[" + a + "]"
+		}
+		a += fmt.Sprintf(":%d", real.Port())
+	}
+	return a
 }

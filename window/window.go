@@ -11,13 +11,20 @@ import (
 	"errors"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/lbdoctor/lbdoctor/flowpath"
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/health"
+	"github.com/lbdoctor/lbdoctor/probes/ipvs"
+	"github.com/lbdoctor/lbdoctor/probes/kernel"
 	"github.com/lbdoctor/lbdoctor/probes/netstate"
+	"github.com/lbdoctor/lbdoctor/probes/snmp"
 )
 
 // DefaultLength is check's window when none is asked for: long enough for a
@@ -38,8 +45,8 @@ var ErrInterrupted = errors.New("interrupted before anything was measured")
 
 // Options choose what the window watches.
 type Options struct {
-	// Length is how long to watch from the first read; 0 is one read and
-	// nothing watched (a static snapshot).
+	// Length is how long to watch once the first read is done; 0 is one
+	// read and nothing watched (a static snapshot).
 	Length time.Duration
 	// Drops traces the kernel's drops of the selected flows (eBPF,
 	// aggregate mode); without CAP_BPF the window runs and says why not.
@@ -51,10 +58,37 @@ type Options struct {
 	ProbeTimeout time.Duration
 	// Features runs the kernel feature probes with the first read.
 	Features bool
+	// Counters watches the namespace's counters (SNMP, rules, conntrack)
+	// for the whole window even when no IPVS service and no VIP selects a
+	// flow (inspect --watch); without it such a window ends at once,
+	// saying there was nothing to watch.
+	Counters bool
 	// Opened, when not nil, is called once the first read is done and the
 	// window opens, with what it watches: a caller says "watching…" only
 	// when something watches.
 	Opened func(length time.Duration)
+	// Progress, when not nil and Every > 0, is given what the window has
+	// seen so far every Every while it runs (a TUI's or an exporter's
+	// frame). It is called from a goroutine of its own, one call at a time:
+	// a slow Progress misses frames (the next one carries the newer
+	// totals), never holds the window, and is not waited for when the
+	// window ends.
+	Every    time.Duration
+	Progress func(Progress)
+}
+
+// Progress is a frame of a running window: the counters since the first
+// read, from a light read of IPVS and SNMP (rules and conntrack are read
+// again only at the window's end), and the drops counted so far.
+type Progress struct {
+	Elapsed time.Duration
+	// Deltas holds the IPVS stats per service and real and the SNMP
+	// counters that moved since the first read; its Rules and Conntrack
+	// are left empty until the window's end.
+	Deltas probes.Deltas
+	// Drops is what the tracer counted so far (nil: drops not traced, or
+	// the tracer not attached yet); one map read per frame.
+	Drops *drops.Counters
 }
 
 // Run reads ns, watches it for opt.Length and returns the snapshot of the
@@ -63,42 +97,85 @@ type Options struct {
 // returns what was measured with Window.CutShort set; before, ErrInterrupted.
 // Layers that could not be read are in Snapshot.Errors and Window.Skipped.
 func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options) (*probes.Snapshot, error) {
+	// Capabilities are the calling thread's: asked before any goroutine.
+	bpfCapable := kernel.HasCapability(unix.CAP_BPF) || kernel.HasCapability(unix.CAP_SYS_ADMIN)
 	var before *probes.Snapshot
+	static := opt.Length <= 0
 	// A window's first read is for its counters: the last read lists the
 	// flow tables (read twice, they are most of a busy LB's cost).
-	first := probes.Options{Features: opt.Features, NoFlowTables: opt.Length > 0}
+	first := probes.Options{Features: opt.Features && static, NoFlowTables: !static}
 	if !Measure(ctx, func() { before = probes.Gather(ns, sel, first) }) {
 		return nil, ErrInterrupted
 	}
-	if opt.Length <= 0 {
+	if static {
 		return before, nil
 	}
-	w := &probes.Window{Length: opt.Length, Skipped: map[string]string{}}
-	if !sel.VIP.IsValid() && len(before.IPVS.Services) == 0 {
+	// The window opens once the first read is done: a read that takes
+	// seconds (a big rule set, a slow machine) must not eat the window
+	// the drops and probes watch in. The feature probes count nothing:
+	// they belong to the first read but run inside the window.
+	opened := time.Now()
+	end := opened.Add(opt.Length)
+	// The feature probes belong to the first read (interrupted before
+	// they are done, nothing was measured) but count nothing: they run
+	// inside the window, beside it, and never delay the last read.
+	var feats *kernel.Features
+	featuresDone := make(chan struct{})
+	if opt.Features {
+		go func() {
+			defer close(featuresDone)
+			f := kernel.ReadFeatures()
+			feats = &f
+		}()
+	} else {
+		close(featuresDone)
+	}
+	w := &probes.Window{Length: opt.Length, FirstRead: opened.Sub(before.Time), Skipped: map[string]string{}}
+	if !sel.VIP.IsValid() && len(before.IPVS.Services) == 0 && !opt.Counters {
 		// Nothing selects a flow: a window would watch nothing for its
 		// length. Said, not hidden.
 		w.Skipped["window"] = "nothing to watch: no IPVS service and no --vip"
 		w.Paths = []flowpath.Path{}
+		select {
+		case <-featuresDone:
+			before.Features = feats
+		case <-ctx.Done():
+			return nil, ErrInterrupted
+		}
 		before.Window = w
 		return before, nil
 	}
 	if opt.Opened != nil {
 		opt.Opened(opt.Length)
 	}
-	wctx, cancel := context.WithDeadline(ctx, before.Time.Add(opt.Length))
+	wctx, cancel := context.WithDeadline(ctx, end)
 	defer cancel()
 
 	var wg sync.WaitGroup
-	if opt.Drops {
-		wg.Add(1)
+	var dropCounters atomic.Pointer[drops.Counters]
+	var traced chan *probes.Snapshot // nil: no tracer
+	switch {
+	case !opt.Drops:
+		w.Skipped[probes.LayerDrops] = "drop tracing was not asked for"
+	case !bpfCapable:
+		// The window runs without it: the other layers still watch.
+		before.Errors[probes.ProbeDrops] = "tracing drops needs CAP_BPF (or CAP_SYS_ADMIN): run as root"
+	default:
+		// The tracer works on a snapshot of its own: cut short, the
+		// window waits for it only as long as the interrupt allows
+		// (loading kallsyms cannot be cancelled), and what it writes
+		// after that is never read.
+		ds := &probes.Snapshot{IPVS: before.IPVS, Conntrack: before.Conntrack, Errors: map[string]string{}}
+		if e, ok := before.Errors[probes.ProbeConntrack]; ok {
+			ds.Errors[probes.ProbeConntrack] = e
+		}
+		traced = make(chan *probes.Snapshot, 1)
 		go func() {
-			defer wg.Done()
 			// The tracer's own window starts when it is attached and ends
 			// with ours; only an interrupt (ctx) cuts it short.
-			probes.WatchDrops(ctx, ns, sel, before, before.Time.Add(opt.Length), nil)
+			probes.WatchDrops(ctx, ns, sel, ds, end, drops.Hooks{Every: opt.Every, Progress: func(c drops.Counters) { dropCounters.Store(&c) }})
+			traced <- ds
 		}()
-	} else {
-		w.Skipped[probes.LayerDrops] = "drop tracing was not asked for"
 	}
 	if opt.Probe {
 		timeout := opt.ProbeTimeout
@@ -111,16 +188,24 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 			w.Health = health.Probe(wctx, ns, healthTargets(before, sel), timeout)
 		}()
 	} else {
-		w.Skipped[probes.LayerHealth] = "the reals were not probed (--no-probe)"
+		w.Skipped[probes.LayerHealth] = "the reals were not probed (check --no-probe; inspect never probes)"
+	}
+	if opt.Progress != nil && opt.Every > 0 {
+		go stream(wctx, ns, before, opt, &dropCounters)
 	}
 	<-wctx.Done()
-	wg.Wait()
-	if e, ok := before.Errors[probes.ProbeDrops]; ok {
-		w.Skipped[probes.LayerDrops] = e
+	if ctx.Err() != nil {
+		select {
+		case <-featuresDone:
+		default:
+			return nil, ErrInterrupted // the first read was not done
+		}
 	}
 
-	// The last read: cut short, it gets what is left of the interrupt's
-	// budget; if it cannot finish, the first read is what was measured.
+	// The last read starts as the window ends, while the tracer names
+	// what it counted: the counters' window is the one asked for. Cut
+	// short, it gets what is left of the interrupt's budget; if it cannot
+	// finish, the first read is what was measured.
 	rctx := context.Background()
 	if ctx.Err() != nil {
 		w.CutShort = true
@@ -128,10 +213,37 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 		rctx, c = context.WithTimeout(rctx, lastReadBudget)
 		defer c()
 	}
+	var last *probes.Snapshot
+	read := make(chan bool, 1)
+	go func() { read <- Measure(rctx, func() { last = probes.Gather(ns, sel, probes.Options{}) }) }()
+	wg.Wait()
+	if traced != nil {
+		select {
+		case ds := <-traced:
+			before.Drops = ds.Drops
+			if e, ok := ds.Errors[probes.ProbeDrops]; ok {
+				before.Errors[probes.ProbeDrops] = e
+			}
+		case <-rctx.Done():
+			before.Errors[probes.ProbeDrops] = "interrupted while the tracer was still loading or being read: no drop counted"
+		}
+	}
+	if e, ok := before.Errors[probes.ProbeDrops]; ok {
+		w.Skipped[probes.LayerDrops] = e
+	}
+	<-featuresDone // done by now unless the machine is very slow
+	before.Features = feats
 	after := before
-	if Measure(rctx, func() { after = probes.Gather(ns, sel, probes.Options{}) }) {
+	if <-read {
+		after = last
 		after.Features = before.Features
 		after.Drops = before.Drops
+		// The window's drops name sources no table holds (a packet the
+		// reverse-path filter dropped never reaches conntrack's confirm):
+		// their routes are asked too — not once interrupted.
+		if ctx.Err() == nil {
+			probes.AskRoutes(ns, after, sel)
+		}
 		for k, v := range before.Errors {
 			if _, ok := after.Errors[k]; !ok {
 				after.Errors[k] = v
@@ -139,7 +251,6 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 		}
 		w.Deltas = probes.Delta(before, after)
 	} else {
-		after = before
 		w.Skipped["counters"] = "no second read in time: the counters are the first read's"
 		for _, p := range []string{probes.ProbeIPVSConns, probes.ProbeConntrack} {
 			if _, ok := after.Errors[p]; !ok && first.NoFlowTables {
@@ -148,13 +259,92 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 		}
 	}
 	w.Elapsed = after.Time.Sub(before.Time)
+	w.Neighbours = RealNeighbours(after, sel)
 	if ctx.Err() == nil {
 		w.RoutesBack = routesBack(ns, after)
 	}
 	w.DropPoints = Join(before, after, w)
-	w.Paths = Paths(after, w)
+	w.Paths = Paths(after, w, sel)
 	after.Window = w
 	return after, nil
+}
+
+// stream gives opt.Progress a frame every opt.Every until ctx ends. The
+// frames are built here (a light read of IPVS and SNMP) and handed to a
+// sender goroutine through a one-slot mailbox: a slow Progress gets the
+// newest frame when it is ready, and neither the reads nor the window wait
+// for it.
+func stream(ctx context.Context, ns netns.Target, before *probes.Snapshot, opt Options, dc *atomic.Pointer[drops.Counters]) {
+	box := make(chan Progress, 1)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case p := <-box:
+				opt.Progress(p)
+			}
+		}
+	}()
+	tick := time.NewTicker(opt.Every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		now := &probes.Snapshot{Time: time.Now(), Rules: before.Rules, Conntrack: before.Conntrack, IPVS: before.IPVS, SNMP: before.SNMP}
+		if v, err := ipvs.Read(ns); err == nil {
+			now.IPVS = v
+		}
+		if c, err := snmp.Read(ns); err == nil {
+			now.SNMP = c
+		}
+		p := Progress{Elapsed: now.Time.Sub(before.Time), Deltas: probes.Delta(before, now), Drops: dc.Load()}
+		p.Deltas.Rules = nil
+		p.Deltas.Conntrack = probes.CounterDelta{}
+		select { // replace a frame the sender has not taken yet
+		case <-box:
+		default:
+		}
+		box <- p
+	}
+}
+
+// RealNeighbours is the neighbour entry of each selected real server's
+// next hop (the real itself on a connected segment, else the gateway of
+// the LB's route to it) as the snapshot read it. Pure.
+func RealNeighbours(s *probes.Snapshot, sel probes.Selector) []probes.RealNeighbour {
+	out := []probes.RealNeighbour{}
+	seen := map[netip.AddrPort]bool{}
+	for _, svc := range s.IPVS.Services {
+		if svc.FWMark != 0 || !sel.Matches(svc.Addr, svc.Proto) {
+			continue
+		}
+		for _, r := range svc.Reals {
+			if seen[r.Addr] {
+				continue
+			}
+			seen[r.Addr] = true
+			n := probes.RealNeighbour{Real: r.Addr, NextHop: r.Addr.Addr(), State: "none"}
+			if rt, ok := s.Net.RouteTo(r.Addr.Addr()); ok {
+				n.Dev = rt.Dev
+				if rt.Gw.IsValid() {
+					n.NextHop = rt.Gw
+				}
+			} else {
+				n.State = "no route"
+			}
+			for _, nb := range s.Net.Neighbours {
+				if nb.IP == n.NextHop && (n.Dev == "" || nb.Dev == n.Dev) {
+					n.State, n.Dev = nb.State, nb.Dev
+				}
+			}
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // maxRoutesBack bounds the route lookups after a window.

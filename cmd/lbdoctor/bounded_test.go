@@ -304,6 +304,10 @@ func TestInterruptRule(t *testing.T) {
 			[]int{0, 1}, []string{`"interrupted": true`, "the window was cut short", `"verdict"`}},
 		{"check drops junit", []string{"check", "--netns", l.LB.Name, "--vip", vip.String(), "--drops", "20s", "-o", "junit"}, "", 300 * time.Millisecond, syscall.SIGINT,
 			[]int{0, 1}, []string{`<testcase classname="lbdoctor.drops" name="drops.vip_flows">`, "<system-err>cut short by SIGINT after"}},
+		{"check default window", []string{"check", "--netns", l.LB.Name, "--vip", vip.String()}, "watching", 300 * time.Millisecond, syscall.SIGINT,
+			[]int{0, 1}, []string{"drops.vip_flows", "! cut short by SIGINT after", "of 3s", "verdict:"}},
+		{"check default window json", []string{"check", "--netns", l.LB.Name, "--vip", vip.String(), "-o", "json"}, "", 300 * time.Millisecond, syscall.SIGTERM,
+			[]int{0, 1}, []string{`"interrupted": true`, `"verdict"`}},
 		{"inspect watch", []string{"inspect", "--netns", p.B.Name, "--watch", "20s"}, "exec", 3 * time.Second, syscall.SIGINT,
 			[]int{0}, []string{"lbdoctor inspect: netns " + p.B.Name, "! cut short by SIGINT after"}},
 		{"inspect watch json", []string{"inspect", "--netns", p.B.Name, "--watch", "20s", "-o", "json"}, "exec", 3 * time.Second, syscall.SIGTERM,
@@ -377,8 +381,9 @@ func TestDropsNetnsDeleted(t *testing.T) {
 }
 
 // inspect --watch: the window between the two counter reads is the one
-// asked for (the feature probes, which count nothing and take hundreds of
-// ms, neither stretch it nor run in the second read).
+// asked for, counted from the end of the first read (the feature probes,
+// which count nothing and take hundreds of ms, neither stretch it nor run
+// in the second read).
 func TestInspectWatchWindowIsExact(t *testing.T) {
 	ns := testkit.Netns(t, "watch")
 	const window = time.Second
@@ -387,11 +392,36 @@ func TestInspectWatchWindowIsExact(t *testing.T) {
 		Deltas struct {
 			Window time.Duration `json:"window_ns"`
 		} `json:"deltas"`
+		Snapshot struct {
+			Window struct {
+				FirstRead time.Duration `json:"first_read_ns"`
+			} `json:"window"`
+		} `json:"snapshot"`
 	}
 	if err := json.Unmarshal([]byte(out), &in); err != nil || code != 0 {
 		t.Fatalf("inspect --watch %s = exit %d, %v:\n%.2000s", window, code, err, out)
 	}
-	if w := in.Deltas.Window; w < window || w > window+100*time.Millisecond {
-		t.Errorf("inspect --watch %s: deltas over %s, want %s to %s", window, w, window, window+100*time.Millisecond)
+	if w := in.Deltas.Window - in.Snapshot.Window.FirstRead; w < window || w > window+100*time.Millisecond {
+		t.Errorf("inspect --watch %s: deltas over %s, %s of them the first read: want %s to %s after it", window, in.Deltas.Window, in.Snapshot.Window.FirstRead, window, window+100*time.Millisecond)
+	}
+}
+
+// check watches 3 s by default and ends within 100 ms of its window and
+// its last read: the window counts from the end of the first read, the tracer's
+// naming runs beside the last read. A static check (--watch 0) is what
+// one read costs, process start included.
+func TestCheckDefaultWindowEndsOnTime(t *testing.T) {
+	l, vip := dnatVIP(t, 1)
+	start := time.Now()
+	if _, code := testkit.RunLbdoctor(t, "check", "--netns", l.LB.Name, "--vip", vip.String(), "--watch", "0"); code != 0 && code != 1 {
+		t.Fatalf("check --watch 0 = exit %d", code)
+	}
+	read := time.Since(start)
+	lp := startLbdoctor(t, "watching", "check", "--netns", l.LB.Name, "--vip", vip.String())
+	opened := lp.waitStart(t)
+	lp.wait(t, 30*time.Second)
+	took := lp.ended.Sub(opened)
+	if limit := 3*time.Second + read + 100*time.Millisecond; lp.code > 1 || took < 3*time.Second-50*time.Millisecond || took > limit {
+		t.Errorf("check (default window) = exit %d, %s from \"watching\" to its end; want 0 or 1 within 3s to %s (the window, a read of %s, 100ms)\n%s", lp.code, took, limit, read, lp.errText())
 	}
 }

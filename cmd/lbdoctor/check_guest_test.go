@@ -12,7 +12,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -21,6 +23,11 @@ import (
 	"github.com/lbdoctor/lbdoctor/internal/report"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 )
+
+// binaryBound is the most one lbdoctor run may take in the guest: a check's
+// window, two reads of every layer, loading the drop tracer (the verifier
+// alone takes tens of seconds on a TCG guest that shares a loaded host).
+const binaryBound = 4 * time.Minute
 
 // runBinary runs the real lbdoctor binary the Makefile put into the guest.
 func runBinary(t *testing.T, args ...string) (*report.Report, int) {
@@ -39,7 +46,16 @@ func runBinaryEnv(t *testing.T, env []string, args ...string) (*report.Report, i
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = &out, &errb
-	err = cmd.Run()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// A run that outlives binaryBound is ended with SIGQUIT: the failure
+	// shows where each goroutine was, not only that the suite timed out.
+	timer := time.AfterFunc(binaryBound, func() { cmd.Process.Signal(syscall.SIGQUIT) })
+	err = cmd.Wait()
+	if !timer.Stop() {
+		t.Fatalf("lbdoctor %s ran longer than %s; ended with SIGQUIT:\n%s", strings.Join(args, " "), binaryBound, errb.String())
+	}
 	code := 0
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
@@ -195,5 +211,119 @@ func TestGuestCheckReadsRulesThroughAnyTool(t *testing.T) {
 		if want := tt.wantReturnPath + " " + tt.wantVSConn; got != want || (r.Errors["rules"] != "") != tt.wantErrors {
 			t.Errorf("%s: check = exit %d, [nat.return_path sysctl.vs_conntrack] %s, errors %v; want %s and the unread backends named", tt.name, code, got, r.Errors, want)
 		}
+	}
+}
+
+// runText runs the real lbdoctor binary and returns its stdout and exit code.
+func runText(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	bin, err := exec.LookPath("lbdoctor")
+	if err != nil {
+		t.Fatal("no lbdoctor binary in the guest: run guest tests with `make guest-test` (it adds bin/lbdoctor)")
+	}
+	var out, errb bytes.Buffer
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err = cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return out.String() + errb.String(), ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return out.String() + errb.String(), 0
+}
+
+// withTraffic runs fn while a client keeps trying vip.
+func withTraffic(l *lab.Lab, vip netip.AddrPort, fn func()) {
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				lab.Probe(context.Background(), l.Client, vip, 500*time.Millisecond)
+			}
+		}
+	}()
+	fn()
+	close(stop)
+	<-done
+}
+
+// The seed's stage 3 (SNAT by an -m ipvs MASQUERADE rule, vs.conntrack=1,
+// ip_forward=0) under traffic, with check's default window: the client's
+// connections fail; sysctl.ip_forward and drops.vip_flows fail with the
+// path of the VIP's flows, leg by leg, stopping at ip_error (text and
+// findings[].path); nothing else fails. The finding's fix, pasted, makes
+// the client work, the check pass and the path complete.
+func TestGuestCheckPathStage3(t *testing.T) {
+	l, vip := testkit.FullNAT(t)
+	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "0")
+	if res := lab.Probe(context.Background(), l.Client, vip, 2*time.Second); res.OK {
+		t.Fatalf("with ip_forward=0 the client reached %s: the fault is not in place", vip)
+	}
+	args := []string{"check", "--netns", l.LB.Name, "--vip", vip.String()}
+	var text string
+	var code int
+	withTraffic(l, vip, func() { text, code = runText(t, args...) })
+	t.Logf("check (ip_forward=0): exit %d\n%s", code, text)
+	stop := regexp.MustCompile(`(?m)^    path:     TCP ` + regexp.QuoteMeta(vip.String()) + `: client→VIP ✓ [1-9]\d* · IPVS→real \.\d+ ✓ [1-9]\d* · SNAT ✓ · (SYN-ACK|reply) real→LB ✓ [1-9]\d* · de-SNAT \(PREROUTING\) · route: ` +
+		regexp.QuoteMeta(l.ClientIP.String()) + ` not local, forwarding off · ✗ ip_error IP_INADDRERRORS ×[1-9]\d*`)
+	if code != 1 || !stop.MatchString(text) || !strings.Contains(text, "✗ sysctl.ip_forward") {
+		t.Errorf("lbdoctor %v (ip_forward=0, traffic) = exit %d:\n%s\nwant exit 1, sysctl.ip_forward failing with a path matching %s", args, code, text, stop)
+	}
+
+	var r *report.Report
+	withTraffic(l, vip, func() { r, code = runBinary(t, append(args, "-o", "json")...) })
+	var fix []string
+	for _, f := range r.Findings {
+		switch {
+		case f.Status == checks.Fail && f.ID != "sysctl.ip_forward" && f.ID != "drops.vip_flows":
+			t.Errorf("check -o json (ip_forward=0): %s fails too (%s), want only sysctl.ip_forward and drops.vip_flows", f.ID, f.Title)
+		case f.ID == "sysctl.ip_forward":
+			fix = f.Fix
+			if f.Status != checks.Fail || len(f.Path) != 1 || f.Path[0].Complete() || len(f.Path[0].Stops) == 0 ||
+				f.Path[0].Stops[0].Reason != "IP_INADDRERRORS" || f.Path[0].Stops[0].Function != "ip_error" || f.Path[0].Real != netip.AddrPortFrom(l.RealIP, 8085).String() {
+				t.Errorf("check -o json (ip_forward=0): sysctl.ip_forward = %s, path %+v; want fail with one path to the real stopping at ip_error IP_INADDRERRORS", f.Status, f.Path)
+			}
+		}
+	}
+	if code != 1 || len(fix) == 0 {
+		t.Fatalf("check -o json (ip_forward=0) = exit %d, fix %q; want exit 1 and a fix", code, fix)
+	}
+
+	// The guest's ip is busybox's (no `ip netns exec`): the fix runs in
+	// the namespace it names.
+	for _, line := range fix {
+		cmd, ok := strings.CutPrefix(line, l.LB.ExecPrefix())
+		if !ok {
+			t.Fatalf("the fix %q does not run in %s", line, l.LB)
+		}
+		testkit.Run(t, l.LB, "sh", "-c", cmd)
+	}
+	if res := lab.Probe(context.Background(), l.Client, vip, 2*time.Second); !res.OK {
+		t.Fatalf("after the fix %q the client cannot reach %s: %v", fix, vip, res.Err)
+	}
+	withTraffic(l, vip, func() { r, code = runBinary(t, append(args, "-o", "json")...) })
+	if code != 0 || statusOf(t, r, "sysctl.ip_forward") != "pass" || statusOf(t, r, "drops.vip_flows") != "pass" {
+		t.Errorf("check -o json after the fix = exit %d, sysctl.ip_forward %s, drops.vip_flows %s; want 0, pass, pass: %+v", code, statusOf(t, r, "sysctl.ip_forward"), statusOf(t, r, "drops.vip_flows"), r.Findings)
+	}
+	complete := regexp.MustCompile(`client→VIP ✓ [1-9]\d* · IPVS→real \.\d+ ✓ [1-9]\d* · SNAT ✓ · reply real→LB ✓ [1-9]\d* · de-SNAT \(PREROUTING\) · route: forwarded to ` + regexp.QuoteMeta(l.ClientIP.String()) + ` ✓`)
+	var inspect string
+	for _, f := range r.Findings {
+		if len(f.Path) > 0 {
+			t.Errorf("check -o json after the fix: %s (%s) carries a path %v, want none on a passing check", f.ID, f.Status, f.Path)
+		}
+	}
+	// The complete path is in the window (inspect shows it).
+	withTraffic(l, vip, func() {
+		inspect, _ = runText(t, "inspect", "--netns", l.LB.Name, "--vip", vip.String(), "--watch", "3s")
+	})
+	t.Logf("inspect --watch 3s after the fix:\n%s", inspect)
+	if !complete.MatchString(inspect) {
+		t.Errorf("inspect --watch 3s after the fix:\n%s\nwant a complete path matching %s", inspect, complete)
 	}
 }

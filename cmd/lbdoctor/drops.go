@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime/debug"
-	"slices"
 	"strings"
 	"time"
 
@@ -143,16 +142,12 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 			// nft or iptables DNAT: after it, packets carry a backend's
 			// address, which only conntrack knows.
 			learned, err := probes.LearnBackends(lb, sel)
-			for _, b := range learned {
-				if !slices.Contains(cfg.Addrs, b.Addr()) {
-					cfg.Addrs = append(cfg.Addrs, b.Addr())
-					filter.VIPAddrs = append(filter.VIPAddrs, b.Addr().String())
-				}
-				if b.Port() != 0 && sel.VIP.Port() != 0 && !slices.Contains(cfg.Ports, b.Port()) {
-					cfg.Ports = append(cfg.Ports, b.Port())
-					filter.VIPPorts = append(filter.VIPPorts, b.Port())
-				}
+			na, np := len(cfg.Addrs), len(cfg.Ports)
+			cfg.Addrs, cfg.Ports = probes.AddBackends(sel, cfg.Addrs, cfg.Ports, learned)
+			for _, a := range cfg.Addrs[na:] {
+				filter.VIPAddrs = append(filter.VIPAddrs, a.String())
 			}
+			filter.VIPPorts = append(filter.VIPPorts, cfg.Ports[np:]...)
 			switch {
 			case err != nil:
 				printf(cmd.ErrOrStderr(), "! %s is not an IPVS service and conntrack could not be read (%v): only packets still addressed to it are traced\n", sel.VIPString(), err)
@@ -181,29 +176,8 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 	defer tr.Close()
 	namer := tr.Namer(lb)
 	defer namer.Close()
-	names := map[uint32]string{}
-	// Namespaces without a /run/netns name: say whose they are.
-	if self, err := netns.Resolve(""); err == nil {
-		names[uint32(self.Inode)] = "current"
-	}
-	if host, err := netns.Resolve("pid:1"); err == nil {
-		names[uint32(host.Inode)] = "host"
-	}
-	nameOf := func(inode uint32) string {
-		if n, ok := names[inode]; ok {
-			return n
-		}
-		names[inode] = netns.NameOf(uint64(inode))
-		return names[inode]
-	}
-	toDrop := func(c drops.Counted) report.Drop {
-		d := report.Drop{Type: "drop", Netns: c.Netns, NetnsTag: nameOf(c.Netns), Location: c.Symbol, Reason: c.ReasonName, Count: c.Count, Flow: c.Flow, NotItemised: c.NotItemised}
-		if c.Family != 0 {
-			d.Proto = proto.Name(c.Proto)
-			d.Src, d.Dst = c.Endpoints()
-		}
-		return d
-	}
+	tags := netns.NewTags() // namespaces without a /run/netns name: say whose they are
+	toDrop := func(c drops.Counted) report.Drop { return report.DropOf(c, tags.Of(c.Netns)) }
 
 	// The window: --duration, Ctrl-C or SIGTERM, or the namespace going away.
 	window, endWindow := context.WithCancelCause(ctx)
@@ -257,26 +231,12 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		out = lq
 		err := tr.Read(window, func(p drops.Packet, raw drops.RawEvent) {
 			delivered++
-			// Attribution waits for the tables only while the window is
-			// open: a drop read after it is named from what is known.
-			d := toDrop(namer.Name(window, drops.Aggregate{Packet: p}, int64(raw.TimeNs)))
+			c, stack := namer.NameEvent(window, p, raw)
+			d := toDrop(c)
 			d.Time = time.Unix(0, int64(raw.TimeNs)+mono)
-			d.Ifname, d.Len = raw.Ifname, raw.Len
+			d.Ifname, d.Len, d.Stack = raw.Ifname, raw.Len, stack
 			if p.Proto == unix.IPPROTO_TCP {
 				d.TCPFlags = drops.TCPFlags(raw.TCPFlags)
-				if d.Flow != nil {
-					f := *d.Flow // the attributor caches flows: name the segment on a copy
-					f.Direction = drops.Kind(raw.TCPFlags) + " (" + f.Direction + ")"
-					d.Flow = &f
-				}
-			}
-			for _, pc := range raw.Stack {
-				fr := namer.Symbol(pc)
-				// The tracer's own frames say nothing about the drop.
-				if len(d.Stack) == 0 && (strings.Contains(fr, "[bpf]") || strings.HasPrefix(fr, "bpf_trace_run") || strings.HasPrefix(fr, "__bpf_trace")) {
-					continue
-				}
-				d.Stack = append(d.Stack, fr)
 			}
 			r := raw
 			d.Raw = &r

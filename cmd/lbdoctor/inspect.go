@@ -1,13 +1,13 @@
 package main
 
 import (
-	"context"
+	"errors"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/lbdoctor/lbdoctor/internal/report"
-	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/window"
 )
 
 func newInspectCmd(g *globalFlags) *cobra.Command {
@@ -39,44 +39,35 @@ is the snapshot the checks judge.`,
 				return err
 			}
 			ctx := cmd.Context()
-			in := &report.Inspection{}
-			if !measure(ctx, func() { in.Snapshot = probes.Gather(t, sel, probes.Options{Features: true}) }) {
+			// One read, or a window between two: the same window check
+			// runs (drops traced, counters, paths), but passive: no
+			// probe of the reals. The feature probes, which count
+			// nothing, run after the first read's counters.
+			snap, err := window.Run(ctx, t, sel, window.Options{Length: watch, Features: true, Drops: true, Counters: true})
+			if errors.Is(err, window.ErrInterrupted) {
 				return notMeasured(ctx)
 			}
-			if watch > 0 {
-				// The window runs from the first counter read (the feature
-				// probes, which count nothing, come after it).
-				start := in.Snapshot.Time
-				timer := time.NewTimer(watch - time.Since(start))
-				select {
-				case <-ctx.Done():
-					timer.Stop()
-				case <-timer.C:
+			if err != nil {
+				return err
+			}
+			in := &report.Inspection{Snapshot: snap}
+			if w := snap.Window; w != nil {
+				if _, once := w.Skipped["counters"]; !once {
+					in.Deltas = &w.Deltas
 				}
-				// The second read leaves out the feature probes (slow, and no
-				// counter): the window is the time between the two reads. Cut
-				// short, it gets what is left of the 200 ms an interrupt may
-				// take; if it cannot finish, the first read is what was measured.
-				before := in.Snapshot
-				rctx := context.Background()
-				if ctx.Err() != nil {
-					var cancel context.CancelFunc
-					rctx, cancel = context.WithTimeout(rctx, 120*time.Millisecond)
-					defer cancel()
+			}
+			if sig := interruptedBy(ctx); sig != "" && watch > 0 {
+				in.Interrupted = true
+				elapsed := time.Duration(0)
+				if snap.Window != nil {
+					elapsed = snap.Window.Elapsed
 				}
-				var after *probes.Snapshot
-				if measure(rctx, func() { after = probes.Gather(t, sel, probes.Options{}) }) {
-					after.Features = before.Features
-					in.Snapshot = after
-					d := probes.Delta(before, after)
-					in.Deltas = &d
+				if in.Deltas == nil {
+					elapsed = time.Since(snap.Time)
 				}
-				if sig := interruptedBy(ctx); sig != "" {
-					in.Interrupted = true
-					in.CutShort = cutShortLine(sig, time.Since(start), watch)
-					if in.Deltas == nil {
-						in.CutShort += " (no second read in time: the counters are the first read's)"
-					}
+				in.CutShort = cutShortLine(sig, elapsed, watch)
+				if in.Deltas == nil {
+					in.CutShort += " (no second read in time: the counters are the first read's)"
 				}
 			}
 			if g.output == "json" {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -87,6 +88,7 @@ func TestRollbackRestoresTheHost(t *testing.T) {
 		apply.IptablesRule{NS: ns, Backend: "iptables-nft", Table: "nat", Chain: "POSTROUTING", Rule: []string{"-d", "10.9.0.1/32", "-m", "comment", "--comment", "lbdoctor", "-j", "MASQUERADE"}},
 		apply.IptablesRule{NS: ns, Backend: "iptables-legacy", Table: "filter", Chain: "INPUT", Rule: []string{"-s", "10.9.0.2/32", "-j", "ACCEPT"}},
 		apply.NftTable{NS: ns, Family: "ip", Name: "lbdtest", Script: "table ip lbdtest {\n\tchain post {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tct original ip daddr 10.9.0.6 counter masquerade\n\t}\n}\n"},
+		apply.Address{NS: ns, Prefix: netip.MustParsePrefix("10.9.0.6/32"), Dev: "lo"},
 	}
 	before := testkit.HostState(t, ns)
 	for k := 1; k <= len(steps); k++ {

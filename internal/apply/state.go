@@ -16,7 +16,7 @@ import (
 
 // Object is something lbdoctor made (or changed) on a host.
 type Object struct {
-	Kind string `json:"kind"` // ipvs-service, ipvs-real, sysctl, iptables-rule, nft-table
+	Kind string `json:"kind"` // ipvs-service, ipvs-real, sysctl, iptables-rule, nft-table, address
 	// What identifies it, by kind: vip+proto; vip+proto+real; key; backend+table+chain+rule; family+table.
 	VIP      string   `json:"vip,omitempty"`
 	Proto    string   `json:"proto,omitempty"`
@@ -29,6 +29,7 @@ type Object struct {
 	Chain    string   `json:"chain,omitempty"`
 	Rule     []string `json:"rule,omitempty"`
 	Family   string   `json:"family,omitempty"`
+	Dev      string   `json:"dev,omitempty"` // the interface of an address (Key: ADDR/BITS)
 }
 
 // Same reports whether two records name the same object.
@@ -189,6 +190,8 @@ func (o Object) String() string {
 		return fmt.Sprintf("%s rule -t %s -A %s %s", o.Backend, o.Table, o.Chain, strings.Join(o.Rule, " "))
 	case "nft-table":
 		return fmt.Sprintf("nft table %s %s", o.Family, o.Table)
+	case "address":
+		return fmt.Sprintf("address %s on %s", o.Key, o.Dev)
 	}
 	return o.Kind
 }
@@ -218,6 +221,10 @@ func (o Object) validate() error {
 	case "nft-table":
 		if o.Family == "" || o.Table == "" {
 			return fmt.Errorf("nft-table without family or name")
+		}
+	case "address":
+		if _, err := netip.ParsePrefix(o.Key); err != nil || o.Dev == "" || strings.ContainsAny(o.Dev, "/\x00") {
+			return fmt.Errorf("address %q on %q: want ADDR/BITS and an interface", o.Key, o.Dev)
 		}
 	default:
 		return fmt.Errorf("unknown kind %q", o.Kind)

@@ -15,6 +15,7 @@ import (
 	"syscall"
 
 	mobyipvs "github.com/moby/ipvs"
+	"github.com/vishvananda/netlink"
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/proto"
@@ -433,4 +434,50 @@ func (t NftTable) Undo(context.Context) error {
 }
 func (t NftTable) Owned() *Object {
 	return &Object{Kind: "nft-table", Family: t.Family, Table: t.Name, Key: t.Script, VIP: t.VIP}
+}
+
+// Address adds an address to an interface (`ip addr add`): a VIP that was
+// not a local address (ipvs.vip_local). Undo deletes it.
+type Address struct {
+	NS     netns.Target
+	Prefix netip.Prefix
+	Dev    string
+}
+
+func (a Address) Describe() string {
+	return fmt.Sprintf("%sip addr add %s dev %s", a.NS.ExecPrefix(), a.Prefix, shellquote.Quote(a.Dev))
+}
+func (a Address) DescribeUndo() string {
+	return fmt.Sprintf("%sip addr del %s dev %s", a.NS.ExecPrefix(), a.Prefix, shellquote.Quote(a.Dev))
+}
+
+// do runs f on the interface and the address as netlink takes them.
+func (a Address) do(f func(netlink.Link, *netlink.Addr) error) error {
+	return a.NS.Do(func() error {
+		l, err := netlink.LinkByName(a.Dev)
+		if err != nil {
+			return fmt.Errorf("interface %s in %s: %w", a.Dev, a.NS, err)
+		}
+		return f(l, &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(a.Prefix.Addr().AsSlice()), Mask: net.CIDRMask(a.Prefix.Bits(), a.Prefix.Addr().BitLen())}})
+	})
+}
+func (a Address) Needed(context.Context) (bool, error) {
+	present := false
+	err := a.do(func(l netlink.Link, want *netlink.Addr) error {
+		have, err := netlink.AddrList(l, netlink.FAMILY_ALL)
+		for _, h := range have {
+			present = present || h.Equal(*want)
+		}
+		return err
+	})
+	return !present, err
+}
+func (a Address) Apply(context.Context) error {
+	return a.do(func(l netlink.Link, ad *netlink.Addr) error { return netlink.AddrAdd(l, ad) })
+}
+func (a Address) Undo(context.Context) error {
+	return a.do(func(l netlink.Link, ad *netlink.Addr) error { return netlink.AddrDel(l, ad) })
+}
+func (a Address) Owned() *Object {
+	return &Object{Kind: "address", Key: a.Prefix.String(), Dev: a.Dev}
 }

@@ -43,6 +43,7 @@ var guestModules = []string{
 	"xt_MASQUERADE", "xt_conntrack", "xt_addrtype", "xt_comment", "xt_mark", "xt_nat", "xt_tcpudp",
 	"nf_tables", "nft_compat", "nft_chain_nat", "nft_masq", "nft_ct", "nft_nat", "nft_reject_inet",
 	"nf_conntrack_netlink", "veth", "bridge",
+	"dummy", // kube-proxy's kube-ipvs0 holds its VIPs on a dummy link
 }
 
 // Userland packages unpacked into the guest: busybox for the shell, and the

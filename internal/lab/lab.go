@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 
@@ -209,5 +210,36 @@ func (l *Lab) plug(host netns.Target, swPort, bridge string, cidrs ...string) er
 			}
 		}
 		return netlink.LinkSetUp(link)
+	})
+}
+
+// AddReal adds one more real server host, PREFIX-realN, with addr on the
+// real servers' segment: the VIP's (one-arm) or the LB's second one, with
+// the LB as its gateway (two-arm). It goes with the lab on Close. For tests
+// of services with several reals; `lab up` records only the four Roles.
+func (l *Lab) AddReal(addr netip.Addr) (netns.Target, error) {
+	n := 2
+	for _, t := range l.created {
+		if strings.HasPrefix(t.Name, l.Prefix+"-real") && t.Name != l.Prefix+"-real" {
+			n++
+		}
+	}
+	t, err := netns.Create(fmt.Sprintf("%s-real%d", l.Prefix, n))
+	if err != nil {
+		return netns.Target{}, err
+	}
+	l.created = append(l.created, t)
+	bridge := "br0"
+	if l.Topology == TwoArm {
+		bridge = "br1"
+	}
+	if err := l.plug(t, fmt.Sprintf("real%d", n), bridge, cidr(addr, 24)); err != nil {
+		return t, err
+	}
+	if l.Topology == OneArm {
+		return t, nil
+	}
+	return t, t.Do(func() error {
+		return netlink.RouteAdd(&netlink.Route{Gw: net.IP(l.RealGateway.AsSlice())})
 	})
 }

@@ -92,3 +92,49 @@ func TestBuildLeavesATakenName(t *testing.T) {
 		}
 	}
 }
+
+// AddReal puts one more real server on the real servers' segment (the VIP's
+// one-arm, the LB's second two-arm, with the LB as gateway); it answers the
+// client over IPv4 and IPv6 alike, and goes with the lab.
+func TestAddRealAnswers(t *testing.T) {
+	tests := []struct {
+		topo lab.Topology
+		addr netip.Addr
+	}{
+		{lab.OneArm, netip.MustParseAddr("10.1.0.51")},
+		{lab.TwoArm, netip.MustParseAddr("10.2.0.51")},
+	}
+	for _, tt := range tests {
+		t.Run(string(tt.topo), func(t *testing.T) {
+			l := testkit.Lab(t, tt.topo)
+			real2, err := l.AddReal(tt.addr)
+			if err != nil {
+				t.Fatalf("AddReal(%s) = %v", tt.addr, err)
+			}
+			testkit.Serve(t, real2, ":8085")
+			if tt.topo == lab.TwoArm {
+				testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+				testkit.Run(t, l.Client, "ip", "route", "add", "10.2.0.0/24", "via", l.LBIP.String())
+			}
+			if res := lab.Probe(context.Background(), l.Client, netip.AddrPortFrom(tt.addr, 8085), 2*time.Second); !res.OK || res.Peer.Addr() != l.ClientIP {
+				t.Errorf("Probe(client → %s) = %+v, want OK with peer %s", tt.addr, res, l.ClientIP)
+			}
+			if tt.topo != lab.OneArm {
+				return
+			}
+			// IPv6 on the same segment: Serve and Probe pick the family from the address.
+			for _, h := range []struct {
+				ns   netns.Target
+				addr string
+			}{{l.Client, "fd00:9::3/64"}, {real2, "fd00:9::51/64"}} {
+				testkit.Sysctl(t, h.ns, "net.ipv6.conf.all.accept_dad", "0") // DAD is skipped when all and eth0 say so
+				testkit.Sysctl(t, h.ns, "net.ipv6.conf.eth0.accept_dad", "0")
+				testkit.Run(t, h.ns, "ip", "-6", "addr", "add", h.addr, "dev", "eth0")
+			}
+			testkit.Serve(t, real2, "[::]:8086")
+			if res := lab.Probe(context.Background(), l.Client, netip.MustParseAddrPort("[fd00:9::51]:8086"), 2*time.Second); !res.OK || res.Peer.Addr() != netip.MustParseAddr("fd00:9::3") {
+				t.Errorf("Probe(client → [fd00:9::51]:8086) = %+v, want OK with peer fd00:9::3", res)
+			}
+		})
+	}
+}

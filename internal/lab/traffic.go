@@ -20,13 +20,14 @@ type Server struct {
 	ln net.Listener
 }
 
-// Serve listens on addr inside ns. The socket belongs to ns; it is served
-// from an ordinary goroutine.
+// Serve listens on addr inside ns: IPv4 unless addr names an IPv6 host
+// ("[fd00:2::50]:8085"). The socket belongs to ns; it is served from an
+// ordinary goroutine.
 func Serve(ns netns.Target, addr string) (*Server, error) {
 	var ln net.Listener
 	err := ns.Do(func() error {
 		var err error
-		ln, err = net.Listen("tcp4", addr)
+		ln, err = net.Listen(networkOf("tcp", addr), addr)
 		return err
 	})
 	if err != nil {
@@ -60,12 +61,22 @@ type ProbeResult struct {
 
 // Probe connects from ns to target over TCP and reads the server's line.
 func Probe(ctx context.Context, ns netns.Target, target netip.AddrPort, timeout time.Duration) ProbeResult {
-	return probe(ctx, ns, "tcp4", target, timeout)
+	return probe(ctx, ns, networkOf("tcp", target.String()), target, timeout)
 }
 
 // ProbeUDP sends one datagram from ns to target and waits for the answer.
 func ProbeUDP(ctx context.Context, ns netns.Target, target netip.AddrPort, timeout time.Duration) ProbeResult {
-	return probe(ctx, ns, "udp4", target, timeout)
+	return probe(ctx, ns, networkOf("udp", target.String()), target, timeout)
+}
+
+// networkOf is proto with the address family of addr's host: proto+"6" for an
+// IPv6 address, else proto+"4" (also for a host left out, ":8085").
+func networkOf(proto, addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if a, perr := netip.ParseAddr(host); err == nil && perr == nil && a.Is6() && !a.Is4In6() {
+		return proto + "6"
+	}
+	return proto + "4"
 }
 
 // probe dials from ns (the socket belongs to ns), says hello (UDP needs a
@@ -86,7 +97,7 @@ func probe(ctx context.Context, ns netns.Target, network string, target netip.Ad
 	}
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(timeout))
-	if network == "udp4" {
+	if strings.HasPrefix(network, "udp") {
 		if _, err := conn.Write([]byte("hello\n")); err != nil {
 			res.Err = err
 			return res
@@ -107,12 +118,13 @@ func probe(ctx context.Context, ns netns.Target, network string, target netip.Ad
 	return res
 }
 
-// ServeUDP answers every datagram to addr inside ns with "peer=ADDR:PORT".
+// ServeUDP answers every datagram to addr inside ns with "peer=ADDR:PORT"
+// (IPv4 unless addr names an IPv6 host, as Serve).
 func ServeUDP(ns netns.Target, addr string) (*UDPServer, error) {
 	var pc net.PacketConn
 	err := ns.Do(func() error {
 		var err error
-		pc, err = net.ListenPacket("udp4", addr)
+		pc, err = net.ListenPacket(networkOf("udp", addr), addr)
 		return err
 	})
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/lbdoctor/lbdoctor/internal/proto"
 	"github.com/lbdoctor/lbdoctor/internal/tally"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
 )
@@ -35,6 +36,16 @@ type Drop struct {
 	Stack       []string        `json:"stack,omitempty"` // --stack: kernel frames, innermost first
 	Flow        *drops.Flow     `json:"flow,omitempty"`
 	Raw         *drops.RawEvent `json:"raw,omitempty"`
+}
+
+// DropOf is the output row of a named drop; tag names its namespace.
+func DropOf(c drops.Counted, tag string) Drop {
+	d := Drop{Type: "drop", Netns: c.Netns, NetnsTag: tag, Location: c.Symbol, Reason: c.ReasonName, Count: c.Count, Flow: c.Flow, NotItemised: c.NotItemised}
+	if c.Family != 0 {
+		d.Proto = proto.Name(c.Proto)
+		d.Src, d.Dst = c.Endpoints()
+	}
+	return d
 }
 
 // DropsSummary closes every drops output: what matched, what was shown,

@@ -124,6 +124,10 @@ func InspectText(w io.Writer, in *Inspection) error {
 		notShown(p, "    ", s.IPVS.ConnsOmitted, "connections")
 	}
 
+	if w := s.Window; w != nil {
+		inspectWindow(p, w)
+	}
+
 	p("\nSysctls\n")
 	var line []string
 	for _, k := range sysctl.DefaultKeys {
@@ -190,7 +194,7 @@ func InspectText(w io.Writer, in *Inspection) error {
 		if len(labels) > 0 {
 			label = "  (" + strings.Join(labels, ", ") + ")"
 		}
-		p("  %12s  %s %s %s: %s%s\n", count, r.Backend, r.Table, r.Chain, r.Spec, label)
+		p("  %12s  %s %s %s: %s%s\n", count, r.Backend, r.TableName(), r.Chain, r.Spec, label)
 	}
 	notShown(p, "  ", s.Rules.Omitted, "rules")
 	// A DROP policy drops whatever no rule accepted: shown with the rules.
@@ -384,4 +388,38 @@ func indentJSON(dst, src []byte) []byte {
 		}
 	}
 	return dst
+}
+
+// inspectWindow prints what the window saw beside the counters: the path
+// of each service's flows to each real, the reals' neighbours, and every
+// layer the window could not watch, with why.
+func inspectWindow(p func(string, ...any), w *probes.Window) {
+	p("\nPaths over the window (%s)\n", w.Elapsed.Round(1e6))
+	if len(w.Paths) == 0 {
+		p("  none: no IPVS service selected\n")
+	}
+	for i, fp := range w.Paths {
+		if i == MaxShown {
+			notShown(p, "  ", len(w.Paths)-i+w.PathsOmitted, "paths")
+			break
+		}
+		p("  %s: %s\n", fp.Service, fp)
+	}
+	if len(w.Paths) <= MaxShown {
+		notShown(p, "  ", w.PathsOmitted, "paths")
+	}
+	for i, n := range w.Neighbours {
+		if i == MaxShown {
+			notShown(p, "  ", len(w.Neighbours)-i, "neighbours")
+			break
+		}
+		via := ""
+		if n.NextHop != n.Real.Addr() {
+			via = " via " + n.NextHop.String()
+		}
+		p("  neighbour of real %s%s: %s\n", n.Real, via, n.State)
+	}
+	for _, k := range sortedKeys(w.Skipped) {
+		p("  - %s not watched: %s\n", k, w.Skipped[k])
+	}
 }

@@ -69,6 +69,9 @@ func JUnit(w io.Writer, r *Report) error {
 		for _, e := range f.Evidence {
 			fmt.Fprintf(&body, "evidence: %s\n", e)
 		}
+		for _, p := range f.Path {
+			fmt.Fprintf(&body, "path: %s: %s\n", p.Service, p)
+		}
 		for _, fx := range f.Fix {
 			fmt.Fprintf(&body, "fix: %s\n", fx)
 		}

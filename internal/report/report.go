@@ -86,7 +86,7 @@ func Text(w io.Writer, r *Report) error {
 				fmt.Fprintf(&b, "    evidence: %s\n", e)
 			}
 			for _, p := range f.Path {
-				fmt.Fprintf(&b, "    path:     %s → %s: %s\n", p.Service, p.Real, p)
+				fmt.Fprintf(&b, "    path:     %s: %s\n", p.Service, p)
 			}
 			for _, fx := range f.Fix {
 				fmt.Fprintf(&b, "    fix:      %s\n", fx)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/lbdoctor/lbdoctor/checks"
+	"github.com/lbdoctor/lbdoctor/flowpath"
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/report"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
@@ -26,7 +27,11 @@ func sample() *report.Report {
 		{ID: "sysctl.ip_forward", Status: checks.Fail, Title: "IP forwarding is off while IPVS masquerades",
 			Reason:   "replies are dropped",
 			Evidence: []checks.Evidence{{Fact: "net.ipv4.ip_forward = 0", Source: "netns lb"}},
-			Fix:      []string{"ip netns exec lb sysctl -w net.ipv4.ip_forward=1"}},
+			Fix:      []string{"ip netns exec lb sysctl -w net.ipv4.ip_forward=1"},
+			Path: []flowpath.Path{{Service: "TCP 10.1.0.6:8085", Real: "10.1.0.40:8085", Window: 3 * time.Second, Legs: []flowpath.Leg{
+				{Kind: flowpath.Request, Name: "client→VIP", Status: flowpath.OK, Packets: 13, Counted: true, Source: "IPVS stats of TCP 10.1.0.6:8085"},
+				{Kind: flowpath.Route, Name: "route", Status: flowpath.Stopped, Note: "10.1.0.3 not local, forwarding off", Source: "net.ipv4.ip_forward, netns lb"},
+			}, Stops: []flowpath.Stop{{Leg: flowpath.Route, Reason: "IP_INADDRERRORS", Function: "ip_error", Count: 13}}}}},
 	}
 	t := report.Target{Netns: netns.Target{Spec: "lb", Name: "lb", Path: "/run/netns/lb", Inode: 4026532252},
 		Kernel: "6.1.0-56-cloud-amd64", VIP: "10.1.0.6:8085", Proto: "tcp"}

@@ -381,7 +381,8 @@ func TestTeardownStepsForOneVIP(t *testing.T) {
 				Rule: []string{"-m", "ipvs", "--vaddr", "10.1.0.6/32", "--vport", port, "--vproto", "tcp", "-j", "MASQUERADE"}},
 		)
 	}
-	st.Add(apply.Object{Kind: "sysctl", Key: "net.ipv4.ip_forward", Previous: "0"})
+	st.Add(apply.Object{Kind: "sysctl", Key: "net.ipv4.ip_forward", Previous: "0"},
+		apply.Object{Kind: "address", Key: "10.1.0.6/32", Dev: "eth0"}) // check --fix of ipvs.vip_local
 	_, objs := setup.TeardownSteps(ns, st, netip.MustParseAddrPort("10.1.0.6:443"))
 	var got []string
 	for _, o := range objs {
@@ -390,7 +391,7 @@ func TestTeardownStepsForOneVIP(t *testing.T) {
 	if len(objs) != 3 || strings.Contains(strings.Join(got, "|"), ":80") || strings.Contains(strings.Join(got, "|"), "--vport 80") {
 		t.Errorf("TeardownSteps(--vip :443) = %q, want the 3 objects of :443 only", got)
 	}
-	if _, all := setup.TeardownSteps(ns, st, netip.AddrPort{}); len(all) != 7 {
-		t.Errorf("TeardownSteps(all) = %d objects, want 7", len(all))
+	if _, all := setup.TeardownSteps(ns, st, netip.AddrPort{}); len(all) != 8 {
+		t.Errorf("TeardownSteps(all) = %d objects, want 8", len(all))
 	}
 }

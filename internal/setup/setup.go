@@ -188,7 +188,14 @@ func Steps(ns netns.Target, spec Spec, snap *probes.Snapshot) ([]apply.Step, []D
 	}
 	// Forwarding first in the kernel's eyes does not matter; last here so a
 	// half-built service never starts forwarding.
-	steps = append(steps, apply.NewSysctl(ns, "net.ipv4.ip_forward", "1"))
+	// One switch per address family the services use (sysctl.ip_forward's).
+	forwarding := map[string]bool{}
+	for _, svc := range spec.Services {
+		if key := checks.ForwardingKey(svc.VIP.Addr()); !forwarding[key] {
+			forwarding[key] = true
+			steps = append(steps, apply.NewSysctl(ns, key, "1"))
+		}
+	}
 	// Connections to a real server that is removed are expired, not blackholed.
 	steps = append(steps, apply.NewSysctl(ns, "net.ipv4.vs.expire_nodest_conn", "1"))
 	if anySNAT {
@@ -279,7 +286,7 @@ func TeardownSteps(ns netns.Target, st *apply.State, vip netip.AddrPort) ([]appl
 	for i := len(st.Objects) - 1; i >= 0; i-- {
 		o := st.Objects[i]
 		mine := !vip.IsValid() || o.VIP == vip.String()
-		if o.Kind == "sysctl" {
+		if o.Kind == "sysctl" || o.Kind == "address" {
 			mine = len(remaining) == 0
 		}
 		if !mine {
@@ -321,6 +328,8 @@ func stepFor(ns netns.Target, st *apply.State, o apply.Object) apply.Step {
 		return apply.Remove(apply.NftTable{NS: ns, Family: o.Family, Name: o.Table, Script: o.Key, VIP: o.VIP})
 	case "sysctl":
 		return apply.NewRestoreSysctl(ns, o.Key, o.Previous, o.Set)
+	case "address":
+		return apply.Remove(apply.Address{NS: ns, Prefix: netip.MustParsePrefix(o.Key), Dev: o.Dev})
 	}
 	return nil
 }
@@ -348,6 +357,12 @@ func RemedySteps(ns netns.Target, snap *probes.Snapshot, remedies []checks.Remed
 			steps = append(steps, snatStep(ns, backend, Service{Proto: r.Proto, VIP: vip}))
 		case r.Sysctl != "":
 			sysctls = append(sysctls, apply.NewSysctl(ns, r.Sysctl, r.Value))
+		case r.Addr != "":
+			p, err := netip.ParsePrefix(r.Addr)
+			if err != nil || r.Dev == "" {
+				return nil, fmt.Errorf("remedy: address %q on %q: want ADDR/BITS and an interface", r.Addr, r.Dev)
+			}
+			steps = append(steps, apply.Address{NS: ns, Prefix: p, Dev: r.Dev})
 		}
 	}
 	// Rules before the sysctls that switch them on, as setup orders them.

@@ -10,7 +10,7 @@ import (
 )
 
 // HostState is everything setup may touch in ns, as the tools print it:
-// `ipvsadm -Sn` (where the kernel has IPVS), the rules of
+// `ipvsadm -Sn` (where the kernel has IPVS), the addresses (`ip -o addr`), the rules of
 // iptables-nft-save, iptables-legacy-save and `nft list ruleset`, and the
 // sysctls. Rules are compared, not table headers: iptables itself leaves an
 // empty built-in table behind after -A then -D.
@@ -45,6 +45,7 @@ func HostState(t testing.TB, ns netns.Target) string {
 	for _, r := range rs {
 		b.WriteString(r.Table + " " + r.Chain + " " + r.Spec + "\n")
 	}
+	b.WriteString("== ip -o addr\n" + run("ip", "-o", "addr", "show"))
 	keys := []string{"net.ipv4.ip_forward", "net.ipv4.vs.conntrack", "net.ipv4.vs.expire_nodest_conn", "net.ipv4.conf.all.send_redirects", "net.ipv4.conf.eth0.send_redirects"}
 	snap, err := sysctl.Read(ns, keys...)
 	if err != nil {

@@ -53,37 +53,64 @@ type Counted struct {
 // attributed by then is counted as not attributed.
 const AttributionBudget = 50 * time.Millisecond
 
+// Hooks are what a caller of Watch hears while its window runs.
+type Hooks struct {
+	// Started, when not nil, is called once the tracer is attached and the
+	// window opens: a caller says "tracing…" only when something traces.
+	Started func()
+	// Progress, when not nil, is given the tracer's counters every Every
+	// while the window is open (one map read per period, whatever the
+	// drop rate). It is called from the window's own goroutine: it must
+	// return at once.
+	Every    time.Duration
+	Progress func(Counters)
+}
+
 // Watch traces drops in aggregate mode from the moment the tracer is
 // attached until the deadline (or until ctx ends: the sample says it was cut
 // short; a deadline already past when it is attached gives an empty window),
 // then names and attributes what was counted against lb's conntrack and
 // IPVS tables.
-//
-// started, when not nil, is called once the tracer is attached and the
-// window opens: a caller says "tracing…" only when something traces.
-func Watch(ctx context.Context, lb netns.Target, cfg Config, until time.Time, started func()) (*Sample, error) {
+func Watch(ctx context.Context, lb netns.Target, cfg Config, until time.Time, h Hooks) (*Sample, error) {
 	cfg.Events = false
 	tr, err := NewContext(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
 	defer tr.Close()
-	n := tr.Namer(lb) // before the window: reading kallsyms takes a while
-	defer n.Close()
-	if started != nil {
-		started()
-	}
+	// The tracer counts from here: the window it reports starts now, not
+	// after kallsyms is read (seconds on a slow guest).
 	start := time.Now()
+	n := tr.Namer(lb) // before the window's end: reading kallsyms takes a while
+	defer n.Close()
+	if h.Started != nil {
+		h.Started()
+	}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	n.Follow(wctx, FollowPeriod)
 	timer := time.NewTimer(time.Until(until))
 	defer timer.Stop()
+	var tick <-chan time.Time
+	if h.Progress != nil && h.Every > 0 {
+		t := time.NewTicker(h.Every)
+		defer t.Stop()
+		tick = t.C
+	}
 	cut := false
-	select {
-	case <-ctx.Done():
-		cut = true
-	case <-timer.C:
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			cut = true
+			break wait
+		case <-timer.C:
+			break wait
+		case <-tick:
+			if c, err := tr.Counters(); err == nil {
+				h.Progress(c)
+			}
+		}
 	}
 	s, err := tr.Sample(n, time.Since(start))
 	if s != nil {

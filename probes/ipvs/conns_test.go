@@ -3,6 +3,7 @@ package ipvs_test
 import (
 	"fmt"
 	"net/netip"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -76,5 +77,20 @@ func BenchmarkParseConns(b *testing.B) {
 		if err := ipvs.ParseConns(strings.NewReader(table), func(ipvs.Conn) { n++ }); err != nil || n != 100000 {
 			b.Fatalf("ParseConns() = %d conns, %v; want 100000", n, err)
 		}
+	}
+}
+
+func TestCountConns(t *testing.T) {
+	vip, a, b := netip.MustParseAddrPort("10.1.0.6:80"), netip.MustParseAddrPort("10.1.0.40:80"), netip.MustParseAddrPort("10.1.0.41:80")
+	conns := []ipvs.Conn{
+		{Proto: "tcp", VIP: vip, Dest: b, State: "ESTABLISHED"},
+		{Proto: "tcp", VIP: vip, Dest: a, State: "SYN_RECV"},
+		{Proto: "tcp", VIP: vip, Dest: a, State: "SYN_RECV"},
+		{Proto: "tcp", VIP: vip, Dest: a, State: "ESTABLISHED"},
+	}
+	got := ipvs.CountConns(conns)
+	want := []ipvs.ConnCount{{"tcp", vip, a, "ESTABLISHED", 1}, {"tcp", vip, a, "SYN_RECV", 2}, {"tcp", vip, b, "ESTABLISHED", 1}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("CountConns(4 conns) = %v, want %v", got, want)
 	}
 }

@@ -5,9 +5,13 @@
 package netstate
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"syscall"
+
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -20,9 +24,43 @@ type Snapshot struct {
 	Links      []Link      `json:"links"`
 	Routes     []Route     `json:"routes"`
 	Neighbours []Neighbour `json:"neighbours"`
+	// Local are the destinations of the local table's routes of type
+	// local: the addresses (and ranges, `ip route add local …`) this
+	// namespace delivers to itself, whatever the state of the link that
+	// holds them — an address on a DOWN dummy is local. IPVS sees only
+	// packets routed to one of them. nil: not read (an older snapshot).
+	Local []netip.Prefix `json:"local"`
+	// Lookups are the route decisions the probes asked the kernel for
+	// (`ip route get`, see probes.AskRoutes): nil when none was asked.
+	Lookups []Decision `json:"lookups,omitempty"`
 	// Omitted counts, by list, the entries a capped copy left out
 	// (see probes.Snapshot.Capped).
 	Omitted map[string]int `json:"omitted,omitempty"`
+}
+
+// RouteTo is the most specific route to a among the snapshot's routes
+// (the main table's), and whether there is one.
+func (s Snapshot) RouteTo(a netip.Addr) (Route, bool) {
+	best, found := Route{}, false
+	for _, r := range s.Routes {
+		if r.Dst.Contains(a) && (!found || r.Dst.Bits() > best.Dst.Bits()) {
+			best, found = r, true
+		}
+	}
+	return best, found
+}
+
+// HasAddr reports whether a is an address of one of the snapshot's
+// interfaces (a local address), whether the interface is up or not.
+func (s Snapshot) HasAddr(a netip.Addr) bool {
+	for _, l := range s.Links {
+		for _, p := range l.Addrs {
+			if p.Addr() == a {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Link is one interface with its addresses.
@@ -91,6 +129,18 @@ func Read(ns netns.Target) (Snapshot, error) {
 		for _, r := range routes {
 			s.Routes = append(s.Routes, route(r, names))
 		}
+		// The kernel keeps a local route for every address, also on a
+		// DOWN link (fib_add_ifaddr adds it before it looks at the link).
+		local, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_LOCAL, Type: unix.RTN_LOCAL}, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_TYPE)
+		if err != nil {
+			return fmt.Errorf("list local routes: %w", err)
+		}
+		s.Local = []netip.Prefix{}
+		for _, r := range local {
+			if p, ok := prefix(r.Dst); ok && !slices.Contains(s.Local, p) {
+				s.Local = append(s.Local, p)
+			}
+		}
 		neighs, err := netlink.NeighList(0, netlink.FAMILY_ALL)
 		if err != nil {
 			return fmt.Errorf("list neighbours: %w", err)
@@ -116,52 +166,181 @@ func Read(ns netns.Target) (Snapshot, error) {
 
 // Decision is where the kernel would send a packet.
 type Decision struct {
-	Dst   netip.Addr `json:"dst"`
+	Dst netip.Addr `json:"dst"`
+	// From and Iif are what was asked besides Dst: a packet from From
+	// (`ip route get DST from FROM`), arriving on Iif (`… iif IIF`: the
+	// input route, which runs the reverse-path filter).
+	From  netip.Addr `json:"from,omitzero"`
+	Iif   string     `json:"iif,omitempty"`
 	Dev   string     `json:"dev"`
 	Gw    netip.Addr `json:"gw,omitzero"` // zero: on-link, delivered directly
 	Src   netip.Addr `json:"src,omitzero"`
 	Local bool       `json:"local,omitempty"` // delivered to this host
 	// NextHop is the address the packet goes to on the link: Gw, or Dst itself.
 	NextHop netip.Addr `json:"next_hop"`
+	// Error is why the kernel gave no route (as `ip route get` says it);
+	// Errno is its name: an input route (Iif) refused with EXDEV or EINVAL
+	// is a source the interface takes for a martian (rp_filter).
+	Error string `json:"error,omitempty"`
+	Errno string `json:"errno,omitempty"`
+}
+
+// Query is one route question: where a packet to Dst goes, optionally from
+// From and arriving on Iif.
+type Query struct {
+	Dst, From netip.Addr
+	Iif       string
+}
+
+// LookupAll asks ns's kernel every query in one visit to the namespace.
+// A query the kernel refuses is a Decision with Error set, not an error:
+// the refusal is the answer (an error is returned only when ns could not
+// be entered).
+func LookupAll(ns netns.Target, qs []Query) ([]Decision, error) {
+	out := make([]Decision, 0, len(qs))
+	err := ns.Do(func() error {
+		// One socket and one link list for every question: a request per
+		// question, not three (the library looks names up on its own).
+		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+		if err != nil {
+			return err
+		}
+		defer h.Close()
+		links, err := h.LinkList()
+		if err != nil {
+			return fmt.Errorf("list links: %w", err)
+		}
+		names, index := map[int]string{}, map[string]int{}
+		for _, l := range links {
+			names[l.Attrs().Index], index[l.Attrs().Name] = l.Attrs().Name, l.Attrs().Index
+		}
+		for _, q := range qs {
+			d, err := lookupWith(h, q, names, index)
+			if err != nil {
+				d.Error = err.Error()
+				var errno syscall.Errno
+				if errors.As(err, &errno) {
+					d.Errno = unix.ErrnoName(errno)
+				}
+			}
+			out = append(out, d)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("route lookups in %s: %w", ns, err)
+	}
+	return out, nil
 }
 
 // Lookup asks the kernel of ns how it would route a packet to dst
 // (`ip route get DST [from SRC]`). src may be the zero Addr.
 func Lookup(ns netns.Target, dst, src netip.Addr) (Decision, error) {
-	d := Decision{Dst: dst}
+	var d Decision
 	err := ns.Do(func() error {
-		opts := &netlink.RouteGetOptions{}
-		if src.IsValid() {
-			opts.SrcAddr = net.IP(src.AsSlice())
-		}
-		rs, err := netlink.RouteGetWithOptions(net.IP(dst.AsSlice()), opts)
-		if err != nil {
-			return err
-		}
-		if len(rs) == 0 {
-			return fmt.Errorf("no route")
-		}
-		r := rs[0]
-		if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
-			d.Dev = l.Attrs().Name
-		}
-		if gw, ok := netip.AddrFromSlice(r.Gw); ok {
-			d.Gw = gw.Unmap()
-		}
-		if s, ok := netip.AddrFromSlice(r.Src); ok {
-			d.Src = s.Unmap()
-		}
-		d.Local = r.Type == unix.RTN_LOCAL
-		return nil
+		var err error
+		d, err = lookup(Query{Dst: dst, From: src})
+		return err
 	})
 	if err != nil {
 		return d, fmt.Errorf("route lookup to %s in %s: %w", dst, ns, err)
 	}
+	return d, nil
+}
+
+// lookup asks the kernel of the calling thread's namespace.
+func lookup(q Query) (Decision, error) {
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return Decision{Dst: q.Dst, From: q.From, Iif: q.Iif}, err
+	}
+	defer h.Close()
+	names, index := map[int]string{}, map[string]int{}
+	if q.Iif != "" {
+		l, err := h.LinkByName(q.Iif)
+		if err != nil {
+			return Decision{Dst: q.Dst, From: q.From, Iif: q.Iif}, err
+		}
+		index[q.Iif] = l.Attrs().Index
+	}
+	return lookupWith(h, q, names, index)
+}
+
+// lookupWith asks through h; names and index map link indexes and names
+// (a name not in names is asked for).
+func lookupWith(h *netlink.Handle, q Query, names map[int]string, index map[string]int) (Decision, error) {
+	d := Decision{Dst: q.Dst, From: q.From, Iif: q.Iif}
+	opts := &netlink.RouteGetOptions{}
+	if q.Iif != "" {
+		i, ok := index[q.Iif]
+		if !ok {
+			return d, fmt.Errorf("no interface %s", q.Iif)
+		}
+		opts.IifIndex = i
+	}
+	if q.From.IsValid() {
+		opts.SrcAddr = net.IP(q.From.AsSlice())
+	}
+	rs, err := h.RouteGetWithOptions(net.IP(q.Dst.AsSlice()), opts)
+	if err != nil {
+		return d, err
+	}
+	if len(rs) == 0 {
+		return d, fmt.Errorf("no route")
+	}
+	r := rs[0]
+	d.Dev = names[r.LinkIndex]
+	if d.Dev == "" {
+		if l, err := h.LinkByIndex(r.LinkIndex); err == nil {
+			d.Dev = l.Attrs().Name
+		}
+	}
+	if gw, ok := netip.AddrFromSlice(r.Gw); ok {
+		d.Gw = gw.Unmap()
+	}
+	if s, ok := netip.AddrFromSlice(r.Src); ok {
+		d.Src = s.Unmap()
+	}
+	d.Local = r.Type == unix.RTN_LOCAL
 	d.NextHop = d.Dst
 	if d.Gw.IsValid() {
 		d.NextHop = d.Gw
 	}
 	return d, nil
+}
+
+// String is the decision the way `ip route get` says it.
+func (d Decision) String() string {
+	q := d.Dst.String()
+	if d.From.IsValid() {
+		q += " from " + d.From.String()
+	}
+	if d.Iif != "" {
+		q += " iif " + d.Iif
+	}
+	switch {
+	case d.Error != "":
+		return q + ": " + d.Error
+	case d.Local:
+		return q + ": local"
+	case d.Gw.IsValid():
+		return fmt.Sprintf("%s: via %s dev %s", q, d.Gw, d.Dev)
+	}
+	return fmt.Sprintf("%s: dev %s", q, d.Dev)
+}
+
+// Holds reports whether a local route of the snapshot covers a (a
+// snapshot read before Local existed says false, ok false).
+func (s Snapshot) Holds(a netip.Addr) (local, ok bool) {
+	if s.Local == nil {
+		return false, false
+	}
+	for _, p := range s.Local {
+		if p.Contains(a) {
+			return true, true
+		}
+	}
+	return false, true
 }
 
 func route(r netlink.Route, names map[int]string) Route {

@@ -8,4 +8,5 @@ import "testing"
 func TestGuestNetstateOnTheOtherKernel(t *testing.T) {
 	t.Run("LookupReturnPath", TestLookupReturnPath)
 	t.Run("Read", TestRead)
+	t.Run("LocalAndRefusedLookups", TestLocalAndRefusedLookups)
 }

@@ -213,7 +213,7 @@ func (r Rule) DeleteCommand() []string {
 	if err != nil || len(args) < 2 {
 		return nil
 	}
-	return append([]string{r.Backend, "-t", r.Table, "-D"}, args[1:]...)
+	return append([]string{Command(r.Backend, r.Family), "-t", r.Table, "-D"}, args[1:]...)
 }
 
 // AcceptCommand is the command that inserts, at the top of chain c, a rule
@@ -244,7 +244,7 @@ func (c Chain) AcceptCommand(p Packet) []string {
 		}
 		return append(cmd, "accept")
 	}
-	cmd := []string{c.Backend, "-t", c.Table, "-I", c.Chain}
+	cmd := []string{Command(c.Backend, c.Family), "-t", c.Table, "-I", c.Chain}
 	if p.Src.IsValid() {
 		cmd = append(cmd, "-s", p.Src.String())
 	}

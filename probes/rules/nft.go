@@ -155,7 +155,8 @@ func ParseNftRuleset(data []byte) ([]Rule, []Chain, error) {
 }
 
 func nftRule(table, chain, hook, spec string) Rule {
-	r := Rule{Backend: Nft, Table: table, Chain: chain, Hook: hook, Spec: spec}
+	family, _, _ := strings.Cut(table, " ")
+	r := Rule{Backend: Nft, Family: family, Table: table, Chain: chain, Hook: hook, Spec: spec}
 	if m := nftCounter.FindStringSubmatch(spec); m != nil {
 		r.HasCounter = true
 		r.Packets, _ = strconv.ParseUint(m[1], 10, 64)

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -62,7 +63,7 @@ type Chain struct {
 }
 
 // Key identifies a chain across two reads.
-func (c Chain) Key() string { return c.Backend + "|" + c.Table + "|" + c.Chain }
+func (c Chain) Key() string { return c.Backend + "|" + c.Family + "|" + c.Table + "|" + c.Chain }
 
 // builtinHooks are the hooks of iptables' built-in chains.
 var builtinHooks = map[string]string{"PREROUTING": "prerouting", "INPUT": "input", "FORWARD": "forward", "OUTPUT": "output", "POSTROUTING": "postrouting"}
@@ -74,11 +75,18 @@ type Backend struct {
 	Rules  int    `json:"rules"`
 	Reason string `json:"reason,omitempty"` // why it was not read
 	Tool   string `json:"tool,omitempty"`   // what read it
+	// IPv6Unread says why an iptables backend read for IPv4 could not be
+	// read for IPv6 (ip6tables): a conclusion about an IPv6 service from
+	// the absence of a rule needs it read too.
+	IPv6Unread string `json:"ipv6_unread,omitempty"`
 }
 
 // Rule is one rule with its counters and what lbdoctor recognised in it.
 type Rule struct {
 	Backend string `json:"backend"`
+	// Family is the address family the rule filters: ip (iptables), ip6
+	// (ip6tables), or a native nft table's family (ip, ip6, inet, …).
+	Family  string `json:"family,omitempty"`
 	Table   string `json:"table"`
 	Chain   string `json:"chain"`
 	Spec    string `json:"spec"`           // as iptables-save prints it, without counters
@@ -119,8 +127,68 @@ func (m *IPVSMatch) MatchesVIP(vip netip.Addr, port uint16) bool {
 	return m.VPort == 0 || port == 0 || m.VPort == port
 }
 
+// Covers reports whether the rule can see packets of a's family: an ip
+// rule IPv4, an ip6 rule IPv6, an inet (or unlabelled) rule both.
+func (r Rule) Covers(a netip.Addr) bool { return familyCovers(r.Family, a) }
+
+// Covers reports whether the chain sees packets of a's family, as Rule.Covers.
+func (c Chain) Covers(a netip.Addr) bool { return familyCovers(c.Family, a) }
+
+func familyCovers(family string, a netip.Addr) bool {
+	switch family {
+	case "", "inet":
+		return true
+	case "ip":
+		return a.Is4() || a.Is4In6()
+	case "ip6":
+		return a.Is6() && !a.Is4In6()
+	}
+	return false // arp, bridge, netdev: not the NAT path's L3 hooks
+}
+
+// In reports whether the rule is one of chain c's: same backend, family,
+// table and chain (an iptables rule read without a family is IPv4's).
+func (r Rule) In(c Chain) bool {
+	fam := r.Family
+	if fam == "" && r.Backend != Nft {
+		fam = "ip"
+	}
+	return r.Backend == c.Backend && (fam == c.Family || c.Family == "") && r.Table == c.Table && r.Chain == c.Chain
+}
+
+// Command is the tool that writes rules of an iptables backend for family:
+// iptables-nft, or ip6tables-nft for ip6 (legacy alike).
+func Command(backend, family string) string {
+	if family == "ip6" {
+		return strings.Replace(backend, "iptables", "ip6tables", 1)
+	}
+	return backend
+}
+
+// TableName names the rule's table for people: "nat" for iptables, "ip6
+// nat" for ip6tables, native nft tables with their family ("inet own").
+func (r Rule) TableName() string {
+	if r.Family == "ip6" && r.Backend != Nft {
+		return "ip6 " + r.Table
+	}
+	return r.Table
+}
+
 // IsSourceNAT reports whether the rule rewrites the source.
 func (r Rule) IsSourceNAT() bool { return r.Target == "MASQUERADE" || r.Target == "SNAT" }
+
+// CoversVIP reports whether the rule source-NATs the IPVS connections of
+// vip (any port when its port is 0): an `-m ipvs` match that selects it, or
+// a conntrack original destination (--ctorigdst, nft `ct original`) that is it.
+func (r Rule) CoversVIP(vip netip.AddrPort) bool {
+	if !r.IsSourceNAT() {
+		return false
+	}
+	if !r.Covers(vip.Addr()) { // an iptables rule never sees an IPv6 packet
+		return false
+	}
+	return r.IPVS.MatchesVIP(vip.Addr(), vip.Port()) || (r.CtOrigDst != "" && r.CtOrigDst == vip.Addr().String())
+}
 
 func prefixContains(s string, a netip.Addr) bool {
 	if p, err := netip.ParsePrefix(s); err == nil {
@@ -224,6 +292,62 @@ var oldIptables = regexp.MustCompile(`^ip6?tables(-save)? v1\.[0-7]\.`)
 // namespace; absent when ip_tables is not loaded.
 const legacyTablesFile = "/proc/thread-self/net/ip_tables_names"
 
+// legacyTables6File is its IPv6 counterpart (ip6_tables).
+const legacyTables6File = "/proc/thread-self/net/ip6_tables_names"
+
+// readSave runs a save tool (`-c`, with counters) inside ns and parses its
+// rules and base chains, labelled with the address family it dumps.
+func readSave(ns netns.Target, backend string, tool Tool, family string) ([]Rule, []Chain, error) {
+	var out []byte
+	err := ns.Do(func() error {
+		var stderr bytes.Buffer
+		cmd := exec.Command(tool.Path, append(slices.Clone(tool.Args), "-c")...)
+		cmd.Stderr = &stderr
+		var err error
+		out, err = cmd.Output()
+		if err != nil {
+			return fmt.Errorf("%s: %w: %s", tool, err, strings.TrimSpace(stderr.String()))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	rules, chains, err := ParseSaveChains(backend, out)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", tool, err)
+	}
+	for i := range rules {
+		rules[i].Family = family
+	}
+	for i := range chains {
+		chains[i].Family = family
+	}
+	return rules, chains, nil
+}
+
+// IPv6 is the ip6tables-save of the same backend as t: the applet of the
+// same xtables-*-multi binary (also behind an iptables-save link), else
+// the ip6tables name of t on PATH, asked which backend it drives.
+func (t Tool) IPv6() (Tool, error) {
+	if len(t.Args) > 0 {
+		return Tool{Path: t.Path, Args: []string{"ip6tables-save"}, Backend: t.Backend}, nil
+	}
+	if real, err := filepath.EvalSymlinks(t.Path); err == nil && strings.HasPrefix(filepath.Base(real), "xtables-") && strings.HasSuffix(real, "-multi") {
+		return Tool{Path: real, Args: []string{"ip6tables-save"}, Backend: t.Backend}, nil
+	}
+	name := strings.Replace(filepath.Base(t.Path), "iptables", "ip6tables", 1)
+	path, err := exec.LookPath(name)
+	if err != nil {
+		return Tool{}, fmt.Errorf("no %s on PATH beside %s", name, t.Path)
+	}
+	out, err := exec.Command(path, "--version").CombinedOutput()
+	if be := BackendOfVersion(string(out)); err != nil || be != t.Backend {
+		return Tool{}, fmt.Errorf("%s is not an ip6tables save tool of %s (%q)", path, t.Backend, strings.TrimSpace(string(out)))
+	}
+	return Tool{Path: path, Backend: t.Backend}, nil
+}
+
 // Read reads both iptables backends and native nftables inside ns, each
 // once, through whichever tool on PATH drives it. A backend that could not
 // be read is listed with the reason; Unread names them.
@@ -238,8 +362,11 @@ func Read(ns netns.Target) (Snapshot, error) {
 			if be == IptablesLegacy {
 				// Without a tool, the kernel still says whether x_tables
 				// holds any table here: none means no legacy rule.
-				if tables, err := legacyTables(ns); err == nil && len(tables) == 0 {
+				if tables, err := legacyTables(ns, legacyTablesFile); err == nil && len(tables) == 0 {
 					b.Read, b.Reason, b.Tool = true, "", "/proc/net/ip_tables_names (no x_tables table)"
+					if tables6, err := legacyTables(ns, legacyTables6File); err != nil || len(tables6) > 0 {
+						b.IPv6Unread = fmt.Sprintf("no ip6tables save tool on PATH, and x_tables has IPv6 tables %s", strings.Join(tables6, ", "))
+					}
 				} else if err == nil {
 					b.Reason += "; x_tables has tables " + strings.Join(tables, ", ")
 				}
@@ -248,28 +375,19 @@ func Read(ns netns.Target) (Snapshot, error) {
 			continue
 		}
 		b.Tool = tool.String()
-		var out []byte
-		err := ns.Do(func() error {
-			var stderr bytes.Buffer
-			cmd := exec.Command(tool.Path, append(slices.Clone(tool.Args), "-c")...)
-			cmd.Stderr = &stderr
-			var err error
-			out, err = cmd.Output()
-			if err != nil {
-				return fmt.Errorf("%s: %w: %s", tool, err, strings.TrimSpace(stderr.String()))
-			}
-			return nil
-		})
+		rules, chains, err := readSave(ns, be, tool, "ip")
 		if err != nil {
 			b.Reason = err.Error()
 			snap.Backends = append(snap.Backends, b)
 			continue
 		}
-		rules, chains, err := ParseSaveChains(be, out)
-		if err != nil {
-			b.Reason = err.Error()
-			snap.Backends = append(snap.Backends, b)
-			continue
+		// IPv6 rules live in the same backend, behind ip6tables-save.
+		if tool6, err := tool.IPv6(); err != nil {
+			b.IPv6Unread = err.Error()
+		} else if rules6, chains6, err := readSave(ns, be, tool6, "ip6"); err != nil {
+			b.IPv6Unread = err.Error()
+		} else {
+			rules, chains = append(rules, rules6...), append(chains, chains6...)
 		}
 		b.Read, b.Rules = true, len(rules)
 		snap.Backends = append(snap.Backends, b)
@@ -298,28 +416,29 @@ func Read(ns netns.Target) (Snapshot, error) {
 	return snap, nil
 }
 
-// tablesOf names, as native nft names them (family ip), the tables
+// tablesOf names, as native nft names them (family ip or ip6), the tables
 // iptables-nft read: their rules and chains are not shown again as native.
 func tablesOf(read []Rule, chains []Chain) map[string]bool {
 	owned := map[string]bool{}
 	for _, r := range read {
 		if r.Backend == IptablesNft {
-			owned["ip "+r.Table] = true
+			owned[r.Family+" "+r.Table] = true
 		}
 	}
 	for _, c := range chains {
 		if c.Backend == IptablesNft {
-			owned["ip "+c.Table] = true
+			owned[c.Family+" "+c.Table] = true
 		}
 	}
 	return owned
 }
 
-// legacyTables lists the x_tables tables of ns; none when ip_tables is not loaded.
-func legacyTables(ns netns.Target) ([]string, error) {
+// legacyTables lists the x_tables tables of ns in file (IPv4's or
+// IPv6's); none when ip_tables (ip6_tables) is not loaded.
+func legacyTables(ns netns.Target, file string) ([]string, error) {
 	var tables []string
 	err := ns.Do(func() error {
-		data, err := os.ReadFile(legacyTablesFile)
+		data, err := os.ReadFile(file)
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
 		}
@@ -460,7 +579,7 @@ func labelRule(r *Rule, args []string) {
 		case "--vaddr":
 			v := next()
 			if r.IPVS != nil {
-				r.IPVS.VAddr = strings.TrimSuffix(v, "/32")
+				r.IPVS.VAddr = hostAddr(v)
 				r.IPVS.Negated = r.IPVS.Negated || negate
 			}
 		case "--vport":
@@ -481,10 +600,19 @@ func labelRule(r *Rule, args []string) {
 				r.IPVS.VMethod = next()
 			}
 		case "--ctorigdst":
-			r.CtOrigDst = strings.TrimSuffix(next(), "/32")
+			r.CtOrigDst = hostAddr(next())
 		}
 		negate = false
 	}
+}
+
+// hostAddr writes a one-address prefix as iptables-save prints it
+// (10.1.0.6/32, fd00::6/128) as the address alone.
+func hostAddr(v string) string {
+	if p, err := netip.ParsePrefix(v); err == nil && p.IsSingleIP() {
+		return p.Addr().String()
+	}
+	return v
 }
 
 // splitArgs splits an iptables-save line into words; iptables-save quotes
@@ -526,7 +654,7 @@ func splitArgs(s string) ([]string, error) {
 // Key identifies a rule across two reads (for deltas): its place and its
 // text without counters.
 func (r Rule) Key() string {
-	return r.Backend + "|" + r.Table + "|" + r.Chain + "|" + nftCounter.ReplaceAllString(r.Spec, "counter")
+	return r.Backend + "|" + r.Family + "|" + r.Table + "|" + r.Chain + "|" + nftCounter.ReplaceAllString(r.Spec, "counter")
 }
 
 // Drops reports whether the rule's verdict drops or rejects what it matches.
@@ -547,7 +675,12 @@ func (r Rule) HookOf() string {
 
 // Place names a rule's table and chain the way its backend's tool does:
 // "iptables-legacy filter INPUT", "nft ip f in".
-func (r Rule) Place() string { return r.Backend + " " + r.Table + " " + r.Chain }
+func (r Rule) Place() string { return r.Backend + " " + r.TableName() + " " + r.Chain }
 
 // Place names a chain the way Rule.Place does.
-func (c Chain) Place() string { return c.Backend + " " + c.Table + " " + c.Chain }
+func (c Chain) Place() string {
+	if c.Family == "ip6" && c.Backend != Nft {
+		return c.Backend + " ip6 " + c.Table + " " + c.Chain
+	}
+	return c.Backend + " " + c.Table + " " + c.Chain
+}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -339,6 +340,69 @@ func TestReadChainPolicies(t *testing.T) {
 	for _, c := range snap.Chains {
 		if c.Backend == rules.Nft && c.Table == "ip filter" {
 			t.Errorf("the iptables-nft table's chain was read as native nft: %+v", c)
+		}
+	}
+}
+
+// ip6tables rules are read with each backend (its ip6tables-save), labelled
+// ip6, once: an ip6tables-nft table is not shown again as a native nft one.
+// A one-address prefix is the address alone, as for IPv4.
+func TestReadIPv6Rules(t *testing.T) {
+	ns := testkit.Netns(t, "rules6")
+	testkit.Run(t, ns, "ip6tables-nft", "-t", "nat", "-A", "POSTROUTING", "-m", "conntrack", "--ctorigdst", "fd00:1::6", "-j", "MASQUERADE")
+	testkit.Run(t, ns, "ip6tables-legacy", "-A", "INPUT", "-d", "fd00:1::9/128", "-j", "DROP")
+	testkit.Run(t, ns, "iptables-legacy", "-A", "INPUT", "-d", "10.1.0.9", "-j", "DROP")
+	snap, err := rules.Read(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range snap.Backends {
+		if !b.Read || b.IPv6Unread != "" {
+			t.Errorf("Read() backend %s = read %v (%q), IPv6 unread %q; want both halves read", b.Name, b.Read, b.Reason, b.IPv6Unread)
+		}
+	}
+	tests := []struct {
+		name, backend, family, table, chain, target, ctOrigDst string
+		covers                                                 netip.Addr
+	}{
+		{"ip6tables-nft MASQUERADE", rules.IptablesNft, "ip6", "nat", "POSTROUTING", "MASQUERADE", "fd00:1::6", netip.MustParseAddr("fd00:1::6")},
+		{"ip6tables-legacy DROP", rules.IptablesLegacy, "ip6", "filter", "INPUT", "DROP", "", netip.MustParseAddr("fd00:1::9")},
+		{"iptables-legacy DROP", rules.IptablesLegacy, "ip", "filter", "INPUT", "DROP", "", netip.MustParseAddr("10.1.0.9")},
+	}
+	for _, tt := range tests {
+		var got []rules.Rule
+		for _, r := range snap.Rules {
+			if r.Backend == tt.backend && r.Family == tt.family && r.Chain == tt.chain {
+				got = append(got, r)
+			}
+		}
+		if len(got) != 1 || got[0].Table != tt.table || got[0].Target != tt.target || got[0].CtOrigDst != tt.ctOrigDst || !got[0].Covers(tt.covers) {
+			t.Errorf("Read() %s = %+v, want one %s %s rule in %s %s, ct_orig_dst %q, covering %s", tt.name, got, tt.family, tt.target, tt.table, tt.chain, tt.ctOrigDst, tt.covers)
+		}
+	}
+	for _, r := range snap.Rules {
+		if r.Backend == rules.Nft {
+			t.Errorf("Read() shows %+v as a native nft rule: it is ip6tables-nft's", r)
+		}
+		if want := r.Family == "ip6"; r.Covers(netip.MustParseAddr("fd00:1::6")) != want || r.Covers(netip.MustParseAddr("10.1.0.6")) == want {
+			t.Errorf("%+v covers IPv6 %v, IPv4 %v; want only its own family", r, !want, want)
+		}
+	}
+	if !snap.Mixed {
+		t.Error("Read() Mixed = false with x_tables and nf_tables rules")
+	}
+	var chains6 []string
+	for _, c := range snap.Chains {
+		if c.Backend == rules.Nft {
+			t.Errorf("Read() shows chain %+v as native nft: it is ip6tables-nft's", c)
+		}
+		if c.Family == "ip6" {
+			chains6 = append(chains6, c.Backend+" "+c.Table+" "+c.Chain)
+		}
+	}
+	for _, want := range []string{"iptables-nft nat POSTROUTING", "iptables-legacy filter INPUT"} {
+		if !slices.Contains(chains6, want) {
+			t.Errorf("Read() IPv6 base chains = %q, want %q among them", chains6, want)
 		}
 	}
 }

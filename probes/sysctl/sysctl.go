@@ -29,6 +29,7 @@ type Snapshot map[string]Value
 // Keys the doctor reads on every run.
 var DefaultKeys = []string{
 	"net.ipv4.ip_forward",
+	"net.ipv6.conf.all.forwarding", // IPv6's one forwarding switch
 	"net.ipv4.vs.conntrack",
 	"net.ipv4.vs.conn_reuse_mode",
 	"net.ipv4.vs.expire_nodest_conn",

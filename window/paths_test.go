@@ -1,0 +1,183 @@
+package window
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/drops"
+	"github.com/lbdoctor/lbdoctor/probes/ipvs"
+	"github.com/lbdoctor/lbdoctor/probes/netstate"
+	"github.com/lbdoctor/lbdoctor/probes/rules"
+	"github.com/lbdoctor/lbdoctor/probes/sysctl"
+)
+
+// vip is join_test's: 10.1.0.6:8085.
+var (
+	real40 = netip.MustParseAddrPort("10.1.0.40:8085")
+	client = netip.MustParseAddrPort("10.1.0.3:40000")
+)
+
+var masquerade = rules.Rule{Backend: rules.IptablesLegacy, Table: "nat", Chain: "POSTROUTING", HasCounter: true, Target: "MASQUERADE",
+	Spec: "-A POSTROUTING -m ipvs --vaddr 10.1.0.6/32 --vport 8085 -j MASQUERADE", IPVS: &rules.IPVSMatch{VAddr: "10.1.0.6/32", VPort: 8085}}
+
+// lb is the seed's one-arm LB after a window: VIP and real on eth0, the
+// -m ipvs MASQUERADE rule, forwarding as given; the IPVS stats moved by in
+// and out packets, the rule by snat flows.
+func lb(forward string, in, out uint32, snat uint64) (*probes.Snapshot, *probes.Window) {
+	s := &probes.Snapshot{
+		IPVS: ipvs.Snapshot{Available: true, Services: []ipvs.Service{{Proto: "tcp", Addr: vip, Reals: []ipvs.Real{{Addr: real40, Method: ipvs.Masq, Weight: 1}}}}},
+		Sysctls: sysctl.Snapshot{
+			"net.ipv4.ip_forward":   {Key: "net.ipv4.ip_forward", Value: forward, Present: true},
+			"net.ipv4.vs.conntrack": {Key: "net.ipv4.vs.conntrack", Value: "1", Present: true},
+		},
+		Rules: rules.Snapshot{Backends: []rules.Backend{{Name: rules.IptablesLegacy, Read: true, Rules: 1}}, Rules: []rules.Rule{masquerade}},
+		Net: netstate.Snapshot{
+			Links:  []netstate.Link{{Name: "eth0", Up: true, Addrs: []netip.Prefix{netip.MustParsePrefix("10.1.0.6/24")}}},
+			Routes: []netstate.Route{{Dst: netip.MustParsePrefix("10.1.0.0/24"), Dev: "eth0"}},
+		},
+		Errors: map[string]string{},
+	}
+	w := &probes.Window{Skipped: map[string]string{}, Deltas: probes.Deltas{
+		IPVS:  []probes.ServiceDelta{{Service: "TCP 10.1.0.6:8085", PacketsIn: in, Reals: []probes.RealDelta{{Real: real40.String(), PacketsIn: in, PacketsOut: out}}}},
+		Rules: []probes.RuleDelta{{Rule: masquerade, Packets: snat}},
+	}}
+	return s, w
+}
+
+func TestPaths(t *testing.T) {
+	tests := []struct {
+		name     string
+		fixture  func() (*probes.Snapshot, *probes.Window)
+		want     string
+		complete bool
+	}{
+		{"stage 3: forwarding off, the SYN-ACKs die in ip_error", func() (*probes.Snapshot, *probes.Window) {
+			s, w := lb("0", 13, 0, 3)
+			s.IPVS.ConnCounts = []ipvs.ConnCount{{Proto: "tcp", VIP: vip, Dest: real40, State: "SYN_RECV", Count: 3}}
+			s.Drops = &drops.Sample{Drops: []drops.Counted{{Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: 6}, Count: 13}, ReasonName: "IP_INADDRERRORS", Symbol: "ip_error+0x4a",
+				Flow: &drops.Flow{Client: client, VIP: vip, Real: real40, Direction: "reply", Stage: "after SNAT reverse, before the VIP is restored"}}}}
+			return s, w
+		}, "client→VIP ✓ 13 · IPVS→real .40 ✓ 13 · SNAT ✓ · SYN-ACK real→LB ✓ 13 · de-SNAT (PREROUTING) · route: 10.1.0.3 not local, forwarding off · ✗ ip_error IP_INADDRERRORS ×13", false},
+		{"healthy one-arm", func() (*probes.Snapshot, *probes.Window) {
+			s, w := lb("1", 13, 12, 3)
+			s.IPVS.Conns = []ipvs.Conn{{Proto: "tcp", Client: client, VIP: vip, Dest: real40, State: "ESTABLISHED"}}
+			s.IPVS.ConnCounts = []ipvs.ConnCount{{Proto: "tcp", VIP: vip, Dest: real40, State: "ESTABLISHED", Count: 1}}
+			return s, w
+		}, "client→VIP ✓ 13 · IPVS→real .40 ✓ 13 · SNAT ✓ · reply real→LB ✓ 12 · de-SNAT (PREROUTING) · route: forwarded to 10.1.0.3 ✓", true},
+		{"no SNAT rule: the replies bypass the LB", func() (*probes.Snapshot, *probes.Window) {
+			s, w := lb("1", 6, 0, 0)
+			s.Rules.Rules, w.Deltas.Rules = nil, nil
+			return s, w
+		}, "client→VIP ✓ 6 · IPVS→real .40 ✓ 6 · SNAT (no SNAT rule covers the VIP: replies bypass the LB) · reply real→LB 0 · route: forwarded to the client ?", false},
+		{"SNAT rule not hit with vs.conntrack off", func() (*probes.Snapshot, *probes.Window) {
+			s, w := lb("1", 6, 0, 0)
+			s.Sysctls["net.ipv4.vs.conntrack"] = sysctl.Value{Value: "0", Present: true}
+			return s, w
+		}, "client→VIP ✓ 6 · IPVS→real .40 ✓ 6 · SNAT (rule not hit, net.ipv4.vs.conntrack=0) · reply real→LB 0 · de-SNAT ? (PREROUTING) · route: forwarded to the client ?", false},
+		{"a filter rule drops the SYNs before IPVS (not attributed)", func() (*probes.Snapshot, *probes.Window) {
+			s, w := lb("1", 0, 0, 0)
+			s.Drops = &drops.Sample{Drops: []drops.Counted{{Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: 6, Src: client, Dst: vip}, Count: 6}, ReasonName: "NETFILTER_DROP", Symbol: "nf_hook_slow+0x98"}}}
+			w.DropPoints = []probes.DropPoint{{Reason: "NETFILTER_DROP", Function: "nf_hook_slow", Count: 6, Hook: "input", Cause: "iptables-legacy filter INPUT -d 10.1.0.6/32 -j DROP"}}
+			return s, w
+		}, "client→VIP 0 · IPVS→real .40 0 · SNAT (rule not hit) · reply real→LB 0 · de-SNAT ? (PREROUTING) · route: forwarded to the client ? · ✗ nf_hook_slow NETFILTER_DROP ×6 in input: iptables-legacy filter INPUT -d 10.1.0.6/32 -j DROP", false},
+		{"two-arm: no SNAT, no de-SNAT", func() (*probes.Snapshot, *probes.Window) {
+			s, w := lb("1", 5, 5, 0)
+			s.Rules.Rules, w.Deltas.Rules = nil, nil
+			s.Net.Links = append(s.Net.Links, netstate.Link{Name: "eth1", Up: true, Addrs: []netip.Prefix{netip.MustParsePrefix("10.2.0.1/24")}})
+			s.Net.Routes = []netstate.Route{{Dst: netip.MustParsePrefix("10.1.0.0/24"), Dev: "eth0"}, {Dst: netip.MustParsePrefix("10.1.0.40/32"), Dev: "eth1"}}
+			return s, w
+		}, "client→VIP ✓ 5 · IPVS→real .40 ✓ 5 · reply real→LB ✓ 5 · route: forwarded to the client ✓", true},
+		{"the counters were read once", func() (*probes.Snapshot, *probes.Window) {
+			s, w := lb("1", 5, 5, 1)
+			w.Skipped["counters"] = "no second read in time"
+			return s, w
+		}, "client→VIP ? · IPVS→real .40 ? · SNAT ? (counters read once) · reply real→LB ? · de-SNAT ? (PREROUTING) · route: forwarded to the client ?", false},
+		{"direct routing: the reply skips the LB", func() (*probes.Snapshot, *probes.Window) {
+			s, w := lb("1", 5, 0, 0)
+			s.IPVS.Services[0].Reals[0].Method = ipvs.Route
+			return s, w
+		}, "client→VIP ✓ 5 · IPVS→real .40 ✓ 5", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, w := tt.fixture()
+			ps := Paths(s, w, probes.Selector{})
+			if len(ps) != 1 {
+				t.Fatalf("Paths(%s) = %d paths, want 1", tt.name, len(ps))
+			}
+			if got := ps[0].String(); got != tt.want || ps[0].Complete() != tt.complete {
+				t.Errorf("Paths(%s) = %q (complete %v),\nwant %q (complete %v)", tt.name, got, ps[0].Complete(), tt.want, tt.complete)
+			}
+			if ps[0].Service != "TCP 10.1.0.6:8085" || ps[0].Real != real40.String() {
+				t.Errorf("Paths(%s) = service %q real %q, want TCP 10.1.0.6:8085 → %s", tt.name, ps[0].Service, ps[0].Real, real40)
+			}
+		})
+	}
+}
+
+// A selector keeps other services' paths out; more paths than MaxPaths
+// keep the ones that stop, and say how many were left out.
+func TestPathsSelectsAndCaps(t *testing.T) {
+	s, w := lb("1", 1, 1, 1)
+	if ps := Paths(s, w, probes.Selector{VIP: netip.MustParseAddrPort("10.1.0.7:80")}); len(ps) != 0 {
+		t.Errorf("Paths(--vip 10.1.0.7:80) = %d paths, want 0", len(ps))
+	}
+	var reals []ipvs.Real
+	for i := range MaxPaths + 10 {
+		reals = append(reals, ipvs.Real{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, byte(i / 250), byte(1 + i%250)}), 8085), Method: ipvs.Masq})
+	}
+	s.IPVS.Services[0].Reals = reals
+	last := reals[len(reals)-1].Addr
+	s.Drops = &drops.Sample{Drops: []drops.Counted{{Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: 6}, Count: 2}, ReasonName: "NO_SOCKET", Symbol: "tcp_v4_rcv+0x1",
+		Flow: &drops.Flow{Client: client, VIP: vip, Real: last, Direction: "request", Stage: "after IPVS DNAT to the real server"}}}}
+	ps := Paths(s, w, probes.Selector{})
+	if len(ps) != MaxPaths || w.PathsOmitted != 10 || ps[0].Real != last.String() {
+		t.Errorf("Paths(%d reals) = %d paths, %d omitted, first %s; want %d, 10 omitted, first the one that stops (%s)", len(reals), len(ps), w.PathsOmitted, ps[0].Real, MaxPaths, last)
+	}
+}
+
+func TestShortReal(t *testing.T) {
+	for _, tt := range []struct{ vip, real, want string }{
+		{"10.1.0.6:8085", "10.1.0.40:8085", ".40"},
+		{"10.1.0.6:80", "10.1.0.40:8085", ".40:8085"},
+		{"10.1.0.6:8085", "10.2.0.40:8085", "10.2.0.40"},
+		{"[fd00::6]:80", "[fd00::40]:8080", "[fd00::40]:8080"},
+	} {
+		if got := shortReal(netip.MustParseAddrPort(tt.vip), netip.MustParseAddrPort(tt.real)); got != tt.want {
+			t.Errorf("shortReal(%s, %s) = %q, want %q", tt.vip, tt.real, got, tt.want)
+		}
+	}
+}
+
+// 1,000 services × 10 reals and a flow map's worth of drops (16,384: a
+// SYN flood's, not attributed): what a big LB's window costs to draw.
+func BenchmarkPaths(b *testing.B) {
+	s, w := lb("1", 5, 5, 1)
+	s.IPVS.Services = nil
+	w.Deltas.IPVS = nil
+	for i := range 1000 {
+		svc := ipvs.Service{Proto: "tcp", Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, byte(i / 250), byte(1 + i%250)}), 80)}
+		sd := probes.ServiceDelta{Service: svc.Key(), PacketsIn: 10}
+		for j := range 10 {
+			r := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 2, byte(i / 25), byte(1 + (i%25)*10 + j)}), 80)
+			svc.Reals = append(svc.Reals, ipvs.Real{Addr: r, Method: ipvs.Masq})
+			sd.Reals = append(sd.Reals, probes.RealDelta{Real: r.String(), PacketsIn: 1, PacketsOut: 1})
+		}
+		s.IPVS.Services = append(s.IPVS.Services, svc)
+		w.Deltas.IPVS = append(w.Deltas.IPVS, sd)
+	}
+	var ds []drops.Counted
+	for i := range 16384 {
+		src := netip.AddrPortFrom(client.Addr(), uint16(1024+i))
+		ds = append(ds, drops.Counted{Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: 6, Src: src, Dst: s.IPVS.Services[i%1000].Addr}, Count: 1}, ReasonName: "NETFILTER_DROP", Symbol: "nf_hook_slow+0x98"})
+	}
+	s.Drops = &drops.Sample{Drops: ds}
+	b.ResetTimer()
+	for range b.N {
+		w.PathsOmitted = 0
+		if ps := Paths(s, w, probes.Selector{}); len(ps) != MaxPaths {
+			b.Fatalf("Paths = %d paths, want %d", len(ps), MaxPaths)
+		}
+	}
+}

@@ -1,0 +1,123 @@
+package window_test
+
+import (
+	"context"
+	"net/netip"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lbdoctor/lbdoctor/checks"
+	"github.com/lbdoctor/lbdoctor/internal/testkit"
+	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/window"
+)
+
+// Progress yields a frame every Every while the window runs, and a
+// Progress that blocks holds neither the window nor its end.
+func TestProgressStreams(t *testing.T) {
+	testkit.RequireRoot(t)
+	ns := testkit.Netns(t, "stream")
+	const length, every = 1500 * time.Millisecond, 250 * time.Millisecond
+	tests := []struct {
+		name       string
+		hold       time.Duration // how long each Progress call takes
+		minFrames  int
+		maxFrames  int
+		wantPeriod bool
+	}{
+		{"a quick reader gets a frame a period", 0, 2, int(length / every), true},
+		{"a reader that blocks gets one frame and holds nothing", 10 * time.Second, 1, 1, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var mu sync.Mutex
+			var frames []window.Progress
+			opt := window.Options{Length: length, Counters: true, Every: every, Progress: func(p window.Progress) {
+				mu.Lock()
+				frames = append(frames, p)
+				mu.Unlock()
+				time.Sleep(tt.hold)
+			}}
+			start := time.Now()
+			snap, err := window.Run(context.Background(), ns, probes.Selector{}, opt)
+			took := time.Since(start)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if n := len(frames); n < tt.minFrames || n > tt.maxFrames {
+				t.Errorf("Run(%s, every %s) gave %d frames, want %d to %d", length, every, n, tt.minFrames, tt.maxFrames)
+			}
+			if w := snap.Window; w == nil || w.Elapsed < length || took > length+time.Second {
+				t.Errorf("Run(%s) with %s = window %+v after %s, want it to end on time", length, tt.name, w, took)
+			}
+			for i, f := range frames {
+				if !tt.wantPeriod {
+					break
+				}
+				// One frame a period at most (the count above), each
+				// further on: a late one is replaced, never doubled.
+				if i > 0 && f.Elapsed <= frames[i-1].Elapsed {
+					t.Errorf("frame %d: elapsed %s, not after frame %d's %s", i, f.Elapsed, i-1, frames[i-1].Elapsed)
+				}
+				if f.Deltas.SNMP == nil || f.Deltas.IPVS == nil {
+					t.Errorf("frame %d: deltas %+v, want the SNMP and IPVS deltas (empty, not nil)", i, f.Deltas)
+				}
+			}
+		})
+	}
+}
+
+// Without CAP_BPF (and CAP_SYS_ADMIN, which also allows BPF) the window
+// still runs its length; the drops are a skip that names the capability,
+// in the window, the snapshot's errors and drops.vip_flows.
+func TestWindowWithoutCAPBPF(t *testing.T) {
+	testkit.RequireRoot(t)
+	ns := testkit.Netns(t, "nobpf")
+	sel := probes.Selector{VIP: netip.MustParseAddrPort("10.9.0.6:80")}
+	const length = 500 * time.Millisecond
+	type result struct {
+		snap *probes.Snapshot
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		// Capabilities are per thread: this one is locked and never
+		// unlocked, so it dies with what it dropped.
+		runtime.LockOSThread()
+		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+		var data [2]unix.CapUserData
+		if err := unix.Capget(&hdr, &data[0]); err != nil {
+			done <- result{err: err}
+			return
+		}
+		for _, c := range []uint{unix.CAP_BPF, unix.CAP_SYS_ADMIN} {
+			data[c/32].Effective &^= 1 << (c % 32)
+		}
+		if err := unix.Capset(&hdr, &data[0]); err != nil {
+			done <- result{err: err}
+			return
+		}
+		snap, err := window.Run(context.Background(), ns, sel, window.Options{Length: length, Drops: true})
+		done <- result{snap, err}
+	}()
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	w := r.snap.Window
+	if w == nil || w.Elapsed < length || !strings.Contains(w.Skipped[probes.LayerDrops], "CAP_BPF") {
+		t.Fatalf("Run without CAP_BPF = window %+v, want it to run %s with drops skipped naming CAP_BPF", w, length)
+	}
+	for _, f := range checks.Run(r.snap, sel) {
+		if f.ID == "drops.vip_flows" && (f.Status != checks.Skip || !strings.Contains(f.Reason, "CAP_BPF")) {
+			t.Errorf("Run without CAP_BPF: drops.vip_flows = %s %q, want skip naming CAP_BPF", f.Status, f.Reason)
+		}
+	}
+}
