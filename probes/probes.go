@@ -223,14 +223,24 @@ func Gather(ns netns.Target, sel Selector, opt Options) *Snapshot {
 	s.IPVS, err = ipvs.Read(ns)
 	fail(ProbeIPVS, err)
 	if s.IPVS.Available && !opt.NoFlowTables {
-		var conns []ipvs.Conn
-		conns, err = ipvs.ReadConns(ns, func(c ipvs.Conn) bool { return sel.Matches(c.VIP, c.Proto) })
+		// Every selected connection is counted; the first MaxListed are
+		// kept: a table of 100,000 is not held in memory.
+		var counter ipvs.ConnCounter
+		listed := 0
+		conns, err := ipvs.ReadConns(ns, func(c ipvs.Conn) bool {
+			if !sel.Matches(c.VIP, c.Proto) {
+				return false
+			}
+			counter.Add(c)
+			if listed == MaxListed {
+				s.IPVS.ConnsOmitted++
+				return false
+			}
+			listed++
+			return true
+		})
 		fail(ProbeIPVSConns, err)
-		s.IPVS.ConnCounts = ipvs.CountConns(conns)
-		if len(conns) > MaxListed {
-			s.IPVS.ConnsOmitted = len(conns) - MaxListed
-			conns = conns[:MaxListed]
-		}
+		s.IPVS.ConnCounts = counter.Counts()
 		s.IPVS.Conns = conns
 	}
 	s.Sysctls, err = sysctl.ReadAll(ns)
