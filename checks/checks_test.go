@@ -3,6 +3,7 @@ package checks_test
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -301,6 +302,36 @@ func TestDropsNotItemised(t *testing.T) {
 	}
 }
 
+// An LB of more services than the kernel's drop filter takes: the window
+// still watches (every drop of the namespace, the services' selected in
+// user space), and the finding says how it was filtered.
+func TestDropsWideFilter(t *testing.T) {
+	tests := []struct {
+		name     string
+		services int
+		want     bool
+	}{
+		{"one service: filtered in the kernel", 0, false},
+		{"20 more services: selected in user space", 20, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			snap := loadFixture(t, "seed-stage3-drops")
+			for i := range tt.services {
+				snap.IPVS.Services = append(snap.IPVS.Services, ipvs.Service{Proto: "tcp", Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 96, 0, byte(i + 1)}), 80)})
+			}
+			f := statusOf(checks.Run(snap, probes.Selector{}), "drops.vip_flows")
+			got := false
+			for _, e := range f.Evidence {
+				got = got || strings.Contains(e.Fact, "more than the kernel's drop filter takes (16 of each): every drop in netns lb was counted and the services' drops selected from them")
+			}
+			if got != tt.want || f.Status != checks.Fail {
+				t.Errorf("drops.vip_flows with %d more services = %s, says it selected in user space = %v, want fail, %v\n%v", tt.services, f.Status, got, tt.want, f.Evidence)
+			}
+		})
+	}
+}
+
 // A failing finding carries the causal chain of its service's flows: on
 // the seed's stage 3 after a window with traffic, sysctl.ip_forward and
 // drops.vip_flows show the path that stops at ip_error, in text and JSON,
@@ -403,6 +434,27 @@ func TestIPv6Services(t *testing.T) {
 				t.Errorf("Run(%s) %s = %s %q (%s) fix %q, want %s with fix %q", tt.name, tt.id, f.Status, f.Title, f.Reason, f.Fix, tt.want, tt.wantFix)
 			}
 		})
+	}
+}
+
+// An LB of a thousand services: ipvs.reals_available lists the services
+// without a real first and counts the rest past 20 lines.
+func TestRealsAvailableManyServices(t *testing.T) {
+	snap := loadFixture(t, "seed-stage2")
+	real := snap.IPVS.Services[0].Reals[0]
+	for i := range 1000 {
+		svc := ipvs.Service{Proto: "tcp", Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 96, byte(i / 250), byte(i%250 + 1)}), 80), Reals: []ipvs.Real{real}}
+		if i == 500 {
+			svc.Reals = nil
+		}
+		snap.IPVS.Services = append(snap.IPVS.Services, svc)
+	}
+	f := statusOf(checks.Run(snap, probes.Selector{}), "ipvs.reals_available")
+	n := len(snap.IPVS.Services)
+	if f.Status != checks.Fail || len(f.Evidence) != 21 || f.Evidence[0].Fact != "TCP 10.96.2.1:80: 0 real server(s), 0 with weight > 0" ||
+		f.Evidence[20].Fact != fmt.Sprintf("… and %d more services with a real server of weight > 0", n-20) {
+		t.Errorf("ipvs.reals_available of %d services = %s, %d evidence lines, first %q, last %q; want fail, 21 lines, the service without a real first, the rest counted",
+			n, f.Status, len(f.Evidence), f.Evidence[0].Fact, f.Evidence[len(f.Evidence)-1].Fact)
 	}
 }
 

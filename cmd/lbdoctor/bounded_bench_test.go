@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -20,8 +22,9 @@ import (
 // ran, its CPU time (user+sys, from the kernel's rusage of the child; in
 // all, and after its tracer loaded), the CPU per drop over an idle run of
 // the same window (both counted after the tracer loaded; B's conntrack
-// table flushed before each run), and the drops it
-// attributed and did not. LBDOCTOR_BENCH_BIN measures another lbdoctor
+// table flushed before each run) — in all, and user and system apart (the
+// kernel's tick-sampled split, read at the tracer's loading from
+// /proc/PID/stat) — and the drops it attributed and did not. LBDOCTOR_BENCH_BIN measures another lbdoctor
 // binary (an older one: its attribution is counted from the flows it shows).
 // Each iteration makes LBDOCTOR_BENCH_RUNS (3) pairs of an idle and a flood
 // run, in turn, and reports the medians: one run's startup CPU (BTF,
@@ -51,29 +54,32 @@ func BenchmarkDropsFlood(b *testing.B) {
 			// run returns the process and the CPU it used after its tracer
 			// loaded: startup (BTF, kallsyms) is the same in both runs but
 			// varies by more than the flood costs.
-			run := func(flood bool) (*proc, time.Duration) {
+			// It also returns the user and system CPU from then on: the
+			// split of the kernel's tick sampling (USER_HZ: 10 ms steps).
+			run := func(flood bool) (lp *proc, cpu, user, sys time.Duration) {
 				p.ForgetFlows(b)
-				lp := startLbdoctorBin(b, bin, "", args...)
+				lp = startLbdoctorBin(b, bin, "", args...)
 				lp.waitStart(b)
 				before := processCPU(b, lp.cmd.Process.Pid)
+				user0, sys0 := processTimes(b, lp.cmd.Process.Pid)
 				if flood {
 					p.Flood(b, ports, window-time.Second)
 				}
 				lp.wait(b, 30*time.Minute)
-				return lp, lp.cpu() - before
+				return lp, lp.cpu() - before, lp.cmd.ProcessState.UserTime() - user0, lp.cmd.ProcessState.SystemTime() - sys0
 			}
 			for i := 0; i < b.N; i++ {
-				var idles, cpus, idleWins, wins, walls, pasts, users, idleUsers []time.Duration
+				var idles, cpus, idleWins, wins, walls, pasts, users, idleUsers, syss, idleSyss []time.Duration
 				var lp *proc
 				var s report.DropsSummary
 				for range runs {
-					idle, idleWin := run(false)
+					idle, idleWin, idleUser, idleSys := run(false)
 					idles, idleWins = append(idles, idle.cpu()), append(idleWins, idleWin)
-					idleUsers = append(idleUsers, idle.cmd.ProcessState.UserTime())
-					var win time.Duration
-					lp, win = run(true)
+					idleUsers, idleSyss = append(idleUsers, idleUser), append(idleSyss, idleSys)
+					var win, user, sys time.Duration
+					lp, win, user, sys = run(true)
 					wins = append(wins, win)
-					users = append(users, lp.cmd.ProcessState.UserTime())
+					users, syss = append(users, user), append(syss, sys)
 					s = lp.summary(b, mode == "summary")
 					wall := lp.ended.Sub(<-lp.startedAt)
 					walls = append(walls, wall)
@@ -90,13 +96,14 @@ func BenchmarkDropsFlood(b *testing.B) {
 				b.ReportMetric(float64(win.Milliseconds()), "window-cpu-ms")
 				b.ReportMetric(float64(idleWin.Milliseconds()), "idle-window-cpu-ms")
 				b.ReportMetric(float64((win-idleWin).Microseconds())/float64(flows), "cpu-µs/drop")
-				// User space alone, from the whole runs (rusage has no earlier reading).
+				// User space and kernel apart, from the tracer's loading on.
 				b.ReportMetric(float64((median(users)-median(idleUsers)).Microseconds())/float64(flows), "user-µs/drop")
+				b.ReportMetric(float64((median(syss)-median(idleSyss)).Microseconds())/float64(flows), "sys-µs/drop")
 				b.ReportMetric(float64(s.Counters.Matched), "matched")
 				b.ReportMetric(float64(with), "attributed")
 				b.ReportMetric(float64(without), "not-attributed")
-				b.Logf("%s: %d flows, medians of %d runs: wall %s after the tracer loaded, CPU %s (idle runs %s), after the tracer loaded %s (idle runs %s), user CPU %s (idle runs %s), past the window %s; last run: attribution %+v, shown with a flow %d, without %d",
-					mode, flows, runs, wall.Round(time.Millisecond), cpus, idles, wins, idleWins, users, idleUsers, pasts, s.Attribution, with, without)
+				b.Logf("%s: %d flows, medians of %d runs: wall %s after the tracer loaded, CPU %s (idle runs %s), after the tracer loaded %s (idle runs %s), after it user CPU %s (idle runs %s), system CPU %s (idle runs %s), past the window %s; last run: attribution %+v, shown with a flow %d, without %d",
+					mode, flows, runs, wall.Round(time.Millisecond), cpus, idles, wins, idleWins, users, idleUsers, syss, idleSyss, pasts, s.Attribution, with, without)
 			}
 		})
 	}
@@ -110,6 +117,26 @@ func processCPU(t testing.TB, pid int) time.Duration {
 		t.Fatalf("CPU clock of process %d: %v", pid, err)
 	}
 	return time.Duration(ts.Nano())
+}
+
+// processTimes is the user and system CPU time process pid has used so
+// far (/proc/PID/stat, in USER_HZ ticks).
+func processTimes(t testing.TB, pid int) (user, sys time.Duration) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		t.Fatalf("CPU times of process %d: %v", pid, err)
+	}
+	// The fields after the command's name, which is in parentheses and may
+	// hold anything: utime and stime are the 12th and 13th of them.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		t.Fatalf("CPU times of process %d: short /proc stat %q", pid, b)
+	}
+	tick := func(s string) time.Duration {
+		n, _ := strconv.ParseInt(s, 10, 64)
+		return time.Duration(n) * time.Second / 100 // USER_HZ is 100 on Linux
+	}
+	return tick(f[11]), tick(f[12])
 }
 
 // median is the middle of ds (the upper one of an even count).

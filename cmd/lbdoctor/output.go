@@ -79,7 +79,13 @@ func (g *guardedWriter) boundMoved() <-chan struct{} {
 	return g.moved
 }
 
-func (g *guardedWriter) Write(p []byte) (int, error) {
+func (g *guardedWriter) Write(p []byte) (int, error) { return g.write(p, false) }
+
+// WriteOwned is Write of a buffer its caller never uses again
+// (report.OwningWriter): a write that outlives the call needs no copy.
+func (g *guardedWriter) WriteOwned(p []byte) (int, error) { return g.write(p, true) }
+
+func (g *guardedWriter) write(p []byte, owned bool) (int, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.stuck != nil {
@@ -92,7 +98,10 @@ func (g *guardedWriter) Write(p []byte) (int, error) {
 	}
 	// The caller may reuse p once Write returns, and the write may outlive
 	// the call.
-	buf := bytes.Clone(p)
+	buf := p
+	if !owned {
+		buf = bytes.Clone(p)
+	}
 	done := make(chan struct{})
 	var accepted atomic.Int64
 	var last atomic.Int64 // unix ns of the last progress

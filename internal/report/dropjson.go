@@ -137,8 +137,30 @@ func appendJSONString(b []byte, s string) []byte {
 	return append(b, '"')
 }
 
+// DropLines writes drop events as DropsJSONLine does, one line each,
+// through one buffer it reuses: a flood's lines cost no allocation (nor a
+// Drop copied into an interface). The writer must not keep what it is
+// given (a lineQueue copies it). Not for concurrent use.
+type DropLines struct {
+	W   io.Writer
+	buf []byte
+}
+
+// Write writes d as one JSON line.
+func (l *DropLines) Write(d *Drop) error {
+	b := d.appendJSON(l.buf[:0])
+	if b == nil {
+		return DropsJSONLine(l.W, *d) // json.Marshal says what it cannot encode
+	}
+	l.buf = append(b, '\n')
+	_, err := l.W.Write(l.buf)
+	return err
+}
+
 // DropsSummaryJSON writes the --summary -o json document: JSONDocument's
-// bytes, with the rows encoded by appendJSON.
+// bytes, with the rows encoded by appendJSON and indented one by one into
+// the document (no compact copy of it is made), which is handed to w
+// whole, in one Write.
 func DropsSummaryJSON(w io.Writer, s DropsSummary) error {
 	rows := s.Aggregates
 	if rows != nil {
@@ -155,19 +177,43 @@ func DropsSummaryJSON(w io.Writer, s DropsSummary) error {
 	if len(rows) == 0 || i < 0 {
 		return JSONDocument(w, s)
 	}
-	doc := make([]byte, 0, len(head)+len(rows)*512)
-	doc = append(doc, head[:i+len(empty)-1]...)
+	// Room for every row as long as the longest of a sample, indented (the
+	// document grows past it if need be): one allocation, not a doubling
+	// series of copies of megabytes. Room not written is never touched.
+	var row []byte // each row, compact, before it is indented
+	longest := 0
+	for j := 0; j < len(rows); j += max(1, len(rows)/16) {
+		row = rows[j].appendJSON(row[:0])
+		longest = max(longest, len(row))
+	}
+	doc, depth := indentJSONFrom(make([]byte, 0, 2*len(head)+len(rows)*(3*longest/2+64)), head[:i+len(empty)-1], 0)
 	for j := range rows {
 		if j > 0 {
-			doc = append(doc, ',')
+			doc, depth = indentJSONFrom(doc, []byte{','}, depth)
 		}
-		if doc = rows[j].appendJSON(doc); doc == nil {
+		if row = rows[j].appendJSON(row[:0]); row == nil {
 			s.Aggregates = rows
 			return JSONDocument(w, s)
 		}
+		doc, depth = indentJSONFrom(doc, row, depth)
 	}
-	doc = append(doc, head[i+len(empty)-1:]...)
-	out := append(indentJSON(make([]byte, 0, 2*len(doc)), doc), '\n')
-	_, err = w.Write(out)
+	doc, _ = indentJSONFrom(doc, head[i+len(empty)-1:], depth)
+	_, err = writeOwned(w, append(doc, '\n'))
 	return err
+}
+
+// An OwningWriter takes a buffer for good: its caller never uses it again,
+// so the writer need not copy it (cmd's guarded stdout, which may give up
+// a write and leave it running, would otherwise copy a document of
+// megabytes).
+type OwningWriter interface {
+	WriteOwned(p []byte) (int, error)
+}
+
+// writeOwned writes p, which its caller drops, to w.
+func writeOwned(w io.Writer, p []byte) (int, error) {
+	if ow, ok := w.(OwningWriter); ok {
+		return ow.WriteOwned(p)
+	}
+	return w.Write(p)
 }

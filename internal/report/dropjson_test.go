@@ -48,6 +48,25 @@ func TestDropJSONAsMarshal(t *testing.T) {
 	}
 }
 
+// TestDropLinesAsDropsJSONLine: the reused buffer writes each line as
+// DropsJSONLine does, whatever the line before it was (longer, shorter,
+// one json.Marshal refuses).
+func TestDropLinesAsDropsJSONLine(t *testing.T) {
+	var got, want bytes.Buffer
+	l := DropLines{W: &got}
+	for range 2 {
+		for name, d := range sampleDrops() {
+			got.Reset()
+			want.Reset()
+			err := l.Write(&d)
+			wantErr := DropsJSONLine(&want, d)
+			if (err != nil) != (wantErr != nil) || got.String() != want.String() {
+				t.Errorf("DropLines.Write(%s: %+v) = %q, %v, want %q, %v", name, d, got.String(), err, want.String(), wantErr)
+			}
+		}
+	}
+}
+
 // TestDropsSummaryJSONAsDocument: the --summary document is JSONDocument's.
 func TestDropsSummaryJSONAsDocument(t *testing.T) {
 	var rows []Drop
@@ -58,7 +77,8 @@ func TestDropsSummaryJSONAsDocument(t *testing.T) {
 	}
 	sum := DropsSummary{Type: "summary", Length: time.Second, NoReasons: "old kernel", Filter: DropsFilter{Mode: "summary", Netns: "lb"},
 		Attribution: drops.Attribution{Errors: map[string]string{"drops": `,"drops":[]`}}}
-	cases := map[string][]Drop{"none matched": {}, "nil": nil, "rows": rows, "past 9999": {{Time: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)}}}
+	cases := map[string][]Drop{"none matched": {}, "nil": nil, "rows": rows, "past 9999": {{Time: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)}},
+		"past 9999 after a row": append(rows[:1:1], Drop{Time: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)})}
 	for name, rows := range cases {
 		t.Run(name, func(t *testing.T) {
 			s := sum

@@ -1,6 +1,7 @@
 package report
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -343,11 +344,21 @@ func JSONDocument(w io.Writer, v any) error {
 // does: a newline after each '{', '[' and ',', ": " after keys, and empty
 // objects and arrays kept as {} and [].
 func indentJSON(dst, src []byte) []byte {
-	depth := 0
+	dst, _ = indentJSONFrom(dst, src, 0)
+	return dst
+}
+
+// indentJSONFrom indents src, a piece of a document that starts at depth,
+// and returns the depth after it: a document indented piece by piece, cut
+// anywhere but inside a string or between a non-empty '{' or '[' and what
+// follows, is the document indented whole.
+func indentJSONFrom(dst, src []byte, depth int) ([]byte, int) {
+	// A document of megabytes (a --summary flood) goes through here: runs
+	// of plain bytes and whole strings are copied at once, not byte by byte.
 	newline := func() {
 		dst = append(dst, '\n')
-		for range depth {
-			dst = append(dst, ' ', ' ')
+		for n := 2 * depth; n > 0; n -= len(indentSpaces) {
+			dst = append(dst, indentSpaces[:min(n, len(indentSpaces))]...)
 		}
 	}
 	for i := 0; i < len(src); i++ {
@@ -356,11 +367,18 @@ func indentJSON(dst, src []byte) []byte {
 		case '"':
 			// Copy the string whole: up to its closing quote, past escapes.
 			j := i + 1
-			for j < len(src) && src[j] != '"' {
-				if src[j] == '\\' {
-					j++
+			for j < len(src) {
+				k := bytes.IndexByte(src[j:], '"')
+				if k < 0 {
+					j = len(src)
+					break
 				}
-				j++
+				if e := bytes.IndexByte(src[j:j+k], '\\'); e >= 0 {
+					j += e + 2 // an escape: the byte after it is not the end
+					continue
+				}
+				j += k
+				break
 			}
 			j = min(j+1, len(src))
 			dst = append(dst, src[i:j]...)
@@ -384,11 +402,22 @@ func indentJSON(dst, src []byte) []byte {
 		case ':':
 			dst = append(dst, c, ' ')
 		default:
-			dst = append(dst, c)
+			// A number or a literal: up to the next byte that is not one.
+			j := i + 1
+			for j < len(src) && !jsonSpecial[src[j]] {
+				j++
+			}
+			dst = append(dst, src[i:j]...)
+			i = j - 1
 		}
 	}
-	return dst
+	return dst, depth
 }
+
+const indentSpaces = "                                                                "
+
+// jsonSpecial marks the bytes indentJSONFrom acts on.
+var jsonSpecial = [256]bool{'"': true, '{': true, '[': true, '}': true, ']': true, ',': true, ':': true}
 
 // inspectWindow prints what the window saw beside the counters: the path
 // of each service's flows to each real, the reals' neighbours, and every

@@ -9,9 +9,11 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"strings"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/mdlayher/netlink"
 	ct "github.com/ti-mo/conntrack"
@@ -127,6 +129,113 @@ func Dump(ns netns.Target, f Filter, fn func(Flow) error) (DumpStats, error) {
 		}
 		return fn(convert(ev.Flow))
 	})
+}
+
+// Head is what a dump reads of every flow without decoding the whole
+// entry: protocol, both tuples, status bits and TCP state — enough to count
+// flows and to pick the few worth decoding.
+type Head struct {
+	Proto    uint8
+	Orig     Tuple
+	Reply    Tuple
+	Status   uint32 // IPS_* bits, as statusBits names them
+	TCPState uint8  // conntrack's TCP state; 0 (NONE) for other protocols
+}
+
+// Status bits Head.Has tests (enum ip_conntrack_status).
+const (
+	StatusSeenReply = 1 << 1
+	StatusAssured   = 1 << 2
+)
+
+// Has reports whether every bit of bits is set.
+func (h Head) Has(bits uint32) bool { return h.Status&bits == bits }
+
+// State names the TCP state ("" for other protocols), as Flow.State does.
+func (h Head) State() string {
+	if h.Proto != unix.IPPROTO_TCP || h.TCPState == 0 {
+		return ""
+	}
+	return TCPState(h.TCPState)
+}
+
+// Scan streams the flows of ns that match f (the zero Filter: every flow,
+// both families) to fn as Heads; decode gives the whole Flow, decoded only
+// for the flows fn asks it of. One dump, matched in user space, costs the
+// kernel one walk of the table however many VIPs a caller selects, where a
+// filtered dump per VIP walks it once each.
+func Scan(ns netns.Target, f Filter, fn func(h Head, decode func() (Flow, error)) error) (DumpStats, error) {
+	if f.Field != 0 && (!f.Addr.IsValid() || f.Field > ReplyDst) {
+		return DumpStats{}, errors.New("conntrack filter needs an address and a tuple field")
+	}
+	sock, err := openDump(ns)
+	if err != nil {
+		return DumpStats{}, err
+	}
+	defer unix.Close(sock)
+	return dumpOn(sock, ns, f, 1, func(m syscall.NetlinkMessage) error {
+		h, err := rawHead(m.Data)
+		if err != nil {
+			return fmt.Errorf("dump conntrack in %s: %w", ns, err)
+		}
+		return fn(h, func() (Flow, error) {
+			var ev ct.Event
+			nm := netlink.Message{Header: netlink.Header{Type: netlink.HeaderType(m.Header.Type), Flags: netlink.HeaderFlags(m.Header.Flags)}, Data: m.Data}
+			if err := ev.Unmarshal(nm); err != nil {
+				return Flow{}, fmt.Errorf("decode conntrack entry: %w", err)
+			}
+			return convert(ev.Flow), nil
+		})
+	})
+}
+
+// Netlink attributes of a ctnetlink entry that a Head reads.
+const (
+	ctaStatus       = 3
+	ctaProtoinfo    = 4
+	ctaProtoinfoTCP = 1
+	ctaTCPState     = 1
+)
+
+// rawHead reads a Head from a ctnetlink message in place.
+func rawHead(data []byte) (Head, error) {
+	var h Head
+	if len(data) < 4 {
+		return h, errors.New("short ctnetlink message")
+	}
+	var orig, reply rawTupleT
+	var err error
+	at := nlAttrs(data[4:])
+	for at.next() {
+		switch at.typ {
+		case ctaTupleOrig:
+			orig, err = rawTuple(at.val)
+		case ctaTupleReply:
+			reply, err = rawTuple(at.val)
+		case ctaStatus:
+			if len(at.val) == 4 {
+				h.Status = binary.BigEndian.Uint32(at.val)
+			}
+		case ctaProtoinfo:
+			for pi := nlAttrs(at.val); pi.next(); {
+				if pi.typ != ctaProtoinfoTCP {
+					continue
+				}
+				for tcp := nlAttrs(pi.val); tcp.next(); {
+					if tcp.typ == ctaTCPState && len(tcp.val) == 1 {
+						h.TCPState = tcp.val[0]
+					}
+				}
+			}
+		}
+		if err != nil {
+			return h, err
+		}
+	}
+	h.Proto = orig.proto
+	h.Orig = Tuple{netip.AddrPortFrom(orig.src.Unmap(), orig.srcPort), netip.AddrPortFrom(orig.dst.Unmap(), orig.dstPort)}
+	h.Reply = Tuple{netip.AddrPortFrom(reply.src.Unmap(), reply.srcPort), netip.AddrPortFrom(reply.dst.Unmap(), reply.dstPort)}
+	return h, at.err
 }
 
 // dumpOn runs one dump of f (the zero Filter: every flow, both families) on
@@ -568,9 +677,32 @@ var ErrEventsLost = errors.New("conntrack events lost (socket buffer full)")
 // It is for one goroutine at a time.
 type NewFlows struct {
 	ns   netns.Target
-	sock int
+	wait time.Duration
+	// The socket is non-blocking and waited for by Go's netpoller: a read
+	// blocked in the kernel would hold a thread and its P, and the runtime
+	// would take the P back (and wake its monitor every 20 µs) on each.
+	file *os.File
+	conn syscall.RawConn
+	// One recvmmsg reads up to len(msgs) events (a flood queues thousands),
+	// each into its own slot of buf.
 	buf  []byte
+	iov  []unix.Iovec
+	msgs []mmsghdr
 }
+
+// mmsghdr is struct mmsghdr: the kernel pads it to msghdr's alignment, as
+// Go does.
+type mmsghdr struct {
+	Hdr unix.Msghdr
+	Len uint32
+}
+
+// Sizes of a batched read: an event is one flow (a few hundred bytes; the
+// kernel sizes it to what the flow has), so a slot holds any of them.
+const (
+	eventSlot  = 8 << 10
+	eventBatch = 64
+)
 
 // SubscribeNew subscribes to the flows ns confirms from now on. Reads block
 // for at most wait when nothing arrives.
@@ -585,46 +717,97 @@ func SubscribeNew(ns netns.Target, wait time.Duration) (*NewFlows, error) {
 	if unix.SetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 64<<20) != nil {
 		unix.SetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_RCVBUF, 64<<20)
 	}
-	tv := unix.NsecToTimeval(wait.Nanoseconds())
-	unix.SetsockoptTimeval(sock, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
-	return &NewFlows{ns: ns, sock: sock, buf: make([]byte, 256*1024)}, nil
+	if err := unix.SetNonblock(sock, true); err != nil {
+		unix.Close(sock)
+		return nil, fmt.Errorf("subscribe to conntrack events in %s: %w", ns, err)
+	}
+	s := &NewFlows{ns: ns, wait: wait, file: os.NewFile(uintptr(sock), "conntrack events"),
+		buf: make([]byte, eventSlot*eventBatch), iov: make([]unix.Iovec, eventBatch), msgs: make([]mmsghdr, eventBatch)}
+	if s.conn, err = s.file.SyscallConn(); err == nil {
+		// Proves the netpoller took the socket: without it, no wait would end.
+		err = s.file.SetReadDeadline(time.Time{})
+	}
+	if err != nil {
+		s.file.Close()
+		return nil, fmt.Errorf("subscribe to conntrack events in %s: %w", ns, err)
+	}
+	for i := range s.msgs {
+		s.iov[i].Base = &s.buf[i*eventSlot]
+		s.iov[i].SetLen(eventSlot)
+		s.msgs[i].Hdr.Iov = &s.iov[i]
+		s.msgs[i].Hdr.SetIovlen(1)
+	}
+	return s, nil
 }
 
 // Close ends the subscription.
-func (s *NewFlows) Close() error { return unix.Close(s.sock) }
+func (s *NewFlows) Close() error { return s.file.Close() }
 
 // Read hands the tuples of what has arrived to fn. It returns drained =
 // true when the socket held nothing more (everything the kernel queued
 // before the return was read), after waiting at most the subscription's
-// wait if block; ErrEventsLost when the kernel dropped some.
+// wait if block; ErrEventsLost when the kernel dropped some (or an event
+// did not fit its slot: it is lost all the same).
 func (s *NewFlows) Read(block bool, fn func(proto uint8, orig, reply Tuple)) (drained bool, err error) {
-	flags := 0
-	if !block {
-		flags = unix.MSG_DONTWAIT
+	var n int
+	var rerr error
+	if block {
+		s.file.SetReadDeadline(time.Now().Add(s.wait))
 	}
-	n, _, err := unix.Recvfrom(s.sock, s.buf, flags)
+	err = s.conn.Read(func(fd uintptr) bool {
+		n, rerr = recvmmsg(int(fd), s.msgs, unix.MSG_DONTWAIT)
+		// false: wait for the socket to be readable, then call again.
+		return !(block && errors.Is(rerr, unix.EAGAIN))
+	})
+	if block {
+		s.file.SetReadDeadline(time.Time{})
+	}
+	if err == nil {
+		err = rerr
+	}
 	switch {
-	case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR):
+	case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR), errors.Is(err, os.ErrDeadlineExceeded):
 		return true, nil
 	case errors.Is(err, unix.ENOBUFS):
 		return false, ErrEventsLost
 	case err != nil:
 		return false, fmt.Errorf("read conntrack events in %s: %w", s.ns, err)
 	}
-	msgs, err := syscall.ParseNetlinkMessage(s.buf[:n])
-	if err != nil {
-		return false, fmt.Errorf("read conntrack events in %s: parse: %w", s.ns, err)
-	}
-	for _, m := range msgs {
-		if m.Header.Type == unix.NLMSG_ERROR || m.Header.Type == unix.NLMSG_DONE {
+	truncated := false
+	for i := range s.msgs[:n] {
+		if s.msgs[i].Hdr.Flags&unix.MSG_TRUNC != 0 {
+			truncated = true
 			continue
 		}
-		o, r, err := rawTuples(m.Data)
-		if err != nil {
-			continue // not a flow
+		b := s.buf[i*eventSlot : i*eventSlot+int(s.msgs[i].Len)]
+		for len(b) >= unix.NLMSG_HDRLEN {
+			h := (*unix.NlMsghdr)(unsafe.Pointer(&b[0]))
+			l := int(h.Len)
+			if l < unix.NLMSG_HDRLEN || l > len(b) {
+				return false, fmt.Errorf("read conntrack events in %s: parse: netlink message length %d out of range", s.ns, l)
+			}
+			if h.Type != unix.NLMSG_ERROR && h.Type != unix.NLMSG_DONE {
+				if o, r, err := rawTuples(b[unix.NLMSG_HDRLEN:l]); err == nil { // else: not a flow
+					fn(o.proto, Tuple{netip.AddrPortFrom(o.src, o.srcPort), netip.AddrPortFrom(o.dst, o.dstPort)},
+						Tuple{netip.AddrPortFrom(r.src, r.srcPort), netip.AddrPortFrom(r.dst, r.dstPort)})
+				}
+			}
+			b = b[min(nlmsgAlign(l), len(b)):]
 		}
-		fn(o.proto, Tuple{netip.AddrPortFrom(o.src, o.srcPort), netip.AddrPortFrom(o.dst, o.dstPort)},
-			Tuple{netip.AddrPortFrom(r.src, r.srcPort), netip.AddrPortFrom(r.dst, r.dstPort)})
+	}
+	if truncated {
+		return false, ErrEventsLost
 	}
 	return false, nil
+}
+
+func nlmsgAlign(l int) int { return (l + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1) }
+
+// recvmmsg receives up to len(msgs) datagrams in one system call.
+func recvmmsg(fd int, msgs []mmsghdr, flags int) (int, error) {
+	n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])), uintptr(len(msgs)), uintptr(flags), 0, 0)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
 }

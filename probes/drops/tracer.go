@@ -20,12 +20,15 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
 
 	"github.com/lbdoctor/lbdoctor/probes/kernel"
 )
@@ -39,14 +42,18 @@ const (
 
 // Config says what to trace. Zero values mean "everything".
 type Config struct {
-	NetnsInode    uint32       // only drops in this namespace
-	Addrs         []netip.Addr // a drop matches if its source or destination is one of these
-	Ports         []uint16     // … and its source or destination port is one of these
-	Proto         uint8        // … and its protocol is this
-	IgnoreReasons []string     // reason names to leave out (e.g. NOT_SPECIFIED)
-	Events        bool         // send each drop to user space (else: aggregate only)
-	Stack         bool         // record the kernel stack of each event
-	Attach        string       // force an attach point; "" picks the best available
+	NetnsInode uint32       // only drops in this namespace
+	Addrs      []netip.Addr // a drop matches if its source or destination is one of these
+	// Select are addresses the caller selects drops by in user space, when
+	// there are more than the kernel's filter takes (MaxFilter): the
+	// attributor reads only the flows that touch them (or Addrs).
+	Select        []netip.Addr
+	Ports         []uint16 // … and its source or destination port is one of these
+	Proto         uint8    // … and its protocol is this
+	IgnoreReasons []string // reason names to leave out (e.g. NOT_SPECIFIED)
+	Events        bool     // send each drop to user space (else: aggregate only)
+	Stack         bool     // record the kernel stack of each event
+	Attach        string   // force an attach point; "" picks the best available
 	// FlowMapSize is how many (netns, reason, location, flow) keys the
 	// aggregate map holds (0: DefaultFlowMapSize). Drops of flows past it
 	// are still counted exactly by place, only not itemised per flow.
@@ -81,9 +88,17 @@ type Tracer struct {
 	events bool
 	coll   *ebpf.Collection
 	prog   *ebpf.Program
-	mu     sync.Mutex // guards lnk: Read's watcher and Close may both stop
+	mu     sync.Mutex // guards lnk (Read's watcher and Close may both stop) and closed
 	lnk    link.Link
+	closed bool // the ring is being closed: not to be looked at
 	ring   *ringbuf.Reader
+	// ringFile is the ring's map, waited for by Go's netpoller: the ring
+	// reader's own wait is an epoll_wait that holds a thread and its P,
+	// which the runtime takes back (waking its monitor every 20 µs) while
+	// events flow.
+	ringFile *os.File
+	ringConn syscall.RawConn
+	ending   atomic.Bool // the window is over: the reader reads what is left and returns
 }
 
 // Counters are what the kernel side counted.
@@ -220,6 +235,10 @@ func New(cfg Config) (*Tracer, error) {
 	}
 	if cfg.Events {
 		if t.ring, err = ringbuf.NewReader(t.coll.Maps["events"]); err != nil {
+			t.Close()
+			return nil, fmt.Errorf("open drop ring buffer: %w", err)
+		}
+		if err := t.pollRing(); err != nil {
 			t.Close()
 			return nil, fmt.Errorf("open drop ring buffer: %w", err)
 		}
@@ -437,8 +456,15 @@ func (t *Tracer) Stop() error {
 func (t *Tracer) Close() error {
 	var errs []error
 	errs = append(errs, t.Stop())
+	// The ring first: a reader its file's closing wakes finds it closed.
+	t.mu.Lock()
+	t.closed = true
+	t.mu.Unlock()
 	if t.ring != nil {
 		errs = append(errs, t.ring.Close())
+	}
+	if t.ringFile != nil {
+		errs = append(errs, t.ringFile.Close())
 	}
 	if t.coll != nil {
 		t.coll.Close()
@@ -595,6 +621,25 @@ func sumCPUs(per []uint64) uint64 {
 	return n
 }
 
+// pollRing registers (a duplicate of) the ring's map with Go's netpoller:
+// the kernel wakes it as it wakes the ring reader's epoll.
+func (t *Tracer) pollRing() error {
+	fd, err := unix.FcntlInt(uintptr(t.coll.Maps["events"].FD()), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return err
+	}
+	t.ringFile = os.NewFile(uintptr(fd), "drop ring")
+	if t.ringConn, err = t.ringFile.SyscallConn(); err != nil {
+		return err
+	}
+	// Fails when the netpoller did not take the map: no wait would end.
+	return t.ringFile.SetReadDeadline(time.Time{})
+}
+
 // Read delivers events until ctx ends, then what is still in the ring, so
 // that delivered + lost adds up to what the kernel matched. It returns nil
 // when ctx ends.
@@ -607,41 +652,78 @@ func (t *Tracer) Read(ctx context.Context, fn func(Packet, RawEvent)) error {
 	go func() {
 		select {
 		case <-ctx.Done():
-			t.Stop()       // nothing new after this, so the counters will add up
-			t.ring.Flush() // wakes the reader; it returns the pending records, then ErrFlushed
+			t.Stop() // nothing new after this, so the counters will add up
+			t.ending.Store(true)
+			t.ringFile.SetReadDeadline(time.Now()) // ends a wait
 		case <-stop:
 		}
 	}()
+	// The ring reader never waits itself: it reads what is there, and the
+	// netpoller waits for more.
+	t.ring.SetDeadline(time.Unix(1, 0))
 	var rec ringbuf.Record
 	var ev dropsEvent
+	var waitErr error
+	// A flood's drops come from few interfaces: each name is made once.
+	ifnames := map[[len(ev.Ifname)]int8]string{}
 	for {
-		// The kernel side wakes us for the first record after we caught up
-		// and then per batch; polling is a safety net.
-		t.ring.SetDeadline(time.Now().Add(pollInterval))
-		if err := t.ring.ReadInto(&rec); err != nil {
-			switch {
-			case errors.Is(err, os.ErrDeadlineExceeded):
-				continue
-			case errors.Is(err, ringbuf.ErrFlushed):
-				if ctx.Err() != nil {
-					return nil
-				}
-				continue
-			case errors.Is(err, ringbuf.ErrClosed):
+		// Read before looking: what the kernel wrote before Stop is
+		// read after ending is seen.
+		ending := t.ending.Load()
+		for {
+			err := t.ring.ReadInto(&rec)
+			if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, ringbuf.ErrFlushed) {
+				break // read to the end
+			}
+			if errors.Is(err, ringbuf.ErrClosed) {
 				return nil
 			}
-			return fmt.Errorf("read drop events: %w", err)
+			if err != nil {
+				return fmt.Errorf("read drop events: %w", err)
+			}
+			// The record is the C struct, laid out as dropsEvent (HostLayout, no
+			// implicit padding): a copy, not encoding/binary's reflection walk
+			// over each field per event.
+			if len(rec.RawSample) < int(unsafe.Sizeof(ev)) {
+				return fmt.Errorf("decode drop event: %d bytes, want %d", len(rec.RawSample), unsafe.Sizeof(ev))
+			}
+			copy(unsafe.Slice((*byte)(unsafe.Pointer(&ev)), unsafe.Sizeof(ev)), rec.RawSample)
+			ifname, ok := ifnames[ev.Ifname]
+			if !ok {
+				if len(ifnames) >= 1024 {
+					clear(ifnames) // bounded, whatever comes and goes
+				}
+				ifname = cstring(ev.Ifname[:])
+				ifnames[ev.Ifname] = ifname
+			}
+			fn(packetOf(ev.Netns, ev.Reason, ev.Location, ev.Family, ev.Proto, ev.Saddr.B, ev.Daddr.B, ev.Sport, ev.Dport),
+				RawEvent{TimeNs: ev.TsNs, Ifindex: ev.Ifindex, Ifname: ifname, Len: ev.Len, CPU: ev.Cpu, TCPFlags: ev.TcpFlags, Stack: t.stack(ev.StackId)})
 		}
-		// The record is the C struct, laid out as dropsEvent (HostLayout, no
-		// implicit padding): a copy, not encoding/binary's reflection walk
-		// over each field per event.
-		if len(rec.RawSample) < int(unsafe.Sizeof(ev)) {
-			return fmt.Errorf("decode drop event: %d bytes, want %d", len(rec.RawSample), unsafe.Sizeof(ev))
+		if ending {
+			return nil
 		}
-		copy(unsafe.Slice((*byte)(unsafe.Pointer(&ev)), unsafe.Sizeof(ev)), rec.RawSample)
-		fn(packetOf(ev.Netns, ev.Reason, ev.Location, ev.Family, ev.Proto, ev.Saddr.B, ev.Daddr.B, ev.Sport, ev.Dport),
-			RawEvent{TimeNs: ev.TsNs, Ifindex: ev.Ifindex, Ifname: cstring(ev.Ifname[:]), Len: ev.Len, CPU: ev.Cpu, TCPFlags: ev.TcpFlags, Stack: t.stack(ev.StackId)})
+		if waitErr != nil {
+			return fmt.Errorf("wait for drop events: %w", waitErr)
+		}
+		// The kernel side wakes us for the first record after we caught up
+		// and then per batch; the deadline is a safety net.
+		t.ringFile.SetReadDeadline(time.Now().Add(pollInterval))
+		err := t.ringConn.Read(t.readable)
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			waitErr = err // Close wakes the wait: the ring, closed, says so first
+		}
 	}
+}
+
+// readable says whether the reader has something to do: records, the
+// window's end, or a ring being closed.
+func (t *Tracer) readable(uintptr) bool {
+	if t.ending.Load() {
+		return true
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.closed || t.ring.AvailableBytes() > 0
 }
 
 func boolByte(b bool) uint8 {
