@@ -560,3 +560,20 @@ func TestFirewallFilterFamilies(t *testing.T) {
 		})
 	}
 }
+
+// A finding about many services keeps its evidence short: the first lines
+// and a count of the rest, never a line per service of a 1,000-service LB.
+func TestEvidenceIsCapped(t *testing.T) {
+	snap := loadFixture(t, "seed-stage3")
+	svc := snap.IPVS.Services[0]
+	for i := 1; i < 1000; i++ {
+		x := svc
+		x.Addr = netip.AddrPortFrom(svc.Addr.Addr(), uint16(10000+i))
+		snap.IPVS.Services = append(snap.IPVS.Services, x)
+	}
+	f := statusOf(checks.Run(snap, probes.Selector{}), "sysctl.ip_forward")
+	last := f.Evidence[len(f.Evidence)-1].Fact
+	if f.Status != checks.Fail || len(f.Evidence) != checks.MaxEvidence || !strings.Contains(last, "more lines of evidence") {
+		t.Errorf("Run(1,000 services, ip_forward=0) sysctl.ip_forward = %s with %d evidence lines ending %q, want fail with %d lines ending with a count of the rest", f.Status, len(f.Evidence), last, checks.MaxEvidence)
+	}
+}
