@@ -1,6 +1,8 @@
 # lbdoctor — build, test and guest-test targets. `make test` is what CI runs.
 GO       ?= go
 RUN      ?= ^TestGuest
+# Guest benchmarks to run besides (e.g. BENCH=GuestCheckScale with RUN='^$$').
+BENCH    ?=
 # Packages that hold guest tests (files tagged //go:build guest).
 GUEST_PKGS := $(sort $(dir $(shell grep -rl --include='*_test.go' '^//go:build guest' .)))
 
@@ -48,7 +50,7 @@ guest-test: bin/lbdoctor bin/guestexec
 	if [ $$rc = 10 ]; then exit 0; elif [ $$rc != 0 ]; then exit $$rc; fi; \
 	bin/guestexec -prepare && \
 	CGO_ENABLED=0 LBDOCTOR_GUEST_FILES=$(CURDIR)/bin/lbdoctor:/usr/local/bin/lbdoctor \
-	$(GO) test -count=1 -timeout 60m -v -tags guest -exec $(CURDIR)/bin/guestexec -run '$(RUN)' $(GUEST_PKGS)
+	$(GO) test -count=1 -timeout 60m -v -tags guest -exec $(CURDIR)/bin/guestexec -run '$(RUN)' $(if $(BENCH),-bench '$(BENCH)' -benchtime 1x) $(GUEST_PKGS)
 
 guest-prepare: bin/guestexec
 	bin/guestexec -prepare

@@ -3,6 +3,7 @@ package checks_test
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -301,6 +302,36 @@ func TestDropsNotItemised(t *testing.T) {
 	}
 }
 
+// An LB of more services than the kernel's drop filter takes: the window
+// still watches (every drop of the namespace, the services' selected in
+// user space), and the finding says how it was filtered.
+func TestDropsWideFilter(t *testing.T) {
+	tests := []struct {
+		name     string
+		services int
+		want     bool
+	}{
+		{"one service: filtered in the kernel", 0, false},
+		{"20 more services: selected in user space", 20, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			snap := loadFixture(t, "seed-stage3-drops")
+			for i := range tt.services {
+				snap.IPVS.Services = append(snap.IPVS.Services, ipvs.Service{Proto: "tcp", Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 96, 0, byte(i + 1)}), 80)})
+			}
+			f := statusOf(checks.Run(snap, probes.Selector{}), "drops.vip_flows")
+			got := false
+			for _, e := range f.Evidence {
+				got = got || strings.Contains(e.Fact, "more than the kernel's drop filter takes (16 of each): every drop in netns lb was counted and the services' drops selected from them")
+			}
+			if got != tt.want || f.Status != checks.Fail {
+				t.Errorf("drops.vip_flows with %d more services = %s, says it selected in user space = %v, want fail, %v\n%v", tt.services, f.Status, got, tt.want, f.Evidence)
+			}
+		})
+	}
+}
+
 // A failing finding carries the causal chain of its service's flows: on
 // the seed's stage 3 after a window with traffic, sysctl.ip_forward and
 // drops.vip_flows show the path that stops at ip_error, in text and JSON,
@@ -406,6 +437,27 @@ func TestIPv6Services(t *testing.T) {
 	}
 }
 
+// An LB of a thousand services: ipvs.reals_available lists the services
+// without a real first and counts the rest past 20 lines.
+func TestRealsAvailableManyServices(t *testing.T) {
+	snap := loadFixture(t, "seed-stage2")
+	real := snap.IPVS.Services[0].Reals[0]
+	for i := range 1000 {
+		svc := ipvs.Service{Proto: "tcp", Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 96, byte(i / 250), byte(i%250 + 1)}), 80), Reals: []ipvs.Real{real}}
+		if i == 500 {
+			svc.Reals = nil
+		}
+		snap.IPVS.Services = append(snap.IPVS.Services, svc)
+	}
+	f := statusOf(checks.Run(snap, probes.Selector{}), "ipvs.reals_available")
+	n := len(snap.IPVS.Services)
+	if f.Status != checks.Fail || len(f.Evidence) != 21 || f.Evidence[0].Fact != "TCP 10.96.2.1:80: 0 real server(s), 0 with weight > 0" ||
+		f.Evidence[20].Fact != fmt.Sprintf("… and %d more services with a real server of weight > 0", n-20) {
+		t.Errorf("ipvs.reals_available of %d services = %s, %d evidence lines, first %q, last %q; want fail, 21 lines, the service without a real first, the rest counted",
+			n, f.Status, len(f.Evidence), f.Evidence[0].Fact, f.Evidence[len(f.Evidence)-1].Fact)
+	}
+}
+
 // ipv6OneArm turns seed stage 1 (one-arm, no SNAT rule) into its IPv6
 // twin: VIP [fd00:1::6]:8085 and real [fd00:1::50]:8085 on eth0, with
 // IPv6 forwarding on.
@@ -506,5 +558,22 @@ func TestFirewallFilterFamilies(t *testing.T) {
 				t.Errorf("firewall.filter(%s) = %q, want the ip6 table named", tt.name, f.Title)
 			}
 		})
+	}
+}
+
+// A finding about many services keeps its evidence short: the first lines
+// and a count of the rest, never a line per service of a 1,000-service LB.
+func TestEvidenceIsCapped(t *testing.T) {
+	snap := loadFixture(t, "seed-stage3")
+	svc := snap.IPVS.Services[0]
+	for i := 1; i < 1000; i++ {
+		x := svc
+		x.Addr = netip.AddrPortFrom(svc.Addr.Addr(), uint16(10000+i))
+		snap.IPVS.Services = append(snap.IPVS.Services, x)
+	}
+	f := statusOf(checks.Run(snap, probes.Selector{}), "sysctl.ip_forward")
+	last := f.Evidence[len(f.Evidence)-1].Fact
+	if f.Status != checks.Fail || len(f.Evidence) != checks.MaxEvidence || !strings.Contains(last, "more lines of evidence") {
+		t.Errorf("Run(1,000 services, ip_forward=0) sysctl.ip_forward = %s with %d evidence lines ending %q, want fail with %d lines ending with a count of the rest", f.Status, len(f.Evidence), last, checks.MaxEvidence)
 	}
 }

@@ -44,6 +44,11 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 		window += "; the window was cut short"
 	}
 	ev := []Evidence{{Fact: window, Source: "kfree_skb tracer"}}
+	if addrs, ports := probes.DropFilter(sel, s.IPVS.Services); probes.WideDropFilter(addrs, ports) {
+		ev = append(ev, Evidence{Fact: fmt.Sprintf("the selected services have %d addresses and %d ports, more than the kernel's drop filter takes (%d of each): "+
+			"every drop in %s was counted and the services' drops selected from them; drops not itemised by flow cannot be told apart and are not among them",
+			len(addrs), len(ports), drops.MaxFilter, s.Target), Source: "kfree_skb tracer"})
+	}
 	if sel.VIP.IsValid() && len(selected(s, sel)) == 0 && len(s.Conntrack.Backends) > 0 {
 		var bs []string
 		for _, b := range s.Conntrack.Backends {

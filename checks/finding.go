@@ -109,6 +109,7 @@ func Run(s *probes.Snapshot, sel probes.Selector) []Finding {
 		if f.Evidence == nil {
 			f.Evidence = []Evidence{}
 		}
+		f.Evidence = capEvidence(f.Evidence)
 		if len(f.Remedies) > 0 {
 			// The commands are the remedies', said one way: what --fix
 			// applies is what the text tells a person to type.
@@ -191,6 +192,19 @@ func explains(e string, c drops.Counted) bool {
 		return c.Family != 0 && c.Dst.Addr().String() == to
 	}
 	return e == c.ReasonName || e == c.Function()
+}
+
+// MaxEvidence caps a finding's evidence lines: on an LB of 1,000 services
+// a line per service would bury the one that matters. The lines left out
+// are counted in the last one.
+const MaxEvidence = 24
+
+func capEvidence(ev []Evidence) []Evidence {
+	if len(ev) <= MaxEvidence {
+		return ev
+	}
+	out := ev[: MaxEvidence-1 : MaxEvidence-1]
+	return append(out, Evidence{Fact: fmt.Sprintf("… and %d more lines of evidence like these (lbdoctor inspect lists every service)", len(ev)-len(out)), Source: "lbdoctor"})
 }
 
 func skip(reason string) Finding { return Finding{Status: Skip, Reason: reason} }

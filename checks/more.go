@@ -5,9 +5,13 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/lbdoctor/lbdoctor/internal/tally"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
+
+// maxServiceLines caps the per-service evidence lines of a finding.
+const maxServiceLines = 20
 
 // checkRealsAvailable: a service with no real server, or only weight-0
 // ones, accepts SYNs it can send nowhere.
@@ -19,7 +23,7 @@ func checkRealsAvailable(s *probes.Snapshot, sel probes.Selector) Finding {
 	if len(svcs) == 0 {
 		return skip("no IPVS service in " + s.Target.String())
 	}
-	var ev []Evidence
+	var ev, good []Evidence
 	var bad []string
 	for _, svc := range svcs {
 		up := 0
@@ -28,10 +32,21 @@ func checkRealsAvailable(s *probes.Snapshot, sel probes.Selector) Finding {
 				up++
 			}
 		}
-		ev = append(ev, Evidence{Fact: fmt.Sprintf("%s: %d real server(s), %d with weight > 0", svc.Key(), len(svc.Reals), up), Source: "ipvs, " + s.Target.String()})
+		e := Evidence{Fact: fmt.Sprintf("%s: %d real server(s), %d with weight > 0", svc.Key(), len(svc.Reals), up), Source: "ipvs, " + s.Target.String()}
 		if up == 0 {
 			bad = append(bad, svc.Key())
+			ev = append(ev, e)
+		} else {
+			good = append(good, e)
 		}
+	}
+	// The services without a real first; of an LB of a thousand services
+	// the rest are counted, not listed.
+	if room := maxServiceLines - len(ev); len(good) > room {
+		ev = append(ev, good[:max(room, 0)]...)
+		ev = append(ev, Evidence{Fact: fmt.Sprintf("… and %s with a real server of weight > 0", tally.Of(len(good)-max(room, 0), "more service")), Source: "ipvs, " + s.Target.String()})
+	} else {
+		ev = append(ev, good...)
 	}
 	if len(bad) == 0 {
 		return Finding{Status: Pass, Title: "every service has a real server that takes connections", Evidence: ev}

@@ -23,11 +23,15 @@ const ProbeDrops = "drops"
 // once IPVS rewrote it) and their ports. With no VIP selected it takes every
 // service in svcs.
 func DropFilter(sel Selector, svcs []ipvs.Service) (addrs []netip.Addr, ports []uint16) {
+	// Sets beside the lists: an LB of 1,000 services has 11,000 addresses.
+	seenAddr, seenPort := map[netip.Addr]bool{}, map[uint16]bool{}
 	add := func(a netip.AddrPort) {
-		if !slices.Contains(addrs, a.Addr()) {
+		if !seenAddr[a.Addr()] {
+			seenAddr[a.Addr()] = true
 			addrs = append(addrs, a.Addr())
 		}
-		if a.Port() != 0 && !slices.Contains(ports, a.Port()) {
+		if a.Port() != 0 && !seenPort[a.Port()] {
+			seenPort[a.Port()] = true
 			ports = append(ports, a.Port())
 		}
 	}
@@ -85,11 +89,19 @@ func WatchDrops(ctx context.Context, ns netns.Target, sel Selector, s *Snapshot,
 		s.Errors[ProbeDrops] = "nothing to trace: no IPVS service and no --vip"
 		return
 	}
-	if len(addrs) > drops.MaxFilter || len(ports) > drops.MaxFilter {
-		s.Errors[ProbeDrops] = fmt.Sprintf("the selected services have %d addresses and %d ports, the drop filter takes %d of each: select one service with --vip", len(addrs), len(ports), drops.MaxFilter)
-		return
+	cfg := drops.Config{NetnsInode: uint32(ns.Inode), Addrs: addrs, Ports: ports}
+	wide := WideDropFilter(addrs, ports)
+	if wide {
+		// More than the kernel's filter takes (an LB of many services):
+		// the window still watches. The kernel counts every drop of the
+		// namespace (of the ports, when they fit) and the services' drops
+		// are selected here; the finding says so.
+		cfg.Addrs, cfg.Select = nil, addrs
+		if len(ports) > drops.MaxFilter {
+			cfg.Ports = nil
+		}
 	}
-	smp, err := drops.Watch(ctx, ns, drops.Config{NetnsInode: uint32(ns.Inode), Addrs: addrs, Ports: ports}, until, h)
+	smp, err := drops.Watch(ctx, ns, cfg, until, h)
 	if err != nil && ctx.Err() != nil {
 		s.Errors[ProbeDrops] = "interrupted before the tracer was attached: nothing traced"
 		return
@@ -98,7 +110,47 @@ func WatchDrops(ctx context.Context, ns netns.Target, sel Selector, s *Snapshot,
 		s.Errors[ProbeDrops] = err.Error()
 		return
 	}
+	if wide {
+		smp.Drops = SelectDrops(smp.Drops, addrs, ports)
+	}
 	s.Drops = smp
+}
+
+// WideDropFilter reports whether a drop filter has more addresses or ports
+// than the kernel's filter takes (drops.MaxFilter of each): WatchDrops then
+// filters by namespace in the kernel and selects with SelectDrops.
+func WideDropFilter(addrs []netip.Addr, ports []uint16) bool {
+	return len(addrs) > drops.MaxFilter || len(ports) > drops.MaxFilter
+}
+
+// SelectDrops keeps the drops the kernel's filter would have kept for addrs
+// and ports: source or destination one of addrs, and source or destination
+// port one of ports. Drops counted by place alone (the flow map was full)
+// name no flow: they cannot be told to be the services' and are left out;
+// the sample's NotItemised counter still shows them.
+func SelectDrops(cs []drops.Counted, addrs []netip.Addr, ports []uint16) []drops.Counted {
+	as := make(map[netip.Addr]bool, len(addrs))
+	for _, a := range addrs {
+		as[a.Unmap()] = true
+	}
+	ps := make(map[uint16]bool, len(ports))
+	for _, p := range ports {
+		ps[p] = true
+	}
+	out := cs[:0:0]
+	for _, c := range cs {
+		if c.NotItemised || c.Family == 0 {
+			continue
+		}
+		if !as[c.Src.Addr()] && !as[c.Dst.Addr()] {
+			continue
+		}
+		if len(ps) > 0 && !ps[c.Src.Port()] && !ps[c.Dst.Port()] {
+			continue
+		}
+		out = append(out, c)
+	}
+	return out
 }
 
 // LearnBackends dumps the conntrack flows to the selected VIP in ns and
@@ -114,8 +166,8 @@ func LearnBackends(ns netns.Target, sel Selector) ([]netip.AddrPort, error) {
 	}
 	var c Conntrack
 	for _, p := range protos {
-		_, err := conntrack.Dump(ns, conntrack.Filter{Field: conntrack.OrigDst, Addr: sel.VIP.Addr(), Port: sel.VIP.Port(), Proto: p}, func(f conntrack.Flow) error {
-			c.tally(f)
+		_, err := conntrack.Scan(ns, conntrack.Filter{Field: conntrack.OrigDst, Addr: sel.VIP.Addr(), Port: sel.VIP.Port(), Proto: p}, func(h conntrack.Head, _ func() (conntrack.Flow, error)) error {
+			c.tally(h)
 			return nil
 		})
 		if err != nil {

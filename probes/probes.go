@@ -4,6 +4,7 @@
 package probes
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -123,8 +124,8 @@ type FlowCount struct {
 func (c Conntrack) Total() int { return len(c.Flows) + c.Omitted }
 
 // tally adds one flow to the counts and learned backends.
-func (c *Conntrack) tally(f conntrack.Flow) {
-	k := FlowCount{State: f.State, SeenReply: f.HasStatus("SEEN_REPLY"), Assured: f.HasStatus("ASSURED")}
+func (c *Conntrack) tally(h conntrack.Head) {
+	k := FlowCount{State: h.State(), SeenReply: h.Has(conntrack.StatusSeenReply), Assured: h.Has(conntrack.StatusAssured)}
 	found := false
 	for i := range c.Counts {
 		if x := c.Counts[i]; x.State == k.State && x.SeenReply == k.SeenReply && x.Assured == k.Assured {
@@ -137,9 +138,25 @@ func (c *Conntrack) tally(f conntrack.Flow) {
 		k.Count = 1
 		c.Counts = append(c.Counts, k)
 	}
-	if b := f.Reply.Src; b.IsValid() && b != f.Orig.Dst && !slices.Contains(c.Backends, b) && len(c.Backends) < MaxListed {
+	if b := h.Reply.Src; b.IsValid() && b != h.Orig.Dst && len(c.Backends) < MaxListed && !slices.Contains(c.Backends, b) {
 		c.Backends = append(c.Backends, b)
 	}
+}
+
+// add tallies one flow and lists it while the list has room: only a listed
+// flow is decoded whole.
+func (c *Conntrack) add(h conntrack.Head, decode func() (conntrack.Flow, error)) error {
+	c.tally(h)
+	if len(c.Flows) >= MaxListed {
+		c.Omitted++
+		return nil
+	}
+	f, err := decode()
+	if err != nil {
+		return err
+	}
+	c.Flows = append(c.Flows, f)
+	return nil
 }
 
 // Selector narrows the snapshot to one virtual service.
@@ -183,6 +200,14 @@ const (
 // Options choose the costlier parts of a snapshot.
 type Options struct {
 	Features bool // run the kernel feature probes (loads tiny BPF programs)
+	// NoFlowTables leaves out the IPVS connection table and the conntrack
+	// flows (not conntrack's statistics): a window's first read, whose
+	// counters the last read is compared with and whose tables the last
+	// read lists again. On a busy LB they are most of a read's cost (the
+	// kernel walks its IPVS table from the start for every 4 KiB of
+	// /proc/net/ip_vs_conn). The flows to a --vip that IPVS does not serve
+	// are still read: they name its backends for the drop tracer.
+	NoFlowTables bool
 }
 
 // Gather runs every probe in ns. Probe failures are recorded, not returned:
@@ -197,15 +222,25 @@ func Gather(ns netns.Target, sel Selector, opt Options) *Snapshot {
 	var err error
 	s.IPVS, err = ipvs.Read(ns)
 	fail(ProbeIPVS, err)
-	if s.IPVS.Available {
-		var conns []ipvs.Conn
-		conns, err = ipvs.ReadConns(ns, func(c ipvs.Conn) bool { return sel.Matches(c.VIP, c.Proto) })
+	if s.IPVS.Available && !opt.NoFlowTables {
+		// Every selected connection is counted; the first MaxListed are
+		// kept: a table of 100,000 is not held in memory.
+		var counter ipvs.ConnCounter
+		listed := 0
+		conns, err := ipvs.ReadConns(ns, func(c ipvs.Conn) bool {
+			if !sel.Matches(c.VIP, c.Proto) {
+				return false
+			}
+			counter.Add(c)
+			if listed == MaxListed {
+				s.IPVS.ConnsOmitted++
+				return false
+			}
+			listed++
+			return true
+		})
 		fail(ProbeIPVSConns, err)
-		s.IPVS.ConnCounts = ipvs.CountConns(conns)
-		if len(conns) > MaxListed {
-			s.IPVS.ConnsOmitted = len(conns) - MaxListed
-			conns = conns[:MaxListed]
-		}
+		s.IPVS.ConnCounts = counter.Counts()
 		s.IPVS.Conns = conns
 	}
 	s.Sysctls, err = sysctl.ReadAll(ns)
@@ -228,7 +263,7 @@ func Gather(ns netns.Target, sel Selector, opt Options) *Snapshot {
 			s.Errors[ProbeRules] = strings.Join(why, "; ")
 		}
 	}
-	s.Conntrack, err = readConntrack(ns, sel, s.IPVS.Services)
+	s.Conntrack, err = readConntrack(ns, sel, s.IPVS.Services, opt.NoFlowTables && (!sel.VIP.IsValid() || ServesVIP(sel, s.IPVS.Services)))
 	fail(ProbeConntrack, err)
 	s.SNMP, err = snmp.Read(ns)
 	fail(ProbeSNMP, err)
@@ -244,12 +279,22 @@ func Gather(ns netns.Target, sel Selector, opt Options) *Snapshot {
 	return s
 }
 
-// readConntrack dumps the flows to the selected VIP, or to every IPVS VIP.
-func readConntrack(ns netns.Target, sel Selector, svcs []ipvs.Service) (Conntrack, error) {
+// maxFilteredDumps is how many VIPs readConntrack dumps one by one, each
+// filtered by the kernel; past it one dump of the whole table, matched in
+// user space, costs less: a filtered dump walks the whole table too.
+const maxFilteredDumps = 4
+
+// readConntrack dumps the flows to the selected VIP, or to every IPVS VIP
+// (statsOnly: reads the statistics alone).
+func readConntrack(ns netns.Target, sel Selector, svcs []ipvs.Service, statsOnly bool) (Conntrack, error) {
 	c := Conntrack{Flows: []conntrack.Flow{}}
 	var err error
 	if c.Stats, err = conntrack.ReadStats(ns); err != nil {
 		return c, err
+	}
+	if statsOnly {
+		c.Selector = "none (statistics only)"
+		return c, nil
 	}
 	var filters []conntrack.Filter
 	var names []string
@@ -281,17 +326,26 @@ func readConntrack(ns netns.Target, sel Selector, svcs []ipvs.Service) (Conntrac
 		return c, nil
 	}
 	c.Selector = "original destination " + strings.Join(names, ", ")
-	for _, f := range filters {
-		_, err := conntrack.Dump(ns, f, func(fl conntrack.Flow) error {
-			c.tally(fl)
-			if len(c.Flows) < MaxListed {
-				c.Flows = append(c.Flows, fl)
-			} else {
-				c.Omitted++
+	if len(filters) > maxFilteredDumps {
+		c.Selector = fmt.Sprintf("original destination one of %d VIPs (%s, …)", len(names), strings.Join(names[:maxFilteredDumps], ", "))
+		type key struct {
+			proto uint8
+			dst   netip.AddrPort
+		}
+		want := make(map[key]bool, len(filters))
+		for _, f := range filters {
+			want[key{f.Proto, netip.AddrPortFrom(f.Addr.Unmap(), f.Port)}] = true
+		}
+		_, err := conntrack.Scan(ns, conntrack.Filter{}, func(h conntrack.Head, decode func() (conntrack.Flow, error)) error {
+			if !want[key{h.Proto, h.Orig.Dst}] && !want[key{h.Proto, netip.AddrPortFrom(h.Orig.Dst.Addr(), 0)}] {
+				return nil
 			}
-			return nil
+			return c.add(h, decode)
 		})
-		if err != nil {
+		return c, err
+	}
+	for _, f := range filters {
+		if _, err := conntrack.Scan(ns, f, c.add); err != nil {
 			return c, err
 		}
 	}

@@ -301,7 +301,7 @@ func TestInterruptRule(t *testing.T) {
 		{"check drops", []string{"check", "--netns", l.LB.Name, "--vip", vip.String(), "--drops", "20s"}, "", 300 * time.Millisecond, syscall.SIGINT,
 			[]int{0, 1}, []string{"drops.vip_flows", "! cut short by SIGINT after", "verdict:"}},
 		{"check drops json", []string{"check", "--netns", l.LB.Name, "--vip", vip.String(), "--drops", "20s", "-o", "json"}, "", 300 * time.Millisecond, syscall.SIGTERM,
-			[]int{0, 1}, []string{`"interrupted": true`, "the window was cut short", `"verdict"`}},
+			[]int{0, 1}, []string{`"interrupted": true`, `"id": "drops.vip_flows"`, `"verdict"`}},
 		{"check drops junit", []string{"check", "--netns", l.LB.Name, "--vip", vip.String(), "--drops", "20s", "-o", "junit"}, "", 300 * time.Millisecond, syscall.SIGINT,
 			[]int{0, 1}, []string{`<testcase classname="lbdoctor.drops" name="drops.vip_flows">`, "<system-err>cut short by SIGINT after"}},
 		{"check default window", []string{"check", "--netns", l.LB.Name, "--vip", vip.String()}, "watching", 300 * time.Millisecond, syscall.SIGINT,

@@ -131,6 +131,113 @@ func Dump(ns netns.Target, f Filter, fn func(Flow) error) (DumpStats, error) {
 	})
 }
 
+// Head is what a dump reads of every flow without decoding the whole
+// entry: protocol, both tuples, status bits and TCP state — enough to count
+// flows and to pick the few worth decoding.
+type Head struct {
+	Proto    uint8
+	Orig     Tuple
+	Reply    Tuple
+	Status   uint32 // IPS_* bits, as statusBits names them
+	TCPState uint8  // conntrack's TCP state; 0 (NONE) for other protocols
+}
+
+// Status bits Head.Has tests (enum ip_conntrack_status).
+const (
+	StatusSeenReply = 1 << 1
+	StatusAssured   = 1 << 2
+)
+
+// Has reports whether every bit of bits is set.
+func (h Head) Has(bits uint32) bool { return h.Status&bits == bits }
+
+// State names the TCP state ("" for other protocols), as Flow.State does.
+func (h Head) State() string {
+	if h.Proto != unix.IPPROTO_TCP || h.TCPState == 0 {
+		return ""
+	}
+	return TCPState(h.TCPState)
+}
+
+// Scan streams the flows of ns that match f (the zero Filter: every flow,
+// both families) to fn as Heads; decode gives the whole Flow, decoded only
+// for the flows fn asks it of. One dump, matched in user space, costs the
+// kernel one walk of the table however many VIPs a caller selects, where a
+// filtered dump per VIP walks it once each.
+func Scan(ns netns.Target, f Filter, fn func(h Head, decode func() (Flow, error)) error) (DumpStats, error) {
+	if f.Field != 0 && (!f.Addr.IsValid() || f.Field > ReplyDst) {
+		return DumpStats{}, errors.New("conntrack filter needs an address and a tuple field")
+	}
+	sock, err := openDump(ns)
+	if err != nil {
+		return DumpStats{}, err
+	}
+	defer unix.Close(sock)
+	return dumpOn(sock, ns, f, 1, func(m syscall.NetlinkMessage) error {
+		h, err := rawHead(m.Data)
+		if err != nil {
+			return fmt.Errorf("dump conntrack in %s: %w", ns, err)
+		}
+		return fn(h, func() (Flow, error) {
+			var ev ct.Event
+			nm := netlink.Message{Header: netlink.Header{Type: netlink.HeaderType(m.Header.Type), Flags: netlink.HeaderFlags(m.Header.Flags)}, Data: m.Data}
+			if err := ev.Unmarshal(nm); err != nil {
+				return Flow{}, fmt.Errorf("decode conntrack entry: %w", err)
+			}
+			return convert(ev.Flow), nil
+		})
+	})
+}
+
+// Netlink attributes of a ctnetlink entry that a Head reads.
+const (
+	ctaStatus       = 3
+	ctaProtoinfo    = 4
+	ctaProtoinfoTCP = 1
+	ctaTCPState     = 1
+)
+
+// rawHead reads a Head from a ctnetlink message in place.
+func rawHead(data []byte) (Head, error) {
+	var h Head
+	if len(data) < 4 {
+		return h, errors.New("short ctnetlink message")
+	}
+	var orig, reply rawTupleT
+	var err error
+	at := nlAttrs(data[4:])
+	for at.next() {
+		switch at.typ {
+		case ctaTupleOrig:
+			orig, err = rawTuple(at.val)
+		case ctaTupleReply:
+			reply, err = rawTuple(at.val)
+		case ctaStatus:
+			if len(at.val) == 4 {
+				h.Status = binary.BigEndian.Uint32(at.val)
+			}
+		case ctaProtoinfo:
+			for pi := nlAttrs(at.val); pi.next(); {
+				if pi.typ != ctaProtoinfoTCP {
+					continue
+				}
+				for tcp := nlAttrs(pi.val); tcp.next(); {
+					if tcp.typ == ctaTCPState && len(tcp.val) == 1 {
+						h.TCPState = tcp.val[0]
+					}
+				}
+			}
+		}
+		if err != nil {
+			return h, err
+		}
+	}
+	h.Proto = orig.proto
+	h.Orig = Tuple{netip.AddrPortFrom(orig.src.Unmap(), orig.srcPort), netip.AddrPortFrom(orig.dst.Unmap(), orig.dstPort)}
+	h.Reply = Tuple{netip.AddrPortFrom(reply.src.Unmap(), reply.srcPort), netip.AddrPortFrom(reply.dst.Unmap(), reply.dstPort)}
+	return h, at.err
+}
+
 // dumpOn runs one dump of f (the zero Filter: every flow, both families) on
 // an open ctnetlink socket and hands each matching entry, undecoded, to fn.
 func dumpOn(sock int, ns netns.Target, f Filter, seq uint32, fn func(syscall.NetlinkMessage) error) (DumpStats, error) {

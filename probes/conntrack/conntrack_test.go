@@ -2,6 +2,7 @@ package conntrack_test
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -50,7 +51,8 @@ func TestFlowsOfANATLoadBalancer(t *testing.T) {
 			if res.OK != tt.wantOK {
 				t.Fatalf("client → VIP ok = %v (%v), want %v", res.OK, res.Err, tt.wantOK)
 			}
-			flows, err := conntrack.Flows(l.LB, conntrack.Filter{Field: conntrack.OrigDst, Addr: l.VIP, Port: 8085, Proto: unix.IPPROTO_TCP})
+			toVIP := conntrack.Filter{Field: conntrack.OrigDst, Addr: l.VIP, Port: 8085, Proto: unix.IPPROTO_TCP}
+			flows, err := conntrack.Flows(l.LB, toVIP)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -59,6 +61,23 @@ func TestFlowsOfANATLoadBalancer(t *testing.T) {
 			}
 			f := flows[0]
 			t.Log(f)
+			// Scan reads the same flow's head in place, filtered or not,
+			// and decodes the whole of it on demand.
+			for _, flt := range []conntrack.Filter{toVIP, {}} {
+				var got []string
+				_, err := conntrack.Scan(l.LB, flt, func(h conntrack.Head, decode func() (conntrack.Flow, error)) error {
+					if h.Orig.Dst != vip {
+						return nil
+					}
+					d, err := decode()
+					got = append(got, fmt.Sprintf("%d %s %s %s seen_reply=%v assured=%v", d.ID, h.Orig, h.Reply, h.State(), h.Has(conntrack.StatusSeenReply), h.Has(conntrack.StatusAssured)))
+					return err
+				})
+				want := fmt.Sprintf("%d %s %s %s seen_reply=%v assured=%v", f.ID, f.Orig, f.Reply, f.State, f.HasStatus("SEEN_REPLY"), f.HasStatus("ASSURED"))
+				if err != nil || len(got) != 1 || got[0] != want {
+					t.Errorf("Scan(%+v) = %q, %v; want [%q]", flt, got, err, want)
+				}
+			}
 			if f.Orig.Src.Addr() != l.ClientIP || f.Orig.Dst != vip || f.Reply.Src != real {
 				t.Errorf("flow tuples = %s / %s, want %s → %s, reply from %s", f.Orig, f.Reply, l.ClientIP, vip, real)
 			}

@@ -56,6 +56,7 @@ type Attributor struct {
 
 	filters []conntrack.Filter // what a dump reads; the zero Filter: every flow
 	keep    func(netip.Addr) bool
+	lazy    bool // no first dump: the tables are read when asked
 
 	mu       sync.Mutex
 	cur, old map[tupleKey]*Flow
@@ -112,10 +113,24 @@ func keyOf(s, d netip.AddrPort, proto uint8) tupleKey {
 // only the conntrack flows that touch one of them (the tracer's own address
 // filter: no other drop is reported); proto narrows the first dump further.
 func NewAttributor(lb netns.Target, addrs []netip.Addr, proto uint8) *Attributor {
-	a := &Attributor{LB: lb, Interval: DefaultInterval, cur: map[tupleKey]*Flow{}, old: map[tupleKey]*Flow{}, maxKeys: MaxCacheKeys,
+	return newAttributor(lb, addrs, proto, false)
+}
+
+// newAttributor is NewAttributor; a lazy one reads the tables only when
+// asked (Prefetch, a miss): the selected flows of a window over a big LB's
+// services are its whole tables, hundreds of thousands of flows that a
+// window without a drop never needs.
+func newAttributor(lb netns.Target, addrs []netip.Addr, proto uint8, lazy bool) *Attributor {
+	a := &Attributor{lazy: lazy, LB: lb, Interval: DefaultInterval, cur: map[tupleKey]*Flow{}, old: map[tupleKey]*Flow{}, maxKeys: MaxCacheKeys,
 		progress: make(chan struct{}), errs: map[string]string{}, wake: make(chan struct{}, 1), stop: make(chan struct{})}
 	if len(addrs) > 0 {
-		a.keep = func(x netip.Addr) bool { return slices.Contains(addrs, x) }
+		// A set: the services of a big LB have thousands of addresses,
+		// and every flow of a dump is looked up.
+		set := make(map[netip.Addr]bool, len(addrs))
+		for _, x := range addrs {
+			set[x] = true
+		}
+		a.keep = func(x netip.Addr) bool { return set[x] }
 	}
 	switch {
 	case len(addrs) == 0 || len(addrs) > 2:
@@ -203,7 +218,7 @@ func (a *Attributor) attribute(ctx context.Context, p Packet, at int64) *Flow {
 		// Without events, conntrack is read by dumps (the first one is under
 		// way from the start); with them, the reader asks for a dump itself
 		// when events were lost.
-		if !ctDone && (!a.subscribed || a.dumpAt <= max(a.lostAt, a.evictedAt)) && a.dumpAt != 0 {
+		if !ctDone && (!a.subscribed || a.dumpAt <= max(a.lostAt, a.evictedAt)) && (a.dumpAt != 0 || a.lazy) {
 			a.wantDump, wake = true, true
 		}
 		if !vsDone {
@@ -294,7 +309,7 @@ func (a *Attributor) refresher(started chan<- struct{}) {
 	}
 	a.vs, _ = ipvs.OpenConns(a.LB) // without ip_vs there is no IPVS connection to attribute to
 	a.mu.Lock()
-	a.subscribed, a.wantDump, a.wantVS = sub != nil, true, a.vs != nil
+	a.subscribed, a.wantDump, a.wantVS = sub != nil, !a.lazy, a.vs != nil && !a.lazy
 	maps.Copy(a.errs, errs)
 	a.mu.Unlock()
 	close(started)

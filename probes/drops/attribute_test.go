@@ -97,3 +97,39 @@ func TestAttributeFindsEvictedFlow(t *testing.T) {
 		t.Errorf("Attribute(%s → %s, its flow in conntrack, out of the cache) = %v, want its flow via real %s", first.Src, first.Dst, f, first.Dst)
 	}
 }
+
+// A lazy attributor (a window over a big LB's whole tables) reads no table
+// until a drop asks, and then finds a flow confirmed before it started, as
+// an eager one does from its first dump.
+func TestAttributeLazy(t *testing.T) {
+	testkit.RequireRoot(t)
+	tests := []struct {
+		name        string
+		lazy        bool
+		wantBatches bool // read a table before any drop
+	}{
+		{"eager: reads the tables at once", false, true},
+		{"lazy: reads them when a drop asks", true, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := testkit.NewDropPair(t)
+			dnat := sendUDP(t, p, 5002, testkit.DNATPorts+7, p.RealB)
+			newA := drops.NewAttributor
+			if tt.lazy {
+				newA = drops.NewAttributorLazy
+			}
+			a := newA(p.B, nil, 0)
+			defer a.Close()
+			time.Sleep(300 * time.Millisecond)
+			if got := a.Batches() > 0; got != tt.wantBatches {
+				t.Errorf("before any drop, Batches() = %d, want > 0: %v", a.Batches(), tt.wantBatches)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			if f := a.Attribute(ctx, dnat, 0, 1); f == nil || f.Real != dnat.Dst {
+				t.Errorf("Attribute(UDP DNATed to %s, confirmed before the attributor) = %v, want its flow", dnat.Dst, f)
+			}
+		})
+	}
+}

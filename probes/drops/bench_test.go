@@ -1,7 +1,9 @@
 package drops_test
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -20,6 +22,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+	ct "github.com/ti-mo/conntrack"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -563,4 +566,204 @@ func reportProgramStats(b *testing.B, stats func() (*ebpf.ProgramStats, error)) 
 	b.ReportMetric(float64(st.Runtime.Nanoseconds())/float64(st.RunCount), "ns/drop")
 	b.ReportMetric(float64(st.RecursionMisses), "missed")
 	b.ReportMetric(float64(st.RunCount), "runs")
+}
+
+// BenchmarkFloodCheckWindow measures what `lbdoctor check`'s window costs
+// the traffic it watches: under one continuous flood into an nft `counter
+// drop` (every packet a drop the window's tracer matches and counts: the
+// flood goes to a DNAT VIP whose backend a conntrack flow shows), round
+// after round (LBDOCTOR_BENCH_ROUNDS, default 5) an empty BPF program on the
+// same tracepoint (the floor) and a whole `lbdoctor check --vip --watch`
+// window (LBDOCTOR_BENCH_WINDOW, default 3s; the rate is taken from its
+// tracer's attach to the window's end, and the floor's for as long) each
+// run between two slices with nothing attached. -ratio is the rate with it
+// over the mean of the rates beside it, -vs-empty the window's ratio over
+// the floor's in the same round; -ns/drop is each program's own run time
+// per drop (kernel.bpf_stats_enabled, on for the benchmark), which a loaded
+// machine's noise in the rates does not hide. lbdoctor runs on the CPUs
+// the sender does not (LBDOCTOR_BENCH_PIN=0: on any).
+//
+//	sudo go test -run '^$' -bench FloodCheckWindow -benchtime 1x ./probes/drops/
+func BenchmarkFloodCheckWindow(b *testing.B) {
+	testkit.RequireRoot(b)
+	rounds, window, slice := 5, 3*time.Second, time.Second
+	envInt(b, "LBDOCTOR_BENCH_ROUNDS", &rounds)
+	envDuration(b, "LBDOCTOR_BENCH_WINDOW", &window)
+	snd, rcv := testkit.Netns(b, "wsnd"), testkit.Netns(b, "wrcv")
+	floodPair(b, snd, rcv)
+	testkit.Run(b, rcv, "nft", "add table ip f; add chain ip f in { type filter hook input priority 0; }; add rule ip f in udp dport 9 counter drop")
+	// A flow that DNAT sent to 10.77.0.3:9: what tells check the VIP's backend.
+	vip, backend := netip.MustParseAddrPort("10.77.0.2:9"), netip.MustParseAddrPort("10.77.0.3:9")
+	err := rcv.Do(func() error {
+		c, err := ct.Dial(nil)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		f := ct.NewFlow(unix.IPPROTO_UDP, ct.StatusConfirmed|ct.StatusDstNAT|ct.StatusSeenReply, netip.MustParseAddr("10.77.0.1"), vip.Addr(), 1, vip.Port(), 600, 0)
+		f.TupleReply.IP.SourceAddress, f.TupleReply.Proto.SourcePort = backend.Addr(), backend.Port()
+		return c.Create(f)
+	})
+	if err != nil {
+		b.Fatalf("conntrack flow to %s via %s: %v", vip, backend, err)
+	}
+	bin := testkit.LbdoctorBinary(b)
+	args := []string{"check", "--netns", rcv.Name, "--vip", vip.String(), "--watch", window.String()}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var sent atomic.Uint64
+	done := make(chan error, 1)
+	go func() { done <- floodUntil(snd, ctx, &sent) }()
+	rate := func(d time.Duration) float64 {
+		t0, n0 := time.Now(), sent.Load()
+		time.Sleep(d)
+		return float64(sent.Load()-n0) / time.Since(t0).Seconds()
+	}
+	// lbdoctor runs off the sender's CPU (the last; LBDOCTOR_BENCH_PIN=0:
+	// anywhere): what it costs the traffic is its tracer's work per packet,
+	// not its reads and attribution taking turns with the sender on the
+	// same CPU of a small machine.
+	pin := ""
+	if n := runtime.NumCPU(); n > 1 && os.Getenv("LBDOCTOR_BENCH_PIN") != "0" {
+		pin = fmt.Sprintf("0-%d", n-2)
+	}
+	old, err := os.ReadFile("/proc/sys/kernel/bpf_stats_enabled")
+	if err != nil {
+		b.Fatal(err)
+	}
+	os.WriteFile("/proc/sys/kernel/bpf_stats_enabled", []byte("1"), 0o644)
+	defer os.WriteFile("/proc/sys/kernel/bpf_stats_enabled", old, 0o644)
+	floor := newNopTracer(b)
+	var empties, checks, vs, checkNs, emptyNs []float64
+	off := rate(slice)
+	for r := 0; r < rounds; r++ {
+		// check's window: measured from its tracer's attach to the
+		// window's end (its "watching … for W" line plus W), not while it
+		// reads the namespace before or judges after (CPU a 2-core
+		// machine's sender competes with, not a cost per packet).
+		cmd := exec.Command(bin, args...)
+		if pin != "" {
+			cmd = exec.Command("taskset", append([]string{"-c", pin, bin}, args...)...) // execs bin: same pid
+		}
+		var out strings.Builder
+		cmd.Stdout = &out
+		stderr, err := cmd.StderrPipe()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		opened := make(chan time.Time, 1)
+		var errb strings.Builder
+		readDone := make(chan struct{})
+		go func() {
+			defer close(readDone)
+			sc := bufio.NewScanner(stderr)
+			for sc.Scan() {
+				if strings.HasPrefix(sc.Text(), "watching ") {
+					opened <- time.Now()
+				}
+				errb.WriteString(sc.Text() + "\n")
+			}
+		}()
+		started := time.Now()
+		for name := drops.ProgramName(cmd.Process.Pid); len(testkit.LoadedPrograms(name)) == 0; time.Sleep(5 * time.Millisecond) {
+			if time.Since(started) > time.Minute {
+				cmd.Process.Kill()
+				b.Fatalf("lbdoctor %v: no tracer after a minute", args)
+			}
+		}
+		var end time.Time
+		select {
+		case t := <-opened:
+			end = t.Add(window - 50*time.Millisecond)
+		case <-time.After(time.Minute):
+			cmd.Process.Kill()
+			b.Fatalf("lbdoctor %v: no \"watching\" line", args)
+		}
+		// Until the window's end, or until its tracer stops running
+		// (detached: the window ended earlier, counted from its first read):
+		// its program, held open, counts its runs only while attached.
+		ids := testkit.LoadedPrograms(drops.ProgramName(cmd.Process.Pid))
+		if len(ids) == 0 {
+			b.Fatalf("lbdoctor %v: its tracer is gone", args)
+		}
+		prog, err := ebpf.NewProgramFromID(ids[0])
+		if err != nil {
+			b.Fatal(err)
+		}
+		st0, err := prog.Stats()
+		if err != nil {
+			b.Fatal(err)
+		}
+		t0, n0 := time.Now(), sent.Load()
+		last, t1, n1 := st0, t0, n0
+		for time.Now().Before(end) {
+			time.Sleep(100 * time.Millisecond)
+			st, err := prog.Stats()
+			if err != nil || st.RunCount == last.RunCount {
+				break
+			}
+			last, t1, n1 = st, time.Now(), sent.Load()
+		}
+		prog.Close()
+		d := t1.Sub(t0)
+		if d < 200*time.Millisecond {
+			// A loaded machine: the tracer came too late to measure.
+			b.Logf("round %d: lbdoctor's tracer ran %s of its window: not measured", r, d.Round(time.Millisecond))
+			cmd.Wait()
+			<-readDone
+			off = rate(slice)
+			continue
+		}
+		on := float64(n1-n0) / d.Seconds()
+		checkNs = append(checkNs, float64((last.Runtime-st0.Runtime).Nanoseconds())/float64(last.RunCount-st0.RunCount))
+		err = cmd.Wait()
+		<-readDone
+		var ee *exec.ExitError
+		if err != nil && !(errors.As(err, &ee) && ee.ExitCode() == 1) {
+			b.Fatalf("lbdoctor %v: %v\n%s", args, err, errb.String())
+		}
+		if !strings.Contains(out.String(), "drops.vip_flows") || !strings.Contains(out.String(), "NETFILTER_DROP") {
+			b.Fatalf("lbdoctor %v saw no NETFILTER_DROP of the flood in drops.vip_flows:\n%s\n%s", args, out.String(), errb.String())
+		}
+		next := rate(slice)
+		win := on / ((off + next) / 2)
+		off = next
+
+		// The floor for as long.
+		st0, err = floor.prog.Stats()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := floor.Start(); err != nil {
+			b.Fatal(err)
+		}
+		on = rate(d)
+		if err := floor.Stop(); err != nil {
+			b.Fatal(err)
+		}
+		if st1, err := floor.prog.Stats(); err == nil && st1.RunCount > st0.RunCount {
+			emptyNs = append(emptyNs, float64((st1.Runtime-st0.Runtime).Nanoseconds())/float64(st1.RunCount-st0.RunCount))
+		}
+		next = rate(slice)
+		empty := on / ((off + next) / 2)
+		off = next
+		empties, checks, vs = append(empties, empty), append(checks, win), append(vs, win/empty)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+	if len(checks) == 0 {
+		b.Fatalf("no round measured: lbdoctor's tracer attached after its window's end every time; want a longer LBDOCTOR_BENCH_WINDOW than %s", window)
+	}
+	b.ReportMetric(median(empties), "empty_bpf_program-ratio")
+	b.ReportMetric(median(checks), "check_window-ratio")
+	b.ReportMetric(median(vs), "check_window-vs-empty")
+	b.ReportMetric(median(checkNs), "check_window-ns/drop")
+	b.ReportMetric(median(emptyNs), "empty_bpf_program-ns/drop")
+	b.Logf("lbdoctor on CPUs %q; per round: empty BPF program %.3f (%.0f ns/drop), check window %.3f (%.0f ns/drop), window/empty %.3f", pin, empties, emptyNs, checks, checkNs, vs)
 }

@@ -1,8 +1,10 @@
 package drops
 
 import (
+	"net/netip"
 	"time"
 
+	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/probes/kernel"
 )
 
@@ -29,4 +31,9 @@ func SetBounds(a *Attributor, keys int, interval time.Duration) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.maxKeys, a.Interval = keys, interval
+}
+
+// NewAttributorLazy is NewAttributor reading the tables only when asked.
+func NewAttributorLazy(lb netns.Target, addrs []netip.Addr, proto uint8) *Attributor {
+	return newAttributor(lb, addrs, proto, true)
 }

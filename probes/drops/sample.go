@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -123,7 +124,12 @@ wait:
 func (t *Tracer) Sample(n *Namer, window time.Duration) (*Sample, error) {
 	t.Stop()
 	end := monotonicNow()
-	n.attr.Prefetch() // the dump runs while the map is read
+	// Nothing counted, nothing to attribute: a quiet window reads no table
+	// at its end (a busy LB's tables take seconds to read).
+	var k dropsAggKey
+	if t.coll.Maps["agg"].NextKey(nil, &k) == nil {
+		n.attr.Prefetch() // the dump runs while the map is read
+	}
 	aggs, err := t.Aggregates()
 	if err != nil {
 		return nil, err
@@ -159,7 +165,9 @@ type Namer struct {
 // Namer returns a Namer for t's drops, attributing against lb (reading only
 // the flows that touch the tracer's addresses, when it has some). Close it.
 func (t *Tracer) Namer(lb netns.Target) *Namer {
-	n := &Namer{tr: t, attr: NewAttributor(lb, t.cfg.Addrs, t.cfg.Proto), where: map[uint64]string{}}
+	// Past the kernel's filter (Select) the selected flows are the whole
+	// tables of a big LB: read them only once something was dropped.
+	n := &Namer{tr: t, attr: newAttributor(lb, slices.Concat(t.cfg.Addrs, t.cfg.Select), t.cfg.Proto, len(t.cfg.Select) > 0), where: map[uint64]string{}}
 	syms, err := LoadSymbols() // without kallsyms a location stays an address
 	t.SetHookRange(syms, err)
 	switch {

@@ -42,14 +42,18 @@ const (
 
 // Config says what to trace. Zero values mean "everything".
 type Config struct {
-	NetnsInode    uint32       // only drops in this namespace
-	Addrs         []netip.Addr // a drop matches if its source or destination is one of these
-	Ports         []uint16     // … and its source or destination port is one of these
-	Proto         uint8        // … and its protocol is this
-	IgnoreReasons []string     // reason names to leave out (e.g. NOT_SPECIFIED)
-	Events        bool         // send each drop to user space (else: aggregate only)
-	Stack         bool         // record the kernel stack of each event
-	Attach        string       // force an attach point; "" picks the best available
+	NetnsInode uint32       // only drops in this namespace
+	Addrs      []netip.Addr // a drop matches if its source or destination is one of these
+	// Select are addresses the caller selects drops by in user space, when
+	// there are more than the kernel's filter takes (MaxFilter): the
+	// attributor reads only the flows that touch them (or Addrs).
+	Select        []netip.Addr
+	Ports         []uint16 // … and its source or destination port is one of these
+	Proto         uint8    // … and its protocol is this
+	IgnoreReasons []string // reason names to leave out (e.g. NOT_SPECIFIED)
+	Events        bool     // send each drop to user space (else: aggregate only)
+	Stack         bool     // record the kernel stack of each event
+	Attach        string   // force an attach point; "" picks the best available
 	// FlowMapSize is how many (netns, reason, location, flow) keys the
 	// aggregate map holds (0: DefaultFlowMapSize). Drops of flows past it
 	// are still counted exactly by place, only not itemised per flow.

@@ -1,6 +1,7 @@
 package ipvs_test
 
 import (
+	"fmt"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -58,6 +59,25 @@ func FuzzParseConns(f *testing.F) {
 			}
 		})
 	})
+}
+
+// BenchmarkParseConns parses a table of 100,000 IPv4 connections, as a busy
+// LB's /proc/net/ip_vs_conn holds them.
+func BenchmarkParseConns(b *testing.B) {
+	var sb strings.Builder
+	sb.WriteString("Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Expires PEName PEData\n")
+	for i := 0; i < 100000; i++ {
+		fmt.Fprintf(&sb, "TCP 0A010002 %04X 0A60%02X%02X 0050 0AF4%02X%02X 1F90 ESTABLISHED     %d\n", 10000+i/1000, i%1000/250, i%250+1, i%10000/250, i%250+1, 800+i%100)
+	}
+	table := sb.String()
+	b.SetBytes(int64(len(table)))
+	b.ReportAllocs()
+	for b.Loop() {
+		n := 0
+		if err := ipvs.ParseConns(strings.NewReader(table), func(ipvs.Conn) { n++ }); err != nil || n != 100000 {
+			b.Fatalf("ParseConns() = %d conns, %v; want 100000", n, err)
+		}
+	}
 }
 
 func TestCountConns(t *testing.T) {

@@ -61,24 +61,43 @@ type ConnCount struct {
 }
 
 // CountConns tallies conns by service, real server and state, ordered by
-// VIP, real and state (one map pass: a table of 100,000 is counted once).
+// VIP, real and state.
 func CountConns(conns []Conn) []ConnCount {
-	idx := map[ConnCount]int{}
-	var out []ConnCount
-	for _, c := range conns {
-		k := ConnCount{Proto: c.Proto, VIP: c.VIP, Dest: c.Dest, State: c.State}
-		i, ok := idx[k]
-		if !ok {
-			i = len(out)
-			idx[k] = i
-			out = append(out, k)
-		}
-		out[i].Count++
+	var c ConnCounter
+	for _, x := range conns {
+		c.Add(x)
 	}
-	slices.SortFunc(out, func(a, b ConnCount) int {
+	return c.Counts()
+}
+
+// ConnCounter tallies connections as a table is read, so that a table of
+// 100,000 is counted without being kept. The zero value is ready.
+type ConnCounter struct {
+	idx map[ConnCount]int
+	out []ConnCount
+}
+
+// Add counts one connection.
+func (c *ConnCounter) Add(x Conn) {
+	if c.idx == nil {
+		c.idx = map[ConnCount]int{}
+	}
+	k := ConnCount{Proto: x.Proto, VIP: x.VIP, Dest: x.Dest, State: x.State}
+	i, ok := c.idx[k]
+	if !ok {
+		i = len(c.out)
+		c.idx[k] = i
+		c.out = append(c.out, k)
+	}
+	c.out[i].Count++
+}
+
+// Counts returns the tallies, ordered by VIP, protocol, real and state.
+func (c *ConnCounter) Counts() []ConnCount {
+	slices.SortFunc(c.out, func(a, b ConnCount) int {
 		return cmp.Or(a.VIP.Compare(b.VIP), strings.Compare(a.Proto, b.Proto), a.Dest.Compare(b.Dest), strings.Compare(a.State, b.State))
 	})
-	return out
+	return c.out
 }
 
 // Timeouts are IPVS's idle timeouts (ipvsadm --set), in seconds.

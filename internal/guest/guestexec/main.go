@@ -8,7 +8,8 @@
 // `guestexec -prepare` builds the cached image ahead of time.
 //
 // LBDOCTOR_GUEST_FILES=host:guest[,host:guest] adds files to the guest (the
-// Makefile adds bin/lbdoctor); LBDOCTOR_GUEST_TIMEOUT overrides the 15 min limit.
+// Makefile adds bin/lbdoctor); LBDOCTOR_GUEST_TIMEOUT overrides the 15 min limit,
+// LBDOCTOR_GUEST_MEMORY the guest's memory (qemu -m, e.g. 1G; default 512M).
 package main
 
 import (
@@ -86,6 +87,7 @@ func run() int {
 		}
 		r.Timeout = d
 	}
+	r.Memory = os.Getenv("LBDOCTOR_GUEST_MEMORY") // a scale benchmark's tables need more
 	for _, kv := range os.Environ() {
 		k, v, _ := strings.Cut(kv, "=")
 		if k == "CI" || k == "GOTRACEBACK" || (strings.HasPrefix(k, "LBDOCTOR_") && !strings.HasPrefix(k, "LBDOCTOR_GUEST")) {
