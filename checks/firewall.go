@@ -67,17 +67,9 @@ func (h *filterHit) key() string {
 // protocol and ports only), confirmed by the window's netfilter drops joined
 // to a rule or policy of their hook.
 func checkFirewall(s *probes.Snapshot, sel probes.Selector) Finding {
-	if !s.IPVS.Available {
-		return skip("IPVS is not available (see kernel.ipvs)")
-	}
-	var svcs []ipvs.Service
-	for _, svc := range selected(s, sel) {
-		if svc.FWMark == 0 {
-			svcs = append(svcs, svc)
-		}
-	}
-	if len(svcs) == 0 {
-		return skip("no IPVS service selected in " + s.Target.String())
+	svcs, why := addressed(s, sel)
+	if why != "" {
+		return skip(why)
 	}
 	read := false
 	for _, b := range s.Rules.Backends {

@@ -169,17 +169,9 @@ func (w realWindow) facts(s *probes.Snapshot, svc ipvs.Service, r ipvs.Real) []E
 // out. Judged from the window's active probes; weight-0 reals take no new
 // connections and are not judged.
 func checkRealHealth(s *probes.Snapshot, sel probes.Selector) Finding {
-	if !s.IPVS.Available {
-		return skip("IPVS is not available (see kernel.ipvs)")
-	}
-	var svcs []ipvs.Service
-	for _, svc := range selected(s, sel) {
-		if svc.FWMark == 0 {
-			svcs = append(svcs, svc)
-		}
-	}
-	if len(svcs) == 0 {
-		return skip("no IPVS service in " + s.Target.String())
+	svcs, why := addressed(s, sel)
+	if why != "" {
+		return skip(why)
 	}
 	if s.Window == nil {
 		return skip("the real servers were not probed: a static snapshot (--watch 0) has no window to probe them in")

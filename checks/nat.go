@@ -309,6 +309,24 @@ func selected(s *probes.Snapshot, sel probes.Selector) []ipvs.Service {
 	return out
 }
 
+// addressed returns the selected services that have an address (not
+// fwmark ones), or why a check about them cannot run.
+func addressed(s *probes.Snapshot, sel probes.Selector) ([]ipvs.Service, string) {
+	if !s.IPVS.Available {
+		return nil, "IPVS is not available (see kernel.ipvs)"
+	}
+	var svcs []ipvs.Service
+	for _, svc := range selected(s, sel) {
+		if svc.FWMark == 0 {
+			svcs = append(svcs, svc)
+		}
+	}
+	if len(svcs) == 0 {
+		return nil, "no IPVS service selected in " + s.Target.String()
+	}
+	return svcs, ""
+}
+
 // masqueraded returns the selected masquerade services, or why a check
 // about them cannot run.
 func masqueraded(s *probes.Snapshot, sel probes.Selector) ([]ipvs.Service, string) {
