@@ -22,21 +22,9 @@ import (
 // the client tries the VIP throughout.
 func checkUnderTraffic(t *testing.T, l *lab.Lab, vip netip.AddrPort) (*report.Report, int) {
 	t.Helper()
-	stop, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-				lab.Probe(context.Background(), l.Client, vip, 500*time.Millisecond)
-			}
-		}
-	}()
-	r, code := runBinary(t, "check", "--netns", l.LB.Name, "--vip", vip.String(), "-o", "json")
-	close(stop)
-	<-done
+	var r *report.Report
+	var code int
+	withTraffic(l, vip, func() { r, code = runBinary(t, "check", "--netns", l.LB.Name, "--vip", vip.String(), "-o", "json") })
 	return r, code
 }
 
