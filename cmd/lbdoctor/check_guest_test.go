@@ -85,7 +85,9 @@ func TestGuestCheckFollowsTheSysctls(t *testing.T) {
 	l := testkit.Lab(t, lab.OneArm)
 	vip := netip.AddrPortFrom(l.VIP, 8085)
 	testkit.IPVSMasq(t, l.LB, vip, netip.AddrPortFrom(l.RealIP, 8085))
-	args := []string{"check", "--netns", l.LB.Name, "-o", "json"}
+	// Static judgments (the lab's real serves nothing here: a window's
+	// probe would rightly fail ipvs.real_health).
+	args := []string{"check", "--watch", "0", "--netns", l.LB.Name, "-o", "json"}
 
 	steps := []struct {
 		name            string
@@ -120,12 +122,12 @@ func TestGuestCheckFollowsTheSysctls(t *testing.T) {
 	}
 
 	// The same question for one service, and for a service that is not there.
-	r, code := runBinary(t, "check", "--netns", l.LB.Name, "--vip", vip.String(), "-o", "json")
+	r, code := runBinary(t, "check", "--watch", "0", "--netns", l.LB.Name, "--vip", vip.String(), "-o", "json")
 	// (all four pass now: the -m ipvs MASQUERADE rule and vs.conntrack=1 are in place)
 	if code != 0 || statusOf(t, r, "kernel.ipvs") != "pass" {
 		t.Errorf("check --vip %s = exit %d, kernel.ipvs %s; want 0, pass", vip, code, statusOf(t, r, "kernel.ipvs"))
 	}
-	r, code = runBinary(t, "check", "--netns", l.LB.Name, "--vip", "10.1.0.7:80", "-o", "json")
+	r, code = runBinary(t, "check", "--watch", "0", "--netns", l.LB.Name, "--vip", "10.1.0.7:80", "-o", "json")
 	if code != 1 || statusOf(t, r, "kernel.ipvs") != "fail" {
 		t.Errorf("check --vip 10.1.0.7:80 = exit %d, kernel.ipvs %s; want 1, fail", code, statusOf(t, r, "kernel.ipvs"))
 	}
@@ -166,10 +168,12 @@ func TestGuestCheckDrops(t *testing.T) {
 	}
 	f := check()
 	ev := fmt.Sprint(f.Evidence)
-	if f.Status != "fail" || !strings.Contains(f.Title, "IP_INADDRERRORS at ip_error") ||
+	// sysctl.ip_forward fails for these drops: drops.vip_flows names
+	// them, points at that cause, and warns (one fault, one failing id).
+	if f.Status != "warn" || !strings.Contains(f.Title, "IP_INADDRERRORS at ip_error") || !strings.Contains(f.Title, "the cause: sysctl.ip_forward") ||
 		!strings.Contains(ev, "× IP_INADDRERRORS at ip_error+") || !strings.Contains(ev, "reply packets of") ||
 		!strings.Contains(ev, "to VIP "+vip.String()+" via real "+l.RealIP.String()) || !strings.Contains(strings.Join(f.Fix, "\n"), "net.ipv4.ip_forward=1") {
-		t.Errorf("drops.vip_flows = %s %q\n  evidence %s\n  fix %q\nwant a fail naming IP_INADDRERRORS at ip_error, the replies of the VIP flow, and the ip_forward fix", f.Status, f.Title, ev, f.Fix)
+		t.Errorf("drops.vip_flows = %s %q\n  evidence %s\n  fix %q\nwant a warn naming IP_INADDRERRORS at ip_error, its cause sysctl.ip_forward, the replies of the VIP flow, and the ip_forward fix", f.Status, f.Title, ev, f.Fix)
 	}
 	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
 	if f := check(); f.Status != "pass" {

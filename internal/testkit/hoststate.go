@@ -45,7 +45,16 @@ func HostState(t testing.TB, ns netns.Target) string {
 	for _, r := range rs {
 		b.WriteString(r.Table + " " + r.Chain + " " + r.Spec + "\n")
 	}
-	b.WriteString("== ip -o addr\n" + run("ip", "-o", "addr", "show"))
+	// Addresses, not their flags and lifetimes: the kernel's own IPv6
+	// link-local address leaves "tentative" (DAD) on its own.
+	b.WriteString("== ip -o addr\n")
+	for _, l := range strings.Split(run("ip", "-o", "addr", "show"), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 4 || strings.HasPrefix(f[3], "fe80:") {
+			continue
+		}
+		b.WriteString(f[1] + " " + f[2] + " " + f[3] + "\n")
+	}
 	keys := []string{"net.ipv4.ip_forward", "net.ipv4.vs.conntrack", "net.ipv4.vs.expire_nodest_conn", "net.ipv4.conf.all.send_redirects", "net.ipv4.conf.eth0.send_redirects"}
 	snap, err := sysctl.Read(ns, keys...)
 	if err != nil {
