@@ -39,10 +39,6 @@ const DefaultProbeTimeout = 500 * time.Millisecond
 // short by a signal: the interrupt rule gives a command 200 ms in all.
 const lastReadBudget = 90 * time.Millisecond
 
-// tracerGrace is how long after the last read the drop tracer may still
-// take to hand over its sample (it names its drops while the read runs).
-const tracerGrace = 500 * time.Millisecond
-
 // ErrInterrupted is returned when ctx ended before the first read finished:
 // nothing was measured.
 var ErrInterrupted = errors.New("interrupted before anything was measured")
@@ -220,26 +216,11 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 		defer c()
 	}
 	var last *probes.Snapshot
-	var readOK bool
-	lastDone := make(chan struct{})
-	go func() {
-		readOK = Measure(rctx, func() { last = probes.Gather(ns, sel, probes.Options{}) })
-		close(lastDone)
-	}()
-	// A tracer still loading (kallsyms, BTF, the verifier on a slow host)
-	// must not hold the window: it gets until the last read is done and
-	// tracerGrace more, then its layer is a skip.
-	late := make(chan struct{})
-	go func() {
-		<-lastDone
-		time.Sleep(tracerGrace)
-		close(late)
-	}()
+	read := make(chan bool, 1)
+	go func() { read <- Measure(rctx, func() { last = probes.Gather(ns, sel, probes.Options{}) }) }()
 	wg.Wait()
 	if traced != nil {
 		select {
-		case <-late:
-			before.Errors[probes.ProbeDrops] = "the tracer was still loading or being read when the window ended: no drop counted"
 		case ds := <-traced:
 			before.Drops = ds.Drops
 			if e, ok := ds.Errors[probes.ProbeDrops]; ok {
@@ -255,8 +236,7 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 	<-featuresDone // done by now unless the machine is very slow
 	before.Features = feats
 	after := before
-	<-lastDone
-	if readOK {
+	if <-read {
 		after = last
 		after.Features = before.Features
 		after.Drops = before.Drops
