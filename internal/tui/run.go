@@ -1,0 +1,142 @@
+package tui
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+
+	tea "github.com/charmbracelet/bubbletea"
+
+	"github.com/lbdoctor/lbdoctor/checks"
+	"github.com/lbdoctor/lbdoctor/window"
+)
+
+// Defaults of `lbdoctor tui`: a window every 2 s (k9s refreshes every 2 s;
+// IPVS folds its counters every 2 s), a frame every 250 ms within it.
+const (
+	DefaultLength = 2 * time.Second
+	DefaultEvery  = 250 * time.Millisecond
+)
+
+// retryAfter is the pause after a window that failed, before the next.
+const retryAfter = time.Second
+
+// Config is a whole TUI: the model's options and the terminal.
+type Config struct {
+	Options
+	In  io.Reader
+	Out io.Writer
+	// ProgramOptions are added to the program's (tests: a fixed size).
+	ProgramOptions []tea.ProgramOption
+}
+
+// Run shows the TUI until the user quits (nil) or ctx ends (ctx's cause).
+// A feeder goroutine runs the windows; the program hears from it through
+// Send, a frame every Every and a snapshot per window: a few messages a
+// second whatever the drop rate. On the way out the running window is cut
+// short and waited for, so that its tracer is detached before Run returns.
+func Run(ctx context.Context, cfg Config) error {
+	if cfg.Length <= 0 {
+		cfg.Length = DefaultLength
+	}
+	if cfg.Every <= 0 {
+		cfg.Every = DefaultEvery
+	}
+	cfg.Control = make(chan Control, 1)
+	opts := append([]tea.ProgramOption{tea.WithContext(ctx), tea.WithInput(cfg.In), tea.WithOutput(cfg.Out),
+		tea.WithAltScreen(), tea.WithoutSignalHandler()}, cfg.ProgramOptions...)
+	p := tea.NewProgram(New(cfg.Options), opts...)
+	fctx, stop := context.WithCancel(ctx)
+	fed := make(chan struct{})
+	go func() {
+		defer close(fed)
+		Feed(fctx, cfg.Options, cfg.Control, p.Send)
+	}()
+	_, err := p.Run()
+	stop()
+	<-fed
+	if errors.Is(err, tea.ErrProgramKilled) && ctx.Err() != nil {
+		return context.Cause(ctx)
+	}
+	return err
+}
+
+// Feed runs windows on what the program asks through ctl (nothing until
+// its first ask) and sends what they saw until ctx ends. A new ask cuts
+// the running window short and throws it away; a pause stops the windows.
+// Each window is window.Run with the drop tracer in aggregate mode and the
+// reals probed; send is called from here and from the window's frame
+// goroutine, a few times a second in all.
+func Feed(ctx context.Context, opt Options, ctl <-chan Control, send func(tea.Msg)) {
+	var c Control
+	seq := 0
+	select {
+	case c = <-ctl:
+	case <-ctx.Done():
+		return
+	}
+	for {
+		if c.Paused {
+			select {
+			case c = <-ctl:
+				continue
+			case <-ctx.Done():
+				return
+			}
+		}
+		gen := c.Gen
+		started := time.Now()
+		seq++
+		seq := seq
+		wctx, cancel := context.WithCancel(ctx)
+		done := make(chan WindowMsg, 1)
+		go func(c Control) {
+			wo := window.Options{Length: opt.Length, Drops: true, Probe: true, Every: opt.Every,
+				Opened:   func(d time.Duration) { send(OpenedMsg{Gen: gen, Seq: seq, Length: d}) },
+				Progress: func(p window.Progress) { send(FrameMsg{Gen: gen, Seq: seq, Progress: p}) }}
+			snap, err := window.Run(wctx, c.Target.Netns, c.Target.Sel, wo)
+			if err != nil {
+				done <- WindowMsg{Gen: gen, Seq: seq, Err: err}
+				return
+			}
+			done <- WindowMsg{Gen: gen, Seq: seq, Snap: snap, Findings: checks.Run(snap, c.Target.Sel)}
+		}(c)
+		var msg WindowMsg
+		select {
+		case msg = <-done:
+		case nc := <-ctl:
+			cancel()
+			<-done
+			c = nc
+			continue
+		case <-ctx.Done():
+			cancel()
+			<-done
+			return
+		}
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		send(msg)
+		// A window that ended early (nothing to watch) or failed is not
+		// run again at once: windows start at most once a Length.
+		wait := time.Until(started.Add(opt.Length))
+		if msg.Err != nil {
+			wait = max(wait, retryAfter)
+		}
+		if wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case nc := <-ctl:
+				c = nc
+			case <-ctx.Done():
+				t.Stop()
+				return
+			}
+			t.Stop()
+		}
+	}
+}
