@@ -99,10 +99,19 @@ func (e Export) WriteFiles(name string) ([]string, error) {
 var errNotRegular = errors.New("not a regular file: not overwritten")
 
 // writeRegular writes data to path, created 0600, refusing anything but a
-// regular file: O_NOFOLLOW refuses a symbolic link, O_NONBLOCK keeps a FIFO
-// from holding the open, and the opened file is checked before it is
-// truncated.
+// regular file, by its lstat and then (what was opened may have been
+// replaced since) by the opened file's: O_NOFOLLOW refuses a symbolic
+// link, O_NONBLOCK keeps a FIFO from holding the open, and nothing is
+// truncated before the check.
 func writeRegular(path string, data []byte) error {
+	// Refused before it is opened: opening a device may act on it, and a
+	// FIFO with no reader does not open at all (ENXIO).
+	if st, err := os.Lstat(path); err == nil && !st.Mode().IsRegular() {
+		if st.Mode()&os.ModeSymlink != 0 {
+			return fmt.Errorf("%s: a symbolic link, %w", path, errNotRegular)
+		}
+		return fmt.Errorf("%s: %w", path, errNotRegular)
+	}
 	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0o600)
 	if errors.Is(err, unix.ELOOP) {
 		return fmt.Errorf("%s: a symbolic link, %w", path, errNotRegular)

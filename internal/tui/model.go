@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/charmbracelet/bubbles/cursor"
 	"github.com/charmbracelet/bubbles/textinput"
 	tea "github.com/charmbracelet/bubbletea"
 
@@ -154,6 +155,9 @@ func New(opt Options) Model {
 	in := textinput.New()
 	in.Prompt = ""
 	in.CharLimit = 256
+	// A cursor that does not blink: a blink is a message and a render
+	// every half second.
+	in.Cursor.SetMode(cursor.CursorStatic)
 	return Model{opt: opt, target: opt.Target, input: in, width: 80, height: 24}
 }
 

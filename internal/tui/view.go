@@ -276,6 +276,23 @@ func wrap(l line, w int, indent string) []line {
 	if len(cur) > 0 || len(out) == 0 {
 		out = append(out, cur)
 	}
+	for i := range out {
+		out[i] = merge(out[i])
+	}
+	return out
+}
+
+// merge joins neighbouring spans of one tone: one escape sequence per run
+// of a colour, not per word.
+func merge(l line) line {
+	var out line
+	for _, s := range l {
+		if n := len(out); n > 0 && out[n-1].tone == s.tone {
+			out[n-1].text += s.text
+			continue
+		}
+		out = append(out, s)
+	}
 	return out
 }
 
