@@ -38,7 +38,7 @@ func (m Model) Export() Export {
 			fmt.Fprintf(&b, " (filter /%s)", m.filter)
 		}
 		fmt.Fprintln(&b)
-		if h := m.paneHeader(p); h != nil {
+		for _, h := range m.paneHeader(p) {
 			fmt.Fprintln(&b, h.String())
 		}
 		for _, r := range m.rows(p) {

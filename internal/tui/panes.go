@@ -12,6 +12,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/checks"
 	"github.com/lbdoctor/lbdoctor/flowpath"
 	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/health"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 )
@@ -93,9 +94,9 @@ func (m Model) rows(p Pane) []row {
 	return kept
 }
 
-// paneHeader is the line above a pane's rows that never scrolls away: the
+// paneHeader is the lines above a pane's rows that never scroll away: the
 // drops' lost and missed counts, the flow tables' totals.
-func (m Model) paneHeader(p Pane) line {
+func (m Model) paneHeader(p Pane) []line {
 	switch p {
 	case Findings:
 		if len(m.findings) == 0 {
@@ -105,10 +106,10 @@ func (m Model) paneHeader(p Pane) line {
 		for _, f := range m.findings {
 			r[f.Status]++
 		}
-		return line{{fmt.Sprintf("verdict %s: ", checks.Verdict(m.findings)), plain},
+		return []line{{{fmt.Sprintf("verdict %s: ", checks.Verdict(m.findings)), plain},
 			{fmt.Sprintf("%d fail", r[checks.Fail]), toneIf(r[checks.Fail] > 0, bad)},
 			{fmt.Sprintf(", %d warn", r[checks.Warn]), toneIf(r[checks.Warn] > 0, warn)},
-			{fmt.Sprintf(", %d pass, %d skipped", r[checks.Pass], r[checks.Skip]), plain}}
+			{fmt.Sprintf(", %d pass, %d skipped", r[checks.Pass], r[checks.Skip]), plain}}}
 	case Drops:
 		return m.dropHeader()
 	case Flows:
@@ -116,15 +117,15 @@ func (m Model) paneHeader(p Pane) line {
 			return nil
 		}
 		s := m.snap
-		return text(fmt.Sprintf("IPVS %d connection(s) (%d listed), conntrack %d flow(s) of %s (%d listed)",
-			len(s.IPVS.Conns)+s.IPVS.ConnsOmitted, len(s.IPVS.Conns), s.Conntrack.Total(), orAll(s.Conntrack.Selector), len(s.Conntrack.Flows)), dim)
+		return []line{text(fmt.Sprintf("IPVS %d connection(s) (%d listed), conntrack %d flow(s) of %s (%d listed)",
+			len(s.IPVS.Conns)+s.IPVS.ConnsOmitted, len(s.IPVS.Conns), s.Conntrack.Total(), orAll(s.Conntrack.Selector), len(s.Conntrack.Flows)), dim)}
 	case Reals:
 		if m.snap != nil && m.snap.Window != nil && m.snap.Window.HealthLeftOut > 0 {
-			return text(fmt.Sprintf("%d real(s) not probed (at most %d a window)", m.snap.Window.HealthLeftOut, health.MaxTargets), warn)
+			return []line{text(fmt.Sprintf("%d real(s) not probed (at most %d a window)", m.snap.Window.HealthLeftOut, health.MaxTargets), warn)}
 		}
 	case Rules:
 		if m.snap != nil && m.snap.Window != nil {
-			return text(fmt.Sprintf("rules and policies whose counters moved in the last window (%s)", round(m.snap.Window.Deltas.Window)), dim)
+			return []line{text(fmt.Sprintf("rules and policies whose counters moved in the last window (%s)", round(m.snap.Window.Deltas.Window)), dim)}
 		}
 	}
 	return nil
@@ -163,32 +164,46 @@ func pad(s string, n int) string {
 	return s + strings.Repeat(" ", max(0, n-ansi.StringWidth(s)))
 }
 
-// dropHeader always says what the tracer could not count in detail.
-func (m Model) dropHeader() line {
+// dropHeader always says what the tracer could not count in detail: the
+// running window's counts so far, and the last window's.
+func (m Model) dropHeader() []line {
 	if m.snap == nil && m.frame == nil {
 		return nil
 	}
 	if m.snap != nil && m.snap.Window != nil {
 		if why, ok := m.snap.Window.Skipped[probes.LayerDrops]; ok && (m.frame == nil || m.frame.Drops == nil) {
-			return text("drops not traced: "+why, warn)
+			return []line{text("drops not traced: "+why, warn)}
 		}
 	}
-	var l line
+	var out []line
+	counts := func(c drops.Counters) span {
+		return span{fmt.Sprintf(" · lost %d · missed %d · not itemised %d", c.Lost(), c.Missed, c.NotItemised), toneIf(c.Lost()+c.Missed > 0, warn)}
+	}
 	if m.frame != nil && m.frame.Drops != nil {
-		c := m.frame.Drops
-		l = append(l, span{fmt.Sprintf("now: %d matched in %s", c.Matched, round(m.frame.Elapsed)), plain},
-			span{fmt.Sprintf(", lost %d, missed %d, not itemised %d", c.Lost(), c.Missed, c.NotItemised), toneIf(c.Lost()+c.Missed > 0, warn)})
+		c := *m.frame.Drops
+		out = append(out, line{{fmt.Sprintf("now:         %d matched", c.Matched), plain}, counts(c)})
 	}
 	if m.snap != nil && m.snap.Drops != nil {
 		d := m.snap.Drops
-		if len(l) > 0 {
-			l = append(l, span{" · ", dim})
-		}
-		l = append(l, span{fmt.Sprintf("last window: %d matched in %s", d.Counters.Matched, round(d.Window)), plain},
-			span{fmt.Sprintf(", lost %d, missed %d, not itemised %d", d.Counters.Lost(), d.Counters.Missed, d.Counters.NotItemised), toneIf(d.Counters.Lost()+d.Counters.Missed > 0, warn)},
-			span{fmt.Sprintf(", %d attributed, %d not", d.Attribution.Attributed, d.Attribution.NotAttributed), plain})
+		out = append(out, line{{fmt.Sprintf("last window: %d matched in %s", d.Counters.Matched, round(d.Window)), plain}, counts(d.Counters),
+			{fmt.Sprintf(" · %d attributed, %d not", d.Attribution.Attributed, d.Attribution.NotAttributed), plain}})
 	}
-	return l
+	return out
+}
+
+// dropWindow is what the last window's drops were counted over: from the
+// tracer's attach (the sample's window), else the window's.
+func (m Model) dropWindow() time.Duration {
+	if m.snap == nil {
+		return 0
+	}
+	if m.snap.Drops != nil && m.snap.Drops.Window > 0 {
+		return m.snap.Drops.Window
+	}
+	if m.snap.Window != nil {
+		return m.snap.Window.Elapsed
+	}
+	return 0
 }
 
 func (m Model) dropRows() []row {
@@ -199,7 +214,7 @@ func (m Model) dropRows() []row {
 	var out []row
 	for i := range w.DropPoints {
 		p := &w.DropPoints[i]
-		l := line{{"✗ ", bad}, {fmt.Sprintf("%-8s %s at %s", rate(p.Count, w.Elapsed), p.Reason, p.Function), bad}}
+		l := line{{"✗ ", bad}, {fmt.Sprintf("%-8s %s at %s", rate(p.Count, m.dropWindow()), p.Reason, p.Function), bad}}
 		if p.Hook != "" {
 			l = append(l, span{" in " + p.Hook, plain})
 		}
@@ -425,7 +440,7 @@ func (m Model) pathLines() []line {
 					}
 				}
 			}
-			out = append(out, stopLine(st.Function, st.Reason, st.Hook, rate(st.Count, p.Window), m.why(st.Reason, st.Function, cause)))
+			out = append(out, stopLine(st.Function, st.Reason, st.Hook, rate(st.Count, m.dropWindow()), m.why(st.Reason, st.Function, cause)))
 		}
 	}
 	if w.PathsOmitted > 0 {
@@ -441,7 +456,7 @@ func (m Model) pathLines() []line {
 		}
 		out = append(out, text(describeTarget(m.target)+": "+why, dim))
 		for _, p := range w.DropPoints {
-			out = append(out, stopLine(p.Function, p.Reason, p.Hook, rate(p.Count, w.Elapsed), m.why(p.Reason, p.Function, p.Cause)))
+			out = append(out, stopLine(p.Function, p.Reason, p.Hook, rate(p.Count, m.dropWindow()), m.why(p.Reason, p.Function, p.Cause)))
 		}
 		if len(w.DropPoints) == 0 && m.snap.Drops != nil {
 			out = append(out, text("  ✓ no drop of the selected flows", good))

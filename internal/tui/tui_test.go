@@ -61,10 +61,10 @@ func TestGoldenScreens(t *testing.T) {
 	}{
 		{"healthy", "healthy", nil, []string{"client→VIP ✓ 6.0/s", "reply real→LB ✓ 6.0/s", "verdict warn: 0 fail"}},
 		{"healthy-reals", "healthy", []tea.Msg{keys("4")}, []string{"10.2.0.50:8085", "✓ connect 180µs"}},
-		{"seed-stage3", "seed-stage3", nil, []string{"✗ ip_error IP_INADDRERRORS 3.0/s — 10.1.0.3 not local, forwarding off", "✗ sysctl.ip_forward"}},
+		{"seed-stage3", "seed-stage3", nil, []string{"✗ ip_error IP_INADDRERRORS 2.0/s — 10.1.0.3 not local, forwarding off", "✗ sysctl.ip_forward"}},
 		{"seed-stage3-finding", "seed-stage3", []tea.Msg{tea.KeyMsg{Type: tea.KeyEnter}}, []string{"causal chain", "sysctl -w net.ipv4.ip_forward=1"}},
 		{"forward-policy-drop", "forward-policy-drop", nil, []string{"✗ nf_hook_slow NETFILTER_DROP 4.5/s in forward — iptables-nft filter FORWARD", "policy DROP, +9 packets"}},
-		{"forward-policy-drop-drops", "forward-policy-drop", []tea.Msg{keys("2")}, []string{"lost 0, missed 0", "NETFILTER_DROP at nf_hook_slow in forward"}},
+		{"forward-policy-drop-drops", "forward-policy-drop", []tea.Msg{keys("2")}, []string{"lost 0 · missed 0", "NETFILTER_DROP at nf_hook_slow in forward"}},
 		{"forward-policy-drop-rules", "forward-policy-drop", []tea.Msg{tea.KeyMsg{Type: tea.KeyTab}, tea.KeyMsg{Type: tea.KeyTab}, tea.KeyMsg{Type: tea.KeyTab}, tea.KeyMsg{Type: tea.KeyTab}}, []string{"+9", "policy DROP of iptables-nft filter FORWARD"}},
 		{"no-ipvs", "no-ipvs", nil, []string{"no IPVS: IPVS is not in this kernel", "✗ kernel.ipvs", "unavailable: "}},
 		{"help", "healthy", []tea.Msg{keys("?")}, []string{":vip ADDR:PORT", "q, ctrl+c"}},

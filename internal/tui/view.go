@@ -46,9 +46,11 @@ func (m Model) View() string {
 		out = append(out, path...)
 		out = append(out, render(fit(m.tabs(), w)))
 		rest := body - len(path) - 1
-		if hd := m.paneHeader(m.pane); hd != nil && rest > 1 {
-			out = append(out, render(fit(hd, w)))
-			rest--
+		for _, hd := range m.paneHeader(m.pane) {
+			if rest > 1 {
+				out = append(out, render(fit(hd, w)))
+				rest--
+			}
 		}
 		rows := m.rows(m.pane)
 		top := max(0, min(m.top[m.pane], len(rows)-rest))
@@ -119,8 +121,10 @@ func (m Model) paneHeight() int {
 	w := max(20, m.width)
 	body := m.bodyHeight()
 	n := body - len(m.pathBlock(w, body)) - 1
-	if m.paneHeader(m.pane) != nil && n > 1 {
-		n--
+	for range m.paneHeader(m.pane) {
+		if n > 1 {
+			n--
+		}
 	}
 	return max(1, n)
 }
