@@ -29,7 +29,7 @@ func (m Model) Export() Export {
 		fmt.Fprintln(&b, l.String())
 	}
 	fmt.Fprintln(&b, "\n== Path")
-	for _, l := range m.pathLines() {
+	for _, l := range m.paths {
 		fmt.Fprintln(&b, l.String())
 	}
 	for p := range numPanes {

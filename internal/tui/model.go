@@ -148,6 +148,11 @@ type Model struct {
 	flash string
 
 	width, height int
+
+	// What refresh built from the data above: the panes' rows and the
+	// Path pane's lines (slices replaced, never changed in place).
+	rowsOf [numPanes][]row
+	paths  []line
 }
 
 // New returns the model of a TUI watching opt.Target.
@@ -158,7 +163,9 @@ func New(opt Options) Model {
 	// A cursor that does not blink: a blink is a message and a render
 	// every half second.
 	in.Cursor.SetMode(cursor.CursorStatic)
-	return Model{opt: opt, target: opt.Target, input: in, width: 80, height: 24}
+	m := Model{opt: opt, target: opt.Target, input: in, width: 80, height: 24}
+	m.refresh()
+	return m
 }
 
 // Init asks the feeder for the first target.
@@ -203,22 +210,26 @@ func (m Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		m.frame = nil
 		if msg.Err != nil {
 			m.lastErr = msg.Err.Error()
+			m.refresh()
 			return m, nil
 		}
 		m.lastErr = ""
 		m.snap, m.findings = msg.Snap, msg.Findings
 		m.windows++
+		m.refresh()
 		m.clamp()
 		return m, nil
 	case FrameMsg:
 		if msg.Gen == m.gen && msg.Seq > m.doneSeq && !m.paused {
 			p := msg.Progress
 			m.frame = &p
+			m.refresh(Reals) // its rates are the frame's
 		}
 		return m, nil
 	case OpenedMsg:
 		if msg.Gen == m.gen && msg.Seq > m.doneSeq {
 			m.opened = true
+			m.paths = m.pathLines()
 		}
 		return m, nil
 	case retargetMsg:
@@ -231,6 +242,7 @@ func (m Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		m.snap, m.findings, m.frame, m.windows, m.doneSeq, m.lastErr, m.opened = nil, nil, nil, 0, 0, "", false
 		m.cursor, m.top = [numPanes]int{}, [numPanes]int{}
 		m.flash = "watching " + describeTarget(m.target)
+		m.refresh()
 		return m, m.control()
 	case wroteMsg:
 		if msg.err != nil {
@@ -319,6 +331,7 @@ func (m Model) key(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 		}
 	case "esc":
 		m.filter = ""
+		m.refresh()
 	case "p":
 		m.paused = !m.paused
 		m.gen++ // what the window under way sends is dropped
@@ -327,6 +340,7 @@ func (m Model) key(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 		} else {
 			m.frame, m.opened = nil, false
 		}
+		m.refresh()
 		return m, m.control()
 	}
 	m.clamp()
@@ -356,6 +370,7 @@ func (m Model) prompt(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 		case filtering:
 			m.filter = v
 			m.cursor[m.pane], m.top[m.pane] = 0, 0
+			m.refresh()
 			return m, nil
 		case writing:
 			if v == "" {
@@ -372,6 +387,7 @@ func (m Model) prompt(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 	if m.mode == filtering { // the filter applies as it is typed
 		m.filter = strings.TrimSpace(m.input.Value())
 		m.cursor[m.pane], m.top[m.pane] = 0, 0
+		m.refresh()
 	}
 	return m, cmd
 }
@@ -443,10 +459,10 @@ func (m Model) defaultFile() string {
 
 // clamp keeps each cursor on a row and the focused pane's row in view.
 func (m *Model) clamp() {
+	h := max(1, m.paneHeight())
 	for p := range numPanes {
 		n := len(m.rows(p))
 		m.cursor[p] = max(0, min(m.cursor[p], n-1))
-		h := max(1, m.paneHeight())
 		if m.cursor[p] < m.top[p] {
 			m.top[p] = m.cursor[p]
 		}

@@ -15,6 +15,8 @@ import (
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/conntrack"
+	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 )
 
 // update applies msgs in order, running the Cmds they return the way the
@@ -227,4 +229,32 @@ func TestWriteFiles(t *testing.T) {
 	if b, _ := os.ReadFile(target); string(b) != "keep" {
 		t.Errorf("the link's target was written: %q", b)
 	}
+}
+
+// BenchmarkView is the UI goroutine's cost of one screen and of one key
+// on a busy LB's window (500 IPVS connections and 500 conntrack flows
+// listed, the Flows pane focused): what a frame or a key press costs
+// between two reads of the terminal.
+//
+//	go test -run '^$' -bench View ./internal/tui/
+func BenchmarkView(b *testing.B) {
+	msg, sel := fixture(&testing.T{}, "seed-stage3")
+	s := msg.Snap
+	for i := range 500 {
+		c := netip.AddrPortFrom(netip.MustParseAddr("10.1.0.3"), uint16(30000+i))
+		s.IPVS.Conns = append(s.IPVS.Conns, ipvs.Conn{Proto: "tcp", Client: c, VIP: vip, Dest: netip.MustParseAddrPort("10.1.0.50:8085"), State: "SYN_RECV", Expires: 50})
+		s.Conntrack.Flows = append(s.Conntrack.Flows, conntrack.Flow{Proto: "tcp", Orig: conntrack.Tuple{Src: c, Dst: vip}, State: "SYN_SENT", Status: []string{"CONFIRMED"}, Timeout: 100})
+	}
+	m := update(New(Options{Target: Target{Netns: lbNetns, Sel: sel}, Length: DefaultLength, Every: DefaultEvery}), msg, keys("3"))
+	b.Run("view", func(b *testing.B) {
+		for b.Loop() {
+			_ = m.View()
+		}
+	})
+	b.Run("key", func(b *testing.B) {
+		for b.Loop() {
+			next, _ := m.Update(tea.KeyMsg{Type: tea.KeyDown})
+			_ = next.(Model).View()
+		}
+	})
 }

@@ -62,8 +62,24 @@ var statusMark = map[checks.Status]span{
 	checks.Fail: {"✗", bad}, checks.Warn: {"!", warn}, checks.Pass: {"✓", good}, checks.Skip: {"-", dim},
 }
 
-// rows are pane p's rows, filtered. Pure: it reads the model's data only.
-func (m Model) rows(p Pane) []row {
+// rows are pane p's rows, filtered, as refresh last built them.
+func (m Model) rows(p Pane) []row { return m.rowsOf[p] }
+
+// refresh rebuilds the panes' rows and the Path pane's lines from the
+// model's data: once per message that changes them, not per screen or key
+// (a busy LB lists a thousand flows).
+func (m *Model) refresh(panes ...Pane) {
+	if len(panes) == 0 {
+		panes = []Pane{Findings, Drops, Flows, Reals, Rules}
+		m.paths = m.pathLines()
+	}
+	for _, p := range panes {
+		m.rowsOf[p] = m.buildRows(p)
+	}
+}
+
+// buildRows are pane p's rows, filtered. Pure: it reads the model's data only.
+func (m Model) buildRows(p Pane) []row {
 	var out []row
 	switch p {
 	case Findings:

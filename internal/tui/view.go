@@ -97,7 +97,7 @@ func (m Model) bodyHeight() int { return max(8, m.height) - 4 }
 // pathBlock is the Path pane: its title and at most about half the body.
 func (m Model) pathBlock(w, body int) []string {
 	var ls []line
-	for _, l := range m.pathLines() {
+	for _, l := range m.paths {
 		ls = append(ls, wrap(l, w, "      ")...)
 	}
 	room := max(2, body/2-1)
