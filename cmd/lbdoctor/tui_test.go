@@ -185,3 +185,25 @@ func TestTUIShowsWherePacketsDie(t *testing.T) {
 		t.Errorf("after q, lbdoctor (pid %d) is still running", pid)
 	}
 }
+
+// Without a terminal, or with a flag it does not take, tui is a usage
+// error: one line, exit 2, nothing drawn.
+func TestTUIUsage(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no terminal", []string{"tui"}, "lbdoctor: tui needs a terminal on stdin and stdout (use check or inspect --watch for a log)\n"},
+		{"a bad VIP", []string{"tui", "--vip", "10.1.0.6"}, "lbdoctor: --vip \"10.1.0.6\": want ADDR:PORT ([ADDR]:PORT for IPv6)\n"},
+		{"-o json", []string{"tui", "-o", "json"}, "lbdoctor: --output: lbdoctor tui prints text only\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, code := testkit.RunLbdoctor(t, tt.args...)
+			if code != exitUsage || out != tt.want {
+				t.Errorf("lbdoctor %v = exit %d, %q; want exit 2, %q", tt.args, code, out, tt.want)
+			}
+		})
+	}
+}
