@@ -96,8 +96,7 @@ const (
 	command
 	filtering
 	writing
-	help
-	detail
+	detail // an opened row, or the help
 )
 
 // Options configure a Model.
@@ -264,19 +263,11 @@ func (m Model) key(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 	switch m.mode {
 	case command, filtering, writing:
 		return m.prompt(k)
-	case help:
+	case detail: // an opened row, or the help
 		switch k.String() {
 		case "q":
 			return m, tea.Quit
-		case "esc", "?", "enter":
-			m.mode = normal
-		}
-		return m, nil
-	case detail:
-		switch k.String() {
-		case "q":
-			return m, tea.Quit
-		case "esc", "enter", "backspace":
+		case "esc", "enter", "backspace", "?":
 			m.mode = normal
 		case "up", "k":
 			m.detailTop = max(0, m.detailTop-1)
@@ -297,7 +288,8 @@ func (m Model) key(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 	case "q":
 		return m, tea.Quit
 	case "?":
-		m.mode = help
+		m.detailTitle, m.detailLines, m.detailTop = "help", m.helpLines(), 0
+		m.mode = detail
 	case ":":
 		return m.startPrompt(command, "")
 	case "/":

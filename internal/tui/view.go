@@ -36,8 +36,6 @@ func (m Model) View() string {
 	out = append(out, render(fit(text(title, head), w)))
 	body := m.bodyHeight()
 	switch m.mode {
-	case help:
-		out = append(out, m.box(m.helpWrapped(), 0, body, w)...)
 	case detail:
 		ls := m.detailWrapped()
 		out = append(out, m.box(ls, max(0, min(m.detailTop, len(ls)-body)), body, w)...)
@@ -187,22 +185,9 @@ func (m Model) box(ls []line, top, n, w int) []string {
 	return out
 }
 
-// helpWrapped is the help and, under it, the whole of what is unavailable.
-func (m Model) helpWrapped() []line {
-	var out []line
-	for _, l := range helpLines() {
-		out = append(out, wrap(l, max(20, m.width), "    ")...)
-	}
-	if u := m.unavailable(); len(u) > 0 {
-		out = append(out, nil, text("unavailable", head))
-		for _, s := range u {
-			out = append(out, wrap(text("  "+s, warn), max(20, m.width), "    ")...)
-		}
-	}
-	return out
-}
-
-func helpLines() []line {
+// helpLines are the keys, and under them the whole of what is
+// unavailable (the status line shortens it).
+func (m Model) helpLines() []line {
 	keys := [][2]string{
 		{"?", "this help (esc closes it)"},
 		{":vip ADDR:PORT", "watch one service (:vip all: every service)"},
@@ -223,6 +208,12 @@ func helpLines() []line {
 	}
 	out = append(out, nil, text("Path: ✓ packets crossed the leg (rate) · 0/s nothing counted · ? no layer could tell · ✗ where packets die", dim),
 		text("The TUI only reads; fixes are commands to copy. Windows re-run the doctor's checks.", dim))
+	if u := m.unavailable(); len(u) > 0 {
+		out = append(out, nil, text("unavailable", head))
+		for _, s := range u {
+			out = append(out, text("  "+s, warn))
+		}
+	}
 	return out
 }
 
