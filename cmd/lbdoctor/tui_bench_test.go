@@ -5,15 +5,16 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
+	"os/exec"
 	"regexp"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 )
@@ -63,22 +64,135 @@ func peakRSS(t testing.TB, pid int) int64 {
 	return kb << 10
 }
 
+// ptyTUI is `lbdoctor tui` on a pseudo-terminal this test holds the
+// master of: a key is written to it and the screen's bytes are read as
+// they come, so a key's answer is timed without polling.
+type ptyTUI struct {
+	cmd    *exec.Cmd
+	master *os.File
+	mu     sync.Mutex
+	out    bytes.Buffer
+	more   chan struct{} // a read added bytes
+	done   chan struct{}
+	code   int
+}
+
+func startPTY(t testing.TB, w, h int, args ...string) *ptyTUI {
+	t.Helper()
+	master, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd := int(master.Fd())
+	if err := unix.IoctlSetPointerInt(fd, unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetInt(fd, unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.IoctlSetWinsize(fd, unix.TIOCSWINSZ, &unix.Winsize{Row: uint16(h), Col: uint16(w)}); err != nil {
+		t.Fatal(err)
+	}
+	slave, err := os.OpenFile("/dev/pts/"+strconv.Itoa(n), os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := &ptyTUI{cmd: exec.Command(testkit.LbdoctorBinary(t), append([]string{"tui"}, args...)...), master: master, more: make(chan struct{}, 1), done: make(chan struct{})}
+	x.cmd.Stdin, x.cmd.Stdout, x.cmd.Stderr = slave, slave, slave
+	x.cmd.Env = append(os.Environ(), "TERM=xterm", "NO_COLOR=1")
+	x.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	if err := x.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	slave.Close()
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := master.Read(buf)
+			x.mu.Lock()
+			x.out.Write(buf[:n])
+			x.mu.Unlock()
+			select {
+			case x.more <- struct{}{}:
+			default:
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	go func() {
+		x.cmd.Wait()
+		x.code = x.cmd.ProcessState.ExitCode()
+		close(x.done)
+	}()
+	t.Cleanup(func() { x.cmd.Process.Kill(); <-x.done; master.Close() })
+	return x
+}
+
+// mark is where the output is now: what comes after it is new.
+func (x *ptyTUI) mark() int { x.mu.Lock(); defer x.mu.Unlock(); return x.out.Len() }
+
+// waitFor waits until the output after from holds want; it says when.
+func (x *ptyTUI) waitFor(from int, want string, within time.Duration) (time.Time, bool) {
+	deadline := time.After(within)
+	for {
+		x.mu.Lock()
+		ok := bytes.Contains(x.out.Bytes()[from:], []byte(want))
+		x.mu.Unlock()
+		if ok {
+			return time.Now(), true
+		}
+		select {
+		case <-x.more:
+		case <-deadline:
+			return time.Now(), false
+		}
+	}
+}
+
+// press opens the help with ? and closes it with ? again, and says how
+// long each took to show.
+func (x *ptyTUI) press(t testing.TB) []time.Duration {
+	var out []time.Duration
+	for _, want := range []string{"this help (esc closes it)", "[2 Drops]"} {
+		from := x.mark()
+		t0 := time.Now()
+		x.master.WriteString("?")
+		at, ok := x.waitFor(from, want, 2*time.Second)
+		out = append(out, at.Sub(t0))
+		if !ok {
+			t.Errorf("? was not answered within 2s")
+		}
+	}
+	return out
+}
+
+// count is how many times sep was written after from.
+func (x *ptyTUI) count(from int, sep string) int {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return bytes.Count(x.out.Bytes()[from:], []byte(sep))
+}
+
 // BenchmarkTUIFlood floods the namespace `lbdoctor tui` watches with
 // LBDOCTOR_BENCH_RATE (50,000) drops a second of 1,024 flows (UDP to the
-// watched VIP, which nft DNATs to a port nothing listens on) for LBDOCTOR_BENCH_SECONDS (30), with the
-// TUI in a real terminal (tmux, 80×24), and reports: how long a key took
-// to show on the screen (? opens the help, ? closes it; once a second;
-// median and worst, polled every 5 ms through tmux, which adds its own
-// few ms), how often the screen was painted (the renderer's home-cursor
-// sequences in the pane's output, less the key presses'), the process's
-// peak RSS and CPU, and what the tracer counted (the Drops pane's last
-// window). Beside it, on the same flood, `lbdoctor drops --summary` with
-// the same filter: CPU, peak RSS, matched, lost, missed.
+// watched VIP, which nft DNATs to a port nothing listens on) for
+// LBDOCTOR_BENCH_SECONDS (30), with the TUI on a pseudo-terminal (80×24,
+// the Drops pane: its counts change with every frame), and reports: how
+// long a key took to be answered on the screen (? opens the help, ?
+// closes it, once a second: from the write of the key to the read of the
+// screen that shows it; median and worst), how often the screen was
+// painted (the renderer's home-cursor sequence, less the keys' paints),
+// the process's peak RSS and CPU, and what the tracer counted (the Drops
+// pane's last window). Beside it, on the same flood at the same time,
+// `lbdoctor drops --summary` with the same filter: CPU (from its tracer's
+// loading), peak RSS, matched of what was sent, lost, missed.
 //
 //	sudo go test -run '^$' -bench TUIFlood -benchtime 1x ./cmd/lbdoctor/
 func BenchmarkTUIFlood(b *testing.B) {
 	testkit.RequireRoot(b)
-	requireTmux(b)
 	rate, seconds := 50000, 30
 	if v, err := strconv.Atoi(os.Getenv("LBDOCTOR_BENCH_RATE")); err == nil && v > 0 {
 		rate = v
@@ -95,79 +209,82 @@ func BenchmarkTUIFlood(b *testing.B) {
 	vip := netip.AddrPortFrom(p.AddrB, testkit.DNATPorts)
 	floodAt(b, p, vip, 2048, 1024, time.Second)
 	for i := 0; i < b.N; i++ {
-		// The TUI.
-		x := startTUI(b, 80, 24, "--netns", p.B.Name, "--vip", vip.String())
-		out := filepath.Join(x.dir, "pane-output")
-		x.tmux("pipe-pane", "-t", "tui", "-o", "cat > "+out)
-		pid := x.pid()
-		if _, ok := x.waitFor("verdict ", 15*time.Second); !ok {
-			b.Fatalf("no window in 15s:\n%s", x.screen(false))
+		x := startPTY(b, 80, 24, "--netns", p.B.Name, "--vip", vip.String())
+		if _, ok := x.waitFor(0, "verdict ", 15*time.Second); !ok {
+			b.Fatalf("no window in 15s:\n%q", x.out.String())
 		}
-		x.keys("2") // the Drops pane: its counts change with every frame
-		paints := func() int {
-			data, _ := os.ReadFile(out)
-			return bytes.Count(data, []byte("\x1b[H"))
+		from := x.mark()
+		x.master.WriteString("2")
+		if _, ok := x.waitFor(from, "[2 Drops]", 2*time.Second); !ok {
+			b.Fatal("2 did not open the Drops pane")
 		}
+		// `lbdoctor drops --summary` with the same filter, on the same
+		// flood at the same time: side by side, under the same noise.
+		lp := startLbdoctor(b, "", "drops", "--netns", p.B.Name, "--vip", vip.String(), "--summary", "--duration", (flood + 2*time.Second).String(), "-o", "json")
+		dstart := lp.waitStart(b)
+		dcpu0 := processCPU(b, lp.cmd.Process.Pid) // its startup (BTF, kallsyms) apart
+		pid := x.cmd.Process.Pid
+		var idle []time.Duration // the same keys before the flood, beside
+		for range 5 {
+			time.Sleep(300 * time.Millisecond)
+			idle = append(idle, x.press(b)...)
+		}
+		slices.Sort(idle)
 		var sent int
 		var wg sync.WaitGroup
 		wg.Add(1)
-		cpu0, paints0, start := processCPU(b, pid), paints(), time.Now()
+		cpu0, from0, start := processCPU(b, pid), x.mark(), time.Now()
 		go func() { defer wg.Done(); sent = floodAt(b, p, vip, rate, 1024, flood) }()
 		var lat []time.Duration
 		keys := 0
 		for time.Since(start) < flood-2*time.Second {
 			time.Sleep(time.Second)
-			x.keys("?")
-			d, ok := x.waitFor("this help (esc closes it)", 2*time.Second)
-			lat = append(lat, d)
-			x.keys("?")
-			d2, ok2 := x.waitFor("[2 Drops]", 2*time.Second)
-			lat = append(lat, d2)
+			lat = append(lat, x.press(b)...)
 			keys += 2
-			if !ok || !ok2 {
-				b.Errorf("a key was not answered within 2s under the flood:\n%s", x.screen(false))
-			}
 		}
 		wg.Wait()
 		elapsed := time.Since(start)
-		cpu, painted := processCPU(b, pid)-cpu0, paints()-paints0
+		cpu, painted := processCPU(b, pid)-cpu0, x.count(from0, "\x1b[H")
 		rss := peakRSS(b, pid)
-		screen := x.screen(false)
-		b.Logf("the Drops pane after the flood:\n%s", screen)
-		x.keys("q")
-		if code, ok := x.exitCode(2 * time.Second); !ok || code != 0 {
-			b.Errorf("q after the flood: ended %v, exit %d; want exit 0", ok, code)
+		x.mu.Lock()
+		tail := x.out.String()[max(0, x.out.Len()-8000):]
+		x.mu.Unlock()
+		x.master.WriteString("q")
+		select {
+		case <-x.done:
+			if x.code != 0 {
+				b.Errorf("q after the flood: exit %d, want 0", x.code)
+			}
+		case <-time.After(2 * time.Second):
+			b.Errorf("q after the flood: still running after 2s")
 		}
 		slices.Sort(lat)
 		b.ReportMetric(float64(sent)/elapsed.Seconds(), "sent/s")
 		b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "tui-key-p50-ms")
 		b.ReportMetric(float64(lat[len(lat)-1].Microseconds())/1000, "tui-key-max-ms")
+		b.ReportMetric(float64(idle[len(idle)/2].Microseconds())/1000, "tui-key-idle-p50-ms")
 		b.ReportMetric(float64(painted-keys)/elapsed.Seconds(), "tui-paints/s")
 		b.ReportMetric(float64(rss)/(1<<20), "tui-peak-rss-MB")
 		b.ReportMetric(cpu.Seconds()/elapsed.Seconds()*100, "tui-cpu-%")
-		matched := regexp.MustCompile(`last window: (\d+) matched in ([0-9.]+)s · lost (\d+) · missed (\d+)`).FindStringSubmatch(strings.ReplaceAll(screen, "\n", " "))
-		if matched == nil {
-			b.Errorf("the Drops pane shows no last window's counts:\n%s", screen)
+		ms := regexp.MustCompile(`last window: (\d+) matched in ([0-9.]+)s · lost (\d+) · missed (\d+)`).FindAllStringSubmatch(tail, -1)
+		if ms == nil {
+			b.Errorf("the Drops pane showed no last window's counts")
 		} else {
-			n, _ := strconv.ParseFloat(matched[1], 64)
-			w, _ := strconv.ParseFloat(matched[2], 64)
+			m := ms[len(ms)-1]
+			n, _ := strconv.ParseFloat(m[1], 64)
+			w, _ := strconv.ParseFloat(m[2], 64)
 			b.ReportMetric(n/w, "tui-matched/s")
-			b.Logf("TUI: %d keys answered, median %s, worst %s; %d paints in %s (%d of them keys); last window %s matched in %ss, lost %s, missed %s",
-				keys, lat[len(lat)/2], lat[len(lat)-1], painted, elapsed.Round(time.Millisecond), keys, matched[1], matched[2], matched[3], matched[4])
+			b.Logf("TUI: %d keys answered, median %s, worst %s (before the flood: median %s, worst %s); %d paints in %s (%d of them keys); its last window: %s matched in %ss, lost %s, missed %s",
+				keys, lat[len(lat)/2], lat[len(lat)-1], idle[len(idle)/2], idle[len(idle)-1], painted, elapsed.Round(time.Millisecond), keys, m[1], m[2], m[3], m[4])
 		}
 
-		// `lbdoctor drops --summary` on the same flood.
-		lp := startLbdoctor(b, "", "drops", "--netns", p.B.Name, "--vip", vip.String(), "--summary", "--duration", flood.String(), "-o", "json")
-		lp.waitStart(b)
-		dcpu0 := processCPU(b, lp.cmd.Process.Pid) // its startup (BTF, kallsyms) apart, as the TUI's
-		sent = floodAt(b, p, vip, rate, 1024, flood)
 		lp.wait(b, flood+30*time.Second)
 		s := lp.summary(b, true)
 		ru := lp.cmd.ProcessState.SysUsage().(*syscall.Rusage)
 		b.ReportMetric(float64(ru.Maxrss)/1024, "drops-summary-peak-rss-MB")
-		b.ReportMetric((lp.cpu()-dcpu0).Seconds()/flood.Seconds()*100, "drops-summary-cpu-%")
-		b.ReportMetric(float64(s.Counters.Matched)/s.Window.Seconds(), "drops-summary-matched/s")
-		b.Logf("drops --summary: sent %d, matched %d in %s, lost %d, missed %d, CPU after the tracer loaded %s, peak RSS %d kB",
+		b.ReportMetric((lp.cpu()-dcpu0).Seconds()/lp.ended.Sub(dstart).Seconds()*100, "drops-summary-cpu-%")
+		b.ReportMetric(float64(s.Counters.Matched)/float64(sent)*100, "drops-summary-matched-%-of-sent")
+		b.Logf("drops --summary at the same time: sent %d, matched %d in %s, lost %d, missed %d, CPU after the tracer loaded %s, peak RSS %d kB",
 			sent, s.Counters.Matched, s.Window, s.Counters.Lost(), s.Counters.Missed, lp.cpu()-dcpu0, ru.Maxrss)
 	}
 }
