@@ -218,18 +218,18 @@ func BenchmarkTUIFlood(b *testing.B) {
 		if _, ok := x.waitFor(from, "[2 Drops]", 2*time.Second); !ok {
 			b.Fatal("2 did not open the Drops pane")
 		}
-		// `lbdoctor drops --summary` with the same filter, on the same
-		// flood at the same time: side by side, under the same noise.
-		lp := startLbdoctor(b, "", "drops", "--netns", p.B.Name, "--vip", vip.String(), "--summary", "--duration", (flood + 2*time.Second).String(), "-o", "json")
-		dstart := lp.waitStart(b)
-		dcpu0 := processCPU(b, lp.cmd.Process.Pid) // its startup (BTF, kallsyms) apart
-		pid := x.cmd.Process.Pid
 		var idle []time.Duration // the same keys before the flood, beside
 		for range 5 {
 			time.Sleep(300 * time.Millisecond)
 			idle = append(idle, x.press(b)...)
 		}
 		slices.Sort(idle)
+		// `lbdoctor drops --summary` with the same filter, on the same
+		// flood at the same time: side by side, under the same noise.
+		lp := startLbdoctor(b, "", "drops", "--netns", p.B.Name, "--vip", vip.String(), "--summary", "--duration", (flood + 2*time.Second).String(), "-o", "json")
+		dstart := lp.waitStart(b)
+		dcpu0 := processCPU(b, lp.cmd.Process.Pid) // its startup (BTF, kallsyms) apart
+		pid := x.cmd.Process.Pid
 		var sent int
 		var wg sync.WaitGroup
 		wg.Add(1)
@@ -244,6 +244,7 @@ func BenchmarkTUIFlood(b *testing.B) {
 		}
 		wg.Wait()
 		elapsed := time.Since(start)
+		b.Logf("keys under the flood, in order: %v", lat)
 		cpu, painted := processCPU(b, pid)-cpu0, x.count(from0, "\x1b[H")
 		rss := peakRSS(b, pid)
 		x.mu.Lock()
