@@ -40,10 +40,17 @@ func requireTmux(t testing.TB) {
 
 func startTUI(t testing.TB, w, h int, args ...string) *tmuxTUI {
 	t.Helper()
+	return startTUIEnv(t, w, h, nil, args...)
+}
+
+// startTUIEnv is startTUI with environment variables (NAME=VALUE) added.
+func startTUIEnv(t testing.TB, w, h int, env []string, args ...string) *tmuxTUI {
+	t.Helper()
 	requireTmux(t)
 	x := &tmuxTUI{t: t, sock: testkit.UniqueName("tui"), dir: t.TempDir()}
 	x.exitFile = filepath.Join(x.dir, "exit-code")
-	line := shellquote.Command(append([]string{testkit.LbdoctorBinary(t), "tui"}, args...)) + "; echo $? > " + shellquote.Quote(x.exitFile)
+	argv := append(append(append([]string{"env"}, env...), testkit.LbdoctorBinary(t), "tui"), args...)
+	line := shellquote.Command(argv) + "; echo $? > " + shellquote.Quote(x.exitFile)
 	x.tmux("new-session", "-d", "-s", "tui", "-x", strconv.Itoa(w), "-y", strconv.Itoa(h), "-c", x.dir, line)
 	t.Cleanup(func() { exec.Command("tmux", "-L", x.sock, "kill-server").Run() })
 	return x
@@ -203,6 +210,37 @@ func TestTUIUsage(t *testing.T) {
 			out, code := testkit.RunLbdoctor(t, tt.args...)
 			if code != exitUsage || out != tt.want {
 				t.Errorf("lbdoctor %v = exit %d, %q; want exit 2, %q", tt.args, code, out, tt.want)
+			}
+		})
+	}
+}
+
+// colour is an SGR sequence that sets a colour (30-37, 90-97, 38;…).
+var colour = regexp.MustCompile(`\x1b\[(?:[0-9;]*;)?(?:3[0-8]|9[0-7])(?:;[0-9;]*)?m`)
+
+// NO_COLOR: the same screen without a colour, its marks still there.
+func TestTUINoColor(t *testing.T) {
+	testkit.RequireRoot(t)
+	for _, tt := range []struct {
+		name       string
+		env        []string
+		wantColour bool
+	}{
+		{"colour", nil, true},
+		{"NO_COLOR", []string{"NO_COLOR=1"}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			x := startTUIEnv(t, 80, 24, tt.env)
+			if _, ok := x.waitFor("verdict ", 10*time.Second); !ok {
+				t.Fatalf("no window in 10s:\n%s", x.screen(false))
+			}
+			s := x.screen(true)
+			if got := colour.MatchString(s); got != tt.wantColour || !strings.Contains(s, "›") || !regexp.MustCompile(`[✓✗!-] kernel\.ipvs`).MatchString(x.screen(false)) {
+				t.Errorf("lbdoctor tui with %v: colour %v, want %v, and the marks:\n%q", tt.env, got, tt.wantColour, s)
+			}
+			x.keys("q")
+			if code, ok := x.exitCode(2 * time.Second); !ok || code != 0 {
+				t.Errorf("q: ended %v, exit %d; want exit 0", ok, code)
 			}
 		})
 	}
