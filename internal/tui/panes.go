@@ -628,8 +628,14 @@ func (m Model) traced() string {
 	drops := "drops"
 	probe := ", reals probed"
 	if m.snap != nil {
-		if m.snap.Drops != nil && m.snap.Drops.Attach != "" {
-			drops = "drops (" + m.snap.Drops.Attach + ")"
+		if d := m.snap.Drops; d != nil {
+			// Lost and missed drops are said on every pane, not only
+			// in Drops: the running window's when it has counted.
+			c := d.Counters
+			if m.frame != nil && m.frame.Drops != nil {
+				c = *m.frame.Drops
+			}
+			drops = fmt.Sprintf("drops (%s; lost %d, missed %d)", d.Attach, c.Lost(), c.Missed)
 		}
 		if w := m.snap.Window; w != nil {
 			if _, ok := w.Skipped["window"]; ok {

@@ -59,7 +59,7 @@ func TestGoldenScreens(t *testing.T) {
 		press   []tea.Msg
 		want    []string // also asserted, so that an -update cannot bless a regression
 	}{
-		{"healthy", "healthy", nil, []string{"client→VIP ✓ 6.0/s", "reply real→LB ✓ 6.0/s", "verdict warn: 0 fail"}},
+		{"healthy", "healthy", nil, []string{"client→VIP ✓ 6.0/s", "reply real→LB ✓ 6.0/s", "verdict warn: 0 fail", "traced: drops (tp_btf; lost 0, missed 0), reals probed"}},
 		{"healthy-reals", "healthy", []tea.Msg{keys("4")}, []string{"10.2.0.50:8085", "✓ connect 180µs"}},
 		{"seed-stage3", "seed-stage3", nil, []string{"✗ ip_error IP_INADDRERRORS 2.0/s — 10.1.0.3 not local, forwarding off", "✗ sysctl.ip_forward"}},
 		{"seed-stage3-finding", "seed-stage3", []tea.Msg{tea.KeyMsg{Type: tea.KeyEnter}}, []string{"causal chain", "sysctl -w net.ipv4.ip_forward=1"}},
