@@ -258,3 +258,34 @@ func BenchmarkView(b *testing.B) {
 		}
 	})
 }
+
+// :netns resolves the namespace in a Cmd and watches it; one it cannot
+// open is one line, the target kept; an unknown command says what is.
+func TestNetnsCommand(t *testing.T) {
+	m := New(Options{Target: Target{Netns: lbNetns}, Length: DefaultLength, Every: DefaultEvery,
+		Resolve: func(spec string) (netns.Target, error) {
+			if spec == "lb2" {
+				return netns.Target{Spec: "lb2", Name: "lb2", Path: "/run/netns/lb2"}, nil
+			}
+			return netns.Target{}, errors.New(`no such network namespace "` + spec + `"`)
+		}})
+	typeLine := func(m Model, s string) Model {
+		msgs := []tea.Msg{keys(":")}
+		for _, r := range s {
+			msgs = append(msgs, keys(string(r)))
+		}
+		return update(m, append(msgs, tea.KeyMsg{Type: tea.KeyEnter})...)
+	}
+	m = typeLine(m, "netns lb2")
+	if m.target.Netns.Name != "lb2" || m.gen != 1 || !strings.Contains(m.View(), "netns lb2, every service") {
+		t.Errorf(":netns lb2 = target %v gen %d, want lb2 watched", m.target.Netns, m.gen)
+	}
+	m = typeLine(m, "netns nope")
+	if m.target.Netns.Name != "lb2" || !strings.Contains(m.View(), `✗ no such network namespace "nope"`) {
+		t.Errorf(":netns nope = target %v, screen\n%s\nwant lb2 kept and the error", m.target.Netns, m.View())
+	}
+	m = typeLine(m, "frob")
+	if !strings.Contains(m.flash, "unknown command :frob") {
+		t.Errorf(":frob = flash %q, want it named as unknown", m.flash)
+	}
+}
