@@ -493,18 +493,13 @@ func stopLine(function, reason, hook, rate, cause string) line {
 }
 
 // why is the cause of drops of a reason at a function: the one joined to
-// them, else the reason of the failing finding that explains them.
+// them, else the reason drops.vip_flows gives for them.
 func (m Model) why(reason, function, cause string) string {
 	if cause != "" {
 		return cause
 	}
 	for _, f := range m.findings {
-		if f.Status == checks.Fail && (slices.Contains(f.Explains, reason) || slices.Contains(f.Explains, function)) {
-			return f.Reason
-		}
-	}
-	for _, f := range m.findings {
-		if f.ID == "drops.vip_flows" && f.Status == checks.Fail && strings.Contains(f.Title, reason) {
+		if f.ID == "drops.vip_flows" && (f.Status == checks.Fail || f.Status == checks.Warn) && strings.Contains(f.Title, reason) {
 			return f.Reason
 		}
 	}
