@@ -130,7 +130,7 @@ var red = regexp.MustCompile(`\x1b\[(?:[0-9;]*;)?31(?:;[0-9;]*)?m[^\x1b]*✗ ip_
 func TestTUIShowsWherePacketsDie(t *testing.T) {
 	testkit.RequireRoot(t)
 	requireTmux(t)
-	l, vip := dnatVIP(t, 2)
+	l, vip := testkit.DNATLab(t, 2)
 	tr := testkit.StartTraffic(t, 100*time.Millisecond, func() lab.ProbeResult {
 		return lab.Probe(context.Background(), l.Client, vip, 200*time.Millisecond)
 	})
