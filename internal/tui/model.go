@@ -133,7 +133,6 @@ type Model struct {
 
 	paused bool
 	mode   mode
-	back   mode // the mode esc returns to from a prompt
 	pane   Pane
 	cursor [numPanes]int
 	top    [numPanes]int
