@@ -1,0 +1,96 @@
+package capture
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Sink takes each packet once its flow and leg are known (ok false: no
+// flow claimed it): the pcapng writer, with a comment naming them.
+type Sink func(p Packet, leg LegOf, ok bool) error
+
+// WatchOptions bound a Watch.
+type WatchOptions struct {
+	Count int           // stop after this many packets (0: no bound)
+	Grace time.Duration // after the capture ends, how long packets still queued may wait for the tables (default 100 ms)
+	// Stop, done when the capture ends (Ctrl-C), cuts Grace to 30 ms:
+	// an interrupted command has 200 ms in all.
+	Stop context.Context
+	Sink  Sink          // nil: packets are only counted
+}
+
+// Watched is what a Watch saw.
+type Watched struct {
+	Packets uint64 // delivered by the sockets' filters
+	// NotProcessed counts packets delivered while the queue to the joiner
+	// was full: counted, not classified nor written (lbdoctor's own loss,
+	// beside the kernel's ring drops).
+	NotProcessed uint64
+	SinkErr      error // the first error of the sink: it is not called again
+	Elapsed      time.Duration
+	CountReached bool
+}
+
+// queueBytes bounds the packets waiting between the capture's readers and
+// the joiner (copies of their first snaplen bytes).
+const queueBytes = 32 << 20
+
+// Watch reads c until ctx ends (or opt.Count packets), joins every packet
+// to its flow's leg with j, and hands it to opt.Sink. The readers never
+// wait for the join: packets are copied into a bounded queue, and those
+// that find it full are counted in NotProcessed. When the capture ends,
+// packets still queued get opt.Grace to be joined (a flow confirmed just
+// before the end is read from the tables), then are joined from what is
+// known. A packet is in the table and the sink in capture order.
+func Watch(ctx context.Context, c *Capture, j *Joiner, opt WatchOptions) (Watched, error) {
+	if opt.Grace == 0 {
+		opt.Grace = 100 * time.Millisecond
+	}
+	depth := max(1024, queueBytes/max(c.Snaplen(), 64))
+	queue := make(chan Packet, depth)
+	var w Watched
+	var packets, dropped atomic.Uint64
+	// joinCtx outlives the capture by Grace: a packet's flow may be
+	// confirmed, and read, just after the packet.
+	joinCtx, endJoin := context.WithCancel(context.Background())
+	defer endJoin()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for p := range queue {
+			leg, _, ok := j.Join(joinCtx, p)
+			if opt.Sink != nil && w.SinkErr == nil {
+				if err := opt.Sink(p, leg, ok); err != nil {
+					w.SinkErr = fmt.Errorf("write packet: %w", err)
+				}
+			}
+		}
+	}()
+	start := time.Now()
+	err := c.Run(ctx, func(p Packet) bool {
+		n := packets.Add(1)
+		p.Data = append([]byte(nil), p.Data...) // the ring's bytes go back to the kernel
+		select {
+		case queue <- p:
+		default:
+			dropped.Add(1)
+		}
+		return opt.Count == 0 || n < uint64(opt.Count)
+	})
+	w.Elapsed = time.Since(start)
+	close(queue)
+	grace := opt.Grace
+	if opt.Stop != nil && opt.Stop.Err() != nil {
+		grace = min(grace, 30*time.Millisecond)
+	}
+	t := time.AfterFunc(grace, endJoin)
+	defer t.Stop()
+	wg.Wait()
+	w.Packets, w.NotProcessed = packets.Load(), dropped.Load()
+	w.CountReached = opt.Count > 0 && w.Packets >= uint64(opt.Count)
+	return w, err
+}
