@@ -1,0 +1,184 @@
+package capture
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/lbdoctor/lbdoctor/internal/testkit"
+)
+
+// count tallies packets by interface, direction and flow.
+func count(pkts []seenPacket) map[string]int {
+	out := map[string]int{}
+	for _, p := range pkts {
+		out[fmt.Sprintf("%s %s %s %s>%s", p.Iface, p.Dir, p.Proto, p.Src, p.Dst)]++
+	}
+	return out
+}
+
+func TestCaptureVIPFlow(t *testing.T) {
+	p := newLBPair(t)
+	p.echo(t)
+	var s seen
+	r := startCapture(t, p.L, Options{Match: Match{Proto: 17, Addrs: []netip.Addr{p.VIP.Addr()}, Ports: []uint16{vipPort}}}, s.handle)
+	const n = 50
+	p.exchange(t, p.VIP, n, true)
+	// Others the filter must leave out: another port of the VIP, the LB's
+	// own address on the VIP's port.
+	p.exchange(t, netip.AddrPortFrom(p.VIP.Addr(), 8086), 7, false)
+	p.exchange(t, netip.AddrPortFrom(p.LAddr, vipPort), 5, false)
+	s.waitFor(2*n, 2*time.Second)
+	time.Sleep(3 * blockTimeout) // a stray packet would be in by now
+	_, stats := r.stop(t)
+
+	client := netip.AddrPortFrom(p.CAddr, 0)
+	got := count(s.all())
+	var clientPort uint16
+	for _, pk := range s.all() {
+		if pk.Dir == In {
+			clientPort = pk.Src.Port()
+		}
+	}
+	client = netip.AddrPortFrom(client.Addr(), clientPort)
+	want := map[string]int{
+		fmt.Sprintf("l0 in udp %s>%s", client, p.VIP):  n,
+		fmt.Sprintf("l0 out udp %s>%s", p.VIP, client): n,
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("captured = %v, want %v", got, want)
+	}
+	// The kernel's own count of the flow: nft's rule counters in L.
+	if in, out := testkit.NftPackets(t, p.L, "ip", "cap", "in"), testkit.NftPackets(t, p.L, "ip", "cap", "out"); int(in) != got[fmt.Sprintf("l0 in udp %s>%s", client, p.VIP)] || int(out) != got[fmt.Sprintf("l0 out udp %s>%s", p.VIP, client)] {
+		t.Errorf("nft counted in %d, out %d; captured %v", in, out, got)
+	}
+	for _, st := range stats {
+		want := uint64(n)
+		if st.Packets != want || st.Drops != 0 || st.Ended != "" {
+			t.Errorf("Stats(%s %s) = %+v, want %d packets, no drops, not ended", st.Interface, st.Direction, st, want)
+		}
+	}
+}
+
+// TestCaptureAttachRace sends packets the filter refuses while each socket
+// is bound and has no filter yet: libpcap's race. They must never reach
+// the handler; the flow's packets sent after Open all must.
+func TestCaptureAttachRace(t *testing.T) {
+	p := newLBPair(t)
+	p.echo(t)
+	testAfterBind = func(string) {
+		p.exchange(t, netip.AddrPortFrom(p.VIP.Addr(), 8086), 10, false)
+		time.Sleep(20 * time.Millisecond) // into the ring, not in flight
+	}
+	defer func() { testAfterBind = nil }()
+	var s seen
+	r := startCapture(t, p.L, Options{Interfaces: []string{"l0"}, Match: Match{Proto: 17, Addrs: []netip.Addr{p.VIP.Addr()}, Ports: []uint16{vipPort}}}, s.handle)
+	testAfterBind = nil
+	const n = 10
+	p.exchange(t, p.VIP, n, true)
+	s.waitFor(2*n, 2*time.Second)
+	time.Sleep(3 * blockTimeout)
+	r.stop(t)
+	for _, pk := range s.all() {
+		if pk.Src.Port() != vipPort && pk.Dst.Port() != vipPort {
+			t.Errorf("delivered %+v, sent before the filter was set", pk)
+		}
+	}
+	if got := len(s.all()); got != 2*n {
+		t.Errorf("delivered %d packets, want %d (%d each way)", got, 2*n, n)
+	}
+}
+
+// TestCaptureCancel: a cancelled context ends Run within 100 ms, idle and
+// under a flood of the captured flow.
+func TestCaptureCancel(t *testing.T) {
+	for _, flood := range []bool{false, true} {
+		t.Run(fmt.Sprintf("flood=%v", flood), func(t *testing.T) {
+			p := newLBPair(t)
+			var s seen
+			r := startCapture(t, p.L, Options{Match: Match{Proto: 17, Addrs: []netip.Addr{p.VIP.Addr()}}}, s.handle)
+			stopFlood := make(chan struct{})
+			flooded := make(chan struct{})
+			if flood {
+				go func() {
+					defer close(flooded)
+					for {
+						select {
+						case <-stopFlood:
+							return
+						default:
+							testkit.SendUDP(t, p.C, p.CAddr, p.VIP, 1000)
+						}
+					}
+				}()
+				s.waitFor(1000, 2*time.Second)
+			} else {
+				close(flooded)
+				time.Sleep(200 * time.Millisecond)
+			}
+			took, _ := r.stop(t)
+			close(stopFlood)
+			<-flooded
+			if took > 100*time.Millisecond {
+				t.Errorf("Run returned %v after cancel, want within 100ms", took)
+			}
+			if flood && len(s.all()) == 0 {
+				t.Errorf("captured nothing of the flood")
+			}
+		})
+	}
+}
+
+// TestCaptureInterfaceGone deletes one of two captured interfaces during
+// the capture: its sockets end naming why, the other goes on.
+func TestCaptureInterfaceGone(t *testing.T) {
+	p := newLBPair(t)
+	p.echo(t)
+	testkit.Veth(t, testkit.VethEnd{NS: p.C, Name: "c1", Addrs: []string{"10.81.2.1/24"}},
+		testkit.VethEnd{NS: p.L, Name: "l1", Addrs: []string{"10.81.2.2/24"}})
+	var s seen
+	r := startCapture(t, p.L, Options{Match: Match{Proto: 17, Addrs: []netip.Addr{p.VIP.Addr()}}}, s.handle)
+	var socks []string
+	for _, st := range r.c.Stats() {
+		socks = append(socks, st.Interface+" "+st.Direction.String())
+	}
+	if fmt.Sprint(socks) != "[l0 in l0 out l1 in l1 out]" {
+		t.Fatalf("sockets = %v, want l0 and l1, in and out", socks)
+	}
+	testkit.Run(t, p.L, "ip", "link", "del", "l1")
+	time.Sleep(100 * time.Millisecond)
+	const n = 5
+	p.exchange(t, p.VIP, n, true)
+	s.waitFor(2*n, 2*time.Second)
+	_, stats := r.stop(t)
+	for _, st := range stats {
+		want := ""
+		if st.Interface == "l1" {
+			want = "interface l1 went away"
+		}
+		if st.Ended != want {
+			t.Errorf("Stats(%s %s).Ended = %q, want %q", st.Interface, st.Direction, st.Ended, want)
+		}
+	}
+	if got := len(s.all()); got != 2*n {
+		t.Errorf("captured %d packets on l0 after l1 went away, want %d", got, 2*n)
+	}
+}
+
+// TestCaptureDrops: a tiny ring under a flood its reader cannot keep up
+// with loses packets, and the statistics say how many.
+func TestCaptureDrops(t *testing.T) {
+	p := newLBPair(t)
+	delivered := 0
+	slow := func(Packet) bool { delivered++; time.Sleep(time.Millisecond); return true }
+	r := startCapture(t, p.L, Options{Interfaces: []string{"l0"}, RingBytes: minRingBytes, Match: Match{Proto: 17, Addrs: []netip.Addr{p.VIP.Addr()}}}, slow)
+	const n = 5000
+	testkit.SendUDP(t, p.C, p.CAddr, p.VIP, n)
+	time.Sleep(100 * time.Millisecond)
+	_, stats := r.stop(t)
+	in := stats[0]
+	if in.Direction != In || in.Drops == 0 || in.Packets != n || in.Packets < uint64(delivered)+in.Drops {
+		t.Errorf("Stats(l0 in) = %+v with %d delivered, want %d packets, some dropped, packets ≥ delivered + drops", in, delivered, n)
+	}
+}
