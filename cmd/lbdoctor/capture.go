@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -17,9 +18,11 @@ import (
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/proto"
 	"github.com/lbdoctor/lbdoctor/internal/report"
+	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/capture"
 	"github.com/lbdoctor/lbdoctor/probes/kernel"
 	"github.com/lbdoctor/lbdoctor/probes/netstate"
+	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
 
 type captureFlags struct {
@@ -67,20 +70,20 @@ type captureDoc struct {
 		Addrs []netip.Addr `json:"addrs"`
 		Ports []uint16     `json:"ports"`
 	} `json:"filter"`
-	Interfaces   []capture.Stats       `json:"interfaces"`
-	Skipped      []capture.Skip        `json:"skipped,omitempty"`
-	Length       time.Duration         `json:"length_ns,omitempty"`
-	Elapsed      time.Duration         `json:"elapsed_ns"`
-	Interrupted  bool                  `json:"interrupted"`
-	CutShort     string                `json:"cut_short,omitempty"`
-	Packets      uint64                `json:"packets"`
-	KernelDrops  uint64                `json:"kernel_drops"`
-	NotProcessed uint64                `json:"not_processed"`
-	Unclaimed    uint64                `json:"unclaimed"`
-	Unlisted     uint64                `json:"unlisted"`
-	Flows        []*capture.FlowLegs   `json:"flows"`
-	File         *captureFile          `json:"file,omitempty"`
-	Errors       map[string]string     `json:"errors,omitempty"`
+	Interfaces   []capture.Stats     `json:"interfaces"`
+	Skipped      []capture.Skip      `json:"skipped,omitempty"`
+	Length       time.Duration       `json:"length_ns,omitempty"`
+	Elapsed      time.Duration       `json:"elapsed_ns"`
+	Interrupted  bool                `json:"interrupted"`
+	CutShort     string              `json:"cut_short,omitempty"`
+	Packets      uint64              `json:"packets"`
+	KernelDrops  uint64              `json:"kernel_drops"`
+	NotProcessed uint64              `json:"not_processed"`
+	Unclaimed    uint64              `json:"unclaimed"`
+	Unlisted     uint64              `json:"unlisted"`
+	Flows        []*capture.FlowLegs `json:"flows"`
+	File         *captureFile        `json:"file,omitempty"`
+	Errors       map[string]string   `json:"errors,omitempty"`
 }
 
 type captureFile struct {
@@ -124,18 +127,34 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 		opt.Match.Proto = p
 	}
 	stderr := cmd.ErrOrStderr()
-	if !vt.ipvs && len(vt.learned) == 0 {
-		// nft or iptables DNAT, no flow yet: the backends are unknown, but
-		// a masqueraded flow carries the LB's own address after SNAT.
-		own, err := ownAddrs(lb)
-		if err != nil {
-			return err
+	if !vt.ipvs {
+		// nft or iptables DNAT: after it, packets carry a backend's
+		// address. Conntrack knows those of flows seen; the rules know
+		// them before any flow.
+		var fromRules []netip.AddrPort
+		if rs, err := rules.Read(lb); err == nil {
+			for _, b := range probes.RuleBackends(rs.Rules, sel) {
+				if !slices.Contains(vt.learned, b) {
+					fromRules = append(fromRules, b)
+				}
+			}
 		}
-		opt.Match.Addrs = append(opt.Match.Addrs, own...)
-		opt.Match.Ports = nil
-		printf(stderr, "! %s is not an IPVS service and no conntrack flow to it shows a backend: capturing every port of it and of this namespace's own addresses (SNAT)\n", sel.VIPString())
-	} else if !vt.ipvs {
-		printf(stderr, "%s is not an IPVS service: capturing too the backends its conntrack flows show (%s)\n", sel.VIPString(), joinAddrPorts(vt.learned))
+		opt.Match.Addrs, opt.Match.Ports = probes.AddBackends(sel, opt.Match.Addrs, opt.Match.Ports, fromRules)
+		vt.reals = append(vt.reals, fromRules...)
+		switch backends := append(slices.Clone(vt.learned), fromRules...); {
+		case len(backends) > 0:
+			printf(stderr, "%s is not an IPVS service: capturing too the backends its conntrack flows and DNAT rules show (%s)\n", sel.VIPString(), joinAddrPorts(backends))
+		default:
+			// No backend known: a masqueraded flow still carries the
+			// LB's own address after SNAT.
+			own, err := ownAddrs(lb)
+			if err != nil {
+				return err
+			}
+			opt.Match.Addrs = append(opt.Match.Addrs, own...)
+			opt.Match.Ports = nil
+			printf(stderr, "! %s is not an IPVS service and neither conntrack nor a DNAT rule shows a backend: capturing every port of it and of this namespace's own addresses (SNAT)\n", sel.VIPString())
+		}
 	}
 	opt.Interfaces, err = flowInterfaces(lb, sel.VIP.Addr(), vt.reals)
 	if err != nil {
@@ -276,7 +295,7 @@ func captureClosing(w interface{ Write([]byte) (int, error) }, d *captureDoc, ru
 	if d.Unlisted > 0 {
 		printf(w, "! %d packets of flows past the first %d are not listed\n", d.Unlisted, capture.MaxFlows)
 	}
-	for _, k := range slices.Sorted(mapsKeys(d.Errors)) {
+	for _, k := range slices.Sorted(maps.Keys(d.Errors)) {
 		printf(w, "! %s could not be read: %s (packets of its flows are claimed by no flow)\n", k, d.Errors[k])
 	}
 	for _, s := range d.Skipped {
@@ -293,14 +312,6 @@ func captureClosing(w interface{ Write([]byte) (int, error) }, d *captureDoc, ru
 		sig := strings.TrimPrefix(d.CutShort, "interrupted by ")
 		printf(w, "%s\n", cutShortLine(sig, d.Elapsed, d.Length))
 	}
-}
-
-func mapsKeys(m map[string]string) []string {
-	var out []string
-	for k := range m {
-		out = append(out, k)
-	}
-	return out
 }
 
 // writable says why path cannot be written as a new capture file, without

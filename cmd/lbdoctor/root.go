@@ -65,7 +65,7 @@ change was undone).`,
 	root.PersistentFlags().StringVar(&g.netns, "netns", "", "network namespace: a /run/netns `NAME`, a PATH, or pid:N (default: the current one)")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "text", "output `FORMAT`: text or json (check also: junit)")
 	root.SetFlagErrorFunc(flagError)
-	root.AddCommand(newCheckCmd(g), newInspectCmd(g), newDropsCmd(g), newSetupCmd(g), newTeardownCmd(g), newLabCmd(), newVersionCmd(g))
+	root.AddCommand(newCheckCmd(g), newInspectCmd(g), newDropsCmd(g), newCaptureCmd(g), newSetupCmd(g), newTeardownCmd(g), newLabCmd(), newVersionCmd(g))
 	root.SetHelpCommand(newHelpCmd())
 	root.InitDefaultCompletionCmd()
 	strictArgs(root)
@@ -251,8 +251,8 @@ const validatesEmpty = "lbdoctor_validates_empty"
 // globalUsers lists the commands that use each global flag; any other command
 // refuses it rather than silently ignoring it.
 var globalUsers = map[string][]string{
-	"netns":  {"check", "inspect", "drops", "setup", "teardown"},
-	"output": {"check", "inspect", "drops", "version"},
+	"netns":  {"check", "inspect", "drops", "capture", "setup", "teardown"},
+	"output": {"check", "inspect", "drops", "capture", "version"},
 }
 
 func refuseIgnoredGlobals(cmd *cobra.Command) error {

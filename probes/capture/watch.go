@@ -19,7 +19,7 @@ type WatchOptions struct {
 	// Stop, done when the capture ends (Ctrl-C), cuts Grace to 30 ms:
 	// an interrupted command has 200 ms in all.
 	Stop context.Context
-	Sink  Sink          // nil: packets are only counted
+	Sink Sink // nil: packets are only counted
 }
 
 // Watched is what a Watch saw.
