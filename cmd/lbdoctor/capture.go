@@ -201,7 +201,9 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 		window, cancel = context.WithTimeout(ctx, f.duration)
 		defer cancel()
 	}
-	if g.output != "json" {
+	{
+		// The start line goes to stderr whatever the output: the document
+		// is stdout's, and whoever waits for the capture knows it started.
 		until := "until Ctrl-C"
 		if f.duration > 0 {
 			until = fmt.Sprintf("for %s (Ctrl-C stops earlier)", f.duration)

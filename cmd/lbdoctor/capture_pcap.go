@@ -58,7 +58,7 @@ func createPcap(path string, c *capture.Capture) (*pcapFile, error) {
 func (p *pcapFile) write(pk capture.Packet, leg capture.LegOf, ok bool) error {
 	comment := "claimed by no flow of the VIP"
 	if ok {
-		comment = fmt.Sprintf("%s %s: client %s → VIP %s via real %s", capture.LegName(leg.Kind), leg.Kind, leg.Client, leg.VIP, leg.Real)
+		comment = fmt.Sprintf("leg %s (%s) of %s → VIP %s via real %s", capture.LegName(leg.Kind), leg.Kind, leg.Client, leg.VIP, leg.Real)
 	}
 	flags := pcapgo.NgEpbFlags{Direction: pcapgo.NgEpbFlagDirectionInbound}
 	if pk.Direction == capture.Out {
