@@ -124,10 +124,24 @@ func Run(s *probes.Snapshot, sel probes.Selector) []Finding {
 		}
 		if f.Status == Fail {
 			f.Path = pathsOf(s, f.about)
+			f.Evidence = append(f.Evidence, captureEvidence(f.Path)...)
 		}
 		out = append(out, f)
 	}
 	explainDrops(s, out)
+	return out
+}
+
+// captureEvidence says, for each path a capture counted (check
+// --capture), where its packets were last seen on the wire and the leg
+// they never reached.
+func captureEvidence(paths []flowpath.Path) []Evidence {
+	var out []Evidence
+	for _, p := range paths {
+		if story := p.CaptureStory(); story != "" {
+			out = append(out, Evidence{Fact: fmt.Sprintf("%s → %s: %s", p.Service, p.Real, story), Source: "capture on the LB's interfaces (AF_PACKET)"})
+		}
+	}
 	return out
 }
 

@@ -156,7 +156,7 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 			printf(stderr, "! %s is not an IPVS service and neither conntrack nor a DNAT rule shows a backend: capturing every port of it and of this namespace's own addresses (SNAT)\n", sel.VIPString())
 		}
 	}
-	opt.Interfaces, err = flowInterfaces(lb, sel.VIP.Addr(), vt.reals)
+	opt.Interfaces, err = capture.FlowInterfaces(lb, []netip.Addr{sel.VIP.Addr()}, vt.reals)
 	if err != nil {
 		return err
 	}
@@ -339,43 +339,6 @@ func writable(path string) error {
 		return fmt.Errorf("directory %s cannot be written: %w", dir, err)
 	}
 	return nil
-}
-
-// flowInterfaces are the interfaces the VIP's flows cross in lb: the one
-// that holds the VIP (where clients arrive) and the ones the routes to the
-// reals leave by. A VIP on loopback or a dummy (kube-ipvs0) tells nothing
-// of where clients arrive: then every interface that is up (nil).
-func flowInterfaces(lb netns.Target, vip netip.Addr, reals []netip.AddrPort) ([]string, error) {
-	st, err := netstate.Read(lb)
-	if err != nil {
-		return nil, fmt.Errorf("read the interfaces of %s: %w", lb, err)
-	}
-	var out []string
-	for _, l := range st.Links {
-		if slices.ContainsFunc(l.Addrs, func(p netip.Prefix) bool { return p.Addr() == vip }) {
-			if l.Name == "lo" || l.Type == "dummy" || !l.Up {
-				return nil, nil
-			}
-			out = append(out, l.Name)
-		}
-	}
-	if len(out) == 0 {
-		return nil, nil // not local: routed through; every interface
-	}
-	var qs []netstate.Query
-	for _, r := range reals {
-		qs = append(qs, netstate.Query{Dst: r.Addr()})
-	}
-	ds, err := netstate.LookupAll(lb, qs)
-	if err != nil {
-		return nil, err
-	}
-	for _, d := range ds {
-		if d.Dev != "" && !d.Local && !slices.Contains(out, d.Dev) {
-			out = append(out, d.Dev)
-		}
-	}
-	return out, nil
 }
 
 // ownAddrs are lb's own addresses (not loopback's): the SNAT addresses a

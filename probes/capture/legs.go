@@ -375,3 +375,64 @@ func (j *Joiner) Join(ctx context.Context, p Packet) (LegOf, *FlowLegs, bool) {
 	}
 	return LegOf{Client: f.Client, VIP: f.VIP, Real: f.Real, Kind: leg}, fl, true
 }
+
+// PathLegs is what a capture counted on the legs of one service's flows to
+// one real server: the sum over those flows, in the order of LegKinds.
+type PathLegs struct {
+	Proto string         `json:"proto"`
+	VIP   netip.AddrPort `json:"vip"`
+	Real  netip.AddrPort `json:"real"`
+	Flows int            `json:"flows"`
+	// Stopped counts the flows that stopped before their last leg.
+	Stopped int         `json:"stopped"`
+	Legs    [4]LegCount `json:"legs"`
+}
+
+// Summary is what a capture saw in a window, by service path, and what it
+// could not see (never hidden).
+type Summary struct {
+	Paths        []PathLegs `json:"paths"`
+	Packets      uint64     `json:"packets"`
+	KernelDrops  uint64     `json:"kernel_drops"`  // the rings were full (PACKET_STATISTICS)
+	NotProcessed uint64     `json:"not_processed"` // lbdoctor's queue was full
+	Unclaimed    uint64     `json:"unclaimed"`     // no flow claimed them
+	Unlisted     uint64     `json:"unlisted"`      // packets of flows past the table's bound
+	Interfaces   []Stats    `json:"interfaces"`
+}
+
+// ByPath sums the table's flows by service path (VIP and real), in the
+// order paths were first seen.
+func (t *Table) ByPath() []PathLegs {
+	var out []PathLegs
+	at := map[[2]netip.AddrPort]int{}
+	for _, f := range t.flows {
+		k := [2]netip.AddrPort{f.VIP, f.Real}
+		i, ok := at[k]
+		if !ok {
+			i = len(out)
+			at[k] = i
+			out = append(out, PathLegs{Proto: f.Proto, VIP: f.VIP, Real: f.Real})
+		}
+		p := &out[i]
+		p.Flows++
+		if f.Stop() != "" {
+			p.Stopped++
+		}
+		for j, l := range f.Legs {
+			pl := &p.Legs[j]
+			pl.Packets += l.Packets
+			for _, s := range l.Segments {
+				if !slices.Contains(pl.Segments, s) {
+					pl.Segments = append(pl.Segments, s)
+				}
+			}
+			if !l.First.IsZero() && (pl.First.IsZero() || l.First.Before(pl.First)) {
+				pl.First = l.First
+			}
+			if l.Last.After(pl.Last) {
+				pl.Last = l.Last
+			}
+		}
+	}
+	return out
+}

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/lbdoctor/lbdoctor/internal/netns"
 )
 
 // Sink takes each packet once its flow and leg are known (ok false: no
@@ -93,4 +95,26 @@ func Watch(ctx context.Context, c *Capture, j *Joiner, opt WatchOptions) (Watche
 	w.Packets, w.NotProcessed = packets.Load(), dropped.Load()
 	w.CountReached = opt.Count > 0 && w.Packets >= uint64(opt.Count)
 	return w, err
+}
+
+// Summarize captures in lb with opt until ctx ends and returns what it saw
+// by service path (the doctor's window). stop is the command's context: cut
+// short by it (Ctrl-C), packets still queued get less time to be joined.
+func Summarize(ctx, stop context.Context, lb netns.Target, opt Options) (*Summary, error) {
+	j := NewJoiner(lb, opt.Match.Addrs, opt.Match.Proto)
+	defer j.Close()
+	c, err := Open(lb, opt)
+	if err != nil {
+		return nil, err
+	}
+	w, err := Watch(ctx, c, j, WatchOptions{Stop: stop})
+	s := &Summary{Paths: j.Table.ByPath(), Packets: w.Packets, NotProcessed: w.NotProcessed, Unclaimed: j.Table.Unclaimed,
+		Unlisted: j.Table.Unlisted, Interfaces: c.Close()}
+	for _, st := range s.Interfaces {
+		s.KernelDrops += st.Drops
+	}
+	if err != nil && s.Packets == 0 {
+		return nil, err
+	}
+	return s, nil
 }
