@@ -124,7 +124,7 @@ func Run(s *probes.Snapshot, sel probes.Selector) []Finding {
 		}
 		if f.Status == Fail {
 			f.Path = pathsOf(s, f.about)
-			f.Evidence = append(f.Evidence, captureEvidence(f.Path)...)
+			f.Evidence = append(f.Evidence, captureEvidence(s, f.Path)...)
 		}
 		out = append(out, f)
 	}
@@ -135,11 +135,23 @@ func Run(s *probes.Snapshot, sel probes.Selector) []Finding {
 // captureEvidence says, for each path a capture counted (check
 // --capture), where its packets were last seen on the wire and the leg
 // they never reached.
-func captureEvidence(paths []flowpath.Path) []Evidence {
+func captureEvidence(s *probes.Snapshot, paths []flowpath.Path) []Evidence {
 	var out []Evidence
+	if s.Window == nil || s.Window.Capture == nil || len(paths) == 0 {
+		return nil
+	}
+	const src = "capture on the LB's interfaces (AF_PACKET)"
+	c := s.Window.Capture
+	var ifaces []string
+	for _, st := range c.Interfaces {
+		ifaces = append(ifaces, st.Interface+" "+st.Direction.String())
+	}
+	// What the capture could not see is said beside what it saw.
+	out = append(out, Evidence{Fact: fmt.Sprintf("captured %d packets on %s: %d lost in the kernel's rings, %d not processed, %d claimed by no flow",
+		c.Packets, strings.Join(ifaces, ", "), c.KernelDrops, c.NotProcessed, c.Unclaimed), Source: src})
 	for _, p := range paths {
 		if story := p.CaptureStory(); story != "" {
-			out = append(out, Evidence{Fact: fmt.Sprintf("%s → %s: %s", p.Service, p.Real, story), Source: "capture on the LB's interfaces (AF_PACKET)"})
+			out = append(out, Evidence{Fact: fmt.Sprintf("%s → %s: %s", p.Service, p.Real, story), Source: src})
 		}
 	}
 	return out

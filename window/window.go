@@ -120,6 +120,25 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 	if static {
 		return before, nil
 	}
+	// The capture is opened before the window opens (its sockets queue
+	// packets from then on): opening takes a drain of each socket, and
+	// seconds on a slow machine, which must not eat the window.
+	var session *capture.Session
+	var capErr error
+	switch {
+	case !opt.Capture:
+	case !rawCapable:
+		capErr = errors.New("capturing packets needs CAP_NET_RAW: run as root")
+	default:
+		if !Measure(ctx, func() { session, capErr = openCapture(ns, before, sel) }) {
+			return nil, ErrInterrupted
+		}
+	}
+	defer func() {
+		if session != nil {
+			session.Close() // a window that ended before reading it
+		}
+	}()
 	// The window opens once the first read is done: a read that takes
 	// seconds (a big rule set, a slow machine) must not eat the window
 	// the drops and probes watch in. The feature probes count nothing:
@@ -204,18 +223,18 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 	}
 	var captured chan struct{} // nil: no capture
 	var capSum *capture.Summary
-	var capErr error
-	switch {
-	case !opt.Capture:
-	case !rawCapable:
-		w.Skipped[probes.LayerCapture] = "capturing packets needs CAP_NET_RAW: run as root"
-	default:
+	if capErr != nil {
+		w.Skipped[probes.LayerCapture] = capErr.Error()
+	}
+	if session != nil {
 		captured = make(chan struct{})
+		s := session
+		session = nil // read here, closed by Summarize
 		go func() {
 			defer close(captured)
 			// The capture's window is the window's; only an interrupt
 			// (ctx) shortens the time its last packets get to be joined.
-			capSum, capErr = captureWindow(wctx, ctx, ns, before, sel)
+			capSum, capErr = s.Summarize(wctx, ctx)
 		}()
 	}
 	if opt.Progress != nil && opt.Every > 0 {
@@ -310,9 +329,9 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 	return after, nil
 }
 
-// captureWindow captures the selected services' packets in ns until ctx
-// ends and returns what it saw.
-func captureWindow(ctx, stop context.Context, ns netns.Target, before *probes.Snapshot, sel probes.Selector) (*capture.Summary, error) {
+// openCapture opens a capture of the selected services' packets in ns: the
+// VIPs, their reals and ports, on the interfaces their flows cross.
+func openCapture(ns netns.Target, before *probes.Snapshot, sel probes.Selector) (*capture.Session, error) {
 	addrs, ports := probes.DropFilter(sel, before.IPVS.Services)
 	var vips []netip.Addr
 	var reals []netip.AddrPort
@@ -336,7 +355,7 @@ func captureWindow(ctx, stop context.Context, ns netns.Target, before *probes.Sn
 	if p, ok := proto.Parse(sel.Proto); ok && sel.Proto != "" {
 		m.Proto = p
 	}
-	s, err := capture.Summarize(ctx, stop, ns, capture.Options{Interfaces: ifaces, Match: m})
+	s, err := capture.OpenSession(ns, capture.Options{Interfaces: ifaces, Match: m})
 	if err != nil {
 		return nil, fmt.Errorf("capture: %w", err)
 	}

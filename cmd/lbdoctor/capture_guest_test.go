@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -50,7 +51,7 @@ func TestGuestCapture(t *testing.T) {
 				t.Fatalf("the client reached %s: the fault is not in place", vip)
 			}
 			doc, stderr, code := wait(false)
-			t.Logf("capture: exit %d\n%s", code, stderr)
+			t.Logf("capture: exit %d, %+v\n%s", code, doc, stderr)
 			if code != 0 || len(doc.Flows) != 1 {
 				t.Fatalf("capture = exit %d, %d flows (%+v); want 0 and the probe's flow", code, len(doc.Flows), doc.Flows)
 			}
@@ -68,5 +69,46 @@ func TestGuestCapture(t *testing.T) {
 				t.Errorf("capture: kernel drops %d, not processed %d; want 0, 0", doc.KernelDrops, doc.NotProcessed)
 			}
 		})
+	}
+}
+
+// check --capture on the seed's stage 3 under traffic: the path's legs are
+// the packets seen on the wire, and sysctl.ip_forward's evidence says where
+// the flows stop: "SYN-ACK seen arriving from real .50 (leg 3), never
+// leaving toward the client (leg 4)".
+func TestGuestCaptureCheck(t *testing.T) {
+	l, vip := testkit.FullNAT(t)
+	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "0")
+	args := []string{"check", "--netns", l.LB.Name, "--vip", vip.String(), "--capture"}
+	var text string
+	var code int
+	withTraffic(l, vip, func() { text, code = runText(t, args...) })
+	t.Logf("check --capture (ip_forward=0): exit %d\n%s", code, text)
+	story := "SYN-ACK seen arriving from real .50 (leg 3), never leaving toward the client (leg 4)"
+	if code != 1 || !strings.Contains(text, story) || !strings.Contains(text, "· →client 0") {
+		t.Errorf("lbdoctor %v = exit %d; want 1, the evidence %q and a path with \"→client 0\"", args, code, story)
+	}
+	r, code := runBinary(t, append(args, "-o", "json")...)
+	found := false
+	for _, f := range r.Findings {
+		if f.ID != "sysctl.ip_forward" || len(f.Path) == 0 {
+			continue
+		}
+		found = true
+		var reply, toClient *flowpath.Leg
+		for i, leg := range f.Path[0].Legs {
+			switch leg.Kind {
+			case flowpath.Reply:
+				reply = &f.Path[0].Legs[i]
+			case flowpath.ToClient:
+				toClient = &f.Path[0].Legs[i]
+			}
+		}
+		if reply == nil || toClient == nil || reply.Source != flowpath.SourceCapture || reply.Packets == 0 || toClient.Packets != 0 || toClient.Source != flowpath.SourceCapture {
+			t.Errorf("check --capture -o json: sysctl.ip_forward path %+v; want the reply leg counted by the capture (> 0) and →client 0", f.Path[0].Legs)
+		}
+	}
+	if code != 1 || !found {
+		t.Errorf("check --capture -o json = exit %d, sysctl.ip_forward with a path: %v; want 1, true", code, found)
 	}
 }

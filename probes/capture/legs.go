@@ -353,10 +353,12 @@ func (j *Joiner) Close() { j.attr.Close() }
 func (j *Joiner) Errors() map[string]string { return j.attr.Errors() }
 
 // Join classifies p and counts it in the table. A packet whose flow is not
-// known yet waits, while ctx is live, for the tables to be read past it.
+// known yet waits, while ctx is live, for the tables to be read past seen
+// (CLOCK_MONOTONIC ns when the packet was taken from the ring, 0: its
+// capture time; a packet's own timestamp may be the sender's clock).
 // ok is false for a packet no flow claimed (counted as Unclaimed), or one
 // past the table's bound. Not safe for concurrent use.
-func (j *Joiner) Join(ctx context.Context, p Packet) (LegOf, *FlowLegs, bool) {
+func (j *Joiner) Join(ctx context.Context, p Packet, seen int64) (LegOf, *FlowLegs, bool) {
 	h, ok := j.parser.Parse(p.Data)
 	if !ok {
 		j.Table.Unclaimed++
@@ -366,7 +368,11 @@ func (j *Joiner) Join(ctx context.Context, p Packet) (LegOf, *FlowLegs, bool) {
 	if h.Src.Addr().Is6() {
 		family = 6
 	}
-	at := p.Time.UnixNano() - j.mono + int64(joinLag)
+	at := seen
+	if at == 0 {
+		at = p.Time.UnixNano() - j.mono
+	}
+	at += int64(joinLag)
 	f := j.attr.Attribute(ctx, drops.Packet{Family: family, Proto: h.Proto, Src: h.Src, Dst: h.Dst}, at, 1)
 	leg, ok := Classify(f, p.Direction)
 	fl := j.Table.Add(f, leg, ok, h, p.Time)

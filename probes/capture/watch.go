@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 )
 
@@ -52,7 +54,11 @@ func Watch(ctx context.Context, c *Capture, j *Joiner, opt WatchOptions) (Watche
 		opt.Grace = 100 * time.Millisecond
 	}
 	depth := max(1024, queueBytes/max(c.Snaplen(), 64))
-	queue := make(chan Packet, depth)
+	type queued struct {
+		Packet
+		seen int64 // CLOCK_MONOTONIC, taken from the ring
+	}
+	queue := make(chan queued, depth)
 	var w Watched
 	var packets, dropped atomic.Uint64
 	// joinCtx outlives the capture by Grace: a packet's flow may be
@@ -64,9 +70,9 @@ func Watch(ctx context.Context, c *Capture, j *Joiner, opt WatchOptions) (Watche
 	go func() {
 		defer wg.Done()
 		for p := range queue {
-			leg, _, ok := j.Join(joinCtx, p)
+			leg, _, ok := j.Join(joinCtx, p.Packet, p.seen)
 			if opt.Sink != nil && w.SinkErr == nil {
-				if err := opt.Sink(p, leg, ok); err != nil {
+				if err := opt.Sink(p.Packet, leg, ok); err != nil {
 					w.SinkErr = fmt.Errorf("write packet: %w", err)
 				}
 			}
@@ -77,7 +83,7 @@ func Watch(ctx context.Context, c *Capture, j *Joiner, opt WatchOptions) (Watche
 		n := packets.Add(1)
 		p.Data = append([]byte(nil), p.Data...) // the ring's bytes go back to the kernel
 		select {
-		case queue <- p:
+		case queue <- queued{p, monotonicNow()}:
 		default:
 			dropped.Add(1)
 		}
@@ -97,24 +103,50 @@ func Watch(ctx context.Context, c *Capture, j *Joiner, opt WatchOptions) (Watche
 	return w, err
 }
 
-// Summarize captures in lb with opt until ctx ends and returns what it saw
-// by service path (the doctor's window). stop is the command's context: cut
-// short by it (Ctrl-C), packets still queued get less time to be joined.
-func Summarize(ctx, stop context.Context, lb netns.Target, opt Options) (*Summary, error) {
+// Session is a capture opened for a window: its sockets filter and queue
+// packets from Open on, so a window that opens after it misses none.
+type Session struct {
+	c *Capture
+	j *Joiner
+}
+
+// OpenSession opens a capture in lb with opt and its joiner.
+func OpenSession(lb netns.Target, opt Options) (*Session, error) {
 	j := NewJoiner(lb, opt.Match.Addrs, opt.Match.Proto)
-	defer j.Close()
 	c, err := Open(lb, opt)
 	if err != nil {
+		j.Close()
 		return nil, err
 	}
-	w, err := Watch(ctx, c, j, WatchOptions{Stop: stop})
-	s := &Summary{Paths: j.Table.ByPath(), Packets: w.Packets, NotProcessed: w.NotProcessed, Unclaimed: j.Table.Unclaimed,
-		Unlisted: j.Table.Unlisted, Interfaces: c.Close()}
-	for _, st := range s.Interfaces {
-		s.KernelDrops += st.Drops
+	return &Session{c: c, j: j}, nil
+}
+
+// Summarize reads the session until ctx ends, closes it and returns what
+// it saw by service path (the doctor's window). stop is the command's
+// context: cut short by it (Ctrl-C), packets still queued get less time to
+// be joined.
+func (s *Session) Summarize(ctx, stop context.Context) (*Summary, error) {
+	defer s.j.Close()
+	w, err := Watch(ctx, s.c, s.j, WatchOptions{Stop: stop})
+	sum := &Summary{Paths: s.j.Table.ByPath(), Packets: w.Packets, NotProcessed: w.NotProcessed, Unclaimed: s.j.Table.Unclaimed,
+		Unlisted: s.j.Table.Unlisted, Interfaces: s.c.Close()}
+	for _, st := range sum.Interfaces {
+		sum.KernelDrops += st.Drops
 	}
-	if err != nil && s.Packets == 0 {
+	if err != nil && sum.Packets == 0 {
 		return nil, err
 	}
-	return s, nil
+	return sum, nil
+}
+
+// Close closes a session that was never read.
+func (s *Session) Close() {
+	s.c.Close()
+	s.j.Close()
+}
+
+func monotonicNow() int64 {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return ts.Nano()
 }
