@@ -61,7 +61,7 @@ type Leg struct {
 	// Segments are the kinds of TCP segment a capture saw on this leg
 	// (SYN, SYN-ACK, ACK, FIN, RST), first seen first.
 	Segments []string `json:"segments,omitempty"`
-	Note   string `json:"note,omitempty"`   // why, in a few words: "10.1.0.3 not local, forwarding off"
+	Note     string   `json:"note,omitempty"` // why, in a few words: "10.1.0.3 not local, forwarding off"
 }
 
 // SourceCapture is the Source of a leg whose packets a capture on the
