@@ -73,12 +73,14 @@ const DefaultSnaplen = 256
 // Stats is what the kernel counted on one socket since it was opened
 // (running totals: each PACKET_STATISTICS read resets the kernel's).
 type Stats struct {
-	Interface string    `json:"interface"`
-	Direction Direction `json:"direction"` // one socket per interface and direction
-	Packets   uint64    `json:"packets"`   // accepted by the socket's filter, drops included
-	Drops     uint64    `json:"drops"`     // lost: the ring was full
-	Freezes   uint64    `json:"queue_freezes"`
-	Ended     string    `json:"ended,omitempty"` // why the socket stopped before the capture did
+	Interface string `json:"interface"` // one socket per interface
+	Packets   uint64 `json:"packets"`   // accepted by the socket's filter, drops included
+	Drops     uint64 `json:"drops"`     // lost: the ring was full
+	Freezes   uint64 `json:"queue_freezes"`
+	// Unknown counts packets whose direction could not be read from the
+	// ring (see frameType): they are given In.
+	Unknown uint64 `json:"direction_unknown,omitempty"`
+	Ended   string `json:"ended,omitempty"` // why the socket stopped before the capture did
 }
 
 // LegOf is what a packet was on the NAT path: its flow and leg. Kind is
