@@ -164,7 +164,10 @@ func TestPcapngCapture(t *testing.T) {
 	const n = 20
 	p.exchange(t, p.VIP, n, true)
 	flooding := make(chan struct{})
-	go func() { defer close(flooding); testkit.SendUDP(t, p.C, p.CAddr, netip.AddrPortFrom(p.VIP.Addr(), 9), 20000) }()
+	go func() {
+		defer close(flooding)
+		testkit.SendUDP(t, p.C, p.CAddr, netip.AddrPortFrom(p.VIP.Addr(), 9), 20000)
+	}()
 	time.Sleep(20 * time.Millisecond)
 	cancel() // mid-flood: the file must still be whole
 	if err := <-done; err != nil {
