@@ -1,6 +1,7 @@
 package capture
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -20,6 +21,9 @@ import (
 // (a directory, FIFO, device, socket or symbolic link): lbdoctor writes
 // over regular files only. Bad input.
 var ErrNotRegular = errors.New("not a regular file")
+
+// writeBuffer is how much of the file is buffered between writes.
+const writeBuffer = 256 << 10
 
 // FileInterface describes one interface block (IDB) of a pcapng file:
 // one per leg of a flow, or one per captured interface and direction
@@ -50,6 +54,8 @@ type Writer struct {
 	snaplen int
 	packets uint64
 	start   time.Time
+	flags   [2]pcapgo.NgEpbFlags // by Direction: no allocation per packet
+	comment [1]string
 }
 
 // CreateFile creates path for a pcapng file (mode 0600: packets are the
@@ -78,7 +84,9 @@ func newWriter(f *os.File, snaplen int, ifaces []FileInterface) (*Writer, error)
 		return pcapgo.NgInterface{Name: fi.Name, Description: fi.Description, OS: runtime.GOOS,
 			LinkType: layers.LinkTypeEthernet, SnapLength: uint32(snaplen), TimestampResolution: 9}
 	}
-	nw, err := pcapgo.NewNgWriterInterface(f, idb(ifaces[0]), pcapgo.NgWriterOptions{SectionInfo: pcapgo.NgSectionInfo{
+	// pcapgo buffers 4 KiB (a write(2) every dozen packets) unless given
+	// a bufio.Writer at least that large, which it then uses as it is.
+	nw, err := pcapgo.NewNgWriterInterface(bufio.NewWriterSize(f, writeBuffer), idb(ifaces[0]), pcapgo.NgWriterOptions{SectionInfo: pcapgo.NgSectionInfo{
 		Hardware: runtime.GOARCH, OS: runtime.GOOS, Application: "lbdoctor"}})
 	if err != nil {
 		return nil, err
@@ -93,7 +101,8 @@ func newWriter(f *os.File, snaplen int, ifaces []FileInterface) (*Writer, error)
 	if err := nw.Flush(); err != nil {
 		return nil, err
 	}
-	return &Writer{f: f, w: nw, ifaces: len(ifaces), snaplen: snaplen, start: time.Now()}, nil
+	return &Writer{f: f, w: nw, ifaces: len(ifaces), snaplen: snaplen, start: time.Now(),
+		flags: [2]pcapgo.NgEpbFlags{In: {Direction: pcapgo.NgEpbFlagDirectionInbound}, Out: {Direction: pcapgo.NgEpbFlagDirectionOutbound}}}, nil
 }
 
 // createRegular opens path for writing, created 0600 with O_EXCL, or, when
@@ -143,12 +152,10 @@ func (w *Writer) WritePacket(p Packet, iface int, comment string) error {
 		return fmt.Errorf("pcapng: interface %d of %d", iface, w.ifaces)
 	}
 	ci := gopacket.CaptureInfo{Timestamp: p.Time, CaptureLength: len(p.Data), Length: max(p.Length, len(p.Data)), InterfaceIndex: iface}
-	opts := pcapgo.NgPacketOptions{Flags: &pcapgo.NgEpbFlags{Direction: pcapgo.NgEpbFlagDirectionInbound}}
-	if p.Direction == Out {
-		opts.Flags.Direction = pcapgo.NgEpbFlagDirectionOutbound
-	}
+	opts := pcapgo.NgPacketOptions{Flags: &w.flags[p.Direction&1]}
 	if comment != "" {
-		opts.Comments = []string{comment}
+		w.comment[0] = comment
+		opts.Comments = w.comment[:]
 	}
 	if err := w.w.WritePacketWithOptions(ci, p.Data, opts); err != nil {
 		return fmt.Errorf("pcapng %s: %w", w.f.Name(), err)
