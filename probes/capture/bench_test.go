@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"runtime"
 	"runtime/pprof"
 	"strconv"
@@ -92,8 +93,8 @@ type benchRun struct {
 	rate             int // asked for, packets/s (0: as fast as the sender goes)
 	sent             uint64
 	written, dropped uint64
-	cpu              time.Duration
-	rss              int64 // KiB
+	cpu, sys         time.Duration // user+system, system
+	rss              int64         // KiB
 	secs             float64
 }
 
@@ -137,56 +138,95 @@ func BenchmarkCaptureFlood(b *testing.B) {
 	dir := b.TempDir()
 	// Each tool's CPU time without a packet (start, open, the window, the
 	// end): what its per-packet cost is counted over.
-	idle := map[string]time.Duration{}
+	idle, idleSys := map[string]time.Duration{}, map[string]time.Duration{}
 	for _, tool := range []string{"lbdoctor", "tcpdump"} {
-		idle[tool] = benchOne(b, p, tool, -1, secs, filepath.Join(dir, tool+".pcapng")).cpu
+		r := benchOne(b, p, tool, -1, secs, filepath.Join(dir, tool+".pcapng"))
+		idle[tool], idleSys[tool] = r.cpu, r.sys
 		os.Remove(filepath.Join(dir, tool+".pcapng"))
 	}
+	rounds := 3
+	if s := os.Getenv("LBDOCTOR_BENCH_ROUNDS"); s != "" {
+		rounds, _ = strconv.Atoi(s)
+	}
 	var runs []benchRun
-	for i, rate := range rates {
-		tools := []string{"lbdoctor", "tcpdump"}
-		if i%2 == 1 {
-			tools = []string{"tcpdump", "lbdoctor"}
-		}
-		for _, tool := range tools {
-			r := benchOne(b, p, tool, rate, secs, filepath.Join(dir, tool+".pcapng"))
-			runs = append(runs, r)
-			os.Remove(filepath.Join(dir, tool+".pcapng"))
+	for round := 0; round < rounds; round++ {
+		for i, rate := range rates {
+			tools := []string{"lbdoctor", "tcpdump"}
+			if (i+round)%2 == 1 {
+				tools = []string{"tcpdump", "lbdoctor"}
+			}
+			for _, tool := range tools {
+				r := benchOne(b, p, tool, rate, secs, filepath.Join(dir, tool+".pcapng"))
+				runs = append(runs, r)
+				os.Remove(filepath.Join(dir, tool+".pcapng"))
+			}
 		}
 	}
 	fmt.Printf("\nidle CPU (same window, no packet): lbdoctor %v, tcpdump %v; cpu/pkt is over it\n", idle["lbdoctor"], idle["tcpdump"])
-	fmt.Printf("%-9s %10s %10s %12s %10s %10s %9s %9s\n", "tool", "rate", "sent/s", "written/s", "written", "kern.drops", "cpu/pkt", "RSS")
-	best := map[string]float64{}
-	for _, r := range runs {
-		ask := "max"
-		if r.rate > 0 {
-			ask = strconv.Itoa(r.rate)
-		}
-		perPkt := time.Duration(0)
-		if r.written > 0 {
-			perPkt = (r.cpu - idle[r.tool]) / time.Duration(r.written)
-		}
-		fmt.Printf("%-9s %10s %10.0f %12.0f %10d %10d %9s %7.1fMiB\n", r.tool, ask, float64(r.sent)/r.secs, float64(r.written)/r.secs,
-			r.written, r.dropped, perPkt, float64(r.rss)/1024)
-		if r.dropped == 0 && float64(r.written)/r.secs > best[r.tool] {
-			best[r.tool] = float64(r.written) / r.secs
+	fmt.Printf("medians of %d rounds, %.1f s floods, snaplen %d; ring: lbdoctor %d MiB, tcpdump its default (2 MiB)\n", rounds, secs, DefaultSnaplen, DefaultRingBytes>>20)
+	fmt.Printf("%-9s %8s %10s %12s %10s %11s %9s %9s %9s\n", "tool", "rate", "sent/s", "written/s", "drops", "drop ratio", "cpu/pkt", "(sys)", "RSS")
+	type key struct {
+		tool string
+		rate int
+	}
+	med := map[key]map[string]float64{}
+	for _, rate := range rates {
+		for _, tool := range []string{"lbdoctor", "tcpdump"} {
+			var sent, written, dropped, ratio, cpu, sys, rss []float64
+			for _, r := range runs {
+				if r.tool != tool || r.rate != rate {
+					continue
+				}
+				sent = append(sent, float64(r.sent)/r.secs)
+				written = append(written, float64(r.written)/r.secs)
+				dropped = append(dropped, float64(r.dropped))
+				ratio = append(ratio, float64(r.dropped)/float64(max(r.dropped+r.written, 1)))
+				if r.written > 0 {
+					cpu = append(cpu, float64(r.cpu-idle[tool])/float64(r.written))
+					sys = append(sys, float64(r.sys-idleSys[tool])/float64(r.written))
+				}
+				rss = append(rss, float64(r.rss)/1024)
+			}
+			m := map[string]float64{"sent": median(sent), "written": median(written), "dropped": median(dropped), "ratio": median(ratio),
+				"cpu": median(cpu), "sys": median(sys), "rss": median(rss)}
+			med[key{tool, rate}] = m
+			ask := "max"
+			if rate > 0 {
+				ask = strconv.Itoa(rate)
+			}
+			fmt.Printf("%-9s %8s %10.0f %12.0f %10.0f %11.4f %7.0fns %7.0fns %6.1fMiB\n", tool, ask, m["sent"], m["written"], m["dropped"], m["ratio"], m["cpu"], m["sys"], m["rss"])
 		}
 	}
-	for i, r := range runs {
-		if r.tool == "tcpdump" && r.dropped > 0 {
-			for _, o := range runs {
-				if o.tool == "lbdoctor" && o.rate == r.rate {
-					fmt.Printf("where tcpdump starts dropping (rate %d): tcpdump dropped %d of %d, lbdoctor %d of %d\n", r.rate, r.dropped, r.sent, o.dropped, o.sent)
-					b.ReportMetric(float64(o.dropped)/float64(max(o.sent, 1)), "lbdoctor-drop-ratio-at-tcpdump-first-drops")
-					b.ReportMetric(float64(r.dropped)/float64(max(r.sent, 1)), "tcpdump-drop-ratio-at-tcpdump-first-drops")
-				}
+	best := map[string]float64{}
+	for _, rate := range rates {
+		for _, tool := range []string{"lbdoctor", "tcpdump"} {
+			if m := med[key{tool, rate}]; m["dropped"] == 0 && m["written"] > best[tool] {
+				best[tool] = m["written"]
 			}
+		}
+	}
+	for _, rate := range rates {
+		if t := med[key{"tcpdump", rate}]; t["dropped"] > 0 {
+			l := med[key{"lbdoctor", rate}]
+			fmt.Printf("where tcpdump starts dropping (rate %d, 0 = max): tcpdump drops %.4f of what it saw, lbdoctor %.4f\n", rate, t["ratio"], l["ratio"])
+			b.ReportMetric(l["ratio"], "lbdoctor-drop-ratio-where-tcpdump-drops")
+			b.ReportMetric(t["ratio"], "tcpdump-drop-ratio-where-tcpdump-drops")
 			break
 		}
-		_ = i
 	}
 	b.ReportMetric(best["lbdoctor"], "lbdoctor-pps-zero-drops")
 	b.ReportMetric(best["tcpdump"], "tcpdump-pps-zero-drops")
+	b.ReportMetric(med[key{"lbdoctor", rates[0]}]["cpu"], "lbdoctor-ns/pkt")
+	b.ReportMetric(med[key{"tcpdump", rates[0]}]["cpu"], "tcpdump-ns/pkt")
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	return s[len(s)/2]
 }
 
 // benchNeighbour makes the LB's MAC a static neighbour in C: the flood
@@ -279,7 +319,7 @@ func benchOne(b *testing.B, p *lbPair, tool string, rate int, secs float64, file
 	}
 	ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
 	r := benchRun{tool: tool, rate: rate, sent: sent, secs: secs,
-		cpu: time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), rss: ru.Maxrss}
+		cpu: time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), sys: time.Duration(ru.Stime.Nano()), rss: ru.Maxrss}
 	switch tool {
 	case "lbdoctor":
 		var res helperResult

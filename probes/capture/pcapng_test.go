@@ -1,6 +1,7 @@
 package capture
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/pcapgo"
 	"golang.org/x/sys/unix"
 
@@ -207,5 +209,55 @@ func TestPcapngCapture(t *testing.T) {
 	}
 	if st, _ := os.Stat(path); st.Mode().Perm() != 0o600 {
 		t.Errorf("pcapng mode = %v, want 0600", st.Mode().Perm())
+	}
+}
+
+// TestWritePacketAsPcapgo holds WritePacket's own block encoding to
+// pcapgo's WritePacketWithOptions, byte for byte.
+func TestWritePacketAsPcapgo(t *testing.T) {
+	ts := time.Date(2026, 11, 30, 10, 0, 0, 123456789, time.UTC)
+	cases := []struct {
+		name    string
+		p       Packet
+		comment string
+	}{
+		{"received, no comment", Packet{Time: ts, Direction: In, Length: 60, Data: []byte("0123456789abcdef0123456789abcdef0123456789ab")}, ""},
+		{"sent, comment to pad", Packet{Time: ts, Direction: Out, Length: 1500, Data: []byte("0123456789abc")}, "flow udp 10.81.1.1:8085 leg to_real"},
+		{"comment of 4n bytes", Packet{Time: ts, Direction: In, Length: 4, Data: []byte("abcd")}, "abcdefgh"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			ifaces := []FileInterface{{Name: "l0"}, {Name: "l1"}}
+			mine, err := CreateFile(filepath.Join(dir, "mine"), 256, ifaces)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := mine.WritePacket(tc.p, 1, tc.comment); err != nil {
+				t.Fatal(err)
+			}
+			mine.Close(nil)
+			ref, err := CreateFile(filepath.Join(dir, "ref"), 256, ifaces)
+			if err != nil {
+				t.Fatal(err)
+			}
+			opts := pcapgo.NgPacketOptions{Flags: &pcapgo.NgEpbFlags{Direction: pcapgo.NgEpbFlagDirectionInbound}}
+			if tc.p.Direction == Out {
+				opts.Flags.Direction = pcapgo.NgEpbFlagDirectionOutbound
+			}
+			if tc.comment != "" {
+				opts.Comments = []string{tc.comment}
+			}
+			ci := gopacket.CaptureInfo{Timestamp: tc.p.Time, CaptureLength: len(tc.p.Data), Length: tc.p.Length, InterfaceIndex: 1}
+			if err := ref.w.WritePacketWithOptions(ci, tc.p.Data, opts); err != nil {
+				t.Fatal(err)
+			}
+			ref.Close(nil)
+			a, _ := os.ReadFile(filepath.Join(dir, "mine"))
+			b, _ := os.ReadFile(filepath.Join(dir, "ref"))
+			if !bytes.Equal(a, b) {
+				t.Errorf("WritePacket(%s) wrote\n%x\nwant (pcapgo)\n%x", tc.name, a, b)
+			}
+		})
 	}
 }
