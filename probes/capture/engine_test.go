@@ -3,6 +3,7 @@ package capture
 import (
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -174,18 +175,34 @@ func TestCaptureInterfaceGone(t *testing.T) {
 }
 
 // TestCaptureDrops: a tiny ring under a flood its reader cannot keep up
-// with loses packets, and the statistics say how many.
+// with loses packets; the statistics say how many, and so does the pcapng
+// file's statistics block.
 func TestCaptureDrops(t *testing.T) {
 	p := newLBPair(t)
-	delivered := 0
-	slow := func(Packet) bool { delivered++; time.Sleep(time.Millisecond); return true }
+	path := filepath.Join(t.TempDir(), "drops.pcapng")
+	w, err := CreateFile(path, DefaultSnaplen, []FileInterface{{Name: "l0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow := func(pk Packet) bool {
+		time.Sleep(time.Millisecond)
+		return w.WritePacket(pk, pk.Socket, "") == nil
+	}
 	r := startCapture(t, p.L, Options{Interfaces: []string{"l0"}, RingBytes: minRingBytes, Match: Match{Proto: 17, Addrs: []netip.Addr{p.VIP.Addr()}}}, slow)
+	start := time.Now()
 	const n = 5000
 	testkit.SendUDP(t, p.C, p.CAddr, p.VIP, n)
 	time.Sleep(100 * time.Millisecond)
 	_, stats := r.stop(t)
+	if err := w.Close(FileStatsOf(stats, start, time.Now())); err != nil {
+		t.Fatal(err)
+	}
 	in := stats[0]
-	if in.Drops == 0 || in.Packets != n || in.Packets < uint64(delivered)+in.Drops {
-		t.Errorf("Stats(l0) = %+v with %d delivered, want %d packets, some dropped, packets ≥ delivered + drops", in, delivered, n)
+	if in.Drops == 0 || in.Packets != n || in.Packets < w.Packets()+in.Drops {
+		t.Errorf("Stats(l0) = %+v with %d delivered, want %d packets, some dropped, packets ≥ delivered + drops", in, w.Packets(), n)
+	}
+	perIface, _, isb := readBack(t, path)
+	if got := isb["l0"]; got.PacketsDropped != in.Drops || got.PacketsReceived != n || perIface["l0"] != int(w.Packets()) {
+		t.Errorf("pcapng: %d packets, statistics %+v; want %d packets, %d received, %d dropped", perIface["l0"], got, w.Packets(), n, in.Drops)
 	}
 }
