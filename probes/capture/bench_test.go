@@ -13,7 +13,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"runtime/pprof"
 	"sort"
 	"strconv"
@@ -21,10 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
@@ -344,61 +341,12 @@ func benchOne(b *testing.B, p *lbPair, tool string, rate int, secs float64, file
 	return r
 }
 
-// floodAt sends 64-byte UDP datagrams from C to the VIP's port at rate
-// packets/s (0: as fast as sendmmsg goes) for d, from a thread pinned to
-// the last CPU.
+// floodAt floods the VIP's port from C at rate packets/s (0: unpaced)
+// for d.
 func floodAt(b *testing.B, p *lbPair, rate int, d time.Duration) {
-	err := p.C.Do(func() error {
-		var cpus unix.CPUSet
-		cpus.Set(runtime.NumCPU() - 1)
-		if err := unix.SchedSetaffinity(0, &cpus); err != nil {
-			return err
-		}
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(fd)
-		if err := unix.Connect(fd, &unix.SockaddrInet4{Port: vipPort, Addr: p.VIP.Addr().As4()}); err != nil {
-			return err
-		}
-		const batch = 64
-		payload := make([]byte, 64)
-		iov := unix.Iovec{Base: &payload[0]}
-		iov.SetLen(len(payload))
-		type mmsghdr struct {
-			hdr unix.Msghdr
-			n   uint32
-			_   [4]byte
-		}
-		msgs := make([]mmsghdr, batch)
-		for i := range msgs {
-			msgs[i].hdr.Iov = &iov
-			msgs[i].hdr.Iovlen = 1
-		}
-		start := time.Now()
-		sent := 0
-		for {
-			el := time.Since(start)
-			if el >= d {
-				return nil
-			}
-			n := batch
-			if rate > 0 {
-				due := int(el.Seconds()*float64(rate)) - sent
-				if due <= 0 {
-					time.Sleep(200 * time.Microsecond)
-					continue
-				}
-				n = min(batch, due)
-			}
-			k, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])), uintptr(n), 0, 0, 0)
-			if errno == 0 {
-				sent += int(k)
-			}
-		}
-	})
-	if err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	if err := testkit.FloodUDP(ctx, p.C, p.VIP, rate, nil); err != nil {
 		b.Fatalf("flood from %s: %v", p.C, err)
 	}
 }
