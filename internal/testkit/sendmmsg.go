@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"runtime"
+	"sort"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -76,4 +77,15 @@ func FloodUDP(ctx context.Context, ns netns.Target, dst netip.AddrPort, rate int
 		}
 		return nil
 	})
+}
+
+// Median is the middle of v (the upper one of an even count), 0 for none:
+// what benchmarks report of their rounds.
+func Median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	return s[len(s)/2]
 }

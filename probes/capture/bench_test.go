@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime/pprof"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -184,8 +183,8 @@ func BenchmarkCaptureFlood(b *testing.B) {
 				}
 				rss = append(rss, float64(r.rss)/1024)
 			}
-			m := map[string]float64{"sent": median(sent), "written": median(written), "dropped": median(dropped), "ratio": median(ratio),
-				"cpu": median(cpu), "sys": median(sys), "rss": median(rss)}
+			m := map[string]float64{"sent": testkit.Median(sent), "written": testkit.Median(written), "dropped": testkit.Median(dropped), "ratio": testkit.Median(ratio),
+				"cpu": testkit.Median(cpu), "sys": testkit.Median(sys), "rss": testkit.Median(rss)}
 			med[key{tool, rate}] = m
 			ask := "max"
 			if rate > 0 {
@@ -215,15 +214,6 @@ func BenchmarkCaptureFlood(b *testing.B) {
 	b.ReportMetric(best["tcpdump"], "tcpdump-pps-zero-drops")
 	b.ReportMetric(med[key{"lbdoctor", rates[0]}]["cpu"], "lbdoctor-ns/pkt")
 	b.ReportMetric(med[key{"tcpdump", rates[0]}]["cpu"], "tcpdump-ns/pkt")
-}
-
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	s := append([]float64(nil), v...)
-	sort.Float64s(s)
-	return s[len(s)/2]
 }
 
 // benchNeighbour makes the LB's MAC a static neighbour in C: the flood

@@ -97,17 +97,9 @@ func Filter(m Match, snaplen int) ([]bpf.Instruction, error) {
 			a.label("v4addr")
 		}
 		if len(m.Ports) > 0 {
-			a.emit(bpf.LoadMemShift{Off: offIP})
-			for _, off := range []uint32{offIP, offIP + 2} {
-				a.ld(bpf.LoadIndirect{Off: off, Size: 2})
-				for _, p := range m.Ports {
-					a.jeqTo(uint32(p), "accept")
-				}
-			}
-			a.jump("reject")
-		} else {
-			a.jump("accept")
+			a.emit(bpf.LoadMemShift{Off: offIP}) // X = the IPv4 header's length
 		}
+		a.ports(m.Ports, bpf.LoadIndirect{Off: offIP, Size: 2}, bpf.LoadIndirect{Off: offIP + 2, Size: 2})
 	}
 
 	if anyAddr || len(v6) > 0 {
@@ -133,17 +125,7 @@ func Filter(m Match, snaplen int) ([]bpf.Instruction, error) {
 			a.jump("reject")
 			a.label("v6addr")
 		}
-		if len(m.Ports) > 0 {
-			for _, off := range []uint32{offV6Ports, offV6Ports + 2} {
-				a.ld(bpf.LoadAbsolute{Off: off, Size: 2})
-				for _, p := range m.Ports {
-					a.jeqTo(uint32(p), "accept")
-				}
-			}
-			a.jump("reject")
-		} else {
-			a.jump("accept")
-		}
+		a.ports(m.Ports, bpf.LoadAbsolute{Off: offV6Ports, Size: 2}, bpf.LoadAbsolute{Off: offV6Ports + 2, Size: 2})
 	}
 
 	a.label("accept")
@@ -216,6 +198,22 @@ func (a *asm) jeqTo(val uint32, label string) {
 func (a *asm) jneTo(val uint32, label string) {
 	a.emit(bpf.JumpIf{Cond: bpf.JumpEqual, Val: val, SkipTrue: 1, SkipFalse: 0})
 	a.jump(label)
+}
+
+// ports accepts when the port either load reads is one of ports (any port
+// when there are none), and rejects otherwise.
+func (a *asm) ports(ports []uint16, loads ...bpf.Instruction) {
+	if len(ports) == 0 {
+		a.jump("accept")
+		return
+	}
+	for _, ld := range loads {
+		a.ld(ld)
+		for _, p := range ports {
+			a.jeqTo(uint32(p), "accept")
+		}
+	}
+	a.jump("reject")
 }
 
 // proto checks the protocol byte ld loads: proto, or TCP or UDP for 0.

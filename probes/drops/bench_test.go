@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"regexp"
 	"runtime"
-	"sort"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -347,14 +346,7 @@ func BenchmarkAttach(b *testing.B) {
 
 func slug(s string) string { return regexp.MustCompile(`[^a-z]+`).ReplaceAllString(s, "_") }
 
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	s := append([]float64(nil), v...)
-	sort.Float64s(s)
-	return s[len(s)/2]
-}
+func median(v []float64) float64 { return testkit.Median(v) }
 
 func floodPair(b testing.TB, snd, rcv netns.Target) {
 	mac := net.HardwareAddr{2, 0, 0, 0, 0, 2}
