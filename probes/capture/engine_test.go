@@ -1,6 +1,7 @@
 package capture
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"path/filepath"
@@ -138,39 +139,52 @@ func TestCaptureCancel(t *testing.T) {
 	}
 }
 
-// TestCaptureInterfaceGone deletes one of two captured interfaces during
-// the capture: its sockets end naming why, the other goes on.
+// TestCaptureInterfaceGone deletes one of two captured interfaces, or sets
+// it down, during the capture: its socket ends naming why, the other goes
+// on.
 func TestCaptureInterfaceGone(t *testing.T) {
-	p := newLBPair(t)
-	p.echo(t)
-	testkit.Veth(t, testkit.VethEnd{NS: p.C, Name: "c1", Addrs: []string{"10.81.2.1/24"}},
-		testkit.VethEnd{NS: p.L, Name: "l1", Addrs: []string{"10.81.2.2/24"}})
-	var s seen
-	r := startCapture(t, p.L, Options{Match: Match{Proto: 17, Addrs: []netip.Addr{p.VIP.Addr()}}}, s.handle)
-	var socks []string
-	for _, st := range r.c.Stats() {
-		socks = append(socks, st.Interface)
+	cases := []struct {
+		name string
+		cmd  []string
+		want string
+	}{
+		{"deleted", []string{"link", "del", "l1"}, "interface l1 went away"},
+		{"down", []string{"link", "set", "l1", "down"}, "interface l1 went down"},
 	}
-	if fmt.Sprint(socks) != "[l0 l1]" {
-		t.Fatalf("sockets = %v, want l0 and l1", socks)
-	}
-	testkit.Run(t, p.L, "ip", "link", "del", "l1")
-	time.Sleep(100 * time.Millisecond)
-	const n = 5
-	p.exchange(t, p.VIP, n, true)
-	s.waitFor(2*n, 2*time.Second)
-	_, stats := r.stop(t)
-	for _, st := range stats {
-		want := ""
-		if st.Interface == "l1" {
-			want = "interface l1 went away"
-		}
-		if st.Ended != want {
-			t.Errorf("Stats(%s).Ended = %q, want %q", st.Interface, st.Ended, want)
-		}
-	}
-	if got := len(s.all()); got != 2*n {
-		t.Errorf("captured %d packets on l0 after l1 went away, want %d", got, 2*n)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newLBPair(t)
+			p.echo(t)
+			testkit.Veth(t, testkit.VethEnd{NS: p.C, Name: "c1", Addrs: []string{"10.81.2.1/24"}},
+				testkit.VethEnd{NS: p.L, Name: "l1", Addrs: []string{"10.81.2.2/24"}})
+			var s seen
+			r := startCapture(t, p.L, Options{Match: Match{Proto: 17, Addrs: []netip.Addr{p.VIP.Addr()}}}, s.handle)
+			var socks []string
+			for _, st := range r.c.Stats() {
+				socks = append(socks, st.Interface)
+			}
+			if fmt.Sprint(socks) != "[l0 l1]" {
+				t.Fatalf("sockets = %v, want l0 and l1", socks)
+			}
+			testkit.Run(t, p.L, "ip", tc.cmd...)
+			time.Sleep(100 * time.Millisecond)
+			const n = 5
+			p.exchange(t, p.VIP, n, true)
+			s.waitFor(2*n, 2*time.Second)
+			_, stats := r.stop(t)
+			for _, st := range stats {
+				want := ""
+				if st.Interface == "l1" {
+					want = tc.want
+				}
+				if st.Ended != want {
+					t.Errorf("Stats(%s).Ended = %q, want %q", st.Interface, st.Ended, want)
+				}
+			}
+			if got := len(s.all()); got != 2*n {
+				t.Errorf("captured %d packets on l0 after l1 %s, want %d", got, tc.name, 2*n)
+			}
+		})
 	}
 }
 
@@ -204,5 +218,27 @@ func TestCaptureDrops(t *testing.T) {
 	perIface, _, isb := readBack(t, path)
 	if got := isb["l0"]; got.PacketsDropped != in.Drops || got.PacketsReceived != n || perIface["l0"] != int(w.Packets()) {
 		t.Errorf("pcapng: %d packets, statistics %+v; want %d packets, %d received, %d dropped", perIface["l0"], got, w.Packets(), n, in.Drops)
+	}
+}
+
+// TestCaptureAllGone: when the only captured interface goes away, Run ends
+// on its own with an error naming it.
+func TestCaptureAllGone(t *testing.T) {
+	p := newLBPair(t)
+	c, err := Open(p.L, Options{Interfaces: []string{"l0"}, Match: Match{Addrs: []netip.Addr{p.VIP.Addr()}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	done := make(chan error, 1)
+	go func() { done <- c.Run(context.Background(), func(Packet) bool { return true }) }()
+	testkit.Run(t, p.L, "ip", "link", "del", "l0")
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "l0: interface l0 went away") {
+			t.Errorf("Run = %v, want an error naming l0 gone", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Run still running 2 s after its only interface went away")
 	}
 }
