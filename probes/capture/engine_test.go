@@ -3,6 +3,7 @@ package capture
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -240,5 +241,49 @@ func TestCaptureAllGone(t *testing.T) {
 		}
 	case <-time.After(2 * time.Second):
 		t.Fatal("Run still running 2 s after its only interface went away")
+	}
+}
+
+// TestCaptureIPv6 runs the IPv6 half of the filter in the kernel: a UDP
+// flow to an IPv6 address and port captured exactly, another port left out.
+func TestCaptureIPv6(t *testing.T) {
+	p := newLBPair(t)
+	testkit.Run(t, p.C, "ip", "-6", "addr", "add", "fd81::1/64", "dev", "c0", "nodad")
+	testkit.Run(t, p.L, "ip", "-6", "addr", "add", "fd81::2/64", "dev", "l0", "nodad")
+	dst := netip.MustParseAddrPort("[fd81::2]:8085")
+	var s seen
+	r := startCapture(t, p.L, Options{Match: Match{Proto: 17, Addrs: []netip.Addr{dst.Addr()}, Ports: []uint16{dst.Port()}}}, s.handle)
+	send := func(to netip.AddrPort, n int) {
+		err := p.C.Do(func() error {
+			c, err := net.ListenUDP("udp6", &net.UDPAddr{IP: net.ParseIP("fd81::1")})
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			for i := 0; i < n; i++ {
+				if _, err := c.WriteToUDPAddrPort([]byte("lbdoctor"), to); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("send to %s: %v", to, err)
+		}
+	}
+	const n = 8
+	send(dst, n)
+	send(netip.AddrPortFrom(dst.Addr(), 8086), 3)
+	s.waitFor(n, 2*time.Second)
+	time.Sleep(3 * blockTimeout)
+	r.stop(t)
+	got := count(s.all())
+	var src netip.AddrPort
+	for _, pk := range s.all() {
+		src = pk.Src
+	}
+	want := map[string]int{fmt.Sprintf("l0 in udp %s>%s", src, dst): n}
+	if fmt.Sprint(got) != fmt.Sprint(want) || src.Addr() != netip.MustParseAddr("fd81::1") {
+		t.Errorf("captured = %v, want %v from fd81::1", got, want)
 	}
 }
