@@ -134,8 +134,11 @@ func BenchmarkCaptureFlood(b *testing.B) {
 	dir := b.TempDir()
 	// Each tool's CPU time without a packet (start, open, the window, the
 	// end): what its per-packet cost is counted over.
+	// tcpdump as a user runs it (libpcap's 2 MiB buffer), and with a
+	// buffer as large as lbdoctor's ring.
+	all := []string{"lbdoctor", "tcpdump", fmt.Sprintf("tcpdump-B%d", DefaultRingBytes>>10)}
 	idle, idleSys := map[string]time.Duration{}, map[string]time.Duration{}
-	for _, tool := range []string{"lbdoctor", "tcpdump"} {
+	for _, tool := range all {
 		r := benchOne(b, p, tool, -1, secs, filepath.Join(dir, tool+".pcapng"))
 		idle[tool], idleSys[tool] = r.cpu, r.sys
 		os.Remove(filepath.Join(dir, tool+".pcapng"))
@@ -147,27 +150,25 @@ func BenchmarkCaptureFlood(b *testing.B) {
 	var runs []benchRun
 	for round := 0; round < rounds; round++ {
 		for i, rate := range rates {
-			tools := []string{"lbdoctor", "tcpdump"}
-			if (i+round)%2 == 1 {
-				tools = []string{"tcpdump", "lbdoctor"}
-			}
-			for _, tool := range tools {
+			// The order turns from rate to rate and round to round.
+			k := (i + round) % len(all)
+			for _, tool := range append(append([]string{}, all[k:]...), all[:k]...) {
 				r := benchOne(b, p, tool, rate, secs, filepath.Join(dir, tool+".pcapng"))
 				runs = append(runs, r)
 				os.Remove(filepath.Join(dir, tool+".pcapng"))
 			}
 		}
 	}
-	fmt.Printf("\nidle CPU (same window, no packet): lbdoctor %v, tcpdump %v; cpu/pkt is over it\n", idle["lbdoctor"], idle["tcpdump"])
+	fmt.Printf("\nidle CPU (same window, no packet): %v; cpu/pkt is over it\n", idle)
 	fmt.Printf("medians of %d rounds, %.1f s floods, snaplen %d; ring: lbdoctor %d MiB, tcpdump its default (2 MiB)\n", rounds, secs, DefaultSnaplen, DefaultRingBytes>>20)
-	fmt.Printf("%-9s %8s %10s %12s %10s %11s %9s %9s %9s\n", "tool", "rate", "sent/s", "written/s", "drops", "drop ratio", "cpu/pkt", "(sys)", "RSS")
+	fmt.Printf("%-13s %8s %10s %12s %10s %11s %9s %9s %9s\n", "tool", "rate", "sent/s", "written/s", "drops", "drop ratio", "cpu/pkt", "(sys)", "RSS")
 	type key struct {
 		tool string
 		rate int
 	}
 	med := map[key]map[string]float64{}
 	for _, rate := range rates {
-		for _, tool := range []string{"lbdoctor", "tcpdump"} {
+		for _, tool := range all {
 			var sent, written, dropped, ratio, cpu, sys, rss []float64
 			for _, r := range runs {
 				if r.tool != tool || r.rate != rate {
@@ -190,12 +191,12 @@ func BenchmarkCaptureFlood(b *testing.B) {
 			if rate > 0 {
 				ask = strconv.Itoa(rate)
 			}
-			fmt.Printf("%-9s %8s %10.0f %12.0f %10.0f %11.4f %7.0fns %7.0fns %6.1fMiB\n", tool, ask, m["sent"], m["written"], m["dropped"], m["ratio"], m["cpu"], m["sys"], m["rss"])
+			fmt.Printf("%-13s %8s %10.0f %12.0f %10.0f %11.4f %7.0fns %7.0fns %6.1fMiB\n", tool, ask, m["sent"], m["written"], m["dropped"], m["ratio"], m["cpu"], m["sys"], m["rss"])
 		}
 	}
 	best := map[string]float64{}
 	for _, rate := range rates {
-		for _, tool := range []string{"lbdoctor", "tcpdump"} {
+		for _, tool := range all {
 			if m := med[key{tool, rate}]; m["dropped"] == 0 && m["written"] > best[tool] {
 				best[tool] = m["written"]
 			}
@@ -203,8 +204,8 @@ func BenchmarkCaptureFlood(b *testing.B) {
 	}
 	for _, rate := range rates {
 		if t := med[key{"tcpdump", rate}]; t["dropped"] > 0 {
-			l := med[key{"lbdoctor", rate}]
-			fmt.Printf("where tcpdump starts dropping (rate %d, 0 = max): tcpdump drops %.4f of what it saw, lbdoctor %.4f\n", rate, t["ratio"], l["ratio"])
+			l, big := med[key{"lbdoctor", rate}], med[key{all[2], rate}]
+			fmt.Printf("where tcpdump starts dropping (rate %d, 0 = max): tcpdump drops %.4f of what it saw, %s %.4f, lbdoctor %.4f\n", rate, t["ratio"], all[2], big["ratio"], l["ratio"])
 			b.ReportMetric(l["ratio"], "lbdoctor-drop-ratio-where-tcpdump-drops")
 			b.ReportMetric(t["ratio"], "tcpdump-drop-ratio-where-tcpdump-drops")
 			break
@@ -212,6 +213,7 @@ func BenchmarkCaptureFlood(b *testing.B) {
 	}
 	b.ReportMetric(best["lbdoctor"], "lbdoctor-pps-zero-drops")
 	b.ReportMetric(best["tcpdump"], "tcpdump-pps-zero-drops")
+	b.ReportMetric(best[all[2]], all[2]+"-pps-zero-drops")
 	b.ReportMetric(med[key{"lbdoctor", rates[0]}]["cpu"], "lbdoctor-ns/pkt")
 	b.ReportMetric(med[key{"tcpdump", rates[0]}]["cpu"], "tcpdump-ns/pkt")
 }
@@ -249,14 +251,18 @@ var tcpdumpStat = regexp.MustCompile(`(\d+) packets (captured|dropped by kernel)
 func benchOne(b *testing.B, p *lbPair, tool string, rate int, secs float64, file string) benchRun {
 	var cmd *exec.Cmd
 	ready := "ready"
-	switch tool {
-	case "lbdoctor":
+	switch {
+	case tool == "lbdoctor":
 		cmd = exec.Command("taskset", "-c", "0", os.Args[0], "-test.run=^TestCaptureHelperProcess$")
 		cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s l0 %s %d %s", helperEnv, p.L.Name, p.VIP.Addr(), vipPort, file))
-	case "tcpdump":
-		// tcpdump as a user runs it in the LB's namespace.
-		cmd = exec.Command("taskset", "-c", "0", "ip", "netns", "exec", p.L.Name, "tcpdump", "-i", "l0", "-nn", "-s", strconv.Itoa(DefaultSnaplen),
-			"-w", file, fmt.Sprintf("udp and host %s and port %d", p.VIP.Addr(), vipPort))
+	default:
+		// tcpdump as a user runs it in the LB's namespace; tcpdump-BN
+		// with -B N (KiB).
+		args := []string{"-c", "0", "ip", "netns", "exec", p.L.Name, "tcpdump", "-i", "l0", "-nn", "-s", strconv.Itoa(DefaultSnaplen), "-w", file}
+		if kib, ok := strings.CutPrefix(tool, "tcpdump-B"); ok {
+			args = append(args, "-B", kib)
+		}
+		cmd = exec.Command("taskset", append(args, fmt.Sprintf("udp and host %s and port %d", p.VIP.Addr(), vipPort))...)
 		ready = "listening on"
 	}
 	stderr, _ := cmd.StderrPipe()
@@ -318,7 +324,7 @@ func benchOne(b *testing.B, p *lbPair, tool string, rate int, secs float64, file
 			b.Fatalf("lbdoctor capture process: %v\n%s\n%s", err, stdout.String(), stderrText)
 		}
 		r.written, r.dropped = res.Written, res.Drops
-	case "tcpdump":
+	default:
 		for _, m := range tcpdumpStat.FindAllStringSubmatch(stderrText, -1) {
 			n, _ := strconv.ParseUint(m[1], 10, 64)
 			if m[2] == "captured" {
