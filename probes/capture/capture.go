@@ -6,6 +6,12 @@
 // expression) — and writes them as pcapng. It counts what the kernel lost
 // (PACKET_STATISTICS, kept as running totals) and never hides it.
 //
+// One socket per interface keeps the order in which the kernel saw that
+// interface's packets, both ways; a packet's direction is the sll_pkttype
+// the kernel stored beside it (PACKET_OUTGOING: sent). Packets of
+// different interfaces come from different rings: their relative order is
+// their timestamps', not the handler's calls'.
+//
 // Which leg of a flow a packet is (client→VIP, LB→real, real→LB,
 // LB→client) is not decided here: see Legs.
 package capture
