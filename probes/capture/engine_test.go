@@ -2,6 +2,7 @@ package capture
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -27,6 +28,10 @@ func TestCaptureVIPFlow(t *testing.T) {
 	p.echo(t)
 	var s seen
 	r := startCapture(t, p.L, Options{Match: Match{Proto: 17, Addrs: []netip.Addr{p.VIP.Addr()}, Ports: []uint16{vipPort}}}, s.handle)
+	// Every interface that is up, but loopback unless asked: lo is named.
+	if got := fmt.Sprint(r.c.Skipped()); got != "[{lo loopback (name it to capture it)}]" {
+		t.Errorf("Skipped() = %s, want lo alone", got)
+	}
 	const n = 50
 	p.exchange(t, p.VIP, n, true)
 	// Others the filter must leave out: another port of the VIP, the LB's
@@ -285,5 +290,33 @@ func TestCaptureIPv6(t *testing.T) {
 	want := map[string]int{fmt.Sprintf("l0 in udp %s>%s", src, dst): n}
 	if fmt.Sprint(got) != fmt.Sprint(want) || src.Addr() != netip.MustParseAddr("fd81::1") {
 		t.Errorf("captured = %v, want %v from fd81::1", got, want)
+	}
+}
+
+func TestOpenBadOptions(t *testing.T) {
+	ns := testkit.Netns(t, "cb")
+	cases := []struct {
+		name string
+		opt  Options
+		want error
+	}{
+		{"negative snaplen", Options{Snaplen: -1}, ErrBadOptions},
+		{"snaplen over 65535", Options{Snaplen: 65536}, ErrBadOptions},
+		{"ring of one page", Options{RingBytes: 4096}, ErrBadOptions},
+		{"ring over 1 GiB", Options{RingBytes: 2 << 30}, ErrBadOptions},
+		{"ICMP", Options{Match: Match{Proto: 1}}, ErrBadOptions},
+		{"no such interface", Options{Interfaces: []string{"nope0"}}, ErrNoInterface},
+		{"nothing up but loopback", Options{}, ErrNoInterface},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Open(ns, tc.opt)
+			if err == nil {
+				c.Close()
+			}
+			if !errors.Is(err, tc.want) {
+				t.Errorf("Open(%s) = %v, want %v", tc.name, err, tc.want)
+			}
+		})
 	}
 }
