@@ -320,3 +320,24 @@ func TestOpenBadOptions(t *testing.T) {
 		})
 	}
 }
+
+// TestCaptureLoopback: named, lo is captured; a datagram the namespace
+// sends itself crosses it twice, sent then received, and the direction
+// says which.
+func TestCaptureLoopback(t *testing.T) {
+	p := newLBPair(t)
+	var s seen
+	r := startCapture(t, p.L, Options{Interfaces: []string{"lo"}, Match: Match{Proto: 17, Addrs: []netip.Addr{p.VIP.Addr()}, Ports: []uint16{vipPort}}}, s.handle)
+	const n = 4
+	testkit.SendUDP(t, p.L, p.LAddr, p.VIP, n)
+	s.waitFor(2*n, 2*time.Second)
+	time.Sleep(3 * blockTimeout)
+	r.stop(t)
+	var dirs []string
+	for _, pk := range s.all() {
+		dirs = append(dirs, pk.Iface+" "+pk.Dir.String())
+	}
+	if want := strings.Repeat("lo out lo in ", n); strings.Join(dirs, " ")+" " != want {
+		t.Errorf("captured on lo = %v, want out then in, %d times", dirs, n)
+	}
+}
