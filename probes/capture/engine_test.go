@@ -11,6 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 )
 
@@ -253,8 +257,28 @@ func TestCaptureAllGone(t *testing.T) {
 // flow to an IPv6 address and port captured exactly, another port left out.
 func TestCaptureIPv6(t *testing.T) {
 	p := newLBPair(t)
-	testkit.Run(t, p.C, "ip", "-6", "addr", "add", "fd81::1/64", "dev", "c0", "nodad")
-	testkit.Run(t, p.L, "ip", "-6", "addr", "add", "fd81::2/64", "dev", "l0", "nodad")
+	// No duplicate address detection (busybox's ip, in the guest, has no
+	// nodad): the addresses are usable at once.
+	for _, a := range []struct {
+		ns        netns.Target
+		dev, cidr string
+	}{{p.C, "c0", "fd81::1/64"}, {p.L, "l0", "fd81::2/64"}} {
+		err := a.ns.Do(func() error {
+			l, err := netlink.LinkByName(a.dev)
+			if err != nil {
+				return err
+			}
+			ad, err := netlink.ParseAddr(a.cidr)
+			if err != nil {
+				return err
+			}
+			ad.Flags = unix.IFA_F_NODAD
+			return netlink.AddrAdd(l, ad)
+		})
+		if err != nil {
+			t.Fatalf("add %s to %s in %s: %v", a.cidr, a.dev, a.ns, err)
+		}
+	}
 	dst := netip.MustParseAddrPort("[fd81::2]:8085")
 	var s seen
 	r := startCapture(t, p.L, Options{Match: Match{Proto: 17, Addrs: []netip.Addr{dst.Addr()}, Ports: []uint16{dst.Port()}}}, s.handle)
