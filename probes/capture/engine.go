@@ -74,7 +74,6 @@ type socket struct {
 	mu    sync.Mutex // guards below
 	stats Stats
 	last  [3]uint32 // afpacket's running uint32 totals at the last read
-	base  [3]uint32 // the totals when the real filter went on
 	done  bool      // the reader ended for good (Ended set) or the ring is closed
 }
 
@@ -272,7 +271,6 @@ func (s *socket) arm(filter []bpf.RawInstruction) error {
 		return fmt.Errorf("packet socket on %s: %w", s.iface, err)
 	}
 	s.mu.Lock()
-	s.base = s.last
 	s.stats.Packets, s.stats.Drops, s.stats.Freezes = 0, 0, 0
 	s.mu.Unlock()
 	if err := s.tp.SetBPF(filter); err != nil {
