@@ -6,6 +6,12 @@
 // expression) — and writes them as pcapng. It counts what the kernel lost
 // (PACKET_STATISTICS, kept as running totals) and never hides it.
 //
+// One socket per interface keeps the order in which the kernel saw that
+// interface's packets, both ways; a packet's direction is the sll_pkttype
+// the kernel stored beside it (PACKET_OUTGOING: sent). Packets of
+// different interfaces come from different rings: their relative order is
+// their timestamps', not the handler's calls'.
+//
 // Which leg of a flow a packet is (client→VIP, LB→real, real→LB,
 // LB→client) is not decided here: see Legs.
 package capture
@@ -73,12 +79,14 @@ const DefaultSnaplen = 256
 // Stats is what the kernel counted on one socket since it was opened
 // (running totals: each PACKET_STATISTICS read resets the kernel's).
 type Stats struct {
-	Interface string    `json:"interface"`
-	Direction Direction `json:"direction"` // one socket per interface and direction
-	Packets   uint64    `json:"packets"`   // accepted by the socket's filter, drops included
-	Drops     uint64    `json:"drops"`     // lost: the ring was full
-	Freezes   uint64    `json:"queue_freezes"`
-	Ended     string    `json:"ended,omitempty"` // why the socket stopped before the capture did
+	Interface string `json:"interface"` // one socket per interface
+	Packets   uint64 `json:"packets"`   // accepted by the socket's filter, drops included
+	Drops     uint64 `json:"drops"`     // lost: the ring was full
+	Freezes   uint64 `json:"queue_freezes"`
+	// Unknown counts packets whose direction could not be read from the
+	// ring (see frameType): they are given In.
+	Unknown uint64 `json:"direction_unknown,omitempty"`
+	Ended   string `json:"ended,omitempty"` // why the socket stopped before the capture did
 }
 
 // LegOf is what a packet was on the NAT path: its flow and leg. Kind is

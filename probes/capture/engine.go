@@ -24,7 +24,7 @@ var ErrNoInterface = errors.New("no such interface")
 // DefaultRingBytes is the ring of one socket when Options leave it out:
 // 4 MiB, about 11,000 packets of DefaultSnaplen — a few tenths of a second
 // of a flood at the rates a veth carries on one core, where afpacket's
-// default would map 64 MiB per socket (two sockets per interface here).
+// default would map 64 MiB per interface.
 const DefaultRingBytes = 4 << 20
 
 // Limits of the options (bad input outside them).
@@ -54,7 +54,7 @@ type Skip struct {
 }
 
 // Capture is a set of AF_PACKET sockets opened in one namespace: one per
-// interface and direction, each with its own ring and the same filter.
+// interface, each with its own ring and the same filter.
 type Capture struct {
 	ns      netns.Target
 	opt     Options
@@ -69,13 +69,11 @@ type Capture struct {
 type socket struct {
 	iface   string
 	ifindex int
-	dir     Direction
 	tp      *afpacket.TPacket
 
 	mu    sync.Mutex // guards below
 	stats Stats
 	last  [3]uint32 // afpacket's running uint32 totals at the last read
-	base  [3]uint32 // the totals when the real filter went on
 	done  bool      // the reader ended for good (Ended set) or the ring is closed
 }
 
@@ -86,8 +84,9 @@ var testAfterBind func(iface string)
 // Open opens the capture's sockets inside ns (a locked OS thread that
 // joined it): on opt.Interfaces, or on every Ethernet interface of ns that
 // is up (loopback only when asked for, or when the match names a loopback
-// address), two sockets each — packets the namespace received and packets
-// it sent (PACKET_OUTGOING) — with rings of opt.RingBytes. Each socket gets
+// address), one socket each — packets the namespace received and sent, in
+// the order the kernel saw them on that interface — with a ring of
+// opt.RingBytes. Each socket gets
 // a reject-all filter first, is drained, then gets the filter built from
 // opt.Match (Filter): packets that reached it before are never delivered.
 // Errors: ErrBadOptions and ErrNoInterface (bad input), a missing
@@ -109,11 +108,9 @@ func Open(ns netns.Target, opt Options) (*Capture, error) {
 	if err != nil {
 		return nil, err
 	}
-	filters := map[Direction][]bpf.RawInstruction{}
-	for _, d := range []Direction{In, Out} {
-		if filters[d], err = socketFilter(body, d); err != nil {
-			return nil, fmt.Errorf("capture filter: %w", err)
-		}
+	filter, err := socketFilter(body)
+	if err != nil {
+		return nil, fmt.Errorf("capture filter: %w", err)
 	}
 	c := &Capture{ns: ns, opt: opt}
 	err = ns.Do(func() error {
@@ -123,13 +120,11 @@ func Open(ns netns.Target, opt Options) (*Capture, error) {
 		}
 		c.skipped = skipped
 		for _, l := range links {
-			for _, d := range []Direction{In, Out} {
-				s, err := openSocket(l, d, opt)
-				if err != nil {
-					return err
-				}
-				c.socks = append(c.socks, s)
+			s, err := openSocket(l, opt)
+			if err != nil {
+				return err
 			}
+			c.socks = append(c.socks, s)
 		}
 		return nil
 	})
@@ -145,7 +140,7 @@ func Open(ns netns.Target, opt Options) (*Capture, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = s.arm(filters[s.dir])
+			errs[i] = s.arm(filter)
 		}()
 	}
 	wg.Wait()
@@ -229,9 +224,9 @@ func ringGeometry(ring int) (blockSize, blocks int) {
 	return blockSize, max(2, ring/blockSize)
 }
 
-// openSocket opens one socket on l for direction d, in the current
-// namespace, with the reject-all filter on.
-func openSocket(l netlink.Link, d Direction, opt Options) (*socket, error) {
+// openSocket opens one socket on l, in the current namespace, with the
+// reject-all filter on.
+func openSocket(l netlink.Link, opt Options) (*socket, error) {
 	name := l.Attrs().Name
 	blockSize, blocks := ringGeometry(opt.RingBytes)
 	frame := min(blockSize, 4096)
@@ -254,8 +249,7 @@ func openSocket(l netlink.Link, d Direction, opt Options) (*socket, error) {
 		tp.Close()
 		return nil, fmt.Errorf("packet socket on %s: attach filter: %w", name, err)
 	}
-	return &socket{iface: name, ifindex: l.Attrs().Index, dir: d, tp: tp,
-		stats: Stats{Interface: name, Direction: d}}, nil
+	return &socket{iface: name, ifindex: l.Attrs().Index, tp: tp, stats: Stats{Interface: name}}, nil
 }
 
 // arm empties the ring of what came in before the reject-all filter, then
@@ -277,7 +271,6 @@ func (s *socket) arm(filter []bpf.RawInstruction) error {
 		return fmt.Errorf("packet socket on %s: %w", s.iface, err)
 	}
 	s.mu.Lock()
-	s.base = s.last
 	s.stats.Packets, s.stats.Drops, s.stats.Freezes = 0, 0, 0
 	s.mu.Unlock()
 	if err := s.tp.SetBPF(filter); err != nil {
@@ -361,7 +354,7 @@ func (c *Capture) Run(ctx context.Context, handle func(Packet) bool) error {
 	for _, s := range c.socks {
 		s.mu.Lock()
 		if s.stats.Ended != "" {
-			why = append(why, fmt.Errorf("%s %s: %s", s.iface, s.dir, s.stats.Ended))
+			why = append(why, fmt.Errorf("%s: %s", s.iface, s.stats.Ended))
 		}
 		s.mu.Unlock()
 	}
@@ -385,7 +378,15 @@ func (c *Capture) read(i int, s *socket, stop *atomic.Bool, handle func(Packet) 
 			c.handleM.Unlock()
 			return
 		}
-		more := handle(Packet{Time: ci.Timestamp, Interface: s.iface, IfIndex: ci.InterfaceIndex, Direction: s.dir,
+		dir := In
+		if pkttype, ok := frameType(data, ci.InterfaceIndex); !ok {
+			s.mu.Lock()
+			s.stats.Unknown++
+			s.mu.Unlock()
+		} else if pkttype == unix.PACKET_OUTGOING {
+			dir = Out
+		}
+		more := handle(Packet{Time: ci.Timestamp, Interface: s.iface, IfIndex: ci.InterfaceIndex, Direction: dir,
 			Length: ci.Length, Data: data, Socket: i})
 		if !more {
 			stop.Store(true)

@@ -35,10 +35,6 @@ const (
 	etherIPv6 = 0x86dd
 	protoTCP  = 6
 	protoUDP  = 17
-
-	// packetOutgoing is PACKET_OUTGOING, the sll_pkttype (skb->pkt_type) of
-	// a packet the host sent, as SKF_AD_PKTTYPE loads it.
-	packetOutgoing = 4
 )
 
 // Filter returns the classic BPF program that accepts, on a VLAN-less
@@ -49,8 +45,8 @@ const (
 // packets whose first next header is not TCP or UDP (extension headers),
 // IPv4 fragments after the first when ports are asked for (they carry no
 // ports) — is rejected. It uses no kernel extension, so golang.org/x/net/bpf's
-// userland VM runs it as the kernel does; the direction and VLAN checks a
-// socket adds in front (socketFilter) are kernel-only.
+// userland VM runs it as the kernel does; the VLAN check a socket adds in
+// front (socketFilter) is kernel-only.
 func Filter(m Match, snaplen int) ([]bpf.Instruction, error) {
 	if snaplen <= 0 {
 		return nil, fmt.Errorf("snaplen %d: want at least 1: %w", snaplen, ErrBadOptions)
@@ -101,17 +97,9 @@ func Filter(m Match, snaplen int) ([]bpf.Instruction, error) {
 			a.label("v4addr")
 		}
 		if len(m.Ports) > 0 {
-			a.emit(bpf.LoadMemShift{Off: offIP})
-			for _, off := range []uint32{offIP, offIP + 2} {
-				a.ld(bpf.LoadIndirect{Off: off, Size: 2})
-				for _, p := range m.Ports {
-					a.jeqTo(uint32(p), "accept")
-				}
-			}
-			a.jump("reject")
-		} else {
-			a.jump("accept")
+			a.emit(bpf.LoadMemShift{Off: offIP}) // X = the IPv4 header's length
 		}
+		a.ports(m.Ports, bpf.LoadIndirect{Off: offIP, Size: 2}, bpf.LoadIndirect{Off: offIP + 2, Size: 2})
 	}
 
 	if anyAddr || len(v6) > 0 {
@@ -137,17 +125,7 @@ func Filter(m Match, snaplen int) ([]bpf.Instruction, error) {
 			a.jump("reject")
 			a.label("v6addr")
 		}
-		if len(m.Ports) > 0 {
-			for _, off := range []uint32{offV6Ports, offV6Ports + 2} {
-				a.ld(bpf.LoadAbsolute{Off: off, Size: 2})
-				for _, p := range m.Ports {
-					a.jeqTo(uint32(p), "accept")
-				}
-			}
-			a.jump("reject")
-		} else {
-			a.jump("accept")
-		}
+		a.ports(m.Ports, bpf.LoadAbsolute{Off: offV6Ports, Size: 2}, bpf.LoadAbsolute{Off: offV6Ports + 2, Size: 2})
 	}
 
 	a.label("accept")
@@ -158,32 +136,23 @@ func Filter(m Match, snaplen int) ([]bpf.Instruction, error) {
 	if err != nil {
 		return nil, err
 	}
-	// The direction and VLAN checks socketFilter adds take 6 more.
-	if len(prog)+6 > maxInsns {
+	// The VLAN check socketFilter adds takes 3 more.
+	if len(prog)+3 > maxInsns {
 		return nil, fmt.Errorf("match of %d addresses and %d ports needs %d BPF instructions, more than the kernel's %d: %w",
-			len(m.Addrs), len(m.Ports), len(prog)+6, maxInsns, ErrBadOptions)
+			len(m.Addrs), len(m.Ports), len(prog)+3, maxInsns, ErrBadOptions)
 	}
 	return prog, nil
 }
 
-// socketFilter puts the kernel-only checks in front of body: packets the
+// socketFilter puts the kernel-only check in front of body: packets the
 // NIC or veth untagged from a VLAN are refused (their headers are not
-// where body looks, and the VLAN's own interface shows them), and only
-// packets of direction dir pass (skb->pkt_type, PACKET_OUTGOING for what the
-// host sent: AF_PACKET's own notion of direction).
-func socketFilter(body []bpf.Instruction, dir Direction) ([]bpf.RawInstruction, error) {
+// where body looks, and the VLAN's own interface shows them).
+func socketFilter(body []bpf.Instruction) ([]bpf.RawInstruction, error) {
 	prog := []bpf.Instruction{
 		bpf.LoadExtension{Num: bpf.ExtVLANTagPresent},
 		bpf.JumpIf{Cond: bpf.JumpEqual, Val: 0, SkipTrue: 1},
 		bpf.RetConstant{Val: 0},
-		bpf.LoadExtension{Num: bpf.ExtType},
 	}
-	if dir == Out {
-		prog = append(prog, bpf.JumpIf{Cond: bpf.JumpEqual, Val: packetOutgoing, SkipTrue: 1})
-	} else {
-		prog = append(prog, bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: packetOutgoing, SkipTrue: 1})
-	}
-	prog = append(prog, bpf.RetConstant{Val: 0})
 	return bpf.Assemble(append(prog, body...))
 }
 
@@ -229,6 +198,22 @@ func (a *asm) jeqTo(val uint32, label string) {
 func (a *asm) jneTo(val uint32, label string) {
 	a.emit(bpf.JumpIf{Cond: bpf.JumpEqual, Val: val, SkipTrue: 1, SkipFalse: 0})
 	a.jump(label)
+}
+
+// ports accepts when the port either load reads is one of ports (any port
+// when there are none), and rejects otherwise.
+func (a *asm) ports(ports []uint16, loads ...bpf.Instruction) {
+	if len(ports) == 0 {
+		a.jump("accept")
+		return
+	}
+	for _, ld := range loads {
+		a.ld(ld)
+		for _, p := range ports {
+			a.jeqTo(uint32(p), "accept")
+		}
+	}
+	a.jump("reject")
 }
 
 // proto checks the protocol byte ld loads: proto, or TCP or UDP for 0.
