@@ -144,7 +144,7 @@ func captureEvidence(s *probes.Snapshot, paths []flowpath.Path) []Evidence {
 	c := s.Window.Capture
 	var ifaces []string
 	for _, st := range c.Interfaces {
-		ifaces = append(ifaces, st.Interface+" "+st.Direction.String())
+		ifaces = append(ifaces, st.Interface)
 	}
 	// What the capture could not see is said beside what it saw.
 	out = append(out, Evidence{Fact: fmt.Sprintf("captured %d packets on %s: %d lost in the kernel's rings, %d not processed, %d claimed by no flow",

@@ -188,9 +188,11 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 		doc.Filter.Ports = []uint16{}
 	}
 
-	var file *pcapFile
+	var file *capture.Writer
 	if f.write != "" {
-		if file, err = createPcap(f.write, c); err != nil {
+		if file, err = capture.CreateFile(f.write, c.Snaplen(), c.SocketInterfaces()); errors.Is(err, capture.ErrNotRegular) {
+			return usageErrorf("-w %s: %v", f.write, err)
+		} else if err != nil {
 			return err
 		}
 		doc.File = &captureFile{Path: f.write}
@@ -216,8 +218,12 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 	}
 	wopt := capture.WatchOptions{Count: f.count, Stop: ctx}
 	if file != nil {
-		wopt.Sink = file.write
+		// Each packet's comment names its flow and leg (Wireshark shows it).
+		wopt.Sink = func(p capture.Packet, leg capture.LegOf, ok bool) error {
+			return file.WritePacket(p, p.Socket, packetComment(leg, ok))
+		}
 	}
+	started := time.Now()
 	w, runErr := capture.Watch(window, c, j, wopt)
 	doc.Interfaces = c.Close()
 	doc.Elapsed, doc.Packets, doc.NotProcessed = w.Elapsed, w.Packets, w.NotProcessed
@@ -235,8 +241,9 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 		doc.Interrupted, doc.CutShort = true, "interrupted by "+sig
 	}
 	if file != nil {
-		doc.File.Packets = file.packets
-		if err := file.close(doc.Interfaces, w.SinkErr); err != nil {
+		doc.File.Packets = file.Packets()
+		err := file.Close(capture.FileStatsOf(doc.Interfaces, started, time.Now()))
+		if err = errors.Join(w.SinkErr, err); err != nil {
 			doc.File.Error = err.Error()
 		}
 	}
@@ -260,6 +267,14 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 	return nil
 }
 
+// packetComment names a packet's flow and leg in the pcapng file.
+func packetComment(leg capture.LegOf, ok bool) string {
+	if !ok {
+		return "lbdoctor: claimed by no flow of the VIP"
+	}
+	return fmt.Sprintf("lbdoctor: leg %s (%s) of %s → VIP %s via real %s", capture.LegName(leg.Kind), leg.Kind, leg.Client, leg.VIP, leg.Real)
+}
+
 // captureClosing is the text closing lines (stderr, like drops'): what was
 // captured, what was lost and where, what no flow claimed.
 func captureClosing(w interface{ Write([]byte) (int, error) }, d *captureDoc, runErr error) {
@@ -276,7 +291,7 @@ func captureClosing(w interface{ Write([]byte) (int, error) }, d *captureDoc, ru
 	printf(w, "%d packets captured in %s: %d flows (%s); %d claimed by no flow\n", d.Packets, d.Elapsed.Round(time.Millisecond), len(d.Flows), strings.Join(parts, ", "), d.Unclaimed)
 	var drops []string
 	for _, s := range d.Interfaces {
-		drops = append(drops, fmt.Sprintf("%s %s %d", s.Interface, s.Direction, s.Drops))
+		drops = append(drops, fmt.Sprintf("%s %d", s.Interface, s.Drops))
 	}
 	mark := ""
 	if d.KernelDrops > 0 {
@@ -285,7 +300,7 @@ func captureClosing(w interface{ Write([]byte) (int, error) }, d *captureDoc, ru
 	printf(w, "%skernel ring drops: %d (%s)\n", mark, d.KernelDrops, strings.Join(drops, ", "))
 	for _, s := range d.Interfaces {
 		if s.Ended != "" {
-			printf(w, "! %s %s stopped before the capture: %s\n", s.Interface, s.Direction, s.Ended)
+			printf(w, "! %s stopped before the capture: %s\n", s.Interface, s.Ended)
 		}
 	}
 	if runErr != nil {
@@ -366,7 +381,7 @@ func interfaceList(st []capture.Stats) string {
 			names = append(names, s.Interface)
 		}
 	}
-	return strings.Join(names, ", ") + " (in and out)"
+	return strings.Join(names, ", ") + " (received and sent)"
 }
 
 func joinAddrs(l []netip.Addr) string {
