@@ -394,6 +394,19 @@ type PathLegs struct {
 	Legs    [4]LegCount `json:"legs"`
 }
 
+// MarshalJSON writes legs by kind, as FlowLegs does.
+func (p PathLegs) MarshalJSON() ([]byte, error) {
+	type plain PathLegs
+	j := struct {
+		plain
+		Legs []legJSON `json:"legs"`
+	}{plain: plain(p)}
+	for i, l := range p.Legs {
+		j.Legs = append(j.Legs, legJSON{LegKinds[i], l})
+	}
+	return json.Marshal(j)
+}
+
 // Summary is what a capture saw in a window, by service path, and what it
 // could not see (never hidden).
 type Summary struct {

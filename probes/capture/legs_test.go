@@ -247,3 +247,24 @@ func TestHeaderParser(t *testing.T) {
 		})
 	}
 }
+
+// A window's capture sums flows by service path; its JSON names each leg.
+func TestTableByPath(t *testing.T) {
+	tab := capture.NewTable()
+	for i, p := range []pkt{{client, vip, capture.In, syn}, {snat, real, capture.Out, syn}, {real, snat, capture.In, synAck}} {
+		f := flowOf(source{ct: &nftFlow}, p.s, p.d)
+		leg, ok := capture.Classify(f, p.dir)
+		tab.Add(f, leg, ok, capture.Header{Proto: unix.IPPROTO_TCP, TCPFlags: p.flags}, time.Unix(int64(i), 0).UTC())
+	}
+	ps := tab.ByPath()
+	if len(ps) != 1 || ps[0].Flows != 1 || ps[0].Stopped != 1 || ps[0].Legs[2].Packets != 1 {
+		t.Fatalf("ByPath() = %+v, want one path, one flow stopped, 1 reply", ps)
+	}
+	b, err := json.Marshal(ps[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `"legs":[{"kind":"request","packets":1,"segments":["SYN"],"first":"1970-01-01T00:00:00Z","last":"1970-01-01T00:00:00Z"},`; !strings.Contains(string(b), want) || !strings.Contains(string(b), `{"kind":"to_client","packets":0}]`) {
+		t.Errorf("json.Marshal(path) = %s, want legs by kind: %s…", b, want)
+	}
+}
