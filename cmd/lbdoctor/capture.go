@@ -247,8 +247,13 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 			doc.File.Error = err.Error()
 		}
 	}
-	if runErr != nil && doc.Packets == 0 {
+	switch {
+	case runErr != nil && doc.Packets == 0:
 		return runErr
+	case runErr != nil && !doc.Interrupted:
+		// Every interface went away: what was captured is the result,
+		// cut short, as drops says of a namespace deleted under it.
+		doc.CutShort = runErr.Error()
 	}
 	out := cmd.OutOrStdout()
 	if g.output == "json" {

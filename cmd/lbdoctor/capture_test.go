@@ -341,3 +341,45 @@ func TestCaptureBadInput(t *testing.T) {
 		})
 	}
 }
+
+// An interface that goes away mid-capture ends its socket alone: the
+// capture goes on on the others and says which stopped and why; when
+// every one went, it ends early, prints what it captured and says so.
+func TestCaptureInterfaceGone(t *testing.T) {
+	testkit.RequireRoot(t)
+	tests := []struct {
+		name     string
+		gone     string
+		wantLine string
+	}{
+		{"the reals' side of a two-arm LB", "eth1", "! eth1 stopped before the capture: interface eth1 went away"},
+		{"the only interface", "eth0", "capture: every socket ended"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l := testkit.Lab(t, lab.TwoArm)
+			vip, real := netip.AddrPortFrom(l.VIP, 8085), netip.AddrPortFrom(l.RealIP, 8080)
+			testkit.Serve(t, l.Real, ":8080")
+			testkit.NftNAT(t, l.LB, vip, real, false)
+			testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+			if tt.gone == "eth0" {
+				// Only eth0 is captured when the reals are not known.
+				testkit.Run(t, l.LB, "nft", "flush", "table", "ip", "lbdtest")
+			}
+			wait, stdout := startCaptureText(t, "--netns", l.LB.Path, "--vip", vip.String(), "--duration", "3s")
+			lab.Probe(context.Background(), l.Client, vip, 500*time.Millisecond)
+			testkit.Run(t, l.LB, "ip", "link", "del", tt.gone)
+			start := time.Now()
+			_, stderr, code := wait(false)
+			if code != 0 || !strings.Contains(stderr, tt.wantLine) || !strings.Contains(stderr, "packets captured") {
+				t.Errorf("capture with %s deleted = exit %d, stderr\n%s\nwant exit 0, %q and the closing lines", tt.gone, code, stderr, tt.wantLine)
+			}
+			if tt.gone == "eth0" && time.Since(start) > 2*time.Second {
+				t.Errorf("capture with every interface gone ran on for %s, want it to end at once", time.Since(start))
+			}
+			if tt.gone == "eth1" && !strings.Contains(stdout.String(), "→ VIP "+vip.String()+" ✓") {
+				t.Errorf("capture stdout =\n%s\nwant the probe's flow", stdout)
+			}
+		})
+	}
+}
