@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/lbdoctor/lbdoctor/flowpath"
 	"github.com/lbdoctor/lbdoctor/internal/lab"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
@@ -381,5 +383,15 @@ func TestCaptureInterfaceGone(t *testing.T) {
 				t.Errorf("capture stdout =\n%s\nwant the probe's flow", stdout)
 			}
 		})
+	}
+}
+
+// Without CAP_NET_RAW capture names the capability and exits 3, before it
+// opens anything.
+func TestCaptureWithoutCapabilityExitsThree(t *testing.T) {
+	testkit.RequireRoot(t)
+	r := runCLIWithout(t, unix.CAP_NET_RAW, "capture", "--vip", "10.1.0.6:8085", "--duration", "1s")
+	if r.code != exitCannot || !strings.Contains(r.stderr, "CAP_NET_RAW") || strings.Count(r.stderr, "\n") != 1 {
+		t.Errorf("lbdoctor capture without CAP_NET_RAW = exit %d, stderr %q; want exit 3 and one line naming CAP_NET_RAW", r.code, r.stderr)
 	}
 }

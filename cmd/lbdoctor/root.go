@@ -33,7 +33,8 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		Long: `lbdoctor finds where packets die on a Linux IPVS load balancer and builds
 the NAT path correctly. check and inspect read IPVS, sysctls, packet-filter
 rules, conntrack and counters in any network namespace; drops traces where
-the kernel drops packets and which VIP flow they belonged to; setup, teardown,
+the kernel drops packets and which VIP flow they belonged to; capture shows
+each leg of a VIP's flows on the LB, joined across the NAT; setup, teardown,
 check --fix and lab change the host, and print their plan first.
 
 Exit codes: 0 ok, 1 a check failed (lab status, lab probe: the lab is not
