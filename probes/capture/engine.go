@@ -80,7 +80,7 @@ type socket struct {
 	// missed it (a block the kernel's retire timer handed over late, on a
 	// loaded machine). The ring's stamps are CLOCK_REALTIME, as time.Now.
 	since time.Time
-	done  bool      // the reader ended for good (Ended set) or the ring is closed
+	done  bool // the reader ended for good (Ended set) or the ring is closed
 }
 
 // testAfterBind, when set (tests only), runs on each socket after it is
