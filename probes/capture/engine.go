@@ -74,7 +74,13 @@ type socket struct {
 	mu    sync.Mutex // guards below
 	stats Stats
 	last  [3]uint32 // afpacket's running uint32 totals at the last read
-	done  bool      // the reader ended for good (Ended set) or the ring is closed
+
+	// since is when the reject-all filter was on: a packet stamped before
+	// it passed no filter, and is never delivered, should the drain have
+	// missed it (a block the kernel's retire timer handed over late, on a
+	// loaded machine). The ring's stamps are CLOCK_REALTIME, as time.Now.
+	since time.Time
+	done  bool // the reader ended for good (Ended set) or the ring is closed
 }
 
 // testAfterBind, when set (tests only), runs on each socket after it is
@@ -88,7 +94,8 @@ var testAfterBind func(iface string)
 // the order the kernel saw them on that interface — with a ring of
 // opt.RingBytes. Each socket gets
 // a reject-all filter first, is drained, then gets the filter built from
-// opt.Match (Filter): packets that reached it before are never delivered.
+// opt.Match (Filter): packets that reached it before are never delivered
+// (nor any the drain missed: stamped before the reject-all filter was on).
 // Errors: ErrBadOptions and ErrNoInterface (bad input), a missing
 // privilege as unix.EPERM (CAP_NET_RAW; CAP_SYS_ADMIN to enter ns).
 func Open(ns netns.Target, opt Options) (*Capture, error) {
@@ -249,7 +256,7 @@ func openSocket(l netlink.Link, opt Options) (*socket, error) {
 		tp.Close()
 		return nil, fmt.Errorf("packet socket on %s: attach filter: %w", name, err)
 	}
-	return &socket{iface: name, ifindex: l.Attrs().Index, tp: tp, stats: Stats{Interface: name}}, nil
+	return &socket{iface: name, ifindex: l.Attrs().Index, tp: tp, stats: Stats{Interface: name}, since: time.Now()}, nil
 }
 
 // arm empties the ring of what came in before the reject-all filter, then
@@ -372,6 +379,9 @@ func (c *Capture) read(i int, s *socket, stop *atomic.Bool, handle func(Packet) 
 		default:
 			c.end(s, err)
 			return
+		}
+		if ci.Timestamp.Before(s.since) {
+			continue
 		}
 		c.handleM.Lock()
 		if stop.Load() {
