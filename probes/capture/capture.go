@@ -86,7 +86,12 @@ type Stats struct {
 	// Unknown counts packets whose direction could not be read from the
 	// ring (see frameType): they are given In.
 	Unknown uint64 `json:"direction_unknown,omitempty"`
-	Ended   string `json:"ended,omitempty"` // why the socket stopped before the capture did
+	// Unread counts packets the kernel put in the ring that were never
+	// delivered: still queued while the capture runs; after Close, left
+	// behind when it ended (the handler said stop, or the context's end
+	// came with more than the rings could give in its grace).
+	Unread uint64 `json:"unread"`
+	Ended  string `json:"ended,omitempty"` // why the socket stopped before the capture did
 }
 
 // LegOf is what a packet was on the NAT path: its flow and leg. Kind is

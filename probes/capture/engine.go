@@ -38,7 +38,7 @@ const (
 	// pollTimeout bounds how long a reader waits in poll(2) before it looks
 	// at whether the capture ended: a cancelled context ends Run within it
 	// (and the readers' last handler calls).
-	pollTimeout = 50 * time.Millisecond
+	pollTimeout = 20 * time.Millisecond
 	// blockTimeout is TPACKET_V3's retire timer: a block holding packets
 	// is handed over at the latest this long after it was opened, so a
 	// quiet link's packets arrive within it, and a drain that waited
@@ -80,7 +80,9 @@ type socket struct {
 	// missed it (a block the kernel's retire timer handed over late, on a
 	// loaded machine). The ring's stamps are CLOCK_REALTIME, as time.Now.
 	since time.Time
-	done  bool // the reader ended for good (Ended set) or the ring is closed
+
+	delivered atomic.Uint64 // packets given to the handler
+	done      bool          // the reader ended for good (Ended set) or the ring is closed
 }
 
 // testAfterBind, when set (tests only), runs on each socket after it is
@@ -304,6 +306,14 @@ func (s *socket) readStats() (Stats, error) {
 	s.stats.Drops += uint64(now[1] - s.last[1])
 	s.stats.Freezes += uint64(now[2] - s.last[2])
 	s.last = now
+	// What reached the ring (the kernel's count less its drops) and was
+	// not delivered: still queued, or left when the capture ended. (A
+	// packet stamped before the filter and counted after it is counted
+	// here too: an overcount of a rare few, never a loss hidden.)
+	s.stats.Unread = 0
+	if in, read := s.stats.Packets-s.stats.Drops, s.delivered.Load(); in > read {
+		s.stats.Unread = in - read
+	}
 	return s.stats, nil
 }
 
@@ -327,17 +337,22 @@ func (c *Capture) Snaplen() int { return c.opt.Snaplen }
 // socket has ended; handle is called for one packet at a time (never
 // concurrently), and p.Data is valid only during the call. A socket whose
 // interface went away or down ends alone, saying why in its Stats.Ended;
-// the others go on. Run returns within about 50 ms of ctx's end (plus the
-// handler's call under way); it returns an error only when every socket
-// ended on its own.
+// the others go on. When ctx ends, what the rings already hold is still
+// delivered for up to endGrace (a quiet ring ends sooner: two polls), so
+// Run returns within about 50 ms (plus the handler's call under way); what
+// was left unread is counted in Stats.Unread. Run returns an error only
+// when every socket ended on its own.
 func (c *Capture) Run(ctx context.Context, handle func(Packet) bool) error {
 	c.runMu.Lock()
 	defer c.runMu.Unlock()
 	if c.closed {
 		return errors.New("capture: run after close")
 	}
-	var stop atomic.Bool
-	ctxDone := context.AfterFunc(ctx, func() { stop.Store(true) })
+	var st runState
+	ctxDone := context.AfterFunc(ctx, func() {
+		st.endAt.Store(time.Now().UnixNano())
+		st.ending.Store(true)
+	})
 	defer ctxDone()
 	var wg sync.WaitGroup
 	for i, s := range c.socks {
@@ -350,11 +365,11 @@ func (c *Capture) Run(ctx context.Context, handle func(Packet) bool) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c.read(i, s, &stop, handle)
+			c.read(i, s, &st, handle)
 		}()
 	}
 	wg.Wait()
-	if ctx.Err() != nil || stop.Load() {
+	if ctx.Err() != nil || st.halt.Load() {
 		return nil
 	}
 	var why []error
@@ -368,13 +383,37 @@ func (c *Capture) Run(ctx context.Context, handle func(Packet) bool) error {
 	return fmt.Errorf("capture: every socket ended: %w", errors.Join(why...))
 }
 
+// endGrace is how long the readers go on delivering what the rings hold
+// after the context ended.
+const endGrace = 50 * time.Millisecond
+
+// runState is how a Run ends: halt (the handler said stop: no packet
+// more), or ending (the context ended: the rings are emptied first).
+type runState struct {
+	halt, ending atomic.Bool
+	endAt        atomic.Int64 // when ending began, UnixNano
+}
+
+// over reports whether a reader in ending mode must stop now.
+func (st *runState) over() bool {
+	return st.ending.Load() && time.Since(time.Unix(0, st.endAt.Load())) > endGrace
+}
+
 // read is one socket's reader loop.
-func (c *Capture) read(i int, s *socket, stop *atomic.Bool, handle func(Packet) bool) {
-	for !stop.Load() {
+func (c *Capture) read(i int, s *socket, st *runState, handle func(Packet) bool) {
+	quiet := 0 // polls that timed out since the context ended
+	for !st.halt.Load() && !st.over() {
 		data, ci, err := s.tp.ZeroCopyReadPacketData()
 		switch {
 		case err == nil:
 		case errors.Is(err, afpacket.ErrTimeout):
+			// The second quiet poll began after the end: any block the
+			// kernel held then was handed over within it (blockTimeout).
+			if st.ending.Load() {
+				if quiet++; quiet == 2 {
+					return
+				}
+			}
 			continue
 		default:
 			c.end(s, err)
@@ -384,7 +423,7 @@ func (c *Capture) read(i int, s *socket, stop *atomic.Bool, handle func(Packet) 
 			continue
 		}
 		c.handleM.Lock()
-		if stop.Load() {
+		if st.halt.Load() {
 			c.handleM.Unlock()
 			return
 		}
@@ -396,10 +435,11 @@ func (c *Capture) read(i int, s *socket, stop *atomic.Bool, handle func(Packet) 
 		} else if pkttype == unix.PACKET_OUTGOING {
 			dir = Out
 		}
+		s.delivered.Add(1)
 		more := handle(Packet{Time: ci.Timestamp, Interface: s.iface, IfIndex: ci.InterfaceIndex, Direction: dir,
 			Length: ci.Length, Data: data, Socket: i})
 		if !more {
-			stop.Store(true)
+			st.halt.Store(true)
 		}
 		c.handleM.Unlock()
 	}
