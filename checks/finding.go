@@ -147,8 +147,8 @@ func captureEvidence(s *probes.Snapshot, paths []flowpath.Path) []Evidence {
 		ifaces = append(ifaces, st.Interface)
 	}
 	// What the capture could not see is said beside what it saw.
-	out = append(out, Evidence{Fact: fmt.Sprintf("captured %d packets on %s: %d lost in the kernel's rings, %d not processed, %d claimed by no flow",
-		c.Packets, strings.Join(ifaces, ", "), c.KernelDrops, c.NotProcessed, c.Unclaimed), Source: src})
+	out = append(out, Evidence{Fact: fmt.Sprintf("captured %d packets on %s: %d lost in the kernel's rings, %d not processed, %d claimed by no flow (%d of them the LB's own, e.g. the health probes)",
+		c.Packets, strings.Join(ifaces, ", "), c.KernelDrops, c.NotProcessed, c.Unclaimed, c.Own), Source: src})
 	for _, p := range paths {
 		if story := p.CaptureStory(); story != "" {
 			out = append(out, Evidence{Fact: fmt.Sprintf("%s → %s: %s", p.Service, p.Real, story), Source: src})

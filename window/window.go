@@ -355,7 +355,7 @@ func openCapture(ns netns.Target, before *probes.Snapshot, sel probes.Selector) 
 	if p, ok := proto.Parse(sel.Proto); ok && sel.Proto != "" {
 		m.Proto = p
 	}
-	s, err := capture.OpenSession(ns, capture.Options{Interfaces: ifaces, Match: m})
+	s, err := capture.OpenSession(ns, capture.Options{Interfaces: ifaces, Match: m}, vips)
 	if err != nil {
 		return nil, fmt.Errorf("capture: %w", err)
 	}

@@ -80,6 +80,7 @@ type captureDoc struct {
 	KernelDrops  uint64              `json:"kernel_drops"`
 	NotProcessed uint64              `json:"not_processed"`
 	Unclaimed    uint64              `json:"unclaimed"`
+	Own          uint64              `json:"own"`
 	Unlisted     uint64              `json:"unlisted"`
 	Flows        []*capture.FlowLegs `json:"flows"`
 	File         *captureFile        `json:"file,omitempty"`
@@ -164,6 +165,7 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 	ctx := cmd.Context()
 	j := capture.NewJoiner(lb, opt.Match.Addrs, opt.Match.Proto)
 	defer j.Close()
+	j.Local, _ = capture.LocalNotVIP(lb, []netip.Addr{sel.VIP.Addr()}) // unread: nothing is counted as the LB's own
 	c, err := capture.Open(lb, opt)
 	if ctx.Err() != nil {
 		if c != nil {
@@ -230,7 +232,7 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 	for _, s := range doc.Interfaces {
 		doc.KernelDrops += s.Drops
 	}
-	doc.Flows, doc.Unclaimed, doc.Unlisted = j.Table.Flows(), j.Table.Unclaimed, j.Table.Unlisted
+	doc.Flows, doc.Unclaimed, doc.Own, doc.Unlisted = j.Table.Flows(), j.Table.Unclaimed, j.Table.Own, j.Table.Unlisted
 	if doc.Flows == nil {
 		doc.Flows = []*capture.FlowLegs{}
 	}
@@ -293,7 +295,7 @@ func captureClosing(w interface{ Write([]byte) (int, error) }, d *captureDoc, ru
 	for i, k := range capture.LegKinds {
 		parts = append(parts, fmt.Sprintf("%s %d", capture.LegName(k), legs[i]))
 	}
-	printf(w, "%d packets captured in %s: %d flows (%s); %d claimed by no flow\n", d.Packets, d.Elapsed.Round(time.Millisecond), len(d.Flows), strings.Join(parts, ", "), d.Unclaimed)
+	printf(w, "%d packets captured in %s: %d flows (%s); %d claimed by no flow (%d of them the LB's own traffic)\n", d.Packets, d.Elapsed.Round(time.Millisecond), len(d.Flows), strings.Join(parts, ", "), d.Unclaimed, d.Own)
 	var drops []string
 	for _, s := range d.Interfaces {
 		drops = append(drops, fmt.Sprintf("%s %d", s.Interface, s.Drops))

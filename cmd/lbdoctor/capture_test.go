@@ -30,6 +30,7 @@ type captureJSON struct {
 	KernelDrops  uint64 `json:"kernel_drops"`
 	NotProcessed uint64 `json:"not_processed"`
 	Unclaimed    uint64 `json:"unclaimed"`
+	Own          uint64 `json:"own"`
 	Flows        []struct {
 		Client string `json:"client"`
 		VIP    string `json:"vip"`
@@ -393,5 +394,28 @@ func TestCaptureWithoutCapabilityExitsThree(t *testing.T) {
 	r := runCLIWithout(t, unix.CAP_NET_RAW, "capture", "--vip", "10.1.0.6:8085", "--duration", "1s")
 	if r.code != exitCannot || !strings.Contains(r.stderr, "CAP_NET_RAW") || strings.Count(r.stderr, "\n") != 1 {
 		t.Errorf("lbdoctor capture without CAP_NET_RAW = exit %d, stderr %q; want exit 3 and one line naming CAP_NET_RAW", r.code, r.stderr)
+	}
+}
+
+// The LB's own traffic to a real (a health checker's connect) is no flow's
+// leg: counted as claimed by no flow, and as the LB's own.
+func TestCaptureLBOwnTraffic(t *testing.T) {
+	testkit.RequireRoot(t)
+	l := testkit.Lab(t, lab.OneArm)
+	vip, real := netip.AddrPortFrom(l.VIP, 8085), netip.AddrPortFrom(l.RealIP, 8080)
+	testkit.Serve(t, l.Real, ":8080")
+	testkit.NftNAT(t, l.LB, vip, real, true)
+	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+	wait := startCapture(t, "--netns", l.LB.Path, "--vip", vip.String(), "--duration", "2s")
+	if res := lab.Probe(context.Background(), l.Client, vip, 2*time.Second); !res.OK {
+		t.Fatalf("probe %s from the client: %v", vip, res.Err)
+	}
+	if res := lab.Probe(context.Background(), l.LB, real, 2*time.Second); !res.OK {
+		t.Fatalf("probe %s from the LB: %v", real, res.Err)
+	}
+	doc, stderr, code := wait(false)
+	if code != 0 || len(doc.Flows) != 1 || doc.Unclaimed == 0 || doc.Own != doc.Unclaimed {
+		t.Errorf("capture = exit %d, %d flows, %d unclaimed, %d own; want 0, 1 (the client's), the LB's connect to %s unclaimed and all of it its own\n%s",
+			code, len(doc.Flows), doc.Unclaimed, doc.Own, real, stderr)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/proto"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
+	"github.com/lbdoctor/lbdoctor/probes/netstate"
 )
 
 // The four legs a capture on the load balancer sees of a NAT'd flow, in
@@ -235,9 +236,11 @@ type Table struct {
 	flows []*FlowLegs
 	at    map[FlowKey]int
 	// Unclaimed counts packets no flow claimed (no flow in conntrack or
-	// IPVS, or on no leg of this LB); Unlisted the packets of flows past
-	// Max.
-	Unclaimed, Unlisted uint64
+	// IPVS, or on no leg of this LB); Own those of them to or from one of
+	// the LB's own addresses that is not a VIP (the LB's own traffic: a
+	// health checker's connects to the reals); Unlisted the packets of
+	// flows past Max.
+	Unclaimed, Own, Unlisted uint64
 }
 
 // NewTable returns a table of at most MaxFlows flows.
@@ -327,6 +330,9 @@ func (f *FlowLegs) MarshalJSON() ([]byte, error) {
 // with the drop tracer's Attributor (the same bounded cache, events and
 // batched reads: never a kernel round trip per packet).
 type Joiner struct {
+	// Local, when set, says whether an address is the LB's own and not a
+	// VIP: an unclaimed packet to or from one is counted as Own too.
+	Local  func(netip.Addr) bool
 	attr   *drops.Attributor
 	parser *HeaderParser
 	Table  *Table
@@ -377,6 +383,9 @@ func (j *Joiner) Join(ctx context.Context, p Packet, seen int64) (LegOf, *FlowLe
 	leg, ok := Classify(f, p.Direction)
 	fl := j.Table.Add(f, leg, ok, h, p.Time)
 	if fl == nil {
+		if (f == nil || !ok) && j.Local != nil && (j.Local(h.Src.Addr()) || j.Local(h.Dst.Addr())) {
+			j.Table.Own++
+		}
 		return LegOf{}, nil, false
 	}
 	return LegOf{Client: f.Client, VIP: f.VIP, Real: f.Real, Kind: leg}, fl, true
@@ -415,6 +424,7 @@ type Summary struct {
 	KernelDrops  uint64     `json:"kernel_drops"`  // the rings were full (PACKET_STATISTICS)
 	NotProcessed uint64     `json:"not_processed"` // lbdoctor's queue was full
 	Unclaimed    uint64     `json:"unclaimed"`     // no flow claimed them
+	Own          uint64     `json:"own"`           // of those, the LB's own traffic (to or from its address, not a VIP)
 	Unlisted     uint64     `json:"unlisted"`      // packets of flows past the table's bound
 	Interfaces   []Stats    `json:"interfaces"`
 }
@@ -454,4 +464,22 @@ func (t *Table) ByPath() []PathLegs {
 		}
 	}
 	return out
+}
+
+// LocalNotVIP returns whether an address is one of lb's own and not one of
+// vips (Joiner.Local), from one read of its interfaces.
+func LocalNotVIP(lb netns.Target, vips []netip.Addr) (func(netip.Addr) bool, error) {
+	st, err := netstate.Read(lb)
+	if err != nil {
+		return nil, fmt.Errorf("read the addresses of %s: %w", lb, err)
+	}
+	own := map[netip.Addr]bool{}
+	for _, l := range st.Links {
+		for _, p := range l.Addrs {
+			if !slices.Contains(vips, p.Addr()) {
+				own[p.Addr()] = true
+			}
+		}
+	}
+	return func(a netip.Addr) bool { return own[a] }, nil
 }

@@ -3,6 +3,7 @@ package capture
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -110,9 +111,12 @@ type Session struct {
 	j *Joiner
 }
 
-// OpenSession opens a capture in lb with opt and its joiner.
-func OpenSession(lb netns.Target, opt Options) (*Session, error) {
+// OpenSession opens a capture in lb with opt and its joiner; unclaimed
+// packets to or from an address of lb that is not one of vips are counted
+// as the LB's own.
+func OpenSession(lb netns.Target, opt Options, vips []netip.Addr) (*Session, error) {
 	j := NewJoiner(lb, opt.Match.Addrs, opt.Match.Proto)
+	j.Local, _ = LocalNotVIP(lb, vips) // unread: nothing is counted as the LB's own
 	c, err := Open(lb, opt)
 	if err != nil {
 		j.Close()
@@ -128,7 +132,7 @@ func OpenSession(lb netns.Target, opt Options) (*Session, error) {
 func (s *Session) Summarize(ctx, stop context.Context) (*Summary, error) {
 	defer s.j.Close()
 	w, err := Watch(ctx, s.c, s.j, WatchOptions{Stop: stop})
-	sum := &Summary{Paths: s.j.Table.ByPath(), Packets: w.Packets, NotProcessed: w.NotProcessed, Unclaimed: s.j.Table.Unclaimed,
+	sum := &Summary{Paths: s.j.Table.ByPath(), Packets: w.Packets, NotProcessed: w.NotProcessed, Unclaimed: s.j.Table.Unclaimed, Own: s.j.Table.Own,
 		Unlisted: s.j.Table.Unlisted, Interfaces: s.c.Close()}
 	for _, st := range sum.Interfaces {
 		sum.KernelDrops += st.Drops
