@@ -249,12 +249,10 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 			doc.File.Error = err.Error()
 		}
 	}
-	switch {
-	case runErr != nil && doc.Packets == 0:
-		return runErr
-	case runErr != nil && !doc.Interrupted:
-		// Every interface went away: what was captured is the result,
-		// cut short, as drops says of a namespace deleted under it.
+	if runErr != nil && !doc.Interrupted {
+		// Every interface went away: what was captured (even nothing) is
+		// the result, cut short, as drops says of a namespace deleted
+		// under it; the kernel's counts say what the rings still held.
 		doc.CutShort = runErr.Error()
 	}
 	out := cmd.OutOrStdout()
