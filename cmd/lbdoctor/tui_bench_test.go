@@ -193,13 +193,7 @@ func (x *ptyTUI) count(from int, sep string) int {
 //	sudo go test -run '^$' -bench TUIFlood -benchtime 1x ./cmd/lbdoctor/
 func BenchmarkTUIFlood(b *testing.B) {
 	testkit.RequireRoot(b)
-	rate, seconds := 50000, 30
-	if v, err := strconv.Atoi(os.Getenv("LBDOCTOR_BENCH_RATE")); err == nil && v > 0 {
-		rate = v
-	}
-	if v, err := strconv.Atoi(os.Getenv("LBDOCTOR_BENCH_SECONDS")); err == nil && v > 0 {
-		seconds = v
-	}
+	rate, seconds := testkit.EnvInt("LBDOCTOR_BENCH_RATE", 50000), testkit.EnvInt("LBDOCTOR_BENCH_SECONDS", 30)
 	flood := time.Duration(seconds) * time.Second
 	p := testkit.NewDropPair(b)
 	// A VIP B DNATs to an address of its own where nothing listens: each

@@ -5,9 +5,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"slices"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -58,13 +56,7 @@ func (t timedModel) View() string {
 //	sudo go test -run '^$' -bench FloodEventLoop -benchtime 1x ./internal/tui/
 func BenchmarkFloodEventLoop(b *testing.B) {
 	testkit.RequireRoot(b)
-	rate, seconds := 50000, 20
-	if v, err := strconv.Atoi(os.Getenv("LBDOCTOR_BENCH_RATE")); err == nil && v > 0 {
-		rate = v
-	}
-	if v, err := strconv.Atoi(os.Getenv("LBDOCTOR_BENCH_SECONDS")); err == nil && v > 0 {
-		seconds = v
-	}
+	rate, seconds := testkit.EnvInt("LBDOCTOR_BENCH_RATE", 50000), testkit.EnvInt("LBDOCTOR_BENCH_SECONDS", 20)
 	p := testkit.NewDropPair(b)
 	vip := netip.AddrPortFrom(p.AddrB, testkit.DNATPorts)
 	for i := 0; i < b.N; i++ {
