@@ -12,7 +12,7 @@ import (
 // BenchmarkAddPlaces: caching the places of one conntrack flow, as each
 // new-flow event does.
 func BenchmarkAddPlaces(b *testing.B) {
-	a := &Attributor{cur: map[tupleKey]*Flow{}, old: map[tupleKey]*Flow{}, maxKeys: MaxCacheKeys}
+	a := &Attributor{cur: map[pairKey]*cached{}, old: map[pairKey]*cached{}, maxKeys: MaxCacheKeys}
 	o := conntrack.Tuple{Src: netip.MustParseAddrPort("10.0.0.1:1000"), Dst: netip.MustParseAddrPort("10.0.0.2:80")}
 	r := conntrack.Tuple{Src: netip.MustParseAddrPort("10.0.1.2:8080"), Dst: netip.MustParseAddrPort("10.0.1.1:1000")}
 	b.ReportAllocs()
