@@ -62,3 +62,31 @@ func BenchmarkEventDecode(b *testing.B) {
 		}
 	})
 }
+
+// The sizes Go mirrors as constants are the compiled program's: a filter
+// array, bitmap or stack value resized in bpf/ without them would be set
+// or read wrong.
+func TestSizesMatchTheProgram(t *testing.T) {
+	spec, err := loadDrops()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var specs dropsSpecs
+	if err := spec.Assign(&specs); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name      string
+		got, want uint32
+	}{
+		{"filter_addrs", specs.FilterAddrs.Size(), MaxFilter * uint32(unsafe.Sizeof(dropsAddr{}))},
+		{"filter_ports", specs.FilterPorts.Size(), MaxFilter * 2},
+		{"ignore_reasons", specs.IgnoreReasons.Size(), ignoreWords * 8},
+		{"stacks value", specs.Stacks.ValueSize, stackFrames * 8},
+	}
+	for _, tt := range tests {
+		if tt.got != tt.want {
+			t.Errorf("size of %s = %d bytes, want %d (the constant Go mirrors it with)", tt.name, tt.got, tt.want)
+		}
+	}
+}
