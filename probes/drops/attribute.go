@@ -78,6 +78,7 @@ type Attributor struct {
 	vs                                         *ipvs.ConnTable
 
 	wake                      chan struct{}
+	readEvents                chan struct{} // a drop waits for the events to be read past it
 	stop                      chan struct{}
 	stopped                   sync.Once
 	attributed, notAttributed atomic.Uint64
@@ -90,10 +91,11 @@ const (
 	MaxCacheKeys = 1 << 18
 	// DefaultInterval is the least time between two batched reads.
 	DefaultInterval = 50 * time.Millisecond
-	// eventWait is how long the event reader blocks on an empty socket:
-	// a drop that misses waits at most this long for the socket to be
-	// known empty.
-	eventWait = 20 * time.Millisecond
+	// eventPeriod is how often the conntrack events are read when no
+	// drop waits for them: a flood confirms thousands of flows a second,
+	// and a read woken by each would cost more than the flow's caching.
+	// A drop that misses has them read at once.
+	eventPeriod = 20 * time.Millisecond
 )
 
 // pairKey is the two endpoints of a packet, either way round, flat: hashed
@@ -154,7 +156,7 @@ func NewAttributor(lb netns.Target, addrs []netip.Addr, proto uint8) *Attributor
 // window without a drop never needs.
 func newAttributor(lb netns.Target, addrs []netip.Addr, proto uint8, lazy bool) *Attributor {
 	a := &Attributor{lazy: lazy, LB: lb, Interval: DefaultInterval, cur: map[pairKey]*cached{}, old: map[pairKey]*cached{}, maxKeys: MaxCacheKeys,
-		progress: make(chan struct{}), errs: map[string]string{}, wake: make(chan struct{}, 1), stop: make(chan struct{})}
+		progress: make(chan struct{}), errs: map[string]string{}, wake: make(chan struct{}, 1), readEvents: make(chan struct{}, 1), stop: make(chan struct{})}
 	if len(addrs) > 0 {
 		// A set: the services of a big LB have thousands of addresses,
 		// and every flow of a dump is looked up.
@@ -250,10 +252,17 @@ func (a *Attributor) attribute(ctx context.Context, p Packet, at int64) *Flow {
 		if !vsDone {
 			a.wantVS, wake = true, true
 		}
+		readEvents := !ctDone && a.subscribed && a.drainedAt <= at
 		progress := a.progress
 		a.mu.Unlock()
 		if wake {
 			a.kick()
+		}
+		if readEvents {
+			select {
+			case a.readEvents <- struct{}{}:
+			default:
+			}
 		}
 		select {
 		case <-progress:
@@ -344,7 +353,7 @@ func (a *Attributor) refresher(started chan<- struct{}) {
 		}
 	}()
 	errs := map[string]string{}
-	sub, err := conntrack.SubscribeNew(a.LB, eventWait)
+	sub, err := conntrack.SubscribeNew(a.LB, 0) // reads never block: follow paces them
 	if err != nil {
 		errs["conntrack events"] = err.Error()
 	}
@@ -393,8 +402,10 @@ func (a *Attributor) refresher(started chan<- struct{}) {
 
 // follow reads the conntrack events until the attributor stops, and then
 // closes the subscription (only it reads the socket: closing it elsewhere
-// could hand its number to another file under a blocked read). The lock is
-// taken once per read (a read is a batch of flows), never while it blocks.
+// could hand its number to another file under a blocked read). It reads
+// what is queued to the end every eventPeriod, and at once when a drop
+// waits for it (readEvents): not woken by each event. The lock is taken
+// once per read (a read is a batch of flows), never while it waits.
 func (a *Attributor) follow(sub *conntrack.NewFlows) {
 	defer sub.Close()
 	add := a.adder()
@@ -404,11 +415,12 @@ func (a *Attributor) follow(sub *conntrack.NewFlows) {
 	}
 	var got []entry
 	collect := func(proto uint8, o, r conntrack.Tuple) { got = append(got, entry{proto, o, r}) }
-	block := false
 	// After ENOBUFS the kernel drops events without saying so again until
 	// the queue has been emptied (netlink's congested state): until then
 	// every read is lossy.
 	congested := false
+	tick := time.NewTicker(eventPeriod)
+	defer tick.Stop()
 	for {
 		select {
 		case <-a.stop:
@@ -420,7 +432,7 @@ func (a *Attributor) follow(sub *conntrack.NewFlows) {
 		// not before it returned (a drop may come between the two): the
 		// time is taken first.
 		before := monotonicNow()
-		drained, err := sub.Read(block, collect)
+		drained, err := sub.Read(false, collect)
 		now := monotonicNow()
 		dump := false
 		a.mu.Lock()
@@ -433,9 +445,6 @@ func (a *Attributor) follow(sub *conntrack.NewFlows) {
 		case err != nil:
 			a.subscribed, a.wantDump = false, true
 			a.errs["conntrack events"] = err.Error()
-		case drained && block:
-			// It waited: its start is long past. The next read, at
-			// once, says whether the socket is still empty.
 		case drained:
 			if congested {
 				// Lossy until now: a dump from now on covers it.
@@ -453,9 +462,15 @@ func (a *Attributor) follow(sub *conntrack.NewFlows) {
 				return
 			}
 		}
-		// The socket found empty without waiting: wait for the next flow;
-		// after a wait, look again at once.
-		block = drained && !block
+		if !drained {
+			continue // more queued: read on
+		}
+		select {
+		case <-tick.C:
+		case <-a.readEvents:
+		case <-a.stop:
+			return
+		}
 	}
 }
 
