@@ -499,6 +499,15 @@ func (a *Attributor) addPlacesLocked(proto uint8, fl conntrack.Flow) {
 	}
 }
 
+// addConnLocked caches an IPVS connection under its pairs: client–VIP and
+// client–real.
+func (a *Attributor) addConnLocked(proto uint8, c ipvs.Conn) {
+	o, r := ipvsTuples(c)
+	e := &cached{o: o, r: r, places: ipvsPlaces}
+	a.putLocked(pairOf(o.Src, o.Dst, proto), e)
+	a.putLocked(pairOf(o.Src, r.Src, proto), e)
+}
+
 // batch reads the conntrack table whole (dump) and/or the IPVS table.
 func (a *Attributor) batch(dump, vs bool) {
 	start := monotonicNow()
@@ -552,10 +561,7 @@ func (a *Attributor) batch(dump, vs bool) {
 		if !ok {
 			continue
 		}
-		o, r := ipvsTuples(c)
-		e := &cached{o: o, r: r, places: ipvsPlaces}
-		a.putLocked(pairOf(o.Src, o.Dst, p), e) // client–VIP
-		a.putLocked(pairOf(o.Src, r.Src, p), e) // client–real
+		a.addConnLocked(p, c)
 	}
 	if dump {
 		// Read, or known unreadable (the error is shown): a drop waits no

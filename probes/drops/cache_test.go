@@ -24,59 +24,40 @@ func TestCacheNamesEveryPlace(t *testing.T) {
 	}
 	tests := []struct {
 		name     string
-		add      func(a *Attributor)
+		reply    netip.AddrPort // the reply's destination: the LB's address with SNAT, else the client
+		ipvs     bool           // an IPVS connection, not a conntrack flow
 		wantKeys int
 		packets  []pkt
 	}{
-		{
-			name: "conntrack, DNAT and SNAT",
-			add: func(a *Attributor) {
-				a.addPlacesLocked(unix.IPPROTO_TCP, conntrack.Flow{Orig: conntrack.Tuple{Src: client, Dst: vip}, Reply: conntrack.Tuple{Src: real, Dst: lb}})
-			},
-			wantKeys: 3,
-			packets: []pkt{
-				{client, vip, "request", "as the client sent it, before NAT"},
-				{client, real, "request", "after DNAT to the real server"},
-				{lb, real, "request", "after DNAT and SNAT"},
-				{real, lb, "reply", "as the real server sent it, before de-NAT"},
-				{real, client, "reply", "after SNAT reverse, before the VIP is restored"},
-				{vip, client, "reply", "after full de-NAT, back to the client"},
-			},
-		},
-		{
-			name: "conntrack, DNAT alone",
-			add: func(a *Attributor) {
-				a.addPlacesLocked(unix.IPPROTO_TCP, conntrack.Flow{Orig: conntrack.Tuple{Src: client, Dst: vip}, Reply: conntrack.Tuple{Src: real, Dst: client}})
-			},
-			wantKeys: 2,
-			packets: []pkt{
-				{client, vip, "request", "as the client sent it, before NAT"},
-				{client, real, "request", "after DNAT to the real server"},
-				{real, client, "reply", "as the real server sent it, before de-NAT"},
-				{vip, client, "reply", "after full de-NAT, back to the client"},
-			},
-		},
-		{
-			name: "IPVS connection",
-			add: func(a *Attributor) {
-				o, r := ipvsTuples(ipvs.Conn{Proto: "TCP", Client: client, VIP: vip, Dest: real})
-				c := &cached{o: o, r: r, places: ipvsPlaces}
-				a.putLocked(pairOf(o.Src, o.Dst, unix.IPPROTO_TCP), c)
-				a.putLocked(pairOf(o.Src, r.Src, unix.IPPROTO_TCP), c)
-			},
-			wantKeys: 2,
-			packets: []pkt{
-				{client, vip, "request", "as the client sent it, before IPVS"},
-				{client, real, "request", "after IPVS DNAT to the real server"},
-				{real, client, "reply", "straight from the real server, never de-NATed by IPVS"},
-				{vip, client, "reply", "after IPVS de-NAT, back to the client"},
-			},
-		},
+		{"conntrack, DNAT and SNAT", lb, false, 3, []pkt{
+			{client, vip, "request", "as the client sent it, before NAT"},
+			{client, real, "request", "after DNAT to the real server"},
+			{lb, real, "request", "after DNAT and SNAT"},
+			{real, lb, "reply", "as the real server sent it, before de-NAT"},
+			{real, client, "reply", "after SNAT reverse, before the VIP is restored"},
+			{vip, client, "reply", "after full de-NAT, back to the client"},
+		}},
+		{"conntrack, DNAT alone", client, false, 2, []pkt{
+			{client, vip, "request", "as the client sent it, before NAT"},
+			{client, real, "request", "after DNAT to the real server"},
+			{real, client, "reply", "as the real server sent it, before de-NAT"},
+			{vip, client, "reply", "after full de-NAT, back to the client"},
+		}},
+		{"IPVS connection", client, true, 2, []pkt{
+			{client, vip, "request", "as the client sent it, before IPVS"},
+			{client, real, "request", "after IPVS DNAT to the real server"},
+			{real, client, "reply", "straight from the real server, never de-NATed by IPVS"},
+			{vip, client, "reply", "after IPVS de-NAT, back to the client"},
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			a := &Attributor{cur: map[pairKey]*cached{}, old: map[pairKey]*cached{}, maxKeys: MaxCacheKeys}
-			tt.add(a)
+			if tt.ipvs {
+				a.addConnLocked(unix.IPPROTO_TCP, ipvs.Conn{Proto: "TCP", Client: client, VIP: vip, Dest: real})
+			} else {
+				a.addPlacesLocked(unix.IPPROTO_TCP, conntrack.Flow{Orig: conntrack.Tuple{Src: client, Dst: vip}, Reply: conntrack.Tuple{Src: real, Dst: tt.reply}})
+			}
 			if len(a.cur) != tt.wantKeys {
 				t.Errorf("keys cached = %d, want %d", len(a.cur), tt.wantKeys)
 			}
