@@ -27,6 +27,13 @@ import (
 // number left out is always reported next to them.
 const MaxListed = 500
 
+// MaxConnTable is the largest IPVS connection table a snapshot reads, by
+// the count of IPVS's own per-real counters: the kernel's
+// /proc/net/ip_vs_conn restarts its hash walk from the table's start for
+// every 4 KiB read, so its cost grows with the square of its size (10,000
+// connections: ~0.1 s of a TCG guest; 100,000: a minute).
+const MaxConnTable = 10000
+
 // Snapshot is the state of one namespace as the probes saw it.
 type Snapshot struct {
 	Time      time.Time         `json:"time"`
@@ -222,7 +229,11 @@ func Gather(ns netns.Target, sel Selector, opt Options) *Snapshot {
 	var err error
 	s.IPVS, err = ipvs.Read(ns)
 	fail(ProbeIPVS, err)
-	if s.IPVS.Available && !opt.NoFlowTables {
+	if why := connTableUnread(s.IPVS, MaxConnTable); why != "" && !opt.NoFlowTables {
+		// Said as a layer not read: every output names it, and the
+		// conclusions that need the table say what they judged without it.
+		s.Errors[ProbeIPVSConns] = why
+	} else if s.IPVS.Available && !opt.NoFlowTables {
 		// Every selected connection is counted; the first MaxListed are
 		// kept: a table of 100,000 is not held in memory.
 		var counter ipvs.ConnCounter
@@ -277,6 +288,18 @@ func Gather(ns netns.Target, sel Selector, opt Options) *Snapshot {
 		s.Features = &f
 	}
 	return s
+}
+
+// connTableUnread says why the IPVS connection table of v is not read (""
+// to read it): IPVS's own counters hold more than max connections.
+func connTableUnread(v ipvs.Snapshot, max int) string {
+	n := v.DestConns()
+	if n <= max {
+		return ""
+	}
+	return fmt.Sprintf("not read: IPVS holds %d connections (its reals' ActiveConn + InActConn), over %d; "+
+		"the kernel walks /proc/net/ip_vs_conn from its start for every 4 KiB read (quadratic: ipvsadm -Lnc takes minutes on 100,000); "+
+		"connections are counted per real by IPVS's own counters instead", n, max)
 }
 
 // maxFilteredDumps is how many VIPs readConntrack dumps one by one, each

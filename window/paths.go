@@ -51,6 +51,26 @@ func Paths(after *probes.Snapshot, w *probes.Window, sel probes.Selector) []flow
 		}
 	}
 	b.counted = !noCounters
+	// A client of each service's flows to each real, the first the IPVS
+	// connections, else conntrack, list: indexed once, as the drops are.
+	b.clients = map[clientKey]netip.Addr{}
+	for _, c := range after.IPVS.Conns {
+		if k := (clientKey{c.Proto, c.VIP, c.Dest}); !b.clients[k].IsValid() {
+			b.clients[k] = c.Client.Addr()
+		}
+	}
+	b.ctClients = map[[2]netip.AddrPort]netip.Addr{}
+	for _, f := range after.Conntrack.Flows {
+		if k := [2]netip.AddrPort{f.Orig.Dst, f.Reply.Src}; !b.ctClients[k].IsValid() {
+			b.ctClients[k] = f.Orig.Src.Addr()
+		}
+	}
+	b.synRecv = map[clientKey]bool{}
+	for _, c := range after.IPVS.ConnCounts {
+		k := clientKey{c.Proto, c.VIP, c.Dest}
+		only, seen := b.synRecv[k]
+		b.synRecv[k] = (only || !seen) && c.State == "SYN_RECV"
+	}
 	out := []flowpath.Path{}
 	for _, svc := range after.IPVS.Services {
 		if svc.FWMark != 0 || !sel.Matches(svc.Addr, svc.Proto) {
@@ -80,11 +100,24 @@ type pathBuilder struct {
 	// destination and by source.
 	byFlow       map[[2]netip.AddrPort][]drops.Counted
 	byDst, bySrc map[netip.AddrPort][]drops.Counted
+	// clients and ctClients are a client of each service's flows to each
+	// real, from the IPVS connections listed and from conntrack's flows
+	// (by original destination and reply source).
+	clients   map[clientKey]netip.Addr
+	ctClients map[[2]netip.AddrPort]netip.Addr
+	// synRecv is true for a service's real whose IPVS connections, at the
+	// window's end, are all still waiting for the handshake to end.
+	synRecv map[clientKey]bool
+}
+
+// clientKey is one service's flows to one real.
+type clientKey struct {
+	proto     string
+	vip, dest netip.AddrPort
 }
 
 // path builds one service's path to one real.
 func (b pathBuilder) path(svc ipvs.Service, r ipvs.Real) flowpath.Path {
-	s := b.s
 	key := svc.Key()
 	p := flowpath.Path{Service: key, Real: r.Addr.String(), Window: b.w.Elapsed}
 	sd, known := b.svc[key]
@@ -137,7 +170,7 @@ func (b pathBuilder) path(svc ipvs.Service, r ipvs.Real) flowpath.Path {
 			reply.Counted, reply.Packets, reply.Status = true, replyDrops, flowpath.OK
 		}
 	}
-	if reply.Packets > 0 && svc.Proto == "tcp" && onlySynRecv(s, svc, r) {
+	if reply.Packets > 0 && svc.Proto == "tcp" && b.synRecv[clientKey{svc.Proto, svc.Addr, r.Addr}] {
 		// IPVS never saw the handshake end: what came back were SYN-ACKs.
 		reply.Name = "SYN-ACK real→LB"
 	}
@@ -256,15 +289,11 @@ func (b pathBuilder) client(svc ipvs.Service, r ipvs.Real) netip.Addr {
 	for _, c := range b.byFlow[[2]netip.AddrPort{svc.Addr, r.Addr}] {
 		return c.Flow.Client.Addr()
 	}
-	for _, c := range b.s.IPVS.Conns {
-		if c.VIP == svc.Addr && c.Dest == r.Addr && c.Proto == svc.Proto {
-			return c.Client.Addr()
-		}
+	if c := b.clients[clientKey{svc.Proto, svc.Addr, r.Addr}]; c.IsValid() {
+		return c
 	}
-	for _, f := range b.s.Conntrack.Flows {
-		if f.Orig.Dst == svc.Addr && f.Reply.Src == r.Addr {
-			return f.Orig.Src.Addr()
-		}
+	if c := b.ctClients[[2]netip.AddrPort{svc.Addr, r.Addr}]; c.IsValid() {
+		return c
 	}
 	return netip.Addr{}
 }
@@ -318,21 +347,6 @@ func (b pathBuilder) stops(svc ipvs.Service, r ipvs.Real) []flowpath.Stop {
 	}
 	slices.SortStableFunc(out, func(a, b flowpath.Stop) int { return cmp.Compare(b.Count, a.Count) })
 	return out
-}
-
-// onlySynRecv reports whether the service's IPVS connections to the real,
-// at the window's end, are all still waiting for the handshake to end.
-func onlySynRecv(s *probes.Snapshot, svc ipvs.Service, r ipvs.Real) bool {
-	n := 0
-	for _, c := range s.IPVS.ConnCounts {
-		if c.VIP == svc.Addr && c.Dest == r.Addr && c.Proto == svc.Proto {
-			if c.State != "SYN_RECV" {
-				return false
-			}
-			n += c.Count
-		}
-	}
-	return n > 0
 }
 
 // shortReal names a real as the path line shows it: the last octet when it
