@@ -89,7 +89,7 @@ func WatchDrops(ctx context.Context, ns netns.Target, sel Selector, s *Snapshot,
 		s.Errors[ProbeDrops] = "nothing to trace: no IPVS service and no --vip"
 		return
 	}
-	cfg := drops.Config{NetnsInode: uint32(ns.Inode), Addrs: addrs, Ports: ports}
+	cfg := drops.Config{NetnsInode: uint32(ns.Inode), Addrs: addrs, Ports: ports, NoIPVSTable: connTableUnread(s.IPVS, MaxConnTable)}
 	wide := WideDropFilter(addrs, ports)
 	if wide {
 		// More than the kernel's filter takes (an LB of many services):

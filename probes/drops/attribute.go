@@ -56,7 +56,8 @@ type Attributor struct {
 
 	filters []conntrack.Filter // what a dump reads; the zero Filter: every flow
 	keep    func(netip.Addr) bool
-	lazy    bool // no first dump: the tables are read when asked
+	lazy    bool   // no first dump: the tables are read when asked
+	noVS    string // why the IPVS connection table is never read ("": it is)
 
 	mu       sync.Mutex
 	cur, old map[tupleKey]*Flow
@@ -113,15 +114,16 @@ func keyOf(s, d netip.AddrPort, proto uint8) tupleKey {
 // only the conntrack flows that touch one of them (the tracer's own address
 // filter: no other drop is reported); proto narrows the first dump further.
 func NewAttributor(lb netns.Target, addrs []netip.Addr, proto uint8) *Attributor {
-	return newAttributor(lb, addrs, proto, false)
+	return newAttributor(lb, addrs, proto, false, "")
 }
 
 // newAttributor is NewAttributor; a lazy one reads the tables only when
 // asked (Prefetch, a miss): the selected flows of a window over a big LB's
 // services are its whole tables, hundreds of thousands of flows that a
-// window without a drop never needs.
-func newAttributor(lb netns.Target, addrs []netip.Addr, proto uint8, lazy bool) *Attributor {
-	a := &Attributor{lazy: lazy, LB: lb, Interval: DefaultInterval, cur: map[tupleKey]*Flow{}, old: map[tupleKey]*Flow{}, maxKeys: MaxCacheKeys,
+// window without a drop never needs. noVS, when set, says why the IPVS
+// connection table is not read at all (Config.NoIPVSTable).
+func newAttributor(lb netns.Target, addrs []netip.Addr, proto uint8, lazy bool, noVS string) *Attributor {
+	a := &Attributor{lazy: lazy, noVS: noVS, LB: lb, Interval: DefaultInterval, cur: map[tupleKey]*Flow{}, old: map[tupleKey]*Flow{}, maxKeys: MaxCacheKeys,
 		progress: make(chan struct{}), errs: map[string]string{}, wake: make(chan struct{}, 1), stop: make(chan struct{})}
 	if len(addrs) > 0 {
 		// A set: the services of a big LB have thousands of addresses,
@@ -307,7 +309,11 @@ func (a *Attributor) refresher(started chan<- struct{}) {
 	if a.ct, err = conntrack.NewDumper(a.LB); err != nil {
 		errs["conntrack"] = err.Error()
 	}
-	a.vs, _ = ipvs.OpenConns(a.LB) // without ip_vs there is no IPVS connection to attribute to
+	if a.noVS != "" {
+		errs["ipvs"] = a.noVS
+	} else {
+		a.vs, _ = ipvs.OpenConns(a.LB) // without ip_vs there is no IPVS connection to attribute to
+	}
 	a.mu.Lock()
 	a.subscribed, a.wantDump, a.wantVS = sub != nil, !a.lazy, a.vs != nil && !a.lazy
 	maps.Copy(a.errs, errs)

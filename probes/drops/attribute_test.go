@@ -133,3 +133,24 @@ func TestAttributeLazy(t *testing.T) {
 		})
 	}
 }
+
+// An IPVS connection table too big to read in a window is never read: the
+// attributor says so among its errors and still attributes through
+// conntrack.
+func TestAttributeWithoutIPVSTable(t *testing.T) {
+	testkit.RequireRoot(t)
+	p := testkit.NewDropPair(t)
+	const why = "not read: IPVS holds 100000 connections"
+	a := drops.NewAttributorNoIPVS(p.B, nil, why)
+	defer a.Close()
+	dnat := sendUDP(t, p, 5003, testkit.DNATPorts+8, p.RealB)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	a.Prefetch()
+	if f := a.Attribute(ctx, dnat, 0, 1); f == nil || f.Real != dnat.Dst {
+		t.Errorf("Attribute(UDP DNATed to %s) = %v, want the flow via real %s", dnat.Dst, f, dnat.Dst)
+	}
+	if got := a.Errors()["ipvs"]; got != why {
+		t.Errorf("Errors()[ipvs] = %q, want %q", got, why)
+	}
+}

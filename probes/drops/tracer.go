@@ -47,7 +47,12 @@ type Config struct {
 	// Select are addresses the caller selects drops by in user space, when
 	// there are more than the kernel's filter takes (MaxFilter): the
 	// attributor reads only the flows that touch them (or Addrs).
-	Select        []netip.Addr
+	Select []netip.Addr
+	// NoIPVSTable, when set, says why the attributor never reads the IPVS
+	// connection table (one too big to read in a window: its /proc file
+	// costs the square of its size); drops are then attributed through
+	// conntrack alone, and the sample's attribution errors say why.
+	NoIPVSTable   string
 	Ports         []uint16 // … and its source or destination port is one of these
 	Proto         uint8    // … and its protocol is this
 	IgnoreReasons []string // reason names to leave out (e.g. NOT_SPECIFIED)
