@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"runtime/pprof"
 	"strconv"
@@ -98,6 +99,11 @@ func BenchmarkGuestCheckScale(b *testing.B) {
 		runs = append(runs, checkRuns("base-", base)...)
 	}
 	runs = append(runs, run{"ipvsadm-Ln", s.lb, 0, []string{"ipvsadm", "-Ln"}}, run{"ipvsadm-Lnc", s.lb, 0, []string{"ipvsadm", "-Lnc"}})
+	if os.Getenv("LBDOCTOR_BENCH_GCTRACE") != "" {
+		// The Go runtime's own account of each lbdoctor run's heap, on
+		// stderr, beside the RSS the kernel counts.
+		b.Setenv("GODEBUG", "gctrace=1")
+	}
 	if os.Getenv("LBDOCTOR_BENCH_PROFILE") != "" {
 		b.Run("gather-profile", func(b *testing.B) {
 			profileGather(b, s.lb)
@@ -129,6 +135,9 @@ func BenchmarkGuestCheckScale(b *testing.B) {
 				b.ReportMetric((m.wall - r.window).Seconds(), "beyond-window-s")
 				b.ReportMetric(float64(m.maxRSS)/(1<<20), "peak-rss-MB")
 				b.ReportMetric(m.cpu.Seconds(), "cpu-s")
+				if h := gcPeakHeap(m.err); h > 0 {
+					b.ReportMetric(h, "gc-peak-heap-MB")
+				}
 				b.Logf("%s: wall %s (window %s), peak RSS %.1f MB, CPU %s, %d bytes out; conntrack entries before: %s, after: %s",
 					r.name, m.wall.Round(time.Millisecond), r.window, float64(m.maxRSS)/(1<<20), m.cpu.Round(time.Millisecond), len(m.out), before, s.conntrackCount(b))
 			}
@@ -347,6 +356,23 @@ func ackPacket(pkt []byte, src netip.Addr, dst netip.AddrPort, sport uint16) {
 		sum = sum&0xffff + sum>>16
 	}
 	binary.BigEndian.PutUint16(tcp[16:], ^uint16(sum))
+}
+
+// gcPeak matches a gctrace line's heap sizes: "… 45->47->20 MB, …".
+var gcPeak = regexp.MustCompile(`(\d+)->(\d+)->(\d+) MB`)
+
+// gcPeakHeap is the largest heap a gctrace (GODEBUG=gctrace=1) on stderr
+// saw at a collection's start or end, in MB; 0 without one.
+func gcPeakHeap(stderr string) float64 {
+	peak := 0
+	for _, m := range gcPeak.FindAllStringSubmatch(stderr, -1) {
+		for _, v := range m[1:3] {
+			if n, _ := strconv.Atoi(v); n > peak {
+				peak = n
+			}
+		}
+	}
+	return float64(peak)
 }
 
 // measured is one command's run: wall time, peak RSS and CPU, exit code

@@ -230,6 +230,9 @@ func InspectText(w io.Writer, in *Inspection) error {
 		p("  in the window: %+d entries, +%d inserted, +%d insert_failed, +%d drop, +%d early_drop, +%d invalid\n", c.Entries, c.Insert, c.InsertFailed, c.Drop, c.EarlyDrop, c.Invalid)
 	}
 	p("  flows with %s: %d\n", ct.Selector, ct.Total())
+	if ct.Partial != "" {
+		p("  ! %s\n", ct.Partial)
+	}
 	for _, f := range ct.Flows {
 		p("    %s\n", f)
 	}
