@@ -65,6 +65,7 @@ func Paths(after *probes.Snapshot, w *probes.Window, sel probes.Selector) []flow
 			b.ctClients[k] = f.Orig.Src.Addr()
 		}
 	}
+	b.snat = map[snatKey]flowpath.Leg{}
 	b.synRecv = map[clientKey]bool{}
 	for _, c := range after.IPVS.ConnCounts {
 		k := clientKey{c.Proto, c.VIP, c.Dest}
@@ -76,8 +77,9 @@ func Paths(after *probes.Snapshot, w *probes.Window, sel probes.Selector) []flow
 		if svc.FWMark != 0 || !sel.Matches(svc.Addr, svc.Proto) {
 			continue
 		}
+		key := svc.Key()
 		for _, r := range svc.Reals {
-			out = append(out, b.path(svc, r))
+			out = append(out, b.path(svc, key, r))
 		}
 	}
 	if len(out) > MaxPaths {
@@ -108,6 +110,7 @@ type pathBuilder struct {
 	// synRecv is true for a service's real whose IPVS connections, at the
 	// window's end, are all still waiting for the handshake to end.
 	synRecv map[clientKey]bool
+	snat    map[snatKey]flowpath.Leg // built once per service and route
 }
 
 // clientKey is one service's flows to one real.
@@ -116,14 +119,14 @@ type clientKey struct {
 	vip, dest netip.AddrPort
 }
 
-// path builds one service's path to one real.
-func (b pathBuilder) path(svc ipvs.Service, r ipvs.Real) flowpath.Path {
-	key := svc.Key()
-	p := flowpath.Path{Service: key, Real: r.Addr.String(), Window: b.w.Elapsed}
+// path builds one service's path (key: svc.Key()) to one real.
+func (b pathBuilder) path(svc ipvs.Service, key string, r ipvs.Real) flowpath.Path {
+	real := r.Addr.String()
+	p := flowpath.Path{Service: key, Real: real, Window: b.w.Elapsed}
 	sd, known := b.svc[key]
 	var rd probes.RealDelta
 	for _, x := range sd.Reals {
-		if x.Real == r.Addr.String() {
+		if x.Real == real {
 			rd = x
 		}
 	}
@@ -139,7 +142,7 @@ func (b pathBuilder) path(svc ipvs.Service, r ipvs.Real) flowpath.Path {
 		return l
 	}
 	req := leg(flowpath.Request, "client→VIP", uint64(sd.PacketsIn), ipvsSrc)
-	sched := leg(flowpath.Schedule, "IPVS→real "+shortReal(svc.Addr, r.Addr), uint64(rd.PacketsIn), "IPVS stats of real "+r.Addr.String())
+	sched := leg(flowpath.Schedule, "IPVS→real "+shortReal(svc.Addr, r.Addr), uint64(rd.PacketsIn), "IPVS stats of real "+real)
 	p.Legs = append(p.Legs, req, sched)
 
 	stops := b.stops(svc, r)
@@ -163,7 +166,7 @@ func (b pathBuilder) path(svc ipvs.Service, r ipvs.Real) flowpath.Path {
 			replyDrops += st.Count
 		}
 	}
-	reply := leg(flowpath.Reply, "reply real→LB", uint64(rd.PacketsOut)+replyDrops, "IPVS stats of real "+r.Addr.String()+" (packets out)")
+	reply := leg(flowpath.Reply, "reply real→LB", uint64(rd.PacketsOut)+replyDrops, "IPVS stats of real "+real+" (packets out)")
 	if replyDrops > 0 {
 		reply.Source += " and replies dropped on the LB (kfree_skb tracer)"
 		if !known {
@@ -203,8 +206,30 @@ func finish(p flowpath.Path, stops []flowpath.Stop) flowpath.Path {
 	return p
 }
 
-// snatLeg is the source NAT a one-arm service needs on the way to the real.
+// snatKey is what a service's SNAT leg depends on: its VIP, and the LB's
+// route to the real (whether the real answers around the LB).
+type snatKey struct {
+	vip netip.AddrPort
+	dev string
+	gw  netip.Addr
+}
+
+// snatLeg is the source NAT a one-arm service needs on the way to the real:
+// the same for every real of a service the LB routes to alike, so built
+// once for them (10,000 reals: one return-path decision and one scan of
+// the rules per service, not per real).
 func (b pathBuilder) snatLeg(svc ipvs.Service, r ipvs.Real) flowpath.Leg {
+	rt, _ := b.s.Net.RouteTo(r.Addr.Addr())
+	k := snatKey{svc.Addr, rt.Dev, rt.Gw}
+	if l, ok := b.snat[k]; ok {
+		return l
+	}
+	l := b.snatLegOf(svc, r)
+	b.snat[k] = l
+	return l
+}
+
+func (b pathBuilder) snatLegOf(svc ipvs.Service, r ipvs.Real) flowpath.Leg {
 	s := b.s
 	l := flowpath.Leg{Kind: flowpath.SNAT, Name: "SNAT", Status: flowpath.Unknown}
 	rp := checks.DecideReturnPath(s, svc.Addr.Addr(), []netip.Addr{r.Addr.Addr()})

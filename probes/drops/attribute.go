@@ -58,6 +58,7 @@ type Attributor struct {
 	keep    func(netip.Addr) bool
 	lazy    bool   // no first dump: the tables are read when asked
 	noVS    string // why the IPVS connection table is never read ("": it is)
+	noCT    string // why conntrack is never dumped ("": it is): events alone
 
 	mu       sync.Mutex
 	cur, old map[tupleKey]*Flow
@@ -114,16 +115,17 @@ func keyOf(s, d netip.AddrPort, proto uint8) tupleKey {
 // only the conntrack flows that touch one of them (the tracer's own address
 // filter: no other drop is reported); proto narrows the first dump further.
 func NewAttributor(lb netns.Target, addrs []netip.Addr, proto uint8) *Attributor {
-	return newAttributor(lb, addrs, proto, false, "")
+	return newAttributor(lb, addrs, proto, false, "", "")
 }
 
 // newAttributor is NewAttributor; a lazy one reads the tables only when
 // asked (Prefetch, a miss): the selected flows of a window over a big LB's
 // services are its whole tables, hundreds of thousands of flows that a
-// window without a drop never needs. noVS, when set, says why the IPVS
-// connection table is not read at all (Config.NoIPVSTable).
-func newAttributor(lb netns.Target, addrs []netip.Addr, proto uint8, lazy bool, noVS string) *Attributor {
-	a := &Attributor{lazy: lazy, noVS: noVS, LB: lb, Interval: DefaultInterval, cur: map[tupleKey]*Flow{}, old: map[tupleKey]*Flow{}, maxKeys: MaxCacheKeys,
+// window without a drop never needs. noVS and noCT, when set, say why the
+// IPVS connection table is never read, and why conntrack is never dumped
+// (Config.NoIPVSTable, Config.NoConntrackDump).
+func newAttributor(lb netns.Target, addrs []netip.Addr, proto uint8, lazy bool, noVS, noCT string) *Attributor {
+	a := &Attributor{lazy: lazy, noVS: noVS, noCT: noCT, LB: lb, Interval: DefaultInterval, cur: map[tupleKey]*Flow{}, old: map[tupleKey]*Flow{}, maxKeys: MaxCacheKeys,
 		progress: make(chan struct{}), errs: map[string]string{}, wake: make(chan struct{}, 1), stop: make(chan struct{})}
 	if len(addrs) > 0 {
 		// A set: the services of a big LB have thousands of addresses,
@@ -208,7 +210,9 @@ func (a *Attributor) attribute(ctx context.Context, p Packet, at int64) *Flow {
 			a.mu.Unlock()
 			return f
 		}
-		ctDone := a.dumpAt > at || a.subscribed && a.drainedAt > at && a.dumpAt > max(a.lostAt, a.evictedAt)
+		// Not to be dumped (noCT), conntrack is read when its events are:
+		// what they lost stays unknown, and said.
+		ctDone := a.dumpAt > at || a.subscribed && a.drainedAt > at && (a.dumpAt > max(a.lostAt, a.evictedAt) || a.noCT != "") || !a.subscribed && a.noCT != ""
 		vsDone := a.vs == nil || a.vsAt > at
 		if ctDone && vsDone || ctx.Err() != nil {
 			// The tables were read past this drop and the flow was not in
@@ -220,7 +224,7 @@ func (a *Attributor) attribute(ctx context.Context, p Packet, at int64) *Flow {
 		// Without events, conntrack is read by dumps (the first one is under
 		// way from the start); with them, the reader asks for a dump itself
 		// when events were lost.
-		if !ctDone && (!a.subscribed || a.dumpAt <= max(a.lostAt, a.evictedAt)) && (a.dumpAt != 0 || a.lazy) {
+		if !ctDone && a.noCT == "" && (!a.subscribed || a.dumpAt <= max(a.lostAt, a.evictedAt)) && (a.dumpAt != 0 || a.lazy) {
 			a.wantDump, wake = true, true
 		}
 		if !vsDone {
@@ -308,6 +312,9 @@ func (a *Attributor) refresher(started chan<- struct{}) {
 	}
 	if a.ct, err = conntrack.NewDumper(a.LB); err != nil {
 		errs["conntrack"] = err.Error()
+	}
+	if a.noCT != "" {
+		errs["conntrack"] = a.noCT
 	}
 	if a.noVS != "" {
 		errs["ipvs"] = a.noVS
@@ -472,7 +479,11 @@ func (a *Attributor) batch(dump, vs bool) {
 	a.mu.Lock()
 	maxFlows := a.maxKeys / 6
 	a.mu.Unlock()
-	if dump && a.ct != nil {
+	if dump && a.noCT != "" {
+		// Not dumped: the flows conntrack confirms from now on still
+		// come as events; a miss waits for no dump.
+		errs["conntrack"] = a.noCT
+	} else if dump && a.ct != nil {
 		for _, flt := range a.filters {
 			_, err := a.ct.Tuples(flt, func(proto uint8, o, r conntrack.Tuple) {
 				if len(flows) < maxFlows {
@@ -511,7 +522,7 @@ func (a *Attributor) batch(dump, vs bool) {
 			a.putLocked(keyOf(f.s, f.d, p), &f.Flow)
 		}
 	}
-	if dump {
+	if dump && a.noCT == "" {
 		// Read, or known unreadable (the error is shown): a drop waits no
 		// longer for this table either way.
 		a.dumpAt = start

@@ -53,6 +53,11 @@ type Config struct {
 	// costs the square of its size); drops are then attributed through
 	// conntrack alone, and the sample's attribution errors say why.
 	NoIPVSTable   string
+	// NoConntrackDump, when set, says why the attributor never dumps
+	// conntrack (a table bigger than a window's reads): drops are then
+	// attributed to the flows conntrack confirms while the tracer runs
+	// (its events) alone, and the sample's attribution errors say why.
+	NoConntrackDump string
 	Ports         []uint16 // … and its source or destination port is one of these
 	Proto         uint8    // … and its protocol is this
 	IgnoreReasons []string // reason names to leave out (e.g. NOT_SPECIFIED)
