@@ -9,7 +9,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -36,16 +35,7 @@ const (
 	exitInterrupted = 130
 )
 
-// memoryLimit is the Go heap's soft limit (GOMEMLIMIT overrides it): a
-// one-shot check of a big LB keeps little (its lists are capped, its tables
-// counted as they stream) but churns a lot; below the limit the collector
-// runs as usual, near it sooner, so garbage does not grow the RSS.
-const memoryLimit = 64 << 20
-
 func main() {
-	if _, set := os.LookupEnv("GOMEMLIMIT"); !set {
-		debug.SetMemoryLimit(memoryLimit)
-	}
 	// The first SIGINT or SIGTERM cancels the command's context with the
 	// signal as its cause; later ones are caught too, so a second Ctrl-C
 	// cannot kill a rollback half-way.
