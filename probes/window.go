@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/lbdoctor/lbdoctor/flowpath"
+	"github.com/lbdoctor/lbdoctor/probes/capture"
 	"github.com/lbdoctor/lbdoctor/probes/health"
 	"github.com/lbdoctor/lbdoctor/probes/netstate"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
@@ -47,6 +48,10 @@ type Window struct {
 	// packets reverse-path filtering dropped (IP_RPFILTER), looked up after
 	// the window: the route that made each source a martian.
 	RoutesBack []netstate.Decision `json:"routes_back,omitempty"`
+	// Capture is what a capture on the LB's interfaces saw of the selected
+	// services' flows, leg by leg per service path (check --capture; nil:
+	// not asked for, or Skipped says why).
+	Capture *capture.Summary `json:"capture,omitempty"`
 	// Skipped names, by layer, what the window could not watch and why
 	// (drops without CAP_BPF, probes off with --no-probe).
 	Skipped map[string]string `json:"skipped,omitempty"`
@@ -56,6 +61,8 @@ type Window struct {
 const (
 	LayerDrops  = "drops"
 	LayerHealth = "health"
+	// LayerCapture is the packets of the flows, leg by leg (check --capture).
+	LayerCapture = "capture"
 )
 
 // RealNeighbour is the ARP/NDP entry of a real server's next hop.

@@ -11,6 +11,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/flowpath"
 	"github.com/lbdoctor/lbdoctor/internal/proto"
 	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/capture"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
@@ -72,6 +73,12 @@ func Paths(after *probes.Snapshot, w *probes.Window, sel probes.Selector) []flow
 		only, seen := b.synRecv[k]
 		b.synRecv[k] = (only || !seen) && c.State == "SYN_RECV"
 	}
+	if w.Capture != nil {
+		b.captured = map[[2]netip.AddrPort]capture.PathLegs{}
+		for _, pl := range w.Capture.Paths {
+			b.captured[[2]netip.AddrPort{pl.VIP, pl.Real}] = pl
+		}
+	}
 	out := []flowpath.Path{}
 	for _, svc := range after.IPVS.Services {
 		if svc.FWMark != 0 || !sel.Matches(svc.Addr, svc.Proto) {
@@ -111,6 +118,9 @@ type pathBuilder struct {
 	// window's end, are all still waiting for the handshake to end.
 	synRecv map[clientKey]bool
 	snat    map[snatKey]flowpath.Leg // built once per service and route
+	// captured is what a capture counted on the legs, by VIP and real
+	// (nil: no capture ran).
+	captured map[[2]netip.AddrPort]capture.PathLegs
 }
 
 // clientKey is one service's flows to one real.
@@ -143,6 +153,12 @@ func (b pathBuilder) path(svc ipvs.Service, key string, r ipvs.Real) flowpath.Pa
 	}
 	req := leg(flowpath.Request, "client→VIP", uint64(sd.PacketsIn), ipvsSrc)
 	sched := leg(flowpath.Schedule, "IPVS→real "+shortReal(svc.Addr, r.Addr), uint64(rd.PacketsIn), "IPVS stats of real "+real)
+	pl, captured := b.captured[[2]netip.AddrPort{svc.Addr, r.Addr}]
+	captured = captured || b.captured != nil // a capture that saw none of these flows counted 0
+	if captured {
+		fromCapture(&req, pl.Legs[0])
+		fromCapture(&sched, pl.Legs[1])
+	}
 	p.Legs = append(p.Legs, req, sched)
 
 	stops := b.stops(svc, r)
@@ -177,6 +193,12 @@ func (b pathBuilder) path(svc ipvs.Service, key string, r ipvs.Real) flowpath.Pa
 		// IPVS never saw the handshake end: what came back were SYN-ACKs.
 		reply.Name = "SYN-ACK real→LB"
 	}
+	if captured {
+		fromCapture(&reply, pl.Legs[2])
+		if slices.Equal(reply.Segments, []string{"SYN-ACK"}) {
+			reply.Name = "SYN-ACK real→LB" // the wire says so
+		}
+	}
 	p.Legs = append(p.Legs, reply)
 
 	desnat := flowpath.Leg{Kind: flowpath.DeSNAT, Name: "de-SNAT", Note: "PREROUTING", Source: "conntrack (reverses the SNAT; no counter of its own)"}
@@ -190,7 +212,25 @@ func (b pathBuilder) path(svc ipvs.Service, key string, r ipvs.Real) flowpath.Pa
 	}
 	p.Legs = append(p.Legs, desnat)
 	p.Legs = append(p.Legs, b.routeLeg(svc, r, rd, stops))
+	if captured {
+		toClient := flowpath.Leg{Kind: flowpath.ToClient, Name: "→client"}
+		fromCapture(&toClient, pl.Legs[3])
+		p.Legs = append(p.Legs, toClient)
+	}
 	return finish(p, stops)
+}
+
+// fromCapture makes a leg's count the packets a capture saw on it on the
+// wire, with the TCP segments seen: the truth of the leg, where the IPVS
+// stats count per service and lag by their 2 s estimator.
+func fromCapture(l *flowpath.Leg, c capture.LegCount) {
+	l.Counted, l.Packets, l.Source, l.Segments = true, c.Packets, flowpath.SourceCapture, c.Segments
+	switch {
+	case c.Packets > 0:
+		l.Status = flowpath.OK
+	case l.Status != flowpath.Stopped && l.Status != flowpath.NotUsed:
+		l.Status = flowpath.Quiet
+	}
 }
 
 // finish puts the stops on the path and marks the legs they stop on.
