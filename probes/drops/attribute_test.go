@@ -121,7 +121,15 @@ func TestAttributeLazy(t *testing.T) {
 			}
 			a := newA(p.B, nil, 0)
 			defer a.Close()
-			time.Sleep(300 * time.Millisecond)
+			// An eager attributor's first dump may take a while on a
+			// loaded machine: wait for it (bounded); a lazy one must stay
+			// idle, which only waiting can show.
+			for deadline := time.Now().Add(5 * time.Second); tt.wantBatches && a.Batches() == 0 && time.Now().Before(deadline); {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if !tt.wantBatches {
+				time.Sleep(300 * time.Millisecond)
+			}
 			if got := a.Batches() > 0; got != tt.wantBatches {
 				t.Errorf("before any drop, Batches() = %d, want > 0: %v", a.Batches(), tt.wantBatches)
 			}
