@@ -339,8 +339,13 @@ func captureClosing(w interface{ Write([]byte) (int, error) }, d *captureDoc, ru
 // writable says why path cannot be written as a new capture file, without
 // creating it: nothing is left behind by a command that then fails.
 func writable(path string) error {
-	st, err := os.Stat(path)
+	// Lstat: CreateFile never follows a link (O_NOFOLLOW), so a link is
+	// refused here, with the rest of the bad input, not after the capture
+	// was opened and announced.
+	st, err := os.Lstat(path)
 	switch {
+	case err == nil && st.Mode()&os.ModeSymlink != 0:
+		return errors.New("a symbolic link: not a regular file (lbdoctor does not write through links)")
 	case err == nil && !st.Mode().IsRegular():
 		return errors.New("not a regular file")
 	case err == nil:

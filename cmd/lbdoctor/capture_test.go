@@ -316,6 +316,20 @@ func TestCaptureInterrupted(t *testing.T) {
 // Bad input is one line and exit 2, before anything is opened; so is an
 // unwritable -w.
 func TestCaptureBadInput(t *testing.T) {
+	// lbdoctor does not follow a link to write (CreateFile opens with
+	// O_NOFOLLOW): a link is refused with the rest of the bad input, before
+	// anything is opened or said.
+	dir := t.TempDir()
+	link, dangling := filepath.Join(dir, "link.pcapng"), filepath.Join(dir, "dangling.pcapng")
+	if err := os.WriteFile(filepath.Join(dir, "target"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("target", link); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("missing", dangling); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name string
 		args []string
@@ -332,6 +346,8 @@ func TestCaptureBadInput(t *testing.T) {
 		{"-w in a missing directory", []string{"--vip", "10.1.0.6:80", "-w", "/nonexistent/x.pcapng"}, "-w /nonexistent/x.pcapng: no such directory /nonexistent"},
 		{"-w a directory", []string{"--vip", "10.1.0.6:80", "-w", os.TempDir()}, "not a regular file"},
 		{"bad --proto", []string{"--vip", "10.1.0.6:80", "--proto", "icmp"}, "--proto"},
+		{"-w a symbolic link to a file", []string{"--vip", "10.1.0.6:80", "-w", link}, "-w " + link + ": a symbolic link"},
+		{"-w a dangling symbolic link", []string{"--vip", "10.1.0.6:80", "-w", dangling}, "-w " + dangling + ": a symbolic link"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
