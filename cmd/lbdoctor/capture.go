@@ -244,8 +244,13 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 	}
 	if file != nil {
 		doc.File.Packets = file.Packets()
+		// A write that failed fails every later one (the statistics, the
+		// flush) with the same error: the first says it, on one line.
 		err := file.Close(capture.FileStatsOf(doc.Interfaces, started, time.Now()))
-		if err = errors.Join(w.SinkErr, err); err != nil {
+		if w.SinkErr != nil {
+			err = w.SinkErr
+		}
+		if err != nil {
 			doc.File.Error = err.Error()
 		}
 	}

@@ -435,3 +435,49 @@ func TestCaptureLBOwnTraffic(t *testing.T) {
 			code, len(doc.Flows), doc.Unclaimed, doc.Own, real, stderr)
 	}
 }
+
+// A -w file whose file system fills up mid-capture ends the file, not the
+// capture: the flows are still printed, and the write error is said once
+// in the closing lines and once as the exit's line (exit 4), each one line
+// (a writer's later writes fail with the same error: it is not repeated).
+func TestCaptureFileSystemFull(t *testing.T) {
+	testkit.RequireRoot(t)
+	l := testkit.Lab(t, lab.OneArm)
+	vip, real := netip.AddrPortFrom(l.VIP, 8085), netip.AddrPortFrom(l.RealIP, 8080)
+	testkit.Serve(t, l.Real, ":8080")
+	testkit.NftNAT(t, l.LB, vip, real, true)
+	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+	// A 64 KiB tmpfs with 8 KiB left: the file's header fits, the
+	// packets of 100 connections (past the writer's 256 KiB buffer: a
+	// write fails mid-capture, and the flush at the end again) do not.
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	if err := os.WriteFile(filepath.Join(dir, "filler"), make([]byte, 56<<10), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "full.pcapng")
+	wait, stdout := startCaptureText(t, "--netns", l.LB.Path, "--vip", vip.String(), "-w", file)
+	const conns = 100
+	for i := range conns {
+		if res := lab.Probe(context.Background(), l.Client, vip, 2*time.Second); !res.OK {
+			t.Fatalf("probe %d of %s: %v", i, vip, res.Err)
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	_, stderr, code := wait(true)
+	if n := strings.Count(stdout.String(), " → VIP "); code != exitFailed || n != conns {
+		t.Errorf("capture -w on a full file system = exit %d, %d flows; want exit 4 and the %d flows\nstdout:\n%s\nstderr:\n%s", code, n, conns, stdout, stderr)
+	}
+	var said []string
+	for _, line := range strings.Split(strings.TrimSpace(stderr), "\n") {
+		if strings.Contains(line, "no space left on device") {
+			said = append(said, line)
+		}
+	}
+	if len(said) != 2 || !strings.HasPrefix(said[0], "! "+file+": ") || !strings.HasPrefix(said[1], "lbdoctor: -w "+file+": ") {
+		t.Errorf("capture stderr says the write error on %d lines:\n%s\nwant one closing line \"! %s: …\" and one exit line \"lbdoctor: -w %s: …\"", len(said), strings.Join(said, "\n"), file, file)
+	}
+}
