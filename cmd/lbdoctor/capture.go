@@ -122,7 +122,14 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 	if !kernel.HasCapability(unix.CAP_NET_RAW) {
 		return fmt.Errorf("%w: capturing packets needs CAP_NET_RAW (run as root)", errPrivilege)
 	}
-	vt := vipTargetsOf(lb, sel)
+	ctx := cmd.Context()
+	// The reads before the capture opens cannot be cancelled (the rules
+	// are read by save tools, which on a node with a large rule set take
+	// seconds): Ctrl-C does not wait for them.
+	var vt vipTargets
+	if !measure(ctx, func() { vt = vipTargetsOf(lb, sel) }) {
+		return notMeasured(ctx)
+	}
 	opt := capture.Options{Snaplen: f.snaplen, Match: capture.Match{Addrs: vt.addrs, Ports: vt.ports}}
 	if p, ok := proto.Parse(sel.Proto); ok && sel.Proto != "" {
 		opt.Match.Proto = p
@@ -133,7 +140,12 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 		// address. Conntrack knows those of flows seen; the rules know
 		// them before any flow.
 		var fromRules []netip.AddrPort
-		if rs, err := rules.Read(lb); err == nil {
+		var rs rules.Snapshot
+		var err error
+		if !measure(ctx, func() { rs, err = rules.Read(lb) }) {
+			return notMeasured(ctx)
+		}
+		if err == nil {
 			for _, b := range probes.RuleBackends(rs.Rules, sel) {
 				if !slices.Contains(vt.learned, b) {
 					fromRules = append(fromRules, b)
@@ -162,7 +174,6 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 		return err
 	}
 
-	ctx := cmd.Context()
 	j := capture.NewJoiner(lb, opt.Match.Addrs, opt.Match.Proto)
 	defer j.Close()
 	j.Local, _ = capture.LocalNotVIP(lb, []netip.Addr{sel.VIP.Addr()}) // unread: nothing is counted as the LB's own

@@ -481,3 +481,59 @@ func TestCaptureFileSystemFull(t *testing.T) {
 		t.Errorf("capture stderr says the write error on %d lines:\n%s\nwant one closing line \"! %s: …\" and one exit line \"lbdoctor: -w %s: …\"", len(said), strings.Join(said, "\n"), file, file)
 	}
 }
+
+// Ctrl-C while capture still reads the rules (a VIP IPVS does not serve:
+// its DNAT rules name the backends) ends it at once, exit 130 and one
+// line, however long the save tools take — iptables-save on a node with
+// a large rule set takes seconds. The slow tool here is a real
+// iptables-save behind a wrapper that first sleeps.
+func TestCaptureInterruptedReadingRules(t *testing.T) {
+	testkit.RequireRoot(t)
+	l := testkit.Lab(t, lab.OneArm)
+	vip := netip.AddrPortFrom(l.VIP, 8085)
+	real, err := exec.LookPath("iptables-save")
+	if err != nil {
+		t.Fatalf("no iptables-save: %v", err)
+	}
+	bin, pids := t.TempDir(), t.TempDir()
+	wrapper := fmt.Sprintf("#!/bin/sh\necho $$ > %s/$$\nsleep 5\nexec %s \"$@\"\n", pids, real)
+	if err := os.WriteFile(filepath.Join(bin, "iptables-save"), []byte(wrapper), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// The wrappers lbdoctor left behind (it does not wait for a
+		// read it abandoned), by the pids they wrote.
+		ents, _ := os.ReadDir(pids)
+		for _, e := range ents {
+			if pid, err := strconv.Atoi(e.Name()); err == nil {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	})
+	cmd := exec.Command(testkit.LbdoctorBinary(t), "capture", "--netns", l.LB.Path, "--vip", vip.String(), "--duration", "10s")
+	cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"))
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until the wrapper runs: lbdoctor is reading the rules.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if ents, _ := os.ReadDir(pids); len(ents) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("capture ran no iptables-save in 5 s; stderr:\n%s", stderr.String())
+		}
+	}
+	start := time.Now()
+	cmd.Process.Signal(syscall.SIGINT)
+	cmd.Wait()
+	took, code := time.Since(start), cmd.ProcessState.ExitCode()
+	lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+	if code != exitInterrupted || took > time.Second || stdout.Len() > 0 || !strings.Contains(lines[len(lines)-1], "interrupted by SIGINT before anything was measured") {
+		t.Errorf("capture interrupted while reading rules = exit %d after %s, stdout %q, stderr:\n%s\nwant exit 130 within 1 s (200 ms, on a loaded machine) and \"interrupted by SIGINT before anything was measured\"", code, took.Round(time.Millisecond), stdout.String(), stderr.String())
+	}
+}
