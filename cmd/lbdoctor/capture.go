@@ -277,8 +277,9 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 			return err
 		}
 	} else {
+		end := started.Add(w.Elapsed)
 		for _, fl := range doc.Flows {
-			printf(out, "%s\n", fl)
+			printf(out, "%s%s\n", fl, cutByEnd(fl, end))
 		}
 		captureClosing(stderr, &doc, runErr)
 	}
@@ -286,6 +287,32 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 		return &exitError{code: exitFailed, msg: fmt.Sprintf("-w %s: %s", f.write, doc.File.Error)}
 	}
 	return nil
+}
+
+// cutBound is how close to the capture's end a stopped flow's last packet
+// may come and the stop be only the end: the packet of its next leg (a
+// real's SYN-ACK, a reply relayed) was not yet due. A flow that truly
+// stops shows it longer: TCP retransmits after 1 s (its first SYN) or at
+// least 200 ms.
+const cutBound = 500 * time.Millisecond
+
+// cutByEnd is what a flow's line adds when the capture's end (--count,
+// --duration, Ctrl-C) may be what stopped it: its last packet came within
+// cutBound of the end.
+func cutByEnd(fl *capture.FlowLegs, end time.Time) string {
+	if fl.Stop() == "" {
+		return ""
+	}
+	var last time.Time
+	for _, l := range fl.Legs {
+		if l.Last.After(last) {
+			last = l.Last
+		}
+	}
+	if before := end.Sub(last); !last.IsZero() && before < cutBound {
+		return fmt.Sprintf(" (its last packet came %s before the capture ended: it may be cut, not stopped)", max(before, 0).Round(time.Millisecond))
+	}
+	return ""
 }
 
 // packetComment names a packet's flow and leg in the pcapng file.

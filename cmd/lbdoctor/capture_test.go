@@ -537,3 +537,26 @@ func TestCaptureInterruptedReadingRules(t *testing.T) {
 		t.Errorf("capture interrupted while reading rules = exit %d after %s, stdout %q, stderr:\n%s\nwant exit 130 within 1 s (200 ms, on a loaded machine) and \"interrupted by SIGINT before anything was measured\"", code, took.Round(time.Millisecond), stdout.String(), stderr.String())
 	}
 }
+
+// A capture that ends (--count here) while a flow is mid-exchange does not
+// say plainly that the flow stops: its line says the capture may have cut
+// it, with how long before the end its last packet came.
+func TestCaptureCountCutsAFlow(t *testing.T) {
+	testkit.RequireRoot(t)
+	l := testkit.Lab(t, lab.OneArm)
+	vip, real := netip.AddrPortFrom(l.VIP, 8085), netip.AddrPortFrom(l.RealIP, 8080)
+	testkit.Serve(t, l.Real, ":8080")
+	testkit.NftNAT(t, l.LB, vip, real, true)
+	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+	// The SYN in, the SYN to the real, its SYN-ACK back: the SYN-ACK to
+	// the client is the 4th packet, past --count.
+	wait, stdout := startCaptureText(t, "--netns", l.LB.Path, "--vip", vip.String(), "--count", "3", "--duration", "10s")
+	if res := lab.Probe(context.Background(), l.Client, vip, 2*time.Second); !res.OK {
+		t.Fatalf("probe %s: %v", vip, res.Err)
+	}
+	_, stderr, code := wait(false)
+	line := strings.TrimSpace(stdout.String())
+	if code != 0 || !strings.Contains(line, "stops at →client") || !strings.Contains(line, "before the capture ended: it may be cut, not stopped") {
+		t.Errorf("capture --count 3 = exit %d, stdout %q; want exit 0 and the flow's stop at →client said to be perhaps only the capture's end\nstderr:\n%s", code, line, stderr)
+	}
+}
