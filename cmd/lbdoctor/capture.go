@@ -25,6 +25,11 @@ import (
 	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
 
+// joinSnaplen is the bytes of a frame the join reads at most: Ethernet and
+// a VLAN tag (18), IPv4 with options (60; IPv6's fixed header is 40), TCP
+// with options (60).
+const joinSnaplen = 18 + 60 + 60
+
 type captureFlags struct {
 	vip, proto, write string
 	duration          time.Duration
@@ -130,7 +135,10 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 	if !measure(ctx, func() { vt = vipTargetsOf(lb, sel) }) {
 		return notMeasured(ctx)
 	}
-	opt := capture.Options{Snaplen: f.snaplen, Match: capture.Match{Addrs: vt.addrs, Ports: vt.ports}}
+	// The sockets keep at least the headers the join reads (a short
+	// --snaplen cuts the file's packets, not the legs); the file keeps
+	// --snaplen.
+	opt := capture.Options{Snaplen: max(f.snaplen, joinSnaplen), Match: capture.Match{Addrs: vt.addrs, Ports: vt.ports}}
 	if p, ok := proto.Parse(sel.Proto); ok && sel.Proto != "" {
 		opt.Match.Proto = p
 	}
@@ -203,7 +211,7 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 
 	var file *capture.Writer
 	if f.write != "" {
-		if file, err = capture.CreateFile(f.write, c.Snaplen(), c.SocketInterfaces()); errors.Is(err, capture.ErrNotRegular) {
+		if file, err = capture.CreateFile(f.write, f.snaplen, c.SocketInterfaces()); errors.Is(err, capture.ErrNotRegular) {
 			return usageErrorf("-w %s: %v", f.write, err)
 		} else if err != nil {
 			return err
@@ -233,6 +241,9 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 	if file != nil {
 		// Each packet's comment names its flow and leg (Wireshark shows it).
 		wopt.Sink = func(p capture.Packet, leg capture.LegOf, ok bool) error {
+			if len(p.Data) > f.snaplen {
+				p.Data = p.Data[:f.snaplen] // Length keeps the packet's own
+			}
 			return file.WritePacket(p, p.Socket, packetComment(leg, ok))
 		}
 	}

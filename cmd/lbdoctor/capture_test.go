@@ -560,3 +560,44 @@ func TestCaptureCountCutsAFlow(t *testing.T) {
 		t.Errorf("capture --count 3 = exit %d, stdout %q; want exit 0 and the flow's stop at →client said to be perhaps only the capture's end\nstderr:\n%s", code, line, stderr)
 	}
 }
+
+// A --snaplen too short for the headers (40 bytes: Ethernet, IPv4 and 6
+// bytes of TCP) cuts the file's packets, not the join: every leg of the
+// flow is still counted, and the file keeps 40 bytes of each packet.
+func TestCaptureShortSnaplen(t *testing.T) {
+	testkit.RequireRoot(t)
+	l := testkit.Lab(t, lab.OneArm)
+	vip, real := netip.AddrPortFrom(l.VIP, 8085), netip.AddrPortFrom(l.RealIP, 8080)
+	testkit.Serve(t, l.Real, ":8080")
+	testkit.NftNAT(t, l.LB, vip, real, true)
+	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+	file := filepath.Join(t.TempDir(), "short.pcapng")
+	wait := startCapture(t, "--netns", l.LB.Path, "--vip", vip.String(), "--snaplen", "40", "-w", file)
+	if res := lab.Probe(context.Background(), l.Client, vip, 2*time.Second); !res.OK {
+		t.Fatalf("probe %s: %v", vip, res.Err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	doc, stderr, code := wait(true)
+	if code != 0 || len(doc.Flows) != 1 || doc.Flows[0].Stop != "" || doc.Unclaimed != 0 {
+		t.Errorf("capture --snaplen 40 = exit %d, %d flows, %d unclaimed, stop %q; want exit 0, 1 flow with every leg, none unclaimed\nstderr:\n%s", code, len(doc.Flows), doc.Unclaimed, func() flowpath.LegKind {
+			if len(doc.Flows) > 0 {
+				return doc.Flows[0].Stop
+			}
+			return ""
+		}(), stderr)
+	}
+	out, err := exec.Command("tcpdump", "-nn", "-r", file).Output()
+	if err != nil {
+		t.Fatalf("tcpdump -r %s: %v", file, err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	for _, line := range lines {
+		if !strings.Contains(line, "[|tcp]") {
+			t.Errorf("tcpdump -r %s: %q, want every packet cut at 40 bytes ([|tcp])", file, line)
+			break
+		}
+	}
+	if doc.File == nil || uint64(len(lines)) != doc.File.Packets || doc.File.Packets == 0 {
+		t.Errorf("tcpdump -r %s: %d packets, want %+v (what capture wrote)", file, len(lines), doc.File)
+	}
+}
