@@ -292,8 +292,10 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 		for _, fl := range doc.Flows {
 			printf(out, "%s%s\n", fl, cutByEnd(fl, end))
 		}
-		captureClosing(stderr, &doc, runErr)
 	}
+	// stderr's in every output, as the start line: whoever watches a
+	// document being written sees what was captured and lost.
+	captureClosing(stderr, &doc, runErr)
 	if doc.File != nil && doc.File.Error != "" {
 		return &exitError{code: exitFailed, msg: fmt.Sprintf("-w %s: %s", f.write, doc.File.Error)}
 	}

@@ -601,3 +601,19 @@ func TestCaptureShortSnaplen(t *testing.T) {
 		t.Errorf("tcpdump -r %s: %d packets, want %+v (what capture wrote)", file, len(lines), doc.File)
 	}
 }
+
+// The closing lines go to stderr in every output (README): with -o json
+// too, a person watching sees what was captured and lost, and the file.
+func TestCaptureJSONClosingLines(t *testing.T) {
+	testkit.RequireRoot(t)
+	l := testkit.Lab(t, lab.OneArm)
+	vip := netip.AddrPortFrom(l.VIP, 8085)
+	file := filepath.Join(t.TempDir(), "json.pcapng")
+	wait := startCapture(t, "--netns", l.LB.Path, "--vip", vip.String(), "--duration", "200ms", "-w", file)
+	doc, stderr, code := wait(false)
+	for _, want := range []string{"0 packets captured in ", "kernel ring drops: 0 (eth0 0)", "wrote 0 packets to " + file} {
+		if code != 0 || doc.File == nil || !strings.Contains(stderr, want) {
+			t.Errorf("capture -o json = exit %d, stderr:\n%s\nwant exit 0, a document with its file and %q on stderr", code, stderr, want)
+		}
+	}
+}
