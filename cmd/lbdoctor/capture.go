@@ -218,11 +218,17 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 		}
 		doc.File = &captureFile{Path: f.write}
 	}
-	window := ctx
+	// The window: --duration, Ctrl-C or SIGTERM, or the namespace going
+	// away (its sockets would keep it alive, capturing nothing, silent).
+	window, endWindow := context.WithCancelCause(ctx)
+	defer endWindow(nil)
 	if f.duration > 0 {
 		var cancel context.CancelFunc
-		window, cancel = context.WithTimeout(ctx, f.duration)
+		window, cancel = context.WithTimeout(window, f.duration)
 		defer cancel()
+	}
+	if g.netns != "" {
+		go watchNetns(window, lb, endWindow)
 	}
 	{
 		// The start line goes to stderr whatever the output: the document
@@ -263,6 +269,8 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 	}
 	if sig := interruptedBy(ctx); sig != "" {
 		doc.Interrupted, doc.CutShort = true, "interrupted by "+sig
+	} else if cause := context.Cause(window); errors.Is(cause, errNetnsGone) {
+		doc.CutShort = cause.Error()
 	}
 	if file != nil {
 		doc.File.Packets = file.Packets()
@@ -386,9 +394,12 @@ func captureClosing(w interface{ Write([]byte) (int, error) }, d *captureDoc, ru
 			printf(w, "wrote %d packets to %s\n", d.File.Packets, d.File.Path)
 		}
 	}
-	if d.Interrupted {
+	switch {
+	case d.Interrupted:
 		sig := strings.TrimPrefix(d.CutShort, "interrupted by ")
 		printf(w, "%s\n", cutShortLine(sig, d.Elapsed, d.Length))
+	case d.CutShort != "" && runErr == nil:
+		printf(w, "! cut short (%s) after %s\n", d.CutShort, d.Elapsed.Round(time.Millisecond))
 	}
 }
 

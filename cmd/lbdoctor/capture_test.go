@@ -617,3 +617,26 @@ func TestCaptureJSONClosingLines(t *testing.T) {
 		}
 	}
 }
+
+// A namespace deleted under `capture --netns` ends the capture with a line
+// saying so (as drops does), not a capture that goes on, silent, on
+// sockets that alone keep the namespace alive.
+func TestCaptureNetnsDeleted(t *testing.T) {
+	ns := testkit.Netns(t, "gone")
+	testkit.Run(t, ns, "ip", "link", "add", "name", "vea", "type", "veth", "peer", "name", "veb")
+	testkit.Run(t, ns, "ip", "addr", "add", "10.77.0.1/24", "dev", "vea")
+	testkit.Run(t, ns, "ip", "link", "set", "vea", "up")
+	testkit.Run(t, ns, "ip", "link", "set", "veb", "up")
+	wait, _ := startCaptureText(t, "--netns", ns.Name, "--vip", "10.77.0.1:80", "--duration", "20s")
+	time.Sleep(200 * time.Millisecond)
+	deleted := time.Now()
+	if err := ns.Delete(); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, code := wait(false)
+	took := time.Since(deleted)
+	want := fmt.Sprintf("! cut short (netns %s was deleted) after", ns.Name)
+	if code != 0 || took > time.Second || !strings.Contains(stderr, want) || !strings.Contains(stderr, "0 packets captured") {
+		t.Errorf("capture --netns %s, deleted = exit %d after %s:\n%s\nwant exit 0 within 1 s, the closing lines and %q", ns.Name, code, took.Round(time.Millisecond), stderr, want)
+	}
+}
