@@ -278,11 +278,7 @@ func TestCaptureLegs(t *testing.T) {
 // tcpdump reads every packet of it.
 func TestCaptureInterrupted(t *testing.T) {
 	testkit.RequireRoot(t)
-	l := testkit.Lab(t, lab.OneArm)
-	vip, real := netip.AddrPortFrom(l.VIP, 8085), netip.AddrPortFrom(l.RealIP, 8080)
-	testkit.Serve(t, l.Real, ":8080")
-	testkit.NftNAT(t, l.LB, vip, real, true)
-	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+	l, vip := dnatMasqueradeLab(t)
 	file := filepath.Join(t.TempDir(), "cut.pcapng")
 	wait, stdout := startCaptureText(t, "--netns", l.LB.Path, "--vip", vip.String(), "-w", file)
 	if res := lab.Probe(context.Background(), l.Client, vip, 2*time.Second); !res.OK {
@@ -417,11 +413,8 @@ func TestCaptureWithoutCapabilityExitsThree(t *testing.T) {
 // leg: counted as claimed by no flow, and as the LB's own.
 func TestCaptureLBOwnTraffic(t *testing.T) {
 	testkit.RequireRoot(t)
-	l := testkit.Lab(t, lab.OneArm)
-	vip, real := netip.AddrPortFrom(l.VIP, 8085), netip.AddrPortFrom(l.RealIP, 8080)
-	testkit.Serve(t, l.Real, ":8080")
-	testkit.NftNAT(t, l.LB, vip, real, true)
-	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+	l, vip := dnatMasqueradeLab(t)
+	real := netip.AddrPortFrom(l.RealIP, 8080)
 	wait := startCapture(t, "--netns", l.LB.Path, "--vip", vip.String(), "--duration", "2s")
 	if res := lab.Probe(context.Background(), l.Client, vip, 2*time.Second); !res.OK {
 		t.Fatalf("probe %s from the client: %v", vip, res.Err)
@@ -442,11 +435,7 @@ func TestCaptureLBOwnTraffic(t *testing.T) {
 // (a writer's later writes fail with the same error: it is not repeated).
 func TestCaptureFileSystemFull(t *testing.T) {
 	testkit.RequireRoot(t)
-	l := testkit.Lab(t, lab.OneArm)
-	vip, real := netip.AddrPortFrom(l.VIP, 8085), netip.AddrPortFrom(l.RealIP, 8080)
-	testkit.Serve(t, l.Real, ":8080")
-	testkit.NftNAT(t, l.LB, vip, real, true)
-	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+	l, vip := dnatMasqueradeLab(t)
 	// A 64 KiB tmpfs with 8 KiB left: the file's header fits, the
 	// packets of 100 connections (past the writer's 256 KiB buffer: a
 	// write fails mid-capture, and the flush at the end again) do not.
@@ -543,11 +532,7 @@ func TestCaptureInterruptedReadingRules(t *testing.T) {
 // it, with how long before the end its last packet came.
 func TestCaptureCountCutsAFlow(t *testing.T) {
 	testkit.RequireRoot(t)
-	l := testkit.Lab(t, lab.OneArm)
-	vip, real := netip.AddrPortFrom(l.VIP, 8085), netip.AddrPortFrom(l.RealIP, 8080)
-	testkit.Serve(t, l.Real, ":8080")
-	testkit.NftNAT(t, l.LB, vip, real, true)
-	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+	l, vip := dnatMasqueradeLab(t)
 	// The SYN in, the SYN to the real, its SYN-ACK back: the SYN-ACK to
 	// the client is the 4th packet, past --count.
 	wait, stdout := startCaptureText(t, "--netns", l.LB.Path, "--vip", vip.String(), "--count", "3", "--duration", "10s")
@@ -566,11 +551,7 @@ func TestCaptureCountCutsAFlow(t *testing.T) {
 // flow is still counted, and the file keeps 40 bytes of each packet.
 func TestCaptureShortSnaplen(t *testing.T) {
 	testkit.RequireRoot(t)
-	l := testkit.Lab(t, lab.OneArm)
-	vip, real := netip.AddrPortFrom(l.VIP, 8085), netip.AddrPortFrom(l.RealIP, 8080)
-	testkit.Serve(t, l.Real, ":8080")
-	testkit.NftNAT(t, l.LB, vip, real, true)
-	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+	l, vip := dnatMasqueradeLab(t)
 	file := filepath.Join(t.TempDir(), "short.pcapng")
 	wait := startCapture(t, "--netns", l.LB.Path, "--vip", vip.String(), "--snaplen", "40", "-w", file)
 	if res := lab.Probe(context.Background(), l.Client, vip, 2*time.Second); !res.OK {
@@ -639,4 +620,16 @@ func TestCaptureNetnsDeleted(t *testing.T) {
 	if code != 0 || took > time.Second || !strings.Contains(stderr, want) || !strings.Contains(stderr, "0 packets captured") {
 		t.Errorf("capture --netns %s, deleted = exit %d after %s:\n%s\nwant exit 0 within 1 s, the closing lines and %q", ns.Name, code, took.Round(time.Millisecond), stderr, want)
 	}
+}
+
+// dnatMasqueradeLab is a one-arm LB of nft DNAT and masquerade whose VIP
+// (port 8085) answers its client from the real (port 8080).
+func dnatMasqueradeLab(t *testing.T) (*lab.Lab, netip.AddrPort) {
+	t.Helper()
+	l := testkit.Lab(t, lab.OneArm)
+	vip, real := netip.AddrPortFrom(l.VIP, 8085), netip.AddrPortFrom(l.RealIP, 8080)
+	testkit.Serve(t, l.Real, ":8080")
+	testkit.NftNAT(t, l.LB, vip, real, true)
+	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+	return l, vip
 }
