@@ -359,14 +359,18 @@ func captureClosing(w interface{ Write([]byte) (int, error) }, d *captureDoc, ru
 	}
 	printf(w, "%d packets captured in %s: %d flows (%s); %d claimed by no flow (%d of them the LB's own traffic)\n", d.Packets, d.Elapsed.Round(time.Millisecond), len(d.Flows), strings.Join(parts, ", "), d.Unclaimed, d.Own)
 	var drops []string
+	var unread uint64
 	for _, s := range d.Interfaces {
 		drops = append(drops, fmt.Sprintf("%s %d", s.Interface, s.Drops))
+		unread += s.Unread
 	}
 	mark := ""
-	if d.KernelDrops > 0 {
+	if d.KernelDrops > 0 || unread > 0 {
 		mark = "! "
 	}
-	printf(w, "%skernel ring drops: %d (%s)\n", mark, d.KernelDrops, strings.Join(drops, ", "))
+	// Unread: what the kernel put in the rings and the capture, ended,
+	// never read (packets = captured + drops + unread): loss too.
+	printf(w, "%skernel ring drops: %d (%s); left unread in the rings at the end: %d\n", mark, d.KernelDrops, strings.Join(drops, ", "), unread)
 	for _, s := range d.Interfaces {
 		if s.Ended != "" {
 			printf(w, "! %s stopped before the capture: %s\n", s.Interface, s.Ended)
