@@ -20,6 +20,17 @@ var dnatTo = regexp.MustCompile(`(?:dnat(?: ip6?)? to|--to-destination) (\[[0-9a
 // 80,443`. Ranges are not parsed (the rule is then taken as any port's).
 var dport = regexp.MustCompile(`(?:\bdport|--dports?) (\{[^}]*\}|[0-9,]+)(?:\s|$)`)
 
+// ruleProto is the protocol a rule matches: nft's `tcp dport`, `udp
+// sport`, `meta l4proto tcp`, iptables' `-p tcp`.
+var ruleProto = regexp.MustCompile(`(?:^|\s)(?:-p |meta l4proto )?(tcp|udp)(?:\s|$)`)
+
+// servesProto says whether a rule's protocol match, if it has one, is
+// proto ("" any): a DNAT of the VIP's TCP is no backend of its UDP.
+func servesProto(spec, proto string) bool {
+	m := ruleProto.FindStringSubmatch(spec)
+	return m == nil || proto == "" || strings.EqualFold(m[1], proto)
+}
+
 // servesPort says whether a rule's destination port match, if it has one,
 // holds port: a DNAT of the VIP's port 53 is not a backend of its port 80.
 func servesPort(spec string, port uint16) bool {
@@ -36,8 +47,8 @@ func servesPort(spec string, port uint16) bool {
 }
 
 // RuleBackends are the destinations of the DNAT rules that name the
-// selected VIP's address and, when they match a destination port, its
-// port: the backends of a VIP that IPVS does not serve,
+// selected VIP's address and, when they match a destination port or a
+// protocol, its port and protocol: the backends of a VIP that IPVS does not serve,
 // known from the rules before any flow shows them in conntrack. A rule
 // without a port keeps the VIP's. Ranges and maps are not followed.
 func RuleBackends(rs []rules.Rule, sel Selector) []netip.AddrPort {
@@ -48,7 +59,7 @@ func RuleBackends(rs []rules.Rule, sel Selector) []netip.AddrPort {
 			continue
 		}
 		m := dnatTo.FindStringSubmatch(r.Spec)
-		if m == nil || !servesPort(r.Spec, sel.VIP.Port()) {
+		if m == nil || !servesPort(r.Spec, sel.VIP.Port()) || !servesProto(r.Spec, sel.Proto) {
 			continue
 		}
 		b, err := netip.ParseAddrPort(m[1])

@@ -27,6 +27,23 @@ func TestRuleBackends(t *testing.T) {
 		{"iptables multiport DNAT holding the VIP's port", rules.Rule{Target: "DNAT", Spec: "-A PREROUTING -d 10.1.0.6/32 -p tcp -m multiport --dports 80,8085 -j DNAT --to-destination 10.1.0.51"}, []netip.AddrPort{netip.MustParseAddrPort("10.1.0.51:8085")}},
 		{"nft dnat of every port of the VIP", rules.Rule{Target: "DNAT", Spec: "ip daddr 10.1.0.6 dnat ip to 10.1.0.50"}, []netip.AddrPort{netip.MustParseAddrPort("10.1.0.50:8085")}},
 	}
+	udp := Selector{VIP: sel.VIP, Proto: "udp"}
+	for _, tt := range []struct {
+		name string
+		rule rules.Rule
+		want []netip.AddrPort
+	}{
+		{"nft dnat of TCP, the VIP's UDP asked", rules.Rule{Target: "DNAT", Spec: "ip daddr 10.1.0.6 tcp dport 8085 dnat ip to 10.1.0.50:8080"}, nil},
+		{"iptables DNAT of TCP, the VIP's UDP asked", rules.Rule{Target: "DNAT", Spec: "-A PREROUTING -d 10.1.0.6/32 -p tcp -m tcp --dport 8085 -j DNAT --to-destination 10.1.0.51:80"}, nil},
+		{"nft dnat of UDP, the VIP's UDP asked", rules.Rule{Target: "DNAT", Spec: "ip daddr 10.1.0.6 udp dport 8085 dnat ip to 10.1.0.50:53"}, []netip.AddrPort{netip.MustParseAddrPort("10.1.0.50:53")}},
+		{"nft dnat of any protocol, the VIP's UDP asked", rules.Rule{Target: "DNAT", Spec: "ip daddr 10.1.0.6 dnat ip to 10.1.0.50"}, []netip.AddrPort{netip.MustParseAddrPort("10.1.0.50:8085")}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := RuleBackends([]rules.Rule{tt.rule}, udp); !slices.Equal(got, tt.want) {
+				t.Errorf("RuleBackends(%q, udp) = %v, want %v", tt.rule.Spec, got, tt.want)
+			}
+		})
+	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			if got := RuleBackends([]rules.Rule{tt.rule}, sel); !slices.Equal(got, tt.want) {
