@@ -172,7 +172,11 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 			if err != nil {
 				return err
 			}
-			opt.Match.Addrs = append(opt.Match.Addrs, own...)
+			for _, a := range own {
+				if !slices.Contains(opt.Match.Addrs, a) { // the VIP is one of them
+					opt.Match.Addrs = append(opt.Match.Addrs, a)
+				}
+			}
 			opt.Match.Ports = nil
 			printf(stderr, "! %s is not an IPVS service and neither conntrack nor a DNAT rule shows a backend: capturing every port of it and of this namespace's own addresses (SNAT)\n", sel.VIPString())
 		}

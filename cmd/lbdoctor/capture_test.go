@@ -20,6 +20,7 @@ import (
 
 	"github.com/lbdoctor/lbdoctor/flowpath"
 	"github.com/lbdoctor/lbdoctor/internal/lab"
+	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 )
 
@@ -606,11 +607,7 @@ func TestCaptureJSONClosingLines(t *testing.T) {
 // saying so (as drops does), not a capture that goes on, silent, on
 // sockets that alone keep the namespace alive.
 func TestCaptureNetnsDeleted(t *testing.T) {
-	ns := testkit.Netns(t, "gone")
-	testkit.Run(t, ns, "ip", "link", "add", "name", "vea", "type", "veth", "peer", "name", "veb")
-	testkit.Run(t, ns, "ip", "addr", "add", "10.77.0.1/24", "dev", "vea")
-	testkit.Run(t, ns, "ip", "link", "set", "vea", "up")
-	testkit.Run(t, ns, "ip", "link", "set", "veb", "up")
+	ns := vethNetns(t, "gone")
 	wait, _ := startCaptureText(t, "--netns", ns.Name, "--vip", "10.77.0.1:80", "--duration", "20s")
 	time.Sleep(200 * time.Millisecond)
 	deleted := time.Now()
@@ -660,5 +657,27 @@ func TestCaptureSaysUnread(t *testing.T) {
 	want := fmt.Sprintf("left unread in the rings at the end: %d", unread)
 	if code != 0 || doc.Packets == 0 || !strings.Contains(stderr, want) {
 		t.Errorf("capture under a flood, interrupted = exit %d, %d packets, stderr:\n%s\nwant exit 0 and %q (JSON's interfaces[].unread)", code, doc.Packets, stderr, want)
+	}
+}
+
+// vethNetns is a namespace whose one veth pair is up, 10.77.0.1/24 on vea.
+func vethNetns(t *testing.T, role string) netns.Target {
+	t.Helper()
+	ns := testkit.Netns(t, role)
+	testkit.Run(t, ns, "ip", "link", "add", "name", "vea", "type", "veth", "peer", "name", "veb")
+	testkit.Run(t, ns, "ip", "addr", "add", "10.77.0.1/24", "dev", "vea")
+	testkit.Run(t, ns, "ip", "link", "set", "vea", "up")
+	testkit.Run(t, ns, "ip", "link", "set", "veb", "up")
+	return ns
+}
+
+// A VIP no rule or flow explains is captured with the namespace's own
+// addresses (SNAT); the VIP, one of them, is named once.
+func TestCaptureNoBackendAddressesOnce(t *testing.T) {
+	ns := vethNetns(t, "own")
+	wait, _ := startCaptureText(t, "--netns", ns.Name, "--vip", "10.77.0.1:80", "--duration", "100ms")
+	_, stderr, code := wait(false)
+	if want := "addresses 10.77.0.1, ports any;"; code != 0 || !strings.Contains(stderr, want) {
+		t.Errorf("capture --vip 10.77.0.1:80 = exit %d, stderr:\n%s\nwant exit 0 and %q", code, stderr, want)
 	}
 }
