@@ -294,8 +294,13 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 		// under it; the kernel's counts say what the rings still held.
 		doc.CutShort = runErr.Error()
 	}
+	// The closing lines are stderr's in every output, as the start line:
+	// whoever watches a document being written sees what was captured and
+	// lost. Before the document: a reader that stops reading it (`| head
+	// -c 100`: SIGPIPE) does not take them with it.
 	out := cmd.OutOrStdout()
 	if g.output == "json" {
+		captureClosing(stderr, &doc, runErr)
 		if err := report.JSONDocument(out, doc); err != nil {
 			return err
 		}
@@ -304,10 +309,8 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 		for _, fl := range doc.Flows {
 			printf(out, "%s%s\n", fl, cutByEnd(fl, end))
 		}
+		captureClosing(stderr, &doc, runErr)
 	}
-	// stderr's in every output, as the start line: whoever watches a
-	// document being written sees what was captured and lost.
-	captureClosing(stderr, &doc, runErr)
 	if doc.File != nil && doc.File.Error != "" {
 		return &exitError{code: exitFailed, msg: fmt.Sprintf("-w %s: %s", f.write, doc.File.Error)}
 	}

@@ -681,3 +681,24 @@ func TestCaptureNoBackendAddressesOnce(t *testing.T) {
 		t.Errorf("capture --vip 10.77.0.1:80 = exit %d, stderr:\n%s\nwant exit 0 and %q", code, stderr, want)
 	}
 }
+
+// `capture -o json | head -c 100`: a reader that stops reading the
+// document (SIGPIPE ends lbdoctor, as it does tcpdump) does not take the
+// closing lines with it: what was captured and lost is on stderr before
+// the document is written. Here the reader is gone before the first byte.
+func TestCaptureJSONReaderGone(t *testing.T) {
+	ns := vethNetns(t, "pipe")
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	cmd := exec.Command(testkit.LbdoctorBinary(t), "capture", "--netns", ns.Name, "--vip", "10.77.0.1:80", "--duration", "100ms", "-o", "json")
+	var stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = w, &stderr
+	err = cmd.Run()
+	w.Close()
+	if !strings.Contains(stderr.String(), "kernel ring drops: 0 (vea 0)") {
+		t.Errorf("capture -o json to a pipe nobody reads = %v, stderr:\n%s\nwant the closing lines (kernel ring drops) on stderr", err, stderr.String())
+	}
+}
