@@ -115,6 +115,11 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 	if f.snaplen < 1 || f.snaplen > capture.MaxSnaplen {
 		return usageErrorf("--snaplen %d: want 1 to %d bytes", f.snaplen, capture.MaxSnaplen)
 	}
+	if f.write == "-" {
+		// tcpdump's `-w -` is stdout; lbdoctor's stdout is the flows or
+		// the JSON document, and a file named "-" is never what was meant.
+		return usageErrorf("-w -: stdout carries the flows or the document; name a file")
+	}
 	if f.write != "" {
 		if err := writable(f.write); err != nil {
 			return usageErrorf("-w %s: %v", f.write, err)

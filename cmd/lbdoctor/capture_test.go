@@ -347,6 +347,7 @@ func TestCaptureBadInput(t *testing.T) {
 		{"-w a directory", []string{"--vip", "10.1.0.6:80", "-w", os.TempDir()}, "not a regular file"},
 		{"bad --proto", []string{"--vip", "10.1.0.6:80", "--proto", "icmp"}, "--proto"},
 		{"-w a symbolic link to a file", []string{"--vip", "10.1.0.6:80", "-w", link}, "-w " + link + ": a symbolic link"},
+		{"-w - (stdout carries the flows)", []string{"--vip", "10.1.0.6:80", "-w", "-", "--duration", "1s"}, "-w -: stdout carries the flows or the document"},
 		{"-w a dangling symbolic link", []string{"--vip", "10.1.0.6:80", "-w", dangling}, "-w " + dangling + ": a symbolic link"},
 	}
 	for _, tt := range tests {
