@@ -133,3 +133,48 @@ func TestAttributeLazy(t *testing.T) {
 		})
 	}
 }
+
+// An IPVS connection table too big to read in a window is never read, nor
+// a conntrack table too big to dump: the attributor says so among its
+// errors and still attributes what it may — through a dump, or through the
+// events of the flows confirmed after it started.
+func TestAttributeBounded(t *testing.T) {
+	testkit.RequireRoot(t)
+	const noVS, noCT = "not read: IPVS holds 100000 connections", "not dumped: conntrack holds 100000 entries"
+	tests := []struct {
+		name       string
+		noCT       string
+		before     bool // the flow is confirmed before the attributor starts
+		attributed bool
+	}{
+		{"IPVS unread, dumped", "", true, true},
+		{"not dumped, a flow from before", noCT, true, false},
+		{"not dumped, a flow confirmed after the start", noCT, false, true},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := testkit.NewDropPair(t)
+			var dnat drops.Packet
+			sport := uint16(5010 + i)
+			if tt.before {
+				dnat = sendUDP(t, p, sport, testkit.DNATPorts+8, p.RealB)
+			}
+			a := drops.NewAttributorBounded(p.B, nil, noVS, tt.noCT)
+			defer a.Close()
+			if !tt.before {
+				dnat = sendUDP(t, p, sport, testkit.DNATPorts+8, p.RealB)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			a.Prefetch()
+			f := a.Attribute(ctx, dnat, 0, 1)
+			if got := f != nil && f.Real == dnat.Dst; got != tt.attributed {
+				t.Errorf("Attribute(UDP DNATed to %s) = %v, want attributed %v", dnat.Dst, f, tt.attributed)
+			}
+			errs := a.Errors()
+			if errs["ipvs"] != noVS || errs["conntrack"] != tt.noCT {
+				t.Errorf("Errors() = %q, want ipvs %q and conntrack %q", errs, noVS, tt.noCT)
+			}
+		})
+	}
+}
