@@ -231,11 +231,6 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 	// away (its sockets would keep it alive, capturing nothing, silent).
 	window, endWindow := context.WithCancelCause(ctx)
 	defer endWindow(nil)
-	if f.duration > 0 {
-		var cancel context.CancelFunc
-		window, cancel = context.WithTimeout(window, f.duration)
-		defer cancel()
-	}
 	if g.netns != "" {
 		go watchNetns(window, lb, endWindow)
 	}
@@ -261,6 +256,13 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 			}
 			return file.WritePacket(p, p.Socket, packetComment(leg, ok))
 		}
+	}
+	if f.duration > 0 {
+		// --duration counts from here: what comes before (the start
+		// line, a slow terminal) must not eat the capture's time.
+		var cancel context.CancelFunc
+		window, cancel = context.WithTimeout(window, f.duration)
+		defer cancel()
 	}
 	started := time.Now()
 	w, runErr := capture.Watch(window, c, j, wopt)
