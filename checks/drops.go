@@ -2,6 +2,7 @@ package checks
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -44,6 +45,10 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 		window += "; the window was cut short"
 	}
 	ev := []Evidence{{Fact: window, Source: "kfree_skb tracer"}}
+	for _, k := range slices.Sorted(maps.Keys(d.Attribution.Errors)) {
+		// A table attribution left unread: its drops stay unattributed.
+		ev = append(ev, Evidence{Fact: fmt.Sprintf("drops were not attributed through the %s table: %s", k, d.Attribution.Errors[k]), Source: "kfree_skb tracer"})
+	}
 	if addrs, ports := probes.DropFilter(sel, s.IPVS.Services); probes.WideDropFilter(addrs, ports) {
 		ev = append(ev, Evidence{Fact: fmt.Sprintf("the selected services have %d addresses and %d ports, more than the kernel's drop filter takes (%d of each): "+
 			"every drop in %s was counted and the services' drops selected from them; drops not itemised by flow cannot be told apart and are not among them",
