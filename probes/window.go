@@ -16,10 +16,21 @@ import (
 type Window struct {
 	Length  time.Duration `json:"length_ns"`  // asked for
 	Elapsed time.Duration `json:"elapsed_ns"` // between the first and the last read
-	// FirstRead is how long the first read took: the window opens once it
-	// is done, so the counters span FirstRead + the window.
-	FirstRead time.Duration `json:"first_read_ns"`
-	CutShort  bool          `json:"cut_short,omitempty"`
+	// FirstRead is how long the first read took, and TracerWait how long
+	// the window then waited for the drop tracer to be attached (prepared
+	// beside the first read, loaded with the filter it gave): the window
+	// opens once both are done, so the counters span FirstRead +
+	// TracerWait + the window, and the drops the whole window.
+	FirstRead  time.Duration `json:"first_read_ns"`
+	TracerWait time.Duration `json:"tracer_wait_ns,omitempty"`
+	// LastRead is how long the last read took from the window's end: the
+	// window returns when it is done (the tracer hands over meanwhile).
+	LastRead time.Duration `json:"last_read_ns"`
+	// Tracer is how the drop tracer stood when the window opened:
+	// "attached", or "failed" (Skipped["drops"] says why); empty when no
+	// drop was to be traced (not asked for, no CAP_BPF: Skipped says so).
+	Tracer   string `json:"tracer,omitempty"`
+	CutShort bool   `json:"cut_short,omitempty"`
 	// Deltas are the counters that moved between the two reads: rules
 	// (and chain policies), IPVS per service and real, conntrack, SNMP.
 	Deltas Deltas `json:"deltas"`

@@ -9,6 +9,7 @@ package window
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -38,6 +39,17 @@ const DefaultProbeTimeout = 500 * time.Millisecond
 // lastReadBudget is what the last read may take once the window was cut
 // short by a signal: the interrupt rule gives a command 200 ms in all.
 const lastReadBudget = 90 * time.Millisecond
+
+// tracerLoadBudget bounds how long the window waits, once the first read
+// is done, for the drop tracer to be loaded and attached (the verifier on
+// a slow machine): past it, the window opens without drops, saying why.
+var tracerLoadBudget = 10 * time.Second
+
+// tracerHandover bounds how long, after the last read is done, the tracer
+// may still take to hand over what it counted (it stops, reads its maps
+// and names its drops while the last read runs): past it, the drop layer
+// is a skip saying so, and the window does not wait.
+const tracerHandover = 500 * time.Millisecond
 
 // ErrInterrupted is returned when ctx ended before the first read finished:
 // nothing was measured.
@@ -101,6 +113,17 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 	bpfCapable := kernel.HasCapability(unix.CAP_BPF) || kernel.HasCapability(unix.CAP_SYS_ADMIN)
 	var before *probes.Snapshot
 	static := opt.Length <= 0
+	// What loading the drop tracer needs before its filter is known (BTF,
+	// the program, the attach point, kallsyms: seconds on a slow machine)
+	// is done beside the first read, which gives the filter.
+	var prepared chan prepResult
+	if opt.Drops && bpfCapable && !static {
+		prepared = make(chan prepResult, 1)
+		go func() {
+			p, err := prepareTracer()
+			prepared <- prepResult{p, err}
+		}()
+	}
 	// A window's first read is for its counters: the last read lists the
 	// flow tables (read twice, they are most of a busy LB's cost).
 	first := probes.Options{Features: opt.Features && static, NoFlowTables: !static}
@@ -110,12 +133,7 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 	if static {
 		return before, nil
 	}
-	// The window opens once the first read is done: a read that takes
-	// seconds (a big rule set, a slow machine) must not eat the window
-	// the drops and probes watch in. The feature probes count nothing:
-	// they belong to the first read but run inside the window.
-	opened := time.Now()
-	end := opened.Add(opt.Length)
+	read := time.Now()
 	// The feature probes belong to the first read (interrupted before
 	// they are done, nothing was measured) but count nothing: they run
 	// inside the window, beside it, and never delay the last read.
@@ -130,7 +148,7 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 	} else {
 		close(featuresDone)
 	}
-	w := &probes.Window{Length: opt.Length, FirstRead: opened.Sub(before.Time), Skipped: map[string]string{}}
+	w := &probes.Window{Length: opt.Length, FirstRead: read.Sub(before.Time), Skipped: map[string]string{}}
 	if !sel.VIP.IsValid() && len(before.IPVS.Services) == 0 && !opt.Counters {
 		// Nothing selects a flow: a window would watch nothing for its
 		// length. Said, not hidden.
@@ -145,15 +163,11 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 		before.Window = w
 		return before, nil
 	}
-	if opt.Opened != nil {
-		opt.Opened(opt.Length)
-	}
-	wctx, cancel := context.WithDeadline(ctx, end)
-	defer cancel()
-
-	var wg sync.WaitGroup
-	var dropCounters atomic.Pointer[drops.Counters]
-	var traced chan *probes.Snapshot // nil: no tracer
+	// The window opens once the first read is done and the drop tracer is
+	// attached (or could not be): a read or a load that takes seconds (a
+	// big rule set, a slow machine) must not eat the window the drops and
+	// probes watch in, and the drops must be counted over all of it.
+	var dt *probes.DropTrace
 	switch {
 	case !opt.Drops:
 		w.Skipped[probes.LayerDrops] = "drop tracing was not asked for"
@@ -161,20 +175,34 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 		// The window runs without it: the other layers still watch.
 		before.Errors[probes.ProbeDrops] = "tracing drops needs CAP_BPF (or CAP_SYS_ADMIN): run as root"
 	default:
-		// The tracer works on a snapshot of its own: cut short, the
-		// window waits for it only as long as the interrupt allows
-		// (loading kallsyms cannot be cancelled), and what it writes
-		// after that is never read.
-		ds := &probes.Snapshot{IPVS: before.IPVS, Conntrack: before.Conntrack, Errors: map[string]string{}}
-		if e, ok := before.Errors[probes.ProbeConntrack]; ok {
-			ds.Errors[probes.ProbeConntrack] = e
+		w.Tracer = "failed"
+		var err error
+		if dt, err = startDrops(ctx, ns, sel, before, prepared); err != nil {
+			before.Errors[probes.ProbeDrops] = err.Error()
+		} else {
+			w.Tracer = "attached"
 		}
-		traced = make(chan *probes.Snapshot, 1)
+	}
+	opened := time.Now()
+	w.TracerWait = opened.Sub(read)
+	end := opened.Add(opt.Length)
+	if opt.Opened != nil && ctx.Err() == nil {
+		opt.Opened(opt.Length)
+	}
+	wctx, cancel := context.WithDeadline(ctx, end)
+	defer cancel()
+
+	var wg sync.WaitGroup
+	var dropCounters atomic.Pointer[drops.Counters]
+	var traced chan tracedResult // nil: no tracer
+	if dt != nil {
+		traced = make(chan tracedResult, 1)
 		go func() {
-			// The tracer's own window starts when it is attached and ends
-			// with ours; only an interrupt (ctx) cuts it short.
-			probes.WatchDrops(ctx, ns, sel, ds, end, drops.Hooks{Every: opt.Every, Progress: func(c drops.Counters) { dropCounters.Store(&c) }})
-			traced <- ds
+			// The tracer counts from its attach, just before the window
+			// opened, to the window's end; only an interrupt (ctx) cuts
+			// it short.
+			smp, err := dt.Watch(ctx, ns, end, drops.Hooks{Every: opt.Every, Progress: func(c drops.Counters) { dropCounters.Store(&c) }})
+			traced <- tracedResult{smp, err}
 		}()
 	}
 	if opt.Probe {
@@ -216,18 +244,33 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 		defer c()
 	}
 	var last *probes.Snapshot
-	read := make(chan bool, 1)
-	go func() { read <- Measure(rctx, func() { last = probes.Gather(ns, sel, probes.Options{}) }) }()
+	var lastOK bool
+	lastDone := make(chan struct{})
+	go func() {
+		lastOK = Measure(rctx, func() { last = probes.Gather(ns, sel, probes.Options{}) })
+		w.LastRead = time.Since(end)
+		close(lastDone)
+	}()
 	wg.Wait()
 	if traced != nil {
+		// The tracer hands over while the last read runs; a stuck one
+		// (a map read or a table dump that does not end) is a skip.
+		late := make(chan struct{})
+		go func() {
+			<-lastDone
+			time.Sleep(tracerHandover)
+			close(late)
+		}()
 		select {
-		case ds := <-traced:
-			before.Drops = ds.Drops
-			if e, ok := ds.Errors[probes.ProbeDrops]; ok {
-				before.Errors[probes.ProbeDrops] = e
+		case r := <-traced:
+			before.Drops = r.smp
+			if r.err != nil {
+				before.Errors[probes.ProbeDrops] = r.err.Error()
 			}
+		case <-late:
+			before.Errors[probes.ProbeDrops] = fmt.Sprintf("the drop tracer did not hand over its count within %s of the window's last read: no drop counted", tracerHandover)
 		case <-rctx.Done():
-			before.Errors[probes.ProbeDrops] = "interrupted while the tracer was still loading or being read: no drop counted"
+			before.Errors[probes.ProbeDrops] = "interrupted while the tracer was being read: no drop counted"
 		}
 	}
 	if e, ok := before.Errors[probes.ProbeDrops]; ok {
@@ -236,7 +279,8 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 	<-featuresDone // done by now unless the machine is very slow
 	before.Features = feats
 	after := before
-	if <-read {
+	<-lastDone
+	if lastOK {
 		after = last
 		after.Features = before.Features
 		after.Drops = before.Drops
@@ -269,6 +313,46 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 	w.Paths = Paths(after, w, sel)
 	after.Window = w
 	return after, nil
+}
+
+// prepareTracer does what loading the drop tracer needs before its filter
+// is known (tests make it fail or stall).
+var prepareTracer = func() (*drops.Prepared, error) {
+	p, err := drops.Prepare("")
+	if err == nil {
+		p.ReadSymbols()
+	}
+	return p, err
+}
+
+type prepResult struct {
+	p   *drops.Prepared
+	err error
+}
+
+type tracedResult struct {
+	smp *drops.Sample
+	err error
+}
+
+// startDrops waits for the tracer's preparation and attaches it with the
+// filter of the first read before, within tracerLoadBudget or until ctx
+// ends; the error says why the window traces nothing.
+func startDrops(ctx context.Context, ns netns.Target, sel probes.Selector, before *probes.Snapshot, prepared <-chan prepResult) (*probes.DropTrace, error) {
+	lctx, cancel := context.WithTimeoutCause(ctx, tracerLoadBudget, fmt.Errorf("the drop tracer was not attached %s after the first read (kallsyms, BTF, the verifier)", tracerLoadBudget))
+	defer cancel()
+	dt, err := probes.StartDrops(lctx, ns, sel, before, func(lctx context.Context) (*drops.Prepared, error) {
+		select {
+		case r := <-prepared:
+			return r.p, r.err
+		case <-lctx.Done():
+			return nil, fmt.Errorf("nothing traced: %w", context.Cause(lctx))
+		}
+	})
+	if err != nil && ctx.Err() != nil {
+		return nil, errors.New("interrupted before the tracer was attached: nothing traced")
+	}
+	return dt, err
 }
 
 // stream gives opt.Progress a frame every opt.Every until ctx ends. The

@@ -66,22 +66,17 @@ type Hooks struct {
 	Progress func(Counters)
 }
 
-// Watch traces drops in aggregate mode from the moment the tracer is
-// attached until the deadline (or until ctx ends: the sample says it was cut
-// short; a deadline already past when it is attached gives an empty window),
-// then names and attributes what was counted against lb's conntrack and
-// IPVS tables.
-func Watch(ctx context.Context, lb netns.Target, cfg Config, until time.Time, h Hooks) (*Sample, error) {
-	cfg.Events = false
-	tr, err := NewContext(ctx, cfg)
-	if err != nil {
-		return nil, err
-	}
+// Watch counts t's drops (an aggregate-mode tracer, attached) from now
+// until the deadline (or until ctx ends: the sample says it was cut short;
+// a deadline already past gives an empty window), then names and
+// attributes what was counted against lb's conntrack and IPVS tables, and
+// closes t.
+func (tr *Tracer) Watch(ctx context.Context, lb netns.Target, until time.Time, h Hooks) (*Sample, error) {
 	defer tr.Close()
 	// The tracer counts from here: the window it reports starts now, not
 	// after kallsyms is read (seconds on a slow guest).
 	start := time.Now()
-	n := tr.Namer(lb) // before the window's end: reading kallsyms takes a while
+	n := tr.Namer(lb) // before the window's end: reading kallsyms (unless read ahead) takes a while
 	defer n.Close()
 	if h.Started != nil {
 		h.Started()
@@ -168,7 +163,10 @@ func (t *Tracer) Namer(lb netns.Target) *Namer {
 	// Past the kernel's filter (Select) the selected flows are the whole
 	// tables of a big LB: read them only once something was dropped.
 	n := &Namer{tr: t, attr: newAttributor(lb, slices.Concat(t.cfg.Addrs, t.cfg.Select), t.cfg.Proto, len(t.cfg.Select) > 0), where: map[uint64]string{}}
-	syms, err := LoadSymbols() // without kallsyms a location stays an address
+	syms, err := t.syms, t.symErr // read ahead (Prepared.ReadSymbols), or now
+	if syms == nil && err == nil {
+		syms, err = LoadSymbols() // without kallsyms a location stays an address
+	}
 	t.SetHookRange(syms, err)
 	switch {
 	case err != nil:

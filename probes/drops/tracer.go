@@ -99,6 +99,10 @@ type Tracer struct {
 	ringFile *os.File
 	ringConn syscall.RawConn
 	ending   atomic.Bool // the window is over: the reader reads what is left and returns
+	// syms are the kernel's symbols when they were read before the tracer
+	// was loaded (Prepared.ReadSymbols), symErr why not; nil: not read yet.
+	syms   *Symbols
+	symErr error
 }
 
 // Counters are what the kernel side counted.
@@ -135,13 +139,22 @@ var ErrBadFilter = errors.New("bad drop filter")
 // hundreds of milliseconds on a busy machine and cannot be cancelled): it
 // returns context.Cause(ctx), and the tracer, once loaded, is closed.
 func NewContext(ctx context.Context, cfg Config) (*Tracer, error) {
+	return loadContext(ctx, func() (*Tracer, error) { return New(cfg) })
+}
+
+// LoadContext is Load that gives up when ctx ends first, as NewContext.
+func (p *Prepared) LoadContext(ctx context.Context, cfg Config) (*Tracer, error) {
+	return loadContext(ctx, func() (*Tracer, error) { return p.Load(cfg) })
+}
+
+func loadContext(ctx context.Context, load func() (*Tracer, error)) (*Tracer, error) {
 	type loaded struct {
 		t   *Tracer
 		err error
 	}
 	ch := make(chan loaded, 1)
 	go func() {
-		t, err := New(cfg)
+		t, err := load()
 		ch <- loaded{t, err}
 	}()
 	select {
@@ -157,28 +170,81 @@ func NewContext(ctx context.Context, cfg Config) (*Tracer, error) {
 	}
 }
 
-// New loads the tracer with cfg's filters compiled in and attaches it.
-func New(cfg Config) (*Tracer, error) {
+// Prepared is the part of loading a tracer that no filter changes: the
+// kernel's drop reasons (BTF), the program's spec, the attach point and,
+// once ReadSymbols ran, the kernel's symbols. On a slow machine (the TCG
+// guest) it takes seconds, so a window prepares it while it reads the
+// namespace and loads the tracer (Load) once that read gave it its filter.
+// A Prepared serves one Load.
+type Prepared struct {
+	reasons   map[uint32]string
+	noReasons string
+	hasReason uint8
+	spec      *ebpf.CollectionSpec
+	attach    string
+	syms      *Symbols // nil until ReadSymbols
+	symErr    error
+	took      time.Duration
+}
+
+// Prepare does what loading a tracer needs before its filter is known;
+// attach forces an attach point as Config.Attach does ("" picks the best).
+func Prepare(attach string) (*Prepared, error) {
 	start := time.Now()
-	if len(cfg.Addrs) > MaxFilter || len(cfg.Ports) > MaxFilter {
-		return nil, fmt.Errorf("%w: at most %d addresses and %d ports", ErrBadFilter, MaxFilter, MaxFilter)
-	}
-	t := &Tracer{events: cfg.Events, cfg: cfg}
+	p := &Prepared{hasReason: 1}
 	reasons, err := kernel.DropReasons()
 	if err != nil && !errors.Is(err, kernel.ErrNotSupported) {
 		return nil, err
 	}
-	t.Reasons = reasons
-	hasReason := uint8(1)
+	p.reasons = reasons
 	if err := kernelReasonField(); err != nil {
 		if !errors.Is(err, kernel.ErrNotSupported) {
 			return nil, err
 		}
-		t.Reasons, t.NoReasons, hasReason = nil, err.Error(), 0
+		p.reasons, p.noReasons, p.hasReason = nil, err.Error(), 0
 	}
-	spec, err := loadDrops()
-	if err != nil {
+	if p.spec, err = loadDrops(); err != nil {
 		return nil, fmt.Errorf("load drop tracer spec: %w", err)
+	}
+	if p.attach, err = chooseAttach(attach, p.spec); err != nil {
+		return nil, err
+	}
+	p.took = time.Since(start)
+	return p, nil
+}
+
+// ReadSymbols reads /proc/kallsyms ahead of the tracer's Namer, which
+// would otherwise read it once the tracer is attached (seconds on the TCG
+// guest). Without kallsyms the Namer says why, as it does reading them.
+func (p *Prepared) ReadSymbols() {
+	start := time.Now()
+	p.syms, p.symErr = LoadSymbols()
+	p.took += time.Since(start)
+}
+
+// New loads the tracer with cfg's filters compiled in and attaches it.
+func New(cfg Config) (*Tracer, error) {
+	p, err := Prepare(cfg.Attach)
+	if err != nil {
+		return nil, err
+	}
+	return p.Load(cfg)
+}
+
+// Load loads the tracer prepared by p with cfg's filters compiled in
+// (cfg.Attach is p's) and attaches it.
+func (p *Prepared) Load(cfg Config) (*Tracer, error) {
+	start := time.Now()
+	if len(cfg.Addrs) > MaxFilter || len(cfg.Ports) > MaxFilter {
+		return nil, fmt.Errorf("%w: at most %d addresses and %d ports", ErrBadFilter, MaxFilter, MaxFilter)
+	}
+	cfg.Attach = p.attach
+	t := &Tracer{events: cfg.Events, cfg: cfg, Reasons: p.reasons, NoReasons: p.noReasons, Attach: p.attach, syms: p.syms, symErr: p.symErr}
+	hasReason := p.hasReason
+	spec := p.spec
+	p.spec = nil // one Load: the spec is changed below
+	if spec == nil {
+		return nil, errors.New("load drop tracer: this preparation was loaded already")
 	}
 	if len(cfg.IgnoreReasons) > 0 && t.Reasons == nil {
 		why := t.NoReasons
@@ -196,10 +262,7 @@ func New(cfg Config) (*Tracer, error) {
 	if err := t.setHook(spec); err != nil {
 		return nil, err
 	}
-	t.Attach, err = chooseAttach(cfg.Attach, spec)
-	if err != nil {
-		return nil, err
-	}
+	var err error
 	progName := map[string]string{AttachTPBTF: "drop_tp_btf", AttachRawTP: "drop_raw_tp", AttachTracepoint: "drop_tracepoint"}[t.Attach]
 	for name := range spec.Programs {
 		if name != progName {
@@ -243,7 +306,7 @@ func New(cfg Config) (*Tracer, error) {
 			return nil, fmt.Errorf("open drop ring buffer: %w", err)
 		}
 	}
-	t.AttachTime = time.Since(start)
+	t.AttachTime = p.took + time.Since(start)
 	return t, nil
 }
 
