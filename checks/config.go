@@ -63,10 +63,8 @@ func checkVIPLocal(s *probes.Snapshot, sel probes.Selector) Finding {
 	for _, svc := range bad {
 		vip := svc.Addr.Addr()
 		f.Evidence = append(f.Evidence, Evidence{Fact: fmt.Sprintf("VIP %s of %s is no local address: no local route holds it", vip, svc.Key()), Source: src})
-		for _, d := range s.Net.Lookups {
-			if d.Dst == vip && !d.From.IsValid() && d.Iif == "" {
-				f.Evidence = append(f.Evidence, Evidence{Fact: "ip route get " + d.String() + ": the kernel would not deliver it to IPVS", Source: "route lookup, " + s.Target.String()})
-			}
+		if d, ok := s.Net.LookedUp(vip); ok {
+			f.Evidence = append(f.Evidence, Evidence{Fact: "ip route get " + d.String() + ": the kernel would not deliver it to IPVS", Source: "route lookup, " + s.Target.String()})
 		}
 		dev := addrDev(s, vip)
 		bits := 32
@@ -242,11 +240,11 @@ func checkRPFilter(s *probes.Snapshot, sel probes.Selector) Finding {
 	var judged []rpSource
 	for _, c := range sources {
 		r := rpSource{Source: c, why: map[string]string{}}
-		for i, d := range s.Net.Lookups {
-			switch {
-			case d.Dst == c.Src && !d.From.IsValid() && d.Iif == "":
-				r.back = &s.Net.Lookups[i]
-			case d.Dst == c.VIP && d.From == c.Src && d.Iif != "" && d.Error != "":
+		if d, ok := s.Net.LookedUp(c.Src); ok {
+			r.back = &d
+		}
+		for _, d := range s.Net.Lookups {
+			if d.Dst == c.VIP && d.From == c.Src && d.Iif != "" && d.Error != "" {
 				r.refused = append(r.refused, d.Iif)
 				r.why[d.Iif] = d.Error
 				if d.Errno != "" {

@@ -306,9 +306,7 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 	}
 	w.Elapsed = after.Time.Sub(before.Time)
 	w.Neighbours = RealNeighbours(after, sel)
-	if ctx.Err() == nil {
-		w.RoutesBack = routesBack(ns, after)
-	}
+	w.RoutesBack = RoutesBack(after)
 	w.DropPoints = Join(before, after, w)
 	w.Paths = Paths(after, w, sel)
 	after.Window = w
@@ -433,23 +431,22 @@ func RealNeighbours(s *probes.Snapshot, sel probes.Selector) []probes.RealNeighb
 	return out
 }
 
-// maxRoutesBack bounds the route lookups after a window.
-const maxRoutesBack = 16
-
-// routesBack looks up the route back to the source of each packet
-// reverse-path filtering dropped (IP_RPFILTER): the evidence Join names.
-func routesBack(ns netns.Target, s *probes.Snapshot) []netstate.Decision {
+// RoutesBack are the routes back to the sources of the packets
+// reverse-path filtering dropped (IP_RPFILTER) as the snapshot's lookups
+// answered them (probes.AskRoutes asks them after the window): the
+// evidence Join names. Pure.
+func RoutesBack(s *probes.Snapshot) []netstate.Decision {
 	if s.Drops == nil {
 		return nil
 	}
 	var out []netstate.Decision
 	seen := map[netip.Addr]bool{}
 	for _, c := range s.Drops.Drops {
-		if c.ReasonName != "IP_RPFILTER" || c.Family == 0 || seen[c.Src.Addr()] || len(seen) == maxRoutesBack {
+		if c.ReasonName != "IP_RPFILTER" || c.Family == 0 || seen[c.Src.Addr()] {
 			continue
 		}
 		seen[c.Src.Addr()] = true
-		if d, err := netstate.Lookup(ns, c.Src.Addr(), netip.Addr{}); err == nil {
+		if d, ok := s.Net.LookedUp(c.Src.Addr()); ok {
 			out = append(out, d)
 		}
 	}
