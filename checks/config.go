@@ -80,10 +80,12 @@ func checkVIPLocal(s *probes.Snapshot, sel probes.Selector) Finding {
 	f.Evidence = append(f.Evidence, Evidence{Fact: "addresses: " + linkAddrs(s), Source: "links, " + s.Target.String()})
 	f.Evidence = append(f.Evidence, ev...)
 	f.Status = Fail
+	var vips []netip.Addr
 	for _, svc := range bad {
-		// Packets to it were forwarded and died wherever: that is this.
-		f.Explains = append(f.Explains, "to "+svc.Addr.Addr().String())
+		vips = append(vips, svc.Addr.Addr())
 	}
+	// Packets to them were forwarded and died wherever: that is this.
+	f.explains = explainsTo(vips)
 	vip := bad[0].Addr.Addr()
 	f.Title = fmt.Sprintf("VIP %s is not a local address: IPVS never sees its packets", vip)
 	if len(bad) > 1 {
@@ -342,7 +344,7 @@ func checkRPFilter(s *probes.Snapshot, sel probes.Selector) Finding {
 // rpFail is the failure of the reverse-path filter on the clients of
 // srcs, fixed by loose filtering on devs.
 func rpFail(s *probes.Snapshot, title string, srcs []rpSource, devs []string, ev []Evidence) Finding {
-	f := Finding{Status: Fail, Explains: []string{"IP_RPFILTER"}, Title: title,
+	f := Finding{Status: Fail, explains: explainsReasons("IP_RPFILTER"), Title: title,
 		Reason: "strict reverse-path filtering (rp_filter=1) drops a packet whose source is not routed back out of the interface it came in on; " +
 			"the clients' packets never reach IPVS (IP_RPFILTER, IPReversePathFilter rises)"}
 	for _, r := range srcs {

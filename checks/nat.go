@@ -92,7 +92,7 @@ func checkIPForward(s *probes.Snapshot, sel probes.Selector) Finding {
 			if f.Status == Fail {
 				// ip_error (IPv4) and ip6_forward (IPv6) drop what was not
 				// forwarded, counted as IP_INADDRERRORS.
-				f.Explains = []string{"IP_INADDRERRORS", "ip6_forward"}
+				f.explains = explainsReasons("IP_INADDRERRORS", "ip6_forward")
 			}
 			return f
 		}
