@@ -3,7 +3,6 @@ package window_test
 import (
 	"context"
 	"net/netip"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -84,40 +83,19 @@ func TestWindowWithoutCAPBPF(t *testing.T) {
 	ns := testkit.Netns(t, "nobpf")
 	sel := probes.Selector{VIP: netip.MustParseAddrPort("10.9.0.6:80")}
 	const length = 500 * time.Millisecond
-	type result struct {
-		snap *probes.Snapshot
-		err  error
+	var snap *probes.Snapshot
+	var err error
+	testkit.WithoutCaps(t, func() {
+		snap, err = window.Run(context.Background(), ns, sel, window.Options{Length: length, Drops: true})
+	}, unix.CAP_BPF, unix.CAP_SYS_ADMIN)
+	if err != nil {
+		t.Fatal(err)
 	}
-	done := make(chan result, 1)
-	go func() {
-		// Capabilities are per thread: this one is locked and never
-		// unlocked, so it dies with what it dropped.
-		runtime.LockOSThread()
-		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-		var data [2]unix.CapUserData
-		if err := unix.Capget(&hdr, &data[0]); err != nil {
-			done <- result{err: err}
-			return
-		}
-		for _, c := range []uint{unix.CAP_BPF, unix.CAP_SYS_ADMIN} {
-			data[c/32].Effective &^= 1 << (c % 32)
-		}
-		if err := unix.Capset(&hdr, &data[0]); err != nil {
-			done <- result{err: err}
-			return
-		}
-		snap, err := window.Run(context.Background(), ns, sel, window.Options{Length: length, Drops: true})
-		done <- result{snap, err}
-	}()
-	r := <-done
-	if r.err != nil {
-		t.Fatal(r.err)
-	}
-	w := r.snap.Window
+	w := snap.Window
 	if w == nil || w.Elapsed < length || !strings.Contains(w.Skipped[probes.LayerDrops], "CAP_BPF") {
 		t.Fatalf("Run without CAP_BPF = window %+v, want it to run %s with drops skipped naming CAP_BPF", w, length)
 	}
-	for _, f := range checks.Run(r.snap, sel) {
+	for _, f := range checks.Run(snap, sel) {
 		if f.ID == "drops.vip_flows" && (f.Status != checks.Skip || !strings.Contains(f.Reason, "CAP_BPF")) {
 			t.Errorf("Run without CAP_BPF: drops.vip_flows = %s %q, want skip naming CAP_BPF", f.Status, f.Reason)
 		}

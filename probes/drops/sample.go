@@ -76,7 +76,7 @@ func (tr *Tracer) Watch(ctx context.Context, lb netns.Target, until time.Time, h
 	// The tracer counts from here: the window it reports starts now, not
 	// after kallsyms is read (seconds on a slow guest).
 	start := time.Now()
-	n := tr.Namer(lb) // before the window's end: reading kallsyms (unless read ahead) takes a while
+	n := tr.Namer(lb) // before the window's end: reading kallsyms takes a while
 	defer n.Close()
 	if h.Started != nil {
 		h.Started()
@@ -163,10 +163,7 @@ func (t *Tracer) Namer(lb netns.Target) *Namer {
 	// Past the kernel's filter (Select) the selected flows are the whole
 	// tables of a big LB: read them only once something was dropped.
 	n := &Namer{tr: t, attr: newAttributor(lb, slices.Concat(t.cfg.Addrs, t.cfg.Select), t.cfg.Proto, len(t.cfg.Select) > 0), where: map[uint64]string{}}
-	syms, err := t.syms, t.symErr // read ahead (Prepared.ReadSymbols), or now
-	if syms == nil && err == nil {
-		syms, err = LoadSymbols() // without kallsyms a location stays an address
-	}
+	syms, err := t.loadSymbols() // without kallsyms a location stays an address
 	t.SetHookRange(syms, err)
 	switch {
 	case err != nil:

@@ -99,10 +99,27 @@ type Tracer struct {
 	ringFile *os.File
 	ringConn syscall.RawConn
 	ending   atomic.Bool // the window is over: the reader reads what is left and returns
-	// syms are the kernel's symbols when they were read before the tracer
-	// was loaded (Prepared.ReadSymbols), symErr why not; nil: not read yet.
-	syms   *Symbols
-	symErr error
+	// symbols is the read of kallsyms Prepared.ReadSymbols started beside
+	// the loading (nil: the Namer reads them).
+	symbols *symbolsRead
+}
+
+// symbolsRead is a read of /proc/kallsyms under way: syms and err are set
+// when done is closed.
+type symbolsRead struct {
+	done chan struct{}
+	syms *Symbols
+	err  error
+}
+
+// loadSymbols returns the kernel's symbols: the read started beside the
+// loading, once done, or a read now.
+func (t *Tracer) loadSymbols() (*Symbols, error) {
+	if r := t.symbols; r != nil {
+		<-r.done
+		return r.syms, r.err
+	}
+	return LoadSymbols()
 }
 
 // Counters are what the kernel side counted.
@@ -171,19 +188,18 @@ func loadContext(ctx context.Context, load func() (*Tracer, error)) (*Tracer, er
 }
 
 // Prepared is the part of loading a tracer that no filter changes: the
-// kernel's drop reasons (BTF), the program's spec, the attach point and,
-// once ReadSymbols ran, the kernel's symbols. On a slow machine (the TCG
-// guest) it takes seconds, so a window prepares it while it reads the
-// namespace and loads the tracer (Load) once that read gave it its filter.
-// A Prepared serves one Load.
+// kernel's drop reasons (BTF, shared with the load: kernel.BTFCache), the
+// program's spec, the attach point and, from ReadSymbols, the kernel's
+// symbols. On a slow machine (the TCG guest) it takes seconds, so a window
+// prepares it while it reads the namespace and loads the tracer (Load) once
+// that read gave it its filter. A Prepared serves one Load.
 type Prepared struct {
 	reasons   map[uint32]string
 	noReasons string
 	hasReason uint8
 	spec      *ebpf.CollectionSpec
 	attach    string
-	syms      *Symbols // nil until ReadSymbols
-	symErr    error
+	symbols   *symbolsRead // nil until ReadSymbols
 	took      time.Duration
 }
 
@@ -213,13 +229,18 @@ func Prepare(attach string) (*Prepared, error) {
 	return p, nil
 }
 
-// ReadSymbols reads /proc/kallsyms ahead of the tracer's Namer, which
-// would otherwise read it once the tracer is attached (seconds on the TCG
-// guest). Without kallsyms the Namer says why, as it does reading them.
+// ReadSymbols starts reading /proc/kallsyms in the background for the
+// tracer's Namer (seconds on the TCG guest): the tracer is loaded and
+// attached without waiting for it, and its Namer waits for what is left of
+// the read (netfilter drops carry their hook from then on). Without
+// kallsyms the Namer says why, as it does reading them itself.
 func (p *Prepared) ReadSymbols() {
-	start := time.Now()
-	p.syms, p.symErr = LoadSymbols()
-	p.took += time.Since(start)
+	r := &symbolsRead{done: make(chan struct{})}
+	p.symbols = r
+	go func() {
+		defer close(r.done)
+		r.syms, r.err = LoadSymbols()
+	}()
 }
 
 // New loads the tracer with cfg's filters compiled in and attaches it.
@@ -239,7 +260,7 @@ func (p *Prepared) Load(cfg Config) (*Tracer, error) {
 		return nil, fmt.Errorf("%w: at most %d addresses and %d ports", ErrBadFilter, MaxFilter, MaxFilter)
 	}
 	cfg.Attach = p.attach
-	t := &Tracer{events: cfg.Events, cfg: cfg, Reasons: p.reasons, NoReasons: p.noReasons, Attach: p.attach, syms: p.syms, symErr: p.symErr}
+	t := &Tracer{events: cfg.Events, cfg: cfg, Reasons: p.reasons, NoReasons: p.noReasons, Attach: p.attach, symbols: p.symbols}
 	hasReason := p.hasReason
 	spec := p.spec
 	p.spec = nil // one Load: the spec is changed below
@@ -286,7 +307,7 @@ func (p *Prepared) Load(cfg Config) (*Tracer, error) {
 		// Event mode never counts in the aggregate maps: 2.8 MB saved.
 		spec.Maps["agg"].MaxEntries, spec.Maps["agg_place"].MaxEntries = 1, 1
 	}
-	t.coll, err = ebpf.NewCollection(spec)
+	t.coll, err = ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Cache: kernel.BTFCache()})
 	if err != nil {
 		return nil, fmt.Errorf("load drop tracer (%s): %w", t.Attach, err)
 	}
