@@ -121,30 +121,20 @@ func TestWindowWithTracerEndsOnTime(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var opened time.Time
-			stop := make(chan struct{})
-			var tries sync.WaitGroup
+			var traffic *testkit.Traffic
 			opt := window.Options{Length: length, Drops: true, Opened: func(time.Duration) {
 				opened = time.Now()
-				if !tt.traffic {
-					return
+				if tt.traffic {
+					traffic = testkit.StartTraffic(t, 50*time.Millisecond, func() lab.ProbeResult {
+						return lab.Probe(context.Background(), l.Client, vip, 200*time.Millisecond)
+					})
 				}
-				tries.Add(1)
-				go func() {
-					defer tries.Done()
-					for {
-						select {
-						case <-stop:
-							return
-						default:
-						}
-						lab.Probe(context.Background(), l.Client, vip, 200*time.Millisecond)
-					}
-				}()
 			}}
 			snap, err := window.Run(context.Background(), l.LB, sel, opt)
 			took := time.Since(opened)
-			close(stop)
-			tries.Wait()
+			if traffic != nil {
+				traffic.Stop()
+			}
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 	"github.com/lbdoctor/lbdoctor/probes/sysctl"
 )
@@ -58,13 +59,7 @@ func TestReadSaysWhyAKeyIsAbsent(t *testing.T) {
 }
 
 func TestReadAllCoversEveryInterface(t *testing.T) {
-	ns := testkit.Netns(t, "sysall")
-	err := ns.Do(func() error {
-		return netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "d0"}, PeerName: "d1"})
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ns := vethNetns(t, "sysall", "d0")
 	testkit.Sysctl(t, ns, "net.ipv4.conf.d0.send_redirects", "0")
 	snap, err := sysctl.ReadAll(ns)
 	if err != nil {
@@ -87,13 +82,7 @@ func TestReadAllCoversEveryInterface(t *testing.T) {
 // keys from its own directory (/proc/sys/net/ipv4/conf/d0.100), named as
 // the interface is, and Arg gives the key sysctl(8) reads the same file by.
 func TestReadAllInterfaceWithADot(t *testing.T) {
-	ns := testkit.Netns(t, "sysdot")
-	err := ns.Do(func() error {
-		return netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "d0.100"}, PeerName: "d1.100"})
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ns := vethNetns(t, "sysdot", "d0.100")
 	const key = "net.ipv4.conf.d0.100.rp_filter"
 	for _, want := range []string{"2", "1"} {
 		testkit.Sysctl(t, ns, key, want)
@@ -128,4 +117,16 @@ func TestPathAndArg(t *testing.T) {
 			}
 		})
 	}
+}
+
+// vethNetns is a test namespace holding a veth pair, one end named name.
+func vethNetns(t *testing.T, role, name string) netns.Target {
+	t.Helper()
+	ns := testkit.Netns(t, role)
+	if err := ns.Do(func() error {
+		return netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: name + "p"})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return ns
 }
