@@ -43,7 +43,7 @@ const lastReadBudget = 90 * time.Millisecond
 // tracerLoadBudget bounds how long the window waits, once the first read
 // is done, for the drop tracer to be loaded and attached (the verifier on
 // a slow machine): past it, the window opens without drops, saying why.
-var tracerLoadBudget = 15 * time.Second
+var tracerLoadBudget = 20 * time.Second
 
 // tracerHandover bounds how long, after the last read is done, the tracer
 // may still take to hand over what it counted (it stops, reads its maps
@@ -114,9 +114,8 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 	var before *probes.Snapshot
 	static := opt.Length <= 0
 	// What loading the drop tracer needs before its filter is known (BTF,
-	// the program, the attach point: seconds on a slow machine) is done
-	// beside the first read, which gives the filter; kallsyms is read
-	// beside that, and is not waited for to attach.
+	// the program, the attach point, kallsyms: seconds on a slow machine)
+	// is done beside the first read, which gives the filter.
 	var prepared chan prepResult
 	if opt.Drops && bpfCapable && !static {
 		prepared = make(chan prepResult, 1)
@@ -338,7 +337,7 @@ type tracedResult struct {
 // filter of the first read before, within tracerLoadBudget or until ctx
 // ends; the error says why the window traces nothing.
 func startDrops(ctx context.Context, ns netns.Target, sel probes.Selector, before *probes.Snapshot, prepared <-chan prepResult) (*probes.DropTrace, error) {
-	lctx, cancel := context.WithTimeoutCause(ctx, tracerLoadBudget, fmt.Errorf("the drop tracer was not attached %s after the first read (BTF, the verifier)", tracerLoadBudget))
+	lctx, cancel := context.WithTimeoutCause(ctx, tracerLoadBudget, fmt.Errorf("the drop tracer was not ready %s after the first read (BTF, kallsyms, the verifier)", tracerLoadBudget))
 	defer cancel()
 	dt, err := probes.StartDrops(lctx, ns, sel, before, func(lctx context.Context) (*drops.Prepared, error) {
 		select {

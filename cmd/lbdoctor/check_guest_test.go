@@ -150,7 +150,7 @@ func TestGuestCheckDrops(t *testing.T) {
 	}
 	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
 	if f := check(); f.Status != "pass" {
-		t.Errorf("with forwarding on, drops.vip_flows = %s %q %v, want pass", f.Status, f.Title, f.Evidence)
+		t.Errorf("with forwarding on, drops.vip_flows = %s %q (%s) %v, want pass", f.Status, f.Title, f.Reason, f.Evidence)
 	}
 }
 

@@ -73,9 +73,9 @@ type Hooks struct {
 // closes t.
 func (tr *Tracer) Watch(ctx context.Context, lb netns.Target, until time.Time, h Hooks) (*Sample, error) {
 	defer tr.Close()
-	// The tracer counts from here: the window it reports starts now, not
-	// after kallsyms is read (seconds on a slow guest).
-	start := time.Now()
+	// The tracer counts from its attach (just before), not from after
+	// kallsyms is read (seconds on a slow guest).
+	start := tr.attached
 	n := tr.Namer(lb) // before the window's end: reading kallsyms takes a while
 	defer n.Close()
 	if h.Started != nil {

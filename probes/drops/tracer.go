@@ -102,6 +102,8 @@ type Tracer struct {
 	// symbols is the read of kallsyms Prepared.ReadSymbols started beside
 	// the loading (nil: the Namer reads them).
 	symbols *symbolsRead
+	// attached is when Load attached the tracer: it counts from then.
+	attached time.Time
 }
 
 // symbolsRead is a read of /proc/kallsyms under way: syms and err are set
@@ -230,10 +232,10 @@ func Prepare(attach string) (*Prepared, error) {
 }
 
 // ReadSymbols starts reading /proc/kallsyms in the background for the
-// tracer's Namer (seconds on the TCG guest): the tracer is loaded and
-// attached without waiting for it, and its Namer waits for what is left of
-// the read (netfilter drops carry their hook from then on). Without
-// kallsyms the Namer says why, as it does reading them itself.
+// tracer's Namer (seconds on the TCG guest), beside the rest of the
+// loading; Load attaches the tracer once they are read, so that naming
+// what it counted never waits for them. Without kallsyms the Namer says
+// why, as it does reading them itself.
 func (p *Prepared) ReadSymbols() {
 	r := &symbolsRead{done: make(chan struct{})}
 	p.symbols = r
@@ -313,6 +315,9 @@ func (p *Prepared) Load(cfg Config) (*Tracer, error) {
 	}
 	prog := t.coll.Programs[progName]
 	t.prog = prog
+	if p.symbols != nil {
+		<-p.symbols.done
+	}
 	if err := t.Start(); err != nil {
 		t.coll.Close()
 		return nil, err
@@ -327,7 +332,8 @@ func (p *Prepared) Load(cfg Config) (*Tracer, error) {
 			return nil, fmt.Errorf("open drop ring buffer: %w", err)
 		}
 	}
-	t.AttachTime = p.took + time.Since(start)
+	t.attached = time.Now()
+	t.AttachTime = p.took + t.attached.Sub(start)
 	return t, nil
 }
 
