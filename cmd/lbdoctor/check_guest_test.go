@@ -115,22 +115,10 @@ func TestGuestCheckDrops(t *testing.T) {
 	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "0")
 	check := func() *checks.Finding {
 		t.Helper()
-		stop := make(chan struct{})
-		done := make(chan struct{})
-		go func() { // traffic for the whole window
-			defer close(done)
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-					lab.Probe(context.Background(), l.Client, vip, 500*time.Millisecond)
-				}
-			}
-		}()
-		r, _ := runBinary(t, "check", "--netns", l.LB.Name, "--vip", vip.String(), "--drops", "3s", "-o", "json")
-		close(stop)
-		<-done
+		var r *report.Report
+		withTraffic(l, vip, func() { // traffic for the whole window
+			r, _ = runBinary(t, "check", "--netns", l.LB.Name, "--vip", vip.String(), "--drops", "3s", "-o", "json")
+		})
 		for i := range r.Findings {
 			if r.Findings[i].ID == "drops.vip_flows" {
 				return &r.Findings[i]
