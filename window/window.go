@@ -119,8 +119,9 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 	var prepared chan prepResult
 	if opt.Drops && bpfCapable && !static {
 		prepared = make(chan prepResult, 1)
+		prepare := prepareTracer
 		go func() {
-			p, err := prepareTracer()
+			p, err := prepare()
 			prepared <- prepResult{p, err}
 		}()
 	}

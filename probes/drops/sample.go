@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
@@ -155,6 +156,7 @@ type Namer struct {
 	// RawLocations says why locations are raw addresses ("" when they are
 	// symbol+offset), for the start line and the summary.
 	RawLocations string
+	following    sync.WaitGroup // Follow's reader: Close waits for it
 }
 
 // Namer returns a Namer for t's drops, attributing against lb (reading only
@@ -182,7 +184,9 @@ func (t *Tracer) Namer(lb netns.Target) *Namer {
 // at its end even when they left the tables meanwhile or the last read is
 // slow. One read per period at most, whatever the drop rate.
 func (n *Namer) Follow(ctx context.Context, period time.Duration) {
+	n.following.Add(1)
 	go func() {
+		defer n.following.Done()
 		tick := time.NewTicker(period)
 		defer tick.Stop()
 		for {
@@ -202,8 +206,13 @@ func (n *Namer) Follow(ctx context.Context, period time.Duration) {
 // FollowPeriod is how often Follow reads the tables.
 const FollowPeriod = 500 * time.Millisecond
 
-// Close stops the attributor's table reads.
-func (n *Namer) Close() { n.attr.Close() }
+// Close stops the attributor's table reads, and waits for Follow's reader
+// to end (its ctx must be done): the tracer's maps it reads may be closed
+// after.
+func (n *Namer) Close() {
+	n.following.Wait()
+	n.attr.Close()
+}
 
 // Name names one aggregate (or, with Count 0, one event's packet) dropped
 // at at (CLOCK_MONOTONIC ns, as events carry it). Attribution waits for the
