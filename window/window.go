@@ -99,7 +99,7 @@ type Progress struct {
 	// are left empty until the window's end.
 	Deltas probes.Deltas
 	// Drops is what the tracer counted so far (nil: drops not traced, or
-	// the tracer not attached yet); one map read per frame.
+	// not read yet for a frame); one map read per frame.
 	Drops *drops.Counters
 }
 
