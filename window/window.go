@@ -41,9 +41,11 @@ const DefaultProbeTimeout = 500 * time.Millisecond
 const lastReadBudget = 90 * time.Millisecond
 
 // tracerLoadBudget bounds how long the window waits, once the first read
-// is done, for the drop tracer to be loaded and attached (the verifier on
-// a slow machine): past it, the window opens without drops, saying why.
-var tracerLoadBudget = 20 * time.Second
+// is done, for the drop tracer to be loaded and attached: past it, the
+// window opens without drops, saying why. Generous: the TCG guest of a
+// loaded host took 14 s (kallsyms, BTF, the verifier), a host 0.1 s; it
+// is there for a load that never ends.
+var tracerLoadBudget = time.Minute
 
 // tracerHandover bounds how long, after the last read is done, the tracer
 // may still take to hand over what it counted (it stops, reads its maps
