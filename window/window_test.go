@@ -142,6 +142,7 @@ func TestWindowWithTracerEndsOnTime(t *testing.T) {
 			if w == nil || opened.IsZero() || w.Tracer != "attached" || snap.Drops == nil {
 				t.Fatalf("Run(%s, drops) = window %+v, drops %+v, errors %v; want the tracer attached when the window opened", length, w, snap.Drops, snap.Errors)
 			}
+			t.Logf("first read %s, waited %s for the tracer, window %s, last read %s", w.FirstRead, w.TracerWait, length, w.LastRead)
 			// The last read is the namespace's (tens of ms; more on a
 			// loaded machine): the window waits for nothing else.
 			limit := length + slack + max(0, w.LastRead-70*time.Millisecond)
