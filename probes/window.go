@@ -40,6 +40,11 @@ type Window struct {
 	// HealthLeftOut is the number of reals not probed because a window
 	// probes at most health.MaxTargets.
 	HealthLeftOut int `json:"health_left_out,omitempty"`
+	// ProbeDrops counts the drops of the health probes' own connections
+	// (from the LB's address and port to a real: a late packet of a
+	// connection the probe closed): not the services' flows, so left out
+	// of Snapshot.Drops, and counted here.
+	ProbeDrops uint64 `json:"probe_drops,omitempty"`
 	// DropPoints are the window's drops joined to what explains them: the
 	// hook and rule or policy of a netfilter drop, the neighbour of a
 	// NEIGH_FAILED, the interface and route of an IP_RPFILTER.

@@ -266,6 +266,9 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 		}()
 		select {
 		case r := <-traced:
+			if r.smp != nil {
+				r.smp.Drops, w.ProbeDrops = withoutProbes(r.smp.Drops, w.Health)
+			}
 			before.Drops = r.smp
 			if r.err != nil {
 				before.Errors[probes.ProbeDrops] = r.err.Error()
@@ -454,6 +457,33 @@ func RoutesBack(s *probes.Snapshot) []netstate.Decision {
 		}
 	}
 	return out
+}
+
+// withoutProbes splits the drops of the health probes' own connections
+// (the probe's address and port ↔ the real) from ds, and counts them: the
+// tracer, filtered by the reals' addresses, sees them too. Pure.
+func withoutProbes(ds []drops.Counted, hs []health.Result) ([]drops.Counted, uint64) {
+	own := map[[2]netip.AddrPort]bool{}
+	for _, h := range hs {
+		if h.SourcePort != 0 {
+			lb := netip.AddrPortFrom(h.Source, h.SourcePort)
+			own[[2]netip.AddrPort{lb, h.Real}] = true
+			own[[2]netip.AddrPort{h.Real, lb}] = true
+		}
+	}
+	if len(own) == 0 {
+		return ds, 0
+	}
+	var n uint64
+	out := ds[:0:0]
+	for _, c := range ds {
+		if c.Family != 0 && own[[2]netip.AddrPort{c.Src, c.Dst}] {
+			n += c.Count
+			continue
+		}
+		out = append(out, c)
+	}
+	return out, n
 }
 
 // healthTargets lists the selected services' real servers.
