@@ -124,10 +124,36 @@ func Run(s *probes.Snapshot, sel probes.Selector) []Finding {
 		}
 		if f.Status == Fail {
 			f.Path = pathsOf(s, f.about)
+			f.Evidence = append(f.Evidence, captureEvidence(s, f.Path)...)
 		}
 		out = append(out, f)
 	}
 	explainDrops(s, out)
+	return out
+}
+
+// captureEvidence says, for each path a capture counted (check
+// --capture), where its packets were last seen on the wire and the leg
+// they never reached.
+func captureEvidence(s *probes.Snapshot, paths []flowpath.Path) []Evidence {
+	var out []Evidence
+	if s.Window == nil || s.Window.Capture == nil || len(paths) == 0 {
+		return nil
+	}
+	const src = "capture on the LB's interfaces (AF_PACKET)"
+	c := s.Window.Capture
+	var ifaces []string
+	for _, st := range c.Interfaces {
+		ifaces = append(ifaces, st.Interface)
+	}
+	// What the capture could not see is said beside what it saw.
+	out = append(out, Evidence{Fact: fmt.Sprintf("captured %d packets on %s: %d lost in the kernel's rings, %d not processed, %d claimed by no flow (%d of them the LB's own, e.g. the health probes)",
+		c.Packets, strings.Join(ifaces, ", "), c.KernelDrops, c.NotProcessed, c.Unclaimed, c.Own), Source: src})
+	for _, p := range paths {
+		if story := p.CaptureStory(); story != "" {
+			out = append(out, Evidence{Fact: fmt.Sprintf("%s → %s: %s", p.Service, p.Real, story), Source: src})
+		}
+	}
 	return out
 }
 

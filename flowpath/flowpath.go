@@ -57,9 +57,16 @@ type Leg struct {
 	// only the first packet of each new flow, so it counts flows, not
 	// packets (0 when nothing counts flows here).
 	Flows  uint64 `json:"flows,omitempty"`
-	Source string `json:"source,omitempty"` // the counter or table: "IPVS stats of real 10.1.0.40:8085"
-	Note   string `json:"note,omitempty"`   // why, in a few words: "10.1.0.3 not local, forwarding off"
+	Source string `json:"source,omitempty"` // the counter or table: "IPVS stats of real 10.1.0.40:8085", or SourceCapture
+	// Segments are the kinds of TCP segment a capture saw on this leg
+	// (SYN, SYN-ACK, ACK, FIN, RST), first seen first.
+	Segments []string `json:"segments,omitempty"`
+	Note     string   `json:"note,omitempty"` // why, in a few words: "10.1.0.3 not local, forwarding off"
 }
+
+// SourceCapture is the Source of a leg whose packets a capture on the
+// LB's interfaces counted (check --capture): what crossed the wire.
+const SourceCapture = "capture"
 
 // Stop is a place the path's packets died: a drop point joined to what
 // explains it.
@@ -135,4 +142,67 @@ func (p Path) String() string {
 		parts = append(parts, s)
 	}
 	return strings.Join(parts, " · ")
+}
+
+// capturedLegs are the legs a capture on the LB sees, in the order packets
+// cross them, with how the story names them seen and not seen.
+var capturedLegs = []struct {
+	kind      LegKind
+	seen, not string
+}{
+	{Request, "arriving from the client (leg 1)", "nothing arriving from the client (leg 1)"},
+	{Schedule, "leaving toward real %s (leg 2)", "never leaving toward real %s (leg 2)"},
+	{Reply, "arriving from real %s (leg 3)", "nothing arriving back from real %s (leg 3)"},
+	{ToClient, "leaving toward the client (leg 4)", "never leaving toward the client (leg 4)"},
+}
+
+// CaptureStory says, from the legs a capture counted, where the path's
+// packets were last seen and the leg they never reached: "SYN-ACK seen
+// arriving from real .40 (leg 3), never leaving toward the client (leg
+// 4)". "" when no leg was counted by a capture.
+func (p Path) CaptureStory() string {
+	real := p.Real
+	byKind := map[LegKind]Leg{}
+	for _, l := range p.Legs {
+		if l.Source == SourceCapture {
+			byKind[l.Kind] = l
+		}
+		if r, ok := strings.CutPrefix(l.Name, "IPVS→real "); ok && l.Kind == Schedule {
+			real = r
+		}
+	}
+	if len(byKind) == 0 {
+		return ""
+	}
+	name := func(i int, seen bool) string {
+		f := capturedLegs[i].not
+		if seen {
+			f = capturedLegs[i].seen
+		}
+		if strings.Contains(f, "%s") {
+			return fmt.Sprintf(f, real)
+		}
+		return f
+	}
+	last := -1
+	for i, c := range capturedLegs {
+		l, ok := byKind[c.kind]
+		if !ok {
+			continue
+		}
+		if l.Packets == 0 {
+			if last < 0 {
+				return "no packet of its flows seen: " + name(i, false)
+			}
+			prev := byKind[capturedLegs[last].kind]
+			what := "packets"
+			if len(prev.Segments) > 0 {
+				what = strings.Join(prev.Segments, ",")
+			}
+			return fmt.Sprintf("%s seen %s, %s", what, name(last, true), name(i, false))
+		}
+		last = i
+	}
+	l := byKind[capturedLegs[last].kind]
+	return fmt.Sprintf("every leg seen: %d packets %s", l.Packets, name(last, true))
 }

@@ -49,3 +49,40 @@ func TestComplete(t *testing.T) {
 		}
 	}
 }
+
+func TestCaptureStory(t *testing.T) {
+	legs := func(n ...uint64) []Leg {
+		segs := [][]string{{"SYN"}, {"SYN"}, {"SYN-ACK"}, {"SYN-ACK"}}
+		var out []Leg
+		for i, k := range []LegKind{Request, Schedule, Reply, ToClient} {
+			l := Leg{Kind: k, Packets: n[i], Counted: true, Source: SourceCapture}
+			if n[i] > 0 {
+				l.Segments = segs[i]
+			}
+			if k == Schedule {
+				l.Name = "IPVS→real .40"
+			}
+			out = append(out, l)
+		}
+		return out
+	}
+	tests := []struct {
+		name string
+		legs []Leg
+		want string
+	}{
+		{"stage 3: the SYN-ACK never leaves", legs(3, 3, 5, 0), "SYN-ACK seen arriving from real .40 (leg 3), never leaving toward the client (leg 4)"},
+		{"stage 1: no reply comes back", legs(3, 3, 0, 0), "SYN seen leaving toward real .40 (leg 2), nothing arriving back from real .40 (leg 3)"},
+		{"the request is not sent on", legs(3, 0, 0, 0), "SYN seen arriving from the client (leg 1), never leaving toward real .40 (leg 2)"},
+		{"nothing seen", legs(0, 0, 0, 0), "no packet of its flows seen: nothing arriving from the client (leg 1)"},
+		{"every leg", legs(3, 3, 3, 3), "every leg seen: 3 packets leaving toward the client (leg 4)"},
+		{"no capture", []Leg{{Kind: Request, Packets: 3, Counted: true, Source: "IPVS stats"}}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := (Path{Real: "10.1.0.40:8085", Legs: tt.legs}).CaptureStory(); got != tt.want {
+				t.Errorf("CaptureStory(%s) = %q, want %q", tt.name, got, tt.want)
+			}
+		})
+	}
+}

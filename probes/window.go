@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/lbdoctor/lbdoctor/flowpath"
+	"github.com/lbdoctor/lbdoctor/probes/capture"
 	"github.com/lbdoctor/lbdoctor/probes/health"
 	"github.com/lbdoctor/lbdoctor/probes/netstate"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
@@ -19,8 +20,9 @@ type Window struct {
 	// FirstRead is how long the first read took, and TracerWait how long
 	// the window then waited for the drop tracer to be attached (prepared
 	// beside the first read, loaded with the filter it gave): the window
-	// opens once both are done, so the counters span FirstRead +
-	// TracerWait + the window, and the drops the whole window.
+	// opens once both are done (and the capture is open), so the counters
+	// span FirstRead, the capture's opening, TracerWait and the window,
+	// and the drops the whole window.
 	FirstRead  time.Duration `json:"first_read_ns"`
 	TracerWait time.Duration `json:"tracer_wait_ns,omitempty"`
 	// LastRead is how long the last read took from the window's end: the
@@ -63,6 +65,10 @@ type Window struct {
 	// packets reverse-path filtering dropped (IP_RPFILTER), looked up after
 	// the window: the route that made each source a martian.
 	RoutesBack []netstate.Decision `json:"routes_back,omitempty"`
+	// Capture is what a capture on the LB's interfaces saw of the selected
+	// services' flows, leg by leg per service path (check --capture; nil:
+	// not asked for, or Skipped says why).
+	Capture *capture.Summary `json:"capture,omitempty"`
 	// Skipped names, by layer, what the window could not watch and why
 	// (drops without CAP_BPF, probes off with --no-probe).
 	Skipped map[string]string `json:"skipped,omitempty"`
@@ -72,6 +78,8 @@ type Window struct {
 const (
 	LayerDrops  = "drops"
 	LayerHealth = "health"
+	// LayerCapture is the packets of the flows, leg by leg (check --capture).
+	LayerCapture = "capture"
 )
 
 // RealNeighbour is the ARP/NDP entry of a real server's next hop.

@@ -11,6 +11,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/flowpath"
 	"github.com/lbdoctor/lbdoctor/internal/proto"
 	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/capture"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
@@ -51,6 +52,12 @@ func Paths(after *probes.Snapshot, w *probes.Window, sel probes.Selector) []flow
 		}
 	}
 	b.counted = !noCounters
+	if w.Capture != nil {
+		b.captured = map[[2]netip.AddrPort]capture.PathLegs{}
+		for _, pl := range w.Capture.Paths {
+			b.captured[[2]netip.AddrPort{pl.VIP, pl.Real}] = pl
+		}
+	}
 	out := []flowpath.Path{}
 	for _, svc := range after.IPVS.Services {
 		if svc.FWMark != 0 || !sel.Matches(svc.Addr, svc.Proto) {
@@ -80,6 +87,9 @@ type pathBuilder struct {
 	// destination and by source.
 	byFlow       map[[2]netip.AddrPort][]drops.Counted
 	byDst, bySrc map[netip.AddrPort][]drops.Counted
+	// captured is what a capture counted on the legs, by VIP and real
+	// (nil: no capture ran).
+	captured map[[2]netip.AddrPort]capture.PathLegs
 }
 
 // path builds one service's path to one real.
@@ -107,6 +117,12 @@ func (b pathBuilder) path(svc ipvs.Service, r ipvs.Real) flowpath.Path {
 	}
 	req := leg(flowpath.Request, "client→VIP", uint64(sd.PacketsIn), ipvsSrc)
 	sched := leg(flowpath.Schedule, "IPVS→real "+shortReal(svc.Addr, r.Addr), uint64(rd.PacketsIn), "IPVS stats of real "+r.Addr.String())
+	pl, captured := b.captured[[2]netip.AddrPort{svc.Addr, r.Addr}]
+	captured = captured || b.captured != nil // a capture that saw none of these flows counted 0
+	if captured {
+		fromCapture(&req, pl.Legs[0])
+		fromCapture(&sched, pl.Legs[1])
+	}
 	p.Legs = append(p.Legs, req, sched)
 
 	stops := b.stops(svc, r)
@@ -141,6 +157,12 @@ func (b pathBuilder) path(svc ipvs.Service, r ipvs.Real) flowpath.Path {
 		// IPVS never saw the handshake end: what came back were SYN-ACKs.
 		reply.Name = "SYN-ACK real→LB"
 	}
+	if captured {
+		fromCapture(&reply, pl.Legs[2])
+		if slices.Equal(reply.Segments, []string{"SYN-ACK"}) {
+			reply.Name = "SYN-ACK real→LB" // the wire says so
+		}
+	}
 	p.Legs = append(p.Legs, reply)
 
 	desnat := flowpath.Leg{Kind: flowpath.DeSNAT, Name: "de-SNAT", Note: "PREROUTING", Source: "conntrack (reverses the SNAT; no counter of its own)"}
@@ -154,7 +176,25 @@ func (b pathBuilder) path(svc ipvs.Service, r ipvs.Real) flowpath.Path {
 	}
 	p.Legs = append(p.Legs, desnat)
 	p.Legs = append(p.Legs, b.routeLeg(svc, r, rd, stops))
+	if captured {
+		toClient := flowpath.Leg{Kind: flowpath.ToClient, Name: "→client"}
+		fromCapture(&toClient, pl.Legs[3])
+		p.Legs = append(p.Legs, toClient)
+	}
 	return finish(p, stops)
+}
+
+// fromCapture makes a leg's count the packets a capture saw on it on the
+// wire, with the TCP segments seen: the truth of the leg, where the IPVS
+// stats count per service and lag by their 2 s estimator.
+func fromCapture(l *flowpath.Leg, c capture.LegCount) {
+	l.Counted, l.Packets, l.Source, l.Segments = true, c.Packets, flowpath.SourceCapture, c.Segments
+	switch {
+	case c.Packets > 0:
+		l.Status = flowpath.OK
+	case l.Status != flowpath.Stopped && l.Status != flowpath.NotUsed:
+		l.Status = flowpath.Quiet
+	}
 }
 
 // finish puts the stops on the path and marks the legs they stop on.

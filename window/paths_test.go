@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/capture"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 	"github.com/lbdoctor/lbdoctor/probes/netstate"
@@ -93,6 +94,18 @@ func TestPaths(t *testing.T) {
 			w.Skipped["counters"] = "no second read in time"
 			return s, w
 		}, "client→VIP ? · IPVS→real .40 ? · SNAT ? (counters read once) · reply real→LB ? · de-SNAT ? (PREROUTING) · route: forwarded to the client ?", false},
+		{"stage 3 with a capture: the legs are the wire's, the SYN-ACKs never leave", func() (*probes.Snapshot, *probes.Window) {
+			s, w := lb("0", 13, 0, 3)
+			s.IPVS.ConnCounts = []ipvs.ConnCount{{Proto: "tcp", VIP: vip, Dest: real40, State: "SYN_RECV", Count: 3}}
+			w.Capture = &capture.Summary{Paths: []capture.PathLegs{{Proto: "tcp", VIP: vip, Real: real40, Flows: 3, Stopped: 3, Legs: [4]capture.LegCount{
+				{Packets: 9, Segments: []string{"SYN"}}, {Packets: 9, Segments: []string{"SYN"}}, {Packets: 15, Segments: []string{"SYN-ACK"}}, {}}}}}
+			return s, w
+		}, "client→VIP ✓ 9 · IPVS→real .40 ✓ 9 · SNAT ✓ · SYN-ACK real→LB ✓ 15 · de-SNAT (PREROUTING) · route: the client not local, forwarding off · →client 0", false},
+		{"a capture that saw none of the flows counts every leg 0", func() (*probes.Snapshot, *probes.Window) {
+			s, w := lb("1", 5, 5, 1)
+			w.Capture = &capture.Summary{}
+			return s, w
+		}, "client→VIP 0 · IPVS→real .40 0 · SNAT ✓ · reply real→LB 0 · de-SNAT ? (PREROUTING) · route: forwarded to the client ✓ · →client 0", false},
 		{"direct routing: the reply skips the LB", func() (*probes.Snapshot, *probes.Window) {
 			s, w := lb("1", 5, 0, 0)
 			s.IPVS.Services[0].Reals[0].Method = ipvs.Route

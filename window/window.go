@@ -19,7 +19,9 @@ import (
 
 	"github.com/lbdoctor/lbdoctor/flowpath"
 	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/internal/proto"
 	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/capture"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/health"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
@@ -70,6 +72,12 @@ type Options struct {
 	// DefaultProbeTimeout).
 	Probe        bool
 	ProbeTimeout time.Duration
+	// Capture reads the selected services' packets on the LB's interfaces
+	// (AF_PACKET, filtered in the kernel) and joins each to its flow's
+	// leg: the paths' legs get the packets seen on the wire (Source
+	// "capture"), and the TCP segments seen. Without CAP_NET_RAW the
+	// window runs and says why not.
+	Capture bool
 	// Features runs the kernel feature probes with the first read.
 	Features bool
 	// Counters watches the namespace's counters (SNMP, rules, conntrack)
@@ -113,6 +121,7 @@ type Progress struct {
 func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options) (*probes.Snapshot, error) {
 	// Capabilities are the calling thread's: asked before any goroutine.
 	bpfCapable := kernel.HasCapability(unix.CAP_BPF) || kernel.HasCapability(unix.CAP_SYS_ADMIN)
+	rawCapable := kernel.HasCapability(unix.CAP_NET_RAW)
 	var before *probes.Snapshot
 	static := opt.Length <= 0
 	// What loading the drop tracer needs before its filter is known (BTF,
@@ -137,6 +146,25 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 		return before, nil
 	}
 	read := time.Now()
+	// The capture is opened before the window opens (its sockets queue
+	// packets from then on): opening takes a drain of each socket, and
+	// seconds on a slow machine, which must not eat the window.
+	var session *capture.Session
+	var capErr error
+	switch {
+	case !opt.Capture:
+	case !rawCapable:
+		capErr = errors.New("capturing packets needs CAP_NET_RAW: run as root")
+	default:
+		if !Measure(ctx, func() { session, capErr = openCapture(ns, before, sel) }) {
+			return nil, ErrInterrupted
+		}
+	}
+	defer func() {
+		if session != nil {
+			session.Close() // a window that ended before reading it
+		}
+	}()
 	// The feature probes belong to the first read (interrupted before
 	// they are done, nothing was measured) but count nothing: they run
 	// inside the window, beside it, and never delay the last read.
@@ -179,15 +207,16 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 		before.Errors[probes.ProbeDrops] = "tracing drops needs CAP_BPF (or CAP_SYS_ADMIN): run as root"
 	default:
 		w.Tracer = "failed"
+		start := time.Now()
 		var err error
 		if dt, err = startDrops(ctx, ns, sel, before, prepared); err != nil {
 			before.Errors[probes.ProbeDrops] = err.Error()
 		} else {
 			w.Tracer = "attached"
 		}
+		w.TracerWait = time.Since(start)
 	}
 	opened := time.Now()
-	w.TracerWait = opened.Sub(read)
 	end := opened.Add(opt.Length)
 	if opt.Opened != nil && ctx.Err() == nil {
 		opt.Opened(opt.Length)
@@ -223,6 +252,22 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 	} else {
 		w.Skipped[probes.LayerHealth] = "the reals were not probed (check --no-probe; inspect never probes)"
 	}
+	var captured chan struct{} // nil: no capture
+	var capSum *capture.Summary
+	if capErr != nil {
+		w.Skipped[probes.LayerCapture] = capErr.Error()
+	}
+	if session != nil {
+		captured = make(chan struct{})
+		s := session
+		session = nil // read here, closed by Summarize
+		go func() {
+			defer close(captured)
+			// The capture's window is the window's; only an interrupt
+			// (ctx) shortens the time its last packets get to be joined.
+			capSum, capErr = s.Summarize(wctx, ctx)
+		}()
+	}
 	if opt.Progress != nil && opt.Every > 0 {
 		go stream(wctx, ns, before, opt, &dropCounters)
 	}
@@ -255,6 +300,19 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 		close(lastDone)
 	}()
 	wg.Wait()
+	if captured != nil {
+		// Its readers end within 50 ms of the window, and its queued
+		// packets get 100 ms (30 once interrupted) to be joined.
+		select {
+		case <-captured:
+			w.Capture = capSum
+			if capErr != nil {
+				w.Skipped[probes.LayerCapture] = capErr.Error()
+			}
+		case <-rctx.Done():
+			w.Skipped[probes.LayerCapture] = "interrupted while the capture was being read: no packet counted"
+		}
+	}
 	if traced != nil {
 		// The tracer hands over while the last read runs; a stuck one
 		// (a map read or a table dump that does not end) is a skip.
@@ -357,6 +415,39 @@ func startDrops(ctx context.Context, ns netns.Target, sel probes.Selector, befor
 		return nil, errors.New("interrupted before the tracer was attached: nothing traced")
 	}
 	return dt, err
+}
+
+// openCapture opens a capture of the selected services' packets in ns: the
+// VIPs, their reals and ports, on the interfaces their flows cross.
+func openCapture(ns netns.Target, before *probes.Snapshot, sel probes.Selector) (*capture.Session, error) {
+	addrs, ports := probes.DropFilter(sel, before.IPVS.Services)
+	var vips []netip.Addr
+	var reals []netip.AddrPort
+	for _, svc := range before.IPVS.Services {
+		if svc.FWMark != 0 || !sel.Matches(svc.Addr, svc.Proto) {
+			continue
+		}
+		vips = append(vips, svc.Addr.Addr())
+		for _, r := range svc.Reals {
+			reals = append(reals, r.Addr)
+		}
+	}
+	if len(vips) == 0 {
+		return nil, errors.New("no IPVS service selected: no flow to capture")
+	}
+	ifaces, err := capture.FlowInterfaces(ns, vips, reals)
+	if err != nil {
+		return nil, err
+	}
+	m := capture.Match{Addrs: addrs, Ports: ports}
+	if p, ok := proto.Parse(sel.Proto); ok && sel.Proto != "" {
+		m.Proto = p
+	}
+	s, err := capture.OpenSession(ns, capture.Options{Interfaces: ifaces, Match: m}, vips)
+	if err != nil {
+		return nil, fmt.Errorf("capture: %w", err)
+	}
+	return s, nil
 }
 
 // stream gives opt.Progress a frame every opt.Every until ctx ends. The

@@ -20,7 +20,7 @@ import (
 
 func newCheckCmd(g *globalFlags) *cobra.Command {
 	var vip, proto string
-	var fix, yes, noProbe bool
+	var fix, yes, noProbe, capturePackets bool
 	var watch, dropWindow time.Duration
 	cmd := &cobra.Command{
 		Use:   "check",
@@ -69,7 +69,11 @@ servers IPVS already sends clients to (--no-probe turns them off).`,
 			if err != nil {
 				return err
 			}
+			if capturePackets && watch == 0 {
+				return usageErrorf("--capture captures during the window: it cannot go with --watch 0")
+			}
 			opt := windowOptions(watch, noProbe)
+			opt.Capture = capturePackets
 			if g.output == "text" || isTerminal(cmd.ErrOrStderr()) {
 				opt.Opened = func(d time.Duration) {
 					printf(cmd.ErrOrStderr(), "watching %s for %s (Ctrl-C ends it early)…\n", watchedWhat(sel, noProbe), d)
@@ -92,7 +96,9 @@ servers IPVS already sends clients to (--no-probe turns them off).`,
 				return err
 			}
 			if fix && !r.Interrupted {
-				return fixFindings(cmd, t, sel, snap, fs, yes, windowOptions(watch, noProbe))
+				fopt := windowOptions(watch, noProbe)
+				fopt.Capture = capturePackets
+				return fixFindings(cmd, t, sel, snap, fs, yes, fopt)
 			}
 			if r.Verdict == checks.Fail {
 				return &exitError{code: exitFindings}
@@ -106,6 +112,7 @@ servers IPVS already sends clients to (--no-probe turns them off).`,
 	cmd.Flags().BoolVar(&yes, "yes", false, "with --fix: do not ask")
 	cmd.Flags().DurationVar(&watch, "watch", window.DefaultLength, "watch the selected services' traffic for this `WINDOW` before judging (0: a static snapshot, nothing watched)")
 	cmd.Flags().BoolVar(&noProbe, "no-probe", false, "do not probe the real servers (a TCP connect to each, as a health checker would)")
+	cmd.Flags().BoolVar(&capturePackets, "capture", false, "also capture the services' packets during the window (AF_PACKET): each path's legs get the packets seen on the wire")
 	cmd.Flags().DurationVar(&dropWindow, "drops", 0, "old name of --watch `WINDOW`")
 	_ = cmd.Flags().MarkHidden("drops")
 	return cmd

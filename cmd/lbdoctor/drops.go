@@ -129,33 +129,21 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		filter.Netns = lb.String()
 	}
 	if sel.VIP.IsValid() {
-		var svcs []ipvs.Service
-		if snap, err := ipvs.Read(lb); err == nil {
-			svcs = snap.Services
-		}
-		addrs, ports := probes.DropFilter(sel, svcs)
-		cfg.Addrs, cfg.Ports = append(cfg.Addrs, addrs...), append(cfg.Ports, ports...)
-		for _, a := range addrs {
+		vt := vipTargetsOf(lb, sel)
+		na, np := len(cfg.Addrs), len(cfg.Ports)
+		cfg.Addrs, cfg.Ports = append(cfg.Addrs, vt.addrs...), append(cfg.Ports, vt.ports...)
+		for _, a := range cfg.Addrs[na:] {
 			filter.VIPAddrs = append(filter.VIPAddrs, a.String())
 		}
-		filter.VIPPorts = ports
-		if !probes.ServesVIP(sel, svcs) {
-			// nft or iptables DNAT: after it, packets carry a backend's
-			// address, which only conntrack knows.
-			learned, err := probes.LearnBackends(lb, sel)
-			na, np := len(cfg.Addrs), len(cfg.Ports)
-			cfg.Addrs, cfg.Ports = probes.AddBackends(sel, cfg.Addrs, cfg.Ports, learned)
-			for _, a := range cfg.Addrs[na:] {
-				filter.VIPAddrs = append(filter.VIPAddrs, a.String())
-			}
-			filter.VIPPorts = append(filter.VIPPorts, cfg.Ports[np:]...)
+		filter.VIPPorts = cfg.Ports[np:]
+		if !vt.ipvs {
 			switch {
-			case err != nil:
-				printf(cmd.ErrOrStderr(), "! %s is not an IPVS service and conntrack could not be read (%v): only packets still addressed to it are traced\n", sel.VIPString(), err)
-			case len(learned) == 0:
+			case vt.learnErr != nil:
+				printf(cmd.ErrOrStderr(), "! %s is not an IPVS service and conntrack could not be read (%v): only packets still addressed to it are traced\n", sel.VIPString(), vt.learnErr)
+			case len(vt.learned) == 0:
 				printf(cmd.ErrOrStderr(), "! %s is not an IPVS service and no conntrack flow to it shows a backend: only packets still addressed to it are traced\n", sel.VIPString())
 			default:
-				printf(cmd.ErrOrStderr(), "%s is not an IPVS service: tracing too the backends its conntrack flows show (%s)\n", sel.VIPString(), joinAddrPorts(learned))
+				printf(cmd.ErrOrStderr(), "%s is not an IPVS service: tracing too the backends its conntrack flows show (%s)\n", sel.VIPString(), joinAddrPorts(vt.learned))
 			}
 		}
 	}
@@ -371,4 +359,41 @@ func joinAddrPorts(l []netip.AddrPort) string {
 		s[i] = a.String()
 	}
 	return strings.Join(s, ", ")
+}
+
+// vipTargets is what a window on the selected VIP must match: the VIP, its
+// real servers and their ports when IPVS serves it; for a VIP IPVS does not
+// serve (nft or iptables DNAT), after the DNAT its packets carry a
+// backend's address, which only conntrack knows: the backends its flows
+// show are added (learned), or the error that kept them unknown.
+type vipTargets struct {
+	addrs    []netip.Addr
+	ports    []uint16
+	reals    []netip.AddrPort // the services' real servers, or the learned backends
+	ipvs     bool
+	learned  []netip.AddrPort
+	learnErr error
+}
+
+func vipTargetsOf(lb netns.Target, sel probes.Selector) vipTargets {
+	var svcs []ipvs.Service
+	if snap, err := ipvs.Read(lb); err == nil {
+		svcs = snap.Services
+	}
+	var t vipTargets
+	t.addrs, t.ports = probes.DropFilter(sel, svcs)
+	t.ipvs = probes.ServesVIP(sel, svcs)
+	for _, svc := range svcs {
+		if svc.FWMark == 0 && sel.Matches(svc.Addr, svc.Proto) {
+			for _, r := range svc.Reals {
+				t.reals = append(t.reals, r.Addr)
+			}
+		}
+	}
+	if !t.ipvs {
+		t.learned, t.learnErr = probes.LearnBackends(lb, sel)
+		t.addrs, t.ports = probes.AddBackends(sel, t.addrs, t.ports, t.learned)
+		t.reals = append(t.reals, t.learned...)
+	}
+	return t
 }

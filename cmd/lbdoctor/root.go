@@ -33,7 +33,8 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		Long: `lbdoctor finds where packets die on a Linux IPVS load balancer and builds
 the NAT path correctly. check and inspect read IPVS, sysctls, packet-filter
 rules, conntrack and counters in any network namespace; drops traces where
-the kernel drops packets and which VIP flow they belonged to; setup, teardown,
+the kernel drops packets and which VIP flow they belonged to; capture shows
+each leg of a VIP's flows on the LB, joined across the NAT; setup, teardown,
 check --fix and lab change the host, and print their plan first.
 
 Exit codes: 0 ok, 1 a check failed (lab status, lab probe: the lab is not
@@ -65,7 +66,7 @@ change was undone).`,
 	root.PersistentFlags().StringVar(&g.netns, "netns", "", "network namespace: a /run/netns `NAME`, a PATH, or pid:N (default: the current one)")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "text", "output `FORMAT`: text or json (check also: junit)")
 	root.SetFlagErrorFunc(flagError)
-	root.AddCommand(newCheckCmd(g), newInspectCmd(g), newDropsCmd(g), newSetupCmd(g), newTeardownCmd(g), newLabCmd(), newVersionCmd(g))
+	root.AddCommand(newCheckCmd(g), newInspectCmd(g), newDropsCmd(g), newCaptureCmd(g), newSetupCmd(g), newTeardownCmd(g), newLabCmd(), newVersionCmd(g))
 	root.SetHelpCommand(newHelpCmd())
 	root.InitDefaultCompletionCmd()
 	strictArgs(root)
@@ -251,8 +252,8 @@ const validatesEmpty = "lbdoctor_validates_empty"
 // globalUsers lists the commands that use each global flag; any other command
 // refuses it rather than silently ignoring it.
 var globalUsers = map[string][]string{
-	"netns":  {"check", "inspect", "drops", "setup", "teardown"},
-	"output": {"check", "inspect", "drops", "version"},
+	"netns":  {"check", "inspect", "drops", "capture", "setup", "teardown"},
+	"output": {"check", "inspect", "drops", "capture", "version"},
 }
 
 func refuseIgnoredGlobals(cmd *cobra.Command) error {

@@ -6,20 +6,22 @@
 // expression) — and writes them as pcapng. It counts what the kernel lost
 // (PACKET_STATISTICS, kept as running totals) and never hides it.
 //
+// One socket per interface keeps the order in which the kernel saw that
+// interface's packets, both ways; a packet's direction is the sll_pkttype
+// the kernel stored beside it (PACKET_OUTGOING: sent). Packets of
+// different interfaces come from different rings: their relative order is
+// their timestamps', not the handler's calls'.
+//
 // Which leg of a flow a packet is (client→VIP, LB→real, real→LB,
 // LB→client) is not decided here: see Legs.
 package capture
 
 import (
-	"errors"
 	"net/netip"
 	"time"
 
 	"github.com/lbdoctor/lbdoctor/flowpath"
 )
-
-// ErrNotImplemented is returned by the parts not built yet.
-var ErrNotImplemented = errors.New("capture: not implemented yet")
 
 // Direction is whether the LB received or sent a packet on an interface
 // (sll_pkttype PACKET_OUTGOING is Out).
@@ -29,6 +31,17 @@ const (
 	In Direction = iota
 	Out
 )
+
+// String is "in" or "out".
+func (d Direction) String() string {
+	if d == Out {
+		return "out"
+	}
+	return "in"
+}
+
+// MarshalText writes a direction as "in" or "out" (JSON).
+func (d Direction) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
 
 // Packet is one captured packet. Data is the first snaplen bytes starting
 // at the network header's link layer (Ethernet on veth); it is valid only
@@ -40,6 +53,7 @@ type Packet struct {
 	Direction Direction
 	Length    int // on the wire
 	Data      []byte
+	Socket    int // which socket saw it: an index into (*Capture).Stats
 }
 
 // Match selects packets in the kernel: IP packets of Proto (0: TCP and
@@ -56,7 +70,7 @@ type Options struct {
 	Interfaces []string // none: every interface of the namespace that is up
 	Match      Match
 	Snaplen    int // bytes kept per packet (default DefaultSnaplen)
-	RingBytes  int // ring size per socket (default chosen, not afpacket's 64 MiB)
+	RingBytes  int // ring size per socket (default DefaultRingBytes, not afpacket's 64 MiB)
 }
 
 // DefaultSnaplen keeps the headers the legs need and a little payload.
@@ -65,10 +79,19 @@ const DefaultSnaplen = 256
 // Stats is what the kernel counted on one socket since it was opened
 // (running totals: each PACKET_STATISTICS read resets the kernel's).
 type Stats struct {
-	Interface string `json:"interface"`
-	Packets   uint64 `json:"packets"` // seen by the socket's filter, drops included
-	Drops     uint64 `json:"drops"`   // lost: the ring was full
+	Interface string `json:"interface"` // one socket per interface
+	Packets   uint64 `json:"packets"`   // accepted by the socket's filter, drops included
+	Drops     uint64 `json:"drops"`     // lost: the ring was full
 	Freezes   uint64 `json:"queue_freezes"`
+	// Unknown counts packets whose direction could not be read from the
+	// ring (see frameType): they are given In.
+	Unknown uint64 `json:"direction_unknown,omitempty"`
+	// Unread counts packets the kernel put in the ring that were never
+	// delivered: still queued while the capture runs; after Close, left
+	// behind when it ended (the handler said stop, or the context's end
+	// came with more than the rings could give in its grace).
+	Unread uint64 `json:"unread"`
+	Ended  string `json:"ended,omitempty"` // why the socket stopped before the capture did
 }
 
 // LegOf is what a packet was on the NAT path: its flow and leg. Kind is

@@ -11,13 +11,11 @@ import (
 	"os/exec"
 	"regexp"
 	"runtime"
-	"sort"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -348,14 +346,7 @@ func BenchmarkAttach(b *testing.B) {
 
 func slug(s string) string { return regexp.MustCompile(`[^a-z]+`).ReplaceAllString(s, "_") }
 
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	s := append([]float64(nil), v...)
-	sort.Float64s(s)
-	return s[len(s)/2]
-}
+func median(v []float64) float64 { return testkit.Median(v) }
 
 func floodPair(b testing.TB, snd, rcv netns.Target) {
 	mac := net.HardwareAddr{2, 0, 0, 0, 0, 2}
@@ -386,44 +377,7 @@ func flood(b testing.TB, ns netns.Target, d time.Duration) {
 // floodUntil sends 64-byte UDP datagrams with sendmmsg from a thread pinned
 // to the last CPU until ctx ends, adding what it sent to sent (if not nil).
 func floodUntil(ns netns.Target, ctx context.Context, sent *atomic.Uint64) error {
-	return ns.Do(func() error {
-		var cpus unix.CPUSet
-		cpus.Set(runtime.NumCPU() - 1)
-		if err := unix.SchedSetaffinity(0, &cpus); err != nil {
-			return err
-		}
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(fd)
-		if err := unix.Connect(fd, &unix.SockaddrInet4{Port: 9, Addr: [4]byte{10, 77, 0, 2}}); err != nil {
-			return err
-		}
-		const batch = 64
-		payload := make([]byte, 64)
-		iov := unix.Iovec{Base: &payload[0]}
-		iov.SetLen(len(payload))
-		type mmsghdr struct {
-			hdr unix.Msghdr
-			n   uint32
-			_   [4]byte
-		}
-		msgs := make([]mmsghdr, batch)
-		for i := range msgs {
-			msgs[i].hdr.Iov = &iov
-			msgs[i].hdr.Iovlen = 1
-		}
-		for ctx.Err() == nil {
-			for i := 0; i < 16; i++ {
-				n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])), batch, 0, 0, 0)
-				if errno == 0 && sent != nil {
-					sent.Add(uint64(n))
-				}
-			}
-		}
-		return nil
-	})
+	return testkit.FloodUDP(ctx, ns, netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 77, 0, 2}), 9), 0, sent)
 }
 
 var nftPackets = regexp.MustCompile(`counter packets (\d+)`)
