@@ -24,11 +24,16 @@ import (
 // the same window (both counted after the tracer loaded; B's conntrack
 // table flushed before each run) — in all, and user and system apart (the
 // kernel's tick-sampled split, read at the tracer's loading from
-// /proc/PID/stat) — and the drops it attributed and did not. LBDOCTOR_BENCH_BIN measures another lbdoctor
-// binary (an older one: its attribution is counted from the flows it shows).
-// Each iteration makes LBDOCTOR_BENCH_RUNS (3) pairs of an idle and a flood
-// run, in turn, and reports the medians: one run's startup CPU (BTF,
-// kallsyms) varies by more than the flood costs on a shared machine.
+// /proc/PID/stat) — and the drops it attributed and did not.
+// LBDOCTOR_BENCH_BIN measures other lbdoctor binaries, ':' between them
+// ("" for this module's: LBDOCTOR_BENCH_BIN=/tmp/old: measures an older one
+// beside this one); an older one's attribution is counted from the flows it
+// shows. Each iteration makes LBDOCTOR_BENCH_RUNS (3) pairs of an idle and
+// a flood run per binary, the binaries in turn, and reports the medians:
+// one run's startup CPU (BTF, kallsyms) varies by more than the flood
+// costs on a shared machine, and the machine's speed drifts between runs.
+// With several binaries each metric's name ends with the binary's number
+// (-1, -2, … in the order given).
 //
 //	sudo go test -run '^$' -bench DropsFlood -benchtime 1x ./cmd/lbdoctor/
 func BenchmarkDropsFlood(b *testing.B) {
@@ -40,7 +45,7 @@ func BenchmarkDropsFlood(b *testing.B) {
 	const window = 5 * time.Second
 	p := testkit.NewDropPair(b)
 	ports := append(testkit.Ports(20000, flows/2), testkit.Ports(testkit.DroppedPorts, flows-flows/2)...)
-	bin := os.Getenv("LBDOCTOR_BENCH_BIN")
+	bins := strings.Split(os.Getenv("LBDOCTOR_BENCH_BIN"), ":")
 	runs := 3
 	if v, err := strconv.Atoi(os.Getenv("LBDOCTOR_BENCH_RUNS")); err == nil && v > 0 {
 		runs = v
@@ -56,7 +61,7 @@ func BenchmarkDropsFlood(b *testing.B) {
 			// varies by more than the flood costs.
 			// It also returns the user and system CPU from then on: the
 			// split of the kernel's tick sampling (USER_HZ: 10 ms steps).
-			run := func(flood bool) (lp *proc, cpu, user, sys time.Duration) {
+			run := func(bin string, flood bool) (lp *proc, cpu, user, sys time.Duration) {
 				p.ForgetFlows(b)
 				lp = startLbdoctorBin(b, bin, "", args...)
 				lp.waitStart(b)
@@ -68,42 +73,59 @@ func BenchmarkDropsFlood(b *testing.B) {
 				lp.wait(b, 30*time.Minute)
 				return lp, lp.cpu() - before, lp.cmd.ProcessState.UserTime() - user0, lp.cmd.ProcessState.SystemTime() - sys0
 			}
+			// What the runs of one binary measured.
+			type measured struct {
+				idles, cpus, idleWins, wins, walls, pasts, users, idleUsers, syss, idleSyss []time.Duration
+				lp                                                                          *proc
+				s                                                                           report.DropsSummary
+			}
 			for i := 0; i < b.N; i++ {
-				var idles, cpus, idleWins, wins, walls, pasts, users, idleUsers, syss, idleSyss []time.Duration
-				var lp *proc
-				var s report.DropsSummary
-				for range runs {
-					idle, idleWin, idleUser, idleSys := run(false)
-					idles, idleWins = append(idles, idle.cpu()), append(idleWins, idleWin)
-					idleUsers, idleSyss = append(idleUsers, idleUser), append(idleSyss, idleSys)
-					var win, user, sys time.Duration
-					lp, win, user, sys = run(true)
-					wins = append(wins, win)
-					users, syss = append(users, user), append(syss, sys)
-					s = lp.summary(b, mode == "summary")
-					wall := lp.ended.Sub(<-lp.startedAt)
-					walls = append(walls, wall)
-					pasts = append(pasts, wall-window-time.Duration(s.AttachMs*float64(time.Millisecond)))
-					cpus = append(cpus, lp.cpu())
+				ms := make([]measured, len(bins))
+				for r := range runs {
+					for k := range bins {
+						j := (k + r) % len(bins) // who goes first rotates
+						m := &ms[j]
+						idle, idleWin, idleUser, idleSys := run(bins[j], false)
+						m.idles, m.idleWins = append(m.idles, idle.cpu()), append(m.idleWins, idleWin)
+						m.idleUsers, m.idleSyss = append(m.idleUsers, idleUser), append(m.idleSyss, idleSys)
+						var win, user, sys time.Duration
+						m.lp, win, user, sys = run(bins[j], true)
+						m.wins = append(m.wins, win)
+						m.users, m.syss = append(m.users, user), append(m.syss, sys)
+						m.s = m.lp.summary(b, mode == "summary")
+						wall := m.lp.ended.Sub(<-m.lp.startedAt)
+						m.walls = append(m.walls, wall)
+						m.pasts = append(m.pasts, wall-window-time.Duration(m.s.AttachMs*float64(time.Millisecond)))
+						m.cpus = append(m.cpus, m.lp.cpu())
+					}
 				}
-				with, without := lp.flowsShown(mode == "summary")
-				idle, cpu, wall, past := median(idles), median(cpus), median(walls), median(pasts)
-				idleWin, win := median(idleWins), median(wins)
-				b.ReportMetric(wall.Seconds(), "wall-s")
-				b.ReportMetric(float64(past.Milliseconds()), "past-window-ms")
-				b.ReportMetric(float64(cpu.Milliseconds()), "cpu-ms")
-				b.ReportMetric(float64(idle.Milliseconds()), "idle-cpu-ms")
-				b.ReportMetric(float64(win.Milliseconds()), "window-cpu-ms")
-				b.ReportMetric(float64(idleWin.Milliseconds()), "idle-window-cpu-ms")
-				b.ReportMetric(float64((win-idleWin).Microseconds())/float64(flows), "cpu-µs/drop")
-				// User space and kernel apart, from the tracer's loading on.
-				b.ReportMetric(float64((median(users)-median(idleUsers)).Microseconds())/float64(flows), "user-µs/drop")
-				b.ReportMetric(float64((median(syss)-median(idleSyss)).Microseconds())/float64(flows), "sys-µs/drop")
-				b.ReportMetric(float64(s.Counters.Matched), "matched")
-				b.ReportMetric(float64(with), "attributed")
-				b.ReportMetric(float64(without), "not-attributed")
-				b.Logf("%s: %d flows, medians of %d runs: wall %s after the tracer loaded, CPU %s (idle runs %s), after the tracer loaded %s (idle runs %s), after it user CPU %s (idle runs %s), system CPU %s (idle runs %s), past the window %s; last run: attribution %+v, shown with a flow %d, without %d",
-					mode, flows, runs, wall.Round(time.Millisecond), cpus, idles, wins, idleWins, users, idleUsers, syss, idleSyss, pasts, s.Attribution, with, without)
+				for j, m := range ms {
+					suffix, name := "", bins[j]
+					if len(bins) > 1 {
+						suffix = "-" + strconv.Itoa(j+1)
+					}
+					if name == "" {
+						name = "this module's lbdoctor"
+					}
+					with, without := m.lp.flowsShown(mode == "summary")
+					idle, cpu, wall, past := median(m.idles), median(m.cpus), median(m.walls), median(m.pasts)
+					idleWin, win := median(m.idleWins), median(m.wins)
+					b.ReportMetric(wall.Seconds(), "wall-s"+suffix)
+					b.ReportMetric(float64(past.Milliseconds()), "past-window-ms"+suffix)
+					b.ReportMetric(float64(cpu.Milliseconds()), "cpu-ms"+suffix)
+					b.ReportMetric(float64(idle.Milliseconds()), "idle-cpu-ms"+suffix)
+					b.ReportMetric(float64(win.Milliseconds()), "window-cpu-ms"+suffix)
+					b.ReportMetric(float64(idleWin.Milliseconds()), "idle-window-cpu-ms"+suffix)
+					b.ReportMetric(float64((win-idleWin).Microseconds())/float64(flows), "cpu-µs/drop"+suffix)
+					// User space and kernel apart, from the tracer's loading on.
+					b.ReportMetric(float64((median(m.users)-median(m.idleUsers)).Microseconds())/float64(flows), "user-µs/drop"+suffix)
+					b.ReportMetric(float64((median(m.syss)-median(m.idleSyss)).Microseconds())/float64(flows), "sys-µs/drop"+suffix)
+					b.ReportMetric(float64(m.s.Counters.Matched), "matched"+suffix)
+					b.ReportMetric(float64(with), "attributed"+suffix)
+					b.ReportMetric(float64(without), "not-attributed"+suffix)
+					b.Logf("%s, %s: %d flows, medians of %d runs: wall %s after the tracer loaded, CPU %s (idle runs %s), after the tracer loaded %s (idle runs %s), after it user CPU %s (idle runs %s), system CPU %s (idle runs %s), past the window %s; last run: attribution %+v, shown with a flow %d, without %d",
+						name, mode, flows, runs, wall.Round(time.Millisecond), m.cpus, m.idles, m.wins, m.idleWins, m.users, m.idleUsers, m.syss, m.idleSyss, m.pasts, m.s.Attribution, with, without)
+				}
 			}
 		})
 	}

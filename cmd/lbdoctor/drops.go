@@ -228,7 +228,7 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		lines := report.DropLines{W: lq}
 		// One RawEvent for every line: each is written before the next.
 		var rawLine drops.RawEvent
-		err := tr.Read(window, func(p drops.Packet, raw drops.RawEvent) {
+		onDrop := func(p drops.Packet, raw drops.RawEvent) {
 			delivered++
 			c, stack := namer.NameEvent(window, p, raw)
 			d := toDrop(c)
@@ -244,7 +244,16 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 			} else {
 				fmt.Fprintln(out, report.DropLine(d))
 			}
-		})
+		}
+		// The ring is read by a goroutine of its own, not this one: the
+		// main goroutine is locked to the main thread (internal/netns), so
+		// each wait of the reader — for the ring, for the conntrack events
+		// a drop's flow is in — would put its thread to sleep and wake it
+		// again (a futex each way, and the runtime handing its P over),
+		// where an unlocked reader waits on the thread that runs the rest.
+		read := make(chan error, 1)
+		go func() { read <- tr.Read(window, onDrop) }()
+		err := <-read
 		windowOver()
 		// The window is over: what is queued is written while the reader
 		// takes it, and so is every write after it.

@@ -1,12 +1,12 @@
 package drops
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,10 +43,12 @@ func (f Flow) String() string {
 // dumps the table once at the start for the flows already there — again only
 // if events were lost. IPVS, which has no events: one read of ip_vs_conn
 // (opened once in the namespace) at most once per Interval, and only when a
-// drop missed. Every place a packet of each flow can have on the NAT path is
-// indexed by tuple in a bounded cache (two generations: the older one is
-// dropped when the newer fills; hits move forward), so a lookup is a map
-// read. Misses are never cached. A drop that misses waits — only while its
+// drop missed. Each flow is indexed in a bounded cache (two generations: the
+// older one is dropped when the newer fills; hits move forward) by the
+// address pairs its packets have on the NAT path, either way round — two
+// for a flow that only DNAT rewrote, three with SNAT — so a lookup is a map
+// read and the place on the path is told from the packet's direction.
+// Misses are never cached. A drop that misses waits — only while its
 // caller's context allows, i.e. while the window is open — until the tables
 // are known to be read past the moment it was dropped; otherwise it is
 // counted as not attributed. Safe for concurrent use.
@@ -59,7 +61,7 @@ type Attributor struct {
 	lazy    bool // no first dump: the tables are read when asked
 
 	mu       sync.Mutex
-	cur, old map[tupleKey]*Flow
+	cur, old map[pairKey]*cached
 	progress chan struct{} // closed (and replaced) whenever the tables are read further
 	// CLOCK_MONOTONIC ns: when the newest conntrack dump and IPVS read
 	// started, when the event socket was last found empty, when events were
@@ -76,6 +78,7 @@ type Attributor struct {
 	vs                                         *ipvs.ConnTable
 
 	wake                      chan struct{}
+	readEvents                chan struct{} // a drop waits for the events to be read past it
 	stop                      chan struct{}
 	stopped                   sync.Once
 	attributed, notAttributed atomic.Uint64
@@ -83,30 +86,61 @@ type Attributor struct {
 }
 
 // Bounds of the attributor's memory: keys of one generation of the cache
-// (six per conntrack flow, four per IPVS connection).
+// (three per conntrack flow at most, two per IPVS connection).
 const (
 	MaxCacheKeys = 1 << 18
 	// DefaultInterval is the least time between two batched reads.
 	DefaultInterval = 50 * time.Millisecond
-	// eventWait is how long the event reader blocks on an empty socket:
-	// a drop that misses waits at most this long for the socket to be
-	// known empty.
-	eventWait = 20 * time.Millisecond
+	// eventPeriod is how often the conntrack events are read when no
+	// drop waits for them: a flood confirms thousands of flows a second,
+	// and a read woken by each would cost more than the flow's caching.
+	// A drop that misses has them read at once.
+	eventPeriod = 20 * time.Millisecond
 )
 
-// tupleKey is a packet's tuple, flat: hashed and compared as 38 bytes with
-// no pointer in them (a netip.Addr holds one), so that the cache — a
-// flood's hundreds of thousands of keys — costs the collector nothing to
-// scan and a lookup less to hash.
-type tupleKey struct {
-	s, d   [16]byte
-	sp, dp uint16
+// pairKey is the two endpoints of a packet, either way round, flat: hashed
+// and compared as 38 bytes with no pointer in them (a netip.Addr holds one),
+// so that the cache — a flood's hundreds of thousands of keys — costs the
+// collector nothing to scan and a lookup less to hash. One key stands for
+// both directions of a leg of the NAT path: a flow's request and reply
+// between the same two endpoints are one key, not two.
+type pairKey struct {
+	a, b   [16]byte // a, ap is the lesser endpoint
+	ap, bp uint16
 	proto  uint8
 	v6     bool // IPv4 addresses are stored mapped: this keeps them apart
 }
 
-func keyOf(s, d netip.AddrPort, proto uint8) tupleKey {
-	return tupleKey{s: s.Addr().As16(), d: d.Addr().As16(), sp: s.Port(), dp: d.Port(), proto: proto, v6: s.Addr().Is6()}
+func pairOf(s, d netip.AddrPort, proto uint8) pairKey {
+	k := pairKey{a: s.Addr().As16(), b: d.Addr().As16(), ap: s.Port(), bp: d.Port(), proto: proto, v6: s.Addr().Is6()}
+	if c := bytes.Compare(k.a[:], k.b[:]); c > 0 || c == 0 && k.ap > k.bp {
+		k.a, k.b, k.ap, k.bp = k.b, k.a, k.bp, k.ap
+	}
+	return k
+}
+
+// cached is one flow in the cache: its tuples (for an IPVS connection,
+// client → VIP and real → client) and the flows of its places, named when a
+// drop first asks (under the attributor's lock).
+type cached struct {
+	o, r   conntrack.Tuple
+	places []place // conntrackPlaces or ipvsPlaces
+	named  [6]*Flow
+}
+
+// name returns the flow of the first place of c that is the packet s → d,
+// or nil.
+func (c *cached) name(s, d netip.AddrPort) *Flow {
+	for i, pl := range c.places {
+		if ps, pd := pl.pkt(c.o, c.r); ps == s && pd == d {
+			if c.named[i] == nil {
+				f := pl.flow(c.o, c.r)
+				c.named[i] = &f
+			}
+			return c.named[i]
+		}
+	}
+	return nil
 }
 
 // NewAttributor attributes against the tables of lb. With addrs, it reads
@@ -121,8 +155,8 @@ func NewAttributor(lb netns.Target, addrs []netip.Addr, proto uint8) *Attributor
 // services are its whole tables, hundreds of thousands of flows that a
 // window without a drop never needs.
 func newAttributor(lb netns.Target, addrs []netip.Addr, proto uint8, lazy bool) *Attributor {
-	a := &Attributor{lazy: lazy, LB: lb, Interval: DefaultInterval, cur: map[tupleKey]*Flow{}, old: map[tupleKey]*Flow{}, maxKeys: MaxCacheKeys,
-		progress: make(chan struct{}), errs: map[string]string{}, wake: make(chan struct{}, 1), stop: make(chan struct{})}
+	a := &Attributor{lazy: lazy, LB: lb, Interval: DefaultInterval, cur: map[pairKey]*cached{}, old: map[pairKey]*cached{}, maxKeys: MaxCacheKeys,
+		progress: make(chan struct{}), errs: map[string]string{}, wake: make(chan struct{}, 1), readEvents: make(chan struct{}, 1), stop: make(chan struct{})}
 	if len(addrs) > 0 {
 		// A set: the services of a big LB have thousands of addresses,
 		// and every flow of a dump is looked up.
@@ -193,16 +227,10 @@ func (a *Attributor) attribute(ctx context.Context, p Packet, at int64) *Flow {
 	if at == 0 {
 		at = monotonicNow()
 	}
-	key := keyOf(p.Src, p.Dst, p.Proto)
+	key := pairOf(p.Src, p.Dst, p.Proto)
 	for {
 		a.mu.Lock()
-		f, ok := a.cur[key]
-		if !ok {
-			if f, ok = a.old[key]; ok {
-				a.putLocked(key, f) // still dropping: keep it
-			}
-		}
-		if ok {
+		if f := a.lookupLocked(key, p.Src, p.Dst); f != nil {
 			a.mu.Unlock()
 			return f
 		}
@@ -224,10 +252,17 @@ func (a *Attributor) attribute(ctx context.Context, p Packet, at int64) *Flow {
 		if !vsDone {
 			a.wantVS, wake = true, true
 		}
+		readEvents := !ctDone && a.subscribed && a.drainedAt <= at
 		progress := a.progress
 		a.mu.Unlock()
 		if wake {
 			a.kick()
+		}
+		if readEvents {
+			select {
+			case a.readEvents <- struct{}{}:
+			default:
+			}
 		}
 		select {
 		case <-progress:
@@ -239,6 +274,21 @@ func (a *Attributor) attribute(ctx context.Context, p Packet, at int64) *Flow {
 	}
 }
 
+// lookupLocked is the cached flow of the packet s → d (key is their
+// pair), or nil.
+func (a *Attributor) lookupLocked(key pairKey, s, d netip.AddrPort) *Flow {
+	c, ok := a.cur[key]
+	if !ok {
+		if c, ok = a.old[key]; ok {
+			a.putLocked(key, c) // still dropping: keep it
+		}
+	}
+	if !ok {
+		return nil
+	}
+	return c.name(s, d)
+}
+
 func (a *Attributor) kick() {
 	select {
 	case a.wake <- struct{}{}:
@@ -246,15 +296,15 @@ func (a *Attributor) kick() {
 	}
 }
 
-// putLocked caches one place of a flow; a full generation becomes the old
-// one. Conntrack names a place before IPVS does: it knows the NAT after
-// IPVS (SNAT), IPVS only its own.
-func (a *Attributor) putLocked(k tupleKey, f *Flow) {
-	if f.Source == "ipvs" {
-		if e, ok := a.cur[k]; ok && e.Source == "conntrack" {
+// putLocked caches a flow under one of its keys; a full generation becomes
+// the old one. Conntrack names a place before IPVS does: it knows the NAT
+// after IPVS (SNAT), IPVS only its own.
+func (a *Attributor) putLocked(k pairKey, c *cached) {
+	if c.ipvs() {
+		if e, ok := a.cur[k]; ok && !e.ipvs() {
 			return
 		}
-		if e, ok := a.old[k]; ok && e.Source == "conntrack" {
+		if e, ok := a.old[k]; ok && !e.ipvs() {
 			return
 		}
 	}
@@ -265,10 +315,13 @@ func (a *Attributor) putLocked(k tupleKey, f *Flow) {
 			a.evictedAt, a.wantDump = monotonicNow(), true
 			a.kick()
 		}
-		a.old, a.cur = a.cur, make(map[tupleKey]*Flow, len(a.cur))
+		a.old, a.cur = a.cur, make(map[pairKey]*cached, len(a.cur))
 	}
-	a.cur[k] = f
+	a.cur[k] = c
 }
+
+// ipvs says whether c is an IPVS connection (else a conntrack flow).
+func (c *cached) ipvs() bool { return c.places[0].source == "ipvs" }
 
 // advanceLocked wakes whoever waits for the tables to be read further.
 func (a *Attributor) advanceLocked() {
@@ -300,7 +353,7 @@ func (a *Attributor) refresher(started chan<- struct{}) {
 		}
 	}()
 	errs := map[string]string{}
-	sub, err := conntrack.SubscribeNew(a.LB, eventWait)
+	sub, err := conntrack.SubscribeNew(a.LB, 0) // reads never block: follow paces them
 	if err != nil {
 		errs["conntrack events"] = err.Error()
 	}
@@ -349,8 +402,10 @@ func (a *Attributor) refresher(started chan<- struct{}) {
 
 // follow reads the conntrack events until the attributor stops, and then
 // closes the subscription (only it reads the socket: closing it elsewhere
-// could hand its number to another file under a blocked read). The lock is
-// taken once per read (a read is a batch of flows), never while it blocks.
+// could hand its number to another file under a blocked read). It reads
+// what is queued to the end every eventPeriod, and at once when a drop
+// waits for it (readEvents): not woken by each event. The lock is taken
+// once per read (a read is a batch of flows), never while it waits.
 func (a *Attributor) follow(sub *conntrack.NewFlows) {
 	defer sub.Close()
 	add := a.adder()
@@ -360,11 +415,12 @@ func (a *Attributor) follow(sub *conntrack.NewFlows) {
 	}
 	var got []entry
 	collect := func(proto uint8, o, r conntrack.Tuple) { got = append(got, entry{proto, o, r}) }
-	block := false
 	// After ENOBUFS the kernel drops events without saying so again until
 	// the queue has been emptied (netlink's congested state): until then
 	// every read is lossy.
 	congested := false
+	tick := time.NewTicker(eventPeriod)
+	defer tick.Stop()
 	for {
 		select {
 		case <-a.stop:
@@ -376,7 +432,7 @@ func (a *Attributor) follow(sub *conntrack.NewFlows) {
 		// not before it returned (a drop may come between the two): the
 		// time is taken first.
 		before := monotonicNow()
-		drained, err := sub.Read(block, collect)
+		drained, err := sub.Read(false, collect)
 		now := monotonicNow()
 		dump := false
 		a.mu.Lock()
@@ -389,9 +445,6 @@ func (a *Attributor) follow(sub *conntrack.NewFlows) {
 		case err != nil:
 			a.subscribed, a.wantDump = false, true
 			a.errs["conntrack events"] = err.Error()
-		case drained && block:
-			// It waited: its start is long past. The next read, at
-			// once, says whether the socket is still empty.
 		case drained:
 			if congested {
 				// Lossy until now: a dump from now on covers it.
@@ -409,9 +462,15 @@ func (a *Attributor) follow(sub *conntrack.NewFlows) {
 				return
 			}
 		}
-		// The socket found empty without waiting: wait for the next flow;
-		// after a wait, look again at once.
-		block = drained && !block
+		if !drained {
+			continue // more queued: read on
+		}
+		select {
+		case <-tick.C:
+		case <-a.readEvents:
+		case <-a.stop:
+			return
+		}
 	}
 }
 
@@ -430,21 +489,23 @@ func (a *Attributor) addPlacesLocked(proto uint8, fl conntrack.Flow) {
 	if !loadBalanced(fl) {
 		return
 	}
-	var seen [6]tupleKey
-	// One allocation for the six places of a flow, not one per place.
-	places := new([6]Flow)
-	for i, pl := range conntrackPlaces {
-		s, d := pl.pkt(fl.Orig, fl.Reply)
-		k := keyOf(s, d, proto)
-		// The first place that fits names the packet: without NAT the
-		// tuples coincide, and "as the client sent it" is the truth.
-		if slices.Contains(seen[:i], k) {
-			continue
-		}
-		seen[i] = k
-		places[i] = pl.flow(fl)
-		a.putLocked(k, &places[i])
+	// Its places' pairs: client–VIP, client–real, and the pair SNAT made
+	// (the LB's address–real) unless the reply goes back to the client.
+	c := &cached{o: fl.Orig, r: fl.Reply, places: conntrackPlaces}
+	a.putLocked(pairOf(fl.Orig.Src, fl.Orig.Dst, proto), c)
+	a.putLocked(pairOf(fl.Orig.Src, fl.Reply.Src, proto), c)
+	if fl.Reply.Dst != fl.Orig.Src {
+		a.putLocked(pairOf(fl.Reply.Dst, fl.Reply.Src, proto), c)
 	}
+}
+
+// addConnLocked caches an IPVS connection under its pairs: client–VIP and
+// client–real.
+func (a *Attributor) addConnLocked(proto uint8, c ipvs.Conn) {
+	o, r := ipvsTuples(c)
+	e := &cached{o: o, r: r, places: ipvsPlaces}
+	a.putLocked(pairOf(o.Src, o.Dst, proto), e)
+	a.putLocked(pairOf(o.Src, r.Src, proto), e)
 }
 
 // batch reads the conntrack table whole (dump) and/or the IPVS table.
@@ -464,7 +525,7 @@ func (a *Attributor) batch(dump, vs bool) {
 		}
 	}
 	a.mu.Lock()
-	maxFlows := a.maxKeys / 6
+	maxFlows := a.maxKeys / 3
 	a.mu.Unlock()
 	if dump && a.ct != nil {
 		for _, flt := range a.filters {
@@ -500,10 +561,7 @@ func (a *Attributor) batch(dump, vs bool) {
 		if !ok {
 			continue
 		}
-		for _, pl := range ipvsPlaces {
-			f := pl.place(c)
-			a.putLocked(keyOf(f.s, f.d, p), &f.Flow)
-		}
+		a.addConnLocked(p, c)
 	}
 	if dump {
 		// Read, or known unreadable (the error is shown): a drop waits no
@@ -525,52 +583,42 @@ func monotonicNow() int64 {
 	return ts.Nano()
 }
 
-// placed is a flow together with the packet s → d it names.
-type placed struct {
-	Flow
-	s, d netip.AddrPort
+// A place is one point of the NAT path: the packet a flow has there (from
+// its original and reply tuples), and what it is called.
+type place struct {
+	direction, stage, source string
+	pkt                      func(o, r conntrack.Tuple) (s, d netip.AddrPort)
 }
 
-// A place is one point of the NAT path: the packet a flow has there, and
-// what it is called.
-type ctPlace struct {
-	direction, stage string
-	pkt              func(o, r conntrack.Tuple) (s, d netip.AddrPort)
+// flow is the flow of o and r at this place.
+func (pl place) flow(o, r conntrack.Tuple) Flow {
+	return Flow{Client: o.Src, VIP: o.Dst, Real: r.Src, Direction: pl.direction, Stage: pl.stage, Source: pl.source}
 }
 
-var conntrackPlaces = []ctPlace{
-	{"request", "as the client sent it, before NAT", func(o, r conntrack.Tuple) (netip.AddrPort, netip.AddrPort) { return o.Src, o.Dst }},
-	{"request", "after DNAT to the real server", func(o, r conntrack.Tuple) (netip.AddrPort, netip.AddrPort) { return o.Src, r.Src }},
-	{"request", "after DNAT and SNAT", func(o, r conntrack.Tuple) (netip.AddrPort, netip.AddrPort) { return r.Dst, r.Src }},
-	{"reply", "as the real server sent it, before de-NAT", func(o, r conntrack.Tuple) (netip.AddrPort, netip.AddrPort) { return r.Src, r.Dst }},
-	{"reply", "after SNAT reverse, before the VIP is restored", func(o, r conntrack.Tuple) (netip.AddrPort, netip.AddrPort) { return r.Src, o.Src }},
-	{"reply", "after full de-NAT, back to the client", func(o, r conntrack.Tuple) (netip.AddrPort, netip.AddrPort) { return o.Dst, o.Src }},
+// conntrackPlaces are the places of a conntrack flow; the first that fits
+// names a packet: without SNAT some coincide, and "as the client sent it"
+// is the truth.
+var conntrackPlaces = []place{
+	{"request", "as the client sent it, before NAT", "conntrack", func(o, r conntrack.Tuple) (netip.AddrPort, netip.AddrPort) { return o.Src, o.Dst }},
+	{"request", "after DNAT to the real server", "conntrack", func(o, r conntrack.Tuple) (netip.AddrPort, netip.AddrPort) { return o.Src, r.Src }},
+	{"request", "after DNAT and SNAT", "conntrack", func(o, r conntrack.Tuple) (netip.AddrPort, netip.AddrPort) { return r.Dst, r.Src }},
+	{"reply", "as the real server sent it, before de-NAT", "conntrack", func(o, r conntrack.Tuple) (netip.AddrPort, netip.AddrPort) { return r.Src, r.Dst }},
+	{"reply", "after SNAT reverse, before the VIP is restored", "conntrack", func(o, r conntrack.Tuple) (netip.AddrPort, netip.AddrPort) { return r.Src, o.Src }},
+	{"reply", "after full de-NAT, back to the client", "conntrack", func(o, r conntrack.Tuple) (netip.AddrPort, netip.AddrPort) { return o.Dst, o.Src }},
 }
 
-func (pl ctPlace) place(fl conntrack.Flow) *placed {
-	s, d := pl.pkt(fl.Orig, fl.Reply)
-	return &placed{pl.flow(fl), s, d}
+// ipvsPlaces are the places of an IPVS connection, as tuples (ipvsTuples):
+// client → VIP, and real → client (IPVS does no SNAT).
+var ipvsPlaces = []place{
+	{"request", "as the client sent it, before IPVS", "ipvs", func(o, r conntrack.Tuple) (netip.AddrPort, netip.AddrPort) { return o.Src, o.Dst }},
+	{"request", "after IPVS DNAT to the real server", "ipvs", func(o, r conntrack.Tuple) (netip.AddrPort, netip.AddrPort) { return o.Src, r.Src }},
+	{"reply", "straight from the real server, never de-NATed by IPVS", "ipvs", func(o, r conntrack.Tuple) (netip.AddrPort, netip.AddrPort) { return r.Src, o.Src }},
+	{"reply", "after IPVS de-NAT, back to the client", "ipvs", func(o, r conntrack.Tuple) (netip.AddrPort, netip.AddrPort) { return o.Dst, o.Src }},
 }
 
-func (pl ctPlace) flow(fl conntrack.Flow) Flow {
-	return Flow{Client: fl.Orig.Src, VIP: fl.Orig.Dst, Real: fl.Reply.Src, Direction: pl.direction, Stage: pl.stage, Source: "conntrack"}
-}
-
-type vsPlace struct {
-	direction, stage string
-	pkt              func(c ipvs.Conn) (s, d netip.AddrPort)
-}
-
-var ipvsPlaces = []vsPlace{
-	{"request", "as the client sent it, before IPVS", func(c ipvs.Conn) (netip.AddrPort, netip.AddrPort) { return c.Client, c.VIP }},
-	{"request", "after IPVS DNAT to the real server", func(c ipvs.Conn) (netip.AddrPort, netip.AddrPort) { return c.Client, c.Dest }},
-	{"reply", "straight from the real server, never de-NATed by IPVS", func(c ipvs.Conn) (netip.AddrPort, netip.AddrPort) { return c.Dest, c.Client }},
-	{"reply", "after IPVS de-NAT, back to the client", func(c ipvs.Conn) (netip.AddrPort, netip.AddrPort) { return c.VIP, c.Client }},
-}
-
-func (pl vsPlace) place(c ipvs.Conn) *placed {
-	s, d := pl.pkt(c)
-	return &placed{Flow{Client: c.Client, VIP: c.VIP, Real: c.Dest, Direction: pl.direction, Stage: pl.stage, Source: "ipvs"}, s, d}
+// ipvsTuples are an IPVS connection's tuples as ipvsPlaces take them.
+func ipvsTuples(c ipvs.Conn) (o, r conntrack.Tuple) {
+	return conntrack.Tuple{Src: c.Client, Dst: c.VIP}, conntrack.Tuple{Src: c.Dest, Dst: c.Client}
 }
 
 // loadBalanced says whether a conntrack flow is a load-balanced one: its
@@ -587,20 +635,11 @@ func MatchConntrack(s, d netip.AddrPort, fl conntrack.Flow) *Flow {
 	if !loadBalanced(fl) {
 		return nil
 	}
-	for _, pl := range conntrackPlaces {
-		if p := pl.place(fl); p.s == s && p.d == d {
-			return &p.Flow
-		}
-	}
-	return nil
+	return (&cached{o: fl.Orig, r: fl.Reply, places: conntrackPlaces}).name(s, d)
 }
 
 // MatchIPVS places a packet s → d on an IPVS connection, or returns nil.
 func MatchIPVS(s, d netip.AddrPort, c ipvs.Conn) *Flow {
-	for _, pl := range ipvsPlaces {
-		if p := pl.place(c); p.s == s && p.d == d {
-			return &p.Flow
-		}
-	}
-	return nil
+	o, r := ipvsTuples(c)
+	return (&cached{o: o, r: r, places: ipvsPlaces}).name(s, d)
 }

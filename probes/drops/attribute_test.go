@@ -67,7 +67,7 @@ func TestAttributeFindsEvictedFlow(t *testing.T) {
 	p := testkit.NewDropPair(t)
 	a := drops.NewAttributor(p.B, nil, 0)
 	defer a.Close()
-	// 64 DNATed flows a generation (4 places each); a dump at most every
+	// 128 DNATed flows a generation (2 keys each); a dump at most every
 	// 700 ms: the next one comes after the flows that evict the first are
 	// gone from conntrack.
 	drops.SetBounds(a, 256, 700*time.Millisecond)

@@ -43,6 +43,10 @@ import (
 // untraced ones, check the totals against the nft counter, measure the
 // delivered fraction (-delivered, -window-ratio) and compare with perf
 // record. Medians are reported. LBDOCTOR_BENCH_CONFIGS picks configurations ("aggregate;events").
+// "window" is the tracer check's window loads (probes.WatchDrops:
+// aggregate mode, filtered by namespace, the VIP's and reals' addresses
+// and ports; every drop of the flood a NETFILTER_DROP whose hook is
+// walked for on the kernel stack); "aggregate" filters by port alone.
 //
 //	sudo go test -run '^$' -bench Flood -benchtime 1x ./probes/drops/
 func BenchmarkFlood(b *testing.B) {
@@ -56,7 +60,7 @@ func BenchmarkFlood(b *testing.B) {
 	floodPair(b, snd, rcv)
 	testkit.Run(b, rcv, "nft", "add table ip f; add chain ip f in { type filter hook input priority 0; }; add rule ip f in udp dport 9 counter drop")
 
-	configs := []string{"aggregate", "events", "events, filtered out", "other netns"}
+	configs := []string{"aggregate", "window", "events", "events, filtered out", "other netns"}
 	if _, err := exec.LookPath("perf"); err == nil {
 		testkit.Tracefs(b)
 		configs = append(configs, "perf record")
@@ -231,6 +235,13 @@ func tracerConfig(c string, snd, rcv netns.Target) *drops.Config {
 	switch c {
 	case "aggregate":
 		return &drops.Config{NetnsInode: uint32(rcv.Inode), Proto: unix.IPPROTO_UDP, Ports: []uint16{9}}
+	case "window":
+		// What check's window loads (probes.WatchDrops): aggregate mode,
+		// the namespace, the VIP's and its reals' addresses and ports (the
+		// flood's destination is the VIP; two reals), no protocol; the
+		// flood's drops are NETFILTER_DROPs, each walked for its hook.
+		return &drops.Config{NetnsInode: uint32(rcv.Inode), Ports: []uint16{9, 8080},
+			Addrs: []netip.Addr{netip.MustParseAddr("10.77.0.2"), netip.MustParseAddr("10.77.1.10"), netip.MustParseAddr("10.77.1.11")}}
 	case "events":
 		return &drops.Config{NetnsInode: uint32(rcv.Inode), Proto: unix.IPPROTO_UDP, Ports: []uint16{9}, Events: true}
 	case "other netns":
@@ -305,7 +316,7 @@ func floodWindow(b *testing.B, snd, rcv netns.Target, c string, d time.Duration)
 	}
 	pps = float64(dropped) / d.Seconds()
 	switch c {
-	case "aggregate":
+	case "aggregate", "window":
 		aggs, err := tr.Aggregates()
 		if err != nil {
 			b.Fatal(err)
@@ -315,7 +326,7 @@ func floodWindow(b *testing.B, snd, rcv netns.Target, c string, d time.Duration)
 			total += a.Count
 		}
 		if cnt.Matched != dropped || total+cnt.AggLost != dropped {
-			b.Errorf("aggregate: matched %d, counted %d (+%d lost), nft counter %d; want all equal", cnt.Matched, total, cnt.AggLost, dropped)
+			b.Errorf("%s: matched %d, counted %d (+%d lost), nft counter %d; want all equal", c, cnt.Matched, total, cnt.AggLost, dropped)
 		}
 		return pps, -1
 	case "events":

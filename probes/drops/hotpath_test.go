@@ -12,7 +12,7 @@ import (
 // BenchmarkAddPlaces: caching the places of one conntrack flow, as each
 // new-flow event does.
 func BenchmarkAddPlaces(b *testing.B) {
-	a := &Attributor{cur: map[tupleKey]*Flow{}, old: map[tupleKey]*Flow{}, maxKeys: MaxCacheKeys}
+	a := &Attributor{cur: map[pairKey]*cached{}, old: map[pairKey]*cached{}, maxKeys: MaxCacheKeys}
 	o := conntrack.Tuple{Src: netip.MustParseAddrPort("10.0.0.1:1000"), Dst: netip.MustParseAddrPort("10.0.0.2:80")}
 	r := conntrack.Tuple{Src: netip.MustParseAddrPort("10.0.1.2:8080"), Dst: netip.MustParseAddrPort("10.0.1.1:1000")}
 	b.ReportAllocs()
@@ -61,4 +61,32 @@ func BenchmarkEventDecode(b *testing.B) {
 			copy(unsafe.Slice((*byte)(unsafe.Pointer(&ev)), unsafe.Sizeof(ev)), raw)
 		}
 	})
+}
+
+// The sizes Go mirrors as constants are the compiled program's: a filter
+// array, bitmap or stack value resized in bpf/ without them would be set
+// or read wrong.
+func TestSizesMatchTheProgram(t *testing.T) {
+	spec, err := loadDrops()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var specs dropsSpecs
+	if err := spec.Assign(&specs); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name      string
+		got, want uint32
+	}{
+		{"filter_addrs", specs.FilterAddrs.Size(), MaxFilter * uint32(unsafe.Sizeof(dropsAddr{}))},
+		{"filter_ports", specs.FilterPorts.Size(), MaxFilter * 2},
+		{"ignore_reasons", specs.IgnoreReasons.Size(), ignoreWords * 8},
+		{"stacks value", specs.Stacks.ValueSize, stackFrames * 8},
+	}
+	for _, tt := range tests {
+		if tt.got != tt.want {
+			t.Errorf("size of %s = %d bytes, want %d (the constant Go mirrors it with)", tt.name, tt.got, tt.want)
+		}
+	}
 }

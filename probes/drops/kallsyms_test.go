@@ -1,6 +1,8 @@
 package drops_test
 
 import (
+	"bytes"
+	"os"
 	"strings"
 	"testing"
 
@@ -25,6 +27,21 @@ func TestParseKallsymsHidden(t *testing.T) {
 		}
 		if got := s.Lookup(0xffffffff81000110); s.Hidden() != tt.hidden || got != tt.lookup {
 			t.Errorf("ParseKallsyms(%s): Hidden() = %v, Lookup = %s; want %v, %s", tt.name, s.Hidden(), got, tt.hidden, tt.lookup)
+		}
+	}
+}
+
+// BenchmarkParseKallsyms parses this machine's /proc/kallsyms (read once,
+// beforehand): what every tracer's Namer does at its start.
+func BenchmarkParseKallsyms(b *testing.B) {
+	data, err := os.ReadFile("/proc/kallsyms")
+	if err != nil {
+		b.Skip(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := drops.ParseKallsyms(bytes.NewReader(data)); err != nil {
+			b.Fatal(err)
 		}
 	}
 }

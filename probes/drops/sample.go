@@ -123,7 +123,7 @@ func (t *Tracer) Sample(n *Namer, window time.Duration) (*Sample, error) {
 	// Nothing counted, nothing to attribute: a quiet window reads no table
 	// at its end (a busy LB's tables take seconds to read).
 	var k dropsAggKey
-	if t.coll.Maps["agg"].NextKey(nil, &k) == nil {
+	if t.maps.Agg.NextKey(nil, &k) == nil {
 		n.attr.Prefetch() // the dump runs while the map is read
 	}
 	aggs, err := t.Aggregates()
@@ -196,7 +196,7 @@ func (n *Namer) Follow(ctx context.Context, period time.Duration) {
 			case <-tick.C:
 			}
 			var k dropsAggKey
-			if n.tr.coll.Maps["agg"].NextKey(nil, &k) == nil {
+			if n.tr.maps.Agg.NextKey(nil, &k) == nil {
 				n.attr.Prefetch()
 			}
 		}

@@ -86,7 +86,9 @@ type Tracer struct {
 
 	cfg    Config
 	events bool
-	coll   *ebpf.Collection
+	coll   *ebpf.Collection // what is left of the loaded collection: the program
+	maps   dropsMaps        // bpf2go's: one field per map of bpf/
+	vars   dropsVariables
 	prog   *ebpf.Program
 	mu     sync.Mutex // guards lnk (Read's watcher and Close may both stop) and closed
 	lnk    link.Link
@@ -146,6 +148,15 @@ func (c Counters) Lost() uint64 { return c.RingLost + c.AggLost }
 // filter takes (MAX_ADDRS, MAX_PORTS in bpf/lbdoctor.h).
 const MaxFilter = 16
 
+// Sizes of bpf/'s arrays that bpf2go names no constant for (Go needs
+// them as constants: array lengths): the words of the ignore_reasons
+// bitmap and the frames of a stacks value. TestSizesMatchTheProgram holds
+// them, and MaxFilter, to the program's own.
+const (
+	ignoreWords = 4
+	stackFrames = 127
+)
+
 // kernelReasonField is kernel.KfreeSkbReasonField; tests replace it to run
 // the tracer as on a kernel older than 5.17.
 var kernelReasonField = kernel.KfreeSkbReasonField
@@ -200,6 +211,7 @@ type Prepared struct {
 	noReasons string
 	hasReason uint8
 	spec      *ebpf.CollectionSpec
+	specs     dropsSpecs // spec's maps, variables and programs, typed
 	attach    string
 	symbols   *symbolsRead // nil until ReadSymbols
 	took      time.Duration
@@ -224,7 +236,10 @@ func Prepare(attach string) (*Prepared, error) {
 	if p.spec, err = loadDrops(); err != nil {
 		return nil, fmt.Errorf("load drop tracer spec: %w", err)
 	}
-	if p.attach, err = chooseAttach(attach, p.spec); err != nil {
+	if err := p.spec.Assign(&p.specs); err != nil {
+		return nil, fmt.Errorf("load drop tracer spec: %w", err)
+	}
+	if p.attach, err = chooseAttach(attach, &p.specs.dropsVariableSpecs); err != nil {
 		return nil, err
 	}
 	p.took = time.Since(start)
@@ -264,7 +279,7 @@ func (p *Prepared) Load(cfg Config) (*Tracer, error) {
 	cfg.Attach = p.attach
 	t := &Tracer{events: cfg.Events, cfg: cfg, Reasons: p.reasons, NoReasons: p.noReasons, Attach: p.attach, symbols: p.symbols}
 	hasReason := p.hasReason
-	spec := p.spec
+	spec, specs := p.spec, p.specs
 	p.spec = nil // one Load: the spec is changed below
 	if spec == nil {
 		return nil, errors.New("load drop tracer: this preparation was loaded already")
@@ -276,17 +291,17 @@ func (p *Prepared) Load(cfg Config) (*Tracer, error) {
 		}
 		return nil, &kernel.NotSupportedError{Feature: "ignoring drop reasons", Reason: why}
 	}
-	if err := setFilters(spec, cfg, t.Reasons); err != nil {
+	if err := setFilters(&specs.dropsVariableSpecs, cfg, t.Reasons); err != nil {
 		return nil, err
 	}
-	if err := spec.Variables["has_reason"].Set(hasReason); err != nil {
+	if err := specs.HasReason.Set(hasReason); err != nil {
 		return nil, fmt.Errorf("set has_reason: %w", err)
 	}
-	if err := t.setHook(spec); err != nil {
+	if err := t.setHook(&specs.dropsVariableSpecs); err != nil {
 		return nil, err
 	}
 	var err error
-	progName := map[string]string{AttachTPBTF: "drop_tp_btf", AttachRawTP: "drop_raw_tp", AttachTracepoint: "drop_tracepoint"}[t.Attach]
+	progName := map[string]string{AttachTPBTF: dropsProgDropTpBtf, AttachRawTP: dropsProgDropRawTp, AttachTracepoint: dropsProgDropTracepoint}[t.Attach]
 	for name := range spec.Programs {
 		if name != progName {
 			delete(spec.Programs, name)
@@ -296,34 +311,37 @@ func (p *Prepared) Load(cfg Config) (*Tracer, error) {
 	spec.Programs[progName].Name = ProgramName(os.Getpid())
 	if !cfg.Events {
 		// Aggregate mode never writes the ring: keep it tiny.
-		spec.Maps["events"].MaxEntries = uint32(os.Getpagesize())
+		specs.Events.MaxEntries = uint32(os.Getpagesize())
 	}
 	if !cfg.Stack {
-		spec.Maps["stacks"].MaxEntries = 1
+		specs.Stacks.MaxEntries = 1
 	}
-	spec.Maps["agg"].MaxEntries = DefaultFlowMapSize
+	specs.Agg.MaxEntries = DefaultFlowMapSize
 	if cfg.FlowMapSize > 0 {
-		spec.Maps["agg"].MaxEntries = cfg.FlowMapSize
+		specs.Agg.MaxEntries = cfg.FlowMapSize
 	}
 	if cfg.Events {
 		// Event mode never counts in the aggregate maps: 2.8 MB saved.
-		spec.Maps["agg"].MaxEntries, spec.Maps["agg_place"].MaxEntries = 1, 1
+		specs.Agg.MaxEntries, specs.AggPlace.MaxEntries = 1, 1
 	}
 	t.coll, err = ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Cache: kernel.BTFCache()})
 	if err != nil {
 		return nil, fmt.Errorf("load drop tracer (%s): %w", t.Attach, err)
 	}
-	prog := t.coll.Programs[progName]
-	t.prog = prog
+	t.prog = t.coll.Programs[progName]
+	if err := errors.Join(t.coll.Assign(&t.maps), t.coll.Assign(&t.vars)); err != nil {
+		t.Close()
+		return nil, fmt.Errorf("load drop tracer (%s): %w", t.Attach, err)
+	}
 	if p.symbols != nil {
 		<-p.symbols.done
 	}
 	if err := t.Start(); err != nil {
-		t.coll.Close()
+		t.Close()
 		return nil, err
 	}
 	if cfg.Events {
-		if t.ring, err = ringbuf.NewReader(t.coll.Maps["events"]); err != nil {
+		if t.ring, err = ringbuf.NewReader(t.maps.Events); err != nil {
 			t.Close()
 			return nil, fmt.Errorf("open drop ring buffer: %w", err)
 		}
@@ -342,7 +360,7 @@ func (p *Prepared) Load(cfg Config) (*Tracer, error) {
 // names NETFILTER_DROP. The stack is walked once SetHookRange told the
 // program where nf_hook_slow is (from kallsyms, read after the tracer is
 // attached: reading it takes long).
-func (t *Tracer) setHook(spec *ebpf.CollectionSpec) error {
+func (t *Tracer) setHook(vars *dropsVariableSpecs) error {
 	if t.cfg.Events {
 		t.NoHooks = "event mode: the hook is found in aggregate mode (or read the stack with --stack)"
 		return nil
@@ -362,10 +380,11 @@ func (t *Tracer) setHook(spec *ebpf.CollectionSpec) error {
 		return nil
 	}
 	t.NoHooks = "kernel symbols not read yet"
-	for name, v := range map[string]any{"find_hook": uint8(1), "netfilter_drop": code} {
-		if err := spec.Variables[name].Set(v); err != nil {
-			return fmt.Errorf("set %s: %w", name, err)
-		}
+	if err := vars.FindHook.Set(uint8(1)); err != nil {
+		return fmt.Errorf("set %s: %w", dropsVarFindHook, err)
+	}
+	if err := vars.NetfilterDrop.Set(code); err != nil {
+		return fmt.Errorf("set %s: %w", dropsVarNetfilterDrop, err)
 	}
 	return nil
 }
@@ -390,18 +409,18 @@ func (t *Tracer) SetHookRange(syms *Symbols, symErr error) {
 		return
 	}
 	// The start first: a program that sees the end set sees a range.
-	if err := t.coll.Variables["hook_fn_start"].Set(start); err != nil {
+	if err := t.vars.HookFnStart.Set(start); err != nil {
 		t.NoHooks = "set the hook's range: " + err.Error()
 		return
 	}
-	if err := t.coll.Variables["hook_fn_end"].Set(end); err != nil {
+	if err := t.vars.HookFnEnd.Set(end); err != nil {
 		t.NoHooks = "set the hook's range: " + err.Error()
 		return
 	}
 	t.NoHooks = ""
 }
 
-func chooseAttach(force string, spec *ebpf.CollectionSpec) (string, error) {
+func chooseAttach(force string, vars *dropsVariableSpecs) (string, error) {
 	probes := []struct {
 		name  string
 		probe func() error
@@ -414,7 +433,7 @@ func chooseAttach(force string, spec *ebpf.CollectionSpec) (string, error) {
 		err := p.probe()
 		if err == nil {
 			if p.name == AttachTracepoint {
-				if err := setTracepointOffsets(spec); err != nil {
+				if err := setTracepointOffsets(vars); err != nil {
 					return "", err
 				}
 			}
@@ -435,7 +454,7 @@ var tpField = regexp.MustCompile(`field:[^;]*\b(skbaddr|location|reason);\s*offs
 
 // setTracepointOffsets reads where the classic tracepoint puts its fields:
 // the layout changed between kernels (rx_sk came in 6.11).
-func setTracepointOffsets(spec *ebpf.CollectionSpec) error {
+func setTracepointOffsets(vars *dropsVariableSpecs) error {
 	dir, err := kernel.TracefsDir()
 	if err != nil {
 		return err
@@ -452,22 +471,25 @@ func setTracepointOffsets(spec *ebpf.CollectionSpec) error {
 	if _, ok := off["skbaddr"]; !ok {
 		return fmt.Errorf("kfree_skb tracepoint format has no skbaddr field")
 	}
-	for v, name := range map[string]string{"tp_off_skb": "skbaddr", "tp_off_location": "location", "tp_off_reason": "reason"} {
-		if err := spec.Variables[v].Set(off[name]); err != nil {
-			return fmt.Errorf("set %s: %w", v, err)
+	for _, f := range []struct {
+		v    *ebpf.VariableSpec
+		name string
+	}{{vars.TpOffSkb, "skbaddr"}, {vars.TpOffLocation, "location"}, {vars.TpOffReason, "reason"}} {
+		if err := f.v.Set(off[f.name]); err != nil {
+			return fmt.Errorf("set %s: %w", f.v.Name, err)
 		}
 	}
 	return nil
 }
 
-func setFilters(spec *ebpf.CollectionSpec, cfg Config, reasons map[uint32]string) error {
+func setFilters(vars *dropsVariableSpecs, cfg Config, reasons map[uint32]string) error {
 	var addrs [MaxFilter]dropsAddr
 	for i, a := range cfg.Addrs {
 		addrs[i].B = a.As16() // IPv4 becomes IPv4-mapped, as the kernel side stores it
 	}
 	var ports [MaxFilter]uint16
 	copy(ports[:], cfg.Ports)
-	var ignore [4]uint64
+	var ignore [ignoreWords]uint64
 	byName := map[string]uint32{}
 	for v, n := range reasons {
 		byName[n] = v
@@ -485,15 +507,18 @@ func setFilters(spec *ebpf.CollectionSpec, cfg Config, reasons map[uint32]string
 	if cfg.Events {
 		sendEvents = 1
 	}
-	for name, v := range map[string]any{
-		"filter_netns": cfg.NetnsInode, "filter_proto": cfg.Proto,
-		"n_addrs": uint32(len(cfg.Addrs)), "filter_addrs": addrs,
-		"n_ports": uint32(len(cfg.Ports)), "filter_ports": ports,
-		"ignore_reasons": ignore, "any_ignored": boolByte(len(cfg.IgnoreReasons) > 0),
-		"send_events": sendEvents, "want_stack": boolByte(cfg.Stack),
+	for _, f := range []struct {
+		v   *ebpf.VariableSpec
+		val any
+	}{
+		{vars.FilterNetns, cfg.NetnsInode}, {vars.FilterProto, cfg.Proto},
+		{vars.N_addrs, uint32(len(cfg.Addrs))}, {vars.FilterAddrs, addrs},
+		{vars.N_ports, uint32(len(cfg.Ports))}, {vars.FilterPorts, ports},
+		{vars.IgnoreReasons, ignore}, {vars.AnyIgnored, boolByte(len(cfg.IgnoreReasons) > 0)},
+		{vars.SendEvents, sendEvents}, {vars.WantStack, boolByte(cfg.Stack)},
 	} {
-		if err := spec.Variables[name].Set(v); err != nil {
-			return fmt.Errorf("set %s: %w", name, err)
+		if err := f.v.Set(f.val); err != nil {
+			return fmt.Errorf("set %s: %w", f.v.Name, err)
 		}
 	}
 	return nil
@@ -556,6 +581,7 @@ func (t *Tracer) Close() error {
 	if t.ringFile != nil {
 		errs = append(errs, t.ringFile.Close())
 	}
+	errs = append(errs, t.maps.Close())
 	if t.coll != nil {
 		t.coll.Close()
 	}
@@ -580,9 +606,9 @@ func (t *Tracer) Counters() (Counters, error) {
 // aggs (the aggregates already read).
 func (t *Tracer) counters(aggs []Aggregate) (Counters, error) {
 	var c Counters
-	for idx, dst := range map[uint32]*uint64{0: &c.Matched, 1: &c.RingLost, 2: &c.AggLost} {
+	for idx, dst := range map[dropsCounter]*uint64{dropsCounterCOUNTER_MATCHED: &c.Matched, dropsCounterCOUNTER_RING_LOST: &c.RingLost, dropsCounterCOUNTER_AGG_LOST: &c.AggLost} {
 		var per []uint64
-		if err := t.coll.Maps["counters"].Lookup(idx, &per); err != nil {
+		if err := t.maps.Counters.Lookup(idx, &per); err != nil {
 			return c, fmt.Errorf("read drop counters: %w", err)
 		}
 		*dst = sumCPUs(per)
@@ -617,7 +643,7 @@ func (t *Tracer) Aggregates() ([]Aggregate, error) {
 	}
 	// Each CPU's last flow is counted apart until the next flow flushes it.
 	var last []dropsLastFlow
-	if err := t.coll.Maps["last_flow"].Lookup(uint32(0), &last); err != nil {
+	if err := t.maps.LastFlow.Lookup(uint32(0), &last); err != nil {
 		return nil, fmt.Errorf("read drop aggregates: %w", err)
 	}
 	for _, l := range last {
@@ -640,7 +666,7 @@ func (t *Tracer) Aggregates() ([]Aggregate, error) {
 	// The drops of flows the map had no room for, by place.
 	var pk dropsPlaceKey
 	var per []uint64
-	it := t.coll.Maps["agg_place"].Iterate()
+	it := t.maps.AggPlace.Iterate()
 	for it.Next(&pk, &per) {
 		out = append(out, Aggregate{Packet: Packet{Netns: pk.Netns, Reason: pk.Reason, Location: pk.Location, Caller: pk.Caller}, Count: sumCPUs(per), NotItemised: true})
 	}
@@ -669,7 +695,7 @@ func (t *Tracer) batchAggregates() ([]Aggregate, error) {
 	var out []Aggregate
 	var cursor ebpf.MapBatchCursor
 	for {
-		n, err := t.coll.Maps["agg"].BatchLookup(&cursor, keys, vals, nil)
+		n, err := t.maps.Agg.BatchLookup(&cursor, keys, vals, nil)
 		for i, k := range keys[:n] {
 			out = append(out, Aggregate{Packet: aggPacket(k), Count: sumCPUs(vals[i*ncpu : (i+1)*ncpu])})
 		}
@@ -688,7 +714,7 @@ func (t *Tracer) iterateAggregates() ([]Aggregate, error) {
 	var out []Aggregate
 	var k dropsAggKey
 	var per []uint64
-	it := t.coll.Maps["agg"].Iterate()
+	it := t.maps.Agg.Iterate()
 	for it.Next(&k, &per) {
 		out = append(out, Aggregate{Packet: aggPacket(k), Count: sumCPUs(per)})
 	}
@@ -714,7 +740,7 @@ func sumCPUs(per []uint64) uint64 {
 // pollRing registers (a duplicate of) the ring's map with Go's netpoller:
 // the kernel wakes it as it wakes the ring reader's epoll.
 func (t *Tracer) pollRing() error {
-	fd, err := unix.FcntlInt(uintptr(t.coll.Maps["events"].FD()), unix.F_DUPFD_CLOEXEC, 0)
+	fd, err := unix.FcntlInt(uintptr(t.maps.Events.FD()), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return err
 	}
@@ -828,8 +854,8 @@ func (t *Tracer) stack(id int32) []uint64 {
 	if id < 0 {
 		return nil
 	}
-	var frames [127]uint64
-	m := t.coll.Maps["stacks"]
+	var frames [stackFrames]uint64
+	m := t.maps.Stacks
 	if err := m.Lookup(uint32(id), &frames); err != nil {
 		return nil
 	}
