@@ -2,6 +2,7 @@ package checks
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -44,6 +45,10 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 		window += "; the window was cut short"
 	}
 	ev := []Evidence{{Fact: window, Source: "kfree_skb tracer"}}
+	for _, k := range slices.Sorted(maps.Keys(d.Attribution.Errors)) {
+		// A table attribution left unread: its drops stay unattributed.
+		ev = append(ev, Evidence{Fact: fmt.Sprintf("drops were not attributed through the %s table: %s", k, d.Attribution.Errors[k]), Source: "kfree_skb tracer"})
+	}
 	if w := s.Window; w != nil && w.ProbeDrops > 0 {
 		ev = append(ev, Evidence{Fact: fmt.Sprintf("%d drops of the window's own health probes (late packets of the connections they closed) are not the services' and are left out", w.ProbeDrops), Source: "kfree_skb tracer, health probe"})
 	}

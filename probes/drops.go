@@ -101,7 +101,11 @@ func StartDrops(ctx context.Context, ns netns.Target, sel Selector, s *Snapshot,
 	if len(addrs) == 0 {
 		return nil, errors.New("nothing to trace: no IPVS service and no --vip")
 	}
-	cfg := drops.Config{NetnsInode: uint32(ns.Inode), Addrs: addrs, Ports: ports}
+	cfg := drops.Config{NetnsInode: uint32(ns.Inode), Addrs: addrs, Ports: ports, NoIPVSTable: connTableUnread(s.IPVS, MaxConnTable)}
+	if n := s.Conntrack.Stats.Entries; n > MaxFlowsRead {
+		cfg.NoConntrackDump = fmt.Sprintf("not dumped: conntrack holds %d entries, over %d (a dump costs each one, and the attributor re-reads it as its bounded cache turns over); "+
+			"drops are attributed through the flows conntrack confirmed while the tracer ran", n, MaxFlowsRead)
+	}
 	wide := WideDropFilter(addrs, ports)
 	if wide {
 		// More than the kernel's filter takes (an LB of many services):

@@ -584,8 +584,9 @@ func healthTargets(s *probes.Snapshot, sel probes.Selector) []health.Target {
 		if svc.FWMark != 0 || !sel.Matches(svc.Addr, svc.Proto) {
 			continue
 		}
+		key := svc.Key()
 		for _, r := range svc.Reals {
-			ts = append(ts, health.Target{Service: svc.Key(), Proto: svc.Proto, Real: r.Addr})
+			ts = append(ts, health.Target{Service: key, Proto: svc.Proto, Real: r.Addr})
 		}
 	}
 	return ts

@@ -164,7 +164,7 @@ type Namer struct {
 func (t *Tracer) Namer(lb netns.Target) *Namer {
 	// Past the kernel's filter (Select) the selected flows are the whole
 	// tables of a big LB: read them only once something was dropped.
-	n := &Namer{tr: t, attr: newAttributor(lb, slices.Concat(t.cfg.Addrs, t.cfg.Select), t.cfg.Proto, len(t.cfg.Select) > 0), where: map[uint64]string{}}
+	n := &Namer{tr: t, attr: newAttributor(lb, slices.Concat(t.cfg.Addrs, t.cfg.Select), t.cfg.Proto, len(t.cfg.Select) > 0, t.cfg.NoIPVSTable, t.cfg.NoConntrackDump), where: map[uint64]string{}}
 	syms, err := t.loadSymbols() // without kallsyms a location stays an address
 	t.SetHookRange(syms, err)
 	switch {

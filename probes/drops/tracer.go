@@ -47,13 +47,23 @@ type Config struct {
 	// Select are addresses the caller selects drops by in user space, when
 	// there are more than the kernel's filter takes (MaxFilter): the
 	// attributor reads only the flows that touch them (or Addrs).
-	Select        []netip.Addr
-	Ports         []uint16 // … and its source or destination port is one of these
-	Proto         uint8    // … and its protocol is this
-	IgnoreReasons []string // reason names to leave out (e.g. NOT_SPECIFIED)
-	Events        bool     // send each drop to user space (else: aggregate only)
-	Stack         bool     // record the kernel stack of each event
-	Attach        string   // force an attach point; "" picks the best available
+	Select []netip.Addr
+	// NoIPVSTable, when set, says why the attributor never reads the IPVS
+	// connection table (one too big to read in a window: its /proc file
+	// costs the square of its size); drops are then attributed through
+	// conntrack alone, and the sample's attribution errors say why.
+	NoIPVSTable string
+	// NoConntrackDump, when set, says why the attributor never dumps
+	// conntrack (a table bigger than a window's reads): drops are then
+	// attributed to the flows conntrack confirms while the tracer runs
+	// (its events) alone, and the sample's attribution errors say why.
+	NoConntrackDump string
+	Ports           []uint16 // … and its source or destination port is one of these
+	Proto           uint8    // … and its protocol is this
+	IgnoreReasons   []string // reason names to leave out (e.g. NOT_SPECIFIED)
+	Events          bool     // send each drop to user space (else: aggregate only)
+	Stack           bool     // record the kernel stack of each event
+	Attach          string   // force an attach point; "" picks the best available
 	// FlowMapSize is how many (netns, reason, location, flow) keys the
 	// aggregate map holds (0: DefaultFlowMapSize). Drops of flows past it
 	// are still counted exactly by place, only not itemised per flow.
