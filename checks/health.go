@@ -281,9 +281,10 @@ func checkRealHealth(s *probes.Snapshot, sel probes.Selector) Finding {
 		if failing > len(failTitles) {
 			title += fmt.Sprintf(" (and %d more)", failing-len(failTitles))
 		}
+		sick := sickReals(s, sel)
 		return Finding{Status: Fail, Title: title,
 			Reason:   "IPVS keeps giving it a share of new connections (its weight is above 0): those clients get an RST, or no answer at all, until the real is fixed or taken out",
-			Evidence: ev, Fix: fix}
+			Evidence: ev, Fix: fix, explains: func(c drops.Counted) bool { return explainedByRealHealth(s, sel, sick, c) }}
 	case doubtful > 0:
 		return Finding{Status: Warn, Title: fmt.Sprintf("%s did not answer the probe cleanly", tally.Of(doubtful, "real server")),
 			Reason: "a connect with a short timeout got no answer, or failed on the LB itself: an overloaded real, a firewall on the way, or a rule on the LB; a health checker with a longer timeout may still see it up", Evidence: ev}
@@ -401,14 +402,4 @@ func explainedByRealHealth(s *probes.Snapshot, sel probes.Selector, sick map[net
 		}
 	}
 	return false
-}
-
-// sickList names the sick reals: "10.1.0.99 does not answer ARP".
-func sickList(sick map[netip.Addr]string) string {
-	var out []string
-	for a, k := range sick {
-		out = append(out, a.String()+" "+k)
-	}
-	slices.Sort(out)
-	return strings.Join(out, "; ")
 }

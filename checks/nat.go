@@ -93,7 +93,7 @@ func checkIPForward(s *probes.Snapshot, sel probes.Selector) Finding {
 			if f.Status == Fail {
 				// ip_error (IPv4) and ip6_forward (IPv6) drop what was not
 				// forwarded, counted as IP_INADDRERRORS.
-				f.Explains = []string{"IP_INADDRERRORS", "ip6_forward"}
+				f.explains = explainsReasons("IP_INADDRERRORS", "ip6_forward")
 			}
 			return f
 		}
@@ -390,9 +390,9 @@ func readable(s *probes.Snapshot, key string) (sysctl.Value, bool) {
 // sysctlFix sets a key now and, in the host's own namespace, across reboots
 // (sysctl.d does not apply to other namespaces: whatever creates them must).
 func sysctlFix(t netns.Target, key, value string) []string {
-	fix := []string{t.ExecPrefix() + "sysctl -w " + shellquote.Quote(key+"="+value)}
+	fix := []string{t.ExecPrefix() + sysctl.Command(key, value)}
 	if t.IsCurrent() {
-		fix = append(fix, "echo "+shellquote.Quote(key+" = "+value)+" >> /etc/sysctl.d/90-lbdoctor.conf  # keep it across reboots")
+		fix = append(fix, "echo "+shellquote.Quote(sysctl.Arg(key)+" = "+value)+" >> /etc/sysctl.d/90-lbdoctor.conf  # keep it across reboots")
 	}
 	return fix
 }
