@@ -577,3 +577,35 @@ func TestEvidenceIsCapped(t *testing.T) {
 		t.Errorf("Run(1,000 services, ip_forward=0) sysctl.ip_forward = %s with %d evidence lines ending %q, want fail with %d lines ending with a count of the rest", f.Status, len(f.Evidence), last, checks.MaxEvidence)
 	}
 }
+
+// What a bounded read left out is said where it is judged: flow states
+// counted over a dump that stopped early, drops not attributed through an
+// IPVS table too big to read.
+func TestBoundedReadsAreSaid(t *testing.T) {
+	tests := []struct {
+		name   string
+		id     string
+		change func(*probes.Snapshot)
+		want   string // in an evidence line
+	}{
+		{"conntrack dump stopped", "conntrack.flow_states", func(s *probes.Snapshot) {
+			s.Conntrack.Flows = []conntrack.Flow{{Proto: "tcp", State: "ESTABLISHED", Status: []string{"SEEN_REPLY", "ASSURED", "CONFIRMED"}}}
+			s.Conntrack.Partial = "the dump stopped after 10000 flows of the 100000 entries conntrack holds"
+		}, "1 flow(s): 1 assured, 0 with a reply that never completed, 0 with no reply (the dump stopped after 10000 flows of the 100000 entries conntrack holds)"},
+		{"IPVS table not read for attribution", "drops.vip_flows", func(s *probes.Snapshot) {
+			s.Drops = &drops.Sample{Window: time.Second, Attribution: drops.Attribution{Errors: map[string]string{"ipvs": "not read: IPVS holds 100000 connections"}}}
+		}, "drops were not attributed through the ipvs table: not read: IPVS holds 100000 connections"},
+	}
+	for _, tt := range tests {
+		snap := loadFixture(t, "seed-stage2")
+		tt.change(snap)
+		f := statusOf(checks.Run(snap, probes.Selector{}), tt.id)
+		var facts []string
+		for _, e := range f.Evidence {
+			facts = append(facts, e.Fact)
+		}
+		if !slices.Contains(facts, tt.want) {
+			t.Errorf("%s: %s evidence = %q, want a line %q", tt.name, tt.id, facts, tt.want)
+		}
+	}
+}

@@ -63,10 +63,8 @@ func checkVIPLocal(s *probes.Snapshot, sel probes.Selector) Finding {
 	for _, svc := range bad {
 		vip := svc.Addr.Addr()
 		f.Evidence = append(f.Evidence, Evidence{Fact: fmt.Sprintf("VIP %s of %s is no local address: no local route holds it", vip, svc.Key()), Source: src})
-		for _, d := range s.Net.Lookups {
-			if d.Dst == vip && !d.From.IsValid() && d.Iif == "" {
-				f.Evidence = append(f.Evidence, Evidence{Fact: "ip route get " + d.String() + ": the kernel would not deliver it to IPVS", Source: "route lookup, " + s.Target.String()})
-			}
+		if d, ok := s.Net.LookedUp(vip); ok {
+			f.Evidence = append(f.Evidence, Evidence{Fact: "ip route get " + d.String() + ": the kernel would not deliver it to IPVS", Source: "route lookup, " + s.Target.String()})
 		}
 		dev := addrDev(s, vip)
 		bits := 32
@@ -82,10 +80,12 @@ func checkVIPLocal(s *probes.Snapshot, sel probes.Selector) Finding {
 	f.Evidence = append(f.Evidence, Evidence{Fact: "addresses: " + linkAddrs(s), Source: "links, " + s.Target.String()})
 	f.Evidence = append(f.Evidence, ev...)
 	f.Status = Fail
+	var vips []netip.Addr
 	for _, svc := range bad {
-		// Packets to it were forwarded and died wherever: that is this.
-		f.Explains = append(f.Explains, "to "+svc.Addr.Addr().String())
+		vips = append(vips, svc.Addr.Addr())
 	}
+	// Packets to them were forwarded and died wherever: that is this.
+	f.explains = explainsTo(vips)
 	vip := bad[0].Addr.Addr()
 	f.Title = fmt.Sprintf("VIP %s is not a local address: IPVS never sees its packets", vip)
 	if len(bad) > 1 {
@@ -242,11 +242,11 @@ func checkRPFilter(s *probes.Snapshot, sel probes.Selector) Finding {
 	var judged []rpSource
 	for _, c := range sources {
 		r := rpSource{Source: c, why: map[string]string{}}
-		for i, d := range s.Net.Lookups {
-			switch {
-			case d.Dst == c.Src && !d.From.IsValid() && d.Iif == "":
-				r.back = &s.Net.Lookups[i]
-			case d.Dst == c.VIP && d.From == c.Src && d.Iif != "" && d.Error != "":
+		if d, ok := s.Net.LookedUp(c.Src); ok {
+			r.back = &d
+		}
+		for _, d := range s.Net.Lookups {
+			if d.Dst == c.VIP && d.From == c.Src && d.Iif != "" && d.Error != "" {
 				r.refused = append(r.refused, d.Iif)
 				r.why[d.Iif] = d.Error
 				if d.Errno != "" {
@@ -344,7 +344,7 @@ func checkRPFilter(s *probes.Snapshot, sel probes.Selector) Finding {
 // rpFail is the failure of the reverse-path filter on the clients of
 // srcs, fixed by loose filtering on devs.
 func rpFail(s *probes.Snapshot, title string, srcs []rpSource, devs []string, ev []Evidence) Finding {
-	f := Finding{Status: Fail, Explains: []string{"IP_RPFILTER"}, Title: title,
+	f := Finding{Status: Fail, explains: explainsReasons("IP_RPFILTER"), Title: title,
 		Reason: "strict reverse-path filtering (rp_filter=1) drops a packet whose source is not routed back out of the interface it came in on; " +
 			"the clients' packets never reach IPVS (IP_RPFILTER, IPReversePathFilter rises)"}
 	for _, r := range srcs {

@@ -241,6 +241,13 @@ func TestIPv4ForwardingPerInterface(t *testing.T) {
 		{"the clients' interface off only", func(s *probes.Snapshot) { setSysctl(s, "net.ipv4.conf.eth0.forwarding", "0") }, checks.Pass, "", checks.Remedy{}},
 		{"ip_forward off, the replies' interface on", func(s *probes.Snapshot) { setSysctl(s, "net.ipv4.ip_forward", "0") }, checks.Pass,
 			"the kernel asks the interface a packet came in on", checks.Remedy{}},
+		{"many reals: the line names 8 and counts the rest", func(s *probes.Snapshot) {
+			for i := 51; i < 61; i++ {
+				r := s.IPVS.Services[0].Reals[0]
+				r.Addr = netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 2, 0, byte(i)}), r.Addr.Port())
+				s.IPVS.Services[0].Reals = append(s.IPVS.Services[0].Reals, r)
+			}
+		}, checks.Pass, "(the replies of 10.2.0.50, 10.2.0.51, 10.2.0.52, 10.2.0.53, 10.2.0.54, 10.2.0.55, 10.2.0.56, 10.2.0.57 and 3 more reals arrive on eth1)", checks.Remedy{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -2,6 +2,7 @@ package checks
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -44,6 +45,13 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 		window += "; the window was cut short"
 	}
 	ev := []Evidence{{Fact: window, Source: "kfree_skb tracer"}}
+	for _, k := range slices.Sorted(maps.Keys(d.Attribution.Errors)) {
+		// A table attribution left unread: its drops stay unattributed.
+		ev = append(ev, Evidence{Fact: fmt.Sprintf("drops were not attributed through the %s table: %s", k, d.Attribution.Errors[k]), Source: "kfree_skb tracer"})
+	}
+	if w := s.Window; w != nil && w.ProbeDrops > 0 {
+		ev = append(ev, Evidence{Fact: fmt.Sprintf("%d drops of the window's own health probes (late packets of the connections they closed) are not the services' and are left out", w.ProbeDrops), Source: "kfree_skb tracer, health probe"})
+	}
 	if addrs, ports := probes.DropFilter(sel, s.IPVS.Services); probes.WideDropFilter(addrs, ports) {
 		ev = append(ev, Evidence{Fact: fmt.Sprintf("the selected services have %d addresses and %d ports, more than the kernel's drop filter takes (%d of each): "+
 			"every drop in %s was counted and the services' drops selected from them; drops not itemised by flow cannot be told apart and are not among them",
@@ -112,34 +120,10 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 			}
 		}
 	}
-	// Drops whose root cause another check names are shown here, and
-	// fail there: a filter rule or policy joined to them (firewall.filter),
-	// a real that does not answer ARP or that the LB has no route to
-	// (ipvs.real_health). All of them explained, this one only warns.
-	var byFilter, byHealth uint64
-	for _, r := range reasons {
-		if p := pointOf(s, r.First); p != nil && filterExplains(*p) {
-			byFilter += r.Count
-		}
-	}
-	sick := sickReals(s, sel)
-	for _, c := range d.Drops {
-		if explainedByRealHealth(s, sel, sick, c) {
-			byHealth += c.Count
-		}
-	}
-	if byHealth > 0 {
-		f.Evidence = append(f.Evidence, Evidence{Fact: fmt.Sprintf("%d of these %d drops are of packets to real servers that ipvs.real_health fails (%s)", byHealth, total, sickList(sick)), Source: "kfree_skb tracer, health probe"})
-	}
-	switch {
-	case byFilter >= total:
-		f.Status = Warn
-		f.Title = "the selected flows' drops are a packet filter's: firewall.filter names the rule or policy"
-	case byHealth >= total:
-		f.Status, f.Title = Warn, title+": every one explained by ipvs.real_health"
-	case byFilter+byHealth >= total:
-		f.Status, f.Title = Warn, title+": every one explained by firewall.filter or ipvs.real_health"
-	}
+	// Drops whose root cause another check names (a filter rule or policy
+	// joined to them: firewall.filter; a real that does not answer ARP or
+	// that the LB has no route to: ipvs.real_health; …) are shown here and
+	// fail there: explainDrops decides, once every finding is in.
 	// Every reason with a known fix gives it, biggest first: the fix of a
 	// smaller reason must not hide behind the biggest one's.
 	for i, r := range reasons {

@@ -51,10 +51,10 @@ type Finding struct {
 	// about names the services (ipvs.Service.Key) a finding is about,
 	// when it knows: their paths explain it. Empty: every selected one.
 	about []string
-	// Explains names the kernel drop reasons (or drop functions) whose
-	// cause this finding is, when it fails: drops.vip_flows then points
-	// at it instead of failing beside it (see explainDrops).
-	Explains []string `json:"-"`
+	// explains says whether this finding, when it fails, is the cause of
+	// a drop drops.vip_flows counted: drops.vip_flows then points at it
+	// instead of failing beside it (see explainDrops). nil: of none.
+	explains func(drops.Counted) bool
 }
 
 // Remedy is one change that fixes a finding.
@@ -183,41 +183,53 @@ func pathsOf(s *probes.Snapshot, services []string) []flowpath.Path {
 	return all
 }
 
-// explainDrops: a drop whose cause a failing finding names is that
-// finding's evidence. When every drop drops.vip_flows counted is explained
-// so, it warns, pointing at the root cause, instead of failing beside it:
-// one fault, one failing id.
+// explainDrops is the one place that decides which finding explains the
+// drops drops.vip_flows counted: a drop whose cause a failing finding
+// names (its explains) is that finding's evidence. When every drop is
+// explained so, drops.vip_flows warns, pointing at the root causes, instead
+// of failing beside them: one fault, one failing id. When some are, its
+// evidence says how many and by what.
 func explainDrops(s *probes.Snapshot, fs []Finding) {
 	i := slices.IndexFunc(fs, func(f Finding) bool { return f.ID == "drops.vip_flows" })
 	if i < 0 || fs[i].Status != Fail || s.Drops == nil {
 		return
 	}
 	var causes []string
+	var explained, total uint64
 	for _, c := range s.Drops.Drops {
-		j := slices.IndexFunc(fs, func(f Finding) bool {
-			return f.Status == Fail && slices.ContainsFunc(f.Explains, func(e string) bool { return explains(e, c) })
-		})
+		total += c.Count
+		j := slices.IndexFunc(fs, func(f Finding) bool { return f.Status == Fail && f.explains != nil && f.explains(c) })
 		if j < 0 {
-			return // a drop no finding explains: drops.vip_flows is its only word
+			continue // a drop no finding explains: drops.vip_flows is its only word
 		}
+		explained += c.Count
 		if !slices.Contains(causes, fs[j].ID) {
 			causes = append(causes, fs[j].ID)
 		}
 	}
 	d := &fs[i]
-	d.Status = Warn
-	d.Reason = "explained by " + strings.Join(causes, ", ") + ": " + d.Reason
-	d.Title += " — the cause: " + strings.Join(causes, ", ")
+	switch {
+	case explained == 0:
+	case explained < total:
+		d.Evidence = append(d.Evidence, Evidence{Fact: fmt.Sprintf("%d of these %d drops are explained by %s; no failing check explains the rest", explained, total, strings.Join(causes, ", ")), Source: "kfree_skb tracer, the findings"})
+	default:
+		d.Status = Warn
+		d.Reason = "explained by " + strings.Join(causes, ", ") + ": " + d.Reason
+		d.Title += " — the cause: " + strings.Join(causes, ", ")
+	}
 }
 
-// explains reports whether an entry of Finding.Explains covers a drop: a
-// reason (IP_RPFILTER), a drop function (ip6_forward), or "to ADDR" — any
-// drop of a packet to that address.
-func explains(e string, c drops.Counted) bool {
-	if to, ok := strings.CutPrefix(e, "to "); ok {
-		return c.Family != 0 && c.Dst.Addr().String() == to
+// explainsReasons explains the drops of these kernel drop reasons
+// (IP_RPFILTER) or drop functions (ip6_forward).
+func explainsReasons(names ...string) func(drops.Counted) bool {
+	return func(c drops.Counted) bool {
+		return slices.Contains(names, c.ReasonName) || slices.Contains(names, c.Function())
 	}
-	return e == c.ReasonName || e == c.Function()
+}
+
+// explainsTo explains any drop of a packet to one of these addresses.
+func explainsTo(addrs []netip.Addr) func(drops.Counted) bool {
+	return func(c drops.Counted) bool { return c.Family != 0 && slices.Contains(addrs, c.Dst.Addr()) }
 }
 
 // MaxEvidence caps a finding's evidence lines: on an LB of 1,000 services

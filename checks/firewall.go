@@ -8,6 +8,7 @@ import (
 
 	"github.com/lbdoctor/lbdoctor/internal/shellquote"
 	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
@@ -147,7 +148,11 @@ func checkFirewall(s *probes.Snapshot, sel probes.Selector) Finding {
 		}
 		return f
 	}
-	f := Finding{Status: Fail}
+	// The drops joined to a rule or policy are this finding's.
+	f := Finding{Status: Fail, explains: func(c drops.Counted) bool {
+		p := pointOf(s, c)
+		return p != nil && filterExplains(*p)
+	}}
 	var titles []string
 	for _, h := range hits {
 		f.Evidence = append(f.Evidence, Evidence{Fact: hitLine(s, h), Source: hitSource(s, h)})

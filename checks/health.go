@@ -107,40 +107,75 @@ func probeOf(m map[string]health.Result, svc ipvs.Service, r ipvs.Real) (health.
 // delta and the states of its IPVS connections at the window's end.
 type realWindow struct {
 	delta    *probes.RealDelta
-	states   map[string]int
 	synRecv  int
 	statesOf string // "3 SYN_RECV, 1 CLOSE"
+	// counters is set when the connection table was not read: synRecv and
+	// statesOf then come from IPVS's own per-real counters.
+	counters string
 }
 
-func windowOf(s *probes.Snapshot, svc ipvs.Service, r ipvs.Real) realWindow {
-	var w realWindow
+// connKey is one service's connections to one real.
+type connKey struct {
+	proto     string
+	vip, dest netip.AddrPort
+}
+
+// windowIndex is the window's evidence by service and real, indexed once
+// per check: an LB of 1,000 services × 10 reals is not searched again for
+// each real (that was 10,000 × 1,000 service keys formatted).
+type windowIndex struct {
+	s      *probes.Snapshot
+	deltas map[string]*probes.ServiceDelta // by ipvs.Service.Key
+	conns  map[connKey][]ipvs.ConnCount    // ordered by state
+	// unread is why the connection table was not read ("" when it was).
+	unread string
+}
+
+func indexWindow(s *probes.Snapshot) *windowIndex {
+	ix := &windowIndex{s: s, deltas: map[string]*probes.ServiceDelta{}, conns: map[connKey][]ipvs.ConnCount{}, unread: s.Errors[probes.ProbeIPVSConns]}
 	if s.Window != nil {
 		for i := range s.Window.Deltas.IPVS {
-			sd := &s.Window.Deltas.IPVS[i]
-			if sd.Service != svc.Key() {
-				continue
-			}
-			for j := range sd.Reals {
-				if sd.Reals[j].Real == r.Addr.String() {
-					w.delta = &sd.Reals[j]
-				}
+			ix.deltas[s.Window.Deltas.IPVS[i].Service] = &s.Window.Deltas.IPVS[i]
+		}
+	}
+	for _, c := range s.IPVS.ConnCounts {
+		k := connKey{c.Proto, c.VIP, c.Dest}
+		ix.conns[k] = append(ix.conns[k], c)
+	}
+	return ix
+}
+
+// of is the window's evidence of one real: the counts of every connection
+// the table held (ConnCounts), not only the listed ones; with the table
+// unread, IPVS's own counters of the real (ActiveConn, InActConn).
+func (ix *windowIndex) of(svc ipvs.Service, r ipvs.Real) realWindow {
+	var w realWindow
+	if sd := ix.deltas[svc.Key()]; sd != nil {
+		for j := range sd.Reals {
+			if sd.Reals[j].Real == r.Addr.String() {
+				w.delta = &sd.Reals[j]
 			}
 		}
 	}
-	w.states = map[string]int{}
-	var order []string
-	for _, c := range s.IPVS.Conns {
-		if c.Proto == svc.Proto && c.VIP == svc.Addr && c.Dest == r.Addr {
-			if w.states[c.State] == 0 {
-				order = append(order, c.State)
-			}
-			w.states[c.State]++
+	if ix.unread != "" {
+		w.counters = ix.unread
+		if r.ActiveConns == 0 {
+			// TCP: every connection not ESTABLISHED is inactive (SYN_RECV
+			// among them); none established is what a stuck handshake
+			// leaves.
+			w.synRecv = r.InactiveConns
 		}
+		if r.ActiveConns+r.InactiveConns > 0 {
+			w.statesOf = fmt.Sprintf("%d active, %d inactive", r.ActiveConns, r.InactiveConns)
+		}
+		return w
 	}
-	w.synRecv = w.states["SYN_RECV"]
 	var parts []string
-	for _, st := range order {
-		parts = append(parts, fmt.Sprintf("%d %s", w.states[st], st))
+	for _, c := range ix.conns[connKey{svc.Proto, svc.Addr, r.Addr}] {
+		if c.State == "SYN_RECV" {
+			w.synRecv = c.Count
+		}
+		parts = append(parts, fmt.Sprintf("%d %s", c.Count, c.State))
 	}
 	w.statesOf = strings.Join(parts, ", ")
 	return w
@@ -155,8 +190,8 @@ func (w realWindow) facts(s *probes.Snapshot, svc ipvs.Service, r ipvs.Real) []E
 	}
 	if w.statesOf != "" {
 		src := "ip_vs_conn, " + s.Target.String()
-		if s.IPVS.ConnsOmitted > 0 {
-			src += fmt.Sprintf(", of the %d connections listed", len(s.IPVS.Conns))
+		if w.counters != "" {
+			src = "IPVS counters of the real (ActiveConn, InActConn; the connection table was not read: " + w.counters + "), " + s.Target.String()
 		}
 		ev = append(ev, Evidence{Fact: fmt.Sprintf("IPVS connections of %s to %s: %s", svc.Key(), r.Addr, w.statesOf), Source: src})
 	}
@@ -180,6 +215,7 @@ func checkRealHealth(s *probes.Snapshot, sel probes.Selector) Finding {
 		return skip(why)
 	}
 	probesBy := probeResults(s)
+	ix := indexWindow(s)
 	src := "health probe from " + s.Target.String()
 	var ev, warnEv []Evidence
 	var fix []string
@@ -218,13 +254,13 @@ func checkRealHealth(s *probes.Snapshot, sel probes.Selector) Finding {
 				}
 				failTitles = append(failTitles, fmt.Sprintf("real %s of %s %s", r.Addr, svc.Key(), kind))
 				ev = append(ev, Evidence{Fact: fmt.Sprintf("real %s of %s %s: %s", r.Addr, svc.Key(), kind, fact), Source: src})
-				ev = append(ev, windowOf(s, svc, r).facts(s, svc, r)...)
+				ev = append(ev, ix.of(svc, r).facts(s, svc, r)...)
 				fix = append(fix, realFix(s, svc, r, kind)...)
 			default:
 				doubtful++
 				if doubtful <= maxRealsNamed {
 					warnEv = append(warnEv, Evidence{Fact: fmt.Sprintf("real %s of %s %s: %s", r.Addr, svc.Key(), kind, fact), Source: src})
-					warnEv = append(warnEv, windowOf(s, svc, r).facts(s, svc, r)...)
+					warnEv = append(warnEv, ix.of(svc, r).facts(s, svc, r)...)
 				}
 			}
 		}
@@ -245,9 +281,10 @@ func checkRealHealth(s *probes.Snapshot, sel probes.Selector) Finding {
 		if failing > len(failTitles) {
 			title += fmt.Sprintf(" (and %d more)", failing-len(failTitles))
 		}
+		sick := sickReals(s, sel)
 		return Finding{Status: Fail, Title: title,
 			Reason:   "IPVS keeps giving it a share of new connections (its weight is above 0): those clients get an RST, or no answer at all, until the real is fixed or taken out",
-			Evidence: ev, Fix: fix}
+			Evidence: ev, Fix: fix, explains: func(c drops.Counted) bool { return explainedByRealHealth(s, sel, sick, c) }}
 	case doubtful > 0:
 		return Finding{Status: Warn, Title: fmt.Sprintf("%s did not answer the probe cleanly", tally.Of(doubtful, "real server")),
 			Reason: "a connect with a short timeout got no answer, or failed on the LB itself: an overloaded real, a firewall on the way, or a rule on the LB; a health checker with a longer timeout may still see it up", Evidence: ev}
@@ -365,14 +402,4 @@ func explainedByRealHealth(s *probes.Snapshot, sel probes.Selector, sick map[net
 		}
 	}
 	return false
-}
-
-// sickList names the sick reals: "10.1.0.99 does not answer ARP".
-func sickList(sick map[netip.Addr]string) string {
-	var out []string
-	for a, k := range sick {
-		out = append(out, a.String()+" "+k)
-	}
-	slices.Sort(out)
-	return strings.Join(out, "; ")
 }

@@ -99,6 +99,20 @@ func TestRealHealth(t *testing.T) {
 		{name: "one of two refuses", snap: func() *probes.Snapshot {
 			return twoArm([]ipvs.Real{real("10.2.0.50:8085", 1), real("10.2.0.50:8086", 1)}, []health.Result{answers, refuses})
 		}, want: checks.Fail, wantTitle: "real 10.2.0.50:8086 of TCP 10.1.0.6:8085 refuses connections", wantFix0: ipvsadmD + "10.2.0.50:8086", wantFact: "nothing listens on port 8086"},
+		{name: "refuses, its connections by state", snap: func() *probes.Snapshot {
+			s := twoArm([]ipvs.Real{real("10.2.0.50:8085", 1), real("10.2.0.50:8086", 1)}, []health.Result{answers, refuses})
+			for i, st := range []string{"CLOSE", "SYN_RECV", "CLOSE"} {
+				s.IPVS.Conns = append(s.IPVS.Conns, ipvs.Conn{Proto: "tcp", Client: netip.AddrPortFrom(ad("10.1.0.3"), uint16(40000+i)), VIP: ap("10.1.0.6:8085"), Dest: ap("10.2.0.50:8086"), State: st})
+			}
+			s.IPVS.ConnCounts = ipvs.CountConns(s.IPVS.Conns)
+			return s
+		}, want: checks.Fail, wantTitle: "real 10.2.0.50:8086 of TCP 10.1.0.6:8085 refuses connections", wantFix0: ipvsadmD + "10.2.0.50:8086", wantFact: "IPVS connections of TCP 10.1.0.6:8085 to 10.2.0.50:8086: 2 CLOSE, 1 SYN_RECV"},
+		{name: "refuses, the connection table not read", snap: func() *probes.Snapshot {
+			s := twoArm([]ipvs.Real{real("10.2.0.50:8085", 1), real("10.2.0.50:8086", 1)}, []health.Result{answers, refuses})
+			s.Errors[probes.ProbeIPVSConns] = "not read: IPVS holds 200000 connections"
+			s.IPVS.Services[0].Reals[1].InactiveConns = 3
+			return s
+		}, want: checks.Fail, wantTitle: "real 10.2.0.50:8086 of TCP 10.1.0.6:8085 refuses connections", wantFix0: ipvsadmD + "10.2.0.50:8086", wantFact: "IPVS connections of TCP 10.1.0.6:8085 to 10.2.0.50:8086: 0 active, 3 inactive"},
 		{name: "no ARP answer", snap: func() *probes.Snapshot {
 			return twoArm([]ipvs.Real{real("10.2.0.50:8085", 1), real("10.2.0.99:8085", 1)}, []health.Result{answers, noARP})
 		}, want: checks.Fail, wantTitle: "real 10.2.0.99:8085 of TCP 10.1.0.6:8085 does not answer ARP", wantFix0: ipvsadmD + "10.2.0.99:8085", wantFact: "neighbour 10.2.0.99 on eth1 is INCOMPLETE"},
@@ -164,6 +178,21 @@ func stuck(s *probes.Snapshot, r string) *probes.Snapshot {
 	for i := 0; i < 4; i++ {
 		s.IPVS.Conns = append(s.IPVS.Conns, ipvs.Conn{Proto: "tcp", Client: netip.AddrPortFrom(ad("10.1.0.3"), uint16(40000+i)), VIP: ap("10.1.0.6:8085"), Dest: ap(r), State: "SYN_RECV"})
 	}
+	s.IPVS.ConnCounts = ipvs.CountConns(s.IPVS.Conns) // as probes.Gather tallies them
+	return s
+}
+
+// stuckUnread is stuck on an LB whose connection table was too big to
+// read: IPVS's per-real counters say 4 inactive, none active.
+func stuckUnread(s *probes.Snapshot, r string) *probes.Snapshot {
+	s = stuck(s, r)
+	s.IPVS.Conns, s.IPVS.ConnCounts = nil, nil
+	s.Errors[probes.ProbeIPVSConns] = "not read: IPVS holds 200000 connections"
+	for i := range s.IPVS.Services[0].Reals {
+		if x := &s.IPVS.Services[0].Reals[i]; x.Addr == ap(r) {
+			x.ActiveConns, x.InactiveConns = 0, 4
+		}
+	}
 	return s
 }
 
@@ -186,6 +215,15 @@ func TestReturnPathWindow(t *testing.T) {
 			return stuck(twoArm(one, []health.Result{answers}), "10.2.0.50:8085")
 		}, want: checks.Fail, wantTitle: "replies of TCP 10.1.0.6:8085 from real 10.2.0.50:8085 do not come back through the LB",
 			wantFix: "ip route replace default via 10.2.0.1", wantFact: "4 of its IPVS connections are in SYN_RECV"},
+		{name: "connection table not read: IPVS's counters", snap: func() *probes.Snapshot {
+			return stuckUnread(twoArm(one, []health.Result{answers}), "10.2.0.50:8085")
+		}, want: checks.Fail, wantTitle: "replies of TCP 10.1.0.6:8085 from real 10.2.0.50:8085 do not come back through the LB",
+			wantFix: "ip route replace default via 10.2.0.1", wantFact: "none of its IPVS connections is established (4 inactive"},
+		{name: "connection table not read, a connection established", snap: func() *probes.Snapshot {
+			s := stuckUnread(twoArm(one, []health.Result{answers}), "10.2.0.50:8085")
+			s.IPVS.Services[0].Reals[0].ActiveConns = 1
+			return s
+		}, want: checks.Pass},
 		{name: "no probe, the neighbour answered", snap: func() *probes.Snapshot {
 			s := stuck(twoArm(one, nil), "10.2.0.50:8085")
 			s.Net.Neighbours = []netstate.Neighbour{{IP: ad("10.2.0.50"), Dev: "eth1", State: "REACHABLE"}}

@@ -194,7 +194,11 @@ func checkFlowStates(s *probes.Snapshot, _ probes.Selector) Finding {
 		}
 	}
 	src := "conntrack, " + s.Target.String()
-	ev := []Evidence{{Fact: fmt.Sprintf("%d flow(s): %d assured, %d with a reply that never completed, %d with no reply", total, done, stuckReply, noReply), Source: src}}
+	counted := fmt.Sprintf("%d flow(s): %d assured, %d with a reply that never completed, %d with no reply", total, done, stuckReply, noReply)
+	if s.Conntrack.Partial != "" {
+		counted += " (" + s.Conntrack.Partial + ")"
+	}
+	ev := []Evidence{{Fact: counted, Source: src}}
 	switch {
 	case stuckReply > 0:
 		if exReply != "" {

@@ -9,6 +9,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/proto"
 	"github.com/lbdoctor/lbdoctor/internal/shellquote"
+	"github.com/lbdoctor/lbdoctor/internal/tally"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
@@ -92,7 +93,7 @@ func checkIPForward(s *probes.Snapshot, sel probes.Selector) Finding {
 			if f.Status == Fail {
 				// ip_error (IPv4) and ip6_forward (IPv6) drop what was not
 				// forwarded, counted as IP_INADDRERRORS.
-				f.Explains = []string{"IP_INADDRERRORS", "ip6_forward"}
+				f.explains = explainsReasons("IP_INADDRERRORS", "ip6_forward")
 			}
 			return f
 		}
@@ -107,6 +108,19 @@ func checkIPForward(s *probes.Snapshot, sel probes.Selector) Finding {
 type replyDev struct {
 	dev   string
 	reals []string
+	seen  map[string]bool // reals listed
+}
+
+// maxRealsListed caps the reals a line names; the rest are counted.
+const maxRealsListed = 8
+
+// realsOf names the reals of d for a line: the first maxRealsListed, and
+// how many more (10,000 reals on one line would be no evidence).
+func (d replyDev) realsOf() string {
+	if len(d.reals) <= maxRealsListed {
+		return strings.Join(d.reals, ", ")
+	}
+	return strings.Join(d.reals[:maxRealsListed], ", ") + fmt.Sprintf(" and %s", tally.Of(len(d.reals)-maxRealsListed, "more real"))
 }
 
 // replyDevs lists, in order, the interfaces the replies of the IPv4
@@ -125,10 +139,11 @@ func replyDevs(s *probes.Snapshot, svcs []ipvs.Service) []replyDev {
 			i := slices.IndexFunc(out, func(d replyDev) bool { return d.dev == dev })
 			if i < 0 {
 				i = len(out)
-				out = append(out, replyDev{dev: dev})
+				out = append(out, replyDev{dev: dev, seen: map[string]bool{}})
 			}
-			if !slices.Contains(out[i].reals, r.String()) {
-				out[i].reals = append(out[i].reals, r.String())
+			if a := r.String(); !out[i].seen[a] {
+				out[i].seen[a] = true
+				out[i].reals = append(out[i].reals, a)
 			}
 		}
 	}
@@ -157,7 +172,7 @@ func ipv4Forwarding(s *probes.Snapshot, req requirement, svcs []ipvs.Service, ne
 			known = false
 			continue
 		}
-		ev = append(ev, Evidence{Fact: fmt.Sprintf("%s = %s (the replies of %s arrive on %s)", key, v.Value, strings.Join(d.reals, ", "), d.dev), Source: src})
+		ev = append(ev, Evidence{Fact: fmt.Sprintf("%s = %s (the replies of %s arrive on %s)", key, v.Value, d.realsOf(), d.dev), Source: src})
 		if v.Value == "0" {
 			off = append(off, d)
 		}
@@ -170,7 +185,7 @@ func ipv4Forwarding(s *probes.Snapshot, req requirement, svcs []ipvs.Service, ne
 	case len(off) > 0:
 		f := Finding{Status: Fail,
 			Title:    fmt.Sprintf("forwarding is off on %s, where the real servers' replies arrive", off[0].dev),
-			Reason:   fmt.Sprintf("IPv4 forwards a packet when the interface it came in on forwards: with net.ipv4.conf.%s.forwarding=0 the replies of %s are not forwarded to the clients (reason IP_INADDRERRORS, IpInAddrErrors rises), whatever net.ipv4.ip_forward says", off[0].dev, strings.Join(off[0].reals, ", ")),
+			Reason:   fmt.Sprintf("IPv4 forwards a packet when the interface it came in on forwards: with net.ipv4.conf.%s.forwarding=0 the replies of %s are not forwarded to the clients (reason IP_INADDRERRORS, IpInAddrErrors rises), whatever net.ipv4.ip_forward says", off[0].dev, off[0].realsOf()),
 			Evidence: ev}
 		for _, d := range off {
 			key := "net.ipv4.conf." + d.dev + ".forwarding"
@@ -375,9 +390,9 @@ func readable(s *probes.Snapshot, key string) (sysctl.Value, bool) {
 // sysctlFix sets a key now and, in the host's own namespace, across reboots
 // (sysctl.d does not apply to other namespaces: whatever creates them must).
 func sysctlFix(t netns.Target, key, value string) []string {
-	fix := []string{t.ExecPrefix() + "sysctl -w " + shellquote.Quote(key+"="+value)}
+	fix := []string{t.ExecPrefix() + sysctl.Command(key, value)}
 	if t.IsCurrent() {
-		fix = append(fix, "echo "+shellquote.Quote(key+" = "+value)+" >> /etc/sysctl.d/90-lbdoctor.conf  # keep it across reboots")
+		fix = append(fix, "echo "+shellquote.Quote(sysctl.Arg(key)+" = "+value)+" >> /etc/sysctl.d/90-lbdoctor.conf  # keep it across reboots")
 	}
 	return fix
 }

@@ -91,6 +91,7 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 	}
 	var ev []Evidence
 	var warn *Finding
+	ix, probesBy := indexWindow(s), probeResults(s)
 	for _, svc := range masq {
 		rp := DecideReturnPath(s, svc.Addr.Addr(), addrsOf(svc))
 		ev = append(ev, rp.Evidence...)
@@ -117,7 +118,7 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 			}
 			ev = append(ev, Evidence{Fact: "a source-NAT rule covers " + svc.Key(), Source: "rules, " + s.Target.String()})
 		}
-		f, wev := returnPathWindow(s, svc, rp, snat)
+		f, wev := returnPathWindow(s, ix, probesBy, svc, rp, snat)
 		ev = append(ev, wev...)
 		switch {
 		case f == nil:
@@ -148,22 +149,26 @@ var answeringStates = []string{"REACHABLE", "STALE", "DELAY", "PROBE", "PERMANEN
 // off, a drop the tracer saw, a reply conntrack saw), SNAT that needs
 // vs.conntrack. Without the drop tracer it only warns: replies dying at the
 // LB could not be told apart.
-func returnPathWindow(s *probes.Snapshot, svc ipvs.Service, rp ReturnPath, snat []rules.Rule) (*Finding, []Evidence) {
+func returnPathWindow(s *probes.Snapshot, ix *windowIndex, probesBy map[string]health.Result, svc ipvs.Service, rp ReturnPath, snat []rules.Rule) (*Finding, []Evidence) {
 	if s.Window == nil || svc.Proto != "tcp" {
 		// UDP: a service may never answer (syslog, statsd); no packet
 		// out proves nothing.
 		return nil, nil
 	}
 	src := s.Target.String()
-	probesBy := probeResults(s)
 	var ev []Evidence
 	for _, r := range svc.Reals {
-		w := windowOf(s, svc, r)
+		w := ix.of(svc, r)
 		if w.delta == nil || w.delta.PacketsIn < 2 || w.delta.PacketsOut > 0 || w.synRecv == 0 {
 			continue
 		}
 		stuck := fmt.Sprintf("in the window IPVS sent %s %d packet(s) of %s and got none back; %d of its IPVS connections are in SYN_RECV", r.Addr, w.delta.PacketsIn, svc.Key(), w.synRecv)
-		ev = append(ev, Evidence{Fact: stuck, Source: "IPVS stats and ip_vs_conn, " + src})
+		from := "IPVS stats and ip_vs_conn, "
+		if w.counters != "" {
+			stuck = fmt.Sprintf("in the window IPVS sent %s %d packet(s) of %s and got none back; none of its IPVS connections is established (%d inactive: SYN_RECV among them)", r.Addr, w.delta.PacketsIn, svc.Key(), w.synRecv)
+			from = "IPVS stats and counters (the connection table was not read: " + w.counters + "), "
+		}
+		ev = append(ev, Evidence{Fact: stuck, Source: from + src})
 		// Does the LB itself reach the real?
 		p, probed := probeOf(probesBy, svc, r)
 		var reaches string

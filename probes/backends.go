@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/lbdoctor/lbdoctor/probes/rules"
@@ -14,8 +15,40 @@ import (
 // ADDR[:PORT]` ([ADDR]:PORT for IPv6).
 var dnatTo = regexp.MustCompile(`(?:dnat(?: ip6?)? to|--to-destination) (\[[0-9a-fA-F:.]+\](?::\d+)?|[0-9.]+(?::\d+)?|[0-9a-fA-F:]+)`)
 
+// dport is the destination ports a rule matches: nft's `dport 80` or
+// `dport { 80, 443 }`, iptables' `--dport 80` or multiport's `--dports
+// 80,443`. Ranges are not parsed (the rule is then taken as any port's).
+var dport = regexp.MustCompile(`(?:\bdport|--dports?) (\{[^}]*\}|[0-9,]+)(?:\s|$)`)
+
+// ruleProto is the protocol a rule matches: nft's `tcp dport`, `udp
+// sport`, `meta l4proto tcp`, iptables' `-p tcp`.
+var ruleProto = regexp.MustCompile(`(?:^|\s)(?:-p |meta l4proto )?(tcp|udp)(?:\s|$)`)
+
+// servesProto says whether a rule's protocol match, if it has one, is
+// proto ("" any): a DNAT of the VIP's TCP is no backend of its UDP.
+func servesProto(spec, proto string) bool {
+	m := ruleProto.FindStringSubmatch(spec)
+	return m == nil || proto == "" || strings.EqualFold(m[1], proto)
+}
+
+// servesPort says whether a rule's destination port match, if it has one,
+// holds port: a DNAT of the VIP's port 53 is not a backend of its port 80.
+func servesPort(spec string, port uint16) bool {
+	m := dport.FindStringSubmatch(spec)
+	if m == nil {
+		return true
+	}
+	for _, p := range strings.FieldsFunc(strings.Trim(m[1], "{}"), func(c rune) bool { return c == ',' || c == ' ' }) {
+		if p == strconv.Itoa(int(port)) {
+			return true
+		}
+	}
+	return false
+}
+
 // RuleBackends are the destinations of the DNAT rules that name the
-// selected VIP's address: the backends of a VIP that IPVS does not serve,
+// selected VIP's address and, when they match a destination port or a
+// protocol, its port and protocol: the backends of a VIP that IPVS does not serve,
 // known from the rules before any flow shows them in conntrack. A rule
 // without a port keeps the VIP's. Ranges and maps are not followed.
 func RuleBackends(rs []rules.Rule, sel Selector) []netip.AddrPort {
@@ -26,7 +59,7 @@ func RuleBackends(rs []rules.Rule, sel Selector) []netip.AddrPort {
 			continue
 		}
 		m := dnatTo.FindStringSubmatch(r.Spec)
-		if m == nil {
+		if m == nil || !servesPort(r.Spec, sel.VIP.Port()) || !servesProto(r.Spec, sel.Proto) {
 			continue
 		}
 		b, err := netip.ParseAddrPort(m[1])

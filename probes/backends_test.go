@@ -20,6 +20,29 @@ func TestRuleBackends(t *testing.T) {
 		{"iptables DNAT", rules.Rule{Target: "DNAT", Spec: "-A PREROUTING -d 10.1.0.6/32 -p tcp -m tcp --dport 8085 -j DNAT --to-destination 10.1.0.51:80"}, []netip.AddrPort{netip.MustParseAddrPort("10.1.0.51:80")}},
 		{"another VIP's rule", rules.Rule{Target: "DNAT", Spec: "ip daddr 10.1.0.66 tcp dport 8085 dnat to 10.1.0.50:8080"}, nil},
 		{"not a DNAT", rules.Rule{Target: "ACCEPT", Spec: "ip daddr 10.1.0.6 accept"}, nil},
+		{"nft dnat of another port of the VIP", rules.Rule{Target: "DNAT", Spec: "ip daddr 10.1.0.6 udp dport 53 counter packets 0 bytes 0 dnat ip to 10.1.0.50:5353"}, nil},
+		{"iptables DNAT of another port of the VIP", rules.Rule{Target: "DNAT", Spec: "-A PREROUTING -d 10.1.0.6/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.1.0.51:80"}, nil},
+		{"nft dnat of a port set holding the VIP's", rules.Rule{Target: "DNAT", Spec: "ip daddr 10.1.0.6 tcp dport { 80, 8085 } dnat ip to 10.1.0.50"}, []netip.AddrPort{netip.MustParseAddrPort("10.1.0.50:8085")}},
+		{"nft dnat of a port set without the VIP's", rules.Rule{Target: "DNAT", Spec: "ip daddr 10.1.0.6 tcp dport { 80, 443 } dnat ip to 10.1.0.50"}, nil},
+		{"iptables multiport DNAT holding the VIP's port", rules.Rule{Target: "DNAT", Spec: "-A PREROUTING -d 10.1.0.6/32 -p tcp -m multiport --dports 80,8085 -j DNAT --to-destination 10.1.0.51"}, []netip.AddrPort{netip.MustParseAddrPort("10.1.0.51:8085")}},
+		{"nft dnat of every port of the VIP", rules.Rule{Target: "DNAT", Spec: "ip daddr 10.1.0.6 dnat ip to 10.1.0.50"}, []netip.AddrPort{netip.MustParseAddrPort("10.1.0.50:8085")}},
+	}
+	udp := Selector{VIP: sel.VIP, Proto: "udp"}
+	for _, tt := range []struct {
+		name string
+		rule rules.Rule
+		want []netip.AddrPort
+	}{
+		{"nft dnat of TCP, the VIP's UDP asked", rules.Rule{Target: "DNAT", Spec: "ip daddr 10.1.0.6 tcp dport 8085 dnat ip to 10.1.0.50:8080"}, nil},
+		{"iptables DNAT of TCP, the VIP's UDP asked", rules.Rule{Target: "DNAT", Spec: "-A PREROUTING -d 10.1.0.6/32 -p tcp -m tcp --dport 8085 -j DNAT --to-destination 10.1.0.51:80"}, nil},
+		{"nft dnat of UDP, the VIP's UDP asked", rules.Rule{Target: "DNAT", Spec: "ip daddr 10.1.0.6 udp dport 8085 dnat ip to 10.1.0.50:53"}, []netip.AddrPort{netip.MustParseAddrPort("10.1.0.50:53")}},
+		{"nft dnat of any protocol, the VIP's UDP asked", rules.Rule{Target: "DNAT", Spec: "ip daddr 10.1.0.6 dnat ip to 10.1.0.50"}, []netip.AddrPort{netip.MustParseAddrPort("10.1.0.50:8085")}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := RuleBackends([]rules.Rule{tt.rule}, udp); !slices.Equal(got, tt.want) {
+				t.Errorf("RuleBackends(%q, udp) = %v, want %v", tt.rule.Spec, got, tt.want)
+			}
+		})
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

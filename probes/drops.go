@@ -2,6 +2,7 @@ package probes
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -66,10 +67,23 @@ func AddBackends(sel Selector, addrs []netip.Addr, ports []uint16, backends []ne
 	return addrs, ports
 }
 
-// WatchDrops traces the drops of the selected services' flows in ns until
-// the deadline (aggregate mode: counted in the kernel) and puts them, named and
-// attributed, in s.Drops. A tracer that cannot load is recorded in s.Errors.
-func WatchDrops(ctx context.Context, ns netns.Target, sel Selector, s *Snapshot, until time.Time, h drops.Hooks) {
+// DropTrace is the drop tracer of a window, attached, for the selected
+// services' flows.
+type DropTrace struct {
+	tr    *drops.Tracer
+	addrs []netip.Addr // the services' addresses and ports, selected
+	ports []uint16     // from the kernel's count when wide
+	wide  bool
+}
+
+// StartDrops loads the drop tracer that prepare gives (it may wait for a
+// preparation under way; it is not called when there is nothing to trace)
+// with the filter of the selected services' flows in s (the window's first
+// read: its services and reals, and the backends conntrack learned for a
+// VIP IPVS does not serve) and attaches it. The error says why nothing is
+// traced (nothing to trace, a tracer that could not load, ctx ended first),
+// for s.Errors[ProbeDrops].
+func StartDrops(ctx context.Context, ns netns.Target, sel Selector, s *Snapshot, prepare func(context.Context) (*drops.Prepared, error)) (*DropTrace, error) {
 	addrs, ports := DropFilter(sel, s.IPVS.Services)
 	if sel.VIP.IsValid() && !ServesVIP(sel, s.IPVS.Services) {
 		// Not an IPVS service (nft or iptables DNAT): its packets carry
@@ -80,16 +94,18 @@ func WatchDrops(ctx context.Context, ns netns.Target, sel Selector, s *Snapshot,
 			if e, ok := s.Errors[ProbeConntrack]; ok {
 				why = "conntrack could not be read (" + e + ")"
 			}
-			s.Errors[ProbeDrops] = fmt.Sprintf("%s is not an IPVS service and %s: drops after its DNAT cannot be traced", sel.VIPString(), why)
-			return
+			return nil, fmt.Errorf("%s is not an IPVS service and %s: drops after its DNAT cannot be traced", sel.VIPString(), why)
 		}
 		addrs, ports = AddBackends(sel, addrs, ports, s.Conntrack.Backends)
 	}
 	if len(addrs) == 0 {
-		s.Errors[ProbeDrops] = "nothing to trace: no IPVS service and no --vip"
-		return
+		return nil, errors.New("nothing to trace: no IPVS service and no --vip")
 	}
-	cfg := drops.Config{NetnsInode: uint32(ns.Inode), Addrs: addrs, Ports: ports}
+	cfg := drops.Config{NetnsInode: uint32(ns.Inode), Addrs: addrs, Ports: ports, NoIPVSTable: connTableUnread(s.IPVS, MaxConnTable)}
+	if n := s.Conntrack.Stats.Entries; n > MaxFlowsRead {
+		cfg.NoConntrackDump = fmt.Sprintf("not dumped: conntrack holds %d entries, over %d (a dump costs each one, and the attributor re-reads it as its bounded cache turns over); "+
+			"drops are attributed through the flows conntrack confirmed while the tracer ran", n, MaxFlowsRead)
+	}
 	wide := WideDropFilter(addrs, ports)
 	if wide {
 		// More than the kernel's filter takes (an LB of many services):
@@ -101,19 +117,32 @@ func WatchDrops(ctx context.Context, ns netns.Target, sel Selector, s *Snapshot,
 			cfg.Ports = nil
 		}
 	}
-	smp, err := drops.Watch(ctx, ns, cfg, until, h)
+	prep, err := prepare(ctx)
+	if err != nil {
+		return nil, err
+	}
+	tr, err := prep.LoadContext(ctx, cfg)
 	if err != nil && ctx.Err() != nil {
-		s.Errors[ProbeDrops] = "interrupted before the tracer was attached: nothing traced"
-		return
+		return nil, fmt.Errorf("nothing traced: %w", context.Cause(ctx))
 	}
 	if err != nil {
-		s.Errors[ProbeDrops] = err.Error()
-		return
+		return nil, err
 	}
-	if wide {
-		smp.Drops = SelectDrops(smp.Drops, addrs, ports)
+	return &DropTrace{tr: tr, addrs: addrs, ports: ports, wide: wide}, nil
+}
+
+// Watch counts the drops from now until the deadline (or ctx's end) and
+// returns them named and attributed against ns's tables; the tracer is
+// closed after.
+func (d *DropTrace) Watch(ctx context.Context, ns netns.Target, until time.Time, h drops.Hooks) (*drops.Sample, error) {
+	smp, err := d.tr.Watch(ctx, ns, until, h)
+	if err != nil {
+		return nil, err
 	}
-	s.Drops = smp
+	if d.wide {
+		smp.Drops = SelectDrops(smp.Drops, d.addrs, d.ports)
+	}
+	return smp, nil
 }
 
 // WideDropFilter reports whether a drop filter has more addresses or ports

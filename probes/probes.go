@@ -4,6 +4,7 @@
 package probes
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -26,6 +27,13 @@ import (
 // MaxListed caps the flows and IPVS connections a snapshot lists; the
 // number left out is always reported next to them.
 const MaxListed = 500
+
+// MaxConnTable is the largest IPVS connection table a snapshot reads, by
+// the count of IPVS's own per-real counters: the kernel's
+// /proc/net/ip_vs_conn restarts its hash walk from the table's start for
+// every 4 KiB read, so its cost grows with the square of its size (10,000
+// connections: ~0.1 s of a TCG guest; 100,000: a minute).
+const MaxConnTable = 10000
 
 // Snapshot is the state of one namespace as the probes saw it.
 type Snapshot struct {
@@ -101,6 +109,10 @@ type Conntrack struct {
 	Flows    []conntrack.Flow `json:"flows"`
 	Omitted  int              `json:"omitted"`  // flows not listed (over MaxListed)
 	Selector string           `json:"selector"` // which flows were dumped
+	// Partial says why the dump stopped before the table's end (""
+	// when it read it whole): Counts, Flows and Backends are of the flows
+	// read.
+	Partial string `json:"partial,omitempty"`
 	// Counts tallies every flow the dump saw, listed or not, by what the
 	// checks judge: a capped list must not decide a count.
 	Counts []FlowCount `json:"counts,omitempty"`
@@ -222,7 +234,11 @@ func Gather(ns netns.Target, sel Selector, opt Options) *Snapshot {
 	var err error
 	s.IPVS, err = ipvs.Read(ns)
 	fail(ProbeIPVS, err)
-	if s.IPVS.Available && !opt.NoFlowTables {
+	if why := connTableUnread(s.IPVS, MaxConnTable); why != "" && !opt.NoFlowTables {
+		// Said as a layer not read: every output names it, and the
+		// conclusions that need the table say what they judged without it.
+		s.Errors[ProbeIPVSConns] = why
+	} else if s.IPVS.Available && !opt.NoFlowTables {
 		// Every selected connection is counted; the first MaxListed are
 		// kept: a table of 100,000 is not held in memory.
 		var counter ipvs.ConnCounter
@@ -263,7 +279,7 @@ func Gather(ns netns.Target, sel Selector, opt Options) *Snapshot {
 			s.Errors[ProbeRules] = strings.Join(why, "; ")
 		}
 	}
-	s.Conntrack, err = readConntrack(ns, sel, s.IPVS.Services, opt.NoFlowTables && (!sel.VIP.IsValid() || ServesVIP(sel, s.IPVS.Services)))
+	s.Conntrack, err = readConntrack(ns, sel, s.IPVS.Services, opt.NoFlowTables && (!sel.VIP.IsValid() || ServesVIP(sel, s.IPVS.Services)), MaxFlowsRead)
 	fail(ProbeConntrack, err)
 	s.SNMP, err = snmp.Read(ns)
 	fail(ProbeSNMP, err)
@@ -279,14 +295,35 @@ func Gather(ns netns.Target, sel Selector, opt Options) *Snapshot {
 	return s
 }
 
+// connTableUnread says why the IPVS connection table of v is not read (""
+// to read it): IPVS's own counters hold more than max connections.
+func connTableUnread(v ipvs.Snapshot, max int) string {
+	n := v.DestConns()
+	if n <= max {
+		return ""
+	}
+	return fmt.Sprintf("not read: IPVS holds %d connections (its reals' ActiveConn + InActConn), over %d; "+
+		"the kernel walks /proc/net/ip_vs_conn from its start for every 4 KiB read (quadratic: ipvsadm -Lnc takes minutes on 100,000); "+
+		"connections are counted per real by IPVS's own counters instead", n, max)
+}
+
+// MaxFlowsRead bounds the conntrack flows a snapshot reads: past it the
+// dump stops and the counts are of the flows read, as Conntrack.Partial
+// says. A dump costs the kernel and lbdoctor each flow (100,000: seconds
+// of a TCG guest), and a VIP's flow states need no more to be judged.
+const MaxFlowsRead = 10000
+
+// errEnough stops a conntrack dump that read its most flows.
+var errEnough = errors.New("enough flows read")
+
 // maxFilteredDumps is how many VIPs readConntrack dumps one by one, each
 // filtered by the kernel; past it one dump of the whole table, matched in
 // user space, costs less: a filtered dump walks the whole table too.
 const maxFilteredDumps = 4
 
 // readConntrack dumps the flows to the selected VIP, or to every IPVS VIP
-// (statsOnly: reads the statistics alone).
-func readConntrack(ns netns.Target, sel Selector, svcs []ipvs.Service, statsOnly bool) (Conntrack, error) {
+// (statsOnly: reads the statistics alone), reading at most maxRead flows.
+func readConntrack(ns netns.Target, sel Selector, svcs []ipvs.Service, statsOnly bool, maxRead int) (Conntrack, error) {
 	c := Conntrack{Flows: []conntrack.Flow{}}
 	var err error
 	if c.Stats, err = conntrack.ReadStats(ns); err != nil {
@@ -326,6 +363,29 @@ func readConntrack(ns netns.Target, sel Selector, svcs []ipvs.Service, statsOnly
 		return c, nil
 	}
 	c.Selector = "original destination " + strings.Join(names, ", ")
+	read := 0
+	partial := func(err error) error {
+		if errors.Is(err, errEnough) {
+			c.Partial = fmt.Sprintf("the dump stopped after %d flows of the %d entries conntrack holds: the flows are counted over those", maxRead, c.Stats.Entries)
+			return nil
+		}
+		return err
+	}
+	// more counts every flow the dump returns, selected or not: the cap
+	// bounds the work, whatever the table holds.
+	more := func() error {
+		if read == maxRead {
+			return errEnough
+		}
+		read++
+		return nil
+	}
+	count := func(h conntrack.Head, decode func() (conntrack.Flow, error)) error {
+		if err := more(); err != nil {
+			return err
+		}
+		return c.add(h, decode)
+	}
 	if len(filters) > maxFilteredDumps {
 		c.Selector = fmt.Sprintf("original destination one of %d VIPs (%s, …)", len(names), strings.Join(names[:maxFilteredDumps], ", "))
 		type key struct {
@@ -338,15 +398,15 @@ func readConntrack(ns netns.Target, sel Selector, svcs []ipvs.Service, statsOnly
 		}
 		_, err := conntrack.Scan(ns, conntrack.Filter{}, func(h conntrack.Head, decode func() (conntrack.Flow, error)) error {
 			if !want[key{h.Proto, h.Orig.Dst}] && !want[key{h.Proto, netip.AddrPortFrom(h.Orig.Dst.Addr(), 0)}] {
-				return nil
+				return more()
 			}
-			return c.add(h, decode)
+			return count(h, decode)
 		})
-		return c, err
+		return c, partial(err)
 	}
 	for _, f := range filters {
-		if _, err := conntrack.Scan(ns, f, c.add); err != nil {
-			return c, err
+		if _, err := conntrack.Scan(ns, f, count); err != nil {
+			return c, partial(err)
 		}
 	}
 	return c, nil

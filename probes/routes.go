@@ -120,7 +120,10 @@ func RPFilterInterfaces(s *Snapshot) []string {
 //     the selected VIPs (ClientSources), where the route back to it leaves
 //     and, on each strictly filtering interface, whether the kernel lets a
 //     packet from it to its VIP in (`ip route get VIP from SRC iif DEV`:
-//     the input route runs the filter) — sysctl.rp_filter.
+//     the input route runs the filter) — sysctl.rp_filter;
+//   - for each source of packets the reverse-path filter dropped in the
+//     window (IP_RPFILTER, at most MaxRouteSources), where the route back
+//     to it leaves: what made it a martian (the window's drop points).
 //
 // The lookups are read-only; a namespace that cannot be entered is named
 // in s.Errors[ProbeRoutes].
@@ -158,6 +161,15 @@ func AskRoutes(ns netns.Target, s *Snapshot, sel Selector) {
 			ask(netstate.Query{Dst: c.Src})
 			for _, dev := range strict {
 				ask(netstate.Query{Dst: c.VIP, From: c.Src, Iif: dev})
+			}
+		}
+	}
+	if s.Drops != nil {
+		seen := map[netip.Addr]bool{}
+		for _, c := range s.Drops.Drops {
+			if c.ReasonName == "IP_RPFILTER" && c.Family != 0 && !seen[c.Src.Addr()] && len(seen) < MaxRouteSources {
+				seen[c.Src.Addr()] = true
+				ask(netstate.Query{Dst: c.Src.Addr()})
 			}
 		}
 	}

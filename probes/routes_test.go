@@ -61,6 +61,15 @@ func TestAskRoutes(t *testing.T) {
 	if f := rpFilter(s); f.Status != checks.Pass {
 		t.Errorf("sysctl.rp_filter with the filter off = %s %q, want pass", f.Status, f.Title)
 	}
+	// A source the filter dropped (here to the real, not a VIP: no client
+	// source of the checks) is asked about whatever the sysctls read: the
+	// route back to it is the window's evidence of the drop.
+	s.Drops = &drops.Sample{Window: time.Second, Drops: []drops.Counted{{ReasonName: "IP_RPFILTER",
+		Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: 6, Src: client, Dst: netip.AddrPortFrom(l.RealIP, 8085)}, Count: 1}}}}
+	probes.AskRoutes(l.LB, s, probes.Selector{})
+	if d, ok := s.Net.LookedUp(l.ClientIP); !ok || d.Dev != "eth2" || len(s.Net.Lookups) != 1 {
+		t.Errorf("AskRoutes(an IP_RPFILTER drop from %s) asked %v, want only the route back to it, out of eth2", l.ClientIP, s.Net.Lookups)
+	}
 
 	testkit.Sysctl(t, l.LB, "net.ipv4.conf.all.rp_filter", "1")
 	s = read(t)

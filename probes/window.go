@@ -17,10 +17,22 @@ import (
 type Window struct {
 	Length  time.Duration `json:"length_ns"`  // asked for
 	Elapsed time.Duration `json:"elapsed_ns"` // between the first and the last read
-	// FirstRead is how long the first read took: the window opens once it
-	// is done, so the counters span FirstRead + the window.
-	FirstRead time.Duration `json:"first_read_ns"`
-	CutShort  bool          `json:"cut_short,omitempty"`
+	// FirstRead is how long the first read took, and TracerWait how long
+	// the window then waited for the drop tracer to be attached (prepared
+	// beside the first read, loaded with the filter it gave): the window
+	// opens once both are done (and the capture is open), so the counters
+	// span FirstRead, the capture's opening, TracerWait and the window,
+	// and the drops the whole window.
+	FirstRead  time.Duration `json:"first_read_ns"`
+	TracerWait time.Duration `json:"tracer_wait_ns,omitempty"`
+	// LastRead is how long the last read took from the window's end: the
+	// window returns when it is done (the tracer hands over meanwhile).
+	LastRead time.Duration `json:"last_read_ns"`
+	// Tracer is how the drop tracer stood when the window opened:
+	// "attached", or "failed" (Skipped["drops"] says why); empty when no
+	// drop was to be traced (not asked for, no CAP_BPF: Skipped says so).
+	Tracer   string `json:"tracer,omitempty"`
+	CutShort bool   `json:"cut_short,omitempty"`
 	// Deltas are the counters that moved between the two reads: rules
 	// (and chain policies), IPVS per service and real, conntrack, SNMP.
 	Deltas Deltas `json:"deltas"`
@@ -30,6 +42,11 @@ type Window struct {
 	// HealthLeftOut is the number of reals not probed because a window
 	// probes at most health.MaxTargets.
 	HealthLeftOut int `json:"health_left_out,omitempty"`
+	// ProbeDrops counts the drops of the health probes' own connections
+	// (from the LB's address and port to a real: a late packet of a
+	// connection the probe closed): not the services' flows, so left out
+	// of Snapshot.Drops, and counted here.
+	ProbeDrops uint64 `json:"probe_drops,omitempty"`
 	// DropPoints are the window's drops joined to what explains them: the
 	// hook and rule or policy of a netfilter drop, the neighbour of a
 	// NEIGH_FAILED, the interface and route of an IP_RPFILTER.

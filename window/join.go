@@ -258,8 +258,7 @@ func joinRPFilter(p *probes.DropPoint, after *probes.Snapshot, w *probes.Window)
 		}
 	}
 	var strict []string
-	all := after.Sysctls["net.ipv4.conf.all.rp_filter"].Value
-	for k, v := range after.Sysctls {
+	for k := range after.Sysctls {
 		dev, ok := strings.CutPrefix(k, "net.ipv4.conf.")
 		if !ok || !strings.HasSuffix(dev, ".rp_filter") {
 			continue
@@ -268,7 +267,7 @@ func joinRPFilter(p *probes.DropPoint, after *probes.Snapshot, w *probes.Window)
 		if dev == "all" || dev == "default" {
 			continue
 		}
-		if v.Value == "1" || (all == "1" && v.Value != "2") {
+		if _, _, eff, ok := probes.RPFilter(after.Sysctls, dev); ok && eff == 1 {
 			strict = append(strict, dev)
 		}
 	}

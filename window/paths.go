@@ -52,6 +52,27 @@ func Paths(after *probes.Snapshot, w *probes.Window, sel probes.Selector) []flow
 		}
 	}
 	b.counted = !noCounters
+	// A client of each service's flows to each real, the first the IPVS
+	// connections, else conntrack, list: indexed once, as the drops are.
+	b.clients = map[clientKey]netip.Addr{}
+	for _, c := range after.IPVS.Conns {
+		if k := (clientKey{c.Proto, c.VIP, c.Dest}); !b.clients[k].IsValid() {
+			b.clients[k] = c.Client.Addr()
+		}
+	}
+	b.ctClients = map[[2]netip.AddrPort]netip.Addr{}
+	for _, f := range after.Conntrack.Flows {
+		if k := [2]netip.AddrPort{f.Orig.Dst, f.Reply.Src}; !b.ctClients[k].IsValid() {
+			b.ctClients[k] = f.Orig.Src.Addr()
+		}
+	}
+	b.snat = map[snatKey]flowpath.Leg{}
+	b.synRecv = map[clientKey]bool{}
+	for _, c := range after.IPVS.ConnCounts {
+		k := clientKey{c.Proto, c.VIP, c.Dest}
+		only, seen := b.synRecv[k]
+		b.synRecv[k] = (only || !seen) && c.State == "SYN_RECV"
+	}
 	if w.Capture != nil {
 		b.captured = map[[2]netip.AddrPort]capture.PathLegs{}
 		for _, pl := range w.Capture.Paths {
@@ -63,8 +84,9 @@ func Paths(after *probes.Snapshot, w *probes.Window, sel probes.Selector) []flow
 		if svc.FWMark != 0 || !sel.Matches(svc.Addr, svc.Proto) {
 			continue
 		}
+		key := svc.Key()
 		for _, r := range svc.Reals {
-			out = append(out, b.path(svc, r))
+			out = append(out, b.path(svc, key, r))
 		}
 	}
 	if len(out) > MaxPaths {
@@ -87,20 +109,34 @@ type pathBuilder struct {
 	// destination and by source.
 	byFlow       map[[2]netip.AddrPort][]drops.Counted
 	byDst, bySrc map[netip.AddrPort][]drops.Counted
+	// clients and ctClients are a client of each service's flows to each
+	// real, from the IPVS connections listed and from conntrack's flows
+	// (by original destination and reply source).
+	clients   map[clientKey]netip.Addr
+	ctClients map[[2]netip.AddrPort]netip.Addr
+	// synRecv is true for a service's real whose IPVS connections, at the
+	// window's end, are all still waiting for the handshake to end.
+	synRecv map[clientKey]bool
+	snat    map[snatKey]flowpath.Leg // built once per service and route
 	// captured is what a capture counted on the legs, by VIP and real
 	// (nil: no capture ran).
 	captured map[[2]netip.AddrPort]capture.PathLegs
 }
 
-// path builds one service's path to one real.
-func (b pathBuilder) path(svc ipvs.Service, r ipvs.Real) flowpath.Path {
-	s := b.s
-	key := svc.Key()
-	p := flowpath.Path{Service: key, Real: r.Addr.String(), Window: b.w.Elapsed}
+// clientKey is one service's flows to one real.
+type clientKey struct {
+	proto     string
+	vip, dest netip.AddrPort
+}
+
+// path builds one service's path (key: svc.Key()) to one real.
+func (b pathBuilder) path(svc ipvs.Service, key string, r ipvs.Real) flowpath.Path {
+	real := r.Addr.String()
+	p := flowpath.Path{Service: key, Real: real, Window: b.w.Elapsed}
 	sd, known := b.svc[key]
 	var rd probes.RealDelta
 	for _, x := range sd.Reals {
-		if x.Real == r.Addr.String() {
+		if x.Real == real {
 			rd = x
 		}
 	}
@@ -116,7 +152,7 @@ func (b pathBuilder) path(svc ipvs.Service, r ipvs.Real) flowpath.Path {
 		return l
 	}
 	req := leg(flowpath.Request, "client→VIP", uint64(sd.PacketsIn), ipvsSrc)
-	sched := leg(flowpath.Schedule, "IPVS→real "+shortReal(svc.Addr, r.Addr), uint64(rd.PacketsIn), "IPVS stats of real "+r.Addr.String())
+	sched := leg(flowpath.Schedule, "IPVS→real "+shortReal(svc.Addr, r.Addr), uint64(rd.PacketsIn), "IPVS stats of real "+real)
 	pl, captured := b.captured[[2]netip.AddrPort{svc.Addr, r.Addr}]
 	captured = captured || b.captured != nil // a capture that saw none of these flows counted 0
 	if captured {
@@ -146,14 +182,14 @@ func (b pathBuilder) path(svc ipvs.Service, r ipvs.Real) flowpath.Path {
 			replyDrops += st.Count
 		}
 	}
-	reply := leg(flowpath.Reply, "reply real→LB", uint64(rd.PacketsOut)+replyDrops, "IPVS stats of real "+r.Addr.String()+" (packets out)")
+	reply := leg(flowpath.Reply, "reply real→LB", uint64(rd.PacketsOut)+replyDrops, "IPVS stats of real "+real+" (packets out)")
 	if replyDrops > 0 {
 		reply.Source += " and replies dropped on the LB (kfree_skb tracer)"
 		if !known {
 			reply.Counted, reply.Packets, reply.Status = true, replyDrops, flowpath.OK
 		}
 	}
-	if reply.Packets > 0 && svc.Proto == "tcp" && onlySynRecv(s, svc, r) {
+	if reply.Packets > 0 && svc.Proto == "tcp" && b.synRecv[clientKey{svc.Proto, svc.Addr, r.Addr}] {
 		// IPVS never saw the handshake end: what came back were SYN-ACKs.
 		reply.Name = "SYN-ACK real→LB"
 	}
@@ -210,8 +246,30 @@ func finish(p flowpath.Path, stops []flowpath.Stop) flowpath.Path {
 	return p
 }
 
-// snatLeg is the source NAT a one-arm service needs on the way to the real.
+// snatKey is what a service's SNAT leg depends on: its VIP, and the LB's
+// route to the real (whether the real answers around the LB).
+type snatKey struct {
+	vip netip.AddrPort
+	dev string
+	gw  netip.Addr
+}
+
+// snatLeg is the source NAT a one-arm service needs on the way to the real:
+// the same for every real of a service the LB routes to alike, so built
+// once for them (10,000 reals: one return-path decision and one scan of
+// the rules per service, not per real).
 func (b pathBuilder) snatLeg(svc ipvs.Service, r ipvs.Real) flowpath.Leg {
+	rt, _ := b.s.Net.RouteTo(r.Addr.Addr())
+	k := snatKey{svc.Addr, rt.Dev, rt.Gw}
+	if l, ok := b.snat[k]; ok {
+		return l
+	}
+	l := b.snatLegOf(svc, r)
+	b.snat[k] = l
+	return l
+}
+
+func (b pathBuilder) snatLegOf(svc ipvs.Service, r ipvs.Real) flowpath.Leg {
 	s := b.s
 	l := flowpath.Leg{Kind: flowpath.SNAT, Name: "SNAT", Status: flowpath.Unknown}
 	rp := checks.DecideReturnPath(s, svc.Addr.Addr(), []netip.Addr{r.Addr.Addr()})
@@ -296,15 +354,11 @@ func (b pathBuilder) client(svc ipvs.Service, r ipvs.Real) netip.Addr {
 	for _, c := range b.byFlow[[2]netip.AddrPort{svc.Addr, r.Addr}] {
 		return c.Flow.Client.Addr()
 	}
-	for _, c := range b.s.IPVS.Conns {
-		if c.VIP == svc.Addr && c.Dest == r.Addr && c.Proto == svc.Proto {
-			return c.Client.Addr()
-		}
+	if c := b.clients[clientKey{svc.Proto, svc.Addr, r.Addr}]; c.IsValid() {
+		return c
 	}
-	for _, f := range b.s.Conntrack.Flows {
-		if f.Orig.Dst == svc.Addr && f.Reply.Src == r.Addr {
-			return f.Orig.Src.Addr()
-		}
+	if c := b.ctClients[[2]netip.AddrPort{svc.Addr, r.Addr}]; c.IsValid() {
+		return c
 	}
 	return netip.Addr{}
 }
@@ -358,21 +412,6 @@ func (b pathBuilder) stops(svc ipvs.Service, r ipvs.Real) []flowpath.Stop {
 	}
 	slices.SortStableFunc(out, func(a, b flowpath.Stop) int { return cmp.Compare(b.Count, a.Count) })
 	return out
-}
-
-// onlySynRecv reports whether the service's IPVS connections to the real,
-// at the window's end, are all still waiting for the handshake to end.
-func onlySynRecv(s *probes.Snapshot, svc ipvs.Service, r ipvs.Real) bool {
-	n := 0
-	for _, c := range s.IPVS.ConnCounts {
-		if c.VIP == svc.Addr && c.Dest == r.Addr && c.Proto == svc.Proto {
-			if c.State != "SYN_RECV" {
-				return false
-			}
-			n += c.Count
-		}
-	}
-	return n > 0
 }
 
 // shortReal names a real as the path line shows it: the last octet when it

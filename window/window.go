@@ -42,6 +42,19 @@ const DefaultProbeTimeout = 500 * time.Millisecond
 // short by a signal: the interrupt rule gives a command 200 ms in all.
 const lastReadBudget = 90 * time.Millisecond
 
+// tracerLoadBudget bounds how long the window waits, once the first read
+// is done, for the drop tracer to be loaded and attached: past it, the
+// window opens without drops, saying why. Generous: the TCG guest of a
+// loaded host took 14 s (kallsyms, BTF, the verifier), a host 0.1 s; it
+// is there for a load that never ends.
+var tracerLoadBudget = time.Minute
+
+// tracerHandover bounds how long, after the last read is done, the tracer
+// may still take to hand over what it counted (it stops, reads its maps
+// and names its drops while the last read runs): past it, the drop layer
+// is a skip saying so, and the window does not wait.
+const tracerHandover = 500 * time.Millisecond
+
 // ErrInterrupted is returned when ctx ended before the first read finished:
 // nothing was measured.
 var ErrInterrupted = errors.New("interrupted before anything was measured")
@@ -96,7 +109,7 @@ type Progress struct {
 	// are left empty until the window's end.
 	Deltas probes.Deltas
 	// Drops is what the tracer counted so far (nil: drops not traced, or
-	// the tracer not attached yet); one map read per frame.
+	// not read yet for a frame); one map read per frame.
 	Drops *drops.Counters
 }
 
@@ -111,6 +124,18 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 	rawCapable := kernel.HasCapability(unix.CAP_NET_RAW)
 	var before *probes.Snapshot
 	static := opt.Length <= 0
+	// What loading the drop tracer needs before its filter is known (BTF,
+	// the program, the attach point, kallsyms: seconds on a slow machine)
+	// is done beside the first read, which gives the filter.
+	var prepared chan prepResult
+	if opt.Drops && bpfCapable && !static {
+		prepared = make(chan prepResult, 1)
+		prepare := prepareTracer
+		go func() {
+			p, err := prepare()
+			prepared <- prepResult{p, err}
+		}()
+	}
 	// A window's first read is for its counters: the last read lists the
 	// flow tables (read twice, they are most of a busy LB's cost).
 	first := probes.Options{Features: opt.Features && static, NoFlowTables: !static}
@@ -120,6 +145,7 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 	if static {
 		return before, nil
 	}
+	read := time.Now()
 	// The capture is opened before the window opens (its sockets queue
 	// packets from then on): opening takes a drain of each socket, and
 	// seconds on a slow machine, which must not eat the window.
@@ -139,12 +165,6 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 			session.Close() // a window that ended before reading it
 		}
 	}()
-	// The window opens once the first read is done: a read that takes
-	// seconds (a big rule set, a slow machine) must not eat the window
-	// the drops and probes watch in. The feature probes count nothing:
-	// they belong to the first read but run inside the window.
-	opened := time.Now()
-	end := opened.Add(opt.Length)
 	// The feature probes belong to the first read (interrupted before
 	// they are done, nothing was measured) but count nothing: they run
 	// inside the window, beside it, and never delay the last read.
@@ -159,7 +179,7 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 	} else {
 		close(featuresDone)
 	}
-	w := &probes.Window{Length: opt.Length, FirstRead: opened.Sub(before.Time), Skipped: map[string]string{}}
+	w := &probes.Window{Length: opt.Length, FirstRead: read.Sub(before.Time), Skipped: map[string]string{}}
 	if !sel.VIP.IsValid() && len(before.IPVS.Services) == 0 && !opt.Counters {
 		// Nothing selects a flow: a window would watch nothing for its
 		// length. Said, not hidden.
@@ -174,15 +194,11 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 		before.Window = w
 		return before, nil
 	}
-	if opt.Opened != nil {
-		opt.Opened(opt.Length)
-	}
-	wctx, cancel := context.WithDeadline(ctx, end)
-	defer cancel()
-
-	var wg sync.WaitGroup
-	var dropCounters atomic.Pointer[drops.Counters]
-	var traced chan *probes.Snapshot // nil: no tracer
+	// The window opens once the first read is done and the drop tracer is
+	// attached (or could not be): a read or a load that takes seconds (a
+	// big rule set, a slow machine) must not eat the window the drops and
+	// probes watch in, and the drops must be counted over all of it.
+	var dt *probes.DropTrace
 	switch {
 	case !opt.Drops:
 		w.Skipped[probes.LayerDrops] = "drop tracing was not asked for"
@@ -190,20 +206,35 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 		// The window runs without it: the other layers still watch.
 		before.Errors[probes.ProbeDrops] = "tracing drops needs CAP_BPF (or CAP_SYS_ADMIN): run as root"
 	default:
-		// The tracer works on a snapshot of its own: cut short, the
-		// window waits for it only as long as the interrupt allows
-		// (loading kallsyms cannot be cancelled), and what it writes
-		// after that is never read.
-		ds := &probes.Snapshot{IPVS: before.IPVS, Conntrack: before.Conntrack, Errors: map[string]string{}}
-		if e, ok := before.Errors[probes.ProbeConntrack]; ok {
-			ds.Errors[probes.ProbeConntrack] = e
+		w.Tracer = "failed"
+		start := time.Now()
+		var err error
+		if dt, err = startDrops(ctx, ns, sel, before, prepared); err != nil {
+			before.Errors[probes.ProbeDrops] = err.Error()
+		} else {
+			w.Tracer = "attached"
 		}
-		traced = make(chan *probes.Snapshot, 1)
+		w.TracerWait = time.Since(start)
+	}
+	opened := time.Now()
+	end := opened.Add(opt.Length)
+	if opt.Opened != nil && ctx.Err() == nil {
+		opt.Opened(opt.Length)
+	}
+	wctx, cancel := context.WithDeadline(ctx, end)
+	defer cancel()
+
+	var wg sync.WaitGroup
+	var dropCounters atomic.Pointer[drops.Counters]
+	var traced chan tracedResult // nil: no tracer
+	if dt != nil {
+		traced = make(chan tracedResult, 1)
 		go func() {
-			// The tracer's own window starts when it is attached and ends
-			// with ours; only an interrupt (ctx) cuts it short.
-			probes.WatchDrops(ctx, ns, sel, ds, end, drops.Hooks{Every: opt.Every, Progress: func(c drops.Counters) { dropCounters.Store(&c) }})
-			traced <- ds
+			// The tracer counts from its attach, just before the window
+			// opened, to the window's end; only an interrupt (ctx) cuts
+			// it short.
+			smp, err := dt.Watch(ctx, ns, end, drops.Hooks{Every: opt.Every, Progress: func(c drops.Counters) { dropCounters.Store(&c) }})
+			traced <- tracedResult{smp, err}
 		}()
 	}
 	if opt.Probe {
@@ -261,8 +292,13 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 		defer c()
 	}
 	var last *probes.Snapshot
-	read := make(chan bool, 1)
-	go func() { read <- Measure(rctx, func() { last = probes.Gather(ns, sel, probes.Options{}) }) }()
+	var lastOK bool
+	lastDone := make(chan struct{})
+	go func() {
+		lastOK = Measure(rctx, func() { last = probes.Gather(ns, sel, probes.Options{}) })
+		w.LastRead = time.Since(end)
+		close(lastDone)
+	}()
 	wg.Wait()
 	if captured != nil {
 		// Its readers end within 50 ms of the window, and its queued
@@ -278,14 +314,27 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 		}
 	}
 	if traced != nil {
+		// The tracer hands over while the last read runs; a stuck one
+		// (a map read or a table dump that does not end) is a skip.
+		late := make(chan struct{})
+		go func() {
+			<-lastDone
+			time.Sleep(tracerHandover)
+			close(late)
+		}()
 		select {
-		case ds := <-traced:
-			before.Drops = ds.Drops
-			if e, ok := ds.Errors[probes.ProbeDrops]; ok {
-				before.Errors[probes.ProbeDrops] = e
+		case r := <-traced:
+			if r.smp != nil {
+				r.smp.Drops, w.ProbeDrops = withoutProbes(r.smp.Drops, w.Health)
 			}
+			before.Drops = r.smp
+			if r.err != nil {
+				before.Errors[probes.ProbeDrops] = r.err.Error()
+			}
+		case <-late:
+			before.Errors[probes.ProbeDrops] = fmt.Sprintf("the drop tracer did not hand over its count within %s of the window's last read: no drop counted", tracerHandover)
 		case <-rctx.Done():
-			before.Errors[probes.ProbeDrops] = "interrupted while the tracer was still loading or being read: no drop counted"
+			before.Errors[probes.ProbeDrops] = "interrupted while the tracer was being read: no drop counted"
 		}
 	}
 	if e, ok := before.Errors[probes.ProbeDrops]; ok {
@@ -294,7 +343,8 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 	<-featuresDone // done by now unless the machine is very slow
 	before.Features = feats
 	after := before
-	if <-read {
+	<-lastDone
+	if lastOK {
 		after = last
 		after.Features = before.Features
 		after.Drops = before.Drops
@@ -320,13 +370,51 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 	}
 	w.Elapsed = after.Time.Sub(before.Time)
 	w.Neighbours = RealNeighbours(after, sel)
-	if ctx.Err() == nil {
-		w.RoutesBack = routesBack(ns, after)
-	}
+	w.RoutesBack = RoutesBack(after)
 	w.DropPoints = Join(before, after, w)
 	w.Paths = Paths(after, w, sel)
 	after.Window = w
 	return after, nil
+}
+
+// prepareTracer does what loading the drop tracer needs before its filter
+// is known, and starts reading kallsyms (tests make it fail or stall).
+var prepareTracer = func() (*drops.Prepared, error) {
+	p, err := drops.Prepare("")
+	if err == nil {
+		p.ReadSymbols()
+	}
+	return p, err
+}
+
+type prepResult struct {
+	p   *drops.Prepared
+	err error
+}
+
+type tracedResult struct {
+	smp *drops.Sample
+	err error
+}
+
+// startDrops waits for the tracer's preparation and attaches it with the
+// filter of the first read before, within tracerLoadBudget or until ctx
+// ends; the error says why the window traces nothing.
+func startDrops(ctx context.Context, ns netns.Target, sel probes.Selector, before *probes.Snapshot, prepared <-chan prepResult) (*probes.DropTrace, error) {
+	lctx, cancel := context.WithTimeoutCause(ctx, tracerLoadBudget, fmt.Errorf("the drop tracer was not ready %s after the first read (BTF, kallsyms, the verifier)", tracerLoadBudget))
+	defer cancel()
+	dt, err := probes.StartDrops(lctx, ns, sel, before, func(lctx context.Context) (*drops.Prepared, error) {
+		select {
+		case r := <-prepared:
+			return r.p, r.err
+		case <-lctx.Done():
+			return nil, fmt.Errorf("nothing traced: %w", context.Cause(lctx))
+		}
+	})
+	if err != nil && ctx.Err() != nil {
+		return nil, errors.New("interrupted before the tracer was attached: nothing traced")
+	}
+	return dt, err
 }
 
 // openCapture opens a capture of the selected services' packets in ns: the
@@ -440,27 +528,53 @@ func RealNeighbours(s *probes.Snapshot, sel probes.Selector) []probes.RealNeighb
 	return out
 }
 
-// maxRoutesBack bounds the route lookups after a window.
-const maxRoutesBack = 16
-
-// routesBack looks up the route back to the source of each packet
-// reverse-path filtering dropped (IP_RPFILTER): the evidence Join names.
-func routesBack(ns netns.Target, s *probes.Snapshot) []netstate.Decision {
+// RoutesBack are the routes back to the sources of the packets
+// reverse-path filtering dropped (IP_RPFILTER) as the snapshot's lookups
+// answered them (probes.AskRoutes asks them after the window): the
+// evidence Join names. Pure.
+func RoutesBack(s *probes.Snapshot) []netstate.Decision {
 	if s.Drops == nil {
 		return nil
 	}
 	var out []netstate.Decision
 	seen := map[netip.Addr]bool{}
 	for _, c := range s.Drops.Drops {
-		if c.ReasonName != "IP_RPFILTER" || c.Family == 0 || seen[c.Src.Addr()] || len(seen) == maxRoutesBack {
+		if c.ReasonName != "IP_RPFILTER" || c.Family == 0 || seen[c.Src.Addr()] {
 			continue
 		}
 		seen[c.Src.Addr()] = true
-		if d, err := netstate.Lookup(ns, c.Src.Addr(), netip.Addr{}); err == nil {
+		if d, ok := s.Net.LookedUp(c.Src.Addr()); ok {
 			out = append(out, d)
 		}
 	}
 	return out
+}
+
+// withoutProbes splits the drops of the health probes' own connections
+// (the probe's address and port ↔ the real) from ds, and counts them: the
+// tracer, filtered by the reals' addresses, sees them too. Pure.
+func withoutProbes(ds []drops.Counted, hs []health.Result) ([]drops.Counted, uint64) {
+	own := map[[2]netip.AddrPort]bool{}
+	for _, h := range hs {
+		if h.SourcePort != 0 {
+			lb := netip.AddrPortFrom(h.Source, h.SourcePort)
+			own[[2]netip.AddrPort{lb, h.Real}] = true
+			own[[2]netip.AddrPort{h.Real, lb}] = true
+		}
+	}
+	if len(own) == 0 {
+		return ds, 0
+	}
+	var n uint64
+	out := ds[:0:0]
+	for _, c := range ds {
+		if c.Family != 0 && own[[2]netip.AddrPort{c.Src, c.Dst}] {
+			n += c.Count
+			continue
+		}
+		out = append(out, c)
+	}
+	return out, n
 }
 
 // healthTargets lists the selected services' real servers.
@@ -470,8 +584,9 @@ func healthTargets(s *probes.Snapshot, sel probes.Selector) []health.Target {
 		if svc.FWMark != 0 || !sel.Matches(svc.Addr, svc.Proto) {
 			continue
 		}
+		key := svc.Key()
 		for _, r := range svc.Reals {
-			ts = append(ts, health.Target{Service: svc.Key(), Proto: svc.Proto, Real: r.Addr})
+			ts = append(ts, health.Target{Service: key, Proto: svc.Proto, Real: r.Addr})
 		}
 	}
 	return ts

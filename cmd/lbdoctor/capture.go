@@ -25,6 +25,11 @@ import (
 	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
 
+// joinSnaplen is the bytes of a frame the join reads at most: Ethernet and
+// a VLAN tag (18), IPv4 with options (60; IPv6's fixed header is 40), TCP
+// with options (60).
+const joinSnaplen = 18 + 60 + 60
+
 type captureFlags struct {
 	vip, proto, write string
 	duration          time.Duration
@@ -110,6 +115,11 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 	if f.snaplen < 1 || f.snaplen > capture.MaxSnaplen {
 		return usageErrorf("--snaplen %d: want 1 to %d bytes", f.snaplen, capture.MaxSnaplen)
 	}
+	if f.write == "-" {
+		// tcpdump's `-w -` is stdout; lbdoctor's stdout is the flows or
+		// the JSON document, and a file named "-" is never what was meant.
+		return usageErrorf("-w -: stdout carries the flows or the document; name a file")
+	}
 	if f.write != "" {
 		if err := writable(f.write); err != nil {
 			return usageErrorf("-w %s: %v", f.write, err)
@@ -122,8 +132,18 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 	if !kernel.HasCapability(unix.CAP_NET_RAW) {
 		return fmt.Errorf("%w: capturing packets needs CAP_NET_RAW (run as root)", errPrivilege)
 	}
-	vt := vipTargetsOf(lb, sel)
-	opt := capture.Options{Snaplen: f.snaplen, Match: capture.Match{Addrs: vt.addrs, Ports: vt.ports}}
+	ctx := cmd.Context()
+	// The reads before the capture opens cannot be cancelled (the rules
+	// are read by save tools, which on a node with a large rule set take
+	// seconds): Ctrl-C does not wait for them.
+	var vt vipTargets
+	if !measure(ctx, func() { vt = vipTargetsOf(lb, sel) }) {
+		return notMeasured(ctx)
+	}
+	// The sockets keep at least the headers the join reads (a short
+	// --snaplen cuts the file's packets, not the legs); the file keeps
+	// --snaplen.
+	opt := capture.Options{Snaplen: max(f.snaplen, joinSnaplen), Match: capture.Match{Addrs: vt.addrs, Ports: vt.ports}}
 	if p, ok := proto.Parse(sel.Proto); ok && sel.Proto != "" {
 		opt.Match.Proto = p
 	}
@@ -133,7 +153,12 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 		// address. Conntrack knows those of flows seen; the rules know
 		// them before any flow.
 		var fromRules []netip.AddrPort
-		if rs, err := rules.Read(lb); err == nil {
+		var rs rules.Snapshot
+		var err error
+		if !measure(ctx, func() { rs, err = rules.Read(lb) }) {
+			return notMeasured(ctx)
+		}
+		if err == nil {
 			for _, b := range probes.RuleBackends(rs.Rules, sel) {
 				if !slices.Contains(vt.learned, b) {
 					fromRules = append(fromRules, b)
@@ -152,7 +177,11 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 			if err != nil {
 				return err
 			}
-			opt.Match.Addrs = append(opt.Match.Addrs, own...)
+			for _, a := range own {
+				if !slices.Contains(opt.Match.Addrs, a) { // the VIP is one of them
+					opt.Match.Addrs = append(opt.Match.Addrs, a)
+				}
+			}
 			opt.Match.Ports = nil
 			printf(stderr, "! %s is not an IPVS service and neither conntrack nor a DNAT rule shows a backend: capturing every port of it and of this namespace's own addresses (SNAT)\n", sel.VIPString())
 		}
@@ -162,7 +191,6 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 		return err
 	}
 
-	ctx := cmd.Context()
 	j := capture.NewJoiner(lb, opt.Match.Addrs, opt.Match.Proto)
 	defer j.Close()
 	j.Local, _ = capture.LocalNotVIP(lb, []netip.Addr{sel.VIP.Addr()}) // unread: nothing is counted as the LB's own
@@ -192,18 +220,19 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 
 	var file *capture.Writer
 	if f.write != "" {
-		if file, err = capture.CreateFile(f.write, c.Snaplen(), c.SocketInterfaces()); errors.Is(err, capture.ErrNotRegular) {
+		if file, err = capture.CreateFile(f.write, f.snaplen, c.SocketInterfaces()); errors.Is(err, capture.ErrNotRegular) {
 			return usageErrorf("-w %s: %v", f.write, err)
 		} else if err != nil {
 			return err
 		}
 		doc.File = &captureFile{Path: f.write}
 	}
-	window := ctx
-	if f.duration > 0 {
-		var cancel context.CancelFunc
-		window, cancel = context.WithTimeout(ctx, f.duration)
-		defer cancel()
+	// The window: --duration, Ctrl-C or SIGTERM, or the namespace going
+	// away (its sockets would keep it alive, capturing nothing, silent).
+	window, endWindow := context.WithCancelCause(ctx)
+	defer endWindow(nil)
+	if g.netns != "" {
+		go watchNetns(window, lb, endWindow)
 	}
 	{
 		// The start line goes to stderr whatever the output: the document
@@ -222,8 +251,18 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 	if file != nil {
 		// Each packet's comment names its flow and leg (Wireshark shows it).
 		wopt.Sink = func(p capture.Packet, leg capture.LegOf, ok bool) error {
+			if len(p.Data) > f.snaplen {
+				p.Data = p.Data[:f.snaplen] // Length keeps the packet's own
+			}
 			return file.WritePacket(p, p.Socket, packetComment(leg, ok))
 		}
+	}
+	if f.duration > 0 {
+		// --duration counts from here: what comes before (the start
+		// line, a slow terminal) must not eat the capture's time.
+		var cancel context.CancelFunc
+		window, cancel = context.WithTimeout(window, f.duration)
+		defer cancel()
 	}
 	started := time.Now()
 	w, runErr := capture.Watch(window, c, j, wopt)
@@ -241,11 +280,18 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 	}
 	if sig := interruptedBy(ctx); sig != "" {
 		doc.Interrupted, doc.CutShort = true, "interrupted by "+sig
+	} else if cause := context.Cause(window); errors.Is(cause, errNetnsGone) {
+		doc.CutShort = cause.Error()
 	}
 	if file != nil {
 		doc.File.Packets = file.Packets()
+		// A write that failed fails every later one (the statistics, the
+		// flush) with the same error: the first says it, on one line.
 		err := file.Close(capture.FileStatsOf(doc.Interfaces, started, time.Now()))
-		if err = errors.Join(w.SinkErr, err); err != nil {
+		if w.SinkErr != nil {
+			err = w.SinkErr
+		}
+		if err != nil {
 			doc.File.Error = err.Error()
 		}
 	}
@@ -255,14 +301,20 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 		// under it; the kernel's counts say what the rings still held.
 		doc.CutShort = runErr.Error()
 	}
+	// The closing lines are stderr's in every output, as the start line:
+	// whoever watches a document being written sees what was captured and
+	// lost. Before the document: a reader that stops reading it (`| head
+	// -c 100`: SIGPIPE) does not take them with it.
 	out := cmd.OutOrStdout()
 	if g.output == "json" {
+		captureClosing(stderr, &doc, runErr)
 		if err := report.JSONDocument(out, doc); err != nil {
 			return err
 		}
 	} else {
+		end := started.Add(w.Elapsed)
 		for _, fl := range doc.Flows {
-			printf(out, "%s\n", fl)
+			printf(out, "%s%s\n", fl, cutByEnd(fl, end))
 		}
 		captureClosing(stderr, &doc, runErr)
 	}
@@ -270,6 +322,32 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 		return &exitError{code: exitFailed, msg: fmt.Sprintf("-w %s: %s", f.write, doc.File.Error)}
 	}
 	return nil
+}
+
+// cutBound is how close to the capture's end a stopped flow's last packet
+// may come and the stop be only the end: the packet of its next leg (a
+// real's SYN-ACK, a reply relayed) was not yet due. A flow that truly
+// stops shows it longer: TCP retransmits after 1 s (its first SYN) or at
+// least 200 ms.
+const cutBound = 500 * time.Millisecond
+
+// cutByEnd is what a flow's line adds when the capture's end (--count,
+// --duration, Ctrl-C) may be what stopped it: its last packet came within
+// cutBound of the end.
+func cutByEnd(fl *capture.FlowLegs, end time.Time) string {
+	if fl.Stop() == "" {
+		return ""
+	}
+	var last time.Time
+	for _, l := range fl.Legs {
+		if l.Last.After(last) {
+			last = l.Last
+		}
+	}
+	if before := end.Sub(last); !last.IsZero() && before < cutBound {
+		return fmt.Sprintf(" (its last packet came %s before the capture ended: it may be cut, not stopped)", max(before, 0).Round(time.Millisecond))
+	}
+	return ""
 }
 
 // packetComment names a packet's flow and leg in the pcapng file.
@@ -295,14 +373,18 @@ func captureClosing(w interface{ Write([]byte) (int, error) }, d *captureDoc, ru
 	}
 	printf(w, "%d packets captured in %s: %d flows (%s); %d claimed by no flow (%d of them the LB's own traffic)\n", d.Packets, d.Elapsed.Round(time.Millisecond), len(d.Flows), strings.Join(parts, ", "), d.Unclaimed, d.Own)
 	var drops []string
+	var unread uint64
 	for _, s := range d.Interfaces {
 		drops = append(drops, fmt.Sprintf("%s %d", s.Interface, s.Drops))
+		unread += s.Unread
 	}
 	mark := ""
-	if d.KernelDrops > 0 {
+	if d.KernelDrops > 0 || unread > 0 {
 		mark = "! "
 	}
-	printf(w, "%skernel ring drops: %d (%s)\n", mark, d.KernelDrops, strings.Join(drops, ", "))
+	// Unread: what the kernel put in the rings and the capture, ended,
+	// never read (packets = captured + drops + unread): loss too.
+	printf(w, "%skernel ring drops: %d (%s); left unread in the rings at the end: %d\n", mark, d.KernelDrops, strings.Join(drops, ", "), unread)
 	for _, s := range d.Interfaces {
 		if s.Ended != "" {
 			printf(w, "! %s stopped before the capture: %s\n", s.Interface, s.Ended)
@@ -330,17 +412,25 @@ func captureClosing(w interface{ Write([]byte) (int, error) }, d *captureDoc, ru
 			printf(w, "wrote %d packets to %s\n", d.File.Packets, d.File.Path)
 		}
 	}
-	if d.Interrupted {
+	switch {
+	case d.Interrupted:
 		sig := strings.TrimPrefix(d.CutShort, "interrupted by ")
 		printf(w, "%s\n", cutShortLine(sig, d.Elapsed, d.Length))
+	case d.CutShort != "" && runErr == nil:
+		printf(w, "! cut short (%s) after %s\n", d.CutShort, d.Elapsed.Round(time.Millisecond))
 	}
 }
 
 // writable says why path cannot be written as a new capture file, without
 // creating it: nothing is left behind by a command that then fails.
 func writable(path string) error {
-	st, err := os.Stat(path)
+	// Lstat: CreateFile never follows a link (O_NOFOLLOW), so a link is
+	// refused here, with the rest of the bad input, not after the capture
+	// was opened and announced.
+	st, err := os.Lstat(path)
 	switch {
+	case err == nil && st.Mode()&os.ModeSymlink != 0:
+		return errors.New("a symbolic link: not a regular file (lbdoctor does not write through links)")
 	case err == nil && !st.Mode().IsRegular():
 		return errors.New("not a regular file")
 	case err == nil:

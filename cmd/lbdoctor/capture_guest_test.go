@@ -82,7 +82,7 @@ func TestGuestCaptureCheck(t *testing.T) {
 	args := []string{"check", "--netns", l.LB.Name, "--vip", vip.String(), "--capture"}
 	var text string
 	var code int
-	withTraffic(l, vip, func() { text, code = runText(t, args...) })
+	withTraffic(l, vip, func() { text, code = testkit.RunLbdoctor(t, args...) })
 	t.Logf("check --capture (ip_forward=0): exit %d\n%s", code, text)
 	story := "SYN-ACK seen arriving from real .50 (leg 3), never leaving toward the client (leg 4)"
 	if code != 1 || !strings.Contains(text, story) || !strings.Contains(text, "· →client 0") {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/lbdoctor/lbdoctor/flowpath"
 	"github.com/lbdoctor/lbdoctor/internal/lab"
+	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 )
 
@@ -31,7 +32,10 @@ type captureJSON struct {
 	NotProcessed uint64 `json:"not_processed"`
 	Unclaimed    uint64 `json:"unclaimed"`
 	Own          uint64 `json:"own"`
-	Flows        []struct {
+	Interfaces   []struct {
+		Unread uint64 `json:"unread"`
+	} `json:"interfaces"`
+	Flows []struct {
 		Client string `json:"client"`
 		VIP    string `json:"vip"`
 		Real   string `json:"real"`
@@ -278,11 +282,7 @@ func TestCaptureLegs(t *testing.T) {
 // tcpdump reads every packet of it.
 func TestCaptureInterrupted(t *testing.T) {
 	testkit.RequireRoot(t)
-	l := testkit.Lab(t, lab.OneArm)
-	vip, real := netip.AddrPortFrom(l.VIP, 8085), netip.AddrPortFrom(l.RealIP, 8080)
-	testkit.Serve(t, l.Real, ":8080")
-	testkit.NftNAT(t, l.LB, vip, real, true)
-	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+	l, vip := dnatMasqueradeLab(t)
 	file := filepath.Join(t.TempDir(), "cut.pcapng")
 	wait, stdout := startCaptureText(t, "--netns", l.LB.Path, "--vip", vip.String(), "-w", file)
 	if res := lab.Probe(context.Background(), l.Client, vip, 2*time.Second); !res.OK {
@@ -316,6 +316,20 @@ func TestCaptureInterrupted(t *testing.T) {
 // Bad input is one line and exit 2, before anything is opened; so is an
 // unwritable -w.
 func TestCaptureBadInput(t *testing.T) {
+	// lbdoctor does not follow a link to write (CreateFile opens with
+	// O_NOFOLLOW): a link is refused with the rest of the bad input, before
+	// anything is opened or said.
+	dir := t.TempDir()
+	link, dangling := filepath.Join(dir, "link.pcapng"), filepath.Join(dir, "dangling.pcapng")
+	if err := os.WriteFile(filepath.Join(dir, "target"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("target", link); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("missing", dangling); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name string
 		args []string
@@ -332,6 +346,9 @@ func TestCaptureBadInput(t *testing.T) {
 		{"-w in a missing directory", []string{"--vip", "10.1.0.6:80", "-w", "/nonexistent/x.pcapng"}, "-w /nonexistent/x.pcapng: no such directory /nonexistent"},
 		{"-w a directory", []string{"--vip", "10.1.0.6:80", "-w", os.TempDir()}, "not a regular file"},
 		{"bad --proto", []string{"--vip", "10.1.0.6:80", "--proto", "icmp"}, "--proto"},
+		{"-w a symbolic link to a file", []string{"--vip", "10.1.0.6:80", "-w", link}, "-w " + link + ": a symbolic link"},
+		{"-w - (stdout carries the flows)", []string{"--vip", "10.1.0.6:80", "-w", "-", "--duration", "1s"}, "-w -: stdout carries the flows or the document"},
+		{"-w a dangling symbolic link", []string{"--vip", "10.1.0.6:80", "-w", dangling}, "-w " + dangling + ": a symbolic link"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -401,11 +418,8 @@ func TestCaptureWithoutCapabilityExitsThree(t *testing.T) {
 // leg: counted as claimed by no flow, and as the LB's own.
 func TestCaptureLBOwnTraffic(t *testing.T) {
 	testkit.RequireRoot(t)
-	l := testkit.Lab(t, lab.OneArm)
-	vip, real := netip.AddrPortFrom(l.VIP, 8085), netip.AddrPortFrom(l.RealIP, 8080)
-	testkit.Serve(t, l.Real, ":8080")
-	testkit.NftNAT(t, l.LB, vip, real, true)
-	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+	l, vip := dnatMasqueradeLab(t)
+	real := netip.AddrPortFrom(l.RealIP, 8080)
 	wait := startCapture(t, "--netns", l.LB.Path, "--vip", vip.String(), "--duration", "2s")
 	if res := lab.Probe(context.Background(), l.Client, vip, 2*time.Second); !res.OK {
 		t.Fatalf("probe %s from the client: %v", vip, res.Err)
@@ -417,5 +431,275 @@ func TestCaptureLBOwnTraffic(t *testing.T) {
 	if code != 0 || len(doc.Flows) != 1 || doc.Unclaimed == 0 || doc.Own != doc.Unclaimed {
 		t.Errorf("capture = exit %d, %d flows, %d unclaimed, %d own; want 0, 1 (the client's), the LB's connect to %s unclaimed and all of it its own\n%s",
 			code, len(doc.Flows), doc.Unclaimed, doc.Own, real, stderr)
+	}
+}
+
+// A -w file whose file system fills up mid-capture ends the file, not the
+// capture: the flows are still printed, and the write error is said once
+// in the closing lines and once as the exit's line (exit 4), each one line
+// (a writer's later writes fail with the same error: it is not repeated).
+func TestCaptureFileSystemFull(t *testing.T) {
+	testkit.RequireRoot(t)
+	l, vip := dnatMasqueradeLab(t)
+	// A 64 KiB tmpfs with 8 KiB left: the file's header fits, the
+	// packets of 100 connections (past the writer's 256 KiB buffer: a
+	// write fails mid-capture, and the flush at the end again) do not.
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	if err := os.WriteFile(filepath.Join(dir, "filler"), make([]byte, 56<<10), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "full.pcapng")
+	wait, stdout := startCaptureText(t, "--netns", l.LB.Path, "--vip", vip.String(), "-w", file)
+	const conns = 100
+	for i := range conns {
+		if res := lab.Probe(context.Background(), l.Client, vip, 2*time.Second); !res.OK {
+			t.Fatalf("probe %d of %s: %v", i, vip, res.Err)
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	_, stderr, code := wait(true)
+	if n := strings.Count(stdout.String(), " → VIP "); code != exitFailed || n != conns {
+		t.Errorf("capture -w on a full file system = exit %d, %d flows; want exit 4 and the %d flows\nstdout:\n%s\nstderr:\n%s", code, n, conns, stdout, stderr)
+	}
+	var said []string
+	for _, line := range strings.Split(strings.TrimSpace(stderr), "\n") {
+		if strings.Contains(line, "no space left on device") {
+			said = append(said, line)
+		}
+	}
+	if len(said) != 2 || !strings.HasPrefix(said[0], "! "+file+": ") || !strings.HasPrefix(said[1], "lbdoctor: -w "+file+": ") {
+		t.Errorf("capture stderr says the write error on %d lines:\n%s\nwant one closing line \"! %s: …\" and one exit line \"lbdoctor: -w %s: …\"", len(said), strings.Join(said, "\n"), file, file)
+	}
+}
+
+// Ctrl-C while capture still reads the rules (a VIP IPVS does not serve:
+// its DNAT rules name the backends) ends it at once, exit 130 and one
+// line, however long the save tools take — iptables-save on a node with
+// a large rule set takes seconds. The slow tool here is a real
+// iptables-save behind a wrapper that first sleeps.
+func TestCaptureInterruptedReadingRules(t *testing.T) {
+	testkit.RequireRoot(t)
+	l := testkit.Lab(t, lab.OneArm)
+	vip := netip.AddrPortFrom(l.VIP, 8085)
+	real, err := exec.LookPath("iptables-save")
+	if err != nil {
+		t.Fatalf("no iptables-save: %v", err)
+	}
+	bin, pids := t.TempDir(), t.TempDir()
+	wrapper := fmt.Sprintf("#!/bin/sh\necho $$ > %s/$$\nsleep 5\nexec %s \"$@\"\n", pids, real)
+	if err := os.WriteFile(filepath.Join(bin, "iptables-save"), []byte(wrapper), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// The wrappers lbdoctor left behind (it does not wait for a
+		// read it abandoned), by the pids they wrote.
+		ents, _ := os.ReadDir(pids)
+		for _, e := range ents {
+			if pid, err := strconv.Atoi(e.Name()); err == nil {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	})
+	cmd := exec.Command(testkit.LbdoctorBinary(t), "capture", "--netns", l.LB.Path, "--vip", vip.String(), "--duration", "10s")
+	cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"))
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until the wrapper runs: lbdoctor is reading the rules.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if ents, _ := os.ReadDir(pids); len(ents) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("capture ran no iptables-save in 5 s; stderr:\n%s", stderr.String())
+		}
+	}
+	start := time.Now()
+	cmd.Process.Signal(syscall.SIGINT)
+	cmd.Wait()
+	took, code := time.Since(start), cmd.ProcessState.ExitCode()
+	lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+	if code != exitInterrupted || took > time.Second || stdout.Len() > 0 || !strings.Contains(lines[len(lines)-1], "interrupted by SIGINT before anything was measured") {
+		t.Errorf("capture interrupted while reading rules = exit %d after %s, stdout %q, stderr:\n%s\nwant exit 130 within 1 s (200 ms, on a loaded machine) and \"interrupted by SIGINT before anything was measured\"", code, took.Round(time.Millisecond), stdout.String(), stderr.String())
+	}
+}
+
+// A capture that ends (--count here) while a flow is mid-exchange does not
+// say plainly that the flow stops: its line says the capture may have cut
+// it, with how long before the end its last packet came.
+func TestCaptureCountCutsAFlow(t *testing.T) {
+	testkit.RequireRoot(t)
+	l, vip := dnatMasqueradeLab(t)
+	// The SYN in, the SYN to the real, its SYN-ACK back: the SYN-ACK to
+	// the client is the 4th packet, past --count.
+	wait, stdout := startCaptureText(t, "--netns", l.LB.Path, "--vip", vip.String(), "--count", "3", "--duration", "10s")
+	if res := lab.Probe(context.Background(), l.Client, vip, 2*time.Second); !res.OK {
+		t.Fatalf("probe %s: %v", vip, res.Err)
+	}
+	_, stderr, code := wait(false)
+	line := strings.TrimSpace(stdout.String())
+	if code != 0 || !strings.Contains(line, "stops at →client") || !strings.Contains(line, "before the capture ended: it may be cut, not stopped") {
+		t.Errorf("capture --count 3 = exit %d, stdout %q; want exit 0 and the flow's stop at →client said to be perhaps only the capture's end\nstderr:\n%s", code, line, stderr)
+	}
+}
+
+// A --snaplen too short for the headers (40 bytes: Ethernet, IPv4 and 6
+// bytes of TCP) cuts the file's packets, not the join: every leg of the
+// flow is still counted, and the file keeps 40 bytes of each packet.
+func TestCaptureShortSnaplen(t *testing.T) {
+	testkit.RequireRoot(t)
+	l, vip := dnatMasqueradeLab(t)
+	file := filepath.Join(t.TempDir(), "short.pcapng")
+	wait := startCapture(t, "--netns", l.LB.Path, "--vip", vip.String(), "--snaplen", "40", "-w", file)
+	if res := lab.Probe(context.Background(), l.Client, vip, 2*time.Second); !res.OK {
+		t.Fatalf("probe %s: %v", vip, res.Err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	doc, stderr, code := wait(true)
+	if code != 0 || len(doc.Flows) != 1 || doc.Flows[0].Stop != "" || doc.Unclaimed != 0 {
+		t.Errorf("capture --snaplen 40 = exit %d, %d flows, %d unclaimed, stop %q; want exit 0, 1 flow with every leg, none unclaimed\nstderr:\n%s", code, len(doc.Flows), doc.Unclaimed, func() flowpath.LegKind {
+			if len(doc.Flows) > 0 {
+				return doc.Flows[0].Stop
+			}
+			return ""
+		}(), stderr)
+	}
+	out, err := exec.Command("tcpdump", "-nn", "-r", file).Output()
+	if err != nil {
+		t.Fatalf("tcpdump -r %s: %v", file, err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	for _, line := range lines {
+		if !strings.Contains(line, "[|tcp]") {
+			t.Errorf("tcpdump -r %s: %q, want every packet cut at 40 bytes ([|tcp])", file, line)
+			break
+		}
+	}
+	if doc.File == nil || uint64(len(lines)) != doc.File.Packets || doc.File.Packets == 0 {
+		t.Errorf("tcpdump -r %s: %d packets, want %+v (what capture wrote)", file, len(lines), doc.File)
+	}
+}
+
+// The closing lines go to stderr in every output (README): with -o json
+// too, a person watching sees what was captured and lost, and the file.
+func TestCaptureJSONClosingLines(t *testing.T) {
+	testkit.RequireRoot(t)
+	l := testkit.Lab(t, lab.OneArm)
+	vip := netip.AddrPortFrom(l.VIP, 8085)
+	file := filepath.Join(t.TempDir(), "json.pcapng")
+	wait := startCapture(t, "--netns", l.LB.Path, "--vip", vip.String(), "--duration", "200ms", "-w", file)
+	doc, stderr, code := wait(false)
+	for _, want := range []string{"0 packets captured in ", "kernel ring drops: 0 (eth0 0)", "wrote 0 packets to " + file} {
+		if code != 0 || doc.File == nil || !strings.Contains(stderr, want) {
+			t.Errorf("capture -o json = exit %d, stderr:\n%s\nwant exit 0, a document with its file and %q on stderr", code, stderr, want)
+		}
+	}
+}
+
+// A namespace deleted under `capture --netns` ends the capture with a line
+// saying so (as drops does), not a capture that goes on, silent, on
+// sockets that alone keep the namespace alive.
+func TestCaptureNetnsDeleted(t *testing.T) {
+	ns := vethNetns(t, "gone")
+	wait, _ := startCaptureText(t, "--netns", ns.Name, "--vip", "10.77.0.1:80", "--duration", "20s")
+	time.Sleep(200 * time.Millisecond)
+	deleted := time.Now()
+	if err := ns.Delete(); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, code := wait(false)
+	took := time.Since(deleted)
+	want := fmt.Sprintf("! cut short (netns %s was deleted) after", ns.Name)
+	if code != 0 || took > time.Second || !strings.Contains(stderr, want) || !strings.Contains(stderr, "0 packets captured") {
+		t.Errorf("capture --netns %s, deleted = exit %d after %s:\n%s\nwant exit 0 within 1 s, the closing lines and %q", ns.Name, code, took.Round(time.Millisecond), stderr, want)
+	}
+}
+
+// dnatMasqueradeLab is a one-arm LB of nft DNAT and masquerade whose VIP
+// (port 8085) answers its client from the real (port 8080).
+func dnatMasqueradeLab(t *testing.T) (*lab.Lab, netip.AddrPort) {
+	t.Helper()
+	l := testkit.Lab(t, lab.OneArm)
+	vip, real := netip.AddrPortFrom(l.VIP, 8085), netip.AddrPortFrom(l.RealIP, 8080)
+	testkit.Serve(t, l.Real, ":8080")
+	testkit.NftNAT(t, l.LB, vip, real, true)
+	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+	return l, vip
+}
+
+// What a capture cut short left in the kernel's rings (counted by the
+// kernel, never read) is loss, and the closing lines say it, as JSON's
+// interfaces[].unread does: here under a flood, ended by Ctrl-C.
+func TestCaptureSaysUnread(t *testing.T) {
+	testkit.RequireRoot(t)
+	l, vip := dnatMasqueradeLab(t)
+	wait := startCapture(t, "--netns", l.LB.Path, "--vip", vip.String())
+	ctx, stop := context.WithCancel(context.Background())
+	flooded := make(chan error, 1)
+	go func() { flooded <- testkit.FloodUDP(ctx, l.Client, vip, 0, nil) }()
+	time.Sleep(500 * time.Millisecond)
+	doc, stderr, code := wait(true)
+	stop()
+	if err := <-flooded; err != nil {
+		t.Fatalf("flood %s: %v", vip, err)
+	}
+	var unread uint64
+	for _, s := range doc.Interfaces {
+		unread += s.Unread
+	}
+	want := fmt.Sprintf("left unread in the rings at the end: %d", unread)
+	if code != 0 || doc.Packets == 0 || !strings.Contains(stderr, want) {
+		t.Errorf("capture under a flood, interrupted = exit %d, %d packets, stderr:\n%s\nwant exit 0 and %q (JSON's interfaces[].unread)", code, doc.Packets, stderr, want)
+	}
+}
+
+// vethNetns is a namespace whose one veth pair is up, 10.77.0.1/24 on vea.
+func vethNetns(t *testing.T, role string) netns.Target {
+	t.Helper()
+	ns := testkit.Netns(t, role)
+	testkit.Run(t, ns, "ip", "link", "add", "name", "vea", "type", "veth", "peer", "name", "veb")
+	testkit.Run(t, ns, "ip", "addr", "add", "10.77.0.1/24", "dev", "vea")
+	testkit.Run(t, ns, "ip", "link", "set", "vea", "up")
+	testkit.Run(t, ns, "ip", "link", "set", "veb", "up")
+	return ns
+}
+
+// A VIP no rule or flow explains is captured with the namespace's own
+// addresses (SNAT); the VIP, one of them, is named once.
+func TestCaptureNoBackendAddressesOnce(t *testing.T) {
+	ns := vethNetns(t, "own")
+	wait, _ := startCaptureText(t, "--netns", ns.Name, "--vip", "10.77.0.1:80", "--duration", "100ms")
+	_, stderr, code := wait(false)
+	if want := "addresses 10.77.0.1, ports any;"; code != 0 || !strings.Contains(stderr, want) {
+		t.Errorf("capture --vip 10.77.0.1:80 = exit %d, stderr:\n%s\nwant exit 0 and %q", code, stderr, want)
+	}
+}
+
+// `capture -o json | head -c 100`: a reader that stops reading the
+// document (SIGPIPE ends lbdoctor, as it does tcpdump) does not take the
+// closing lines with it: what was captured and lost is on stderr before
+// the document is written. Here the reader is gone before the first byte.
+func TestCaptureJSONReaderGone(t *testing.T) {
+	ns := vethNetns(t, "pipe")
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	cmd := exec.Command(testkit.LbdoctorBinary(t), "capture", "--netns", ns.Name, "--vip", "10.77.0.1:80", "--duration", "100ms", "-o", "json")
+	var stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = w, &stderr
+	err = cmd.Run()
+	w.Close()
+	if !strings.Contains(stderr.String(), "kernel ring drops: 0 (vea 0)") {
+		t.Errorf("capture -o json to a pipe nobody reads = %v, stderr:\n%s\nwant the closing lines (kernel ring drops) on stderr", err, stderr.String())
 	}
 }

@@ -3,10 +3,8 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -14,7 +12,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -38,34 +35,10 @@ func runBinary(t *testing.T, args ...string) (*report.Report, int) {
 // runBinaryEnv runs it with env added to the test's environment.
 func runBinaryEnv(t *testing.T, env []string, args ...string) (*report.Report, int) {
 	t.Helper()
-	bin, err := exec.LookPath("lbdoctor")
-	if err != nil {
-		t.Fatal("no lbdoctor binary in the guest: run guest tests with `make guest-test` (it adds bin/lbdoctor)")
-	}
-	var out, errb bytes.Buffer
-	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	// A run that outlives binaryBound is ended with SIGQUIT: the failure
-	// shows where each goroutine was, not only that the suite timed out.
-	timer := time.AfterFunc(binaryBound, func() { cmd.Process.Signal(syscall.SIGQUIT) })
-	err = cmd.Wait()
-	if !timer.Stop() {
-		t.Fatalf("lbdoctor %s ran longer than %s; ended with SIGQUIT:\n%s", strings.Join(args, " "), binaryBound, errb.String())
-	}
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
+	out, errs, code := testkit.RunLbdoctorEnv(t, env, binaryBound, args...)
 	var r report.Report
-	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
-		t.Fatalf("lbdoctor %v: output is not JSON (%v):\n%s\n%s", args, err, out.String(), errb.String())
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("lbdoctor %v: output is not JSON (%v):\n%s\n%s", args, err, out, errs)
 	}
 	return &r, code
 }
@@ -142,22 +115,10 @@ func TestGuestCheckDrops(t *testing.T) {
 	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "0")
 	check := func() *checks.Finding {
 		t.Helper()
-		stop := make(chan struct{})
-		done := make(chan struct{})
-		go func() { // traffic for the whole window
-			defer close(done)
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-					lab.Probe(context.Background(), l.Client, vip, 500*time.Millisecond)
-				}
-			}
-		}()
-		r, _ := runBinary(t, "check", "--netns", l.LB.Name, "--vip", vip.String(), "--drops", "3s", "-o", "json")
-		close(stop)
-		<-done
+		var r *report.Report
+		withTraffic(l, vip, func() { // traffic for the whole window
+			r, _ = runBinary(t, "check", "--netns", l.LB.Name, "--vip", vip.String(), "--drops", "3s", "-o", "json")
+		})
 		for i := range r.Findings {
 			if r.Findings[i].ID == "drops.vip_flows" {
 				return &r.Findings[i]
@@ -177,7 +138,7 @@ func TestGuestCheckDrops(t *testing.T) {
 	}
 	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
 	if f := check(); f.Status != "pass" {
-		t.Errorf("with forwarding on, drops.vip_flows = %s %q %v, want pass", f.Status, f.Title, f.Evidence)
+		t.Errorf("with forwarding on, drops.vip_flows = %s %q (%s) %v, want pass", f.Status, f.Title, f.Reason, f.Evidence)
 	}
 }
 
@@ -218,26 +179,6 @@ func TestGuestCheckReadsRulesThroughAnyTool(t *testing.T) {
 	}
 }
 
-// runText runs the real lbdoctor binary and returns its stdout and exit code.
-func runText(t *testing.T, args ...string) (string, int) {
-	t.Helper()
-	bin, err := exec.LookPath("lbdoctor")
-	if err != nil {
-		t.Fatal("no lbdoctor binary in the guest: run guest tests with `make guest-test` (it adds bin/lbdoctor)")
-	}
-	var out, errb bytes.Buffer
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err = cmd.Run()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return out.String() + errb.String(), ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return out.String() + errb.String(), 0
-}
-
 // withTraffic runs fn while a client keeps trying vip.
 func withTraffic(l *lab.Lab, vip netip.AddrPort, fn func()) {
 	stop, done := make(chan struct{}), make(chan struct{})
@@ -272,7 +213,7 @@ func TestGuestCheckPathStage3(t *testing.T) {
 	args := []string{"check", "--netns", l.LB.Name, "--vip", vip.String()}
 	var text string
 	var code int
-	withTraffic(l, vip, func() { text, code = runText(t, args...) })
+	withTraffic(l, vip, func() { text, code = testkit.RunLbdoctor(t, args...) })
 	t.Logf("check (ip_forward=0): exit %d\n%s", code, text)
 	stop := regexp.MustCompile(`(?m)^    path:     TCP ` + regexp.QuoteMeta(vip.String()) + `: client→VIP ✓ [1-9]\d* · IPVS→real \.\d+ ✓ [1-9]\d* · SNAT ✓ · (SYN-ACK|reply) real→LB ✓ [1-9]\d* · de-SNAT \(PREROUTING\) · route: ` +
 		regexp.QuoteMeta(l.ClientIP.String()) + ` not local, forwarding off · ✗ ip_error IP_INADDRERRORS ×[1-9]\d*`)
@@ -324,7 +265,7 @@ func TestGuestCheckPathStage3(t *testing.T) {
 	}
 	// The complete path is in the window (inspect shows it).
 	withTraffic(l, vip, func() {
-		inspect, _ = runText(t, "inspect", "--netns", l.LB.Name, "--vip", vip.String(), "--watch", "3s")
+		inspect, _ = testkit.RunLbdoctor(t, "inspect", "--netns", l.LB.Name, "--vip", vip.String(), "--watch", "3s")
 	})
 	t.Logf("inspect --watch 3s after the fix:\n%s", inspect)
 	if !complete.MatchString(inspect) {

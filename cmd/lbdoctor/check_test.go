@@ -70,26 +70,6 @@ func checkJSON(t *testing.T, args ...string) (report.Report, int) {
 	return r, code
 }
 
-// dnatVIP builds a one-arm lab whose LB DNATs its VIP with nft (no IPVS on
-// the host), serves on the real, lets forwarded flows through (leaving
-// their backend in conntrack), then turns forwarding off: the VIP's SYNs
-// die in ip_error from then on.
-func dnatVIP(t *testing.T, forwarded int) (*lab.Lab, netip.AddrPort) {
-	t.Helper()
-	l := testkit.Lab(t, lab.OneArm)
-	vip := netip.AddrPortFrom(l.VIP, 8085)
-	testkit.Serve(t, l.Real, ":8085")
-	testkit.NftNAT(t, l.LB, vip, netip.AddrPortFrom(l.RealIP, 8085), true)
-	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
-	for i := 0; i < forwarded; i++ {
-		if res := lab.Probe(context.Background(), l.Client, vip, time.Second); !res.OK {
-			t.Fatal(res.Err)
-		}
-	}
-	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "0")
-	return l, vip
-}
-
 // probeLater tries the VIP from the client once the command under test had
 // time to start; the channel closes when the try is over.
 func probeLater(l *lab.Lab, vip netip.AddrPort) <-chan struct{} {
@@ -185,7 +165,7 @@ func TestCheckDropsOfAnNftDNATVIP(t *testing.T) {
 			if tt.learned {
 				forwarded = 1
 			}
-			l, vip := dnatVIP(t, forwarded)
+			l, vip := testkit.DNATLab(t, forwarded)
 			done := probeLater(l, vip)
 			r, _ := checkJSON(t, "--netns", l.LB.Name, "--vip", vip.String(), "--watch", "2500ms")
 			<-done
@@ -208,7 +188,7 @@ func TestCheckDropsOfAnNftDNATVIP(t *testing.T) {
 // attributed (the SYNs die before conntrack confirms them), are one reason,
 // IP_INADDRERRORS, which heads the finding with its fix, ip_forward=1.
 func TestCheckDropsSYNFloodNamesTheReason(t *testing.T) {
-	l, vip := dnatVIP(t, 3)
+	l, vip := testkit.DNATLab(t, 3)
 	const syns = 300
 	flood := make(chan error, 1)
 	go func() {
@@ -310,7 +290,7 @@ func TestCheckSaysWatchingWhileItWatches(t *testing.T) {
 		traced    bool // drops.vip_flows judged (pass or fail), not skipped
 	}{{"backend learned", 1, true}, {"nothing to trace", 0, false}} {
 		t.Run(tt.name, func(t *testing.T) {
-			l, vip := dnatVIP(t, tt.forwarded)
+			l, vip := testkit.DNATLab(t, tt.forwarded)
 			_, out, stderr := runCLI("check", "--netns", l.LB.Name, "--vip", vip.String(), "--watch", "500ms")
 			traced := strings.Contains(out, "drops.vip_flows") && !strings.Contains(out, "- drops.vip_flows")
 			if want := "watching " + vip.String() + " ("; !strings.Contains(stderr, want) || !strings.Contains(stderr, "for 500ms") || traced != tt.traced {

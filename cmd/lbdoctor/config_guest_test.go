@@ -66,7 +66,7 @@ func TestGuestConfigFaults(t *testing.T) {
 			// path filter's rests on the window's drops, so its fix lines
 			// are run as printed.
 			if tt.static {
-				out, code := runText(t, "check", "--netns", h.lb.Name, "--watch", "0", "--fix", "--yes")
+				out, code := testkit.RunLbdoctor(t, "check", "--netns", h.lb.Name, "--watch", "0", "--fix", "--yes")
 				_, after, _ := strings.Cut(out, "after --fix:")
 				if code != 0 || !strings.Contains(after, "✓ "+tt.id+" ") {
 					t.Fatalf("check --watch 0 --fix --yes = exit %d, want 0 and %s passing after the fix:\n%s", code, tt.id, out)

@@ -115,7 +115,7 @@ func TestDropsProtoWithoutPorts(t *testing.T) {
 // drops --vip on a VIP that nft DNATs traces the backends conntrack shows
 // for it: the SYNs that die in ip_error carry the backend's address.
 func TestDropsVIPOfAnNftDNAT(t *testing.T) {
-	l, vip := dnatVIP(t, 1)
+	l, vip := testkit.DNATLab(t, 1)
 	done := probeLater(l, vip)
 	code, out, stderr := runCLI("drops", "--netns", l.LB.Name, "--vip", vip.String(), "--duration", "2500ms")
 	<-done

@@ -2,7 +2,6 @@ package main
 
 import (
 	"io"
-	"runtime"
 
 	"bytes"
 	"context"
@@ -141,36 +140,11 @@ type cliResult struct {
 }
 
 // runCLIWithout runs a command line on a thread without capability c.
-// Capabilities are per thread: the thread is locked and never unlocked, so
-// it dies with its dropped capability instead of serving other goroutines.
-func runCLIWithout(t *testing.T, c uintptr, args ...string) cliResult {
+func runCLIWithout(t *testing.T, c uint, args ...string) cliResult {
 	t.Helper()
-	type result struct {
-		cliResult
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-		var data [2]unix.CapUserData
-		if err := unix.Capget(&hdr, &data[0]); err != nil {
-			done <- result{err: err}
-			return
-		}
-		data[c/32].Effective &^= 1 << (c % 32)
-		if err := unix.Capset(&hdr, &data[0]); err != nil {
-			done <- result{err: err}
-			return
-		}
-		code, out, errs := runCLI(args...)
-		done <- result{cliResult: cliResult{code: code, stdout: out, stderr: errs}}
-	}()
-	r := <-done
-	if r.err != nil {
-		t.Fatal(r.err)
-	}
-	return r.cliResult
+	var r cliResult
+	testkit.WithoutCaps(t, func() { r.code, r.stdout, r.stderr = runCLI(args...) }, c)
+	return r
 }
 
 // Without CAP_NET_ADMIN check names the capability and exits 3.

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"runtime/pprof"
 	"strconv"
@@ -53,6 +54,10 @@ const (
 // ≤ 100 MB.
 //
 //	make guest-test RUN='^$' BENCH=GuestCheckScale GUEST_PKGS=./cmd/lbdoctor/ LBDOCTOR_GUEST_MEMORY=1G
+//
+// BENCH='GuestCheckScale/^check-' measures lbdoctor alone.
+// LBDOCTOR_BENCH_BASE names another lbdoctor binary in the guest (added
+// with LBDOCTOR_GUEST_FILES, e.g. main's build) measured beside it.
 func BenchmarkGuestCheckScale(b *testing.B) {
 	services, conns := scaleServices, scaleConns
 	if v, err := strconv.Atoi(os.Getenv("LBDOCTOR_BENCH_SERVICES")); err == nil && v > 0 {
@@ -73,16 +78,31 @@ func BenchmarkGuestCheckScale(b *testing.B) {
 	if err != nil {
 		b.Fatal("no lbdoctor binary in the guest: run it with `make guest-test` (it adds bin/lbdoctor)")
 	}
-	runs := []struct {
+	type run struct {
 		name   string
 		ns     netns.Target // "" Spec: the test's own namespace
 		window time.Duration
 		argv   []string
-	}{
-		{"ipvsadm-Ln", s.lb, 0, []string{"ipvsadm", "-Ln"}},
-		{"ipvsadm-Lnc", s.lb, 0, []string{"ipvsadm", "-Lnc"}},
-		{"check-static", netns.Target{}, 0, []string{bin, "check", "--netns", s.lb.Name, "--watch", "0", "-o", "json"}},
-		{"check-window", netns.Target{}, scaleWindow, []string{bin, "check", "--netns", s.lb.Name, "-o", "json"}}, // the default window
+	}
+	checkRuns := func(prefix, bin string) []run {
+		return []run{
+			{prefix + "check-static", netns.Target{}, 0, []string{bin, "check", "--netns", s.lb.Name, "--watch", "0", "-o", "json"}},
+			{prefix + "check-window", netns.Target{}, scaleWindow, []string{bin, "check", "--netns", s.lb.Name, "-o", "json"}}, // the default window
+		}
+	}
+	// lbdoctor first: conntrack lets the flows of the fill go after a few
+	// minutes (they never saw a reply), and ipvsadm reads no conntrack.
+	runs := checkRuns("", bin)
+	if base := os.Getenv("LBDOCTOR_BENCH_BASE"); base != "" {
+		// Another lbdoctor binary in the guest (e.g. main's), measured on
+		// the same table, side by side.
+		runs = append(runs, checkRuns("base-", base)...)
+	}
+	runs = append(runs, run{"ipvsadm-Ln", s.lb, 0, []string{"ipvsadm", "-Ln"}}, run{"ipvsadm-Lnc", s.lb, 0, []string{"ipvsadm", "-Lnc"}})
+	if os.Getenv("LBDOCTOR_BENCH_GCTRACE") != "" {
+		// The Go runtime's own account of each lbdoctor run's heap, on
+		// stderr, beside the RSS the kernel counts.
+		b.Setenv("GODEBUG", "gctrace=1")
 	}
 	if os.Getenv("LBDOCTOR_BENCH_PROFILE") != "" {
 		b.Run("gather-profile", func(b *testing.B) {
@@ -92,22 +112,37 @@ func BenchmarkGuestCheckScale(b *testing.B) {
 	for _, r := range runs {
 		b.Run(r.name, func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
+				before := s.conntrackCount(b)
 				m := measureCmd(b, r.ns, r.argv...)
-				if r.argv[0] == bin {
+				if r.argv[1] == "check" {
 					var rep report.Report
 					if err := json.Unmarshal(m.out, &rep); err != nil || (m.code != 0 && m.code != 1) {
 						b.Fatalf("%v = exit %d, %d bytes (%v), want exit 0 or 1 and a JSON report\n%s", r.argv[1:], m.code, len(m.out), err, m.err)
 					}
 					b.Logf("%s: verdict %s, summary %+v, errors %v", r.name, rep.Verdict, rep.Summary, rep.Errors)
+					for _, f := range rep.Findings {
+						if f.Status != checks.Pass {
+							b.Logf("%s: %s %s: %s %s", r.name, f.Status, f.ID, f.Title, f.Reason)
+						}
+					}
+					if _, unread := rep.Errors[probes.ProbeIPVSConns]; r.argv[0] == bin && got > probes.MaxConnTable && !unread {
+						b.Errorf("%s on %d IPVS connections: errors %v, want %q saying the table was not read", r.name, got, rep.Errors, probes.ProbeIPVSConns)
+					}
 				} else if m.code != 0 {
 					b.Fatalf("%v = exit %d\n%s", r.argv, m.code, m.err)
 				}
 				b.ReportMetric(m.wall.Seconds(), "wall-s")
 				b.ReportMetric((m.wall - r.window).Seconds(), "beyond-window-s")
 				b.ReportMetric(float64(m.maxRSS)/(1<<20), "peak-rss-MB")
+				if m.ownRSS > 0 {
+					b.ReportMetric(float64(m.ownRSS)/(1<<20), "own-peak-rss-MB")
+				}
 				b.ReportMetric(m.cpu.Seconds(), "cpu-s")
-				b.Logf("%s: wall %s (window %s), peak RSS %.1f MB, CPU %s, %d bytes out; conntrack entries after: %s",
-					r.name, m.wall.Round(time.Millisecond), r.window, float64(m.maxRSS)/(1<<20), m.cpu.Round(time.Millisecond), len(m.out), s.conntrackCount(b))
+				if h := gcPeakHeap(m.err); h > 0 {
+					b.ReportMetric(h, "gc-peak-heap-MB")
+				}
+				b.Logf("%s: wall %s (window %s), peak RSS %.1f MB, CPU %s, %d bytes out; conntrack entries before: %s, after: %s",
+					r.name, m.wall.Round(time.Millisecond), r.window, float64(m.maxRSS)/(1<<20), m.cpu.Round(time.Millisecond), len(m.out), before, s.conntrackCount(b))
 			}
 		})
 	}
@@ -201,6 +236,9 @@ func newScaleLB(b *testing.B, services, reals int) *scaleLB {
 	// the table and measuring take in TCG.
 	testkit.Sysctl(b, s.lb, "net.netfilter.nf_conntrack_tcp_timeout_unacknowledged", "3600")
 	testkit.Sysctl(b, s.lb, "net.netfilter.nf_conntrack_tcp_timeout_established", "3600")
+	// A flow picked up mid-stream has no window seen yet: conntrack gives
+	// it the retransmission timeout (5 min), not the state's.
+	testkit.Sysctl(b, s.lb, "net.netfilter.nf_conntrack_tcp_timeout_max_retrans", "3600")
 	testkit.Run(b, s.lb, "iptables", "-t", "nat", "-A", "POSTROUTING", "-m", "ipvs", "--ipvs", "--vdir", "ORIGINAL", "--vmethod", "MASQ", "-j", "MASQUERADE")
 	// The conntrack table's limit is the host's (init namespace) alone.
 	const ctMax = "/proc/sys/net/netfilter/nf_conntrack_max"
@@ -323,11 +361,65 @@ func ackPacket(pkt []byte, src netip.Addr, dst netip.AddrPort, sport uint16) {
 	binary.BigEndian.PutUint16(tcp[16:], ^uint16(sum))
 }
 
+// pollOwnPeak returns the peak RSS (VmHWM, bytes) of the command busybox
+// (pid) runs, polled every 20 ms until done: rusage's peak is the largest
+// of the command and of every child it ran (iptables-save, nft), and a
+// high-water mark kept by the kernel for the command's own memory says
+// which one it was.
+func pollOwnPeak(pid int, done <-chan struct{}) int64 {
+	var peak, child int64
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if child == 0 {
+			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid)); err == nil {
+				if f := strings.Fields(string(b)); len(f) > 0 {
+					child, _ = strconv.ParseInt(f[0], 10, 64)
+				}
+			}
+		}
+		if child != 0 {
+			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", child)); err == nil {
+				for _, l := range strings.Split(string(b), "\n") {
+					if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+						if kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64); err == nil && kb<<10 > peak {
+							peak = kb << 10
+						}
+					}
+				}
+			}
+		}
+		select {
+		case <-done:
+			return peak
+		case <-tick.C:
+		}
+	}
+}
+
+// gcPeak matches a gctrace line's heap sizes: "… 45->47->20 MB, …".
+var gcPeak = regexp.MustCompile(`(\d+)->(\d+)->(\d+) MB`)
+
+// gcPeakHeap is the largest heap a gctrace (GODEBUG=gctrace=1) on stderr
+// saw at a collection's start or end, in MB; 0 without one.
+func gcPeakHeap(stderr string) float64 {
+	peak := 0
+	for _, m := range gcPeak.FindAllStringSubmatch(stderr, -1) {
+		for _, v := range m[1:3] {
+			if n, _ := strconv.Atoi(v); n > peak {
+				peak = n
+			}
+		}
+	}
+	return float64(peak)
+}
+
 // measured is one command's run: wall time, peak RSS and CPU, exit code
 // and output.
 type measured struct {
 	wall, cpu time.Duration
-	maxRSS    int64 // bytes
+	maxRSS    int64 // bytes: the command's and its children's (rusage)
+	ownRSS    int64 // bytes: the command's own memory (VmHWM), polled; 0 unknown
 	code      int
 	out       []byte
 	err       string
@@ -346,8 +438,16 @@ func measureCmd(b *testing.B, ns netns.Target, argv ...string) measured {
 		cmd := exec.Command("busybox", append([]string{"time", "-o", rss, "-f", "%M"}, argv...)...)
 		cmd.Stdout, cmd.Stderr = &out, &errb
 		start := time.Now()
-		err := cmd.Run()
+		if err := cmd.Start(); err != nil {
+			return err
+		}
+		done := make(chan struct{})
+		polled := make(chan int64, 1)
+		go func() { polled <- pollOwnPeak(cmd.Process.Pid, done) }()
+		err := cmd.Wait()
 		m.wall = time.Since(start)
+		close(done)
+		m.ownRSS = <-polled
 		var ee *exec.ExitError
 		if err != nil && !errors.As(err, &ee) {
 			return err

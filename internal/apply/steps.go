@@ -233,12 +233,8 @@ func NewSysctl(ns netns.Target, key, value string) *Sysctl {
 	return &Sysctl{NS: ns, Key: key, Value: value, previous: new(string)}
 }
 
-func (s *Sysctl) Describe() string {
-	return s.NS.ExecPrefix() + "sysctl -w " + shellquote.Quote(s.Key+"="+s.Value)
-}
-func (s *Sysctl) DescribeUndo() string {
-	return s.NS.ExecPrefix() + "sysctl -w " + shellquote.Quote(s.Key+"="+*s.previous)
-}
+func (s *Sysctl) Describe() string     { return s.NS.ExecPrefix() + sysctl.Command(s.Key, s.Value) }
+func (s *Sysctl) DescribeUndo() string { return s.NS.ExecPrefix() + sysctl.Command(s.Key, *s.previous) }
 func (s *Sysctl) Needed(context.Context) (bool, error) {
 	snap, err := sysctl.Read(s.NS, s.Key)
 	if err != nil {
@@ -283,10 +279,10 @@ func NewRestoreSysctl(ns netns.Target, key, previous, set string) *RestoreSysctl
 }
 
 func (s *RestoreSysctl) Describe() string {
-	return fmt.Sprintf("%ssysctl -w %s=%s", s.NS.ExecPrefix(), s.Key, s.Previous)
+	return s.NS.ExecPrefix() + sysctl.Command(s.Key, s.Previous)
 }
 func (s *RestoreSysctl) DescribeUndo() string {
-	return fmt.Sprintf("%ssysctl -w %s=%s", s.NS.ExecPrefix(), s.Key, s.Set)
+	return s.NS.ExecPrefix() + sysctl.Command(s.Key, s.Set)
 }
 func (s *RestoreSysctl) Needed(context.Context) (bool, error) {
 	snap, err := sysctl.Read(s.NS, s.Key)
@@ -299,8 +295,8 @@ func (s *RestoreSysctl) Needed(context.Context) (bool, error) {
 	case !v.Present || v.Value == s.Previous:
 		return false, nil
 	case s.Set == "":
-		*s.left = fmt.Sprintf("sysctl %s=%s in %s: the record does not say which value lbdoctor set; it was %s before (%ssysctl -w %s=%s)",
-			s.Key, v.Value, s.NS, s.Previous, s.NS.ExecPrefix(), s.Key, s.Previous)
+		*s.left = fmt.Sprintf("sysctl %s=%s in %s: the record does not say which value lbdoctor set; it was %s before (%s%s)",
+			s.Key, v.Value, s.NS, s.Previous, s.NS.ExecPrefix(), sysctl.Command(s.Key, s.Previous))
 		return false, nil
 	case v.Value != s.Set:
 		*s.left = fmt.Sprintf("sysctl %s=%s in %s: lbdoctor set %s, someone changed it since; not put back to %s", s.Key, v.Value, s.NS, s.Set, s.Previous)

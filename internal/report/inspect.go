@@ -118,7 +118,11 @@ func InspectText(w io.Writer, in *Inspection) error {
 	if s.IPVS.Available {
 		t := s.IPVS.Timeouts
 		p("  timeouts: tcp %ds, tcpfin %ds, udp %ds\n", t.TCP, t.TCPFin, t.UDP)
-		p("  connections: %d\n", len(s.IPVS.Conns)+s.IPVS.ConnsOmitted)
+		if _, unread := s.Errors[probes.ProbeIPVSConns]; unread {
+			p("  connections: not read (see the probe errors below); by IPVS's counters %d\n", s.IPVS.DestConns())
+		} else {
+			p("  connections: %d\n", len(s.IPVS.Conns)+s.IPVS.ConnsOmitted)
+		}
 		for _, c := range s.IPVS.Conns {
 			p("    %s %s → %s → %s %s %ds\n", strings.ToUpper(c.Proto), c.Client, c.VIP, c.Dest, c.State, c.Expires)
 		}
@@ -226,6 +230,9 @@ func InspectText(w io.Writer, in *Inspection) error {
 		p("  in the window: %+d entries, +%d inserted, +%d insert_failed, +%d drop, +%d early_drop, +%d invalid\n", c.Entries, c.Insert, c.InsertFailed, c.Drop, c.EarlyDrop, c.Invalid)
 	}
 	p("  flows with %s: %d\n", ct.Selector, ct.Total())
+	if ct.Partial != "" {
+		p("  ! %s\n", ct.Partial)
+	}
 	for _, f := range ct.Flows {
 		p("    %s\n", f)
 	}

@@ -200,7 +200,7 @@ func pickLinks(opt Options) ([]netlink.Link, []Skip, error) {
 			// A link that is down carries nothing; named so the user knows.
 			skipped = append(skipped, Skip{Interface: at.Name, Reason: "down"})
 		case at.Flags&net.FlagLoopback != 0 && !wantLo:
-			skipped = append(skipped, Skip{Interface: at.Name, Reason: "loopback (name it to capture it)"})
+			skipped = append(skipped, Skip{Interface: at.Name, Reason: "loopback: only the LB's own traffic crosses it, no client's"})
 		case !ethernetLike(l):
 			skipped = append(skipped, Skip{Interface: at.Name, Reason: "link type " + at.EncapType + ": not Ethernet"})
 		default:

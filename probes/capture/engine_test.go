@@ -33,7 +33,7 @@ func TestCaptureVIPFlow(t *testing.T) {
 	var s seen
 	r := startCapture(t, p.L, Options{Match: Match{Proto: 17, Addrs: []netip.Addr{p.VIP.Addr()}, Ports: []uint16{vipPort}}}, s.handle)
 	// Every interface that is up, but loopback unless asked: lo is named.
-	if got := fmt.Sprint(r.c.Skipped()); got != "[{lo loopback (name it to capture it)}]" {
+	if got := fmt.Sprint(r.c.Skipped()); got != "[{lo loopback: only the LB's own traffic crosses it, no client's}]" {
 		t.Errorf("Skipped() = %s, want lo alone", got)
 	}
 	const n = 50

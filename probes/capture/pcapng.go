@@ -239,8 +239,12 @@ func (w *Writer) Close(stats []FileStats) error {
 	// No fsync: readers see the page cache; a flood's file is tens of
 	// megabytes that tcpdump does not sync either.
 	errs = append(errs, w.w.Flush(), w.f.Close())
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("pcapng %s: %w", w.f.Name(), err)
+	// The first error only: the buffered writer keeps it and returns it
+	// again for every later write, and a closing line is one line.
+	for _, err := range errs {
+		if err != nil {
+			return fmt.Errorf("pcapng %s: %w", w.f.Name(), err)
+		}
 	}
 	return nil
 }

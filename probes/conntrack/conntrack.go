@@ -113,21 +113,15 @@ const (
 // stays flat however large the table is. The kernel filters when it can;
 // every entry is checked again on its raw attributes before it is decoded.
 func Dump(ns netns.Target, f Filter, fn func(Flow) error) (DumpStats, error) {
-	if !f.Addr.IsValid() || f.Field < OrigSrc || f.Field > ReplyDst {
+	if f.Field == 0 {
 		return DumpStats{}, errors.New("conntrack filter needs an address and a tuple field")
 	}
-	sock, err := openDump(ns)
-	if err != nil {
-		return DumpStats{}, err
-	}
-	defer unix.Close(sock)
-	return dumpOn(sock, ns, f, 1, func(m syscall.NetlinkMessage) error {
-		var ev ct.Event
-		nm := netlink.Message{Header: netlink.Header{Type: netlink.HeaderType(m.Header.Type), Flags: netlink.HeaderFlags(m.Header.Flags)}, Data: m.Data}
-		if err := ev.Unmarshal(nm); err != nil {
-			return fmt.Errorf("decode conntrack entry: %w", err)
+	return Scan(ns, f, func(_ Head, decode func() (Flow, error)) error {
+		fl, err := decode()
+		if err != nil {
+			return err
 		}
-		return fn(convert(ev.Flow))
+		return fn(fl)
 	})
 }
 

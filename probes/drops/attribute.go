@@ -58,7 +58,9 @@ type Attributor struct {
 
 	filters []conntrack.Filter // what a dump reads; the zero Filter: every flow
 	keep    func(netip.Addr) bool
-	lazy    bool // no first dump: the tables are read when asked
+	lazy    bool   // no first dump: the tables are read when asked
+	noVS    string // why the IPVS connection table is never read ("": it is)
+	noCT    string // why conntrack is never dumped ("": it is): events alone
 
 	mu       sync.Mutex
 	cur, old map[pairKey]*cached
@@ -147,15 +149,17 @@ func (c *cached) name(s, d netip.AddrPort) *Flow {
 // only the conntrack flows that touch one of them (the tracer's own address
 // filter: no other drop is reported); proto narrows the first dump further.
 func NewAttributor(lb netns.Target, addrs []netip.Addr, proto uint8) *Attributor {
-	return newAttributor(lb, addrs, proto, false)
+	return newAttributor(lb, addrs, proto, false, "", "")
 }
 
 // newAttributor is NewAttributor; a lazy one reads the tables only when
 // asked (Prefetch, a miss): the selected flows of a window over a big LB's
 // services are its whole tables, hundreds of thousands of flows that a
-// window without a drop never needs.
-func newAttributor(lb netns.Target, addrs []netip.Addr, proto uint8, lazy bool) *Attributor {
-	a := &Attributor{lazy: lazy, LB: lb, Interval: DefaultInterval, cur: map[pairKey]*cached{}, old: map[pairKey]*cached{}, maxKeys: MaxCacheKeys,
+// window without a drop never needs. noVS and noCT, when set, say why the
+// IPVS connection table is never read, and why conntrack is never dumped
+// (Config.NoIPVSTable, Config.NoConntrackDump).
+func newAttributor(lb netns.Target, addrs []netip.Addr, proto uint8, lazy bool, noVS, noCT string) *Attributor {
+	a := &Attributor{lazy: lazy, noVS: noVS, noCT: noCT, LB: lb, Interval: DefaultInterval, cur: map[pairKey]*cached{}, old: map[pairKey]*cached{}, maxKeys: MaxCacheKeys,
 		progress: make(chan struct{}), errs: map[string]string{}, wake: make(chan struct{}, 1), readEvents: make(chan struct{}, 1), stop: make(chan struct{})}
 	if len(addrs) > 0 {
 		// A set: the services of a big LB have thousands of addresses,
@@ -234,7 +238,9 @@ func (a *Attributor) attribute(ctx context.Context, p Packet, at int64) *Flow {
 			a.mu.Unlock()
 			return f
 		}
-		ctDone := a.dumpAt > at || a.subscribed && a.drainedAt > at && a.dumpAt > max(a.lostAt, a.evictedAt)
+		// Not to be dumped (noCT), conntrack is read when its events are:
+		// what they lost stays unknown, and said.
+		ctDone := a.dumpAt > at || a.subscribed && a.drainedAt > at && (a.dumpAt > max(a.lostAt, a.evictedAt) || a.noCT != "") || !a.subscribed && a.noCT != ""
 		vsDone := a.vs == nil || a.vsAt > at
 		if ctDone && vsDone || ctx.Err() != nil {
 			// The tables were read past this drop and the flow was not in
@@ -246,7 +252,7 @@ func (a *Attributor) attribute(ctx context.Context, p Packet, at int64) *Flow {
 		// Without events, conntrack is read by dumps (the first one is under
 		// way from the start); with them, the reader asks for a dump itself
 		// when events were lost.
-		if !ctDone && (!a.subscribed || a.dumpAt <= max(a.lostAt, a.evictedAt)) && (a.dumpAt != 0 || a.lazy) {
+		if !ctDone && a.noCT == "" && (!a.subscribed || a.dumpAt <= max(a.lostAt, a.evictedAt)) && (a.dumpAt != 0 || a.lazy) {
 			a.wantDump, wake = true, true
 		}
 		if !vsDone {
@@ -360,7 +366,14 @@ func (a *Attributor) refresher(started chan<- struct{}) {
 	if a.ct, err = conntrack.NewDumper(a.LB); err != nil {
 		errs["conntrack"] = err.Error()
 	}
-	a.vs, _ = ipvs.OpenConns(a.LB) // without ip_vs there is no IPVS connection to attribute to
+	if a.noCT != "" {
+		errs["conntrack"] = a.noCT
+	}
+	if a.noVS != "" {
+		errs["ipvs"] = a.noVS
+	} else {
+		a.vs, _ = ipvs.OpenConns(a.LB) // without ip_vs there is no IPVS connection to attribute to
+	}
 	a.mu.Lock()
 	a.subscribed, a.wantDump, a.wantVS = sub != nil, !a.lazy, a.vs != nil && !a.lazy
 	maps.Copy(a.errs, errs)
@@ -527,7 +540,11 @@ func (a *Attributor) batch(dump, vs bool) {
 	a.mu.Lock()
 	maxFlows := a.maxKeys / 3
 	a.mu.Unlock()
-	if dump && a.ct != nil {
+	if dump && a.noCT != "" {
+		// Not dumped: the flows conntrack confirms from now on still
+		// come as events; a miss waits for no dump.
+		errs["conntrack"] = a.noCT
+	} else if dump && a.ct != nil {
 		for _, flt := range a.filters {
 			_, err := a.ct.Tuples(flt, func(proto uint8, o, r conntrack.Tuple) {
 				if len(flows) < maxFlows {
@@ -563,7 +580,7 @@ func (a *Attributor) batch(dump, vs bool) {
 		}
 		a.addConnLocked(p, c)
 	}
-	if dump {
+	if dump && a.noCT == "" {
 		// Read, or known unreadable (the error is shown): a drop waits no
 		// longer for this table either way.
 		a.dumpAt = start

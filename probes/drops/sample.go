@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
@@ -66,21 +67,16 @@ type Hooks struct {
 	Progress func(Counters)
 }
 
-// Watch traces drops in aggregate mode from the moment the tracer is
-// attached until the deadline (or until ctx ends: the sample says it was cut
-// short; a deadline already past when it is attached gives an empty window),
-// then names and attributes what was counted against lb's conntrack and
-// IPVS tables.
-func Watch(ctx context.Context, lb netns.Target, cfg Config, until time.Time, h Hooks) (*Sample, error) {
-	cfg.Events = false
-	tr, err := NewContext(ctx, cfg)
-	if err != nil {
-		return nil, err
-	}
+// Watch counts t's drops (an aggregate-mode tracer, attached) from now
+// until the deadline (or until ctx ends: the sample says it was cut short;
+// a deadline already past gives an empty window), then names and
+// attributes what was counted against lb's conntrack and IPVS tables, and
+// closes t.
+func (tr *Tracer) Watch(ctx context.Context, lb netns.Target, until time.Time, h Hooks) (*Sample, error) {
 	defer tr.Close()
-	// The tracer counts from here: the window it reports starts now, not
-	// after kallsyms is read (seconds on a slow guest).
-	start := time.Now()
+	// The tracer counts from its attach (just before), not from after
+	// kallsyms is read (seconds on a slow guest).
+	start := tr.attached
 	n := tr.Namer(lb) // before the window's end: reading kallsyms takes a while
 	defer n.Close()
 	if h.Started != nil {
@@ -160,6 +156,7 @@ type Namer struct {
 	// RawLocations says why locations are raw addresses ("" when they are
 	// symbol+offset), for the start line and the summary.
 	RawLocations string
+	following    sync.WaitGroup // Follow's reader: Close waits for it
 }
 
 // Namer returns a Namer for t's drops, attributing against lb (reading only
@@ -167,8 +164,8 @@ type Namer struct {
 func (t *Tracer) Namer(lb netns.Target) *Namer {
 	// Past the kernel's filter (Select) the selected flows are the whole
 	// tables of a big LB: read them only once something was dropped.
-	n := &Namer{tr: t, attr: newAttributor(lb, slices.Concat(t.cfg.Addrs, t.cfg.Select), t.cfg.Proto, len(t.cfg.Select) > 0), where: map[uint64]string{}}
-	syms, err := LoadSymbols() // without kallsyms a location stays an address
+	n := &Namer{tr: t, attr: newAttributor(lb, slices.Concat(t.cfg.Addrs, t.cfg.Select), t.cfg.Proto, len(t.cfg.Select) > 0, t.cfg.NoIPVSTable, t.cfg.NoConntrackDump), where: map[uint64]string{}}
+	syms, err := t.loadSymbols() // without kallsyms a location stays an address
 	t.SetHookRange(syms, err)
 	switch {
 	case err != nil:
@@ -187,7 +184,9 @@ func (t *Tracer) Namer(lb netns.Target) *Namer {
 // at its end even when they left the tables meanwhile or the last read is
 // slow. One read per period at most, whatever the drop rate.
 func (n *Namer) Follow(ctx context.Context, period time.Duration) {
+	n.following.Add(1)
 	go func() {
+		defer n.following.Done()
 		tick := time.NewTicker(period)
 		defer tick.Stop()
 		for {
@@ -207,8 +206,13 @@ func (n *Namer) Follow(ctx context.Context, period time.Duration) {
 // FollowPeriod is how often Follow reads the tables.
 const FollowPeriod = 500 * time.Millisecond
 
-// Close stops the attributor's table reads.
-func (n *Namer) Close() { n.attr.Close() }
+// Close stops the attributor's table reads, and waits for Follow's reader
+// to end (its ctx must be done): the tracer's maps it reads may be closed
+// after.
+func (n *Namer) Close() {
+	n.following.Wait()
+	n.attr.Close()
+}
 
 // Name names one aggregate (or, with Count 0, one event's packet) dropped
 // at at (CLOCK_MONOTONIC ns, as events carry it). Attribution waits for the

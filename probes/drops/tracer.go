@@ -47,13 +47,23 @@ type Config struct {
 	// Select are addresses the caller selects drops by in user space, when
 	// there are more than the kernel's filter takes (MaxFilter): the
 	// attributor reads only the flows that touch them (or Addrs).
-	Select        []netip.Addr
-	Ports         []uint16 // … and its source or destination port is one of these
-	Proto         uint8    // … and its protocol is this
-	IgnoreReasons []string // reason names to leave out (e.g. NOT_SPECIFIED)
-	Events        bool     // send each drop to user space (else: aggregate only)
-	Stack         bool     // record the kernel stack of each event
-	Attach        string   // force an attach point; "" picks the best available
+	Select []netip.Addr
+	// NoIPVSTable, when set, says why the attributor never reads the IPVS
+	// connection table (one too big to read in a window: its /proc file
+	// costs the square of its size); drops are then attributed through
+	// conntrack alone, and the sample's attribution errors say why.
+	NoIPVSTable string
+	// NoConntrackDump, when set, says why the attributor never dumps
+	// conntrack (a table bigger than a window's reads): drops are then
+	// attributed to the flows conntrack confirms while the tracer runs
+	// (its events) alone, and the sample's attribution errors say why.
+	NoConntrackDump string
+	Ports           []uint16 // … and its source or destination port is one of these
+	Proto           uint8    // … and its protocol is this
+	IgnoreReasons   []string // reason names to leave out (e.g. NOT_SPECIFIED)
+	Events          bool     // send each drop to user space (else: aggregate only)
+	Stack           bool     // record the kernel stack of each event
+	Attach          string   // force an attach point; "" picks the best available
 	// FlowMapSize is how many (netns, reason, location, flow) keys the
 	// aggregate map holds (0: DefaultFlowMapSize). Drops of flows past it
 	// are still counted exactly by place, only not itemised per flow.
@@ -101,6 +111,29 @@ type Tracer struct {
 	ringFile *os.File
 	ringConn syscall.RawConn
 	ending   atomic.Bool // the window is over: the reader reads what is left and returns
+	// symbols is the read of kallsyms Prepared.ReadSymbols started beside
+	// the loading (nil: the Namer reads them).
+	symbols *symbolsRead
+	// attached is when Load attached the tracer: it counts from then.
+	attached time.Time
+}
+
+// symbolsRead is a read of /proc/kallsyms under way: syms and err are set
+// when done is closed.
+type symbolsRead struct {
+	done chan struct{}
+	syms *Symbols
+	err  error
+}
+
+// loadSymbols returns the kernel's symbols: the read started beside the
+// loading, once done, or a read now.
+func (t *Tracer) loadSymbols() (*Symbols, error) {
+	if r := t.symbols; r != nil {
+		<-r.done
+		return r.syms, r.err
+	}
+	return LoadSymbols()
 }
 
 // Counters are what the kernel side counted.
@@ -146,13 +179,22 @@ var ErrBadFilter = errors.New("bad drop filter")
 // hundreds of milliseconds on a busy machine and cannot be cancelled): it
 // returns context.Cause(ctx), and the tracer, once loaded, is closed.
 func NewContext(ctx context.Context, cfg Config) (*Tracer, error) {
+	return loadContext(ctx, func() (*Tracer, error) { return New(cfg) })
+}
+
+// LoadContext is Load that gives up when ctx ends first, as NewContext.
+func (p *Prepared) LoadContext(ctx context.Context, cfg Config) (*Tracer, error) {
+	return loadContext(ctx, func() (*Tracer, error) { return p.Load(cfg) })
+}
+
+func loadContext(ctx context.Context, load func() (*Tracer, error)) (*Tracer, error) {
 	type loaded struct {
 		t   *Tracer
 		err error
 	}
 	ch := make(chan loaded, 1)
 	go func() {
-		t, err := New(cfg)
+		t, err := load()
 		ch <- loaded{t, err}
 	}()
 	select {
@@ -168,32 +210,89 @@ func NewContext(ctx context.Context, cfg Config) (*Tracer, error) {
 	}
 }
 
-// New loads the tracer with cfg's filters compiled in and attaches it.
-func New(cfg Config) (*Tracer, error) {
+// Prepared is the part of loading a tracer that no filter changes: the
+// kernel's drop reasons (BTF, shared with the load: kernel.BTFCache), the
+// program's spec, the attach point and, from ReadSymbols, the kernel's
+// symbols. On a slow machine (the TCG guest) it takes seconds, so a window
+// prepares it while it reads the namespace and loads the tracer (Load) once
+// that read gave it its filter. A Prepared serves one Load.
+type Prepared struct {
+	reasons   map[uint32]string
+	noReasons string
+	hasReason uint8
+	spec      *ebpf.CollectionSpec
+	specs     dropsSpecs // spec's maps, variables and programs, typed
+	attach    string
+	symbols   *symbolsRead // nil until ReadSymbols
+	took      time.Duration
+}
+
+// Prepare does what loading a tracer needs before its filter is known;
+// attach forces an attach point as Config.Attach does ("" picks the best).
+func Prepare(attach string) (*Prepared, error) {
 	start := time.Now()
-	if len(cfg.Addrs) > MaxFilter || len(cfg.Ports) > MaxFilter {
-		return nil, fmt.Errorf("%w: at most %d addresses and %d ports", ErrBadFilter, MaxFilter, MaxFilter)
-	}
-	t := &Tracer{events: cfg.Events, cfg: cfg}
+	p := &Prepared{hasReason: 1}
 	reasons, err := kernel.DropReasons()
 	if err != nil && !errors.Is(err, kernel.ErrNotSupported) {
 		return nil, err
 	}
-	t.Reasons = reasons
-	hasReason := uint8(1)
+	p.reasons = reasons
 	if err := kernelReasonField(); err != nil {
 		if !errors.Is(err, kernel.ErrNotSupported) {
 			return nil, err
 		}
-		t.Reasons, t.NoReasons, hasReason = nil, err.Error(), 0
+		p.reasons, p.noReasons, p.hasReason = nil, err.Error(), 0
 	}
-	spec, err := loadDrops()
+	if p.spec, err = loadDrops(); err != nil {
+		return nil, fmt.Errorf("load drop tracer spec: %w", err)
+	}
+	if err := p.spec.Assign(&p.specs); err != nil {
+		return nil, fmt.Errorf("load drop tracer spec: %w", err)
+	}
+	if p.attach, err = chooseAttach(attach, &p.specs.dropsVariableSpecs); err != nil {
+		return nil, err
+	}
+	p.took = time.Since(start)
+	return p, nil
+}
+
+// ReadSymbols starts reading /proc/kallsyms in the background for the
+// tracer's Namer (seconds on the TCG guest), beside the rest of the
+// loading; Load attaches the tracer once they are read, so that naming
+// what it counted never waits for them. Without kallsyms the Namer says
+// why, as it does reading them itself.
+func (p *Prepared) ReadSymbols() {
+	r := &symbolsRead{done: make(chan struct{})}
+	p.symbols = r
+	go func() {
+		defer close(r.done)
+		r.syms, r.err = LoadSymbols()
+	}()
+}
+
+// New loads the tracer with cfg's filters compiled in and attaches it.
+func New(cfg Config) (*Tracer, error) {
+	p, err := Prepare(cfg.Attach)
 	if err != nil {
-		return nil, fmt.Errorf("load drop tracer spec: %w", err)
+		return nil, err
 	}
-	var specs dropsSpecs
-	if err := spec.Assign(&specs); err != nil {
-		return nil, fmt.Errorf("load drop tracer spec: %w", err)
+	return p.Load(cfg)
+}
+
+// Load loads the tracer prepared by p with cfg's filters compiled in
+// (cfg.Attach is p's) and attaches it.
+func (p *Prepared) Load(cfg Config) (*Tracer, error) {
+	start := time.Now()
+	if len(cfg.Addrs) > MaxFilter || len(cfg.Ports) > MaxFilter {
+		return nil, fmt.Errorf("%w: at most %d addresses and %d ports", ErrBadFilter, MaxFilter, MaxFilter)
+	}
+	cfg.Attach = p.attach
+	t := &Tracer{events: cfg.Events, cfg: cfg, Reasons: p.reasons, NoReasons: p.noReasons, Attach: p.attach, symbols: p.symbols}
+	hasReason := p.hasReason
+	spec, specs := p.spec, p.specs
+	p.spec = nil // one Load: the spec is changed below
+	if spec == nil {
+		return nil, errors.New("load drop tracer: this preparation was loaded already")
 	}
 	if len(cfg.IgnoreReasons) > 0 && t.Reasons == nil {
 		why := t.NoReasons
@@ -211,10 +310,7 @@ func New(cfg Config) (*Tracer, error) {
 	if err := t.setHook(&specs.dropsVariableSpecs); err != nil {
 		return nil, err
 	}
-	t.Attach, err = chooseAttach(cfg.Attach, &specs.dropsVariableSpecs)
-	if err != nil {
-		return nil, err
-	}
+	var err error
 	progName := map[string]string{AttachTPBTF: dropsProgDropTpBtf, AttachRawTP: dropsProgDropRawTp, AttachTracepoint: dropsProgDropTracepoint}[t.Attach]
 	for name := range spec.Programs {
 		if name != progName {
@@ -238,7 +334,7 @@ func New(cfg Config) (*Tracer, error) {
 		// Event mode never counts in the aggregate maps: 2.8 MB saved.
 		specs.Agg.MaxEntries, specs.AggPlace.MaxEntries = 1, 1
 	}
-	t.coll, err = ebpf.NewCollection(spec)
+	t.coll, err = ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Cache: kernel.BTFCache()})
 	if err != nil {
 		return nil, fmt.Errorf("load drop tracer (%s): %w", t.Attach, err)
 	}
@@ -246,6 +342,9 @@ func New(cfg Config) (*Tracer, error) {
 	if err := errors.Join(t.coll.Assign(&t.maps), t.coll.Assign(&t.vars)); err != nil {
 		t.Close()
 		return nil, fmt.Errorf("load drop tracer (%s): %w", t.Attach, err)
+	}
+	if p.symbols != nil {
+		<-p.symbols.done
 	}
 	if err := t.Start(); err != nil {
 		t.Close()
@@ -261,7 +360,8 @@ func New(cfg Config) (*Tracer, error) {
 			return nil, fmt.Errorf("open drop ring buffer: %w", err)
 		}
 	}
-	t.AttachTime = time.Since(start)
+	t.attached = time.Now()
+	t.AttachTime = p.took + t.attached.Sub(start)
 	return t, nil
 }
 

@@ -63,6 +63,10 @@ type Result struct {
 	// Source is the LB's address the connect came from (the route's
 	// preferred source).
 	Source netip.Addr `json:"source,omitzero"`
+	// SourcePort is the LB's port of the probe's connection, when it
+	// connected: what the probe's own packets carry (the window leaves
+	// their drops out of the services').
+	SourcePort uint16 `json:"source_port,omitempty"`
 	// Neighbour is the state of the next hop's ARP/NDP entry after the
 	// probe (REACHABLE, STALE, FAILED, INCOMPLETE …; "" when none).
 	Neighbour string     `json:"neighbour,omitempty"`
@@ -178,7 +182,7 @@ func probeOne(ctx context.Context, t Target, timeout time.Duration) Result {
 	}
 	r.Dev, r.NextHop, r.Source, r.Local = d.Dev, d.NextHop, d.Src, d.Local
 	if t.Proto == "tcp" {
-		r.Connect, r.Error, r.RTT = connect(ctx, t.Real, d.Src, timeout)
+		r.Connect, r.Error, r.RTT, r.SourcePort = connect(ctx, t.Real, d.Src, timeout)
 		if r.Connect == "" { // the window ended during the connect
 			r.Skipped = "the window ended during the probe"
 			return r
@@ -191,8 +195,8 @@ func probeOne(ctx context.Context, t Target, timeout time.Duration) Result {
 		// The next hop answers ARP and the real did not answer in time:
 		// one more try, as a health checker's retry would, before a
 		// slow moment is called a silent real.
-		if c, msg, rtt := connect(ctx, t.Real, d.Src, timeout); c != "" {
-			r.Connect, r.Error, r.RTT = c, msg, rtt
+		if c, msg, rtt, port := connect(ctx, t.Real, d.Src, timeout); c != "" {
+			r.Connect, r.Error, r.RTT, r.SourcePort = c, msg, rtt, port
 			r.Note = "answered the second connect (the first timed out)"
 			if c == Timeout {
 				r.Note = "two connects timed out"
@@ -228,8 +232,9 @@ func answered(state string) bool {
 }
 
 // connect opens and closes one TCP connection to real from src (an address
-// the LB owns), within timeout; "" outcome when ctx ended first.
-func connect(ctx context.Context, real netip.AddrPort, src netip.Addr, timeout time.Duration) (outcome, msg string, rtt time.Duration) {
+// the LB owns), within timeout; "" outcome when ctx ended first. port is
+// the connection's local port when it connected.
+func connect(ctx context.Context, real netip.AddrPort, src netip.Addr, timeout time.Duration) (outcome, msg string, rtt time.Duration, port uint16) {
 	dialer := net.Dialer{Timeout: timeout}
 	if src.IsValid() {
 		dialer.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
@@ -238,21 +243,24 @@ func connect(ctx context.Context, real netip.AddrPort, src netip.Addr, timeout t
 	c, err := dialer.DialContext(ctx, "tcp", real.String())
 	rtt = time.Since(start)
 	if err == nil {
+		if a, ok := c.LocalAddr().(*net.TCPAddr); ok {
+			port = uint16(a.Port)
+		}
 		c.Close()
-		return OK, "", rtt
+		return OK, "", rtt, port
 	}
 	var ne net.Error
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED):
-		return Refused, "connection refused", rtt
+		return Refused, "connection refused", rtt, 0
 	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
-		return Unreachable, sysMsg(err), rtt
+		return Unreachable, sysMsg(err), rtt, 0
 	case ctx.Err() != nil && rtt < timeout:
-		return "", "", rtt
+		return "", "", rtt, 0
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
-		return Timeout, fmt.Sprintf("no answer within %s", timeout), rtt
+		return Timeout, fmt.Sprintf("no answer within %s", timeout), rtt, 0
 	}
-	return Error, sysMsg(err), rtt
+	return Error, sysMsg(err), rtt, 0
 }
 
 // sysMsg is the innermost error text ("no route to host"), not Go's "dial

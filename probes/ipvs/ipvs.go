@@ -100,6 +100,20 @@ func (c *ConnCounter) Counts() []ConnCount {
 	return c.out
 }
 
+// DestConns is the number of connections IPVS's reals hold by its own
+// counters (ActiveConn + InActConn of every real, from the netlink dump):
+// the size of the connection table, without reading it. Persistence
+// templates and connections whose real was removed are not counted.
+func (s Snapshot) DestConns() int {
+	n := 0
+	for _, svc := range s.Services {
+		for _, r := range svc.Reals {
+			n += r.ActiveConns + r.InactiveConns
+		}
+	}
+	return n
+}
+
 // Timeouts are IPVS's idle timeouts (ipvsadm --set), in seconds.
 type Timeouts struct {
 	TCP    int `json:"tcp"`

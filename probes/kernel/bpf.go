@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -27,7 +26,17 @@ func BTF() error {
 	return nil
 }
 
-var kernelSpec = sync.OnceValues(btf.LoadKernelSpec)
+// btfCache holds the kernel's BTF once read, for every load that needs it
+// (the drop tracer's CO-RE and attach target, the feature probes): each
+// load reads and indexes /sys/kernel/btf/vmlinux again without it, which
+// takes seconds on a slow machine (the TCG guest).
+var btfCache = btf.NewCache()
+
+func kernelSpec() (*btf.Spec, error) { return btfCache.Kernel() }
+
+// BTFCache is the kernel's BTF as every load of lbdoctor shares it
+// (ebpf.CollectionOptions.Cache).
+func BTFCache() *btf.Cache { return btfCache }
 
 // DropReasons maps the kernel's enum skb_drop_reason values to names without
 // the SKB_DROP_REASON_ prefix ("IP_INADDRERRORS"). The numbers differ between
@@ -118,7 +127,13 @@ func DropFunction() string {
 func nopProgram(spec *ebpf.ProgramSpec) (*ebpf.Program, error) {
 	spec.Instructions = asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}
 	spec.License = "GPL"
-	return ebpf.NewProgram(spec)
+	// A collection of one, for the shared BTF (NewProgram reads its own).
+	coll, err := ebpf.NewCollectionWithOptions(&ebpf.CollectionSpec{Programs: map[string]*ebpf.ProgramSpec{"nop": spec}}, ebpf.CollectionOptions{Cache: btfCache})
+	if err != nil {
+		return nil, err
+	}
+	defer coll.Close()
+	return coll.DetachProgram("nop"), nil
 }
 
 // classify turns a load or attach failure into the three-way answer.

@@ -50,6 +50,17 @@ func (s Snapshot) RouteTo(a netip.Addr) (Route, bool) {
 	return best, found
 }
 
+// LookedUp is the answer to the plain question `ip route get DST` (no
+// source, no input interface) when a probe asked it (Lookups).
+func (s Snapshot) LookedUp(dst netip.Addr) (Decision, bool) {
+	for _, d := range s.Lookups {
+		if d.Dst == dst && !d.From.IsValid() && d.Iif == "" {
+			return d, true
+		}
+	}
+	return Decision{}, false
+}
+
 // HasAddr reports whether a is an address of one of the snapshot's
 // interfaces (a local address), whether the interface is up or not.
 func (s Snapshot) HasAddr(a netip.Addr) bool {

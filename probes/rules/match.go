@@ -39,15 +39,7 @@ func (r Rule) MatchPacket(p Packet) Match {
 		return Unclear
 	}
 	m := Matches
-	for i := 2; i < len(args); i++ {
-		a := args[i]
-		next := func() string {
-			if i+1 < len(args) {
-				i++
-				return args[i]
-			}
-			return ""
-		}
+	walkArgs(args[2:], func(a string, next func() string) bool {
 		var v Match
 		switch a {
 		case "-p", "--protocol":
@@ -63,43 +55,29 @@ func (r Rule) MatchPacket(p Packet) Match {
 		case "-m", "--match":
 			switch next() {
 			case "tcp", "udp", "comment":
-				continue
+				return true
 			}
 			v = Unclear
 		case "--comment":
 			next()
-			continue
+			return true
 		case "-j", "--jump":
-			next()
-			for i+1 < len(args) { // the target's own options (--reject-with …)
-				i++
-			}
-			continue
+			return false // the rest is the target and its own options (--reject-with …)
 		default:
 			v = Unclear
 		}
-		if v == NoMatch {
-			return NoMatch
-		}
 		m = min(m, v)
-	}
+		return m != NoMatch
+	})
 	return m
 }
 
 // matchNft reads the few nft expressions a check can judge.
 func matchNft(spec string, p Packet) Match {
-	f := strings.Fields(nftCounter.ReplaceAllString(spec, ""))
 	m := Matches
-	for i := 0; i < len(f); i++ {
-		next := func() string {
-			if i+1 < len(f) {
-				i++
-				return f[i]
-			}
-			return ""
-		}
+	walkArgs(strings.Fields(nftCounter.ReplaceAllString(spec, "")), func(w string, next func() string) bool {
 		var v Match
-		switch w := f[i]; w {
+		switch w {
 		case "ip", "ip6":
 			switch next() {
 			case "saddr":
@@ -112,7 +90,8 @@ func matchNft(spec string, p Packet) Match {
 		case "tcp", "udp", "th":
 			if w != "th" {
 				if v = eq(w, p.Proto); v == NoMatch {
-					return NoMatch
+					m = NoMatch
+					return false
 				}
 			}
 			switch next() {
@@ -130,19 +109,34 @@ func matchNft(spec string, p Packet) Match {
 				v = Unclear
 			}
 		case "counter", "drop", "accept":
-			continue
+			return true
 		case "reject":
-			i = len(f) // "reject with …": the verdict's own words
-			continue
+			return false // "reject with …": the verdict's own words
 		default:
 			v = Unclear
 		}
-		if v == NoMatch {
-			return NoMatch
-		}
 		m = min(m, v)
-	}
+		return m != NoMatch
+	})
 	return m
+}
+
+// walkArgs calls fn with each word of args in turn and a next that takes
+// the word after it (an option's value; "" past the end), until fn returns
+// false: the one walk over iptables-save and nft rule words.
+func walkArgs(args []string, fn func(word string, next func() string) bool) {
+	for i := 0; i < len(args); i++ {
+		next := func() string {
+			if i+1 < len(args) {
+				i++
+				return args[i]
+			}
+			return ""
+		}
+		if !fn(args[i], next) {
+			return
+		}
+	}
 }
 
 func eq(want, have string) Match {

@@ -553,19 +553,11 @@ func parseChainLine(backend, table, line string) (c Chain, ok bool, err error) {
 
 func labelRule(r *Rule, args []string) {
 	negate := false
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		next := func() string {
-			if i+1 < len(args) {
-				i++
-				return args[i]
-			}
-			return ""
-		}
+	walkArgs(args, func(a string, next func() string) bool {
 		switch a {
 		case "!":
 			negate = true
-			continue
+			return true
 		case "-j", "--jump", "-g", "--goto":
 			r.Target = next()
 		case "-m", "--match":
@@ -603,7 +595,8 @@ func labelRule(r *Rule, args []string) {
 			r.CtOrigDst = hostAddr(next())
 		}
 		negate = false
-	}
+		return true
+	})
 }
 
 // hostAddr writes a one-address prefix as iptables-save prints it

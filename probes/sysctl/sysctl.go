@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/internal/shellquote"
 )
 
 // Value is one key as read in a namespace.
@@ -69,9 +70,47 @@ func ReadAll(ns netns.Target) (Snapshot, error) {
 	return snap, nil
 }
 
-// Path maps a dotted key to its /proc/sys file.
+// confPrefixes are the keys whose next word is an interface name, which
+// may hold dots (eth0.100, a VLAN): /proc/sys keeps such a name as one
+// directory, and sysctl(8) writes its dots as '/'. A key of this package
+// names the interface as it is: net.ipv4.conf.eth0.100.rp_filter.
+var confPrefixes = []string{"net.ipv4.conf.", "net.ipv6.conf."}
+
+// splitConf splits a per-interface key into its prefix, interface and
+// setting (the last word: no setting has a dot).
+func splitConf(key string) (prefix, dev, leaf string, ok bool) {
+	for _, p := range confPrefixes {
+		if rest, found := strings.CutPrefix(key, p); found {
+			if i := strings.LastIndexByte(rest, '.'); i > 0 {
+				return p, rest[:i], rest[i+1:], true
+			}
+		}
+	}
+	return "", "", "", false
+}
+
+// Path maps a dotted key to its /proc/sys file: net.ipv4.conf.eth0.100.rp_filter
+// is /proc/sys/net/ipv4/conf/eth0.100/rp_filter.
 func Path(key string) string {
+	if p, dev, leaf, ok := splitConf(key); ok {
+		return "/proc/sys/" + strings.ReplaceAll(p, ".", "/") + dev + "/" + leaf
+	}
 	return "/proc/sys/" + strings.ReplaceAll(key, ".", "/")
+}
+
+// Command is the sysctl(8) command line that sets key to value, quoted
+// for a shell.
+func Command(key, value string) string {
+	return "sysctl -w " + shellquote.Quote(Arg(key)+"="+value)
+}
+
+// Arg is key as sysctl(8) takes it: the dots of an interface name written
+// as '/' (net.ipv4.conf.eth0/100.rp_filter); other keys as they are.
+func Arg(key string) string {
+	if p, dev, leaf, ok := splitConf(key); ok {
+		return p + strings.ReplaceAll(dev, ".", "/") + "." + leaf
+	}
+	return key
 }
 
 // Read reads keys inside ns.
