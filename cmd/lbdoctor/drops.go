@@ -231,7 +231,7 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		onDrop := func(p drops.Packet, raw drops.RawEvent) {
 			delivered++
 			c, stack := namer.NameEvent(window, p, raw)
-			d := toDrop(c)
+			d := report.DropEventOf(c, tags.Of(c.Netns))
 			d.Time = time.Unix(0, int64(raw.TimeNs)+mono)
 			d.Ifname, d.Len, d.Stack = raw.Ifname, raw.Len, stack
 			if p.Proto == unix.IPPROTO_TCP {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/netip"
 	"strconv"
+	"time"
 	"unicode/utf8"
 
 	"github.com/lbdoctor/lbdoctor/probes/drops"
@@ -17,13 +18,16 @@ import (
 // (TestDropJSONAsMarshal holds the two together, field by field).
 
 // appendJSON appends d as json.Marshal encodes it.
-func (d *Drop) appendJSON(b []byte) []byte {
+func (d *Drop) appendJSON(b []byte) []byte { return d.appendJSONWith(b, nil) }
+
+// appendJSONWith is appendJSON; its time's text is tc's (nil: made whole).
+func (d *Drop) appendJSONWith(b []byte, tc *timeText) []byte {
 	b = append(b, `{"type":`...)
 	b = appendJSONString(b, d.Type)
 	if !d.Time.IsZero() {
 		// Time.MarshalJSON's text, quoted, without its allocation.
 		var err error
-		if b, err = d.Time.AppendText(append(b, `,"time":"`...)); err != nil {
+		if b, err = tc.appendTo(append(b, `,"time":"`...), d.Time); err != nil {
 			return nil // out of its range: json.Marshal says so
 		}
 		b = append(b, '"')
@@ -37,8 +41,13 @@ func (d *Drop) appendJSON(b []byte) []byte {
 	b = append(b, `,"location":`...)
 	b = appendJSONString(b, d.Location)
 	b = appendOmitEmpty(b, `,"proto":`, d.Proto)
-	b = appendOmitEmpty(b, `,"src":`, d.Src)
-	b = appendOmitEmpty(b, `,"dst":`, d.Dst)
+	if d.deferred() {
+		b = appendEndpoint(append(b, `,"src":`...), &d.ends, false)
+		b = appendEndpoint(append(b, `,"dst":`...), &d.ends, true)
+	} else {
+		b = appendOmitEmpty(b, `,"src":`, d.Src)
+		b = appendOmitEmpty(b, `,"dst":`, d.Dst)
+	}
 	b = appendOmitEmpty(b, `,"tcp_flags":`, d.TCPFlags)
 	if d.Len != 0 {
 		b = append(b, `,"len":`...)
@@ -114,6 +123,17 @@ func appendAddrPort(b []byte, ap netip.AddrPort) []byte {
 	return append(b, '"')
 }
 
+// appendEndpoint appends e's source (dst false) or destination as a JSON
+// string, as appendJSONString would the string Endpoints makes of it.
+func appendEndpoint(b []byte, e *endpoints, dst bool) []byte {
+	n := len(b)
+	b = e.appendTo(append(b, '"'), dst)
+	if !plain(b[n+1:]) { // a zone can hold anything
+		return appendJSONString(b[:n], string(b[n+1:]))
+	}
+	return append(b, '"')
+}
+
 // plain says whether s is copied into JSON as it is: printable ASCII that
 // encoding/json does not escape. Every string of every event line goes
 // through it: one table load a byte, not seven comparisons.
@@ -148,18 +168,66 @@ func appendJSONString(b []byte, s string) []byte {
 	return append(b, '"')
 }
 
+// timeText makes Time.AppendText's text (RFC 3339, nanoseconds without
+// their trailing zeros) of times that mostly fall in one second, as a
+// flood's events do: the date, clock and zone are made once a second and
+// copied; only the fraction is made per time. Not for concurrent use.
+type timeText struct {
+	sec        int64
+	loc        *time.Location
+	head, zone []byte // "2006-01-02T15:04:05", and "Z" or "+01:00"
+}
+
+// appendTo appends t as t.AppendText does, and fails where it fails. A nil
+// tc makes the text whole.
+func (tc *timeText) appendTo(b []byte, t time.Time) ([]byte, error) {
+	if tc == nil {
+		return t.AppendText(b)
+	}
+	ns := t.Nanosecond()
+	if sec := t.Unix(); tc.head == nil || sec != tc.sec || t.Location() != tc.loc {
+		// The second's own text: AppendText's, of its first nanosecond
+		// (no fraction). Zones change offset on whole seconds.
+		whole, err := t.Add(-time.Duration(ns)).AppendText(tc.head[:0])
+		if err != nil {
+			tc.head = nil
+			return t.AppendText(b) // its own error (or text, should it have one)
+		}
+		const clock = len("2006-01-02T15:04:05")
+		tc.sec, tc.loc = sec, t.Location()
+		tc.head, tc.zone = whole[:clock], append(tc.zone[:0], whole[clock:]...)
+	}
+	b = append(b, tc.head...)
+	if ns != 0 {
+		// ".123456789" without trailing zeros.
+		var frac [10]byte
+		frac[0] = '.'
+		for i := 9; i > 0; i-- {
+			frac[i] = byte('0' + ns%10)
+			ns /= 10
+		}
+		n := 10
+		for frac[n-1] == '0' {
+			n--
+		}
+		b = append(b, frac[:n]...)
+	}
+	return append(b, tc.zone...), nil
+}
+
 // DropLines writes drop events as DropsJSONLine does, one line each,
 // through one buffer it reuses: a flood's lines cost no allocation (nor a
 // Drop copied into an interface). The writer must not keep what it is
 // given (a lineQueue copies it). Not for concurrent use.
 type DropLines struct {
-	W   io.Writer
-	buf []byte
+	W    io.Writer
+	buf  []byte
+	time timeText // the events' times: a flood's fall in few seconds
 }
 
 // Write writes d as one JSON line.
 func (l *DropLines) Write(d *Drop) error {
-	b := d.appendJSON(l.buf[:0])
+	b := d.appendJSONWith(l.buf[:0], &l.time)
 	if b == nil {
 		return DropsJSONLine(l.W, *d) // json.Marshal says what it cannot encode
 	}

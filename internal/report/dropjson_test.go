@@ -3,6 +3,7 @@ package report
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"net/netip"
 	"reflect"
 	"testing"
@@ -31,7 +32,7 @@ func sampleDrops() map[string]Drop {
 // for every field; a field added to Drop, Flow or RawEvent fails it until
 // appendJSON writes it too.
 func TestDropJSONAsMarshal(t *testing.T) {
-	for typ, n := range map[reflect.Type]int{reflect.TypeFor[Drop](): 17, reflect.TypeFor[drops.Flow](): 6, reflect.TypeFor[drops.RawEvent](): 7} {
+	for typ, n := range map[reflect.Type]int{reflect.TypeFor[Drop](): 18, reflect.TypeFor[drops.Flow](): 6, reflect.TypeFor[drops.RawEvent](): 7} {
 		if got := typ.NumField(); got != n {
 			t.Errorf("%s has %d fields, appendJSON writes %d: teach it the new ones", typ, got, n)
 		}
@@ -117,6 +118,98 @@ func BenchmarkDropsJSONLine(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				if _, err := write(d); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// TestDropEventOfAsDropOf: an event's line, its endpoints appended as it
+// is written (DropEventOf), is DropOf's line byte for byte, in JSON and in
+// text, for every kind of endpoint.
+func TestDropEventOfAsDropOf(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	pkt := func(family, proto uint8, s, d netip.AddrPort) drops.Counted {
+		return drops.Counted{Aggregate: drops.Aggregate{Packet: drops.Packet{Netns: 7, Family: family, Proto: proto, Src: s, Dst: d}}, ReasonName: "NO_SOCKET", Symbol: "udp_queue_rcv_one_skb+0x1a"}
+	}
+	cases := map[string]drops.Counted{
+		"udp4":         pkt(4, 17, ap("10.79.0.1:1234"), ap("10.79.0.2:20001")),
+		"tcp6":         pkt(6, 6, ap("[2001:db8::1]:443"), ap("[2001:db8::2]:5")),
+		"icmp no port": pkt(4, 1, ap("10.0.0.1:0"), ap("10.0.0.2:0")),
+		"zoned":        pkt(6, 17, netip.AddrPortFrom(netip.MustParseAddr("fe80::1").WithZone("a\"<"), 1), ap("[fe80::2]:2")),
+		"zero addrs":   pkt(4, 17, netip.AddrPort{}, netip.AddrPort{}),
+		"zero no port": pkt(4, 1, netip.AddrPort{}, netip.AddrPort{}),
+		"not IP":       pkt(0, 0, netip.AddrPort{}, netip.AddrPort{}),
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			want, got := DropOf(c, "lb"), DropEventOf(c, "lb")
+			var wj, gj bytes.Buffer
+			if err := DropsJSONLine(&wj, want); err != nil {
+				t.Fatal(err)
+			}
+			if err := (&DropLines{W: &gj}).Write(&got); err != nil || gj.String() != wj.String() {
+				t.Errorf("DropLines.Write(DropEventOf(%s)) = %q, %v, want %q", name, gj.String(), err, wj.String())
+			}
+			if g, w := DropLine(got), DropLine(want); g != w {
+				t.Errorf("DropLine(DropEventOf(%s)) = %q, want %q", name, g, w)
+			}
+			if gs, gd := got.Endpoints(); gs != want.Src || gd != want.Dst {
+				t.Errorf("DropEventOf(%s).Endpoints() = %q, %q, want %q, %q", name, gs, gd, want.Src, want.Dst)
+			}
+		})
+	}
+}
+
+// TestTimeTextAsAppendText: the per-second text of DropLines' times is
+// AppendText's, for times in one second and across seconds, zones, a
+// whole second, and years AppendText refuses.
+func TestTimeTextAsAppendText(t *testing.T) {
+	berlin, err := time.LoadLocation("Europe/Berlin")
+	if err != nil {
+		berlin = time.FixedZone("CET", 3600)
+	}
+	base := time.Date(2026, 3, 29, 0, 59, 59, 0, time.UTC) // Berlin changes to summer time at 01:00 UTC
+	var times []time.Time
+	for _, ns := range []int{0, 1, 10, 123456789, 999999999, 500000000, 1000000000, 1000000001, 2999999990} {
+		for _, loc := range []*time.Location{time.UTC, berlin, time.FixedZone("odd", -(3*3600 + 30*60)), time.Local} {
+			times = append(times, base.Add(time.Duration(ns)).In(loc))
+		}
+	}
+	times = append(times, time.Unix(0, 1).In(time.UTC), time.Unix(-1, 5).In(time.UTC), time.Date(10000, 1, 1, 0, 0, 0, 5, time.UTC),
+		time.Date(2026, 1, 1, 0, 0, 0, 5, time.UTC), time.Date(-1, 1, 1, 0, 0, 0, 5, time.UTC), time.Date(2026, 1, 1, 0, 0, 0, 0, time.FixedZone("25h", 25*3600)))
+	var tc timeText
+	for range 2 { // a second time, from a cache left by the last one
+		for _, tm := range times {
+			want, wantErr := tm.AppendText([]byte("x"))
+			got, err := tc.appendTo([]byte("x"), tm)
+			if (err != nil) != (wantErr != nil) || err == nil && string(got) != string(want) {
+				t.Errorf("timeText.appendTo(%v) = %q, %v, want %q, %v", tm, got, err, want, wantErr)
+			}
+		}
+	}
+}
+
+// BenchmarkDropEventLine: one event-mode drop from its named packet to its
+// JSON line, as `drops -o json` makes it (DropOf formats the endpoints and
+// AppendText the time; DropEventOf and DropLines append both).
+func BenchmarkDropEventLine(b *testing.B) {
+	c := drops.Counted{Aggregate: drops.Aggregate{Packet: drops.Packet{Netns: 4026532252, Family: 4, Proto: 17,
+		Src: netip.MustParseAddrPort("10.79.0.1:41234"), Dst: netip.MustParseAddrPort("10.79.0.2:20001")}}, ReasonName: "NO_SOCKET", Symbol: "__udp4_lib_rcv+0x8e1"}
+	raw := drops.RawEvent{TimeNs: 1, Ifindex: 2, Ifname: "f1", Len: 29}
+	start := time.Now().UnixNano()
+	for name, of := range map[string]func(drops.Counted, string) Drop{"DropOf": DropOf, "DropEventOf": DropEventOf} {
+		b.Run(name, func(b *testing.B) {
+			l := DropLines{W: io.Discard}
+			b.ReportAllocs()
+			i := int64(0)
+			for b.Loop() {
+				i++
+				d := of(c, "fb")
+				d.Time = time.Unix(0, start+i*400000) // 2,500 drops a second
+				d.Ifname, d.Len, d.Raw = raw.Ifname, raw.Len, &raw
+				if err := l.Write(&d); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net/netip"
 	"slices"
 	"sort"
 	"strings"
@@ -36,6 +37,48 @@ type Drop struct {
 	Stack       []string        `json:"stack,omitempty"` // --stack: kernel frames, innermost first
 	Flow        *drops.Flow     `json:"flow,omitempty"`
 	Raw         *drops.RawEvent `json:"raw,omitempty"`
+	// ends, when Src is "", are the endpoints Src and Dst stand for, not
+	// formatted yet (DropEventOf): an event's line appends them as it is
+	// written, with no string made for either.
+	ends endpoints
+}
+
+// endpoints are a drop's source and destination as the packet had them;
+// addrOnly: written without the ports (a protocol without them); set: the
+// drop has them (an IP packet).
+type endpoints struct {
+	src, dst      netip.AddrPort
+	addrOnly, set bool
+}
+
+// appendTo appends e's source (dst false) or destination as
+// drops.Packet.Endpoints formats it.
+func (e *endpoints) appendTo(b []byte, dst bool) []byte {
+	ap := e.src
+	if dst {
+		ap = e.dst
+	}
+	switch {
+	case e.addrOnly && ap.Addr().IsValid():
+		return ap.Addr().AppendTo(b)
+	case e.addrOnly:
+		return append(b, ap.Addr().String()...) // "invalid IP", as String says
+	case ap.IsValid():
+		return ap.AppendTo(b)
+	}
+	return append(b, ap.String()...)
+}
+
+// deferred says whether d's endpoints are ends, not Src and Dst.
+func (d *Drop) deferred() bool { return d.Src == "" && d.ends.set }
+
+// Endpoints are d's source and destination as the output writes them
+// ("" when the drop has none).
+func (d *Drop) Endpoints() (src, dst string) {
+	if !d.deferred() {
+		return d.Src, d.Dst
+	}
+	return string(d.ends.appendTo(nil, false)), string(d.ends.appendTo(nil, true))
 }
 
 // DropOf is the output row of a named drop; tag names its namespace.
@@ -44,6 +87,19 @@ func DropOf(c drops.Counted, tag string) Drop {
 	if c.Family != 0 {
 		d.Proto = proto.Name(c.Proto)
 		d.Src, d.Dst = c.Endpoints()
+	}
+	return d
+}
+
+// DropEventOf is DropOf for one event of a flood: its source and destination
+// are kept as addresses and appended to its line as it is written, not
+// formatted into strings first (two allocations a drop); Endpoints gives
+// them as strings. The line is byte for byte DropOf's.
+func DropEventOf(c drops.Counted, tag string) Drop {
+	d := Drop{Type: "drop", Netns: c.Netns, NetnsTag: tag, Location: c.Symbol, Reason: c.ReasonName, Count: c.Count, Flow: c.Flow, NotItemised: c.NotItemised}
+	if c.Family != 0 {
+		d.Proto = proto.Name(c.Proto)
+		d.ends = endpoints{src: c.Src, dst: c.Dst, addrOnly: !proto.HasPorts(c.Proto), set: true}
 	}
 	return d
 }
@@ -151,8 +207,8 @@ func DropLine(d Drop) string {
 	if d.NotItemised {
 		b.WriteString(": flows not itemised (the flow map was full)")
 	}
-	if d.Src != "" {
-		fmt.Fprintf(&b, ": %s %s → %s", d.Proto, d.Src, d.Dst)
+	if src, dst := d.Endpoints(); src != "" {
+		fmt.Fprintf(&b, ": %s %s → %s", d.Proto, src, dst)
 		if d.TCPFlags != "" {
 			b.WriteString(" [" + d.TCPFlags + "]")
 		}

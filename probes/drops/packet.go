@@ -3,6 +3,7 @@ package drops
 import (
 	"net/netip"
 	"strings"
+	"sync"
 
 	"github.com/lbdoctor/lbdoctor/internal/proto"
 )
@@ -61,8 +62,19 @@ func (p Packet) Endpoints() (src, dst string) {
 	return p.Src.String(), p.Dst.String()
 }
 
-// TCPFlags renders TCP flags the way tcpdump's readers know them.
-func TCPFlags(f uint8) string {
+// TCPFlags renders TCP flags the way tcpdump's readers know them. Each
+// event of a TCP flood names its flags: the 256 texts are made once.
+func TCPFlags(f uint8) string { return tcpFlagTexts()[f] }
+
+var tcpFlagTexts = sync.OnceValue(func() *[256]string {
+	var t [256]string
+	for f := range t {
+		t[f] = tcpFlags(uint8(f))
+	}
+	return &t
+})
+
+func tcpFlags(f uint8) string {
 	names := []string{"FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"}
 	var out []string
 	for i, n := range names {

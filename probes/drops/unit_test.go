@@ -113,3 +113,27 @@ func TestEndpoints(t *testing.T) {
 		})
 	}
 }
+
+// TestTCPFlags: the flags' text, made once for each of the 256 values, as
+// tcpdump's readers know them.
+func TestTCPFlags(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		flags uint8
+		want  string
+	}{
+		{"none", 0, ""},
+		{"SYN", 0x02, "SYN"},
+		{"SYN-ACK", 0x12, "SYN,ACK"},
+		{"RST-ACK", 0x14, "RST,ACK"},
+		{"all", 0xff, "FIN,SYN,RST,PSH,ACK,URG,ECE,CWR"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for range 2 {
+				if got := drops.TCPFlags(tc.flags); got != tc.want {
+					t.Errorf("TCPFlags(%#x) = %q, want %q", tc.flags, got, tc.want)
+				}
+			}
+		})
+	}
+}
