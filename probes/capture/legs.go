@@ -206,7 +206,11 @@ func (f *FlowLegs) String() string {
 		switch LegKinds[i] {
 		case flowpath.Request:
 		case flowpath.ToReal:
-			b.WriteString(" · →real " + f.Real.String())
+			if f.Real.IsValid() {
+				b.WriteString(" · →real " + f.Real.String())
+			} else {
+				b.WriteString(" · →real (none chosen)")
+			}
 		default:
 			b.WriteString(" · " + LegName(LegKinds[i]))
 		}
@@ -332,7 +336,13 @@ func (f *FlowLegs) MarshalJSON() ([]byte, error) {
 type Joiner struct {
 	// Local, when set, says whether an address is the LB's own and not a
 	// VIP: an unclaimed packet to or from one is counted as Own too.
-	Local  func(netip.Addr) bool
+	Local func(netip.Addr) bool
+	// VIPs, when set, are the services captured: a packet the LB receives
+	// for one of them from an address not its own is the client→VIP leg
+	// of a flow even when no table holds the flow — a request that dies
+	// before conntrack confirms it (forwarding off, a filter drop after
+	// DNAT) leaves no entry, and is still the flow that stops at →real.
+	VIPs   []netip.AddrPort
 	attr   *drops.Attributor
 	parser *HeaderParser
 	Table  *Table
@@ -380,6 +390,9 @@ func (j *Joiner) Join(ctx context.Context, p Packet, seen int64) (LegOf, *FlowLe
 	}
 	at += int64(joinLag)
 	f := j.attr.Attribute(ctx, drops.Packet{Family: family, Proto: h.Proto, Src: h.Src, Dst: h.Dst}, at, 1)
+	if f == nil && p.Direction == In && slices.Contains(j.VIPs, h.Dst) && (j.Local == nil || !j.Local(h.Src.Addr())) {
+		f = &drops.Flow{Client: h.Src, VIP: h.Dst, Direction: "request", Stage: "as the client sent it, before NAT", Source: "capture"}
+	}
 	leg, ok := Classify(f, p.Direction)
 	fl := j.Table.Add(f, leg, ok, h, p.Time)
 	if fl == nil {
