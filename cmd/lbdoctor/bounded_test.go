@@ -315,16 +315,34 @@ func TestInterruptRule(t *testing.T) {
 		{"inspect before the first read", []string{"inspect", "--netns", p.B.Name, "--watch", "20s"}, "exec", 60 * time.Millisecond, syscall.SIGTERM,
 			[]int{exitInterrupted}, []string{"lbdoctor: interrupted by SIGTERM before anything was measured"}},
 	}
+	// These must be signalled before the tracer attached (the run is tried
+	// again, signalled sooner, if it was not).
+	beforeAttach := map[string]bool{"drops before attach": true}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			lp := startLbdoctor(t, tc.startLine, tc.args...)
-			lp.waitStart(t)
-			time.Sleep(tc.after)
-			sent := time.Now()
-			lp.cmd.Process.Signal(tc.sig)
-			lp.wait(t, 10*time.Second)
+			after := tc.after
+			var lp *proc
+			var sent time.Time
+			var all string
+			for attempt := 0; ; attempt++ {
+				lp = startLbdoctor(t, tc.startLine, tc.args...)
+				lp.waitStart(t)
+				time.Sleep(after)
+				sent = time.Now()
+				lp.cmd.Process.Signal(tc.sig)
+				lp.wait(t, 10*time.Second)
+				all = lp.stdout.String() + lp.errText()
+				// "Before attach" is a race with the tracer's load, which
+				// a quiet machine wins in ~50 ms: signalled after it, the
+				// case was not tried — again, sooner.
+				if beforeAttach[tc.name] && strings.Contains(all, "attached in") && attempt < 4 {
+					t.Logf("the tracer attached within %s of the start: again, signalled sooner", after)
+					after /= 2
+					continue
+				}
+				break
+			}
 			took := lp.ended.Sub(sent)
-			all := lp.stdout.String() + lp.errText()
 			ok := took < 200*time.Millisecond
 			ok = ok && slicesContains(tc.codes, lp.code)
 			for _, w := range tc.want {

@@ -49,7 +49,10 @@ func startTUIEnv(t testing.TB, w, h int, env []string, args ...string) *tmuxTUI 
 	requireTmux(t)
 	x := &tmuxTUI{t: t, sock: testkit.UniqueName("tui"), dir: t.TempDir()}
 	x.exitFile = filepath.Join(x.dir, "exit-code")
-	argv := append(append(append([]string{"env"}, env...), testkit.LbdoctorBinary(t), "tui"), args...)
+	// The TUI runs as at an engineer's terminal: without the CI
+	// variable, which termenv takes to mean "no terminal, no colour"
+	// (CI=true runs these tests).
+	argv := append(append(append([]string{"env", "-u", "CI"}, env...), testkit.LbdoctorBinary(t), "tui"), args...)
 	line := shellquote.Command(argv) + "; echo $? > " + shellquote.Quote(x.exitFile)
 	x.tmux("new-session", "-d", "-s", "tui", "-x", strconv.Itoa(w), "-y", strconv.Itoa(h), "-c", x.dir, line)
 	t.Cleanup(func() { exec.Command("tmux", "-L", x.sock, "kill-server").Run() })
