@@ -198,7 +198,12 @@ func explainDrops(s *probes.Snapshot, fs []Finding) {
 	var explained, total uint64
 	for _, c := range s.Drops.Drops {
 		total += c.Count
+		// A warning may explain a drop too (ipvs.expire_nodest_conn: IPVS
+		// drops packets of connections to a removed real); failures first.
 		j := slices.IndexFunc(fs, func(f Finding) bool { return f.Status == Fail && f.explains != nil && f.explains(c) })
+		if j < 0 {
+			j = slices.IndexFunc(fs, func(f Finding) bool { return f.Status == Warn && f.explains != nil && f.explains(c) })
+		}
 		if j < 0 {
 			continue // a drop no finding explains: drops.vip_flows is its only word
 		}

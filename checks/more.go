@@ -2,11 +2,15 @@ package checks
 
 import (
 	"fmt"
+	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/lbdoctor/lbdoctor/internal/tally"
 	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/drops"
+	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
 
@@ -149,7 +153,26 @@ func checkExpireNodest(s *probes.Snapshot, sel probes.Selector) Finding {
 	return Finding{Status: Warn, Title: "connections to a removed real server are kept until they time out",
 		Reason:   fmt.Sprintf("with expire_nodest_conn=0, packets of existing connections to a real that leaves are dropped for up to the IPVS timeout (tcp %ds)", s.IPVS.Timeouts.TCP),
 		Evidence: ev,
-		Remedies: []Remedy{{Sysctl: "net.ipv4.vs.expire_nodest_conn", Value: "1"}}}
+		Remedies: []Remedy{{Sysctl: "net.ipv4.vs.expire_nodest_conn", Value: "1"}},
+		// IPVS drops them in its LOCAL_IN hook (NF_DROP): a NETFILTER_DROP
+		// in input of a flow whose real is no longer one of its service's
+		// is this — a client port reused within the old connection's
+		// timeout, or a retransmission of it.
+		explains: func(c drops.Counted) bool {
+			return c.ReasonName == "NETFILTER_DROP" && c.Hook == "input" && c.Flow != nil && c.Flow.Real.IsValid() && !isRealOf(s, c.Flow.VIP, c.Flow.Real)
+		}}
+}
+
+// isRealOf reports whether real is a real server of the IPVS service at vip
+// (false when no service is at vip: nothing is known of it).
+func isRealOf(s *probes.Snapshot, vip, real netip.AddrPort) bool {
+	for _, svc := range s.IPVS.Services {
+		if svc.FWMark != 0 || svc.Addr != vip {
+			continue
+		}
+		return slices.ContainsFunc(svc.Reals, func(r ipvs.Real) bool { return r.Addr == real })
+	}
+	return true
 }
 
 // checkFlowStates reads the VIP's conntrack flows for the marks a broken

@@ -1,0 +1,50 @@
+package checks_test
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lbdoctor/lbdoctor/checks"
+	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/drops"
+)
+
+// With expire_nodest_conn=0 IPVS drops, in its LOCAL_IN hook, the packets
+// of a connection whose real was removed (a retransmission, or a client
+// port reused within the old connection's timeout): a NETFILTER_DROP in
+// input of a flow to a real no longer in its service is explained by
+// ipvs.expire_nodest_conn, and drops.vip_flows warns pointing at it. The
+// same drop of a flow to a real still there stays unexplained: a fail.
+func TestExpireNodestExplainsDrops(t *testing.T) {
+	tests := []struct {
+		name       string
+		real       string
+		want       checks.Status
+		wantReason string
+	}{
+		{"flow to a removed real", "10.1.0.99:8085", checks.Warn, "explained by ipvs.expire_nodest_conn"},
+		{"flow to a real still in the service", "10.1.0.50:8085", checks.Fail, "packet-filter rule dropped it in input"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := loadFixture(t, "seed-stage1")
+			real := netip.MustParseAddrPort(tt.real)
+			vip := netip.MustParseAddrPort("10.1.0.6:8085")
+			s.Drops = &drops.Sample{Window: 3 * time.Second, Drops: []drops.Counted{{
+				Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: 6, Reason: 1, Location: 0xffff,
+					Src: netip.MustParseAddrPort("10.1.0.3:58106"), Dst: vip}, Count: 1},
+				ReasonName: "NETFILTER_DROP", Symbol: "nf_hook_slow+0xa4", Hook: "input",
+				Flow: &drops.Flow{Client: netip.MustParseAddrPort("10.1.0.3:58106"), VIP: vip, Real: real, Direction: "request", Stage: "as the client sent it, before IPVS", Source: "ipvs"}}}}
+			fs := checks.Run(s, probes.Selector{})
+			got := find(fs, "drops.vip_flows")
+			if got.Status != tt.want || !strings.Contains(got.Reason, tt.wantReason) {
+				t.Errorf("drops.vip_flows with a NETFILTER_DROP in input of a %s = %s %q, want %s with %q", tt.name, got.Status, got.Reason, tt.want, tt.wantReason)
+			}
+			if e := find(fs, "ipvs.expire_nodest_conn"); e.Status != checks.Warn {
+				t.Errorf("ipvs.expire_nodest_conn = %s, want warn (expire_nodest_conn=0)", e.Status)
+			}
+		})
+	}
+}
