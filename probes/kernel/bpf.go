@@ -149,6 +149,11 @@ func classify(feature string, err error) error {
 		if !HasCapability(unix.CAP_BPF) && !HasCapability(unix.CAP_SYS_ADMIN) {
 			return fmt.Errorf("%s needs CAP_BPF (run as root): %w", feature, err)
 		}
+		// Tracing programs and tracepoint perf events also need CAP_PERFMON:
+		// a container given CAP_BPF alone is refused here, not by hardening.
+		if !HasCapability(unix.CAP_PERFMON) && !HasCapability(unix.CAP_SYS_ADMIN) {
+			return fmt.Errorf("%s needs CAP_PERFMON (run as root): %w", feature, err)
+		}
 		return &NotSupportedError{Feature: feature, Reason: "is refused by this kernel (EPERM although privileged: lockdown or hardening)"}
 	}
 	return fmt.Errorf("probe %s: %w", feature, err)
