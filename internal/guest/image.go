@@ -166,19 +166,8 @@ func build(ctx context.Context, img *Image, cache, kpkg string) error {
 	if err := os.MkdirAll(debs, 0o755); err != nil {
 		return err
 	}
-	pkgs := append([]string{kpkg}, guestPackages...)
-	var missing []string
-	for _, p := range pkgs {
-		if m, _ := filepath.Glob(filepath.Join(debs, p+"_*.deb")); len(m) == 0 {
-			missing = append(missing, p)
-		}
-	}
-	if len(missing) > 0 {
-		cmd := exec.CommandContext(ctx, "apt-get", append([]string{"download", "-q"}, missing...)...)
-		cmd.Dir = debs
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("apt-get download %s: %w\n%s", strings.Join(missing, " "), err, out)
-		}
+	if err := Download(ctx, debs, append([]string{kpkg}, guestPackages...)); err != nil {
+		return err
 	}
 	work, err := os.MkdirTemp(cache, "build-")
 	if err != nil {
@@ -186,23 +175,11 @@ func build(ctx context.Context, img *Image, cache, kpkg string) error {
 	}
 	defer os.RemoveAll(work)
 	kroot, root := filepath.Join(work, "kernel"), filepath.Join(work, "root")
-	unpack := func(pkg, dst string) error {
-		m, _ := filepath.Glob(filepath.Join(debs, pkg+"_*.deb"))
-		if len(m) == 0 {
-			return fmt.Errorf("package %s was not downloaded", pkg)
-		}
-		if out, err := exec.CommandContext(ctx, "dpkg", "-x", m[len(m)-1], dst).CombinedOutput(); err != nil {
-			return fmt.Errorf("dpkg -x %s: %w\n%s", m[len(m)-1], err, out)
-		}
-		return nil
-	}
-	if err := unpack(kpkg, kroot); err != nil {
+	if err := Unpack(ctx, debs, kroot, kpkg); err != nil {
 		return err
 	}
-	for _, p := range guestPackages {
-		if err := unpack(p, root); err != nil {
-			return err
-		}
+	if err := Unpack(ctx, debs, root, guestPackages...); err != nil {
+		return err
 	}
 	kver := img.KernelVer
 	if out, err := exec.CommandContext(ctx, "depmod", "-b", kroot, kver).CombinedOutput(); err != nil {
@@ -235,9 +212,7 @@ func build(ctx context.Context, img *Image, cache, kpkg string) error {
 	if out, err := exec.CommandContext(ctx, "depmod", "-b", root, kver).CombinedOutput(); err != nil {
 		return fmt.Errorf("depmod guest modules: %w\n%s", err, out)
 	}
-	for _, junk := range []string{"usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info", "usr/share/lintian", "usr/lib/x86_64-linux-gnu/gconv"} {
-		os.RemoveAll(filepath.Join(root, junk))
-	}
+	Prune(root)
 	for _, d := range []string{"proc", "sys", "dev", "tmp", "run", "sbin", "etc/lbdoctor", "usr/local/bin", "lbdoctor-run"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
 			return err
@@ -254,7 +229,7 @@ func build(ctx context.Context, img *Image, cache, kpkg string) error {
 	if err := os.WriteFile(filepath.Join(root, "init"), initScript, 0o755); err != nil {
 		return err
 	}
-	if err := checkLibraries(root); err != nil {
+	if err := CheckLibraries(root); err != nil {
 		return err
 	}
 
@@ -280,9 +255,52 @@ func build(ctx context.Context, img *Image, cache, kpkg string) error {
 	return os.WriteFile(filepath.Join(img.Dir, "ready"), []byte(kpkg+"\n"), 0o644)
 }
 
-// checkLibraries fails when a program in the guest needs a shared library the
-// image lacks: a missing library otherwise shows up as an obscure failure in a test.
-func checkLibraries(root string) error {
+// Download fetches the Debian packages pkgs that are not in debs yet into
+// debs (apt-get download: the machine's own sources, nothing installed).
+func Download(ctx context.Context, debs string, pkgs []string) error {
+	var missing []string
+	for _, p := range pkgs {
+		if m, _ := filepath.Glob(filepath.Join(debs, p+"_*.deb")); len(m) == 0 {
+			missing = append(missing, p)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	cmd := exec.CommandContext(ctx, "apt-get", append([]string{"download", "-q"}, missing...)...)
+	cmd.Dir = debs
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("apt-get download %s: %w\n%s", strings.Join(missing, " "), err, out)
+	}
+	return nil
+}
+
+// Unpack unpacks the downloaded packages pkgs from debs into dst (dpkg -x:
+// their files only, no maintainer script runs).
+func Unpack(ctx context.Context, debs, dst string, pkgs ...string) error {
+	for _, pkg := range pkgs {
+		m, _ := filepath.Glob(filepath.Join(debs, pkg+"_*.deb"))
+		if len(m) == 0 {
+			return fmt.Errorf("package %s was not downloaded", pkg)
+		}
+		if out, err := exec.CommandContext(ctx, "dpkg", "-x", m[len(m)-1], dst).CombinedOutput(); err != nil {
+			return fmt.Errorf("dpkg -x %s: %w\n%s", m[len(m)-1], err, out)
+		}
+	}
+	return nil
+}
+
+// Prune removes from an unpacked root what no program reads (documentation,
+// translations, charset converters): megabytes in an image.
+func Prune(root string) {
+	for _, junk := range []string{"usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info", "usr/share/lintian", "usr/lib/x86_64-linux-gnu/gconv"} {
+		os.RemoveAll(filepath.Join(root, junk))
+	}
+}
+
+// CheckLibraries fails when a program under root needs a shared library root
+// lacks: a missing library otherwise shows up as an obscure failure in a test.
+func CheckLibraries(root string) error {
 	have := map[string]bool{}
 	for _, dir := range []string{"lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64"} {
 		ents, _ := os.ReadDir(filepath.Join(root, dir))
@@ -311,7 +329,7 @@ func checkLibraries(root string) error {
 		}
 	}
 	if len(problems) > 0 {
-		return fmt.Errorf("guest image lacks libraries (add their packages to guestPackages): %s", strings.Join(problems, "; "))
+		return fmt.Errorf("%s lacks libraries (add their packages): %s", root, strings.Join(problems, "; "))
 	}
 	return nil
 }
