@@ -6,7 +6,7 @@ BENCH    ?=
 # Packages that hold guest tests (files tagged //go:build guest).
 GUEST_PKGS := $(sort $(dir $(shell grep -rl --include='*_test.go' '^//go:build guest' .)))
 
-.PHONY: build test lint unit guest-test guest-prepare generate generate-check clean FORCE
+.PHONY: build test lint unit guest-test guest-prepare generate generate-check image clean FORCE
 
 build: bin/lbdoctor
 
@@ -51,6 +51,13 @@ guest-test: bin/lbdoctor bin/guestexec
 	bin/guestexec -prepare && \
 	CGO_ENABLED=0 LBDOCTOR_GUEST_FILES=$(CURDIR)/bin/lbdoctor:/usr/local/bin/lbdoctor \
 	$(GO) test -count=1 -timeout 60m -v -tags guest -exec $(CURDIR)/bin/guestexec -run '$(RUN)' $(if $(BENCH),-bench '$(BENCH)' -benchtime 1x) $(GUEST_PKGS)
+
+# The container image (Containerfile, FROM scratch): the static binary and the
+# rule tools it runs, unpacked from Debian packages; podman or buildah builds it.
+IMAGE    ?= lbdoctor:latest
+image: bin/lbdoctor
+	$(GO) run ./deploy/imageroot bin/image-root
+	podman build -q -f Containerfile -t $(IMAGE) .
 
 guest-prepare: bin/guestexec
 	bin/guestexec -prepare

@@ -1,0 +1,175 @@
+package deploy
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lbdoctor/lbdoctor/internal/testkit"
+)
+
+// need finds a tool the test runs; CI installs it (.ci/run), elsewhere its
+// absence skips.
+func need(t *testing.T, tool, pkg string) string {
+	t.Helper()
+	p, err := exec.LookPath(tool)
+	if err == nil {
+		return p
+	}
+	if testkit.InCI() {
+		t.Fatalf("%s not found: .ci/run installs Debian's %s", tool, pkg)
+	}
+	t.Skipf("needs %s (Debian package %s)", tool, pkg)
+	return ""
+}
+
+func run(t *testing.T, dir, name string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// TestImage builds the image from the Containerfile with podman, as `make
+// image` does (podman builds here; it cannot run containers on this kind
+// of machine), takes its filesystem out of a created, never started,
+// container, and runs the image's own lbdoctor in it (chroot, in a test
+// namespace) the way the runtime would: it must read the rules of all
+// three backends with the image's tools.
+func TestImage(t *testing.T) {
+	testkit.RequireRoot(t)
+	podman := need(t, "podman", "podman")
+	need(t, "apt-get", "apt")
+	repo, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The build context, as make lays it out in bin/.
+	ctx := t.TempDir()
+	ctxBin := filepath.Join(ctx, "bin")
+	if err := os.MkdirAll(ctxBin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	run(t, repo, "cp", testkit.LbdoctorBinary(t), filepath.Join(ctxBin, "lbdoctor"))
+	run(t, repo, "cp", ".containerignore", ctx)
+	bctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if err := BuildImageRoot(bctx, filepath.Join(ctxBin, "image-root")); err != nil {
+		t.Fatalf("BuildImageRoot: %v", err)
+	}
+	tag := "localhost/" + testkit.UniqueName("lbd-image") + ":test"
+	run(t, repo, podman, "build", "-q", "-f", filepath.Join(repo, "Containerfile"), "-t", tag, ctx)
+	t.Cleanup(func() { exec.Command(podman, "rmi", "-f", tag).Run() })
+
+	var cfg []struct {
+		Config struct{ Entrypoint, Cmd, Env []string }
+	}
+	if err := json.Unmarshal([]byte(run(t, repo, podman, "image", "inspect", tag)), &cfg); err != nil || len(cfg) != 1 {
+		t.Fatalf("podman image inspect %s: %v", tag, err)
+	}
+	c := cfg[0].Config
+	if strings.Join(c.Entrypoint, " ") != "/usr/local/bin/lbdoctor" || strings.Join(c.Cmd, " ") != "serve" {
+		t.Errorf("image runs %v %v, want /usr/local/bin/lbdoctor serve", c.Entrypoint, c.Cmd)
+	}
+	var path string
+	for _, e := range c.Env {
+		if v, ok := strings.CutPrefix(e, "PATH="); ok {
+			path = v
+		}
+	}
+	if !strings.Contains(path, "/usr/sbin") {
+		t.Errorf("image PATH = %q, want /usr/sbin in it (the iptables and nft tools)", path)
+	}
+
+	// Its filesystem: create (not start) a container and export it.
+	id := strings.TrimSpace(run(t, repo, podman, "create", tag))
+	t.Cleanup(func() { exec.Command(podman, "rm", "-f", id).Run() })
+	root := t.TempDir()
+	tarball := filepath.Join(t.TempDir(), "image.tar")
+	run(t, repo, podman, "export", "-o", tarball, id)
+	run(t, repo, "tar", "-xf", tarball, "-C", root)
+
+	// A namespace with a rule in each backend, as a node may have.
+	ns := testkit.Netns(t, "image")
+	testkit.Run(t, ns, "nft", "add table ip lbdimg; add chain ip lbdimg in { type filter hook input priority 0; }; add rule ip lbdimg in tcp dport 8081 counter drop")
+	testkit.Run(t, ns, "iptables-legacy", "-A", "INPUT", "-p", "tcp", "--dport", "8082", "-j", "DROP")
+	testkit.Run(t, ns, "iptables-nft", "-A", "INPUT", "-p", "tcp", "--dport", "8083", "-j", "DROP")
+
+	// What the runtime gives a container: /proc, /sys and /dev (the tools'
+	// stdin is /dev/null), mounted into the exported root in a mount
+	// namespace of the run's own, gone with it.
+	for _, d := range []string{"proc", "sys", "dev"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const script = `mount -t proc proc "$1/proc" && mount --rbind /sys "$1/sys" && mount --rbind /dev "$1/dev" &&
+exec env -i PATH="$2" chroot "$1" /usr/local/bin/lbdoctor inspect -o json`
+	var out []byte
+	err = ns.Do(func() error {
+		// The child is forked from this thread, inside ns.
+		cmd := exec.Command("unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh", root, path)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		var err error
+		if out, err = cmd.Output(); err != nil {
+			return fmt.Errorf("%w: %s", err, stderr.String())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("the image's lbdoctor inspect -o json: %v\n%s", err, out)
+	}
+	var doc struct {
+		Snapshot struct {
+			Rules struct {
+				Backends []struct {
+					Name   string
+					Read   bool
+					Rules  int
+					Reason string
+				}
+			}
+		}
+	}
+	if err := json.Unmarshal(out, &doc); err != nil {
+		t.Fatalf("inspect -o json: %v\n%s", err, out)
+	}
+	read := map[string]int{}
+	for _, b := range doc.Snapshot.Rules.Backends {
+		if !b.Read {
+			t.Errorf("the image's lbdoctor left backend %s unread: %s", b.Name, b.Reason)
+		}
+		read[b.Name] = b.Rules
+	}
+	for _, be := range []string{"iptables-legacy", "iptables-nft", "nft"} {
+		if read[be] != 1 {
+			t.Errorf("the image's lbdoctor read %d rules from %s, want 1", read[be], be)
+		}
+	}
+}
+
+// TestPrometheusRules checks the alerting rules and runs their unit tests,
+// which fire each alert on synthetic series and keep it quiet on healthy ones.
+func TestPrometheusRules(t *testing.T) {
+	promtool := need(t, "promtool", "prometheus")
+	for _, args := range [][]string{
+		{"check", "rules", "lbdoctor-rules.yaml"},
+		{"test", "rules", "lbdoctor-rules_test.yaml"},
+	} {
+		t.Run(strings.Join(args[:2], " "), func(t *testing.T) {
+			run(t, "prometheus", promtool, args...)
+		})
+	}
+}
