@@ -69,7 +69,7 @@ func TestImage(t *testing.T) {
 		t.Fatalf("BuildImageRoot: %v", err)
 	}
 	tag := "localhost/" + testkit.UniqueName("lbd-image") + ":test"
-	run(t, repo, podman, "build", "-q", "-f", filepath.Join(repo, "Containerfile"), "-t", tag, ctx)
+	run(t, repo, podman, "build", "-q", "--layers=false", "-f", filepath.Join(repo, "Containerfile"), "-t", tag, ctx)
 	t.Cleanup(func() { exec.Command(podman, "rmi", "-f", tag).Run() })
 
 	var cfg []struct {
