@@ -1,6 +1,7 @@
 package deploy
 
 import (
+	"encoding/json"
 	"os"
 	"os/exec"
 	"slices"
@@ -8,20 +9,34 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 )
 
-// runWithCaps runs lbdoctor as root with only caps (CAP_ names) in its
-// bounding set, as the container runtime runs it with the DaemonSet's
-// capabilities: root's exec then holds exactly those.
-func runWithCaps(t *testing.T, caps []string, args ...string) (string, int) {
-	t.Helper()
-	set := "-all"
+// boundingSet is setpriv's --bounding-set for caps (CAP_ names) and extra
+// (setpriv's names): as root, an exec then holds exactly those, as the
+// container runtime gives the DaemonSet's container its capabilities.
+func boundingSet(caps []string, extra ...string) string {
+	set := append([]string{"-all"}, extra...)
 	for _, c := range caps {
-		set += ",+" + strings.ToLower(strings.TrimPrefix(c, "CAP_"))
+		set = append(set, "+"+strings.ToLower(strings.TrimPrefix(c, "CAP_")))
 	}
-	cmd := exec.Command("setpriv", append([]string{"--bounding-set=" + set, "--inh-caps=-all", "--", testkit.LbdoctorBinary(t)}, args...)...)
-	out, err := cmd.CombinedOutput()
+	return strings.Join(set, ",")
+}
+
+// runWithCaps runs lbdoctor in ns with only caps and returns its combined
+// output and exit code.
+func runWithCaps(t *testing.T, ns netns.Target, caps []string, args ...string) (string, int) {
+	t.Helper()
+	set := boundingSet(caps)
+	var out []byte
+	var err error
+	ns.Do(func() error {
+		// The child is forked from this thread, inside ns.
+		cmd := exec.Command("setpriv", append([]string{"--bounding-set=" + set, "--inh-caps=-all", "--", testkit.LbdoctorBinary(t)}, args...)...)
+		out, err = cmd.CombinedOutput()
+		return nil
+	})
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()
@@ -31,9 +46,34 @@ func runWithCaps(t *testing.T, caps []string, args ...string) (string, int) {
 	return string(out), code
 }
 
+// backend is a rule backend as inspect -o json reports it.
+type backend struct {
+	Name   string
+	Read   bool
+	Rules  int
+	Reason string
+}
+
+// ruleBackends reads the rule backends out of inspect -o json.
+func ruleBackends(t *testing.T, out string) map[string]backend {
+	t.Helper()
+	var doc struct {
+		Snapshot struct{ Rules struct{ Backends []backend } }
+	}
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		t.Fatalf("inspect -o json: %v\n%s", err, out)
+	}
+	bs := map[string]backend{}
+	for _, b := range doc.Snapshot.Rules.Backends {
+		bs[b.Name] = b
+	}
+	return bs
+}
+
 // kallsymsNeedsSyslog tells whether this kernel hides /proc/kallsyms
 // addresses from a reader without CAP_SYSLOG (kptr_restrict 1, or 0 with
-// perf_event_paranoid > 1), as lib/vsprintf.c's kallsyms_show_value decides.
+// perf_event_paranoid > 1), as kernel/ksyms_common.c's kallsyms_show_value
+// decides.
 func kallsymsNeedsSyslog(t *testing.T) bool {
 	read := func(p string) int {
 		b, err := os.ReadFile(p)
@@ -57,53 +97,68 @@ func kallsymsNeedsSyslog(t *testing.T) bool {
 }
 
 // TestCapabilities runs lbdoctor with exactly the DaemonSet's capabilities
-// (a drop window: the tracer loaded, attached and named, conntrack read for
-// attribution), then with each one taken away, and shows what that one is
-// for: the list is what the code needs, no more and no less.
+// — a drop window (the tracer loaded, attached, its locations named,
+// conntrack read for attribution) and an inspect of a namespace with an
+// iptables-legacy rule — then with each one taken away, and shows what that
+// one is for: the list is what the code needs, no more and no less.
 func TestCapabilities(t *testing.T) {
 	testkit.RequireRoot(t)
 	testkit.Tracefs(t)
 	if _, err := exec.LookPath("setpriv"); err != nil {
 		t.Fatal("setpriv (util-linux) is needed to run lbdoctor with a capability set")
 	}
-	m := loadManifests(t)
-	caps := m.addedCapabilities(t)
-	args := []string{"drops", "--duration", "300ms", "--summary"}
+	caps := loadManifests(t).addedCapabilities(t)
+	ns := testkit.Netns(t, "caps")
+	testkit.Run(t, ns, "iptables-legacy", "-A", "INPUT", "-p", "tcp", "--dport", "8082", "-j", "DROP")
+	var host netns.Target // the test's own namespace
+	drops := []string{"drops", "--duration", "300ms", "--summary"}
+	inspect := []string{"inspect", "-o", "json"}
+
 	// What goes wrong without each: a named reason, never a silent gap.
-	without := map[string]string{
-		"CAP_NET_ADMIN": "conntrack could not be read for attribution",
-		"CAP_BPF":       "loading the drop tracer needs CAP_BPF",
-		"CAP_PERFMON":   "needs CAP_PERFMON",
-		"CAP_SYSLOG":    "locations are raw addresses",
-	}
-	if !kallsymsNeedsSyslog(t) {
-		// This kernel shows addresses to anyone: SYSLOG changes nothing here.
-		delete(without, "CAP_SYSLOG")
+	without := map[string]struct {
+		ns   netns.Target
+		args []string
+		want string
+	}{
+		"CAP_NET_ADMIN": {host, drops, "conntrack could not be read for attribution"},
+		"CAP_BPF":       {host, drops, "loading the drop tracer needs CAP_BPF"},
+		"CAP_PERFMON":   {host, drops, "needs CAP_PERFMON"},
+		"CAP_SYSLOG":    {host, drops, "locations are raw addresses"},
+		"CAP_NET_RAW":   {ns, inspect, "Permission denied (you must be root)"},
 	}
 	t.Run("all", func(t *testing.T) {
-		out, code := runWithCaps(t, caps, args...)
+		out, code := runWithCaps(t, host, caps, drops...)
 		if code != 0 {
-			t.Fatalf("lbdoctor %s with %v = exit %d, want 0\n%s", strings.Join(args, " "), caps, code, out)
+			t.Fatalf("lbdoctor %s with %v = exit %d, want 0\n%s", strings.Join(drops, " "), caps, code, out)
 		}
 		for _, bad := range []string{"could not be read", "needs CAP_", "raw addresses", "not permitted"} {
 			if strings.Contains(out, bad) {
-				t.Errorf("lbdoctor %s with %v says %q, want nothing missing\n%s", strings.Join(args, " "), caps, bad, out)
+				t.Errorf("lbdoctor %s with %v says %q, want nothing missing\n%s", strings.Join(drops, " "), caps, bad, out)
+			}
+		}
+		out, code = runWithCaps(t, ns, caps, inspect...)
+		if code != 0 {
+			t.Fatalf("lbdoctor %s with %v = exit %d, want 0\n%s", strings.Join(inspect, " "), caps, code, out)
+		}
+		for name, b := range ruleBackends(t, out) {
+			if !b.Read {
+				t.Errorf("lbdoctor %s with %v left %s unread: %s", strings.Join(inspect, " "), caps, name, b.Reason)
 			}
 		}
 	})
 	for _, c := range caps {
 		t.Run("without "+c, func(t *testing.T) {
-			want, ok := without[c]
+			w, ok := without[c]
 			if !ok {
-				if c == "CAP_SYSLOG" {
-					return // this kernel shows kallsyms addresses without it
-				}
 				t.Fatalf("the DaemonSet adds %s, which this test does not know lbdoctor to need", c)
 			}
+			if c == "CAP_SYSLOG" && !kallsymsNeedsSyslog(t) {
+				w.want = "" // this kernel shows kallsyms addresses to anyone
+			}
 			rest := slices.DeleteFunc(slices.Clone(caps), func(x string) bool { return x == c })
-			out, _ := runWithCaps(t, rest, args...)
-			if !strings.Contains(out, want) {
-				t.Errorf("lbdoctor %s without %s: output lacks %q\n%s", strings.Join(args, " "), c, want, out)
+			out, _ := runWithCaps(t, w.ns, rest, w.args...)
+			if !strings.Contains(out, w.want) {
+				t.Errorf("lbdoctor %s without %s: output lacks %q\n%s", strings.Join(w.args, " "), c, w.want, out)
 			}
 		})
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -48,6 +49,19 @@ func run(t *testing.T, dir, name string, args ...string) string {
 // three backends with the image's tools.
 func TestImage(t *testing.T) {
 	testkit.RequireRoot(t)
+	img := buildImage(t)
+	t.Run("rules", func(t *testing.T) { imageReadsRules(t, img) })
+}
+
+// image is a built image's filesystem, taken out of it, and its config.
+type image struct {
+	root       string // its filesystem
+	entrypoint []string
+	path       string // its PATH
+}
+
+func buildImage(t *testing.T) image {
+	t.Helper()
 	podman := need(t, "podman", "podman")
 	need(t, "apt-get", "apt")
 	repo, err := filepath.Abs("..")
@@ -99,27 +113,42 @@ func TestImage(t *testing.T) {
 	tarball := filepath.Join(t.TempDir(), "image.tar")
 	run(t, repo, podman, "export", "-o", tarball, id)
 	run(t, repo, "tar", "-xf", tarball, "-C", root)
-
-	// A namespace with a rule in each backend, as a node may have.
-	ns := testkit.Netns(t, "image")
-	testkit.Run(t, ns, "nft", "add table ip lbdimg; add chain ip lbdimg in { type filter hook input priority 0; }; add rule ip lbdimg in tcp dport 8081 counter drop")
-	testkit.Run(t, ns, "iptables-legacy", "-A", "INPUT", "-p", "tcp", "--dport", "8082", "-j", "DROP")
-	testkit.Run(t, ns, "iptables-nft", "-A", "INPUT", "-p", "tcp", "--dport", "8083", "-j", "DROP")
-
-	// What the runtime gives a container: /proc, /sys and /dev (the tools'
-	// stdin is /dev/null), mounted into the exported root in a mount
-	// namespace of the run's own, gone with it.
+	// Where the runtime mounts /proc, /sys and /dev (image.command).
 	for _, d := range []string{"proc", "sys", "dev"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
-	const script = `mount -t proc proc "$1/proc" && mount --rbind /sys "$1/sys" && mount --rbind /dev "$1/dev" &&
-exec env -i PATH="$2" chroot "$1" /usr/local/bin/lbdoctor inspect -o json`
+	return image{root: root, entrypoint: c.Entrypoint, path: path}
+}
+
+// command is what a runtime runs for the image's container in ns: argv (an
+// image path first) chrooted into the image's filesystem, with /proc, /sys
+// and /dev (the tools' stdin is /dev/null) mounted in a mount namespace of
+// its own (gone with it), the image's PATH as its whole environment and
+// only caps (CAP_ names) in its bounding set: root's exec holds just those
+// (and SYS_CHROOT, which chroot needs on the way; lbdoctor never uses it).
+func (img image) command(caps []string, argv ...string) *exec.Cmd {
+	set := boundingSet(caps, "+sys_chroot")
+	const script = `root=$1 path=$2 set=$3; shift 3
+mount -t proc proc "$root/proc" && mount --rbind /sys "$root/sys" && mount --rbind /dev "$root/dev" &&
+exec env -i PATH="$path" setpriv --bounding-set="$set" --inh-caps=-all -- chroot "$root" "$@"`
+	return exec.Command("unshare", append([]string{"--mount", "--propagation", "private", "--", "sh", "-c", script, "sh", img.root, img.path, set}, argv...)...)
+}
+
+// imageReadsRules runs the image's lbdoctor inspect, with the DaemonSet's
+// capabilities, in a namespace with a rule in each backend: it must read
+// all three with the image's tools.
+func imageReadsRules(t *testing.T, img image) {
+	caps := loadManifests(t).addedCapabilities(t)
+	ns := testkit.Netns(t, "image")
+	testkit.Run(t, ns, "nft", "add table ip lbdimg; add chain ip lbdimg in { type filter hook input priority 0; }; add rule ip lbdimg in tcp dport 8081 counter drop")
+	testkit.Run(t, ns, "iptables-legacy", "-A", "INPUT", "-p", "tcp", "--dport", "8082", "-j", "DROP")
+	testkit.Run(t, ns, "iptables-nft", "-A", "INPUT", "-p", "tcp", "--dport", "8083", "-j", "DROP")
 	var out []byte
-	err = ns.Do(func() error {
+	err := ns.Do(func() error {
 		// The child is forked from this thread, inside ns.
-		cmd := exec.Command("unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh", root, path)
+		cmd := img.command(caps, append(slices.Clone(img.entrypoint), "inspect", "-o", "json")...)
 		var stderr strings.Builder
 		cmd.Stderr = &stderr
 		var err error
@@ -131,27 +160,12 @@ exec env -i PATH="$2" chroot "$1" /usr/local/bin/lbdoctor inspect -o json`
 	if err != nil {
 		t.Fatalf("the image's lbdoctor inspect -o json: %v\n%s", err, out)
 	}
-	var doc struct {
-		Snapshot struct {
-			Rules struct {
-				Backends []struct {
-					Name   string
-					Read   bool
-					Rules  int
-					Reason string
-				}
-			}
-		}
-	}
-	if err := json.Unmarshal(out, &doc); err != nil {
-		t.Fatalf("inspect -o json: %v\n%s", err, out)
-	}
 	read := map[string]int{}
-	for _, b := range doc.Snapshot.Rules.Backends {
+	for name, b := range ruleBackends(t, string(out)) {
 		if !b.Read {
-			t.Errorf("the image's lbdoctor left backend %s unread: %s", b.Name, b.Reason)
+			t.Errorf("the image's lbdoctor left backend %s unread: %s", name, b.Reason)
 		}
-		read[b.Name] = b.Rules
+		read[name] = b.Rules
 	}
 	for _, be := range []string{"iptables-legacy", "iptables-nft", "nft"} {
 		if read[be] != 1 {

@@ -121,7 +121,7 @@ func (m manifests) addedCapabilities(t *testing.T) []string {
 
 // wantCapabilities are the capabilities lbdoctor serve uses in the host's
 // namespace, each proven needed by TestCapabilities.
-var wantCapabilities = []string{"CAP_NET_ADMIN", "CAP_BPF", "CAP_PERFMON", "CAP_SYSLOG"}
+var wantCapabilities = []string{"CAP_NET_ADMIN", "CAP_BPF", "CAP_PERFMON", "CAP_SYSLOG", "CAP_NET_RAW"}
 
 // servePort is serve's port in the manifests (its default listen port).
 const servePort = 9469
