@@ -204,19 +204,29 @@ func explainDrops(s *probes.Snapshot, fs []Finding) {
 		if j < 0 {
 			j = slices.IndexFunc(fs, func(f Finding) bool { return f.Status == Warn && f.explains != nil && f.explains(c) })
 		}
-		if j < 0 {
+		cause := ""
+		switch {
+		case j >= 0:
+			cause = fs[j].ID
+		case probes.DroppedForRealGone(s, c):
+			// IPVS's own drop of a stale connection's packet after its
+			// real was removed (a retransmission, a reused client port):
+			// no check fails for it when expire_nodest_conn=1, yet it is
+			// explained, by the removal.
+			cause = "the removal of real " + c.Flow.Real.String() + " (IPVS drops its connections' packets)"
+		default:
 			continue // a drop no finding explains: drops.vip_flows is its only word
 		}
 		explained += c.Count
-		if !slices.Contains(causes, fs[j].ID) {
-			causes = append(causes, fs[j].ID)
+		if !slices.Contains(causes, cause) {
+			causes = append(causes, cause)
 		}
 	}
 	d := &fs[i]
 	switch {
 	case explained == 0:
 	case explained < total:
-		d.Evidence = append(d.Evidence, Evidence{Fact: fmt.Sprintf("%d of these %d drops are explained by %s; no failing check explains the rest", explained, total, strings.Join(causes, ", ")), Source: "kfree_skb tracer, the findings"})
+		d.Evidence = append(d.Evidence, Evidence{Fact: fmt.Sprintf("%d of these %d drops are explained by %s; nothing explains the rest", explained, total, strings.Join(causes, ", ")), Source: "kfree_skb tracer, the findings"})
 	default:
 		d.Status = Warn
 		d.Reason = "explained by " + strings.Join(causes, ", ") + ": " + d.Reason
