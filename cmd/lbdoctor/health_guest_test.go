@@ -18,7 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lbdoctor/lbdoctor/checks"
 
 	"github.com/lbdoctor/lbdoctor/internal/lab"
 	"github.com/lbdoctor/lbdoctor/internal/netns"
