@@ -213,7 +213,7 @@ func explainDrops(s *probes.Snapshot, fs []Finding) {
 			// real was removed (a retransmission, a reused client port):
 			// no check fails for it when expire_nodest_conn=1, yet it is
 			// explained, by the removal.
-			cause = "the removal of real " + c.Flow.Real.String() + " (IPVS drops its connections' packets)"
+			cause = "the removal of real " + probes.RealGoneOf(s, c).String() + " (IPVS drops its connections' packets)"
 		default:
 			continue // a drop no finding explains: drops.vip_flows is its only word
 		}

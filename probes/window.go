@@ -147,6 +147,24 @@ type GoneReal struct {
 // (ip_vs_conn_uses_old_conntrack) — a retransmission or a reused client
 // port right after `ipvsadm -d`. No rule counts it.
 func DroppedForRealGone(s *Snapshot, c drops.Counted) bool {
-	return c.ReasonName == "NETFILTER_DROP" && c.Hook == "input" && c.Flow != nil &&
-		c.Flow.Real.IsValid() && s.IPVS.RealLeft(c.Flow.VIP, c.Flow.Real)
+	return RealGoneOf(s, c).IsValid()
+}
+
+// RealGoneOf is the real no longer in its service that IPVS dropped c for
+// (see DroppedForRealGone): the flow's real, or the real of the earlier
+// flow of the same client and VIP that it replaced in the window (the
+// stale connection IPVS expired as it dropped the packet, the client's
+// retransmission getting a new real). The zero AddrPort when it is not
+// such a drop. The hook may be unknown (the stack did not show
+// nf_hook_slow's caller); never another hook.
+func RealGoneOf(s *Snapshot, c drops.Counted) netip.AddrPort {
+	if c.ReasonName != "NETFILTER_DROP" || c.Hook != "input" && c.Hook != "" || c.Flow == nil || c.Flow.Direction != "request" {
+		return netip.AddrPort{}
+	}
+	for _, r := range []netip.AddrPort{c.Flow.Real, c.Flow.EarlierReal} {
+		if r.IsValid() && s.IPVS.RealLeft(c.Flow.VIP, r) {
+			return r
+		}
+	}
+	return netip.AddrPort{}
 }

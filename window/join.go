@@ -41,9 +41,9 @@ func Join(before, after *probes.Snapshot, w *probes.Window) []probes.DropPoint {
 		}
 		p := &out[i]
 		p.Count += c.Count
-		if probes.DroppedForRealGone(after, c) {
+		if r := probes.RealGoneOf(after, c); r.IsValid() {
 			p.RealGoneDrops += c.Count
-			g := probes.GoneReal{Real: c.Flow.Real, Service: strings.ToUpper(proto.Name(c.Proto)) + " " + c.Flow.VIP.String()}
+			g := probes.GoneReal{Real: r, Service: strings.ToUpper(proto.Name(c.Proto)) + " " + c.Flow.VIP.String()}
 			if !slices.Contains(p.RealsGone, g) {
 				p.RealsGone = append(p.RealsGone, g)
 			}

@@ -18,7 +18,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/lbdoctor/lbdoctor/internal/lab"
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/report"
@@ -195,16 +194,18 @@ func TestGuestReturnPathGateway(t *testing.T) {
 	}
 }
 
-// A real taken out (`ipvsadm -d`) while clients have connections to it, with
-// expire_nodest_conn=1 as an operator sets it: IPVS still drops the first
-// packet of each such connection whose conntrack entry is old (a
-// retransmission, a client port reused), and the client gets in on the
-// next. check must name that drop as IPVS's own, caused by the removal —
-// drops.vip_flows warns, pointing at it — and fail nothing (was a failing
-// drops.vip_flows: "NETFILTER_DROP in input, no rule moved").
+// A real taken out (`ipvsadm -d`) while clients have connections to it,
+// then expire_nodest_conn=1 set, as an operator applying check's warning
+// after the removal does (set before, the removal would flush them): IPVS
+// still drops the first packet of each such connection whose conntrack
+// entry is old (a retransmission, a client port reused), and the client
+// gets in on the next. check must name that drop as IPVS's own, caused by
+// the removal — drops.vip_flows warns, pointing at it — and fail nothing
+// (was a failing drops.vip_flows: "NETFILTER_DROP in input, no rule moved",
+// seen once in TestGuestRealHealth).
 func TestGuestRealRemovedStaleConnections(t *testing.T) {
 	l, vip := testkit.FullNAT(t)
-	testkit.Sysctl(t, l.LB, "net.ipv4.vs.expire_nodest_conn", "1")
+	testkit.Sysctl(t, l.LB, "net.ipv4.vs.expire_nodest_conn", "0")
 	const gone = "10.1.0.99:8085" // nobody has it: its SYNs die unanswered
 	realOK := netip.AddrPortFrom(l.RealIP, 8085).String()
 	testkit.Run(t, l.LB, "ipvsadm", "-a", "-t", vip.String(), "-r", gone, "-m")
@@ -217,8 +218,10 @@ func TestGuestRealRemovedStaleConnections(t *testing.T) {
 			t.Fatalf("a connection from port %d reached %s while %s was its only real with weight", p, vip, gone)
 		}
 	}
+	before := testkit.Run(t, l.LB, "ipvsadm", "-Lnc") + testkit.Run(t, l.LB, "conntrack", "-L")
 	testkit.Run(t, l.LB, "ipvsadm", "-d", "-t", vip.String(), "-r", gone)
 	testkit.Run(t, l.LB, "ipvsadm", "-e", "-t", vip.String(), "-r", realOK, "-m", "-w", "1")
+	testkit.Sysctl(t, l.LB, "net.ipv4.vs.expire_nodest_conn", "1")
 
 	// The clients come back from the same ports once the window is open.
 	opened := make(chan struct{})
@@ -239,9 +242,11 @@ func TestGuestRealRemovedStaleConnections(t *testing.T) {
 	for _, p := range ports {
 		// Its first SYN is IPVS's drop; the retransmission a second later
 		// gets a new connection to the real that stays.
+		start := time.Now()
 		if err := dialFrom(l.Client, p, vip, 3*time.Second); err != nil {
 			t.Errorf("after the removal, the client from port %d: %v, want it in on its retransmission", p, err)
 		}
+		t.Logf("port %d connected in %s", p, time.Since(start).Round(time.Millisecond))
 	}
 	err := cmd.Wait()
 	out := stdout.String()
@@ -261,6 +266,7 @@ func TestGuestRealRemovedStaleConnections(t *testing.T) {
 		t.Errorf("check after a real's removal: %v, want exit 0", err)
 	}
 	if t.Failed() {
+		t.Logf("before the removal:\n%s", before)
 		t.Logf("check:\n%s\n%s", out, stderr.String())
 	}
 }
