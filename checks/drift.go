@@ -105,21 +105,18 @@ func checkDrift(s *probes.Snapshot, sel probes.Selector) Finding {
 		if edit {
 			fix = append(fix, fmt.Sprintf("%sipvsadm -E %s -s %s%s", x, flag, w.Scheduler, pflag))
 		}
-		kr := map[string]ipvs.Real{}
-		for _, r := range g.Reals {
-			kr[r.Addr.String()] = r
-		}
-		wr := map[string]bool{}
+		used := make([]bool, len(g.Reals))
 		for _, r := range w.Reals {
-			wr[r.Addr.String()] = true
-			k, ok := kr[r.Addr.String()]
+			i := matchReal(g.Reals, used, r)
 			cmd := fmt.Sprintf("%sipvsadm -e %s -r %s %s -w %d", x, flag, r.Addr, methodFlag(r.Method), r.Weight)
-			if !ok {
+			if i < 0 {
 				add(key, "real %s is missing from IPVS (%s)", r.Addr, at(r.Line))
 				fix = append(fix, strings.Replace(cmd, "ipvsadm -e", "ipvsadm -a", 1))
 				removedReal = true
 				continue
 			}
+			used[i] = true
+			k := g.Reals[i]
 			changed := false
 			if k.Weight != r.Weight {
 				add(key, "real %s has weight %d in IPVS, %d in %s", r.Addr, k.Weight, r.Weight, at(r.Line))
@@ -134,8 +131,8 @@ func checkDrift(s *probes.Snapshot, sel probes.Selector) Finding {
 				fix = append(fix, cmd)
 			}
 		}
-		for _, k := range g.Reals {
-			if !wr[k.Addr.String()] {
+		for i, k := range g.Reals {
+			if !used[i] {
 				add(key, "real %s (%s, weight %d) is in IPVS, not in %s", k.Addr, methodName(k.Method), k.Weight, at(w.Line))
 				fix = append(fix, fmt.Sprintf("%sipvsadm -d %s -r %s", x, flag, k.Addr))
 			}
@@ -180,4 +177,22 @@ func reprogram(s *probes.Snapshot, e *expect.Config) string {
 		return fmt.Sprintf("# or load the whole table again: %sipvsadm -C && %sipvsadm -R < %s", s.Target.ExecPrefix(), s.Target.ExecPrefix(), f)
 	}
 	return "# or build it again from the file: " + lbdoctorCmd(s, "setup") + " -f " + f
+}
+
+// matchReal finds the kernel's real that is r (-1: none, or taken): the
+// same address and port, else — DR and tunnels keep the service's port, so
+// ipvsadm stores the service's port (0 for a firewall mark) whatever the
+// file wrote — the same address forwarded by DR or tunnel on both sides.
+func matchReal(reals []ipvs.Real, used []bool, r expect.Real) int {
+	for i, k := range reals {
+		if !used[i] && k.Addr == r.Addr {
+			return i
+		}
+	}
+	for i, k := range reals {
+		if !used[i] && k.Addr.Addr() == r.Addr.Addr() && k.Method != ipvs.Masq && r.Method != ipvs.Masq {
+			return i
+		}
+	}
+	return -1
 }

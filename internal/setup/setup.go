@@ -140,7 +140,9 @@ func (s Spec) validate(expect bool) error {
 				return &SpecError{Service: i, Real: j, Field: field, Msg: fmt.Sprintf(format, a...)}
 			}
 			switch {
-			case !r.Addr.Addr().Is4() || r.Addr.Port() == 0:
+			case !r.Addr.Addr().Is4() || r.Addr.Port() == 0 && !(expect && r.Method != "masq"):
+				// ipvsadm -Sn writes a DR or tunnel real of a firewall-mark
+				// service with port 0: such a real keeps each packet's port.
 				return bad("addr", "service %s: real %s must be IPv4 ADDR:PORT", key, r.Addr)
 			case AddrFault(r.Addr.Addr(), "a real server") != "":
 				return bad("addr", "service %s: real %s: %s", key, r.Addr, AddrFault(r.Addr.Addr(), "a real server"))
