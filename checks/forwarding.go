@@ -57,6 +57,7 @@ func checkForwardMethod(s *probes.Snapshot, sel probes.Selector) Finding {
 	x := s.Target.ExecPrefix()
 	var ev, bad []Evidence
 	var fix, about []string
+	first := "" // the first failing real, for the title
 	judged := 0
 	for _, svc := range svcs {
 		var masq []string
@@ -112,6 +113,9 @@ func checkForwardMethod(s *probes.Snapshot, sel probes.Selector) Finding {
 				ev = append(ev, Evidence{Fact: fmt.Sprintf("%s %s; the real's own side (the VIP on lo or tunl0, arp_ignore) is not visible from the LB", name, how), Source: src})
 				continue
 			}
+			if first == "" {
+				first = name
+			}
 			bad = append(bad, Evidence{Fact: fmt.Sprintf("%s: %s", name, strings.Join(why, "; ")), Source: src})
 			bad = append(bad, mine...)
 			about = append(about, svc.Key())
@@ -127,7 +131,7 @@ func checkForwardMethod(s *probes.Snapshot, sel probes.Selector) Finding {
 	n := len(fix)
 	title := fmt.Sprintf("%d real(s) forward by a method that cannot work where they are", n)
 	if n == 1 {
-		title = strings.SplitN(bad[0].Fact, ":", 2)[0] + ", which cannot work there"
+		title = first + ", which cannot work there"
 	}
 	return Finding{
 		Status:   Fail,
