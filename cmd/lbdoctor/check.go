@@ -43,7 +43,9 @@ servers IPVS already sends clients to (--no-probe turns them off).`,
   # a static snapshot only, for a CI job without traffic
   sudo lbdoctor check --watch 0
   # apply the fixes of failing findings (asks first; --yes does not)
-  sudo lbdoctor check --netns lb --fix`,
+  sudo lbdoctor check --netns lb --fix
+  # compare IPVS with what keepalived.conf (or ipvsadm -Sn output) says: ipvs.drift
+  sudo lbdoctor check --expect /etc/keepalived/keepalived.conf --watch 0`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			sel, err := selector(vip, proto, true)
