@@ -10,16 +10,14 @@ import (
 	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
 
-// methodName is a forwarding method as ipvsadm's flag and keepalived's
-// lb_kind both say it.
+// methodKinds are the forwarding methods as keepalived's lb_kind names them.
+var methodKinds = map[string]string{ipvs.Masq: "NAT", ipvs.Route: "DR", ipvs.Tunnel: "TUN"}
+
+// methodName is a forwarding method as keepalived's lb_kind and ipvsadm's
+// flag both say it: "DR (-g)".
 func methodName(m string) string {
-	switch m {
-	case ipvs.Masq:
-		return "NAT (-m)"
-	case ipvs.Route:
-		return "DR (-g)"
-	case ipvs.Tunnel:
-		return "TUN (-i)"
+	if k, ok := methodKinds[m]; ok {
+		return k + " (" + methodFlag(m) + ")"
 	}
 	return m
 }

@@ -34,6 +34,25 @@ func facts(f checks.Finding) string {
 	return b.String()
 }
 
+// judged fails unless the finding id of fs has status want and says each
+// of has in its title, evidence or fix.
+func judged(t *testing.T, fs []checks.Finding, id, name string, want checks.Status, has []string) {
+	t.Helper()
+	f, ok := finding(fs, id)
+	if !ok {
+		t.Fatalf("no %s finding", id)
+	}
+	got := facts(f)
+	if f.Status != want {
+		t.Fatalf("%s(%s) = %s, want %s:\n%s", id, name, f.Status, want, got)
+	}
+	for _, h := range has {
+		if !strings.Contains(got, h) {
+			t.Errorf("%s(%s) =\n%s\nwant it to say %q", id, name, got, h)
+		}
+	}
+}
+
 func method(addr, m string, weight int) ipvs.Real {
 	return ipvs.Real{Addr: ap(addr), Method: m, Weight: weight}
 }
@@ -83,19 +102,7 @@ func TestForwardMethod(t *testing.T) {
 			if tt.edit != nil {
 				tt.edit(s)
 			}
-			f, ok := finding(checks.Run(s, probes.Selector{}), "ipvs.forward_method")
-			if !ok {
-				t.Fatal("no ipvs.forward_method finding")
-			}
-			got := facts(f)
-			if f.Status != tt.want {
-				t.Fatalf("ipvs.forward_method(%s) = %s, want %s:\n%s", tt.name, f.Status, tt.want, got)
-			}
-			for _, h := range tt.has {
-				if !strings.Contains(got, h) {
-					t.Errorf("ipvs.forward_method(%s) =\n%s\nwant it to say %q", tt.name, got, h)
-				}
-			}
+			judged(t, checks.Run(s, probes.Selector{}), "ipvs.forward_method", tt.name, tt.want, tt.has)
 		})
 	}
 }
@@ -118,11 +125,10 @@ func TestDrift(t *testing.T) {
 		sel   probes.Selector
 		want  checks.Status
 		has   []string
-		lines int // evidence lines when it fails
 	}{
 		{name: "matches", reals: matching, want: checks.Pass,
 			has: []string{"1 services and 2 reals of keepalived.conf (keepalived.conf) match IPVS"}},
-		{name: "weight, a missing real, a method", reals: []ipvs.Real{real("10.2.0.50:8085", 5), method("10.2.0.51:8085", ipvs.Route, 1)}, want: checks.Fail, lines: 2,
+		{name: "weight, a missing real, a method", reals: []ipvs.Real{real("10.2.0.50:8085", 5), method("10.2.0.51:8085", ipvs.Route, 1)}, want: checks.Fail,
 			edit: func(s *probes.Snapshot, e *expect.Config) {
 				e.Services[0].Reals = append(e.Services[0].Reals, expect.Real{Addr: ap("10.2.0.52:8085"), Weight: 1, Method: ipvs.Masq, Line: 12})
 			},
@@ -192,19 +198,7 @@ func TestDrift(t *testing.T) {
 				tt.edit(s, e)
 			}
 			s.Expected = e
-			f, ok := finding(checks.Run(s, tt.sel), "ipvs.drift")
-			if !ok {
-				t.Fatal("no ipvs.drift finding with an expectation")
-			}
-			got := facts(f)
-			if f.Status != tt.want {
-				t.Fatalf("ipvs.drift(%s) = %s, want %s:\n%s", tt.name, f.Status, tt.want, got)
-			}
-			for _, h := range tt.has {
-				if !strings.Contains(got, h) {
-					t.Errorf("ipvs.drift(%s) =\n%s\nwant it to say %q", tt.name, got, h)
-				}
-			}
+			judged(t, checks.Run(s, tt.sel), "ipvs.drift", tt.name, tt.want, tt.has)
 		})
 	}
 	if _, ok := finding(checks.Run(twoArm(matching, nil), probes.Selector{}), "ipvs.drift"); ok {
