@@ -42,6 +42,8 @@ FWM 7 sh p0 @52: 10.1.0.50:8085 route 1 @56`},
   real_server 10.1.0.51 80 { lb_kind TUN }
 }`, `keepalived.conf
 TCP 10.1.0.6:80 wlc p0 @1: 10.1.0.50:80 masq 3 @3 10.1.0.51:80 tunnel 1 @4`},
+		{"keepalived: a bare persistence_timeout is 6 minutes", "virtual_server 10.1.0.6 80 {\n lb_kind NAT\n persistence_timeout\n}\n", `keepalived.conf
+TCP 10.1.0.6:80 wlc p360 @1:`},
 		{"keepalived: a virtual_server without reals", "virtual_server 10.1.0.6 80 {\n lb_kind DR\n}\n", `keepalived.conf
 TCP 10.1.0.6:80 wlc p0 @1:`},
 		{"ipvsadm -Sn: every method, persistence, a firewall mark", `# saved
@@ -92,7 +94,7 @@ func TestParseExpectedRefuses(t *testing.T) {
 		{"no lb_kind", vs("  lb_algo rr"), "f:1: virtual_server 10.1.0.6:80 has no lb_kind"},
 		{"virtual_server group", "virtual_server group web {\n}\n", "f:1: virtual_server group is not compared by lbdoctor check --expect"},
 		{"a keyword not compared", vs("  lb_kind NAT\n  ops"), "f:3: ops is not compared by lbdoctor check --expect"},
-		{"persistence without a number", vs("  lb_kind NAT\n  persistence_timeout long"), "f:3: persistence_timeout: want a timeout in seconds"},
+		{"persistence without a number", vs("  lb_kind NAT\n  persistence_timeout long"), `f:3: persistence_timeout "long": want a timeout in seconds`},
 		{"persistence, one value too many", vs("  lb_kind NAT\n  persistence_timeout 60 120"), `f:3: persistence_timeout: "120" is one value too many`},
 		{"fwmark 0", "virtual_server fwmark 0 {\n lb_kind DR\n}\n", `f:1: virtual_server fwmark "0": want a firewall mark`},
 		{"protocol in lower case", vs("  lb_kind NAT\n  protocol udp"), "keepalived reads them in capitals only"},

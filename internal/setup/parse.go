@@ -531,8 +531,12 @@ func notRead(expect bool, what string) string {
 	return what + " is not supported by lbdoctor setup"
 }
 
-// defaultPersistence is ipvsadm's -p timeout when none is given (seconds).
-const defaultPersistence = 300
+// Persistence timeouts when none is given (seconds): ipvsadm's -p, and
+// keepalived's bare persistence_timeout (IPVS_SVC_PERSISTENT_TIMEOUT).
+const (
+	defaultPersistence    = 300
+	keepalivedPersistence = 6 * 60
+)
 
 // parseIpvsadm is ParseIpvsadm; for an expectation (check --expect) it
 // also takes every forwarding method (ipvsadm's default, -g, when none is
@@ -919,9 +923,14 @@ func parseKeepalived(file string, r io.Reader, expect bool) (Spec, places, error
 				}
 				real.Method, f = m, f[2:]
 			case depth == 1 && w == "persistence_timeout" && expect:
-				t, err := strconv.ParseUint(strings.Join(f[1:min(2, len(f))], ""), 10, 32)
+				if len(f) < 2 || f[1] == "}" {
+					// keepalived's IPVS_SVC_PERSISTENT_TIMEOUT, 6 minutes.
+					cur.Persistence, f = keepalivedPersistence, f[1:]
+					break
+				}
+				t, err := strconv.ParseUint(f[1], 10, 32)
 				if err != nil {
-					return Spec{}, ps, bad("persistence_timeout: want a timeout in seconds")
+					return Spec{}, ps, bad("persistence_timeout %s: want a timeout in seconds", input.Quote(f[1]))
 				}
 				cur.Persistence, f = uint32(t), f[2:]
 			case depth == 2 && (w == "lvs_method" || w == "lb_kind"):
