@@ -8,6 +8,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/checks"
 	"github.com/lbdoctor/lbdoctor/internal/expect"
 	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/health"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 	"github.com/lbdoctor/lbdoctor/probes/netstate"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
@@ -204,4 +205,16 @@ func TestDrift(t *testing.T) {
 	if _, ok := finding(checks.Run(twoArm(matching, nil), probes.Selector{}), "ipvs.drift"); ok {
 		t.Error("ipvs.drift is reported without --expect, want it left out")
 	}
+}
+
+// A DR real's replies never cross IPVS, working or not: in the window its
+// SYNs get nothing back through IPVS, which is no return-path fault of the
+// NAT service but ipvs.forward_method's to judge.
+func TestReturnPathLeavesDRReals(t *testing.T) {
+	dr := answers
+	dr.Real = ap("10.2.0.51:8085")
+	s := stuck(twoArm([]ipvs.Real{real("10.2.0.50:8085", 1), method("10.2.0.51:8085", ipvs.Route, 1)}, []health.Result{answers, dr}), "10.2.0.51:8085")
+	fs := checks.Run(s, sel8085)
+	judged(t, fs, "nat.return_path", "a stuck DR real", checks.Pass, nil)
+	judged(t, fs, "ipvs.forward_method", "a stuck DR real", checks.Fail, []string{"real 10.2.0.51:8085 of TCP 10.1.0.6:8085 forwards by DR (-g)"})
 }
