@@ -43,11 +43,8 @@ func ipvsadmService(svc ipvs.Service) string {
 // `lb_kind nat`; an `ipvsadm -a` without -m gives DR (its default).
 // Weight-0 reals take no new connections and are not judged.
 func checkForwardMethod(s *probes.Snapshot, sel probes.Selector) Finding {
-	if !s.IPVS.Available {
-		return skip("IPVS is not available (see kernel.ipvs)")
-	}
-	if e, ok := s.Errors[probes.ProbeNet]; ok {
-		return skip("routes could not be read: " + e)
+	if why := unjudgedRoutes(s); why != "" {
+		return skip(why)
 	}
 	svcs := selected(s, sel)
 	src := "ipvs, " + s.Target.String()
@@ -139,4 +136,16 @@ func checkForwardMethod(s *probes.Snapshot, sel probes.Selector) Finding {
 		Fix:      fix,
 		about:    about,
 	}
+}
+
+// unjudgedRoutes says why a check of IPVS services against the LB's
+// routes cannot run: no IPVS, or routes unread. "" when it can.
+func unjudgedRoutes(s *probes.Snapshot) string {
+	if !s.IPVS.Available {
+		return "IPVS is not available (see kernel.ipvs)"
+	}
+	if e, ok := s.Errors[probes.ProbeNet]; ok {
+		return "routes could not be read: " + e
+	}
+	return ""
 }
