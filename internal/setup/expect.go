@@ -69,7 +69,7 @@ func DetectFormat(data []byte) string {
 		case strings.HasPrefix(t, "-A"), strings.HasPrefix(t, "-a"), strings.HasPrefix(t, "--add-"),
 			strings.HasPrefix(t, "IP Virtual Server version"), f[0] == "Prot":
 			return expect.Ipvsadm
-		case strings.HasPrefix(t, "services:"), strings.HasPrefix(t, "snat_backend:"):
+		case t == "---", strings.HasPrefix(t, "services:"), strings.HasPrefix(t, "snat_backend:"):
 			return expect.YAML
 		case keepalivedWord(f[0]):
 			return expect.Keepalived

@@ -59,14 +59,15 @@ TCP 10.1.0.6:80 wlc p0 @1:`},
 TCP 10.1.0.6:80 rr p300 @2: 10.1.0.50:80 route 1 @3 10.1.0.51:80 tunnel 2 @4 10.1.0.52:8080 masq 0 @5
 FWM 7 sh p300 @6: 10.1.0.53:0 route 1 @7
 UDP 10.1.0.6:53 rr p0 @8: 10.1.0.50:53 route 4 @9`},
-		{"lbdoctor YAML: every real masquerades", `services:
+		{"lbdoctor YAML: every real masquerades", `---
+services:
   - vip: 10.1.0.6:8085
     scheduler: WRR
     reals:
       - addr: 10.1.0.50:8085
         weight: 3
 `, `lbdoctor YAML
-TCP 10.1.0.6:8085 wrr p0 @2: 10.1.0.50:8085 masq 3 @5`},
+TCP 10.1.0.6:8085 wrr p0 @3: 10.1.0.50:8085 masq 3 @6`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
