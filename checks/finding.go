@@ -86,6 +86,12 @@ var Catalog = []Check{
 	{ID: "ipvs.reals_available", Title: "every service has a real server that takes connections", Run: checkRealsAvailable},
 	{ID: "ipvs.real_health", Title: "every real server answers from the LB", Run: checkRealHealth},
 	{ID: "ipvs.expire_nodest_conn", Title: "connections to a removed real server are expired", Run: checkExpireNodest},
+	// Faults that come with change and with time (checks/churn.go).
+	{ID: "ipvs.persistence_quiescent", Title: "no persistent client is pinned to a real of weight 0", Run: checkPersistenceQuiescent},
+	{ID: "ipvs.stale_udp", Title: "no UDP client is kept on a removed or weight-0 real", Run: checkStaleUDP},
+	{ID: "ipvs.conn_reuse", Title: "a reused client port is scheduled anew, without delay", Run: checkConnReuse},
+	{ID: "ipvs.timeouts", Title: "IPVS keeps idle TCP connections as long as keepalive lets them idle", Run: checkTimeouts},
+	{ID: "conntrack.stale_flows", Title: "no VIP flow predates its service", Run: checkStaleFlows},
 	{ID: "conntrack.table", Title: "the conntrack table has room and no drops", Run: checkConntrackTable},
 	{ID: "conntrack.flow_states", Title: "the VIP's flows complete", Run: checkFlowStates},
 	{ID: "firewall.filter", Title: "no packet filter drops the services' flows", Run: checkFirewall},

@@ -139,7 +139,8 @@ func checkExpireNodest(s *probes.Snapshot, sel probes.Selector) Finding {
 	if !s.IPVS.Available {
 		return skip("IPVS is not available (see kernel.ipvs)")
 	}
-	if len(selected(s, sel)) == 0 {
+	svcs := selected(s, sel)
+	if len(svcs) == 0 {
 		return skip("no IPVS service in " + s.Target.String())
 	}
 	v, ok := readable(s, "net.ipv4.vs.expire_nodest_conn")
@@ -151,7 +152,7 @@ func checkExpireNodest(s *probes.Snapshot, sel probes.Selector) Finding {
 		return Finding{Status: Pass, Title: "connections to a removed real server are expired", Evidence: ev}
 	}
 	return Finding{Status: Warn, Title: "connections to a removed real server are kept until they time out",
-		Reason:   fmt.Sprintf("with expire_nodest_conn=0, packets of existing connections to a real that leaves are dropped for up to the IPVS timeout (tcp %ds)", s.IPVS.Timeouts.TCP),
+		Reason:   fmt.Sprintf("with expire_nodest_conn=0, packets of existing connections to a real that leaves are dropped for up to the IPVS timeout of their protocol (%s)", protoTimeouts(s, svcs)),
 		Evidence: ev,
 		Remedies: []Remedy{{Sysctl: "net.ipv4.vs.expire_nodest_conn", Value: "1"}},
 		// IPVS drops them in its LOCAL_IN hook (NF_DROP): a NETFILTER_DROP

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/internal/proto"
 	"github.com/lbdoctor/lbdoctor/probes/conntrack"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
@@ -120,6 +121,22 @@ type Conntrack struct {
 	// source ≠ original destination: DNAT), learned over every flow; they
 	// name a VIP's backends when IPVS does not (nft or iptables DNAT).
 	Backends []netip.AddrPort `json:"backends,omitempty"`
+	// Untouched counts, by protocol and original destination, the flows
+	// no NAT touched (the reply tuple is the original reversed: no DNAT,
+	// no SNAT, no IPVS rewrite) and no reply was seen for, over every
+	// flow read: a flow to an IPVS masquerade VIP that conntrack created
+	// before the service or its SNAT rule (NAT is bound when a flow
+	// starts, so the rules never apply to it while the client keeps it
+	// alive).
+	Untouched []FlowTally `json:"untouched,omitempty"`
+}
+
+// FlowTally is the number of flows of one protocol to one original
+// destination.
+type FlowTally struct {
+	Proto string         `json:"proto"`
+	Dst   netip.AddrPort `json:"dst"`
+	Count int            `json:"count"`
 }
 
 // FlowCount is the number of flows in one TCP state (empty for other
@@ -152,6 +169,22 @@ func (c *Conntrack) tally(h conntrack.Head) {
 	}
 	if b := h.Reply.Src; b.IsValid() && b != h.Orig.Dst && len(c.Backends) < MaxListed && !slices.Contains(c.Backends, b) {
 		c.Backends = append(c.Backends, b)
+	}
+	if !k.SeenReply && h.Reply.Src == h.Orig.Dst && h.Reply.Dst == h.Orig.Src {
+		c.untouched(proto.Name(h.Proto), h.Orig.Dst)
+	}
+}
+
+// untouched counts one flow to dst that no NAT touched and nothing answered.
+func (c *Conntrack) untouched(protocol string, dst netip.AddrPort) {
+	for i := range c.Untouched {
+		if c.Untouched[i].Proto == protocol && c.Untouched[i].Dst == dst {
+			c.Untouched[i].Count++
+			return
+		}
+	}
+	if len(c.Untouched) < MaxListed {
+		c.Untouched = append(c.Untouched, FlowTally{Proto: protocol, Dst: dst, Count: 1})
 	}
 }
 
