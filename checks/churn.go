@@ -328,8 +328,12 @@ func checkTimeouts(s *probes.Snapshot, sel probes.Selector) Finding {
 			}
 		}
 	}
+	probeBy := t.TCP - 60 // the clients' first keepalive probe, before IPVS forgets
+	if t.TCP <= 120 {
+		probeBy = max(t.TCP/2, 1)
+	}
 	fix := []string{fmt.Sprintf("%sipvsadm --set %d %d %d   # IPVS tcp timeout past the first keepalive probe; tcpfin and udp as they are", s.Target.ExecPrefix(), max(keep+60, t.TCP), t.TCPFin, t.UDP),
-		fmt.Sprintf("# or have the clients probe sooner: sysctl -w net.ipv4.tcp_keepalive_time=%d on them (per network namespace) with SO_KEEPALIVE on their sockets, or keepalives in the application", max(t.TCP-60, 1))}
+		fmt.Sprintf("# or have the clients probe sooner: sysctl -w net.ipv4.tcp_keepalive_time=%d on them (per network namespace) with SO_KEEPALIVE on their sockets, or keepalives in the application", probeBy)}
 	if seen > 0 {
 		ev = append(ev, Evidence{Fact: fmt.Sprintf("the window saw %d TCP segment(s) to the VIPs dropped for no socket (NO_SOCKET): a connection IPVS no longer knew, answered by the LB with RST", seen), Source: "kfree_skb tracer, " + s.Target.String()})
 		return Finding{Status: Fail, Title: fmt.Sprintf("IPVS forgot idle TCP connections after %ds: their next segment got a RST", t.TCP),

@@ -93,7 +93,7 @@ var Catalog = []Check{
 	{ID: "ipvs.timeouts", Title: "IPVS keeps idle TCP connections as long as keepalive lets them idle", Run: checkTimeouts},
 	{ID: "conntrack.stale_flows", Title: "no VIP flow predates its service", Run: checkStaleFlows},
 	{ID: "conntrack.table", Title: "the conntrack table has room and no drops", Run: checkConntrackTable},
-	{ID: "conntrack.flow_states", Title: "the VIP's flows complete", Run: checkFlowStates},
+	{ID: "conntrack.flow_states", Title: "whether the VIP's flows complete", Run: checkFlowStates},
 	{ID: "firewall.filter", Title: "no packet filter drops the services' flows", Run: checkFirewall},
 	{ID: "rules.mixed_backends", Title: "rules live in one framework", Run: checkMixedBackends},
 	{ID: "drops.vip_flows", Title: "no packet of the selected flows is dropped", Run: checkDrops},

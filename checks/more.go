@@ -236,7 +236,7 @@ func checkFlowStates(s *probes.Snapshot, _ probes.Selector) Finding {
 			ev = append(ev, Evidence{Fact: exNone, Source: src})
 		}
 		return Finding{Status: Warn, Title: strconv.Itoa(noReply) + " flow(s) never saw a reply",
-			Reason:   "the real server did not answer, or answered around the LB (see nat.return_path); entries linger until their timeout, so a fixed path still shows them for a while",
+			Reason:   "the real server did not answer, or answered around the LB (see nat.return_path), or the flows predate their service and no NAT applies to them (see conntrack.stale_flows); entries linger until their timeout, so a fixed path still shows them for a while",
 			Evidence: ev}
 	}
 	return Finding{Status: Pass, Title: "the VIP's flows complete", Evidence: ev}
