@@ -315,10 +315,14 @@ func checkTimeouts(s *probes.Snapshot, sel probes.Selector) Finding {
 	if len(tcpSvcs) == 0 {
 		return Finding{Status: Pass, Title: "no selected service is TCP: an expired UDP entry is scheduled anew", Evidence: ev}
 	}
-	// The window's proof: mid-stream segments to a TCP VIP that no socket
-	// took (the LB's stack answered them with RST).
+	// The window's proof: mid-stream segments of forgotten connections
+	// that no socket took — a client's to the VIP (the LB's stack answers
+	// RST), and a real's to the LB's SNAT address, which conntrack, its
+	// entry gone with IPVS's, no longer turns back to the client.
 	expired := func(c drops.Counted) bool {
-		return c.ReasonName == "NO_SOCKET" && c.Proto == 6 && slices.ContainsFunc(tcpSvcs, func(svc ipvs.Service) bool { return svc.Addr == c.Dst })
+		return c.ReasonName == "NO_SOCKET" && c.Proto == 6 && slices.ContainsFunc(tcpSvcs, func(svc ipvs.Service) bool {
+			return svc.Addr == c.Dst || slices.ContainsFunc(svc.Reals, func(r ipvs.Real) bool { return r.Addr == c.Src })
+		})
 	}
 	var seen uint64
 	if s.Drops != nil {
@@ -335,7 +339,7 @@ func checkTimeouts(s *probes.Snapshot, sel probes.Selector) Finding {
 	fix := []string{fmt.Sprintf("%sipvsadm --set %d %d %d   # IPVS tcp timeout past the first keepalive probe; tcpfin and udp as they are", s.Target.ExecPrefix(), max(keep+60, t.TCP), t.TCPFin, t.UDP),
 		fmt.Sprintf("# or have the clients probe sooner: sysctl -w net.ipv4.tcp_keepalive_time=%d on them (per network namespace) with SO_KEEPALIVE on their sockets, or keepalives in the application", probeBy)}
 	if seen > 0 {
-		ev = append(ev, Evidence{Fact: fmt.Sprintf("the window saw %d TCP segment(s) to the VIPs dropped for no socket (NO_SOCKET): a connection IPVS no longer knew, answered by the LB with RST", seen), Source: "kfree_skb tracer, " + s.Target.String()})
+		ev = append(ev, Evidence{Fact: fmt.Sprintf("the window saw %d TCP segment(s) of the services' connections dropped for no socket (NO_SOCKET): to a VIP, a connection IPVS no longer knew, answered by the LB with RST; from a real, its answer on one", seen), Source: "kfree_skb tracer, " + s.Target.String()})
 		return Finding{Status: Fail, Title: fmt.Sprintf("IPVS forgot idle TCP connections after %ds: their next segment got a RST", t.TCP),
 			Reason:   "an IPVS entry expires silently after its idle timeout; the client's next segment is no SYN, IPVS does not schedule it, and the LB's own stack resets it",
 			Evidence: ev, Fix: fix, explains: expired}

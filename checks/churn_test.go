@@ -186,6 +186,9 @@ func TestConnReuse(t *testing.T) {
 func TestTimeouts(t *testing.T) {
 	noSocket := drops.Counted{Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: 6, Reason: 2, Location: 0xffff,
 		Src: netip.MustParseAddrPort("10.1.0.3:40000"), Dst: churnVIP}, Count: 5}, ReasonName: "NO_SOCKET", Symbol: "tcp_v4_rcv+0x7b"}
+	// The real's answer on a forgotten connection, to the LB's SNAT address.
+	realNoSocket := noSocket
+	realNoSocket.Src, realNoSocket.Dst = realA, netip.MustParseAddrPort("10.1.0.5:61000")
 	tests := []struct {
 		name       string
 		proto      string
@@ -202,7 +205,7 @@ func TestTimeouts(t *testing.T) {
 			wantFix: "ip netns exec lb ipvsadm --set 7260 120 300   # IPVS tcp timeout past the first keepalive probe; tcpfin and udp as they are"},
 		{name: "IPVS outlasts keepalive", proto: "tcp", tcp: 7260, keepalive: "7200", want: checks.Pass},
 		{name: "clients probe sooner", proto: "tcp", tcp: 900, keepalive: "600", want: checks.Pass},
-		{name: "the window saw the RSTs", proto: "tcp", tcp: 3, keepalive: "7200", drops: []drops.Counted{noSocket}, want: checks.Fail,
+		{name: "the window saw the RSTs", proto: "tcp", tcp: 3, keepalive: "7200", drops: []drops.Counted{noSocket, realNoSocket}, want: checks.Fail,
 			wantTitle: "IPVS forgot idle TCP connections after 3s", wantDrops: checks.Warn, wantReason: "explained by ipvs.timeouts"},
 		{name: "keepalive unread", proto: "tcp", tcp: 900, keepalive: "", want: checks.Skip},
 		{name: "UDP service", proto: "udp", tcp: 900, keepalive: "7200", want: checks.Pass, wantTitle: "no selected service is TCP"},
