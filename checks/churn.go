@@ -26,6 +26,17 @@ func realWeights(svc ipvs.Service) map[netip.AddrPort]int {
 	return w
 }
 
+// servicesWhere are the services of svcs for which keep is true.
+func servicesWhere(svcs []ipvs.Service, keep func(ipvs.Service) bool) []ipvs.Service {
+	var out []ipvs.Service
+	for _, svc := range svcs {
+		if keep(svc) {
+			out = append(out, svc)
+		}
+	}
+	return out
+}
+
 // connsOf are the IPVS table's counts of svc (templates or connections).
 func connsOf(s *probes.Snapshot, svc ipvs.Service, templates bool) []ipvs.ConnCount {
 	var out []ipvs.ConnCount
@@ -71,12 +82,7 @@ func checkPersistenceQuiescent(s *probes.Snapshot, sel probes.Selector) Finding 
 	if why != "" {
 		return skip(why)
 	}
-	var persistent []ipvs.Service
-	for _, svc := range svcs {
-		if slices.Contains(svc.Flags, "persistent") {
-			persistent = append(persistent, svc)
-		}
-	}
+	persistent := servicesWhere(svcs, func(svc ipvs.Service) bool { return slices.Contains(svc.Flags, "persistent") })
 	if len(persistent) == 0 {
 		return Finding{Status: Pass, Title: "no selected service is persistent", Evidence: []Evidence{{Fact: fmt.Sprintf("%d service(s), none with ipvsadm -p", len(svcs)), Source: "ipvs, " + s.Target.String()}}}
 	}
@@ -135,12 +141,7 @@ func checkStaleUDP(s *probes.Snapshot, sel probes.Selector) Finding {
 	if why != "" {
 		return skip(why)
 	}
-	var udp []ipvs.Service
-	for _, svc := range svcs {
-		if svc.Proto == "udp" {
-			udp = append(udp, svc)
-		}
-	}
+	udp := servicesWhere(svcs, func(svc ipvs.Service) bool { return svc.Proto == "udp" })
 	if len(udp) == 0 {
 		return Finding{Status: Pass, Title: "no selected service is UDP", Evidence: []Evidence{{Fact: fmt.Sprintf("%d service(s), none UDP", len(svcs)), Source: "ipvs, " + s.Target.String()}}}
 	}
@@ -294,16 +295,8 @@ func checkTimeouts(s *probes.Snapshot, sel probes.Selector) Finding {
 	keep, keepS := sysInt("net.ipv4.tcp_keepalive_time")
 	_, ctS := sysInt("net.netfilter.nf_conntrack_tcp_timeout_established")
 	_, udpS := sysInt("net.netfilter.nf_conntrack_udp_timeout_stream")
-	var tcpSvcs []ipvs.Service
-	hasUDP := false
-	for _, svc := range svcs {
-		switch svc.Proto {
-		case "tcp":
-			tcpSvcs = append(tcpSvcs, svc)
-		case "udp":
-			hasUDP = true
-		}
-	}
+	tcpSvcs := servicesWhere(svcs, func(svc ipvs.Service) bool { return svc.Proto == "tcp" })
+	hasUDP := slices.ContainsFunc(svcs, func(svc ipvs.Service) bool { return svc.Proto == "udp" })
 	src := "ipvsadm -L --timeout, sysctls, " + s.Target.String()
 	var ev []Evidence
 	if len(tcpSvcs) > 0 {

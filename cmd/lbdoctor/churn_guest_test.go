@@ -66,11 +66,7 @@ func TestGuestChurn(t *testing.T) {
 		// service; the old pod's real at weight 0 keeps its clients.
 		l, _ := testkit.FullNAT(t)
 		svc := netip.AddrPortFrom(l.VIP, 5353)
-		a, err := lab.ServeUDP(l.Real, ":5353")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer a.Close()
+		a := serveUDP(t, l.Real, 5353)
 		realA := netip.AddrPortFrom(l.RealIP, 5353)
 		realB := netip.AddrPortFrom(netip.MustParseAddr("10.1.0.51"), 5353)
 		serveUDPOn(t, l, realB)
@@ -210,11 +206,7 @@ func TestGuestChurn(t *testing.T) {
 		// NAT touches.
 		l, _ := testkit.FullNAT(t)
 		svc := netip.AddrPortFrom(l.VIP, 5354)
-		srv, err := lab.ServeUDP(l.Real, ":5354")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer srv.Close()
+		serveUDP(t, l.Real, 5354)
 		c := newUDPClient(t, l.Client, svc)
 		time.Sleep(time.Second) // its flow is in conntrack, unanswered
 		testkit.Run(t, l.LB, "ipvsadm", "-A", "-u", svc.String(), "-s", "rr")
@@ -296,11 +288,19 @@ func serveOn(t *testing.T, l *lab.Lab, addr netip.AddrPort) {
 // serveUDPOn is serveOn for the lab's UDP server.
 func serveUDPOn(t *testing.T, l *lab.Lab, addr netip.AddrPort) {
 	t.Helper()
-	srv, err := lab.ServeUDP(realHost(t, l, addr.Addr()), fmt.Sprintf(":%d", addr.Port()))
+	serveUDP(t, realHost(t, l, addr.Addr()), addr.Port())
+}
+
+// serveUDP runs the lab's UDP server on port in ns until the test ends
+// (or its Close).
+func serveUDP(t *testing.T, ns netns.Target, port uint16) *lab.UDPServer {
+	t.Helper()
+	srv, err := lab.ServeUDP(ns, fmt.Sprintf(":%d", port))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Close() })
+	return srv
 }
 
 var (
