@@ -13,8 +13,10 @@ import (
 	"strings"
 
 	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/conntrack"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
+	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
 
 // realWeights maps a service's reals to their weights.
@@ -348,13 +350,14 @@ func checkTimeouts(s *probes.Snapshot, sel probes.Selector) Finding {
 	return Finding{Status: Pass, Title: "IPVS keeps idle TCP connections as long as keepalive lets them idle", Evidence: ev}
 }
 
-// checkStaleFlows: conntrack binds NAT when a flow starts. A UDP client
-// that sent to the VIP before its IPVS service (or while it had none)
-// holds a conntrack entry nothing rewrote, which every datagram renews:
-// IPVS still forwards its packets, but conntrack neither records the real
-// nor applies the SNAT rule, so on a one-arm LB the real answers the
-// client directly and the client drops it. kubernetes/kubernetes#48370,
-// #31983, moby/moby#44742.
+// checkStaleFlows: conntrack binds NAT when a flow starts. A client that
+// sent to the VIP before its IPVS service existed (or while it had none)
+// holds a conntrack entry nothing rewrote; one that sent before the SNAT
+// rule of a one-arm service holds an entry IPVS rewrote but no SNAT; every
+// datagram (or retransmitted SYN) renews it. IPVS still forwards its
+// packets, but the SNAT rule never applies, so the real answers the
+// client directly and the client drops the answer.
+// kubernetes/kubernetes#48370, #31983, moby/moby#44742.
 func checkStaleFlows(s *probes.Snapshot, sel probes.Selector) Finding {
 	why, svcs := ipvsSkip(s, sel)
 	if why != "" {
@@ -369,44 +372,78 @@ func checkStaleFlows(s *probes.Snapshot, sel probes.Selector) Finding {
 	src := "conntrack, " + s.Target.String()
 	var ev []Evidence
 	var fix, stale []string
-	masq := 0
-	for _, svc := range svcs {
-		// A masquerade service's flows are rewritten by IPVS (vs.conntrack=1)
-		// or not tracked (0); a direct-routing one's are never rewritten.
-		if svc.FWMark != 0 || len(svc.Reals) == 0 || slices.ContainsFunc(svc.Reals, func(r ipvs.Real) bool { return r.Method != ipvs.Masq }) {
-			continue
-		}
-		masq++
-		for _, u := range s.Conntrack.Untouched {
-			if u.Proto != svc.Proto || u.Dst != svc.Addr {
+	example := func(svc ipvs.Service, match func(conntrack.Flow) bool) (clients []netip.Addr) {
+		shown := false
+		for _, f := range s.Conntrack.Flows {
+			if f.Proto != svc.Proto || f.Orig.Dst != svc.Addr || f.HasStatus("SEEN_REPLY") || !match(f) {
 				continue
 			}
-			stale = append(stale, svc.Key())
-			ev = append(ev, Evidence{Fact: fmt.Sprintf("%s: %d flow(s) no NAT rewrote and nothing answered (reply tuple = the original reversed, [UNREPLIED])", svc.Key(), u.Count), Source: src})
-			for _, f := range s.Conntrack.Flows {
-				if f.Proto == svc.Proto && f.Orig.Dst == svc.Addr && f.Reply.Src == svc.Addr && !f.HasStatus("SEEN_REPLY") {
-					ev = append(ev, Evidence{Fact: f.String(), Source: src})
-					break
-				}
+			if !shown {
+				ev = append(ev, Evidence{Fact: f.String(), Source: src})
+				shown = true
 			}
+			if c := f.Orig.Src.Addr(); !slices.Contains(clients, c) {
+				clients = append(clients, c)
+			}
+		}
+		return clients
+	}
+	tally := func(l []probes.FlowTally, svc ipvs.Service) int {
+		for _, u := range l {
+			if u.Proto == svc.Proto && u.Dst == svc.Addr {
+				return u.Count
+			}
+		}
+		return 0
+	}
+	masq := servicesWhere(svcs, func(svc ipvs.Service) bool {
+		// A masquerade service's flows are rewritten by IPVS (vs.conntrack=1)
+		// or not tracked (0); a direct-routing one's are never rewritten.
+		return svc.FWMark == 0 && len(svc.Reals) > 0 && !slices.ContainsFunc(svc.Reals, func(r ipvs.Real) bool { return r.Method != ipvs.Masq })
+	})
+	for _, svc := range masq {
+		if n := tally(s.Conntrack.Untouched, svc); n > 0 {
+			stale = append(stale, svc.Key())
+			ev = append(ev, Evidence{Fact: fmt.Sprintf("%s: %d flow(s) no NAT rewrote and nothing answered (reply tuple = the original reversed, [UNREPLIED]): they predate the service", svc.Key(), n), Source: src})
+			example(svc, func(f conntrack.Flow) bool { return f.Reply.Src == svc.Addr })
 			fix = append(fix, fmt.Sprintf("%sconntrack -D -p %s --orig-dst %s --orig-port-dst %d --reply-src %s   # only flows nothing rewrote: a flow IPVS took has its real as reply source",
 				s.Target.ExecPrefix(), svc.Proto, svc.Addr.Addr(), svc.Addr.Port(), svc.Addr.Addr()))
 		}
+		n := tally(s.Conntrack.NotSNATed, svc)
+		if n == 0 {
+			continue
+		}
+		if _, bad := s.Errors[probes.ProbeNet]; bad || !DecideReturnPath(s, svc.Addr.Addr(), addrsOf(svc)).NeedsSNAT ||
+			!slices.ContainsFunc(s.Rules.Rules, func(r rules.Rule) bool { return r.CoversVIP(svc.Addr) }) {
+			continue // no SNAT is due (two-arm), or none is there: nat.return_path's to judge
+		}
+		stale = append(stale, svc.Key())
+		ev = append(ev, Evidence{Fact: fmt.Sprintf("%s: %d flow(s) IPVS rewrote but no SNAT, and nothing answered, while a source-NAT rule covers the VIP: they predate the rule", svc.Key(), n), Source: src})
+		clients := example(svc, func(f conntrack.Flow) bool { return f.Reply.Src != svc.Addr })
+		for i, c := range clients {
+			if i == 8 {
+				fix = append(fix, fmt.Sprintf("# … and %d more clients: the same with each one's address (conntrack -L -p %s --orig-dst %s lists them)", len(clients)-i, svc.Proto, svc.Addr.Addr()))
+				break
+			}
+			fix = append(fix, fmt.Sprintf("%sconntrack -D -p %s --orig-dst %s --orig-port-dst %d --reply-dst %s   # this client's flows without SNAT (a SNATed flow's replies go to the LB)",
+				s.Target.ExecPrefix(), svc.Proto, svc.Addr.Addr(), svc.Addr.Port(), c))
+		}
 	}
-	if masq == 0 {
+	if len(masq) == 0 {
 		return Finding{Status: Pass, Title: "no selected masquerade service: flows to the others are not rewritten", Evidence: []Evidence{{Fact: fmt.Sprintf("%d service(s), none masquerade", len(svcs)), Source: "ipvs, " + s.Target.String()}}}
 	}
 	if len(stale) == 0 {
-		fact := fmt.Sprintf("%d masquerade service(s): every unanswered flow to them was rewritten by IPVS", masq)
+		fact := fmt.Sprintf("%d masquerade service(s): every unanswered flow to them was rewritten as their rules say", len(masq))
 		if s.Conntrack.Partial != "" {
 			fact += " (" + s.Conntrack.Partial + ")"
 		}
 		return Finding{Status: Pass, Title: "no VIP flow predates its service", Evidence: []Evidence{{Fact: fact, Source: src}}}
 	}
-	fix = append(fix, "# after adding a service, delete its VIP's flows nothing rewrote (as kube-proxy does for UDP services); the client's next datagram then starts a flow the rules apply to")
-	return Finding{Status: Fail, Title: "flows to " + strings.Join(slices.Compact(stale), ", ") + " predate the service: no NAT applies to them",
-		Reason:   "conntrack binds NAT when a flow starts: a client that sent to the VIP before the service existed keeps a flow nothing rewrites, renewed by each datagram; IPVS forwards it without SNAT, so the real answers the client directly and the answer is dropped",
-		Evidence: ev, Fix: fix, about: slices.Compact(stale)}
+	stale = slices.Compact(stale)
+	fix = append(fix, "# after adding a service or its SNAT rule, delete the VIP's flows that started before (as kube-proxy does for UDP services); the client's next packet then starts a flow the rules apply to")
+	return Finding{Status: Fail, Title: "flows to " + strings.Join(stale, ", ") + " predate the service or its SNAT rule: the rules never apply to them",
+		Reason:   "conntrack binds NAT when a flow starts: a client that sent to the VIP before the service (or its SNAT rule) existed keeps that flow, renewed by each packet; IPVS forwards it without SNAT, so the real answers the client directly and the answer is dropped",
+		Evidence: ev, Fix: fix, about: stale}
 }
 
 // protoTimeouts names the IPVS idle timeouts of the selected services'

@@ -241,29 +241,41 @@ func TestTimeouts(t *testing.T) {
 
 func TestStaleFlows(t *testing.T) {
 	client := netip.MustParseAddrPort("10.1.0.3:53000")
-	stale := conntrack.Flow{Proto: "udp", Orig: conntrack.Tuple{Src: client, Dst: churnVIP}, Reply: conntrack.Tuple{Src: churnVIP, Dst: client}, Status: []string{"CONFIRMED"}, Timeout: 29}
+	untouched := conntrack.Flow{Proto: "tcp", Orig: conntrack.Tuple{Src: client, Dst: churnVIP}, Reply: conntrack.Tuple{Src: churnVIP, Dst: client}, State: "SYN_SENT", Status: []string{"CONFIRMED"}, Timeout: 29}
+	notSNATed := conntrack.Flow{Proto: "tcp", Orig: conntrack.Tuple{Src: client, Dst: churnVIP}, Reply: conntrack.Tuple{Src: realA, Dst: client}, State: "SYN_SENT", Status: []string{"CONFIRMED"}, Timeout: 29}
+	tally := func(n int) []probes.FlowTally { return []probes.FlowTally{{Proto: "tcp", Dst: churnVIP, Count: n}} }
 	tests := []struct {
 		name      string
+		fixture   string // seed-stage3: one-arm with an -m ipvs MASQUERADE rule; seed-stage1: without; two-arm: none due
 		method    string
+		flow      conntrack.Flow
 		untouched []probes.FlowTally
+		notSNATed []probes.FlowTally
 		selector  string
 		want      checks.Status
 		wantFix   string
 	}{
-		{name: "a flow older than the service", method: ipvs.Masq, untouched: []probes.FlowTally{{Proto: "udp", Dst: churnVIP, Count: 1}}, want: checks.Fail,
-			wantFix: "ip netns exec lb conntrack -D -p udp --orig-dst 10.1.0.6 --orig-port-dst 8085 --reply-src 10.1.0.6   # only flows nothing rewrote: a flow IPVS took has its real as reply source"},
-		{name: "untouched flows of another protocol", method: ipvs.Masq, untouched: []probes.FlowTally{{Proto: "tcp", Dst: churnVIP, Count: 1}}, want: checks.Pass},
-		{name: "direct routing: IPVS never rewrites", method: ipvs.Route, untouched: []probes.FlowTally{{Proto: "udp", Dst: churnVIP, Count: 1}}, want: checks.Pass},
-		{name: "every flow rewritten", method: ipvs.Masq, want: checks.Pass},
-		{name: "flows not read", method: ipvs.Masq, selector: "none (statistics only)", want: checks.Skip},
+		{name: "a flow older than the service", fixture: "seed-stage3", method: ipvs.Masq, flow: untouched, untouched: tally(1), want: checks.Fail,
+			wantFix: "ip netns exec lb conntrack -D -p tcp --orig-dst 10.1.0.6 --orig-port-dst 8085 --reply-src 10.1.0.6   # only flows nothing rewrote: a flow IPVS took has its real as reply source"},
+		{name: "untouched flows of another protocol", fixture: "seed-stage3", method: ipvs.Masq, flow: untouched, untouched: []probes.FlowTally{{Proto: "udp", Dst: churnVIP, Count: 1}}, want: checks.Pass},
+		{name: "direct routing: IPVS never rewrites", fixture: "seed-stage3", method: ipvs.Route, flow: untouched, untouched: tally(1), want: checks.Pass},
+		{name: "a flow older than the SNAT rule", fixture: "seed-stage3", method: ipvs.Masq, flow: notSNATed, notSNATed: tally(3), want: checks.Fail,
+			wantFix: "ip netns exec lb conntrack -D -p tcp --orig-dst 10.1.0.6 --orig-port-dst 8085 --reply-dst 10.1.0.3   # this client's flows without SNAT (a SNATed flow's replies go to the LB)"},
+		{name: "no SNAT rule at all: nat.return_path's to judge", fixture: "seed-stage1", method: ipvs.Masq, flow: notSNATed, notSNATed: tally(3), want: checks.Pass},
+		{name: "two-arm: no SNAT is due", fixture: "two-arm", method: ipvs.Masq, flow: notSNATed, notSNATed: tally(3), want: checks.Pass},
+		{name: "every flow rewritten", fixture: "seed-stage3", method: ipvs.Masq, flow: untouched, want: checks.Pass},
+		{name: "flows not read", fixture: "seed-stage3", method: ipvs.Masq, flow: untouched, selector: "none (statistics only)", want: checks.Skip},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := churnFixture(t, nil)
-			withReals(s, "udp", 1, -1)
-			s.IPVS.Services[0].Reals[0].Method = tt.method
-			s.Conntrack.Flows = []conntrack.Flow{stale}
+			s := loadFixture(t, tt.fixture)
+			for i := range s.IPVS.Services[0].Reals {
+				s.IPVS.Services[0].Reals[i].Method = tt.method
+			}
+			s.Conntrack.Flows = []conntrack.Flow{tt.flow}
+			s.Conntrack.Counts = nil
 			s.Conntrack.Untouched = tt.untouched
+			s.Conntrack.NotSNATed = tt.notSNATed
 			if tt.selector != "" {
 				s.Conntrack.Selector = tt.selector
 			}

@@ -129,6 +129,10 @@ type Conntrack struct {
 	// starts, so the rules never apply to it while the client keeps it
 	// alive).
 	Untouched []FlowTally `json:"untouched,omitempty"`
+	// NotSNATed counts likewise the unreplied flows whose destination was
+	// rewritten (IPVS, DNAT) but not their source: on a one-arm LB whose
+	// SNAT rule covers the VIP, flows that started before the rule.
+	NotSNATed []FlowTally `json:"not_snated,omitempty"`
 }
 
 // FlowTally is the number of flows of one protocol to one original
@@ -170,22 +174,28 @@ func (c *Conntrack) tally(h conntrack.Head) {
 	if b := h.Reply.Src; b.IsValid() && b != h.Orig.Dst && len(c.Backends) < MaxListed && !slices.Contains(c.Backends, b) {
 		c.Backends = append(c.Backends, b)
 	}
-	if !k.SeenReply && h.Reply.Src == h.Orig.Dst && h.Reply.Dst == h.Orig.Src {
-		c.untouched(proto.Name(h.Proto), h.Orig.Dst)
+	if !k.SeenReply && h.Reply.Dst == h.Orig.Src {
+		if h.Reply.Src == h.Orig.Dst {
+			c.Untouched = countFlow(c.Untouched, proto.Name(h.Proto), h.Orig.Dst)
+		} else {
+			c.NotSNATed = countFlow(c.NotSNATed, proto.Name(h.Proto), h.Orig.Dst)
+		}
 	}
 }
 
-// untouched counts one flow to dst that no NAT touched and nothing answered.
-func (c *Conntrack) untouched(protocol string, dst netip.AddrPort) {
-	for i := range c.Untouched {
-		if c.Untouched[i].Proto == protocol && c.Untouched[i].Dst == dst {
-			c.Untouched[i].Count++
-			return
+// countFlow counts one flow of protocol to dst in l (at most MaxListed
+// destinations).
+func countFlow(l []FlowTally, protocol string, dst netip.AddrPort) []FlowTally {
+	for i := range l {
+		if l[i].Proto == protocol && l[i].Dst == dst {
+			l[i].Count++
+			return l
 		}
 	}
-	if len(c.Untouched) < MaxListed {
-		c.Untouched = append(c.Untouched, FlowTally{Proto: protocol, Dst: dst, Count: 1})
+	if len(l) < MaxListed {
+		l = append(l, FlowTally{Proto: protocol, Dst: dst, Count: 1})
 	}
+	return l
 }
 
 // add tallies one flow and lists it while the list has room: only a listed

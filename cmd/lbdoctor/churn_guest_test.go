@@ -226,6 +226,30 @@ func TestGuestChurn(t *testing.T) {
 		}
 		wantStatus(t, staticCheck(t, l, svc), "conntrack.stale_flows", "pass", "")
 	})
+
+	t.Run("UDP flow older than its SNAT rule", func(t *testing.T) {
+		// The same reports, on a one-arm LB whose operator added the
+		// MASQUERADE rule after the service: the client's flow, IPVS's but
+		// never SNATed, keeps being answered around the LB.
+		l, _ := testkit.FullNAT(t)
+		svc := netip.AddrPortFrom(l.VIP, 5355)
+		serveUDP(t, l.Real, 5355)
+		testkit.Run(t, l.LB, "ipvsadm", "-A", "-u", svc.String(), "-s", "rr")
+		testkit.Run(t, l.LB, "ipvsadm", "-a", "-u", svc.String(), "-r", netip.AddrPortFrom(l.RealIP, 5355).String(), "-m")
+		c := newUDPClient(t, l.Client, svc)
+		time.Sleep(time.Second) // its flow: IPVS's, no SNAT, unanswered
+		testkit.Run(t, l.LB, "iptables", "-t", "nat", "-A", "POSTROUTING", "-m", "ipvs", "--vaddr", l.VIP.String(), "--vport", "5355", "-j", "MASQUERADE")
+		if c.answered(2 * time.Second) {
+			t.Fatalf("the UDP client that sent before the SNAT rule gets answers: no stale flow to test")
+		}
+		r := staticCheck(t, l, svc)
+		wantStatus(t, r, "conntrack.stale_flows", "fail", "")
+		applyFixes(t, r, "conntrack.stale_flows", l.LB, "conntrack -D")
+		if !c.answered(3 * time.Second) {
+			t.Errorf("after the fix the UDP client still gets no answer")
+		}
+		wantStatus(t, staticCheck(t, l, svc), "conntrack.stale_flows", "pass", "")
+	})
 }
 
 // staticCheck is `check --watch 0` of one service, as JSON.
