@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -101,18 +100,18 @@ func TestGuestChurn(t *testing.T) {
 		testkit.Sysctl(t, l.LB, "net.ipv4.vs.conn_reuse_mode", "0")
 		testkit.Sysctl(t, l.LB, "net.ipv4.vs.expire_nodest_conn", "0")
 		const port = 40123
-		if err := dialFrom(l.Client, port, vip, 3*time.Second); err != nil {
+		if err := exchangeFrom(l.Client, port, vip, 3*time.Second); err != nil {
 			t.Fatalf("before the fault, from port %d: %v", port, err)
 		}
 		testkit.Run(t, l.LB, "ipvsadm", "-a", "-t", vip.String(), "-r", realB.String(), "-m")
 		testkit.Run(t, l.LB, "ipvsadm", "-d", "-t", vip.String(), "-r", netip.AddrPortFrom(l.RealIP, 8085).String())
-		if err := dialFrom(l.Client, port, vip, 2*time.Second); err == nil {
+		if err := exchangeFrom(l.Client, port, vip, 2*time.Second); err == nil {
 			t.Fatalf("the reused port %d reached %s with its old real removed, want its SYNs dropped", port, vip)
 		}
 		r := staticCheck(t, l, vip)
 		wantStatus(t, r, "ipvs.conn_reuse", "fail", "")
 		applyFixes(t, r, "ipvs.conn_reuse", l.LB, "sysctl -w")
-		if err := dialFrom(l.Client, port, vip, 3*time.Second); err != nil {
+		if err := exchangeFrom(l.Client, port, vip, 3*time.Second); err != nil {
 			t.Errorf("after the fix, from port %d: %v", port, err)
 		}
 		wantStatus(t, staticCheck(t, l, vip), "ipvs.conn_reuse", "pass", "")
@@ -413,20 +412,12 @@ func (c *udpClient) answered(d time.Duration) bool {
 	return false
 }
 
-// dialFrom connects from ns's local port to target and reads the server's
-// line; the server closes first, so the port is free again at once (its
-// TIME_WAIT is on the real's side, and in IPVS's table).
-func dialFrom(ns netns.Target, port int, target netip.AddrPort, timeout time.Duration) error {
+// exchangeFrom connects from ns's local port to target and reads the
+// server's line; the server closes first, so the port is free again at
+// once (its TIME_WAIT is on the real's side, and in IPVS's table).
+func exchangeFrom(ns netns.Target, port int, target netip.AddrPort, timeout time.Duration) error {
 	return ns.Do(func() error {
-		d := net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{Port: port},
-			Control: func(_, _ string, c syscall.RawConn) error {
-				var serr error
-				err := c.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1) })
-				if err != nil {
-					return err
-				}
-				return serr
-			}}
+		d := reuseDialer(port, timeout)
 		c, err := d.Dial("tcp4", target.String())
 		if err != nil {
 			return err
