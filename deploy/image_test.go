@@ -1,14 +1,20 @@
 package deploy
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -51,6 +57,13 @@ func TestImage(t *testing.T) {
 	testkit.RequireRoot(t)
 	img := buildImage(t)
 	t.Run("rules", func(t *testing.T) { imageReadsRules(t, img) })
+	t.Run("serve", func(t *testing.T) {
+		if serveHelp(t) == "" {
+			t.Log("this lbdoctor has no serve verb yet (part serve, issue 15): the image is not run as the DaemonSet runs it")
+			return
+		}
+		imageServes(t, img)
+	})
 }
 
 // image is a built image's filesystem, taken out of it, and its config.
@@ -171,6 +184,115 @@ func imageReadsRules(t *testing.T, img image) {
 		if read[be] != 1 {
 			t.Errorf("the image's lbdoctor read %d rules from %s, want 1", read[be], be)
 		}
+	}
+}
+
+// imageServes runs the image as the DaemonSet runs it — its entrypoint with
+// the manifest's args ($(NODE_IP) expanded as the kubelet does), its
+// capabilities, the node's network namespace — and asks what the kubelet
+// and Prometheus ask: the startup probe's /healthz within its budget, then
+// /metrics; SIGTERM must end it within the grace period, exit 0.
+func imageServes(t *testing.T, img image) {
+	m := loadManifests(t)
+	c := m.container(t)
+	pod := m.daemonSet.Spec.Template.Spec
+	ns := testkit.Netns(t, "node")
+	const nodeIP = "192.0.2.10" // TEST-NET-1, on the test namespace's lo
+	testkit.Run(t, ns, "ip", "link", "set", "lo", "up")
+	testkit.Run(t, ns, "ip", "addr", "add", nodeIP+"/32", "dev", "lo")
+	args := slices.Clone(c.Args)
+	for i, a := range args {
+		args[i] = strings.ReplaceAll(a, "$(NODE_IP)", nodeIP)
+	}
+
+	var stderr bytes.Buffer
+	cmd := img.command(m.addedCapabilities(t), append(slices.Clone(img.entrypoint), args...)...)
+	cmd.Stderr = &stderr
+	if err := ns.Do(cmd.Start); err != nil {
+		t.Fatalf("start the image's lbdoctor %v: %v", args, err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-exited
+		}
+	})
+
+	// GET from inside the node's namespace, as the kubelet and Prometheus
+	// reach the pod's (the node's) address.
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, addr string) (conn net.Conn, err error) {
+			err = ns.Do(func() error {
+				var d net.Dialer
+				conn, err = d.DialContext(ctx, network, addr)
+				return err
+			})
+			return conn, err
+		},
+	}}
+	port := c.Ports[0].ContainerPort
+	get := func(path string) (int, string) {
+		resp, err := client.Get(fmt.Sprintf("http://%s:%d%s", nodeIP, port, path))
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		return resp.StatusCode, string(body)
+	}
+	sp := c.StartupProbe
+	budget := time.Duration(sp.PeriodSeconds*sp.FailureThreshold) * time.Second
+	start := time.Now()
+	code, body := 0, ""
+	for time.Since(start) < budget {
+		select {
+		case err := <-exited:
+			t.Fatalf("the image's lbdoctor %v exited before it was ready: %v\n%s", args, err, stderr.String())
+		case <-time.After(time.Second):
+		}
+		if code, body = get(sp.HTTPGet.Path); code == http.StatusOK {
+			break
+		}
+	}
+	if code != http.StatusOK {
+		t.Fatalf("GET %s = %d %q after %s (the startup probe's budget), want 200\n%s", sp.HTTPGet.Path, code, body, budget, stderr.String())
+	}
+	t.Logf("ready after %s", time.Since(start).Round(time.Second))
+	code, body = get("/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("GET /metrics = %d, want 200\n%s", code, body)
+	}
+	// The alert rules' metrics are served (lbdoctor_drops_total only once
+	// a watched flow is dropped: this namespace has no service).
+	rules, err := os.ReadFile("prometheus/lbdoctor-rules.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range regexp.MustCompile(`\blbdoctor_[a-z_]+`).FindAllString(string(rules), -1) {
+		if name != "lbdoctor_drops_total" && !strings.Contains(body, "\n"+name+"{") {
+			t.Errorf("GET /metrics has no %s, which lbdoctor-rules.yaml alerts on\n%s", name, body)
+		}
+	}
+	// Every layer read with the DaemonSet's capabilities and the image's
+	// tools: no probe error counted.
+	for _, line := range strings.Split(body, "\n") {
+		if strings.HasPrefix(line, "lbdoctor_probe_errors_total{") && !strings.HasSuffix(line, " 0") {
+			t.Errorf("GET /metrics: %s, want no probe error", line)
+		}
+	}
+
+	grace := time.Duration(*pod.TerminationGracePeriodSeconds) * time.Second
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("the image's lbdoctor after SIGTERM: %v, want exit 0\n%s", err, stderr.String())
+		}
+	case <-time.After(grace):
+		t.Errorf("the image's lbdoctor still runs %s after SIGTERM (terminationGracePeriodSeconds), want it gone", grace)
 	}
 }
 
