@@ -146,6 +146,22 @@ func TestCapabilities(t *testing.T) {
 			}
 		}
 	})
+	// The DaemonSet's comment: another process's namespace (--netns
+	// /host/proc/PID/ns/net) needs SYS_ADMIN and SYS_PTRACE besides.
+	t.Run("another process's namespace", func(t *testing.T) {
+		sleeper := exec.Command("sleep", "60")
+		if err := sleeper.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { sleeper.Process.Kill(); sleeper.Wait() })
+		args := []string{"inspect", "--netns", "/proc/" + strconv.Itoa(sleeper.Process.Pid) + "/ns/net"}
+		if out, code := runWithCaps(t, host, append(slices.Clone(caps), "CAP_SYS_ADMIN"), args...); code != 3 || !strings.Contains(out, "permission denied") {
+			t.Errorf("lbdoctor %s without CAP_SYS_PTRACE = exit %d, want 3, permission denied\n%s", strings.Join(args, " "), code, out)
+		}
+		if out, code := runWithCaps(t, host, append(slices.Clone(caps), "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"), args...); code != 0 {
+			t.Errorf("lbdoctor %s with CAP_SYS_ADMIN and CAP_SYS_PTRACE = exit %d, want 0\n%s", strings.Join(args, " "), code, out)
+		}
+	})
 	for _, c := range caps {
 		t.Run("without "+c, func(t *testing.T) {
 			w, ok := without[c]
