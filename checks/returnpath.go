@@ -102,7 +102,18 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 					snat = append(snat, r)
 				}
 			}
+			var kube []Evidence
+			if len(snat) == 0 && s.KubeProxy != nil {
+				// kube-proxy's design: source NAT by mark, the service
+				// selected through an ipset.
+				var covered bool
+				if kube, covered = kubeSNAT(s, svc); covered {
+					ev = append(ev, kube...)
+					snat = append(snat, kubeMasqRules(s, probes.Selector{VIP: svc.Addr})...)
+				}
+			}
 			if len(snat) == 0 {
+				ev = append(ev, kube...) // what of kube-proxy's design is missing
 				if un := unreadRules(s, svc.Addr.Addr()); un != "" {
 					return skip(fmt.Sprintf("no source-NAT rule for %s among the rules read, but %s: whether its replies bypass the LB cannot be judged", svc.Key(), un))
 				}
@@ -111,7 +122,7 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 					Title:    "replies of " + svc.Key() + " bypass the LB: no source NAT",
 					Reason:   rp.Reason + "; IPVS masquerade only does DNAT, so the client receives the real server's reply from an address it never called and drops it",
 					Evidence: ev,
-					Fix:      []string{setupFix(s, svc)}, // after the remedies' commands
+					Fix:      append([]string{setupFix(s, svc)}, kubeRebuild(s)...), // after the remedies' commands
 					Remedies: remedies(rp, svc),
 					about:    []string{svc.Key()},
 				}
