@@ -401,7 +401,9 @@ func hairpinFix(s *probes.Snapshot, h hairpin) []string {
 	}
 	nat := natRules(s, strings.TrimSuffix(tool, "6"), h.real.Addr())
 	hasRule := slices.ContainsFunc(nat, func(r rules.Rule) bool {
-		return r.Target == "MASQUERADE" && slices.ContainsFunc(r.ReadWords().Sets, func(m rules.SetMatch) bool { return m.Name == "KUBE-LOOP-BACK" && m.Flags == "dst,dst,src" && !m.Negated })
+		return r.Target == "MASQUERADE" && slices.ContainsFunc(r.ReadWords().Sets, func(m rules.SetMatch) bool {
+			return m.Name == "KUBE-LOOP-BACK" && m.Flags == "dst,dst,src" && !m.Negated
+		})
 	})
 	if !hasRule {
 		fix = append(fix, pre+tool+" -t nat -I KUBE-POSTROUTING 1 -m set --match-set KUBE-LOOP-BACK dst,dst,src -j MASQUERADE")
