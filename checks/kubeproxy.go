@@ -314,7 +314,7 @@ func checkHairpin(s *probes.Snapshot, sel probes.Selector) Finding {
 			return skip(fmt.Sprintf("real %s of %s is its own client and no masquerade for it was found among the rules read, but %s", broken[0].real, broken[0].svc.Key(), un))
 		}
 		h := broken[0]
-		if s.KubeProxy == nil && len(brokenFacts) == len(h.conns) {
+		if s.KubeProxy == nil {
 			brokenFacts = append(brokenFacts, Evidence{Fact: "no source-NAT rule covers " + h.svc.Key(), Source: "rules, " + s.Target.String()})
 		}
 		var about []string
