@@ -122,7 +122,9 @@ func TestGuestKubeProxyNode(t *testing.T) {
 		r, code := runBinary(t, "check", "--netns", node, "--watch", "0", "-o", "json")
 		f := findingOf(*r, "nat.hairpin")
 		if code != 1 || f.Status != checks.Fail || !strings.Contains(f.Title, "10.2.0.50:8080") ||
-			!slices.ContainsFunc(f.Fix, func(x string) bool { return strings.Contains(x, "--match-set KUBE-LOOP-BACK dst,dst,src -j MASQUERADE") }) {
+			!slices.ContainsFunc(f.Fix, func(x string) bool {
+				return strings.Contains(x, "--match-set KUBE-LOOP-BACK dst,dst,src -j MASQUERADE")
+			}) {
 			t.Errorf("check with the loop-back masquerade gone: exit %d, nat.hairpin = %v, want exit 1 and a fail naming 10.2.0.50:8080 with the rule as fix\n%s", code, f, findingsText(r))
 		}
 		// Put back as kube-proxy writes it: the pod reaches itself again.
