@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/internal/proto"
 )
 
 // MaxMembers caps the members kept per set; the rest are counted in
@@ -250,7 +251,7 @@ func member(attrs []netfilter.Attribute) Member {
 			}
 		case attrProto:
 			if len(a.Data) > 0 {
-				m.Proto = protoName(a.Data[0])
+				m.Proto = proto.Name(a.Data[0])
 			}
 		}
 	}
@@ -266,23 +267,6 @@ func nestedAddr(attrs []netfilter.Attribute) netip.Addr {
 		}
 	}
 	return netip.Addr{}
-}
-
-// protoName names an IP protocol as ipset prints it.
-func protoName(p uint8) string {
-	switch p {
-	case unix.IPPROTO_TCP:
-		return "tcp"
-	case unix.IPPROTO_UDP:
-		return "udp"
-	case unix.IPPROTO_SCTP:
-		return "sctp"
-	case unix.IPPROTO_ICMP:
-		return "icmp"
-	case unix.IPPROTO_ICMPV6:
-		return "icmpv6"
-	}
-	return "proto-" + strconv.Itoa(int(p))
 }
 
 func be32(b []byte) uint32 {
