@@ -133,40 +133,13 @@ func kubeSNAT(s *probes.Snapshot, svc ipvs.Service) ([]Evidence, bool) {
 			note("KUBE-MARK-MASQ does not set mark " + markStr)
 			continue
 		}
-		// The rule that sends the service's packets to KUBE-MARK-MASQ:
-		// by its address and port (KUBE-CLUSTER-IP, KUBE-EXTERNAL-IP, …)
-		// or, for a node port, by its port alone.
-		var selects []string
-		for _, r := range nat {
-			if r.Target != "KUBE-MARK-MASQ" || !reaches(nat, "PREROUTING", r.Chain) {
-				continue
-			}
-			if r.MatchPacket(rules.Packet{Proto: svc.Proto, Dst: vip.Addr(), DPort: vip.Port()}) == rules.NoMatch {
-				continue
-			}
-			for _, m := range r.ReadWords().Sets {
-				var want ipset.Member
-				switch {
-				case m.Negated:
-					continue
-				case m.Flags == "dst,dst":
-					want = ipset.Member{IP: vip.Addr(), Proto: svc.Proto, Port: vip.Port()}
-				case m.Flags == "dst":
-					x, _ := s.IPSets.Set(m.Name)
-					if !strings.Contains(x.Type, ":port") || strings.Contains(x.Type, "ip") {
-						continue // bitmap:port: the node ports
-					}
-					want = ipset.Member{Port: vip.Port()}
-				default:
-					continue
-				}
-				if ok, fact := inSet(s, m.Name, want); ok {
-					selects = append(selects, fmt.Sprintf("%s %s (%d packets), and %s", r.Chain, r.Spec, r.Packets, fact))
-				} else {
-					note(fact)
-				}
-			}
-		}
+		// The path that sends the service's packets to KUBE-MARK-MASQ,
+		// walked from nat PREROUTING: selected by its address and port
+		// (KUBE-CLUSTER-IP, KUBE-EXTERNAL-IP, KUBE-LOAD-BALANCER, …) or,
+		// for a node port, its port alone.
+		w := markWalk{s: s, nat: nat, svc: svc, note: note}
+		w.chain("PREROUTING", nil, 0)
+		selects := w.selects
 		if len(selects) == 0 {
 			note(fmt.Sprintf("no rule reached from nat PREROUTING sends %s to KUBE-MARK-MASQ", svc.Key()))
 			continue
@@ -178,6 +151,108 @@ func kubeSNAT(s *probes.Snapshot, svc ipvs.Service) ([]Evidence, bool) {
 		}, true
 	}
 	return missing, false
+}
+
+// markWalk follows nat's jumps from a hook for one service, the way its
+// packets go, to the rules that send them to KUBE-MARK-MASQ.
+type markWalk struct {
+	s       *probes.Snapshot
+	nat     []rules.Rule
+	svc     ipvs.Service
+	note    func(string)
+	selects []string // the path to each KUBE-MARK-MASQ the service reaches
+}
+
+// chain walks the rules of chain in order; path holds the facts of the
+// set matches that selected the service on the way (nil: none yet).
+func (w *markWalk) chain(chain string, path []string, depth int) {
+	if depth > 8 {
+		return // kube-proxy's chains nest three deep
+	}
+	vip := w.svc.Addr
+	for _, r := range w.nat {
+		if r.Chain != chain || !strings.HasPrefix(r.Target, "KUBE-") && r.Target != "RETURN" && r.Target != "ACCEPT" {
+			continue
+		}
+		if r.MatchPacket(rules.Packet{Proto: w.svc.Proto, Dst: vip.Addr(), DPort: vip.Port()}) == rules.NoMatch {
+			continue
+		}
+		sets, applies := w.sets(r)
+		if !applies {
+			continue
+		}
+		here := path
+		if len(sets) > 0 {
+			here = append(slices.Clip(path), fmt.Sprintf("%s %s (%d packets), and %s", r.Chain, r.Spec, r.Packets, strings.Join(sets, ", ")))
+		}
+		switch {
+		case r.Target == "RETURN" || r.Target == "ACCEPT":
+			if len(sets) > 0 {
+				return // e.g. a node port of externalTrafficPolicy Local: never marked
+			}
+		case r.Target == "KUBE-MARK-MASQ":
+			if len(here) > 0 {
+				w.selects = append(w.selects, strings.Join(here, " → "))
+			}
+		default:
+			w.chain(r.Target, here, depth+1)
+		}
+	}
+}
+
+// sets reads the set matches of r for the service: the facts of those that
+// hold it, and whether every one does (a set that does not hold it, or
+// one on what is not known of its packets, stops the rule).
+func (w *markWalk) sets(r rules.Rule) ([]string, bool) {
+	vip := w.svc.Addr
+	var facts []string
+	for _, m := range r.ReadWords().Sets {
+		var want ipset.Member
+		switch {
+		case m.Negated:
+			return nil, false
+		case m.Flags == "dst,dst":
+			want = ipset.Member{IP: vip.Addr(), Proto: w.svc.Proto, Port: vip.Port()}
+		case m.Flags == "dst":
+			x, _ := w.s.IPSets.Set(m.Name)
+			if !strings.Contains(x.Type, ":port") || strings.Contains(x.Type, "ip") {
+				return nil, false // only bitmap:port, the node ports, is read by port
+			}
+			want = ipset.Member{Port: vip.Port()}
+		default:
+			return nil, false // a source: not known of every client
+		}
+		ok, fact := inSet(w.s, m.Name, want)
+		if !ok {
+			if r.Target == "KUBE-MARK-MASQ" {
+				w.note(fact)
+			}
+			return nil, false
+		}
+		facts = append(facts, fact)
+	}
+	return facts, true
+}
+
+// kubeClusterLocal tells whether svc is a ClusterIP of a kube-proxy that
+// masquerades no ClusterIP traffic (run without --cluster-cidr and
+// --masquerade-all): by its design a ClusterIP's clients are then this
+// node's pods and the node itself, and replies to them come back through
+// this node from any endpoint, so its endpoints need no source NAT.
+func kubeClusterLocal(s *probes.Snapshot, svc ipvs.Service) (Evidence, bool) {
+	if s.KubeProxy == nil || s.KubeProxy.Dummy == "" {
+		return Evidence{}, false
+	}
+	if ok, _ := inSet(s, "KUBE-CLUSTER-IP", ipset.Member{IP: svc.Addr.Addr(), Proto: svc.Proto, Port: svc.Addr.Port()}); !ok {
+		return Evidence{}, false
+	}
+	for _, r := range s.Rules.Rules {
+		if r.Table == "nat" && r.Target == "KUBE-MARK-MASQ" && slices.ContainsFunc(r.ReadWords().Sets, func(m rules.SetMatch) bool { return m.Name == "KUBE-CLUSTER-IP" }) {
+			return Evidence{}, false // ClusterIPs are masqueraded for some clients: judged by that
+		}
+	}
+	return Evidence{Fact: fmt.Sprintf("%s is a ClusterIP (ipset KUBE-CLUSTER-IP) and kube-proxy masquerades no ClusterIP traffic (no KUBE-MARK-MASQ rule on KUBE-CLUSTER-IP: run without --cluster-cidr and --masquerade-all): "+
+		"its clients are this node's pods and the node itself, whose replies come back through this node from any endpoint", svc.Key()), Source: "rules and ipsets, " + s.Target.String()}, true
 }
 
 // kubeMasqRules are kube-proxy's masquerade rules in KUBE-POSTROUTING:

@@ -70,6 +70,13 @@ func kubeNode(t *testing.T, save string) *probes.Snapshot {
 // A kube-proxy node is judged by its design: its source NAT by mark and
 // ipset is source NAT, each of its links missing names itself.
 func TestKubeProxySNAT(t *testing.T) {
+	parse := func(t *testing.T, save string) []rules.Rule {
+		rs, err := rules.ParseSave(rules.IptablesNft, []byte(save))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rs
+	}
 	tests := []struct {
 		name     string
 		change   func(*probes.Snapshot)
@@ -84,6 +91,21 @@ func TestKubeProxySNAT(t *testing.T) {
 			s.Rules.Rules = without(s.Rules.Rules, "KUBE-MARK-MASQ")
 		}, checks.Fail, "KUBE-MARK-MASQ does not set mark 0x4000/0x4000"},
 		{"not a kube-proxy node", func(s *probes.Snapshot) { s.KubeProxy = nil }, checks.Fail, ""},
+		{"a load-balancer IP through KUBE-LOAD-BALANCER", func(s *probes.Snapshot) {
+			s.IPSets.Sets[0].Members = nil
+			s.IPSets.Sets = append(s.IPSets.Sets, ipset.Set{Name: "KUBE-LOAD-BALANCER", Type: "hash:ip,port", Entries: 1, Members: []ipset.Member{{IP: netip.MustParseAddr("10.1.0.6"), Proto: "tcp", Port: 8085}}})
+			s.Rules.Rules = append(s.Rules.Rules, parse(t, "*nat\n[0:0] -A KUBE-SERVICES -m set --match-set KUBE-LOAD-BALANCER dst,dst -j KUBE-LOAD-BALANCER\n[0:0] -A KUBE-LOAD-BALANCER -j KUBE-MARK-MASQ\nCOMMIT\n")...)
+		}, checks.Pass, "KUBE-SERVICES -A KUBE-SERVICES -m set --match-set KUBE-LOAD-BALANCER dst,dst -j KUBE-LOAD-BALANCER (0 packets), and ipset KUBE-LOAD-BALANCER holds 10.1.0.6,tcp:8085"},
+		{"a ClusterIP of a kube-proxy without --cluster-cidr", func(s *probes.Snapshot) {
+			var keep []rules.Rule
+			for _, r := range s.Rules.Rules {
+				if !strings.Contains(r.Spec, "KUBE-CLUSTER-IP dst,dst -j KUBE-MARK-MASQ") {
+					keep = append(keep, r)
+				}
+			}
+			s.Rules.Rules = keep
+			s.Net.Links[len(s.Net.Links)-1].Addrs = []netip.Prefix{netip.MustParsePrefix("10.1.0.6/32")}
+		}, checks.Pass, "kube-proxy masquerades no ClusterIP traffic"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -110,9 +110,12 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 				if kube, covered = kubeSNAT(s, svc); covered {
 					ev = append(ev, kube...)
 					snat = append(snat, kubeMasqRules(s, probes.Selector{VIP: svc.Addr})...)
+				} else if local, ok := kubeClusterLocal(s, svc); ok {
+					ev = append(ev, local)
+					rp.NeedsSNAT = false
 				}
 			}
-			if len(snat) == 0 {
+			if len(snat) == 0 && rp.NeedsSNAT {
 				ev = append(ev, kube...) // what of kube-proxy's design is missing
 				if un := unreadRules(s, svc.Addr.Addr()); un != "" {
 					return skip(fmt.Sprintf("no source-NAT rule for %s among the rules read, but %s: whether its replies bypass the LB cannot be judged", svc.Key(), un))
@@ -127,7 +130,9 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 					about:    []string{svc.Key()},
 				}
 			}
-			ev = append(ev, Evidence{Fact: "a source-NAT rule covers " + svc.Key(), Source: "rules, " + s.Target.String()})
+			if len(snat) > 0 {
+				ev = append(ev, Evidence{Fact: "a source-NAT rule covers " + svc.Key(), Source: "rules, " + s.Target.String()})
+			}
 		}
 		f, wev := returnPathWindow(s, ix, probesBy, svc, rp, snat)
 		ev = append(ev, wev...)
