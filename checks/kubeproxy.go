@@ -10,6 +10,7 @@ package checks
 // (ENDPOINT,PROTO:PORT,ENDPOINT).
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -243,16 +244,30 @@ func kubeClusterLocal(s *probes.Snapshot, svc ipvs.Service) (Evidence, bool) {
 	if s.KubeProxy == nil || s.KubeProxy.Dummy == "" {
 		return Evidence{}, false
 	}
-	if ok, _ := inSet(s, "KUBE-CLUSTER-IP", ipset.Member{IP: svc.Addr.Addr(), Proto: svc.Proto, Port: svc.Addr.Port()}); !ok {
+	set := "KUBE-CLUSTER-IP"
+	if svc.Addr.Addr().Is6() {
+		set = "KUBE-6-CLUSTER-IP" // kube-proxy's IPv6 sets
+	}
+	if ok, _ := inSet(s, set, ipset.Member{IP: svc.Addr.Addr(), Proto: svc.Proto, Port: svc.Addr.Port()}); !ok {
 		return Evidence{}, false
 	}
 	for _, r := range s.Rules.Rules {
-		if r.Table == "nat" && r.Target == "KUBE-MARK-MASQ" && slices.ContainsFunc(r.ReadWords().Sets, func(m rules.SetMatch) bool { return m.Name == "KUBE-CLUSTER-IP" }) {
+		if r.Table == "nat" && r.Target == "KUBE-MARK-MASQ" && slices.ContainsFunc(r.ReadWords().Sets, func(m rules.SetMatch) bool { return m.Name == set }) {
 			return Evidence{}, false // ClusterIPs are masqueraded for some clients: judged by that
 		}
 	}
-	return Evidence{Fact: fmt.Sprintf("%s is a ClusterIP (ipset KUBE-CLUSTER-IP) and kube-proxy masquerades no ClusterIP traffic (no KUBE-MARK-MASQ rule on KUBE-CLUSTER-IP: run without --cluster-cidr and --masquerade-all): "+
-		"its clients are this node's pods and the node itself, whose replies come back through this node from any endpoint", svc.Key()), Source: "rules and ipsets, " + s.Target.String()}, true
+	return Evidence{Fact: fmt.Sprintf("%s is a ClusterIP (ipset %s) and kube-proxy masquerades no ClusterIP traffic (no KUBE-MARK-MASQ rule on %s: run without --cluster-cidr and --masquerade-all): "+
+		"its clients are this node's pods and the node itself, whose replies come back through this node from any endpoint", svc.Key(), set, set), Source: "rules and ipsets, " + s.Target.String()}, true
+}
+
+// ipsetsUnread says, on a kube-proxy node whose ipsets could not be read,
+// why ("" when they were, or the node is none): its source NAT and
+// loop-back masquerade rest on them.
+func ipsetsUnread(s *probes.Snapshot) string {
+	if e, ok := s.Errors[probes.ProbeIPSet]; ok && s.KubeProxy != nil {
+		return "the ipsets kube-proxy's rules match could not be read (" + e + ")"
+	}
+	return ""
 }
 
 // kubeMasqRules are kube-proxy's masquerade rules in KUBE-POSTROUTING:
@@ -385,7 +400,7 @@ func checkHairpin(s *probes.Snapshot, sel probes.Selector) Finding {
 		brokenFacts = append(brokenFacts, lb...)
 	}
 	if len(broken) > 0 {
-		if un := unreadRules(s, broken[0].real.Addr()); un != "" {
+		if un := cmp.Or(unreadRules(s, broken[0].real.Addr()), ipsetsUnread(s)); un != "" {
 			return skip(fmt.Sprintf("real %s of %s is its own client and no masquerade for it was found among the rules read, but %s", broken[0].real, broken[0].svc.Key(), un))
 		}
 		h := broken[0]
@@ -430,7 +445,7 @@ func checkHairpin(s *probes.Snapshot, sel probes.Selector) Finding {
 			}
 		}
 		if len(gaps) > 0 {
-			if un := unreadRules(s); un != "" {
+			if un := cmp.Or(unreadRules(s), ipsetsUnread(s)); un != "" {
 				return skip("local endpoints without a loop-back masquerade among the rules read, but " + un)
 			}
 			return Finding{

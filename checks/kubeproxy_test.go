@@ -91,6 +91,10 @@ func TestKubeProxySNAT(t *testing.T) {
 			s.Rules.Rules = without(s.Rules.Rules, "KUBE-MARK-MASQ")
 		}, checks.Fail, "KUBE-MARK-MASQ does not set mark 0x4000/0x4000"},
 		{"not a kube-proxy node", func(s *probes.Snapshot) { s.KubeProxy = nil }, checks.Fail, ""},
+		{"ipsets unread", func(s *probes.Snapshot) {
+			s.IPSets.Sets = nil
+			s.Errors = map[string]string{probes.ProbeIPSet: "operation not permitted"}
+		}, checks.Skip, ""},
 		{"a load-balancer IP through KUBE-LOAD-BALANCER", func(s *probes.Snapshot) {
 			s.IPSets.Sets[0].Members = nil
 			s.IPSets.Sets = append(s.IPSets.Sets, ipset.Set{Name: "KUBE-LOAD-BALANCER", Type: "hash:ip,port", Entries: 1, Members: []ipset.Member{{IP: netip.MustParseAddr("10.1.0.6"), Proto: "tcp", Port: 8085}}})

@@ -1,6 +1,7 @@
 package checks
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -117,7 +118,7 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 			}
 			if len(snat) == 0 && rp.NeedsSNAT {
 				ev = append(ev, kube...) // what of kube-proxy's design is missing
-				if un := unreadRules(s, svc.Addr.Addr()); un != "" {
+				if un := cmp.Or(unreadRules(s, svc.Addr.Addr()), ipsetsUnread(s)); un != "" {
 					return skip(fmt.Sprintf("no source-NAT rule for %s among the rules read, but %s: whether its replies bypass the LB cannot be judged", svc.Key(), un))
 				}
 				return Finding{

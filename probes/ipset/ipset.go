@@ -18,6 +18,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/mdlayher/netlink"
 	"github.com/ti-mo/netfilter"
@@ -155,6 +156,10 @@ func Read(ns netns.Target) (Snapshot, error) {
 			return err
 		}
 		defer c.Close()
+		// A dump must never hang a probe.
+		if err := c.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
+			return err
+		}
 		msgs, err = c.Query(req)
 		return err
 	})
