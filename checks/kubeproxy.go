@@ -384,7 +384,8 @@ func checkHairpin(s *probes.Snapshot, sel probes.Selector) Finding {
 			ev = append(ev, Evidence{Fact: "its flows are source-NATed: the real answers the LB", Source: "conntrack, " + s.Target.String()})
 			continue
 		}
-		if lb, ok := loopBackMasq(s, h.svc, h.real); ok {
+		lb, ok := loopBackMasq(s, h.svc, h.real)
+		if ok {
 			ev = append(ev, facts...)
 			ev = append(ev, lb...)
 			continue
@@ -394,7 +395,6 @@ func checkHairpin(s *probes.Snapshot, sel probes.Selector) Finding {
 			ev = append(ev, Evidence{Fact: "a source-NAT rule covers every IPVS connection of " + h.svc.Key(), Source: "rules, " + s.Target.String()})
 			continue
 		}
-		lb, _ := loopBackMasq(s, h.svc, h.real)
 		broken = append(broken, h)
 		brokenFacts = append(brokenFacts, facts...)
 		brokenFacts = append(brokenFacts, lb...)
@@ -411,12 +411,15 @@ func checkHairpin(s *probes.Snapshot, sel probes.Selector) Finding {
 		for _, b := range broken {
 			about = append(about, b.svc.Key())
 		}
+		reason := "IPVS scheduled the real's own connections to the VIP back to the real; without source NAT it receives its own address as the source, " +
+			"answers itself directly instead of through the LB, and its client, which called the VIP, never gets a reply from the VIP"
+		if s.KubeProxy != nil {
+			reason += " (kube-proxy masquerades this hairpin through ipset KUBE-LOOP-BACK in KUBE-POSTROUTING, rebuilt when kube-proxy restarts)"
+		}
 		return Finding{
-			Status: Fail,
-			Title:  fmt.Sprintf("real %s is a client of its own service %s, and nothing masquerades it", h.real, h.svc.Key()),
-			Reason: "IPVS scheduled the real's own connections to the VIP back to the real; without source NAT it receives its own address as the source, " +
-				"answers itself directly instead of through the LB, and its client, which called the VIP, never gets a reply from the VIP" +
-				map[bool]string{true: " (kube-proxy masquerades this hairpin through ipset KUBE-LOOP-BACK in KUBE-POSTROUTING, rebuilt when kube-proxy restarts)", false: ""}[s.KubeProxy != nil],
+			Status:   Fail,
+			Title:    fmt.Sprintf("real %s is a client of its own service %s, and nothing masquerades it", h.real, h.svc.Key()),
+			Reason:   reason,
 			Evidence: append(ev, brokenFacts...),
 			Fix:      hairpinFix(s, h),
 			about:    about,
@@ -450,7 +453,7 @@ func checkHairpin(s *probes.Snapshot, sel probes.Selector) Finding {
 			}
 			return Finding{
 				Status: Warn,
-				Title:  "a local endpoint calling its own service would get no reply: " + strings.Join(gaps, ", "),
+				Title:  "a local endpoint calling its own service would get no reply: " + firstOf(gaps, 3),
 				Reason: "kube-proxy masquerades a pod that IPVS schedules to itself through ipset KUBE-LOOP-BACK (ENDPOINT,PROTO:PORT,ENDPOINT) and a MASQUERADE in KUBE-POSTROUTING; " +
 					"these endpoints on this node are not covered, so the first time one calls its own service and is scheduled to itself it hangs (none did in this snapshot)",
 				Evidence: append(ev, Evidence{Fact: "kube-proxy node: " + strings.Join(s.KubeProxy.Facts(), "; "), Source: s.Target.String()}),
@@ -595,6 +598,14 @@ func kubeRebuild(s *probes.Snapshot) []string {
 }
 
 const kubeRestart = "kubectl -n kube-system rollout restart daemonset kube-proxy  # kube-proxy rebuilds its KUBE-* rules and ipsets at start"
+
+// firstOf lists the first n items and counts the rest.
+func firstOf(items []string, n int) string {
+	if len(items) <= n {
+		return strings.Join(items, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(items[:n], ", "), len(items)-n)
+}
 
 func appendRemedy(rs []Remedy, r Remedy) []Remedy {
 	if slices.Contains(rs, r) {
