@@ -379,20 +379,22 @@ func checkHairpin(s *probes.Snapshot, sel probes.Selector) Finding {
 			}
 			facts = append(facts, Evidence{Fact: fmt.Sprintf("%s %s → %s → %s %s", strings.ToUpper(c.Proto), c.Client, c.VIP, c.Dest, c.State), Source: src})
 		}
-		if h.snat > 0 {
-			ev = append(ev, facts...)
-			ev = append(ev, Evidence{Fact: "its flows are source-NATed: the real answers the LB", Source: "conntrack, " + s.Target.String()})
+		lb, masqueraded := loopBackMasq(s, h.svc, h.real)
+		covered := slices.ContainsFunc(s.Rules.Rules, func(r rules.Rule) bool { return r.CoversVIP(h.svc.Addr) })
+		snatFact := Evidence{Fact: "its flows are source-NATed: the real answers the LB", Source: "conntrack, " + s.Target.String()}
+		switch {
+		case masqueraded:
+			ev = append(append(ev, facts...), lb...)
+			if h.snat > 0 {
+				ev = append(ev, snatFact)
+			}
 			continue
-		}
-		lb, ok := loopBackMasq(s, h.svc, h.real)
-		if ok {
-			ev = append(ev, facts...)
-			ev = append(ev, lb...)
-			continue
-		}
-		if covered := slices.ContainsFunc(s.Rules.Rules, func(r rules.Rule) bool { return r.CoversVIP(h.svc.Addr) }); covered {
+		case covered:
 			ev = append(ev, facts...)
 			ev = append(ev, Evidence{Fact: "a source-NAT rule covers every IPVS connection of " + h.svc.Key(), Source: "rules, " + s.Target.String()})
+			continue
+		case h.snat > 0: // by a rule lbdoctor does not read as one (nft, marks)
+			ev = append(append(ev, facts...), snatFact)
 			continue
 		}
 		broken = append(broken, h)
