@@ -145,6 +145,12 @@ func TestCapabilities(t *testing.T) {
 				t.Errorf("lbdoctor %s with %v left %s unread: %s", strings.Join(inspect, " "), caps, name, b.Reason)
 			}
 		}
+		var doc struct {
+			Snapshot struct{ Errors map[string]string }
+		}
+		if err := json.Unmarshal([]byte(out), &doc); err != nil || len(doc.Snapshot.Errors) > 0 {
+			t.Errorf("lbdoctor %s with %v: layers unread %v (%v), want none", strings.Join(inspect, " "), caps, doc.Snapshot.Errors, err)
+		}
 	})
 	// The DaemonSet's comment: another process's namespace (--netns
 	// /host/proc/PID/ns/net) needs SYS_ADMIN and SYS_PTRACE besides.
