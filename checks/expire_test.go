@@ -87,7 +87,7 @@ func TestExpireNodestExplainsDropsByProtocol(t *testing.T) {
 			s.IPVS.Services = []ipvs.Service{tcp, udp}
 			client := netip.MustParseAddrPort("10.1.0.3:5454")
 			s.Drops = &drops.Sample{Window: 3 * time.Second, Drops: []drops.Counted{{
-				Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: tt.proto, Reason: 1, Location: 0xffff, Src: client, Dst: vip}, Count: 10},
+				Aggregate:  drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: tt.proto, Reason: 1, Location: 0xffff, Src: client, Dst: vip}, Count: 10},
 				ReasonName: "NETFILTER_DROP", Symbol: "nf_hook_slow+0xa4", Hook: "input",
 				Flow: &drops.Flow{Client: client, VIP: vip, Real: gone, Direction: "request", Stage: "as the client sent it, before IPVS", Source: "ipvs"}}}}
 			v := s.Sysctls["net.ipv4.vs.expire_nodest_conn"]
