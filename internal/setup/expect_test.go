@@ -66,6 +66,8 @@ UDP 10.1.0.6:53 rr p0 @8: 10.1.0.50:53 route 4 @9`},
 `, `ipvsadm -Sn
 TCP [fd00:1::6]:8085 rr p0 @1: [fd00:2::50]:8085 masq 1 @2
 UDP [fd00:1::6]:53 rr p60 @3: [fd00:2::51]:53 route 0 @4`},
+		{"keepalived.conf saved by an editor that writes a UTF-8 BOM", "\ufeff! Configuration File for keepalived\nvirtual_server 10.1.0.6 80 {\n lb_kind NAT\n real_server 10.1.0.50 80 {\n }\n}\n", `keepalived.conf
+TCP 10.1.0.6:80 wlc p0 @2: 10.1.0.50:80 masq 1 @4`},
 		{"keepalived: an IPv6 virtual_server", "virtual_server fd00:1::6 8085 {\n lb_kind NAT\n protocol TCP\n real_server fd00:2::50 8085 {\n  weight 2\n }\n}\n", `keepalived.conf
 TCP [fd00:1::6]:8085 wlc p0 @1: [fd00:2::50]:8085 masq 2 @4`},
 		{"lbdoctor YAML: every real masquerades", `---
