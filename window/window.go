@@ -118,17 +118,28 @@ type Progress struct {
 // sample in Snapshot.Drops). Cut short by ctx after the first read, it
 // returns what was measured with Window.CutShort set; before, ErrInterrupted.
 // Layers that could not be read are in Snapshot.Errors and Window.Skipped.
+// It is one window of a fresh Watcher (its tracer is detached on return).
 func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options) (*probes.Snapshot, error) {
+	w := NewWatcher(ns, sel, opt)
+	defer w.Close()
+	return w.Next(ctx, opt.Length)
+}
+
+// next runs one window of the watcher (its mutex held), with opt.Length.
+func (wt *Watcher) next(ctx context.Context, opt Options) (*probes.Snapshot, error) {
 	// Capabilities are the calling thread's: asked before any goroutine.
 	bpfCapable := kernel.HasCapability(unix.CAP_BPF) || kernel.HasCapability(unix.CAP_SYS_ADMIN)
 	rawCapable := kernel.HasCapability(unix.CAP_NET_RAW)
+	wt.follow()
+	ns, sel := wt.ns, wt.sel
 	var before *probes.Snapshot
 	static := opt.Length <= 0
 	// What loading the drop tracer needs before its filter is known (BTF,
 	// the program, the attach point, kallsyms: seconds on a slow machine)
-	// is done beside the first read, which gives the filter.
+	// is done beside the first read, which gives the filter. A tracer kept
+	// from the last window needs none of it.
 	var prepared chan prepResult
-	if opt.Drops && bpfCapable && !static {
+	if opt.Drops && bpfCapable && !static && wt.tr == nil {
 		prepared = make(chan prepResult, 1)
 		prepare := prepareTracer
 		go func() {
@@ -198,21 +209,40 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 	// attached (or could not be): a read or a load that takes seconds (a
 	// big rule set, a slow machine) must not eat the window the drops and
 	// probes watch in, and the drops must be counted over all of it.
-	var dt *probes.DropTrace
+	var kt *keptTracer
 	switch {
 	case !opt.Drops:
 		w.Skipped[probes.LayerDrops] = "drop tracing was not asked for"
 	case !bpfCapable:
 		// The window runs without it: the other layers still watch.
 		before.Errors[probes.ProbeDrops] = "tracing drops needs CAP_BPF (or CAP_SYS_ADMIN): run as root"
+	case wt.tr != nil:
+		// Kept from the last window: its filter follows this first read.
+		w.Tracer = "failed"
+		if err := wt.tr.dt.Refilter(ns, sel, before); err != nil {
+			before.Errors[probes.ProbeDrops] = err.Error()
+			wt.dropTracer()
+		} else {
+			kt, w.Tracer = wt.tr, "kept"
+		}
 	default:
 		w.Tracer = "failed"
 		start := time.Now()
-		var err error
-		if dt, err = startDrops(ctx, ns, sel, before, prepared); err != nil {
+		dt, err := startDrops(ctx, ns, sel, before, prepared)
+		if err != nil {
 			before.Errors[probes.ProbeDrops] = err.Error()
+			if wt.failed != "" {
+				before.Errors[probes.ProbeDrops] += "; the tracer before it had failed: " + wt.failed
+			}
 		} else {
-			w.Tracer = "attached"
+			wt.loads++
+			kt = &keptTracer{dt: dt, base: dt.Tracer().NewBaseline()}
+			wt.tr, w.Tracer = kt, "attached"
+			if wt.failed != "" {
+				// Said once, in the window that loaded it again.
+				w.Skipped["drops.reload"] = "the drop tracer was loaded again: the one before failed (" + wt.failed + ")"
+				wt.failed = ""
+			}
 		}
 		w.TracerWait = time.Since(start)
 	}
@@ -227,13 +257,13 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 	var wg sync.WaitGroup
 	var dropCounters atomic.Pointer[drops.Counters]
 	var traced chan tracedResult // nil: no tracer
-	if dt != nil {
+	if kt != nil {
 		traced = make(chan tracedResult, 1)
 		go func() {
-			// The tracer counts from its attach, just before the window
-			// opened, to the window's end; only an interrupt (ctx) cuts
-			// it short.
-			smp, err := dt.Watch(ctx, ns, end, drops.Hooks{Every: opt.Every, Progress: func(c drops.Counters) { dropCounters.Store(&c) }})
+			// The tracer counts from its attach (just before the window
+			// opened), or a kept one from the last window's read, to the
+			// window's end; only an interrupt (ctx) cuts it short.
+			smp, err := kt.dt.WatchFrom(ctx, ns, end, drops.Hooks{Every: opt.Every, Progress: func(c drops.Counters) { dropCounters.Store(&c) }}, kt.base)
 			traced <- tracedResult{smp, err}
 		}()
 	}
@@ -330,11 +360,14 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 			before.Drops = r.smp
 			if r.err != nil {
 				before.Errors[probes.ProbeDrops] = r.err.Error()
+				wt.failTracer(r.err.Error(), nil)
 			}
 		case <-late:
 			before.Errors[probes.ProbeDrops] = fmt.Sprintf("the drop tracer did not hand over its count within %s of the window's last read: no drop counted", tracerHandover)
+			wt.failTracer(before.Errors[probes.ProbeDrops], traced)
 		case <-rctx.Done():
 			before.Errors[probes.ProbeDrops] = "interrupted while the tracer was being read: no drop counted"
+			wt.failTracer(before.Errors[probes.ProbeDrops], traced)
 		}
 	}
 	if e, ok := before.Errors[probes.ProbeDrops]; ok {

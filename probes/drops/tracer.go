@@ -116,6 +116,10 @@ type Tracer struct {
 	symbols *symbolsRead
 	// attached is when Load attached the tracer: it counts from then.
 	attached time.Time
+	// filters and filterGen mirror the kernel side's two filter copies
+	// and the one in use (SetFilter).
+	filters   [2]dropsFilter
+	filterGen uint32
 }
 
 // symbolsRead is a read of /proc/kallsyms under way: syms and err are set
@@ -127,13 +131,17 @@ type symbolsRead struct {
 }
 
 // loadSymbols returns the kernel's symbols: the read started beside the
-// loading, once done, or a read now.
+// loading, once done, or a read now, kept for the tracer's next windows
+// (a tracer kept across windows reads kallsyms once).
 func (t *Tracer) loadSymbols() (*Symbols, error) {
-	if r := t.symbols; r != nil {
-		<-r.done
-		return r.syms, r.err
+	if t.symbols == nil {
+		r := &symbolsRead{done: make(chan struct{})}
+		r.syms, r.err = LoadSymbols()
+		close(r.done)
+		t.symbols = r
 	}
-	return LoadSymbols()
+	<-t.symbols.done
+	return t.symbols.syms, t.symbols.err
 }
 
 // Counters are what the kernel side counted.
@@ -153,6 +161,25 @@ type Counters struct {
 
 // Lost is every drop that matched but could not be reported in detail.
 func (c Counters) Lost() uint64 { return c.RingLost + c.AggLost }
+
+// since is what the running counters c counted after the earlier read
+// prev (0 for a counter read short of it).
+func (c Counters) since(prev Counters) Counters {
+	sub := func(a, b uint64) uint64 {
+		if a > b {
+			return a - b
+		}
+		return 0
+	}
+	return Counters{Matched: sub(c.Matched, prev.Matched), RingLost: sub(c.RingLost, prev.RingLost), AggLost: sub(c.AggLost, prev.AggLost),
+		NotItemised: sub(c.NotItemised, prev.NotItemised), Missed: sub(c.Missed, prev.Missed)}
+}
+
+// atLeast is c with each counter raised to prev's where it was read short.
+func (c Counters) atLeast(prev Counters) Counters {
+	return Counters{Matched: max(c.Matched, prev.Matched), RingLost: max(c.RingLost, prev.RingLost), AggLost: max(c.AggLost, prev.AggLost),
+		NotItemised: max(c.NotItemised, prev.NotItemised), Missed: max(c.Missed, prev.Missed)}
+}
 
 // MaxFilter is how many addresses, and how many ports, the kernel-side
 // filter takes (MAX_ADDRS, MAX_PORTS in bpf/lbdoctor.h).
@@ -334,6 +361,7 @@ func (p *Prepared) Load(cfg Config) (*Tracer, error) {
 		// Event mode never counts in the aggregate maps: 2.8 MB saved.
 		specs.Agg.MaxEntries, specs.AggPlace.MaxEntries = 1, 1
 	}
+	t.filters[0] = filterOf(cfg)
 	t.coll, err = ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Cache: kernel.BTFCache()})
 	if err != nil {
 		return nil, fmt.Errorf("load drop tracer (%s): %w", t.Attach, err)
@@ -492,13 +520,18 @@ func setTracepointOffsets(vars *dropsVariableSpecs) error {
 	return nil
 }
 
-func setFilters(vars *dropsVariableSpecs, cfg Config, reasons map[uint32]string) error {
-	var addrs [MaxFilter]dropsAddr
+// filterOf is the kernel's form of cfg's namespace, protocol, address and
+// port filters (at most MaxFilter of each: checked by the callers).
+func filterOf(cfg Config) dropsFilter {
+	f := dropsFilter{Netns: cfg.NetnsInode, Proto: cfg.Proto, N_addrs: uint32(len(cfg.Addrs)), N_ports: uint32(len(cfg.Ports))}
 	for i, a := range cfg.Addrs {
-		addrs[i].B = a.As16() // IPv4 becomes IPv4-mapped, as the kernel side stores it
+		f.Addrs[i].B = a.As16() // IPv4 becomes IPv4-mapped, as the kernel side stores it
 	}
-	var ports [MaxFilter]uint16
-	copy(ports[:], cfg.Ports)
+	copy(f.Ports[:], cfg.Ports)
+	return f
+}
+
+func setFilters(vars *dropsVariableSpecs, cfg Config, reasons map[uint32]string) error {
 	var ignore [ignoreWords]uint64
 	byName := map[string]uint32{}
 	for v, n := range reasons {
@@ -521,9 +554,7 @@ func setFilters(vars *dropsVariableSpecs, cfg Config, reasons map[uint32]string)
 		v   *ebpf.VariableSpec
 		val any
 	}{
-		{vars.FilterNetns, cfg.NetnsInode}, {vars.FilterProto, cfg.Proto},
-		{vars.N_addrs, uint32(len(cfg.Addrs))}, {vars.FilterAddrs, addrs},
-		{vars.N_ports, uint32(len(cfg.Ports))}, {vars.FilterPorts, ports},
+		{vars.Filters, [2]dropsFilter{filterOf(cfg)}}, {vars.FilterGen, uint32(0)},
 		{vars.IgnoreReasons, ignore}, {vars.AnyIgnored, boolByte(len(cfg.IgnoreReasons) > 0)},
 		{vars.SendEvents, sendEvents}, {vars.WantStack, boolByte(cfg.Stack)},
 	} {
@@ -532,6 +563,53 @@ func setFilters(vars *dropsVariableSpecs, cfg Config, reasons map[uint32]string)
 		}
 	}
 	return nil
+}
+
+// SetFilter changes the running tracer's filters of namespace, protocol,
+// addresses and ports, and what its Namers read (Select, NoIPVSTable,
+// NoConntrackDump), to cfg's, in place (a watcher's services changed
+// between windows): no load, no verifier, no drop missed. cfg's Events,
+// Stack, Attach, IgnoreReasons and FlowMapSize are the loaded program's and
+// stay. The kernel side switches to the whole new filter at once (two
+// copies, filter_gen picks one) and forgets what its CPUs remembered of the
+// old one's verdicts. Namers made after it attribute by the new addresses.
+// One SetFilter at a time.
+func (t *Tracer) SetFilter(cfg Config) error {
+	if len(cfg.Addrs) > MaxFilter || len(cfg.Ports) > MaxFilter {
+		return fmt.Errorf("%w: at most %d addresses and %d ports", ErrBadFilter, MaxFilter, MaxFilter)
+	}
+	cfg.Events, cfg.Stack, cfg.Attach, cfg.IgnoreReasons, cfg.FlowMapSize = t.cfg.Events, t.cfg.Stack, t.cfg.Attach, t.cfg.IgnoreReasons, t.cfg.FlowMapSize
+	if filterOf(cfg) == filterOf(t.cfg) {
+		t.cfg = cfg // the same kernel filter: nothing to switch
+		return nil
+	}
+	gen := t.filterGen + 1
+	filters := t.filters
+	filters[gen&1] = filterOf(cfg)
+	// The copy in use is written with the bytes it holds: only the other
+	// one changes, then filter_gen moves the program to it.
+	if err := t.vars.Filters.Set(filters); err != nil {
+		return fmt.Errorf("set the drop filter: %w", err)
+	}
+	if err := t.vars.FilterGen.Set(gen); err != nil {
+		return fmt.Errorf("set the drop filter: %w", err)
+	}
+	t.filters, t.filterGen, t.cfg = filters, gen, cfg
+	return nil
+}
+
+// ProgramID is the kernel's id of the loaded program (bpftool prog show
+// id N): it stays the same while the tracer is loaded.
+func (t *Tracer) ProgramID() (ebpf.ProgramID, error) {
+	info, err := t.prog.Info()
+	if err != nil {
+		return 0, err
+	}
+	id, ok := info.ID()
+	if !ok {
+		return 0, errors.New("the kernel gives no program id")
+	}
+	return id, nil
 }
 
 // ProgramStats are the kernel's run statistics of the tracer program (run
