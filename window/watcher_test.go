@@ -48,7 +48,7 @@ func TestWatcherKeepsTheTracer(t *testing.T) {
 		}
 	}
 	prog := drops.ProgramName(os.Getpid())
-	during := 0       // SYNs each window sends once open
+	during := 0        // SYNs each window sends once open
 	var cur *testing.T // the running subtest
 	w := window.NewWatcher(l.LB, sel, window.Options{Drops: true, Opened: func(time.Duration) { syns(cur, during) }})
 	closed := false
@@ -61,7 +61,7 @@ func TestWatcherKeepsTheTracer(t *testing.T) {
 	tests := []struct {
 		name       string
 		before     func(t *testing.T) // between the last window and this one
-		during     int    // SYNs sent while the window is open
+		during     int                // SYNs sent while the window is open
 		wantTracer string
 		want       uint64 // drops counted by the window
 		wantDst    netip.Addr
