@@ -52,7 +52,8 @@ func (t timedModel) View() string {
 }
 
 // BenchmarkFloodEventLoop is the TUI's event loop under a drop flood, in
-// process: the real feeder (window.Run, the tracer in aggregate mode) on a
+// process: the real feeder (a window.Watcher, its tracer in aggregate mode
+// kept across windows) on a
 // namespace flooded with LBDOCTOR_BENCH_RATE (50,000) drops a second of
 // 256 flows (UDP to a VIP nft DNATs to a port nothing listens on) for
 // LBDOCTOR_BENCH_SECONDS (20), a ? key every 500 ms: how long a key waits
