@@ -27,6 +27,7 @@ func TestGuestDropsOnTheOtherKernel(t *testing.T) {
 		{"NetfilterDropHooks", TestNetfilterDropHooks},
 		{"KilledTracerLeavesNothing", TestKilledTracerLeavesNothing},
 		{"TerminatedTracerDetachesAndSummarizes", TestTerminatedTracerDetachesAndSummarizes},
+		{"WatchFromAndSetFilter", TestWatchFromAndSetFilter},
 	} {
 		t.Run(tt.name, tt.fn)
 	}
