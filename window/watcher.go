@@ -3,6 +3,7 @@ package window
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -78,14 +79,19 @@ func (w *Watcher) failTracer(why string, busy <-chan tracedResult) {
 
 // follow sees that a named namespace was replaced (deleted and made again
 // under its name: a new inode) and watches the new one from this window
-// on; the tracer's filter follows with the window's first read.
-func (w *Watcher) follow() {
+// on; the tracer's filter follows with the window's first read. It says
+// so ("" when nothing changed).
+func (w *Watcher) follow() string {
 	if w.ns.Spec == "" {
-		return
+		return ""
 	}
-	if t, err := netns.Resolve(w.ns.Spec); err == nil && t.Inode != w.ns.Inode {
-		w.ns = t
+	t, err := netns.Resolve(w.ns.Spec)
+	if err != nil || t.Inode == w.ns.Inode {
+		return "" // gone: the window's reads say so
 	}
+	was := w.ns.Inode
+	w.ns = t
+	return fmt.Sprintf("%s was replaced (inode %d, now %d): this window watches the new one", t, was, t.Inode)
 }
 
 // NewWatcher returns a watcher of ns for the services sel selects, with

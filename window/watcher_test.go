@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -118,6 +119,20 @@ func TestWatcherKeepsTheTracer(t *testing.T) {
 	if n := w.Loads(); n != 1 || len(ids) != len(tests) || len(slices.Compact(ids)) != 1 {
 		t.Errorf("over %d windows: %d loads, program ids %v; want one load, one program", len(tests), n, ids)
 	}
+	t.Run("a tracer that failed is loaded again by the next window, which says so", func(t *testing.T) {
+		cur, during = t, 1
+		window.FailTracer(w, "a map read failed")
+		snap, err := w.Next(context.Background(), length)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if snap.Window.Tracer != "attached" || w.Loads() != 2 || !strings.Contains(snap.Window.Skipped["drops.reload"], "a map read failed") {
+			t.Errorf("window after a failure: tracer %q, %d loads, skipped %v; want attached, 2 loads, the reload said with why", snap.Window.Tracer, w.Loads(), snap.Window.Skipped)
+		}
+		if snap.Drops == nil || snap.Drops.Counters.Matched != 1 {
+			t.Errorf("window after a failure counted %+v, want its 1 SYN", snap.Drops)
+		}
+	})
 	if err := w.Close(); err != nil {
 		t.Errorf("Close() = %v", err)
 	}

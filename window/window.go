@@ -130,7 +130,7 @@ func (wt *Watcher) next(ctx context.Context, opt Options) (*probes.Snapshot, err
 	// Capabilities are the calling thread's: asked before any goroutine.
 	bpfCapable := kernel.HasCapability(unix.CAP_BPF) || kernel.HasCapability(unix.CAP_SYS_ADMIN)
 	rawCapable := kernel.HasCapability(unix.CAP_NET_RAW)
-	wt.follow()
+	replaced := wt.follow()
 	ns, sel := wt.ns, wt.sel
 	var before *probes.Snapshot
 	static := opt.Length <= 0
@@ -191,6 +191,9 @@ func (wt *Watcher) next(ctx context.Context, opt Options) (*probes.Snapshot, err
 		close(featuresDone)
 	}
 	w := &probes.Window{Length: opt.Length, FirstRead: read.Sub(before.Time), Skipped: map[string]string{}}
+	if replaced != "" {
+		w.Skipped["netns.replaced"] = replaced
+	}
 	if !sel.VIP.IsValid() && len(before.IPVS.Services) == 0 && !opt.Counters {
 		// Nothing selects a flow: a window would watch nothing for its
 		// length. Said, not hidden.
