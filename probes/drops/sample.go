@@ -105,7 +105,11 @@ func (t *Tracer) NewBaseline() *Baseline {
 // attributed; b moves on to this read. The counts of a drop the kernel
 // was moving from a CPU's last-flow slot into the flow map while they were
 // read may be missed by this window and are then in the next one: no drop
-// is counted in two windows, and none is left out of the sum.
+// is counted in two windows, and none is left out of the sum — but for one
+// case: while the flow map is full, the drops a CPU held in its last-flow
+// slot at a read (counted as their flow's) are counted again by place when
+// the slot is flushed (at most one run of one flow per CPU and window; the
+// map is pruned of idle flows to keep it from filling, see prune).
 func (tr *Tracer) WatchFrom(ctx context.Context, lb netns.Target, until time.Time, h Hooks, b *Baseline) (*Sample, error) {
 	return tr.watch(ctx, lb, until, h, b)
 }
@@ -208,7 +212,7 @@ func (t *Tracer) sampleSince(n *Namer, b *Baseline) (*Sample, error) {
 	// The flow map before the CPUs' last-flow slots (Aggregates' order):
 	// a count moved from a slot into the map between the two reads is
 	// missed now and read next time, never read twice.
-	aggs, err := t.Aggregates()
+	aggs, keys, inSlots, err := t.aggregates(true)
 	if err != nil {
 		return nil, err
 	}
@@ -217,6 +221,8 @@ func (t *Tracer) sampleSince(n *Namer, b *Baseline) (*Sample, error) {
 		return nil, err
 	}
 	now := time.Now()
+	// What the flow map held before this window, to tell idle flows.
+	before := b.counts
 	counts := make(map[aggID]uint64, max(len(b.counts), len(aggs)))
 	for id, v := range b.counts {
 		counts[id] = v // an aggregate in transit now is read next time
@@ -255,7 +261,39 @@ func (t *Tracer) sampleSince(n *Namer, b *Baseline) (*Sample, error) {
 	s.Attribution = n.Attribution()
 	sort.SliceStable(s.Drops, func(i, j int) bool { return s.Drops[i].Count > s.Drops[j].Count })
 	b.at, b.counts, b.c = now, counts, total.atLeast(b.c)
+	t.prune(b, before, aggs, keys, inSlots)
 	return s, nil
+}
+
+// prune makes room in the flow map of a tracer kept across windows, which
+// only grows while it runs: once it is half full, the flows that had no
+// drop in the window just read (their count is the one before it) and no
+// CPU counts in its last-flow slot are deleted from it and from b, and the
+// program may insert again (agg_full). A flow pruned is counted from 0
+// again, as new. A drop of a pruned flow in the microseconds of its
+// delete may be lost: a flow idle for a whole window. Errors leave the
+// map as it is (its new flows are then counted by place, as when full).
+func (t *Tracer) prune(b *Baseline, before map[aggID]uint64, aggs []Aggregate, keys []dropsAggKey, inSlots map[Packet]bool) {
+	size := t.maps.Agg.MaxEntries()
+	if uint32(len(keys))*2 < size {
+		return
+	}
+	pruned := 0
+	for i, k := range keys {
+		a := aggs[i]
+		id := aggID{a.Packet, false}
+		if prev, ok := before[id]; !ok || a.Count != prev || inSlots[a.Packet] {
+			continue // new or dropped in the window, or being counted
+		}
+		if err := t.maps.Agg.Delete(&k); err != nil {
+			continue
+		}
+		delete(b.counts, id)
+		pruned++
+	}
+	if pruned > 0 {
+		t.vars.AggFull.Set(uint8(0))
+	}
 }
 
 // Namer names what a tracer saw: the reason, the location as symbol+offset,

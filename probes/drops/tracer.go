@@ -722,23 +722,42 @@ func (t *Tracer) counters(aggs []Aggregate) (Counters, error) {
 // last-flow slot and the map may be off by its count for that moment; after
 // Stop the totals are exact.
 func (t *Tracer) Aggregates() ([]Aggregate, error) {
-	out, err := t.batchAggregates()
+	out, _, _, err := t.aggregates(false)
+	return out, err
+}
+
+// aggregates is Aggregates; with keys, it also returns the flow map's keys
+// (keys[i] is out[i]'s, for the flows the map holds: they come first) and
+// the packets the CPUs' last-flow slots hold.
+func (t *Tracer) aggregates(withKeys bool) (out []Aggregate, keys []dropsAggKey, inSlots map[Packet]bool, err error) {
+	var kp *[]dropsAggKey
+	if withKeys {
+		kp = &keys
+	}
+	out, err = t.batchAggregates(kp)
 	if errors.Is(err, ebpf.ErrNotSupported) {
-		out, err = t.iterateAggregates()
+		keys = keys[:0]
+		out, err = t.iterateAggregates(kp)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read drop aggregates: %w", err)
+		return nil, nil, nil, fmt.Errorf("read drop aggregates: %w", err)
 	}
 	// Each CPU's last flow is counted apart until the next flow flushes it.
 	var last []dropsLastFlow
 	if err := t.maps.LastFlow.Lookup(uint32(0), &last); err != nil {
-		return nil, fmt.Errorf("read drop aggregates: %w", err)
+		return nil, nil, nil, fmt.Errorf("read drop aggregates: %w", err)
+	}
+	if withKeys {
+		inSlots = map[Packet]bool{}
 	}
 	for _, l := range last {
 		if l.Count == 0 {
 			continue
 		}
 		p := aggPacket(l.Key)
+		if inSlots != nil {
+			inSlots[p] = true
+		}
 		merged := false
 		for i := range out {
 			if out[i].Packet == p {
@@ -759,9 +778,9 @@ func (t *Tracer) Aggregates() ([]Aggregate, error) {
 		out = append(out, Aggregate{Packet: Packet{Netns: pk.Netns, Reason: pk.Reason, Location: pk.Location, Caller: pk.Caller}, Count: sumCPUs(per), NotItemised: true})
 	}
 	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read drop aggregates by place: %w", err)
+		return nil, nil, nil, fmt.Errorf("read drop aggregates by place: %w", err)
 	}
-	return out, nil
+	return out, keys, inSlots, nil
 }
 
 // pollInterval is how often the reader looks at the ring without being
@@ -772,7 +791,7 @@ var pollInterval = 50 * time.Millisecond
 // batchAggregates reads the aggregate map a thousand entries a syscall
 // (Linux 5.6+): a flood of distinct flows is read in milliseconds, where
 // one lookup per entry takes a syscall pair each.
-func (t *Tracer) batchAggregates() ([]Aggregate, error) {
+func (t *Tracer) batchAggregates(keysOut *[]dropsAggKey) ([]Aggregate, error) {
 	ncpu, err := ebpf.PossibleCPU()
 	if err != nil {
 		return nil, err
@@ -787,6 +806,9 @@ func (t *Tracer) batchAggregates() ([]Aggregate, error) {
 		for i, k := range keys[:n] {
 			out = append(out, Aggregate{Packet: aggPacket(k), Count: sumCPUs(vals[i*ncpu : (i+1)*ncpu])})
 		}
+		if keysOut != nil {
+			*keysOut = append(*keysOut, keys[:n]...)
+		}
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return out, nil
 		}
@@ -798,13 +820,16 @@ func (t *Tracer) batchAggregates() ([]Aggregate, error) {
 
 // iterateAggregates reads the aggregate map one entry at a time, for
 // kernels without batch lookups.
-func (t *Tracer) iterateAggregates() ([]Aggregate, error) {
+func (t *Tracer) iterateAggregates(keysOut *[]dropsAggKey) ([]Aggregate, error) {
 	var out []Aggregate
 	var k dropsAggKey
 	var per []uint64
 	it := t.maps.Agg.Iterate()
 	for it.Next(&k, &per) {
 		out = append(out, Aggregate{Packet: aggPacket(k), Count: sumCPUs(per)})
+		if keysOut != nil {
+			*keysOut = append(*keysOut, k)
+		}
 	}
 	return out, it.Err()
 }

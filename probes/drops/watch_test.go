@@ -95,3 +95,61 @@ func TestWatchFromAndSetFilter(t *testing.T) {
 		t.Errorf("ProgramID() after the filters = %d, %v; want %d, the same program", now, err, id)
 	}
 }
+
+// A kept tracer's flow map only grows: once half full, the flows idle for
+// a window are pruned at its read, so that later windows itemise their
+// flows again instead of counting them by place for good; every count
+// stays exact.
+func TestWatchFromPrunesIdleFlows(t *testing.T) {
+	testkit.RequireRoot(t)
+	ns := testkit.Netns(t, "prune")
+	testkit.Run(t, ns, "nft", "add table ip f; add chain ip f in { type filter hook input priority 0; }; add rule ip f in udp dport 9 drop")
+	const size = 8
+	tr, err := drops.New(drops.Config{NetnsInode: uint32(ns.Inode), Ports: []uint16{9}, FlowMapSize: size})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	base := tr.NewBaseline()
+	// flows sends one datagram from each of n new sockets: n new flows.
+	flows := func(t *testing.T, n int) {
+		err := ns.Do(func() error {
+			for range n {
+				c, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9})
+				if err != nil {
+					return err
+				}
+				c.Write([]byte("x"))
+				c.Close()
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		name  string
+		flows int
+		// Some new flows by place (the map full; how many depends on the
+		// CPUs' last-flow slots), or none.
+		wantNotItemised bool
+	}{
+		{"the map fills", size, false},
+		{"full: new flows counted by place; the idle ones pruned at the read", size, true},
+		{"room again: new flows itemised", size / 2, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			flows(t, tt.flows)
+			smp, err := tr.WatchFrom(context.Background(), ns, time.Now(), drops.Hooks{}, base)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := smp.Counters
+			if c.Matched != uint64(tt.flows) || (c.NotItemised > 0) != tt.wantNotItemised || c.AggLost != 0 {
+				t.Errorf("window of %d new flows = %+v, want %d matched, some not itemised %v, none lost", tt.flows, c, tt.flows, tt.wantNotItemised)
+			}
+		})
+	}
+}
