@@ -19,7 +19,9 @@ import (
 // window's drops are what the tracer counted since the previous window's
 // end (the first: since it attached) — a delta of the kernel's running
 // counts, so no drop is counted in two windows and none between two
-// windows is left out; its lost and missed counts are the window's too.
+// windows is left out (drops.Tracer.WatchFrom says the one exception,
+// while the flow map is full); its lost and missed counts are the
+// window's too.
 // The tracer's filter (namespace, addresses, ports) is set in place from
 // each window's first read, so a service added between windows is traced
 // in the next. A tracer that failed (a load that did not finish, a map

@@ -28,6 +28,7 @@ func TestGuestDropsOnTheOtherKernel(t *testing.T) {
 		{"KilledTracerLeavesNothing", TestKilledTracerLeavesNothing},
 		{"TerminatedTracerDetachesAndSummarizes", TestTerminatedTracerDetachesAndSummarizes},
 		{"WatchFromAndSetFilter", TestWatchFromAndSetFilter},
+		{"WatchFromPrunesIdleFlows", TestWatchFromPrunesIdleFlows},
 	} {
 		t.Run(tt.name, tt.fn)
 	}
