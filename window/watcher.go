@@ -57,6 +57,7 @@ func (w *Watcher) dropTracer() error {
 	if w.tr == nil {
 		return nil
 	}
+	w.tr.base.Close()
 	err := w.tr.dt.Tracer().Close()
 	w.tr = nil
 	return err
@@ -71,11 +72,12 @@ func (w *Watcher) failTracer(why string, busy <-chan tracedResult) {
 		w.dropTracer()
 		return
 	}
-	tr := w.tr.dt.Tracer()
+	kt := w.tr
 	w.tr = nil
 	go func() {
 		<-busy
-		tr.Close()
+		kt.base.Close()
+		kt.dt.Tracer().Close()
 	}()
 }
 

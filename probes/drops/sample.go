@@ -84,6 +84,34 @@ type Baseline struct {
 	at     time.Time // the last read; the tracer's attach at first
 	counts map[aggID]uint64
 	c      Counters
+	// namer names the windows' drops while the filter and namespace stay
+	// (its attributor follows conntrack instead of dumping it anew each
+	// window); attr is what it had attributed at the last read.
+	namer    *Namer
+	namerGen uint32 // the tracer's filter generation namer was made for
+	namerNS  uint64
+	attr     Attribution
+}
+
+// Close stops what b keeps for the next window (its Namer's table reads).
+// Close it before the tracer.
+func (b *Baseline) Close() {
+	if b.namer != nil {
+		b.namer.Close()
+		b.namer = nil
+	}
+}
+
+// namerFor returns b's Namer for t's drops in lb, made anew when t's
+// filter or the namespace changed since it was made; attributed counts
+// start over with a new one.
+func (b *Baseline) namerFor(t *Tracer, lb netns.Target) *Namer {
+	if b.namer != nil && b.namerGen == t.filterGen && b.namerNS == lb.Inode {
+		return b.namer
+	}
+	b.Close()
+	b.namer, b.namerGen, b.namerNS, b.attr = t.Namer(lb), t.filterGen, lb.Inode, Attribution{}
+	return b.namer
 }
 
 // aggID tells aggregates apart: a flow's, or a place's (NotItemised).
@@ -124,8 +152,15 @@ func (tr *Tracer) watch(ctx context.Context, lb netns.Target, until time.Time, h
 	if b != nil {
 		start = b.at
 	}
-	n := tr.Namer(lb) // before the window's end: reading kallsyms takes a while
-	defer n.Close()
+	// Named before the window's end: reading kallsyms takes a while. A
+	// kept tracer keeps its Namer.
+	var n *Namer
+	if b != nil {
+		n = b.namerFor(tr, lb)
+	} else {
+		n = tr.Namer(lb)
+		defer n.Close()
+	}
 	if h.Started != nil {
 		h.Started()
 	}
@@ -258,7 +293,13 @@ func (t *Tracer) sampleSince(n *Namer, b *Baseline) (*Sample, error) {
 	for _, a := range delta {
 		s.Drops = append(s.Drops, n.Name(ctx, a, end))
 	}
-	s.Attribution = n.Attribution()
+	// The Namer is kept across windows: its counts are the window's.
+	all := n.Attribution()
+	s.Attribution = all
+	s.Attribution.Attributed -= min(all.Attributed, b.attr.Attributed)
+	s.Attribution.NotAttributed -= min(all.NotAttributed, b.attr.NotAttributed)
+	s.Attribution.Batches -= min(all.Batches, b.attr.Batches)
+	b.attr = all
 	sort.SliceStable(s.Drops, func(i, j int) bool { return s.Drops[i].Count > s.Drops[j].Count })
 	b.at, b.counts, b.c = now, counts, total.atLeast(b.c)
 	t.prune(b, before, aggs, keys, inSlots)
