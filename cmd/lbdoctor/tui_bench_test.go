@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -220,6 +221,7 @@ func BenchmarkTUIFlood(b *testing.B) {
 		x         *ptyTUI
 		idle, lat []time.Duration
 		cpu0      time.Duration
+		wait0     time.Duration
 		from0     int
 		keys      int
 	}
@@ -252,7 +254,7 @@ func BenchmarkTUIFlood(b *testing.B) {
 		var wg sync.WaitGroup
 		wg.Add(1)
 		for _, r := range runs {
-			r.cpu0, r.from0 = processCPU(b, r.x.cmd.Process.Pid), r.x.mark()
+			r.cpu0, r.from0, r.wait0 = processCPU(b, r.x.cmd.Process.Pid), r.x.mark(), runQueueWait(r.x.cmd.Process.Pid)
 		}
 		start := time.Now()
 		go func() { defer wg.Done(); sent = floodAt(b, p, vip, rate, 1024, flood) }()
@@ -270,6 +272,7 @@ func BenchmarkTUIFlood(b *testing.B) {
 			x, pid, lat, idle, keys := r.x, r.x.cmd.Process.Pid, r.lat, r.idle, r.keys
 			b.Logf("%s: keys under the flood, in order: %v", r.name, lat)
 			cpu, painted := processCPU(b, pid)-r.cpu0, x.count(r.from0, "\x1b[H")
+			waited := runQueueWait(pid) - r.wait0
 			rss := peakRSS(b, pid)
 			x.mu.Lock()
 			tail := x.out.String()[max(0, x.out.Len()-8000):]
@@ -298,6 +301,7 @@ func BenchmarkTUIFlood(b *testing.B) {
 			b.ReportMetric(float64(painted-keys)/elapsed.Seconds(), r.name+"-paints/s")
 			b.ReportMetric(float64(rss)/(1<<20), r.name+"-peak-rss-MB")
 			b.ReportMetric(cpu.Seconds()/elapsed.Seconds()*100, r.name+"-cpu-%")
+			b.ReportMetric(float64(waited.Milliseconds())/elapsed.Seconds(), r.name+"-runqueue-wait-ms/s")
 			ms := regexp.MustCompile(`last window: (\d+) matched in ([0-9.]+)s · lost (\d+) · missed (\d+)`).FindAllStringSubmatch(tail, -1)
 			if ms == nil {
 				b.Errorf("%s: the Drops pane showed no last window's counts", r.name)
@@ -320,4 +324,25 @@ func BenchmarkTUIFlood(b *testing.B) {
 		b.Logf("drops --summary at the same time: sent %d, matched %d in %s, lost %d, missed %d, CPU after the tracer loaded %s, peak RSS %d kB",
 			sent, s.Counters.Matched, s.Window, s.Counters.Lost(), s.Counters.Missed, lp.cpu()-dcpu0, ru.Maxrss)
 	}
+}
+
+// runQueueWait is how long the threads of process pid have waited for a
+// CPU while runnable (/proc/PID/task/*/schedstat, second field): a key
+// that waits on a loaded machine waits there, not in the TUI. Threads
+// that ended are not counted.
+func runQueueWait(pid int) time.Duration {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	tasks, _ := os.ReadDir(dir)
+	var sum time.Duration
+	for _, task := range tasks {
+		b, err := os.ReadFile(dir + "/" + task.Name() + "/schedstat")
+		if err != nil {
+			continue
+		}
+		if f := strings.Fields(string(b)); len(f) >= 2 {
+			ns, _ := strconv.ParseInt(f[1], 10, 64)
+			sum += time.Duration(ns)
+		}
+	}
+	return sum
 }
