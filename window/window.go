@@ -309,6 +309,11 @@ func (wt *Watcher) next(ctx context.Context, opt Options) (*probes.Snapshot, err
 		select {
 		case <-featuresDone:
 		default:
+			if traced != nil {
+				// Its read is still under way: the next window loads
+				// a tracer of its own.
+				wt.failTracer("interrupted before the first read was done", traced)
+			}
 			return nil, ErrInterrupted // the first read was not done
 		}
 	}
