@@ -103,10 +103,11 @@ func (b *Baseline) Close() {
 }
 
 // namerFor returns b's Namer for t's drops in lb, made anew when t's
-// filter or the namespace changed since it was made; attributed counts
-// start over with a new one.
+// filter or the namespace changed since it was made, or a module was
+// loaded or unloaded (its symbols are read again); attributed counts start
+// over with a new one.
 func (b *Baseline) namerFor(t *Tracer, lb netns.Target) *Namer {
-	if b.namer != nil && b.namerGen == t.filterGen && b.namerNS == lb.Inode {
+	if b.namer != nil && b.namerGen == t.filterGen && b.namerNS == lb.Inode && !t.symbolsStale() {
 		return b.namer
 	}
 	b.Close()

@@ -125,6 +125,7 @@ type Tracer struct {
 // symbolsRead is a read of /proc/kallsyms under way: syms and err are set
 // when done is closed.
 type symbolsRead struct {
+	modules string // the kernel's modules when the read began (loadedModules)
 	done chan struct{}
 	syms *Symbols
 	err  error
@@ -135,13 +136,51 @@ type symbolsRead struct {
 // (a tracer kept across windows reads kallsyms once).
 func (t *Tracer) loadSymbols() (*Symbols, error) {
 	if t.symbols == nil {
-		r := &symbolsRead{done: make(chan struct{})}
+		r := &symbolsRead{done: make(chan struct{}), modules: loadedModules()}
 		r.syms, r.err = LoadSymbols()
 		close(r.done)
 		t.symbols = r
 	}
 	<-t.symbols.done
 	return t.symbols.syms, t.symbols.err
+}
+
+// symbolsStale reports whether a module was loaded or unloaded since the
+// kernel's symbols were read (a tracer kept for hours: ip_vs loaded after
+// it started), and forgets them then: the next Namer reads them again. One
+// read of /proc/modules.
+func (t *Tracer) symbolsStale() bool {
+	if t.symbols == nil {
+		return false
+	}
+	<-t.symbols.done
+	if loadedModules() == t.symbols.modules {
+		return false
+	}
+	t.symbols = nil
+	return true
+}
+
+// loadedModules names the kernel's modules and where each is loaded
+// (/proc/modules' first and sixth fields: not its use counts, which
+// move), "" when it cannot be read.
+func loadedModules() string {
+	b, err := os.ReadFile("/proc/modules")
+	if err != nil {
+		return ""
+	}
+	return modulesOf(b)
+}
+
+// modulesOf is loadedModules of the text of /proc/modules. Pure.
+func modulesOf(b []byte) string {
+	var out strings.Builder
+	for line := range strings.Lines(string(b)) {
+		if f := strings.Fields(line); len(f) >= 6 {
+			out.WriteString(f[0] + " " + f[5] + "\n")
+		}
+	}
+	return out.String()
 }
 
 // Counters are what the kernel side counted.
@@ -289,7 +328,7 @@ func Prepare(attach string) (*Prepared, error) {
 // what it counted never waits for them. Without kallsyms the Namer says
 // why, as it does reading them itself.
 func (p *Prepared) ReadSymbols() {
-	r := &symbolsRead{done: make(chan struct{})}
+	r := &symbolsRead{done: make(chan struct{}), modules: loadedModules()}
 	p.symbols = r
 	go func() {
 		defer close(r.done)
