@@ -126,9 +126,9 @@ type Tracer struct {
 // when done is closed.
 type symbolsRead struct {
 	modules string // the kernel's modules when the read began (loadedModules)
-	done chan struct{}
-	syms *Symbols
-	err  error
+	done    chan struct{}
+	syms    *Symbols
+	err     error
 }
 
 // loadSymbols returns the kernel's symbols: the read started beside the
