@@ -43,6 +43,9 @@ type Watcher struct {
 	// again (the window that does says so).
 	failed string
 	closed bool
+	// single is set by Run: the watcher's one window stops its tracer and
+	// reads it whole, detaching it while the last read runs.
+	single bool
 }
 
 // keptTracer is the drop tracer a watcher keeps across windows, and what

@@ -121,6 +121,7 @@ type Progress struct {
 // It is one window of a fresh Watcher (its tracer is detached on return).
 func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options) (*probes.Snapshot, error) {
 	w := NewWatcher(ns, sel, opt)
+	w.single = true
 	defer w.Close()
 	return w.Next(ctx, opt.Length)
 }
@@ -262,12 +263,25 @@ func (wt *Watcher) next(ctx context.Context, opt Options) (*probes.Snapshot, err
 	var traced chan tracedResult // nil: no tracer
 	if kt != nil {
 		traced = make(chan tracedResult, 1)
+		single := wt.single
+		if single {
+			wt.tr = nil // the window's own: closed by its reader below
+		}
 		go func() {
 			// The tracer counts from its attach (just before the window
 			// opened), or a kept one from the last window's read, to the
 			// window's end; only an interrupt (ctx) cuts it short.
-			smp, err := kt.dt.WatchFrom(ctx, ns, end, drops.Hooks{Every: opt.Every, Progress: func(c drops.Counters) { dropCounters.Store(&c) }}, kt.base)
-			traced <- tracedResult{smp, err}
+			hooks := drops.Hooks{Every: opt.Every, Progress: func(c drops.Counters) { dropCounters.Store(&c) }}
+			var r tracedResult
+			if single {
+				// The only window of its watcher (Run): the tracer is
+				// stopped and read whole, and detached while the last
+				// read runs, not after it.
+				r.smp, r.err = kt.dt.Watch(ctx, ns, end, hooks)
+			} else {
+				r.smp, r.err = kt.dt.WatchFrom(ctx, ns, end, hooks, kt.base)
+			}
+			traced <- r
 		}()
 	}
 	if opt.Probe {
