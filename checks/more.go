@@ -2,15 +2,12 @@ package checks
 
 import (
 	"fmt"
-	"net/netip"
-	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/lbdoctor/lbdoctor/internal/tally"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
-	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
 
@@ -139,7 +136,8 @@ func checkExpireNodest(s *probes.Snapshot, sel probes.Selector) Finding {
 	if !s.IPVS.Available {
 		return skip("IPVS is not available (see kernel.ipvs)")
 	}
-	if len(selected(s, sel)) == 0 {
+	svcs := selected(s, sel)
+	if len(svcs) == 0 {
 		return skip("no IPVS service in " + s.Target.String())
 	}
 	v, ok := readable(s, "net.ipv4.vs.expire_nodest_conn")
@@ -151,28 +149,14 @@ func checkExpireNodest(s *probes.Snapshot, sel probes.Selector) Finding {
 		return Finding{Status: Pass, Title: "connections to a removed real server are expired", Evidence: ev}
 	}
 	return Finding{Status: Warn, Title: "connections to a removed real server are kept until they time out",
-		Reason:   fmt.Sprintf("with expire_nodest_conn=0, packets of existing connections to a real that leaves are dropped for up to the IPVS timeout (tcp %ds)", s.IPVS.Timeouts.TCP),
+		Reason:   fmt.Sprintf("with expire_nodest_conn=0, packets of existing connections to a real that leaves are dropped for up to the IPVS timeout of their protocol (%s)", protoTimeouts(s, svcs)),
 		Evidence: ev,
 		Remedies: []Remedy{{Sysctl: "net.ipv4.vs.expire_nodest_conn", Value: "1"}},
 		// IPVS drops them in its LOCAL_IN hook (NF_DROP): a NETFILTER_DROP
 		// in input of a flow whose real is no longer one of its service's
 		// is this — a client port reused within the old connection's
 		// timeout, or a retransmission of it.
-		explains: func(c drops.Counted) bool {
-			return c.ReasonName == "NETFILTER_DROP" && c.Hook == "input" && c.Flow != nil && c.Flow.Real.IsValid() && !isRealOf(s, c.Flow.VIP, c.Flow.Real)
-		}}
-}
-
-// isRealOf reports whether real is a real server of the IPVS service at vip
-// (false when no service is at vip: nothing is known of it).
-func isRealOf(s *probes.Snapshot, vip, real netip.AddrPort) bool {
-	for _, svc := range s.IPVS.Services {
-		if svc.FWMark != 0 || svc.Addr != vip {
-			continue
-		}
-		return slices.ContainsFunc(svc.Reals, func(r ipvs.Real) bool { return r.Addr == real })
-	}
-	return true
+		explains: func(c drops.Counted) bool { return probes.DroppedForRealGone(s, c) }}
 }
 
 // checkFlowStates reads the VIP's conntrack flows for the marks a broken
@@ -235,7 +219,7 @@ func checkFlowStates(s *probes.Snapshot, _ probes.Selector) Finding {
 			ev = append(ev, Evidence{Fact: exNone, Source: src})
 		}
 		return Finding{Status: Warn, Title: strconv.Itoa(noReply) + " flow(s) never saw a reply",
-			Reason:   "the real server did not answer, or answered around the LB (see nat.return_path); entries linger until their timeout, so a fixed path still shows them for a while",
+			Reason:   "the real server did not answer, or answered around the LB (see nat.return_path), or the flows predate their service and no NAT applies to them (see conntrack.stale_flows); entries linger until their timeout, so a fixed path still shows them for a while",
 			Evidence: ev}
 	}
 	return Finding{Status: Pass, Title: "the VIP's flows complete", Evidence: ev}

@@ -6,6 +6,7 @@ package probes
 import (
 	"errors"
 	"fmt"
+	"github.com/lbdoctor/lbdoctor/internal/expect"
 	"net/netip"
 	"slices"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/internal/proto"
 	"github.com/lbdoctor/lbdoctor/probes/conntrack"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
@@ -53,6 +55,9 @@ type Snapshot struct {
 	// Window is what the doctor saw while it watched (check's window,
 	// inspect --watch); nil for a static snapshot (check --watch 0).
 	Window *Window `json:"window,omitempty"`
+	// Expected is what the operator meant IPVS to run (check --expect
+	// FILE), for ipvs.drift; nil when no file was given.
+	Expected *expect.Config `json:"expected,omitempty"`
 	// Errors holds, by probe name, why a probe could not read its layer
 	// (privileges, a tool missing); checks that need it are skipped with it.
 	Errors map[string]string `json:"errors,omitempty"`
@@ -120,6 +125,26 @@ type Conntrack struct {
 	// source ≠ original destination: DNAT), learned over every flow; they
 	// name a VIP's backends when IPVS does not (nft or iptables DNAT).
 	Backends []netip.AddrPort `json:"backends,omitempty"`
+	// Untouched counts, by protocol and original destination, the flows
+	// no NAT touched (the reply tuple is the original reversed: no DNAT,
+	// no SNAT, no IPVS rewrite) and no reply was seen for, over every
+	// flow read: a flow to an IPVS masquerade VIP that conntrack created
+	// before the service or its SNAT rule (NAT is bound when a flow
+	// starts, so the rules never apply to it while the client keeps it
+	// alive).
+	Untouched []FlowTally `json:"untouched,omitempty"`
+	// NotSNATed counts likewise the unreplied flows whose destination was
+	// rewritten (IPVS, DNAT) but not their source: on a one-arm LB whose
+	// SNAT rule covers the VIP, flows that started before the rule.
+	NotSNATed []FlowTally `json:"not_snated,omitempty"`
+}
+
+// FlowTally is the number of flows of one protocol to one original
+// destination.
+type FlowTally struct {
+	Proto string         `json:"proto"`
+	Dst   netip.AddrPort `json:"dst"`
+	Count int            `json:"count"`
 }
 
 // FlowCount is the number of flows in one TCP state (empty for other
@@ -153,6 +178,28 @@ func (c *Conntrack) tally(h conntrack.Head) {
 	if b := h.Reply.Src; b.IsValid() && b != h.Orig.Dst && len(c.Backends) < MaxListed && !slices.Contains(c.Backends, b) {
 		c.Backends = append(c.Backends, b)
 	}
+	if !k.SeenReply && h.Reply.Dst == h.Orig.Src {
+		if h.Reply.Src == h.Orig.Dst {
+			c.Untouched = countFlow(c.Untouched, proto.Name(h.Proto), h.Orig.Dst)
+		} else {
+			c.NotSNATed = countFlow(c.NotSNATed, proto.Name(h.Proto), h.Orig.Dst)
+		}
+	}
+}
+
+// countFlow counts one flow of protocol to dst in l (at most MaxListed
+// destinations).
+func countFlow(l []FlowTally, protocol string, dst netip.AddrPort) []FlowTally {
+	for i := range l {
+		if l[i].Proto == protocol && l[i].Dst == dst {
+			l[i].Count++
+			return l
+		}
+	}
+	if len(l) < MaxListed {
+		l = append(l, FlowTally{Proto: protocol, Dst: dst, Count: 1})
+	}
+	return l
 }
 
 // add tallies one flow and lists it while the list has room: only a listed

@@ -57,7 +57,10 @@ type ConnCount struct {
 	VIP   netip.AddrPort `json:"vip"`
 	Dest  netip.AddrPort `json:"dest"`
 	State string         `json:"state"`
-	Count int            `json:"count"`
+	// Template marks persistence templates (ipvsadm -p): the entries,
+	// client port 0, that pin a client to a real server.
+	Template bool `json:"template,omitempty"`
+	Count    int  `json:"count"`
 }
 
 // CountConns tallies conns by service, real server and state, ordered by
@@ -82,7 +85,7 @@ func (c *ConnCounter) Add(x Conn) {
 	if c.idx == nil {
 		c.idx = map[ConnCount]int{}
 	}
-	k := ConnCount{Proto: x.Proto, VIP: x.VIP, Dest: x.Dest, State: x.State}
+	k := ConnCount{Proto: x.Proto, VIP: x.VIP, Dest: x.Dest, State: x.State, Template: x.Template()}
 	i, ok := c.idx[k]
 	if !ok {
 		i = len(c.out)
@@ -112,6 +115,20 @@ func (s Snapshot) DestConns() int {
 		}
 	}
 	return n
+}
+
+// RealLeft reports whether real is no longer a real server of the service
+// at vip: a service is there and real is not one of its reals (removed, as
+// `ipvsadm -d` does). False when no service is at vip: nothing is known of
+// it then.
+func (s Snapshot) RealLeft(vip, real netip.AddrPort) bool {
+	for _, svc := range s.Services {
+		if svc.FWMark != 0 || svc.Addr != vip {
+			continue
+		}
+		return !slices.ContainsFunc(svc.Reals, func(r Real) bool { return r.Addr == real })
+	}
+	return false
 }
 
 // Timeouts are IPVS's idle timeouts (ipvsadm --set), in seconds.
