@@ -67,7 +67,7 @@ change was undone).`,
 	root.PersistentFlags().StringVar(&g.netns, "netns", "", "network namespace: a /run/netns `NAME`, a PATH, or pid:N (default: the current one)")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "text", "output `FORMAT`: text or json (check also: junit)")
 	root.SetFlagErrorFunc(flagError)
-	root.AddCommand(newCheckCmd(g), newInspectCmd(g), newDropsCmd(g), newCaptureCmd(g), newTUICmd(g), newSetupCmd(g), newTeardownCmd(g), newLabCmd(), newVersionCmd(g))
+	root.AddCommand(newCheckCmd(g), newInspectCmd(g), newDropsCmd(g), newCaptureCmd(g), newTUICmd(g), newSetupCmd(g), newTeardownCmd(g), newLabCmd(), newServeCmd(), newVersionCmd(g))
 	root.SetHelpCommand(newHelpCmd())
 	root.InitDefaultCompletionCmd()
 	strictArgs(root)
