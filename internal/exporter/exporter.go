@@ -120,7 +120,8 @@ func (e *Exporter) Observe(ns string, r Result) {
 	for probe := range snap.Errors {
 		s.probeErrors[probe]++
 	}
-	s.tracerUp = snap.Window != nil && snap.Window.Tracer == "attached"
+	// "kept": a watcher's tracer attached in an earlier window.
+	s.tracerUp = snap.Window != nil && (snap.Window.Tracer == "attached" || snap.Window.Tracer == "kept")
 	if d := snap.Drops; d != nil {
 		s.lost += d.Counters.Lost() + d.Counters.Missed
 		for _, c := range d.Drops {
