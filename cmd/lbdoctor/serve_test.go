@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lbdoctor/lbdoctor/internal/lab"
+	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/report"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
@@ -306,5 +307,53 @@ func TestServeWithoutCapabilityExitsThree(t *testing.T) {
 				t.Errorf("lbdoctor serve (%s) = exit %d, stderr %q; want 3 and one line naming %s", tt.name, r.code, r.stderr, tt.want)
 			}
 		})
+	}
+}
+
+// A namespace that disappears and comes back under its name: serve counts
+// the namespace it could not resolve (lbdoctor_probe_errors_total{probe=
+// "netns"}), takes its findings away, /healthz answers 503 naming it, and
+// once the name holds a namespace again the intervals run on.
+func TestServeNamespaceGoneAndBack(t *testing.T) {
+	testkit.RequireRoot(t)
+	name := testkit.UniqueName("lbd-srv")
+	create := func() {
+		if _, err := netns.Create(name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	create()
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
+	p := startServe(t, "--netns", name, "--interval", "1s")
+	ns := map[string]string{"netns": name}
+	runs := func(s scrape) float64 { v, _ := s.value("lbdoctor_check_runs_total", ns); return v }
+	s := p.waitFor(t, "a first interval", 30*time.Second, func(s scrape) bool { return runs(s) >= 1 })
+	if _, ok := s.value("lbdoctor_finding_status", ns); !ok {
+		t.Fatalf("no lbdoctor_finding_status{netns=%q} after an interval:\n%s", name, s.text)
+	}
+
+	testkit.Run(t, netns.Target{}, "ip", "netns", "del", name)
+	gone := p.waitFor(t, "the namespace counted as unreadable", 20*time.Second, func(s scrape) bool {
+		v, _ := s.value("lbdoctor_probe_errors_total", map[string]string{"netns": name, "probe": "netns"})
+		return v >= 1
+	})
+	if _, ok := gone.value("lbdoctor_finding_status", ns); ok {
+		t.Errorf("lbdoctor_finding_status{netns=%q} still served with the namespace gone:\n%s", name, gone.text)
+	}
+	if body, code := p.get(t, "/healthz"); code != 503 || !strings.Contains(body, "netns "+name+": last interval") || !strings.Contains(body, "no such network namespace") {
+		t.Errorf("GET /healthz with the namespace gone = %d %q; want 503 naming it", code, body)
+	}
+
+	create()
+	before := runs(gone)
+	back := p.waitFor(t, "intervals running again", 30*time.Second, func(s scrape) bool { return runs(s) > before })
+	if _, ok := back.value("lbdoctor_finding_status", ns); !ok {
+		t.Errorf("no lbdoctor_finding_status{netns=%q} once the namespace is back:\n%s", name, back.text)
+	}
+	if body, code := p.get(t, "/healthz"); code != 200 {
+		t.Errorf("GET /healthz with the namespace back = %d %q; want 200", code, body)
+	}
+	if code, took := p.stop(t, syscall.SIGINT); code != 0 || took > 200*time.Millisecond {
+		t.Errorf("serve after SIGINT = exit %d in %s; want 0 within 200ms\n%s", code, took, p.stderr)
 	}
 }

@@ -124,17 +124,16 @@ func loop(ctx context.Context, cfg Config, spec string, e *Exporter) {
 		if cfg.Ran != nil {
 			cfg.Ran(spec, r)
 		}
-		if r.Err != nil {
-			if w != nil {
-				w.Close() // opened again on the next interval
-				w = nil
-			}
-			// Nothing watched: wait out the interval rather than spin
-			// on a namespace that is gone.
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Until(start.Add(cfg.Interval))):
-			}
+		if r.Err != nil && w != nil {
+			w.Close() // opened again on the next interval
+			w = nil
+		}
+		// A window that ended early (nothing to watch: no service, no
+		// --vip) or did not run (the namespace is gone) waits out its
+		// interval: serve never spins.
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Until(start.Add(cfg.Interval))):
 		}
 	}
 }
