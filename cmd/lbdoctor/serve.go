@@ -100,7 +100,7 @@ host. SIGINT or SIGTERM stop it (exit 0).`,
 	cmd.Flags().StringVar(&vip, "vip", "", "watch one virtual service, `ADDR:PORT` ([ADDR]:PORT for IPv6; default: all)")
 	cmd.Flags().StringVar(&proto, "proto", "", "protocol of --vip: `tcp|udp` (default: the service at the VIP whatever its protocol)")
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:9469", "serve HTTP on this `ADDR:PORT` (port 0: any free one, printed on stderr)")
-	cmd.Flags().DurationVar(&interval, "interval", 15*time.Second, "each window's length: the checks run at the end of each")
+	cmd.Flags().DurationVar(&interval, "interval", 15*time.Second, "watch in windows of `WINDOW` back to back; the checks run at the end of each")
 	return cmd
 }
 

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os/exec"
 	"strings"
@@ -24,6 +25,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/internal/report"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
+	"github.com/lbdoctor/lbdoctor/probes/kernel"
 )
 
 // serveProc is a running `lbdoctor serve` and the address it serves on.
@@ -224,6 +226,16 @@ add rule inet lbdfault filter_fwd ip daddr %s tcp dport 8085 counter drop
 			t.Errorf("/metrics has no %s{netns=%q}", name, l.LB.Name)
 		}
 	}
+	if kernel.IPVS() != nil {
+		// No IPVS in this kernel (the host's): said by kernel.ipvs, no
+		// IPVS series, and serve runs on.
+		if v, _ := second.value("lbdoctor_finding_status", lbl("id", "kernel.ipvs")); v != 2 {
+			t.Errorf("lbdoctor_finding_status{id=\"kernel.ipvs\"} = %v on a kernel without IPVS; want 2", v)
+		}
+		if _, ok := second.value("lbdoctor_ipvs_connections_total", lbl()); ok {
+			t.Errorf("lbdoctor_ipvs_connections_total served on a kernel without IPVS")
+		}
+	}
 	promtool := exec.Command("promtool", "check", "metrics")
 	promtool.Stdin = strings.NewReader(second.text)
 	if out, err := promtool.CombinedOutput(); err != nil {
@@ -355,5 +367,20 @@ func TestServeNamespaceGoneAndBack(t *testing.T) {
 	}
 	if code, took := p.stop(t, syscall.SIGINT); code != 0 || took > 200*time.Millisecond {
 		t.Errorf("serve after SIGINT = exit %d in %s; want 0 within 200ms\n%s", code, took, p.stderr)
+	}
+}
+
+// A --listen address already taken: serve says so in one line, exit 4,
+// before any window runs.
+func TestServeListenTaken(t *testing.T) {
+	testkit.RequireRoot(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	code, stdout, stderr := runCLI("serve", "--listen", l.Addr().String())
+	if code != exitFailed || !strings.Contains(stderr, "address already in use") || strings.Count(stderr, "\n") != 1 || stdout != "" {
+		t.Errorf("lbdoctor serve --listen %s (taken) = exit %d, stderr %q; want 4 and one line saying it is in use", l.Addr(), code, stderr)
 	}
 }
