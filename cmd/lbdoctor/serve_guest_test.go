@@ -28,13 +28,7 @@ func TestGuestServeStage3(t *testing.T) {
 		return lab.Probe(context.Background(), l.Client, vip, 500*time.Millisecond)
 	})
 	p := startServe(t, "--netns", l.LB.Name, "--vip", vip.String(), "--interval", "3s")
-	lbl := func(kv ...string) map[string]string {
-		m := map[string]string{"netns": l.LB.Name}
-		for i := 0; i+1 < len(kv); i += 2 {
-			m[kv[i]] = kv[i+1]
-		}
-		return m
-	}
+	lbl := func(kv ...string) map[string]string { return nsLabels(l.LB.Name, kv...) }
 	fwd := lbl("id", "sysctl.ip_forward", "vip", vip.String())
 	runs := func(s scrape) float64 { v, _ := s.value("lbdoctor_check_runs_total", lbl()); return v }
 	failing := p.waitFor(t, "sysctl.ip_forward at 2", 150*time.Second, func(s scrape) bool {

@@ -144,6 +144,15 @@ func hasLabel(m *dto.Metric, k, v string) bool {
 	return false
 }
 
+// nsLabels are the labels netns=ns and the pairs of kv.
+func nsLabels(ns string, kv ...string) map[string]string {
+	m := map[string]string{"netns": ns}
+	for i := 0; i+1 < len(kv); i += 2 {
+		m[kv[i]] = kv[i+1]
+	}
+	return m
+}
+
 // waitFor scrapes until cond holds or the deadline passes.
 func (p *serveProc) waitFor(t *testing.T, what string, within time.Duration, cond func(scrape) bool) scrape {
 	t.Helper()
@@ -193,13 +202,7 @@ add rule inet lbdfault filter_fwd ip daddr %s tcp dport 8085 counter drop
 		return lab.Probe(context.Background(), l.Client, vip, 300*time.Millisecond)
 	})
 	p := startServe(t, "--netns", l.LB.Name, "--vip", vip.String(), "--interval", "2s")
-	lbl := func(kv ...string) map[string]string {
-		m := map[string]string{"netns": l.LB.Name}
-		for i := 0; i+1 < len(kv); i += 2 {
-			m[kv[i]] = kv[i+1]
-		}
-		return m
-	}
+	lbl := func(kv ...string) map[string]string { return nsLabels(l.LB.Name, kv...) }
 	drop := lbl("reason", "NETFILTER_DROP")
 	// No IPVS on the host: the nft LB's drops are judged by drops.vip_flows.
 	fw := lbl("id", "drops.vip_flows", "vip", vip.String())
