@@ -14,8 +14,10 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lbdoctor/lbdoctor/internal/lab"
+	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/window"
 )
 
 // BenchmarkServeSoak runs serve's loop in process on an nft DNAT LB whose
@@ -24,7 +26,8 @@ import (
 // LBDOCTOR_BENCH_INTERVALS intervals (default 300; the 10,000 take
 // about half an hour here). It reports RSS, the Go heap and the CPU per
 // interval over the first and the second half of the run (after a tenth
-// as warm-up): flat is no growth. An RSS that doubled fails it.
+// as warm-up): flat is no growth. An RSS that doubled fails it. Each
+// windower serve can run is measured in turn on the same LB and traffic.
 func BenchmarkServeSoak(b *testing.B) {
 	testkit.RequireRoot(b)
 	n := testkit.EnvInt("LBDOCTOR_BENCH_INTERVALS", 300)
@@ -33,8 +36,28 @@ func BenchmarkServeSoak(b *testing.B) {
 		return lab.Probe(context.Background(), l.Client, vip, 200*time.Millisecond)
 	})
 	defer traffic.Stop()
+	sel := probes.Selector{VIP: vip}
+	for _, wr := range soakWindowers(sel) {
+		b.Run(wr.name, func(b *testing.B) { soak(b, l.LB.Name, sel, n, wr.open) })
+	}
+}
+
+// soakWindower is one way serve runs its windows.
+type soakWindower struct {
+	name string
+	open func(netns.Target) Windower
+}
+
+func soakWindowers(sel probes.Selector) []soakWindower {
+	opt := window.Options{Drops: true, Probe: true}
+	return []soakWindower{
+		{"window.Run", func(t netns.Target) Windower { return &RunWindower{Target: t, Sel: sel, Opt: opt} }},
+	}
+}
+
+func soak(b *testing.B, ns string, sel probes.Selector, n int, open func(netns.Target) Windower) {
 	for b.Loop() {
-		e := New([]string{l.LB.Name}, vip.String())
+		e := New([]string{ns}, sel.VIPString())
 		h := Handler(e, time.Minute)
 		ctx, cancel := context.WithCancel(context.Background())
 		type mark struct {
@@ -45,7 +68,7 @@ func BenchmarkServeSoak(b *testing.B) {
 		marks := map[int]mark{}
 		warm, half := n/10, n/10+(n-n/10)/2
 		count := 0
-		cfg := Config{Netns: []string{l.LB.Name}, Sel: probes.Selector{VIP: vip}, Interval: 100 * time.Millisecond,
+		cfg := Config{Netns: []string{ns}, Sel: sel, Interval: 100 * time.Millisecond, Open: open,
 			Ran: func(string, Result) {
 				rec := httptest.NewRecorder()
 				h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
