@@ -21,11 +21,8 @@ const maxLinksShown = 8
 // table's word (routes of type local), not a link's state: kube-proxy's
 // VIPs sit on the dummy kube-ipvs0, which stays DOWN, and are local.
 func checkVIPLocal(s *probes.Snapshot, sel probes.Selector) Finding {
-	if !s.IPVS.Available {
-		return skip("IPVS is not available (see kernel.ipvs)")
-	}
-	if e, ok := s.Errors[probes.ProbeNet]; ok {
-		return skip("routes could not be read: " + e)
+	if why := unjudgedRoutes(s); why != "" {
+		return skip(why)
 	}
 	svcs := selected(s, sel)
 	if len(svcs) == 0 {

@@ -2,15 +2,12 @@ package checks
 
 import (
 	"fmt"
-	"net/netip"
-	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/lbdoctor/lbdoctor/internal/tally"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
-	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
 
@@ -158,21 +155,7 @@ func checkExpireNodest(s *probes.Snapshot, sel probes.Selector) Finding {
 		// in input of a flow whose real is no longer one of its service's
 		// is this — a client port reused within the old connection's
 		// timeout, or a retransmission of it.
-		explains: func(c drops.Counted) bool {
-			return c.ReasonName == "NETFILTER_DROP" && c.Hook == "input" && c.Flow != nil && c.Flow.Real.IsValid() && !isRealOf(s, c.Flow.VIP, c.Flow.Real)
-		}}
-}
-
-// isRealOf reports whether real is a real server of the IPVS service at vip
-// (false when no service is at vip: nothing is known of it).
-func isRealOf(s *probes.Snapshot, vip, real netip.AddrPort) bool {
-	for _, svc := range s.IPVS.Services {
-		if svc.FWMark != 0 || svc.Addr != vip {
-			continue
-		}
-		return slices.ContainsFunc(svc.Reals, func(r ipvs.Real) bool { return r.Addr == real })
-	}
-	return true
+		explains: func(c drops.Counted) bool { return probes.DroppedForRealGone(s, c) }}
 }
 
 // checkFlowStates reads the VIP's conntrack flows for the marks a broken

@@ -158,6 +158,11 @@ func returnPathWindow(s *probes.Snapshot, ix *windowIndex, probesBy map[string]h
 	src := s.Target.String()
 	var ev []Evidence
 	for _, r := range svc.Reals {
+		if r.Method != ipvs.Masq {
+			// A DR or tunnel real's replies never cross IPVS, working or
+			// not: ipvs.forward_method judges where it can work.
+			continue
+		}
 		w := ix.of(svc, r)
 		if w.delta == nil || w.delta.PacketsIn < 2 || w.delta.PacketsOut > 0 || w.synRecv == 0 {
 			continue

@@ -6,6 +6,7 @@ package probes
 import (
 	"errors"
 	"fmt"
+	"github.com/lbdoctor/lbdoctor/internal/expect"
 	"net/netip"
 	"slices"
 	"strings"
@@ -53,6 +54,9 @@ type Snapshot struct {
 	// Window is what the doctor saw while it watched (check's window,
 	// inspect --watch); nil for a static snapshot (check --watch 0).
 	Window *Window `json:"window,omitempty"`
+	// Expected is what the operator meant IPVS to run (check --expect
+	// FILE), for ipvs.drift; nil when no file was given.
+	Expected *expect.Config `json:"expected,omitempty"`
 	// Errors holds, by probe name, why a probe could not read its layer
 	// (privileges, a tool missing); checks that need it are skipped with it.
 	Errors map[string]string `json:"errors,omitempty"`

@@ -41,6 +41,13 @@ func Join(before, after *probes.Snapshot, w *probes.Window) []probes.DropPoint {
 		}
 		p := &out[i]
 		p.Count += c.Count
+		if r := probes.RealGoneOf(after, c); r.IsValid() {
+			p.RealGoneDrops += c.Count
+			g := probes.GoneReal{Real: r, Service: strings.ToUpper(proto.Name(c.Proto)) + " " + c.Flow.VIP.String()}
+			if !slices.Contains(p.RealsGone, g) {
+				p.RealsGone = append(p.RealsGone, g)
+			}
+		}
 		if c.Flow != nil {
 			p.Attributed += c.Count
 			flows[k][c.Flow.Client.String()+" "+c.Flow.VIP.String()] = true
@@ -76,6 +83,7 @@ func Join(before, after *probes.Snapshot, w *probes.Window) []probes.DropPoint {
 		switch p.Reason {
 		case "NETFILTER_DROP":
 			joinFilter(p, after, w)
+			joinRealGone(p, after)
 		case "NEIGH_FAILED", "NEIGH_QUEUEFULL", "NEIGH_DEAD":
 			joinNeighbour(p, after, w)
 		case "IP_RPFILTER":
@@ -83,6 +91,28 @@ func Join(before, after *probes.Snapshot, w *probes.Window) []probes.DropPoint {
 		}
 	}
 	return out
+}
+
+// joinRealGone joins a netfilter drop in input to IPVS itself when its
+// flows went to reals no longer in their services and no rule's counter
+// took it: IPVS drops the packets of a connection whose real was removed
+// (see probes.DroppedForRealGone). A rule whose counter moved keeps the
+// drops it counted; a guess at a rule without a counter gives way when every
+// drop is IPVS's.
+func joinRealGone(p *probes.DropPoint, after *probes.Snapshot) {
+	if p.RealGoneDrops == 0 || (p.Rule != nil || p.Policy != nil) && !(p.Uncounted && p.RealGoneDrops == p.Count) {
+		return
+	}
+	p.Rule, p.Policy, p.Delta, p.Uncounted = nil, nil, 0, false
+	gone := make([]string, len(p.RealsGone))
+	for i, g := range p.RealsGone {
+		gone[i] = g.Real.String() + ", no longer a real of " + g.Service
+	}
+	p.Cause = fmt.Sprintf("IPVS itself (ip_vs_in): %d of these drops are of connections to %s; "+
+		"IPVS drops a packet of a connection whose real was removed (each one while net.ipv4.vs.expire_nodest_conn=0; "+
+		"with 1, the first of a connection whose conntrack entry is old, e.g. a retransmission or a reused client port)",
+		p.RealGoneDrops, strings.Join(gone, "; "))
+	p.Source = "IPVS services, " + after.Target.String()
 }
 
 // funcOf is the function of a symbol+offset location.

@@ -8,6 +8,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/flowpath"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
+	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 	"github.com/lbdoctor/lbdoctor/probes/netstate"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
@@ -27,6 +28,17 @@ func syn(reason, fn, hook string, client int, n uint64) drops.Counted {
 	}
 }
 
+// gone is a real no longer in its service.
+var gone = netip.MustParseAddrPort("10.1.0.99:8085")
+
+// toReal is c with its flow going to real r.
+func toReal(c drops.Counted, r netip.AddrPort) drops.Counted {
+	f := *c.Flow
+	f.Real = r
+	c.Flow = &f
+	return c
+}
+
 var (
 	inputDrop   = rules.Rule{Backend: rules.IptablesLegacy, Table: "filter", Chain: "INPUT", Spec: "-A INPUT -d 10.1.0.6/32 -p tcp -j DROP", Target: "DROP", HasCounter: true, Packets: 13}
 	forwardDrop = rules.Rule{Backend: rules.Nft, Table: "ip f", Chain: "fw", Hook: "forward", Spec: "tcp dport 8085 counter packets 5 bytes 300 drop", Target: "DROP", HasCounter: true, Packets: 5, Handle: 4}
@@ -42,6 +54,7 @@ func TestJoin(t *testing.T) {
 		chains    []rules.Chain
 		deltas    probes.Deltas
 		neigh     []netstate.Neighbour
+		services  []ipvs.Service
 		want      probes.DropPoint
 		wantCause string
 	}{
@@ -86,9 +99,33 @@ func TestJoin(t *testing.T) {
 			want:      probes.DropPoint{Reason: "NEIGH_FAILED", Function: "__neigh_event_send", Count: 3, Flows: 1, Attributed: 3, Leg: flowpath.Request, Services: []string{"TCP 10.1.0.6:8085"}},
 			wantCause: "neighbour 10.1.0.50 on eth0 is FAILED: it does not answer ARP/NDP",
 		},
+		{
+			name:      "IPVS's own drop of a connection to a removed real: no rule moved",
+			drops:     []drops.Counted{toReal(syn("NETFILTER_DROP", "nf_hook_slow", "input", 1, 2), gone)},
+			rules:     []rules.Rule{inputDrop},
+			services:  []ipvs.Service{{Proto: "tcp", Addr: vip, Reals: []ipvs.Real{{Addr: real}}}},
+			want:      probes.DropPoint{Reason: "NETFILTER_DROP", Function: "nf_hook_slow", Hook: "input", Count: 2, Flows: 1, Attributed: 2, Leg: flowpath.Request, Services: []string{"TCP 10.1.0.6:8085"}},
+			wantCause: "IPVS itself (ip_vs_in): 2 of these drops are of connections to 10.1.0.99:8085, no longer a real of TCP 10.1.0.6:8085; IPVS drops a packet of a connection whose real was removed (each one while net.ipv4.vs.expire_nodest_conn=0; with 1, the first of a connection whose conntrack entry is old, e.g. a retransmission or a reused client port)",
+		},
+		{
+			name:      "a rule that counted the drops keeps them, the real gone or not",
+			drops:     []drops.Counted{toReal(syn("NETFILTER_DROP", "nf_hook_slow", "input", 1, 13), gone)},
+			rules:     []rules.Rule{inputDrop},
+			deltas:    probes.Deltas{Rules: []probes.RuleDelta{{Rule: inputDrop, Packets: 13}}},
+			services:  []ipvs.Service{{Proto: "tcp", Addr: vip, Reals: []ipvs.Real{{Addr: real}}}},
+			want:      probes.DropPoint{Reason: "NETFILTER_DROP", Function: "nf_hook_slow", Hook: "input", Count: 13, Flows: 1, Attributed: 13, Leg: flowpath.Request, Services: []string{"TCP 10.1.0.6:8085"}, Delta: 13},
+			wantCause: `iptables-legacy filter INPUT rule "-A INPUT -d 10.1.0.6/32 -p tcp -j DROP", +13 packets in the window`,
+		},
+		{
+			name:      "a real still in its service is not IPVS's drop",
+			drops:     []drops.Counted{syn("NETFILTER_DROP", "nf_hook_slow", "input", 1, 2)},
+			services:  []ipvs.Service{{Proto: "tcp", Addr: vip, Reals: []ipvs.Real{{Addr: real}}}},
+			want:      probes.DropPoint{Reason: "NETFILTER_DROP", Function: "nf_hook_slow", Hook: "input", Count: 2, Flows: 1, Attributed: 2, Leg: flowpath.Request, Services: []string{"TCP 10.1.0.6:8085"}},
+			wantCause: "no DROP or REJECT rule nor DROP policy in input was read",
+		},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			after := &probes.Snapshot{Rules: rules.Snapshot{Rules: tt.rules, Chains: tt.chains}, Net: netstate.Snapshot{Neighbours: tt.neigh}, Drops: &drops.Sample{Drops: tt.drops}}
+			after := &probes.Snapshot{Rules: rules.Snapshot{Rules: tt.rules, Chains: tt.chains}, Net: netstate.Snapshot{Neighbours: tt.neigh}, IPVS: ipvs.Snapshot{Services: tt.services}, Drops: &drops.Sample{Drops: tt.drops}}
 			got := Join(&probes.Snapshot{}, after, &probes.Window{Deltas: tt.deltas})
 			if len(got) != 1 {
 				t.Fatalf("Join() = %d points %+v, want 1", len(got), got)

@@ -422,12 +422,13 @@ func startDrops(ctx context.Context, ns netns.Target, sel probes.Selector, befor
 func openCapture(ns netns.Target, before *probes.Snapshot, sel probes.Selector) (*capture.Session, error) {
 	addrs, ports := probes.DropFilter(sel, before.IPVS.Services)
 	var vips []netip.Addr
-	var reals []netip.AddrPort
+	var reals, services []netip.AddrPort
 	for _, svc := range before.IPVS.Services {
 		if svc.FWMark != 0 || !sel.Matches(svc.Addr, svc.Proto) {
 			continue
 		}
 		vips = append(vips, svc.Addr.Addr())
+		services = append(services, svc.Addr)
 		for _, r := range svc.Reals {
 			reals = append(reals, r.Addr)
 		}
@@ -443,7 +444,7 @@ func openCapture(ns netns.Target, before *probes.Snapshot, sel probes.Selector) 
 	if p, ok := proto.Parse(sel.Proto); ok && sel.Proto != "" {
 		m.Proto = p
 	}
-	s, err := capture.OpenSession(ns, capture.Options{Interfaces: ifaces, Match: m}, vips)
+	s, err := capture.OpenSession(ns, capture.Options{Interfaces: ifaces, Match: m}, services)
 	if err != nil {
 		return nil, fmt.Errorf("capture: %w", err)
 	}

@@ -191,10 +191,8 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 		return err
 	}
 
-	j := capture.NewJoiner(lb, opt.Match.Addrs, opt.Match.Proto)
+	j := capture.NewServiceJoiner(lb, opt.Match, []netip.AddrPort{sel.VIP})
 	defer j.Close()
-	j.Local, _ = capture.LocalNotVIP(lb, []netip.Addr{sel.VIP.Addr()}) // unread: nothing is counted as the LB's own
-	j.VIPs = []netip.AddrPort{sel.VIP}
 	c, err := capture.Open(lb, opt)
 	if ctx.Err() != nil {
 		if c != nil {

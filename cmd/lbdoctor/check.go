@@ -5,12 +5,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/lbdoctor/lbdoctor/checks"
+	"github.com/lbdoctor/lbdoctor/internal/expect"
+	"github.com/lbdoctor/lbdoctor/internal/input"
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/report"
 	"github.com/lbdoctor/lbdoctor/internal/setup"
@@ -19,7 +22,7 @@ import (
 )
 
 func newCheckCmd(g *globalFlags) *cobra.Command {
-	var vip, proto string
+	var vip, proto, expectFile string
 	var fix, yes, noProbe, capturePackets bool
 	var watch, dropWindow time.Duration
 	cmd := &cobra.Command{
@@ -40,7 +43,9 @@ servers IPVS already sends clients to (--no-probe turns them off).`,
   # a static snapshot only, for a CI job without traffic
   sudo lbdoctor check --watch 0
   # apply the fixes of failing findings (asks first; --yes does not)
-  sudo lbdoctor check --netns lb --fix`,
+  sudo lbdoctor check --netns lb --fix
+  # compare IPVS with what keepalived.conf (or ipvsadm -Sn output) says: ipvs.drift
+  sudo lbdoctor check --expect /etc/keepalived/keepalived.conf --watch 0`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			sel, err := selector(vip, proto, true)
@@ -72,6 +77,16 @@ servers IPVS already sends clients to (--no-probe turns them off).`,
 			if capturePackets && watch == 0 {
 				return usageErrorf("--capture captures during the window: it cannot go with --watch 0")
 			}
+			// The file is read and judged before anything is watched:
+			// bad input ends the command at once.
+			var expected *expect.Config
+			if cmd.Flags().Changed("expect") { // "" too: refused, naming it
+				cfg, err := readExpected(cmd.Context(), expectFile, cmd.InOrStdin())
+				if err != nil {
+					return err
+				}
+				expected = &cfg
+			}
 			opt := windowOptions(watch, noProbe)
 			opt.Capture = capturePackets
 			if g.output == "text" || isTerminal(cmd.ErrOrStderr()) {
@@ -79,7 +94,7 @@ servers IPVS already sends clients to (--no-probe turns them off).`,
 					printf(cmd.ErrOrStderr(), "watching %s for %s (Ctrl-C ends it early)…\n", watchedWhat(sel, noProbe), d)
 				}
 			}
-			snap, fs, r, err := checkOnce(cmd.Context(), t, sel, opt)
+			snap, fs, r, err := checkOnce(cmd.Context(), t, sel, opt, expected)
 			if err != nil {
 				return err
 			}
@@ -98,7 +113,7 @@ servers IPVS already sends clients to (--no-probe turns them off).`,
 			if fix && !r.Interrupted {
 				fopt := windowOptions(watch, noProbe)
 				fopt.Capture = capturePackets
-				return fixFindings(cmd, t, sel, snap, fs, yes, fopt)
+				return fixFindings(cmd, t, sel, snap, fs, yes, fopt, expected)
 			}
 			if r.Verdict == checks.Fail {
 				return &exitError{code: exitFindings}
@@ -113,6 +128,7 @@ servers IPVS already sends clients to (--no-probe turns them off).`,
 	cmd.Flags().DurationVar(&watch, "watch", window.DefaultLength, "watch the selected services' traffic for this `WINDOW` before judging (0: a static snapshot, nothing watched)")
 	cmd.Flags().BoolVar(&noProbe, "no-probe", false, "do not probe the real servers (a TCP connect to each, as a health checker would)")
 	cmd.Flags().BoolVar(&capturePackets, "capture", false, "also capture the services' packets during the window (AF_PACKET): each path's legs get the packets seen on the wire")
+	cmd.Flags().StringVar(&expectFile, "expect", "", "compare IPVS with what this `FILE` says (keepalived.conf, `ipvsadm -Sn` output or lbdoctor's services YAML; - for standard input): ipvs.drift")
 	cmd.Flags().DurationVar(&dropWindow, "drops", 0, "old name of --watch `WINDOW`")
 	_ = cmd.Flags().MarkHidden("drops")
 	return cmd
@@ -140,7 +156,7 @@ func watchedWhat(sel probes.Selector, noProbe bool) string {
 // catalog and builds the report. Interrupted before the first read, it
 // returns the interrupt rule's error; during the window, a report on what
 // was measured, marked as cut short.
-func checkOnce(ctx context.Context, t netns.Target, sel probes.Selector, opt window.Options) (*probes.Snapshot, []checks.Finding, *report.Report, error) {
+func checkOnce(ctx context.Context, t netns.Target, sel probes.Selector, opt window.Options, expected *expect.Config) (*probes.Snapshot, []checks.Finding, *report.Report, error) {
 	start := time.Now()
 	snap, err := window.Run(ctx, t, sel, opt)
 	if errors.Is(err, window.ErrInterrupted) {
@@ -149,6 +165,7 @@ func checkOnce(ctx context.Context, t netns.Target, sel probes.Selector, opt win
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	snap.Expected = expected
 	fs := checks.Run(snap, sel)
 	rt := report.Target{Netns: t, Kernel: snap.Kernel}
 	if sel.VIP.IsValid() {
@@ -174,7 +191,7 @@ func checkOnce(ctx context.Context, t netns.Target, sel probes.Selector, opt win
 
 // fixFindings applies the remedies of the failing findings through the
 // transactional engine, records them for teardown, and checks again.
-func fixFindings(cmd *cobra.Command, t netns.Target, sel probes.Selector, snap *probes.Snapshot, fs []checks.Finding, yes bool, opt window.Options) error {
+func fixFindings(cmd *cobra.Command, t netns.Target, sel probes.Selector, snap *probes.Snapshot, fs []checks.Finding, yes bool, opt window.Options, expected *expect.Config) error {
 	out := cmd.OutOrStdout()
 	var remedies []checks.Remedy
 	var manual []string
@@ -225,7 +242,7 @@ func fixFindings(cmd *cobra.Command, t netns.Target, sel probes.Selector, snap *
 		return err
 	}
 	// The same window again: a fix is proven by traffic that now passes.
-	_, _, r2, err := checkOnce(cmd.Context(), t, sel, opt)
+	_, _, r2, err := checkOnce(cmd.Context(), t, sel, opt, expected)
 	if err != nil {
 		return err
 	}
@@ -237,4 +254,19 @@ func fixFindings(cmd *cobra.Command, t netns.Target, sel probes.Selector, snap *
 		return &exitError{code: exitFindings}
 	}
 	return nil
+}
+
+// readExpected reads check --expect's file (at most input.MaxSize, or
+// stdin for -) and what it says IPVS should run; any fault is a usage
+// error of one line naming the place.
+func readExpected(ctx context.Context, path string, stdin io.Reader) (expect.Config, error) {
+	data, err := input.Read(ctx, path, stdin)
+	if err != nil {
+		return expect.Config{}, usageErrorf("--expect %v", err)
+	}
+	cfg, err := setup.ParseExpected(input.Name(path), data)
+	if err != nil {
+		return expect.Config{}, usageErrorf("--expect %v", err)
+	}
+	return cfg, nil
 }

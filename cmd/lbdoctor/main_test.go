@@ -108,8 +108,14 @@ func TestCheckOnThisKernel(t *testing.T) {
 		if err := json.Unmarshal([]byte(out), &r); err != nil {
 			t.Fatalf("lbdoctor %v: not JSON (%v): %s %s", args, err, out, stderr)
 		}
-		if r.Schema != 1 || len(r.Findings) != len(checks.Catalog) {
-			t.Fatalf("lbdoctor %v: schema %d with %d findings, want schema 1 with %d", args, r.Schema, len(r.Findings), len(checks.Catalog))
+		always := 0 // the checks that run unasked (ipvs.drift needs --expect)
+		for _, c := range checks.Catalog {
+			if c.Asked == nil {
+				always++
+			}
+		}
+		if r.Schema != 1 || len(r.Findings) != always {
+			t.Fatalf("lbdoctor %v: schema %d with %d findings, want schema 1 with %d", args, r.Schema, len(r.Findings), always)
 		}
 		ipvsErr := kernel.IPVS()
 		f := r.Findings[0]

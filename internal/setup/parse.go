@@ -73,9 +73,10 @@ func (ps *places) addReal(line int) *place {
 	return &ps.reals[i][len(ps.reals[i])-1]
 }
 
-// validate runs spec.Validate and turns its error into file:line.
-func (ps *places) validate(file string, spec Spec) error {
-	err := spec.Validate()
+// validate runs spec.Validate (or the expectation's rules) and turns its
+// error into file:line.
+func (ps *places) validate(file string, spec Spec, expect bool) error {
+	err := spec.validate(expect)
 	var se *SpecError
 	if !errors.As(err, &se) {
 		if err != nil {
@@ -181,39 +182,45 @@ func scanErr(file string, line int, err error) error {
 // It walks yaml.v3's nodes rather than decoding into structs, so that
 // every error carries the line it is about and speaks of the file's keys.
 func ParseYAML(file string, data []byte) (Spec, error) {
+	spec, _, err := parseYAML(file, data)
+	return spec, err
+}
+
+// parseYAML is ParseYAML, with the lines of the services and reals.
+func parseYAML(file string, data []byte) (Spec, places, error) {
 	noServices := &ParseError{File: file, Msg: "has no services: want services: with a vip and its reals (see README)"}
 	if line, why := input.BinaryLine(data); why != "" {
-		return Spec{}, &ParseError{file, line, why}
+		return Spec{}, places{}, &ParseError{file, line, why}
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); errors.Is(err, io.EOF) {
-		return Spec{}, noServices
+		return Spec{}, places{}, noServices
 	} else if err != nil {
-		return Spec{}, yamlSyntaxErr(file, data, err)
+		return Spec{}, places{}, yamlSyntaxErr(file, data, err)
 	}
 	var next yaml.Node
 	if err := dec.Decode(&next); err == nil {
-		return Spec{}, &ParseError{file, next.Line, "a second YAML document (---): lbdoctor reads one; put all services under one services:"}
+		return Spec{}, places{}, &ParseError{file, next.Line, "a second YAML document (---): lbdoctor reads one; put all services under one services:"}
 	} else if !errors.Is(err, io.EOF) {
-		return Spec{}, yamlSyntaxErr(file, data, err)
+		return Spec{}, places{}, yamlSyntaxErr(file, data, err)
 	}
 	if len(doc.Content) == 0 || doc.Content[0].Tag == "!!null" {
-		return Spec{}, noServices
+		return Spec{}, places{}, noServices
 	}
 	y := &yamlWalk{file: file}
 	spec, err := y.spec(doc.Content[0])
 	if err != nil {
-		return Spec{}, err
+		return Spec{}, places{}, err
 	}
 	if len(spec.Services) == 0 {
 		noServices.Line = y.ps.top.at("services")
-		return Spec{}, noServices
+		return Spec{}, places{}, noServices
 	}
-	if err := y.ps.validate(file, spec); err != nil {
-		return Spec{}, err
+	if err := y.ps.validate(file, spec, false); err != nil {
+		return Spec{}, places{}, err
 	}
-	return spec, nil
+	return spec, y.ps, nil
 }
 
 type yamlWalk struct {
@@ -511,6 +518,30 @@ const ipvsadmNumeric = "; this looks like `ipvsadm -S` output: give `ipvsadm -Sn
 // The listing (`ipvsadm -Ln`) and names instead of numbers (`ipvsadm -S`
 // without -n) are recognised and the right command is named.
 func ParseIpvsadm(file string, r io.Reader) (Spec, error) {
+	spec, _, err := parseIpvsadm(file, r, false)
+	return spec, err
+}
+
+// notRead says an option or keyword is refused: setup does not build it,
+// check --expect does not compare it.
+func notRead(expect bool, what string) string {
+	if expect {
+		return what + " is not compared by lbdoctor check --expect"
+	}
+	return what + " is not supported by lbdoctor setup"
+}
+
+// Persistence timeouts when none is given (seconds): ipvsadm's -p, and
+// keepalived's bare persistence_timeout (IPVS_SVC_PERSISTENT_TIMEOUT).
+const (
+	defaultPersistence    = 300
+	keepalivedPersistence = 6 * 60
+)
+
+// parseIpvsadm is ParseIpvsadm; for an expectation (check --expect) it
+// also takes every forwarding method (ipvsadm's default, -g, when none is
+// given), persistence (-p) and firewall-mark services (-f).
+func parseIpvsadm(file string, r io.Reader, expect bool) (Spec, places, error) {
 	spec := Spec{SNATBackend: BackendAuto}
 	var ps places
 	index := map[string]int{}
@@ -520,7 +551,7 @@ func ParseIpvsadm(file string, r io.Reader) (Spec, error) {
 		line++
 		bad := func(format string, a ...any) error { return &ParseError{file, line, fmt.Sprintf(format, a...)} }
 		if why := input.BinaryText(sc.Bytes()); why != "" {
-			return Spec{}, bad("%s", why)
+			return Spec{}, ps, bad("%s", why)
 		}
 		text := sc.Text()
 		f := strings.Fields(text)
@@ -530,11 +561,12 @@ func ParseIpvsadm(file string, r io.Reader) (Spec, error) {
 		switch {
 		case strings.HasPrefix(text, "IP Virtual Server version"), f[0] == "Prot", f[0] == "->",
 			slices.Contains([]string{"TCP", "UDP", "SCTP", "FWM"}, f[0]):
-			return Spec{}, bad("this is `ipvsadm -L` (list) output: give `ipvsadm -Sn` (save, numeric) output")
+			return Spec{}, ps, bad("this is `ipvsadm -L` (list) output: give `ipvsadm -Sn` (save, numeric) output")
 		case !strings.HasPrefix(f[0], "-"):
-			return Spec{}, bad("want -A or -a lines of `ipvsadm -Sn` output, got %s", input.Quote(f[0]))
+			return Spec{}, ps, bad("want -A or -a lines of `ipvsadm -Sn` output, got %s", input.Quote(f[0]))
 		}
 		var proto, vip, sched, real, method string
+		var mark, persist uint32
 		weight := 1
 		for i := 1; i < len(f); i++ {
 			arg := func() string {
@@ -550,9 +582,16 @@ func ParseIpvsadm(file string, r io.Reader) (Spec, error) {
 			case "-u", "--udp-service":
 				proto, vip = "udp", arg()
 			case "-f", "--fwmark-service":
-				return Spec{}, bad("firewall-mark services cannot be set up by lbdoctor")
+				if !expect {
+					return Spec{}, ps, bad("firewall-mark services cannot be set up by lbdoctor")
+				}
+				m, err := strconv.ParseUint(arg(), 10, 32)
+				if err != nil || m == 0 {
+					return Spec{}, ps, bad("-f: want a firewall mark 1-4294967295, got %s", input.Quote(f[i]))
+				}
+				proto, vip, mark = "", "fwmark", uint32(m)
 			case "--sctp-service":
-				return Spec{}, bad("SCTP services cannot be set up by lbdoctor (tcp and udp only)")
+				return Spec{}, ps, bad("SCTP services cannot be set up by lbdoctor (tcp and udp only)")
 			case "-s", "--scheduler":
 				sched = strings.ToLower(arg())
 			case "-r", "--real-server":
@@ -566,69 +605,86 @@ func ParseIpvsadm(file string, r io.Reader) (Spec, error) {
 			case "-w", "--weight":
 				var why string
 				if weight, why = parseWeight(arg()); why != "" {
-					return Spec{}, bad("%s", why)
+					return Spec{}, ps, bad("%s", why)
 				}
-			case "-p", "--persistent", "-M", "--netmask", "-b", "--sched-flags", "-x", "--u-threshold", "-y", "--l-threshold", "--pe":
-				return Spec{}, bad("option %s is not supported by lbdoctor setup", f[i])
+			case "-p", "--persistent":
+				if !expect {
+					return Spec{}, ps, bad("%s", notRead(expect, "option "+f[i]))
+				}
+				persist = defaultPersistence
+				if i+1 < len(f) && !strings.HasPrefix(f[i+1], "-") {
+					t, err := strconv.ParseUint(arg(), 10, 32)
+					if err != nil || t == 0 {
+						return Spec{}, ps, bad("-p: want a timeout in seconds, got %s", input.Quote(f[i]))
+					}
+					persist = uint32(t)
+				}
+			case "-M", "--netmask", "-b", "--sched-flags", "-x", "--u-threshold", "-y", "--l-threshold", "--pe":
+				return Spec{}, ps, bad("%s", notRead(expect, "option "+f[i]))
 			default:
 				if strings.HasPrefix(f[i], "-") {
-					return Spec{}, bad("unknown option %s", input.Quote(f[i]))
+					return Spec{}, ps, bad("unknown option %s", input.Quote(f[i]))
 				}
 			}
 		}
 		if vip == "" {
-			return Spec{}, bad("%s without -t or -u ADDR:PORT", input.Quote(f[0]))
+			return Spec{}, ps, bad("%s without -t or -u ADDR:PORT", input.Quote(f[0]))
 		}
-		ap, why, named := parseAddrPort("service", vip)
-		if why != "" {
-			if named {
-				why += ipvsadmNumeric
+		var ap netip.AddrPort
+		key := fmt.Sprintf("fwmark %d", mark)
+		if mark == 0 {
+			var why string
+			var named bool
+			if ap, why, named = parseAddrPort("service", vip); why != "" {
+				if named {
+					why += ipvsadmNumeric
+				}
+				return Spec{}, ps, bad("%s", why)
 			}
-			return Spec{}, bad("%s", why)
+			key = proto + " " + ap.String()
 		}
-		key := proto + " " + ap.String()
 		switch f[0] {
 		case "-A", "--add-service":
 			if _, dup := index[key]; dup {
-				return Spec{}, bad("service %s is added twice", key)
+				return Spec{}, ps, bad("service %s is added twice", key)
 			}
 			index[key] = len(spec.Services)
 			ps.addService(line)
-			spec.Services = append(spec.Services, Service{Proto: proto, VIP: ap, Scheduler: orDefault(sched, "wlc"), SNAT: SNATAuto})
+			spec.Services = append(spec.Services, Service{Proto: proto, VIP: ap, Scheduler: orDefault(sched, "wlc"), SNAT: SNATAuto, FWMark: mark, Persistence: persist})
 		case "-a", "--add-server":
 			i, ok := index[key]
 			if !ok {
-				return Spec{}, bad("real server for %s before its -A line", key)
+				return Spec{}, ps, bad("real server for %s before its -A line", key)
 			}
 			if real == "" {
-				return Spec{}, bad("-a without -r ADDR:PORT")
+				return Spec{}, ps, bad("-a without -r ADDR:PORT")
 			}
 			ra, why, named := parseAddrPort("real server", real)
 			if why != "" {
 				if named {
 					why += ipvsadmNumeric
 				}
-				return Spec{}, bad("%s", why)
+				return Spec{}, ps, bad("%s", why)
 			}
-			if method != "masq" {
-				return Spec{}, bad("real %s of %s uses %s forwarding: lbdoctor sets up NAT (-m) only", ra, key, orDefault(method, "route (the default)"))
+			if method != "masq" && !expect {
+				return Spec{}, ps, bad("real %s of %s uses %s forwarding: lbdoctor sets up NAT (-m) only", ra, key, orDefault(method, "route (the default)"))
 			}
-			spec.Services[i].Reals = append(spec.Services[i].Reals, Real{Addr: ra, Weight: weight})
+			spec.Services[i].Reals = append(spec.Services[i].Reals, Real{Addr: ra, Weight: weight, Method: orDefault(method, "route")})
 			ps.reals[i] = append(ps.reals[i], place{line: line})
 		default:
-			return Spec{}, bad("want -A or -a, got %s", input.Quote(f[0]))
+			return Spec{}, ps, bad("want -A or -a, got %s", input.Quote(f[0]))
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return Spec{}, scanErr(file, line, err)
+		return Spec{}, ps, scanErr(file, line, err)
 	}
 	if len(spec.Services) == 0 {
-		return Spec{}, &ParseError{File: file, Msg: "has no services: want the -A and -a lines of `ipvsadm -Sn` output"}
+		return Spec{}, ps, &ParseError{File: file, Msg: "has no services: want the -A and -a lines of `ipvsadm -Sn` output"}
 	}
-	if err := ps.validate(file, spec); err != nil {
-		return Spec{}, err
+	if err := ps.validate(file, spec, expect); err != nil {
+		return Spec{}, ps, err
 	}
-	return spec, nil
+	return spec, ps, nil
 }
 
 // keepalived.conf keywords lbdoctor knows, by the block they are written in
@@ -639,7 +695,7 @@ func ParseIpvsadm(file string, r io.Reader) (Spec, error) {
 var (
 	// keepalivedRead are the keywords whose values lbdoctor reads: a value
 	// more on their line is a mistake it says, not one it skips.
-	keepalivedRead = []string{"virtual_server", "real_server", "lb_algo", "lvs_sched", "lb_kind", "lvs_method", "protocol", "weight"}
+	keepalivedRead = []string{"virtual_server", "real_server", "lb_algo", "lvs_sched", "lb_kind", "lvs_method", "protocol", "weight", "persistence_timeout"}
 	// keepalivedTop are the top-level keywords; only virtual_server is read.
 	keepalivedTop = []string{
 		"global_defs", "vrrp_script", "vrrp_instance", "vrrp_sync_group", "virtual_server_group",
@@ -676,6 +732,19 @@ var (
 // at the top level or in a virtual_server or real_server block is refused;
 // other blocks (global_defs, vrrp_instance, health checkers, …) are skipped.
 func ParseKeepalived(file string, r io.Reader) (Spec, error) {
+	spec, _, err := parseKeepalived(file, r, false)
+	return spec, err
+}
+
+// keepalivedMethods are the lb_kind values keepalived takes, exactly: it
+// compares them with strcmp, so "nat" is no NAT (keepalived once left the
+// method unset for it and programmed whatever was in memory).
+var keepalivedMethods = map[string]string{"NAT": "masq", "DR": "route", "TUN": "tunnel"}
+
+// parseKeepalived is ParseKeepalived; for an expectation (check --expect)
+// it also takes lb_kind DR and TUN (in the virtual_server or one
+// real_server), persistence_timeout and fwmark virtual_servers.
+func parseKeepalived(file string, r io.Reader, expect bool) (Spec, places, error) {
 	spec := Spec{SNATBackend: BackendAuto}
 	var ps places
 	sc := lineScanner(r)
@@ -695,7 +764,7 @@ func ParseKeepalived(file string, r io.Reader) (Spec, error) {
 		line++
 		bad := func(format string, a ...any) error { return &ParseError{file, line, fmt.Sprintf(format, a...)} }
 		if why := input.BinaryText(sc.Bytes()); why != "" {
-			return Spec{}, bad("%s", why)
+			return Spec{}, ps, bad("%s", why)
 		}
 		text := sc.Text()
 		if i := strings.IndexAny(text, "#!"); i >= 0 {
@@ -713,7 +782,7 @@ func ParseKeepalived(file string, r io.Reader) (Spec, error) {
 			switch {
 			case w == "}":
 				if depth == 0 {
-					return Spec{}, bad("unbalanced }")
+					return Spec{}, ps, bad("unbalanced }")
 				}
 				blocks = blocks[:depth-1]
 				switch {
@@ -722,12 +791,18 @@ func ParseKeepalived(file string, r io.Reader) (Spec, error) {
 					curReals = append(curReals, realPlace)
 					real = nil
 				case in == "virtual_server" && cur != nil && depth == 1:
-					switch kind {
-					case "NAT":
-					case "":
-						return Spec{}, &ParseError{file, curPlace.line, fmt.Sprintf("virtual_server %s has no lb_kind: lbdoctor sets up NAT only (write lb_kind NAT)", cur.VIP)}
+					switch {
+					case expect && kind == "":
+						return Spec{}, ps, &ParseError{file, curPlace.line, fmt.Sprintf("virtual_server %s has no lb_kind: write the one keepalived runs (NAT, DR or TUN)", keepalivedName(cur))}
+					case expect:
+						for i := range cur.Reals {
+							cur.Reals[i].Method = orDefault(cur.Reals[i].Method, keepalivedMethods[kind])
+						}
+					case kind == "NAT":
+					case kind == "":
+						return Spec{}, ps, &ParseError{file, curPlace.line, fmt.Sprintf("virtual_server %s has no lb_kind: lbdoctor sets up NAT only (write lb_kind NAT)", cur.VIP)}
 					default:
-						return Spec{}, &ParseError{file, curPlace.at("lb_kind"), fmt.Sprintf("virtual_server %s: lb_kind %s: lbdoctor sets up NAT only (write lb_kind NAT)", cur.VIP, input.Quote(kind))}
+						return Spec{}, ps, &ParseError{file, curPlace.at("lb_kind"), fmt.Sprintf("virtual_server %s: lb_kind %s: lbdoctor sets up NAT only (write lb_kind NAT)", cur.VIP, input.Quote(kind))}
 					}
 					spec.Services = append(spec.Services, *cur)
 					ps.services = append(ps.services, curPlace)
@@ -746,7 +821,7 @@ func ParseKeepalived(file string, r io.Reader) (Spec, error) {
 				f = f[1:]
 				continue
 			case w == "include":
-				return Spec{}, bad("include is not followed: lbdoctor reads this one file; give it the file with the virtual_server blocks")
+				return Spec{}, ps, bad("include is not followed: lbdoctor reads this one file; give it the file with the virtual_server blocks")
 			}
 			start, last = false, w
 			read := slices.Contains(keepalivedRead, w) // lbdoctor takes its values: no more may follow
@@ -756,80 +831,115 @@ func ParseKeepalived(file string, r io.Reader) (Spec, error) {
 				continue
 			}
 			switch {
-			case depth == 0 && w == "virtual_server":
+			case depth == 0 && w == "virtual_server" && (len(f) < 3 || f[1] != "fwmark" || !expect):
 				if len(f) < 3 {
-					return Spec{}, bad("virtual_server needs ADDR PORT")
+					return Spec{}, ps, bad("virtual_server needs ADDR PORT")
 				}
-				if f[1] == "group" || f[1] == "fwmark" {
-					return Spec{}, bad("virtual_server %s cannot be set up by lbdoctor", f[1])
+				switch {
+				case f[1] == "group" && expect:
+					return Spec{}, ps, bad("virtual_server group is not compared by lbdoctor check --expect: write its virtual_servers out")
+				case f[1] == "group" || f[1] == "fwmark":
+					return Spec{}, ps, bad("virtual_server %s cannot be set up by lbdoctor", f[1])
 				}
 				ap, why := parseHostPort("virtual_server", f[1], f[2])
 				if why != "" {
-					return Spec{}, bad("%s", why)
+					return Spec{}, ps, bad("%s", why)
 				}
 				cur, curPlace, curReals = &Service{Proto: "tcp", VIP: ap, Scheduler: "wlc", SNAT: SNATAuto}, place{line: line}, nil
 				f = f[3:]
+			case depth == 0 && w == "virtual_server" && f[1] == "fwmark" && expect:
+				m, err := strconv.ParseUint(f[2], 10, 32)
+				if err != nil || m == 0 {
+					return Spec{}, ps, bad("virtual_server fwmark %s: want a firewall mark 1-4294967295", input.Quote(f[2]))
+				}
+				cur, curPlace, curReals = &Service{Scheduler: "wlc", SNAT: SNATAuto, FWMark: uint32(m)}, place{line: line}, nil
+				f = f[3:]
 			case depth == 0 && strings.HasPrefix(w, "$"), depth == 0 && strings.HasPrefix(w, "@"):
-				return Spec{}, bad("%s: keepalived's parameters ($NAME) and conditional lines (@ID) are not supported: write the values out", input.Quote(w))
+				return Spec{}, ps, bad("%s: keepalived's parameters ($NAME) and conditional lines (@ID) are not supported: write the values out", input.Quote(w))
 			case depth == 0:
 				if !slices.Contains(keepalivedTop, w) {
-					return Spec{}, bad("unknown keyword %s at the top level (keepalived would ignore it too: check the spelling)", input.Quote(w))
+					return Spec{}, ps, bad("unknown keyword %s at the top level (keepalived would ignore it too: check the spelling)", input.Quote(w))
 				}
 				f = f[1:]
 			case depth == 1 && w == "real_server":
 				if len(f) < 3 {
-					return Spec{}, bad("real_server needs ADDR PORT")
+					return Spec{}, ps, bad("real_server needs ADDR PORT")
 				}
 				ap, why := parseHostPort("real_server", f[1], f[2])
 				if why != "" {
-					return Spec{}, bad("%s", why)
+					return Spec{}, ps, bad("%s", why)
 				}
 				real, realPlace = &Real{Addr: ap, Weight: 1}, place{line: line}
 				f = f[3:]
 			case depth == 1 && (w == "lb_algo" || w == "lvs_sched"):
 				if len(f) < 2 {
-					return Spec{}, bad("%s needs a scheduler name", w)
+					return Spec{}, ps, bad("%s needs a scheduler name", w)
 				}
 				cur.Scheduler, f = strings.ToLower(f[1]), f[2:]
 				curPlace.set("scheduler", line)
 			case depth == 1 && (w == "lb_kind" || w == "lvs_method"):
 				if len(f) < 2 {
-					return Spec{}, bad("%s needs NAT, DR or TUN", w)
+					return Spec{}, ps, bad("%s needs NAT, DR or TUN", w)
+				}
+				if _, ok := keepalivedMethods[f[1]]; expect && !ok {
+					return Spec{}, ps, bad("%s %s: keepalived takes NAT, DR or TUN, in capitals only", w, input.Quote(f[1]))
 				}
 				kind, f = f[1], f[2:]
 				curPlace.set("lb_kind", line)
 			case depth == 1 && w == "protocol":
 				if len(f) < 2 {
-					return Spec{}, bad("protocol needs TCP or UDP")
+					return Spec{}, ps, bad("protocol needs TCP or UDP")
 				}
-				switch f[1] {
-				case "TCP":
+				switch {
+				case cur.FWMark != 0 && (f[1] == "TCP" || f[1] == "UDP"):
+					// The mark selects the packets, whatever their protocol.
+				case f[1] == "TCP":
 					cur.Proto = "tcp"
-				case "UDP":
+				case f[1] == "UDP":
 					cur.Proto = "udp"
 				default:
 					// keepalived compares exactly: "udp" is ignored
 					// there and the service is built as TCP.
-					return Spec{}, bad("protocol %s: want TCP or UDP (keepalived reads them in capitals only)", input.Quote(f[1]))
+					return Spec{}, ps, bad("protocol %s: want TCP or UDP (keepalived reads them in capitals only)", input.Quote(f[1]))
 				}
 				f = f[2:]
 			case depth == 2 && w == "weight":
 				if len(f) < 2 {
-					return Spec{}, bad("weight needs a number")
+					return Spec{}, ps, bad("weight needs a number")
 				}
 				n, why := parseWeight(f[1])
 				if why != "" {
-					return Spec{}, bad("%s", why)
+					return Spec{}, ps, bad("%s", why)
 				}
 				real.Weight, f = n, f[2:]
 				realPlace.set("weight", line)
+			case depth == 2 && (w == "lvs_method" || w == "lb_kind") && expect:
+				m, ok := "", false
+				if len(f) >= 2 {
+					m, ok = keepalivedMethods[f[1]]
+				}
+				if !ok {
+					return Spec{}, ps, bad("real_server %s: %s: keepalived takes NAT, DR or TUN, in capitals only", real.Addr, w)
+				}
+				real.Method, f = m, f[2:]
+			case depth == 1 && w == "persistence_timeout" && expect:
+				if len(f) < 2 || f[1] == "}" {
+					// keepalived's IPVS_SVC_PERSISTENT_TIMEOUT, 6 minutes.
+					cur.Persistence, f = keepalivedPersistence, f[1:]
+					break
+				}
+				t, err := strconv.ParseUint(f[1], 10, 32)
+				if err != nil {
+					return Spec{}, ps, bad("persistence_timeout %s: want a timeout in seconds", input.Quote(f[1]))
+				}
+				cur.Persistence, f = uint32(t), f[2:]
 			case depth == 2 && (w == "lvs_method" || w == "lb_kind"):
 				if len(f) < 2 || f[1] != "NAT" {
-					return Spec{}, bad("real_server %s: %s: lbdoctor sets up NAT only (write lb_kind NAT, or leave it out)", real.Addr, w)
+					return Spec{}, ps, bad("real_server %s: %s: lbdoctor sets up NAT only (write lb_kind NAT, or leave it out)", real.Addr, w)
 				}
 				f = f[2:]
 			case slices.Contains(keepalivedUnsupported, w):
-				return Spec{}, bad("%s is not supported by lbdoctor setup", w)
+				return Spec{}, ps, bad("%s", notRead(expect, w))
 			case slices.Contains(keepalivedIgnored, w):
 				// Does not change what IPVS is programmed with: its
 				// values and block are skipped.
@@ -839,24 +949,36 @@ func ParseKeepalived(file string, r io.Reader) (Spec, error) {
 				if depth == 2 {
 					where = "real_server"
 				}
-				return Spec{}, bad("unknown keyword %s in %s (keepalived would ignore it too: check the spelling)", input.Quote(w), where)
+				return Spec{}, ps, bad("unknown keyword %s in %s (keepalived would ignore it too: check the spelling)", input.Quote(w), where)
 			}
 			if read && checked && len(f) > 0 && f[0] != "{" && f[0] != "}" {
-				return Spec{}, bad("%s: %s is one value too many", w, input.Quote(f[0]))
+				return Spec{}, ps, bad("%s: %s is one value too many", w, input.Quote(f[0]))
 			}
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return Spec{}, scanErr(file, line, err)
+		return Spec{}, ps, scanErr(file, line, err)
 	}
 	if len(blocks) != 0 {
-		return Spec{}, &ParseError{File: file, Line: line, Msg: "file ends inside a block"}
+		return Spec{}, ps, &ParseError{File: file, Line: line, Msg: "file ends inside a block"}
 	}
 	if len(spec.Services) == 0 {
-		return Spec{}, &ParseError{File: file, Msg: "has no virtual_server block: lbdoctor builds the lb_kind NAT virtual_servers of a keepalived.conf"}
+		msg := "has no virtual_server block: lbdoctor builds the lb_kind NAT virtual_servers of a keepalived.conf"
+		if expect {
+			msg = "has no virtual_server block: nothing to compare IPVS with"
+		}
+		return Spec{}, ps, &ParseError{File: file, Msg: msg}
 	}
-	if err := ps.validate(file, spec); err != nil {
-		return Spec{}, err
+	if err := ps.validate(file, spec, expect); err != nil {
+		return Spec{}, ps, err
 	}
-	return spec, nil
+	return spec, ps, nil
+}
+
+// keepalivedName names a virtual_server as the file writes it.
+func keepalivedName(s *Service) string {
+	if s.FWMark != 0 {
+		return fmt.Sprintf("fwmark %d", s.FWMark)
+	}
+	return s.VIP.String()
 }

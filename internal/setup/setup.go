@@ -41,12 +41,19 @@ type Service struct {
 	Scheduler string
 	Reals     []Real
 	SNAT      string // auto, always, never
+	// FWMark and Persistence (seconds) are read for check --expect only:
+	// setup builds neither, and its parsers refuse both.
+	FWMark      uint32
+	Persistence uint32
 }
 
 // Real is one real server.
 type Real struct {
 	Addr   netip.AddrPort
 	Weight int
+	// Method is the forwarding method (ipvs.Masq, Route, Tunnel), read for
+	// check --expect; setup builds masquerade only, and "" means it.
+	Method string
 }
 
 // Spec is everything to build in one namespace.
@@ -89,7 +96,11 @@ func (e *SpecError) Error() string { return e.Msg }
 
 // Validate reports the first thing wrong with a spec, as one line (a
 // *SpecError). Values from the user are cut (input.Quote).
-func (s Spec) Validate() error {
+func (s Spec) Validate() error { return s.validate(false) }
+
+// validate is Validate; for an expectation (check --expect) a firewall-mark
+// service has no VIP, and a service without reals is one keepalived runs.
+func (s Spec) validate(expect bool) error {
 	if len(s.Services) == 0 {
 		return &SpecError{Service: -1, Real: -1, Field: "services", Msg: "no service: give --vip and at least one --real"}
 	}
@@ -99,18 +110,25 @@ func (s Spec) Validate() error {
 			return &SpecError{Service: i, Real: -1, Field: field, Msg: fmt.Sprintf(format, a...)}
 		}
 		key := input.Cut(svc.Proto) + " " + svc.VIP.String()
+		if expect && svc.FWMark != 0 {
+			key = fmt.Sprintf("fwmark %d", svc.FWMark)
+		}
 		switch {
+		case expect && svc.FWMark != 0:
+			// No address or protocol to judge: the mark selects packets.
 		case svc.Proto != "tcp" && svc.Proto != "udp":
 			return bad("proto", "service %s: protocol %s, want tcp or udp", key, input.Quote(svc.Proto))
 		case !svc.VIP.Addr().Is4() || svc.VIP.Port() == 0:
 			return bad("vip", "service %s: the VIP must be IPv4 ADDR:PORT with a port", key)
 		case AddrFault(svc.VIP.Addr(), "a VIP") != "":
 			return bad("vip", "service %s: %s", key, AddrFault(svc.VIP.Addr(), "a VIP"))
+		}
+		switch {
 		case !slices.Contains(Schedulers, svc.Scheduler):
 			return bad("scheduler", "service %s: unknown scheduler %s (one of %s)", key, input.Quote(svc.Scheduler), strings.Join(Schedulers, ", "))
 		case svc.SNAT != SNATAuto && svc.SNAT != SNATAlways && svc.SNAT != SNATNever:
 			return bad("snat", "service %s: --snat %s, want auto, always or never", key, input.Quote(svc.SNAT))
-		case len(svc.Reals) == 0:
+		case len(svc.Reals) == 0 && !expect:
 			return bad("reals", "service %s: no real server", key)
 		case seenSvc[key]:
 			return bad("", "service %s is given twice", key)
@@ -122,7 +140,9 @@ func (s Spec) Validate() error {
 				return &SpecError{Service: i, Real: j, Field: field, Msg: fmt.Sprintf(format, a...)}
 			}
 			switch {
-			case !r.Addr.Addr().Is4() || r.Addr.Port() == 0:
+			case !r.Addr.Addr().Is4() || r.Addr.Port() == 0 && !(expect && r.Method != "masq"):
+				// ipvsadm -Sn writes a DR or tunnel real of a firewall-mark
+				// service with port 0: such a real keeps each packet's port.
 				return bad("addr", "service %s: real %s must be IPv4 ADDR:PORT", key, r.Addr)
 			case AddrFault(r.Addr.Addr(), "a real server") != "":
 				return bad("addr", "service %s: real %s: %s", key, r.Addr, AddrFault(r.Addr.Addr(), "a real server"))

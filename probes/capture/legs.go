@@ -362,6 +362,21 @@ func NewJoiner(lb netns.Target, addrs []netip.Addr, proto uint8) *Joiner {
 	return &Joiner{attr: drops.NewAttributor(lb, addrs, proto), parser: NewHeaderParser(), Table: NewTable(), mono: time.Now().UnixNano() - ts.Nano()}
 }
 
+// NewServiceJoiner is NewJoiner for the captured services (VIP:port): a
+// request to one that no table holds is still its flow's client→VIP leg
+// (VIPs), and unclaimed packets of the LB's other addresses are its own
+// (Local). capture and the window's capture both join through it.
+func NewServiceJoiner(lb netns.Target, m Match, services []netip.AddrPort) *Joiner {
+	j := NewJoiner(lb, m.Addrs, m.Proto)
+	vips := make([]netip.Addr, 0, len(services))
+	for _, s := range services {
+		vips = append(vips, s.Addr())
+	}
+	j.Local, _ = LocalNotVIP(lb, vips) // unread: nothing is counted as the LB's own
+	j.VIPs = services
+	return j
+}
+
 // Close stops the table readers.
 func (j *Joiner) Close() { j.attr.Close() }
 

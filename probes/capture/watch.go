@@ -111,12 +111,10 @@ type Session struct {
 	j *Joiner
 }
 
-// OpenSession opens a capture in lb with opt and its joiner; unclaimed
-// packets to or from an address of lb that is not one of vips are counted
-// as the LB's own.
-func OpenSession(lb netns.Target, opt Options, vips []netip.Addr) (*Session, error) {
-	j := NewJoiner(lb, opt.Match.Addrs, opt.Match.Proto)
-	j.Local, _ = LocalNotVIP(lb, vips) // unread: nothing is counted as the LB's own
+// OpenSession opens a capture in lb with opt and its joiner for the
+// services captured (see NewServiceJoiner).
+func OpenSession(lb netns.Target, opt Options, services []netip.AddrPort) (*Session, error) {
+	j := NewServiceJoiner(lb, opt.Match, services)
 	c, err := Open(lb, opt)
 	if err != nil {
 		j.Close()

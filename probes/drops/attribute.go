@@ -28,6 +28,12 @@ type Flow struct {
 	Direction string         `json:"direction"` // request or reply
 	Stage     string         `json:"stage"`     // where on the NAT path the packet was
 	Source    string         `json:"source"`    // conntrack or ipvs
+	// EarlierReal is the real of an earlier flow of the same client
+	// address and port to the same VIP that this one replaced while the
+	// drops were counted (the earlier connection ended — IPVS expired it —
+	// and the client's next packet got a new real). Aggregated drops carry
+	// no time: a drop of this pair may be the earlier flow's.
+	EarlierReal netip.AddrPort `json:"earlier_real,omitzero"`
 }
 
 func (f Flow) String() string {
@@ -125,9 +131,10 @@ func pairOf(s, d netip.AddrPort, proto uint8) pairKey {
 // client → VIP and real → client) and the flows of its places, named when a
 // drop first asks (under the attributor's lock).
 type cached struct {
-	o, r   conntrack.Tuple
-	places []place // conntrackPlaces or ipvsPlaces
-	named  [6]*Flow
+	o, r    conntrack.Tuple
+	places  []place // conntrackPlaces or ipvsPlaces
+	named   [6]*Flow
+	earlier netip.AddrPort // the real of the flow of the same client–VIP pair this one replaced
 }
 
 // name returns the flow of the first place of c that is the packet s → d,
@@ -137,6 +144,7 @@ func (c *cached) name(s, d netip.AddrPort) *Flow {
 		if ps, pd := pl.pkt(c.o, c.r); ps == s && pd == d {
 			if c.named[i] == nil {
 				f := pl.flow(c.o, c.r)
+				f.EarlierReal = c.earlier
 				c.named[i] = &f
 			}
 			return c.named[i]
@@ -326,6 +334,24 @@ func (a *Attributor) putLocked(k pairKey, c *cached) {
 	a.cur[k] = c
 }
 
+// replacingLocked notes in c the real of the flow of its client–VIP pair k
+// that c replaces, when that flow went to another real (the same one read
+// again, from a dump or from IPVS, is no replacement).
+func (a *Attributor) replacingLocked(k pairKey, c *cached) {
+	e, ok := a.cur[k]
+	if !ok {
+		if e, ok = a.old[k]; !ok {
+			return
+		}
+	}
+	switch {
+	case e.r.Src != c.r.Src:
+		c.earlier = e.r.Src
+	case e.earlier.IsValid():
+		c.earlier = e.earlier
+	}
+}
+
 // ipvs says whether c is an IPVS connection (else a conntrack flow).
 func (c *cached) ipvs() bool { return c.places[0].source == "ipvs" }
 
@@ -505,6 +531,7 @@ func (a *Attributor) addPlacesLocked(proto uint8, fl conntrack.Flow) {
 	// Its places' pairs: client–VIP, client–real, and the pair SNAT made
 	// (the LB's address–real) unless the reply goes back to the client.
 	c := &cached{o: fl.Orig, r: fl.Reply, places: conntrackPlaces}
+	a.replacingLocked(pairOf(fl.Orig.Src, fl.Orig.Dst, proto), c)
 	a.putLocked(pairOf(fl.Orig.Src, fl.Orig.Dst, proto), c)
 	a.putLocked(pairOf(fl.Orig.Src, fl.Reply.Src, proto), c)
 	if fl.Reply.Dst != fl.Orig.Src {
@@ -517,6 +544,7 @@ func (a *Attributor) addPlacesLocked(proto uint8, fl conntrack.Flow) {
 func (a *Attributor) addConnLocked(proto uint8, c ipvs.Conn) {
 	o, r := ipvsTuples(c)
 	e := &cached{o: o, r: r, places: ipvsPlaces}
+	a.replacingLocked(pairOf(o.Src, o.Dst, proto), e)
 	a.putLocked(pairOf(o.Src, o.Dst, proto), e)
 	a.putLocked(pairOf(o.Src, r.Src, proto), e)
 }

@@ -101,3 +101,53 @@ func TestPairOf(t *testing.T) {
 		t.Error("pairOf: two pairs of other ports are one key")
 	}
 }
+
+// A client port that IPVS moves to another real in the window (its
+// connection to a removed real expired as IPVS dropped its packet; the
+// retransmission got a new one): the flow named is the newest, and it
+// remembers the earlier real — aggregated drops of that pair may be the
+// earlier flow's. The same flow read again is no replacement.
+func TestCacheRemembersTheEarlierReal(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	client, vip, lbAddr := ap("10.1.0.3:41001"), ap("10.1.0.6:8085"), ap("10.1.0.5:41001")
+	gone, stays := ap("10.1.0.99:8085"), ap("10.1.0.50:8085")
+	flowTo := func(real netip.AddrPort) conntrack.Flow {
+		return conntrack.Flow{Orig: conntrack.Tuple{Src: client, Dst: vip}, Reply: conntrack.Tuple{Src: real, Dst: lbAddr}}
+	}
+	tests := []struct {
+		name        string
+		reals       []netip.AddrPort // flows of the pair, in the order read
+		ipvsLast    bool             // the last one read from IPVS, not conntrack
+		wantReal    netip.AddrPort
+		wantEarlier netip.AddrPort
+	}{
+		{"one flow", []netip.AddrPort{stays}, false, stays, netip.AddrPort{}},
+		{"the same flow read twice", []netip.AddrPort{gone, gone}, false, gone, netip.AddrPort{}},
+		{"moved to another real", []netip.AddrPort{gone, stays}, false, stays, gone},
+		{"moved, then read again", []netip.AddrPort{gone, stays, stays}, false, stays, gone},
+		{"moved, the new one read from IPVS", []netip.AddrPort{gone, stays}, true, stays, gone},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := &Attributor{cur: map[pairKey]*cached{}, old: map[pairKey]*cached{}, maxKeys: MaxCacheKeys}
+			for i, r := range tt.reals {
+				if tt.ipvsLast && i == len(tt.reals)-1 {
+					// IPVS yields to conntrack on a pair both hold: drop
+					// the conntrack flow first, as its end does.
+					clear(a.cur)
+					a.cur[pairOf(client, vip, unix.IPPROTO_TCP)] = &cached{o: flowTo(tt.reals[i-1]).Orig, r: flowTo(tt.reals[i-1]).Reply, places: ipvsPlaces}
+					a.addConnLocked(unix.IPPROTO_TCP, ipvs.Conn{Proto: "TCP", Client: client, VIP: vip, Dest: r})
+					continue
+				}
+				a.addPlacesLocked(unix.IPPROTO_TCP, flowTo(r))
+			}
+			f := a.lookupLocked(pairOf(client, vip, unix.IPPROTO_TCP), client, vip)
+			if f == nil {
+				t.Fatalf("lookup(%s → %s) = nil, want a flow", client, vip)
+			}
+			if f.Real != tt.wantReal || f.EarlierReal != tt.wantEarlier {
+				t.Errorf("lookup(%s → %s) = real %s, earlier %s; want real %s, earlier %s", client, vip, f.Real, f.EarlierReal, tt.wantReal, tt.wantEarlier)
+			}
+		})
+	}
+}

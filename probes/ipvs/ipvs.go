@@ -114,6 +114,20 @@ func (s Snapshot) DestConns() int {
 	return n
 }
 
+// RealLeft reports whether real is no longer a real server of the service
+// at vip: a service is there and real is not one of its reals (removed, as
+// `ipvsadm -d` does). False when no service is at vip: nothing is known of
+// it then.
+func (s Snapshot) RealLeft(vip, real netip.AddrPort) bool {
+	for _, svc := range s.Services {
+		if svc.FWMark != 0 || svc.Addr != vip {
+			continue
+		}
+		return !slices.ContainsFunc(svc.Reals, func(r Real) bool { return r.Addr == real })
+	}
+	return false
+}
+
 // Timeouts are IPVS's idle timeouts (ipvsadm --set), in seconds.
 type Timeouts struct {
 	TCP    int `json:"tcp"`
