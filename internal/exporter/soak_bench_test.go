@@ -88,6 +88,7 @@ func soak(b *testing.B, ns string, sel probes.Selector, n int, open func(netns.T
 		first, mid, end := marks[warm], marks[half], marks[n]
 		perInterval := func(a, b mark, k int) float64 { return float64((b.cpu - a.cpu).Microseconds()) / 1000 / float64(k) }
 		b.ReportMetric(float64(first.rss)/(1<<20), "rss-MB-warm")
+		b.ReportMetric(float64(mid.rss)/(1<<20), "rss-MB-mid")
 		b.ReportMetric(float64(end.rss)/(1<<20), "rss-MB-end")
 		b.ReportMetric(float64(first.heap)/(1<<20), "heap-MB-warm")
 		b.ReportMetric(float64(end.heap)/(1<<20), "heap-MB-end")
