@@ -557,10 +557,12 @@ func RoutesBack(s *probes.Snapshot) []netstate.Decision {
 func withoutProbes(ds []drops.Counted, hs []health.Result) ([]drops.Counted, uint64) {
 	own := map[[2]netip.AddrPort]bool{}
 	for _, h := range hs {
-		if h.SourcePort != 0 {
-			lb := netip.AddrPortFrom(h.Source, h.SourcePort)
-			own[[2]netip.AddrPort{lb, h.Real}] = true
-			own[[2]netip.AddrPort{h.Real, lb}] = true
+		for _, port := range []uint16{h.SourcePort, h.FirstSourcePort} {
+			if port != 0 {
+				lb := netip.AddrPortFrom(h.Source, port)
+				own[[2]netip.AddrPort{lb, h.Real}] = true
+				own[[2]netip.AddrPort{h.Real, lb}] = true
+			}
 		}
 	}
 	if len(own) == 0 {
