@@ -86,3 +86,40 @@ func TestGuestServeStage3(t *testing.T) {
 		t.Errorf("serve after SIGTERM = exit %d in %s; want 0 within 2s under TCG\n%s", code, took, p.stderr)
 	}
 }
+
+// A kube-proxy IPVS node (testkit.KubeProxyNode: kube-ipvs0, its sysctls,
+// its probe service, its rules and ipsets) watched by serve while clients
+// use its node port: two intervals with no finding at 2, the tracer up.
+func TestGuestServeKubeProxyNode(t *testing.T) {
+	k := testkit.KubeProxyNode(t)
+	traffic := testkit.StartTraffic(t, 50*time.Millisecond, func() lab.ProbeResult { return k.Call(k.Client, k.NodePort, exchangeTimeout) })
+	p := startServe(t, "--netns", k.Node.Name, "--interval", "3s")
+	ns := nsLabels(k.Node.Name)
+	s := p.waitFor(t, "two intervals", 240*time.Second, func(s scrape) bool {
+		v, _ := s.value("lbdoctor_check_runs_total", ns)
+		return v >= 2
+	})
+	if ok, failed, err := traffic.Stop(); ok == 0 || failed*100 > ok+failed {
+		t.Errorf("client → %s while serve watched: %d answered, %d not (first: %v)", k.NodePort, ok, failed, err)
+	}
+	var fails []string
+	for _, m := range s.fams["lbdoctor_finding_status"].GetMetric() {
+		if m.GetGauge().GetValue() == 2 {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "id" {
+					fails = append(fails, l.GetValue())
+				}
+			}
+		}
+	}
+	if len(fails) > 0 {
+		body, _ := p.get(t, "/findings")
+		t.Errorf("serve on a healthy kube-proxy node: failing %v; want none\n%s", fails, body)
+	}
+	if up, _ := s.value("lbdoctor_tracer_up", ns); up != 1 {
+		t.Errorf("lbdoctor_tracer_up = %v on the kube-proxy node, want 1", up)
+	}
+	if _, ok := s.value("lbdoctor_ipvs_backend_weight", nsLabels(k.Node.Name, "local_port", "30080", "proto", "TCP")); !ok {
+		t.Errorf("no lbdoctor_ipvs_backend_weight of the node port 30080:\n%s", s.text)
+	}
+}
