@@ -21,31 +21,13 @@ import (
 	"github.com/lbdoctor/lbdoctor/window"
 )
 
-// Windower runs the windows of one namespace one after the other: what it
-// keeps between them (the drop tracer, once the window package keeps it
-// attached across windows) it releases on Close.
+// Windower runs the windows of one namespace one after the other
+// (window.Watcher): what it keeps between them — the drop tracer, attached
+// once — it releases on Close.
 type Windower interface {
 	Next(ctx context.Context, length time.Duration) (*probes.Snapshot, error)
 	Close() error
 }
-
-// RunWindower is a Windower that runs each window afresh (window.Run): the
-// tracer is loaded for each window and detached at its end.
-type RunWindower struct {
-	Target netns.Target
-	Sel    probes.Selector
-	Opt    window.Options
-}
-
-// Next runs one window of length.
-func (w *RunWindower) Next(ctx context.Context, length time.Duration) (*probes.Snapshot, error) {
-	opt := w.Opt
-	opt.Length = length
-	return window.Run(ctx, w.Target, w.Sel, opt)
-}
-
-// Close releases nothing: each window released its own.
-func (w *RunWindower) Close() error { return nil }
 
 // Config is what `lbdoctor serve` runs.
 type Config struct {
@@ -56,7 +38,7 @@ type Config struct {
 	Sel      probes.Selector
 	Interval time.Duration // each window's length: checks run every Interval
 	// Open returns the windower of a resolved namespace; nil is a
-	// RunWindower with check's window options (drops, reals probed).
+	// window.Watcher with check's window options (drops, reals probed).
 	Open func(netns.Target) Windower
 	// Resolve resolves a --netns value; nil is netns.Resolve.
 	Resolve func(spec string) (netns.Target, error)
@@ -70,7 +52,7 @@ type Config struct {
 func Run(ctx context.Context, cfg Config, e *Exporter) {
 	if cfg.Open == nil {
 		cfg.Open = func(t netns.Target) Windower {
-			return &RunWindower{Target: t, Sel: cfg.Sel, Opt: window.Options{Drops: true, Probe: true}}
+			return window.NewWatcher(t, cfg.Sel, window.Options{Drops: true, Probe: true})
 		}
 	}
 	if cfg.Resolve == nil {

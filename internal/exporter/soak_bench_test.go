@@ -51,7 +51,8 @@ type soakWindower struct {
 func soakWindowers(sel probes.Selector) []soakWindower {
 	opt := window.Options{Drops: true, Probe: true}
 	return []soakWindower{
-		{"window.Run", func(t netns.Target) Windower { return &RunWindower{Target: t, Sel: sel, Opt: opt} }},
+		{"watcher", func(t netns.Target) Windower { return window.NewWatcher(t, sel, opt) }},
+		{"window.Run", func(t netns.Target) Windower { return &runWindower{target: t, sel: sel, opt: opt} }},
 	}
 }
 
@@ -126,3 +127,19 @@ func cpuTime(b *testing.B) time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// runWindower runs each window afresh (window.Run: a watcher of one
+// window), the tracer loaded for each: serve before the watcher kept it.
+type runWindower struct {
+	target netns.Target
+	sel    probes.Selector
+	opt    window.Options
+}
+
+func (w *runWindower) Next(ctx context.Context, length time.Duration) (*probes.Snapshot, error) {
+	opt := w.opt
+	opt.Length = length
+	return window.Run(ctx, w.target, w.sel, opt)
+}
+
+func (w *runWindower) Close() error { return nil }
