@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -41,40 +42,53 @@ func TestGuestServeStage3(t *testing.T) {
 	})
 
 	// The fix, and the traffic stopped: the interval that ends next read
-	// the sysctl fixed and IPVS's counters still (the last connections
-	// closed a second after the fix).
+	// the sysctl fixed.
 	testkit.Run(t, l.LB, "sysctl", "-w", "net.ipv4.ip_forward=1")
 	fixed := time.Now()
 	traffic.Stop()
-	time.Sleep(time.Second)
 	before := runs(p.scrape(t))
 	still := p.waitFor(t, "the interval after the fix", 120*time.Second, func(s scrape) bool { return runs(s) > before })
 	if v, _ := still.value("lbdoctor_finding_status", fwd); v != 0 {
 		t.Errorf("lbdoctor_finding_status{id=\"sysctl.ip_forward\"} = %v %s after sysctl -w net.ipv4.ip_forward=1 (it was 2 after %v runs); want 0",
 			v, time.Since(fixed).Round(time.Second), runs(failing))
 	}
-	out := testkit.Run(t, l.LB, "ipvsadm", "-Ln", "--stats", "--exact")
-	// TCP  10.1.0.6:8085   5   30   25   1800   1500
-	//   -> 10.1.0.50:8085  5   30   25   1800   1500
+
+	// IPVS's counters: compared once they stood still over a whole
+	// interval (the real retransmits the SYN-ACKs forwarding dropped for
+	// up to ~30 s; the client answers them with RSTs).
+	//   TCP  10.1.0.6:8085   5   30   25   1800   1500
+	//     -> 10.1.0.50:8085  5   30   25   1800   1500
+	stats := func() ([]string, string) {
+		out := testkit.Run(t, l.LB, "ipvsadm", "-Ln", "--stats", "--exact")
+		for _, line := range strings.Split(out, "\n") {
+			if f := strings.Fields(line); len(f) == 7 && f[0] == "TCP" && f[1] == vip.String() {
+				return f[2:], out
+			}
+		}
+		t.Fatalf("no line of TCP %s in ipvsadm's output:\n%s", vip, out)
+		return nil, ""
+	}
+	var want []string
+	var out string
+	for try := 1; ; try++ {
+		was, _ := stats()
+		n := runs(p.scrape(t))
+		still = p.waitFor(t, "an interval", 60*time.Second, func(s scrape) bool { return runs(s) > n })
+		if want, out = stats(); slices.Equal(was, want) {
+			break
+		}
+		if try == 20 {
+			t.Fatalf("IPVS's counters of %s never stood still over an interval:\n%s", vip, out)
+		}
+	}
 	svc := lbl("local_address", vip.Addr().String(), "local_port", strconv.Itoa(int(vip.Port())), "proto", "TCP")
 	names := []string{"lbdoctor_ipvs_connections_total", "lbdoctor_ipvs_incoming_packets_total", "lbdoctor_ipvs_outgoing_packets_total",
 		"lbdoctor_ipvs_incoming_bytes_total", "lbdoctor_ipvs_outgoing_bytes_total"}
-	seen := false
-	for _, line := range strings.Split(out, "\n") {
-		f := strings.Fields(line)
-		if len(f) != 7 || f[0] != "TCP" || f[1] != vip.String() {
-			continue
+	for i, name := range names {
+		v, ok := still.value(name, svc)
+		if got := strconv.FormatFloat(v, 'f', -1, 64); !ok || got != want[i] {
+			t.Errorf("%s = %s (served: %v); ipvsadm -Ln --stats --exact says %s:\n%s", name, got, ok, want[i], out)
 		}
-		seen = true
-		for i, name := range names {
-			v, ok := still.value(name, svc)
-			if got := strconv.FormatFloat(v, 'f', -1, 64); !ok || got != f[2+i] {
-				t.Errorf("%s = %s (served: %v); ipvsadm -Ln --stats --exact says %s:\n%s", name, got, ok, f[2+i], out)
-			}
-		}
-	}
-	if !seen {
-		t.Fatalf("no line of TCP %s in ipvsadm's output:\n%s", vip, out)
 	}
 	real := lbl("remote_address", l.RealIP.String(), "remote_port", "8085", "local_address", vip.Addr().String())
 	if w, ok := still.value("lbdoctor_ipvs_backend_weight", real); !ok || w != 1 {
