@@ -40,14 +40,40 @@ func servicesWhere(svcs []ipvs.Service, keep func(ipvs.Service) bool) []ipvs.Ser
 }
 
 // connsOf are the IPVS table's counts of svc (templates or connections).
+// A template carries its service's protocol, so a TCP and a UDP service on
+// one VIP and port keep theirs apart; a firewall-mark service's templates
+// are protocol IP with the mark as their address (0.0.0.7:0 for mark 7:
+// ip_vs_sched_persist), while its connections carry the packet's own VIP,
+// which IPVS does not tie to the mark.
 func connsOf(s *probes.Snapshot, svc ipvs.Service, templates bool) []ipvs.ConnCount {
 	var out []ipvs.ConnCount
 	for _, c := range s.IPVS.ConnCounts {
-		if c.Template == templates && c.VIP == svc.Addr && (templates || c.Proto == svc.Proto) {
+		if c.Template != templates {
+			continue
+		}
+		if svc.FWMark != 0 {
+			if templates && c.VIP.Port() == 0 && c.VIP.Addr() == markAddr(svc.FWMark, c.VIP.Addr().Is6()) {
+				out = append(out, c)
+			}
+			continue
+		}
+		if c.VIP == svc.Addr && c.Proto == svc.Proto {
 			out = append(out, c)
 		}
 	}
 	return out
+}
+
+// markAddr is the address IPVS gives a firewall-mark service's templates:
+// the mark, big-endian, in the address's first four bytes.
+func markAddr(mark uint32, v6 bool) netip.Addr {
+	b := [4]byte{byte(mark >> 24), byte(mark >> 16), byte(mark >> 8), byte(mark)}
+	if !v6 {
+		return netip.AddrFrom4(b)
+	}
+	var a [16]byte
+	copy(a[:], b[:])
+	return netip.AddrFrom16(a)
 }
 
 // connTableSkip says why a check that needs the IPVS connection table
@@ -108,7 +134,18 @@ func checkPersistenceQuiescent(s *probes.Snapshot, sel probes.Selector) Finding 
 			}
 		}
 		for _, c := range connsOf(s, svc, true) {
-			if wt, ok := w[c.Dest]; ok && wt == 0 {
+			wt, ok := w[c.Dest]
+			if svc.FWMark != 0 && c.Dest.Port() == 0 {
+				// A firewall-mark template names its real without a port:
+				// drained when every real at that address is.
+				wt, ok = 0, false
+				for _, r := range svc.Reals {
+					if r.Addr.Addr() == c.Dest.Addr() {
+						wt, ok = max(wt, r.Weight), true
+					}
+				}
+			}
+			if ok && wt == 0 {
 				pinned = append(pinned, c.Dest.String())
 				ev = append(ev, Evidence{Fact: fmt.Sprintf("%s (persistent %ds): %d client template(s) still point at %s, weight 0", svc.Key(), svc.Timeout, c.Count, c.Dest), Source: src})
 			}

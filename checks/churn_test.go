@@ -99,6 +99,47 @@ func TestPersistenceQuiescent(t *testing.T) {
 	}
 }
 
+// The IPVS table as 6.1 shows it (guest, ipvsadm -Lnc): a template carries
+// its service's protocol, and a firewall-mark service's is "IP 0.0.0.9:0".
+func TestPersistenceQuiescentTemplatesOfTheirService(t *testing.T) {
+	fwm := ipvs.Service{Proto: "fwmark", FWMark: 9, Scheduler: "rr", Flags: []string{"persistent"}, Timeout: 60,
+		Reals: []ipvs.Real{{Addr: realA, Method: ipvs.Masq, Weight: 0}, {Addr: realB, Method: ipvs.Masq, Weight: 1}}}
+	tests := []struct {
+		name      string
+		svc       func(s *probes.Snapshot)
+		counts    []ipvs.ConnCount
+		want      checks.Status
+		wantTitle string
+	}{
+		{name: "a TCP service's template is not its UDP twin's, whose real is drained",
+			svc: func(s *probes.Snapshot) {
+				withReals(s, "udp", 0, 1)
+				s.IPVS.Services[0].Flags, s.IPVS.Services[0].Timeout = []string{"persistent"}, 60
+			},
+			counts: []ipvs.ConnCount{{Proto: "tcp", VIP: churnVIP, Dest: realA, State: "ASSURED", Template: true, Count: 1}},
+			want:   checks.Pass, wantTitle: "no persistent client is pinned"},
+		{name: "a firewall-mark service's template to its drained real",
+			svc:    func(s *probes.Snapshot) { s.IPVS.Services = []ipvs.Service{fwm} },
+			counts: []ipvs.ConnCount{{Proto: "ip", VIP: netip.MustParseAddrPort("0.0.0.9:0"), Dest: netip.AddrPortFrom(realA.Addr(), 0), State: "ASSURED", Template: true, Count: 1}},
+			want:   checks.Fail, wantTitle: "persistent clients are still sent to 10.1.0.50"},
+		{name: "another mark's template",
+			svc:    func(s *probes.Snapshot) { s.IPVS.Services = []ipvs.Service{fwm} },
+			counts: []ipvs.ConnCount{{Proto: "ip", VIP: netip.MustParseAddrPort("0.0.0.8:0"), Dest: netip.AddrPortFrom(realA.Addr(), 0), State: "ASSURED", Template: true, Count: 1}},
+			want:   checks.Pass, wantTitle: "no persistent client is pinned"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := churnFixture(t, map[string]string{"net.ipv4.vs.expire_quiescent_template": "0"})
+			tt.svc(s)
+			s.IPVS.ConnCounts = tt.counts
+			got, _ := run(t, s, "ipvs.persistence_quiescent")
+			if got.Status != tt.want || !strings.Contains(got.Title, tt.wantTitle) {
+				t.Errorf("ipvs.persistence_quiescent(%s) = %s %q, want %s %q", tt.name, got.Status, got.Title, tt.want, tt.wantTitle)
+			}
+		})
+	}
+}
+
 func TestStaleUDP(t *testing.T) {
 	conn := func(dest netip.AddrPort) []ipvs.ConnCount {
 		return []ipvs.ConnCount{{Proto: "udp", VIP: churnVIP, Dest: dest, State: "UDP", Count: 2}}
