@@ -478,9 +478,19 @@ func checkStaleFlows(s *probes.Snapshot, sel probes.Selector) Finding {
 	}
 	stale = slices.Compact(stale)
 	fix = append(fix, "# after adding a service or its SNAT rule, delete the VIP's flows that started before (as kube-proxy does for UDP services); the client's next packet then starts a flow the rules apply to")
-	return Finding{Status: Fail, Title: "flows to " + strings.Join(stale, ", ") + " predate the service or its SNAT rule: the rules never apply to them",
+	f := Finding{Status: Fail, Title: "flows to " + strings.Join(stale, ", ") + " predate the service or its SNAT rule: the rules never apply to them",
 		Reason:   "conntrack binds NAT when a flow starts: a client that sent to the VIP before the service (or its SNAT rule) existed keeps that flow, renewed by each packet; IPVS forwards it without SNAT, so the real answers the client directly and the answer is dropped",
 		Evidence: ev, Fix: fix, about: stale}
+	if !slices.ContainsFunc(stale, func(k string) bool { return !strings.HasPrefix(k, "TCP ") }) {
+		// An unanswered TCP flow is a connection attempt that never got a
+		// SYN-ACK: it ends when its client gives up (its next connect takes
+		// a new port, which the rules apply to). Right after a correct
+		// fix the attempts already under way are such flows: not a fault
+		// of now. A UDP client keeps its port and its flow for ever.
+		f.Status = Warn
+		f.Reason += "; these are TCP connection attempts: each fails, and they end within the SYN_SENT timeout (net.netfilter.nf_conntrack_tcp_timeout_syn_sent, 120 s by default) once their clients give up"
+	}
+	return f
 }
 
 // protoTimeouts names the IPVS idle timeouts of the selected services'

@@ -35,7 +35,8 @@ the NAT path correctly. check and inspect read IPVS, sysctls, packet-filter
 rules, conntrack and counters in any network namespace; drops traces where
 the kernel drops packets and which VIP flow they belonged to; capture shows
 each leg of a VIP's flows on the LB, joined across the NAT; tui shows all of
-it live, with the path's legs and a mark where packets die; setup, teardown,
+it live, with the path's legs and a mark where packets die; serve runs it
+always on and serves it to Prometheus; setup, teardown,
 check --fix and lab change the host, and print their plan first.
 
 Exit codes: 0 ok, 1 a check failed (lab status, lab probe: the lab is not
@@ -67,7 +68,7 @@ change was undone).`,
 	root.PersistentFlags().StringVar(&g.netns, "netns", "", "network namespace: a /run/netns `NAME`, a PATH, or pid:N (default: the current one)")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "text", "output `FORMAT`: text or json (check also: junit)")
 	root.SetFlagErrorFunc(flagError)
-	root.AddCommand(newCheckCmd(g), newInspectCmd(g), newDropsCmd(g), newCaptureCmd(g), newTUICmd(g), newSetupCmd(g), newTeardownCmd(g), newLabCmd(), newVersionCmd(g))
+	root.AddCommand(newCheckCmd(g), newInspectCmd(g), newDropsCmd(g), newCaptureCmd(g), newTUICmd(g), newSetupCmd(g), newTeardownCmd(g), newLabCmd(), newServeCmd(), newVersionCmd(g))
 	root.SetHelpCommand(newHelpCmd())
 	root.InitDefaultCompletionCmd()
 	strictArgs(root)

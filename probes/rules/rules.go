@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -18,6 +19,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 )
@@ -245,8 +249,45 @@ func toolNames(tools []toolName) string {
 
 // FindSaveTools finds the iptables save tools on PATH and asks each which
 // backend it is (`--version` prints "(legacy)" or "(nf_tables)"); it
-// returns the first of each backend.
-func FindSaveTools() map[string]Tool { return findTools(saveTools) }
+// returns the first of each backend. The answer is kept for the process's
+// PATH and the tools' files as found: a window reads the rules twice, and
+// each `--version` is a process started (five of them: a second of a
+// slow machine).
+func FindSaveTools() map[string]Tool {
+	key := toolsKey(saveTools)
+	foundMu.Lock()
+	defer foundMu.Unlock()
+	if f, ok := found[key]; ok {
+		return maps.Clone(f)
+	}
+	f := findTools(saveTools)
+	found[key] = f
+	return maps.Clone(f)
+}
+
+var (
+	foundMu sync.Mutex
+	found   = map[string]map[string]Tool{}
+)
+
+// toolsKey names what findTools would find for tools: PATH, and each
+// tool's path with its file's identity (inode, size, change time), so a
+// tool installed, removed or replaced is asked again.
+func toolsKey(tools []toolName) string {
+	var b strings.Builder
+	b.WriteString(os.Getenv("PATH"))
+	for _, t := range tools {
+		path, err := exec.LookPath(t.name)
+		if err != nil {
+			continue
+		}
+		var st unix.Stat_t
+		if unix.Stat(path, &st) == nil {
+			fmt.Fprintf(&b, "\x00%s %d %d %d.%d", path, st.Ino, st.Size, st.Ctim.Sec, st.Ctim.Nsec)
+		}
+	}
+	return b.String()
+}
 
 // FindRuleTools finds the tools that add and delete iptables rules, by the
 // backend each drives, as FindSaveTools does: a host whose only tool is
@@ -357,6 +398,15 @@ func Read(ns netns.Target) (Snapshot, error) {
 	for _, be := range []string{IptablesLegacy, IptablesNft} {
 		b := Backend{Name: be}
 		tool, ok := tools[be]
+		if ok && be == IptablesLegacy && noLegacyTables(ns) {
+			// The kernel says x_tables holds no table here, for either
+			// family: nothing for the tool to show, and two processes
+			// (iptables-legacy-save, ip6tables-legacy-save) fewer per read
+			// on a host whose rules live in nf_tables.
+			b.Read, b.Tool = true, "/proc/net/ip_tables_names, ip6_tables_names (no x_tables table)"
+			snap.Backends = append(snap.Backends, b)
+			continue
+		}
 		if !ok {
 			b.Reason = "no " + be + " save tool on PATH (looked for " + SaveToolNames() + ")"
 			if be == IptablesLegacy {
@@ -446,6 +496,14 @@ func legacyTables(ns netns.Target, file string) ([]string, error) {
 		return err
 	})
 	return tables, err
+}
+
+// noLegacyTables reports whether the kernel proves that x_tables holds no
+// table in ns, IPv4 or IPv6 (both lists read, both empty).
+func noLegacyTables(ns netns.Target) bool {
+	t4, err4 := legacyTables(ns, legacyTablesFile)
+	t6, err6 := legacyTables(ns, legacyTables6File)
+	return err4 == nil && err6 == nil && len(t4) == 0 && len(t6) == 0
 }
 
 // Unread names the backends that could not be read, with why.

@@ -406,3 +406,82 @@ func TestReadIPv6Rules(t *testing.T) {
 		}
 	}
 }
+
+// A process asks each save tool which backend it drives once (a window
+// reads the rules twice; each question starts a process), and again when
+// the tool is replaced or PATH changes.
+func TestFindSaveToolsAsksOnce(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "asked")
+	tool := filepath.Join(dir, "iptables-legacy-save")
+	install := func(version string) {
+		tmp := tool + ".new"
+		script := "#!/bin/sh\necho asked >> " + log + "\necho 'iptables-legacy-save " + version + " (legacy)'\n"
+		if err := os.WriteFile(tmp, []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, tool); err != nil { // a new file, as a package upgrade installs it
+			t.Fatal(err)
+		}
+	}
+	asked := func() int {
+		b, _ := os.ReadFile(log)
+		return strings.Count(string(b), "asked")
+	}
+	install("v1.8.9")
+	t.Setenv("PATH", dir)
+	for _, tc := range []struct {
+		name   string
+		change func()
+		want   int // questions asked so far
+	}{
+		{"first", func() {}, 1},
+		{"again", func() {}, 1},
+		{"tool replaced", func() { install("v1.8.10") }, 2},
+		{"again after the upgrade", func() {}, 2},
+		{"PATH changed", func() { t.Setenv("PATH", dir+":"+t.TempDir()) }, 3},
+	} {
+		tc.change()
+		got := rules.FindSaveTools()
+		if got[rules.IptablesLegacy].Path != tool || asked() != tc.want {
+			t.Errorf("FindSaveTools() %s = %+v after %d questions to the tool, want %s after %d", tc.name, got, asked(), tool, tc.want)
+		}
+	}
+}
+
+// A namespace where x_tables holds no table has its legacy backend read
+// from the kernel's table lists, without starting the save tools; a legacy
+// rule of either family makes a table, and the tools read it.
+func TestReadLegacyWithoutTables(t *testing.T) {
+	testkit.RequireRoot(t)
+	for _, tc := range []struct {
+		name      string
+		tool      string   // adds rule first ("": none)
+		rule      []string // of tool
+		wantTool  string   // suffix of the legacy backend's Tool
+		wantRules int      // legacy rules read
+	}{
+		{"no x_tables table", "", nil, "(no x_tables table)", 0},
+		{"an IPv4 rule", "iptables-legacy", []string{"-A", "OUTPUT", "-d", "10.9.0.9", "-j", "DROP"}, "iptables-legacy-save", 1},
+		{"an IPv6 rule alone", "ip6tables-legacy", []string{"-A", "OUTPUT", "-d", "2001:db8::9", "-j", "DROP"}, "iptables-legacy-save", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ns := testkit.Netns(t, "notables")
+			if tc.tool != "" {
+				testkit.Run(t, ns, tc.tool, tc.rule...)
+			}
+			snap, err := rules.Read(ns)
+			if err != nil {
+				t.Fatal(err)
+			}
+			i := slices.IndexFunc(snap.Backends, func(b rules.Backend) bool { return b.Name == rules.IptablesLegacy })
+			if i < 0 {
+				t.Fatalf("Read(%s) backends = %+v, want %s", tc.name, snap.Backends, rules.IptablesLegacy)
+			}
+			b := snap.Backends[i]
+			if !b.Read || !strings.HasSuffix(b.Tool, tc.wantTool) || b.Rules != tc.wantRules {
+				t.Errorf("Read(%s) legacy backend = %+v, want read through …%s with %d rules", tc.name, b, tc.wantTool, tc.wantRules)
+			}
+		})
+	}
+}
