@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/lbdoctor/lbdoctor/internal/lab"
+	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 )
 
@@ -135,5 +137,81 @@ func TestGuestServeKubeProxyNode(t *testing.T) {
 	}
 	if _, ok := s.value("lbdoctor_ipvs_backend_weight", nsLabels(k.Node.Name, "local_port", "30080", "proto", "TCP")); !ok {
 		t.Errorf("no lbdoctor_ipvs_backend_weight of the node port 30080:\n%s", s.text)
+	}
+}
+
+// The IPVS module unloaded under serve and loaded again, as an operator
+// upgrading or resetting a director does (`ipvsadm -C`, `modprobe -r`,
+// services programmed anew): serve keeps running and serving, says IPVS
+// is not there while it is not (kernel.ipvs at 2, no IPVS series), and
+// serves the service again once it is back.
+func TestGuestServeIPVSModuleReload(t *testing.T) {
+	l := testkit.Lab(t, lab.OneArm)
+	testkit.Serve(t, l.Real, ":8085")
+	vip := netip.AddrPortFrom(l.VIP, 8085)
+	real := netip.AddrPortFrom(l.RealIP, 8085)
+	testkit.IPVSMasq(t, l.LB, vip, real)
+	p := startServe(t, "--netns", l.LB.Name, "--interval", "2s")
+	ns := nsLabels(l.LB.Name)
+	svc := nsLabels(l.LB.Name, "local_address", vip.Addr().String(), "local_port", strconv.Itoa(int(vip.Port())), "proto", "TCP")
+	ipvsStatus := func(s scrape) float64 {
+		v, _ := s.value("lbdoctor_finding_status", nsLabels(l.LB.Name, "id", "kernel.ipvs"))
+		return v
+	}
+	p.waitFor(t, "the service's IPVS series", 180*time.Second, func(s scrape) bool {
+		_, ok := s.value("lbdoctor_ipvs_connections_total", svc)
+		return ok && ipvsStatus(s) == 0
+	})
+
+	// Unloaded: the services first (a module in use cannot go), then every
+	// ip_vs module. serve reads IPVS by its netlink family, which the
+	// kernel may load again on the next read: the module goes, whatever
+	// serve sees next is without the service.
+	testkit.Run(t, l.LB, "ipvsadm", "-C")
+	unloaded := false
+	for try := 0; try < 20 && !unloaded; try++ {
+		mods := []string{"-r"}
+		for _, line := range strings.Split(testkit.Run(t, netns.Target{}, "lsmod"), "\n") {
+			if f := strings.Fields(line); len(f) > 0 && (strings.HasPrefix(f[0], "ip_vs") || f[0] == "xt_ipvs") {
+				mods = append(mods, f[0])
+			}
+		}
+		if len(mods) == 1 {
+			unloaded = true // serve between two reads: gone already
+			break
+		}
+		_, err := testkit.Output(netns.Target{}, "modprobe", mods...)
+		unloaded = err == nil
+		if !unloaded {
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	if !unloaded {
+		t.Fatalf("the ip_vs modules could not be unloaded: %s", testkit.Run(t, netns.Target{}, "lsmod"))
+	}
+	n, _ := p.scrape(t).value("lbdoctor_check_runs_total", ns)
+	gone := p.waitFor(t, "an interval after the unload", 120*time.Second, func(s scrape) bool {
+		v, _ := s.value("lbdoctor_check_runs_total", ns)
+		return v >= n+2
+	})
+	if ipvsStatus(gone) != 2 {
+		t.Errorf("kernel.ipvs = %v with IPVS unloaded (or loaded again, empty); want 2", ipvsStatus(gone))
+	}
+	if _, ok := gone.value("lbdoctor_ipvs_connections_total", svc); ok {
+		t.Errorf("the service's IPVS series still served after ipvsadm -C and the module's unload:\n%s", gone.text)
+	}
+	if body, code := p.get(t, "/healthz"); code != 200 {
+		t.Errorf("/healthz = %d %q while IPVS was away; want 200 (serve runs its intervals)", code, body)
+	}
+
+	// Back: the module loaded and the service programmed again.
+	testkit.Run(t, netns.Target{}, "modprobe", "ip_vs")
+	testkit.IPVSMasq(t, l.LB, vip, real)
+	p.waitFor(t, "the service's IPVS series again", 120*time.Second, func(s scrape) bool {
+		_, ok := s.value("lbdoctor_ipvs_connections_total", svc)
+		return ok && ipvsStatus(s) == 0
+	})
+	if code, took := p.stop(t, syscall.SIGTERM); code != 0 {
+		t.Errorf("serve after SIGTERM = exit %d in %s; want 0\n%s", code, took, p.stderr)
 	}
 }
