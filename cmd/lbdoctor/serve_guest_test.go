@@ -194,8 +194,10 @@ func TestGuestServeIPVSModuleReload(t *testing.T) {
 		v, _ := s.value("lbdoctor_check_runs_total", ns)
 		return v >= n+2
 	})
-	if ipvsStatus(gone) != 2 {
-		t.Errorf("kernel.ipvs = %v with IPVS unloaded (or loaded again, empty); want 2", ipvsStatus(gone))
+	if st := ipvsStatus(gone); st != 2 && st != 3 {
+		// Unread (3, why said) or read empty (2: no virtual service; the
+		// kernel loads the module again when its netlink family is asked).
+		t.Errorf("kernel.ipvs = %v with IPVS unloaded; want 2 or 3, not a pass", st)
 	}
 	if _, ok := gone.value("lbdoctor_ipvs_connections_total", svc); ok {
 		t.Errorf("the service's IPVS series still served after ipvsadm -C and the module's unload:\n%s", gone.text)
@@ -205,8 +207,11 @@ func TestGuestServeIPVSModuleReload(t *testing.T) {
 	}
 
 	// Back: the module loaded and the service programmed again.
+	// With ipvsadm: this test's own process resolved IPVS's netlink
+	// family before the unload (moby/ipvs keeps it for the process).
 	testkit.Run(t, netns.Target{}, "modprobe", "ip_vs")
-	testkit.IPVSMasq(t, l.LB, vip, real)
+	testkit.Run(t, l.LB, "ipvsadm", "-A", "-t", vip.String(), "-s", "rr")
+	testkit.Run(t, l.LB, "ipvsadm", "-a", "-t", vip.String(), "-r", real.String(), "-m")
 	p.waitFor(t, "the service's IPVS series again", 120*time.Second, func(s scrape) bool {
 		_, ok := s.value("lbdoctor_ipvs_connections_total", svc)
 		return ok && ipvsStatus(s) == 0
