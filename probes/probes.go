@@ -60,6 +60,10 @@ type Snapshot struct {
 	// Errors holds, by probe name, why a probe could not read its layer
 	// (privileges, a tool missing); checks that need it are skipped with it.
 	Errors map[string]string `json:"errors,omitempty"`
+	// Took is the wall time each probe of this read took, by probe name
+	// (and "features"): where a slow read went (LBDOCTOR_PROFILE prints
+	// it). Not part of the JSON: it differs on every run.
+	Took map[string]time.Duration `json:"-"`
 }
 
 // Capped returns a copy whose long lists (IPVS connections, rules,
@@ -229,11 +233,17 @@ type Options struct {
 // Gather runs every probe in ns. Probe failures are recorded, not returned:
 // one unreadable layer must not hide the others.
 func Gather(ns netns.Target, sel Selector, opt Options) *Snapshot {
-	s := &Snapshot{Time: time.Now(), Target: ns, Kernel: kernel.Release(), Errors: map[string]string{}}
+	s := &Snapshot{Time: time.Now(), Target: ns, Kernel: kernel.Release(), Errors: map[string]string{}, Took: map[string]time.Duration{}}
+	last := time.Now()
+	// fail records a probe's error and the time it took since the last
+	// probe ended.
 	fail := func(probe string, err error) {
 		if err != nil {
 			s.Errors[probe] = err.Error()
 		}
+		now := time.Now()
+		s.Took[probe] += now.Sub(last)
+		last = now
 	}
 	var err error
 	s.IPVS, err = ipvs.Read(ns)
@@ -291,10 +301,12 @@ func Gather(ns netns.Target, sel Selector, opt Options) *Snapshot {
 	fail(ProbeNet, err)
 	if err == nil {
 		AskRoutes(ns, s, sel)
+		fail(ProbeRoutes, nil)
 	}
 	if opt.Features {
 		f := kernel.ReadFeatures()
 		s.Features = &f
+		fail("features", nil)
 	}
 	return s
 }

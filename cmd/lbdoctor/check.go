@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -166,7 +167,11 @@ func checkOnce(ctx context.Context, t netns.Target, sel probes.Selector, opt win
 		return nil, nil, nil, err
 	}
 	snap.Expected = expected
+	checkStart := time.Now()
 	fs := checks.Run(snap, sel)
+	if l := profileLine(snap, time.Since(checkStart)); l != "" {
+		fmt.Fprintln(os.Stderr, l)
+	}
 	rt := report.Target{Netns: t, Kernel: snap.Kernel}
 	if sel.VIP.IsValid() {
 		rt.VIP, rt.Proto = sel.VIP.String(), sel.Proto

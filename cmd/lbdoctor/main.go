@@ -46,8 +46,10 @@ func main() {
 		sig := <-sigs
 		cancel(&interruptedError{sig: sig.(syscall.Signal)})
 	}()
+	stop := startProfile(os.Stderr)
 	// A write nobody reads must not hold a signal: see guardedWriter.
 	code := run(ctx, os.Args[1:], newGuardedWriter(ctx, "stdout", os.Stdout), newGuardedWriter(ctx, "stderr", os.Stderr))
+	stop()
 	os.Exit(code)
 }
 

@@ -4,6 +4,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/binary"
@@ -11,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -19,6 +21,7 @@ import (
 	"regexp"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -141,8 +144,18 @@ func BenchmarkGuestCheckScale(b *testing.B) {
 				if h := gcPeakHeap(m.err); h > 0 {
 					b.ReportMetric(h, "gc-peak-heap-MB")
 				}
-				b.Logf("%s: wall %s (window %s), peak RSS %.1f MB, CPU %s, %d bytes out; conntrack entries before: %s, after: %s",
-					r.name, m.wall.Round(time.Millisecond), r.window, float64(m.maxRSS)/(1<<20), m.cpu.Round(time.Millisecond), len(m.out), before, s.conntrackCount(b))
+				b.Logf("%s: wall %s (window %s), peak RSS %.1f MB (own %.1f MB; programs it ran: %s), CPU %s, %d bytes out; conntrack entries before: %s, after: %s",
+					r.name, m.wall.Round(time.Millisecond), r.window, float64(m.maxRSS)/(1<<20), float64(m.ownRSS)/(1<<20), showKids(m.kidRSS), m.cpu.Round(time.Millisecond), len(m.out), before, s.conntrackCount(b))
+				for _, l := range strings.Split(m.err, "\n") {
+					if strings.HasPrefix(l, "lbdoctor: profile:") {
+						b.Logf("%s: %s", r.name, l)
+					}
+				}
+				if prof := os.Getenv("LBDOCTOR_PROFILE"); prof != "" && r.argv[1] == "check" {
+					if p, err := os.ReadFile(prof); err == nil {
+						fmt.Printf("PROFILE %s %s\n", r.name, base64.StdEncoding.EncodeToString(p))
+					}
+				}
 			}
 		})
 	}
@@ -362,39 +375,82 @@ func ackPacket(pkt []byte, src netip.Addr, dst netip.AddrPort, sport uint16) {
 }
 
 // pollOwnPeak returns the peak RSS (VmHWM, bytes) of the command busybox
-// (pid) runs, polled every 20 ms until done: rusage's peak is the largest
-// of the command and of every child it ran (iptables-save, nft), and a
-// high-water mark kept by the kernel for the command's own memory says
-// which one it was.
-func pollOwnPeak(pid int, done <-chan struct{}) int64 {
+// (pid) runs and of each program that command runs in turn (by name: the
+// largest of each), polled every 20 ms until done: rusage's peak is the
+// largest of the command and of every child it ran (iptables-save, nft),
+// and a high-water mark kept by the kernel for each process's own memory
+// says which one it was.
+func pollOwnPeak(pid int, done <-chan struct{}) (int64, map[string]int64) {
 	var peak, child int64
+	kids := map[string]int64{}
+	hwm := func(pid int64) (string, int64) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			return "", 0
+		}
+		var name string
+		var v int64
+		for _, l := range strings.Split(string(b), "\n") {
+			if n, ok := strings.CutPrefix(l, "Name:"); ok {
+				name = strings.TrimSpace(n)
+			}
+			if h, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+				if kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(h), "kB")), 10, 64); err == nil {
+					v = kb << 10
+				}
+			}
+		}
+		return name, v
+	}
+	var children func(pid int64) []int64
+	children = func(pid int64) []int64 {
+		var out []int64
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+		for _, f := range strings.Fields(string(b)) {
+			if c, err := strconv.ParseInt(f, 10, 64); err == nil {
+				out = append(out, c)
+				out = append(out, children(c)...)
+			}
+		}
+		return out
+	}
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		if child == 0 {
-			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid)); err == nil {
-				if f := strings.Fields(string(b)); len(f) > 0 {
-					child, _ = strconv.ParseInt(f[0], 10, 64)
-				}
+			if c := children(int64(pid)); len(c) > 0 {
+				child = c[0]
 			}
 		}
 		if child != 0 {
-			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", child)); err == nil {
-				for _, l := range strings.Split(string(b), "\n") {
-					if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
-						if kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64); err == nil && kb<<10 > peak {
-							peak = kb << 10
-						}
-					}
+			if _, v := hwm(child); v > peak {
+				peak = v
+			}
+			for _, c := range children(child) {
+				if n, v := hwm(c); n != "" && v > kids[n] {
+					kids[n] = v
 				}
 			}
 		}
 		select {
 		case <-done:
-			return peak
+			return peak, kids
 		case <-tick.C:
 		}
 	}
+}
+
+// showKids lists the peaks pollOwnPeak saw, largest first: "nft 12.3 MB, …".
+func showKids(k map[string]int64) string {
+	names := slices.SortedFunc(maps.Keys(k), func(a, b string) int { return cmp.Compare(k[b], k[a]) })
+	var out []string
+	for _, n := range names {
+		out = append(out, fmt.Sprintf("%s %.1f MB", n, float64(k[n])/(1<<20)))
+	}
+	if len(out) == 0 {
+		return "none seen"
+	}
+	return strings.Join(out, ", ")
 }
 
 // gcPeak matches a gctrace line's heap sizes: "… 45->47->20 MB, …".
@@ -418,8 +474,9 @@ func gcPeakHeap(stderr string) float64 {
 // and output.
 type measured struct {
 	wall, cpu time.Duration
-	maxRSS    int64 // bytes: the command's and its children's (rusage)
-	ownRSS    int64 // bytes: the command's own memory (VmHWM), polled; 0 unknown
+	maxRSS    int64            // bytes: the command's and its children's (rusage)
+	ownRSS    int64            // bytes: the command's own memory (VmHWM), polled; 0 unknown
+	kidRSS    map[string]int64 // bytes: the peak (VmHWM, polled) of each program the command ran, by name
 	code      int
 	out       []byte
 	err       string
@@ -442,12 +499,15 @@ func measureCmd(b *testing.B, ns netns.Target, argv ...string) measured {
 			return err
 		}
 		done := make(chan struct{})
-		polled := make(chan int64, 1)
-		go func() { polled <- pollOwnPeak(cmd.Process.Pid, done) }()
+		polled := make(chan struct{})
+		go func() {
+			defer close(polled)
+			m.ownRSS, m.kidRSS = pollOwnPeak(cmd.Process.Pid, done)
+		}()
 		err := cmd.Wait()
 		m.wall = time.Since(start)
 		close(done)
-		m.ownRSS = <-polled
+		<-polled
 		var ee *exec.ExitError
 		if err != nil && !errors.As(err, &ee) {
 			return err

@@ -1,0 +1,64 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"runtime/pprof"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/lbdoctor/lbdoctor/probes"
+)
+
+// profileEnv names a file that receives a CPU profile of the whole run
+// (`go tool pprof`), and turns on a line on stderr saying where a check's
+// time went: each probe of its last read, the window's reads and tracer,
+// the checks. A debugging aid for slow LBs (the scale benchmark sets it),
+// not a user interface.
+const profileEnv = "LBDOCTOR_PROFILE"
+
+// startProfile starts the CPU profile LBDOCTOR_PROFILE asks for and
+// returns what stops it; a file that cannot be written is said on stderr
+// and the command runs unprofiled.
+func startProfile(stderr io.Writer) func() {
+	path := os.Getenv(profileEnv)
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err == nil {
+		err = pprof.StartCPUProfile(f)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "lbdoctor: %s: %v\n", profileEnv, err)
+		if f != nil {
+			f.Close()
+		}
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}
+}
+
+// profileLine says where a check's time went, for LBDOCTOR_PROFILE: ""
+// when it is not set.
+func profileLine(s *probes.Snapshot, checked time.Duration) string {
+	if os.Getenv(profileEnv) == "" || s == nil {
+		return ""
+	}
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(s.Took)) {
+		parts = append(parts, fmt.Sprintf("%s %s", k, s.Took[k].Round(time.Millisecond)))
+	}
+	if w := s.Window; w != nil {
+		parts = append(parts, fmt.Sprintf("window: first read %s, tracer wait %s, last read %s",
+			w.FirstRead.Round(time.Millisecond), w.TracerWait.Round(time.Millisecond), w.LastRead.Round(time.Millisecond)))
+	}
+	parts = append(parts, fmt.Sprintf("checks %s", checked.Round(time.Millisecond)))
+	return "lbdoctor: profile: read " + strings.Join(parts, ", ")
+}
