@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -18,6 +19,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 )
@@ -245,8 +249,45 @@ func toolNames(tools []toolName) string {
 
 // FindSaveTools finds the iptables save tools on PATH and asks each which
 // backend it is (`--version` prints "(legacy)" or "(nf_tables)"); it
-// returns the first of each backend.
-func FindSaveTools() map[string]Tool { return findTools(saveTools) }
+// returns the first of each backend. The answer is kept for the process's
+// PATH and the tools' files as found: a window reads the rules twice, and
+// each `--version` is a process started (five of them: a second of a
+// slow machine).
+func FindSaveTools() map[string]Tool {
+	key := toolsKey(saveTools)
+	foundMu.Lock()
+	defer foundMu.Unlock()
+	if f, ok := found[key]; ok {
+		return maps.Clone(f)
+	}
+	f := findTools(saveTools)
+	found[key] = f
+	return maps.Clone(f)
+}
+
+var (
+	foundMu sync.Mutex
+	found   = map[string]map[string]Tool{}
+)
+
+// toolsKey names what findTools would find for tools: PATH, and each
+// tool's path with its file's identity (inode, size, change time), so a
+// tool installed, removed or replaced is asked again.
+func toolsKey(tools []toolName) string {
+	var b strings.Builder
+	b.WriteString(os.Getenv("PATH"))
+	for _, t := range tools {
+		path, err := exec.LookPath(t.name)
+		if err != nil {
+			continue
+		}
+		var st unix.Stat_t
+		if unix.Stat(path, &st) == nil {
+			fmt.Fprintf(&b, "\x00%s %d %d %d.%d", path, st.Ino, st.Size, st.Ctim.Sec, st.Ctim.Nsec)
+		}
+	}
+	return b.String()
+}
 
 // FindRuleTools finds the tools that add and delete iptables rules, by the
 // backend each drives, as FindSaveTools does: a host whose only tool is

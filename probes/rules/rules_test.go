@@ -406,3 +406,45 @@ func TestReadIPv6Rules(t *testing.T) {
 		}
 	}
 }
+
+// A process asks each save tool which backend it drives once (a window
+// reads the rules twice; each question starts a process), and again when
+// the tool is replaced or PATH changes.
+func TestFindSaveToolsAsksOnce(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "asked")
+	tool := filepath.Join(dir, "iptables-legacy-save")
+	install := func(version string) {
+		tmp := tool + ".new"
+		script := "#!/bin/sh\necho asked >> " + log + "\necho 'iptables-legacy-save " + version + " (legacy)'\n"
+		if err := os.WriteFile(tmp, []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, tool); err != nil { // a new file, as a package upgrade installs it
+			t.Fatal(err)
+		}
+	}
+	asked := func() int {
+		b, _ := os.ReadFile(log)
+		return strings.Count(string(b), "asked")
+	}
+	install("v1.8.9")
+	t.Setenv("PATH", dir)
+	for _, tc := range []struct {
+		name   string
+		change func()
+		want   int // questions asked so far
+	}{
+		{"first", func() {}, 1},
+		{"again", func() {}, 1},
+		{"tool replaced", func() { install("v1.8.10") }, 2},
+		{"again after the upgrade", func() {}, 2},
+		{"PATH changed", func() { t.Setenv("PATH", dir+":"+t.TempDir()) }, 3},
+	} {
+		tc.change()
+		got := rules.FindSaveTools()
+		if got[rules.IptablesLegacy].Path != tool || asked() != tc.want {
+			t.Errorf("FindSaveTools() %s = %+v after %d questions to the tool, want %s after %d", tc.name, got, asked(), tool, tc.want)
+		}
+	}
+}
