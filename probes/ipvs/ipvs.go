@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -149,11 +150,13 @@ type Service struct {
 }
 
 // Key names a service the way ipvsadm prints it: "TCP 10.1.0.6:8085".
+// Without fmt: the checks name services this way in every evidence line,
+// millions of times on a 1,000-service LB.
 func (s Service) Key() string {
 	if s.FWMark != 0 {
-		return fmt.Sprintf("FWM %d", s.FWMark)
+		return "FWM " + strconv.FormatUint(uint64(s.FWMark), 10)
 	}
-	return fmt.Sprintf("%s %s", strings.ToUpper(s.Proto), s.Addr)
+	return strings.ToUpper(s.Proto) + " " + s.Addr.String()
 }
 
 // Real is one destination (real server) of a service.

@@ -122,7 +122,9 @@ func (g *genlConn) Close() error { return g.c.Close() }
 
 // exec sends one generic netlink request (cmd, attributes of ae, flags
 // besides Request) to family and returns the answers' payloads past their
-// generic netlink header.
+// generic netlink header. No request asks for an acknowledgement: it
+// would come after the answer, and Execute, which reads one batch, would
+// leave it to the next request (a sequence mismatch).
 func (g *genlConn) exec(family uint16, cmd uint8, flags netlink.HeaderFlags, ae *netlink.AttributeEncoder) ([][]byte, error) {
 	data := []byte{cmd, ipvsGenlVersion, 0, 0}
 	if ae != nil {
@@ -149,7 +151,7 @@ func (g *genlConn) exec(family uint16, cmd uint8, flags netlink.HeaderFlags, ae 
 // config reads IPVS's timeouts (ipvsadm -L --timeout).
 func (g *genlConn) config() (Timeouts, error) {
 	var t Timeouts
-	msgs, err := g.exec(g.family, cmdGetConfig, netlink.Acknowledge, nil)
+	msgs, err := g.exec(g.family, cmdGetConfig, 0, nil)
 	if err != nil {
 		return t, err
 	}

@@ -143,3 +143,19 @@ func TestParseServiceTruncated(t *testing.T) {
 		t.Errorf("parseService(truncated) = nil error, want one")
 	}
 }
+
+func TestServiceKey(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		svc  Service
+		want string
+	}{
+		{"tcp", Service{Proto: "tcp", Addr: netip.MustParseAddrPort("10.1.0.6:8085")}, "TCP 10.1.0.6:8085"},
+		{"udp-v6", Service{Proto: "udp", Addr: netip.MustParseAddrPort("[2001:db8::6]:53")}, "UDP [2001:db8::6]:53"},
+		{"fwmark", Service{Proto: "fwmark", FWMark: 4294967295}, "FWM 4294967295"},
+	} {
+		if got := tc.svc.Key(); got != tc.want {
+			t.Errorf("Service.Key(%s) = %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
