@@ -404,8 +404,15 @@ func pollOwnPeak(pid int, done <-chan struct{}) (int64, map[string]int64) {
 	}
 	var children func(pid int64) []int64
 	children = func(pid int64) []int64 {
+		// Every thread's children: lbdoctor starts its tools from the
+		// thread it locked into the namespace, not from its main thread.
 		var out []int64
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+		var b []byte
+		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+		for _, t := range tasks {
+			c, _ := os.ReadFile(t)
+			b = append(append(b, c...), ' ')
+		}
 		for _, f := range strings.Fields(string(b)) {
 			if c, err := strconv.ParseInt(f, 10, 64); err == nil {
 				out = append(out, c)
