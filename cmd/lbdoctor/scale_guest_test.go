@@ -541,7 +541,11 @@ func measureCmd(b *testing.B, ns netns.Target, argv ...string) measured {
 	if err != nil {
 		b.Fatalf("%v: peak RSS from busybox time: %v (%q)", argv, err, kb)
 	}
-	m.maxRSS <<= 10 // KiB
+	// busybox 1.35's %M converts ru_maxrss as if it counted pages
+	// (ptok), but Linux gives KiB: it prints 4 × the peak on 4 KiB pages.
+	// (That was the "child of 90–310 MB" of earlier runs: every program
+	// lbdoctor runs, polled above, peaks under 5 MB.)
+	m.maxRSS = m.maxRSS / int64(os.Getpagesize()/1024) << 10 // KiB
 	m.out, m.err = out.Bytes(), errb.String()
 	return m
 }
