@@ -136,7 +136,8 @@ func checkExpireNodest(s *probes.Snapshot, sel probes.Selector) Finding {
 	if !s.IPVS.Available {
 		return skip("IPVS is not available (see kernel.ipvs)")
 	}
-	if len(selected(s, sel)) == 0 {
+	svcs := selected(s, sel)
+	if len(svcs) == 0 {
 		return skip("no IPVS service in " + s.Target.String())
 	}
 	v, ok := readable(s, "net.ipv4.vs.expire_nodest_conn")
@@ -148,7 +149,7 @@ func checkExpireNodest(s *probes.Snapshot, sel probes.Selector) Finding {
 		return Finding{Status: Pass, Title: "connections to a removed real server are expired", Evidence: ev}
 	}
 	return Finding{Status: Warn, Title: "connections to a removed real server are kept until they time out",
-		Reason:   fmt.Sprintf("with expire_nodest_conn=0, packets of existing connections to a real that leaves are dropped for up to the IPVS timeout (tcp %ds)", s.IPVS.Timeouts.TCP),
+		Reason:   fmt.Sprintf("with expire_nodest_conn=0, packets of existing connections to a real that leaves are dropped for up to the IPVS timeout of their protocol (%s)", protoTimeouts(s, svcs)),
 		Evidence: ev,
 		Remedies: []Remedy{{Sysctl: "net.ipv4.vs.expire_nodest_conn", Value: "1"}},
 		// IPVS drops them in its LOCAL_IN hook (NF_DROP): a NETFILTER_DROP
@@ -218,7 +219,7 @@ func checkFlowStates(s *probes.Snapshot, _ probes.Selector) Finding {
 			ev = append(ev, Evidence{Fact: exNone, Source: src})
 		}
 		return Finding{Status: Warn, Title: strconv.Itoa(noReply) + " flow(s) never saw a reply",
-			Reason:   "the real server did not answer, or answered around the LB (see nat.return_path); entries linger until their timeout, so a fixed path still shows them for a while",
+			Reason:   "the real server did not answer, or answered around the LB (see nat.return_path), or the flows predate their service and no NAT applies to them (see conntrack.stale_flows); entries linger until their timeout, so a fixed path still shows them for a while",
 			Evidence: ev}
 	}
 	return Finding{Status: Pass, Title: "the VIP's flows complete", Evidence: ev}

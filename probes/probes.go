@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/internal/proto"
 	"github.com/lbdoctor/lbdoctor/probes/conntrack"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
@@ -128,6 +129,26 @@ type Conntrack struct {
 	// source ≠ original destination: DNAT), learned over every flow; they
 	// name a VIP's backends when IPVS does not (nft or iptables DNAT).
 	Backends []netip.AddrPort `json:"backends,omitempty"`
+	// Untouched counts, by protocol and original destination, the flows
+	// no NAT touched (the reply tuple is the original reversed: no DNAT,
+	// no SNAT, no IPVS rewrite) and no reply was seen for, over every
+	// flow read: a flow to an IPVS masquerade VIP that conntrack created
+	// before the service or its SNAT rule (NAT is bound when a flow
+	// starts, so the rules never apply to it while the client keeps it
+	// alive).
+	Untouched []FlowTally `json:"untouched,omitempty"`
+	// NotSNATed counts likewise the unreplied flows whose destination was
+	// rewritten (IPVS, DNAT) but not their source: on a one-arm LB whose
+	// SNAT rule covers the VIP, flows that started before the rule.
+	NotSNATed []FlowTally `json:"not_snated,omitempty"`
+}
+
+// FlowTally is the number of flows of one protocol to one original
+// destination.
+type FlowTally struct {
+	Proto string         `json:"proto"`
+	Dst   netip.AddrPort `json:"dst"`
+	Count int            `json:"count"`
 }
 
 // FlowCount is the number of flows in one TCP state (empty for other
@@ -161,6 +182,28 @@ func (c *Conntrack) tally(h conntrack.Head) {
 	if b := h.Reply.Src; b.IsValid() && b != h.Orig.Dst && len(c.Backends) < MaxListed && !slices.Contains(c.Backends, b) {
 		c.Backends = append(c.Backends, b)
 	}
+	if !k.SeenReply && h.Reply.Dst == h.Orig.Src {
+		if h.Reply.Src == h.Orig.Dst {
+			c.Untouched = countFlow(c.Untouched, proto.Name(h.Proto), h.Orig.Dst)
+		} else {
+			c.NotSNATed = countFlow(c.NotSNATed, proto.Name(h.Proto), h.Orig.Dst)
+		}
+	}
+}
+
+// countFlow counts one flow of protocol to dst in l (at most MaxListed
+// destinations).
+func countFlow(l []FlowTally, protocol string, dst netip.AddrPort) []FlowTally {
+	for i := range l {
+		if l[i].Proto == protocol && l[i].Dst == dst {
+			l[i].Count++
+			return l
+		}
+	}
+	if len(l) < MaxListed {
+		l = append(l, FlowTally{Proto: protocol, Dst: dst, Count: 1})
+	}
+	return l
 }
 
 // add tallies one flow and lists it while the list has room: only a listed

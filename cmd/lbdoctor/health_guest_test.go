@@ -275,16 +275,22 @@ func TestGuestRealRemovedStaleConnections(t *testing.T) {
 	}
 }
 
+// reuseDialer dials from local port port (SO_REUSEADDR: the port of a
+// connection given up on is taken again, as a client reusing it).
+func reuseDialer(port int, timeout time.Duration) net.Dialer {
+	return net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{Port: port},
+		Control: func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1) })
+			return cmp.Or(err, serr)
+		}}
+}
+
 // dialFrom connects from ns's client port to vip (SO_REUSEADDR: the port
 // of a connection given up on is taken again, as a client reusing it).
 func dialFrom(ns netns.Target, port int, vip netip.AddrPort, timeout time.Duration) error {
 	return ns.Do(func() error {
-		d := net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{Port: port},
-			Control: func(_, _ string, c syscall.RawConn) error {
-				var serr error
-				err := c.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1) })
-				return cmp.Or(err, serr)
-			}}
+		d := reuseDialer(port, timeout)
 		c, err := d.Dial("tcp4", vip.String())
 		if err == nil {
 			c.Close()

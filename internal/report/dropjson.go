@@ -83,6 +83,10 @@ func (d *Drop) appendJSONWith(b []byte, tc *timeText) []byte {
 		b = appendJSONString(b, f.Stage)
 		b = append(b, `,"source":`...)
 		b = appendJSONString(b, f.Source)
+		if f.EarlierReal.IsValid() { // omitzero
+			b = append(b, `,"earlier_real":`...)
+			b = appendAddrPort(b, f.EarlierReal)
+		}
 		b = append(b, '}')
 	}
 	if r := d.Raw; r != nil {

@@ -26,6 +26,11 @@ type Conn struct {
 	PEData  string         `json:"pe_data,omitempty"`
 }
 
+// Template reports whether c is a persistence template rather than a
+// connection: IPVS keys a template by the client's address alone, with
+// port 0, which no real client sends from (ip_vs_sched_persist).
+func (c Conn) Template() bool { return c.Client.IsValid() && c.Client.Port() == 0 }
+
 // ConnTableFile is the connection table of the reading thread's namespace.
 const ConnTableFile = "/proc/thread-self/net/ip_vs_conn"
 

@@ -87,9 +87,12 @@ func TestCountConns(t *testing.T) {
 		{Proto: "tcp", VIP: vip, Dest: a, State: "SYN_RECV"},
 		{Proto: "tcp", VIP: vip, Dest: a, State: "SYN_RECV"},
 		{Proto: "tcp", VIP: vip, Dest: a, State: "ESTABLISHED"},
+		// A persistence template: the client's address, port 0.
+		{Proto: "tcp", Client: netip.MustParseAddrPort("10.1.0.2:0"), VIP: vip, Dest: a, State: "NONE"},
 	}
 	got := ipvs.CountConns(conns)
-	want := []ipvs.ConnCount{{"tcp", vip, a, "ESTABLISHED", 1}, {"tcp", vip, a, "SYN_RECV", 2}, {"tcp", vip, b, "ESTABLISHED", 1}}
+	want := []ipvs.ConnCount{{Proto: "tcp", VIP: vip, Dest: a, State: "ESTABLISHED", Count: 1}, {Proto: "tcp", VIP: vip, Dest: a, State: "NONE", Template: true, Count: 1},
+		{Proto: "tcp", VIP: vip, Dest: a, State: "SYN_RECV", Count: 2}, {Proto: "tcp", VIP: vip, Dest: b, State: "ESTABLISHED", Count: 1}}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("CountConns(4 conns) = %v, want %v", got, want)
 	}

@@ -59,7 +59,10 @@ type ConnCount struct {
 	VIP   netip.AddrPort `json:"vip"`
 	Dest  netip.AddrPort `json:"dest"`
 	State string         `json:"state"`
-	Count int            `json:"count"`
+	// Template marks persistence templates (ipvsadm -p): the entries,
+	// client port 0, that pin a client to a real server.
+	Template bool `json:"template,omitempty"`
+	Count    int  `json:"count"`
 }
 
 // CountConns tallies conns by service, real server and state, ordered by
@@ -84,7 +87,7 @@ func (c *ConnCounter) Add(x Conn) {
 	if c.idx == nil {
 		c.idx = map[ConnCount]int{}
 	}
-	k := ConnCount{Proto: x.Proto, VIP: x.VIP, Dest: x.Dest, State: x.State}
+	k := ConnCount{Proto: x.Proto, VIP: x.VIP, Dest: x.Dest, State: x.State, Template: x.Template()}
 	i, ok := c.idx[k]
 	if !ok {
 		i = len(c.out)

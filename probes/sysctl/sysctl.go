@@ -40,6 +40,10 @@ var DefaultKeys = []string{
 	"net.netfilter.nf_conntrack_count",
 	"net.netfilter.nf_conntrack_tcp_be_liberal",
 	"net.netfilter.nf_conntrack_tcp_loose",
+	// The idle gaps an IPVS timeout is judged against (ipvs.timeouts).
+	"net.ipv4.tcp_keepalive_time",
+	"net.netfilter.nf_conntrack_tcp_timeout_established",
+	"net.netfilter.nf_conntrack_udp_timeout_stream",
 }
 
 // InterfaceKeys are read for "all", "default" and every interface.
