@@ -78,16 +78,7 @@ type genlConn struct {
 
 // dialIPVS opens a generic netlink socket in ns and resolves IPVS's family.
 func dialIPVS(ns netns.Target) (*genlConn, error) {
-	cfg := &netlink.Config{}
-	if !ns.IsCurrent() {
-		h, err := ns.Handle()
-		if err != nil {
-			return nil, err
-		}
-		defer h.Close()
-		cfg.NetNS = int(h)
-	}
-	c, err := netlink.Dial(unix.NETLINK_GENERIC, cfg)
+	c, err := netns.Dial(ns, func(cfg *netlink.Config) (*netlink.Conn, error) { return netlink.Dial(unix.NETLINK_GENERIC, cfg) })
 	if err != nil {
 		return nil, err
 	}
@@ -209,46 +200,36 @@ func (g *genlConn) services() ([]service, error) {
 func parseService(m []byte) (service, error) {
 	s := service{Service: Service{Reals: []Real{}}}
 	var port uint16
-	ad, err := netlink.NewAttributeDecoder(m)
-	if err != nil {
-		return s, err
-	}
-	for ad.Next() {
-		if ad.Type() != cmdAttrService {
-			continue
-		}
-		ad.Nested(func(ad *netlink.AttributeDecoder) error {
-			for ad.Next() {
-				switch ad.Type() {
-				case svcAttrAF:
-					s.af = ad.Uint16()
-				case svcAttrProtocol:
-					s.proto = ad.Uint16()
-				case svcAttrAddr:
-					s.addr = ad.Bytes()
-				case svcAttrPort:
-					port = bePort(ad.Bytes())
-				case svcAttrFWMark:
-					s.FWMark = ad.Uint32()
-				case svcAttrSchedName:
-					s.Scheduler = ad.String()
-				case svcAttrFlags:
-					if b := ad.Bytes(); len(b) >= 4 {
-						s.Flags = flagNames(nlenc.Uint32(b[:4]))
-					}
-				case svcAttrTimeout:
-					s.Timeout = ad.Uint32()
-				case svcAttrStats:
-					ad.Nested(func(ad *netlink.AttributeDecoder) error {
-						s.Stats = parseStats(ad)
-						return nil
-					})
+	err := nested(m, cmdAttrService, func(ad *netlink.AttributeDecoder) {
+		for ad.Next() {
+			switch ad.Type() {
+			case svcAttrAF:
+				s.af = ad.Uint16()
+			case svcAttrProtocol:
+				s.proto = ad.Uint16()
+			case svcAttrAddr:
+				s.addr = ad.Bytes()
+			case svcAttrPort:
+				port = bePort(ad.Bytes())
+			case svcAttrFWMark:
+				s.FWMark = ad.Uint32()
+			case svcAttrSchedName:
+				s.Scheduler = ad.String()
+			case svcAttrFlags:
+				if b := ad.Bytes(); len(b) >= 4 {
+					s.Flags = flagNames(nlenc.Uint32(b[:4]))
 				}
+			case svcAttrTimeout:
+				s.Timeout = ad.Uint32()
+			case svcAttrStats:
+				ad.Nested(func(ad *netlink.AttributeDecoder) error {
+					s.Stats = parseStats(ad)
+					return nil
+				})
 			}
-			return nil
-		})
-	}
-	if err := ad.Err(); err != nil {
+		}
+	})
+	if err != nil {
 		return s, fmt.Errorf("parse an IPVS service: %w", err)
 	}
 	s.Proto = protoName(s.proto, s.FWMark)
@@ -294,50 +275,58 @@ func parseDest(m []byte, af uint16) (Real, error) {
 	var r Real
 	var addr []byte
 	var port uint16
-	ad, err := netlink.NewAttributeDecoder(m)
-	if err != nil {
-		return r, err
-	}
-	for ad.Next() {
-		if ad.Type() != cmdAttrDest {
-			continue
-		}
-		ad.Nested(func(ad *netlink.AttributeDecoder) error {
-			for ad.Next() {
-				switch ad.Type() {
-				case destAttrAddr:
-					addr = ad.Bytes()
-				case destAttrPort:
-					port = bePort(ad.Bytes())
-				case destAttrFwdMethod:
-					r.Method = methodName(ad.Uint32())
-				case destAttrWeight:
-					r.Weight = int(ad.Uint32())
-				case destAttrUThresh:
-					r.UpperThresh = ad.Uint32()
-				case destAttrLThresh:
-					r.LowerThresh = ad.Uint32()
-				case destAttrActive:
-					r.ActiveConns = int(ad.Uint32())
-				case destAttrInact:
-					r.InactiveConns = int(ad.Uint32())
-				case destAttrStats:
-					ad.Nested(func(ad *netlink.AttributeDecoder) error {
-						r.Stats = parseStats(ad)
-						return nil
-					})
-				case destAttrAF:
-					af = ad.Uint16()
-				}
+	err := nested(m, cmdAttrDest, func(ad *netlink.AttributeDecoder) {
+		for ad.Next() {
+			switch ad.Type() {
+			case destAttrAddr:
+				addr = ad.Bytes()
+			case destAttrPort:
+				port = bePort(ad.Bytes())
+			case destAttrFwdMethod:
+				r.Method = methodName(ad.Uint32())
+			case destAttrWeight:
+				r.Weight = int(ad.Uint32())
+			case destAttrUThresh:
+				r.UpperThresh = ad.Uint32()
+			case destAttrLThresh:
+				r.LowerThresh = ad.Uint32()
+			case destAttrActive:
+				r.ActiveConns = int(ad.Uint32())
+			case destAttrInact:
+				r.InactiveConns = int(ad.Uint32())
+			case destAttrStats:
+				ad.Nested(func(ad *netlink.AttributeDecoder) error {
+					r.Stats = parseStats(ad)
+					return nil
+				})
+			case destAttrAF:
+				af = ad.Uint16()
 			}
-			return nil
-		})
-	}
-	if err := ad.Err(); err != nil {
+		}
+	})
+	if err != nil {
 		return r, fmt.Errorf("parse an IPVS real server: %w", err)
 	}
 	r.Addr = netip.AddrPortFrom(inetAddr(addr, af), port)
 	return r, nil
+}
+
+// nested calls fn with the attributes nested in each top-level attribute
+// of m of type typ (the service or real an answer describes).
+func nested(m []byte, typ uint16, fn func(*netlink.AttributeDecoder)) error {
+	ad, err := netlink.NewAttributeDecoder(m)
+	if err != nil {
+		return err
+	}
+	for ad.Next() {
+		if ad.Type() == typ {
+			ad.Nested(func(ad *netlink.AttributeDecoder) error {
+				fn(ad)
+				return nil
+			})
+		}
+	}
+	return ad.Err()
 }
 
 // parseStats reads IPVS_*_ATTR_STATS (32-bit counters, 64-bit bytes).
