@@ -6,6 +6,9 @@ BENCH    ?=
 # Packages that hold guest tests (files tagged //go:build guest).
 GUEST_PKGS := $(sort $(dir $(shell grep -rl --include='*_test.go' '^//go:build guest' .)))
 
+# LBDOCTOR_GUEST_FILES from the environment adds files beside bin/lbdoctor.
+comma := ,
+
 .PHONY: build test lint unit guest-test guest-prepare generate generate-check clean FORCE
 
 build: bin/lbdoctor
@@ -49,7 +52,7 @@ guest-test: bin/lbdoctor bin/guestexec
 	@bin/guestexec -check; rc=$$?; \
 	if [ $$rc = 10 ]; then exit 0; elif [ $$rc != 0 ]; then exit $$rc; fi; \
 	bin/guestexec -prepare && \
-	CGO_ENABLED=0 LBDOCTOR_GUEST_FILES=$(CURDIR)/bin/lbdoctor:/usr/local/bin/lbdoctor \
+	CGO_ENABLED=0 LBDOCTOR_GUEST_FILES=$(CURDIR)/bin/lbdoctor:/usr/local/bin/lbdoctor$(if $(LBDOCTOR_GUEST_FILES),$(comma)$(LBDOCTOR_GUEST_FILES)) \
 	$(GO) test -count=1 -timeout 60m -v -tags guest -exec $(CURDIR)/bin/guestexec -run '$(RUN)' $(if $(BENCH),-bench '$(BENCH)' -benchtime 1x) $(GUEST_PKGS)
 
 guest-prepare: bin/guestexec
