@@ -448,3 +448,40 @@ func TestFindSaveToolsAsksOnce(t *testing.T) {
 		}
 	}
 }
+
+// A namespace where x_tables holds no table has its legacy backend read
+// from the kernel's table lists, without starting the save tools; a legacy
+// rule of either family makes a table, and the tools read it.
+func TestReadLegacyWithoutTables(t *testing.T) {
+	testkit.RequireRoot(t)
+	for _, tc := range []struct {
+		name      string
+		tool      string   // adds rule first ("": none)
+		rule      []string // of tool
+		wantTool  string   // suffix of the legacy backend's Tool
+		wantRules int      // legacy rules read
+	}{
+		{"no x_tables table", "", nil, "(no x_tables table)", 0},
+		{"an IPv4 rule", "iptables-legacy", []string{"-A", "OUTPUT", "-d", "10.9.0.9", "-j", "DROP"}, "iptables-legacy-save", 1},
+		{"an IPv6 rule alone", "ip6tables-legacy", []string{"-A", "OUTPUT", "-d", "2001:db8::9", "-j", "DROP"}, "iptables-legacy-save", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ns := testkit.Netns(t, "notables")
+			if tc.tool != "" {
+				testkit.Run(t, ns, tc.tool, tc.rule...)
+			}
+			snap, err := rules.Read(ns)
+			if err != nil {
+				t.Fatal(err)
+			}
+			i := slices.IndexFunc(snap.Backends, func(b rules.Backend) bool { return b.Name == rules.IptablesLegacy })
+			if i < 0 {
+				t.Fatalf("Read(%s) backends = %+v, want %s", tc.name, snap.Backends, rules.IptablesLegacy)
+			}
+			b := snap.Backends[i]
+			if !b.Read || !strings.HasSuffix(b.Tool, tc.wantTool) || b.Rules != tc.wantRules {
+				t.Errorf("Read(%s) legacy backend = %+v, want read through …%s with %d rules", tc.name, b, tc.wantTool, tc.wantRules)
+			}
+		})
+	}
+}
