@@ -14,11 +14,13 @@ import (
 )
 
 // IPVS's generic netlink interface (linux/ip_vs.h), as ipvsadm reads it:
-// one dump of the services, then one dump of the reals per service. Read
-// here with one socket and no reflection; moby/ipvs (which lbdoctor uses to
-// change IPVS) costs several times more per request to read a big table: a
-// 64 KiB buffer allocated and zeroed for every receive, a getsockname and a
-// read deadline for every request.
+// one dump of the services, then one dump of the reals per service (1,001
+// requests for 1,000 services). Read here through one mdlayher/netlink
+// socket; moby/ipvs (which lbdoctor uses to change IPVS) took 2.2 × as long
+// for the same dumps in the guest (BenchmarkGuestReadScale: 7.4 s against
+// 3.4 s a read of 1,000 services × 10 reals under TCG; ipvsadm -Ln 4.1 s):
+// it asks the socket's address (getsockname) for every request and sets a
+// read deadline for every receive.
 const (
 	genlCtrlID            = 0x10 // GENL_ID_CTRL
 	genlCtrlCmdGetFamily  = 3    // CTRL_CMD_GETFAMILY
