@@ -112,6 +112,18 @@ func BenchmarkGuestCheckScale(b *testing.B) {
 			profileGather(b, s.lb)
 		})
 	}
+	// The IPVS read alone, in this process, on the same table: what the
+	// probe costs here, beside what it costs inside `check`.
+	b.Run("ipvs-read", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			start := time.Now()
+			v, err := ipvs.Read(s.lb)
+			if err != nil || len(v.Services) != services {
+				b.Fatalf("ipvs.Read = %d services, %v; want %d", len(v.Services), err, services)
+			}
+			b.ReportMetric(time.Since(start).Seconds(), "wall-s")
+		}
+	})
 	for _, r := range runs {
 		b.Run(r.name, func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
