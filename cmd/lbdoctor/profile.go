@@ -20,6 +20,10 @@ import (
 // not a user interface.
 const profileEnv = "LBDOCTOR_PROFILE"
 
+// timingsEnv, set to anything, prints that line alone, without the cost
+// of profiling (a signal 100 times a CPU second).
+const timingsEnv = "LBDOCTOR_TIMINGS"
+
 // startProfile starts the CPU profile LBDOCTOR_PROFILE asks for and
 // returns what stops it; a file that cannot be written is said on stderr
 // and the command runs unprofiled.
@@ -45,10 +49,10 @@ func startProfile(stderr io.Writer) func() {
 	}
 }
 
-// profileLine says where a check's time went, for LBDOCTOR_PROFILE: ""
-// when it is not set.
+// profileLine says where a check's time went, for LBDOCTOR_PROFILE or
+// LBDOCTOR_TIMINGS: "" when neither is set.
 func profileLine(s *probes.Snapshot, checked time.Duration) string {
-	if os.Getenv(profileEnv) == "" || s == nil {
+	if os.Getenv(profileEnv) == "" && os.Getenv(timingsEnv) == "" || s == nil {
 		return ""
 	}
 	var parts []string
