@@ -8,13 +8,15 @@
 
 char __license[] SEC("license") = "GPL";
 
-/* Filters, set by user space before load. Zero means "any". */
-volatile const __u32 filter_netns = 0;
-volatile const __u8 filter_proto = 0;
-volatile const __u32 n_addrs = 0;
-volatile const struct addr filter_addrs[MAX_ADDRS] = {};
-volatile const __u32 n_ports = 0;
-volatile const __u16 filter_ports[MAX_PORTS] = {};
+/* The filters of namespace, protocol, addresses and ports (zero: "any"),
+ * set by user space before load and changed in place while the tracer runs
+ * (a watcher's services changed between windows): two copies, the one in
+ * use filters[filter_gen & 1]. User space writes the other, then moves
+ * filter_gen on, so that a drop is judged by one whole filter; what a CPU
+ * remembers of the filter's verdicts (struct last_flow) is dropped when
+ * filter_gen moved. */
+struct filter filters[2] = {};
+__u32 filter_gen = 0;
 volatile const __u64 ignore_reasons[4] = {}; /* bitmap of reasons < 256 */
 volatile const __u8 any_ignored = 0;         /* ignore_reasons has a bit set */
 volatile const __u8 send_events = 0;         /* 0: aggregate only */
@@ -93,6 +95,13 @@ const struct agg_key *unused_agg_key __attribute__((unused));
 const enum counter *unused_counter __attribute__((unused));
 const struct last_flow *unused_last_flow __attribute__((unused));
 const struct place_key *unused_place_key __attribute__((unused));
+const struct filter *unused_filter __attribute__((unused));
+
+/* cur_filter is the filter in use. */
+static __always_inline const struct filter *cur_filter(void)
+{
+	return &filters[filter_gen & 1];
+}
 
 static __always_inline void bump(__u32 idx)
 {
@@ -277,16 +286,17 @@ static __always_inline int parse(struct skb_meta *m, struct agg_key *k, __u8 *fl
 	return 0;
 }
 
-static __always_inline int wanted(struct agg_key *k)
+static __always_inline int wanted(const struct filter *flt, struct agg_key *k)
 {
-	if (filter_proto && k->proto != filter_proto)
+	if (flt->proto && k->proto != flt->proto)
 		return 0;
+	__u32 n_addrs = flt->n_addrs, n_ports = flt->n_ports;
 	if (n_addrs) {
 		int hit = 0;
 		for (int i = 0; i < MAX_ADDRS; i++) {
 			if (i >= n_addrs)
 				break;
-			if (addr_eq(&filter_addrs[i], &k->saddr) || addr_eq(&filter_addrs[i], &k->daddr)) {
+			if (addr_eq(&flt->addrs[i], &k->saddr) || addr_eq(&flt->addrs[i], &k->daddr)) {
 				hit = 1;
 				break;
 			}
@@ -299,7 +309,7 @@ static __always_inline int wanted(struct agg_key *k)
 		for (int i = 0; i < MAX_PORTS; i++) {
 			if (i >= n_ports)
 				break;
-			if (filter_ports[i] == k->sport || filter_ports[i] == k->dport) {
+			if (flt->ports[i] == k->sport || flt->ports[i] == k->dport) {
 				hit = 1;
 				break;
 			}
@@ -397,6 +407,9 @@ static __always_inline int fast(struct skb_meta *m, __u64 location, __u32 reason
 		return 0;
 	f->raw_a = w[1] & RAW_A_MASK;
 	f->raw_b = w[2];
+	/* What this CPU remembers was judged by a filter since changed. */
+	if (l->gen != filter_gen)
+		return 0;
 	/* netns and reason sit side by side in the key: one compare. */
 	if (!send_events && l->count && l->raw_a == f->raw_a && l->raw_b == f->raw_b &&
 	    l->key.location == location && *(__u64 *)&l->key.netns == (m->netns | (__u64)reason << 32)) {
@@ -433,17 +446,30 @@ static __always_inline int handle(void *ctx, struct skb_meta *m, __u64 location,
 {
 	struct last_flow *l = f->l;
 	__u64 raw_a = f->raw_a, raw_b = f->raw_b;
+	const struct filter *flt = cur_filter();
 	struct agg_key k = {};
 	__u8 flags = 0;
+	__u32 gen = filter_gen;
+	if (l && l->gen != gen) {
+		/* The filter changed: the flow counted last was counted under the
+		 * old one (flushed as it is), the packet turned away last is
+		 * judged again. */
+		if (l->count && !send_events)
+			add_agg(&l->key, l->count);
+		l->count = 0;
+		l->rej_a = 0;
+		l->rej_b = 0;
+		l->gen = gen;
+	}
 	k.location = location;
 	k.netns = m->netns;
 	k.reason = reason;
 	if (parse(m, &k, &flags, f) < 0) {
 		/* Not IP: only unfiltered tracing wants it. */
-		if (n_addrs || n_ports || filter_proto)
+		if (flt->n_addrs || flt->n_ports || flt->proto)
 			return 0;
 		k.family = 0;
-	} else if (!wanted(&k)) {
+	} else if (!wanted(flt, &k)) {
 		if (l && raw_a != ~0ULL) {
 			l->rej_a = raw_a | 1;
 			l->rej_b = raw_b;
@@ -538,7 +564,8 @@ static __always_inline int early_reject(__u32 netns, __u32 reason)
 	asm volatile("" : "+r"(word));
 	if (any_ignored && word < 4 && (ignore_reasons[word] & (1ULL << (reason & 63))))
 		return 1;
-	return filter_netns && netns != filter_netns;
+	__u32 want = cur_filter()->netns;
+	return want && netns != want;
 }
 
 /* tp_btf_netns is the namespace a drop happened in: its device's, else
@@ -567,7 +594,8 @@ static __always_inline int tp_btf_fast(__u64 *ctx)
 	if (!m.dev || !direct_reads())
 		return 0;
 	m.netns = tp_btf_netns(skb, m.dev);
-	if (filter_netns && m.netns != filter_netns)
+	__u32 want = cur_filter()->netns;
+	if (want && m.netns != want)
 		return 1;
 	if (any_ignored)
 		return 0;
@@ -604,7 +632,8 @@ int drop_tp_btf(__u64 *ctx)
 {
 	/* With events and no address, port or protocol filter the fast paths
 	 * can settle nothing (every packet is sent), so they are skipped. */
-	int may_settle = !send_events || n_addrs || n_ports || filter_proto;
+	const struct filter *flt = cur_filter();
+	int may_settle = !send_events || flt->n_addrs || flt->n_ports || flt->proto;
 	if (may_settle && tp_btf_fast(ctx))
 		return 0;
 	return tp_btf_slow(ctx);

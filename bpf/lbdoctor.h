@@ -151,7 +151,20 @@ struct last_flow {
 	struct addr hook_daddr;
 	__u16 hook_dport;
 	__u8 hook_proto;
-	__u8 _pad[5];
+	__u8 _pad;
+	/* The filter_gen of the filter the fields above were judged by. */
+	__u32 gen;
+};
+
+/* What the tracer lets through (see filters in drops.bpf.c); zero: any. */
+struct filter {
+	__u32 netns;
+	__u32 n_addrs;
+	__u32 n_ports;
+	__u8 proto;
+	__u8 _pad[3];
+	struct addr addrs[MAX_ADDRS];
+	__u16 ports[MAX_PORTS];
 };
 
 #endif

@@ -287,8 +287,8 @@ func unreadRules(s *probes.Snapshot, about ...netip.Addr) string {
 }
 
 // conntrackDependentRules are rules that only work when IPVS connections go
-// through conntrack: any `-m ipvs` match, and source NAT keyed on the VIP
-// as conntrack's original destination.
+// through conntrack: any `-m ipvs` match, source NAT keyed on the VIP
+// as conntrack's original destination, and kube-proxy's masquerades.
 func conntrackDependentRules(s *probes.Snapshot, sel probes.Selector) []rules.Rule {
 	var out []rules.Rule
 	for _, r := range s.Rules.Rules {
@@ -308,15 +308,20 @@ func conntrackDependentRules(s *probes.Snapshot, sel probes.Selector) []rules.Ru
 			out = append(out, r)
 		}
 	}
-	return out
+	return append(out, kubeMasqRules(s, sel)...)
 }
 
+// selected returns the services sel selects. kube-proxy's probe virtual
+// server is no user's service: left out unless --vip names it.
 func selected(s *probes.Snapshot, sel probes.Selector) []ipvs.Service {
-	if !sel.VIP.IsValid() {
+	if !sel.VIP.IsValid() && (s.KubeProxy == nil || !s.KubeProxy.ProbeService) {
 		return s.IPVS.Services
 	}
 	var out []ipvs.Service
 	for _, svc := range s.IPVS.Services {
+		if !sel.VIP.IsValid() && s.KubeProxy.IsProbeService(svc.Addr, svc.Proto) {
+			continue
+		}
 		if sel.Matches(svc.Addr, svc.Proto) {
 			out = append(out, svc)
 		}

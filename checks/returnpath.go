@@ -1,6 +1,7 @@
 package checks
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -102,8 +103,22 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 					snat = append(snat, r)
 				}
 			}
-			if len(snat) == 0 {
-				if un := unreadRules(s, svc.Addr.Addr()); un != "" {
+			var kube []Evidence
+			if len(snat) == 0 && s.KubeProxy != nil {
+				// kube-proxy's design: source NAT by mark, the service
+				// selected through an ipset.
+				var covered bool
+				if kube, covered = kubeSNAT(s, svc); covered {
+					ev = append(ev, kube...)
+					snat = append(snat, kubeMasqRules(s, probes.Selector{VIP: svc.Addr})...)
+				} else if local, ok := kubeClusterLocal(s, svc); ok {
+					ev = append(ev, local)
+					rp.NeedsSNAT = false
+				}
+			}
+			if len(snat) == 0 && rp.NeedsSNAT {
+				ev = append(ev, kube...) // what of kube-proxy's design is missing
+				if un := cmp.Or(unreadRules(s, svc.Addr.Addr()), ipsetsUnread(s)); un != "" {
 					return skip(fmt.Sprintf("no source-NAT rule for %s among the rules read, but %s: whether its replies bypass the LB cannot be judged", svc.Key(), un))
 				}
 				return Finding{
@@ -111,12 +126,14 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 					Title:    "replies of " + svc.Key() + " bypass the LB: no source NAT",
 					Reason:   rp.Reason + "; IPVS masquerade only does DNAT, so the client receives the real server's reply from an address it never called and drops it",
 					Evidence: ev,
-					Fix:      []string{setupFix(s, svc)}, // after the remedies' commands
+					Fix:      append([]string{setupFix(s, svc)}, kubeRebuild(s)...), // after the remedies' commands
 					Remedies: remedies(rp, svc),
 					about:    []string{svc.Key()},
 				}
 			}
-			ev = append(ev, Evidence{Fact: "a source-NAT rule covers " + svc.Key(), Source: "rules, " + s.Target.String()})
+			if len(snat) > 0 {
+				ev = append(ev, Evidence{Fact: "a source-NAT rule covers " + svc.Key(), Source: "rules, " + s.Target.String()})
+			}
 		}
 		f, wev := returnPathWindow(s, ix, probesBy, svc, rp, snat)
 		ev = append(ev, wev...)

@@ -84,6 +84,61 @@ type DropTrace struct {
 // traced (nothing to trace, a tracer that could not load, ctx ended first),
 // for s.Errors[ProbeDrops].
 func StartDrops(ctx context.Context, ns netns.Target, sel Selector, s *Snapshot, prepare func(context.Context) (*drops.Prepared, error)) (*DropTrace, error) {
+	cfg, d, err := dropConfig(ns, sel, s)
+	if err != nil {
+		return nil, err
+	}
+	prep, err := prepare(ctx)
+	if err != nil {
+		return nil, err
+	}
+	tr, err := prep.LoadContext(ctx, cfg)
+	if err != nil && ctx.Err() != nil {
+		return nil, fmt.Errorf("nothing traced: %w", context.Cause(ctx))
+	}
+	if err != nil {
+		return nil, err
+	}
+	d.tr = tr
+	return d, nil
+}
+
+// Refilter sets the attached tracer's filter in place to the selected
+// services' flows in s (a later window's first read: services and reals
+// added or gone, a namespace replaced), as StartDrops would have loaded
+// it. The error says why the next window traces nothing; the tracer keeps
+// its old filter then.
+func (d *DropTrace) Refilter(ns netns.Target, sel Selector, s *Snapshot) error {
+	cfg, nd, err := dropConfig(ns, sel, s)
+	if err != nil {
+		return err
+	}
+	if err := d.tr.SetFilter(cfg); err != nil {
+		return err
+	}
+	d.addrs, d.ports, d.wide = nd.addrs, nd.ports, nd.wide
+	return nil
+}
+
+// WatchFrom is Watch for a tracer kept across windows: the drops counted
+// since b's read (see drops.Tracer.WatchFrom); the tracer stays attached.
+func (d *DropTrace) WatchFrom(ctx context.Context, ns netns.Target, until time.Time, h drops.Hooks, b *drops.Baseline) (*drops.Sample, error) {
+	smp, err := d.tr.WatchFrom(ctx, ns, until, h, b)
+	if err != nil {
+		return nil, err
+	}
+	if d.wide {
+		smp.Drops = SelectDrops(smp.Drops, d.addrs, d.ports)
+	}
+	return smp, nil
+}
+
+// Tracer is the attached tracer (its baseline, program id; Close).
+func (d *DropTrace) Tracer() *drops.Tracer { return d.tr }
+
+// dropConfig is the tracer's configuration for the selected services'
+// flows in s, and the DropTrace (without its tracer) that selects them.
+func dropConfig(ns netns.Target, sel Selector, s *Snapshot) (drops.Config, *DropTrace, error) {
 	addrs, ports := DropFilter(sel, s.IPVS.Services)
 	if sel.VIP.IsValid() && !ServesVIP(sel, s.IPVS.Services) {
 		// Not an IPVS service (nft or iptables DNAT): its packets carry
@@ -94,12 +149,12 @@ func StartDrops(ctx context.Context, ns netns.Target, sel Selector, s *Snapshot,
 			if e, ok := s.Errors[ProbeConntrack]; ok {
 				why = "conntrack could not be read (" + e + ")"
 			}
-			return nil, fmt.Errorf("%s is not an IPVS service and %s: drops after its DNAT cannot be traced", sel.VIPString(), why)
+			return drops.Config{}, nil, fmt.Errorf("%s is not an IPVS service and %s: drops after its DNAT cannot be traced", sel.VIPString(), why)
 		}
 		addrs, ports = AddBackends(sel, addrs, ports, s.Conntrack.Backends)
 	}
 	if len(addrs) == 0 {
-		return nil, errors.New("nothing to trace: no IPVS service and no --vip")
+		return drops.Config{}, nil, errors.New("nothing to trace: no IPVS service and no --vip")
 	}
 	cfg := drops.Config{NetnsInode: uint32(ns.Inode), Addrs: addrs, Ports: ports, NoIPVSTable: connTableUnread(s.IPVS, MaxConnTable)}
 	if n := s.Conntrack.Stats.Entries; n > MaxFlowsRead {
@@ -117,18 +172,7 @@ func StartDrops(ctx context.Context, ns netns.Target, sel Selector, s *Snapshot,
 			cfg.Ports = nil
 		}
 	}
-	prep, err := prepare(ctx)
-	if err != nil {
-		return nil, err
-	}
-	tr, err := prep.LoadContext(ctx, cfg)
-	if err != nil && ctx.Err() != nil {
-		return nil, fmt.Errorf("nothing traced: %w", context.Cause(ctx))
-	}
-	if err != nil {
-		return nil, err
-	}
-	return &DropTrace{tr: tr, addrs: addrs, ports: ports, wide: wide}, nil
+	return cfg, &DropTrace{addrs: addrs, ports: ports, wide: wide}, nil
 }
 
 // Watch counts the drops from now until the deadline (or ctx's end) and

@@ -18,6 +18,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/internal/proto"
 	"github.com/lbdoctor/lbdoctor/probes/conntrack"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
+	"github.com/lbdoctor/lbdoctor/probes/ipset"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 	"github.com/lbdoctor/lbdoctor/probes/kernel"
 	"github.com/lbdoctor/lbdoctor/probes/netstate"
@@ -39,13 +40,16 @@ const MaxConnTable = 10000
 
 // Snapshot is the state of one namespace as the probes saw it.
 type Snapshot struct {
-	Time      time.Time         `json:"time"`
-	Target    netns.Target      `json:"target"`
-	Kernel    string            `json:"kernel"`
-	Features  *kernel.Features  `json:"features,omitempty"`
-	IPVS      ipvs.Snapshot     `json:"ipvs"`
-	Sysctls   sysctl.Snapshot   `json:"sysctls"`
-	Rules     rules.Snapshot    `json:"rules"`
+	Time     time.Time        `json:"time"`
+	Target   netns.Target     `json:"target"`
+	Kernel   string           `json:"kernel"`
+	Features *kernel.Features `json:"features,omitempty"`
+	IPVS     ipvs.Snapshot    `json:"ipvs"`
+	Sysctls  sysctl.Snapshot  `json:"sysctls"`
+	Rules    rules.Snapshot   `json:"rules"`
+	IPSets   IPSets           `json:"ipsets"`
+	// KubeProxy is set on a node of kube-proxy in IPVS mode.
+	KubeProxy *KubeProxy        `json:"kube_proxy,omitempty"`
 	Conntrack Conntrack         `json:"conntrack"`
 	SNMP      snmp.Counters     `json:"snmp,omitempty"`
 	Net       netstate.Snapshot `json:"net"`
@@ -76,6 +80,11 @@ func (s *Snapshot) Capped(n int) *Snapshot {
 	c.Rules.Rules, c.Rules.Omitted = capList(s.Rules.Rules, n, s.Rules.Omitted)
 	c.Conntrack.Flows, c.Conntrack.Omitted = capList(s.Conntrack.Flows, n, s.Conntrack.Omitted)
 	c.Conntrack.Backends, _ = capList(s.Conntrack.Backends, n, 0)
+	c.IPSets.Sets = make([]ipset.Set, len(s.IPSets.Sets))
+	for i, x := range s.IPSets.Sets {
+		x.Members, x.Omitted = capList(x.Members, n, x.Omitted)
+		c.IPSets.Sets[i] = x
+	}
 	c.Net.Omitted = map[string]int{}
 	for k, v := range s.Net.Omitted {
 		c.Net.Omitted[k] = v
@@ -258,6 +267,7 @@ const (
 	ProbeSNMP      = "snmp"
 	ProbeNet       = "net"
 	ProbeRoutes    = "routes" // the route lookups of AskRoutes
+	ProbeIPSet     = "ipset"
 )
 
 // Options choose the costlier parts of a snapshot.
@@ -336,6 +346,11 @@ func Gather(ns netns.Target, sel Selector, opt Options) *Snapshot {
 			s.Errors[ProbeRules] = strings.Join(why, "; ")
 		}
 	}
+	s.IPSets.Snapshot, err = ipset.Read(ns)
+	if errors.Is(err, ipset.ErrNotSupported) {
+		s.IPSets.Unavailable, err = err.Error(), nil
+	}
+	fail(ProbeIPSet, err)
 	s.Conntrack, err = readConntrack(ns, sel, s.IPVS.Services, opt.NoFlowTables && (!sel.VIP.IsValid() || ServesVIP(sel, s.IPVS.Services)), MaxFlowsRead)
 	fail(ProbeConntrack, err)
 	s.SNMP, err = snmp.Read(ns)
@@ -346,6 +361,7 @@ func Gather(ns netns.Target, sel Selector, opt Options) *Snapshot {
 		AskRoutes(ns, s, sel)
 		fail(ProbeRoutes, nil)
 	}
+	s.KubeProxy = recogniseKubeProxy(s)
 	if opt.Features {
 		f := kernel.ReadFeatures()
 		s.Features = &f

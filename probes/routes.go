@@ -80,6 +80,13 @@ func ClientSources(s *Snapshot, sel Selector) ([]Source, int) {
 // the larger of conf.all.rp_filter and conf.DEV.rp_filter (0 off, 1
 // strict, 2 loose). ok is false when either could not be read.
 func RPFilter(sys sysctl.Snapshot, dev string) (all, iface, effective int, ok bool) {
+	return ConfMax(sys, dev, "rp_filter")
+}
+
+// ConfMax reads an IPv4 per-interface setting the kernel applies as the
+// larger of conf.all.KEY and conf.DEV.KEY (rp_filter, arp_ignore,
+// arp_announce). ok is false when either could not be read.
+func ConfMax(sys sysctl.Snapshot, dev, key string) (all, iface, effective int, ok bool) {
 	read := func(key string) (int, bool) {
 		v, found := sys[key]
 		if !found || !v.Present {
@@ -88,8 +95,8 @@ func RPFilter(sys sysctl.Snapshot, dev string) (all, iface, effective int, ok bo
 		n, err := strconv.Atoi(v.Value)
 		return n, err == nil
 	}
-	all, okAll := read("net.ipv4.conf.all.rp_filter")
-	iface, okDev := read("net.ipv4.conf." + dev + ".rp_filter")
+	all, okAll := read("net.ipv4.conf.all." + key)
+	iface, okDev := read("net.ipv4.conf." + dev + "." + key)
 	return all, iface, max(all, iface), okAll && okDev
 }
 

@@ -13,3 +13,11 @@ func SetTracerPreparation(prepare func() (*drops.Prepared, error), budget time.D
 	prepareTracer, tracerLoadBudget = prepare, budget
 	return func() { prepareTracer, tracerLoadBudget = oldPrepare, oldBudget }
 }
+
+// FailTracer drops w's tracer as a failed read would: the next window
+// loads one again.
+func FailTracer(w *Watcher, why string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.failTracer(why, nil)
+}

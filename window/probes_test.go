@@ -27,6 +27,8 @@ func TestWithoutProbes(t *testing.T) {
 		{"the probe's request", []drops.Counted{drop("10.1.0.5:40589", "10.1.0.50:8085", 2)}, []health.Result{probed}, 0, 2},
 		{"a client's flow via SNAT, another port", []drops.Counted{drop("10.1.0.50:8085", "10.1.0.5:40590", 3)}, []health.Result{probed}, 1, 0},
 		{"not probed", []drops.Counted{drop("10.1.0.50:8085", "10.1.0.5:40589", 1)}, nil, 1, 0},
+		{"a late answer to the first connect, which timed out", []drops.Counted{drop("10.1.0.50:8085", "10.1.0.5:40500", 2)},
+			[]health.Result{{Real: ap("10.1.0.50:8085"), Source: netip.MustParseAddr("10.1.0.5"), SourcePort: 40589, FirstSourcePort: 40500, Connect: health.OK}}, 0, 2},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

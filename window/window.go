@@ -118,17 +118,29 @@ type Progress struct {
 // sample in Snapshot.Drops). Cut short by ctx after the first read, it
 // returns what was measured with Window.CutShort set; before, ErrInterrupted.
 // Layers that could not be read are in Snapshot.Errors and Window.Skipped.
+// It is one window of a fresh Watcher (its tracer is detached on return).
 func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options) (*probes.Snapshot, error) {
+	w := NewWatcher(ns, sel, opt)
+	w.single = true
+	defer w.Close()
+	return w.Next(ctx, opt.Length)
+}
+
+// next runs one window of the watcher (its mutex held), with opt.Length.
+func (wt *Watcher) next(ctx context.Context, opt Options) (*probes.Snapshot, error) {
 	// Capabilities are the calling thread's: asked before any goroutine.
 	bpfCapable := kernel.HasCapability(unix.CAP_BPF) || kernel.HasCapability(unix.CAP_SYS_ADMIN)
 	rawCapable := kernel.HasCapability(unix.CAP_NET_RAW)
+	replaced := wt.follow()
+	ns, sel := wt.ns, wt.sel
 	var before *probes.Snapshot
 	static := opt.Length <= 0
 	// What loading the drop tracer needs before its filter is known (BTF,
 	// the program, the attach point, kallsyms: seconds on a slow machine)
-	// is done beside the first read, which gives the filter.
+	// is done beside the first read, which gives the filter. A tracer kept
+	// from the last window needs none of it.
 	var prepared chan prepResult
-	if opt.Drops && bpfCapable && !static {
+	if opt.Drops && bpfCapable && !static && wt.tr == nil {
 		prepared = make(chan prepResult, 1)
 		prepare := prepareTracer
 		go func() {
@@ -180,6 +192,9 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 		close(featuresDone)
 	}
 	w := &probes.Window{Length: opt.Length, FirstRead: read.Sub(before.Time), Skipped: map[string]string{}}
+	if replaced != "" {
+		w.Skipped["netns.replaced"] = replaced
+	}
 	if !sel.VIP.IsValid() && len(before.IPVS.Services) == 0 && !opt.Counters {
 		// Nothing selects a flow: a window would watch nothing for its
 		// length. Said, not hidden.
@@ -198,21 +213,40 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 	// attached (or could not be): a read or a load that takes seconds (a
 	// big rule set, a slow machine) must not eat the window the drops and
 	// probes watch in, and the drops must be counted over all of it.
-	var dt *probes.DropTrace
+	var kt *keptTracer
 	switch {
 	case !opt.Drops:
 		w.Skipped[probes.LayerDrops] = "drop tracing was not asked for"
 	case !bpfCapable:
 		// The window runs without it: the other layers still watch.
 		before.Errors[probes.ProbeDrops] = "tracing drops needs CAP_BPF (or CAP_SYS_ADMIN): run as root"
+	case wt.tr != nil:
+		// Kept from the last window: its filter follows this first read.
+		w.Tracer = "failed"
+		if err := wt.tr.dt.Refilter(ns, sel, before); err != nil {
+			before.Errors[probes.ProbeDrops] = err.Error()
+			wt.dropTracer()
+		} else {
+			kt, w.Tracer = wt.tr, "kept"
+		}
 	default:
 		w.Tracer = "failed"
 		start := time.Now()
-		var err error
-		if dt, err = startDrops(ctx, ns, sel, before, prepared); err != nil {
+		dt, err := startDrops(ctx, ns, sel, before, prepared)
+		if err != nil {
 			before.Errors[probes.ProbeDrops] = err.Error()
+			if wt.failed != "" {
+				before.Errors[probes.ProbeDrops] += "; the tracer before it had failed: " + wt.failed
+			}
 		} else {
-			w.Tracer = "attached"
+			wt.loads++
+			kt = &keptTracer{dt: dt, base: dt.Tracer().NewBaseline()}
+			wt.tr, w.Tracer = kt, "attached"
+			if wt.failed != "" {
+				// Said once, in the window that loaded it again.
+				w.Skipped["drops.reload"] = "the drop tracer was loaded again: the one before failed (" + wt.failed + ")"
+				wt.failed = ""
+			}
 		}
 		w.TracerWait = time.Since(start)
 	}
@@ -227,14 +261,27 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 	var wg sync.WaitGroup
 	var dropCounters atomic.Pointer[drops.Counters]
 	var traced chan tracedResult // nil: no tracer
-	if dt != nil {
+	if kt != nil {
 		traced = make(chan tracedResult, 1)
+		single := wt.single
+		if single {
+			wt.tr = nil // the window's own: closed by its reader below
+		}
 		go func() {
-			// The tracer counts from its attach, just before the window
-			// opened, to the window's end; only an interrupt (ctx) cuts
-			// it short.
-			smp, err := dt.Watch(ctx, ns, end, drops.Hooks{Every: opt.Every, Progress: func(c drops.Counters) { dropCounters.Store(&c) }})
-			traced <- tracedResult{smp, err}
+			// The tracer counts from its attach (just before the window
+			// opened), or a kept one from the last window's read, to the
+			// window's end; only an interrupt (ctx) cuts it short.
+			hooks := drops.Hooks{Every: opt.Every, Progress: func(c drops.Counters) { dropCounters.Store(&c) }}
+			var r tracedResult
+			if single {
+				// The only window of its watcher (Run): the tracer is
+				// stopped and read whole, and detached while the last
+				// read runs, not after it.
+				r.smp, r.err = kt.dt.Watch(ctx, ns, end, hooks)
+			} else {
+				r.smp, r.err = kt.dt.WatchFrom(ctx, ns, end, hooks, kt.base)
+			}
+			traced <- r
 		}()
 	}
 	if opt.Probe {
@@ -276,6 +323,11 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 		select {
 		case <-featuresDone:
 		default:
+			if traced != nil {
+				// Its read is still under way: the next window loads
+				// a tracer of its own.
+				wt.failTracer("interrupted before the first read was done", traced)
+			}
 			return nil, ErrInterrupted // the first read was not done
 		}
 	}
@@ -330,11 +382,14 @@ func Run(ctx context.Context, ns netns.Target, sel probes.Selector, opt Options)
 			before.Drops = r.smp
 			if r.err != nil {
 				before.Errors[probes.ProbeDrops] = r.err.Error()
+				wt.failTracer(r.err.Error(), nil)
 			}
 		case <-late:
 			before.Errors[probes.ProbeDrops] = fmt.Sprintf("the drop tracer did not hand over its count within %s of the window's last read: no drop counted", tracerHandover)
+			wt.failTracer(before.Errors[probes.ProbeDrops], traced)
 		case <-rctx.Done():
 			before.Errors[probes.ProbeDrops] = "interrupted while the tracer was being read: no drop counted"
+			wt.failTracer(before.Errors[probes.ProbeDrops], traced)
 		}
 	}
 	if e, ok := before.Errors[probes.ProbeDrops]; ok {
@@ -557,10 +612,12 @@ func RoutesBack(s *probes.Snapshot) []netstate.Decision {
 func withoutProbes(ds []drops.Counted, hs []health.Result) ([]drops.Counted, uint64) {
 	own := map[[2]netip.AddrPort]bool{}
 	for _, h := range hs {
-		if h.SourcePort != 0 {
-			lb := netip.AddrPortFrom(h.Source, h.SourcePort)
-			own[[2]netip.AddrPort{lb, h.Real}] = true
-			own[[2]netip.AddrPort{h.Real, lb}] = true
+		for _, port := range []uint16{h.SourcePort, h.FirstSourcePort} {
+			if port != 0 {
+				lb := netip.AddrPortFrom(h.Source, port)
+				own[[2]netip.AddrPort{lb, h.Real}] = true
+				own[[2]netip.AddrPort{h.Real, lb}] = true
+			}
 		}
 	}
 	if len(own) == 0 {

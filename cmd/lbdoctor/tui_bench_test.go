@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -79,6 +80,12 @@ type ptyTUI struct {
 
 func startPTY(t testing.TB, w, h int, args ...string) *ptyTUI {
 	t.Helper()
+	return startPTYBinary(t, testkit.LbdoctorBinary(t), w, h, args...)
+}
+
+// startPTYBinary is startPTY of the lbdoctor binary bin.
+func startPTYBinary(t testing.TB, bin string, w, h int, args ...string) *ptyTUI {
+	t.Helper()
 	master, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -98,7 +105,7 @@ func startPTY(t testing.TB, w, h int, args ...string) *ptyTUI {
 	if err != nil {
 		t.Fatal(err)
 	}
-	x := &ptyTUI{cmd: exec.Command(testkit.LbdoctorBinary(t), append([]string{"tui"}, args...)...), master: master, more: make(chan struct{}, 1), done: make(chan struct{})}
+	x := &ptyTUI{cmd: exec.Command(bin, append([]string{"tui"}, args...)...), master: master, more: make(chan struct{}, 1), done: make(chan struct{})}
 	x.cmd.Stdin, x.cmd.Stdout, x.cmd.Stderr = slave, slave, slave
 	x.cmd.Env = append(os.Environ(), "TERM=xterm", "NO_COLOR=1")
 	x.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
@@ -202,75 +209,110 @@ func BenchmarkTUIFlood(b *testing.B) {
 	// in conntrack before the TUI starts: it learns the backend there.
 	vip := netip.AddrPortFrom(p.AddrB, testkit.DNATPorts)
 	floodAt(b, p, vip, 2048, 1024, time.Second)
+	// LBDOCTOR_BENCH_BASE names another lbdoctor binary (an older build)
+	// whose TUI runs beside this one's on the same flood: its metrics are
+	// reported as base-tui-*, side by side under the same noise.
+	bins := [][2]string{{"tui", testkit.LbdoctorBinary(b)}}
+	if base := os.Getenv("LBDOCTOR_BENCH_BASE"); base != "" {
+		bins = append(bins, [2]string{"base-tui", base})
+	}
+	type run struct {
+		name      string
+		x         *ptyTUI
+		idle, lat []time.Duration
+		cpu0      time.Duration
+		wait0     time.Duration
+		from0     int
+		keys      int
+	}
 	for i := 0; i < b.N; i++ {
-		x := startPTY(b, 80, 24, "--netns", p.B.Name, "--vip", vip.String())
-		if _, ok := x.waitFor(0, "verdict ", 15*time.Second); !ok {
-			b.Fatalf("no window in 15s:\n%q", x.out.String())
+		var runs []*run
+		for _, bin := range bins {
+			r := &run{name: bin[0], x: startPTYBinary(b, bin[1], 80, 24, "--netns", p.B.Name, "--vip", vip.String())}
+			runs = append(runs, r)
+			if _, ok := r.x.waitFor(0, "verdict ", 15*time.Second); !ok {
+				b.Fatalf("%s: no window in 15s:\n%q", r.name, r.x.out.String())
+			}
+			from := r.x.mark()
+			r.x.master.WriteString("2")
+			if _, ok := r.x.waitFor(from, "[2 Drops]", 2*time.Second); !ok {
+				b.Fatalf("%s: 2 did not open the Drops pane", r.name)
+			}
 		}
-		from := x.mark()
-		x.master.WriteString("2")
-		if _, ok := x.waitFor(from, "[2 Drops]", 2*time.Second); !ok {
-			b.Fatal("2 did not open the Drops pane")
-		}
-		var idle []time.Duration // the same keys before the flood, beside
-		for range 5 {
+		for range 5 { // the same keys before the flood, beside
 			time.Sleep(300 * time.Millisecond)
-			idle = append(idle, x.press(b)...)
+			for _, r := range runs {
+				r.idle = append(r.idle, r.x.press(b)...)
+			}
 		}
-		slices.Sort(idle)
 		// `lbdoctor drops --summary` with the same filter, on the same
 		// flood at the same time: side by side, under the same noise.
 		lp := startLbdoctor(b, "", "drops", "--netns", p.B.Name, "--vip", vip.String(), "--summary", "--duration", (flood + 2*time.Second).String(), "-o", "json")
 		dstart := lp.waitStart(b)
 		dcpu0 := processCPU(b, lp.cmd.Process.Pid) // its startup (BTF, kallsyms) apart
-		pid := x.cmd.Process.Pid
 		var sent int
 		var wg sync.WaitGroup
 		wg.Add(1)
-		cpu0, from0, start := processCPU(b, pid), x.mark(), time.Now()
+		for _, r := range runs {
+			r.cpu0, r.from0, r.wait0 = processCPU(b, r.x.cmd.Process.Pid), r.x.mark(), runQueueWait(r.x.cmd.Process.Pid)
+		}
+		start := time.Now()
 		go func() { defer wg.Done(); sent = floodAt(b, p, vip, rate, 1024, flood) }()
-		var lat []time.Duration
-		keys := 0
 		for time.Since(start) < flood-2*time.Second {
 			time.Sleep(time.Second)
-			lat = append(lat, x.press(b)...)
-			keys += 2
+			for _, r := range runs {
+				r.lat = append(r.lat, r.x.press(b)...)
+				r.keys += 2
+			}
 		}
 		wg.Wait()
 		elapsed := time.Since(start)
-		b.Logf("keys under the flood, in order: %v", lat)
-		cpu, painted := processCPU(b, pid)-cpu0, x.count(from0, "\x1b[H")
-		rss := peakRSS(b, pid)
-		x.mu.Lock()
-		tail := x.out.String()[max(0, x.out.Len()-8000):]
-		x.mu.Unlock()
-		x.master.WriteString("q")
-		select {
-		case <-x.done:
-			if x.code != 0 {
-				b.Errorf("q after the flood: exit %d, want 0", x.code)
-			}
-		case <-time.After(2 * time.Second):
-			b.Errorf("q after the flood: still running after 2s")
-		}
-		slices.Sort(lat)
 		b.ReportMetric(float64(sent)/elapsed.Seconds(), "sent/s")
-		b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "tui-key-p50-ms")
-		b.ReportMetric(float64(lat[len(lat)-1].Microseconds())/1000, "tui-key-max-ms")
-		b.ReportMetric(float64(idle[len(idle)/2].Microseconds())/1000, "tui-key-idle-p50-ms")
-		b.ReportMetric(float64(painted-keys)/elapsed.Seconds(), "tui-paints/s")
-		b.ReportMetric(float64(rss)/(1<<20), "tui-peak-rss-MB")
-		b.ReportMetric(cpu.Seconds()/elapsed.Seconds()*100, "tui-cpu-%")
-		ms := regexp.MustCompile(`last window: (\d+) matched in ([0-9.]+)s · lost (\d+) · missed (\d+)`).FindAllStringSubmatch(tail, -1)
-		if ms == nil {
-			b.Errorf("the Drops pane showed no last window's counts")
-		} else {
+		for _, r := range runs {
+			x, pid, lat, idle, keys := r.x, r.x.cmd.Process.Pid, r.lat, r.idle, r.keys
+			b.Logf("%s: keys under the flood, in order: %v", r.name, lat)
+			cpu, painted := processCPU(b, pid)-r.cpu0, x.count(r.from0, "\x1b[H")
+			waited := runQueueWait(pid) - r.wait0
+			rss := peakRSS(b, pid)
+			x.mu.Lock()
+			tail := x.out.String()[max(0, x.out.Len()-8000):]
+			x.mu.Unlock()
+			x.master.WriteString("q")
+			select {
+			case <-x.done:
+				if x.code != 0 {
+					b.Errorf("%s: q after the flood: exit %d, want 0", r.name, x.code)
+				}
+			case <-time.After(2 * time.Second):
+				b.Errorf("%s: q after the flood: still running after 2s", r.name)
+			}
+			slices.Sort(lat)
+			slices.Sort(idle)
+			slow := 0
+			for _, l := range lat {
+				if l > 100*time.Millisecond {
+					slow++
+				}
+			}
+			b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, r.name+"-key-p50-ms")
+			b.ReportMetric(float64(lat[len(lat)-1].Microseconds())/1000, r.name+"-key-max-ms")
+			b.ReportMetric(float64(slow), r.name+"-keys-over-100ms")
+			b.ReportMetric(float64(idle[len(idle)/2].Microseconds())/1000, r.name+"-key-idle-p50-ms")
+			b.ReportMetric(float64(painted-keys)/elapsed.Seconds(), r.name+"-paints/s")
+			b.ReportMetric(float64(rss)/(1<<20), r.name+"-peak-rss-MB")
+			b.ReportMetric(cpu.Seconds()/elapsed.Seconds()*100, r.name+"-cpu-%")
+			b.ReportMetric(float64(waited.Milliseconds())/elapsed.Seconds(), r.name+"-runqueue-wait-ms/s")
+			ms := regexp.MustCompile(`last window: (\d+) matched in ([0-9.]+)s · lost (\d+) · missed (\d+)`).FindAllStringSubmatch(tail, -1)
+			if ms == nil {
+				b.Errorf("%s: the Drops pane showed no last window's counts", r.name)
+				continue
+			}
 			m := ms[len(ms)-1]
 			n, _ := strconv.ParseFloat(m[1], 64)
 			w, _ := strconv.ParseFloat(m[2], 64)
-			b.ReportMetric(n/w, "tui-matched/s")
-			b.Logf("TUI: %d keys answered, median %s, worst %s (before the flood: median %s, worst %s); %d paints in %s (%d of them keys); its last window: %s matched in %ss, lost %s, missed %s",
-				keys, lat[len(lat)/2], lat[len(lat)-1], idle[len(idle)/2], idle[len(idle)-1], painted, elapsed.Round(time.Millisecond), keys, m[1], m[2], m[3], m[4])
+			b.ReportMetric(n/w, r.name+"-matched/s")
+			b.Logf("%s: %d keys answered, median %s, worst %s, %d over 100 ms (before the flood: median %s, worst %s); %d paints in %s (%d of them keys); its last window: %s matched in %ss, lost %s, missed %s",
+				r.name, keys, lat[len(lat)/2], lat[len(lat)-1], slow, idle[len(idle)/2], idle[len(idle)-1], painted, elapsed.Round(time.Millisecond), keys, m[1], m[2], m[3], m[4])
 		}
 
 		lp.wait(b, flood+30*time.Second)
@@ -282,4 +324,25 @@ func BenchmarkTUIFlood(b *testing.B) {
 		b.Logf("drops --summary at the same time: sent %d, matched %d in %s, lost %d, missed %d, CPU after the tracer loaded %s, peak RSS %d kB",
 			sent, s.Counters.Matched, s.Window, s.Counters.Lost(), s.Counters.Missed, lp.cpu()-dcpu0, ru.Maxrss)
 	}
+}
+
+// runQueueWait is how long the threads of process pid have waited for a
+// CPU while runnable (/proc/PID/task/*/schedstat, second field): a key
+// that waits on a loaded machine waits there, not in the TUI. Threads
+// that ended are not counted.
+func runQueueWait(pid int) time.Duration {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	tasks, _ := os.ReadDir(dir)
+	var sum time.Duration
+	for _, task := range tasks {
+		b, err := os.ReadFile(dir + "/" + task.Name() + "/schedstat")
+		if err != nil {
+			continue
+		}
+		if f := strings.Fields(string(b)); len(f) >= 2 {
+			ns, _ := strconv.ParseInt(f[1], 10, 64)
+			sum += time.Duration(ns)
+		}
+	}
+	return sum
 }

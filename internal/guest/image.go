@@ -44,6 +44,9 @@ var guestModules = []string{
 	"nf_tables", "nft_compat", "nft_chain_nat", "nft_masq", "nft_ct", "nft_nat", "nft_reject_inet",
 	"nf_conntrack_netlink", "veth", "bridge",
 	"dummy", // kube-proxy's kube-ipvs0 holds its VIPs on a dummy link
+	// kube-proxy's ipsets and the iptables match that reads them.
+	"ip_set", "ip_set_hash_ip", "ip_set_hash_ipport", "ip_set_hash_ipportip", "ip_set_hash_ipportnet",
+	"ip_set_hash_net", "ip_set_bitmap_port", "xt_set",
 }
 
 // Userland packages unpacked into the guest: busybox for the shell, and the
@@ -56,6 +59,7 @@ var guestPackages = []string{
 	"ipvsadm", "libnl-3-200", "libnl-genl-3-200", "libpopt0",
 	"nftables", "libnftables1", "libedit2", "libgmp10", "libjansson4", "libbsd0", "libmd0", "libtinfo6",
 	"conntrack", "libnetfilter-cttimeout1", "libnetfilter-cthelper0", "libnetfilter-queue1",
+	"ipset", "libipset13", // kube-proxy's sets, built in the guest as kube-proxy builds them
 }
 
 // Links Debian's maintainer scripts would create (update-alternatives).

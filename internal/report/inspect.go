@@ -222,6 +222,31 @@ func InspectText(w io.Writer, in *Inspection) error {
 		p("  %12s  %s %s %s: policy DROP (hook %s)\n", count, c.Backend, c.Table, c.Chain, c.Hook)
 	}
 
+	p("\nIP sets")
+	switch {
+	case s.IPSets.Unavailable != "":
+		p(" (none: %s)\n", s.IPSets.Unavailable)
+	case len(s.IPSets.Sets) == 0:
+		p(" (none)\n")
+	default:
+		p("\n")
+	}
+	for _, x := range s.IPSets.Sets {
+		p("  %s %s, %d entries, %d references\n", x.Name, x.Type, x.Entries, x.References)
+		var ms []string
+		for _, m := range x.Members {
+			ms = append(ms, m.String())
+		}
+		wrap(&b, "    ", ms)
+		notShown(p, "    ", x.Omitted, "members")
+	}
+	if k := s.KubeProxy; k != nil {
+		p("\nkube-proxy (IPVS mode)\n")
+		for _, f := range k.Facts() {
+			p("  %s\n", f)
+		}
+	}
+
 	ct := s.Conntrack
 	st := ct.Stats
 	p("\nConntrack (%d/%d entries; drop %d, early_drop %d, insert_failed %d, invalid %d)\n", st.Entries, st.MaxEntries, st.Drop, st.EarlyDrop, st.InsertFailed, st.Invalid)

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -137,11 +138,18 @@ func Run(t testing.TB, ns netns.Target, name string, args ...string) string {
 
 // Output runs a command inside ns and returns its combined output and error.
 func Output(ns netns.Target, name string, args ...string) (string, error) {
+	return outputStdin(ns, nil, name, args...)
+}
+
+// outputStdin is Output with stdin (nil: none).
+func outputStdin(ns netns.Target, stdin io.Reader, name string, args ...string) (string, error) {
 	var out []byte
 	err := ns.Do(func() error {
 		var err error
 		// The child is forked from this locked thread, so it starts in ns.
-		out, err = exec.Command(name, args...).CombinedOutput()
+		cmd := exec.Command(name, args...)
+		cmd.Stdin = stdin
+		out, err = cmd.CombinedOutput()
 		return err
 	})
 	return string(out), err

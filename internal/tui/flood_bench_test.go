@@ -23,6 +23,7 @@ type timedModel struct {
 	sent  *time.Time
 	lat   *[]time.Duration
 	views *int
+	work  *[]time.Duration // how long each Update and View took
 }
 
 func (t timedModel) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
@@ -31,26 +32,35 @@ func (t timedModel) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		*t.lat = append(*t.lat, time.Since(*t.sent))
 		t.mu.Unlock()
 	}
+	start := time.Now()
 	m, c := t.Model.Update(msg)
 	t.Model = m.(Model)
+	t.mu.Lock()
+	*t.work = append(*t.work, time.Since(start))
+	t.mu.Unlock()
 	return t, c
 }
 
 func (t timedModel) View() string {
+	start := time.Now()
+	v := t.Model.View()
 	t.mu.Lock()
 	*t.views++
+	*t.work = append(*t.work, time.Since(start))
 	t.mu.Unlock()
-	return t.Model.View()
+	return v
 }
 
 // BenchmarkFloodEventLoop is the TUI's event loop under a drop flood, in
-// process: the real feeder (window.Run, the tracer in aggregate mode) on a
+// process: the real feeder (a window.Watcher, its tracer in aggregate mode
+// kept across windows) on a
 // namespace flooded with LBDOCTOR_BENCH_RATE (50,000) drops a second of
 // 256 flows (UDP to a VIP nft DNATs to a port nothing listens on) for
 // LBDOCTOR_BENCH_SECONDS (20), a ? key every 500 ms: how long a key waits
 // before Update takes it (the loop is never held by the windows or the
-// drops), and how many screens were drawn a second (View calls: frames,
-// windows and the keys). The whole process's view, a terminal's, is
+// drops), how many screens were drawn a second (View calls: frames,
+// windows and the keys), and the longest Update or View (what a key may
+// wait for behind a window's snapshot). The whole process's view, a terminal's, is
 // BenchmarkTUIFlood in cmd/lbdoctor.
 //
 //	sudo go test -run '^$' -bench FloodEventLoop -benchtime 1x ./internal/tui/
@@ -91,10 +101,10 @@ func BenchmarkFloodEventLoop(b *testing.B) {
 		opt := Options{Target: Target{Netns: p.B, Sel: probes.Selector{VIP: vip}}, Length: DefaultLength, Every: DefaultEvery, Control: ctl}
 		var mu sync.Mutex
 		var sent time.Time
-		var lat []time.Duration
+		var lat, work []time.Duration
 		views := 0
 		inR, inW := io.Pipe()
-		prog := tea.NewProgram(timedModel{New(opt), &mu, &sent, &lat, &views}, tea.WithInput(inR), tea.WithOutput(io.Discard), tea.WithoutSignalHandler())
+		prog := tea.NewProgram(timedModel{New(opt), &mu, &sent, &lat, &views, &work}, tea.WithInput(inR), tea.WithOutput(io.Discard), tea.WithoutSignalHandler())
 		ctx, cancel := context.WithCancel(context.Background())
 		fed := make(chan struct{})
 		go func() { defer close(fed); Feed(ctx, opt, ctl, prog.Send) }()
@@ -122,6 +132,8 @@ func BenchmarkFloodEventLoop(b *testing.B) {
 		b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "key-to-update-p50-µs")
 		b.ReportMetric(float64(lat[len(lat)-1].Microseconds()), "key-to-update-max-µs")
 		b.ReportMetric(float64(views)/elapsed.Seconds(), "views/s")
+		slices.Sort(work)
+		b.ReportMetric(float64(work[len(work)-1].Microseconds()), "update-or-view-max-µs")
 		b.Logf("%d keys: median %s, worst %s; %d screens in %s", len(lat), lat[len(lat)/2], lat[len(lat)-1], views, elapsed.Round(time.Millisecond))
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"sync/atomic"
 	"time"
 
 	tea "github.com/charmbracelet/bubbletea"
@@ -68,18 +69,34 @@ func Run(ctx context.Context, cfg Config) error {
 // Feed runs windows on what the program asks through ctl (nothing until
 // its first ask) and sends what they saw until ctx ends. A new ask cuts
 // the running window short and throws it away; a pause stops the windows.
-// Each window is window.Run with the drop tracer in aggregate mode and the
-// reals probed; send is called from here and from the window's frame
-// goroutine, a few times a second in all.
+// The windows of a target are one window.Watcher's, with the drop tracer
+// in aggregate mode (loaded once, kept attached while the target stays)
+// and the reals probed; a new target, a pause and the end detach it. send
+// is called from here and from the window's frame goroutine, a few times
+// a second in all.
 func Feed(ctx context.Context, opt Options, ctl <-chan Control, send func(tea.Msg)) {
 	var c Control
 	seq := 0
+	// The window's frames name their ask and window: the watcher's
+	// callbacks read them here (set before each window, read within it).
+	var cur atomic.Pointer[[2]int]
+	var w *window.Watcher
+	var watched Target
+	defer func() {
+		if w != nil {
+			w.Close()
+		}
+	}()
 	select {
 	case c = <-ctl:
 	case <-ctx.Done():
 		return
 	}
 	for {
+		if w != nil && (c.Paused || c.Target != watched) {
+			w.Close()
+			w = nil
+		}
 		if c.Paused {
 			select {
 			case c = <-ctl:
@@ -92,19 +109,29 @@ func Feed(ctx context.Context, opt Options, ctl <-chan Control, send func(tea.Ms
 		started := time.Now()
 		seq++
 		seq := seq
+		cur.Store(&[2]int{gen, seq})
+		if w == nil {
+			watched = c.Target
+			w = window.NewWatcher(c.Target.Netns, c.Target.Sel, window.Options{Drops: true, Probe: true, Every: opt.Every,
+				Opened: func(d time.Duration) {
+					at := cur.Load()
+					send(OpenedMsg{Gen: at[0], Seq: at[1], Length: d})
+				},
+				Progress: func(p window.Progress) {
+					at := cur.Load()
+					send(FrameMsg{Gen: at[0], Seq: at[1], Progress: p})
+				}})
+		}
 		wctx, cancel := context.WithCancel(ctx)
 		done := make(chan WindowMsg, 1)
-		go func(c Control) {
-			wo := window.Options{Length: opt.Length, Drops: true, Probe: true, Every: opt.Every,
-				Opened:   func(d time.Duration) { send(OpenedMsg{Gen: gen, Seq: seq, Length: d}) },
-				Progress: func(p window.Progress) { send(FrameMsg{Gen: gen, Seq: seq, Progress: p}) }}
-			snap, err := window.Run(wctx, c.Target.Netns, c.Target.Sel, wo)
+		go func(c Control, w *window.Watcher) {
+			snap, err := w.Next(wctx, opt.Length)
 			if err != nil {
 				done <- WindowMsg{Gen: gen, Seq: seq, Err: err}
 				return
 			}
 			done <- WindowMsg{Gen: gen, Seq: seq, Snap: snap, Findings: checks.Run(snap, c.Target.Sel)}
-		}(c)
+		}(c, w)
 		var msg WindowMsg
 		select {
 		case msg = <-done:

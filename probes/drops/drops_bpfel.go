@@ -13,11 +13,6 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-type dropsAddr struct {
-	_ structs.HostLayout
-	B [16]uint8
-}
-
 type dropsAggKey struct {
 	_        structs.HostLayout
 	Location uint64
@@ -75,6 +70,20 @@ type dropsEvent struct {
 	Ifname   [16]int8
 }
 
+type dropsFilter struct {
+	_       structs.HostLayout
+	Netns   uint32
+	N_addrs uint32
+	N_ports uint32
+	Proto   uint8
+	Pad     [3]uint8
+	Addrs   [16]struct {
+		_ structs.HostLayout
+		B [16]uint8
+	}
+	Ports [16]uint16
+}
+
 type dropsLastFlow struct {
 	_          structs.HostLayout
 	Key        dropsAggKey
@@ -91,7 +100,8 @@ type dropsLastFlow struct {
 	}
 	HookDport uint16
 	HookProto uint8
-	Pad       [5]uint8
+	Pad       uint8
+	Gen       uint32
 }
 
 type dropsPlaceKey struct {
@@ -117,18 +127,14 @@ const (
 	dropsProgDropTracepoint = "drop_tracepoint"
 	dropsVarAggFull         = "agg_full"
 	dropsVarAnyIgnored      = "any_ignored"
-	dropsVarFilterAddrs     = "filter_addrs"
-	dropsVarFilterNetns     = "filter_netns"
-	dropsVarFilterPorts     = "filter_ports"
-	dropsVarFilterProto     = "filter_proto"
+	dropsVarFilterGen       = "filter_gen"
+	dropsVarFilters         = "filters"
 	dropsVarFindHook        = "find_hook"
 	dropsVarHasReason       = "has_reason"
 	dropsVarHookFnEnd       = "hook_fn_end"
 	dropsVarHookFnStart     = "hook_fn_start"
 	dropsVarIgnoreReasons   = "ignore_reasons"
 	dropsVarLastWakeupNs    = "last_wakeup_ns"
-	dropsVarN_addrs         = "n_addrs"
-	dropsVarN_ports         = "n_ports"
 	dropsVarNetfilterDrop   = "netfilter_drop"
 	dropsVarSendEvents      = "send_events"
 	dropsVarTpOffLocation   = "tp_off_location"
@@ -137,6 +143,7 @@ const (
 	dropsVarUnusedAggKey    = "unused_agg_key"
 	dropsVarUnusedCounter   = "unused_counter"
 	dropsVarUnusedEvent     = "unused_event"
+	dropsVarUnusedFilter    = "unused_filter"
 	dropsVarUnusedLastFlow  = "unused_last_flow"
 	dropsVarUnusedPlaceKey  = "unused_place_key"
 	dropsVarWakeupBytes     = "wakeup_bytes"
@@ -209,18 +216,14 @@ type dropsMapSpecs struct {
 type dropsVariableSpecs struct {
 	AggFull        *ebpf.VariableSpec `ebpf:"agg_full"`
 	AnyIgnored     *ebpf.VariableSpec `ebpf:"any_ignored"`
-	FilterAddrs    *ebpf.VariableSpec `ebpf:"filter_addrs"`
-	FilterNetns    *ebpf.VariableSpec `ebpf:"filter_netns"`
-	FilterPorts    *ebpf.VariableSpec `ebpf:"filter_ports"`
-	FilterProto    *ebpf.VariableSpec `ebpf:"filter_proto"`
+	FilterGen      *ebpf.VariableSpec `ebpf:"filter_gen"`
+	Filters        *ebpf.VariableSpec `ebpf:"filters"`
 	FindHook       *ebpf.VariableSpec `ebpf:"find_hook"`
 	HasReason      *ebpf.VariableSpec `ebpf:"has_reason"`
 	HookFnEnd      *ebpf.VariableSpec `ebpf:"hook_fn_end"`
 	HookFnStart    *ebpf.VariableSpec `ebpf:"hook_fn_start"`
 	IgnoreReasons  *ebpf.VariableSpec `ebpf:"ignore_reasons"`
 	LastWakeupNs   *ebpf.VariableSpec `ebpf:"last_wakeup_ns"`
-	N_addrs        *ebpf.VariableSpec `ebpf:"n_addrs"`
-	N_ports        *ebpf.VariableSpec `ebpf:"n_ports"`
 	NetfilterDrop  *ebpf.VariableSpec `ebpf:"netfilter_drop"`
 	SendEvents     *ebpf.VariableSpec `ebpf:"send_events"`
 	TpOffLocation  *ebpf.VariableSpec `ebpf:"tp_off_location"`
@@ -229,6 +232,7 @@ type dropsVariableSpecs struct {
 	UnusedAggKey   *ebpf.VariableSpec `ebpf:"unused_agg_key"`
 	UnusedCounter  *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedEvent    *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedFilter   *ebpf.VariableSpec `ebpf:"unused_filter"`
 	UnusedLastFlow *ebpf.VariableSpec `ebpf:"unused_last_flow"`
 	UnusedPlaceKey *ebpf.VariableSpec `ebpf:"unused_place_key"`
 	WakeupBytes    *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
@@ -281,18 +285,14 @@ func (m *dropsMaps) Close() error {
 type dropsVariables struct {
 	AggFull        *ebpf.Variable `ebpf:"agg_full"`
 	AnyIgnored     *ebpf.Variable `ebpf:"any_ignored"`
-	FilterAddrs    *ebpf.Variable `ebpf:"filter_addrs"`
-	FilterNetns    *ebpf.Variable `ebpf:"filter_netns"`
-	FilterPorts    *ebpf.Variable `ebpf:"filter_ports"`
-	FilterProto    *ebpf.Variable `ebpf:"filter_proto"`
+	FilterGen      *ebpf.Variable `ebpf:"filter_gen"`
+	Filters        *ebpf.Variable `ebpf:"filters"`
 	FindHook       *ebpf.Variable `ebpf:"find_hook"`
 	HasReason      *ebpf.Variable `ebpf:"has_reason"`
 	HookFnEnd      *ebpf.Variable `ebpf:"hook_fn_end"`
 	HookFnStart    *ebpf.Variable `ebpf:"hook_fn_start"`
 	IgnoreReasons  *ebpf.Variable `ebpf:"ignore_reasons"`
 	LastWakeupNs   *ebpf.Variable `ebpf:"last_wakeup_ns"`
-	N_addrs        *ebpf.Variable `ebpf:"n_addrs"`
-	N_ports        *ebpf.Variable `ebpf:"n_ports"`
 	NetfilterDrop  *ebpf.Variable `ebpf:"netfilter_drop"`
 	SendEvents     *ebpf.Variable `ebpf:"send_events"`
 	TpOffLocation  *ebpf.Variable `ebpf:"tp_off_location"`
@@ -301,6 +301,7 @@ type dropsVariables struct {
 	UnusedAggKey   *ebpf.Variable `ebpf:"unused_agg_key"`
 	UnusedCounter  *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedEvent    *ebpf.Variable `ebpf:"unused_event"`
+	UnusedFilter   *ebpf.Variable `ebpf:"unused_filter"`
 	UnusedLastFlow *ebpf.Variable `ebpf:"unused_last_flow"`
 	UnusedPlaceKey *ebpf.Variable `ebpf:"unused_place_key"`
 	WakeupBytes    *ebpf.Variable `ebpf:"wakeup_bytes"`

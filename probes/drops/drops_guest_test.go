@@ -27,6 +27,8 @@ func TestGuestDropsOnTheOtherKernel(t *testing.T) {
 		{"NetfilterDropHooks", TestNetfilterDropHooks},
 		{"KilledTracerLeavesNothing", TestKilledTracerLeavesNothing},
 		{"TerminatedTracerDetachesAndSummarizes", TestTerminatedTracerDetachesAndSummarizes},
+		{"WatchFromAndSetFilter", TestWatchFromAndSetFilter},
+		{"WatchFromPrunesIdleFlows", TestWatchFromPrunesIdleFlows},
 	} {
 		t.Run(tt.name, tt.fn)
 	}

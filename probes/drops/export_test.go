@@ -43,3 +43,6 @@ func NewAttributorLazy(lb netns.Target, addrs []netip.Addr, proto uint8) *Attrib
 func NewAttributorBounded(lb netns.Target, addrs []netip.Addr, noVS, noCT string) *Attributor {
 	return newAttributor(lb, addrs, 0, true, noVS, noCT)
 }
+
+// ModulesOf is modulesOf.
+var ModulesOf = modulesOf

@@ -79,8 +79,9 @@ func TestSizesMatchTheProgram(t *testing.T) {
 		name      string
 		got, want uint32
 	}{
-		{"filter_addrs", specs.FilterAddrs.Size(), MaxFilter * uint32(unsafe.Sizeof(dropsAddr{}))},
-		{"filter_ports", specs.FilterPorts.Size(), MaxFilter * 2},
+		{"filters", specs.Filters.Size(), 2 * uint32(unsafe.Sizeof(dropsFilter{}))},
+		{"filter addrs", uint32(len(dropsFilter{}.Addrs)), MaxFilter},
+		{"filter ports", uint32(len(dropsFilter{}.Ports)), MaxFilter},
 		{"ignore_reasons", specs.IgnoreReasons.Size(), ignoreWords * 8},
 		{"stacks value", specs.Stacks.ValueSize, stackFrames * 8},
 	}

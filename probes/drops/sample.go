@@ -74,11 +74,94 @@ type Hooks struct {
 // closes t.
 func (tr *Tracer) Watch(ctx context.Context, lb netns.Target, until time.Time, h Hooks) (*Sample, error) {
 	defer tr.Close()
+	return tr.watch(ctx, lb, until, h, nil)
+}
+
+// Baseline is what a tracer that stays attached had counted when its last
+// window was read (WatchFrom): the next window's drops are what it counted
+// since. A Baseline belongs to one tracer, and moves on with each window.
+type Baseline struct {
+	at     time.Time // the last read; the tracer's attach at first
+	counts map[aggID]uint64
+	c      Counters
+	// namer names the windows' drops while the filter and namespace stay
+	// (its attributor follows conntrack instead of dumping it anew each
+	// window); attr is what it had attributed at the last read.
+	namer    *Namer
+	namerGen uint32 // the tracer's filter generation namer was made for
+	namerNS  uint64
+	attr     Attribution
+}
+
+// Close stops what b keeps for the next window (its Namer's table reads).
+// Close it before the tracer.
+func (b *Baseline) Close() {
+	if b.namer != nil {
+		b.namer.Close()
+		b.namer = nil
+	}
+}
+
+// namerFor returns b's Namer for t's drops in lb, made anew when t's
+// filter or the namespace changed since it was made, or a module was
+// loaded or unloaded (its symbols are read again); attributed counts start
+// over with a new one.
+func (b *Baseline) namerFor(t *Tracer, lb netns.Target) *Namer {
+	if b.namer != nil && b.namerGen == t.filterGen && b.namerNS == lb.Inode && !t.symbolsStale() {
+		return b.namer
+	}
+	b.Close()
+	b.namer, b.namerGen, b.namerNS, b.attr = t.Namer(lb), t.filterGen, lb.Inode, Attribution{}
+	return b.namer
+}
+
+// aggID tells aggregates apart: a flow's, or a place's (NotItemised).
+type aggID struct {
+	Packet
+	notItemised bool
+}
+
+// NewBaseline is a baseline of nothing counted, at t's attach: the first
+// window counts from there.
+func (t *Tracer) NewBaseline() *Baseline {
+	return &Baseline{at: t.attached, counts: map[aggID]uint64{}}
+}
+
+// WatchFrom is Watch for a tracer that stays attached across windows: it
+// counts t's drops from b's last read (its first: from the attach) until
+// the deadline or ctx's end, reads the kernel's running counts without
+// stopping the tracer, and returns the difference from b, named and
+// attributed; b moves on to this read. The counts of a drop the kernel
+// was moving from a CPU's last-flow slot into the flow map while they were
+// read may be missed by this window and are then in the next one: no drop
+// is counted in two windows, and none is left out of the sum — but for one
+// case: while the flow map is full, the drops a CPU held in its last-flow
+// slot at a read (counted as their flow's) are counted again by place when
+// the slot is flushed (at most one run of one flow per CPU and window; the
+// map is pruned of idle flows to keep it from filling, see prune).
+func (tr *Tracer) WatchFrom(ctx context.Context, lb netns.Target, until time.Time, h Hooks, b *Baseline) (*Sample, error) {
+	return tr.watch(ctx, lb, until, h, b)
+}
+
+// watch is Watch (b nil: the tracer is stopped and read whole) and
+// WatchFrom (the difference from b, the tracer left running).
+func (tr *Tracer) watch(ctx context.Context, lb netns.Target, until time.Time, h Hooks, b *Baseline) (*Sample, error) {
 	// The tracer counts from its attach (just before), not from after
-	// kallsyms is read (seconds on a slow guest).
+	// kallsyms is read (seconds on a slow guest); a kept one from its
+	// last read.
 	start := tr.attached
-	n := tr.Namer(lb) // before the window's end: reading kallsyms takes a while
-	defer n.Close()
+	if b != nil {
+		start = b.at
+	}
+	// Named before the window's end: reading kallsyms takes a while. A
+	// kept tracer keeps its Namer.
+	var n *Namer
+	if b != nil {
+		n = b.namerFor(tr, lb)
+	} else {
+		n = tr.Namer(lb)
+		defer n.Close()
+	}
 	if h.Started != nil {
 		h.Started()
 	}
@@ -104,11 +187,20 @@ wait:
 			break wait
 		case <-tick:
 			if c, err := tr.Counters(); err == nil {
+				if b != nil {
+					c = c.since(b.c)
+				}
 				h.Progress(c)
 			}
 		}
 	}
-	s, err := tr.Sample(n, time.Since(start))
+	var s *Sample
+	var err error
+	if b != nil {
+		s, err = tr.sampleSince(n, b)
+	} else {
+		s, err = tr.Sample(n, time.Since(start))
+	}
 	if s != nil {
 		s.CutShort = cut
 	}
@@ -143,6 +235,107 @@ func (t *Tracer) Sample(n *Namer, window time.Duration) (*Sample, error) {
 	s.Attribution = n.Attribution()
 	sort.SliceStable(s.Drops, func(i, j int) bool { return s.Drops[i].Count > s.Drops[j].Count })
 	return s, nil
+}
+
+// sampleSince reads what t counted since b without stopping it, names it
+// by n, and moves b on to this read.
+func (t *Tracer) sampleSince(n *Namer, b *Baseline) (*Sample, error) {
+	end := monotonicNow()
+	var k dropsAggKey
+	if t.maps.Agg.NextKey(nil, &k) == nil {
+		n.attr.Prefetch() // the dump runs while the map is read
+	}
+	// The flow map before the CPUs' last-flow slots (Aggregates' order):
+	// a count moved from a slot into the map between the two reads is
+	// missed now and read next time, never read twice.
+	aggs, keys, inSlots, err := t.aggregates(true)
+	if err != nil {
+		return nil, err
+	}
+	total, err := t.counters(aggs)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	// What the flow map held before this window, to tell idle flows.
+	before := b.counts
+	counts := make(map[aggID]uint64, max(len(b.counts), len(aggs)))
+	for id, v := range b.counts {
+		counts[id] = v // an aggregate in transit now is read next time
+	}
+	var delta []Aggregate
+	for _, a := range aggs {
+		id := aggID{a.Packet, a.NotItemised}
+		prev := b.counts[id]
+		// A running count read short (in transit) is not a drop taken
+		// back: the baseline keeps the higher read.
+		cum := max(a.Count, prev)
+		counts[id] = cum
+		if cum > prev {
+			a.Count = cum - prev
+			delta = append(delta, a)
+		}
+	}
+	c := total.since(b.c)
+	if !t.events {
+		// As counters does: matched is what the aggregates hold plus what
+		// did not fit, here the window's.
+		c.Matched, c.NotItemised = c.AggLost, 0
+		for _, a := range delta {
+			c.Matched += a.Count
+			if a.NotItemised {
+				c.NotItemised += a.Count
+			}
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), AttributionBudget)
+	defer cancel()
+	s := &Sample{Window: now.Sub(b.at), Attach: t.Attach, Counters: c, Drops: make([]Counted, 0, len(delta)), NoReasons: t.NoReasons, NoHooks: t.NoHooks}
+	for _, a := range delta {
+		s.Drops = append(s.Drops, n.Name(ctx, a, end))
+	}
+	// The Namer is kept across windows: its counts are the window's.
+	all := n.Attribution()
+	s.Attribution = all
+	s.Attribution.Attributed -= min(all.Attributed, b.attr.Attributed)
+	s.Attribution.NotAttributed -= min(all.NotAttributed, b.attr.NotAttributed)
+	s.Attribution.Batches -= min(all.Batches, b.attr.Batches)
+	b.attr = all
+	sort.SliceStable(s.Drops, func(i, j int) bool { return s.Drops[i].Count > s.Drops[j].Count })
+	b.at, b.counts, b.c = now, counts, total.atLeast(b.c)
+	t.prune(b, before, aggs, keys, inSlots)
+	return s, nil
+}
+
+// prune makes room in the flow map of a tracer kept across windows, which
+// only grows while it runs: once it is half full, the flows that had no
+// drop in the window just read (their count is the one before it) and no
+// CPU counts in its last-flow slot are deleted from it and from b, and the
+// program may insert again (agg_full). A flow pruned is counted from 0
+// again, as new. A drop of a pruned flow in the microseconds of its
+// delete may be lost: a flow idle for a whole window. Errors leave the
+// map as it is (its new flows are then counted by place, as when full).
+func (t *Tracer) prune(b *Baseline, before map[aggID]uint64, aggs []Aggregate, keys []dropsAggKey, inSlots map[Packet]bool) {
+	size := t.maps.Agg.MaxEntries()
+	if uint32(len(keys))*2 < size {
+		return
+	}
+	pruned := 0
+	for i, k := range keys {
+		a := aggs[i]
+		id := aggID{a.Packet, false}
+		if prev, ok := before[id]; !ok || a.Count != prev || inSlots[a.Packet] {
+			continue // new or dropped in the window, or being counted
+		}
+		if err := t.maps.Agg.Delete(&k); err != nil {
+			continue
+		}
+		delete(b.counts, id)
+		pruned++
+	}
+	if pruned > 0 {
+		t.vars.AggFull.Set(uint8(0))
+	}
 }
 
 // Namer names what a tracer saw: the reason, the location as symbol+offset,

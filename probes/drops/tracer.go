@@ -116,24 +116,71 @@ type Tracer struct {
 	symbols *symbolsRead
 	// attached is when Load attached the tracer: it counts from then.
 	attached time.Time
+	// filters and filterGen mirror the kernel side's two filter copies
+	// and the one in use (SetFilter).
+	filters   [2]dropsFilter
+	filterGen uint32
 }
 
 // symbolsRead is a read of /proc/kallsyms under way: syms and err are set
 // when done is closed.
 type symbolsRead struct {
-	done chan struct{}
-	syms *Symbols
-	err  error
+	modules string // the kernel's modules when the read began (loadedModules)
+	done    chan struct{}
+	syms    *Symbols
+	err     error
 }
 
 // loadSymbols returns the kernel's symbols: the read started beside the
-// loading, once done, or a read now.
+// loading, once done, or a read now, kept for the tracer's next windows
+// (a tracer kept across windows reads kallsyms once).
 func (t *Tracer) loadSymbols() (*Symbols, error) {
-	if r := t.symbols; r != nil {
-		<-r.done
-		return r.syms, r.err
+	if t.symbols == nil {
+		r := &symbolsRead{done: make(chan struct{}), modules: loadedModules()}
+		r.syms, r.err = LoadSymbols()
+		close(r.done)
+		t.symbols = r
 	}
-	return LoadSymbols()
+	<-t.symbols.done
+	return t.symbols.syms, t.symbols.err
+}
+
+// symbolsStale reports whether a module was loaded or unloaded since the
+// kernel's symbols were read (a tracer kept for hours: ip_vs loaded after
+// it started), and forgets them then: the next Namer reads them again. One
+// read of /proc/modules.
+func (t *Tracer) symbolsStale() bool {
+	if t.symbols == nil {
+		return false
+	}
+	<-t.symbols.done
+	if loadedModules() == t.symbols.modules {
+		return false
+	}
+	t.symbols = nil
+	return true
+}
+
+// loadedModules names the kernel's modules and where each is loaded
+// (/proc/modules' first and sixth fields: not its use counts, which
+// move), "" when it cannot be read.
+func loadedModules() string {
+	b, err := os.ReadFile("/proc/modules")
+	if err != nil {
+		return ""
+	}
+	return modulesOf(b)
+}
+
+// modulesOf is loadedModules of the text of /proc/modules. Pure.
+func modulesOf(b []byte) string {
+	var out strings.Builder
+	for line := range strings.Lines(string(b)) {
+		if f := strings.Fields(line); len(f) >= 6 {
+			out.WriteString(f[0] + " " + f[5] + "\n")
+		}
+	}
+	return out.String()
 }
 
 // Counters are what the kernel side counted.
@@ -153,6 +200,25 @@ type Counters struct {
 
 // Lost is every drop that matched but could not be reported in detail.
 func (c Counters) Lost() uint64 { return c.RingLost + c.AggLost }
+
+// since is what the running counters c counted after the earlier read
+// prev (0 for a counter read short of it).
+func (c Counters) since(prev Counters) Counters {
+	sub := func(a, b uint64) uint64 {
+		if a > b {
+			return a - b
+		}
+		return 0
+	}
+	return Counters{Matched: sub(c.Matched, prev.Matched), RingLost: sub(c.RingLost, prev.RingLost), AggLost: sub(c.AggLost, prev.AggLost),
+		NotItemised: sub(c.NotItemised, prev.NotItemised), Missed: sub(c.Missed, prev.Missed)}
+}
+
+// atLeast is c with each counter raised to prev's where it was read short.
+func (c Counters) atLeast(prev Counters) Counters {
+	return Counters{Matched: max(c.Matched, prev.Matched), RingLost: max(c.RingLost, prev.RingLost), AggLost: max(c.AggLost, prev.AggLost),
+		NotItemised: max(c.NotItemised, prev.NotItemised), Missed: max(c.Missed, prev.Missed)}
+}
 
 // MaxFilter is how many addresses, and how many ports, the kernel-side
 // filter takes (MAX_ADDRS, MAX_PORTS in bpf/lbdoctor.h).
@@ -262,7 +328,7 @@ func Prepare(attach string) (*Prepared, error) {
 // what it counted never waits for them. Without kallsyms the Namer says
 // why, as it does reading them itself.
 func (p *Prepared) ReadSymbols() {
-	r := &symbolsRead{done: make(chan struct{})}
+	r := &symbolsRead{done: make(chan struct{}), modules: loadedModules()}
 	p.symbols = r
 	go func() {
 		defer close(r.done)
@@ -334,6 +400,7 @@ func (p *Prepared) Load(cfg Config) (*Tracer, error) {
 		// Event mode never counts in the aggregate maps: 2.8 MB saved.
 		specs.Agg.MaxEntries, specs.AggPlace.MaxEntries = 1, 1
 	}
+	t.filters[0] = filterOf(cfg)
 	t.coll, err = ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Cache: kernel.BTFCache()})
 	if err != nil {
 		return nil, fmt.Errorf("load drop tracer (%s): %w", t.Attach, err)
@@ -492,13 +559,18 @@ func setTracepointOffsets(vars *dropsVariableSpecs) error {
 	return nil
 }
 
-func setFilters(vars *dropsVariableSpecs, cfg Config, reasons map[uint32]string) error {
-	var addrs [MaxFilter]dropsAddr
+// filterOf is the kernel's form of cfg's namespace, protocol, address and
+// port filters (at most MaxFilter of each: checked by the callers).
+func filterOf(cfg Config) dropsFilter {
+	f := dropsFilter{Netns: cfg.NetnsInode, Proto: cfg.Proto, N_addrs: uint32(len(cfg.Addrs)), N_ports: uint32(len(cfg.Ports))}
 	for i, a := range cfg.Addrs {
-		addrs[i].B = a.As16() // IPv4 becomes IPv4-mapped, as the kernel side stores it
+		f.Addrs[i].B = a.As16() // IPv4 becomes IPv4-mapped, as the kernel side stores it
 	}
-	var ports [MaxFilter]uint16
-	copy(ports[:], cfg.Ports)
+	copy(f.Ports[:], cfg.Ports)
+	return f
+}
+
+func setFilters(vars *dropsVariableSpecs, cfg Config, reasons map[uint32]string) error {
 	var ignore [ignoreWords]uint64
 	byName := map[string]uint32{}
 	for v, n := range reasons {
@@ -521,9 +593,7 @@ func setFilters(vars *dropsVariableSpecs, cfg Config, reasons map[uint32]string)
 		v   *ebpf.VariableSpec
 		val any
 	}{
-		{vars.FilterNetns, cfg.NetnsInode}, {vars.FilterProto, cfg.Proto},
-		{vars.N_addrs, uint32(len(cfg.Addrs))}, {vars.FilterAddrs, addrs},
-		{vars.N_ports, uint32(len(cfg.Ports))}, {vars.FilterPorts, ports},
+		{vars.Filters, [2]dropsFilter{filterOf(cfg)}}, {vars.FilterGen, uint32(0)},
 		{vars.IgnoreReasons, ignore}, {vars.AnyIgnored, boolByte(len(cfg.IgnoreReasons) > 0)},
 		{vars.SendEvents, sendEvents}, {vars.WantStack, boolByte(cfg.Stack)},
 	} {
@@ -532,6 +602,53 @@ func setFilters(vars *dropsVariableSpecs, cfg Config, reasons map[uint32]string)
 		}
 	}
 	return nil
+}
+
+// SetFilter changes the running tracer's filters of namespace, protocol,
+// addresses and ports, and what its Namers read (Select, NoIPVSTable,
+// NoConntrackDump), to cfg's, in place (a watcher's services changed
+// between windows): no load, no verifier, no drop missed. cfg's Events,
+// Stack, Attach, IgnoreReasons and FlowMapSize are the loaded program's and
+// stay. The kernel side switches to the whole new filter at once (two
+// copies, filter_gen picks one) and forgets what its CPUs remembered of the
+// old one's verdicts. Namers made after it attribute by the new addresses.
+// One SetFilter at a time.
+func (t *Tracer) SetFilter(cfg Config) error {
+	if len(cfg.Addrs) > MaxFilter || len(cfg.Ports) > MaxFilter {
+		return fmt.Errorf("%w: at most %d addresses and %d ports", ErrBadFilter, MaxFilter, MaxFilter)
+	}
+	cfg.Events, cfg.Stack, cfg.Attach, cfg.IgnoreReasons, cfg.FlowMapSize = t.cfg.Events, t.cfg.Stack, t.cfg.Attach, t.cfg.IgnoreReasons, t.cfg.FlowMapSize
+	if filterOf(cfg) == filterOf(t.cfg) {
+		t.cfg = cfg // the same kernel filter: nothing to switch
+		return nil
+	}
+	gen := t.filterGen + 1
+	filters := t.filters
+	filters[gen&1] = filterOf(cfg)
+	// The copy in use is written with the bytes it holds: only the other
+	// one changes, then filter_gen moves the program to it.
+	if err := t.vars.Filters.Set(filters); err != nil {
+		return fmt.Errorf("set the drop filter: %w", err)
+	}
+	if err := t.vars.FilterGen.Set(gen); err != nil {
+		return fmt.Errorf("set the drop filter: %w", err)
+	}
+	t.filters, t.filterGen, t.cfg = filters, gen, cfg
+	return nil
+}
+
+// ProgramID is the kernel's id of the loaded program (bpftool prog show
+// id N): it stays the same while the tracer is loaded.
+func (t *Tracer) ProgramID() (ebpf.ProgramID, error) {
+	info, err := t.prog.Info()
+	if err != nil {
+		return 0, err
+	}
+	id, ok := info.ID()
+	if !ok {
+		return 0, errors.New("the kernel gives no program id")
+	}
+	return id, nil
 }
 
 // ProgramStats are the kernel's run statistics of the tracer program (run
@@ -644,23 +761,42 @@ func (t *Tracer) counters(aggs []Aggregate) (Counters, error) {
 // last-flow slot and the map may be off by its count for that moment; after
 // Stop the totals are exact.
 func (t *Tracer) Aggregates() ([]Aggregate, error) {
-	out, err := t.batchAggregates()
+	out, _, _, err := t.aggregates(false)
+	return out, err
+}
+
+// aggregates is Aggregates; with keys, it also returns the flow map's keys
+// (keys[i] is out[i]'s, for the flows the map holds: they come first) and
+// the packets the CPUs' last-flow slots hold.
+func (t *Tracer) aggregates(withKeys bool) (out []Aggregate, keys []dropsAggKey, inSlots map[Packet]bool, err error) {
+	var kp *[]dropsAggKey
+	if withKeys {
+		kp = &keys
+	}
+	out, err = t.batchAggregates(kp)
 	if errors.Is(err, ebpf.ErrNotSupported) {
-		out, err = t.iterateAggregates()
+		keys = keys[:0]
+		out, err = t.iterateAggregates(kp)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read drop aggregates: %w", err)
+		return nil, nil, nil, fmt.Errorf("read drop aggregates: %w", err)
 	}
 	// Each CPU's last flow is counted apart until the next flow flushes it.
 	var last []dropsLastFlow
 	if err := t.maps.LastFlow.Lookup(uint32(0), &last); err != nil {
-		return nil, fmt.Errorf("read drop aggregates: %w", err)
+		return nil, nil, nil, fmt.Errorf("read drop aggregates: %w", err)
+	}
+	if withKeys {
+		inSlots = map[Packet]bool{}
 	}
 	for _, l := range last {
 		if l.Count == 0 {
 			continue
 		}
 		p := aggPacket(l.Key)
+		if inSlots != nil {
+			inSlots[p] = true
+		}
 		merged := false
 		for i := range out {
 			if out[i].Packet == p {
@@ -681,9 +817,9 @@ func (t *Tracer) Aggregates() ([]Aggregate, error) {
 		out = append(out, Aggregate{Packet: Packet{Netns: pk.Netns, Reason: pk.Reason, Location: pk.Location, Caller: pk.Caller}, Count: sumCPUs(per), NotItemised: true})
 	}
 	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read drop aggregates by place: %w", err)
+		return nil, nil, nil, fmt.Errorf("read drop aggregates by place: %w", err)
 	}
-	return out, nil
+	return out, keys, inSlots, nil
 }
 
 // pollInterval is how often the reader looks at the ring without being
@@ -694,7 +830,7 @@ var pollInterval = 50 * time.Millisecond
 // batchAggregates reads the aggregate map a thousand entries a syscall
 // (Linux 5.6+): a flood of distinct flows is read in milliseconds, where
 // one lookup per entry takes a syscall pair each.
-func (t *Tracer) batchAggregates() ([]Aggregate, error) {
+func (t *Tracer) batchAggregates(keysOut *[]dropsAggKey) ([]Aggregate, error) {
 	ncpu, err := ebpf.PossibleCPU()
 	if err != nil {
 		return nil, err
@@ -709,6 +845,9 @@ func (t *Tracer) batchAggregates() ([]Aggregate, error) {
 		for i, k := range keys[:n] {
 			out = append(out, Aggregate{Packet: aggPacket(k), Count: sumCPUs(vals[i*ncpu : (i+1)*ncpu])})
 		}
+		if keysOut != nil {
+			*keysOut = append(*keysOut, keys[:n]...)
+		}
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return out, nil
 		}
@@ -720,13 +859,16 @@ func (t *Tracer) batchAggregates() ([]Aggregate, error) {
 
 // iterateAggregates reads the aggregate map one entry at a time, for
 // kernels without batch lookups.
-func (t *Tracer) iterateAggregates() ([]Aggregate, error) {
+func (t *Tracer) iterateAggregates(keysOut *[]dropsAggKey) ([]Aggregate, error) {
 	var out []Aggregate
 	var k dropsAggKey
 	var per []uint64
 	it := t.maps.Agg.Iterate()
 	for it.Next(&k, &per) {
 		out = append(out, Aggregate{Packet: aggPacket(k), Count: sumCPUs(per)})
+		if keysOut != nil {
+			*keysOut = append(*keysOut, k)
+		}
 	}
 	return out, it.Err()
 }

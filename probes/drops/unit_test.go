@@ -137,3 +137,25 @@ func TestTCPFlags(t *testing.T) {
 		})
 	}
 }
+
+// A kept tracer reads kallsyms again when a module was loaded, unloaded or
+// loaded elsewhere, not when a module's use count moved.
+func TestModulesOf(t *testing.T) {
+	const before = "nf_tables 356352 5 nft_chain_nat, Live 0xffffffffc0a00000\nveth 45056 0 - Live 0xffffffffc0900000\n"
+	tests := []struct {
+		name, after string
+		wantSame    bool
+	}{
+		{"use counts moved", "nf_tables 356352 9 nft_chain_nat,nft_ct, Live 0xffffffffc0a00000\nveth 45056 2 - Live 0xffffffffc0900000\n", true},
+		{"ip_vs loaded", before + "ip_vs 204800 0 - Live 0xffffffffc0b00000\n", false},
+		{"veth unloaded", "nf_tables 356352 5 nft_chain_nat, Live 0xffffffffc0a00000\n", false},
+		{"veth loaded again elsewhere", "nf_tables 356352 5 nft_chain_nat, Live 0xffffffffc0a00000\nveth 45056 0 - Live 0xffffffffc0c00000\n", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if same := drops.ModulesOf([]byte(before)) == drops.ModulesOf([]byte(tt.after)); same != tt.wantSame {
+				t.Errorf("ModulesOf(%q) == ModulesOf(%q) = %v, want %v", before, tt.after, same, tt.wantSame)
+			}
+		})
+	}
+}

@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/probes/netstate"
 )
@@ -63,10 +65,13 @@ type Result struct {
 	// Source is the LB's address the connect came from (the route's
 	// preferred source).
 	Source netip.Addr `json:"source,omitzero"`
-	// SourcePort is the LB's port of the probe's connection, when it
-	// connected: what the probe's own packets carry (the window leaves
-	// their drops out of the services').
+	// SourcePort is the LB's port of the probe's connection: what the
+	// probe's own packets carry (the window leaves their drops out of the
+	// services').
 	SourcePort uint16 `json:"source_port,omitempty"`
+	// FirstSourcePort is the port of a first connect that timed out when
+	// a second was tried: the real's late answer to it is the probe's too.
+	FirstSourcePort uint16 `json:"first_source_port,omitempty"`
 	// Neighbour is the state of the next hop's ARP/NDP entry after the
 	// probe (REACHABLE, STALE, FAILED, INCOMPLETE …; "" when none).
 	Neighbour string     `json:"neighbour,omitempty"`
@@ -195,8 +200,9 @@ func probeOne(ctx context.Context, t Target, timeout time.Duration) Result {
 		// The next hop answers ARP and the real did not answer in time:
 		// one more try, as a health checker's retry would, before a
 		// slow moment is called a silent real.
+		first := r.SourcePort
 		if c, msg, rtt, port := connect(ctx, t.Real, d.Src, timeout); c != "" {
-			r.Connect, r.Error, r.RTT, r.SourcePort = c, msg, rtt, port
+			r.Connect, r.Error, r.RTT, r.SourcePort, r.FirstSourcePort = c, msg, rtt, port, first
 			r.Note = "answered the second connect (the first timed out)"
 			if c == Timeout {
 				r.Note = "two connects timed out"
@@ -235,32 +241,65 @@ func answered(state string) bool {
 // the LB owns), within timeout; "" outcome when ctx ended first. port is
 // the connection's local port when it connected.
 func connect(ctx context.Context, real netip.AddrPort, src netip.Addr, timeout time.Duration) (outcome, msg string, rtt time.Duration, port uint16) {
-	dialer := net.Dialer{Timeout: timeout}
-	if src.IsValid() {
-		dialer.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
-	}
+	// The socket is bound here, before the connect, so its port is known
+	// also when the connect times out: the real's late answer to it is
+	// still the probe's own packet, not a service's.
+	dialer := net.Dialer{Timeout: timeout, Control: func(network, address string, c syscall.RawConn) error {
+		var berr error
+		err := c.Control(func(fd uintptr) {
+			port, berr = bindAny(int(fd), src, real.Addr().Is6() && !real.Addr().Is4In6())
+		})
+		return errors.Join(err, berr)
+	}}
 	start := time.Now()
 	c, err := dialer.DialContext(ctx, "tcp", real.String())
 	rtt = time.Since(start)
 	if err == nil {
-		if a, ok := c.LocalAddr().(*net.TCPAddr); ok {
-			port = uint16(a.Port)
-		}
 		c.Close()
 		return OK, "", rtt, port
 	}
 	var ne net.Error
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED):
-		return Refused, "connection refused", rtt, 0
+		return Refused, "connection refused", rtt, port
 	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
-		return Unreachable, sysMsg(err), rtt, 0
+		return Unreachable, sysMsg(err), rtt, port
 	case ctx.Err() != nil && rtt < timeout:
-		return "", "", rtt, 0
+		return "", "", rtt, port
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
-		return Timeout, fmt.Sprintf("no answer within %s", timeout), rtt, 0
+		return Timeout, fmt.Sprintf("no answer within %s", timeout), rtt, port
 	}
-	return Error, sysMsg(err), rtt, 0
+	return Error, sysMsg(err), rtt, port
+}
+
+// bindAny binds a socket to src (any address of the family when src is
+// not valid) and an ephemeral port, and returns the port.
+func bindAny(fd int, src netip.Addr, v6 bool) (uint16, error) {
+	var sa unix.Sockaddr = &unix.SockaddrInet4{}
+	if v6 {
+		sa = &unix.SockaddrInet6{}
+	}
+	if src.IsValid() {
+		if v6 {
+			sa = &unix.SockaddrInet6{Addr: src.As16()}
+		} else {
+			sa = &unix.SockaddrInet4{Addr: src.Unmap().As4()}
+		}
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		return 0, fmt.Errorf("bind the probe's socket to %s: %w", src, err)
+	}
+	got, err := unix.Getsockname(fd)
+	if err != nil {
+		return 0, err
+	}
+	switch a := got.(type) {
+	case *unix.SockaddrInet4:
+		return uint16(a.Port), nil
+	case *unix.SockaddrInet6:
+		return uint16(a.Port), nil
+	}
+	return 0, nil
 }
 
 // sysMsg is the innermost error text ("no route to host"), not Go's "dial

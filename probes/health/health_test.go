@@ -55,6 +55,11 @@ func TestProbe(t *testing.T) {
 			(r.Route != "") != tt.wantRouteErr || r.Note != tt.note || !r.Probed() {
 			t.Errorf("Probe(%s: %s %s) = %+v, want connect %q, neighbour %q, route error %v, note %q", tt.name, targets[i].Service, targets[i].Real, r, tt.connect, tt.neighbour, tt.wantRouteErr, tt.note)
 		}
+		// The probe's port is known whatever the connect's outcome: a
+		// late answer to it is the probe's own packet.
+		if tt.connect != "" && tt.connect != health.Unreachable && r.SourcePort == 0 {
+			t.Errorf("Probe(%s) source port = 0 (connect %s), want the port its connect used", tt.name, r.Connect)
+		}
 		if r.Route == "" && r.Source != netip.MustParseAddr("10.77.0.1") {
 			t.Errorf("Probe(%s) source = %s, want the LB's 10.77.0.1", tt.name, r.Source)
 		}
