@@ -40,14 +40,40 @@ func servicesWhere(svcs []ipvs.Service, keep func(ipvs.Service) bool) []ipvs.Ser
 }
 
 // connsOf are the IPVS table's counts of svc (templates or connections).
+// A template carries its service's protocol, so a TCP and a UDP service on
+// one VIP and port keep theirs apart; a firewall-mark service's templates
+// are protocol IP with the mark as their address (0.0.0.7:0 for mark 7:
+// ip_vs_sched_persist), while its connections carry the packet's own VIP,
+// which IPVS does not tie to the mark.
 func connsOf(s *probes.Snapshot, svc ipvs.Service, templates bool) []ipvs.ConnCount {
 	var out []ipvs.ConnCount
 	for _, c := range s.IPVS.ConnCounts {
-		if c.Template == templates && c.VIP == svc.Addr && (templates || c.Proto == svc.Proto) {
+		if c.Template != templates {
+			continue
+		}
+		if svc.FWMark != 0 {
+			if templates && c.VIP.Port() == 0 && c.VIP.Addr() == markAddr(svc.FWMark, c.VIP.Addr().Is6()) {
+				out = append(out, c)
+			}
+			continue
+		}
+		if c.VIP == svc.Addr && c.Proto == svc.Proto {
 			out = append(out, c)
 		}
 	}
 	return out
+}
+
+// markAddr is the address IPVS gives a firewall-mark service's templates:
+// the mark, big-endian, in the address's first four bytes.
+func markAddr(mark uint32, v6 bool) netip.Addr {
+	b := [4]byte{byte(mark >> 24), byte(mark >> 16), byte(mark >> 8), byte(mark)}
+	if !v6 {
+		return netip.AddrFrom4(b)
+	}
+	var a [16]byte
+	copy(a[:], b[:])
+	return netip.AddrFrom16(a)
 }
 
 // connTableSkip says why a check that needs the IPVS connection table
@@ -108,7 +134,18 @@ func checkPersistenceQuiescent(s *probes.Snapshot, sel probes.Selector) Finding 
 			}
 		}
 		for _, c := range connsOf(s, svc, true) {
-			if wt, ok := w[c.Dest]; ok && wt == 0 {
+			wt, ok := w[c.Dest]
+			if svc.FWMark != 0 && c.Dest.Port() == 0 {
+				// A firewall-mark template names its real without a port:
+				// drained when every real at that address is.
+				wt, ok = 0, false
+				for _, r := range svc.Reals {
+					if r.Addr.Addr() == c.Dest.Addr() {
+						wt, ok = max(wt, r.Weight), true
+					}
+				}
+			}
+			if ok && wt == 0 {
 				pinned = append(pinned, c.Dest.String())
 				ev = append(ev, Evidence{Fact: fmt.Sprintf("%s (persistent %ds): %d client template(s) still point at %s, weight 0", svc.Key(), svc.Timeout, c.Count, c.Dest), Source: src})
 			}
@@ -441,9 +478,19 @@ func checkStaleFlows(s *probes.Snapshot, sel probes.Selector) Finding {
 	}
 	stale = slices.Compact(stale)
 	fix = append(fix, "# after adding a service or its SNAT rule, delete the VIP's flows that started before (as kube-proxy does for UDP services); the client's next packet then starts a flow the rules apply to")
-	return Finding{Status: Fail, Title: "flows to " + strings.Join(stale, ", ") + " predate the service or its SNAT rule: the rules never apply to them",
+	f := Finding{Status: Fail, Title: "flows to " + strings.Join(stale, ", ") + " predate the service or its SNAT rule: the rules never apply to them",
 		Reason:   "conntrack binds NAT when a flow starts: a client that sent to the VIP before the service (or its SNAT rule) existed keeps that flow, renewed by each packet; IPVS forwards it without SNAT, so the real answers the client directly and the answer is dropped",
 		Evidence: ev, Fix: fix, about: stale}
+	if !slices.ContainsFunc(stale, func(k string) bool { return !strings.HasPrefix(k, "TCP ") }) {
+		// An unanswered TCP flow is a connection attempt that never got a
+		// SYN-ACK: it ends when its client gives up (its next connect takes
+		// a new port, which the rules apply to). Right after a correct
+		// fix the attempts already under way are such flows: not a fault
+		// of now. A UDP client keeps its port and its flow for ever.
+		f.Status = Warn
+		f.Reason += "; these are TCP connection attempts: each fails, and they end within the SYN_SENT timeout (net.netfilter.nf_conntrack_tcp_timeout_syn_sent, 120 s by default) once their clients give up"
+	}
+	return f
 }
 
 // protoTimeouts names the IPVS idle timeouts of the selected services'

@@ -99,6 +99,47 @@ func TestPersistenceQuiescent(t *testing.T) {
 	}
 }
 
+// The IPVS table as 6.1 shows it (guest, ipvsadm -Lnc): a template carries
+// its service's protocol, and a firewall-mark service's is "IP 0.0.0.9:0".
+func TestPersistenceQuiescentTemplatesOfTheirService(t *testing.T) {
+	fwm := ipvs.Service{Proto: "fwmark", FWMark: 9, Scheduler: "rr", Flags: []string{"persistent"}, Timeout: 60,
+		Reals: []ipvs.Real{{Addr: realA, Method: ipvs.Masq, Weight: 0}, {Addr: realB, Method: ipvs.Masq, Weight: 1}}}
+	tests := []struct {
+		name      string
+		svc       func(s *probes.Snapshot)
+		counts    []ipvs.ConnCount
+		want      checks.Status
+		wantTitle string
+	}{
+		{name: "a TCP service's template is not its UDP twin's, whose real is drained",
+			svc: func(s *probes.Snapshot) {
+				withReals(s, "udp", 0, 1)
+				s.IPVS.Services[0].Flags, s.IPVS.Services[0].Timeout = []string{"persistent"}, 60
+			},
+			counts: []ipvs.ConnCount{{Proto: "tcp", VIP: churnVIP, Dest: realA, State: "ASSURED", Template: true, Count: 1}},
+			want:   checks.Pass, wantTitle: "no persistent client is pinned"},
+		{name: "a firewall-mark service's template to its drained real",
+			svc:    func(s *probes.Snapshot) { s.IPVS.Services = []ipvs.Service{fwm} },
+			counts: []ipvs.ConnCount{{Proto: "ip", VIP: netip.MustParseAddrPort("0.0.0.9:0"), Dest: netip.AddrPortFrom(realA.Addr(), 0), State: "ASSURED", Template: true, Count: 1}},
+			want:   checks.Fail, wantTitle: "persistent clients are still sent to 10.1.0.50"},
+		{name: "another mark's template",
+			svc:    func(s *probes.Snapshot) { s.IPVS.Services = []ipvs.Service{fwm} },
+			counts: []ipvs.ConnCount{{Proto: "ip", VIP: netip.MustParseAddrPort("0.0.0.8:0"), Dest: netip.AddrPortFrom(realA.Addr(), 0), State: "ASSURED", Template: true, Count: 1}},
+			want:   checks.Pass, wantTitle: "no persistent client is pinned"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := churnFixture(t, map[string]string{"net.ipv4.vs.expire_quiescent_template": "0"})
+			tt.svc(s)
+			s.IPVS.ConnCounts = tt.counts
+			got, _ := run(t, s, "ipvs.persistence_quiescent")
+			if got.Status != tt.want || !strings.Contains(got.Title, tt.wantTitle) {
+				t.Errorf("ipvs.persistence_quiescent(%s) = %s %q, want %s %q", tt.name, got.Status, got.Title, tt.want, tt.wantTitle)
+			}
+		})
+	}
+}
+
 func TestStaleUDP(t *testing.T) {
 	conn := func(dest netip.AddrPort) []ipvs.ConnCount {
 		return []ipvs.ConnCount{{Proto: "udp", VIP: churnVIP, Dest: dest, State: "UDP", Count: 2}}
@@ -248,6 +289,7 @@ func TestStaleFlows(t *testing.T) {
 		name      string
 		fixture   string // seed-stage3: one-arm with an -m ipvs MASQUERADE rule; seed-stage1: without; two-arm: none due
 		method    string
+		udp       bool // the service and its flow are UDP (a client that keeps its port)
 		flow      conntrack.Flow
 		untouched []probes.FlowTally
 		notSNATed []probes.FlowTally
@@ -255,11 +297,16 @@ func TestStaleFlows(t *testing.T) {
 		want      checks.Status
 		wantFix   string
 	}{
-		{name: "a flow older than the service", fixture: "seed-stage3", method: ipvs.Masq, flow: untouched, untouched: tally(1), want: checks.Fail,
+		{name: "a flow older than the service", fixture: "seed-stage3", method: ipvs.Masq, flow: untouched, untouched: tally(1), want: checks.Warn,
 			wantFix: "ip netns exec lb conntrack -D -p tcp --orig-dst 10.1.0.6 --orig-port-dst 8085 --reply-src 10.1.0.6   # only flows nothing rewrote: a flow IPVS took has its real as reply source"},
+		// A TCP attempt ends when its client gives up; a UDP client keeps
+		// its port and its flow for ever.
+		{name: "a UDP flow older than the service", fixture: "seed-stage3", method: ipvs.Masq, udp: true, flow: untouched, untouched: tally(1), want: checks.Fail,
+			wantFix: "ip netns exec lb conntrack -D -p udp --orig-dst 10.1.0.6 --orig-port-dst 8085 --reply-src 10.1.0.6   # only flows nothing rewrote: a flow IPVS took has its real as reply source"},
+		{name: "a UDP flow older than the SNAT rule", fixture: "seed-stage3", method: ipvs.Masq, udp: true, flow: notSNATed, notSNATed: tally(3), want: checks.Fail},
 		{name: "untouched flows of another protocol", fixture: "seed-stage3", method: ipvs.Masq, flow: untouched, untouched: []probes.FlowTally{{Proto: "udp", Dst: churnVIP, Count: 1}}, want: checks.Pass},
 		{name: "direct routing: IPVS never rewrites", fixture: "seed-stage3", method: ipvs.Route, flow: untouched, untouched: tally(1), want: checks.Pass},
-		{name: "a flow older than the SNAT rule", fixture: "seed-stage3", method: ipvs.Masq, flow: notSNATed, notSNATed: tally(3), want: checks.Fail,
+		{name: "a flow older than the SNAT rule", fixture: "seed-stage3", method: ipvs.Masq, flow: notSNATed, notSNATed: tally(3), want: checks.Warn,
 			wantFix: "ip netns exec lb conntrack -D -p tcp --orig-dst 10.1.0.6 --orig-port-dst 8085 --reply-dst 10.1.0.3   # this client's flows without SNAT (a SNATed flow's replies go to the LB)"},
 		{name: "no SNAT rule at all: nat.return_path's to judge", fixture: "seed-stage1", method: ipvs.Masq, flow: notSNATed, notSNATed: tally(3), want: checks.Pass},
 		{name: "two-arm: no SNAT is due", fixture: "two-arm", method: ipvs.Masq, flow: notSNATed, notSNATed: tally(3), want: checks.Pass},
@@ -276,6 +323,15 @@ func TestStaleFlows(t *testing.T) {
 			s.Conntrack.Counts = nil
 			s.Conntrack.Untouched = tt.untouched
 			s.Conntrack.NotSNATed = tt.notSNATed
+			if tt.udp {
+				s.IPVS.Services[0].Proto = "udp"
+				s.Conntrack.Flows[0].Proto, s.Conntrack.Flows[0].State = "udp", ""
+				for _, l := range [][]probes.FlowTally{s.Conntrack.Untouched, s.Conntrack.NotSNATed} {
+					for i := range l {
+						l[i].Proto = "udp"
+					}
+				}
+			}
 			if tt.selector != "" {
 				s.Conntrack.Selector = tt.selector
 			}

@@ -2,6 +2,7 @@ package checks_test
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/checks"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
+	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 )
 
 // With expire_nodest_conn=0 IPVS drops, in its LOCAL_IN hook, the packets
@@ -53,6 +55,47 @@ func TestExpireNodestExplainsDrops(t *testing.T) {
 			}
 			if e, want := find(fs, "ipvs.expire_nodest_conn"), map[string]checks.Status{"0": checks.Warn, "1": checks.Pass}[tt.expire]; e.Status != want {
 				t.Errorf("ipvs.expire_nodest_conn = %s, want %s (expire_nodest_conn=%s)", e.Status, want, tt.expire)
+			}
+		})
+	}
+}
+
+// A DNS-like VIP serves TCP and UDP on one port. The UDP service's real
+// .99 was removed while the TCP service keeps one at that address: IPVS's
+// drop of a UDP entry to .99 is the removal's (seen in the guest failing
+// drops.vip_flows as a packet filter's, with a fix listing INPUT), and a
+// TCP drop to .99 is not.
+func TestExpireNodestExplainsDropsByProtocol(t *testing.T) {
+	tests := []struct {
+		name       string
+		proto      uint8
+		want       checks.Status
+		wantReason string
+	}{
+		{"UDP entry to the real the UDP service lost", 17, checks.Warn, "explained by ipvs.expire_nodest_conn"},
+		{"TCP connection to the real the TCP service keeps", 6, checks.Fail, "packet-filter rule dropped it in input"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := loadFixture(t, "seed-stage1")
+			vip := netip.MustParseAddrPort("10.1.0.6:8085")
+			gone := netip.MustParseAddrPort("10.1.0.99:8085")
+			tcp := s.IPVS.Services[0]
+			tcp.Reals = append(slices.Clone(tcp.Reals), ipvs.Real{Addr: gone, Method: ipvs.Masq, Weight: 1})
+			udp := s.IPVS.Services[0]
+			udp.Proto = "udp"
+			s.IPVS.Services = []ipvs.Service{tcp, udp}
+			client := netip.MustParseAddrPort("10.1.0.3:5454")
+			s.Drops = &drops.Sample{Window: 3 * time.Second, Drops: []drops.Counted{{
+				Aggregate:  drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: tt.proto, Reason: 1, Location: 0xffff, Src: client, Dst: vip}, Count: 10},
+				ReasonName: "NETFILTER_DROP", Symbol: "nf_hook_slow+0xa4", Hook: "input",
+				Flow: &drops.Flow{Client: client, VIP: vip, Real: gone, Direction: "request", Stage: "as the client sent it, before IPVS", Source: "ipvs"}}}}
+			v := s.Sysctls["net.ipv4.vs.expire_nodest_conn"]
+			v.Value, v.Present = "0", true
+			s.Sysctls["net.ipv4.vs.expire_nodest_conn"] = v
+			got := find(checks.Run(s, probes.Selector{}), "drops.vip_flows")
+			if got.Status != tt.want || !strings.Contains(got.Reason, tt.wantReason) {
+				t.Errorf("drops.vip_flows with a NETFILTER_DROP in input of a %s = %s %q, want %s with %q", tt.name, got.Status, got.Reason, tt.want, tt.wantReason)
 			}
 		})
 	}

@@ -93,7 +93,15 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 	var ev []Evidence
 	var warn *Finding
 	ix, probesBy := indexWindow(s), probeResults(s)
+	judged := 0
 	for _, svc := range masq {
+		if svc.FWMark != 0 {
+			// The return path hangs on the VIP's segment, and a mark has
+			// none: the address is in the rule that sets the mark.
+			ev = append(ev, Evidence{Fact: svc.Key() + ": a firewall mark selects its packets, not an address: its return path is not judged", Source: "ipvs, " + s.Target.String()})
+			continue
+		}
+		judged++
 		rp := DecideReturnPath(s, svc.Addr.Addr(), addrsOf(svc))
 		ev = append(ev, rp.Evidence...)
 		var snat []rules.Rule
@@ -149,6 +157,9 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 	if warn != nil {
 		warn.Evidence = append(ev, warn.Evidence...)
 		return *warn
+	}
+	if judged == 0 {
+		return skip("only firewall-mark masquerade services are selected: a mark has no VIP whose segment the return path could be judged by")
 	}
 	return Finding{Status: Pass, Title: "replies come back through the LB", Evidence: ev}
 }

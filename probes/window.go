@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/lbdoctor/lbdoctor/flowpath"
+	"github.com/lbdoctor/lbdoctor/internal/proto"
 	"github.com/lbdoctor/lbdoctor/probes/capture"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/health"
@@ -162,7 +163,7 @@ func RealGoneOf(s *Snapshot, c drops.Counted) netip.AddrPort {
 		return netip.AddrPort{}
 	}
 	for _, r := range []netip.AddrPort{c.Flow.Real, c.Flow.EarlierReal} {
-		if r.IsValid() && s.IPVS.RealLeft(c.Flow.VIP, r) {
+		if r.IsValid() && s.IPVS.RealLeft(proto.Name(c.Proto), c.Flow.VIP, r) {
 			return r
 		}
 	}

@@ -169,11 +169,15 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 	toDrop := func(c drops.Counted) report.Drop { return report.DropOf(c, tags.Of(c.Netns)) }
 
 	// The window: --duration, Ctrl-C or SIGTERM, or the namespace going away.
+	// It opened when the tracer was attached, which counts from then: what
+	// the set-up since took (the attributor's subscriptions) is not added
+	// to its length.
+	start := tr.Attached()
 	window, endWindow := context.WithCancelCause(ctx)
 	defer endWindow(nil)
 	if f.duration > 0 {
 		var cancel context.CancelFunc
-		window, cancel = context.WithTimeout(window, f.duration)
+		window, cancel = context.WithDeadline(window, start.Add(f.duration))
 		defer cancel()
 	}
 	if g.netns != "" {
@@ -200,7 +204,6 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 	// flood of 10,000 drops, one P made about a fifth fewer context
 	// switches and system calls).
 	runtime.GOMAXPROCS(1)
-	start := time.Now()
 	var delivered uint64
 	sum := report.DropsSummary{Type: "summary", Attach: tr.Attach, AttachMs: float64(tr.AttachTime.Microseconds()) / 1000, NoReasons: tr.NoReasons,
 		RawLocations: namer.RawLocations, Filter: filter, Top: f.top, Length: f.duration}

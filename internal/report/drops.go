@@ -1,13 +1,13 @@
 package report
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
 	"maps"
 	"net/netip"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -244,12 +244,12 @@ func DropsJSONLine(w io.Writer, v any) error {
 // writeRest sums up the summary rows past the cap, and the drops of flows
 // not itemised, by reason, place and namespace: a flood from many ports is
 // one line, not thousands.
-func writeRest(b *strings.Builder, rest []Drop, top int) {
+func writeRest(b *strings.Builder, rest []*Drop, top int) {
 	if len(rest) == 0 {
 		return
 	}
-	key := func(d Drop) string { return d.Reason + " " + d.Location + " " + netnsLabel(d) }
-	places := tally.By(rest, key, func(d Drop) uint64 { return d.Count })
+	key := func(d *Drop) string { return d.Reason + " " + d.Location + " " + netnsLabel(*d) }
+	places := tally.By(rest, key, func(d *Drop) uint64 { return d.Count })
 	var total, unitemised uint64
 	flows := len(rest)
 	perPlace := map[string]uint64{}
@@ -288,7 +288,7 @@ func writeRest(b *strings.Builder, rest []Drop, top int) {
 		} else {
 			of = append(of, tally.Of(members, "flow"))
 		}
-		fmt.Fprintf(b, "%6d × %s %s at %s (%s)\n", p.Count, d.Reason, d.Location, netnsLabel(d), strings.Join(of, ", "))
+		fmt.Fprintf(b, "%6d × %s %s at %s (%s)\n", p.Count, d.Reason, d.Location, netnsLabel(*d), strings.Join(of, ", "))
 	}
 }
 
@@ -304,40 +304,49 @@ func DropsSummaryText(w io.Writer, s DropsSummary) error {
 func DropsTable(w io.Writer, s DropsSummary) error {
 	var b strings.Builder
 	if s.Aggregates != nil {
-		sort.Slice(s.Aggregates, func(i, j int) bool {
-			x, y := s.Aggregates[i], s.Aggregates[j]
+		// A flood's summary has tens of thousands of rows: they are sorted
+		// and split by pointer, not copied (a Drop is ~200 bytes), which
+		// made this table most of the time a --summary run took past its
+		// window.
+		order := make([]*Drop, len(s.Aggregates))
+		for i := range s.Aggregates {
+			order[i] = &s.Aggregates[i]
+		}
+		slices.SortFunc(order, func(x, y *Drop) int {
 			if x.Count != y.Count {
-				return x.Count > y.Count
+				return cmp.Compare(y.Count, x.Count)
 			}
 			// Field by field: building one string per comparison costs more
 			// than the rest of a 10,000-flow summary.
-			if x.Location != y.Location {
-				return x.Location < y.Location
+			if c := strings.Compare(x.Location, y.Location); c != 0 {
+				return c
 			}
-			if x.Src != y.Src {
-				return x.Src < y.Src
+			if c := strings.Compare(x.Src, y.Src); c != 0 {
+				return c
 			}
-			return x.Dst < y.Dst
+			return strings.Compare(x.Dst, y.Dst)
 		})
-		if len(s.Aggregates) == 0 {
+		if len(order) == 0 {
 			b.WriteString("no drops matched\n")
 		}
 		// The drops of flows not itemised are no flow: they are summed up
 		// by place with the rows past the cap.
-		var rows, rest, unitemised []Drop
-		for _, d := range s.Aggregates {
+		rows := make([]*Drop, 0, len(order))
+		var unitemised []*Drop
+		for _, d := range order {
 			if d.NotItemised {
 				unitemised = append(unitemised, d)
 			} else {
 				rows = append(rows, d)
 			}
 		}
+		var rest []*Drop
 		if s.Top > 0 && len(rows) > s.Top {
 			rows, rest = rows[:s.Top], rows[s.Top:]
 		}
 		rest = append(rest, unitemised...)
 		for _, d := range rows {
-			b.WriteString(DropLine(d) + "\n")
+			b.WriteString(DropLine(*d) + "\n")
 		}
 		writeRest(&b, rest, s.Top)
 	}

@@ -15,6 +15,9 @@ import (
 // with. data is what input.Read returned (at most input.MaxSize). Errors
 // are *ParseError: one line, file:line: why.
 func ParseExpected(file string, data []byte) (expect.Config, error) {
+	// A UTF-8 byte order mark (an editor's, typically before a comment
+	// line) says only "UTF-8"; lines keep their numbers without it.
+	data = bytes.TrimPrefix(data, []byte("\ufeff"))
 	if line, why := input.BinaryLine(data); why != "" {
 		return expect.Config{}, &ParseError{file, line, why}
 	}

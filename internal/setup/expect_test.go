@@ -59,6 +59,17 @@ TCP 10.1.0.6:80 wlc p0 @1:`},
 TCP 10.1.0.6:80 rr p300 @2: 10.1.0.50:80 route 1 @3 10.1.0.51:80 tunnel 2 @4 10.1.0.52:8080 masq 0 @5
 FWM 7 sh p300 @6: 10.1.0.53:0 route 1 @7
 UDP 10.1.0.6:53 rr p0 @8: 10.1.0.50:53 route 4 @9`},
+		{"ipvsadm -Sn of an IPv6 service, as ipvsadm writes it", `-A -t [fd00:1::6]:8085 -s rr
+-a -t [fd00:1::6]:8085 -r [fd00:2::50]:8085 -m -w 1
+-A -u [fd00:1::6]:53 -s rr -p 60
+-a -u [fd00:1::6]:53 -r [fd00:2::51]:53 -g -w 0
+`, `ipvsadm -Sn
+TCP [fd00:1::6]:8085 rr p0 @1: [fd00:2::50]:8085 masq 1 @2
+UDP [fd00:1::6]:53 rr p60 @3: [fd00:2::51]:53 route 0 @4`},
+		{"keepalived.conf saved by an editor that writes a UTF-8 BOM", "\ufeff! Configuration File for keepalived\nvirtual_server 10.1.0.6 80 {\n lb_kind NAT\n real_server 10.1.0.50 80 {\n }\n}\n", `keepalived.conf
+TCP 10.1.0.6:80 wlc p0 @2: 10.1.0.50:80 masq 1 @4`},
+		{"keepalived: an IPv6 virtual_server", "virtual_server fd00:1::6 8085 {\n lb_kind NAT\n protocol TCP\n real_server fd00:2::50 8085 {\n  weight 2\n }\n}\n", `keepalived.conf
+TCP [fd00:1::6]:8085 wlc p0 @1: [fd00:2::50]:8085 masq 2 @4`},
 		{"lbdoctor YAML: every real masquerades", `---
 services:
   - vip: 10.1.0.6:8085
@@ -107,7 +118,7 @@ func TestParseExpectedRefuses(t *testing.T) {
 		{"ipvsadm netmask", "-A -t 10.1.0.6:80 -s rr -p 60 -M 255.255.255.0\n", "f:1: option -M is not compared by lbdoctor check --expect"},
 		{"ipvsadm fwmark not a number", "-A -f x -s rr\n", `f:1: -f: want a firewall mark 1-4294967295, got "x"`},
 		{"ipvsadm names instead of numbers", "-A -t web.example.com:http -s rr\n", "give `ipvsadm -Sn` (numeric) output"},
-		{"ipvsadm masquerade without a port", "-A -f 7 -s rr\n-a -f 7 -r 10.1.0.50:0 -m\n", "real 10.1.0.50:0 must be IPv4 ADDR:PORT"},
+		{"ipvsadm masquerade without a port", "-A -f 7 -s rr\n-a -f 7 -r 10.1.0.50:0 -m\n", "real 10.1.0.50:0 must be ADDR:PORT"},
 		{"empty", "", "f: is none of the files --expect reads"},
 		{"comments only", "# nothing\n! nothing\n", "f: is none of the files --expect reads"},
 		{"something else", "[Unit]\nDescription=x\n", "f: is none of the files --expect reads"},

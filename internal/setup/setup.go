@@ -94,6 +94,15 @@ type SpecError struct {
 
 func (e *SpecError) Error() string { return e.Msg }
 
+// familyWord is the address family validate asks for: setup builds IPv4
+// services only, an expectation may name either family.
+func familyWord(expect bool) string {
+	if expect {
+		return ""
+	}
+	return "IPv4 "
+}
+
 // Validate reports the first thing wrong with a spec, as one line (a
 // *SpecError). Values from the user are cut (input.Quote).
 func (s Spec) Validate() error { return s.validate(false) }
@@ -118,8 +127,10 @@ func (s Spec) validate(expect bool) error {
 			// No address or protocol to judge: the mark selects packets.
 		case svc.Proto != "tcp" && svc.Proto != "udp":
 			return bad("proto", "service %s: protocol %s, want tcp or udp", key, input.Quote(svc.Proto))
-		case !svc.VIP.Addr().Is4() || svc.VIP.Port() == 0:
-			return bad("vip", "service %s: the VIP must be IPv4 ADDR:PORT with a port", key)
+		case !svc.VIP.Addr().Is4() && !expect || svc.VIP.Port() == 0:
+			// setup builds IPv4 services only; IPVS and keepalived also run
+			// IPv6 ones, which an expectation names as `ipvsadm -Sn` does.
+			return bad("vip", "service %s: the VIP must be %sADDR:PORT with a port", key, familyWord(expect))
 		case AddrFault(svc.VIP.Addr(), "a VIP") != "":
 			return bad("vip", "service %s: %s", key, AddrFault(svc.VIP.Addr(), "a VIP"))
 		}
@@ -140,10 +151,10 @@ func (s Spec) validate(expect bool) error {
 				return &SpecError{Service: i, Real: j, Field: field, Msg: fmt.Sprintf(format, a...)}
 			}
 			switch {
-			case !r.Addr.Addr().Is4() || r.Addr.Port() == 0 && !(expect && r.Method != "masq"):
+			case !r.Addr.Addr().Is4() && !expect || r.Addr.Port() == 0 && !(expect && r.Method != "masq"):
 				// ipvsadm -Sn writes a DR or tunnel real of a firewall-mark
 				// service with port 0: such a real keeps each packet's port.
-				return bad("addr", "service %s: real %s must be IPv4 ADDR:PORT", key, r.Addr)
+				return bad("addr", "service %s: real %s must be %sADDR:PORT", key, r.Addr, familyWord(expect))
 			case AddrFault(r.Addr.Addr(), "a real server") != "":
 				return bad("addr", "service %s: real %s: %s", key, r.Addr, AddrFault(r.Addr.Addr(), "a real server"))
 			case r.Weight < 0 || r.Weight > 65535:

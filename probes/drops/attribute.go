@@ -54,10 +54,11 @@ func (f Flow) String() string {
 // address pairs its packets have on the NAT path, either way round — two
 // for a flow that only DNAT rewrote, three with SNAT — so a lookup is a map
 // read and the place on the path is told from the packet's direction.
-// Misses are never cached. A drop that misses waits — only while its
-// caller's context allows, i.e. while the window is open — until the tables
-// are known to be read past the moment it was dropped; otherwise it is
-// counted as not attributed. Safe for concurrent use.
+// Misses are never cached. A drop that misses reads the queued conntrack
+// events itself and waits — only while its caller's context allows, i.e.
+// while the window is open — until the tables are known to be read past
+// the moment it was dropped; otherwise it is counted as not attributed.
+// Safe for concurrent use.
 type Attributor struct {
 	LB       netns.Target
 	Interval time.Duration // least time between two batched reads
@@ -85,8 +86,8 @@ type Attributor struct {
 	ct                                         *conntrack.Dumper
 	vs                                         *ipvs.ConnTable
 
+	ev                        events
 	wake                      chan struct{}
-	readEvents                chan struct{} // a drop waits for the events to be read past it
 	stop                      chan struct{}
 	stopped                   sync.Once
 	attributed, notAttributed atomic.Uint64
@@ -168,7 +169,7 @@ func NewAttributor(lb netns.Target, addrs []netip.Addr, proto uint8) *Attributor
 // (Config.NoIPVSTable, Config.NoConntrackDump).
 func newAttributor(lb netns.Target, addrs []netip.Addr, proto uint8, lazy bool, noVS, noCT string) *Attributor {
 	a := &Attributor{lazy: lazy, noVS: noVS, noCT: noCT, LB: lb, Interval: DefaultInterval, cur: map[pairKey]*cached{}, old: map[pairKey]*cached{}, maxKeys: MaxCacheKeys,
-		progress: make(chan struct{}), errs: map[string]string{}, wake: make(chan struct{}, 1), readEvents: make(chan struct{}, 1), stop: make(chan struct{})}
+		progress: make(chan struct{}), errs: map[string]string{}, wake: make(chan struct{}, 1), stop: make(chan struct{})}
 	if len(addrs) > 0 {
 		// A set: the services of a big LB have thousands of addresses,
 		// and every flow of a dump is looked up.
@@ -272,11 +273,13 @@ func (a *Attributor) attribute(ctx context.Context, p Packet, at int64) *Flow {
 		if wake {
 			a.kick()
 		}
-		if readEvents {
-			select {
-			case a.readEvents <- struct{}{}:
-			default:
-			}
+		// Read here, not by the follower: handing each wait over to it and
+		// back parked two goroutines per batch of drops under a flood (half
+		// of the process's parks). Read to the end, the events are read past
+		// at, or were lost (a dump is asked for): the next look decides.
+		// Without a subscription any more, the wait is for a dump.
+		if readEvents && a.drainEvents() {
+			continue
 		}
 		select {
 		case <-progress:
@@ -404,10 +407,11 @@ func (a *Attributor) refresher(started chan<- struct{}) {
 	a.subscribed, a.wantDump, a.wantVS = sub != nil, !a.lazy, a.vs != nil && !a.lazy
 	maps.Copy(a.errs, errs)
 	a.mu.Unlock()
-	close(started)
 	if sub != nil {
-		go a.follow(sub)
+		a.ev.sub, a.ev.add = sub, a.adder()
+		go a.follow()
 	}
+	close(started)
 	var last time.Time
 	for {
 		a.mu.Lock()
@@ -439,25 +443,38 @@ func (a *Attributor) refresher(started chan<- struct{}) {
 	}
 }
 
-// follow reads the conntrack events until the attributor stops, and then
-// closes the subscription (only it reads the socket: closing it elsewhere
-// could hand its number to another file under a blocked read). It reads
-// what is queued to the end every eventPeriod, and at once when a drop
-// waits for it (readEvents): not woken by each event. The lock is taken
-// once per read (a read is a batch of flows), never while it waits.
-func (a *Attributor) follow(sub *conntrack.NewFlows) {
-	defer sub.Close()
-	add := a.adder()
-	type entry struct {
-		proto uint8
-		o, r  conntrack.Tuple
-	}
-	var got []entry
-	collect := func(proto uint8, o, r conntrack.Tuple) { got = append(got, entry{proto, o, r}) }
+// events is the conntrack subscription's reading: by the follower every
+// eventPeriod, and by a drop that waits for it (drainEvents).
+type events struct {
+	mu  sync.Mutex
+	sub *conntrack.NewFlows // nil once closed
+	add func(proto uint8, o, r conntrack.Tuple)
 	// After ENOBUFS the kernel drops events without saying so again until
 	// the queue has been emptied (netlink's congested state): until then
 	// every read is lossy.
-	congested := false
+	congested bool
+	got       []event // one read's flows, cached under a.mu at once
+}
+
+type event struct {
+	proto uint8
+	o, r  conntrack.Tuple
+}
+
+// follow reads the conntrack events every eventPeriod until the attributor
+// stops, and then closes the subscription (closed under ev.mu: a drop
+// reading it meanwhile finds it closed). A drop that waits for the events
+// reads them itself: the follower is not woken by each event, nor by each
+// wait.
+func (a *Attributor) follow() {
+	defer func() {
+		a.ev.mu.Lock()
+		defer a.ev.mu.Unlock()
+		if a.ev.sub != nil {
+			a.ev.sub.Close()
+			a.ev.sub = nil
+		}
+	}()
 	tick := time.NewTicker(eventPeriod)
 	defer tick.Stop()
 	for {
@@ -466,51 +483,70 @@ func (a *Attributor) follow(sub *conntrack.NewFlows) {
 			return
 		default:
 		}
-		got = got[:0]
+		if !a.drainEvents() {
+			return
+		}
+		select {
+		case <-tick.C:
+		case <-a.stop:
+			return
+		}
+	}
+}
+
+// drainEvents reads what is queued on the subscription to the end and
+// caches its flows; the lock of the attributor is taken once per read (a
+// read is a batch of flows). It returns false once the subscription is
+// gone (closed, or failed: then events no longer prove a flow absent, and
+// a dump is asked for).
+func (a *Attributor) drainEvents() bool {
+	e := &a.ev
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	collect := func(proto uint8, o, r conntrack.Tuple) { e.got = append(e.got, event{proto, o, r}) }
+	for e.sub != nil {
+		e.got = e.got[:0]
 		// An empty read proves read every event queued before it started,
 		// not before it returned (a drop may come between the two): the
 		// time is taken first.
 		before := monotonicNow()
-		drained, err := sub.Read(false, collect)
+		drained, err := e.sub.Read(false, collect)
 		now := monotonicNow()
 		dump := false
 		a.mu.Lock()
-		for _, e := range got {
-			add(e.proto, e.o, e.r)
+		for _, ev := range e.got {
+			e.add(ev.proto, ev.o, ev.r)
 		}
 		switch {
 		case errors.Is(err, conntrack.ErrEventsLost):
-			a.lostAt, a.wantDump, congested, dump = now, true, true, true
+			a.lostAt, a.wantDump, e.congested, dump = now, true, true, true
 		case err != nil:
 			a.subscribed, a.wantDump = false, true
 			a.errs["conntrack events"] = err.Error()
 		case drained:
-			if congested {
+			if e.congested {
 				// Lossy until now: a dump from now on covers it.
-				a.lostAt, a.wantDump, congested, dump = before, true, false, true
+				a.lostAt, a.wantDump, e.congested, dump = before, true, false, true
 			}
 			a.drainedAt = before
 			a.advanceLocked()
-		case congested:
+		case e.congested:
 			a.lostAt = now
 		}
 		a.mu.Unlock()
 		if err != nil || dump {
 			a.kick()
 			if err != nil && !errors.Is(err, conntrack.ErrEventsLost) {
-				return
+				e.sub.Close()
+				e.sub = nil
+				return false
 			}
 		}
-		if !drained {
-			continue // more queued: read on
-		}
-		select {
-		case <-tick.C:
-		case <-a.readEvents:
-		case <-a.stop:
-			return
+		if drained {
+			return true
 		}
 	}
+	return false
 }
 
 // adder returns the function that caches a conntrack flow's places; the

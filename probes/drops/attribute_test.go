@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
+	"github.com/lbdoctor/lbdoctor/probes/conntrack"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
 )
 
@@ -30,7 +31,34 @@ func sendUDP(t *testing.T, p *testkit.DropPair, sport, dport uint16, dst netip.A
 	if err != nil {
 		t.Fatal(err)
 	}
-	return drops.Packet{Family: 4, Proto: unix.IPPROTO_UDP, Src: netip.AddrPortFrom(p.AddrA, sport), Dst: netip.AddrPortFrom(dst, dport)}
+	src := netip.AddrPortFrom(p.AddrA, sport)
+	waitConfirmed(t, p, src)
+	return drops.Packet{Family: 4, Proto: unix.IPPROTO_UDP, Src: src, Dst: netip.AddrPortFrom(dst, dport)}
+}
+
+// waitConfirmed waits until p.B's conntrack holds the flow from src: the
+// datagram crosses the veth after the write returns, and a drop the tracer
+// reports comes after its flow was confirmed (its event sent), which a
+// test asking about the drop at once would otherwise race.
+func waitConfirmed(t *testing.T, p *testkit.DropPair, src netip.AddrPort) {
+	t.Helper()
+	d, err := conntrack.NewDumper(p.B)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		found := false
+		if _, err := d.Tuples(conntrack.Filter{}, func(_ uint8, o, _ conntrack.Tuple) { found = found || o.Src == src }); err != nil {
+			t.Fatal(err)
+		}
+		if found {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no conntrack flow from %s in %s after 2 s", src, p.B)
+		}
+	}
 }
 
 // A drop is attributed to a load-balanced flow only when conntrack shows

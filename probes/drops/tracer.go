@@ -244,8 +244,19 @@ var ErrBadFilter = errors.New("bad drop filter")
 // NewContext is New that gives up when ctx ends first (loading takes
 // hundreds of milliseconds on a busy machine and cannot be cancelled): it
 // returns context.Cause(ctx), and the tracer, once loaded, is closed.
+// It reads the kernel's symbols for the tracer's Namer beside the loading
+// and attaches the tracer once they are read (Prepared.ReadSymbols): a
+// window that opens at the attach is not shortened by them (tens of
+// milliseconds here, seconds when /proc/kallsyms is slow to read).
 func NewContext(ctx context.Context, cfg Config) (*Tracer, error) {
-	return loadContext(ctx, func() (*Tracer, error) { return New(cfg) })
+	return loadContext(ctx, func() (*Tracer, error) {
+		p, err := Prepare(cfg.Attach)
+		if err != nil {
+			return nil, err
+		}
+		p.ReadSymbols()
+		return p.Load(cfg)
+	})
 }
 
 // LoadContext is Load that gives up when ctx ends first, as NewContext.
@@ -654,6 +665,10 @@ func (t *Tracer) ProgramID() (ebpf.ProgramID, error) {
 // ProgramStats are the kernel's run statistics of the tracer program (run
 // time needs kernel.bpf_stats_enabled=1).
 func (t *Tracer) ProgramStats() (*ebpf.ProgramStats, error) { return t.prog.Stats() }
+
+// Attached is when the tracer was attached: it counts from then, and a
+// window over it opens then.
+func (t *Tracer) Attached() time.Time { return t.attached }
 
 // ProgramName is the name the tracer of process pid has in the kernel.
 func ProgramName(pid int) string { return fmt.Sprintf("lbdrop_%d", pid) }

@@ -14,6 +14,8 @@ const connTable = `Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Exp
 TCP 0A010003 A3F2 0A010006 1F95 0A010032 1F95 SYN_RECV         56
 UDP 0A010003 8000 0A010006 0035 0A010033 0035 UDP             298
 TCP 2001:0db8:0000:0000:0000:0000:0000:0001 0050 2001:0db8:0000:0000:0000:0000:0000:0006 0050 2001:0db8:0000:0000:0000:0000:0000:0032 0050 ESTABLISHED     899 sip 1234
+IP  0A010003 0000 00000009 0000 0A020032 0000 ASSURED          57
+TCP 0A010003 0000 0A010007 1F95 0A020033 1F95 ASSURED          57
 `
 
 func TestParseConns(t *testing.T) {
@@ -25,6 +27,11 @@ func TestParseConns(t *testing.T) {
 		{Proto: "tcp", Client: netip.MustParseAddrPort("10.1.0.3:41970"), VIP: netip.MustParseAddrPort("10.1.0.6:8085"), Dest: netip.MustParseAddrPort("10.1.0.50:8085"), State: "SYN_RECV", Expires: 56},
 		{Proto: "udp", Client: netip.MustParseAddrPort("10.1.0.3:32768"), VIP: netip.MustParseAddrPort("10.1.0.6:53"), Dest: netip.MustParseAddrPort("10.1.0.51:53"), State: "UDP", Expires: 298},
 		{Proto: "tcp", Client: netip.MustParseAddrPort("[2001:db8::1]:80"), VIP: netip.MustParseAddrPort("[2001:db8::6]:80"), Dest: netip.MustParseAddrPort("[2001:db8::32]:80"), State: "ESTABLISHED", Expires: 899, PEName: "sip", PEData: "1234"},
+		// Persistence templates as 6.1 lists them (guest): a firewall-mark
+		// service's carries protocol IP and the mark as its address, its
+		// real without a port; an address service's its own protocol.
+		{Proto: "ip", Client: netip.MustParseAddrPort("10.1.0.3:0"), VIP: netip.MustParseAddrPort("0.0.0.9:0"), Dest: netip.MustParseAddrPort("10.2.0.50:0"), State: "ASSURED", Expires: 57},
+		{Proto: "tcp", Client: netip.MustParseAddrPort("10.1.0.3:0"), VIP: netip.MustParseAddrPort("10.1.0.7:8085"), Dest: netip.MustParseAddrPort("10.2.0.51:8085"), State: "ASSURED", Expires: 57},
 	}
 	if len(got) != len(want) {
 		t.Fatalf("ParseConns() = %d conns, want %d", len(got), len(want))

@@ -119,13 +119,14 @@ func (s Snapshot) DestConns() int {
 	return n
 }
 
-// RealLeft reports whether real is no longer a real server of the service
-// at vip: a service is there and real is not one of its reals (removed, as
-// `ipvsadm -d` does). False when no service is at vip: nothing is known of
-// it then.
-func (s Snapshot) RealLeft(vip, real netip.AddrPort) bool {
+// RealLeft reports whether real is no longer a real server of the proto
+// (tcp, udp, sctp) service at vip: a service is there and real is not one
+// of its reals (removed, as `ipvsadm -d` does). False when no such service
+// is there: nothing is known of it then. A TCP and a UDP service on one VIP
+// and port (DNS) have reals of their own.
+func (s Snapshot) RealLeft(proto string, vip, real netip.AddrPort) bool {
 	for _, svc := range s.Services {
-		if svc.FWMark != 0 || svc.Addr != vip {
+		if svc.FWMark != 0 || svc.Addr != vip || svc.Proto != proto {
 			continue
 		}
 		return !slices.ContainsFunc(svc.Reals, func(r Real) bool { return r.Addr == real })
