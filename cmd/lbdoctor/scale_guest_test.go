@@ -27,6 +27,7 @@ import (
 	"testing"
 	"time"
 
+	mobyipvs "github.com/moby/ipvs"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -112,6 +113,37 @@ func BenchmarkGuestCheckScale(b *testing.B) {
 			profileGather(b, s.lb)
 		})
 	}
+	// The IPVS read alone, in this process, on the same table, beside
+	// moby/ipvs's (what ipvs.Read used before), in turn: what the probe
+	// costs here, beside what it costs inside `check`.
+	b.Run("ipvs-read", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			for round := 0; round < 2; round++ {
+				start := time.Now()
+				v, err := ipvs.Read(s.lb)
+				if err != nil || len(v.Services) != services {
+					b.Fatalf("ipvs.Read = %d services, %v; want %d", len(v.Services), err, services)
+				}
+				ours := time.Since(start)
+				start = time.Now()
+				h, err := mobyipvs.New(s.lb.Path)
+				if err != nil {
+					b.Fatal(err)
+				}
+				svcs, err := h.GetServices()
+				for _, svc := range svcs {
+					if _, err = h.GetDestinations(svc); err != nil {
+						break
+					}
+				}
+				h.Close()
+				if err != nil || len(svcs) != services {
+					b.Fatalf("moby/ipvs read = %d services, %v; want %d", len(svcs), err, services)
+				}
+				b.Logf("round %d: ipvs.Read %s, moby/ipvs %s", round, ours.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+			}
+		}
+	})
 	for _, r := range runs {
 		b.Run(r.name, func(b *testing.B) {
 			for i := 0; i < b.N; i++ {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 
-	"github.com/mdlayher/netlink"
 	ct "github.com/ti-mo/conntrack"
 	"github.com/ti-mo/netfilter"
 
@@ -38,16 +37,7 @@ type CPU struct {
 }
 
 func open(ns netns.Target) (*ct.Conn, error) {
-	cfg := &netlink.Config{}
-	if !ns.IsCurrent() {
-		h, err := ns.Handle()
-		if err != nil {
-			return nil, err
-		}
-		defer h.Close()
-		cfg.NetNS = int(h)
-	}
-	c, err := ct.Dial(cfg)
+	c, err := netns.Dial(ns, ct.Dial)
 	if err != nil {
 		return nil, fmt.Errorf("open conntrack netlink in %s: %w", ns, err)
 	}
