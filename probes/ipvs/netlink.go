@@ -20,7 +20,12 @@ import (
 // for the same dumps in the guest (BenchmarkGuestReadScale: 7.4 s against
 // 3.4 s a read of 1,000 services × 10 reals under TCG; ipvsadm -Ln 4.1 s):
 // it asks the socket's address (getsockname) for every request and sets a
-// read deadline for every receive.
+// read deadline for every receive. Two more reasons it is not used to read:
+// it resolves IPVS's netlink family once per process (a sync.Once), so a
+// long-running reader (serve) never saw IPVS again after the module was
+// reloaded and the family got a new id (TestGuestServeIPVSModuleReload:
+// this reader resolves it at each read); and it runs `modprobe ip_vs`,
+// which a read-only doctor must not.
 const (
 	genlCtrlID            = 0x10 // GENL_ID_CTRL
 	genlCtrlCmdGetFamily  = 3    // CTRL_CMD_GETFAMILY
