@@ -30,16 +30,19 @@ type flowLeg struct {
 // IPVS's FORWARD hook rewrites them).
 func legsOf(svc ipvs.Service) []flowLeg {
 	key := svc.Key()
-	legs := []flowLeg{{hook: "input", service: key, pkt: rules.Packet{Proto: svc.Proto, Dst: svc.Addr.Addr(), DPort: svc.Addr.Port()},
+	// Requests open their flows (a rule that accepts only established or
+	// related packets does not spare them); every leg's packets come from
+	// or go to other hosts, never over loopback.
+	legs := []flowLeg{{hook: "input", service: key, pkt: rules.Packet{Proto: svc.Proto, Dst: svc.Addr.Addr(), DPort: svc.Addr.Port(), First: true, Remote: true},
 		what: "requests to " + key, why: "filter INPUT runs before IPVS takes them (LOCAL_IN)"}}
 	for _, r := range svc.Reals {
 		if r.Method != ipvs.Masq {
 			continue
 		}
 		legs = append(legs,
-			flowLeg{hook: "output", service: key, pkt: rules.Packet{Proto: svc.Proto, Dst: r.Addr.Addr(), DPort: r.Addr.Port()},
+			flowLeg{hook: "output", service: key, pkt: rules.Packet{Proto: svc.Proto, Dst: r.Addr.Addr(), DPort: r.Addr.Port(), First: true, Remote: true},
 				what: "requests IPVS sends to real " + r.Addr.String(), why: "IPVS sends them through LOCAL_OUT, where filter OUTPUT runs"},
-			flowLeg{hook: "forward", service: key, pkt: rules.Packet{Proto: svc.Proto, Src: r.Addr.Addr(), SPort: r.Addr.Port()},
+			flowLeg{hook: "forward", service: key, pkt: rules.Packet{Proto: svc.Proto, Src: r.Addr.Addr(), SPort: r.Addr.Port(), Remote: true},
 				what: "replies of real " + r.Addr.String(), why: "they are forwarded after conntrack's de-SNAT, and filter FORWARD runs before IPVS's FORWARD hook"})
 	}
 	return legs
@@ -298,8 +301,10 @@ func hitLine(s *probes.Snapshot, h *filterHit) string {
 	}
 	if h.drops > 0 {
 		counted = append(counted, fmt.Sprintf("%d × NETFILTER_DROP of the selected flows in %s during the window, joined to it", h.drops, h.hook))
-	} else if h.static {
+	} else if h.static && h.rule != nil {
 		counted = append(counted, "it matches them by address, protocol and port")
+	} else if h.static {
+		counted = append(counted, "no rule before it takes them: each matches other addresses, protocols or ports, established or related flows only (these packets open theirs), or loopback")
 	}
 	return line + ": " + strings.Join(counted, "; ")
 }
