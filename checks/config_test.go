@@ -92,6 +92,37 @@ func TestVIPLocal(t *testing.T) {
 	}
 }
 
+// A VIP that is not local is one fault, named by ipvs.vip_local:
+// nat.return_path does not judge its segment (a two-arm LB without SNAT
+// was told to add it, a second failure for one fault).
+func TestReturnPathVIPNotLocal(t *testing.T) {
+	tests := []struct {
+		name   string
+		change func(*probes.Snapshot)
+		want   checks.Status
+		wantIn string
+	}{
+		{"two-arm, VIP on eth0", func(*probes.Snapshot) {}, checks.Pass, "another segment than the VIP's eth0"},
+		{"two-arm, VIP removed", removeVIP, checks.Skip, "no selected masquerade service's VIP is a local address"},
+		{"two-arm, local table not read, VIP removed", func(s *probes.Snapshot) { removeVIP(s); s.Net.Local = nil }, checks.Fail, "not an address"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := twoArmLocal(t)
+			tt.change(s)
+			fs := checks.Run(s, probes.Selector{})
+			f := statusOf(fs, "nat.return_path")
+			text := f.Title + "\n" + f.Reason
+			for _, e := range f.Evidence {
+				text += "\n" + e.Fact
+			}
+			if f.Status != tt.want || !strings.Contains(text, tt.wantIn) {
+				t.Errorf("Run(%s) nat.return_path = %s %q\n%s\nwant %s with %q", tt.name, f.Status, f.Title, text, tt.want, tt.wantIn)
+			}
+		})
+	}
+}
+
 func setRP(s *probes.Snapshot, all, eth0 string) {
 	setSysctl(s, "net.ipv4.conf.all.rp_filter", all)
 	setSysctl(s, "net.ipv4.conf.eth0.rp_filter", eth0)

@@ -93,12 +93,20 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 	var ev []Evidence
 	var warn *Finding
 	ix, probesBy := indexWindow(s), probeResults(s)
-	judged := 0
+	judged, notLocal := 0, 0
 	for _, svc := range masq {
 		if svc.FWMark != 0 {
 			// The return path hangs on the VIP's segment, and a mark has
 			// none: the address is in the rule that sets the mark.
 			ev = append(ev, Evidence{Fact: svc.Key() + ": a firewall mark selects its packets, not an address: its return path is not judged", Source: "ipvs, " + s.Target.String()})
+			continue
+		}
+		if local, ok := s.Net.Holds(svc.Addr.Addr()); ok && !local {
+			// IPVS never takes its packets (ipvs.vip_local names that):
+			// judging its segment would ask for SNAT a two-arm LB does
+			// not want.
+			ev = append(ev, Evidence{Fact: fmt.Sprintf("%s: VIP %s is not a local address, so IPVS never sees its packets (see ipvs.vip_local): its return path is judged once it is", svc.Key(), svc.Addr.Addr()), Source: "local routing table, " + s.Target.String()})
+			notLocal++
 			continue
 		}
 		judged++
@@ -157,6 +165,9 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 	if warn != nil {
 		warn.Evidence = append(ev, warn.Evidence...)
 		return *warn
+	}
+	if judged == 0 && notLocal > 0 {
+		return skip("no selected masquerade service's VIP is a local address (see ipvs.vip_local): IPVS takes none of their packets, so where their replies would go is not judged yet")
 	}
 	if judged == 0 {
 		return skip("only firewall-mark masquerade services are selected: a mark has no VIP whose segment the return path could be judged by")
