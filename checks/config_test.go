@@ -295,3 +295,22 @@ func TestIPv4ForwardingPerInterface(t *testing.T) {
 		})
 	}
 }
+
+// Forwarding off on the interface the replies come in on (ip_forward=1):
+// drops.vip_flows gives that interface's switch as sysctl.ip_forward does,
+// not `ip route get` with "neither local nor routable".
+func TestDropsForwardingOffOnInterface(t *testing.T) {
+	s := twoArmLocal(t)
+	setSysctl(s, "net.ipv4.ip_forward", "1")
+	setSysctl(s, "net.ipv4.conf.eth1.forwarding", "0")
+	s.Drops = &drops.Sample{Window: 3 * time.Second, Drops: []drops.Counted{{
+		Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: 6, Reason: 2, Location: 0xffff,
+			Src: netip.MustParseAddrPort("10.2.0.50:8085"), Dst: netip.MustParseAddrPort("10.1.0.3:40000")}, Count: 2},
+		ReasonName: "IP_INADDRERRORS", Symbol: "ip_error+0x92"}}}
+	fs := checks.Run(s, probes.Selector{})
+	fwd, f := statusOf(fs, "sysctl.ip_forward"), statusOf(fs, "drops.vip_flows")
+	want := "ip netns exec lb sysctl -w net.ipv4.conf.eth1.forwarding=1"
+	if fwd.Status != checks.Fail || f.Status != checks.Warn || !slices.Contains(f.Fix, want) || !strings.Contains(f.Reason, "came in on eth1") {
+		t.Errorf("Run(eth1 forwarding off) sysctl.ip_forward = %s, drops.vip_flows = %s %q fix %q, want fail, warn with %q", fwd.Status, f.Status, f.Reason, f.Fix, want)
+	}
+}
