@@ -609,3 +609,43 @@ func TestBoundedReadsAreSaid(t *testing.T) {
 		}
 	}
 }
+
+// A finding that did not pass names the services it is about (JSON
+// `services`, serve's per-service series) when they are some of the
+// selected ones, sorted; about every selected service, or passing, it
+// names none: the finding is about the selection.
+func TestFindingServices(t *testing.T) {
+	second := ipvs.Service{Proto: "tcp", Addr: netip.MustParseAddrPort("10.1.0.9:80")}
+	tests := []struct {
+		name   string
+		change func(s *probes.Snapshot)
+		id     string
+		status checks.Status
+		want   []string
+	}{
+		{"one of two services without a real", func(s *probes.Snapshot) {
+			s.IPVS.Services = append(s.IPVS.Services, second)
+		}, "ipvs.reals_available", checks.Fail, []string{"TCP 10.1.0.9:80"}},
+		{"both without a real", func(s *probes.Snapshot) {
+			s.IPVS.Services[0].Reals = nil
+			s.IPVS.Services = append(s.IPVS.Services, second)
+		}, "ipvs.reals_available", checks.Fail, nil},
+		{"every service has a real: passes", func(s *probes.Snapshot) {
+			s.IPVS.Services = append(s.IPVS.Services, second)
+			s.IPVS.Services[1].Reals = s.IPVS.Services[0].Reals
+		}, "ipvs.reals_available", checks.Pass, nil},
+		{"forwarding off for the only masquerade service", func(s *probes.Snapshot) {
+			setIPForward(s, "0")
+		}, "sysctl.ip_forward", checks.Fail, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			snap := loadFixture(t, "seed-stage2")
+			tt.change(snap)
+			f := statusOf(checks.Run(snap, probes.Selector{}), tt.id)
+			if f.Status != tt.status || !slices.Equal(f.Services, tt.want) {
+				t.Errorf("%s = %s, services %q; want %s, %q", tt.id, f.Status, f.Services, tt.status, tt.want)
+			}
+		})
+	}
+}
