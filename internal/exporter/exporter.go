@@ -103,6 +103,9 @@ type nsState struct {
 	label    string
 	drops    map[dropKey]uint64
 	svcDrops map[serviceDropKey]*serviceDrops
+	// namedSvcDrops is how many of svcDrops name a service (not the
+	// drops without a flow, nor the overflow): the bound's count.
+	namedSvcDrops int
 	// perService are the last interval's per-service finding series and
 	// omitted, by id, the services past MaxFindingServiceSeries.
 	perService  []serviceFinding
@@ -178,6 +181,7 @@ func (e *Exporter) Observe(ns string, r Result) {
 		for k, v := range s.svcDrops {
 			if v.ipvs && !ipvsKeys[k.service] {
 				delete(s.svcDrops, k)
+				s.namedSvcDrops--
 			}
 		}
 	}
@@ -202,31 +206,22 @@ func (s *nsState) countServiceDrop(c drops.Counted, ipvsKeys map[string]bool) {
 	k := serviceDropKey{c.Service(), c.ReasonName}
 	v := s.svcDrops[k]
 	if v == nil {
-		if k.service != "" && s.services() >= MaxServiceDropSeries {
+		if k.service != "" && s.namedSvcDrops >= MaxServiceDropSeries {
 			k.service = OtherService
 			v = s.svcDrops[k]
 		}
 		if v == nil {
 			v = &serviceDrops{}
 			s.svcDrops[k] = v
+			if k.service != "" && k.service != OtherService {
+				s.namedSvcDrops++
+			}
 		}
 	}
 	v.count += c.Count
 	if ipvsKeys[k.service] {
 		v.ipvs = true
 	}
-}
-
-// services is how many per-service drop series are of a named service
-// (not the drops without a flow, nor the overflow).
-func (s *nsState) services() int {
-	n := 0
-	for k := range s.svcDrops {
-		if k.service != "" && k.service != OtherService {
-			n++
-		}
-	}
-	return n
 }
 
 // ipvsServices are the keys of the snapshot's IPVS services; nil when
