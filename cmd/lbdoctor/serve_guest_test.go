@@ -20,7 +20,8 @@ import (
 // The seed's stage 3 on real IPVS (MASQUERADE, vs.conntrack=1,
 // ip_forward=0) through `lbdoctor serve` under traffic:
 // lbdoctor_finding_status{id="sysctl.ip_forward"} is 2 and the SYN-ACKs'
-// IP_INADDRERRORS drops are counted; after `sysctl -w
+// IP_INADDRERRORS drops are counted, for the service too (IPVS's
+// connections name it); after `sysctl -w
 // net.ipv4.ip_forward=1` the gauge is 0 at the next interval. With the
 // traffic stopped, the IPVS metrics are what `ipvsadm -Ln --stats --exact`
 // says.
@@ -32,15 +33,17 @@ func TestGuestServeStage3(t *testing.T) {
 	})
 	p := startServe(t, "--netns", l.LB.Name, "--vip", vip.String(), "--interval", "3s")
 	lbl := func(kv ...string) map[string]string { return nsLabels(l.LB.Name, kv...) }
-	fwd := lbl("id", "sysctl.ip_forward", "vip", vip.String())
+	fwd := lbl("id", "sysctl.ip_forward", "vip", vip.String(), "proto", "") // the selection's series
+	svcDrops := lbl("local_address", vip.Addr().String(), "local_port", strconv.Itoa(int(vip.Port())), "proto", "TCP", "reason", "IP_INADDRERRORS")
 	runs := func(s scrape) float64 { v, _ := s.value("lbdoctor_check_runs_total", lbl()); return v }
 	failing := p.waitFor(t, "sysctl.ip_forward at 2", 150*time.Second, func(s scrape) bool {
 		v, _ := s.value("lbdoctor_finding_status", fwd)
 		return v == 2
 	})
-	p.waitFor(t, "IP_INADDRERRORS drops of the VIP's flows", 30*time.Second, func(s scrape) bool {
+	p.waitFor(t, "IP_INADDRERRORS drops of the VIP's flows, counted for its service too", 30*time.Second, func(s scrape) bool {
 		v, _ := s.value("lbdoctor_drops_total", lbl("reason", "IP_INADDRERRORS", "function", "ip_error"))
-		return v > 0
+		sv, _ := s.value("lbdoctor_service_drops_total", svcDrops)
+		return v > 0 && sv > 0
 	})
 
 	// The fix, and the traffic stopped: the interval that ends next read
