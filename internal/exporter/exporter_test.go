@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/lbdoctor/lbdoctor/checks"
 	"github.com/lbdoctor/lbdoctor/internal/report"
@@ -261,33 +263,9 @@ func TestFindingServiceSeriesBounded(t *testing.T) {
 	}
 }
 
-// sumOf sums the samples of metric whose label k is v.
-func sumOf(t *testing.T, e *Exporter, metric, k, v string) float64 {
-	t.Helper()
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(e)
-	fams, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, f := range fams {
-		if f.GetName() != metric {
-			continue
-		}
-		for _, m := range f.Metric {
-			for _, l := range m.Label {
-				if l.GetName() == k && l.GetValue() == v {
-					sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
-				}
-			}
-		}
-	}
-	return sum
-}
-
-// sums gathers e and sums each metric's samples.
-func sums(t *testing.T, e *Exporter) map[string]float64 {
+// sums gathers e and sums each metric's samples; with label, those whose
+// label label[0] is label[1].
+func sums(t *testing.T, e *Exporter, label ...string) map[string]float64 {
 	t.Helper()
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(e)
@@ -298,15 +276,19 @@ func sums(t *testing.T, e *Exporter) map[string]float64 {
 	out := map[string]float64{}
 	for _, f := range fams {
 		for _, m := range f.Metric {
-			switch {
-			case m.Counter != nil:
-				out[f.GetName()] += m.Counter.GetValue()
-			case m.Gauge != nil:
-				out[f.GetName()] += m.Gauge.GetValue()
+			if len(label) == 2 && !slices.ContainsFunc(m.Label, func(l *dto.LabelPair) bool { return l.GetName() == label[0] && l.GetValue() == label[1] }) {
+				continue
 			}
+			out[f.GetName()] += m.GetCounter().GetValue() + m.GetGauge().GetValue()
 		}
 	}
 	return out
+}
+
+// sumOf is sums of one metric.
+func sumOf(t *testing.T, e *Exporter, metric, k, v string) float64 {
+	t.Helper()
+	return sums(t, e, k, v)[metric]
 }
 
 // /healthz: 200 while every namespace's last interval ran and is recent,
