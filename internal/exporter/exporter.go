@@ -106,6 +106,9 @@ type nsState struct {
 	// namedSvcDrops is how many of svcDrops name a service (not the
 	// drops without a flow, nor the overflow): the bound's count.
 	namedSvcDrops int
+	// ipvsKeys are the IPVS services of the last interval that read IPVS:
+	// the drops of one removed since are still an IPVS service's.
+	ipvsKeys map[string]bool
 	// perService are the last interval's per-service finding series and
 	// omitted, by id, the services past MaxFindingServiceSeries.
 	perService  []serviceFinding
@@ -185,6 +188,10 @@ func (e *Exporter) Observe(ns string, r Result) {
 			}
 		}
 	}
+	wasIPVS := s.ipvsKeys
+	if ipvsKeys != nil {
+		s.ipvsKeys = ipvsKeys
+	}
 	if d := snap.Drops; d != nil {
 		s.lost += d.Counters.Lost() + d.Counters.Missed
 		for _, c := range d.Drops {
@@ -193,7 +200,7 @@ func (e *Exporter) Observe(ns string, r Result) {
 				k.function = OtherFunction
 			}
 			s.drops[k] += c.Count
-			s.countServiceDrop(c, ipvsKeys)
+			s.countServiceDrop(c, ipvsKeys, wasIPVS)
 		}
 	}
 	s.perService, s.omitted = perService(r.Findings)
@@ -201,8 +208,10 @@ func (e *Exporter) Observe(ns string, r Result) {
 	s.last = &last
 }
 
-// countServiceDrop adds c to its service's counter of its reason.
-func (s *nsState) countServiceDrop(c drops.Counted, ipvsKeys map[string]bool) {
+// countServiceDrop adds c to its service's counter of its reason. A
+// service of IPVS now or at the last read (removed during the window) is
+// marked to go with it; a VIP IPVS does not serve (nft DNAT) stays.
+func (s *nsState) countServiceDrop(c drops.Counted, ipvsKeys, wasIPVS map[string]bool) {
 	k := serviceDropKey{c.Service(), c.ReasonName}
 	v := s.svcDrops[k]
 	if v == nil {
@@ -219,7 +228,7 @@ func (s *nsState) countServiceDrop(c drops.Counted, ipvsKeys map[string]bool) {
 		}
 	}
 	v.count += c.Count
-	if ipvsKeys[k.service] {
+	if ipvsKeys[k.service] || wasIPVS[k.service] {
 		v.ipvs = true
 	}
 }

@@ -197,24 +197,30 @@ func TestServiceDropSeriesBounded(t *testing.T) {
 
 // A service IPVS no longer has loses its drop series at the next interval
 // that reads IPVS; an interval that could not read IPVS keeps it, and so
-// is a VIP IPVS never served (nft DNAT) kept.
+// is a VIP IPVS never served (nft DNAT) kept. The drops of a service's
+// flows in the window it was removed in are counted, then go with it.
 func TestServiceDropsOfAServiceGone(t *testing.T) {
 	ipvsGone := func(r Result) Result { r.Snapshot.IPVS.Services = r.Snapshot.IPVS.Services[1:]; return r }
 	unread := func(r Result) Result { r.Snapshot.Errors = map[string]string{"ipvs": "netlink: EPERM"}; return r }
+	droppedAgain := func() Result { return fixture(dropOf("NETFILTER_DROP", "nft_do_chain+0x1", 3, "10.1.0.6:8085")) }
 	tests := []struct {
-		name   string
-		second Result
-		want   map[string]float64 // local_address → drops
+		name  string
+		after []Result
+		want  map[string]float64 // local_address → drops
 	}{
-		{"the service still there", fixture(), map[string]float64{"10.1.0.6": 2, "10.9.0.1": 4}},
-		{"the service removed", ipvsGone(fixture()), map[string]float64{"10.1.0.6": 0, "10.9.0.1": 4}},
-		{"IPVS not read", unread(ipvsGone(fixture())), map[string]float64{"10.1.0.6": 2, "10.9.0.1": 4}},
+		{"the service still there", []Result{fixture()}, map[string]float64{"10.1.0.6": 2, "10.9.0.1": 4}},
+		{"the service removed", []Result{ipvsGone(fixture())}, map[string]float64{"10.1.0.6": 0, "10.9.0.1": 4}},
+		{"IPVS not read", []Result{unread(ipvsGone(fixture()))}, map[string]float64{"10.1.0.6": 2, "10.9.0.1": 4}},
+		{"removed while its flows dropped", []Result{ipvsGone(droppedAgain())}, map[string]float64{"10.1.0.6": 3, "10.9.0.1": 4}},
+		{"removed while its flows dropped, an interval later", []Result{ipvsGone(droppedAgain()), ipvsGone(fixture())}, map[string]float64{"10.1.0.6": 0, "10.9.0.1": 4}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			e := New([]string{"lb"}, "")
 			e.Observe("lb", fixture(dropOf("NETFILTER_DROP", "nft_do_chain+0x1", 2, "10.1.0.6:8085"), dropOf("NETFILTER_DROP", "nft_do_chain+0x1", 4, "10.9.0.1:80")))
-			e.Observe("lb", tt.second)
+			for _, r := range tt.after {
+				e.Observe("lb", r)
+			}
 			for addr, want := range tt.want {
 				if got := sumOf(t, e, "lbdoctor_service_drops_total", "local_address", addr); got != want {
 					t.Errorf("lbdoctor_service_drops_total{local_address=%q} after %s = %v, want %v", addr, tt.name, got, want)
