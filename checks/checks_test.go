@@ -634,6 +634,13 @@ func TestFindingServices(t *testing.T) {
 			s.IPVS.Services = append(s.IPVS.Services, second)
 			s.IPVS.Services[1].Reals = s.IPVS.Services[0].Reals
 		}, "ipvs.reals_available", checks.Pass, nil},
+		{"a filter rule drops one of two services' requests", func(s *probes.Snapshot) {
+			s.IPVS.Services = append(s.IPVS.Services, second)
+			s.IPVS.Services[1].Reals = s.IPVS.Services[0].Reals
+			s.Rules.Rules = append(s.Rules.Rules, rules.Rule{Backend: rules.IptablesLegacy, Table: "filter", Chain: "INPUT", Target: "DROP",
+				Spec: "-A INPUT -d 10.1.0.6/32 -p tcp -m tcp --dport 8085 -j DROP", HasCounter: true, Packets: 13})
+			s.Rules.Chains = []rules.Chain{{Backend: rules.IptablesLegacy, Family: "ip", Table: "filter", Chain: "INPUT", Hook: "input", Policy: "ACCEPT", HasCounter: true}}
+		}, "firewall.filter", checks.Fail, []string{"TCP 10.1.0.6:8085"}},
 		{"forwarding off for the only masquerade service", func(s *probes.Snapshot) {
 			setIPForward(s, "0")
 		}, "sysctl.ip_forward", checks.Fail, nil},
