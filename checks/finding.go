@@ -165,11 +165,17 @@ func servicesOf(s *probes.Snapshot, sel probes.Selector, about []string) []strin
 	if len(about) == 0 {
 		return nil
 	}
+	names := slices.Compact(slices.Sorted(slices.Values(about)))
 	all := selected(s, sel)
-	if len(all) > 0 && !slices.ContainsFunc(all, func(svc ipvs.Service) bool { return !slices.Contains(about, svc.Key()) }) {
+	// A set: a finding about each of 1,000 services is judged against each.
+	in := make(map[string]bool, len(names))
+	for _, n := range names {
+		in[n] = true
+	}
+	if len(all) > 0 && !slices.ContainsFunc(all, func(svc ipvs.Service) bool { return !in[svc.Key()] }) {
 		return nil
 	}
-	return slices.Compact(slices.Sorted(slices.Values(about)))
+	return names
 }
 
 // captureEvidence says, for each path a capture counted (check
