@@ -26,7 +26,7 @@ func TestFirewallFilter(t *testing.T) {
 	// loopback and ssh let in. A client's SYN opens its flow: dropped.
 	hostInput := rules.Chain{Backend: rules.Nft, Family: "inet", Table: "inet fw", Chain: "input", Hook: "input", Priority: "filter", Policy: "DROP"}
 	var hostFirewall []rules.Rule
-	for i, spec := range []string{"ct state established,related accept", `iif "lo" accept`, "tcp dport 22 accept"} {
+	for i, spec := range []string{"ct state established,related accept", `iif "lo" accept`, "tcp dport 22 accept", "icmp type echo-request accept", "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept"} {
 		hostFirewall = append(hostFirewall, rules.Rule{Backend: rules.Nft, Family: "inet", Table: "inet fw", Chain: "input", Hook: "input", Spec: spec, Target: "ACCEPT", Handle: uint64(2 + i)})
 	}
 	legacyHostInput := rules.Chain{Backend: rules.IptablesLegacy, Family: "ip", Table: "filter", Chain: "INPUT", Hook: "input", Policy: "DROP", HasCounter: true, Packets: 21}

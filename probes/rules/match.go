@@ -185,6 +185,14 @@ func matchNft(spec string, p Packet) Match {
 				break
 			}
 			v = ctState(strings.Split(st, ","), p)
+		case "icmp", "icmpv6":
+			// "icmp type echo-request": a rule on ICMP's own fields
+			// takes ICMP only.
+			if v = eq(w, p.Proto); v == NoMatch {
+				m = NoMatch
+				return false
+			}
+			v = Unclear
 		case "counter", "drop", "accept":
 			return true
 		case "reject":

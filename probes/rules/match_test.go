@@ -57,6 +57,8 @@ func TestMatchPacket(t *testing.T) {
 		{"nft loopback by name, a remote packet", nft(`iifname "lo" accept`), first, rules.NoMatch},
 		{"nft not loopback, a remote packet", nft(`iifname != "lo" drop`), first, rules.Unclear},
 		{"nft loopback, a packet not known remote", nft(`iif "lo" accept`), syn, rules.Unclear},
+		{"nft icmp accept, a tcp packet", nft("icmp type echo-request accept"), first, rules.NoMatch},
+		{"nft icmpv6 accept, a tcp packet", nft("icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept"), first, rules.NoMatch},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			if got := tt.r.MatchPacket(tt.p); got != tt.want {
