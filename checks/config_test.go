@@ -314,3 +314,38 @@ func TestDropsForwardingOffOnInterface(t *testing.T) {
 		t.Errorf("Run(eth1 forwarding off) sysctl.ip_forward = %s, drops.vip_flows = %s %q fix %q, want fail, warn with %q", fwd.Status, f.Status, f.Reason, f.Fix, want)
 	}
 }
+
+// A two-arm LB that routes its clients back through a real server: the
+// de-NATed replies go to the real again (found in the guest: the client
+// got nothing and check passed). A route back through a router passes.
+func TestReturnPathRouteBackViaReal(t *testing.T) {
+	client := netip.MustParseAddr("10.9.0.3")
+	tests := []struct {
+		name   string
+		route  netstate.Route
+		want   checks.Status
+		wantIn string
+	}{
+		{"client routed via a router on eth0", netstate.Route{Dst: netip.MustParsePrefix("10.9.0.0/16"), Gw: netip.MustParseAddr("10.1.0.1"), Dev: "eth0", Table: 254}, checks.Pass, "another segment than the VIP's eth0"},
+		{"client routed via the real", netstate.Route{Dst: netip.MustParsePrefix("10.9.0.3/32"), Gw: netip.MustParseAddr("10.2.0.50"), Dev: "eth1", Table: 254}, checks.Fail,
+			"ip netns exec lb ip route del 10.9.0.3/32 via 10.2.0.50 dev eth1"},
+		{"default route via the real", netstate.Route{Dst: netip.MustParsePrefix("0.0.0.0/0"), Gw: netip.MustParseAddr("10.2.0.50"), Dev: "eth1", Table: 254}, checks.Fail,
+			"the default route (0.0.0.0/0 via 10.2.0.50 dev eth1) leads to a real server"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := twoArmLocal(t)
+			s.Net.Routes = append(s.Net.Routes, tt.route)
+			s.Conntrack.Flows = []conntrack.Flow{{Proto: "tcp", State: "SYN_RECV",
+				Orig: conntrack.Tuple{Src: netip.AddrPortFrom(client, 40000), Dst: netip.MustParseAddrPort("10.1.0.6:8085")}}}
+			f := statusOf(checks.Run(s, probes.Selector{}), "nat.return_path")
+			text := f.Title + "\n" + f.Reason + "\n" + strings.Join(f.Fix, "\n")
+			for _, e := range f.Evidence {
+				text += "\n" + e.Fact
+			}
+			if f.Status != tt.want || !strings.Contains(text, tt.wantIn) {
+				t.Errorf("Run(%s) nat.return_path = %s %q\n%s\nwant %s with %q", tt.name, f.Status, f.Title, text, tt.want, tt.wantIn)
+			}
+		})
+	}
+}
