@@ -87,6 +87,8 @@ type Attributor struct {
 	vs                                         *ipvs.ConnTable
 
 	ev                        events
+	read                      chan struct{} // closed once the first read of the tables is done (a lazy one has none)
+	readOnce                  sync.Once
 	wake                      chan struct{}
 	stop                      chan struct{}
 	stopped                   sync.Once
@@ -169,7 +171,7 @@ func NewAttributor(lb netns.Target, addrs []netip.Addr, proto uint8) *Attributor
 // (Config.NoIPVSTable, Config.NoConntrackDump).
 func newAttributor(lb netns.Target, addrs []netip.Addr, proto uint8, lazy bool, noVS, noCT string) *Attributor {
 	a := &Attributor{lazy: lazy, noVS: noVS, noCT: noCT, LB: lb, Interval: DefaultInterval, cur: map[pairKey]*cached{}, old: map[pairKey]*cached{}, maxKeys: MaxCacheKeys,
-		progress: make(chan struct{}), errs: map[string]string{}, wake: make(chan struct{}, 1), stop: make(chan struct{})}
+		progress: make(chan struct{}), errs: map[string]string{}, read: make(chan struct{}), wake: make(chan struct{}, 1), stop: make(chan struct{})}
 	if len(addrs) > 0 {
 		// A set: the services of a big LB have thousands of addresses,
 		// and every flow of a dump is looked up.
@@ -379,7 +381,9 @@ func (a *Attributor) Prefetch() {
 // refresher subscribes to conntrack's new flows, dumps the table once, and
 // then does the batched reads asked for, at most once per Interval.
 func (a *Attributor) refresher(started chan<- struct{}) {
+	firstRead := func() { a.readOnce.Do(func() { close(a.read) }) }
 	defer func() {
+		firstRead()
 		if a.ct != nil {
 			a.ct.Close()
 		}
@@ -423,6 +427,7 @@ func (a *Attributor) refresher(started chan<- struct{}) {
 			a.batch(dump, vs)
 			continue
 		}
+		firstRead()
 		select {
 		case <-a.wake:
 		case <-a.stop:

@@ -2,6 +2,7 @@ package drops_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"testing"
@@ -212,5 +213,51 @@ func TestAttributeBounded(t *testing.T) {
 				t.Errorf("Errors() = %q, want ipvs %q and conntrack %q", errs, noVS, tt.noCT)
 			}
 		})
+	}
+}
+
+// A flow that exists when the tracer attaches — when its window opens — and
+// ends in the window's first instants is known to the tracer's Namer: its
+// first read of the tables is done before the attach. Here conntrack loses
+// the flow right after the attach, and its client's next datagram is
+// dropped before conntrack sees it (a raw prerouting rule: no new flow, no
+// event): only that first read can name it.
+func TestAttributeFlowEndedAsTheWindowOpened(t *testing.T) {
+	testkit.RequireRoot(t)
+	p := testkit.NewDropPair(t)
+	dnat := sendUDP(t, p, 5003, testkit.DNATPorts+9, p.RealB)
+	testkit.Run(t, p.B, "nft", "add chain ip f raw { type filter hook prerouting priority -300; }; add rule ip f raw udp sport 5003 drop")
+	tr, err := drops.New(drops.Config{NetnsInode: uint32(p.B.Inode), LB: p.B, Ports: []uint16{5003}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The window is open: the flow ends, and its client sends again.
+	testkit.Run(t, p.B, "conntrack", "-D", "-p", "udp", "--orig-port-src", "5003")
+	err = p.A.Do(func() error {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: p.AddrA.AsSlice(), Port: 5003})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.WriteToUDPAddrPort([]byte("x"), netip.AddrPortFrom(p.AddrB, testkit.DNATPorts+9))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	smp, err := tr.Watch(context.Background(), time.Now().Add(300*time.Millisecond), drops.Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vip := netip.AddrPortFrom(p.AddrB, testkit.DNATPorts+9)
+	var got []string
+	for _, c := range smp.Drops {
+		got = append(got, fmt.Sprintf("%s %s→%s ×%d flow %v", c.ReasonName, c.Src, c.Dst, c.Count, c.Flow))
+		if c.ReasonName == "NETFILTER_DROP" && (c.Flow == nil || c.Flow.VIP != vip || c.Flow.Real != dnat.Dst) {
+			t.Errorf("the drop of %s → %s, its flow ended as the window opened: flow %v, want VIP %s via real %s", c.Src, c.Dst, c.Flow, vip, dnat.Dst)
+		}
+	}
+	if smp.Attribution.Attributed != 1 || smp.Attribution.NotAttributed != 0 {
+		t.Errorf("Watch(…).Attribution = %d attributed, %d not (drops %q); want 1, 0", smp.Attribution.Attributed, smp.Attribution.NotAttributed, got)
 	}
 }
