@@ -336,9 +336,7 @@ type Namer struct {
 // background: its first read is done when n.attr.read is closed. Its
 // symbols are read by readSymbols.
 func newNamer(t *Tracer, cfg Config) *Namer {
-	// Past the kernel's filter (Select) the selected flows are the whole
-	// tables of a big LB: read them only once something was dropped.
-	return &Namer{tr: t, attr: newAttributor(cfg.LB, slices.Concat(cfg.Addrs, cfg.Select), cfg.Proto, len(cfg.Select) > 0, cfg.NoIPVSTable, cfg.NoConntrackDump), where: map[uint64]string{}}
+	return &Namer{tr: t, attr: newAttributor(cfg.LB, slices.Concat(cfg.Addrs, cfg.Select), cfg.Proto, cfg.NoIPVSTable, cfg.NoConntrackDump), where: map[uint64]string{}}
 }
 
 // readSymbols reads the kernel's symbols for n (the read Prepared.ReadSymbols
