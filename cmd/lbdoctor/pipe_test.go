@@ -48,13 +48,7 @@ func TestHostChangesOutliveAClosedPipe(t *testing.T) {
 		{name: "teardown, stdout and stderr closed", stderrClosed: true, run: teardownObjects},
 		{name: "lab down, stdout closed", run: func(t *testing.T) ([]string, func(*testing.T)) {
 			name := testkit.UniqueName("lbd-pipe")
-			rec := lab.Record{Name: name, Topology: lab.OneArm, Proto: "tcp", Fault: lab.FaultNone}
-			if err := rec.Save(); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := lab.BuildRecorded(&rec); err != nil {
-				t.Fatal(err)
-			}
+			crashedLab(t, name)
 			t.Cleanup(func() { lab.Down(name, forgetSetup) })
 			return []string{"lab", "down", "--name", name}, func(t *testing.T) {
 				if m, _ := filepath.Glob(filepath.Join(netns.RunDir, name+"-*")); len(m) != 0 {
