@@ -55,6 +55,7 @@ func checkRealsAvailable(s *probes.Snapshot, sel probes.Selector) Finding {
 	return Finding{Status: Fail, Title: "no real server takes connections for " + strings.Join(bad, ", "),
 		Reason:   "IPVS accepts the client's SYN for the VIP and has nowhere to send it",
 		Evidence: ev,
+		about:    bad,
 		Fix:      []string{fmt.Sprintf("%sipvsadm -a -t VIP:PORT -r REAL:PORT -m -w 1   # or raise a weight with ipvsadm -e", s.Target.ExecPrefix())}}
 }
 
