@@ -183,9 +183,12 @@ func BenchmarkGuestCheckScale(b *testing.B) {
 						b.Logf("%s: %s", r.name, l)
 					}
 				}
-				if prof := os.Getenv("LBDOCTOR_PROFILE"); prof != "" && r.argv[1] == "check" {
-					if p, err := os.ReadFile(prof); err == nil {
-						fmt.Printf("PROFILE %s %s\n", r.name, base64.StdEncoding.EncodeToString(p))
+				for _, e := range []struct{ env, line string }{{"LBDOCTOR_PROFILE", "PROFILE"}, {"LBDOCTOR_TRACE", "TRACE"}} {
+					// Out of the guest on its console, for go tool pprof / trace.
+					if path := os.Getenv(e.env); path != "" && r.argv[1] == "check" {
+						if p, err := os.ReadFile(path); err == nil {
+							fmt.Printf("%s %s %s\n", e.line, r.name, base64.StdEncoding.EncodeToString(p))
+						}
 					}
 				}
 			}
