@@ -96,11 +96,20 @@ func BenchmarkGuestCheckScale(b *testing.B) {
 	}
 	// lbdoctor first: conntrack lets the flows of the fill go after a few
 	// minutes (they never saw a reply), and ipvsadm reads no conntrack.
-	runs := checkRuns("", bin)
-	if base := os.Getenv("LBDOCTOR_BENCH_BASE"); base != "" {
-		// Another lbdoctor binary in the guest (e.g. main's), measured on
-		// the same table, side by side.
-		runs = append(runs, checkRuns("base-", base)...)
+	// LBDOCTOR_BENCH_ROUNDS repeats lbdoctor's runs, each binary in turn:
+	// a host that is busy now and then weighs on both alike.
+	rounds := 1
+	if v, err := strconv.Atoi(os.Getenv("LBDOCTOR_BENCH_ROUNDS")); err == nil && v > 0 {
+		rounds = v
+	}
+	var runs []run
+	for range rounds {
+		runs = append(runs, checkRuns("", bin)...)
+		if base := os.Getenv("LBDOCTOR_BENCH_BASE"); base != "" {
+			// Another lbdoctor binary in the guest (e.g. main's), measured on
+			// the same table, side by side.
+			runs = append(runs, checkRuns("base-", base)...)
+		}
 	}
 	runs = append(runs, run{"ipvsadm-Ln", s.lb, 0, []string{"ipvsadm", "-Ln"}}, run{"ipvsadm-Lnc", s.lb, 0, []string{"ipvsadm", "-Lnc"}})
 	if os.Getenv("LBDOCTOR_BENCH_GCTRACE") != "" {
@@ -176,6 +185,7 @@ func BenchmarkGuestCheckScale(b *testing.B) {
 				if h := gcPeakHeap(m.err); h > 0 {
 					b.ReportMetric(h, "gc-peak-heap-MB")
 				}
+				b.Logf("%s: the guest's CPU over its run: %s; its own (and its children's) %s", r.name, m.guest, m.cpu.Round(time.Millisecond))
 				b.Logf("%s: wall %s (window %s), peak RSS %.1f MB (own %.1f MB; programs it ran: %s), CPU %s, %d bytes out; conntrack entries before: %s, after: %s",
 					r.name, m.wall.Round(time.Millisecond), r.window, float64(m.maxRSS)/(1<<20), float64(m.ownRSS)/(1<<20), showKids(m.kidRSS), m.cpu.Round(time.Millisecond), len(m.out), before, s.conntrackCount(b))
 				for _, l := range strings.Split(m.err, "\n") {
@@ -512,10 +522,49 @@ func gcPeakHeap(stderr string) float64 {
 	return float64(peak)
 }
 
+// cpuTimes is the guest's one CPU's time by kind, from /proc/stat's
+// "cpu" line.
+type cpuTimes struct{ user, system, idle, irq, other time.Duration }
+
+// readCPUTimes reads /proc/stat (USER_HZ ticks; 100 a second).
+func readCPUTimes() cpuTimes {
+	var t cpuTimes
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return t
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal …
+	tick := func(i int) time.Duration {
+		if i >= len(f) {
+			return 0
+		}
+		v, _ := strconv.ParseInt(f[i], 10, 64)
+		return time.Duration(v) * 10 * time.Millisecond
+	}
+	t.user, t.system, t.idle = tick(1)+tick(2), tick(3), tick(4)+tick(5)
+	t.irq, t.other = tick(6)+tick(7), tick(8)
+	return t
+}
+
+func (t cpuTimes) sub(u cpuTimes) cpuTimes {
+	return cpuTimes{t.user - u.user, t.system - u.system, t.idle - u.idle, t.irq - u.irq, t.other - u.other}
+}
+
+// String says where the guest's CPU went: a program's wall time beyond
+// its CPU is another program's, the kernel's (irq), idle (a wait), or
+// lost to the host (the ticks a TCG guest misses while qemu waits for a
+// host CPU are counted nowhere).
+func (t cpuTimes) String() string {
+	r := func(d time.Duration) string { return d.Round(10 * time.Millisecond).String() }
+	return fmt.Sprintf("user %s, system %s, irq %s, idle %s, steal %s (sum %s)", r(t.user), r(t.system), r(t.irq), r(t.idle), r(t.other), r(t.user+t.system+t.irq+t.idle+t.other))
+}
+
 // measured is one command's run: wall time, peak RSS and CPU, exit code
 // and output.
 type measured struct {
 	wall, cpu time.Duration
+	guest     cpuTimes         // the guest's CPU over the run (/proc/stat), every program's
 	maxRSS    int64            // bytes: the command's and its children's (rusage)
 	ownRSS    int64            // bytes: the command's own memory (VmHWM), polled; 0 unknown
 	kidRSS    map[string]int64 // bytes: the peak (VmHWM, polled) of each program the command ran, by name
@@ -537,6 +586,7 @@ func measureCmd(b *testing.B, ns netns.Target, argv ...string) measured {
 		cmd := exec.Command("busybox", append([]string{"time", "-o", rss, "-f", "%M"}, argv...)...)
 		cmd.Stdout, cmd.Stderr = &out, &errb
 		start := time.Now()
+		before := readCPUTimes()
 		if err := cmd.Start(); err != nil {
 			return err
 		}
@@ -548,6 +598,7 @@ func measureCmd(b *testing.B, ns netns.Target, argv ...string) measured {
 		}()
 		err := cmd.Wait()
 		m.wall = time.Since(start)
+		m.guest = readCPUTimes().sub(before)
 		close(done)
 		<-polled
 		var ee *exec.ExitError
