@@ -111,7 +111,11 @@ func BenchmarkGuestCheckScale(b *testing.B) {
 			runs = append(runs, checkRuns("base-", base)...)
 		}
 	}
-	runs = append(runs, run{"ipvsadm-Ln", s.lb, 0, []string{"ipvsadm", "-Ln"}}, run{"ipvsadm-Lnc", s.lb, 0, []string{"ipvsadm", "-Lnc"}})
+	runs = append(runs, run{"ipvsadm-Ln", s.lb, 0, []string{"ipvsadm", "-Ln"}}, run{"ipvsadm-Lnc", s.lb, 0, []string{"ipvsadm", "-Lnc"}},
+		// What an operator runs for what check --watch 0 reads past
+		// IPVS's connections (which it leaves unread over 10,000): IPVS
+		// with its counters, and the rules of each backend with theirs.
+		run{"operator-reads", s.lb, 0, []string{"sh", "-c", "ipvsadm -Ln --stats && iptables-nft-save -c && xtables-nft-multi ip6tables-save -c && nft -a list ruleset"}})
 	if os.Getenv("LBDOCTOR_BENCH_GCTRACE") != "" {
 		// The Go runtime's own account of each lbdoctor run's heap, on
 		// stderr, beside the RSS the kernel counts.
@@ -185,7 +189,7 @@ func BenchmarkGuestCheckScale(b *testing.B) {
 				if h := gcPeakHeap(m.err); h > 0 {
 					b.ReportMetric(h, "gc-peak-heap-MB")
 				}
-				b.Logf("%s: the guest's CPU over its run: %s; its own (and its children's) %s", r.name, m.guest, m.cpu.Round(time.Millisecond))
+				b.Logf("%s: the guest's CPU over its run: %s; its own (and its children's) %s, the bench's (its poller) %s", r.name, m.guest, m.cpu.Round(time.Millisecond), m.self.Round(time.Millisecond))
 				b.Logf("%s: wall %s (window %s), peak RSS %.1f MB (own %.1f MB; programs it ran: %s), CPU %s, %d bytes out; conntrack entries before: %s, after: %s",
 					r.name, m.wall.Round(time.Millisecond), r.window, float64(m.maxRSS)/(1<<20), float64(m.ownRSS)/(1<<20), showKids(m.kidRSS), m.cpu.Round(time.Millisecond), len(m.out), before, s.conntrackCount(b))
 				for _, l := range strings.Split(m.err, "\n") {
@@ -421,7 +425,7 @@ func ackPacket(pkt []byte, src netip.Addr, dst netip.AddrPort, sport uint16) {
 
 // pollOwnPeak returns the peak RSS (VmHWM, bytes) of the command busybox
 // (pid) runs and of each program that command runs in turn (by name: the
-// largest of each), polled every 20 ms until done: rusage's peak is the
+// largest of each), polled every pollEvery until done: rusage's peak is the
 // largest of the command and of every child it ran (iptables-save, nft),
 // and a high-water mark kept by the kernel for each process's own memory
 // says which one it was.
@@ -466,7 +470,7 @@ func pollOwnPeak(pid int, done <-chan struct{}) (int64, map[string]int64) {
 		}
 		return out
 	}
-	tick := time.NewTicker(20 * time.Millisecond)
+	tick := time.NewTicker(pollEvery)
 	defer tick.Stop()
 	for {
 		if child == 0 {
@@ -491,6 +495,15 @@ func pollOwnPeak(pid int, done <-chan struct{}) (int64, map[string]int64) {
 		}
 	}
 }
+
+// pollEvery is how often pollOwnPeak walks the command's processes. Each
+// walk reads a file for every thread of every process (lbdoctor has
+// tens): at 20 ms it took a quarter of the guest's one CPU away from the
+// program measured (the bench's own CPU, now logged beside each run).
+// VmHWM is a high-water mark: a slower poll misses only the growth of the
+// last interval, and a short-lived child's peak (each under 5 MB) is in
+// rusage's.
+const pollEvery = 250 * time.Millisecond
 
 // showKids lists the peaks pollOwnPeak saw, largest first: "nft 12.3 MB, …".
 func showKids(k map[string]int64) string {
@@ -520,6 +533,15 @@ func gcPeakHeap(stderr string) float64 {
 		}
 	}
 	return float64(peak)
+}
+
+// selfCPU is this process's CPU time (user and system).
+func selfCPU() time.Duration {
+	var ru unix.Rusage
+	if unix.Getrusage(unix.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // cpuTimes is the guest's one CPU's time by kind, from /proc/stat's
@@ -564,6 +586,7 @@ func (t cpuTimes) String() string {
 // and output.
 type measured struct {
 	wall, cpu time.Duration
+	self      time.Duration    // this test process's CPU over the run: the poller's cost
 	guest     cpuTimes         // the guest's CPU over the run (/proc/stat), every program's
 	maxRSS    int64            // bytes: the command's and its children's (rusage)
 	ownRSS    int64            // bytes: the command's own memory (VmHWM), polled; 0 unknown
@@ -587,6 +610,7 @@ func measureCmd(b *testing.B, ns netns.Target, argv ...string) measured {
 		cmd.Stdout, cmd.Stderr = &out, &errb
 		start := time.Now()
 		before := readCPUTimes()
+		selfBefore := selfCPU()
 		if err := cmd.Start(); err != nil {
 			return err
 		}
@@ -599,6 +623,7 @@ func measureCmd(b *testing.B, ns netns.Target, argv ...string) measured {
 		err := cmd.Wait()
 		m.wall = time.Since(start)
 		m.guest = readCPUTimes().sub(before)
+		m.self = selfCPU() - selfBefore
 		close(done)
 		<-polled
 		var ee *exec.ExitError
