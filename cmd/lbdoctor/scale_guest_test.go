@@ -470,6 +470,7 @@ func pollOwnPeak(pid int, done <-chan struct{}) (int64, map[string]int64) {
 		}
 		return out
 	}
+	polls := 0
 	tick := time.NewTicker(pollEvery)
 	defer tick.Stop()
 	for {
@@ -482,11 +483,14 @@ func pollOwnPeak(pid int, done <-chan struct{}) (int64, map[string]int64) {
 			if _, v := hwm(child); v > peak {
 				peak = v
 			}
-			for _, c := range children(child) {
-				if n, v := hwm(c); n != "" && v > kids[n] {
-					kids[n] = v
+			if polls%kidsEvery == 0 {
+				for _, c := range children(child) {
+					if n, v := hwm(c); n != "" && v > kids[n] {
+						kids[n] = v
+					}
 				}
 			}
+			polls++
 		}
 		select {
 		case <-done:
@@ -496,14 +500,19 @@ func pollOwnPeak(pid int, done <-chan struct{}) (int64, map[string]int64) {
 	}
 }
 
-// pollEvery is how often pollOwnPeak walks the command's processes. Each
-// walk reads a file for every thread of every process (lbdoctor has
-// tens): at 20 ms it took a quarter of the guest's one CPU away from the
-// program measured (the bench's own CPU, now logged beside each run).
+// pollEvery is how often pollOwnPeak reads the command's own VmHWM (one
+// file), and kidsEvery how many of those polls walk its programs: a walk
+// reads a file for every thread of every process, and every 20 ms it took
+// up to a third of the guest's one CPU from the program measured (the
+// bench's own CPU, logged beside each run, was the "wait" of check and
+// ipvsadm alike); every 250 ms it still took 31 s of a window run's 86.
 // VmHWM is a high-water mark: a slower poll misses only the growth of the
 // last interval, and a short-lived child's peak (each under 5 MB) is in
 // rusage's.
-const pollEvery = 250 * time.Millisecond
+const (
+	pollEvery = 100 * time.Millisecond
+	kidsEvery = 10
+)
 
 // showKids lists the peaks pollOwnPeak saw, largest first: "nft 12.3 MB, …".
 func showKids(k map[string]int64) string {
