@@ -501,11 +501,12 @@ func pollOwnPeak(pid int, done <-chan struct{}) (int64, map[string]int64) {
 }
 
 // pollEvery is how often pollOwnPeak reads the command's own VmHWM (one
-// file), and kidsEvery how many of those polls walk its programs: a walk
-// reads a file for every thread of every process, and every 20 ms it took
-// up to a third of the guest's one CPU from the program measured (the
-// bench's own CPU, logged beside each run, was the "wait" of check and
-// ipvsadm alike); every 250 ms it still took 31 s of a window run's 86.
+// file), and kidsEvery how many of those polls walk its programs (a file
+// for every thread of every process). The bench's own CPU is logged
+// beside each run: 12–27 % of the guest's one CPU during a run (ipvsadm's
+// too) with polls every 250 ms and at these intervals alike, about what
+// every task but the program took with polls every 20 ms (28 %): the
+// polls are not what it spends it on; what is, is left open.
 // VmHWM is a high-water mark: a slower poll misses only the growth of the
 // last interval, and a short-lived child's peak (each under 5 MB) is in
 // rusage's.
