@@ -178,6 +178,11 @@ func checkFirewall(s *probes.Snapshot, sel probes.Selector) Finding {
 		f.Evidence = append(f.Evidence, Evidence{Fact: hitLine(s, h), Source: hitSource(s, h)})
 		f.Fix = append(f.Fix, hitFix(s, h)...)
 		titles = append(titles, hitName(h))
+		for _, l := range h.legs {
+			if !slices.Contains(f.about, l.service) {
+				f.about = append(f.about, l.service)
+			}
+		}
 	}
 	f.Title = "a packet filter drops the selected services' flows: " + titles[0]
 	if len(titles) > 1 {
