@@ -388,7 +388,7 @@ func (a *Attributor) refresher(started chan<- struct{}) {
 		}
 	}()
 	errs := map[string]string{}
-	sub, err := conntrack.SubscribeNew(a.LB, 0) // reads never block: follow paces them
+	sub, err := conntrack.SubscribeNew(a.LB) // reads never wait: follow paces them
 	if err != nil {
 		errs["conntrack events"] = err.Error()
 	}
@@ -510,7 +510,7 @@ func (a *Attributor) drainEvents() bool {
 		// not before it returned (a drop may come between the two): the
 		// time is taken first.
 		before := monotonicNow()
-		drained, err := e.sub.Read(false, collect)
+		drained, err := e.sub.Read(collect)
 		now := monotonicNow()
 		dump := false
 		a.mu.Lock()
