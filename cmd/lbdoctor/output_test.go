@@ -303,3 +303,42 @@ func TestGuardedWriterStall(t *testing.T) {
 		})
 	}
 }
+
+// A batch of lines whose write was given up (nobody read stdout for the
+// stall bound) is still being written when the reader comes back: the
+// lines queued after it must not be written into its buffer, or the reader
+// would get them in its place.
+func TestLineQueueKeepsAGivenUpBatch(t *testing.T) {
+	r, w := fullPipe(t)
+	defer w.Close()
+	g := newGuardedWriter(t.Context(), "stdout", w)
+	g.SetStallBound(30 * time.Millisecond)
+	q := newLineQueue(g, 10*time.Millisecond, 1<<20)
+	first := bytes.Repeat([]byte(strings.Repeat("a", 99)+"\n"), 100)
+	later := []byte(strings.Repeat("b", 99) + "\n")
+	for l := range bytes.Lines(first) {
+		q.Write(l)
+	}
+	time.Sleep(100 * time.Millisecond) // the first batch's write is given up
+	for range 200 {
+		q.Write(later)
+	}
+	time.Sleep(50 * time.Millisecond) // … and the later lines are taken
+	notWritten, err := q.Close()
+	// The reader comes back: the given-up write goes on.
+	var got []byte
+	buf := make([]byte, 64<<10)
+	deadline := time.Now().Add(2 * time.Second)
+	for len(got) < len(first) && time.Now().Before(deadline) {
+		r.SetReadDeadline(deadline)
+		n, rerr := r.Read(buf)
+		got = append(got, bytes.TrimLeft(buf[:n], "\x00")...) // fullPipe's filler is zeros
+		if rerr != nil {
+			break
+		}
+	}
+	if !bytes.Equal(got, first) || notWritten != 100+200 || !errors.Is(err, errOutputBlocked) {
+		t.Errorf("lineQueue given up on, then read = %d bytes (%q…), %d not written, %v; want the first batch's %d bytes as queued, 300 not written, errOutputBlocked",
+			len(got), got[:min(len(got), 120)], notWritten, err, len(first))
+	}
+}
