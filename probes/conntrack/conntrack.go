@@ -777,9 +777,14 @@ func (s *NewFlows) Read(fn func(proto uint8, orig, reply Tuple)) (drained bool, 
 
 func nlmsgAlign(l int) int { return (l + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1) }
 
-// recvmmsg receives up to len(msgs) datagrams in one system call.
+// recvmmsg receives up to len(msgs) datagrams in one system call, which
+// must not wait (MSG_DONTWAIT): it is made raw, unknown to Go's scheduler.
+// A batch of events takes the kernel tens of microseconds to copy out; as
+// a system call the runtime knew of, its monitor took the P away from the
+// reader meanwhile (a thread woken to hold it, the reader waiting to get it
+// back), once per read under a flood.
 func recvmmsg(fd int, msgs []mmsghdr, flags int) (int, error) {
-	n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])), uintptr(len(msgs)), uintptr(flags), 0, 0)
+	n, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])), uintptr(len(msgs)), uintptr(flags), 0, 0)
 	if errno != 0 {
 		return 0, errno
 	}
