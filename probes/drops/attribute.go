@@ -567,8 +567,9 @@ func (a *Attributor) addPlacesLocked(proto uint8, fl conntrack.Flow) {
 	// Its places' pairs: client–VIP, client–real, and the pair SNAT made
 	// (the LB's address–real) unless the reply goes back to the client.
 	c := &cached{o: fl.Orig, r: fl.Reply, places: conntrackPlaces}
-	a.replacingLocked(pairOf(fl.Orig.Src, fl.Orig.Dst, proto), c)
-	a.putLocked(pairOf(fl.Orig.Src, fl.Orig.Dst, proto), c)
+	vip := pairOf(fl.Orig.Src, fl.Orig.Dst, proto)
+	a.replacingLocked(vip, c)
+	a.putLocked(vip, c)
 	a.putLocked(pairOf(fl.Orig.Src, fl.Reply.Src, proto), c)
 	if fl.Reply.Dst != fl.Orig.Src {
 		a.putLocked(pairOf(fl.Reply.Dst, fl.Reply.Src, proto), c)
@@ -580,8 +581,9 @@ func (a *Attributor) addPlacesLocked(proto uint8, fl conntrack.Flow) {
 func (a *Attributor) addConnLocked(proto uint8, c ipvs.Conn) {
 	o, r := ipvsTuples(c)
 	e := &cached{o: o, r: r, places: ipvsPlaces}
-	a.replacingLocked(pairOf(o.Src, o.Dst, proto), e)
-	a.putLocked(pairOf(o.Src, o.Dst, proto), e)
+	vip := pairOf(o.Src, o.Dst, proto)
+	a.replacingLocked(vip, e)
+	a.putLocked(vip, e)
 	a.putLocked(pairOf(o.Src, r.Src, proto), e)
 }
 
