@@ -247,7 +247,12 @@ func (q *lineQueue) run(period time.Duration) {
 		}
 		q.mu.Lock()
 		buf, n := q.pending, q.lines
-		q.pending, q.lines, q.inflight = q.spare[:0], 0, n
+		if len(buf) > 0 {
+			// The spare buffer fills while this one is written: it is
+			// no one's spare until its write is over. (An empty one stays
+			// where it is: handed round, it would be both.)
+			q.pending, q.spare, q.lines, q.inflight = q.spare[:0], nil, 0, n
+		}
 		q.mu.Unlock()
 		if len(buf) == 0 {
 			if closing {
