@@ -38,6 +38,8 @@ func TestCatalogOnFixtures(t *testing.T) {
 		{"seed-stage2", "", map[string]checks.Status{"kernel.ipvs": checks.Pass, "sysctl.ip_forward": checks.Pass, "sysctl.vs_conntrack": checks.Fail, "nat.return_path": checks.Pass, "net.send_redirects": checks.Warn}},
 		{"seed-stage2", "10.1.0.6:8085", map[string]checks.Status{"kernel.ipvs": checks.Pass, "sysctl.ip_forward": checks.Pass, "sysctl.vs_conntrack": checks.Fail, "nat.return_path": checks.Pass, "net.send_redirects": checks.Warn}},
 		{"seed-stage2", "10.1.0.9:80", map[string]checks.Status{"kernel.ipvs": checks.Fail, "sysctl.ip_forward": checks.Skip, "sysctl.vs_conntrack": checks.Skip, "nat.return_path": checks.Skip, "net.send_redirects": checks.Skip}},
+		// Every port of an address (serve --vip ADDR): the fix leaves the port to the reader.
+		{"seed-stage2", "10.1.0.9", map[string]checks.Status{"kernel.ipvs": checks.Fail, "sysctl.ip_forward": checks.Skip}},
 		{"seed-stage3", "", map[string]checks.Status{"kernel.ipvs": checks.Pass, "sysctl.ip_forward": checks.Fail, "sysctl.vs_conntrack": checks.Pass, "nat.return_path": checks.Pass, "net.send_redirects": checks.Skip}},
 		{"seed-stage3-drops", "10.1.0.6:8085", map[string]checks.Status{"sysctl.ip_forward": checks.Fail, "drops.vip_flows": checks.Fail}},
 		{"seed-stage3", "10.1.0.6:8085", map[string]checks.Status{"drops.vip_flows": checks.Skip}},
@@ -62,7 +64,9 @@ func TestCatalogOnFixtures(t *testing.T) {
 				t.Fatal(err)
 			}
 			sel := probes.Selector{Proto: "tcp"}
-			if tt.vip != "" {
+			if a, err := netip.ParseAddr(tt.vip); err == nil {
+				sel.VIP = netip.AddrPortFrom(a, 0)
+			} else if tt.vip != "" {
 				sel.VIP = netip.MustParseAddrPort(tt.vip)
 			}
 			fs := checks.Run(&snap, sel)
@@ -80,7 +84,7 @@ func TestCatalogOnFixtures(t *testing.T) {
 			var buf bytes.Buffer
 			tgt := report.Target{Netns: snap.Target, Kernel: snap.Kernel}
 			if sel.VIP.IsValid() {
-				tgt.VIP, tgt.Proto = sel.VIP.String(), sel.Proto
+				tgt.VIP, tgt.Proto = sel.VIPString(), sel.Proto
 			}
 			report.Text(&buf, report.New(tgt, fs, snap.Errors))
 			testkit.Golden(t, strings.ReplaceAll(name, ":", "_")+".txt", buf.Bytes())
@@ -607,5 +611,52 @@ func TestBoundedReadsAreSaid(t *testing.T) {
 		if !slices.Contains(facts, tt.want) {
 			t.Errorf("%s: %s evidence = %q, want a line %q", tt.name, tt.id, facts, tt.want)
 		}
+	}
+}
+
+// A finding that did not pass names the services it is about (JSON
+// `services`, serve's per-service series) when they are some of the
+// selected ones, sorted; about every selected service, or passing, it
+// names none: the finding is about the selection.
+func TestFindingServices(t *testing.T) {
+	second := ipvs.Service{Proto: "tcp", Addr: netip.MustParseAddrPort("10.1.0.9:80")}
+	tests := []struct {
+		name   string
+		change func(s *probes.Snapshot)
+		id     string
+		status checks.Status
+		want   []string
+	}{
+		{"one of two services without a real", func(s *probes.Snapshot) {
+			s.IPVS.Services = append(s.IPVS.Services, second)
+		}, "ipvs.reals_available", checks.Fail, []string{"TCP 10.1.0.9:80"}},
+		{"both without a real", func(s *probes.Snapshot) {
+			s.IPVS.Services[0].Reals = nil
+			s.IPVS.Services = append(s.IPVS.Services, second)
+		}, "ipvs.reals_available", checks.Fail, nil},
+		{"every service has a real: passes", func(s *probes.Snapshot) {
+			s.IPVS.Services = append(s.IPVS.Services, second)
+			s.IPVS.Services[1].Reals = s.IPVS.Services[0].Reals
+		}, "ipvs.reals_available", checks.Pass, nil},
+		{"a filter rule drops one of two services' requests", func(s *probes.Snapshot) {
+			s.IPVS.Services = append(s.IPVS.Services, second)
+			s.IPVS.Services[1].Reals = s.IPVS.Services[0].Reals
+			s.Rules.Rules = append(s.Rules.Rules, rules.Rule{Backend: rules.IptablesLegacy, Table: "filter", Chain: "INPUT", Target: "DROP",
+				Spec: "-A INPUT -d 10.1.0.6/32 -p tcp -m tcp --dport 8085 -j DROP", HasCounter: true, Packets: 13})
+			s.Rules.Chains = []rules.Chain{{Backend: rules.IptablesLegacy, Family: "ip", Table: "filter", Chain: "INPUT", Hook: "input", Policy: "ACCEPT", HasCounter: true}}
+		}, "firewall.filter", checks.Fail, []string{"TCP 10.1.0.6:8085"}},
+		{"forwarding off for the only masquerade service", func(s *probes.Snapshot) {
+			setIPForward(s, "0")
+		}, "sysctl.ip_forward", checks.Fail, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			snap := loadFixture(t, "seed-stage2")
+			tt.change(snap)
+			f := statusOf(checks.Run(snap, probes.Selector{}), tt.id)
+			if f.Status != tt.status || !slices.Equal(f.Services, tt.want) {
+				t.Errorf("%s = %s, services %q; want %s, %q", tt.id, f.Status, f.Services, tt.status, tt.want)
+			}
+		})
 	}
 }

@@ -80,6 +80,7 @@ func checkVIPLocal(s *probes.Snapshot, sel probes.Selector) Finding {
 	var vips []netip.Addr
 	for _, svc := range bad {
 		vips = append(vips, svc.Addr.Addr())
+		f.about = append(f.about, svc.Key())
 	}
 	// Packets to them were forwarded and died wherever: that is this.
 	f.explains = explainsTo(vips)

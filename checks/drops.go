@@ -114,8 +114,8 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 	}
 	f := Finding{Status: Fail, Title: title, Evidence: ev}
 	for _, c := range d.Drops {
-		if fl := c.Flow; fl != nil {
-			if k := strings.ToUpper(proto.Name(c.Proto)) + " " + fl.VIP.String(); !slices.Contains(f.about, k) {
+		if c.Flow != nil {
+			if k := c.Service(); !slices.Contains(f.about, k) {
 				f.about = append(f.about, k)
 			}
 		}

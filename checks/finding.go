@@ -13,6 +13,7 @@ import (
 
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
+	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 )
 
 // Status of a finding.
@@ -48,6 +49,13 @@ type Finding struct {
 	// services' flows it is about, leg by leg, and where they stop (from
 	// the window; none for a static snapshot).
 	Path []flowpath.Path `json:"path,omitempty"`
+	// Services names the services a finding that did not pass is about
+	// (ipvs.Service.Key: "TCP 10.1.0.6:8085", "FWM 16"; a VIP that IPVS
+	// does not serve, by its flows' protocol and address), sorted, when
+	// they are some of the selected services; absent when it is about
+	// every selected one (or about none in particular). Run sets it from
+	// about: `lbdoctor serve` labels a per-service series with each.
+	Services []string `json:"services,omitempty"`
 	// about names the services (ipvs.Service.Key) a finding is about,
 	// when it knows: their paths explain it. Empty: every selected one.
 	about []string
@@ -138,6 +146,9 @@ func Run(s *probes.Snapshot, sel probes.Selector) []Finding {
 			}
 			f.Fix = fix
 		}
+		if f.Status != Pass {
+			f.Services = servicesOf(s, sel, f.about)
+		}
 		if f.Status == Fail {
 			f.Path = pathsOf(s, f.about)
 			f.Evidence = append(f.Evidence, captureEvidence(s, f.Path)...)
@@ -146,6 +157,25 @@ func Run(s *probes.Snapshot, sel probes.Selector) []Finding {
 	}
 	explainDrops(s, out)
 	return out
+}
+
+// servicesOf is about as Finding.Services shows it: sorted, nil when it
+// names every selected service (the finding is about the selection).
+func servicesOf(s *probes.Snapshot, sel probes.Selector, about []string) []string {
+	if len(about) == 0 {
+		return nil
+	}
+	names := slices.Compact(slices.Sorted(slices.Values(about)))
+	all := selected(s, sel)
+	// A set: a finding about each of 1,000 services is judged against each.
+	in := make(map[string]bool, len(names))
+	for _, n := range names {
+		in[n] = true
+	}
+	if len(all) > 0 && !slices.ContainsFunc(all, func(svc ipvs.Service) bool { return !in[svc.Key()] }) {
+		return nil
+	}
+	return names
 }
 
 // captureEvidence says, for each path a capture counted (check
@@ -212,6 +242,7 @@ func explainDrops(s *probes.Snapshot, fs []Finding) {
 	}
 	var causes []string
 	var explained, total uint64
+	gone := map[netip.AddrPort]string{} // a removed real's cause, made once
 	for _, c := range s.Drops.Drops {
 		total += c.Count
 		// A warning may explain a drop too (ipvs.expire_nodest_conn: IPVS
@@ -220,17 +251,19 @@ func explainDrops(s *probes.Snapshot, fs []Finding) {
 		if j < 0 {
 			j = slices.IndexFunc(fs, func(f Finding) bool { return f.Status == Warn && f.explains != nil && f.explains(c) })
 		}
-		cause := ""
-		switch {
-		case j >= 0:
+		var cause string
+		if j >= 0 {
 			cause = fs[j].ID
-		case probes.DroppedForRealGone(s, c):
+		} else if r := probes.RealGoneOf(s, c); r.IsValid() {
 			// IPVS's own drop of a stale connection's packet after its
 			// real was removed (a retransmission, a reused client port):
 			// no check fails for it when expire_nodest_conn=1, yet it is
 			// explained, by the removal.
-			cause = "the removal of real " + probes.RealGoneOf(s, c).String() + " (IPVS drops its connections' packets)"
-		default:
+			if cause = gone[r]; cause == "" {
+				cause = "the removal of real " + r.String() + " (IPVS drops its connections' packets)"
+				gone[r] = cause
+			}
+		} else {
 			continue // a drop no finding explains: drops.vip_flows is its only word
 		}
 		explained += c.Count

@@ -219,7 +219,7 @@ func checkRealHealth(s *probes.Snapshot, sel probes.Selector) Finding {
 	src := "health probe from " + s.Target.String()
 	var ev, warnEv []Evidence
 	var fix []string
-	var failTitles []string
+	var failTitles, sickSvcs, doubtSvcs []string
 	var healthy, notProbed, weightZero, failing, doubtful int
 	for _, svc := range svcs {
 		for _, r := range svc.Reals {
@@ -249,6 +249,7 @@ func checkRealHealth(s *probes.Snapshot, sel probes.Selector) Finding {
 				}
 			case fails:
 				failing++
+				sickSvcs = append(sickSvcs, svc.Key())
 				if failing > maxRealsNamed {
 					continue
 				}
@@ -258,6 +259,7 @@ func checkRealHealth(s *probes.Snapshot, sel probes.Selector) Finding {
 				fix = append(fix, realFix(s, svc, r, kind)...)
 			default:
 				doubtful++
+				doubtSvcs = append(doubtSvcs, svc.Key())
 				if doubtful <= maxRealsNamed {
 					warnEv = append(warnEv, Evidence{Fact: fmt.Sprintf("real %s of %s %s: %s", r.Addr, svc.Key(), kind, fact), Source: src})
 					warnEv = append(warnEv, ix.of(svc, r).facts(s, svc, r)...)
@@ -284,10 +286,10 @@ func checkRealHealth(s *probes.Snapshot, sel probes.Selector) Finding {
 		sick := sickReals(s, sel)
 		return Finding{Status: Fail, Title: title,
 			Reason:   "IPVS keeps giving it a share of new connections (its weight is above 0): those clients get an RST, or no answer at all, until the real is fixed or taken out",
-			Evidence: ev, Fix: fix, explains: func(c drops.Counted) bool { return explainedByRealHealth(s, sel, sick, c) }}
+			Evidence: ev, Fix: fix, about: sickSvcs, explains: func(c drops.Counted) bool { return explainedByRealHealth(s, sel, sick, c) }}
 	case doubtful > 0:
 		return Finding{Status: Warn, Title: fmt.Sprintf("%s did not answer the probe cleanly", tally.Of(doubtful, "real server")),
-			Reason: "a connect with a short timeout got no answer, or failed on the LB itself: an overloaded real, a firewall on the way, or a rule on the LB; a health checker with a longer timeout may still see it up", Evidence: ev}
+			Reason: "a connect with a short timeout got no answer, or failed on the LB itself: an overloaded real, a firewall on the way, or a rule on the LB; a health checker with a longer timeout may still see it up", Evidence: ev, about: doubtSvcs}
 	case healthy == 0:
 		return Finding{Status: Skip, Reason: "no real server with weight > 0 was probed", Evidence: ev}
 	}

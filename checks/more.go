@@ -55,6 +55,7 @@ func checkRealsAvailable(s *probes.Snapshot, sel probes.Selector) Finding {
 	return Finding{Status: Fail, Title: "no real server takes connections for " + strings.Join(bad, ", "),
 		Reason:   "IPVS accepts the client's SYN for the VIP and has nowhere to send it",
 		Evidence: ev,
+		about:    bad,
 		Fix:      []string{fmt.Sprintf("%sipvsadm -a -t VIP:PORT -r REAL:PORT -m -w 1   # or raise a weight with ipvsadm -e", s.Target.ExecPrefix())}}
 }
 
@@ -156,7 +157,7 @@ func checkExpireNodest(s *probes.Snapshot, sel probes.Selector) Finding {
 		// in input of a flow whose real is no longer one of its service's
 		// is this — a client port reused within the old connection's
 		// timeout, or a retransmission of it.
-		explains: func(c drops.Counted) bool { return probes.DroppedForRealGone(s, c) }}
+		explains: func(c drops.Counted) bool { return probes.RealGoneOf(s, c).IsValid() }}
 }
 
 // checkFlowStates reads the VIP's conntrack flows for the marks a broken

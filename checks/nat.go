@@ -38,10 +38,19 @@ func checkIPVS(s *probes.Snapshot, sel probes.Selector) Finding {
 		return Finding{Status: Fail, Title: "no virtual service " + selectorKey(sel),
 			Reason:   "IPVS has no service " + selectorKey(sel),
 			Evidence: []Evidence{{Fact: fmt.Sprintf("%d other virtual service(s)", len(s.IPVS.Services)), Source: src}},
-			Fix:      []string{fmt.Sprintf("%sipvsadm -A %s %s -s rr", s.Target.ExecPrefix(), proto.IpvsadmFlag(sel.Proto), sel.VIP)}}
+			Fix:      []string{fmt.Sprintf("%sipvsadm -A %s %s -s rr", s.Target.ExecPrefix(), proto.IpvsadmFlag(sel.Proto), vipToAdd(sel.VIP))}}
 	}
 	return Finding{Status: Pass, Title: "IPVS is available: " + svcs[0].Key(),
 		Evidence: []Evidence{{Fact: fmt.Sprintf("%s, %d real server(s)", svcs[0].Key(), len(svcs[0].Reals)), Source: src}}}
+}
+
+// vipToAdd is the VIP of an `ipvsadm -A` to type: a selection of every
+// port of an address (serve --vip ADDR) leaves the port to the reader.
+func vipToAdd(vip netip.AddrPort) string {
+	if vip.Port() == 0 {
+		return strings.TrimSuffix(vip.String(), "0") + "PORT"
+	}
+	return vip.String()
 }
 
 func ipvsFix(reason string) []string {

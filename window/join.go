@@ -43,7 +43,7 @@ func Join(before, after *probes.Snapshot, w *probes.Window) []probes.DropPoint {
 		p.Count += c.Count
 		if r := probes.RealGoneOf(after, c); r.IsValid() {
 			p.RealGoneDrops += c.Count
-			g := probes.GoneReal{Real: r, Service: strings.ToUpper(proto.Name(c.Proto)) + " " + c.Flow.VIP.String()}
+			g := probes.GoneReal{Real: r, Service: c.Service()}
 			if !slices.Contains(p.RealsGone, g) {
 				p.RealsGone = append(p.RealsGone, g)
 			}
@@ -51,7 +51,7 @@ func Join(before, after *probes.Snapshot, w *probes.Window) []probes.DropPoint {
 		if c.Flow != nil {
 			p.Attributed += c.Count
 			flows[k][c.Flow.Client.String()+" "+c.Flow.VIP.String()] = true
-			svc := strings.ToUpper(proto.Name(c.Proto)) + " " + c.Flow.VIP.String() // as ipvs.Service.Key names it
+			svc := c.Service()
 			if !slices.Contains(p.Services, svc) {
 				p.Services = append(p.Services, svc)
 			}
@@ -96,7 +96,7 @@ func Join(before, after *probes.Snapshot, w *probes.Window) []probes.DropPoint {
 // joinRealGone joins a netfilter drop in input to IPVS itself when its
 // flows went to reals no longer in their services and no rule's counter
 // took it: IPVS drops the packets of a connection whose real was removed
-// (see probes.DroppedForRealGone). A rule whose counter moved keeps the
+// (see probes.RealGoneOf). A rule whose counter moved keeps the
 // drops it counted; a guess at a rule without a counter gives way when every
 // drop is IPVS's.
 func joinRealGone(p *probes.DropPoint, after *probes.Snapshot) {

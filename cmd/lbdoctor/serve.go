@@ -40,7 +40,9 @@ host. SIGINT or SIGTERM stop it (exit 0).`,
   sudo lbdoctor serve --netns lb --vip 10.1.0.6:8085 --listen 0.0.0.0:9469 --interval 30s`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			sel, err := selector(vip, proto, true)
+			// ADDR alone watches every port of the address: the
+			// services there are told apart by their own series.
+			sel, err := selector(vip, proto, false)
 			if err != nil {
 				return err
 			}
@@ -97,7 +99,7 @@ host. SIGINT or SIGTERM stop it (exit 0).`,
 		},
 	}
 	cmd.Flags().StringArrayVar(&nss, "netns", nil, "watch this network namespace: a /run/netns `NAME`, a PATH, or pid:N; repeat for several (default: the current one)")
-	cmd.Flags().StringVar(&vip, "vip", "", "watch one virtual service, `ADDR:PORT` ([ADDR]:PORT for IPv6; default: all)")
+	cmd.Flags().StringVar(&vip, "vip", "", "watch one virtual service, `ADDR:PORT` ([ADDR]:PORT for IPv6), or every port of ADDR (default: all)")
 	cmd.Flags().StringVar(&proto, "proto", "", "protocol of --vip: `tcp|udp` (default: the service at the VIP whatever its protocol)")
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:9469", "serve HTTP on this `ADDR:PORT` (port 0: any free one, printed on stderr)")
 	cmd.Flags().DurationVar(&interval, "interval", 15*time.Second, "watch in windows of `WINDOW` back to back; the checks run at the end of each")

@@ -18,29 +18,54 @@ import (
 )
 
 // The seed's stage 3 on real IPVS (MASQUERADE, vs.conntrack=1,
-// ip_forward=0) through `lbdoctor serve` under traffic:
+// ip_forward=0) through `lbdoctor serve` under traffic, beside a second
+// service whose real refuses (ipvs.real_health fails for it alone, a
+// series of its own):
 // lbdoctor_finding_status{id="sysctl.ip_forward"} is 2 and the SYN-ACKs'
-// IP_INADDRERRORS drops are counted; after `sysctl -w
+// IP_INADDRERRORS drops are counted, for the service too (IPVS's
+// connections name it); after `sysctl -w
 // net.ipv4.ip_forward=1` the gauge is 0 at the next interval. With the
 // traffic stopped, the IPVS metrics are what `ipvsadm -Ln --stats --exact`
 // says.
 func TestGuestServeStage3(t *testing.T) {
 	l, vip := testkit.FullNAT(t)
+	// A second service on the VIP, masqueraded too, whose real refuses
+	// (nothing listens on 8086): ipvs.real_health fails for it alone.
+	sick := netip.AddrPortFrom(vip.Addr(), 8086)
+	testkit.IPVSMasq(t, l.LB, sick, netip.AddrPortFrom(l.RealIP, 8086))
+	testkit.Run(t, l.LB, "iptables", "-t", "nat", "-A", "POSTROUTING", "-m", "ipvs", "--vaddr", l.VIP.String(), "--vport", "8086", "-j", "MASQUERADE")
 	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "0")
 	traffic := testkit.StartTraffic(t, 200*time.Millisecond, func() lab.ProbeResult {
 		return lab.Probe(context.Background(), l.Client, vip, 500*time.Millisecond)
 	})
-	p := startServe(t, "--netns", l.LB.Name, "--vip", vip.String(), "--interval", "3s")
+	p := startServe(t, "--netns", l.LB.Name, "--vip", vip.Addr().String(), "--interval", "3s") // both services
 	lbl := func(kv ...string) map[string]string { return nsLabels(l.LB.Name, kv...) }
-	fwd := lbl("id", "sysctl.ip_forward", "vip", vip.String())
+	// sysctl.ip_forward is about both services: the selection's series.
+	fwd := lbl("id", "sysctl.ip_forward", "vip", vip.Addr().String(), "proto", "")
+	health := func(port string) map[string]string {
+		return lbl("id", "ipvs.real_health", "local_address", vip.Addr().String(), "local_port", port, "proto", "TCP")
+	}
+	svcDrops := lbl("local_address", vip.Addr().String(), "local_port", strconv.Itoa(int(vip.Port())), "proto", "TCP", "reason", "IP_INADDRERRORS")
 	runs := func(s scrape) float64 { v, _ := s.value("lbdoctor_check_runs_total", lbl()); return v }
 	failing := p.waitFor(t, "sysctl.ip_forward at 2", 150*time.Second, func(s scrape) bool {
 		v, _ := s.value("lbdoctor_finding_status", fwd)
 		return v == 2
 	})
-	p.waitFor(t, "IP_INADDRERRORS drops of the VIP's flows", 30*time.Second, func(s scrape) bool {
+	if v, ok := failing.value("lbdoctor_finding_status", health("8086")); v != 2 || !ok {
+		t.Errorf("lbdoctor_finding_status{id=\"ipvs.real_health\",local_port=\"8086\"} = %v (served %v); want 2: its real refuses\n%s", v, ok, failing.text)
+	}
+	if v, ok := failing.value("lbdoctor_finding_status", health("8085")); ok {
+		t.Errorf("lbdoctor_finding_status{id=\"ipvs.real_health\",local_port=\"8085\"} = %v; want no series: its real answers\n%s", v, failing.text)
+	}
+	for _, port := range []string{"8085", "8086"} {
+		if v, ok := failing.value("lbdoctor_finding_status", lbl("id", "sysctl.ip_forward", "local_port", port)); ok {
+			t.Errorf("lbdoctor_finding_status{id=\"sysctl.ip_forward\",local_port=%q} = %v; want only the selection's series: it is about every service", port, v)
+		}
+	}
+	p.waitFor(t, "IP_INADDRERRORS drops of the VIP's flows, counted for its service too", 30*time.Second, func(s scrape) bool {
 		v, _ := s.value("lbdoctor_drops_total", lbl("reason", "IP_INADDRERRORS", "function", "ip_error"))
-		return v > 0
+		sv, _ := s.value("lbdoctor_service_drops_total", svcDrops)
+		return v > 0 && sv > 0
 	})
 
 	// The fix, and the traffic stopped: the interval that ends next read

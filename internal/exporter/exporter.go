@@ -6,6 +6,7 @@
 package exporter
 
 import (
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/checks"
 	"github.com/lbdoctor/lbdoctor/internal/report"
 	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 )
 
@@ -29,6 +31,29 @@ const MaxDropSeries = 512
 
 // OtherFunction is the function label of the drops past MaxDropSeries.
 const OtherFunction = "other"
+
+// MaxServiceDropSeries bounds the per-service drop counters of one
+// namespace, (service, reason) pairs: a service's drops mostly have one or
+// two reasons, so 1,024 covers a 1,000-service node where hundreds of
+// services drop at once. Past it, a new pair counts under
+// local_address="other" of its reason (OtherService). A service IPVS no
+// longer has loses its series at the next interval that reads IPVS: the
+// bound is of the services there now, not of every service that ever was.
+const MaxServiceDropSeries = 1024
+
+// OtherService is the local_address of the drops of services past
+// MaxServiceDropSeries (their other service labels are empty).
+const OtherService = "other"
+
+// MaxFindingServiceSeries bounds the per-service finding series of one
+// namespace: a finding that did not pass and names some of the selected
+// services (checks.Finding.Services) gets a series for each, failures
+// first, in the catalog's order; past the bound the rest are counted in
+// lbdoctor_finding_services_omitted. A healthy node has none: a finding
+// about every selected service, or passing, is the selection-level series
+// alone. 100 is what a broken rollout on a 1,000-service node may show at
+// once and still be read on a dashboard.
+const MaxFindingServiceSeries = 100
 
 // Probe names of lbdoctor_probe_errors_total beside probes.Probe*: the
 // namespace that could not be resolved or entered, and a window that failed
@@ -54,11 +79,40 @@ type Result struct {
 
 type dropKey struct{ reason, function string }
 
+// serviceDropKey is a per-service drop counter: service is
+// ipvs.Service.Key's form ("" for drops no flow was known for,
+// OtherService past the bound).
+type serviceDropKey struct{ service, reason string }
+
+// serviceDrops is one per-service drop counter and whether its service
+// was an IPVS service when last seen (those go when IPVS drops them).
+type serviceDrops struct {
+	count uint64
+	ipvs  bool
+}
+
+// serviceFinding is one per-service finding series.
+type serviceFinding struct {
+	id, service string
+	status      checks.Status
+}
+
 // nsState is what the exporter keeps of one namespace: the last interval's
 // snapshot and findings (gauges) and running totals (counters).
 type nsState struct {
-	label       string
-	drops       map[dropKey]uint64
+	label    string
+	drops    map[dropKey]uint64
+	svcDrops map[serviceDropKey]*serviceDrops
+	// namedSvcDrops is how many of svcDrops name a service (not the
+	// drops without a flow, nor the overflow): the bound's count.
+	namedSvcDrops int
+	// ipvsKeys are the IPVS services of the last interval that read IPVS:
+	// the drops of one removed since are still an IPVS service's.
+	ipvsKeys map[string]bool
+	// perService are the last interval's per-service finding series and
+	// omitted, by id, the services past MaxFindingServiceSeries.
+	perService  []serviceFinding
+	omitted     map[string]int
 	lost        uint64
 	tracerUp    bool
 	runs        uint64
@@ -81,7 +135,7 @@ type Exporter struct {
 func New(netnsLabels []string, vip string) *Exporter {
 	e := &Exporter{vip: vip}
 	for _, l := range netnsLabels {
-		e.ns = append(e.ns, &nsState{label: l, drops: map[dropKey]uint64{}, probeErrors: map[string]uint64{}})
+		e.ns = append(e.ns, &nsState{label: l, drops: map[dropKey]uint64{}, svcDrops: map[serviceDropKey]*serviceDrops{}, probeErrors: map[string]uint64{}})
 	}
 	return e
 }
@@ -112,6 +166,7 @@ func (e *Exporter) Observe(ns string, r Result) {
 		// counters stay, and lbdoctor_last_check_timestamp_seconds stops.
 		s.last = nil
 		s.tracerUp = false
+		s.perService, s.omitted = nil, nil
 		return
 	}
 	s.lastErr = nil
@@ -122,27 +177,96 @@ func (e *Exporter) Observe(ns string, r Result) {
 	}
 	// "kept": a watcher's tracer attached in an earlier window.
 	s.tracerUp = snap.Window != nil && (snap.Window.Tracer == "attached" || snap.Window.Tracer == "kept")
+	ipvsKeys := ipvsServices(snap)
+	if ipvsKeys != nil {
+		// A service IPVS no longer has: its counters go (a service
+		// made again starts from 0, which rate() reads as a reset).
+		for k, v := range s.svcDrops {
+			if v.ipvs && !ipvsKeys[k.service] {
+				delete(s.svcDrops, k)
+				s.namedSvcDrops--
+			}
+		}
+	}
+	wasIPVS := s.ipvsKeys
+	if ipvsKeys != nil {
+		s.ipvsKeys = ipvsKeys
+	}
 	if d := snap.Drops; d != nil {
 		s.lost += d.Counters.Lost() + d.Counters.Missed
 		for _, c := range d.Drops {
-			k := dropKey{c.ReasonName, Function(c.Symbol)}
+			k := dropKey{c.ReasonName, c.Function()}
 			if _, ok := s.drops[k]; !ok && len(s.drops) >= MaxDropSeries {
 				k.function = OtherFunction
 			}
 			s.drops[k] += c.Count
+			s.countServiceDrop(c, ipvsKeys, wasIPVS)
 		}
 	}
+	s.perService, s.omitted = perService(r.Findings)
 	last := r
 	s.last = &last
 }
 
-// Function is a drop location without its offset: "ip_error+0x6f/0x1e0"
-// is ip_error, a label that does not change with each call site.
-func Function(symbol string) string {
-	if i := strings.IndexByte(symbol, '+'); i >= 0 {
-		return symbol[:i]
+// countServiceDrop adds c to its service's counter of its reason. A
+// service of IPVS now or at the last read (removed during the window) is
+// marked to go with it; a VIP IPVS does not serve (nft DNAT) stays.
+func (s *nsState) countServiceDrop(c drops.Counted, ipvsKeys, wasIPVS map[string]bool) {
+	k := serviceDropKey{c.Service(), c.ReasonName}
+	v := s.svcDrops[k]
+	if v == nil {
+		if k.service != "" && s.namedSvcDrops >= MaxServiceDropSeries {
+			k.service = OtherService
+			v = s.svcDrops[k]
+		}
+		if v == nil {
+			v = &serviceDrops{}
+			s.svcDrops[k] = v
+			if k.service != "" && k.service != OtherService {
+				s.namedSvcDrops++
+			}
+		}
 	}
-	return symbol
+	v.count += c.Count
+	if ipvsKeys[k.service] || wasIPVS[k.service] {
+		v.ipvs = true
+	}
+}
+
+// ipvsServices are the keys of the snapshot's IPVS services; nil when
+// IPVS was not read (what it holds is not known: nothing is pruned).
+func ipvsServices(snap *probes.Snapshot) map[string]bool {
+	if _, bad := snap.Errors[probes.ProbeIPVS]; bad || !snap.IPVS.Available {
+		return nil
+	}
+	keys := make(map[string]bool, len(snap.IPVS.Services))
+	for _, svc := range snap.IPVS.Services {
+		keys[svc.Key()] = true
+	}
+	return keys
+}
+
+// perService picks the per-service finding series of fs: failures first,
+// then warnings and skips, each in the catalog's order, at most
+// MaxFindingServiceSeries; omitted counts the rest by id, and holds every
+// id that names services (0 when none was left out).
+func perService(fs []checks.Finding) ([]serviceFinding, map[string]int) {
+	var out []serviceFinding
+	omitted := map[string]int{}
+	for _, st := range []checks.Status{checks.Fail, checks.Warn, checks.Skip} {
+		for _, f := range fs {
+			if f.Status != st || len(f.Services) == 0 {
+				continue
+			}
+			room := max(MaxFindingServiceSeries-len(out), 0)
+			n := min(room, len(f.Services))
+			for _, svc := range f.Services[:n] {
+				out = append(out, serviceFinding{f.ID, svc, f.Status})
+			}
+			omitted[f.ID] = len(f.Services) - n
+		}
+	}
+	return out, omitted
 }
 
 func cmpOr(a, b string) string {
@@ -193,6 +317,8 @@ func (e *Exporter) Reports() (labels []string, reports []*report.Report) {
 // Metric descriptions: README.md's serve section documents each.
 var (
 	ipvsServiceLabels = []string{"netns", "local_address", "local_port", "proto", "local_mark"}
+	findingLabels     = []string{"netns", "id", "vip", "local_address", "local_port", "proto", "local_mark"}
+	serviceDropLabels = []string{"netns", "local_address", "local_port", "proto", "local_mark", "reason"}
 	ipvsBackendLabels = []string{"netns", "local_address", "local_port", "remote_address", "remote_port", "proto", "local_mark"}
 
 	descDrops = prometheus.NewDesc("lbdoctor_drops_total",
@@ -203,8 +329,15 @@ var (
 		[]string{"netns"}, nil)
 	descTracerUp = prometheus.NewDesc("lbdoctor_tracer_up",
 		"1 when the drop tracer was attached during the last interval, 0 when not.", []string{"netns"}, nil)
+	descServiceDrops = prometheus.NewDesc("lbdoctor_service_drops_total",
+		"Drops of the watched services' flows by the service of the dropped packet's flow and drop reason (service labels empty: no flow known; local_address=\"other\": past the bound).",
+		serviceDropLabels, nil)
 	descFinding = prometheus.NewDesc("lbdoctor_finding_status",
-		"Status of each check of the last interval: 0 pass, 1 warn, 2 fail, 3 skip.", []string{"netns", "id", "vip"}, nil)
+		"Status of each check of the last interval: 0 pass, 1 warn, 2 fail, 3 skip; for the selection (service labels empty), and for each service a finding that did not pass names.",
+		findingLabels, nil)
+	descFindingOmitted = prometheus.NewDesc("lbdoctor_finding_services_omitted",
+		"Services a finding that did not pass names but that got no lbdoctor_finding_status series of their own (past the bound).",
+		[]string{"netns", "id"}, nil)
 	descDuration = prometheus.NewDesc("lbdoctor_check_duration_seconds",
 		"How long the last interval's check took, its window included.", []string{"netns"}, nil)
 	descRuns = prometheus.NewDesc("lbdoctor_check_runs_total",
@@ -234,7 +367,7 @@ var (
 	descCTInsertFailed = prometheus.NewDesc("lbdoctor_conntrack_insert_failed_total",
 		"Conntrack statistics insert_failed: entries that could not be inserted (a clash).", []string{"netns"}, nil)
 
-	allDescs = []*prometheus.Desc{descDrops, descLost, descTracerUp, descFinding, descDuration, descRuns, descProbeErrors, descLastCheck,
+	allDescs = []*prometheus.Desc{descDrops, descServiceDrops, descLost, descTracerUp, descFinding, descFindingOmitted, descDuration, descRuns, descProbeErrors, descLastCheck,
 		descIPVSConns, descIPVSPktsIn, descIPVSPktsOut, descIPVSBytesIn, descIPVSBytesOut, descBackendActive, descBackendInactive, descBackendWeight,
 		descInAddrErrors, descRPFilter, descCTDrops, descCTInsertFailed}
 )
@@ -280,6 +413,18 @@ func (e *Exporter) collect(ch chan<- prometheus.Metric, s *nsState) {
 	for k, v := range s.drops {
 		counter(descDrops, float64(v), k.reason, k.function)
 	}
+	for k, v := range s.svcDrops {
+		var l []string
+		switch k.service {
+		case "":
+			l = []string{"", "", "", ""}
+		case OtherService:
+			l = []string{OtherService, "", "", ""}
+		default:
+			l = keyLabels(k.service)
+		}
+		counter(descServiceDrops, float64(v.count), append(l, k.reason)...)
+	}
 	counter(descLost, float64(s.lost))
 	gauge(descTracerUp, b2f(s.tracerUp))
 	counter(descRuns, float64(s.runs))
@@ -293,7 +438,13 @@ func (e *Exporter) collect(ch chan<- prometheus.Metric, s *nsState) {
 	gauge(descDuration, r.Duration.Seconds())
 	gauge(descLastCheck, float64(r.Time.UnixNano())/1e9)
 	for _, f := range r.Findings {
-		gauge(descFinding, StatusValue(f.Status), f.ID, e.vip)
+		gauge(descFinding, StatusValue(f.Status), f.ID, e.vip, "", "", "", "")
+	}
+	for _, f := range s.perService {
+		gauge(descFinding, StatusValue(f.status), append([]string{f.id, e.vip}, keyLabels(f.service)...)...)
+	}
+	for id, n := range s.omitted {
+		gauge(descFindingOmitted, float64(n), id)
 	}
 	snap := r.Snapshot
 	if _, bad := snap.Errors[probes.ProbeIPVS]; !bad && snap.IPVS.Available {
@@ -335,11 +486,20 @@ func (e *Exporter) collect(ch chan<- prometheus.Metric, s *nsState) {
 // serviceLabels are node_exporter's ipvs collector's, less netns: proto
 // upper case (TCP, UDP, SCTP), and a fwmark service as FWM with no address,
 // port 0 and its mark in local_mark.
-func serviceLabels(svc ipvs.Service) []string {
-	if svc.FWMark != 0 {
-		return []string{"", "0", "FWM", strconv.FormatUint(uint64(svc.FWMark), 10)}
+func serviceLabels(svc ipvs.Service) []string { return keyLabels(svc.Key()) }
+
+// keyLabels are serviceLabels of a service named as ipvs.Service.Key
+// names it ("TCP 10.1.0.6:8085", "FWM 16"): checks.Finding.Services and
+// drops.Counted.Service name services so.
+func keyLabels(key string) []string {
+	proto, rest, _ := strings.Cut(key, " ")
+	if proto == "FWM" {
+		return []string{"", "0", proto, rest}
 	}
-	return []string{svc.Addr.Addr().String(), strconv.Itoa(int(svc.Addr.Port())), strings.ToUpper(svc.Proto), ""}
+	if a, err := netip.ParseAddrPort(rest); err == nil {
+		return []string{a.Addr().String(), strconv.Itoa(int(a.Port())), proto, ""}
+	}
+	return []string{rest, "", proto, ""} // no key lbdoctor makes
 }
 
 func backendLabels(svc []string, r ipvs.Real) []string {

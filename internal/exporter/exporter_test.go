@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/lbdoctor/lbdoctor/checks"
 	"github.com/lbdoctor/lbdoctor/internal/report"
@@ -36,7 +38,8 @@ func fixture(dropped ...drops.Counted) Result {
 		Window:    &probes.Window{Tracer: "attached"},
 		Errors:    map[string]string{"rules": "no tool"},
 	}
-	fs := []checks.Finding{{ID: "sysctl.ip_forward", Status: checks.Fail}, {ID: "kernel.ipvs", Status: checks.Pass}, {ID: "nat.return_path", Status: checks.Skip}}
+	fs := []checks.Finding{{ID: "sysctl.ip_forward", Status: checks.Fail}, {ID: "kernel.ipvs", Status: checks.Pass}, {ID: "nat.return_path", Status: checks.Skip},
+		{ID: "ipvs.real_health", Status: checks.Warn, Services: []string{"FWM 16"}}}
 	return Result{Snapshot: snap, Findings: fs, Report: report.New(report.Target{}, fs, snap.Errors), Duration: 1500 * time.Millisecond, Time: time.Unix(1700000000, 0)}
 }
 
@@ -44,16 +47,33 @@ func dropAt(reason, symbol string, n uint64) drops.Counted {
 	return drops.Counted{Aggregate: drops.Aggregate{Count: n}, ReasonName: reason, Symbol: symbol}
 }
 
+// dropOf is n drops of a TCP flow to vip.
+func dropOf(reason, symbol string, n uint64, vip string) drops.Counted {
+	c := dropAt(reason, symbol, n)
+	c.Proto = 6
+	c.Flow = &drops.Flow{VIP: netip.MustParseAddrPort(vip)}
+	return c
+}
+
 const wantFirst = `
 # HELP lbdoctor_drops_total Drops of the watched services' flows the kernel reported (kfree_skb), by drop reason and kernel function.
 # TYPE lbdoctor_drops_total counter
 lbdoctor_drops_total{function="ip_error",netns="lb",reason="IP_INADDRERRORS"} 5
 lbdoctor_drops_total{function="nft_do_chain",netns="lb",reason="NETFILTER_DROP"} 2
-# HELP lbdoctor_finding_status Status of each check of the last interval: 0 pass, 1 warn, 2 fail, 3 skip.
+# HELP lbdoctor_finding_status Status of each check of the last interval: 0 pass, 1 warn, 2 fail, 3 skip; for the selection (service labels empty), and for each service a finding that did not pass names.
 # TYPE lbdoctor_finding_status gauge
-lbdoctor_finding_status{id="kernel.ipvs",netns="lb",vip="10.1.0.6:8085"} 0
-lbdoctor_finding_status{id="nat.return_path",netns="lb",vip="10.1.0.6:8085"} 3
-lbdoctor_finding_status{id="sysctl.ip_forward",netns="lb",vip="10.1.0.6:8085"} 2
+lbdoctor_finding_status{id="ipvs.real_health",local_address="",local_mark="",local_port="",netns="lb",proto="",vip="10.1.0.6:8085"} 1
+lbdoctor_finding_status{id="ipvs.real_health",local_address="",local_mark="16",local_port="0",netns="lb",proto="FWM",vip="10.1.0.6:8085"} 1
+lbdoctor_finding_status{id="kernel.ipvs",local_address="",local_mark="",local_port="",netns="lb",proto="",vip="10.1.0.6:8085"} 0
+lbdoctor_finding_status{id="nat.return_path",local_address="",local_mark="",local_port="",netns="lb",proto="",vip="10.1.0.6:8085"} 3
+lbdoctor_finding_status{id="sysctl.ip_forward",local_address="",local_mark="",local_port="",netns="lb",proto="",vip="10.1.0.6:8085"} 2
+# HELP lbdoctor_finding_services_omitted Services a finding that did not pass names but that got no lbdoctor_finding_status series of their own (past the bound).
+# TYPE lbdoctor_finding_services_omitted gauge
+lbdoctor_finding_services_omitted{id="ipvs.real_health",netns="lb"} 0
+# HELP lbdoctor_service_drops_total Drops of the watched services' flows by the service of the dropped packet's flow and drop reason (service labels empty: no flow known; local_address="other": past the bound).
+# TYPE lbdoctor_service_drops_total counter
+lbdoctor_service_drops_total{local_address="",local_mark="",local_port="",netns="lb",proto="",reason="IP_INADDRERRORS"} 5
+lbdoctor_service_drops_total{local_address="10.1.0.6",local_mark="",local_port="8085",netns="lb",proto="TCP",reason="NETFILTER_DROP"} 2
 # HELP lbdoctor_ipvs_backend_weight Weight of the real server.
 # TYPE lbdoctor_ipvs_backend_weight gauge
 lbdoctor_ipvs_backend_weight{local_address="",local_mark="16",local_port="0",netns="lb",proto="FWM",remote_address="10.1.0.51",remote_port="80"} 3
@@ -82,17 +102,19 @@ lbdoctor_ip_in_addr_errors_total{netns="lb"} 4
 lbdoctor_conntrack_insert_failed_total{netns="lb"} 3
 `
 
-var compared = []string{"lbdoctor_drops_total", "lbdoctor_finding_status", "lbdoctor_ipvs_backend_weight", "lbdoctor_ipvs_connections_total",
+var compared = []string{"lbdoctor_drops_total", "lbdoctor_finding_status", "lbdoctor_finding_services_omitted", "lbdoctor_service_drops_total", "lbdoctor_ipvs_backend_weight", "lbdoctor_ipvs_connections_total",
 	"lbdoctor_probe_errors_total", "lbdoctor_tracer_lost_events_total", "lbdoctor_tracer_up", "lbdoctor_check_runs_total",
 	"lbdoctor_ip_in_addr_errors_total", "lbdoctor_conntrack_insert_failed_total"}
 
 // One interval's snapshot and findings, as metrics: drops by reason and
-// function (offset cut), the lost and missed counts, a gauge per finding,
+// function (offset cut) and by service and reason (those without a flow
+// under empty service labels), the lost and missed counts, a gauge per
+// finding and one per service a finding that did not pass names,
 // IPVS per service and real with node_exporter's labels (a fwmark service
 // too), the SNMP and conntrack counters, and the probe that could not read.
 func TestObserve(t *testing.T) {
 	e := New([]string{"lb"}, "10.1.0.6:8085")
-	e.Observe("lb", fixture(dropAt("IP_INADDRERRORS", "ip_error+0x6f/0x1e0", 5), dropAt("NETFILTER_DROP", "nft_do_chain+0x4a0", 2)))
+	e.Observe("lb", fixture(dropAt("IP_INADDRERRORS", "ip_error+0x6f/0x1e0", 5), dropOf("NETFILTER_DROP", "nft_do_chain+0x4a0", 2, "10.1.0.6:8085")))
 	if err := testutil.CollectAndCompare(e, strings.NewReader(wantFirst), compared...); err != nil {
 		t.Error(err)
 	}
@@ -110,7 +132,7 @@ func TestObserveOverIntervals(t *testing.T) {
 	}{
 		{"two intervals", fixture(dropAt("IP_INADDRERRORS", "ip_error+0x10", 3)), map[string]float64{
 			"lbdoctor_drops_total": 10, "lbdoctor_check_runs_total": 2, "lbdoctor_tracer_lost_events_total": 12, "lbdoctor_probe_errors_total": 2,
-			"lbdoctor_finding_status": 5, "lbdoctor_tracer_up": 1,
+			"lbdoctor_finding_status": 7, "lbdoctor_tracer_up": 1,
 		}, nil},
 		{"namespace gone", Result{Err: errors.New("resolve lb: no such network namespace"), ErrProbe: ProbeNetns, Time: time.Unix(1700000015, 0)}, map[string]float64{
 			"lbdoctor_drops_total": 7, "lbdoctor_check_runs_total": 1, "lbdoctor_tracer_lost_events_total": 6, "lbdoctor_probe_errors_total": 2,
@@ -153,8 +175,103 @@ func TestDropSeriesBounded(t *testing.T) {
 	}
 }
 
-// sums gathers e and sums each metric's samples.
-func sums(t *testing.T, e *Exporter) map[string]float64 {
+// Past MaxServiceDropSeries (service, reason) pairs in one namespace,
+// the drops of new services count under local_address="other" of their
+// reason: the series are bounded, every drop is counted, and the
+// per-service counters add up to lbdoctor_drops_total.
+func TestServiceDropSeriesBounded(t *testing.T) {
+	e := New([]string{"lb"}, "")
+	var many []drops.Counted
+	for i := 0; i < MaxServiceDropSeries+100; i++ {
+		many = append(many, dropOf("NETFILTER_DROP", "nft_do_chain+0x1", 1, fmt.Sprintf("10.2.%d.%d:80", i/200, i%200+1)))
+	}
+	e.Observe("lb", fixture(append(many, dropAt("IP_INADDRERRORS", "ip_error+0x1", 3))...))
+	n := testutil.CollectAndCount(e, "lbdoctor_service_drops_total")
+	other := sumOf(t, e, "lbdoctor_service_drops_total", "local_address", OtherService)
+	got := sums(t, e)
+	if n != MaxServiceDropSeries+2 || other != 100 || got["lbdoctor_service_drops_total"] != got["lbdoctor_drops_total"] {
+		t.Errorf("drops of %d services = %d series, %v under %q, %v in all; want %d series (one %q, one without a flow), 100 there, and %v (lbdoctor_drops_total)",
+			MaxServiceDropSeries+100, n, other, OtherService, got["lbdoctor_service_drops_total"], MaxServiceDropSeries+2, OtherService, got["lbdoctor_drops_total"])
+	}
+}
+
+// A service IPVS no longer has loses its drop series at the next interval
+// that reads IPVS; an interval that could not read IPVS keeps it, and so
+// is a VIP IPVS never served (nft DNAT) kept. The drops of a service's
+// flows in the window it was removed in are counted, then go with it.
+func TestServiceDropsOfAServiceGone(t *testing.T) {
+	ipvsGone := func(r Result) Result { r.Snapshot.IPVS.Services = r.Snapshot.IPVS.Services[1:]; return r }
+	unread := func(r Result) Result { r.Snapshot.Errors = map[string]string{"ipvs": "netlink: EPERM"}; return r }
+	droppedAgain := func() Result { return fixture(dropOf("NETFILTER_DROP", "nft_do_chain+0x1", 3, "10.1.0.6:8085")) }
+	tests := []struct {
+		name  string
+		after []Result
+		want  map[string]float64 // local_address → drops
+	}{
+		{"the service still there", []Result{fixture()}, map[string]float64{"10.1.0.6": 2, "10.9.0.1": 4}},
+		{"the service removed", []Result{ipvsGone(fixture())}, map[string]float64{"10.1.0.6": 0, "10.9.0.1": 4}},
+		{"IPVS not read", []Result{unread(ipvsGone(fixture()))}, map[string]float64{"10.1.0.6": 2, "10.9.0.1": 4}},
+		{"removed while its flows dropped", []Result{ipvsGone(droppedAgain())}, map[string]float64{"10.1.0.6": 3, "10.9.0.1": 4}},
+		{"removed while its flows dropped, an interval later", []Result{ipvsGone(droppedAgain()), ipvsGone(fixture())}, map[string]float64{"10.1.0.6": 0, "10.9.0.1": 4}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := New([]string{"lb"}, "")
+			e.Observe("lb", fixture(dropOf("NETFILTER_DROP", "nft_do_chain+0x1", 2, "10.1.0.6:8085"), dropOf("NETFILTER_DROP", "nft_do_chain+0x1", 4, "10.9.0.1:80")))
+			for _, r := range tt.after {
+				e.Observe("lb", r)
+			}
+			for addr, want := range tt.want {
+				if got := sumOf(t, e, "lbdoctor_service_drops_total", "local_address", addr); got != want {
+					t.Errorf("lbdoctor_service_drops_total{local_address=%q} after %s = %v, want %v", addr, tt.name, got, want)
+				}
+			}
+		})
+	}
+}
+
+// A finding that did not pass gets a series for each service it names, at
+// most MaxFindingServiceSeries in a namespace, failures first; the
+// services left out are counted by id.
+func TestFindingServiceSeriesBounded(t *testing.T) {
+	svcs := func(n int) []string {
+		var out []string
+		for i := range n {
+			out = append(out, fmt.Sprintf("TCP 10.2.%d.%d:80", i/200, i%200+1))
+		}
+		return out
+	}
+	r := fixture()
+	r.Findings = []checks.Finding{
+		{ID: "ipvs.real_health", Status: checks.Warn, Services: svcs(5)},
+		{ID: "ipvs.reals_available", Status: checks.Fail, Services: svcs(MaxFindingServiceSeries + 50)},
+		{ID: "kernel.ipvs", Status: checks.Pass},
+	}
+	e := New([]string{"lb"}, "")
+	e.Observe("lb", r)
+	tests := []struct {
+		metric, id string
+		want       float64
+	}{
+		{"lbdoctor_finding_status", "ipvs.reals_available", 2 * (MaxFindingServiceSeries + 1)},
+		{"lbdoctor_finding_status", "ipvs.real_health", 1},
+		{"lbdoctor_finding_status", "kernel.ipvs", 0},
+		{"lbdoctor_finding_services_omitted", "ipvs.reals_available", 50},
+		{"lbdoctor_finding_services_omitted", "ipvs.real_health", 5},
+	}
+	for _, tt := range tests {
+		if got := sumOf(t, e, tt.metric, "id", tt.id); got != tt.want {
+			t.Errorf("sum of %s{id=%q} = %v, want %v", tt.metric, tt.id, got, tt.want)
+		}
+	}
+	if n := testutil.CollectAndCount(e, "lbdoctor_finding_status"); n != 3+MaxFindingServiceSeries {
+		t.Errorf("lbdoctor_finding_status has %d series, want %d (one per id, %d per service)", n, 3+MaxFindingServiceSeries, MaxFindingServiceSeries)
+	}
+}
+
+// sums gathers e and sums each metric's samples; with label, those whose
+// label label[0] is label[1].
+func sums(t *testing.T, e *Exporter, label ...string) map[string]float64 {
 	t.Helper()
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(e)
@@ -165,15 +282,19 @@ func sums(t *testing.T, e *Exporter) map[string]float64 {
 	out := map[string]float64{}
 	for _, f := range fams {
 		for _, m := range f.Metric {
-			switch {
-			case m.Counter != nil:
-				out[f.GetName()] += m.Counter.GetValue()
-			case m.Gauge != nil:
-				out[f.GetName()] += m.Gauge.GetValue()
+			if len(label) == 2 && !slices.ContainsFunc(m.Label, func(l *dto.LabelPair) bool { return l.GetName() == label[0] && l.GetValue() == label[1] }) {
+				continue
 			}
+			out[f.GetName()] += m.GetCounter().GetValue() + m.GetGauge().GetValue()
 		}
 	}
 	return out
+}
+
+// sumOf is sums of one metric.
+func sumOf(t *testing.T, e *Exporter, metric, k, v string) float64 {
+	t.Helper()
+	return sums(t, e, k, v)[metric]
 }
 
 // /healthz: 200 while every namespace's last interval ran and is recent,

@@ -129,7 +129,7 @@ func interval(ctx context.Context, w Windower, t netns.Target, cfg Config) Resul
 	fs := checks.Run(snap, cfg.Sel)
 	rt := report.Target{Netns: t, Kernel: snap.Kernel}
 	if cfg.Sel.VIP.IsValid() {
-		rt.VIP, rt.Proto = cfg.Sel.VIP.String(), cfg.Sel.Proto
+		rt.VIP, rt.Proto = cfg.Sel.VIPString(), cfg.Sel.Proto
 	}
 	return Result{Snapshot: snap, Findings: fs, Report: report.New(rt, fs, snap.Errors)}
 }

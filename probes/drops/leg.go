@@ -4,6 +4,7 @@ import (
 	"strings"
 
 	"github.com/lbdoctor/lbdoctor/flowpath"
+	"github.com/lbdoctor/lbdoctor/internal/proto"
 )
 
 // legs places each stage a flow's packet can be dropped at (see
@@ -31,4 +32,15 @@ func (f Flow) Leg() flowpath.LegKind { return legs[f.Stage] }
 func (c Counted) Function() string {
 	name, _, _ := strings.Cut(c.Symbol, "+")
 	return name
+}
+
+// Service is the service of the drop's flow as ipvs.Service.Key names it
+// ("TCP 10.1.0.6:8085": the protocol and the VIP the client asked for), ""
+// when no flow is known. A firewall-mark service's flow is named by its VIP
+// and port too: the mark is not in the packet's tuple.
+func (c Counted) Service() string {
+	if c.Flow == nil {
+		return ""
+	}
+	return strings.ToUpper(proto.Name(c.Proto)) + " " + c.Flow.VIP.String()
 }
