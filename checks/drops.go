@@ -52,6 +52,7 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 	if w := s.Window; w != nil && w.ProbeDrops > 0 {
 		ev = append(ev, Evidence{Fact: fmt.Sprintf("%d drops of the window's own health probes (late packets of the connections they closed) are not the services' and are left out", w.ProbeDrops), Source: "kfree_skb tracer, health probe"})
 	}
+	ev = append(ev, ownRedirects(s)...)
 	if addrs, ports := probes.DropFilter(sel, s.IPVS.Services); probes.WideDropFilter(addrs, ports) {
 		ev = append(ev, Evidence{Fact: fmt.Sprintf("the selected services have %d addresses and %d ports, more than the kernel's drop filter takes (%d of each): "+
 			"every drop in %s was counted and the services' drops selected from them; drops not itemised by flow cannot be told apart and are not among them",
