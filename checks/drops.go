@@ -69,7 +69,7 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 		ev = append(ev, Evidence{Fact: d.NoReasons, Source: "kernel " + s.Kernel})
 	}
 	if total == 0 {
-		f := Finding{Status: Pass, Title: "no packet of the selected flows was dropped", Evidence: ev}
+		f := Finding{Status: Pass, Title: "no packet of the selected flows was dropped" + ownRedirectsTitle(s), Evidence: ev}
 		switch {
 		case d.Counters.Lost()+d.Counters.Missed > 0:
 			f.Status, f.Title = Warn, "no drop was seen, but the tracer lost some"

@@ -122,6 +122,22 @@ func ownRedirects(s *probes.Snapshot) []Evidence {
 	return ev
 }
 
+// ownRedirectsTitle says in drops.vip_flows' title, which text output
+// shows alone for a pass, that the LB's own redirects were dropped.
+func ownRedirectsTitle(s *probes.Snapshot) string {
+	if s.Window == nil {
+		return ""
+	}
+	var n uint64
+	for _, c := range s.Window.OwnRedirects {
+		n += c.Count
+	}
+	if n == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (%d of the LB's own ICMP redirects were: harmless, send_redirects is on)", n)
+}
+
 // isBackend reports whether a is a real server of an IPVS service or a
 // backend conntrack showed for a VIP IPVS does not serve.
 func isBackend(s *probes.Snapshot, a netip.Addr) bool {
