@@ -242,6 +242,7 @@ func explainDrops(s *probes.Snapshot, fs []Finding) {
 	}
 	var causes []string
 	var explained, total uint64
+	gone := map[netip.AddrPort]string{} // a removed real's cause, made once
 	for _, c := range s.Drops.Drops {
 		total += c.Count
 		// A warning may explain a drop too (ipvs.expire_nodest_conn: IPVS
@@ -250,17 +251,19 @@ func explainDrops(s *probes.Snapshot, fs []Finding) {
 		if j < 0 {
 			j = slices.IndexFunc(fs, func(f Finding) bool { return f.Status == Warn && f.explains != nil && f.explains(c) })
 		}
-		cause := ""
-		switch {
-		case j >= 0:
+		var cause string
+		if j >= 0 {
 			cause = fs[j].ID
-		case probes.DroppedForRealGone(s, c):
+		} else if r := probes.RealGoneOf(s, c); r.IsValid() {
 			// IPVS's own drop of a stale connection's packet after its
 			// real was removed (a retransmission, a reused client port):
 			// no check fails for it when expire_nodest_conn=1, yet it is
 			// explained, by the removal.
-			cause = "the removal of real " + probes.RealGoneOf(s, c).String() + " (IPVS drops its connections' packets)"
-		default:
+			if cause = gone[r]; cause == "" {
+				cause = "the removal of real " + r.String() + " (IPVS drops its connections' packets)"
+				gone[r] = cause
+			}
+		} else {
 			continue // a drop no finding explains: drops.vip_flows is its only word
 		}
 		explained += c.Count

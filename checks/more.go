@@ -157,7 +157,7 @@ func checkExpireNodest(s *probes.Snapshot, sel probes.Selector) Finding {
 		// in input of a flow whose real is no longer one of its service's
 		// is this — a client port reused within the old connection's
 		// timeout, or a retransmission of it.
-		explains: func(c drops.Counted) bool { return probes.DroppedForRealGone(s, c) }}
+		explains: func(c drops.Counted) bool { return probes.RealGoneOf(s, c).IsValid() }}
 }
 
 // checkFlowStates reads the VIP's conntrack flows for the marks a broken

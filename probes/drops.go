@@ -122,8 +122,8 @@ func (d *DropTrace) Refilter(ns netns.Target, sel Selector, s *Snapshot) error {
 
 // WatchFrom is Watch for a tracer kept across windows: the drops counted
 // since b's read (see drops.Tracer.WatchFrom); the tracer stays attached.
-func (d *DropTrace) WatchFrom(ctx context.Context, ns netns.Target, until time.Time, h drops.Hooks, b *drops.Baseline) (*drops.Sample, error) {
-	smp, err := d.tr.WatchFrom(ctx, ns, until, h, b)
+func (d *DropTrace) WatchFrom(ctx context.Context, until time.Time, h drops.Hooks, b *drops.Baseline) (*drops.Sample, error) {
+	smp, err := d.tr.WatchFrom(ctx, until, h, b)
 	if err != nil {
 		return nil, err
 	}
@@ -156,7 +156,7 @@ func dropConfig(ns netns.Target, sel Selector, s *Snapshot) (drops.Config, *Drop
 	if len(addrs) == 0 {
 		return drops.Config{}, nil, errors.New("nothing to trace: no IPVS service and no --vip")
 	}
-	cfg := drops.Config{NetnsInode: uint32(ns.Inode), Addrs: addrs, Ports: ports, NoIPVSTable: connTableUnread(s.IPVS, MaxConnTable)}
+	cfg := drops.Config{NetnsInode: uint32(ns.Inode), LB: ns, Addrs: addrs, Ports: ports, NoIPVSTable: connTableUnread(s.IPVS, MaxConnTable)}
 	if n := s.Conntrack.Stats.Entries; n > MaxFlowsRead {
 		cfg.NoConntrackDump = fmt.Sprintf("not dumped: conntrack holds %d entries, over %d (a dump costs each one, and the attributor re-reads it as its bounded cache turns over); "+
 			"drops are attributed through the flows conntrack confirmed while the tracer ran", n, MaxFlowsRead)
@@ -176,10 +176,10 @@ func dropConfig(ns netns.Target, sel Selector, s *Snapshot) (drops.Config, *Drop
 }
 
 // Watch counts the drops from now until the deadline (or ctx's end) and
-// returns them named and attributed against ns's tables; the tracer is
-// closed after.
-func (d *DropTrace) Watch(ctx context.Context, ns netns.Target, until time.Time, h drops.Hooks) (*drops.Sample, error) {
-	smp, err := d.tr.Watch(ctx, ns, until, h)
+// returns them named and attributed against the tables of the namespace
+// it was started in; the tracer is closed after.
+func (d *DropTrace) Watch(ctx context.Context, until time.Time, h drops.Hooks) (*drops.Sample, error) {
+	smp, err := d.tr.Watch(ctx, until, h)
 	if err != nil {
 		return nil, err
 	}

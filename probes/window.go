@@ -137,7 +137,7 @@ type DropPoint struct {
 	// Attributed is how many of Count were attributed to a load-balanced flow.
 	Attributed uint64 `json:"attributed"`
 	// RealsGone are the reals, no longer in their services, of the flows
-	// IPVS itself dropped here (DroppedForRealGone), and RealGoneDrops how
+	// IPVS itself dropped here (RealGoneOf), and RealGoneDrops how
 	// many of Count those were.
 	RealsGone     []GoneReal `json:"reals_gone,omitempty"`
 	RealGoneDrops uint64     `json:"real_gone_drops,omitempty"`
@@ -149,25 +149,20 @@ type GoneReal struct {
 	Service string         `json:"service"` // as ipvs.Service.Key names it
 }
 
-// DroppedForRealGone reports whether IPVS itself dropped c: a netfilter
-// drop in the input hook (IPVS's LOCAL_IN, ip_vs_in) of a flow whose real
-// is no longer one of its service's reals. IPVS drops a packet of a
-// connection whose real was removed: every one until the connection times
-// out with net.ipv4.vs.expire_nodest_conn=0, and with =1 still the first
-// one of a connection whose conntrack entry is old
-// (ip_vs_conn_uses_old_conntrack) — a retransmission or a reused client
-// port right after `ipvsadm -d`. No rule counts it.
-func DroppedForRealGone(s *Snapshot, c drops.Counted) bool {
-	return RealGoneOf(s, c).IsValid()
-}
-
-// RealGoneOf is the real no longer in its service that IPVS dropped c for
-// (see DroppedForRealGone): the flow's real, or the real of the earlier
-// flow of the same client and VIP that it replaced in the window (the
-// stale connection IPVS expired as it dropped the packet, the client's
-// retransmission getting a new real). The zero AddrPort when it is not
-// such a drop. The hook may be unknown (the stack did not show
-// nf_hook_slow's caller); never another hook.
+// RealGoneOf is the real, no longer in its service, that IPVS itself
+// dropped c for; the zero AddrPort when IPVS did not. Such a drop is a
+// netfilter drop in the input hook (IPVS's LOCAL_IN, ip_vs_in) of a flow
+// whose real is no longer one of its service's reals: IPVS drops a packet
+// of a connection whose real was removed — every one until the connection
+// times out with net.ipv4.vs.expire_nodest_conn=0, and with =1 still the
+// first one of a connection whose conntrack entry is old
+// (ip_vs_conn_uses_old_conntrack): a retransmission or a reused client
+// port right after `ipvsadm -d`. No rule counts it. The real is the flow's,
+// or that of the earlier flow of the same client and VIP that it replaced
+// in the window (the stale connection IPVS expired as it dropped the
+// packet, the client's retransmission getting a new real). The hook may
+// be unknown (the stack did not show nf_hook_slow's caller); never
+// another hook.
 func RealGoneOf(s *Snapshot, c drops.Counted) netip.AddrPort {
 	if c.ReasonName != "NETFILTER_DROP" || c.Hook != "input" && c.Hook != "" || c.Flow == nil || c.Flow.Direction != "request" {
 		return netip.AddrPort{}

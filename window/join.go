@@ -96,7 +96,7 @@ func Join(before, after *probes.Snapshot, w *probes.Window) []probes.DropPoint {
 // joinRealGone joins a netfilter drop in input to IPVS itself when its
 // flows went to reals no longer in their services and no rule's counter
 // took it: IPVS drops the packets of a connection whose real was removed
-// (see probes.DroppedForRealGone). A rule whose counter moved keeps the
+// (see probes.RealGoneOf). A rule whose counter moved keeps the
 // drops it counted; a guess at a rule without a counter gives way when every
 // drop is IPVS's.
 func joinRealGone(p *probes.DropPoint, after *probes.Snapshot) {

@@ -60,7 +60,6 @@ func (w *Watcher) dropTracer() error {
 	if w.tr == nil {
 		return nil
 	}
-	w.tr.base.Close()
 	err := w.tr.dt.Tracer().Close()
 	w.tr = nil
 	return err
@@ -79,7 +78,6 @@ func (w *Watcher) failTracer(why string, busy <-chan tracedResult) {
 	w.tr = nil
 	go func() {
 		<-busy
-		kt.base.Close()
 		kt.dt.Tracer().Close()
 	}()
 }

@@ -278,9 +278,9 @@ func (wt *Watcher) next(ctx context.Context, opt Options) (*probes.Snapshot, err
 				// The only window of its watcher (Run): the tracer is
 				// stopped and read whole, and detached while the last
 				// read runs, not after it.
-				r.smp, r.err = kt.dt.Watch(ctx, ns, end, hooks)
+				r.smp, r.err = kt.dt.Watch(ctx, end, hooks)
 			} else {
-				r.smp, r.err = kt.dt.WatchFrom(ctx, ns, end, hooks, kt.base)
+				r.smp, r.err = kt.dt.WatchFrom(ctx, end, hooks, kt.base)
 			}
 			traced <- r
 		}()

@@ -59,6 +59,9 @@ servers IPVS already sends clients to (--no-probe turns them off).`,
 			if yes && !fix {
 				return usageErrorf("--yes only goes with --fix")
 			}
+			if fix {
+				changesHost(cmd)
+			}
 			if cmd.Flags().Changed("drops") { // the old name of the window
 				if err := positiveWindow(cmd, "drops", dropWindow, "the default window"); err != nil {
 					return err

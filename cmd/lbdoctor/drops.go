@@ -124,6 +124,7 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 	if !kernel.HasCapability(unix.CAP_BPF) && !kernel.HasCapability(unix.CAP_SYS_ADMIN) {
 		return fmt.Errorf("%w: loading the drop tracer needs CAP_BPF (run as root)", errPrivilege)
 	}
+	cfg.LB = lb
 	if g.netns != "" {
 		cfg.NetnsInode = uint32(lb.Inode)
 		filter.Netns = lb.String()
@@ -163,15 +164,13 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		return err
 	}
 	defer tr.Close()
-	namer := tr.Namer(lb)
-	defer namer.Close()
+	namer := tr.Namer()
 	tags := netns.NewTags() // namespaces without a /run/netns name: say whose they are
 	toDrop := func(c drops.Counted) report.Drop { return report.DropOf(c, tags.Of(c.Netns)) }
 
 	// The window: --duration, Ctrl-C or SIGTERM, or the namespace going away.
-	// It opened when the tracer was attached, which counts from then: what
-	// the set-up since took (the attributor's subscriptions) is not added
-	// to its length.
+	// It opened when the tracer was attached, which counts from then (the
+	// attributor's first read of the tables was done before).
 	start := tr.Attached()
 	window, endWindow := context.WithCancelCause(ctx)
 	defer endWindow(nil)

@@ -239,10 +239,8 @@ func TestGuestRealRemovedStaleConnections(t *testing.T) {
 		cmd.Process.Kill()
 		t.Fatalf("check never opened its window:\n%s", stderr.String())
 	}
-	// The attributor's first read of the tables starts as the window
-	// opens: a flow that ends before it (IPVS expires the stale one as it
-	// drops its packet) is not known to it. Come back once it is read.
-	time.Sleep(time.Second)
+	// At once: the window opens once the attributor has read the tables,
+	// so the stale flows IPVS expires as it drops their packets are known.
 	for _, p := range ports {
 		// Its first SYN is IPVS's drop; the retransmission a second later
 		// gets a new connection to the real that stays.

@@ -62,6 +62,7 @@ func newLabUpCmd(name *string) *cobra.Command {
 		Short: "Build the lab",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			changesHost(cmd)
 			topo, fault = strings.ToLower(topo), strings.ToLower(fault) // names are read in any case
 			if topo != string(lab.OneArm) && topo != string(lab.TwoArm) {
 				return usageErrorf("--topology %q: want one-arm or two-arm", topo)
@@ -200,6 +201,7 @@ func newLabDownCmd(name *string) *cobra.Command {
 		Short: "Remove the lab, also after a crashed lab up",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			changesHost(cmd)
 			if err := labName(*name); err != nil {
 				return err
 			}

@@ -4,6 +4,7 @@ package main
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -19,19 +20,31 @@ func lbd(t *testing.T, args ...string) (string, int) { return testkit.RunLbdocto
 func TestGuestLabFaultsAndFix(t *testing.T) {
 	for i, tt := range []struct {
 		fault, topo, proto string
+		// readerGone runs lab up with its stdout's reader gone (`lab up |
+		// head -1`): it must build the whole lab, its fault the last step,
+		// and exit 0, not die by SIGPIPE at its plan.
+		readerGone bool
 	}{
-		{"none", "one-arm", "tcp"},
-		{"none", "two-arm", "tcp"},
-		{"none", "one-arm", "udp"},
-		{"none", "two-arm", "udp"},
-		{"no-snat", "one-arm", "tcp"},
-		{"vs-conntrack-off", "one-arm", "tcp"},
-		{"ip-forward-off", "one-arm", "tcp"},
+		{"none", "one-arm", "tcp", false},
+		{"none", "two-arm", "tcp", false},
+		{"none", "one-arm", "udp", false},
+		{"none", "two-arm", "udp", false},
+		{"no-snat", "one-arm", "tcp", false},
+		{"vs-conntrack-off", "one-arm", "tcp", false},
+		{"ip-forward-off", "one-arm", "tcp", true},
 	} {
 		name := "lab" + string(rune('a'+i))
 		t.Run(tt.fault+"/"+tt.topo+"/"+tt.proto, func(t *testing.T) {
 			defer lbd(t, "lab", "down", "--name", name)
-			if out, code := lbd(t, "lab", "up", "--name", name, "--fault", tt.fault, "--topology", tt.topo, "--proto", tt.proto); code != 0 {
+			up := []string{"lab", "up", "--name", name, "--fault", tt.fault, "--topology", tt.topo, "--proto", tt.proto}
+			if tt.readerGone {
+				c := exec.Command(testkit.LbdoctorBinary(t), up...)
+				var stderr strings.Builder
+				c.Stdout, c.Stderr = closedPipe(t), &stderr
+				if err := c.Run(); err != nil {
+					t.Fatalf("lab up with its stdout's reader gone: %v (stderr %q), want exit 0", err, stderr.String())
+				}
+			} else if out, code := lbd(t, up...); code != 0 {
 				t.Fatalf("lab up = exit %d:\n%s", code, out)
 			}
 			if out, code := lbd(t, "lab", "status", "--name", name); code != 0 || !strings.Contains(out, "running") {

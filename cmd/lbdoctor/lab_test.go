@@ -21,15 +21,7 @@ func TestLabDownAfterCrash(t *testing.T) {
 	testkit.RequireRoot(t)
 	t.Setenv("LBDOCTOR_LAB_DIR", t.TempDir())
 	name := testkit.UniqueName("lbd-crash")
-	// What lab up does before it can crash: record, then build; it never
-	// gets to close.
-	rec := lab.Record{Name: name, Topology: lab.OneArm, Proto: "tcp", Fault: lab.FaultNone}
-	if err := rec.Save(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := lab.BuildRecorded(&rec); err != nil {
-		t.Fatal(err)
-	}
+	crashedLab(t, name)
 	code, out, stderr := runCLI("lab", "down", "--name", name)
 	if code != 0 || strings.Count(out, "removed netns") != 4 {
 		t.Errorf("lab down = exit %d, %q %q; want the 4 namespaces removed", code, out, stderr)
@@ -39,6 +31,19 @@ func TestLabDownAfterCrash(t *testing.T) {
 	}
 	if code, out, _ := runCLI("lab", "down", "--name", name); code != 0 || !strings.Contains(out, "nothing to remove") {
 		t.Errorf("second lab down = exit %d, %q", code, out)
+	}
+}
+
+// crashedLab makes what lab up makes before it can crash: the record, then
+// the lab's namespaces; it never gets to the service.
+func crashedLab(t *testing.T, name string) {
+	t.Helper()
+	rec := lab.Record{Name: name, Topology: lab.OneArm, Proto: "tcp", Fault: lab.FaultNone}
+	if err := rec.Save(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lab.BuildRecorded(&rec); err != nil {
+		t.Fatal(err)
 	}
 }
 

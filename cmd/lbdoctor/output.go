@@ -6,9 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"github.com/spf13/cobra"
 )
 
 // errOutputBlocked is a write that stopped being taken: nobody reads the
@@ -157,6 +162,44 @@ wait:
 	}
 	g.stuck = done
 	return int(accepted.Load()), &blockedError{g.name, int(accepted.Load()), len(p), why}
+}
+
+// pipeSignals takes the SIGPIPEs of a verb that changes the host
+// (changesHost); nobody reads them.
+var pipeSignals = make(chan os.Signal, 1)
+
+// changesHost readies cmd, a verb that changes the host (setup, teardown,
+// check --fix, lab up and down), for a reader of its output that goes away
+// (`lbdoctor setup … | head -1`): its transaction is finished or rolled
+// back, its record saved, and it exits as it would have; what it writes
+// after its reader left is lost. A read-only verb dies by SIGPIPE at its
+// next write instead, as tcpdump does: it has nothing to leave half-done.
+func changesHost(cmd *cobra.Command) {
+	// Go ends the process by SIGPIPE at a write to a closed pipe on fd 1
+	// or 2 unless SIGPIPE is handled; handled, the write fails with EPIPE.
+	signal.Notify(pipeSignals, syscall.SIGPIPE)
+	cmd.SetOut(&readerGone{w: cmd.OutOrStdout()})
+	cmd.SetErr(&readerGone{w: cmd.ErrOrStderr()})
+}
+
+// readerGone writes to w until w's reader is gone (EPIPE), and takes every
+// write from then on without writing it: output nobody can read any more
+// is no failure of the change it describes.
+type readerGone struct {
+	w    io.Writer
+	gone atomic.Bool
+}
+
+func (r *readerGone) Write(p []byte) (int, error) {
+	if r.gone.Load() {
+		return len(p), nil
+	}
+	n, err := r.w.Write(p)
+	if errors.Is(err, syscall.EPIPE) {
+		r.gone.Store(true)
+		return len(p), nil
+	}
+	return n, err
 }
 
 // setOutputStall bounds the writes to w, when w is a guardedWriter (the

@@ -43,6 +43,7 @@ second run changes nothing. What it made is recorded, and
   sudo lbdoctor teardown --netns lb`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			changesHost(cmd)
 			// Reading the input and the host changes nothing: Ctrl-C
 			// abandons it at once.
 			ctx := cmd.Context()
@@ -183,6 +184,7 @@ objects are left, named, and the record is forgotten.`,
   sudo lbdoctor teardown --netns lb`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			changesHost(cmd)
 			var ap netip.AddrPort
 			if vip != "" {
 				var err error

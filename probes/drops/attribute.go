@@ -65,7 +65,6 @@ type Attributor struct {
 
 	filters []conntrack.Filter // what a dump reads; the zero Filter: every flow
 	keep    func(netip.Addr) bool
-	lazy    bool   // no first dump: the tables are read when asked
 	noVS    string // why the IPVS connection table is never read ("": it is)
 	noCT    string // why conntrack is never dumped ("": it is): events alone
 
@@ -87,6 +86,8 @@ type Attributor struct {
 	vs                                         *ipvs.ConnTable
 
 	ev                        events
+	read                      chan struct{} // closed once the first read of the tables is done
+	readOnce                  sync.Once
 	wake                      chan struct{}
 	stop                      chan struct{}
 	stopped                   sync.Once
@@ -158,18 +159,18 @@ func (c *cached) name(s, d netip.AddrPort) *Flow {
 // only the conntrack flows that touch one of them (the tracer's own address
 // filter: no other drop is reported); proto narrows the first dump further.
 func NewAttributor(lb netns.Target, addrs []netip.Addr, proto uint8) *Attributor {
-	return newAttributor(lb, addrs, proto, false, "", "")
+	return newAttributor(lb, addrs, proto, "", "")
 }
 
-// newAttributor is NewAttributor; a lazy one reads the tables only when
-// asked (Prefetch, a miss): the selected flows of a window over a big LB's
-// services are its whole tables, hundreds of thousands of flows that a
-// window without a drop never needs. noVS and noCT, when set, say why the
+// newAttributor is NewAttributor; noVS and noCT, when set, say why the
 // IPVS connection table is never read, and why conntrack is never dumped
-// (Config.NoIPVSTable, Config.NoConntrackDump).
-func newAttributor(lb netns.Target, addrs []netip.Addr, proto uint8, lazy bool, noVS, noCT string) *Attributor {
-	a := &Attributor{lazy: lazy, noVS: noVS, noCT: noCT, LB: lb, Interval: DefaultInterval, cur: map[pairKey]*cached{}, old: map[pairKey]*cached{}, maxKeys: MaxCacheKeys,
-		progress: make(chan struct{}), errs: map[string]string{}, wake: make(chan struct{}, 1), stop: make(chan struct{})}
+// (Config.NoIPVSTable, Config.NoConntrackDump: a big LB's tables, which a
+// window cannot read). The tables within those bounds are read at once,
+// whether or not a drop will ask: a flow that ends before a drop asks is
+// known only from a read made while it was there.
+func newAttributor(lb netns.Target, addrs []netip.Addr, proto uint8, noVS, noCT string) *Attributor {
+	a := &Attributor{noVS: noVS, noCT: noCT, LB: lb, Interval: DefaultInterval, cur: map[pairKey]*cached{}, old: map[pairKey]*cached{}, maxKeys: MaxCacheKeys,
+		progress: make(chan struct{}), errs: map[string]string{}, read: make(chan struct{}), wake: make(chan struct{}, 1), stop: make(chan struct{})}
 	if len(addrs) > 0 {
 		// A set: the services of a big LB have thousands of addresses,
 		// and every flow of a dump is looked up.
@@ -261,7 +262,7 @@ func (a *Attributor) attribute(ctx context.Context, p Packet, at int64) *Flow {
 		// Without events, conntrack is read by dumps (the first one is under
 		// way from the start); with them, the reader asks for a dump itself
 		// when events were lost.
-		if !ctDone && a.noCT == "" && (!a.subscribed || a.dumpAt <= max(a.lostAt, a.evictedAt)) && (a.dumpAt != 0 || a.lazy) {
+		if !ctDone && a.noCT == "" && (!a.subscribed || a.dumpAt <= max(a.lostAt, a.evictedAt)) && a.dumpAt != 0 {
 			a.wantDump, wake = true, true
 		}
 		if !vsDone {
@@ -379,7 +380,9 @@ func (a *Attributor) Prefetch() {
 // refresher subscribes to conntrack's new flows, dumps the table once, and
 // then does the batched reads asked for, at most once per Interval.
 func (a *Attributor) refresher(started chan<- struct{}) {
+	firstRead := func() { a.readOnce.Do(func() { close(a.read) }) }
 	defer func() {
+		firstRead()
 		if a.ct != nil {
 			a.ct.Close()
 		}
@@ -404,7 +407,7 @@ func (a *Attributor) refresher(started chan<- struct{}) {
 		a.vs, _ = ipvs.OpenConns(a.LB) // without ip_vs there is no IPVS connection to attribute to
 	}
 	a.mu.Lock()
-	a.subscribed, a.wantDump, a.wantVS = sub != nil, !a.lazy, a.vs != nil && !a.lazy
+	a.subscribed, a.wantDump, a.wantVS = sub != nil, true, a.vs != nil
 	maps.Copy(a.errs, errs)
 	a.mu.Unlock()
 	if sub != nil {
@@ -423,6 +426,7 @@ func (a *Attributor) refresher(started chan<- struct{}) {
 			a.batch(dump, vs)
 			continue
 		}
+		firstRead()
 		select {
 		case <-a.wake:
 		case <-a.stop:

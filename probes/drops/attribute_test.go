@@ -2,6 +2,7 @@ package drops_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"testing"
@@ -126,47 +127,26 @@ func TestAttributeFindsEvictedFlow(t *testing.T) {
 	}
 }
 
-// A lazy attributor (a window over a big LB's whole tables) reads no table
-// until a drop asks, and then finds a flow confirmed before it started, as
-// an eager one does from its first dump.
-func TestAttributeLazy(t *testing.T) {
+// An attributor reads the tables at once, before any drop asks, and then
+// finds a flow confirmed before it started.
+func TestAttributeReadsTheTablesAtOnce(t *testing.T) {
 	testkit.RequireRoot(t)
-	tests := []struct {
-		name        string
-		lazy        bool
-		wantBatches bool // read a table before any drop
-	}{
-		{"eager: reads the tables at once", false, true},
-		{"lazy: reads them when a drop asks", true, false},
+	p := testkit.NewDropPair(t)
+	dnat := sendUDP(t, p, 5002, testkit.DNATPorts+7, p.RealB)
+	a := drops.NewAttributor(p.B, nil, 0)
+	defer a.Close()
+	// Its first dump may take a while on a loaded machine: wait for it
+	// (bounded).
+	for deadline := time.Now().Add(5 * time.Second); a.Batches() == 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			p := testkit.NewDropPair(t)
-			dnat := sendUDP(t, p, 5002, testkit.DNATPorts+7, p.RealB)
-			newA := drops.NewAttributor
-			if tt.lazy {
-				newA = drops.NewAttributorLazy
-			}
-			a := newA(p.B, nil, 0)
-			defer a.Close()
-			// An eager attributor's first dump may take a while on a
-			// loaded machine: wait for it (bounded); a lazy one must stay
-			// idle, which only waiting can show.
-			for deadline := time.Now().Add(5 * time.Second); tt.wantBatches && a.Batches() == 0 && time.Now().Before(deadline); {
-				time.Sleep(10 * time.Millisecond)
-			}
-			if !tt.wantBatches {
-				time.Sleep(300 * time.Millisecond)
-			}
-			if got := a.Batches() > 0; got != tt.wantBatches {
-				t.Errorf("before any drop, Batches() = %d, want > 0: %v", a.Batches(), tt.wantBatches)
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer cancel()
-			if f := a.Attribute(ctx, dnat, 0, 1); f == nil || f.Real != dnat.Dst {
-				t.Errorf("Attribute(UDP DNATed to %s, confirmed before the attributor) = %v, want its flow", dnat.Dst, f)
-			}
-		})
+	if a.Batches() == 0 {
+		t.Errorf("before any drop, Batches() = 0, want the tables read")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if f := a.Attribute(ctx, dnat, 0, 1); f == nil || f.Real != dnat.Dst {
+		t.Errorf("Attribute(UDP DNATed to %s, confirmed before the attributor) = %v, want its flow", dnat.Dst, f)
 	}
 }
 
@@ -210,6 +190,73 @@ func TestAttributeBounded(t *testing.T) {
 			errs := a.Errors()
 			if errs["ipvs"] != noVS || errs["conntrack"] != tt.noCT {
 				t.Errorf("Errors() = %q, want ipvs %q and conntrack %q", errs, noVS, tt.noCT)
+			}
+		})
+	}
+}
+
+// A flow that exists when the tracer attaches — when its window opens — and
+// ends in the window's first instants is known to the tracer's Namer: its
+// first read of the tables is done before the attach, also when the
+// services' addresses are past the kernel's filter (Select: an LB of many
+// services). Here conntrack loses the flow right after the attach, and its
+// client's next datagram is dropped before conntrack sees it (a raw
+// prerouting rule: no new flow, no event): only that first read can name
+// it.
+func TestAttributeFlowEndedAsTheWindowOpened(t *testing.T) {
+	testkit.RequireRoot(t)
+	tests := []struct {
+		name string
+		cfg  func(p *testkit.DropPair) drops.Config
+	}{
+		{"addresses in the kernel's filter", func(p *testkit.DropPair) drops.Config {
+			return drops.Config{NetnsInode: uint32(p.B.Inode), LB: p.B, Ports: []uint16{5003}}
+		}},
+		{"addresses past the kernel's filter", func(p *testkit.DropPair) drops.Config {
+			sel := []netip.Addr{p.AddrA, p.AddrB, p.RealB}
+			for i := range drops.MaxFilter {
+				sel = append(sel, netip.AddrFrom4([4]byte{10, 79, 1, byte(i)}))
+			}
+			return drops.Config{NetnsInode: uint32(p.B.Inode), LB: p.B, Select: sel, Ports: []uint16{5003}}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := testkit.NewDropPair(t)
+			dnat := sendUDP(t, p, 5003, testkit.DNATPorts+9, p.RealB)
+			testkit.Run(t, p.B, "nft", "add chain ip f raw { type filter hook prerouting priority -300; }; add rule ip f raw udp sport 5003 drop")
+			tr, err := drops.New(tt.cfg(p))
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The window is open: the flow ends, and its client sends again.
+			testkit.Run(t, p.B, "conntrack", "-D", "-p", "udp", "--orig-port-src", "5003")
+			err = p.A.Do(func() error {
+				c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: p.AddrA.AsSlice(), Port: 5003})
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				_, err = c.WriteToUDPAddrPort([]byte("x"), netip.AddrPortFrom(p.AddrB, testkit.DNATPorts+9))
+				return err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			smp, err := tr.Watch(context.Background(), time.Now().Add(300*time.Millisecond), drops.Hooks{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			vip := netip.AddrPortFrom(p.AddrB, testkit.DNATPorts+9)
+			var got []string
+			for _, c := range smp.Drops {
+				got = append(got, fmt.Sprintf("%s %s→%s ×%d flow %v", c.ReasonName, c.Src, c.Dst, c.Count, c.Flow))
+				if c.ReasonName == "NETFILTER_DROP" && (c.Flow == nil || c.Flow.VIP != vip || c.Flow.Real != dnat.Dst) {
+					t.Errorf("the drop of %s → %s, its flow ended as the window opened: flow %v, want VIP %s via real %s", c.Src, c.Dst, c.Flow, vip, dnat.Dst)
+				}
+			}
+			if smp.Attribution.Attributed != 1 || smp.Attribution.NotAttributed != 0 {
+				t.Errorf("Watch(…).Attribution = %d attributed, %d not (drops %q); want 1, 0", smp.Attribution.Attributed, smp.Attribution.NotAttributed, got)
 			}
 		})
 	}

@@ -576,13 +576,12 @@ func TestNetfilterDropHooks(t *testing.T) {
 		add rule ip h out tcp dport 7104 drop
 		add rule ip h post tcp dport 7105 drop`)
 	testkit.Run(t, l.LB, "iptables-legacy", "-A", "INPUT", "-p", "tcp", "--dport", "7106", "-j", "DROP")
-	tr, err := drops.New(drops.Config{NetnsInode: uint32(l.LB.Inode), Proto: unix.IPPROTO_TCP})
+	tr, err := drops.New(drops.Config{NetnsInode: uint32(l.LB.Inode), LB: l.LB, Proto: unix.IPPROTO_TCP})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	n := tr.Namer(l.LB) // reads kallsyms: where nf_hook_slow is
-	defer n.Close()
+	n := tr.Namer() // it read kallsyms before the attach: where nf_hook_slow is
 	if tr.NoHooks != "" {
 		t.Fatalf("the tracer finds no hooks: %s", tr.NoHooks)
 	}

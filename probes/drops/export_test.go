@@ -33,15 +33,10 @@ func SetBounds(a *Attributor, keys int, interval time.Duration) {
 	a.maxKeys, a.Interval = keys, interval
 }
 
-// NewAttributorLazy is NewAttributor reading the tables only when asked.
-func NewAttributorLazy(lb netns.Target, addrs []netip.Addr, proto uint8) *Attributor {
-	return newAttributor(lb, addrs, proto, true, "", "")
-}
-
-// NewAttributorBounded is a lazy NewAttributor told never to read the IPVS
+// NewAttributorBounded is NewAttributor told never to read the IPVS
 // connection table (noVS) or never to dump conntrack (noCT), saying why.
 func NewAttributorBounded(lb netns.Target, addrs []netip.Addr, noVS, noCT string) *Attributor {
-	return newAttributor(lb, addrs, 0, true, noVS, noCT)
+	return newAttributor(lb, addrs, 0, noVS, noCT)
 }
 
 // ModulesOf is modulesOf.

@@ -10,8 +10,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/lbdoctor/lbdoctor/internal/netns"
 )
 
 // Sample is what an aggregate-mode window counted, named and attributed:
@@ -70,11 +68,11 @@ type Hooks struct {
 // Watch counts t's drops (an aggregate-mode tracer, attached) from now
 // until the deadline (or until ctx ends: the sample says it was cut short;
 // a deadline already past gives an empty window), then names and
-// attributes what was counted against lb's conntrack and IPVS tables, and
-// closes t.
-func (tr *Tracer) Watch(ctx context.Context, lb netns.Target, until time.Time, h Hooks) (*Sample, error) {
+// attributes what was counted against the tables of the tracer's
+// Config.LB, and closes t.
+func (tr *Tracer) Watch(ctx context.Context, until time.Time, h Hooks) (*Sample, error) {
 	defer tr.Close()
-	return tr.watch(ctx, lb, until, h, nil)
+	return tr.watch(ctx, until, h, nil)
 }
 
 // Baseline is what a tracer that stays attached had counted when its last
@@ -84,35 +82,23 @@ type Baseline struct {
 	at     time.Time // the last read; the tracer's attach at first
 	counts map[aggID]uint64
 	c      Counters
-	// namer names the windows' drops while the filter and namespace stay
-	// (its attributor follows conntrack instead of dumping it anew each
-	// window); attr is what it had attributed at the last read.
-	namer    *Namer
-	namerGen uint32 // the tracer's filter generation namer was made for
-	namerNS  uint64
-	attr     Attribution
+	// namer is the tracer's Namer at the last read, and attr what it had
+	// attributed then: a new one (SetFilter) counts from 0.
+	namer *Namer
+	attr  Attribution
 }
 
-// Close stops what b keeps for the next window (its Namer's table reads).
-// Close it before the tracer.
-func (b *Baseline) Close() {
-	if b.namer != nil {
-		b.namer.Close()
-		b.namer = nil
-	}
-}
-
-// namerFor returns b's Namer for t's drops in lb, made anew when t's
-// filter or the namespace changed since it was made, or a module was
-// loaded or unloaded (its symbols are read again); attributed counts start
+// namerOf is t's Namer for the next window, its symbols read again when a
+// module was loaded or unloaded since they were; attributed counts start
 // over with a new one.
-func (b *Baseline) namerFor(t *Tracer, lb netns.Target) *Namer {
-	if b.namer != nil && b.namerGen == t.filterGen && b.namerNS == lb.Inode && !t.symbolsStale() {
-		return b.namer
+func (b *Baseline) namerOf(t *Tracer) *Namer {
+	if t.symbolsStale() {
+		t.namer.readSymbols()
 	}
-	b.Close()
-	b.namer, b.namerGen, b.namerNS, b.attr = t.Namer(lb), t.filterGen, lb.Inode, Attribution{}
-	return b.namer
+	if b.namer != t.namer {
+		b.namer, b.attr = t.namer, Attribution{}
+	}
+	return t.namer
 }
 
 // aggID tells aggregates apart: a flow's, or a place's (NotItemised).
@@ -139,28 +125,20 @@ func (t *Tracer) NewBaseline() *Baseline {
 // slot at a read (counted as their flow's) are counted again by place when
 // the slot is flushed (at most one run of one flow per CPU and window; the
 // map is pruned of idle flows to keep it from filling, see prune).
-func (tr *Tracer) WatchFrom(ctx context.Context, lb netns.Target, until time.Time, h Hooks, b *Baseline) (*Sample, error) {
-	return tr.watch(ctx, lb, until, h, b)
+func (tr *Tracer) WatchFrom(ctx context.Context, until time.Time, h Hooks, b *Baseline) (*Sample, error) {
+	return tr.watch(ctx, until, h, b)
 }
 
 // watch is Watch (b nil: the tracer is stopped and read whole) and
 // WatchFrom (the difference from b, the tracer left running).
-func (tr *Tracer) watch(ctx context.Context, lb netns.Target, until time.Time, h Hooks, b *Baseline) (*Sample, error) {
-	// The tracer counts from its attach (just before), not from after
-	// kallsyms is read (seconds on a slow guest); a kept one from its
-	// last read.
+func (tr *Tracer) watch(ctx context.Context, until time.Time, h Hooks, b *Baseline) (*Sample, error) {
+	// The tracer counts from its attach (just before), by when kallsyms
+	// and the tables were read (seconds on a slow guest); a kept one from
+	// its last read.
 	start := tr.attached
+	n := tr.namer
 	if b != nil {
-		start = b.at
-	}
-	// Named before the window's end: reading kallsyms takes a while. A
-	// kept tracer keeps its Namer.
-	var n *Namer
-	if b != nil {
-		n = b.namerFor(tr, lb)
-	} else {
-		n = tr.Namer(lb)
-		defer n.Close()
+		start, n = b.at, b.namerOf(tr)
 	}
 	if h.Started != nil {
 		h.Started()
@@ -352,14 +330,22 @@ type Namer struct {
 	following    sync.WaitGroup // Follow's reader: Close waits for it
 }
 
-// Namer returns a Namer for t's drops, attributing against lb (reading only
-// the flows that touch the tracer's addresses, when it has some). Close it.
-func (t *Tracer) Namer(lb netns.Target) *Namer {
-	// Past the kernel's filter (Select) the selected flows are the whole
-	// tables of a big LB: read them only once something was dropped.
-	n := &Namer{tr: t, attr: newAttributor(lb, slices.Concat(t.cfg.Addrs, t.cfg.Select), t.cfg.Proto, len(t.cfg.Select) > 0, t.cfg.NoIPVSTable, t.cfg.NoConntrackDump), where: map[uint64]string{}}
-	syms, err := t.loadSymbols() // without kallsyms a location stays an address
-	t.SetHookRange(syms, err)
+// newNamer is a Namer for t's drops as cfg says: its attributor has
+// subscribed to conntrack's new flows in cfg.LB when it returns, and reads
+// the tables (those of the tracer's addresses, when it has some) in the
+// background: its first read is done when n.attr.read is closed. Its
+// symbols are read by readSymbols.
+func newNamer(t *Tracer, cfg Config) *Namer {
+	return &Namer{tr: t, attr: newAttributor(cfg.LB, slices.Concat(cfg.Addrs, cfg.Select), cfg.Proto, cfg.NoIPVSTable, cfg.NoConntrackDump), where: map[uint64]string{}}
+}
+
+// readSymbols reads the kernel's symbols for n (the read Prepared.ReadSymbols
+// started, once done; or a read now) and tells the program where the
+// netfilter hooks are.
+func (n *Namer) readSymbols() {
+	syms, err := n.tr.loadSymbols() // without kallsyms a location stays an address
+	n.tr.SetHookRange(syms, err)
+	n.RawLocations = ""
 	switch {
 	case err != nil:
 		n.RawLocations = "locations are raw addresses: " + err.Error()
@@ -369,8 +355,13 @@ func (t *Tracer) Namer(lb netns.Target) *Namer {
 			"(kernel.kptr_restrict=%s: 0 shows them to CAP_SYSLOG or with perf_event_paranoid<=1, 1 to CAP_SYSLOG only, 2 to no one)", strings.TrimSpace(string(kr)))
 	}
 	n.syms = syms
-	return n
+	clear(n.where)
 }
+
+// Namer is the tracer's Namer, made with it: its first read of the tables
+// was done before the tracer attached. It names drops against the tables
+// of Config.LB, and is closed with the tracer.
+func (t *Tracer) Namer() *Namer { return t.namer }
 
 // Follow reads the tables every period while ctx is live and the tracer has
 // counted a drop (aggregate mode), so that the flows of a window are known
@@ -399,10 +390,10 @@ func (n *Namer) Follow(ctx context.Context, period time.Duration) {
 // FollowPeriod is how often Follow reads the tables.
 const FollowPeriod = 500 * time.Millisecond
 
-// Close stops the attributor's table reads, and waits for Follow's reader
+// close stops the attributor's table reads, and waits for Follow's reader
 // to end (its ctx must be done): the tracer's maps it reads may be closed
-// after.
-func (n *Namer) Close() {
+// after. The tracer closes its Namer.
+func (n *Namer) close() {
 	n.following.Wait()
 	n.attr.Close()
 }

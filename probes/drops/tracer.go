@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,6 +31,7 @@ import (
 	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
 
+	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/probes/kernel"
 )
 
@@ -68,6 +70,9 @@ type Config struct {
 	// aggregate map holds (0: DefaultFlowMapSize). Drops of flows past it
 	// are still counted exactly by place, only not itemised per flow.
 	FlowMapSize uint32
+	// LB is the namespace whose conntrack and IPVS tables name the drops'
+	// flows (the tracer's Namer); the zero Target is lbdoctor's own.
+	LB netns.Target
 }
 
 // DefaultFlowMapSize is the aggregate map's size: 16,384 flows take 2.4 MB
@@ -114,6 +119,11 @@ type Tracer struct {
 	// symbols is the read of kallsyms Prepared.ReadSymbols started beside
 	// the loading (nil: the Namer reads them).
 	symbols *symbolsRead
+	// namer names what the tracer counts. It is made with the tracer and
+	// its first read of the tables is done before the attach (again
+	// before SetFilter switches to what it reads), so a flow that exists
+	// at any instant of a window is known to it.
+	namer *Namer
 	// attached is when Load attached the tracer: it counts from then.
 	attached time.Time
 	// filters and filterGen mirror the kernel side's two filter copies
@@ -412,8 +422,14 @@ func (p *Prepared) Load(cfg Config) (*Tracer, error) {
 		specs.Agg.MaxEntries, specs.AggPlace.MaxEntries = 1, 1
 	}
 	t.filters[0] = filterOf(cfg)
+	// The Namer subscribes to conntrack's new flows now, and reads the
+	// tables beside the loading: the tracer attaches once that read is
+	// done, so a window that opens at the attach knows every flow there
+	// was at any instant of it (one that ends in its first instants too).
+	t.namer = newNamer(t, cfg)
 	t.coll, err = ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Cache: kernel.BTFCache()})
 	if err != nil {
+		t.Close()
 		return nil, fmt.Errorf("load drop tracer (%s): %w", t.Attach, err)
 	}
 	t.prog = t.coll.Programs[progName]
@@ -421,9 +437,8 @@ func (p *Prepared) Load(cfg Config) (*Tracer, error) {
 		t.Close()
 		return nil, fmt.Errorf("load drop tracer (%s): %w", t.Attach, err)
 	}
-	if p.symbols != nil {
-		<-p.symbols.done
-	}
+	t.namer.readSymbols() // read beside the loading (ReadSymbols), else now
+	<-t.namer.attr.read
 	if err := t.Start(); err != nil {
 		t.Close()
 		return nil, err
@@ -616,22 +631,45 @@ func setFilters(vars *dropsVariableSpecs, cfg Config, reasons map[uint32]string)
 }
 
 // SetFilter changes the running tracer's filters of namespace, protocol,
-// addresses and ports, and what its Namers read (Select, NoIPVSTable,
+// addresses and ports, and what its Namer reads (LB, Select, NoIPVSTable,
 // NoConntrackDump), to cfg's, in place (a watcher's services changed
 // between windows): no load, no verifier, no drop missed. cfg's Events,
 // Stack, Attach, IgnoreReasons and FlowMapSize are the loaded program's and
 // stay. The kernel side switches to the whole new filter at once (two
 // copies, filter_gen picks one) and forgets what its CPUs remembered of the
-// old one's verdicts. Namers made after it attribute by the new addresses.
-// One SetFilter at a time.
+// old one's verdicts. When what the Namer reads changed, a new Namer
+// replaces it once its first read of the tables is done (its attributed
+// counts start over). One SetFilter at a time, between windows.
 func (t *Tracer) SetFilter(cfg Config) error {
 	if len(cfg.Addrs) > MaxFilter || len(cfg.Ports) > MaxFilter {
 		return fmt.Errorf("%w: at most %d addresses and %d ports", ErrBadFilter, MaxFilter, MaxFilter)
 	}
 	cfg.Events, cfg.Stack, cfg.Attach, cfg.IgnoreReasons, cfg.FlowMapSize = t.cfg.Events, t.cfg.Stack, t.cfg.Attach, t.cfg.IgnoreReasons, t.cfg.FlowMapSize
+	var n *Namer
+	if !sameNaming(t.cfg, cfg) {
+		// Its first read done before the switch, as at the attach.
+		n = newNamer(t, cfg)
+		n.syms, n.RawLocations = t.namer.syms, t.namer.RawLocations
+		<-n.attr.read
+	}
+	if err := t.setKernelFilter(cfg); err != nil {
+		if n != nil {
+			n.close()
+		}
+		return err
+	}
+	if n != nil {
+		t.namer.close()
+		t.namer = n
+	}
+	t.cfg = cfg
+	return nil
+}
+
+// setKernelFilter switches the kernel side to cfg's filter (SetFilter).
+func (t *Tracer) setKernelFilter(cfg Config) error {
 	if filterOf(cfg) == filterOf(t.cfg) {
-		t.cfg = cfg // the same kernel filter: nothing to switch
-		return nil
+		return nil // the same kernel filter: nothing to switch
 	}
 	gen := t.filterGen + 1
 	filters := t.filters
@@ -644,8 +682,16 @@ func (t *Tracer) SetFilter(cfg Config) error {
 	if err := t.vars.FilterGen.Set(gen); err != nil {
 		return fmt.Errorf("set the drop filter: %w", err)
 	}
-	t.filters, t.filterGen, t.cfg = filters, gen, cfg
+	t.filters, t.filterGen = filters, gen
 	return nil
+}
+
+// sameNaming says whether a Namer for a reads what one for b would: the
+// same namespace, addresses, protocol and bounds. The bounds' texts name
+// the sizes of the tables, which move: only whether there is one counts.
+func sameNaming(a, b Config) bool {
+	return a.LB == b.LB && slices.Equal(a.Addrs, b.Addrs) && slices.Equal(a.Select, b.Select) && a.Proto == b.Proto &&
+		(a.NoIPVSTable == "") == (b.NoIPVSTable == "") && (a.NoConntrackDump == "") == (b.NoConntrackDump == "")
 }
 
 // ProgramID is the kernel's id of the loaded program (bpftool prog show
@@ -709,8 +755,12 @@ func (t *Tracer) Stop() error {
 	return err
 }
 
-// Close detaches and unloads the tracer.
+// Close detaches and unloads the tracer, and stops its Namer's table
+// reads (its Follow's ctx must be done).
 func (t *Tracer) Close() error {
+	if t.namer != nil {
+		t.namer.close() // it reads the maps: before they are closed
+	}
 	var errs []error
 	errs = append(errs, t.Stop())
 	// The ring first: a reader its file's closing wakes finds it closed.

@@ -20,7 +20,7 @@ func TestWatchFromAndSetFilter(t *testing.T) {
 	ns := testkit.Netns(t, "setf")
 	testkit.Run(t, ns, "nft", "add table ip f; add chain ip f in { type filter hook input priority 0; }; add rule ip f in udp dport { 9, 10 } drop")
 	cfg := func(port uint16) drops.Config {
-		return drops.Config{NetnsInode: uint32(ns.Inode), Ports: []uint16{port}}
+		return drops.Config{NetnsInode: uint32(ns.Inode), LB: ns, Ports: []uint16{port}}
 	}
 	tr, err := drops.New(cfg(9))
 	if err != nil {
@@ -74,7 +74,7 @@ func TestWatchFromAndSetFilter(t *testing.T) {
 			}
 			send(t, 9, tt.to9)
 			send(t, 10, tt.to10)
-			smp, err := tr.WatchFrom(context.Background(), ns, time.Now(), drops.Hooks{}, base)
+			smp, err := tr.WatchFrom(context.Background(), time.Now(), drops.Hooks{}, base)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -105,7 +105,7 @@ func TestWatchFromPrunesIdleFlows(t *testing.T) {
 	ns := testkit.Netns(t, "prune")
 	testkit.Run(t, ns, "nft", "add table ip f; add chain ip f in { type filter hook input priority 0; }; add rule ip f in udp dport 9 drop")
 	const size = 8
-	tr, err := drops.New(drops.Config{NetnsInode: uint32(ns.Inode), Ports: []uint16{9}, FlowMapSize: size})
+	tr, err := drops.New(drops.Config{NetnsInode: uint32(ns.Inode), LB: ns, Ports: []uint16{9}, FlowMapSize: size})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +142,7 @@ func TestWatchFromPrunesIdleFlows(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			flows(t, tt.flows)
-			smp, err := tr.WatchFrom(context.Background(), ns, time.Now(), drops.Hooks{}, base)
+			smp, err := tr.WatchFrom(context.Background(), time.Now(), drops.Hooks{}, base)
 			if err != nil {
 				t.Fatal(err)
 			}
