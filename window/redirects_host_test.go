@@ -29,20 +29,19 @@ func TestWindowOwnRedirectsAreNotTheFlowsDrops(t *testing.T) {
 	testkit.Tracefs(t)
 	l, vip := testkit.DNATLab(t, 1)
 	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+	ownRedirectsPass(t, l, vip)
+}
+
+// ownRedirectsPass watches every port of a one-arm LB's VIP (NAT, forwarding
+// on, send_redirects at the kernel's default) under traffic and asserts
+// that drops.vip_flows passes with the LB's dropped redirects to the real
+// counted apart.
+func ownRedirectsPass(t *testing.T, l *lab.Lab, vip netip.AddrPort) {
+	t.Helper()
 	testkit.Sysctl(t, l.LB, "net.ipv4.conf.all.send_redirects", "1") // the kernel's default, whatever the host's
 	testkit.Sysctl(t, l.LB, "net.ipv4.conf.eth0.send_redirects", "1")
-	traffic := testkit.StartTraffic(t, 200*time.Millisecond, func() lab.ProbeResult {
-		return lab.Probe(context.Background(), l.Client, vip, time.Second)
-	})
+	snap := watchUnderTraffic(t, l, vip)
 	sel := probes.Selector{VIP: netip.AddrPortFrom(vip.Addr(), 0)}
-	snap, err := window.Run(context.Background(), l.LB, sel, window.Options{Length: 3 * time.Second, Drops: true})
-	ok, failed, firstErr := traffic.Stop()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if failed > 0 || ok == 0 {
-		t.Fatalf("the client's connections through the LB: %d ok, %d failed (%v); want all ok: the LB is healthy", ok, failed, firstErr)
-	}
 	if snap.Window == nil || snap.Drops == nil {
 		t.Fatalf("Run(%s): window %+v, drops %+v, errors %v; want the drops traced", sel.VIPString(), snap.Window, snap.Drops, snap.Errors)
 	}
@@ -71,6 +70,34 @@ func TestWindowOwnRedirectsAreNotTheFlowsDrops(t *testing.T) {
 			t.Errorf("Snapshot.Drops has the redirect %s → %s (%s in %s); want it only in Window.OwnRedirects", c.Src, c.Dst, c.ReasonName, c.Hook)
 		}
 	}
+}
+
+// watchUnderTraffic runs a 3 s window on every port of vip with the drop
+// tracer while the client connects through the LB every 200 ms, from the
+// moment the window opens: the kernel spaces a host's redirects out
+// (doubling the gap, at most 9 in a row, then 20 s of silence), and a
+// tracer that takes seconds to load (the guest) must not miss them.
+func watchUnderTraffic(t *testing.T, l *lab.Lab, vip netip.AddrPort) *probes.Snapshot {
+	t.Helper()
+	var traffic *testkit.Traffic
+	opt := window.Options{Length: 3 * time.Second, Drops: true, Opened: func(time.Duration) {
+		traffic = testkit.StartTraffic(t, 200*time.Millisecond, func() lab.ProbeResult {
+			return lab.Probe(context.Background(), l.Client, vip, time.Second)
+		})
+	}}
+	sel := probes.Selector{VIP: netip.AddrPortFrom(vip.Addr(), 0)}
+	snap, err := window.Run(context.Background(), l.LB, sel, opt)
+	if traffic == nil {
+		t.Fatalf("Run(%s): the window never opened (err %v)", sel.VIPString(), err)
+	}
+	ok, failed, firstErr := traffic.Stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if failed > 0 || ok == 0 {
+		t.Fatalf("the client's connections through the LB: %d ok, %d failed (%v); want all ok: the LB is healthy", ok, failed, firstErr)
+	}
+	return snap
 }
 
 func statusOf(fs []checks.Finding, id string) checks.Finding {
