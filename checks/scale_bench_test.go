@@ -9,10 +9,13 @@ import (
 
 	"github.com/lbdoctor/lbdoctor/checks"
 	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/conntrack"
+	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 )
 
 // BenchmarkRunScale runs the catalog on the two-arm fixture grown to
-// 1,000 services × 10 reals (issue 11's scale), static and with a window
+// 1,000 services × 10 reals (issue 11's scale) with as many IPVS
+// connections and conntrack flows as a snapshot lists, static and with a window
 // whose deltas name every service and real: the checks' share of
 // `check` on a big LB, measured on the host (the guest benchmark,
 // BenchmarkGuestCheckScale, measures the whole command).
@@ -47,6 +50,16 @@ func BenchmarkRunScale(b *testing.B) {
 		s.IPVS.Services = append(s.IPVS.Services, svc)
 		s.Net.Local = append(s.Net.Local, netip.PrefixFrom(svc.Addr.Addr(), 32))
 		deltas = append(deltas, d)
+	}
+	// The listed tables full, as on a busy LB: a check that walks them
+	// for each real costs services × reals × MaxListed.
+	client := netip.MustParseAddr("10.1.0.2")
+	s.IPVS.Conns, s.Conntrack.Flows = nil, nil
+	for i := 0; i < probes.MaxListed; i++ {
+		svc := s.IPVS.Services[i%len(s.IPVS.Services)]
+		src := netip.AddrPortFrom(client, uint16(10000+i))
+		s.IPVS.Conns = append(s.IPVS.Conns, ipvs.Conn{Proto: svc.Proto, Client: src, VIP: svc.Addr, Dest: svc.Reals[0].Addr, State: "ESTABLISHED", Expires: 3600})
+		s.Conntrack.Flows = append(s.Conntrack.Flows, conntrack.Flow{Proto: svc.Proto, Orig: conntrack.Tuple{Src: src, Dst: svc.Addr}, Reply: conntrack.Tuple{Src: svc.Reals[0].Addr, Dst: src}, State: "ESTABLISHED", Status: []string{"DST_NAT"}, Timeout: 3600})
 	}
 	withWindow := s
 	withWindow.Window = &probes.Window{Length: 3e9, Elapsed: 3e9, Deltas: probes.Deltas{IPVS: deltas}, Skipped: map[string]string{}}

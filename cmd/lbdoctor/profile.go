@@ -6,6 +6,7 @@ import (
 	"maps"
 	"os"
 	"runtime/pprof"
+	"runtime/trace"
 	"slices"
 	"strings"
 	"time"
@@ -20,32 +21,52 @@ import (
 // not a user interface.
 const profileEnv = "LBDOCTOR_PROFILE"
 
+// traceEnv names a file that receives an execution trace of the whole run
+// (`go tool trace`; `-pprof=sched|syscall|net` say what each goroutine
+// waited on): where a run's wall time went while it was off the CPU.
+const traceEnv = "LBDOCTOR_TRACE"
+
 // timingsEnv, set to anything, prints that line alone, without the cost
 // of profiling (a signal 100 times a CPU second).
 const timingsEnv = "LBDOCTOR_TIMINGS"
 
-// startProfile starts the CPU profile LBDOCTOR_PROFILE asks for and
-// returns what stops it; a file that cannot be written is said on stderr
-// and the command runs unprofiled.
+// startProfile starts the CPU profile LBDOCTOR_PROFILE and the execution
+// trace LBDOCTOR_TRACE ask for and returns what stops them; a file that
+// cannot be written is said on stderr and the command runs without it.
 func startProfile(stderr io.Writer) func() {
-	path := os.Getenv(profileEnv)
-	if path == "" {
-		return func() {}
-	}
-	f, err := os.Create(path)
-	if err == nil {
-		err = pprof.StartCPUProfile(f)
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "lbdoctor: %s: %v\n", profileEnv, err)
-		if f != nil {
-			f.Close()
+	var stops []func()
+	for _, p := range []struct {
+		env   string
+		start func(io.Writer) error
+		stop  func()
+	}{
+		{profileEnv, pprof.StartCPUProfile, pprof.StopCPUProfile},
+		{traceEnv, trace.Start, trace.Stop},
+	} {
+		path := os.Getenv(p.env)
+		if path == "" {
+			continue
 		}
-		return func() {}
+		f, err := os.Create(path)
+		if err == nil {
+			err = p.start(f)
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "lbdoctor: %s: %v\n", p.env, err)
+			if f != nil {
+				f.Close()
+			}
+			continue
+		}
+		stops = append(stops, func() {
+			p.stop()
+			f.Close()
+		})
 	}
 	return func() {
-		pprof.StopCPUProfile()
-		f.Close()
+		for _, stop := range stops {
+			stop()
+		}
 	}
 }
 

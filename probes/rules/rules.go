@@ -249,7 +249,7 @@ func toolNames(tools []toolName) string {
 
 // FindSaveTools finds the iptables save tools on PATH and asks each which
 // backend it is (`--version` prints "(legacy)" or "(nf_tables)"); it
-// returns the first of each backend. The answer is kept for the process's
+// returns the first of each backend, asking no further once it has both. The answer is kept for the process's
 // PATH and the tools' files as found: a window reads the rules twice, and
 // each `--version` is a process started (five of them: a second of a
 // slow machine).
@@ -297,6 +297,12 @@ func FindRuleTools() map[string]Tool { return findTools(ruleTools) }
 func findTools(tools []toolName) map[string]Tool {
 	found := map[string]Tool{}
 	for _, c := range tools {
+		if len(found) == 2 {
+			// The first of each backend is found: the names after them
+			// can only be another of the same (a Debian host has all
+			// five; three processes fewer, seconds of a slow machine).
+			break
+		}
 		path, err := exec.LookPath(c.name)
 		if err != nil {
 			continue

@@ -449,6 +449,30 @@ func TestFindSaveToolsAsksOnce(t *testing.T) {
 	}
 }
 
+// Tools are asked in order of preference until one of each backend is
+// found: the names after them are not started.
+func TestFindSaveToolsStopsWhenBothFound(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "asked")
+	for _, tc := range []struct{ name, backend string }{
+		{"iptables-legacy-save", "legacy"}, {"iptables-nft-save", "nf_tables"}, {"iptables-save", "nf_tables"},
+		{"xtables-legacy-multi", "legacy"}, {"xtables-nft-multi", "nf_tables"},
+	} {
+		script := "#!/bin/sh\necho " + tc.name + " >> " + log + "\necho 'iptables-save v1.8.9 (" + tc.backend + ")'\n"
+		if err := os.WriteFile(filepath.Join(dir, tc.name), []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("PATH", dir)
+	got := rules.FindSaveTools()
+	b, _ := os.ReadFile(log)
+	asked := strings.Fields(string(b))
+	if got[rules.IptablesLegacy].Path != filepath.Join(dir, "iptables-legacy-save") || got[rules.IptablesNft].Path != filepath.Join(dir, "iptables-nft-save") ||
+		!slices.Equal(asked, []string{"iptables-legacy-save", "iptables-nft-save"}) {
+		t.Errorf("FindSaveTools() = %+v, asking %v; want iptables-legacy-save and iptables-nft-save, asking those two", got, asked)
+	}
+}
+
 // A namespace where x_tables holds no table has its legacy backend read
 // from the kernel's table lists, without starting the save tools; a legacy
 // rule of either family makes a table, and the tools read it.
