@@ -168,7 +168,7 @@ func TestDropsHeadlineIsTheBiggestReason(t *testing.T) {
 func TestDropsOwnRedirects(t *testing.T) {
 	const line = "4 of the LB's own ICMP redirects to real 10.1.0.50 were dropped: NETFILTER_DROP at nf_hook_slow+0x7d in output " +
 		"(harmless: no packet of the flows, but the LB telling the sender of one it forwarded back out of the interface it came in on of a shorter way; " +
-		"dropped, it reached no one: netfilter's NAT drops every redirect about a flow it translates, in nf_nat_icmp_reply_translation); " +
+		"dropped, it reached no one: netfilter's NAT hook drops the LB's redirects in output (nf_nat_icmp_reply_translation)); " +
 		"set net.ipv4.conf.all.send_redirects=0 and net.ipv4.conf.eth0.send_redirects=0 to stop them"
 	tests := []struct {
 		name      string

@@ -55,9 +55,9 @@ type Window struct {
 	// shorter way (ip_forward → ip_rt_send_redirect). Messages about the
 	// services' flows, not packets of them: left out of Snapshot.Drops
 	// (and its attribution counts), and kept here, for drops.vip_flows to
-	// show. netfilter's NAT drops every redirect about a flow it
-	// translates, in output (nf_nat_icmp_reply_translation), so a
-	// NATing one-arm LB drops them all.
+	// show. Where the namespace has a nat table, netfilter's NAT hook
+	// drops every redirect the LB sends, in output (measured on 6.1 and
+	// 6.18, also about flows it does not translate).
 	OwnRedirects []drops.Counted `json:"own_redirects,omitempty"`
 	// DropPoints are the window's drops joined to what explains them: the
 	// hook and rule or policy of a netfilter drop, the neighbour of a

@@ -19,8 +19,8 @@ import (
 // send_redirects at the kernel's default, watched on every port of its VIP
 // (as serve --vip ADDR does: no port filter, so ICMP is traced) under
 // traffic. It forwards the real's replies back out of eth0, so the kernel
-// sends the real ICMP redirects, and netfilter's NAT drops each in output
-// (nf_nat_icmp_reply_translation: never a redirect about a NATed flow).
+// sends the real ICMP redirects, and netfilter's NAT hook drops each in
+// output (as it does wherever a nat table is, NATed flow or not).
 // Those drops are the LB's own messages, not the flows' packets:
 // drops.vip_flows passes and counts them in a line of its own, with the
 // sysctls that stop them. (Before, it failed: "NETFILTER_DROP at
