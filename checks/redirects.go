@@ -104,9 +104,9 @@ func ownRedirects(s *probes.Snapshot) []Evidence {
 		why := "no packet of the flows, but the LB telling the sender of one it forwarded back out of the interface it came in on of a shorter way; dropped, it reached no one"
 		if c.ReasonName == "NETFILTER_DROP" && c.Hook == drops.HookOutput {
 			// Measured on 6.1 and 6.18: with a nat table in the namespace
-			// every redirect the LB sends dies here, also about a flow it
-			// does not translate (conntrack's drop and invalid counters stay
-			// 0); with none, they leave.
+			// every redirect the LB sends dies here (on 6.18 also about a
+			// flow it does not translate; conntrack's drop and invalid
+			// counters stay 0); with none, they leave.
 			why += ": netfilter's NAT hook drops the LB's redirects in output (nf_nat_icmp_reply_translation)"
 		}
 		stop := "IPv6 has no switch to stop them" // ip6_forward sends them whenever it forwards back out

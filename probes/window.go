@@ -57,7 +57,7 @@ type Window struct {
 	// (and its attribution counts), and kept here, for drops.vip_flows to
 	// show. Where the namespace has a nat table, netfilter's NAT hook
 	// drops every redirect the LB sends, in output (measured on 6.1 and
-	// 6.18, also about flows it does not translate).
+	// 6.18; on 6.18 also about a flow it does not translate).
 	OwnRedirects []drops.Counted `json:"own_redirects,omitempty"`
 	// DropPoints are the window's drops joined to what explains them: the
 	// hook and rule or policy of a netfilter drop, the neighbour of a
