@@ -257,6 +257,18 @@ func dropRemedy(s *probes.Snapshot, sel probes.Selector, c drops.Counted) (why s
 			return "the packet had to be forwarded but " + key + "=0: it died in " + c.Function() + " (a reply de-NATed to the client before IPVS saw it, or a request IPVS did not take)",
 				nil, []Remedy{{Sysctl: key, Value: "1"}}
 		}
+		if key == "net.ipv4.ip_forward" {
+			// IPv4 asks the switch of the interface the packet came in
+			// on: the one the LB routes its source through (a real's
+			// reply comes back the way the request went).
+			if dev, _ := routeTo(s, c.Src.Addr()); dev != "" {
+				devKey := "net.ipv4.conf." + dev + ".forwarding"
+				if v, ok := readable(s, devKey); ok && v.Value == "0" {
+					return "the packet had to be forwarded but it came in on " + dev + ", where " + devKey + "=0: it died in " + c.Function() + " (a reply de-NATed to the client before IPVS saw it, or a request IPVS did not take)",
+						nil, []Remedy{{Sysctl: devKey, Value: "1"}}
+				}
+			}
+		}
 		return "the packet's destination is neither local nor routable from here (ip_error)",
 			[]string{fmt.Sprintf("%sip route get %s", s.Target.ExecPrefix(), c.Dst.Addr())}, nil
 	case "NETFILTER_DROP":
