@@ -92,6 +92,37 @@ func TestVIPLocal(t *testing.T) {
 	}
 }
 
+// A VIP that is not local is one fault, named by ipvs.vip_local:
+// nat.return_path does not judge its segment (a two-arm LB without SNAT
+// was told to add it, a second failure for one fault).
+func TestReturnPathVIPNotLocal(t *testing.T) {
+	tests := []struct {
+		name   string
+		change func(*probes.Snapshot)
+		want   checks.Status
+		wantIn string
+	}{
+		{"two-arm, VIP on eth0", func(*probes.Snapshot) {}, checks.Pass, "another segment than the VIP's eth0"},
+		{"two-arm, VIP removed", removeVIP, checks.Skip, "no selected masquerade service's VIP is a local address"},
+		{"two-arm, local table not read, VIP removed", func(s *probes.Snapshot) { removeVIP(s); s.Net.Local = nil }, checks.Fail, "not an address"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := twoArmLocal(t)
+			tt.change(s)
+			fs := checks.Run(s, probes.Selector{})
+			f := statusOf(fs, "nat.return_path")
+			text := f.Title + "\n" + f.Reason
+			for _, e := range f.Evidence {
+				text += "\n" + e.Fact
+			}
+			if f.Status != tt.want || !strings.Contains(text, tt.wantIn) {
+				t.Errorf("Run(%s) nat.return_path = %s %q\n%s\nwant %s with %q", tt.name, f.Status, f.Title, text, tt.want, tt.wantIn)
+			}
+		})
+	}
+}
+
 func setRP(s *probes.Snapshot, all, eth0 string) {
 	setSysctl(s, "net.ipv4.conf.all.rp_filter", all)
 	setSysctl(s, "net.ipv4.conf.eth0.rp_filter", eth0)
@@ -260,6 +291,60 @@ func TestIPv4ForwardingPerInterface(t *testing.T) {
 			}
 			if f.Status != tt.want || !strings.Contains(text, tt.wantIn) || (tt.remedy != checks.Remedy{} && !slices.Contains(f.Remedies, tt.remedy)) {
 				t.Errorf("Run(%s) sysctl.ip_forward = %s\n%s\nremedies %v, want %s with %q and remedy %+v", tt.name, f.Status, text, f.Remedies, tt.want, tt.wantIn, tt.remedy)
+			}
+		})
+	}
+}
+
+// Forwarding off on the interface the replies come in on (ip_forward=1):
+// drops.vip_flows gives that interface's switch as sysctl.ip_forward does,
+// not `ip route get` with "neither local nor routable".
+func TestDropsForwardingOffOnInterface(t *testing.T) {
+	s := twoArmLocal(t)
+	setSysctl(s, "net.ipv4.ip_forward", "1")
+	setSysctl(s, "net.ipv4.conf.eth1.forwarding", "0")
+	s.Drops = &drops.Sample{Window: 3 * time.Second, Drops: []drops.Counted{{
+		Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: 6, Reason: 2, Location: 0xffff,
+			Src: netip.MustParseAddrPort("10.2.0.50:8085"), Dst: netip.MustParseAddrPort("10.1.0.3:40000")}, Count: 2},
+		ReasonName: "IP_INADDRERRORS", Symbol: "ip_error+0x92"}}}
+	fs := checks.Run(s, probes.Selector{})
+	fwd, f := statusOf(fs, "sysctl.ip_forward"), statusOf(fs, "drops.vip_flows")
+	want := "ip netns exec lb sysctl -w net.ipv4.conf.eth1.forwarding=1"
+	if fwd.Status != checks.Fail || f.Status != checks.Warn || !slices.Contains(f.Fix, want) || !strings.Contains(f.Reason, "came in on eth1") {
+		t.Errorf("Run(eth1 forwarding off) sysctl.ip_forward = %s, drops.vip_flows = %s %q fix %q, want fail, warn with %q", fwd.Status, f.Status, f.Reason, f.Fix, want)
+	}
+}
+
+// A two-arm LB that routes its clients back through a real server: the
+// de-NATed replies go to the real again (found in the guest: the client
+// got nothing and check passed). A route back through a router passes.
+func TestReturnPathRouteBackViaReal(t *testing.T) {
+	client := netip.MustParseAddr("10.9.0.3")
+	tests := []struct {
+		name   string
+		route  netstate.Route
+		want   checks.Status
+		wantIn string
+	}{
+		{"client routed via a router on eth0", netstate.Route{Dst: netip.MustParsePrefix("10.9.0.0/16"), Gw: netip.MustParseAddr("10.1.0.1"), Dev: "eth0", Table: 254}, checks.Pass, "another segment than the VIP's eth0"},
+		{"client routed via the real", netstate.Route{Dst: netip.MustParsePrefix("10.9.0.3/32"), Gw: netip.MustParseAddr("10.2.0.50"), Dev: "eth1", Table: 254}, checks.Fail,
+			"ip netns exec lb ip route del 10.9.0.3/32 via 10.2.0.50 dev eth1"},
+		{"default route via the real", netstate.Route{Dst: netip.MustParsePrefix("0.0.0.0/0"), Gw: netip.MustParseAddr("10.2.0.50"), Dev: "eth1", Table: 254}, checks.Fail,
+			"the default route (0.0.0.0/0 via 10.2.0.50 dev eth1) leads to a real server"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := twoArmLocal(t)
+			s.Net.Routes = append(s.Net.Routes, tt.route)
+			s.Conntrack.Flows = []conntrack.Flow{{Proto: "tcp", State: "SYN_RECV",
+				Orig: conntrack.Tuple{Src: netip.AddrPortFrom(client, 40000), Dst: netip.MustParseAddrPort("10.1.0.6:8085")}}}
+			f := statusOf(checks.Run(s, probes.Selector{}), "nat.return_path")
+			text := f.Title + "\n" + f.Reason + "\n" + strings.Join(f.Fix, "\n")
+			for _, e := range f.Evidence {
+				text += "\n" + e.Fact
+			}
+			if f.Status != tt.want || !strings.Contains(text, tt.wantIn) {
+				t.Errorf("Run(%s) nat.return_path = %s %q\n%s\nwant %s with %q", tt.name, f.Status, f.Title, text, tt.want, tt.wantIn)
 			}
 		})
 	}

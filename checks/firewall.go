@@ -52,15 +52,18 @@ func (l flowLeg) why() string {
 // IPVS's FORWARD hook rewrites them).
 func legsOf(svc ipvs.Service) []flowLeg {
 	key := svc.Key()
+	// Requests open their flows (a rule that accepts only established or
+	// related packets does not spare them); every leg's packets come from
+	// or go to other hosts, never over loopback.
 	legs := make([]flowLeg, 1, 1+2*len(svc.Reals))
-	legs[0] = flowLeg{hook: "input", service: key, pkt: rules.Packet{Proto: svc.Proto, Dst: svc.Addr.Addr(), DPort: svc.Addr.Port()}}
+	legs[0] = flowLeg{hook: "input", service: key, pkt: rules.Packet{Proto: svc.Proto, Dst: svc.Addr.Addr(), DPort: svc.Addr.Port(), First: true, Remote: true}}
 	for _, r := range svc.Reals {
 		if r.Method != ipvs.Masq {
 			continue
 		}
 		legs = append(legs,
-			flowLeg{hook: "output", service: key, real: r.Addr, pkt: rules.Packet{Proto: svc.Proto, Dst: r.Addr.Addr(), DPort: r.Addr.Port()}},
-			flowLeg{hook: "forward", service: key, real: r.Addr, pkt: rules.Packet{Proto: svc.Proto, Src: r.Addr.Addr(), SPort: r.Addr.Port()}})
+			flowLeg{hook: "output", service: key, real: r.Addr, pkt: rules.Packet{Proto: svc.Proto, Dst: r.Addr.Addr(), DPort: r.Addr.Port(), First: true, Remote: true}},
+			flowLeg{hook: "forward", service: key, real: r.Addr, pkt: rules.Packet{Proto: svc.Proto, Src: r.Addr.Addr(), SPort: r.Addr.Port(), Remote: true}})
 	}
 	return legs
 }
@@ -323,8 +326,10 @@ func hitLine(s *probes.Snapshot, h *filterHit) string {
 	}
 	if h.drops > 0 {
 		counted = append(counted, fmt.Sprintf("%d × NETFILTER_DROP of the selected flows in %s during the window, joined to it", h.drops, h.hook))
-	} else if h.static {
+	} else if h.static && h.rule != nil {
 		counted = append(counted, "it matches them by address, protocol and port")
+	} else if h.static {
+		counted = append(counted, "no rule before it takes them: each matches other addresses, protocols or ports, established or related flows only (these packets open theirs), or loopback")
 	}
 	return line + ": " + strings.Join(counted, "; ")
 }

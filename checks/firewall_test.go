@@ -22,6 +22,19 @@ func TestFirewallFilter(t *testing.T) {
 	established := rules.Rule{Backend: rules.IptablesNft, Table: "filter", Chain: "FORWARD", Spec: "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", Target: "ACCEPT", HasCounter: true}
 	outClient := rules.Rule{Backend: rules.Nft, Table: "inet f", Chain: "out", Hook: "output", Spec: "ip saddr 10.1.0.3 ip daddr 10.1.0.50 tcp dport 8085 counter packets 6 bytes 360 reject", Target: "REJECT", HasCounter: true, Packets: 6, Handle: 4}
 	outChain := rules.Chain{Backend: rules.Nft, Family: "inet", Table: "inet f", Chain: "out", Hook: "output", Priority: "filter", Policy: "ACCEPT"}
+	// The usual host firewall: a DROP policy, with established flows,
+	// loopback and ssh let in. A client's SYN opens its flow: dropped.
+	hostInput := rules.Chain{Backend: rules.Nft, Family: "inet", Table: "inet fw", Chain: "input", Hook: "input", Priority: "filter", Policy: "DROP"}
+	var hostFirewall []rules.Rule
+	for i, spec := range []string{"ct state established,related accept", `iif "lo" accept`, "tcp dport 22 accept", "icmp type echo-request accept", "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept"} {
+		hostFirewall = append(hostFirewall, rules.Rule{Backend: rules.Nft, Family: "inet", Table: "inet fw", Chain: "input", Hook: "input", Spec: spec, Target: "ACCEPT", Handle: uint64(2 + i)})
+	}
+	legacyHostInput := rules.Chain{Backend: rules.IptablesLegacy, Family: "ip", Table: "filter", Chain: "INPUT", Hook: "input", Policy: "DROP", HasCounter: true, Packets: 21}
+	var legacyHostFirewall []rules.Rule
+	for _, spec := range []string{"-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", "-A INPUT -i lo -j ACCEPT", "-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT"} {
+		legacyHostFirewall = append(legacyHostFirewall, rules.Rule{Backend: rules.IptablesLegacy, Family: "ip", Table: "filter", Chain: "INPUT", Spec: spec, Target: "ACCEPT", HasCounter: true})
+	}
+	notFromOther := rules.Rule{Backend: rules.IptablesLegacy, Family: "ip", Table: "filter", Chain: "FORWARD", Spec: "-A FORWARD ! -s 10.9.0.0/16 -j DROP", Target: "DROP", HasCounter: true}
 	window := func(points ...probes.DropPoint) *probes.Window {
 		return &probes.Window{DropPoints: points, Paths: nil}
 	}
@@ -56,6 +69,15 @@ func TestFirewallFilter(t *testing.T) {
 			window(probes.DropPoint{Reason: "NETFILTER_DROP", Function: "nf_hook_slow", Count: 2, Rule: &outClient}), false, checks.Fail,
 			"2 × NETFILTER_DROP of the selected flows in output during the window, joined to it", "ip netns exec lb nft delete rule inet f out handle 4"},
 		{"nft output reject of one client, no window", []rules.Rule{outClient}, []rules.Chain{outChain}, nil, false, checks.Pass, "", ""},
+		{"a host firewall: nft input policy drop after established, loopback and ssh accepts, no window", hostFirewall, []rules.Chain{hostInput}, nil, false, checks.Fail,
+			"nft inet fw input policy DROP (hook input) drops requests to TCP 10.1.0.6:8085: nft keeps no policy counter; no rule before it takes them",
+			"ip netns exec lb nft insert rule inet fw input ip daddr 10.1.0.6 tcp dport 8085 accept"},
+		{"a host firewall: iptables INPUT policy DROP after established, loopback and ssh accepts, no window", legacyHostFirewall, []rules.Chain{legacyHostInput}, nil, false, checks.Fail,
+			"iptables-legacy filter INPUT policy DROP (hook input) drops requests to TCP 10.1.0.6:8085: 21 packets counted by the policy; no rule before it takes them",
+			"ip netns exec lb iptables-legacy -t filter -I INPUT -d 10.1.0.6 -p tcp --dport 8085 -j ACCEPT"},
+		{"FORWARD drops every source outside another network, static", []rules.Rule{notFromOther}, []rules.Chain{{Backend: rules.IptablesLegacy, Family: "ip", Table: "filter", Chain: "FORWARD", Hook: "forward", Policy: "ACCEPT", HasCounter: true}}, nil, false, checks.Fail,
+			`iptables-legacy filter FORWARD rule "-A FORWARD ! -s 10.9.0.0/16 -j DROP" (hook forward) drops replies of real 10.1.0.50:8085`,
+			"ip netns exec lb iptables-legacy -t filter -D FORWARD '!' -s 10.9.0.0/16 -j DROP"},
 		{"nothing found, a backend unread", nil, nil, nil, true, checks.Skip, "", ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

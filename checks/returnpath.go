@@ -93,7 +93,7 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 	var ev []Evidence
 	var warn *Finding
 	ix, probesBy := indexWindow(s), probeResults(s)
-	judged := 0
+	judged, notLocal := 0, 0
 	for _, svc := range masq {
 		if svc.FWMark != 0 {
 			// The return path hangs on the VIP's segment, and a mark has
@@ -101,7 +101,19 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 			ev = append(ev, Evidence{Fact: svc.Key() + ": a firewall mark selects its packets, not an address: its return path is not judged", Source: "ipvs, " + s.Target.String()})
 			continue
 		}
+		if local, ok := s.Net.Holds(svc.Addr.Addr()); ok && !local {
+			// IPVS never takes its packets (ipvs.vip_local names that):
+			// judging its segment would ask for SNAT a two-arm LB does
+			// not want.
+			ev = append(ev, Evidence{Fact: fmt.Sprintf("%s: VIP %s is not a local address, so IPVS never sees its packets (see ipvs.vip_local): its return path is judged once it is", svc.Key(), svc.Addr.Addr()), Source: "local routing table, " + s.Target.String()})
+			notLocal++
+			continue
+		}
 		judged++
+		if f := routeBackViaReal(s, svc); f != nil {
+			f.Evidence = append(ev, f.Evidence...)
+			return *f
+		}
 		rp := DecideReturnPath(s, svc.Addr.Addr(), addrsOf(svc))
 		ev = append(ev, rp.Evidence...)
 		var snat []rules.Rule
@@ -157,6 +169,9 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 	if warn != nil {
 		warn.Evidence = append(ev, warn.Evidence...)
 		return *warn
+	}
+	if judged == 0 && notLocal > 0 {
+		return skip("no selected masquerade service's VIP is a local address (see ipvs.vip_local): IPVS takes none of their packets, so where their replies would go is not judged yet")
 	}
 	if judged == 0 {
 		return skip("only firewall-mark masquerade services are selected: a mark has no VIP whose segment the return path could be judged by")
@@ -378,4 +393,39 @@ func remedies(rp ReturnPath, svc ipvs.Service) []Remedy {
 		r = append(r, RedirectRemedies(rp.Dev)...)
 	}
 	return r
+}
+
+// routeBackViaReal fails a masquerade service whose clients the LB routes
+// back through one of its own real servers: whatever way the real answers
+// (to the LB, SNAT or not), IPVS rewrites the reply and the LB forwards it
+// to the client's next hop — the real again, which does not take it to
+// the client. Judged from the main table's route to each known client
+// source (conntrack flows, IPVS connections, the window's IP_RPFILTER
+// drops: probes.ClientSources).
+func routeBackViaReal(s *probes.Snapshot, svc ipvs.Service) *Finding {
+	reals := addrsOf(svc)
+	srcs, _ := probes.ClientSources(s, probes.Selector{VIP: svc.Addr, Proto: svc.Proto})
+	for _, c := range srcs {
+		r, ok := s.Net.RouteTo(c.Src)
+		if !ok || !r.Gw.IsValid() || !slices.Contains(reals, r.Gw) {
+			continue
+		}
+		route := fmt.Sprintf("%s via %s dev %s", r.Dst, r.Gw, r.Dev)
+		fix := fmt.Sprintf("%sip route del %s   # then route the clients back the way they came, through a router, not a real server", s.Target.ExecPrefix(), route)
+		if r.Dst.Bits() == 0 {
+			fix = fmt.Sprintf("# the default route (%s) leads to a real server: point it at the router the clients come through", route)
+		}
+		return &Finding{
+			Status: Fail,
+			Title:  fmt.Sprintf("replies of %s to client %s are routed back to real %s", svc.Key(), c.Src, r.Gw),
+			Reason: fmt.Sprintf("the LB routes client %s via %s, a real server of %s: IPVS rewrites the real's reply to come from the VIP and the LB forwards it to that next hop, the real again, which never takes it to the client", c.Src, r.Gw, svc.Key()),
+			Evidence: []Evidence{
+				{Fact: fmt.Sprintf("client %s of %s (%d flow(s) and connection(s))", c.Src, svc.Key(), c.Flows), Source: "conntrack and ip_vs_conn, " + s.Target.String()},
+				{Fact: fmt.Sprintf("route to %s: %s", c.Src, route), Source: "routes, " + s.Target.String()},
+			},
+			Fix:   []string{fix},
+			about: []string{svc.Key()},
+		}
+	}
+	return nil
 }

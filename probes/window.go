@@ -53,6 +53,16 @@ type Window struct {
 	// connection the probe closed): not the services' flows, so left out
 	// of Snapshot.Drops, and counted here.
 	ProbeDrops uint64 `json:"probe_drops,omitempty"`
+	// OwnRedirects are the drops of ICMP redirects the LB sent itself: a
+	// one-arm LB forwards packets back out of the interface they came in
+	// on, and with send_redirects on the kernel tells their sender of the
+	// shorter way (ip_forward → ip_rt_send_redirect). Messages about the
+	// services' flows, not packets of them: left out of Snapshot.Drops
+	// (and its attribution counts), and kept here, for drops.vip_flows to
+	// show. Where the namespace has a nat table, netfilter's NAT hook
+	// drops every redirect the LB sends, in output (measured on 6.1 and
+	// 6.18; on 6.18 also about a flow it does not translate).
+	OwnRedirects []drops.Counted `json:"own_redirects,omitempty"`
 	// DropPoints are the window's drops joined to what explains them: the
 	// hook and rule or policy of a netfilter drop, the neighbour of a
 	// NEIGH_FAILED, the interface and route of an IP_RPFILTER.

@@ -122,3 +122,20 @@ func runFixes(t *testing.T, l *lab.Lab, fixes []string) {
 		}
 	}
 }
+
+// The usual host firewall in native nft: an input DROP policy after
+// established/related, loopback and ssh accepts. A client's SYN opens its
+// flow and comes from another host, so none of those rules takes it:
+// check names the policy even as a static snapshot (--watch 0, no drop to
+// join), where it passed before; the fix lets the VIP's port in above it.
+func TestGuestFirewallHostPolicyNft(t *testing.T) {
+	l, vip := testkit.FullNAT(t)
+	firewallFault(t, l, vip, func() {
+		testkit.Run(t, l.LB, "nft", "add table inet fw; add chain inet fw input { type filter hook input priority 0; policy drop; }; "+
+			"add rule inet fw input ct state established,related accept; add rule inet fw input iif lo accept; add rule inet fw input tcp dport 22 accept")
+		r, code := runBinary(t, "check", "--netns", l.LB.Name, "--vip", vip.String(), "--watch", "0", "-o", "json")
+		if got := statusOf(t, r, "firewall.filter"); got != "fail" || code != 1 {
+			t.Errorf("check --watch 0 = exit %d, firewall.filter %s; want exit 1 and fail (findings %+v)", code, got, r.Findings)
+		}
+	}, "nft inet fw input policy DROP", "(hook input) drops requests to TCP "+vip.String())
+}

@@ -13,6 +13,15 @@ type Packet struct {
 	Src, Dst netip.Addr
 	SPort    uint16
 	DPort    uint16
+	// First: the packet opens its flow (a client's request, or the one IPVS
+	// sends on to a real): its conntrack state is new, or untracked, never
+	// established, related or invalid; a rule that accepts only those does
+	// not spare it — and since it is dropped, no later packet of the flow
+	// comes.
+	First bool
+	// Remote: it comes from, and goes to, other hosts: never the loopback
+	// interface, so a rule on `-i lo` or `iif "lo"` does not take it.
+	Remote bool
 }
 
 // Match is a rule's verdict on a packet.
@@ -39,9 +48,13 @@ func (r Rule) MatchPacket(p Packet) Match {
 		return Unclear
 	}
 	m := Matches
+	neg := false // iptables-save writes a negated criterion as "! -s X"
 	walkArgs(args[2:], func(a string, next func() string) bool {
 		var v Match
 		switch a {
+		case "!":
+			neg = true
+			return true
 		case "-p", "--protocol":
 			v = eq(next(), p.Proto)
 		case "-s", "--source":
@@ -52,10 +65,14 @@ func (r Rule) MatchPacket(p Packet) Match {
 			v = portIn(next(), p.DPort)
 		case "--sport", "--source-port":
 			v = portIn(next(), p.SPort)
+		case "-i", "--in-interface", "-o", "--out-interface":
+			v = loopback(next(), p)
+		case "--ctstate", "--state":
+			v = ctState(strings.Split(next(), ","), p)
 		case "-m", "--match":
 			switch next() {
-			case "tcp", "udp", "comment":
-				return true
+			case "tcp", "udp", "comment", "conntrack", "state":
+				return true // their options are read, or are unclear, on their own
 			}
 			v = Unclear
 		case "--comment":
@@ -66,10 +83,52 @@ func (r Rule) MatchPacket(p Packet) Match {
 		default:
 			v = Unclear
 		}
+		if neg {
+			v, neg = negate(v), false
+		}
 		m = min(m, v)
 		return m != NoMatch
 	})
 	return m
+}
+
+// negate is the verdict of "! criterion": what is unclear stays so.
+func negate(v Match) Match {
+	switch v {
+	case Matches:
+		return NoMatch
+	case NoMatch:
+		return Matches
+	}
+	return Unclear
+}
+
+// loopback judges an interface match: the loopback interface never carries
+// a remote packet; any other name is unclear (lbdoctor does not know which
+// interface a client's packet comes in on).
+func loopback(name string, p Packet) Match {
+	if p.Remote && strings.Trim(name, `"`) == "lo" {
+		return NoMatch
+	}
+	return Unclear
+}
+
+// ctState judges a conntrack state match (`--ctstate RELATED,ESTABLISHED`,
+// `ct state established,related`): the first packet of a flow is in none of
+// established, related or invalid; any other state (new, untracked, the
+// DNAT/SNAT virtual states) may be the packet's.
+func ctState(states []string, p Packet) Match {
+	if !p.First || len(states) == 0 {
+		return Unclear
+	}
+	for _, st := range states {
+		switch strings.ToLower(strings.Trim(st, " ,")) {
+		case "established", "related", "invalid":
+		default:
+			return Unclear
+		}
+	}
+	return NoMatch
 }
 
 // matchNft reads the few nft expressions a check can judge.
@@ -103,11 +162,37 @@ func matchNft(spec string, p Packet) Match {
 				v = Unclear
 			}
 		case "meta":
-			if next() == "l4proto" {
+			switch next() {
+			case "l4proto":
 				v = eq(next(), p.Proto)
-			} else {
+			case "iif", "iifname", "oif", "oifname":
+				v = loopback(next(), p)
+			default:
 				v = Unclear
 			}
+		case "iif", "iifname", "oif", "oifname":
+			v = loopback(next(), p)
+		case "ct":
+			if next() != "state" {
+				v = Unclear
+				break
+			}
+			// "ct state established,related", as nft lists it; a set,
+			// a map or a negation ("!=") is not read.
+			st := next()
+			if strings.ContainsAny(st, "{}!=") {
+				v = Unclear
+				break
+			}
+			v = ctState(strings.Split(st, ","), p)
+		case "icmp", "icmpv6":
+			// "icmp type echo-request": a rule on ICMP's own fields
+			// takes ICMP only.
+			if v = eq(w, p.Proto); v == NoMatch {
+				m = NoMatch
+				return false
+			}
+			v = Unclear
 		case "counter", "drop", "accept":
 			return true
 		case "reject":

@@ -11,6 +11,8 @@ import (
 func TestMatchPacket(t *testing.T) {
 	syn := rules.Packet{Proto: "tcp", Dst: netip.MustParseAddr("10.1.0.6"), DPort: 8085}
 	reply := rules.Packet{Proto: "tcp", Src: netip.MustParseAddr("10.1.0.50"), SPort: 8085}
+	first := syn
+	first.First, first.Remote = true, true
 	legacy := func(spec string) rules.Rule { return rules.Rule{Backend: rules.IptablesLegacy, Spec: spec} }
 	nft := func(spec string) rules.Rule { return rules.Rule{Backend: rules.Nft, Spec: spec} }
 	for _, tt := range []struct {
@@ -35,6 +37,28 @@ func TestMatchPacket(t *testing.T) {
 		{"nft other address", nft("ip daddr 10.1.0.7 drop"), syn, rules.NoMatch},
 		{"nft udp rule, tcp packet", nft("udp dport 8085 drop"), syn, rules.NoMatch},
 		{"nft ct state", nft("ct state invalid drop"), syn, rules.Unclear},
+		{"iptables negated source, a source outside", legacy("-A FORWARD ! -s 10.9.0.0/16 -j DROP"), reply, rules.Matches},
+		{"iptables negated source, a source inside", legacy("-A FORWARD ! -s 10.1.0.0/24 -j DROP"), reply, rules.NoMatch},
+		{"iptables negated port", legacy("-A INPUT -p tcp -m tcp ! --dport 22 -j DROP"), syn, rules.Matches},
+		{"iptables negated unknown source", legacy("-A INPUT ! -s 10.9.0.0/16 -j DROP"), syn, rules.Unclear},
+		{"iptables established accept, a flow's first packet", legacy("-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"), first, rules.NoMatch},
+		{"iptables state accept, a flow's first packet", legacy("-A INPUT -m state --state ESTABLISHED -j ACCEPT"), first, rules.NoMatch},
+		{"iptables new accept, a flow's first packet", legacy("-A INPUT -m conntrack --ctstate NEW,ESTABLISHED -j ACCEPT"), first, rules.Unclear},
+		{"iptables not established, a flow's first packet", legacy("-A INPUT -m conntrack ! --ctstate ESTABLISHED -j DROP"), first, rules.Matches},
+		{"iptables established accept, a reply", legacy("-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"), reply, rules.Unclear},
+		{"iptables loopback accept, a remote packet", legacy("-A INPUT -i lo -j ACCEPT"), first, rules.NoMatch},
+		{"iptables not loopback, a remote packet", legacy("-A INPUT ! -i lo -j DROP"), first, rules.Matches},
+		{"iptables other interface, a remote packet", legacy("-A INPUT -i eth0 -j ACCEPT"), first, rules.Unclear},
+		{"nft established accept, a flow's first packet", nft("ct state established,related accept"), first, rules.NoMatch},
+		{"nft established accept, a reply", nft("ct state established,related accept"), reply, rules.Unclear},
+		{"nft state set, a flow's first packet", nft("ct state { established, new } accept"), first, rules.Unclear},
+		{"nft state vmap, a flow's first packet", nft("ct state vmap { invalid : drop, established : accept }"), first, rules.Unclear},
+		{"nft loopback accept, a remote packet", nft(`iif "lo" accept`), first, rules.NoMatch},
+		{"nft loopback by name, a remote packet", nft(`iifname "lo" accept`), first, rules.NoMatch},
+		{"nft not loopback, a remote packet", nft(`iifname != "lo" drop`), first, rules.Unclear},
+		{"nft loopback, a packet not known remote", nft(`iif "lo" accept`), syn, rules.Unclear},
+		{"nft icmp accept, a tcp packet", nft("icmp type echo-request accept"), first, rules.NoMatch},
+		{"nft icmpv6 accept, a tcp packet", nft("icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept"), first, rules.NoMatch},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			if got := tt.r.MatchPacket(tt.p); got != tt.want {
