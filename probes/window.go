@@ -27,6 +27,10 @@ type Window struct {
 	// and the drops the whole window.
 	FirstRead  time.Duration `json:"first_read_ns"`
 	TracerWait time.Duration `json:"tracer_wait_ns,omitempty"`
+	// FirstTook is the first read's time per probe (Snapshot.Took): the
+	// snapshot returned is the last read's, and LBDOCTOR_TIMINGS says
+	// where both went. Not part of the report.
+	FirstTook map[string]time.Duration `json:"-"`
 	// LastRead is how long the last read took from the window's end: the
 	// window returns when it is done (the tracer hands over meanwhile).
 	LastRead time.Duration `json:"last_read_ns"`

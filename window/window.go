@@ -192,7 +192,7 @@ func (wt *Watcher) next(ctx context.Context, opt Options) (*probes.Snapshot, err
 	} else {
 		close(featuresDone)
 	}
-	w := &probes.Window{Length: opt.Length, FirstRead: read.Sub(before.Time), Skipped: map[string]string{}}
+	w := &probes.Window{Length: opt.Length, FirstRead: read.Sub(before.Time), FirstTook: before.Took, Skipped: map[string]string{}}
 	if replaced != "" {
 		w.Skipped["netns.replaced"] = replaced
 	}
