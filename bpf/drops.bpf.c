@@ -179,6 +179,13 @@ static __always_inline void l4_direct(unsigned char *th, struct agg_key *k, __u8
 		*flags = bpf_ntohl(w->words[3]) >> 16;
 }
 
+/* is_icmp: the packet is an ICMP message of its family (ICMPv6 for IPv6),
+ * whose type and code the key keeps. */
+static __always_inline int is_icmp(const struct agg_key *k)
+{
+	return k->family == 4 ? k->proto == IPPROTO_ICMP : k->proto == IPPROTO_ICMPV6;
+}
+
 /* What the fast paths (fast(), below) found out, for the slow path: the
  * CPU's last-flow slot and, for option-less IPv4, the packet's two raw
  * header words (~0 otherwise). */
@@ -203,6 +210,10 @@ static __always_inline int parse_direct(struct skb_meta *m, struct agg_key *k, _
 			k->dport = bpf_ntohs((__u16)(f->raw_b >> 48));
 			if (k->proto == IPPROTO_TCP)
 				*flags = ((__u8 *)kcast(nh, struct ipv6hdr))[33];
+		} else if (k->proto == IPPROTO_ICMP) {
+			/* The word's upper half is the ICMP header's first four bytes. */
+			k->icmp_type = f->raw_b >> 32;
+			k->icmp_code = f->raw_b >> 40;
 		}
 		return 0;
 	}
@@ -231,8 +242,14 @@ static __always_inline int parse_direct(struct skb_meta *m, struct agg_key *k, _
 	}
 	if (m->th != (__u16)~0U && m->th > m->nh)
 		l4off = m->th - m->nh;
-	if (k->proto == IPPROTO_TCP || k->proto == IPPROTO_UDP || k->proto == IPPROTO_SCTP)
+	if (k->proto == IPPROTO_TCP || k->proto == IPPROTO_UDP || k->proto == IPPROTO_SCTP) {
 		l4_direct(nh + (l4off & 0xffff), k, flags);
+	} else if (is_icmp(k)) {
+		/* Type and code lead the header: one load of its first word. */
+		__u32 w = kcast(nh + (l4off & 0xffff), union tcp_word_hdr)->words[0];
+		k->icmp_type = w;
+		k->icmp_code = w >> 8;
+	}
 	return 0;
 }
 
@@ -269,7 +286,8 @@ static __always_inline int parse(struct skb_meta *m, struct agg_key *k, __u8 *fl
 	}
 	if (m->th != (__u16)~0U && m->th > m->nh)
 		l4off = m->th - m->nh;
-	if (k->proto != IPPROTO_TCP && k->proto != IPPROTO_UDP && k->proto != IPPROTO_SCTP)
+	int icmp = is_icmp(k);
+	if (k->proto != IPPROTO_TCP && k->proto != IPPROTO_UDP && k->proto != IPPROTO_SCTP && !icmp)
 		return 0;
 	__u8 l4[14];
 	if (l4off == sizeof(struct iphdr) && k->family == 4) {
@@ -277,6 +295,11 @@ static __always_inline int parse(struct skb_meta *m, struct agg_key *k, __u8 *fl
 	} else if (l4off == sizeof(struct ipv6hdr) && k->family == 6) {
 		__builtin_memcpy(l4, buf + sizeof(struct ipv6hdr), sizeof(l4));
 	} else if (bpf_probe_read_kernel(l4, sizeof(l4), m->head + m->nh + (l4off & 0xff))) {
+		return 0;
+	}
+	if (icmp) {
+		k->icmp_type = l4[0];
+		k->icmp_code = l4[1];
 		return 0;
 	}
 	k->sport = ((__u16)l4[0] << 8) | l4[1];
@@ -537,7 +560,9 @@ static __always_inline int handle(void *ctx, struct skb_meta *m, __u64 location,
 	e->proto = k.proto;
 	e->family = k.family;
 	e->tcp_flags = flags;
-	e->_pad = 0;
+	e->icmp_type = k.icmp_type;
+	e->icmp_code = k.icmp_code;
+	__builtin_memset(e->_pad, 0, sizeof(e->_pad));
 	e->ifindex = 0;
 	__builtin_memset(e->ifname, 0, sizeof(e->ifname));
 	struct net_device *dev = m->dev;

@@ -93,7 +93,9 @@ struct event {
 	__u8 proto;
 	__u8 family; /* 4, 6, or 0 when the packet is not IP */
 	__u8 tcp_flags;
-	__u8 _pad;
+	__u8 icmp_type; /* ICMP or ICMPv6: the message's type and code, else 0 */
+	__u8 icmp_code;
+	__u8 _pad[5];
 	char ifname[16];
 };
 
@@ -109,7 +111,10 @@ struct agg_key {
 	__u16 dport;
 	__u8 proto;
 	__u8 family;
-	__u8 _pad[2];
+	/* ICMP or ICMPv6: the message's type and code (a redirect the LB sent
+	 * is not a packet of the flow it is about), else 0. */
+	__u8 icmp_type;
+	__u8 icmp_code;
 	/* For a NETFILTER_DROP: the return address in the function that ran
 	 * the hook (ip_rcv, ip_local_deliver, ip_forward, __ip_local_out,
 	 * ip_output, …), the frame after nf_hook_slow on the stack; it tells

@@ -46,6 +46,9 @@ func TestCatalogOnFixtures(t *testing.T) {
 		// An nft DNAT VIP with forwarding off: 835 SYNs of 500 flows die in
 		// ip_error, none attributed, beside 3 attributed NEIGH_FAILED drops.
 		{"nft-dnat-forward-off", "10.99.0.6:8085", map[string]checks.Status{"drops.vip_flows": checks.Fail}},
+		// A one-arm nft DNAT LB at send_redirects=1 watched on every port of
+		// its VIP: NAT dropped its own ICMP redirects to the real in output.
+		{"one-arm-redirects", "10.1.0.6", map[string]checks.Status{"drops.vip_flows": checks.Pass}},
 		{"two-arm", "", map[string]checks.Status{"kernel.ipvs": checks.Pass, "sysctl.ip_forward": checks.Pass, "sysctl.vs_conntrack": checks.Skip, "nat.return_path": checks.Pass, "net.send_redirects": checks.Skip}},
 		{"vs-module-not-loaded", "", map[string]checks.Status{"kernel.ipvs": checks.Fail, "sysctl.ip_forward": checks.Skip, "sysctl.vs_conntrack": checks.Skip, "nat.return_path": checks.Skip, "net.send_redirects": checks.Skip}},
 	}
@@ -154,6 +157,50 @@ func TestDropsHeadlineIsTheBiggestReason(t *testing.T) {
 	want := "835 × IP_INADDRERRORS at ip_error+0x92 in 500 flows, no drop attributed to a load-balanced flow"
 	if !slices.Contains(facts, want) {
 		t.Errorf("Run(nft-dnat-forward-off) drops.vip_flows evidence = %q, want a line %q", facts, want)
+	}
+}
+
+// drops.vip_flows on a one-arm LB whose own ICMP redirects to the real NAT
+// dropped in output (the window kept them apart: Window.OwnRedirects):
+// counted in a line of their own with the sysctls that stop them, never a
+// failure; a drop of the flows beside them still fails, named by its own
+// reason.
+func TestDropsOwnRedirects(t *testing.T) {
+	const line = "4 of the LB's own ICMP redirects to real 10.1.0.50 were dropped: NETFILTER_DROP at nf_hook_slow+0x7d in output " +
+		"(harmless: no packet of the flows, but the LB telling the sender of one it forwarded back out of the interface it came in on of a shorter way; " +
+		"dropped, it reached no one: netfilter's NAT hook drops the LB's redirects in output (nf_nat_icmp_reply_translation)); " +
+		"set net.ipv4.conf.all.send_redirects=0 and net.ipv4.conf.eth0.send_redirects=0 to stop them"
+	tests := []struct {
+		name      string
+		change    func(*probes.Snapshot)
+		want      checks.Status
+		wantTitle string
+		wantLine  string
+	}{
+		{"the redirects alone", func(*probes.Snapshot) {}, checks.Pass, "no packet of the selected flows was dropped (4 of the LB's own ICMP redirects were: harmless, send_redirects is on)", line},
+		{"beside a drop of the flows", func(s *probes.Snapshot) {
+			s.Drops.Drops = append(s.Drops.Drops, drops.Counted{Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: 6,
+				Src: netip.MustParseAddrPort("10.1.0.3:40000"), Dst: netip.MustParseAddrPort("10.1.0.50:8085")}, Count: 2}, ReasonName: "IP_INADDRERRORS", Symbol: "ip_error+0x92"})
+		}, checks.Fail, "packets of the selected flows are dropped: IP_INADDRERRORS at ip_error", line},
+		{"the hook not known", func(s *probes.Snapshot) { s.Window.OwnRedirects[0].Hook = "" }, checks.Pass, "no packet of the selected flows was dropped (4 of the LB's own ICMP redirects were: harmless, send_redirects is on)",
+			"4 of the LB's own ICMP redirects to real 10.1.0.50 were dropped: NETFILTER_DROP at nf_hook_slow+0x7d (harmless: no packet of the flows, " +
+				"but the LB telling the sender of one it forwarded back out of the interface it came in on of a shorter way; dropped, it reached no one); " +
+				"set net.ipv4.conf.all.send_redirects=0 and net.ipv4.conf.eth0.send_redirects=0 to stop them"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			snap := loadFixture(t, "one-arm-redirects")
+			tt.change(snap)
+			f := statusOf(checks.Run(snap, probes.Selector{VIP: netip.MustParseAddrPort("10.1.0.6:0")}), "drops.vip_flows")
+			var facts []string
+			for _, e := range f.Evidence {
+				facts = append(facts, e.Fact)
+			}
+			if f.Status != tt.want || f.Title != tt.wantTitle || !slices.Contains(facts, tt.wantLine) {
+				t.Errorf("Run(one-arm-redirects, %s) drops.vip_flows = %s %q, evidence:\n%s\nwant %s %q with a line\n%s",
+					tt.name, f.Status, f.Title, strings.Join(facts, "\n"), tt.want, tt.wantTitle, tt.wantLine)
+			}
+		})
 	}
 }
 

@@ -5,7 +5,9 @@ import (
 	"net/netip"
 	"slices"
 
+	"github.com/lbdoctor/lbdoctor/internal/tally"
 	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 )
 
@@ -72,4 +74,88 @@ func addrsOf(svc ipvs.Service) []netip.Addr {
 		}
 	}
 	return out
+}
+
+// ownRedirects are drops.vip_flows' evidence lines for the window's drops
+// of the LB's own ICMP redirects (probes.Window.OwnRedirects), one per
+// destination and place: counted and shown, never judged as the flows'
+// drops. A dropped redirect reached no one, and the packet it was about
+// was forwarded: it costs the flows nothing. (The redirects that are not
+// dropped are net.send_redirects' concern: a host that obeys one sends
+// around the LB.)
+func ownRedirects(s *probes.Snapshot) []Evidence {
+	if s.Window == nil || len(s.Window.OwnRedirects) == 0 {
+		return nil
+	}
+	groups := tally.By(s.Window.OwnRedirects, func(c drops.Counted) string {
+		return fmt.Sprintf("%s %s %s %s", c.Dst.Addr(), c.ReasonName, c.Symbol, c.Hook)
+	}, func(c drops.Counted) uint64 { return c.Count })
+	var ev []Evidence
+	for _, g := range groups {
+		c := g.First
+		to := c.Dst.Addr().String()
+		if isBackend(s, c.Dst.Addr()) {
+			to = "real " + to
+		}
+		where := c.ReasonName + " at " + c.Symbol
+		if c.Hook != "" {
+			where += " in " + c.Hook
+		}
+		why := "no packet of the flows, but the LB telling the sender of one it forwarded back out of the interface it came in on of a shorter way; dropped, it reached no one"
+		if c.ReasonName == "NETFILTER_DROP" && c.Hook == drops.HookOutput {
+			// Measured on 6.1 and 6.18: with a nat table in the namespace
+			// every redirect the LB sends dies here (on 6.18 also about a
+			// flow it does not translate; conntrack's drop and invalid
+			// counters stay 0); with none, they leave.
+			why += ": netfilter's NAT hook drops the LB's redirects in output (nf_nat_icmp_reply_translation)"
+		}
+		stop := "IPv6 has no switch to stop them" // ip6_forward sends them whenever it forwards back out
+		if c.Family == 4 {
+			dev := "DEV"
+			if d, _ := routeTo(s, c.Dst.Addr()); d != "" {
+				dev = d
+			}
+			stop = "set net.ipv4.conf.all.send_redirects=0 and net.ipv4.conf." + dev + ".send_redirects=0 to stop them"
+		}
+		ev = append(ev, Evidence{
+			Fact: fmt.Sprintf("%d of the LB's own ICMP redirects to %s were dropped: %s (harmless: %s); %s",
+				g.Count, to, where, why, stop),
+			Source: "kfree_skb tracer",
+		})
+	}
+	return ev
+}
+
+// ownRedirectsTitle says in drops.vip_flows' title, which text output
+// shows alone for a pass, that the LB's own redirects were dropped.
+func ownRedirectsTitle(s *probes.Snapshot) string {
+	if s.Window == nil {
+		return ""
+	}
+	var n uint64
+	for _, c := range s.Window.OwnRedirects {
+		n += c.Count
+	}
+	if n == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (%d of the LB's own ICMP redirects were: harmless, send_redirects is on)", n)
+}
+
+// isBackend reports whether a is a real server of an IPVS service or a
+// backend conntrack showed for a VIP IPVS does not serve.
+func isBackend(s *probes.Snapshot, a netip.Addr) bool {
+	for _, b := range s.Conntrack.Backends {
+		if b.Addr() == a {
+			return true
+		}
+	}
+	for _, svc := range s.IPVS.Services {
+		for _, r := range svc.Reals {
+			if r.Addr.Addr() == a {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -27,6 +27,10 @@ type Window struct {
 	// and the drops the whole window.
 	FirstRead  time.Duration `json:"first_read_ns"`
 	TracerWait time.Duration `json:"tracer_wait_ns,omitempty"`
+	// FirstTook is the first read's time per probe (Snapshot.Took): the
+	// snapshot returned is the last read's, and LBDOCTOR_TIMINGS says
+	// where both went. Not part of the report.
+	FirstTook map[string]time.Duration `json:"-"`
 	// LastRead is how long the last read took from the window's end: the
 	// window returns when it is done (the tracer hands over meanwhile).
 	LastRead time.Duration `json:"last_read_ns"`
@@ -49,6 +53,16 @@ type Window struct {
 	// connection the probe closed): not the services' flows, so left out
 	// of Snapshot.Drops, and counted here.
 	ProbeDrops uint64 `json:"probe_drops,omitempty"`
+	// OwnRedirects are the drops of ICMP redirects the LB sent itself: a
+	// one-arm LB forwards packets back out of the interface they came in
+	// on, and with send_redirects on the kernel tells their sender of the
+	// shorter way (ip_forward → ip_rt_send_redirect). Messages about the
+	// services' flows, not packets of them: left out of Snapshot.Drops
+	// (and its attribution counts), and kept here, for drops.vip_flows to
+	// show. Where the namespace has a nat table, netfilter's NAT hook
+	// drops every redirect the LB sends, in output (measured on 6.1 and
+	// 6.18; on 6.18 also about a flow it does not translate).
+	OwnRedirects []drops.Counted `json:"own_redirects,omitempty"`
 	// DropPoints are the window's drops joined to what explains them: the
 	// hook and rule or policy of a netfilter drop, the neighbour of a
 	// NEIGH_FAILED, the interface and route of an IP_RPFILTER.

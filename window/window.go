@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -191,7 +192,7 @@ func (wt *Watcher) next(ctx context.Context, opt Options) (*probes.Snapshot, err
 	} else {
 		close(featuresDone)
 	}
-	w := &probes.Window{Length: opt.Length, FirstRead: read.Sub(before.Time), Skipped: map[string]string{}}
+	w := &probes.Window{Length: opt.Length, FirstRead: read.Sub(before.Time), FirstTook: before.Took, Skipped: map[string]string{}}
 	if replaced != "" {
 		w.Skipped["netns.replaced"] = replaced
 	}
@@ -378,6 +379,14 @@ func (wt *Watcher) next(ctx context.Context, opt Options) (*probes.Snapshot, err
 		case r := <-traced:
 			if r.smp != nil {
 				r.smp.Drops, w.ProbeDrops = withoutProbes(r.smp.Drops, w.Health)
+				r.smp.Drops, w.OwnRedirects = withoutOwnRedirects(r.smp.Drops, before.Net)
+				for _, c := range w.OwnRedirects {
+					a := &r.smp.Attribution.NotAttributed
+					if c.Flow != nil {
+						a = &r.smp.Attribution.Attributed
+					}
+					*a -= min(*a, c.Count)
+				}
 			}
 			before.Drops = r.smp
 			if r.err != nil {
@@ -634,6 +643,28 @@ func withoutProbes(ds []drops.Counted, hs []health.Result) ([]drops.Counted, uin
 		out = append(out, c)
 	}
 	return out, n
+}
+
+// withoutOwnRedirects splits from ds the drops of the ICMP redirects the
+// LB sent itself (see probes.Window.OwnRedirects): a redirect dropped in
+// output, the hook of the packets a host makes, or from an address of the
+// LB's own where the hook is not known. Pure.
+func withoutOwnRedirects(ds []drops.Counted, net netstate.Snapshot) (rest, own []drops.Counted) {
+	mine := func(c drops.Counted) bool {
+		return c.Redirect() && (c.Hook == drops.HookOutput || net.HasAddr(c.Src.Addr()))
+	}
+	if !slices.ContainsFunc(ds, mine) {
+		return ds, nil
+	}
+	rest = ds[:0:0]
+	for _, c := range ds {
+		if mine(c) {
+			own = append(own, c)
+		} else {
+			rest = append(rest, c)
+		}
+	}
+	return rest, own
 }
 
 // healthTargets lists the selected services' real servers.

@@ -496,14 +496,23 @@ func TestCaptureInterruptedReadingRules(t *testing.T) {
 	testkit.RequireRoot(t)
 	l := testkit.Lab(t, lab.OneArm)
 	vip := netip.AddrPortFrom(l.VIP, 8085)
-	real, err := exec.LookPath("iptables-save")
-	if err != nil {
-		t.Fatalf("no iptables-save: %v", err)
-	}
+	// Every save tool's name is slow: lbdoctor asks the names in turn
+	// until it has one of each backend, whichever comes first.
 	bin, pids := t.TempDir(), t.TempDir()
-	wrapper := fmt.Sprintf("#!/bin/sh\necho $$ > %s/$$\nsleep 5\nexec %s \"$@\"\n", pids, real)
-	if err := os.WriteFile(filepath.Join(bin, "iptables-save"), []byte(wrapper), 0o755); err != nil {
-		t.Fatal(err)
+	wrapped := 0
+	for _, name := range []string{"iptables-legacy-save", "iptables-nft-save", "iptables-save"} {
+		real, err := exec.LookPath(name)
+		if err != nil {
+			continue
+		}
+		wrapper := fmt.Sprintf("#!/bin/sh\necho $$ > %s/$$\nsleep 5\nexec %s \"$@\"\n", pids, real)
+		if err := os.WriteFile(filepath.Join(bin, name), []byte(wrapper), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		wrapped++
+	}
+	if wrapped == 0 {
+		t.Fatal("no iptables save tool on PATH")
 	}
 	t.Cleanup(func() {
 		// The wrappers lbdoctor left behind (it does not wait for a

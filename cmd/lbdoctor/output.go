@@ -84,13 +84,25 @@ func (g *guardedWriter) boundMoved() <-chan struct{} {
 	return g.moved
 }
 
-func (g *guardedWriter) Write(p []byte) (int, error) { return g.write(p, false) }
+func (g *guardedWriter) Write(p []byte) (int, error) {
+	n, _, err := g.write(p, false)
+	return n, err
+}
 
 // WriteOwned is Write of a buffer its caller never uses again
 // (report.OwningWriter): a write that outlives the call needs no copy.
-func (g *guardedWriter) WriteOwned(p []byte) (int, error) { return g.write(p, true) }
+func (g *guardedWriter) WriteOwned(p []byte) (int, error) {
+	n, _, err := g.write(p, true)
+	return n, err
+}
 
-func (g *guardedWriter) write(p []byte, owned bool) (int, error) {
+// WriteLent is Write with no copy of p (lendingWriter): held says the write
+// was given up and goes on, reading p; otherwise p is the caller's again.
+func (g *guardedWriter) WriteLent(p []byte) (n int, held bool, err error) { return g.write(p, true) }
+
+// write writes p (a copy of it unless owned); held says the write was given
+// up and goes on in the background with the buffer.
+func (g *guardedWriter) write(p []byte, owned bool) (int, bool, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.stuck != nil {
@@ -98,7 +110,7 @@ func (g *guardedWriter) write(p []byte, owned bool) (int, error) {
 		case <-g.stuck:
 			g.stuck = nil
 		default:
-			return 0, &blockedError{g.name, 0, len(p), "nothing: an earlier write is still blocked"}
+			return 0, false, &blockedError{g.name, 0, len(p), "nothing: an earlier write is still blocked"}
 		}
 	}
 	// The caller may reuse p once Write returns, and the write may outlive
@@ -128,7 +140,7 @@ func (g *guardedWriter) write(p []byte, owned bool) (int, error) {
 	}()
 	select {
 	case <-done:
-		return int(accepted.Load()), err
+		return int(accepted.Load()), false, err
 	default:
 	}
 	tick := time.NewTicker(10 * time.Millisecond)
@@ -138,7 +150,7 @@ wait:
 	for {
 		select {
 		case <-done:
-			return int(accepted.Load()), err
+			return int(accepted.Load()), false, err
 		case <-g.boundMoved():
 		case <-tick.C:
 		case <-g.ctx.Done():
@@ -146,7 +158,7 @@ wait:
 			defer t.Stop()
 			select {
 			case <-done:
-				return int(accepted.Load()), err
+				return int(accepted.Load()), false, err
 			case <-t.C:
 			}
 			why = fmt.Sprintf("nothing more within %d ms of the signal", signalGrace.Milliseconds())
@@ -161,7 +173,7 @@ wait:
 		}
 	}
 	g.stuck = done
-	return int(accepted.Load()), &blockedError{g.name, int(accepted.Load()), len(p), why}
+	return int(accepted.Load()), true, &blockedError{g.name, int(accepted.Load()), len(p), why}
 }
 
 // pipeSignals takes the SIGPIPEs of a verb that changes the host
@@ -229,8 +241,22 @@ type lineQueue struct {
 	err             error  // the first failed write
 }
 
+// A lendingWriter writes p with no copy of its own, and says whether it
+// still reads p once it returned (a write given up that goes on): p is its
+// caller's again only when it does not.
+type lendingWriter interface {
+	WriteLent(p []byte) (n int, held bool, err error)
+}
+
+// lineQueueRoom is the room each of a lineQueue's two buffers starts with:
+// a flood's 50 ms of event lines (thousands of lines, hundreds of KiB) fit
+// without growing it copy by copy. Untouched room costs no memory.
+const lineQueueRoom = 1 << 20
+
 func newLineQueue(w io.Writer, period time.Duration, maxBytes int) *lineQueue {
-	q := &lineQueue{w: w, max: maxBytes, closing: make(chan struct{}), done: make(chan struct{})}
+	room := min(maxBytes, lineQueueRoom)
+	q := &lineQueue{w: w, max: maxBytes, closing: make(chan struct{}), done: make(chan struct{}),
+		pending: make([]byte, 0, room), spare: make([]byte, 0, room)}
 	go q.run(period)
 	return q
 }
@@ -264,7 +290,12 @@ func (q *lineQueue) run(period time.Duration) {
 		}
 		q.mu.Lock()
 		buf, n := q.pending, q.lines
-		q.pending, q.lines, q.inflight = q.spare[:0], 0, n
+		if len(buf) > 0 {
+			// The spare buffer fills while this one is written: it is
+			// no one's spare until its write is over. (An empty one stays
+			// where it is: handed round, it would be both.)
+			q.pending, q.spare, q.lines, q.inflight = q.spare[:0], nil, 0, n
+		}
 		q.mu.Unlock()
 		if len(buf) == 0 {
 			if closing {
@@ -272,7 +303,18 @@ func (q *lineQueue) run(period time.Duration) {
 			}
 			continue
 		}
-		_, err := q.w.Write(buf)
+		// The buffers take turns; one is written while the other fills, with
+		// no copy made of it unless a write given up still reads it.
+		var err error
+		held := false
+		if lw, ok := q.w.(lendingWriter); ok {
+			_, held, err = lw.WriteLent(buf)
+		} else {
+			_, err = q.w.Write(buf)
+		}
+		if held {
+			buf = nil
+		}
 		q.mu.Lock()
 		if err != nil {
 			q.notWritten += n
@@ -280,7 +322,7 @@ func (q *lineQueue) run(period time.Duration) {
 				q.err = err
 			}
 		}
-		q.inflight, q.spare = 0, buf
+		q.inflight, q.spare = 0, buf[:0]
 		q.mu.Unlock()
 	}
 }

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -302,4 +304,108 @@ func TestGuardedWriterStall(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A batch of lines whose write was given up (nobody read stdout for the
+// stall bound) is still being written when the reader comes back: the
+// lines queued after it must not be written into its buffer, or the reader
+// would get them in its place.
+func TestLineQueueKeepsAGivenUpBatch(t *testing.T) {
+	r, w := fullPipe(t)
+	defer w.Close()
+	g := newGuardedWriter(t.Context(), "stdout", w)
+	g.SetStallBound(30 * time.Millisecond)
+	q := newLineQueue(g, 10*time.Millisecond, 1<<20)
+	first := bytes.Repeat([]byte(strings.Repeat("a", 99)+"\n"), 100)
+	later := []byte(strings.Repeat("b", 99) + "\n")
+	for l := range bytes.Lines(first) {
+		q.Write(l)
+	}
+	time.Sleep(100 * time.Millisecond) // the first batch's write is given up
+	for range 200 {
+		q.Write(later)
+	}
+	time.Sleep(50 * time.Millisecond) // … and the later lines are taken
+	notWritten, err := q.Close()
+	// The reader comes back: the given-up write goes on.
+	var got []byte
+	buf := make([]byte, 64<<10)
+	deadline := time.Now().Add(2 * time.Second)
+	for len(got) < len(first) && time.Now().Before(deadline) {
+		r.SetReadDeadline(deadline)
+		n, rerr := r.Read(buf)
+		got = append(got, bytes.TrimLeft(buf[:n], "\x00")...) // fullPipe's filler is zeros
+		if rerr != nil {
+			break
+		}
+	}
+	if !bytes.Equal(got, first) || notWritten != 100+200 || !errors.Is(err, errOutputBlocked) {
+		t.Errorf("lineQueue given up on, then read = %d bytes (%q…), %d not written, %v; want the first batch's %d bytes as queued, 300 not written, errOutputBlocked",
+			len(got), got[:min(len(got), 120)], notWritten, err, len(first))
+	}
+}
+
+// slowLender is a lendingWriter that takes its time over each write and
+// notes whether the buffer it was lent changed meanwhile.
+type slowLender struct {
+	took    time.Duration
+	mu      sync.Mutex
+	got     []byte
+	changed int
+}
+
+func (s *slowLender) Write(p []byte) (int, error) { n, _, err := s.WriteLent(p); return n, err }
+
+func (s *slowLender) WriteLent(p []byte) (int, bool, error) {
+	before := bytes.Clone(p)
+	time.Sleep(s.took)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !bytes.Equal(p, before) {
+		s.changed++
+	}
+	s.got = append(s.got, before...)
+	return len(p), false, nil
+}
+
+// The buffer a batch of lines is written from is never the one the next
+// lines are queued in, also after a period with no line (the buffers are
+// handed round only when there is something to write).
+func TestLineQueueWritesWhatWasQueued(t *testing.T) {
+	w := &slowLender{took: 20 * time.Millisecond}
+	q := newLineQueue(w, 5*time.Millisecond, 1<<20)
+	var want []byte
+	line := func(i int) {
+		l := fmt.Appendf(nil, "line %d\n", i)
+		q.Write(l)
+		want = append(want, l...)
+	}
+	i := 0
+	for range 3 {
+		line(i) // written alone…
+		i++
+		time.Sleep(50 * time.Millisecond) // … then periods with nothing to write
+		for end := time.Now().Add(60 * time.Millisecond); time.Now().Before(end); i++ {
+			line(i) // lines queued while a batch is written
+			if i%50 == 0 {
+				time.Sleep(time.Millisecond)
+			}
+		}
+	}
+	notWritten, err := q.Close()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.changed != 0 || !bytes.Equal(w.got, want) || notWritten != 0 || err != nil {
+		t.Errorf("lineQueue of %d lines through a writer that takes 20 ms a batch: %d batches changed while written, %d of %d bytes as queued, %d not written, %v; want none changed, all as queued",
+			i, w.changed, commonPrefix(w.got, want), len(want), notWritten, err)
+	}
+}
+
+// commonPrefix is how many bytes a and b begin with alike.
+func commonPrefix(a, b []byte) int {
+	n := 0
+	for n < len(a) && n < len(b) && a[n] == b[n] {
+		n++
+	}
+	return n
 }

@@ -76,14 +76,24 @@ func profileLine(s *probes.Snapshot, checked time.Duration) string {
 	if os.Getenv(profileEnv) == "" && os.Getenv(timingsEnv) == "" || s == nil {
 		return ""
 	}
-	var parts []string
-	for _, k := range slices.Sorted(maps.Keys(s.Took)) {
-		parts = append(parts, fmt.Sprintf("%s %s", k, s.Took[k].Round(time.Millisecond)))
-	}
+	parts := []string{took(s.Took)}
 	if w := s.Window; w != nil {
-		parts = append(parts, fmt.Sprintf("window: first read %s, tracer wait %s, last read %s",
-			w.FirstRead.Round(time.Millisecond), w.TracerWait.Round(time.Millisecond), w.LastRead.Round(time.Millisecond)))
+		first := ""
+		if len(w.FirstTook) > 0 {
+			first = " (" + took(w.FirstTook) + ")"
+		}
+		parts = append(parts, fmt.Sprintf("window: first read %s%s, tracer wait %s, last read %s",
+			w.FirstRead.Round(time.Millisecond), first, w.TracerWait.Round(time.Millisecond), w.LastRead.Round(time.Millisecond)))
 	}
 	parts = append(parts, fmt.Sprintf("checks %s", checked.Round(time.Millisecond)))
 	return "lbdoctor: profile: read " + strings.Join(parts, ", ")
+}
+
+// took is a read's time per probe, "conntrack 1.2s, ipvs 3s", by name.
+func took(t map[string]time.Duration) string {
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(t)) {
+		parts = append(parts, fmt.Sprintf("%s %s", k, t[k].Round(time.Millisecond)))
+	}
+	return strings.Join(parts, ", ")
 }

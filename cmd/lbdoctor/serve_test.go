@@ -205,11 +205,11 @@ func TestServe(t *testing.T) {
 	testkit.Serve(t, l.Real, ":8086")
 	testkit.NftNAT(t, l.LB, other, netip.AddrPortFrom(l.RealIP, 8086), true)
 	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
-	// A one-arm LB as it should be (net.send_redirects): else its ICMP
-	// redirects to the real, which conntrack drops in output now and then
-	// (the kernel spaces them out), count among the flows' drops.
-	testkit.Sysctl(t, l.LB, "net.ipv4.conf.all.send_redirects", "0")
-	testkit.Sysctl(t, l.LB, "net.ipv4.conf.eth0.send_redirects", "0")
+	// send_redirects at the kernel's default: the LB's ICMP redirects to the
+	// real, which NAT drops in output now and then (the kernel spaces them
+	// out), are no drops of the watched flows (Window.OwnRedirects).
+	testkit.Sysctl(t, l.LB, "net.ipv4.conf.all.send_redirects", "1")
+	testkit.Sysctl(t, l.LB, "net.ipv4.conf.eth0.send_redirects", "1")
 	testkit.Run(t, l.LB, "nft", fmt.Sprintf(`add table inet lbdfault
 add chain inet lbdfault filter_fwd { type filter hook forward priority filter; }
 add rule inet lbdfault filter_fwd ip saddr %s tcp sport 8085 counter drop

@@ -20,8 +20,21 @@ import (
 // appendJSON appends d as json.Marshal encodes it.
 func (d *Drop) appendJSON(b []byte) []byte { return d.appendJSONWith(b, nil) }
 
-// appendJSONWith is appendJSON; its time's text is tc's (nil: made whole).
-func (d *Drop) appendJSONWith(b []byte, tc *timeText) []byte {
+// lineTexts are the texts DropLines keeps from one line to the next: a
+// flood's events fall in few seconds, at few places, on few NAT stages.
+type lineTexts struct {
+	time  timeText
+	place placeText
+	stage stageText
+}
+
+// appendJSONWith is appendJSON; the text of its time, place and flow stage
+// are lt's when it has them (nil: made whole).
+func (d *Drop) appendJSONWith(b []byte, lt *lineTexts) []byte {
+	var tc *timeText
+	if lt != nil {
+		tc = &lt.time
+	}
 	b = append(b, `{"type":`...)
 	b = appendJSONString(b, d.Type)
 	if !d.Time.IsZero() {
@@ -32,15 +45,11 @@ func (d *Drop) appendJSONWith(b []byte, tc *timeText) []byte {
 		}
 		b = append(b, '"')
 	}
-	b = append(b, `,"netns":`...)
-	b = strconv.AppendUint(b, uint64(d.Netns), 10)
-	b = appendOmitEmpty(b, `,"netns_name":`, d.NetnsTag)
-	b = appendOmitEmpty(b, `,"ifname":`, d.Ifname)
-	b = append(b, `,"reason":`...)
-	b = appendJSONString(b, d.Reason)
-	b = append(b, `,"location":`...)
-	b = appendJSONString(b, d.Location)
-	b = appendOmitEmpty(b, `,"proto":`, d.Proto)
+	if lt != nil {
+		b = lt.place.appendTo(b, d)
+	} else {
+		b = d.appendPlace(b)
+	}
 	if d.deferred() {
 		b = appendEndpoint(append(b, `,"src":`...), &d.ends, false)
 		b = appendEndpoint(append(b, `,"dst":`...), &d.ends, true)
@@ -77,12 +86,11 @@ func (d *Drop) appendJSONWith(b []byte, tc *timeText) []byte {
 		b = appendAddrPort(b, f.VIP)
 		b = append(b, `,"real":`...)
 		b = appendAddrPort(b, f.Real)
-		b = append(b, `,"direction":`...)
-		b = appendJSONString(b, f.Direction)
-		b = append(b, `,"stage":`...)
-		b = appendJSONString(b, f.Stage)
-		b = append(b, `,"source":`...)
-		b = appendJSONString(b, f.Source)
+		if lt != nil {
+			b = lt.stage.appendTo(b, f)
+		} else {
+			b = appendStage(b, f)
+		}
 		if f.EarlierReal.IsValid() { // omitzero
 			b = append(b, `,"earlier_real":`...)
 			b = appendAddrPort(b, f.EarlierReal)
@@ -93,6 +101,61 @@ func (d *Drop) appendJSONWith(b []byte, tc *timeText) []byte {
 		b = appendRaw(b, r)
 	}
 	return append(b, '}')
+}
+
+// appendPlace appends the fields of d from netns to proto: where it was
+// dropped, and why.
+func (d *Drop) appendPlace(b []byte) []byte {
+	b = append(b, `,"netns":`...)
+	b = strconv.AppendUint(b, uint64(d.Netns), 10)
+	b = appendOmitEmpty(b, `,"netns_name":`, d.NetnsTag)
+	b = appendOmitEmpty(b, `,"ifname":`, d.Ifname)
+	b = append(b, `,"reason":`...)
+	b = appendJSONString(b, d.Reason)
+	b = append(b, `,"location":`...)
+	b = appendJSONString(b, d.Location)
+	return appendOmitEmpty(b, `,"proto":`, d.Proto)
+}
+
+// placeText is appendPlace's text of the drops of one place, made once
+// for all of them.
+type placeText struct {
+	netns                                uint32
+	tag, ifname, reason, location, proto string
+	text                                 []byte // nil: none made yet
+}
+
+// appendTo appends d's place as appendPlace does.
+func (p *placeText) appendTo(b []byte, d *Drop) []byte {
+	if p.text == nil || p.netns != d.Netns || p.tag != d.NetnsTag || p.ifname != d.Ifname || p.reason != d.Reason || p.location != d.Location || p.proto != d.Proto {
+		*p = placeText{netns: d.Netns, tag: d.NetnsTag, ifname: d.Ifname, reason: d.Reason, location: d.Location, proto: d.Proto, text: d.appendPlace(p.text[:0])}
+	}
+	return append(b, p.text...)
+}
+
+// appendStage appends a flow's direction, stage and source fields.
+func appendStage(b []byte, f *drops.Flow) []byte {
+	b = append(b, `,"direction":`...)
+	b = appendJSONString(b, f.Direction)
+	b = append(b, `,"stage":`...)
+	b = appendJSONString(b, f.Stage)
+	b = append(b, `,"source":`...)
+	return appendJSONString(b, f.Source)
+}
+
+// stageText is appendStage's text of the flows of one stage, made once for
+// all of them.
+type stageText struct {
+	direction, stage, source string
+	text                     []byte // nil: none made yet
+}
+
+// appendTo appends f's stage as appendStage does.
+func (st *stageText) appendTo(b []byte, f *drops.Flow) []byte {
+	if st.text == nil || st.direction != f.Direction || st.stage != f.Stage || st.source != f.Source {
+		*st = stageText{direction: f.Direction, stage: f.Stage, source: f.Source, text: appendStage(st.text[:0], f)}
+	}
+	return append(b, st.text...)
 }
 
 func appendRaw(b []byte, r *drops.RawEvent) []byte {
@@ -224,14 +287,14 @@ func (tc *timeText) appendTo(b []byte, t time.Time) ([]byte, error) {
 // Drop copied into an interface). The writer must not keep what it is
 // given (a lineQueue copies it). Not for concurrent use.
 type DropLines struct {
-	W    io.Writer
-	buf  []byte
-	time timeText // the events' times: a flood's fall in few seconds
+	W     io.Writer
+	buf   []byte
+	texts lineTexts
 }
 
 // Write writes d as one JSON line.
 func (l *DropLines) Write(d *Drop) error {
-	b := d.appendJSONWith(l.buf[:0], &l.time)
+	b := d.appendJSONWith(l.buf[:0], &l.texts)
 	if b == nil {
 		return DropsJSONLine(l.W, *d) // json.Marshal says what it cannot encode
 	}

@@ -51,20 +51,50 @@ func TestDropJSONAsMarshal(t *testing.T) {
 
 // TestDropLinesAsDropsJSONLine: the reused buffer writes each line as
 // DropsJSONLine does, whatever the line before it was (longer, shorter,
-// one json.Marshal refuses).
+// one json.Marshal refuses, one that differs from it in a single field of
+// the texts it keeps: its place, its flow's stage).
 func TestDropLinesAsDropsJSONLine(t *testing.T) {
 	var got, want bytes.Buffer
 	l := DropLines{W: &got}
+	check := func(name string, d Drop) {
+		t.Helper()
+		got.Reset()
+		want.Reset()
+		err := l.Write(&d)
+		wantErr := DropsJSONLine(&want, d)
+		if (err != nil) != (wantErr != nil) || got.String() != want.String() {
+			t.Errorf("DropLines.Write(%s: %+v) = %q, %v, want %q, %v", name, d, got.String(), err, want.String(), wantErr)
+		}
+	}
 	for range 2 {
 		for name, d := range sampleDrops() {
-			got.Reset()
-			want.Reset()
-			err := l.Write(&d)
-			wantErr := DropsJSONLine(&want, d)
-			if (err != nil) != (wantErr != nil) || got.String() != want.String() {
-				t.Errorf("DropLines.Write(%s: %+v) = %q, %v, want %q, %v", name, d, got.String(), err, want.String(), wantErr)
-			}
+			check(name, d)
 		}
+	}
+	d := sampleDrops()["aggregate"]
+	flow := *d.Flow
+	d.Flow = &flow
+	for _, step := range []struct {
+		name   string
+		change func()
+	}{
+		{"as before", func() {}},
+		{"netns", func() { d.Netns++ }},
+		{"netns name", func() { d.NetnsTag = "lb2" }},
+		{"no netns name", func() { d.NetnsTag = "" }},
+		{"ifname", func() { d.Ifname = "eth1" }},
+		{"reason", func() { d.Reason = "NO_SOCKET" }},
+		{"location", func() { d.Location = "udp_rcv+0x1" }},
+		{"proto", func() { d.Proto = "tcp" }},
+		{"direction", func() { flow.Direction = "reply" }},
+		{"stage", func() { flow.Stage = "after DNAT to the real server" }},
+		{"source", func() { flow.Source = "ipvs" }},
+		{"escaped stage", func() { flow.Stage = "<\u2028>" }},
+		{"no flow", func() { d.Flow = nil }},
+		{"a flow again", func() { d.Flow = &flow }},
+	} {
+		step.change()
+		check("aggregate, "+step.name+" changed", d)
 	}
 }
 
@@ -110,9 +140,12 @@ func FuzzDropJSON(f *testing.F) {
 func BenchmarkDropsJSONLine(b *testing.B) {
 	d := sampleDrops()["aggregate"]
 	d.Time, d.Raw = time.Now(), &drops.RawEvent{TimeNs: 1, Ifindex: 2, Len: 28}
+	lines := DropLines{W: io.Discard}
 	for name, write := range map[string]func(Drop) ([]byte, error){
 		"Marshal":    func(d Drop) ([]byte, error) { return json.Marshal(d) },
 		"appendJSON": func(d Drop) ([]byte, error) { return d.appendJSON(make([]byte, 0, 512)), nil },
+		// A flood's lines, one after another: the texts DropLines keeps.
+		"DropLines": func(d Drop) ([]byte, error) { return nil, lines.Write(&d) },
 	} {
 		b.Run(name, func(b *testing.B) {
 			b.ReportAllocs()

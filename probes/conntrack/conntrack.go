@@ -12,7 +12,6 @@ import (
 	"os"
 	"strings"
 	"syscall"
-	"time"
 	"unsafe"
 
 	"github.com/mdlayher/netlink"
@@ -670,13 +669,13 @@ var ErrEventsLost = errors.New("conntrack events lost (socket buffer full)")
 // namespace, read raw: a flow costs one message, decoded to its tuples only.
 // It is for one goroutine at a time.
 type NewFlows struct {
-	ns   netns.Target
-	wait time.Duration
-	// The socket is non-blocking and waited for by Go's netpoller: a read
-	// blocked in the kernel would hold a thread and its P, and the runtime
-	// would take the P back (and wake its monitor every 20 µs) on each.
-	file *os.File
-	conn syscall.RawConn
+	ns netns.Target
+	// The socket is non-blocking and never waits: its reader reads what is
+	// queued when it chooses (on a period, or when a drop needs it). It is
+	// not handed to Go's netpoller: registered there, each flow confirmed
+	// (thousands a second under a flood) woke the runtime's idle thread in
+	// epoll_wait for an event nobody waited for.
+	sock int
 	// One recvmmsg reads up to len(msgs) events (a flood queues thousands),
 	// each into its own slot of buf.
 	buf  []byte
@@ -698,9 +697,9 @@ const (
 	eventBatch = 64
 )
 
-// SubscribeNew subscribes to the flows ns confirms from now on. Reads block
-// for at most wait when nothing arrives.
-func SubscribeNew(ns netns.Target, wait time.Duration) (*NewFlows, error) {
+// SubscribeNew subscribes to the flows ns confirms from now on. Reads never
+// wait: Read takes what is queued.
+func SubscribeNew(ns netns.Target) (*NewFlows, error) {
 	sock, err := openRaw(ns, 1<<(nfnlgrpConntrackNew-1))
 	if err != nil {
 		return nil, fmt.Errorf("subscribe to conntrack events in %s: %w", ns, err)
@@ -711,20 +710,7 @@ func SubscribeNew(ns netns.Target, wait time.Duration) (*NewFlows, error) {
 	if unix.SetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 64<<20) != nil {
 		unix.SetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_RCVBUF, 64<<20)
 	}
-	if err := unix.SetNonblock(sock, true); err != nil {
-		unix.Close(sock)
-		return nil, fmt.Errorf("subscribe to conntrack events in %s: %w", ns, err)
-	}
-	s := &NewFlows{ns: ns, wait: wait, file: os.NewFile(uintptr(sock), "conntrack events"),
-		buf: make([]byte, eventSlot*eventBatch), iov: make([]unix.Iovec, eventBatch), msgs: make([]mmsghdr, eventBatch)}
-	if s.conn, err = s.file.SyscallConn(); err == nil {
-		// Proves the netpoller took the socket: without it, no wait would end.
-		err = s.file.SetReadDeadline(time.Time{})
-	}
-	if err != nil {
-		s.file.Close()
-		return nil, fmt.Errorf("subscribe to conntrack events in %s: %w", ns, err)
-	}
+	s := &NewFlows{ns: ns, sock: sock, buf: make([]byte, eventSlot*eventBatch), iov: make([]unix.Iovec, eventBatch), msgs: make([]mmsghdr, eventBatch)}
 	for i := range s.msgs {
 		s.iov[i].Base = &s.buf[i*eventSlot]
 		s.iov[i].SetLen(eventSlot)
@@ -734,33 +720,27 @@ func SubscribeNew(ns netns.Target, wait time.Duration) (*NewFlows, error) {
 	return s, nil
 }
 
-// Close ends the subscription.
-func (s *NewFlows) Close() error { return s.file.Close() }
+// Close ends the subscription. Not while a Read runs.
+func (s *NewFlows) Close() error {
+	if s.sock < 0 {
+		return nil
+	}
+	err := unix.Close(s.sock)
+	s.sock = -1
+	return err
+}
 
 // Read hands the tuples of what has arrived to fn. It returns drained =
 // true when the socket held nothing more (everything the kernel queued
-// before the return was read), after waiting at most the subscription's
-// wait if block; ErrEventsLost when the kernel dropped some (or an event
-// did not fit its slot: it is lost all the same).
-func (s *NewFlows) Read(block bool, fn func(proto uint8, orig, reply Tuple)) (drained bool, err error) {
-	var n int
-	var rerr error
-	if block {
-		s.file.SetReadDeadline(time.Now().Add(s.wait))
+// before the return was read); ErrEventsLost when the kernel dropped some
+// (or an event did not fit its slot: it is lost all the same).
+func (s *NewFlows) Read(fn func(proto uint8, orig, reply Tuple)) (drained bool, err error) {
+	if s.sock < 0 {
+		return false, fmt.Errorf("read conntrack events in %s: %w", s.ns, os.ErrClosed)
 	}
-	err = s.conn.Read(func(fd uintptr) bool {
-		n, rerr = recvmmsg(int(fd), s.msgs, unix.MSG_DONTWAIT)
-		// false: wait for the socket to be readable, then call again.
-		return !(block && errors.Is(rerr, unix.EAGAIN))
-	})
-	if block {
-		s.file.SetReadDeadline(time.Time{})
-	}
-	if err == nil {
-		err = rerr
-	}
+	n, err := recvmmsg(s.sock, s.msgs, unix.MSG_DONTWAIT)
 	switch {
-	case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR), errors.Is(err, os.ErrDeadlineExceeded):
+	case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR):
 		return true, nil
 	case errors.Is(err, unix.ENOBUFS):
 		return false, ErrEventsLost
@@ -797,9 +777,14 @@ func (s *NewFlows) Read(block bool, fn func(proto uint8, orig, reply Tuple)) (dr
 
 func nlmsgAlign(l int) int { return (l + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1) }
 
-// recvmmsg receives up to len(msgs) datagrams in one system call.
+// recvmmsg receives up to len(msgs) datagrams in one system call, which
+// must not wait (MSG_DONTWAIT): it is made raw, unknown to Go's scheduler.
+// A batch of events takes the kernel tens of microseconds to copy out; as
+// a system call the runtime knew of, its monitor took the P away from the
+// reader meanwhile (a thread woken to hold it, the reader waiting to get it
+// back), once per read under a flood.
 func recvmmsg(fd int, msgs []mmsghdr, flags int) (int, error) {
-	n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])), uintptr(len(msgs)), uintptr(flags), 0, 0)
+	n, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])), uintptr(len(msgs)), uintptr(flags), 0, 0)
 	if errno != 0 {
 		return 0, errno
 	}

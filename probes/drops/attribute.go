@@ -391,7 +391,7 @@ func (a *Attributor) refresher(started chan<- struct{}) {
 		}
 	}()
 	errs := map[string]string{}
-	sub, err := conntrack.SubscribeNew(a.LB, 0) // reads never block: follow paces them
+	sub, err := conntrack.SubscribeNew(a.LB) // reads never wait: follow paces them
 	if err != nil {
 		errs["conntrack events"] = err.Error()
 	}
@@ -514,7 +514,7 @@ func (a *Attributor) drainEvents() bool {
 		// not before it returned (a drop may come between the two): the
 		// time is taken first.
 		before := monotonicNow()
-		drained, err := e.sub.Read(false, collect)
+		drained, err := e.sub.Read(collect)
 		now := monotonicNow()
 		dump := false
 		a.mu.Lock()
@@ -571,8 +571,9 @@ func (a *Attributor) addPlacesLocked(proto uint8, fl conntrack.Flow) {
 	// Its places' pairs: client–VIP, client–real, and the pair SNAT made
 	// (the LB's address–real) unless the reply goes back to the client.
 	c := &cached{o: fl.Orig, r: fl.Reply, places: conntrackPlaces}
-	a.replacingLocked(pairOf(fl.Orig.Src, fl.Orig.Dst, proto), c)
-	a.putLocked(pairOf(fl.Orig.Src, fl.Orig.Dst, proto), c)
+	vip := pairOf(fl.Orig.Src, fl.Orig.Dst, proto)
+	a.replacingLocked(vip, c)
+	a.putLocked(vip, c)
 	a.putLocked(pairOf(fl.Orig.Src, fl.Reply.Src, proto), c)
 	if fl.Reply.Dst != fl.Orig.Src {
 		a.putLocked(pairOf(fl.Reply.Dst, fl.Reply.Src, proto), c)
@@ -584,8 +585,9 @@ func (a *Attributor) addPlacesLocked(proto uint8, fl conntrack.Flow) {
 func (a *Attributor) addConnLocked(proto uint8, c ipvs.Conn) {
 	o, r := ipvsTuples(c)
 	e := &cached{o: o, r: r, places: ipvsPlaces}
-	a.replacingLocked(pairOf(o.Src, o.Dst, proto), e)
-	a.putLocked(pairOf(o.Src, o.Dst, proto), e)
+	vip := pairOf(o.Src, o.Dst, proto)
+	a.replacingLocked(vip, e)
+	a.putLocked(vip, e)
 	a.putLocked(pairOf(o.Src, r.Src, proto), e)
 }
 

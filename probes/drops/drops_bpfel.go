@@ -26,12 +26,13 @@ type dropsAggKey struct {
 		_ structs.HostLayout
 		B [16]uint8
 	}
-	Sport  uint16
-	Dport  uint16
-	Proto  uint8
-	Family uint8
-	Pad    [2]uint8
-	Caller uint64
+	Sport    uint16
+	Dport    uint16
+	Proto    uint8
+	Family   uint8
+	IcmpType uint8
+	IcmpCode uint8
+	Caller   uint64
 }
 
 type dropsCounter uint32
@@ -66,8 +67,11 @@ type dropsEvent struct {
 	Proto    uint8
 	Family   uint8
 	TcpFlags uint8
-	Pad      uint8
+	IcmpType uint8
+	IcmpCode uint8
+	Pad      [5]uint8
 	Ifname   [16]int8
+	_        [2]byte
 }
 
 type dropsFilter struct {

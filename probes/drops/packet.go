@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/lbdoctor/lbdoctor/internal/proto"
+	"golang.org/x/sys/unix"
 )
 
 // Packet is what the kernel side saw of one dropped packet.
@@ -21,6 +22,29 @@ type Packet struct {
 	// in the function that ran the netfilter hook (0: not known); HookOf
 	// names the hook from its symbol.
 	Caller uint64 `json:"caller,omitempty"`
+	// ICMPType and ICMPCode are an ICMP (IPv4) or ICMPv6 message's type
+	// and code, read from its header by the kernel side; 0 for other
+	// protocols (and left out of JSON when 0: an echo reply's are 0 too).
+	ICMPType uint8 `json:"icmp_type,omitempty"`
+	ICMPCode uint8 `json:"icmp_code,omitempty"`
+}
+
+// ICMP message types lbdoctor tells apart (RFC 792, RFC 4443).
+const (
+	ICMPRedirect   = 5   // IPv4 Redirect
+	ICMPv6Redirect = 137 // NDISC Redirect
+)
+
+// Redirect reports whether the packet is an ICMP redirect (IPv4 type 5,
+// ICMPv6 type 137): a router telling a host of a better first hop.
+func (p Packet) Redirect() bool {
+	switch {
+	case p.Family == 4 && p.Proto == unix.IPPROTO_ICMP:
+		return p.ICMPType == ICMPRedirect
+	case p.Family == 6 && p.Proto == unix.IPPROTO_ICMPV6:
+		return p.ICMPType == ICMPv6Redirect
+	}
+	return false
 }
 
 // RawEvent is the per-packet detail only event mode has.

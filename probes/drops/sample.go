@@ -328,6 +328,15 @@ type Namer struct {
 	// symbol+offset), for the start line and the summary.
 	RawLocations string
 	following    sync.WaitGroup // Follow's reader: Close waits for it
+	last         lastPlace      // the place named last: a flood's drops come from few
+}
+
+// lastPlace is a drop's reason and location, named.
+type lastPlace struct {
+	named              bool
+	reason             uint32
+	location           uint64
+	reasonName, symbol string
 }
 
 // newNamer is a Namer for t's drops as cfg says: its attributor has
@@ -402,7 +411,10 @@ func (n *Namer) close() {
 // at at (CLOCK_MONOTONIC ns, as events carry it). Attribution waits for the
 // tables only while ctx is live.
 func (n *Namer) Name(ctx context.Context, a Aggregate, at int64) Counted {
-	c := Counted{Aggregate: a, ReasonName: n.tr.ReasonName(a.Reason), Symbol: n.Symbol(a.Location), Flow: n.attr.Attribute(ctx, a.Packet, at, a.Count)}
+	if p := &n.last; !p.named || p.reason != a.Reason || p.location != a.Location {
+		*p = lastPlace{named: true, reason: a.Reason, location: a.Location, reasonName: n.tr.ReasonName(a.Reason), symbol: n.Symbol(a.Location)}
+	}
+	c := Counted{Aggregate: a, ReasonName: n.last.reasonName, Symbol: n.last.symbol, Flow: n.attr.Attribute(ctx, a.Packet, at, a.Count)}
 	if a.Caller != 0 {
 		c.CallerSymbol = n.Symbol(a.Caller)
 		c.Hook = HookOf(c.CallerSymbol)

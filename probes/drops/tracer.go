@@ -942,6 +942,7 @@ func (t *Tracer) iterateAggregates(keysOut *[]dropsAggKey) ([]Aggregate, error) 
 func aggPacket(k dropsAggKey) Packet {
 	p := packetOf(k.Netns, k.Reason, k.Location, k.Family, k.Proto, k.Saddr.B, k.Daddr.B, k.Sport, k.Dport)
 	p.Caller = k.Caller
+	p.ICMPType, p.ICMPCode = k.IcmpType, k.IcmpCode
 	return p
 }
 
@@ -1029,8 +1030,9 @@ func (t *Tracer) Read(ctx context.Context, fn func(Packet, RawEvent)) error {
 				ifname = cstring(ev.Ifname[:])
 				ifnames[ev.Ifname] = ifname
 			}
-			fn(packetOf(ev.Netns, ev.Reason, ev.Location, ev.Family, ev.Proto, ev.Saddr.B, ev.Daddr.B, ev.Sport, ev.Dport),
-				RawEvent{TimeNs: ev.TsNs, Ifindex: ev.Ifindex, Ifname: ifname, Len: ev.Len, CPU: ev.Cpu, TCPFlags: ev.TcpFlags, Stack: t.stack(ev.StackId)})
+			p := packetOf(ev.Netns, ev.Reason, ev.Location, ev.Family, ev.Proto, ev.Saddr.B, ev.Daddr.B, ev.Sport, ev.Dport)
+			p.ICMPType, p.ICMPCode = ev.IcmpType, ev.IcmpCode
+			fn(p, RawEvent{TimeNs: ev.TsNs, Ifindex: ev.Ifindex, Ifname: ifname, Len: ev.Len, CPU: ev.Cpu, TCPFlags: ev.TcpFlags, Stack: t.stack(ev.StackId)})
 		}
 		if ending {
 			return nil

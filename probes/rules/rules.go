@@ -203,7 +203,8 @@ func prefixContains(s string, a netip.Addr) bool {
 }
 
 // Tool is one iptables tool on PATH (a save tool, or one that writes
-// rules), classified by asking it which backend it drives: `iptables-save` alone may be either, and minimal images
+// rules), classified by the xtables-*-multi binary it links to, else by
+// asking it which backend it drives: `iptables-save` alone may be either, and minimal images
 // (kube-proxy's) ship only that name or only an xtables-*-multi binary.
 type Tool struct {
 	Path    string   // as found on PATH
@@ -248,7 +249,8 @@ func toolNames(tools []toolName) string {
 }
 
 // FindSaveTools finds the iptables save tools on PATH and asks each which
-// backend it is (`--version` prints "(legacy)" or "(nf_tables)"); it
+// backend it is (`--version` prints "(legacy)" or "(nf_tables)"; a link to
+// an xtables-*-multi binary is known by the binary's name); it
 // returns the first of each backend, asking no further once it has both. The answer is kept for the process's
 // PATH and the tools' files as found: a window reads the rules twice, and
 // each `--version` is a process started (five of them: a second of a
@@ -307,11 +309,14 @@ func findTools(tools []toolName) map[string]Tool {
 		if err != nil {
 			continue
 		}
-		out, err := exec.Command(path, append(slices.Clone(c.args), "--version")...).CombinedOutput()
-		if err != nil {
-			continue
+		be := multiBackend(path)
+		if be == "" {
+			out, err := exec.Command(path, append(slices.Clone(c.args), "--version")...).CombinedOutput()
+			if err != nil {
+				continue
+			}
+			be = BackendOfVersion(string(out))
 		}
-		be := BackendOfVersion(string(out))
 		if be == "" {
 			continue
 		}
@@ -320,6 +325,25 @@ func findTools(tools []toolName) map[string]Tool {
 		}
 	}
 	return found
+}
+
+// multiBackend is the backend of the tool at path when it is (a link to)
+// an xtables-*-multi binary, which drives only the backend it is named for
+// (Debian's iptables-*-save are such links): no process to start, where
+// each `--version` costs a quarter second of a slow machine (the TCG
+// guest) on every verb's first read. "" when the name does not say.
+func multiBackend(path string) string {
+	real, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return ""
+	}
+	switch filepath.Base(real) {
+	case "xtables-nft-multi":
+		return IptablesNft
+	case "xtables-legacy-multi":
+		return IptablesLegacy
+	}
+	return ""
 }
 
 // BackendOfVersion reads the backend from an iptables tool's --version line.

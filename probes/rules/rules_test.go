@@ -473,6 +473,53 @@ func TestFindSaveToolsStopsWhenBothFound(t *testing.T) {
 	}
 }
 
+// A save tool that links to an xtables-*-multi binary (as Debian installs
+// them) drives the backend the binary is named for: no process is started
+// to ask it; a tool that does not say so by its name is still asked.
+func TestFindSaveToolsKnowsMultiLinks(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		links  map[string]string // name on PATH → file it links to
+		want   map[string]string // backend → name on PATH
+		asking []string
+	}{
+		{"debian links", map[string]string{"iptables-legacy-save": "xtables-legacy-multi", "iptables-nft-save": "xtables-nft-multi"},
+			map[string]string{rules.IptablesLegacy: "iptables-legacy-save", rules.IptablesNft: "iptables-nft-save"}, nil},
+		{"one link, one script", map[string]string{"iptables-legacy-save": "legacy-save-script", "iptables-nft-save": "xtables-nft-multi"},
+			map[string]string{rules.IptablesLegacy: "iptables-legacy-save", rules.IptablesNft: "iptables-nft-save"}, []string{"legacy-save-script"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			log := filepath.Join(dir, "asked")
+			for name, target := range tc.links {
+				be := "nf_tables"
+				if strings.Contains(name, "legacy") {
+					be = "legacy"
+				}
+				script := "#!/bin/sh\necho " + target + " >> " + log + "\necho 'iptables-save v1.8.9 (" + be + ")'\n"
+				if err := os.WriteFile(filepath.Join(dir, target), []byte(script), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Symlink(target, filepath.Join(dir, name)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			t.Setenv("PATH", dir)
+			got := rules.FindSaveTools()
+			b, _ := os.ReadFile(log)
+			asked := strings.Fields(string(b))
+			for be, name := range tc.want {
+				if got[be].Path != filepath.Join(dir, name) || got[be].Backend != be {
+					t.Errorf("FindSaveTools()[%s] = %+v, want %s", be, got[be], name)
+				}
+			}
+			if !slices.Equal(asked, tc.asking) {
+				t.Errorf("FindSaveTools() asked %v, want %v", asked, tc.asking)
+			}
+		})
+	}
+}
+
 // A namespace where x_tables holds no table has its legacy backend read
 // from the kernel's table lists, without starting the save tools; a legacy
 // rule of either family makes a table, and the tools read it.
