@@ -349,3 +349,36 @@ func TestReturnPathRouteBackViaReal(t *testing.T) {
 		})
 	}
 }
+
+// Drops of a window whose first read had ip_forward=0 and whose last has 1:
+// the fault was fixed during the window, so drops.vip_flows warns naming
+// it; a drop explained by neither read keeps it failing.
+func TestDropsHealedDuringWindow(t *testing.T) {
+	fwdDrop := drops.Counted{Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: 6, Reason: 2, Location: 0xffff,
+		Src: netip.MustParseAddrPort("10.2.0.50:8085"), Dst: netip.MustParseAddrPort("10.1.0.3:40000")}, Count: 2},
+		ReasonName: "IP_INADDRERRORS", Symbol: "ip_error+0x92"}
+	other := drops.Counted{Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Location: 1}, Count: 1}, ReasonName: "NETFILTER_DROP", Symbol: "nf_hook_slow+0x9"}
+	tests := []struct {
+		name   string
+		drops  []drops.Counted
+		want   checks.Status
+		wantIn string
+	}{
+		{"forwarding fixed during the window", []drops.Counted{fwdDrop}, checks.Warn, "sysctl.ip_forward (fixed during the window)"},
+		{"a drop explained by neither read", []drops.Counted{fwdDrop, other}, checks.Fail, "(and 1 more reason)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			first := twoArmLocal(t)
+			setSysctl(first, "net.ipv4.ip_forward", "0")
+			setSysctl(first, "net.ipv4.conf.eth1.forwarding", "0")
+			s := twoArmLocal(t)
+			s.Window = &probes.Window{First: first}
+			s.Drops = &drops.Sample{Window: 3 * time.Second, Drops: tt.drops}
+			f := statusOf(checks.Run(s, probes.Selector{}), "drops.vip_flows")
+			if f.Status != tt.want || !strings.Contains(f.Title+f.Reason, tt.wantIn) {
+				t.Errorf("Run(%s) drops.vip_flows = %s %q (%s), want %s with %q", tt.name, f.Status, f.Title, f.Reason, tt.want, tt.wantIn)
+			}
+		})
+	}
+}

@@ -155,7 +155,7 @@ func Run(s *probes.Snapshot, sel probes.Selector) []Finding {
 		}
 		out = append(out, f)
 	}
-	explainDrops(s, out)
+	explainDrops(s, sel, out)
 	return out
 }
 
@@ -235,7 +235,14 @@ func pathsOf(s *probes.Snapshot, services []string) []flowpath.Path {
 // explained so, drops.vip_flows warns, pointing at the root causes, instead
 // of failing beside them: one fault, one failing id. When some are, its
 // evidence says how many and by what.
-func explainDrops(s *probes.Snapshot, fs []Finding) {
+//
+// A drop no finding of the last read explains is judged on the window's
+// first read (Window.First), only then (no second run of the checks when
+// every drop is explained or none happened): one a finding failing there
+// explains, whose check passes now, was dropped while a fault since fixed
+// was there; drops.vip_flows warns with it rather than fail right after
+// the fix.
+func explainDrops(s *probes.Snapshot, sel probes.Selector, fs []Finding) {
 	i := slices.IndexFunc(fs, func(f Finding) bool { return f.ID == "drops.vip_flows" })
 	if i < 0 || fs[i].Status != Fail || s.Drops == nil {
 		return
@@ -243,6 +250,8 @@ func explainDrops(s *probes.Snapshot, fs []Finding) {
 	var causes []string
 	var explained, total uint64
 	gone := map[netip.AddrPort]string{} // a removed real's cause, made once
+	var before []Finding                // the first read's findings, run once when needed
+	var healed []Evidence
 	for _, c := range s.Drops.Drops {
 		total += c.Count
 		// A warning may explain a drop too (ipvs.expire_nodest_conn: IPVS
@@ -263,6 +272,11 @@ func explainDrops(s *probes.Snapshot, fs []Finding) {
 				cause = "the removal of real " + r.String() + " (IPVS drops its connections' packets)"
 				gone[r] = cause
 			}
+		} else if id, h, ok := healedCause(s, sel, fs, &before, c); ok {
+			cause = id + " (fixed during the window)"
+			if !slices.Contains(healed, h) {
+				healed = append(healed, h)
+			}
 		} else {
 			continue // a drop no finding explains: drops.vip_flows is its only word
 		}
@@ -272,6 +286,7 @@ func explainDrops(s *probes.Snapshot, fs []Finding) {
 		}
 	}
 	d := &fs[i]
+	d.Evidence = append(d.Evidence, healed...)
 	switch {
 	case explained == 0:
 	case explained < total:
@@ -281,6 +296,38 @@ func explainDrops(s *probes.Snapshot, fs []Finding) {
 		d.Reason = "explained by " + strings.Join(causes, ", ") + ": " + d.Reason
 		d.Title += " — the cause: " + strings.Join(causes, ", ")
 	}
+}
+
+// healedCause says whether drop c is explained by a finding failing on the
+// window's first read whose check passes on the last (fs): the fault was
+// fixed during the window. The first read's findings are run once, into
+// *before, the first time a drop needs them.
+func healedCause(s *probes.Snapshot, sel probes.Selector, fs []Finding, before *[]Finding, c drops.Counted) (string, Evidence, bool) {
+	if s.Window == nil || s.Window.First == nil {
+		return "", Evidence{}, false
+	}
+	if *before == nil {
+		// The first read judged with the window's evidence (its drop
+		// points join a drop to its rule) but without its drops: its own
+		// drops.vip_flows must not judge them again.
+		first := *s.Window.First
+		w := *s.Window
+		w.First = nil
+		first.Window, first.Drops = &w, nil
+		*before = Run(&first, sel)
+	}
+	for _, f := range *before {
+		if f.Status != Fail || f.explains == nil || !f.explains(c) {
+			continue
+		}
+		j := slices.IndexFunc(fs, func(n Finding) bool { return n.ID == f.ID })
+		if j < 0 || fs[j].Status != Pass {
+			continue
+		}
+		return f.ID, Evidence{Fact: fmt.Sprintf("dropped while %s (%s); fixed during the window (now %s)", f.ID, f.Title, fs[j].Title),
+			Source: "kfree_skb tracer, the findings of the window's first and last reads"}, true
+	}
+	return "", Evidence{}, false
 }
 
 // explainsReasons explains the drops of these kernel drop reasons

@@ -88,6 +88,12 @@ type Window struct {
 	// Skipped names, by layer, what the window could not watch and why
 	// (drops without CAP_BPF, probes off with --no-probe).
 	Skipped map[string]string `json:"skipped,omitempty"`
+	// First is the window's first read (no flow tables, no Window): the
+	// sysctls, rules, IPVS and addresses at the window's start. Check
+	// judges on it only the drops the last read explains not, to tell a
+	// drop whose cause was fixed during the window. Not in JSON: the last
+	// read is the report. nil: no first read (a snapshot from a file).
+	First *Snapshot `json:"-"`
 }
 
 // Window layers, the keys of Window.Skipped.

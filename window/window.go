@@ -437,6 +437,7 @@ func (wt *Watcher) next(ctx context.Context, opt Options) (*probes.Snapshot, err
 	w.RoutesBack = RoutesBack(after)
 	w.DropPoints = Join(before, after, w)
 	w.Paths = Paths(after, w, sel)
+	w.First = before
 	after.Window = w
 	return after, nil
 }
