@@ -93,6 +93,7 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 	var ev []Evidence
 	var warn *Finding
 	ix, probesBy := indexWindow(s), probeResults(s)
+	clients := probes.ClientSourcesByVIP(s)
 	judged, notLocal := 0, 0
 	for _, svc := range masq {
 		if svc.FWMark != 0 {
@@ -110,7 +111,7 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 			continue
 		}
 		judged++
-		if f := routeBackViaReal(s, svc); f != nil {
+		if f := routeBackViaReal(s, svc, clients[svc.Addr.Addr()]); f != nil {
 			f.Evidence = append(ev, f.Evidence...)
 			return *f
 		}
@@ -401,11 +402,11 @@ func remedies(rp ReturnPath, svc ipvs.Service) []Remedy {
 // to the client's next hop — the real again, which does not take it to
 // the client. Judged from the main table's route to each known client
 // source (conntrack flows, IPVS connections, the window's IP_RPFILTER
-// drops: probes.ClientSources).
-func routeBackViaReal(s *probes.Snapshot, svc ipvs.Service) *Finding {
+// drops: srcs, the VIP's probes.ClientSourcesByVIP), the first
+// probes.MaxRouteSources.
+func routeBackViaReal(s *probes.Snapshot, svc ipvs.Service, srcs []probes.Source) *Finding {
 	reals := addrsOf(svc)
-	srcs, _ := probes.ClientSources(s, probes.Selector{VIP: svc.Addr, Proto: svc.Proto})
-	for _, c := range srcs {
+	for _, c := range srcs[:min(len(srcs), probes.MaxRouteSources)] {
 		r, ok := s.Net.RouteTo(c.Src)
 		if !ok || !r.Gw.IsValid() || !slices.Contains(reals, r.Gw) {
 			continue
