@@ -377,6 +377,35 @@ func explainsTo(addrs []netip.Addr) func(drops.Counted) bool {
 // are counted in the last one.
 const MaxEvidence = 24
 
+// withLines appends n lines of evidence to ev, formatting them (lines)
+// only when capEvidence may show one: it shows the first MaxEvidence-1
+// lines of a longer list, so a line appended at MaxEvidence or past it is
+// counted in the last line shown, never read, and goes in as notShown.
+// A finding's lines are only ever appended, or put after others, never
+// taken out: a line past MaxEvidence stays past it. A check that writes a
+// line per service or real (1,000 services: thousands of lines) formats
+// the first few.
+func withLines(ev []Evidence, n int, lines func() []Evidence) []Evidence {
+	if len(ev) < MaxEvidence {
+		return append(ev, lines()...)
+	}
+	for range n {
+		ev = append(ev, notShown)
+	}
+	return ev
+}
+
+// withLine is withLines of one line.
+func withLine(ev []Evidence, line func() Evidence) []Evidence {
+	if len(ev) < MaxEvidence {
+		return append(ev, line())
+	}
+	return append(ev, notShown)
+}
+
+// notShown stands for a line capEvidence cuts (see withLines).
+var notShown = Evidence{}
+
 func capEvidence(ev []Evidence) []Evidence {
 	if len(ev) <= MaxEvidence {
 		return ev
