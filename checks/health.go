@@ -106,12 +106,33 @@ func probeOf(m map[string]health.Result, svc ipvs.Service, r ipvs.Real) (health.
 // realWindow says what the window counted for one real: its IPVS stats
 // delta and the states of its IPVS connections at the window's end.
 type realWindow struct {
-	delta    *probes.RealDelta
-	synRecv  int
-	statesOf string // "3 SYN_RECV, 1 CLOSE"
+	delta   *probes.RealDelta
+	synRecv int
+	// conns are the real's connections by state (ConnCounts), said by
+	// statesOf only when a line needs them: 10,000 reals are judged, a
+	// few shown.
+	conns []ipvs.ConnCount
 	// counters is set when the connection table was not read: synRecv and
-	// statesOf then come from IPVS's own per-real counters.
-	counters string
+	// statesOf then come from IPVS's own per-real counters,
+	// active and inactive.
+	counters         string
+	active, inactive int
+}
+
+// statesOf says the real's connections by state: "3 SYN_RECV, 1 CLOSE",
+// or "2 active, 1 inactive" from IPVS's counters; "" for none.
+func (w realWindow) statesOf() string {
+	if w.counters != "" {
+		if w.active+w.inactive == 0 {
+			return ""
+		}
+		return fmt.Sprintf("%d active, %d inactive", w.active, w.inactive)
+	}
+	parts := make([]string, 0, len(w.conns))
+	for _, c := range w.conns {
+		parts = append(parts, fmt.Sprintf("%d %s", c.Count, c.State))
+	}
+	return strings.Join(parts, ", ")
 }
 
 // connKey is one service's connections to one real.
@@ -151,33 +172,29 @@ func indexWindow(s *probes.Snapshot) *windowIndex {
 func (ix *windowIndex) of(svc ipvs.Service, r ipvs.Real) realWindow {
 	var w realWindow
 	if sd := ix.deltas[svc.Key()]; sd != nil {
+		real := r.Addr.String()
 		for j := range sd.Reals {
-			if sd.Reals[j].Real == r.Addr.String() {
+			if sd.Reals[j].Real == real {
 				w.delta = &sd.Reals[j]
 			}
 		}
 	}
 	if ix.unread != "" {
-		w.counters = ix.unread
+		w.counters, w.active, w.inactive = ix.unread, r.ActiveConns, r.InactiveConns
 		if r.ActiveConns == 0 {
 			// TCP: every connection not ESTABLISHED is inactive (SYN_RECV
 			// among them); none established is what a stuck handshake
 			// leaves.
 			w.synRecv = r.InactiveConns
 		}
-		if r.ActiveConns+r.InactiveConns > 0 {
-			w.statesOf = fmt.Sprintf("%d active, %d inactive", r.ActiveConns, r.InactiveConns)
-		}
 		return w
 	}
-	var parts []string
-	for _, c := range ix.conns[connKey{svc.Proto, svc.Addr, r.Addr}] {
+	w.conns = ix.conns[connKey{svc.Proto, svc.Addr, r.Addr}]
+	for _, c := range w.conns {
 		if c.State == "SYN_RECV" {
 			w.synRecv = c.Count
 		}
-		parts = append(parts, fmt.Sprintf("%d %s", c.Count, c.State))
 	}
-	w.statesOf = strings.Join(parts, ", ")
 	return w
 }
 
@@ -188,12 +205,12 @@ func (w realWindow) facts(s *probes.Snapshot, svc ipvs.Service, r ipvs.Real) []E
 		ev = append(ev, Evidence{Fact: fmt.Sprintf("in the window IPVS sent %s %d new connection(s), %d packet(s) in, %d back out", r.Addr, w.delta.Conns, w.delta.PacketsIn, w.delta.PacketsOut),
 			Source: "IPVS stats of " + svc.Key() + ", " + s.Target.String()})
 	}
-	if w.statesOf != "" {
+	if states := w.statesOf(); states != "" {
 		src := "ip_vs_conn, " + s.Target.String()
 		if w.counters != "" {
 			src = "IPVS counters of the real (ActiveConn, InActConn; the connection table was not read: " + w.counters + "), " + s.Target.String()
 		}
-		ev = append(ev, Evidence{Fact: fmt.Sprintf("IPVS connections of %s to %s: %s", svc.Key(), r.Addr, w.statesOf), Source: src})
+		ev = append(ev, Evidence{Fact: fmt.Sprintf("IPVS connections of %s to %s: %s", svc.Key(), r.Addr, states), Source: src})
 	}
 	return ev
 }

@@ -81,7 +81,7 @@ func checkIPForward(s *probes.Snapshot, sel probes.Selector) Finding {
 		if _, ok := needs[key]; !ok {
 			keys = append(keys, key)
 		}
-		needs[key] = append(needs[key], Evidence{Fact: serviceLine(svc), Source: "ipvs, " + s.Target.String()})
+		needs[key] = withLine(needs[key], func() Evidence { return Evidence{Fact: serviceLine(svc), Source: "ipvs, " + s.Target.String()} })
 	}
 	slices.Sort(keys) // net.ipv4 first
 	var pass Finding

@@ -133,7 +133,7 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 	var ev []Evidence
 	var warn *Finding
 	ix, probesBy := indexWindow(s), probeResults(s)
-	clients := probes.ClientSourcesByVIP(s)
+	clients, locals := probes.ClientSourcesByVIP(s), s.Net.LocalSet()
 	judged, notLocal := 0, 0
 	for _, svc := range masq {
 		if svc.FWMark != 0 {
@@ -142,7 +142,7 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 			ev = append(ev, Evidence{Fact: svc.Key() + ": a firewall mark selects its packets, not an address: its return path is not judged", Source: "ipvs, " + s.Target.String()})
 			continue
 		}
-		if local, ok := s.Net.Holds(svc.Addr.Addr()); ok && !local {
+		if local, ok := locals.Holds(svc.Addr.Addr()); ok && !local {
 			// IPVS never takes its packets (ipvs.vip_local names that):
 			// judging its segment would ask for SNAT a two-arm LB does
 			// not want.

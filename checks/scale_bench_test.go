@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -176,4 +177,33 @@ func BenchmarkRunScale(b *testing.B) {
 			}
 		}
 	})
+}
+
+// On issue 11's LB every check writes more lines than a finding shows:
+// the lines it only counts (withLines) are never among those shown, and
+// the last line shown counts the rest.
+func TestRunScaleShowsEveryLine(t *testing.T) {
+	b := &testing.B{}
+	sel := probes.Selector{}
+	for _, tc := range []struct {
+		name string
+		s    *probes.Snapshot
+	}{{"static", scaleLB(b, 100)}, {"window", scaleWindow(b, sel, nil)}} {
+		t.Run(tc.name, func(t *testing.T) {
+			capped := 0
+			for _, f := range checks.Run(tc.s, sel) {
+				for i, e := range f.Evidence {
+					if e.Fact == "" || e.Source == "" {
+						t.Errorf("Run(%s) %s evidence line %d = %q (%s), want a line written", tc.name, f.ID, i, e.Fact, e.Source)
+					}
+				}
+				if n := len(f.Evidence); n == checks.MaxEvidence && strings.HasPrefix(f.Evidence[n-1].Fact, "… and ") {
+					capped++
+				}
+			}
+			if capped < 3 {
+				t.Errorf("Run(%s) = %d findings with lines left out, want at least 3 (a scale that writes more than a finding shows)", tc.name, capped)
+			}
+		})
+	}
 }

@@ -171,11 +171,12 @@ func AskRoutes(ns netns.Target, s *Snapshot, sel Selector) {
 			qs = append(qs, q)
 		}
 	}
+	locals := s.Net.LocalSet()
 	for _, svc := range s.IPVS.Services {
 		if svc.FWMark != 0 || !sel.Matches(svc.Addr, svc.Proto) {
 			continue
 		}
-		if local, ok := s.Net.Holds(svc.Addr.Addr()); ok && !local {
+		if local, ok := locals.Holds(svc.Addr.Addr()); ok && !local {
 			ask(netstate.Query{Dst: svc.Addr.Addr()})
 		}
 	}
