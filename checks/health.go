@@ -86,21 +86,37 @@ func healthFact(r health.Result) string {
 	return line
 }
 
-// probeResults indexes the window's probes by service and real.
-func probeResults(s *probes.Snapshot) map[string]health.Result {
-	m := map[string]health.Result{}
+// probeResults indexes the window's probes by real.
+func probeResults(s *probes.Snapshot) probeIndex {
+	m := probeIndex{}
 	if s.Window != nil {
 		for _, r := range s.Window.Health {
-			m[r.Service+"|"+r.Real.String()] = r
+			m[r.Real] = append(m[r.Real], r)
 		}
 	}
 	return m
 }
 
+// probeIndex is the window's probes by real: at most health.MaxTargets
+// of an LB's 10,000 reals were probed, so most reals are looked up without
+// naming their service.
+type probeIndex map[netip.AddrPort][]health.Result
+
 // probeOf is the window's probe of one real of one service.
-func probeOf(m map[string]health.Result, svc ipvs.Service, r ipvs.Real) (health.Result, bool) {
-	x, ok := m[svc.Key()+"|"+r.Addr.String()]
-	return x, ok
+func probeOf(m probeIndex, svc ipvs.Service, r ipvs.Real) (health.Result, bool) {
+	ps := m[r.Addr]
+	if len(ps) == 0 {
+		return health.Result{}, false
+	}
+	key := svc.Key()
+	var x health.Result
+	found := false
+	for _, p := range ps {
+		if p.Service == key {
+			x, found = p, true // the last, as a map by service and real kept
+		}
+	}
+	return x, found
 }
 
 // realWindow says what the window counted for one real: its IPVS stats

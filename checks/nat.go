@@ -116,8 +116,8 @@ func checkIPForward(s *probes.Snapshot, sel probes.Selector) Finding {
 // on: the one the LB routes to the real through.
 type replyDev struct {
 	dev   string
-	reals []string
-	seen  map[string]bool // reals listed
+	reals []netip.Addr
+	seen  map[netip.Addr]bool // reals listed
 }
 
 // maxRealsListed caps the reals a line names; the rest are counted.
@@ -126,10 +126,14 @@ const maxRealsListed = 8
 // realsOf names the reals of d for a line: the first maxRealsListed, and
 // how many more (10,000 reals on one line would be no evidence).
 func (d replyDev) realsOf() string {
-	if len(d.reals) <= maxRealsListed {
-		return strings.Join(d.reals, ", ")
+	names := make([]string, 0, min(len(d.reals), maxRealsListed))
+	for _, a := range d.reals[:min(len(d.reals), maxRealsListed)] {
+		names = append(names, a.String())
 	}
-	return strings.Join(d.reals[:maxRealsListed], ", ") + fmt.Sprintf(" and %s", tally.Of(len(d.reals)-maxRealsListed, "more real"))
+	if len(d.reals) <= maxRealsListed {
+		return strings.Join(names, ", ")
+	}
+	return strings.Join(names, ", ") + fmt.Sprintf(" and %s", tally.Of(len(d.reals)-maxRealsListed, "more real"))
 }
 
 // replyDevs lists, in order, the interfaces the replies of the IPv4
@@ -148,11 +152,11 @@ func replyDevs(s *probes.Snapshot, svcs []ipvs.Service) []replyDev {
 			i := slices.IndexFunc(out, func(d replyDev) bool { return d.dev == dev })
 			if i < 0 {
 				i = len(out)
-				out = append(out, replyDev{dev: dev, seen: map[string]bool{}})
+				out = append(out, replyDev{dev: dev, seen: map[netip.Addr]bool{}})
 			}
-			if a := r.String(); !out[i].seen[a] {
-				out[i].seen[a] = true
-				out[i].reals = append(out[i].reals, a)
+			if !out[i].seen[r] {
+				out[i].seen[r] = true
+				out[i].reals = append(out[i].reals, r)
 			}
 		}
 	}

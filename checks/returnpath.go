@@ -233,7 +233,7 @@ var answeringStates = []string{"REACHABLE", "STALE", "DELAY", "PROBE", "PERMANEN
 // off, a drop the tracer saw, a reply conntrack saw), SNAT that needs
 // vs.conntrack. Without the drop tracer it only warns: replies dying at the
 // LB could not be told apart.
-func returnPathWindow(s *probes.Snapshot, ix *windowIndex, probesBy map[string]health.Result, svc ipvs.Service, rp ReturnPath, snat []rules.Rule) (*Finding, []Evidence) {
+func returnPathWindow(s *probes.Snapshot, ix *windowIndex, probesBy probeIndex, svc ipvs.Service, rp ReturnPath, snat []rules.Rule) (*Finding, []Evidence) {
 	if s.Window == nil || svc.Proto != "tcp" {
 		// UDP: a service may never answer (syslog, statsd); no packet
 		// out proves nothing.
