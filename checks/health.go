@@ -151,6 +151,15 @@ func (w realWindow) statesOf() string {
 	return strings.Join(parts, ", ")
 }
 
+// svcID is a service as a value: what its ipvs.Service.Key names.
+type svcID struct {
+	proto  string
+	addr   netip.AddrPort
+	fwmark uint32
+}
+
+func idOf(svc ipvs.Service) svcID { return svcID{svc.Proto, svc.Addr, svc.FWMark} }
+
 // connKey is one service's connections to one real.
 type connKey struct {
 	proto     string
@@ -162,17 +171,24 @@ type connKey struct {
 // each real (that was 10,000 × 1,000 service keys formatted).
 type windowIndex struct {
 	s      *probes.Snapshot
-	deltas map[string]*probes.ServiceDelta // by ipvs.Service.Key
+	deltas map[svcID]*probes.ServiceDelta
 	conns  map[connKey][]ipvs.ConnCount    // ordered by state
 	// unread is why the connection table was not read ("" when it was).
 	unread string
 }
 
 func indexWindow(s *probes.Snapshot) *windowIndex {
-	ix := &windowIndex{s: s, deltas: map[string]*probes.ServiceDelta{}, conns: map[connKey][]ipvs.ConnCount{}, unread: s.Errors[probes.ProbeIPVSConns]}
-	if s.Window != nil {
+	ix := &windowIndex{s: s, deltas: map[svcID]*probes.ServiceDelta{}, conns: map[connKey][]ipvs.ConnCount{}, unread: s.Errors[probes.ProbeIPVSConns]}
+	if s.Window != nil && len(s.Window.Deltas.IPVS) > 0 {
+		byKey := make(map[string]*probes.ServiceDelta, len(s.Window.Deltas.IPVS))
 		for i := range s.Window.Deltas.IPVS {
-			ix.deltas[s.Window.Deltas.IPVS[i].Service] = &s.Window.Deltas.IPVS[i]
+			byKey[s.Window.Deltas.IPVS[i].Service] = &s.Window.Deltas.IPVS[i]
+		}
+		// Each service named once here, not once per real in of.
+		for _, svc := range s.IPVS.Services {
+			if sd := byKey[svc.Key()]; sd != nil {
+				ix.deltas[idOf(svc)] = sd
+			}
 		}
 	}
 	for _, c := range s.IPVS.ConnCounts {
@@ -187,7 +203,7 @@ func indexWindow(s *probes.Snapshot) *windowIndex {
 // unread, IPVS's own counters of the real (ActiveConn, InActConn).
 func (ix *windowIndex) of(svc ipvs.Service, r ipvs.Real) realWindow {
 	var w realWindow
-	if sd := ix.deltas[svc.Key()]; sd != nil {
+	if sd := ix.deltas[idOf(svc)]; sd != nil {
 		real := r.Addr.String()
 		for j := range sd.Reals {
 			if sd.Reals[j].Real == real {
