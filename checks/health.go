@@ -191,9 +191,23 @@ func indexWindow(s *probes.Snapshot) *windowIndex {
 			}
 		}
 	}
-	for _, c := range s.IPVS.ConnCounts {
-		k := connKey{c.Proto, c.VIP, c.Dest}
-		ix.conns[k] = append(ix.conns[k], c)
+	// The counts come sorted by service and real (ipvs.ConnCounter): each
+	// real's states are one run of them, kept as a part of the list, not
+	// copied (10,000 reals); a real's later run is added to a copy.
+	cc := s.IPVS.ConnCounts
+	ix.conns = make(map[connKey][]ipvs.ConnCount, len(cc))
+	for i := 0; i < len(cc); {
+		k := connKey{cc[i].Proto, cc[i].VIP, cc[i].Dest}
+		j := i + 1
+		for j < len(cc) && (connKey{cc[j].Proto, cc[j].VIP, cc[j].Dest}) == k {
+			j++
+		}
+		run := cc[i:j:j]
+		if prev, ok := ix.conns[k]; ok {
+			run = append(prev, run...) // prev is capped: a copy
+		}
+		ix.conns[k] = run
+		i = j
 	}
 	return ix
 }
