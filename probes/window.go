@@ -123,6 +123,10 @@ type DropPoint struct {
 	Count    uint64   `json:"count"`
 	Flows    int      `json:"flows"`              // distinct flows attributed
 	Services []string `json:"services,omitempty"` // services whose flows these were, as ipvs.Service.Key names them
+	// Reals are the reals (an nft or iptables DNAT's backends) of the
+	// flows attributed, at most MaxPointReals: where a filter rule's fix
+	// lets a VIP's flows through when IPVS does not name them.
+	Reals []netip.AddrPort `json:"reals,omitempty"`
 	// Leg is where on the service's path the drops happened (request or
 	// reply side), when the flow says so.
 	Leg flowpath.LegKind `json:"leg,omitempty"`
@@ -164,6 +168,9 @@ type DropPoint struct {
 	RealsGone     []GoneReal `json:"reals_gone,omitempty"`
 	RealGoneDrops uint64     `json:"real_gone_drops,omitempty"`
 }
+
+// MaxPointReals caps DropPoint.Reals.
+const MaxPointReals = 16
 
 // GoneReal is a real server that is no longer one of its service's reals.
 type GoneReal struct {

@@ -55,6 +55,9 @@ func Join(before, after *probes.Snapshot, w *probes.Window) []probes.DropPoint {
 			if !slices.Contains(p.Services, svc) {
 				p.Services = append(p.Services, svc)
 			}
+			if r := c.Flow.Real; r.IsValid() && len(p.Reals) < probes.MaxPointReals && !slices.Contains(p.Reals, r) {
+				p.Reals = append(p.Reals, r)
+			}
 			leg := flowpath.Request
 			if c.Flow.Direction == "reply" {
 				leg = flowpath.Reply
