@@ -89,8 +89,10 @@ func legsOf(svc ipvs.Service) []flowLeg {
 // each of its backends: the requests DNATed to it in forward (or, to an
 // address of the LB, in input) and its replies in forward.
 func dnatLegs(service string, backends []netip.AddrPort) []flowLeg {
-	proto, _, _ := strings.Cut(service, " ")
-	proto = strings.ToLower(proto)
+	proto, _, ok := strings.Cut(service, " ")
+	if proto = strings.ToLower(proto); !ok {
+		proto = "" // the VIP alone: its flows' protocol is not known
+	}
 	var legs []flowLeg
 	for _, b := range backends {
 		req := rules.Packet{Proto: proto, Dst: b.Addr(), DPort: b.Port(), First: true, Remote: true}
@@ -100,6 +102,28 @@ func dnatLegs(service string, backends []netip.AddrPort) []flowLeg {
 			flowLeg{hook: "forward", service: service, real: b, dnat: true, pkt: rules.Packet{Proto: proto, Src: b.Addr(), SPort: b.Port(), Remote: true}})
 	}
 	return legs
+}
+
+// dnatName names the flows of a selected VIP that IPVS does not serve as
+// a drop's flow names them ("TCP 10.1.0.6:8085"): by the selector's
+// protocol, else by that of its DNATed conntrack flows when they have one.
+func dnatName(s *probes.Snapshot, sel probes.Selector) string {
+	proto := sel.Proto
+	if proto == "" {
+		for _, f := range s.Conntrack.Flows {
+			if f.Reply.Src == f.Orig.Dst {
+				continue // not DNATed
+			}
+			if proto != "" && f.Proto != proto {
+				return sel.VIPString()
+			}
+			proto = f.Proto
+		}
+	}
+	if proto == "" {
+		return sel.VIPString()
+	}
+	return strings.ToUpper(proto) + " " + sel.VIPString()
 }
 
 // dnatTraced says whether the selection is a VIP that IPVS does not serve
@@ -122,8 +146,18 @@ func pointLegs(s *probes.Snapshot, sel probes.Selector, p *probes.DropPoint) []f
 			}
 		}
 	} else if dnatTraced(s, sel) {
-		for _, svc := range p.Services {
-			for _, l := range dnatLegs(svc, p.Reals) {
+		// Drops no flow was attributed to (a SYN dropped before conntrack
+		// confirmed its flow) are the selection's all the same: the
+		// kernel traced only its addresses.
+		svcs, reals := p.Services, p.Reals
+		if len(svcs) == 0 {
+			svcs = []string{dnatName(s, sel)}
+		}
+		if len(reals) == 0 {
+			reals = s.Conntrack.Backends
+		}
+		for _, svc := range svcs {
+			for _, l := range dnatLegs(svc, reals) {
 				if p.Leg == "" || (p.Leg == flowpath.Reply) == l.pkt.Src.IsValid() {
 					all = append(all, l)
 				}
