@@ -17,7 +17,7 @@ import (
 // A filter fault fixed during check's window, on a one-arm nft DNAT LB
 // (forwarding on) under traffic from the moment the window opens: the
 // operator sets the FORWARD policy back to ACCEPT, or deletes the DROP
-// rule, one second into a 3 s window. The drops made before the fix are
+// rule (iptables-nft, native nft), one second into a 3 s window. The drops made before the fix are
 // joined to the policy or rule as the window's first read had it:
 // firewall.filter does not fail (it passes, naming the fix) and
 // drops.vip_flows warns "fixed during the window" (before: "joined to no
@@ -34,7 +34,7 @@ func TestWindowFilterFixedDuringWindow(t *testing.T) {
 	replies := []string{"FORWARD", "-s", l.RealIP.String() + "/32", "-p", "tcp", "-m", "tcp", "--sport", "8085", "-j", "DROP"}
 	tests := []struct {
 		name       string
-		fault, fix []string // commands (iptables-legacy or iptables-nft); no fault: none
+		fault, fix []string // arguments of tool; no fault: none
 		tool       string
 		fixAfter   time.Duration // 0: the fault stays the whole window
 		wantFilter checks.Status
@@ -67,6 +67,15 @@ func TestWindowFilterFixedDuringWindow(t *testing.T) {
 			wantFilter: checks.Pass, wantDrops: checks.Warn,
 			wantTitle: `no packet filter drops the selected flows: iptables-nft filter FORWARD rule "-A FORWARD -s 10.1.0.50/32 -p tcp -m tcp --sport 8085 -j DROP" deleted`,
 			wantFact:  `; fixed during the window (now no packet filter drops the selected flows: iptables-nft filter FORWARD rule "-A FORWARD -s 10.1.0.50/32 -p tcp -m tcp --sport 8085 -j DROP" deleted)`,
+		},
+		{
+			name: "native nft forward rule on the real's replies deleted with its table 1 s in", tool: "nft",
+			fault: []string{"add table inet lbdhealed\nadd chain inet lbdhealed filter_fwd { type filter hook forward priority filter; }\n" +
+				"add rule inet lbdhealed filter_fwd ip saddr " + l.RealIP.String() + " tcp sport 8085 counter drop\n"},
+			fix: []string{"delete table inet lbdhealed"}, fixAfter: time.Second,
+			wantFilter: checks.Pass, wantDrops: checks.Warn,
+			wantTitle: `no packet filter drops the selected flows: nft inet lbdhealed filter_fwd rule "ip saddr 10.1.0.50 tcp sport 8085 counter packets 0 bytes 0 drop" deleted`,
+			wantFact:  `; fixed during the window (now no packet filter drops the selected flows: nft inet lbdhealed filter_fwd rule "ip saddr 10.1.0.50 tcp sport 8085 counter packets 0 bytes 0 drop" deleted)`,
 		},
 	}
 	for _, tt := range tests {
