@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/lbdoctor/lbdoctor/checks"
+	"github.com/lbdoctor/lbdoctor/flowpath"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
@@ -219,6 +220,45 @@ func TestFilterFixedDuringWindow(t *testing.T) {
 			}
 			if d.Status != tt.wantDrop || !strings.Contains(strings.Join(facts, "\n"), tt.wantFact) || (tt.wantFix == "") != (fix == "") || !strings.Contains(fix, tt.wantFix) {
 				t.Errorf("drops.vip_flows = %s %q\nevidence %q\nfix %q\nwant %s with %q and fix %q", d.Status, d.Reason, facts, d.Fix, tt.wantDrop, tt.wantFact, tt.wantFix)
+			}
+		})
+	}
+}
+
+// A VIP that IPVS does not serve (nft DNAT, its backend learned from
+// conntrack) is judged by the window's netfilter drops joined to a rule or
+// policy: a FORWARD policy DROP fails it, the fix letting the requests
+// DNATed to the backend and the backend's replies past it (one side when
+// the drops' flows say which); no drop
+// joined, it is skipped as before.
+func TestFirewallFilterDNATVIP(t *testing.T) {
+	policy := rules.Chain{Backend: rules.IptablesLegacy, Family: "ip", Table: "filter", Chain: "FORWARD", Hook: "forward", Policy: "DROP", HasCounter: true, Packets: 4}
+	sel := probes.Selector{VIP: netip.MustParseAddrPort("10.99.0.6:8085")}
+	for _, tt := range []struct {
+		name    string
+		point   *probes.DropPoint
+		want    checks.Status
+		wantFix string
+	}{
+		{"SYNs dropped by the policy, no flow attributed: either side", &probes.DropPoint{Count: 4}, checks.Fail,
+			"ip netns exec vflb iptables-legacy -t filter -I FORWARD -d 10.99.0.50 -p tcp --dport 8085 -j ACCEPT\nip netns exec vflb iptables-legacy -t filter -I FORWARD -s 10.99.0.50 -p tcp --sport 8085 -j ACCEPT"},
+		{"replies dropped by the policy", &probes.DropPoint{Count: 4, Leg: flowpath.Reply, Services: []string{"TCP 10.99.0.6:8085"}, Reals: []netip.AddrPort{netip.MustParseAddrPort("10.99.0.50:8085")}}, checks.Fail,
+			"ip netns exec vflb iptables-legacy -t filter -I FORWARD -s 10.99.0.50 -p tcp --sport 8085 -j ACCEPT"},
+		{"no drop joined", nil, checks.Skip, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := loadFixture(t, "nft-dnat-forward-off")
+			s.IPVS.Available = false
+			s.Rules.Chains = []rules.Chain{policy}
+			s.Window = &probes.Window{}
+			if tt.point != nil {
+				p := *tt.point
+				p.Reason, p.Function, p.Hook, p.Policy = "NETFILTER_DROP", "nf_hook_slow", "forward", &policy
+				s.Window.DropPoints = []probes.DropPoint{p}
+			}
+			f := statusOf(checks.Run(s, sel), "firewall.filter")
+			if fix := strings.Join(f.Fix, "\n"); f.Status != tt.want || fix != tt.wantFix {
+				t.Errorf("firewall.filter = %s %q, fix %q; want %s, fix %q", f.Status, f.Reason, f.Fix, tt.want, tt.wantFix)
 			}
 		})
 	}
