@@ -121,12 +121,7 @@ func TestDropsJoinedToAFilterRule(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			s := loadFixture(t, "seed-stage3-drops")
-			var ds []drops.Counted
-			for i := 0; i < 6; i++ {
-				ds = append(ds, drops.Counted{Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: 6, Location: 0x1234,
-					Src: netip.AddrPortFrom(netip.MustParseAddr("10.1.0.3"), uint16(40000+i)), Dst: netip.MustParseAddrPort("10.1.0.6:8085")}, Count: 1},
-					ReasonName: "NETFILTER_DROP", Symbol: "nf_hook_slow+0x7a", Hook: "input"})
-			}
+			ds := inputSYNDrops(6)
 			s.Drops.Drops = ds
 			s.Rules.Backends[0].Rules = 1
 			p := probes.DropPoint{Reason: "NETFILTER_DROP", Function: "nf_hook_slow", Hook: "input", Count: 6}
@@ -146,6 +141,17 @@ func TestDropsJoinedToAFilterRule(t *testing.T) {
 			}
 		})
 	}
+}
+
+// inputSYNDrops are n SYNs of n clients to the seed's VIP dropped in input.
+func inputSYNDrops(n int) []drops.Counted {
+	var ds []drops.Counted
+	for i := 0; i < n; i++ {
+		ds = append(ds, drops.Counted{Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: 6, Location: 0x1234,
+			Src: netip.AddrPortFrom(netip.MustParseAddr("10.1.0.3"), uint16(40000+i)), Dst: netip.MustParseAddrPort("10.1.0.6:8085")}, Count: 1},
+			ReasonName: "NETFILTER_DROP", Symbol: "nf_hook_slow+0x7a", Hook: "input"})
+	}
+	return ds
 }
 
 // A filter rule deleted, or a DROP policy set to ACCEPT, during the window:
@@ -192,12 +198,7 @@ func TestFilterFixedDuringWindow(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			s := loadFixture(t, "seed-stage3-drops")
-			var ds []drops.Counted
-			for i := 0; i < 6; i++ {
-				ds = append(ds, drops.Counted{Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: 6, Location: 0x1234,
-					Src: netip.AddrPortFrom(netip.MustParseAddr("10.1.0.3"), uint16(40000+i)), Dst: netip.MustParseAddrPort("10.1.0.6:8085")}, Count: 1},
-					ReasonName: "NETFILTER_DROP", Symbol: "nf_hook_slow+0x7a", Hook: "input"})
-			}
+			ds := inputSYNDrops(6)
 			first := *s
 			first.Drops = nil
 			first.Rules.Rules = append(slices.Clone(s.Rules.Rules), tt.first.Rules...)

@@ -3,6 +3,7 @@ package window_test
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -25,9 +26,7 @@ import (
 // window wholly after the fix passes; one wholly during the fault fails
 // firewall.filter, naming the policy.
 func TestWindowFilterFixedDuringWindow(t *testing.T) {
-	testkit.Tracefs(t)
-	l, vip := testkit.DNATLab(t, 1)
-	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+	l, vip := forwardingDNATLab(t)
 	// The real's replies, dropped in forward once its flow is confirmed:
 	// the drops are attributed to the VIP's flow (a SYN dropped in
 	// forward is not yet: conntrack confirms it after the hook).
@@ -147,4 +146,14 @@ func TestWindowFilterFixedDuringWindow(t *testing.T) {
 			}
 		})
 	}
+}
+
+// forwardingDNATLab is a healthy one-arm nft DNAT + masquerade LB
+// (testkit.DNATLab with forwarding back on), ready for the drop tracer.
+func forwardingDNATLab(t *testing.T) (*lab.Lab, netip.AddrPort) {
+	t.Helper()
+	testkit.Tracefs(t)
+	l, vip := testkit.DNATLab(t, 1)
+	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+	return l, vip
 }
