@@ -172,7 +172,7 @@ type connKey struct {
 type windowIndex struct {
 	s      *probes.Snapshot
 	deltas map[svcID]*probes.ServiceDelta
-	conns  map[connKey][]ipvs.ConnCount    // ordered by state
+	conns  map[connKey][]ipvs.ConnCount // ordered by state
 	// unread is why the connection table was not read ("" when it was).
 	unread string
 }
