@@ -348,12 +348,7 @@ func addressed(s *probes.Snapshot, sel probes.Selector) ([]ipvs.Service, string)
 	if !s.IPVS.Available {
 		return nil, "IPVS is not available (see kernel.ipvs)"
 	}
-	var svcs []ipvs.Service
-	for _, svc := range selected(s, sel) {
-		if svc.FWMark == 0 {
-			svcs = append(svcs, svc)
-		}
-	}
+	svcs := servicesWhere(selected(s, sel), func(svc ipvs.Service) bool { return svc.FWMark == 0 })
 	if len(svcs) == 0 {
 		return nil, "no IPVS service selected in " + s.Target.String()
 	}
@@ -374,16 +369,9 @@ func masqueraded(s *probes.Snapshot, sel probes.Selector) ([]ipvs.Service, strin
 }
 
 func masqServices(svcs []ipvs.Service) []ipvs.Service {
-	var out []ipvs.Service
-	for _, svc := range svcs {
-		for _, r := range svc.Reals {
-			if r.Method == ipvs.Masq {
-				out = append(out, svc)
-				break
-			}
-		}
-	}
-	return out
+	return servicesWhere(svcs, func(svc ipvs.Service) bool {
+		return slices.ContainsFunc(svc.Reals, func(r ipvs.Real) bool { return r.Method == ipvs.Masq })
+	})
 }
 
 func serviceLine(svc ipvs.Service) string {

@@ -68,7 +68,7 @@ func checkSendRedirects(s *probes.Snapshot, sel probes.Selector) Finding {
 }
 
 func addrsOf(svc ipvs.Service) []netip.Addr {
-	var out []netip.Addr
+	out := make([]netip.Addr, 0, len(svc.Reals))
 	for _, r := range svc.Reals {
 		if r.Method == ipvs.Masq {
 			out = append(out, r.Addr.Addr())
