@@ -168,7 +168,7 @@ func (wt *Watcher) next(ctx context.Context, opt Options) (*probes.Snapshot, err
 	case !rawCapable:
 		capErr = errors.New("capturing packets needs CAP_NET_RAW: run as root")
 	default:
-		if !Measure(ctx, func() { session, capErr = openCapture(ns, before, sel) }) {
+		if !Measure(ctx, func() { session, capErr = openCapture(ctx, ns, before, sel) }) {
 			return nil, ErrInterrupted
 		}
 	}
@@ -475,7 +475,7 @@ func startDrops(ctx context.Context, ns netns.Target, sel probes.Selector, befor
 
 // openCapture opens a capture of the selected services' packets in ns: the
 // VIPs, their reals and ports, on the interfaces their flows cross.
-func openCapture(ns netns.Target, before *probes.Snapshot, sel probes.Selector) (*capture.Session, error) {
+func openCapture(ctx context.Context, ns netns.Target, before *probes.Snapshot, sel probes.Selector) (*capture.Session, error) {
 	addrs, ports := probes.DropFilter(sel, before.IPVS.Services)
 	var vips []netip.Addr
 	var reals, services []netip.AddrPort
@@ -500,7 +500,7 @@ func openCapture(ns netns.Target, before *probes.Snapshot, sel probes.Selector) 
 	if p, ok := proto.Parse(sel.Proto); ok && sel.Proto != "" {
 		m.Proto = p
 	}
-	s, err := capture.OpenSession(ns, capture.Options{Interfaces: ifaces, Match: m}, services)
+	s, err := capture.OpenSession(ctx, ns, capture.Options{Interfaces: ifaces, Match: m}, services)
 	if err != nil {
 		return nil, fmt.Errorf("capture: %w", err)
 	}

@@ -369,7 +369,7 @@ type lastPlace struct {
 // newNamer is a Namer for t's drops as cfg says: its attributor has
 // subscribed to conntrack's new flows in cfg.LB when it returns, and reads
 // the tables (those of the tracer's addresses, when it has some) in the
-// background: its first read is done when n.attr.read is closed. Its
+// background: its first read is done when n.attr.WaitRead returns. Its
 // symbols are read by readSymbols.
 func newNamer(t *Tracer, cfg Config) *Namer {
 	return &Namer{tr: t, attr: newAttributor(cfg.LB, slices.Concat(cfg.Addrs, cfg.Select), cfg.Proto, cfg.NoIPVSTable, cfg.NoConntrackDump), where: map[uint64]string{}}
