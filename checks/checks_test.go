@@ -707,3 +707,30 @@ func TestFindingServices(t *testing.T) {
 		})
 	}
 }
+
+// A finding's services (JSON findings[].services, serve's per-service
+// series) name some of the selected services: absent when the finding is
+// about every selected one — the only one, too, IPVS's or a VIP IPVS does
+// not serve — since the selection's own series already is that service.
+func TestFindingServicesOfVIP(t *testing.T) {
+	tests := []struct {
+		name    string
+		fixture string
+		sel     probes.Selector
+		id      string
+		want    []string
+	}{
+		{"the only IPVS service", "seed-stage3-drops", probes.Selector{VIP: netip.MustParseAddrPort("10.1.0.6:8085"), Proto: "tcp"}, "drops.vip_flows", nil},
+		{"an nft DNAT VIP, the only service", "nft-dnat-forward-off", probes.Selector{VIP: netip.MustParseAddrPort("10.99.0.6:8085"), Proto: "tcp"}, "drops.vip_flows", nil},
+		{"an nft DNAT VIP and port, either protocol: TCP is some of it", "nft-dnat-forward-off", probes.Selector{VIP: netip.MustParseAddrPort("10.99.0.6:8085")}, "drops.vip_flows", []string{"TCP 10.99.0.6:8085"}},
+		{"every port of an nft DNAT VIP: its services are not known", "nft-dnat-forward-off", probes.Selector{VIP: netip.MustParseAddrPort("10.99.0.6:0")}, "drops.vip_flows", []string{"TCP 10.99.0.6:8085"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := statusOf(checks.Run(loadFixture(t, tt.fixture), tt.sel), tt.id)
+			if f.Status != checks.Fail || !slices.Equal(f.Services, tt.want) {
+				t.Errorf("Run(%s, %s).%s = %s, services %q; want fail, services %q", tt.fixture, tt.sel.VIPString(), tt.id, f.Status, f.Services, tt.want)
+			}
+		})
+	}
+}
