@@ -734,3 +734,43 @@ func TestFindingServicesOfVIP(t *testing.T) {
 		})
 	}
 }
+
+// A --vip that only a firewall-mark service serves (a rule marks its
+// packets, or IPVS's entries to it are a mark service's) is not missing:
+// kernel.ipvs warns that --vip cannot select it, and never suggests an
+// ipvsadm -A beside it.
+func TestVIPServedByMark(t *testing.T) {
+	fwm := ipvs.Service{Proto: "fwmark", FWMark: 16, Scheduler: "rr", Reals: []ipvs.Real{{Addr: netip.MustParseAddrPort("10.1.0.50:80"), Method: ipvs.Masq, Weight: 1}}}
+	legacy := func(spec string) rules.Rule {
+		return rules.Rule{Backend: rules.IptablesLegacy, Family: "ip", Table: "mangle", Chain: "PREROUTING", Target: "MARK", Spec: spec, HasCounter: true}
+	}
+	tests := []struct {
+		name  string
+		vip   string
+		rules []rules.Rule
+		conns []ipvs.ConnCount
+		want  checks.Status
+	}{
+		{"an iptables MARK rule on the VIP and port", "10.1.0.9:80", []rules.Rule{legacy("-A PREROUTING -d 10.1.0.9/32 -p tcp -m tcp --dport 80 -j MARK --set-xmark 0x10/0xffffffff")}, nil, checks.Warn},
+		{"every port of the address", "10.1.0.9:0", []rules.Rule{legacy("-A PREROUTING -d 10.1.0.9/32 -p tcp -m tcp --dport 80 -j MARK --set-mark 16")}, nil, checks.Warn},
+		{"a native nft rule", "10.1.0.9:80", []rules.Rule{{Backend: rules.Nft, Family: "ip", Table: "mangle", Chain: "pre", Spec: "ip daddr 10.1.0.9 tcp dport 80 meta mark set 0x00000010"}}, nil, checks.Warn},
+		{"IPVS entries of the mark service", "10.1.0.9:80", nil, []ipvs.ConnCount{{Proto: "tcp", VIP: netip.MustParseAddrPort("10.1.0.9:80"), Dest: netip.MustParseAddrPort("10.1.0.50:80"), State: "ESTABLISHED", Count: 3}}, checks.Warn},
+		{"the rule marks another port", "10.1.0.9:443", []rules.Rule{legacy("-A PREROUTING -d 10.1.0.9/32 -p tcp -m tcp --dport 80 -j MARK --set-xmark 0x10/0xffffffff")}, nil, checks.Fail},
+		{"the rule sets another mark", "10.1.0.9:80", []rules.Rule{legacy("-A PREROUTING -d 10.1.0.9/32 -p tcp -m tcp --dport 80 -j MARK --set-xmark 0x11/0xffffffff")}, nil, checks.Fail},
+		{"a conntrack mark is no packet mark", "10.1.0.9:80", []rules.Rule{{Backend: rules.Nft, Family: "ip", Table: "mangle", Chain: "pre", Spec: "ip daddr 10.1.0.9 tcp dport 80 ct mark set 0x00000010"}}, nil, checks.Fail},
+		{"nothing marks it", "10.1.0.9:80", nil, nil, checks.Fail},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			snap := loadFixture(t, "seed-stage2")
+			snap.IPVS.Services = append(snap.IPVS.Services, fwm)
+			snap.Rules.Rules = append(snap.Rules.Rules, tt.rules...)
+			snap.IPVS.ConnCounts = tt.conns
+			f := statusOf(checks.Run(snap, probes.Selector{VIP: netip.MustParseAddrPort(tt.vip)}), "kernel.ipvs")
+			adds := slices.ContainsFunc(f.Fix, func(x string) bool { return strings.Contains(x, "ipvsadm -A") })
+			if f.Status != tt.want || adds != (tt.want == checks.Fail) {
+				t.Errorf("kernel.ipvs(--vip %s) = %s %q, fix %q; want %s, an ipvsadm -A only on a fail", tt.vip, f.Status, f.Title, f.Fix, tt.want)
+			}
+		})
+	}
+}
