@@ -302,3 +302,20 @@ func TestCheckSaysWatchingWhileItWatches(t *testing.T) {
 		})
 	}
 }
+
+// check --vip takes ADDR alone, as serve and inspect do (one parser):
+// every port of the address is selected, and the report names the
+// address as given.
+func TestCheckVIPAddressAlone(t *testing.T) {
+	testkit.RequireRoot(t)
+	ns := testkit.Netns(t, "cva")
+	for _, vip := range []string{"10.1.0.6", "[fd00:1::6]"} {
+		t.Run(vip, func(t *testing.T) {
+			r, code := checkJSON(t, "--netns", ns.Name, "--vip", vip)
+			want := strings.Trim(vip, "[]")
+			if code == exitUsage || r.Target.VIP != want {
+				t.Errorf("check --vip %s = exit %d, target.vip %q; want no usage error, %q", vip, code, r.Target.VIP, want)
+			}
+		})
+	}
+}
