@@ -774,3 +774,27 @@ func TestVIPServedByMark(t *testing.T) {
 		})
 	}
 }
+
+// conntrack.flow_states says which VIPs the flows that never saw a reply
+// went to, the most first (a big LB's count alone names none), counted
+// over every flow read, and names them as the finding's services.
+func TestFlowStatesNamesVIPs(t *testing.T) {
+	snap := loadFixture(t, "seed-stage2")
+	ap := netip.MustParseAddrPort
+	snap.Conntrack.Counts = []probes.FlowCount{{State: "SYN_SENT", Count: 9990}, {State: "ESTABLISHED", SeenReply: true, Assured: true, Count: 10}}
+	snap.Conntrack.NoReply = []probes.FlowTally{{Proto: "tcp", Dst: ap("10.1.0.7:80"), Count: 90}, {Proto: "tcp", Dst: ap("10.1.0.6:8085"), Count: 9000},
+		{Proto: "udp", Dst: ap("10.1.0.8:53"), Count: 500}, {Proto: "tcp", Dst: ap("10.1.0.9:443"), Count: 300}, {Proto: "tcp", Dst: ap("10.1.0.10:80"), Count: 100}}
+	for _, svc := range []string{"tcp 10.1.0.7:80", "udp 10.1.0.8:53", "tcp 10.1.0.9:443", "tcp 10.1.0.10:80", "tcp 10.1.0.11:80"} {
+		p, a, _ := strings.Cut(svc, " ")
+		snap.IPVS.Services = append(snap.IPVS.Services, ipvs.Service{Proto: p, Addr: ap(a), Reals: snap.IPVS.Services[0].Reals})
+	}
+	f := statusOf(checks.Run(snap, probes.Selector{}), "conntrack.flow_states")
+	wantTitle := "9990 flow(s) never saw a reply: TCP 10.1.0.6:8085 (9000), UDP 10.1.0.8:53 (500), TCP 10.1.0.9:443 (300) and 2 more VIPs"
+	var facts []string
+	for _, e := range f.Evidence {
+		facts = append(facts, e.Fact)
+	}
+	if f.Status != checks.Warn || f.Title != wantTitle || !slices.Contains(facts, "TCP 10.1.0.7:80: 90 flow(s) with no reply") || len(f.Services) != 5 {
+		t.Errorf("conntrack.flow_states = %s %q, evidence %q, services %q; want warn %q, a line per VIP, 5 services", f.Status, f.Title, facts, f.Services, wantTitle)
+	}
+}

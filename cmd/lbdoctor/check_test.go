@@ -108,7 +108,7 @@ func TestCheckFlowStatesUDPWithoutReply(t *testing.T) {
 		wantTitle  string
 		wantFact   string
 	}{
-		{"no reply", false, "warn", "3000 flow(s) never saw a reply", "3000 flow(s): 0 assured, 0 with a reply that never completed, 3000 with no reply"},
+		{"no reply", false, "warn", "3000 flow(s) never saw a reply: UDP 10.1.0.6:8085 (3000)", "3000 flow(s): 0 assured, 0 with a reply that never completed, 3000 with no reply"},
 		{"replied", true, "pass", "the VIP's flows complete", "3000 flow(s): 0 assured, 0 with a reply that never completed, 0 with no reply"},
 	}
 	for _, tt := range tests {
