@@ -438,6 +438,7 @@ func (p *Prepared) Load(cfg Config) (*Tracer, error) {
 		return nil, fmt.Errorf("load drop tracer (%s): %w", t.Attach, err)
 	}
 	t.namer.readSymbols() // read beside the loading (ReadSymbols), else now
+	// Load is not cancelled: LoadContext gives up around it.
 	t.namer.attr.WaitRead(context.Background())
 	if err := t.Start(); err != nil {
 		t.Close()
