@@ -88,14 +88,34 @@ func markConns(s *probes.Snapshot, svc ipvs.Service) func(ipvs.ConnCount) bool {
 			addressed[key{x.Addr, x.Proto}] = true
 		}
 	}
-	reals := realWeights(svc)
 	return func(c ipvs.ConnCount) bool {
 		if addressed[key{c.VIP, c.Proto}] {
 			return false
 		}
-		_, ours := reals[c.Dest]
+		_, ours := realFor(svc, c.Dest)
 		return marks == 1 || ours
 	}
+}
+
+// realFor is the real of svc an entry to dest goes to: the one at dest,
+// or, for a firewall-mark service, one at dest's address without a port
+// (`ipvsadm -a -f 16 -r ADDR`: its entries take the packets' own port).
+func realFor(svc ipvs.Service, dest netip.AddrPort) (ipvs.Real, bool) {
+	for _, r := range svc.Reals {
+		if r.Addr == dest || svc.FWMark != 0 && r.Addr.Port() == 0 && r.Addr.Addr() == dest.Addr() {
+			return r, true
+		}
+	}
+	return ipvs.Real{}, false
+}
+
+// realArg is a real as ipvsadm -r takes it: without a port when it has
+// none (a firewall-mark service's).
+func realArg(a netip.AddrPort) string {
+	if a.Port() == 0 {
+		return a.Addr().String()
+	}
+	return a.String()
 }
 
 // markAddr is the address IPVS gives a firewall-mark service's templates:
@@ -235,16 +255,15 @@ func checkStaleUDP(s *probes.Snapshot, sel probes.Selector) Finding {
 	ev := []Evidence{{Fact: fmt.Sprintf("net.ipv4.vs.expire_nodest_conn = %s; IPVS udp timeout %ds", nodest.Value, s.IPVS.Timeouts.UDP), Source: s.Target.String()}}
 	var bad, fix []string
 	for _, svc := range udp {
-		w := realWeights(svc)
 		for _, c := range connsOf(s, svc, false) {
 			if c.Proto != "udp" {
 				continue // a firewall-mark service's TCP entries
 			}
-			wt, present := w[c.Dest]
+			r, present := realFor(svc, c.Dest)
 			switch {
-			case present && wt == 0:
+			case present && r.Weight == 0:
 				ev = append(ev, Evidence{Fact: fmt.Sprintf("%s: %d UDP entr(ies) to %s, weight 0: its clients stay on it while they keep sending", svc.Key(), c.Count, c.Dest), Source: src})
-				cmd := fmt.Sprintf("%sipvsadm -d %s -r %s", s.Target.ExecPrefix(), ipvsadmService(svc), c.Dest)
+				cmd := fmt.Sprintf("%sipvsadm -d %s -r %s", s.Target.ExecPrefix(), ipvsadmService(svc), realArg(r.Addr))
 				if !slices.Contains(fix, cmd) {
 					fix = append(fix, cmd)
 				}

@@ -168,7 +168,7 @@ func TestStaleUDP(t *testing.T) {
 		// A firewall-mark service's entries carry the packets' own VIP and
 		// protocol: its UDP is known by them.
 		{name: "a firewall-mark service's UDP entries to a drained real", proto: "fwmark", fwmark: 16, nodest: "0", weightA: 0, counts: conn(realA), want: checks.Fail,
-			wantTitle: "UDP clients are kept on 10.1.0.50:8085", wantFix: []string{"ip netns exec lb ipvsadm -d -f 16 -r 10.1.0.50:8085"}},
+			wantTitle: "UDP clients are kept on 10.1.0.50:8085", wantFix: []string{"ip netns exec lb ipvsadm -d -f 16 -r 10.1.0.50"}},
 		{name: "a firewall-mark service's UDP entries to a removed real", proto: "fwmark", fwmark: 16, nodest: "0", noA: true, counts: conn(realA), want: checks.Fail,
 			wantTitle: "UDP clients are kept on 10.1.0.50:8085", wantFix: []string{"ip netns exec lb sysctl -w net.ipv4.vs.expire_nodest_conn=1"}},
 		{name: "a firewall-mark service's TCP entries to a drained real", proto: "fwmark", fwmark: 16, nodest: "0", weightA: 0,
@@ -183,7 +183,13 @@ func TestStaleUDP(t *testing.T) {
 				s.IPVS.Services[0].Reals = s.IPVS.Services[0].Reals[1:]
 			}
 			if tt.fwmark != 0 {
-				s.IPVS.Services[0].FWMark, s.IPVS.Services[0].Addr = tt.fwmark, netip.AddrPort{}
+				// ipvsadm -a -f MARK -r ADDR: a real without a port; its
+				// entries take the packets' own.
+				svc := &s.IPVS.Services[0]
+				svc.FWMark, svc.Addr = tt.fwmark, netip.AddrPort{}
+				for i, r := range svc.Reals {
+					svc.Reals[i].Addr = netip.AddrPortFrom(r.Addr.Addr(), 0)
+				}
 			}
 			s.IPVS.ConnCounts = tt.counts
 			if tt.connsErr {
