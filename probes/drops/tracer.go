@@ -99,6 +99,11 @@ type Tracer struct {
 	// drop reasons, event mode); empty when they do.
 	NoHooks string
 
+	// LoadTook is Load's time by stage (the verifier's load, the wait for
+	// kallsyms and for the attributor's first read of the tables, the
+	// attach), for LBDOCTOR_TIMINGS: where a slow machine's wait goes.
+	LoadTook map[string]time.Duration
+
 	cfg    Config
 	events bool
 	coll   *ebpf.Collection // what is left of the loaded collection: the program
@@ -427,22 +432,33 @@ func (p *Prepared) Load(cfg Config) (*Tracer, error) {
 	// done, so a window that opens at the attach knows every flow there
 	// was at any instant of it (one that ends in its first instants too).
 	t.namer = newNamer(t, cfg)
+	t.LoadTook = map[string]time.Duration{}
+	stage := func(name string, since time.Time) time.Time {
+		now := time.Now()
+		t.LoadTook[name] = now.Sub(since)
+		return now
+	}
+	mark := stage("load setup", start)
 	t.coll, err = ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Cache: kernel.BTFCache()})
 	if err != nil {
 		t.Close()
 		return nil, fmt.Errorf("load drop tracer (%s): %w", t.Attach, err)
 	}
+	mark = stage("load verifier", mark)
 	t.prog = t.coll.Programs[progName]
 	if err := errors.Join(t.coll.Assign(&t.maps), t.coll.Assign(&t.vars)); err != nil {
 		t.Close()
 		return nil, fmt.Errorf("load drop tracer (%s): %w", t.Attach, err)
 	}
 	t.namer.readSymbols() // read beside the loading (ReadSymbols), else now
+	mark = stage("load kallsyms", mark)
 	<-t.namer.attr.read
+	mark = stage("load tables", mark)
 	if err := t.Start(); err != nil {
 		t.Close()
 		return nil, err
 	}
+	stage("load attach", mark)
 	if cfg.Events {
 		if t.ring, err = ringbuf.NewReader(t.maps.Events); err != nil {
 			t.Close()
