@@ -274,7 +274,7 @@ func dropRemedy(s *probes.Snapshot, sel probes.Selector, c drops.Counted) (why s
 	case "NETFILTER_DROP":
 		p := pointOf(s, c)
 		if p != nil && (p.Rule != nil || p.Policy != nil) {
-			return "a packet filter dropped it: " + p.Cause, pointFix(s, sel, *p), nil
+			return "a packet filter dropped it: " + p.Cause, pointFix(s, sel, p), nil
 		}
 		hook := c.Hook
 		if hook == "" {

@@ -519,7 +519,8 @@ func (p *Prepared) Load(cfg Config) (*Tracer, error) {
 	}
 	t.namer.readSymbols() // read beside the loading (ReadSymbols), else now
 	mark = stage("load kallsyms", mark)
-	<-t.namer.attr.read
+	// Load is not cancelled: LoadContext gives up around it.
+	t.namer.attr.WaitRead(context.Background())
 	mark = stage("load tables", mark)
 	if err := t.Start(); err != nil {
 		t.Close()
@@ -733,7 +734,7 @@ func (t *Tracer) SetFilter(cfg Config) error {
 		// Its first read done before the switch, as at the attach.
 		n = newNamer(t, cfg)
 		n.syms, n.RawLocations = t.namer.syms, t.namer.RawLocations
-		<-n.attr.read
+		n.attr.WaitRead(context.Background())
 	}
 	if err := t.setKernelFilter(cfg); err != nil {
 		if n != nil {
