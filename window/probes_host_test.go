@@ -11,6 +11,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/health"
+	"github.com/lbdoctor/lbdoctor/probes/netstate"
 )
 
 // The reals lie behind a router whose link is down (its neighbour entry
@@ -54,7 +55,8 @@ func TestProbeDropsAreTheProbes(t *testing.T) {
 	for _, c := range smp.Drops {
 		all = append(all, fmt.Sprintf("%s %s → %s ×%d", c.ReasonName, c.Src, c.Dst, c.Count))
 	}
-	left, own := withoutProbes(smp.Drops, hs)
+	own, _ := splitOwn(smp, hs, netstate.Snapshot{})
+	left := smp.Drops
 	var got []string
 	for _, c := range left {
 		got = append(got, fmt.Sprintf("%s %s → %s ×%d", c.ReasonName, c.Src, c.Dst, c.Count))
@@ -65,7 +67,7 @@ func TestProbeDropsAreTheProbes(t *testing.T) {
 		for _, h := range hs {
 			probes = append(probes, fmt.Sprintf("%s %s ports %d, %d (%s)", h.Real, h.Connect, h.FirstSourcePort, h.SourcePort, h.Note))
 		}
-		t.Errorf("withoutProbes(the window's drops) = %q left, %d the probes'; want none left, at least %d the probes'\ndrops: %s\nprobes: %s",
+		t.Errorf("splitOwn(the window's drops) = %q left, %d the probes'; want none left, at least %d the probes'\ndrops: %s\nprobes: %s",
 			got, own, 2*len(targets), strings.Join(all, "; "), strings.Join(probes, "; "))
 	}
 }
