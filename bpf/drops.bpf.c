@@ -309,9 +309,26 @@ static __always_inline int parse(struct skb_meta *m, struct agg_key *k, __u8 *fl
 	return 0;
 }
 
-static __always_inline int wanted(const struct filter *flt, struct agg_key *k)
+/* addr_eq_w compares a filter's address with one given as its two words. */
+static __always_inline int addr_eq_w(const volatile struct addr *f, __u64 w0, __u64 w1)
 {
-	if (flt->proto && k->proto != flt->proto)
+	const volatile __u64 *x = (const volatile __u64 *)f->b;
+	return x[0] == w0 && x[1] == w1;
+}
+
+/* wanted is the address, port and protocol filter, of the packet's source
+ * (s0, s1) and destination (d0, d1) addresses, as the words of struct addr,
+ * and pp: protocol << 32 | source port << 16 | destination port. A global
+ * function: the verifier checks it once, not again for every state its
+ * caller reaches it in (each way of parsing a packet: on 6.1, 23,636
+ * instructions processed for the tp_btf program inlined, 5,028 so).
+ * Scalars only: a global function's pointer arguments need 5.12. */
+__noinline int wanted(__u64 s0, __u64 s1, __u64 d0, __u64 d1, __u64 pp)
+{
+	const struct filter *flt = cur_filter();
+	__u8 proto = pp >> 32;
+	__u16 sport = pp >> 16, dport = pp;
+	if (flt->proto && proto != flt->proto)
 		return 0;
 	__u32 n_addrs = flt->n_addrs, n_ports = flt->n_ports;
 	if (n_addrs) {
@@ -319,7 +336,7 @@ static __always_inline int wanted(const struct filter *flt, struct agg_key *k)
 		for (int i = 0; i < MAX_ADDRS; i++) {
 			if (i >= n_addrs)
 				break;
-			if (addr_eq(&flt->addrs[i], &k->saddr) || addr_eq(&flt->addrs[i], &k->daddr)) {
+			if (addr_eq_w(&flt->addrs[i], s0, s1) || addr_eq_w(&flt->addrs[i], d0, d1)) {
 				hit = 1;
 				break;
 			}
@@ -332,7 +349,7 @@ static __always_inline int wanted(const struct filter *flt, struct agg_key *k)
 		for (int i = 0; i < MAX_PORTS; i++) {
 			if (i >= n_ports)
 				break;
-			if (flt->ports[i] == k->sport || flt->ports[i] == k->dport) {
+			if (flt->ports[i] == sport || flt->ports[i] == dport) {
 				hit = 1;
 				break;
 			}
@@ -492,7 +509,8 @@ static __always_inline int handle(void *ctx, struct skb_meta *m, __u64 location,
 		if (flt->n_addrs || flt->n_ports || flt->proto)
 			return 0;
 		k.family = 0;
-	} else if (!wanted(flt, &k)) {
+	} else if (!wanted(((__u64 *)k.saddr.b)[0], ((__u64 *)k.saddr.b)[1], ((__u64 *)k.daddr.b)[0], ((__u64 *)k.daddr.b)[1],
+			   (__u64)k.proto << 32 | (__u32)k.sport << 16 | k.dport)) {
 		if (l && raw_a != ~0ULL) {
 			l->rej_a = raw_a | 1;
 			l->rej_b = raw_b;

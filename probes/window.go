@@ -31,6 +31,10 @@ type Window struct {
 	// snapshot returned is the last read's, and LBDOCTOR_TIMINGS says
 	// where both went. Not part of the report.
 	FirstTook map[string]time.Duration `json:"-"`
+	// TracerTook is TracerWait by stage (the wait for the preparation
+	// done beside the first read, then drops.Tracer.LoadTook's), for
+	// LBDOCTOR_TIMINGS. Not part of the report.
+	TracerTook map[string]time.Duration `json:"-"`
 	// LastRead is how long the last read took from the window's end: the
 	// window returns when it is done (the tracer hands over meanwhile).
 	LastRead time.Duration `json:"last_read_ns"`

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -232,7 +233,8 @@ func (wt *Watcher) next(ctx context.Context, opt Options) (*probes.Snapshot, err
 	default:
 		w.Tracer = "failed"
 		start := time.Now()
-		dt, err := startDrops(ctx, ns, sel, before, prepared)
+		dt, preparedWait, err := startDrops(ctx, ns, sel, before, prepared)
+		w.TracerTook = map[string]time.Duration{"prepare": preparedWait}
 		if err != nil {
 			before.Errors[probes.ProbeDrops] = err.Error()
 			if wt.failed != "" {
@@ -240,6 +242,7 @@ func (wt *Watcher) next(ctx context.Context, opt Options) (*probes.Snapshot, err
 			}
 		} else {
 			wt.loads++
+			maps.Copy(w.TracerTook, dt.Tracer().LoadTook)
 			kt = &keptTracer{dt: dt, base: dt.Tracer().NewBaseline()}
 			wt.tr, w.Tracer = kt, "attached"
 			if wt.failed != "" {
@@ -455,11 +458,14 @@ type tracedResult struct {
 
 // startDrops waits for the tracer's preparation and attaches it with the
 // filter of the first read before, within tracerLoadBudget or until ctx
-// ends; the error says why the window traces nothing.
-func startDrops(ctx context.Context, ns netns.Target, sel probes.Selector, before *probes.Snapshot, prepared <-chan prepResult) (*probes.DropTrace, error) {
+// ends; the error says why the window traces nothing. waited is how long
+// the preparation was waited for.
+func startDrops(ctx context.Context, ns netns.Target, sel probes.Selector, before *probes.Snapshot, prepared <-chan prepResult) (dt *probes.DropTrace, waited time.Duration, err error) {
 	lctx, cancel := context.WithTimeoutCause(ctx, tracerLoadBudget, fmt.Errorf("the drop tracer was not ready %s after the first read (BTF, kallsyms, the verifier)", tracerLoadBudget))
 	defer cancel()
-	dt, err := probes.StartDrops(lctx, ns, sel, before, func(lctx context.Context) (*drops.Prepared, error) {
+	start := time.Now()
+	dt, err = probes.StartDrops(lctx, ns, sel, before, func(lctx context.Context) (*drops.Prepared, error) {
+		defer func() { waited = time.Since(start) }()
 		select {
 		case r := <-prepared:
 			return r.p, r.err
@@ -468,9 +474,9 @@ func startDrops(ctx context.Context, ns netns.Target, sel probes.Selector, befor
 		}
 	})
 	if err != nil && ctx.Err() != nil {
-		return nil, errors.New("interrupted before the tracer was attached: nothing traced")
+		return nil, waited, errors.New("interrupted before the tracer was attached: nothing traced")
 	}
-	return dt, err
+	return dt, waited, err
 }
 
 // openCapture opens a capture of the selected services' packets in ns: the

@@ -82,8 +82,12 @@ func profileLine(s *probes.Snapshot, checked time.Duration) string {
 		if len(w.FirstTook) > 0 {
 			first = " (" + took(w.FirstTook) + ")"
 		}
-		parts = append(parts, fmt.Sprintf("window: first read %s%s, tracer wait %s, last read %s",
-			w.FirstRead.Round(time.Millisecond), first, w.TracerWait.Round(time.Millisecond), w.LastRead.Round(time.Millisecond)))
+		tracer := ""
+		if len(w.TracerTook) > 0 {
+			tracer = " (" + took(w.TracerTook) + ")"
+		}
+		parts = append(parts, fmt.Sprintf("window: first read %s%s, tracer wait %s%s, last read %s",
+			w.FirstRead.Round(time.Millisecond), first, w.TracerWait.Round(time.Millisecond), tracer, w.LastRead.Round(time.Millisecond)))
 	}
 	parts = append(parts, fmt.Sprintf("checks %s", checked.Round(time.Millisecond)))
 	return "lbdoctor: profile: read " + strings.Join(parts, ", ")

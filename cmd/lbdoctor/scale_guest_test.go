@@ -172,6 +172,11 @@ func BenchmarkGuestCheckScale(b *testing.B) {
 						if f.Status != checks.Pass {
 							b.Logf("%s: %s %s: %s %s", r.name, f.Status, f.ID, f.Title, f.Reason)
 						}
+						if f.Status == checks.Fail {
+							for _, e := range f.Evidence[:min(len(f.Evidence), 12)] {
+								b.Logf("%s: %s evidence: %s", r.name, f.ID, e)
+							}
+						}
 					}
 					if _, unread := rep.Errors[probes.ProbeIPVSConns]; r.argv[0] == bin && got > probes.MaxConnTable && !unread {
 						b.Errorf("%s on %d IPVS connections: errors %v, want %q saying the table was not read", r.name, got, rep.Errors, probes.ProbeIPVSConns)
@@ -694,5 +699,18 @@ func profileGather(b *testing.B, ns netns.Target) {
 	pprof.WriteHeapProfile(&heap)
 	b.Logf("in process: window of %s done at %s, checked at %s, reported at %s (%d bytes); %d services, %d conns listed, %d omitted, %d conntrack flows",
 		scaleWindow, watched, checked, time.Since(start), out.Len(), len(snap.IPVS.Services), len(snap.IPVS.Conns), snap.IPVS.ConnsOmitted, snap.Conntrack.Total())
+	if w := snap.Window; w != nil && snap.Drops != nil {
+		// Whose packets the window's drops are: each beside the health
+		// probe of its real, if one was.
+		for _, c := range snap.Drops.Drops {
+			b.Logf("in process: drop %s at %s %s → %s ×%d", c.ReasonName, c.Symbol, c.Src, c.Dst, c.Count)
+			for _, h := range w.Health {
+				if h.Real == c.Dst || h.Real == c.Src {
+					b.Logf("in process:   its real's probe: %+v", h)
+				}
+			}
+		}
+		b.Logf("in process: probe drops %d, %d reals probed, %d left out, tracer stages %v", w.ProbeDrops, len(w.Health), w.HealthLeftOut, w.TracerTook)
+	}
 	fmt.Printf("PROFILE cpu %s\nPROFILE heap %s\n", base64.StdEncoding.EncodeToString(cpu.Bytes()), base64.StdEncoding.EncodeToString(heap.Bytes()))
 }

@@ -189,6 +189,59 @@ func TestWithoutReasons(t *testing.T) {
 	}
 }
 
+// On a kernel without the bpf_rdonly_cast kfunc (before 6.2; the guest's
+// 6.1) the programs read headers through bpf_probe_read_kernel: the kfunc's
+// references are unlinked before loading (cilium/ebpf would search every
+// module's BTF for it at each), and each program still names every drop,
+// in event and in aggregate mode.
+func TestWithoutRdonlyCast(t *testing.T) {
+	testkit.RequireRoot(t)
+	p, err := drops.Prepare("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := drops.KfuncReferences(p); n == 0 {
+		t.Fatalf("Prepare on %s: the programs refer to bpf_rdonly_cast %d times, want its references kept where the kernel has it", kernel.Release(), n)
+	}
+	defer drops.AsKernelWithoutRdonlyCast()()
+	if p, err = drops.Prepare(""); err != nil {
+		t.Fatal(err)
+	}
+	if n := drops.KfuncReferences(p); n != 0 {
+		t.Errorf("Prepare on a kernel without bpf_rdonly_cast: the programs still refer to it %d times, want none (cilium/ebpf would search every module for it at each)", n)
+	}
+	testkit.Tracefs(t)
+	ns := testkit.Netns(t, "nocast")
+	for _, at := range []string{drops.AttachTPBTF, drops.AttachRawTP, drops.AttachTracepoint} {
+		t.Run(at, func(t *testing.T) {
+			cfg := drops.Config{NetnsInode: uint32(ns.Inode), LB: ns, Ports: []uint16{7021}, Attach: at}
+			got, _ := trace(t, cfg, func() { dial(ns, "127.0.0.1:7021") })
+			if d := find(got, "NO_SOCKET"); d == nil || d.Dst != netip.MustParseAddrPort("127.0.0.1:7021") || drops.Kind(d.Raw.TCPFlags) != "SYN" {
+				t.Errorf("event mode: NO_SOCKET drop = %+v, want a SYN to 127.0.0.1:7021 (saw %+v)", d, got)
+			}
+			tr, err := drops.New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tr.Close()
+			dial(ns, "127.0.0.1:7021")
+			smp, err := tr.Watch(context.Background(), time.Now().Add(200*time.Millisecond), drops.Hooks{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var syns uint64
+			for _, c := range smp.Drops {
+				if c.ReasonName == "NO_SOCKET" && c.Dst == netip.MustParseAddrPort("127.0.0.1:7021") && c.Proto == unix.IPPROTO_TCP {
+					syns += c.Count
+				}
+			}
+			if syns == 0 {
+				t.Errorf("aggregate mode: Watch(…).Drops = %+v, want the SYN to 127.0.0.1:7021 counted as NO_SOCKET", smp.Drops)
+			}
+		})
+	}
+}
+
 // Strict reverse-path filtering drops a packet whose source has no route
 // back through the interface it came in on.
 func TestIPRPFilter(t *testing.T) {

@@ -2,7 +2,10 @@ package drops
 
 import (
 	"net/netip"
+	"slices"
 	"time"
+
+	"github.com/cilium/ebpf/btf"
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/probes/kernel"
@@ -15,6 +18,29 @@ func AsKernelWithoutReasons() (restore func()) {
 		return &kernel.NotSupportedError{Feature: "drop reasons", Reason: "are not passed to kfree_skb (test: as before 5.17)"}
 	}
 	return func() { kernelReasonField = kernel.KfreeSkbReasonField }
+}
+
+// AsKernelWithoutRdonlyCast makes Prepare load the program as on a kernel
+// older than 6.2, which has no bpf_rdonly_cast kfunc (headers are read
+// through bpf_probe_read_kernel), until the returned func is called.
+func AsKernelWithoutRdonlyCast() (restore func()) {
+	old := kernelHasKfunc
+	kernelHasKfunc = func(*btf.Spec, string) bool { return false }
+	return func() { kernelHasKfunc = old }
+}
+
+// KfuncReferences counts the instructions of p's programs that refer to
+// a kfunc (cilium/ebpf looks each up in the kernel's BTF at load).
+func KfuncReferences(p *Prepared) int {
+	n := 0
+	for _, prog := range p.spec.Programs {
+		for _, ins := range prog.Instructions {
+			if slices.Contains(vmlinuxKfuncs, ins.Reference()) {
+				n++
+			}
+		}
+	}
+	return n
 }
 
 // SetPollInterval changes how often Read polls the ring unwoken, until the

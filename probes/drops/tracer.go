@@ -27,6 +27,8 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
@@ -98,6 +100,11 @@ type Tracer struct {
 	// NoHooks says why netfilter drops carry no hook (no kallsyms, no
 	// drop reasons, event mode); empty when they do.
 	NoHooks string
+
+	// LoadTook is Load's time by stage (the verifier's load, the wait for
+	// kallsyms and for the attributor's first read of the tables, the
+	// attach), for LBDOCTOR_TIMINGS: where a slow machine's wait goes.
+	LoadTook map[string]time.Duration
 
 	cfg    Config
 	events bool
@@ -336,12 +343,70 @@ func Prepare(attach string) (*Prepared, error) {
 	if err := p.spec.Assign(&p.specs); err != nil {
 		return nil, fmt.Errorf("load drop tracer spec: %w", err)
 	}
+	unlinkAbsentKfuncs(p.spec)
 	if p.attach, err = chooseAttach(attach, &p.specs.dropsVariableSpecs); err != nil {
 		return nil, err
 	}
 	p.took = time.Since(start)
 	return p, nil
 }
+
+// vmlinuxKfuncs are the kfuncs the program calls (weak: it does without
+// them), all of vmlinux's own: no module defines one.
+var vmlinuxKfuncs = []string{"bpf_rdonly_cast"}
+
+// unlinkAbsentKfuncs does what cilium/ebpf does with a weak kfunc the
+// kernel lacks (bpf_rdonly_cast, before 6.2) before it looks for it: its
+// address loads become 0, so the verifier drops the code that calls it,
+// and its calls an invalid helper in that dead code. cilium/ebpf, not
+// finding it in vmlinux's BTF, would search every module's BTF at each
+// of the program's references to it (11 in the tp_btf program; a handful
+// of bpf syscalls for each module, each time): 0.3–1 s of the TCG guest's
+// load on 6.1. A kernel without BTF is left to cilium/ebpf.
+func unlinkAbsentKfuncs(spec *ebpf.CollectionSpec) {
+	k, err := kernel.BTFCache().Kernel()
+	if err != nil {
+		return
+	}
+	for _, name := range vmlinuxKfuncs {
+		if kernelHasKfunc(k, name) {
+			continue
+		}
+		for _, prog := range spec.Programs {
+			for i, ins := range prog.Instructions {
+				if ins.Reference() != name {
+					continue
+				}
+				var n asm.Instruction
+				switch {
+				case ins.IsKfuncCall():
+					n = asm.BuiltinFunc(kfuncPoison).Call()
+				case ins.OpCode.IsDWordLoad():
+					n = asm.LoadImm(ins.Dst, 0, asm.DWord)
+				default:
+					continue
+				}
+				n = n.WithSymbol(ins.Symbol()).WithSource(ins.Source())
+				if f := btf.FuncMetadata(&ins); f != nil {
+					n = btf.WithFuncMetadata(n, f)
+				}
+				prog.Instructions[i] = n
+			}
+		}
+	}
+}
+
+// kernelHasKfunc reports whether the kernel's BTF k has the function name;
+// tests replace it to load the program as on a kernel without it.
+var kernelHasKfunc = func(k *btf.Spec, name string) bool {
+	var fn *btf.Func
+	return k.TypeByName(name, &fn) == nil
+}
+
+// kfuncPoison is the helper a call to an absent kfunc becomes: none has
+// this number (cilium/ebpf's own, which the verifier names if it is ever
+// reached).
+const kfuncPoison = 0xdedc0de
 
 // ReadSymbols starts reading /proc/kallsyms in the background for the
 // tracer's Namer (seconds on the TCG guest), beside the rest of the
@@ -427,23 +492,41 @@ func (p *Prepared) Load(cfg Config) (*Tracer, error) {
 	// done, so a window that opens at the attach knows every flow there
 	// was at any instant of it (one that ends in its first instants too).
 	t.namer = newNamer(t, cfg)
-	t.coll, err = ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Cache: kernel.BTFCache()})
+	t.LoadTook = map[string]time.Duration{}
+	stage := func(name string, since time.Time) time.Time {
+		now := time.Now()
+		t.LoadTook[name] = now.Sub(since)
+		return now
+	}
+	mark := stage("load setup", start)
+	opts := ebpf.CollectionOptions{Cache: kernel.BTFCache()}
+	if k, err := kernel.BTFCache().Kernel(); err == nil {
+		// Every type the program relocates is vmlinux's: without this,
+		// cilium/ebpf parses every module's BTF as a target too (0.1–0.3 s
+		// of the TCG guest's load, for a few dozen modules).
+		opts.Programs.KernelTypes = k
+	}
+	t.coll, err = ebpf.NewCollectionWithOptions(spec, opts)
 	if err != nil {
 		t.Close()
 		return nil, fmt.Errorf("load drop tracer (%s): %w", t.Attach, err)
 	}
+	mark = stage("load verifier", mark)
 	t.prog = t.coll.Programs[progName]
 	if err := errors.Join(t.coll.Assign(&t.maps), t.coll.Assign(&t.vars)); err != nil {
 		t.Close()
 		return nil, fmt.Errorf("load drop tracer (%s): %w", t.Attach, err)
 	}
 	t.namer.readSymbols() // read beside the loading (ReadSymbols), else now
+	mark = stage("load kallsyms", mark)
 	// Load is not cancelled: LoadContext gives up around it.
 	t.namer.attr.WaitRead(context.Background())
+	mark = stage("load tables", mark)
 	if err := t.Start(); err != nil {
 		t.Close()
 		return nil, err
 	}
+	stage("load attach", mark)
 	if cfg.Events {
 		if t.ring, err = ringbuf.NewReader(t.maps.Events); err != nil {
 			t.Close()

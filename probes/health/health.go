@@ -65,12 +65,13 @@ type Result struct {
 	// Source is the LB's address the connect came from (the route's
 	// preferred source).
 	Source netip.Addr `json:"source,omitzero"`
-	// SourcePort is the LB's port of the probe's connection: what the
-	// probe's own packets carry (the window leaves their drops out of the
-	// services').
+	// SourcePort is the LB's port of the probe's (last) connection: what
+	// the probe's own packets carry (the window leaves their drops out of
+	// the services'), also of a connect the window's end cut short.
 	SourcePort uint16 `json:"source_port,omitempty"`
 	// FirstSourcePort is the port of a first connect that timed out when
-	// a second was tried: the real's late answer to it is the probe's too.
+	// a second was tried (finished or cut short): the real's late answer
+	// to it is the probe's too.
 	FirstSourcePort uint16 `json:"first_source_port,omitempty"`
 	// Neighbour is the state of the next hop's ARP/NDP entry after the
 	// probe (REACHABLE, STALE, FAILED, INCOMPLETE …; "" when none).
@@ -201,8 +202,16 @@ func probeOne(ctx context.Context, t Target, timeout time.Duration) Result {
 		// one more try, as a health checker's retry would, before a
 		// slow moment is called a silent real.
 		first := r.SourcePort
-		if c, msg, rtt, port := connect(ctx, t.Real, d.Src, timeout); c != "" {
-			r.Connect, r.Error, r.RTT, r.SourcePort, r.FirstSourcePort = c, msg, rtt, port, first
+		c, msg, rtt, port := connect(ctx, t.Real, d.Src, timeout)
+		if port != 0 {
+			// Its SYN left whether or not the window let it finish: its
+			// packets (a drop of that SYN, a late answer) are the probe's.
+			r.SourcePort, r.FirstSourcePort = port, first
+		}
+		if c == "" {
+			r.Note = "the window ended during a second connect (the first timed out)"
+		} else {
+			r.Connect, r.Error, r.RTT = c, msg, rtt
 			r.Note = "answered the second connect (the first timed out)"
 			if c == Timeout {
 				r.Note = "two connects timed out"
