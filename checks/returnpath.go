@@ -51,10 +51,18 @@ func DecideReturnPath(s *probes.Snapshot, vip netip.Addr, reals []netip.Addr) Re
 			Evidence: []Evidence{{Fact: "no interface has " + vip.String(), Source: "addresses, " + s.Target.String()}}}
 	}
 	ev := []Evidence{{Fact: fmt.Sprintf("VIP %s is on %s", vip, vipDev), Source: "addresses, " + s.Target.String()}}
-	var oneArm, routed, behind []netip.Addr
+	var oneArm, routed, behind, local []netip.Addr
 	for _, r := range reals {
 		dev, gw := routeTo(s, r)
+		here, _ := s.Net.Holds(r)
 		switch {
+		case here:
+			// A real on the LB itself (a sorry server, the LB serving
+			// too): IPVS hands it the connection inside the host and
+			// rewrites its replies back to the VIP in LOCAL_OUT. They
+			// never cross a segment: no SNAT, no gateway to judge.
+			local = append(local, r)
+			ev = append(ev, Evidence{Fact: fmt.Sprintf("real %s is a local address of the LB: its replies leave through IPVS on the LB itself", r), Source: "local routing table, " + s.Target.String()})
 		case gw.IsValid():
 			routed = append(routed, r)
 			ev = append(ev, Evidence{Fact: fmt.Sprintf("real %s is reached via gateway %s", r, gw), Source: src})
@@ -71,6 +79,8 @@ func DecideReturnPath(s *probes.Snapshot, vip netip.Addr, reals []netip.Addr) Re
 		return ReturnPath{NeedsSNAT: true, OneArm: true, Dev: vipDev, Reason: fmt.Sprintf("one-arm: real %s shares the VIP's segment and answers clients directly", oneArm[0]), Evidence: ev}
 	case len(routed) > 0:
 		return ReturnPath{NeedsSNAT: true, Reason: fmt.Sprintf("real %s is behind a router: its replies follow its own routes, not the LB", routed[0]), Evidence: ev}
+	case len(behind) == 0 && len(local) > 0:
+		return ReturnPath{NeedsSNAT: false, Reason: "every real is a local address of the LB: IPVS rewrites their replies on the LB itself; client addresses are kept", Evidence: ev}
 	default:
 		return ReturnPath{NeedsSNAT: false, Reason: "two-arm: the reals sit on another segment of the LB, which must be their gateway; client addresses are kept", Evidence: ev}
 	}

@@ -1,0 +1,52 @@
+package checks_test
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/lbdoctor/lbdoctor/checks"
+	"github.com/lbdoctor/lbdoctor/probes"
+)
+
+// A real on the LB itself (ipvsadm -a … -r LB_ADDR:PORT -m: a sorry
+// server, the LB serving too) gets its connections inside the host and
+// IPVS rewrites its replies back to the VIP on the way out: it needs no
+// SNAT. Seen in the guest: a one-arm VIP whose only real was the LB's own
+// 10.1.0.5:8086 answered its client without SNAT, and nat.return_path
+// failed it as "real 10.1.0.5 is on eth0, the VIP's segment".
+func TestReturnPathLocalReal(t *testing.T) {
+	tests := []struct {
+		name   string
+		reals  []string
+		want   checks.Status
+		wantIn string
+	}{
+		{"the LB's own address", []string{"10.1.0.5:8086"}, checks.Pass, "real 10.1.0.5 is a local address of the LB"},
+		{"loopback", []string{"127.0.0.1:8086"}, checks.Pass, "real 127.0.0.1 is a local address of the LB"},
+		{"a local real beside one on the VIP's segment", []string{"10.1.0.5:8086", "10.1.0.50:8085"}, checks.Fail, "real 10.1.0.50 is on eth0, the VIP's segment"},
+		{"a real on the VIP's segment", []string{"10.1.0.50:8085"}, checks.Fail, "one-arm: real 10.1.0.50 shares the VIP's segment"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := loadFixture(t, "seed-stage1") // one-arm, no SNAT rule
+			s.Net.Local = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("10.1.0.5/32"), netip.MustParsePrefix("10.1.0.6/32")}
+			svc := &s.IPVS.Services[0]
+			tmpl := svc.Reals[0]
+			svc.Reals = nil
+			for _, r := range tt.reals {
+				real := tmpl
+				real.Addr = netip.MustParseAddrPort(r)
+				svc.Reals = append(svc.Reals, real)
+			}
+			f := statusOf(checks.Run(s, probes.Selector{}), "nat.return_path")
+			text := f.Title + "\n" + f.Reason
+			for _, e := range f.Evidence {
+				text += "\n" + e.Fact
+			}
+			if f.Status != tt.want || !strings.Contains(text, tt.wantIn) {
+				t.Errorf("Run(%s) nat.return_path = %s %q\n%s\nwant %s with %q", tt.name, f.Status, f.Title, text, tt.want, tt.wantIn)
+			}
+		})
+	}
+}
