@@ -12,9 +12,10 @@ import (
 // A real on the LB itself (ipvsadm -a … -r LB_ADDR:PORT -m: a sorry
 // server, the LB serving too) gets its connections inside the host and
 // IPVS rewrites its replies back to the VIP on the way out: it needs no
-// SNAT. Seen in the guest: a one-arm VIP whose only real was the LB's own
+// SNAT, and no forwarding. Seen in the guest: a one-arm VIP whose only real was the LB's own
 // 10.1.0.5:8086 answered its client without SNAT, and nat.return_path
-// failed it as "real 10.1.0.5 is on eth0, the VIP's segment".
+// failed it as "real 10.1.0.5 is on eth0, the VIP's segment", and
+// sysctl.ip_forward with forwarding off.
 func TestReturnPathLocalReal(t *testing.T) {
 	tests := []struct {
 		name   string
@@ -39,7 +40,14 @@ func TestReturnPathLocalReal(t *testing.T) {
 				real.Addr = netip.MustParseAddrPort(r)
 				svc.Reals = append(svc.Reals, real)
 			}
-			f := statusOf(checks.Run(s, probes.Selector{}), "nat.return_path")
+			setSysctl(s, "net.ipv4.ip_forward", "0")
+			setSysctl(s, "net.ipv4.conf.eth0.forwarding", "0")
+			fs := checks.Run(s, probes.Selector{})
+			// Forwarding off: a local real's replies are not forwarded.
+			if fw := statusOf(fs, "sysctl.ip_forward"); (fw.Status == checks.Pass) != (tt.want == checks.Pass) {
+				t.Errorf("Run(%s, ip_forward=0) sysctl.ip_forward = %s %q, want pass only when every real is local", tt.name, fw.Status, fw.Title)
+			}
+			f := statusOf(fs, "nat.return_path")
 			text := f.Title + "\n" + f.Reason
 			for _, e := range f.Evidence {
 				text += "\n" + e.Fact
