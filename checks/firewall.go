@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/lbdoctor/lbdoctor/flowpath"
 	"github.com/lbdoctor/lbdoctor/internal/shellquote"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
@@ -20,11 +21,20 @@ type flowLeg struct {
 	pkt     rules.Packet
 	service string
 	real    netip.AddrPort // of an output or forward leg
+	// dnat: a leg of a VIP that IPVS does not serve (nft or iptables
+	// DNAT), real its backend: judged by the window's drops alone.
+	dnat bool
 }
 
 // what names the leg's packets: "requests to tcp 10.1.0.6:8085". Said
 // only when a finding names the leg: 10,000 reals make 20,000 legs.
 func (l flowLeg) what() string {
+	switch {
+	case l.dnat && l.pkt.Src.IsValid():
+		return "replies of backend " + l.real.String()
+	case l.dnat:
+		return "requests to " + l.service + " DNATed to backend " + l.real.String()
+	}
 	switch l.hook {
 	case "output":
 		return "requests IPVS sends to real " + l.real.String()
@@ -36,6 +46,12 @@ func (l flowLeg) what() string {
 
 // why says why the leg's hook sees its packets.
 func (l flowLeg) why() string {
+	if l.dnat {
+		if l.hook == "input" {
+			return "filter INPUT runs on the packets the DNAT sends to an address of the LB"
+		}
+		return "filter FORWARD runs on the packets the LB forwards, after the DNAT (and its reversal for replies)"
+	}
 	switch l.hook {
 	case "output":
 		return "IPVS sends them through LOCAL_OUT, where filter OUTPUT runs"
@@ -68,6 +84,125 @@ func legsOf(svc ipvs.Service) []flowLeg {
 	return legs
 }
 
+// dnatLegs are the legs of the flows of service (a drop's name for its
+// flows to a VIP that IPVS does not serve: "TCP 10.1.0.6:8085") through
+// each of its backends: the requests DNATed to it in forward (or, to an
+// address of the LB, in input) and its replies in forward.
+func dnatLegs(service string, backends []netip.AddrPort) []flowLeg {
+	proto, _, ok := strings.Cut(service, " ")
+	if proto = strings.ToLower(proto); !ok {
+		proto = "" // the VIP alone: its flows' protocol is not known
+	}
+	var legs []flowLeg
+	for _, b := range backends {
+		req := rules.Packet{Proto: proto, Dst: b.Addr(), DPort: b.Port(), First: true, Remote: true}
+		legs = append(legs,
+			flowLeg{hook: "forward", service: service, real: b, dnat: true, pkt: req},
+			flowLeg{hook: "input", service: service, real: b, dnat: true, pkt: req},
+			flowLeg{hook: "forward", service: service, real: b, dnat: true, pkt: rules.Packet{Proto: proto, Src: b.Addr(), SPort: b.Port(), Remote: true}})
+	}
+	return legs
+}
+
+// dnatName names the flows of a selected VIP that IPVS does not serve as
+// a drop's flow names them ("TCP 10.1.0.6:8085"): by the selector's
+// protocol, else by that of its DNATed conntrack flows when they have one.
+func dnatName(s *probes.Snapshot, sel probes.Selector) string {
+	proto := sel.Proto
+	if proto == "" {
+		for _, f := range s.Conntrack.Flows {
+			if f.Reply.Src == f.Orig.Dst {
+				continue // not DNATed
+			}
+			if proto != "" && f.Proto != proto {
+				return sel.VIPString()
+			}
+			proto = f.Proto
+		}
+	}
+	if proto == "" {
+		return sel.VIPString()
+	}
+	return strings.ToUpper(proto) + " " + sel.VIPString()
+}
+
+// dnatTraced says whether the selection is a VIP that IPVS does not serve
+// whose flows the window traced through the backends conntrack shows (as
+// drops.vip_flows does): firewall.filter judges its drops alone.
+func dnatTraced(s *probes.Snapshot, sel probes.Selector) bool {
+	return sel.VIP.IsValid() && len(selected(s, sel)) == 0 && len(s.Conntrack.Backends) > 0
+}
+
+// pointLegs are the legs of drop point p's hook of the selected flows it
+// dropped: an IPVS service's, or a DNAT VIP's (dnatLegs; of p's side of
+// the flow when p knows it).
+func pointLegs(s *probes.Snapshot, sel probes.Selector, p *probes.DropPoint) []flowLeg {
+	hook := pointHook(*p)
+	var all []flowLeg
+	if svcs, why := addressed(s, sel); why == "" {
+		for _, svc := range svcs {
+			if len(p.Services) == 0 || slices.Contains(p.Services, svc.Key()) {
+				all = append(all, legsOf(svc)...)
+			}
+		}
+	} else if dnatTraced(s, sel) {
+		// Drops no flow was attributed to (a SYN dropped before conntrack
+		// confirmed its flow) are the selection's all the same: the
+		// kernel traced only its addresses.
+		svcs, reals := p.Services, p.Reals
+		if len(svcs) == 0 {
+			svcs = []string{dnatName(s, sel)}
+		}
+		if len(reals) == 0 {
+			reals = s.Conntrack.Backends
+		}
+		for _, svc := range svcs {
+			for _, l := range dnatLegs(svc, reals) {
+				if p.Leg == "" || (p.Leg == flowpath.Reply) == l.pkt.Src.IsValid() {
+					all = append(all, l)
+				}
+			}
+		}
+	}
+	var out []flowLeg
+	for _, l := range all {
+		if l.hook == hook {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// dropsIn says whether the rule or policy a drop point is joined to drops
+// in snapshot s: one deleted or set to ACCEPT during the window
+// (DropPoint.Gone, Changed) dropped in the window's first read, not in its
+// last; every other in both.
+func dropsIn(s *probes.Snapshot, p *probes.DropPoint) bool {
+	switch {
+	case !p.Gone && !p.Changed:
+		return true
+	case p.Rule != nil:
+		k := p.Rule.Key()
+		return slices.ContainsFunc(s.Rules.Rules, func(r rules.Rule) bool { return r.Drops() && r.Key() == k })
+	case p.Policy != nil:
+		k := p.Policy.Key()
+		return slices.ContainsFunc(s.Rules.Chains, func(c rules.Chain) bool { return c.Policy == "DROP" && c.Key() == k })
+	}
+	return false
+}
+
+// fixedName says how a rule or policy that dropped during the window
+// stopped: "… rule "…" deleted", "… policy now ACCEPT".
+func fixedName(p *probes.DropPoint) string {
+	switch {
+	case p.Rule != nil:
+		return fmt.Sprintf("%s rule %q deleted", p.Rule.Place(), p.Rule.Spec)
+	case p.Changed:
+		return p.Policy.Place() + " policy now ACCEPT"
+	}
+	return p.Policy.Place() + " (policy DROP) deleted"
+}
+
 // filterHit is a rule or policy that drops a service's packets.
 type filterHit struct {
 	rule   *rules.Rule
@@ -90,9 +225,17 @@ func (h *filterHit) key() string {
 // selected services' flows. Static where a rule clearly matches (addresses,
 // protocol and ports only), confirmed by the window's netfilter drops joined
 // to a rule or policy of their hook.
+//
+// A VIP that IPVS does not serve (nft or iptables DNAT), whose drops the
+// window traced through its backends, is judged by those drops alone. A
+// drop joined to a rule or policy that was deleted or set to ACCEPT during
+// the window does not fail it: the last read passes naming the fix, and
+// drops.vip_flows, judging the drops on the window's first read, warns
+// that they were dropped while the fault was there.
 func checkFirewall(s *probes.Snapshot, sel probes.Selector) Finding {
 	svcs, why := addressed(s, sel)
-	if why != "" {
+	dnat := why != "" && dnatTraced(s, sel)
+	if why != "" && !dnat {
 		return skip(why)
 	}
 	read := false
@@ -128,22 +271,20 @@ func checkFirewall(s *probes.Snapshot, sel probes.Selector) Finding {
 		}
 	}
 	w := s.Window
+	var fixed []*probes.DropPoint // joined to a rule or policy that no longer drops
 	if w != nil {
 		for i := range w.DropPoints {
 			p := &w.DropPoints[i]
 			if !filterExplains(*p) {
 				continue
 			}
+			if !dropsIn(s, p) {
+				fixed = append(fixed, p)
+				continue
+			}
 			h := &filterHit{rule: p.Rule, policy: p.Policy, hook: pointHook(*p), drops: p.Count, point: p}
-			for _, svc := range svcs {
-				if len(p.Services) > 0 && !slices.Contains(p.Services, svc.Key()) {
-					continue
-				}
-				for _, l := range legsOf(svc) {
-					if l.hook == h.hook {
-						add(h, l)
-					}
-				}
+			for _, l := range pointLegs(s, sel, p) {
+				add(h, l)
 			}
 			for _, x := range hits { // the static hit (or another point's), confirmed
 				if x != h && x.key() == h.key() {
@@ -154,7 +295,13 @@ func checkFirewall(s *probes.Snapshot, sel probes.Selector) Finding {
 		}
 	}
 	if len(hits) == 0 {
+		if dnat && len(fixed) == 0 {
+			return skip(why)
+		}
 		var addrs []netip.Addr
+		if dnat {
+			addrs = append(addrs, sel.VIP.Addr())
+		}
 		for _, svc := range svcs {
 			addrs = append(addrs, svc.Addr.Addr())
 		}
@@ -162,19 +309,47 @@ func checkFirewall(s *probes.Snapshot, sel probes.Selector) Finding {
 		if un := unreadRules(s, addrs...); un != "" {
 			return skip("no rule read drops the selected services' flows, but " + un)
 		}
-		f := Finding{Status: Pass, Evidence: []Evidence{{
-			Fact:   fmt.Sprintf("no filter rule or DROP policy in input, output or forward clearly matches the flows of %s", serviceKeys(svcs)),
-			Source: "rules of " + backendNames(s) + ", " + s.Target.String(),
-		}}}
+		f := Finding{Status: Pass}
+		if dnat {
+			f.Evidence = append(f.Evidence, Evidence{Fact: sel.VIPString() + " is not an IPVS service: its flows are judged by the window's netfilter drops alone", Source: "lbdoctor"})
+		} else {
+			f.Evidence = append(f.Evidence, Evidence{
+				Fact:   fmt.Sprintf("no filter rule or DROP policy in input, output or forward clearly matches the flows of %s", serviceKeys(svcs)),
+				Source: "rules of " + backendNames(s) + ", " + s.Target.String(),
+			})
+		}
 		if w == nil {
 			f.Evidence = append(f.Evidence, Evidence{Fact: "static snapshot (--watch 0): a rule that matches on more than addresses, protocol and ports is judged only by the window's drops", Source: "lbdoctor"})
 		}
+		// Drops joined to what was fixed during the window: their fault
+		// is gone, the window's first read shows it (drops.vip_flows).
+		for _, p := range fixed {
+			f.Evidence = append(f.Evidence, Evidence{Fact: fmt.Sprintf("%d × NETFILTER_DROP of the selected flows in %s during the window, joined to %s: fixed during the window, it drops them no more",
+				p.Count, pointHook(*p), p.Cause), Source: p.Source + "; kfree_skb tracer"})
+		}
+		if len(fixed) > 0 {
+			f.Title = "no packet filter drops the selected flows: " + fixedName(fixed[0])
+			if len(fixed) > 1 {
+				f.Title += fmt.Sprintf(" (and %d more)", len(fixed)-1)
+			}
+		}
 		return f
 	}
-	// The drops joined to a rule or policy are this finding's.
+	// The drops joined to a rule or policy that drops in this read are
+	// this finding's (the window's first read, judged for drops.vip_flows,
+	// still has those fixed during the window).
+	holds := map[*probes.DropPoint]bool{}
 	f := Finding{Status: Fail, explains: func(c drops.Counted) bool {
 		p := pointOf(s, c)
-		return p != nil && filterExplains(*p)
+		if p == nil || !filterExplains(*p) {
+			return false
+		}
+		h, ok := holds[p]
+		if !ok {
+			h = dropsIn(s, p)
+			holds[p] = h
+		}
+		return h
 	}}
 	var titles []string
 	for _, h := range hits {
@@ -230,18 +405,12 @@ func pointHook(p probes.DropPoint) string {
 
 // pointFix is the fix of a drop point joined to a rule or policy: the rule
 // deleted, or the selected services' packets of its hook let past the policy.
-func pointFix(s *probes.Snapshot, sel probes.Selector, p probes.DropPoint) []string {
-	h := &filterHit{rule: p.Rule, policy: p.Policy, hook: pointHook(p)}
-	for _, svc := range selected(s, sel) {
-		if svc.FWMark != 0 || (len(p.Services) > 0 && !slices.Contains(p.Services, svc.Key())) {
-			continue
-		}
-		for _, l := range legsOf(svc) {
-			if l.hook == h.hook {
-				h.legs = append(h.legs, l)
-			}
-		}
+// One that no longer drops (fixed during the window) has none.
+func pointFix(s *probes.Snapshot, sel probes.Selector, p *probes.DropPoint) []string {
+	if !dropsIn(s, p) {
+		return nil
 	}
+	h := &filterHit{rule: p.Rule, policy: p.Policy, hook: pointHook(*p), legs: pointLegs(s, sel, p)}
 	if h.rule == nil && len(h.legs) == 0 {
 		return nil
 	}

@@ -2,10 +2,12 @@ package checks_test
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/lbdoctor/lbdoctor/checks"
+	"github.com/lbdoctor/lbdoctor/flowpath"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
@@ -119,12 +121,7 @@ func TestDropsJoinedToAFilterRule(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			s := loadFixture(t, "seed-stage3-drops")
-			var ds []drops.Counted
-			for i := 0; i < 6; i++ {
-				ds = append(ds, drops.Counted{Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: 6, Location: 0x1234,
-					Src: netip.AddrPortFrom(netip.MustParseAddr("10.1.0.3"), uint16(40000+i)), Dst: netip.MustParseAddrPort("10.1.0.6:8085")}, Count: 1},
-					ReasonName: "NETFILTER_DROP", Symbol: "nf_hook_slow+0x7a", Hook: "input"})
-			}
+			ds := inputSYNDrops(6)
 			s.Drops.Drops = ds
 			s.Rules.Backends[0].Rules = 1
 			p := probes.DropPoint{Reason: "NETFILTER_DROP", Function: "nf_hook_slow", Hook: "input", Count: 6}
@@ -141,6 +138,128 @@ func TestDropsJoinedToAFilterRule(t *testing.T) {
 			}
 			if f.Status != tt.want || !strings.Contains(strings.Join(facts, "\n"), tt.wantFact) || !strings.Contains(strings.Join(f.Fix, "\n"), tt.wantFix) || strings.Contains(strings.Join(f.Fix, "\n"), "inspect") {
 				t.Errorf("drops.vip_flows = %s %q\nevidence %q\nfix %q\nwant %s with %q and fix %q", f.Status, f.Title, facts, f.Fix, tt.want, tt.wantFact, tt.wantFix)
+			}
+		})
+	}
+}
+
+// inputSYNDrops are n SYNs of n clients to the seed's VIP dropped in input.
+func inputSYNDrops(n int) []drops.Counted {
+	var ds []drops.Counted
+	for i := 0; i < n; i++ {
+		ds = append(ds, drops.Counted{Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: 6, Location: 0x1234,
+			Src: netip.AddrPortFrom(netip.MustParseAddr("10.1.0.3"), uint16(40000+i)), Dst: netip.MustParseAddrPort("10.1.0.6:8085")}, Count: 1},
+			ReasonName: "NETFILTER_DROP", Symbol: "nf_hook_slow+0x7a", Hook: "input"})
+	}
+	return ds
+}
+
+// A filter rule deleted, or a DROP policy set to ACCEPT, during the window:
+// its drops are joined to it as the first read had it (Gone, Changed).
+// firewall.filter passes on the last read, naming the fix, and
+// drops.vip_flows warns that they were dropped while the fault was there
+// (explainDrops, on the window's first read), with no fix to type. One
+// still there at the window's end fails firewall.filter as before.
+func TestFilterFixedDuringWindow(t *testing.T) {
+	rule := rules.Rule{Backend: rules.IptablesLegacy, Family: "ip", Table: "filter", Chain: "INPUT", Spec: "-A INPUT -d 10.1.0.6/32 -j DROP", Target: "DROP", HasCounter: true, Packets: 6}
+	policy := rules.Chain{Backend: rules.IptablesLegacy, Family: "ip", Table: "filter", Chain: "INPUT", Hook: "input", Policy: "DROP", HasCounter: true, Packets: 6}
+	accept := policy
+	accept.Policy, accept.Packets = "ACCEPT", 2
+	for _, tt := range []struct {
+		name                 string
+		first, last          rules.Snapshot
+		point                probes.DropPoint
+		wantFilter, wantDrop checks.Status
+		wantTitle, wantFact  string
+		wantFix              string // in drops.vip_flows' fix; "" none
+	}{
+		{
+			name: "rule deleted during the window", first: rules.Snapshot{Rules: []rules.Rule{rule}},
+			point:      probes.DropPoint{Rule: &rule, Gone: true, Uncounted: true},
+			wantFilter: checks.Pass, wantDrop: checks.Warn,
+			wantTitle: `no packet filter drops the selected flows: iptables-legacy filter INPUT rule "-A INPUT -d 10.1.0.6/32 -j DROP" deleted`,
+			wantFact:  `dropped while firewall.filter (a packet filter drops the selected services' flows: iptables-legacy filter INPUT rule "-A INPUT -d 10.1.0.6/32 -j DROP"); fixed during the window (now no packet filter drops the selected flows: iptables-legacy filter INPUT rule "-A INPUT -d 10.1.0.6/32 -j DROP" deleted)`,
+		},
+		{
+			name: "policy DROP set to ACCEPT during the window", first: rules.Snapshot{Chains: []rules.Chain{policy}}, last: rules.Snapshot{Chains: []rules.Chain{accept}},
+			point:      probes.DropPoint{Policy: &policy, Changed: true, Uncounted: true},
+			wantFilter: checks.Pass, wantDrop: checks.Warn,
+			wantTitle: "no packet filter drops the selected flows: iptables-legacy filter INPUT policy now ACCEPT",
+			wantFact:  "fixed during the window (now no packet filter drops the selected flows: iptables-legacy filter INPUT policy now ACCEPT)",
+		},
+		{
+			name: "rule there at both ends", first: rules.Snapshot{Rules: []rules.Rule{rule}}, last: rules.Snapshot{Rules: []rules.Rule{rule}},
+			point:      probes.DropPoint{Rule: &rule, Delta: 6},
+			wantFilter: checks.Fail, wantDrop: checks.Warn,
+			wantTitle: `a packet filter drops the selected services' flows: iptables-legacy filter INPUT rule "-A INPUT -d 10.1.0.6/32 -j DROP"`,
+			wantFact:  "6 × NETFILTER_DROP at nf_hook_slow+0x7a in input in 6 flows",
+			wantFix:   "ip netns exec lb iptables-legacy -t filter -D INPUT -d 10.1.0.6/32 -j DROP",
+		},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := loadFixture(t, "seed-stage3-drops")
+			ds := inputSYNDrops(6)
+			first := *s
+			first.Drops = nil
+			first.Rules.Rules = append(slices.Clone(s.Rules.Rules), tt.first.Rules...)
+			first.Rules.Chains = tt.first.Chains
+			s.Rules.Rules = append(s.Rules.Rules, tt.last.Rules...)
+			s.Rules.Chains = tt.last.Chains
+			s.Drops.Drops = ds
+			p := tt.point
+			p.Reason, p.Function, p.Hook, p.Count = "NETFILTER_DROP", "nf_hook_slow", "input", 6
+			s.Window = &probes.Window{DropPoints: []probes.DropPoint{p}, First: &first}
+			fs := checks.Run(s, probes.Selector{})
+			fw, d := statusOf(fs, "firewall.filter"), statusOf(fs, "drops.vip_flows")
+			var facts []string
+			for _, e := range d.Evidence {
+				facts = append(facts, e.Fact)
+			}
+			fix := strings.Join(d.Fix, "\n")
+			if fw.Status != tt.wantFilter || fw.Title != tt.wantTitle {
+				t.Errorf("firewall.filter = %s %q, want %s %q", fw.Status, fw.Title, tt.wantFilter, tt.wantTitle)
+			}
+			if d.Status != tt.wantDrop || !strings.Contains(strings.Join(facts, "\n"), tt.wantFact) || (tt.wantFix == "") != (fix == "") || !strings.Contains(fix, tt.wantFix) {
+				t.Errorf("drops.vip_flows = %s %q\nevidence %q\nfix %q\nwant %s with %q and fix %q", d.Status, d.Reason, facts, d.Fix, tt.wantDrop, tt.wantFact, tt.wantFix)
+			}
+		})
+	}
+}
+
+// A VIP that IPVS does not serve (nft DNAT, its backend learned from
+// conntrack) is judged by the window's netfilter drops joined to a rule or
+// policy: a FORWARD policy DROP fails it, the fix letting the requests
+// DNATed to the backend and the backend's replies past it (one side when
+// the drops' flows say which); no drop
+// joined, it is skipped as before.
+func TestFirewallFilterDNATVIP(t *testing.T) {
+	policy := rules.Chain{Backend: rules.IptablesLegacy, Family: "ip", Table: "filter", Chain: "FORWARD", Hook: "forward", Policy: "DROP", HasCounter: true, Packets: 4}
+	sel := probes.Selector{VIP: netip.MustParseAddrPort("10.99.0.6:8085")}
+	for _, tt := range []struct {
+		name    string
+		point   *probes.DropPoint
+		want    checks.Status
+		wantFix string
+	}{
+		{"SYNs dropped by the policy, no flow attributed: either side", &probes.DropPoint{Count: 4}, checks.Fail,
+			"ip netns exec vflb iptables-legacy -t filter -I FORWARD -d 10.99.0.50 -p tcp --dport 8085 -j ACCEPT\nip netns exec vflb iptables-legacy -t filter -I FORWARD -s 10.99.0.50 -p tcp --sport 8085 -j ACCEPT"},
+		{"replies dropped by the policy", &probes.DropPoint{Count: 4, Leg: flowpath.Reply, Services: []string{"TCP 10.99.0.6:8085"}, Reals: []netip.AddrPort{netip.MustParseAddrPort("10.99.0.50:8085")}}, checks.Fail,
+			"ip netns exec vflb iptables-legacy -t filter -I FORWARD -s 10.99.0.50 -p tcp --sport 8085 -j ACCEPT"},
+		{"no drop joined", nil, checks.Skip, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := loadFixture(t, "nft-dnat-forward-off")
+			s.IPVS.Available = false
+			s.Rules.Chains = []rules.Chain{policy}
+			s.Window = &probes.Window{}
+			if tt.point != nil {
+				p := *tt.point
+				p.Reason, p.Function, p.Hook, p.Policy = "NETFILTER_DROP", "nf_hook_slow", "forward", &policy
+				s.Window.DropPoints = []probes.DropPoint{p}
+			}
+			f := statusOf(checks.Run(s, sel), "firewall.filter")
+			if fix := strings.Join(f.Fix, "\n"); f.Status != tt.want || fix != tt.wantFix {
+				t.Errorf("firewall.filter = %s %q, fix %q; want %s, fix %q", f.Status, f.Reason, f.Fix, tt.want, tt.wantFix)
 			}
 		})
 	}

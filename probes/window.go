@@ -123,6 +123,10 @@ type DropPoint struct {
 	Count    uint64   `json:"count"`
 	Flows    int      `json:"flows"`              // distinct flows attributed
 	Services []string `json:"services,omitempty"` // services whose flows these were, as ipvs.Service.Key names them
+	// Reals are the reals (an nft or iptables DNAT's backends) of the
+	// flows attributed, at most MaxPointReals: where a filter rule's fix
+	// lets a VIP's flows through when IPVS does not name them.
+	Reals []netip.AddrPort `json:"reals,omitempty"`
 	// Leg is where on the service's path the drops happened (request or
 	// reply side), when the flow says so.
 	Leg flowpath.LegKind `json:"leg,omitempty"`
@@ -141,6 +145,18 @@ type DropPoint struct {
 	Policy    *rules.Chain `json:"policy,omitempty"`
 	Delta     uint64       `json:"delta,omitempty"`
 	Uncounted bool         `json:"uncounted,omitempty"`
+	// Gone and Changed say that Rule or Policy dropped at the window's
+	// start and no longer at its end, which lbdoctor can tell only by
+	// comparing its first and last reads: Gone, the rule (or the policy's
+	// chain) was deleted during the window; Changed, the policy was set to
+	// ACCEPT. Rule or Policy is then as the first read had it, and
+	// Uncounted is set: a deleted rule counts no more, and a policy's
+	// counter starts again from 0 when it is set (iptables-legacy and
+	// iptables-nft alike), so what either dropped in the window is
+	// unknown. Joined only when no rule or policy of the last read counted
+	// the drops.
+	Gone    bool `json:"gone,omitempty"`
+	Changed bool `json:"changed,omitempty"`
 	// Examples are up to three flows of the drops, "tcp 10.1.0.3:40000 →
 	// 10.1.0.6:8085", for the evidence line.
 	Examples []string `json:"examples,omitempty"`
@@ -152,6 +168,9 @@ type DropPoint struct {
 	RealsGone     []GoneReal `json:"reals_gone,omitempty"`
 	RealGoneDrops uint64     `json:"real_gone_drops,omitempty"`
 }
+
+// MaxPointReals caps DropPoint.Reals.
+const MaxPointReals = 16
 
 // GoneReal is a real server that is no longer one of its service's reals.
 type GoneReal struct {

@@ -55,6 +55,9 @@ func Join(before, after *probes.Snapshot, w *probes.Window) []probes.DropPoint {
 			if !slices.Contains(p.Services, svc) {
 				p.Services = append(p.Services, svc)
 			}
+			if r := c.Flow.Real; r.IsValid() && len(p.Reals) < probes.MaxPointReals && !slices.Contains(p.Reals, r) {
+				p.Reals = append(p.Reals, r)
+			}
 			leg := flowpath.Request
 			if c.Flow.Direction == "reply" {
 				leg = flowpath.Reply
@@ -78,11 +81,15 @@ func Join(before, after *probes.Snapshot, w *probes.Window) []probes.DropPoint {
 		}
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Count > out[j].Count })
+	var filters *filterCandidates // read once, for the first netfilter drop
 	for i := range out {
 		p := &out[i]
 		switch p.Reason {
 		case "NETFILTER_DROP":
-			joinFilter(p, after, w)
+			if filters == nil {
+				filters = candidatesOf(before, after, w)
+			}
+			joinFilter(p, after, filters)
 			joinRealGone(p, after)
 		case "NEIGH_FAILED", "NEIGH_QUEUEFULL", "NEIGH_DEAD":
 			joinNeighbour(p, after, w)
@@ -103,7 +110,7 @@ func joinRealGone(p *probes.DropPoint, after *probes.Snapshot) {
 	if p.RealGoneDrops == 0 || (p.Rule != nil || p.Policy != nil) && !(p.Uncounted && p.RealGoneDrops == p.Count) {
 		return
 	}
-	p.Rule, p.Policy, p.Delta, p.Uncounted = nil, nil, 0, false
+	p.Rule, p.Policy, p.Delta, p.Uncounted, p.Gone, p.Changed = nil, nil, 0, false, false, false
 	gone := make([]string, len(p.RealsGone))
 	for i, g := range p.RealsGone {
 		gone[i] = g.Real.String() + ", no longer a real of " + g.Service
@@ -128,15 +135,27 @@ type candidate struct {
 	delta   uint64
 	counted bool // it keeps a counter (a native nft rule may not)
 	hookSet bool // its hook is known (a rule in a user chain's is not)
+	// gone: it dropped at the window's start and was deleted before its
+	// end (the rule, or the policy's chain); changed: the policy was DROP at
+	// the start and is ACCEPT at the end. Either counts as uncounted: what
+	// it dropped in the window is unknown (see probes.DropPoint.Gone).
+	gone, changed bool
 }
 
-// joinFilter joins a netfilter drop to the DROP or REJECT rule, or DROP
-// policy, of its hook whose counter moved in the window by as much as the
-// drops (or best explains them: the least that covers them, else the most);
-// a drop that no counter explains is joined to one that keeps none, said
-// as such.
-func joinFilter(p *probes.DropPoint, after *probes.Snapshot, w *probes.Window) {
-	var cs []candidate
+// filterCandidates are the rules and policies that dropped at some time in
+// the window, read once for every netfilter drop point: those of the last
+// read, and those of the first read that the last no longer has (deleted)
+// or no longer drops with (a policy set to ACCEPT).
+type filterCandidates struct {
+	now, healed []candidate
+}
+
+// candidatesOf reads the window's drop candidates from both reads. A rule
+// is the same rule in both when its key is (nft handles are not part of
+// it: a rule deleted and added again is still there, its counter counted
+// from 0); a rule or chain missing from the last read is gone only when
+// its backend (and family, for ip6tables) was read there whole.
+func candidatesOf(before, after *probes.Snapshot, w *probes.Window) *filterCandidates {
 	moved := map[string]uint64{}
 	if w != nil {
 		for _, d := range w.Deltas.Rules {
@@ -146,21 +165,76 @@ func joinFilter(p *probes.DropPoint, after *probes.Snapshot, w *probes.Window) {
 			moved["c "+d.Chain.Key()] = d.Packets
 		}
 	}
+	fc := &filterCandidates{}
+	keys := map[string]bool{} // of the dropping rules: a rule's key holds its target
 	for i, r := range after.Rules.Rules {
-		if !r.Drops() {
-			continue
+		if r.Drops() {
+			k := r.Key()
+			keys[k] = true
+			fc.now = append(fc.now, candidate{rule: &after.Rules.Rules[i], delta: moved["r "+k], counted: r.HasCounter, hookSet: r.HookOf() != ""})
 		}
-		h := r.HookOf()
-		if p.Hook != "" && h != "" && h != p.Hook {
-			continue
-		}
-		cs = append(cs, candidate{rule: &after.Rules.Rules[i], delta: moved["r "+r.Key()], counted: r.HasCounter, hookSet: h != ""})
 	}
+	chains := map[string]*rules.Chain{}
 	for i, c := range after.Rules.Chains {
-		if c.Policy != "DROP" || (p.Hook != "" && c.Hook != p.Hook) {
+		chains[c.Key()] = &after.Rules.Chains[i]
+		if c.Policy == "DROP" {
+			fc.now = append(fc.now, candidate{policy: &after.Rules.Chains[i], delta: moved["c "+c.Key()], counted: c.HasCounter, hookSet: true})
+		}
+	}
+	if before == nil {
+		return fc
+	}
+	for i, r := range before.Rules.Rules {
+		if r.Drops() && after.Rules.Omitted == 0 && !keys[r.Key()] && readWhole(after, r.Backend, r.Family) {
+			fc.healed = append(fc.healed, candidate{rule: &before.Rules.Rules[i], hookSet: r.HookOf() != "", gone: true})
+		}
+	}
+	for i, c := range before.Rules.Chains {
+		if c.Policy != "DROP" {
 			continue
 		}
-		cs = append(cs, candidate{policy: &after.Rules.Chains[i], delta: moved["c "+c.Key()], counted: c.HasCounter, hookSet: true})
+		switch now, ok := chains[c.Key()]; {
+		case ok && now.Policy != "DROP":
+			fc.healed = append(fc.healed, candidate{policy: &before.Rules.Chains[i], hookSet: true, changed: true})
+		case !ok && readWhole(after, c.Backend, c.Family):
+			fc.healed = append(fc.healed, candidate{policy: &before.Rules.Chains[i], hookSet: true, gone: true})
+		}
+	}
+	return fc
+}
+
+// readWhole says whether a snapshot read a backend's rules of a family
+// (an ip6tables half may be left unread): a rule it lacks is not there.
+func readWhole(s *probes.Snapshot, backend, family string) bool {
+	for _, b := range s.Rules.Backends {
+		if b.Name == backend {
+			return b.Read && (family != "ip6" || backend == rules.Nft || b.IPv6Unread == "")
+		}
+	}
+	return false
+}
+
+// joinFilter joins a netfilter drop to the DROP or REJECT rule, or DROP
+// policy, of its hook whose counter moved in the window by as much as the
+// drops (or best explains them: the least that covers them, else the most);
+// a drop that no counter explains is joined to the one rule or policy that
+// keeps none: of the last read, or of the first one that was deleted or set
+// to ACCEPT during the window (fixed then), said as such.
+func joinFilter(p *probes.DropPoint, after *probes.Snapshot, fc *filterCandidates) {
+	var cs []candidate
+	for _, set := range [][]candidate{fc.now, fc.healed} {
+		for _, c := range set {
+			h := ""
+			if c.rule != nil {
+				h = c.rule.HookOf()
+			} else {
+				h = c.policy.Hook
+			}
+			if p.Hook != "" && h != "" && h != p.Hook {
+				continue
+			}
+			cs = append(cs, c)
+		}
 	}
 	best := bestCandidate(cs, p.Count)
 	if best == nil {
@@ -173,9 +247,12 @@ func joinFilter(p *probes.DropPoint, after *probes.Snapshot, w *probes.Window) {
 		}
 		return
 	}
-	p.Rule, p.Policy, p.Delta, p.Uncounted = best.rule, best.policy, best.delta, !best.counted
-	p.Cause = DescribeCandidate(best.rule, best.policy, best.delta, !best.counted)
+	p.Rule, p.Policy, p.Delta, p.Uncounted, p.Gone, p.Changed = best.rule, best.policy, best.delta, !best.counted, best.gone, best.changed
+	p.Cause = DescribeCandidate(*p)
 	p.Source = "rule counters over the window, " + after.Target.String()
+	if best.gone || best.changed {
+		p.Source = "rules of the window's first and last reads, " + after.Target.String()
+	}
 }
 
 // bestCandidate picks what explains n drops: a counter that moved by
@@ -223,9 +300,10 @@ func bestCandidate(cs []candidate, n uint64) *candidate {
 	return nil
 }
 
-// DescribeCandidate says in words which rule or policy dropped, and what
-// its counter showed.
-func DescribeCandidate(r *rules.Rule, c *rules.Chain, delta uint64, uncounted bool) string {
+// DescribeCandidate says in words which rule or policy a drop point is
+// joined to, and what its counter showed.
+func DescribeCandidate(p probes.DropPoint) string {
+	r, c := p.Rule, p.Policy
 	var s string
 	if r != nil {
 		s = fmt.Sprintf("%s rule %q", r.Place(), r.Spec)
@@ -235,13 +313,20 @@ func DescribeCandidate(r *rules.Rule, c *rules.Chain, delta uint64, uncounted bo
 	} else {
 		s = fmt.Sprintf("%s policy %s", c.Place(), c.Policy)
 	}
-	if uncounted {
-		if c != nil {
-			return s + " (nft keeps no policy counter: the only DROP in this hook)"
-		}
+	const notCounted = "what it dropped in the window is not counted, and no rule or policy there at the window's end counted these drops"
+	switch {
+	case p.Gone && r != nil:
+		return s + " (deleted during the window: " + notCounted + ")"
+	case p.Gone:
+		return s + " (its chain deleted during the window: " + notCounted + ")"
+	case p.Changed:
+		return s + " (set to ACCEPT during the window, which starts a policy's counter again from 0: " + notCounted + ")"
+	case p.Uncounted && c != nil:
+		return s + " (nft keeps no policy counter: the only DROP in this hook)"
+	case p.Uncounted:
 		return s + " (no counter: the only DROP or REJECT in this hook)"
 	}
-	return s + fmt.Sprintf(", +%d packets in the window", delta)
+	return s + fmt.Sprintf(", +%d packets in the window", p.Delta)
 }
 
 // joinNeighbour joins a neighbour drop to the neighbour entry of the reals

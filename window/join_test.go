@@ -169,3 +169,109 @@ func TestJoinGroupsByKindAndHook(t *testing.T) {
 		t.Errorf("Join() without a drop sample = non-nil, want nil")
 	}
 }
+
+// Rules and policies are taken from both reads: one that dropped at the
+// window's start and no longer at its end (deleted, or a policy set to
+// ACCEPT) explains drops that nothing of the last read counted, marked as
+// fixed during the window.
+func TestJoinFixedDuringWindow(t *testing.T) {
+	read := []rules.Backend{{Name: rules.IptablesLegacy, Read: true}, {Name: rules.IptablesNft, Read: true}, {Name: rules.Nft, Read: true}}
+	accept := fwdPolicy
+	accept.Policy, accept.Packets = "ACCEPT", 7 // its counter starts again from 0 when set
+	legacyPolicy := fwdPolicy
+	legacyPolicy.Backend = rules.IptablesLegacy
+	legacyAccept := accept
+	legacyAccept.Backend = rules.IptablesLegacy
+	nftFwd := forwardDrop
+	nftFwd.Handle, nftFwd.Spec, nftFwd.Packets = 9, "tcp dport 8085 counter packets 2 bytes 120 drop", 2 // added again: a new handle
+	v6Drop := rules.Rule{Backend: rules.IptablesNft, Family: "ip6", Table: "filter", Chain: "FORWARD", Spec: "-A FORWARD -d fd00::50/128 -j DROP", Target: "DROP", HasCounter: true}
+	nftChain := rules.Chain{Backend: rules.Nft, Family: "inet", Table: "inet f", Chain: "fwd", Hook: "forward", Policy: "DROP"}
+	fwdDrop := rules.Rule{Backend: rules.IptablesNft, Family: "ip", Table: "filter", Chain: "FORWARD", Spec: "-A FORWARD -d 10.1.0.50/32 -p tcp -j DROP", Target: "DROP", HasCounter: true, Packets: 4}
+	for _, tt := range []struct {
+		name                  string
+		before, after         rules.Snapshot
+		deltas                probes.Deltas
+		wantGone, wantChanged bool
+		wantRule, wantPolicy  bool
+		wantCause             string
+	}{
+		{
+			name:        "iptables-legacy policy DROP set to ACCEPT: its counter counted the accepts after",
+			before:      rules.Snapshot{Backends: read, Chains: []rules.Chain{legacyPolicy}},
+			after:       rules.Snapshot{Backends: read, Chains: []rules.Chain{legacyAccept}},
+			deltas:      probes.Deltas{Chains: []probes.ChainDelta{{Chain: legacyAccept, Packets: 7}}},
+			wantChanged: true, wantPolicy: true,
+			wantCause: "iptables-legacy filter FORWARD policy DROP (set to ACCEPT during the window, which starts a policy's counter again from 0: what it dropped in the window is not counted, and no rule or policy there at the window's end counted these drops)",
+		},
+		{
+			name:     "iptables-nft rule deleted",
+			before:   rules.Snapshot{Backends: read, Rules: []rules.Rule{fwdDrop}},
+			after:    rules.Snapshot{Backends: read},
+			wantGone: true, wantRule: true,
+			wantCause: `iptables-nft filter FORWARD rule "-A FORWARD -d 10.1.0.50/32 -p tcp -j DROP" (deleted during the window: what it dropped in the window is not counted, and no rule or policy there at the window's end counted these drops)`,
+		},
+		{
+			name:     "native nft chain with policy drop deleted with its table",
+			before:   rules.Snapshot{Backends: read, Chains: []rules.Chain{nftChain}},
+			after:    rules.Snapshot{Backends: read},
+			wantGone: true, wantPolicy: true,
+			wantCause: "nft inet f fwd policy DROP (its chain deleted during the window: what it dropped in the window is not counted, and no rule or policy there at the window's end counted these drops)",
+		},
+		{
+			name:      "native nft rule deleted and added again (a new handle): the same rule, counted from 0",
+			before:    rules.Snapshot{Backends: read, Rules: []rules.Rule{forwardDrop}},
+			after:     rules.Snapshot{Backends: read, Rules: []rules.Rule{nftFwd}},
+			deltas:    probes.Deltas{Rules: []probes.RuleDelta{{Rule: nftFwd, Packets: 2}}},
+			wantRule:  true,
+			wantCause: `nft ip f fw rule "tcp dport 8085 counter packets 2 bytes 120 drop" (handle 9), +2 packets in the window`,
+		},
+		{
+			name:      "a rule of the last read that counted the drops wins over a deleted one",
+			before:    rules.Snapshot{Backends: read, Rules: []rules.Rule{fwdDrop, forwardDrop}},
+			after:     rules.Snapshot{Backends: read, Rules: []rules.Rule{forwardDrop}},
+			deltas:    probes.Deltas{Rules: []probes.RuleDelta{{Rule: forwardDrop, Packets: 5}}},
+			wantRule:  true,
+			wantCause: `nft ip f fw rule "tcp dport 8085 counter packets 5 bytes 300 drop" (handle 4), +5 packets in the window`,
+		},
+		{
+			name:      "a rule the last read lacks because its backend was not read is not gone",
+			before:    rules.Snapshot{Backends: read, Rules: []rules.Rule{fwdDrop}},
+			after:     rules.Snapshot{Backends: []rules.Backend{{Name: rules.IptablesNft, Reason: "permission denied"}}},
+			wantCause: "no DROP or REJECT rule nor DROP policy in forward was read (a rule backend could not be read)",
+		},
+		{
+			name:      "an ip6tables rule the last read lacks while its IPv6 half was unread is not gone",
+			before:    rules.Snapshot{Backends: read, Rules: []rules.Rule{v6Drop}},
+			after:     rules.Snapshot{Backends: []rules.Backend{{Name: rules.IptablesNft, Read: true, IPv6Unread: "no ip6tables-nft-save"}}},
+			wantCause: "no DROP or REJECT rule nor DROP policy in forward was read",
+		},
+		{
+			name:       "a policy DROP at both ends is joined as the last read has it",
+			before:     rules.Snapshot{Backends: read, Chains: []rules.Chain{fwdPolicy}},
+			after:      rules.Snapshot{Backends: read, Chains: []rules.Chain{fwdPolicy}},
+			deltas:     probes.Deltas{Chains: []probes.ChainDelta{{Chain: fwdPolicy, Packets: 5}}},
+			wantPolicy: true,
+			wantCause:  "iptables-nft filter FORWARD policy DROP, +5 packets in the window",
+		},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			before := &probes.Snapshot{Rules: tt.before}
+			after := &probes.Snapshot{Rules: tt.after, Drops: &drops.Sample{Drops: []drops.Counted{syn("NETFILTER_DROP", "nf_hook_slow", "forward", 1, 5)}}}
+			got := Join(before, after, &probes.Window{Deltas: tt.deltas})
+			if len(got) != 1 {
+				t.Fatalf("Join() = %d points %+v, want 1", len(got), got)
+			}
+			g := got[0]
+			if g.Cause != tt.wantCause || g.Gone != tt.wantGone || g.Changed != tt.wantChanged || (g.Rule != nil) != tt.wantRule || (g.Policy != nil) != tt.wantPolicy {
+				t.Errorf("Join() = cause %q, gone %v, changed %v, rule %v, policy %v; want %q, %v, %v, %v, %v",
+					g.Cause, g.Gone, g.Changed, g.Rule != nil, g.Policy != nil, tt.wantCause, tt.wantGone, tt.wantChanged, tt.wantRule, tt.wantPolicy)
+			}
+			if (g.Gone || g.Changed) && (!g.Uncounted || g.Delta != 0) {
+				t.Errorf("Join() fixed during the window: uncounted %v, delta %d; want uncounted, no delta", g.Uncounted, g.Delta)
+			}
+			if g.Changed && g.Policy.Policy != "DROP" {
+				t.Errorf("Join() changed policy = %s, want the first read's DROP", g.Policy.Policy)
+			}
+		})
+	}
+}

@@ -26,9 +26,7 @@ import (
 // sysctls that stop them. (Before, it failed: "NETFILTER_DROP at
 // nf_hook_slow in output" on "icmp 10.1.0.5 → 10.1.0.50".)
 func TestWindowOwnRedirectsAreNotTheFlowsDrops(t *testing.T) {
-	testkit.Tracefs(t)
-	l, vip := testkit.DNATLab(t, 1)
-	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+	l, vip := forwardingDNATLab(t)
 	ownRedirectsPass(t, l, vip)
 }
 

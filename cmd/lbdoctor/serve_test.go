@@ -190,10 +190,12 @@ func (p *serveProc) stop(t *testing.T, sig syscall.Signal) (int, time.Duration) 
 // IPVS) of two services on one VIP, whose forward chain drops the replies
 // of one (--vip ADDR watches both; a reply, not a SYN: a SYN dropped after
 // the DNAT has no flow in conntrack yet to name its service by): /metrics shows the drop reason's counter
-// rising, that service's drop counter counting and its finding gauge at 2
-// (fail) beside the selection's, and nothing for the other service; the
-// drop rule removed, the selection's gauge is back at 0 at the next
-// interval and the service's gauge gone. The tracer is loaded once and
+// rising, that service's drop counter counting, its firewall.filter gauge
+// at 2 (fail: the drops are joined to the rule) beside the selection's and
+// its drops.vip_flows gauge at 1 (warn: firewall.filter's drops), and
+// nothing for the other service; the drop rule removed, the selection's
+// drops.vip_flows gauge is back at 0 at the next interval and the
+// service's gauges gone. The tracer is loaded once and
 // kept across intervals. The output passes `promtool check metrics`,
 // /findings is check's JSON document naming the service, /healthz answers
 // 200, and SIGTERM ends serve within 200 ms, exit 0.
@@ -226,19 +228,27 @@ add rule inet lbdfault filter_fwd ip saddr %s tcp sport 8085 counter drop
 	svc := func(port string, kv ...string) map[string]string {
 		return lbl(append([]string{"local_address", vip.Addr().String(), "local_port", port, "proto", "TCP"}, kv...)...)
 	}
-	// No IPVS on the host: the nft LB's drops are judged by drops.vip_flows.
+	// No IPVS on the host: the nft LB's drops, joined to the forward rule,
+	// are judged by firewall.filter; drops.vip_flows warns, pointing at it.
 	fw := lbl("id", "drops.vip_flows", "vip", vip.Addr().String(), "proto", "")
 	fwDropped, fwOther := svc("8085", "id", "drops.vip_flows"), svc("8086", "id", "drops.vip_flows")
-	first := p.waitFor(t, "NETFILTER_DROP drops and drops.vip_flows at 2", 40*time.Second, func(s scrape) bool {
+	ff := lbl("id", "firewall.filter", "vip", vip.Addr().String(), "proto", "")
+	ffDropped, ffOther := svc("8085", "id", "firewall.filter"), svc("8086", "id", "firewall.filter")
+	first := p.waitFor(t, "NETFILTER_DROP drops and firewall.filter at 2", 40*time.Second, func(s scrape) bool {
 		d, _ := s.value("lbdoctor_drops_total", drop)
-		f, _ := s.value("lbdoctor_finding_status", fw)
+		f, _ := s.value("lbdoctor_finding_status", ff)
 		return d > 0 && f == 2
 	})
-	if v, ok := first.value("lbdoctor_finding_status", fwDropped); v != 2 || !ok {
-		t.Errorf("lbdoctor_finding_status{id=\"drops.vip_flows\",local_port=\"8085\"} = %v (served %v); want 2, the service whose flows are dropped\n%s", v, ok, first.text)
+	if v, ok := first.value("lbdoctor_finding_status", ffDropped); v != 2 || !ok {
+		t.Errorf("lbdoctor_finding_status{id=\"firewall.filter\",local_port=\"8085\"} = %v (served %v); want 2, the service whose flows are dropped\n%s", v, ok, first.text)
 	}
-	if v, ok := first.value("lbdoctor_finding_status", fwOther); ok {
-		t.Errorf("lbdoctor_finding_status{id=\"drops.vip_flows\",local_port=\"8086\"} = %v; want no series: nothing of it is dropped\n%s", v, first.text)
+	if v, ok := first.value("lbdoctor_finding_status", fwDropped); v != 1 || !ok {
+		t.Errorf("lbdoctor_finding_status{id=\"drops.vip_flows\",local_port=\"8085\"} = %v (served %v); want 1: its drops are firewall.filter's\n%s", v, ok, first.text)
+	}
+	for _, other := range []map[string]string{fwOther, ffOther} {
+		if v, ok := first.value("lbdoctor_finding_status", other); ok {
+			t.Errorf("lbdoctor_finding_status{id=%q,local_port=\"8086\"} = %v; want no series: nothing of it is dropped\n%s", other["id"], v, first.text)
+		}
 	}
 	if v, _ := first.value("lbdoctor_service_drops_total", svc("8085", "reason", "NETFILTER_DROP")); v == 0 {
 		t.Errorf("lbdoctor_service_drops_total{local_port=\"8085\",reason=\"NETFILTER_DROP\"} = 0; want the dropped service's drops\n%s", first.text)
@@ -310,8 +320,10 @@ add rule inet lbdfault filter_fwd ip saddr %s tcp sport 8085 counter drop
 		body, _ := p.get(t, "/findings")
 		t.Errorf("lbdoctor_finding_status{id=\"drops.vip_flows\"} = %v %s after the drop rule was removed; want 0\n%s\n/findings:\n%s", v, time.Since(removed).Round(time.Second), healed.text, body)
 	}
-	if v, ok := healed.value("lbdoctor_finding_status", fwDropped); ok {
-		t.Errorf("lbdoctor_finding_status{id=\"drops.vip_flows\",local_port=\"8085\"} = %v after the drop rule was removed; want no series: the finding passes", v)
+	for _, dropped := range []map[string]string{fwDropped, ffDropped} {
+		if v, ok := healed.value("lbdoctor_finding_status", dropped); ok {
+			t.Errorf("lbdoctor_finding_status{id=%q,local_port=\"8085\"} = %v after the drop rule was removed; want no series: the finding no longer fails", dropped["id"], v)
+		}
 	}
 	traffic.Stop()
 

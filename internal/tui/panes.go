@@ -578,11 +578,20 @@ func (m Model) details(p Pane, r row) (string, []line) {
 		if d.Source != "" {
 			out = append(out, text("  read in: "+d.Source, dim))
 		}
+		// What dropped and was fixed during the window counted nothing
+		// lbdoctor can show: say what became of it instead.
+		moved := fmt.Sprintf("+%d", d.Delta)
+		switch {
+		case d.Gone:
+			moved = "deleted during the window"
+		case d.Changed:
+			moved = "set to ACCEPT during the window"
+		}
 		if d.Rule != nil {
-			out = append(out, text(fmt.Sprintf("  rule: %s: %s (+%d)", d.Rule.Place(), d.Rule.Spec, d.Delta), plain))
+			out = append(out, text(fmt.Sprintf("  rule: %s: %s (%s)", d.Rule.Place(), d.Rule.Spec, moved), plain))
 		}
 		if d.Policy != nil {
-			out = append(out, text(fmt.Sprintf("  policy: %s of %s (+%d)", d.Policy.Policy, d.Policy.Place(), d.Delta), plain))
+			out = append(out, text(fmt.Sprintf("  policy: %s of %s (%s)", d.Policy.Policy, d.Policy.Place(), moved), plain))
 		}
 		out = append(out, text(fmt.Sprintf("  %d flow(s), %d drop(s) attributed to a load-balanced flow", d.Flows, d.Attributed), plain))
 		if len(d.Services) > 0 {
