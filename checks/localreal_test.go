@@ -48,10 +48,7 @@ func TestReturnPathLocalReal(t *testing.T) {
 				t.Errorf("Run(%s, ip_forward=0) sysctl.ip_forward = %s %q, want pass only when every real is local", tt.name, fw.Status, fw.Title)
 			}
 			f := statusOf(fs, "nat.return_path")
-			text := f.Title + "\n" + f.Reason
-			for _, e := range f.Evidence {
-				text += "\n" + e.Fact
-			}
+			text := findingText(f)
 			if f.Status != tt.want || !strings.Contains(text, tt.wantIn) {
 				t.Errorf("Run(%s) nat.return_path = %s %q\n%s\nwant %s with %q", tt.name, f.Status, f.Title, text, tt.want, tt.wantIn)
 			}
