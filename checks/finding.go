@@ -271,7 +271,7 @@ func explainDrops(s *probes.Snapshot, sel probes.Selector, fs []Finding) {
 		return
 	}
 	var causes []string
-	var explained, total uint64
+	var explained, total, healedDrops uint64
 	gone := map[netip.AddrPort]string{} // a removed real's cause, made once
 	var before []Finding                // the first read's findings, run once when needed
 	var healed []Evidence
@@ -297,6 +297,7 @@ func explainDrops(s *probes.Snapshot, sel probes.Selector, fs []Finding) {
 			}
 		} else if id, h, ok := healedCause(s, sel, fs, &before, c); ok {
 			cause = id + " (fixed during the window)"
+			healedDrops += c.Count
 			if !slices.Contains(healed, h) {
 				healed = append(healed, h)
 			}
@@ -318,6 +319,12 @@ func explainDrops(s *probes.Snapshot, sel probes.Selector, fs []Finding) {
 		d.Status = Warn
 		d.Reason = "explained by " + strings.Join(causes, ", ") + ": " + d.Reason
 		d.Title += " — the cause: " + strings.Join(causes, ", ")
+		if healedDrops == total {
+			// Every cause is already fixed: the commands the last read
+			// suggests for these drops (list INPUT's rules, ip route
+			// get) would send the operator after a fault that is gone.
+			d.Fix, d.Remedies = nil, nil
+		}
 	}
 }
 

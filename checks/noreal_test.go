@@ -58,8 +58,9 @@ func TestDropsNoRealServer(t *testing.T) {
 			if f.Status != tt.want || !strings.Contains(f.Title+" "+f.Reason, tt.wantIn) {
 				t.Errorf("Run(%s) drops.vip_flows = %s %q (%s), want %s with %q", tt.name, f.Status, f.Title, f.Reason, tt.want, tt.wantIn)
 			}
-			if tt.want == checks.Warn && tt.last != nil && strings.Contains(strings.Join(f.Fix, "\n"), "INPUT") {
-				t.Errorf("Run(%s) drops.vip_flows fix = %q, want no listing of INPUT rules for IPVS's own drop", tt.name, f.Fix)
+			// Fixed during the window: nothing left to type.
+			if tt.want == checks.Warn && strings.Contains(strings.Join(f.Fix, "\n"), "INPUT") || tt.last == nil && tt.first != nil && len(f.Fix) > 0 {
+				t.Errorf("Run(%s) drops.vip_flows fix = %q, want no listing of INPUT rules for IPVS's own drop, none once its cause is fixed", tt.name, f.Fix)
 			}
 		})
 	}
