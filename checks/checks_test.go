@@ -130,6 +130,16 @@ func loadFixture(t *testing.T, name string) *probes.Snapshot {
 	return &snap
 }
 
+// findingText is what a finding says, its title, reason, fix and evidence,
+// one per line, for a test to look for a phrase in.
+func findingText(f checks.Finding) string {
+	text := f.Title + "\n" + f.Reason + "\n" + strings.Join(f.Fix, "\n")
+	for _, e := range f.Evidence {
+		text += "\n" + e.Fact
+	}
+	return text
+}
+
 func statusOf(fs []checks.Finding, id string) checks.Finding {
 	for _, f := range fs {
 		if f.ID == id {

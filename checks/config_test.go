@@ -81,10 +81,7 @@ func TestVIPLocal(t *testing.T) {
 			s := twoArmLocal(t)
 			tt.change(s)
 			f := statusOf(checks.Run(s, probes.Selector{}), "ipvs.vip_local")
-			text := f.Reason + "\n" + strings.Join(f.Fix, "\n")
-			for _, e := range f.Evidence {
-				text += "\n" + e.Fact
-			}
+			text := findingText(f)
 			if f.Status != tt.want || !strings.Contains(text, tt.wantFix) || (tt.remedy != checks.Remedy{} && !slices.Contains(f.Remedies, tt.remedy)) {
 				t.Errorf("Run(%s) ipvs.vip_local = %s %q\n%s\nremedies %v, want %s with %q and remedy %+v", tt.name, f.Status, f.Title, text, f.Remedies, tt.want, tt.wantFix, tt.remedy)
 			}
@@ -112,10 +109,7 @@ func TestReturnPathVIPNotLocal(t *testing.T) {
 			tt.change(s)
 			fs := checks.Run(s, probes.Selector{})
 			f := statusOf(fs, "nat.return_path")
-			text := f.Title + "\n" + f.Reason
-			for _, e := range f.Evidence {
-				text += "\n" + e.Fact
-			}
+			text := findingText(f)
 			if f.Status != tt.want || !strings.Contains(text, tt.wantIn) {
 				t.Errorf("Run(%s) nat.return_path = %s %q\n%s\nwant %s with %q", tt.name, f.Status, f.Title, text, tt.want, tt.wantIn)
 			}
@@ -204,10 +198,7 @@ func TestRPFilter(t *testing.T) {
 			s := twoArmLocal(t)
 			tt.change(s)
 			f := statusOf(checks.Run(s, probes.Selector{}), "sysctl.rp_filter")
-			text := f.Title + "\n" + f.Reason + "\n" + strings.Join(f.Fix, "\n")
-			for _, e := range f.Evidence {
-				text += "\n" + e.Fact
-			}
+			text := findingText(f)
 			if f.Status != tt.want || !strings.Contains(text, tt.wantIn) || (tt.remedy != checks.Remedy{} && !slices.Contains(f.Remedies, tt.remedy)) {
 				t.Errorf("Run(%s) sysctl.rp_filter = %s\n%s\nremedies %v, want %s with %q and remedy %+v", tt.name, f.Status, text, f.Remedies, tt.want, tt.wantIn, tt.remedy)
 			}
@@ -285,10 +276,7 @@ func TestIPv4ForwardingPerInterface(t *testing.T) {
 			s := twoArmLocal(t)
 			tt.change(s)
 			f := statusOf(checks.Run(s, probes.Selector{}), "sysctl.ip_forward")
-			text := f.Title + "\n" + f.Reason + "\n" + strings.Join(f.Fix, "\n")
-			for _, e := range f.Evidence {
-				text += "\n" + e.Fact
-			}
+			text := findingText(f)
 			if f.Status != tt.want || !strings.Contains(text, tt.wantIn) || (tt.remedy != checks.Remedy{} && !slices.Contains(f.Remedies, tt.remedy)) {
 				t.Errorf("Run(%s) sysctl.ip_forward = %s\n%s\nremedies %v, want %s with %q and remedy %+v", tt.name, f.Status, text, f.Remedies, tt.want, tt.wantIn, tt.remedy)
 			}
@@ -339,10 +327,7 @@ func TestReturnPathRouteBackViaReal(t *testing.T) {
 			s.Conntrack.Flows = []conntrack.Flow{{Proto: "tcp", State: "SYN_RECV",
 				Orig: conntrack.Tuple{Src: netip.AddrPortFrom(client, 40000), Dst: netip.MustParseAddrPort("10.1.0.6:8085")}}}
 			f := statusOf(checks.Run(s, probes.Selector{}), "nat.return_path")
-			text := f.Title + "\n" + f.Reason + "\n" + strings.Join(f.Fix, "\n")
-			for _, e := range f.Evidence {
-				text += "\n" + e.Fact
-			}
+			text := findingText(f)
 			if f.Status != tt.want || !strings.Contains(text, tt.wantIn) {
 				t.Errorf("Run(%s) nat.return_path = %s %q\n%s\nwant %s with %q", tt.name, f.Status, f.Title, text, tt.want, tt.wantIn)
 			}

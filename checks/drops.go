@@ -276,6 +276,9 @@ func dropRemedy(s *probes.Snapshot, sel probes.Selector, c drops.Counted) (why s
 		if p != nil && (p.Rule != nil || p.Policy != nil) {
 			return "a packet filter dropped it: " + p.Cause, pointFix(s, sel, p), nil
 		}
+		if svc, ok := noRealDrop(s, sel, c); ok {
+			return "IPVS dropped it: " + svc.Key() + " has no real server of weight > 0, so IPVS answers the client with ICMP port unreachable and drops the packet (see ipvs.reals_available)", realsFix(s), nil
+		}
 		hook := c.Hook
 		if hook == "" {
 			return "a packet-filter rule dropped it (its hook is not known: " + hookUnknown(s) + ")", ruleListings(s, ""), nil

@@ -104,7 +104,7 @@ var Catalog = []Check{
 	{ID: "nat.hairpin", Title: "a real server that calls its own service is masqueraded", Run: checkHairpin},
 	{ID: "net.arp_strict", Title: "VIPs on a dummy link are not claimed by ARP on a LAN", Run: checkARPStrict},
 	{ID: "net.send_redirects", Title: "a one-arm LB sends no ICMP redirects", Run: checkSendRedirects},
-	{ID: "ipvs.reals_available", Title: "every service has a real server that takes connections", Run: checkRealsAvailable},
+	{ID: "ipvs.reals_available", Title: "every service has a real server that takes connections", Run: checkRealsAvailable, Explains: true},
 	{ID: "ipvs.real_health", Title: "every real server answers from the LB", Run: checkRealHealth, Explains: true},
 	{ID: "ipvs.forward_method", Title: "every real's forwarding method can work where it is", Run: checkForwardMethod},
 	{ID: "ipvs.drift", Title: "IPVS runs what the --expect file says", Run: checkDrift, Asked: driftAsked},
@@ -289,7 +289,7 @@ func explainDrops(s *probes.Snapshot, sel probes.Selector, fs []Finding) {
 		return
 	}
 	var causes []string
-	var explained, total uint64
+	var explained, total, healedDrops uint64
 	gone := map[netip.AddrPort]string{} // a removed real's cause, made once
 	var before []Finding                // the first read's findings, run once when needed
 	var healed []Evidence
@@ -315,6 +315,7 @@ func explainDrops(s *probes.Snapshot, sel probes.Selector, fs []Finding) {
 			}
 		} else if id, h, ok := healedCause(s, sel, fs, &before, c); ok {
 			cause = id + " (fixed during the window)"
+			healedDrops += c.Count
 			if !slices.Contains(healed, h) {
 				healed = append(healed, h)
 			}
@@ -336,6 +337,12 @@ func explainDrops(s *probes.Snapshot, sel probes.Selector, fs []Finding) {
 		d.Status = Warn
 		d.Reason = "explained by " + strings.Join(causes, ", ") + ": " + d.Reason
 		d.Title += " — the cause: " + strings.Join(causes, ", ")
+		if healedDrops == total {
+			// Every cause is already fixed: the commands the last read
+			// suggests for these drops (list INPUT's rules, ip route
+			// get) would send the operator after a fault that is gone.
+			d.Fix, d.Remedies = nil, nil
+		}
 	}
 }
 

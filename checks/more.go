@@ -7,10 +7,12 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/lbdoctor/lbdoctor/internal/proto"
 	"github.com/lbdoctor/lbdoctor/internal/tally"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/conntrack"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
+	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
 
@@ -59,7 +61,44 @@ func checkRealsAvailable(s *probes.Snapshot, sel probes.Selector) Finding {
 		Reason:   "IPVS accepts the client's SYN for the VIP and has nowhere to send it",
 		Evidence: ev,
 		about:    bad,
-		Fix:      []string{fmt.Sprintf("%sipvsadm -a -t VIP:PORT -r REAL:PORT -m -w 1   # or raise a weight with ipvsadm -e", s.Target.ExecPrefix())}}
+		Fix:      realsFix(s),
+		// IPVS's own drop of those SYNs is this fault, not a second one
+		// for drops.vip_flows to fail on (and, fixed during the window,
+		// a drop of its first read).
+		explains: func(c drops.Counted) bool { _, ok := noRealDrop(s, sel, c); return ok }}
+}
+
+func realsFix(s *probes.Snapshot) []string {
+	return []string{fmt.Sprintf("%sipvsadm -a -t VIP:PORT -r REAL:PORT -m -w 1   # or raise a weight with ipvsadm -e", s.Target.ExecPrefix())}
+}
+
+// noRealDrop is the selected service without a real of weight > 0 whose
+// VIP drop c was addressed to, when IPVS itself dropped it: ip_vs_in finds
+// no destination for a new connection, answers the client with ICMP port
+// unreachable and returns NF_DROP from its LOCAL_IN hook (LOCAL_OUT for a
+// client on the LB). The kernel frees the packet in nf_hook_slow itself,
+// not in a rule table's function (nft_do_chain, ipt_do_table: a filter
+// rule's drop, which comes before IPVS's hook), and no filter rule or
+// policy moved with it. Seen on 6.1: a SYN to a service with no real is
+// "NETFILTER_DROP at nf_hook_slow in input", one per SYN.
+func noRealDrop(s *probes.Snapshot, sel probes.Selector, c drops.Counted) (ipvs.Service, bool) {
+	if c.ReasonName != "NETFILTER_DROP" || c.Function() != "nf_hook_slow" || c.Family == 0 ||
+		(c.Hook != "" && c.Hook != drops.HookInput && c.Hook != drops.HookOutput) {
+		return ipvs.Service{}, false
+	}
+	if p := pointOf(s, c); p != nil && (p.Rule != nil || p.Policy != nil) {
+		return ipvs.Service{}, false
+	}
+	name := proto.Name(c.Proto)
+	for _, svc := range selected(s, sel) {
+		if svc.FWMark != 0 || svc.Addr != c.Dst || svc.Proto != name {
+			continue
+		}
+		if !slices.ContainsFunc(svc.Reals, func(r ipvs.Real) bool { return r.Weight > 0 }) {
+			return svc, true
+		}
+	}
+	return ipvs.Service{}, false
 }
 
 // checkConntrackTable: a full table drops new flows (IPVS's too, with

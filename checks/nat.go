@@ -116,6 +116,20 @@ func checkIPForward(s *probes.Snapshot, sel probes.Selector) Finding {
 	if why != "" {
 		return skip(why)
 	}
+	// A real on the LB itself answers through IPVS inside the host: its
+	// replies are never forwarded, whatever the switches say.
+	var forwarded []ipvs.Service
+	locals := s.Net.LocalSet()
+	for _, svc := range masq {
+		if slices.ContainsFunc(svc.Reals, func(r ipvs.Real) bool { here, _ := locals.Holds(r.Addr.Addr()); return !here }) {
+			forwarded = append(forwarded, svc)
+		}
+	}
+	if len(forwarded) == 0 {
+		return Finding{Status: Pass, Title: "nothing is forwarded: every masquerade real is a local address of the LB",
+			Evidence: []Evidence{{Fact: serviceLine(masq[0]), Source: "ipvs, local routing table, " + s.Target.String()}}}
+	}
+	masq = forwarded
 	// Each address family has its own switch: an IPv6 service's replies
 	// cross net.ipv6.conf.all.forwarding, never net.ipv4.ip_forward.
 	needs := map[string][]Evidence{}

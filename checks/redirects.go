@@ -35,9 +35,9 @@ func checkSendRedirects(s *probes.Snapshot, sel probes.Selector) Finding {
 	if v.Value == "0" {
 		return skip("forwarding is off: nothing is redirected")
 	}
-	links := addrLinks(s)
+	links, locals := addrLinks(s), s.Net.LocalSet()
 	for _, svc := range masq {
-		rp := decideReturnPath(s, links, svc.Addr.Addr(), addrsOf(svc))
+		rp := decideReturnPath(s, links, locals, svc.Addr.Addr(), addrsOf(svc))
 		if !rp.OneArm {
 			continue
 		}

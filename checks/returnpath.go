@@ -10,6 +10,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/health"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
+	"github.com/lbdoctor/lbdoctor/probes/netstate"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
 
@@ -33,6 +34,7 @@ type ReturnPath struct {
 type realRoute struct {
 	addr, gw netip.Addr
 	dev      string
+	local    bool // an address of the LB itself
 }
 
 // Lines is the number of lines Evidence gives.
@@ -54,6 +56,8 @@ func (rp ReturnPath) Evidence() []Evidence {
 	ev := []Evidence{{Fact: fmt.Sprintf("VIP %s is on %s", rp.vip, rp.vipDev), Source: "addresses, " + s.Target.String()}}
 	for _, r := range rp.reals {
 		switch {
+		case r.local:
+			ev = append(ev, Evidence{Fact: fmt.Sprintf("real %s is a local address of the LB: its replies leave through IPVS on the LB itself", r.addr), Source: "local routing table, " + s.Target.String()})
 		case r.gw.IsValid():
 			ev = append(ev, Evidence{Fact: fmt.Sprintf("real %s is reached via gateway %s", r.addr, r.gw), Source: src})
 		case r.dev == rp.vipDev || rp.vipDev == "lo":
@@ -78,7 +82,8 @@ func RedirectRemedies(dev string) []Remedy {
 // answers through the LB when the LB is its gateway, and keeps client
 // addresses.
 func DecideReturnPath(s *probes.Snapshot, vip netip.Addr, reals []netip.Addr) ReturnPath {
-	return decideReturnPath(s, nil, vip, reals)
+	locals := s.Net.LocalSet()
+	return decideReturnPath(s, nil, locals, vip, reals)
 }
 
 // addrLinks names, by address, the link that holds it (the last that
@@ -95,8 +100,8 @@ func addrLinks(s *probes.Snapshot) map[netip.Addr]string {
 }
 
 // decideReturnPath is DecideReturnPath, the VIP's link found in links
-// (addrLinks) when it is not nil.
-func decideReturnPath(s *probes.Snapshot, links map[netip.Addr]string, vip netip.Addr, reals []netip.Addr) ReturnPath {
+// (addrLinks) when it is not nil, the LB's own addresses in locals.
+func decideReturnPath(s *probes.Snapshot, links map[netip.Addr]string, locals netstate.LocalSet, vip netip.Addr, reals []netip.Addr) ReturnPath {
 	vipDev := ""
 	if links != nil {
 		vipDev = links[vip]
@@ -114,10 +119,18 @@ func decideReturnPath(s *probes.Snapshot, links map[netip.Addr]string, vip netip
 	}
 	rp := ReturnPath{s: s, vip: vip, vipDev: vipDev, reals: make([]realRoute, 0, len(reals))}
 	var oneArm, routed netip.Addr
+	remote := false
 	for _, r := range reals {
 		dev, gw := routeTo(s, r)
-		rp.reals = append(rp.reals, realRoute{addr: r, gw: gw, dev: dev})
+		here, _ := locals.Holds(r)
+		rp.reals = append(rp.reals, realRoute{addr: r, gw: gw, dev: dev, local: here})
+		remote = remote || !here
 		switch {
+		case here:
+			// A real on the LB itself (a sorry server, the LB serving
+			// too): IPVS hands it the connection inside the host and
+			// rewrites its replies back to the VIP in LOCAL_OUT. They
+			// never cross a segment: no SNAT, no gateway to judge.
 		case gw.IsValid():
 			if !routed.IsValid() {
 				routed = r
@@ -133,6 +146,8 @@ func decideReturnPath(s *probes.Snapshot, links map[netip.Addr]string, vip netip
 		rp.NeedsSNAT, rp.OneArm, rp.Dev, rp.Reason = true, true, vipDev, fmt.Sprintf("one-arm: real %s shares the VIP's segment and answers clients directly", oneArm)
 	case routed.IsValid():
 		rp.NeedsSNAT, rp.Reason = true, fmt.Sprintf("real %s is behind a router: its replies follow its own routes, not the LB", routed)
+	case !remote && len(reals) > 0:
+		rp.Reason = "every real is a local address of the LB: IPVS rewrites their replies on the LB itself; client addresses are kept"
 	default:
 		rp.Reason = "two-arm: the reals sit on another segment of the LB, which must be their gateway; client addresses are kept"
 	}
@@ -178,7 +193,7 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 			f.Evidence = append(ev, f.Evidence...)
 			return *f
 		}
-		rp := decideReturnPath(s, links, svc.Addr.Addr(), addrsOf(svc))
+		rp := decideReturnPath(s, links, locals, svc.Addr.Addr(), addrsOf(svc))
 		ev = withLines(ev, rp.Lines(), rp.Evidence)
 		var snat []rules.Rule
 		if rp.NeedsSNAT {
