@@ -197,7 +197,7 @@ func attributorBounds(v ipvs.Snapshot, entries uint32, sel Selector, svcs []ipvs
 			"flows are known through conntrack alone", n, maxConns)
 	}
 	if int64(entries) > int64(maxFlows) {
-		b.NoConntrackDump = fmt.Sprintf("conntrack not dumped whole: %d entries, over %d (a dump costs each one, and is read again as the attributor's bounded cache turns over)", entries, maxFlows)
+		b.NoConntrackDump = fmt.Sprintf("conntrack not dumped whole: %d entries, over %d (a dump costs each one, and may be read again during the window)", entries, maxFlows)
 		if fs, _ := vipFilters(sel, svcs); len(fs) <= maxFilteredDumps {
 			b.DumpTo = fs
 		}

@@ -419,7 +419,7 @@ func captureClosing(w interface{ Write([]byte) (int, error) }, d *captureDoc, ru
 		printf(w, "! %s could not be read: %s (packets of its flows are claimed by no flow)\n", k, d.Errors[k])
 	}
 	for _, k := range slices.Sorted(maps.Keys(d.Unread)) {
-		printf(w, "! %s (packets of flows only it holds are claimed by no flow)\n", d.Unread[k])
+		printf(w, "! %s (packets of the flows left unread are claimed by no flow)\n", d.Unread[k])
 	}
 	for _, s := range d.Skipped {
 		printf(w, "not captured: %s (%s)\n", s.Interface, s.Reason)

@@ -75,9 +75,9 @@ func TestJoinerBoundedConntrack(t *testing.T) {
 		wantSaid string
 	}{
 		{"the captured VIP's flows dumped", probes.Selector{VIP: vip, Proto: "udp"}, []ipvs.Service{vipSvc}, true,
-			fmt.Sprintf("dumped are only the flows to udp %s (filtered in the kernel)", vip)},
+			fmt.Sprintf("only the flows to udp %s are dumped (filtered in the kernel)", vip)},
 		{"more VIPs than filtered dumps: events alone", probes.Selector{}, many, false,
-			"known are only the flows it confirms from the start on"},
+			"only the flows conntrack confirms from then on are known"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

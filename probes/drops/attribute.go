@@ -217,11 +217,11 @@ func newAttributor(lb netns.Target, addrs []netip.Addr, proto uint8, b Bounds) *
 	switch {
 	case b.NoConntrackDump != "" && len(b.DumpTo) > 0:
 		a.filters = b.DumpTo
-		a.unread["conntrack"] = b.NoConntrackDump + "; dumped are only the flows to " + filterNames(b.DumpTo) +
-			" (filtered in the kernel), and known the flows it confirms from the start on"
+		a.unread["conntrack"] = b.NoConntrackDump + "; only the flows to " + filterNames(b.DumpTo) +
+			" are dumped (filtered in the kernel), with those conntrack confirms from then on"
 	case b.NoConntrackDump != "":
 		a.noCT = true
-		a.unread["conntrack"] = b.NoConntrackDump + "; known are only the flows it confirms from the start on"
+		a.unread["conntrack"] = b.NoConntrackDump + "; only the flows conntrack confirms from then on are known"
 	case len(addrs) == 0 || len(addrs) > 2:
 		// One dump of the whole table beats 4 kernel-side walks per address.
 		a.filters = []conntrack.Filter{{}}
