@@ -717,6 +717,18 @@ func TestCaptureBigConntrack(t *testing.T) {
 	}
 }
 
+// check --capture says in its output when the capture could not be made
+// (here: the VIP is no IPVS service, no flow to capture), as it says any
+// layer it could not read: the window's skip alone reached no output.
+func TestCheckCaptureNotMadeIsSaid(t *testing.T) {
+	ns := vethNetns(t, "nocap")
+	var stdout, stderr strings.Builder
+	code := run(context.Background(), []string{"check", "--netns", ns.Name, "--vip", "10.77.0.1:80", "--capture", "--watch", "200ms", "--no-probe"}, &stdout, &stderr)
+	if want := "! probe capture could not read: no IPVS service selected: no flow to capture"; !strings.Contains(stdout.String(), want) {
+		t.Errorf("check --capture on a VIP IPVS does not serve = exit %d, stdout:\n%s\nwant %q", code, stdout.String(), want)
+	}
+}
+
 // vethNetns is a namespace whose one veth pair is up, 10.77.0.1/24 on vea.
 func vethNetns(t *testing.T, role string) netns.Target {
 	t.Helper()
