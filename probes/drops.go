@@ -156,11 +156,11 @@ func dropConfig(ns netns.Target, sel Selector, s *Snapshot) (drops.Config, *Drop
 	if len(addrs) == 0 {
 		return drops.Config{}, nil, errors.New("nothing to trace: no IPVS service and no --vip")
 	}
-	cfg := drops.Config{NetnsInode: uint32(ns.Inode), LB: ns, Addrs: addrs, Ports: ports, NoIPVSTable: connTableUnread(s.IPVS, MaxConnTable)}
-	if n := s.Conntrack.Stats.Entries; n > MaxFlowsRead {
-		cfg.NoConntrackDump = fmt.Sprintf("not dumped: conntrack holds %d entries, over %d (a dump costs each one, and the attributor re-reads it as its bounded cache turns over); "+
-			"drops are attributed through the flows conntrack confirmed while the tracer ran", n, MaxFlowsRead)
-	}
+	// The tracer's bounds are a capture's (AttributorBounds), but it dumps
+	// none of conntrack past them: its services are many (every one, with
+	// no --vip), each filtered dump a walk of the whole table.
+	b := AttributorBounds(s, Selector{}, nil)
+	cfg := drops.Config{NetnsInode: uint32(ns.Inode), LB: ns, Addrs: addrs, Ports: ports, NoIPVSTable: b.NoIPVSTable, NoConntrackDump: b.NoConntrackDump}
 	wide := WideDropFilter(addrs, ports)
 	if wide {
 		// More than the kernel's filter takes (an LB of many services):
@@ -173,6 +173,36 @@ func dropConfig(ns netns.Target, sel Selector, s *Snapshot) (drops.Config, *Drop
 		}
 	}
 	return cfg, &DropTrace{addrs: addrs, ports: ports, wide: wide}, nil
+}
+
+// AttributorBounds are what an attributor — the drop tracer's, a
+// capture's joiner — leaves unread of the flow tables s's first read
+// measured, the one rule for both: the IPVS connection table when IPVS's
+// own counters hold more than MaxConnTable connections (its /proc file
+// costs the square of its size), a whole conntrack dump when conntrack
+// holds more than MaxFlowsRead entries. Past the latter the flows to the
+// selected VIPs of svcs (sel, as a snapshot selects them) are still dumped,
+// each filtered in the kernel, when they are at most maxFilteredDumps (a
+// capture's VIP: one walk of the table in the kernel each); more, and
+// none is.
+func AttributorBounds(s *Snapshot, sel Selector, svcs []ipvs.Service) drops.Bounds {
+	return attributorBounds(s.IPVS, s.Conntrack.Stats.Entries, sel, svcs, MaxConnTable, MaxFlowsRead)
+}
+
+func attributorBounds(v ipvs.Snapshot, entries uint32, sel Selector, svcs []ipvs.Service, maxConns, maxFlows int) drops.Bounds {
+	var b drops.Bounds
+	if n, over := connTableOver(v, maxConns); over {
+		b.NoIPVSTable = fmt.Sprintf("IPVS connection table not read: %d connections (its reals' ActiveConn + InActConn), over %d: "+
+			"the kernel walks /proc/net/ip_vs_conn from its start for every 4 KiB read (quadratic: ipvsadm -Lnc takes minutes on 100,000); "+
+			"flows are known through conntrack alone", n, maxConns)
+	}
+	if int64(entries) > int64(maxFlows) {
+		b.NoConntrackDump = fmt.Sprintf("conntrack not dumped whole: %d entries, over %d (a dump costs each one, and may be read again during the window)", entries, maxFlows)
+		if fs, _ := vipFilters(sel, svcs); len(fs) <= maxFilteredDumps {
+			b.DumpTo = fs
+		}
+	}
+	return b
 }
 
 // Watch counts the drops from now until the deadline (or ctx's end) and

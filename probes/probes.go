@@ -402,13 +402,21 @@ func Gather(ns netns.Target, sel Selector, opt Options) *Snapshot {
 // connTableUnread says why the IPVS connection table of v is not read (""
 // to read it): IPVS's own counters hold more than max connections.
 func connTableUnread(v ipvs.Snapshot, max int) string {
-	n := v.DestConns()
-	if n <= max {
+	n, over := connTableOver(v, max)
+	if !over {
 		return ""
 	}
 	return fmt.Sprintf("not read: IPVS holds %d connections (its reals' ActiveConn + InActConn), over %d; "+
 		"the kernel walks /proc/net/ip_vs_conn from its start for every 4 KiB read (quadratic: ipvsadm -Lnc takes minutes on 100,000); "+
 		"connections are counted per real by IPVS's own counters instead", n, max)
+}
+
+// connTableOver is the one rule of whether the IPVS connection table of v
+// is too big to read: the connections IPVS's own counters hold, and
+// whether they are more than max.
+func connTableOver(v ipvs.Snapshot, max int) (n int, over bool) {
+	n = v.DestConns()
+	return n, n > max
 }
 
 // MaxFlowsRead bounds the conntrack flows a snapshot reads: past it the
@@ -425,20 +433,11 @@ var errEnough = errors.New("enough flows read")
 // user space, costs less: a filtered dump walks the whole table too.
 const maxFilteredDumps = 4
 
-// readConntrack dumps the flows to the selected VIP, or to every IPVS VIP
-// (statsOnly: reads the statistics alone), reading at most maxRead flows.
-func readConntrack(ns netns.Target, sel Selector, svcs []ipvs.Service, statsOnly bool, maxRead int) (Conntrack, error) {
-	c := Conntrack{Flows: []conntrack.Flow{}}
-	var err error
-	if c.Stats, err = conntrack.ReadStats(ns); err != nil {
-		return c, err
-	}
-	if statsOnly {
-		c.Selector = "none (statistics only)"
-		return c, nil
-	}
-	var filters []conntrack.Filter
-	var names []string
+// vipFilters select the conntrack flows to the selected VIP (its port, or
+// every port; its protocol, or TCP and UDP), or to every IPVS VIP of svcs
+// (fwmark services have none): one filter per VIP and protocol, by the
+// flow's original destination, and their names ("tcp 10.1.0.6:8085").
+func vipFilters(sel Selector, svcs []ipvs.Service) (filters []conntrack.Filter, names []string) {
 	add := func(a netip.AddrPort, proto string) {
 		p := uint8(unix.IPPROTO_TCP)
 		if proto == "udp" {
@@ -462,6 +461,22 @@ func readConntrack(ns netns.Target, sel Selector, svcs []ipvs.Service, statsOnly
 			}
 		}
 	}
+	return filters, names
+}
+
+// readConntrack dumps the flows to the selected VIP, or to every IPVS VIP
+// (statsOnly: reads the statistics alone), reading at most maxRead flows.
+func readConntrack(ns netns.Target, sel Selector, svcs []ipvs.Service, statsOnly bool, maxRead int) (Conntrack, error) {
+	c := Conntrack{Flows: []conntrack.Flow{}}
+	var err error
+	if c.Stats, err = conntrack.ReadStats(ns); err != nil {
+		return c, err
+	}
+	if statsOnly {
+		c.Selector = "none (statistics only)"
+		return c, nil
+	}
+	filters, names := vipFilters(sel, svcs)
 	if len(filters) == 0 {
 		c.Selector = "none (no VIP selected and no IPVS service)"
 		return c, nil

@@ -364,6 +364,17 @@ func (wt *Watcher) next(ctx context.Context, opt Options) (*probes.Snapshot, err
 			if capErr != nil {
 				w.Skipped[probes.LayerCapture] = capErr.Error()
 			}
+			if capSum != nil {
+				// Said where every output says a layer not read (text,
+				// JSON errors, JUnit system-err): a path's legs miss the
+				// packets of flows only these tables hold.
+				for k, v := range capSum.Unread {
+					before.Errors[probes.LayerCapture+"."+k] = v
+				}
+				for k, v := range capSum.Errors {
+					before.Errors[probes.LayerCapture+"."+k] = v
+				}
+			}
 		case <-rctx.Done():
 			w.Skipped[probes.LayerCapture] = "interrupted while the capture was being read: no packet counted"
 		}
@@ -397,6 +408,11 @@ func (wt *Watcher) next(ctx context.Context, opt Options) (*probes.Snapshot, err
 	}
 	if e, ok := before.Errors[probes.ProbeDrops]; ok {
 		w.Skipped[probes.LayerDrops] = e
+	}
+	if e, ok := w.Skipped[probes.LayerCapture]; ok {
+		// check shows Errors, not the window's skips: a capture asked
+		// for and not made is named there too.
+		before.Errors[probes.LayerCapture] = e
 	}
 	<-featuresDone // done by now unless the machine is very slow
 	before.Features = feats
@@ -506,7 +522,11 @@ func openCapture(ctx context.Context, ns netns.Target, before *probes.Snapshot, 
 	if p, ok := proto.Parse(sel.Proto); ok && sel.Proto != "" {
 		m.Proto = p
 	}
-	s, err := capture.OpenSession(ctx, ns, capture.Options{Interfaces: ifaces, Match: m}, services)
+	// A big LB's tables are read as the drop tracer's attributor reads
+	// them (the same bounds): the capture opens promptly, and says what
+	// it left unread.
+	b := probes.AttributorBounds(before, sel, before.IPVS.Services)
+	s, err := capture.OpenSession(ctx, ns, capture.Options{Interfaces: ifaces, Match: m}, services, b)
 	if err != nil {
 		return nil, fmt.Errorf("capture: %w", err)
 	}

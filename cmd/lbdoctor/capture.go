@@ -20,6 +20,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/internal/report"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/capture"
+	"github.com/lbdoctor/lbdoctor/probes/conntrack"
 	"github.com/lbdoctor/lbdoctor/probes/kernel"
 	"github.com/lbdoctor/lbdoctor/probes/netstate"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
@@ -90,6 +91,7 @@ type captureDoc struct {
 	Flows        []*capture.FlowLegs `json:"flows"`
 	File         *captureFile        `json:"file,omitempty"`
 	Errors       map[string]string   `json:"errors,omitempty"`
+	Unread       map[string]string   `json:"unread,omitempty"`
 }
 
 type captureFile struct {
@@ -191,7 +193,16 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 		return err
 	}
 
-	j, err := capture.NewServiceJoiner(ctx, lb, opt.Match, []netip.AddrPort{sel.VIP})
+	// The join reads a big LB's tables as check's window does (one rule:
+	// probes.AttributorBounds), so the capture opens promptly; the closing
+	// lines say what it left unread. Conntrack's size is its statistics
+	// (no dump); unread, it is taken as small.
+	var tables probes.Snapshot
+	tables.IPVS = vt.vs
+	if !measure(ctx, func() { tables.Conntrack.Stats, _ = conntrack.ReadStats(lb) }) {
+		return notMeasured(ctx)
+	}
+	j, err := capture.NewServiceJoiner(ctx, lb, opt.Match, []netip.AddrPort{sel.VIP}, probes.AttributorBounds(&tables, sel, vt.vs.Services))
 	if err != nil {
 		return notMeasured(ctx)
 	}
@@ -279,6 +290,9 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 	}
 	if errs := j.Errors(); len(errs) > 0 {
 		doc.Errors = errs
+	}
+	if unread := j.Unread(); len(unread) > 0 {
+		doc.Unread = unread
 	}
 	if sig := interruptedBy(ctx); sig != "" {
 		doc.Interrupted, doc.CutShort = true, "interrupted by "+sig
@@ -403,6 +417,9 @@ func captureClosing(w interface{ Write([]byte) (int, error) }, d *captureDoc, ru
 	}
 	for _, k := range slices.Sorted(maps.Keys(d.Errors)) {
 		printf(w, "! %s could not be read: %s (packets of its flows are claimed by no flow)\n", k, d.Errors[k])
+	}
+	for _, k := range slices.Sorted(maps.Keys(d.Unread)) {
+		printf(w, "! %s (packets of the flows left unread are claimed by no flow)\n", d.Unread[k])
 	}
 	for _, s := range d.Skipped {
 		printf(w, "not captured: %s (%s)\n", s.Interface, s.Reason)

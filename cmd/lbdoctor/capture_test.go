@@ -22,6 +22,8 @@ import (
 	"github.com/lbdoctor/lbdoctor/internal/lab"
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
+	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/conntrack"
 )
 
 // captureJSON is the part of `capture -o json` the tests read.
@@ -50,6 +52,8 @@ type captureJSON struct {
 		Path    string `json:"path"`
 		Packets uint64 `json:"packets"`
 	} `json:"file"`
+	Errors map[string]string `json:"errors"`
+	Unread map[string]string `json:"unread"`
 }
 
 // legCounters counts, with nft rules in the LB, each leg's packets where
@@ -678,6 +682,50 @@ func TestCaptureSaysUnread(t *testing.T) {
 	want := fmt.Sprintf("left unread in the rings at the end: %d", unread)
 	if code != 0 || doc.Packets == 0 || !strings.Contains(stderr, want) {
 		t.Errorf("capture under a flood, interrupted = exit %d, %d packets, stderr:\n%s\nwant exit 0 and %q (JSON's interfaces[].unread)", code, doc.Packets, stderr, want)
+	}
+}
+
+// On an LB whose conntrack holds more entries than a window reads (a real
+// table: 10,100 plain flows more than the VIP's), capture opens promptly
+// without dumping it whole, as the drop tracer would (the same rule), says
+// so in its closing lines and in JSON's unread, and still joins the VIP's
+// flows on every leg: conntrack's flows to the VIP are dumped, filtered in
+// the kernel, and the new ones are its events.
+func TestCaptureBigConntrack(t *testing.T) {
+	testkit.RequireRoot(t)
+	l, vip := dnatMasqueradeLab(t)
+	// Closed UDP ports of the VIP's address: one flow each in the LB.
+	testkit.SendUDPFlows(t, l.Client, l.ClientIP, l.VIP, testkit.Ports(10000, probes.MaxFlowsRead+100), 0)
+	stats, err := conntrack.ReadStats(l.LB)
+	if err != nil || stats.Entries <= probes.MaxFlowsRead {
+		t.Fatalf("conntrack in %s: %d entries (%v), want over %d", l.LB, stats.Entries, err, probes.MaxFlowsRead)
+	}
+	wait := startCapture(t, "--netns", l.LB.Path, "--vip", vip.String())
+	if res := lab.Probe(context.Background(), l.Client, vip, 2*time.Second); !res.OK {
+		t.Fatalf("probe %s: %v", vip, res.Err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	doc, stderr, code := wait(true)
+	said := fmt.Sprintf("conntrack not dumped whole: %d entries, over %d", stats.Entries, probes.MaxFlowsRead)
+	dumped := fmt.Sprintf("only the flows to tcp %s, udp %s are dumped (filtered in the kernel)", vip, vip)
+	if code != 0 || !strings.Contains(stderr, "! "+said) || !strings.Contains(stderr, dumped) ||
+		!strings.HasPrefix(doc.Unread["conntrack"], said) || len(doc.Errors) != 0 {
+		t.Errorf("capture on %d conntrack entries = exit %d, unread %q, errors %q, stderr:\n%s\nwant exit 0, \"! %s\" … %q said, no error", stats.Entries, code, doc.Unread, doc.Errors, stderr, said, dumped)
+	}
+	if len(doc.Flows) != 1 || doc.Flows[0].Stop != "" || doc.Flows[0].VIP != vip.String() {
+		t.Errorf("capture on %d conntrack entries: flows %+v, want the probe's flow to %s on every leg", stats.Entries, doc.Flows, vip)
+	}
+}
+
+// check --capture says in its output when the capture could not be made
+// (here: the VIP is no IPVS service, no flow to capture), as it says any
+// layer it could not read: the window's skip alone reached no output.
+func TestCheckCaptureNotMadeIsSaid(t *testing.T) {
+	ns := vethNetns(t, "nocap")
+	var stdout, stderr strings.Builder
+	code := run(context.Background(), []string{"check", "--netns", ns.Name, "--vip", "10.77.0.1:80", "--capture", "--watch", "200ms", "--no-probe"}, &stdout, &stderr)
+	if want := "! probe capture could not read: no IPVS service selected: no flow to capture"; !strings.Contains(stdout.String(), want) {
+		t.Errorf("check --capture on a VIP IPVS does not serve = exit %d, stdout:\n%s\nwant %q", code, stdout.String(), want)
 	}
 }
 

@@ -382,16 +382,17 @@ type vipTargets struct {
 	ports    []uint16
 	reals    []netip.AddrPort // the services' real servers, or the learned backends
 	ipvs     bool
+	vs       ipvs.Snapshot // the read they come from: its services, and its counters' connections
 	learned  []netip.AddrPort
 	learnErr error
 }
 
 func vipTargetsOf(lb netns.Target, sel probes.Selector) vipTargets {
 	var svcs []ipvs.Service
-	if snap, err := ipvs.Read(lb); err == nil {
-		svcs = snap.Services
-	}
 	var t vipTargets
+	if snap, err := ipvs.Read(lb); err == nil {
+		svcs, t.vs = snap.Services, snap
+	}
 	t.addrs, t.ports = probes.DropFilter(sel, svcs)
 	t.ipvs = probes.ServesVIP(sel, svcs)
 	for _, svc := range svcs {

@@ -89,10 +89,17 @@ func BenchmarkGuestCheckScale(b *testing.B) {
 		argv   []string
 	}
 	checkRuns := func(prefix, bin string) []run {
-		return []run{
+		runs := []run{
 			{prefix + "check-static", netns.Target{}, 0, []string{bin, "check", "--netns", s.lb.Name, "--watch", "0", "-o", "json"}},
 			{prefix + "check-window", netns.Target{}, scaleWindow, []string{bin, "check", "--netns", s.lb.Name, "-o", "json"}}, // the default window
 		}
+		if os.Getenv("LBDOCTOR_BENCH_CAPTURE") != "" {
+			// check --capture: its join reads the tables within the drop
+			// tracer's bounds, of every service and of one VIP.
+			runs = append(runs, run{prefix + "check-capture", netns.Target{}, scaleWindow, []string{bin, "check", "--netns", s.lb.Name, "--capture", "-o", "json"}},
+				run{prefix + "check-capture-vip", netns.Target{}, scaleWindow, []string{bin, "check", "--netns", s.lb.Name, "--vip", s.vips[0].String(), "--capture", "-o", "json"}})
+		}
+		return runs
 	}
 	// lbdoctor first: conntrack lets the flows of the fill go after a few
 	// minutes (they never saw a reply), and ipvsadm reads no conntrack.
@@ -180,6 +187,14 @@ func BenchmarkGuestCheckScale(b *testing.B) {
 					}
 					if _, unread := rep.Errors[probes.ProbeIPVSConns]; r.argv[0] == bin && got > probes.MaxConnTable && !unread {
 						b.Errorf("%s on %d IPVS connections: errors %v, want %q saying the table was not read", r.name, got, rep.Errors, probes.ProbeIPVSConns)
+					}
+					// Every service's capture is not made on a big LB (its
+					// kernel filter would take more instructions than the
+					// kernel's limit): said under errors too.
+					_, unread := rep.Errors[probes.LayerCapture+".ipvs"]
+					_, notMade := rep.Errors[probes.LayerCapture]
+					if r.argv[0] == bin && slices.Contains(r.argv, "--capture") && got > probes.MaxConnTable && !unread && !notMade {
+						b.Errorf("%s on %d IPVS connections: errors %v, want %q saying the capture left the table unread (or %q, not made)", r.name, got, rep.Errors, probes.LayerCapture+".ipvs", probes.LayerCapture)
 					}
 				} else if m.code != 0 {
 					b.Fatalf("%v = exit %d\n%s", r.argv, m.code, m.err)

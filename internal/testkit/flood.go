@@ -48,8 +48,18 @@ func NewDropPair(t testing.TB) *DropPair {
 // each: one source port, distinct destination ports), spread evenly over d.
 func (p *DropPair) Flood(t testing.TB, ports []uint16, d time.Duration) {
 	t.Helper()
-	err := p.A.Do(func() error {
-		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: p.AddrA.AsSlice()})
+	SendUDPFlows(t, p.A, p.AddrA, p.AddrB, ports, d)
+}
+
+// SendUDPFlows sends one UDP datagram from src (one port) in ns to dst on each
+// of ports, spread evenly over d: one conntrack flow each in every
+// namespace they cross (a closed port answers with an ICMP error, and
+// conntrack confirms the flow all the same) — how a test fills a real
+// conntrack table.
+func SendUDPFlows(t testing.TB, ns netns.Target, src, dst netip.Addr, ports []uint16, d time.Duration) {
+	t.Helper()
+	err := ns.Do(func() error {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: src.AsSlice()})
 		if err != nil {
 			return err
 		}
@@ -58,14 +68,14 @@ func (p *DropPair) Flood(t testing.TB, ports []uint16, d time.Duration) {
 		start := time.Now()
 		for i := 0; i < slices; i++ {
 			for _, port := range ports[i*len(ports)/slices : (i+1)*len(ports)/slices] {
-				c.WriteToUDPAddrPort([]byte("x"), netip.AddrPortFrom(p.AddrB, port))
+				c.WriteToUDPAddrPort([]byte("x"), netip.AddrPortFrom(dst, port))
 			}
 			time.Sleep(time.Until(start.Add(d * time.Duration(i+1) / slices)))
 		}
 		return nil
 	})
 	if err != nil {
-		t.Fatalf("flood from %s: %v", p.A, err)
+		t.Fatalf("send UDP from %s in %s: %v", src, ns, err)
 	}
 }
 

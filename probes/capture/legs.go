@@ -355,15 +355,17 @@ type Joiner struct {
 const joinLag = 2 * time.Millisecond
 
 // NewJoiner joins against the tables of lb, reading only the conntrack
-// flows that touch addrs (the capture's own addresses; none: all). It
-// returns once the tables were first read (drops.Attributor.WaitRead), so
-// a capture opened after it knows every flow there was from its first
-// instant, one that ends then too, as the drop tracer does from its
-// attach; ctx ending first is its error.
-func NewJoiner(ctx context.Context, lb netns.Target, addrs []netip.Addr, proto uint8) (*Joiner, error) {
+// flows that touch addrs (the capture's own addresses; none: all), within
+// b (probes.AttributorBounds: a big LB's tables are read in part, as the
+// drop tracer's are, and Unread says so). It returns once the tables were
+// first read (drops.Attributor.WaitRead), so a capture opened after it
+// knows every flow there was from its first instant, one that ends then
+// too, as the drop tracer does from its attach; ctx ending first (Ctrl-C
+// during that read) is its error.
+func NewJoiner(ctx context.Context, lb netns.Target, addrs []netip.Addr, proto uint8, b drops.Bounds) (*Joiner, error) {
 	var ts unix.Timespec
 	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
-	j := &Joiner{attr: drops.NewAttributor(lb, addrs, proto), parser: NewHeaderParser(), Table: NewTable(), mono: time.Now().UnixNano() - ts.Nano()}
+	j := &Joiner{attr: drops.NewBoundedAttributor(lb, addrs, proto, b), parser: NewHeaderParser(), Table: NewTable(), mono: time.Now().UnixNano() - ts.Nano()}
 	if err := j.attr.WaitRead(ctx); err != nil {
 		j.Close()
 		return nil, err
@@ -376,8 +378,8 @@ func NewJoiner(ctx context.Context, lb netns.Target, addrs []netip.Addr, proto u
 // (VIPs), and unclaimed packets of the LB's other addresses are its own
 // (Local). capture and the window's capture both join through it, made
 // before the capture opens.
-func NewServiceJoiner(ctx context.Context, lb netns.Target, m Match, services []netip.AddrPort) (*Joiner, error) {
-	j, err := NewJoiner(ctx, lb, m.Addrs, m.Proto)
+func NewServiceJoiner(ctx context.Context, lb netns.Target, m Match, services []netip.AddrPort, b drops.Bounds) (*Joiner, error) {
+	j, err := NewJoiner(ctx, lb, m.Addrs, m.Proto, b)
 	if err != nil {
 		return nil, err
 	}
@@ -394,7 +396,11 @@ func NewServiceJoiner(ctx context.Context, lb netns.Target, m Match, services []
 func (j *Joiner) Close() { j.attr.Close() }
 
 // Errors names the tables that could not be read, with why.
-func (j *Joiner) Errors() map[string]string { return j.attr.Errors() }
+func (j *Joiner) Errors() map[string]string { return j.attr.Failed() }
+
+// Unread names the tables its bounds left unread, in part or whole, with
+// why and what was read instead (keys ipvs, conntrack).
+func (j *Joiner) Unread() map[string]string { return j.attr.Unread() }
 
 // Join classifies p and counts it in the table. A packet whose flow is not
 // known yet waits, while ctx is live, for the tables to be read past seen
@@ -468,6 +474,11 @@ type Summary struct {
 	Own          uint64     `json:"own"`           // of those, the LB's own traffic (to or from its address, not a VIP)
 	Unlisted     uint64     `json:"unlisted"`      // packets of flows past the table's bound
 	Interfaces   []Stats    `json:"interfaces"`
+	// Errors are the tables the join could not read (ipvs, conntrack),
+	// Unread those its bounds left unread on a big LB, with why: the
+	// packets of flows only they hold are claimed by no flow.
+	Errors map[string]string `json:"errors,omitempty"`
+	Unread map[string]string `json:"unread,omitempty"`
 }
 
 // ByPath sums the table's flows by service path (VIP and real), in the

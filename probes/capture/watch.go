@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/probes/drops"
 )
 
 // Sink takes each packet once its flow and leg are known (ok false: no
@@ -112,10 +113,10 @@ type Session struct {
 }
 
 // OpenSession opens a capture in lb with opt and its joiner for the
-// services captured (see NewServiceJoiner), the joiner first: the capture
-// opens once the tables were read. ctx ending first is its error.
-func OpenSession(ctx context.Context, lb netns.Target, opt Options, services []netip.AddrPort) (*Session, error) {
-	j, err := NewServiceJoiner(ctx, lb, opt.Match, services)
+// services captured within b (see NewServiceJoiner), the joiner first: the
+// capture opens once the tables were read. ctx ending first is its error.
+func OpenSession(ctx context.Context, lb netns.Target, opt Options, services []netip.AddrPort, b drops.Bounds) (*Session, error) {
+	j, err := NewServiceJoiner(ctx, lb, opt.Match, services, b)
 	if err != nil {
 		return nil, err
 	}
@@ -135,7 +136,13 @@ func (s *Session) Summarize(ctx, stop context.Context) (*Summary, error) {
 	defer s.j.Close()
 	w, err := Watch(ctx, s.c, s.j, WatchOptions{Stop: stop})
 	sum := &Summary{Paths: s.j.Table.ByPath(), Packets: w.Packets, NotProcessed: w.NotProcessed, Unclaimed: s.j.Table.Unclaimed, Own: s.j.Table.Own,
-		Unlisted: s.j.Table.Unlisted, Interfaces: s.c.Close()}
+		Unlisted: s.j.Table.Unlisted, Interfaces: s.c.Close(), Unread: s.j.Unread()}
+	if errs := s.j.Errors(); len(errs) > 0 {
+		sum.Errors = errs
+	}
+	if len(sum.Unread) == 0 {
+		sum.Unread = nil
+	}
 	for _, st := range sum.Interfaces {
 		sum.KernelDrops += st.Drops
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -66,7 +67,10 @@ type Attributor struct {
 	filters []conntrack.Filter // what a dump reads; the zero Filter: every flow
 	keep    func(netip.Addr) bool
 	noVS    string // why the IPVS connection table is never read ("": it is)
-	noCT    string // why conntrack is never dumped ("": it is): events alone
+	noCT    bool   // conntrack is never dumped (Bounds.NoConntrackDump, no DumpTo): events alone
+	// unread names the tables a bound leaves unread, in part or whole,
+	// with why (Bounds): said, never an error.
+	unread map[string]string
 
 	mu       sync.Mutex
 	cur, old map[pairKey]*cached
@@ -159,18 +163,48 @@ func (c *cached) name(s, d netip.AddrPort) *Flow {
 // only the conntrack flows that touch one of them (the tracer's own address
 // filter: no other drop is reported); proto narrows the first dump further.
 func NewAttributor(lb netns.Target, addrs []netip.Addr, proto uint8) *Attributor {
-	return newAttributor(lb, addrs, proto, "", "")
+	return newAttributor(lb, addrs, proto, Bounds{})
 }
 
-// newAttributor is NewAttributor; noVS and noCT, when set, say why the
-// IPVS connection table is never read, and why conntrack is never dumped
-// (Config.NoIPVSTable, Config.NoConntrackDump: a big LB's tables, which a
-// window cannot read). The tables within those bounds are read at once,
-// whether or not a drop will ask: a flow that ends before a drop asks is
-// known only from a read made while it was there.
-func newAttributor(lb netns.Target, addrs []netip.Addr, proto uint8, noVS, noCT string) *Attributor {
-	a := &Attributor{noVS: noVS, noCT: noCT, LB: lb, Interval: DefaultInterval, cur: map[pairKey]*cached{}, old: map[pairKey]*cached{}, maxKeys: MaxCacheKeys,
-		progress: make(chan struct{}), errs: map[string]string{}, read: make(chan struct{}), wake: make(chan struct{}, 1), stop: make(chan struct{})}
+// Bounds are what an attributor leaves unread of a big LB's tables, which a
+// window cannot read whole (probes.AttributorBounds decides them, for the
+// drop tracer and a capture alike). Each text says why (the table's size,
+// its limit); the attributor adds what it does instead, and names them in
+// Errors and Unread.
+type Bounds struct {
+	// NoIPVSTable, when set, says why the IPVS connection table is never
+	// read (its /proc file costs the square of its size): flows are known
+	// through conntrack alone.
+	NoIPVSTable string
+	// NoConntrackDump, when set, says why conntrack is never dumped whole.
+	// Flows are then known from the events of those it confirms after the
+	// attributor started and, with DumpTo, from dumps of DumpTo's flows
+	// alone.
+	NoConntrackDump string
+	// DumpTo are the filters a dump still reads past NoConntrackDump (a
+	// capture's few VIPs: their original destination, filtered in the
+	// kernel, which walks the table without handing the rest over); each
+	// is one walk of the whole table in the kernel. Empty: no dump.
+	DumpTo []conntrack.Filter
+}
+
+// NewBoundedAttributor is NewAttributor within b: what it leaves unread is
+// said by Unread (and Errors).
+func NewBoundedAttributor(lb netns.Target, addrs []netip.Addr, proto uint8, b Bounds) *Attributor {
+	return newAttributor(lb, addrs, proto, b)
+}
+
+// newAttributor is NewBoundedAttributor (Config.NoIPVSTable and
+// Config.NoConntrackDump are the tracer's bounds). The tables within the
+// bounds are read at once, whether or not a drop will ask: a flow that
+// ends before a drop asks is known only from a read made while it was
+// there.
+func newAttributor(lb netns.Target, addrs []netip.Addr, proto uint8, b Bounds) *Attributor {
+	a := &Attributor{noVS: b.NoIPVSTable, LB: lb, Interval: DefaultInterval, cur: map[pairKey]*cached{}, old: map[pairKey]*cached{}, maxKeys: MaxCacheKeys,
+		progress: make(chan struct{}), errs: map[string]string{}, unread: map[string]string{}, read: make(chan struct{}), wake: make(chan struct{}, 1), stop: make(chan struct{})}
+	if b.NoIPVSTable != "" {
+		a.unread["ipvs"] = b.NoIPVSTable
+	}
 	if len(addrs) > 0 {
 		// A set: the services of a big LB have thousands of addresses,
 		// and every flow of a dump is looked up.
@@ -181,6 +215,13 @@ func newAttributor(lb netns.Target, addrs []netip.Addr, proto uint8, noVS, noCT 
 		a.keep = func(x netip.Addr) bool { return set[x] }
 	}
 	switch {
+	case b.NoConntrackDump != "" && len(b.DumpTo) > 0:
+		a.filters = b.DumpTo
+		a.unread["conntrack"] = b.NoConntrackDump + "; only the flows to " + filterNames(b.DumpTo) +
+			" are dumped (filtered in the kernel), with those conntrack confirms from then on"
+	case b.NoConntrackDump != "":
+		a.noCT = true
+		a.unread["conntrack"] = b.NoConntrackDump + "; only the flows conntrack confirms from then on are known"
 	case len(addrs) == 0 || len(addrs) > 2:
 		// One dump of the whole table beats 4 kernel-side walks per address.
 		a.filters = []conntrack.Filter{{}}
@@ -224,12 +265,46 @@ func (a *Attributor) Counts() (attributed, notAttributed uint64) {
 // Batches is how many times a table was read whole (dumps and IPVS reads).
 func (a *Attributor) Batches() uint64 { return a.batches.Load() }
 
-// Errors names the tables that could not be read, with why. IPVS not being
-// loaded is not an error: there is nothing to attribute from.
+// Errors names the tables that could not be read, or that a bound left
+// unread in part (Unread), with why. IPVS not being loaded is not an
+// error: there is nothing to attribute from.
 func (a *Attributor) Errors() map[string]string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	m := maps.Clone(a.unread)
+	maps.Copy(m, a.errs)
+	return m
+}
+
+// Failed names the tables whose read failed, with why: Errors without
+// what a bound left unread.
+func (a *Attributor) Failed() map[string]string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	return maps.Clone(a.errs)
+}
+
+// Unread names the tables its Bounds left unread, in part or whole, with
+// why and what it reads instead.
+func (a *Attributor) Unread() map[string]string {
+	return maps.Clone(a.unread) // never written after newAttributor
+}
+
+// filterNames is how the bounds' dumps are named: "tcp 10.1.0.6:8085".
+func filterNames(fs []conntrack.Filter) string {
+	var out []string
+	for _, f := range fs {
+		n := proto.Name(f.Proto) + " "
+		if f.Proto == 0 {
+			n = ""
+		}
+		if f.Port == 0 {
+			out = append(out, n+f.Addr.String()+" (every port)")
+		} else {
+			out = append(out, n+netip.AddrPortFrom(f.Addr, f.Port).String())
+		}
+	}
+	return strings.Join(out, ", ")
 }
 
 // Attribute returns the flow p belongs to, or nil when none is known. at is
@@ -265,7 +340,7 @@ func (a *Attributor) attribute(ctx context.Context, p Packet, at int64) *Flow {
 		}
 		// Not to be dumped (noCT), conntrack is read when its events are:
 		// what they lost stays unknown, and said.
-		ctDone := a.dumpAt > at || a.subscribed && a.drainedAt > at && (a.dumpAt > max(a.lostAt, a.evictedAt) || a.noCT != "") || !a.subscribed && a.noCT != ""
+		ctDone := a.dumpAt > at || a.subscribed && a.drainedAt > at && (a.dumpAt > max(a.lostAt, a.evictedAt) || a.noCT) || !a.subscribed && a.noCT
 		vsDone := a.vs == nil || a.vsAt > at
 		if ctDone && vsDone || ctx.Err() != nil {
 			// The tables were read past this drop and the flow was not in
@@ -277,7 +352,7 @@ func (a *Attributor) attribute(ctx context.Context, p Packet, at int64) *Flow {
 		// Without events, conntrack is read by dumps (the first one is under
 		// way from the start); with them, the reader asks for a dump itself
 		// when events were lost.
-		if !ctDone && a.noCT == "" && (!a.subscribed || a.dumpAt <= max(a.lostAt, a.evictedAt)) && a.dumpAt != 0 {
+		if !ctDone && !a.noCT && (!a.subscribed || a.dumpAt <= max(a.lostAt, a.evictedAt)) && a.dumpAt != 0 {
 			a.wantDump, wake = true, true
 		}
 		if !vsDone {
@@ -410,15 +485,12 @@ func (a *Attributor) refresher(started chan<- struct{}) {
 	if err != nil {
 		errs["conntrack events"] = err.Error()
 	}
-	if a.ct, err = conntrack.NewDumper(a.LB); err != nil {
-		errs["conntrack"] = err.Error()
+	if !a.noCT {
+		if a.ct, err = conntrack.NewDumper(a.LB); err != nil {
+			errs["conntrack"] = err.Error()
+		}
 	}
-	if a.noCT != "" {
-		errs["conntrack"] = a.noCT
-	}
-	if a.noVS != "" {
-		errs["ipvs"] = a.noVS
-	} else {
+	if a.noVS == "" {
 		a.vs, _ = ipvs.OpenConns(a.LB) // without ip_vs there is no IPVS connection to attribute to
 	}
 	a.mu.Lock()
@@ -616,7 +688,7 @@ func (a *Attributor) batch(dump, vs bool) {
 	var flows []entry
 	var conns []ipvs.Conn
 	errs := map[string]string{}
-	if dump && a.ct == nil {
+	if dump && a.ct == nil && !a.noCT {
 		var err error
 		if a.ct, err = conntrack.NewDumper(a.LB); err != nil {
 			errs["conntrack"] = err.Error()
@@ -625,11 +697,9 @@ func (a *Attributor) batch(dump, vs bool) {
 	a.mu.Lock()
 	maxFlows := a.maxKeys / 3
 	a.mu.Unlock()
-	if dump && a.noCT != "" {
-		// Not dumped: the flows conntrack confirms from now on still
-		// come as events; a miss waits for no dump.
-		errs["conntrack"] = a.noCT
-	} else if dump && a.ct != nil {
+	// Not dumped (noCT): the flows conntrack confirms from now on still
+	// come as events; a miss waits for no dump.
+	if dump && a.ct != nil {
 		for _, flt := range a.filters {
 			_, err := a.ct.Tuples(flt, func(proto uint8, o, r conntrack.Tuple) {
 				if len(flows) < maxFlows {
@@ -665,7 +735,7 @@ func (a *Attributor) batch(dump, vs bool) {
 		}
 		a.addConnLocked(p, c)
 	}
-	if dump && a.noCT == "" {
+	if dump && !a.noCT {
 		// Read, or known unreadable (the error is shown): a drop waits no
 		// longer for this table either way.
 		a.dumpAt = start

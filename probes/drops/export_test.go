@@ -62,7 +62,7 @@ func SetBounds(a *Attributor, keys int, interval time.Duration) {
 // NewAttributorBounded is NewAttributor told never to read the IPVS
 // connection table (noVS) or never to dump conntrack (noCT), saying why.
 func NewAttributorBounded(lb netns.Target, addrs []netip.Addr, noVS, noCT string) *Attributor {
-	return newAttributor(lb, addrs, 0, noVS, noCT)
+	return newAttributor(lb, addrs, 0, Bounds{NoIPVSTable: noVS, NoConntrackDump: noCT})
 }
 
 // ModulesOf is modulesOf.

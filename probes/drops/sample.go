@@ -372,7 +372,7 @@ type lastPlace struct {
 // background: its first read is done when n.attr.WaitRead returns. Its
 // symbols are read by readSymbols.
 func newNamer(t *Tracer, cfg Config) *Namer {
-	return &Namer{tr: t, attr: newAttributor(cfg.LB, slices.Concat(cfg.Addrs, cfg.Select), cfg.Proto, cfg.NoIPVSTable, cfg.NoConntrackDump), where: map[uint64]string{}}
+	return &Namer{tr: t, attr: newAttributor(cfg.LB, slices.Concat(cfg.Addrs, cfg.Select), cfg.Proto, Bounds{NoIPVSTable: cfg.NoIPVSTable, NoConntrackDump: cfg.NoConntrackDump}), where: map[uint64]string{}}
 }
 
 // readSymbols reads the kernel's symbols for n (the read Prepared.ReadSymbols
