@@ -3,10 +3,12 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/lbdoctor/lbdoctor/flowpath"
 	"github.com/lbdoctor/lbdoctor/internal/lab"
@@ -129,3 +131,41 @@ func wantLeg(t *testing.T, p flowpath.Path, k flowpath.LegKind, st flowpath.Stat
 	}
 }
 
+
+// A real that calls its own service on a two-arm LB (no SNAT: the real
+// answers itself, and its call to the VIP hangs): check --fix applies
+// nat.hairpin's masquerade through the transactional path — the plan
+// printed, the rule and vs.conntrack recorded — the real's call works and
+// the check after the fix passes it; teardown removes only what --fix
+// made, and the hairpin hangs again.
+func TestGuestHairpinFix(t *testing.T) {
+	l := testkit.Lab(t, lab.TwoArm)
+	testkit.Serve(t, l.Real, ":8085")
+	vip := netip.AddrPortFrom(l.VIP, 8085)
+	testkit.IPVSMasq(t, l.LB, vip, netip.AddrPortFrom(l.RealIP, 8085))
+	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+	testkit.Connect(t, l, vip, 1)
+	if res := lab.Probe(context.Background(), l.Real, vip, time.Second); res.OK {
+		t.Fatalf("the real reached its own service %s with no masquerade: no hairpin fault", vip)
+	}
+	out, code := testkit.RunLbdoctor(t, "check", "--netns", l.LB.Name, "--vip", vip.String(), "--watch", "0", "--fix", "--yes")
+	rule := fmt.Sprintf("-s %s/32 -d %s/32", l.RealIP, l.RealIP)
+	before, after, _ := strings.Cut(out, "after --fix:")
+	if code != 0 || !strings.Contains(before, "✗ nat.hairpin") || !strings.Contains(before, rule) || !strings.Contains(before, "net.ipv4.vs.conntrack=1") ||
+		!strings.Contains(after, "✓ nat.hairpin") || strings.Contains(out, "--fix cannot repair nat.hairpin") {
+		t.Fatalf("check --fix = exit %d, want 0, nat.hairpin failing, a plan with the MASQUERADE %s and vs.conntrack=1, nat.hairpin passing after:\n%s", code, rule, out)
+	}
+	if res := lab.Probe(context.Background(), l.Real, vip, 2*time.Second); !res.OK {
+		t.Errorf("the real → its own service %s after --fix: %v, want an answer", vip, res.Err)
+	}
+	out, code = testkit.RunLbdoctor(t, "teardown", "--netns", l.LB.Name)
+	if code != 0 || !strings.Contains(out, rule) {
+		t.Errorf("teardown = exit %d, want 0 removing the rule %s:\n%s", code, rule, out)
+	}
+	if save := testkit.Run(t, l.LB, "iptables-save", "-t", "nat"); strings.Contains(save, rule) {
+		t.Errorf("after teardown the nat table still has the hairpin masquerade:\n%s", save)
+	}
+	if res := lab.Probe(context.Background(), l.Real, vip, time.Second); res.OK {
+		t.Errorf("the real → its own service %s after teardown: answered, want it to hang again (the masquerade gone)", vip)
+	}
+}
