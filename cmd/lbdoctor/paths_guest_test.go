@@ -131,7 +131,6 @@ func wantLeg(t *testing.T, p flowpath.Path, k flowpath.LegKind, st flowpath.Stat
 	}
 }
 
-
 // A real that calls its own service on a two-arm LB (no SNAT: the real
 // answers itself, and its call to the VIP hangs): check --fix applies
 // nat.hairpin's masquerade through the transactional path — the plan
