@@ -311,16 +311,17 @@ func noRouteFor(s *probes.Snapshot, c drops.Counted) (string, []string) {
 		what = fmt.Sprintf("the reply of real %s to client %s", f.Real, dst)
 	}
 	get := fmt.Sprintf("%sip route get %s", s.Target.ExecPrefix(), dst)
-	r, ok := s.Net.RouteTo(dst)
+	r, no := s.Net.Unroutable(dst)
 	switch {
-	case !ok:
+	case !no:
+		return "", nil
+	case !r.Dst.IsValid():
 		return fmt.Sprintf("the LB has no route to %s (no route of its main table covers it, and there is no default route): %s died in %s", dst, what, c.Function()),
 			[]string{get, fmt.Sprintf("# then route %s's network through the router toward it: %sip route add PREFIX via ROUTER", dst, s.Target.ExecPrefix())}
-	case r.Dev == "" && !r.Gw.IsValid():
+	default:
 		return fmt.Sprintf("the LB's route to %s (%s) leads nowhere (unreachable, blackhole or prohibit): %s died in %s", dst, r.Dst, what, c.Function()),
 			[]string{get, fmt.Sprintf("%sip route show %s", s.Target.ExecPrefix(), r.Dst)}
 	}
-	return "", nil
 }
 
 // pointOf is the window's drop point of c's reason, function and hook.

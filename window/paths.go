@@ -410,6 +410,9 @@ func (b pathBuilder) routeLeg(svc ipvs.Service, r ipvs.Real, routed bool) flowpa
 		l.Note = key + " not read"
 	case v.Value == "0":
 		l.Status, l.Note = flowpath.Stopped, who+" not local, forwarding off"
+	case client.IsValid() && !routed && netRead(s) && unroutable(s, client):
+		// Forwarded, the reply dies in the route lookup (IP_INNOROUTES).
+		l.Status, l.Note = flowpath.Stopped, "no route to "+who
 	default:
 		l.Note = "forwarded to " + who
 		if routed {
@@ -417,6 +420,18 @@ func (b pathBuilder) routeLeg(svc ipvs.Service, r ipvs.Real, routed bool) flowpa
 		}
 	}
 	return l
+}
+
+// netRead reports whether the routes were read (a snapshot without them
+// tells nothing of a route missing).
+func netRead(s *probes.Snapshot) bool {
+	_, unread := s.Errors[probes.ProbeNet]
+	return !unread && len(s.Net.Routes) > 0
+}
+
+func unroutable(s *probes.Snapshot, a netip.Addr) bool {
+	_, no := s.Net.Unroutable(a)
+	return no
 }
 
 // client is a client address of the service's flows to the real: from the

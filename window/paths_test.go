@@ -144,6 +144,16 @@ func TestPaths(t *testing.T) {
 			w.Health = []health.Result{{Proto: "tcp", Real: real40, Connect: health.Refused, Neighbour: "REACHABLE", NextHop: real40.Addr()}}
 			return s, w
 		}, "client→VIP ✓ 6 · IPVS→real .40 ✓ 6 · SNAT ✓ · reply real→LB ✓ 6 (RSTs: the real refuses connections) · de-SNAT (PREROUTING) · route: forwarded to the client ✓", true},
+		{"two-arm: the LB has no route back to the client, the replies die in the route lookup", func() (*probes.Snapshot, *probes.Window) {
+			s, w := lb("1", 5, 0, 0)
+			s.Rules.Rules, w.Deltas.Rules = nil, nil
+			s.Net.Links = append(s.Net.Links, netstate.Link{Name: "eth1", Up: true, Addrs: []netip.Prefix{netip.MustParsePrefix("10.2.0.1/24")}})
+			s.Net.Routes = []netstate.Route{{Dst: netip.MustParsePrefix("10.1.0.0/24"), Dev: "eth0"}, {Dst: netip.MustParsePrefix("10.1.0.40/32"), Dev: "eth1"}}
+			far := netip.MustParseAddrPort("10.9.0.3:40000")
+			s.Drops = &drops.Sample{Drops: []drops.Counted{{Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: 6}, Count: 5}, ReasonName: "IP_INNOROUTES", Symbol: "ip_error+0x92",
+				Flow: &drops.Flow{Client: far, VIP: vip, Real: real40, Direction: "reply", Stage: "straight from the real server, never de-NATed by IPVS"}}}}
+			return s, w
+		}, "client→VIP ✓ 5 · IPVS→real .40 ✓ 5 · reply real→LB ✓ 5 · route: no route to 10.9.0.3 · ✗ ip_error IP_INNOROUTES ×5", false},
 		{"direct routing: the reply skips the LB", func() (*probes.Snapshot, *probes.Window) {
 			s, w := lb("1", 5, 0, 0)
 			s.IPVS.Services[0].Reals[0].Method = ipvs.Route

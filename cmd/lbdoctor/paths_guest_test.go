@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lbdoctor/lbdoctor/checks"
 	"github.com/lbdoctor/lbdoctor/flowpath"
 	"github.com/lbdoctor/lbdoctor/internal/lab"
 	"github.com/lbdoctor/lbdoctor/internal/report"
@@ -167,4 +168,39 @@ func TestGuestHairpinFix(t *testing.T) {
 	if res := lab.Probe(context.Background(), l.Real, vip, time.Second); res.OK {
 		t.Errorf("the real → its own service %s after teardown: answered, want it to hang again (the masquerade gone)", vip)
 	}
+}
+
+// A client the LB has no route back to (a new operator's run left one
+// IP_INNOROUTES drop unexplained): a two-arm LB, its real's replies to
+// 10.9.0.3 die in the LB's route lookup. drops.vip_flows names the missing
+// route, and the path stops at the route leg saying so.
+func TestGuestNoRouteBackToClient(t *testing.T) {
+	l := testkit.Lab(t, lab.TwoArm)
+	testkit.Serve(t, l.Real, ":8085")
+	vip := netip.AddrPortFrom(l.VIP, 8085)
+	testkit.IPVSMasq(t, l.LB, vip, netip.AddrPortFrom(l.RealIP, 8085))
+	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+	testkit.Connect(t, l, vip, 1)
+	// The client's connections now come from an address the LB has no
+	// route to (it has no default route).
+	testkit.Run(t, l.Client, "ip", "addr", "add", "10.9.0.3/32", "dev", "eth0")
+	testkit.Run(t, l.Client, "ip", "route", "replace", l.VIP.String()+"/32", "dev", "eth0", "src", "10.9.0.3")
+	if res := lab.Probe(context.Background(), l.Client, vip, time.Second); res.OK {
+		t.Fatalf("the client from 10.9.0.3 reached %s: the LB routes back to it", vip)
+	}
+	r, _ := checkUnderTraffic(t, l, vip)
+	var f checks.Finding
+	for _, x := range r.Findings {
+		if x.ID == "drops.vip_flows" {
+			f = x
+		}
+	}
+	if f.Status != checks.Fail || !strings.Contains(f.Title, "IP_INNOROUTES") || !strings.Contains(f.Reason, "the LB has no route to 10.9.0.3") {
+		t.Errorf("drops.vip_flows = %s %q (%s), want a fail on IP_INNOROUTES naming the missing route to 10.9.0.3:%s", f.Status, f.Title, f.Reason, describe(r))
+	}
+	p, ok := pathTo(r, netip.AddrPortFrom(l.RealIP, 8085).String())
+	if l := legOf(p, flowpath.Route); !ok || l.Status != flowpath.Stopped || l.Note != "no route to 10.9.0.3" {
+		t.Errorf("path %q: route leg %s %q, want stopped \"no route to 10.9.0.3\"", p, l.Status, l.Note)
+	}
+	t.Logf("drops.vip_flows: %s (%s) fix %q\npath: %s", f.Title, f.Reason, f.Fix, p)
 }
