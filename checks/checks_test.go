@@ -707,3 +707,94 @@ func TestFindingServices(t *testing.T) {
 		})
 	}
 }
+
+// A finding's services (JSON findings[].services, serve's per-service
+// series) name some of the selected services: absent when the finding is
+// about every selected one — the only one, too, IPVS's or a VIP IPVS does
+// not serve — since the selection's own series already is that service.
+func TestFindingServicesOfVIP(t *testing.T) {
+	tests := []struct {
+		name    string
+		fixture string
+		sel     probes.Selector
+		id      string
+		want    []string
+	}{
+		{"the only IPVS service", "seed-stage3-drops", probes.Selector{VIP: netip.MustParseAddrPort("10.1.0.6:8085"), Proto: "tcp"}, "drops.vip_flows", nil},
+		{"an nft DNAT VIP, the only service", "nft-dnat-forward-off", probes.Selector{VIP: netip.MustParseAddrPort("10.99.0.6:8085"), Proto: "tcp"}, "drops.vip_flows", nil},
+		{"an nft DNAT VIP and port, either protocol: TCP is some of it", "nft-dnat-forward-off", probes.Selector{VIP: netip.MustParseAddrPort("10.99.0.6:8085")}, "drops.vip_flows", []string{"TCP 10.99.0.6:8085"}},
+		{"every port of an nft DNAT VIP: its services are not known", "nft-dnat-forward-off", probes.Selector{VIP: netip.MustParseAddrPort("10.99.0.6:0")}, "drops.vip_flows", []string{"TCP 10.99.0.6:8085"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := statusOf(checks.Run(loadFixture(t, tt.fixture), tt.sel), tt.id)
+			if f.Status != checks.Fail || !slices.Equal(f.Services, tt.want) {
+				t.Errorf("Run(%s, %s).%s = %s, services %q; want fail, services %q", tt.fixture, tt.sel.VIPString(), tt.id, f.Status, f.Services, tt.want)
+			}
+		})
+	}
+}
+
+// A --vip that only a firewall-mark service serves (a rule marks its
+// packets, or IPVS's entries to it are a mark service's) is not missing:
+// kernel.ipvs warns that --vip cannot select it, and never suggests an
+// ipvsadm -A beside it.
+func TestVIPServedByMark(t *testing.T) {
+	fwm := ipvs.Service{Proto: "fwmark", FWMark: 16, Scheduler: "rr", Reals: []ipvs.Real{{Addr: netip.MustParseAddrPort("10.1.0.50:80"), Method: ipvs.Masq, Weight: 1}}}
+	legacy := func(spec string) rules.Rule {
+		return rules.Rule{Backend: rules.IptablesLegacy, Family: "ip", Table: "mangle", Chain: "PREROUTING", Target: "MARK", Spec: spec, HasCounter: true}
+	}
+	tests := []struct {
+		name  string
+		vip   string
+		rules []rules.Rule
+		conns []ipvs.ConnCount
+		want  checks.Status
+	}{
+		{"an iptables MARK rule on the VIP and port", "10.1.0.9:80", []rules.Rule{legacy("-A PREROUTING -d 10.1.0.9/32 -p tcp -m tcp --dport 80 -j MARK --set-xmark 0x10/0xffffffff")}, nil, checks.Warn},
+		{"every port of the address", "10.1.0.9:0", []rules.Rule{legacy("-A PREROUTING -d 10.1.0.9/32 -p tcp -m tcp --dport 80 -j MARK --set-mark 16")}, nil, checks.Warn},
+		{"a native nft rule", "10.1.0.9:80", []rules.Rule{{Backend: rules.Nft, Family: "ip", Table: "mangle", Chain: "pre", Spec: "ip daddr 10.1.0.9 tcp dport 80 meta mark set 0x00000010"}}, nil, checks.Warn},
+		{"IPVS entries of the mark service", "10.1.0.9:80", nil, []ipvs.ConnCount{{Proto: "tcp", VIP: netip.MustParseAddrPort("10.1.0.9:80"), Dest: netip.MustParseAddrPort("10.1.0.50:80"), State: "ESTABLISHED", Count: 3}}, checks.Warn},
+		{"the rule marks another port", "10.1.0.9:443", []rules.Rule{legacy("-A PREROUTING -d 10.1.0.9/32 -p tcp -m tcp --dport 80 -j MARK --set-xmark 0x10/0xffffffff")}, nil, checks.Fail},
+		{"the rule sets another mark", "10.1.0.9:80", []rules.Rule{legacy("-A PREROUTING -d 10.1.0.9/32 -p tcp -m tcp --dport 80 -j MARK --set-xmark 0x11/0xffffffff")}, nil, checks.Fail},
+		{"a conntrack mark is no packet mark", "10.1.0.9:80", []rules.Rule{{Backend: rules.Nft, Family: "ip", Table: "mangle", Chain: "pre", Spec: "ip daddr 10.1.0.9 tcp dport 80 ct mark set 0x00000010"}}, nil, checks.Fail},
+		{"nothing marks it", "10.1.0.9:80", nil, nil, checks.Fail},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			snap := loadFixture(t, "seed-stage2")
+			snap.IPVS.Services = append(snap.IPVS.Services, fwm)
+			snap.Rules.Rules = append(snap.Rules.Rules, tt.rules...)
+			snap.IPVS.ConnCounts = tt.conns
+			f := statusOf(checks.Run(snap, probes.Selector{VIP: netip.MustParseAddrPort(tt.vip)}), "kernel.ipvs")
+			adds := slices.ContainsFunc(f.Fix, func(x string) bool { return strings.Contains(x, "ipvsadm -A") })
+			if f.Status != tt.want || adds != (tt.want == checks.Fail) {
+				t.Errorf("kernel.ipvs(--vip %s) = %s %q, fix %q; want %s, an ipvsadm -A only on a fail", tt.vip, f.Status, f.Title, f.Fix, tt.want)
+			}
+		})
+	}
+}
+
+// conntrack.flow_states says which VIPs the flows that never saw a reply
+// went to, the most first (a big LB's count alone names none), counted
+// over every flow read, and names them as the finding's services.
+func TestFlowStatesNamesVIPs(t *testing.T) {
+	snap := loadFixture(t, "seed-stage2")
+	ap := netip.MustParseAddrPort
+	snap.Conntrack.Counts = []probes.FlowCount{{State: "SYN_SENT", Count: 9990}, {State: "ESTABLISHED", SeenReply: true, Assured: true, Count: 10}}
+	snap.Conntrack.NoReply = []probes.FlowTally{{Proto: "tcp", Dst: ap("10.1.0.7:80"), Count: 90}, {Proto: "tcp", Dst: ap("10.1.0.6:8085"), Count: 9000},
+		{Proto: "udp", Dst: ap("10.1.0.8:53"), Count: 500}, {Proto: "tcp", Dst: ap("10.1.0.9:443"), Count: 300}, {Proto: "tcp", Dst: ap("10.1.0.10:80"), Count: 100}}
+	for _, svc := range []string{"tcp 10.1.0.7:80", "udp 10.1.0.8:53", "tcp 10.1.0.9:443", "tcp 10.1.0.10:80", "tcp 10.1.0.11:80"} {
+		p, a, _ := strings.Cut(svc, " ")
+		snap.IPVS.Services = append(snap.IPVS.Services, ipvs.Service{Proto: p, Addr: ap(a), Reals: snap.IPVS.Services[0].Reals})
+	}
+	f := statusOf(checks.Run(snap, probes.Selector{}), "conntrack.flow_states")
+	wantTitle := "9990 flow(s) never saw a reply: TCP 10.1.0.6:8085 (9000), UDP 10.1.0.8:53 (500), TCP 10.1.0.9:443 (300) and 2 more VIPs"
+	var facts []string
+	for _, e := range f.Evidence {
+		facts = append(facts, e.Fact)
+	}
+	if f.Status != checks.Warn || f.Title != wantTitle || !slices.Contains(facts, "TCP 10.1.0.7:80: 90 flow(s) with no reply") || len(f.Services) != 5 {
+		t.Errorf("conntrack.flow_states = %s %q, evidence %q, services %q; want warn %q, a line per VIP, 5 services", f.Status, f.Title, facts, f.Services, wantTitle)
+	}
+}

@@ -47,12 +47,17 @@ func servicesWhere(svcs []ipvs.Service, keep func(ipvs.Service) bool) []ipvs.Ser
 // which IPVS does not tie to the mark.
 func connsOf(s *probes.Snapshot, svc ipvs.Service, templates bool) []ipvs.ConnCount {
 	var out []ipvs.ConnCount
+	var marked func(ipvs.ConnCount) bool
+	if svc.FWMark != 0 && !templates {
+		marked = markConns(s, svc)
+	}
 	for _, c := range s.IPVS.ConnCounts {
 		if c.Template != templates {
 			continue
 		}
 		if svc.FWMark != 0 {
-			if templates && c.VIP.Port() == 0 && c.VIP.Addr() == markAddr(svc.FWMark, c.VIP.Addr().Is6()) {
+			if templates && c.VIP.Port() == 0 && c.VIP.Addr() == markAddr(svc.FWMark, c.VIP.Addr().Is6()) ||
+				!templates && marked(c) {
 				out = append(out, c)
 			}
 			continue
@@ -62,6 +67,55 @@ func connsOf(s *probes.Snapshot, svc ipvs.Service, templates bool) []ipvs.ConnCo
 		}
 	}
 	return out
+}
+
+// markConns tells the connections of the firewall-mark service svc. IPVS
+// gives a mark service's connections the packet's own address, port and
+// protocol, not the mark: an entry that is no address-based service's is a
+// mark service's — svc's when its real is one of svc's, or when svc is the
+// only mark service (a real removed from it is in none).
+func markConns(s *probes.Snapshot, svc ipvs.Service) func(ipvs.ConnCount) bool {
+	type key struct {
+		addr  netip.AddrPort
+		proto string
+	}
+	addressed := make(map[key]bool, len(s.IPVS.Services))
+	marks := 0
+	for _, x := range s.IPVS.Services {
+		if x.FWMark != 0 {
+			marks++
+		} else {
+			addressed[key{x.Addr, x.Proto}] = true
+		}
+	}
+	return func(c ipvs.ConnCount) bool {
+		if addressed[key{c.VIP, c.Proto}] {
+			return false
+		}
+		_, ours := realFor(svc, c.Dest)
+		return marks == 1 || ours
+	}
+}
+
+// realFor is the real of svc an entry to dest goes to: the one at dest,
+// or, for a firewall-mark service, one at dest's address without a port
+// (`ipvsadm -a -f 16 -r ADDR`: its entries take the packets' own port).
+func realFor(svc ipvs.Service, dest netip.AddrPort) (ipvs.Real, bool) {
+	for _, r := range svc.Reals {
+		if r.Addr == dest || svc.FWMark != 0 && r.Addr.Port() == 0 && r.Addr.Addr() == dest.Addr() {
+			return r, true
+		}
+	}
+	return ipvs.Real{}, false
+}
+
+// realArg is a real as ipvsadm -r takes it: without a port when it has
+// none (a firewall-mark service's).
+func realArg(a netip.AddrPort) string {
+	if a.Port() == 0 {
+		return a.Addr().String()
+	}
+	return a.String()
 }
 
 // markAddr is the address IPVS gives a firewall-mark service's templates:
@@ -180,9 +234,15 @@ func checkStaleUDP(s *probes.Snapshot, sel probes.Selector) Finding {
 	if why != "" {
 		return skip(why)
 	}
-	udp := servicesWhere(svcs, func(svc ipvs.Service) bool { return svc.Proto == "udp" })
+	// A firewall-mark service is UDP by what it marks: its UDP entries.
+	udp := servicesWhere(svcs, func(svc ipvs.Service) bool {
+		return svc.Proto == "udp" || svc.FWMark != 0 && slices.ContainsFunc(connsOf(s, svc, false), func(c ipvs.ConnCount) bool { return c.Proto == "udp" })
+	})
 	if len(udp) == 0 {
-		return Finding{Status: Pass, Title: "no selected service is UDP", Evidence: []Evidence{{Fact: fmt.Sprintf("%d service(s), none UDP", len(svcs)), Source: "ipvs, " + s.Target.String()}}}
+		if why := connTableSkip(s); why != "" && slices.ContainsFunc(svcs, func(svc ipvs.Service) bool { return svc.FWMark != 0 }) {
+			return skip(why + " (a firewall-mark service is UDP by its entries)")
+		}
+		return Finding{Status: Pass, Title: "no selected service is UDP", Evidence: []Evidence{{Fact: fmt.Sprintf("%d service(s), none UDP (a firewall-mark service: none with a UDP entry)", len(svcs)), Source: "ipvs, " + s.Target.String()}}}
 	}
 	if why := connTableSkip(s); why != "" {
 		return skip(why)
@@ -195,13 +255,15 @@ func checkStaleUDP(s *probes.Snapshot, sel probes.Selector) Finding {
 	ev := []Evidence{{Fact: fmt.Sprintf("net.ipv4.vs.expire_nodest_conn = %s; IPVS udp timeout %ds", nodest.Value, s.IPVS.Timeouts.UDP), Source: s.Target.String()}}
 	var bad, fix []string
 	for _, svc := range udp {
-		w := realWeights(svc)
 		for _, c := range connsOf(s, svc, false) {
-			wt, present := w[c.Dest]
+			if c.Proto != "udp" {
+				continue // a firewall-mark service's TCP entries
+			}
+			r, present := realFor(svc, c.Dest)
 			switch {
-			case present && wt == 0:
+			case present && r.Weight == 0:
 				ev = append(ev, Evidence{Fact: fmt.Sprintf("%s: %d UDP entr(ies) to %s, weight 0: its clients stay on it while they keep sending", svc.Key(), c.Count, c.Dest), Source: src})
-				cmd := fmt.Sprintf("%sipvsadm -d -u %s -r %s", s.Target.ExecPrefix(), svc.Addr, c.Dest)
+				cmd := fmt.Sprintf("%sipvsadm -d %s -r %s", s.Target.ExecPrefix(), ipvsadmService(svc), realArg(r.Addr))
 				if !slices.Contains(fix, cmd) {
 					fix = append(fix, cmd)
 				}

@@ -150,6 +150,7 @@ func TestStaleUDP(t *testing.T) {
 		nodest    string
 		weightA   int
 		noA       bool
+		fwmark    uint32
 		counts    []ipvs.ConnCount
 		connsErr  bool
 		want      checks.Status
@@ -164,6 +165,15 @@ func TestStaleUDP(t *testing.T) {
 		{name: "entries to a removed real, expire_nodest_conn=1", proto: "udp", nodest: "1", noA: true, counts: conn(realA), want: checks.Pass, wantTitle: "no UDP client is kept"},
 		{name: "entries to reals in service", proto: "udp", nodest: "0", weightA: 1, counts: conn(realA), want: checks.Pass, wantTitle: "no UDP client is kept"},
 		{name: "table unread", proto: "udp", nodest: "0", weightA: 0, connsErr: true, want: checks.Skip},
+		// A firewall-mark service's entries carry the packets' own VIP and
+		// protocol: its UDP is known by them.
+		{name: "a firewall-mark service's UDP entries to a drained real", proto: "fwmark", fwmark: 16, nodest: "0", weightA: 0, counts: conn(realA), want: checks.Fail,
+			wantTitle: "UDP clients are kept on 10.1.0.50:8085", wantFix: []string{"ip netns exec lb ipvsadm -d -f 16 -r 10.1.0.50"}},
+		{name: "a firewall-mark service's UDP entries to a removed real", proto: "fwmark", fwmark: 16, nodest: "0", noA: true, counts: conn(realA), want: checks.Fail,
+			wantTitle: "UDP clients are kept on 10.1.0.50:8085", wantFix: []string{"ip netns exec lb sysctl -w net.ipv4.vs.expire_nodest_conn=1"}},
+		{name: "a firewall-mark service's TCP entries to a drained real", proto: "fwmark", fwmark: 16, nodest: "0", weightA: 0,
+			counts: []ipvs.ConnCount{{Proto: "tcp", VIP: churnVIP, Dest: realA, State: "ESTABLISHED", Count: 2}}, want: checks.Pass, wantTitle: "no selected service is UDP"},
+		{name: "a firewall-mark service, table unread", proto: "fwmark", fwmark: 16, nodest: "0", connsErr: true, want: checks.Skip},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -171,6 +181,15 @@ func TestStaleUDP(t *testing.T) {
 			withReals(s, tt.proto, tt.weightA, 1)
 			if tt.noA {
 				s.IPVS.Services[0].Reals = s.IPVS.Services[0].Reals[1:]
+			}
+			if tt.fwmark != 0 {
+				// ipvsadm -a -f MARK -r ADDR: a real without a port; its
+				// entries take the packets' own.
+				svc := &s.IPVS.Services[0]
+				svc.FWMark, svc.Addr = tt.fwmark, netip.AddrPort{}
+				for i, r := range svc.Reals {
+					svc.Reals[i].Addr = netip.AddrPortFrom(r.Addr.Addr(), 0)
+				}
 			}
 			s.IPVS.ConnCounts = tt.counts
 			if tt.connsErr {

@@ -166,22 +166,45 @@ func Run(s *probes.Snapshot, sel probes.Selector) []Finding {
 }
 
 // servicesOf is about as Finding.Services shows it: sorted, nil when it
-// names every selected service (the finding is about the selection).
+// names every selected service (the finding is about the selection, whose
+// own series serve has: a per-service one beside it would be the same
+// fault twice, and page twice).
 func servicesOf(s *probes.Snapshot, sel probes.Selector, about []string) []string {
 	if len(about) == 0 {
 		return nil
 	}
 	names := slices.Compact(slices.Sorted(slices.Values(about)))
-	all := selected(s, sel)
 	// A set: a finding about each of 1,000 services is judged against each.
 	in := make(map[string]bool, len(names))
 	for _, n := range names {
 		in[n] = true
 	}
-	if len(all) > 0 && !slices.ContainsFunc(all, func(svc ipvs.Service) bool { return !in[svc.Key()] }) {
+	if all := selectedKeys(s, sel); len(all) > 0 && !slices.ContainsFunc(all, func(k string) bool { return !in[k] }) {
 		return nil
 	}
 	return names
+}
+
+// selectedKeys names the selected services as Finding.Services does: the
+// selected IPVS services; for a --vip IPVS does not serve (nft or iptables
+// DNAT), its address and port in the selected protocol, or in TCP and UDP
+// when none is; none when the selection is every port of such an address
+// (its services are whatever flows it has: no finding can be known to be
+// about all of them).
+func selectedKeys(s *probes.Snapshot, sel probes.Selector) []string {
+	var keys []string
+	for _, svc := range selected(s, sel) {
+		keys = append(keys, svc.Key())
+	}
+	if len(keys) > 0 || !sel.VIP.IsValid() || sel.VIP.Port() == 0 {
+		return keys
+	}
+	for _, p := range []string{"tcp", "udp"} {
+		if sel.Proto == "" || sel.Proto == p {
+			keys = append(keys, ipvs.Service{Proto: p, Addr: sel.VIP}.Key())
+		}
+	}
+	return keys
 }
 
 // captureEvidence says, for each path a capture counted (check

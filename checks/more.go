@@ -1,12 +1,15 @@
 package checks
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/lbdoctor/lbdoctor/internal/tally"
 	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/conntrack"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
@@ -160,6 +163,40 @@ func checkExpireNodest(s *probes.Snapshot, sel probes.Selector) Finding {
 		explains: func(c drops.Counted) bool { return probes.RealGoneOf(s, c).IsValid() }}
 }
 
+// maxTitleVIPs caps the VIPs a title names; the evidence lists more.
+const maxTitleVIPs = 3
+
+// noReplyByVIP is c.NoReply (counted over every flow read; from the
+// listed flows for a snapshot from before the probe counted them), the
+// most flows first.
+func noReplyByVIP(c probes.Conntrack, flows []conntrack.Flow, noReply int) []probes.FlowTally {
+	byVIP := slices.Clone(c.NoReply)
+	if len(byVIP) == 0 && noReply > 0 {
+		at := map[probes.FlowTally]int{}
+		for _, f := range flows {
+			if f.HasStatus("SEEN_REPLY") {
+				continue
+			}
+			k := probes.FlowTally{Proto: f.Proto, Dst: f.Orig.Dst}
+			if _, ok := at[k]; !ok {
+				at[k] = len(byVIP)
+				byVIP = append(byVIP, k)
+			}
+			byVIP[at[k]].Count++
+		}
+	}
+	slices.SortStableFunc(byVIP, func(a, b probes.FlowTally) int { return cmp.Compare(b.Count, a.Count) })
+	return byVIP
+}
+
+func sumTallies(ts []probes.FlowTally) int {
+	n := 0
+	for _, t := range ts {
+		n += t.Count
+	}
+	return n
+}
+
 // checkFlowStates reads the VIP's conntrack flows for the marks a broken
 // path leaves: replies that arrive but never complete the handshake, and
 // flows of any protocol no reply ever came back for (SEEN_REPLY unset: UDP
@@ -216,12 +253,34 @@ func checkFlowStates(s *probes.Snapshot, _ probes.Selector) Finding {
 			Reason:   "the reply reached this host and was dropped on its way back to the client (see sysctl.ip_forward, FORWARD rules, and lbdoctor drops); entries linger until their timeout, so a fixed path still shows them for a while",
 			Evidence: ev}
 	case noReply > 0:
+		byVIP := noReplyByVIP(s.Conntrack, flows, noReply)
+		title := strconv.Itoa(noReply) + " flow(s) never saw a reply"
+		var about, named []string
+		for i, t := range byVIP {
+			key := strings.ToUpper(t.Proto) + " " + t.Dst.String() // as ipvs.Service.Key names it
+			about = append(about, key)
+			if i < maxTitleVIPs {
+				named = append(named, fmt.Sprintf("%s (%d)", key, t.Count))
+			}
+			if i < maxServiceLines {
+				ev = append(ev, Evidence{Fact: fmt.Sprintf("%s: %d flow(s) with no reply", key, t.Count), Source: src})
+			}
+		}
+		if len(named) > 0 {
+			title += ": " + strings.Join(named, ", ")
+			if n := len(byVIP) - len(named); n > 0 {
+				title += " and " + tally.Of(n, "more VIP")
+			}
+		}
+		if listed := min(len(byVIP), maxServiceLines); listed < len(byVIP) || sumTallies(byVIP) < noReply {
+			ev = append(ev, Evidence{Fact: fmt.Sprintf("… and %d more flow(s) with no reply to other VIPs", noReply-sumTallies(byVIP[:listed])), Source: src})
+		}
 		if exNone != "" {
 			ev = append(ev, Evidence{Fact: exNone, Source: src})
 		}
-		return Finding{Status: Warn, Title: strconv.Itoa(noReply) + " flow(s) never saw a reply",
+		return Finding{Status: Warn, Title: title,
 			Reason:   "the real server did not answer, or answered around the LB (see nat.return_path), or the flows predate their service and no NAT applies to them (see conntrack.stale_flows); entries linger until their timeout, so a fixed path still shows them for a while",
-			Evidence: ev}
+			Evidence: ev, about: about}
 	}
 	return Finding{Status: Pass, Title: "the VIP's flows complete", Evidence: ev}
 }

@@ -35,6 +35,14 @@ func checkIPVS(s *probes.Snapshot, sel probes.Selector) Finding {
 			Evidence: []Evidence{{Fact: fmt.Sprintf("%d virtual service(s)", len(svcs)), Source: src}}}
 	}
 	if len(svcs) == 0 {
+		if marks, ev := markServed(s, sel); len(marks) > 0 {
+			// It exists: adding a service for the address would be a
+			// second one beside it. A --vip selects by address, which a
+			// firewall-mark service has none of.
+			return Finding{Status: Warn, Title: fmt.Sprintf("no address-based virtual service %s: %s serves it by firewall mark", selectorKey(sel), strings.Join(marks, ", ")),
+				Reason:   "--vip selects services by their address, which a firewall-mark service has none of: the checks of this selection watch no service; lbdoctor check without --vip judges " + strings.Join(marks, ", "),
+				Evidence: append(ev, Evidence{Fact: fmt.Sprintf("%d other virtual service(s)", len(s.IPVS.Services)), Source: src})}
+		}
 		return Finding{Status: Fail, Title: "no virtual service " + selectorKey(sel),
 			Reason:   "IPVS has no service " + selectorKey(sel),
 			Evidence: []Evidence{{Fact: fmt.Sprintf("%d other virtual service(s)", len(s.IPVS.Services)), Source: src}},
@@ -42,6 +50,42 @@ func checkIPVS(s *probes.Snapshot, sel probes.Selector) Finding {
 	}
 	return Finding{Status: Pass, Title: "IPVS is available: " + svcs[0].Key(),
 		Evidence: []Evidence{{Fact: fmt.Sprintf("%s, %d real server(s)", svcs[0].Key(), len(svcs[0].Reals)), Source: src}}}
+}
+
+// markServed names the firewall-mark services (FWM 16) that serve the
+// selected VIP, with why it is known: a rule that names its address sets
+// their mark on its packets, or IPVS holds entries to it that no
+// address-based service has (a mark service's carry the packets' own
+// address).
+func markServed(s *probes.Snapshot, sel probes.Selector) ([]string, []Evidence) {
+	var keys []string
+	var ev []Evidence
+	vip := sel.VIP
+	pkt := rules.Packet{Proto: sel.Proto, Dst: vip.Addr(), DPort: vip.Port()}
+	for _, svc := range s.IPVS.Services {
+		if svc.FWMark == 0 {
+			continue
+		}
+		n := len(ev)
+		for _, r := range s.Rules.Rules {
+			if r.Covers(vip.Addr()) && strings.Contains(r.Spec, vip.Addr().String()) && r.WritesMark(svc.FWMark) && r.MatchPacket(pkt) != rules.NoMatch {
+				ev = append(ev, Evidence{Fact: fmt.Sprintf("%s %s %s sets mark %d (%s) on packets to %s: %s", r.Backend, r.TableName(), r.Chain, svc.FWMark, svc.Key(), vip.Addr(), r.Spec), Source: "rules, " + s.Target.String()})
+			}
+		}
+		conns := 0
+		for _, c := range connsOf(s, svc, false) {
+			if sel.Matches(c.VIP, c.Proto) {
+				conns += c.Count
+			}
+		}
+		if conns > 0 {
+			ev = append(ev, Evidence{Fact: fmt.Sprintf("%s holds %d IPVS entr(ies) to %s, which no address-based service has", svc.Key(), conns, sel.VIPString()), Source: "ipvs connection table, " + s.Target.String()})
+		}
+		if len(ev) > n {
+			keys = append(keys, svc.Key())
+		}
+	}
+	return keys, ev
 }
 
 // vipToAdd is the VIP of an `ipvsadm -A` to type: a selection of every

@@ -128,7 +128,7 @@ func (d *DropTrace) WatchFrom(ctx context.Context, until time.Time, h drops.Hook
 		return nil, err
 	}
 	if d.wide {
-		smp.Drops = SelectDrops(smp.Drops, d.addrs, d.ports)
+		smp.Split(OutsideDrops(d.addrs, d.ports))
 	}
 	return smp, nil
 }
@@ -184,24 +184,25 @@ func (d *DropTrace) Watch(ctx context.Context, until time.Time, h drops.Hooks) (
 		return nil, err
 	}
 	if d.wide {
-		smp.Drops = SelectDrops(smp.Drops, d.addrs, d.ports)
+		smp.Split(OutsideDrops(d.addrs, d.ports))
 	}
 	return smp, nil
 }
 
 // WideDropFilter reports whether a drop filter has more addresses or ports
 // than the kernel's filter takes (drops.MaxFilter of each): WatchDrops then
-// filters by namespace in the kernel and selects with SelectDrops.
+// filters by namespace in the kernel and selects with OutsideDrops.
 func WideDropFilter(addrs []netip.Addr, ports []uint16) bool {
 	return len(addrs) > drops.MaxFilter || len(ports) > drops.MaxFilter
 }
 
-// SelectDrops keeps the drops the kernel's filter would have kept for addrs
-// and ports: source or destination one of addrs, and source or destination
-// port one of ports. Drops counted by place alone (the flow map was full)
-// name no flow: they cannot be told to be the services' and are left out;
-// the sample's NotItemised counter still shows them.
-func SelectDrops(cs []drops.Counted, addrs []netip.Addr, ports []uint16) []drops.Counted {
+// OutsideDrops tells the drops the kernel's filter would have left out for
+// addrs and ports: kept are those whose source or destination is one of
+// addrs, and source or destination port one of ports. Drops counted by
+// place alone (the flow map was full) name no flow: they cannot be told to
+// be the services' and are left out; the sample's NotItemised counter
+// still shows them. A wide filter's sample is split by it (Sample.Split).
+func OutsideDrops(addrs []netip.Addr, ports []uint16) func(drops.Counted) bool {
 	as := make(map[netip.Addr]bool, len(addrs))
 	for _, a := range addrs {
 		as[a.Unmap()] = true
@@ -210,20 +211,11 @@ func SelectDrops(cs []drops.Counted, addrs []netip.Addr, ports []uint16) []drops
 	for _, p := range ports {
 		ps[p] = true
 	}
-	out := cs[:0:0]
-	for _, c := range cs {
-		if c.NotItemised || c.Family == 0 {
-			continue
-		}
-		if !as[c.Src.Addr()] && !as[c.Dst.Addr()] {
-			continue
-		}
-		if len(ps) > 0 && !ps[c.Src.Port()] && !ps[c.Dst.Port()] {
-			continue
-		}
-		out = append(out, c)
+	return func(c drops.Counted) bool {
+		return c.NotItemised || c.Family == 0 ||
+			!as[c.Src.Addr()] && !as[c.Dst.Addr()] ||
+			len(ps) > 0 && !ps[c.Src.Port()] && !ps[c.Dst.Port()]
 	}
-	return out
 }
 
 // LearnBackends dumps the conntrack flows to the selected VIP in ns and

@@ -150,6 +150,13 @@ type Conntrack struct {
 	// rewritten (IPVS, DNAT) but not their source: on a one-arm LB whose
 	// SNAT rule covers the VIP, flows that started before the rule.
 	NotSNATed []FlowTally `json:"not_snated,omitempty"`
+	// NoReply counts by protocol and original destination (the VIP) every
+	// flow read that saw no reply, at most MaxListed destinations: which
+	// services conntrack.flow_states' count is of.
+	NoReply []FlowTally `json:"no_reply,omitempty"`
+	// noReplyAt indexes NoReply while the dump is tallied: a busy LB's
+	// unreplied flows are hundreds of thousands.
+	noReplyAt map[FlowTally]int
 }
 
 // FlowTally is the number of flows of one protocol to one original
@@ -191,6 +198,9 @@ func (c *Conntrack) tally(h conntrack.Head) {
 	if b := h.Reply.Src; b.IsValid() && b != h.Orig.Dst && len(c.Backends) < MaxListed && !slices.Contains(c.Backends, b) {
 		c.Backends = append(c.Backends, b)
 	}
+	if !k.SeenReply {
+		c.countNoReply(proto.Name(h.Proto), h.Orig.Dst)
+	}
 	if !k.SeenReply && h.Reply.Dst == h.Orig.Src {
 		if h.Reply.Src == h.Orig.Dst {
 			c.Untouched = countFlow(c.Untouched, proto.Name(h.Proto), h.Orig.Dst)
@@ -198,6 +208,25 @@ func (c *Conntrack) tally(h conntrack.Head) {
 			c.NotSNATed = countFlow(c.NotSNATed, proto.Name(h.Proto), h.Orig.Dst)
 		}
 	}
+}
+
+// countNoReply counts one unreplied flow of protocol to dst in NoReply
+// (at most MaxListed destinations, in the order first seen).
+func (c *Conntrack) countNoReply(protocol string, dst netip.AddrPort) {
+	k := FlowTally{Proto: protocol, Dst: dst}
+	i, ok := c.noReplyAt[k]
+	if !ok {
+		if len(c.NoReply) >= MaxListed {
+			return
+		}
+		if c.noReplyAt == nil {
+			c.noReplyAt = map[FlowTally]int{}
+		}
+		i = len(c.NoReply)
+		c.noReplyAt[k] = i
+		c.NoReply = append(c.NoReply, k)
+	}
+	c.NoReply[i].Count++
 }
 
 // countFlow counts one flow of protocol to dst in l (at most MaxListed

@@ -12,7 +12,7 @@ import (
 // flows, not packets of them: their drops are kept apart. Someone else's
 // redirect, or any other ICMP message the LB sends (a "fragmentation
 // needed" it could not send breaks the flow), stays among the flows' drops.
-func TestWithoutOwnRedirects(t *testing.T) {
+func TestOwnRedirect(t *testing.T) {
 	lb := netstate.Snapshot{Links: []netstate.Link{{Name: "eth0", Addrs: []netip.Prefix{netip.MustParsePrefix("10.1.0.5/24")}}}}
 	icmp := func(src, dst string, family, proto, typ uint8, reason, hook string) drops.Counted {
 		return drops.Counted{Aggregate: drops.Aggregate{Packet: drops.Packet{Family: family, Proto: proto, ICMPType: typ,
@@ -36,9 +36,10 @@ func TestWithoutOwnRedirects(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			rest, own := withoutOwnRedirects([]drops.Counted{tt.d}, lb)
-			if got := len(own) == 1; got != tt.wantOwn || len(rest)+len(own) != 1 {
-				t.Errorf("withoutOwnRedirects(%+v) = %d left, %d the LB's own redirects; want own %v", tt.d.Packet, len(rest), len(own), tt.wantOwn)
+			smp := &drops.Sample{Drops: []drops.Counted{tt.d}}
+			_, own := splitOwn(smp, nil, lb)
+			if got := len(own) == 1; got != tt.wantOwn || len(smp.Drops)+len(own) != 1 {
+				t.Errorf("splitOwn(%+v) = %d left, %d the LB's own redirects; want own %v", tt.d.Packet, len(smp.Drops), len(own), tt.wantOwn)
 			}
 		})
 	}

@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -169,7 +168,7 @@ func (wt *Watcher) next(ctx context.Context, opt Options) (*probes.Snapshot, err
 	case !rawCapable:
 		capErr = errors.New("capturing packets needs CAP_NET_RAW: run as root")
 	default:
-		if !Measure(ctx, func() { session, capErr = openCapture(ns, before, sel) }) {
+		if !Measure(ctx, func() { session, capErr = openCapture(ctx, ns, before, sel) }) {
 			return nil, ErrInterrupted
 		}
 	}
@@ -378,15 +377,7 @@ func (wt *Watcher) next(ctx context.Context, opt Options) (*probes.Snapshot, err
 		select {
 		case r := <-traced:
 			if r.smp != nil {
-				r.smp.Drops, w.ProbeDrops = withoutProbes(r.smp.Drops, w.Health)
-				r.smp.Drops, w.OwnRedirects = withoutOwnRedirects(r.smp.Drops, before.Net)
-				for _, c := range w.OwnRedirects {
-					a := &r.smp.Attribution.NotAttributed
-					if c.Flow != nil {
-						a = &r.smp.Attribution.Attributed
-					}
-					*a -= min(*a, c.Count)
-				}
+				w.ProbeDrops, w.OwnRedirects = splitOwn(r.smp, w.Health, before.Net)
 			}
 			before.Drops = r.smp
 			if r.err != nil {
@@ -484,7 +475,7 @@ func startDrops(ctx context.Context, ns netns.Target, sel probes.Selector, befor
 
 // openCapture opens a capture of the selected services' packets in ns: the
 // VIPs, their reals and ports, on the interfaces their flows cross.
-func openCapture(ns netns.Target, before *probes.Snapshot, sel probes.Selector) (*capture.Session, error) {
+func openCapture(ctx context.Context, ns netns.Target, before *probes.Snapshot, sel probes.Selector) (*capture.Session, error) {
 	addrs, ports := probes.DropFilter(sel, before.IPVS.Services)
 	var vips []netip.Addr
 	var reals, services []netip.AddrPort
@@ -509,7 +500,7 @@ func openCapture(ns netns.Target, before *probes.Snapshot, sel probes.Selector) 
 	if p, ok := proto.Parse(sel.Proto); ok && sel.Proto != "" {
 		m.Proto = p
 	}
-	s, err := capture.OpenSession(ns, capture.Options{Interfaces: ifaces, Match: m}, services)
+	s, err := capture.OpenSession(ctx, ns, capture.Options{Interfaces: ifaces, Match: m}, services)
 	if err != nil {
 		return nil, fmt.Errorf("capture: %w", err)
 	}
@@ -616,10 +607,20 @@ func RoutesBack(s *probes.Snapshot) []netstate.Decision {
 	return out
 }
 
-// withoutProbes splits the drops of the health probes' own connections
-// (the probe's address and port ↔ the real) from ds, and counts them: the
-// tracer, filtered by the reals' addresses, sees them too. Pure.
-func withoutProbes(ds []drops.Counted, hs []health.Result) ([]drops.Counted, uint64) {
+// splitOwn takes out of smp the drops of the LB's own packets that are no
+// packet of the services' flows: the health probes' connections (their
+// count returned) and the ICMP redirects the LB sent itself (returned).
+// smp's attribution counts follow (drops.Sample.Split).
+func splitOwn(smp *drops.Sample, hs []health.Result, net netstate.Snapshot) (probeDrops uint64, redirects []drops.Counted) {
+	for _, c := range smp.Split(probesOwn(hs)) {
+		probeDrops += c.Count
+	}
+	return probeDrops, smp.Split(ownRedirect(net))
+}
+
+// probesOwn tells the drops of the health probes' own connections (the
+// LB's address and port ↔ the real, the first connect's too). Pure.
+func probesOwn(hs []health.Result) func(drops.Counted) bool {
 	own := map[[2]netip.AddrPort]bool{}
 	for _, h := range hs {
 		for _, port := range []uint16{h.SourcePort, h.FirstSourcePort} {
@@ -630,41 +631,19 @@ func withoutProbes(ds []drops.Counted, hs []health.Result) ([]drops.Counted, uin
 			}
 		}
 	}
-	if len(own) == 0 {
-		return ds, 0
+	return func(c drops.Counted) bool {
+		return len(own) > 0 && c.Family != 0 && own[[2]netip.AddrPort{c.Src, c.Dst}]
 	}
-	var n uint64
-	out := ds[:0:0]
-	for _, c := range ds {
-		if c.Family != 0 && own[[2]netip.AddrPort{c.Src, c.Dst}] {
-			n += c.Count
-			continue
-		}
-		out = append(out, c)
-	}
-	return out, n
 }
 
-// withoutOwnRedirects splits from ds the drops of the ICMP redirects the
-// LB sent itself (see probes.Window.OwnRedirects): a redirect dropped in
-// output, the hook of the packets a host makes, or from an address of the
-// LB's own where the hook is not known. Pure.
-func withoutOwnRedirects(ds []drops.Counted, net netstate.Snapshot) (rest, own []drops.Counted) {
-	mine := func(c drops.Counted) bool {
+// ownRedirect tells the drops of the ICMP redirects the LB sent itself
+// (see probes.Window.OwnRedirects): a redirect dropped in output, the
+// hook of the packets a host makes, or from an address of the LB's own
+// where the hook is not known. Pure.
+func ownRedirect(net netstate.Snapshot) func(drops.Counted) bool {
+	return func(c drops.Counted) bool {
 		return c.Redirect() && (c.Hook == drops.HookOutput || net.HasAddr(c.Src.Addr()))
 	}
-	if !slices.ContainsFunc(ds, mine) {
-		return ds, nil
-	}
-	rest = ds[:0:0]
-	for _, c := range ds {
-		if mine(c) {
-			own = append(own, c)
-		} else {
-			rest = append(rest, c)
-		}
-	}
-	return rest, own
 }
 
 // healthTargets lists the selected services' real servers.

@@ -191,7 +191,10 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 		return err
 	}
 
-	j := capture.NewServiceJoiner(lb, opt.Match, []netip.AddrPort{sel.VIP})
+	j, err := capture.NewServiceJoiner(ctx, lb, opt.Match, []netip.AddrPort{sel.VIP})
+	if err != nil {
+		return notMeasured(ctx)
+	}
 	defer j.Close()
 	c, err := capture.Open(lb, opt)
 	if ctx.Err() != nil {

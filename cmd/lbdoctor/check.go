@@ -49,7 +49,7 @@ servers IPVS already sends clients to (--no-probe turns them off).`,
   sudo lbdoctor check --expect /etc/keepalived/keepalived.conf --watch 0`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			sel, err := selector(vip, proto, true)
+			sel, err := selector(vip, proto, false)
 			if err != nil {
 				return err
 			}
@@ -125,7 +125,7 @@ servers IPVS already sends clients to (--no-probe turns them off).`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&vip, "vip", "", "look at one virtual service, `ADDR:PORT` ([ADDR]:PORT for IPv6; default: all)")
+	cmd.Flags().StringVar(&vip, "vip", "", "look at one virtual service, `ADDR:PORT` ([ADDR]:PORT for IPv6), or every port of ADDR (default: all)")
 	cmd.Flags().StringVar(&proto, "proto", "", "protocol of --vip: `tcp|udp` (default: the service at the VIP whatever its protocol)")
 	cmd.Flags().BoolVar(&fix, "fix", false, "apply the fixes of failing findings (prints the plan, asks, rolls back on error)")
 	cmd.Flags().BoolVar(&yes, "yes", false, "with --fix: do not ask")
@@ -177,7 +177,7 @@ func checkOnce(ctx context.Context, t netns.Target, sel probes.Selector, opt win
 	}
 	rt := report.Target{Netns: t, Kernel: snap.Kernel}
 	if sel.VIP.IsValid() {
-		rt.VIP, rt.Proto = sel.VIP.String(), sel.Proto
+		rt.VIP, rt.Proto = sel.VIPString(), sel.Proto
 	}
 	r := report.New(rt, fs, snap.Errors)
 	if sig := interruptedBy(ctx); sig != "" {

@@ -108,7 +108,7 @@ func TestCheckFlowStatesUDPWithoutReply(t *testing.T) {
 		wantTitle  string
 		wantFact   string
 	}{
-		{"no reply", false, "warn", "3000 flow(s) never saw a reply", "3000 flow(s): 0 assured, 0 with a reply that never completed, 3000 with no reply"},
+		{"no reply", false, "warn", "3000 flow(s) never saw a reply: UDP 10.1.0.6:8085 (3000)", "3000 flow(s): 0 assured, 0 with a reply that never completed, 3000 with no reply"},
 		{"replied", true, "pass", "the VIP's flows complete", "3000 flow(s): 0 assured, 0 with a reply that never completed, 0 with no reply"},
 	}
 	for _, tt := range tests {
@@ -298,6 +298,23 @@ func TestCheckSaysWatchingWhileItWatches(t *testing.T) {
 			}
 			if _, out, stderr := runCLI("check", "--netns", l.LB.Name, "--vip", vip.String(), "--watch", "0"); strings.Contains(stderr, "watching") || !strings.Contains(out, "- drops.vip_flows") {
 				t.Errorf("check --watch 0 (%s): stderr %q says watching, or drops.vip_flows not skipped:\n%s", tt.name, stderr, out)
+			}
+		})
+	}
+}
+
+// check --vip takes ADDR alone, as serve and inspect do (one parser):
+// every port of the address is selected, and the report names the
+// address as given.
+func TestCheckVIPAddressAlone(t *testing.T) {
+	testkit.RequireRoot(t)
+	ns := testkit.Netns(t, "cva")
+	for _, vip := range []string{"10.1.0.6", "[fd00:1::6]"} {
+		t.Run(vip, func(t *testing.T) {
+			r, code := checkJSON(t, "--netns", ns.Name, "--vip", vip)
+			want := strings.Trim(vip, "[]")
+			if code == exitUsage || r.Target.VIP != want {
+				t.Errorf("check --vip %s = exit %d, target.vip %q; want no usage error, %q", vip, code, r.Target.VIP, want)
 			}
 		})
 	}

@@ -91,6 +91,45 @@ func TestGuestChurn(t *testing.T) {
 		wantStatus(t, staticCheck(t, l, svc), "ipvs.stale_udp", "pass", "")
 	})
 
+	t.Run("UDP client of a firewall-mark service kept on a drained real", func(t *testing.T) {
+		// The same fault where a mangle rule marks the VIP's datagrams
+		// and a firewall-mark service schedules them: its entries carry
+		// the VIP, not the mark, and --vip cannot select it.
+		l, _ := testkit.FullNAT(t)
+		svc := netip.AddrPortFrom(l.VIP, 5354)
+		a := serveUDP(t, l.Real, 5354)
+		realA := netip.AddrPortFrom(l.RealIP, 5354)
+		realB := netip.AddrPortFrom(netip.MustParseAddr("10.1.0.51"), 5354)
+		serveUDPOn(t, l, realB)
+		testkit.Run(t, l.LB, "iptables", "-t", "mangle", "-A", "PREROUTING", "-d", l.VIP.String(), "-p", "udp", "--dport", "5354", "-j", "MARK", "--set-mark", "16")
+		testkit.Run(t, l.LB, "ipvsadm", "-A", "-f", "16", "-s", "rr")
+		testkit.Run(t, l.LB, "ipvsadm", "-a", "-f", "16", "-r", realA.Addr().String(), "-m")
+		testkit.Run(t, l.LB, "iptables", "-t", "nat", "-A", "POSTROUTING", "-m", "ipvs", "--vaddr", l.VIP.String(), "--vport", "5354", "-j", "MASQUERADE")
+		c := newUDPClient(t, l.Client, svc)
+		if !c.answered(3 * time.Second) {
+			t.Fatalf("before the fault the UDP client gets no answer from %s", svc)
+		}
+		r := staticCheck(t, l, svc)
+		wantStatus(t, r, "kernel.ipvs", "warn", "FWM 16")
+		testkit.Run(t, l.LB, "ipvsadm", "-a", "-f", "16", "-r", realB.Addr().String(), "-m")
+		testkit.Run(t, l.LB, "ipvsadm", "-e", "-f", "16", "-r", realA.Addr().String(), "-m", "-w", "0")
+		a.Close()
+		if c.answered(2 * time.Second) {
+			t.Fatalf("with its real drained and gone the UDP client still gets answers")
+		}
+		whole := func() *report.Report {
+			r, _ := runBinary(t, "check", "--netns", l.LB.Name, "--watch", "0", "-o", "json")
+			return r
+		}
+		r = whole()
+		wantStatus(t, r, "ipvs.stale_udp", "fail", realA.Addr().String())
+		applyFixes(t, r, "ipvs.stale_udp", l.LB, "sysctl -w", "ipvsadm -d")
+		if !c.answered(3 * time.Second) {
+			t.Errorf("after the fix the UDP client still gets no answer")
+		}
+		wantStatus(t, whole(), "ipvs.stale_udp", "pass", "")
+	})
+
 	t.Run("reused port to a removed real", func(t *testing.T) {
 		// kubernetes/kubernetes#81775: conn_reuse_mode=0 (as kube-proxy
 		// set it for kernels before 5.9) with expire_nodest_conn=0.

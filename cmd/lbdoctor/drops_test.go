@@ -106,8 +106,8 @@ func TestDropsProtoWithoutPorts(t *testing.T) {
 	go send()
 	code, out, stderr := runCLI("drops", "--netns", b.Name, "--proto", "icmp", "--duration", "2s")
 	want := "NETFILTER_DROP " // at nf_hook_slow or nft_do_chain, by kernel
-	if code != 0 || strings.Count(out, want) != 3 || !strings.Contains(out, ": icmp 10.78.0.1 → 10.78.0.2 len") {
-		t.Errorf("drops --proto icmp = exit %d\n%s\n%s\nwant 3 × %q with icmp 10.78.0.1 → 10.78.0.2 and no ports", code, out, stderr, want)
+	if code != 0 || strings.Count(out, want) != 3 || !strings.Contains(out, ": icmp 10.78.0.1 → 10.78.0.2 (echo, type 8 code 0) len") {
+		t.Errorf("drops --proto icmp = exit %d\n%s\n%s\nwant 3 × %q with icmp 10.78.0.1 → 10.78.0.2 (echo, type 8 code 0): no ports, its message", code, out, stderr, want)
 	}
 	go send()
 	code, out, stderr = runCLI("drops", "--netns", b.Name, "--proto", "vrrp", "--duration", "1500ms")

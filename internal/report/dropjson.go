@@ -58,6 +58,7 @@ func (d *Drop) appendJSONWith(b []byte, lt *lineTexts) []byte {
 		b = appendOmitEmpty(b, `,"dst":`, d.Dst)
 	}
 	b = appendOmitEmpty(b, `,"tcp_flags":`, d.TCPFlags)
+	b = appendOmitEmpty(b, `,"icmp":`, d.ICMP)
 	if d.Len != 0 {
 		b = append(b, `,"len":`...)
 		b = strconv.AppendUint(b, uint64(d.Len), 10)

@@ -25,6 +25,7 @@ func sampleDrops() map[string]Drop {
 			Flow: &drops.Flow{Direction: "\n"}, Raw: &drops.RawEvent{Ifname: "é"}},
 		"zoned":          {Flow: &drops.Flow{Client: netip.AddrPortFrom(netip.MustParseAddr("fe80::1").WithZone("a\"<"), 1)}},
 		"year past 9999": {Time: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)},
+		"icmp":           {Type: "drop", Reason: "NETFILTER_DROP", Proto: "icmp", Src: "10.1.0.5", Dst: "10.1.0.50", ICMP: "redirect, type 5 code 1"},
 	}
 }
 
@@ -32,7 +33,7 @@ func sampleDrops() map[string]Drop {
 // for every field; a field added to Drop, Flow or RawEvent fails it until
 // appendJSON writes it too.
 func TestDropJSONAsMarshal(t *testing.T) {
-	for typ, n := range map[reflect.Type]int{reflect.TypeFor[Drop](): 18, reflect.TypeFor[drops.Flow](): 7, reflect.TypeFor[drops.RawEvent](): 7} {
+	for typ, n := range map[reflect.Type]int{reflect.TypeFor[Drop](): 19, reflect.TypeFor[drops.Flow](): 7, reflect.TypeFor[drops.RawEvent](): 7} {
 		if got := typ.NumField(); got != n {
 			t.Errorf("%s has %d fields, appendJSON writes %d: teach it the new ones", typ, got, n)
 		}

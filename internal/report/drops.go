@@ -29,8 +29,11 @@ type Drop struct {
 	Src      string    `json:"src,omitempty"`
 	Dst      string    `json:"dst,omitempty"`
 	TCPFlags string    `json:"tcp_flags,omitempty"`
-	Len      uint32    `json:"len,omitempty"`
-	Count    uint64    `json:"count,omitempty"` // aggregate mode
+	// ICMP names an ICMP or ICMPv6 message, with its type and code
+	// ("redirect, type 5 code 1"; drops.Packet.ICMPMessage).
+	ICMP  string `json:"icmp,omitempty"`
+	Len   uint32 `json:"len,omitempty"`
+	Count uint64 `json:"count,omitempty"` // aggregate mode
 	// NotItemised: the drops at this place of flows the aggregate map had
 	// no room for (no flow fields).
 	NotItemised bool            `json:"not_itemised,omitempty"`
@@ -87,6 +90,7 @@ func DropOf(c drops.Counted, tag string) Drop {
 	if c.Family != 0 {
 		d.Proto = proto.Name(c.Proto)
 		d.Src, d.Dst = c.Endpoints()
+		d.ICMP = c.ICMPMessage()
 	}
 	return d
 }
@@ -100,6 +104,7 @@ func DropEventOf(c drops.Counted, tag string) Drop {
 	if c.Family != 0 {
 		d.Proto = proto.Name(c.Proto)
 		d.ends = endpoints{src: c.Src, dst: c.Dst, addrOnly: !proto.HasPorts(c.Proto), set: true}
+		d.ICMP = c.ICMPMessage()
 	}
 	return d
 }
@@ -211,6 +216,9 @@ func DropLine(d Drop) string {
 		fmt.Fprintf(&b, ": %s %s → %s", d.Proto, src, dst)
 		if d.TCPFlags != "" {
 			b.WriteString(" [" + d.TCPFlags + "]")
+		}
+		if d.ICMP != "" {
+			b.WriteString(" (" + d.ICMP + ")")
 		}
 	}
 	if d.Len > 0 {

@@ -355,26 +355,39 @@ type Joiner struct {
 const joinLag = 2 * time.Millisecond
 
 // NewJoiner joins against the tables of lb, reading only the conntrack
-// flows that touch addrs (the capture's own addresses; none: all).
-func NewJoiner(lb netns.Target, addrs []netip.Addr, proto uint8) *Joiner {
+// flows that touch addrs (the capture's own addresses; none: all). It
+// returns once the tables were first read (drops.Attributor.WaitRead), so
+// a capture opened after it knows every flow there was from its first
+// instant, one that ends then too, as the drop tracer does from its
+// attach; ctx ending first is its error.
+func NewJoiner(ctx context.Context, lb netns.Target, addrs []netip.Addr, proto uint8) (*Joiner, error) {
 	var ts unix.Timespec
 	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
-	return &Joiner{attr: drops.NewAttributor(lb, addrs, proto), parser: NewHeaderParser(), Table: NewTable(), mono: time.Now().UnixNano() - ts.Nano()}
+	j := &Joiner{attr: drops.NewAttributor(lb, addrs, proto), parser: NewHeaderParser(), Table: NewTable(), mono: time.Now().UnixNano() - ts.Nano()}
+	if err := j.attr.WaitRead(ctx); err != nil {
+		j.Close()
+		return nil, err
+	}
+	return j, nil
 }
 
 // NewServiceJoiner is NewJoiner for the captured services (VIP:port): a
 // request to one that no table holds is still its flow's client→VIP leg
 // (VIPs), and unclaimed packets of the LB's other addresses are its own
-// (Local). capture and the window's capture both join through it.
-func NewServiceJoiner(lb netns.Target, m Match, services []netip.AddrPort) *Joiner {
-	j := NewJoiner(lb, m.Addrs, m.Proto)
+// (Local). capture and the window's capture both join through it, made
+// before the capture opens.
+func NewServiceJoiner(ctx context.Context, lb netns.Target, m Match, services []netip.AddrPort) (*Joiner, error) {
+	j, err := NewJoiner(ctx, lb, m.Addrs, m.Proto)
+	if err != nil {
+		return nil, err
+	}
 	vips := make([]netip.Addr, 0, len(services))
 	for _, s := range services {
 		vips = append(vips, s.Addr())
 	}
 	j.Local, _ = LocalNotVIP(lb, vips) // unread: nothing is counted as the LB's own
 	j.VIPs = services
-	return j
+	return j, nil
 }
 
 // Close stops the table readers.

@@ -112,9 +112,13 @@ type Session struct {
 }
 
 // OpenSession opens a capture in lb with opt and its joiner for the
-// services captured (see NewServiceJoiner).
-func OpenSession(lb netns.Target, opt Options, services []netip.AddrPort) (*Session, error) {
-	j := NewServiceJoiner(lb, opt.Match, services)
+// services captured (see NewServiceJoiner), the joiner first: the capture
+// opens once the tables were read. ctx ending first is its error.
+func OpenSession(ctx context.Context, lb netns.Target, opt Options, services []netip.AddrPort) (*Session, error) {
+	j, err := NewServiceJoiner(ctx, lb, opt.Match, services)
+	if err != nil {
+		return nil, err
+	}
 	c, err := Open(lb, opt)
 	if err != nil {
 		j.Close()

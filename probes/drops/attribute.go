@@ -195,6 +195,21 @@ func newAttributor(lb netns.Target, addrs []netip.Addr, proto uint8, noVS, noCT 
 	return a
 }
 
+// WaitRead waits until the attributor's first read of the tables is done
+// (or could not be: its errors say why), or ctx ends (its error). Whoever
+// watches packets through it (the drop tracer, a capture) starts once this
+// returns nil: a flow there was at any instant since is known, one that
+// ends in the watch's first instants too; a packet of a flow that ended
+// before the read could still be asked about only with time left to wait.
+func (a *Attributor) WaitRead(ctx context.Context) error {
+	select {
+	case <-a.read:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // Close stops the readers and closes what they opened in the namespace.
 func (a *Attributor) Close() {
 	a.stopped.Do(func() { close(a.stop) })

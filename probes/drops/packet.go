@@ -2,11 +2,15 @@ package drops
 
 import (
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 
-	"github.com/lbdoctor/lbdoctor/internal/proto"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 	"golang.org/x/sys/unix"
+
+	"github.com/lbdoctor/lbdoctor/internal/proto"
 )
 
 // Packet is what the kernel side saw of one dropped packet.
@@ -45,6 +49,26 @@ func (p Packet) Redirect() bool {
 		return p.ICMPType == ICMPv6Redirect
 	}
 	return false
+}
+
+// ICMPMessage names an ICMP or ICMPv6 packet's message as IANA does (from
+// golang.org/x/net's tables), with its type and code: "redirect, type 5
+// code 1"; "" for other protocols.
+func (p Packet) ICMPMessage() string {
+	var name string
+	switch {
+	case p.Family == 4 && p.Proto == unix.IPPROTO_ICMP:
+		name = ipv4.ICMPType(p.ICMPType).String()
+	case p.Family == 6 && p.Proto == unix.IPPROTO_ICMPV6:
+		name = ipv6.ICMPType(p.ICMPType).String()
+	default:
+		return ""
+	}
+	tc := "type " + strconv.Itoa(int(p.ICMPType)) + " code " + strconv.Itoa(int(p.ICMPCode))
+	if name == "<nil>" { // a type IANA has not named
+		return tc
+	}
+	return name + ", " + tc
 }
 
 // RawEvent is the per-packet detail only event mode has.

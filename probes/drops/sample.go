@@ -47,6 +47,33 @@ type Counted struct {
 	CallerSymbol string `json:"hook_caller,omitempty"`
 }
 
+// Split takes out of s.Drops the drops out says are not the window's
+// (the health probes' own packets, the LB's own redirects, drops outside
+// the selection) and their counts out of s.Attribution, so that the
+// attributed and not attributed counts stay those of the drops s lists.
+// It returns the drops taken out, in s's order; s.Drops is a new slice.
+func (s *Sample) Split(out func(Counted) bool) []Counted {
+	if !slices.ContainsFunc(s.Drops, out) {
+		return nil
+	}
+	var taken []Counted
+	rest := s.Drops[:0:0]
+	for _, c := range s.Drops {
+		if !out(c) {
+			rest = append(rest, c)
+			continue
+		}
+		taken = append(taken, c)
+		a := &s.Attribution.NotAttributed
+		if c.Flow != nil {
+			a = &s.Attribution.Attributed
+		}
+		*a -= min(*a, c.Count)
+	}
+	s.Drops = rest
+	return taken
+}
+
 // AttributionBudget is how long naming an aggregate window may wait, once
 // the window is over, for one batched read of the tables. What is not
 // attributed by then is counted as not attributed.
@@ -342,7 +369,7 @@ type lastPlace struct {
 // newNamer is a Namer for t's drops as cfg says: its attributor has
 // subscribed to conntrack's new flows in cfg.LB when it returns, and reads
 // the tables (those of the tracer's addresses, when it has some) in the
-// background: its first read is done when n.attr.read is closed. Its
+// background: its first read is done when n.attr.WaitRead returns. Its
 // symbols are read by readSymbols.
 func newNamer(t *Tracer, cfg Config) *Namer {
 	return &Namer{tr: t, attr: newAttributor(cfg.LB, slices.Concat(cfg.Addrs, cfg.Select), cfg.Proto, cfg.NoIPVSTable, cfg.NoConntrackDump), where: map[uint64]string{}}

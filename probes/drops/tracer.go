@@ -438,7 +438,8 @@ func (p *Prepared) Load(cfg Config) (*Tracer, error) {
 		return nil, fmt.Errorf("load drop tracer (%s): %w", t.Attach, err)
 	}
 	t.namer.readSymbols() // read beside the loading (ReadSymbols), else now
-	<-t.namer.attr.read
+	// Load is not cancelled: LoadContext gives up around it.
+	t.namer.attr.WaitRead(context.Background())
 	if err := t.Start(); err != nil {
 		t.Close()
 		return nil, err
@@ -650,7 +651,7 @@ func (t *Tracer) SetFilter(cfg Config) error {
 		// Its first read done before the switch, as at the attach.
 		n = newNamer(t, cfg)
 		n.syms, n.RawLocations = t.namer.syms, t.namer.RawLocations
-		<-n.attr.read
+		n.attr.WaitRead(context.Background())
 	}
 	if err := t.setKernelFilter(cfg); err != nil {
 		if n != nil {

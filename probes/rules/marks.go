@@ -112,3 +112,29 @@ func parseMark(s string) (MarkMatch, bool) {
 func (m MarkMatch) Satisfies(set MarkMatch) bool {
 	return m.Mask&set.Mask == m.Mask && set.Value&m.Mask == m.Value&m.Mask
 }
+
+// WritesMark reports whether the rule sets the packet mark mark, as IPVS's
+// firewall-mark services compare it (the whole mark): an iptables MARK
+// target whose written bits are mark's (--set-mark, --set-xmark,
+// --or-mark), or a native nft rule's `meta mark set VALUE`.
+func (r Rule) WritesMark(mark uint32) bool {
+	if r.Backend != Nft {
+		set := r.ReadWords().SetsMark
+		return set != nil && set.Mask != 0 && set.Value&set.Mask == mark&set.Mask
+	}
+	found, prev := false, ""
+	walkArgs(strings.Fields(r.Spec), func(w string, next func() string) bool {
+		// "ct mark set" marks the flow, not the packet IPVS reads.
+		if w != "mark" || prev == "ct" {
+			prev = w
+			return true
+		}
+		if prev = next(); prev != "set" {
+			return true
+		}
+		v, err := strconv.ParseUint(next(), 0, 32)
+		found = err == nil && uint32(v) == mark
+		return false
+	})
+	return found
+}
