@@ -30,9 +30,12 @@ func realWeights(svc ipvs.Service) map[netip.AddrPort]int {
 
 // servicesWhere are the services of svcs for which keep is true.
 func servicesWhere(svcs []ipvs.Service, keep func(ipvs.Service) bool) []ipvs.Service {
-	var out []ipvs.Service
-	for _, svc := range svcs {
+	var out []ipvs.Service // nil when none is kept
+	for i, svc := range svcs {
 		if keep(svc) {
+			if out == nil {
+				out = make([]ipvs.Service, 0, len(svcs)-i) // one array for 1,000 services, not a dozen
+			}
 			out = append(out, svc)
 		}
 	}

@@ -35,14 +35,17 @@ func checkVIPLocal(s *probes.Snapshot, sel probes.Selector) Finding {
 	var ev []Evidence
 	var bad []ipvs.Service
 	var marked []string
+	locals := s.Net.LocalSet()
 	for _, svc := range svcs {
 		if svc.FWMark != 0 {
 			marked = append(marked, svc.Key())
 			continue
 		}
 		vip := svc.Addr.Addr()
-		if local, _ := s.Net.Holds(vip); local {
-			ev = append(ev, Evidence{Fact: fmt.Sprintf("VIP %s of %s is local: %s", vip, svc.Key(), holder(s, vip)), Source: src})
+		if local, _ := locals.Holds(vip); local {
+			ev = withLine(ev, func() Evidence {
+				return Evidence{Fact: fmt.Sprintf("VIP %s of %s is local: %s", vip, svc.Key(), holder(s, vip)), Source: src}
+			})
 			continue
 		}
 		bad = append(bad, svc)

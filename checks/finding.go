@@ -89,33 +89,41 @@ type Check struct {
 	// Asked, when set, says whether the user asked for the check (e.g.
 	// ipvs.drift by check --expect): one not asked for is left out.
 	Asked func(*probes.Snapshot) bool
+	// Explains says whether the check's failure can name the cause of a
+	// drop drops.vip_flows counted (Finding.explains): such checks alone
+	// are run again on the window's first read, for a drop the last read
+	// explains not (healedCause). A check not marked explains no drop
+	// on either read (run drops its Finding.explains): the two reads are
+	// judged alike, and a mark forgotten shows in every test of that
+	// drop.
+	Explains bool
 }
 
 // Catalog lists every check in the order they are shown.
 var Catalog = []Check{
 	{ID: "kernel.ipvs", Title: "IPVS is usable", Run: checkIPVS},
-	{ID: "ipvs.vip_local", Title: "every VIP is a local address", Run: checkVIPLocal},
-	{ID: "sysctl.ip_forward", Title: "IP forwarding is on for masquerade services", Run: checkIPForward},
-	{ID: "sysctl.rp_filter", Title: "the reverse-path filter lets the VIPs' clients in", Run: checkRPFilter},
+	{ID: "ipvs.vip_local", Title: "every VIP is a local address", Run: checkVIPLocal, Explains: true},
+	{ID: "sysctl.ip_forward", Title: "IP forwarding is on for masquerade services", Run: checkIPForward, Explains: true},
+	{ID: "sysctl.rp_filter", Title: "the reverse-path filter lets the VIPs' clients in", Run: checkRPFilter, Explains: true},
 	{ID: "sysctl.vs_conntrack", Title: "IPVS connections are in conntrack where rules need them", Run: checkVSConntrack},
 	{ID: "nat.return_path", Title: "replies of masquerade services come back through the LB", Run: checkReturnPath},
 	{ID: "nat.hairpin", Title: "a real server that calls its own service is masqueraded", Run: checkHairpin},
 	{ID: "net.arp_strict", Title: "VIPs on a dummy link are not claimed by ARP on a LAN", Run: checkARPStrict},
 	{ID: "net.send_redirects", Title: "a one-arm LB sends no ICMP redirects", Run: checkSendRedirects},
 	{ID: "ipvs.reals_available", Title: "every service has a real server that takes connections", Run: checkRealsAvailable},
-	{ID: "ipvs.real_health", Title: "every real server answers from the LB", Run: checkRealHealth},
+	{ID: "ipvs.real_health", Title: "every real server answers from the LB", Run: checkRealHealth, Explains: true},
 	{ID: "ipvs.forward_method", Title: "every real's forwarding method can work where it is", Run: checkForwardMethod},
 	{ID: "ipvs.drift", Title: "IPVS runs what the --expect file says", Run: checkDrift, Asked: driftAsked},
-	{ID: "ipvs.expire_nodest_conn", Title: "connections to a removed real server are expired", Run: checkExpireNodest},
+	{ID: "ipvs.expire_nodest_conn", Title: "connections to a removed real server are expired", Run: checkExpireNodest, Explains: true},
 	// Faults that come with change and with time (checks/churn.go).
 	{ID: "ipvs.persistence_quiescent", Title: "no persistent client is pinned to a real of weight 0", Run: checkPersistenceQuiescent},
 	{ID: "ipvs.stale_udp", Title: "no UDP client is kept on a removed or weight-0 real", Run: checkStaleUDP},
 	{ID: "ipvs.conn_reuse", Title: "a reused client port is scheduled anew, without delay", Run: checkConnReuse},
-	{ID: "ipvs.timeouts", Title: "IPVS keeps idle TCP connections as long as keepalive lets them idle", Run: checkTimeouts},
+	{ID: "ipvs.timeouts", Title: "IPVS keeps idle TCP connections as long as keepalive lets them idle", Run: checkTimeouts, Explains: true},
 	{ID: "conntrack.stale_flows", Title: "no VIP flow predates its service", Run: checkStaleFlows},
 	{ID: "conntrack.table", Title: "the conntrack table has room and no drops", Run: checkConntrackTable},
 	{ID: "conntrack.flow_states", Title: "whether the VIP's flows complete", Run: checkFlowStates},
-	{ID: "firewall.filter", Title: "no packet filter drops the services' flows", Run: checkFirewall},
+	{ID: "firewall.filter", Title: "no packet filter drops the services' flows", Run: checkFirewall, Explains: true},
 	{ID: "rules.mixed_backends", Title: "rules live in one framework", Run: checkMixedBackends},
 	{ID: "drops.vip_flows", Title: "no packet of the selected flows is dropped", Run: checkDrops},
 }
@@ -131,11 +139,7 @@ func Run(s *probes.Snapshot, sel probes.Selector) []Finding {
 		if c.Asked != nil && !c.Asked(s) {
 			continue
 		}
-		f := c.Run(s, sel)
-		f.ID = c.ID
-		if f.Title == "" {
-			f.Title = c.Title
-		}
+		f := c.run(s, sel)
 		if f.Evidence == nil {
 			f.Evidence = []Evidence{}
 		}
@@ -163,6 +167,20 @@ func Run(s *probes.Snapshot, sel probes.Selector) []Finding {
 	}
 	explainDrops(s, sel, out)
 	return out
+}
+
+// run runs one check: its finding with its id and title, explaining
+// drops only when the check is marked so.
+func (c Check) run(s *probes.Snapshot, sel probes.Selector) Finding {
+	f := c.Run(s, sel)
+	f.ID = c.ID
+	if f.Title == "" {
+		f.Title = c.Title
+	}
+	if !c.Explains {
+		f.explains = nil
+	}
+	return f
 }
 
 // servicesOf is about as Finding.Services shows it: sorted, nil when it
@@ -330,7 +348,11 @@ func explainDrops(s *probes.Snapshot, sel probes.Selector, fs []Finding) {
 // healedCause says whether drop c is explained by a finding failing on the
 // window's first read whose check passes on the last (fs): the fault was
 // fixed during the window. The first read's findings are run once, into
-// *before, the first time a drop needs them.
+// *before, the first time a drop needs them: those of the checks that can
+// explain a drop (Check.Explains) and pass on the last read alone, as
+// they are, for their status, title and explains — the rest of the
+// catalog would cost as much again as the last read's run (1,000
+// services: most of the checks' time) and judge nothing here.
 func healedCause(s *probes.Snapshot, sel probes.Selector, fs []Finding, before *[]Finding, c drops.Counted) (string, Evidence, bool) {
 	if s.Window == nil || s.Window.First == nil {
 		return "", Evidence{}, false
@@ -343,7 +365,14 @@ func healedCause(s *probes.Snapshot, sel probes.Selector, fs []Finding, before *
 		w := *s.Window
 		w.First = nil
 		first.Window, first.Drops = &w, nil
-		*before = Run(&first, sel)
+		*before = []Finding{}
+		for _, ch := range Catalog {
+			// Only a check that passes now can have been fixed.
+			now := slices.IndexFunc(fs, func(n Finding) bool { return n.ID == ch.ID })
+			if ch.Explains && now >= 0 && fs[now].Status == Pass && (ch.Asked == nil || ch.Asked(&first)) {
+				*before = append(*before, ch.run(&first, sel))
+			}
+		}
 	}
 	for _, f := range *before {
 		if f.Status != Fail || f.explains == nil || !f.explains(c) {
@@ -376,6 +405,35 @@ func explainsTo(addrs []netip.Addr) func(drops.Counted) bool {
 // a line per service would bury the one that matters. The lines left out
 // are counted in the last one.
 const MaxEvidence = 24
+
+// withLines appends n lines of evidence to ev, formatting them (lines)
+// only when capEvidence may show one: it shows the first MaxEvidence-1
+// lines of a longer list, so a line appended at MaxEvidence or past it is
+// counted in the last line shown, never read, and goes in as notShown.
+// A finding's lines are only ever appended, or put after others, never
+// taken out: a line past MaxEvidence stays past it. A check that writes a
+// line per service or real (1,000 services: thousands of lines) formats
+// the first few.
+func withLines(ev []Evidence, n int, lines func() []Evidence) []Evidence {
+	if len(ev) < MaxEvidence {
+		return append(ev, lines()...)
+	}
+	for range n {
+		ev = append(ev, notShown)
+	}
+	return ev
+}
+
+// withLine is withLines of one line.
+func withLine(ev []Evidence, line func() Evidence) []Evidence {
+	if len(ev) < MaxEvidence {
+		return append(ev, line())
+	}
+	return append(ev, notShown)
+}
+
+// notShown stands for a line capEvidence cuts (see withLines).
+var notShown = Evidence{}
 
 func capEvidence(ev []Evidence) []Evidence {
 	if len(ev) <= MaxEvidence {

@@ -86,33 +86,79 @@ func healthFact(r health.Result) string {
 	return line
 }
 
-// probeResults indexes the window's probes by service and real.
-func probeResults(s *probes.Snapshot) map[string]health.Result {
-	m := map[string]health.Result{}
+// probeResults indexes the window's probes by real.
+func probeResults(s *probes.Snapshot) probeIndex {
+	m := probeIndex{}
 	if s.Window != nil {
 		for _, r := range s.Window.Health {
-			m[r.Service+"|"+r.Real.String()] = r
+			m[r.Real] = append(m[r.Real], r)
 		}
 	}
 	return m
 }
 
+// probeIndex is the window's probes by real: at most health.MaxTargets
+// of an LB's 10,000 reals were probed, so most reals are looked up without
+// naming their service.
+type probeIndex map[netip.AddrPort][]health.Result
+
 // probeOf is the window's probe of one real of one service.
-func probeOf(m map[string]health.Result, svc ipvs.Service, r ipvs.Real) (health.Result, bool) {
-	x, ok := m[svc.Key()+"|"+r.Addr.String()]
-	return x, ok
+func probeOf(m probeIndex, svc ipvs.Service, r ipvs.Real) (health.Result, bool) {
+	ps := m[r.Addr]
+	if len(ps) == 0 {
+		return health.Result{}, false
+	}
+	key := svc.Key()
+	var x health.Result
+	found := false
+	for _, p := range ps {
+		if p.Service == key {
+			x, found = p, true // the last, as a map by service and real kept
+		}
+	}
+	return x, found
 }
 
 // realWindow says what the window counted for one real: its IPVS stats
 // delta and the states of its IPVS connections at the window's end.
 type realWindow struct {
-	delta    *probes.RealDelta
-	synRecv  int
-	statesOf string // "3 SYN_RECV, 1 CLOSE"
+	delta   *probes.RealDelta
+	synRecv int
+	// conns are the real's connections by state (ConnCounts), said by
+	// statesOf only when a line needs them: 10,000 reals are judged, a
+	// few shown.
+	conns []ipvs.ConnCount
 	// counters is set when the connection table was not read: synRecv and
-	// statesOf then come from IPVS's own per-real counters.
-	counters string
+	// statesOf then come from IPVS's own per-real counters,
+	// active and inactive.
+	counters         string
+	active, inactive int
 }
+
+// statesOf says the real's connections by state: "3 SYN_RECV, 1 CLOSE",
+// or "2 active, 1 inactive" from IPVS's counters; "" for none.
+func (w realWindow) statesOf() string {
+	if w.counters != "" {
+		if w.active+w.inactive == 0 {
+			return ""
+		}
+		return fmt.Sprintf("%d active, %d inactive", w.active, w.inactive)
+	}
+	parts := make([]string, 0, len(w.conns))
+	for _, c := range w.conns {
+		parts = append(parts, fmt.Sprintf("%d %s", c.Count, c.State))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// svcID is a service as a value: what its ipvs.Service.Key names.
+type svcID struct {
+	proto  string
+	addr   netip.AddrPort
+	fwmark uint32
+}
+
+func idOf(svc ipvs.Service) svcID { return svcID{svc.Proto, svc.Addr, svc.FWMark} }
 
 // connKey is one service's connections to one real.
 type connKey struct {
@@ -125,22 +171,43 @@ type connKey struct {
 // each real (that was 10,000 × 1,000 service keys formatted).
 type windowIndex struct {
 	s      *probes.Snapshot
-	deltas map[string]*probes.ServiceDelta // by ipvs.Service.Key
-	conns  map[connKey][]ipvs.ConnCount    // ordered by state
+	deltas map[svcID]*probes.ServiceDelta
+	conns  map[connKey][]ipvs.ConnCount // ordered by state
 	// unread is why the connection table was not read ("" when it was).
 	unread string
 }
 
 func indexWindow(s *probes.Snapshot) *windowIndex {
-	ix := &windowIndex{s: s, deltas: map[string]*probes.ServiceDelta{}, conns: map[connKey][]ipvs.ConnCount{}, unread: s.Errors[probes.ProbeIPVSConns]}
-	if s.Window != nil {
+	ix := &windowIndex{s: s, deltas: map[svcID]*probes.ServiceDelta{}, conns: map[connKey][]ipvs.ConnCount{}, unread: s.Errors[probes.ProbeIPVSConns]}
+	if s.Window != nil && len(s.Window.Deltas.IPVS) > 0 {
+		byKey := make(map[string]*probes.ServiceDelta, len(s.Window.Deltas.IPVS))
 		for i := range s.Window.Deltas.IPVS {
-			ix.deltas[s.Window.Deltas.IPVS[i].Service] = &s.Window.Deltas.IPVS[i]
+			byKey[s.Window.Deltas.IPVS[i].Service] = &s.Window.Deltas.IPVS[i]
+		}
+		// Each service named once here, not once per real in of.
+		for _, svc := range s.IPVS.Services {
+			if sd := byKey[svc.Key()]; sd != nil {
+				ix.deltas[idOf(svc)] = sd
+			}
 		}
 	}
-	for _, c := range s.IPVS.ConnCounts {
-		k := connKey{c.Proto, c.VIP, c.Dest}
-		ix.conns[k] = append(ix.conns[k], c)
+	// The counts come sorted by service and real (ipvs.ConnCounter): each
+	// real's states are one run of them, kept as a part of the list, not
+	// copied (10,000 reals); a real's later run is added to a copy.
+	cc := s.IPVS.ConnCounts
+	ix.conns = make(map[connKey][]ipvs.ConnCount, len(cc))
+	for i := 0; i < len(cc); {
+		k := connKey{cc[i].Proto, cc[i].VIP, cc[i].Dest}
+		j := i + 1
+		for j < len(cc) && (connKey{cc[j].Proto, cc[j].VIP, cc[j].Dest}) == k {
+			j++
+		}
+		run := cc[i:j:j]
+		if prev, ok := ix.conns[k]; ok {
+			run = append(prev, run...) // prev is capped: a copy
+		}
+		ix.conns[k] = run
+		i = j
 	}
 	return ix
 }
@@ -150,34 +217,30 @@ func indexWindow(s *probes.Snapshot) *windowIndex {
 // unread, IPVS's own counters of the real (ActiveConn, InActConn).
 func (ix *windowIndex) of(svc ipvs.Service, r ipvs.Real) realWindow {
 	var w realWindow
-	if sd := ix.deltas[svc.Key()]; sd != nil {
+	if sd := ix.deltas[idOf(svc)]; sd != nil {
+		real := r.Addr.String()
 		for j := range sd.Reals {
-			if sd.Reals[j].Real == r.Addr.String() {
+			if sd.Reals[j].Real == real {
 				w.delta = &sd.Reals[j]
 			}
 		}
 	}
 	if ix.unread != "" {
-		w.counters = ix.unread
+		w.counters, w.active, w.inactive = ix.unread, r.ActiveConns, r.InactiveConns
 		if r.ActiveConns == 0 {
 			// TCP: every connection not ESTABLISHED is inactive (SYN_RECV
 			// among them); none established is what a stuck handshake
 			// leaves.
 			w.synRecv = r.InactiveConns
 		}
-		if r.ActiveConns+r.InactiveConns > 0 {
-			w.statesOf = fmt.Sprintf("%d active, %d inactive", r.ActiveConns, r.InactiveConns)
-		}
 		return w
 	}
-	var parts []string
-	for _, c := range ix.conns[connKey{svc.Proto, svc.Addr, r.Addr}] {
+	w.conns = ix.conns[connKey{svc.Proto, svc.Addr, r.Addr}]
+	for _, c := range w.conns {
 		if c.State == "SYN_RECV" {
 			w.synRecv = c.Count
 		}
-		parts = append(parts, fmt.Sprintf("%d %s", c.Count, c.State))
 	}
-	w.statesOf = strings.Join(parts, ", ")
 	return w
 }
 
@@ -188,12 +251,12 @@ func (w realWindow) facts(s *probes.Snapshot, svc ipvs.Service, r ipvs.Real) []E
 		ev = append(ev, Evidence{Fact: fmt.Sprintf("in the window IPVS sent %s %d new connection(s), %d packet(s) in, %d back out", r.Addr, w.delta.Conns, w.delta.PacketsIn, w.delta.PacketsOut),
 			Source: "IPVS stats of " + svc.Key() + ", " + s.Target.String()})
 	}
-	if w.statesOf != "" {
+	if states := w.statesOf(); states != "" {
 		src := "ip_vs_conn, " + s.Target.String()
 		if w.counters != "" {
 			src = "IPVS counters of the real (ActiveConn, InActConn; the connection table was not read: " + w.counters + "), " + s.Target.String()
 		}
-		ev = append(ev, Evidence{Fact: fmt.Sprintf("IPVS connections of %s to %s: %s", svc.Key(), r.Addr, w.statesOf), Source: src})
+		ev = append(ev, Evidence{Fact: fmt.Sprintf("IPVS connections of %s to %s: %s", svc.Key(), r.Addr, states), Source: src})
 	}
 	return ev
 }

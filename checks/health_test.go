@@ -107,6 +107,14 @@ func TestRealHealth(t *testing.T) {
 			s.IPVS.ConnCounts = ipvs.CountConns(s.IPVS.Conns)
 			return s
 		}, want: checks.Fail, wantTitle: "real 10.2.0.50:8086 of TCP 10.1.0.6:8085 refuses connections", wantFix0: ipvsadmD + "10.2.0.50:8086", wantFact: "IPVS connections of TCP 10.1.0.6:8085 to 10.2.0.50:8086: 2 CLOSE, 1 SYN_RECV"},
+		{name: "refuses, its counts unsorted (a snapshot from a file)", snap: func() *probes.Snapshot {
+			s := twoArm([]ipvs.Real{real("10.2.0.50:8085", 1), real("10.2.0.50:8086", 1)}, []health.Result{answers, refuses})
+			count := func(dest, state string, n int) ipvs.ConnCount {
+				return ipvs.ConnCount{Proto: "tcp", VIP: ap("10.1.0.6:8085"), Dest: ap(dest), State: state, Count: n}
+			}
+			s.IPVS.ConnCounts = []ipvs.ConnCount{count("10.2.0.50:8086", "CLOSE", 2), count("10.2.0.50:8085", "ESTABLISHED", 4), count("10.2.0.50:8086", "SYN_RECV", 1)}
+			return s
+		}, want: checks.Fail, wantTitle: "real 10.2.0.50:8086 of TCP 10.1.0.6:8085 refuses connections", wantFix0: ipvsadmD + "10.2.0.50:8086", wantFact: "IPVS connections of TCP 10.1.0.6:8085 to 10.2.0.50:8086: 2 CLOSE, 1 SYN_RECV"},
 		{name: "refuses, the connection table not read", snap: func() *probes.Snapshot {
 			s := twoArm([]ipvs.Real{real("10.2.0.50:8085", 1), real("10.2.0.50:8086", 1)}, []health.Result{answers, refuses})
 			s.Errors[probes.ProbeIPVSConns] = "not read: IPVS holds 200000 connections"

@@ -125,7 +125,7 @@ func checkIPForward(s *probes.Snapshot, sel probes.Selector) Finding {
 		if _, ok := needs[key]; !ok {
 			keys = append(keys, key)
 		}
-		needs[key] = append(needs[key], Evidence{Fact: serviceLine(svc), Source: "ipvs, " + s.Target.String()})
+		needs[key] = withLine(needs[key], func() Evidence { return Evidence{Fact: serviceLine(svc), Source: "ipvs, " + s.Target.String()} })
 	}
 	slices.Sort(keys) // net.ipv4 first
 	var pass Finding
@@ -160,8 +160,8 @@ func checkIPForward(s *probes.Snapshot, sel probes.Selector) Finding {
 // on: the one the LB routes to the real through.
 type replyDev struct {
 	dev   string
-	reals []string
-	seen  map[string]bool // reals listed
+	reals []netip.Addr
+	seen  map[netip.Addr]bool // reals listed
 }
 
 // maxRealsListed caps the reals a line names; the rest are counted.
@@ -170,10 +170,14 @@ const maxRealsListed = 8
 // realsOf names the reals of d for a line: the first maxRealsListed, and
 // how many more (10,000 reals on one line would be no evidence).
 func (d replyDev) realsOf() string {
-	if len(d.reals) <= maxRealsListed {
-		return strings.Join(d.reals, ", ")
+	names := make([]string, 0, min(len(d.reals), maxRealsListed))
+	for _, a := range d.reals[:min(len(d.reals), maxRealsListed)] {
+		names = append(names, a.String())
 	}
-	return strings.Join(d.reals[:maxRealsListed], ", ") + fmt.Sprintf(" and %s", tally.Of(len(d.reals)-maxRealsListed, "more real"))
+	if len(d.reals) <= maxRealsListed {
+		return strings.Join(names, ", ")
+	}
+	return strings.Join(names, ", ") + fmt.Sprintf(" and %s", tally.Of(len(d.reals)-maxRealsListed, "more real"))
 }
 
 // replyDevs lists, in order, the interfaces the replies of the IPv4
@@ -192,11 +196,11 @@ func replyDevs(s *probes.Snapshot, svcs []ipvs.Service) []replyDev {
 			i := slices.IndexFunc(out, func(d replyDev) bool { return d.dev == dev })
 			if i < 0 {
 				i = len(out)
-				out = append(out, replyDev{dev: dev, seen: map[string]bool{}})
+				out = append(out, replyDev{dev: dev, seen: map[netip.Addr]bool{}})
 			}
-			if a := r.String(); !out[i].seen[a] {
-				out[i].seen[a] = true
-				out[i].reals = append(out[i].reals, a)
+			if !out[i].seen[r] {
+				out[i].seen[r] = true
+				out[i].reals = append(out[i].reals, r)
 			}
 		}
 	}
@@ -388,12 +392,7 @@ func addressed(s *probes.Snapshot, sel probes.Selector) ([]ipvs.Service, string)
 	if !s.IPVS.Available {
 		return nil, "IPVS is not available (see kernel.ipvs)"
 	}
-	var svcs []ipvs.Service
-	for _, svc := range selected(s, sel) {
-		if svc.FWMark == 0 {
-			svcs = append(svcs, svc)
-		}
-	}
+	svcs := servicesWhere(selected(s, sel), func(svc ipvs.Service) bool { return svc.FWMark == 0 })
 	if len(svcs) == 0 {
 		return nil, "no IPVS service selected in " + s.Target.String()
 	}
@@ -414,16 +413,9 @@ func masqueraded(s *probes.Snapshot, sel probes.Selector) ([]ipvs.Service, strin
 }
 
 func masqServices(svcs []ipvs.Service) []ipvs.Service {
-	var out []ipvs.Service
-	for _, svc := range svcs {
-		for _, r := range svc.Reals {
-			if r.Method == ipvs.Masq {
-				out = append(out, svc)
-				break
-			}
-		}
-	}
-	return out
+	return servicesWhere(svcs, func(svc ipvs.Service) bool {
+		return slices.ContainsFunc(svc.Reals, func(r ipvs.Real) bool { return r.Method == ipvs.Masq })
+	})
 }
 
 func serviceLine(svc ipvs.Service) string {

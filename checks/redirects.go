@@ -35,8 +35,9 @@ func checkSendRedirects(s *probes.Snapshot, sel probes.Selector) Finding {
 	if v.Value == "0" {
 		return skip("forwarding is off: nothing is redirected")
 	}
+	links := addrLinks(s)
 	for _, svc := range masq {
-		rp := DecideReturnPath(s, svc.Addr.Addr(), addrsOf(svc))
+		rp := decideReturnPath(s, links, svc.Addr.Addr(), addrsOf(svc))
 		if !rp.OneArm {
 			continue
 		}
@@ -67,7 +68,7 @@ func checkSendRedirects(s *probes.Snapshot, sel probes.Selector) Finding {
 }
 
 func addrsOf(svc ipvs.Service) []netip.Addr {
-	var out []netip.Addr
+	out := make([]netip.Addr, 0, len(svc.Reals))
 	for _, r := range svc.Reals {
 		if r.Method == ipvs.Masq {
 			out = append(out, r.Addr.Addr())

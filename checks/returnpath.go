@@ -21,7 +21,48 @@ type ReturnPath struct {
 	OneArm    bool   // the reals share the VIP's segment: forwarded replies leave where they came in
 	Dev       string // the interface that holds the VIP
 	Reason    string
-	Evidence  []Evidence
+	// What the decision rests on, for Evidence: formatted on demand (a
+	// line per real; setup and the window's paths read none of them).
+	s      *probes.Snapshot
+	vip    netip.Addr
+	vipDev string // "": no interface has the VIP
+	reals  []realRoute
+}
+
+// realRoute is the LB's route to one real.
+type realRoute struct {
+	addr, gw netip.Addr
+	dev      string
+}
+
+// Lines is the number of lines Evidence gives.
+func (rp ReturnPath) Lines() int {
+	if rp.vipDev == "" {
+		return 1
+	}
+	return 1 + len(rp.reals)
+}
+
+// Evidence is what the decision rests on: where the VIP is, and each
+// real's route.
+func (rp ReturnPath) Evidence() []Evidence {
+	s := rp.s
+	if rp.vipDev == "" {
+		return []Evidence{{Fact: "no interface has " + rp.vip.String(), Source: "addresses, " + s.Target.String()}}
+	}
+	src := "routes, " + s.Target.String()
+	ev := []Evidence{{Fact: fmt.Sprintf("VIP %s is on %s", rp.vip, rp.vipDev), Source: "addresses, " + s.Target.String()}}
+	for _, r := range rp.reals {
+		switch {
+		case r.gw.IsValid():
+			ev = append(ev, Evidence{Fact: fmt.Sprintf("real %s is reached via gateway %s", r.addr, r.gw), Source: src})
+		case r.dev == rp.vipDev || rp.vipDev == "lo":
+			ev = append(ev, Evidence{Fact: fmt.Sprintf("real %s is on %s, the VIP's segment", r.addr, r.dev), Source: src})
+		default:
+			ev = append(ev, Evidence{Fact: fmt.Sprintf("real %s is on %s, another segment than the VIP's %s", r.addr, r.dev, rp.vipDev), Source: src})
+		}
+	}
+	return ev
 }
 
 // RedirectRemedies turn off ICMP redirects on a one-arm LB (see
@@ -37,43 +78,65 @@ func RedirectRemedies(dev string) []Remedy {
 // answers through the LB when the LB is its gateway, and keeps client
 // addresses.
 func DecideReturnPath(s *probes.Snapshot, vip netip.Addr, reals []netip.Addr) ReturnPath {
-	src := "routes, " + s.Target.String()
-	vipDev := ""
+	return decideReturnPath(s, nil, vip, reals)
+}
+
+// addrLinks names, by address, the link that holds it (the last that
+// does): DecideReturnPath's question of many VIPs (1,000 on lo) answered
+// without a walk of every address for each.
+func addrLinks(s *probes.Snapshot) map[netip.Addr]string {
+	m := map[netip.Addr]string{}
 	for _, l := range s.Net.Links {
 		for _, a := range l.Addrs {
-			if a.Addr() == vip {
-				vipDev = l.Name
+			m[a.Addr()] = l.Name
+		}
+	}
+	return m
+}
+
+// decideReturnPath is DecideReturnPath, the VIP's link found in links
+// (addrLinks) when it is not nil.
+func decideReturnPath(s *probes.Snapshot, links map[netip.Addr]string, vip netip.Addr, reals []netip.Addr) ReturnPath {
+	vipDev := ""
+	if links != nil {
+		vipDev = links[vip]
+	} else {
+		for _, l := range s.Net.Links {
+			for _, a := range l.Addrs {
+				if a.Addr() == vip {
+					vipDev = l.Name
+				}
 			}
 		}
 	}
 	if vipDev == "" {
-		return ReturnPath{NeedsSNAT: true, Reason: fmt.Sprintf("the VIP %s is not an address of %s: the return path cannot be judged, so SNAT is the safe choice", vip, s.Target),
-			Evidence: []Evidence{{Fact: "no interface has " + vip.String(), Source: "addresses, " + s.Target.String()}}}
+		return ReturnPath{NeedsSNAT: true, Reason: fmt.Sprintf("the VIP %s is not an address of %s: the return path cannot be judged, so SNAT is the safe choice", vip, s.Target), s: s, vip: vip}
 	}
-	ev := []Evidence{{Fact: fmt.Sprintf("VIP %s is on %s", vip, vipDev), Source: "addresses, " + s.Target.String()}}
-	var oneArm, routed, behind []netip.Addr
+	rp := ReturnPath{s: s, vip: vip, vipDev: vipDev, reals: make([]realRoute, 0, len(reals))}
+	var oneArm, routed netip.Addr
 	for _, r := range reals {
 		dev, gw := routeTo(s, r)
+		rp.reals = append(rp.reals, realRoute{addr: r, gw: gw, dev: dev})
 		switch {
 		case gw.IsValid():
-			routed = append(routed, r)
-			ev = append(ev, Evidence{Fact: fmt.Sprintf("real %s is reached via gateway %s", r, gw), Source: src})
+			if !routed.IsValid() {
+				routed = r
+			}
 		case dev == vipDev || vipDev == "lo":
-			oneArm = append(oneArm, r)
-			ev = append(ev, Evidence{Fact: fmt.Sprintf("real %s is on %s, the VIP's segment", r, dev), Source: src})
-		default:
-			behind = append(behind, r)
-			ev = append(ev, Evidence{Fact: fmt.Sprintf("real %s is on %s, another segment than the VIP's %s", r, dev, vipDev), Source: src})
+			if !oneArm.IsValid() {
+				oneArm = r
+			}
 		}
 	}
 	switch {
-	case len(oneArm) > 0:
-		return ReturnPath{NeedsSNAT: true, OneArm: true, Dev: vipDev, Reason: fmt.Sprintf("one-arm: real %s shares the VIP's segment and answers clients directly", oneArm[0]), Evidence: ev}
-	case len(routed) > 0:
-		return ReturnPath{NeedsSNAT: true, Reason: fmt.Sprintf("real %s is behind a router: its replies follow its own routes, not the LB", routed[0]), Evidence: ev}
+	case oneArm.IsValid():
+		rp.NeedsSNAT, rp.OneArm, rp.Dev, rp.Reason = true, true, vipDev, fmt.Sprintf("one-arm: real %s shares the VIP's segment and answers clients directly", oneArm)
+	case routed.IsValid():
+		rp.NeedsSNAT, rp.Reason = true, fmt.Sprintf("real %s is behind a router: its replies follow its own routes, not the LB", routed)
 	default:
-		return ReturnPath{NeedsSNAT: false, Reason: "two-arm: the reals sit on another segment of the LB, which must be their gateway; client addresses are kept", Evidence: ev}
+		rp.Reason = "two-arm: the reals sit on another segment of the LB, which must be their gateway; client addresses are kept"
 	}
+	return rp
 }
 
 // routeTo finds the LB's route to a (the most specific of the main table).
@@ -93,6 +156,7 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 	var ev []Evidence
 	var warn *Finding
 	ix, probesBy := indexWindow(s), probeResults(s)
+	clients, locals, links := probes.ClientSourcesByVIP(s), s.Net.LocalSet(), addrLinks(s)
 	judged, notLocal := 0, 0
 	for _, svc := range masq {
 		if svc.FWMark != 0 {
@@ -101,7 +165,7 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 			ev = append(ev, Evidence{Fact: svc.Key() + ": a firewall mark selects its packets, not an address: its return path is not judged", Source: "ipvs, " + s.Target.String()})
 			continue
 		}
-		if local, ok := s.Net.Holds(svc.Addr.Addr()); ok && !local {
+		if local, ok := locals.Holds(svc.Addr.Addr()); ok && !local {
 			// IPVS never takes its packets (ipvs.vip_local names that):
 			// judging its segment would ask for SNAT a two-arm LB does
 			// not want.
@@ -110,12 +174,12 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 			continue
 		}
 		judged++
-		if f := routeBackViaReal(s, svc); f != nil {
+		if f := routeBackViaReal(s, svc, clients[svc.Addr.Addr()]); f != nil {
 			f.Evidence = append(ev, f.Evidence...)
 			return *f
 		}
-		rp := DecideReturnPath(s, svc.Addr.Addr(), addrsOf(svc))
-		ev = append(ev, rp.Evidence...)
+		rp := decideReturnPath(s, links, svc.Addr.Addr(), addrsOf(svc))
+		ev = withLines(ev, rp.Lines(), rp.Evidence)
 		var snat []rules.Rule
 		if rp.NeedsSNAT {
 			for _, r := range s.Rules.Rules {
@@ -192,7 +256,7 @@ var answeringStates = []string{"REACHABLE", "STALE", "DELAY", "PROBE", "PERMANEN
 // off, a drop the tracer saw, a reply conntrack saw), SNAT that needs
 // vs.conntrack. Without the drop tracer it only warns: replies dying at the
 // LB could not be told apart.
-func returnPathWindow(s *probes.Snapshot, ix *windowIndex, probesBy map[string]health.Result, svc ipvs.Service, rp ReturnPath, snat []rules.Rule) (*Finding, []Evidence) {
+func returnPathWindow(s *probes.Snapshot, ix *windowIndex, probesBy probeIndex, svc ipvs.Service, rp ReturnPath, snat []rules.Rule) (*Finding, []Evidence) {
 	if s.Window == nil || svc.Proto != "tcp" {
 		// UDP: a service may never answer (syslog, statsd); no packet
 		// out proves nothing.
@@ -401,11 +465,11 @@ func remedies(rp ReturnPath, svc ipvs.Service) []Remedy {
 // to the client's next hop — the real again, which does not take it to
 // the client. Judged from the main table's route to each known client
 // source (conntrack flows, IPVS connections, the window's IP_RPFILTER
-// drops: probes.ClientSources).
-func routeBackViaReal(s *probes.Snapshot, svc ipvs.Service) *Finding {
+// drops: srcs, the VIP's probes.ClientSourcesByVIP), the first
+// probes.MaxRouteSources.
+func routeBackViaReal(s *probes.Snapshot, svc ipvs.Service, srcs []probes.Source) *Finding {
 	reals := addrsOf(svc)
-	srcs, _ := probes.ClientSources(s, probes.Selector{VIP: svc.Addr, Proto: svc.Proto})
-	for _, c := range srcs {
+	for _, c := range srcs[:min(len(srcs), probes.MaxRouteSources)] {
 		r, ok := s.Net.RouteTo(c.Src)
 		if !ok || !r.Gw.IsValid() || !slices.Contains(reals, r.Gw) {
 			continue

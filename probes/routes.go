@@ -41,6 +41,34 @@ func ClientSources(s *Snapshot, sel Selector) ([]Source, int) {
 	if sel.VIP.IsValid() {
 		vips[sel.VIP.Addr()] = true
 	}
+	out := clientSources(s, vips)
+	if len(out) > MaxRouteSources {
+		return out[:MaxRouteSources], len(out) - MaxRouteSources
+	}
+	return out, 0
+}
+
+// ClientSourcesByVIP is ClientSources of each service's VIP address alone
+// (a selector of its address and port selects every source of that
+// address), uncapped, from one walk of the tables: 1,000 services must
+// not each walk every flow.
+func ClientSourcesByVIP(s *Snapshot) map[netip.Addr][]Source {
+	vips := map[netip.Addr]bool{}
+	for _, svc := range s.IPVS.Services {
+		if svc.FWMark == 0 {
+			vips[svc.Addr.Addr()] = true
+		}
+	}
+	by := map[netip.Addr][]Source{}
+	for _, c := range clientSources(s, vips) {
+		by[c.VIP] = append(by[c.VIP], c)
+	}
+	return by
+}
+
+// clientSources is every IPv4 client source of vips, in ClientSources's
+// order, uncapped.
+func clientSources(s *Snapshot, vips map[netip.Addr]bool) []Source {
 	var out []Source
 	at := map[[2]netip.Addr]int{}
 	add := func(src, vip netip.Addr, drops uint64, flows int) {
@@ -70,10 +98,7 @@ func ClientSources(s *Snapshot, sel Selector) ([]Source, int) {
 	for _, c := range s.IPVS.Conns {
 		add(c.Client.Addr(), c.VIP.Addr(), 0, 1)
 	}
-	if len(out) > MaxRouteSources {
-		return out[:MaxRouteSources], len(out) - MaxRouteSources
-	}
-	return out, 0
+	return out
 }
 
 // RPFilter is the reverse-path filter of one interface: the kernel uses
@@ -146,11 +171,12 @@ func AskRoutes(ns netns.Target, s *Snapshot, sel Selector) {
 			qs = append(qs, q)
 		}
 	}
+	locals := s.Net.LocalSet()
 	for _, svc := range s.IPVS.Services {
 		if svc.FWMark != 0 || !sel.Matches(svc.Addr, svc.Proto) {
 			continue
 		}
-		if local, ok := s.Net.Holds(svc.Addr.Addr()); ok && !local {
+		if local, ok := locals.Holds(svc.Addr.Addr()); ok && !local {
 			ask(netstate.Query{Dst: svc.Addr.Addr()})
 		}
 	}

@@ -107,22 +107,38 @@ func Paths(after *probes.Snapshot, w *probes.Window, sel probes.Selector) []flow
 			b.captured[[2]netip.AddrPort{pl.VIP, pl.Real}] = pl
 		}
 	}
-	out := []flowpath.Path{}
-	for _, svc := range after.IPVS.Services {
+	// The paths kept are chosen by their stops before any is built: past
+	// MaxPaths, the paths that stop first, each group in service order
+	// (1,000 services × 10 reals: 500 paths built, not 10,000).
+	type pick struct {
+		svc   int
+		real  int
+		stops []flowpath.Stop
+	}
+	var picks []pick
+	svcs := after.IPVS.Services
+	for i, svc := range svcs {
 		if svc.FWMark != 0 || !sel.Matches(svc.Addr, svc.Proto) {
 			continue
 		}
-		key := svc.Key()
-		for _, r := range svc.Reals {
-			out = append(out, b.path(svc, key, r))
+		for j, r := range svc.Reals {
+			picks = append(picks, pick{i, j, b.stops(svc, r)})
 		}
 	}
-	if len(out) > MaxPaths {
-		// Stable: the paths that stop first, each group in service order.
-		stops := func(p flowpath.Path) int { return min(len(p.Stops), 1) }
-		slices.SortStableFunc(out, func(a, b flowpath.Path) int { return cmp.Compare(stops(b), stops(a)) })
-		w.PathsOmitted = len(out) - MaxPaths
-		out = out[:MaxPaths:MaxPaths]
+	if len(picks) > MaxPaths {
+		stops := func(p pick) int { return min(len(p.stops), 1) }
+		slices.SortStableFunc(picks, func(a, b pick) int { return cmp.Compare(stops(b), stops(a)) })
+		w.PathsOmitted = len(picks) - MaxPaths
+		picks = picks[:MaxPaths:MaxPaths]
+	}
+	out := make([]flowpath.Path, 0, len(picks))
+	key := ""
+	for i, p := range picks {
+		svc := svcs[p.svc]
+		if i == 0 || p.svc != picks[i-1].svc {
+			key = svc.Key()
+		}
+		out = append(out, b.path(svc, key, svc.Reals[p.real], p.stops))
 	}
 	return out
 }
@@ -170,8 +186,9 @@ type clientKey struct {
 	vip, dest netip.AddrPort
 }
 
-// path builds one service's path (key: svc.Key()) to one real.
-func (b pathBuilder) path(svc ipvs.Service, key string, r ipvs.Real) flowpath.Path {
+// path builds one service's path (key: svc.Key()) to one real, which
+// stops where b.stops says.
+func (b pathBuilder) path(svc ipvs.Service, key string, r ipvs.Real, stops []flowpath.Stop) flowpath.Path {
 	real := r.Addr.String()
 	p := flowpath.Path{Service: key, Real: real, Window: b.w.Elapsed}
 	sd, known := b.svc[key]
@@ -202,7 +219,6 @@ func (b pathBuilder) path(svc ipvs.Service, key string, r ipvs.Real) flowpath.Pa
 	}
 	p.Legs = append(p.Legs, req, sched)
 
-	stops := b.stops(svc, r)
 	if r.Method != ipvs.Masq {
 		// Direct routing or tunnelling: the reply goes to the client
 		// straight from the real; the LB sees none of it.

@@ -217,7 +217,7 @@ func TestUsageErrorsExitTwoOnEveryVerb(t *testing.T) {
 		{"vip unspecified IPv6", []string{"check", "--vip", "[::]:80"}},
 		{"vip multicast IPv6", []string{"inspect", "--vip", "[ff02::1]:80"}},
 		{"vip broadcast", []string{"teardown", "--vip", "255.255.255.255:80"}},
-		{"vip IPv6 without brackets and a port", []string{"check", "--vip", "fd00::1:80:1"}},
+		{"vip IPv6 with two ::", []string{"check", "--vip", "fd00::1::80"}},
 		{"empty --host", []string{"drops", "--host", "", "--duration", "1s"}},
 		{"empty --proto", []string{"drops", "--proto", "", "--duration", "1s"}},
 		{"empty --ignore-reason", []string{"drops", "--ignore-reason", "", "--duration", "1s"}},
