@@ -367,3 +367,45 @@ func TestDropsHealedDuringWindow(t *testing.T) {
 		})
 	}
 }
+
+// A forwarding drop (IP_INNOROUTES) of a real's reply to a client the LB
+// has no route back to, forwarding on: drops.vip_flows names the missing
+// route from the routes read (found unexplained in a new operator's run),
+// and one that leads nowhere; with a route there it stays the lookup.
+func TestDropsNoRouteToTheDestination(t *testing.T) {
+	noRoute := drops.Counted{Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: 6, Reason: 2, Location: 0xffff,
+		Src: netip.MustParseAddrPort("10.2.0.50:8085"), Dst: netip.MustParseAddrPort("10.9.0.3:40000")}, Count: 3},
+		ReasonName: "IP_INNOROUTES", Symbol: "ip_error+0x92",
+		Flow: &drops.Flow{Client: netip.MustParseAddrPort("10.9.0.3:40000"), VIP: netip.MustParseAddrPort("10.1.0.6:8085"), Real: netip.MustParseAddrPort("10.2.0.50:8085"), Direction: "reply"}}
+	tests := []struct {
+		name   string
+		routes func([]netstate.Route) []netstate.Route
+		wantIn string
+	}{
+		{"no route", func(r []netstate.Route) []netstate.Route { return r }, "the LB has no route to 10.9.0.3 (no route of its main table covers it, and there is no default route): the reply of real 10.2.0.50:8085 to client 10.9.0.3 died in ip_error"},
+		{"an unreachable route", func(r []netstate.Route) []netstate.Route {
+			return append(r, netstate.Route{Dst: netip.MustParsePrefix("10.9.0.0/16"), Table: 254})
+		}, "the LB's route to 10.9.0.3 (10.9.0.0/16) leads nowhere"},
+		{"a route there", func(r []netstate.Route) []netstate.Route {
+			return append(r, netstate.Route{Dst: netip.MustParsePrefix("10.9.0.0/16"), Gw: netip.MustParseAddr("10.1.0.1"), Dev: "eth0", Table: 254})
+		}, "neither local nor routable from here"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := twoArmLocal(t)
+			setSysctl(s, "net.ipv4.ip_forward", "1")
+			var keep []netstate.Route
+			for _, r := range s.Net.Routes {
+				if r.Dst.Bits() > 0 {
+					keep = append(keep, r) // no default route
+				}
+			}
+			s.Net.Routes = tt.routes(keep)
+			s.Drops = &drops.Sample{Window: 3 * time.Second, Drops: []drops.Counted{noRoute}}
+			f := statusOf(checks.Run(s, probes.Selector{}), "drops.vip_flows")
+			if f.Status != checks.Fail || !strings.Contains(f.Title+"\n"+f.Reason, tt.wantIn) || !slices.Contains(f.Fix, "ip netns exec lb ip route get 10.9.0.3") {
+				t.Errorf("Run(%s) drops.vip_flows = %s %q (%s) fix %q, want fail with %q and the lookup", tt.name, f.Status, f.Title, f.Reason, f.Fix, tt.wantIn)
+			}
+		})
+	}
+}

@@ -269,6 +269,9 @@ func dropRemedy(s *probes.Snapshot, sel probes.Selector, c drops.Counted) (why s
 				}
 			}
 		}
+		if why, fix := noRouteFor(s, c); why != "" {
+			return why, fix, nil
+		}
 		return "the packet's destination is neither local nor routable from here (ip_error)",
 			[]string{fmt.Sprintf("%sip route get %s", s.Target.ExecPrefix(), c.Dst.Addr())}, nil
 	case "NETFILTER_DROP":
@@ -292,6 +295,36 @@ func dropRemedy(s *probes.Snapshot, sel probes.Selector, c drops.Counted) (why s
 			[]string{fmt.Sprintf("%sipvsadm -Ln", s.Target.ExecPrefix())}, nil
 	}
 	return fmt.Sprintf("the kernel dropped it with reason %s at %s", c.ReasonName, c.Symbol), nil, nil
+}
+
+// noRouteFor names the cause of a forwarding drop (IP_INNOROUTES,
+// IP_INADDRERRORS) when the LB's main routing table, as read, has no
+// route to the dropped packet's destination, or one that leads nowhere
+// (unreachable, blackhole, prohibit: no device, no gateway) — a real's
+// reply to a client the LB cannot route back to — with the lookup to
+// type and the route to add; "" when it has a route, or the routes were
+// not read.
+func noRouteFor(s *probes.Snapshot, c drops.Counted) (string, []string) {
+	dst := c.Dst.Addr()
+	if _, unread := s.Errors[probes.ProbeNet]; unread || c.Family == 0 || !dst.IsValid() || len(s.Net.Routes) == 0 {
+		return "", nil
+	}
+	what := "the packet to " + dst.String()
+	if f := c.Flow; f != nil && f.Direction == "reply" {
+		what = fmt.Sprintf("the reply of real %s to client %s", f.Real, dst)
+	}
+	get := fmt.Sprintf("%sip route get %s", s.Target.ExecPrefix(), dst)
+	r, no := s.Net.Unroutable(dst)
+	switch {
+	case !no:
+		return "", nil
+	case !r.Dst.IsValid():
+		return fmt.Sprintf("the LB has no route to %s (no route of its main table covers it, and there is no default route): %s died in %s", dst, what, c.Function()),
+			[]string{get, fmt.Sprintf("# then route %s's network through the router toward it: %sip route add PREFIX via ROUTER", dst, s.Target.ExecPrefix())}
+	default:
+		return fmt.Sprintf("the LB's route to %s (%s) leads nowhere (unreachable, blackhole or prohibit): %s died in %s", dst, r.Dst, what, c.Function()),
+			[]string{get, fmt.Sprintf("%sip route show %s", s.Target.ExecPrefix(), r.Dst)}
+	}
 }
 
 // pointOf is the window's drop point of c's reason, function and hook.

@@ -45,6 +45,9 @@ type Finding struct {
 	// Remedies are the fix as data, for `check --fix` to apply through the
 	// transactional engine.
 	Remedies []Remedy `json:"remedies,omitempty"`
+	// FixByHand says why `check --fix` does not apply this failing
+	// finding's fix, when it has one to print but no remedy.
+	FixByHand string `json:"fix_by_hand,omitempty"`
 	// Path is the causal chain of a failing finding: the paths of the
 	// services' flows it is about, leg by leg, and where they stop (from
 	// the window; none for a static snapshot).
@@ -71,8 +74,11 @@ type Remedy struct {
 	Value  string `json:"value,omitempty"`  // … to this value
 	SNAT   string `json:"snat,omitempty"`   // add source NAT for this VIP (ADDR:PORT)
 	Proto  string `json:"proto,omitempty"`  // … of this protocol
-	Addr   string `json:"addr,omitempty"`   // add this address (ADDR/BITS) …
-	Dev    string `json:"dev,omitempty"`    // … to this interface
+	// Real narrows SNAT to the connections of this real server (ADDR) to
+	// itself through the VIP: a hairpin (nat.hairpin).
+	Real string `json:"real,omitempty"`
+	Addr string `json:"addr,omitempty"` // add this address (ADDR/BITS) …
+	Dev  string `json:"dev,omitempty"`  // … to this interface
 }
 
 // Check is one entry of the catalog.
@@ -473,6 +479,12 @@ func RemedyFix(s *probes.Snapshot, rs []Remedy) []string {
 	}
 	for _, r := range rs {
 		switch {
+		case r.SNAT != "" && r.Real != "":
+			vip, err1 := netip.ParseAddrPort(r.SNAT)
+			real, err2 := netip.ParseAddr(r.Real)
+			if err1 == nil && err2 == nil {
+				add(hairpinRule(s, vip, real))
+			}
 		case r.SNAT != "":
 			vip, err := netip.ParseAddrPort(r.SNAT)
 			if err != nil {

@@ -429,14 +429,34 @@ func checkHairpin(s *probes.Snapshot, sel probes.Selector) Finding {
 		if s.KubeProxy != nil {
 			reason += " (kube-proxy masquerades this hairpin through ipset KUBE-LOOP-BACK in KUBE-POSTROUTING, rebuilt when kube-proxy restarts)"
 		}
-		return Finding{
+		f := Finding{
 			Status:   Fail,
 			Title:    fmt.Sprintf("real %s is a client of its own service %s, and nothing masquerades it", h.real, h.svc.Key()),
 			Reason:   reason,
 			Evidence: append(ev, brokenFacts...),
-			Fix:      hairpinFix(s, h),
 			about:    about,
 		}
+		switch {
+		case s.KubeProxy != nil:
+			// kube-proxy rewrites its chains and sets on every sync: a
+			// rule or member lbdoctor added there would be its, unrecorded,
+			// and gone at the next sync.
+			f.Fix = hairpinFix(s, h)
+			f.FixByHand = "kube-proxy owns KUBE-LOOP-BACK and KUBE-POSTROUTING and rebuilds them; lbdoctor changes nothing kube-proxy manages"
+		case h.real.Addr().Is4():
+			// The same masquerade setup adds for a service, narrowed to the
+			// real's connections to itself: applied, recorded and torn down
+			// as setup's are.
+			f.Remedies = []Remedy{{SNAT: h.svc.Addr.String(), Proto: h.svc.Proto, Real: h.real.Addr().String()}}
+			if v, ok := readable(s, "net.ipv4.vs.conntrack"); ok && v.Value == "0" {
+				// An -m ipvs match sees IPVS connections only through conntrack.
+				f.Remedies = append(f.Remedies, Remedy{Sysctl: "net.ipv4.vs.conntrack", Value: "1"})
+			}
+		default:
+			f.Fix = []string{hairpinRule(s, h.svc.Addr, h.real.Addr())}
+			f.FixByHand = "setup and --fix build IPv4 source NAT only"
+		}
+		return f
 	}
 	// No hairpin seen. On a kube-proxy node every local endpoint may
 	// call its own service at any time: kube-proxy puts each in
@@ -480,23 +500,32 @@ func checkHairpin(s *probes.Snapshot, sel probes.Selector) Finding {
 	return Finding{Status: Pass, Title: "no real server's own connections to its service go unmasqueraded", Evidence: ev}
 }
 
-// hairpinFix is what masquerades a real's connections to itself: on a
-// kube-proxy node its own loop-back set and rule (restarting kube-proxy
-// rebuilds both), elsewhere a MASQUERADE of IPVS connections from the
-// real to itself.
-func hairpinFix(s *probes.Snapshot, h hairpin) []string {
-	pre := s.Target.ExecPrefix()
+// hairpinTool is the iptables command that writes a hairpin's masquerade
+// for real: the backend the namespace's rules use, of real's family.
+func hairpinTool(s *probes.Snapshot, real netip.Addr) string {
 	tool := "iptables"
 	if be := iptablesBackends(s); len(be) > 0 {
 		tool = rules.Command(be[0], "ip")
 	}
-	if h.real.Addr().Is6() && !h.real.Addr().Is4In6() {
+	if real.Is6() && !real.Is4In6() {
 		tool = rules.Command(strings.Replace(tool, "ip6tables", "iptables", 1), "ip6")
 	}
-	if s.KubeProxy == nil {
-		return []string{fmt.Sprintf("%s%s -t nat -A POSTROUTING -m ipvs --vaddr %s --vport %d -s %s -d %s -j MASQUERADE",
-			pre, tool, h.svc.Addr.Addr(), h.svc.Addr.Port(), h.real.Addr(), h.real.Addr())}
-	}
+	return tool
+}
+
+// hairpinRule is the command that masquerades the IPVS connections of a
+// real to itself through vip, outside kube-proxy.
+func hairpinRule(s *probes.Snapshot, vip netip.AddrPort, real netip.Addr) string {
+	return fmt.Sprintf("%s%s -t nat -A POSTROUTING -m ipvs --vaddr %s --vport %d -s %s -d %s -j MASQUERADE",
+		s.Target.ExecPrefix(), hairpinTool(s, real), vip.Addr(), vip.Port(), real, real)
+}
+
+// hairpinFix is what masquerades a real's connections to itself on a
+// kube-proxy node: its own loop-back set and rule (restarting kube-proxy
+// rebuilds both).
+func hairpinFix(s *probes.Snapshot, h hairpin) []string {
+	pre := s.Target.ExecPrefix()
+	tool := hairpinTool(s, h.real.Addr())
 	var fix []string
 	member := ipset.Member{IP: h.real.Addr(), Proto: h.svc.Proto, Port: h.real.Port(), IP2: h.real.Addr()}
 	if ok, _ := inSet(s, "KUBE-LOOP-BACK", member); !ok {

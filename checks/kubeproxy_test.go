@@ -2,6 +2,7 @@ package checks_test
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 	"github.com/lbdoctor/lbdoctor/probes/netstate"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
+	"github.com/lbdoctor/lbdoctor/probes/sysctl"
 )
 
 // kubeSave is kube-proxy's nat table as iptables-save -c prints it (the
@@ -241,4 +243,51 @@ func evidenceOf(f checks.Finding) string {
 		b.WriteString(e.String() + "\n")
 	}
 	return b.String()
+}
+
+// A hairpin nothing masquerades is fixed by --fix outside kube-proxy (a
+// remedy: the masquerade of the real's connections to itself, and
+// vs.conntrack, which its -m ipvs match needs), and said to be left to
+// kube-proxy on its node.
+func TestHairpinRemedy(t *testing.T) {
+	broken := func(s *probes.Snapshot) {
+		s.IPVS.Conns = append(s.IPVS.Conns, ipvs.Conn{Proto: "tcp", Client: netip.MustParseAddrPort("10.2.0.50:40000"),
+			VIP: netip.MustParseAddrPort("10.1.0.6:8085"), Dest: netip.MustParseAddrPort("10.2.0.50:8085"), State: "SYN_RECV"})
+		var keep []rules.Rule
+		for _, r := range s.Rules.Rules {
+			if !strings.Contains(r.Spec, "KUBE-LOOP-BACK") {
+				keep = append(keep, r)
+			}
+		}
+		s.Rules.Rules = keep
+	}
+	hairpin := checks.Remedy{SNAT: "10.1.0.6:8085", Proto: "tcp", Real: "10.2.0.50"}
+	tests := []struct {
+		name      string
+		change    func(*probes.Snapshot)
+		remedies  []checks.Remedy
+		fix       string // a line of the fix
+		fixByHand string
+	}{
+		{"not kube-proxy", func(s *probes.Snapshot) { s.KubeProxy = nil }, []checks.Remedy{hairpin},
+			"iptables-nft -t nat -A POSTROUTING -m ipvs --vaddr 10.1.0.6 --vport 8085 -s 10.2.0.50 -d 10.2.0.50 -j MASQUERADE", ""},
+		{"not kube-proxy, vs.conntrack off", func(s *probes.Snapshot) {
+			s.KubeProxy = nil
+			s.Sysctls["net.ipv4.vs.conntrack"] = sysctl.Value{Key: "net.ipv4.vs.conntrack", Value: "0", Present: true}
+		}, []checks.Remedy{hairpin, {Sysctl: "net.ipv4.vs.conntrack", Value: "1"}}, "sysctl -w net.ipv4.vs.conntrack=1", ""},
+		{"kube-proxy", func(*probes.Snapshot) {}, nil,
+			"iptables-nft -t nat -I KUBE-POSTROUTING 1 -m set --match-set KUBE-LOOP-BACK dst,dst,src -j MASQUERADE", "kube-proxy owns KUBE-LOOP-BACK and KUBE-POSTROUTING"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := kubeNode(t, kubeSave)
+			broken(s)
+			tt.change(s)
+			f := statusOf(checks.Run(s, probes.Selector{}), "nat.hairpin")
+			fix := strings.Join(f.Fix, "\n")
+			if f.Status != checks.Fail || !slices.Equal(f.Remedies, tt.remedies) || !strings.Contains(fix, tt.fix) || !strings.HasPrefix(f.FixByHand, tt.fixByHand) || (tt.fixByHand == "") != (f.FixByHand == "") {
+				t.Errorf("nat.hairpin(%s) = %s, remedies %+v, fix %q, fix by hand %q; want fail, %+v, a fix line %q, by hand %q", tt.name, f.Status, f.Remedies, f.Fix, f.FixByHand, tt.remedies, tt.fix, tt.fixByHand)
+			}
+		})
+	}
 }

@@ -42,6 +42,11 @@ const (
 	// was crossed (conntrack reverses a SNAT in PREROUTING without a
 	// counter of its own).
 	Implied Status = "implied"
+	// Failed: nothing crossed the leg, as a layer tells (Note says which
+	// and why), whatever its counter counted: IPVS counts the ICMP errors
+	// the LB sends about a real that never answered ARP as that real's
+	// packets out, and they are no reply.
+	Failed Status = "failed"
 )
 
 // Leg is one hop of the path and what was counted on it.
@@ -102,15 +107,16 @@ func (p Path) Complete() bool {
 	return true
 }
 
-var marks = map[Status]string{OK: " ✓", Unknown: " ?"}
+var marks = map[Status]string{OK: " ✓", Unknown: " ?", Failed: " ✗"}
 
 // String is the path on one line, leg by leg, and where it stops:
 // `client→VIP ✓ 13 · IPVS→real .40 ✓ 13 · SNAT ✓ · SYN-ACK real→LB ✓ 13 ·
 // de-SNAT (PREROUTING) · route: 10.1.0.3 not local, forwarding off ·
 // ✗ ip_error IP_INADDRERRORS ×13`.
 // A leg crossed shows ✓ and its packets, one whose counter stayed still
-// its 0, one no layer could tell ?; a stopped leg shows no mark of its own (the
-// stop after it says ✗, or its note says why), an implied one none either.
+// its 0, one no layer could tell ?, one a layer tells nothing crossed ✗
+// and why; a stopped leg shows no mark of its own (the stop after it says
+// ✗, or its note says why), an implied one none either.
 // The route leg reads "route: note".
 func (p Path) String() string {
 	var parts []string

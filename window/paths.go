@@ -13,6 +13,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/capture"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
+	"github.com/lbdoctor/lbdoctor/probes/health"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
@@ -61,10 +62,37 @@ func Paths(after *probes.Snapshot, w *probes.Window, sel probes.Selector) []flow
 		}
 	}
 	b.ctClients = map[[2]netip.AddrPort]netip.Addr{}
+	_, ctUnread := after.Errors[probes.ProbeConntrack]
+	if !ctUnread && after.Conntrack.Partial == "" {
+		// Whether a flow saw a reply tells only over every flow listed.
+		b.ctReplies = map[[2]netip.AddrPort]*ctReplies{}
+	}
 	for _, f := range after.Conntrack.Flows {
-		if k := [2]netip.AddrPort{f.Orig.Dst, f.Reply.Src}; !b.ctClients[k].IsValid() {
+		k := [2]netip.AddrPort{f.Orig.Dst, f.Reply.Src}
+		if !b.ctClients[k].IsValid() {
 			b.ctClients[k] = f.Orig.Src.Addr()
 		}
+		if b.ctReplies != nil {
+			n := b.ctReplies[k]
+			if n == nil {
+				n = &ctReplies{}
+				b.ctReplies[k] = n
+			}
+			n.flows++
+			if f.HasStatus("SEEN_REPLY") {
+				n.replied++
+			}
+		}
+	}
+	b.health = map[clientKey]health.Result{}
+	for _, h := range w.Health {
+		if k := (clientKey{h.Proto, netip.AddrPort{}, h.Real}); h.Probed() {
+			b.health[k] = h
+		}
+	}
+	b.neighbours = map[netip.AddrPort]probes.RealNeighbour{}
+	for _, n := range w.Neighbours {
+		b.neighbours[n.Real] = n
 	}
 	b.snat = map[snatKey]flowpath.Leg{}
 	b.synRecv = map[clientKey]bool{}
@@ -137,7 +165,20 @@ type pathBuilder struct {
 	// captured is what a capture counted on the legs, by VIP and real
 	// (nil: no capture ran).
 	captured map[[2]netip.AddrPort]capture.PathLegs
+	// ctReplies counts conntrack's flows by original destination and
+	// reply source, and those that saw a reply (nil: conntrack was not
+	// read whole, so no count tells that none did).
+	ctReplies map[[2]netip.AddrPort]*ctReplies
+	// health is what the probe of each real found, by protocol and real
+	// (clientKey without a VIP); neighbours the reals' next hops' entries
+	// at the window's end.
+	health     map[clientKey]health.Result
+	neighbours map[netip.AddrPort]probes.RealNeighbour
 }
+
+// ctReplies is how many conntrack flows of a service to a real there are,
+// and how many of them saw a reply (SEEN_REPLY).
+type ctReplies struct{ flows, replied int }
 
 // clientKey is one service's flows to one real.
 type clientKey struct {
@@ -205,12 +246,41 @@ func (b pathBuilder) path(svc ipvs.Service, key string, r ipvs.Real, stops []flo
 			reply.Counted, reply.Packets, reply.Status = true, replyDrops, flowpath.OK
 		}
 	}
-	if reply.Packets > 0 && svc.Proto == "tcp" && b.synRecv[clientKey{svc.Proto, svc.Addr, r.Addr}] {
+	// IPVS counts as a real's packets out every packet of its connections
+	// that comes back, the ICMP errors about them too: those the LB sends
+	// itself when the real never answers ARP (host unreachable), or relays
+	// from a router. Such packets are no reply: a layer that tells the real
+	// never answered, or conntrack that none of its flows saw a reply,
+	// says so instead.
+	ct := b.ctReplies[[2]netip.AddrPort{svc.Addr, r.Addr}]
+	switch why, src := b.silent(svc, r, stops); {
+	case why != "" && (ct == nil || ct.replied == 0) && replyDrops == 0:
+		reply = flowpath.Leg{Kind: flowpath.Reply, Name: "reply real→LB", Status: flowpath.Failed, Source: src, Note: "no reply: " + why}
+		if rd.PacketsOut > 0 {
+			reply.Note += fmt.Sprintf("; IPVS's %d packets out were ICMP errors about its flows", rd.PacketsOut)
+		}
+		// The requests IPVS sent it never left: that is where the path stops.
+		sched := &p.Legs[len(p.Legs)-2]
+		if sched.Status != flowpath.NotUsed {
+			sched.Status, sched.Note = flowpath.Stopped, why
+		}
+	case why != "" && ct != nil && ct.replied > 0 && replyDrops == 0:
+		reply.Status, reply.Counted = flowpath.Unknown, false
+		reply.Note = fmt.Sprintf("%s now, but conntrack saw replies on %d of its %d flows: IPVS's %d packets out are replies and ICMP errors", why, ct.replied, ct.flows, rd.PacketsOut)
+	case ct != nil && ct.flows > 0 && ct.replied == 0 && rd.PacketsOut > 0 && replyDrops == 0:
+		reply.Status, reply.Counted = flowpath.Unknown, false
+		reply.Note = fmt.Sprintf("conntrack saw no reply on its %d flows to the real: IPVS's %d packets out may be ICMP errors", ct.flows, rd.PacketsOut)
+	case reply.Status == flowpath.OK && b.health[clientKey{svc.Proto, netip.AddrPort{}, r.Addr}].Connect == health.Refused:
+		reply.Note = "RSTs: the real refuses connections"
+	}
+	if reply.Status == flowpath.OK && svc.Proto == "tcp" && b.synRecv[clientKey{svc.Proto, svc.Addr, r.Addr}] {
 		// IPVS never saw the handshake end: what came back were SYN-ACKs.
 		reply.Name = "SYN-ACK real→LB"
 	}
-	if captured {
-		fromCapture(&reply, pl.Legs[2])
+	// IPVS counts replies in the forward hook: replies it counted were routed.
+	routed := reply.Status == flowpath.OK && rd.PacketsOut > 0
+	if captured && (reply.Status != flowpath.Failed || pl.Legs[2].Packets > 0) {
+		fromCapture(&reply, pl.Legs[2]) // the wire is the truth of the leg
 		if slices.Equal(reply.Segments, []string{"SYN-ACK"}) {
 			reply.Name = "SYN-ACK real→LB" // the wire says so
 		}
@@ -227,7 +297,7 @@ func (b pathBuilder) path(svc ipvs.Service, key string, r ipvs.Real, stops []flo
 		desnat.Status = flowpath.Unknown
 	}
 	p.Legs = append(p.Legs, desnat)
-	p.Legs = append(p.Legs, b.routeLeg(svc, r, rd, stops))
+	p.Legs = append(p.Legs, b.routeLeg(svc, r, routed))
 	if captured {
 		toClient := flowpath.Leg{Kind: flowpath.ToClient, Name: "→client"}
 		fromCapture(&toClient, pl.Legs[3])
@@ -333,8 +403,9 @@ func (b pathBuilder) snatLegOf(svc ipvs.Service, r ipvs.Real) flowpath.Leg {
 }
 
 // routeLeg is the reply's route to the client: forwarded, so the family's
-// forwarding switch must be on.
-func (b pathBuilder) routeLeg(svc ipvs.Service, r ipvs.Real, rd probes.RealDelta, stops []flowpath.Stop) flowpath.Leg {
+// forwarding switch must be on; crossed when IPVS counted replies out
+// (routed).
+func (b pathBuilder) routeLeg(svc ipvs.Service, r ipvs.Real, routed bool) flowpath.Leg {
 	s := b.s
 	l := flowpath.Leg{Kind: flowpath.Route, Name: "route", Status: flowpath.Unknown}
 	client := b.client(svc, r)
@@ -355,13 +426,28 @@ func (b pathBuilder) routeLeg(svc ipvs.Service, r ipvs.Real, rd probes.RealDelta
 		l.Note = key + " not read"
 	case v.Value == "0":
 		l.Status, l.Note = flowpath.Stopped, who+" not local, forwarding off"
+	case client.IsValid() && !routed && netRead(s) && unroutable(s, client):
+		// Forwarded, the reply dies in the route lookup (IP_INNOROUTES).
+		l.Status, l.Note = flowpath.Stopped, "no route to "+who
 	default:
 		l.Note = "forwarded to " + who
-		if rd.PacketsOut > 0 {
-			l.Status = flowpath.OK // IPVS counts replies in the forward hook
+		if routed {
+			l.Status = flowpath.OK
 		}
 	}
 	return l
+}
+
+// netRead reports whether the routes were read (a snapshot without them
+// tells nothing of a route missing).
+func netRead(s *probes.Snapshot) bool {
+	_, unread := s.Errors[probes.ProbeNet]
+	return !unread && len(s.Net.Routes) > 0
+}
+
+func unroutable(s *probes.Snapshot, a netip.Addr) bool {
+	_, no := s.Net.Unroutable(a)
+	return no
 }
 
 // client is a client address of the service's flows to the real: from the
@@ -420,7 +506,7 @@ func (b pathBuilder) stops(svc ipvs.Service, r ipvs.Real) []flowpath.Stop {
 	for i := range out {
 		st := &out[i]
 		for _, dp := range b.w.DropPoints {
-			if dp.Reason == st.Reason && dp.Function == st.Function && (st.Hook == "" || dp.Hook == st.Hook) && (dp.Leg == "" || dp.Leg == st.Leg) {
+			if dp.Reason == st.Reason && dp.Function == st.Function && (st.Hook == "" || dp.Hook == st.Hook) && (dp.Leg == "" || dp.Leg == side(st.Leg)) {
 				st.Hook, st.Cause = dp.Hook, dp.Cause
 				break
 			}
@@ -428,6 +514,59 @@ func (b pathBuilder) stops(svc ipvs.Service, r ipvs.Real) []flowpath.Stop {
 	}
 	slices.SortStableFunc(out, func(a, b flowpath.Stop) int { return cmp.Compare(b.Count, a.Count) })
 	return out
+}
+
+// side is the direction of a leg as a drop point names it (Join): Request
+// for the legs to the real, Reply for those back to the client.
+func side(l flowpath.LegKind) flowpath.LegKind {
+	switch l {
+	case flowpath.Reply, flowpath.DeSNAT, flowpath.Route, flowpath.Unmasq, flowpath.ToClient:
+		return flowpath.Reply
+	}
+	return flowpath.Request
+}
+
+// silent says why the real sent nothing back, when a layer tells — its
+// next hop never answered ARP/NDP, or the LB has no route to it — and
+// where that was read; "" when none does. The health probe's connect
+// tells first, then the next hop's neighbour entry at the window's end,
+// then the window's NEIGH_FAILED drops of the real's flows.
+func (b pathBuilder) silent(svc ipvs.Service, r ipvs.Real, stops []flowpath.Stop) (why, source string) {
+	asks := func(a netip.Addr) string {
+		if a.Is6() && !a.Is4In6() {
+			return "NDP"
+		}
+		return "ARP"
+	}
+	noAnswer := func(hop netip.Addr) string {
+		if hop.IsValid() && hop != r.Addr.Addr() {
+			return fmt.Sprintf("no %s answer from %s, the gateway to %s", asks(hop), hop, r.Addr.Addr())
+		}
+		return fmt.Sprintf("no %s answer from %s", asks(r.Addr.Addr()), r.Addr.Addr())
+	}
+	where := b.s.Target.String()
+	if h, ok := b.health[clientKey{svc.Proto, netip.AddrPort{}, r.Addr}]; ok {
+		switch {
+		case h.Route != "":
+			return fmt.Sprintf("the LB has no route to %s", r.Addr.Addr()), "health probe (" + h.Route + "), " + where
+		case h.NoARP():
+			return noAnswer(h.NextHop), fmt.Sprintf("health probe: neighbour %s %s, %s", h.NextHop, h.Neighbour, where)
+		}
+	}
+	if n, ok := b.neighbours[r.Addr]; ok {
+		switch n.State {
+		case "no route":
+			return fmt.Sprintf("the LB has no route to %s", r.Addr.Addr()), "routes, " + where
+		case "FAILED", "INCOMPLETE":
+			return noAnswer(n.NextHop), fmt.Sprintf("neighbour %s on %s %s, %s", n.NextHop, n.Dev, n.State, where)
+		}
+	}
+	for _, st := range stops {
+		if st.Reason == "NEIGH_FAILED" && side(st.Leg) == flowpath.Request {
+			return noAnswer(netip.Addr{}), "kfree_skb tracer: NEIGH_FAILED drops of its flows"
+		}
+	}
+	return "", ""
 }
 
 // shortReal names a real as the path line shows it: the last octet when it

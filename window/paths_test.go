@@ -4,9 +4,12 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/lbdoctor/lbdoctor/flowpath"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/capture"
+	"github.com/lbdoctor/lbdoctor/probes/conntrack"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
+	"github.com/lbdoctor/lbdoctor/probes/health"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 	"github.com/lbdoctor/lbdoctor/probes/netstate"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
@@ -106,6 +109,51 @@ func TestPaths(t *testing.T) {
 			w.Capture = &capture.Summary{}
 			return s, w
 		}, "client→VIP 0 · IPVS→real .40 0 · SNAT ✓ · reply real→LB 0 · de-SNAT ? (PREROUTING) · route: forwarded to the client ✓ · →client 0", false},
+		{"a real that never answers ARP: IPVS's packets out are the LB's ICMP errors, no reply", func() (*probes.Snapshot, *probes.Window) {
+			s, w := lb("1", 13, 5, 3)
+			s.IPVS.ConnCounts = []ipvs.ConnCount{{Proto: "tcp", VIP: vip, Dest: real40, State: "SYN_RECV", Count: 5}}
+			w.Health = []health.Result{{Service: "TCP 10.1.0.6:8085", Proto: "tcp", Real: real40, Connect: health.Timeout, Neighbour: "INCOMPLETE", NextHop: real40.Addr(), Dev: "eth0"}}
+			s.Drops = &drops.Sample{Drops: []drops.Counted{{Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: 6}, Count: 4}, ReasonName: "NEIGH_FAILED", Symbol: "neigh_invalidate+0x82",
+				Flow: &drops.Flow{Client: client, VIP: vip, Real: real40, Direction: "request", Stage: "after DNAT and SNAT"}}}}
+			w.DropPoints = []probes.DropPoint{{Reason: "NEIGH_FAILED", Function: "neigh_invalidate", Count: 4, Leg: flowpath.Request, Cause: "next hop 10.1.0.40 of real 10.1.0.40:8085 on eth0 is INCOMPLETE: it does not answer ARP/NDP"}}
+			return s, w
+		}, "client→VIP ✓ 13 · IPVS→real .40 13 (no ARP answer from 10.1.0.40) · SNAT ✓ · reply real→LB ✗ (no reply: no ARP answer from 10.1.0.40; IPVS's 5 packets out were ICMP errors about its flows) · de-SNAT ? (PREROUTING) · route: forwarded to 10.1.0.3 ? · ✗ neigh_invalidate NEIGH_FAILED ×4: next hop 10.1.0.40 of real 10.1.0.40:8085 on eth0 is INCOMPLETE: it does not answer ARP/NDP", false},
+		{"no probe, no tracer: the neighbour entry FAILED tells no reply came", func() (*probes.Snapshot, *probes.Window) {
+			s, w := lb("1", 13, 5, 3)
+			w.Neighbours = []probes.RealNeighbour{{Real: real40, NextHop: netip.MustParseAddr("10.1.0.1"), Dev: "eth0", State: "FAILED"}}
+			return s, w
+		}, "client→VIP ✓ 13 · IPVS→real .40 13 (no ARP answer from 10.1.0.1, the gateway to 10.1.0.40) · SNAT ✓ · reply real→LB ✗ (no reply: no ARP answer from 10.1.0.1, the gateway to 10.1.0.40; IPVS's 5 packets out were ICMP errors about its flows) · de-SNAT ? (PREROUTING) · route: forwarded to the client ?", false},
+		{"no route to the real", func() (*probes.Snapshot, *probes.Window) {
+			s, w := lb("1", 7, 0, 0)
+			w.Health = []health.Result{{Proto: "tcp", Real: real40, Connect: health.Unreachable, Route: "no route: network is unreachable"}}
+			return s, w
+		}, "client→VIP ✓ 7 · IPVS→real .40 7 (the LB has no route to 10.1.0.40) · SNAT (rule not hit) · reply real→LB ✗ (no reply: the LB has no route to 10.1.0.40) · de-SNAT ? (PREROUTING) · route: forwarded to the client ?", false},
+		{"conntrack saw no reply on any flow to the real: packets out are not replies", func() (*probes.Snapshot, *probes.Window) {
+			s, w := lb("1", 6, 4, 2)
+			s.Conntrack.Flows = []conntrack.Flow{{Proto: "tcp", Orig: conntrack.Tuple{Src: client, Dst: vip}, Reply: conntrack.Tuple{Src: real40, Dst: netip.MustParseAddrPort("10.1.0.6:40000")}, State: "SYN_SENT"}}
+			return s, w
+		}, "client→VIP ✓ 6 · IPVS→real .40 ✓ 6 · SNAT ✓ · reply real→LB ? (conntrack saw no reply on its 1 flows to the real: IPVS's 4 packets out may be ICMP errors) · de-SNAT ? (PREROUTING) · route: forwarded to 10.1.0.3 ?", false},
+		{"a neighbour failed at the end after replies conntrack saw", func() (*probes.Snapshot, *probes.Window) {
+			s, w := lb("1", 6, 4, 2)
+			w.Neighbours = []probes.RealNeighbour{{Real: real40, NextHop: real40.Addr(), Dev: "eth0", State: "FAILED"}}
+			s.Conntrack.Flows = []conntrack.Flow{{Proto: "tcp", Orig: conntrack.Tuple{Src: client, Dst: vip}, Reply: conntrack.Tuple{Src: real40, Dst: netip.MustParseAddrPort("10.1.0.6:40000")}, State: "TIME_WAIT", Status: []string{"SEEN_REPLY"}}}
+			return s, w
+		}, "client→VIP ✓ 6 · IPVS→real .40 ✓ 6 · SNAT ✓ · reply real→LB ? (no ARP answer from 10.1.0.40 now, but conntrack saw replies on 1 of its 1 flows: IPVS's 4 packets out are replies and ICMP errors) · de-SNAT ? (PREROUTING) · route: forwarded to 10.1.0.3 ?", false},
+		{"a real that refuses: its RSTs are replies", func() (*probes.Snapshot, *probes.Window) {
+			s, w := lb("1", 6, 6, 6)
+			w.Health = []health.Result{{Proto: "tcp", Real: real40, Connect: health.Refused, Neighbour: "REACHABLE", NextHop: real40.Addr()}}
+			return s, w
+		}, "client→VIP ✓ 6 · IPVS→real .40 ✓ 6 · SNAT ✓ · reply real→LB ✓ 6 (RSTs: the real refuses connections) · de-SNAT (PREROUTING) · route: forwarded to the client ✓", true},
+		{"two-arm: the LB has no route back to the client, the replies die in the route lookup", func() (*probes.Snapshot, *probes.Window) {
+			s, w := lb("1", 5, 0, 0)
+			s.Rules.Rules, w.Deltas.Rules = nil, nil
+			s.Net.Links = append(s.Net.Links, netstate.Link{Name: "eth1", Up: true, Addrs: []netip.Prefix{netip.MustParsePrefix("10.2.0.1/24")}})
+			s.Net.Routes = []netstate.Route{{Dst: netip.MustParsePrefix("10.1.0.0/24"), Dev: "eth0"}, {Dst: netip.MustParsePrefix("10.1.0.40/32"), Dev: "eth1"}}
+			far := netip.MustParseAddrPort("10.9.0.3:40000")
+			s.Drops = &drops.Sample{Drops: []drops.Counted{{Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: 6}, Count: 5}, ReasonName: "IP_INNOROUTES", Symbol: "ip_error+0x92",
+				Flow: &drops.Flow{Client: far, VIP: vip, Real: real40, Direction: "reply", Stage: "straight from the real server, never de-NATed by IPVS"}}}}
+			return s, w
+		}, "client→VIP ✓ 5 · IPVS→real .40 ✓ 5 · reply real→LB ✓ 5 · route: no route to 10.9.0.3 · ✗ ip_error IP_INNOROUTES ×5", false},
 		{"direct routing: the reply skips the LB", func() (*probes.Snapshot, *probes.Window) {
 			s, w := lb("1", 5, 0, 0)
 			s.IPVS.Services[0].Reals[0].Method = ipvs.Route

@@ -202,19 +202,23 @@ func checkOnce(ctx context.Context, t netns.Target, sel probes.Selector, opt win
 func fixFindings(cmd *cobra.Command, t netns.Target, sel probes.Selector, snap *probes.Snapshot, fs []checks.Finding, yes bool, opt window.Options, expected *expect.Config) error {
 	out := cmd.OutOrStdout()
 	var remedies []checks.Remedy
-	var manual []string
+	var manual []checks.Finding
 	for _, f := range fs {
 		if f.Status != checks.Fail {
 			continue
 		}
 		if len(f.Remedies) == 0 {
-			manual = append(manual, f.ID)
+			manual = append(manual, f)
 		}
 		remedies = append(remedies, f.Remedies...)
 	}
 	fmt.Fprintln(out)
-	for _, id := range manual {
-		fmt.Fprintf(out, "--fix cannot repair %s: follow its fix by hand\n", id)
+	for _, f := range manual {
+		why := ""
+		if f.FixByHand != "" {
+			why = " (" + f.FixByHand + ")"
+		}
+		fmt.Fprintf(out, "--fix cannot repair %s%s: follow its fix by hand\n", f.ID, why)
 	}
 	if len(remedies) == 0 {
 		fmt.Fprintln(out, "nothing for --fix to change")

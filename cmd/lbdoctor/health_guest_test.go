@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lbdoctor/lbdoctor/flowpath"
 	"github.com/lbdoctor/lbdoctor/internal/lab"
 	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/report"
@@ -78,7 +79,12 @@ func applyFix(t *testing.T, r *report.Report, id string, ns netns.Target, want s
 
 // Each fault an operator can make of a real server: check under client
 // traffic fails ipvs.real_health and nothing else, naming the real and the
-// service; the finding's own fix makes the client work and the id pass.
+// service, its path telling what came back from the real (a real that
+// never answers ARP sent no reply: IPVS counts the ICMP host-unreachable
+// errors the LB sends about its flows as its packets out, once shown as
+// "SYN-ACK real→LB ✓ 31"; a real that refuses answered with RSTs; one
+// the LB has no route to was never reached); the finding's own fix makes
+// the client work and the id pass.
 func TestGuestRealHealth(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -86,23 +92,42 @@ func TestGuestRealHealth(t *testing.T) {
 		inject  func(t *testing.T, l *lab.Lab, vip netip.AddrPort) string // returns the sick real
 		partial bool                                                      // one real of two: some connections still work
 		fixWith string                                                    // the fix line to apply
+		path    func(t *testing.T, p flowpath.Path)                       // judges the sick real's path
 	}{
 		{name: "nothing listens", topo: lab.OneArm, partial: true, fixWith: "ipvsadm -d",
 			inject: func(t *testing.T, l *lab.Lab, vip netip.AddrPort) string {
 				sick := netip.AddrPortFrom(l.RealIP, 8086).String()
 				testkit.Run(t, l.LB, "ipvsadm", "-a", "-t", vip.String(), "-r", sick, "-m")
 				return sick
+			},
+			path: func(t *testing.T, p flowpath.Path) {
+				wantLeg(t, p, flowpath.Schedule, flowpath.OK, "")
+				wantLeg(t, p, flowpath.Reply, flowpath.OK, "RSTs: the real refuses connections")
 			}},
 		{name: "nobody has the address", topo: lab.OneArm, partial: true, fixWith: "ipvsadm -d",
 			inject: func(t *testing.T, l *lab.Lab, vip netip.AddrPort) string {
 				sick := "10.1.0.99:8085"
 				testkit.Run(t, l.LB, "ipvsadm", "-a", "-t", vip.String(), "-r", sick, "-m")
 				return sick
+			},
+			path: func(t *testing.T, p flowpath.Path) {
+				wantLeg(t, p, flowpath.Schedule, flowpath.Stopped, "no ARP answer from 10.1.0.99")
+				wantLeg(t, p, flowpath.Reply, flowpath.Failed, "no reply: no ARP answer from 10.1.0.99")
+				if l := legOf(p, flowpath.Route); l.Status == flowpath.OK {
+					t.Errorf("route leg %s, want it not crossed: no reply came", l.Status)
+				}
+				if s := p.String(); strings.Contains(s, "SYN-ACK") || !strings.Contains(s, "reply real→LB ✗ (no reply: no ARP answer from 10.1.0.99") {
+					t.Errorf("path = %q, want no SYN-ACK and \"reply real→LB ✗ (no reply: no ARP answer from 10.1.0.99…\"", s)
+				}
 			}},
 		{name: "no route", topo: lab.TwoArm, fixWith: "ip route add",
 			inject: func(t *testing.T, l *lab.Lab, vip netip.AddrPort) string {
 				testkit.Run(t, l.LB, "ip", "route", "del", "10.2.0.0/24", "dev", "eth1")
 				return netip.AddrPortFrom(l.RealIP, 8085).String()
+			},
+			path: func(t *testing.T, p flowpath.Path) {
+				wantLeg(t, p, flowpath.Schedule, flowpath.Stopped, "the LB has no route to 10.2.0.50")
+				wantLeg(t, p, flowpath.Reply, flowpath.Failed, "no reply: the LB has no route to 10.2.0.50")
 			}},
 	}
 	for _, tt := range tests {
@@ -135,6 +160,12 @@ func TestGuestRealHealth(t *testing.T) {
 				if f.ID == "ipvs.real_health" && (!strings.Contains(f.Title, sick) || !strings.Contains(f.Title, vip.String())) {
 					t.Errorf("ipvs.real_health title %q, want it to name the real %s and the service %s", f.Title, sick, vip)
 				}
+			}
+			if p, ok := pathTo(r, sick); !ok {
+				t.Errorf("check has no path to %s", sick)
+			} else {
+				t.Logf("path to %s: %s", sick, p)
+				tt.path(t, p)
 			}
 			t.Logf("with the fault:%s", describe(r))
 			applyFix(t, r, "ipvs.real_health", l.LB, tt.fixWith)

@@ -302,6 +302,28 @@ func snatStep(ns netns.Target, backend string, svc Service) apply.Step {
 		"-m", "comment", "--comment", Comment, "-j", "MASQUERADE"}}
 }
 
+// hairpinStep masquerades the connections of real to itself through svc's
+// VIP (nat.hairpin): setup's source NAT, narrowed to that source and
+// destination.
+func hairpinStep(ns netns.Target, backend string, svc Service, real netip.Addr) apply.Step {
+	if backend == BackendNft {
+		name := fmt.Sprintf("lbdoctor_hairpin_%s_%s_%d_%s", svc.Proto, strings.ReplaceAll(svc.VIP.Addr().String(), ".", "_"), svc.VIP.Port(), strings.ReplaceAll(real.String(), ".", "_"))
+		script := fmt.Sprintf(`table ip %s {
+	comment "made by lbdoctor check --fix: source NAT for real %s calling its own service %s %s"
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		ct original ip daddr %s ct original protocol %s ct original proto-dst %d ip saddr %s ip daddr %s counter masquerade comment "lbdoctor"
+	}
+}
+`, name, real, svc.Proto, svc.VIP, svc.VIP.Addr(), svc.Proto, svc.VIP.Port(), real, real)
+		return apply.NftTable{NS: ns, Family: "ip", Name: name, Script: script, VIP: svc.VIP.String()}
+	}
+	return apply.IptablesRule{NS: ns, Backend: backend, Table: "nat", Chain: "POSTROUTING", VIP: svc.VIP.String(), Rule: []string{
+		"-m", "ipvs", "--vaddr", svc.VIP.Addr().String() + "/32", "--vport", fmt.Sprint(svc.VIP.Port()), "--vproto", svc.Proto,
+		"-s", real.String() + "/32", "-d", real.String() + "/32",
+		"-m", "comment", "--comment", Comment, "-j", "MASQUERADE"}}
+}
+
 // TeardownSteps returns the steps that remove what state records, newest
 // first; with vip set, only that service's objects (sysctls stay while any
 // lbdoctor service remains).
@@ -385,7 +407,15 @@ func RemedySteps(ns netns.Target, snap *probes.Snapshot, remedies []checks.Remed
 			if err != nil {
 				return nil, err
 			}
-			steps = append(steps, snatStep(ns, backend, Service{Proto: r.Proto, VIP: vip}))
+			if r.Real == "" {
+				steps = append(steps, snatStep(ns, backend, Service{Proto: r.Proto, VIP: vip}))
+				continue
+			}
+			real, err := netip.ParseAddr(r.Real)
+			if err != nil || !real.Is4() {
+				return nil, fmt.Errorf("remedy for %s: real %q: want an IPv4 address", r.SNAT, r.Real)
+			}
+			steps = append(steps, hairpinStep(ns, backend, Service{Proto: r.Proto, VIP: vip}, real))
 		case r.Sysctl != "":
 			sysctls = append(sysctls, apply.NewSysctl(ns, r.Sysctl, r.Value))
 		case r.Addr != "":

@@ -518,7 +518,7 @@ func legSpan(l flowpath.Leg, d time.Duration) span {
 			s += " " + rate(l.Packets, d)
 		}
 		return span{s, good}
-	case flowpath.Stopped:
+	case flowpath.Stopped, flowpath.Failed:
 		if l.Note != "" && l.Kind != flowpath.Route {
 			s += " (" + l.Note + ")"
 		}

@@ -50,6 +50,14 @@ func (s Snapshot) RouteTo(a netip.Addr) (Route, bool) {
 	return best, found
 }
 
+// Unroutable reports whether the main table read has no route to a, or
+// one that leads nowhere (an unreachable, blackhole or prohibit route: no
+// device, no gateway), with the route found.
+func (s Snapshot) Unroutable(a netip.Addr) (Route, bool) {
+	r, ok := s.RouteTo(a)
+	return r, !ok || r.Dev == "" && !r.Gw.IsValid()
+}
+
 // LookedUp is the answer to the plain question `ip route get DST` (no
 // source, no input interface) when a probe asked it (Lookups).
 func (s Snapshot) LookedUp(dst netip.Addr) (Decision, bool) {
