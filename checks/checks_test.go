@@ -214,6 +214,32 @@ func TestDropsOwnRedirects(t *testing.T) {
 	}
 }
 
+// drops.vip_flows with packets a real on the LB itself let go (the window
+// kept them apart: Window.LocalSocketFrees): said in the title and a line
+// of their own, never a failure.
+func TestDropsLocalSocketFrees(t *testing.T) {
+	snap := loadFixture(t, "one-arm-redirects")
+	snap.Window.OwnRedirects = nil
+	snap.Conntrack.Backends = append(snap.Conntrack.Backends, netip.MustParseAddrPort("10.1.0.5:8080")) // the DNAT LB's local backend
+	snap.Window.LocalSocketFrees = []drops.Counted{
+		{Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: 6, Src: netip.MustParseAddrPort("10.1.0.3:40000"), Dst: netip.MustParseAddrPort("10.1.0.5:8080")}, Count: 2},
+			ReasonName: "NOT_SPECIFIED", Symbol: "sk_stream_kill_queues+0x58"},
+		{Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: 6, Src: netip.MustParseAddrPort("10.1.0.3:40001"), Dst: netip.MustParseAddrPort("10.1.0.5:8080")}, Count: 1},
+			ReasonName: "NOT_SPECIFIED", Symbol: "sk_stream_kill_queues+0x58"},
+	}
+	f := statusOf(checks.Run(snap, probes.Selector{VIP: netip.MustParseAddrPort("10.1.0.6:0")}), "drops.vip_flows")
+	const wantTitle = "no packet of the selected flows was dropped (3 packets were let go by the LB's own sockets: delivered, not lost)"
+	const wantLine = "3 packets delivered to local real 10.1.0.5:8080 were let go there with no reason named (NOT_SPECIFIED at sk_stream_kill_queues+0x58: " +
+		"a receive queue purged unread at close, a late segment to a closed connection): not lost on the path (a remote real does the same out of the tracer's view) and left out"
+	var facts []string
+	for _, e := range f.Evidence {
+		facts = append(facts, e.Fact)
+	}
+	if f.Status != checks.Pass || f.Title != wantTitle || !slices.Contains(facts, wantLine) {
+		t.Errorf("Run(local real's frees) drops.vip_flows = %s %q, evidence:\n%s\nwant pass %q with a line\n%s", f.Status, f.Title, strings.Join(facts, "\n"), wantTitle, wantLine)
+	}
+}
+
 // The checks beyond the seed, on the seed's fixture with one fact changed.
 func TestChecksOnChangedFixtures(t *testing.T) {
 	tests := []struct {

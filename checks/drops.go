@@ -53,6 +53,7 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 		ev = append(ev, Evidence{Fact: fmt.Sprintf("%d drops of the window's own health probes (late packets of the connections they closed) are not the services' and are left out", w.ProbeDrops), Source: "kfree_skb tracer, health probe"})
 	}
 	ev = append(ev, ownRedirects(s)...)
+	ev = append(ev, localSocketFrees(s)...)
 	if addrs, ports := probes.DropFilter(sel, s.IPVS.Services); probes.WideDropFilter(addrs, ports) {
 		ev = append(ev, Evidence{Fact: fmt.Sprintf("the selected services have %d addresses and %d ports, more than the kernel's drop filter takes (%d of each): "+
 			"every drop in %s was counted and the services' drops selected from them; drops not itemised by flow cannot be told apart and are not among them",
@@ -69,7 +70,7 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 		ev = append(ev, Evidence{Fact: d.NoReasons, Source: "kernel " + s.Kernel})
 	}
 	if total == 0 {
-		f := Finding{Status: Pass, Title: "no packet of the selected flows was dropped" + ownRedirectsTitle(s), Evidence: ev}
+		f := Finding{Status: Pass, Title: "no packet of the selected flows was dropped" + ownRedirectsTitle(s) + localSocketFreesTitle(s), Evidence: ev}
 		switch {
 		case d.Counters.Lost()+d.Counters.Missed > 0:
 			f.Status, f.Title = Warn, "no drop was seen, but the tracer lost some"

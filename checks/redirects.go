@@ -160,3 +160,45 @@ func isBackend(s *probes.Snapshot, a netip.Addr) bool {
 	}
 	return false
 }
+
+// localSocketFrees are drops.vip_flows' evidence lines for the packets the
+// LB's own sockets let go (probes.Window.LocalSocketFrees), one per local
+// destination and place: shown, never judged as the flows' drops.
+func localSocketFrees(s *probes.Snapshot) []Evidence {
+	if s.Window == nil || len(s.Window.LocalSocketFrees) == 0 {
+		return nil
+	}
+	groups := tally.By(s.Window.LocalSocketFrees, func(c drops.Counted) string {
+		return c.Dst.String() + " " + c.Symbol
+	}, func(c drops.Counted) uint64 { return c.Count })
+	var ev []Evidence
+	for _, g := range groups {
+		c := g.First
+		to := "the LB's own socket " + c.Dst.String()
+		if isBackend(s, c.Dst.Addr()) {
+			to = "local real " + c.Dst.String()
+		}
+		ev = append(ev, Evidence{
+			Fact: fmt.Sprintf("%d packets delivered to %s were let go there with no reason named (NOT_SPECIFIED at %s: a receive queue purged unread at close, a late segment to a closed connection): "+
+				"not lost on the path (a remote real does the same out of the tracer's view) and left out", g.Count, to, c.Symbol),
+			Source: "kfree_skb tracer, local routes (ip route show table local)",
+		})
+	}
+	return ev
+}
+
+// localSocketFreesTitle says in drops.vip_flows' title, which text output
+// shows alone for a pass, that local sockets let packets go.
+func localSocketFreesTitle(s *probes.Snapshot) string {
+	if s.Window == nil {
+		return ""
+	}
+	var n uint64
+	for _, c := range s.Window.LocalSocketFrees {
+		n += c.Count
+	}
+	if n == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (%d packets were let go by the LB's own sockets: delivered, not lost)", n)
+}

@@ -67,6 +67,17 @@ type Window struct {
 	// drops every redirect the LB sends, in output (measured on 6.1 and
 	// 6.18; on 6.18 also about a flow it does not translate).
 	OwnRedirects []drops.Counted `json:"own_redirects,omitempty"`
+	// LocalSocketFrees are the packets a socket of the LB's own let go
+	// with no reason the kernel names (NOT_SPECIFIED in the TCP or UDP
+	// receive path or a socket's teardown, to a local address that is no
+	// selected service: a receive queue purged unread at close, a late
+	// segment to a TIME_WAIT socket, as 6.1 frees them). Delivered to a
+	// local end — a real server on the LB itself, or the LB's own
+	// connection —, not lost on the path: a remote real frees the same in
+	// its own namespace, out of the tracer's view. Left out of
+	// Snapshot.Drops (and its attribution counts) and kept here, for
+	// drops.vip_flows to show.
+	LocalSocketFrees []drops.Counted `json:"local_socket_frees,omitempty"`
 	// DropPoints are the window's drops joined to what explains them: the
 	// hook and rule or policy of a netfilter drop, the neighbour of a
 	// NEIGH_FAILED, the interface and route of an IP_RPFILTER.

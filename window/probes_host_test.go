@@ -9,9 +9,9 @@ import (
 	"time"
 
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
+	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/health"
-	"github.com/lbdoctor/lbdoctor/probes/netstate"
 )
 
 // The reals lie behind a router whose link is down (its neighbour entry
@@ -55,7 +55,7 @@ func TestProbeDropsAreTheProbes(t *testing.T) {
 	for _, c := range smp.Drops {
 		all = append(all, fmt.Sprintf("%s %s → %s ×%d", c.ReasonName, c.Src, c.Dst, c.Count))
 	}
-	own, _ := splitOwn(smp, hs, netstate.Snapshot{})
+	own, _, _ := splitOwn(smp, hs, &probes.Snapshot{})
 	left := smp.Drops
 	var got []string
 	for _, c := range left {

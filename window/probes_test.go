@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/health"
 	"github.com/lbdoctor/lbdoctor/probes/netstate"
@@ -34,7 +35,7 @@ func TestProbesOwn(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			smp := &drops.Sample{Drops: tt.ds}
-			own, _ := splitOwn(smp, tt.hs, netstate.Snapshot{})
+			own, _, _ := splitOwn(smp, tt.hs, &probes.Snapshot{})
 			if left := smp.Drops; len(left) != tt.wantLeft || own != tt.wantOwn {
 				t.Errorf("splitOwn(%v) = %d drops left, %d the probes'; want %d, %d", tt.ds, len(left), own, tt.wantLeft, tt.wantOwn)
 			}
@@ -64,7 +65,7 @@ func TestSplitOwnAttribution(t *testing.T) {
 		},
 		Attribution: drops.Attribution{Attributed: 1 + 3 + 4, NotAttributed: 2 + 5},
 	}
-	probeDrops, own := splitOwn(smp, []health.Result{probed}, lb)
+	probeDrops, own, _ := splitOwn(smp, []health.Result{probed}, &probes.Snapshot{Net: lb})
 	got := smp.Attribution
 	if probeDrops != 3 || len(own) != 1 || len(smp.Drops) != 2 || got.Attributed != 4 || got.NotAttributed != 5 {
 		t.Errorf("splitOwn() = %d probe drops, %d own redirects, %d left, attribution %d/%d; want 3, 1, 2, 4/5",

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -391,7 +392,7 @@ func (wt *Watcher) next(ctx context.Context, opt Options) (*probes.Snapshot, err
 		select {
 		case r := <-traced:
 			if r.smp != nil {
-				w.ProbeDrops, w.OwnRedirects = splitOwn(r.smp, w.Health, before.Net)
+				w.ProbeDrops, w.OwnRedirects, w.LocalSocketFrees = splitOwn(r.smp, w.Health, before)
 			}
 			before.Drops = r.smp
 			if r.err != nil {
@@ -635,13 +636,53 @@ func RoutesBack(s *probes.Snapshot) []netstate.Decision {
 
 // splitOwn takes out of smp the drops of the LB's own packets that are no
 // packet of the services' flows: the health probes' connections (their
-// count returned) and the ICMP redirects the LB sent itself (returned).
-// smp's attribution counts follow (drops.Sample.Split).
-func splitOwn(smp *drops.Sample, hs []health.Result, net netstate.Snapshot) (probeDrops uint64, redirects []drops.Counted) {
+// count returned), the ICMP redirects the LB sent itself and what its own
+// sockets let go (both returned). smp's attribution counts follow
+// (drops.Sample.Split).
+func splitOwn(smp *drops.Sample, hs []health.Result, s *probes.Snapshot) (probeDrops uint64, redirects, socketFrees []drops.Counted) {
 	for _, c := range smp.Split(probesOwn(hs)) {
 		probeDrops += c.Count
 	}
-	return probeDrops, smp.Split(ownRedirect(net))
+	redirects = smp.Split(ownRedirect(s.Net))
+	if smp.NoReasons != "" {
+		// Every drop is NOT_SPECIFIED on a kernel without reasons: a
+		// packet nothing listens for (NO_SOCKET) would be among them.
+		return probeDrops, redirects, nil
+	}
+	return probeDrops, redirects, smp.Split(localSocketFree(s))
+}
+
+// socketLayer are the functions where a packet delivered to a local
+// socket is freed without a reason named: TCP's and UDP's receive paths
+// (a segment to a TIME_WAIT socket, tcp_v4_rcv's discard_it) and a
+// socket's teardown (its unread receive queue purged).
+var socketLayer = map[string]bool{
+	"sk_stream_kill_queues": true, "inet_sock_destruct": true, "__sk_destruct": true,
+	"tcp_v4_rcv": true, "tcp_v6_rcv": true, "tcp_v4_do_rcv": true, "tcp_v6_do_rcv": true,
+	"tcp_rcv_state_process": true, "tcp_rcv_established": true, "tcp_data_queue": true,
+	"udp_queue_rcv_one_skb": true, "udpv6_queue_rcv_one_skb": true,
+}
+
+// localSocketFree tells the packets a local socket of the LB let go
+// (see probes.Window.LocalSocketFrees): NOT_SPECIFIED in socketLayer, to
+// a local address of s, not to a selected service's VIP and port (a
+// packet IPVS did not take is the flows' own drop). Pure.
+func localSocketFree(s *probes.Snapshot) func(drops.Counted) bool {
+	local := s.Net.LocalSet()
+	vips := map[netip.AddrPort]bool{}
+	for _, svc := range s.IPVS.Services {
+		if svc.FWMark == 0 {
+			vips[svc.Addr] = true
+		}
+	}
+	return func(c drops.Counted) bool {
+		fn, _, _ := strings.Cut(c.Symbol, "+")
+		if c.ReasonName != "NOT_SPECIFIED" || !socketLayer[fn] || c.Family == 0 || vips[c.Dst] {
+			return false
+		}
+		isLocal, ok := local.Holds(c.Dst.Addr())
+		return isLocal || !ok && s.Net.HasAddr(c.Dst.Addr())
+	}
 }
 
 // probesOwn tells the drops of the health probes' own connections (the
