@@ -133,14 +133,19 @@ func ownRedirectsTitle(s *probes.Snapshot) string {
 	if s.Window == nil {
 		return ""
 	}
+	return countedTitle(s.Window.OwnRedirects, " (%d of the LB's own ICMP redirects were: harmless, send_redirects is on)")
+}
+
+// countedTitle is format with the drops cs count, "" when they count none.
+func countedTitle(cs []drops.Counted, format string) string {
 	var n uint64
-	for _, c := range s.Window.OwnRedirects {
+	for _, c := range cs {
 		n += c.Count
 	}
 	if n == 0 {
 		return ""
 	}
-	return fmt.Sprintf(" (%d of the LB's own ICMP redirects were: harmless, send_redirects is on)", n)
+	return fmt.Sprintf(format, n)
 }
 
 // isBackend reports whether a is a real server of an IPVS service or a
@@ -193,12 +198,5 @@ func localSocketFreesTitle(s *probes.Snapshot) string {
 	if s.Window == nil {
 		return ""
 	}
-	var n uint64
-	for _, c := range s.Window.LocalSocketFrees {
-		n += c.Count
-	}
-	if n == 0 {
-		return ""
-	}
-	return fmt.Sprintf(" (%d packets were let go by the LB's own sockets: delivered, not lost)", n)
+	return countedTitle(s.Window.LocalSocketFrees, " (%d packets were let go by the LB's own sockets: delivered, not lost)")
 }
