@@ -426,9 +426,14 @@ func (b pathBuilder) routeLeg(svc ipvs.Service, r ipvs.Real, routed bool) flowpa
 		l.Note = key + " not read"
 	case v.Value == "0":
 		l.Status, l.Note = flowpath.Stopped, who+" not local, forwarding off"
-	case client.IsValid() && !routed && netRead(s) && unroutable(s, client):
+	case client.IsValid() && netRead(s) && unroutable(s, client):
 		// Forwarded, the reply dies in the route lookup (IP_INNOROUTES).
+		// Replies IPVS counted out were to other clients (a connection
+		// from an address the LB routes back to, the window's others).
 		l.Status, l.Note = flowpath.Stopped, "no route to "+who
+		if routed {
+			l.Note += " (other replies were routed)"
+		}
 	default:
 		l.Note = "forwarded to " + who
 		if routed {

@@ -2,7 +2,6 @@ package conntrack_test
 
 import (
 	"bytes"
-	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"os"
@@ -12,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mdlayher/netlink"
-	"github.com/ti-mo/netfilter"
 	"golang.org/x/sys/unix"
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
@@ -38,10 +35,10 @@ func BenchmarkDumpVIP(b *testing.B) {
 		total, _ = strconv.Atoi(s)
 	}
 	const vipFlows = 1000
-	raiseHostSysctl(b, "net.netfilter.nf_conntrack_max", total+100_000)
-	raiseHostSysctl(b, "net.netfilter.nf_conntrack_buckets", total/4)
+	testkit.RaiseHostSysctl(b, "net.netfilter.nf_conntrack_max", total+100_000)
+	testkit.RaiseHostSysctl(b, "net.netfilter.nf_conntrack_buckets", total/4)
 	ns := testkit.Netns(b, "bench")
-	if err := fillTable(ns, total, vipFlows); err != nil {
+	if err := testkit.FillConntrack(ns, total, netip.AddrPortFrom(benchVIP, 8085), vipFlows); err != nil {
 		b.Fatal(err)
 	}
 	st, err := conntrack.ReadStats(ns)
@@ -151,87 +148,4 @@ func maxRSS(b *testing.B, cmd *exec.Cmd, ns netns.Target) float64 {
 			}
 		}
 	}
-}
-
-func raiseHostSysctl(b *testing.B, key string, min int) {
-	path := "/proc/sys/" + strings.ReplaceAll(key, ".", "/")
-	old, err := os.ReadFile(path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if v, _ := strconv.Atoi(strings.TrimSpace(string(old))); v >= min {
-		return
-	}
-	if err := os.WriteFile(path, []byte(strconv.Itoa(min)), 0o644); err != nil {
-		b.Fatalf("raise %s: %v", key, err)
-	}
-	b.Cleanup(func() { os.WriteFile(path, old, 0o644) })
-}
-
-// fillTable inserts total UDP flows over netlink in batches, vip of them to
-// benchVIP:8085 and the rest to other addresses.
-func fillTable(ns netns.Target, total, vip int) error {
-	return ns.Do(func() error {
-		sock, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(sock)
-		if err := unix.Bind(sock, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-			return err
-		}
-		var batch []byte
-		flush := func() error {
-			if len(batch) == 0 {
-				return nil
-			}
-			err := unix.Sendto(sock, batch, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
-			batch = batch[:0]
-			return err
-		}
-		for i := 0; i < total; i++ {
-			dst := benchVIP
-			if i >= vip {
-				dst = netip.AddrFrom4([4]byte{10, 2 + byte(i>>16), byte(i >> 8), byte(i)})
-			}
-			src := netip.AddrFrom4([4]byte{10, 100, byte(i >> 8), byte(i)})
-			msg, err := newFlowMsg(src, dst, uint16(1024+i%60000), 8085, uint32(i+1))
-			if err != nil {
-				return err
-			}
-			batch = append(batch, msg...)
-			if len(batch) > 200_000 {
-				if err := flush(); err != nil {
-					return fmt.Errorf("insert flows: %w", err)
-				}
-			}
-		}
-		return flush()
-	})
-}
-
-func newFlowMsg(src, dst netip.Addr, sport, dport uint16, seq uint32) ([]byte, error) {
-	be16 := func(v uint16) []byte { return binary.BigEndian.AppendUint16(nil, v) }
-	be32 := func(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
-	tuple := func(typ uint16, s, d netip.Addr, sp, dp uint16) netfilter.Attribute {
-		return netfilter.Attribute{Type: typ, Nested: true, Children: []netfilter.Attribute{
-			{Type: 1, Nested: true, Children: []netfilter.Attribute{{Type: 1, Data: s.AsSlice()}, {Type: 2, Data: d.AsSlice()}}},
-			{Type: 2, Nested: true, Children: []netfilter.Attribute{{Type: 1, Data: []byte{unix.IPPROTO_UDP}}, {Type: 2, Data: be16(sp)}, {Type: 3, Data: be16(dp)}}},
-		}}
-	}
-	m, err := netfilter.MarshalNetlink(netfilter.Header{
-		SubsystemID: netfilter.NFSubsysCTNetlink, MessageType: 0, Family: netfilter.ProtoIPv4,
-		Flags: netlink.Request | netlink.Create | netlink.Excl,
-	}, []netfilter.Attribute{
-		tuple(1, src, dst, sport, dport),
-		tuple(2, dst, src, dport, sport),
-		{Type: 3, Data: be32(1<<3 | 1<<1)}, // CONFIRMED | SEEN_REPLY
-		{Type: 7, Data: be32(3600)},
-	})
-	if err != nil {
-		return nil, err
-	}
-	m.Header.Length = uint32(unix.NLMSG_HDRLEN + len(m.Data))
-	m.Header.Sequence = seq
-	return m.MarshalBinary()
 }
