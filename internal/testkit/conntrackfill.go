@@ -38,8 +38,10 @@ func RaiseHostSysctl(tb testing.TB, key string, min int) {
 // FillConntrack inserts total confirmed UDP flows into ns's conntrack
 // table over netlink (ctnetlink IPCTNL_MSG_CT_NEW, in batches), vipFlows
 // of them to vip and the rest to other addresses (10.2.0.0/15) on vip's
-// port, each from its own client of 10.100.0.0/16.
-func FillConntrack(ns netns.Target, total int, vip netip.AddrPort, vipFlows int) error {
+// port, each from its own client of 10.100.0.0/16. With a valid backend,
+// the VIP's flows are answered by it, as a DNAT rule's are (their reply
+// tuple's source).
+func FillConntrack(ns netns.Target, total int, vip netip.AddrPort, vipFlows int, backend netip.AddrPort) error {
 	return ns.Do(func() error {
 		sock, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
 		if err != nil {
@@ -64,7 +66,11 @@ func FillConntrack(ns netns.Target, total int, vip netip.AddrPort, vipFlows int)
 				dst = netip.AddrFrom4([4]byte{10, 2 + byte(i>>16), byte(i >> 8), byte(i)})
 			}
 			src := netip.AddrFrom4([4]byte{10, 100, byte(i >> 8), byte(i)})
-			msg, err := newFlowMsg(src, dst, uint16(1024+i%60000), vip.Port(), uint32(i+1))
+			reply := netip.AddrPortFrom(dst, vip.Port())
+			if i < vipFlows && backend.IsValid() {
+				reply = backend
+			}
+			msg, err := newFlowMsg(src, dst, uint16(1024+i%60000), vip.Port(), reply, uint32(i+1))
 			if err != nil {
 				return err
 			}
@@ -79,7 +85,8 @@ func FillConntrack(ns netns.Target, total int, vip netip.AddrPort, vipFlows int)
 	})
 }
 
-func newFlowMsg(src, dst netip.Addr, sport, dport uint16, seq uint32) ([]byte, error) {
+// newFlowMsg is one flow src:sport → dst:dport answered by reply.
+func newFlowMsg(src, dst netip.Addr, sport, dport uint16, reply netip.AddrPort, seq uint32) ([]byte, error) {
 	be16 := func(v uint16) []byte { return binary.BigEndian.AppendUint16(nil, v) }
 	be32 := func(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
 	tuple := func(typ uint16, s, d netip.Addr, sp, dp uint16) netfilter.Attribute {
@@ -93,7 +100,7 @@ func newFlowMsg(src, dst netip.Addr, sport, dport uint16, seq uint32) ([]byte, e
 		Flags: netlink.Request | netlink.Create | netlink.Excl,
 	}, []netfilter.Attribute{
 		tuple(1, src, dst, sport, dport),
-		tuple(2, dst, src, dport, sport),
+		tuple(2, reply.Addr(), src, reply.Port(), sport),
 		{Type: 3, Data: be32(1<<3 | 1<<1)}, // CONFIRMED | SEEN_REPLY
 		{Type: 7, Data: be32(3600)},
 	})

@@ -38,7 +38,7 @@ func BenchmarkDumpVIP(b *testing.B) {
 	testkit.RaiseHostSysctl(b, "net.netfilter.nf_conntrack_max", total+100_000)
 	testkit.RaiseHostSysctl(b, "net.netfilter.nf_conntrack_buckets", total/4)
 	ns := testkit.Netns(b, "bench")
-	if err := testkit.FillConntrack(ns, total, netip.AddrPortFrom(benchVIP, 8085), vipFlows); err != nil {
+	if err := testkit.FillConntrack(ns, total, netip.AddrPortFrom(benchVIP, 8085), vipFlows, netip.AddrPort{}); err != nil {
 		b.Fatal(err)
 	}
 	st, err := conntrack.ReadStats(ns)
