@@ -185,10 +185,7 @@ func (r Rule) IsSourceNAT() bool { return r.Target == "MASQUERADE" || r.Target =
 // vip (any port when its port is 0): an `-m ipvs` match that selects it, or
 // a conntrack original destination (--ctorigdst, nft `ct original`) that is it.
 func (r Rule) CoversVIP(vip netip.AddrPort) bool {
-	if !r.IsSourceNAT() || !r.Covers(vip.Addr()) { // never the other family's
-		return false
-	}
-	if !r.Covers(vip.Addr()) { // an iptables rule never sees an IPv6 packet
+	if !r.IsSourceNAT() || !r.Covers(vip.Addr()) { // never the other family's: an iptables rule never sees an IPv6 packet
 		return false
 	}
 	return r.IPVS.MatchesVIP(vip.Addr(), vip.Port()) || (r.CtOrigDst != "" && r.CtOrigDst == vip.Addr().String())
