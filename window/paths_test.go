@@ -145,24 +145,10 @@ func TestPaths(t *testing.T) {
 			return s, w
 		}, "client→VIP ✓ 6 · IPVS→real .40 ✓ 6 · SNAT ✓ · reply real→LB ✓ 6 (RSTs: the real refuses connections) · de-SNAT (PREROUTING) · route: forwarded to the client ✓", true},
 		{"two-arm: the LB has no route back to the client, the replies die in the route lookup", func() (*probes.Snapshot, *probes.Window) {
-			s, w := lb("1", 5, 0, 0)
-			s.Rules.Rules, w.Deltas.Rules = nil, nil
-			s.Net.Links = append(s.Net.Links, netstate.Link{Name: "eth1", Up: true, Addrs: []netip.Prefix{netip.MustParsePrefix("10.2.0.1/24")}})
-			s.Net.Routes = []netstate.Route{{Dst: netip.MustParsePrefix("10.1.0.0/24"), Dev: "eth0"}, {Dst: netip.MustParsePrefix("10.1.0.40/32"), Dev: "eth1"}}
-			far := netip.MustParseAddrPort("10.9.0.3:40000")
-			s.Drops = &drops.Sample{Drops: []drops.Counted{{Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: 6}, Count: 5}, ReasonName: "IP_INNOROUTES", Symbol: "ip_error+0x92",
-				Flow: &drops.Flow{Client: far, VIP: vip, Real: real40, Direction: "reply", Stage: "straight from the real server, never de-NATed by IPVS"}}}}
-			return s, w
+			return noRouteBack(0)
 		}, "client→VIP ✓ 5 · IPVS→real .40 ✓ 5 · reply real→LB ✓ 5 · route: no route to 10.9.0.3 · ✗ ip_error IP_INNOROUTES ×5", false},
 		{"two-arm: replies to one client routed, to another they die in the route lookup", func() (*probes.Snapshot, *probes.Window) {
-			s, w := lb("1", 5, 2, 0)
-			s.Rules.Rules, w.Deltas.Rules = nil, nil
-			s.Net.Links = append(s.Net.Links, netstate.Link{Name: "eth1", Up: true, Addrs: []netip.Prefix{netip.MustParsePrefix("10.2.0.1/24")}})
-			s.Net.Routes = []netstate.Route{{Dst: netip.MustParsePrefix("10.1.0.0/24"), Dev: "eth0"}, {Dst: netip.MustParsePrefix("10.1.0.40/32"), Dev: "eth1"}}
-			far := netip.MustParseAddrPort("10.9.0.3:40000")
-			s.Drops = &drops.Sample{Drops: []drops.Counted{{Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: 6}, Count: 5}, ReasonName: "IP_INNOROUTES", Symbol: "ip_error+0x92",
-				Flow: &drops.Flow{Client: far, VIP: vip, Real: real40, Direction: "reply", Stage: "straight from the real server, never de-NATed by IPVS"}}}}
-			return s, w
+			return noRouteBack(2)
 		}, "client→VIP ✓ 5 · IPVS→real .40 ✓ 5 · reply real→LB ✓ 7 · route: no route to 10.9.0.3 (other replies were routed) · ✗ ip_error IP_INNOROUTES ×5", false},
 		{"direct routing: the reply skips the LB", func() (*probes.Snapshot, *probes.Window) {
 			s, w := lb("1", 5, 0, 0)
@@ -251,4 +237,18 @@ func BenchmarkPaths(b *testing.B) {
 			b.Fatalf("Paths = %d paths, want %d", len(ps), MaxPaths)
 		}
 	}
+}
+
+// noRouteBack is a two-arm LB whose main table has no route to client
+// 10.9.0.3: its real's 5 replies to it die in ip_error (IP_INNOROUTES),
+// while IPVS routed routed replies out to other clients.
+func noRouteBack(routed uint32) (*probes.Snapshot, *probes.Window) {
+	s, w := lb("1", 5, routed, 0)
+	s.Rules.Rules, w.Deltas.Rules = nil, nil
+	s.Net.Links = append(s.Net.Links, netstate.Link{Name: "eth1", Up: true, Addrs: []netip.Prefix{netip.MustParsePrefix("10.2.0.1/24")}})
+	s.Net.Routes = []netstate.Route{{Dst: netip.MustParsePrefix("10.1.0.0/24"), Dev: "eth0"}, {Dst: netip.MustParsePrefix("10.1.0.40/32"), Dev: "eth1"}}
+	far := netip.MustParseAddrPort("10.9.0.3:40000")
+	s.Drops = &drops.Sample{Drops: []drops.Counted{{Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: 6}, Count: 5}, ReasonName: "IP_INNOROUTES", Symbol: "ip_error+0x92",
+		Flow: &drops.Flow{Client: far, VIP: vip, Real: real40, Direction: "reply", Stage: "straight from the real server, never de-NATed by IPVS"}}}}
+	return s, w
 }
