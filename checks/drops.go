@@ -10,6 +10,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/internal/tally"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
+	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
 
@@ -281,7 +282,7 @@ func dropRemedy(s *probes.Snapshot, sel probes.Selector, c drops.Counted) (why s
 			return "a packet filter dropped it: " + p.Cause, pointFix(s, sel, p), nil
 		}
 		if svc, ok := noRealDrop(s, sel, c); ok {
-			return "IPVS dropped it: " + svc.Key() + " has no real server of weight > 0, so IPVS answers the client with ICMP port unreachable and drops the packet (see ipvs.reals_available)", realsFix(s), nil
+			return "IPVS dropped it: " + svc.Key() + " has no real server of weight > 0, so IPVS answers the client with ICMP port unreachable and drops the packet (see ipvs.reals_available)", realsFix(s, []ipvs.Service{svc}), nil
 		}
 		hook := c.Hook
 		if hook == "" {
