@@ -30,6 +30,15 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 		return skip("the drop tracer could not run: " + e)
 	}
 	if s.Drops == nil {
+		if w := s.Window; w != nil {
+			// A window ran and traced nothing: say why, not --watch 0.
+			for _, k := range []string{"window", probes.LayerDrops} {
+				if why, ok := w.Skipped[k]; ok {
+					return skip("drops were not traced: " + why)
+				}
+			}
+			return skip("drops were not traced in the window")
+		}
 		return skip("drops were not traced: the window was off (--watch 0); watch while traffic flows, e.g. --watch 5s")
 	}
 	d := s.Drops

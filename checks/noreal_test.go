@@ -91,3 +91,28 @@ func TestRealsAvailableFix(t *testing.T) {
 		})
 	}
 }
+
+// drops.vip_flows says why a window traced no drop: --watch 0 only when
+// there was no window.
+func TestDropsSkipSaysWhy(t *testing.T) {
+	tests := []struct {
+		name   string
+		window *probes.Window
+		want   string
+	}{
+		{"static", nil, "drops were not traced: the window was off (--watch 0); watch while traffic flows, e.g. --watch 5s"},
+		{"nothing to watch", &probes.Window{Skipped: map[string]string{"window": "nothing to watch: no IPVS service and no --vip"}},
+			"drops were not traced: nothing to watch: no IPVS service and no --vip"},
+		{"not asked for", &probes.Window{Skipped: map[string]string{probes.LayerDrops: "drop tracing was not asked for"}},
+			"drops were not traced: drop tracing was not asked for"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := loadFixture(t, "seed-stage3")
+			s.Window, s.Drops = tt.window, nil
+			if f := statusOf(checks.Run(s, probes.Selector{}), "drops.vip_flows"); f.Status != checks.Skip || f.Reason != tt.want {
+				t.Errorf("Run(%s) drops.vip_flows = %s %q, want skip %q", tt.name, f.Status, f.Reason, tt.want)
+			}
+		})
+	}
+}
