@@ -38,8 +38,14 @@ func TestGuestTeardownVIPKeepsFixedService(t *testing.T) {
 	if ok := clientTries(l, a, n); ok != n {
 		t.Fatalf("after --fix %d of %d connections to %s answered, want all:\n%s", ok, n, a, fix)
 	}
-	if out, code := testkit.RunLbdoctor(t, "setup", "--netns", l.LB.Name, "--vip", b.String(), "--real", real); code != 0 {
+	out, code := testkit.RunLbdoctor(t, "setup", "--netns", l.LB.Name, "--vip", b.String(), "--real", real)
+	if code != 0 {
 		t.Fatalf("setup --vip %s = exit %d:\n%s", b, code, out)
+	}
+	// B's VIP was no address of the LB: setup added it (IPVS sees only
+	// packets to a local address), and B answers.
+	if ok := clientTries(l, b, n); !strings.Contains(out, "ip addr add "+b.Addr().String()+"/32 dev eth0") || ok != n {
+		t.Errorf("setup --vip %s (not a local address): %d of %d connections answered, want all, and the address added:\n%s", b, ok, n, out)
 	}
 	down, code := testkit.RunLbdoctor(t, "teardown", "--netns", l.LB.Name, "--vip", b.String())
 	t.Logf("teardown --vip %s:\n%s", b, down)
