@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -225,6 +226,52 @@ func TestNeverWorkedDNATVIPBehindForwardDropPolicy(t *testing.T) {
 	}
 	if want := "tracing too the backends its conntrack flows and DNAT rules show: " + backend + " (DNAT rule)"; !strings.Contains(stderr, want) {
 		t.Errorf("drops stderr = %q, want %q", stderr, want)
+	}
+}
+
+// A client of an nft DNAT VIP whose source the two-arm LB routes back by
+// its other arm is dropped by strict rp_filter after the DNAT (the dropped
+// SYN carries the backend's address): sysctl.rp_filter fails naming the
+// source and the VIP's interface, and drops.vip_flows warns, explained by
+// it, instead of failing beside a passing sysctl.rp_filter.
+func TestCheckRPFilterDropsOfAnNftDNATVIP(t *testing.T) {
+	l := testkit.Lab(t, lab.TwoArm)
+	vip := netip.AddrPortFrom(l.VIP, 8085)
+	testkit.Serve(t, l.Real, ":8085")
+	testkit.NftNAT(t, l.LB, vip, netip.AddrPortFrom(l.RealIP, 8085), false)
+	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+	if res := lab.Probe(context.Background(), l.Client, vip, 2*time.Second); !res.OK { // the neighbours, learned
+		t.Fatal(res.Err)
+	}
+	client := netip.MustParseAddr("10.9.0.3")
+	testkit.Run(t, l.Client, "ip", "addr", "add", "10.9.0.3/24", "dev", "eth0")
+	testkit.Run(t, l.LB, "ip", "route", "add", "10.9.0.0/24", "via", l.RealIP.String())
+	testkit.Sysctl(t, l.LB, "net.ipv4.conf.all.rp_filter", "1")
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		time.Sleep(500 * time.Millisecond)
+		for range 3 {
+			_ = l.Client.Do(func() error {
+				d := net.Dialer{Timeout: 300 * time.Millisecond, LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(client, 0))}
+				if c, err := d.Dial("tcp", vip.String()); err == nil {
+					c.Close()
+				}
+				return nil
+			})
+		}
+	}()
+	r, _ := checkJSON(t, "--netns", l.LB.Name, "--vip", vip.String(), "--watch", "2500ms")
+	<-done
+	rp := findingOf(r, "sysctl.rp_filter")
+	remedy := checks.Remedy{Sysctl: "net.ipv4.conf.eth0.rp_filter", Value: "2"}
+	if rp.Status != checks.Fail || !strings.Contains(rp.Title, "from 10.9.0.3 to "+l.VIP.String()) || !slices.Contains(rp.Remedies, remedy) {
+		t.Errorf("check sysctl.rp_filter = %s %q, remedies %v; want fail from 10.9.0.3 to %s, remedy %+v", rp.Status, rp.Title, rp.Remedies, l.VIP, remedy)
+	}
+	d := findingOf(r, "drops.vip_flows")
+	if d.Status != checks.Warn || !strings.Contains(d.Title, "IP_RPFILTER") || !strings.Contains(d.Title, "the cause: sysctl.rp_filter") {
+		t.Errorf("check drops.vip_flows = %s %q (%s), want warn: IP_RPFILTER, the cause: sysctl.rp_filter", d.Status, d.Title, d.Reason)
 	}
 }
 
