@@ -227,27 +227,25 @@ func TestRPFilterDropsOfADNATVIP(t *testing.T) {
 		s.Rules.Rules = append(s.Rules.Rules, rules.Rule{Backend: rules.Nft, Family: "ip", Table: "ip nat", Chain: "pre", Hook: "prerouting", Target: "DNAT",
 			Spec: "ip daddr 10.1.0.6 tcp dport 8085 dnat to 10.2.0.50:8085"})
 	}
+	learned := func(s *probes.Snapshot) {
+		s.Conntrack.Backends = []netip.AddrPort{netip.MustParseAddrPort("10.2.0.50:8085")}
+	}
 	tests := []struct {
-		name      string
-		change    func(*probes.Snapshot)
-		wantRP    checks.Status
-		wantRPIn  string
-		wantDrops checks.Status
+		name             string
+		backend, dropDst func(*probes.Snapshot) // where the backend is known from; the drops' destination
+		wantRP, wantDrop checks.Status
+		wantRPIn         string
 	}{
-		{"backend from its DNAT rule", func(s *probes.Snapshot) { dnatVIP(s); rule(s); dropsTo(s, "10.2.0.50:8085") },
-			checks.Fail, "4 × IP_RPFILTER: packets from 10.9.0.3 to 10.1.0.6", checks.Warn},
-		{"backend from conntrack", func(s *probes.Snapshot) {
-			dnatVIP(s)
-			s.Conntrack.Backends = []netip.AddrPort{netip.MustParseAddrPort("10.2.0.50:8085")}
-			dropsTo(s, "10.2.0.50:8085")
-		}, checks.Fail, "the reverse-path filter dropped 4 packets from 10.9.0.3 to 10.1.0.6", checks.Warn},
-		{"drops to no backend of it", func(s *probes.Snapshot) { dnatVIP(s); rule(s); dropsTo(s, "10.2.0.99:8085") },
-			checks.Skip, "no client source", checks.Fail},
+		{"backend from its DNAT rule", rule, func(s *probes.Snapshot) { dropsTo(s, "10.2.0.50:8085") }, checks.Fail, checks.Warn, "4 × IP_RPFILTER: packets from 10.9.0.3 to 10.1.0.6"},
+		{"backend from conntrack", learned, func(s *probes.Snapshot) { dropsTo(s, "10.2.0.50:8085") }, checks.Fail, checks.Warn, "the reverse-path filter dropped 4 packets from 10.9.0.3 to 10.1.0.6"},
+		{"drops to no backend of it", rule, func(s *probes.Snapshot) { dropsTo(s, "10.2.0.99:8085") }, checks.Skip, checks.Fail, "no client source"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s := twoArmLocal(t)
-			tt.change(s)
+			dnatVIP(s)
+			tt.backend(s)
+			tt.dropDst(s)
 			fs := checks.Run(s, probes.Selector{VIP: vip})
 			f := statusOf(fs, "sysctl.rp_filter")
 			text := findingText(f)
@@ -256,8 +254,8 @@ func TestRPFilterDropsOfADNATVIP(t *testing.T) {
 				t.Errorf("Run(%s) sysctl.rp_filter = %s\n%s\nremedies %v, want %s with %q and remedy %+v", tt.name, f.Status, text, f.Remedies, tt.wantRP, tt.wantRPIn, remedy)
 			}
 			d := statusOf(fs, "drops.vip_flows")
-			if d.Status != tt.wantDrops || (tt.wantDrops == checks.Warn && !strings.Contains(d.Title, "the cause: sysctl.rp_filter")) {
-				t.Errorf("Run(%s) drops.vip_flows = %s %q (%s), want %s (explained by sysctl.rp_filter when a warning)", tt.name, d.Status, d.Title, d.Reason, tt.wantDrops)
+			if d.Status != tt.wantDrop || (tt.wantDrop == checks.Warn && !strings.Contains(d.Title, "the cause: sysctl.rp_filter")) {
+				t.Errorf("Run(%s) drops.vip_flows = %s %q (%s), want %s (explained by sysctl.rp_filter when a warning)", tt.name, d.Status, d.Title, d.Reason, tt.wantDrop)
 			}
 		})
 	}
