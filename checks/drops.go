@@ -10,6 +10,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/internal/tally"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
+	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
 
@@ -29,6 +30,15 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 		return skip("the drop tracer could not run: " + e)
 	}
 	if s.Drops == nil {
+		if w := s.Window; w != nil {
+			// A window ran and traced nothing: say why, not --watch 0.
+			for _, k := range []string{"window", probes.LayerDrops} {
+				if why, ok := w.Skipped[k]; ok {
+					return skip("drops were not traced: " + why)
+				}
+			}
+			return skip("drops were not traced in the window")
+		}
 		return skip("drops were not traced: the window was off (--watch 0); watch while traffic flows, e.g. --watch 5s")
 	}
 	d := s.Drops
@@ -279,7 +289,7 @@ func dropRemedy(s *probes.Snapshot, sel probes.Selector, c drops.Counted) (why s
 			return "a packet filter dropped it: " + p.Cause, pointFix(s, sel, p), nil
 		}
 		if svc, ok := noRealDrop(s, sel, c); ok {
-			return "IPVS dropped it: " + svc.Key() + " has no real server of weight > 0, so IPVS answers the client with ICMP port unreachable and drops the packet (see ipvs.reals_available)", realsFix(s), nil
+			return "IPVS dropped it: " + svc.Key() + " has no real server of weight > 0, so IPVS answers the client with ICMP port unreachable and drops the packet (see ipvs.reals_available)", realsFix(s, []ipvs.Service{svc}), nil
 		}
 		hook := c.Hook
 		if hook == "" {

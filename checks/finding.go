@@ -225,6 +225,16 @@ func selectedKeys(s *probes.Snapshot, sel probes.Selector) []string {
 	return keys
 }
 
+// FindingServices names the services f is about (ipvs.Service.Key): its
+// Services, or every selected service when it names none (check --fix
+// records its changes as made for them).
+func FindingServices(s *probes.Snapshot, sel probes.Selector, f Finding) []string {
+	if len(f.Services) > 0 {
+		return f.Services
+	}
+	return selectedKeys(s, sel)
+}
+
 // captureEvidence says, for each path a capture counted (check
 // --capture), where its packets were last seen on the wire and the leg
 // they never reached.

@@ -61,15 +61,43 @@ func checkRealsAvailable(s *probes.Snapshot, sel probes.Selector) Finding {
 		Reason:   "IPVS accepts the client's SYN for the VIP and has nowhere to send it",
 		Evidence: ev,
 		about:    bad,
-		Fix:      realsFix(s),
+		Fix:      realsFix(s, svcs),
 		// IPVS's own drop of those SYNs is this fault, not a second one
 		// for drops.vip_flows to fail on (and, fixed during the window,
 		// a drop of its first read).
 		explains: func(c drops.Counted) bool { _, ok := noRealDrop(s, sel, c); return ok }}
 }
 
-func realsFix(s *probes.Snapshot) []string {
-	return []string{fmt.Sprintf("%sipvsadm -a -t VIP:PORT -r REAL:PORT -m -w 1   # or raise a weight with ipvsadm -e", s.Target.ExecPrefix())}
+// maxFixLines is the most commands realsFix lists.
+const maxFixLines = 10
+
+// realsFix gives each service of svcs without a real of weight > 0 one:
+// its weight-0 reals weight 1 again (ipvsadm -e, as they are), or, with
+// none, the command that adds one, its address left for the operator.
+// At most maxFixLines lines: a fix is typed, not scrolled.
+func realsFix(s *probes.Snapshot, svcs []ipvs.Service) []string {
+	var fix []string
+	for _, svc := range svcs {
+		if slices.ContainsFunc(svc.Reals, func(r ipvs.Real) bool { return r.Weight > 0 }) {
+			continue
+		}
+		if len(svc.Reals) == 0 {
+			port := "PORT"
+			if svc.FWMark == 0 {
+				port = strconv.Itoa(int(svc.Addr.Port()))
+			}
+			fix = append(fix, fmt.Sprintf("%sipvsadm -a %s -r REAL:%s -m -w 1   # REAL: a server of the service; -m for NAT", s.Target.ExecPrefix(), ipvsadmService(svc), port))
+			continue
+		}
+		for _, r := range svc.Reals {
+			fix = append(fix, fmt.Sprintf("%sipvsadm -e %s -r %s %s -w 1", s.Target.ExecPrefix(), ipvsadmService(svc), r.Addr, methodFlag(r.Method)))
+		}
+	}
+	if len(fix) > maxFixLines {
+		n := len(fix) - maxFixLines
+		fix = append(fix[:maxFixLines], fmt.Sprintf("# … and %s like them", tally.Of(n, "more command")))
+	}
+	return fix
 }
 
 // noRealDrop is the selected service without a real of weight > 0 whose

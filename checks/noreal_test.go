@@ -65,3 +65,54 @@ func TestDropsNoRealServer(t *testing.T) {
 		})
 	}
 }
+
+// ipvs.reals_available's fix is the command for the service at hand: its
+// weight-0 reals weighted again (ipvsadm -e, an -a would fail: they
+// exist), or, with no real, the -a that adds one, the address left open.
+func TestRealsAvailableFix(t *testing.T) {
+	tests := []struct {
+		name    string
+		change  func(*probes.Snapshot)
+		wantFix []string
+	}{
+		{"a real of weight 0", func(s *probes.Snapshot) { s.IPVS.Services[0].Reals[0].Weight = 0 },
+			[]string{"ip netns exec lb ipvsadm -e -t 10.1.0.6:8085 -r 10.1.0.50:8085 -m -w 1"}},
+		{"no real", func(s *probes.Snapshot) { s.IPVS.Services[0].Reals = nil },
+			[]string{"ip netns exec lb ipvsadm -a -t 10.1.0.6:8085 -r REAL:8085 -m -w 1   # REAL: a server of the service; -m for NAT"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := loadFixture(t, "seed-stage3")
+			tt.change(s)
+			f := statusOf(checks.Run(s, probes.Selector{}), "ipvs.reals_available")
+			if f.Status != checks.Fail || strings.Join(f.Fix, "\n") != strings.Join(tt.wantFix, "\n") {
+				t.Errorf("Run(%s) ipvs.reals_available = %s, fix %q; want fail, fix %q", tt.name, f.Status, f.Fix, tt.wantFix)
+			}
+		})
+	}
+}
+
+// drops.vip_flows says why a window traced no drop: --watch 0 only when
+// there was no window.
+func TestDropsSkipSaysWhy(t *testing.T) {
+	tests := []struct {
+		name   string
+		window *probes.Window
+		want   string
+	}{
+		{"static", nil, "drops were not traced: the window was off (--watch 0); watch while traffic flows, e.g. --watch 5s"},
+		{"nothing to watch", &probes.Window{Skipped: map[string]string{"window": "nothing to watch: no IPVS service and no --vip"}},
+			"drops were not traced: nothing to watch: no IPVS service and no --vip"},
+		{"not asked for", &probes.Window{Skipped: map[string]string{probes.LayerDrops: "drop tracing was not asked for"}},
+			"drops were not traced: drop tracing was not asked for"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := loadFixture(t, "seed-stage3")
+			s.Window, s.Drops = tt.window, nil
+			if f := statusOf(checks.Run(s, probes.Selector{}), "drops.vip_flows"); f.Status != checks.Skip || f.Reason != tt.want {
+				t.Errorf("Run(%s) drops.vip_flows = %s %q, want skip %q", tt.name, f.Status, f.Reason, tt.want)
+			}
+		})
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -203,6 +204,10 @@ func fixFindings(cmd *cobra.Command, t netns.Target, sel probes.Selector, snap *
 	out := cmd.OutOrStdout()
 	var remedies []checks.Remedy
 	var manual []checks.Finding
+	// The services each change is made for: a sysctl several findings
+	// need is made for all their services (none named: every service's).
+	services := map[checks.Remedy][]string{}
+	everyone := map[checks.Remedy]bool{}
 	for _, f := range fs {
 		if f.Status != checks.Fail {
 			continue
@@ -211,6 +216,20 @@ func fixFindings(cmd *cobra.Command, t netns.Target, sel probes.Selector, snap *
 			manual = append(manual, f)
 		}
 		remedies = append(remedies, f.Remedies...)
+		keys := checks.FindingServices(snap, sel, f)
+		for _, r := range f.Remedies {
+			everyone[r] = everyone[r] || len(keys) == 0
+			for _, k := range keys {
+				if !slices.Contains(services[r], k) {
+					services[r] = append(services[r], k)
+				}
+			}
+		}
+	}
+	for r := range everyone {
+		if everyone[r] {
+			delete(services, r)
+		}
 	}
 	fmt.Fprintln(out)
 	for _, f := range manual {
@@ -227,7 +246,7 @@ func fixFindings(cmd *cobra.Command, t netns.Target, sel probes.Selector, snap *
 		}
 		return nil
 	}
-	steps, err := setup.RemedySteps(t, snap, remedies)
+	steps, err := setup.RemedySteps(t, snap, remedies, services)
 	if err != nil {
 		return err
 	}
@@ -250,7 +269,7 @@ func fixFindings(cmd *cobra.Command, t netns.Target, sel probes.Selector, snap *
 			return false
 		}
 	}
-	if err := runPlanConfirm(cmd, t, steps, false, "fix", recordOwned, confirm); err != nil {
+	if err := runPlanConfirm(cmd, t, steps, false, "fix", recordShared(steps), confirm); err != nil {
 		return err
 	}
 	// The same window again: a fix is proven by traffic that now passes.

@@ -88,6 +88,10 @@ func flagError(_ *cobra.Command, err error) error {
 		return usageErrorf("%v", err)
 	}
 	f := ive.GetFlag()
+	var twice *givenTwiceError
+	if errors.As(err, &twice) {
+		return usageErrorf("%s given twice (%s, then %s): give it once", flagName(f), input.Quote(twice.first), input.Quote(ive.GetValue()))
+	}
 	var ne *strconv.NumError
 	tooLarge := errors.As(err, &ne) && errors.Is(ne.Err, strconv.ErrRange)
 	want := ""
@@ -203,10 +207,47 @@ func strictArgs(cmd *cobra.Command) {
 	default:
 		cmd.Args = noArgs
 	}
+	for _, fs := range []*pflag.FlagSet{cmd.LocalNonPersistentFlags(), cmd.PersistentFlags()} {
+		fs.VisitAll(onlyOnce)
+	}
 	for _, c := range cmd.Commands() {
 		strictArgs(c)
 	}
 }
+
+// onlyOnce makes a flag that takes one value refuse a second (exit 2):
+// pflag keeps the last, so `check --vip A --vip B` judged B alone, saying
+// nothing. Repeatable flags (slices, arrays, counts, --port) take many.
+func onlyOnce(f *pflag.Flag) {
+	if _, done := f.Value.(*onceValue); done {
+		return
+	}
+	t := f.Value.Type()
+	if strings.HasSuffix(t, "Slice") || strings.HasSuffix(t, "Array") || t == "count" || t == "ports" {
+		return
+	}
+	f.Value = &onceValue{Value: f.Value}
+}
+
+// onceValue is a flag's value that may be set once.
+type onceValue struct {
+	pflag.Value
+	first *string // the value given first
+}
+
+func (o *onceValue) Set(s string) error {
+	if o.first != nil {
+		return &givenTwiceError{first: *o.first}
+	}
+	o.first = &s
+	return o.Value.Set(s)
+}
+
+// givenTwiceError is a second value for a flag that takes one (flagError
+// words it).
+type givenTwiceError struct{ first string }
+
+func (e *givenTwiceError) Error() string { return "given twice (first " + input.Quote(e.first) + ")" }
 
 // newHelpCmd is `lbdoctor help [COMMAND…]`: the help of that command, and a
 // usage error for one that does not exist.

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/netip"
@@ -79,7 +80,7 @@ second run changes nothing. What it made is recorded, and
 			for _, d := range decisions {
 				printf(out, "%s: source NAT %s (%s)\n", d.Service, map[bool]string{true: "needed", false: "not needed"}[d.SNAT], d.Reason)
 			}
-			return runPlan(cmd, t, steps, dryRun, "setup", recordOwned)
+			return runPlan(cmd, t, steps, dryRun, "setup", recordShared(steps))
 		},
 	}
 	f := cmd.Flags()
@@ -176,7 +177,11 @@ func newTeardownCmd(g *globalFlags) *cobra.Command {
 made in the namespace, and puts back the sysctls it changed (while they still
 hold the value it set) — never an object it found there, nor a service that
 now has real servers lbdoctor did not add. With --vip only that service's
-objects go (sysctls stay while another lbdoctor service remains). A record
+objects go, and a shared change (a sysctl, an address) only when no other
+service it was made for — by setup, or by check --fix for the services its
+finding named — needs it; the plan says what stays and why. A change
+recorded without its services (by an older lbdoctor) goes only with a whole
+teardown. A record
 made for another namespace under the same name is refused (exit 2); one from
 another boot, or without the namespace's identity, proves nothing: its
 objects are left, named, and the record is forgotten.`,
@@ -200,27 +205,41 @@ objects are left, named, and the record is forgotten.`,
 			if err != nil {
 				return err
 			}
-			steps, objs := setup.TeardownSteps(t, st, ap)
-			if len(objs) == 0 {
-				out := cmd.OutOrStdout()
-				if len(st.Unproven) > 0 {
-					printUnproven(out, t, st)
-					if !dryRun {
-						if err := st.Save(t); err != nil { // forgets them
-							return fmt.Errorf("teardown: forget the record: %w", err)
-						}
-					}
-					printf(out, "nothing to tear down: no record proves lbdoctor made anything in %s\n", t)
-					return nil
-				}
-				printf(out, "nothing to tear down: lbdoctor made nothing in %s\n", t)
-				return nil
+			steps, objs, kept := setup.TeardownSteps(t, st, ap)
+			out := cmd.OutOrStdout()
+			for _, k := range kept {
+				printf(out, "kept %s\n", k)
 			}
-			return runPlan(cmd, t, steps, dryRun, "teardown", func(st *apply.State, _ []apply.Step) {
+			forget := func(st *apply.State, _ []apply.Step) {
 				for _, o := range objs {
 					st.Remove(o)
 				}
-			})
+				if ap.IsValid() {
+					st.Release(ap.String()) // what stays for others is no longer made for it
+				}
+			}
+			if len(objs) == 0 {
+				if len(st.Unproven) > 0 {
+					printUnproven(out, t, st)
+				}
+				if !dryRun {
+					// Forgets unproven objects, and ap's share of what stays.
+					forget(st, nil)
+					if err := st.Save(t); err != nil {
+						return fmt.Errorf("teardown: save the record: %w", err)
+					}
+				}
+				switch {
+				case len(st.Unproven) > 0:
+					printf(out, "nothing to tear down: no record proves lbdoctor made anything in %s\n", t)
+				case ap.IsValid() && len(kept) > 0:
+					printf(out, "nothing to tear down: lbdoctor made nothing for %s alone in %s\n", ap, t)
+				default:
+					printf(out, "nothing to tear down: lbdoctor made nothing in %s\n", t)
+				}
+				return nil
+			}
+			return runPlan(cmd, t, steps, dryRun, "teardown", forget)
 		},
 	}
 	cmd.Flags().StringVar(&vip, "vip", "", "only this service, `ADDR:PORT`")
@@ -255,8 +274,10 @@ func runPlanConfirm(cmd *cobra.Command, t netns.Target, steps []apply.Step, dryR
 	}
 	if plan.Empty() {
 		printf(out, "nothing to change: %s already matches\n", t)
-		if len(plan.Left)+len(st.Unproven) > 0 && !dryRun {
-			record(st, nil) // teardown forgets what it leaves: it is no longer lbdoctor's
+		before, _ := json.Marshal(st.Objects)
+		record(st, nil) // teardown forgets what it leaves: it is no longer lbdoctor's
+		after, _ := json.Marshal(st.Objects)
+		if (len(plan.Left)+len(st.Unproven) > 0 || !bytes.Equal(before, after)) && !dryRun {
 			if err := st.Save(t); err != nil {
 				return fmt.Errorf("%s: save the record: %w", verb, err)
 			}
@@ -290,6 +311,21 @@ func runPlanConfirm(cmd *cobra.Command, t netns.Target, steps []apply.Step, dryR
 func printUnproven(w io.Writer, t netns.Target, st *apply.State) {
 	for _, o := range st.Unproven {
 		printf(w, "left %s in %s: %s; not proven lbdoctor's\n", o, t, st.Why)
+	}
+}
+
+// recordShared is recordOwned for a plan of steps: a change one of them
+// needs that lbdoctor recorded before (for other services) and found
+// already there is now made for these steps' services too, so a teardown
+// of those keeps it.
+func recordShared(steps []apply.Step) func(*apply.State, []apply.Step) {
+	return func(st *apply.State, done []apply.Step) {
+		recordOwned(st, done)
+		for _, s := range steps {
+			if o := s.Owned(); o != nil && st.Owns(*o) {
+				st.Add(*o)
+			}
+		}
 	}
 }
 

@@ -69,6 +69,11 @@ func selector(vip, proto string, needPort bool) (probes.Selector, error) {
 	}
 	sel := probes.Selector{Proto: p}
 	if vip == "" {
+		if proto != "" {
+			// The protocol of --vip's service: alone it would select
+			// nothing less than every service, silently.
+			return sel, usageErrorf("--proto %s needs --vip: it is the protocol of the VIP's service", input.Quote(proto))
+		}
 		return sel, nil
 	}
 	sel.VIP, err = parseVIP(vip, needPort)

@@ -168,3 +168,38 @@ func TestRunRollsBackWhenInterrupted(t *testing.T) {
 		})
 	}
 }
+
+// A change recorded again for another service is made for both; one
+// recorded without services (an older lbdoctor's) stays every service's;
+// Release drops a VIP's share only while another service needs it.
+func TestStateSharedServices(t *testing.T) {
+	const a, b = "TCP 10.1.0.6:8085", "TCP 10.1.0.7:80"
+	sysctl := func(services ...string) apply.Object {
+		return apply.Object{Kind: "sysctl", Key: "net.ipv4.ip_forward", Previous: "0", Set: "1", Services: services}
+	}
+	tests := []struct {
+		name    string
+		record  []apply.Object
+		release string
+		want    []string
+	}{
+		{"one service", []apply.Object{sysctl(a)}, "", []string{a}},
+		{"made again for another", []apply.Object{sysctl(a), sysctl(b), sysctl(a)}, "", []string{a, b}},
+		{"older record without services", []apply.Object{sysctl(), sysctl(b)}, "", nil},
+		{"made for every service later", []apply.Object{sysctl(a), sysctl()}, "", nil},
+		{"released by one of two", []apply.Object{sysctl(a), sysctl(b)}, "10.1.0.7:80", []string{a}},
+		{"released by its only service", []apply.Object{sysctl(a)}, "10.1.0.6:8085", []string{a}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st := &apply.State{}
+			st.Add(tt.record...)
+			if tt.release != "" {
+				st.Release(tt.release)
+			}
+			if len(st.Objects) != 1 || fmt.Sprint(st.Objects[0].Services) != fmt.Sprint(tt.want) || st.Objects[0].Previous != "0" {
+				t.Errorf("Add(%v) then Release(%q) = %+v, want one object made for %v with its first Previous", tt.record, tt.release, st.Objects, tt.want)
+			}
+		})
+	}
+}

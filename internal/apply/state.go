@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -30,11 +31,36 @@ type Object struct {
 	Rule     []string `json:"rule,omitempty"`
 	Family   string   `json:"family,omitempty"`
 	Dev      string   `json:"dev,omitempty"` // the interface of an address (Key: ADDR/BITS)
+	// Services names the services a change shared by several — a sysctl,
+	// an address — was made for (ServiceKey: "TCP 10.1.0.6:8085"): setup's
+	// services that need it, or the services --fix's finding named.
+	// teardown --vip undoes it only when no other service it names needs
+	// it. Absent (an older lbdoctor's record, or a fix no service was
+	// named for): it is every service's, and only a whole teardown undoes
+	// it. Objects of one service (ipvs-*, rules, tables) name it by VIP.
+	Services []string `json:"services,omitempty"`
+}
+
+// ServiceKey names a service in Object.Services, as ipvsadm prints it and
+// checks.Finding.Services does: "TCP 10.1.0.6:8085".
+func ServiceKey(proto string, vip netip.AddrPort) string {
+	return strings.ToUpper(proto) + " " + vip.String()
+}
+
+// ServiceVIP is the ADDR:PORT of a ServiceKey ("" for one that has none,
+// such as "FWM 16").
+func ServiceVIP(key string) string {
+	_, vip, _ := strings.Cut(key, " ")
+	if _, err := netip.ParseAddrPort(vip); err != nil {
+		return ""
+	}
+	return vip
 }
 
 // Same reports whether two records name the same object.
 func (o Object) Same(p Object) bool {
 	o.Previous, p.Previous, o.Set, p.Set = "", "", "", ""
+	o.Services, p.Services = nil, nil
 	a, _ := json.Marshal(o)
 	b, _ := json.Marshal(p)
 	return string(a) == string(b)
@@ -258,24 +284,49 @@ func (s *State) Save(t netns.Target) error {
 	return os.Rename(tmp, path)
 }
 
-// Add records objects (once each).
+// Add records objects (once each). An object already recorded is now also
+// made for o's services: a change several services need stays until none
+// of them is torn down (none named: every service's).
 func (s *State) Add(objs ...Object) {
 	for _, o := range objs {
-		if !s.Owns(o) {
+		i := s.index(o)
+		if i < 0 {
 			s.Objects = append(s.Objects, o)
+			continue
+		}
+		x := &s.Objects[i]
+		if len(x.Services) == 0 || len(o.Services) == 0 {
+			x.Services = nil
+			continue
+		}
+		for _, k := range o.Services {
+			if !slices.Contains(x.Services, k) {
+				x.Services = append(x.Services, k)
+			}
+		}
+	}
+}
+
+// index is where o is recorded, -1 when it is not.
+func (s *State) index(o Object) int {
+	return slices.IndexFunc(s.Objects, o.Same)
+}
+
+// Release says that the services of vip (ADDR:PORT, any protocol) no
+// longer need the recorded objects other services need too: they stay for
+// those (teardown --vip removes the ones only vip's services needed).
+func (s *State) Release(vip string) {
+	for i := range s.Objects {
+		x := &s.Objects[i]
+		rest := slices.DeleteFunc(slices.Clone(x.Services), func(k string) bool { return ServiceVIP(k) == vip })
+		if len(rest) > 0 {
+			x.Services = rest
 		}
 	}
 }
 
 // Owns reports whether lbdoctor made o.
-func (s *State) Owns(o Object) bool {
-	for _, x := range s.Objects {
-		if x.Same(o) {
-			return true
-		}
-	}
-	return false
-}
+func (s *State) Owns(o Object) bool { return s.index(o) >= 0 }
 
 // Remove forgets o.
 func (s *State) Remove(o Object) {

@@ -226,6 +226,8 @@ type Sysctl struct {
 	Key      string
 	Value    string
 	previous *string // read by Needed, so the plan knows what it replaces
+	// Services are the services (ServiceKey) it is set for: Object.Services.
+	Services []string
 }
 
 // NewSysctl makes a Sysctl step.
@@ -260,7 +262,7 @@ func (s *Sysctl) Apply(ctx context.Context) error {
 }
 func (s *Sysctl) Undo(context.Context) error { return s.write(*s.previous) }
 func (s *Sysctl) Owned() *Object {
-	return &Object{Kind: "sysctl", Key: s.Key, Previous: *s.previous, Set: s.Value}
+	return &Object{Kind: "sysctl", Key: s.Key, Previous: *s.previous, Set: s.Value, Services: s.Services}
 }
 
 // RestoreSysctl puts back the value a sysctl had before lbdoctor set it, but
@@ -438,6 +440,8 @@ type Address struct {
 	NS     netns.Target
 	Prefix netip.Prefix
 	Dev    string
+	// Services are the services (ServiceKey) it is added for: Object.Services.
+	Services []string
 }
 
 func (a Address) Describe() string {
@@ -475,5 +479,5 @@ func (a Address) Undo(context.Context) error {
 	return a.do(func(l netlink.Link, ad *netlink.Addr) error { return netlink.AddrDel(l, ad) })
 }
 func (a Address) Owned() *Object {
-	return &Object{Kind: "address", Key: a.Prefix.String(), Dev: a.Dev}
+	return &Object{Kind: "address", Key: a.Prefix.String(), Dev: a.Dev, Services: a.Services}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -368,8 +369,8 @@ func FuzzParseIpvsadm(f *testing.F) {
 	})
 }
 
-// teardown --vip picks only that service's objects, and keeps the sysctls
-// while another lbdoctor service remains.
+// teardown --vip picks only that service's objects, and keeps the
+// sysctls and addresses recorded without services (an older lbdoctor's).
 func TestTeardownStepsForOneVIP(t *testing.T) {
 	ns := netns.Target{Spec: "lb", Name: "lb", Path: "/run/netns/lb"}
 	st := &apply.State{}
@@ -383,7 +384,7 @@ func TestTeardownStepsForOneVIP(t *testing.T) {
 	}
 	st.Add(apply.Object{Kind: "sysctl", Key: "net.ipv4.ip_forward", Previous: "0"},
 		apply.Object{Kind: "address", Key: "10.1.0.6/32", Dev: "eth0"}) // check --fix of ipvs.vip_local
-	_, objs := setup.TeardownSteps(ns, st, netip.MustParseAddrPort("10.1.0.6:443"))
+	_, objs, _ := setup.TeardownSteps(ns, st, netip.MustParseAddrPort("10.1.0.6:443"))
 	var got []string
 	for _, o := range objs {
 		got = append(got, o.Kind+" "+o.VIP+o.Real+strings.Join(o.Rule, " "))
@@ -391,7 +392,104 @@ func TestTeardownStepsForOneVIP(t *testing.T) {
 	if len(objs) != 3 || strings.Contains(strings.Join(got, "|"), ":80") || strings.Contains(strings.Join(got, "|"), "--vport 80") {
 		t.Errorf("TeardownSteps(--vip :443) = %q, want the 3 objects of :443 only", got)
 	}
-	if _, all := setup.TeardownSteps(ns, st, netip.AddrPort{}); len(all) != 8 {
+	if _, all, _ := setup.TeardownSteps(ns, st, netip.AddrPort{}); len(all) != 8 {
 		t.Errorf("TeardownSteps(all) = %d objects, want 8", len(all))
+	}
+}
+
+// The user's record: check --fix made a source NAT rule and sysctls for
+// service A (which lbdoctor did not make), setup made service B and found
+// some of A's sysctls already set (now made for both). teardown --vip B
+// undoes only what B alone needs, and says what it keeps and why.
+func TestTeardownStepsKeepsOtherServices(t *testing.T) {
+	ns := netns.Target{Spec: "lb", Name: "lb", Path: "/run/netns/lb"}
+	const a, b = "TCP 10.1.0.6:8085", "TCP 10.1.0.7:80"
+	record := func() *apply.State {
+		st := &apply.State{}
+		st.Add( // check --fix for A
+			apply.Object{Kind: "iptables-rule", Backend: "iptables-legacy", Table: "nat", Chain: "POSTROUTING", VIP: "10.1.0.6:8085",
+				Rule: []string{"-m", "ipvs", "--vaddr", "10.1.0.6/32", "--vport", "8085", "--vproto", "tcp", "-j", "MASQUERADE"}},
+			apply.Object{Kind: "sysctl", Key: "net.ipv4.ip_forward", Previous: "0", Set: "1", Services: []string{a}},
+			apply.Object{Kind: "sysctl", Key: "net.ipv4.vs.conntrack", Previous: "0", Set: "1", Services: []string{a}},
+			apply.Object{Kind: "sysctl", Key: "net.ipv4.conf.all.send_redirects", Previous: "1", Set: "0", Services: []string{a}},
+		)
+		st.Add( // setup of B: its own objects, and what it found already set
+			apply.Object{Kind: "ipvs-service", VIP: "10.1.0.7:80", Proto: "tcp", Key: "rr"},
+			apply.Object{Kind: "ipvs-real", VIP: "10.1.0.7:80", Proto: "tcp", Real: "10.1.0.50:8085", Key: "1"},
+			apply.Object{Kind: "sysctl", Key: "net.ipv4.ip_forward", Services: []string{b}},
+			apply.Object{Kind: "sysctl", Key: "net.ipv4.vs.expire_nodest_conn", Previous: "0", Set: "1", Services: []string{b}},
+			apply.Object{Kind: "sysctl", Key: "net.ipv4.vs.conntrack", Services: []string{b}},
+		)
+		return st
+	}
+	const rule = "iptables-legacy rule -t nat -A POSTROUTING -m ipvs --vaddr 10.1.0.6/32 --vport 8085 --vproto tcp -j MASQUERADE"
+	tests := []struct {
+		name    string
+		release string // a --vip torn down before
+		vip     string
+		undone  []string // newest first
+		kept    []string
+	}{
+		{
+			name:   "B",
+			vip:    "10.1.0.7:80",
+			undone: []string{"sysctl net.ipv4.vs.expire_nodest_conn", "ipvs real 10.1.0.50:8085 of tcp 10.1.0.7:80", "ipvs service tcp 10.1.0.7:80"},
+			kept: []string{
+				"sysctl net.ipv4.conf.all.send_redirects: made for TCP 10.1.0.6:8085, not 10.1.0.7:80",
+				"sysctl net.ipv4.vs.conntrack: still needed by TCP 10.1.0.6:8085",
+				"sysctl net.ipv4.ip_forward: still needed by TCP 10.1.0.6:8085",
+				rule + ": made for 10.1.0.6:8085, not 10.1.0.7:80",
+			},
+		},
+		{
+			name:    "A after B",
+			release: "10.1.0.7:80",
+			vip:     "10.1.0.6:8085",
+			undone:  []string{"sysctl net.ipv4.conf.all.send_redirects", "sysctl net.ipv4.vs.conntrack", "sysctl net.ipv4.ip_forward", rule},
+		},
+		{
+			name:   "A while B stands",
+			vip:    "10.1.0.6:8085",
+			undone: []string{"sysctl net.ipv4.conf.all.send_redirects", rule},
+			kept: []string{
+				"sysctl net.ipv4.vs.expire_nodest_conn: made for TCP 10.1.0.7:80, not 10.1.0.6:8085",
+				"ipvs real 10.1.0.50:8085 of tcp 10.1.0.7:80: made for 10.1.0.7:80, not 10.1.0.6:8085",
+				"ipvs service tcp 10.1.0.7:80: made for 10.1.0.7:80, not 10.1.0.6:8085",
+				"sysctl net.ipv4.vs.conntrack: still needed by TCP 10.1.0.7:80",
+				"sysctl net.ipv4.ip_forward: still needed by TCP 10.1.0.7:80",
+			},
+		},
+		{
+			name: "everything",
+			undone: []string{"sysctl net.ipv4.vs.expire_nodest_conn", "ipvs real 10.1.0.50:8085 of tcp 10.1.0.7:80", "ipvs service tcp 10.1.0.7:80",
+				"sysctl net.ipv4.conf.all.send_redirects", "sysctl net.ipv4.vs.conntrack", "sysctl net.ipv4.ip_forward", rule},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st := record()
+			if tt.release != "" {
+				_, objs, _ := setup.TeardownSteps(ns, st, netip.MustParseAddrPort(tt.release))
+				for _, o := range objs {
+					st.Remove(o)
+				}
+				st.Release(tt.release)
+			}
+			var vip netip.AddrPort
+			if tt.vip != "" {
+				vip = netip.MustParseAddrPort(tt.vip)
+			}
+			_, objs, kept := setup.TeardownSteps(ns, st, vip)
+			var undone []string
+			for _, o := range objs {
+				undone = append(undone, o.String())
+			}
+			if !slices.Equal(undone, tt.undone) {
+				t.Errorf("TeardownSteps(--vip %s) undoes %q, want %q", tt.vip, undone, tt.undone)
+			}
+			if !slices.Equal(kept, tt.kept) {
+				t.Errorf("TeardownSteps(--vip %s) kept = %q, want %q", tt.vip, kept, tt.kept)
+			}
+		})
 	}
 }

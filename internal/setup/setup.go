@@ -183,13 +183,18 @@ type Decision struct {
 func Steps(ns netns.Target, spec Spec, snap *probes.Snapshot) ([]apply.Step, []Decision, error) {
 	var steps []apply.Step
 	var decisions []Decision
+	// Each sysctl is recorded with the services that need it (by key,
+	// apply.ServiceKey), so teardown --vip undoes it only with the last.
 	var redirects []checks.Remedy
-	anySNAT := false
+	redirectFor := map[checks.Remedy][]string{}
+	var all, snat []string
 	backend, err := snatBackend(spec.SNATBackend, snap)
 	if err != nil {
 		return nil, nil, err
 	}
 	for _, svc := range spec.Services {
+		key := apply.ServiceKey(svc.Proto, svc.VIP)
+		all = append(all, key)
 		s := apply.IPVSService{NS: ns, Proto: svc.Proto, VIP: svc.VIP, Scheduler: svc.Scheduler}
 		steps = append(steps, s)
 		var reals []netip.Addr
@@ -197,7 +202,7 @@ func Steps(ns netns.Target, spec Spec, snap *probes.Snapshot) ([]apply.Step, []D
 			steps = append(steps, apply.IPVSReal{Service: s, Real: r.Addr, Weight: r.Weight})
 			reals = append(reals, r.Addr.Addr())
 		}
-		d := Decision{Service: strings.ToUpper(svc.Proto) + " " + svc.VIP.String()}
+		d := Decision{Service: key}
 		rp := checks.DecideReturnPath(snap, svc.VIP.Addr(), reals)
 		switch svc.SNAT {
 		case SNATAlways:
@@ -209,35 +214,46 @@ func Steps(ns netns.Target, spec Spec, snap *probes.Snapshot) ([]apply.Step, []D
 		}
 		decisions = append(decisions, d)
 		if d.SNAT {
-			anySNAT = true
+			snat = append(snat, key)
 			steps = append(steps, snatStep(ns, backend, svc))
 			if rp.OneArm {
 				// Replies now leave where they came in: no redirects to the reals.
-				redirects = append(redirects, checks.RedirectRemedies(rp.Dev)...)
+				for _, r := range checks.RedirectRemedies(rp.Dev) {
+					if _, ok := redirectFor[r]; !ok {
+						redirects = append(redirects, r)
+					}
+					redirectFor[r] = append(redirectFor[r], key)
+				}
 			}
 		}
+	}
+	sysctlFor := func(key, value string, services []string) apply.Step {
+		s := apply.NewSysctl(ns, key, value)
+		s.Services = services
+		return s
 	}
 	// Forwarding first in the kernel's eyes does not matter; last here so a
 	// half-built service never starts forwarding.
 	// One switch per address family the services use (sysctl.ip_forward's).
-	forwarding := map[string]bool{}
+	var forwarding []string
+	forwardingFor := map[string][]string{}
 	for _, svc := range spec.Services {
-		if key := checks.ForwardingKey(svc.VIP.Addr()); !forwarding[key] {
-			forwarding[key] = true
-			steps = append(steps, apply.NewSysctl(ns, key, "1"))
+		key := checks.ForwardingKey(svc.VIP.Addr())
+		if _, ok := forwardingFor[key]; !ok {
+			forwarding = append(forwarding, key)
 		}
+		forwardingFor[key] = append(forwardingFor[key], apply.ServiceKey(svc.Proto, svc.VIP))
+	}
+	for _, key := range forwarding {
+		steps = append(steps, sysctlFor(key, "1", forwardingFor[key]))
 	}
 	// Connections to a real server that is removed are expired, not blackholed.
-	steps = append(steps, apply.NewSysctl(ns, "net.ipv4.vs.expire_nodest_conn", "1"))
-	if anySNAT {
-		steps = append(steps, apply.NewSysctl(ns, "net.ipv4.vs.conntrack", "1"))
+	steps = append(steps, sysctlFor("net.ipv4.vs.expire_nodest_conn", "1", all))
+	if len(snat) > 0 {
+		steps = append(steps, sysctlFor("net.ipv4.vs.conntrack", "1", snat))
 	}
-	seen := map[checks.Remedy]bool{}
 	for _, r := range redirects {
-		if !seen[r] {
-			seen[r] = true
-			steps = append(steps, apply.NewSysctl(ns, r.Sysctl, r.Value))
-		}
+		steps = append(steps, sysctlFor(r.Sysctl, r.Value, redirectFor[r]))
 	}
 	return steps, decisions, nil
 }
@@ -325,32 +341,54 @@ func hairpinStep(ns netns.Target, backend string, svc Service, real netip.Addr) 
 }
 
 // TeardownSteps returns the steps that remove what state records, newest
-// first; with vip set, only that service's objects (sysctls stay while any
-// lbdoctor service remains).
-func TeardownSteps(ns netns.Target, st *apply.State, vip netip.AddrPort) ([]apply.Step, []apply.Object) {
-	var steps []apply.Step
-	var objs []apply.Object
-	remaining := map[string]bool{}
-	for _, o := range st.Objects {
-		if o.Kind == "ipvs-service" && vip.IsValid() && o.VIP != vip.String() {
-			remaining[o.VIP] = true
-		}
-	}
+// first, and the objects they remove. With vip set, only what was made for
+// that service: its own objects, and a shared change (a sysctl, an address)
+// that no other recorded service needs; kept says, one line each, what
+// stays and why.
+func TeardownSteps(ns netns.Target, st *apply.State, vip netip.AddrPort) (steps []apply.Step, objs []apply.Object, kept []string) {
 	for i := len(st.Objects) - 1; i >= 0; i-- {
 		o := st.Objects[i]
-		mine := !vip.IsValid() || o.VIP == vip.String()
-		if o.Kind == "sysctl" || o.Kind == "address" {
-			mine = len(remaining) == 0
-		}
-		if !mine {
-			continue
+		if vip.IsValid() {
+			if why := keeps(o, vip.String()); why != "" {
+				kept = append(kept, fmt.Sprintf("%s: %s", o, why))
+				continue
+			}
 		}
 		if s := stepFor(ns, st, o); s != nil {
 			steps = append(steps, s)
 			objs = append(objs, o)
 		}
 	}
-	return steps, objs
+	return steps, objs, kept
+}
+
+// keeps says why teardown --vip vip leaves o, "" when o is vip's alone.
+func keeps(o apply.Object, vip string) string {
+	if o.VIP != "" && len(o.Services) == 0 { // one service's own object
+		if o.VIP == vip {
+			return ""
+		}
+		return "made for " + o.VIP + ", not " + vip
+	}
+	if len(o.Services) == 0 {
+		return "recorded without the services it was made for (by an older lbdoctor, or a --fix that named none): only a whole teardown undoes it"
+	}
+	var others []string
+	mine := false
+	for _, k := range o.Services {
+		if apply.ServiceVIP(k) == vip {
+			mine = true
+		} else {
+			others = append(others, k)
+		}
+	}
+	switch {
+	case !mine:
+		return "made for " + strings.Join(others, ", ") + ", not " + vip
+	case len(others) > 0:
+		return "still needed by " + strings.Join(others, ", ")
+	}
+	return ""
 }
 
 // recordedReals lists the real servers the record holds for service svc.
@@ -387,8 +425,10 @@ func stepFor(ns netns.Target, st *apply.State, o apply.Object) apply.Step {
 	return nil
 }
 
-// RemedySteps turns the remedies of failing findings into steps, once each.
-func RemedySteps(ns netns.Target, snap *probes.Snapshot, remedies []checks.Remedy) ([]apply.Step, error) {
+// RemedySteps turns the remedies of failing findings into steps, once
+// each. A shared change (a sysctl, an address) is recorded as made for
+// the services for names (apply.ServiceKey; none: every service).
+func RemedySteps(ns netns.Target, snap *probes.Snapshot, remedies []checks.Remedy, services map[checks.Remedy][]string) ([]apply.Step, error) {
 	var steps []apply.Step
 	seen := map[checks.Remedy]bool{}
 	var sysctls []apply.Step
@@ -417,13 +457,15 @@ func RemedySteps(ns netns.Target, snap *probes.Snapshot, remedies []checks.Remed
 			}
 			steps = append(steps, hairpinStep(ns, backend, Service{Proto: r.Proto, VIP: vip}, real))
 		case r.Sysctl != "":
-			sysctls = append(sysctls, apply.NewSysctl(ns, r.Sysctl, r.Value))
+			s := apply.NewSysctl(ns, r.Sysctl, r.Value)
+			s.Services = services[r]
+			sysctls = append(sysctls, s)
 		case r.Addr != "":
 			p, err := netip.ParsePrefix(r.Addr)
 			if err != nil || r.Dev == "" {
 				return nil, fmt.Errorf("remedy: address %q on %q: want ADDR/BITS and an interface", r.Addr, r.Dev)
 			}
-			steps = append(steps, apply.Address{NS: ns, Prefix: p, Dev: r.Dev})
+			steps = append(steps, apply.Address{NS: ns, Prefix: p, Dev: r.Dev, Services: services[r]})
 		}
 	}
 	// Rules before the sysctls that switch them on, as setup orders them.

@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
+	"github.com/lbdoctor/lbdoctor/probes/kernel"
 )
 
 // Backends, as their save tools are named.
@@ -374,6 +375,11 @@ func readSave(ns netns.Target, backend string, tool Tool, family string) ([]Rule
 		var err error
 		out, err = cmd.Output()
 		if err != nil {
+			if backend == IptablesLegacy && !kernel.HasCapability(unix.CAP_NET_RAW) {
+				// It says "Permission denied (you must be root)": the
+				// capability it lacks is named instead.
+				return fmt.Errorf("%s: reading iptables-legacy rules needs CAP_NET_RAW (iptables-legacy-save opens a raw socket): run as root: %w", tool, err)
+			}
 			return fmt.Errorf("%s: %w: %s", tool, err, strings.TrimSpace(stderr.String()))
 		}
 		return nil
