@@ -131,7 +131,12 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		filter.Netns = lb.String()
 	}
 	if sel.VIP.IsValid() {
-		vt := vipTargetsOf(lb, sel)
+		// The rules are read by save tools (seconds on a large rule
+		// set): Ctrl-C does not wait for them.
+		var vt vipTargets
+		if !measure(cmd.Context(), func() { vt = vipTargetsOf(lb, sel) }) {
+			return notMeasured(cmd.Context())
+		}
 		na, np := len(cfg.Addrs), len(cfg.Ports)
 		cfg.Addrs, cfg.Ports = append(cfg.Addrs, vt.addrs...), append(cfg.Ports, vt.ports...)
 		for _, a := range cfg.Addrs[na:] {
