@@ -66,7 +66,7 @@ func checkVIPLocal(s *probes.Snapshot, sel probes.Selector) Finding {
 		if d, ok := s.Net.LookedUp(vip); ok {
 			f.Evidence = append(f.Evidence, Evidence{Fact: "ip route get " + d.String() + ": the kernel would not deliver it to IPVS", Source: "route lookup, " + s.Target.String()})
 		}
-		dev := addrDev(s, vip)
+		dev := AddrDev(s, vip)
 		bits := 32
 		if vip.Is6() {
 			bits = 128
@@ -120,10 +120,11 @@ func holder(s *probes.Snapshot, a netip.Addr) string {
 	return route
 }
 
-// addrDev is where a missing VIP belongs: the interface whose connected
+// AddrDev is where a missing VIP belongs: the interface whose connected
 // subnet holds it (the LB then answers ARP for it there), else a dummy
-// kube-ipvs0 where kube-proxy keeps its VIPs, else lo.
-func addrDev(s *probes.Snapshot, a netip.Addr) string {
+// kube-ipvs0 where kube-proxy keeps its VIPs, else lo. ipvs.vip_local's
+// fix and setup put it there.
+func AddrDev(s *probes.Snapshot, a netip.Addr) string {
 	best := -1
 	dev := ""
 	for _, r := range s.Net.Routes {

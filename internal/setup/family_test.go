@@ -3,6 +3,7 @@ package setup_test
 import (
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/lbdoctor/lbdoctor/internal/netns"
@@ -56,6 +57,59 @@ func TestStepsForwardEachFamily(t *testing.T) {
 			}
 			if !slices.Equal(got, tt.want) {
 				t.Errorf("Steps(%s) forwarding = %q, want %q", tt.name, got, tt.want)
+			}
+		})
+	}
+}
+
+// A VIP no local route holds is added where ipvs.vip_local's fix puts it
+// (the interface whose subnet holds it, else lo), once for the services on
+// it, before IPVS's service; the return path is judged with it there (a
+// one-arm LB needs SNAT because the reals share the VIP's segment, not
+// because the VIP "is not an address"). A local VIP gets no step.
+func TestStepsAddAVIPThatIsNotLocal(t *testing.T) {
+	lb := netns.Target{Spec: "lb", Name: "lb", Path: "/run/netns/lb"}
+	snap := &probes.Snapshot{Net: netstate.Snapshot{
+		Links:  []netstate.Link{{Name: "lo", Addrs: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/8")}}, {Name: "eth0", Addrs: []netip.Prefix{netip.MustParsePrefix("10.1.0.5/24")}}},
+		Routes: []netstate.Route{{Dst: netip.MustParsePrefix("10.1.0.0/24"), Dev: "eth0"}},
+		Local:  []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("10.1.0.5/32")},
+	}}
+	svc := func(vip string) setup.Service {
+		return setup.Service{Proto: "tcp", VIP: netip.MustParseAddrPort(vip), Scheduler: "rr",
+			Reals: []setup.Real{{Addr: netip.MustParseAddrPort("10.1.0.50:8085"), Weight: 1}}}
+	}
+	tests := []struct {
+		name      string
+		services  []setup.Service
+		wantAddrs []string
+	}{
+		{"on the reals' segment", []setup.Service{svc("10.1.0.7:80")}, []string{"ip netns exec lb ip addr add 10.1.0.7/32 dev eth0"}},
+		{"two ports, one address", []setup.Service{svc("10.1.0.7:80"), svc("10.1.0.7:443")}, []string{"ip netns exec lb ip addr add 10.1.0.7/32 dev eth0"}},
+		{"elsewhere: lo", []setup.Service{svc("10.9.0.7:80")}, []string{"ip netns exec lb ip addr add 10.9.0.7/32 dev lo"}},
+		{"already local", []setup.Service{svc("10.1.0.5:80")}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			steps, decisions, err := setup.Steps(lb, setup.Spec{Services: tt.services, SNATBackend: "auto"}, snap)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for i, s := range steps {
+				if strings.Contains(s.Describe(), "ip addr add") {
+					got = append(got, s.Describe())
+					if i > 0 {
+						t.Errorf("Steps(%s): the address is step %d, want it first, before IPVS's service", tt.name, i)
+					}
+				}
+			}
+			if !slices.Equal(got, tt.wantAddrs) {
+				t.Errorf("Steps(%s) addresses = %q, want %q", tt.name, got, tt.wantAddrs)
+			}
+			for _, d := range decisions {
+				if strings.Contains(d.Reason, "is not an address") {
+					t.Errorf("Steps(%s) decision for %s: %q, want the return path judged with the VIP added", tt.name, d.Service, d.Reason)
+				}
 			}
 		})
 	}

@@ -192,9 +192,31 @@ func Steps(ns netns.Target, spec Spec, snap *probes.Snapshot) ([]apply.Step, []D
 	if err != nil {
 		return nil, nil, err
 	}
+	locals := snap.Net.LocalSet()
+	vipStep := map[netip.Addr]int{} // a VIP's address step, by VIP
 	for _, svc := range spec.Services {
 		key := apply.ServiceKey(svc.Proto, svc.VIP)
 		all = append(all, key)
+		// IPVS takes only packets to a local address (ipvs.vip_local): a
+		// VIP no local route holds is added where ipvs.vip_local's fix
+		// would put it, recorded for the services on it, and the return
+		// path judged as it will be.
+		vip, judged := svc.VIP.Addr(), snap
+		if i, ok := vipStep[vip]; ok {
+			a := steps[i].(apply.Address)
+			a.Services = append(slices.Clone(a.Services), key)
+			steps[i] = a
+		} else if local, read := locals.Holds(vip); read && !local {
+			a := apply.Address{NS: ns, Prefix: netip.PrefixFrom(vip, vip.BitLen()), Dev: checks.AddrDev(snap, vip), Services: []string{key}}
+			vipStep[vip] = len(steps)
+			steps = append(steps, a)
+		}
+		if i, ok := vipStep[vip]; ok {
+			a := steps[i].(apply.Address)
+			c := *snap
+			c.Net = snap.Net.WithAddr(a.Dev, a.Prefix)
+			judged = &c
+		}
 		s := apply.IPVSService{NS: ns, Proto: svc.Proto, VIP: svc.VIP, Scheduler: svc.Scheduler}
 		steps = append(steps, s)
 		var reals []netip.Addr
@@ -203,7 +225,7 @@ func Steps(ns netns.Target, spec Spec, snap *probes.Snapshot) ([]apply.Step, []D
 			reals = append(reals, r.Addr.Addr())
 		}
 		d := Decision{Service: key}
-		rp := checks.DecideReturnPath(snap, svc.VIP.Addr(), reals)
+		rp := checks.DecideReturnPath(judged, vip, reals)
 		switch svc.SNAT {
 		case SNATAlways:
 			d.SNAT, d.Reason = true, "--snat always"

@@ -398,6 +398,23 @@ func (s Snapshot) Holds(a netip.Addr) (local, ok bool) {
 	return false, true
 }
 
+// WithAddr is s as it will be once p is added on dev (ip addr add): p on
+// the link's addresses and its address among the local routes. s is not
+// changed. What would change besides — a connected route of p, lookups
+// already made — is not guessed.
+func (s Snapshot) WithAddr(dev string, p netip.Prefix) Snapshot {
+	s.Links = slices.Clone(s.Links)
+	for i := range s.Links {
+		if s.Links[i].Name == dev {
+			s.Links[i].Addrs = append(slices.Clone(s.Links[i].Addrs), p)
+		}
+	}
+	if s.Local != nil {
+		s.Local = append(slices.Clone(s.Local), netip.PrefixFrom(p.Addr(), p.Addr().BitLen()))
+	}
+	return s
+}
+
 // LocalSet is Holds for many addresses: the local routes of a single
 // address in a set, the wider ones (`ip route add local 10.9.0.0/24 …`)
 // searched. 1,000 VIPs on lo are each found at once, not after a walk
