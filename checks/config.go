@@ -348,7 +348,7 @@ func checkRPFilter(s *probes.Snapshot, sel probes.Selector) Finding {
 func rpFail(s *probes.Snapshot, title string, srcs []rpSource, devs []string, ev []Evidence) Finding {
 	f := Finding{Status: Fail, explains: explainsReasons("IP_RPFILTER"), Title: title,
 		Reason: "strict reverse-path filtering (rp_filter=1) drops a packet whose source is not routed back out of the interface it came in on; " +
-			"the clients' packets never reach IPVS (IP_RPFILTER, IPReversePathFilter rises)"}
+			"the clients' packets never reach IPVS or a DNAT's backend (IP_RPFILTER, IPReversePathFilter rises)"}
 	for _, r := range srcs {
 		f.Evidence = append(f.Evidence, rpLines(s, r)...)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 	"github.com/lbdoctor/lbdoctor/probes/netstate"
+	"github.com/lbdoctor/lbdoctor/probes/rules"
 	"github.com/lbdoctor/lbdoctor/probes/snmp"
 )
 
@@ -201,6 +202,60 @@ func TestRPFilter(t *testing.T) {
 			text := findingText(f)
 			if f.Status != tt.want || !strings.Contains(text, tt.wantIn) || (tt.remedy != checks.Remedy{} && !slices.Contains(f.Remedies, tt.remedy)) {
 				t.Errorf("Run(%s) sysctl.rp_filter = %s\n%s\nremedies %v, want %s with %q and remedy %+v", tt.name, f.Status, text, f.Remedies, tt.want, tt.wantIn, tt.remedy)
+			}
+		})
+	}
+}
+
+// A DNAT VIP's packets are filtered after PREROUTING's DNAT: the
+// IP_RPFILTER drops of its clients carry a backend's address. They are the
+// VIP's (its backend known from its DNAT rule or from conntrack):
+// sysctl.rp_filter fails naming the source and the interface, and
+// drops.vip_flows warns, explained by it — not a second failure. A drop to
+// an address that is no backend of the VIP is not its client's.
+func TestRPFilterDropsOfADNATVIP(t *testing.T) {
+	vip := netip.MustParseAddrPort("10.1.0.6:8085")
+	dnatVIP := func(s *probes.Snapshot) {
+		s.IPVS.Services = nil // nft DNAT, not IPVS
+		asymmetric(s)
+	}
+	dropsTo := func(s *probes.Snapshot, dst string) {
+		rpDrops(s)
+		s.Drops.Drops[0].Dst = netip.MustParseAddrPort(dst)
+	}
+	rule := func(s *probes.Snapshot) {
+		s.Rules.Rules = append(s.Rules.Rules, rules.Rule{Backend: rules.Nft, Family: "ip", Table: "ip nat", Chain: "pre", Hook: "prerouting", Target: "DNAT",
+			Spec: "ip daddr 10.1.0.6 tcp dport 8085 dnat to 10.2.0.50:8085"})
+	}
+	learned := func(s *probes.Snapshot) {
+		s.Conntrack.Backends = []netip.AddrPort{netip.MustParseAddrPort("10.2.0.50:8085")}
+	}
+	tests := []struct {
+		name             string
+		backend, dropDst func(*probes.Snapshot) // where the backend is known from; the drops' destination
+		wantRP, wantDrop checks.Status
+		wantRPIn         string
+	}{
+		{"backend from its DNAT rule", rule, func(s *probes.Snapshot) { dropsTo(s, "10.2.0.50:8085") }, checks.Fail, checks.Warn, "4 × IP_RPFILTER: packets from 10.9.0.3 to 10.1.0.6"},
+		{"backend from conntrack", learned, func(s *probes.Snapshot) { dropsTo(s, "10.2.0.50:8085") }, checks.Fail, checks.Warn, "the reverse-path filter dropped 4 packets from 10.9.0.3 to 10.1.0.6"},
+		{"drops to no backend of it", rule, func(s *probes.Snapshot) { dropsTo(s, "10.2.0.99:8085") }, checks.Skip, checks.Fail, "no client source"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := twoArmLocal(t)
+			dnatVIP(s)
+			tt.backend(s)
+			tt.dropDst(s)
+			fs := checks.Run(s, probes.Selector{VIP: vip})
+			f := statusOf(fs, "sysctl.rp_filter")
+			text := findingText(f)
+			remedy := checks.Remedy{Sysctl: "net.ipv4.conf.eth0.rp_filter", Value: "2"}
+			if f.Status != tt.wantRP || !strings.Contains(text, tt.wantRPIn) || (tt.wantRP == checks.Fail && !slices.Contains(f.Remedies, remedy)) {
+				t.Errorf("Run(%s) sysctl.rp_filter = %s\n%s\nremedies %v, want %s with %q and remedy %+v", tt.name, f.Status, text, f.Remedies, tt.wantRP, tt.wantRPIn, remedy)
+			}
+			d := statusOf(fs, "drops.vip_flows")
+			if d.Status != tt.wantDrop || (tt.wantDrop == checks.Warn && !strings.Contains(d.Title, "the cause: sysctl.rp_filter")) {
+				t.Errorf("Run(%s) drops.vip_flows = %s %q (%s), want %s (explained by sysctl.rp_filter when a warning)", tt.name, d.Status, d.Title, d.Reason, tt.wantDrop)
 			}
 		})
 	}

@@ -69,12 +69,10 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 			"every drop in %s was counted and the services' drops selected from them; drops not itemised by flow cannot be told apart and are not among them",
 			len(addrs), len(ports), drops.MaxFilter, s.Target), Source: "kfree_skb tracer"})
 	}
-	if sel.VIP.IsValid() && len(selected(s, sel)) == 0 && len(s.Conntrack.Backends) > 0 {
-		var bs []string
-		for _, b := range s.Conntrack.Backends {
-			bs = append(bs, b.String())
+	if sel.VIP.IsValid() && len(selected(s, sel)) == 0 {
+		if bs := s.DNATBackends(sel); len(bs) > 0 {
+			ev = append(ev, Evidence{Fact: fmt.Sprintf("%s is not an IPVS service; traced with the backends its conntrack flows and DNAT rules show: %s", sel.VIPString(), probes.JoinBackends(bs)), Source: "conntrack, rules, " + s.Target.String()})
 		}
-		ev = append(ev, Evidence{Fact: fmt.Sprintf("%s is not an IPVS service; traced with the backends its flows show: %s", sel.VIPString(), strings.Join(bs, ", ")), Source: "conntrack, " + s.Target.String()})
 	}
 	if d.NoReasons != "" {
 		ev = append(ev, Evidence{Fact: d.NoReasons, Source: "kernel " + s.Kernel})

@@ -127,10 +127,11 @@ func dnatName(s *probes.Snapshot, sel probes.Selector) string {
 }
 
 // dnatTraced says whether the selection is a VIP that IPVS does not serve
-// whose flows the window traced through the backends conntrack shows (as
-// drops.vip_flows does): firewall.filter judges its drops alone.
+// whose flows the window traced through the backends its conntrack flows
+// and DNAT rules show (as drops.vip_flows does): firewall.filter judges its
+// drops alone.
 func dnatTraced(s *probes.Snapshot, sel probes.Selector) bool {
-	return sel.VIP.IsValid() && len(selected(s, sel)) == 0 && len(s.Conntrack.Backends) > 0
+	return sel.VIP.IsValid() && len(selected(s, sel)) == 0 && len(s.DNATBackends(sel)) > 0
 }
 
 // pointLegs are the legs of drop point p's hook of the selected flows it
@@ -154,7 +155,7 @@ func pointLegs(s *probes.Snapshot, sel probes.Selector, p *probes.DropPoint) []f
 			svcs = []string{dnatName(s, sel)}
 		}
 		if len(reals) == 0 {
-			reals = s.Conntrack.Backends
+			reals = probes.BackendAddrs(s.DNATBackends(sel))
 		}
 		for _, svc := range svcs {
 			for _, l := range dnatLegs(svc, reals) {

@@ -76,3 +76,79 @@ func RuleBackends(rs []rules.Rule, sel Selector) []netip.AddrPort {
 	}
 	return out
 }
+
+// Where a VIP's backend was learned (VIPBackend.From).
+const (
+	FromConntrack = "conntrack" // a flow's reply came from it (DNAT seen at work)
+	FromDNATRule  = "DNAT rule" // a DNAT rule of the VIP names it (RuleBackends)
+)
+
+// VIPBackend is one backend of a VIP that IPVS does not serve, and what
+// showed it: conntrack, a DNAT rule, or both (in that order).
+type VIPBackend struct {
+	Addr netip.AddrPort `json:"addr"`
+	From []string       `json:"from"`
+}
+
+// String is "ADDR:PORT (conntrack, DNAT rule)".
+func (b VIPBackend) String() string {
+	return b.Addr.String() + " (" + strings.Join(b.From, ", ") + ")"
+}
+
+// VIPBackends are the backends of a VIP that IPVS does not serve (nft or
+// iptables DNAT): those its conntrack flows answered from (learned:
+// Conntrack.Backends, LearnBackends) and the destinations of the DNAT
+// rules of the selected VIP (RuleBackends), the one union that the drop
+// tracer, capture and check's window trace. The rules name a backend
+// before any flow was confirmed: a VIP that never worked (its first
+// packets dropped after DNAT) is traced all the same. Conntrack's come
+// first, in their order.
+func VIPBackends(sel Selector, learned []netip.AddrPort, rs []rules.Rule) []VIPBackend {
+	var out []VIPBackend
+	add := func(a netip.AddrPort, from string) {
+		for i := range out {
+			if out[i].Addr == a {
+				if !slices.Contains(out[i].From, from) {
+					out[i].From = append(out[i].From, from)
+				}
+				return
+			}
+		}
+		out = append(out, VIPBackend{Addr: a, From: []string{from}})
+	}
+	for _, b := range learned {
+		add(b, FromConntrack)
+	}
+	for _, b := range RuleBackends(rs, sel) {
+		add(b, FromDNATRule)
+	}
+	return out
+}
+
+// BackendAddrs are the backends' addresses and ports.
+func BackendAddrs(bs []VIPBackend) []netip.AddrPort {
+	out := make([]netip.AddrPort, len(bs))
+	for i, b := range bs {
+		out[i] = b.Addr
+	}
+	return out
+}
+
+// JoinBackends is bs as "A (conntrack), B (DNAT rule)".
+func JoinBackends(bs []VIPBackend) string {
+	s := make([]string, len(bs))
+	for i, b := range bs {
+		s[i] = b.String()
+	}
+	return strings.Join(s, ", ")
+}
+
+// DNATBackends are VIPBackends of s's read: its conntrack's backends and
+// its rules' (none when s's VIP is an IPVS service or no VIP is selected).
+// The checks and the window's tracer judge a DNAT VIP by them.
+func (s *Snapshot) DNATBackends(sel Selector) []VIPBackend {
+	if !sel.VIP.IsValid() || ServesVIP(sel, s.IPVS.Services) {
+		return nil
+	}
+	return VIPBackends(sel, s.Conntrack.Backends, s.Rules.Rules)
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -79,8 +80,8 @@ type DropTrace struct {
 // StartDrops loads the drop tracer that prepare gives (it may wait for a
 // preparation under way; it is not called when there is nothing to trace)
 // with the filter of the selected services' flows in s (the window's first
-// read: its services and reals, and the backends conntrack learned for a
-// VIP IPVS does not serve) and attaches it. The error says why nothing is
+// read: its services and reals, and for a VIP IPVS does not serve the
+// backends its conntrack flows and DNAT rules show: DNATBackends) and attaches it. The error says why nothing is
 // traced (nothing to trace, a tracer that could not load, ctx ended first),
 // for s.Errors[ProbeDrops].
 func StartDrops(ctx context.Context, ns netns.Target, sel Selector, s *Snapshot, prepare func(context.Context) (*drops.Prepared, error)) (*DropTrace, error) {
@@ -142,16 +143,25 @@ func dropConfig(ns netns.Target, sel Selector, s *Snapshot) (drops.Config, *Drop
 	addrs, ports := DropFilter(sel, s.IPVS.Services)
 	if sel.VIP.IsValid() && !ServesVIP(sel, s.IPVS.Services) {
 		// Not an IPVS service (nft or iptables DNAT): its packets carry
-		// a backend's address once DNAT ran, and only conntrack knows
-		// which. Without one, a quiet window would prove nothing.
-		if len(s.Conntrack.Backends) == 0 {
-			why := "no conntrack flow to it shows a backend"
+		// a backend's address once DNAT ran; conntrack's flows and the
+		// DNAT rules name them. Without one, a quiet window would prove
+		// nothing.
+		bs := s.DNATBackends(sel)
+		if len(bs) == 0 {
+			why := "no conntrack flow to it and no DNAT rule shows a backend"
+			var unread []string
 			if e, ok := s.Errors[ProbeConntrack]; ok {
-				why = "conntrack could not be read (" + e + ")"
+				unread = append(unread, "conntrack ("+e+")")
+			}
+			if e, ok := s.Errors[ProbeRules]; ok {
+				unread = append(unread, "the rules ("+e+")")
+			}
+			if len(unread) > 0 {
+				why += "; not read: " + strings.Join(unread, ", ")
 			}
 			return drops.Config{}, nil, fmt.Errorf("%s is not an IPVS service and %s: drops after its DNAT cannot be traced", sel.VIPString(), why)
 		}
-		addrs, ports = AddBackends(sel, addrs, ports, s.Conntrack.Backends)
+		addrs, ports = AddBackends(sel, addrs, ports, BackendAddrs(bs))
 	}
 	if len(addrs) == 0 {
 		return drops.Config{}, nil, errors.New("nothing to trace: no IPVS service and no --vip")

@@ -20,7 +20,8 @@ const (
 // Source is a client source of a selected VIP: a flow's original source
 // (conntrack, or IPVS's own connection table, which keeps clients when
 // vs.conntrack=0), or the source of packets to the VIP the reverse-path
-// filter dropped in the window.
+// filter dropped in the window (for a DNAT VIP, packets to its backends:
+// the filter runs after the DNAT).
 type Source struct {
 	Src, VIP netip.Addr
 	Drops    uint64 // IP_RPFILTER drops of its packets to VIP in the window
@@ -41,7 +42,16 @@ func ClientSources(s *Snapshot, sel Selector) ([]Source, int) {
 	if sel.VIP.IsValid() {
 		vips[sel.VIP.Addr()] = true
 	}
-	out := clientSources(s, vips)
+	// The reverse-path filter decides after PREROUTING's DNAT: a dropped
+	// packet of a DNAT VIP carries its backend's address, not the VIP's.
+	var backends map[netip.AddrPort]netip.Addr
+	if bs := s.DNATBackends(sel); len(bs) > 0 {
+		backends = make(map[netip.AddrPort]netip.Addr, len(bs))
+		for _, b := range bs {
+			backends[b.Addr] = sel.VIP.Addr()
+		}
+	}
+	out := clientSources(s, vips, backends)
 	if len(out) > MaxRouteSources {
 		return out[:MaxRouteSources], len(out) - MaxRouteSources
 	}
@@ -60,15 +70,17 @@ func ClientSourcesByVIP(s *Snapshot) map[netip.Addr][]Source {
 		}
 	}
 	by := map[netip.Addr][]Source{}
-	for _, c := range clientSources(s, vips) {
+	for _, c := range clientSources(s, vips, nil) {
 		by[c.VIP] = append(by[c.VIP], c)
 	}
 	return by
 }
 
 // clientSources is every IPv4 client source of vips, in ClientSources's
-// order, uncapped.
-func clientSources(s *Snapshot, vips map[netip.Addr]bool) []Source {
+// order, uncapped. An IP_RPFILTER drop is a VIP's when it was addressed to
+// it, attributed to a flow of it, or addressed to one of backends (a DNAT
+// VIP's, to the VIP they serve; a backend without a port by its address).
+func clientSources(s *Snapshot, vips map[netip.Addr]bool, backends map[netip.AddrPort]netip.Addr) []Source {
 	var out []Source
 	at := map[[2]netip.Addr]int{}
 	add := func(src, vip netip.Addr, drops uint64, flows int) {
@@ -87,9 +99,18 @@ func clientSources(s *Snapshot, vips map[netip.Addr]bool) []Source {
 	}
 	if s.Drops != nil {
 		for _, c := range s.Drops.Drops {
-			if c.ReasonName == "IP_RPFILTER" && c.Family == 4 {
-				add(c.Src.Addr(), c.Dst.Addr(), c.Count, 0)
+			if c.ReasonName != "IP_RPFILTER" || c.Family != 4 {
+				continue
 			}
+			vip := c.Dst.Addr()
+			if v, ok := backends[c.Dst]; ok {
+				vip = v
+			} else if v, ok := backends[netip.AddrPortFrom(c.Dst.Addr(), 0)]; ok {
+				vip = v
+			} else if c.Flow != nil && vips[c.Flow.VIP.Addr()] {
+				vip = c.Flow.VIP.Addr()
+			}
+			add(c.Src.Addr(), vip, c.Count, 0)
 		}
 	}
 	for _, f := range s.Conntrack.Flows {

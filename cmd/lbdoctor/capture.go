@@ -23,7 +23,6 @@ import (
 	"github.com/lbdoctor/lbdoctor/probes/conntrack"
 	"github.com/lbdoctor/lbdoctor/probes/kernel"
 	"github.com/lbdoctor/lbdoctor/probes/netstate"
-	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
 
 // joinSnaplen is the bytes of a frame the join reads at most: Ethernet and
@@ -152,26 +151,11 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 	stderr := cmd.ErrOrStderr()
 	if !vt.ipvs {
 		// nft or iptables DNAT: after it, packets carry a backend's
-		// address. Conntrack knows those of flows seen; the rules know
-		// them before any flow.
-		var fromRules []netip.AddrPort
-		var rs rules.Snapshot
-		var err error
-		if !measure(ctx, func() { rs, err = rules.Read(lb) }) {
-			return notMeasured(ctx)
-		}
-		if err == nil {
-			for _, b := range probes.RuleBackends(rs.Rules, sel) {
-				if !slices.Contains(vt.learned, b) {
-					fromRules = append(fromRules, b)
-				}
-			}
-		}
-		opt.Match.Addrs, opt.Match.Ports = probes.AddBackends(sel, opt.Match.Addrs, opt.Match.Ports, fromRules)
-		vt.reals = append(vt.reals, fromRules...)
-		switch backends := append(slices.Clone(vt.learned), fromRules...); {
-		case len(backends) > 0:
-			printf(stderr, "%s is not an IPVS service: capturing too the backends its conntrack flows and DNAT rules show (%s)\n", sel.VIPString(), joinAddrPorts(backends))
+		// address (vipTargetsOf added those its conntrack flows and DNAT
+		// rules show).
+		switch {
+		case len(vt.backends) > 0:
+			printf(stderr, "%s is not an IPVS service: capturing too the backends its conntrack flows and DNAT rules show: %s\n", sel.VIPString(), probes.JoinBackends(vt.backends))
 		default:
 			// No backend known: a masqueraded flow still carries the
 			// LB's own address after SNAT.

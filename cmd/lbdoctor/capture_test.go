@@ -491,15 +491,23 @@ func TestCaptureFileSystemFull(t *testing.T) {
 	}
 }
 
-// Ctrl-C while capture still reads the rules (a VIP IPVS does not serve:
-// its DNAT rules name the backends) ends it at once, exit 130 and one
-// line, however long the save tools take — iptables-save on a node with
-// a large rule set takes seconds. The slow tool here is a real
+// Ctrl-C while capture or drops still reads the rules (a VIP IPVS does
+// not serve: its DNAT rules name the backends) ends it at once, exit 130
+// and one line, however long the save tools take — iptables-save on a node
+// with a large rule set takes seconds. The slow tool here is a real
 // iptables-save behind a wrapper that first sleeps.
-func TestCaptureInterruptedReadingRules(t *testing.T) {
+func TestInterruptedReadingRules(t *testing.T) {
 	testkit.RequireRoot(t)
 	l := testkit.Lab(t, lab.OneArm)
 	vip := netip.AddrPortFrom(l.VIP, 8085)
+	for _, verb := range []string{"capture", "drops"} {
+		t.Run(verb, func(t *testing.T) {
+			interruptReadingRules(t, l, vip, verb)
+		})
+	}
+}
+
+func interruptReadingRules(t *testing.T, l *lab.Lab, vip netip.AddrPort, verb string) {
 	// Every save tool's name is slow: lbdoctor asks the names in turn
 	// until it has one of each backend, whichever comes first.
 	bin, pids := t.TempDir(), t.TempDir()
@@ -528,7 +536,7 @@ func TestCaptureInterruptedReadingRules(t *testing.T) {
 			}
 		}
 	})
-	cmd := exec.Command(testkit.LbdoctorBinary(t), "capture", "--netns", l.LB.Path, "--vip", vip.String(), "--duration", "10s")
+	cmd := exec.Command(testkit.LbdoctorBinary(t), verb, "--netns", l.LB.Path, "--vip", vip.String(), "--duration", "10s")
 	cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"))
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -543,7 +551,7 @@ func TestCaptureInterruptedReadingRules(t *testing.T) {
 		if time.Now().After(deadline) {
 			cmd.Process.Kill()
 			cmd.Wait()
-			t.Fatalf("capture ran no iptables-save in 5 s; stderr:\n%s", stderr.String())
+			t.Fatalf("%s ran no iptables-save in 5 s; stderr:\n%s", verb, stderr.String())
 		}
 	}
 	start := time.Now()
@@ -552,7 +560,7 @@ func TestCaptureInterruptedReadingRules(t *testing.T) {
 	took, code := time.Since(start), cmd.ProcessState.ExitCode()
 	lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
 	if code != exitInterrupted || took > time.Second || stdout.Len() > 0 || !strings.Contains(lines[len(lines)-1], "interrupted by SIGINT before anything was measured") {
-		t.Errorf("capture interrupted while reading rules = exit %d after %s, stdout %q, stderr:\n%s\nwant exit 130 within 1 s (200 ms, on a loaded machine) and \"interrupted by SIGINT before anything was measured\"", code, took.Round(time.Millisecond), stdout.String(), stderr.String())
+		t.Errorf("%s interrupted while reading rules = exit %d after %s, stdout %q, stderr:\n%s\nwant exit 130 within 1 s (200 ms, on a loaded machine) and \"interrupted by SIGINT before anything was measured\"", verb, code, took.Round(time.Millisecond), stdout.String(), stderr.String())
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -147,17 +148,20 @@ func TestCheckFlowStatesUDPWithoutReply(t *testing.T) {
 }
 
 // drops.vip_flows on a VIP that nft DNATs (not an IPVS service): the
-// backends are learned from conntrack and the SYNs that die in ip_error
-// with forwarding off are found; with nothing to learn it skips, saying why.
+// backends are learned from conntrack and its DNAT rule, and the SYNs that
+// die in ip_error with forwarding off are found, on a VIP that worked or
+// never did; a port no DNAT rule and no flow names is skipped, saying why.
 func TestCheckDropsOfAnNftDNATVIP(t *testing.T) {
 	tests := []struct {
 		name       string
-		learned    bool // a working flow left its backend in conntrack
+		learned    bool   // a working flow left its backend in conntrack
+		port       uint16 // the --vip's port (0: the DNAT rule's)
 		wantStatus string
 		wantIn     string
 	}{
-		{"backend learned from conntrack", true, "fail", "IP_INADDRERRORS at ip_error"},
-		{"nothing to learn", false, "skip", "is not an IPVS service and no conntrack flow to it shows a backend"},
+		{"backend learned from conntrack", true, 0, "fail", "IP_INADDRERRORS at ip_error"},
+		{"backend from the DNAT rule alone", false, 0, "fail", "IP_INADDRERRORS at ip_error"},
+		{"nothing to learn", false, 9999, "skip", "is not an IPVS service and no conntrack flow to it and no DNAT rule shows a backend"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -166,6 +170,9 @@ func TestCheckDropsOfAnNftDNATVIP(t *testing.T) {
 				forwarded = 1
 			}
 			l, vip := testkit.DNATLab(t, forwarded)
+			if tt.port != 0 {
+				vip = netip.AddrPortFrom(vip.Addr(), tt.port)
+			}
 			done := probeLater(l, vip)
 			r, _ := checkJSON(t, "--netns", l.LB.Name, "--vip", vip.String(), "--watch", "2500ms")
 			<-done
@@ -180,6 +187,91 @@ func TestCheckDropsOfAnNftDNATVIP(t *testing.T) {
 				t.Errorf("check --drops on nft DNAT VIP: drops.vip_flows = %s %q, want %s with %q", f.Status, text, tt.wantStatus, tt.wantIn)
 			}
 		})
+	}
+}
+
+// A DNAT VIP that never worked (no flow of it was ever confirmed: a
+// forward DROP policy kills its first SYN after the DNAT) is traced with
+// the backend its DNAT rule names: check fails firewall.filter naming the
+// policy, drops.vip_flows traced the drops and says where the backend came
+// from, and `drops --vip` counts them.
+func TestNeverWorkedDNATVIPBehindForwardDropPolicy(t *testing.T) {
+	l, vip := testkit.DNATLab(t, 0)
+	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+	testkit.Run(t, l.LB, "nft", "add table ip f; add chain ip f ffw { type filter hook forward priority 0; policy drop; }")
+	backend := l.RealIP.String() + ":8085"
+
+	done := probeLater(l, vip)
+	r, _ := checkJSON(t, "--netns", l.LB.Name, "--vip", vip.String(), "--watch", "2500ms")
+	<-done
+	fw := findingOf(r, "firewall.filter")
+	if fw.Status != checks.Fail || !strings.Contains(fw.Title, "nft ip f ffw policy DROP") {
+		t.Errorf("check firewall.filter = %s %q (%s), want fail naming nft ip f ffw policy DROP", fw.Status, fw.Title, fw.Reason)
+	}
+	d := findingOf(r, "drops.vip_flows")
+	ev := ""
+	for _, e := range d.Evidence {
+		ev += e.Fact + "\n"
+	}
+	if d.Status != checks.Warn || !strings.Contains(d.Title, "NETFILTER_DROP") || !strings.Contains(ev, "traced with the backends its conntrack flows and DNAT rules show: "+backend+" (DNAT rule)") ||
+		!strings.Contains(ev, "joined to nft ip f ffw policy DROP") {
+		t.Errorf("check drops.vip_flows = %s %q (%s)\n%s\nwant warn, NETFILTER_DROP joined to nft ip f ffw policy DROP, backend %s (DNAT rule)", d.Status, d.Title, d.Reason, ev, backend)
+	}
+
+	done = probeLater(l, vip)
+	code, out, stderr := runCLI("drops", "--netns", l.LB.Name, "--vip", vip.String(), "--duration", "2500ms")
+	<-done
+	if code != 0 || !strings.Contains(out, "NETFILTER_DROP") || !strings.Contains(out, "→ "+backend+" [SYN]") || strings.Contains(stderr, "\n0 drops matched") {
+		t.Errorf("drops --vip %s = exit %d\n%s\n%s\nwant NETFILTER_DROP SYNs to the backend %s counted", vip, code, out, stderr, backend)
+	}
+	if want := "tracing too the backends its conntrack flows and DNAT rules show: " + backend + " (DNAT rule)"; !strings.Contains(stderr, want) {
+		t.Errorf("drops stderr = %q, want %q", stderr, want)
+	}
+}
+
+// A client of an nft DNAT VIP whose source the two-arm LB routes back by
+// its other arm is dropped by strict rp_filter after the DNAT (the dropped
+// SYN carries the backend's address): sysctl.rp_filter fails naming the
+// source and the VIP's interface, and drops.vip_flows warns, explained by
+// it, instead of failing beside a passing sysctl.rp_filter.
+func TestCheckRPFilterDropsOfAnNftDNATVIP(t *testing.T) {
+	l := testkit.Lab(t, lab.TwoArm)
+	vip := netip.AddrPortFrom(l.VIP, 8085)
+	testkit.Serve(t, l.Real, ":8085")
+	testkit.NftNAT(t, l.LB, vip, netip.AddrPortFrom(l.RealIP, 8085), false)
+	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+	if res := lab.Probe(context.Background(), l.Client, vip, 2*time.Second); !res.OK { // the neighbours, learned
+		t.Fatal(res.Err)
+	}
+	client := netip.MustParseAddr("10.9.0.3")
+	testkit.Run(t, l.Client, "ip", "addr", "add", "10.9.0.3/24", "dev", "eth0")
+	testkit.Run(t, l.LB, "ip", "route", "add", "10.9.0.0/24", "via", l.RealIP.String())
+	testkit.Sysctl(t, l.LB, "net.ipv4.conf.all.rp_filter", "1")
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		time.Sleep(500 * time.Millisecond)
+		for range 3 {
+			_ = l.Client.Do(func() error {
+				d := net.Dialer{Timeout: 300 * time.Millisecond, LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(client, 0))}
+				if c, err := d.Dial("tcp", vip.String()); err == nil {
+					c.Close()
+				}
+				return nil
+			})
+		}
+	}()
+	r, _ := checkJSON(t, "--netns", l.LB.Name, "--vip", vip.String(), "--watch", "2500ms")
+	<-done
+	rp := findingOf(r, "sysctl.rp_filter")
+	remedy := checks.Remedy{Sysctl: "net.ipv4.conf.eth0.rp_filter", Value: "2"}
+	if rp.Status != checks.Fail || !strings.Contains(rp.Title, "from 10.9.0.3 to "+l.VIP.String()) || !slices.Contains(rp.Remedies, remedy) {
+		t.Errorf("check sysctl.rp_filter = %s %q, remedies %v; want fail from 10.9.0.3 to %s, remedy %+v", rp.Status, rp.Title, rp.Remedies, l.VIP, remedy)
+	}
+	d := findingOf(r, "drops.vip_flows")
+	if d.Status != checks.Warn || !strings.Contains(d.Title, "IP_RPFILTER") || !strings.Contains(d.Title, "the cause: sysctl.rp_filter") {
+		t.Errorf("check drops.vip_flows = %s %q (%s), want warn: IP_RPFILTER, the cause: sysctl.rp_filter", d.Status, d.Title, d.Reason)
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 	"github.com/lbdoctor/lbdoctor/probes/kernel"
+	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
 
 type dropsFlags struct {
@@ -130,7 +131,12 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		filter.Netns = lb.String()
 	}
 	if sel.VIP.IsValid() {
-		vt := vipTargetsOf(lb, sel)
+		// The rules are read by save tools (seconds on a large rule
+		// set): Ctrl-C does not wait for them.
+		var vt vipTargets
+		if !measure(cmd.Context(), func() { vt = vipTargetsOf(lb, sel) }) {
+			return notMeasured(cmd.Context())
+		}
 		na, np := len(cfg.Addrs), len(cfg.Ports)
 		cfg.Addrs, cfg.Ports = append(cfg.Addrs, vt.addrs...), append(cfg.Ports, vt.ports...)
 		for _, a := range cfg.Addrs[na:] {
@@ -138,13 +144,18 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 		}
 		filter.VIPPorts = cfg.Ports[np:]
 		if !vt.ipvs {
-			switch {
-			case vt.learnErr != nil:
-				printf(cmd.ErrOrStderr(), "! %s is not an IPVS service and conntrack could not be read (%v): only packets still addressed to it are traced\n", sel.VIPString(), vt.learnErr)
-			case len(vt.learned) == 0:
-				printf(cmd.ErrOrStderr(), "! %s is not an IPVS service and no conntrack flow to it shows a backend: only packets still addressed to it are traced\n", sel.VIPString())
-			default:
-				printf(cmd.ErrOrStderr(), "%s is not an IPVS service: tracing too the backends its conntrack flows show (%s)\n", sel.VIPString(), joinAddrPorts(vt.learned))
+			for _, e := range []struct {
+				what string
+				err  error
+			}{{"conntrack", vt.learnErr}, {"the rules", vt.rulesErr}} {
+				if e.err != nil {
+					printf(cmd.ErrOrStderr(), "! %s is not an IPVS service and %s could not be read (%v): the backends it shows are not traced\n", sel.VIPString(), e.what, e.err)
+				}
+			}
+			if len(vt.backends) == 0 {
+				printf(cmd.ErrOrStderr(), "! %s is not an IPVS service and no conntrack flow to it and no DNAT rule shows a backend: only packets still addressed to it are traced\n", sel.VIPString())
+			} else {
+				printf(cmd.ErrOrStderr(), "%s is not an IPVS service: tracing too the backends its conntrack flows and DNAT rules show: %s\n", sel.VIPString(), probes.JoinBackends(vt.backends))
 			}
 		}
 	}
@@ -364,27 +375,21 @@ func monotonicOffset() int64 {
 	return time.Now().UnixNano() - ts.Nano()
 }
 
-func joinAddrPorts(l []netip.AddrPort) string {
-	s := make([]string, len(l))
-	for i, a := range l {
-		s[i] = a.String()
-	}
-	return strings.Join(s, ", ")
-}
-
 // vipTargets is what a window on the selected VIP must match: the VIP, its
 // real servers and their ports when IPVS serves it; for a VIP IPVS does not
 // serve (nft or iptables DNAT), after the DNAT its packets carry a
-// backend's address, which only conntrack knows: the backends its flows
-// show are added (learned), or the error that kept them unknown.
+// backend's address: the backends its conntrack flows and DNAT rules show
+// are added (probes.VIPBackends, as check's window does), with the errors
+// that left a source unread.
 type vipTargets struct {
 	addrs    []netip.Addr
 	ports    []uint16
-	reals    []netip.AddrPort // the services' real servers, or the learned backends
+	reals    []netip.AddrPort // the services' real servers, or the backends
 	ipvs     bool
 	vs       ipvs.Snapshot // the read they come from: its services, and its counters' connections
-	learned  []netip.AddrPort
-	learnErr error
+	backends []probes.VIPBackend
+	learnErr error // conntrack not read
+	rulesErr error // the rules not read
 }
 
 func vipTargetsOf(lb netns.Target, sel probes.Selector) vipTargets {
@@ -403,9 +408,13 @@ func vipTargetsOf(lb netns.Target, sel probes.Selector) vipTargets {
 		}
 	}
 	if !t.ipvs {
-		t.learned, t.learnErr = probes.LearnBackends(lb, sel)
-		t.addrs, t.ports = probes.AddBackends(sel, t.addrs, t.ports, t.learned)
-		t.reals = append(t.reals, t.learned...)
+		var learned []netip.AddrPort
+		learned, t.learnErr = probes.LearnBackends(lb, sel)
+		var rs rules.Snapshot
+		rs, t.rulesErr = rules.Read(lb)
+		t.backends = probes.VIPBackends(sel, learned, rs.Rules)
+		t.addrs, t.ports = probes.AddBackends(sel, t.addrs, t.ports, probes.BackendAddrs(t.backends))
+		t.reals = append(t.reals, probes.BackendAddrs(t.backends)...)
 	}
 	return t
 }

@@ -127,7 +127,7 @@ func TestDropsVIPOfAnNftDNAT(t *testing.T) {
 	if code != 0 || !strings.Contains(out, want) || !strings.Contains(out, "→ "+l.RealIP.String()+":8085 [SYN]") {
 		t.Errorf("drops --vip %s = exit %d\n%s\n%s\nwant %s SYN lines to the backend", vip, code, out, stderr, want)
 	}
-	if !strings.Contains(stderr, "is not an IPVS service: tracing too the backends its conntrack flows show ("+l.RealIP.String()+":8085)") {
+	if !strings.Contains(stderr, "is not an IPVS service: tracing too the backends its conntrack flows and DNAT rules show: "+l.RealIP.String()+":8085 (conntrack, DNAT rule)") {
 		t.Errorf("drops stderr = %q, want the learned backend named", stderr)
 	}
 }
@@ -139,8 +139,8 @@ func TestDropsVIPWithoutPortShownAsGiven(t *testing.T) {
 	tests := []struct {
 		name, vip, want, never string
 	}{
-		{"ipv4 address", "10.1.1.1", "! 10.1.1.1 is not an IPVS service and no conntrack flow to it shows a backend", "10.1.1.1:0"},
-		{"ipv6 in brackets", "[2001:db8::1]", "! 2001:db8::1 is not an IPVS service and no conntrack flow to it shows a backend", "]:0"},
+		{"ipv4 address", "10.1.1.1", "! 10.1.1.1 is not an IPVS service and no conntrack flow to it and no DNAT rule shows a backend", "10.1.1.1:0"},
+		{"ipv6 in brackets", "[2001:db8::1]", "! 2001:db8::1 is not an IPVS service and no conntrack flow to it and no DNAT rule shows a backend", "]:0"},
 		{"ipv6 bare", "2001:db8::1", "! 2001:db8::1 is not an IPVS service", "]:0"},
 		{"with a port", "10.1.1.1:80", "! 10.1.1.1:80 is not an IPVS service", "10.1.1.1:0"},
 	}

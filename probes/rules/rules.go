@@ -562,12 +562,21 @@ func ParseSaveChains(backend string, data []byte) ([]Rule, []Chain, error) {
 	var rules []Rule
 	var chains []Chain
 	table := ""
+	// Tables iptables-nft-save cannot show (a native nft table named as
+	// one of its own, `table ip nat { chain pre { type nat hook
+	// prerouting … } }`): it warns and prints the built-in chains empty,
+	// which are not the table. Left out here, native nft reads them.
+	var incompatible []string
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 64*1024), 1<<20)
 	lineNo := 0
 	for sc.Scan() {
 		lineNo++
 		line := strings.TrimSpace(sc.Text())
+		if m := incompatibleTable.FindStringSubmatch(line); m != nil {
+			incompatible = append(incompatible, m[1])
+			continue
+		}
 		switch {
 		case line == "" || line[0] == '#' || line == "COMMIT":
 			continue
@@ -607,8 +616,17 @@ func ParseSaveChains(backend string, data []byte) ([]Rule, []Chain, error) {
 		labelRule(&r, args[2:])
 		rules = append(rules, r)
 	}
+	if len(incompatible) > 0 {
+		rules = slices.DeleteFunc(rules, func(r Rule) bool { return slices.Contains(incompatible, r.Table) })
+		chains = slices.DeleteFunc(chains, func(c Chain) bool { return slices.Contains(incompatible, c.Table) })
+	}
 	return rules, chains, sc.Err()
 }
+
+// incompatibleTable is iptables-nft-save's warning for a table it cannot
+// show: "# Table `nat' contains incompatible base-chains, use 'nft' tool
+// to list them." (iptables 1.8.9).
+var incompatibleTable = regexp.MustCompile("^# Table `([^']+)' contains incompatible base-chains")
 
 // parseCounters parses "[packets:bytes]".
 func parseCounters(s string) (packets, bytes uint64, err error) {

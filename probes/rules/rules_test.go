@@ -182,6 +182,32 @@ func TestReadNativeNft(t *testing.T) {
 	}
 }
 
+// A native nft table named as one of iptables-nft's (`table ip nat` with
+// a chain `pre`, as a new user writes it) is read as native: iptables-nft-
+// save calls it incompatible and prints its built-in chains empty, which
+// must not hide the user's DNAT rule.
+func TestReadNativeNftTableNamedNat(t *testing.T) {
+	ns := testkit.Netns(t, "nftnat")
+	testkit.Run(t, ns, "nft", "add table ip nat; add chain ip nat pre { type nat hook prerouting priority dstnat; }; "+
+		"add rule ip nat pre ip daddr 10.77.1.10 tcp dport 80 dnat to 10.77.2.2:8080")
+	snap, err := rules.Read(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range snap.Rules {
+		got = append(got, r.Backend+" "+r.Table+" "+r.Chain+" "+r.Target)
+	}
+	for _, c := range snap.Chains {
+		if c.Backend == rules.IptablesNft && c.Table == "nat" {
+			t.Errorf("Read() chains hold iptables-nft's empty %s of the native table: %+v", c.Chain, c)
+		}
+	}
+	if want := "nft ip nat pre DNAT"; !slices.Contains(got, want) {
+		t.Errorf("Read() rules = %q, want %q", got, want)
+	}
+}
+
 // shimPath makes a directory holding only the named links (name → target
 // on the real PATH) and makes it the whole PATH for the test.
 func shimPath(t *testing.T, links map[string]string) {
