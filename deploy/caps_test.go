@@ -124,7 +124,7 @@ func TestCapabilities(t *testing.T) {
 		"CAP_BPF":       {host, drops, "loading the drop tracer needs CAP_BPF"},
 		"CAP_PERFMON":   {host, drops, "needs CAP_PERFMON"},
 		"CAP_SYSLOG":    {host, drops, "locations are raw addresses"},
-		"CAP_NET_RAW":   {ns, inspect, "Permission denied (you must be root)"},
+		"CAP_NET_RAW":   {ns, inspect, "reading iptables-legacy rules needs CAP_NET_RAW"},
 	}
 	t.Run("all", func(t *testing.T) {
 		out, code := runWithCaps(t, host, caps, drops...)

@@ -379,10 +379,14 @@ func TestCheckSaysWatchingWhileItWatches(t *testing.T) {
 	for _, tt := range []struct {
 		name      string
 		forwarded int
+		otherPort bool // a port of the VIP no DNAT rule names
 		traced    bool // drops.vip_flows judged (pass or fail), not skipped
-	}{{"backend learned", 1, true}, {"nothing to trace", 0, false}} {
+	}{{"backend learned", 1, false, true}, {"backend named by its rule alone", 0, false, true}, {"nothing to trace", 0, true, false}} {
 		t.Run(tt.name, func(t *testing.T) {
 			l, vip := testkit.DNATLab(t, tt.forwarded)
+			if tt.otherPort {
+				vip = netip.AddrPortFrom(vip.Addr(), vip.Port()+1)
+			}
 			_, out, stderr := runCLI("check", "--netns", l.LB.Name, "--vip", vip.String(), "--watch", "500ms")
 			traced := strings.Contains(out, "drops.vip_flows") && !strings.Contains(out, "- drops.vip_flows")
 			if want := "watching " + vip.String() + " ("; !strings.Contains(stderr, want) || !strings.Contains(stderr, "for 500ms") || traced != tt.traced {
