@@ -33,9 +33,10 @@ func servesProto(spec, proto string) bool {
 
 // servesPort says whether a rule's destination port match, if it has one,
 // holds port: a DNAT of the VIP's port 53 is not a backend of its port 80.
+// Port 0 (a VIP given without a port: every port of it) holds every port.
 func servesPort(spec string, port uint16) bool {
 	m := dport.FindStringSubmatch(spec)
-	if m == nil {
+	if m == nil || port == 0 {
 		return true
 	}
 	for _, p := range strings.FieldsFunc(strings.Trim(m[1], "{}"), func(c rune) bool { return c == ',' || c == ' ' }) {
@@ -46,11 +47,27 @@ func servesPort(spec string, port uint16) bool {
 	return false
 }
 
+// singlePort is the one destination port a rule matches, 0 when it
+// matches none or several: a DNAT without a port keeps the packet's.
+func singlePort(spec string) uint16 {
+	m := dport.FindStringSubmatch(spec)
+	if m == nil {
+		return 0
+	}
+	p, err := strconv.ParseUint(strings.TrimSpace(m[1]), 10, 16)
+	if err != nil {
+		return 0
+	}
+	return uint16(p)
+}
+
 // RuleBackends are the destinations of the DNAT rules that name the
 // selected VIP's address and, when they match a destination port or a
 // protocol, its port and protocol: the backends of a VIP that IPVS does not serve,
 // known from the rules before any flow shows them in conntrack. A rule
-// without a port keeps the VIP's. Ranges and maps are not followed.
+// without a port keeps the VIP's; for a VIP given without a port (every
+// port of it), the one port the rule matches, else port 0 (any). Ranges and
+// maps are not followed.
 func RuleBackends(rs []rules.Rule, sel Selector) []netip.AddrPort {
 	var out []netip.AddrPort
 	vip := sel.VIP.Addr().String()
@@ -68,7 +85,11 @@ func RuleBackends(rs []rules.Rule, sel Selector) []netip.AddrPort {
 			if aerr != nil {
 				continue
 			}
-			b = netip.AddrPortFrom(a, sel.VIP.Port())
+			port := sel.VIP.Port()
+			if port == 0 {
+				port = singlePort(r.Spec)
+			}
+			b = netip.AddrPortFrom(a, port)
 		}
 		if !slices.Contains(out, b) {
 			out = append(out, b)
@@ -90,9 +111,15 @@ type VIPBackend struct {
 	From []string       `json:"from"`
 }
 
-// String is "ADDR:PORT (conntrack, DNAT rule)".
+// String is "ADDR:PORT (conntrack, DNAT rule)", or "ADDR (DNAT rule)"
+// for a backend of any port (port 0: a DNAT without a port of a VIP given
+// without one).
 func (b VIPBackend) String() string {
-	return b.Addr.String() + " (" + strings.Join(b.From, ", ") + ")"
+	a := b.Addr.String()
+	if b.Addr.Port() == 0 {
+		a = b.Addr.Addr().String()
+	}
+	return a + " (" + strings.Join(b.From, ", ") + ")"
 }
 
 // VIPBackends are the backends of a VIP that IPVS does not serve (nft or

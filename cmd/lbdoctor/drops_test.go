@@ -132,6 +132,23 @@ func TestDropsVIPOfAnNftDNAT(t *testing.T) {
 	}
 }
 
+// drops --vip ADDR, every port of a VIP that nft DNATs, traces the
+// backends its DNAT rules name, whatever port they match: with no flow in
+// conntrack yet (the VIP never worked), its SYNs that die in ip_error after
+// the DNAT, addressed to the backend, are traced all the same.
+func TestDropsVIPWithoutPortOfAnNftDNAT(t *testing.T) {
+	l, vip := testkit.DNATLab(t, 0)
+	done := probeLater(l, vip)
+	code, out, stderr := runCLI("drops", "--netns", l.LB.Name, "--vip", vip.Addr().String(), "--duration", "2500ms")
+	<-done
+	if want := "→ " + l.RealIP.String() + ":8085 [SYN]"; code != 0 || !strings.Contains(out, "IP_INADDRERRORS ip_error+0x") || !strings.Contains(out, want) {
+		t.Errorf("drops --vip %s = exit %d\n%s\n%s\nwant IP_INADDRERRORS SYN lines to the backend (%s)", vip.Addr(), code, out, stderr, want)
+	}
+	if want := "tracing too the backends its conntrack flows and DNAT rules show: " + l.RealIP.String() + ":8085 (DNAT rule)"; !strings.Contains(stderr, want) {
+		t.Errorf("drops --vip %s stderr = %q, want %q", vip.Addr(), stderr, want)
+	}
+}
+
 // A --vip without a port is shown as the user gave it, the address alone:
 // never with a ":0" the user did not type.
 func TestDropsVIPWithoutPortShownAsGiven(t *testing.T) {
