@@ -186,6 +186,11 @@ func TestCheckDropsOfAnNftDNATVIP(t *testing.T) {
 			if string(f.Status) != tt.wantStatus || !strings.Contains(text, tt.wantIn) {
 				t.Errorf("check --drops on nft DNAT VIP: drops.vip_flows = %s %q, want %s with %q", f.Status, text, tt.wantStatus, tt.wantIn)
 			}
+			// No IPVS serves the VIP: the forwarded packets are its DNATed
+			// requests and their replies, not what IPVS did or did not take.
+			if want := "a request DNATed to a backend, or a backend's reply de-NATed to the client"; tt.wantStatus == "fail" && (!strings.Contains(f.Reason, want) || strings.Contains(f.Reason, "IPVS")) {
+				t.Errorf("check on nft DNAT VIP: drops.vip_flows reason = %q, want %q and no IPVS", f.Reason, want)
+			}
 		})
 	}
 }
