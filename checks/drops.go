@@ -55,6 +55,13 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 		window += "; the window was cut short"
 	}
 	ev := []Evidence{{Fact: window, Source: "kfree_skb tracer"}}
+	vipOnly := ""
+	if w := s.Window; w != nil {
+		vipOnly = w.DropsVIPOnly
+	}
+	if vipOnly != "" {
+		ev = append(ev, Evidence{Fact: vipOnly, Source: "conntrack, rules, " + s.Target.String()})
+	}
 	for _, k := range slices.Sorted(maps.Keys(d.Attribution.Errors)) {
 		// A table attribution left unread: its drops stay unattributed.
 		ev = append(ev, Evidence{Fact: fmt.Sprintf("drops were not attributed through the %s table: %s", k, d.Attribution.Errors[k]), Source: "kfree_skb tracer"})
@@ -69,7 +76,7 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 			"every drop in %s was counted and the services' drops selected from them; drops not itemised by flow cannot be told apart and are not among them",
 			len(addrs), len(ports), drops.MaxFilter, s.Target), Source: "kfree_skb tracer"})
 	}
-	if sel.VIP.IsValid() && len(selected(s, sel)) == 0 {
+	if sel.VIP.IsValid() && len(selected(s, sel)) == 0 && vipOnly == "" {
 		if bs := s.DNATBackends(sel); len(bs) > 0 {
 			ev = append(ev, Evidence{Fact: fmt.Sprintf("%s is not an IPVS service; traced with the backends its conntrack flows and DNAT rules show: %s", sel.VIPString(), probes.JoinBackends(bs)), Source: "conntrack, rules, " + s.Target.String()})
 		}
@@ -85,6 +92,9 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 		case d.CutShort:
 			// A shorter window than asked for proves less: not a pass.
 			f.Status, f.Title = Warn, "no drop was seen, but the window was cut short"
+		case vipOnly != "":
+			// Its packets after the DNAT were not traced: no pass either.
+			f.Status, f.Title = Warn, "no drop of packets addressed to the VIP was seen, but those after its DNAT were not traced (no backend known)"
 		}
 		return f
 	}
@@ -311,6 +321,11 @@ func dropRemedy(s *probes.Snapshot, sel probes.Selector, c drops.Counted) (why s
 		return "reverse-path filtering dropped it: its source is not routed back through the interface it came in on",
 			[]string{fmt.Sprintf("%ssysctl -w net.ipv4.conf.all.rp_filter=2   # loose, or route the source back the same way", s.Target.ExecPrefix())}, nil
 	case "NO_SOCKET":
+		if sel.VIP.IsValid() && len(selected(s, sel)) == 0 {
+			// No IPVS service of the VIP: what should have taken it
+			// from the local stack is a DNAT rule.
+			return "it reached the local stack and nothing listens there: no DNAT rule rewrote it (none for this address and port?)", natListings(s), nil
+		}
 		return "it reached the local stack and nothing listens there: IPVS did not take it (no service for this address and port?)",
 			[]string{fmt.Sprintf("%sipvsadm -Ln", s.Target.ExecPrefix())}, nil
 	}
@@ -370,6 +385,25 @@ func hookUnknown(s *probes.Snapshot) string {
 // ruleListings are the commands that list, with counters and handles, the
 // rules of every backend read (of one hook's chains where the backend can
 // list a chain alone): where the rule that dropped is to be found.
+// natListings are the commands that list the nat rules of each rule
+// backend read, where the DNAT of a VIP that IPVS does not serve lives.
+func natListings(s *probes.Snapshot) []string {
+	pre := s.Target.ExecPrefix()
+	var out []string
+	for _, b := range s.Rules.Backends {
+		if !b.Read {
+			continue
+		}
+		switch b.Name {
+		case rules.Nft:
+			out = append(out, pre+"nft list ruleset   # a DNAT of the VIP: a dnat rule in a chain of type nat, hook prerouting")
+		default:
+			out = append(out, pre+b.Name+"-save -t nat   # a DNAT of the VIP: -j DNAT in nat PREROUTING")
+		}
+	}
+	return out
+}
+
 func ruleListings(s *probes.Snapshot, hook string) []string {
 	pre := s.Target.ExecPrefix()
 	var out []string

@@ -75,7 +75,18 @@ type DropTrace struct {
 	addrs []netip.Addr // the services' addresses and ports, selected
 	ports []uint16     // from the kernel's count when wide
 	wide  bool
+	// vipOnly says why only packets still addressed to a DNAT VIP are
+	// traced (no backend known: VIPOnly); "" when its flows are.
+	vipOnly string
 }
+
+// VIPOnly says why the tracer follows only the packets still addressed to
+// the selected VIP, one that IPVS does not serve and whose backends no
+// conntrack flow or DNAT rule showed: its drops before the DNAT (a raw or
+// prerouting rule, reverse-path filtering) are traced, those after it are
+// not, so a quiet window proves nothing about them. "" when every packet
+// of its flows is traced.
+func (d *DropTrace) VIPOnly() string { return d.vipOnly }
 
 // StartDrops loads the drop tracer that prepare gives (it may wait for a
 // preparation under way; it is not called when there is nothing to trace)
@@ -117,7 +128,7 @@ func (d *DropTrace) Refilter(ns netns.Target, sel Selector, s *Snapshot) error {
 	if err := d.tr.SetFilter(cfg); err != nil {
 		return err
 	}
-	d.addrs, d.ports, d.wide = nd.addrs, nd.ports, nd.wide
+	d.addrs, d.ports, d.wide, d.vipOnly = nd.addrs, nd.ports, nd.wide, nd.vipOnly
 	return nil
 }
 
@@ -141,11 +152,14 @@ func (d *DropTrace) Tracer() *drops.Tracer { return d.tr }
 // flows in s, and the DropTrace (without its tracer) that selects them.
 func dropConfig(ns netns.Target, sel Selector, s *Snapshot) (drops.Config, *DropTrace, error) {
 	addrs, ports := DropFilter(sel, s.IPVS.Services)
+	var vipOnly string
 	if sel.VIP.IsValid() && !ServesVIP(sel, s.IPVS.Services) {
 		// Not an IPVS service (nft or iptables DNAT): its packets carry
 		// a backend's address once DNAT ran; conntrack's flows and the
-		// DNAT rules name them. Without one, a quiet window would prove
-		// nothing.
+		// DNAT rules name them. Without one, only the packets still
+		// addressed to the VIP are traced (drops before its DNAT are
+		// seen all the same): a quiet window proves nothing of the rest,
+		// which VIPOnly says.
 		bs := s.DNATBackends(sel)
 		if len(bs) == 0 {
 			why := "no conntrack flow to it and no DNAT rule shows a backend"
@@ -159,7 +173,7 @@ func dropConfig(ns netns.Target, sel Selector, s *Snapshot) (drops.Config, *Drop
 			if len(unread) > 0 {
 				why += "; not read: " + strings.Join(unread, ", ")
 			}
-			return drops.Config{}, nil, fmt.Errorf("%s is not an IPVS service and %s: drops after its DNAT cannot be traced", sel.VIPString(), why)
+			vipOnly = fmt.Sprintf("%s is not an IPVS service and %s: only packets still addressed to it were traced, not those after its DNAT", sel.VIPString(), why)
 		}
 		addrs, ports = AddBackends(sel, addrs, ports, BackendAddrs(bs))
 	}
@@ -182,7 +196,7 @@ func dropConfig(ns netns.Target, sel Selector, s *Snapshot) (drops.Config, *Drop
 			cfg.Ports = nil
 		}
 	}
-	return cfg, &DropTrace{addrs: addrs, ports: ports, wide: wide}, nil
+	return cfg, &DropTrace{addrs: addrs, ports: ports, wide: wide, vipOnly: vipOnly}, nil
 }
 
 // AttributorBounds are what an attributor — the drop tracer's, a

@@ -43,6 +43,11 @@ type Window struct {
 	// drop was to be traced (not asked for, no CAP_BPF: Skipped says so).
 	Tracer   string `json:"tracer,omitempty"`
 	CutShort bool   `json:"cut_short,omitempty"`
+	// DropsVIPOnly says why the tracer followed only the packets still
+	// addressed to the selected VIP (DropTrace.VIPOnly: a DNAT VIP whose
+	// backends were not known at the window's first read); "" when it
+	// followed its flows.
+	DropsVIPOnly string `json:"drops_vip_only,omitempty"`
 	// Deltas are the counters that moved between the two reads: rules
 	// (and chain policies), IPVS per service and real, conntrack, SNMP.
 	Deltas Deltas `json:"deltas"`

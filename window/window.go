@@ -230,6 +230,7 @@ func (wt *Watcher) next(ctx context.Context, opt Options) (*probes.Snapshot, err
 			wt.dropTracer()
 		} else {
 			kt, w.Tracer = wt.tr, "kept"
+			w.DropsVIPOnly = kt.dt.VIPOnly()
 		}
 	default:
 		w.Tracer = "failed"
@@ -246,6 +247,7 @@ func (wt *Watcher) next(ctx context.Context, opt Options) (*probes.Snapshot, err
 			maps.Copy(w.TracerTook, dt.Tracer().LoadTook)
 			kt = &keptTracer{dt: dt, base: dt.Tracer().NewBaseline()}
 			wt.tr, w.Tracer = kt, "attached"
+			w.DropsVIPOnly = dt.VIPOnly()
 			if wt.failed != "" {
 				// Said once, in the window that loaded it again.
 				w.Skipped["drops.reload"] = "the drop tracer was loaded again: the one before failed (" + wt.failed + ")"

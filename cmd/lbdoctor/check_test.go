@@ -161,7 +161,9 @@ func TestCheckDropsOfAnNftDNATVIP(t *testing.T) {
 	}{
 		{"backend learned from conntrack", true, 0, "fail", "IP_INADDRERRORS at ip_error"},
 		{"backend from the DNAT rule alone", false, 0, "fail", "IP_INADDRERRORS at ip_error"},
-		{"nothing to learn", false, 9999, "skip", "is not an IPVS service and no conntrack flow to it and no DNAT rule shows a backend"},
+		// Only the packets still addressed to the VIP are traced: the
+		// SYNs that reach the LB's own stack, no DNAT rule of their port.
+		{"nothing to learn", false, 9999, "fail", "no DNAT rule rewrote it"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -188,10 +190,35 @@ func TestCheckDropsOfAnNftDNATVIP(t *testing.T) {
 			}
 			// No IPVS serves the VIP: the forwarded packets are its DNATed
 			// requests and their replies, not what IPVS did or did not take.
-			if want := "a request DNATed to a backend, or a backend's reply de-NATed to the client"; tt.wantStatus == "fail" && (!strings.Contains(f.Reason, want) || strings.Contains(f.Reason, "IPVS")) {
+			if want := "a request DNATed to a backend, or a backend's reply de-NATed to the client"; strings.Contains(tt.wantIn, "IP_INADDRERRORS") && (!strings.Contains(f.Reason, want) || strings.Contains(f.Reason, "IPVS")) {
 				t.Errorf("check on nft DNAT VIP: drops.vip_flows reason = %q, want %q and no IPVS", f.Reason, want)
 			}
 		})
+	}
+}
+
+// A VIP that IPVS does not serve and whose backends nothing shows (no
+// flow in conntrack, no DNAT rule naming it: a map, kube-proxy's
+// per-endpoint chains) is still traced by its own address: a drop before
+// the DNAT (a raw prerouting rule) fails drops.vip_flows naming its rule,
+// and a quiet window warns that the packets after the DNAT were not
+// traced — never a pass, never a skip that hides the drops it could see.
+func TestCheckDNATVIPWithoutBackendTracesItsOwnAddress(t *testing.T) {
+	l, vip := testkit.DNATLab(t, 0)
+	vip = netip.AddrPortFrom(vip.Addr(), 9999) // no DNAT rule names this port
+	r, _ := checkJSON(t, "--netns", l.LB.Name, "--vip", vip.String(), "--watch", "1s")
+	f := findingOf(r, "drops.vip_flows")
+	want := "only packets still addressed to it were traced, not those after its DNAT"
+	if f.Status != "warn" || !strings.Contains(f.Title, "after its DNAT were not traced") || !slices.ContainsFunc(f.Evidence, func(e checks.Evidence) bool { return strings.Contains(e.Fact, want) }) {
+		t.Errorf("check on a quiet DNAT VIP without backends: drops.vip_flows = %s %q %v, want warn and %q", f.Status, f.Title, f.Evidence, want)
+	}
+	testkit.Run(t, l.LB, "nft", "add table ip rawdrop; add chain ip rawdrop pre { type filter hook prerouting priority raw; }; add rule ip rawdrop pre tcp dport 9999 counter drop")
+	done := probeLater(l, vip)
+	r, _ = checkJSON(t, "--netns", l.LB.Name, "--vip", vip.String(), "--watch", "2500ms")
+	<-done
+	f = findingOf(r, "drops.vip_flows")
+	if f.Status != "fail" || !strings.Contains(f.Title, "NETFILTER_DROP at nft_do_chain in prerouting") || !strings.Contains(f.Reason, "nft ip rawdrop pre rule") {
+		t.Errorf("check on a DNAT VIP without backends, dropped in raw prerouting: drops.vip_flows = %s %q (%s), want fail naming nft ip rawdrop pre's rule", f.Status, f.Title, f.Reason)
 	}
 }
 
