@@ -284,7 +284,7 @@ func dropRemedy(s *probes.Snapshot, sel probes.Selector, c drops.Counted) (why s
 		// The switch of the packet's family: IPv6 drops these in ip6_forward.
 		key := ForwardingKey(c.Dst.Addr())
 		if v, ok := readable(s, key); ok && v.Value == "0" {
-			return "the packet had to be forwarded but " + key + "=0: it died in " + c.Function() + " ("+forwardedWhat(s, sel)+")",
+			return "the packet had to be forwarded but " + key + "=0: it died in " + c.Function() + " (" + forwardedWhat(s, sel) + ")",
 				nil, []Remedy{{Sysctl: key, Value: "1"}}
 		}
 		if key == "net.ipv4.ip_forward" {
@@ -294,7 +294,7 @@ func dropRemedy(s *probes.Snapshot, sel probes.Selector, c drops.Counted) (why s
 			if dev, _ := routeTo(s, c.Src.Addr()); dev != "" {
 				devKey := "net.ipv4.conf." + dev + ".forwarding"
 				if v, ok := readable(s, devKey); ok && v.Value == "0" {
-					return "the packet had to be forwarded but it came in on " + dev + ", where " + devKey + "=0: it died in " + c.Function() + " ("+forwardedWhat(s, sel)+")",
+					return "the packet had to be forwarded but it came in on " + dev + ", where " + devKey + "=0: it died in " + c.Function() + " (" + forwardedWhat(s, sel) + ")",
 						nil, []Remedy{{Sysctl: devKey, Value: "1"}}
 				}
 			}
