@@ -245,13 +245,16 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 			joinAddrs(opt.Match.Addrs), joinPorts(opt.Match.Ports), until)
 	}
 	wopt := capture.WatchOptions{Count: f.count, Stop: ctx}
+	var sorter *capture.Sorter
 	if file != nil {
-		// Each packet's comment names its flow and leg (Wireshark shows it).
+		// Each packet's comment names its flow and leg (Wireshark shows it);
+		// the file is in time order across the interfaces' rings.
+		sorter = capture.NewSorter(file)
 		wopt.Sink = func(p capture.Packet, leg capture.LegOf, ok bool) error {
 			if len(p.Data) > f.snaplen {
 				p.Data = p.Data[:f.snaplen] // Length keeps the packet's own
 			}
-			return file.WritePacket(p, p.Socket, packetComment(leg, ok))
+			return sorter.Add(p, p.Socket, packetComment(leg, ok))
 		}
 	}
 	if f.duration > 0 {
@@ -284,10 +287,14 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 		doc.CutShort = cause.Error()
 	}
 	if file != nil {
+		drainErr := sorter.Drain()
 		doc.File.Packets = file.Packets()
 		// A write that failed fails every later one (the statistics, the
 		// flush) with the same error: the first says it, on one line.
 		err := file.Close(capture.FileStatsOf(doc.Interfaces, started, time.Now()))
+		if drainErr != nil && w.SinkErr == nil {
+			err = fmt.Errorf("write packet: %w", drainErr)
+		}
 		if w.SinkErr != nil {
 			err = w.SinkErr
 		}

@@ -292,6 +292,55 @@ func TestCaptureLegs(t *testing.T) {
 	}
 }
 
+// capture -w writes its file in time order, as tcpdump does, across the
+// interfaces' rings: each ring hands its packets over by the block, its
+// reader apart from the others', so in the order they came a two-arm LB's
+// SYN sent on to the real (eth1) could precede the client's SYN (eth0) it
+// forwards, and tshark lists a file in its order.
+func TestCaptureFileInTimeOrder(t *testing.T) {
+	testkit.RequireRoot(t)
+	l := testkit.Lab(t, lab.TwoArm)
+	vip, real := netip.AddrPortFrom(l.VIP, 8085), netip.AddrPortFrom(l.RealIP, 8080)
+	testkit.Serve(t, l.Real, ":8080")
+	testkit.NftNAT(t, l.LB, vip, real, false) // two-arm: the real answers through the LB
+	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+	file := filepath.Join(t.TempDir(), "vip.pcapng")
+	wait := startCapture(t, "--netns", l.LB.Path, "--vip", vip.String(), "--duration", "3s", "-w", file)
+	const n = 40
+	for i := range n {
+		if res := lab.Probe(context.Background(), l.Client, vip, time.Second); !res.OK {
+			t.Fatalf("probe %d of %s: %v", i, vip, res.Err)
+		}
+	}
+	doc, stderr, code := wait(false)
+	if code != 0 || doc.File == nil || doc.File.Packets < 4*n {
+		t.Fatalf("capture -w = exit %d, file %+v; want 0 and at least %d packets\n%s", code, doc.File, 4*n, stderr)
+	}
+	out, err := exec.Command("tshark", "-r", file, "-T", "fields", "-e", "frame.time_epoch", "-e", "frame.interface_name").Output()
+	if err != nil {
+		t.Fatalf("tshark -r %s: %v", file, err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	ifaces := map[string]bool{}
+	var prev float64
+	for i, line := range lines {
+		ts, iface, _ := strings.Cut(line, "\t")
+		ifaces[iface] = true
+		sec, err := strconv.ParseFloat(ts, 64)
+		if err != nil {
+			t.Fatalf("tshark line %q: %v", line, err)
+		}
+		if sec < prev {
+			t.Errorf("tshark -r %s: packet %d (%s) is older than the one before it (%.9f): the file is not in time order", file, i+1, line, prev)
+			break
+		}
+		prev = sec
+	}
+	if len(lines) != int(doc.File.Packets) || !ifaces["eth0"] || !ifaces["eth1"] {
+		t.Errorf("tshark -r %s: %d packets on %v, want %d on eth0 and eth1", file, len(lines), ifaces, doc.File.Packets)
+	}
+}
+
 // Ctrl-C ends a capture at once: what it captured is printed (one line per
 // flow), it says it was cut short, exits 0, and the file is complete:
 // tcpdump reads every packet of it.
