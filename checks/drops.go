@@ -262,8 +262,14 @@ func dropRemedy(s *probes.Snapshot, sel probes.Selector, c drops.Counted) (why s
 	case "IP_INADDRERRORS", "IP_INNOROUTES":
 		// The switch of the packet's family: IPv6 drops these in ip6_forward.
 		key := ForwardingKey(c.Dst.Addr())
+		// Which packets a forwarding LB forwards: a DNAT VIP forwards its
+		// requests too, IPVS only the replies de-NATed before it saw them.
+		forwarded := "a reply de-NATed to the client before IPVS saw it, or a request IPVS did not take"
+		if dnatTraced(s, sel) {
+			forwarded = "a request DNATed to its backend, or a reply de-NATed to its client"
+		}
 		if v, ok := readable(s, key); ok && v.Value == "0" {
-			return "the packet had to be forwarded but " + key + "=0: it died in " + c.Function() + " (a reply de-NATed to the client before IPVS saw it, or a request IPVS did not take)",
+			return "the packet had to be forwarded but " + key + "=0: it died in " + c.Function() + " (" + forwarded + ")",
 				nil, []Remedy{{Sysctl: key, Value: "1"}}
 		}
 		if key == "net.ipv4.ip_forward" {
@@ -273,7 +279,7 @@ func dropRemedy(s *probes.Snapshot, sel probes.Selector, c drops.Counted) (why s
 			if dev, _ := routeTo(s, c.Src.Addr()); dev != "" {
 				devKey := "net.ipv4.conf." + dev + ".forwarding"
 				if v, ok := readable(s, devKey); ok && v.Value == "0" {
-					return "the packet had to be forwarded but it came in on " + dev + ", where " + devKey + "=0: it died in " + c.Function() + " (a reply de-NATed to the client before IPVS saw it, or a request IPVS did not take)",
+					return "the packet had to be forwarded but it came in on " + dev + ", where " + devKey + "=0: it died in " + c.Function() + " (" + forwarded + ")",
 						nil, []Remedy{{Sysctl: devKey, Value: "1"}}
 				}
 			}
