@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/lbdoctor/lbdoctor/checks"
+	"github.com/lbdoctor/lbdoctor/flowpath"
 	"github.com/lbdoctor/lbdoctor/internal/report"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 	"github.com/lbdoctor/lbdoctor/probes"
@@ -454,6 +455,21 @@ func TestFailingFindingsCarryThePath(t *testing.T) {
 	var buf bytes.Buffer
 	report.Text(&buf, report.New(report.Target{Netns: snap.Target, Kernel: snap.Kernel, VIP: sel.VIP.String(), Proto: "tcp"}, fs, snap.Errors))
 	testkit.Golden(t, "seed-stage3-window@10.1.0.6_8085.txt", buf.Bytes())
+
+	// On an LB of many services, those no client used stop too (nothing
+	// came): listed first, more than a finding carries, they must not
+	// crowd out the path the traffic took and died on.
+	idle := w.Paths[0]
+	idle.Legs = slices.Clone(idle.Legs)
+	for i := range idle.Legs {
+		idle.Legs[i].Packets = 0
+	}
+	idle.Stops = nil
+	w.Paths = append(slices.Repeat([]flowpath.Path{idle}, checks.MaxFindingPaths+1), w.Paths...)
+	f := statusOf(checks.Run(snap, sel), "sysctl.ip_forward")
+	if len(f.Path) == 0 || f.Path[0].String() != want {
+		t.Errorf("Run(seed-stage3 with %d idle paths first) sysctl.ip_forward paths = %v, want the first reading %q", checks.MaxFindingPaths+1, f.Path, want)
+	}
 }
 
 // ipv6TwoArm turns the two-arm fixture into an IPv6-only two-arm LB as an
