@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/lbdoctor/lbdoctor/checks"
+	"github.com/lbdoctor/lbdoctor/flowpath"
 	"github.com/lbdoctor/lbdoctor/internal/report"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 	"github.com/lbdoctor/lbdoctor/probes"
@@ -45,10 +46,12 @@ func TestCatalogOnFixtures(t *testing.T) {
 		{"seed-stage3", "10.1.0.6:8085", map[string]checks.Status{"drops.vip_flows": checks.Skip}},
 		// An nft DNAT VIP with forwarding off: 835 SYNs of 500 flows die in
 		// ip_error, none attributed, beside 3 attributed NEIGH_FAILED drops.
-		{"nft-dnat-forward-off", "10.99.0.6:8085", map[string]checks.Status{"drops.vip_flows": checks.Fail}},
+		// kernel.ipvs skips it: an ipvsadm -A behind the DNAT would see nothing.
+		{"nft-dnat-forward-off", "10.99.0.6:8085", map[string]checks.Status{"drops.vip_flows": checks.Fail, "kernel.ipvs": checks.Skip}},
 		// A one-arm nft DNAT LB at send_redirects=1 watched on every port of
 		// its VIP: NAT dropped its own ICMP redirects to the real in output.
-		{"one-arm-redirects", "10.1.0.6", map[string]checks.Status{"drops.vip_flows": checks.Pass}},
+		// On a kernel without IPVS: a DNAT VIP's check passes.
+		{"one-arm-redirects", "10.1.0.6", map[string]checks.Status{"drops.vip_flows": checks.Pass, "kernel.ipvs": checks.Skip}},
 		{"two-arm", "", map[string]checks.Status{"kernel.ipvs": checks.Pass, "sysctl.ip_forward": checks.Pass, "sysctl.vs_conntrack": checks.Skip, "nat.return_path": checks.Pass, "net.send_redirects": checks.Skip}},
 		{"vs-module-not-loaded", "", map[string]checks.Status{"kernel.ipvs": checks.Fail, "sysctl.ip_forward": checks.Skip, "sysctl.vs_conntrack": checks.Skip, "nat.return_path": checks.Skip, "net.send_redirects": checks.Skip}},
 	}
@@ -167,6 +170,10 @@ func TestDropsHeadlineIsTheBiggestReason(t *testing.T) {
 	want := "835 × IP_INADDRERRORS at ip_error+0x92 in 500 flows, no drop attributed to a load-balanced flow"
 	if !slices.Contains(facts, want) {
 		t.Errorf("Run(nft-dnat-forward-off) drops.vip_flows evidence = %q, want a line %q", facts, want)
+	}
+	// A DNAT VIP forwards its requests: the reason says so, not IPVS.
+	if wantWhy := "(a request DNATed to its backend, or a reply de-NATed to its client)"; !strings.Contains(f.Reason, wantWhy) || strings.Contains(f.Reason, "IPVS") {
+		t.Errorf("Run(nft-dnat-forward-off) drops.vip_flows reason = %q, want %q and no IPVS", f.Reason, wantWhy)
 	}
 }
 
@@ -448,6 +455,21 @@ func TestFailingFindingsCarryThePath(t *testing.T) {
 	var buf bytes.Buffer
 	report.Text(&buf, report.New(report.Target{Netns: snap.Target, Kernel: snap.Kernel, VIP: sel.VIP.String(), Proto: "tcp"}, fs, snap.Errors))
 	testkit.Golden(t, "seed-stage3-window@10.1.0.6_8085.txt", buf.Bytes())
+
+	// On an LB of many services, those no client used stop too (nothing
+	// came): listed first, more than a finding carries, they must not
+	// crowd out the path the traffic took and died on.
+	idle := w.Paths[0]
+	idle.Legs = slices.Clone(idle.Legs)
+	for i := range idle.Legs {
+		idle.Legs[i].Packets = 0
+	}
+	idle.Stops = nil
+	w.Paths = append(slices.Repeat([]flowpath.Path{idle}, checks.MaxFindingPaths+1), w.Paths...)
+	f := statusOf(checks.Run(snap, sel), "sysctl.ip_forward")
+	if len(f.Path) == 0 || f.Path[0].String() != want {
+		t.Errorf("Run(seed-stage3 with %d idle paths first) sysctl.ip_forward paths = %v, want the first reading %q", checks.MaxFindingPaths+1, f.Path, want)
+	}
 }
 
 // ipv6TwoArm turns the two-arm fixture into an IPv6-only two-arm LB as an

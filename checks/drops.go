@@ -265,17 +265,6 @@ func groupDrops(cs []drops.Counted) []dropReason {
 	return out
 }
 
-// forwardedWhat says which packets of the selected flows the LB forwards:
-// an IPVS service's replies (de-NATed by conntrack before IPVS sees them)
-// or the requests IPVS did not take; a VIP that nft or iptables DNATs
-// forwards both its requests, DNATed to a backend, and their replies.
-func forwardedWhat(s *probes.Snapshot, sel probes.Selector) string {
-	if dnatTraced(s, sel) {
-		return "a request DNATed to a backend, or a backend's reply de-NATed to the client"
-	}
-	return "a reply de-NATed to the client before IPVS saw it, or a request IPVS did not take"
-}
-
 // dropRemedy says what a drop reason means on an IPVS load balancer and how
 // to fix it, as far as the snapshot allows.
 func dropRemedy(s *probes.Snapshot, sel probes.Selector, c drops.Counted) (why string, fix []string, remedies []Remedy) {
@@ -283,8 +272,14 @@ func dropRemedy(s *probes.Snapshot, sel probes.Selector, c drops.Counted) (why s
 	case "IP_INADDRERRORS", "IP_INNOROUTES":
 		// The switch of the packet's family: IPv6 drops these in ip6_forward.
 		key := ForwardingKey(c.Dst.Addr())
+		// Which packets a forwarding LB forwards: a DNAT VIP forwards its
+		// requests too, IPVS only the replies de-NATed before it saw them.
+		forwarded := "a reply de-NATed to the client before IPVS saw it, or a request IPVS did not take"
+		if dnatTraced(s, sel) {
+			forwarded = "a request DNATed to its backend, or a reply de-NATed to its client"
+		}
 		if v, ok := readable(s, key); ok && v.Value == "0" {
-			return "the packet had to be forwarded but " + key + "=0: it died in " + c.Function() + " (" + forwardedWhat(s, sel) + ")",
+			return "the packet had to be forwarded but " + key + "=0: it died in " + c.Function() + " (" + forwarded + ")",
 				nil, []Remedy{{Sysctl: key, Value: "1"}}
 		}
 		if key == "net.ipv4.ip_forward" {
@@ -294,7 +289,7 @@ func dropRemedy(s *probes.Snapshot, sel probes.Selector, c drops.Counted) (why s
 			if dev, _ := routeTo(s, c.Src.Addr()); dev != "" {
 				devKey := "net.ipv4.conf." + dev + ".forwarding"
 				if v, ok := readable(s, devKey); ok && v.Value == "0" {
-					return "the packet had to be forwarded but it came in on " + dev + ", where " + devKey + "=0: it died in " + c.Function() + " (" + forwardedWhat(s, sel) + ")",
+					return "the packet had to be forwarded but it came in on " + dev + ", where " + devKey + "=0: it died in " + c.Function() + " (" + forwarded + ")",
 						nil, []Remedy{{Sysctl: devKey, Value: "1"}}
 				}
 			}

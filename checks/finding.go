@@ -4,6 +4,7 @@
 package checks
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -252,6 +253,9 @@ func captureEvidence(s *probes.Snapshot, paths []flowpath.Path) []Evidence {
 	// What the capture could not see is said beside what it saw.
 	out = append(out, Evidence{Fact: fmt.Sprintf("captured %d packets on %s: %d lost in the kernel's rings, %d not processed, %d claimed by no flow (%d of them the LB's own, e.g. the health probes)",
 		c.Packets, strings.Join(ifaces, ", "), c.KernelDrops, c.NotProcessed, c.Unclaimed, c.Own), Source: src})
+	if c.Widened != "" {
+		out = append(out, Evidence{Fact: fmt.Sprintf("%s: %d packets of those ports to or from no selected address were left out", c.Widened, c.Outside), Source: src})
+	}
 	for _, p := range paths {
 		if story := p.CaptureStory(); story != "" {
 			out = append(out, Evidence{Fact: fmt.Sprintf("%s → %s: %s", p.Service, p.Real, story), Source: src})
@@ -280,10 +284,28 @@ func pathsOf(s *probes.Snapshot, services []string) []flowpath.Path {
 	if len(stopping) > 0 {
 		all = stopping
 	}
+	// The paths traffic took first: on an LB of many services, those of
+	// the services no client used in the window stop too (nothing came),
+	// and must not crowd out the one whose packets died.
+	slices.SortStableFunc(all, func(a, b flowpath.Path) int {
+		return cmp.Compare(b2i(carried(b)), b2i(carried(a)))
+	})
 	if len(all) > MaxFindingPaths {
 		all = all[:MaxFindingPaths:MaxFindingPaths]
 	}
 	return all
+}
+
+// carried reports whether any leg of p counted a packet in the window.
+func carried(p flowpath.Path) bool {
+	return slices.ContainsFunc(p.Legs, func(l flowpath.Leg) bool { return l.Counted && l.Packets > 0 })
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // explainDrops is the one place that decides which finding explains the

@@ -268,7 +268,7 @@ func sumTallies(ts []probes.FlowTally) int {
 // path leaves: replies that arrive but never complete the handshake, and
 // flows of any protocol no reply ever came back for (SEEN_REPLY unset: UDP
 // has no TCP state to tell it).
-func checkFlowStates(s *probes.Snapshot, _ probes.Selector) Finding {
+func checkFlowStates(s *probes.Snapshot, sel probes.Selector) Finding {
 	if e, ok := s.Errors[probes.ProbeConntrack]; ok {
 		return skip("conntrack could not be read: " + e)
 	}
@@ -345,8 +345,13 @@ func checkFlowStates(s *probes.Snapshot, _ probes.Selector) Finding {
 		if exNone != "" {
 			ev = append(ev, Evidence{Fact: exNone, Source: src})
 		}
+		why := "the real server did not answer, or answered around the LB (see nat.return_path), or the flows predate their service and no NAT applies to them (see conntrack.stale_flows)"
+		if dnatTraced(s, sel) {
+			// No IPVS service: the checks named above skip it.
+			why = "the DNAT backend did not answer, or answered around the LB (its replies must come back through the LB: source NAT, or the LB as its gateway), or the flows predate the DNAT rule and no NAT applies to them"
+		}
 		return Finding{Status: Warn, Title: title,
-			Reason:   "the real server did not answer, or answered around the LB (see nat.return_path), or the flows predate their service and no NAT applies to them (see conntrack.stale_flows); entries linger until their timeout, so a fixed path still shows them for a while",
+			Reason:   why + "; entries linger until their timeout, so a fixed path still shows them for a while",
 			Evidence: ev, about: about}
 	}
 	return Finding{Status: Pass, Title: "the VIP's flows complete", Evidence: ev}

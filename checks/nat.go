@@ -22,6 +22,11 @@ func checkIPVS(s *probes.Snapshot, sel probes.Selector) Finding {
 		return skip("IPVS could not be read: " + e)
 	}
 	if !s.IPVS.Available {
+		if f, ok := dnatNotIPVS(s, sel); ok {
+			f.Reason = "IPVS is not available here (" + s.IPVS.Reason + "); " + f.Reason
+			f.Evidence = append(f.Evidence, Evidence{Fact: "no IPVS generic netlink family", Source: "genetlink, kernel " + s.Kernel})
+			return f
+		}
 		return Finding{
 			Status: Fail, Title: "IPVS is not available",
 			Reason:   s.IPVS.Reason,
@@ -43,6 +48,10 @@ func checkIPVS(s *probes.Snapshot, sel probes.Selector) Finding {
 				Reason:   "--vip selects services by their address, which a firewall-mark service has none of: the checks of this selection watch no service; lbdoctor check without --vip judges " + strings.Join(marks, ", "),
 				Evidence: append(ev, Evidence{Fact: fmt.Sprintf("%d other virtual service(s)", len(s.IPVS.Services)), Source: src})}
 		}
+		if f, ok := dnatNotIPVS(s, sel); ok {
+			f.Evidence = append(f.Evidence, Evidence{Fact: fmt.Sprintf("%d other virtual service(s)", len(s.IPVS.Services)), Source: src})
+			return f
+		}
 		return Finding{Status: Fail, Title: "no virtual service " + selectorKey(sel),
 			Reason:   "IPVS has no service " + selectorKey(sel),
 			Evidence: []Evidence{{Fact: fmt.Sprintf("%d other virtual service(s)", len(s.IPVS.Services)), Source: src}},
@@ -50,6 +59,25 @@ func checkIPVS(s *probes.Snapshot, sel probes.Selector) Finding {
 	}
 	return Finding{Status: Pass, Title: "IPVS is available: " + svcs[0].Key(),
 		Evidence: []Evidence{{Fact: fmt.Sprintf("%s, %d real server(s)", svcs[0].Key(), len(svcs[0].Reals)), Source: src}}}
+}
+
+// dnatNotIPVS is kernel.ipvs for a --vip that IPVS does not serve and that
+// nft or iptables DNATs (its DNAT rules or conntrack flows name backends):
+// a skip, not a failure — an `ipvsadm -A` for it would sit behind the DNAT
+// in PREROUTING and never see a packet, and the window traces its flows
+// through those backends all the same. ok is false for any other VIP.
+func dnatNotIPVS(s *probes.Snapshot, sel probes.Selector) (Finding, bool) {
+	bs := s.DNATBackends(sel)
+	if len(bs) == 0 {
+		return Finding{}, false
+	}
+	named := probes.JoinBackends(bs[:min(len(bs), 4)])
+	if len(bs) > 4 {
+		named += fmt.Sprintf(" and %d more", len(bs)-4)
+	}
+	return Finding{Status: Skip, Title: selectorKey(sel) + " is no IPVS service: it is DNATed to " + named,
+		Reason:   "the IPVS checks do not apply to a VIP that nft or iptables DNATs; the window traces its flows through its backends (drops.vip_flows, firewall.filter, sysctl.rp_filter)",
+		Evidence: []Evidence{{Fact: "backends of " + sel.VIPString() + ": " + probes.JoinBackends(bs), Source: "conntrack, rules, " + s.Target.String()}}}, true
 }
 
 // markServed names the firewall-mark services (FWM 16) that serve the

@@ -74,6 +74,9 @@ type captureDoc struct {
 	Filter struct {
 		Addrs []netip.Addr `json:"addrs"`
 		Ports []uint16     `json:"ports"`
+		// Widened: the kernel's filter took the ports alone (too many
+		// addresses for it); the addresses were selected in user space.
+		Widened string `json:"widened,omitempty"`
 	} `json:"filter"`
 	Interfaces   []capture.Stats     `json:"interfaces"`
 	Skipped      []capture.Skip      `json:"skipped,omitempty"`
@@ -209,7 +212,7 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 	var doc captureDoc
 	doc.Schema = 1
 	doc.Target.Netns, doc.Target.VIP, doc.Target.Proto = lb.String(), sel.VIP.String(), sel.Proto
-	doc.Filter.Addrs, doc.Filter.Ports = opt.Match.Addrs, opt.Match.Ports
+	doc.Filter.Addrs, doc.Filter.Ports, doc.Filter.Widened = opt.Match.Addrs, opt.Match.Ports, c.Widened()
 	doc.Skipped, doc.Length = c.Skipped(), f.duration
 	if doc.Filter.Ports == nil {
 		doc.Filter.Ports = []uint16{}
@@ -243,6 +246,9 @@ func runCapture(cmd *cobra.Command, g *globalFlags, f *captureFlags) error {
 		}
 		printf(stderr, "capturing %s in %s on %s: addresses %s, ports %s; %s\n", sel.VIPString(), lb, interfaceList(c.Stats()),
 			joinAddrs(opt.Match.Addrs), joinPorts(opt.Match.Ports), until)
+		if w := c.Widened(); w != "" {
+			printf(stderr, "! %s\n", w)
+		}
 	}
 	wopt := capture.WatchOptions{Count: f.count, Stop: ctx}
 	var sorter *capture.Sorter

@@ -190,7 +190,7 @@ func TestCheckDropsOfAnNftDNATVIP(t *testing.T) {
 			}
 			// No IPVS serves the VIP: the forwarded packets are its DNATed
 			// requests and their replies, not what IPVS did or did not take.
-			if want := "a request DNATed to a backend, or a backend's reply de-NATed to the client"; strings.Contains(tt.wantIn, "IP_INADDRERRORS") && (!strings.Contains(f.Reason, want) || strings.Contains(f.Reason, "IPVS")) {
+			if want := "a request DNATed to its backend, or a reply de-NATed to its client"; strings.Contains(tt.wantIn, "IP_INADDRERRORS") && (!strings.Contains(f.Reason, want) || strings.Contains(f.Reason, "IPVS")) {
 				t.Errorf("check on nft DNAT VIP: drops.vip_flows reason = %q, want %q and no IPVS", f.Reason, want)
 			}
 		})

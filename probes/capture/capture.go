@@ -91,7 +91,11 @@ type Stats struct {
 	// behind when it ended (the handler said stop, or the context's end
 	// came with more than the rings could give in its grace).
 	Unread uint64 `json:"unread"`
-	Ended  string `json:"ended,omitempty"` // why the socket stopped before the capture did
+	// Outside counts packets the kernel's filter took on their ports
+	// alone that had none of the match's addresses (Capture.Widened):
+	// read and left out, never handled.
+	Outside uint64 `json:"outside,omitempty"`
+	Ended   string `json:"ended,omitempty"` // why the socket stopped before the capture did
 }
 
 // LegOf is what a packet was on the NAT path: its flow and leg. Kind is

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -60,6 +61,10 @@ type Capture struct {
 	opt     Options
 	socks   []*socket
 	skipped []Skip
+	// addrs, when set, are the match's addresses, selected here: the
+	// kernel's filter takes the ports alone (see Widened).
+	addrs   map[netip.Addr]struct{}
+	widened string
 
 	runMu   sync.Mutex // one Run at a time
 	closed  bool
@@ -81,7 +86,8 @@ type socket struct {
 	// loaded machine). The ring's stamps are CLOCK_REALTIME, as time.Now.
 	since time.Time
 
-	delivered atomic.Uint64 // packets given to the handler
+	delivered atomic.Uint64 // packets read from the ring: given to the handler, or outside
+	outside   atomic.Uint64 // of those, not the match's (a ports-only kernel filter): not given
 	done      bool          // the reader ended for good (Ended set) or the ring is closed
 }
 
@@ -113,7 +119,22 @@ func Open(ns netns.Target, opt Options) (*Capture, error) {
 	if opt.RingBytes < minRingBytes || opt.RingBytes > MaxRingBytes {
 		return nil, fmt.Errorf("ring of %d bytes: want %d to %d: %w", opt.RingBytes, minRingBytes, MaxRingBytes, ErrBadOptions)
 	}
+	c := &Capture{ns: ns, opt: opt}
 	body, err := Filter(opt.Match, opt.Snaplen)
+	if errors.Is(err, ErrFilterTooLong) && len(opt.Match.Ports) > 0 {
+		// Too many addresses to compare one by one in the kernel (an LB
+		// of many services): it filters on the ports, the addresses are
+		// selected here — as the drop tracer does past its bound.
+		ports := opt.Match
+		ports.Addrs = nil
+		if body, err = Filter(ports, opt.Snaplen); err == nil {
+			c.addrs = make(map[netip.Addr]struct{}, len(opt.Match.Addrs))
+			for _, a := range opt.Match.Addrs {
+				c.addrs[a.Unmap()] = struct{}{}
+			}
+			c.widened = fmt.Sprintf("the kernel's filter takes the ports alone (%d addresses are more than its %d instructions compare): the addresses are selected in user space", len(opt.Match.Addrs), maxInsns)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -121,7 +142,6 @@ func Open(ns netns.Target, opt Options) (*Capture, error) {
 	if err != nil {
 		return nil, fmt.Errorf("capture filter: %w", err)
 	}
-	c := &Capture{ns: ns, opt: opt}
 	err = ns.Do(func() error {
 		links, skipped, err := pickLinks(opt)
 		if err != nil {
@@ -310,6 +330,7 @@ func (s *socket) readStats() (Stats, error) {
 	// not delivered: still queued, or left when the capture ended. (A
 	// packet stamped before the filter and counted after it is counted
 	// here too: an overcount of a rare few, never a loss hidden.)
+	s.stats.Outside = s.outside.Load()
 	s.stats.Unread = 0
 	if in, read := s.stats.Packets-s.stats.Drops, s.delivered.Load(); in > read {
 		s.stats.Unread = in - read
@@ -422,6 +443,13 @@ func (c *Capture) read(i int, s *socket, st *runState, handle func(Packet) bool)
 		if ci.Timestamp.Before(s.since) {
 			continue
 		}
+		if c.addrs != nil && !c.selects(data) {
+			// Taken by the ports-only filter, not the match's: read,
+			// counted apart, never handled.
+			s.delivered.Add(1)
+			s.outside.Add(1)
+			continue
+		}
 		c.handleM.Lock()
 		if st.halt.Load() {
 			c.handleM.Unlock()
@@ -444,6 +472,23 @@ func (c *Capture) read(i int, s *socket, st *runState, handle func(Packet) bool)
 		c.handleM.Unlock()
 	}
 }
+
+// selects reports whether an Ethernet frame's IPv4 or IPv6 source or
+// destination is one of the match's addresses (Capture.addrs).
+func (c *Capture) selects(frame []byte) bool {
+	src, dst, ok := frameAddrs(frame)
+	if !ok {
+		return false
+	}
+	_, s := c.addrs[src]
+	_, d := c.addrs[dst]
+	return s || d
+}
+
+// Widened says why the kernel's filter takes more than the match (its
+// ports alone), the rest selected in user space; "" when it takes the
+// match whole.
+func (c *Capture) Widened() string { return c.widened }
 
 // end records why a socket stopped on its own: its interface went away
 // (unregistered: the kernel set ENETDOWN and unhooked the socket) or went

@@ -15,6 +15,11 @@ var ErrBadOptions = errors.New("bad capture options")
 // maxInsns is the kernel's BPF_MAXINSNS: a longer classic program is refused.
 const maxInsns = 4096
 
+// ErrFilterTooLong marks a match whose program would be longer than the
+// kernel takes (maxInsns): too many addresses to compare one by one. It is
+// ErrBadOptions too; Open answers it by filtering on the ports alone.
+var ErrFilterTooLong = errors.New("capture filter longer than the kernel takes")
+
 // Offsets into a VLAN-less Ethernet frame (what AF_PACKET's SOCK_RAW gives
 // on veth, Ethernet and loopback links).
 const (
@@ -138,8 +143,8 @@ func Filter(m Match, snaplen int) ([]bpf.Instruction, error) {
 	}
 	// The VLAN check socketFilter adds takes 3 more.
 	if len(prog)+3 > maxInsns {
-		return nil, fmt.Errorf("match of %d addresses and %d ports needs %d BPF instructions, more than the kernel's %d: %w",
-			len(m.Addrs), len(m.Ports), len(prog)+3, maxInsns, ErrBadOptions)
+		return nil, fmt.Errorf("match of %d addresses and %d ports needs %d BPF instructions, more than the kernel's %d: %w: %w",
+			len(m.Addrs), len(m.Ports), len(prog)+3, maxInsns, ErrFilterTooLong, ErrBadOptions)
 	}
 	return prog, nil
 }

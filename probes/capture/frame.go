@@ -1,6 +1,8 @@
 package capture
 
 import (
+	"encoding/binary"
+	"net/netip"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -43,4 +45,26 @@ func frameType(data []byte, ifindex int) (pkttype uint8, ok bool) {
 		return 0, false
 	}
 	return *(*uint8)(unsafe.Add(ll, llOffPkttype)), true
+}
+
+// frameAddrs reads the source and destination addresses of a VLAN-less
+// Ethernet frame's IPv4 or IPv6 header (the offsets Filter reads); ok is
+// false for another EtherType or a frame too short to hold them.
+func frameAddrs(frame []byte) (src, dst netip.Addr, ok bool) {
+	if len(frame) < offEtherType+2 {
+		return src, dst, false
+	}
+	switch binary.BigEndian.Uint16(frame[offEtherType:]) {
+	case etherIPv4:
+		if len(frame) < offV4Dst+4 {
+			return src, dst, false
+		}
+		return netip.AddrFrom4([4]byte(frame[offV4Src : offV4Src+4])), netip.AddrFrom4([4]byte(frame[offV4Dst : offV4Dst+4])), true
+	case etherIPv6:
+		if len(frame) < offV6Dst+16 {
+			return src, dst, false
+		}
+		return netip.AddrFrom16([16]byte(frame[offV6Src : offV6Src+16])), netip.AddrFrom16([16]byte(frame[offV6Dst : offV6Dst+16])), true
+	}
+	return src, dst, false
 }

@@ -474,6 +474,10 @@ type Summary struct {
 	Own          uint64     `json:"own"`           // of those, the LB's own traffic (to or from its address, not a VIP)
 	Unlisted     uint64     `json:"unlisted"`      // packets of flows past the table's bound
 	Interfaces   []Stats    `json:"interfaces"`
+	// Widened says why the kernel's filter took the ports alone (the
+	// addresses selected in user space; Outside: the packets left out so).
+	Widened string `json:"widened,omitempty"`
+	Outside uint64 `json:"outside,omitempty"`
 	// Errors are the tables the join could not read (ipvs, conntrack),
 	// Unread those its bounds left unread on a big LB, with why: the
 	// packets of flows only they hold are claimed by no flow.

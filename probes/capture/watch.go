@@ -143,8 +143,10 @@ func (s *Session) Summarize(ctx, stop context.Context) (*Summary, error) {
 	if len(sum.Unread) == 0 {
 		sum.Unread = nil
 	}
+	sum.Widened = s.c.Widened()
 	for _, st := range sum.Interfaces {
 		sum.KernelDrops += st.Drops
+		sum.Outside += st.Outside
 	}
 	if err != nil && sum.Packets == 0 {
 		return nil, err
