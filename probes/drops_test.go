@@ -109,7 +109,9 @@ func TestGatherNoFlowTables(t *testing.T) {
 	}{
 		{"static read, --vip not IPVS", probes.Selector{VIP: vip}, probes.Options{}, 1, "original destination tcp 10.99.0.6:80, udp 10.99.0.6:80"},
 		{"window's first read, --vip not IPVS: still read", probes.Selector{VIP: vip}, probes.Options{NoFlowTables: true}, 1, "original destination tcp 10.99.0.6:80, udp 10.99.0.6:80"},
-		{"window's first read, every service: statistics only", probes.Selector{}, probes.Options{NoFlowTables: true}, 0, "none (statistics only)"},
+		// No IPVS here: a first read with nothing selected is the report
+		// of a window with nothing to watch, and says why no flow was read.
+		{"window's first read, nothing selected: says so", probes.Selector{}, probes.Options{NoFlowTables: true}, 0, "none (no VIP selected and no IPVS service)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -472,13 +472,15 @@ func readConntrack(ns netns.Target, sel Selector, svcs []ipvs.Service, statsOnly
 	if c.Stats, err = conntrack.ReadStats(ns); err != nil {
 		return c, err
 	}
-	if statsOnly {
-		c.Selector = "none (statistics only)"
-		return c, nil
-	}
+	// Nothing selected says so first: a window's first read (statsOnly)
+	// is the report when there is nothing to watch.
 	filters, names := vipFilters(sel, svcs)
 	if len(filters) == 0 {
 		c.Selector = "none (no VIP selected and no IPVS service)"
+		return c, nil
+	}
+	if statsOnly {
+		c.Selector = "none (statistics only)"
 		return c, nil
 	}
 	c.Selector = "original destination " + strings.Join(names, ", ")
