@@ -66,28 +66,43 @@ func singlePort(spec string) uint16 {
 // protocol, its port and protocol: the backends of a VIP that IPVS does not serve,
 // known from the rules before any flow shows them in conntrack. A rule
 // without a port keeps the VIP's; for a VIP given without a port (every
-// port of it), the one port the rule matches, else port 0 (any). Ranges and
-// maps are not followed.
+// port of it), the one port the rule matches, else port 0 (any). A rule
+// of the VIP that jumps to a chain is followed (maxJumps deep), as
+// kube-proxy's iptables mode builds them — KUBE-SERVICES names the VIP,
+// jumps to KUBE-SVC-…, which jumps to a KUBE-SEP-… holding the DNAT —,
+// leaving out a DNAT there that names another destination address.
+// Ranges and maps are not followed.
 func RuleBackends(rs []rules.Rule, sel Selector) []netip.AddrPort {
 	var out []netip.AddrPort
 	vip := sel.VIP.Addr().String()
-	for _, r := range rs {
-		if r.Target != "DNAT" || !slices.Contains(strings.FieldsFunc(r.Spec, func(c rune) bool { return c == ' ' || c == '/' }), vip) {
-			continue
+	var follow func(r rules.Rule, port uint16, depth int)
+	follow = func(r rules.Rule, port uint16, depth int) {
+		if !servesPort(r.Spec, port) || !servesProto(r.Spec, sel.Proto) {
+			return
+		}
+		if port == 0 {
+			port = singlePort(r.Spec)
+		}
+		if r.Target != "DNAT" {
+			if depth == maxJumps {
+				return
+			}
+			for _, next := range rs {
+				if next.Chain == r.Target && next.Backend == r.Backend && next.Table == r.Table && next.Family == r.Family && !namesOtherDst(next.Spec, vip) {
+					follow(next, port, depth+1)
+				}
+			}
+			return
 		}
 		m := dnatTo.FindStringSubmatch(r.Spec)
-		if m == nil || !servesPort(r.Spec, sel.VIP.Port()) || !servesProto(r.Spec, sel.Proto) {
-			continue
+		if m == nil {
+			return
 		}
 		b, err := netip.ParseAddrPort(m[1])
 		if err != nil {
 			a, aerr := netip.ParseAddr(strings.Trim(m[1], "[]"))
 			if aerr != nil {
-				continue
-			}
-			port := sel.VIP.Port()
-			if port == 0 {
-				port = singlePort(r.Spec)
+				return
 			}
 			b = netip.AddrPortFrom(a, port)
 		}
@@ -95,7 +110,29 @@ func RuleBackends(rs []rules.Rule, sel Selector) []netip.AddrPort {
 			out = append(out, b)
 		}
 	}
+	for _, r := range rs {
+		if r.Target == "" || !slices.Contains(strings.FieldsFunc(r.Spec, func(c rune) bool { return c == ' ' || c == '/' }), vip) {
+			continue
+		}
+		follow(r, sel.VIP.Port(), 0)
+	}
 	return out
+}
+
+// maxJumps is how many chains deep RuleBackends follows a rule of the VIP
+// (kube-proxy's DNAT is two below KUBE-SERVICES).
+const maxJumps = 3
+
+// dstAddr is the destination address a rule matches: iptables' `-d
+// ADDR[/LEN]`, nft's `ip daddr ADDR` or `ip6 daddr ADDR`.
+var dstAddr = regexp.MustCompile(`(?:^|\s)(?:-d|daddr) ([0-9a-fA-F:.]+)`)
+
+// namesOtherDst says whether a rule matches a destination address other
+// than vip: in a chain a rule of the VIP jumps to, a DNAT of another
+// address is another VIP's.
+func namesOtherDst(spec, vip string) bool {
+	m := dstAddr.FindStringSubmatch(spec)
+	return m != nil && m[1] != vip
 }
 
 // Where a VIP's backend was learned (VIPBackend.From).

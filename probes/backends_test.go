@@ -90,3 +90,52 @@ func TestVIPBackendString(t *testing.T) {
 		})
 	}
 }
+
+// TestRuleBackendsFollowsJumps: a rule of the VIP that jumps to a chain is
+// followed to the DNAT rules below it, as kube-proxy's iptables mode builds
+// them, and a DNAT of another address in a chain it reaches is not the
+// VIP's.
+func TestRuleBackendsFollowsJumps(t *testing.T) {
+	ipt := func(chain, spec, target string) rules.Rule {
+		return rules.Rule{Backend: "iptables-legacy", Family: "ip", Table: "nat", Chain: chain, Spec: spec, Target: target}
+	}
+	nft := func(chain, spec, target string) rules.Rule {
+		return rules.Rule{Backend: "nft", Family: "inet", Table: "lb", Chain: chain, Spec: spec, Target: target}
+	}
+	kubeProxy := []rules.Rule{
+		ipt("KUBE-SERVICES", "-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m comment --comment \"default/web cluster IP\" -m tcp --dport 80 -j KUBE-SVC-WEB", "KUBE-SVC-WEB"),
+		ipt("KUBE-SERVICES", "-A KUBE-SERVICES -d 10.96.0.11/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-OTHER", "KUBE-SVC-OTHER"),
+		ipt("KUBE-SVC-WEB", "-A KUBE-SVC-WEB -m statistic --mode random --probability 0.5 -j KUBE-SEP-A", "KUBE-SEP-A"),
+		ipt("KUBE-SVC-WEB", "-A KUBE-SVC-WEB -j KUBE-SEP-B", "KUBE-SEP-B"),
+		ipt("KUBE-SEP-A", "-A KUBE-SEP-A -s 10.244.1.5/32 -j KUBE-MARK-MASQ", "KUBE-MARK-MASQ"),
+		ipt("KUBE-SEP-A", "-A KUBE-SEP-A -p tcp -m tcp -j DNAT --to-destination 10.244.1.5:8080", "DNAT"),
+		ipt("KUBE-SEP-B", "-A KUBE-SEP-B -p tcp -m tcp -j DNAT --to-destination 10.244.2.7:8080", "DNAT"),
+		ipt("KUBE-SVC-OTHER", "-A KUBE-SVC-OTHER -j KUBE-SEP-C", "KUBE-SEP-C"),
+		ipt("KUBE-SEP-C", "-A KUBE-SEP-C -p tcp -m tcp -j DNAT --to-destination 10.244.3.9:9090", "DNAT"),
+	}
+	shared := []rules.Rule{
+		nft("pre", "ip daddr 10.96.0.10 jump vips", "vips"),
+		nft("vips", "ip daddr 10.96.0.10 tcp dport 80 dnat ip to 10.244.1.5:8080", "DNAT"),
+		nft("vips", "ip daddr 10.96.0.12 tcp dport 80 dnat ip to 10.244.9.9:8080", "DNAT"),
+	}
+	tests := []struct {
+		name string
+		rs   []rules.Rule
+		vip  string
+		want []netip.AddrPort
+	}{
+		{"kube-proxy: the VIP's endpoints", kubeProxy, "10.96.0.10:80", []netip.AddrPort{netip.MustParseAddrPort("10.244.1.5:8080"), netip.MustParseAddrPort("10.244.2.7:8080")}},
+		{"kube-proxy: another port of the VIP", kubeProxy, "10.96.0.10:443", nil},
+		{"kube-proxy: every port of the VIP", kubeProxy, "10.96.0.10:0", []netip.AddrPort{netip.MustParseAddrPort("10.244.1.5:8080"), netip.MustParseAddrPort("10.244.2.7:8080")}},
+		{"kube-proxy: the other VIP's endpoint", kubeProxy, "10.96.0.11:80", []netip.AddrPort{netip.MustParseAddrPort("10.244.3.9:9090")}},
+		{"nft: a shared chain's DNAT of another VIP is not this one's", shared, "10.96.0.10:80", []netip.AddrPort{netip.MustParseAddrPort("10.244.1.5:8080")}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sel := Selector{VIP: netip.MustParseAddrPort(tt.vip)}
+			if got := RuleBackends(tt.rs, sel); !slices.Equal(got, tt.want) {
+				t.Errorf("RuleBackends(%s) = %v, want %v", tt.vip, got, tt.want)
+			}
+		})
+	}
+}

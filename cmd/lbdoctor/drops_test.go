@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -146,6 +147,37 @@ func TestDropsVIPWithoutPortOfAnNftDNAT(t *testing.T) {
 	}
 	if want := "tracing too the backends its conntrack flows and DNAT rules show: " + l.RealIP.String() + ":8085 (DNAT rule)"; !strings.Contains(stderr, want) {
 		t.Errorf("drops --vip %s stderr = %q, want %q", vip.Addr(), stderr, want)
+	}
+}
+
+// drops --vip on a VIP DNATed the way kube-proxy's iptables mode does it
+// (a rule of the VIP jumps to a service chain, which jumps to an endpoint
+// chain holding the DNAT, no address of the VIP in it) traces the
+// endpoint the chains lead to, before any flow: its SYNs that die in
+// ip_error after the DNAT are seen.
+func TestDropsVIPOfKubeProxyStyleChains(t *testing.T) {
+	l := testkit.Lab(t, lab.OneArm)
+	vip, real := netip.AddrPortFrom(l.VIP, 8085), netip.AddrPortFrom(l.RealIP, 8085)
+	script := fmt.Sprintf(`*nat
+:KUBE-SERVICES - [0:0]
+:KUBE-SVC-WEB - [0:0]
+:KUBE-SEP-A - [0:0]
+-A PREROUTING -j KUBE-SERVICES
+-A KUBE-SERVICES -d %s/32 -p tcp -m tcp --dport %d -j KUBE-SVC-WEB
+-A KUBE-SVC-WEB -j KUBE-SEP-A
+-A KUBE-SEP-A -p tcp -m tcp -j DNAT --to-destination %s
+COMMIT
+`, vip.Addr(), vip.Port(), real)
+	testkit.RunStdin(t, l.LB, script, "iptables-legacy-restore")
+	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "0")
+	done := probeLater(l, vip)
+	code, out, stderr := runCLI("drops", "--netns", l.LB.Name, "--vip", vip.String(), "--duration", "2500ms")
+	<-done
+	if want := "tracing too the backends its conntrack flows and DNAT rules show: " + real.String() + " (DNAT rule)"; !strings.Contains(stderr, want) {
+		t.Errorf("drops --vip %s stderr = %q, want %q", vip, stderr, want)
+	}
+	if want := "→ " + real.String() + " [SYN]"; code != 0 || !strings.Contains(out, "IP_INADDRERRORS ip_error+0x") || !strings.Contains(out, want) {
+		t.Errorf("drops --vip %s = exit %d\n%s\n%s\nwant IP_INADDRERRORS SYN lines to the endpoint (%s)", vip, code, out, stderr, want)
 	}
 }
 
