@@ -94,7 +94,7 @@ func checkDrops(s *probes.Snapshot, sel probes.Selector) Finding {
 			f.Status, f.Title = Warn, "no drop was seen, but the window was cut short"
 		case vipOnly != "":
 			// Its packets after the DNAT were not traced: no pass either.
-			f.Status, f.Title = Warn, "no drop of packets addressed to the VIP was seen, but those after its DNAT were not traced (no backend known)"
+			f.Status, f.Title = Warn, "no drop was seen, but not every packet of the VIP's flows was traced (see the evidence)"
 		}
 		return f
 	}

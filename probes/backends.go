@@ -15,6 +15,12 @@ import (
 // ADDR[:PORT]` ([ADDR]:PORT for IPv6).
 var dnatTo = regexp.MustCompile(`(?:dnat(?: ip6?)? to|--to-destination) (\[[0-9a-fA-F:.]+\](?::\d+)?|[0-9.]+(?::\d+)?|[0-9a-fA-F:]+)`)
 
+// dnatMap is the elements of an nft DNAT to an anonymous map, as nft
+// lists it (`dnat to numgen inc mod 2 map { 0 : 10.1.0.50, 1 : 10.1.0.51
+// }`, with the port after it: `…}:8080`; `dnat ip to jhash ip saddr mod 2
+// map { 0 : 10.1.0.50 . 8080 }` for `dnat ip addr . port to`).
+var dnatMap = regexp.MustCompile(`dnat(?: ip6?)? to .*\bmap \{ ([^}]*) \}(?::(\d+))?`)
+
 // dport is the destination ports a rule matches: nft's `dport 80` or
 // `dport { 80, 443 }`, iptables' `--dport 80` or multiport's `--dports
 // 80,443`. Ranges are not parsed (the rule is then taken as any port's).
@@ -73,7 +79,20 @@ func singlePort(spec string) uint16 {
 // leaving out a DNAT there that names another destination address.
 // Ranges and maps are not followed.
 func RuleBackends(rs []rules.Rule, sel Selector) []netip.AddrPort {
-	var out []netip.AddrPort
+	out, _ := ruleDNATs(rs, sel)
+	return out
+}
+
+// UnreadDNATs are the DNAT rules of the selected VIP (as RuleBackends
+// finds them) whose destination is no address RuleBackends reads: a map
+// (`dnat to numgen inc mod 2 map { … }`), a set, an expression. The
+// backends they choose are known only from conntrack's flows.
+func UnreadDNATs(rs []rules.Rule, sel Selector) []rules.Rule {
+	_, unread := ruleDNATs(rs, sel)
+	return unread
+}
+
+func ruleDNATs(rs []rules.Rule, sel Selector) (out []netip.AddrPort, unread []rules.Rule) {
 	vip := sel.VIP.Addr().String()
 	var follow func(r rules.Rule, port uint16, depth int)
 	follow = func(r rules.Rule, port uint16, depth int) {
@@ -94,20 +113,55 @@ func RuleBackends(rs []rules.Rule, sel Selector) []netip.AddrPort {
 			}
 			return
 		}
-		m := dnatTo.FindStringSubmatch(r.Spec)
-		if m == nil {
+		var dsts []string
+		if m := dnatTo.FindStringSubmatch(r.Spec); m != nil {
+			dsts = []string{m[1]}
+		} else if m := dnatMap.FindStringSubmatch(r.Spec); m != nil {
+			// An anonymous map (numgen, jhash): nft lists its elements.
+			if p, err := strconv.ParseUint(m[2], 10, 16); err == nil {
+				port = uint16(p) // every element's
+			}
+			for _, el := range strings.Split(m[1], ",") {
+				_, v, ok := strings.Cut(el, " : ")
+				if !ok {
+					dsts = nil
+					break
+				}
+				v = strings.TrimSpace(v)
+				if a, p, ok := strings.Cut(v, " . "); ok {
+					// address . port, written as ADDR:PORT ([ADDR]:PORT).
+					addr, aerr := netip.ParseAddr(a)
+					n, perr := strconv.ParseUint(p, 10, 16)
+					if aerr != nil || perr != nil {
+						dsts = nil
+						break
+					}
+					v = netip.AddrPortFrom(addr, uint16(n)).String()
+				}
+				dsts = append(dsts, v)
+			}
+		}
+		var bs []netip.AddrPort
+		for _, d := range dsts {
+			b, err := netip.ParseAddrPort(d)
+			if err != nil {
+				a, aerr := netip.ParseAddr(strings.Trim(d, "[]"))
+				if aerr != nil {
+					bs = nil
+					break
+				}
+				b = netip.AddrPortFrom(a, port)
+			}
+			bs = append(bs, b)
+		}
+		if len(bs) == 0 {
+			unread = append(unread, r)
 			return
 		}
-		b, err := netip.ParseAddrPort(m[1])
-		if err != nil {
-			a, aerr := netip.ParseAddr(strings.Trim(m[1], "[]"))
-			if aerr != nil {
-				return
+		for _, b := range bs {
+			if !slices.Contains(out, b) {
+				out = append(out, b)
 			}
-			b = netip.AddrPortFrom(a, port)
-		}
-		if !slices.Contains(out, b) {
-			out = append(out, b)
 		}
 	}
 	for _, r := range rs {
@@ -116,7 +170,7 @@ func RuleBackends(rs []rules.Rule, sel Selector) []netip.AddrPort {
 		}
 		follow(r, sel.VIP.Port(), 0)
 	}
-	return out
+	return out, unread
 }
 
 // maxJumps is how many chains deep RuleBackends follows a rule of the VIP

@@ -3,6 +3,7 @@ package probes
 import (
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/lbdoctor/lbdoctor/probes/rules"
@@ -135,6 +136,48 @@ func TestRuleBackendsFollowsJumps(t *testing.T) {
 			sel := Selector{VIP: netip.MustParseAddrPort(tt.vip)}
 			if got := RuleBackends(tt.rs, sel); !slices.Equal(got, tt.want) {
 				t.Errorf("RuleBackends(%s) = %v, want %v", tt.vip, got, tt.want)
+			}
+		})
+	}
+}
+
+// TestRuleBackendsMaps: an nft DNAT to an anonymous map (numgen, jhash)
+// names its backends, as nft lists its elements; a named map or an
+// expression is not read, and UnreadDNATs says which rule that is.
+func TestRuleBackendsMaps(t *testing.T) {
+	sel := Selector{VIP: netip.MustParseAddrPort("10.1.0.6:80")}
+	tests := []struct {
+		name       string
+		spec       string
+		want       []netip.AddrPort
+		wantUnread bool
+	}{
+		// As nft 1.0 lists them (the inet table's `dnat ip to` too).
+		{"numgen map of addresses keeps the VIP's port", "ip daddr 10.1.0.6 tcp dport 80 counter packets 0 bytes 0 dnat to numgen inc mod 2 map { 0 : 10.1.0.50, 1 : 10.1.0.51 }",
+			[]netip.AddrPort{netip.MustParseAddrPort("10.1.0.50:80"), netip.MustParseAddrPort("10.1.0.51:80")}, false},
+		{"numgen map of addresses in an inet table", "ip daddr 10.1.0.6 tcp dport 80 dnat ip to numgen inc mod 2 map { 0 : 10.1.0.50, 1 : 10.1.0.51 }",
+			[]netip.AddrPort{netip.MustParseAddrPort("10.1.0.50:80"), netip.MustParseAddrPort("10.1.0.51:80")}, false},
+		{"numgen map of addresses, one port after it", "ip daddr 10.1.0.6 tcp dport 80 dnat to numgen random mod 2 map { 0 : 10.1.0.50, 1 : 10.1.0.51 }:8080",
+			[]netip.AddrPort{netip.MustParseAddrPort("10.1.0.50:8080"), netip.MustParseAddrPort("10.1.0.51:8080")}, false},
+		{"jhash map of address . port", "ip daddr 10.1.0.6 tcp dport 80 dnat ip to jhash ip saddr mod 2 map { 0 : 10.1.0.50 . 8080, 1 : 10.1.0.51 . 8081 }",
+			[]netip.AddrPort{netip.MustParseAddrPort("10.1.0.50:8080"), netip.MustParseAddrPort("10.1.0.51:8081")}, false},
+		{"jhash map of IPv6 address . port", "ip6 daddr fd00::6 tcp dport 80 dnat ip6 to jhash ip6 saddr mod 2 map { 0 : fd00::50 . 8080, 1 : fd00::51 . 8081 }",
+			[]netip.AddrPort{netip.MustParseAddrPort("[fd00::50]:8080"), netip.MustParseAddrPort("[fd00::51]:8081")}, false},
+		{"named map", "ip daddr 10.1.0.6 tcp dport 80 dnat to ip daddr map @bk", nil, true},
+		{"an address of one port", "ip daddr 10.1.0.6 tcp dport 80 dnat ip to 10.1.0.50:8080", []netip.AddrPort{netip.MustParseAddrPort("10.1.0.50:8080")}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rs := []rules.Rule{{Backend: "nft", Family: "ip", Table: "lb", Chain: "pre", Target: "DNAT", Spec: tt.spec}}
+			sel := sel
+			if strings.HasPrefix(tt.spec, "ip6") {
+				sel.VIP = netip.MustParseAddrPort("[fd00::6]:80")
+			}
+			if got := RuleBackends(rs, sel); !slices.Equal(got, tt.want) {
+				t.Errorf("RuleBackends(%q) = %v, want %v", tt.spec, got, tt.want)
+			}
+			if got := UnreadDNATs(rs, sel); (len(got) > 0) != tt.wantUnread {
+				t.Errorf("UnreadDNATs(%q) = %v, want unread %v", tt.spec, got, tt.wantUnread)
 			}
 		})
 	}

@@ -75,17 +75,19 @@ type DropTrace struct {
 	addrs []netip.Addr // the services' addresses and ports, selected
 	ports []uint16     // from the kernel's count when wide
 	wide  bool
-	// vipOnly says why only packets still addressed to a DNAT VIP are
-	// traced (no backend known: VIPOnly); "" when its flows are.
+	// vipOnly says why not every packet of a DNAT VIP's flows is traced
+	// (no backend known, or a DNAT rule's map unread: VIPOnly); "" when
+	// they are.
 	vipOnly string
 }
 
-// VIPOnly says why the tracer follows only the packets still addressed to
-// the selected VIP, one that IPVS does not serve and whose backends no
-// conntrack flow or DNAT rule showed: its drops before the DNAT (a raw or
-// prerouting rule, reverse-path filtering) are traced, those after it are
-// not, so a quiet window proves nothing about them. "" when every packet
-// of its flows is traced.
+// VIPOnly says why the tracer does not follow every packet of the
+// selected VIP's flows, one that IPVS does not serve: no conntrack flow or
+// DNAT rule showed a backend (its drops before the DNAT — a raw or
+// prerouting rule, reverse-path filtering — are traced, those after it are
+// not), or a DNAT rule of it chooses backends from a map (those no flow
+// showed are not traced), so a quiet window proves nothing about them.
+// "" when every packet of its flows is traced.
 func (d *DropTrace) VIPOnly() string { return d.vipOnly }
 
 // StartDrops loads the drop tracer that prepare gives (it may wait for a
@@ -174,6 +176,11 @@ func dropConfig(ns netns.Target, sel Selector, s *Snapshot) (drops.Config, *Drop
 				why += "; not read: " + strings.Join(unread, ", ")
 			}
 			vipOnly = fmt.Sprintf("%s is not an IPVS service and %s: only packets still addressed to it were traced, not those after its DNAT", sel.VIPString(), why)
+		} else if un := UnreadDNATs(s.Rules.Rules, sel); len(un) > 0 {
+			// Backends of other rules, or of flows, are known; those of
+			// a map are not, unless a flow went to each.
+			vipOnly = fmt.Sprintf("%s is not an IPVS service and its DNAT rule %s %q chooses backends from a map or an expression lbdoctor does not read: only the backends known were traced (%s), the others only while packets are still addressed to the VIP",
+				sel.VIPString(), un[0].Place(), un[0].Spec, JoinBackends(bs))
 		}
 		addrs, ports = AddBackends(sel, addrs, ports, BackendAddrs(bs))
 	}
