@@ -515,6 +515,11 @@ func openCapture(ctx context.Context, ns netns.Target, before *probes.Snapshot, 
 		}
 	}
 	if len(vips) == 0 {
+		if sel.VIP.IsValid() && sel.VIP.Port() != 0 {
+			// The capture makes legs of IPVS paths; a DNAT VIP has none,
+			// and the capture verb follows it through its backends.
+			return nil, fmt.Errorf("no IPVS service selected: no flow to capture (%s is no IPVS service: `lbdoctor capture --vip %s` captures a VIP that nft or iptables DNATs)", sel.VIPString(), sel.VIP)
+		}
 		return nil, errors.New("no IPVS service selected: no flow to capture")
 	}
 	ifaces, err := capture.FlowInterfaces(ns, vips, reals)

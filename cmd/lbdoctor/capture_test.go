@@ -781,7 +781,7 @@ func TestCheckCaptureNotMadeIsSaid(t *testing.T) {
 	ns := vethNetns(t, "nocap")
 	var stdout, stderr strings.Builder
 	code := run(context.Background(), []string{"check", "--netns", ns.Name, "--vip", "10.77.0.1:80", "--capture", "--watch", "200ms", "--no-probe"}, &stdout, &stderr)
-	if want := "! probe capture could not read: no IPVS service selected: no flow to capture"; !strings.Contains(stdout.String(), want) {
+	if want := "! probe capture could not read: no IPVS service selected: no flow to capture (10.77.0.1:80 is no IPVS service: `lbdoctor capture --vip 10.77.0.1:80` captures a VIP that nft or iptables DNATs)"; !strings.Contains(stdout.String(), want) {
 		t.Errorf("check --capture on a VIP IPVS does not serve = exit %d, stdout:\n%s\nwant %q", code, stdout.String(), want)
 	}
 }
