@@ -856,3 +856,26 @@ func TestFlowStatesNamesVIPs(t *testing.T) {
 		t.Errorf("conntrack.flow_states = %s %q, evidence %q, services %q; want warn %q, a line per VIP, 5 services", f.Status, f.Title, facts, f.Services, wantTitle)
 	}
 }
+
+// kernel.ipvs of a --vip that nft DNATs names it as the subject of its
+// title, by protocol when one is selected: never "at … (any protocol) is".
+func TestKernelIPVSOfADNATVIPNamesIt(t *testing.T) {
+	dnat := rules.Rule{Backend: rules.Nft, Family: "ip", Table: "lb", Chain: "pre", Target: "DNAT", Spec: "ip daddr 10.9.0.6 tcp dport 80 dnat to 10.9.0.50:8080"}
+	tests := []struct {
+		name string
+		sel  probes.Selector
+		want string
+	}{
+		{"any protocol", probes.Selector{VIP: netip.MustParseAddrPort("10.9.0.6:80")}, "10.9.0.6:80 is no IPVS service: it is DNATed to 10.9.0.50:8080 (DNAT rule)"},
+		{"tcp", probes.Selector{VIP: netip.MustParseAddrPort("10.9.0.6:80"), Proto: "tcp"}, "TCP 10.9.0.6:80 is no IPVS service: it is DNATed to 10.9.0.50:8080 (DNAT rule)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			snap := loadFixture(t, "seed-stage2")
+			snap.Rules.Rules = append(snap.Rules.Rules, dnat)
+			if f := statusOf(checks.Run(snap, tt.sel), "kernel.ipvs"); f.Status != checks.Skip || f.Title != tt.want {
+				t.Errorf("kernel.ipvs(--vip %s) = %s %q, want skip %q", tt.sel.VIPString(), f.Status, f.Title, tt.want)
+			}
+		})
+	}
+}

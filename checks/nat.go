@@ -75,7 +75,12 @@ func dnatNotIPVS(s *probes.Snapshot, sel probes.Selector) (Finding, bool) {
 	if len(bs) > 4 {
 		named += fmt.Sprintf(" and %d more", len(bs)-4)
 	}
-	return Finding{Status: Skip, Title: selectorKey(sel) + " is no IPVS service: it is DNATed to " + named,
+	// The subject of a sentence: "10.1.0.6:80", not selectorKey's "at …".
+	name := sel.VIPString()
+	if sel.Proto != "" {
+		name = strings.ToUpper(sel.Proto) + " " + name
+	}
+	return Finding{Status: Skip, Title: name + " is no IPVS service: it is DNATed to " + named,
 		Reason:   "the IPVS checks do not apply to a VIP that nft or iptables DNATs; the window traces its flows through its backends (drops.vip_flows, firewall.filter, sysctl.rp_filter)",
 		Evidence: []Evidence{{Fact: "backends of " + sel.VIPString() + ": " + probes.JoinBackends(bs), Source: "conntrack, rules, " + s.Target.String()}}}, true
 }
