@@ -165,7 +165,9 @@ func ruleDNATs(rs []rules.Rule, sel Selector) (out []netip.AddrPort, unread []ru
 		}
 	}
 	for _, r := range rs {
-		if r.Target == "" || !slices.Contains(strings.FieldsFunc(r.Spec, func(c rune) bool { return c == ' ' || c == '/' }), vip) {
+		// strings.Contains first: a big rule set (kube-proxy's) holds
+		// thousands of rules with a target, few of them the VIP's.
+		if r.Target == "" || !strings.Contains(r.Spec, vip) || !slices.Contains(strings.FieldsFunc(r.Spec, func(c rune) bool { return c == ' ' || c == '/' }), vip) {
 			continue
 		}
 		follow(r, sel.VIP.Port(), 0)
