@@ -158,3 +158,16 @@ func TestInspectCapsLongLists(t *testing.T) {
 			len(s.Rules.Rules), s.Rules.Omitted, len(s.Conntrack.Flows), s.Conntrack.Omitted)
 	}
 }
+
+// inspect --watch on a VIP that nft DNATs (no IPVS path to mark) shows the
+// window's drops by place in text, as its JSON holds them: its SYNs that
+// die in ip_error with forwarding off.
+func TestInspectWatchShowsDropsOfADNATVIP(t *testing.T) {
+	l, vip := testkit.DNATLab(t, 1)
+	done := probeLater(l, vip)
+	code, out, stderr := runCLI("inspect", "--netns", l.LB.Name, "--vip", vip.String(), "--watch", "2500ms")
+	<-done
+	if want := "  ✗ "; code != 0 || !strings.Contains(out, want) || !strings.Contains(out, "IP_INADDRERRORS at ip_error") {
+		t.Errorf("inspect --watch on a DNAT VIP = exit %d, want a %q line naming IP_INADDRERRORS at ip_error:\n%s\n%s", code, want, out, stderr)
+	}
+}

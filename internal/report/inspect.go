@@ -451,6 +451,22 @@ const indentSpaces = "                                                          
 // jsonSpecial marks the bytes indentJSONFrom acts on.
 var jsonSpecial = [256]bool{'"': true, '{': true, '[': true, '}': true, ']': true, ',': true, ':': true}
 
+// dropPointLine is a drop place of the window: "6 × NETFILTER_DROP at
+// nft_do_chain in forward (6 flows): CAUSE".
+func dropPointLine(d probes.DropPoint) string {
+	line := fmt.Sprintf("%d × %s at %s", d.Count, d.Reason, d.Function)
+	if d.Hook != "" {
+		line += " in " + d.Hook
+	}
+	if d.Flows > 0 {
+		line += fmt.Sprintf(" (%d flows)", d.Flows)
+	}
+	if d.Cause != "" {
+		line += ": " + d.Cause
+	}
+	return line
+}
+
 // inspectWindow prints what the window saw beside the counters: the path
 // of each service's flows to each real, the reals' neighbours, and every
 // layer the window could not watch, with why.
@@ -458,6 +474,18 @@ func inspectWindow(p func(string, ...any), w *probes.Window) {
 	p("\nPaths over the window (%s)\n", w.Elapsed.Round(1e6))
 	if len(w.Paths) == 0 {
 		p("  none: no IPVS service selected\n")
+		// A VIP that nft or iptables DNATs has no IPVS path to mark: its
+		// drops are shown by place, or nothing would say them in text.
+		for i, d := range w.DropPoints {
+			if i == MaxShown {
+				notShown(p, "  ", len(w.DropPoints)-i, "drop places")
+				break
+			}
+			p("  ✗ %s\n", dropPointLine(d))
+		}
+	}
+	if w.DropsVIPOnly != "" {
+		p("  ! %s\n", w.DropsVIPOnly)
 	}
 	for i, fp := range w.Paths {
 		if i == MaxShown {
