@@ -519,6 +519,12 @@ func checkStaleFlows(s *probes.Snapshot, sel probes.Selector) Finding {
 			!slices.ContainsFunc(s.Rules.Rules, func(r rules.Rule) bool { return r.CoversVIP(svc.Addr) }) {
 			continue // no SNAT is due (two-arm), or none is there: nat.return_path's to judge
 		}
+		if snatMissesAll(s, svc) {
+			// The rule covers the VIP but not these clients (narrowed to
+			// other sources or reals): they did not start before it, and
+			// deleting them changes nothing. nat.return_path names it.
+			continue
+		}
 		stale = append(stale, svc.Key())
 		ev = append(ev, Evidence{Fact: fmt.Sprintf("%s: %d flow(s) IPVS rewrote but no SNAT, and nothing answered, while a source-NAT rule covers the VIP: they predate the rule", svc.Key(), n), Source: src})
 		clients := example(svc, func(f conntrack.Flow) bool { return f.Reply.Src != svc.Addr })
@@ -581,4 +587,24 @@ func protoTimeouts(s *probes.Snapshot, svcs []ipvs.Service) string {
 	}
 	slices.Sort(out)
 	return strings.Join(out, ", ")
+}
+
+// snatMissesAll reports whether every client of svc's listed flows that IPVS
+// rewrote and nothing source-NATed or answered is one the rules that cover
+// its VIP do not match (snatMissed): flows the rule never applied to because
+// of what it matches, not because they predate it.
+func snatMissesAll(s *probes.Snapshot, svc ipvs.Service) bool {
+	var snat []rules.Rule
+	for _, r := range s.Rules.Rules {
+		if r.CoversVIP(svc.Addr) {
+			snat = append(snat, r)
+		}
+	}
+	var clients []netip.Addr
+	for _, f := range s.Conntrack.Flows {
+		if f.Proto == svc.Proto && f.Orig.Dst == svc.Addr && !f.HasStatus("SEEN_REPLY") && f.Reply.Src != svc.Addr && f.Reply.Dst.Addr() == f.Orig.Src.Addr() && !slices.Contains(clients, f.Orig.Src.Addr()) {
+			clients = append(clients, f.Orig.Src.Addr())
+		}
+	}
+	return len(clients) > 0 && len(snatMissed(svc, snat, clients)) == len(clients[:min(len(clients), probes.MaxRouteSources)])
 }

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/lbdoctor/lbdoctor/internal/shellquote"
+	"github.com/lbdoctor/lbdoctor/internal/tally"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/health"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
@@ -226,11 +228,32 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 					Reason:   rp.Reason + "; IPVS masquerade only does DNAT, so the client receives the real server's reply from an address it never called and drops it",
 					Evidence: ev,
 					Fix:      append([]string{setupFix(s, svc)}, kubeRebuild(s)...), // after the remedies' commands
-					Remedies: remedies(rp, svc),
+					Remedies: remedies(s, rp, svc),
 					about:    []string{svc.Key()},
 				}
 			}
 			if len(snat) > 0 {
+				var srcs []netip.Addr
+				for _, c := range clients[svc.Addr.Addr()] {
+					if local, ok := locals.Holds(c.Src); !ok || !local { // the LB's own connects need none
+						srcs = append(srcs, c.Src)
+					}
+				}
+				if missed := snatMissed(svc, snat, srcs); len(missed) > 0 {
+					// Covered, but not for these clients: a rule narrowed to
+					// other sources or reals (-s, -d) leaves them to
+					// IPVS's DNAT alone.
+					ev = append(ev, snatNarrowed(s, snat, missed)...)
+					return Finding{
+						Status:   Fail,
+						Title:    fmt.Sprintf("replies of %s to %s bypass the LB: the source-NAT rule for its VIP does not match them", svc.Key(), tally.Of(len(missed), "client")),
+						Reason:   rp.Reason + "; the source-NAT rule that covers the VIP is narrowed to other clients or reals, so IPVS's DNAT alone applies to these clients' connections and the real answers them directly from an address they never called",
+						Evidence: ev,
+						Fix:      append([]string{setupFix(s, svc)}, kubeRebuild(s)...),
+						Remedies: remedies(s, rp, svc),
+						about:    []string{svc.Key()},
+					}
+				}
 				ev = append(ev, Evidence{Fact: "a source-NAT rule covers " + svc.Key(), Source: "rules, " + s.Target.String()})
 			}
 		}
@@ -348,7 +371,7 @@ func returnPathWindow(s *probes.Snapshot, ix *windowIndex, probesBy probeIndex, 
 		f := &Finding{Status: Fail,
 			Title:    fmt.Sprintf("replies of %s from real %s do not come back through the LB", svc.Key(), r.Addr),
 			Reason:   fmt.Sprintf("the SYNs reach real %s and it answers the LB itself, but none of its replies came back through IPVS in the window: %s", r.Addr, aroundWhy(s, r, rp, snat)),
-			Remedies: remedies(rp, svc),
+			Remedies: remedies(s, rp, svc),
 		}
 		if e, ok := s.Errors[probes.ProbeDrops]; ok || s.Drops == nil {
 			if !ok {
@@ -466,8 +489,14 @@ func setupFix(s *probes.Snapshot, svc ipvs.Service) string {
 	return "# or, recorded for lbdoctor teardown: " + cmd + " --snat always"
 }
 
-func remedies(rp ReturnPath, svc ipvs.Service) []Remedy {
-	r := []Remedy{{SNAT: svc.Addr.String(), Proto: svc.Proto}, {Sysctl: "net.ipv4.vs.conntrack", Value: "1"}}
+// remedies are the source NAT a one-arm service needs: the rule, the
+// vs.conntrack its -m ipvs match needs (unless already on), and the
+// redirects it stops.
+func remedies(s *probes.Snapshot, rp ReturnPath, svc ipvs.Service) []Remedy {
+	r := []Remedy{{SNAT: svc.Addr.String(), Proto: svc.Proto}}
+	if v, ok := readable(s, "net.ipv4.vs.conntrack"); !ok || v.Value != "1" {
+		r = append(r, Remedy{Sysctl: "net.ipv4.vs.conntrack", Value: "1"})
+	}
 	if rp.OneArm {
 		r = append(r, RedirectRemedies(rp.Dev)...)
 	}
@@ -507,4 +536,50 @@ func routeBackViaReal(s *probes.Snapshot, svc ipvs.Service, srcs []probes.Source
 		}
 	}
 	return nil
+}
+
+// snatMissed are the clients (of srcs, at most probes.MaxRouteSources)
+// that every rule of snat leaves without source NAT on the way to every
+// real of svc: rules narrowed to other sources or reals (rules.SNATMatch
+// says NoMatch for each). A rule the matcher cannot read (an interface, a
+// mark) misses no one.
+func snatMissed(svc ipvs.Service, snat []rules.Rule, srcs []netip.Addr) []netip.Addr {
+	var missed []netip.Addr
+	for _, c := range srcs[:min(len(srcs), probes.MaxRouteSources)] {
+		hit := false
+		for _, r := range snat {
+			for _, real := range svc.Reals {
+				p := rules.Packet{Proto: svc.Proto, Src: c, Dst: real.Addr.Addr(), DPort: real.Addr.Port(), First: true, Remote: true}
+				if r.SNATMatch(p) != rules.NoMatch {
+					hit = true
+					break
+				}
+			}
+			if hit {
+				break
+			}
+		}
+		if !hit && !slices.Contains(missed, c) {
+			missed = append(missed, c)
+		}
+	}
+	return missed
+}
+
+// snatNarrowed is the evidence of snatMissed: the rules, and the clients
+// they leave out (the first 8).
+func snatNarrowed(s *probes.Snapshot, snat []rules.Rule, missed []netip.Addr) []Evidence {
+	var ev []Evidence
+	for _, r := range snat {
+		ev = append(ev, Evidence{Fact: fmt.Sprintf("source-NAT rule %q covers the VIP but matches other clients or reals", r.Spec), Source: fmt.Sprintf("%s table %s, %s", r.Backend, r.TableName(), s.Target)})
+	}
+	named := make([]string, 0, 8)
+	for _, c := range missed[:min(len(missed), 8)] {
+		named = append(named, c.String())
+	}
+	fact := "clients it does not match: " + strings.Join(named, ", ")
+	if len(missed) > len(named) {
+		fact += fmt.Sprintf(" and %d more", len(missed)-len(named))
+	}
+	return append(ev, Evidence{Fact: fact + " (their conntrack flows and IPVS connections)", Source: "conntrack, ipvs, " + s.Target.String()})
 }
