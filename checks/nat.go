@@ -302,7 +302,7 @@ func ipv4Forwarding(s *probes.Snapshot, req requirement, svcs []ipvs.Service, ne
 	known := len(devs) > 0
 	// unknown says why the replies' interfaces, or their switches, were
 	// not read: then only every interface's switch can decide.
-	var unknown []string
+	var unknown, unreadDevs []string
 	if e, ok := s.Errors[probes.ProbeNet]; ok {
 		unknown = append(unknown, "the routes to the reals could not be read ("+e+")")
 	}
@@ -312,6 +312,7 @@ func ipv4Forwarding(s *probes.Snapshot, req requirement, svcs []ipvs.Service, ne
 		if !ok {
 			known = false
 			unknown = append(unknown, key+" could not be read ("+v.Error+v.Absent+")")
+			unreadDevs = append(unreadDevs, d.dev)
 			continue
 		}
 		ev = append(ev, Evidence{Fact: fmt.Sprintf("%s = %s (the replies of %s arrive on %s)", key, v.Value, d.realsOf(), d.dev), Source: src})
@@ -324,6 +325,11 @@ func ipv4Forwarding(s *probes.Snapshot, req requirement, svcs []ipvs.Service, ne
 		// Every interface forwards, or none does (ip_forward=0 as it was
 		// written): either decides whatever interface the replies take.
 		on, offAll, unread := ifaceForwarding(s)
+		for _, dev := range unreadDevs { // one the sysctl probe never listed
+			if !slices.Contains(unread, dev) {
+				unread = append(unread, dev)
+			}
+		}
 		switch {
 		case len(unread) == 0 && len(offAll) == 0 && len(on) > 0:
 			ev[0].Fact += "; every interface forwards (" + strings.Join(on, ", ") + "): the kernel asks the interface a packet came in on"

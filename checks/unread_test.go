@@ -190,6 +190,13 @@ func TestChecksSkipOnUnreadLayers(t *testing.T) {
 			}, unread: netUnread, want: checks.Skip, wantIn: "the routes to the reals could not be read"},
 		{name: "ip_forward, routes unread, every interface on", id: "sysctl.ip_forward", snap: func(t *testing.T) *probes.Snapshot { return withErrors(twoArmLocal(t)) },
 			unread: netUnread, want: checks.Pass, wantIn: "every interface forwards (eth0, eth1)"},
+		{name: "ip_forward, the replies' interface's switch unread", id: "sysctl.ip_forward", snap: func(t *testing.T) *probes.Snapshot { return withErrors(twoArmLocal(t)) },
+			unread: func(s *probes.Snapshot) { delete(s.Sysctls, "net.ipv4.conf.eth1.forwarding") }, want: checks.Skip, wantIn: "net.ipv4.conf.eth1.forwarding could not be read"},
+		{name: "send_redirects, SNMP unread", id: "net.send_redirects", snap: fixture("seed-stage2"),
+			unread: func(s *probes.Snapshot) {
+				s.SNMP = nil
+				s.Errors[probes.ProbeSNMP] = "open /proc/net/snmp: permission denied"
+			}, want: checks.Warn, wantIn: "IcmpOutRedirects not read: open /proc/net/snmp: permission denied"},
 		{name: "stale_flows, routes unread: SNAT due or not", id: "conntrack.stale_flows", snap: notSNATed, unread: netUnread, want: checks.Skip, wantIn: "routes, which could not be read"},
 		// The rules.
 		{name: "stale_flows, the SNAT rule's backend unread", id: "conntrack.stale_flows", snap: notSNATed,
