@@ -261,3 +261,36 @@ func TestChecksSkipOnUnreadLayers(t *testing.T) {
 		})
 	}
 }
+
+// A drop is "fixed during the window" only when the check that names its
+// cause at the window's first read passes at its last on a layer read:
+// forwarding switches read as empty at the last read fix nothing.
+func TestDropsNotHealedByALayerNotRead(t *testing.T) {
+	fwdDrop := drops.Counted{Aggregate: drops.Aggregate{Packet: drops.Packet{Family: 4, Proto: 6, Reason: 2, Location: 0xffff,
+		Src: ap("10.2.0.50:8085"), Dst: ap("10.1.0.3:40000")}, Count: 2},
+		ReasonName: "IP_INADDRERRORS", Symbol: "ip_error+0x92"}
+	tests := []struct {
+		name   string
+		last   func(*probes.Snapshot)
+		want   checks.Status
+		wantIn string
+	}{
+		{"forwarding on at the last read", func(*probes.Snapshot) {}, checks.Warn, "sysctl.ip_forward (fixed during the window)"},
+		{"forwarding read as empty at the last read", func(s *probes.Snapshot) { setIPForward(s, "") }, checks.Fail, "IP_INADDRERRORS"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			first := withErrors(twoArmLocal(t))
+			setSysctl(first, "net.ipv4.ip_forward", "0")
+			setSysctl(first, "net.ipv4.conf.eth1.forwarding", "0")
+			s := withErrors(twoArmLocal(t))
+			tt.last(s)
+			s.Window = &probes.Window{First: first, Skipped: map[string]string{}}
+			s.Drops = &drops.Sample{Window: 3 * time.Second, Drops: []drops.Counted{fwdDrop}}
+			f := statusOf(checks.Run(s, probes.Selector{}), "drops.vip_flows")
+			if f.Status != tt.want || !strings.Contains(f.Title+f.Reason, tt.wantIn) {
+				t.Errorf("Run(%s) drops.vip_flows = %s %q (%s), want %s with %q", tt.name, f.Status, f.Title, f.Reason, tt.want, tt.wantIn)
+			}
+		})
+	}
+}
