@@ -357,9 +357,10 @@ func checkRPFilter(s *probes.Snapshot, sel probes.Selector) Finding {
 		return Finding{Status: Skip, Reason: unreadWhy + ": the clients were not asked about there", Evidence: ev}
 	}
 	fact := fmt.Sprintf("%d client source(s) asked about, none refused where it would arrive, no IP_RPFILTER drop", len(judged))
-	if why := dropsUntraced(s); why != "" {
-		// No drop counted is no drop seen when none was traced.
-		fact = fmt.Sprintf("%d client source(s) asked about, none refused where it would arrive; %s", len(judged), why)
+	if unread := clientTablesUnread(s); len(unread) > 0 {
+		// No drop counted is no drop seen when none was traced, and the
+		// clients asked about are those of the tables read.
+		fact = fmt.Sprintf("%d client source(s) asked about, none refused where it would arrive; %s", len(judged), strings.Join(unread, "; "))
 	}
 	f := Finding{Status: Pass, Title: "the reverse-path filter lets the VIPs' clients in",
 		Evidence: append(ev, Evidence{Fact: fact, Source: "route lookups, " + src})}
