@@ -278,6 +278,10 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 	if judged == 0 {
 		return skip("only firewall-mark masquerade services are selected: a mark has no VIP whose segment the return path could be judged by")
 	}
+	if a, b := flowsUnread(s), connTableSkip(s); a != "" && b != "" {
+		// The clients routed back via a real are learned from these.
+		ev = append(ev, Evidence{Fact: "no client's route back was judged: " + a + "; " + b, Source: s.Target.String()})
+	}
 	return Finding{Status: Pass, Title: "replies come back through the LB", Evidence: ev}
 }
 
@@ -346,12 +350,21 @@ func returnPathWindow(s *probes.Snapshot, ix *windowIndex, probesBy probeIndex, 
 		}
 		// The replies may reach the LB and die there: the check that
 		// names that cause fails, not this one.
-		if v, ok := readable(s, "net.ipv4.ip_forward"); ok && v.Value == "0" && r.Addr.Addr().Is4() {
+		// Each cause ruled out must have been read: one unread may be
+		// the cause, and this is no conclusion then.
+		if v, ok := readable(s, "net.ipv4.ip_forward"); r.Addr.Addr().Is4() && (!ok || v.Value == "0") {
+			if !ok {
+				ev = append(ev, Evidence{Fact: "net.ipv4.ip_forward could not be read (" + v.Error + v.Absent + "): whether replies that reach the LB die there is not known", Source: src})
+				continue
+			}
 			ev = append(ev, Evidence{Fact: "net.ipv4.ip_forward = 0: replies that reach the LB die there (see sysctl.ip_forward)", Source: src})
 			continue
 		}
 		if len(snat) > 0 {
-			if v, ok := readable(s, "net.ipv4.vs.conntrack"); ok && v.Value == "0" {
+			if v, ok := readable(s, "net.ipv4.vs.conntrack"); !ok {
+				ev = append(ev, Evidence{Fact: "net.ipv4.vs.conntrack could not be read (" + v.Error + v.Absent + "): whether the source-NAT rule sees IPVS connections is not known", Source: src})
+				continue
+			} else if v.Value == "0" {
 				ev = append(ev, Evidence{Fact: "the source-NAT rule needs IPVS connections in conntrack and net.ipv4.vs.conntrack = 0 (see sysctl.vs_conntrack)", Source: src})
 				continue
 			}
@@ -362,6 +375,9 @@ func returnPathWindow(s *probes.Snapshot, ix *windowIndex, probesBy probeIndex, 
 		}
 		if n := repliedNotCompleted(s); n > 0 {
 			ev = append(ev, Evidence{Fact: fmt.Sprintf("conntrack saw replies of %d flow(s) of the VIP that never completed: replies reach the LB (see conntrack.flow_states, drops.vip_flows)", n), Source: "conntrack, " + src})
+			continue
+		} else if why := flowsUnread(s); why != "" {
+			ev = append(ev, Evidence{Fact: why + ": whether replies reach the LB is not known", Source: "conntrack, " + src})
 			continue
 		}
 		ev = append(ev, Evidence{Fact: reaches, Source: "health probe, " + src})
@@ -446,6 +462,18 @@ func dropsOfReal(s *probes.Snapshot, real netip.AddrPort) uint64 {
 		}
 	}
 	return n
+}
+
+// flowsUnread says why the VIPs' conntrack flows were not counted ("" when
+// they were, whole): unread, or not dumped.
+func flowsUnread(s *probes.Snapshot) string {
+	if e, ok := s.Errors[probes.ProbeConntrack]; ok {
+		return "conntrack could not be read: " + e
+	}
+	if strings.HasPrefix(s.Conntrack.Selector, "none") {
+		return "the VIPs' conntrack flows were not read: " + s.Conntrack.Selector
+	}
+	return ""
 }
 
 // repliedNotCompleted counts the VIP flows conntrack saw a reply of that
