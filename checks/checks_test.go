@@ -879,3 +879,55 @@ func TestKernelIPVSOfADNATVIPNamesIt(t *testing.T) {
 		})
 	}
 }
+
+// A one-arm service whose source-NAT rule covers the VIP but is narrowed to
+// other clients (`-s 10.99.0.0/16`) leaves its clients to IPVS's DNAT
+// alone: nat.return_path fails naming them, even without a window, and
+// conntrack.stale_flows does not call their unanswered flows older than
+// the rule (deleting them would change nothing).
+func TestReturnPathSNATNarrowed(t *testing.T) {
+	vip, real := netip.MustParseAddrPort("10.1.0.6:8085"), netip.MustParseAddrPort("10.1.0.50:8085")
+	for _, tt := range []struct {
+		name      string
+		sources   string // the rule's -s, "" none
+		wantPath  checks.Status
+		wantStale checks.Status
+	}{
+		{"every client", "", checks.Pass, checks.Warn},
+		{"the clients' subnet", "10.1.0.0/24", checks.Pass, checks.Warn},
+		{"other clients", "10.99.0.0/16", checks.Fail, checks.Pass},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			snap := loadFixture(t, "seed-stage3")
+			i := slices.IndexFunc(snap.Rules.Rules, func(r rules.Rule) bool { return r.CoversVIP(vip) })
+			if tt.sources != "" {
+				snap.Rules.Rules[i].Spec = strings.Replace(snap.Rules.Rules[i].Spec, "-A POSTROUTING ", "-A POSTROUTING -s "+tt.sources+" ", 1)
+			}
+			// A client's connection attempt IPVS rewrote and nothing
+			// source-NATed or answered.
+			client := netip.MustParseAddrPort("10.1.0.3:40000")
+			snap.Conntrack.Flows = append(snap.Conntrack.Flows, conntrack.Flow{Proto: "tcp", State: "SYN_SENT", Status: []string{"CONFIRMED", "DST_NAT_DONE", "SRC_NAT_DONE"},
+				Orig: conntrack.Tuple{Src: client, Dst: vip}, Reply: conntrack.Tuple{Src: real, Dst: client}})
+			snap.Conntrack.NotSNATed = []probes.FlowTally{{Proto: "tcp", Dst: vip, Count: 1}}
+			snap.IPVS.Conns = append(snap.IPVS.Conns, ipvs.Conn{Proto: "tcp", Client: client, VIP: vip, Dest: real, State: "SYN_RECV"})
+			fs := checks.Run(snap, probes.Selector{VIP: vip, Proto: "tcp"})
+			f := statusOf(fs, "nat.return_path")
+			if f.Status != tt.wantPath {
+				t.Errorf("Run(seed-stage3, SNAT rule %q) nat.return_path = %s %q, want %s", snap.Rules.Rules[i].Spec, f.Status, f.Title, tt.wantPath)
+			}
+			if tt.wantPath == checks.Fail {
+				text := findingText(f)
+				if !strings.Contains(f.Title, "does not match them") || !strings.Contains(text, "10.1.0.3") || !strings.Contains(text, "-s 10.99.0.0/16") {
+					t.Errorf("nat.return_path = %q\n%s\nwant the rule that does not match, naming client 10.1.0.3 and the rule", f.Title, text)
+				}
+				// vs.conntrack is 1 here: the fix does not ask for it.
+				if slices.ContainsFunc(f.Remedies, func(r checks.Remedy) bool { return r.Sysctl == "net.ipv4.vs.conntrack" }) {
+					t.Errorf("nat.return_path remedies = %+v, want none setting net.ipv4.vs.conntrack, already 1", f.Remedies)
+				}
+			}
+			if g := statusOf(fs, "conntrack.stale_flows"); g.Status != tt.wantStale {
+				t.Errorf("Run(seed-stage3, SNAT rule %q) conntrack.stale_flows = %s %q, want %s", snap.Rules.Rules[i].Spec, g.Status, g.Title, tt.wantStale)
+			}
+		})
+	}
+}

@@ -144,8 +144,8 @@ func connTableSkip(s *probes.Snapshot) string {
 
 // ipvsSkip is the reason a check of the selected IPVS services cannot run.
 func ipvsSkip(s *probes.Snapshot, sel probes.Selector) (string, []ipvs.Service) {
-	if !s.IPVS.Available {
-		return "IPVS is not available (see kernel.ipvs)", nil
+	if why := ipvsUnjudged(s); why != "" {
+		return why, nil
 	}
 	svcs := selected(s, sel)
 	if len(svcs) == 0 {
@@ -329,10 +329,15 @@ func checkConnReuse(s *probes.Snapshot, sel probes.Selector) Finding {
 	if !ok1 || !ok2 {
 		return skip("net.ipv4.vs.conn_reuse_mode or expire_nodest_conn could not be read")
 	}
-	vsct, _ := readable(s, "net.ipv4.vs.conntrack")
+	vsct, vsctOK := readable(s, "net.ipv4.vs.conntrack")
 	new59, known := kernelAtLeast(s.Kernel, 5, 9)
 	if !known {
 		return skip(fmt.Sprintf("the kernel release %q does not parse: which conn_reuse_mode works depends on it", s.Kernel))
+	}
+	if mode.Value != "0" && !new59 && !vsctOK {
+		// Before 5.9 mode 1 or 2 delays reused ports only with
+		// vs.conntrack=1: unread, neither a pass nor a warning.
+		return skip("net.ipv4.vs.conntrack could not be read (" + vsct.Error + vsct.Absent + "): before Linux 5.9 conn_reuse_mode=" + mode.Value + " delays reused ports only when it is 1")
 	}
 	kern := "Linux " + s.Kernel
 	if new59 {
@@ -474,6 +479,7 @@ func checkStaleFlows(s *probes.Snapshot, sel probes.Selector) Finding {
 	src := "conntrack, " + s.Target.String()
 	var ev []Evidence
 	var fix, stale []string
+	var unjudged []string // flows whose staleness rests on a layer not read
 	example := func(svc ipvs.Service, match func(conntrack.Flow) bool) (clients []netip.Addr) {
 		shown := false
 		for _, f := range s.Conntrack.Flows {
@@ -515,9 +521,27 @@ func checkStaleFlows(s *probes.Snapshot, sel probes.Selector) Finding {
 		if n == 0 {
 			continue
 		}
-		if _, bad := s.Errors[probes.ProbeNet]; bad || !DecideReturnPath(s, svc.Addr.Addr(), addrsOf(svc)).NeedsSNAT ||
-			!slices.ContainsFunc(s.Rules.Rules, func(r rules.Rule) bool { return r.CoversVIP(svc.Addr) }) {
-			continue // no SNAT is due (two-arm), or none is there: nat.return_path's to judge
+		covered := slices.ContainsFunc(s.Rules.Rules, func(r rules.Rule) bool { return r.CoversVIP(svc.Addr) })
+		if e, bad := s.Errors[probes.ProbeNet]; bad {
+			// Whether SNAT is due (one-arm) is the routes' word: these
+			// flows are neither stale nor fine without them.
+			unjudged = append(unjudged, fmt.Sprintf("%s: %d flow(s) IPVS rewrote but no SNAT, whose SNAT is due or not by the routes, which could not be read (%s)", svc.Key(), n, e))
+			continue
+		}
+		if !DecideReturnPath(s, svc.Addr.Addr(), addrsOf(svc)).NeedsSNAT {
+			continue // no SNAT is due (two-arm)
+		}
+		if !covered {
+			if un := unreadRules(s, svc.Addr.Addr()); un != "" {
+				unjudged = append(unjudged, fmt.Sprintf("%s: %d flow(s) IPVS rewrote but no SNAT, and no source-NAT rule among the rules read, but %s", svc.Key(), n, un))
+			}
+			continue // none is there: nat.return_path's to judge
+		}
+		if snatMissesAll(s, svc) {
+			// The rule covers the VIP but not these clients (narrowed to
+			// other sources or reals): they did not start before it, and
+			// deleting them changes nothing. nat.return_path names it.
+			continue
 		}
 		stale = append(stale, svc.Key())
 		ev = append(ev, Evidence{Fact: fmt.Sprintf("%s: %d flow(s) IPVS rewrote but no SNAT, and nothing answered, while a source-NAT rule covers the VIP: they predate the rule", svc.Key(), n), Source: src})
@@ -535,9 +559,15 @@ func checkStaleFlows(s *probes.Snapshot, sel probes.Selector) Finding {
 		return Finding{Status: Pass, Title: "no selected masquerade service: flows to the others are not rewritten", Evidence: []Evidence{{Fact: fmt.Sprintf("%d service(s), none masquerade", len(svcs)), Source: "ipvs, " + s.Target.String()}}}
 	}
 	if len(stale) == 0 {
+		if len(unjudged) > 0 {
+			return Finding{Status: Skip, Reason: unjudged[0], Evidence: []Evidence{{Fact: strings.Join(unjudged, "; "), Source: src}}}
+		}
 		fact := fmt.Sprintf("%d masquerade service(s): every unanswered flow to them was rewritten as their rules say", len(masq))
 		if s.Conntrack.Partial != "" {
+			// A stale flow may be among those the dump did not reach.
 			fact += " (" + s.Conntrack.Partial + ")"
+			return Finding{Status: Skip, Reason: "conntrack was not dumped whole: " + s.Conntrack.Partial + "; none of the flows read predates its service, the rest were not seen",
+				Evidence: []Evidence{{Fact: fact, Source: src}}}
 		}
 		return Finding{Status: Pass, Title: "no VIP flow predates its service", Evidence: []Evidence{{Fact: fact, Source: src}}}
 	}
@@ -581,4 +611,24 @@ func protoTimeouts(s *probes.Snapshot, svcs []ipvs.Service) string {
 	}
 	slices.Sort(out)
 	return strings.Join(out, ", ")
+}
+
+// snatMissesAll reports whether every client of svc's listed flows that IPVS
+// rewrote and nothing source-NATed or answered is one the rules that cover
+// its VIP do not match (snatMissed): flows the rule never applied to because
+// of what it matches, not because they predate it.
+func snatMissesAll(s *probes.Snapshot, svc ipvs.Service) bool {
+	var snat []rules.Rule
+	for _, r := range s.Rules.Rules {
+		if r.CoversVIP(svc.Addr) {
+			snat = append(snat, r)
+		}
+	}
+	var clients []netip.Addr
+	for _, f := range s.Conntrack.Flows {
+		if f.Proto == svc.Proto && f.Orig.Dst == svc.Addr && !f.HasStatus("SEEN_REPLY") && f.Reply.Src != svc.Addr && f.Reply.Dst.Addr() == f.Orig.Src.Addr() && !slices.Contains(clients, f.Orig.Src.Addr()) {
+			clients = append(clients, f.Orig.Src.Addr())
+		}
+	}
+	return len(clients) > 0 && len(snatMissed(svc, snat, clients)) == len(clients[:min(len(clients), probes.MaxRouteSources)])
 }

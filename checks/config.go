@@ -184,8 +184,8 @@ func checkRPFilter(s *probes.Snapshot, sel probes.Selector) Finding {
 			return skip(p + " could not be read: " + e)
 		}
 	}
-	if !s.IPVS.Available && !sel.VIP.IsValid() {
-		return skip("IPVS is not available (see kernel.ipvs)")
+	if why := ipvsUnjudged(s); why != "" && !sel.VIP.IsValid() {
+		return skip(why)
 	}
 	var v4, v6 int
 	for _, svc := range selected(s, sel) {
@@ -211,8 +211,20 @@ func checkRPFilter(s *probes.Snapshot, sel probes.Selector) Finding {
 		return skip("net.ipv4.conf.all.rp_filter could not be read: " + all.Error + all.Absent)
 	}
 	src := s.Target.String()
+	// An interface whose filter was not read is neither off nor asked
+	// about (probes.RPFilterInterfaces leaves it out): no pass rests on it.
+	var unreadIfaces []string
+	for _, l := range s.Net.Links {
+		if _, _, _, ok := probes.RPFilter(s.Sysctls, l.Name); l.Up && l.Name != "lo" && !ok {
+			unreadIfaces = append(unreadIfaces, l.Name)
+		}
+	}
+	unreadWhy := "rp_filter of " + strings.Join(unreadIfaces, ", ") + " could not be read"
 	ifaces := probes.RPFilterInterfaces(s)
 	if len(ifaces) == 0 {
+		if len(unreadIfaces) > 0 {
+			return skip(unreadWhy + ": whether reverse-path filtering is on there is not known")
+		}
 		return Finding{Status: Pass, Title: "reverse-path filtering is off",
 			Evidence: []Evidence{{Fact: "net.ipv4.conf.all.rp_filter = " + all.Value + ", and 0 on every up interface", Source: src}}}
 	}
@@ -238,6 +250,9 @@ func checkRPFilter(s *probes.Snapshot, sel probes.Selector) Finding {
 			return Finding{Status: Warn, Title: fmt.Sprintf("the reverse-path filter dropped %d packets in the window, whose is unknown", filtered),
 				Reason:   "IPReversePathFilter counts every packet of the namespace the filter dropped; no client source of the VIPs is known (no flow, no IPVS connection, no IP_RPFILTER drop traced) to tell whether they were theirs",
 				Evidence: ev}
+		}
+		if unread := clientTablesUnread(s); len(unread) > 0 {
+			return skip("reverse-path filtering is on and no client source of the VIPs was seen to judge: " + strings.Join(unread, "; "))
 		}
 		return skip("reverse-path filtering is on and no client source of the VIPs was seen (no conntrack flow or IPVS connection, no IP_RPFILTER drop in the window) to judge")
 	}
@@ -338,9 +353,49 @@ func checkRPFilter(s *probes.Snapshot, sel probes.Selector) Finding {
 		f.Evidence = append(f.Evidence, ev...)
 		return f
 	}
+	if len(unreadIfaces) > 0 {
+		return Finding{Status: Skip, Reason: unreadWhy + ": the clients were not asked about there", Evidence: ev}
+	}
+	fact := fmt.Sprintf("%d client source(s) asked about, none refused where it would arrive, no IP_RPFILTER drop", len(judged))
+	if unread := clientTablesUnread(s); len(unread) > 0 {
+		// No drop counted is no drop seen when none was traced, and the
+		// clients asked about are those of the tables read.
+		fact = fmt.Sprintf("%d client source(s) asked about, none refused where it would arrive; %s", len(judged), strings.Join(unread, "; "))
+	}
 	f := Finding{Status: Pass, Title: "the reverse-path filter lets the VIPs' clients in",
-		Evidence: append(ev, Evidence{Fact: fmt.Sprintf("%d client source(s) asked about, none refused where it would arrive, no IP_RPFILTER drop", len(judged)), Source: "route lookups, " + src})}
+		Evidence: append(ev, Evidence{Fact: fact, Source: "route lookups, " + src})}
 	return f
+}
+
+// dropsUntraced says why the window's drops were not traced ("" when they
+// were): none counted is then no evidence that none happened.
+func dropsUntraced(s *probes.Snapshot) string {
+	if e, ok := s.Errors[probes.ProbeDrops]; ok {
+		return "drops were not traced: " + e
+	}
+	if s.Drops != nil {
+		return ""
+	}
+	if s.Window == nil {
+		return "drops were not traced: the window was off (--watch 0)"
+	}
+	if why, ok := s.Window.Skipped[probes.LayerDrops]; ok {
+		return "drops were not traced: " + why
+	}
+	return "drops were not traced in the window"
+}
+
+// clientTablesUnread says which of the tables the VIPs' client sources
+// are learned from were not read: conntrack's flows, IPVS's connections,
+// the window's drops.
+func clientTablesUnread(s *probes.Snapshot) []string {
+	var out []string
+	for _, why := range []string{flowsUnread(s), connTableSkip(s), dropsUntraced(s)} {
+		if why != "" {
+			out = append(out, why)
+		}
+	}
+	return out
 }
 
 // rpFail is the failure of the reverse-path filter on the clients of

@@ -1,6 +1,7 @@
 package checks
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -264,11 +265,14 @@ func checkFirewall(s *probes.Snapshot, sel probes.Selector) Finding {
 		h.legs = []flowLeg{l}
 		hits = append(hits, h)
 	}
+	var undecided string // a rule or policy only the window's drops judge
 	for _, svc := range svcs {
 		for _, l := range legsOf(svc) {
-			for _, h := range staticHits(s, l) {
+			hs, u := staticHits(s, l)
+			for _, h := range hs {
 				add(h, l)
 			}
+			undecided = cmp.Or(undecided, u)
 		}
 	}
 	w := s.Window
@@ -318,6 +322,12 @@ func checkFirewall(s *probes.Snapshot, sel probes.Selector) Finding {
 				Fact:   fmt.Sprintf("no filter rule or DROP policy in input, output or forward clearly matches the flows of %s", serviceKeys(svcs)),
 				Source: "rules of " + backendNames(s) + ", " + s.Target.String(),
 			})
+		}
+		if why := dropsUntraced(s); why != "" && undecided != "" && len(fixed) == 0 {
+			// The word on a rule that matches on more than addresses,
+			// protocol and ports is the window's drops: none traced,
+			// "nothing drops" would rest on them.
+			return Finding{Status: Skip, Reason: fmt.Sprintf("%s may drop the selected services' flows, which only the window's drops tell, and %s", undecided, why), Evidence: f.Evidence}
 		}
 		if w == nil {
 			f.Evidence = append(f.Evidence, Evidence{Fact: "static snapshot (--watch 0): a rule that matches on more than addresses, protocol and ports is judged only by the window's drops", Source: "lbdoctor"})
@@ -421,9 +431,9 @@ func pointFix(s *probes.Snapshot, sel probes.Selector, p *probes.DropPoint) []st
 // staticHits are the rules and policies of l's hook that clearly drop l's
 // packets: a DROP or REJECT rule that matches them with no rule before it
 // that might accept them, else a DROP policy no rule of the chain might
-// spare them from.
-func staticHits(s *probes.Snapshot, l flowLeg) []*filterHit {
-	var out []*filterHit
+// spare them from. undecided names the first rule or policy that may drop
+// them, which only the window's drops can tell ("" when none).
+func staticHits(s *probes.Snapshot, l flowLeg) (out []*filterHit, undecided string) {
 	for i := range s.Rules.Chains {
 		c := &s.Rules.Chains[i]
 		addr := l.pkt.Dst
@@ -450,6 +460,9 @@ func staticHits(s *probes.Snapshot, l flowLeg) []*filterHit {
 					hit = &filterHit{rule: r, static: true, hook: l.hook}
 					break
 				}
+				if undecided == "" {
+					undecided = fmt.Sprintf("%s rule %q", r.Place(), r.Spec)
+				}
 				continue // it may drop some: the window tells
 			}
 			if r.Target != "LOG" && r.Target != "" {
@@ -459,12 +472,14 @@ func staticHits(s *probes.Snapshot, l flowLeg) []*filterHit {
 		}
 		if hit == nil && open && c.Policy == "DROP" {
 			hit = &filterHit{policy: c, static: true, hook: l.hook}
+		} else if hit == nil && c.Policy == "DROP" && undecided == "" {
+			undecided = c.Place() + " policy DROP"
 		}
 		if hit != nil {
 			out = append(out, hit)
 		}
 	}
-	return out
+	return out, undecided
 }
 
 func hitName(h *filterHit) string {

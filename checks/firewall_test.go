@@ -58,7 +58,9 @@ func TestFirewallFilter(t *testing.T) {
 		{"FORWARD policy DROP, nothing accepts", nil, []rules.Chain{fwdPolicy}, nil, false, checks.Fail,
 			"iptables-nft filter FORWARD policy DROP (hook forward) drops replies of real 10.1.0.50:8085: 40 packets counted by the policy",
 			"ip netns exec lb iptables-nft -t filter -I FORWARD -s 10.1.0.50 -p tcp --sport 8085 -j ACCEPT"},
-		{"FORWARD policy DROP after an ESTABLISHED accept, no window", []rules.Rule{established}, []rules.Chain{fwdPolicy}, nil, false, checks.Pass, "static snapshot", ""},
+		// Whether the accept spares the replies is the window's drops' to
+		// tell: with none traced, nothing is concluded.
+		{"FORWARD policy DROP after an ESTABLISHED accept, no window", []rules.Rule{established}, []rules.Chain{fwdPolicy}, nil, false, checks.Skip, "clearly matches", ""},
 		{"FORWARD policy DROP after an ESTABLISHED accept, drops joined to it", []rules.Rule{established}, []rules.Chain{fwdPolicy},
 			window(probes.DropPoint{Reason: "NETFILTER_DROP", Function: "nf_hook_slow", Hook: "forward", Count: 9, Policy: &fwdPolicy, Services: []string{"TCP 10.1.0.6:8085"}}), false, checks.Fail,
 			"9 × NETFILTER_DROP of the selected flows in forward during the window, joined to it",

@@ -54,6 +54,7 @@ func checkForwardMethod(s *probes.Snapshot, sel probes.Selector) Finding {
 	var fix, about []string
 	first := "" // the first failing real, for the title
 	judged := 0
+	var unjudged []string // reals whose method rests on rules not read
 	for _, svc := range svcs {
 		var masq []string
 		for _, r := range svc.Reals {
@@ -100,6 +101,15 @@ func checkForwardMethod(s *probes.Snapshot, sel probes.Selector) Finding {
 				why = append(why, "DR and tunnels keep the VIP's port")
 				mine = append(mine, Evidence{Fact: fmt.Sprintf("%s to port %d, but the packets keep the VIP's port %d: only NAT rewrites it", name, r.Addr.Port(), svc.Addr.Port()), Source: src})
 			}
+			if len(why) == 0 && len(masq) == 0 {
+				// Built for NAT or not is a source-NAT rule's word when
+				// no real masquerades: none found is no answer while a
+				// rule backend was not read.
+				if un := unreadRules(s, svc.Addr.Addr()); un != "" && svc.FWMark == 0 {
+					unjudged = append(unjudged, fmt.Sprintf("%s: whether a source-NAT rule covers %s (the service built for NAT) is not known: %s", name, svc.Key(), un))
+					continue
+				}
+			}
 			if len(why) == 0 {
 				how := "on " + route.Dev + ", the real's own segment"
 				if r.Method == ipvs.Tunnel {
@@ -121,6 +131,9 @@ func checkForwardMethod(s *probes.Snapshot, sel probes.Selector) Finding {
 		return skip("no real of the selected services forwards by DR or tunnel with weight > 0 (masquerade is judged by nat.return_path and sysctl.ip_forward)")
 	}
 	if len(bad) == 0 {
+		if len(unjudged) > 0 {
+			return Finding{Status: Skip, Reason: unjudged[0], Evidence: ev}
+		}
 		return Finding{Status: Pass, Title: "every DR or tunnel real can be reached that way", Evidence: ev}
 	}
 	n := len(fix)
@@ -141,8 +154,8 @@ func checkForwardMethod(s *probes.Snapshot, sel probes.Selector) Finding {
 // unjudgedRoutes says why a check of IPVS services against the LB's
 // routes cannot run: no IPVS, or routes unread. "" when it can.
 func unjudgedRoutes(s *probes.Snapshot) string {
-	if !s.IPVS.Available {
-		return "IPVS is not available (see kernel.ipvs)"
+	if why := ipvsUnjudged(s); why != "" {
+		return why
 	}
 	if e, ok := s.Errors[probes.ProbeNet]; ok {
 		return "routes could not be read: " + e

@@ -494,10 +494,47 @@ func checkHairpin(s *probes.Snapshot, sel probes.Selector) Finding {
 			}
 		}
 	}
+	// No hairpin seen is a pass only when a table that would show one
+	// was read: the IPVS connections, or the VIPs' conntrack flows.
+	if unread := hairpinTablesUnread(s); len(unread) == 2 {
+		return Finding{Status: Skip, Reason: "no hairpin can be seen: " + strings.Join(unread, "; "), Evidence: ev}
+	} else if len(unread) == 1 {
+		ev = append(ev, Evidence{Fact: unread[0] + ": judged by the other table alone", Source: s.Target.String()})
+	}
 	if len(ev) == 0 {
 		ev = append(ev, Evidence{Fact: "no real server was seen as a client of its own service", Source: src})
 	}
 	return Finding{Status: Pass, Title: "no real server's own connections to its service go unmasqueraded", Evidence: ev}
+}
+
+// hairpinTablesUnread says which of the tables a hairpin shows in were
+// not seen whole: the IPVS connection table (unread, too big to read, or
+// listed in part), the VIPs' conntrack flows (unread, not dumped, dumped
+// or listed in part, or without IPVS's rewrite: vs.conntrack not 1).
+func hairpinTablesUnread(s *probes.Snapshot) []string {
+	var out []string
+	switch why := connTableSkip(s); {
+	case why != "":
+		out = append(out, why)
+	case s.IPVS.ConnsOmitted > 0:
+		out = append(out, fmt.Sprintf("%d IPVS connections past the %d listed were not looked at", s.IPVS.ConnsOmitted, len(s.IPVS.Conns)))
+	}
+	vsct, _ := readable(s, "net.ipv4.vs.conntrack")
+	switch e, ok := s.Errors[probes.ProbeConntrack]; {
+	case ok:
+		out = append(out, "conntrack could not be read: "+e)
+	case strings.HasPrefix(s.Conntrack.Selector, "none"):
+		out = append(out, "the VIPs' conntrack flows were not read: "+s.Conntrack.Selector)
+	case s.Conntrack.Partial != "":
+		out = append(out, "conntrack was not dumped whole: "+s.Conntrack.Partial)
+	case s.Conntrack.Omitted > 0:
+		out = append(out, fmt.Sprintf("%d conntrack flows past the %d listed were not looked at", s.Conntrack.Omitted, len(s.Conntrack.Flows)))
+	case vsct.Value != "1":
+		// conntrack holds IPVS's rewrite (the real as reply source) only
+		// with vs.conntrack=1.
+		out = append(out, "conntrack shows IPVS connections only with net.ipv4.vs.conntrack=1 (it is "+cmp.Or(vsct.Value, "unread")+")")
+	}
+	return out
 }
 
 // hairpinTool is the iptables command that writes a hairpin's masquerade

@@ -22,8 +22,8 @@ const maxServiceLines = 20
 // checkRealsAvailable: a service with no real server, or only weight-0
 // ones, accepts SYNs it can send nowhere.
 func checkRealsAvailable(s *probes.Snapshot, sel probes.Selector) Finding {
-	if !s.IPVS.Available {
-		return skip("IPVS is not available (see kernel.ipvs)")
+	if why := ipvsUnjudged(s); why != "" {
+		return skip(why)
 	}
 	svcs := selected(s, sel)
 	if len(svcs) == 0 {
@@ -204,8 +204,8 @@ func checkMixedBackends(s *probes.Snapshot, _ probes.Selector) Finding {
 // checkExpireNodest: with expire_nodest_conn=0, connections to a removed or
 // quiesced real server linger and blackhole their packets until they time out.
 func checkExpireNodest(s *probes.Snapshot, sel probes.Selector) Finding {
-	if !s.IPVS.Available {
-		return skip("IPVS is not available (see kernel.ipvs)")
+	if why := ipvsUnjudged(s); why != "" {
+		return skip(why)
 	}
 	svcs := selected(s, sel)
 	if len(svcs) == 0 {
@@ -280,6 +280,14 @@ func checkFlowStates(s *probes.Snapshot, sel probes.Selector) Finding {
 		}
 	}
 	if len(counts) == 0 {
+		switch {
+		case strings.HasPrefix(s.Conntrack.Selector, "none"):
+			// Not dumped (a window's first read, no VIP to dump): no
+			// flow was looked for.
+			return skip("the VIPs' conntrack flows were not read: " + s.Conntrack.Selector)
+		case s.Conntrack.Partial != "":
+			return skip("no conntrack flow to a selected VIP among those read, but conntrack was not dumped whole: " + s.Conntrack.Partial)
+		}
 		return skip("no conntrack flow to a selected VIP (" + s.Conntrack.Selector + ")")
 	}
 	// Counted over every flow the dump saw; the examples come from the
@@ -353,6 +361,11 @@ func checkFlowStates(s *probes.Snapshot, sel probes.Selector) Finding {
 		return Finding{Status: Warn, Title: title,
 			Reason:   why + "; entries linger until their timeout, so a fixed path still shows them for a while",
 			Evidence: ev, about: about}
+	}
+	if s.Conntrack.Partial != "" {
+		// A flow that never completed may be among those the dump did
+		// not reach: the flows read complete, the rest were not seen.
+		return Finding{Status: Skip, Reason: "conntrack was not dumped whole: " + s.Conntrack.Partial + "; every flow read completes, the rest were not seen", Evidence: ev}
 	}
 	return Finding{Status: Pass, Title: "the VIP's flows complete", Evidence: ev}
 }

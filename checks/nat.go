@@ -1,7 +1,9 @@
 package checks
 
 import (
+	"cmp"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -27,6 +29,11 @@ func checkIPVS(s *probes.Snapshot, sel probes.Selector) Finding {
 			f.Evidence = append(f.Evidence, Evidence{Fact: "no IPVS generic netlink family", Source: "genetlink, kernel " + s.Kernel})
 			return f
 		}
+		if un := dnatUnread(s, sel); un != "" {
+			return Finding{Status: Skip, Title: "IPVS is not available",
+				Reason:   "IPVS is not available here (" + s.IPVS.Reason + "), but whether nft or iptables DNATs " + sel.VIPString() + " instead is not known: " + un,
+				Evidence: []Evidence{{Fact: "no IPVS generic netlink family", Source: "genetlink, kernel " + s.Kernel}}}
+		}
 		return Finding{
 			Status: Fail, Title: "IPVS is not available",
 			Reason:   s.IPVS.Reason,
@@ -51,6 +58,13 @@ func checkIPVS(s *probes.Snapshot, sel probes.Selector) Finding {
 		if f, ok := dnatNotIPVS(s, sel); ok {
 			f.Evidence = append(f.Evidence, Evidence{Fact: fmt.Sprintf("%d other virtual service(s)", len(s.IPVS.Services)), Source: src})
 			return f
+		}
+		if un := dnatUnread(s, sel); un != "" {
+			// An ipvsadm -A for a VIP that a firewall mark serves, or nft
+			// or iptables DNATs, would be a second service beside it.
+			return Finding{Status: Skip, Title: "no virtual service " + selectorKey(sel),
+				Reason:   "IPVS has no service " + selectorKey(sel) + ", but whether a firewall mark service serves it or nft or iptables DNATs it is not known: " + un,
+				Evidence: []Evidence{{Fact: fmt.Sprintf("%d other virtual service(s)", len(s.IPVS.Services)), Source: src}}}
 		}
 		return Finding{Status: Fail, Title: "no virtual service " + selectorKey(sel),
 			Reason:   "IPVS has no service " + selectorKey(sel),
@@ -83,6 +97,28 @@ func dnatNotIPVS(s *probes.Snapshot, sel probes.Selector) (Finding, bool) {
 	return Finding{Status: Skip, Title: name + " is no IPVS service: it is DNATed to " + named,
 		Reason:   "the IPVS checks do not apply to a VIP that nft or iptables DNATs; the window traces its flows through its backends (drops.vip_flows, firewall.filter, sysctl.rp_filter)",
 		Evidence: []Evidence{{Fact: "backends of " + sel.VIPString() + ": " + probes.JoinBackends(bs), Source: "conntrack, rules, " + s.Target.String()}}}, true
+}
+
+// dnatUnread says which layers that would show the --vip served otherwise
+// than by an address-based IPVS service were not read ("" when all were,
+// or no --vip is selected): the rules (a DNAT rule, a rule setting a mark
+// service's mark), conntrack (its DNATed flows), the IPVS connection table
+// (a mark service's entries to it).
+func dnatUnread(s *probes.Snapshot, sel probes.Selector) string {
+	if !sel.VIP.IsValid() {
+		return ""
+	}
+	var un []string
+	if x := unreadRules(s, sel.VIP.Addr()); x != "" {
+		un = append(un, x)
+	}
+	if e, ok := s.Errors[probes.ProbeConntrack]; ok {
+		un = append(un, "conntrack could not be read ("+e+")")
+	}
+	if why := connTableSkip(s); why != "" && slices.ContainsFunc(s.IPVS.Services, func(svc ipvs.Service) bool { return svc.FWMark != 0 }) {
+		un = append(un, why)
+	}
+	return strings.Join(un, "; ")
 }
 
 // markServed names the firewall-mark services (FWM 16) that serve the
@@ -269,11 +305,19 @@ func ipv4Forwarding(s *probes.Snapshot, req requirement, svcs []ipvs.Service, ne
 	devs := replyDevs(s, svcs)
 	var off []replyDev
 	known := len(devs) > 0
+	// unknown says why the replies' interfaces, or their switches, were
+	// not read: then only every interface's switch can decide.
+	var unknown, unreadDevs []string
+	if e, ok := s.Errors[probes.ProbeNet]; ok {
+		unknown = append(unknown, "the routes to the reals could not be read ("+e+")")
+	}
 	for _, d := range devs {
 		key := "net.ipv4.conf." + d.dev + ".forwarding"
 		v, ok := readable(s, key)
 		if !ok {
 			known = false
+			unknown = append(unknown, key+" could not be read ("+v.Error+v.Absent+")")
+			unreadDevs = append(unreadDevs, d.dev)
 			continue
 		}
 		ev = append(ev, Evidence{Fact: fmt.Sprintf("%s = %s (the replies of %s arrive on %s)", key, v.Value, d.realsOf(), d.dev), Source: src})
@@ -282,6 +326,26 @@ func ipv4Forwarding(s *probes.Snapshot, req requirement, svcs []ipvs.Service, ne
 		}
 	}
 	ev = append(ev, needs...)
+	if len(unknown) > 0 && len(off) == 0 {
+		// Every interface forwards, or none does (ip_forward=0 as it was
+		// written): either decides whatever interface the replies take.
+		on, offAll, unread := ifaceForwarding(s)
+		for _, dev := range unreadDevs { // one the sysctl probe never listed
+			if !slices.Contains(unread, dev) {
+				unread = append(unread, dev)
+			}
+		}
+		switch {
+		case len(unread) == 0 && len(offAll) == 0 && len(on) > 0:
+			ev[0].Fact += "; every interface forwards (" + strings.Join(on, ", ") + "): the kernel asks the interface a packet came in on"
+			return Finding{Status: Pass, Title: req.passTitle, Evidence: ev}
+		case all.Value == "0" && len(unread) == 0 && len(on) == 0:
+			// ip_forward=0 turned off every interface: it fails below.
+		default:
+			return Finding{Status: Skip, Reason: "which interface the real servers' replies arrive on, or whether it forwards, is not known: " + strings.Join(unknown, "; ") +
+				"; not every interface forwards alike (off: " + cmp.Or(strings.Join(offAll, ", "), "none") + "; not read: " + cmp.Or(strings.Join(unread, ", "), "none") + ")", Evidence: ev}
+		}
+	}
 	switch {
 	case all.Value == "0" && (!known || len(off) > 0):
 		return Finding{Status: Fail, Title: req.failTitle, Reason: req.why, Evidence: ev, Fix: sysctlFix(s.Target, req.key, "1"),
@@ -303,6 +367,28 @@ func ipv4Forwarding(s *probes.Snapshot, req requirement, svcs []ipvs.Service, ne
 	return Finding{Status: Pass, Title: req.passTitle, Evidence: ev}
 }
 
+// ifaceForwarding sorts the interfaces the sysctl probe listed (not lo,
+// all or default) by their net.ipv4.conf.DEV.forwarding: on, off, or not
+// read.
+func ifaceForwarding(s *probes.Snapshot) (on, off, unread []string) {
+	for _, key := range slices.Sorted(maps.Keys(s.Sysctls)) {
+		dev, v4 := strings.CutPrefix(key, "net.ipv4.conf.")
+		dev, leaf := strings.CutSuffix(dev, ".forwarding")
+		if !v4 || !leaf || dev == "all" || dev == "default" || dev == "lo" {
+			continue
+		}
+		switch v, ok := readable(s, key); {
+		case !ok:
+			unread = append(unread, dev)
+		case v.Value == "0":
+			off = append(off, dev)
+		default:
+			on = append(on, dev)
+		}
+	}
+	return on, off, unread
+}
+
 // ForwardingKey is the sysctl that lets the LB forward packets of addr's
 // family: net.ipv4.ip_forward, or for IPv6 net.ipv6.conf.all.forwarding
 // (IPv6 has no other forwarding switch: the per-interface ones only choose
@@ -315,8 +401,8 @@ func ForwardingKey(addr netip.Addr) string {
 }
 
 func checkVSConntrack(s *probes.Snapshot, sel probes.Selector) Finding {
-	if !s.IPVS.Available {
-		return skip("IPVS is not available (see kernel.ipvs)")
+	if why := ipvsUnjudged(s); why != "" {
+		return skip(why)
 	}
 	deps := conntrackDependentRules(s, sel)
 	if len(deps) == 0 {
@@ -436,8 +522,8 @@ func selected(s *probes.Snapshot, sel probes.Selector) []ipvs.Service {
 // addressed returns the selected services that have an address (not
 // fwmark ones), or why a check about them cannot run.
 func addressed(s *probes.Snapshot, sel probes.Selector) ([]ipvs.Service, string) {
-	if !s.IPVS.Available {
-		return nil, "IPVS is not available (see kernel.ipvs)"
+	if why := ipvsUnjudged(s); why != "" {
+		return nil, why
 	}
 	svcs := servicesWhere(selected(s, sel), func(svc ipvs.Service) bool { return svc.FWMark == 0 })
 	if len(svcs) == 0 {
@@ -449,8 +535,8 @@ func addressed(s *probes.Snapshot, sel probes.Selector) ([]ipvs.Service, string)
 // masqueraded returns the selected masquerade services, or why a check
 // about them cannot run.
 func masqueraded(s *probes.Snapshot, sel probes.Selector) ([]ipvs.Service, string) {
-	if !s.IPVS.Available {
-		return nil, "IPVS is not available (see kernel.ipvs)"
+	if why := ipvsUnjudged(s); why != "" {
+		return nil, why
 	}
 	masq := masqServices(selected(s, sel))
 	if len(masq) == 0 {
@@ -473,6 +559,9 @@ func serviceLine(svc ipvs.Service) string {
 	return fmt.Sprintf("%s → %s", svc.Key(), strings.Join(reals, ", "))
 }
 
+// readable is the value of a sysctl key that was read, and whether it
+// was: a key the probe could not read (its Error), found absent, or read
+// as empty is no value to judge — "" is neither on nor off.
 func readable(s *probes.Snapshot, key string) (sysctl.Value, bool) {
 	v, ok := s.Sysctls[key]
 	if !ok {
@@ -481,7 +570,25 @@ func readable(s *probes.Snapshot, key string) (sysctl.Value, bool) {
 		}
 		return sysctl.Value{Key: key, Absent: "not read"}, false
 	}
+	if v.Present && v.Value == "" {
+		v.Absent = "read as empty"
+		return v, false
+	}
 	return v, v.Present
+}
+
+// ipvsUnjudged says why the selected IPVS services cannot be judged: IPVS
+// could not be read (its services are then none, or those listed before
+// the read failed: a conclusion about them would rest on a layer not
+// read), or the kernel has none. "" when IPVS was read.
+func ipvsUnjudged(s *probes.Snapshot) string {
+	if e, ok := s.Errors[probes.ProbeIPVS]; ok {
+		return "IPVS could not be read: " + e
+	}
+	if !s.IPVS.Available {
+		return "IPVS is not available (see kernel.ipvs)"
+	}
+	return ""
 }
 
 // sysctlFix sets a key now and, in the host's own namespace, across reboots

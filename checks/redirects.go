@@ -56,6 +56,9 @@ func checkSendRedirects(s *probes.Snapshot, sel probes.Selector) Finding {
 			{Fact: rp.Reason, Source: "routes, " + s.Target.String()},
 			{Fact: fmt.Sprintf("IcmpOutRedirects = %d", s.SNMP["IcmpOutRedirects"]), Source: "snmp, " + s.Target.String()},
 		}
+		if e, ok := s.Errors[probes.ProbeSNMP]; ok {
+			ev[2].Fact = "IcmpOutRedirects not read: " + e
+		}
 		return Finding{
 			Status:   Warn,
 			Title:    "the one-arm LB sends ICMP redirects to its real servers",

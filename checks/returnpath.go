@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/lbdoctor/lbdoctor/internal/shellquote"
+	"github.com/lbdoctor/lbdoctor/internal/tally"
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/health"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
@@ -226,11 +228,32 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 					Reason:   rp.Reason + "; IPVS masquerade only does DNAT, so the client receives the real server's reply from an address it never called and drops it",
 					Evidence: ev,
 					Fix:      append([]string{setupFix(s, svc)}, kubeRebuild(s)...), // after the remedies' commands
-					Remedies: remedies(rp, svc),
+					Remedies: remedies(s, rp, svc),
 					about:    []string{svc.Key()},
 				}
 			}
 			if len(snat) > 0 {
+				var srcs []netip.Addr
+				for _, c := range clients[svc.Addr.Addr()] {
+					if local, ok := locals.Holds(c.Src); !ok || !local { // the LB's own connects need none
+						srcs = append(srcs, c.Src)
+					}
+				}
+				if missed := snatMissed(svc, snat, srcs); len(missed) > 0 {
+					// Covered, but not for these clients: a rule narrowed to
+					// other sources or reals (-s, -d) leaves them to
+					// IPVS's DNAT alone.
+					ev = append(ev, snatNarrowed(s, snat, missed)...)
+					return Finding{
+						Status:   Fail,
+						Title:    fmt.Sprintf("replies of %s to %s bypass the LB: the source-NAT rule for its VIP does not match them", svc.Key(), tally.Of(len(missed), "client")),
+						Reason:   rp.Reason + "; the source-NAT rule that covers the VIP is narrowed to other clients or reals, so IPVS's DNAT alone applies to these clients' connections and the real answers them directly from an address they never called",
+						Evidence: ev,
+						Fix:      append([]string{setupFix(s, svc)}, kubeRebuild(s)...),
+						Remedies: remedies(s, rp, svc),
+						about:    []string{svc.Key()},
+					}
+				}
 				ev = append(ev, Evidence{Fact: "a source-NAT rule covers " + svc.Key(), Source: "rules, " + s.Target.String()})
 			}
 		}
@@ -254,6 +277,10 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 	}
 	if judged == 0 {
 		return skip("only firewall-mark masquerade services are selected: a mark has no VIP whose segment the return path could be judged by")
+	}
+	if a, b := flowsUnread(s), connTableSkip(s); a != "" && b != "" {
+		// The clients routed back via a real are learned from these.
+		ev = append(ev, Evidence{Fact: "no client's route back was judged: " + a + "; " + b, Source: s.Target.String()})
 	}
 	return Finding{Status: Pass, Title: "replies come back through the LB", Evidence: ev}
 }
@@ -323,12 +350,21 @@ func returnPathWindow(s *probes.Snapshot, ix *windowIndex, probesBy probeIndex, 
 		}
 		// The replies may reach the LB and die there: the check that
 		// names that cause fails, not this one.
-		if v, ok := readable(s, "net.ipv4.ip_forward"); ok && v.Value == "0" && r.Addr.Addr().Is4() {
+		// Each cause ruled out must have been read: one unread may be
+		// the cause, and this is no conclusion then.
+		if v, ok := readable(s, "net.ipv4.ip_forward"); r.Addr.Addr().Is4() && (!ok || v.Value == "0") {
+			if !ok {
+				ev = append(ev, Evidence{Fact: "net.ipv4.ip_forward could not be read (" + v.Error + v.Absent + "): whether replies that reach the LB die there is not known", Source: src})
+				continue
+			}
 			ev = append(ev, Evidence{Fact: "net.ipv4.ip_forward = 0: replies that reach the LB die there (see sysctl.ip_forward)", Source: src})
 			continue
 		}
 		if len(snat) > 0 {
-			if v, ok := readable(s, "net.ipv4.vs.conntrack"); ok && v.Value == "0" {
+			if v, ok := readable(s, "net.ipv4.vs.conntrack"); !ok {
+				ev = append(ev, Evidence{Fact: "net.ipv4.vs.conntrack could not be read (" + v.Error + v.Absent + "): whether the source-NAT rule sees IPVS connections is not known", Source: src})
+				continue
+			} else if v.Value == "0" {
 				ev = append(ev, Evidence{Fact: "the source-NAT rule needs IPVS connections in conntrack and net.ipv4.vs.conntrack = 0 (see sysctl.vs_conntrack)", Source: src})
 				continue
 			}
@@ -340,6 +376,9 @@ func returnPathWindow(s *probes.Snapshot, ix *windowIndex, probesBy probeIndex, 
 		if n := repliedNotCompleted(s); n > 0 {
 			ev = append(ev, Evidence{Fact: fmt.Sprintf("conntrack saw replies of %d flow(s) of the VIP that never completed: replies reach the LB (see conntrack.flow_states, drops.vip_flows)", n), Source: "conntrack, " + src})
 			continue
+		} else if why := flowsUnread(s); why != "" {
+			ev = append(ev, Evidence{Fact: why + ": whether replies reach the LB is not known", Source: "conntrack, " + src})
+			continue
 		}
 		ev = append(ev, Evidence{Fact: reaches, Source: "health probe, " + src})
 		for _, rule := range snat {
@@ -348,7 +387,7 @@ func returnPathWindow(s *probes.Snapshot, ix *windowIndex, probesBy probeIndex, 
 		f := &Finding{Status: Fail,
 			Title:    fmt.Sprintf("replies of %s from real %s do not come back through the LB", svc.Key(), r.Addr),
 			Reason:   fmt.Sprintf("the SYNs reach real %s and it answers the LB itself, but none of its replies came back through IPVS in the window: %s", r.Addr, aroundWhy(s, r, rp, snat)),
-			Remedies: remedies(rp, svc),
+			Remedies: remedies(s, rp, svc),
 		}
 		if e, ok := s.Errors[probes.ProbeDrops]; ok || s.Drops == nil {
 			if !ok {
@@ -425,6 +464,18 @@ func dropsOfReal(s *probes.Snapshot, real netip.AddrPort) uint64 {
 	return n
 }
 
+// flowsUnread says why the VIPs' conntrack flows were not counted ("" when
+// they were, whole): unread, or not dumped.
+func flowsUnread(s *probes.Snapshot) string {
+	if e, ok := s.Errors[probes.ProbeConntrack]; ok {
+		return "conntrack could not be read: " + e
+	}
+	if strings.HasPrefix(s.Conntrack.Selector, "none") {
+		return "the VIPs' conntrack flows were not read: " + s.Conntrack.Selector
+	}
+	return ""
+}
+
 // repliedNotCompleted counts the VIP flows conntrack saw a reply of that
 // never completed the handshake: replies that reached the LB.
 func repliedNotCompleted(s *probes.Snapshot) int {
@@ -466,8 +517,14 @@ func setupFix(s *probes.Snapshot, svc ipvs.Service) string {
 	return "# or, recorded for lbdoctor teardown: " + cmd + " --snat always"
 }
 
-func remedies(rp ReturnPath, svc ipvs.Service) []Remedy {
-	r := []Remedy{{SNAT: svc.Addr.String(), Proto: svc.Proto}, {Sysctl: "net.ipv4.vs.conntrack", Value: "1"}}
+// remedies are the source NAT a one-arm service needs: the rule, the
+// vs.conntrack its -m ipvs match needs (unless already on), and the
+// redirects it stops.
+func remedies(s *probes.Snapshot, rp ReturnPath, svc ipvs.Service) []Remedy {
+	r := []Remedy{{SNAT: svc.Addr.String(), Proto: svc.Proto}}
+	if v, ok := readable(s, "net.ipv4.vs.conntrack"); !ok || v.Value != "1" {
+		r = append(r, Remedy{Sysctl: "net.ipv4.vs.conntrack", Value: "1"})
+	}
 	if rp.OneArm {
 		r = append(r, RedirectRemedies(rp.Dev)...)
 	}
@@ -507,4 +564,50 @@ func routeBackViaReal(s *probes.Snapshot, svc ipvs.Service, srcs []probes.Source
 		}
 	}
 	return nil
+}
+
+// snatMissed are the clients (of srcs, at most probes.MaxRouteSources)
+// that every rule of snat leaves without source NAT on the way to every
+// real of svc: rules narrowed to other sources or reals (rules.SNATMatch
+// says NoMatch for each). A rule the matcher cannot read (an interface, a
+// mark) misses no one.
+func snatMissed(svc ipvs.Service, snat []rules.Rule, srcs []netip.Addr) []netip.Addr {
+	var missed []netip.Addr
+	for _, c := range srcs[:min(len(srcs), probes.MaxRouteSources)] {
+		hit := false
+		for _, r := range snat {
+			for _, real := range svc.Reals {
+				p := rules.Packet{Proto: svc.Proto, Src: c, Dst: real.Addr.Addr(), DPort: real.Addr.Port(), First: true, Remote: true}
+				if r.SNATMatch(p) != rules.NoMatch {
+					hit = true
+					break
+				}
+			}
+			if hit {
+				break
+			}
+		}
+		if !hit && !slices.Contains(missed, c) {
+			missed = append(missed, c)
+		}
+	}
+	return missed
+}
+
+// snatNarrowed is the evidence of snatMissed: the rules, and the clients
+// they leave out (the first 8).
+func snatNarrowed(s *probes.Snapshot, snat []rules.Rule, missed []netip.Addr) []Evidence {
+	var ev []Evidence
+	for _, r := range snat {
+		ev = append(ev, Evidence{Fact: fmt.Sprintf("source-NAT rule %q covers the VIP but matches other clients or reals", r.Spec), Source: fmt.Sprintf("%s table %s, %s", r.Backend, r.TableName(), s.Target)})
+	}
+	named := make([]string, 0, 8)
+	for _, c := range missed[:min(len(missed), 8)] {
+		named = append(named, c.String())
+	}
+	fact := "clients it does not match: " + strings.Join(named, ", ")
+	if len(missed) > len(named) {
+		fact += fmt.Sprintf(" and %d more", len(missed)-len(named))
+	}
+	return append(ev, Evidence{Fact: fact + " (their conntrack flows and IPVS connections)", Source: "conntrack, ipvs, " + s.Target.String()})
 }

@@ -3,6 +3,8 @@
 package main
 
 import (
+	"context"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -77,4 +79,42 @@ func TestGuestOperatorLocalReal(t *testing.T) {
 			t.Logf("exit %d, verdict %s\n%s", code, r.Verdict, findingsText(r))
 		}
 	})
+}
+
+// An operator's source-NAT rule that covers the VIP but only some clients
+// (`-s 10.99.0.0/16`: a subnet copied from another LB): the lab's client is
+// not one of them, so IPVS's DNAT alone applies and the real answers it
+// directly. check named a covering rule and passed nat.return_path
+// statically, and conntrack.stale_flows said the client's flows predated the
+// rule (deleting them changes nothing); now nat.return_path fails naming
+// the client and the rule, nothing else fails, and its fix, pasted, works.
+func TestGuestOperatorSNATNarrowed(t *testing.T) {
+	l := testkit.Lab(t, lab.OneArm)
+	testkit.Serve(t, l.Real, ":8085")
+	vip := netip.AddrPortFrom(l.VIP, 8085)
+	testkit.IPVSMasq(t, l.LB, vip, netip.AddrPortFrom(l.RealIP, 8085))
+	testkit.Sysctl(t, l.LB, "net.ipv4.vs.conntrack", "1")
+	testkit.Sysctl(t, l.LB, "net.ipv4.ip_forward", "1")
+	testkit.Run(t, l.LB, "iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "10.99.0.0/16", "-m", "ipvs", "--vaddr", l.VIP.String(), "--vport", "8085", "-j", "MASQUERADE")
+	if res := lab.Probe(context.Background(), l.Client, vip, 2*time.Second); res.OK {
+		t.Fatalf("client %s → %s answered with SNAT narrowed to 10.99.0.0/16, want no answer", l.ClientIP, vip)
+	}
+	r, code := checkUnderTraffic(t, l, vip)
+	var fails []string
+	for _, f := range r.Findings {
+		if f.Status == checks.Fail {
+			fails = append(fails, f.ID)
+		}
+	}
+	f := findingOf(*r, "nat.return_path")
+	if code != 1 || !slices.Equal(fails, []string{"nat.return_path"}) || !strings.Contains(f.Title, "does not match them") || !strings.Contains(fmt.Sprint(f.Evidence), l.ClientIP.String()) {
+		t.Fatalf("check = exit %d, failing %v, nat.return_path %q; want exit 1, nat.return_path alone, its rule not matching client %s\n%s", code, fails, f.Title, l.ClientIP, findingsText(r))
+	}
+	t.Logf("nat.return_path: %s\n  fix %q", f.Title, f.Fix)
+	runFixes(t, l, f.Fix)
+	testkit.Connect(t, l, vip, 2)
+	r, code = checkUnderTraffic(t, l, vip)
+	if got := statusOf(t, r, "nat.return_path"); got != "pass" || code > 1 {
+		t.Errorf("after the fix: check = exit %d, nat.return_path %s; want pass\n%s", code, got, findingsText(r))
+	}
 }

@@ -2,6 +2,7 @@ package rules
 
 import (
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -47,9 +48,80 @@ func (r Rule) MatchPacket(p Packet) Match {
 	if err != nil || len(args) < 2 {
 		return Unclear
 	}
+	return matchArgs(args[2:], p)
+}
+
+// SNATMatch judges, on p, the criteria of a source-NAT rule beside its VIP
+// match (what CoversVIP reads: `-m ipvs` and its options, --ctorigdst,
+// nft's `ct original …`): p is the request IPVS sends a real, p.Src the
+// client, p.Dst and p.DPort the real. A rule that covers the VIP but only
+// some clients (`-s 10.99.0.0/16`), reals or ports is NoMatch for the
+// packets it leaves alone; Unclear where the matcher reads nothing
+// (interfaces, marks, sets).
+func (r Rule) SNATMatch(p Packet) Match {
+	if r.Backend == Nft {
+		return matchNft(withoutNftVIPMatch(r.Spec), p)
+	}
+	args, err := splitArgs(r.Spec)
+	if err != nil || len(args) < 2 {
+		return Unclear
+	}
+	var kept []string
+	walkArgs(args[2:], func(a string, next func() string) bool {
+		switch a {
+		case "-m", "--match":
+			if m := next(); m != "ipvs" {
+				kept = append(kept, a, m)
+			}
+		case "--ipvs":
+		case "--vaddr", "--vport", "--vproto", "--vdir", "--vmethod", "--vportctl", "--ctorigdst", "--ctorigdstport":
+			next()
+		default:
+			kept = append(kept, a)
+		}
+		return true
+	})
+	// A "!" left before nothing, or before a dropped option, is dropped.
+	for i := len(kept) - 1; i >= 0; i-- {
+		if kept[i] == "!" && (i == len(kept)-1 || kept[i+1] == "!") {
+			kept = slices.Delete(kept, i, i+1)
+		}
+	}
+	return matchArgs(kept, p)
+}
+
+// withoutNftVIPMatch is an nft rule's words less its `ct original …`
+// criteria (the VIP match); `ct protocol P` is read as `meta l4proto P`.
+func withoutNftVIPMatch(spec string) string {
+	w := strings.Fields(nftCounter.ReplaceAllString(spec, ""))
+	var out []string
+	for i := 0; i < len(w); i++ {
+		if w[i] == "ct" && i+1 < len(w) {
+			switch w[i+1] {
+			case "original":
+				// ct original [ip|ip6] daddr X, ct original proto-dst N
+				i += 2
+				if i < len(w) && (w[i] == "ip" || w[i] == "ip6") {
+					i++
+				}
+				i++ // the value; the loop's i++ steps past it
+				continue
+			case "protocol":
+				out = append(out, "meta", "l4proto")
+				i++
+				continue
+			}
+		}
+		out = append(out, w[i])
+	}
+	return strings.Join(out, " ")
+}
+
+// matchArgs judges iptables-save words (after "-A CHAIN") on p.
+func matchArgs(args []string, p Packet) Match {
 	m := Matches
 	neg := false // iptables-save writes a negated criterion as "! -s X"
-	walkArgs(args[2:], func(a string, next func() string) bool {
+	walkArgs(args, func(a string, next func() string) bool {
 		var v Match
 		switch a {
 		case "!":
@@ -195,8 +267,8 @@ func matchNft(spec string, p Packet) Match {
 			v = Unclear
 		case "counter", "drop", "accept":
 			return true
-		case "reject":
-			return false // "reject with …": the verdict's own words
+		case "reject", "masquerade", "snat", "dnat":
+			return false // "reject with …", "snat to …": the verdict's own words
 		default:
 			v = Unclear
 		}

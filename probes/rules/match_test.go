@@ -88,3 +88,41 @@ func TestFixCommands(t *testing.T) {
 		}
 	}
 }
+
+// SNATMatch judges a source-NAT rule's criteria beside its VIP match on
+// the request IPVS sends a real (client → real): a rule narrowed to some
+// clients or reals leaves the others without SNAT.
+func TestSNATMatch(t *testing.T) {
+	toReal := func(client, real string) rules.Packet {
+		return rules.Packet{Proto: "tcp", Src: netip.MustParseAddr(client), Dst: netip.MustParseAddr(real), DPort: 8085, First: true, Remote: true}
+	}
+	legacy := func(spec string) rules.Rule { return rules.Rule{Backend: rules.IptablesLegacy, Spec: spec} }
+	nft := func(spec string) rules.Rule { return rules.Rule{Backend: rules.Nft, Spec: spec} }
+	for _, tt := range []struct {
+		name string
+		r    rules.Rule
+		p    rules.Packet
+		want rules.Match
+	}{
+		{"-m ipvs alone", legacy("-A POSTROUTING -m ipvs --vaddr 10.1.0.6/32 --vport 8085 -j MASQUERADE"), toReal("10.1.0.3", "10.1.0.50"), rules.Matches},
+		{"-m ipvs --ipvs with a comment", legacy(`-A POSTROUTING -m comment --comment "lbdoctor snat" -m ipvs --ipvs --vaddr 10.1.0.6/32 -j MASQUERADE`), toReal("10.1.0.3", "10.1.0.50"), rules.Matches},
+		{"sources narrowed, a client outside", legacy("-A POSTROUTING -s 10.99.0.0/16 -m ipvs --vaddr 10.1.0.6/32 -j MASQUERADE"), toReal("10.1.0.3", "10.1.0.50"), rules.NoMatch},
+		{"sources narrowed, a client inside", legacy("-A POSTROUTING -s 10.99.0.0/16 -m ipvs --vaddr 10.1.0.6/32 -j MASQUERADE"), toReal("10.99.1.1", "10.1.0.50"), rules.Matches},
+		{"sources excluded", legacy("-A POSTROUTING ! -s 10.1.0.0/24 -m ipvs --vaddr 10.1.0.6/32 -j MASQUERADE"), toReal("10.1.0.3", "10.1.0.50"), rules.NoMatch},
+		{"one real", legacy("-A POSTROUTING -d 10.1.0.50/32 -m ipvs --vaddr 10.1.0.6/32 -j MASQUERADE"), toReal("10.1.0.3", "10.1.0.51"), rules.NoMatch},
+		{"an interface", legacy("-A POSTROUTING -o eth0 -m ipvs --vaddr 10.1.0.6/32 -j MASQUERADE"), toReal("10.1.0.3", "10.1.0.50"), rules.Unclear},
+		{"--ctorigdst SNAT", legacy("-A POSTROUTING -m conntrack --ctorigdst 10.1.0.6/32 -j SNAT --to-source 10.1.0.5"), toReal("10.1.0.3", "10.1.0.50"), rules.Matches},
+		{"--ctorigdst and a port", legacy("-A POSTROUTING -p tcp -m conntrack --ctorigdst 10.1.0.6/32 --ctorigdstport 8085 -j MASQUERADE"), toReal("10.1.0.3", "10.1.0.50"), rules.Matches},
+		{"nft ct original", nft("ct original ip daddr 10.1.0.6 ct protocol tcp ct original proto-dst 8085 counter packets 7 bytes 420 masquerade"), toReal("10.1.0.3", "10.1.0.50"), rules.Matches},
+		{"nft ct original, other protocol", nft("ct original ip daddr 10.1.0.6 ct protocol udp masquerade"), toReal("10.1.0.3", "10.1.0.50"), rules.NoMatch},
+		{"nft sources narrowed", nft("ip saddr 10.99.0.0/16 ct original ip daddr 10.1.0.6 masquerade"), toReal("10.1.0.3", "10.1.0.50"), rules.NoMatch},
+		{"nft snat to", nft("ct original ip daddr 10.1.0.6 snat to 10.1.0.5"), toReal("10.1.0.3", "10.1.0.50"), rules.Matches},
+		{"nft an interface", nft(`ct original ip daddr 10.1.0.6 oifname "eth0" masquerade`), toReal("10.1.0.3", "10.1.0.50"), rules.Unclear},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.r.SNATMatch(tt.p); got != tt.want {
+				t.Errorf("SNATMatch(%q, %+v) = %v, want %v", tt.r.Spec, tt.p, got, tt.want)
+			}
+		})
+	}
+}
