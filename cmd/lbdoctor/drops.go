@@ -156,6 +156,10 @@ func runDrops(cmd *cobra.Command, g *globalFlags, f *dropsFlags) error {
 				printf(cmd.ErrOrStderr(), "! %s is not an IPVS service and no conntrack flow to it and no DNAT rule shows a backend: only packets still addressed to it are traced\n", sel.VIPString())
 			} else {
 				printf(cmd.ErrOrStderr(), "%s is not an IPVS service: tracing too the backends its conntrack flows and DNAT rules show: %s\n", sel.VIPString(), probes.JoinBackends(vt.backends))
+				if len(vt.unread) > 0 {
+					r := vt.unread[0]
+					printf(cmd.ErrOrStderr(), "! its DNAT rule %s %q chooses backends from a map or an expression lbdoctor does not read: those no conntrack flow showed are traced only while packets are still addressed to the VIP\n", r.Place(), r.Spec)
+				}
 			}
 		}
 	}
@@ -388,8 +392,9 @@ type vipTargets struct {
 	ipvs     bool
 	vs       ipvs.Snapshot // the read they come from: its services, and its counters' connections
 	backends []probes.VIPBackend
-	learnErr error // conntrack not read
-	rulesErr error // the rules not read
+	unread   []rules.Rule // DNAT rules of the VIP whose backends are not read (a named map)
+	learnErr error        // conntrack not read
+	rulesErr error        // the rules not read
 }
 
 func vipTargetsOf(lb netns.Target, sel probes.Selector) vipTargets {
@@ -413,6 +418,7 @@ func vipTargetsOf(lb netns.Target, sel probes.Selector) vipTargets {
 		var rs rules.Snapshot
 		rs, t.rulesErr = rules.Read(lb)
 		t.backends = probes.VIPBackends(sel, learned, rs.Rules)
+		t.unread = probes.UnreadDNATs(rs.Rules, sel)
 		t.addrs, t.ports = probes.AddBackends(sel, t.addrs, t.ports, probes.BackendAddrs(t.backends))
 		t.reals = append(t.reals, probes.BackendAddrs(t.backends)...)
 	}

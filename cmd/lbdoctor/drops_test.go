@@ -181,6 +181,25 @@ COMMIT
 	}
 }
 
+// drops --vip on a VIP that nft DNATs through an anonymous map traces the
+// map's backends; a named map beside it is not read, and drops says so.
+func TestDropsVIPOfAnNftMap(t *testing.T) {
+	l := testkit.Lab(t, lab.OneArm)
+	vip, real := netip.AddrPortFrom(l.VIP, 8085), netip.AddrPortFrom(l.RealIP, 8085)
+	testkit.Run(t, l.LB, "nft", fmt.Sprintf(`add table ip m
+add chain ip m pre { type nat hook prerouting priority dstnat; }
+add map ip m bk { type ipv4_addr : ipv4_addr; }
+add rule ip m pre ip daddr %s tcp dport %d dnat to numgen inc mod 1 map { 0 : %s }
+add rule ip m pre ip daddr %s tcp dport %d dnat to ip saddr map @bk`, vip.Addr(), vip.Port(), real.Addr(), vip.Addr(), vip.Port()))
+	code, _, stderr := runCLI("drops", "--netns", l.LB.Name, "--vip", vip.String(), "--duration", "100ms")
+	if want := "tracing too the backends its conntrack flows and DNAT rules show: " + real.String() + " (DNAT rule)"; code != 0 || !strings.Contains(stderr, want) {
+		t.Errorf("drops --vip %s = exit %d, stderr %q; want %q", vip, code, stderr, want)
+	}
+	if want := `! its DNAT rule nft ip m pre "ip daddr ` + vip.Addr().String(); !strings.Contains(stderr, want) || !strings.Contains(stderr, "map @bk") {
+		t.Errorf("drops --vip %s stderr = %q, want %q… naming the named map's rule", vip, stderr, want)
+	}
+}
+
 // A --vip without a port is shown as the user gave it, the address alone:
 // never with a ":0" the user did not type.
 func TestDropsVIPWithoutPortShownAsGiven(t *testing.T) {
