@@ -450,3 +450,40 @@ func TestCheckDefaultWindowEndsOnTime(t *testing.T) {
 		t.Errorf("check (default window) = exit %d, %s from \"watching\" to its end; want 0 or 1 within 3s to %s (the window, a read of %s, 100ms)\n%s", lp.code, took, limit, read, lp.errText())
 	}
 }
+
+// A namespace deleted under `check --netns` ends its window at once, said
+// as such in text (a cut-short line) and JSON (errors.netns): the last
+// read found nothing to read, and "0 drops in the window" would read as
+// a window that ran whole.
+func TestCheckNetnsDeleted(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		startLine string // JSON says nothing on stderr: the window is waited into
+		args      []string
+		want      string
+	}{
+		{"text", "watching", nil, "! cut short after"},
+		{"json", "exec", []string{"-o", "json"}, `"netns": "netns %s was deleted during the window`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ns := testkit.Netns(t, "cgone")
+			lp := startLbdoctor(t, tc.startLine, append([]string{"check", "--netns", ns.Name, "--vip", "10.9.9.9:80", "--watch", "20s"}, tc.args...)...)
+			lp.waitStart(t)
+			if tc.startLine == "exec" {
+				time.Sleep(3 * time.Second) // past the first read and the tracer's load
+			}
+			time.Sleep(200 * time.Millisecond)
+			deleted := time.Now()
+			if err := ns.Delete(); err != nil {
+				t.Fatal(err)
+			}
+			lp.wait(t, 10*time.Second)
+			took := lp.ended.Sub(deleted)
+			all := lp.stdout.String() + lp.errText()
+			want := strings.ReplaceAll(tc.want, "%s", ns.Name)
+			if lp.code > 1 || took > 2*time.Second || !strings.Contains(all, want) || !strings.Contains(all, "was deleted") {
+				t.Errorf("check --netns %s, deleted = exit %d after %s:\n%s\nwant exit 0 or 1 within 2s, and %q naming the deletion", ns.Name, lp.code, took, all, want)
+			}
+		})
+	}
+}

@@ -99,7 +99,16 @@ servers IPVS already sends clients to (--no-probe turns them off).`,
 					printf(cmd.ErrOrStderr(), "watching %s for %s (Ctrl-C ends it early)…\n", watchedWhat(sel, noProbe), d)
 				}
 			}
-			snap, fs, r, err := checkOnce(cmd.Context(), t, sel, opt, expected)
+			ctx := cmd.Context()
+			if g.netns != "" && t.Path != "" {
+				// A namespace deleted during the window ends it, said as
+				// such: its last read would find nothing to read.
+				var gone context.CancelCauseFunc
+				ctx, gone = context.WithCancelCause(ctx)
+				defer gone(nil)
+				go watchNetns(ctx, t, gone)
+			}
+			snap, fs, r, err := checkOnce(ctx, t, sel, opt, expected)
 			if err != nil {
 				return err
 			}
@@ -164,6 +173,9 @@ func watchedWhat(sel probes.Selector, noProbe bool) string {
 func checkOnce(ctx context.Context, t netns.Target, sel probes.Selector, opt window.Options, expected *expect.Config) (*probes.Snapshot, []checks.Finding, *report.Report, error) {
 	start := time.Now()
 	snap, err := window.Run(ctx, t, sel, opt)
+	if cause := context.Cause(ctx); errors.Is(err, window.ErrInterrupted) && errors.Is(cause, errNetnsGone) {
+		return nil, nil, nil, fmt.Errorf("%w before anything was measured", cause)
+	}
 	if errors.Is(err, window.ErrInterrupted) {
 		return nil, nil, nil, notMeasured(ctx)
 	}
@@ -181,19 +193,27 @@ func checkOnce(ctx context.Context, t netns.Target, sel probes.Selector, opt win
 		rt.VIP, rt.Proto = sel.VIPString(), sel.Proto
 	}
 	r := report.New(rt, fs, snap.Errors)
+	elapsed := time.Since(start)
+	if snap.Window != nil {
+		elapsed = snap.Window.Elapsed
+	}
+	if snap.Drops != nil {
+		elapsed = snap.Drops.Window // the window the drop evidence counts, from attach
+	}
 	if sig := interruptedBy(ctx); sig != "" {
 		r.Interrupted = true
-		elapsed := time.Since(start)
-		if snap.Window != nil {
-			elapsed = snap.Window.Elapsed
-		}
-		if snap.Drops != nil {
-			elapsed = snap.Drops.Window // the window the drop evidence counts, from attach
-		}
 		r.CutShort = cutShortLine(sig, elapsed, opt.Length)
 		if opt.Length == 0 {
 			r.CutShort = fmt.Sprintf("! interrupted by %s after the probes read the namespace", sig)
 		}
+	} else if cause := context.Cause(ctx); errors.Is(cause, errNetnsGone) {
+		// Said in every output: the layers its last read could not read
+		// are errors already; this one says why.
+		r.CutShort = fmt.Sprintf("! cut short after %s of %s: %v; the results cover that much", elapsed.Round(time.Millisecond), opt.Length, cause)
+		if r.Errors == nil {
+			r.Errors = map[string]string{}
+		}
+		r.Errors["netns"] = fmt.Sprintf("%v during the window, after %s of %s", cause, elapsed.Round(time.Millisecond), opt.Length)
 	}
 	return snap, fs, r, nil
 }
