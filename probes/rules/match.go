@@ -193,7 +193,7 @@ func matchNft(spec string, p Packet) Match {
 				return false
 			}
 			v = Unclear
-		case "counter", "drop", "accept":
+		case "counter", "drop", "accept", "notrack":
 			return true
 		case "reject":
 			return false // "reject with …": the verdict's own words
