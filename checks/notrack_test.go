@@ -98,4 +98,3 @@ func TestReturnPathUntracked(t *testing.T) {
 		}
 	}
 }
-

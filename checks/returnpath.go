@@ -589,7 +589,7 @@ func untrackedFinding(s *probes.Snapshot, svc ipvs.Service, rp ReturnPath, untra
 	return Finding{
 		Status:    Fail,
 		Title:     fmt.Sprintf("requests to %s are untracked: no source NAT applies to them", svc.Key()),
-		Reason:    fmt.Sprintf("%s %q takes them out of conntrack before it sees them; NAT works on conntrack's flows, so the source-NAT rule that covers the service never rewrites its replies (%s)", untrack[0].Place(), untrack[0].Spec, rp.Reason),
+		Reason:    fmt.Sprintf("%s rule %q takes them out of conntrack before it sees them; NAT works on conntrack's flows, so the source-NAT rule that covers the service never rewrites its replies (%s)", untrack[0].Place(), untrack[0].Spec, rp.Reason),
 		Evidence:  ev,
 		Fix:       fix,
 		FixByHand: "the rule is not lbdoctor's: it may be there for other flows",
