@@ -352,10 +352,15 @@ func checkFirewall(s *probes.Snapshot, sel probes.Selector) Finding {
 		}
 		return h
 	}}
-	var titles []string
+	var titles, statefulFix []string
+	off := vsConntrackOff(s) && !dnat
 	for _, h := range hits {
 		f.Evidence = append(f.Evidence, Evidence{Fact: hitLine(s, h), Source: hitSource(s, h)})
-		f.Fix = append(f.Fix, hitFix(s, h)...)
+		if off && stateful(s, h) {
+			statefulFix = append(statefulFix, hitFix(s, h)...)
+		} else {
+			f.Fix = append(f.Fix, hitFix(s, h)...)
+		}
 		titles = append(titles, hitName(h))
 		for _, l := range h.legs {
 			if !slices.Contains(f.about, l.service) {
@@ -369,6 +374,15 @@ func checkFirewall(s *probes.Snapshot, sel probes.Selector) Finding {
 	}
 	h := hits[0]
 	f.Reason = fmt.Sprintf("%s drops %s: %s", hitName(h), h.legs[0].what(), h.legs[0].why())
+	if len(statefulFix) > 0 {
+		// The documented use of vs.conntrack: stateful rules on the
+		// packets IPVS handles. Turned on, the rule stays and passes them.
+		f.Reason += "; net.ipv4.vs.conntrack = 0, so conntrack does not follow IPVS's connections: a real's replies and the clients' closing segments belong to no flow it knows and look INVALID to it"
+		f.Evidence = append(f.Evidence, Evidence{Fact: "net.ipv4.vs.conntrack = 0: IPVS keeps its connections out of conntrack, which the stateful rule relies on", Source: "sysctl, " + s.Target.String()})
+		f.Remedies = []Remedy{{Sysctl: "net.ipv4.vs.conntrack", Value: "1"}}
+		f.Fix = append(f.Fix, "# or, keeping net.ipv4.vs.conntrack=0, do without the stateful rule:")
+		f.Fix = append(f.Fix, statefulFix...)
+	}
 	if w != nil {
 		for _, p := range w.Paths {
 			if slices.ContainsFunc(hits, func(h *filterHit) bool {
@@ -576,4 +590,73 @@ func backendNames(s *probes.Snapshot) string {
 		}
 	}
 	return strings.Join(ns, ", ")
+}
+
+// vsConntrackOff says whether IPVS keeps its connections out of conntrack
+// (net.ipv4.vs.conntrack read as 0).
+func vsConntrackOff(s *probes.Snapshot) bool {
+	v, ok := readable(s, "net.ipv4.vs.conntrack")
+	return ok && v.Value == "0"
+}
+
+// stateful says whether a hit drops IPVS's packets for a conntrack state
+// they have only because vs.conntrack is off: a rule that drops INVALID
+// packets in input (the clients' FIN and RST of a flow conntrack never
+// confirmed: IPVS took its SYN) or forward (the real's SYN-ACK, a flow's
+// first packet conntrack never saw the SYN of), or a forward DROP policy
+// behind an accept of established flows (those replies are none). With
+// vs.conntrack=1 IPVS keeps its connections in conntrack and they are
+// established. A DROP policy in input drops the requests, which open
+// their flows whatever vs.conntrack says: not this.
+func stateful(s *probes.Snapshot, h *filterHit) bool {
+	if h.rule != nil {
+		return (h.hook == "input" || h.hook == "forward") && statesOf(h.rule.Spec, "invalid")
+	}
+	if h.policy == nil || h.hook != "forward" {
+		return false
+	}
+	for _, r := range s.Rules.Rules {
+		if r.In(*h.policy) && r.Target == "ACCEPT" && statesOf(r.Spec, "established") {
+			return true
+		}
+	}
+	return false
+}
+
+// statesOf says whether a rule's conntrack state match (iptables'
+// --ctstate or --state, nft's ct state, a list or a set) names state,
+// not negated.
+func statesOf(spec, state string) bool {
+	w := strings.Fields(strings.NewReplacer(",", " , ", "{", " { ", "}", " } ").Replace(strings.ToLower(spec)))
+	for i := range w {
+		var neg bool
+		j := i + 1
+		switch {
+		case w[i] == "--ctstate" || w[i] == "--state":
+			neg = i > 0 && w[i-1] == "!"
+		case w[i] == "ct" && j < len(w) && w[j] == "state":
+			if j++; j < len(w) && w[j] == "!=" {
+				neg, j = true, j+1
+			}
+		default:
+			continue
+		}
+		var list []string
+		if j < len(w) && w[j] == "{" {
+			for j++; j < len(w) && w[j] != "}"; j++ {
+				list = append(list, w[j])
+			}
+		} else {
+			for ; j < len(w); j += 2 {
+				list = append(list, w[j])
+				if j+1 >= len(w) || w[j+1] != "," {
+					break
+				}
+			}
+		}
+		if !neg && slices.Contains(list, state) {
+			return true
+		}
+	}
+	return false
 }
