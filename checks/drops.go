@@ -291,6 +291,10 @@ func dropRemedy(s *probes.Snapshot, sel probes.Selector, c drops.Counted) (why s
 		if svc, ok := noRealDrop(s, sel, c); ok {
 			return "IPVS dropped it: " + svc.Key() + " has no real server of weight > 0, so IPVS answers the client with ICMP port unreachable and drops the packet (see ipvs.reals_available)", realsFix(s, []ipvs.Service{svc}), nil
 		}
+		if conntrackFullDrop(s, c) {
+			st := s.Conntrack.Stats
+			return fmt.Sprintf("conntrack dropped it in %s: its table is full (%d of %d entries, drop +%d in the window) and a new flow finds no room (see conntrack.table)", c.Hook, st.Entries, st.MaxEntries, windowFullDrops(s)), growConntrack(s), nil
+		}
 		hook := c.Hook
 		if hook == "" {
 			return "a packet-filter rule dropped it (its hook is not known: " + hookUnknown(s) + ")", ruleListings(s, ""), nil
@@ -356,6 +360,12 @@ func hookUnknown(s *probes.Snapshot) string {
 	return "the stack did not show nf_hook_slow's caller"
 }
 
+// hookTables are the iptables tables whose chains of a hook can drop, the
+// filter table first where it has one (the nat table never drops).
+var hookTables = map[string][]string{
+	"prerouting": {"raw", "mangle"}, "input": {"filter"}, "forward": {"filter"}, "output": {"filter"}, "postrouting": {"mangle"},
+}
+
 // ruleListings are the commands that list, with counters and handles, the
 // rules of every backend read (of one hook's chains where the backend can
 // list a chain alone): where the rule that dropped is to be found.
@@ -375,7 +385,11 @@ func ruleListings(s *probes.Snapshot, hook string) []string {
 				out = append(out, pre+b.Name+"-save -c   # then: "+b.Name+" -t TABLE -D CHAIN RULE")
 				continue
 			}
-			out = append(out, pre+b.Name+" -t filter -nvL "+chain+" --line-numbers   # then: "+b.Name+" -t filter -D "+chain+" N")
+			// The filter table has no PREROUTING or POSTROUTING chain: a
+			// drop there is raw's or mangle's.
+			for _, table := range hookTables[hook] {
+				out = append(out, pre+b.Name+" -t "+table+" -nvL "+chain+" --line-numbers   # then: "+b.Name+" -t "+table+" -D "+chain+" N")
+			}
 		}
 	}
 	return out

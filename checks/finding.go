@@ -121,7 +121,7 @@ var Catalog = []Check{
 	{ID: "ipvs.conn_reuse", Title: "a reused client port is scheduled anew, without delay", Run: checkConnReuse},
 	{ID: "ipvs.timeouts", Title: "IPVS keeps idle TCP connections as long as keepalive lets them idle", Run: checkTimeouts, Explains: true},
 	{ID: "conntrack.stale_flows", Title: "no VIP flow predates its service", Run: checkStaleFlows},
-	{ID: "conntrack.table", Title: "the conntrack table has room and no drops", Run: checkConntrackTable},
+	{ID: "conntrack.table", Title: "the conntrack table has room and no drops", Run: checkConntrackTable, Explains: true},
 	{ID: "conntrack.flow_states", Title: "whether the VIP's flows complete", Run: checkFlowStates},
 	{ID: "firewall.filter", Title: "no packet filter drops the services' flows", Run: checkFirewall, Explains: true},
 	{ID: "rules.mixed_backends", Title: "rules live in one framework", Run: checkMixedBackends},
