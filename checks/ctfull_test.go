@@ -26,7 +26,7 @@ func TestDropsOfAFullConntrackTable(t *testing.T) {
 		noWindow   bool
 		wantCT     checks.Status // conntrack.table
 		want       checks.Status // drops.vip_flows
-		wantIn     string // in drops.vip_flows' title
+		wantIn     string        // in drops.vip_flows' title
 		wantFix    string
 		notWantFix string
 	}{

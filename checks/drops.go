@@ -300,6 +300,10 @@ func dropRemedy(s *probes.Snapshot, sel probes.Selector, c drops.Counted) (why s
 			return "a packet-filter rule dropped it (its hook is not known: " + hookUnknown(s) + ")", ruleListings(s, ""), nil
 		}
 		return "a packet-filter rule dropped it in " + hook + ", and no DROP or REJECT rule nor DROP policy read there moved with it (a rule in a chain it jumps to, or in another table?)", ruleListings(s, hook), nil
+	case "NEIGH_FAILED", "NEIGH_INCOMPLETE":
+		if why, fix := clientNeighbour(s, c); why != "" {
+			return why, fix, nil
+		}
 	case "IP_RPFILTER":
 		return "reverse-path filtering dropped it: its source is not routed back through the interface it came in on",
 			[]string{fmt.Sprintf("%ssysctl -w net.ipv4.conf.all.rp_filter=2   # loose, or route the source back the same way", s.Target.ExecPrefix())}, nil
@@ -338,6 +342,50 @@ func noRouteFor(s *probes.Snapshot, c drops.Counted) (string, []string) {
 		return fmt.Sprintf("the LB's route to %s (%s) leads nowhere (unreachable, blackhole or prohibit): %s died in %s", dst, r.Dst, what, c.Function()),
 			[]string{get, fmt.Sprintf("%sip route show %s", s.Target.ExecPrefix(), r.Dst)}
 	}
+}
+
+// clientNeighbour names the cause of a neighbour drop of a reply on its
+// way to a client: the LB's route to the client leaves by an interface
+// where the client (or the route's gateway) does not answer ARP/NDP. When
+// that is not the VIP's interface, where the client's requests came in,
+// a route of its own sends the replies astray, and the fix deletes it (a
+// connected route, an address's own prefix, is not: it is named only).
+// "" when the drop is no reply to a client or the routes were not read.
+func clientNeighbour(s *probes.Snapshot, c drops.Counted) (string, []string) {
+	f, dst := c.Flow, c.Dst.Addr()
+	if _, unread := s.Errors[probes.ProbeNet]; unread || f == nil || f.Direction != "reply" || !dst.IsValid() {
+		return "", nil
+	}
+	r, ok := s.Net.RouteTo(dst)
+	if !ok || r.Dev == "" {
+		return "", nil
+	}
+	pre := s.Target.ExecPrefix()
+	hop, route := dst, r.Dst.String()
+	if r.Gw.IsValid() {
+		hop, route = r.Gw, route+" via "+r.Gw.String()
+	}
+	route += " dev " + r.Dev
+	why := fmt.Sprintf("the LB routes client %s out of %s (%s), where %s does not answer ARP/NDP (neighbour %s): the reply of real %s died in %s", dst, r.Dev, route, hop, orNone(neighbourState(s, hop, r.Dev)), f.Real, c.Function())
+	fix := []string{fmt.Sprintf("%sip route get %s", pre, dst)}
+	vipDev := addrLinks(s)[f.VIP.Addr()]
+	if vipDev == "" || vipDev == r.Dev || vipDev == "lo" {
+		return why, fix
+	}
+	why += fmt.Sprintf("; the client's requests came in on %s, the VIP's interface", vipDev)
+	for _, l := range s.Net.Links {
+		for _, a := range l.Addrs {
+			if l.Name == r.Dev && a.Masked() == r.Dst {
+				// The client is on that segment by the LB's own address:
+				// the address or the client is wrong, not a route.
+				return why, append(fix, fmt.Sprintf("# %s is %s's own segment (%s): is %s really there?", r.Dst, r.Dev, a, dst))
+			}
+		}
+	}
+	if r.Dst.Bits() == 0 {
+		return why, append(fix, fmt.Sprintf("# the default route leads out of %s: route %s back through %s, the way the clients come in: %sip route add PREFIX via ROUTER dev %s", r.Dev, dst, vipDev, pre, vipDev))
+	}
+	return why, append(fix, fmt.Sprintf("%sip route del %s   # the replies then follow the routes out of %s, the way the clients come in", pre, route, vipDev))
 }
 
 // pointOf is the window's drop point of c's reason, function and hook.

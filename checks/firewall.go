@@ -380,7 +380,7 @@ func checkFirewall(s *probes.Snapshot, sel probes.Selector) Finding {
 		f.Reason += "; net.ipv4.vs.conntrack = 0, so conntrack does not follow IPVS's connections: a real's replies and the clients' closing segments belong to no flow it knows and look INVALID to it"
 		f.Evidence = append(f.Evidence, Evidence{Fact: "net.ipv4.vs.conntrack = 0: IPVS keeps its connections out of conntrack, which the stateful rule relies on", Source: "sysctl, " + s.Target.String()})
 		f.Remedies = []Remedy{{Sysctl: "net.ipv4.vs.conntrack", Value: "1"}}
-		f.Fix = append(f.Fix, "# or, keeping net.ipv4.vs.conntrack=0, do without the stateful rule:")
+		f.Fix = append(f.Fix, "# or, keeping net.ipv4.vs.conntrack=0:")
 		f.Fix = append(f.Fix, statefulFix...)
 	}
 	if w != nil {

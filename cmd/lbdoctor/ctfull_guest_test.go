@@ -45,7 +45,7 @@ func TestGuestConntrackFull(t *testing.T) {
 		c := idleConn(t, l.Client, long)
 		t.Cleanup(func() { c.Close() })
 	}
-	time.Sleep(1500 * time.Millisecond) // the closed flows of the first connections expire
+	time.Sleep(1500 * time.Millisecond)                        // the closed flows of the first connections expire
 	const maxPath = "/proc/sys/net/netfilter/nf_conntrack_max" // the host's: global
 	old, err := os.ReadFile(maxPath)
 	if err != nil {
