@@ -3,6 +3,7 @@ package checks
 import (
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
+	"github.com/lbdoctor/lbdoctor/probes/netstate"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
 
@@ -361,11 +363,10 @@ func clientNeighbour(s *probes.Snapshot, c drops.Counted) (string, []string) {
 		return "", nil
 	}
 	pre := s.Target.ExecPrefix()
-	hop, route := dst, r.Dst.String()
+	hop, route := dst, routeText(r)
 	if r.Gw.IsValid() {
-		hop, route = r.Gw, route+" via "+r.Gw.String()
+		hop = r.Gw
 	}
-	route += " dev " + r.Dev
 	why := fmt.Sprintf("the LB routes client %s out of %s (%s), where %s does not answer ARP/NDP (neighbour %s): the reply of real %s died in %s", dst, r.Dev, route, hop, orNone(neighbourState(s, hop, r.Dev)), f.Real, c.Function())
 	fix := []string{fmt.Sprintf("%sip route get %s", pre, dst)}
 	vipDev := addrLinks(s)[f.VIP.Addr()]
@@ -373,19 +374,36 @@ func clientNeighbour(s *probes.Snapshot, c drops.Counted) (string, []string) {
 		return why, fix
 	}
 	why += fmt.Sprintf("; the client's requests came in on %s, the VIP's interface", vipDev)
+	return why, append(fix, clientRouteFix(s, dst, r, route, vipDev))
+}
+
+// clientRouteFix is the fix of a route to client dst that leaves by
+// another interface than vipDev, where the clients come in: the route
+// deleted, so that the replies follow the others — unless it is a
+// default route (to point at the router the clients come through) or the
+// interface's own prefix (the address, or the client, is wrong).
+func clientRouteFix(s *probes.Snapshot, dst netip.Addr, r netstate.Route, route, vipDev string) string {
+	pre := s.Target.ExecPrefix()
 	for _, l := range s.Net.Links {
 		for _, a := range l.Addrs {
 			if l.Name == r.Dev && a.Masked() == r.Dst {
-				// The client is on that segment by the LB's own address:
-				// the address or the client is wrong, not a route.
-				return why, append(fix, fmt.Sprintf("# %s is %s's own segment (%s): is %s really there?", r.Dst, r.Dev, a, dst))
+				return fmt.Sprintf("# %s is %s's own segment (%s): is %s really there?", r.Dst, r.Dev, a, dst)
 			}
 		}
 	}
 	if r.Dst.Bits() == 0 {
-		return why, append(fix, fmt.Sprintf("# the default route leads out of %s: route %s back through %s, the way the clients come in: %sip route add PREFIX via ROUTER dev %s", r.Dev, dst, vipDev, pre, vipDev))
+		return fmt.Sprintf("# the default route leads out of %s: route %s back through %s, the way the clients come in: %sip route add PREFIX via ROUTER dev %s", r.Dev, dst, vipDev, pre, vipDev)
 	}
-	return why, append(fix, fmt.Sprintf("%sip route del %s   # the replies then follow the routes out of %s, the way the clients come in", pre, route, vipDev))
+	return fmt.Sprintf("%sip route del %s   # the replies then follow the routes out of %s, the way the clients come in", pre, route, vipDev)
+}
+
+// routeText is a route as `ip route` writes the part a fix names.
+func routeText(r netstate.Route) string {
+	t := r.Dst.String()
+	if r.Gw.IsValid() {
+		t += " via " + r.Gw.String()
+	}
+	return t + " dev " + r.Dev
 }
 
 // pointOf is the window's drop point of c's reason, function and hook.

@@ -106,7 +106,7 @@ var Catalog = []Check{
 	{ID: "sysctl.ip_forward", Title: "IP forwarding is on for masquerade services", Run: checkIPForward, Explains: true},
 	{ID: "sysctl.rp_filter", Title: "the reverse-path filter lets the VIPs' clients in", Run: checkRPFilter, Explains: true},
 	{ID: "sysctl.vs_conntrack", Title: "IPVS connections are in conntrack where rules need them", Run: checkVSConntrack},
-	{ID: "nat.return_path", Title: "replies of masquerade services come back through the LB", Run: checkReturnPath},
+	{ID: "nat.return_path", Title: "replies of masquerade services come back through the LB", Run: checkReturnPath, Explains: true},
 	{ID: "nat.hairpin", Title: "a real server that calls its own service is masqueraded", Run: checkHairpin},
 	{ID: "net.arp_strict", Title: "VIPs on a dummy link are not claimed by ARP on a LAN", Run: checkARPStrict},
 	{ID: "net.send_redirects", Title: "a one-arm LB sends no ICMP redirects", Run: checkSendRedirects},

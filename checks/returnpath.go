@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/lbdoctor/lbdoctor/internal/shellquote"
 	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/health"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 	"github.com/lbdoctor/lbdoctor/probes/netstate"
@@ -190,6 +192,10 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 		}
 		judged++
 		if f := routeBackViaReal(s, svc, clients[svc.Addr.Addr()]); f != nil {
+			f.Evidence = append(ev, f.Evidence...)
+			return *f
+		}
+		if f := routeBackUnanswered(s, svc, clients[svc.Addr.Addr()], links[svc.Addr.Addr()]); f != nil {
 			f.Evidence = append(ev, f.Evidence...)
 			return *f
 		}
@@ -595,4 +601,62 @@ func untrackedFinding(s *probes.Snapshot, svc ipvs.Service, rp ReturnPath, untra
 		FixByHand: "the rule is not lbdoctor's: it may be there for other flows",
 		about:     []string{svc.Key()},
 	}
+}
+
+// routeBackUnanswered fails a masquerade service whose known client (its
+// conntrack flows, IPVS connections, the window's IP_RPFILTER drops: srcs,
+// the first probes.MaxRouteSources) the LB routes back out of another
+// interface than vipDev, the VIP's, where the clients' requests come in —
+// and where the next hop (the client, or the route's gateway) does not
+// answer ARP/NDP (neighbour INCOMPLETE or FAILED): IPVS rewrites the
+// real's replies and they die there, waiting for it. Judged from the
+// neighbour table, not from the drops: the kernel drops what waited only
+// when a resolution gives up (about 3 s), which a window may not see; the
+// window's NEIGH_* drops of replies to that client are this finding's. A
+// VIP on lo or a dummy link says not where clients come in: not judged.
+func routeBackUnanswered(s *probes.Snapshot, svc ipvs.Service, srcs []probes.Source, vipDev string) *Finding {
+	if vipDev == "" || vipDev == "lo" || linkType(s, vipDev) == "dummy" {
+		return nil
+	}
+	for _, c := range srcs[:min(len(srcs), probes.MaxRouteSources)] {
+		r, ok := s.Net.RouteTo(c.Src)
+		if !ok || r.Dev == "" || r.Dev == vipDev {
+			continue
+		}
+		hop := c.Src
+		if r.Gw.IsValid() {
+			hop = r.Gw
+		}
+		state := neighbourState(s, hop, r.Dev)
+		if state != "INCOMPLETE" && state != "FAILED" {
+			continue
+		}
+		src, route, client := s.Target.String(), routeText(r), c.Src
+		return &Finding{
+			Status: Fail,
+			Title:  fmt.Sprintf("replies of %s to client %s leave by %s, where %s does not answer", svc.Key(), c.Src, r.Dev, hop),
+			Reason: fmt.Sprintf("the LB routes client %s out of %s (%s), not %s, the VIP's interface its requests come in on, and %s does not answer ARP/NDP there: IPVS rewrites the real's replies and they die waiting for it (NEIGH_FAILED)", c.Src, r.Dev, route, vipDev, hop),
+			Evidence: []Evidence{
+				{Fact: fmt.Sprintf("client %s of %s (%d flow(s) and connection(s))", c.Src, svc.Key(), c.Flows), Source: "conntrack and ip_vs_conn, " + src},
+				{Fact: fmt.Sprintf("route to %s: %s; VIP %s is on %s", c.Src, route, svc.Addr.Addr(), vipDev), Source: "routes, " + src},
+				{Fact: fmt.Sprintf("neighbour %s on %s is %s: it does not answer ARP/NDP", hop, r.Dev, state), Source: "neighbours, " + src},
+			},
+			Fix:   []string{fmt.Sprintf("%sip route get %s", s.Target.ExecPrefix(), c.Src), clientRouteFix(s, c.Src, r, route, vipDev)},
+			about: []string{svc.Key()},
+			explains: func(d drops.Counted) bool {
+				return strings.HasPrefix(d.ReasonName, "NEIGH_") && d.Dst.Addr() == client
+			},
+		}
+	}
+	return nil
+}
+
+// linkType is the type of the namespace's link dev ("dummy", "veth", …).
+func linkType(s *probes.Snapshot, dev string) string {
+	for _, l := range s.Net.Links {
+		if l.Name == dev {
+			return l.Type
+		}
+	}
+	return ""
 }
