@@ -11,6 +11,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
+	"github.com/lbdoctor/lbdoctor/probes/netstate"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
 
@@ -56,6 +57,10 @@ func (l flowLeg) why() string {
 	case "output":
 		return "IPVS sends them through LOCAL_OUT, where filter OUTPUT runs"
 	case "forward":
+		if l.pkt.Invalid {
+			// two-arm: no SNAT to undo
+			return "the LB forwards them, and filter FORWARD runs before IPVS's FORWARD hook rewrites them"
+		}
 		return "they are forwarded after conntrack's de-SNAT, and filter FORWARD runs before IPVS's FORWARD hook"
 	}
 	return "filter INPUT runs before IPVS takes them (LOCAL_IN)"
@@ -80,6 +85,44 @@ func legsOf(svc ipvs.Service) []flowLeg {
 		legs = append(legs,
 			flowLeg{hook: "output", service: key, real: r.Addr, pkt: rules.Packet{Proto: svc.Proto, Dst: r.Addr.Addr(), DPort: r.Addr.Port(), First: true, Remote: true}},
 			flowLeg{hook: "forward", service: key, real: r.Addr, pkt: rules.Packet{Proto: svc.Proto, Src: r.Addr.Addr(), SPort: r.Addr.Port(), Remote: true}})
+	}
+	return legs
+}
+
+// legMaker makes firewallLegs, the LB's addresses and links read once for
+// every service (1,000 services on lo are judged in one pass).
+type legMaker struct {
+	s      *probes.Snapshot
+	off    bool // vs.conntrack=0
+	locals netstate.LocalSet
+	links  map[netip.Addr]string
+}
+
+func newLegMaker(s *probes.Snapshot) *legMaker {
+	m := &legMaker{s: s, off: vsConntrackOff(s)}
+	if m.off {
+		m.locals, m.links = s.Net.LocalSet(), addrLinks(s)
+	}
+	return m
+}
+
+// firewallLegs are legsOf(svc) as the LB's conntrack sees them: with
+// vs.conntrack=0 IPVS keeps its connections out of conntrack, so where the
+// reals' replies come back through the LB without source NAT (two-arm)
+// their first one, the SYN-ACK, answers a request conntrack never saw:
+// INVALID to it (a rule that drops INVALID packets, or a DROP policy
+// behind an accept of established flows, drops it with no window to
+// tell). Where source NAT is needed, the replies come back only once
+// vs.conntrack is on (sysctl.vs_conntrack): not marked.
+func (m *legMaker) firewallLegs(svc ipvs.Service) []flowLeg {
+	legs := legsOf(svc)
+	if !m.off || svc.FWMark != 0 || decideReturnPath(m.s, m.links, m.locals, svc.Addr.Addr(), addrsOf(svc)).NeedsSNAT {
+		return legs
+	}
+	for i := range legs {
+		if legs[i].hook == "forward" {
+			legs[i].pkt.Invalid = true
+		}
 	}
 	return legs
 }
@@ -141,9 +184,10 @@ func pointLegs(s *probes.Snapshot, sel probes.Selector, p *probes.DropPoint) []f
 	hook := pointHook(*p)
 	var all []flowLeg
 	if svcs, why := addressed(s, sel); why == "" {
+		m := newLegMaker(s)
 		for _, svc := range svcs {
 			if len(p.Services) == 0 || slices.Contains(p.Services, svc.Key()) {
-				all = append(all, legsOf(svc)...)
+				all = append(all, m.firewallLegs(svc)...)
 			}
 		}
 	} else if dnatTraced(s, sel) {
@@ -264,8 +308,9 @@ func checkFirewall(s *probes.Snapshot, sel probes.Selector) Finding {
 		h.legs = []flowLeg{l}
 		hits = append(hits, h)
 	}
+	m := newLegMaker(s)
 	for _, svc := range svcs {
-		for _, l := range legsOf(svc) {
+		for _, l := range m.firewallLegs(svc) {
 			for _, h := range staticHits(s, l) {
 				add(h, l)
 			}
@@ -340,8 +385,18 @@ func checkFirewall(s *probes.Snapshot, sel probes.Selector) Finding {
 	// this finding's (the window's first read, judged for drops.vip_flows,
 	// still has those fixed during the window).
 	holds := map[*probes.DropPoint]bool{}
+	// A hook where a rule or policy clearly drops the flows (static):
+	// a netfilter drop there the window could join to nothing (two
+	// droppers without counters, an nft policy and an nft rule) is its.
+	staticHooks := map[string]bool{}
+	for _, h := range hits {
+		staticHooks[h.hook] = staticHooks[h.hook] || h.static
+	}
 	f := Finding{Status: Fail, explains: func(c drops.Counted) bool {
 		p := pointOf(s, c)
+		if p != nil && p.Reason == "NETFILTER_DROP" && p.Rule == nil && p.Policy == nil && staticHooks[pointHook(*p)] {
+			return true
+		}
 		if p == nil || !filterExplains(*p) {
 			return false
 		}
@@ -510,6 +565,8 @@ func hitLine(s *probes.Snapshot, h *filterHit) string {
 	}
 	if h.drops > 0 {
 		counted = append(counted, fmt.Sprintf("%d × NETFILTER_DROP of the selected flows in %s during the window, joined to it", h.drops, h.hook))
+	} else if h.static && h.rule != nil && slices.ContainsFunc(h.legs, func(l flowLeg) bool { return l.pkt.Invalid }) && statesOf(h.rule.Spec, "invalid") {
+		counted = append(counted, "conntrack sees a real's first reply INVALID: net.ipv4.vs.conntrack = 0, so it never saw the request it answers")
 	} else if h.static && h.rule != nil {
 		counted = append(counted, "it matches them by address, protocol and port")
 	} else if h.static {

@@ -13,6 +13,8 @@ func TestMatchPacket(t *testing.T) {
 	reply := rules.Packet{Proto: "tcp", Src: netip.MustParseAddr("10.1.0.50"), SPort: 8085}
 	first := syn
 	first.First, first.Remote = true, true
+	invalidReply := reply
+	invalidReply.Remote, invalidReply.Invalid = true, true
 	legacy := func(spec string) rules.Rule { return rules.Rule{Backend: rules.IptablesLegacy, Spec: spec} }
 	nft := func(spec string) rules.Rule { return rules.Rule{Backend: rules.Nft, Spec: spec} }
 	for _, tt := range []struct {
@@ -58,6 +60,10 @@ func TestMatchPacket(t *testing.T) {
 		{"nft not loopback, a remote packet", nft(`iifname != "lo" drop`), first, rules.Unclear},
 		{"nft loopback, a packet not known remote", nft(`iif "lo" accept`), syn, rules.Unclear},
 		{"nft icmp accept, a tcp packet", nft("icmp type echo-request accept"), first, rules.NoMatch},
+		{"iptables INVALID drop, a reply conntrack never saw the request of", legacy("-A FORWARD -m conntrack --ctstate INVALID -j DROP"), invalidReply, rules.Matches},
+		{"nft established accept, a reply conntrack never saw the request of", nft("ct state established,related accept"), invalidReply, rules.NoMatch},
+		{"nft invalid drop, a reply conntrack never saw the request of", nft("ct state invalid counter packets 3 bytes 180 drop"), invalidReply, rules.Matches},
+		{"iptables not INVALID, a reply conntrack never saw the request of", legacy("-A FORWARD -m conntrack ! --ctstate INVALID -j ACCEPT"), invalidReply, rules.NoMatch},
 		{"iptables notrack of the VIP", legacy("-A PREROUTING -d 10.1.0.6/32 -p tcp -m tcp --dport 8085 -j CT --notrack"), first, rules.Matches},
 		{"nft notrack of the VIP", nft("ip daddr 10.1.0.6 tcp dport 8085 counter packets 0 bytes 0 notrack"), first, rules.Matches},
 		{"nft notrack of another address", nft("ip daddr 10.1.0.7 notrack"), first, rules.NoMatch},
