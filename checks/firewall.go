@@ -63,6 +63,9 @@ func (l flowLeg) why() string {
 		}
 		return "they are forwarded after conntrack's de-SNAT, and filter FORWARD runs before IPVS's FORWARD hook"
 	}
+	if l.hook == "prerouting" {
+		return "prerouting runs before IPVS takes them (LOCAL_IN)"
+	}
 	return "filter INPUT runs before IPVS takes them (LOCAL_IN)"
 }
 
@@ -76,8 +79,12 @@ func legsOf(svc ipvs.Service) []flowLeg {
 	// Requests open their flows (a rule that accepts only established or
 	// related packets does not spare them); every leg's packets come from
 	// or go to other hosts, never over loopback.
-	legs := make([]flowLeg, 1, 1+2*len(svc.Reals))
-	legs[0] = flowLeg{hook: "input", service: key, pkt: rules.Packet{Proto: svc.Proto, Dst: svc.Addr.Addr(), DPort: svc.Addr.Port(), First: true, Remote: true}}
+	req := rules.Packet{Proto: svc.Proto, Dst: svc.Addr.Addr(), DPort: svc.Addr.Port(), First: true, Remote: true}
+	legs := make([]flowLeg, 2, 2+2*len(svc.Reals))
+	legs[0] = flowLeg{hook: "input", service: key, pkt: req}
+	// The requests cross prerouting first (iptables' raw and mangle
+	// tables, nft's prerouting chains): a drop there is as final.
+	legs[1] = flowLeg{hook: "prerouting", service: key, pkt: req}
 	for _, r := range svc.Reals {
 		if r.Method != ipvs.Masq {
 			continue
@@ -455,7 +462,7 @@ func checkFirewall(s *probes.Snapshot, sel probes.Selector) Finding {
 // before IPVS deals with them, joined to a rule or policy.
 func filterExplains(p probes.DropPoint) bool {
 	h := pointHook(p)
-	return p.Reason == "NETFILTER_DROP" && (p.Rule != nil || p.Policy != nil) && (h == "input" || h == "output" || h == "forward")
+	return p.Reason == "NETFILTER_DROP" && (p.Rule != nil || p.Policy != nil) && (h == "input" || h == "output" || h == "forward" || h == "prerouting")
 }
 
 // pointHook is the hook of a drop point: from the stack, else (drops seen
@@ -487,6 +494,11 @@ func pointFix(s *probes.Snapshot, sel probes.Selector, p *probes.DropPoint) []st
 	return hitFix(s, h)
 }
 
+// dropTables are the iptables tables whose chains of a hook firewall.filter
+// judges: filter's, and in prerouting (which filter has not) raw's and
+// mangle's; nat never drops.
+var dropTables = map[string][]string{"input": {"filter"}, "forward": {"filter"}, "output": {"filter"}, "prerouting": {"raw", "mangle"}}
+
 // staticHits are the rules and policies of l's hook that clearly drop l's
 // packets: a DROP or REJECT rule that matches them with no rule before it
 // that might accept them, else a DROP policy no rule of the chain might
@@ -500,7 +512,7 @@ func staticHits(s *probes.Snapshot, l flowLeg) []*filterHit {
 			addr = l.pkt.Src
 		}
 		// A chain of the other address family never sees these packets.
-		if c.Hook != l.hook || (c.Backend != rules.Nft && c.Table != "filter") || !c.Covers(addr) {
+		if c.Hook != l.hook || (c.Backend != rules.Nft && !slices.Contains(dropTables[l.hook], c.Table)) || !c.Covers(addr) {
 			continue
 		}
 		open := true // no rule so far might take the packet elsewhere
