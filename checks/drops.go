@@ -3,6 +3,7 @@ package checks
 import (
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
+	"github.com/lbdoctor/lbdoctor/probes/netstate"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
 
@@ -307,11 +309,19 @@ func dropRemedy(s *probes.Snapshot, sel probes.Selector, c drops.Counted) (why s
 		if svc, ok := noRealDrop(s, sel, c); ok {
 			return "IPVS dropped it: " + svc.Key() + " has no real server of weight > 0, so IPVS answers the client with ICMP port unreachable and drops the packet (see ipvs.reals_available)", realsFix(s, []ipvs.Service{svc}), nil
 		}
+		if conntrackFullDrop(s, c) {
+			st := s.Conntrack.Stats
+			return fmt.Sprintf("conntrack dropped it in %s: its table is full (%d of %d entries, drop +%d in the window) and a new flow finds no room (see conntrack.table)", c.Hook, st.Entries, st.MaxEntries, windowFullDrops(s)), growConntrack(s), nil
+		}
 		hook := c.Hook
 		if hook == "" {
 			return "a packet-filter rule dropped it (its hook is not known: " + hookUnknown(s) + ")", ruleListings(s, ""), nil
 		}
 		return "a packet-filter rule dropped it in " + hook + ", and no DROP or REJECT rule nor DROP policy read there moved with it (a rule in a chain it jumps to, or in another table?)", ruleListings(s, hook), nil
+	case "NEIGH_FAILED", "NEIGH_INCOMPLETE":
+		if why, fix := clientNeighbour(s, c); why != "" {
+			return why, fix, nil
+		}
 	case "IP_RPFILTER":
 		return "reverse-path filtering dropped it: its source is not routed back through the interface it came in on",
 			[]string{fmt.Sprintf("%ssysctl -w net.ipv4.conf.all.rp_filter=2   # loose, or route the source back the same way", s.Target.ExecPrefix())}, nil
@@ -357,6 +367,66 @@ func noRouteFor(s *probes.Snapshot, c drops.Counted) (string, []string) {
 	}
 }
 
+// clientNeighbour names the cause of a neighbour drop of a reply on its
+// way to a client: the LB's route to the client leaves by an interface
+// where the client (or the route's gateway) does not answer ARP/NDP. When
+// that is not the VIP's interface, where the client's requests came in,
+// a route of its own sends the replies astray, and the fix deletes it (a
+// connected route, an address's own prefix, is not: it is named only).
+// "" when the drop is no reply to a client or the routes were not read.
+func clientNeighbour(s *probes.Snapshot, c drops.Counted) (string, []string) {
+	f, dst := c.Flow, c.Dst.Addr()
+	if _, unread := s.Errors[probes.ProbeNet]; unread || f == nil || f.Direction != "reply" || !dst.IsValid() {
+		return "", nil
+	}
+	r, ok := s.Net.RouteTo(dst)
+	if !ok || r.Dev == "" {
+		return "", nil
+	}
+	pre := s.Target.ExecPrefix()
+	hop, route := dst, routeText(r)
+	if r.Gw.IsValid() {
+		hop = r.Gw
+	}
+	why := fmt.Sprintf("the LB routes client %s out of %s (%s), where %s does not answer ARP/NDP (neighbour %s): the reply of real %s died in %s", dst, r.Dev, route, hop, orNone(neighbourState(s, hop, r.Dev)), f.Real, c.Function())
+	fix := []string{fmt.Sprintf("%sip route get %s", pre, dst)}
+	vipDev := addrLinks(s)[f.VIP.Addr()]
+	if vipDev == "" || vipDev == r.Dev || vipDev == "lo" {
+		return why, fix
+	}
+	why += fmt.Sprintf("; the client's requests came in on %s, the VIP's interface", vipDev)
+	return why, append(fix, clientRouteFix(s, dst, r, route, vipDev))
+}
+
+// clientRouteFix is the fix of a route to client dst that leaves by
+// another interface than vipDev, where the clients come in: the route
+// deleted, so that the replies follow the others — unless it is a
+// default route (to point at the router the clients come through) or the
+// interface's own prefix (the address, or the client, is wrong).
+func clientRouteFix(s *probes.Snapshot, dst netip.Addr, r netstate.Route, route, vipDev string) string {
+	pre := s.Target.ExecPrefix()
+	for _, l := range s.Net.Links {
+		for _, a := range l.Addrs {
+			if l.Name == r.Dev && a.Masked() == r.Dst {
+				return fmt.Sprintf("# %s is %s's own segment (%s): is %s really there?", r.Dst, r.Dev, a, dst)
+			}
+		}
+	}
+	if r.Dst.Bits() == 0 {
+		return fmt.Sprintf("# the default route leads out of %s: route %s back through %s, the way the clients come in: %sip route add PREFIX via ROUTER dev %s", r.Dev, dst, vipDev, pre, vipDev)
+	}
+	return fmt.Sprintf("%sip route del %s   # the replies then follow the routes out of %s, the way the clients come in", pre, route, vipDev)
+}
+
+// routeText is a route as `ip route` writes the part a fix names.
+func routeText(r netstate.Route) string {
+	t := r.Dst.String()
+	if r.Gw.IsValid() {
+		t += " via " + r.Gw.String()
+	}
+	return t + " dev " + r.Dev
+}
+
 // pointOf is the window's drop point of c's reason, function and hook.
 func pointOf(s *probes.Snapshot, c drops.Counted) *probes.DropPoint {
 	if s.Window == nil {
@@ -375,6 +445,12 @@ func hookUnknown(s *probes.Snapshot) string {
 		return s.Drops.NoHooks
 	}
 	return "the stack did not show nf_hook_slow's caller"
+}
+
+// hookTables are the iptables tables whose chains of a hook can drop, the
+// filter table first where it has one (the nat table never drops).
+var hookTables = map[string][]string{
+	"prerouting": {"raw", "mangle"}, "input": {"filter"}, "forward": {"filter"}, "output": {"filter"}, "postrouting": {"mangle"},
 }
 
 // ruleListings are the commands that list, with counters and handles, the
@@ -415,7 +491,11 @@ func ruleListings(s *probes.Snapshot, hook string) []string {
 				out = append(out, pre+b.Name+"-save -c   # then: "+b.Name+" -t TABLE -D CHAIN RULE")
 				continue
 			}
-			out = append(out, pre+b.Name+" -t filter -nvL "+chain+" --line-numbers   # then: "+b.Name+" -t filter -D "+chain+" N")
+			// The filter table has no PREROUTING or POSTROUTING chain: a
+			// drop there is raw's or mangle's.
+			for _, table := range hookTables[hook] {
+				out = append(out, pre+b.Name+" -t "+table+" -nvL "+chain+" --line-numbers   # then: "+b.Name+" -t "+table+" -D "+chain+" N")
+			}
 		}
 	}
 	return out

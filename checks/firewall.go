@@ -12,6 +12,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/probes"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
+	"github.com/lbdoctor/lbdoctor/probes/netstate"
 	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
 
@@ -57,7 +58,14 @@ func (l flowLeg) why() string {
 	case "output":
 		return "IPVS sends them through LOCAL_OUT, where filter OUTPUT runs"
 	case "forward":
+		if l.pkt.Invalid {
+			// two-arm: no SNAT to undo
+			return "the LB forwards them, and filter FORWARD runs before IPVS's FORWARD hook rewrites them"
+		}
 		return "they are forwarded after conntrack's de-SNAT, and filter FORWARD runs before IPVS's FORWARD hook"
+	}
+	if l.hook == "prerouting" {
+		return "prerouting runs before IPVS takes them (LOCAL_IN)"
 	}
 	return "filter INPUT runs before IPVS takes them (LOCAL_IN)"
 }
@@ -72,8 +80,12 @@ func legsOf(svc ipvs.Service) []flowLeg {
 	// Requests open their flows (a rule that accepts only established or
 	// related packets does not spare them); every leg's packets come from
 	// or go to other hosts, never over loopback.
-	legs := make([]flowLeg, 1, 1+2*len(svc.Reals))
-	legs[0] = flowLeg{hook: "input", service: key, pkt: rules.Packet{Proto: svc.Proto, Dst: svc.Addr.Addr(), DPort: svc.Addr.Port(), First: true, Remote: true}}
+	req := rules.Packet{Proto: svc.Proto, Dst: svc.Addr.Addr(), DPort: svc.Addr.Port(), First: true, Remote: true}
+	legs := make([]flowLeg, 2, 2+2*len(svc.Reals))
+	legs[0] = flowLeg{hook: "input", service: key, pkt: req}
+	// The requests cross prerouting first (iptables' raw and mangle
+	// tables, nft's prerouting chains): a drop there is as final.
+	legs[1] = flowLeg{hook: "prerouting", service: key, pkt: req}
 	for _, r := range svc.Reals {
 		if r.Method != ipvs.Masq {
 			continue
@@ -81,6 +93,44 @@ func legsOf(svc ipvs.Service) []flowLeg {
 		legs = append(legs,
 			flowLeg{hook: "output", service: key, real: r.Addr, pkt: rules.Packet{Proto: svc.Proto, Dst: r.Addr.Addr(), DPort: r.Addr.Port(), First: true, Remote: true}},
 			flowLeg{hook: "forward", service: key, real: r.Addr, pkt: rules.Packet{Proto: svc.Proto, Src: r.Addr.Addr(), SPort: r.Addr.Port(), Remote: true}})
+	}
+	return legs
+}
+
+// legMaker makes firewallLegs, the LB's addresses and links read once for
+// every service (1,000 services on lo are judged in one pass).
+type legMaker struct {
+	s      *probes.Snapshot
+	off    bool // vs.conntrack=0
+	locals netstate.LocalSet
+	links  map[netip.Addr]string
+}
+
+func newLegMaker(s *probes.Snapshot) *legMaker {
+	m := &legMaker{s: s, off: vsConntrackOff(s)}
+	if m.off {
+		m.locals, m.links = s.Net.LocalSet(), addrLinks(s)
+	}
+	return m
+}
+
+// firewallLegs are legsOf(svc) as the LB's conntrack sees them: with
+// vs.conntrack=0 IPVS keeps its connections out of conntrack, so where the
+// reals' replies come back through the LB without source NAT (two-arm)
+// their first one, the SYN-ACK, answers a request conntrack never saw:
+// INVALID to it (a rule that drops INVALID packets, or a DROP policy
+// behind an accept of established flows, drops it with no window to
+// tell). Where source NAT is needed, the replies come back only once
+// vs.conntrack is on (sysctl.vs_conntrack): not marked.
+func (m *legMaker) firewallLegs(svc ipvs.Service) []flowLeg {
+	legs := legsOf(svc)
+	if !m.off || svc.FWMark != 0 || decideReturnPath(m.s, m.links, m.locals, svc.Addr.Addr(), addrsOf(svc)).NeedsSNAT {
+		return legs
+	}
+	for i := range legs {
+		if legs[i].hook == "forward" {
+			legs[i].pkt.Invalid = true
+		}
 	}
 	return legs
 }
@@ -142,9 +192,10 @@ func pointLegs(s *probes.Snapshot, sel probes.Selector, p *probes.DropPoint) []f
 	hook := pointHook(*p)
 	var all []flowLeg
 	if svcs, why := addressed(s, sel); why == "" {
+		m := newLegMaker(s)
 		for _, svc := range svcs {
 			if len(p.Services) == 0 || slices.Contains(p.Services, svc.Key()) {
-				all = append(all, legsOf(svc)...)
+				all = append(all, m.firewallLegs(svc)...)
 			}
 		}
 	} else if dnatTraced(s, sel) {
@@ -266,8 +317,9 @@ func checkFirewall(s *probes.Snapshot, sel probes.Selector) Finding {
 		hits = append(hits, h)
 	}
 	var undecided string // a rule or policy only the window's drops judge
+	m := newLegMaker(s)
 	for _, svc := range svcs {
-		for _, l := range legsOf(svc) {
+		for _, l := range m.firewallLegs(svc) {
 			hs, u := staticHits(s, l)
 			for _, h := range hs {
 				add(h, l)
@@ -350,8 +402,18 @@ func checkFirewall(s *probes.Snapshot, sel probes.Selector) Finding {
 	// this finding's (the window's first read, judged for drops.vip_flows,
 	// still has those fixed during the window).
 	holds := map[*probes.DropPoint]bool{}
+	// A hook where a rule or policy clearly drops the flows (static):
+	// a netfilter drop there the window could join to nothing (two
+	// droppers without counters, an nft policy and an nft rule) is its.
+	staticHooks := map[string]bool{}
+	for _, h := range hits {
+		staticHooks[h.hook] = staticHooks[h.hook] || h.static
+	}
 	f := Finding{Status: Fail, explains: func(c drops.Counted) bool {
 		p := pointOf(s, c)
+		if p != nil && p.Reason == "NETFILTER_DROP" && p.Rule == nil && p.Policy == nil && staticHooks[pointHook(*p)] {
+			return true
+		}
 		if p == nil || !filterExplains(*p) {
 			return false
 		}
@@ -362,10 +424,15 @@ func checkFirewall(s *probes.Snapshot, sel probes.Selector) Finding {
 		}
 		return h
 	}}
-	var titles []string
+	var titles, statefulFix []string
+	off := vsConntrackOff(s) && !dnat
 	for _, h := range hits {
 		f.Evidence = append(f.Evidence, Evidence{Fact: hitLine(s, h), Source: hitSource(s, h)})
-		f.Fix = append(f.Fix, hitFix(s, h)...)
+		if off && stateful(s, h) {
+			statefulFix = append(statefulFix, hitFix(s, h)...)
+		} else {
+			f.Fix = append(f.Fix, hitFix(s, h)...)
+		}
 		titles = append(titles, hitName(h))
 		for _, l := range h.legs {
 			if !slices.Contains(f.about, l.service) {
@@ -379,6 +446,15 @@ func checkFirewall(s *probes.Snapshot, sel probes.Selector) Finding {
 	}
 	h := hits[0]
 	f.Reason = fmt.Sprintf("%s drops %s: %s", hitName(h), h.legs[0].what(), h.legs[0].why())
+	if len(statefulFix) > 0 {
+		// The documented use of vs.conntrack: stateful rules on the
+		// packets IPVS handles. Turned on, the rule stays and passes them.
+		f.Reason += "; net.ipv4.vs.conntrack = 0, so conntrack does not follow IPVS's connections: a real's replies and the clients' closing segments belong to no flow it knows and look INVALID to it"
+		f.Evidence = append(f.Evidence, Evidence{Fact: "net.ipv4.vs.conntrack = 0: IPVS keeps its connections out of conntrack, which the stateful rule relies on", Source: "sysctl, " + s.Target.String()})
+		f.Remedies = []Remedy{{Sysctl: "net.ipv4.vs.conntrack", Value: "1"}}
+		f.Fix = append(f.Fix, "# or, keeping net.ipv4.vs.conntrack=0:")
+		f.Fix = append(f.Fix, statefulFix...)
+	}
 	if w != nil {
 		for _, p := range w.Paths {
 			if slices.ContainsFunc(hits, func(h *filterHit) bool {
@@ -396,7 +472,7 @@ func checkFirewall(s *probes.Snapshot, sel probes.Selector) Finding {
 // before IPVS deals with them, joined to a rule or policy.
 func filterExplains(p probes.DropPoint) bool {
 	h := pointHook(p)
-	return p.Reason == "NETFILTER_DROP" && (p.Rule != nil || p.Policy != nil) && (h == "input" || h == "output" || h == "forward")
+	return p.Reason == "NETFILTER_DROP" && (p.Rule != nil || p.Policy != nil) && (h == "input" || h == "output" || h == "forward" || h == "prerouting")
 }
 
 // pointHook is the hook of a drop point: from the stack, else (drops seen
@@ -428,6 +504,11 @@ func pointFix(s *probes.Snapshot, sel probes.Selector, p *probes.DropPoint) []st
 	return hitFix(s, h)
 }
 
+// dropTables are the iptables tables whose chains of a hook firewall.filter
+// judges: filter's, and in prerouting (which filter has not) raw's and
+// mangle's; nat never drops.
+var dropTables = map[string][]string{"input": {"filter"}, "forward": {"filter"}, "output": {"filter"}, "prerouting": {"raw", "mangle"}}
+
 // staticHits are the rules and policies of l's hook that clearly drop l's
 // packets: a DROP or REJECT rule that matches them with no rule before it
 // that might accept them, else a DROP policy no rule of the chain might
@@ -441,7 +522,7 @@ func staticHits(s *probes.Snapshot, l flowLeg) (out []*filterHit, undecided stri
 			addr = l.pkt.Src
 		}
 		// A chain of the other address family never sees these packets.
-		if c.Hook != l.hook || (c.Backend != rules.Nft && c.Table != "filter") || !c.Covers(addr) {
+		if c.Hook != l.hook || (c.Backend != rules.Nft && !slices.Contains(dropTables[l.hook], c.Table)) || !c.Covers(addr) {
 			continue
 		}
 		open := true // no rule so far might take the packet elsewhere
@@ -511,6 +592,8 @@ func hitLine(s *probes.Snapshot, h *filterHit) string {
 	}
 	if h.drops > 0 {
 		counted = append(counted, fmt.Sprintf("%d × NETFILTER_DROP of the selected flows in %s during the window, joined to it", h.drops, h.hook))
+	} else if h.static && h.rule != nil && slices.ContainsFunc(h.legs, func(l flowLeg) bool { return l.pkt.Invalid }) && statesOf(h.rule.Spec, "invalid") {
+		counted = append(counted, "conntrack sees a real's first reply INVALID: net.ipv4.vs.conntrack = 0, so it never saw the request it answers")
 	} else if h.static && h.rule != nil {
 		counted = append(counted, "it matches them by address, protocol and port")
 	} else if h.static {
@@ -591,4 +674,73 @@ func backendNames(s *probes.Snapshot) string {
 		}
 	}
 	return strings.Join(ns, ", ")
+}
+
+// vsConntrackOff says whether IPVS keeps its connections out of conntrack
+// (net.ipv4.vs.conntrack read as 0).
+func vsConntrackOff(s *probes.Snapshot) bool {
+	v, ok := readable(s, "net.ipv4.vs.conntrack")
+	return ok && v.Value == "0"
+}
+
+// stateful says whether a hit drops IPVS's packets for a conntrack state
+// they have only because vs.conntrack is off: a rule that drops INVALID
+// packets in input (the clients' FIN and RST of a flow conntrack never
+// confirmed: IPVS took its SYN) or forward (the real's SYN-ACK, a flow's
+// first packet conntrack never saw the SYN of), or a forward DROP policy
+// behind an accept of established flows (those replies are none). With
+// vs.conntrack=1 IPVS keeps its connections in conntrack and they are
+// established. A DROP policy in input drops the requests, which open
+// their flows whatever vs.conntrack says: not this.
+func stateful(s *probes.Snapshot, h *filterHit) bool {
+	if h.rule != nil {
+		return (h.hook == "input" || h.hook == "forward") && statesOf(h.rule.Spec, "invalid")
+	}
+	if h.policy == nil || h.hook != "forward" {
+		return false
+	}
+	for _, r := range s.Rules.Rules {
+		if r.In(*h.policy) && r.Target == "ACCEPT" && statesOf(r.Spec, "established") {
+			return true
+		}
+	}
+	return false
+}
+
+// statesOf says whether a rule's conntrack state match (iptables'
+// --ctstate or --state, nft's ct state, a list or a set) names state,
+// not negated.
+func statesOf(spec, state string) bool {
+	w := strings.Fields(strings.NewReplacer(",", " , ", "{", " { ", "}", " } ").Replace(strings.ToLower(spec)))
+	for i := range w {
+		var neg bool
+		j := i + 1
+		switch {
+		case w[i] == "--ctstate" || w[i] == "--state":
+			neg = i > 0 && w[i-1] == "!"
+		case w[i] == "ct" && j < len(w) && w[j] == "state":
+			if j++; j < len(w) && w[j] == "!=" {
+				neg, j = true, j+1
+			}
+		default:
+			continue
+		}
+		var list []string
+		if j < len(w) && w[j] == "{" {
+			for j++; j < len(w) && w[j] != "}"; j++ {
+				list = append(list, w[j])
+			}
+		} else {
+			for ; j < len(w); j += 2 {
+				list = append(list, w[j])
+				if j+1 >= len(w) || w[j+1] != "," {
+					break
+				}
+			}
+		}
+		if !neg && slices.Contains(list, state) {
+			return true
+		}
+	}
+	return false
 }

@@ -149,14 +149,28 @@ func checkConntrackTable(s *probes.Snapshot, _ probes.Selector) Finding {
 		{Fact: fmt.Sprintf("%d of %d entries (%.0f%%) now", st.Entries, st.MaxEntries, full), Source: src},
 		{Fact: fmt.Sprintf("drop %d, early_drop %d, insert_failed %d since the namespace's conntrack started", st.Drop, st.EarlyDrop, st.InsertFailed), Source: src},
 	}
-	grow := []string{fmt.Sprintf("sysctl -w net.netfilter.nf_conntrack_max=%d   # on the host: the limit is global", st.MaxEntries*2)}
+	grow := growConntrack(s)
 	var fullDrops uint64 // drops that insert failures do not explain: no room
 	if st.Drop > st.InsertFailed {
 		fullDrops = st.Drop - st.InsertFailed
 	}
 	switch {
+	case (fullDrops > 0 || st.EarlyDrop > 0) && s.Window != nil && windowFullDrops(s) == 0:
+		// The counters never go back: a table that was full once, and
+		// was grown since, would fail for as long as the namespace
+		// lives. The window tells whether it drops now.
+		d := s.Window.Deltas.Conntrack
+		ev = append(ev, Evidence{Fact: fmt.Sprintf("drop +%d, early_drop +%d, insert_failed +%d in the window: no flow dropped for want of room now", d.Drop, d.EarlyDrop, d.InsertFailed), Source: src})
+		return Finding{Status: Warn, Title: "conntrack dropped flows for a full table before the window, none during it",
+			Reason: fmt.Sprintf("the counters count since the namespace started; the table is %.0f%% full now", full), Evidence: ev, Fix: grow}
 	case fullDrops > 0 || st.EarlyDrop > 0:
-		return Finding{Status: Fail, Title: "conntrack has dropped flows: its table was full", Reason: fmt.Sprintf("a full table drops new connections before IPVS or NAT see them (%.0f%% full now; the counters count since the namespace started)", full), Evidence: ev, Fix: grow}
+		f := Finding{Status: Fail, Title: "conntrack has dropped flows: its table was full", Reason: fmt.Sprintf("a full table drops new connections before IPVS or NAT see them (%.0f%% full now; the counters count since the namespace started)", full), Evidence: ev, Fix: grow}
+		if n := windowFullDrops(s); n > 0 {
+			f.Title = "conntrack drops new flows: its table is full"
+			f.Evidence = append(f.Evidence, Evidence{Fact: fmt.Sprintf("drop +%d in the window beyond insert failures: it is dropping now", n), Source: src})
+			f.explains = func(c drops.Counted) bool { return conntrackFullDrop(s, c) }
+		}
+		return f
 	case full >= 90:
 		return Finding{Status: Warn, Title: "the conntrack table is over 90% full", Reason: "new flows are dropped once it is full", Evidence: ev, Fix: grow}
 	case st.InsertFailed > 0:
@@ -368,4 +382,44 @@ func checkFlowStates(s *probes.Snapshot, sel probes.Selector) Finding {
 		return Finding{Status: Skip, Reason: "conntrack was not dumped whole: " + s.Conntrack.Partial + "; every flow read completes, the rest were not seen", Evidence: ev}
 	}
 	return Finding{Status: Pass, Title: "the VIP's flows complete", Evidence: ev}
+}
+
+// minConntrackMax is the least table size a fix asks for: 65,536 flows
+// (about 20 MB at most), the size a kernel gives a host of a few GB. A
+// table of a few dozen flows, doubled, fills again with the flows that
+// closed and wait to be reaped.
+const minConntrackMax = 65536
+
+// growConntrack is the fix of a full conntrack table: twice its size, and
+// at least minConntrackMax.
+func growConntrack(s *probes.Snapshot) []string {
+	n := max(uint64(s.Conntrack.Stats.MaxEntries)*2, minConntrackMax)
+	return []string{fmt.Sprintf("sysctl -w net.netfilter.nf_conntrack_max=%d   # on the host: the limit is global", n)}
+}
+
+// windowFullDrops is what conntrack dropped in the window for a full
+// table: its drop beyond the insert failures (flows that clashed, each a
+// drop too). 0 without a window.
+func windowFullDrops(s *probes.Snapshot) uint64 {
+	if s.Window == nil {
+		return 0
+	}
+	d := s.Window.Deltas.Conntrack
+	if d.Drop <= d.InsertFailed {
+		return 0
+	}
+	return d.Drop - d.InsertFailed
+}
+
+// conntrackFullDrop says whether a drop is conntrack's own for a full
+// table: nf_conntrack_in, in prerouting or output, returns NF_DROP when it
+// finds no room for a new flow (NETFILTER_DROP joined to no rule or
+// policy), and counts it in conntrack's drop, which moved in the window
+// beyond its insert failures.
+func conntrackFullDrop(s *probes.Snapshot, c drops.Counted) bool {
+	if windowFullDrops(s) == 0 || c.ReasonName != "NETFILTER_DROP" || (c.Hook != "prerouting" && c.Hook != "output") {
+		return false
+	}
+	p := pointOf(s, c)
+	return p == nil || (p.Rule == nil && p.Policy == nil)
 }

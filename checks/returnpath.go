@@ -10,6 +10,7 @@ import (
 	"github.com/lbdoctor/lbdoctor/internal/shellquote"
 	"github.com/lbdoctor/lbdoctor/internal/tally"
 	"github.com/lbdoctor/lbdoctor/probes"
+	"github.com/lbdoctor/lbdoctor/probes/drops"
 	"github.com/lbdoctor/lbdoctor/probes/health"
 	"github.com/lbdoctor/lbdoctor/probes/ipvs"
 	"github.com/lbdoctor/lbdoctor/probes/netstate"
@@ -195,6 +196,10 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 			f.Evidence = append(ev, f.Evidence...)
 			return *f
 		}
+		if f := routeBackUnanswered(s, svc, clients[svc.Addr.Addr()], links[svc.Addr.Addr()]); f != nil {
+			f.Evidence = append(ev, f.Evidence...)
+			return *f
+		}
 		rp := decideReturnPath(s, links, locals, svc.Addr.Addr(), addrsOf(svc))
 		ev = withLines(ev, rp.Lines(), rp.Evidence)
 		var snat []rules.Rule
@@ -257,7 +262,16 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 				ev = append(ev, Evidence{Fact: "a source-NAT rule covers " + svc.Key(), Source: "rules, " + s.Target.String()})
 			}
 		}
-		f, wev := returnPathWindow(s, ix, probesBy, svc, rp, snat)
+		var untracked []rules.Rule
+		if rp.NeedsSNAT && len(snat) > 0 {
+			var sure []rules.Rule
+			if sure, untracked = untrackingRules(s, svc); len(sure) > 0 {
+				f := untrackedFinding(s, svc, rp, sure)
+				f.Evidence = append(ev, f.Evidence...)
+				return f
+			}
+		}
+		f, wev := returnPathWindow(s, ix, probesBy, svc, rp, snat, untracked)
 		ev = append(ev, wev...)
 		switch {
 		case f == nil:
@@ -298,7 +312,11 @@ var answeringStates = []string{"REACHABLE", "STALE", "DELAY", "PROBE", "PERMANEN
 // off, a drop the tracer saw, a reply conntrack saw), SNAT that needs
 // vs.conntrack. Without the drop tracer it only warns: replies dying at the
 // LB could not be told apart.
-func returnPathWindow(s *probes.Snapshot, ix *windowIndex, probesBy probeIndex, svc ipvs.Service, rp ReturnPath, snat []rules.Rule) (*Finding, []Evidence) {
+//
+// untracked are rules that may take the service's requests out of
+// conntrack (untrackingRules' maybe): one that counted packets in the
+// window is named as the cause instead of the source-NAT rule.
+func returnPathWindow(s *probes.Snapshot, ix *windowIndex, probesBy probeIndex, svc ipvs.Service, rp ReturnPath, snat []rules.Rule, untracked []rules.Rule) (*Finding, []Evidence) {
 	if s.Window == nil || svc.Proto != "tcp" {
 		// UDP: a service may never answer (syslog, statsd); no packet
 		// out proves nothing.
@@ -381,6 +399,17 @@ func returnPathWindow(s *probes.Snapshot, ix *windowIndex, probesBy probeIndex, 
 			continue
 		}
 		ev = append(ev, Evidence{Fact: reaches, Source: "health probe, " + src})
+		var hit []rules.Rule
+		for _, u := range untracked {
+			if !u.HasCounter || ruleDelta(s, u) > 0 {
+				hit = append(hit, u)
+			}
+		}
+		if len(hit) > 0 {
+			f := untrackedFinding(s, svc, rp, hit)
+			f.Evidence = append(ev, f.Evidence...)
+			return &f, nil
+		}
 		for _, rule := range snat {
 			ev = append(ev, Evidence{Fact: fmt.Sprintf("source-NAT rule %q counted %d packet(s) in the window", rule.Spec, ruleDelta(s, rule)), Source: fmt.Sprintf("%s table %s, %s", rule.Backend, rule.Table, src)})
 		}
@@ -610,4 +639,126 @@ func snatNarrowed(s *probes.Snapshot, snat []rules.Rule, missed []netip.Addr) []
 		fact += fmt.Sprintf(" and %d more", len(missed)-len(named))
 	}
 	return append(ev, Evidence{Fact: fact + " (their conntrack flows and IPVS connections)", Source: "conntrack, ipvs, " + s.Target.String()})
+}
+
+// untrackingRules are the rules that take a service's requests out of
+// conntrack before conntrack sees them (iptables' raw PREROUTING, an nft
+// prerouting chain of priority below -200): NAT works on conntrack's
+// flows, so no source-NAT rule ever applies to a flow conntrack never
+// tracked — `-m ipvs`, `ct original` and kube-proxy's mark alike — and a
+// one-arm real answers the clients directly. sure: the rule matches every
+// request (addresses, protocol, port); maybe: it may match some (a set, an
+// interface, a source) or its chain's priority was not read, which the
+// window judges by its counter.
+func untrackingRules(s *probes.Snapshot, svc ipvs.Service) (sure, maybe []rules.Rule) {
+	req := rules.Packet{Proto: svc.Proto, Dst: svc.Addr.Addr(), DPort: svc.Addr.Port(), First: true, Remote: true}
+	for _, r := range s.Rules.Rules {
+		if !r.Untracks() || r.HookOf() != "prerouting" || !r.Covers(svc.Addr.Addr()) {
+			continue
+		}
+		before, known := r.BeforeConntrack(s.Rules.Chains)
+		if known && !before {
+			continue // conntrack has tracked the packet already: notrack does nothing
+		}
+		switch m := r.MatchPacket(req); {
+		case m == rules.NoMatch:
+		case m == rules.Matches && known:
+			sure = append(sure, r)
+		default:
+			maybe = append(maybe, r)
+		}
+	}
+	return sure, maybe
+}
+
+// untrackedFinding fails a service whose requests untrack rules take out
+// of conntrack, naming them; the fix deletes them. --fix does not: the rule
+// is the user's, and may be there for other flows.
+func untrackedFinding(s *probes.Snapshot, svc ipvs.Service, rp ReturnPath, untrack []rules.Rule) Finding {
+	src := s.Target.String()
+	var ev []Evidence
+	var fix []string
+	for _, r := range untrack {
+		counted := "no counter"
+		if r.HasCounter {
+			counted = fmt.Sprintf("%d packet(s) counted", r.Packets)
+			if s.Window != nil {
+				counted += fmt.Sprintf(", +%d in the window", ruleDelta(s, r))
+			}
+		}
+		ev = append(ev, Evidence{Fact: fmt.Sprintf("%s rule %q (hook prerouting, before conntrack) untracks requests to %s: %s", r.Place(), r.Spec, svc.Key(), counted), Source: "rules (" + r.Backend + "), " + src})
+		if cmd := r.DeleteCommand(); cmd != nil {
+			fix = append(fix, s.Target.ExecPrefix()+shellquote.Command(cmd))
+		} else {
+			fix = append(fix, fmt.Sprintf("%snft -a list chain %s %s   # find the rule's handle, then: nft delete rule %s %s handle N", s.Target.ExecPrefix(), r.Table, shellquote.Quote(r.Chain), r.Table, shellquote.Quote(r.Chain)))
+		}
+	}
+	fix = append(fix, "# or narrow the rule so that it leaves "+svc.Key()+" alone")
+	return Finding{
+		Status:    Fail,
+		Title:     fmt.Sprintf("requests to %s are untracked: no source NAT applies to them", svc.Key()),
+		Reason:    fmt.Sprintf("%s rule %q takes them out of conntrack before it sees them; NAT works on conntrack's flows, so the source-NAT rule that covers the service never rewrites its replies (%s)", untrack[0].Place(), untrack[0].Spec, rp.Reason),
+		Evidence:  ev,
+		Fix:       fix,
+		FixByHand: "the rule is not lbdoctor's: it may be there for other flows",
+		about:     []string{svc.Key()},
+	}
+}
+
+// routeBackUnanswered fails a masquerade service whose known client (its
+// conntrack flows, IPVS connections, the window's IP_RPFILTER drops: srcs,
+// the first probes.MaxRouteSources) the LB routes back out of another
+// interface than vipDev, the VIP's, where the clients' requests come in —
+// and where the next hop (the client, or the route's gateway) does not
+// answer ARP/NDP (neighbour INCOMPLETE or FAILED): IPVS rewrites the
+// real's replies and they die there, waiting for it. Judged from the
+// neighbour table, not from the drops: the kernel drops what waited only
+// when a resolution gives up (about 3 s), which a window may not see; the
+// window's NEIGH_* drops of replies to that client are this finding's. A
+// VIP on lo or a dummy link says not where clients come in: not judged.
+func routeBackUnanswered(s *probes.Snapshot, svc ipvs.Service, srcs []probes.Source, vipDev string) *Finding {
+	if vipDev == "" || vipDev == "lo" || linkType(s, vipDev) == "dummy" {
+		return nil
+	}
+	for _, c := range srcs[:min(len(srcs), probes.MaxRouteSources)] {
+		r, ok := s.Net.RouteTo(c.Src)
+		if !ok || r.Dev == "" || r.Dev == vipDev {
+			continue
+		}
+		hop := c.Src
+		if r.Gw.IsValid() {
+			hop = r.Gw
+		}
+		state := neighbourState(s, hop, r.Dev)
+		if state != "INCOMPLETE" && state != "FAILED" {
+			continue
+		}
+		src, route, client := s.Target.String(), routeText(r), c.Src
+		return &Finding{
+			Status: Fail,
+			Title:  fmt.Sprintf("replies of %s to client %s leave by %s, where %s does not answer", svc.Key(), c.Src, r.Dev, hop),
+			Reason: fmt.Sprintf("the LB routes client %s out of %s (%s), not %s, the VIP's interface its requests come in on, and %s does not answer ARP/NDP there: IPVS rewrites the real's replies and they die waiting for it (NEIGH_FAILED)", c.Src, r.Dev, route, vipDev, hop),
+			Evidence: []Evidence{
+				{Fact: fmt.Sprintf("client %s of %s (%d flow(s) and connection(s))", c.Src, svc.Key(), c.Flows), Source: "conntrack and ip_vs_conn, " + src},
+				{Fact: fmt.Sprintf("route to %s: %s; VIP %s is on %s", c.Src, route, svc.Addr.Addr(), vipDev), Source: "routes, " + src},
+				{Fact: fmt.Sprintf("neighbour %s on %s is %s: it does not answer ARP/NDP", hop, r.Dev, state), Source: "neighbours, " + src},
+			},
+			Fix:   []string{fmt.Sprintf("%sip route get %s", s.Target.ExecPrefix(), c.Src), clientRouteFix(s, c.Src, r, route, vipDev)},
+			about: []string{svc.Key()},
+			explains: func(d drops.Counted) bool {
+				return strings.HasPrefix(d.ReasonName, "NEIGH_") && d.Dst.Addr() == client
+			},
+		}
+	}
+	return nil
+}
+
+// linkType is the type of the namespace's link dev ("dummy", "veth", …).
+func linkType(s *probes.Snapshot, dev string) string {
+	for _, l := range s.Net.Links {
+		if l.Name == dev {
+			return l.Type
+		}
+	}
+	return ""
 }

@@ -23,6 +23,12 @@ type Packet struct {
 	// Remote: it comes from, and goes to, other hosts: never the loopback
 	// interface, so a rule on `-i lo` or `iif "lo"` does not take it.
 	Remote bool
+	// Invalid: conntrack sees it INVALID — a real's first reply (its
+	// SYN-ACK) forwarded by an LB whose IPVS keeps its connections out of
+	// conntrack (vs.conntrack=0): conntrack never saw the request it
+	// answers. A state match is then decided: invalid holds, every other
+	// state does not.
+	Invalid bool
 }
 
 // Match is a rule's verdict on a packet.
@@ -190,6 +196,14 @@ func loopback(name string, p Packet) Match {
 // established, related or invalid; any other state (new, untracked, the
 // DNAT/SNAT virtual states) may be the packet's.
 func ctState(states []string, p Packet) Match {
+	if p.Invalid && len(states) > 0 {
+		for _, st := range states {
+			if strings.ToLower(strings.Trim(st, " ,")) == "invalid" {
+				return Matches
+			}
+		}
+		return NoMatch
+	}
 	if !p.First || len(states) == 0 {
 		return Unclear
 	}
@@ -265,7 +279,7 @@ func matchNft(spec string, p Packet) Match {
 				return false
 			}
 			v = Unclear
-		case "counter", "drop", "accept":
+		case "counter", "drop", "accept", "notrack":
 			return true
 		case "reject", "masquerade", "snat", "dnat":
 			return false // "reject with …", "snat to …": the verdict's own words

@@ -13,6 +13,8 @@ func TestMatchPacket(t *testing.T) {
 	reply := rules.Packet{Proto: "tcp", Src: netip.MustParseAddr("10.1.0.50"), SPort: 8085}
 	first := syn
 	first.First, first.Remote = true, true
+	invalidReply := reply
+	invalidReply.Remote, invalidReply.Invalid = true, true
 	legacy := func(spec string) rules.Rule { return rules.Rule{Backend: rules.IptablesLegacy, Spec: spec} }
 	nft := func(spec string) rules.Rule { return rules.Rule{Backend: rules.Nft, Spec: spec} }
 	for _, tt := range []struct {
@@ -58,6 +60,13 @@ func TestMatchPacket(t *testing.T) {
 		{"nft not loopback, a remote packet", nft(`iifname != "lo" drop`), first, rules.Unclear},
 		{"nft loopback, a packet not known remote", nft(`iif "lo" accept`), syn, rules.Unclear},
 		{"nft icmp accept, a tcp packet", nft("icmp type echo-request accept"), first, rules.NoMatch},
+		{"iptables INVALID drop, a reply conntrack never saw the request of", legacy("-A FORWARD -m conntrack --ctstate INVALID -j DROP"), invalidReply, rules.Matches},
+		{"nft established accept, a reply conntrack never saw the request of", nft("ct state established,related accept"), invalidReply, rules.NoMatch},
+		{"nft invalid drop, a reply conntrack never saw the request of", nft("ct state invalid counter packets 3 bytes 180 drop"), invalidReply, rules.Matches},
+		{"iptables not INVALID, a reply conntrack never saw the request of", legacy("-A FORWARD -m conntrack ! --ctstate INVALID -j ACCEPT"), invalidReply, rules.NoMatch},
+		{"iptables notrack of the VIP", legacy("-A PREROUTING -d 10.1.0.6/32 -p tcp -m tcp --dport 8085 -j CT --notrack"), first, rules.Matches},
+		{"nft notrack of the VIP", nft("ip daddr 10.1.0.6 tcp dport 8085 counter packets 0 bytes 0 notrack"), first, rules.Matches},
+		{"nft notrack of another address", nft("ip daddr 10.1.0.7 notrack"), first, rules.NoMatch},
 		{"nft icmpv6 accept, a tcp packet", nft("icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept"), first, rules.NoMatch},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -124,5 +133,47 @@ func TestSNATMatch(t *testing.T) {
 				t.Errorf("SNATMatch(%q, %+v) = %v, want %v", tt.r.Spec, tt.p, got, tt.want)
 			}
 		})
+	}
+}
+
+func TestUntracks(t *testing.T) {
+	chains := []rules.Chain{
+		{Backend: rules.Nft, Family: "ip", Table: "ip raw", Chain: "pre", Hook: "prerouting", Priority: "raw"},
+		{Backend: rules.Nft, Family: "ip", Table: "ip raw", Chain: "late", Hook: "prerouting", Priority: "filter"},
+		{Backend: rules.Nft, Family: "inet", Table: "inet t", Chain: "odd", Hook: "prerouting", Priority: "$prio"},
+	}
+	for _, tt := range []struct {
+		name               string
+		r                  rules.Rule
+		untracks           bool
+		before, knownOrder bool
+	}{
+		{"iptables CT --notrack in raw", rules.Rule{Backend: rules.IptablesLegacy, Table: "raw", Chain: "PREROUTING", Spec: "-A PREROUTING -d 10.1.0.6/32 -j CT --notrack", Target: "CT"}, true, true, true},
+		{"iptables NOTRACK in raw", rules.Rule{Backend: rules.IptablesNft, Table: "raw", Chain: "PREROUTING", Spec: "-A PREROUTING -d 10.1.0.6/32 -j NOTRACK", Target: "NOTRACK"}, true, true, true},
+		{"iptables CT with a zone", rules.Rule{Backend: rules.IptablesNft, Table: "raw", Chain: "PREROUTING", Spec: "-A PREROUTING -d 10.1.0.6/32 -j CT --zone 1", Target: "CT"}, false, true, true},
+		{"iptables DROP in mangle", rules.Rule{Backend: rules.IptablesNft, Table: "mangle", Chain: "PREROUTING", Spec: "-A PREROUTING -j DROP", Target: "DROP"}, false, false, true},
+		{"nft notrack at raw priority", rules.Rule{Backend: rules.Nft, Family: "ip", Table: "ip raw", Chain: "pre", Spec: "ip daddr 10.1.0.6 notrack", Target: "NOTRACK"}, true, true, true},
+		{"nft notrack after conntrack", rules.Rule{Backend: rules.Nft, Family: "ip", Table: "ip raw", Chain: "late", Spec: "ip daddr 10.1.0.6 notrack", Target: "NOTRACK"}, true, false, true},
+		{"nft notrack, priority not read", rules.Rule{Backend: rules.Nft, Family: "inet", Table: "inet t", Chain: "odd", Spec: "notrack", Target: "NOTRACK"}, true, false, false},
+	} {
+		before, known := tt.r.BeforeConntrack(chains)
+		if got := tt.r.Untracks(); got != tt.untracks || before != tt.before || known != tt.knownOrder {
+			t.Errorf("%s: Untracks, BeforeConntrack = %v, %v %v, want %v, %v %v", tt.name, got, before, known, tt.untracks, tt.before, tt.knownOrder)
+		}
+	}
+}
+
+func TestNftPriority(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want int
+		ok   bool
+	}{
+		{"raw", -300, true}, {"-300", -300, true}, {"raw - 10", -310, true}, {"mangle + 5", -145, true},
+		{"filter", 0, true}, {"dstnat", -100, true}, {"srcnat", 100, true}, {"", 0, false}, {"$p", 0, false}, {"raw * 2", 0, false},
+	} {
+		if got, ok := rules.NftPriority(tt.in); got != tt.want || ok != tt.ok {
+			t.Errorf("NftPriority(%q) = %d, %v, want %d, %v", tt.in, got, ok, tt.want, tt.ok)
+		}
 	}
 }

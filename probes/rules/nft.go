@@ -179,6 +179,8 @@ func nftRule(table, chain, hook, spec string) Rule {
 		r.Target = "REJECT"
 	case strings.HasSuffix(spec, " accept") || spec == "accept":
 		r.Target = "ACCEPT"
+	case strings.HasSuffix(spec, " notrack") || spec == "notrack":
+		r.Target = "NOTRACK"
 	default:
 		if m := nftJump.FindStringSubmatch(spec); m != nil {
 			r.Target = m[1]

@@ -32,6 +32,10 @@ table inet lb { # handle 2
 	chain more { # handle 9
 		accept # handle 10
 	}
+	chain pre { # handle 11
+		type filter hook prerouting priority raw; policy accept;
+		ip daddr 10.1.0.6 counter packets 2 bytes 120 notrack # handle 12
+	}
 }
 `
 
@@ -50,6 +54,7 @@ func TestParseNftList(t *testing.T) {
 		{"fwd", "forward", "DROP", "", false, 0},
 		{"fwd", "forward", "more", "", false, 0},
 		{"more", "", "ACCEPT", "", false, 0},
+		{"pre", "prerouting", "NOTRACK", "", true, 2},
 	}
 	if len(got) != len(want) {
 		t.Fatalf("ParseNftList() = %d rules %+v, want %d (the iptables-nft table and the set skipped)", len(got), got, len(want))
@@ -92,6 +97,7 @@ func TestParseNftRulesetChains(t *testing.T) {
 	want := []rules.Chain{
 		{Backend: rules.Nft, Family: "inet", Table: "inet lb", Chain: "post", Hook: "postrouting", Priority: "srcnat", Policy: "ACCEPT"},
 		{Backend: rules.Nft, Family: "inet", Table: "inet lb", Chain: "fwd", Hook: "forward", Priority: "filter", Policy: "ACCEPT"},
+		{Backend: rules.Nft, Family: "inet", Table: "inet lb", Chain: "pre", Hook: "prerouting", Priority: "raw", Policy: "ACCEPT"},
 		{Backend: rules.Nft, Family: "ip6", Table: "ip6 f", Chain: "o", Hook: "output", Priority: "0", Policy: "DROP"},
 	}
 	if len(chains) != len(want) {
@@ -102,7 +108,7 @@ func TestParseNftRulesetChains(t *testing.T) {
 			t.Errorf("ParseNftRuleset() chain %d = %+v, want %+v", i, chains[i], want[i])
 		}
 	}
-	if rs[0].Handle != 4 || rs[len(rs)-1].Handle != 10 {
-		t.Errorf("ParseNftRuleset() handles %d … %d, want 4 … 10", rs[0].Handle, rs[len(rs)-1].Handle)
+	if rs[0].Handle != 4 || rs[len(rs)-1].Handle != 12 {
+		t.Errorf("ParseNftRuleset() handles %d … %d, want 4 … 12", rs[0].Handle, rs[len(rs)-1].Handle)
 	}
 }

@@ -762,6 +762,65 @@ func (r Rule) Key() string {
 // Drops reports whether the rule's verdict drops or rejects what it matches.
 func (r Rule) Drops() bool { return r.Target == "DROP" || r.Target == "REJECT" }
 
+// Untracks reports whether the rule takes what it matches out of
+// conntrack: iptables' `-j CT --notrack` (`-j NOTRACK`), nft's `notrack`.
+// No NAT applies to an untracked packet, nor to the flow it opens.
+func (r Rule) Untracks() bool {
+	return r.Target == "NOTRACK" || (r.Target == "CT" && strings.Contains(" "+r.Spec+" ", " --notrack "))
+}
+
+// BeforeConntrack reports whether a rule of the prerouting or output hook
+// runs before conntrack looks a packet up (priority -200): iptables' raw
+// table does (-300); a native nft chain does by its priority, read from
+// how nft lists it (`raw`, `-300`, `raw - 10`). known is false when the
+// priority could not be read.
+func (r Rule) BeforeConntrack(chains []Chain) (before, known bool) {
+	if r.Backend != Nft {
+		return r.Table == "raw", true
+	}
+	for _, c := range chains {
+		if r.In(c) {
+			p, ok := NftPriority(c.Priority)
+			return ok && p < -200, ok
+		}
+	}
+	return false, false
+}
+
+// nftPriorityNames are the standard priorities of the ip, ip6 and inet
+// families, as nft lists them.
+var nftPriorityNames = map[string]int{"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50, "srcnat": 100}
+
+// NftPriority reads a base chain's priority as nft lists it: a number, a
+// standard name, or a name plus or minus a number.
+func NftPriority(s string) (int, bool) {
+	f := strings.Fields(s)
+	if len(f) == 0 {
+		return 0, false
+	}
+	base, err := strconv.Atoi(f[0])
+	if err != nil {
+		var ok bool
+		if base, ok = nftPriorityNames[f[0]]; !ok {
+			return 0, false
+		}
+	}
+	switch {
+	case len(f) == 1:
+		return base, true
+	case len(f) == 3 && (f[1] == "+" || f[1] == "-"):
+		n, err := strconv.Atoi(f[2])
+		if err != nil {
+			return 0, false
+		}
+		if f[1] == "-" {
+			n = -n
+		}
+		return base + n, true
+	}
+	return 0, false
+}
+
 // HookOf is the netfilter hook a rule runs in: its nft base chain's hook,
 // or an iptables built-in chain's; "" for a rule in a user chain (reached by
 // a jump from somewhere lbdoctor does not follow).
