@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/lbdoctor/lbdoctor/internal/lab"
+	"github.com/lbdoctor/lbdoctor/internal/netns"
 	"github.com/lbdoctor/lbdoctor/internal/report"
 	"github.com/lbdoctor/lbdoctor/internal/testkit"
 	"github.com/lbdoctor/lbdoctor/probes/drops"
@@ -384,16 +385,7 @@ func TestDropsNetnsDeleted(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ns := testkit.Netns(t, "gone")
-			lp := startLbdoctor(t, tc.startLine, append([]string{"drops", "--netns", ns.Name, "--duration", "20s"}, tc.args...)...)
-			lp.waitStart(t)
-			time.Sleep(200 * time.Millisecond)
-			deleted := time.Now()
-			if err := ns.Delete(); err != nil {
-				t.Fatal(err)
-			}
-			lp.wait(t, 10*time.Second)
-			took := lp.ended.Sub(deleted)
-			all := lp.stdout.String() + lp.errText()
+			lp, took, all := deleteNetnsUnder(t, ns, tc.startLine, 0, append([]string{"drops", "--netns", ns.Name, "--duration", "20s"}, tc.args...)...)
 			want := strings.ReplaceAll(tc.want, "%s", ns.Name)
 			if lp.code != 0 || took > 300*time.Millisecond || !strings.Contains(all, want) || !strings.Contains(all, "matched") {
 				t.Errorf("drops --netns %s, deleted = exit %d after %s:\n%s\nwant exit 0 within 300ms, the summary and %q", ns.Name, lp.code, took, all, want)
@@ -467,23 +459,31 @@ func TestCheckNetnsDeleted(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ns := testkit.Netns(t, "cgone")
-			lp := startLbdoctor(t, tc.startLine, append([]string{"check", "--netns", ns.Name, "--vip", "10.9.9.9:80", "--watch", "20s"}, tc.args...)...)
-			lp.waitStart(t)
+			var settle time.Duration
 			if tc.startLine == "exec" {
-				time.Sleep(3 * time.Second) // past the first read and the tracer's load
+				settle = 3 * time.Second // past the first read and the tracer's load
 			}
-			time.Sleep(200 * time.Millisecond)
-			deleted := time.Now()
-			if err := ns.Delete(); err != nil {
-				t.Fatal(err)
-			}
-			lp.wait(t, 10*time.Second)
-			took := lp.ended.Sub(deleted)
-			all := lp.stdout.String() + lp.errText()
+			lp, took, all := deleteNetnsUnder(t, ns, tc.startLine, settle, append([]string{"check", "--netns", ns.Name, "--vip", "10.9.9.9:80", "--watch", "20s"}, tc.args...)...)
 			want := strings.ReplaceAll(tc.want, "%s", ns.Name)
 			if lp.code > 1 || took > 2*time.Second || !strings.Contains(all, want) || !strings.Contains(all, "was deleted") {
 				t.Errorf("check --netns %s, deleted = exit %d after %s:\n%s\nwant exit 0 or 1 within 2s, and %q naming the deletion", ns.Name, lp.code, took, all, want)
 			}
 		})
 	}
+}
+
+// deleteNetnsUnder starts lbdoctor with args, deletes ns 200 ms (and
+// settle) after its startLine, and waits for it to end: the process, how
+// long it took after the deletion, and its stdout and stderr.
+func deleteNetnsUnder(t *testing.T, ns netns.Target, startLine string, settle time.Duration, args ...string) (*proc, time.Duration, string) {
+	t.Helper()
+	lp := startLbdoctor(t, startLine, args...)
+	lp.waitStart(t)
+	time.Sleep(settle + 200*time.Millisecond)
+	deleted := time.Now()
+	if err := ns.Delete(); err != nil {
+		t.Fatal(err)
+	}
+	lp.wait(t, 10*time.Second)
+	return lp, lp.ended.Sub(deleted), lp.stdout.String() + lp.errText()
 }

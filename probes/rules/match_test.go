@@ -8,6 +8,10 @@ import (
 	"github.com/lbdoctor/lbdoctor/probes/rules"
 )
 
+// legacy and nft are rules of a backend as its save tool or nft lists them.
+func legacy(spec string) rules.Rule { return rules.Rule{Backend: rules.IptablesLegacy, Spec: spec} }
+func nft(spec string) rules.Rule    { return rules.Rule{Backend: rules.Nft, Spec: spec} }
+
 func TestMatchPacket(t *testing.T) {
 	syn := rules.Packet{Proto: "tcp", Dst: netip.MustParseAddr("10.1.0.6"), DPort: 8085}
 	reply := rules.Packet{Proto: "tcp", Src: netip.MustParseAddr("10.1.0.50"), SPort: 8085}
@@ -15,8 +19,6 @@ func TestMatchPacket(t *testing.T) {
 	first.First, first.Remote = true, true
 	invalidReply := reply
 	invalidReply.Remote, invalidReply.Invalid = true, true
-	legacy := func(spec string) rules.Rule { return rules.Rule{Backend: rules.IptablesLegacy, Spec: spec} }
-	nft := func(spec string) rules.Rule { return rules.Rule{Backend: rules.Nft, Spec: spec} }
 	for _, tt := range []struct {
 		name string
 		r    rules.Rule
@@ -105,8 +107,6 @@ func TestSNATMatch(t *testing.T) {
 	toReal := func(client, real string) rules.Packet {
 		return rules.Packet{Proto: "tcp", Src: netip.MustParseAddr(client), Dst: netip.MustParseAddr(real), DPort: 8085, First: true, Remote: true}
 	}
-	legacy := func(spec string) rules.Rule { return rules.Rule{Backend: rules.IptablesLegacy, Spec: spec} }
-	nft := func(spec string) rules.Rule { return rules.Rule{Backend: rules.Nft, Spec: spec} }
 	for _, tt := range []struct {
 		name string
 		r    rules.Rule
