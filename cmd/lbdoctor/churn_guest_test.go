@@ -211,7 +211,10 @@ func TestGuestChurn(t *testing.T) {
 				}()
 			}
 		}()
-		r, _ := runBinary(t, "check", "--netns", l.LB.Name, "--vip", svc.String(), "--watch", "3s", "-o", "json")
+		// The first written-to connection writes 4.5 s after the ticker
+		// starts; a 6 s window holds writes whatever check's start-up
+		// took (a 3 s one ended before them on a quiet machine).
+		r, _ := runBinary(t, "check", "--netns", l.LB.Name, "--vip", svc.String(), "--watch", "6s", "-o", "json")
 		close(stop)
 		wg.Wait()
 		wantStatus(t, r, "ipvs.timeouts", "fail", "")
