@@ -618,17 +618,12 @@ func protoTimeouts(s *probes.Snapshot, svcs []ipvs.Service) string {
 // its VIP do not match (snatMissed): flows the rule never applied to because
 // of what it matches, not because they predate it.
 func snatMissesAll(s *probes.Snapshot, svc ipvs.Service) bool {
-	var snat []rules.Rule
-	for _, r := range s.Rules.Rules {
-		if r.CoversVIP(svc.Addr) {
-			snat = append(snat, r)
-		}
-	}
 	var clients []netip.Addr
 	for _, f := range s.Conntrack.Flows {
 		if f.Proto == svc.Proto && f.Orig.Dst == svc.Addr && !f.HasStatus("SEEN_REPLY") && f.Reply.Src != svc.Addr && f.Reply.Dst.Addr() == f.Orig.Src.Addr() && !slices.Contains(clients, f.Orig.Src.Addr()) {
 			clients = append(clients, f.Orig.Src.Addr())
 		}
 	}
-	return len(clients) > 0 && len(snatMissed(svc, snat, clients)) == len(clients[:min(len(clients), probes.MaxRouteSources)])
+	judged := min(len(clients), probes.MaxRouteSources) // what snatMissed looks at
+	return judged > 0 && len(snatMissed(svc, coveringSNAT(s, svc.Addr), clients)) == judged
 }

@@ -4,7 +4,6 @@
 package checks
 
 import (
-	"cmp"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -287,9 +286,15 @@ func pathsOf(s *probes.Snapshot, services []string) []flowpath.Path {
 	// The paths traffic took first: on an LB of many services, those of
 	// the services no client used in the window stop too (nothing came),
 	// and must not crowd out the one whose packets died.
-	slices.SortStableFunc(all, func(a, b flowpath.Path) int {
-		return cmp.Compare(b2i(carried(b)), b2i(carried(a)))
-	})
+	var busy, idle []flowpath.Path
+	for _, p := range all {
+		if carried(p) {
+			busy = append(busy, p)
+		} else {
+			idle = append(idle, p)
+		}
+	}
+	all = append(busy, idle...)
 	if len(all) > MaxFindingPaths {
 		all = all[:MaxFindingPaths:MaxFindingPaths]
 	}
@@ -299,13 +304,6 @@ func pathsOf(s *probes.Snapshot, services []string) []flowpath.Path {
 // carried reports whether any leg of p counted a packet in the window.
 func carried(p flowpath.Path) bool {
 	return slices.ContainsFunc(p.Legs, func(l flowpath.Leg) bool { return l.Counted && l.Packets > 0 })
-}
-
-func b2i(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 // explainDrops is the one place that decides which finding explains the

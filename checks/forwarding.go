@@ -64,11 +64,7 @@ func checkForwardMethod(s *probes.Snapshot, sel probes.Selector) Finding {
 		}
 		var snat []rules.Rule
 		if svc.FWMark == 0 {
-			for _, r := range s.Rules.Rules {
-				if r.CoversVIP(svc.Addr) {
-					snat = append(snat, r)
-				}
-			}
+			snat = coveringSNAT(s, svc.Addr)
 		}
 		for _, r := range svc.Reals {
 			if (r.Method != ipvs.Route && r.Method != ipvs.Tunnel) || r.Weight == 0 {

@@ -204,11 +204,7 @@ func checkReturnPath(s *probes.Snapshot, sel probes.Selector) Finding {
 		ev = withLines(ev, rp.Lines(), rp.Evidence)
 		var snat []rules.Rule
 		if rp.NeedsSNAT {
-			for _, r := range s.Rules.Rules {
-				if r.CoversVIP(svc.Addr) {
-					snat = append(snat, r)
-				}
-			}
+			snat = coveringSNAT(s, svc.Addr)
 			var kube []Evidence
 			if len(snat) == 0 && s.KubeProxy != nil {
 				// kube-proxy's design: source NAT by mark, the service
@@ -603,24 +599,28 @@ func routeBackViaReal(s *probes.Snapshot, svc ipvs.Service, srcs []probes.Source
 func snatMissed(svc ipvs.Service, snat []rules.Rule, srcs []netip.Addr) []netip.Addr {
 	var missed []netip.Addr
 	for _, c := range srcs[:min(len(srcs), probes.MaxRouteSources)] {
-		hit := false
-		for _, r := range snat {
-			for _, real := range svc.Reals {
-				p := rules.Packet{Proto: svc.Proto, Src: c, Dst: real.Addr.Addr(), DPort: real.Addr.Port(), First: true, Remote: true}
-				if r.SNATMatch(p) != rules.NoMatch {
-					hit = true
-					break
-				}
-			}
-			if hit {
-				break
-			}
-		}
+		hit := slices.ContainsFunc(snat, func(r rules.Rule) bool {
+			return slices.ContainsFunc(svc.Reals, func(real ipvs.Real) bool {
+				return r.SNATMatch(rules.Packet{Proto: svc.Proto, Src: c, Dst: real.Addr.Addr(), DPort: real.Addr.Port(), First: true, Remote: true}) != rules.NoMatch
+			})
+		})
 		if !hit && !slices.Contains(missed, c) {
 			missed = append(missed, c)
 		}
 	}
 	return missed
+}
+
+// coveringSNAT are the source-NAT rules that cover vip's IPVS connections
+// (rules.Rule.CoversVIP), in the order the rules were read.
+func coveringSNAT(s *probes.Snapshot, vip netip.AddrPort) []rules.Rule {
+	var out []rules.Rule
+	for _, r := range s.Rules.Rules {
+		if r.CoversVIP(vip) {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // snatNarrowed is the evidence of snatMissed: the rules, and the clients
